@@ -1,0 +1,268 @@
+"""Channel dependency analysis: which channels of which tensors must be removed together.
+
+Walks the graph once in topological order; each op's handler (``graphops.ops``) says how channels
+flow through it. The result is a list of :class:`ChannelGroup` (the unit that is scored and
+pruned) and, for every tracked tensor, which channel sits at each position (used by surgery).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from graphops.errors import GraphOpsError, ModelRejected
+from graphops.layout import ConstSlice, Layout, Producer, TrackerState
+from graphops.ops import AnalysisContext, handler_for
+from graphops.ops.base import describe
+from graphops.shapes import Shape, infer_shapes, resolve_input_shapes, with_input_shapes
+
+FILTER_OPS = ("Conv", "ConvTranspose")
+_MAX_REASONS = 5
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Channels that are removed together, wherever they appear.
+
+    ``pinned`` lists class indices that must stay (they reach an op we do not understand, a graph
+    output, ...). A group is prunable when conv filters produce it and some channel is free.
+    """
+
+    id: str
+    channels: int
+    producers: tuple[str, ...]
+    nodes: tuple[str, ...]
+    pinned: frozenset[int]
+    reasons: tuple[str, ...]
+    filter_producers: tuple[str, ...]
+
+    @property
+    def prunable(self) -> bool:
+        return bool(self.filter_producers) and self.channels > 1 and len(self.pinned) < self.channels
+
+    @property
+    def frozen(self) -> bool:
+        return not self.prunable
+
+    @property
+    def frozen_reason(self) -> str:
+        if self.reasons and len(self.pinned) >= self.channels:
+            return "; ".join(self.reasons)
+        if not self.filter_producers:
+            if self.producers:
+                return "produced only by fully connected layers (onnxprune removes conv filters)"
+            return "; ".join(self.reasons) or "channels not produced by any filter"
+        if self.channels <= 1:
+            return "a single channel cannot be removed"
+        return "; ".join(self.reasons)
+
+
+@dataclass
+class DependencyGraph:
+    """The analysed model; ``model`` is the prepared model that plans and surgery refer to."""
+
+    model: onnx.ModelProto
+    input_shapes: dict[str, list[int]] | None
+    shapes: dict[str, Shape]
+    opset: int
+    groups: list[ChannelGroup]
+    layouts: dict[str, Layout]
+    producers: list[Producer]
+    slices: list[ConstSlice]
+    reductions: list[ConstSlice]
+    atom_class: np.ndarray  # atom -> global class index
+    class_group: np.ndarray  # global class index -> group index
+    group_offset: np.ndarray  # group index -> first global class index
+    balanced: list[tuple[int, list[np.ndarray]]] = field(default_factory=list)
+    nonempty: list[tuple[int, np.ndarray]] = field(default_factory=list)
+
+    @property
+    def prunable(self) -> list[ChannelGroup]:
+        return [g for g in self.groups if g.prunable]
+
+    @property
+    def frozen(self) -> list[ChannelGroup]:
+        return [g for g in self.groups if g.frozen]
+
+    def group(self, group_id: str) -> ChannelGroup:
+        for candidate in self.groups:
+            if candidate.id == group_id:
+                return candidate
+        raise KeyError(group_id)
+
+    def group_index(self, group_id: str) -> int:
+        return next(i for i, g in enumerate(self.groups) if g.id == group_id)
+
+    def classes_of(self, atoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(group index, class index within the group) of each atom."""
+        global_class = self.atom_class[atoms]
+        group = self.class_group[global_class]
+        return group, global_class - self.group_offset[group]
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    return 1
+
+
+def _infer(model: onnx.ModelProto, input_shapes):
+    try:
+        resolved = resolve_input_shapes(model, input_shapes)
+    except ModelRejected:
+        if input_shapes:
+            raise
+        resolved = None
+    target = with_input_shapes(model, resolved) if resolved else model
+    try:
+        return resolved, infer_shapes(target)
+    except Exception as exc:  # onnx raises InferenceError and plain RuntimeErrors
+        raise ModelRejected(f"shape inference failed: {str(exc).splitlines()[0]}") from exc
+
+
+def analyze(
+    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None
+) -> DependencyGraph:
+    """Channel groups of a prepared model (see :func:`graphops.prepare.prepare_model`)."""
+    resolved, shapes = _infer(model, input_shapes)
+    opset = _opset(model)
+    graph = gs.import_onnx(model)
+    graph.toposort()
+    state = TrackerState()
+    ctx = AnalysisContext(state, shapes, opset)
+    for node in graph.nodes:
+        if node.domain not in (None, "", "ai.onnx"):
+            ctx.pin_inputs(node, f"consumed by {describe(node)} from custom domain '{node.domain}'")
+            continue
+        try:
+            handler_for(node.op).propagate(node, ctx)
+        except (GraphOpsError, ValueError, IndexError, KeyError, TypeError) as exc:
+            ctx.pin_inputs(node, f"{describe(node)} could not be analysed ({type(exc).__name__}: {exc})")
+    for out in graph.outputs:
+        layout = state.layouts.get(out.name)
+        if layout is not None:
+            state.pin(layout.atoms, f"reaches graph output '{out.name}'")
+    return _collect(model, resolved, shapes, opset, graph, state)
+
+
+def _collect(model, resolved, shapes, opset, graph: gs.Graph, state: TrackerState) -> DependencyGraph:
+    atom_count = len(state.atoms)
+    atom_root = state.atoms.roots()
+    space_root = np.array([state.spaces.find(s) for s in state.atom_space], dtype=np.int64)
+    # Groups are numbered in order of their first atom, classes within a group likewise: both follow
+    # the topological order, so ids and class indices are stable for the same model.
+    group_of_space: dict[int, int] = {}
+    class_of_root: dict[int, int] = {}
+    group_classes: list[list[int]] = []
+    atom_class_local = np.zeros(atom_count, dtype=np.int64)
+    atom_group = np.zeros(atom_count, dtype=np.int64)
+    for atom in range(atom_count):
+        group = group_of_space.setdefault(int(space_root[atom]), len(group_of_space))
+        if group == len(group_classes):
+            group_classes.append([])
+        root = int(atom_root[atom])
+        if root not in class_of_root:
+            class_of_root[root] = len(group_classes[group])
+            group_classes[group].append(root)
+        atom_group[atom] = group
+        atom_class_local[atom] = class_of_root[root]
+    sizes = np.array([len(c) for c in group_classes], dtype=np.int64)
+    group_offset = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if len(sizes) else np.zeros(0, np.int64)
+    atom_class = group_offset[atom_group] + atom_class_local if atom_count else np.zeros(0, np.int64)
+    class_group = np.repeat(np.arange(len(sizes)), sizes)
+
+    pinned: list[set[int]] = [set() for _ in sizes]
+    reasons: list[list[str]] = [[] for _ in sizes]
+    for pin in state.pins:
+        for group in np.unique(atom_group[pin.atoms]).tolist():
+            members = pin.atoms[atom_group[pin.atoms] == group]
+            pinned[group].update(atom_class_local[members].tolist())
+            if pin.reason not in reasons[group] and len(reasons[group]) < _MAX_REASONS:
+                reasons[group].append(pin.reason)
+
+    balanced = _balanced_blocks(state, atom_group, atom_class_local, pinned, reasons)
+    nonempty = []
+    for atoms in state.nonempty:
+        for group in np.unique(atom_group[atoms]).tolist():
+            nonempty.append((group, np.unique(atom_class_local[atoms[atom_group[atoms] == group]])))
+
+    producers_of: list[list[str]] = [[] for _ in sizes]
+    filters_of: list[list[str]] = [[] for _ in sizes]
+    op_type = {node.name: node.op for node in graph.nodes}
+    for producer in state.producers:
+        for group in np.unique(atom_group[producer.atoms]).tolist():
+            if producer.node not in producers_of[group]:
+                producers_of[group].append(producer.node)
+                if op_type.get(producer.node) in FILTER_OPS:
+                    filters_of[group].append(producer.node)
+    nodes_of: list[set[str]] = [set() for _ in sizes]
+    order: dict[str, int] = {}
+    for index, node in enumerate(graph.nodes):
+        order[node.name] = index
+        for tensor in list(node.inputs) + list(node.outputs):
+            layout = state.layouts.get(tensor.name) if tensor is not None else None
+            if layout is not None:
+                for group in np.unique(atom_group[layout.atoms]).tolist():
+                    nodes_of[group].add(node.name)
+
+    first_atom = np.zeros(len(sizes), dtype=np.int64)
+    first_atom[atom_group[::-1]] = np.arange(atom_count)[::-1]
+    groups = []
+    used_ids: set[str] = set()
+    for g in range(len(sizes)):
+        origin = state.space_origin[state.atom_space[int(first_atom[g])]]
+        base = producers_of[g][0] if producers_of[g] else f"{origin}:untracked"
+        group_id, suffix = base, 1
+        while group_id in used_ids:
+            suffix += 1
+            group_id = f"{base}#{suffix}"
+        used_ids.add(group_id)
+        groups.append(
+            ChannelGroup(
+                id=group_id,
+                channels=int(sizes[g]),
+                producers=tuple(producers_of[g]),
+                nodes=tuple(sorted(nodes_of[g], key=lambda n: order.get(n, 0))),
+                pinned=frozenset(pinned[g]),
+                reasons=tuple(reasons[g]),
+                filter_producers=tuple(filters_of[g]),
+            )
+        )
+    return DependencyGraph(
+        model=model,
+        input_shapes=resolved,
+        shapes=shapes,
+        opset=opset,
+        groups=groups,
+        layouts=state.layouts,
+        producers=state.producers,
+        slices=state.slices,
+        reductions=state.reductions,
+        atom_class=atom_class,
+        class_group=class_group,
+        group_offset=group_offset,
+        balanced=balanced,
+        nonempty=nonempty,
+    )
+
+
+def _balanced_blocks(state, atom_group, atom_class_local, pinned, reasons):
+    """Grouped-conv blocks as class indices; blocks that do not map cleanly pin their channels."""
+    balanced = []
+    for blocks in state.balanced_blocks:
+        groups = np.unique(np.concatenate([atom_group[b] for b in blocks]))
+        classes = [np.unique(atom_class_local[b]) for b in blocks]
+        flat = np.concatenate(classes)
+        if len(groups) == 1 and len(np.unique(flat)) == len(flat) and all(len(c) == len(b) for c, b in zip(classes, blocks)):
+            balanced.append((int(groups[0]), classes))
+            continue
+        for group in groups.tolist():
+            members = np.concatenate(blocks)
+            pinned[group].update(atom_class_local[members[atom_group[members] == group]].tolist())
+            reasons[group].append("a grouped conv reads these channels in blocks that do not line up")
+    return balanced

@@ -1,0 +1,130 @@
+"""Channel atoms and the state dependency analysis builds while walking the graph.
+
+An *atom* is one channel of one tensor where channels first appear (a conv's filters, a graph
+input's channels). Atoms that must be removed together are united (a residual Add unites its two
+operands position by position); a united set is a *channel class*. Atoms created together form a
+*space*; spaces linked by a union form one *channel group*, the unit of scoring and selection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class UnionFind:
+    """Disjoint sets over dense integer ids (path halving, union by size)."""
+
+    def __init__(self) -> None:
+        self._parent: list[int] = []
+        self._size: list[int] = []
+
+    def add(self, count: int) -> range:
+        start = len(self._parent)
+        self._parent.extend(range(start, start + count))
+        self._size.extend([1] * count)
+        return range(start, start + count)
+
+    def __len__(self) -> int:
+        return len(self._parent)
+
+    def find(self, item: int) -> int:
+        parent = self._parent
+        while parent[item] != item:
+            parent[item] = parent[parent[item]]
+            item = parent[item]
+        return item
+
+    def union(self, a: int, b: int) -> int:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return ra
+        if self._size[ra] < self._size[rb]:
+            ra, rb = rb, ra
+        self._parent[rb] = ra
+        self._size[ra] += self._size[rb]
+        return ra
+
+    def roots(self) -> np.ndarray:
+        return np.fromiter((self.find(i) for i in range(len(self._parent))), dtype=np.int64, count=len(self._parent))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which channel atom sits at each position of a tensor's channel axis."""
+
+    axis: int
+    atoms: np.ndarray  # int64, one atom id per position along ``axis``
+
+    def __len__(self) -> int:
+        return int(self.atoms.shape[0])
+
+    def moved(self, axis: int, atoms: np.ndarray | None = None) -> "Layout":
+        return Layout(axis, self.atoms if atoms is None else atoms)
+
+
+@dataclass(frozen=True)
+class Producer:
+    """Filters that create (or, for depthwise convs, transform) channels: scored by criteria."""
+
+    node: str
+    weight: str  # initializer name
+    axis: int  # the weight axis indexed by the output channel
+    atoms: np.ndarray  # atom of each output position
+
+
+@dataclass(frozen=True)
+class ConstSlice:
+    """A constant input whose ``axis`` follows the channels ``atoms``: sliced when they go."""
+
+    node: str
+    input_index: int
+    axis: int
+    atoms: np.ndarray
+
+
+@dataclass
+class Pin:
+    atoms: np.ndarray
+    reason: str
+
+
+@dataclass
+class TrackerState:
+    """Everything the op handlers record while the graph is walked in topological order."""
+
+    atoms: UnionFind = field(default_factory=UnionFind)
+    spaces: UnionFind = field(default_factory=UnionFind)
+    atom_space: list[int] = field(default_factory=list)
+    space_origin: list[str] = field(default_factory=list)
+    layouts: dict[str, Layout] = field(default_factory=dict)
+    producers: list[Producer] = field(default_factory=list)
+    pins: list[Pin] = field(default_factory=list)
+    slices: list[ConstSlice] = field(default_factory=list)
+    # The subset of slices on axes that a node sums over (conv/gemm input channels): the
+    # verification oracle zeroes these instead of removing them.
+    reductions: list[ConstSlice] = field(default_factory=list)
+    # Each entry: the atoms of g blocks whose kept counts must stay equal (grouped convs).
+    balanced_blocks: list[list[np.ndarray]] = field(default_factory=list)
+    # Each entry: atoms of which at least one must survive (a conv's output, a Split or Slice output).
+    nonempty: list[np.ndarray] = field(default_factory=list)
+
+    def new_atoms(self, count: int, origin: str) -> np.ndarray:
+        space = self.spaces.add(1)[0]
+        self.space_origin.append(origin)
+        ids = self.atoms.add(count)
+        self.atom_space.extend([space] * count)
+        atoms = np.arange(ids.start, ids.stop, dtype=np.int64)
+        self.nonempty.append(atoms)  # no producer may lose all its channels
+        return atoms
+
+    def unite(self, a: np.ndarray, b: np.ndarray) -> None:
+        for x, y in zip(a.tolist(), b.tolist()):
+            if self.atoms.find(x) != self.atoms.find(y):
+                self.atoms.union(x, y)
+                self.spaces.union(self.atom_space[x], self.atom_space[y])
+
+    def pin(self, atoms: np.ndarray, reason: str) -> None:
+        if len(atoms):
+            self.pins.append(Pin(np.asarray(atoms, dtype=np.int64), reason))

@@ -1,0 +1,174 @@
+"""The handler interface and the two contexts handlers work in.
+
+A handler knows one kind of op: how channels flow through it (``propagate``, during analysis),
+how to slice its constants once channels are removed (``apply``, during surgery), and, for ops
+that sum over input channels, how to zero removed channels in place (``mask``, the oracle).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphops.layout import ConstSlice, Layout, TrackerState
+from graphops.shapes import Shape
+
+
+def describe(node: gs.Node) -> str:
+    return f"{node.op} node '{node.name}'"
+
+
+def normalize_axis(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+class AnalysisContext:
+    """Read tensor facts and record channel facts while the graph is walked."""
+
+    def __init__(self, state: TrackerState, shapes: dict[str, Shape], opset: int) -> None:
+        self.state = state
+        self._shapes = shapes
+        self.opset = opset
+
+    def layout(self, tensor: gs.Tensor) -> Layout | None:
+        return self.state.layouts.get(tensor.name)
+
+    def set_layout(self, tensor: gs.Tensor, layout: Layout | None) -> None:
+        if layout is not None and tensor.name:
+            self.state.layouts[tensor.name] = layout
+
+    def shape(self, tensor: gs.Tensor) -> Shape | None:
+        if isinstance(tensor, gs.Constant):
+            return tuple(tensor.shape)
+        return self._shapes.get(tensor.name)
+
+    def rank(self, tensor: gs.Tensor) -> int | None:
+        shape = self.shape(tensor)
+        return None if shape is None else len(shape)
+
+    def static_shape(self, tensor: gs.Tensor) -> tuple[int, ...] | None:
+        shape = self.shape(tensor)
+        if shape is None or not all(isinstance(d, int) and d >= 0 for d in shape):
+            return None
+        return tuple(int(d) for d in shape)  # type: ignore[arg-type]
+
+    @staticmethod
+    def const(tensor: gs.Tensor | None) -> np.ndarray | None:
+        if isinstance(tensor, gs.Constant):
+            return np.asarray(tensor.values)
+        return None
+
+    def input_layouts(self, node: gs.Node) -> list[Layout]:
+        return [lay for lay in (self.layout(t) for t in node.inputs if t is not None) if lay is not None]
+
+    def pin_inputs(self, node: gs.Node, reason: str) -> None:
+        for layout in self.input_layouts(node):
+            self.state.pin(layout.atoms, reason)
+
+    def new_atoms(self, count: int, origin: str) -> np.ndarray:
+        return self.state.new_atoms(count, origin)
+
+    def slice_const(self, node: gs.Node, index: int, axis: int, atoms: np.ndarray, *, reduces: bool = False) -> None:
+        """Record that constant input ``index`` of ``node`` follows ``atoms`` along ``axis``."""
+        entry = ConstSlice(node.name, index, axis, atoms)
+        self.state.slices.append(entry)
+        if reduces:
+            self.state.reductions.append(entry)
+
+    def new_pinned_layout(self, axis: int, count: int, origin: str, reason: str) -> Layout:
+        atoms = self.state.new_atoms(count, origin)
+        self.state.pin(atoms, reason)
+        return Layout(axis, atoms)
+
+
+class SurgeryContext:
+    """Kept and removed positions of every tracked tensor, and safe constant replacement."""
+
+    def __init__(
+        self,
+        layouts: dict[str, Layout],
+        removed_atom: Callable[[np.ndarray], np.ndarray],
+        shapes: dict[str, Shape],
+        opset: int,
+    ) -> None:
+        self._layouts = layouts
+        self._shapes = shapes
+        self.opset = opset
+        self._removed_atom = removed_atom
+        self._cache: dict[str, np.ndarray | None] = {}
+
+    def layout(self, tensor: gs.Tensor) -> Layout | None:
+        return self._layouts.get(tensor.name)
+
+    def removed_atoms(self, atoms: np.ndarray) -> np.ndarray:
+        return self._removed_atom(atoms)
+
+    def rank(self, tensor: gs.Tensor) -> int | None:
+        shape = self._shapes.get(tensor.name)
+        return None if shape is None else len(shape)
+
+    def removed_mask(self, tensor: gs.Tensor) -> np.ndarray | None:
+        """Boolean mask over the tensor's channel axis (True = removed), or None if untouched."""
+        if tensor.name not in self._cache:
+            layout = self._layouts.get(tensor.name)
+            mask = None if layout is None else self._removed_atom(layout.atoms)
+            self._cache[tensor.name] = mask if mask is not None and mask.any() else None
+        return self._cache[tensor.name]
+
+    def kept(self, tensor: gs.Tensor) -> np.ndarray | None:
+        """Positions kept on the tensor's channel axis, or None when nothing is removed."""
+        mask = self.removed_mask(tensor)
+        return None if mask is None else np.flatnonzero(~mask)
+
+    @staticmethod
+    def const(tensor: gs.Tensor | None) -> np.ndarray | None:
+        if isinstance(tensor, gs.Constant):
+            return np.asarray(tensor.values)
+        return None
+
+    @staticmethod
+    def replace_input(node: gs.Node, index: int, values: np.ndarray) -> None:
+        """Give ``node`` new constant values at input ``index`` without touching other users."""
+        old = node.inputs[index]
+        values = np.ascontiguousarray(values.astype(np.asarray(old.values).dtype, copy=False))
+        if len(old.outputs) <= 1:
+            old.values = values
+        else:
+            node.inputs[index] = gs.Constant(f"{old.name}__{node.name}", values)
+
+
+class OpHandler:
+    """Default behaviour: the op is not understood, so channels that reach it are pinned."""
+
+    def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
+        ctx.pin_inputs(node, f"consumed by unsupported op {describe(node)}")
+
+    def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
+        """Slice this node's constants and attributes; most ops need nothing."""
+
+    def mask(self, node: gs.Node, ctx: SurgeryContext) -> None:
+        """Zero the weights that read removed channels (only ops that sum over channels)."""
+
+
+_REGISTRY: dict[str, OpHandler] = {}
+_UNKNOWN = OpHandler()
+
+
+def register(*op_types: str):
+    def decorate(cls: type[OpHandler]) -> type[OpHandler]:
+        instance = cls()
+        for op_type in op_types:
+            _REGISTRY[op_type] = instance
+        return cls
+
+    return decorate
+
+
+def handler_for(op_type: str) -> OpHandler:
+    return _REGISTRY.get(op_type, _UNKNOWN)
+
+
+def registered_op_types() -> list[str]:
+    return sorted(_REGISTRY)

@@ -1,0 +1,155 @@
+"""Per-channel normalisation and spatial ops: channels pass through, per-channel parameters follow.
+
+They all expect channels on axis 1 (ONNX's NCHW convention); a channel layout found elsewhere is
+pinned rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphops.layout import Layout
+
+from graphops.ops.base import AnalysisContext, OpHandler, SurgeryContext, describe, normalize_axis, register
+
+
+def _channels_on_axis_1(node: gs.Node, ctx: AnalysisContext):
+    layout = ctx.layout(node.inputs[0])
+    if layout is not None and layout.axis != 1:
+        ctx.pin_inputs(node, f"{describe(node)} expects channels on axis 1, found axis {layout.axis}")
+        return None
+    return layout
+
+
+@register("BatchNormalization", "InstanceNormalization")
+class PerChannelNorm(OpHandler):
+    """scale, bias (and BatchNorm's running mean and variance) are indexed by channel."""
+
+    def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
+        layout = _channels_on_axis_1(node, ctx)
+        if layout is None:
+            return
+        for index, tensor in enumerate(node.inputs[1:], start=1):
+            if ctx.const(tensor) is None:
+                ctx.pin_inputs(node, f"{describe(node)} has parameter '{tensor.name}' computed at run time")
+                return
+            ctx.slice_const(node, index, 0, layout.atoms)
+        ctx.set_layout(node.outputs[0], layout)
+
+
+@register("LayerNormalization", "LpNormalization", "Softmax", "LogSoftmax", "Hardmax")
+class AxisNorm(OpHandler):
+    """Normalises along some axes: harmless unless the channel axis is among them."""
+
+    def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
+        layout = ctx.layout(node.inputs[0])
+        rank = ctx.rank(node.inputs[0])
+        if layout is None or rank is None:
+            if layout is not None:
+                ctx.pin_inputs(node, f"{describe(node)} has an input of unknown rank")
+            return
+        default = -1 if node.op in ("LayerNormalization", "LpNormalization") else (1 if ctx.opset < 13 else -1)
+        axis = normalize_axis(int(node.attrs.get("axis", default)), rank)
+        normalised = range(axis, rank) if node.op == "LayerNormalization" or ctx.opset < 13 else (axis,)
+        if node.op == "LpNormalization":
+            normalised = (axis,)
+        if layout.axis in normalised:
+            ctx.pin_inputs(node, f"{describe(node)} normalises over the channel axis")
+            return
+        ctx.set_layout(node.outputs[0], layout)
+
+
+POOL_OPS = (
+    "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
+    "MaxRoiPool",
+)  # fmt: skip
+
+
+@register(*POOL_OPS)
+class Pool(OpHandler):
+    def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
+        layout = _channels_on_axis_1(node, ctx)
+        if layout is None:
+            return
+        if len(node.outputs) > 1 and node.outputs[1].outputs:
+            ctx.pin_inputs(node, f"{describe(node)} returns flat indices that depend on the channel count")
+            return
+        ctx.set_layout(node.outputs[0], layout)
+
+
+@register("Pad")
+class Pad(OpHandler):
+    def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
+        layout = ctx.layout(node.inputs[0])
+        rank = ctx.rank(node.inputs[0])
+        if layout is None:
+            return
+        if "pads" in node.attrs:
+            pads = [int(p) for p in node.attrs["pads"]]
+        else:
+            values = ctx.const(node.inputs[1]) if len(node.inputs) > 1 else None
+            pads = None if values is None else [int(p) for p in np.ravel(values)]
+        axes_input = ctx.const(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3].name else None
+        if pads is None or rank is None:
+            ctx.pin_inputs(node, f"{describe(node)} pads by run-time amounts")
+            return
+        axes = list(range(rank)) if axes_input is None else [normalize_axis(int(a), rank) for a in np.ravel(axes_input)]
+        half = len(pads) // 2
+        for k, axis in enumerate(axes[:half]):
+            if axis == layout.axis and (pads[k] or pads[k + half]):
+                self._pad_channels(node, ctx, layout, pads[k], pads[k + half])
+                return
+        ctx.set_layout(node.outputs[0], layout)
+
+    @staticmethod
+    def _pad_channels(node: gs.Node, ctx: AnalysisContext, layout, before: int, after: int) -> None:
+        """Padding channels (BlazeFace widens residuals so) appends constant channels, as Concat would."""
+        mode = node.attrs.get("mode", "constant")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        if mode != "constant" or before < 0 or after < 0:
+            ctx.pin_inputs(node, f"{describe(node)} pads the channel axis in '{mode}' mode")
+            return
+        reason = f"{describe(node)} adds padding channels"
+        pieces = [ctx.new_pinned_layout(layout.axis, before, node.name, reason).atoms, layout.atoms,
+                  ctx.new_pinned_layout(layout.axis, after, node.name, reason).atoms]
+        ctx.set_layout(node.outputs[0], Layout(layout.axis, np.concatenate(pieces)))
+
+
+@register("Resize", "Upsample")
+class Resize(OpHandler):
+    """Scales must leave the channel axis alone; an explicit ``sizes`` entry is rewritten."""
+
+    def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
+        layout = ctx.layout(node.inputs[0])
+        if layout is None:
+            return
+        scales_index = 1 if node.op == "Upsample" else 2
+        if "scales" in node.attrs:
+            scales = list(node.attrs["scales"])
+        elif len(node.inputs) > scales_index and node.inputs[scales_index].name:
+            values = ctx.const(node.inputs[scales_index])
+            scales = None if values is None else list(np.ravel(values))
+        else:
+            scales = []
+        if scales is None:
+            ctx.pin_inputs(node, f"{describe(node)} scales by run-time factors")
+            return
+        if scales and scales[layout.axis] != 1:
+            ctx.pin_inputs(node, f"{describe(node)} rescales the channel axis")
+            return
+        if node.op == "Resize" and len(node.inputs) > 3 and node.inputs[3].name:
+            if ctx.const(node.inputs[3]) is None:
+                ctx.pin_inputs(node, f"{describe(node)} takes output sizes computed at run time")
+                return
+        ctx.set_layout(node.outputs[0], layout)
+
+    def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
+        kept = ctx.kept(node.outputs[0])
+        if node.op != "Resize" or kept is None or len(node.inputs) <= 3:
+            return
+        sizes = ctx.const(node.inputs[3])
+        if sizes is not None and sizes.size:
+            sizes = sizes.copy()
+            sizes[ctx.layout(node.outputs[0]).axis] = len(kept)
+            ctx.replace_input(node, 3, sizes)

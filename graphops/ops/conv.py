@@ -1,0 +1,163 @@
+"""Conv and ConvTranspose: where filters (and so channel groups) are born.
+
+A dense conv creates a new space of output channels and sums over its input channels (so its
+weight's input axis follows the input's channels). A depthwise conv maps channel i to channel i,
+so it unites input and output channels. A grouped conv keeps equal channel counts per conv
+group, which selection honours through balanced blocks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphops.layout import Layout, Producer
+from graphops.ops.base import AnalysisContext, OpHandler, SurgeryContext, describe, register
+
+
+def _group(node: gs.Node) -> int:
+    return int(node.attrs.get("group", 1))
+
+
+def _input_layout(node: gs.Node, ctx: AnalysisContext) -> Layout | None:
+    """The input's channel layout, pinned and dropped when it is not on axis 1 (NCHW)."""
+    layout = ctx.layout(node.inputs[0])
+    if layout is not None and layout.axis != 1:
+        ctx.state.pin(layout.atoms, f"{describe(node)} reads channels from axis {layout.axis}, not 1")
+        return None
+    return layout
+
+
+@register("Conv")
+class Conv(OpHandler):
+    def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
+        weight = ctx.const(node.inputs[1])
+        out = node.outputs[0]
+        layout = _input_layout(node, ctx)
+        if weight is None or weight.ndim < 3:
+            ctx.pin_inputs(node, f"{describe(node)} has weights computed at run time")
+            if weight is None and ctx.static_shape(out) is not None:
+                ctx.set_layout(out, ctx.new_pinned_layout(1, ctx.static_shape(out)[1], node.name,
+                                                          f"{describe(node)} has weights computed at run time"))
+            return
+        groups = _group(node)
+        c_out, c_in_per_group = weight.shape[0], weight.shape[1]
+        c_in = c_in_per_group * groups
+        has_bias = len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].name
+        if layout is not None and len(layout) != c_in:
+            ctx.state.pin(layout.atoms, f"{describe(node)} expects {c_in} input channels, found {len(layout)}")
+            layout = None
+
+        if groups == 1:
+            atoms = ctx.new_atoms(c_out, node.name)
+            if layout is not None:
+                ctx.slice_const(node, 1, 1, layout.atoms, reduces=True)
+        elif c_in_per_group == 1 and c_out == groups:
+            # Depthwise: output channel i is input channel i filtered on its own.
+            atoms = layout.atoms if layout is not None else ctx.new_pinned_layout(
+                1, c_out, node.name, f"{describe(node)} is depthwise over untracked channels").atoms
+        elif c_in_per_group == 1:
+            reason = f"{describe(node)} is depthwise with channel multiplier {c_out // groups}"
+            ctx.pin_inputs(node, reason)
+            ctx.set_layout(out, ctx.new_pinned_layout(1, c_out, node.name, reason))
+            return
+        else:
+            atoms = ctx.new_atoms(c_out, node.name)
+            per_group_out = c_out // groups
+            ctx.state.balanced_blocks.append(
+                [atoms[k * per_group_out:(k + 1) * per_group_out] for k in range(groups)]
+            )
+            if layout is not None:
+                ctx.state.balanced_blocks.append(
+                    [layout.atoms[k * c_in_per_group:(k + 1) * c_in_per_group] for k in range(groups)]
+                )
+        ctx.slice_const(node, 1, 0, atoms)
+        if has_bias:
+            ctx.slice_const(node, 2, 0, atoms)
+        ctx.state.producers.append(Producer(node.name, node.inputs[1].name, 0, atoms))
+        ctx.set_layout(out, Layout(1, atoms))
+
+    def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
+        groups = _group(node)
+        if groups == 1:
+            return
+        weight = ctx.const(node.inputs[1])
+        if weight.shape[1] == 1:  # depthwise: the group count follows the channels
+            node.attrs["group"] = int(weight.shape[0])
+            return
+        self._slice_grouped_inputs(node, ctx)
+
+    @staticmethod
+    def _grouped_input_columns(node: gs.Node, ctx: SurgeryContext) -> list[np.ndarray] | None:
+        """Per conv group, the kept local input columns (equal counts, by balanced selection)."""
+        kept = ctx.kept(node.inputs[0])
+        if kept is None:
+            return None
+        groups = _group(node)
+        width = len(ctx.layout(node.inputs[0])) // groups
+        return [kept[(kept >= k * width) & (kept < (k + 1) * width)] - k * width for k in range(groups)]
+
+    def _slice_grouped_inputs(self, node: gs.Node, ctx: SurgeryContext) -> None:
+        columns = self._grouped_input_columns(node, ctx)
+        if columns is None:
+            return
+        weight = ctx.const(node.inputs[1])
+        groups = _group(node)
+        per_group_out = weight.shape[0] // groups
+        blocks = [weight[k * per_group_out:(k + 1) * per_group_out][:, cols] for k, cols in enumerate(columns)]
+        ctx.replace_input(node, 1, np.concatenate(blocks, axis=0))
+
+    def mask(self, node: gs.Node, ctx: SurgeryContext) -> None:
+        groups = _group(node)
+        removed = ctx.removed_mask(node.inputs[0])
+        weight = ctx.const(node.inputs[1])
+        if groups == 1 or removed is None or weight.shape[1] == 1:
+            return
+        weight = weight.copy()
+        width = weight.shape[1]
+        per_group_out = weight.shape[0] // groups
+        for k in range(groups):
+            cols = np.flatnonzero(removed[k * width:(k + 1) * width])
+            weight[k * per_group_out:(k + 1) * per_group_out, cols] = 0
+        ctx.replace_input(node, 1, weight)
+
+
+@register("ConvTranspose")
+class ConvTranspose(OpHandler):
+    """Weight layout [C_in, C_out / group, k...]: the transpose of Conv's."""
+
+    def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
+        weight = ctx.const(node.inputs[1])
+        layout = _input_layout(node, ctx)
+        groups = _group(node)
+        out = node.outputs[0]
+        if weight is None or weight.ndim < 3:
+            reason = f"{describe(node)} has weights computed at run time"
+            ctx.pin_inputs(node, reason)
+            return
+        c_in, c_out = weight.shape[0], weight.shape[1] * groups
+        if layout is not None and len(layout) != c_in:
+            ctx.state.pin(layout.atoms, f"{describe(node)} expects {c_in} input channels, found {len(layout)}")
+            layout = None
+        if groups == 1:
+            atoms = ctx.new_atoms(c_out, node.name)
+            if layout is not None:
+                ctx.slice_const(node, 1, 0, layout.atoms, reduces=True)
+            ctx.slice_const(node, 1, 1, atoms)
+        elif weight.shape[1] == 1 and c_in == groups:
+            atoms = layout.atoms if layout is not None else ctx.new_pinned_layout(
+                1, c_out, node.name, f"{describe(node)} is depthwise over untracked channels").atoms
+            ctx.slice_const(node, 1, 0, atoms)
+        else:
+            reason = f"{describe(node)} is a grouped ConvTranspose (group={groups})"
+            ctx.pin_inputs(node, reason)
+            ctx.set_layout(out, ctx.new_pinned_layout(1, c_out, node.name, reason))
+            return
+        if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].name:
+            ctx.slice_const(node, 2, 0, atoms)
+        ctx.state.producers.append(Producer(node.name, node.inputs[1].name, 1 if groups == 1 else 0, atoms))
+        ctx.set_layout(out, Layout(1, atoms))
+
+    def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
+        if _group(node) > 1:
+            node.attrs["group"] = int(ctx.const(node.inputs[1]).shape[0])

@@ -1,0 +1,93 @@
+"""Ops that act on each channel independently: activations, and broadcasting arithmetic.
+
+Two channel tensors combined position by position (a residual Add, the SE Mul, Swish's
+``x * sigmoid(x)``) must keep the same channels, so their classes are united. A constant operand
+that varies along the channel axis (a bias, a PRelu slope) is sliced with the channels.
+"""
+
+from __future__ import annotations
+
+import onnx_graphsurgeon as gs
+
+from graphops.layout import Layout
+from graphops.ops.base import AnalysisContext, OpHandler, describe, register
+
+UNARY_OPS = (
+    "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "ThresholdedRelu", "Sigmoid", "HardSigmoid",
+    "HardSwish", "Tanh", "Softplus", "Softsign", "Gelu", "Mish", "Erf", "Abs", "Neg", "Exp", "Log",
+    "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Identity", "Cast",
+    "Clip", "Dropout", "Not", "IsNaN", "IsInf",
+)  # fmt: skip
+
+BROADCAST_OPS = (
+    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where",
+    "Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor", "Mod",
+)  # fmt: skip
+
+
+@register(*UNARY_OPS)
+class Unary(OpHandler):
+    """Output channel i is a function of input channel i only (extra inputs are scalars)."""
+
+    def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
+        layout = ctx.layout(node.inputs[0]) if node.inputs else None
+        if layout is None:
+            return
+        for extra in node.inputs[1:]:
+            if extra is not None and extra.name and (ctx.static_shape(extra) or ()) not in ((), (1,)):
+                ctx.pin_inputs(node, f"{describe(node)} has a non-scalar parameter '{extra.name}'")
+                return
+        for out in node.outputs:
+            ctx.set_layout(out, layout)
+
+
+@register(*BROADCAST_OPS)
+class Broadcast(OpHandler):
+    """Numpy-style broadcasting between channel tensors and constants."""
+
+    def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
+        inputs = [t for t in node.inputs if t is not None and t.name]
+        out = node.outputs[0]
+        ranks = [ctx.rank(t) for t in inputs]
+        tracked = [(i, t, ctx.layout(t)) for i, t in enumerate(inputs) if ctx.layout(t) is not None]
+        if not tracked:
+            return
+        if any(r is None for r in ranks):
+            ctx.pin_inputs(node, f"{describe(node)} has an input of unknown rank")
+            return
+        out_rank = max(ranks)  # type: ignore[type-var]
+        aligned = {lay.axis + out_rank - ranks[i] for i, _, lay in tracked}  # type: ignore[operator]
+        if len(aligned) != 1:
+            ctx.pin_inputs(node, f"{describe(node)} combines channels that lie on different axes")
+            return
+        axis = aligned.pop()
+        reference = max((lay for _, _, lay in tracked), key=len)
+        channels = len(reference)
+        for _, tensor, lay in tracked:
+            if len(lay) == channels:
+                ctx.state.unite(reference.atoms, lay.atoms)
+            elif len(lay) != 1:
+                ctx.pin_inputs(node, f"{describe(node)} broadcasts {len(lay)} channels against {channels}")
+                return
+        for index, tensor in enumerate(node.inputs):
+            if tensor is None or not tensor.name or ctx.layout(tensor) is not None:
+                continue
+            shape = ctx.shape(tensor)
+            local_axis = axis - (out_rank - len(shape)) if shape is not None else None
+            if shape is None:
+                ctx.pin_inputs(node, f"{describe(node)} input '{tensor.name}' has an unknown shape")
+                return
+            if local_axis < 0 or shape[local_axis] == 1:
+                continue
+            if ctx.const(tensor) is not None and shape[local_axis] == channels:
+                ctx.slice_const(node, index, local_axis, reference.atoms)
+                continue
+            ctx.pin_inputs(
+                node,
+                f"{describe(node)} combines channels with '{tensor.name}', whose channels are not tracked",
+            )
+            return
+        out_shape = ctx.shape(out)
+        if out_shape is not None and len(out_shape) == out_rank and out_shape[axis] not in (channels, None) and not isinstance(out_shape[axis], str):
+            return  # a single channel broadcast to many: nothing downstream follows it
+        ctx.set_layout(out, Layout(axis, reference.atoms))

@@ -1,0 +1,73 @@
+"""Gemm and MatMul with a constant weight: fully connected layers.
+
+Their input features may be channels, or channels times spatial positions after a Flatten (each
+channel then owns a block of rows). Their output units form a new space; groups born only from
+fully connected layers are not pruned (onnxprune removes conv filters), but the SE block's
+channel-wise gate coming out of a Gemm must follow the conv channels it multiplies.
+"""
+
+from __future__ import annotations
+
+import onnx_graphsurgeon as gs
+
+from graphops.layout import Layout, Producer
+from graphops.ops.base import AnalysisContext, OpHandler, describe, register
+
+
+def _feature_layout(node: gs.Node, ctx: AnalysisContext, tensor: gs.Tensor) -> Layout | None:
+    layout = ctx.layout(tensor)
+    rank = ctx.rank(tensor)
+    if layout is not None and (rank is None or layout.axis != rank - 1):
+        ctx.state.pin(layout.atoms, f"{describe(node)} does not sum over the channel axis")
+        return None
+    return layout
+
+
+@register("Gemm")
+class Gemm(OpHandler):
+    def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
+        a, b = node.inputs[0], node.inputs[1]
+        weight = ctx.const(b)
+        if ctx.layout(b) is not None or weight is None or int(node.attrs.get("transA", 0)):
+            ctx.pin_inputs(node, f"{describe(node)} is not a layer with a constant weight")
+            return
+        layout = _feature_layout(node, ctx, a)
+        trans_b = int(node.attrs.get("transB", 0))
+        k_axis, n_axis = (1, 0) if trans_b else (0, 1)
+        if layout is not None:
+            if len(layout) != weight.shape[k_axis]:
+                ctx.state.pin(layout.atoms, f"{describe(node)} has {weight.shape[k_axis]} inputs, found {len(layout)}")
+            else:
+                ctx.slice_const(node, 1, k_axis, layout.atoms, reduces=True)
+        atoms = ctx.new_atoms(weight.shape[n_axis], node.name)
+        ctx.slice_const(node, 1, n_axis, atoms)
+        if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].name:
+            bias_shape = ctx.shape(node.inputs[2]) or ()
+            if ctx.const(node.inputs[2]) is None:
+                ctx.state.pin(atoms, f"{describe(node)} has a bias computed at run time")
+            elif len(bias_shape) >= 1 and bias_shape[-1] == len(atoms) and len(atoms) > 1:
+                ctx.slice_const(node, 2, len(bias_shape) - 1, atoms)
+        ctx.state.producers.append(Producer(node.name, b.name, n_axis, atoms))
+        ctx.set_layout(node.outputs[0], Layout(1, atoms))
+
+
+@register("MatMul")
+class MatMul(OpHandler):
+    def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
+        a, b = node.inputs[0], node.inputs[1]
+        weight = ctx.const(b)
+        if ctx.layout(b) is not None or weight is None or weight.ndim != 2:
+            ctx.pin_inputs(node, f"{describe(node)} is not a layer with a constant 2-D weight")
+            return
+        layout = _feature_layout(node, ctx, a)
+        if layout is not None:
+            if len(layout) != weight.shape[0]:
+                ctx.state.pin(layout.atoms, f"{describe(node)} has {weight.shape[0]} inputs, found {len(layout)}")
+            else:
+                ctx.slice_const(node, 1, 0, layout.atoms, reduces=True)
+        atoms = ctx.new_atoms(weight.shape[1], node.name)
+        ctx.slice_const(node, 1, 1, atoms)
+        ctx.state.producers.append(Producer(node.name, b.name, 1, atoms))
+        out_rank = ctx.rank(node.outputs[0])
+        if out_rank is not None:
+            ctx.set_layout(node.outputs[0], Layout(out_rank - 1, atoms))

@@ -1,0 +1,333 @@
+"""Ops that move, cut or join the channel axis without computing on channel values.
+
+Concat joins layouts (channel offsets), Split and Slice cut them, Transpose moves the axis (NHWC
+graphs from tf2onnx), Reshape/Flatten/Squeeze/Unsqueeze map it onto the output (a Flatten into a
+Gemm gives each channel a block of features). Where a shape is spelt out in a constant, surgery
+rewrites the entry the channels occupy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphops.layout import Layout
+from graphops.ops.base import AnalysisContext, OpHandler, SurgeryContext, describe, normalize_axis, register
+
+
+def _int_input_or_attr(node: gs.Node, ctx, index: int, attr: str) -> list[int] | None:
+    """An int list given as constant input ``index`` (newer opsets) or attribute ``attr``."""
+    if len(node.inputs) > index and node.inputs[index] is not None and node.inputs[index].name:
+        values = ctx.const(node.inputs[index])
+        return None if values is None else [int(v) for v in np.ravel(values)]
+    if attr in node.attrs:
+        return [int(v) for v in np.ravel(node.attrs[attr])]
+    return []
+
+
+def map_axis_through_reshape(in_shape: tuple[int, ...], out_shape: tuple[int, ...], axis: int, channels: int):
+    """Where the channel axis lands after a reshape, as (output axis, channel index of each position).
+
+    Succeeds when the channel axis survives whole, alone or merged with neighbouring dims into one
+    output dim (channel-major, as Flatten does); fails (None) when the channels are split apart.
+    """
+    in_prefix = [1]
+    for dim in in_shape:
+        in_prefix.append(in_prefix[-1] * dim)
+    out_prefix = [1]
+    for dim in out_shape:
+        out_prefix.append(out_prefix[-1] * dim)
+    for j, dim in enumerate(out_shape):
+        start, end = out_prefix[j], out_prefix[j + 1]
+        # Output dim j spans flat elements [start, end); it holds the whole channel axis when input
+        # dims s..e-1 (with s <= axis < e) span exactly that range.
+        firsts = [k for k in range(axis + 1) if in_prefix[k] == start]
+        lasts = [k for k in range(axis + 1, len(in_shape) + 1) if in_prefix[k] == end]
+        if dim == 0 or not firsts or not lasts:
+            continue
+        inner = math.prod(in_shape[axis + 1:lasts[-1]])
+        return j, (np.arange(dim) // inner) % channels
+    return None
+
+
+def _shape_entry(ctx: AnalysisContext, tensor: gs.Tensor, index: int) -> int | None:
+    """The value at ``index`` of a 1-D shape tensor, when a constant decides it."""
+    values = ctx.const(tensor)
+    if values is not None:
+        flat = np.ravel(values)
+        return int(flat[index]) if index < flat.size else None
+    producer = tensor.inputs[0] if tensor.inputs else None
+    if producer is None or producer.op != "Concat":
+        return None
+    offset = 0
+    for piece in producer.inputs:
+        shape = ctx.static_shape(piece)
+        if shape is None or len(shape) != 1:
+            return None
+        if offset <= index < offset + shape[0]:
+            return _shape_entry(ctx, piece, index - offset)
+        offset += shape[0]
+    return None
+
+
+@register("Transpose")
+class Transpose(OpHandler):
+    def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
+        layout = ctx.layout(node.inputs[0])
+        if layout is None:
+            return
+        rank = ctx.rank(node.inputs[0])
+        perm = [int(p) for p in node.attrs.get("perm", list(range(rank - 1, -1, -1)) if rank else [])]
+        if layout.axis not in perm:
+            ctx.pin_inputs(node, f"{describe(node)} has an unknown permutation")
+            return
+        ctx.set_layout(node.outputs[0], layout.moved(perm.index(layout.axis)))
+
+
+@register("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+class Reshape(OpHandler):
+    def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
+        layout = ctx.layout(node.inputs[0])
+        if layout is None:
+            return
+        in_shape = ctx.static_shape(node.inputs[0])
+        out_shape = ctx.static_shape(node.outputs[0])
+        if in_shape is None or out_shape is None:
+            ctx.pin_inputs(node, f"{describe(node)} reshapes channels with unknown static shapes")
+            return
+        mapped = map_axis_through_reshape(in_shape, out_shape, layout.axis, len(layout))
+        if mapped is None:
+            ctx.pin_inputs(node, f"{describe(node)} splits the channel axis {in_shape} -> {out_shape}")
+            return
+        out_axis, positions = mapped
+        if node.op == "Reshape":
+            shape_input = node.inputs[1]
+            if ctx.const(shape_input) is None and _shape_entry(ctx, shape_input, out_axis) not in (-1, 0):
+                ctx.pin_inputs(node, f"{describe(node)} takes a run-time shape that fixes the channel count")
+                return
+        ctx.set_layout(node.outputs[0], Layout(out_axis, layout.atoms[positions]))
+
+    def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
+        if node.op != "Reshape":
+            return
+        out = node.outputs[0]
+        kept = ctx.kept(out)
+        shape = ctx.const(node.inputs[1])
+        if kept is None or shape is None:
+            return
+        axis = ctx.layout(out).axis
+        if shape[axis] > 0:
+            shape = shape.copy()
+            shape[axis] = len(kept)
+            ctx.replace_input(node, 1, shape)
+
+
+@register("Concat")
+class Concat(OpHandler):
+    def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
+        layouts = [ctx.layout(t) for t in node.inputs]
+        if not any(layouts):
+            return
+        rank = ctx.rank(node.outputs[0]) or ctx.rank(node.inputs[0])
+        axis = normalize_axis(int(node.attrs.get("axis", 0)), rank)
+        channel_axes = {lay.axis for lay in layouts if lay is not None}
+        if channel_axes != {axis}:
+            # Joining along another axis: every input must carry the same channels.
+            Broadcast_like(node, ctx)
+            return
+        pieces = []
+        for tensor, layout in zip(node.inputs, layouts):
+            if layout is not None:
+                pieces.append(layout.atoms)
+                continue
+            shape = ctx.shape(tensor)
+            size = shape[axis] if shape is not None else None
+            if not isinstance(size, int):
+                ctx.pin_inputs(node, f"{describe(node)} joins an input of unknown size on the channel axis")
+                return
+            reason = f"{describe(node)} joins channels of '{tensor.name}', which are not tracked"
+            pieces.append(ctx.new_pinned_layout(axis, size, node.name, reason).atoms)
+        ctx.set_layout(node.outputs[0], Layout(axis, np.concatenate(pieces)))
+
+
+def Broadcast_like(node: gs.Node, ctx: AnalysisContext) -> None:
+    """Inputs joined along a non-channel axis share their channels, like an elementwise op."""
+    layouts = [ctx.layout(t) for t in node.inputs]
+    reference = next(lay for lay in layouts if lay is not None)
+    for tensor, layout in zip(node.inputs, layouts):
+        if layout is None or layout.axis != reference.axis or len(layout) != len(reference):
+            ctx.pin_inputs(node, f"{describe(node)} joins tensors whose channels do not line up")
+            return
+        ctx.state.unite(reference.atoms, layout.atoms)
+    ctx.set_layout(node.outputs[0], reference)
+
+
+@register("Split")
+class Split(OpHandler):
+    def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
+        layout = ctx.layout(node.inputs[0])
+        if layout is None:
+            return
+        rank = ctx.rank(node.inputs[0])
+        axis = normalize_axis(int(node.attrs.get("axis", 0)), rank)
+        if axis != layout.axis:
+            for out in node.outputs:
+                ctx.set_layout(out, layout)
+            return
+        sizes = _int_input_or_attr(node, ctx, 1, "split")
+        if sizes is None:
+            ctx.pin_inputs(node, f"{describe(node)} splits channels by run-time sizes")
+            return
+        if not sizes:
+            count = len(node.outputs)
+            if len(layout) % count:
+                ctx.pin_inputs(node, f"{describe(node)} splits {len(layout)} channels unevenly")
+                return
+            sizes = [len(layout) // count] * count
+        offset = 0
+        for out, size in zip(node.outputs, sizes):
+            atoms = layout.atoms[offset:offset + size]
+            ctx.state.nonempty.append(atoms)
+            ctx.set_layout(out, Layout(axis, atoms))
+            offset += size
+
+    def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
+        if ctx.kept(node.inputs[0]) is None or ctx.layout(node.inputs[0]) is None:
+            return
+        if ctx.layout(node.outputs[0]).axis != ctx.layout(node.inputs[0]).axis:
+            return
+        sizes = np.array(
+            [len(ctx.kept(out)) if ctx.kept(out) is not None else len(ctx.layout(out)) for out in node.outputs],
+            dtype=np.int64,
+        )
+        node.attrs.pop("num_outputs", None)
+        if ctx.opset >= 13:
+            node.attrs.pop("split", None)
+            constant = gs.Constant(f"{node.name}__split", sizes)
+            if len(node.inputs) > 1 and node.inputs[1] is not None and node.inputs[1].name:
+                node.inputs[1] = constant
+            else:
+                node.inputs[1:] = [constant]
+        else:
+            node.attrs["split"] = [int(s) for s in sizes]
+
+
+@register("Slice")
+class Slice(OpHandler):
+    def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
+        layout = ctx.layout(node.inputs[0])
+        if layout is None:
+            return
+        params = self._params(node, ctx)
+        if params is None:
+            ctx.pin_inputs(node, f"{describe(node)} slices with run-time parameters")
+            return
+        rank = ctx.rank(node.inputs[0])
+        starts, ends, axes, steps = params
+        axes = [normalize_axis(a, rank) for a in (axes or range(len(starts)))]
+        if layout.axis not in axes:
+            ctx.set_layout(node.outputs[0], layout)
+            return
+        k = axes.index(layout.axis)
+        step = steps[k] if steps else 1
+        if step != 1:
+            ctx.pin_inputs(node, f"{describe(node)} takes every {step}th channel")
+            return
+        positions = np.arange(len(layout))[slice(*slice(starts[k], ends[k]).indices(len(layout)))]
+        atoms = layout.atoms[positions]
+        ctx.state.nonempty.append(atoms)
+        ctx.set_layout(node.outputs[0], Layout(layout.axis, atoms))
+
+    @staticmethod
+    def _params(node: gs.Node, ctx):
+        if "starts" in node.attrs:  # opset < 10
+            return (list(node.attrs["starts"]), list(node.attrs["ends"]), list(node.attrs.get("axes", [])), [])
+        values = []
+        for index in range(1, 5):
+            if len(node.inputs) > index and node.inputs[index] is not None and node.inputs[index].name:
+                const = ctx.const(node.inputs[index])
+                if const is None:
+                    return None
+                values.append([int(v) for v in np.ravel(const)])
+            else:
+                values.append([])
+        return tuple(values)
+
+    def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
+        layout = ctx.layout(node.inputs[0])
+        kept_in = ctx.kept(node.inputs[0])
+        if layout is None or kept_in is None or ctx.layout(node.outputs[0]).axis != layout.axis:
+            return
+        starts, ends, axes, _ = self._params(node, ctx)
+        rank = ctx.rank(node.inputs[0])
+        axes = [normalize_axis(a, rank) for a in (axes or range(len(starts)))]
+        k = axes.index(layout.axis) if layout.axis in axes else None
+        if k is None:
+            return
+        start = slice(starts[k], ends[k]).indices(len(layout))[0]
+        kept_out = ctx.kept(node.outputs[0])
+        count = len(kept_out) if kept_out is not None else len(ctx.layout(node.outputs[0]))
+        new_start = int(np.count_nonzero(kept_in < start))
+        starts[k], ends[k] = new_start, new_start + count
+        if "starts" in node.attrs:
+            node.attrs["starts"], node.attrs["ends"] = starts, ends
+        else:
+            ctx.replace_input(node, 1, np.array(starts, dtype=np.int64))
+            ctx.replace_input(node, 2, np.array(ends, dtype=np.int64))
+
+
+@register("Shape")
+class Shape(OpHandler):
+    """Reading dims other than the channel count is harmless; reading it is not."""
+
+    def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
+        layout = ctx.layout(node.inputs[0])
+        if layout is None:
+            return
+        rank = ctx.rank(node.inputs[0])
+        start = normalize_axis(int(node.attrs.get("start", 0)), rank)
+        end = normalize_axis(int(node.attrs.get("end", rank)), rank) if "end" in node.attrs else rank
+        if not start <= layout.axis < end:
+            return
+        channel_index = layout.axis - start
+        for consumer in node.outputs[0].outputs:
+            indices = ctx.const(consumer.inputs[1]) if consumer.op == "Gather" else None
+            if indices is None or int(consumer.attrs.get("axis", 0)) != 0:
+                break
+            dims = end - start
+            if channel_index in {normalize_axis(int(i), dims) for i in np.ravel(indices)}:
+                break
+        else:
+            return
+        ctx.pin_inputs(node, f"{describe(node)} reads the channel count at run time")
+
+
+REDUCE_OPS = (
+    "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+    "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin",
+)  # fmt: skip
+
+
+@register(*REDUCE_OPS)
+class Reduce(OpHandler):
+    def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
+        layout = ctx.layout(node.inputs[0])
+        if layout is None:
+            return
+        rank = ctx.rank(node.inputs[0])
+        if node.op in ("ArgMax", "ArgMin"):
+            axes = [int(node.attrs.get("axis", 0))]
+        else:
+            axes = _int_input_or_attr(node, ctx, 1, "axes")
+        if axes is None or (not axes and not int(node.attrs.get("noop_with_empty_axes", 0))) or rank is None:
+            ctx.pin_inputs(node, f"{describe(node)} reduces over all axes, the channels included")
+            return
+        axes = {normalize_axis(a, rank) for a in axes}
+        if layout.axis in axes:
+            ctx.pin_inputs(node, f"{describe(node)} reduces over the channel axis")
+            return
+        keepdims = int(node.attrs.get("keepdims", 1))
+        out_axis = layout.axis if keepdims else layout.axis - sum(a < layout.axis for a in axes)
+        ctx.set_layout(node.outputs[0], layout.moved(out_axis))

@@ -1,0 +1,89 @@
+"""Filter-ranking criteria, in a registry so later criteria (Taylor, APoZ, learned) plug in.
+
+A criterion returns, for every prunable group, one score per channel: higher means more important.
+Weight-norm criteria (Li et al. 2017) score each producer's filters; in a coupled group (a residual
+chain where several convs write the same channels) a channel's score is the mean over producers of
+its filter norm divided by that producer's mean filter norm, so that every layer weighs the same
+whatever the scale of its weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from onnx import numpy_helper
+
+from graphops.dependency import DependencyGraph
+from graphops.errors import ModelRejected
+
+Scores = dict[str, np.ndarray]
+Criterion = Callable[..., Scores]
+
+_CRITERIA: dict[str, Criterion] = {}
+
+
+def register_criterion(name: str) -> Callable[[Criterion], Criterion]:
+    def decorate(function: Criterion) -> Criterion:
+        _CRITERIA[name] = function
+        return function
+
+    return decorate
+
+
+def available_criteria() -> set[str]:
+    return set(_CRITERIA)
+
+
+def score_groups(dep: DependencyGraph, criterion: str, *, seed: int = 0, **options) -> Scores:
+    """Scores of every prunable group's channels under ``criterion``."""
+    if criterion not in _CRITERIA:
+        raise ModelRejected(f"unknown criterion '{criterion}'; choose one of: {', '.join(sorted(_CRITERIA))}")
+    return _CRITERIA[criterion](dep, seed=seed, **options)
+
+
+def _producer_norms(dep: DependencyGraph, order: float) -> Scores:
+    weights = {init.name: init for init in dep.model.graph.initializer}
+    totals = [np.zeros(g.channels) for g in dep.groups]
+    counts = [np.zeros(g.channels) for g in dep.groups]
+    for producer in dep.producers:
+        if producer.weight not in weights:
+            continue
+        weight = np.moveaxis(numpy_helper.to_array(weights[producer.weight]).astype(np.float64), producer.axis, 0)
+        flat = np.abs(weight.reshape(weight.shape[0], -1))
+        norms = flat.sum(axis=1) if order == 1 else np.sqrt((flat**2).sum(axis=1))
+        mean = norms.mean()
+        if mean > 0:
+            norms = norms / mean
+        groups, classes = dep.classes_of(producer.atoms)
+        for group in np.unique(groups).tolist():
+            where = groups == group
+            np.add.at(totals[group], classes[where], norms[where])
+            np.add.at(counts[group], classes[where], 1)
+    scores = {}
+    for index, group in enumerate(dep.groups):
+        if group.prunable:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                score = totals[index] / counts[index]
+            # Channels no producer scores (joined from elsewhere) are treated as most important.
+            scores[group.id] = np.where(counts[index] > 0, score, np.inf)
+    return scores
+
+
+@register_criterion("l1")
+def l1_norm(dep: DependencyGraph, **_: object) -> Scores:
+    """Sum of absolute filter weights (Li et al., ICLR 2017)."""
+    return _producer_norms(dep, 1)
+
+
+@register_criterion("l2")
+def l2_norm(dep: DependencyGraph, **_: object) -> Scores:
+    """Euclidean norm of each filter."""
+    return _producer_norms(dep, 2)
+
+
+@register_criterion("random")
+def random_scores(dep: DependencyGraph, *, seed: int = 0, **_: object) -> Scores:
+    """Uniform random scores: the baseline every criterion must beat."""
+    rng = np.random.default_rng(seed)
+    return {g.id: rng.random(g.channels) for g in dep.groups if g.prunable}

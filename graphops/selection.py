@@ -1,0 +1,179 @@
+"""From channel scores to a pruning plan, honouring every group's constraints.
+
+``select_by_ratio`` removes the same fraction of every prunable group (Li et al.'s uniform
+setting). ``select_by_flops`` ranks channels of all groups together after layer-wise L2
+normalisation of scores (Molchanov et al.) and removes the least important until MACs fall by
+the target. Both keep pinned channels, at least one channel per group and per Split output, equal
+counts across a grouped conv's blocks, and (where asked) channel counts that are multiples of N.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from graphops.dependency import DependencyGraph
+from graphops.plan import GroupPlan, PruningPlan
+
+Scores = Mapping[str, np.ndarray]
+
+
+def excluded_group_ids(dep: DependencyGraph, patterns: Iterable[str]) -> set[str]:
+    """Groups whose channels a user protected by naming (or globbing) one of their producers."""
+    patterns = list(patterns)
+    return {
+        g.id
+        for g in dep.groups
+        if any(fnmatch.fnmatchcase(name, pattern) for name in g.producers for pattern in patterns)
+    }
+
+
+def _round_keep(keep: int, channels: int, round_to: int) -> int:
+    return min(channels, max(1, math.ceil(keep / round_to) * round_to))
+
+
+def _choose_kept(dep: DependencyGraph, index: int, scores: np.ndarray, n_keep: int) -> list[int]:
+    """The ``n_keep`` best channels of group ``index`` (or a few more where constraints demand)."""
+    group = dep.groups[index]
+    channels = group.channels
+    order = np.argsort(scores, kind="stable")  # ascending: least important first
+    removable = [int(c) for c in order if int(c) not in group.pinned]
+    partitions = {tuple(tuple(block.tolist()) for block in blocks) for i, blocks in dep.balanced if i == index}
+    if len(partitions) > 1:
+        return list(range(channels))  # two different block structures: keep it whole
+    removed: set[int] = set()
+    if partitions:
+        blocks = [set(block) for block in next(iter(partitions))]
+        per_block = max(1, math.ceil(n_keep / len(blocks)))
+        per_block = max([per_block] + [len(block & group.pinned) for block in blocks])
+        for block in blocks:
+            candidates = [c for c in removable if c in block]
+            removed.update(candidates[: max(0, len(block) - per_block)])
+    else:
+        removed.update(removable[: max(0, channels - n_keep)])
+    for i, classes in dep.nonempty:
+        members = set(classes.tolist())
+        if i == index and members <= removed:
+            removed.discard(max(members, key=lambda c: scores[c]))
+    return sorted(set(range(channels)) - removed)
+
+
+def _plan(dep: DependencyGraph, keeps: dict[int, list[int]]) -> PruningPlan:
+    entries = {}
+    for index, keep in keeps.items():
+        group = dep.groups[index]
+        if len(keep) < group.channels:
+            entries[group.id] = GroupPlan(group.id, group.channels, tuple(keep), group.producers)
+    plan = PruningPlan(entries)
+    plan.check(dep)
+    return plan
+
+
+def _candidates(dep: DependencyGraph, scores: Scores, exclude: Iterable[str]) -> list[int]:
+    protected = excluded_group_ids(dep, exclude)
+    return [i for i, g in enumerate(dep.groups) if g.prunable and g.id not in protected and g.id in scores]
+
+
+def select_by_ratio(
+    dep: DependencyGraph, scores: Scores, ratio: float, *, round_to: int = 1, exclude: Iterable[str] = ()
+) -> PruningPlan:
+    """Remove ``ratio`` of the removable (not pinned) channels of every prunable group."""
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"ratio must be in [0, 1), got {ratio}")
+    keeps = {}
+    for index in _candidates(dep, scores, exclude):
+        group = dep.groups[index]
+        channels = group.channels
+        n_keep = _round_keep(channels - int(ratio * (channels - len(group.pinned))), channels, round_to)
+        keeps[index] = _choose_kept(dep, index, scores[dep.groups[index].id], n_keep)
+    return _plan(dep, keeps)
+
+
+class MacsModel:
+    """MACs of a plan without running surgery: each Conv/Gemm's MACs scale with the kept fraction
+    of its input channels times that of its output channels (depthwise convs: output only)."""
+
+    def __init__(self, dep: DependencyGraph, node_macs: Mapping[str, int]) -> None:
+        self._dep = dep
+        self.total = int(sum(node_macs.values()))
+        weights = {init.name: init for init in dep.model.graph.initializer}
+        self._terms = []
+        for node in dep.model.graph.node:
+            macs = node_macs.get(node.name, 0)
+            if not macs:
+                continue
+            layout_in = dep.layouts.get(node.input[0])
+            layout_out = dep.layouts.get(node.output[0])
+            depthwise = False
+            if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1 and node.input[1] in weights:
+                groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+                shape = list(weights[node.input[1]].dims)
+                depthwise = groups > 1 and (shape[1] == 1 if node.op_type == "Conv" else shape[0] == groups)
+            atoms_in = None if layout_in is None or depthwise else layout_in.atoms
+            atoms_out = None if layout_out is None else layout_out.atoms
+            self._terms.append((macs, atoms_in, atoms_out))
+
+    def macs(self, plan: PruningPlan) -> int:
+        removed = plan.removed_class_mask(self._dep)
+        total = self.total
+        for macs, atoms_in, atoms_out in self._terms:
+            fraction = 1.0
+            for atoms in (atoms_in, atoms_out):
+                if atoms is not None and len(atoms):
+                    fraction *= 1.0 - removed[self._dep.atom_class[atoms]].mean()
+            total -= macs * (1.0 - fraction)
+        return int(round(total))
+
+
+def select_by_flops(
+    dep: DependencyGraph,
+    scores: Scores,
+    target: float,
+    *,
+    node_macs: Mapping[str, int],
+    round_to: int = 1,
+    exclude: Iterable[str] = (),
+) -> PruningPlan:
+    """Remove the globally least important channels until MACs fall by ``target`` (a fraction).
+
+    Scores are L2-normalised within each group first, so groups compare on one scale. If the
+    target cannot be reached (everything left is pinned), the plan removes all it can.
+    """
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"flops target must be in (0, 1), got {target}")
+    model = MacsModel(dep, node_macs)
+    candidates = _candidates(dep, scores, exclude)
+    ranked = []
+    for index in candidates:
+        group = dep.groups[index]
+        raw = np.asarray(scores[group.id], dtype=np.float64)
+        finite = np.where(np.isfinite(raw), raw, np.nan)
+        norm = np.sqrt(np.nansum(finite**2)) or 1.0
+        normalised = np.where(np.isfinite(raw), raw / norm, np.inf)
+        ranked.extend((float(normalised[c]), index, c) for c in range(group.channels) if c not in group.pinned)
+    ranked.sort(key=lambda item: item[0])
+    goal = model.total * (1.0 - target)
+
+    def plan_for(k: int) -> PruningPlan:
+        removed_per_group: dict[int, int] = {}
+        for _, index, _ in ranked[:k]:
+            removed_per_group[index] = removed_per_group.get(index, 0) + 1
+        keeps = {}
+        for index, count in removed_per_group.items():
+            channels = dep.groups[index].channels
+            n_keep = _round_keep(channels - count, channels, round_to)
+            keeps[index] = _choose_kept(dep, index, scores[dep.groups[index].id], n_keep)
+        return _plan(dep, keeps)
+
+    low, high = 0, len(ranked)
+    while low < high:  # smallest k whose plan reaches the goal
+        middle = (low + high) // 2
+        if model.macs(plan_for(middle)) <= goal:
+            high = middle
+        else:
+            low = middle + 1
+    return plan_for(low)
+

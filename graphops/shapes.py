@@ -1,0 +1,114 @@
+"""Tensor shapes: fixing symbolic input dims and reading inferred shapes back."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import onnx
+from onnx import shape_inference
+
+from graphops.errors import ModelRejected
+
+Dim = int | str | None
+Shape = tuple[Dim, ...]
+
+
+def _type_shape(value_type: onnx.TypeProto) -> Shape | None:
+    if not value_type.HasField("tensor_type") or not value_type.tensor_type.HasField("shape"):
+        return None
+    dims: list[Dim] = []
+    for dim in value_type.tensor_type.shape.dim:
+        if dim.HasField("dim_value"):
+            dims.append(dim.dim_value)
+        elif dim.HasField("dim_param"):
+            dims.append(dim.dim_param)
+        else:
+            dims.append(None)
+    return tuple(dims)
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The real inputs: graph inputs that are not initializers (old exporters list both)."""
+    initializers = {init.name for init in model.graph.initializer}
+    return [inp for inp in model.graph.input if inp.name not in initializers]
+
+
+def declared_input_shapes(model: onnx.ModelProto) -> dict[str, Shape | None]:
+    return {inp.name: _type_shape(inp.type) for inp in graph_inputs(model)}
+
+
+def resolve_input_shapes(
+    model: onnx.ModelProto, given: Mapping[str, Sequence[int]] | None = None
+) -> dict[str, list[int]]:
+    """Concrete shapes for every input: the user's, else the declared ones.
+
+    A symbolic first dim is taken as batch 1; any other symbolic dim needs ``--input-shape``
+    because MACs and benchmarks depend on it.
+    """
+    given = dict(given or {})
+    declared = declared_input_shapes(model)
+    unknown = sorted(set(given) - set(declared))
+    if unknown:
+        raise ModelRejected(
+            f"--input-shape names {unknown[0]!r}, which is not a model input "
+            f"(inputs: {', '.join(declared) or 'none'})"
+        )
+    resolved: dict[str, list[int]] = {}
+    for name, shape in declared.items():
+        if name in given:
+            dims = [int(d) for d in given[name]]
+            if shape is not None and len(shape) != len(dims):
+                raise ModelRejected(
+                    f"--input-shape for {name!r} has rank {len(dims)}, the model declares rank {len(shape)}"
+                )
+            for axis, (want, have) in enumerate(zip(dims, shape or ())):
+                if isinstance(have, int) and have > 0 and have != want:
+                    raise ModelRejected(
+                        f"--input-shape for {name!r} sets dim {axis} to {want}, the model fixes it at {have}"
+                    )
+            resolved[name] = dims
+            continue
+        if shape is None:
+            raise ModelRejected(f"input {name!r} has no declared shape; pass --input-shape {name}:DxDx...")
+        dims = []
+        for axis, dim in enumerate(shape):
+            if isinstance(dim, int) and dim > 0:
+                dims.append(dim)
+            elif axis == 0:
+                dims.append(1)
+            else:
+                example = "x".join(str(d) if isinstance(d, int) and d > 0 else "?" for d in shape)
+                raise ModelRejected(
+                    f"input {name!r} has symbolic dim {axis} ({example}); pass --input-shape {name}:"
+                    + "x".join(str(d) if isinstance(d, int) and d > 0 else "N" for d in shape)
+                )
+        resolved[name] = dims
+    return resolved
+
+
+def with_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> onnx.ModelProto:
+    """A copy of ``model`` whose inputs have the given concrete shapes."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for inp in fixed.graph.input:
+        if inp.name not in input_shapes:
+            continue
+        shape = inp.type.tensor_type.shape
+        shape.ClearField("dim")
+        for value in input_shapes[inp.name]:
+            shape.dim.add().dim_value = int(value)
+    return fixed
+
+
+def infer_shapes(model: onnx.ModelProto) -> dict[str, Shape]:
+    """Shapes of every tensor onnx's inference can reach (inputs, outputs, intermediates, initializers)."""
+    inferred = shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+    shapes: dict[str, Shape] = {}
+    graph = inferred.graph
+    for value in list(graph.input) + list(graph.value_info) + list(graph.output):
+        shape = _type_shape(value.type)
+        if shape is not None:
+            shapes[value.name] = shape
+    for init in graph.initializer:
+        shapes[init.name] = tuple(init.dims)
+    return shapes

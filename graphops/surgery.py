@@ -1,0 +1,74 @@
+"""Apply a pruning plan: slice every constant that follows removed channels, fix attributes.
+
+Only what the plan touches changes; node names, untouched weights and the graph's interface
+(inputs, outputs, symbolic dims) stay as they were. Inferred intermediate shapes are dropped and
+inferred again, since onnx-graphsurgeon's would be stale after slicing.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import shape_inference
+
+from graphops.dependency import DependencyGraph
+from graphops.layout import ConstSlice
+from graphops.ops import SurgeryContext, handler_for
+from graphops.plan import PruningPlan
+
+
+def _context(dep: DependencyGraph, plan: PruningPlan) -> SurgeryContext:
+    removed = plan.removed_class_mask(dep)
+    return SurgeryContext(dep.layouts, lambda atoms: removed[dep.atom_class[atoms]], dep.shapes, dep.opset)
+
+
+def _by_input(entries: list[ConstSlice]) -> dict[tuple[str, int], list[ConstSlice]]:
+    grouped: dict[tuple[str, int], list[ConstSlice]] = defaultdict(list)
+    for entry in entries:
+        grouped[(entry.node, entry.input_index)].append(entry)
+    return grouped
+
+
+def export_like(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
+    """Export ``graph`` into a copy of ``template``: same opsets, IR version and metadata."""
+    exported = gs.export_onnx(graph, do_type_check=False)
+    model = onnx.ModelProto()
+    model.CopyFrom(template)
+    model.graph.CopyFrom(exported.graph)
+    del model.graph.value_info[:]
+    try:
+        inferred = shape_inference.infer_shapes(model, strict_mode=False)
+        model.graph.value_info.extend(inferred.graph.value_info)
+    except Exception:  # value_info is a convenience for viewers; the model is valid without it
+        pass
+    return model
+
+
+def apply_plan(dep: DependencyGraph, plan: PruningPlan) -> onnx.ModelProto:
+    """The pruned model: a new ModelProto (``dep.model`` is left as it was)."""
+    plan.check(dep)
+    ctx = _context(dep, plan)
+    graph = gs.import_onnx(dep.model)
+    nodes = {node.name: node for node in graph.nodes}
+    for (node_name, index), entries in _by_input(dep.slices).items():
+        node = nodes[node_name]
+        values = np.asarray(node.inputs[index].values)
+        changed = False
+        for entry in entries:
+            removed = ctx.removed_atoms(entry.atoms)
+            if removed.any():
+                values = np.take(values, np.flatnonzero(~removed), axis=entry.axis)
+                changed = True
+        if changed:
+            ctx.replace_input(node, index, values)
+    for node in graph.nodes:
+        handler_for(node.op).apply(node, ctx)
+    interface = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Variable) and tensor.name not in interface:
+            tensor.shape = None
+    graph.cleanup(remove_unused_graph_inputs=False)
+    return export_like(graph, dep.model)
