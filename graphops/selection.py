@@ -15,7 +15,9 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from graphops.cost import measure_cost
 from graphops.dependency import DependencyGraph
+from graphops.errors import ModelRejected
 from graphops.plan import GroupPlan, PruningPlan
 
 Scores = Mapping[str, np.ndarray]
@@ -133,7 +135,7 @@ def select_by_flops(
     scores: Scores,
     target: float,
     *,
-    node_macs: Mapping[str, int],
+    node_macs: Mapping[str, int] | None = None,
     round_to: int = 1,
     exclude: Iterable[str] = (),
 ) -> PruningPlan:
@@ -144,6 +146,10 @@ def select_by_flops(
     """
     if not 0.0 < target < 1.0:
         raise ValueError(f"flops target must be in (0, 1), got {target}")
+    if node_macs is None:
+        if dep.input_shapes is None:
+            raise ModelRejected("a MACs target needs concrete input shapes; pass --input-shape")
+        node_macs = {node.name: node.macs for node in measure_cost(dep.model, dep.input_shapes).nodes}
     model = MacsModel(dep, node_macs)
     candidates = _candidates(dep, scores, exclude)
     ranked = []

@@ -43,9 +43,12 @@ class Fidelity(BaseModel):
 class GroupReport(BaseModel):
     id: str
     nodes: list[str]
+    producers: list[str] = Field(default_factory=list, description="The filters that write these channels.")
     channels_before: int
     channels_after: int
-    macs_share: float = 0.0
+    pinned: int = Field(0, description="Channels that must stay (they reach an op or output we keep intact).")
+    pinned_reasons: list[str] = Field(default_factory=list)
+    macs_share: float = Field(0.0, description="Share of the model's MACs in the nodes of this group.")
 
 
 class FrozenReport(BaseModel):

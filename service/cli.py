@@ -1,0 +1,249 @@
+"""``onnxprune``: prune, analyze and benchmark ONNX models from the command line.
+
+Thin over ``workers.pipeline``; the service commands (serve, worker, submit) live in
+``service.cli_service``. Bad input exits with code 2 and one line on stderr, never a traceback
+(set ONNXPRUNE_DEBUG=1 to see one).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from graphops.errors import GraphOpsError, ModelRejected
+from workers.options import PruneOptions, parse_input_shape
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prune conv filters directly on ONNX models.")
+console = Console(stderr=True)
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+
+InputShapeOption = Annotated[
+    Optional[list[str]],
+    typer.Option("--input-shape", help="Concrete shape for a symbolic input, NAME:1x3x224x224 (repeatable)."),
+]
+
+
+def _fail(message: str, code: int) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def one_line_errors(command: Callable[..., None]) -> Callable[..., None]:
+    """Turn the errors a command can meet into one line and an exit code, never a traceback.
+
+    Exit 2: the input is at fault (bad model, bad option, missing file). Exit 1: we are.
+    """
+
+    @functools.wraps(command)
+    def run(*args, **kwargs) -> None:
+        try:
+            command(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except ModelRejected as exc:
+            _fail(str(exc), EXIT_BAD_INPUT)
+        except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+            _fail(f"{exc.strerror}: {exc.filename}", EXIT_BAD_INPUT)
+        except Exception as exc:  # the last line of defence
+            if os.environ.get("ONNXPRUNE_DEBUG"):
+                raise
+            kind = "pruning failed" if isinstance(exc, GraphOpsError) else "internal error"
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            _fail(f"{kind}: {first} (set ONNXPRUNE_DEBUG=1 for details)", EXIT_FAILURE)
+
+    return run
+
+
+def _input_shapes(values: list[str] | None) -> dict[str, list[int]]:
+    shapes = {}
+    for text in values or []:
+        try:
+            name, dims = parse_input_shape(text)
+        except ValueError as exc:
+            _fail(str(exc), EXIT_BAD_INPUT)
+        shapes[name] = dims
+    return shapes
+
+
+def _options(**fields) -> PruneOptions:
+    try:
+        return PruneOptions(**{k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "options"
+        _fail(f"{where}: {first['msg'].removeprefix('Value error, ')}", EXIT_BAD_INPUT)
+        raise  # unreachable, for type checkers
+
+
+def _print_summary(report) -> None:
+    table = Table(title="onnxprune", show_header=True, header_style="bold")
+    table.add_column("")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    table.add_column("change", justify="right")
+    table.add_row("MACs", f"{report.macs.before:,}", f"{report.macs.after:,}", f"-{report.macs.reduction:.1%}")
+    table.add_row("params", f"{report.params.before:,}", f"{report.params.after:,}", f"-{report.params.reduction:.1%}")
+    if report.latency_ms and report.latency_ms.after:
+        before, after = report.latency_ms.before.p50, report.latency_ms.after.p50
+        table.add_row("latency p50 (ms)", f"{before:.3f}", f"{after:.3f}", f"x{before / after:.2f} faster" if after else "")
+    if report.fidelity:
+        table.add_row("fidelity", "", f"cos {report.fidelity.cosine_similarity:.4f}", f"max|Δ| {report.fidelity.max_abs_diff:.3g}")
+    pruned = sum(1 for g in report.groups if g.channels_after < g.channels_before)
+    table.caption = f"{pruned} of {len(report.groups)} prunable groups pruned; {len(report.frozen)} frozen"
+    Console().print(table)
+
+
+@app.command()
+@one_line_errors
+def prune(
+    model: Annotated[Path, typer.Argument(help="The ONNX model to prune.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the pruned model.")],
+    criterion: Annotated[str, typer.Option(help="Filter ranking: l1, l2, random.")] = "l1",
+    ratio: Annotated[Optional[float], typer.Option(help="Fraction of channels removed from every group [0, 1).")] = None,
+    flops_target: Annotated[Optional[float], typer.Option(help="Fraction of MACs to remove, ranking channels globally.")] = None,
+    round_to: Annotated[int, typer.Option(help="Keep channel counts multiples of N.")] = 1,
+    exclude: Annotated[Optional[list[str]], typer.Option(help="Node name or glob whose filters are kept (repeatable).")] = None,
+    input_shape: InputShapeOption = None,
+    report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,
+    plan_out: Annotated[Optional[Path], typer.Option(help="Write the pruning plan (kept channels) here.")] = None,
+    plan_in: Annotated[Optional[Path], typer.Option(help="Apply a saved plan instead of scoring.")] = None,
+    benchmark: Annotated[bool, typer.Option("--benchmark/--no-benchmark", help="Time both models in onnxruntime.")] = True,
+    runs: Annotated[int, typer.Option(help="Timed runs per model.")] = 30,
+    threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the random criterion and benchmark inputs.")] = 0,
+) -> None:
+    """Remove filters and write a smaller dense model, with a report of what changed."""
+    from graphops.plan import PruningPlan
+    from workers.pipeline import atomic_write_bytes, run_pipeline
+
+    options = _options(criterion=criterion, ratio=ratio, flops_target=flops_target, round_to=round_to,
+                       exclude=exclude or [], input_shapes=_input_shapes(input_shape), benchmark=benchmark,
+                       benchmark_runs=runs, threads=threads, seed=seed)
+    plan = None
+    if plan_in is not None:
+        try:
+            plan = PruningPlan.from_json(plan_in.read_text())
+        except OSError as exc:
+            _fail(f"cannot read plan {plan_in}: {exc.strerror}", EXIT_BAD_INPUT)
+    with Progress(TextColumn("{task.description:<10}"), BarColumn(), TimeElapsedColumn(), console=console,
+                  transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("load", total=1.0)
+        result = run_pipeline(model, output, options, plan=plan,
+                              progress=lambda stage, fraction: bar.update(task, description=stage, completed=fraction))
+    if report is not None:
+        atomic_write_bytes(report, result.report.model_dump_json(indent=1).encode())
+    if plan_out is not None:
+        atomic_write_bytes(plan_out, result.plan.to_json().encode())
+    _print_summary(result.report)
+    console.print(f"wrote {output}")
+
+
+@app.command()
+@one_line_errors
+def analyze(
+    model: Annotated[Path, typer.Argument(help="The ONNX model to analyse.")],
+    input_shape: InputShapeOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List channel groups (what can be pruned together) and frozen groups with reasons."""
+    from graphops.cost import measure_cost
+    from graphops.dependency import analyze as analyze_dependencies
+    from graphops.loading import load_model, validate_model
+    from graphops.prepare import prepare_model
+    from graphops.shapes import resolve_input_shapes
+
+    model_proto = load_model(model)
+    validate_model(model_proto)
+    shapes = resolve_input_shapes(model_proto, _input_shapes(input_shape))
+    prepared = prepare_model(model_proto)
+    dep = analyze_dependencies(prepared, shapes)
+    cost = measure_cost(prepared, shapes)
+    node_macs = {n.name: n.macs for n in cost.nodes}
+    total = max(cost.macs, 1)
+
+    def share(nodes) -> float:
+        return round(sum(node_macs.get(n, 0) for n in nodes) / total, 4)
+
+    data = {
+        "macs": cost.macs,
+        "params": cost.params,
+        "input_shapes": shapes,
+        "nodes": [{"name": n.name, "op_type": n.op_type, "macs": n.macs, "params": n.params} for n in cost.nodes],
+        "groups": [{"id": g.id, "channels": g.channels, "pinned": len(g.pinned), "producers": list(g.producers),
+                    "nodes": list(g.nodes), "macs_share": share(g.nodes), "notes": list(g.reasons)}
+                   for g in dep.prunable],
+        "frozen": [{"id": g.id, "channels": g.channels, "nodes": list(g.nodes), "reason": g.frozen_reason}
+                   for g in dep.frozen],
+    }
+    if as_json:
+        print(json.dumps(data, indent=1))
+        return
+    out = Console()
+    out.print(f"{model.name}: {cost.macs:,} MACs, {cost.params:,} params, inputs {shapes}")
+    table = Table("group", "channels", "pinned", "producers", "MACs share", title="prunable groups")
+    for g in data["groups"]:
+        producers = ", ".join(g["producers"][:3]) + (" ..." if len(g["producers"]) > 3 else "")
+        table.add_row(g["id"], str(g["channels"]), str(g["pinned"]), producers, f"{g['macs_share']:.1%}")
+    out.print(table)
+    frozen = Table("group", "channels", "reason", title="frozen groups")
+    for g in data["frozen"]:
+        frozen.add_row(g["id"], str(g["channels"]), g["reason"])
+    out.print(frozen)
+
+
+@app.command()
+@one_line_errors
+def bench(
+    model_a: Annotated[Path, typer.Argument(help="Reference model.")],
+    model_b: Annotated[Optional[Path], typer.Argument(help="Model to compare (e.g. the pruned one).")] = None,
+    input_shape: InputShapeOption = None,
+    runs: Annotated[int, typer.Option(help="Timed runs per model.")] = 50,
+    warmup: Annotated[int, typer.Option(help="Untimed runs per model first.")] = 5,
+    threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Time one model, or two side by side (interleaved runs), and compare their outputs."""
+    from workers.benchmark import benchmark as run_benchmark
+
+    result = run_benchmark(model_a, model_b, _input_shapes(input_shape) or None, runs=runs, warmup=warmup, threads=threads)
+    data = {"latency_ms": result.latency.model_dump(),
+            "fidelity": result.fidelity.model_dump() if result.fidelity else None}
+    if as_json:
+        print(json.dumps(data, indent=1))
+        return
+    table = Table("model", "p50 ms", "p90 ms", "mean ms", title=f"onnxruntime, {threads} thread(s), {runs} runs")
+    for label, path, stats in (("A", model_a, result.latency.before), ("B", model_b, result.latency.after)):
+        if stats is not None:
+            table.add_row(f"{label}: {path.name}", f"{stats.p50:.3f}", f"{stats.p90:.3f}", f"{stats.mean:.3f}")
+    Console().print(table)
+    if result.fidelity:
+        Console().print(f"outputs: max |A-B| {result.fidelity.max_abs_diff:.3g}, cosine {result.fidelity.cosine_similarity:.6f}")
+
+
+def _register_service_commands() -> None:
+    from service import cli_service
+
+    cli_service.register(app)
+
+
+_register_service_commands()
+
+
+def main() -> None:
+    """Console entry point (``onnxprune``)."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""The command line as a user meets it: real processes, exit codes, files and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+from tests.oracle import random_feeds, run_model
+from tests.test_selection import residual_model
+
+REPORT_CONTRACT = [
+    ("macs", "before"), ("macs", "after"), ("params", "before"), ("params", "after"),
+    ("latency_ms", "before", "p50"), ("latency_ms", "after", "p50"),
+    ("latency_ms", "before", "p90"), ("latency_ms", "after", "p90"), ("fidelity", "cosine_similarity"),
+]  # fmt: skip
+
+
+def onnxprune(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "service.cli", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cli") / "residual.onnx"
+    onnx.save(residual_model(), path)
+    return path
+
+
+def test_prune_writes_model_report_and_plan(model_path, tmp_path):
+    result = onnxprune("prune", model_path, "-o", "out.onnx", "--ratio", "0.5", "--report", "report.json",
+                       "--plan-out", "plan.json", "--runs", "5", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    for path in REPORT_CONTRACT:
+        value = report
+        for key in path:
+            value = value[key]
+        assert isinstance(value, (int, float)), path
+    assert report["macs"]["after"] < report["macs"]["before"]
+    assert {"nodes", "channels_before", "channels_after"} <= set(report["groups"][0])
+    assert {"nodes", "reason"} <= set(report["frozen"][0])
+    onnx.checker.check_model(onnx.load(tmp_path / "out.onnx"), full_check=True)
+    assert json.loads((tmp_path / "plan.json").read_text())["groups"]
+
+
+def test_a_saved_plan_reproduces_the_same_model(model_path, tmp_path):
+    first = onnxprune("prune", model_path, "-o", "a.onnx", "--criterion", "random", "--seed", "3",
+                      "--ratio", "0.4", "--plan-out", "plan.json", "--no-benchmark", cwd=tmp_path)
+    again = onnxprune("prune", model_path, "-o", "b.onnx", "--plan-in", "plan.json", "--no-benchmark", cwd=tmp_path)
+    assert first.returncode == again.returncode == 0, first.stderr + again.stderr
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_ratio_zero_gives_the_original_outputs_exactly(model_path, tmp_path):
+    result = onnxprune("prune", model_path, "-o", "same.onnx", "--ratio", "0", "--no-benchmark", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    original, pruned = onnx.load(model_path), onnx.load(tmp_path / "same.onnx")
+    feeds = random_feeds(original, {"input": [1, 3, 8, 8]})
+    for want, have in zip(run_model(original, feeds), run_model(pruned, feeds)):
+        assert (want == have).all()
+
+
+BAD_INPUT_CASES = [
+    ("random bytes", lambda d: d / "rand.onnx", ["--ratio", "0.5"], "not an ONNX model"),
+    ("missing file", lambda d: d / "missing.onnx", ["--ratio", "0.5"], "does not exist"),
+    ("ratio out of range", None, ["--ratio", "1.5"], "ratio"),
+    ("unknown criterion", None, ["--criterion", "magic"], "unknown criterion 'magic'"),
+    ("both targets", None, ["--ratio", "0.2", "--flops-target", "0.3"], "not both"),
+    ("bad input shape", None, ["--input-shape", "input:1xfoo"], "NAME:DxDx"),
+    ("unknown input", None, ["--input-shape", "image:1x3x8x8"], "not a model input"),
+]
+
+
+@pytest.mark.parametrize("label, path, args, message", BAD_INPUT_CASES, ids=[c[0] for c in BAD_INPUT_CASES])
+def test_bad_input_exits_2_with_one_line(model_path, tmp_path, label, path, args, message):
+    (tmp_path / "rand.onnx").write_bytes(b"\x93\x17garbage" * 10)
+    target = path(tmp_path) if path else model_path
+    result = onnxprune("prune", target, "-o", "out.onnx", *args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_analyze_lists_groups_and_frozen_with_reasons(model_path, tmp_path):
+    result = onnxprune("analyze", model_path, "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["macs"] > 0 and data["params"] > 0
+    assert sum(g["macs_share"] for g in data["groups"]) > 0
+    assert any("graph output" in f["reason"] for f in data["frozen"])
+
+
+def test_bench_compares_two_models(model_path, tmp_path):
+    result = onnxprune("bench", model_path, model_path, "--runs", "5", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["latency_ms"]["before"]["p50"] > 0 and data["latency_ms"]["after"]["p50"] > 0
+    assert data["fidelity"]["max_abs_diff"] == 0.0

@@ -1,0 +1,80 @@
+"""The job pipeline: progress, atomic output, and the oracle guarding every result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+import workers.pipeline as pipeline
+from graphops.errors import ModelRejected
+from workers.options import PruneOptions
+from workers.pipeline import VerificationFailed, run_pipeline
+from tests.test_selection import residual_model
+
+
+@pytest.fixture
+def model_path(tmp_path) -> Path:
+    path = tmp_path / "residual.onnx"
+    onnx.save(residual_model(), path)
+    return path
+
+
+def test_progress_walks_every_stage_in_order_up_to_one(model_path, tmp_path):
+    seen: list[tuple[str, float]] = []
+    run_pipeline(model_path, tmp_path / "out.onnx", PruneOptions(ratio=0.5, benchmark_runs=3),
+                 progress=lambda stage, fraction: seen.append((stage, fraction)))
+    fractions = [f for _, f in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert [s for s, _ in seen[::2]] == list(pipeline.STAGE_END)
+
+
+def test_a_model_that_fails_the_oracle_is_never_written(model_path, tmp_path, monkeypatch):
+    real_apply = pipeline.apply_plan
+
+    def corrupting_apply(dep, plan):
+        model = real_apply(dep, plan)
+        weight = model.graph.initializer[0]
+        values = numpy_helper.to_array(weight).copy()
+        values.flat[0] += 1.0  # one wrong weight: still valid ONNX, wrong numbers
+        weight.CopyFrom(numpy_helper.from_array(values, weight.name))
+        return model
+
+    monkeypatch.setattr(pipeline, "apply_plan", corrupting_apply)
+    with pytest.raises(VerificationFailed, match="oracle"):
+        run_pipeline(model_path, tmp_path / "out.onnx", PruneOptions(ratio=0.5, benchmark=False))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["residual.onnx"]
+
+
+def test_fidelity_is_measured_even_without_benchmark(model_path, tmp_path):
+    result = run_pipeline(model_path, tmp_path / "out.onnx", PruneOptions(ratio=0.0, benchmark=False))
+    assert result.report.latency_ms is None
+    assert result.report.fidelity.max_abs_diff == 0.0 and result.report.macs.after == result.report.macs.before
+
+
+def test_symbolic_dims_need_an_input_shape(tmp_path):
+    model = residual_model()
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "height", "width"
+    path = tmp_path / "dynamic.onnx"
+    onnx.save(model, path)
+    with pytest.raises(ModelRejected, match="--input-shape input:1x3xNxN"):
+        run_pipeline(path, tmp_path / "out.onnx", PruneOptions(ratio=0.5))
+    result = run_pipeline(path, tmp_path / "out.onnx",
+                          PruneOptions(ratio=0.5, benchmark=False, input_shapes={"input": [1, 3, 8, 8]}))
+    pruned_input = onnx.load(tmp_path / "out.onnx").graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in pruned_input][2:] == ["height", "width"]  # still dynamic
+    assert result.report.macs.after < result.report.macs.before
+
+
+def test_untouched_weights_stay_bit_identical(model_path, tmp_path):
+    result = run_pipeline(model_path, tmp_path / "out.onnx", PruneOptions(ratio=0.5, benchmark=False))
+    before = {i.name: numpy_helper.to_array(i) for i in onnx.load(model_path).graph.initializer}
+    after = {i.name: numpy_helper.to_array(i) for i in onnx.load(tmp_path / "out.onnx").graph.initializer}
+    unchanged = [n for n in after if n in before and after[n].shape == before[n].shape]
+    assert unchanged and all(np.array_equal(before[n], after[n]) and before[n].dtype == after[n].dtype
+                             for n in unchanged)
+    assert result.report.output_sha256 == pipeline.file_sha256(tmp_path / "out.onnx")

@@ -1,0 +1,190 @@
+"""onnxruntime runs of uploaded models: deterministic inputs, single runs, latency and fidelity.
+
+Every onnxruntime session lives in a sandboxed child process (``workers.sandbox``). A benchmark
+builds both sessions with identical options, warms each up, then times them interleaved
+(A, B, A, B, ...) on the same inputs, so drift in machine load hits both models alike.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+
+from graphops.errors import ModelRejected
+from graphops.loading import load_model, parse_model
+from graphops.shapes import graph_inputs, resolve_input_shapes
+from workers.report import Fidelity, Latency, LatencyStats
+from workers.sandbox import RunnerError, RunnerLimits, run_in_child
+
+if TYPE_CHECKING:  # onnxruntime itself is imported only in the child process
+    import onnxruntime
+
+__all__ = ["BenchmarkResult", "RunnerError", "RunnerLimits", "benchmark", "make_inputs", "run_model"]
+
+Inputs = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    latency: Latency
+    fidelity: Fidelity | None  # None when only one model was benchmarked
+
+
+def make_inputs(
+    model: str | Path | onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None, seed: int = 0
+) -> Inputs:
+    """Deterministic random inputs for every graph input: floats standard normal, integers in
+    [0, 4), booleans fair coins. Symbolic dims not in ``input_shapes`` resolve as in
+    ``graphops.shapes.resolve_input_shapes`` (batch 1)."""
+    proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    shapes = resolve_input_shapes(proto, input_shapes)
+    rng = np.random.default_rng(seed)
+    inputs: Inputs = {}
+    for value in graph_inputs(proto):
+        elem_type = value.type.tensor_type.elem_type
+        if elem_type in (0, onnx.TensorProto.STRING):
+            raise ModelRejected(f"input {value.name!r} is not a numeric tensor; benchmarks need numeric inputs")
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(elem_type)
+        shape = tuple(shapes[value.name])
+        if dtype == np.bool_:
+            inputs[value.name] = rng.random(shape) < 0.5
+        elif np.issubdtype(dtype, np.integer):
+            inputs[value.name] = rng.integers(0, 4, size=shape).astype(dtype)
+        else:
+            inputs[value.name] = rng.standard_normal(shape).astype(dtype)
+    return inputs
+
+
+def run_model(model_path: Path, inputs: Mapping[str, np.ndarray], *, limits: RunnerLimits = RunnerLimits()) -> Inputs:
+    """All outputs of one onnxruntime run, by output name (in a sandboxed child process)."""
+    return run_in_child(_run_once, (str(model_path), dict(inputs)), limits=limits)  # type: ignore[no-any-return]
+
+
+def benchmark(
+    original: Path,
+    pruned: Path | None,
+    input_shapes: Mapping[str, Sequence[int]] | None,
+    *,
+    runs: int = 30,
+    warmup: int = 5,
+    threads: int = 1,
+    seed: int = 0,
+    limits: RunnerLimits = RunnerLimits(),
+) -> BenchmarkResult:
+    """Latency of ``original`` (and ``pruned``, interleaved) and, with both, output fidelity."""
+    if runs < 1 or warmup < 0 or threads < 1:
+        raise ValueError(f"benchmark needs runs >= 1, warmup >= 0, threads >= 1 (got {runs}, {warmup}, {threads})")
+    inputs = make_inputs(original, input_shapes, seed)
+    paths = [str(original)] + ([str(pruned)] if pruned is not None else [])
+    timings, outputs = run_in_child(_time_sessions, (paths, inputs, runs, warmup, threads), limits=limits)
+    stats = [_latency_stats(ms) for ms in timings]
+    latency = Latency(before=stats[0], after=stats[1] if pruned is not None else None, threads=threads, warmup=warmup)
+    fidelity = compare_outputs(outputs[0], outputs[1]) if pruned is not None else None
+    return BenchmarkResult(latency=latency, fidelity=fidelity)
+
+
+def compare_outputs(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]) -> Fidelity:
+    """Max abs diff and cosine similarity, over all outputs flattened together and per output.
+
+    Outputs are matched by name, or by position when the names differ; an output whose shape
+    changed has infinite difference and cosine 0."""
+    pairs = _match_outputs(reference, candidate)
+    per_output: dict[str, dict[str, float]] = {}
+    flat_ref, flat_cand = [], []
+    shapes_match = True
+    for name, ref, cand in pairs:
+        ref64, cand64 = np.asarray(ref, np.float64).ravel(), np.asarray(cand, np.float64).ravel()
+        if np.shape(ref) != np.shape(cand):
+            shapes_match = False
+            per_output[name] = {"max_abs_diff": float("inf"), "cosine_similarity": 0.0}
+            continue
+        per_output[name] = {"max_abs_diff": _max_abs_diff(ref64, cand64), "cosine_similarity": _cosine(ref64, cand64)}
+        flat_ref.append(ref64)
+        flat_cand.append(cand64)
+    if not shapes_match or not flat_ref:
+        return Fidelity(max_abs_diff=float("inf"), cosine_similarity=0.0, outputs=per_output)
+    all_ref, all_cand = np.concatenate(flat_ref), np.concatenate(flat_cand)
+    return Fidelity(
+        max_abs_diff=_max_abs_diff(all_ref, all_cand), cosine_similarity=_cosine(all_ref, all_cand), outputs=per_output
+    )
+
+
+def _match_outputs(
+    reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    if set(reference) == set(candidate):
+        return [(name, reference[name], candidate[name]) for name in reference]
+    if len(reference) != len(candidate):
+        raise RunnerError(
+            f"the pruned model has {len(candidate)} outputs, the original {len(reference)}; cannot compare them"
+        )
+    return [(name, ref, cand) for (name, ref), cand in zip(reference.items(), candidate.values())]
+
+
+def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a - b))) if a.size else 0.0
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    norms = float(np.linalg.norm(a) * np.linalg.norm(b))
+    if norms == 0.0:
+        return 1.0 if np.array_equal(a, b) else 0.0
+    return float(np.dot(a, b) / norms)
+
+
+def _latency_stats(milliseconds: list[float]) -> LatencyStats:
+    values = np.asarray(milliseconds)
+    return LatencyStats(
+        p50=float(np.percentile(values, 50)),
+        p90=float(np.percentile(values, 90)),
+        mean=float(values.mean()),
+        runs=len(milliseconds),
+    )
+
+
+# ---- what runs in the child process ----------------------------------------------------------
+
+
+def _session(path: str, threads: int) -> onnxruntime.InferenceSession:
+    import onnxruntime as ort
+
+    data = Path(path).read_bytes()
+    parse_model(data)  # refuses external data before onnxruntime could follow its paths
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _run_once(path: str, inputs: Inputs) -> Inputs:
+    session = _session(path, threads=1)
+    names = [output.name for output in session.get_outputs()]
+    return dict(zip(names, session.run(names, inputs)))
+
+
+def _time_sessions(
+    paths: list[str], inputs: Inputs, runs: int, warmup: int, threads: int
+) -> tuple[list[list[float]], list[Inputs]]:
+    sessions = [_session(path, threads) for path in paths]
+    names = [[output.name for output in session.get_outputs()] for session in sessions]
+    outputs = []
+    for session, output_names in zip(sessions, names):
+        for _ in range(warmup):
+            session.run(output_names, inputs)
+        outputs.append(dict(zip(output_names, session.run(output_names, inputs))))
+    timings: list[list[float]] = [[] for _ in sessions]
+    for _ in range(runs):
+        for index, session in enumerate(sessions):
+            start = time.perf_counter_ns()
+            session.run(names[index], inputs)
+            timings[index].append((time.perf_counter_ns() - start) / 1e6)
+    return timings, outputs
