@@ -10,6 +10,7 @@ whatever the scale of its weights.
 from __future__ import annotations
 
 from collections.abc import Callable
+from importlib.metadata import entry_points
 
 import numpy as np
 from onnx import numpy_helper
@@ -21,6 +22,9 @@ Scores = dict[str, np.ndarray]
 Criterion = Callable[..., Scores]
 
 _CRITERIA: dict[str, Criterion] = {}
+# Criteria from other packages (data-driven ones that need torch) register under this entry-point
+# group and are imported only when used, so weight-norm jobs never load their dependencies.
+PLUGIN_GROUP = "onnxprune.criteria"
 
 
 def register_criterion(name: str) -> Callable[[Criterion], Criterion]:
@@ -31,15 +35,33 @@ def register_criterion(name: str) -> Callable[[Criterion], Criterion]:
     return decorate
 
 
+def _plugins() -> dict[str, object]:
+    return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
+
+
 def available_criteria() -> set[str]:
-    return set(_CRITERIA)
+    return set(_CRITERIA) | set(_plugins())
+
+
+def get_criterion(name: str) -> Criterion:
+    if name not in _CRITERIA:
+        plugin = _plugins().get(name)
+        if plugin is None:
+            known = ", ".join(sorted(available_criteria()))
+            raise ModelRejected(f"unknown criterion '{name}'; choose one of: {known}")
+        _CRITERIA[name] = plugin.load()
+    return _CRITERIA[name]
+
+
+def criterion_needs_data(name: str) -> bool:
+    """Data-driven criteria mark themselves with ``needs_data = True``."""
+    return bool(getattr(get_criterion(name), "needs_data", False))
 
 
 def score_groups(dep: DependencyGraph, criterion: str, *, seed: int = 0, **options) -> Scores:
-    """Scores of every prunable group's channels under ``criterion``."""
-    if criterion not in _CRITERIA:
-        raise ModelRejected(f"unknown criterion '{criterion}'; choose one of: {', '.join(sorted(_CRITERIA))}")
-    return _CRITERIA[criterion](dep, seed=seed, **options)
+    """Scores of every prunable group's channels under ``criterion``; extra ``options`` (data, a
+    model path...) are passed to criteria that need them."""
+    return get_criterion(criterion)(dep, seed=seed, **options)
 
 
 def _producer_norms(dep: DependencyGraph, order: float) -> Scores:

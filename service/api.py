@@ -1,0 +1,228 @@
+"""The REST API under /v1: thin routes over the job store, the upload checks and a runner."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Header, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.accept import accept_job
+from service.auth import Owner
+from service.errors import ApiError
+from service.files import JobFiles
+from service.retention import remove_expired
+from service.runners import Runner, make_runner
+from service.schemas import ErrorBody, Health, JobList, JobPublic
+from service.settings import Settings
+from service.store import JobRecord, JobStatus, JobStore
+from workers.report import PruneReport
+
+log = logging.getLogger(__name__)
+
+_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422)}
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["model"],
+                    "properties": {
+                        "model": {"type": "string", "format": "binary", "description": "The .onnx model."},
+                        "data": {"type": "string", "format": "binary",
+                                 "description": "Optional .npz of calibration inputs (no pickles)."},
+                        "config": {"type": "string", "description": "JSON object of PruneOptions."},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def _store(request: Request) -> JobStore:
+    return request.app.state.store
+
+
+def _runner(request: Request) -> Runner:
+    return request.app.state.runner
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+StoreDep = Annotated[JobStore, Depends(_store)]
+RunnerDep = Annotated[Runner, Depends(_runner)]
+
+
+def _owned_job(job_id: str, owner: Owner, store: StoreDep) -> JobRecord:
+    job = store.get(job_id)
+    if job is None or job.owner != owner:
+        raise ApiError(404, "not_found", f"no job {job_id!r}")
+    return job
+
+
+JobDep = Annotated[JobRecord, Depends(_owned_job)]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.runner.start()
+        cleaner = asyncio.create_task(_clean_periodically(settings, app.state.store))
+        try:
+            yield
+        finally:
+            cleaner.cancel()
+            app.state.runner.close()
+
+    app = FastAPI(
+        title="onnxprune",
+        version="0.1.0",
+        description="Structured filter pruning of ONNX models as a service.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.store = JobStore(settings.database_path)
+    app.state.runner = make_runner(settings, app.state.store)
+    _add_error_handlers(app)
+    _add_routes(app)
+    return app
+
+
+def _add_routes(app: FastAPI) -> None:
+    @app.get("/healthz", response_model=Health, tags=["health"])
+    def healthz(settings: SettingsDep) -> Health:
+        return Health(status="ok", mode="embedded" if settings.embedded else "celery")
+
+    @app.get("/readyz", response_model=Health, responses={503: {"model": Health}}, tags=["health"])
+    def readyz(settings: SettingsDep, runner: RunnerDep) -> Health | JSONResponse:
+        mode = "embedded" if settings.embedded else "celery"
+        problem = runner.ready()
+        if problem is None:
+            return Health(status="ready", mode=mode)
+        body = Health(status="unavailable", mode=mode, detail=problem)
+        return JSONResponse(body.model_dump(), status_code=503)
+
+    @app.post(
+        "/v1/jobs", status_code=202, response_model=JobPublic, responses=_ERRORS,
+        openapi_extra=_UPLOAD_BODY, tags=["jobs"],
+    )
+    async def create_job(
+        request: Request, response: Response, owner: Owner, settings: SettingsDep, store: StoreDep,
+        runner: RunnerDep, idempotency_key: Annotated[str | None, Header()] = None,
+    ) -> JobPublic:
+        """Upload a model (and optional npz data) with a JSON config; the job is checked, then queued."""
+        job, _created = await accept_job(
+            request, settings=settings, store=store, runner=runner, owner=owner,
+            idempotency_key=idempotency_key,
+        )
+        response.headers["Location"] = f"/v1/jobs/{job.id}"
+        return JobPublic.of(job)
+
+    @app.get("/v1/jobs", response_model=JobList, responses=_ERRORS, tags=["jobs"])
+    def list_jobs(
+        owner: Owner, store: StoreDep,
+        limit: Annotated[int, Query(ge=1, le=100)] = 20, offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> JobList:
+        jobs, total = store.list(owner, limit=limit, offset=offset)
+        following = offset + len(jobs)
+        return JobList(
+            jobs=[JobPublic.of(j) for j in jobs], total=total, limit=limit, offset=offset,
+            next_offset=following if following < total else None,
+        )
+
+    @app.get("/v1/jobs/{job_id}", response_model=JobPublic, responses=_ERRORS, tags=["jobs"])
+    def get_job(job: JobDep, settings: SettingsDep) -> JobPublic:
+        report = None
+        if job.status is JobStatus.succeeded:
+            report = PruneReport.model_validate_json(_result(job, settings, "report").read_text())
+        return JobPublic.of(job, report)
+
+    @app.get("/v1/jobs/{job_id}/model", response_class=FileResponse, responses=_ERRORS, tags=["results"])
+    def get_model(job: JobDep, settings: SettingsDep) -> FileResponse:
+        """The pruned model; ``X-Content-SHA256`` is its hex SHA-256."""
+        return FileResponse(
+            _result(job, settings, "model"), media_type="application/octet-stream",
+            filename=f"{job.id}.onnx", headers={"X-Content-SHA256": job.output_sha256 or ""},
+        )
+
+    @app.get("/v1/jobs/{job_id}/report", response_model=PruneReport, responses=_ERRORS, tags=["results"])
+    def get_report(job: JobDep, settings: SettingsDep) -> Response:
+        return FileResponse(_result(job, settings, "report"), media_type="application/json")
+
+    @app.get("/v1/jobs/{job_id}/plan", responses=_ERRORS, tags=["results"])
+    def get_plan(job: JobDep, settings: SettingsDep) -> Response:
+        """The pruning plan (kept channel indices per group) as JSON, reusable with the CLI."""
+        return FileResponse(_result(job, settings, "plan"), media_type="application/json")
+
+    @app.delete(
+        "/v1/jobs/{job_id}", response_model=JobPublic, responses={**_ERRORS, 204: {"description": "Removed."}},
+        tags=["jobs"],
+    )
+    def delete_job(job: JobDep, settings: SettingsDep, store: StoreDep) -> JobPublic | Response:
+        """Cancel a queued or running job (200, status cancelled); remove a finished one (204).
+        Either way the job's files are removed. A running job stops at its next pipeline stage."""
+        files = JobFiles.of(settings.jobs_dir, job.id)
+        if store.cancel(job.id):
+            files.remove()
+            return JobPublic.of(store.get(job.id) or job)
+        store.delete(job.id)
+        files.remove()
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _result(job: JobRecord, settings: Settings, kind: str):
+    if job.status is not JobStatus.succeeded:
+        raise ApiError(409, "not_ready", f"job {job.id} is {job.status.value}; results exist once it has succeeded")
+    path = getattr(JobFiles.of(settings.jobs_dir, job.id), kind)
+    if not path.is_file():
+        raise ApiError(404, "not_found", f"the {kind} of job {job.id} has been removed")
+    return path
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    def body(status_code: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse({"error": {"code": code, "message": message}}, status_code=status_code,
+                            headers=headers)
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return body(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return body(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return body(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=exc)
+        return body(500, "internal_error", "internal server error; the details are in the server log")
+
+
+async def _clean_periodically(settings: Settings, store: JobStore) -> None:
+    while True:
+        try:
+            await asyncio.to_thread(remove_expired, settings, store)
+        except Exception:  # a failed sweep must not stop the next one
+            log.exception("retention sweep failed")
+        await asyncio.sleep(settings.cleanup_interval_s)

@@ -1,0 +1,123 @@
+"""The service commands of the CLI: ``serve``, ``worker`` and ``submit`` (registered by service.cli)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from workers.options import parse_input_shape
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+    app.command("worker")(worker)
+    app.command("submit")(submit)
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+) -> None:
+    """Run the REST API. Without ONNXPRUNE_REDIS_URL, jobs run in this process (embedded mode)."""
+    import uvicorn
+
+    from service.api import create_app
+    from service.settings import Settings
+
+    uvicorn.run(create_app(Settings()), host=host, port=port)
+
+
+def worker(
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "info",
+    name: Annotated[Optional[str], typer.Option(help="Worker node name (default celery@HOST).")] = None,
+) -> None:
+    """Run a Celery worker (same as celery -A workers.celery_app worker --pool=solo).
+
+    One job at a time per worker process (the pipeline starts its own onnxruntime processes);
+    run more workers to run more jobs at once."""
+    from service.settings import Settings
+
+    if Settings().embedded:
+        typer.echo("error: set ONNXPRUNE_REDIS_URL (e.g. redis://127.0.0.1:6379/0) to run a worker", err=True)
+        raise typer.Exit(2)
+    from workers.celery_app import celery_app
+
+    argv = ["worker", "--pool=solo", f"--loglevel={loglevel}"]
+    if name:
+        argv.append(f"--hostname={name}")
+    celery_app.worker_main(argv)
+
+
+def submit(
+    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The .onnx model to prune.")],
+    server: Annotated[str, typer.Option(help="Base URL of the onnxprune service.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the pruned model.")],
+    criterion: Annotated[Optional[str], typer.Option(help="Filter ranking criterion (l1, l2, random...).")] = None,
+    ratio: Annotated[Optional[float], typer.Option(help="Fraction of channels removed per group.")] = None,
+    flops_target: Annotated[Optional[float], typer.Option(help="Fraction of MACs to remove.")] = None,
+    round_to: Annotated[Optional[int], typer.Option(help="Keep channel counts multiples of this.")] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option(help="Node name or glob never pruned (repeatable).")] = None,
+    input_shape: Annotated[Optional[list[str]], typer.Option(help="NAME:1x3x224x224 (repeatable).")] = None,
+    no_benchmark: Annotated[bool, typer.Option("--no-benchmark", help="Skip latency measurement.")] = False,
+    data: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="Calibration .npz.")] = None,
+    report: Annotated[Optional[Path], typer.Option(help="Also write the report JSON here.")] = None,
+    plan: Annotated[Optional[Path], typer.Option(help="Also write the pruning plan JSON here.")] = None,
+    token: Annotated[Optional[str], typer.Option(envvar="ONNXPRUNE_TOKEN", help="Bearer token.")] = None,
+) -> None:
+    """Prune MODEL on a remote onnxprune service and download the result."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    import httpx
+
+    from service.client import PruneClient, ServiceError
+
+    config: dict[str, Any] = {
+        key: value
+        for key, value in {"criterion": criterion, "ratio": ratio, "flops_target": flops_target,
+                           "round_to": round_to, "exclude": exclude}.items()
+        if value
+    }
+    if no_benchmark:
+        config["benchmark"] = False
+    try:
+        if input_shape:
+            config["input_shapes"] = dict(parse_input_shape(text) for text in input_shape)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--input-shape") from None
+
+    console = Console(stderr=True)
+    try:
+        with PruneClient(server, token=token) as client:
+            job = client.submit(model, config, data=data)
+            with Progress(TextColumn("{task.description:<10}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                          TimeElapsedColumn(), console=console, transient=True) as bar:
+                task = bar.add_task("queued", total=1.0)
+
+                def show(job: dict[str, Any]) -> None:
+                    bar.update(task, completed=job["progress"], description=job["stage"] or job["status"])
+
+                job = client.wait(job["id"], on_progress=show)
+            client.download_model(job["id"], output)
+            if report is not None:
+                report.write_text(_json(client.report(job["id"])))
+            if plan is not None:
+                plan.write_text(client.plan(job["id"]))
+    except ServiceError as exc:
+        console.print(f"error: {exc}", style="red", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    except httpx.HTTPError as exc:
+        console.print(f"error: cannot talk to {server}: {exc}", style="red", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    summary = job.get("report") or {}
+    macs = summary.get("macs") or {}
+    detail = f" (MACs {macs['before']} -> {macs['after']})" if macs else ""
+    console.print(f"job {job['id']} succeeded{detail}: wrote {output}", markup=False, highlight=False)
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, indent=2)

@@ -1,0 +1,61 @@
+"""One settings class for the API, the embedded runner and the Celery worker, read from ONNXPRUNE_* env."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Without ``redis_url`` the API runs jobs in-process (embedded mode); with it, Celery workers do."""
+
+    model_config = SettingsConfigDict(env_prefix="ONNXPRUNE_", extra="ignore")
+
+    redis_url: str | None = Field(None, description="Celery broker; unset means embedded mode.")
+    redis_prefix: str = Field("onnxprune:", description="Prefix of every broker key in Redis.")
+    queue: str = Field("onnxprune", description="Celery queue the API sends jobs to.")
+    data_dir: Path = Field(Path("data"), description="Uploads, results and the job database.")
+    max_upload_mb: float = Field(200.0, gt=0, description="Largest accepted upload (model or data).")
+    api_tokens: str = Field("", description="Comma-separated bearer tokens; empty means no auth.")
+    retention_hours: float = Field(24.0, gt=0, description="Job files and records older than this are removed.")
+    cleanup_interval_s: float = Field(600.0, gt=0)
+    embedded_workers: int = Field(2, ge=1, le=64, description="Jobs run at once in embedded mode.")
+    max_retries: int = Field(2, ge=0, le=10, description="Retries of a job after an infrastructure error.")
+    retry_delay_s: float = Field(5.0, ge=0)
+    # A job running past the hard limit is killed; the broker redelivers unacked messages after
+    # the visibility timeout, so the limits must stay below it or a slow job would run twice.
+    soft_time_limit_s: int = Field(1740, gt=0)
+    time_limit_s: int = Field(1800, gt=0)
+    visibility_timeout_s: int = Field(3600, gt=0)
+
+    @model_validator(mode="after")
+    def _limits_below_visibility(self) -> "Settings":
+        if not self.soft_time_limit_s < self.time_limit_s < self.visibility_timeout_s:
+            raise ValueError(
+                "need soft_time_limit_s < time_limit_s < visibility_timeout_s, got "
+                f"{self.soft_time_limit_s}, {self.time_limit_s}, {self.visibility_timeout_s}"
+            )
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        return not self.redis_url
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @cached_property
+    def tokens(self) -> frozenset[str]:
+        return frozenset(t.strip() for t in self.api_tokens.split(",") if t.strip())
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "jobs.sqlite3"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"

@@ -1,0 +1,107 @@
+"""Fixtures of the service tests: a data dir per test, a private Redis namespace, real processes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from service.api import create_app
+from service.settings import Settings
+from svc_models import convnet, save
+from svc_processes import ApiServer, Worker
+
+REDIS_URL = "redis://127.0.0.1:6379/13"  # a DB of our own; we still delete only our prefix's keys
+
+
+@pytest.fixture
+def model_path(tmp_path: Path) -> Path:
+    return save(convnet(), tmp_path / "convnet.onnx")
+
+
+@pytest.fixture
+def slow_model_path(tmp_path: Path) -> Path:
+    """Big enough input that a job with many benchmark runs stays running for seconds."""
+    return save(convnet(c1=32, c2=64, size=160), tmp_path / "slow.onnx")
+
+
+@pytest.fixture
+def embedded_settings(tmp_path: Path) -> Settings:
+    return Settings(redis_url=None, data_dir=tmp_path / "data", max_upload_mb=1, retry_delay_s=0)
+
+
+@pytest.fixture
+def client(embedded_settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(embedded_settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="session")
+def redis_namespace() -> Iterator[str]:
+    """A key prefix of our own in a test DB; skip the Redis tests when no Redis answers."""
+    connection = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    try:
+        connection.ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"Redis not reachable at {REDIS_URL} ({exc}); start redis-server to run service tests")
+    prefix = f"onnxprune-test-{uuid.uuid4().hex[:8]}:"
+    yield prefix
+    for key in connection.scan_iter(match=f"{prefix}*", count=500):
+        connection.delete(key)
+    connection.close()
+
+
+@pytest.fixture
+def celery_env(tmp_path: Path, redis_namespace: str) -> dict[str, str]:
+    """Env of API and worker processes in Celery mode; each test gets its own queue and data dir.
+
+    The short visibility timeout (and limits below it) lets a killed worker's job come back in seconds.
+    """
+    return {
+        "ONNXPRUNE_REDIS_URL": REDIS_URL,
+        "ONNXPRUNE_REDIS_PREFIX": redis_namespace,
+        "ONNXPRUNE_QUEUE": f"q-{uuid.uuid4().hex[:8]}",
+        "ONNXPRUNE_DATA_DIR": str(tmp_path / "data"),
+        "ONNXPRUNE_VISIBILITY_TIMEOUT_S": "20",
+        "ONNXPRUNE_TIME_LIMIT_S": "18",
+        "ONNXPRUNE_SOFT_TIME_LIMIT_S": "16",
+        "ONNXPRUNE_RETRY_DELAY_S": "0",
+    }
+
+
+@pytest.fixture
+def embedded_env(tmp_path: Path) -> dict[str, str]:
+    return {"ONNXPRUNE_DATA_DIR": str(tmp_path / "data"), "ONNXPRUNE_REDIS_URL": "",
+            "ONNXPRUNE_EMBEDDED_WORKERS": "2"}
+
+
+@pytest.fixture
+def start_api(tmp_path: Path) -> Iterator:
+    servers: list[ApiServer] = []
+
+    def start(env: dict[str, str]) -> ApiServer:
+        server = ApiServer(env, tmp_path / f"api{len(servers)}.log").start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator:
+    workers: list[Worker] = []
+
+    def start(env: dict[str, str]) -> Worker:
+        worker = Worker(env, tmp_path / f"worker{len(workers)}.log").start()
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()

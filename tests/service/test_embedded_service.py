@@ -1,0 +1,109 @@
+"""The embedded mode (no Redis): a real uvicorn process runs jobs in-process, same API, same runner."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from service.cli_service import register
+from service.client import PruneClient, ServiceError
+from svc_models import convnet, no_conv_model, save
+from svc_oracle import assert_matches_masked_original
+
+FAST = {"ratio": 0.5, "benchmark": False}
+
+
+def test_upload_poll_download_gives_a_model_that_matches_the_masked_original(
+    start_api, embedded_env, model_path, tmp_path
+):
+    server = start_api(embedded_env)
+    seen: list[tuple[str, float]] = []
+
+    with PruneClient(server.url) as client:
+        job = client.submit(model_path, FAST)
+        job = client.wait(job["id"], on_progress=lambda j: seen.append((j["status"], j["progress"])), poll_s=0.05,
+                          timeout=120)
+        pruned = client.download_model(job["id"], tmp_path / "pruned.onnx")
+        plan = client.plan(job["id"])
+        report = client.report(job["id"])
+
+    assert job["status"] == "succeeded" and job["progress"] == 1.0
+    assert [p for _, p in seen] == sorted(p for _, p in seen), "progress never goes back"
+    assert job["report"] == report
+    assert report["macs"]["after"] < report["macs"]["before"]
+    assert_matches_masked_original(model_path, pruned, plan)
+    assert httpx.get(f"{server.url}/readyz").json() == {"status": "ready", "mode": "embedded", "detail": None}
+
+
+def test_cli_submit_writes_the_model_and_report_and_fails_with_the_server_message(
+    start_api, embedded_env, model_path, tmp_path
+):
+    server = start_api(embedded_env)
+    app = typer.Typer()
+    register(app)
+    app.command("noop")(lambda: None)  # typer runs a lone command without its name; keep names explicit
+    runner = CliRunner()
+
+    ok = runner.invoke(app, ["submit", str(model_path), "--server", server.url, "--ratio", "0.25",
+                             "--no-benchmark", "-o", str(tmp_path / "out.onnx"), "--report", str(tmp_path / "r.json")])
+    bad_model = save(no_conv_model(), tmp_path / "noconv.onnx")
+    refused = runner.invoke(app, ["submit", str(bad_model), "--server", server.url, "-o", str(tmp_path / "x.onnx")])
+
+    assert ok.exit_code == 0, ok.output
+    assert (tmp_path / "out.onnx").stat().st_size > 0
+    assert json.loads((tmp_path / "r.json").read_text())["options"]["ratio"] == 0.25
+    assert refused.exit_code == 1
+    assert "model has no Conv or ConvTranspose to prune" in refused.output
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_twenty_concurrent_uploads_all_succeed(start_api, embedded_env, tmp_path):
+    server = start_api(embedded_env)
+    models = [save(convnet(seed=i), tmp_path / f"m{i}.onnx") for i in range(20)]
+
+    def submit_and_wait(path: Path) -> dict:
+        with PruneClient(server.url) as client:
+            job = client.submit(path, FAST)
+            return client.wait(job["id"], poll_s=0.25, timeout=180)
+
+    with ThreadPoolExecutor(20) as pool:
+        jobs = list(pool.map(submit_and_wait, models))
+
+    assert [j["status"] for j in jobs] == ["succeeded"] * 20
+    assert len({j["id"] for j in jobs}) == 20
+    with PruneClient(server.url) as client:
+        first_page = client.list(limit=15)
+        second_page = client.list(limit=15, offset=first_page["next_offset"])
+    assert first_page["total"] == 20 and len(first_page["jobs"]) == 15 and first_page["next_offset"] == 15
+    assert len(second_page["jobs"]) == 5 and second_page["next_offset"] is None
+
+
+def test_an_api_restart_keeps_job_records_and_results(start_api, embedded_env, model_path):
+    server = start_api(embedded_env)
+    with PruneClient(server.url) as client:
+        job = client.wait(client.submit(model_path, FAST)["id"], timeout=120)
+    server.stop()
+
+    restarted = start_api(embedded_env)
+    with PruneClient(restarted.url) as client:
+        again = client.get(job["id"])
+        model = httpx.get(f"{restarted.url}/v1/jobs/{job['id']}/model")
+
+    assert again["status"] == "succeeded" and again["report"] == job["report"]
+    assert model.headers["X-Content-SHA256"] == job["output_sha256"]
+
+
+def test_client_raises_the_server_message_for_a_refused_upload(start_api, embedded_env, model_path):
+    server = start_api(embedded_env)
+
+    with PruneClient(server.url) as client, pytest.raises(ServiceError) as refused:
+        client.submit(model_path, {"ratio": 1.5})
+
+    assert refused.value.status == 422
+    assert str(refused.value).startswith("config.ratio: Input should be less than 1")

@@ -1,0 +1,82 @@
+"""workers.jobs.run_job sorts failures: a rejected model fails once, anything else is retried (bounded).
+
+The pipeline is replaced here by functions that raise, to pin the runner's error policy; every
+other service test runs the real pipeline.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import workers.jobs as jobs
+from graphops.errors import ModelRejected
+from service.runners import EmbeddedRunner
+from service.settings import Settings
+from service.store import JobRecord, JobStatus, JobStore
+from workers.options import PruneOptions
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings(redis_url=None, data_dir=tmp_path, max_retries=2, retry_delay_s=0)
+
+
+@pytest.fixture
+def store(settings) -> JobStore:
+    store = JobStore(settings.database_path)
+    store.create(JobRecord(id="job1", owner="", fingerprint="f", status=JobStatus.queued,
+                           config=PruneOptions().model_dump_json(), created_at=time.time()))
+    (settings.jobs_dir / "job1").mkdir(parents=True)
+    return store
+
+
+def _pipeline_raising(error: Exception, calls: list):
+    def run_pipeline(*args, **kwargs):
+        calls.append(1)
+        raise error
+    return run_pipeline
+
+
+def test_a_rejected_model_fails_the_job_once_without_retry(monkeypatch, settings, store):
+    calls: list = []
+    monkeypatch.setattr(jobs, "run_pipeline", _pipeline_raising(ModelRejected("node 'x' is odd"), calls))
+
+    runner = EmbeddedRunner(settings, store)
+    runner._run("job1")
+
+    job = store.get("job1")
+    assert (job.status, job.error_code, job.error_message, job.attempts) == (
+        JobStatus.failed, "model_rejected", "node 'x' is odd", 1)
+    assert len(calls) == 1
+
+
+def test_an_infrastructure_error_is_retried_then_fails_as_internal(monkeypatch, settings, store):
+    calls: list = []
+    monkeypatch.setattr(jobs, "run_pipeline", _pipeline_raising(OSError("disk full"), calls))
+
+    EmbeddedRunner(settings, store)._run("job1")
+
+    job = store.get("job1")
+    assert job.status is JobStatus.failed and job.error_code == "internal_error"
+    assert job.error_message == "failed after 3 attempts (OSError: disk full)"
+    assert len(calls) == job.attempts == 3
+
+
+def test_a_finished_or_cancelled_job_is_not_run_again(monkeypatch, settings, store):
+    calls: list = []
+    monkeypatch.setattr(jobs, "run_pipeline", _pipeline_raising(RuntimeError("must not run"), calls))
+    store.cancel("job1")
+
+    assert jobs.run_job("job1", store, settings.jobs_dir) is jobs.Outcome.skipped
+    assert calls == []
+
+
+def test_store_transitions_are_conditional(store):
+    assert store.start("job1") and store.start("job1")  # a redelivery re-claims a running job
+    assert store.cancel("job1")
+    assert not store.progress("job1", "apply", 0.5)
+    assert not store.succeed("job1", "sha")
+    assert not store.start("job1")
+    assert store.get("job1").status is JobStatus.cancelled

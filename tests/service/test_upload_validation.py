@@ -1,0 +1,136 @@
+"""POST /v1/jobs refuses bad input with a 4xx JSON error, and leaves no job and no file behind.
+
+Runs the embedded app in-process (TestClient); nothing here needs Redis.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from svc_models import convnet, custom_domain_model, external_data_model, huge_initializer_model, no_conv_model
+
+MODEL = convnet().SerializeToString()
+
+
+def _post(client, model: bytes | None = MODEL, config: object = None, data: bytes | None = None, **kwargs):
+    files = {}
+    if model is not None:
+        files["model"] = ("m.onnx", model, "application/octet-stream")
+    if data is not None:
+        files["data"] = ("d.npz", data, "application/octet-stream")
+    form = {} if config is None else {"config": config if isinstance(config, str) else json.dumps(config)}
+    return client.post("/v1/jobs", files=files or None, data=form or None, **kwargs)
+
+
+def _assert_nothing_left(client, data_dir: Path) -> None:
+    assert client.get("/v1/jobs").json()["total"] == 0
+    jobs_dir = data_dir / "jobs"
+    assert not jobs_dir.exists() or list(jobs_dir.iterdir()) == []
+
+
+def _npz(**arrays) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+BAD_UPLOAD_CASES = [
+    # (id, post kwargs, status, code, words the message must contain)
+    ("random bytes", dict(model=b"\x8f\x00garbage" * 100), 422, "invalid_model", "not an onnx model"),
+    ("truncated model", dict(model=MODEL[: len(MODEL) // 2]), 422, "invalid_model", "truncated"),
+    ("empty model file", dict(model=b""), 422, "invalid_model", "empty"),
+    ("external data", dict(model=external_data_model().SerializeToString()), 422, "invalid_model", "external"),
+    ("10^12-element initializer", dict(model=huge_initializer_model().SerializeToString()), 422, "invalid_model",
+     "declares 1000000000000 elements"),
+    ("custom-domain op", dict(model=custom_domain_model().SerializeToString()), 422, "invalid_model", "com.evil"),
+    ("no conv", dict(model=no_conv_model().SerializeToString()), 422, "invalid_model", "conv"),
+    ("unknown criterion", dict(config={"criterion": "astrology"}), 422, "invalid_config", "config.criterion"),
+    ("ratio 1.0", dict(config={"ratio": 1.0}), 422, "invalid_config", "config.ratio"),
+    ("ratio -0.1", dict(config={"ratio": -0.1}), 422, "invalid_config", "config.ratio"),
+    ("unknown option", dict(config={"ratoi": 0.3}), 422, "invalid_config", "config.ratoi"),
+    ("config not JSON", dict(config="{ratio: 0.3"), 422, "invalid_config", "json"),
+    ("config not an object", dict(config="[0.3]"), 422, "invalid_config", "object"),
+    ("both targets", dict(config={"ratio": 0.3, "flops_target": 0.3}), 422, "invalid_config", "not both"),
+    ("missing model part", dict(model=None, config={"ratio": 0.3}), 400, "bad_request", "model"),
+    ("pickled npz", dict(data=_npz(x=np.array([object()], dtype=object))), 422, "invalid_data", "npz"),
+    ("data not an npz", dict(data=b"not a zip at all"), 422, "invalid_data", "npz"),
+    ("symbolic dim unknown input", dict(config={"input_shapes": {"nope": [1, 3, 16, 16]}}), 422, "invalid_model",
+     "nope"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "status", "code", "words"),
+                         [c[1:] for c in BAD_UPLOAD_CASES], ids=[c[0] for c in BAD_UPLOAD_CASES])
+def test_bad_upload_is_refused_with_a_clear_message_and_no_job(client, embedded_settings, kwargs, status, code, words):
+    response = _post(client, **kwargs)
+
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert words.lower() in error["message"].lower()
+    assert "Traceback" not in response.text
+    _assert_nothing_left(client, embedded_settings.data_dir)
+
+
+def test_empty_body_is_a_400(client, embedded_settings):
+    response = client.post("/v1/jobs", content=b"")
+
+    assert response.status_code == 400
+    assert "multipart/form-data" in response.json()["error"]["message"]
+    _assert_nothing_left(client, embedded_settings.data_dir)
+
+
+def test_upload_over_the_size_limit_is_a_413_and_the_partial_file_is_removed(client, embedded_settings):
+    too_big = MODEL + b"\0" * (embedded_settings.max_upload_bytes + 1)
+
+    response = _post(client, model=too_big)
+
+    assert response.status_code == 413
+    assert response.json()["error"] == {"code": "payload_too_large",
+                                        "message": "model upload exceeds the limit of 1 MB"}
+    _assert_nothing_left(client, embedded_settings.data_dir)
+
+
+def test_a_valid_upload_is_accepted_with_location_and_an_unguessable_id(client):
+    response = _post(client, config={"ratio": 0.25, "benchmark": False},
+                     data=_npz(input=np.zeros((2, 3, 16, 16), np.float32)))
+
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert response.headers["Location"] == f"/v1/jobs/{job['id']}"
+    assert len(job["id"]) >= 24
+    assert job["status"] in ("queued", "running", "succeeded")
+    assert job["options"]["ratio"] == 0.25
+
+
+def test_same_idempotency_key_returns_the_same_job(client):
+    headers = {"Idempotency-Key": "upload-42"}
+    first = _post(client, config={"benchmark": False}, headers=headers)
+    again = _post(client, config={"benchmark": False}, headers=headers)
+    other_payload = _post(client, config={"benchmark": False, "ratio": 0.3}, headers=headers)
+
+    assert first.status_code == again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
+    assert other_payload.status_code == 409
+    assert client.get("/v1/jobs").json()["total"] == 1
+
+
+def test_results_of_an_unfinished_or_unknown_job_are_clear_errors(client):
+    assert client.get("/v1/jobs/nope").json() == {"error": {"code": "not_found", "message": "no job 'nope'"}}
+    assert client.get("/v1/jobs/nope/model").status_code == 404
+    assert client.get("/v1/jobs?limit=0").json()["error"]["code"] == "invalid_request"
+
+
+def test_openapi_documents_the_v1_routes(client):
+    spec = client.get("/openapi.json").json()
+
+    assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/model", "/v1/jobs/{job_id}/report",
+            "/v1/jobs/{job_id}/plan", "/healthz", "/readyz"} <= set(spec["paths"])
+    upload = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert upload["schema"]["required"] == ["model"]
+    assert client.get("/docs").status_code == 200
