@@ -28,6 +28,13 @@ def _input_layout(node: gs.Node, ctx: AnalysisContext) -> Layout | None:
     return layout
 
 
+def _was_depthwise(node: gs.Node, ctx: SurgeryContext, channels: gs.Tensor) -> bool:
+    """One group per channel before pruning (``channels``' original count equals ``group``)."""
+    layout = ctx.layout(channels)
+    groups = _group(node)
+    return groups > 1 and layout is not None and len(layout) == groups and ctx.const(node.inputs[1]).shape[1] == 1
+
+
 @register("Conv")
 class Conv(OpHandler):
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
@@ -82,7 +89,7 @@ class Conv(OpHandler):
         if groups == 1:
             return
         weight = ctx.const(node.inputs[1])
-        if weight.shape[1] == 1:  # depthwise: the group count follows the channels
+        if _was_depthwise(node, ctx, node.outputs[0]):  # the group count follows the channels
             node.attrs["group"] = int(weight.shape[0])
             return
         self._slice_grouped_inputs(node, ctx)
@@ -159,5 +166,5 @@ class ConvTranspose(OpHandler):
         ctx.set_layout(out, Layout(1, atoms))
 
     def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
-        if _group(node) > 1:
+        if _was_depthwise(node, ctx, node.inputs[0]):
             node.attrs["group"] = int(ctx.const(node.inputs[1]).shape[0])

@@ -106,4 +106,4 @@ def test_client_raises_the_server_message_for_a_refused_upload(start_api, embedd
         client.submit(model_path, {"ratio": 1.5})
 
     assert refused.value.status == 422
-    assert str(refused.value).startswith("config.ratio: Input should be less than 1")
+    assert str(refused.value).startswith("config.ratio: ratio must be in [0, 1)")
