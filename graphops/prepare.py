@@ -12,31 +12,45 @@ from collections.abc import Mapping, Sequence
 
 import onnx
 import onnx_graphsurgeon as gs
-from onnx import shape_inference
 
 from graphops.errors import ModelRejected
+from graphops.shapes import inferred_value_info, model_shell
 
 # Constant subgraphs whose results exceed this are left unfolded (validation bounds them too).
 FOLD_SIZE_LIMIT_BYTES = 256 << 20
 
 
-def name_unnamed_nodes(model: onnx.ModelProto) -> None:
+def name_unnamed_nodes(graph: gs.Graph) -> None:
     """Give every node a unique name: plans, reports and exclusions refer to nodes by name."""
-    taken = {node.name for node in model.graph.node if node.name}
-    counter = 0
+    taken = {node.name for node in graph.nodes if node.name}
     seen: set[str] = set()
-    for node in model.graph.node:
+    counter = 0
+    for node in graph.nodes:
         if node.name and node.name not in seen:
             seen.add(node.name)
             continue
-        while True:
-            candidate = f"{node.op_type}_{counter}"
+        while f"{node.op}_{counter}" in taken:
             counter += 1
-            if candidate not in taken:
-                break
-        node.name = candidate
-        taken.add(candidate)
-        seen.add(candidate)
+        node.name = f"{node.op}_{counter}"
+        taken.add(node.name)
+        seen.add(node.name)
+
+
+def _attach_inferred_shapes(graph: gs.Graph, model: onnx.ModelProto) -> None:
+    """Shapes let the folder resolve Shape ops on static dims (``x.view(x.size(0), -1)``)."""
+    try:
+        infos = inferred_value_info(model)
+    except Exception:  # folding still works without shapes, only less of it
+        return
+    tensors = graph.tensors()
+    for info in infos:
+        tensor = tensors.get(info.name)
+        tensor_type = info.type.tensor_type
+        if not isinstance(tensor, gs.Variable) or tensor.shape is not None or not tensor_type.HasField("shape"):
+            continue
+        tensor.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim]
+        if tensor.dtype is None and tensor_type.elem_type:
+            tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
 
 
 def prepare_model(
@@ -48,19 +62,10 @@ def prepare_model(
     not baked into the result.
     """
     del input_shapes
-    prepared = onnx.ModelProto()
-    prepared.CopyFrom(model)
-    name_unnamed_nodes(prepared)
-    # IR < 4 demands every initializer be listed as a graph input; inputs that are really weights
-    # are dropped below, so raise to IR 4, which every onnxruntime reads.
-    prepared.ir_version = max(prepared.ir_version, 4)
     try:
-        # Shapes let the folder resolve Shape ops on static dims (``x.view(x.size(0), -1)``).
-        with_shapes = shape_inference.infer_shapes(prepared, strict_mode=False)
-    except Exception:  # folding still works without shapes, only less of it
-        with_shapes = prepared
-    try:
-        graph = gs.import_onnx(with_shapes)
+        graph = gs.import_onnx(model)
+        name_unnamed_nodes(graph)
+        _attach_inferred_shapes(graph, model)
         graph.fold_constants(
             fold_shapes=True,
             partitioning="basic",
@@ -71,7 +76,11 @@ def prepare_model(
         exported = gs.export_onnx(graph, do_type_check=False)
     except Exception as exc:  # onnx-graphsurgeon raises many kinds on malformed graphs
         raise ModelRejected(f"cannot fold the model's constant subgraphs: {exc}".splitlines()[0]) from exc
+    prepared = model_shell(model)
     prepared.graph.CopyFrom(exported.graph)
+    # IR < 4 demands every initializer be listed as a graph input; inputs that are really weights
+    # are dropped below, so raise to IR 4, which every onnxruntime reads.
+    prepared.ir_version = max(prepared.ir_version, 4)
     # Old exporters list initializers among graph inputs; keep only real inputs so that weights
     # cannot be overridden at run time (and are recognised as constants by every pass).
     initializer_names = {init.name for init in prepared.graph.initializer}

@@ -71,9 +71,12 @@ def _producer_norms(dep: DependencyGraph, order: float) -> Scores:
     for producer in dep.producers:
         if producer.weight not in weights:
             continue
-        weight = np.moveaxis(numpy_helper.to_array(weights[producer.weight]).astype(np.float64), producer.axis, 0)
-        flat = np.abs(weight.reshape(weight.shape[0], -1))
-        norms = flat.sum(axis=1) if order == 1 else np.sqrt((flat**2).sum(axis=1))
+        weight = np.moveaxis(numpy_helper.to_array(weights[producer.weight]), producer.axis, 0)
+        flat = weight.reshape(weight.shape[0], -1)
+        if order == 1:
+            norms = np.abs(flat).sum(axis=1, dtype=np.float64)
+        else:
+            norms = np.sqrt(np.einsum("ij,ij->i", flat, flat, dtype=np.float64))
         mean = norms.mean()
         if mean > 0:
             norms = norms / mean

@@ -183,3 +183,23 @@ def select_by_flops(
             low = middle + 1
     return plan_for(low)
 
+
+
+def select_by_group_ratios(
+    dep: DependencyGraph, scores: Scores, ratios: Mapping[str, float], *, round_to: int = 1,
+    exclude: Iterable[str] = (),
+) -> PruningPlan:
+    """Remove ``ratios[group_id]`` of the removable channels of each named group (Li et al.'s
+    per-layer setting, e.g. from sensitivity curves); unnamed groups stay whole."""
+    keeps = {}
+    for index in _candidates(dep, scores, exclude):
+        group = dep.groups[index]
+        ratio = float(ratios.get(group.id, 0.0))
+        if not 0.0 <= ratio < 1.0:
+            raise ValueError(f"ratio of group '{group.id}' must be in [0, 1), got {ratio}")
+        if ratio == 0.0:
+            continue
+        channels = group.channels
+        n_keep = _round_keep(channels - int(ratio * (channels - len(group.pinned))), channels, round_to)
+        keeps[index] = _choose_kept(dep, index, scores[group.id], n_keep)
+    return _plan(dep, keeps)

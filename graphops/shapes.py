@@ -87,9 +87,8 @@ def resolve_input_shapes(
 
 
 def with_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> onnx.ModelProto:
-    """A copy of ``model`` whose inputs have the given concrete shapes."""
-    fixed = onnx.ModelProto()
-    fixed.CopyFrom(model)
+    """A weightless copy of ``model`` (see :func:`skeleton`) whose inputs have the given shapes."""
+    fixed = skeleton(model)
     for inp in fixed.graph.input:
         if inp.name not in input_shapes:
             continue
@@ -100,9 +99,54 @@ def with_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequenc
     return fixed
 
 
+# Initializers with more elements than this lose their data in a skeleton; small ones (shape
+# vectors, axes, scalars) keep it, since data propagation reads them.
+_SKELETON_KEEP_ELEMENTS = 1024
+
+
+def model_shell(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every field of ``model`` but its graph (copying a ModelProto whole copies all weights)."""
+    shell = onnx.ModelProto()
+    for field, value in model.ListFields():
+        if field.name == "graph":
+            continue
+        if hasattr(value, "extend"):  # a repeated field
+            getattr(shell, field.name).extend(value)
+        elif hasattr(value, "CopyFrom"):  # a message field
+            getattr(shell, field.name).CopyFrom(value)
+        else:
+            setattr(shell, field.name, value)
+    return shell
+
+
+def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model without its large weights: shape inference needs their dims, not their bytes,
+    and serialising a 100 MB model for it costs more than the whole analysis."""
+    light = model_shell(model)
+    graph, target = model.graph, light.graph
+    target.name = graph.name
+    for name in ("node", "input", "output", "value_info"):
+        getattr(target, name).extend(getattr(graph, name))
+    for init in graph.initializer:
+        count = 1
+        for dim in init.dims:
+            count *= dim
+        if count <= _SKELETON_KEEP_ELEMENTS:
+            target.initializer.append(init)
+        else:
+            target.initializer.add(name=init.name, data_type=init.data_type, dims=init.dims)
+    return light
+
+
+def inferred_value_info(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """onnx's inferred shapes of the intermediate tensors, computed on a skeleton of ``model``."""
+    inferred = shape_inference.infer_shapes(skeleton(model), check_type=False, strict_mode=False, data_prop=True)
+    return list(inferred.graph.value_info)
+
+
 def infer_shapes(model: onnx.ModelProto) -> dict[str, Shape]:
     """Shapes of every tensor onnx's inference can reach (inputs, outputs, intermediates, initializers)."""
-    inferred = shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+    inferred = shape_inference.infer_shapes(skeleton(model), check_type=False, strict_mode=False, data_prop=True)
     shapes: dict[str, Shape] = {}
     graph = inferred.graph
     for value in list(graph.input) + list(graph.value_info) + list(graph.output):

@@ -12,12 +12,12 @@ from collections import defaultdict
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx import shape_inference
 
 from graphops.dependency import DependencyGraph
 from graphops.layout import ConstSlice
 from graphops.ops import SurgeryContext, handler_for
 from graphops.plan import PruningPlan
+from graphops.shapes import inferred_value_info, model_shell
 
 
 def _context(dep: DependencyGraph, plan: PruningPlan) -> SurgeryContext:
@@ -35,13 +35,11 @@ def _by_input(entries: list[ConstSlice]) -> dict[tuple[str, int], list[ConstSlic
 def export_like(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     """Export ``graph`` into a copy of ``template``: same opsets, IR version and metadata."""
     exported = gs.export_onnx(graph, do_type_check=False)
-    model = onnx.ModelProto()
-    model.CopyFrom(template)
+    model = model_shell(template)
     model.graph.CopyFrom(exported.graph)
     del model.graph.value_info[:]
     try:
-        inferred = shape_inference.infer_shapes(model, strict_mode=False)
-        model.graph.value_info.extend(inferred.graph.value_info)
+        model.graph.value_info.extend(inferred_value_info(model))
     except Exception:  # value_info is a convenience for viewers; the model is valid without it
         pass
     return model

@@ -60,6 +60,13 @@ class AnalysisContext:
             return np.asarray(tensor.values)
         return None
 
+    @staticmethod
+    def const_shape(tensor: gs.Tensor | None) -> tuple[int, ...] | None:
+        """A constant's shape without loading its values (weights load lazily in graphsurgeon)."""
+        if isinstance(tensor, gs.Constant):
+            return tuple(int(d) for d in tensor.shape)
+        return None
+
     def input_layouts(self, node: gs.Node) -> list[Layout]:
         return [lay for lay in (self.layout(t) for t in node.inputs if t is not None) if lay is not None]
 

@@ -31,7 +31,7 @@ class PerChannelNorm(OpHandler):
         if layout is None:
             return
         for index, tensor in enumerate(node.inputs[1:], start=1):
-            if ctx.const(tensor) is None:
+            if ctx.const_shape(tensor) is None:
                 ctx.pin_inputs(node, f"{describe(node)} has parameter '{tensor.name}' computed at run time")
                 return
             ctx.slice_const(node, index, 0, layout.atoms)

@@ -38,17 +38,17 @@ def _was_depthwise(node: gs.Node, ctx: SurgeryContext, channels: gs.Tensor) -> b
 @register("Conv")
 class Conv(OpHandler):
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
-        weight = ctx.const(node.inputs[1])
+        weight = ctx.const_shape(node.inputs[1])
         out = node.outputs[0]
         layout = _input_layout(node, ctx)
-        if weight is None or weight.ndim < 3:
+        if weight is None or len(weight) < 3:
             ctx.pin_inputs(node, f"{describe(node)} has weights computed at run time")
             if weight is None and ctx.static_shape(out) is not None:
                 ctx.set_layout(out, ctx.new_pinned_layout(1, ctx.static_shape(out)[1], node.name,
                                                           f"{describe(node)} has weights computed at run time"))
             return
         groups = _group(node)
-        c_out, c_in_per_group = weight.shape[0], weight.shape[1]
+        c_out, c_in_per_group = weight[0], weight[1]
         c_in = c_in_per_group * groups
         has_bias = len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].name
         if layout is not None and len(layout) != c_in:
@@ -134,15 +134,15 @@ class ConvTranspose(OpHandler):
     """Weight layout [C_in, C_out / group, k...]: the transpose of Conv's."""
 
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
-        weight = ctx.const(node.inputs[1])
+        weight = ctx.const_shape(node.inputs[1])
         layout = _input_layout(node, ctx)
         groups = _group(node)
         out = node.outputs[0]
-        if weight is None or weight.ndim < 3:
+        if weight is None or len(weight) < 3:
             reason = f"{describe(node)} has weights computed at run time"
             ctx.pin_inputs(node, reason)
             return
-        c_in, c_out = weight.shape[0], weight.shape[1] * groups
+        c_in, c_out = weight[0], weight[1] * groups
         if layout is not None and len(layout) != c_in:
             ctx.state.pin(layout.atoms, f"{describe(node)} expects {c_in} input channels, found {len(layout)}")
             layout = None
@@ -151,7 +151,7 @@ class ConvTranspose(OpHandler):
             if layout is not None:
                 ctx.slice_const(node, 1, 0, layout.atoms, reduces=True)
             ctx.slice_const(node, 1, 1, atoms)
-        elif weight.shape[1] == 1 and c_in == groups:
+        elif weight[1] == 1 and c_in == groups:
             atoms = layout.atoms if layout is not None else ctx.new_pinned_layout(
                 1, c_out, node.name, f"{describe(node)} is depthwise over untracked channels").atoms
             ctx.slice_const(node, 1, 0, atoms)

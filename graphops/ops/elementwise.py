@@ -79,7 +79,7 @@ class Broadcast(OpHandler):
                 return
             if local_axis < 0 or shape[local_axis] == 1:
                 continue
-            if ctx.const(tensor) is not None and shape[local_axis] == channels:
+            if ctx.const_shape(tensor) is not None and shape[local_axis] == channels:
                 ctx.slice_const(node, index, local_axis, reference.atoms)
                 continue
             ctx.pin_inputs(

@@ -27,7 +27,7 @@ def _feature_layout(node: gs.Node, ctx: AnalysisContext, tensor: gs.Tensor) -> L
 class Gemm(OpHandler):
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
         a, b = node.inputs[0], node.inputs[1]
-        weight = ctx.const(b)
+        weight = ctx.const_shape(b)
         if ctx.layout(b) is not None or weight is None or int(node.attrs.get("transA", 0)):
             ctx.pin_inputs(node, f"{describe(node)} is not a layer with a constant weight")
             return
@@ -35,15 +35,15 @@ class Gemm(OpHandler):
         trans_b = int(node.attrs.get("transB", 0))
         k_axis, n_axis = (1, 0) if trans_b else (0, 1)
         if layout is not None:
-            if len(layout) != weight.shape[k_axis]:
-                ctx.state.pin(layout.atoms, f"{describe(node)} has {weight.shape[k_axis]} inputs, found {len(layout)}")
+            if len(layout) != weight[k_axis]:
+                ctx.state.pin(layout.atoms, f"{describe(node)} has {weight[k_axis]} inputs, found {len(layout)}")
             else:
                 ctx.slice_const(node, 1, k_axis, layout.atoms, reduces=True)
-        atoms = ctx.new_atoms(weight.shape[n_axis], node.name)
+        atoms = ctx.new_atoms(weight[n_axis], node.name)
         ctx.slice_const(node, 1, n_axis, atoms)
         if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].name:
             bias_shape = ctx.shape(node.inputs[2]) or ()
-            if ctx.const(node.inputs[2]) is None:
+            if ctx.const_shape(node.inputs[2]) is None:
                 ctx.state.pin(atoms, f"{describe(node)} has a bias computed at run time")
             elif len(bias_shape) >= 1 and bias_shape[-1] == len(atoms) and len(atoms) > 1:
                 ctx.slice_const(node, 2, len(bias_shape) - 1, atoms)
@@ -55,17 +55,17 @@ class Gemm(OpHandler):
 class MatMul(OpHandler):
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
         a, b = node.inputs[0], node.inputs[1]
-        weight = ctx.const(b)
-        if ctx.layout(b) is not None or weight is None or weight.ndim != 2:
+        weight = ctx.const_shape(b)
+        if ctx.layout(b) is not None or weight is None or len(weight) != 2:
             ctx.pin_inputs(node, f"{describe(node)} is not a layer with a constant 2-D weight")
             return
         layout = _feature_layout(node, ctx, a)
         if layout is not None:
-            if len(layout) != weight.shape[0]:
-                ctx.state.pin(layout.atoms, f"{describe(node)} has {weight.shape[0]} inputs, found {len(layout)}")
+            if len(layout) != weight[0]:
+                ctx.state.pin(layout.atoms, f"{describe(node)} has {weight[0]} inputs, found {len(layout)}")
             else:
                 ctx.slice_const(node, 1, 0, layout.atoms, reduces=True)
-        atoms = ctx.new_atoms(weight.shape[1], node.name)
+        atoms = ctx.new_atoms(weight[1], node.name)
         ctx.slice_const(node, 1, 1, atoms)
         ctx.state.producers.append(Producer(node.name, b.name, 1, atoms))
         out_rank = ctx.rank(node.outputs[0])
