@@ -18,7 +18,8 @@ from graphops.errors import GraphOpsError, ModelRejected
 from graphops.layout import ConstSlice, Layout, Producer, TrackerState
 from graphops.ops import AnalysisContext, handler_for
 from graphops.ops.base import describe
-from graphops.shapes import Shape, infer_shapes, resolve_input_shapes, with_input_shapes
+from graphops.shape_completion import complete_shapes
+from graphops.shapes import Shape, resolve_input_shapes, skeleton, with_input_shapes
 
 FILTER_OPS = ("Conv", "ConvTranspose")
 _MAX_REASONS = 5
@@ -118,9 +119,9 @@ def _infer(model: onnx.ModelProto, input_shapes):
         if input_shapes:
             raise
         resolved = None
-    target = with_input_shapes(model, resolved) if resolved else model
+    target = with_input_shapes(model, resolved) if resolved else skeleton(model)
     try:
-        return resolved, infer_shapes(target)
+        return resolved, complete_shapes(target)
     except Exception as exc:  # onnx raises InferenceError and plain RuntimeErrors
         raise ModelRejected(f"shape inference failed: {str(exc).splitlines()[0]}") from exc
 
