@@ -1,0 +1,98 @@
+"""Real models exported by other people's tools (``../shared/models``) prune correctly or decline clearly.
+
+Each model is loaded, prepared, analysed and pruned at ratio 0.3 with the l1 and random criteria;
+the pruned model must satisfy the masked-original oracle, pass the full checker and load in
+onnxruntime. A model whose channels cannot be pruned at all must come back fully frozen, every
+group with a reason, never as a crash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from graphops.scoring import score_groups
+from graphops.selection import select_by_ratio
+from tests.oracle import Analysed, analyse, assert_prune_matches_oracle
+
+RATIO = 0.3
+
+
+@dataclass(frozen=True)
+class RealModel:
+    file: str
+    input_shapes: dict[str, list[int]] | None = None
+    # Whether some channel group must be prunable (every one of these has plain conv chains).
+    expect_prunable: bool = True
+    marks: tuple = ()
+
+    def param(self) -> object:
+        return pytest.param(self, id=self.file.removesuffix(".onnx"), marks=list(self.marks))
+
+
+REAL_MODEL_CASES = [
+    RealModel("onnc_resnet20.onnx"),
+    # Folding its 239 ConstantOfShape weight generators takes ~15 s.
+    RealModel("light_resnet50.onnx", marks=(pytest.mark.slow,)),
+    RealModel("mediapipe-pytorch_blazeface.onnx"),
+    RealModel("paddle_ch_ppocr_mobile_v2.0_cls_infer.onnx", {"x": [1, 3, 48, 192]}),
+    RealModel("pytorch_tutorial_super_resolution.onnx"),
+    RealModel("tf2onnx_ai8x_cifar100.onnx", {"input_1:0": [1, 3, 32, 32]}),
+    RealModel("ultraface_version-RFB-320.onnx"),
+    RealModel("winml_mnist_cntk.onnx"),
+    # Only the batch is symbolic: the ConvTranspose output_shape attributes pin the image at 720x720.
+    RealModel("winml_style_mosaic.onnx", {"inputImage": [1, 3, 720, 720]}),
+    RealModel("yolox_nano.onnx"),
+]
+REAL_MODEL_PARAMS = [case.param() for case in REAL_MODEL_CASES]
+
+_ANALYSED: dict[str, Analysed] = {}
+
+
+@pytest.fixture
+def analysed_model(shared_models_dir: Path) -> Callable[[RealModel], Analysed]:
+    """Analyse each file once per session (some take seconds)."""
+
+    def get(case: RealModel) -> Analysed:
+        if case.file not in _ANALYSED:
+            _ANALYSED[case.file] = analyse(shared_models_dir / case.file, case.input_shapes)
+        return _ANALYSED[case.file]
+
+    return get
+
+
+def test_every_shared_model_is_in_the_table(shared_models_dir: Path):
+    on_disk = sorted(path.name for path in shared_models_dir.glob("*.onnx"))
+
+    assert on_disk == sorted(case.file for case in REAL_MODEL_CASES)
+
+
+@pytest.mark.parametrize("criterion", ["l1", "random"])
+@pytest.mark.parametrize("case", REAL_MODEL_PARAMS)
+def test_real_model_pruned_at_ratio_0_3_satisfies_the_oracle(analysed_model, case: RealModel, criterion: str):
+    analysed = analysed_model(case)
+    scores = score_groups(analysed.dep, criterion, seed=0)
+    plan = select_by_ratio(analysed.dep, scores, RATIO)
+    channels = {group.id: group.channels for group in analysed.dep.groups}
+    removed = sum(channels[group_id] - len(keep) for group_id, keep in plan.keep.items())
+
+    if not analysed.dep.prunable:
+        assert analysed.dep.groups, "analysis found no channel group at all"
+        assert all(group.frozen and group.frozen_reason for group in analysed.dep.groups)
+        assert removed == 0
+        return
+    assert removed > 0, f"ratio {RATIO} removed no channel from {len(analysed.dep.prunable)} prunable groups"
+    assert_prune_matches_oracle(analysed.original, plan, analysed=analysed)
+
+
+@pytest.mark.parametrize("case", REAL_MODEL_PARAMS)
+def test_real_model_analysis_explains_every_frozen_group(analysed_model, case: RealModel):
+    analysed = analysed_model(case)
+
+    for group in analysed.dep.frozen:
+        assert group.frozen_reason, f"group {group.id} ({group.producers}) is frozen without a reason"
+    if case.expect_prunable:
+        assert analysed.dep.prunable, [group.frozen_reason for group in analysed.dep.frozen][:5]
