@@ -15,7 +15,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphops.errors import GraphOpsError, ModelRejected
-from graphops.layout import ConstSlice, Layout, Producer, TrackerState
+from graphops.layout import ConstSlice, Layout, Producer, ShapeEntry, TrackerState
 from graphops.ops import AnalysisContext, handler_for
 from graphops.ops.base import describe
 from graphops.shape_completion import complete_shapes
@@ -75,6 +75,7 @@ class DependencyGraph:
     producers: list[Producer]
     slices: list[ConstSlice]
     reductions: list[ConstSlice]
+    shape_entries: list[ShapeEntry]
     atom_class: np.ndarray  # atom -> global class index
     class_group: np.ndarray  # global class index -> group index
     group_offset: np.ndarray  # group index -> first global class index
@@ -244,6 +245,7 @@ def _collect(model, resolved, shapes, opset, graph: gs.Graph, state: TrackerStat
         producers=state.producers,
         slices=state.slices,
         reductions=state.reductions,
+        shape_entries=state.shape_entries,
         atom_class=atom_class,
         class_group=class_group,
         group_offset=group_offset,

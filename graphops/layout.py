@@ -84,6 +84,17 @@ class ConstSlice:
     atoms: np.ndarray
 
 
+@dataclass(frozen=True)
+class ShapeEntry:
+    """A constant element that spells out a channel count (a Reshape target, Resize sizes, or a
+    piece of a Concat'd shape): surgery sets it to the number of ``atoms`` positions kept."""
+
+    node: str
+    input_index: int
+    position: int
+    atoms: np.ndarray
+
+
 @dataclass
 class Pin:
     atoms: np.ndarray
@@ -105,6 +116,7 @@ class TrackerState:
     # The subset of slices on axes that a node sums over (conv/gemm input channels): the
     # verification oracle zeroes these instead of removing them.
     reductions: list[ConstSlice] = field(default_factory=list)
+    shape_entries: list[ShapeEntry] = field(default_factory=list)
     # Each entry: the atoms of g blocks whose kept counts must stay equal (grouped convs).
     balanced_blocks: list[list[np.ndarray]] = field(default_factory=list)
     # Each entry: atoms of which at least one must survive (a conv's output, a Split or Slice output).

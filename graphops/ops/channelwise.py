@@ -11,7 +11,8 @@ import onnx_graphsurgeon as gs
 
 from graphops.layout import Layout
 
-from graphops.ops.base import AnalysisContext, OpHandler, SurgeryContext, describe, normalize_axis, register
+from graphops.ops.base import AnalysisContext, OpHandler, describe, normalize_axis, register
+from graphops.ops.structure import follow_shape_entry
 
 
 def _channels_on_axis_1(node: gs.Node, ctx: AnalysisContext):
@@ -139,17 +140,7 @@ class Resize(OpHandler):
             ctx.pin_inputs(node, f"{describe(node)} rescales the channel axis")
             return
         if node.op == "Resize" and len(node.inputs) > 3 and node.inputs[3].name:
-            if ctx.const(node.inputs[3]) is None:
+            if not follow_shape_entry(ctx, node, 3, layout.axis, layout.atoms):
                 ctx.pin_inputs(node, f"{describe(node)} takes output sizes computed at run time")
                 return
         ctx.set_layout(node.outputs[0], layout)
-
-    def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
-        kept = ctx.kept(node.outputs[0])
-        if node.op != "Resize" or kept is None or len(node.inputs) <= 3:
-            return
-        sizes = ctx.const(node.inputs[3])
-        if sizes is not None and sizes.size:
-            sizes = sizes.copy()
-            sizes[ctx.layout(node.outputs[0]).axis] = len(kept)
-            ctx.replace_input(node, 3, sizes)

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphops.layout import Layout
+from graphops.layout import Layout, ShapeEntry
 from graphops.ops.base import AnalysisContext, OpHandler, SurgeryContext, describe, normalize_axis, register
 
 
@@ -52,24 +52,46 @@ def map_axis_through_reshape(in_shape: tuple[int, ...], out_shape: tuple[int, ..
     return None
 
 
-def _shape_entry(ctx: AnalysisContext, tensor: gs.Tensor, index: int) -> int | None:
-    """The value at ``index`` of a 1-D shape tensor, when a constant decides it."""
+def shape_entry_source(ctx: AnalysisContext, node: gs.Node, input_index: int, position: int):
+    """The constant deciding element ``position`` of a 1-D shape input, as (node, input, position).
+
+    Follows one level of Concat (``x.view(x.size(0), c, 1, 1)`` with a dynamic batch exports as
+    Concat(Unsqueeze(Gather(Shape(x))), [c], [1], [1])). None when no constant decides it.
+    """
+    tensor = node.inputs[input_index]
     values = ctx.const(tensor)
     if values is not None:
-        flat = np.ravel(values)
-        return int(flat[index]) if index < flat.size else None
+        return (node, input_index, position) if position < values.size else None
     producer = tensor.inputs[0] if tensor.inputs else None
-    if producer is None or producer.op != "Concat":
+    if producer is None or producer.op != "Concat" or len(tensor.outputs) != 1:
         return None
     offset = 0
-    for piece in producer.inputs:
+    for index, piece in enumerate(producer.inputs):
         shape = ctx.static_shape(piece)
         if shape is None or len(shape) != 1:
             return None
-        if offset <= index < offset + shape[0]:
-            return _shape_entry(ctx, piece, index - offset)
+        if offset <= position < offset + shape[0]:
+            return (producer, index, position - offset) if ctx.const(piece) is not None else None
         offset += shape[0]
     return None
+
+
+def follow_shape_entry(ctx: AnalysisContext, node: gs.Node, input_index: int, position: int,
+                       atoms: np.ndarray, *, may_copy: bool = False) -> bool:
+    """Arrange for the shape element at ``position`` to follow ``atoms``' kept count.
+
+    A -1 (inferred) or, where ``may_copy``, a 0 (copied from the input) needs nothing. Returns
+    False when no constant decides the element, i.e. it cannot be kept right.
+    """
+    source = shape_entry_source(ctx, node, input_index, position)
+    if source is None:
+        return False
+    owner, index, local = source
+    value = int(np.ravel(ctx.const(owner.inputs[index]))[local])
+    if value == -1 or (value == 0 and may_copy):
+        return True
+    ctx.state.shape_entries.append(ShapeEntry(owner.name, index, local, atoms))
+    return True
 
 
 @register("Transpose")
@@ -102,26 +124,11 @@ class Reshape(OpHandler):
             ctx.pin_inputs(node, f"{describe(node)} splits the channel axis {in_shape} -> {out_shape}")
             return
         out_axis, positions = mapped
-        if node.op == "Reshape":
-            shape_input = node.inputs[1]
-            if ctx.const(shape_input) is None and _shape_entry(ctx, shape_input, out_axis) not in (-1, 0):
-                ctx.pin_inputs(node, f"{describe(node)} takes a run-time shape that fixes the channel count")
-                return
-        ctx.set_layout(node.outputs[0], Layout(out_axis, layout.atoms[positions]))
-
-    def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
-        if node.op != "Reshape":
+        atoms = layout.atoms[positions]
+        if node.op == "Reshape" and not follow_shape_entry(ctx, node, 1, out_axis, atoms, may_copy=True):
+            ctx.pin_inputs(node, f"{describe(node)} takes a run-time shape that fixes the channel count")
             return
-        out = node.outputs[0]
-        kept = ctx.kept(out)
-        shape = ctx.const(node.inputs[1])
-        if kept is None or shape is None:
-            return
-        axis = ctx.layout(out).axis
-        if shape[axis] > 0:
-            shape = shape.copy()
-            shape[axis] = len(kept)
-            ctx.replace_input(node, 1, shape)
+        ctx.set_layout(node.outputs[0], Layout(out_axis, atoms))
 
 
 @register("Concat")
