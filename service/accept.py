@@ -40,6 +40,9 @@ async def accept_job(
     try:
         upload = await receive_upload(request, files, settings.max_upload_bytes)
         options = parse_config(upload.config_text)
+        needs_data = options.data_requirement() if upload.data_bytes is None else None
+        if needs_data:
+            raise ApiError(422, "invalid_config", f"{needs_data}: add a 'data' part (.npz)")
         await run_in_threadpool(check_model, files.upload, options, settings.max_upload_bytes)
         if upload.data_bytes is not None:
             await run_in_threadpool(check_data, files.data, settings.max_upload_bytes)

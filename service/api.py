@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service import web
 from service.accept import accept_job
 from service.auth import Owner
 from service.errors import ApiError
@@ -99,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.runner = make_runner(settings, app.state.store)
     _add_error_handlers(app)
     _add_routes(app)
+    app.include_router(web.router)  # the upload page at / and /v1/jobs/{id}/report.html
     return app
 
 

@@ -86,6 +86,21 @@ def _options(**fields) -> PruneOptions:
         raise  # unreachable, for type checkers
 
 
+def _require_data(options: PruneOptions, data: Path | None) -> None:
+    """Fail fast, before any model is read, when the job needs data and none was given."""
+    reason = None if data is not None else options.data_requirement(sensitivity_given=True)
+    if reason:
+        _fail(f"{reason}: pass --data DATA.npz", EXIT_BAD_INPUT)
+
+
+def _load_sensitivity(path: Path | None):
+    if path is None:
+        return None
+    from workers.sensitivity import load_sensitivity
+
+    return load_sensitivity(path)
+
+
 def _print_summary(report) -> None:
     table = Table(title="onnxprune", show_header=True, header_style="bold")
     table.add_column("")
@@ -99,6 +114,11 @@ def _print_summary(report) -> None:
         table.add_row("latency p50 (ms)", f"{before:.3f}", f"{after:.3f}", f"x{before / after:.2f} faster" if after else "")
     if report.fidelity:
         table.add_row("fidelity", "", f"cos {report.fidelity.cosine_similarity:.4f}", f"max|Δ| {report.fidelity.max_abs_diff:.3g}")
+    evaluation = getattr(report, "evaluation", None)
+    if evaluation is not None:
+        middle = "" if evaluation.after_pruning is None else f"pruned {evaluation.after_pruning:.4f}, fine-tuned "
+        table.add_row(f"{evaluation.metric} (held out)", f"{evaluation.before:.4f}", f"{middle}{evaluation.after:.4f}",
+                      f"{evaluation.after - evaluation.before:+.4f}")
     pruned = sum(1 for g in report.groups if g.channels_after < g.channels_before)
     table.caption = f"{pruned} of {len(report.groups)} prunable groups pruned; {len(report.frozen)} frozen"
     Console().print(table)
@@ -109,8 +129,10 @@ def _print_summary(report) -> None:
 def prune(
     model: Annotated[Path, typer.Argument(help="The ONNX model to prune.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the pruned model.")],
-    criterion: Annotated[str, typer.Option(help="Filter ranking: l1, l2, random.")] = "l1",
-    ratio: Annotated[Optional[float], typer.Option(help="Fraction of channels removed from every group [0, 1).")] = None,
+    criterion: Annotated[str, typer.Option(help="Filter ranking: l1, l2, random, bn-gamma; with --data: taylor, "
+                                           "mean-activation, apoz, learned (--max-drop).")] = "l1",
+    ratio: Annotated[Optional[str], typer.Option(help="Fraction of channels removed from every group [0, 1), or "
+                                                 "'auto': per-group ratios from sensitivity curves (--max-drop).")] = None,
     flops_target: Annotated[Optional[float], typer.Option(help="Fraction of MACs to remove, ranking channels globally.")] = None,
     round_to: Annotated[int, typer.Option(help="Keep channel counts multiples of N.")] = 1,
     exclude: Annotated[Optional[list[str]], typer.Option(help="Node name or glob whose filters are kept (repeatable).")] = None,
@@ -122,6 +144,21 @@ def prune(
     runs: Annotated[int, typer.Option(help="Timed runs per model.")] = 30,
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed of the random criterion and benchmark inputs.")] = 0,
+    data: Annotated[Optional[Path], typer.Option(help="Data .npz: one array per model input (preprocessed), "
+                                                 "optional integer 'labels'. Every fifth sample is held out.")] = None,
+    finetune_steps: Annotated[int, typer.Option(help="Fine-tuning steps after each pruning step (needs --data).")] = 0,
+    iterative_steps: Annotated[int, typer.Option(help="Reach the target in this many prune-then-fine-tune steps.")] = 1,
+    lr: Annotated[float, typer.Option(help="Fine-tuning learning rate (SGD, momentum 0.9, cosine decay).")] = 0.01,
+    batch_size: Annotated[int, typer.Option(help="Batch size for scoring, fine-tuning and evaluation.")] = 32,
+    score_batches: Annotated[int, typer.Option(help="Batches the data-driven criteria look at.")] = 8,
+    flops_regularization: Annotated[float, typer.Option(help="Taylor: penalty per relative MACs of a channel.")] = 0.0,
+    max_drop: Annotated[Optional[float], typer.Option(help="With --ratio auto or --criterion learned: tolerated accuracy "
+                                                      "(or fidelity) drop on the held-out samples, e.g. 0.01.")] = None,
+    learned_episodes: Annotated[int, typer.Option(help="--criterion learned: agent training episodes per layer.")] = 20,
+    learned_samples: Annotated[int, typer.Option(help="--criterion learned: prunings tried per episode.")] = 8,
+    sensitivity: Annotated[Optional[Path], typer.Option(help="With --ratio auto: curves from 'onnxprune sensitivity "
+                                                        "--json' instead of measuring them again.")] = None,
+    report_html: Annotated[Optional[Path], typer.Option(help="Write a self-contained HTML report with plots here.")] = None,
 ) -> None:
     """Remove filters and write a smaller dense model, with a report of what changed."""
     from graphops.plan import PruningPlan
@@ -129,7 +166,11 @@ def prune(
 
     options = _options(criterion=criterion, ratio=ratio, flops_target=flops_target, round_to=round_to,
                        exclude=exclude or [], input_shapes=_input_shapes(input_shape), benchmark=benchmark,
-                       benchmark_runs=runs, threads=threads, seed=seed)
+                       benchmark_runs=runs, threads=threads, seed=seed, finetune_steps=finetune_steps,
+                       iterative_steps=iterative_steps, lr=lr, batch_size=batch_size, score_batches=score_batches,
+                       flops_regularization=flops_regularization, max_drop=max_drop,
+                       learned_episodes=learned_episodes, learned_samples=learned_samples)
+    _require_data(options, data)
     plan = None
     if plan_in is not None:
         try:
@@ -139,12 +180,16 @@ def prune(
     with Progress(TextColumn("{task.description:<10}"), BarColumn(), TimeElapsedColumn(), console=console,
                   transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("load", total=1.0)
-        result = run_pipeline(model, output, options, plan=plan,
+        result = run_pipeline(model, output, options, plan=plan, data=data, sensitivity=_load_sensitivity(sensitivity),
                               progress=lambda stage, fraction: bar.update(task, description=stage, completed=fraction))
     if report is not None:
         atomic_write_bytes(report, result.report.model_dump_json(indent=1).encode())
     if plan_out is not None:
         atomic_write_bytes(plan_out, result.plan.to_json().encode())
+    if report_html is not None:
+        from workers.html_report import render_report_html
+
+        atomic_write_bytes(report_html, render_report_html(result.report, title=f"onnxprune: {model.name}").encode())
     _print_summary(result.report)
     console.print(f"wrote {output}")
 
@@ -238,6 +283,9 @@ def _register_service_commands() -> None:
 
 
 _register_service_commands()
+from service import cli_analysis  # noqa: E402 - the sensitivity command
+
+cli_analysis.register(app)
 
 
 def main() -> None:

@@ -55,7 +55,8 @@ def run_job(job_id: str, store: JobStore, jobs_dir: Path, *, max_attempts: int =
 
     try:
         files.clear_for_run()  # a redelivered job starts clean, whatever the killed attempt left
-        result = run_pipeline(files.upload, files.model, options, progress=progress)
+        data = files.data if files.data.exists() else None
+        result = run_pipeline(files.upload, files.model, options, progress=progress, data=data)
         write_atomic(files.plan, result.plan.to_json())
         write_atomic(files.report, result.report.model_dump_json(indent=2))
         output_sha256 = sha256_file(files.model)

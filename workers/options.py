@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -27,8 +27,13 @@ class PruneOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     criterion: str = Field("l1", description="Filter ranking criterion (l1, l2, random, ...).")
-    ratio: Annotated[float, Field(ge=0.0, lt=1.0)] | None = Field(
-        None, description="Fraction of channels removed from every prunable group (Li et al.)."
+    ratio: float | Literal["auto"] | None = Field(
+        None, description="Fraction of channels removed from every prunable group (Li et al.), or 'auto': "
+        "per-group ratios from sensitivity curves within max_drop (needs data; docs/SENSITIVITY.md).",
+    )
+    max_drop: Annotated[float, Field(gt=0.0, lt=1.0)] | None = Field(
+        None, description="With ratio 'auto' or criterion 'learned': tolerated drop of accuracy (or fidelity) on "
+        "held-out data, as a fraction; default 0.01."
     )
     flops_target: Annotated[float, Field(gt=0.0, lt=1.0)] | None = Field(
         None, description="Fraction of MACs to remove, by global ranking of layer-normalised scores."
@@ -47,6 +52,27 @@ class PruneOptions(BaseModel):
     benchmark_runs: Annotated[int, Field(ge=1, le=1000)] = 30
     threads: Annotated[int, Field(ge=1, le=64)] = 1
     seed: int = Field(0, description="Seed of the random criterion and of benchmark inputs.")
+    # Data-driven pruning (the data file itself comes with the job, never as a path in the config).
+    finetune_steps: Annotated[int, Field(ge=0, le=1_000_000)] = Field(
+        0, description="Fine-tuning steps after each pruning step (needs data); 0: no fine-tuning."
+    )
+    iterative_steps: Annotated[int, Field(ge=1, le=1000)] = Field(
+        1, description="Reach the target in this many prune-then-fine-tune steps (Molchanov et al.); 1: one-shot."
+    )
+    lr: Annotated[float, Field(gt=0.0, le=10.0)] = Field(0.01, description="Fine-tuning learning rate (SGD, momentum 0.9, cosine decay).")
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = Field(32, description="Batch size for scoring, fine-tuning and evaluation.")
+    score_batches: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        8, description="Batches of data the data-driven criteria look at."
+    )
+    learned_episodes: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        20, description="Criterion 'learned': agent training episodes per layer (docs/LEARNED.md)."
+    )
+    learned_samples: Annotated[int, Field(ge=2, le=1000)] = Field(
+        8, description="Criterion 'learned': prunings sampled and tried on held-out data per episode."
+    )
+    flops_regularization: Annotated[float, Field(ge=0.0)] = Field(
+        0.0, description="Taylor only: subtract this times each layer's relative MACs per channel (Molchanov et al.)."
+    )
 
     @field_validator("criterion")
     @classmethod
@@ -57,6 +83,36 @@ class PruneOptions(BaseModel):
             known = ", ".join(sorted(available_criteria()))
             raise ValueError(f"unknown criterion {value!r}; choose one of: {known}")
         return value
+
+    def data_requirement(self, *, sensitivity_given: bool = False) -> str | None:
+        """Why this job needs a data file, or None when it runs without one (checked before any
+        model is read, by the CLI and at upload)."""
+        from graphops.scoring import criterion_needs_data
+
+        if criterion_needs_data(self.criterion):
+            return f"criterion '{self.criterion}' needs data"
+        if self.finetune_steps > 0 or self.iterative_steps > 1:
+            return "fine-tuning needs data"
+        if self.ratio == "auto" and not sensitivity_given:
+            return "ratio 'auto' needs data (or a sensitivity file) to measure each group's drop"
+        return None
+
+    @field_validator("ratio", mode="before")
+    @classmethod
+    def _ratio_in_range(cls, value: object) -> object:
+        # Checked here rather than by Field bounds: with the "auto" alternative, pydantic would
+        # report the bound per union member ("ratio.constrained-float ... (and 1 more)").
+        if value is None or value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError(f"ratio must be a number in [0, 1) or 'auto', got {value!r}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"ratio must be a number in [0, 1) or 'auto', got {value!r}") from None
+        if not 0.0 <= number < 1.0:
+            raise ValueError(f"ratio must be in [0, 1), got {number:g}")
+        return number
 
     @field_validator("input_shapes")
     @classmethod
@@ -70,6 +126,25 @@ class PruneOptions(BaseModel):
     def _one_target(self) -> "PruneOptions":
         if self.ratio is not None and self.flops_target is not None:
             raise ValueError("give either ratio or flops_target, not both")
+        if self.criterion == "learned":
+            return self._learned()
         if self.ratio is None and self.flops_target is None:
             self.ratio = 0.5
+        if self.max_drop is not None and self.ratio != "auto":
+            raise ValueError("max_drop applies only to ratio 'auto' or criterion 'learned'")
+        if self.ratio == "auto" and self.max_drop is None:
+            self.max_drop = 0.01
+        if self.iterative_steps > 1 and self.ratio == "auto":
+            raise ValueError("iterative_steps needs a numeric ratio or a flops_target, not ratio 'auto'")
+        return self
+
+    def _learned(self) -> "PruneOptions":
+        """The learned criterion chooses every layer's count from max_drop: no ratio, no MACs target."""
+        if self.ratio is not None or self.flops_target is not None:
+            raise ValueError("criterion 'learned' chooses how many filters each layer keeps from max_drop; "
+                             "drop ratio and flops_target")
+        if self.iterative_steps > 1:
+            raise ValueError("criterion 'learned' prunes layer by layer with fine_tuning after each; drop iterative_steps")
+        if self.max_drop is None:
+            self.max_drop = 0.01
         return self

@@ -58,6 +58,39 @@ class FrozenReport(BaseModel):
     reason: str
 
 
+class EvaluationPoint(BaseModel):
+    """One model on the held-out split."""
+
+    loss: float = Field(description="The training objective: cross-entropy with labels, else distillation.")
+    accuracy: float | None = Field(None, description="Top-1 accuracy (with labels).")
+    agreement: float | None = Field(None, description="Top-1 agreement with the original model (classifiers).")
+    cosine: float = Field(description="Mean cosine similarity of the outputs to the original's.")
+
+
+class IterationReport(BaseModel):
+    iteration: int
+    macs: int
+    removed_channels: int
+    after_pruning: EvaluationPoint
+    after_finetune: EvaluationPoint | None = None
+    final_loss: float | None = None
+
+
+class FinetuneReport(BaseModel):
+    """How a data-driven job recovered: the schedule, the objective, each step (roundtrip, torch)."""
+
+    schedule: str = Field(description="'one-shot' or 'iterative'.")
+    objective: str = Field(description="'cross-entropy' (labels) or 'distillation' (the original's outputs).")
+    steps: int = Field(description="Fine-tuning steps after each pruning step.")
+    iterative_steps: int
+    lr: float
+    batch_size: int
+    samples: dict[str, int] = Field(description="Samples trained on and held out.")
+    iterations: list[IterationReport] = Field(
+        default_factory=list, description="Per pruning step, on held-out data, measured in the PyTorch executor.")
+    losses: list[float] = Field(default_factory=list, description="Training loss at every fine-tuning step.")
+
+
 class PruneReport(BaseModel):
     onnxprune_version: str
     model_sha256: str
@@ -72,3 +105,89 @@ class PruneReport(BaseModel):
     frozen: list[FrozenReport]
     stage_seconds: dict[str, float] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
+    layers: list["LayerReport"] = Field(default_factory=list, description="MACs and filters per Conv/Gemm node.")
+    evaluation: "HeldOutEvaluation | None" = Field(None, description="Accuracy or fidelity on held-out data.")
+    sensitivity: "SensitivityReport | None" = Field(None, description="Per-group curves behind ratio 'auto'.")
+    group_ratios: dict[str, float] = Field(default_factory=dict, description="Ratio chosen per group (ratio 'auto').")
+    learned: "LearnedReport | None" = Field(None, description="Criterion 'learned': the per-layer agents' search.")
+
+
+# ---- sensitivity analysis and held-out evaluation (workers.sensitivity, workers.evaluation) ----
+
+SENSITIVITY_FORMAT = "onnxprune.sensitivity/1"
+
+
+class LayerReport(BaseModel):
+    name: str
+    op_type: str
+    macs_before: int
+    macs_after: int
+    filters_before: int | None = None
+    filters_after: int | None = None
+
+
+class HeldOutEvaluation(BaseModel):
+    metric: str = Field(description="'accuracy' (top-1, with labels) or 'fidelity' (cosine to the original).")
+    source: str = Field(description="'labels', 'original outputs' or 'synthetic inputs'.")
+    samples: int
+    split: str = Field(description="Which samples of the data file were used.")
+    before: float
+    after: float
+    after_pruning: float | None = Field(
+        None, description="Data-driven jobs that fine-tune: the pruned original weights, before fine-tuning "
+        "('after' is the written, fine-tuned model).")
+    finetune: FinetuneReport | None = None
+
+
+class SensitivityCurve(BaseModel):
+    """One group pruned alone at each ratio, everything else intact (Li et al., Figure 2)."""
+
+    group: str
+    producers: list[str]
+    channels: int
+    ratios: list[float]
+    channels_removed: list[int]
+    values: list[float] = Field(description="The metric with this group pruned at each ratio.")
+    macs_after: list[int] = Field(description="Model MACs with only this group pruned at each ratio.")
+
+
+class SensitivityReport(BaseModel):
+    format: str = SENSITIVITY_FORMAT
+    model_sha256: str
+    criterion: str
+    metric: str
+    source: str
+    samples: int
+    baseline: float = Field(description="The metric of the unpruned model.")
+    macs: int = Field(description="MACs of the unpruned model.")
+    ratios: list[float]
+    curves: list[SensitivityCurve]
+    frozen: list[FrozenReport] = Field(default_factory=list)
+    seconds: float = 0.0
+
+
+class LearnedLayerReport(BaseModel):
+    """One layer (channel group) of the learned search (roundtrip.learned)."""
+
+    group: str
+    producers: list[str]
+    channels: int
+    kept: int = Field(description="Filters the trained agent kept.")
+    reward: float = Field(description="R = psi * phi of the applied decision.")
+    drop: float = Field(description="p_hat - p on the reward samples with this layer pruned, before its fine-tuning.")
+    drop_finetuned: float | None = Field(None, description="The same after this layer's fine-tuning (if kept).")
+    rewards: list[float] = Field(description="Mean sampled reward per episode: the agent's learning curve.")
+    seconds: float
+
+
+class LearnedReport(BaseModel):
+    metric: str = Field(description="'accuracy' (labels) or 'fidelity' (cosine to the original's outputs).")
+    max_drop: float = Field(description="b: the accepted drop, as a fraction.")
+    baseline: float = Field(description="p_hat: the original's metric on the reward samples.")
+    reward_samples: int = Field(description="Held-out samples each proposed pruning is tried on.")
+    episodes: int
+    samples: int = Field(description="Prunings sampled per episode.")
+    layers: list[LearnedLayerReport]
+
+
+PruneReport.model_rebuild()

@@ -59,6 +59,8 @@ BAD_UPLOAD_CASES = [
     ("missing model part", dict(model=None, config={"ratio": 0.3}), 400, "bad_request", "model"),
     ("pickled npz", dict(data=_npz(x=np.array([object()], dtype=object))), 422, "invalid_data", "npz"),
     ("data not an npz", dict(data=b"not a zip at all"), 422, "invalid_data", "npz"),
+    ("data criterion without data", dict(config={"criterion": "taylor"}), 422, "invalid_config", "needs data"),
+    ("fine-tuning without data", dict(config={"finetune_steps": 10}), 422, "invalid_config", "needs data"),
     ("symbolic dim unknown input", dict(config={"input_shapes": {"nope": [1, 3, 16, 16]}}), 422, "invalid_model",
      "nope"),
 ]

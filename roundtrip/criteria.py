@@ -1,0 +1,205 @@
+"""Data-driven filter criteria, registered in graphops' criteria registry through entry points.
+
+``taylor``          Molchanov et al. 2017: |sum over positions of activation x gradient| per
+                    channel and sample, averaged over samples; layer-wise L2 normalisation and
+                    optional FLOPs regularisation.
+``mean-activation`` mean |activation| per channel (the mean of a ReLU output).
+``apoz``            1 - average percentage of zeros (Hu et al. 2016): fraction of activations a
+                    ReLU leaves positive.
+``bn-gamma``        |BatchNorm scale| of the channel (Liu et al. 2017, network slimming); no data.
+
+Activations are observed at the inputs of the filters that read each group (``roundtrip.taps``),
+so coupled groups are scored as a whole. This module imports torch only inside the criteria.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import numpy_helper
+
+from graphops.dependency import DependencyGraph
+from graphops.errors import ModelRejected
+from graphops.scoring import Scores, l1_norm
+from roundtrip.taps import consumer_taps, per_class
+
+DEFAULT_SCORE_BATCHES = 8
+DEFAULT_BATCH_SIZE = 32
+
+
+def _require(context, name: str):
+    if context is None:
+        raise ModelRejected(f"criterion '{name}' needs data: pass --data DATA.npz")
+    return context
+
+
+def _prunable_ids(dep: DependencyGraph) -> set[str]:
+    return {g.id for g in dep.groups if g.prunable}
+
+
+def _flatten(tensor, axis: int):
+    """(samples, positions on ``axis``, everything else) of an activation."""
+    moved = tensor.movedim(axis, 1)
+    return moved.reshape(moved.shape[0], moved.shape[1], -1)
+
+
+def _observe(dep: DependencyGraph, context, *, seed: int, gradients: bool):
+    """Yield (taps, activations, gradients or None, batch) for each scoring batch of the current model."""
+    import torch
+
+    from roundtrip.executor import OnnxModule
+
+    taps = [t for t in consumer_taps(dep, _prunable_ids(dep)) if t.axis != 0]
+    module = OnnxModule(dep.model).eval()
+    generator = torch.Generator().manual_seed(seed)
+    for batch in context.train.batches(context.batch_size, shuffle=True, seed=seed, limit=context.score_batches):
+        seen: dict[tuple[str, int], torch.Tensor] = {}
+
+        def hook_for(key):
+            def hook(tensor):
+                view = tensor.view_as(tensor)
+                seen[key] = view
+                return view
+
+            return hook
+
+        hooks = {(t.node, t.input_index): hook_for((t.node, t.input_index)) for t in taps}
+        if gradients:
+            targets = context.objective.teacher_outputs(batch, context.train)
+            outputs = module.run(batch.inputs, outputs=context.objective.tensors, edge_hooks=hooks)
+            loss = context.objective.sampled_loss(outputs, batch, targets, generator)
+            tensors = [seen[(t.node, t.input_index)] for t in taps]
+            grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+            yield taps, [x.detach() for x in tensors], [g if g is not None else torch.zeros_like(x) for g, x in zip(grads, tensors)]
+        else:
+            with torch.no_grad():
+                module.run(batch.inputs, outputs=context.objective.tensors, edge_hooks=hooks)
+            yield taps, [seen[(t.node, t.input_index)] for t in taps], None
+
+
+def _finish(dep: DependencyGraph, totals: dict[int, np.ndarray], counts: dict[int, np.ndarray]) -> Scores:
+    """Average per class; channels no tap observed rank as most important (never removed first)."""
+    scores = {}
+    for index, group in enumerate(dep.groups):
+        if not group.prunable:
+            continue
+        if index not in totals:
+            scores[group.id] = np.full(group.channels, np.inf)
+            continue
+        with np.errstate(invalid="ignore", divide="ignore"):
+            scores[group.id] = np.where(counts[index] > 0, totals[index] / counts[index], np.inf)
+    return scores
+
+
+def _accumulate(totals, counts, group: int, values: np.ndarray, weight: np.ndarray) -> None:
+    if group not in totals:
+        totals[group] = np.zeros_like(values)
+        counts[group] = np.zeros_like(weight, dtype=np.float64)
+    totals[group] += values
+    counts[group] += weight
+
+
+def _l2_normalised(scores: Scores) -> Scores:
+    out = {}
+    for gid, score in scores.items():
+        finite = score[np.isfinite(score)]
+        norm = float(np.sqrt((finite**2).sum())) if finite.size else 0.0
+        out[gid] = score / norm if norm > 0 else score
+    return out
+
+
+def _flops_penalty(dep: DependencyGraph) -> dict[str, float]:
+    """MACs per channel of each group's nodes, divided by the largest (Molchanov's FLOPs term)."""
+    from graphops.cost import measure_cost
+
+    if dep.input_shapes is None:
+        raise ModelRejected("FLOPs regularisation needs concrete input shapes; pass --input-shape")
+    macs = {node.name: node.macs for node in measure_cost(dep.model, dep.input_shapes).nodes}
+    per_channel = {g.id: sum(macs.get(n, 0) for n in g.nodes) / g.channels for g in dep.groups if g.prunable}
+    top = max(per_channel.values(), default=0.0) or 1.0
+    return {gid: value / top for gid, value in per_channel.items()}
+
+
+def taylor(dep: DependencyGraph, *, seed: int = 0, data=None, flops_regularization: float = 0.0, **_: object) -> Scores:
+    """First-order Taylor estimate of the loss change when a channel is zeroed (Molchanov et al.)."""
+    context = _require(data, "taylor")
+    totals: dict[int, np.ndarray] = {}
+    counts: dict[int, np.ndarray] = {}
+    for taps, activations, gradients in _observe(dep, context, seed=seed, gradients=True):
+        per_sample: dict[int, np.ndarray] = {}
+        for tap, a, g in zip(taps, activations, gradients):
+            products = _flatten(a * g, tap.axis).sum(-1).double().numpy()  # samples x positions
+            for group, (sums, _) in per_class(dep, tap, products).items():
+                per_sample[group] = per_sample.get(group, 0) + sums
+        for group, sums in per_sample.items():
+            _accumulate(totals, counts, group, np.abs(sums).sum(0), np.full(sums.shape[1], sums.shape[0]))
+    scores = _l2_normalised(_finish(dep, totals, counts))
+    if flops_regularization:
+        penalty = _flops_penalty(dep)
+        scores = {gid: s - flops_regularization * penalty[gid] for gid, s in scores.items()}
+    return scores
+
+
+def mean_activation(dep: DependencyGraph, *, seed: int = 0, data=None, **_: object) -> Scores:
+    """Mean |activation| of each channel where its group is read."""
+    context = _require(data, "mean-activation")
+    totals: dict[int, np.ndarray] = {}
+    counts: dict[int, np.ndarray] = {}
+    for taps, activations, _ in _observe(dep, context, seed=seed, gradients=False):
+        for tap, a in zip(taps, activations):
+            flat = _flatten(a.abs(), tap.axis)
+            values = flat.sum(-1).double().numpy()
+            for group, (sums, positions) in per_class(dep, tap, values).items():
+                _accumulate(totals, counts, group, sums.sum(0), positions * sums.shape[0] * flat.shape[-1])
+    return _finish(dep, totals, counts)
+
+
+def apoz(dep: DependencyGraph, *, seed: int = 0, data=None, **_: object) -> Scores:
+    """1 - APoZ: the fraction of each channel's activations that are positive (a ReLU keeps)."""
+    context = _require(data, "apoz")
+    totals: dict[int, np.ndarray] = {}
+    counts: dict[int, np.ndarray] = {}
+    for taps, activations, _ in _observe(dep, context, seed=seed, gradients=False):
+        for tap, a in zip(taps, activations):
+            flat = _flatten((a > 0).double(), tap.axis)
+            values = flat.sum(-1).numpy()
+            for group, (sums, positions) in per_class(dep, tap, values).items():
+                _accumulate(totals, counts, group, sums.sum(0), positions * sums.shape[0] * flat.shape[-1])
+    return _finish(dep, totals, counts)
+
+
+def bn_gamma(dep: DependencyGraph, *, seed: int = 0, **_: object) -> Scores:
+    """Mean |BatchNorm scale| over the BatchNorms a channel passes; groups without one fall back to l1."""
+    weights = {init.name: init for init in dep.model.graph.initializer}
+    totals = [np.zeros(g.channels) for g in dep.groups]
+    counts = [np.zeros(g.channels) for g in dep.groups]
+    found = False
+    for node in dep.model.graph.node:
+        layout = dep.layouts.get(node.input[0]) if node.op_type == "BatchNormalization" else None
+        if layout is None or node.input[1] not in weights:
+            continue
+        gamma = np.abs(numpy_helper.to_array(weights[node.input[1]]).astype(np.float64))
+        groups, classes = dep.classes_of(layout.atoms)
+        for group in np.unique(groups).tolist():
+            where = groups == group
+            np.add.at(totals[group], classes[where], gamma[where])
+            np.add.at(counts[group], classes[where], 1)
+            found = True
+    if not found:
+        raise ModelRejected("criterion 'bn-gamma' needs BatchNormalization nodes; this model has none "
+                            "(exporters fold BatchNorm into Conv in inference mode)")
+    fallback = l1_norm(dep)
+    scores = {}
+    for index, group in enumerate(dep.groups):
+        if not group.prunable:
+            continue
+        if counts[index].sum() == 0:
+            scores[group.id] = fallback[group.id]
+            continue
+        with np.errstate(invalid="ignore", divide="ignore"):
+            scores[group.id] = np.where(counts[index] > 0, totals[index] / counts[index], np.inf)
+    return scores
+
+
+for _criterion in (taylor, mean_activation, apoz):
+    _criterion.needs_data = True  # type: ignore[attr-defined]
+bn_gamma.needs_data = False  # type: ignore[attr-defined]

@@ -1,0 +1,149 @@
+"""Data for data-driven pruning: one ``.npz`` array per model input, optional ``labels``.
+
+Loaded with ``allow_pickle=False`` always (the file may come from a stranger). Arrays must already
+be preprocessed as the model expects; a mismatch in shape or dtype is a user error, one line,
+naming the input. Numpy only: no torch here.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from graphops.errors import ModelRejected
+from graphops.shapes import declared_input_shapes, graph_inputs
+
+LABELS = "labels"
+
+
+@dataclass(frozen=True)
+class Batch:
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None
+    indices: np.ndarray
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Samples along axis 0 of every input array; ``labels`` (int64) one per sample, or None."""
+
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None
+
+    def __len__(self) -> int:
+        return int(next(iter(self.inputs.values())).shape[0])
+
+    def subset(self, indices: np.ndarray) -> "Dataset":
+        return Dataset({k: v[indices] for k, v in self.inputs.items()},
+                       None if self.labels is None else self.labels[indices])
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                limit: int | None = None) -> Iterator[Batch]:
+        """Batches in order (or a seeded shuffle); ``limit`` caps how many."""
+        order = np.random.default_rng(seed).permutation(len(self)) if shuffle else np.arange(len(self))
+        for count, start in enumerate(range(0, len(self), batch_size)):
+            if limit is not None and count >= limit:
+                return
+            index = order[start:start + batch_size]
+            yield Batch({k: v[index] for k, v in self.inputs.items()},
+                        None if self.labels is None else self.labels[index], index)
+
+    def endless(self, batch_size: int, *, seed: int = 0) -> Iterator[Batch]:
+        """Shuffled full batches forever, a new permutation each epoch (for training steps)."""
+        epoch = 0
+        while True:
+            for batch in self.batches(batch_size, shuffle=True, seed=seed + epoch):
+                if len(batch.indices) == batch_size or len(self) < batch_size:
+                    yield batch
+            epoch += 1
+
+
+def _array_names(path: Path) -> list[str]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return list(archive.files)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ModelRejected(f"data {path.name} is not a readable .npz of arrays: {str(exc).splitlines()[0]}") from exc
+
+
+def _check_input(name: str, array: np.ndarray, value: onnx.ValueInfoProto, shape: Sequence | None,
+                 concrete: Sequence[int] | None) -> np.ndarray:
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+    if np.issubdtype(dtype, np.floating):
+        if not np.issubdtype(array.dtype, np.floating):
+            raise ModelRejected(f"data for input '{name}' is {array.dtype}, the model wants {np.dtype(dtype).name}: "
+                                "save it preprocessed as the model expects (e.g. scaled floats)")
+        array = array.astype(dtype, copy=False)
+    elif array.dtype != dtype:
+        raise ModelRejected(f"data for input '{name}' is {array.dtype}, the model wants {np.dtype(dtype).name}")
+    if shape is not None:
+        if array.ndim != len(shape):
+            raise ModelRejected(f"data for input '{name}' has shape {list(array.shape)}: the model wants "
+                                f"{len(shape)}-D samples batched on axis 0, like {list(concrete or shape)}")
+        for axis in range(1, len(shape)):
+            want = concrete[axis] if concrete is not None else shape[axis]
+            if isinstance(want, int) and want > 0 and array.shape[axis] != want:
+                raise ModelRejected(f"data for input '{name}' has shape {list(array.shape)}, the model wants "
+                                    f"{list(concrete or shape)} (axis {axis} is {array.shape[axis]}, expected {want})")
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise ModelRejected(f"data for input '{name}' holds NaN or infinite values")
+    return array
+
+
+def load_dataset(path: Path, model: onnx.ModelProto,
+                 input_shapes: Mapping[str, Sequence[int]] | None = None) -> Dataset:
+    """The samples in ``path`` for ``model``'s inputs; a single-input model may use any array name."""
+    path = Path(path)
+    names = _array_names(path)
+    values = graph_inputs(model)
+    declared = declared_input_shapes(model)
+    data_names = [n for n in names if n != LABELS]
+    if len(values) == 1 and len(data_names) == 1:
+        mapping = {values[0].name: data_names[0]}
+    else:
+        missing = [v.name for v in values if v.name not in names]
+        if missing:
+            raise ModelRejected(f"data has no array for model input '{missing[0]}' (arrays: {', '.join(names) or 'none'}; "
+                                f"inputs: {', '.join(v.name for v in values)})")
+        mapping = {v.name: v.name for v in values}
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in set(mapping.values()) | ({LABELS} & set(names))}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:  # object arrays need pickle: refused
+        raise ModelRejected(f"data {path.name} is not a readable .npz of arrays: {str(exc).splitlines()[0]}") from exc
+    inputs = {}
+    for value in values:
+        concrete = (input_shapes or {}).get(value.name)
+        inputs[value.name] = _check_input(value.name, arrays[mapping[value.name]], value, declared.get(value.name), concrete)
+    labels = arrays.get(LABELS)
+    counts = {name: a.shape[0] if a.ndim else 0 for name, a in inputs.items()}
+    if len(set(counts.values())) != 1 or 0 in counts.values():
+        raise ModelRejected(f"data arrays must hold the same number (> 0) of samples, got {counts}")
+    count = next(iter(counts.values()))
+    if labels is not None:
+        if not np.issubdtype(labels.dtype, np.integer) or labels.shape != (count,):
+            raise ModelRejected(f"data 'labels' must be {count} integers (one class per sample), "
+                                f"got {labels.dtype} of shape {list(labels.shape)}")
+        if labels.min() < 0:
+            raise ModelRejected("data 'labels' holds negative classes")
+        labels = labels.astype(np.int64)
+    return Dataset(inputs, labels)
+
+
+HELD_OUT_EVERY = 5  # the project-wide split (workers.dataset.held_out_split): every fifth sample
+
+
+def split_holdout(dataset: Dataset) -> tuple[Dataset, Dataset]:
+    """(train, held-out): every fifth sample (indices 4, 9, 14, ...) is held out, as in every other
+    command, so the report's numbers all refer to the same samples. Striding keeps it fair on files
+    sorted by class."""
+    index = np.arange(len(dataset))
+    held = index % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
+    if not held.any() or held.all():
+        raise ModelRejected(f"data holds {len(dataset)} samples: at least {HELD_OUT_EVERY} are needed to hold some out")
+    return dataset.subset(index[~held]), dataset.subset(index[held])

@@ -1,0 +1,181 @@
+"""Run an ONNX graph as a ``torch.nn.Module``: the nodes in topological order, with torch ops.
+
+Float initializers read as weights (conv and gemm weights and biases, norm scales, per-channel
+constants) become trainable parameters; BatchNormalization running statistics become buffers that
+training mode updates; everything else (shapes, pads, clip bounds, scalars) stays constant. Every
+tensor keeps its ONNX name, so trained weights go back into the same graph (``roundtrip.writeback``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from graphops.errors import ModelRejected
+from graphops.shapes import graph_inputs
+from roundtrip.ops import OpContext, op_for
+
+# Which inputs of an op are learnt weights (if they are float initializers).
+PARAMETER_SLOTS: dict[str, tuple[int, ...]] = {
+    "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (0, 1),
+    "BatchNormalization": (1, 2), "InstanceNormalization": (1, 2), "LayerNormalization": (1, 2),
+    "PRelu": (1,), "Add": (0, 1), "Sub": (0, 1), "Mul": (0, 1),
+}  # fmt: skip
+# Per-channel constants of elementwise ops are weights (a bias added after a transposed conv);
+# scalars (x * 0.5, x / 6 in a hard swish) are arithmetic and stay constant.
+_ELEMENTWISE = ("Add", "Sub", "Mul")
+STATISTICS_SLOTS = {"BatchNormalization": (3, 4)}
+
+EdgeHook = Callable[[torch.Tensor], torch.Tensor]
+
+
+def toposort(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """Kahn's algorithm over tensor names; exporters usually write topological order already."""
+    available = {init.name for init in graph.initializer} | {inp.name for inp in graph.input} | {""}
+    pending = list(graph.node)
+    ordered: list[onnx.NodeProto] = []
+    while pending:
+        ready = [node for node in pending if all(name in available for name in node.input)]
+        if not ready:
+            node = pending[0]
+            missing = next(name for name in node.input if name not in available)
+            raise ModelRejected(f"node '{node.name}' reads tensor '{missing}', which nothing produces")
+        ready_ids = {id(node) for node in ready}
+        pending = [node for node in pending if id(node) not in ready_ids]
+        for node in ready:
+            ordered.append(node)
+            available.update(node.output)
+    return ordered
+
+
+def _roles(model: onnx.ModelProto) -> tuple[set[str], set[str]]:
+    """(trainable initializer names, BatchNorm statistics names)."""
+    initializers = {init.name: init for init in model.graph.initializer}
+    slots: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        for index, name in enumerate(node.input):
+            if name not in initializers:
+                continue
+            role = "constant"
+            if index in PARAMETER_SLOTS.get(node.op_type, ()):
+                role = "parameter"
+                if node.op_type in _ELEMENTWISE and int(np.prod(initializers[name].dims)) <= 1:
+                    role = "constant"
+            elif index in STATISTICS_SLOTS.get(node.op_type, ()):
+                role = "statistics"
+            slots.setdefault(name, set()).add(role)
+    floats = {name for name, init in initializers.items()
+              if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)}
+    trainable = {name for name, roles in slots.items() if roles == {"parameter"} and name in floats}
+    statistics = {name for name, roles in slots.items() if roles == {"statistics"} and name in floats}
+    return trainable, statistics
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((int(e.version) for e in model.opset_import if e.domain in ("", "ai.onnx")), 1)
+
+
+class OnnxModule(torch.nn.Module):
+    """The graph of ``model`` as a module; ``run`` takes and returns tensors by ONNX name."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        super().__init__()
+        self.opset = _opset(model)
+        self.nodes = toposort(model.graph)
+        for node in self.nodes:
+            op_for(node)  # refuse unsupported ops now, not halfway through training
+        self.input_names = [inp.name for inp in graph_inputs(model)]
+        self.output_names = [out.name for out in model.graph.output]
+        self.trainable_names, self.statistics_names = _roles(model)
+        self.parameters_by_key = torch.nn.ParameterDict()
+        self._keys: dict[str, str] = {}
+        for index, init in enumerate(model.graph.initializer):
+            key = f"t{index}"
+            self._keys[init.name] = key
+            array = numpy_helper.to_array(init)
+            if array.dtype == np.float16:
+                array = array.astype(np.float32)
+            tensor = torch.from_numpy(np.array(array))
+            if init.name in self.trainable_names:
+                self.parameters_by_key[key] = torch.nn.Parameter(tensor)
+            else:
+                self.register_buffer(key, tensor)
+        first = graph_inputs(model)[0].type.tensor_type.shape.dim if self.input_names else []
+        self.static_batch = int(first[0].dim_value) if len(first) and first[0].HasField("dim_value") else None
+        self.bn_momentum: float | None = None
+        self.dropout: bool | None = None  # None: active exactly in training mode
+        last_use: dict[str, int] = {}
+        for position, node in enumerate(self.nodes):
+            for name in node.input:
+                last_use[name] = position
+        self._last_use = last_use
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """The parameter or buffer holding initializer ``name``."""
+        key = self._keys[name]
+        if key in self.parameters_by_key:
+            return self.parameters_by_key[key]
+        return getattr(self, key)
+
+    def initializer_names(self) -> list[str]:
+        return list(self._keys)
+
+    def named_trainable(self) -> dict[str, torch.nn.Parameter]:
+        return {name: self.parameters_by_key[self._keys[name]] for name in self._keys if name in self.trainable_names}
+
+    def forward(self, *args: torch.Tensor) -> list[torch.Tensor]:
+        return self.run(dict(zip(self.input_names, args)))
+
+    def run(
+        self,
+        feeds: Mapping[str, torch.Tensor | np.ndarray],
+        *,
+        outputs: Sequence[str] | None = None,
+        edge_hooks: Mapping[tuple[str, int], EdgeHook] | None = None,
+    ) -> list[torch.Tensor]:
+        """Tensors ``outputs`` (default: the graph outputs). ``edge_hooks[(node, i)]`` sees and may
+        replace input ``i`` of ``node`` on that edge only (used to take per-consumer gradients)."""
+        wanted = list(outputs or self.output_names)
+        env: dict[str, torch.Tensor | None] = {"": None}
+        for name in self._keys:
+            env[name] = self.tensor(name)
+        for name in self.input_names:
+            if name not in feeds:
+                raise ModelRejected(f"no data for model input '{name}'")
+            value = feeds[name]
+            env[name] = torch.from_numpy(np.asarray(value)) if isinstance(value, np.ndarray) else value
+        batch = int(env[self.input_names[0]].shape[0]) if self.input_names and env[self.input_names[0]].dim() else None
+        dropout = self.training if self.dropout is None else self.dropout
+        ctx = OpContext(self.opset, self.training, self.static_batch, batch, self.bn_momentum, dropout)
+        keep = set(wanted) | set(self._keys)
+        hooks = edge_hooks or {}
+        for position, node in enumerate(self.nodes):
+            inputs = [env[name] for name in node.input]
+            for index in range(len(inputs)):
+                hook = hooks.get((node.name, index))
+                if hook is not None:
+                    inputs[index] = hook(inputs[index])
+            try:
+                results = op_for(node)(node, inputs, ctx)
+            except (RuntimeError, ValueError, IndexError, KeyError, TypeError) as exc:
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise ModelRejected(f"node '{node.name}' ({node.op_type}) failed in the PyTorch executor: {first}") from exc
+            for name, value in zip(node.output, results):
+                if name:
+                    env[name] = value
+            for name in node.input:
+                if self._last_use.get(name) == position and name not in keep:
+                    env.pop(name, None)
+        missing = [name for name in wanted if name not in env]
+        if missing:
+            raise ModelRejected(f"tensor '{missing[0]}' is not computed by the graph")
+        return [env[name] for name in wanted]
+
+
+def build_executor(model: onnx.ModelProto) -> OnnxModule:
+    """An executor in float32 inference mode (call ``.train()`` for fine-tuning)."""
+    return OnnxModule(model).eval()

@@ -1,0 +1,129 @@
+"""What fine-tuning and the Taylor criterion optimise: the task loss, or the original model.
+
+With labels: cross-entropy on the class scores. Without: distillation against the original model
+(KL divergence on logits for classifier outputs, variance-normalised MSE for any other output), so
+recovery needs no labels. The original's outputs ("targets") are computed once per dataset where
+they fit in memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+
+from graphops.errors import ModelRejected
+from roundtrip.data import Batch, Dataset
+from roundtrip.executor import OnnxModule
+
+# Targets of a whole dataset are cached when they take less than this.
+TARGET_CACHE_BYTES = 512 << 20
+_EPS = 1e-12
+
+
+def _logit_tensors(model: onnx.ModelProto) -> list[str]:
+    """For each graph output, the tensor to train on: the input of a final Softmax (its logits)."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    names = []
+    for output in model.graph.output:
+        node = producer.get(output.name)
+        names.append(node.input[0] if node is not None and node.op_type == "Softmax" else output.name)
+    return names
+
+
+def _is_classifier(tensor: torch.Tensor) -> bool:
+    return tensor.dim() == 2 and tensor.shape[1] > 1 and tensor.is_floating_point()
+
+
+@dataclass
+class Objective:
+    """The loss of a student module's ``tensors`` against labels or the teacher's same tensors."""
+
+    teacher: OnnxModule
+    tensors: list[str]
+    use_labels: bool
+    classifier: list[bool] = field(default_factory=list)
+    _cache: dict[int, list[np.ndarray]] = field(default_factory=dict, repr=False)
+
+    @property
+    def kind(self) -> str:
+        return "cross-entropy" if self.use_labels else "distillation"
+
+    def teacher_outputs(self, batch: Batch, dataset: Dataset | None = None) -> list[torch.Tensor]:
+        if dataset is not None and id(dataset) in self._cache:
+            return [torch.from_numpy(a[batch.indices]) for a in self._cache[id(dataset)]]
+        with torch.no_grad():
+            return [t.detach() for t in self.teacher.run(batch.inputs, outputs=self.tensors)]
+
+    def cache_targets(self, dataset: Dataset, batch_size: int) -> None:
+        """Run the teacher over ``dataset`` once, if its outputs fit in TARGET_CACHE_BYTES."""
+        first = self.teacher_outputs(next(dataset.batches(1)))
+        per_sample = sum(t[0].numel() * t.element_size() for t in first)
+        if per_sample * len(dataset) > TARGET_CACHE_BYTES:
+            return
+        parts: list[list[np.ndarray]] = [[] for _ in self.tensors]
+        for batch in dataset.batches(batch_size):
+            for index, tensor in enumerate(self.teacher_outputs(batch)):
+                parts[index].append(tensor.numpy())
+        self._cache[id(dataset)] = [np.concatenate(p) for p in parts]
+
+    def _label_output(self, outputs: list[torch.Tensor]) -> int:
+        for index, flag in enumerate(self.classifier):
+            if flag:
+                return index
+        raise ModelRejected("data has labels, but no model output holds class scores (batch x classes)")
+
+    def _check_labels(self, scores: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
+        target = torch.from_numpy(labels)
+        if int(target.max()) >= scores.shape[1]:
+            raise ModelRejected(f"data 'labels' holds class {int(target.max())}, the model scores {scores.shape[1]} classes")
+        return target
+
+    def loss(self, outputs: list[torch.Tensor], batch: Batch, targets: list[torch.Tensor]) -> torch.Tensor:
+        """Mean over the batch: cross-entropy with labels, else distillation summed over outputs."""
+        if self.use_labels:
+            index = self._label_output(outputs)
+            return F.cross_entropy(outputs[index], self._check_labels(outputs[index], batch.labels))
+        total = outputs[0].new_zeros(())
+        for out, target, classifier in zip(outputs, targets, self.classifier):
+            if classifier:
+                total = total + F.kl_div(F.log_softmax(out, 1), F.log_softmax(target, 1), log_target=True,
+                                         reduction="batchmean")
+            else:
+                total = total + F.mse_loss(out, target) / (target.pow(2).mean() + _EPS)
+        return total
+
+    def sampled_loss(self, outputs: list[torch.Tensor], batch: Batch, targets: list[torch.Tensor],
+                     generator: torch.Generator) -> torch.Tensor:
+        """Summed over samples, so each sample's gradient is its own (for the Taylor criterion).
+
+        Without labels the distillation loss is at its minimum on the unpruned model and every
+        gradient is zero; targets are therefore sampled from the original's predictive
+        distribution (a class drawn from its softmax, Gaussian noise of the output's scale), whose
+        expected gradient is the distillation gradient and whose spread carries the curvature.
+        """
+        if self.use_labels:
+            index = self._label_output(outputs)
+            labels = self._check_labels(outputs[index], batch.labels)
+            return F.cross_entropy(outputs[index], labels, reduction="sum")
+        total = outputs[0].new_zeros(())
+        for out, target, classifier in zip(outputs, targets, self.classifier):
+            if classifier:
+                drawn = torch.multinomial(torch.softmax(target.double(), 1), 1, generator=generator).squeeze(1)
+                total = total + F.cross_entropy(out, drawn, reduction="sum")
+            else:
+                scale = target.pow(2).mean().sqrt() + _EPS
+                noisy = target + scale * torch.randn(target.shape, generator=generator, dtype=target.dtype)
+                total = total + 0.5 * ((out - noisy) / scale).pow(2).sum() / max(1, out[0].numel())
+        return total
+
+
+def make_objective(original: onnx.ModelProto, sample: Batch, *, use_labels: bool) -> Objective:
+    """The objective for ``original`` (the teacher); ``sample`` tells which outputs are class scores."""
+    teacher = OnnxModule(original).eval()
+    objective = Objective(teacher, _logit_tensors(original), use_labels)
+    objective.classifier = [_is_classifier(t) for t in objective.teacher_outputs(sample)]
+    return objective

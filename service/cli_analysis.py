@@ -1,0 +1,106 @@
+"""``onnxprune sensitivity``: prune each group alone at increasing ratios and measure the model.
+
+Registered on the main CLI by ``service.cli``; the work is ``workers.sensitivity.measure_sensitivity``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+SYNTHETIC_HELP = ("No data? Measure output fidelity on N random standard-normal inputs instead: a proxy "
+                  "that says how much each group changes the outputs, not how accurate the model stays.")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sensitivity")(sensitivity)
+
+
+def sensitivity(
+    model: Annotated[Path, typer.Argument(help="The ONNX model to analyse.")],
+    data: Annotated[Optional[Path], typer.Option(help="Held-out .npz: one array per model input, optional 'labels' (all samples are used).")] = None,
+    ratios: Annotated[str, typer.Option(help="Comma-separated fractions of each group's filters to remove.")] = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
+    criterion: Annotated[str, typer.Option(help="Filter ranking: l1, l2, random.")] = "l1",
+    samples: Annotated[Optional[int], typer.Option(min=1, help="Use at most N samples of the data (evenly strided).")] = None,
+    synthetic: Annotated[Optional[int], typer.Option(min=1, help=SYNTHETIC_HELP)] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Groups measured in parallel (default: CPU cores).")] = None,
+    input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", help="NAME:1x3x224x224 for symbolic inputs (repeatable).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the curves as JSON (reusable with prune --sensitivity).")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Write the curves as a PNG.")] = None,
+    report_html: Annotated[Optional[Path], typer.Option(help="Write a self-contained HTML page with the curves.")] = None,
+) -> None:
+    """For every prunable group, prune it alone at each ratio and measure accuracy (labels) or fidelity."""
+    from service.cli import _fail, _input_shapes, one_line_errors
+
+    one_line_errors(_sensitivity)(model, data, ratios, criterion, samples, synthetic, workers,
+                                  _input_shapes(input_shape), json_out, plot, report_html, _fail)
+
+
+def _sensitivity(model, data, ratios, criterion, samples, synthetic, workers, shapes, json_out, plot, report_html,
+                 fail) -> None:
+    import numpy as np
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from graphops.loading import load_model
+    from roundtrip.data import load_dataset
+    from workers.evaluation import synthetic_dataset
+    from workers.pipeline import atomic_write_bytes
+    from workers.sensitivity import measure_sensitivity, parse_ratios
+
+    console = Console(stderr=True)
+    grid = parse_ratios(ratios)
+    if data is None and synthetic is None:
+        fail("sensitivity needs held-out data: pass --data DATA.npz (one array per model input, optional "
+             "'labels'), or --synthetic N to measure output fidelity on N random inputs (a proxy)", 2)
+    if data is not None and synthetic is not None:
+        fail("give either --data or --synthetic, not both", 2)
+    proto = load_model(model)
+    dataset = load_dataset(data, proto, shapes) if data is not None else synthetic_dataset(proto, shapes, synthetic)
+    if samples is not None and samples < len(dataset):
+        dataset = dataset.subset(np.linspace(0, len(dataset) - 1, samples).round().astype(int))
+    if synthetic is not None:
+        console.print(f"[yellow]no data: measuring output fidelity on {synthetic} random inputs (a proxy, "
+                      "not accuracy)[/yellow]")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("groups", total=None)
+
+        def show(done: int, total: int, group: str) -> None:
+            bar.update(task, completed=done, total=total, description=f"groups (last: {group})")
+            if not console.is_terminal:
+                console.print(f"[{done}/{total}] {group}", highlight=False)
+
+        result = measure_sensitivity(model, dataset, ratios=grid, criterion=criterion, input_shapes=shapes,
+                                     workers=workers, synthetic=synthetic is not None, progress=show)
+    if json_out is not None:
+        atomic_write_bytes(json_out, result.model_dump_json(indent=1).encode())
+    if plot is not None:
+        from workers.plots import sensitivity_png
+
+        atomic_write_bytes(plot, sensitivity_png(result))
+    if report_html is not None:
+        from workers.html_report import render_report_html
+
+        page = render_report_html(sensitivity=result, title=f"onnxprune sensitivity: {model.name}")
+        atomic_write_bytes(report_html, page.encode())
+    _print_table(result)
+
+
+def _print_table(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{result.metric} with one group pruned (unpruned {result.baseline:.4f}, "
+                        f"{result.samples} samples, {result.source})", header_style="bold")
+    table.add_column("group")
+    table.add_column("ch", justify="right")
+    for ratio in result.ratios:
+        table.add_column(f"{ratio:g}", justify="right")
+    for curve in result.curves:
+        table.add_row(curve.group, str(curve.channels), *(f"{v - result.baseline:+.3f}" for v in curve.values))
+    table.caption = f"drop per ratio; {len(result.frozen)} frozen groups; {result.seconds:.1f} s"
+    Console().print(table)

@@ -1,0 +1,186 @@
+// The onnxprune upload page: submit a job to /v1/jobs, poll the job list, link the results.
+// Plain DOM code, no framework, nothing fetched from other origins. Values from the server are
+// only ever set as textContent, never parsed as HTML.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const ACTIVE = new Set(["queued", "running"]);
+let pollTimer = null;
+const finished = new Map();  // job id -> the job with its report; a succeeded job no longer changes
+
+function headers() {
+  const token = $("token").value.trim();
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+async function errorText(response) {
+  try {
+    const body = await response.json();
+    if (body && body.error) return `${body.error.code}: ${body.error.message}`;
+  } catch (_) { /* not JSON */ }
+  return `HTTP ${response.status}`;
+}
+
+function config() {
+  const target = document.querySelector("input[name=target]:checked").value;
+  const options = { criterion: $("criterion").value, round_to: Number($("round-to").value || 1),
+                    benchmark: $("benchmark").checked };
+  if (target === "ratio") options.ratio = Number($("ratio").value);
+  if (target === "flops") options.flops_target = Number($("flops").value);
+  if (target === "auto") { options.ratio = "auto"; options.max_drop = Number($("max-drop").value); }
+  const exclude = $("exclude").value.split(",").map((s) => s.trim()).filter(Boolean);
+  if (exclude.length) options.exclude = exclude;
+  const shape = $("input-shape").value.trim();
+  if (shape) {
+    const at = shape.lastIndexOf(":");
+    options.input_shapes = { [shape.slice(0, at)]: shape.slice(at + 1).split("x").map(Number) };
+  }
+  return options;
+}
+
+async function submitJob(event) {
+  event.preventDefault();
+  const message = $("form-message");
+  const model = $("model").files[0];
+  if (!model) { message.textContent = "Choose an .onnx model first."; message.className = "error"; return; }
+  const form = new FormData();
+  form.append("model", model, model.name);
+  if ($("data").files[0]) form.append("data", $("data").files[0], $("data").files[0].name);
+  form.append("config", JSON.stringify(config()));
+  $("submit").disabled = true;
+  message.className = "";
+  message.textContent = "Uploading…";
+  try {
+    const response = await fetch("/v1/jobs", { method: "POST", body: form, headers: headers() });
+    if (!response.ok) throw new Error(await errorText(response));
+    const job = await response.json();
+    message.textContent = `Job ${job.id} queued.`;
+    refresh();
+  } catch (error) {
+    message.textContent = `Not accepted: ${error.message}`;
+    message.className = "error";
+  } finally {
+    $("submit").disabled = false;
+  }
+}
+
+async function download(url, filename, open) {
+  const response = await fetch(url, { headers: headers() });
+  if (!response.ok) { alert(await errorText(response)); return; }
+  const blob = await response.blob();
+  const href = URL.createObjectURL(blob);
+  if (open) { window.open(href, "_blank", "noopener"); return; }
+  const link = document.createElement("a");
+  link.href = href;
+  link.download = filename;
+  document.body.appendChild(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(href), 10000);
+}
+
+function cell(row, text, className) {
+  const td = row.insertCell();
+  td.textContent = text;
+  if (className) td.className = className;
+  return td;
+}
+
+function action(td, label, handler) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "link";
+  button.textContent = label;
+  button.addEventListener("click", handler);
+  td.appendChild(button);
+}
+
+function resultLinks(td, job) {
+  if (job.status === "succeeded") {
+    const report = document.createElement("a");
+    report.href = `/v1/jobs/${encodeURIComponent(job.id)}/report.html`;
+    report.textContent = "report";
+    report.target = "_blank";
+    report.className = "report-link";
+    if ($("token").value.trim()) {
+      report.addEventListener("click", (e) => { e.preventDefault(); download(report.href, "report.html", true); });
+    }
+    td.appendChild(report);
+    action(td, "model", () => download(job.links.model, `${job.id}.onnx`));
+    action(td, "json", () => download(job.links.report, `${job.id}.report.json`));
+    action(td, "plan", () => download(job.links.plan, `${job.id}.plan.json`));
+  }
+  action(td, ACTIVE.has(job.status) ? "cancel" : "delete", async () => {
+    await fetch(job.links.self, { method: "DELETE", headers: headers() });
+    refresh();
+  });
+}
+
+function metric(report) {
+  if (!report) return "";
+  const e = report.evaluation;
+  if (e) return `${e.metric} ${e.before.toFixed(4)} → ${e.after.toFixed(4)}`;
+  if (report.fidelity) return `cosine ${report.fidelity.cosine_similarity.toFixed(4)} (random inputs)`;
+  return "";
+}
+
+function render(jobs) {
+  const body = document.querySelector("#jobs tbody");
+  body.replaceChildren();
+  $("jobs-empty").hidden = jobs.length > 0;
+  for (const job of jobs) {
+    const row = body.insertRow();
+    row.dataset.jobId = job.id;
+    row.dataset.status = job.status;
+    cell(row, new Date(job.created_at).toLocaleTimeString());
+    cell(row, job.id.slice(0, 10), "id").title = job.id;
+    const status = cell(row, job.status, `status status-${job.status}`);
+    if (job.error) {
+      const why = document.createElement("div");
+      why.className = "error";
+      why.textContent = job.error.message;
+      status.appendChild(why);
+    }
+    const progress = cell(row, "");
+    const bar = document.createElement("progress");
+    bar.max = 1;
+    bar.value = job.progress;
+    progress.appendChild(bar);
+    progress.appendChild(document.createTextNode(` ${job.stage || ""}`));
+    const macs = job.report && job.report.macs;
+    cell(row, macs ? `${(macs.before / 1e6).toFixed(2)}M → ${(macs.after / 1e6).toFixed(2)}M` : "");
+    cell(row, metric(job.report));
+    resultLinks(cell(row, ""), job);
+  }
+}
+
+async function refresh() {
+  clearTimeout(pollTimer);
+  let delay = 5000;
+  try {
+    const response = await fetch("/v1/jobs?limit=50", { headers: headers() });
+    if (response.ok) {
+      const list = await response.json();
+      const jobs = await Promise.all(list.jobs.map(async (job) => {
+        if (job.status !== "succeeded") return job;
+        if (!finished.has(job.id)) {
+          const full = await fetch(job.links.self, { headers: headers() });  // with its report
+          if (!full.ok) return job;
+          finished.set(job.id, await full.json());
+        }
+        return finished.get(job.id);
+      }));
+      render(jobs);
+      if (jobs.some((job) => ACTIVE.has(job.status))) delay = 1000;
+    }
+  } finally {
+    pollTimer = setTimeout(refresh, delay);
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("job-form").addEventListener("submit", submitJob);
+  $("token").value = sessionStorage.getItem("onnxprune-token") || "";
+  $("token").addEventListener("change", () => { sessionStorage.setItem("onnxprune-token", $("token").value); refresh(); });
+  refresh();
+});

@@ -1,0 +1,60 @@
+"""A small BatchNorm network whose statistics match its data, exported with BN nodes kept.
+
+Random BN statistics (``zoo.randomize_batchnorm``) make re-estimating them on data look like damage;
+here the running statistics are estimated on the same distribution the tests feed, as training would.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tests import zoo
+
+
+def small_net() -> nn.Module:
+    """conv-BN-ReLU (8) -> conv-BN-ReLU (16) -> [block: conv-BN-ReLU-conv-BN + x] -> ReLU -> GAP -> Linear (4)."""
+    return nn.Sequential(
+        zoo._conv_bn_relu(3, 8), zoo._conv_bn_relu(8, 16, stride=2), zoo.BasicBlock(16, 16),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4),
+    )
+
+
+def samples(count: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((count, 3, 12, 12)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    net = small_net()
+    generator = torch.Generator().manual_seed(1)
+    for layer in net.modules():
+        if isinstance(layer, nn.BatchNorm2d):
+            layer.momentum = None  # cumulative: the exact statistics of the batches below
+            with torch.no_grad():  # trained-looking scales and shifts (fresh ones are all 1 and 0)
+                layer.weight.copy_(torch.rand(layer.num_features, generator=generator) + 0.5)
+                layer.bias.copy_(torch.randn(layer.num_features, generator=generator) * 0.2)
+    net.train()
+    with torch.no_grad():
+        for seed in range(4):
+            net(torch.from_numpy(samples(64, 100 + seed)))
+    path = tmp_path_factory.mktemp("small") / "small.onnx"
+    return zoo.export_onnx(net, (1, 3, 12, 12), path, dynamic_batch=True, keep_batchnorm=True)
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory, small_model) -> dict[str, Path]:
+    """Inputs with labels from the model's own predictions (a learnable task), and without labels."""
+    import onnxruntime as ort
+
+    x = samples(160)
+    logits = ort.InferenceSession(str(small_model), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    directory = tmp_path_factory.mktemp("data")
+    np.savez(directory / "labelled.npz", input=x, labels=logits.argmax(1).astype(np.int64))
+    np.savez(directory / "unlabelled.npz", input=x)
+    return {"labelled": directory / "labelled.npz", "unlabelled": directory / "unlabelled.npz"}

@@ -1,0 +1,58 @@
+"""Data files: one array per input (any name for one input), optional labels; clear one-line errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from graphops.errors import ModelRejected
+from graphops.loading import load_model
+from roundtrip.data import load_dataset, split_holdout
+
+
+@pytest.fixture
+def model(small_model):
+    return load_model(small_model)
+
+
+def save(tmp_path, **arrays):
+    path = tmp_path / "data.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def test_a_single_input_model_takes_any_array_name_and_float64_is_cast(tmp_path, model):
+    data = load_dataset(save(tmp_path, images=np.zeros((10, 3, 12, 12)), labels=np.arange(10) % 4), model)
+
+    assert len(data) == 10 and data.inputs["input"].dtype == np.float32 and data.labels.dtype == np.int64
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"input": np.zeros((10, 3, 12, 12), np.uint8)}, "data for input 'input' is uint8, the model wants float32"),
+    ({"input": np.zeros((10, 12, 12, 3), np.float32)}, "axis 1 is 12, expected 3"),
+    ({"input": np.zeros((3, 12, 12), np.float32)}, "4-D samples batched on axis 0"),
+    ({"input": np.zeros((10, 3, 12, 12), np.float32), "labels": np.zeros(9, np.int64)}, "must be 10 integers"),
+    ({"input": np.zeros((10, 3, 12, 12), np.float32), "labels": np.zeros(10, np.float32)}, "must be 10 integers"),
+    ({"input": np.full((10, 3, 12, 12), np.nan, np.float32)}, "NaN"),
+])
+def test_mismatched_data_is_rejected_in_one_line(tmp_path, model, arrays, message):
+    with pytest.raises(ModelRejected, match=message) as error:
+        load_dataset(save(tmp_path, **arrays), model)
+    assert "\n" not in str(error.value)
+
+
+def test_pickled_object_arrays_are_never_loaded(tmp_path, model):
+    path = tmp_path / "data.npz"
+    np.savez(path, input=np.array([{"a": 1}] * 10, dtype=object))
+
+    with pytest.raises(ModelRejected, match="not a readable .npz"):
+        load_dataset(path, model)
+
+
+def test_every_fifth_sample_is_held_out(tmp_path, model):
+    data = load_dataset(save(tmp_path, input=np.arange(20 * 432, dtype=np.float32).reshape(20, 3, 12, 12)), model)
+
+    train, held = split_holdout(data)
+
+    assert len(train) == 16 and len(held) == 4
+    assert held.inputs["input"][:, 0, 0, 0].tolist() == [4 * 432, 9 * 432, 14 * 432, 19 * 432]

@@ -1,0 +1,120 @@
+"""The PyTorch executor computes what onnxruntime computes, on every test architecture.
+
+Each zoo model (``tests/zoo.py``) and each shared real model is run by ``OnnxModule`` and by
+onnxruntime on the same inputs; outputs must agree within a relative error of 1e-4.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from roundtrip.executor import OnnxModule, build_executor
+from tests.conftest import SHARED_MODELS_DIR
+from tests.oracle import analyse, random_feeds, relative_error, run_model
+from tests.test_real_models import REAL_MODEL_CASES
+from tests.test_zoo_oracle import ZOO_CASES
+
+RTOL = 1e-4
+# Models whose preprocessing expects raw pixels: standard-normal inputs drive their instance norms
+# and box decoders into float32 cancellation, where onnxruntime itself strays from a float64 run.
+PIXEL_INPUTS = {"winml_style_mosaic.onnx", "yolox_nano.onnx"}
+
+
+def executor_outputs(module: OnnxModule, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    with torch.no_grad():
+        return [t.numpy() for t in module.run(feeds)]
+
+
+def assert_parity(prepared, feeds) -> None:
+    expected = run_model(prepared, feeds)
+    actual = executor_outputs(build_executor(prepared), feeds)
+    assert len(actual) == len(expected)
+    for want, got in zip(expected, actual):
+        assert got.shape == want.shape
+        assert relative_error(want, got) < RTOL
+
+
+@pytest.mark.parametrize("case", ZOO_CASES, ids=[c.name for c in ZOO_CASES])
+def test_executor_matches_onnxruntime_on_every_zoo_architecture(case, tmp_path):
+    analysed = analyse(case.export(tmp_path), {"input": list(case.input_shape)})
+
+    assert_parity(analysed.prepared, random_feeds(analysed.prepared, analysed.input_shapes))
+
+
+# The style-transfer model runs at 720x720 (~10 s in each runtime on 2 cores): slow.
+SHARED_PARAMS = [pytest.param(c, id=c.file.removesuffix(".onnx"),
+                              marks=list(c.marks) + ([pytest.mark.slow] if "mosaic" in c.file else []))
+                 for c in REAL_MODEL_CASES]
+
+
+@pytest.mark.parametrize("case", SHARED_PARAMS)
+def test_executor_matches_onnxruntime_on_every_shared_model(case):
+    if not SHARED_MODELS_DIR.is_dir():
+        pytest.skip(f"shared models not found at {SHARED_MODELS_DIR}")
+    analysed = analyse(SHARED_MODELS_DIR / case.file, case.input_shapes)
+    feeds = random_feeds(analysed.prepared, analysed.input_shapes)
+    if case.file in PIXEL_INPUTS:
+        feeds = {k: np.random.default_rng(0).uniform(0, 255, v.shape).astype(v.dtype) for k, v in feeds.items()}
+
+    assert_parity(analysed.prepared, feeds)
+
+
+def test_a_graph_exported_at_batch_one_runs_on_a_batch_sample_by_sample_equal(tmp_path):
+    """se_swish_linear bakes batch 1 into a Reshape; the executor reads it as the batch."""
+    case = next(c for c in ZOO_CASES if c.name == "se_swish_linear")
+    analysed = analyse(case.export(tmp_path), {"input": list(case.input_shape)})
+    batch = np.random.default_rng(0).standard_normal((5, 3, 16, 16)).astype(np.float32)
+    module = build_executor(analysed.prepared)
+
+    together = executor_outputs(module, {"input": batch})[0]
+    alone = np.concatenate([run_model(analysed.prepared, {"input": batch[i:i + 1]})[0] for i in range(5)])
+
+    assert relative_error(alone, together) < RTOL
+
+
+def test_weights_are_parameters_by_onnx_name_and_statistics_are_buffers(tmp_path):
+    case = next(c for c in ZOO_CASES if c.name == "resnet18_unfolded")
+    analysed = analyse(case.export(tmp_path), {"input": list(case.input_shape)})
+    module = build_executor(analysed.prepared)
+    bn = next(n for n in analysed.prepared.graph.node if n.op_type == "BatchNormalization")
+    conv = next(n for n in analysed.prepared.graph.node if n.op_type == "Conv")
+
+    trainable = module.named_trainable()
+    assert conv.input[1] in trainable and bn.input[1] in trainable and bn.input[2] in trainable
+    assert bn.input[3] in module.statistics_names and bn.input[4] in module.statistics_names
+    assert not module.tensor(bn.input[3]).requires_grad
+
+
+def test_batchnorm_in_training_mode_normalises_with_batch_statistics(tmp_path):
+    case = next(c for c in ZOO_CASES if c.name == "resnet18_unfolded")
+    analysed = analyse(case.export(tmp_path), {"input": list(case.input_shape)})
+    module = build_executor(analysed.prepared)
+    bn = next(n for n in analysed.prepared.graph.node if n.op_type == "BatchNormalization")
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32))
+    mean_before = module.tensor(bn.input[3]).clone()
+
+    module.train()
+    out = module.run({"input": x}, outputs=[bn.output[0]])[0]
+    scale, shift = module.tensor(bn.input[1]).detach(), module.tensor(bn.input[2]).detach()
+    normalised = (out.detach() - shift.view(1, -1, 1, 1)) / scale.view(1, -1, 1, 1)
+
+    assert torch.allclose(normalised.mean(dim=(0, 2, 3)), torch.zeros(len(scale)), atol=1e-4)
+    assert not torch.equal(module.tensor(bn.input[3]), mean_before)  # running stats moved
+
+
+def test_an_op_without_implementation_is_refused_naming_the_node(tmp_path):
+    from onnx import TensorProto, helper
+
+    from graphops.errors import ModelRejected
+
+    node = helper.make_node("NonMaxSuppression", ["x", "s"], ["y"], name="nms")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4]),
+                                           helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT64, [None, 3])])
+
+    with pytest.raises(ModelRejected, match="'nms' \\(NonMaxSuppression\\)"):
+        OnnxModule(helper.make_model(graph))

@@ -1,0 +1,209 @@
+"""How good a model is on held-out data: accuracy with labels, fidelity to the original without.
+
+Accuracy is top-1 on the first output (``argmax`` over axis 1, ``[N, C]`` or ``[N, C, 1, 1]``).
+Fidelity is the mean, over samples, of the cosine similarity between a model's outputs and the
+original model's outputs on the same sample (all outputs of a sample flattened together): 1.0 for
+the original, lower as pruning changes what the model computes. It needs no labels, so it works
+for any model, and on synthetic inputs it is a proxy, reported as such.
+
+onnxruntime runs in sandboxed child processes (``workers.sandbox``); each child builds one session
+per model and feeds it all the data in batches. A model whose batch dim is fixed (exporters often
+write 1) is tried with a symbolic batch dim; if that runs and agrees with sample-by-sample runs on
+the first samples it is fed in batches, otherwise sample by sample (a Reshape folded to batch 1,
+say). Each model is checked on its own: pruning can fold shapes differently than the original.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+
+from graphops.errors import ModelRejected
+from roundtrip.data import Dataset
+from workers.sandbox import RunnerLimits, run_in_child
+
+if TYPE_CHECKING:
+    from workers.report import HeldOutEvaluation
+
+ACCURACY = "accuracy"
+FIDELITY = "fidelity"
+BATCH = 64
+_AGREEMENT_RTOL = 1e-4
+
+Outputs = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    """Scores models of one graph on one dataset; built once from the original model."""
+
+    data: Dataset
+    reference: Outputs  # the original model's outputs on ``data``
+    limits: RunnerLimits
+    source: str  # where the numbers come from: "labels", "original outputs", "synthetic inputs"
+
+    @property
+    def metric(self) -> str:
+        return ACCURACY if self.data.labels is not None else FIDELITY
+
+    @property
+    def baseline(self) -> float:
+        """The original model's score (fidelity of a model to itself is 1)."""
+        return score_outputs(self.reference, self.data.labels, self.reference)
+
+    def score(self, paths: Sequence[Path]) -> list[float]:
+        """One score per model, in one child process (one session per model)."""
+        args = ([str(p) for p in paths], self.data.inputs, self.data.labels, self.reference)
+        return run_in_child(_score_models, args, limits=self.limits)  # type: ignore[no-any-return]
+
+
+def make_evaluator(original: Path, data: Dataset, *, limits: RunnerLimits = RunnerLimits(),
+                   synthetic: bool = False) -> Evaluator:
+    """Run the original once: its outputs are the fidelity reference (and give its accuracy)."""
+    reference = run_in_child(_outputs, (str(original), data.inputs), limits=limits)
+    if data.labels is not None:
+        _check_classifier(reference, data.labels)
+        source = "labels"
+    else:
+        source = "synthetic inputs" if synthetic else "original outputs"
+    return Evaluator(data, reference, limits, source)
+
+
+def synthetic_dataset(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None,
+                      samples: int, seed: int = 0) -> Dataset:
+    """Standard-normal samples for each input (no labels): the proxy when a user has no data."""
+    from workers.benchmark import make_inputs
+
+    draws = [make_inputs(model, input_shapes, seed + i) for i in range(samples)]
+    return Dataset({name: np.concatenate([d[name] for d in draws]) for name in draws[0]}, None)
+
+
+def score_outputs(outputs: Outputs, labels: np.ndarray | None, reference: Outputs) -> float:
+    return accuracy(outputs, labels) if labels is not None else fidelity(outputs, reference)
+
+
+def accuracy(outputs: Outputs, labels: np.ndarray) -> float:
+    logits = next(iter(outputs.values()))
+    predicted = logits.reshape(len(logits), -1).argmax(axis=1)
+    return float(np.mean(predicted == labels))
+
+
+def fidelity(outputs: Outputs, reference: Outputs) -> float:
+    """Mean per-sample cosine similarity to ``reference`` (outputs matched by position)."""
+    count = len(next(iter(reference.values())))
+    got = np.concatenate([np.asarray(o, np.float64).reshape(count, -1) for o in outputs.values()], axis=1)
+    want = np.concatenate([np.asarray(o, np.float64).reshape(count, -1) for o in reference.values()], axis=1)
+    if got.shape != want.shape:
+        return 0.0
+    dot = np.sum(got * want, axis=1)
+    norms = np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1)
+    same = np.all(got == want, axis=1)
+    cosine = np.where(norms > 0, dot / np.where(norms > 0, norms, 1.0), np.where(same, 1.0, 0.0))
+    return float(np.mean(cosine))
+
+
+def _check_classifier(reference: Outputs, labels: np.ndarray) -> None:
+    name, logits = next(iter(reference.items()))
+    classes = int(np.prod(logits.shape[1:])) if logits.ndim > 1 else 0
+    if classes < 2:
+        raise ModelRejected(f"accuracy needs class scores in the first output; {name!r} has shape {logits.shape}")
+    if labels.min() < 0 or labels.max() >= classes:
+        raise ModelRejected(f"labels range over [{labels.min()}, {labels.max()}], the model has {classes} classes")
+
+
+def with_symbolic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose inputs' and outputs' first dim is symbolic; intermediate shapes are dropped."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    initializers = {init.name for init in copy.graph.initializer}
+    for value in [*copy.graph.input, *copy.graph.output]:
+        if value.name in initializers or not value.type.tensor_type.HasField("shape"):
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if len(dims):
+            dims[0].Clear()
+            dims[0].dim_param = "onnxprune_batch"
+    del copy.graph.value_info[:]
+    return copy
+
+
+# ---- what runs in the child process ----------------------------------------------------------
+
+
+def _session(model: onnx.ModelProto | bytes):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _load(path: str) -> onnx.ModelProto:
+    from graphops.loading import parse_model
+
+    return parse_model(Path(path).read_bytes())  # refuses external data before onnxruntime reads it
+
+
+def _run_all(session, inputs: Mapping[str, np.ndarray], batch: int | None) -> Outputs:
+    """Outputs on every sample; ``batch`` None means the model's own fixed batch size."""
+    count = len(next(iter(inputs.values())))
+    step = batch or max(1, int(session.get_inputs()[0].shape[0]))
+    names = [o.name for o in session.get_outputs()]
+    pieces: list[list[np.ndarray]] = [[] for _ in names]
+    for start in range(0, count, step):
+        feed = {k: v[start:start + step] for k, v in inputs.items()}
+        short = step - len(next(iter(feed.values())))
+        if short and batch is None:  # a fixed batch: pad with the last sample, drop its outputs
+            feed = {k: np.concatenate([v, np.repeat(v[-1:], short, axis=0)]) for k, v in feed.items()}
+        results = session.run(names, feed)
+        for piece, result in zip(pieces, results):
+            piece.append(result[: step - short] if short and batch is None else result)
+    return {name: np.concatenate(piece) for name, piece in zip(names, pieces)}
+
+
+def _fixed_batch(session) -> bool:
+    return all(isinstance(i.shape[0], int) for i in session.get_inputs() if i.shape)
+
+
+def _model_outputs(model: onnx.ModelProto, inputs: Mapping[str, np.ndarray]) -> Outputs:
+    session = _session(model)
+    if not _fixed_batch(session):
+        return _run_all(session, inputs, BATCH)
+    try:
+        batched = _session(with_symbolic_batch(model))
+        first = {k: v[:2] for k, v in inputs.items()}
+        agrees = all(
+            got.shape == want.shape
+            and np.allclose(got, want, rtol=_AGREEMENT_RTOL, atol=_AGREEMENT_RTOL * max(1.0, float(np.abs(want).max())))
+            for got, want in zip(_run_all(batched, first, BATCH).values(), _run_all(session, first, None).values())
+        )
+    except Exception:  # the graph hard-codes its batch size somewhere: run sample by sample
+        agrees = False
+    return _run_all(batched, inputs, BATCH) if agrees else _run_all(session, inputs, None)
+
+
+def _outputs(path: str, inputs: Mapping[str, np.ndarray]) -> Outputs:
+    return _model_outputs(_load(path), inputs)
+
+
+def _score_models(paths: list[str], inputs: Mapping[str, np.ndarray], labels: np.ndarray | None,
+                  reference: Outputs) -> list[float]:
+    return [score_outputs(_model_outputs(_load(path), inputs), labels, reference) for path in paths]
+
+
+def held_out_evaluation(original: Path, pruned: Path, data: Dataset, *, split: str,
+                        limits: RunnerLimits = RunnerLimits()) -> HeldOutEvaluation:
+    """Before/after scores of ``pruned`` against ``original`` on ``data`` (a report entry)."""
+    from workers.report import HeldOutEvaluation
+
+    evaluator = make_evaluator(original, data, limits=limits)
+    return HeldOutEvaluation(metric=evaluator.metric, source=evaluator.source, samples=len(data), split=split,
+                             before=evaluator.baseline, after=evaluator.score([pruned])[0])

@@ -1,0 +1,112 @@
+"""The report's figures as PNG bytes: sensitivity curves, channels and MACs per layer, before/after.
+
+matplotlib's object API (``Figure`` + Agg canvas, never ``pyplot``): no global state, so the
+service can draw in several threads, and no display is needed. PNGs are inlined in the HTML
+report and written by ``onnxprune sensitivity --plot``.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+from workers.report import GroupReport, LayerReport, PruneReport, SensitivityReport
+
+_BEFORE, _AFTER = "#9db4d0", "#1f5fa8"
+_MAX_LEGEND = 14
+_DPI = 100
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+    return figure
+
+
+def _png(figure) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def sensitivity_png(sensitivity: SensitivityReport) -> bytes:
+    """One line per group: the metric with that group alone pruned at each ratio (0 = unpruned)."""
+    from matplotlib import colormaps
+
+    curves = sensitivity.curves
+    figure = _figure(9, 5)
+    axes = figure.add_subplot()
+    qualitative = len(curves) <= 20
+    colours = colormaps["tab20" if qualitative else "viridis"]
+    for i, curve in enumerate(curves):
+        colour = colours(i) if qualitative else colours(i / max(len(curves) - 1, 1))
+        axes.plot([0.0, *curve.ratios], [sensitivity.baseline, *curve.values], marker="o", markersize=3,
+                  linewidth=1.4, color=colour, label=f"{curve.group} ({curve.channels})")
+    axes.axhline(sensitivity.baseline, color="grey", linestyle=":", linewidth=1)
+    axes.set_xlabel("fraction of the group's filters removed (this group alone)")
+    label = "top-1 accuracy" if sensitivity.metric == "accuracy" else "fidelity (cosine to original outputs)"
+    axes.set_ylabel(label)
+    axes.set_title(f"Sensitivity to pruning ({sensitivity.criterion}, {sensitivity.samples} samples, "
+                   f"{sensitivity.source})", fontsize=10)
+    axes.set_xlim(0, 1)
+    axes.grid(alpha=0.3)
+    if len(curves) <= _MAX_LEGEND:
+        axes.legend(fontsize=7, ncol=2 if len(curves) > 7 else 1, loc="lower left", title="group (channels)",
+                    title_fontsize=7)
+    return _png(figure)
+
+
+def _paired_bars(names: Sequence[str], before: Sequence[float], after: Sequence[float], ylabel: str,
+                 title: str) -> bytes:
+    figure = _figure(max(6.0, min(0.32 * len(names) + 2, 18.0)), 4.2)
+    axes = figure.add_subplot()
+    positions = range(len(names))
+    axes.bar([p - 0.2 for p in positions], before, width=0.4, color=_BEFORE, label="before")
+    axes.bar([p + 0.2 for p in positions], after, width=0.4, color=_AFTER, label="after")
+    axes.set_xticks(list(positions), names, rotation=60, ha="right", fontsize=7)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title, fontsize=10)
+    axes.legend(fontsize=8)
+    axes.grid(axis="y", alpha=0.3)
+    return _png(figure)
+
+
+def channels_png(groups: Sequence[GroupReport]) -> bytes:
+    return _paired_bars([g.id for g in groups], [g.channels_before for g in groups],
+                        [g.channels_after for g in groups], "channels", "Channels per group, before and after")
+
+
+def macs_png(layers: Sequence[LayerReport]) -> bytes:
+    return _paired_bars([layer.name for layer in layers], [layer.macs_before / 1e6 for layer in layers],
+                        [layer.macs_after / 1e6 for layer in layers], "MMACs", "MACs per layer, before and after")
+
+
+def summary_png(report: PruneReport) -> bytes | None:
+    """Latency (p50) and accuracy or fidelity, before and after, side by side; None without either."""
+    panels: list[tuple[str, dict[str, float]]] = []
+    if report.latency_ms is not None and report.latency_ms.after is not None:
+        panels.append(("latency p50 (ms)", {"before": report.latency_ms.before.p50, "after": report.latency_ms.after.p50}))
+    evaluation = report.evaluation
+    if evaluation is not None:
+        values = {"before": evaluation.before}
+        if evaluation.after_pruning is not None:  # fine-tuned: show what pruning alone left
+            values["pruned"] = evaluation.after_pruning
+        values["fine-tuned" if evaluation.after_pruning is not None else "after"] = evaluation.after
+        panels.append((f"{evaluation.metric} (held-out)", values))
+    elif report.fidelity is not None:
+        panels.append(("fidelity (cosine, random inputs)", {"before": 1.0, "after": report.fidelity.cosine_similarity}))
+    if not panels:
+        return None
+    figure = _figure(3.2 * len(panels), 3.2)
+    for index, (label, values) in enumerate(panels, start=1):
+        axes = figure.add_subplot(1, len(panels), index)
+        colours = [_BEFORE] + [_AFTER] * (len(values) - 1)
+        bars = axes.bar(list(values), list(values.values()), color=colours, width=0.6)
+        axes.bar_label(bars, fmt="%.3g", fontsize=8)
+        axes.set_title(label, fontsize=9)
+        axes.margins(y=0.15)
+    return _png(figure)
