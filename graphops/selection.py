@@ -1,9 +1,9 @@
 """From channel scores to a pruning plan, honouring every group's constraints.
 
 ``select_by_ratio`` removes the same fraction of every prunable group (Li et al.'s uniform
-setting). ``select_by_flops`` ranks channels of all groups together after layer-wise L2
-normalisation of scores (Molchanov et al.) and removes the least important until MACs fall by
-the target. Both keep pinned channels, at least one channel per group and per Split output, equal
+setting). ``select_by_flops`` ranks channels of all groups together after dividing each group's
+scores by their mean (a layer-wise normalisation, as Molchanov et al. advise) and removes the
+least important until MACs fall by the target. Both keep pinned channels, at least one channel per group and per Split output, equal
 counts across a grouped conv's blocks, and (where asked) channel counts that are multiples of N.
 """
 
@@ -141,8 +141,11 @@ def select_by_flops(
 ) -> PruningPlan:
     """Remove the globally least important channels until MACs fall by ``target`` (a fraction).
 
-    Scores are L2-normalised within each group first, so groups compare on one scale. If the
-    target cannot be reached (everything left is pinned), the plan removes all it can.
+    Scores are divided by their group's mean first, so groups compare on one scale. (Molchanov et
+    al. divide by the group's L2 norm instead; that makes a score shrink with the square root of
+    the group's width, so weight norms, which are alike within a layer, would empty the widest
+    layers first.) If the target cannot be reached (everything left is pinned), the plan removes
+    all it can.
     """
     if not 0.0 < target < 1.0:
         raise ValueError(f"flops target must be in (0, 1), got {target}")
@@ -156,9 +159,9 @@ def select_by_flops(
     for index in candidates:
         group = dep.groups[index]
         raw = np.asarray(scores[group.id], dtype=np.float64)
-        finite = np.where(np.isfinite(raw), raw, np.nan)
-        norm = np.sqrt(np.nansum(finite**2)) or 1.0
-        normalised = np.where(np.isfinite(raw), raw / norm, np.inf)
+        finite = raw[np.isfinite(raw)]
+        scale = float(np.mean(np.abs(finite))) if finite.size else 0.0
+        normalised = np.where(np.isfinite(raw), raw / (scale or 1.0), np.inf)
         ranked.extend((float(normalised[c]), index, c) for c in range(group.channels) if c not in group.pinned)
     ranked.sort(key=lambda item: item[0])
     goal = model.total * (1.0 - target)

@@ -139,3 +139,15 @@ def test_a_plan_for_another_model_is_refused(residual):
 def test_plan_json_round_trips(residual):
     plan = select_by_ratio(residual.dep, score_groups(residual.dep, "l2"), 0.5)
     assert PruningPlan.from_json(plan.to_json()) == plan
+
+
+def test_a_flops_target_with_weight_norms_prunes_every_width_not_only_the_widest(tmp_path):
+    """Weight norms are alike within a layer: a normalisation that shrinks scores with a group's width
+    would rank every channel of the widest layers first and empty them (seen: 64 -> 1 channel)."""
+    analysed = analyse(zoo.export_onnx(zoo.randomize_batchnorm(zoo.resnet18(num_classes=10, width_multiplier=0.25)),
+                                       (1, 3, 32, 32), tmp_path / "resnet18.onnx"))
+    dep = analysed.dep
+    plan = select_by_flops(dep, score_groups(dep, "l1"), 0.5)
+    kept = {g.id: len(plan.keep.get(g.id, range(g.channels))) / g.channels for g in dep.prunable}
+    assert min(kept.values()) >= 0.25, kept
+
