@@ -135,7 +135,7 @@ def load_dataset(path: Path, model: onnx.ModelProto,
     return Dataset(inputs, labels)
 
 
-HELD_OUT_EVERY = 5  # the project-wide split (workers.dataset.held_out_split): every fifth sample
+HELD_OUT_EVERY = 5  # the project-wide split (split_holdout below): every fifth sample
 
 
 def split_holdout(dataset: Dataset) -> tuple[Dataset, Dataset]:

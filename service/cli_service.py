@@ -55,7 +55,8 @@ def submit(
     server: Annotated[str, typer.Option(help="Base URL of the onnxprune service.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the pruned model.")],
     criterion: Annotated[Optional[str], typer.Option(help="Filter ranking criterion (l1, l2, random...).")] = None,
-    ratio: Annotated[Optional[float], typer.Option(help="Fraction of channels removed per group.")] = None,
+    ratio: Annotated[Optional[str], typer.Option(help="Fraction of channels removed per group, or 'auto'.")] = None,
+    max_drop: Annotated[Optional[float], typer.Option(help="With --ratio auto or --criterion learned: tolerated drop.")] = None,
     flops_target: Annotated[Optional[float], typer.Option(help="Fraction of MACs to remove.")] = None,
     round_to: Annotated[Optional[int], typer.Option(help="Keep channel counts multiples of this.")] = None,
     exclude: Annotated[Optional[list[str]], typer.Option(help="Node name or glob never pruned (repeatable).")] = None,
@@ -76,9 +77,9 @@ def submit(
 
     config: dict[str, Any] = {
         key: value
-        for key, value in {"criterion": criterion, "ratio": ratio, "flops_target": flops_target,
-                           "round_to": round_to, "exclude": exclude}.items()
-        if value
+        for key, value in {"criterion": criterion, "ratio": _number_or_word(ratio), "flops_target": flops_target,
+                           "max_drop": max_drop, "round_to": round_to, "exclude": exclude}.items()
+        if value is not None and value != []  # 0 is a real choice (--ratio 0 prunes nothing)
     }
     if no_benchmark:
         config["benchmark"] = False
@@ -115,6 +116,16 @@ def submit(
     macs = summary.get("macs") or {}
     detail = f" (MACs {macs['before']} -> {macs['after']})" if macs else ""
     console.print(f"job {job['id']} succeeded{detail}: wrote {output}", markup=False, highlight=False)
+
+
+def _number_or_word(text: str | None) -> float | str | None:
+    """``--ratio 0.3`` goes to the server as a number, ``--ratio auto`` as the word."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _json(value: Any) -> str:
