@@ -10,7 +10,8 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from service.errors import ApiError
-from service.files import JobFiles, sha256_file
+from service.files import JobFiles
+from workers.fileio import file_sha256
 from service.runners import Runner
 from service.settings import Settings
 from service.store import IdempotencyConflict, JobRecord, JobStatus, JobStore
@@ -69,5 +70,5 @@ async def accept_job(
 
 
 def _fingerprint(files: JobFiles, config: str, has_data: bool) -> str:
-    parts = [sha256_file(files.upload), sha256_file(files.data) if has_data else "", config]
+    parts = [file_sha256(files.upload), file_sha256(files.data) if has_data else "", config]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()

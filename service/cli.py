@@ -121,6 +121,10 @@ def _print_summary(report) -> None:
                       f"{evaluation.after - evaluation.before:+.4f}")
     pruned = sum(1 for g in report.groups if g.channels_after < g.channels_before)
     table.caption = f"{pruned} of {len(report.groups)} prunable groups pruned; {len(report.frozen)} frozen"
+    learned = getattr(report, "learned", None)
+    if learned is not None:
+        kept = ", ".join(f"{layer.kept}/{layer.channels}" for layer in learned.layers)
+        table.caption += f"\nlearned (max drop {learned.max_drop:g} in {learned.metric}): filters kept per layer {kept}"
     Console().print(table)
 
 
@@ -162,7 +166,8 @@ def prune(
 ) -> None:
     """Remove filters and write a smaller dense model, with a report of what changed."""
     from graphops.plan import PruningPlan
-    from workers.pipeline import atomic_write_bytes, run_pipeline
+    from workers.fileio import atomic_write_bytes
+    from workers.pipeline import run_pipeline
 
     options = _options(criterion=criterion, ratio=ratio, flops_target=flops_target, round_to=round_to,
                        exclude=exclude or [], input_shapes=_input_shapes(input_shape), benchmark=benchmark,

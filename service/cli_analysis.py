@@ -5,7 +5,6 @@ Registered on the main CLI by ``service.cli``; the work is ``workers.sensitivity
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -48,7 +47,7 @@ def _sensitivity(model, data, ratios, criterion, samples, synthetic, workers, sh
     from graphops.loading import load_model
     from roundtrip.data import load_dataset
     from workers.evaluation import synthetic_dataset
-    from workers.pipeline import atomic_write_bytes
+    from workers.fileio import atomic_write_bytes
     from workers.sensitivity import measure_sensitivity, parse_ratios
 
     console = Console(stderr=True)

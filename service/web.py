@@ -14,7 +14,8 @@ from fastapi.responses import FileResponse, HTMLResponse
 
 from service.auth import Owner
 from service.errors import ApiError
-from service.files import JobFiles, write_atomic
+from service.files import JobFiles
+from workers.fileio import atomic_write_text
 from service.store import JobStatus
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -59,5 +60,5 @@ def report_page(job_id: str, owner: Owner, request: Request) -> HTMLResponse:
     page = files.root / REPORT_HTML
     if not page.is_file() or page.stat().st_mtime < files.report.stat().st_mtime:
         report = PruneReport.model_validate_json(files.report.read_text())
-        write_atomic(page, render_report_html(report, title=f"onnxprune job {job.id}"))
+        atomic_write_text(page, render_report_html(report, title=f"onnxprune job {job.id}"))
     return HTMLResponse(page.read_text(encoding="utf-8"), headers={"Content-Security-Policy": _REPORT_CSP})

@@ -12,6 +12,7 @@ from onnx import numpy_helper
 import workers.pipeline as pipeline
 from graphops.errors import ModelRejected
 from workers.options import PruneOptions
+from workers.fileio import file_sha256
 from workers.pipeline import VerificationFailed, run_pipeline
 from tests.test_selection import residual_model
 
@@ -77,4 +78,4 @@ def test_untouched_weights_stay_bit_identical(model_path, tmp_path):
     unchanged = [n for n in after if n in before and after[n].shape == before[n].shape]
     assert unchanged and all(np.array_equal(before[n], after[n]) and before[n].dtype == after[n].dtype
                              for n in unchanged)
-    assert result.report.output_sha256 == pipeline.file_sha256(tmp_path / "out.onnx")
+    assert result.report.output_sha256 == file_sha256(tmp_path / "out.onnx")

@@ -12,7 +12,8 @@ from enum import Enum
 from pathlib import Path
 
 from graphops.errors import ModelRejected
-from service.files import JobFiles, sha256_file, write_atomic
+from service.files import JobFiles
+from workers.fileio import atomic_write_text, file_sha256
 from service.store import JobStatus, JobStore
 from workers.options import PruneOptions
 from workers.pipeline import run_pipeline
@@ -57,9 +58,9 @@ def run_job(job_id: str, store: JobStore, jobs_dir: Path, *, max_attempts: int =
         files.clear_for_run()  # a redelivered job starts clean, whatever the killed attempt left
         data = files.data if files.data.exists() else None
         result = run_pipeline(files.upload, files.model, options, progress=progress, data=data)
-        write_atomic(files.plan, result.plan.to_json())
-        write_atomic(files.report, result.report.model_dump_json(indent=2))
-        output_sha256 = sha256_file(files.model)
+        atomic_write_text(files.plan, result.plan.to_json())
+        atomic_write_text(files.report, result.report.model_dump_json(indent=2))
+        output_sha256 = file_sha256(files.model)
     except ModelRejected as exc:
         files.discard_results()
         store.fail(job_id, "model_rejected", str(exc))

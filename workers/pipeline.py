@@ -7,7 +7,6 @@ onnxruntime; a model that fails it is never written: a broken model is worse tha
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import time
@@ -31,6 +30,7 @@ from graphops.scoring import Scores, score_groups
 from graphops.selection import select_by_flops, select_by_ratio
 from graphops.shapes import resolve_input_shapes
 from graphops.surgery import apply_plan
+from workers.fileio import file_sha256
 from workers.benchmark import benchmark, compare_outputs, make_inputs, run_model
 from workers.options import PruneOptions
 from workers.report import BeforeAfter, FrozenReport, GroupReport, LayerReport, PruneReport, SensitivityReport
@@ -64,29 +64,6 @@ def _version() -> str:
         return version("onnxprune")
     except PackageNotFoundError:
         return "0+unknown"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and rename: readers never see half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class _Stages:

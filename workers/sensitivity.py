@@ -71,7 +71,7 @@ def measure_sensitivity(
 ) -> SensitivityReport:
     """Load, analyse and sweep ``model_path`` (the ``onnxprune sensitivity`` command)."""
     from graphops.scoring import criterion_needs_data
-    from workers.pipeline import file_sha256
+    from workers.fileio import file_sha256
 
     if criterion_needs_data(criterion):
         raise ModelRejected(f"sensitivity ranks filters by weights (l1, l2, random, ...); criterion '{criterion}' "
