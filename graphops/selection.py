@@ -33,11 +33,11 @@ def excluded_group_ids(dep: DependencyGraph, patterns: Iterable[str]) -> set[str
     }
 
 
-def _round_keep(keep: int, channels: int, round_to: int) -> int:
+def round_keep(keep: int, channels: int, round_to: int) -> int:
     return min(channels, max(1, math.ceil(keep / round_to) * round_to))
 
 
-def _choose_kept(dep: DependencyGraph, index: int, scores: np.ndarray, n_keep: int) -> list[int]:
+def choose_kept(dep: DependencyGraph, index: int, scores: np.ndarray, n_keep: int) -> list[int]:
     """The ``n_keep`` best channels of group ``index`` (or a few more where constraints demand)."""
     group = dep.groups[index]
     channels = group.channels
@@ -89,8 +89,8 @@ def select_by_ratio(
     for index in _candidates(dep, scores, exclude):
         group = dep.groups[index]
         channels = group.channels
-        n_keep = _round_keep(channels - int(ratio * (channels - len(group.pinned))), channels, round_to)
-        keeps[index] = _choose_kept(dep, index, scores[dep.groups[index].id], n_keep)
+        n_keep = round_keep(channels - int(ratio * (channels - len(group.pinned))), channels, round_to)
+        keeps[index] = choose_kept(dep, index, scores[dep.groups[index].id], n_keep)
     return _plan(dep, keeps)
 
 
@@ -173,8 +173,8 @@ def select_by_flops(
         keeps = {}
         for index, count in removed_per_group.items():
             channels = dep.groups[index].channels
-            n_keep = _round_keep(channels - count, channels, round_to)
-            keeps[index] = _choose_kept(dep, index, scores[dep.groups[index].id], n_keep)
+            n_keep = round_keep(channels - count, channels, round_to)
+            keeps[index] = choose_kept(dep, index, scores[dep.groups[index].id], n_keep)
         return _plan(dep, keeps)
 
     low, high = 0, len(ranked)
@@ -203,6 +203,6 @@ def select_by_group_ratios(
         if ratio == 0.0:
             continue
         channels = group.channels
-        n_keep = _round_keep(channels - int(ratio * (channels - len(group.pinned))), channels, round_to)
-        keeps[index] = _choose_kept(dep, index, scores[group.id], n_keep)
+        n_keep = round_keep(channels - int(ratio * (channels - len(group.pinned))), channels, round_to)
+        keeps[index] = choose_kept(dep, index, scores[group.id], n_keep)
     return _plan(dep, keeps)

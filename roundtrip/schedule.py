@@ -101,8 +101,8 @@ def _select(dep: DependencyGraph, scores, goal: Step, done: Step, settings: Sett
     return select_by_ratio(dep, scores, min(ratio, 0.999), round_to=settings.round_to, exclude=settings.exclude)
 
 
-def _compose(composed: dict[str, list[int]], dep_original: DependencyGraph, dep_now: DependencyGraph,
-             plan: PruningPlan) -> dict[str, list[int]]:
+def compose_plans(composed: dict[str, list[int]], dep_original: DependencyGraph, dep_now: DependencyGraph,
+                  plan: PruningPlan) -> dict[str, list[int]]:
     """Map a step's kept indices (on the current model) back to the original's channel indices."""
     result = dict(composed)
     original_ids = {g.id for g in dep_original.groups}
@@ -117,7 +117,7 @@ def _compose(composed: dict[str, list[int]], dep_original: DependencyGraph, dep_
     return result
 
 
-def _same_structure(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
+def same_structure(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
     shapes = lambda m: {init.name: tuple(init.dims) for init in m.graph.initializer}  # noqa: E731
     return shapes(a) == shapes(b) and [n.name for n in a.graph.node] == [n.name for n in b.graph.node]
 
@@ -148,7 +148,7 @@ def recover(
     macs_original = measure_cost(dep.model, dep.input_shapes).macs
     targets = step_targets(settings)
     total = len(targets)
-    composed = _compose({}, dep, dep, first_plan)
+    composed = compose_plans({}, dep, dep, first_plan)
     iterations: list[IterationRecord] = []
     losses: list[float] = []
     current_dep, step_plan, pruned = dep, first_plan, first_pruned
@@ -172,7 +172,7 @@ def recover(
             started = time.perf_counter()
             verify(current_dep, step_plan, pruned)
             timed("verify", started)
-            composed = _compose(composed, dep, current_dep, step_plan)
+            composed = compose_plans(composed, dep, current_dep, step_plan)
         started = time.perf_counter()
         student = OnnxModule(pruned)
         recalibrated = recalibrate_batchnorm(student, context.train, batch_size, BN_BATCHES, settings.seed + index)
@@ -203,7 +203,7 @@ def recover(
     final_plan = PruningPlan.from_keep(dep, {gid: keep for gid, keep in composed.items()
                                              if len(keep) < dep.group(gid).channels})
     pruned_only = apply_plan(dep, final_plan)
-    if not _same_structure(pruned_only, current):
+    if not same_structure(pruned_only, current):
         raise ScheduleError("the composed plan does not reproduce the structure the pruning steps built")
     check_inputs = next(context.holdout.batches(min(len(context.holdout), student.static_batch or 4))).inputs
     check_outputs = outputs_on(student, check_inputs)

@@ -306,7 +306,7 @@ def _finetune_report(options: PruneOptions, context, recovery):
         return None if metrics is None else EvaluationPoint(**metrics.__dict__)
 
     return FinetuneReport(
-        schedule="layer-by-layer (learned)" if options.criterion == "learned" and options.ratio is None
+        schedule="layer-by-layer (learned)" if options.criterion == "learned"
         else "iterative" if options.iterative_steps > 1 else "one-shot", objective=context.objective.kind,
         steps=options.finetune_steps, iterative_steps=options.iterative_steps, lr=options.lr,
         batch_size=options.batch_size, samples=context.samples, losses=[round(v, 6) for v in recovery.losses],
