@@ -13,10 +13,7 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -27,59 +24,15 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import onnx
 import redis
-from onnx import TensorProto, helper, numpy_helper
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.service.svc_models import convnet, save  # noqa: E402  (the service tests' model and helpers)
+from tests.service.svc_processes import free_port, spawn, stop  # noqa: E402
 REDIS_URL = "redis://127.0.0.1:6379/14"
 CONFIG = {"ratio": 0.5, "benchmark": False}
-
-
-def convnet(path: Path) -> Path:
-    """Conv 3->16 -> Relu -> Conv 16->32 -> Relu -> GlobalAveragePool -> Flatten -> Gemm 32->10, 1x3x32x32."""
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n) for n, s in
-             (("w1", (16, 3, 3, 3)), ("b1", (16,)), ("w2", (32, 16, 3, 3)), ("b2", (32,)),
-              ("wf", (10, 32)), ("bf", (10,)))]
-    nodes = [
-        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
-        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
-        helper.make_node("GlobalAveragePool", ["r2"], ["gap"], name="gap"),
-        helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
-        helper.make_node("Gemm", ["flat", "wf", "bf"], ["output"], name="fc", transB=1),
-    ]
-    graph = helper.make_graph(nodes, "bench", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 10])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path.write_bytes(model.SerializeToString())
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    full_env = {**os.environ, **env, "PYTHONPATH": str(REPO)}
-    with open(log, "ab") as out:
-        return subprocess.Popen(args, cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
 
 
 def wait_for(condition, timeout: float, what: str) -> None:
@@ -189,7 +142,7 @@ def main() -> None:
     jobs = min(args.jobs, 50)
     with tempfile.TemporaryDirectory(prefix="onnxprune-bench-") as tmp:
         workdir = Path(tmp)
-        model = convnet(workdir / "bench.onnx")
+        model = save(convnet(c1=16, c2=32, size=32), workdir / "bench.onnx")
         rounds = [run_round(workdir, model, workers, jobs, args.latency_seconds) for workers in (1, 2)]
     result = {
         "benchmark": "service",

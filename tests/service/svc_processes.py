@@ -32,7 +32,7 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str, inter
     raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
 
 
-def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     inherited = os.environ.get("PYTHONPATH")
     python_path = str(REPO) + (os.pathsep + inherited if inherited else "")
     full_env = {**os.environ, **env, "PYTHONPATH": python_path}
@@ -50,7 +50,7 @@ class ApiServer:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "ApiServer":
-        self.process = _spawn(
+        self.process = spawn(
             [sys.executable, "-m", "uvicorn", "service.api:create_app", "--factory",
              "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
             self.env, self.log,
@@ -77,7 +77,7 @@ class Worker:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "Worker":
-        self.process = _spawn(
+        self.process = spawn(
             [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "--pool=solo",
              "--loglevel=info", "--without-gossip", "--without-mingle",
              "--without-heartbeat"],
