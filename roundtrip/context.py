@@ -20,6 +20,7 @@ class DataContext:
     batch_size: int = 32
     score_batches: int = 8
     source_path: Path | None = None
+    dataset: Dataset | None = None  # the whole file, as loaded (train and holdout split it)
 
     @property
     def samples(self) -> dict[str, int]:
@@ -36,4 +37,4 @@ def build_context(data_path: Path, original: onnx.ModelProto, input_shapes, *, b
     objective = make_objective(original, next(held.batches(min(2, len(held)))), use_labels=dataset.labels is not None)
     objective.cache_targets(train, batch_size)
     objective.cache_targets(held, batch_size)
-    return DataContext(train, held, objective, batch_size, score_batches, Path(data_path))
+    return DataContext(train, held, objective, batch_size, score_batches, Path(data_path), dataset)

@@ -355,7 +355,9 @@ def run_pipeline(
         scores = score_groups(dep, options.criterion, seed=options.seed, **extra) if plan is None and not searches else None
     dataset = held_out = auto = learned = None
     with stages.stage("select"):
-        if data is not None:
+        if context is not None:  # already loaded and split for the criteria
+            dataset, held_out = context.dataset, context.holdout
+        elif data is not None:
             from roundtrip.data import load_dataset, split_holdout  # numpy only, no torch
 
             dataset = load_dataset(data, model, input_shapes)
