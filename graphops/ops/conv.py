@@ -19,11 +19,14 @@ def _group(node: gs.Node) -> int:
     return int(node.attrs.get("group", 1))
 
 
-def _input_layout(node: gs.Node, ctx: AnalysisContext) -> Layout | None:
-    """The input's channel layout, pinned and dropped when it is not on axis 1 (NCHW)."""
+def _input_layout(node: gs.Node, ctx: AnalysisContext, channels: int) -> Layout | None:
+    """The input's channel layout, pinned and dropped unless it has ``channels`` positions on axis 1."""
     layout = ctx.layout(node.inputs[0])
     if layout is not None and layout.axis != 1:
         ctx.state.pin(layout.atoms, f"{describe(node)} reads channels from axis {layout.axis}, not 1")
+        return None
+    if layout is not None and len(layout) != channels:
+        ctx.state.pin(layout.atoms, f"{describe(node)} expects {channels} input channels, found {len(layout)}")
         return None
     return layout
 
@@ -40,7 +43,6 @@ class Conv(OpHandler):
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
         weight = ctx.const_shape(node.inputs[1])
         out = node.outputs[0]
-        layout = _input_layout(node, ctx)
         if weight is None or len(weight) < 3:
             ctx.pin_inputs(node, f"{describe(node)} has weights computed at run time")
             if weight is None and ctx.static_shape(out) is not None:
@@ -49,11 +51,8 @@ class Conv(OpHandler):
             return
         groups = _group(node)
         c_out, c_in_per_group = weight[0], weight[1]
-        c_in = c_in_per_group * groups
+        layout = _input_layout(node, ctx, c_in_per_group * groups)
         has_bias = len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].name
-        if layout is not None and len(layout) != c_in:
-            ctx.state.pin(layout.atoms, f"{describe(node)} expects {c_in} input channels, found {len(layout)}")
-            layout = None
 
         if groups == 1:
             atoms = ctx.new_atoms(c_out, node.name)
@@ -135,7 +134,6 @@ class ConvTranspose(OpHandler):
 
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
         weight = ctx.const_shape(node.inputs[1])
-        layout = _input_layout(node, ctx)
         groups = _group(node)
         out = node.outputs[0]
         if weight is None or len(weight) < 3:
@@ -143,9 +141,7 @@ class ConvTranspose(OpHandler):
             ctx.pin_inputs(node, reason)
             return
         c_in, c_out = weight[0], weight[1] * groups
-        if layout is not None and len(layout) != c_in:
-            ctx.state.pin(layout.atoms, f"{describe(node)} expects {c_in} input channels, found {len(layout)}")
-            layout = None
+        layout = _input_layout(node, ctx, c_in)
         if groups == 1:
             atoms = ctx.new_atoms(c_out, node.name)
             if layout is not None:
