@@ -15,7 +15,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from graphops.errors import ModelRejected
+from graphops.errors import GraphOpsError, ModelRejected
 from graphops.shapes import graph_inputs
 from roundtrip.ops import OpContext, op_for
 
@@ -30,6 +30,13 @@ PARAMETER_SLOTS: dict[str, tuple[int, ...]] = {
 _ELEMENTWISE = ("Add", "Sub", "Mul")
 STATISTICS_SLOTS = {"BatchNormalization": (3, 4)}
 
+
+
+class ExecutorError(GraphOpsError):
+    """A graph the analysis accepted failed to run in the PyTorch executor: an onnxprune bug, never the
+    user's (the CLI exits 1, the service retries the job as an internal error)."""
+
+
 EdgeHook = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -43,7 +50,7 @@ def toposort(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
         if not ready:
             node = pending[0]
             missing = next(name for name in node.input if name not in available)
-            raise ModelRejected(f"node '{node.name}' reads tensor '{missing}', which nothing produces")
+            raise ExecutorError(f"node '{node.name}' reads tensor '{missing}', which nothing produces")
         ready_ids = {id(node) for node in ready}
         pending = [node for node in pending if id(node) not in ready_ids]
         for node in ready:
@@ -163,7 +170,7 @@ class OnnxModule(torch.nn.Module):
                 results = op_for(node)(node, inputs, ctx)
             except (RuntimeError, ValueError, IndexError, KeyError, TypeError) as exc:
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise ModelRejected(f"node '{node.name}' ({node.op_type}) failed in the PyTorch executor: {first}") from exc
+                raise ExecutorError(f"node '{node.name}' ({node.op_type}) failed in the PyTorch executor: {first}") from exc
             for name, value in zip(node.output, results):
                 if name:
                     env[name] = value
@@ -172,7 +179,7 @@ class OnnxModule(torch.nn.Module):
                     env.pop(name, None)
         missing = [name for name in wanted if name not in env]
         if missing:
-            raise ModelRejected(f"tensor '{missing[0]}' is not computed by the graph")
+            raise ExecutorError(f"tensor '{missing[0]}' is not computed by the graph")
         return [env[name] for name in wanted]
 
 

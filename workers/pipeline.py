@@ -349,7 +349,9 @@ def run_pipeline(
         if _data_driven(options):
             if plan is not None and options.iterative_steps > 1:
                 raise ModelRejected("a saved plan is applied in one step; drop --iterative-steps or --plan-in")
-            context = _data_context(data, model, input_shapes, options)
+            # The executor runs the prepared graph (constants folded, shapes known) that the analysis
+            # prunes, never the raw export: its run-time shape subgraphs are not executor material.
+            context = _data_context(data, prepared, input_shapes, options)
         extra = {} if context is None else {"data": context, "flops_regularization": options.flops_regularization}
         searches = options.criterion == "learned"  # chooses counts itself: no ranking to score
         scores = score_groups(dep, options.criterion, seed=options.seed, **extra) if plan is None and not searches else None
