@@ -55,6 +55,8 @@ class Settings:
     lr: float = 0.01
     batch_size: int = 32
     flops_regularization: float = 0.0
+    reconstruct: bool = False  # layer-wise reconstruction after each pruning step (roundtrip.reconstruction)
+    reconstruct_samples: int = 256
 
 
 @dataclass
@@ -65,6 +67,7 @@ class IterationRecord:
     after_pruning: object  # roundtrip.training.Metrics, BatchNorm statistics re-estimated
     after_finetune: object | None
     final_loss: float | None
+    reconstructed: object | None = None  # roundtrip.reconstruction.ReconstructionResult (its model dropped)
 
 
 @dataclass
@@ -135,6 +138,7 @@ def recover(
     """Fine-tune the first step's pruned model (already verified by the caller), then run the
     remaining iterative steps, each verified and fine-tuned; see the module docstring."""
     from roundtrip.executor import OnnxModule
+    from roundtrip.reconstruction import reconstruct
     from roundtrip.training import evaluate, finetune, outputs_on, recalibrate_batchnorm
     from roundtrip.writeback import write_back
 
@@ -173,9 +177,24 @@ def recover(
             verify(current_dep, step_plan, pruned)
             timed("verify", started)
             composed = compose_plans(composed, dep, current_dep, step_plan)
+        reconstructed = None
+        if settings.reconstruct:
+            # Targets are the ORIGINAL model's layer outputs, whatever step this is: the plan so far, composed.
+            started = time.perf_counter()
+            report(f"{label}reconstruct", low + 0.1 * (high - low))
+            so_far = PruningPlan.from_keep(dep, {gid: keep for gid, keep in composed.items()
+                                                 if len(keep) < dep.group(gid).channels})
+            reconstructed = reconstruct(dep, so_far, pruned, context.train, samples=settings.reconstruct_samples,
+                                        seed=settings.seed + index, teacher=objective.teacher)
+            pruned = reconstructed.model
+            reconstructed.model = None
+            timed("reconstruct", started)
         started = time.perf_counter()
         student = OnnxModule(pruned)
-        recalibrated = recalibrate_batchnorm(student, context.train, batch_size, BN_BATCHES, settings.seed + index)
+        # Reconstruction refits layers to the original's pre-normalisation outputs, for which the stored
+        # BatchNorm statistics are right; without it they are stale and are re-estimated.
+        recalibrated = (not settings.reconstruct
+                        and recalibrate_batchnorm(student, context.train, batch_size, BN_BATCHES, settings.seed + index))
         after_pruning = evaluate(student, objective, context.holdout, batch_size)
         timed("evaluate", started)
         after_finetune, final_loss = None, None
@@ -199,7 +218,8 @@ def recover(
             timed("evaluate", started)
         current = write_back(pruned, student)
         iterations.append(IterationRecord(index + 1, measure_cost(current, dep.input_shapes).macs,
-                                          step_plan.removed_channels, after_pruning, after_finetune, final_loss))
+                                          step_plan.removed_channels, after_pruning, after_finetune, final_loss,
+                                          reconstructed))
     final_plan = PruningPlan.from_keep(dep, {gid: keep for gid, keep in composed.items()
                                              if len(keep) < dep.group(gid).channels})
     pruned_only = apply_plan(dep, final_plan)

@@ -156,6 +156,9 @@ def prune(
     batch_size: Annotated[int, typer.Option(help="Batch size for scoring, fine-tuning and evaluation.")] = 32,
     score_batches: Annotated[int, typer.Option(help="Batches the data-driven criteria look at.")] = 8,
     flops_regularization: Annotated[float, typer.Option(help="Taylor: penalty per relative MACs of a channel.")] = 0.0,
+    recovery: Annotated[str, typer.Option(help="With --data: auto (layer-wise reconstruction, then fine-tuning if "
+                                          "--finetune-steps), reconstruct, finetune or none.")] = "auto",
+    reconstruct_samples: Annotated[int, typer.Option(help="Calibration samples for layer-wise reconstruction.")] = 256,
     max_drop: Annotated[Optional[float], typer.Option(help="With --ratio auto or --criterion learned: tolerated accuracy "
                                                       "(or fidelity) drop on the held-out samples, e.g. 0.01.")] = None,
     learned_episodes: Annotated[int, typer.Option(help="--criterion learned: agent training episodes per layer.")] = 20,
@@ -174,7 +177,8 @@ def prune(
                        benchmark_runs=runs, threads=threads, seed=seed, finetune_steps=finetune_steps,
                        iterative_steps=iterative_steps, lr=lr, batch_size=batch_size, score_batches=score_batches,
                        flops_regularization=flops_regularization, max_drop=max_drop,
-                       learned_episodes=learned_episodes, learned_samples=learned_samples)
+                       learned_episodes=learned_episodes, learned_samples=learned_samples, recovery=recovery,
+                       reconstruct_samples=reconstruct_samples)
     _require_data(options, data)
     plan = None
     if plan_in is not None:

@@ -70,6 +70,14 @@ class PruneOptions(BaseModel):
     learned_samples: Annotated[int, Field(ge=2, le=1000)] = Field(
         8, description="Criterion 'learned': prunings sampled and tried on held-out data per episode."
     )
+    recovery: Literal["auto", "none", "reconstruct", "finetune"] = Field(
+        "auto", description="How the pruned model recovers with data: 'reconstruct' refits each layer that lost "
+        "inputs by least squares to the original's outputs (He et al. 2017; no labels, seconds); 'finetune' only "
+        "fine-tunes (finetune_steps); 'auto': reconstruct whenever data is given, then fine-tune if asked; 'none'."
+    )
+    reconstruct_samples: Annotated[int, Field(ge=8, le=100_000)] = Field(
+        256, description="Calibration samples the layer-wise reconstruction fits on (fewer for big inputs)."
+    )
     flops_regularization: Annotated[float, Field(ge=0.0)] = Field(
         0.0, description="Taylor only: subtract this times each layer's relative MACs per channel (Molchanov et al.)."
     )
@@ -93,6 +101,8 @@ class PruneOptions(BaseModel):
             return f"criterion '{self.criterion}' needs data"
         if self.finetune_steps > 0 or self.iterative_steps > 1:
             return "fine-tuning needs data"
+        if self.recovery == "reconstruct":
+            return "recovery 'reconstruct' needs data"
         if self.ratio == "auto" and not sensitivity_given:
             return "ratio 'auto' needs data (or a sensitivity file) to measure each group's drop"
         return None
@@ -122,8 +132,15 @@ class PruneOptions(BaseModel):
                 raise ValueError(f"input shape for {name!r} must be positive dims, got {dims}")
         return value
 
+    @property
+    def reconstructs(self) -> bool:
+        """Layer-wise reconstruction runs (when data is given)."""
+        return self.recovery in ("auto", "reconstruct")
+
     @model_validator(mode="after")
     def _one_target(self) -> "PruneOptions":
+        if self.recovery == "none" and self.finetune_steps > 0:
+            raise ValueError("recovery 'none' contradicts finetune_steps > 0")
         if self.ratio is not None and self.flops_target is not None:
             raise ValueError("give either ratio or flops_target, not both")
         if self.criterion == "learned":

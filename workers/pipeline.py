@@ -271,7 +271,8 @@ def _recover(dep: DependencyGraph, plan: PruningPlan, pruned: onnx.ModelProto, o
                         flops_target=options.flops_target, round_to=options.round_to, exclude=tuple(options.exclude),
                         seed=options.seed, iterative_steps=options.iterative_steps,
                         finetune_steps=options.finetune_steps, lr=options.lr, batch_size=options.batch_size,
-                        flops_regularization=options.flops_regularization)
+                        flops_regularization=options.flops_regularization, reconstruct=options.reconstructs,
+                        reconstruct_samples=options.reconstruct_samples)
     return recover(dep, plan, pruned, settings, context, verify=verify,
                    progress=None if progress is None else lambda label, f: progress(label, low + (high - low) * f))
 
@@ -305,14 +306,21 @@ def _finetune_report(options: PruneOptions, context, recovery):
     def point(metrics):
         return None if metrics is None else EvaluationPoint(**metrics.__dict__)
 
+    schedule = ("layer-by-layer (learned)" if options.criterion == "learned"
+                else "iterative" if options.iterative_steps > 1 else "one-shot")
+    if options.reconstructs and options.criterion != "learned":
+        schedule += " + layer-wise reconstruction"
     return FinetuneReport(
-        schedule="layer-by-layer (learned)" if options.criterion == "learned"
-        else "iterative" if options.iterative_steps > 1 else "one-shot", objective=context.objective.kind,
+        schedule=schedule, objective=context.objective.kind,
         steps=options.finetune_steps, iterative_steps=options.iterative_steps, lr=options.lr,
         batch_size=options.batch_size, samples=context.samples, losses=[round(v, 6) for v in recovery.losses],
         iterations=[IterationReport(iteration=r.iteration, macs=r.macs, removed_channels=r.removed_channels,
                                     after_pruning=point(r.after_pruning), after_finetune=point(r.after_finetune),
-                                    final_loss=r.final_loss) for r in recovery.iterations],
+                                    final_loss=r.final_loss,
+                                    reconstructed_layers=[] if getattr(r, "reconstructed", None) is None else
+                                    [fit.node for fit in r.reconstructed.layers if fit.kept],
+                                    reconstruction_skipped={} if getattr(r, "reconstructed", None) is None else
+                                    r.reconstructed.skipped) for r in recovery.iterations],
     )
 
 
@@ -345,8 +353,10 @@ def run_pipeline(
         dep = analyze(prepared, input_shapes)
         cost_before = measure_cost(prepared, input_shapes)
     context = None
+    # With data, the pruned model is recovered by layer-wise reconstruction unless told otherwise.
+    reconstructs = data is not None and options.reconstructs and options.criterion != "learned"
     with stages.stage("score"):
-        if _data_driven(options):
+        if _data_driven(options) or reconstructs:
             if plan is not None and options.iterative_steps > 1:
                 raise ModelRejected("a saved plan is applied in one step; drop --iterative-steps or --plan-in")
             # The executor runs the prepared graph (constants folded, shapes known) that the analysis
@@ -387,7 +397,8 @@ def run_pipeline(
             _verify_against_oracle(dep, plan, candidate, Path(workdir), input_shapes, options.seed, limits)
         recovery = None
         with stages.stage("finetune"):
-            if learned is not None or (context is not None and (options.finetune_steps > 0 or options.iterative_steps > 1)):
+            if learned is not None or (context is not None and (options.finetune_steps > 0 or options.iterative_steps > 1
+                                                                 or reconstructs)):
                 # The oracle checked the surgery above; recover, then check the write-back.
                 recovery = learned.recovery if learned is not None else _recover(
                     dep, plan, pruned, options, context, Path(workdir), input_shapes, limits, progress)

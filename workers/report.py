@@ -74,6 +74,10 @@ class IterationReport(BaseModel):
     after_pruning: EvaluationPoint
     after_finetune: EvaluationPoint | None = None
     final_loss: float | None = None
+    reconstructed_layers: list[str] = Field(
+        default_factory=list, description="Layers refit by layer-wise reconstruction (their refit reduced the error).")
+    reconstruction_skipped: dict[str, str] = Field(
+        default_factory=dict, description="Layers that lost inputs but were left as pruned, with the reason.")
 
 
 class FinetuneReport(BaseModel):

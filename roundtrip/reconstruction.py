@@ -1,0 +1,286 @@
+"""Layer-wise reconstruction: refit the weights of the layers pruning changed, in closed form.
+
+After channels are removed, each layer that read them (a Conv, Gemm or MatMul whose input shrank)
+computes something else. Following He et al. 2017 ("Channel Pruning for Accelerating Very Deep
+Neural Networks") and Luo et al. 2017 (ThiNet), its remaining weights (and bias) are refit by
+least squares so that its output matches the ORIGINAL model's output of that layer, on calibration
+samples: inputs taken from the pruned model as it runs (so each refit also absorbs the drift of the
+layers before it), targets from the original. Ridge regularisation keeps the solve well posed with
+few samples. No labels and no backpropagation: one pass of the original and one of the pruned model
+over the calibration batch, and one linear solve per layer.
+
+Layers are refit in the order they run, inside a single pass of the pruned model: an edge hook on each
+refit layer's input solves for its weights just before the layer runs, so the layers after it see the
+refit output. Convolutions become linear maps with im2col (``F.unfold``) on a subsample of spatial
+positions. What does not apply is left as pruned and named in the result: grouped and depthwise
+convolutions (their input channels are removed together with their output channels, so they have no
+lost inputs to compensate), non-2-D convolutions, Gemm with transA or alpha/beta other than 1,
+MatMul whose weight is the left operand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
+
+from graphops.dependency import DependencyGraph
+from graphops.plan import PruningPlan
+from graphops.surgery import _context
+from roundtrip.data import Dataset
+from roundtrip.executor import OnnxModule
+from roundtrip.ops import attrs
+from roundtrip.ops.nn import _pad_spatial, _window
+
+# Rows (samples x spatial positions) per layer solve: enough for a few-thousand-wide input, small
+# enough for seconds on a CPU.
+MAX_ROWS = 12_000
+# Ridge strength relative to the mean diagonal of X^T X (scale free).
+RIDGE = 1e-3
+# Share of the calibration samples kept aside to check that a refit helps before it is accepted.
+CHECK_SHARE = 0.2
+# Activation memory the calibration batch may take per tensor.
+BATCH_BYTES = 64 << 20
+
+
+@dataclass
+class LayerFit:
+    node: str
+    op_type: str
+    error_before: float  # relative squared error on the check samples, as pruned
+    error_after: float  # after the refit (equal to error_before when it was not kept)
+    kept: bool
+
+
+@dataclass
+class ReconstructionResult:
+    model: onnx.ModelProto
+    layers: list[LayerFit] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # node -> why it was left as pruned
+    samples: int = 0
+
+
+def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    return {init.name: init for init in model.graph.initializer}
+
+
+def _linear_weight(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]) -> str | None:
+    """Why ``node`` cannot be refit as a linear layer (None when it can)."""
+    a = attrs(node)
+    if node.op_type == "Conv":
+        weight = inits.get(node.input[1]) if len(node.input) > 1 else None
+        if weight is None or len(weight.dims) != 4:
+            return "not a 2-D convolution with a constant weight"
+        if int(a.get("group", 1)) != 1:
+            return f"grouped convolution (group {a.get('group')}): it loses inputs only with its outputs"
+        return None
+    if node.op_type == "Gemm":
+        if node.input[1] not in inits:
+            return "Gemm weight is not a constant"
+        if a.get("transA", 0) or float(a.get("alpha", 1.0)) != 1.0 or float(a.get("beta", 1.0)) != 1.0:
+            return "Gemm with transA or alpha/beta other than 1"
+        return None
+    if node.op_type == "MatMul":
+        if node.input[1] not in inits or node.input[0] in inits:
+            return "MatMul whose weight is not the right-hand constant"
+        if len(inits[node.input[1]].dims) != 2:
+            return "MatMul with a batched weight"
+        return None
+    return "not a linear layer"
+
+
+def _input_width(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]) -> int:
+    dims = list(inits[node.input[1]].dims)
+    if node.op_type == "Conv":
+        return dims[1]
+    if node.op_type == "Gemm":
+        return dims[1] if attrs(node).get("transB", 0) else dims[0]
+    return dims[0]
+
+
+def layers_to_refit(original: onnx.ModelProto, pruned: onnx.ModelProto) -> tuple[list[onnx.NodeProto], dict[str, str]]:
+    """Conv/Gemm/MatMul nodes of ``pruned`` whose input width shrank (they lost input channels),
+    in graph order, and the affected nodes that cannot be refit with the reason."""
+    before, after = _initializers(original), _initializers(pruned)
+    nodes, skipped = [], {}
+    for node in pruned.graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
+            continue
+        old, new = before.get(node.input[1]), after.get(node.input[1])
+        if old is None or new is None or list(old.dims) == list(new.dims):
+            continue
+        reason = _linear_weight(node, after)
+        if reason is not None:
+            skipped[node.name] = reason
+        elif _input_width(node, before) != _input_width(node, after):
+            nodes.append(node)
+    return nodes, skipped
+
+
+def _kept_outputs(dep: DependencyGraph, plan: PruningPlan, tensor: str) -> np.ndarray | None:
+    """Positions the plan keeps on ``tensor``'s channel axis (None: the tensor keeps them all)."""
+    layout = dep.layouts.get(tensor)
+    if layout is None:
+        return None
+    removed = _context(dep, plan).removed_atoms(layout.atoms)
+    return None if not removed.any() else np.flatnonzero(~removed)
+
+
+def calibration_batch(data: Dataset, model: onnx.ModelProto, samples: int, seed: int) -> dict[str, np.ndarray]:
+    """Up to ``samples`` samples, fewer for models whose inputs are big (BATCH_BYTES per input)."""
+    per_sample = max(int(np.prod(a.shape[1:])) * 4 for a in data.inputs.values())
+    # The widest activation is rarely more than 16x the input (64 channels at full resolution of an RGB image).
+    fit = max(4, BATCH_BYTES // max(1, 16 * per_sample))
+    count = min(len(data), samples, fit)
+    index = np.sort(np.random.default_rng(seed).permutation(len(data))[:count])
+    return {name: array[index] for name, array in data.inputs.items()}
+
+
+def _conv_rows(node: onnx.NodeProto, x: torch.Tensor, kernel: list[int], positions: np.ndarray) -> torch.Tensor:
+    """im2col of ``x`` for ``node`` at the chosen output positions only: (samples * positions, Cin*kh*kw),
+    columns in ``F.unfold``'s order (channel, kernel row, kernel column). Indexing the patches directly
+    instead of unfolding every position keeps it fast when only a subsample of positions is used."""
+    strides, dilations, pads = _window(node, x, kernel)
+    padded = _pad_spatial(x, pads)
+    out_w = (padded.shape[3] - dilations[1] * (kernel[1] - 1) - 1) // strides[1] + 1
+    rows, cols = torch.from_numpy(positions // out_w), torch.from_numpy(positions % out_w)  # N, P
+    ki, kj = torch.meshgrid(torch.arange(kernel[0]), torch.arange(kernel[1]), indexing="ij")
+    hh = rows.unsqueeze(-1) * strides[0] + ki.reshape(1, 1, -1) * dilations[0]  # N, P, K
+    ww = cols.unsqueeze(-1) * strides[1] + kj.reshape(1, 1, -1) * dilations[1]
+    samples = torch.arange(x.shape[0]).reshape(-1, 1, 1)
+    patches = padded.permute(0, 2, 3, 1)[samples, hh, ww]  # N, P, K, C
+    return patches.permute(0, 1, 3, 2).reshape(-1, x.shape[1] * hh.shape[-1])
+
+
+def _output_rows(y: torch.Tensor, positions: np.ndarray | None) -> torch.Tensor:
+    """Layer outputs as rows matching the input rows: conv outputs at the chosen positions."""
+    if positions is None:
+        return y.reshape(-1, y.shape[-1])
+    flat = y.reshape(y.shape[0], y.shape[1], -1)
+    picked = torch.gather(flat, 2, torch.from_numpy(positions).unsqueeze(1).expand(-1, flat.shape[1], -1))
+    return picked.permute(0, 2, 1).reshape(-1, flat.shape[1])
+
+
+def _positions(samples: int, spatial: int, seed: int) -> np.ndarray:
+    per_sample = max(1, min(spatial, MAX_ROWS // max(1, samples)))
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.choice(spatial, per_sample, replace=False) for _ in range(samples)]).astype(np.int64)
+
+
+def _ridge(x: torch.Tensor, y: torch.Tensor, ridge: float) -> torch.Tensor:
+    """argmin_W |xW - y|^2 + ridge * mean(diag(x^T x)) * |W|^2, in float64."""
+    gram = (x.T @ x).double()  # float32 products, float64 solve: fast and accurate enough with the ridge
+    scale = float(gram.diagonal().mean()) if gram.numel() else 1.0
+    gram += ridge * max(scale, 1e-12) * torch.eye(gram.shape[0], dtype=gram.dtype)
+    return torch.linalg.solve(gram, (x.T @ y).double())
+
+
+def _relative_error(prediction: torch.Tensor, target: torch.Tensor) -> float:
+    return float((prediction - target).pow(2).sum() / target.pow(2).sum().clamp_min(1e-30))
+
+
+class _Refit:
+    """One layer's refit: rows from the pruned model's input, targets from the original's output."""
+
+    def __init__(self, module: OnnxModule, node: onnx.NodeProto, targets: torch.Tensor,
+                 positions: np.ndarray | None, kept_outputs: np.ndarray | None, fit_samples: int, ridge: float) -> None:
+        self.module, self.node, self.positions, self.fit_samples, self.ridge = module, node, positions, fit_samples, ridge
+        self.targets = targets if kept_outputs is None else targets[:, torch.from_numpy(kept_outputs)]
+        self.result: LayerFit | None = None
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        if self.node.op_type == "Conv":
+            kernel = list(self.module.tensor(self.node.input[1]).shape[2:])
+            return _conv_rows(self.node, x, kernel, self.positions)
+        return x.reshape(-1, x.shape[-1])
+
+    def _weights_as_matrix(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(W as [inputs, outputs], bias [outputs] or None) of the layer as it is now."""
+        weight = self.module.tensor(self.node.input[1]).detach()
+        bias_name = self.node.input[2] if len(self.node.input) > 2 and self.node.input[2] else None
+        bias = None
+        if bias_name is not None and bias_name in self.module.trainable_names:
+            bias = self.module.tensor(bias_name).detach()
+            if bias.numel() != (weight.shape[0] if self.node.op_type == "Conv" else self.targets.shape[1]):
+                bias = None  # a broadcast scalar or row: left as it is
+        if self.node.op_type == "Conv":
+            return weight.reshape(weight.shape[0], -1).T, bias
+        if self.node.op_type == "Gemm" and attrs(self.node).get("transB", 0):
+            return weight.T, bias
+        return weight, bias
+
+    def _store(self, matrix: torch.Tensor, bias: torch.Tensor | None) -> None:
+        weight = self.module.tensor(self.node.input[1])
+        if self.node.op_type == "Conv":
+            value = matrix.T.reshape(weight.shape)
+        elif self.node.op_type == "Gemm" and attrs(self.node).get("transB", 0):
+            value = matrix.T
+        else:
+            value = matrix
+        weight.data.copy_(value.to(weight.dtype))
+        if bias is not None:
+            target = self.module.tensor(self.node.input[2])
+            target.data.copy_(bias.reshape(target.shape).to(target.dtype))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Edge hook on the layer's data input: solve, store the weights, pass ``x`` on unchanged."""
+        rows = self._rows(x)
+        per_sample = rows.shape[0] // x.shape[0]
+        split = self.fit_samples * per_sample
+        matrix, bias = self._weights_as_matrix()
+        with_bias = bias is not None
+        design = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=rows.dtype)], 1) if with_bias else rows
+        current = torch.cat([matrix, bias.reshape(1, -1)], 0) if with_bias else matrix
+        solution = _ridge(design[:split], self.targets[:split], self.ridge).to(rows.dtype)
+        check, target = design[split:], self.targets[split:]
+        before = _relative_error(check @ current, target)
+        after = _relative_error(check @ solution, target)
+        kept = after < before
+        if kept:
+            self._store(solution[:-1] if with_bias else solution, solution[-1] if with_bias else None)
+        self.result = LayerFit(self.node.name, self.node.op_type, round(before, 6),
+                               round(after if kept else before, 6), kept)
+        return x
+
+
+def reconstruct(dep: DependencyGraph, plan: PruningPlan, pruned: onnx.ModelProto, data: Dataset, *,
+                samples: int = 256, seed: int = 0, ridge: float = RIDGE,
+                teacher: OnnxModule | None = None) -> ReconstructionResult:
+    """``pruned`` (``plan`` applied to ``dep.model``) with every layer that lost input channels refit
+    to reproduce ``dep.model``'s output of that layer on ``data``; see the module docstring."""
+    from roundtrip.writeback import write_back
+
+    nodes, skipped = layers_to_refit(dep.model, pruned)
+    original_tensors = {out for node in dep.model.graph.node for out in node.output}
+    for node in list(nodes):
+        if node.output[0] not in original_tensors:
+            skipped[node.name] = "its output has no counterpart in the original model"
+            nodes.remove(node)
+    if not nodes:
+        return ReconstructionResult(pruned, [], skipped, 0)
+    batch = calibration_batch(data, dep.model, samples, seed)
+    count = len(next(iter(batch.values())))
+    fit_samples = max(1, count - max(1, int(round(CHECK_SHARE * count))))
+    teacher = teacher or OnnxModule(dep.model).eval()
+    student = OnnxModule(pruned).eval()
+    with torch.no_grad():
+        outputs = teacher.run(batch, outputs=[node.output[0] for node in nodes])
+        hooks = {}
+        for index, (node, y) in enumerate(zip(nodes, outputs)):
+            positions = None
+            if node.op_type == "Conv":
+                positions = _positions(count, int(np.prod(y.shape[2:])), seed + index)
+            targets = _output_rows(y, positions)
+            if node.op_type != "Conv" and y.dim() > 2:  # MatMul over a sequence: rows are samples x tokens
+                targets = y.reshape(-1, y.shape[-1])
+            hooks[(node.name, 0)] = _Refit(student, node, targets, positions,
+                                           _kept_outputs(dep, plan, node.output[0]), fit_samples, ridge)
+        del outputs
+        student.run(batch, edge_hooks=hooks)
+    layers = [hook.result for hook in hooks.values() if hook.result is not None]
+    return ReconstructionResult(write_back(pruned, student), layers, skipped, count)
