@@ -200,6 +200,8 @@ def prune(
 
         atomic_write_bytes(report_html, render_report_html(result.report, title=f"onnxprune: {model.name}").encode())
     _print_summary(result.report)
+    for warning in result.report.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
     console.print(f"wrote {output}")
 
 

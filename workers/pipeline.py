@@ -33,6 +33,7 @@ from graphops.surgery import apply_plan
 from workers.fileio import file_sha256
 from workers.benchmark import benchmark, compare_outputs, make_inputs, run_model
 from workers.options import PruneOptions
+from workers.quality_warnings import quality_warnings
 from workers.report import BeforeAfter, FrozenReport, GroupReport, LayerReport, PruneReport, SensitivityReport
 from workers.sandbox import RunnerLimits
 
@@ -450,7 +451,9 @@ def run_pipeline(
         evaluation=evaluation,
         sensitivity=sensitivity,
         group_ratios=auto.ratios if auto is not None else {},
-        warnings=_auto_notes(auto, options),
+        warnings=_auto_notes(auto, options) + quality_warnings(
+            fidelity, evaluation, data_given=data is not None, recovered=recovery is not None,
+            max_drop=options.max_drop),
         learned=_learned_report(learned, options),
     )
     return PipelineResult(report=report, plan=plan, dependency=dep)
