@@ -46,11 +46,17 @@ class Objective:
     tensors: list[str]
     use_labels: bool
     classifier: list[bool] = field(default_factory=list)
+    # With labels, also distil the original's logits (Hinton et al. 2015, temperature-scaled KL): with a few
+    # thousand samples the teacher's soft targets carry far more signal than one class per sample.
+    distill: bool = False
+    temperature: float = 4.0
     _cache: dict[int, list[np.ndarray]] = field(default_factory=dict, repr=False)
 
     @property
     def kind(self) -> str:
-        return "cross-entropy" if self.use_labels else "distillation"
+        if self.use_labels:
+            return "cross-entropy + distillation" if self.distill else "cross-entropy"
+        return "distillation"
 
     def teacher_outputs(self, batch: Batch, dataset: Dataset | None = None) -> list[torch.Tensor]:
         if dataset is not None and id(dataset) in self._cache:
@@ -86,7 +92,13 @@ class Objective:
         """Mean over the batch: cross-entropy with labels, else distillation summed over outputs."""
         if self.use_labels:
             index = self._label_output(outputs)
-            return F.cross_entropy(outputs[index], self._check_labels(outputs[index], batch.labels))
+            task = F.cross_entropy(outputs[index], self._check_labels(outputs[index], batch.labels))
+            if not self.distill:
+                return task
+            t = self.temperature
+            soft = F.kl_div(F.log_softmax(outputs[index] / t, 1), F.log_softmax(targets[index] / t, 1),
+                            log_target=True, reduction="batchmean") * t * t
+            return 0.5 * task + 0.5 * soft
         total = outputs[0].new_zeros(())
         for out, target, classifier in zip(outputs, targets, self.classifier):
             if classifier:

@@ -57,6 +57,13 @@ class Settings:
     flops_regularization: float = 0.0
     reconstruct: bool = False  # layer-wise reconstruction after each pruning step (roundtrip.reconstruction)
     reconstruct_samples: int = 256
+    deadline: float | None = None  # time.perf_counter() by which recovery must end (--time-budget)
+    budget_started: float | None = None  # when the job started, for progress against the budget
+    time_budget: float | None = None
+    augment: bool = False
+    optimizer: str = "sgd"
+    warmup: float = 0.0
+    select_best: bool = False  # best-checkpoint selection on the held-out split
 
 
 @dataclass
@@ -139,7 +146,7 @@ def recover(
     remaining iterative steps, each verified and fine-tuned; see the module docstring."""
     from roundtrip.executor import OnnxModule
     from roundtrip.reconstruction import reconstruct
-    from roundtrip.training import evaluate, finetune, outputs_on, recalibrate_batchnorm
+    from roundtrip.training import evaluate, finetune, outputs_on, plan_steps, recalibrate_batchnorm
     from roundtrip.writeback import write_back
 
     report = progress or (lambda label, fraction: None)
@@ -198,16 +205,27 @@ def recover(
         after_pruning = evaluate(student, objective, context.holdout, batch_size)
         timed("evaluate", started)
         after_finetune, final_loss = None, None
-        if settings.finetune_steps > 0:
+        steps = settings.finetune_steps
+        if steps == 0 and settings.deadline is not None:
+            left = (settings.deadline - time.perf_counter()) / (total - index)
+            steps = plan_steps(student, objective, context.train, batch_size, left, augment=settings.augment,
+                               evaluation_samples=len(context.holdout) if settings.select_best else 0)
+            seconds["planned_steps"] = seconds.get("planned_steps", 0) + steps
+        if steps > 0:
             started = time.perf_counter()
             start = low + 0.2 * (high - low)
 
             def step_progress(step: int, steps: int, loss: float, start=start, high=high, label=label) -> None:
                 if step == steps or step % max(1, steps // 20) == 0:
-                    report(f"{label}finetune {step}/{steps}, loss {loss:.4g}", start + (high - start) * step / steps)
+                    budget = ""
+                    if settings.time_budget is not None and settings.budget_started is not None:
+                        budget = f", {time.perf_counter() - settings.budget_started:.0f}/{settings.time_budget:.0f} s"
+                    report(f"{label}finetune {step}/{steps}, loss {loss:.4g}{budget}", start + (high - start) * step / steps)
 
-            step_losses = finetune(student, objective, context.train, steps=settings.finetune_steps, lr=settings.lr,
-                                   batch_size=batch_size, seed=settings.seed + index, progress=step_progress)
+            step_losses = finetune(student, objective, context.train, steps=steps, lr=settings.lr,
+                                   batch_size=batch_size, seed=settings.seed + index, progress=step_progress,
+                                   optimizer=settings.optimizer, warmup=settings.warmup, augment=settings.augment,
+                                   select_on=context.holdout if settings.select_best else None)
             if recalibrated:
                 recalibrate_batchnorm(student, context.train, batch_size, BN_BATCHES, settings.seed + index)
             losses += step_losses

@@ -54,6 +54,44 @@ def recalibrate_batchnorm(module: OnnxModule, data: Dataset, batch_size: int, ba
     return True
 
 
+def _optimizer(parameters: list, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "adamw":
+        return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(parameters, lr=lr, momentum=0.9, weight_decay=weight_decay)
+
+
+def _step_loss(module: OnnxModule, objective: Objective, data: Dataset, batch, augment_rng) -> torch.Tensor:
+    if augment_rng is not None:
+        from roundtrip.augment import augment
+
+        batch = type(batch)(augment(batch.inputs, augment_rng), batch.labels, batch.indices)
+        targets = objective.teacher_outputs(batch)  # on the augmented images, not the cache
+    else:
+        targets = objective.teacher_outputs(batch, data)
+    return objective.loss(module.run(batch.inputs, outputs=objective.tensors), batch, targets)
+
+
+def plan_steps(module: OnnxModule, objective: Objective, data: Dataset, batch_size: int, seconds: float,
+               *, augment: bool = False, evaluation_samples: int = 0) -> int:
+    """How many training steps fit in ``seconds``: one forward and backward pass timed (after a warm-up
+    pass), evaluations for checkpoint selection (about 5, a third of a step per batch) counted in."""
+    import time
+
+    module.train()
+    batch = next(data.batches(batch_size, shuffle=True))
+    rng = np.random.default_rng(0) if augment else None
+    times = []
+    for _ in range(2):
+        started = time.perf_counter()
+        _step_loss(module, objective, data, batch, rng).backward()
+        times.append(time.perf_counter() - started)
+    module.zero_grad(set_to_none=True)
+    module.eval()
+    step = max(min(times), 1e-4)
+    evaluations = 5 * (evaluation_samples / max(1, batch_size)) * step / 3
+    return max(0, int((seconds - evaluations) / (step * 1.1)))
+
+
 def finetune(
     module: OnnxModule,
     objective: Objective,
@@ -65,31 +103,71 @@ def finetune(
     seed: int = 0,
     weight_decay: float = 0.0,
     progress: StepProgress | None = None,
+    optimizer: str = "sgd",
+    warmup: float = 0.0,
+    augment: bool = False,
+    select_on: Dataset | None = None,
+    evaluations: int = 5,
 ) -> list[float]:
-    """``steps`` SGD steps (momentum 0.9, cosine decay) on the objective; returns the losses."""
+    """``steps`` optimizer steps (SGD with momentum 0.9 or AdamW; linear warm-up over ``warmup`` of the
+    steps, then cosine decay) on the objective; returns the losses. With ``select_on`` the weights are
+    evaluated ``evaluations`` times (and before training) and the best on that split are kept
+    (best-checkpoint selection), so fine-tuning never leaves the model worse there than it found it."""
     if steps <= 0:
         return []
     parameters = list(module.named_trainable().values())
-    optimizer = torch.optim.SGD(parameters, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
+    optimizer_ = _optimizer(parameters, optimizer, lr, weight_decay)
+    warm = int(warmup * steps)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer_, factor)
+    augment_rng = np.random.default_rng(seed) if augment else None
+    best = None
+    if select_on is not None:
+        best = (_selection_score(module, objective, select_on, batch_size), _snapshot(module))
+        every = max(1, steps // max(1, evaluations))
     module.train()
     losses = []
     batches = data.endless(batch_size, seed=seed)
     for step in range(steps):
         batch = next(batches)
-        targets = objective.teacher_outputs(batch, data)
-        loss = objective.loss(module.run(batch.inputs, outputs=objective.tensors), batch, targets)
+        loss = _step_loss(module, objective, data, batch, augment_rng)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"fine-tuning diverged at step {step + 1} (loss {loss.item()}); lower --lr")
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        optimizer_.step()
         schedule.step()
         losses.append(float(loss.detach()))
         if progress is not None:
             progress(step + 1, steps, losses[-1])
+        if best is not None and ((step + 1) % every == 0 or step + 1 == steps):
+            score = _selection_score(module, objective, select_on, batch_size)
+            if score > best[0]:
+                best = (score, _snapshot(module))
+            module.train()
+    if best is not None:
+        module.load_state_dict(best[1])
     module.eval()
     return losses
+
+
+def _snapshot(module: OnnxModule) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _selection_score(module: OnnxModule, objective: Objective, data: Dataset, batch_size: int) -> float:
+    """Higher is better: accuracy with labels, else agreement with the original, else minus the loss."""
+    metrics = evaluate(module, objective, data, batch_size)
+    if metrics.accuracy is not None:
+        return metrics.accuracy - 1e-6 * metrics.loss
+    if metrics.agreement is not None:
+        return metrics.agreement - 1e-6 * metrics.loss
+    return -metrics.loss
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -159,6 +159,13 @@ def prune(
     recovery: Annotated[str, typer.Option(help="With --data: auto (layer-wise reconstruction, then fine-tuning if "
                                           "--finetune-steps), reconstruct, finetune or none.")] = "auto",
     reconstruct_samples: Annotated[int, typer.Option(help="Calibration samples for layer-wise reconstruction.")] = 256,
+    time_budget: Annotated[Optional[float], typer.Option(help="Seconds the job may take: with --data, fine-tuning "
+                                                         "steps are planned from the measured step time.")] = None,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Fine-tuning: random crop and flip of "
+                                          "image inputs.")] = True,
+    distill: Annotated[bool, typer.Option("--distill/--no-distill", help="Fine-tuning with labels: also distil "
+                                          "the original's logits.")] = True,
+    optimizer: Annotated[str, typer.Option(help="Fine-tuning optimizer: sgd or adamw.")] = "sgd",
     max_drop: Annotated[Optional[float], typer.Option(help="With --ratio auto or --criterion learned: tolerated accuracy "
                                                       "(or fidelity) drop on the held-out samples, e.g. 0.01.")] = None,
     learned_episodes: Annotated[int, typer.Option(help="--criterion learned: agent training episodes per layer.")] = 20,
@@ -178,7 +185,8 @@ def prune(
                        iterative_steps=iterative_steps, lr=lr, batch_size=batch_size, score_batches=score_batches,
                        flops_regularization=flops_regularization, max_drop=max_drop,
                        learned_episodes=learned_episodes, learned_samples=learned_samples, recovery=recovery,
-                       reconstruct_samples=reconstruct_samples)
+                       reconstruct_samples=reconstruct_samples, time_budget=time_budget, augment=augment,
+                       distill=distill, optimizer=optimizer)
     _require_data(options, data)
     plan = None
     if plan_in is not None:

@@ -75,6 +75,17 @@ class PruneOptions(BaseModel):
         "inputs by least squares to the original's outputs (He et al. 2017; no labels, seconds); 'finetune' only "
         "fine-tunes (finetune_steps); 'auto': reconstruct whenever data is given, then fine-tune if asked; 'none'."
     )
+    time_budget: Annotated[float, Field(gt=0.0, le=86_400.0)] | None = Field(
+        None, description="Seconds the whole job may take (within 1.5x): with data and no finetune_steps, the "
+        "fine-tuning steps are planned from the measured step time to fill what scoring and reconstruction leave."
+    )
+    augment: bool = Field(True, description="Fine-tuning augments 4-D float (image) inputs: random crop with "
+                          "padding, horizontal flip (NCHW or NHWC detected from the shape).")
+    distill: bool = Field(True, description="With labels, fine-tuning also distils the original's logits "
+                          "(temperature-scaled KL) besides cross-entropy.")
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="Fine-tuning optimizer (linear warm-up, cosine decay).")
+    warmup: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(0.05, description="Fraction of fine-tuning steps of "
+                                                             "linear learning-rate warm-up.")
     reconstruct_samples: Annotated[int, Field(ge=8, le=100_000)] = Field(
         256, description="Calibration samples the layer-wise reconstruction fits on (fewer for big inputs)."
     )

@@ -256,8 +256,14 @@ def _first_step(options: PruneOptions) -> PruneOptions:
     return options.model_copy(update={"ratio": (options.ratio or 0.0) / options.iterative_steps})
 
 
+# With --time-budget, recovery must end by this share of the budget: held-out evaluation, the write-back
+# check and benchmarking follow it.
+RECOVERY_SHARE = 0.85
+
+
 def _recover(dep: DependencyGraph, plan: PruningPlan, pruned: onnx.ModelProto, options: PruneOptions, context,
-             workdir: Path, input_shapes: dict[str, list[int]], limits: RunnerLimits, progress: Progress | None):
+             workdir: Path, input_shapes: dict[str, list[int]], limits: RunnerLimits, progress: Progress | None,
+             budget_started: float | None = None):
     """Fine-tune (and run any further iterative steps), each step's surgery checked by the oracle."""
     from roundtrip.schedule import Settings, recover
 
@@ -273,7 +279,10 @@ def _recover(dep: DependencyGraph, plan: PruningPlan, pruned: onnx.ModelProto, o
                         seed=options.seed, iterative_steps=options.iterative_steps,
                         finetune_steps=options.finetune_steps, lr=options.lr, batch_size=options.batch_size,
                         flops_regularization=options.flops_regularization, reconstruct=options.reconstructs,
-                        reconstruct_samples=options.reconstruct_samples)
+                        reconstruct_samples=options.reconstruct_samples, time_budget=options.time_budget,
+                        deadline=None if budget_started is None else budget_started + RECOVERY_SHARE * options.time_budget,
+                        budget_started=budget_started, augment=options.augment, optimizer=options.optimizer,
+                        warmup=options.warmup, select_best=options.time_budget is not None)
     return recover(dep, plan, pruned, settings, context, verify=verify,
                    progress=None if progress is None else lambda label, f: progress(label, low + (high - low) * f))
 
@@ -313,7 +322,7 @@ def _finetune_report(options: PruneOptions, context, recovery):
         schedule += " + layer-wise reconstruction"
     return FinetuneReport(
         schedule=schedule, objective=context.objective.kind,
-        steps=options.finetune_steps, iterative_steps=options.iterative_steps, lr=options.lr,
+        steps=options.finetune_steps or len(recovery.losses), iterative_steps=options.iterative_steps, lr=options.lr,
         batch_size=options.batch_size, samples=context.samples, losses=[round(v, 6) for v in recovery.losses],
         iterations=[IterationReport(iteration=r.iteration, macs=r.macs, removed_channels=r.removed_channels,
                                     after_pruning=point(r.after_pruning), after_finetune=point(r.after_finetune),
@@ -342,6 +351,7 @@ def run_pipeline(
     error) and other exceptions for failures of our own or of the machine.
     """
     model_path, output_path = Path(model_path), Path(output_path)
+    job_started = time.perf_counter()
     stages = _Stages(progress)
     with stages.stage("load"):
         model = load_model(model_path)
@@ -363,6 +373,7 @@ def run_pipeline(
             # The executor runs the prepared graph (constants folded, shapes known) that the analysis
             # prunes, never the raw export: its run-time shape subgraphs are not executor material.
             context = _data_context(data, prepared, input_shapes, options)
+            context.objective.distill = options.distill
         extra = {} if context is None else {"data": context, "flops_regularization": options.flops_regularization}
         searches = options.criterion == "learned"  # chooses counts itself: no ranking to score
         scores = score_groups(dep, options.criterion, seed=options.seed, **extra) if plan is None and not searches else None
@@ -399,10 +410,11 @@ def run_pipeline(
         recovery = None
         with stages.stage("finetune"):
             if learned is not None or (context is not None and (options.finetune_steps > 0 or options.iterative_steps > 1
-                                                                 or reconstructs)):
+                                                                 or reconstructs or options.time_budget is not None)):
                 # The oracle checked the surgery above; recover, then check the write-back.
                 recovery = learned.recovery if learned is not None else _recover(
-                    dep, plan, pruned, options, context, Path(workdir), input_shapes, limits, progress)
+                    dep, plan, pruned, options, context, Path(workdir), input_shapes, limits, progress,
+                    budget_started=job_started if options.time_budget is not None else None)
                 plan, pruned = recovery.plan, recovery.model
                 cost_after = measure_cost(pruned, input_shapes)
                 _check_model(pruned)

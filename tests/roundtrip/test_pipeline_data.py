@@ -24,7 +24,7 @@ def test_taylor_with_fine_tuning_reports_before_after_pruning_and_after_fine_tun
 
     evaluation = result.report.evaluation
     assert evaluation.metric == "accuracy" and evaluation.after_pruning is not None
-    assert evaluation.finetune.objective == "cross-entropy" and len(evaluation.finetune.losses) == 20
+    assert evaluation.finetune.objective == "cross-entropy + distillation" and len(evaluation.finetune.losses) == 20
     assert evaluation.finetune.iterations[0].after_finetune is not None
     assert result.report.macs.after < result.report.macs.before
     assert [f for _, f in seen] == sorted(f for _, f in seen) and any("finetune 20/20" in s for s, _ in seen)
@@ -73,7 +73,7 @@ def test_cli_iterative_distillation_writes_model_report_and_plan(small_model, sm
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["options"]["iterative_steps"] == 2 and report["evaluation"]["metric"] == "fidelity"
-    assert report["evaluation"]["finetune"]["schedule"] == "iterative"
+    assert report["evaluation"]["finetune"]["schedule"] == "iterative + layer-wise reconstruction"
     assert len(report["evaluation"]["finetune"]["iterations"]) == 2
     assert report["macs"]["after"] <= 0.62 * report["macs"]["before"]
     assert json.loads((tmp_path / "plan.json").read_text())["groups"]
