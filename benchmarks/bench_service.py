@@ -64,7 +64,7 @@ def run_round(workdir: Path, model: Path, workers: int, jobs: int, latency_s: fl
                         "--port", str(port), "--log-level", "warning"], env, workdir / f"api-{workers}.log")]
     try:
         for i in range(workers):
-            processes.append(spawn([sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+            processes.append(spawn([sys.executable, "-m", "celery", "-A", "jobs.celery_app", "worker",
                                     "--pool=solo", "--loglevel=warning", "-n", f"bench{i}@%h",
                                     "--without-gossip", "--without-mingle"], env, workdir / f"worker-{workers}-{i}.log"))
         wait_for(lambda: httpx.get(f"{url}/readyz", timeout=3).status_code == 200, 90, "readyz")

@@ -17,12 +17,12 @@ from service import web
 from service.accept import accept_job
 from service.auth import Owner
 from service.errors import ApiError
-from service.files import JobFiles
+from jobs.files import JobFiles
 from service.retention import remove_expired
 from service.runners import Runner, make_runner
 from service.schemas import ErrorBody, Health, JobList, JobPublic
-from service.settings import Settings
-from service.store import JobRecord, JobStatus, JobStore
+from jobs.settings import Settings
+from jobs.store import JobRecord, JobStatus, JobStore
 from workers.report import PruneReport
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ def serve(
     import uvicorn
 
     from service.api import create_app
-    from service.settings import Settings
+    from jobs.settings import Settings
 
     uvicorn.run(create_app(Settings()), host=host, port=port)
 
@@ -33,21 +33,22 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "info",
     name: Annotated[Optional[str], typer.Option(help="Worker node name (default celery@HOST).")] = None,
 ) -> None:
-    """Run a Celery worker (same as celery -A workers.celery_app worker --pool=solo).
+    """Run a Celery worker (same as celery -A jobs.celery_app worker --pool=solo).
 
     One job at a time per worker process (the pipeline starts its own onnxruntime processes);
     run more workers to run more jobs at once."""
-    from service.settings import Settings
+    from jobs.settings import Settings
 
-    if Settings().embedded:
+    settings = Settings()
+    if settings.embedded:
         typer.echo("error: set ONNXPRUNE_REDIS_URL (e.g. redis://127.0.0.1:6379/0) to run a worker", err=True)
         raise typer.Exit(2)
-    from workers.celery_app import celery_app
+    from jobs.celery_app import make_celery
 
     argv = ["worker", "--pool=solo", f"--loglevel={loglevel}"]
     if name:
         argv.append(f"--hostname={name}")
-    celery_app.worker_main(argv)
+    make_celery(settings).worker_main(argv)
 
 
 def submit(

@@ -7,8 +7,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from service.settings import Settings
-from service.store import JobStore
+from jobs.settings import Settings
+from jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -44,21 +44,10 @@ class EmbeddedRunner:
         self._pool.submit(self._run, job_id)
 
     def _run(self, job_id: str) -> None:
-        from workers.jobs import run_job  # the pipeline is imported only where jobs run
+        from jobs.run import Outcome, run_with_policy
 
-        for attempt in range(self._settings.max_retries + 1):
-            try:
-                run_job(job_id, self._store, self._settings.jobs_dir,
-                        max_attempts=self._settings.max_retries + 1)
-                return
-            except Exception as exc:  # infrastructure error: retry a bounded number of times
-                log.exception("job %s: attempt %d failed", job_id, attempt + 1)
-                message = f"{type(exc).__name__}: {exc}"
-                if attempt == self._settings.max_retries:
-                    self._store.fail(job_id, "internal_error", f"failed after {attempt + 1} attempts ({message})")
-                    return
-                self._store.requeue(job_id, message)
-                time.sleep(self._settings.retry_delay_s)
+        while run_with_policy(job_id, self._store, self._settings) is Outcome.retry:
+            time.sleep(self._settings.retry_delay_s)
 
     def ready(self) -> str | None:
         return None if self._pool is not None else "the embedded runner is not started"
@@ -74,7 +63,7 @@ class CeleryRunner:
     """Sends the job id to the Celery queue; a cancelled job is skipped when a worker reaches it."""
 
     def __init__(self, settings: Settings) -> None:
-        from workers.celery_app import make_celery
+        from jobs.celery_app import make_celery
 
         self._app = make_celery(settings)
 
@@ -82,7 +71,7 @@ class CeleryRunner:
         pass
 
     def submit(self, job_id: str) -> None:
-        from workers.celery_app import TASK_NAME
+        from jobs.celery_app import TASK_NAME
 
         self._app.send_task(TASK_NAME, args=[job_id], task_id=job_id)
 

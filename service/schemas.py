@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 from pydantic import BaseModel, Field
 
-from service.store import JobRecord, JobStatus
+from jobs.store import JobRecord, JobStatus
 from workers.report import PruneReport
 
 

@@ -21,7 +21,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from graphops.errors import ModelRejected
 from service.errors import ApiError
-from service.files import JobFiles
+from jobs.files import JobFiles
 from workers.options import PruneOptions
 
 MAX_CONFIG_BYTES = 64 * 1024

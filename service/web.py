@@ -14,9 +14,9 @@ from fastapi.responses import FileResponse, HTMLResponse
 
 from service.auth import Owner
 from service.errors import ApiError
-from service.files import JobFiles
+from jobs.files import JobFiles
 from workers.fileio import atomic_write_text
-from service.store import JobStatus
+from jobs.store import JobStatus
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 _ASSETS = {"app.js": "text/javascript", "style.css": "text/css", "favicon.svg": "image/svg+xml"}

@@ -11,7 +11,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from service.api import create_app
-from service.settings import Settings
+from jobs.settings import Settings
 from svc_models import convnet, save
 from svc_processes import ApiServer, Worker
 

@@ -78,7 +78,7 @@ class Worker:
 
     def start(self) -> "Worker":
         self.process = spawn(
-            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "--pool=solo",
+            [sys.executable, "-m", "celery", "-A", "jobs.celery_app", "worker", "--pool=solo",
              "--loglevel=info", "--without-gossip", "--without-mingle",
              "--without-heartbeat"],
             self.env, self.log,

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from service.api import create_app
 from service.retention import remove_expired
-from service.settings import Settings
+from jobs.settings import Settings
 from svc_models import convnet
 
 MODEL = convnet().SerializeToString()
@@ -58,7 +58,7 @@ def test_retention_removes_old_jobs_and_orphaned_uploads_but_keeps_recent_ones(t
     old = time.time() - 2 * 3600
     os.utime(orphan, (old, old))
 
-    from service.store import JobStore
+    from jobs.store import JobStore
     store = JobStore(settings.database_path)
     assert remove_expired(settings, store) == 0
     assert not orphan.exists()

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from service.client import PruneClient
-from service.store import JobStore
+from jobs.store import JobStore
 from svc_oracle import assert_matches_masked_original
 from svc_processes import wait_until
 

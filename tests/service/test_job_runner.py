@@ -1,4 +1,4 @@
-"""workers.jobs.run_job sorts failures: a rejected model fails once, anything else is retried (bounded).
+"""jobs.run.run_job sorts failures: a rejected model fails once, anything else is retried (bounded).
 
 The pipeline is replaced here by functions that raise, to pin the runner's error policy; every
 other service test runs the real pipeline.
@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-import workers.jobs as jobs
+import jobs.run as jobs
 from graphops.errors import ModelRejected
 from service.runners import EmbeddedRunner
-from service.settings import Settings
-from service.store import JobRecord, JobStatus, JobStore
+from jobs.settings import Settings
+from jobs.store import JobRecord, JobStatus, JobStore
 from workers.options import PruneOptions
 
 

@@ -11,10 +11,11 @@ import logging
 from enum import Enum
 from pathlib import Path
 
-from graphops.errors import ModelRejected
-from service.files import JobFiles
+from jobs.files import JobFiles
+from jobs.policy import after_attempt
+from jobs.settings import Settings
+from jobs.store import JobStatus, JobStore
 from workers.fileio import atomic_write_text, file_sha256
-from service.store import JobStatus, JobStore
 from workers.options import PruneOptions
 from workers.pipeline import run_pipeline
 
@@ -30,10 +31,11 @@ class Outcome(str, Enum):
     failed = "failed"
     cancelled = "cancelled"
     skipped = "skipped"
+    retry = "retry"
 
 
 def run_job(job_id: str, store: JobStore, jobs_dir: Path, *, max_attempts: int = 3) -> Outcome:
-    """Run the job; user errors fail it here, infrastructure errors propagate for the caller to retry.
+    """Run the job; any error but a cancellation propagates, for :func:`run_with_policy` to sort.
 
     ``max_attempts`` also bounds redeliveries: a job whose worker died that often (a model that
     crashes or exhausts the worker every time) is failed instead of being handed on forever.
@@ -61,10 +63,6 @@ def run_job(job_id: str, store: JobStore, jobs_dir: Path, *, max_attempts: int =
         atomic_write_text(files.plan, result.plan.to_json())
         atomic_write_text(files.report, result.report.model_dump_json(indent=2))
         output_sha256 = file_sha256(files.model)
-    except ModelRejected as exc:
-        files.discard_results()
-        store.fail(job_id, "model_rejected", str(exc))
-        return Outcome.failed
     except Exception:
         files.discard_results()
         current = store.get(job_id)
@@ -75,3 +73,25 @@ def run_job(job_id: str, store: JobStore, jobs_dir: Path, *, max_attempts: int =
         files.discard_results()  # cancelled while the last step ran
         return Outcome.cancelled
     return Outcome.succeeded
+
+
+def run_with_policy(job_id: str, store: JobStore, settings: Settings) -> Outcome:
+    """One attempt under the retry policy (``jobs.policy``): a user error fails the job now; an
+    infrastructure error requeues it (``Outcome.retry``: the caller waits and calls again) until the
+    retries are spent, then fails it."""
+    try:
+        return run_job(job_id, store, settings.jobs_dir, max_attempts=settings.max_retries + 1)
+    except Exception as exc:
+        job = store.get(job_id)
+        attempts = job.attempts if job is not None else 1
+        failure = after_attempt(exc, attempts, settings.max_retries)
+        if failure.retry:
+            log.exception("job %s: attempt %d failed; retrying", job_id, attempts)
+            store.requeue(job_id, failure.message)
+            return Outcome.retry
+        if failure.code in ("internal_error", "storage_full"):
+            log.exception("job %s: attempt %d failed; giving up", job_id, attempts)
+        else:
+            log.info("job %s failed (%s): %s", job_id, failure.code, failure.message)
+        store.fail(job_id, failure.code, failure.message)
+        return Outcome.failed
