@@ -74,10 +74,10 @@ def _register_task(app: Celery, settings: Settings) -> None:
 
     @app.task(name=TASK_NAME, bind=True, max_retries=None)
     def run_job_task(self, job_id: str) -> str:  # noqa: ANN001 - Celery's bound task
-        from jobs.run import Outcome, run_with_policy  # the pipeline loads only in workers
+        from jobs.run import Outcome, run_job  # the pipeline loads only in workers
 
         with _time_limits(settings.soft_time_limit_s, settings.time_limit_s):
-            outcome = run_with_policy(job_id, store(), settings)
+            outcome = run_job(job_id, store(), settings)
         if outcome is Outcome.retry:
             raise self.retry(countdown=settings.retry_delay_s)
         return outcome.value

@@ -1,11 +1,23 @@
-"""Where a job's files live under ``ONNXPRUNE_DATA_DIR/jobs/<job id>/``; names are ours, never the user's."""
+"""Where a job's files live under ``ONNXPRUNE_DATA_DIR/jobs/<job id>/``; names are ours, never the user's.
+
+    input.onnx, data.npz       the upload (written once, by the API)
+    attempts/<lease token>/    one attempt's scratch space: the pipeline writes its results here
+    result/                    the published results (model.onnx, plan.json, report.json)
+
+An attempt publishes by renaming its whole directory to ``result``: a rename of a directory onto a
+non-empty one fails, so the first attempt to finish wins atomically, readers never see a half-written
+result, and a late duplicate attempt cannot replace it.
+"""
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+MODEL, PLAN, REPORT = "model.onnx", "plan.json", "report.json"
 
 
 @dataclass(frozen=True)
@@ -25,31 +37,61 @@ class JobFiles:
         return self.root / "data.npz"
 
     @property
+    def result(self) -> Path:
+        return self.root / "result"
+
+    @property
     def model(self) -> Path:
-        return self.root / "model.onnx"
+        return self.result / MODEL
 
     @property
     def plan(self) -> Path:
-        return self.root / "plan.json"
+        return self.result / PLAN
 
     @property
     def report(self) -> Path:
-        return self.root / "report.json"
+        return self.result / REPORT
 
-    def clear_for_run(self) -> None:
-        """Remove everything but the upload: results and scratch files of an interrupted attempt."""
-        keep = {self.upload.name, self.data.name}
-        for path in self.root.iterdir():
-            if path.name in keep:
-                continue
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+    @property
+    def attempts(self) -> Path:
+        return self.root / "attempts"
 
-    def discard_results(self) -> None:
-        for path in (self.model, self.plan, self.report):
-            path.unlink(missing_ok=True)
+    def new_attempt(self, token: str) -> Path:
+        """A fresh directory for the attempt holding ``token``; other attempts' leftovers are removed
+        (their leases are gone, so they can publish nothing: a live one notices and stops)."""
+        if not self.upload.is_file():
+            raise FileNotFoundError(f"the upload of job {self.root.name} is gone")
+        if self.attempts.is_dir():
+            for stale in self.attempts.iterdir():
+                if stale.name != token:
+                    shutil.rmtree(stale, ignore_errors=True)
+        work = self.attempts / token
+        work.mkdir(parents=True, exist_ok=False)
+        return work
+
+    def publish(self, work: Path) -> bool:
+        """Make ``work`` the result; False if a result was already published (``work`` is removed)."""
+        try:
+            os.rename(work, self.result)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not self.result.is_dir():
+                raise
+            shutil.rmtree(work, ignore_errors=True)
+            return False
+        finally:
+            _remove_if_empty(self.attempts)
+        return True
+
+    def discard_attempt(self, work: Path) -> None:
+        shutil.rmtree(work, ignore_errors=True)
+        _remove_if_empty(self.attempts)
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # not empty (another attempt's directory) or already gone

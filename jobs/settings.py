@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     soft_time_limit_s: int = Field(1740, gt=0)
     time_limit_s: int = Field(1800, gt=0)
     visibility_timeout_s: int = Field(3600, gt=0)
+    # An attempt holds its job by a lease that a heartbeat renews every third of this; a job whose
+    # lease expired (its worker died or stalled) may be claimed again. Below the visibility timeout,
+    # so that a redelivered message finds the dead worker's lease expired.
+    lease_ttl_s: float = Field(60.0, gt=0)
 
     @model_validator(mode="after")
     def _limits_below_visibility(self) -> "Settings":
@@ -38,6 +42,9 @@ class Settings(BaseSettings):
                 "need soft_time_limit_s < time_limit_s < visibility_timeout_s, got "
                 f"{self.soft_time_limit_s}, {self.time_limit_s}, {self.visibility_timeout_s}"
             )
+        if not self.lease_ttl_s < self.visibility_timeout_s:
+            raise ValueError(f"need lease_ttl_s < visibility_timeout_s, got {self.lease_ttl_s}, "
+                             f"{self.visibility_timeout_s}")
         return self
 
     @property

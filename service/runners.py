@@ -44,9 +44,9 @@ class EmbeddedRunner:
         self._pool.submit(self._run, job_id)
 
     def _run(self, job_id: str) -> None:
-        from jobs.run import Outcome, run_with_policy
+        from jobs.run import Outcome, run_job
 
-        while run_with_policy(job_id, self._store, self._settings) is Outcome.retry:
+        while run_job(job_id, self._store, self._settings) is Outcome.retry:
             time.sleep(self._settings.retry_delay_s)
 
     def ready(self) -> str | None:

@@ -59,7 +59,8 @@ def redis_namespace() -> Iterator[str]:
 def celery_env(tmp_path: Path, redis_namespace: str) -> dict[str, str]:
     """Env of API and worker processes in Celery mode; each test gets its own queue and data dir.
 
-    The short visibility timeout (and limits below it) lets a killed worker's job come back in seconds.
+    The short visibility timeout (and limits and lease below it) lets a killed worker's job come back in
+    seconds.
     """
     return {
         "ONNXPRUNE_REDIS_URL": REDIS_URL,
@@ -70,6 +71,7 @@ def celery_env(tmp_path: Path, redis_namespace: str) -> dict[str, str]:
         "ONNXPRUNE_TIME_LIMIT_S": "18",
         "ONNXPRUNE_SOFT_TIME_LIMIT_S": "16",
         "ONNXPRUNE_RETRY_DELAY_S": "0",
+        "ONNXPRUNE_LEASE_TTL_S": "4",
     }
 
 
