@@ -53,7 +53,12 @@ def make_celery(settings: Settings) -> Celery:
             "global_keyprefix": settings.redis_prefix,
             "unacked_restore_interval": restore_every,
             "unacked_restore_throttle": 1,
+            # A stalled or refusing Redis must fail fast: the API answers 503 rather than hang.
+            "socket_connect_timeout": 2,
+            "socket_timeout": 5,
         },
+        task_publish_retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2,
+                                   "interval_max": 0.2},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,

@@ -164,6 +164,27 @@ class JobStore:
             ).fetchall()
         return [r[0] for r in rows]
 
+    def active(self, limit: int = 10_000) -> list[JobRecord]:
+        """Queued and running jobs, oldest first (what the reconciler looks at)."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM jobs WHERE status IN (?, ?) ORDER BY created_at LIMIT ?",
+                              (*ACTIVE, limit)).fetchall()
+        return [JobRecord._from_row(r) for r in rows]
+
+    def counts(self, owner: str | None = None) -> dict[str, int]:
+        """How many jobs are queued and running (of one owner, or of everyone)."""
+        where, params = ("AND owner = ?", (owner,)) if owner is not None else ("", ())
+        with self._connect() as db:
+            rows = db.execute(f"SELECT status, COUNT(*) FROM jobs WHERE status IN (?, ?) {where} GROUP BY status",
+                              (*ACTIVE, *params)).fetchall()
+        found = dict(rows)
+        return {status: found.get(status, 0) for status in ACTIVE}
+
+    def ping(self) -> None:
+        """Raise if the database cannot be read."""
+        with self._connect() as db:
+            db.execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
+
     def expired_ids(self, before: float) -> list[str]:
         with self._connect() as db:
             rows = db.execute(
@@ -179,9 +200,9 @@ class JobStore:
             with self._connect() as db:
                 db.execute(
                     "INSERT INTO jobs (id, owner, idempotency_key, fingerprint, status, config,"
-                    " has_data, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    " has_data, created_at, sent_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (job.id, job.owner, job.idempotency_key, job.fingerprint, job.status.value,
-                     job.config, int(job.has_data), job.created_at),
+                     job.config, int(job.has_data), job.created_at, job.sent_at or job.created_at),
                 )
         except sqlite3.IntegrityError:
             with self._connect() as db:
@@ -259,6 +280,13 @@ class JobStore:
             "UPDATE jobs SET status = 'failed', error_code = ?, error_message = ?, finished_at = ?,"
             " lease_token = NULL, lease_expires = NULL WHERE id = ?" + fence,
             code, message, time.time(), job_id, *((token,) if token else ACTIVE),
+        )
+
+    def mark_resent(self, job_id: str) -> bool:
+        """The reconciler handed the job to the broker again."""
+        return self._update(
+            "UPDATE jobs SET sent_at = ?, resends = resends + 1 WHERE id = ? AND status IN (?, ?)",
+            time.time(), job_id, *ACTIVE,
         )
 
     def cancel(self, job_id: str) -> bool:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, Query, Request, Response, status
@@ -15,12 +16,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import web
 from service.accept import accept_job
-from service.auth import Owner
+from service.auth import ListingOwner, Owner, may_access
 from service.errors import ApiError
 from jobs.files import JobFiles
 from service.retention import remove_expired
 from service.runners import Runner, make_runner
-from service.schemas import ErrorBody, Health, JobList, JobPublic
+from jobs.reconcile import reconcile
+from service.schemas import ErrorBody, Health, JobList, JobPublic, QueueDepth
 from jobs.settings import Settings
 from jobs.store import JobRecord, JobStatus, JobStore
 from workers.report import PruneReport
@@ -66,9 +68,9 @@ StoreDep = Annotated[JobStore, Depends(_store)]
 RunnerDep = Annotated[Runner, Depends(_runner)]
 
 
-def _owned_job(job_id: str, owner: Owner, store: StoreDep) -> JobRecord:
+def _owned_job(job_id: str, owner: Owner, store: StoreDep, request: Request) -> JobRecord:
     job = store.get(job_id)
-    if job is None or job.owner != owner:
+    if job is None or not may_access(request, job.owner, owner):
         raise ApiError(404, "not_found", f"no job {job_id!r}")
     return job
 
@@ -82,11 +84,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.runner.start()
-        cleaner = asyncio.create_task(_clean_periodically(settings, app.state.store))
+        background = [asyncio.create_task(_clean_periodically(settings, app.state.store)),
+                      asyncio.create_task(_reconcile_periodically(app))]
         try:
             yield
         finally:
-            cleaner.cancel()
+            for task in background:
+                task.cancel()
+            app.state.publisher.shutdown(wait=False, cancel_futures=True)
             app.state.runner.close()
 
     app = FastAPI(
@@ -98,6 +103,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.store = JobStore(settings.database_path)
     app.state.runner = make_runner(settings, app.state.store)
+    # Broker calls (publishing, the reconciler) run here, never on the event loop.
+    app.state.publisher = ThreadPoolExecutor(8, thread_name_prefix="onnxprune-publish")
     _add_error_handlers(app)
     _add_routes(app)
     app.include_router(web.router)  # the upload page at / and /v1/jobs/{id}/report.html
@@ -110,13 +117,24 @@ def _add_routes(app: FastAPI) -> None:
         return Health(status="ok", mode="embedded" if settings.embedded else "celery")
 
     @app.get("/readyz", response_model=Health, responses={503: {"model": Health}}, tags=["health"])
-    def readyz(settings: SettingsDep, runner: RunnerDep) -> Health | JSONResponse:
+    async def readyz(settings: SettingsDep, store: StoreDep, runner: RunnerDep) -> Health | JSONResponse:
+        """Ready when the broker and the job store answer; busy workers do not make the API unready
+        (the queue depth is reported by GET /v1/queue)."""
         mode = "embedded" if settings.embedded else "celery"
-        problem = runner.ready()
+        try:
+            problem = await asyncio.wait_for(asyncio.to_thread(_readiness_problem, store, runner), 2.0)
+        except TimeoutError:
+            problem = "the broker or the job store did not answer within 2 s"
         if problem is None:
             return Health(status="ready", mode=mode)
         body = Health(status="unavailable", mode=mode, detail=problem)
         return JSONResponse(body.model_dump(), status_code=503)
+
+    @app.get("/v1/queue", response_model=QueueDepth, responses=_ERRORS, tags=["health"])
+    def queue_depth(owner: Owner, settings: SettingsDep, store: StoreDep) -> QueueDepth:
+        """How many jobs are queued and running in this deployment, against the queue limit."""
+        counts = store.counts()
+        return QueueDepth(queued=counts["queued"], running=counts["running"], limit=settings.max_active_jobs)
 
     @app.post(
         "/v1/jobs", status_code=202, response_model=JobPublic, responses=_ERRORS,
@@ -128,15 +146,15 @@ def _add_routes(app: FastAPI) -> None:
     ) -> JobPublic:
         """Upload a model (and optional npz data) with a JSON config; the job is checked, then queued."""
         job, _created = await accept_job(
-            request, settings=settings, store=store, runner=runner, owner=owner,
-            idempotency_key=idempotency_key,
+            request, settings=settings, store=store, runner=runner, publisher=request.app.state.publisher,
+            owner=owner, idempotency_key=idempotency_key,
         )
         response.headers["Location"] = f"/v1/jobs/{job.id}"
         return JobPublic.of(job)
 
     @app.get("/v1/jobs", response_model=JobList, responses=_ERRORS, tags=["jobs"])
     def list_jobs(
-        owner: Owner, store: StoreDep,
+        owner: ListingOwner, store: StoreDep,
         limit: Annotated[int, Query(ge=1, le=100)] = 20, offset: Annotated[int, Query(ge=0)] = 0,
     ) -> JobList:
         jobs, total = store.list(owner, limit=limit, offset=offset)
@@ -219,6 +237,32 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error", exc_info=exc)
         return body(500, "internal_error", "internal server error; the details are in the server log")
+
+
+def _readiness_problem(store: JobStore, runner: Runner) -> str | None:
+    try:
+        store.ping()
+    except Exception as exc:
+        return f"job store unreadable: {type(exc).__name__}: {exc}"
+    return runner.ready()
+
+
+async def _reconcile_periodically(app: FastAPI) -> None:
+    """Re-send jobs the broker lost or whose worker died (jobs.reconcile), every few seconds."""
+    settings: Settings = app.state.settings
+    runner: Runner = app.state.runner
+
+    def one_pass() -> None:
+        pending = runner.pending_ids()
+        reconcile(app.state.store, pending, runner.submit, grace_s=settings.reconcile_grace_s,
+                  max_resends=settings.max_resends)
+
+    while True:
+        await asyncio.sleep(settings.reconcile_interval_s)
+        try:
+            await asyncio.get_running_loop().run_in_executor(app.state.publisher, one_pass)
+        except Exception:  # a failed pass must not stop the next one
+            log.exception("reconciler pass failed")
 
 
 async def _clean_periodically(settings: Settings, store: JobStore) -> None:

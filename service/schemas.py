@@ -73,6 +73,12 @@ class JobList(BaseModel):
     next_offset: int | None = Field(description="Offset of the next page, null on the last one.")
 
 
+class QueueDepth(BaseModel):
+    queued: int = Field(description="Jobs accepted and waiting for a worker.")
+    running: int
+    limit: int = Field(description="Most jobs queued and running at once; beyond it POST answers 429.")
+
+
 class Health(BaseModel):
     status: str
     mode: str

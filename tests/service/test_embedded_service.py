@@ -67,8 +67,10 @@ def test_twenty_concurrent_uploads_all_succeed(start_api, embedded_env, tmp_path
     server = start_api(embedded_env)
     models = [save(convnet(seed=i), tmp_path / f"m{i}.onnx") for i in range(20)]
 
+    key = "twenty-uploads-client-key"  # without server tokens, a client key scopes the job list
+
     def submit_and_wait(path: Path) -> dict:
-        with PruneClient(server.url) as client:
+        with PruneClient(server.url, token=key) as client:
             job = client.submit(path, FAST)
             return client.wait(job["id"], poll_s=0.25, timeout=180)
 
@@ -77,7 +79,7 @@ def test_twenty_concurrent_uploads_all_succeed(start_api, embedded_env, tmp_path
 
     assert [j["status"] for j in jobs] == ["succeeded"] * 20
     assert len({j["id"] for j in jobs}) == 20
-    with PruneClient(server.url) as client:
+    with PruneClient(server.url, token=key) as client:
         first_page = client.list(limit=15)
         second_page = client.list(limit=15, offset=first_page["next_offset"])
     assert first_page["total"] == 20 and len(first_page["jobs"]) == 15 and first_page["next_offset"] == 15
