@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 
 from celery import Celery
+from celery.signals import after_setup_logger
 
 from jobs.policy import JobTimeout
 from jobs.settings import Settings
@@ -64,7 +65,14 @@ def make_celery(settings: Settings) -> Celery:
         worker_send_task_events=False,
     )
     _register_task(app, settings)
+    after_setup_logger.connect(_rate_limit_worker_logs, weak=False, dispatch_uid="onnxprune-rate-limit")
     return app
+
+
+def _rate_limit_worker_logs(**_: object) -> None:
+    from jobs.logs import install_rate_limit
+
+    install_rate_limit()
 
 
 def _register_task(app: Celery, settings: Settings) -> None:

@@ -9,8 +9,10 @@ a bug of ours) are retried, a bounded number of times, then fail as ``internal_e
 from __future__ import annotations
 
 import errno
+import shutil
 import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
 
 from graphops.errors import ModelRejected
 
@@ -34,6 +36,15 @@ def is_storage_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     return isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc)
+
+
+def disk_nearly_full(path: Path, reserve_bytes: int = 1 << 20) -> bool:
+    """Whether the disk holding ``path`` has less than ``reserve_bytes`` free (SQLite reports a full
+    disk as a plain "disk I/O error" when it cannot grow its shared-memory file)."""
+    try:
+        return shutil.disk_usage(path).free < reserve_bytes
+    except OSError:
+        return False
 
 
 def classify(exc: BaseException) -> Failure:

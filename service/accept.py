@@ -55,7 +55,7 @@ async def accept_job(
             raise ApiError(422, "invalid_config", f"{needs_data}: add a 'data' part (.npz)")
         await run_in_threadpool(check_model, files.upload, options, settings.max_upload_bytes)
         if upload.data_bytes is not None:
-            await run_in_threadpool(check_data, files.data, settings.max_upload_bytes)
+            await run_in_threadpool(check_data, files.data, upload.data_bytes, settings.max_upload_bytes)
         config = options.model_dump_json()
         fingerprint = await run_in_threadpool(_fingerprint, files, config, upload.data_bytes is not None)
         record = JobRecord(

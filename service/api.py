@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated
@@ -21,6 +22,8 @@ from service.errors import ApiError
 from jobs.files import JobFiles
 from service.retention import remove_expired
 from service.runners import Runner, make_runner
+from jobs.policy import STORAGE_FULL_MESSAGE, disk_nearly_full, is_storage_full
+from jobs.logs import install_rate_limit
 from jobs.reconcile import reconcile
 from service.schemas import ErrorBody, Health, JobList, JobPublic, QueueDepth
 from jobs.settings import Settings
@@ -29,7 +32,8 @@ from workers.report import PruneReport
 
 log = logging.getLogger(__name__)
 
-_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422)}
+MAX_OFFSET = 1_000_000_000  # SQLite integers are 64-bit; a bound keeps absurd offsets a 422, not a 500
+_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422, 429, 503, 507)}
 _UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -80,6 +84,7 @@ JobDep = Annotated[JobRecord, Depends(_owned_job)]
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    install_rate_limit()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -155,7 +160,8 @@ def _add_routes(app: FastAPI) -> None:
     @app.get("/v1/jobs", response_model=JobList, responses=_ERRORS, tags=["jobs"])
     def list_jobs(
         owner: ListingOwner, store: StoreDep,
-        limit: Annotated[int, Query(ge=1, le=100)] = 20, offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> JobList:
         jobs, total = store.list(owner, limit=limit, offset=offset)
         following = offset + len(jobs)
@@ -232,6 +238,16 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return body(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+
+    async def storage_error(request: Request, exc: Exception) -> JSONResponse:
+        data_dir = request.app.state.settings.data_dir
+        if is_storage_full(exc) or disk_nearly_full(data_dir):
+            log.error("storage full: %s", exc)
+            return body(507, "storage_full", STORAGE_FULL_MESSAGE)
+        return await unexpected(request, exc)
+
+    app.add_exception_handler(OSError, storage_error)
+    app.add_exception_handler(sqlite3.Error, storage_error)
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:

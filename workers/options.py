@@ -51,7 +51,7 @@ class PruneOptions(BaseModel):
     benchmark: bool = Field(True, description="Measure onnxruntime latency before and after.")
     benchmark_runs: Annotated[int, Field(ge=1, le=1000)] = 30
     threads: Annotated[int, Field(ge=1, le=64)] = 1
-    seed: int = Field(0, description="Seed of the random criterion and of benchmark inputs.")
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = Field(0, description="Seed of the random criterion and of benchmark inputs.")
     # Data-driven pruning (the data file itself comes with the job, never as a path in the config).
     finetune_steps: Annotated[int, Field(ge=0, le=1_000_000)] = Field(
         0, description="Fine-tuning steps after each pruning step (needs data); 0: no fine-tuning."
@@ -70,7 +70,7 @@ class PruneOptions(BaseModel):
     learned_samples: Annotated[int, Field(ge=2, le=1000)] = Field(
         8, description="Criterion 'learned': prunings sampled and tried on held-out data per episode."
     )
-    flops_regularization: Annotated[float, Field(ge=0.0)] = Field(
+    flops_regularization: Annotated[float, Field(ge=0.0, le=1e6)] = Field(
         0.0, description="Taylor only: subtract this times each layer's relative MACs per channel (Molchanov et al.)."
     )
 
