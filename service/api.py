@@ -20,6 +20,7 @@ from service.accept import accept_job
 from service.auth import ListingOwner, Owner, may_access
 from service.errors import ApiError
 from jobs.files import JobFiles
+from service.job_views import ReportCache, job_json
 from service.retention import remove_expired
 from service.runners import Runner, make_runner
 from jobs.policy import STORAGE_FULL_MESSAGE, disk_nearly_full, is_storage_full
@@ -110,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.runner = make_runner(settings, app.state.store)
     # Broker calls (publishing, the reconciler) run here, never on the event loop.
     app.state.publisher = ThreadPoolExecutor(8, thread_name_prefix="onnxprune-publish")
+    app.state.reports = ReportCache()
     _add_error_handlers(app)
     _add_routes(app)
     app.include_router(web.router)  # the upload page at / and /v1/jobs/{id}/report.html
@@ -171,11 +173,9 @@ def _add_routes(app: FastAPI) -> None:
         )
 
     @app.get("/v1/jobs/{job_id}", response_model=JobPublic, responses=_ERRORS, tags=["jobs"])
-    def get_job(job: JobDep, settings: SettingsDep) -> JobPublic:
-        report = None
-        if job.status is JobStatus.succeeded:
-            report = PruneReport.model_validate_json(_result(job, settings, "report").read_text())
-        return JobPublic.of(job, report)
+    def get_job(job: JobDep, settings: SettingsDep, request: Request) -> Response:
+        report = _result(job, settings, "report") if job.status is JobStatus.succeeded else None
+        return Response(job_json(job, report, request.app.state.reports), media_type="application/json")
 
     @app.get("/v1/jobs/{job_id}/model", response_class=FileResponse, responses=_ERRORS, tags=["results"])
     def get_model(job: JobDep, settings: SettingsDep) -> FileResponse:
@@ -198,10 +198,11 @@ def _add_routes(app: FastAPI) -> None:
         "/v1/jobs/{job_id}", response_model=JobPublic, responses={**_ERRORS, 204: {"description": "Removed."}},
         tags=["jobs"],
     )
-    def delete_job(job: JobDep, settings: SettingsDep, store: StoreDep) -> JobPublic | Response:
+    def delete_job(job: JobDep, settings: SettingsDep, store: StoreDep, request: Request) -> JobPublic | Response:
         """Cancel a queued or running job (200, status cancelled); remove a finished one (204).
         Either way the job's files are removed. A running job stops at its next pipeline stage."""
         files = JobFiles.of(settings.jobs_dir, job.id)
+        request.app.state.reports.forget(job.id)
         if store.cancel(job.id):
             files.remove()
             return JobPublic.of(store.get(job.id) or job)
