@@ -148,7 +148,7 @@ def poll_round(workdir: Path, pollers: int, seconds: float, interval: float) -> 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     fast_model = save(convnet(c1=16, c2=32, size=32), workdir / "fast.onnx")
-    slow_model = save(convnet(c1=32, c2=64, size=160), workdir / "slow.onnx")
+    slow_model = save(convnet(c1=32, c2=96, size=224), workdir / "slow.onnx")
     processes = [spawn([sys.executable, "-m", "uvicorn", "service.api:create_app", "--factory", "--host", "127.0.0.1",
                         "--port", str(port), "--log-level", "warning"], env, workdir / "api-poll.log"),
                  spawn([sys.executable, "-m", "celery", "-A", "jobs.celery_app", "worker", "--pool=solo",
@@ -194,12 +194,15 @@ def poll_round(workdir: Path, pollers: int, seconds: float, interval: float) -> 
                     "p50_ms": round(percentile(latencies, 50), 2), "p99_ms": round(percentile(latencies, 99), 2),
                     "max_ms": round(max(latencies), 2)}
 
+        load_before = os.getloadavg()
         paced = measure(interval, seconds)
         still_running = http.get(f"/v1/jobs/{running_id}").json()["status"] == "running"
         saturated = measure(0.0, min(seconds, 10.0))
         running_after = http.get(f"/v1/jobs/{running_id}").json()["status"] == "running"
         http.close()
-        return {"paced": paced, "back_to_back": saturated, "job_running_throughout": still_running and running_after}
+        return {"paced": paced, "back_to_back": saturated, "job_running_throughout": still_running and running_after,
+                "load_average_1_5_15_before": [round(x, 2) for x in load_before],
+                "load_average_1_5_15_after": [round(x, 2) for x in os.getloadavg()]}
     finally:
         for process in reversed(processes):
             stop(process)

@@ -12,8 +12,10 @@ many hosts without a shared local disk, the same table moves to PostgreSQL (see 
 
 from __future__ import annotations
 
+import os
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -115,6 +117,7 @@ class JobStore:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._local = threading.local()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
@@ -127,14 +130,26 @@ class JobStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        # A connection per call: cheap for SQLite, and safe from any thread or forked worker.
-        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        try:
+        """This thread's connection, opened once: a poll then costs one query, not a connect.
+
+        Kept per process and thread (a forked worker or another thread never shares one); autocommit,
+        so every statement is its own transaction, as the conditional updates need.
+        """
+        key = (os.getpid(), threading.get_ident())
+        db = self._local.__dict__.get(key)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            db.row_factory = sqlite3.Row
             db.execute("PRAGMA busy_timeout=30000")
+            self._local.__dict__[key] = db
+        try:
             yield db
-        finally:
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.DatabaseError:
+            self._local.__dict__.pop(key, None)  # a broken connection is not reused
             db.close()
+            raise
 
     def _update(self, sql: str, *params: object) -> bool:
         with self._connect() as db:

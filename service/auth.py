@@ -35,7 +35,7 @@ def owner_of(token: str | None) -> str:
     return "" if token is None else hashlib.sha256(token.encode()).hexdigest()
 
 
-def current_owner(
+async def current_owner(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> str:
     tokens: frozenset[str] = request.app.state.settings.tokens
@@ -56,7 +56,7 @@ def may_access(request: Request, job_owner: str, caller: str) -> bool:
     return not request.app.state.settings.tokens or hmac.compare_digest(job_owner, caller)
 
 
-def listing_owner(request: Request, owner: Annotated[str, Depends(current_owner)]) -> str:
+async def listing_owner(request: Request, owner: Annotated[str, Depends(current_owner)]) -> str:
     if not request.app.state.settings.tokens and owner == owner_of(None):
         raise ApiError(403, "listing_disabled",
                        f"listing jobs needs a key: send Authorization: Bearer <a random key of {MIN_CLIENT_KEY}+ "

@@ -24,6 +24,10 @@ class ReportCache:
         self._items: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._lock = threading.Lock()
 
+    def has(self, job: JobRecord) -> bool:
+        with self._lock:
+            return (job.id, job.output_sha256 or "") in self._items
+
     def report_json(self, job: JobRecord, path: Path) -> str:
         key = (job.id, job.output_sha256 or "")
         with self._lock:
