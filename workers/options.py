@@ -36,6 +36,7 @@ OPTION_GROUPS = {
     "selection": "Which filters",
     "recovery": "Recovery (needs data)",
     "learned": "Learned search (needs data)",
+    "quantize": "Quantization",
     "benchmark": "Benchmark",
     "model": "Model inputs",
 }
@@ -147,6 +148,15 @@ class PruneOptions(BaseModel):
     flops_regularization: Annotated[float, Field(ge=0.0)] = Field(
         0.0, description="Taylor only: subtract this times each layer's relative MACs per channel (Molchanov et al.).",
         json_schema_extra=_about("selection", needs_data=True),
+    )
+    quantize: Literal["none", "int8", "dynamic"] = Field(
+        "none", description="After pruning and recovery, quantize with onnxruntime: 'int8' (static QDQ, per-channel "
+        "weights, calibrated on the data or, without data, on generated inputs) or 'dynamic' (weights only). The "
+        "float pruned model is kept too (NAME.float.onnx).", json_schema_extra=_about("quantize"),
+    )
+    calibration_method: Literal["minmax", "entropy", "percentile"] = Field(
+        "minmax", description="quantize int8: how activation ranges are calibrated.",
+        json_schema_extra=_about("quantize"),
     )
 
     @property
