@@ -50,7 +50,7 @@ def disk_nearly_full(path: Path, reserve_bytes: int = 1 << 20) -> bool:
 def classify(exc: BaseException) -> Failure:
     """The error code of an exception raised by an attempt, and whether it is worth retrying."""
     # Imported here: the pipeline (onnxruntime, torch on demand) loads only where jobs run.
-    from workers.pipeline import VerificationFailed
+    from workers.verification import VerificationFailed
     from workers.sandbox import RunnerError
 
     from celery.exceptions import SoftTimeLimitExceeded

@@ -9,7 +9,7 @@ import pytest
 
 from graphops.errors import ModelRejected
 from jobs.policy import JobTimeout, after_attempt, classify
-from workers.pipeline import VerificationFailed
+from workers.verification import VerificationFailed
 from workers.sandbox import RunnerError
 
 CASES = [
