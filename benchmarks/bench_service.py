@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.service.svc_models import convnet, save  # noqa: E402  (the service tests' model and helpers)
 from tests.service.svc_processes import free_port, spawn, stop  # noqa: E402
+
 REDIS_URL = "redis://127.0.0.1:6379/14"
 CONFIG = {"ratio": 0.5, "benchmark": False}
 

@@ -25,7 +25,7 @@ class JobFiles:
     root: Path
 
     @classmethod
-    def of(cls, jobs_dir: Path, job_id: str) -> "JobFiles":
+    def of(cls, jobs_dir: Path, job_id: str) -> JobFiles:
         return cls(Path(jobs_dir) / job_id)
 
     @property

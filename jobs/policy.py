@@ -50,10 +50,10 @@ def disk_nearly_full(path: Path, reserve_bytes: int = 1 << 20) -> bool:
 def classify(exc: BaseException) -> Failure:
     """The error code of an exception raised by an attempt, and whether it is worth retrying."""
     # Imported here: the pipeline (onnxruntime, torch on demand) loads only where jobs run.
-    from workers.verification import VerificationFailed
-    from workers.sandbox import RunnerError
-
     from celery.exceptions import SoftTimeLimitExceeded
+
+    from workers.sandbox import RunnerError
+    from workers.verification import VerificationFailed
 
     message = str(exc) or type(exc).__name__
     if isinstance(exc, (JobTimeout, SoftTimeLimitExceeded)):

@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     max_active_per_owner: int = Field(0, ge=0, description="Queue limit of one token (0: none).")
 
     @model_validator(mode="after")
-    def _limits_below_visibility(self) -> "Settings":
+    def _limits_below_visibility(self) -> Settings:
         if not self.soft_time_limit_s < self.time_limit_s < self.visibility_timeout_s:
             raise ValueError(
                 "need soft_time_limit_s < time_limit_s < visibility_timeout_s, got "

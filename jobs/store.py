@@ -96,7 +96,7 @@ class JobRecord:
     resends: int = 0
 
     @classmethod
-    def _from_row(cls, row: sqlite3.Row) -> "JobRecord":
+    def _from_row(cls, row: sqlite3.Row) -> JobRecord:
         values = dict(row)
         values["status"] = JobStatus(values["status"])
         values["has_data"] = bool(values["has_data"])

@@ -12,13 +12,13 @@ from concurrent.futures import Executor
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from service.errors import ApiError
 from jobs.files import JobFiles
-from workers.fileio import file_sha256
-from service.runners import Runner
 from jobs.settings import Settings
 from jobs.store import IdempotencyConflict, JobRecord, JobStatus, JobStore
+from service.errors import ApiError
+from service.runners import Runner
 from service.uploads import check_data, check_model, parse_config, receive_upload
+from workers.fileio import file_sha256
 
 MAX_IDEMPOTENCY_KEY = 200
 BROKER_RETRY_AFTER_S = 10

@@ -15,20 +15,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from jobs.files import JobFiles
+from jobs.logs import install_rate_limit
+from jobs.policy import STORAGE_FULL_MESSAGE, disk_nearly_full, is_storage_full
+from jobs.reconcile import reconcile
+from jobs.settings import Settings
+from jobs.store import JobRecord, JobStatus, JobStore
 from service import web
 from service.accept import accept_job
 from service.auth import ListingOwner, Owner, may_access
 from service.errors import ApiError
-from jobs.files import JobFiles
 from service.job_views import ReportCache, job_json
 from service.retention import remove_expired
 from service.runners import Runner, make_runner
-from jobs.policy import STORAGE_FULL_MESSAGE, disk_nearly_full, is_storage_full
-from jobs.logs import install_rate_limit
-from jobs.reconcile import reconcile
 from service.schemas import ErrorBody, Health, JobList, JobPublic, QueueDepth
-from jobs.settings import Settings
-from jobs.store import JobRecord, JobStatus, JobStore
 from workers.report import PruneReport
 
 log = logging.getLogger(__name__)

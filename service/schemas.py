@@ -43,7 +43,7 @@ class JobPublic(BaseModel):
     report: PruneReport | None = Field(None, description="Present once the job has succeeded.")
 
     @classmethod
-    def of(cls, job: JobRecord, report: PruneReport | None = None) -> "JobPublic":
+    def of(cls, job: JobRecord, report: PruneReport | None = None) -> JobPublic:
         base = f"/v1/jobs/{job.id}"
         error = None
         if job.status in (JobStatus.failed, JobStatus.cancelled) and job.error_code:

@@ -20,8 +20,8 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from graphops.errors import ModelRejected
-from service.errors import ApiError
 from jobs.files import JobFiles
+from service.errors import ApiError
 from workers.options import PruneOptions
 
 MAX_CONFIG_BYTES = 64 * 1024

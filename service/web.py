@@ -12,11 +12,11 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse
 
+from jobs.files import JobFiles
+from jobs.store import JobStatus
 from service.auth import Owner, may_access
 from service.errors import ApiError
-from jobs.files import JobFiles
 from workers.fileio import atomic_write_text
-from jobs.store import JobStatus
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 _ASSETS = {"app.js": "text/javascript", "style.css": "text/css", "favicon.svg": "image/svg+xml"}

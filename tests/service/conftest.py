@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import redis
 from fastapi.testclient import TestClient
-
-from service.api import create_app
-from jobs.settings import Settings
 from svc_models import convnet, save
 from svc_processes import ApiServer, Worker
+
+from jobs.settings import Settings
+from service.api import create_app
 
 REDIS_URL = "redis://127.0.0.1:6379/13"  # a DB of our own; we still delete only our prefix's keys
 

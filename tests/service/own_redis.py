@@ -9,7 +9,6 @@ import subprocess
 from pathlib import Path
 
 import redis
-
 from svc_processes import free_port, wait_until
 
 
@@ -21,7 +20,7 @@ class OwnRedis:
         self.process: subprocess.Popen | None = None
         folder.mkdir(parents=True, exist_ok=True)
 
-    def start(self) -> "OwnRedis":
+    def start(self) -> OwnRedis:
         persistence = (["--appendonly", "yes", "--appendfsync", "always"] if self.persistent
                        else ["--appendonly", "no"])
         self.process = subprocess.Popen(

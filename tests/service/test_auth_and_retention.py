@@ -7,11 +7,11 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
+from svc_models import convnet
 
+from jobs.settings import Settings
 from service.api import create_app
 from service.retention import remove_expired
-from jobs.settings import Settings
-from svc_models import convnet
 
 MODEL = convnet().SerializeToString()
 

@@ -7,12 +7,12 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
+from svc_models import convnet
 
 from jobs.reconcile import needs_resend, reconcile
 from jobs.settings import Settings
 from jobs.store import JobRecord, JobStatus, JobStore
 from service.api import create_app
-from svc_models import convnet
 
 MODEL = convnet().SerializeToString()
 

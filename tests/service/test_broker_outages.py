@@ -10,11 +10,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from own_redis import OwnRedis
+from svc_processes import wait_until
 
 from jobs.store import JobStore
-from own_redis import OwnRedis
 from service.client import PruneClient
-from svc_processes import wait_until
 
 pytestmark = pytest.mark.service
 

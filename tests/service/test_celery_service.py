@@ -7,14 +7,14 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from svc_oracle import assert_matches_masked_original
+from svc_processes import wait_until
 
 from jobs.celery_app import TASK_NAME, make_celery
 from jobs.settings import Settings
 from jobs.store import JobStore
 from service.client import PruneClient
 from workers.fileio import file_sha256
-from svc_oracle import assert_matches_masked_original
-from svc_processes import wait_until
 
 pytestmark = pytest.mark.service
 

@@ -12,9 +12,9 @@ import pytest
 
 import jobs.run as jobs
 from graphops.errors import ModelRejected
-from service.runners import EmbeddedRunner
 from jobs.settings import Settings
 from jobs.store import JobRecord, JobStatus, JobStore
+from service.runners import EmbeddedRunner
 from workers.options import PruneOptions
 
 

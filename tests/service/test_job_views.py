@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
+from svc_models import convnet
+
 from jobs.files import JobFiles
 from service.schemas import JobPublic
-from svc_models import convnet
 from workers.report import PruneReport
 
 MODEL = convnet().SerializeToString()

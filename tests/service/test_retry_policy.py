@@ -9,8 +9,8 @@ import pytest
 
 from graphops.errors import ModelRejected
 from jobs.policy import JobTimeout, after_attempt, classify
-from workers.verification import VerificationFailed
 from workers.sandbox import RunnerError
+from workers.verification import VerificationFailed
 
 CASES = [
     (ModelRejected("node 'x' is odd"), "model_rejected", False),

@@ -14,14 +14,13 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from fastapi.testclient import TestClient
 from onnx import helper
+from svc_models import convnet
 
 from jobs.settings import Settings
 from service.api import create_app
-from svc_models import convnet
 
 MODEL = convnet().SerializeToString()
 

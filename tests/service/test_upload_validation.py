@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from svc_models import convnet, custom_domain_model, external_data_model, huge_initializer_model, no_conv_model
 
 MODEL = convnet().SerializeToString()
