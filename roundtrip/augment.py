@@ -1,53 +1,54 @@
-"""Augmentation for image-like inputs during few-sample recovery: random crop with padding and
-horizontal flip, the standard CIFAR/ImageNet recipe (He et al. 2016), which makes a few thousand
-samples go further when fine-tuning.
+"""Augmentation of image-like inputs for recovery on few samples: random crop with padding and
+horizontal flip, the standard CIFAR/ImageNet recipe, so a few thousand images go further.
 
-Only 4-D float inputs are augmented. The layout is read from the sample shape: channels last (NHWC,
-e.g. tf2onnx exports of Keras models) when the last axis is small (<= 4) and axis 1 is not, else
-channels first (NCHW). Each sample gets its own crop offset and flip; the teacher sees the same
-augmented batch (distillation targets are computed on it, not taken from a cache).
+Applied to 4-D float inputs only, on the axes their layout says are spatial: NCHW (PyTorch, Paddle
+exports) or NHWC (tf2onnx), told apart by which axis has 1, 3 or 4 entries. Anything else (tokens,
+audio, 1-D features) passes through untouched. Padding is with zeros, which after the usual
+normalisation is the mean colour.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-PAD_FRACTION = 0.125  # 4 pixels on 32x32
+_CHANNEL_COUNTS = (1, 3, 4)
 
 
-def spatial_axes(shape: tuple[int, ...]) -> tuple[int, int] | None:
-    """(height axis, width axis) of a batched 4-D image array, or None if it is not one."""
+def image_layout(shape: tuple[int, ...]) -> str | None:
+    """'NCHW', 'NHWC', or None when ``shape`` is not clearly an image batch."""
     if len(shape) != 4:
         return None
-    if shape[3] <= 4 < shape[1]:
-        return 1, 2  # NHWC
-    return 2, 3  # NCHW
+    channels_first, channels_last = shape[1] in _CHANNEL_COUNTS, shape[3] in _CHANNEL_COUNTS
+    if channels_first and not channels_last:
+        return "NCHW"
+    if channels_last and not channels_first:
+        return "NHWC"
+    return None
+
+
+def augment_images(array: np.ndarray, rng: np.random.Generator, *, flip: bool = True) -> np.ndarray:
+    """A randomly cropped (padding 1/8 of the side) and flipped copy of an image batch."""
+    layout = image_layout(array.shape)
+    if layout is None or not np.issubdtype(array.dtype, np.floating):
+        return array
+    images = array if layout == "NCHW" else array.transpose(0, 3, 1, 2)
+    n, _, height, width = images.shape
+    pad = max(1, min(height, width) // 8)
+    padded = np.pad(images, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    rows, cols = rng.integers(0, 2 * pad + 1, size=n), rng.integers(0, 2 * pad + 1, size=n)
+    out = np.empty_like(images)
+    for i in range(n):
+        out[i] = padded[i, :, rows[i]:rows[i] + height, cols[i]:cols[i] + width]
+    if flip:
+        flipped = rng.random(n) < 0.5
+        out[flipped] = out[flipped, :, :, ::-1]
+    return out if layout == "NCHW" else np.ascontiguousarray(out.transpose(0, 2, 3, 1))
+
+
+def augment_inputs(inputs: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Every image-like input of a batch augmented; other inputs as they are."""
+    return {name: augment_images(array, rng) for name, array in inputs.items()}
 
 
 def augmentable(inputs: dict[str, np.ndarray]) -> bool:
-    return any(np.issubdtype(a.dtype, np.floating) and spatial_axes(a.shape) is not None and min(
-        a.shape[ax] for ax in spatial_axes(a.shape)) >= 8 for a in inputs.values())
-
-
-def augment(inputs: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Random crop (zero padding of 1/8 of the side) and horizontal flip of every 4-D float input."""
-    out = {}
-    for name, array in inputs.items():
-        axes = spatial_axes(array.shape)
-        if axes is None or not np.issubdtype(array.dtype, np.floating) or min(array.shape[a] for a in axes) < 8:
-            out[name] = array
-            continue
-        h_axis, w_axis = axes
-        height, width = array.shape[h_axis], array.shape[w_axis]
-        pad_h, pad_w = max(1, int(height * PAD_FRACTION)), max(1, int(width * PAD_FRACTION))
-        widths = [(0, 0)] * 4
-        widths[h_axis], widths[w_axis] = (pad_h, pad_h), (pad_w, pad_w)
-        padded = np.pad(array, widths)
-        result = np.empty_like(array)
-        for i in range(array.shape[0]):
-            top, left = rng.integers(0, 2 * pad_h + 1), rng.integers(0, 2 * pad_w + 1)
-            sample = np.take(np.take(padded[i], np.arange(top, top + height), h_axis - 1),
-                             np.arange(left, left + width), w_axis - 1)
-            result[i] = sample[(slice(None),) * (w_axis - 1) + (slice(None, None, -1),)] if rng.random() < 0.5 else sample
-        out[name] = result
-    return out
+    return any(image_layout(a.shape) is not None and np.issubdtype(a.dtype, np.floating) for a in inputs.values())

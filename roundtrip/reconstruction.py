@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import torch
-import torch.nn.functional as F
-from onnx import numpy_helper
 
 from graphops.dependency import DependencyGraph
 from graphops.plan import PruningPlan

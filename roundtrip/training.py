@@ -1,23 +1,29 @@
 """Fine-tuning, BatchNorm statistics re-estimation and held-out evaluation of an executor module.
 
-SGD with momentum and a cosine learning-rate decay: the usual recipe for recovering a pruned conv
-net (Li et al. retrain after pruning; Molchanov et al. fine-tune between pruning steps).
+SGD with Nesterov momentum, a short warm-up and a cosine learning-rate decay: the usual recipe for
+recovering a pruned conv net (Li et al. retrain after pruning; Molchanov et al. fine-tune between
+pruning steps), with augmentation and best-checkpoint selection because our users have a few
+thousand samples, not a training set.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
+from roundtrip.augment import augment_inputs
 from roundtrip.data import Dataset
 from roundtrip.executor import OnnxModule
 from roundtrip.objective import Objective
 
 StepProgress = Callable[[int, int, float], None]  # (step, steps, loss)
+# Steps timed before a deadline re-plans the run.
+_PLANNING_STEPS = 5
 
 
 @dataclass(frozen=True)
@@ -54,42 +60,39 @@ def recalibrate_batchnorm(module: OnnxModule, data: Dataset, batch_size: int, ba
     return True
 
 
-def _optimizer(parameters: list, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    if name == "adamw":
-        return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
-    return torch.optim.SGD(parameters, lr=lr, momentum=0.9, weight_decay=weight_decay)
+@dataclass
+class TrainingRun:
+    """What a fine-tuning run did: its losses, how many steps it took (a deadline can cut a plan
+    short), and which step's weights it kept (the best on the selection split)."""
+
+    losses: list[float] = field(default_factory=list)
+    steps: int = 0
+    kept_step: int | None = None  # None: the last step's weights (no selection split)
+    kept_metric: float | None = None
 
 
-def _step_loss(module: OnnxModule, objective: Objective, data: Dataset, batch, augment_rng) -> torch.Tensor:
-    if augment_rng is not None:
-        from roundtrip.augment import augment
-
-        batch = type(batch)(augment(batch.inputs, augment_rng), batch.labels, batch.indices)
-        targets = objective.teacher_outputs(batch)  # on the augmented images, not the cache
-    else:
-        targets = objective.teacher_outputs(batch, data)
-    return objective.loss(module.run(batch.inputs, outputs=objective.tensors), batch, targets)
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up (fresh momentum after surgery overshoots otherwise), then cosine decay to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def plan_steps(module: OnnxModule, objective: Objective, data: Dataset, batch_size: int, seconds: float,
-               *, augment: bool = False, evaluation_samples: int = 0) -> int:
-    """How many training steps fit in ``seconds``: one forward and backward pass timed (after a warm-up
-    pass), evaluations for checkpoint selection (about 5, a third of a step per batch) counted in."""
-    import time
+def _selection_score(module: OnnxModule, objective: Objective, data: Dataset, batch_size: int) -> float:
+    """Higher is better: accuracy with labels, else minus the distillation loss."""
+    metrics = evaluate(module, objective, data, batch_size)
+    return metrics.accuracy if metrics.accuracy is not None else -metrics.loss
 
-    module.train()
-    batch = next(data.batches(batch_size, shuffle=True))
-    rng = np.random.default_rng(0) if augment else None
-    times = []
-    for _ in range(2):
-        started = time.perf_counter()
-        _step_loss(module, objective, data, batch, rng).backward()
-        times.append(time.perf_counter() - started)
-    module.zero_grad(set_to_none=True)
-    module.eval()
-    step = max(min(times), 1e-4)
-    evaluations = 5 * (evaluation_samples / max(1, batch_size)) * step / 3
-    return max(0, int((seconds - evaluations) / (step * 1.1)))
+
+def _snapshot(module: OnnxModule) -> dict[str, torch.Tensor]:
+    names = list(module.named_trainable()) + list(module.statistics_names)
+    return {name: module.tensor(name).detach().clone() for name in names}
+
+
+def _restore(module: OnnxModule, snapshot: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, value in snapshot.items():
+            module.tensor(name).copy_(value)
 
 
 def finetune(
@@ -102,72 +105,68 @@ def finetune(
     batch_size: int,
     seed: int = 0,
     weight_decay: float = 0.0,
-    progress: StepProgress | None = None,
-    optimizer: str = "sgd",
-    warmup: float = 0.0,
     augment: bool = False,
+    warmup_fraction: float = 0.0,
     select_on: Dataset | None = None,
-    evaluations: int = 5,
-) -> list[float]:
-    """``steps`` optimizer steps (SGD with momentum 0.9 or AdamW; linear warm-up over ``warmup`` of the
-    steps, then cosine decay) on the objective; returns the losses. With ``select_on`` the weights are
-    evaluated ``evaluations`` times (and before training) and the best on that split are kept
-    (best-checkpoint selection), so fine-tuning never leaves the model worse there than it found it."""
+    selections: int = 10,
+    deadline: float | None = None,
+    progress: StepProgress | None = None,
+) -> TrainingRun:
+    """Up to ``steps`` SGD steps (momentum 0.9, optional warm-up, cosine decay) on the objective.
+
+    ``augment``: random crops and flips of image inputs (``roundtrip.augment``), the teacher's targets
+    computed on the same augmented batch. ``select_on``: evaluated ``selections`` times; the best
+    weights are kept (few samples overfit late). ``deadline`` (``time.monotonic()``): the step count
+    is re-planned from the measured step time so training ends by then.
+    """
+    run = TrainingRun()
     if steps <= 0:
-        return []
+        return run
     parameters = list(module.named_trainable().values())
-    optimizer_ = _optimizer(parameters, optimizer, lr, weight_decay)
-    warm = int(warmup * steps)
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer_, factor)
-    augment_rng = np.random.default_rng(seed) if augment else None
-    best = None
-    if select_on is not None:
-        best = (_selection_score(module, objective, select_on, batch_size), _snapshot(module))
-        every = max(1, steps // max(1, evaluations))
-    module.train()
-    losses = []
+    optimizer = torch.optim.SGD(parameters, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    plan = {"total": steps}
+    warmup = int(warmup_fraction * steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, plan["total"], warmup))
+    rng = np.random.default_rng(seed)
     batches = data.endless(batch_size, seed=seed)
-    for step in range(steps):
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    started = time.monotonic()
+    module.train()
+    step = 0
+    while step < plan["total"]:
         batch = next(batches)
-        loss = _step_loss(module, objective, data, batch, augment_rng)
+        if augment:
+            batch = replace(batch, inputs=augment_inputs(batch.inputs, rng))
+            targets = objective.teacher_outputs(batch)  # of the augmented images, not the cached originals
+        else:
+            targets = objective.teacher_outputs(batch, data)
+        loss = objective.loss(module.run(batch.inputs, outputs=objective.tensors), batch, targets)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"fine-tuning diverged at step {step + 1} (loss {loss.item()}); lower --lr")
-        optimizer_.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer_.step()
+        optimizer.step()
         schedule.step()
-        losses.append(float(loss.detach()))
-        if progress is not None:
-            progress(step + 1, steps, losses[-1])
-        if best is not None and ((step + 1) % every == 0 or step + 1 == steps):
+        step += 1
+        run.losses.append(float(loss.detach()))
+        if deadline is not None and step == _PLANNING_STEPS:
+            per_step = (time.monotonic() - started) / step
+            plan["total"] = max(step, min(plan["total"], step + int((deadline - time.monotonic()) / per_step)))
+        if select_on is not None and (step % max(1, plan["total"] // selections) == 0 or step == plan["total"]):
             score = _selection_score(module, objective, select_on, batch_size)
-            if score > best[0]:
-                best = (score, _snapshot(module))
+            if best is None or score > best[0]:
+                best = (score, step, _snapshot(module))
             module.train()
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        if progress is not None:
+            progress(step, plan["total"], run.losses[-1])
+    run.steps = step
     if best is not None:
-        module.load_state_dict(best[1])
+        _restore(module, best[2])
+        run.kept_metric, run.kept_step = best[0], best[1]
     module.eval()
-    return losses
-
-
-def _snapshot(module: OnnxModule) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def _selection_score(module: OnnxModule, objective: Objective, data: Dataset, batch_size: int) -> float:
-    """Higher is better: accuracy with labels, else agreement with the original, else minus the loss."""
-    metrics = evaluate(module, objective, data, batch_size)
-    if metrics.accuracy is not None:
-        return metrics.accuracy - 1e-6 * metrics.loss
-    if metrics.agreement is not None:
-        return metrics.agreement - 1e-6 * metrics.loss
-    return -metrics.loss
+    return run
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

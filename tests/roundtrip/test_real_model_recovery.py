@@ -57,7 +57,7 @@ def test_pruned_real_model_takes_a_distillation_step_and_writes_back_what_the_ex
     if any(name in student.statistics_names for name in student.trainable_names):
         pytest.fail("a BatchNorm statistic is also a trainable weight")
 
-    losses = finetune(student, objective, data, steps=1, lr=1e-4, batch_size=2)
+    losses = finetune(student, objective, data, steps=1, lr=1e-4, batch_size=2).losses
     tuned = write_back(pruned, student)
 
     assert len(losses) == 1 and np.isfinite(losses[0])

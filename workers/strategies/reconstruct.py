@@ -1,0 +1,61 @@
+"""Recovery: layer-wise reconstruction (He et al. 2017; ThiNet, Luo et al. 2017), then whatever
+recovery follows it (fine-tuning, or nothing).
+
+Every layer that lost input channels is refit in closed form, by ridge least squares, so that its output
+matches the original model's on calibration samples (``roundtrip.reconstruction``): no labels, no
+backpropagation, seconds on a CPU. It is the default recovery whenever data is given.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import onnx
+
+from graphops.cost import measure_cost
+from graphops.dependency import DependencyGraph
+from graphops.plan import PruningPlan
+from workers.strategies.base import Job, Step
+from workers.strategies.recovery import NoRecovery, Recovered, Recovery
+
+
+@dataclass
+class Reconstruct:
+    then: Recovery
+    samples: int = 256
+
+    def recover(self, job: Job, dep: DependencyGraph, plan: PruningPlan, pruned: onnx.ModelProto,
+                step: Step) -> Recovered:
+        from roundtrip.executor import OnnxModule
+        from roundtrip.reconstruction import reconstruct
+        from roundtrip.schedule import IterationRecord
+        from roundtrip.training import evaluate, outputs_on
+
+        data = job.data
+        with job.stages.stage("finetune"):
+            label = f"step {step.index + 1}/{step.total}: " if step.total > 1 else ""
+            job.stages.within("finetune", step.index / step.total, f"{label}layer-wise reconstruction")
+            started = time.monotonic()
+            # The first step's teacher is the original, already built for the objective.
+            teacher = data.objective.teacher if step.index == 0 else None
+            result = reconstruct(dep, plan, pruned, data.train, samples=self.samples,
+                                 seed=job.options.seed + step.index, teacher=teacher)
+            seconds = time.monotonic() - started
+        recovered = self.then.recover(job, dep, plan, result.model, step)
+        recovered.reconstructed = [fit.node for fit in result.layers if fit.kept]
+        recovered.reconstruction_skipped = dict(result.skipped)
+        recovered.reconstruction_seconds = round(seconds, 3)
+        if recovered.check_inputs is not None or not isinstance(self.then, NoRecovery):
+            return recovered
+        # Reconstruction alone changed the weights: the write-back check and the report need what the
+        # executor computes, and the held-out metrics of the reconstructed model.
+        with job.stages.stage("finetune"):
+            student = OnnxModule(result.model)
+            metrics = evaluate(student, data.objective, data.holdout, data.batch_size)
+            check_inputs = next(data.holdout.batches(min(len(data.holdout), student.static_batch or 4))).inputs
+            record = IterationRecord(step.index + 1, measure_cost(result.model, job.analysis.input_shapes).macs,
+                                     plan.removed_channels, metrics, None, None)
+            recovered.record = record
+            recovered.check_inputs, recovered.check_outputs = check_inputs, outputs_on(student, check_inputs)
+        return recovered
