@@ -33,15 +33,16 @@ class Reconstruct:
         from roundtrip.training import evaluate, outputs_on
 
         data = job.data
-        with job.stages.stage("finetune"):
-            label = f"step {step.index + 1}/{step.total}: " if step.total > 1 else ""
-            job.stages.within("finetune", step.index / step.total, f"{label}layer-wise reconstruction")
-            started = time.monotonic()
-            # The first step's teacher is the original, already built for the objective.
-            teacher = data.objective.teacher if step.index == 0 else None
-            result = reconstruct(dep, plan, pruned, data.train, samples=self.samples,
-                                 seed=job.options.seed + step.index, teacher=teacher)
-            seconds = time.monotonic() - started
+        label = f"step {step.index + 1}/{step.total}: " if step.total > 1 else ""
+        # Progress only: entering the stage here and again in the recovery that follows would report
+        # the stage's end before its fine-tuning steps.
+        job.stages.within("finetune", step.index / step.total, f"{label}layer-wise reconstruction")
+        started = time.monotonic()
+        # The first step's teacher is the original, already built for the objective.
+        teacher = data.objective.teacher if step.index == 0 else None
+        result = reconstruct(dep, plan, pruned, data.train, samples=self.samples,
+                             seed=job.options.seed + step.index, teacher=teacher)
+        seconds = time.monotonic() - started
         recovered = self.then.recover(job, dep, plan, result.model, step)
         recovered.reconstructed = [fit.node for fit in result.layers if fit.kept]
         recovered.reconstruction_skipped = dict(result.skipped)
