@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import onnx
 
@@ -18,6 +19,9 @@ from graphops.dependency import DependencyGraph
 from graphops.plan import PruningPlan
 from workers.strategies.base import Job, Step
 from workers.strategies.recovery import NoRecovery, Recovered, Recovery
+
+if TYPE_CHECKING:
+    from roundtrip.objective import Objective
 
 
 @dataclass
@@ -33,13 +37,14 @@ class Reconstruct:
         from roundtrip.training import evaluate, outputs_on
 
         data = job.data
+        objective = cast("Objective", data.objective)
         label = f"step {step.index + 1}/{step.total}: " if step.total > 1 else ""
         # Progress only: entering the stage here and again in the recovery that follows would report
         # the stage's end before its fine-tuning steps.
         job.stages.within("finetune", step.index / step.total, f"{label}layer-wise reconstruction")
         started = time.monotonic()
         # The first step's teacher is the original, already built for the objective.
-        teacher = data.objective.teacher if step.index == 0 else None
+        teacher = objective.teacher if step.index == 0 else None
         result = reconstruct(dep, plan, pruned, data.train, samples=self.samples,
                              seed=job.options.seed + step.index, teacher=teacher)
         seconds = time.monotonic() - started
@@ -53,7 +58,7 @@ class Reconstruct:
         # executor computes, and the held-out metrics of the reconstructed model.
         with job.stages.stage("finetune"):
             student = OnnxModule(result.model)
-            metrics = evaluate(student, data.objective, data.holdout, data.batch_size)
+            metrics = evaluate(student, objective, data.holdout, data.batch_size)
             check_inputs = next(data.holdout.batches(min(len(data.holdout), student.static_batch or 4))).inputs
             record = IterationRecord(step.index + 1, measure_cost(result.model, job.analysis.input_shapes).macs,
                                      plan.removed_channels, metrics, None, None)
