@@ -20,10 +20,8 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto, numpy_helper
 
 from graphops.errors import ModelRejected
+from graphops.versions import supported_ir_versions, supported_opsets
 
-# Probed against onnxruntime 1.31 (tests/test_loading.py keeps these honest on upgrades).
-SUPPORTED_OPSETS: dict[str, tuple[int, int]] = {"": (7, 26), "ai.onnx.ml": (1, 5)}
-SUPPORTED_IR_VERSIONS = (3, 13)
 ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
 CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
 CONV_OPS = frozenset({"Conv", "ConvTranspose"})
@@ -109,7 +107,8 @@ def validate_model(model: onnx.ModelProto, limits: ValidationLimits = Validation
 
 
 def _check_versions(model: onnx.ModelProto) -> None:
-    low_ir, high_ir = SUPPORTED_IR_VERSIONS
+    low_ir, high_ir = supported_ir_versions()
+    opsets = supported_opsets()
     if not low_ir <= model.ir_version <= high_ir:
         raise ModelRejected(
             f"model IR version {model.ir_version} is not supported by onnxruntime (supported: {low_ir}-{high_ir})"
@@ -120,7 +119,7 @@ def _check_versions(model: onnx.ModelProto) -> None:
         declared[domain] = opset.version
         if domain not in ALLOWED_DOMAINS:
             continue  # a custom domain is rejected by the node that uses it
-        low, high = SUPPORTED_OPSETS[domain]
+        low, high = opsets[domain]
         if not low <= opset.version <= high:
             name = domain or "ai.onnx"
             raise ModelRejected(
@@ -360,6 +359,4 @@ __all__ = [
     "load_model",
     "parse_model",
     "validate_model",
-    "SUPPORTED_OPSETS",
-    "SUPPORTED_IR_VERSIONS",
 ]
