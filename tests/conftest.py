@@ -6,14 +6,13 @@ from pathlib import Path
 
 import pytest
 
-# ../shared from the repository root, on every developer machine and in CI.
-SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
-SHARED_MODELS_DIR = SHARED_DIR / "models"
+from tests.needs import SHARED_HINT, shared_dir, unavailable
 
 
 @pytest.fixture
 def shared_models_dir() -> Path:
-    """``../shared/models``; the test is skipped (with the path in the reason) where it is absent."""
-    if not SHARED_MODELS_DIR.is_dir():
-        pytest.skip(f"shared models not found at {SHARED_MODELS_DIR}")
-    return SHARED_MODELS_DIR
+    """``../shared/models`` (or ``$ONNXPRUNE_SHARED/models``); skipped locally, failed in CI, where absent."""
+    models = shared_dir() / "models"
+    if not models.is_dir():
+        unavailable(f"real models not found at {models}; {SHARED_HINT}")
+    return models

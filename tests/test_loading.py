@@ -11,6 +11,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from graphops.errors import ModelRejected
+from tests.needs import shared_model
+from tests.test_real_models import REAL_MODEL_CASES
 from graphops.versions import supported_ir_versions, supported_opsets
 from graphops.loading import (
     ValidationLimits,
@@ -19,7 +21,6 @@ from graphops.loading import (
     validate_model,
 )
 
-SHARED_MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
 
 
 def conv_model(extra_nodes=(), extra_inits=(), opset: int = 13, elem_type: int = TensorProto.FLOAT) -> onnx.ModelProto:
@@ -268,6 +269,6 @@ def test_parse_model_refuses_external_data_in_subgraph_constants() -> None:
 # ---- the real models users upload -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", sorted(SHARED_MODELS.glob("*.onnx")), ids=lambda p: p.name)
-def test_every_shared_model_passes_validation(path: Path) -> None:
-    validate_model(load_model(path))
+@pytest.mark.parametrize("file", [case.file for case in REAL_MODEL_CASES])
+def test_every_shared_model_passes_validation(file: str) -> None:
+    validate_model(load_model(shared_model(file)))

@@ -22,6 +22,7 @@ import onnx
 import pytest
 
 from tests.browser.chromium import console_errors, find_chromium, full_page_screenshot, start_driver
+from tests.needs import unavailable
 from tests.oracle import run_model
 from tests.test_sensitivity import two_branch_model
 from workers.html_report import render_report_html
@@ -34,10 +35,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def chromium() -> tuple[str, str]:
-    pytest.importorskip("selenium", reason="selenium is in the 'test' extra: pip install -e '.[test]'")
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        unavailable("selenium is in the 'test' extra: pip install -e '.[test]'")
     found = find_chromium()
     if found is None:
-        pytest.skip("chromium or chromedriver not found on PATH (Debian: apt-get install chromium chromium-driver)")
+        unavailable("chromium or chromedriver not found on PATH (Debian: apt-get install chromium chromium-driver)")
     return found
 
 

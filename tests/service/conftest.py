@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from service.api import create_app
 from service.settings import Settings
+from tests.needs import unavailable
 from svc_models import convnet, save
 from svc_processes import ApiServer, Worker
 
@@ -42,12 +43,12 @@ def client(embedded_settings: Settings) -> Iterator[TestClient]:
 
 @pytest.fixture(scope="session")
 def redis_namespace() -> Iterator[str]:
-    """A key prefix of our own in a test DB; skip the Redis tests when no Redis answers."""
+    """A key prefix of our own in a test DB; without Redis the tests skip locally and fail in CI."""
     connection = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
     try:
         connection.ping()
     except redis.RedisError as exc:
-        pytest.skip(f"Redis not reachable at {REDIS_URL} ({exc}); start redis-server to run service tests")
+        unavailable(f"Redis not reachable at {REDIS_URL} ({exc}); start redis-server to run service tests")
     prefix = f"onnxprune-test-{uuid.uuid4().hex[:8]}:"
     yield prefix
     for key in connection.scan_iter(match=f"{prefix}*", count=500):
