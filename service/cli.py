@@ -207,40 +207,16 @@ def analyze(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List channel groups (what can be pruned together) and frozen groups with reasons."""
-    from graphops.cost import measure_cost
-    from graphops.dependency import analyze as analyze_dependencies
-    from graphops.loading import load_model, validate_model
-    from graphops.prepare import prepare_model
-    from graphops.shapes import resolve_input_shapes
+    from graphops.loading import load_model
+    from workers.analysis import analyze_model
 
-    model_proto = load_model(model)
-    validate_model(model_proto)
-    shapes = resolve_input_shapes(model_proto, _input_shapes(input_shape))
-    prepared = prepare_model(model_proto)
-    dep = analyze_dependencies(prepared, shapes)
-    cost = measure_cost(prepared, shapes)
-    node_macs = {n.name: n.macs for n in cost.nodes}
-    total = max(cost.macs, 1)
-
-    def share(nodes) -> float:
-        return round(sum(node_macs.get(n, 0) for n in nodes) / total, 4)
-
-    data = {
-        "macs": cost.macs,
-        "params": cost.params,
-        "input_shapes": shapes,
-        "nodes": [{"name": n.name, "op_type": n.op_type, "macs": n.macs, "params": n.params} for n in cost.nodes],
-        "groups": [{"id": g.id, "channels": g.channels, "pinned": len(g.pinned), "producers": list(g.producers),
-                    "nodes": list(g.nodes), "macs_share": share(g.nodes), "notes": list(g.reasons)}
-                   for g in dep.prunable],
-        "frozen": [{"id": g.id, "channels": g.channels, "nodes": list(g.nodes), "reason": g.frozen_reason}
-                   for g in dep.frozen],
-    }
+    result = analyze_model(load_model(model), _input_shapes(input_shape))
+    data = result.model_dump()
     if as_json:
         print(json.dumps(data, indent=1))
         return
     out = Console()
-    out.print(f"{model.name}: {cost.macs:,} MACs, {cost.params:,} params, inputs {shapes}")
+    out.print(f"{model.name}: {result.macs:,} MACs, {result.params:,} params, inputs {result.input_shapes}")
     table = Table("group", "channels", "pinned", "producers", "MACs share", title="prunable groups")
     for g in data["groups"]:
         producers = ", ".join(g["producers"][:3]) + (" ..." if len(g["producers"]) > 3 else "")
