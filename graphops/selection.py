@@ -23,6 +23,15 @@ from graphops.plan import GroupPlan, PruningPlan
 Scores = Mapping[str, np.ndarray]
 
 
+def check_exclude_patterns(patterns: Iterable[str], node_names: Iterable[str]) -> None:
+    """A name or glob that matches no node is a typo, not a request: say so instead of pruning anyway."""
+    names = list(node_names)
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            raise ModelRejected(f"exclude pattern {pattern!r} matches no node of the model "
+                                "(node names: onnxprune analyze --json)")
+
+
 def excluded_group_ids(dep: DependencyGraph, patterns: Iterable[str]) -> set[str]:
     """Groups whose channels a user protected by naming (or globbing) one of their producers."""
     patterns = list(patterns)

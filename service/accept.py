@@ -16,6 +16,7 @@ from service.runners import Runner
 from service.settings import Settings
 from service.store import IdempotencyConflict, JobRecord, JobStatus, JobStore
 from service.uploads import check_data, check_model, parse_config, receive_upload
+from workers.capabilities import missing_capability
 
 MAX_IDEMPOTENCY_KEY = 200
 
@@ -44,6 +45,10 @@ async def accept_job(
         needs_data = options.data_requirement() if upload.data_bytes is None else None
         if needs_data:
             raise ApiError(422, "invalid_config", f"{needs_data}: add a 'data' part (.npz)")
+        capabilities = runner.capabilities()
+        missing = None if capabilities is None else missing_capability(options, capabilities)
+        if missing:
+            raise ApiError(422, "missing_capability", f"this server cannot run the job: {missing}")
         await run_in_threadpool(check_model, files.upload, options, settings.max_upload_bytes)
         if upload.data_bytes is not None:
             await run_in_threadpool(check_data, files.data, settings.max_upload_bytes)

@@ -17,16 +17,35 @@ from typing import Annotated, Optional
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
 from rich.table import Table
 
 from graphops.errors import GraphOpsError, ModelRejected
+from service.cli_output import EXIT_BAD_INPUT, EXIT_FAILURE, print_table, stage_progress, stdout_console
 from workers.options import PruneOptions, parse_input_shape
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prune conv filters directly on ONNX models.")
 console = Console(stderr=True)
-EXIT_BAD_INPUT = 2
-EXIT_FAILURE = 1
+
+
+def installed_version() -> str:
+    from onnxprune import __version__
+
+    return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"onnxprune {installed_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the installed version and exit.")] = False,
+) -> None:
+    """Prune conv filters directly on ONNX models."""
 
 InputShapeOption = Annotated[
     Optional[list[str]],
@@ -35,7 +54,7 @@ InputShapeOption = Annotated[
 
 
 def _fail(message: str, code: int) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -86,6 +105,22 @@ def _options(**fields) -> PruneOptions:
         raise  # unreachable, for type checkers
 
 
+def require_output_dirs(*paths: Path | None) -> None:
+    """Refuse, before any work, to write into a directory that does not exist (a typo, not a request)."""
+    for path in paths:
+        if path is not None and not path.parent.is_dir():
+            _fail(f"output directory {path.parent} does not exist (for {path})", EXIT_BAD_INPUT)
+
+
+def require_capabilities(options: PruneOptions) -> None:
+    """A data-driven job without torch installed: one line with the install hint, exit 2."""
+    from workers.capabilities import missing_capability
+
+    missing = missing_capability(options)
+    if missing is not None:
+        _fail(missing, EXIT_BAD_INPUT)
+
+
 def _require_data(options: PruneOptions, data: Path | None) -> None:
     """Fail fast, before any model is read, when the job needs data and none was given."""
     reason = None if data is not None else options.data_requirement(sensitivity_given=True)
@@ -125,7 +160,7 @@ def _print_summary(report) -> None:
     if learned is not None:
         kept = ", ".join(f"{layer.kept}/{layer.channels}" for layer in learned.layers)
         table.caption += f"\nlearned (max drop {learned.max_drop:g} in {learned.metric}): filters kept per layer {kept}"
-    Console().print(table)
+    print_table(table)
 
 
 @app.command()
@@ -176,17 +211,17 @@ def prune(
                        flops_regularization=flops_regularization, max_drop=max_drop,
                        learned_episodes=learned_episodes, learned_samples=learned_samples)
     _require_data(options, data)
+    require_capabilities(options)
+    require_output_dirs(output, report, plan_out, report_html)
     plan = None
     if plan_in is not None:
         try:
             plan = PruningPlan.from_json(plan_in.read_text())
         except OSError as exc:
             _fail(f"cannot read plan {plan_in}: {exc.strerror}", EXIT_BAD_INPUT)
-    with Progress(TextColumn("{task.description:<10}"), BarColumn(), TimeElapsedColumn(), console=console,
-                  transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task("load", total=1.0)
+    with stage_progress(console) as progress:
         result = run_pipeline(model, output, options, plan=plan, data=data, sensitivity=_load_sensitivity(sensitivity),
-                              progress=lambda stage, fraction: bar.update(task, description=stage, completed=fraction))
+                              progress=progress)
     if report is not None:
         atomic_write_bytes(report, result.report.model_dump_json(indent=1).encode())
     if plan_out is not None:
@@ -215,17 +250,17 @@ def analyze(
     if as_json:
         print(json.dumps(data, indent=1))
         return
-    out = Console()
+    out = stdout_console()
     out.print(f"{model.name}: {result.macs:,} MACs, {result.params:,} params, inputs {result.input_shapes}")
     table = Table("group", "channels", "pinned", "producers", "MACs share", title="prunable groups")
     for g in data["groups"]:
         producers = ", ".join(g["producers"][:3]) + (" ..." if len(g["producers"]) > 3 else "")
         table.add_row(g["id"], str(g["channels"]), str(g["pinned"]), producers, f"{g['macs_share']:.1%}")
-    out.print(table)
+    print_table(table, out)
     frozen = Table("group", "channels", "reason", title="frozen groups")
     for g in data["frozen"]:
         frozen.add_row(g["id"], str(g["channels"]), g["reason"])
-    out.print(frozen)
+    print_table(frozen, out)
 
 
 @app.command()
@@ -252,9 +287,10 @@ def bench(
     for label, path, stats in (("A", model_a, result.latency.before), ("B", model_b, result.latency.after)):
         if stats is not None:
             table.add_row(f"{label}: {path.name}", f"{stats.p50:.3f}", f"{stats.p90:.3f}", f"{stats.mean:.3f}")
-    Console().print(table)
+    out = stdout_console()
+    print_table(table, out)
     if result.fidelity:
-        Console().print(f"outputs: max |A-B| {result.fidelity.max_abs_diff:.3g}, cosine {result.fidelity.cosine_similarity:.6f}")
+        out.print(f"outputs: max |A-B| {result.fidelity.max_abs_diff:.3g}, cosine {result.fidelity.cosine_similarity:.6f}")
 
 
 def _register_service_commands() -> None:

@@ -57,6 +57,9 @@ def _sensitivity(model, data, ratios, criterion, samples, synthetic, workers, sh
              "'labels'), or --synthetic N to measure output fidelity on N random inputs (a proxy)", 2)
     if data is not None and synthetic is not None:
         fail("give either --data or --synthetic, not both", 2)
+    from service.cli import require_output_dirs
+
+    require_output_dirs(json_out, plot, report_html)
     proto = load_model(model)
     dataset = load_dataset(data, proto, shapes) if data is not None else synthetic_dataset(proto, shapes, synthetic)
     if samples is not None and samples < len(dataset):
@@ -90,8 +93,9 @@ def _sensitivity(model, data, ratios, criterion, samples, synthetic, workers, sh
 
 
 def _print_table(result) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from service.cli_output import print_table
 
     table = Table(title=f"{result.metric} with one group pruned (unpruned {result.baseline:.4f}, "
                         f"{result.samples} samples, {result.source})", header_style="bold")
@@ -102,4 +106,4 @@ def _print_table(result) -> None:
     for curve in result.curves:
         table.add_row(curve.group, str(curve.channels), *(f"{v - result.baseline:+.3f}" for v in curve.values))
     table.caption = f"drop per ratio; {len(result.frozen)} frozen groups; {result.seconds:.1f} s"
-    Console().print(table)
+    print_table(table)

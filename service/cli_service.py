@@ -67,12 +67,16 @@ def submit(
     plan: Annotated[Optional[Path], typer.Option(help="Also write the pruning plan JSON here.")] = None,
     token: Annotated[Optional[str], typer.Option(envvar="ONNXPRUNE_TOKEN", help="Bearer token.")] = None,
 ) -> None:
-    """Prune MODEL on a remote onnxprune service and download the result."""
+    """Prune MODEL on a remote onnxprune service and download the result.
+
+    Exit 3 when the server refuses the request or fails the job because of its input, 1 when the
+    server fails on its own or cannot be reached, 2 for bad local input."""
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     import httpx
 
+    from service.cli import require_output_dirs
+    from service.cli_output import EXIT_FAILURE, stage_progress
     from service.client import PruneClient, ServiceError
 
     config: dict[str, Any] = {
@@ -89,33 +93,43 @@ def submit(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--input-shape") from None
 
+    require_output_dirs(output, report, plan)
     console = Console(stderr=True)
     try:
         with PruneClient(server, token=token) as client:
             job = client.submit(model, config, data=data)
-            with Progress(TextColumn("{task.description:<10}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                          TimeElapsedColumn(), console=console, transient=True) as bar:
-                task = bar.add_task("queued", total=1.0)
-
-                def show(job: dict[str, Any]) -> None:
-                    bar.update(task, completed=job["progress"], description=job["stage"] or job["status"])
-
-                job = client.wait(job["id"], on_progress=show)
+            with stage_progress(console, first="queued") as progress:
+                job = client.wait(job["id"], on_progress=lambda job: progress(job["stage"] or job["status"],
+                                                                             job["progress"]))
             client.download_model(job["id"], output)
             if report is not None:
                 report.write_text(_json(client.report(job["id"])))
             if plan is not None:
                 plan.write_text(client.plan(job["id"]))
     except ServiceError as exc:
-        console.print(f"error: {exc}", style="red", markup=False, highlight=False)
-        raise typer.Exit(1) from None
+        console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(exit_code_of(exc)) from None
     except httpx.HTTPError as exc:
-        console.print(f"error: cannot talk to {server}: {exc}", style="red", markup=False, highlight=False)
-        raise typer.Exit(1) from None
+        console.print(f"error: cannot talk to {server}: {exc}", style="red", markup=False, highlight=False,
+                      soft_wrap=True)
+        raise typer.Exit(EXIT_FAILURE) from None
     summary = job.get("report") or {}
     macs = summary.get("macs") or {}
     detail = f" (MACs {macs['before']} -> {macs['after']})" if macs else ""
     console.print(f"job {job['id']} succeeded{detail}: wrote {output}", markup=False, highlight=False)
+
+
+def exit_code_of(error: Exception) -> int:
+    """3 when the server said no to this request or this input, 1 when it failed on its own."""
+    from service.cli_output import EXIT_FAILURE, EXIT_REFUSED
+    from service.client import JobFailed
+
+    if isinstance(error, JobFailed):
+        return EXIT_FAILURE if error.code in (None, "internal_error", "cancelled") else EXIT_REFUSED
+    status = getattr(error, "status", None)
+    if status is not None and (400 <= status < 500 or status == 503):
+        return EXIT_REFUSED
+    return EXIT_FAILURE
 
 
 def _number_or_word(text: str | None) -> float | str | None:

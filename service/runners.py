@@ -18,6 +18,8 @@ class Runner(Protocol):
     def submit(self, job_id: str) -> None: ...
     def ready(self) -> str | None:
         """None when jobs can run, else why not (one line)."""
+    def capabilities(self) -> frozenset[str] | None:
+        """Optional parts the job runners have (``workers.capabilities``); None when unknown."""
     def close(self) -> None: ...
 
 
@@ -63,6 +65,11 @@ class EmbeddedRunner:
     def ready(self) -> str | None:
         return None if self._pool is not None else "the embedded runner is not started"
 
+    def capabilities(self) -> frozenset[str] | None:
+        from workers.capabilities import local_capabilities
+
+        return local_capabilities()  # jobs run in this process
+
     def close(self) -> None:
         if self._pool is not None:
             # Running jobs are not waited for: they stay 'running' and restart with the next process.
@@ -76,6 +83,7 @@ class CeleryRunner:
     def __init__(self, settings: Settings) -> None:
         from workers.celery_app import make_celery
 
+        self._settings = settings
         self._app = make_celery(settings)
 
     def start(self) -> None:
@@ -96,6 +104,12 @@ class CeleryRunner:
         if not replies:
             return "no worker answered a ping within 1 s"
         return None
+
+    def capabilities(self) -> frozenset[str] | None:
+        """What the workers of our queue said they have when they started (None before any has)."""
+        from workers.capabilities import read_published_capabilities
+
+        return read_published_capabilities(self._settings)
 
     def close(self) -> None:
         self._app.close()

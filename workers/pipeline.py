@@ -27,11 +27,12 @@ from graphops.masking import mask_removed_channels
 from graphops.plan import PruningPlan
 from graphops.prepare import prepare_model
 from graphops.scoring import Scores, score_groups
-from graphops.selection import select_by_flops, select_by_ratio
+from graphops.selection import check_exclude_patterns, select_by_flops, select_by_ratio
 from graphops.shapes import resolve_input_shapes
 from graphops.surgery import apply_plan
 from workers.fileio import file_sha256
 from workers.benchmark import benchmark, compare_outputs, make_inputs, run_model
+from workers.capabilities import require_capabilities
 from workers.options import PruneOptions
 from workers.report import BeforeAfter, FrozenReport, GroupReport, LayerReport, PruneReport, SensitivityReport
 from workers.sandbox import RunnerLimits
@@ -333,6 +334,7 @@ def run_pipeline(
     error) and other exceptions for failures of our own or of the machine.
     """
     model_path, output_path = Path(model_path), Path(output_path)
+    require_capabilities(options)
     stages = _Stages(progress)
     with stages.stage("load"):
         model = load_model(model_path)
@@ -343,6 +345,7 @@ def run_pipeline(
     with stages.stage("analyze"):
         prepared = prepare_model(model)
         dep = analyze(prepared, input_shapes)
+        check_exclude_patterns(options.exclude, (node.name for node in prepared.graph.node))
         cost_before = measure_cost(prepared, input_shapes)
     context = None
     with stages.stage("score"):

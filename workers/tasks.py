@@ -16,13 +16,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_ready
 
 from service.store import JobStore
+from workers.capabilities import publish_capabilities
 from workers.celery_app import TASK_NAME, celery_app, settings
 from workers.jobs import run_job
 
 log = logging.getLogger(__name__)
 store = JobStore(settings.database_path)
+
+
+@worker_ready.connect
+def _publish_capabilities(**_: object) -> None:
+    """Tell the API what this worker can run (torch or not), so it refuses at upload what none can."""
+    try:
+        publish_capabilities(settings)
+    except Exception:  # noqa: BLE001 - the worker still runs jobs; the API then accepts and the job fails clearly
+        log.exception("could not publish this worker's capabilities")
 
 
 @celery_app.task(name=TASK_NAME, bind=True, max_retries=settings.max_retries)
