@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Header, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import web
@@ -26,6 +27,7 @@ from service.store import JobRecord, JobStatus, JobStore
 from workers.report import PruneReport
 
 log = logging.getLogger(__name__)
+DOCS_ASSETS_URL = "/docs-assets"
 
 _ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422)}
 _UPLOAD_BODY = {
@@ -47,6 +49,12 @@ _UPLOAD_BODY = {
         },
     }
 }
+
+
+def _version() -> str:
+    from onnxprune import __version__
+
+    return __version__
 
 
 def _settings(request: Request) -> Settings:
@@ -89,11 +97,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             cleaner.cancel()
             app.state.runner.close()
 
-    app = FastAPI(
+    # Swagger UI (/docs) and ReDoc (/redoc) load their scripts from this server (fastapi-offline ships
+    # them), not from a public CDN: the docs work on an air-gapped server.
+    app = FastAPIOffline(
         title="onnxprune",
-        version="0.1.0",
+        version=_version(),
         description="Structured filter pruning of ONNX models as a service.",
         lifespan=lifespan,
+        static_url=DOCS_ASSETS_URL,
     )
     app.state.settings = settings
     app.state.store = JobStore(settings.database_path)

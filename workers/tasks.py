@@ -20,6 +20,7 @@ from celery.signals import worker_ready
 
 from service.store import JobStore
 from workers.capabilities import publish_capabilities
+from workers.heartbeat import start_heartbeat
 from workers.celery_app import TASK_NAME, celery_app, settings
 from workers.jobs import run_job
 
@@ -29,7 +30,9 @@ store = JobStore(settings.database_path)
 
 @worker_ready.connect
 def _publish_capabilities(**_: object) -> None:
-    """Tell the API what this worker can run (torch or not), so it refuses at upload what none can."""
+    """Tell the API what this worker can run (torch or not), so it refuses at upload what none can;
+    start the heartbeat the container healthcheck reads (``workers.heartbeat``)."""
+    start_heartbeat()
     try:
         publish_capabilities(settings)
     except Exception:  # noqa: BLE001 - the worker still runs jobs; the API then accepts and the job fails clearly

@@ -157,3 +157,20 @@ def test_a_magnitude_job_needs_no_torch(client, monkeypatch):
     monkeypatch.setattr("workers.capabilities.torch_installed", lambda: False)
 
     assert _post(client, config={"ratio": 0.3, "benchmark": False}).status_code == 202
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_api_docs_load_every_asset_from_the_server_itself(client, page):
+    """Air-gapped servers: Swagger UI and ReDoc must not come from a public CDN."""
+    import re
+
+    html = client.get(page)
+
+    assert html.status_code == 200
+    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html.text) + re.findall(r"url: ?'([^']+)'", html.text)
+    scripts = [a for a in assets if a.endswith((".js", ".css"))]
+    assert scripts, html.text
+    assert all(a.startswith("/") and not a.startswith("//") for a in assets), assets
+    assert "http://" not in html.text and "https://" not in html.text
+    for asset in scripts:
+        assert client.get(asset).status_code == 200, asset
