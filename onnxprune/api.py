@@ -19,7 +19,7 @@ import onnx
 
 from graphops.loading import load_model
 from graphops.plan import PruningPlan
-from workers.analysis import ModelAnalysis, analyze_model
+from workers.analysis_summary import ModelAnalysis, analyze_model
 from workers.benchmark import BenchmarkResult
 from workers.options import PruneOptions
 from workers.report import PruneReport, SensitivityReport

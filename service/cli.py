@@ -243,7 +243,7 @@ def analyze(
 ) -> None:
     """List channel groups (what can be pruned together) and frozen groups with reasons."""
     from graphops.loading import load_model
-    from workers.analysis import analyze_model
+    from workers.analysis_summary import analyze_model
 
     result = analyze_model(load_model(model), _input_shapes(input_shape))
     data = result.model_dump()

@@ -17,7 +17,7 @@ from graphops.errors import ModelRejected
 from graphops.plan import PruningPlan
 from tests.oracle import random_feeds, run_model
 from tests.test_selection import residual_model
-from workers.analysis import ModelAnalysis
+from workers.analysis_summary import ModelAnalysis
 from workers.report import PruneReport, SensitivityReport
 
 ROOT = Path(__file__).resolve().parents[1]
