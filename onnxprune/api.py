@@ -19,7 +19,7 @@ import onnx
 
 from graphops.loading import load_model
 from graphops.plan import PruningPlan
-from workers.analysis_summary import ModelAnalysis, analyze_model
+from workers.analysis_summary import ModelAnalysis, summarize_model
 from workers.benchmark import BenchmarkResult
 from workers.options import PruneOptions
 from workers.report import PruneReport, SensitivityReport
@@ -94,8 +94,9 @@ def prune(
 
 def analyze(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None = None) -> ModelAnalysis:
     """Channel groups that can be pruned together, frozen groups with reasons, MACs and params."""
-    proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
-    return analyze_model(proto, input_shapes)
+    with tempfile.TemporaryDirectory(prefix="onnxprune-api-") as tmp, \
+            _as_file(model, Path(tmp), "model.onnx") as path:
+        return summarize_model(path, input_shapes)
 
 
 def bench(

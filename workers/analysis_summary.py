@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
-import onnx
 from pydantic import BaseModel
 
-from graphops.cost import measure_cost
-from graphops.dependency import analyze as analyze_dependencies
-from graphops.loading import validate_model
-from graphops.prepare import prepare_model
-from graphops.shapes import resolve_input_shapes
+from workers.analysis import Analysis, analyse_model
 
 
 class NodeCost(BaseModel):
@@ -49,21 +45,17 @@ class ModelAnalysis(BaseModel):
     frozen: list[FrozenGroup]
 
 
-def analyze_model(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None) -> ModelAnalysis:
-    """Validate, prepare and analyse a loaded model (static: nothing of the user's graph runs)."""
-    validate_model(model)
-    shapes = resolve_input_shapes(model, input_shapes)
-    prepared = prepare_model(model)
-    dep = analyze_dependencies(prepared, shapes)
-    cost = measure_cost(prepared, shapes)
-    node_macs = {n.name: n.macs for n in cost.nodes}
+def summarize(analysis: Analysis) -> ModelAnalysis:
+    """The groups, frozen groups and costs of an analysed model, as plain data."""
+    dep, cost = analysis.dep, analysis.cost
+    node_macs = analysis.node_macs
     total = max(cost.macs, 1)
 
     def share(nodes: Sequence[str]) -> float:
         return round(sum(node_macs.get(n, 0) for n in nodes) / total, 4)
 
     return ModelAnalysis(
-        macs=cost.macs, params=cost.params, input_shapes=shapes,
+        macs=cost.macs, params=cost.params, input_shapes=analysis.input_shapes,
         nodes=[NodeCost(name=n.name, op_type=n.op_type, macs=n.macs, params=n.params) for n in cost.nodes],
         groups=[PrunableGroup(id=g.id, channels=g.channels, pinned=len(g.pinned), producers=list(g.producers),
                               nodes=list(g.nodes), macs_share=share(g.nodes), notes=list(g.reasons))
@@ -71,3 +63,8 @@ def analyze_model(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[in
         frozen=[FrozenGroup(id=g.id, channels=g.channels, nodes=list(g.nodes), reason=g.frozen_reason)
                 for g in dep.frozen],
     )
+
+
+def summarize_model(path: Path, input_shapes: Mapping[str, Sequence[int]] | None = None) -> ModelAnalysis:
+    """Load, validate and analyse ``path`` (static: nothing of the user's graph runs), then summarize."""
+    return summarize(analyse_model(Path(path), input_shapes))
