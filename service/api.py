@@ -18,6 +18,7 @@ from service import web
 from service.accept import accept_job
 from service.auth import Owner
 from service.errors import ApiError
+from service.option_form import OptionSpec, option_specs
 from service.files import JobFiles
 from service.retention import remove_expired
 from service.runners import Runner, make_runner
@@ -128,6 +129,11 @@ def _add_routes(app: FastAPI) -> None:
             return Health(status="ready", mode=mode)
         body = Health(status="unavailable", mode=mode, detail=problem)
         return JSONResponse(body.model_dump(), status_code=503)
+
+    @app.get("/v1/options", response_model=list[OptionSpec], tags=["jobs"])
+    def options() -> list[OptionSpec]:
+        """Every prune option (the keys of POST /v1/jobs' config): kind, default, help, group, needs data."""
+        return option_specs()
 
     @app.post(
         "/v1/jobs", status_code=202, response_model=JobPublic, responses=_ERRORS,

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from workers.options import parse_input_shape
+from service.cli_options import set_options, with_prune_options
 
 
 def register(app: typer.Typer) -> None:
@@ -50,27 +50,21 @@ def worker(
     celery_app.worker_main(argv)
 
 
+@with_prune_options
 def submit(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The .onnx model to prune.")],
     server: Annotated[str, typer.Option(help="Base URL of the onnxprune service.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the pruned model.")],
-    criterion: Annotated[Optional[str], typer.Option(help="Filter ranking criterion (l1, l2, random...).")] = None,
-    ratio: Annotated[Optional[str], typer.Option(help="Fraction of channels removed per group, or 'auto'.")] = None,
-    max_drop: Annotated[Optional[float], typer.Option(help="With --ratio auto or --criterion learned: tolerated drop.")] = None,
-    flops_target: Annotated[Optional[float], typer.Option(help="Fraction of MACs to remove.")] = None,
-    round_to: Annotated[Optional[int], typer.Option(help="Keep channel counts multiples of this.")] = None,
-    exclude: Annotated[Optional[list[str]], typer.Option(help="Node name or glob never pruned (repeatable).")] = None,
-    input_shape: Annotated[Optional[list[str]], typer.Option(help="NAME:1x3x224x224 (repeatable).")] = None,
-    no_benchmark: Annotated[bool, typer.Option("--no-benchmark", help="Skip latency measurement.")] = False,
-    data: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="Calibration .npz.")] = None,
+    data: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="Data .npz: one array per model "
+                                                 "input, optional integer 'labels' (needed by the data options).")] = None,
     report: Annotated[Optional[Path], typer.Option(help="Also write the report JSON here.")] = None,
     plan: Annotated[Optional[Path], typer.Option(help="Also write the pruning plan JSON here.")] = None,
     token: Annotated[Optional[str], typer.Option(envvar="ONNXPRUNE_TOKEN", help="Bearer token.")] = None,
+    **flags: Any,
 ) -> None:
     """Prune MODEL on a remote onnxprune service and download the result.
 
-    Exit 3 when the server refuses the request or fails the job because of its input, 1 when the
-    server fails on its own or cannot be reached, 2 for bad local input."""
+    Exit 3 when the server refuses the request or fails the job because of its input; 1 when it fails on its own or cannot be reached; 2 for bad local input."""
     from rich.console import Console
 
     import httpx
@@ -79,20 +73,7 @@ def submit(
     from service.cli_output import EXIT_FAILURE, stage_progress
     from service.client import PruneClient, ServiceError
 
-    config: dict[str, Any] = {
-        key: value
-        for key, value in {"criterion": criterion, "ratio": _number_or_word(ratio), "flops_target": flops_target,
-                           "max_drop": max_drop, "round_to": round_to, "exclude": exclude}.items()
-        if value is not None and value != []  # 0 is a real choice (--ratio 0 prunes nothing)
-    }
-    if no_benchmark:
-        config["benchmark"] = False
-    try:
-        if input_shape:
-            config["input_shapes"] = dict(parse_input_shape(text) for text in input_shape)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--input-shape") from None
-
+    config = _config(flags)
     require_output_dirs(output, report, plan)
     console = Console(stderr=True)
     try:
@@ -132,14 +113,13 @@ def exit_code_of(error: Exception) -> int:
     return EXIT_FAILURE
 
 
-def _number_or_word(text: str | None) -> float | str | None:
-    """``--ratio 0.3`` goes to the server as a number, ``--ratio auto`` as the word."""
-    if text is None:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        return text
+def _config(flags: dict[str, Any]) -> dict[str, Any]:
+    """The options the user set, checked here against the same schema the server uses (bad input is
+    exit 2 before any upload), sent as typed JSON (``--ratio 0.3`` a number, ``--ratio auto`` the word)."""
+    from service.cli import _options
+
+    options = _options(**flags)
+    return options.model_dump(mode="json", include=set(set_options(flags)))
 
 
 def _json(value: Any) -> str:

@@ -124,8 +124,7 @@ def test_upload_a_model_watch_the_job_and_open_its_report(browser, server, tmp_p
     assert console_errors(browser) == []
 
     browser.find_element(By.ID, "model").send_keys(str(model_path))
-    ratio = browser.find_element(By.ID, "ratio")
-    ratio.clear()
+    ratio = wait_until(lambda: browser.find_elements(By.ID, "opt-ratio"), 30, "the options form")[0]
     ratio.send_keys("0.5")
     browser.find_element(By.ID, "submit").click()
     wait_until(lambda: "queued" in browser.find_element(By.ID, "form-message").text, 30, "the upload to be accepted")
