@@ -143,6 +143,7 @@ def _latency_stats(milliseconds: list[float]) -> LatencyStats:
     return LatencyStats(
         p50=float(np.percentile(values, 50)),
         p90=float(np.percentile(values, 90)),
+        p10=float(np.percentile(values, 10)),
         mean=float(values.mean()),
         runs=len(milliseconds),
     )

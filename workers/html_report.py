@@ -39,6 +39,9 @@ def render_report_html(report: PruneReport | None = None, *, sensitivity: Sensit
             figures["channels"] = _data_uri(plots.channels_png(report.groups))
         if report.layers:
             figures["macs"] = _data_uri(plots.macs_png(report.layers))
+        finetune = report.evaluation.finetune if report.evaluation is not None else None
+        if finetune is not None:
+            figures["loss"] = _data_uri(plots.loss_png(finetune))
     return _environment().get_template("report.html.j2").render(
         title=title, report=report, sensitivity=sensitivity, figures=figures, drops=_drops(sensitivity),
     )

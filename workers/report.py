@@ -21,6 +21,7 @@ class BeforeAfter(BaseModel):
 class LatencyStats(BaseModel):
     p50: float
     p90: float
+    p10: float | None = Field(None, description="With p90, the run-to-run noise band around the median.")
     mean: float
     runs: int
 
