@@ -41,3 +41,25 @@ def test_the_heartbeat_is_fresh_while_the_worker_lives_and_stale_after(tmp_path)
     os.utime(dead, (time.time() - 120, time.time() - 120))  # a worker that stopped two minutes ago
     assert main(["--file", str(dead), "--max-age", "60"]) == 1
     assert main(["--file", str(tmp_path / "never-started")]) == 1
+
+
+def test_celery_workers_publish_what_they_can_run_and_the_api_reads_it(redis_namespace, monkeypatch):
+    """In Celery mode the API refuses at upload what no worker can run: it reads what workers published."""
+    from service.runners import CeleryRunner
+    from service.settings import Settings
+    from tests.service.conftest import REDIS_URL
+    from workers.capabilities import publish_capabilities
+
+    settings = Settings(redis_url=REDIS_URL, redis_prefix=redis_namespace, queue="q-capabilities",
+                        data_dir=Path("unused"))
+    runner = CeleryRunner(settings)
+    try:
+        assert runner.capabilities() is None  # no worker has started: accept, the job says why if it fails
+        monkeypatch.setattr("workers.capabilities.torch_installed", lambda: False)
+        publish_capabilities(settings)
+        assert runner.capabilities() == frozenset()
+        monkeypatch.setattr("workers.capabilities.torch_installed", lambda: True)
+        publish_capabilities(settings)
+        assert runner.capabilities() == frozenset({"torch"})
+    finally:
+        runner.close()
