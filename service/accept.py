@@ -11,12 +11,12 @@ from starlette.concurrency import run_in_threadpool
 
 from service.errors import ApiError
 from service.files import JobFiles
-from workers.fileio import file_sha256
 from service.runners import Runner
 from service.settings import Settings
 from service.store import IdempotencyConflict, JobRecord, JobStatus, JobStore
 from service.uploads import check_data, check_model, parse_config, receive_upload
 from workers.capabilities import missing_capability
+from workers.fileio import file_sha256
 
 MAX_IDEMPOTENCY_KEY = 200
 

@@ -18,8 +18,8 @@ from service import web
 from service.accept import accept_job
 from service.auth import Owner
 from service.errors import ApiError
-from service.option_form import OptionSpec, option_specs
 from service.files import JobFiles
+from service.option_form import OptionSpec, option_specs
 from service.retention import remove_expired
 from service.runners import Runner, make_runner
 from service.schemas import ErrorBody, Health, JobList, JobPublic

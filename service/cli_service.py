@@ -65,9 +65,8 @@ def submit(
     """Prune MODEL on a remote onnxprune service and download the result.
 
     Exit 3 when the server refuses the request or fails the job because of its input; 1 when it fails on its own or cannot be reached; 2 for bad local input."""
-    from rich.console import Console
-
     import httpx
+    from rich.console import Console
 
     from service.cli import require_output_dirs
     from service.cli_output import EXIT_FAILURE, stage_progress

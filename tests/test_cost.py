@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import onnx
 import pytest
@@ -14,7 +12,6 @@ from graphops.loading import load_model
 from graphops.shapes import resolve_input_shapes
 from tests.needs import shared_model
 from tests.test_real_models import REAL_MODEL_CASES
-
 
 
 def single_op_model(node: onnx.NodeProto, inputs: dict[str, list[int]], weights: dict[str, np.ndarray]) -> onnx.ModelProto:

@@ -11,16 +11,15 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from graphops.errors import ModelRejected
-from tests.needs import shared_model
-from tests.test_real_models import REAL_MODEL_CASES
-from graphops.versions import supported_ir_versions, supported_opsets
 from graphops.loading import (
     ValidationLimits,
     load_model,
     parse_model,
     validate_model,
 )
-
+from graphops.versions import supported_ir_versions, supported_opsets
+from tests.needs import shared_model
+from tests.test_real_models import REAL_MODEL_CASES
 
 
 def conv_model(extra_nodes=(), extra_inits=(), opset: int = 13, elem_type: int = TensorProto.FLOAT) -> onnx.ModelProto:

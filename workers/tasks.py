@@ -20,8 +20,8 @@ from celery.signals import worker_ready
 
 from service.store import JobStore
 from workers.capabilities import publish_capabilities
-from workers.heartbeat import start_heartbeat
 from workers.celery_app import TASK_NAME, celery_app, settings
+from workers.heartbeat import start_heartbeat
 from workers.jobs import run_job
 
 log = logging.getLogger(__name__)
