@@ -9,6 +9,7 @@ it is probed once per process with a one-node model of our own (never a user's g
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 import onnx
@@ -33,7 +34,7 @@ def _probe_model(opsets: dict[str, int], ir_version: int) -> bytes:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
     model.ir_version = ir_version
-    return model.SerializeToString()
+    return bytes(model.SerializeToString())
 
 
 def _onnxruntime_accepts(opsets: dict[str, int], ir_version: int) -> bool:
@@ -46,7 +47,7 @@ def _onnxruntime_accepts(opsets: dict[str, int], ir_version: int) -> bool:
     return True
 
 
-def _highest_accepted(candidate: int, lowest: int, accepts) -> int:
+def _highest_accepted(candidate: int, lowest: int, accepts: Callable[[int], bool]) -> int:
     """Walk down from ``candidate`` to the first version onnxruntime accepts (a few steps at most)."""
     for version in range(candidate, lowest - 1, -1):
         if accepts(version):

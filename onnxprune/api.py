@@ -53,7 +53,7 @@ def _data_file(data: DataLike | None, workdir: Path) -> Path | None:
     if data is None or isinstance(data, (str, Path)):
         return None if data is None else Path(data)
     path = workdir / "data.npz"
-    np.savez(path, **{name: np.asarray(array) for name, array in data.items()})
+    np.savez(path, **{name: np.asarray(array) for name, array in data.items()})  # type: ignore[arg-type]
     return path
 
 

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Set
+from typing import TYPE_CHECKING
 
 from graphops.errors import ModelRejected
 from workers.options import PruneOptions
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 TORCH = "torch"
 TORCH_INSTALL_HINT = ("install the torch extra: pip install -c constraints.txt 'onnxprune[torch]' (CPU-only build: "
@@ -57,11 +61,11 @@ def missing_capability(options: PruneOptions, capabilities: Set[str] | None = No
     return None
 
 
-def _published_key(settings) -> str:
+def _published_key(settings: Settings) -> str:
     return f"{settings.redis_prefix}capabilities:{settings.queue}"
 
 
-def publish_capabilities(settings) -> None:
+def publish_capabilities(settings: Settings) -> None:
     """A Celery worker says what it can run (at start), so the API can refuse what none can run.
 
     One key per queue: the workers of a queue are built from one image, the last one started wins."""
@@ -69,16 +73,20 @@ def publish_capabilities(settings) -> None:
 
     import redis
 
+    if not settings.redis_url:
+        return  # embedded mode: the API checks its own process
     with redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2) as connection:
         connection.set(_published_key(settings), json.dumps(sorted(local_capabilities())))
 
 
-def read_published_capabilities(settings) -> frozenset[str] | None:
+def read_published_capabilities(settings: Settings) -> frozenset[str] | None:
     """What the workers of ``settings.queue`` published; None when none has yet (or Redis is away)."""
     import json
 
     import redis
 
+    if not settings.redis_url:
+        return None
     try:
         with redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2) as connection:
             value = connection.get(_published_key(settings))
