@@ -100,7 +100,6 @@ def test_analyze_and_sensitivity_return_typed_results():
 
 @pytest.mark.slow
 def test_data_as_arrays_drives_fine_tuning():
-    pytest.importorskip("torch", reason="fine-tuning needs the [torch] extra")
     rng = np.random.default_rng(0)
     data = {"input": rng.standard_normal((20, 3, 8, 8)).astype(np.float32), "labels": rng.integers(0, 10, 20)}
 

@@ -22,7 +22,6 @@ IMG = re.compile(r'<img id="(plot-[a-z]+)" src="data:image/png;base64,([A-Za-z0-
 @pytest.fixture(scope="module")
 def finetuned(tmp_path_factory):
     """100 labelled samples: 80 train, 20 held out; two prune-then-fine-tune steps of 6 steps each."""
-    pytest.importorskip("torch", reason="fine-tuning needs the [torch] extra")
     folder = tmp_path_factory.mktemp("finetune-html")
     model = two_branch_model()
     onnx.save(model, folder / "model.onnx")
