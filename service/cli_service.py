@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -23,31 +23,32 @@ def serve(
     """Run the REST API. Without ONNXPRUNE_REDIS_URL, jobs run in this process (embedded mode)."""
     import uvicorn
 
+    from jobs.settings import Settings
     from service.api import create_app
-    from service.settings import Settings
 
     uvicorn.run(create_app(Settings()), host=host, port=port)
 
 
 def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "info",
-    name: Annotated[Optional[str], typer.Option(help="Worker node name (default celery@HOST).")] = None,
+    name: Annotated[str | None, typer.Option(help="Worker node name (default celery@HOST).")] = None,
 ) -> None:
-    """Run a Celery worker (same as celery -A workers.celery_app worker --pool=solo).
+    """Run a Celery worker (same as celery -A jobs.celery_app worker --pool=solo).
 
     One job at a time per worker process (the pipeline starts its own onnxruntime processes);
     run more workers to run more jobs at once."""
-    from service.settings import Settings
+    from jobs.settings import Settings
 
-    if Settings().embedded:
+    settings = Settings()
+    if settings.embedded:
         typer.echo("error: set ONNXPRUNE_REDIS_URL (e.g. redis://127.0.0.1:6379/0) to run a worker", err=True)
         raise typer.Exit(2)
-    from workers.celery_app import celery_app
+    from jobs.celery_app import make_celery
 
     argv = ["worker", "--pool=solo", f"--loglevel={loglevel}"]
     if name:
         argv.append(f"--hostname={name}")
-    celery_app.worker_main(argv)
+    make_celery(settings).worker_main(argv)
 
 
 @with_prune_options
@@ -55,11 +56,11 @@ def submit(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The .onnx model to prune.")],
     server: Annotated[str, typer.Option(help="Base URL of the onnxprune service.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the pruned model.")],
-    data: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="Data .npz: one array per model "
-                                                 "input, optional integer 'labels' (needed by the data options).")] = None,
-    report: Annotated[Optional[Path], typer.Option(help="Also write the report JSON here.")] = None,
-    plan: Annotated[Optional[Path], typer.Option(help="Also write the pruning plan JSON here.")] = None,
-    token: Annotated[Optional[str], typer.Option(envvar="ONNXPRUNE_TOKEN", help="Bearer token.")] = None,
+    data: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Data .npz: one array per model "
+                                              "input, optional integer 'labels' (needed by the data options).")] = None,
+    report: Annotated[Path | None, typer.Option(help="Also write the report JSON here.")] = None,
+    plan: Annotated[Path | None, typer.Option(help="Also write the pruning plan JSON here.")] = None,
+    token: Annotated[str | None, typer.Option(envvar="ONNXPRUNE_TOKEN", help="Bearer token.")] = None,
     **flags: Any,
 ) -> None:
     """Prune MODEL on a remote onnxprune service and download the result.
@@ -99,13 +100,17 @@ def submit(
     console.print(f"job {job['id']} succeeded{detail}: wrote {output}", markup=False, highlight=False)
 
 
+# Job error codes (jobs.policy) that are about the input, not about the server.
+INPUT_FAILURES = frozenset({"model_rejected", "resource_limit", "timeout"})
+
+
 def exit_code_of(error: Exception) -> int:
     """3 when the server said no to this request or this input, 1 when it failed on its own."""
     from service.cli_output import EXIT_FAILURE, EXIT_REFUSED
     from service.client import JobFailed
 
-    if isinstance(error, JobFailed):
-        return EXIT_FAILURE if error.code in (None, "internal_error", "cancelled") else EXIT_REFUSED
+    if isinstance(error, JobFailed):  # the input refused (or over the server's limits), or the server failed
+        return EXIT_REFUSED if error.code in INPUT_FAILURES else EXIT_FAILURE
     status = getattr(error, "status", None)
     if status is not None and (400 <= status < 500 or status == 503):
         return EXIT_REFUSED

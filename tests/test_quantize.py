@@ -81,3 +81,24 @@ def test_calibration_feeds_respect_a_fixed_batch():
     inputs = {"x": np.arange(10, dtype=np.float32).reshape(10, 1)}
     assert [len(feed["x"]) for feed in calibration_batches(inputs, 4)] == [4, 4]  # no ragged last feed
     assert [len(feed["x"]) for feed in calibration_batches(inputs, None)] == [10]
+
+
+def test_a_model_quantized_in_the_qoperator_format_is_refused_with_the_way_forward(model_and_data, tmp_path):
+    from onnxruntime.quantization import QuantFormat, quantize_static
+
+    from graphops.errors import ModelRejected
+    from graphops.loading import load_model, validate_model
+
+    model_path, data = model_and_data
+    x = np.load(data)["input"]
+
+    class Reader:
+        feeds = iter([{"input": x[i:i + 1]} for i in range(8)])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    qoperator = tmp_path / "qop.onnx"
+    quantize_static(str(model_path), str(qoperator), Reader(), quant_format=QuantFormat.QOperator)
+    with pytest.raises(ModelRejected, match="QOperator format .*--quantize int8"):
+        validate_model(load_model(qoperator))

@@ -10,13 +10,9 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Set
-from typing import TYPE_CHECKING
 
 from graphops.errors import ModelRejected
 from workers.options import PruneOptions
-
-if TYPE_CHECKING:
-    from service.settings import Settings
 
 TORCH = "torch"
 TORCH_INSTALL_HINT = ("install the torch extra: pip install -c constraints.txt 'onnxprune[torch]' (CPU-only build: "
@@ -59,40 +55,6 @@ def missing_capability(options: PruneOptions, capabilities: Set[str] | None = No
     if reason is not None and TORCH not in have:
         return f"{reason} needs PyTorch, which is not installed; {TORCH_INSTALL_HINT}"
     return None
-
-
-def _published_key(settings: Settings) -> str:
-    return f"{settings.redis_prefix}capabilities:{settings.queue}"
-
-
-def publish_capabilities(settings: Settings) -> None:
-    """A Celery worker says what it can run (at start), so the API can refuse what none can run.
-
-    One key per queue: the workers of a queue are built from one image, the last one started wins."""
-    import json
-
-    import redis
-
-    if not settings.redis_url:
-        return  # embedded mode: the API checks its own process
-    with redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2) as connection:
-        connection.set(_published_key(settings), json.dumps(sorted(local_capabilities())))
-
-
-def read_published_capabilities(settings: Settings) -> frozenset[str] | None:
-    """What the workers of ``settings.queue`` published; None when none has yet (or Redis is away)."""
-    import json
-
-    import redis
-
-    if not settings.redis_url:
-        return None
-    try:
-        with redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2) as connection:
-            value = connection.get(_published_key(settings))
-    except redis.RedisError:
-        return None
-    return None if value is None else frozenset(json.loads(value))
 
 
 def require_capabilities(options: PruneOptions) -> None:

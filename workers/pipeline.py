@@ -67,7 +67,7 @@ def run_pipeline(
     stages = Stages(progress)
     analysis = analyse_model(Path(model_path), options.input_shapes, stage=stages.stage)
     check_exclude_patterns(options.exclude, (node.name for node in analysis.prepared.graph.node))
-    schedule = choose_schedule(options, plan)
+    schedule = choose_schedule(options, plan, has_data=data is not None)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="onnxprune-", dir=output_path.parent) as workdir:
         job = Job(analysis, options, stages, Path(workdir), limits, data_path=data, sensitivity=sensitivity)

@@ -45,10 +45,10 @@ def test_the_heartbeat_is_fresh_while_the_worker_lives_and_stale_after(tmp_path)
 
 def test_celery_workers_publish_what_they_can_run_and_the_api_reads_it(redis_namespace, monkeypatch):
     """In Celery mode the API refuses at upload what no worker can run: it reads what workers published."""
+    from jobs.capabilities import publish_capabilities
+    from jobs.settings import Settings
     from service.runners import CeleryRunner
-    from service.settings import Settings
     from tests.service.conftest import REDIS_URL
-    from workers.capabilities import publish_capabilities
 
     settings = Settings(redis_url=REDIS_URL, redis_prefix=redis_namespace, queue="q-capabilities",
                         data_dir=Path("unused"))

@@ -40,13 +40,21 @@ def test_submit_has_a_flag_for_every_option_of_the_schema():
     assert {param.name for param in submit.params} - SUBMIT_OWN == SCHEMA
 
 
-def test_the_rest_config_takes_every_option_and_nothing_else():
-    every = {name: value for name, value in PruneOptions().model_dump(mode="json").items() if value is not None}
-    every |= {"max_drop": 0.02, "ratio": "auto"}  # the None defaults, set (max_drop needs ratio auto)
+# A value for each option whose default is None, set alone (some exclude each other, e.g. ratio and flops_target).
+UNSET_BY_DEFAULT = {"ratio": 0.3, "max_drop": None, "flops_target": 0.3, "time_budget": 60.0}
 
-    assert set(every) | {"flops_target"} == SCHEMA  # flops_target excludes ratio: checked alone
+
+def test_the_rest_config_takes_every_option_and_nothing_else():
+    defaults = PruneOptions().model_dump(mode="json")
+    every = {name: value for name, value in defaults.items() if value is not None}
+    unset = {name for name, value in defaults.items() if value is None} - {"ratio"}  # ratio defaults to 0.5
+
+    assert set(every) | unset == SCHEMA
+    assert unset | {"ratio"} == set(UNSET_BY_DEFAULT), "give new None-default options a value here"
     assert parse_config(json.dumps(every)).model_dump(include=set(every), mode="json") == every
-    assert parse_config(json.dumps({"flops_target": 0.3})).flops_target == 0.3
+    for name, value in UNSET_BY_DEFAULT.items():
+        config = {name: value} if value is not None else {"ratio": "auto", name: 0.02}
+        assert parse_config(json.dumps(config)).model_dump(mode="json")[name] == (value if value is not None else 0.02)
     with pytest.raises(ApiError, match="config.not_an_option"):
         parse_config(json.dumps({"not_an_option": 1}))
 
