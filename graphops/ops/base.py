@@ -12,6 +12,12 @@ from collections.abc import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from graphops.dequantized import (
+    DeclinedSlice,
+    quantized_constant_shape,
+    quantized_constant_values,
+    quantized_slice_targets,
+)
 from graphops.layout import ConstSlice, Layout, TrackerState
 from graphops.shapes import Shape
 
@@ -62,10 +68,13 @@ class AnalysisContext:
 
     @staticmethod
     def const_shape(tensor: gs.Tensor | None) -> tuple[int, ...] | None:
-        """A constant's shape without loading its values (weights load lazily in graphsurgeon)."""
+        """A constant's shape without loading its values (weights load lazily in graphsurgeon).
+
+        A constant stored quantized behind DequantizeLinear (QDQ) counts: ``slice_const`` slices it
+        at its source."""
         if isinstance(tensor, gs.Constant):
             return tuple(int(d) for d in tensor.shape)
-        return None
+        return quantized_constant_shape(tensor)
 
     def input_layouts(self, node: gs.Node) -> list[Layout]:
         return [lay for lay in (self.layout(t) for t in node.inputs if t is not None) if lay is not None]
@@ -78,11 +87,23 @@ class AnalysisContext:
         return self.state.new_atoms(count, origin)
 
     def slice_const(self, node: gs.Node, index: int, axis: int, atoms: np.ndarray, *, reduces: bool = False) -> None:
-        """Record that constant input ``index`` of ``node`` follows ``atoms`` along ``axis``."""
-        entry = ConstSlice(node.name, index, axis, atoms)
-        self.state.slices.append(entry)
-        if reduces:
-            self.state.reductions.append(entry)
+        """Record that constant input ``index`` of ``node`` follows ``atoms`` along ``axis``.
+
+        A quantized constant (behind DequantizeLinear) is sliced at the DequantizeLinear's inputs; one
+        that cannot be sliced safely pins ``atoms``, with the reason."""
+        try:
+            targets = quantized_slice_targets(node, index, axis)
+        except DeclinedSlice as declined:
+            self.state.pin(atoms, str(declined))
+            if reduces or node.op in ("Conv", "ConvTranspose"):
+                self.pin_inputs(node, str(declined))
+            return
+        for target_node, target_index, target_axis in targets or [(node, index, axis)]:
+            entry = ConstSlice(target_node.name, target_index, target_axis, atoms)
+            self.state.slices.append(entry)
+            # The oracle zeroes what reads removed channels: a quantized weight's data, not its scales.
+            if reduces and (not targets or target_index == 0):
+                self.state.reductions.append(entry)
 
     def new_pinned_layout(self, axis: int, count: int, origin: str, reason: str) -> Layout:
         atoms = self.state.new_atoms(count, origin)
@@ -131,9 +152,11 @@ class SurgeryContext:
 
     @staticmethod
     def const(tensor: gs.Tensor | None) -> np.ndarray | None:
+        """A constant's values; for one behind DequantizeLinear, its stored (quantized) values, whose
+        shape is the float weight's."""
         if isinstance(tensor, gs.Constant):
             return np.asarray(tensor.values)
-        return None
+        return quantized_constant_values(tensor)
 
     @staticmethod
     def replace_input(node: gs.Node, index: int, values: np.ndarray) -> None:
