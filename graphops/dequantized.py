@@ -188,3 +188,9 @@ def float_weight_reader(model: onnx.ModelProto) -> Callable[[str], np.ndarray | 
         return _dequantize(data, scale, zero, axis + data.ndim if axis < 0 else axis)
 
     return read
+
+
+def first_quantization_node(model: onnx.ModelProto) -> onnx.NodeProto | None:
+    """The first QuantizeLinear or DequantizeLinear of the main graph: the model is already QDQ."""
+    return next((node for node in model.graph.node
+                 if node.op_type in ("QuantizeLinear", DEQUANTIZE) and node.domain in ("", "ai.onnx")), None)

@@ -79,3 +79,15 @@ def test_cli_prunes_the_real_resnet20_quantized_to_qdq(tmp_path, shared_models_d
     quantize_static(str(float13), str(source), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
     report = prune_and_check(source, tmp_path, "--flops-target", "0.3")
     assert report["macs"]["after"] <= 0.72 * report["macs"]["before"]
+
+
+def test_quantize_option_on_a_qdq_model_is_refused_with_one_line(tmp_path):
+    """Quantizing a QDQ model again would make an invalid model: a user error (exit 2), before any pruning."""
+    source = tmp_path / "qdq.onnx"
+    onnx.save(qdq_models.quantize_qdq(qdq_models.residual_net(), tmp_path, per_channel=True), source)
+    result = onnxprune("prune", source, "-o", "out.onnx", "--ratio", "0.5", "--quantize", "int8", "--no-benchmark",
+                       cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1 and "already quantized" in message and "DequantizeLinear" in message
+    assert not (tmp_path / "out.onnx").exists()

@@ -23,6 +23,7 @@ from workers.reporting import build_report
 from workers.sandbox import RunnerLimits
 from workers.stages import STAGE_END, Progress, Stages
 from workers.strategies import Job, Outcome, choose_schedule
+from workers.quantize import check_not_quantized
 from workers.strategies.finish import choose_finish
 from workers.verification import ORACLE_RTOL, VerificationFailed
 
@@ -63,6 +64,8 @@ def run_pipeline(
     output_path = Path(output_path)
     stages = Stages(progress)
     analysis = analyse_model(Path(model_path), options.input_shapes, stage=stages.stage)
+    if options.quantize != "none":
+        check_not_quantized(analysis.original)
     schedule = choose_schedule(options, plan)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="onnxprune-", dir=output_path.parent) as workdir:
