@@ -2,8 +2,11 @@
 
 Weights may arrive as initializers, Constant nodes, Identity of constants, or whole constant
 subgraphs (``light_resnet50`` builds every weight with ConstantOfShape). Folding them into
-initializers lets every handler treat a weight as one constant array. Symbolic input dims are kept:
-the pruned model must stay as dynamic as the user's.
+initializers lets every handler treat a weight as one constant array. Quantized (QDQ) weights stay
+quantized: DequantizeLinear is never folded into a float weight (onnx-graphsurgeon leaves Q/DQ
+alone), and a QuantizeLinear of a float weight is stored as its int8 result
+(``graphops.weight_quantizers``). Symbolic input dims are kept: the pruned model must stay as
+dynamic as the user's.
 """
 
 from __future__ import annotations
@@ -15,9 +18,14 @@ import onnx_graphsurgeon as gs
 
 from graphops.errors import ModelRejected
 from graphops.shapes import inferred_value_info, model_shell
+from graphops.weight_quantizers import fold_weight_quantizers
 
 # Constant subgraphs whose results exceed this are left unfolded (validation bounds them too).
 FOLD_SIZE_LIMIT_BYTES = 256 << 20
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((int(e.version) for e in model.opset_import if e.domain in ("", "ai.onnx")), 1)
 
 
 def name_unnamed_nodes(graph: gs.Graph) -> None:
@@ -72,6 +80,7 @@ def prepare_model(
             size_threshold=FOLD_SIZE_LIMIT_BYTES,
             error_ok=True,
         )
+        fold_weight_quantizers(graph, _opset(model), FOLD_SIZE_LIMIT_BYTES)  # QAT exports: weights stored int8
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
         exported = gs.export_onnx(graph, do_type_check=False)
     except Exception as exc:  # onnx-graphsurgeon raises many kinds on malformed graphs

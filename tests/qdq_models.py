@@ -194,3 +194,32 @@ def depthwise_net() -> onnx.ModelProto:
         helper.make_node("Conv", ["r2", "w3"], ["y"], name="conv3"),
     ]  # fmt: skip
     return _model(nodes, inits, "y", [1, 4, 8, 8])
+
+
+def qat_export_net() -> onnx.ModelProto:
+    """As quantization-aware-training exports write it: float weights quantized at run time.
+
+        x -Q/DQ-> conv1(6; QuantizeLinear(w1 float, 6 scales) -> DQ) -relu-Q/DQ-> conv2(4; Q(w2) -> DQ) -> y
+    """
+    rng = np.random.default_rng(6)
+    inits = {
+        "w1": (rng.standard_normal((6, 3, 3, 3)) * 0.3).astype(np.float32),
+        "w1_s": (rng.random(6) * 0.01 + 0.004).astype(np.float32), "w1_z": np.zeros(6, np.int8),
+        "w2": (rng.standard_normal((4, 6, 3, 3)) * 0.3).astype(np.float32),
+        "w2_s": np.float32(0.006), "w2_z": np.int8(0),
+        "x_s": np.float32(0.03), "x_z": np.uint8(128), "r_s": np.float32(0.02), "r_z": np.uint8(0),
+    }  # fmt: skip
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "x_s", "x_z"], ["xq"], name="x_q"),
+        helper.make_node("DequantizeLinear", ["xq", "x_s", "x_z"], ["xd"], name="x_dq"),
+        helper.make_node("QuantizeLinear", ["w1", "w1_s", "w1_z"], ["w1q"], axis=0, name="w1_q"),
+        helper.make_node("DequantizeLinear", ["w1q", "w1_s", "w1_z"], ["w1d"], axis=0, name="w1_dq"),
+        helper.make_node("Conv", ["xd", "w1d"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("QuantizeLinear", ["r1", "r_s", "r_z"], ["r1q"], name="r1_q"),
+        helper.make_node("DequantizeLinear", ["r1q", "r_s", "r_z"], ["r1d"], name="r1_dq"),
+        helper.make_node("QuantizeLinear", ["w2", "w2_s", "w2_z"], ["w2q"], name="w2_q"),
+        helper.make_node("DequantizeLinear", ["w2q", "w2_s", "w2_z"], ["w2d"], name="w2_dq"),
+        helper.make_node("Conv", ["r1d", "w2d"], ["y"], pads=[1, 1, 1, 1], name="conv2"),
+    ]  # fmt: skip
+    return _model(nodes, inits, "y", [1, 4, 8, 8])

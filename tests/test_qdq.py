@@ -22,7 +22,7 @@ from graphops.plan import PruningPlan
 from graphops.scoring import score_groups
 from graphops.selection import select_by_ratio
 from tests import qdq_models
-from tests.oracle import Analysed, analyse, assert_prune_matches_oracle, initializer_arrays
+from tests.oracle import Analysed, analyse, assert_prune_matches_oracle, initializer_arrays, random_feeds, run_model
 
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -201,3 +201,19 @@ def test_cost_counts_quantized_weights_not_scales(tmp_path):
     assert cost_q.macs == cost_f.macs
     assert cost_q.params == cost_f.params == sum(v.size for v in initializer_arrays(float_model).values())
 
+
+
+def test_weights_quantized_at_run_time_are_stored_int8_and_pruned():
+    """QAT exports quantize float weights with QuantizeLinear at every run: prepare stores the int8
+    result (exactly what the runtime computes), after which the weights prune like any QDQ weight."""
+    model = qdq_models.qat_export_net()
+    analysed = analyse(model)
+    kinds = Counter(node.op_type for node in analysed.prepared.graph.node)
+    assert kinds["QuantizeLinear"] == 2 and kinds["DequantizeLinear"] == 4, kinds  # activations only
+    assert_weights_quantized(analysed.prepared)
+    feeds = random_feeds(model, analysed.input_shapes)
+    np.testing.assert_array_equal(run_model(model, feeds)[0], run_model(analysed.prepared, feeds)[0])
+    assert analysed.dep.group("conv1").prunable
+    plan = PruningPlan.from_keep(analysed.dep, dict(conv1=[0, 3, 4]))
+    result = assert_prune_matches_oracle(model, plan, analysed=analysed, rtol=1e-5)
+    assert initializer_arrays(result.pruned)["w1_s"].shape == (3,)
