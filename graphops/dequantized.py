@@ -157,7 +157,8 @@ def _dequantize(data: np.ndarray, scale: np.ndarray, zero: np.ndarray | None, ax
         shape = [1] * data.ndim
         shape[axis] = scale.size
         scale, zero = scale.reshape(shape), zero.reshape(shape) if zero.size > 1 else zero.reshape(())
-    return (data - zero) * scale
+    values: np.ndarray = (data - zero) * scale
+    return values
 
 
 def float_weight_reader(model: onnx.ModelProto) -> Callable[[str], np.ndarray | None]:

@@ -11,6 +11,8 @@ constants.
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -28,7 +30,8 @@ def _quantize(node: gs.Node, opset: int) -> np.ndarray:
     onnx_node = helper.make_node("QuantizeLinear", names, ["out"], **node.attrs)
     graph = helper.make_graph([onnx_node], "q", [], [helper.make_tensor_value_info("out", 0, None)], initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    return np.asarray(ReferenceEvaluator(model).run(None, {})[0])
+    outputs = cast(list[Any], ReferenceEvaluator(model).run(None, {}))
+    return np.asarray(outputs[0])
 
 
 def fold_weight_quantizers(graph: gs.Graph, opset: int, size_limit: int) -> int:

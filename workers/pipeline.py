@@ -18,12 +18,12 @@ from workers.analysis import analyse_model
 from workers.benchmark import benchmark, compare_outputs, make_inputs, run_model
 from workers.fileio import file_sha256
 from workers.options import PruneOptions
+from workers.quantize import check_not_quantized
 from workers.report import Fidelity, HeldOutEvaluation, Latency, PruneReport, SensitivityReport
 from workers.reporting import build_report
 from workers.sandbox import RunnerLimits
 from workers.stages import STAGE_END, Progress, Stages
 from workers.strategies import Job, Outcome, choose_schedule
-from workers.quantize import check_not_quantized
 from workers.strategies.finish import choose_finish
 from workers.verification import ORACLE_RTOL, VerificationFailed
 
