@@ -132,12 +132,15 @@ def initializer_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 
 def conv_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Weight of every Conv / ConvTranspose whose weight is an initializer, by node name."""
+    """Weight of every Conv / ConvTranspose whose weight is an initializer, by node name (for a QDQ
+    weight, the quantized initializer behind its DequantizeLinear: the same shape)."""
     arrays = initializer_arrays(model)
+    behind = {node.output[0]: node.input[0] for node in model.graph.node
+              if node.op_type == "DequantizeLinear" and node.input[0] in arrays}
     return {
-        node.name: arrays[node.input[1]]
+        node.name: arrays[behind.get(node.input[1], node.input[1])]
         for node in model.graph.node
-        if node.op_type in ("Conv", "ConvTranspose") and node.input[1] in arrays
+        if node.op_type in ("Conv", "ConvTranspose") and behind.get(node.input[1], node.input[1]) in arrays
     }
 
 
