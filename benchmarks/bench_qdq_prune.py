@@ -164,6 +164,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flops-target", type=float, default=0.3)
     args = parser.parse_args()
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         float13 = work / "resnet20_opset13.onnx"
@@ -189,6 +190,7 @@ def main() -> None:
         "command": f"python benchmarks/bench_qdq_prune.py --flops-target {args.flops_target}",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, onnxruntime {ort.__version__}",
+        "load_average": {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2)},
         "float_accuracy_held_out": float_accuracy,
         "float_pruned_accuracy_held_out": float_pruned_accuracy,
         "cases": cases,
@@ -204,7 +206,9 @@ def markdown(result: dict) -> str:
         "# Pruning an already-quantized (QDQ) ResNet-20 with the CLI", "",
         f"`{result['command']}` ({result['date']}, {result['machine']}). Float model held-out accuracy "
         f"{result['float_accuracy_held_out']:.4f} (2,000 CIFAR-10 test images); the float model pruned by the "
-        f"same CLI command: {result['float_pruned_accuracy_held_out']:.4f}. No recovery after pruning.", "",
+        f"same CLI command: {result['float_pruned_accuracy_held_out']:.4f}. No recovery after pruning. "
+        f"Load average {result['load_average']['start']} at the start, {result['load_average']['end']} at the end: "
+        "latencies measured under a load far above the core count are noise, not a comparison.", "",
         "| QDQ weights | MACs before | MACs after | oracle rel. error | Q / DQ before | Q / DQ after | "
         "int8 weights after | float weights after | acc. QDQ | acc. pruned QDQ | latency QDQ (ms, IQR) | "
         "latency pruned (ms, IQR) | groups with the float plan's channels |",
