@@ -114,6 +114,9 @@ def validate_model(model: onnx.ModelProto, limits: ValidationLimits = Validation
             )
     for node in _all_nodes(model.graph):
         _check_node(node)
+    for function in model.functions:  # local functions: their bodies run like the graph's own nodes
+        for node in function.node:
+            _check_node(node)
     _check_element_types(model.graph)
     _check_generated_sizes(model.graph, limits)
     if not any(node.op_type in CONV_OPS for node in model.graph.node):

@@ -66,7 +66,7 @@ def run_pipeline(
     analysis = analyse_model(Path(model_path), options.input_shapes, stage=stages.stage)
     if options.quantize != "none":
         check_not_quantized(analysis.original)
-    schedule = choose_schedule(options, plan)
+    schedule = choose_schedule(options, plan, has_data=data is not None)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="onnxprune-", dir=output_path.parent) as workdir:
         job = Job(analysis, options, stages, Path(workdir), limits, data_path=data, sensitivity=sensitivity)
