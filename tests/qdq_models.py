@@ -223,3 +223,20 @@ def qat_export_net() -> onnx.ModelProto:
         helper.make_node("Conv", ["r1d", "w2d"], ["y"], pads=[1, 1, 1, 1], name="conv2"),
     ]  # fmt: skip
     return _model(nodes, inits, "y", [1, 4, 8, 8])
+
+
+def blocked_weight_net() -> onnx.ModelProto:
+    """A weight quantized in blocks along its input axis (opset 21 ``block_size``): scales [C_out, C_in / 2, k, k]."""
+    rng = np.random.default_rng(7)
+    inits = {
+        "w1_q": _int8(rng.standard_normal((4, 3, 3, 3)) * 40), "w1_s": np.float32(0.01),
+        "w2_q": _int8(rng.standard_normal((4, 4, 3, 3)) * 40),
+        "w2_s": (rng.random((4, 2, 3, 3)) * 0.01 + 0.005).astype(np.float32),
+    }  # fmt: skip
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w1_q", "w1_s"], ["w1"], name="w1_dq"),
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("DequantizeLinear", ["w2_q", "w2_s"], ["w2"], axis=1, block_size=2, name="w2_dq"),
+        helper.make_node("Conv", ["c1", "w2"], ["y"], pads=[1, 1, 1, 1], name="conv2"),
+    ]  # fmt: skip
+    return _model(nodes, inits, "y", [1, 4, 8, 8], opset=21)

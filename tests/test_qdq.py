@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import graphops.masking
 from graphops.cost import measure_cost
@@ -168,10 +170,12 @@ DECLINED_CASES = [
     # (builder, groups that must freeze, words the reason must contain)
     (qdq_models.shared_weight_net, ("conv1", "conv_a"), ("w2_dq", "read by 2 ops")),
     (qdq_models.grouped_conv_net, ("conv1", "grouped"), ("grouped", "'grouped'")),
+    (qdq_models.blocked_weight_net, ("conv1",), ("blocked", "w2_dq", "conv2")),
 ]
 
 
-@pytest.mark.parametrize(("build", "frozen", "words"), DECLINED_CASES, ids=["shared-weight", "grouped-conv"])
+@pytest.mark.parametrize(("build", "frozen", "words"), DECLINED_CASES,
+                         ids=["shared-weight", "grouped-conv", "blocked-quantization"])
 def test_unsupported_qdq_patterns_freeze_with_a_reason_naming_the_node(build, frozen, words):
     analysed = analyse(build())
     for group_id in frozen:
@@ -217,3 +221,24 @@ def test_weights_quantized_at_run_time_are_stored_int8_and_pruned():
     plan = PruningPlan.from_keep(analysed.dep, dict(conv1=[0, 3, 4]))
     result = assert_prune_matches_oracle(model, plan, analysed=analysed, rtol=1e-5)
     assert initializer_arrays(result.pruned)["w1_s"].shape == (3,)
+
+
+@pytest.fixture(scope="module")
+def asymmetric_qdq(tmp_path_factory) -> tuple[onnx.ModelProto, Analysed]:
+    directory = tmp_path_factory.mktemp("asymmetric")
+    model = qdq_models.quantize_qdq(qdq_models.residual_net(), directory, per_channel=True, weight_type="uint8")
+    return model, analyse(model)
+
+
+def _kept(channels: int) -> st.SearchStrategy[list[int]]:
+    return st.sets(st.integers(0, channels - 1), min_size=1, max_size=channels).map(sorted)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(conv1=_kept(8), conv2=_kept(6), deconv=_kept(5))
+def test_any_channel_choice_on_a_qdq_net_matches_the_oracle(asymmetric_qdq, conv1, conv2, deconv):
+    """Whatever channels are kept, the pruned QDQ net computes what the zero-point-masked original does."""
+    model, analysed = asymmetric_qdq
+    plan = PruningPlan.from_keep(analysed.dep, {"conv1": conv1, "conv2": conv2, "deconv": deconv})
+    result = assert_prune_matches_oracle(model, plan, analysed=analysed, rtol=1e-5)
+    assert qdq_counts(result.pruned) == qdq_counts(model)
