@@ -70,7 +70,9 @@ class Job:
             raise ModelRejected(f"{reason}: pass --data DATA.npz (one array per model input, optional labels)")
         from roundtrip.context import build_context
 
-        self.data_context = build_context(self.data_path, self.analysis.original, self.analysis.input_shapes,
+        # The executor runs the prepared graph the analysis prunes (constants folded, shapes known), never
+        # the raw export: its run-time shape subgraphs (Shape -> Gather -> Reshape) are not executor material.
+        self.data_context = build_context(self.data_path, self.analysis.prepared, self.analysis.input_shapes,
                                           batch_size=self.options.batch_size, score_batches=self.options.score_batches)
         return self.data_context
 
