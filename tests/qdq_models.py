@@ -240,3 +240,25 @@ def blocked_weight_net() -> onnx.ModelProto:
         helper.make_node("Conv", ["c1", "w2"], ["y"], pads=[1, 1, 1, 1], name="conv2"),
     ]  # fmt: skip
     return _model(nodes, inits, "y", [1, 4, 8, 8], opset=21)
+
+
+def per_input_channel_scales_net() -> onnx.ModelProto:
+    """A weight whose per-channel scales and zero points run along its input axis (axis 1): they follow
+    the channels the conv reads, so removing conv1's channels slices them too.
+
+        x -DQ(w1)-> conv1(6) -relu-> conv2(4; DQ(w2 uint8, axis 1: 6 scales, 6 zero points)) -> y
+    """
+    rng = np.random.default_rng(8)
+    inits = {
+        "w1_q": _int8(rng.standard_normal((6, 3, 3, 3)) * 40), "w1_s": np.float32(0.01),
+        "w2_q": rng.integers(0, 256, (4, 6, 3, 3)).astype(np.uint8),
+        "w2_s": (rng.random(6) * 0.004 + 0.001).astype(np.float32), "w2_z": rng.integers(90, 170, 6).astype(np.uint8),
+    }  # fmt: skip
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w1_q", "w1_s"], ["w1"], name="w1_dq"),
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("DequantizeLinear", ["w2_q", "w2_s", "w2_z"], ["w2"], axis=1, name="w2_dq"),
+        helper.make_node("Conv", ["r1", "w2"], ["y"], pads=[1, 1, 1, 1], name="conv2"),
+    ]  # fmt: skip
+    return _model(nodes, inits, "y", [1, 4, 8, 8])

@@ -166,6 +166,18 @@ def test_depthwise_conv_with_quantized_weight_follows_its_channels():
     np.testing.assert_array_equal(arrays["w2_s"], initializer_arrays(model)["w2_s"][[1, 3, 4, 6, 7]])
 
 
+def test_scales_along_the_input_axis_follow_the_channels_read():
+    model = qdq_models.per_input_channel_scales_net()
+    analysed = analyse(model)
+    keep = [1, 2, 4]
+    result = assert_prune_matches_oracle(model, PruningPlan.from_keep(analysed.dep, {"conv1": keep}),
+                                         analysed=analysed, rtol=1e-5)
+    arrays, original = initializer_arrays(result.pruned), initializer_arrays(model)
+    np.testing.assert_array_equal(arrays["w2_q"], original["w2_q"][:, keep])
+    np.testing.assert_array_equal(arrays["w2_s"], original["w2_s"][keep])
+    np.testing.assert_array_equal(arrays["w2_z"], original["w2_z"][keep])
+
+
 DECLINED_CASES = [
     # (builder, groups that must freeze, words the reason must contain)
     (qdq_models.shared_weight_net, ("conv1", "conv_a"), ("w2_dq", "read by 2 ops")),
