@@ -14,7 +14,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphops.errors import GraphOpsError, ModelRejected
+import os
+
+from graphops.errors import AnalysisBug, ModelRejected, UnsupportedPattern
 from graphops.layout import ConstSlice, Layout, Producer, ShapeEntry, TrackerState
 from graphops.ops import AnalysisContext, handler_for
 from graphops.ops.base import describe
@@ -22,6 +24,9 @@ from graphops.shape_completion import complete_shapes
 from graphops.shapes import Shape, resolve_input_shapes, skeleton, with_input_shapes
 
 FILTER_OPS = ("Conv", "ConvTranspose")
+# Set (to anything but "" or "0") by the test suite: a handler bug re-raises the handler's own
+# exception, traceback and all, instead of the one-line AnalysisBug jobs report.
+STRICT_ENV = "ONNXPRUNE_STRICT_ANALYSIS"
 _MAX_REASONS = 5
 
 
@@ -127,10 +132,24 @@ def _infer(model: onnx.ModelProto, input_shapes):
         raise ModelRejected(f"shape inference failed: {str(exc).splitlines()[0]}") from exc
 
 
+def strict_by_default() -> bool:
+    return os.environ.get(STRICT_ENV, "") not in ("", "0")
+
+
 def analyze(
-    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None
+    model: onnx.ModelProto,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    *,
+    strict: bool | None = None,
 ) -> DependencyGraph:
-    """Channel groups of a prepared model (see :func:`graphops.prepare.prepare_model`)."""
+    """Channel groups of a prepared model (see :func:`graphops.prepare.prepare_model`).
+
+    A handler declines a pattern by raising :class:`UnsupportedPattern`: the channels the node
+    touches freeze with that reason. Any other exception is a bug and is never turned into a frozen
+    group: ``strict`` (the tests) re-raises it as it is; otherwise (jobs) it becomes an
+    :class:`AnalysisBug` naming the node, an internal error.
+    """
+    strict = strict_by_default() if strict is None else strict
     resolved, shapes = _infer(model, input_shapes)
     opset = _opset(model)
     graph = gs.import_onnx(model)
@@ -143,13 +162,28 @@ def analyze(
             continue
         try:
             handler_for(node.op).propagate(node, ctx)
-        except (GraphOpsError, ValueError, IndexError, KeyError, TypeError) as exc:
-            ctx.pin_inputs(node, f"{describe(node)} could not be analysed ({type(exc).__name__}: {exc})")
+        except UnsupportedPattern as declined:
+            _freeze_node(node, ctx, str(declined))
+        except Exception as exc:
+            if strict:
+                raise
+            raise AnalysisBug(
+                f"onnxprune bug: the {node.op} handler failed on {describe(node)} ({type(exc).__name__}: {exc})"
+            ) from exc
     for out in graph.outputs:
         layout = state.layouts.get(out.name)
         if layout is not None:
             state.pin(layout.atoms, f"reaches graph output '{out.name}'")
     return _collect(model, resolved, shapes, opset, graph, state)
+
+
+def _freeze_node(node: gs.Node, ctx: AnalysisContext, reason: str) -> None:
+    """Pin what a declining handler touched: its inputs' channels, and any output layout it had set."""
+    ctx.pin_inputs(node, reason)
+    for out in node.outputs:
+        layout = ctx.layout(out)
+        if layout is not None:
+            ctx.state.pin(layout.atoms, reason)
 
 
 def _collect(model, resolved, shapes, opset, graph: gs.Graph, state: TrackerState) -> DependencyGraph:

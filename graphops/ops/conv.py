@@ -12,6 +12,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphops.layout import Layout, Producer
+from graphops.errors import UnsupportedPattern
 from graphops.ops.base import AnalysisContext, OpHandler, SurgeryContext, describe, register
 
 
@@ -138,8 +139,7 @@ class ConvTranspose(OpHandler):
         out = node.outputs[0]
         if weight is None or len(weight) < 3:
             reason = f"{describe(node)} has weights computed at run time"
-            ctx.pin_inputs(node, reason)
-            return
+            raise UnsupportedPattern(reason)
         c_in, c_out = weight[0], weight[1] * groups
         layout = _input_layout(node, ctx, c_in)
         if groups == 1:

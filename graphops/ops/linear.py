@@ -11,6 +11,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from graphops.layout import Layout, Producer
+from graphops.errors import UnsupportedPattern
 from graphops.ops.base import AnalysisContext, OpHandler, describe, register
 
 
@@ -29,8 +30,7 @@ class Gemm(OpHandler):
         a, b = node.inputs[0], node.inputs[1]
         weight = ctx.const_shape(b)
         if ctx.layout(b) is not None or weight is None or int(node.attrs.get("transA", 0)):
-            ctx.pin_inputs(node, f"{describe(node)} is not a layer with a constant weight")
-            return
+            raise UnsupportedPattern(f"{describe(node)} is not a layer with a constant weight")
         layout = _feature_layout(node, ctx, a)
         trans_b = int(node.attrs.get("transB", 0))
         k_axis, n_axis = (1, 0) if trans_b else (0, 1)
@@ -57,8 +57,7 @@ class MatMul(OpHandler):
         a, b = node.inputs[0], node.inputs[1]
         weight = ctx.const_shape(b)
         if ctx.layout(b) is not None or weight is None or len(weight) != 2:
-            ctx.pin_inputs(node, f"{describe(node)} is not a layer with a constant 2-D weight")
-            return
+            raise UnsupportedPattern(f"{describe(node)} is not a layer with a constant 2-D weight")
         layout = _feature_layout(node, ctx, a)
         if layout is not None:
             if len(layout) != weight[0]:

@@ -14,6 +14,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphops.layout import Layout, ShapeEntry
+from graphops.errors import UnsupportedPattern
 from graphops.ops.base import AnalysisContext, OpHandler, SurgeryContext, describe, normalize_axis, register
 
 
@@ -103,8 +104,7 @@ class Transpose(OpHandler):
         rank = ctx.rank(node.inputs[0])
         perm = [int(p) for p in node.attrs.get("perm", list(range(rank - 1, -1, -1)) if rank else [])]
         if layout.axis not in perm:
-            ctx.pin_inputs(node, f"{describe(node)} has an unknown permutation")
-            return
+            raise UnsupportedPattern(f"{describe(node)} has an unknown permutation")
         ctx.set_layout(node.outputs[0], layout.moved(perm.index(layout.axis)))
 
 
@@ -117,17 +117,14 @@ class Reshape(OpHandler):
         in_shape = ctx.static_shape(node.inputs[0])
         out_shape = ctx.static_shape(node.outputs[0])
         if in_shape is None or out_shape is None:
-            ctx.pin_inputs(node, f"{describe(node)} reshapes channels with unknown static shapes")
-            return
+            raise UnsupportedPattern(f"{describe(node)} reshapes channels with unknown static shapes")
         mapped = map_axis_through_reshape(in_shape, out_shape, layout.axis, len(layout))
         if mapped is None:
-            ctx.pin_inputs(node, f"{describe(node)} splits the channel axis {in_shape} -> {out_shape}")
-            return
+            raise UnsupportedPattern(f"{describe(node)} splits the channel axis {in_shape} -> {out_shape}")
         out_axis, positions = mapped
         atoms = layout.atoms[positions]
         if node.op == "Reshape" and not follow_shape_entry(ctx, node, 1, out_axis, atoms, may_copy=True):
-            ctx.pin_inputs(node, f"{describe(node)} takes a run-time shape that fixes the channel count")
-            return
+            raise UnsupportedPattern(f"{describe(node)} takes a run-time shape that fixes the channel count")
         ctx.set_layout(node.outputs[0], Layout(out_axis, atoms))
 
 
@@ -152,8 +149,7 @@ class Concat(OpHandler):
             shape = ctx.shape(tensor)
             size = shape[axis] if shape is not None else None
             if not isinstance(size, int):
-                ctx.pin_inputs(node, f"{describe(node)} joins an input of unknown size on the channel axis")
-                return
+                raise UnsupportedPattern(f"{describe(node)} joins an input of unknown size on the channel axis")
             reason = f"{describe(node)} joins channels of '{tensor.name}', which are not tracked"
             pieces.append(ctx.new_pinned_layout(axis, size, node.name, reason).atoms)
         ctx.set_layout(node.outputs[0], Layout(axis, np.concatenate(pieces)))
@@ -165,8 +161,7 @@ def Broadcast_like(node: gs.Node, ctx: AnalysisContext) -> None:
     reference = next(lay for lay in layouts if lay is not None)
     for tensor, layout in zip(node.inputs, layouts):
         if layout is None or layout.axis != reference.axis or len(layout) != len(reference):
-            ctx.pin_inputs(node, f"{describe(node)} joins tensors whose channels do not line up")
-            return
+            raise UnsupportedPattern(f"{describe(node)} joins tensors whose channels do not line up")
         ctx.state.unite(reference.atoms, layout.atoms)
     ctx.set_layout(node.outputs[0], reference)
 
@@ -185,13 +180,11 @@ class Split(OpHandler):
             return
         sizes = _int_input_or_attr(node, ctx, 1, "split")
         if sizes is None:
-            ctx.pin_inputs(node, f"{describe(node)} splits channels by run-time sizes")
-            return
+            raise UnsupportedPattern(f"{describe(node)} splits channels by run-time sizes")
         if not sizes:
             count = len(node.outputs)
             if len(layout) % count:
-                ctx.pin_inputs(node, f"{describe(node)} splits {len(layout)} channels unevenly")
-                return
+                raise UnsupportedPattern(f"{describe(node)} splits {len(layout)} channels unevenly")
             sizes = [len(layout) // count] * count
         offset = 0
         for out, size in zip(node.outputs, sizes):
@@ -229,8 +222,7 @@ class Slice(OpHandler):
             return
         params = self._params(node, ctx)
         if params is None:
-            ctx.pin_inputs(node, f"{describe(node)} slices with run-time parameters")
-            return
+            raise UnsupportedPattern(f"{describe(node)} slices with run-time parameters")
         rank = ctx.rank(node.inputs[0])
         starts, ends, axes, steps = params
         axes = [normalize_axis(a, rank) for a in (axes or range(len(starts)))]
@@ -240,8 +232,7 @@ class Slice(OpHandler):
         k = axes.index(layout.axis)
         step = steps[k] if steps else 1
         if step != 1:
-            ctx.pin_inputs(node, f"{describe(node)} takes every {step}th channel")
-            return
+            raise UnsupportedPattern(f"{describe(node)} takes every {step}th channel")
         positions = np.arange(len(layout))[slice(*slice(starts[k], ends[k]).indices(len(layout)))]
         atoms = layout.atoms[positions]
         ctx.state.nonempty.append(atoms)
@@ -329,12 +320,10 @@ class Reduce(OpHandler):
         else:
             axes = _int_input_or_attr(node, ctx, 1, "axes")
         if axes is None or (not axes and not int(node.attrs.get("noop_with_empty_axes", 0))) or rank is None:
-            ctx.pin_inputs(node, f"{describe(node)} reduces over all axes, the channels included")
-            return
+            raise UnsupportedPattern(f"{describe(node)} reduces over all axes, the channels included")
         axes = {normalize_axis(a, rank) for a in axes}
         if layout.axis in axes:
-            ctx.pin_inputs(node, f"{describe(node)} reduces over the channel axis")
-            return
+            raise UnsupportedPattern(f"{describe(node)} reduces over the channel axis")
         keepdims = int(node.attrs.get("keepdims", 1))
         out_axis = layout.axis if keepdims else layout.axis - sum(a < layout.axis for a in axes)
         ctx.set_layout(node.outputs[0], layout.moved(out_axis))
