@@ -125,6 +125,8 @@ def _print_summary(report) -> None:
     if learned is not None:
         kept = ", ".join(f"{layer.kept}/{layer.channels}" for layer in learned.layers)
         table.caption += f"\nlearned (max drop {learned.max_drop:g} in {learned.metric}): filters kept per layer {kept}"
+    for warning in report.warnings:  # e.g. which size symbolic input dims were probed at
+        table.caption += f"\nnote: {warning}"
     Console().print(table)
 
 
@@ -211,11 +213,12 @@ def analyze(
     from graphops.dependency import analyze as analyze_dependencies
     from graphops.loading import load_model, validate_model
     from graphops.prepare import prepare_model
-    from graphops.shapes import resolve_input_shapes
+    from graphops.input_shapes import choose_input_shapes
 
     model_proto = load_model(model)
     validate_model(model_proto)
-    shapes = resolve_input_shapes(model_proto, _input_shapes(input_shape))
+    shape_choice = choose_input_shapes(model_proto, _input_shapes(input_shape))
+    shapes = shape_choice.shapes
     prepared = prepare_model(model_proto)
     dep = analyze_dependencies(prepared, shapes)
     cost = measure_cost(prepared, shapes)
@@ -229,6 +232,7 @@ def analyze(
         "macs": cost.macs,
         "params": cost.params,
         "input_shapes": shapes,
+        "input_shape_notes": shape_choice.notes,
         "nodes": [{"name": n.name, "op_type": n.op_type, "macs": n.macs, "params": n.params} for n in cost.nodes],
         "groups": [{"id": g.id, "channels": g.channels, "pinned": len(g.pinned), "producers": list(g.producers),
                     "nodes": list(g.nodes), "macs_share": share(g.nodes), "notes": list(g.reasons)}
@@ -241,6 +245,8 @@ def analyze(
         return
     out = Console()
     out.print(f"{model.name}: {cost.macs:,} MACs, {cost.params:,} params, inputs {shapes}")
+    for note in shape_choice.notes:
+        out.print(f"note: {note}")
     table = Table("group", "channels", "pinned", "producers", "MACs share", title="prunable groups")
     for g in data["groups"]:
         producers = ", ".join(g["producers"][:3]) + (" ..." if len(g["producers"]) > 3 else "")

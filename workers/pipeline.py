@@ -28,7 +28,7 @@ from graphops.plan import PruningPlan
 from graphops.prepare import prepare_model
 from graphops.scoring import Scores, score_groups
 from graphops.selection import select_by_flops, select_by_ratio
-from graphops.shapes import resolve_input_shapes
+from graphops.input_shapes import choose_input_shapes
 from graphops.surgery import apply_plan
 from workers.fileio import file_sha256
 from workers.benchmark import benchmark, compare_outputs, make_inputs, run_model
@@ -339,7 +339,8 @@ def run_pipeline(
         model_sha = file_sha256(model_path)
     with stages.stage("validate"):
         validate_model(model)
-        input_shapes = resolve_input_shapes(model, options.input_shapes)
+        shape_choice = choose_input_shapes(model, options.input_shapes)  # probes symbolic image sizes
+        input_shapes = shape_choice.shapes
     with stages.stage("analyze"):
         prepared = prepare_model(model)
         dep = analyze(prepared, input_shapes)
@@ -437,7 +438,7 @@ def run_pipeline(
         evaluation=evaluation,
         sensitivity=sensitivity,
         group_ratios=auto.ratios if auto is not None else {},
-        warnings=_auto_notes(auto, options),
+        warnings=shape_choice.notes + _auto_notes(auto, options),
         learned=_learned_report(learned, options),
     )
     return PipelineResult(report=report, plan=plan, dependency=dep)
