@@ -155,7 +155,7 @@ def analyze(
     graph = gs.import_onnx(model)
     graph.toposort()
     state = TrackerState()
-    ctx = AnalysisContext(state, shapes, opset)
+    ctx = AnalysisContext(state, shapes, opset, frozenset(t.name for t in graph.outputs))
     for node in graph.nodes:
         if node.domain not in (None, "", "ai.onnx"):
             ctx.pin_inputs(node, f"consumed by {describe(node)} from custom domain '{node.domain}'")
@@ -289,17 +289,28 @@ def _collect(model, resolved, shapes, opset, graph: gs.Graph, state: TrackerStat
 
 
 def _balanced_blocks(state, atom_group, atom_class_local, pinned, reasons):
-    """Grouped-conv blocks as class indices; blocks that do not map cleanly pin their channels."""
+    """Grouped-conv blocks as class indices; blocks that do not map cleanly pin their channels.
+
+    Three cases keep equal counts per block: every class spread evenly over the blocks (a channel
+    shuffle ties one channel of each block together: any plan stays balanced, nothing to record),
+    or each class inside one block, every class the same number of times (the plan keeps equal
+    class counts per block). Anything else pins the channels.
+    """
     balanced = []
     for blocks in state.balanced_blocks:
-        groups = np.unique(np.concatenate([atom_group[b] for b in blocks]))
-        classes = [np.unique(atom_class_local[b]) for b in blocks]
-        flat = np.concatenate(classes)
-        if len(groups) == 1 and len(np.unique(flat)) == len(flat) and all(len(c) == len(b) for c, b in zip(classes, blocks)):
-            balanced.append((int(groups[0]), classes))
-            continue
+        members = np.concatenate(blocks)
+        groups = np.unique(atom_group[members])
+        if len(groups) == 1:
+            classes = [atom_class_local[b] for b in blocks]
+            known = np.unique(np.concatenate(classes))
+            counts = np.stack([np.bincount(np.searchsorted(known, c), minlength=len(known)) for c in classes])
+            if (counts == counts[0]).all():
+                continue
+            present = counts > 0
+            if (present.sum(axis=0) == 1).all() and len(np.unique(counts[present])) == 1:
+                balanced.append((int(groups[0]), [known[present[k]] for k in range(len(blocks))]))
+                continue
         for group in groups.tolist():
-            members = np.concatenate(blocks)
             pinned[group].update(atom_class_local[members[atom_group[members] == group]].tolist())
             reasons[group].append("a grouped conv reads these channels in blocks that do not line up")
     return balanced

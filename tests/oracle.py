@@ -169,17 +169,20 @@ def assert_structure_follows_plan(
         assert 1 <= len(keep) <= group.channels, f"group {group_id}: keeps {len(keep)} of {group.channels}"
         assert list(keep) == sorted(set(keep)), f"group {group_id}: kept indices not sorted and unique"
         removed_any |= len(keep) < group.channels
-        for producer in group.producers:
-            if producer not in weights_before:
-                continue
-            node = nodes_before[producer]
-            assert producer in nodes_after, f"producer {producer!r} of group {group_id} vanished"
-            old = conv_out_channels(node, weights_before[producer])
-            new = conv_out_channels(nodes_after[producer], weights_after[producer])
-            if old == group.channels and _group(node) == 1:
-                assert new == len(keep), f"{producer}: {new} output channels, plan keeps {len(keep)} of group {group_id}"
-            else:
-                assert 1 <= new <= old, f"{producer}: {new} output channels, had {old}"
+    kept_classes = {group_id: set(keep) for group_id, keep in plan.keep.items()}
+    for producer in dep.producers:
+        if producer.node not in weights_before:
+            continue
+        assert producer.node in nodes_after, f"producer {producer.node!r} vanished"
+        # Each output position of a filter op holds one channel class; it stays iff its class is kept
+        # (a shuffled or multiplied layout holds a class more than once).
+        group_index, classes = dep.classes_of(producer.atoms)
+        expected = sum(
+            1 for g, c in zip(group_index.tolist(), classes.tolist())
+            if c in kept_classes.get(dep.groups[g].id, range(dep.groups[g].channels))
+        )
+        new = conv_out_channels(nodes_after[producer.node], weights_after[producer.node])
+        assert new == expected, f"{producer.node}: {new} output channels, the plan keeps {expected} of its channels"
     for name, node in nodes_after.items():
         if name not in weights_after or name not in nodes_before:
             continue

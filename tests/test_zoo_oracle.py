@@ -66,6 +66,8 @@ ZOO_CASES = [
     ZooCase("grouped_conv", lambda: zoo.grouped_conv_net(), (1, 3, 16, 16)),
     ZooCase("depthwise_multiplier", lambda: zoo.depthwise_multiplier_net(), (1, 3, 16, 16)),
     ZooCase("grouped_deconv", lambda: zoo.grouped_deconv_net(), (1, 3, 16, 16)),
+    ZooCase("shufflenet_v2_block", lambda: zoo.shufflenet_v2_block(), (1, 3, 16, 16)),
+    ZooCase("shufflenet_v1_block", lambda: zoo.shufflenet_v1_block(), (1, 3, 16, 16)),
     ZooCase("split_concat", lambda: zoo.split_net(merge="concat"), (1, 3, 16, 16)),
     ZooCase("split_add", lambda: zoo.split_net(merge="add"), (1, 3, 16, 16)),
     ZooCase("chunk_add_halves", lambda: zoo.split_net(merge="add_halves"), (1, 3, 16, 16)),

@@ -27,10 +27,16 @@ def normalize_axis(axis: int, rank: int) -> int:
 class AnalysisContext:
     """Read tensor facts and record channel facts while the graph is walked."""
 
-    def __init__(self, state: TrackerState, shapes: dict[str, Shape], opset: int) -> None:
+    def __init__(
+        self, state: TrackerState, shapes: dict[str, Shape], opset: int, graph_outputs: frozenset[str] = frozenset()
+    ) -> None:
         self.state = state
         self._shapes = shapes
         self.opset = opset
+        self._graph_outputs = graph_outputs
+
+    def is_graph_output(self, tensor: gs.Tensor) -> bool:
+        return tensor.name in self._graph_outputs
 
     def layout(self, tensor: gs.Tensor) -> Layout | None:
         return self.state.layouts.get(tensor.name)

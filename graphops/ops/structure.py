@@ -15,6 +15,7 @@ import onnx_graphsurgeon as gs
 
 from graphops.layout import Layout, ShapeEntry
 from graphops.errors import UnsupportedPattern
+from graphops.ops.shuffle import propagate_channel_shuffle
 from graphops.ops.base import AnalysisContext, OpHandler, SurgeryContext, describe, normalize_axis, register
 
 
@@ -120,6 +121,8 @@ class Reshape(OpHandler):
             raise UnsupportedPattern(f"{describe(node)} reshapes channels with unknown static shapes")
         mapped = map_axis_through_reshape(in_shape, out_shape, layout.axis, len(layout))
         if mapped is None:
+            if node.op == "Reshape" and propagate_channel_shuffle(node, ctx, layout):
+                return
             raise UnsupportedPattern(f"{describe(node)} splits the channel axis {in_shape} -> {out_shape}")
         out_axis, positions = mapped
         atoms = layout.atoms[positions]
