@@ -170,6 +170,9 @@ def analyze(
             raise AnalysisBug(
                 f"onnxprune bug: the {node.op} handler failed on {describe(node)} ({type(exc).__name__}: {exc})"
             ) from exc
+    for count in state.runtime_counts:
+        if count.positions - count.followed:
+            state.pin(count.atoms, count.reason)
     for out in graph.outputs:
         layout = state.layouts.get(out.name)
         if layout is not None:

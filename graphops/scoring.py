@@ -71,8 +71,7 @@ def _producer_norms(dep: DependencyGraph, order: float) -> Scores:
     for producer in dep.producers:
         if producer.weight not in weights:
             continue
-        weight = np.moveaxis(numpy_helper.to_array(weights[producer.weight]), producer.axis, 0)
-        flat = weight.reshape(weight.shape[0], -1)
+        flat = producer.filters(numpy_helper.to_array(weights[producer.weight]))
         if order == 1:
             norms = np.abs(flat).sum(axis=1, dtype=np.float64)
         else:

@@ -188,11 +188,17 @@ def assert_structure_follows_plan(
             continue
         # Conv weight [C_out, C_in / group, ...], ConvTranspose [C_in, C_out / group, ...]: one channel
         # per conv group and as many groups as channels is depthwise, whose group follows the channels.
+        # A Conv with one input channel per group is depthwise with a multiplier (C_out / group filters
+        # per channel): its group follows the input channels.
         old_weight = weights_before[name]
         old_group, new_group = _group(nodes_before[name]), _group(node)
         if old_group > 1 and old_group == old_weight.shape[0] and old_weight.shape[1] == 1:
             new_channels = int(weights_after[name].shape[0])
             assert new_group == new_channels, f"depthwise {name}: group={new_group}, {new_channels} channels"
+        elif node.op_type == "Conv" and old_group > 1 and old_weight.shape[1] == 1:
+            multiplier = old_weight.shape[0] // old_group
+            new_channels = int(weights_after[name].shape[0]) // multiplier
+            assert new_group == new_channels, f"depthwise x{multiplier} {name}: group={new_group}, {new_channels} inputs"
         else:
             assert new_group == old_group, f"{name}: group {old_group} became {new_group}"
     if removed_any:

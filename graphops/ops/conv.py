@@ -64,10 +64,11 @@ class Conv(OpHandler):
             atoms = layout.atoms if layout is not None else ctx.new_pinned_layout(
                 1, c_out, node.name, f"{describe(node)} is depthwise over untracked channels").atoms
         elif c_in_per_group == 1:
-            reason = f"{describe(node)} is depthwise with channel multiplier {c_out // groups}"
-            ctx.pin_inputs(node, reason)
-            ctx.set_layout(out, ctx.new_pinned_layout(1, c_out, node.name, reason))
-            return
+            # Depthwise with a channel multiplier m: input channel c owns filters c*m .. c*m+m-1, so
+            # they are removed with it (whole multiplier blocks; each block is one class).
+            source = layout.atoms if layout is not None else ctx.new_pinned_layout(
+                1, groups, node.name, f"{describe(node)} is depthwise over untracked channels").atoms
+            atoms = np.repeat(source, c_out // groups)
         else:
             atoms = ctx.new_atoms(c_out, node.name)
             per_group_out = c_out // groups
@@ -89,8 +90,11 @@ class Conv(OpHandler):
         if groups == 1:
             return
         weight = ctx.const(node.inputs[1])
-        if _was_depthwise(node, ctx, node.outputs[0]):  # the group count follows the channels
-            node.attrs["group"] = int(weight.shape[0])
+        out_layout = ctx.layout(node.outputs[0])
+        if weight is None or out_layout is None:
+            return
+        if weight.shape[1] == 1:  # depthwise, multiplier m: one group per input channel, m filters each
+            node.attrs["group"] = int(weight.shape[0]) // (len(out_layout) // groups)
             return
         self._slice_grouped_inputs(node, ctx)
 
@@ -151,16 +155,42 @@ class ConvTranspose(OpHandler):
             atoms = layout.atoms if layout is not None else ctx.new_pinned_layout(
                 1, c_out, node.name, f"{describe(node)} is depthwise over untracked channels").atoms
             ctx.slice_const(node, 1, 0, atoms)
+        elif c_in % groups == 0:
+            # Grouped: like a grouped Conv, equal kept counts per conv group on both sides. The
+            # weight's input axis (0) is global and sliced as usual; its output axis (1) is local
+            # to each conv group and sliced in ``apply``.
+            atoms = ctx.new_atoms(c_out, node.name)
+            per_in, per_out = c_in // groups, c_out // groups
+            ctx.state.balanced_blocks.append([atoms[k * per_out:(k + 1) * per_out] for k in range(groups)])
+            if layout is not None:
+                ctx.state.balanced_blocks.append([layout.atoms[k * per_in:(k + 1) * per_in] for k in range(groups)])
+                ctx.slice_const(node, 1, 0, layout.atoms, reduces=True)
         else:
-            reason = f"{describe(node)} is a grouped ConvTranspose (group={groups})"
-            ctx.pin_inputs(node, reason)
-            ctx.set_layout(out, ctx.new_pinned_layout(1, c_out, node.name, reason))
-            return
+            raise UnsupportedPattern(f"{describe(node)} has {c_in} input channels for {groups} groups")
         if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].name:
             ctx.slice_const(node, 2, 0, atoms)
-        ctx.state.producers.append(Producer(node.name, node.inputs[1].name, 1 if groups == 1 else 0, atoms))
+        depthwise = groups > 1 and weight[1] == 1 and c_in == groups
+        grouped = 1 if depthwise else groups
+        ctx.state.producers.append(Producer(node.name, node.inputs[1].name, 0 if depthwise else 1, atoms, grouped))
         ctx.set_layout(out, Layout(1, atoms))
 
     def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
         if _was_depthwise(node, ctx, node.inputs[0]):
             node.attrs["group"] = int(ctx.const(node.inputs[1]).shape[0])
+        elif _group(node) > 1:
+            self._slice_grouped_outputs(node, ctx)
+
+    @staticmethod
+    def _slice_grouped_outputs(node: gs.Node, ctx: SurgeryContext) -> None:
+        """Per conv group, keep the weight columns of its kept output channels (equal counts)."""
+        kept = ctx.kept(node.outputs[0])
+        if kept is None:
+            return
+        groups = _group(node)
+        weight = ctx.const(node.inputs[1])  # its input rows are already sliced
+        width, rows = len(ctx.layout(node.outputs[0])) // groups, weight.shape[0] // groups
+        blocks = [
+            weight[k * rows:(k + 1) * rows][:, kept[(kept >= k * width) & (kept < (k + 1) * width)] - k * width]
+            for k in range(groups)
+        ]
+        ctx.replace_input(node, 1, np.concatenate(blocks, axis=0))

@@ -13,8 +13,9 @@ import math
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphops.layout import Layout, ShapeEntry
+from graphops.layout import Layout, RuntimeCount, ShapeEntry
 from graphops.errors import UnsupportedPattern
+from graphops.ops.shape_values import trace_shape_element
 from graphops.ops.shuffle import propagate_channel_shuffle
 from graphops.ops.base import AnalysisContext, OpHandler, SurgeryContext, describe, normalize_axis, register
 
@@ -87,13 +88,26 @@ def follow_shape_entry(ctx: AnalysisContext, node: gs.Node, input_index: int, po
     """
     source = shape_entry_source(ctx, node, input_index, position)
     if source is None:
-        return False
+        return _follows_at_run_time(ctx, node, input_index, position, atoms)
     owner, index, local = source
     value = int(np.ravel(ctx.const(owner.inputs[index]))[local])
     if value == -1 or (value == 0 and may_copy):
         return True
     ctx.state.shape_entries.append(ShapeEntry(owner.name, index, local, atoms))
     return True
+
+
+def _follows_at_run_time(ctx: AnalysisContext, node: gs.Node, input_index: int, position: int,
+                         atoms: np.ndarray) -> bool:
+    """The element is a channel count read by ``Shape`` from these very channels (see
+    :mod:`graphops.ops.shape_values`): it follows the pruning at run time."""
+    if node.op != "Reshape" or input_index != 1:
+        return False
+    for entry in ctx.state.runtime_counts:
+        if entry.reshape == node.name and position in entry.positions and np.array_equal(entry.atoms, atoms):
+            entry.followed.add(position)
+            return True
+    return False
 
 
 @register("Transpose")
@@ -281,7 +295,8 @@ class Slice(OpHandler):
 
 @register("Shape")
 class Shape(OpHandler):
-    """Reading dims other than the channel count is harmless; reading it is not."""
+    """Reading dims other than the channel count is harmless; the count itself only where it lands
+    in a Reshape that puts the same channels there (:mod:`graphops.ops.shape_values`)."""
 
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
         layout = ctx.layout(node.inputs[0])
@@ -292,17 +307,10 @@ class Shape(OpHandler):
         end = normalize_axis(int(node.attrs.get("end", rank)), rank) if "end" in node.attrs else rank
         if not start <= layout.axis < end:
             return
-        channel_index = layout.axis - start
-        for consumer in node.outputs[0].outputs:
-            indices = ctx.const(consumer.inputs[1]) if consumer.op == "Gather" else None
-            if indices is None or int(consumer.attrs.get("axis", 0)) != 0:
-                break
-            dims = end - start
-            if channel_index in {normalize_axis(int(i), dims) for i in np.ravel(indices)}:
-                break
-        else:
-            return
-        ctx.pin_inputs(node, f"{describe(node)} reads the channel count at run time")
+        for reshape, positions in trace_shape_element(ctx, node, layout.axis - start):
+            reason = (f"{describe(node)} reads the channel count of '{node.inputs[0].name}' into {describe(reshape)}, "
+                      "which does not reshape those channels there")
+            ctx.state.runtime_counts.append(RuntimeCount(reshape.name, positions, layout.atoms, reason))
 
 
 REDUCE_OPS = (
