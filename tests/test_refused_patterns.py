@@ -122,3 +122,53 @@ def test_a_channel_count_read_by_shape_into_arithmetic_freezes_naming_the_node()
 
     assert flattened.frozen
     assert "reads the channel count at run time and Mul node" in flattened.frozen_reason
+
+
+def _float16(model, *, float32_interface: bool = False):
+    """The same network with float16 weights (and inputs/outputs, unless ``float32_interface``:
+    then Casts around it, as mixed-precision exports write them)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    half = onnx.ModelProto()
+    half.CopyFrom(model)
+    for index, init in enumerate(half.graph.initializer):
+        if init.data_type == onnx.TensorProto.FLOAT:
+            array = numpy_helper.to_array(init).astype("float16")
+            half.graph.initializer[index].CopyFrom(numpy_helper.from_array(array, init.name))
+    for node in half.graph.node:
+        for attr in node.attribute:
+            if node.op_type == "Constant" and attr.name == "value" and attr.t.data_type == onnx.TensorProto.FLOAT:
+                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype("float16"), attr.t.name))
+    del half.graph.value_info[:]
+    values = list(half.graph.input) + list(half.graph.output)
+    if not float32_interface:
+        for value in values:
+            value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+        return half
+    source, sink = half.graph.input[0].name, half.graph.output[0].name
+    for node in half.graph.node:
+        node.input[:] = [f"{source}_fp16" if name == source else name for name in node.input]
+        node.output[:] = [f"{sink}_fp16" if name == sink else name for name in node.output]
+    half.graph.node.insert(0, helper.make_node("Cast", [source], [f"{source}_fp16"], to=onnx.TensorProto.FLOAT16))
+    half.graph.node.append(helper.make_node("Cast", [f"{sink}_fp16"], [sink], to=onnx.TensorProto.FLOAT))
+    return half
+
+
+@pytest.mark.parametrize("float32_interface", [False, True], ids=["float16", "mixed_precision"])
+@pytest.mark.parametrize("criterion, seed, ratio", RATIOS[:2])
+def test_a_float16_model_is_pruned_in_its_own_precision(tmp_path, float32_interface, criterion, seed, ratio):
+    import onnx
+
+    from workers.output_compare import FLOAT16_RTOL, oracle_rtol
+
+    exported = _exported(tmp_path, zoo.mobilenet_v2(width_multiplier=0.25), (1, 3, 16, 16))
+    model = _float16(exported.original, float32_interface=float32_interface)
+    analysed = analyse(model)
+    plan = select_by_ratio(analysed.dep, score_groups(analysed.dep, criterion, seed=seed), ratio)
+
+    assert plan.removed_channels > 0 and oracle_rtol(model) == FLOAT16_RTOL
+    result = assert_prune_matches_oracle(model, plan, analysed=analysed, rtol=FLOAT16_RTOL)
+    half = {init.name for init in result.pruned.graph.initializer if init.data_type == onnx.TensorProto.FLOAT16}
+    floats = {init.name for init in result.pruned.graph.initializer if init.data_type == onnx.TensorProto.FLOAT}
+    assert half and not floats  # pruned in its own precision, nothing widened

@@ -33,6 +33,7 @@ from graphops.surgery import apply_plan
 from workers.fileio import file_sha256
 from workers.benchmark import benchmark, compare_outputs, make_inputs, run_model
 from workers.options import PruneOptions
+from workers.output_compare import FLOAT32_RTOL, oracle_rtol, output_mismatch
 from workers.report import BeforeAfter, FrozenReport, GroupReport, LayerReport, PruneReport, SensitivityReport
 from workers.sandbox import RunnerLimits
 
@@ -44,8 +45,8 @@ STAGE_END = {
     "apply": 0.45, "verify": 0.6, "finetune": 0.8, "benchmark": 0.95, "report": 1.0,
 }  # fmt: skip
 
-# The oracle's tolerance at run time: float32 sums in a different order stay far below it.
-ORACLE_RTOL = 1e-3
+# The oracle's tolerance at run time for float32 models (workers.output_compare scales it to precision).
+ORACLE_RTOL = FLOAT32_RTOL
 
 
 class VerificationFailed(GraphOpsError):
@@ -96,15 +97,11 @@ def _verify_against_oracle(dep: DependencyGraph, plan: PruningPlan, pruned_path:
     inputs = make_inputs(dep.model, input_shapes, seed)
     expected = run_model(masked_path, inputs, limits=limits)
     actual = run_model(pruned_path, inputs, limits=limits)
-    for name, reference in expected.items():
-        got = actual.get(name)
-        scale = max(float(np.max(np.abs(reference))) if reference.size else 0.0, 1e-12)
-        if got is None or got.shape != reference.shape:
-            raise VerificationFailed(f"pruned model output '{name}' has shape {None if got is None else got.shape}, "
-                                     f"expected {reference.shape}")
-        error = float(np.max(np.abs(got.astype(np.float64) - reference))) / scale if reference.size else 0.0
-        if not error <= ORACLE_RTOL:
-            raise VerificationFailed(f"pruned model output '{name}' deviates from the oracle (relative error {error:.2e})")
+    rtol = oracle_rtol(dep.model)  # float16 models get float16's tolerance
+    for name, reference in expected.items():  # string outputs are not compared (workers.output_compare)
+        problem = output_mismatch(name, reference, actual.get(name), rtol)
+        if problem is not None:
+            raise VerificationFailed(f"pruned model {problem} from the oracle")
 
 
 def _group_reports(dep: DependencyGraph, plan: PruningPlan, cost: ModelCost) -> tuple[list[GroupReport], list[FrozenReport]]:
@@ -288,15 +285,9 @@ def _verify_write_back(path: Path, inputs: dict[str, np.ndarray], expected: dict
     """The fine-tuned ONNX model computes, in onnxruntime, what the PyTorch executor computed."""
     actual = run_model(path, inputs, limits=limits)
     for name, reference in expected.items():
-        got = actual.get(name)
-        if got is None or got.shape != reference.shape:
-            raise VerificationFailed(f"fine-tuned model output '{name}' has shape "
-                                     f"{None if got is None else got.shape}, the executor gave {reference.shape}")
-        scale = max(float(np.max(np.abs(reference))) if reference.size else 0.0, 1e-12)
-        error = float(np.max(np.abs(got.astype(np.float64) - reference))) / scale if reference.size else 0.0
-        if not error <= ORACLE_RTOL:
-            raise VerificationFailed(f"fine-tuned model output '{name}' differs from the PyTorch executor "
-                                     f"(relative error {error:.2e}): the write-back is wrong")
+        problem = output_mismatch(name, reference, actual.get(name), ORACLE_RTOL)
+        if problem is not None:
+            raise VerificationFailed(f"fine-tuned model {problem} from the PyTorch executor: the write-back is wrong")
 
 
 def _finetune_report(options: PruneOptions, context, recovery):
