@@ -214,6 +214,7 @@ def analyze(
     from graphops.loading import load_model, validate_model
     from graphops.prepare import prepare_model
     from graphops.input_shapes import choose_input_shapes
+    from graphops.shares import macs_shares
 
     model_proto = load_model(model)
     validate_model(model_proto)
@@ -222,11 +223,10 @@ def analyze(
     prepared = prepare_model(model_proto)
     dep = analyze_dependencies(prepared, shapes)
     cost = measure_cost(prepared, shapes)
-    node_macs = {n.name: n.macs for n in cost.nodes}
-    total = max(cost.macs, 1)
+    shares = macs_shares(dep, {n.name: n.macs for n in cost.nodes})  # each layer counted once
 
-    def share(nodes) -> float:
-        return round(sum(node_macs.get(n, 0) for n in nodes) / total, 4)
+    def share(group) -> float:
+        return round(shares[group.id], 4)
 
     data = {
         "macs": cost.macs,
@@ -235,9 +235,10 @@ def analyze(
         "input_shape_notes": shape_choice.notes,
         "nodes": [{"name": n.name, "op_type": n.op_type, "macs": n.macs, "params": n.params} for n in cost.nodes],
         "groups": [{"id": g.id, "channels": g.channels, "pinned": len(g.pinned), "producers": list(g.producers),
-                    "nodes": list(g.nodes), "macs_share": share(g.nodes), "notes": list(g.reasons)}
+                    "nodes": list(g.nodes), "macs_share": share(g), "notes": list(g.reasons)}
                    for g in dep.prunable],
-        "frozen": [{"id": g.id, "channels": g.channels, "nodes": list(g.nodes), "reason": g.frozen_reason}
+        "frozen": [{"id": g.id, "channels": g.channels, "nodes": list(g.nodes), "macs_share": share(g),
+                    "reason": g.frozen_reason}
                    for g in dep.frozen],
     }
     if as_json:
@@ -251,10 +252,14 @@ def analyze(
     for g in data["groups"]:
         producers = ", ".join(g["producers"][:3]) + (" ..." if len(g["producers"]) > 3 else "")
         table.add_row(g["id"], str(g["channels"]), str(g["pinned"]), producers, f"{g['macs_share']:.1%}")
+    prunable_share = sum(g["macs_share"] for g in data["groups"])
+    frozen_share = sum(g["macs_share"] for g in data["frozen"])
+    table.caption = (f"MACs share: the layers computing a group's channels. Prunable {prunable_share:.1%}, "
+                     f"frozen {frozen_share:.1%}, in no group {max(0.0, 1 - prunable_share - frozen_share):.1%}")
     out.print(table)
-    frozen = Table("group", "channels", "reason", title="frozen groups")
+    frozen = Table("group", "channels", "MACs share", "reason", title="frozen groups")
     for g in data["frozen"]:
-        frozen.add_row(g["id"], str(g["channels"]), g["reason"])
+        frozen.add_row(g["id"], str(g["channels"]), f"{g['macs_share']:.1%}", g["reason"])
     out.print(frozen)
 
 

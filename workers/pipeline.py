@@ -28,6 +28,7 @@ from graphops.plan import PruningPlan
 from graphops.prepare import prepare_model
 from graphops.scoring import Scores, score_groups
 from graphops.selection import select_by_flops, select_by_ratio
+from graphops.shares import macs_shares
 from graphops.input_shapes import choose_input_shapes
 from graphops.surgery import apply_plan
 from workers.fileio import file_sha256
@@ -105,8 +106,7 @@ def _verify_against_oracle(dep: DependencyGraph, plan: PruningPlan, pruned_path:
 
 
 def _group_reports(dep: DependencyGraph, plan: PruningPlan, cost: ModelCost) -> tuple[list[GroupReport], list[FrozenReport]]:
-    node_macs = {node.name: node.macs for node in cost.nodes}
-    total = max(cost.macs, 1)
+    shares = macs_shares(dep, {node.name: node.macs for node in cost.nodes})  # add up to at most 100%
     kept = plan.keep
     groups, frozen = [], []
     for group in dep.groups:
@@ -122,7 +122,7 @@ def _group_reports(dep: DependencyGraph, plan: PruningPlan, cost: ModelCost) -> 
             channels_after=len(kept.get(group.id, range(group.channels))),
             pinned=len(group.pinned),
             pinned_reasons=list(group.reasons),
-            macs_share=round(sum(node_macs.get(n, 0) for n in group.nodes) / total, 6),
+            macs_share=round(shares[group.id], 6),
         ))
     return groups, frozen
 

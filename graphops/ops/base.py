@@ -73,6 +73,23 @@ class AnalysisContext:
             return tuple(int(d) for d in tensor.shape)
         return None
 
+    def untracked_source(self, tensor: gs.Tensor) -> str:
+        """Where a tensor's channels stopped being tracked, for frozen reasons: the node that dropped
+        them (an unsupported op, say), not the tensor's name alone."""
+        current = tensor
+        for _ in range(64):  # a chain of ops that pass untracked channels along
+            if not current.inputs:
+                break
+            node = current.inputs[0]
+            if any(t is not None and self.layout(t) is not None for t in node.inputs):
+                kind = "unsupported op " if node.op not in _REGISTRY else ""
+                return f"'{tensor.name}' from {kind}{describe(node)}"
+            variables = [t for t in node.inputs if isinstance(t, gs.Variable)]
+            if not variables:
+                break
+            current = variables[0]
+        return f"'{tensor.name}'"
+
     def input_layouts(self, node: gs.Node) -> list[Layout]:
         return [lay for lay in (self.layout(t) for t in node.inputs if t is not None) if lay is not None]
 

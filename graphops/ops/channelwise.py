@@ -62,8 +62,8 @@ class AxisNorm(OpHandler):
 
 POOL_OPS = (
     "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
-    "MaxRoiPool",
-)  # fmt: skip
+    "MaxRoiPool", "Crop",
+)  # fmt: skip  (Crop: the experimental op of old converters, it cuts H and W only)
 
 
 @register(*POOL_OPS)

@@ -17,8 +17,8 @@ UNARY_OPS = (
     "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "ThresholdedRelu", "Sigmoid", "HardSigmoid",
     "HardSwish", "Tanh", "Softplus", "Softsign", "Gelu", "Mish", "Erf", "Abs", "Neg", "Exp", "Log",
     "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Identity", "Cast",
-    "Clip", "Dropout", "Not", "IsNaN", "IsInf",
-)  # fmt: skip
+    "Clip", "Dropout", "Not", "IsNaN", "IsInf", "Affine", "ScaledTanh", "ParametricSoftplus",
+)  # fmt: skip  (Affine, ScaledTanh, ParametricSoftplus: old converters' experimental ops, scalar attributes)
 
 BROADCAST_OPS = (
     "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where",
@@ -80,7 +80,7 @@ class Broadcast(OpHandler):
                 continue
             ctx.pin_inputs(
                 node,
-                f"{describe(node)} combines channels with '{tensor.name}', whose channels are not tracked",
+                f"{describe(node)} combines channels with {ctx.untracked_source(tensor)}, whose channels are not tracked",
             )
             return
         out_shape = ctx.shape(out)

@@ -167,7 +167,7 @@ class Concat(OpHandler):
             size = shape[axis] if shape is not None else None
             if not isinstance(size, int):
                 raise UnsupportedPattern(f"{describe(node)} joins an input of unknown size on the channel axis")
-            reason = f"{describe(node)} joins channels of '{tensor.name}', which are not tracked"
+            reason = f"{describe(node)} joins channels of {ctx.untracked_source(tensor)}, which are not tracked"
             pieces.append(ctx.new_pinned_layout(axis, size, node.name, reason).atoms)
         ctx.set_layout(node.outputs[0], Layout(axis, np.concatenate(pieces)))
 
