@@ -7,14 +7,13 @@ pruned) and, for every tracked tensor, which channel sits at each position (used
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-
-import os
 
 from graphops.errors import AnalysisBug, ModelRejected, UnsupportedPattern
 from graphops.layout import ConstSlice, Layout, Producer, ShapeEntry, TrackerState

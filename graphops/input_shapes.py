@@ -95,7 +95,9 @@ def _checked_given(name: str, shape: Shape | None, given: Sequence[int]) -> list
     return dims
 
 
-def _filled(shapes, open_dims, sizes) -> dict[str, list[int]]:
+def _filled(
+    shapes: Mapping[str, list[int]], open_dims: Mapping[str, list[int]], sizes: Mapping[str, list[int]]
+) -> dict[str, list[int]]:
     filled = {name: list(dims) for name, dims in shapes.items()}
     for name, axes in open_dims.items():
         for axis, size in zip(axes, sizes[name]):
@@ -103,7 +105,9 @@ def _filled(shapes, open_dims, sizes) -> dict[str, list[int]]:
     return filled
 
 
-def _choice(shapes, open_dims, sizes, how: str) -> InputShapeChoice:
+def _choice(
+    shapes: Mapping[str, list[int]], open_dims: Mapping[str, list[int]], sizes: Mapping[str, list[int]], how: str
+) -> InputShapeChoice:
     filled = _filled(shapes, open_dims, sizes)
     notes = [
         f"input '{name}' has symbolic dims {axes}: MACs, benchmark and oracle use "
@@ -114,7 +118,9 @@ def _choice(shapes, open_dims, sizes, how: str) -> InputShapeChoice:
     return InputShapeChoice(filled, notes)
 
 
-def _metadata_sizes(model, declared, open_dims) -> tuple[dict[str, list[int]], str] | None:
+def _metadata_sizes(
+    model: onnx.ModelProto, declared: Mapping[str, Shape | None], open_dims: Mapping[str, list[int]]
+) -> tuple[dict[str, list[int]], str] | None:
     props = {prop.key.lower(): prop.value for prop in model.metadata_props}
     for name, axes in open_dims.items():
         for key in (f"{name.lower()}.shape", *METADATA_KEYS):

@@ -60,7 +60,7 @@ class Layout:
     def __len__(self) -> int:
         return int(self.atoms.shape[0])
 
-    def moved(self, axis: int, atoms: np.ndarray | None = None) -> "Layout":
+    def moved(self, axis: int, atoms: np.ndarray | None = None) -> Layout:
         return Layout(axis, self.atoms if atoms is None else atoms)
 
 

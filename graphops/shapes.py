@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 import onnx
 from onnx import shape_inference
 
-
 Dim = int | str | None
 Shape = tuple[Dim, ...]
 

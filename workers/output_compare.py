@@ -45,9 +45,10 @@ def numeric_values(value: Any) -> np.ndarray | None:
         parts = [numeric_values(item) for item in value]
     else:
         return None
-    if any(part is None for part in parts):
+    arrays = [part for part in parts if part is not None]
+    if len(arrays) < len(parts):
         return None
-    return np.concatenate(parts) if parts else np.zeros(0)
+    return np.concatenate(arrays) if arrays else np.zeros(0)
 
 
 def structure(value: Any) -> object:

@@ -9,9 +9,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphops.layout import Layout
-
 from graphops.errors import UnsupportedPattern
+from graphops.layout import Layout
 from graphops.ops.base import AnalysisContext, OpHandler, describe, normalize_axis, register
 from graphops.ops.structure import follow_shape_entry
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from graphops.layout import Layout
 from graphops.errors import UnsupportedPattern
+from graphops.layout import Layout
 from graphops.ops.base import AnalysisContext, OpHandler, describe, register
 
 UNARY_OPS = (

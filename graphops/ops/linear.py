@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from graphops.layout import Layout, Producer
 from graphops.errors import UnsupportedPattern
+from graphops.layout import Layout, Producer
 from graphops.ops.base import AnalysisContext, OpHandler, describe, register
 
 

@@ -47,7 +47,9 @@ def trace_shape_element(ctx: AnalysisContext, shape_node: gs.Node, element: int)
     return landings
 
 
-def _moved_positions(ctx, consumer: gs.Node, index: int, tensor: gs.Tensor, positions: frozenset[int]):
+def _moved_positions(
+    ctx: AnalysisContext, consumer: gs.Node, index: int, tensor: gs.Tensor, positions: frozenset[int]
+) -> frozenset[int] | None:
     """Where ``positions`` of input ``index`` land in ``consumer``'s output, or None if unknown."""
     op = consumer.op
     if op in _PASS_THROUGH and index == 0:

@@ -9,6 +9,7 @@ counts per group), and both Reshapes' shape constants follow the kept counts.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphops.errors import UnsupportedPattern
@@ -23,7 +24,9 @@ def _only_consumer(ctx: AnalysisContext, tensor: gs.Tensor, op: str) -> gs.Node 
     return consumers[0] if consumers[0].inputs and consumers[0].inputs[0] is tensor else None
 
 
-def match_channel_shuffle(node: gs.Node, ctx: AnalysisContext, layout: Layout):
+def match_channel_shuffle(
+    node: gs.Node, ctx: AnalysisContext, layout: Layout
+) -> tuple[int, int, gs.Node, gs.Node] | None:
     """(d1, d2, transpose, reshape back) when ``node`` opens a channel shuffle, else None."""
     axis = layout.axis
     in_shape, mid_shape = ctx.static_shape(node.inputs[0]), ctx.static_shape(node.outputs[0])
@@ -63,7 +66,8 @@ def propagate_channel_shuffle(node: gs.Node, ctx: AnalysisContext, layout: Layou
     for a in range(1, d1):
         ctx.state.unite(atoms[0], atoms[a])
     groups_entry = shape_entry_source(ctx, node, 1, axis)
-    if groups_entry is None or int(ctx.const(groups_entry[0].inputs[groups_entry[1]]).ravel()[groups_entry[2]]) not in (d1, -1):
+    groups_value = None if groups_entry is None else ctx.const(groups_entry[0].inputs[groups_entry[1]])
+    if groups_value is None or int(np.ravel(groups_value)[groups_entry[2]]) not in (d1, -1):
         raise UnsupportedPattern(f"{describe(node)} splits channels into groups by a run-time count")
     if not follow_shape_entry(ctx, node, 1, axis + 1, atoms[0]):
         raise UnsupportedPattern(f"{describe(node)} takes a run-time channel count per group")
