@@ -79,3 +79,11 @@ def test_a_handler_bug_fails_the_property_tests(relu_handler):
         test_properties.test_any_generated_network_pruned_any_way_satisfies_the_oracle.hypothesis.inner_test(
             spec=spec, choice=("random", 0, 0.5, 1)
         )
+
+
+def test_a_handler_bug_in_a_job_is_an_internal_error_not_a_user_error():
+    from jobs.policy import classify
+
+    failure = classify(AnalysisBug("onnxprune bug: the Relu handler failed on Relu node 'r' (IndexError: x)"))
+
+    assert failure.code == "internal_error"
