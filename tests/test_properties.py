@@ -20,6 +20,7 @@ Networks are drawn block by block and built with ``onnx.helper``:
          | Concat(x, relu x) | x + conv(GAP x) | NHWC Transpose + bias | conv -> Split halves -> Add
          | Concat(conv_a x, conv_b x) on H -> MaxPool (2, 1)
          | conv|grouped conv -> channel shuffle (Reshape g x c/g, Transpose, Reshape) [-> grouped conv]
+         | depthwise conv with channel multiplier 2 (group = channels, filters = 2 x channels)
     head: GAP -> Flatten -> Gemm | GAP -> Squeeze -> Gemm | Flatten -> Gemm | Reshape -> MatMul
         | Transpose NHWC -> Flatten -> MatMul | conv (the graph output)
 """
@@ -43,7 +44,7 @@ ACTIVATIONS = ["Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSwish", "Tanh", "Swi
 BLOCKS = [
     "conv", "residual", "sum", "concat", "dense", "depthwise", "grouped", "split", "slice", "se", "affine",
     "pool", "convtranspose", "resize", "self_concat", "broadcast_add", "nhwc", "halves_add",
-    "spatial_concat", "shuffle",
+    "spatial_concat", "shuffle", "multiplier",
 ]  # fmt: skip
 HEADS = ["gap_gemm", "gap_squeeze_gemm", "flatten_gemm", "reshape_matmul", "nhwc_flatten_matmul", "conv"]
 
@@ -252,6 +253,12 @@ class _NetBuilder:
         a, b = self.conv_unit(x, cin, block.channels, block), self.conv_unit(x, cin, block.channels, block)
         y = g.node("Concat", [a, b], axis=2)
         return g.node("MaxPool", [y], kernel_shape=[2, 1], strides=[2, 1]), block.channels, 1
+
+    def _multiplier(self, x, cin, block, stride):
+        """Depthwise with a channel multiplier (TF DepthwiseConv2D depth_multiplier): 2 while the
+        network is narrow, 1 (plain depthwise) beyond 8 channels, so widths stay small."""
+        cout = cin * (2 if cin <= 8 else 1)
+        return self.conv_unit(x, cin, cout, block, stride=stride, group=cin), cout, stride
 
     def _shuffle(self, x, cin, block, stride):
         """ShuffleNet's channel shuffle after a (grouped, where the channels allow) conv; with
