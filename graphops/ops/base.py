@@ -1,15 +1,19 @@
 """The handler interface and the two contexts handlers work in.
 
 A handler knows one kind of op: how channels flow through it (``propagate``, during analysis),
-how to slice its constants once channels are removed (``apply``, during surgery), and, for ops
-that sum over input channels, how to zero removed channels in place (``mask``, the oracle).
+how to slice its constants once channels are removed (``apply``, during surgery), for ops that
+sum over input channels how to zero removed channels in place (``mask``, the oracle), and its
+multiply-accumulates (``macs``, for ``graphops.cost``). It declines a pattern it does not support
+by raising ``UnsupportedPattern``; anything else it raises is a bug (``graphops.dependency``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from graphops.layout import ConstSlice, Layout, TrackerState
@@ -18,6 +22,14 @@ from graphops.shapes import Shape
 
 def describe(node: gs.Node) -> str:
     return f"{node.op} node '{node.name}'"
+
+
+def attribute(node: onnx.NodeProto, name: str, default: int) -> int:
+    return next((int(attr.i) for attr in node.attribute if attr.name == name), default)
+
+
+def prod(dims: tuple[int, ...]) -> int:
+    return math.prod(dims)
 
 
 def normalize_axis(axis: int, rank: int) -> int:
@@ -174,6 +186,11 @@ class OpHandler:
 
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
         ctx.pin_inputs(node, f"consumed by unsupported op {describe(node)}")
+
+    def macs(self, node: onnx.NodeProto, shape: Callable[[str], tuple[int, ...]]) -> int:
+        """Multiply-accumulates of one run of ``node``, given the static shape of any of its
+        tensors (``graphops.cost``); 0 for ops that do not sum products."""
+        return 0
 
     def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
         """Slice this node's constants and attributes; most ops need nothing."""

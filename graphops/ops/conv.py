@@ -8,12 +8,15 @@ group, which selection honours through balanced blocks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from graphops.errors import UnsupportedPattern
 from graphops.layout import Layout, Producer
-from graphops.ops.base import AnalysisContext, OpHandler, SurgeryContext, describe, register
+from graphops.ops.base import AnalysisContext, OpHandler, SurgeryContext, describe, prod, register
 
 
 def _group(node: gs.Node) -> int:
@@ -84,6 +87,10 @@ class Conv(OpHandler):
             ctx.slice_const(node, 2, 0, atoms)
         ctx.state.producers.append(Producer(node.name, node.inputs[1].name, 0, atoms))
         ctx.set_layout(out, Layout(1, atoms))
+
+    def macs(self, node: onnx.NodeProto, shape: Callable[[str], tuple[int, ...]]) -> int:
+        # out: N, C_out, spatial...; weight: C_out, C_in / group, kernel...
+        return prod(shape(node.output[0])) * prod(shape(node.input[1])[1:])
 
     def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
         groups = _group(node)
@@ -174,6 +181,10 @@ class ConvTranspose(OpHandler):
         ctx.state.producers.append(Producer(node.name, node.inputs[1].name, 0 if depthwise else 1, atoms, grouped))
         ctx.set_layout(out, Layout(1, atoms))
 
+    def macs(self, node: onnx.NodeProto, shape: Callable[[str], tuple[int, ...]]) -> int:
+        # data: N, C_in, spatial...; weight: C_in, C_out / group, kernel...
+        return prod(shape(node.input[0])) * prod(shape(node.input[1])[1:])
+
     def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
         if _was_depthwise(node, ctx, node.inputs[0]):
             node.attrs["group"] = int(ctx.const(node.inputs[1]).shape[0])
@@ -183,12 +194,12 @@ class ConvTranspose(OpHandler):
     @staticmethod
     def _slice_grouped_outputs(node: gs.Node, ctx: SurgeryContext) -> None:
         """Per conv group, keep the weight columns of its kept output channels (equal counts)."""
-        kept = ctx.kept(node.outputs[0])
-        if kept is None:
+        kept, layout = ctx.kept(node.outputs[0]), ctx.layout(node.outputs[0])
+        weight = ctx.const(node.inputs[1])  # its input rows are already sliced
+        if kept is None or layout is None or weight is None:
             return
         groups = _group(node)
-        weight = ctx.const(node.inputs[1])  # its input rows are already sliced
-        width, rows = len(ctx.layout(node.outputs[0])) // groups, weight.shape[0] // groups
+        width, rows = len(layout) // groups, weight.shape[0] // groups
         blocks = [
             weight[k * rows:(k + 1) * rows][:, kept[(kept >= k * width) & (kept < (k + 1) * width)] - k * width]
             for k in range(groups)
