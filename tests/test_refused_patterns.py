@@ -155,15 +155,19 @@ def _float16(model, *, float32_interface: bool = False):
     return half
 
 
+@pytest.fixture(scope="module")
+def mobilenet_v2_float32(tmp_path_factory):
+    return _exported(tmp_path_factory.mktemp("mobilenet"), zoo.mobilenet_v2(width_multiplier=0.25)).original
+
+
 @pytest.mark.parametrize("float32_interface", [False, True], ids=["float16", "mixed_precision"])
-@pytest.mark.parametrize("criterion, seed, ratio", RATIOS[:2])
-def test_a_float16_model_is_pruned_in_its_own_precision(tmp_path, float32_interface, criterion, seed, ratio):
+@pytest.mark.parametrize("criterion, seed, ratio", [("random", 1, 0.5)])
+def test_a_float16_model_is_pruned_in_its_own_precision(mobilenet_v2_float32, float32_interface, criterion, seed, ratio):
     import onnx
 
     from workers.output_compare import FLOAT16_RTOL, oracle_rtol
 
-    exported = _exported(tmp_path, zoo.mobilenet_v2(width_multiplier=0.25), (1, 3, 16, 16))
-    model = _float16(exported.original, float32_interface=float32_interface)
+    model = _float16(mobilenet_v2_float32, float32_interface=float32_interface)
     analysed = analyse(model)
     plan = select_by_ratio(analysed.dep, score_groups(analysed.dep, criterion, seed=seed), ratio)
 
