@@ -26,6 +26,7 @@ import onnx
 from onnx import TensorProto
 
 from graphops.errors import ModelRejected
+from graphops.ops import handler_for
 from graphops.shape_completion import complete_shapes
 from graphops.shapes import Shape, with_input_shapes
 
@@ -73,26 +74,8 @@ def measure_cost(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int
 
 
 def _node_macs(node: onnx.NodeProto, shapes: Mapping[str, Shape]) -> int:
-    if node.op_type == "Conv":
-        out = _shape(node, node.output[0], shapes)
-        weight = _shape(node, node.input[1], shapes)
-        # out: N, Cout, spatial...; weight: Cout, Cin/group, kernel...
-        return math.prod(out) * math.prod(weight[1:])
-    if node.op_type == "ConvTranspose":
-        data = _shape(node, node.input[0], shapes)
-        weight = _shape(node, node.input[1], shapes)
-        # data: N, Cin, spatial...; weight: Cin, Cout/group, kernel...
-        return math.prod(data) * math.prod(weight[1:])
-    if node.op_type == "Gemm":
-        out = _shape(node, node.output[0], shapes)
-        b = _shape(node, node.input[1], shapes)
-        trans_b = next((attr.i for attr in node.attribute if attr.name == "transB"), 0)
-        return math.prod(out) * (b[1] if trans_b else b[0])
-    if node.op_type == "MatMul":
-        out = _shape(node, node.output[0], shapes)
-        b = _shape(node, node.input[1], shapes)
-        return math.prod(out) * (b[-2] if len(b) >= 2 else b[0])
-    return 0
+    """The op's handler knows its MACs (``OpHandler.macs``); ops without one count 0."""
+    return handler_for(node.op_type).macs(node, lambda tensor: _shape(node, tensor, shapes))
 
 
 def _shape(node: onnx.NodeProto, tensor: str, shapes: Mapping[str, Shape]) -> tuple[int, ...]:

@@ -61,6 +61,16 @@ def _attach_inferred_shapes(graph: gs.Graph, model: onnx.ModelProto) -> None:
             tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
 
 
+def keep_interface_types(graph: onnx.GraphProto, original: onnx.GraphProto) -> None:
+    """Give inputs and outputs that are not plain tensors (ai.onnx.ml ZipMap's seq(map(...)), ...)
+    back the types onnx-graphsurgeon cannot represent (it would write an undefined tensor type)."""
+    declared = {value.name: value for value in list(original.input) + list(original.output)}
+    for value in list(graph.input) + list(graph.output):
+        before = declared.get(value.name)
+        if before is not None and not before.type.HasField("tensor_type"):
+            value.CopyFrom(before)
+
+
 def prepare_model(
     model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None
 ) -> onnx.ModelProto:
@@ -87,6 +97,7 @@ def prepare_model(
         raise ModelRejected(f"cannot fold the model's constant subgraphs: {exc}".splitlines()[0]) from exc
     prepared = model_shell(model)
     prepared.graph.CopyFrom(exported.graph)
+    keep_interface_types(prepared.graph, model.graph)
     # IR < 4 demands every initializer be listed as a graph input; inputs that are really weights
     # are dropped below, so raise to IR 4, which every onnxruntime reads.
     prepared.ir_version = max(prepared.ir_version, 4)

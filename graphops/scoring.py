@@ -72,8 +72,7 @@ def _producer_norms(dep: DependencyGraph, order: float) -> Scores:
         values = read_weight(producer.weight)
         if values is None:
             continue
-        weight = np.moveaxis(values, producer.axis, 0)
-        flat = weight.reshape(weight.shape[0], -1)
+        flat = producer.filters(values)
         if order == 1:
             norms = np.abs(flat).sum(axis=1, dtype=np.float64)
         else:

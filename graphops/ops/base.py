@@ -1,15 +1,19 @@
 """The handler interface and the two contexts handlers work in.
 
 A handler knows one kind of op: how channels flow through it (``propagate``, during analysis),
-how to slice its constants once channels are removed (``apply``, during surgery), and, for ops
-that sum over input channels, how to zero removed channels in place (``mask``, the oracle).
+how to slice its constants once channels are removed (``apply``, during surgery), for ops that
+sum over input channels how to zero removed channels in place (``mask``, the oracle), and its
+multiply-accumulates (``macs``, for ``graphops.cost``). It declines a pattern it does not support
+by raising ``UnsupportedPattern``; anything else it raises is a bug (``graphops.dependency``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from graphops.dequantized import (
@@ -26,6 +30,14 @@ def describe(node: gs.Node) -> str:
     return f"{node.op} node '{node.name}'"
 
 
+def attribute(node: onnx.NodeProto, name: str, default: int) -> int:
+    return next((int(attr.i) for attr in node.attribute if attr.name == name), default)
+
+
+def prod(dims: tuple[int, ...]) -> int:
+    return math.prod(dims)
+
+
 def normalize_axis(axis: int, rank: int) -> int:
     return axis + rank if axis < 0 else axis
 
@@ -33,10 +45,16 @@ def normalize_axis(axis: int, rank: int) -> int:
 class AnalysisContext:
     """Read tensor facts and record channel facts while the graph is walked."""
 
-    def __init__(self, state: TrackerState, shapes: dict[str, Shape], opset: int) -> None:
+    def __init__(
+        self, state: TrackerState, shapes: dict[str, Shape], opset: int, graph_outputs: frozenset[str] = frozenset()
+    ) -> None:
         self.state = state
         self._shapes = shapes
         self.opset = opset
+        self._graph_outputs = graph_outputs
+
+    def is_graph_output(self, tensor: gs.Tensor) -> bool:
+        return tensor.name in self._graph_outputs
 
     def layout(self, tensor: gs.Tensor) -> Layout | None:
         return self.state.layouts.get(tensor.name)
@@ -75,6 +93,23 @@ class AnalysisContext:
         if isinstance(tensor, gs.Constant):
             return tuple(int(d) for d in tensor.shape)
         return quantized_constant_shape(tensor)
+
+    def untracked_source(self, tensor: gs.Tensor) -> str:
+        """Where a tensor's channels stopped being tracked, for frozen reasons: the node that dropped
+        them (an unsupported op, say), not the tensor's name alone."""
+        current = tensor
+        for _ in range(64):  # a chain of ops that pass untracked channels along
+            if not current.inputs:
+                break
+            node = current.inputs[0]
+            if any(t is not None and self.layout(t) is not None for t in node.inputs):
+                kind = "unsupported op " if node.op not in _REGISTRY else ""
+                return f"'{tensor.name}' from {kind}{describe(node)}"
+            variables = [t for t in node.inputs if isinstance(t, gs.Variable)]
+            if not variables:
+                break
+            current = variables[0]
+        return f"'{tensor.name}'"
 
     def input_layouts(self, node: gs.Node) -> list[Layout]:
         return [lay for lay in (self.layout(t) for t in node.inputs if t is not None) if lay is not None]
@@ -174,6 +209,11 @@ class OpHandler:
 
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
         ctx.pin_inputs(node, f"consumed by unsupported op {describe(node)}")
+
+    def macs(self, node: onnx.NodeProto, shape: Callable[[str], tuple[int, ...]]) -> int:
+        """Multiply-accumulates of one run of ``node``, given the static shape of any of its
+        tensors (``graphops.cost``); 0 for ops that do not sum products."""
+        return 0
 
     def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
         """Slice this node's constants and attributes; most ops need nothing."""

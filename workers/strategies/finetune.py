@@ -31,13 +31,14 @@ class FineTune:
     augment: bool = True
     budgeted: bool = False  # steps planned from --time-budget (``steps``, when set, caps them)
 
-    def _plan(self, job: Job, step: Step) -> tuple[int, float | None]:
-        """Steps and deadline of this pruning step's fine-tuning: an equal share of what is left."""
+    def _plan(self, job: Job, step: Step, reserve: float) -> tuple[int, float | None]:
+        """Steps and deadline of this pruning step's fine-tuning: an equal share of what is left once
+        ``reserve`` seconds per remaining step are set aside for the work that follows training."""
         end = job.deadline(RECOVERY_SHARE) if self.budgeted else None
         if end is None:
             return self.steps, None
-        now = time.monotonic()
-        deadline = now + max(0.0, end - now) / (step.total - step.index)
+        now, remaining = time.monotonic(), step.total - step.index
+        deadline = now + max(0.0, end - now - reserve * remaining) / remaining
         return (self.steps or MAX_BUDGETED_STEPS), deadline
 
     def recover(self, job: Job, dep: DependencyGraph, plan: PruningPlan, pruned: onnx.ModelProto,
@@ -50,11 +51,14 @@ class FineTune:
         data, seed = job.data, job.options.seed + step.index
         label = f"step {step.index + 1}/{step.total}: " if step.total > 1 else ""
         with job.stages.stage("finetune"):
+            started = time.monotonic()
             student = OnnxModule(pruned)
             recalibrated = recalibrate_batchnorm(student, data.train, data.batch_size, BN_BATCHES, seed)
             after_pruning = evaluate(student, data.objective, data.holdout, data.batch_size)
             after_finetune, losses, kept_step = None, [], None
-            steps, deadline = self._plan(job, step)
+            # After training: re-estimation and evaluation again, the write-back and its check, the
+            # held-out evaluations in onnxruntime: about three times what the two took just now.
+            steps, deadline = self._plan(job, step, reserve=3 * (time.monotonic() - started))
             budget = job.options.time_budget
             if steps > 0:
 
