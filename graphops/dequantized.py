@@ -21,6 +21,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
+from graphops.errors import UnsupportedPattern
+
 DEQUANTIZE = "DequantizeLinear"
 
 
@@ -37,7 +39,7 @@ class DequantizedConstant:
         return len(self.node.inputs) > 2 and self.node.inputs[2] is not None and bool(self.node.inputs[2].name)
 
 
-class DeclinedSlice(Exception):
+class DeclinedSlice(UnsupportedPattern):
     """A constant behind DequantizeLinear that cannot be sliced safely; the message names the node."""
 
 
@@ -82,11 +84,20 @@ def dequantized_constant(tensor: gs.Tensor | None) -> DequantizedConstant | None
 
 
 def quantized_constant_shape(tensor: gs.Tensor | None) -> tuple[int, ...] | None:
-    """The shape of the float tensor a DequantizeLinear computes from a constant (its data's shape)."""
+    """The shape of the float tensor a DequantizeLinear computes from a constant (its data's shape).
+
+    Raises :class:`UnsupportedPattern` (the reading node freezes) when a grouped conv reads it as its
+    weight: surgery slices grouped weights per conv group, which it does for float weights only.
+    """
     node = dequantizer_of(tensor)
-    if node is None or not isinstance(node.inputs[0], gs.Constant):
+    if tensor is None or node is None or not isinstance(node.inputs[0], gs.Constant):
         return None
-    return tuple(int(d) for d in node.inputs[0].shape)
+    shape = tuple(int(d) for d in node.inputs[0].shape)
+    for reader in tensor.outputs:
+        if len(reader.inputs) > 1 and reader.inputs[1] is tensor and _grouped_filter(reader, shape):
+            raise UnsupportedPattern(f"{_describe(reader)} is a grouped conv with a quantized weight "
+                                     f"({_describe(node)}), which onnxprune does not slice per group")
+    return shape
 
 
 def quantized_constant_values(tensor: gs.Tensor | None) -> np.ndarray | None:

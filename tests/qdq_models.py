@@ -262,3 +262,26 @@ def per_input_channel_scales_net() -> onnx.ModelProto:
         helper.make_node("Conv", ["r1", "w2"], ["y"], pads=[1, 1, 1, 1], name="conv2"),
     ]  # fmt: skip
     return _model(nodes, inits, "y", [1, 4, 8, 8])
+
+
+def grouped_deconv_net() -> onnx.ModelProto:
+    """A grouped ConvTranspose (group 2) with a quantized weight, between two dense convs.
+
+        x -conv1(8)-> grouped deconv (group 2, DQ weight [8, 3, 2, 2], stride 2) -> conv3(4) -> y
+    """
+    rng = np.random.default_rng(9)
+    inits = {
+        "w1_q": _int8(rng.standard_normal((8, 3, 3, 3)) * 40), "w1_s": np.float32(0.01),
+        "wt_q": _int8(rng.standard_normal((8, 3, 2, 2)) * 40), "wt_s": np.float32(0.01),
+        "w3_q": _int8(rng.standard_normal((4, 6, 1, 1)) * 40), "w3_s": np.float32(0.01),
+    }  # fmt: skip
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w1_q", "w1_s"], ["w1"], name="w1_dq"),
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("DequantizeLinear", ["wt_q", "wt_s"], ["wt"], name="wt_dq"),
+        helper.make_node("ConvTranspose", ["c1", "wt"], ["c2"], group=2, strides=[2, 2], kernel_shape=[2, 2],
+                         name="gdeconv"),
+        helper.make_node("DequantizeLinear", ["w3_q", "w3_s"], ["w3"], name="w3_dq"),
+        helper.make_node("Conv", ["c2", "w3"], ["y"], name="conv3"),
+    ]  # fmt: skip
+    return _model(nodes, inits, "y", [1, 4, 16, 16])

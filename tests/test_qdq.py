@@ -179,23 +179,31 @@ def test_scales_along_the_input_axis_follow_the_channels_read():
 
 
 DECLINED_CASES = [
-    # (builder, groups that must freeze, words the reason must contain)
-    (qdq_models.shared_weight_net, ("conv1", "conv_a"), ("w2_dq", "read by 2 ops")),
-    (qdq_models.grouped_conv_net, ("conv1", "grouped"), ("grouped", "'grouped'")),
-    (qdq_models.blocked_weight_net, ("conv1",), ("blocked", "w2_dq", "conv2")),
+    # (builder, groups that must freeze, words their reason must contain, filters that must stay whole)
+    (qdq_models.shared_weight_net, ("conv1", "conv_a"), ("w2_dq", "read by 2 ops"), ("conv_a", "conv_b")),
+    (qdq_models.grouped_conv_net, ("conv1",), ("grouped conv", "'grouped'", "w2_dq"), ("grouped",)),
+    (qdq_models.grouped_deconv_net, ("conv1",), ("grouped conv", "'gdeconv'", "wt_dq"), ("gdeconv",)),
+    (qdq_models.blocked_weight_net, ("conv1",), ("blocked", "w2_dq", "conv2"), ("conv2",)),
 ]
 
 
-@pytest.mark.parametrize(("build", "frozen", "words"), DECLINED_CASES,
-                         ids=["shared-weight", "grouped-conv", "blocked-quantization"])
-def test_unsupported_qdq_patterns_freeze_with_a_reason_naming_the_node(build, frozen, words):
-    analysed = analyse(build())
+@pytest.mark.parametrize(("build", "frozen", "words", "whole"), DECLINED_CASES,
+                         ids=["shared-weight", "grouped-conv", "grouped-deconv", "blocked-quantization"])
+def test_unsupported_qdq_patterns_freeze_with_a_reason_naming_the_node(build, frozen, words, whole):
+    model = build()
+    analysed = analyse(model)
     for group_id in frozen:
         group = analysed.dep.group(group_id)
         assert group.frozen, f"{group_id} should be frozen"
         assert all(word in group.frozen_reason for word in words), group.frozen_reason
     plan = select_by_ratio(analysed.dep, score_groups(analysed.dep, "l1"), 0.5)
     assert not set(plan.keep) & set(frozen)
+    pruned = assert_prune_matches_oracle(model, plan, analysed=analysed, rtol=1e-5).pruned
+    before, after = initializer_arrays(model), initializer_arrays(pruned)
+    for node in model.graph.node:
+        if node.name in whole:
+            data = next(n.input[0] for n in model.graph.node if n.output[0] == node.input[1])
+            assert after[data].shape == before[data].shape, f"{node.name}'s weight changed"
 
 
 def test_criteria_rank_filters_by_their_dequantized_weights(tmp_path):
