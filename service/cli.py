@@ -171,6 +171,8 @@ def _print_summary(report) -> None:
     if learned is not None:
         kept = ", ".join(f"{layer.kept}/{layer.channels}" for layer in learned.layers)
         table.caption += f"\nlearned (max drop {learned.max_drop:g} in {learned.metric}): filters kept per layer {kept}"
+    for warning in report.warnings:  # e.g. which size symbolic input dims were probed at
+        table.caption += f"\nnote: {warning}"
     print_table(table)
 
 
@@ -240,14 +242,20 @@ def analyze(
         return
     out = stdout_console()
     out.print(f"{model.name}: {result.macs:,} MACs, {result.params:,} params, inputs {result.input_shapes}")
+    for note in result.input_shape_notes:
+        out.print(f"note: {note}")
     table = Table("group", "channels", "pinned", "producers", "MACs share", title="prunable groups")
     for g in data["groups"]:
         producers = ", ".join(g["producers"][:3]) + (" ..." if len(g["producers"]) > 3 else "")
         table.add_row(g["id"], str(g["channels"]), str(g["pinned"]), producers, f"{g['macs_share']:.1%}")
+    prunable_share = sum(g["macs_share"] for g in data["groups"])
+    frozen_share = sum(g["macs_share"] for g in data["frozen"])
+    table.caption = (f"MACs share: the layers computing a group's channels. Prunable {prunable_share:.1%}, "
+                     f"frozen {frozen_share:.1%}, in no group {max(0.0, 1 - prunable_share - frozen_share):.1%}")
     print_table(table, out)
-    frozen = Table("group", "channels", "reason", title="frozen groups")
+    frozen = Table("group", "channels", "MACs share", "reason", title="frozen groups")
     for g in data["frozen"]:
-        frozen.add_row(g["id"], str(g["channels"]), g["reason"])
+        frozen.add_row(g["id"], str(g["channels"]), f"{g['macs_share']:.1%}", g["reason"])
     print_table(frozen, out)
 
 

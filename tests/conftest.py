@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from tests.needs import SHARED_HINT, shared_dir, unavailable
+# Handler bugs fail the tests with their own traceback instead of becoming a job's internal error
+# (graphops.dependency.STRICT_ENV); subprocesses the tests start (the CLI, workers) inherit it.
+os.environ.setdefault("ONNXPRUNE_STRICT_ANALYSIS", "1")
+
+from tests.needs import SHARED_HINT, shared_dir, unavailable  # noqa: E402 - after the environment is set
 
 
 @pytest.fixture

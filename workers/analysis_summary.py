@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from graphops.shares import macs_shares
 from workers.analysis import Analysis, analyse_model
 
 
@@ -31,6 +32,7 @@ class FrozenGroup(BaseModel):
     id: str
     channels: int
     nodes: list[str]
+    macs_share: float
     reason: str | None
 
 
@@ -40,6 +42,7 @@ class ModelAnalysis(BaseModel):
     macs: int
     params: int
     input_shapes: dict[str, list[int]]
+    input_shape_notes: list[str]
     nodes: list[NodeCost]
     groups: list[PrunableGroup]
     frozen: list[FrozenGroup]
@@ -48,19 +51,17 @@ class ModelAnalysis(BaseModel):
 def summarize(analysis: Analysis) -> ModelAnalysis:
     """The groups, frozen groups and costs of an analysed model, as plain data."""
     dep, cost = analysis.dep, analysis.cost
-    node_macs = analysis.node_macs
-    total = max(cost.macs, 1)
-
-    def share(nodes: Sequence[str]) -> float:
-        return round(sum(node_macs.get(n, 0) for n in nodes) / total, 4)
+    shares = macs_shares(dep, analysis.node_macs)  # each layer counted once, in the group it computes
 
     return ModelAnalysis(
         macs=cost.macs, params=cost.params, input_shapes=analysis.input_shapes,
+        input_shape_notes=list(analysis.input_shape_notes),
         nodes=[NodeCost(name=n.name, op_type=n.op_type, macs=n.macs, params=n.params) for n in cost.nodes],
         groups=[PrunableGroup(id=g.id, channels=g.channels, pinned=len(g.pinned), producers=list(g.producers),
-                              nodes=list(g.nodes), macs_share=share(g.nodes), notes=list(g.reasons))
+                              nodes=list(g.nodes), macs_share=round(shares[g.id], 4), notes=list(g.reasons))
                 for g in dep.prunable],
-        frozen=[FrozenGroup(id=g.id, channels=g.channels, nodes=list(g.nodes), reason=g.frozen_reason)
+        frozen=[FrozenGroup(id=g.id, channels=g.channels, nodes=list(g.nodes), macs_share=round(shares[g.id], 4),
+                            reason=g.frozen_reason)
                 for g in dep.frozen],
     )
 

@@ -20,6 +20,7 @@ from workers.benchmark import benchmark, compare_outputs, make_inputs, run_model
 from workers.capabilities import require_capabilities
 from workers.fileio import file_sha256
 from workers.options import PruneOptions
+from workers.quantize import check_not_quantized
 from workers.report import Fidelity, HeldOutEvaluation, Latency, PruneReport, SensitivityReport
 from workers.reporting import build_report
 from workers.sandbox import RunnerLimits
@@ -67,6 +68,8 @@ def run_pipeline(
     stages = Stages(progress)
     analysis = analyse_model(Path(model_path), options.input_shapes, stage=stages.stage)
     check_exclude_patterns(options.exclude, (node.name for node in analysis.prepared.graph.node))
+    if options.quantize != "none":
+        check_not_quantized(analysis.original)
     schedule = choose_schedule(options, plan, has_data=data is not None)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="onnxprune-", dir=output_path.parent) as workdir:
