@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _import_upload_checks()
         app.state.runner.start()
+        app.state.publisher.submit(app.state.runner.warm_up)  # not awaited: a down broker must not block start
         background = [asyncio.create_task(_clean_periodically(settings, app.state.store)),
                       asyncio.create_task(_reconcile_periodically(app))]
         try:

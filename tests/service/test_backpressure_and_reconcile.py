@@ -24,6 +24,7 @@ class KeepsQueued:
         self.sent: list[str] = []
 
     def start(self) -> None: ...
+    def warm_up(self) -> None: ...
     def submit(self, job_id: str) -> None:
         self.sent.append(job_id)
     def ready(self) -> str | None:
