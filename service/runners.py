@@ -89,6 +89,7 @@ class CeleryRunner:
 
         self._settings = settings
         self._app = make_celery(settings)
+        self._warmed = threading.Event()
 
     def start(self) -> None:
         pass
@@ -102,6 +103,8 @@ class CeleryRunner:
                 producer.connection.ensure_connection(max_retries=1, timeout=2)
         except Exception as exc:  # the broker may be down at start; submits will say so
             log.warning("broker not reachable at start: %s", exc)
+        finally:
+            self._warmed.set()
 
     def submit(self, job_id: str) -> None:
         from jobs.celery_app import TASK_NAME
@@ -109,6 +112,8 @@ class CeleryRunner:
         self._app.send_task(TASK_NAME, args=[job_id], task_id=job_id)
 
     def ready(self) -> str | None:
+        if not self._warmed.is_set():
+            return "starting: preparing the broker connection"
         try:
             with self._app.connection_for_write() as conn:
                 conn.ensure_connection(max_retries=1, timeout=1)

@@ -61,6 +61,7 @@ def test_a_submit_while_redis_is_down_answers_503_at_once_and_keeps_nothing(
     broker = own_redis(persistent=False)
     env = _env(tmp_path, broker.url)
     server = start_api(env)
+    wait_until(lambda: httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200, 30, "readyz")
     broker.kill() if outage == "stopped" else broker.pause()
 
     answers: dict[str, object] = {}
