@@ -92,7 +92,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _import_upload_checks()
         app.state.runner.start()
-        app.state.publisher.submit(app.state.runner.warm_up)  # not awaited: a down broker must not block start
+        # Before serving: a first publish that has to set up the app and its connection can take longer
+        # than the publish timeout on a loaded machine. Bounded: a sick broker delays start by 5 s at most.
+        warming = asyncio.get_running_loop().run_in_executor(app.state.publisher, app.state.runner.warm_up)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(warming), 5.0)
         background = [asyncio.create_task(_clean_periodically(settings, app.state.store)),
                       asyncio.create_task(_reconcile_periodically(app))]
         try:
