@@ -104,7 +104,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             for task in background:
                 task.cancel()
-            app.state.publisher.shutdown(wait=False, cancel_futures=True)
+            # The publisher pool lives as long as the app (a lifespan may run more than once, as
+            # test clients do); its threads end at exit, bounded by the broker's socket timeouts.
             app.state.runner.close()
 
     app = FastAPI(
