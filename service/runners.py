@@ -19,6 +19,8 @@ class Runner(Protocol):
     def start(self) -> None: ...
     def warm_up(self) -> None:
         """Prepare the path to the broker (connections, pools) so the first submit is as quick as the rest."""
+    def probe(self, timeout_s: float) -> None:
+        """Raise unless the broker answers within ``timeout_s`` (a round trip on a new connection)."""
     def submit(self, job_id: str) -> None:
         """Hand the job over (may block on the broker: the API calls it off the event loop)."""
     def ready(self) -> str | None:
@@ -67,6 +69,9 @@ class EmbeddedRunner:
     def warm_up(self) -> None:
         pass
 
+    def probe(self, timeout_s: float) -> None:
+        pass
+
     def ready(self) -> str | None:
         return None if self._pool is not None else "the embedded runner is not started"
 
@@ -105,6 +110,13 @@ class CeleryRunner:
             log.warning("broker not reachable at start: %s", exc)
         finally:
             self._warmed.set()
+
+    def probe(self, timeout_s: float) -> None:
+        import redis
+
+        with redis.Redis.from_url(self._settings.redis_url or "", socket_timeout=timeout_s,
+                                  socket_connect_timeout=timeout_s) as client:
+            client.ping()
 
     def submit(self, job_id: str) -> None:
         from jobs.celery_app import TASK_NAME
