@@ -63,7 +63,7 @@ def run_pipeline(
     output_path = Path(output_path)
     stages = Stages(progress)
     analysis = analyse_model(Path(model_path), options.input_shapes, stage=stages.stage)
-    schedule = choose_schedule(options, plan)
+    schedule = choose_schedule(options, plan, has_data=data is not None)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="onnxprune-", dir=output_path.parent) as workdir:
         job = Job(analysis, options, stages, Path(workdir), limits, data_path=data, sensitivity=sensitivity)
