@@ -97,6 +97,7 @@ def test_a_submit_while_redis_is_down_answers_503_at_once_and_keeps_nothing(
     assert list((Path(env["ONNXPRUNE_DATA_DIR"]) / "jobs").iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("persistent", [False, True], ids=["no-persistence", "aof-always"])
 def test_jobs_queued_when_redis_is_killed_all_end_once_it_returns(
     persistent, own_redis, start_api, start_worker, model_path, tmp_path
