@@ -83,7 +83,7 @@ class AnalysisContext:
         shape = self.shape(tensor)
         if shape is None or not all(isinstance(d, int) and d >= 0 for d in shape):
             return None
-        return tuple(int(d) for d in shape)  # type: ignore[arg-type]
+        return tuple(int(d) for d in shape if isinstance(d, int))  # every dim is one, checked above
 
     @staticmethod
     def const(tensor: gs.Tensor | None) -> np.ndarray | None:
