@@ -85,7 +85,7 @@ def _shape(node: onnx.NodeProto, tensor: str, shapes: Mapping[str, Shape]) -> tu
             f"cannot count MACs of {node.op_type} node {node.name or node.output[0]!r}: "
             f"shape of {tensor!r} is {'unknown' if shape is None else list(shape)} at these input shapes"
         )
-    return tuple(int(d) for d in shape)  # type: ignore[arg-type]
+    return tuple(int(d) for d in shape if isinstance(d, int))  # every dim is one, checked above
 
 
 def _quantized_constant_sizes(graph: onnx.GraphProto) -> dict[str, int]:

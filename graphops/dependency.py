@@ -117,7 +117,9 @@ def _opset(model: onnx.ModelProto) -> int:
     return 1
 
 
-def _infer(model: onnx.ModelProto, input_shapes):
+def _infer(
+    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None
+) -> tuple[dict[str, list[int]] | None, dict[str, Shape]]:
     try:
         resolved = resolve_input_shapes(model, input_shapes)
     except ModelRejected:
@@ -188,7 +190,14 @@ def _freeze_node(node: gs.Node, ctx: AnalysisContext, reason: str) -> None:
             ctx.state.pin(layout.atoms, reason)
 
 
-def _collect(model, resolved, shapes, opset, graph: gs.Graph, state: TrackerState) -> DependencyGraph:
+def _collect(
+    model: onnx.ModelProto,
+    resolved: dict[str, list[int]] | None,
+    shapes: dict[str, Shape],
+    opset: int,
+    graph: gs.Graph,
+    state: TrackerState,
+) -> DependencyGraph:
     atom_count = len(state.atoms)
     atom_root = state.atoms.roots()
     space_root = np.array([state.spaces.find(s) for s in state.atom_space], dtype=np.int64)
@@ -290,7 +299,13 @@ def _collect(model, resolved, shapes, opset, graph: gs.Graph, state: TrackerStat
     )
 
 
-def _balanced_blocks(state, atom_group, atom_class_local, pinned, reasons):
+def _balanced_blocks(
+    state: TrackerState,
+    atom_group: np.ndarray,
+    atom_class_local: np.ndarray,
+    pinned: list[set[int]],
+    reasons: list[list[str]],
+) -> list[tuple[int, list[np.ndarray]]]:
     """Grouped-conv blocks as class indices; blocks that do not map cleanly pin their channels.
 
     Three cases keep equal counts per block: every class spread evenly over the blocks (a channel
@@ -298,7 +313,7 @@ def _balanced_blocks(state, atom_group, atom_class_local, pinned, reasons):
     or each class inside one block, every class the same number of times (the plan keeps equal
     class counts per block). Anything else pins the channels.
     """
-    balanced = []
+    balanced: list[tuple[int, list[np.ndarray]]] = []
     for blocks in state.balanced_blocks:
         members = np.concatenate(blocks)
         groups = np.unique(atom_group[members])

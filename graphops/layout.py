@@ -81,7 +81,8 @@ class Producer:
         if self.groups > 1:
             c_in, per_group = weight.shape[0], weight.shape[1]
             blocks = weight.reshape(self.groups, c_in // self.groups, per_group, -1).transpose(0, 2, 1, 3)
-            return blocks.reshape(self.groups * per_group, -1)
+            rows: np.ndarray = blocks.reshape(self.groups * per_group, -1)
+            return rows
         moved = np.moveaxis(weight, self.axis, 0)
         return moved.reshape(moved.shape[0], -1)
 

@@ -11,7 +11,7 @@ their own precision.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +28,7 @@ CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
 CONV_OPS = frozenset({"Conv", "ConvTranspose"})
 # ONNX's Conv takes no bfloat16 before opset 22 and onnxruntime's CPU provider runs none: such a
 # model could be neither verified nor benchmarked. float16 runs, and is pruned as it is.
-UNRUNNABLE_PRECISION = {TensorProto.BFLOAT16: "bfloat16"}
+UNRUNNABLE_PRECISION: dict[int, str] = {TensorProto.BFLOAT16: "bfloat16"}
 
 
 @dataclass(frozen=True)
@@ -213,9 +213,10 @@ def _check_generated_sizes(graph: onnx.GraphProto, limits: ValidationLimits) -> 
 
 
 def _range_length(node: onnx.NodeProto, tensors: list[TensorProto | None]) -> int | None:
-    if any(t is None or _element_count(t.dims) != 1 for t in tensors):
+    present = [t for t in tensors if t is not None]
+    if len(present) != len(tensors) or any(_element_count(t.dims) != 1 for t in present):
         return None
-    start, limit, delta = (float(numpy_helper.to_array(t).reshape(-1)[0]) for t in tensors)  # type: ignore[union-attr]
+    start, limit, delta = (float(numpy_helper.to_array(t).reshape(-1)[0]) for t in present)
     if delta == 0 or not all(math.isfinite(v) for v in (start, limit, delta)):
         raise ModelRejected(f"Range node {_node_label(node)} has a zero or non-finite delta or bound")
     return max(math.ceil((limit - start) / delta), 0)
@@ -284,8 +285,8 @@ _TYPED_FIELD: dict[int, tuple[str, float]] = {
 _ELEMENT_BITS: dict[int, int] = {TensorProto.INT4: 4, TensorProto.UINT4: 4, TensorProto.BOOL: 8}
 
 
-def _element_count(dims: object) -> int:
-    return math.prod(int(d) for d in dims)  # type: ignore[attr-defined]
+def _element_count(dims: Iterable[int]) -> int:
+    return math.prod(int(d) for d in dims)
 
 
 def _constant_tensors(graph: onnx.GraphProto) -> dict[str, TensorProto]:
@@ -302,7 +303,8 @@ def _constant_tensors(graph: onnx.GraphProto) -> dict[str, TensorProto]:
 def _constant_node_tensor(node: onnx.NodeProto) -> TensorProto | None:
     for attr in node.attribute:
         if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
-            return attr.t
+            tensor: TensorProto = attr.t  # onnx's stub types the field as Any
+            return tensor
         if attr.name == "value_int":
             return numpy_helper.from_array(np.array(attr.i, dtype=np.int64))
         if attr.name == "value_ints":

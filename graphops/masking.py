@@ -31,7 +31,7 @@ def mask_removed_channels(dep: DependencyGraph, plan: PruningPlan) -> onnx.Model
         fill = zero_point_fill(node, values) if node.op == DEQUANTIZE and index == 0 else np.zeros_like(values)
         for entry in entries:
             removed = np.flatnonzero(ctx.removed_atoms(entry.atoms))
-            index_tuple = [slice(None)] * values.ndim
+            index_tuple: list[slice | np.ndarray] = [slice(None)] * values.ndim
             index_tuple[entry.axis] = removed
             values[tuple(index_tuple)] = fill[tuple(index_tuple)]
         ctx.replace_input(node, index, values)

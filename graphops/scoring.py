@@ -10,7 +10,8 @@ whatever the scale of its weights.
 from __future__ import annotations
 
 from collections.abc import Callable
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,7 @@ def register_criterion(name: str) -> Callable[[Criterion], Criterion]:
     return decorate
 
 
-def _plugins() -> dict[str, object]:
+def _plugins() -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
 
 
@@ -58,7 +59,7 @@ def criterion_needs_data(name: str) -> bool:
     return bool(getattr(get_criterion(name), "needs_data", False))
 
 
-def score_groups(dep: DependencyGraph, criterion: str, *, seed: int = 0, **options) -> Scores:
+def score_groups(dep: DependencyGraph, criterion: str, *, seed: int = 0, **options: Any) -> Scores:
     """Scores of every prunable group's channels under ``criterion``; extra ``options`` (data, a
     model path...) are passed to criteria that need them."""
     return get_criterion(criterion)(dep, seed=seed, **options)

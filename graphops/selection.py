@@ -129,7 +129,7 @@ class MacsModel:
 
     def macs(self, plan: PruningPlan) -> int:
         removed = plan.removed_class_mask(self._dep)
-        total = self.total
+        total: float = self.total
         for macs, atoms_in, atoms_out in self._terms:
             fraction = 1.0
             for atoms in (atoms_in, atoms_out):
@@ -164,7 +164,7 @@ def select_by_flops(
         node_macs = {node.name: node.macs for node in measure_cost(dep.model, dep.input_shapes).nodes}
     model = MacsModel(dep, node_macs)
     candidates = _candidates(dep, scores, exclude)
-    ranked = []
+    ranked: list[tuple[float, int, int]] = []
     for index in candidates:
         group = dep.groups[index]
         raw = np.asarray(scores[group.id], dtype=np.float64)

@@ -64,13 +64,13 @@ def apply_plan(dep: DependencyGraph, plan: PruningPlan) -> onnx.ModelProto:
                 changed = True
         if changed:
             ctx.replace_input(node, index, values)
-    for entry in dep.shape_entries:
-        node = nodes[entry.node]
-        values = np.array(node.inputs[entry.input_index].values, copy=True)
-        kept = int(np.count_nonzero(~ctx.removed_atoms(entry.atoms)))
-        if values.flat[entry.position] != kept:
-            values.flat[entry.position] = kept
-            ctx.replace_input(node, entry.input_index, values)
+    for shape_entry in dep.shape_entries:
+        node = nodes[shape_entry.node]
+        values = np.array(node.inputs[shape_entry.input_index].values, copy=True)
+        kept = int(np.count_nonzero(~ctx.removed_atoms(shape_entry.atoms)))
+        if values.flat[shape_entry.position] != kept:
+            values.flat[shape_entry.position] = kept
+            ctx.replace_input(node, shape_entry.input_index, values)
     for node in graph.nodes:
         handler_for(node.op).apply(node, ctx)
     interface = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}

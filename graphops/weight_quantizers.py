@@ -30,7 +30,7 @@ def _quantize(node: gs.Node, opset: int) -> np.ndarray:
     onnx_node = helper.make_node("QuantizeLinear", names, ["out"], **node.attrs)
     graph = helper.make_graph([onnx_node], "q", [], [helper.make_tensor_value_info("out", 0, None)], initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    outputs = cast(list[Any], ReferenceEvaluator(model).run(None, {}))
+    outputs = cast(list[Any], ReferenceEvaluator(model).run(None, {}))  # onnx types run() loosely
     return np.asarray(outputs[0])
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import onnx
@@ -22,6 +23,7 @@ from graphops.dequantized import (
     quantized_constant_values,
     quantized_slice_targets,
 )
+from graphops.errors import AnalysisBug, UnsupportedPattern
 from graphops.layout import ConstSlice, Layout, TrackerState
 from graphops.shapes import Shape
 
@@ -38,8 +40,13 @@ def prod(dims: tuple[int, ...]) -> int:
     return math.prod(dims)
 
 
-def normalize_axis(axis: int, rank: int) -> int:
-    return axis + rank if axis < 0 else axis
+def normalize_axis(axis: int, rank: int | None) -> int:
+    """``axis`` counted from the front; a negative one needs the tensor's rank."""
+    if axis >= 0:
+        return axis
+    if rank is None:
+        raise UnsupportedPattern(f"axis {axis} counts from the end of a tensor of unknown rank")
+    return axis + rank
 
 
 class AnalysisContext:
@@ -76,7 +83,7 @@ class AnalysisContext:
         shape = self.shape(tensor)
         if shape is None or not all(isinstance(d, int) and d >= 0 for d in shape):
             return None
-        return tuple(int(d) for d in shape)  # type: ignore[arg-type]
+        return tuple(int(d) for d in shape if isinstance(d, int))  # every dim is one, checked above
 
     @staticmethod
     def const(tensor: gs.Tensor | None) -> np.ndarray | None:
@@ -193,6 +200,15 @@ class SurgeryContext:
             return np.asarray(tensor.values)
         return quantized_constant_values(tensor)
 
+    @classmethod
+    def required_const(cls, node: gs.Node, index: int) -> np.ndarray:
+        """Input ``index`` of ``node`` as constant values; analysis only tracks channels through it
+        when it is one, so its absence at surgery is our bug."""
+        values = cls.const(node.inputs[index])
+        if values is None:
+            raise AnalysisBug(f"onnxprune bug: input {index} of {describe(node)} is not a constant at surgery")
+        return values
+
     @staticmethod
     def replace_input(node: gs.Node, index: int, values: np.ndarray) -> None:
         """Give ``node`` new constant values at input ``index`` without touching other users."""
@@ -224,10 +240,11 @@ class OpHandler:
 
 _REGISTRY: dict[str, OpHandler] = {}
 _UNKNOWN = OpHandler()
+_Handler = TypeVar("_Handler", bound=OpHandler)
 
 
-def register(*op_types: str):
-    def decorate(cls: type[OpHandler]) -> type[OpHandler]:
+def register(*op_types: str) -> Callable[[type[_Handler]], type[_Handler]]:
+    def decorate(cls: type[_Handler]) -> type[_Handler]:
         instance = cls()
         for op_type in op_types:
             _REGISTRY[op_type] = instance

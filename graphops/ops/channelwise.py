@@ -15,7 +15,7 @@ from graphops.ops.base import AnalysisContext, OpHandler, describe, normalize_ax
 from graphops.ops.structure import follow_shape_entry
 
 
-def _channels_on_axis_1(node: gs.Node, ctx: AnalysisContext):
+def _channels_on_axis_1(node: gs.Node, ctx: AnalysisContext) -> Layout | None:
     layout = ctx.layout(node.inputs[0])
     if layout is not None and layout.axis != 1:
         ctx.pin_inputs(node, f"{describe(node)} expects channels on axis 1, found axis {layout.axis}")
@@ -83,6 +83,7 @@ class Pad(OpHandler):
         rank = ctx.rank(node.inputs[0])
         if layout is None:
             return
+        pads: list[int] | None
         if "pads" in node.attrs:
             pads = [int(p) for p in node.attrs["pads"]]
         else:
@@ -100,7 +101,7 @@ class Pad(OpHandler):
         ctx.set_layout(node.outputs[0], layout)
 
     @staticmethod
-    def _pad_channels(node: gs.Node, ctx: AnalysisContext, layout, before: int, after: int) -> None:
+    def _pad_channels(node: gs.Node, ctx: AnalysisContext, layout: Layout, before: int, after: int) -> None:
         """Padding channels (BlazeFace widens residuals so) appends constant channels, as Concat would."""
         mode = node.attrs.get("mode", "constant")
         mode = mode.decode() if isinstance(mode, bytes) else mode
@@ -121,6 +122,7 @@ class Resize(OpHandler):
         if layout is None:
             return
         scales_index = 1 if node.op == "Upsample" else 2
+        scales: list[float] | None
         if "scales" in node.attrs:
             scales = list(node.attrs["scales"])
         elif len(node.inputs) > scales_index and node.inputs[scales_index].name:

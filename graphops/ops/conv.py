@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphops.errors import UnsupportedPattern
+from graphops.errors import AnalysisBug, UnsupportedPattern
 from graphops.layout import Layout, Producer
 from graphops.ops.base import AnalysisContext, OpHandler, SurgeryContext, describe, prod, register
 
@@ -39,7 +39,7 @@ def _was_depthwise(node: gs.Node, ctx: SurgeryContext, channels: gs.Tensor) -> b
     """One group per channel before pruning (``channels``' original count equals ``group``)."""
     layout = ctx.layout(channels)
     groups = _group(node)
-    return groups > 1 and layout is not None and len(layout) == groups and ctx.const(node.inputs[1]).shape[1] == 1
+    return groups > 1 and layout is not None and len(layout) == groups and ctx.required_const(node, 1).shape[1] == 1
 
 
 @register("Conv")
@@ -49,8 +49,9 @@ class Conv(OpHandler):
         out = node.outputs[0]
         if weight is None or len(weight) < 3:
             ctx.pin_inputs(node, f"{describe(node)} has weights computed at run time")
-            if weight is None and ctx.static_shape(out) is not None:
-                ctx.set_layout(out, ctx.new_pinned_layout(1, ctx.static_shape(out)[1], node.name,
+            out_shape = ctx.static_shape(out)
+            if weight is None and out_shape is not None:
+                ctx.set_layout(out, ctx.new_pinned_layout(1, out_shape[1], node.name,
                                                           f"{describe(node)} has weights computed at run time"))
             return
         groups = _group(node)
@@ -111,15 +112,18 @@ class Conv(OpHandler):
         kept = ctx.kept(node.inputs[0])
         if kept is None:
             return None
+        layout = ctx.layout(node.inputs[0])
+        if layout is None:  # kept() found removed positions, so the input has a layout
+            raise AnalysisBug(f"onnxprune bug: {describe(node)} has removed input channels but no layout")
         groups = _group(node)
-        width = len(ctx.layout(node.inputs[0])) // groups
+        width = len(layout) // groups
         return [kept[(kept >= k * width) & (kept < (k + 1) * width)] - k * width for k in range(groups)]
 
     def _slice_grouped_inputs(self, node: gs.Node, ctx: SurgeryContext) -> None:
         columns = self._grouped_input_columns(node, ctx)
         if columns is None:
             return
-        weight = ctx.const(node.inputs[1])
+        weight = ctx.required_const(node, 1)
         groups = _group(node)
         per_group_out = weight.shape[0] // groups
         blocks = [weight[k * per_group_out:(k + 1) * per_group_out][:, cols] for k, cols in enumerate(columns)]
@@ -128,8 +132,10 @@ class Conv(OpHandler):
     def mask(self, node: gs.Node, ctx: SurgeryContext) -> None:
         groups = _group(node)
         removed = ctx.removed_mask(node.inputs[0])
-        weight = ctx.const(node.inputs[1])
-        if groups == 1 or removed is None or weight.shape[1] == 1:
+        if groups == 1 or removed is None:
+            return
+        weight = ctx.required_const(node, 1)
+        if weight.shape[1] == 1:
             return
         weight = weight.copy()
         width = weight.shape[1]
@@ -187,7 +193,7 @@ class ConvTranspose(OpHandler):
 
     def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
         if _was_depthwise(node, ctx, node.inputs[0]):
-            node.attrs["group"] = int(ctx.const(node.inputs[1]).shape[0])
+            node.attrs["group"] = int(ctx.required_const(node, 1).shape[0])
         elif _group(node) > 1:
             self._slice_grouped_outputs(node, ctx)
 

@@ -48,20 +48,27 @@ class Broadcast(OpHandler):
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
         inputs = [t for t in node.inputs if t is not None and t.name]
         out = node.outputs[0]
-        ranks = [ctx.rank(t) for t in inputs]
-        tracked = [(i, t, ctx.layout(t)) for i, t in enumerate(inputs) if ctx.layout(t) is not None]
+        tracked: list[tuple[int, Layout]] = []
+        for i, t in enumerate(inputs):
+            lay = ctx.layout(t)
+            if lay is not None:
+                tracked.append((i, lay))
         if not tracked:
             return
-        if any(r is None for r in ranks):
-            raise UnsupportedPattern(f"{describe(node)} has an input of unknown rank")
-        out_rank = max(ranks)  # type: ignore[type-var]
-        aligned = {lay.axis + out_rank - ranks[i] for i, _, lay in tracked}  # type: ignore[operator]
+        ranks: list[int] = []
+        for t in inputs:
+            rank = ctx.rank(t)
+            if rank is None:
+                raise UnsupportedPattern(f"{describe(node)} has an input of unknown rank")
+            ranks.append(rank)
+        out_rank = max(ranks)
+        aligned = {lay.axis + out_rank - ranks[i] for i, lay in tracked}
         if len(aligned) != 1:
             raise UnsupportedPattern(f"{describe(node)} combines channels that lie on different axes")
         axis = aligned.pop()
-        reference = max((lay for _, _, lay in tracked), key=len)
+        reference = max((lay for _, lay in tracked), key=len)
         channels = len(reference)
-        for _, tensor, lay in tracked:
+        for _, lay in tracked:
             if len(lay) == channels:
                 ctx.state.unite(reference.atoms, lay.atoms)
             elif len(lay) != 1:
@@ -70,9 +77,9 @@ class Broadcast(OpHandler):
             if tensor is None or not tensor.name or ctx.layout(tensor) is not None:
                 continue
             shape = ctx.shape(tensor)
-            local_axis = axis - (out_rank - len(shape)) if shape is not None else None
             if shape is None:
                 raise UnsupportedPattern(f"{describe(node)} input '{tensor.name}' has an unknown shape")
+            local_axis = axis - (out_rank - len(shape))
             if local_axis < 0 or shape[local_axis] == 1:
                 continue
             if ctx.const_shape(tensor) is not None and shape[local_axis] == channels:

@@ -67,7 +67,7 @@ def propagate_channel_shuffle(node: gs.Node, ctx: AnalysisContext, layout: Layou
         ctx.state.unite(atoms[0], atoms[a])
     groups_entry = shape_entry_source(ctx, node, 1, axis)
     groups_value = None if groups_entry is None else ctx.const(groups_entry[0].inputs[groups_entry[1]])
-    if groups_value is None or int(np.ravel(groups_value)[groups_entry[2]]) not in (d1, -1):
+    if groups_entry is None or groups_value is None or int(np.ravel(groups_value)[groups_entry[2]]) not in (d1, -1):
         raise UnsupportedPattern(f"{describe(node)} splits channels into groups by a run-time count")
     if not follow_shape_entry(ctx, node, 1, axis + 1, atoms[0]):
         raise UnsupportedPattern(f"{describe(node)} takes a run-time channel count per group")

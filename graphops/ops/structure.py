@@ -13,14 +13,16 @@ import math
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphops.errors import UnsupportedPattern
+from graphops.errors import AnalysisBug, UnsupportedPattern
 from graphops.layout import Layout, RuntimeCount, ShapeEntry
 from graphops.ops.base import AnalysisContext, OpHandler, SurgeryContext, describe, normalize_axis, register
 from graphops.ops.shape_values import trace_shape_element
 from graphops.ops.shuffle import propagate_channel_shuffle
 
 
-def _int_input_or_attr(node: gs.Node, ctx, index: int, attr: str) -> list[int] | None:
+def _int_input_or_attr(
+    node: gs.Node, ctx: AnalysisContext | SurgeryContext, index: int, attr: str
+) -> list[int] | None:
     """An int list given as constant input ``index`` (newer opsets) or attribute ``attr``."""
     if len(node.inputs) > index and node.inputs[index] is not None and node.inputs[index].name:
         values = ctx.const(node.inputs[index])
@@ -30,7 +32,9 @@ def _int_input_or_attr(node: gs.Node, ctx, index: int, attr: str) -> list[int] |
     return []
 
 
-def map_axis_through_reshape(in_shape: tuple[int, ...], out_shape: tuple[int, ...], axis: int, channels: int):
+def map_axis_through_reshape(
+    in_shape: tuple[int, ...], out_shape: tuple[int, ...], axis: int, channels: int
+) -> tuple[int, np.ndarray] | None:
     """Where the channel axis lands after a reshape, as (output axis, channel index of each position).
 
     Succeeds when the channel axis survives whole, alone or merged with neighbouring dims into one
@@ -55,7 +59,9 @@ def map_axis_through_reshape(in_shape: tuple[int, ...], out_shape: tuple[int, ..
     return None
 
 
-def shape_entry_source(ctx: AnalysisContext, node: gs.Node, input_index: int, position: int):
+def shape_entry_source(
+    ctx: AnalysisContext, node: gs.Node, input_index: int, position: int
+) -> tuple[gs.Node, int, int] | None:
     """The constant deciding element ``position`` of a 1-D shape input, as (node, input, position).
 
     Follows one level of Concat (``x.view(x.size(0), c, 1, 1)`` with a dynamic batch exports as
@@ -90,7 +96,10 @@ def follow_shape_entry(ctx: AnalysisContext, node: gs.Node, input_index: int, po
     if source is None:
         return _follows_at_run_time(ctx, node, input_index, position, atoms)
     owner, index, local = source
-    value = int(np.ravel(ctx.const(owner.inputs[index]))[local])
+    values = ctx.const(owner.inputs[index])
+    if values is None:  # shape_entry_source only names constants
+        raise AnalysisBug(f"onnxprune bug: input {index} of {describe(owner)} is not a constant")
+    value = int(np.ravel(values)[local])
     if value == -1 or (value == 0 and may_copy):
         return True
     ctx.state.shape_entries.append(ShapeEntry(owner.name, index, local, atoms))
@@ -108,6 +117,24 @@ def _follows_at_run_time(ctx: AnalysisContext, node: gs.Node, input_index: int, 
             entry.followed.add(position)
             return True
     return False
+
+
+# Slice's starts, ends, axes and steps (each empty when not given).
+_SliceParams = tuple[list[int], list[int], list[int], list[int]]
+
+
+def _tracked_layout(node: gs.Node, ctx: SurgeryContext, tensor: gs.Tensor) -> Layout:
+    """The layout analysis gave ``tensor`` when it tracked ``node``'s channels."""
+    layout = ctx.layout(tensor)
+    if layout is None:
+        raise AnalysisBug(f"onnxprune bug: output '{tensor.name}' of {describe(node)} has no channel layout")
+    return layout
+
+
+def _kept_count(node: gs.Node, ctx: SurgeryContext, tensor: gs.Tensor) -> int:
+    """How many channels ``tensor`` keeps (all of them when none are removed)."""
+    kept = ctx.kept(tensor)
+    return len(kept) if kept is not None else len(_tracked_layout(node, ctx, tensor))
 
 
 @register("Transpose")
@@ -176,7 +203,7 @@ def Broadcast_like(node: gs.Node, ctx: AnalysisContext) -> None:
     """Inputs joined along a non-channel axis share their channels, like an elementwise op."""
     layouts = [ctx.layout(t) for t in node.inputs]
     reference = next(lay for lay in layouts if lay is not None)
-    for tensor, layout in zip(node.inputs, layouts):
+    for layout in layouts:
         if layout is None or layout.axis != reference.axis or len(layout) != len(reference):
             raise UnsupportedPattern(f"{describe(node)} joins tensors whose channels do not line up")
         ctx.state.unite(reference.atoms, layout.atoms)
@@ -211,14 +238,12 @@ class Split(OpHandler):
             offset += size
 
     def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
-        if ctx.kept(node.inputs[0]) is None or ctx.layout(node.inputs[0]) is None:
+        in_layout = ctx.layout(node.inputs[0])
+        if ctx.kept(node.inputs[0]) is None or in_layout is None:
             return
-        if ctx.layout(node.outputs[0]).axis != ctx.layout(node.inputs[0]).axis:
+        if _tracked_layout(node, ctx, node.outputs[0]).axis != in_layout.axis:
             return
-        sizes = np.array(
-            [len(ctx.kept(out)) if ctx.kept(out) is not None else len(ctx.layout(out)) for out in node.outputs],
-            dtype=np.int64,
-        )
+        sizes = np.array([_kept_count(node, ctx, out) for out in node.outputs], dtype=np.int64)
         node.attrs.pop("num_outputs", None)
         if ctx.opset >= 13:
             node.attrs.pop("split", None)
@@ -256,10 +281,10 @@ class Slice(OpHandler):
         ctx.set_layout(node.outputs[0], Layout(layout.axis, atoms))
 
     @staticmethod
-    def _params(node: gs.Node, ctx):
+    def _params(node: gs.Node, ctx: AnalysisContext | SurgeryContext) -> _SliceParams | None:
         if "starts" in node.attrs:  # opset < 10
             return (list(node.attrs["starts"]), list(node.attrs["ends"]), list(node.attrs.get("axes", [])), [])
-        values = []
+        values: list[list[int]] = []
         for index in range(1, 5):
             if len(node.inputs) > index and node.inputs[index] is not None and node.inputs[index].name:
                 const = ctx.const(node.inputs[index])
@@ -268,22 +293,24 @@ class Slice(OpHandler):
                 values.append([int(v) for v in np.ravel(const)])
             else:
                 values.append([])
-        return tuple(values)
+        return values[0], values[1], values[2], values[3]
 
     def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
         layout = ctx.layout(node.inputs[0])
         kept_in = ctx.kept(node.inputs[0])
-        if layout is None or kept_in is None or ctx.layout(node.outputs[0]).axis != layout.axis:
+        if layout is None or kept_in is None or _tracked_layout(node, ctx, node.outputs[0]).axis != layout.axis:
             return
-        starts, ends, axes, _ = self._params(node, ctx)
+        params = self._params(node, ctx)
+        if params is None:  # analysis declined run-time parameters, so nothing here was removed
+            raise AnalysisBug(f"onnxprune bug: {describe(node)} has run-time parameters at surgery")
+        starts, ends, given_axes, _ = params
         rank = ctx.rank(node.inputs[0])
-        axes = [normalize_axis(a, rank) for a in (axes or range(len(starts)))]
+        axes = [normalize_axis(a, rank) for a in (given_axes or range(len(starts)))]
         k = axes.index(layout.axis) if layout.axis in axes else None
         if k is None:
             return
         start = slice(starts[k], ends[k]).indices(len(layout))[0]
-        kept_out = ctx.kept(node.outputs[0])
-        count = len(kept_out) if kept_out is not None else len(ctx.layout(node.outputs[0]))
+        count = _kept_count(node, ctx, node.outputs[0])
         new_start = int(np.count_nonzero(kept_in < start))
         starts[k], ends[k] = new_start, new_start + count
         if "starts" in node.attrs:
@@ -304,7 +331,9 @@ class Shape(OpHandler):
             return
         rank = ctx.rank(node.inputs[0])
         start = normalize_axis(int(node.attrs.get("start", 0)), rank)
-        end = normalize_axis(int(node.attrs.get("end", rank)), rank) if "end" in node.attrs else rank
+        end = normalize_axis(int(node.attrs["end"]), rank) if "end" in node.attrs else rank
+        if end is None:
+            raise UnsupportedPattern(f"{describe(node)} reads the shape of '{node.inputs[0].name}', of unknown rank")
         if not start <= layout.axis < end:
             return
         for reshape, positions in trace_shape_element(ctx, node, layout.axis - start):
@@ -326,13 +355,14 @@ class Reduce(OpHandler):
         if layout is None:
             return
         rank = ctx.rank(node.inputs[0])
+        given_axes: list[int] | None
         if node.op in ("ArgMax", "ArgMin"):
-            axes = [int(node.attrs.get("axis", 0))]
+            given_axes = [int(node.attrs.get("axis", 0))]
         else:
-            axes = _int_input_or_attr(node, ctx, 1, "axes")
-        if axes is None or (not axes and not int(node.attrs.get("noop_with_empty_axes", 0))) or rank is None:
+            given_axes = _int_input_or_attr(node, ctx, 1, "axes")
+        if given_axes is None or (not given_axes and not int(node.attrs.get("noop_with_empty_axes", 0))) or rank is None:
             raise UnsupportedPattern(f"{describe(node)} reduces over all axes, the channels included")
-        axes = {normalize_axis(a, rank) for a in axes}
+        axes = {normalize_axis(a, rank) for a in given_axes}
         if layout.axis in axes:
             raise UnsupportedPattern(f"{describe(node)} reduces over the channel axis")
         keepdims = int(node.attrs.get("keepdims", 1))
