@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-from celery import Celery
+from celery import Celery, Task
 from celery.signals import after_setup_logger, worker_ready
 
 from jobs.policy import JobTimeout
@@ -104,15 +104,16 @@ def _register_task(app: Celery, settings: Settings) -> None:
             stores.append(JobStore(settings.database_path))
         return stores[0]
 
-    @app.task(name=TASK_NAME, bind=True, max_retries=None)
-    def run_job_task(self, job_id: str) -> str:  # noqa: ANN001 - Celery's bound task
+    # celery ships no type hints, so its decorators are untyped
+    @app.task(name=TASK_NAME, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
+    def run_job_task(self: Task, job_id: str) -> str:
         from jobs.run import Outcome, run_job  # the pipeline loads only in workers
 
         with _time_limits(settings.soft_time_limit_s, settings.time_limit_s):
             outcome = run_job(job_id, store(), settings)
         if outcome is Outcome.retry:
             raise self.retry(countdown=settings.retry_delay_s)
-        return outcome.value
+        return str(outcome.value)
 
 
 @contextmanager

@@ -8,7 +8,8 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 DOCS_ASSETS_URL = "/docs-assets"
 
 MAX_OFFSET = 1_000_000_000  # SQLite integers are 64-bit; a bound keeps absurd offsets a 422, not a 500
-_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422, 429, 503, 507)}
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422, 429, 503, 507)}
 _UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -66,15 +67,18 @@ def _version() -> str:
 
 
 async def _settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings  # starlette's State is untyped
+    return settings
 
 
 async def _store(request: Request) -> JobStore:
-    return request.app.state.store
+    store: JobStore = request.app.state.store  # starlette's State is untyped
+    return store
 
 
 async def _runner(request: Request) -> Runner:
-    return request.app.state.runner
+    runner: Runner = request.app.state.runner  # starlette's State is untyped
+    return runner
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
@@ -241,17 +245,17 @@ def _add_routes(app: FastAPI) -> None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-def _result(job: JobRecord, settings: Settings, kind: str):
+def _result(job: JobRecord, settings: Settings, kind: str) -> Path:
     if job.status is not JobStatus.succeeded:
         raise ApiError(409, "not_ready", f"job {job.id} is {job.status.value}; results exist once it has succeeded")
-    path = getattr(JobFiles.of(settings.jobs_dir, job.id), kind)
+    path: Path = getattr(JobFiles.of(settings.jobs_dir, job.id), kind)
     if not path.is_file():
         raise ApiError(404, "not_found", f"the {kind} of job {job.id} has been removed")
     return path
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    def body(status_code: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    def body(status_code: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
         return JSONResponse({"error": {"code": code, "message": message}}, status_code=status_code,
                             headers=headers)
 
