@@ -192,8 +192,7 @@ def expand(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch
     target = _ints(required(inputs, 1))
     if x.dtype != torch.bool:
         return [x * torch.ones(target, dtype=x.dtype)]
-    broadcast = torch.broadcast_shapes(x.shape, target)  # type: ignore[no-untyped-call]  # torch leaves it unannotated
-    return [x.expand(broadcast)]
+    return [x.expand(np.broadcast_shapes(x.shape, target))]  # numpy's rules are ONNX's (and typed, unlike torch's)
 
 
 @register("Tile")
