@@ -13,8 +13,8 @@ from pathlib import Path
 
 from graphops.errors import ModelRejected
 from service.files import JobFiles
-from workers.fileio import atomic_write_text, file_sha256
 from service.store import JobStatus, JobStore
+from workers.fileio import atomic_write_text, file_sha256
 from workers.options import PruneOptions
 from workers.pipeline import run_pipeline
 

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from service.store import JobStore
@@ -26,7 +27,7 @@ store = JobStore(settings.database_path)
 
 
 @celery_app.task(name=TASK_NAME, bind=True, max_retries=settings.max_retries)
-def run_job_task(self, job_id: str) -> str:
+def run_job_task(self: Task, job_id: str) -> str:
     try:
         with _time_limits(settings.soft_time_limit_s, settings.time_limit_s):
             return run_job(job_id, store, settings.jobs_dir, max_attempts=settings.max_retries + 1).value
@@ -40,7 +41,7 @@ def run_job_task(self, job_id: str) -> str:
             store.fail(job_id, "internal_error", f"failed after {self.request.retries + 1} attempts ({message})")
             return "failed"
         store.requeue(job_id, message)
-        raise self.retry(exc=exc, countdown=settings.retry_delay_s)
+        raise self.retry(exc=exc, countdown=settings.retry_delay_s) from exc
 
 
 @contextmanager
