@@ -123,6 +123,12 @@ def _print_summary(report) -> None:
         middle = "" if evaluation.after_pruning is None else f"pruned {evaluation.after_pruning:.4f}, fine-tuned "
         table.add_row(f"{evaluation.metric} (held out)", f"{evaluation.before:.4f}", f"{middle}{evaluation.after:.4f}",
                       f"{evaluation.after - evaluation.before:+.4f}")
+    quantization = getattr(report, "quantization", None)
+    if quantization is not None:
+        float_ms = quantization.float_latency_ms.p50 if quantization.float_latency_ms else None
+        table.add_row(f"float pruned ({quantization.mode} above)", "",
+                      "" if float_ms is None else f"{float_ms:.3f} ms",
+                      "" if quantization.float_held_out is None else f"held out {quantization.float_held_out:.4f}")
     pruned = sum(1 for g in report.groups if g.channels_after < g.channels_before)
     table.caption = f"{pruned} of {len(report.groups)} prunable groups pruned; {len(report.frozen)} frozen"
     learned = getattr(report, "learned", None)
@@ -175,7 +181,10 @@ def prune(
 
         atomic_write_bytes(report_html, render_report_html(result.report, title=f"onnxprune: {model.name}").encode())
     _print_summary(result.report)
-    console.print(f"wrote {output}")
+    if result.float_output is not None:
+        console.print(f"wrote {output} (quantized, {options.quantize}) and {result.float_output} (float, pruned)")
+    else:
+        console.print(f"wrote {output}")
 
 
 @app.command()

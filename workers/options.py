@@ -36,6 +36,7 @@ OPTION_GROUPS = {
     "selection": "Which filters",
     "recovery": "Recovery (needs data)",
     "learned": "Learned search (needs data)",
+    "quantize": "Quantization",
     "benchmark": "Benchmark",
     "model": "Model inputs",
 }
@@ -113,8 +114,9 @@ class PruneOptions(BaseModel):
     )
     threads: Annotated[int, Field(ge=1, le=64)] = Field(1, description="onnxruntime intra-op threads.",
                                                          json_schema_extra=_about("benchmark"))
-    seed: int = Field(0, description="Seed of the random criterion and of benchmark inputs.",
-                      json_schema_extra=_about("selection"))
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = Field(
+        0, description="Seed of the random criterion and of benchmark inputs.", json_schema_extra=_about("selection")
+    )
     # Data-driven pruning (the data file itself comes with the job, never as a path in the config).
     finetune_steps: Annotated[int, Field(ge=0, le=1_000_000)] = Field(
         0, description="Fine-tuning steps after each pruning step (needs data); 0: no fine-tuning.",
@@ -125,8 +127,17 @@ class PruneOptions(BaseModel):
         json_schema_extra=_about("recovery", needs_data=True),
     )
     lr: Annotated[float, Field(gt=0.0, le=10.0)] = Field(
-        0.01, description="Fine-tuning learning rate (SGD, momentum 0.9, cosine decay).",
+        0.01, description="Fine-tuning learning rate (SGD, Nesterov momentum 0.9, warm-up, cosine decay).",
         json_schema_extra=_about("recovery", needs_data=True),
+    )
+    time_budget: Annotated[float, Field(ge=5.0, le=7 * 24 * 3600.0)] | None = Field(
+        None, description="Seconds the whole job may take: recovery gets what scoring and selection leave (its "
+        "step count is planned from the measured step time; --finetune-steps then caps it).",
+        json_schema_extra=_about("recovery"),
+    )
+    augment: bool = Field(
+        True, description="Recovery: random crops and flips of image-like (4-D float) inputs; off for inputs "
+        "where a flip changes the meaning.", json_schema_extra=_about("recovery", needs_data=True),
     )
     batch_size: Annotated[int, Field(ge=1, le=4096)] = Field(
         32, description="Batch size for scoring, fine-tuning and evaluation.",
@@ -144,9 +155,18 @@ class PruneOptions(BaseModel):
         8, description="Criterion 'learned': prunings sampled and tried on held-out data per episode.",
         json_schema_extra=_about("learned", needs_data=True),
     )
-    flops_regularization: Annotated[float, Field(ge=0.0)] = Field(
+    flops_regularization: Annotated[float, Field(ge=0.0, le=1e6)] = Field(
         0.0, description="Taylor only: subtract this times each layer's relative MACs per channel (Molchanov et al.).",
         json_schema_extra=_about("selection", needs_data=True),
+    )
+    quantize: Literal["none", "int8", "dynamic"] = Field(
+        "none", description="After pruning and recovery, quantize with onnxruntime: 'int8' (static QDQ, per-channel "
+        "weights, calibrated on the data or, without data, on generated inputs) or 'dynamic' (weights only). The "
+        "float pruned model is kept too (NAME.float.onnx).", json_schema_extra=_about("quantize"),
+    )
+    calibration_method: Literal["minmax", "entropy", "percentile"] = Field(
+        "minmax", description="quantize int8: how activation ranges are calibrated.",
+        json_schema_extra=_about("quantize"),
     )
 
     @property

@@ -23,6 +23,7 @@ from workers.reporting import build_report
 from workers.sandbox import RunnerLimits
 from workers.stages import STAGE_END, Progress, Stages
 from workers.strategies import Job, Outcome, choose_schedule
+from workers.strategies.finish import choose_finish
 from workers.verification import ORACLE_RTOL, VerificationFailed
 
 __all__ = ["ORACLE_RTOL", "STAGE_END", "PipelineResult", "VerificationFailed", "run_pipeline"]
@@ -35,6 +36,12 @@ class PipelineResult:
     report: PruneReport
     plan: PruningPlan
     dependency: DependencyGraph = field(repr=False)
+    float_output: Path | None = None  # with --quantize: the float pruned model, beside the quantized one
+
+
+def float_output_path(output_path: Path) -> Path:
+    """Where the float pruned model goes when the output is quantized: ``NAME.float.onnx``."""
+    return output_path.with_name(f"{output_path.stem}.float{output_path.suffix or '.onnx'}")
 
 
 def run_pipeline(
@@ -56,22 +63,26 @@ def run_pipeline(
     output_path = Path(output_path)
     stages = Stages(progress)
     analysis = analyse_model(Path(model_path), options.input_shapes, stage=stages.stage)
-    schedule = choose_schedule(options, plan)
+    schedule = choose_schedule(options, plan, has_data=data is not None)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="onnxprune-", dir=output_path.parent) as workdir:
         job = Job(analysis, options, stages, Path(workdir), limits, data_path=data, sensitivity=sensitivity)
         outcome = schedule.run(job)
-        candidate = Path(workdir) / "result.onnx"
-        candidate.write_bytes(outcome.model.SerializeToString())
+        finish = choose_finish(options)
+        artifacts = finish.finish(job, outcome.model)
         with stages.stage("benchmark"):
-            latency, fidelity = _speed_and_fidelity(job, candidate)
-            evaluation = _held_out(job, outcome, candidate)
+            latency, fidelity = _speed_and_fidelity(job, artifacts.result)
+            evaluation = _held_out(job, outcome, artifacts.result)
+            artifacts = finish.measure(job, artifacts, evaluate_float=evaluation is not None)
         with stages.stage("report"):
-            output_sha256 = file_sha256(candidate)
-            report = build_report(job, outcome, output_sha256=output_sha256, latency=latency, fidelity=fidelity,
-                                  evaluation=evaluation)
-            os.replace(candidate, output_path)
-    return PipelineResult(report=report, plan=outcome.plan, dependency=analysis.dep)
+            report = build_report(job, outcome, artifacts, output_sha256=file_sha256(artifacts.result),
+                                  latency=latency, fidelity=fidelity, evaluation=evaluation)
+            float_output = None
+            if artifacts.float_result is not None:
+                float_output = float_output_path(output_path)
+                os.replace(artifacts.float_result, float_output)
+            os.replace(artifacts.result, output_path)
+    return PipelineResult(report=report, plan=outcome.plan, dependency=analysis.dep, float_output=float_output)
 
 
 def _speed_and_fidelity(job: Job, candidate: Path) -> tuple[Latency | None, Fidelity]:

@@ -21,6 +21,7 @@ from workers.report import (
     PruneReport,
 )
 from workers.strategies import Job, Outcome
+from workers.strategies.finish import Artifacts
 
 
 def onnxprune_version() -> str:
@@ -30,10 +31,10 @@ def onnxprune_version() -> str:
         return "0+unknown"
 
 
-def build_report(job: Job, outcome: Outcome, *, output_sha256: str, latency: Latency | None,
+def build_report(job: Job, outcome: Outcome, artifacts: Artifacts, *, output_sha256: str, latency: Latency | None,
                  fidelity: Fidelity | None, evaluation: HeldOutEvaluation | None) -> PruneReport:
     analysis, selection = job.analysis, outcome.selection
-    cost_after = measure_cost(outcome.model, analysis.input_shapes)
+    cost_after = measure_cost(outcome.model, analysis.input_shapes)  # the float graph: MACs are the same int8
     groups, frozen = group_reports(analysis.dep, outcome.plan, analysis.cost)
     if evaluation is not None and outcome.finetune is not None:
         evaluation = evaluation.model_copy(update={"finetune": outcome.finetune})
@@ -54,8 +55,9 @@ def build_report(job: Job, outcome: Outcome, *, output_sha256: str, latency: Lat
         evaluation=evaluation,
         sensitivity=selection.sensitivity,
         group_ratios=selection.group_ratios,
-        warnings=list(selection.notes),
+        warnings=[*selection.notes, *artifacts.notes],
         learned=outcome.learned,
+        quantization=artifacts.quantization,
     )
 
 

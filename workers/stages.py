@@ -15,7 +15,7 @@ Progress = Callable[[str, float], None]
 # Where each stage ends, as a fraction of the whole job (benchmarking dominates on big models).
 STAGE_END = {
     "load": 0.05, "validate": 0.08, "analyze": 0.2, "score": 0.25, "select": 0.3,
-    "apply": 0.45, "verify": 0.6, "finetune": 0.8, "benchmark": 0.95, "report": 1.0,
+    "apply": 0.45, "verify": 0.6, "finetune": 0.8, "quantize": 0.85, "benchmark": 0.95, "report": 1.0,
 }  # fmt: skip
 STAGES = list(STAGE_END)
 

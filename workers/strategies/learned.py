@@ -5,15 +5,20 @@ the oracle and fine-tuned before the next (``roundtrip.learned``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import onnx
 
 from graphops.dependency import DependencyGraph
 from graphops.plan import PruningPlan
+from workers.report import LearnedLayerReport, LearnedReport
 from workers.strategies.base import Job, Outcome, Selection
 from workers.strategies.recovery import Recovered
 from workers.strategies.stepwise import finetune_report
 from workers.verification import verify_against_oracle, verify_write_back
+
+if TYPE_CHECKING:
+    from roundtrip.learned import LearnedResult
 
 
 @dataclass
@@ -48,8 +53,7 @@ class LearnedSearch:
                        finetune=report, learned=_learned_report(learned, job), seconds=dict(learned.seconds))
 
 
-def _learned_report(learned, job: Job):
-    from workers.report import LearnedLayerReport, LearnedReport
+def _learned_report(learned: LearnedResult, job: Job) -> LearnedReport:
 
     return LearnedReport(metric=learned.metric, max_drop=learned.max_drop, baseline=learned.baseline,
                          reward_samples=learned.reward_samples, episodes=job.options.learned_episodes,
