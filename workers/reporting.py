@@ -9,6 +9,7 @@ import onnx
 from graphops.cost import ModelCost, measure_cost
 from graphops.dependency import DependencyGraph
 from graphops.plan import PruningPlan
+from graphops.shares import macs_shares
 from workers.analysis import Analysis
 from workers.report import (
     BeforeAfter,
@@ -55,7 +56,7 @@ def build_report(job: Job, outcome: Outcome, artifacts: Artifacts, *, output_sha
         evaluation=evaluation,
         sensitivity=selection.sensitivity,
         group_ratios=selection.group_ratios,
-        warnings=[*selection.notes, *artifacts.notes],
+        warnings=[*analysis.input_shape_notes, *selection.notes, *artifacts.notes],
         learned=outcome.learned,
         quantization=artifacts.quantization,
     )
@@ -63,8 +64,7 @@ def build_report(job: Job, outcome: Outcome, artifacts: Artifacts, *, output_sha
 
 def group_reports(dep: DependencyGraph, plan: PruningPlan,
                   cost: ModelCost) -> tuple[list[GroupReport], list[FrozenReport]]:
-    node_macs = {node.name: node.macs for node in cost.nodes}
-    total = max(cost.macs, 1)
+    shares = macs_shares(dep, {node.name: node.macs for node in cost.nodes})  # each layer counted once
     groups, frozen = [], []
     for group in dep.groups:
         if group.frozen:
@@ -79,7 +79,7 @@ def group_reports(dep: DependencyGraph, plan: PruningPlan,
             channels_after=len(plan.keep.get(group.id, range(group.channels))),
             pinned=len(group.pinned),
             pinned_reasons=list(group.reasons),
-            macs_share=round(sum(node_macs.get(n, 0) for n in group.nodes) / total, 6),
+            macs_share=round(shares[group.id], 6),
         ))
     return groups, frozen
 
