@@ -48,7 +48,8 @@ def filter_features(dep: DependencyGraph, group_id: str) -> np.ndarray:
         np.add.at(totals, classes[where], stats[where])
         np.add.at(counts, classes[where], 1)
     features = totals / np.maximum(counts, 1)[:, None]
-    return (features - features.mean(0)) / (features.std(0) + 1e-6)
+    standardised: np.ndarray = (features - features.mean(0)) / (features.std(0) + 1e-6)
+    return standardised
 
 
 class PruningAgent(nn.Module):
@@ -69,7 +70,8 @@ class PruningAgent(nn.Module):
         self.offset = nn.Parameter(torch.zeros(len(self.features)))
 
     def logits(self) -> torch.Tensor:
-        return self.out(torch.tanh(self.hidden(self.features))).squeeze(1) + self.offset
+        scores: torch.Tensor = self.out(torch.tanh(self.hidden(self.features)))
+        return scores.squeeze(1) + self.offset
 
     def keep_probabilities(self) -> np.ndarray:
         with torch.no_grad():
@@ -113,7 +115,7 @@ def train_agent(agent: PruningAgent, reward_of: RewardOf, *, episodes: int, samp
         log_prob = torch.where(actions, nn.functional.logsigmoid(logits), nn.functional.logsigmoid(-logits))
         loss = -(advantage[:, None] * log_prob * free).sum(1).mean()
         optimizer.zero_grad()
-        loss.backward()
+        torch.autograd.backward(loss)  # loss.backward(), which torch leaves unannotated
         optimizer.step()
         curve.append(float(reward_t.mean()))
         if progress is not None:

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import base64
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from workers import plots
 from workers.report import PruneReport, SensitivityReport
 
+if TYPE_CHECKING:  # jinja2 is imported when a page is rendered
+    from jinja2 import Environment
+
 
 @lru_cache(maxsize=1)
-def _environment():
+def _environment() -> Environment:
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     return Environment(loader=PackageLoader("workers", "templates"), autoescape=select_autoescape(["html", "j2"]),

@@ -229,7 +229,7 @@ class PruneOptions(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _one_target(self) -> "PruneOptions":
+    def _one_target(self) -> PruneOptions:
         if self.ratio is not None and self.flops_target is not None:
             raise ValueError("give either ratio or flops_target, not both")
         if self.criterion == "learned":
@@ -244,7 +244,7 @@ class PruneOptions(BaseModel):
             raise ValueError("iterative_steps needs a numeric ratio or a flops_target, not ratio 'auto'")
         return self
 
-    def _learned(self) -> "PruneOptions":
+    def _learned(self) -> PruneOptions:
         """The learned criterion chooses every layer's count from max_drop: no ratio, no MACs target."""
         if self.ratio is not None or self.flops_target is not None:
             raise ValueError("criterion 'learned' chooses how many filters each layer keeps from max_drop; "

@@ -9,22 +9,26 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from workers.report import FinetuneReport, GroupReport, LayerReport, PruneReport, SensitivityReport
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not with the report
+    from matplotlib.figure import Figure
 
 _BEFORE, _AFTER = "#9db4d0", "#1f5fa8"
 _MAX_LEGEND = 14
 _DPI = 100
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float) -> Figure:
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
     return figure
 
 
-def _png(figure) -> bytes:
+def _png(figure: Figure) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(figure)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +86,8 @@ def quantize(model_path: Path, output_path: Path, settings: QuantizeSettings,
         if not calibration:
             raise ValueError("static int8 quantization needs calibration inputs")
         calibration_path = output_path.with_suffix(".calibration.npz")
-        np.savez(calibration_path, **{name: np.asarray(array) for name, array in calibration.items()})
+        arrays: dict[str, Any] = {name: np.asarray(array) for name, array in calibration.items()}
+        np.savez(calibration_path, **arrays)
     reduce_range = not cpu_has_vnni()
     result = run_in_child(_quantize_in_child, (str(model_path), str(output_path), settings.mode,
                                                settings.calibration_method,
@@ -93,7 +95,7 @@ def quantize(model_path: Path, output_path: Path, settings: QuantizeSettings,
                                                reduce_range), limits=limits)
     if calibration_path is not None:
         calibration_path.unlink(missing_ok=True)
-    return {**result, "reduce_range": reduce_range}  # type: ignore[dict-item]
+    return {**result, "reduce_range": reduce_range}
 
 
 def _quantize_in_child(model_path: str, output_path: str, mode: str, method: str, calibration_path: str | None,

@@ -6,6 +6,8 @@ Its keys are a contract (``macs.before``, ``latency_ms.after.p50``, ``groups[]``
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 
@@ -98,7 +100,7 @@ class PruneReport(BaseModel):
     onnxprune_version: str
     model_sha256: str
     output_sha256: str | None = None
-    options: dict
+    options: dict[str, Any]
     input_shapes: dict[str, list[int]]
     macs: BeforeAfter
     params: BeforeAfter
@@ -108,12 +110,12 @@ class PruneReport(BaseModel):
     frozen: list[FrozenReport]
     stage_seconds: dict[str, float] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
-    layers: list["LayerReport"] = Field(default_factory=list, description="MACs and filters per Conv/Gemm node.")
-    evaluation: "HeldOutEvaluation | None" = Field(None, description="Accuracy or fidelity on held-out data.")
-    sensitivity: "SensitivityReport | None" = Field(None, description="Per-group curves behind ratio 'auto'.")
+    layers: list[LayerReport] = Field(default_factory=list, description="MACs and filters per Conv/Gemm node.")
+    evaluation: HeldOutEvaluation | None = Field(None, description="Accuracy or fidelity on held-out data.")
+    sensitivity: SensitivityReport | None = Field(None, description="Per-group curves behind ratio 'auto'.")
     group_ratios: dict[str, float] = Field(default_factory=dict, description="Ratio chosen per group (ratio 'auto').")
-    learned: "LearnedReport | None" = Field(None, description="Criterion 'learned': the per-layer agents' search.")
-    quantization: "QuantizationReport | None" = Field(
+    learned: LearnedReport | None = Field(None, description="Criterion 'learned': the per-layer agents' search.")
+    quantization: QuantizationReport | None = Field(
         None, description="--quantize: how the pruned model was quantized; 'latency_ms' and 'evaluation' are then "
         "of the quantized model, and this section holds the float pruned model's figures.")
 
