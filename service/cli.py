@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
 from pydantic import ValidationError
@@ -24,6 +24,9 @@ from graphops.errors import GraphOpsError, ModelRejected
 from service.cli_options import set_options, with_prune_options
 from service.cli_output import EXIT_BAD_INPUT, EXIT_FAILURE, print_table, stage_progress, stdout_console
 from workers.options import PruneOptions, parse_input_shape
+
+if TYPE_CHECKING:  # the engine's modules load only when a command runs
+    from workers.report import PruneReport, SensitivityReport
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prune conv filters directly on ONNX models.")
 console = Console(stderr=True)
@@ -55,7 +58,7 @@ InputShapeOption = Annotated[
 ]
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int) -> NoReturn:
     console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
@@ -67,7 +70,7 @@ def one_line_errors(command: Callable[..., None]) -> Callable[..., None]:
     """
 
     @functools.wraps(command)
-    def run(*args, **kwargs) -> None:
+    def run(*args: Any, **kwargs: Any) -> None:
         try:
             command(*args, **kwargs)
         except typer.Exit:
@@ -133,7 +136,7 @@ def _require_data(options: PruneOptions, data: Path | None) -> None:
         _fail(f"{reason}: pass --data DATA.npz", EXIT_BAD_INPUT)
 
 
-def _load_sensitivity(path: Path | None):
+def _load_sensitivity(path: Path | None) -> SensitivityReport | None:
     if path is None:
         return None
     from workers.sensitivity import load_sensitivity
@@ -141,7 +144,7 @@ def _load_sensitivity(path: Path | None):
     return load_sensitivity(path)
 
 
-def _print_summary(report) -> None:
+def _print_summary(report: PruneReport) -> None:
     table = Table(title="onnxprune", show_header=True, header_style="bold")
     table.add_column("")
     table.add_column("before", justify="right")
@@ -281,7 +284,7 @@ def bench(
         return
     table = Table("model", "p50 ms", "p90 ms", "mean ms", title=f"onnxruntime, {threads} thread(s), {runs} runs")
     for label, path, stats in (("A", model_a, result.latency.before), ("B", model_b, result.latency.after)):
-        if stats is not None:
+        if stats is not None and path is not None:  # B has latency only when model_b was given
             table.add_row(f"{label}: {path.name}", f"{stats.p50:.3f}", f"{stats.p90:.3f}", f"{stats.mean:.3f}")
     out = stdout_console()
     print_table(table, out)

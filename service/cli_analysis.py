@@ -5,11 +5,17 @@ Registered on the main CLI by ``service.cli``; the work is ``workers.sensitivity
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
 
+if TYPE_CHECKING:  # the engine loads only when the command runs
+    from workers.report import SensitivityReport
+
+NO_DATA_MESSAGE = ("sensitivity needs held-out data: pass --data DATA.npz (one array per model input, optional "
+                   "'labels'), or --synthetic N to measure output fidelity on N random inputs (a proxy)")
 SYNTHETIC_HELP = ("No data? Measure output fidelity on N random standard-normal inputs instead: a proxy "
                   "that says how much each group changes the outputs, not how accurate the model stays.")
 
@@ -38,8 +44,9 @@ def sensitivity(
                                   _input_shapes(input_shape), json_out, plot, report_html, _fail)
 
 
-def _sensitivity(model, data, ratios, criterion, samples, synthetic, workers, shapes, json_out, plot, report_html,
-                 fail) -> None:
+def _sensitivity(model: Path, data: Path | None, ratios: str, criterion: str, samples: int | None,
+                 synthetic: int | None, workers: int | None, shapes: dict[str, list[int]], json_out: Path | None,
+                 plot: Path | None, report_html: Path | None, fail: Callable[[str, int], NoReturn]) -> None:
     import numpy as np
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -53,15 +60,19 @@ def _sensitivity(model, data, ratios, criterion, samples, synthetic, workers, sh
     console = Console(stderr=True)
     grid = parse_ratios(ratios)
     if data is None and synthetic is None:
-        fail("sensitivity needs held-out data: pass --data DATA.npz (one array per model input, optional "
-             "'labels'), or --synthetic N to measure output fidelity on N random inputs (a proxy)", 2)
+        fail(NO_DATA_MESSAGE, 2)
     if data is not None and synthetic is not None:
         fail("give either --data or --synthetic, not both", 2)
     from service.cli import require_output_dirs
 
     require_output_dirs(json_out, plot, report_html)
     proto = load_model(model)
-    dataset = load_dataset(data, proto, shapes) if data is not None else synthetic_dataset(proto, shapes, synthetic)
+    if data is not None:
+        dataset = load_dataset(data, proto, shapes)
+    elif synthetic is not None:
+        dataset = synthetic_dataset(proto, shapes, synthetic)
+    else:  # refused above; says so again for the type checker
+        fail(NO_DATA_MESSAGE, 2)
     if samples is not None and samples < len(dataset):
         dataset = dataset.subset(np.linspace(0, len(dataset) - 1, samples).round().astype(int))
     if synthetic is not None:
@@ -92,7 +103,7 @@ def _sensitivity(model, data, ratios, criterion, samples, synthetic, workers, sh
     _print_table(result)
 
 
-def _print_table(result) -> None:
+def _print_table(result: SensitivityReport) -> None:
     from rich.table import Table
 
     from service.cli_output import print_table
