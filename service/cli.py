@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -53,7 +53,7 @@ def _root(
 
 
 InputShapeOption = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--input-shape", help="Concrete shape for a symbolic input, NAME:1x3x224x224 (repeatable)."),
 ]
 
@@ -185,13 +185,13 @@ def _print_summary(report: PruneReport) -> None:
 def prune(
     model: Annotated[Path, typer.Argument(help="The ONNX model to prune.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the pruned model.")],
-    data: Annotated[Optional[Path], typer.Option(help="Data .npz: one array per model input (preprocessed), "
+    data: Annotated[Path | None, typer.Option(help="Data .npz: one array per model input (preprocessed), "
                                                  "optional integer 'labels'. Every fifth sample is held out.")] = None,
-    report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,
-    report_html: Annotated[Optional[Path], typer.Option(help="Write a self-contained HTML report with plots here.")] = None,
-    plan_out: Annotated[Optional[Path], typer.Option(help="Write the pruning plan (kept channels) here.")] = None,
-    plan_in: Annotated[Optional[Path], typer.Option(help="Apply a saved plan instead of scoring.")] = None,
-    sensitivity: Annotated[Optional[Path], typer.Option(help="With --ratio auto: curves from 'onnxprune sensitivity "
+    report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+    report_html: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report with plots here.")] = None,
+    plan_out: Annotated[Path | None, typer.Option(help="Write the pruning plan (kept channels) here.")] = None,
+    plan_in: Annotated[Path | None, typer.Option(help="Apply a saved plan instead of scoring.")] = None,
+    sensitivity: Annotated[Path | None, typer.Option(help="With --ratio auto: curves from 'onnxprune sensitivity "
                                                         "--json' instead of measuring them again.")] = None,
     **flags: Any,
 ) -> None:
@@ -266,7 +266,7 @@ def analyze(
 @one_line_errors
 def bench(
     model_a: Annotated[Path, typer.Argument(help="Reference model.")],
-    model_b: Annotated[Optional[Path], typer.Argument(help="Model to compare (e.g. the pruned one).")] = None,
+    model_b: Annotated[Path | None, typer.Argument(help="Model to compare (e.g. the pruned one).")] = None,
     input_shape: InputShapeOption = None,
     runs: Annotated[int, typer.Option(help="Timed runs per model.")] = 50,
     warmup: Annotated[int, typer.Option(help="Untimed runs per model first.")] = 5,

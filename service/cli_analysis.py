@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
@@ -26,16 +26,16 @@ def register(app: typer.Typer) -> None:
 
 def sensitivity(
     model: Annotated[Path, typer.Argument(help="The ONNX model to analyse.")],
-    data: Annotated[Optional[Path], typer.Option(help="Held-out .npz: one array per model input, optional 'labels' (all samples are used).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Held-out .npz: one array per model input, optional 'labels' (all samples are used).")] = None,
     ratios: Annotated[str, typer.Option(help="Comma-separated fractions of each group's filters to remove.")] = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
     criterion: Annotated[str, typer.Option(help="Filter ranking: l1, l2, random.")] = "l1",
-    samples: Annotated[Optional[int], typer.Option(min=1, help="Use at most N samples of the data (evenly strided).")] = None,
-    synthetic: Annotated[Optional[int], typer.Option(min=1, help=SYNTHETIC_HELP)] = None,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Groups measured in parallel (default: CPU cores).")] = None,
-    input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", help="NAME:1x3x224x224 for symbolic inputs (repeatable).")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the curves as JSON (reusable with prune --sensitivity).")] = None,
-    plot: Annotated[Optional[Path], typer.Option(help="Write the curves as a PNG.")] = None,
-    report_html: Annotated[Optional[Path], typer.Option(help="Write a self-contained HTML page with the curves.")] = None,
+    samples: Annotated[int | None, typer.Option(min=1, help="Use at most N samples of the data (evenly strided).")] = None,
+    synthetic: Annotated[int | None, typer.Option(min=1, help=SYNTHETIC_HELP)] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Groups measured in parallel (default: CPU cores).")] = None,
+    input_shape: Annotated[list[str] | None, typer.Option("--input-shape", help="NAME:1x3x224x224 for symbolic inputs (repeatable).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the curves as JSON (reusable with prune --sensitivity).")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write the curves as a PNG.")] = None,
+    report_html: Annotated[Path | None, typer.Option(help="Write a self-contained HTML page with the curves.")] = None,
 ) -> None:
     """For every prunable group, prune it alone at each ratio and measure accuracy (labels) or fidelity."""
     from service.cli import _fail, _input_shapes, one_line_errors
