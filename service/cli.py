@@ -110,8 +110,8 @@ def _print_summary(report) -> None:
     table.add_row("MACs", f"{report.macs.before:,}", f"{report.macs.after:,}", f"-{report.macs.reduction:.1%}")
     table.add_row("params", f"{report.params.before:,}", f"{report.params.after:,}", f"-{report.params.reduction:.1%}")
     if report.latency_ms and report.latency_ms.after:
-        before, after = report.latency_ms.before.p50, report.latency_ms.after.p50
-        table.add_row("latency p50 (ms)", f"{before:.3f}", f"{after:.3f}", f"x{before / after:.2f} faster" if after else "")
+        table.add_row("latency p50 (ms)", f"{report.latency_ms.before.p50:.3f}", f"{report.latency_ms.after.p50:.3f}",
+                      _speed_words(report.latency_ms.change))
     if report.fidelity:
         table.add_row("fidelity", "", f"cos {report.fidelity.cosine_similarity:.4f}", f"max|Δ| {report.fidelity.max_abs_diff:.3g}")
     evaluation = getattr(report, "evaluation", None)
@@ -126,6 +126,16 @@ def _print_summary(report) -> None:
         kept = ", ".join(f"{layer.kept}/{layer.channels}" for layer in learned.layers)
         table.caption += f"\nlearned (max drop {learned.max_drop:g} in {learned.metric}): filters kept per layer {kept}"
     Console().print(table)
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
+
+
+def _speed_words(change) -> str:
+    """"1.32x faster (95% interval: between 1.25x faster and 1.40x faster)", flagged when within noise."""
+    if change is None:
+        return ""
+    noise = " [yellow]within noise[/yellow]" if change.within_noise else ""
+    return f"{change.summary} ({change.band}){noise}"
 
 
 @app.command()
@@ -277,6 +287,13 @@ def bench(
         if stats is not None:
             table.add_row(f"{label}: {path.name}", f"{stats.p50:.3f}", f"{stats.p90:.3f}", f"{stats.mean:.3f}")
     Console().print(table)
+    change = result.latency.change
+    if change is not None:
+        Console().print(f"B against A (p50): {_speed_words(change)}; p90 ratio {change.p90_ratio:.3f}", highlight=False)
+        from workers.speed import noise_warning
+
+        if noise_warning(change):
+            console.print(f"[yellow]warning:[/yellow] {noise_warning(change)}", highlight=False, soft_wrap=True)
     if result.fidelity:
         Console().print(f"outputs: max |A-B| {result.fidelity.max_abs_diff:.3g}, cosine {result.fidelity.cosine_similarity:.6f}")
 

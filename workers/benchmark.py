@@ -21,6 +21,7 @@ from graphops.loading import load_model, parse_model
 from graphops.shapes import graph_inputs, resolve_input_shapes
 from workers.report import Fidelity, Latency, LatencyStats
 from workers.sandbox import RunnerError, RunnerLimits, run_in_child
+from workers.speed import compare_timings
 
 if TYPE_CHECKING:  # onnxruntime itself is imported only in the child process
     import onnxruntime
@@ -84,7 +85,9 @@ def benchmark(
     paths = [str(original)] + ([str(pruned)] if pruned is not None else [])
     timings, outputs = run_in_child(_time_sessions, (paths, inputs, runs, warmup, threads), limits=limits)
     stats = [_latency_stats(ms) for ms in timings]
-    latency = Latency(before=stats[0], after=stats[1] if pruned is not None else None, threads=threads, warmup=warmup)
+    change = compare_timings(timings[0], timings[1], seed=seed) if pruned is not None else None
+    latency = Latency(before=stats[0], after=stats[1] if pruned is not None else None, threads=threads, warmup=warmup,
+                      change=change)
     fidelity = compare_outputs(outputs[0], outputs[1]) if pruned is not None else None
     return BenchmarkResult(latency=latency, fidelity=fidelity)
 

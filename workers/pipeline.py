@@ -199,6 +199,14 @@ def _auto_notes(auto, options: PruneOptions) -> list[str]:
     return []
 
 
+def _speed_notes(latency) -> list[str]:
+    """A warning when the pruned model's timing noise is wider than its change in latency."""
+    from workers.speed import noise_warning
+
+    warning = None if latency is None or latency.change is None else noise_warning(latency.change)
+    return [] if warning is None else [warning]
+
+
 def _filters(model: onnx.ModelProto) -> dict[str, int]:
     weights = {init.name: list(init.dims) for init in model.graph.initializer}
     counts = {}
@@ -437,7 +445,7 @@ def run_pipeline(
         evaluation=evaluation,
         sensitivity=sensitivity,
         group_ratios=auto.ratios if auto is not None else {},
-        warnings=_auto_notes(auto, options),
+        warnings=_auto_notes(auto, options) + _speed_notes(latency),
         learned=_learned_report(learned, options),
     )
     return PipelineResult(report=report, plan=plan, dependency=dep)

@@ -25,11 +25,26 @@ class LatencyStats(BaseModel):
     runs: int
 
 
+class SpeedChange(BaseModel):
+    """The pruned model's latency over the original's, from interleaved runs (``workers.speed``)."""
+
+    ratio: float = Field(description="p50 after / p50 before: below 1 is faster.")
+    p90_ratio: float = Field(description="p90 after / p90 before.")
+    low: float = Field(description="Lower end of the p50 ratio's bootstrap confidence interval.")
+    high: float = Field(description="Upper end of the p50 ratio's bootstrap confidence interval.")
+    confidence: float = 0.95
+    runs: int = Field(description="Interleaved pairs of runs the ratio comes from.")
+    summary: str = Field(description="The ratio in words: '1.32x faster', '4% slower'.")
+    band: str = Field(description="The interval in words.")
+    within_noise: bool = Field(description="The interval holds 1: the noise is wider than the effect.")
+
+
 class Latency(BaseModel):
     before: LatencyStats
     after: LatencyStats | None = None
     threads: int
     warmup: int
+    change: SpeedChange | None = Field(None, description="After against before, with its noise band.")
 
 
 class Fidelity(BaseModel):
