@@ -38,8 +38,21 @@ class PruneOptions(BaseModel):
     flops_target: Annotated[float, Field(gt=0.0, lt=1.0)] | None = Field(
         None, description="Fraction of MACs to remove, by global ranking of layer-normalised scores."
     )
-    round_to: Annotated[int, Field(ge=1, le=1024)] = Field(
-        1, description="Keep channel counts multiples of this number."
+    round_to: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = Field(
+        "auto", description="Keep channel counts multiples of this number; 'auto': where onnxruntime's blocked conv "
+        "kernels run faster (the measured latency staircase, else the CPU's vector width: 16 with AVX-512, 8 with "
+        "AVX2); 1: exact counts."
+    )
+    latency_target: Annotated[float, Field(gt=0.0, lt=1.0)] | None = Field(
+        None, description="Keep the measured onnxruntime latency at most this times the original's (HALP-style "
+        "importance per millisecond from a measured latency table; checked and refined by timing the result)."
+    )
+    latency_budget_s: Annotated[float, Field(gt=0.0, le=3600.0)] = Field(
+        60.0, description="latency_target: seconds the latency table may take to measure (largest groups first; "
+        "the rest are estimated from MACs). Tables are cached per model, onnxruntime version, settings and CPU."
+    )
+    latency_iterations: Annotated[int, Field(ge=1, le=10)] = Field(
+        3, description="latency_target: at most this many prune-and-measure passes to meet the target."
     )
     exclude: list[str] = Field(
         default_factory=list, description="Node names or globs whose channels are never pruned."
@@ -126,6 +139,14 @@ class PruneOptions(BaseModel):
     def _one_target(self) -> "PruneOptions":
         if self.ratio is not None and self.flops_target is not None:
             raise ValueError("give either ratio or flops_target, not both")
+        if self.latency_target is not None:
+            if (self.ratio is not None or self.flops_target is not None or self.criterion == "learned"
+                    or self.max_drop is not None):
+                raise ValueError("latency_target chooses every group's count itself; drop ratio, flops_target, "
+                                 "max_drop and criterion 'learned'")
+            if self.iterative_steps > 1:
+                raise ValueError("latency_target prunes in one step; drop iterative_steps")
+            return self
         if self.criterion == "learned":
             return self._learned()
         if self.ratio is None and self.flops_target is None:

@@ -199,6 +199,34 @@ def _auto_notes(auto, options: PruneOptions) -> list[str]:
     return []
 
 
+def resolve_round_to(options: PruneOptions, model_sha: str, input_shapes) -> tuple[PruneOptions, str]:
+    """Options with ``round_to`` a number, and where it came from: 'auto' takes the staircase step of
+    a latency table measured before for this model and settings, else the CPU's vector width."""
+    if options.round_to != "auto":
+        return options, "given"
+    from workers.latency import LatencySettings, cached_table, vector_width
+
+    table = cached_table(model_sha, input_shapes, LatencySettings(threads=options.threads,
+                                                                  budget_s=options.latency_budget_s))
+    step, source = (table.step, f"auto: latency table ({table.step_source})") if table is not None else vector_width()
+    if table is None:
+        source = f"auto: {source}"
+    return options.model_copy(update={"round_to": step}), source
+
+
+def _target_notes(choice, latency) -> list[str]:
+    """The latency target in words when it was missed: by how much, measured how."""
+    if choice is None:
+        return []
+    report = choice.report
+    final = latency.change if latency is not None and latency.change is not None else report.measured
+    if final.ratio <= report.target:
+        return []
+    return [f"latency target {report.target:g} missed: measured {final.ratio:.3f}x the original's p50 "
+            f"({final.band}), {final.ratio - report.target:.3f} above the target after "
+            f"{len(report.iterations)} pass(es); the latency model predicted {report.predicted:.3f}"]
+
+
 def _speed_notes(latency) -> list[str]:
     """A warning when the pruned model's timing noise is wider than its change in latency."""
     from workers.speed import noise_warning
@@ -352,6 +380,8 @@ def run_pipeline(
         prepared = prepare_model(model)
         dep = analyze(prepared, input_shapes)
         cost_before = measure_cost(prepared, input_shapes)
+    given, (options, round_note) = options, resolve_round_to(options, model_sha, input_shapes)
+    latency_choice = None
     context = None
     with stages.stage("score"):
         if _data_driven(options):
@@ -374,6 +404,13 @@ def run_pipeline(
             auto, sensitivity = _select_auto(model_path, model_sha, dep, scores, cost_before, options, dataset,
                                              sensitivity, progress, limits)
             plan = auto.plan
+        elif plan is None and options.latency_target is not None:
+            from workers.latency_target import select_for_latency
+
+            latency_choice = select_for_latency(model_path, model_sha, dep, scores, cost_before, given, limits=limits)
+            plan = latency_choice.plan
+            options = options.model_copy(update={"round_to": latency_choice.step})
+            round_note = "the latency table" if given.round_to == "auto" else round_note
         elif plan is None and searches:
             learned = _search_learned(dep, options, context, input_shapes, limits, progress)
             plan = learned.recovery.plan
@@ -432,7 +469,7 @@ def run_pipeline(
         onnxprune_version=_version(),
         model_sha256=model_sha,
         output_sha256=output_sha,
-        options=options.model_dump(),
+        options=given.model_dump(),
         input_shapes=input_shapes,
         macs=BeforeAfter(before=cost_before.macs, after=cost_after.macs),
         params=BeforeAfter(before=cost_before.params, after=cost_after.params),
@@ -445,7 +482,10 @@ def run_pipeline(
         evaluation=evaluation,
         sensitivity=sensitivity,
         group_ratios=auto.ratios if auto is not None else {},
-        warnings=_auto_notes(auto, options) + _speed_notes(latency),
+        warnings=_auto_notes(auto, options) + _speed_notes(latency) + _target_notes(latency_choice, latency),
         learned=_learned_report(learned, options),
+        round_to=int(options.round_to),
+        round_to_source=round_note,
+        latency_target=latency_choice.report if latency_choice is not None else None,
     )
     return PipelineResult(report=report, plan=plan, dependency=dep)

@@ -106,6 +106,46 @@ class FinetuneReport(BaseModel):
     losses: list[float] = Field(default_factory=list, description="Training loss at every fine-tuning step.")
 
 
+class LatencyGroupReport(BaseModel):
+    """One group's latency curve: the whole model with only this group pruned to each count."""
+
+    group: str
+    channels: int
+    kept: int = Field(description="Channels the chosen plan keeps.")
+    measured: bool = Field(description="False: the curve is estimated from MACs (the time budget ran out).")
+    counts: list[int]
+    ms: list[float] = Field(description="Model latency (ms) at each count: the fitted curve the knapsack used.")
+    points: dict[int, float] = Field(default_factory=dict, description="Measured model latency (ms) at grid counts.")
+    predicted_ms: float = Field(description="Model latency with only this group at the kept count.")
+    predicted_saving_ms: float
+
+
+class LatencyIteration(BaseModel):
+    asked: float = Field(description="Latency ratio asked of the latency model in this pass.")
+    predicted: float = Field(description="Ratio the latency model predicts for the plan it chose.")
+    measured: SpeedChange = Field(description="The plan's model timed against the original.")
+
+
+class LatencyTargetReport(BaseModel):
+    """``latency_target``: the latency model, what it predicted, and what was measured."""
+
+    target: float = Field(description="Asked: pruned latency at most this times the original's.")
+    met: bool
+    measured: SpeedChange = Field(description="The chosen plan, timed against the original (p50, p90, interval).")
+    predicted: float = Field(description="The latency model's ratio for the chosen plan.")
+    missed_by: float | None = Field(None, description="Measured ratio minus the target, when missed.")
+    iterations: list[LatencyIteration]
+    step: int = Field(description="Channel counts were multiples of this.")
+    step_measured: int
+    step_source: str
+    baseline_ms: float = Field(description="The original's latency in the table (20th percentile of runs).")
+    noise_ms: float
+    table_seconds: float
+    measured_groups: int
+    table_key: str = Field(description="Cache key: model hash, onnxruntime version, settings, CPU.")
+    groups: list[LatencyGroupReport]
+
+
 class PruneReport(BaseModel):
     onnxprune_version: str
     model_sha256: str
@@ -125,6 +165,9 @@ class PruneReport(BaseModel):
     sensitivity: "SensitivityReport | None" = Field(None, description="Per-group curves behind ratio 'auto'.")
     group_ratios: dict[str, float] = Field(default_factory=dict, description="Ratio chosen per group (ratio 'auto').")
     learned: "LearnedReport | None" = Field(None, description="Criterion 'learned': the per-layer agents' search.")
+    round_to: int | None = Field(None, description="Channel counts were kept multiples of this.")
+    round_to_source: str | None = Field(None, description="Why: given, or how 'auto' chose it.")
+    latency_target: LatencyTargetReport | None = Field(None, description="latency_target: predicted and measured.")
 
 
 # ---- sensitivity analysis and held-out evaluation (workers.sensitivity, workers.evaluation) ----
