@@ -217,7 +217,8 @@ def _table(dep, groups, cost, variants, measured, probes, settings, step0, sourc
     if step != step0:
         source = f"measured: latency drops at every multiple of {step} (vector width {step0})"
     return LatencyTable(key=table_key(model_sha, dict(dep.input_shapes or {}), settings), baseline_ms=baseline,
-                        noise_ms=noise, step=step, step_source=source, curves=curves, settings=asdict(settings))
+                        noise_ms=noise, step=step, step_source=source, curves=curves,
+                        settings=json.loads(json.dumps(asdict(settings))))
 
 
 def _scores(group) -> np.ndarray:
