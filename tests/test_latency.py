@@ -160,6 +160,7 @@ def test_round_to_defaults_to_auto_and_latency_target_excludes_other_targets():
 
 @pytest.mark.slow
 def test_a_latency_target_is_approached_on_a_model_whose_convs_dominate(tmp_path, monkeypatch):
+    from workers.html_report import render_report_html
     from workers.pipeline import run_pipeline
 
     monkeypatch.setenv("ONNXPRUNE_CACHE_DIR", str(tmp_path / "cache"))
@@ -176,3 +177,5 @@ def test_a_latency_target_is_approached_on_a_model_whose_convs_dominate(tmp_path
     # than timing noise on any machine, so the measured p50 ratio must at least be well below 1
     assert report.latency_ms.change.ratio < 0.85
     assert np.isfinite(target.predicted) and target.measured.runs == 20
+    page = render_report_html(report)
+    assert 'id="latency-target"' in page and 'id="speed"' in page and report.latency_ms.change.summary in page
