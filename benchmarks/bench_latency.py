@@ -113,10 +113,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--budget", type=float, default=20.0, help="--latency-budget per model (s)")
     parser.add_argument("--skip-latency-target", action="store_true")
+    parser.add_argument("--summarise-only", action="store_true", help="rewrite latency.md from latency.json")
     options = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "latency.json"
     results = json.loads(path.read_text()) if path.exists() else {"models": {}}
+    if options.summarise_only:
+        (RESULTS / "latency.md").write_text(markdown(results))
+        return
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
         models = {p.stem: p for p in sorted(SHARED.glob("*.onnx"))}
         if not options.models or any(name.startswith("zoo_") for name in options.models):

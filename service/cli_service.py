@@ -60,6 +60,8 @@ def submit(
     flops_target: Annotated[Optional[float], typer.Option(help="Fraction of MACs to remove.")] = None,
     round_to: Annotated[Optional[str], typer.Option(help="Keep channel counts multiples of this, or 'auto' "
                                                    "(the default: onnxruntime's kernel step).")] = None,
+    latency_target: Annotated[Optional[float], typer.Option(help="Measured latency at most this times the "
+                                                            "original's (measured on the server's CPU).")] = None,
     exclude: Annotated[Optional[list[str]], typer.Option(help="Node name or glob never pruned (repeatable).")] = None,
     input_shape: Annotated[Optional[list[str]], typer.Option(help="NAME:1x3x224x224 (repeatable).")] = None,
     no_benchmark: Annotated[bool, typer.Option("--no-benchmark", help="Skip latency measurement.")] = False,
@@ -79,7 +81,8 @@ def submit(
     config: dict[str, Any] = {
         key: value
         for key, value in {"criterion": criterion, "ratio": _number_or_word(ratio), "flops_target": flops_target,
-                           "max_drop": max_drop, "round_to": _number_or_word(round_to), "exclude": exclude}.items()
+                           "max_drop": max_drop, "round_to": _number_or_word(round_to), "exclude": exclude,
+                           "latency_target": latency_target}.items()
         if value is not None and value != []  # 0 is a real choice (--ratio 0 prunes nothing)
     }
     if no_benchmark:

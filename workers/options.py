@@ -127,6 +127,21 @@ class PruneOptions(BaseModel):
             raise ValueError(f"ratio must be in [0, 1), got {number:g}")
         return number
 
+    @field_validator("round_to", mode="before")
+    @classmethod
+    def _round_to_word_or_step(cls, value: object) -> object:
+        # One message for both alternatives (pydantic would name the union members).
+        if value == "auto":
+            return value
+        try:
+            number = int(str(value)) if isinstance(value, str) else value
+        except ValueError:
+            number = None
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or number != int(number) \
+                or not 1 <= number <= 1024:
+            raise ValueError(f"must be 'auto' or a whole number from 1 to 1024, got {value!r}")
+        return int(number)
+
     @field_validator("input_shapes")
     @classmethod
     def _positive_dims(cls, value: dict[str, list[int]]) -> dict[str, list[int]]:
