@@ -228,10 +228,16 @@ def _target_notes(choice, latency) -> list[str]:
 
 
 def _speed_notes(latency) -> list[str]:
-    """A warning when the pruned model's timing noise is wider than its change in latency."""
+    """A warning when the pruned model runs slower, or when the timing noise is wider than the change."""
     from workers.speed import noise_warning
 
-    warning = None if latency is None or latency.change is None else noise_warning(latency.change)
+    if latency is None or latency.change is None:
+        return []
+    change = latency.change
+    if change.low > 1.0:  # slower beyond the noise: say so plainly
+        return [f"the pruned model is slower than the original: {change.summary} ({change.band}); channel counts off "
+                "the kernels' step can cost more than the MACs saved (try --round-to auto or a multiple of 8)"]
+    warning = noise_warning(change)
     return [] if warning is None else [warning]
 
 
