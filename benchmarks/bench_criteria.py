@@ -54,9 +54,15 @@ from roundtrip.context import DataContext  # noqa: E402
 from roundtrip.data import Dataset  # noqa: E402
 from roundtrip.executor import OnnxModule  # noqa: E402
 from roundtrip.objective import make_objective  # noqa: E402
-from roundtrip.schedule import Settings, recover  # noqa: E402
 from roundtrip.training import evaluate, finetune, recalibrate_batchnorm  # noqa: E402
 from tests import zoo  # noqa: E402
+from workers.analysis import analyse_model  # noqa: E402
+from workers.options import PruneOptions  # noqa: E402
+from workers.stages import Stages  # noqa: E402
+from workers.strategies import Job  # noqa: E402
+from workers.strategies.finetune import FineTune  # noqa: E402
+from workers.strategies.ranked import RankedByMacs  # noqa: E402
+from workers.strategies.stepwise import Stepwise  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -205,6 +211,19 @@ def verify_in_process(dep, plan, pruned) -> None:
         raise RuntimeError(f"surgery deviates from the oracle: {error:.2e}")
 
 
+def iterative_schedule(prepared, context: DataContext, *, steps: int, finetune_steps: int, lr: float, seed: int):
+    """Taylor pruning to FINETUNE_TARGET in ``steps`` prune / fine-tune steps (``workers.strategies.stepwise``),
+    every step's surgery checked by the sandboxed oracle as in a job."""
+    with tempfile.TemporaryDirectory(prefix="bench-criteria-") as workdir:
+        path = Path(workdir) / "model.onnx"
+        onnx.save(prepared, path)
+        options = PruneOptions(criterion="taylor", flops_target=FINETUNE_TARGET, seed=seed, iterative_steps=steps,
+                               finetune_steps=finetune_steps, lr=lr, batch_size=64, benchmark=False)
+        job = Job(analyse_model(path, {"input": [1, 3, 32, 32]}), options, Stages(), Path(workdir),
+                  data_context=context)
+        return Stepwise(RankedByMacs(FINETUNE_TARGET), FineTune(finetune_steps, lr), steps).run(job)
+
+
 def accuracy(module: OnnxModule, context: DataContext) -> float:
     return evaluate(module, context.objective, context.holdout, 256).accuracy
 
@@ -232,15 +251,11 @@ def pruning_study(prepared, context: DataContext, finetune_steps: int, lr: float
                 row["finetune_seconds"] = round(time.perf_counter() - started, 1)
             rows.append(row)
             print(f"  {name:16s} -{target:.0%} MACs: {row}", flush=True)
-    # Taylor, iterative: the same total budget in 5 prune / fine-tune steps.
+    # Taylor, iterative: the same total budget in 5 prune / fine-tune steps, through the pipeline's schedule.
     steps = 5
-    settings = Settings(criterion="taylor", ratio=None, flops_target=FINETUNE_TARGET, seed=seed, iterative_steps=steps,
-                        finetune_steps=finetune_steps // steps, lr=lr, batch_size=64)
     started = time.perf_counter()
-    first = select_by_flops(dep, score_groups(dep, "taylor", seed=seed, data=context), FINETUNE_TARGET / steps)
-    first_pruned = apply_plan(dep, first)
-    verify_in_process(dep, first, first_pruned)
-    result = recover(dep, first, first_pruned, settings, context, verify=verify_in_process)
+    result = iterative_schedule(prepared, context, steps=steps, finetune_steps=finetune_steps // steps, lr=lr,
+                                seed=seed)
     module = OnnxModule(result.model)
     pruned_only = OnnxModule(result.pruned_only)
     row = {"criterion": "taylor", "schedule": f"iterative x{steps}", "target": FINETUNE_TARGET,

@@ -5,6 +5,11 @@ p50/p99 latency of ``GET /v1/jobs/{id}`` while jobs run. Needs a Redis at 127.0.
 DB 14 under a private key prefix and deletes only its own keys).
 
     python benchmarks/bench_service.py --jobs 12 --out benchmarks/results/service.json
+    python benchmarks/bench_service.py --polling-only --pollers 50 --out benchmarks/results/service_polling.json
+
+``--polling-only``: one worker runs a long job while ``--pollers`` clients poll ``GET /v1/jobs/{id}``
+(half the running job, half a finished one with its report), each every ``--poll-interval`` seconds
+like ``PruneClient.wait``; then the same clients poll back to back (no pause) for a saturation figure.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.service.svc_models import convnet, save  # noqa: E402  (the service tests' model and helpers)
 from tests.service.svc_processes import free_port, spawn, stop  # noqa: E402
+
 REDIS_URL = "redis://127.0.0.1:6379/14"
 CONFIG = {"ratio": 0.5, "benchmark": False}
 
@@ -64,7 +70,7 @@ def run_round(workdir: Path, model: Path, workers: int, jobs: int, latency_s: fl
                         "--port", str(port), "--log-level", "warning"], env, workdir / f"api-{workers}.log")]
     try:
         for i in range(workers):
-            processes.append(spawn([sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+            processes.append(spawn([sys.executable, "-m", "celery", "-A", "jobs.celery_app", "worker",
                                     "--pool=solo", "--loglevel=warning", "-n", f"bench{i}@%h",
                                     "--without-gossip", "--without-mingle"], env, workdir / f"worker-{workers}-{i}.log"))
         wait_for(lambda: httpx.get(f"{url}/readyz", timeout=3).status_code == 200, 90, "readyz")
@@ -133,12 +139,98 @@ def run_round(workdir: Path, model: Path, workers: int, jobs: int, latency_s: fl
             connection.delete(key)
 
 
+def poll_round(workdir: Path, pollers: int, seconds: float, interval: float) -> dict:
+    env = {
+        "ONNXPRUNE_REDIS_URL": REDIS_URL,
+        "ONNXPRUNE_REDIS_PREFIX": f"onnxprune-bench-{uuid.uuid4().hex[:8]}:",
+        "ONNXPRUNE_DATA_DIR": str(workdir / "data-poll"),
+        "ONNXPRUNE_QUEUE": f"bench-{uuid.uuid4().hex[:8]}",
+    }
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    fast_model = save(convnet(c1=16, c2=32, size=32), workdir / "fast.onnx")
+    slow_model = save(convnet(c1=32, c2=96, size=224), workdir / "slow.onnx")
+    processes = [spawn([sys.executable, "-m", "uvicorn", "service.api:create_app", "--factory", "--host", "127.0.0.1",
+                        "--port", str(port), "--log-level", "warning"], env, workdir / "api-poll.log"),
+                 spawn([sys.executable, "-m", "celery", "-A", "jobs.celery_app", "worker", "--pool=solo",
+                        "--loglevel=warning", "-n", "poll@%h", "--without-gossip", "--without-mingle"], env,
+                       workdir / "worker-poll.log")]
+    try:
+        wait_for(lambda: httpx.get(f"{url}/readyz", timeout=3).status_code == 200, 90, "readyz")
+        http = httpx.Client(base_url=url, timeout=30)
+
+        def submit(path: Path, config: dict) -> str:
+            with open(path, "rb") as f:
+                response = http.post("/v1/jobs", files={"model": ("m.onnx", f)}, data={"config": json.dumps(config)})
+            response.raise_for_status()
+            return response.json()["id"]
+
+        done_id = submit(fast_model, CONFIG)
+        wait_for(lambda: http.get(f"/v1/jobs/{done_id}").json()["status"] == "succeeded", 120, "the finished job")
+        running_id = submit(slow_model, {"ratio": 0.5, "benchmark": True, "benchmark_runs": 1000})
+        wait_for(lambda: http.get(f"/v1/jobs/{running_id}").json()["status"] == "running", 60, "the long job")
+
+        def measure(pause: float, duration: float) -> dict:
+            latencies: list[float] = []
+            lock = threading.Lock()
+
+            def poll(index: int) -> None:
+                job_id = running_id if index % 2 else done_id
+                with httpx.Client(base_url=url, timeout=10) as client:
+                    deadline = time.monotonic() + duration
+                    while time.monotonic() < deadline:
+                        t0 = time.perf_counter()
+                        client.get(f"/v1/jobs/{job_id}").raise_for_status()
+                        took = time.perf_counter() - t0
+                        with lock:
+                            latencies.append(took * 1000)
+                        time.sleep(max(0.0, pause - took))
+
+            threads = [threading.Thread(target=poll, args=(i,)) for i in range(pollers)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            return {"pollers": pollers, "pause_s": pause, "seconds": duration, "requests": len(latencies),
+                    "p50_ms": round(percentile(latencies, 50), 2), "p99_ms": round(percentile(latencies, 99), 2),
+                    "max_ms": round(max(latencies), 2)}
+
+        load_before = os.getloadavg()
+        paced = measure(interval, seconds)
+        still_running = http.get(f"/v1/jobs/{running_id}").json()["status"] == "running"
+        saturated = measure(0.0, min(seconds, 10.0))
+        running_after = http.get(f"/v1/jobs/{running_id}").json()["status"] == "running"
+        http.close()
+        return {"paced": paced, "back_to_back": saturated, "job_running_throughout": still_running and running_after,
+                "load_average_1_5_15_before": [round(x, 2) for x in load_before],
+                "load_average_1_5_15_after": [round(x, 2) for x in os.getloadavg()]}
+    finally:
+        for process in reversed(processes):
+            stop(process)
+        connection = redis.Redis.from_url(REDIS_URL)
+        for key in connection.scan_iter(match=f"{env['ONNXPRUNE_REDIS_PREFIX']}*", count=500):
+            connection.delete(key)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=12, help="jobs per round (bounded to 50)")
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/service.json")
+    parser.add_argument("--polling-only", action="store_true", help="only the poll-latency round")
+    parser.add_argument("--pollers", type=int, default=50)
+    parser.add_argument("--poll-seconds", type=float, default=20.0)
+    parser.add_argument("--poll-interval", type=float, default=0.5)
     args = parser.parse_args()
+    if args.polling_only:
+        with tempfile.TemporaryDirectory(prefix="onnxprune-bench-") as tmp:
+            rounds = poll_round(Path(tmp), min(args.pollers, 200), args.poll_seconds, args.poll_interval)
+        result = {"benchmark": "service-polling", "machine": {"cpus": os.cpu_count(),
+                  "python": platform.python_version(), "platform": platform.platform()},
+                  "get_job_latency": rounds}
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+        return
     jobs = min(args.jobs, 50)
     with tempfile.TemporaryDirectory(prefix="onnxprune-bench-") as tmp:
         workdir = Path(tmp)

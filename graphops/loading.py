@@ -82,9 +82,21 @@ def parse_model(data: bytes) -> onnx.ModelProto:
     return model
 
 
+# Integer-arithmetic ops of onnxruntime's QOperator format: their weights are int8 with scales fused in.
+# (com.microsoft adds QLinearAdd, QLinearConcat, ... : every QLinear* op counts.)
+QOPERATOR_OPS = frozenset({"QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger"})
+
+
 def validate_model(model: onnx.ModelProto, limits: ValidationLimits = ValidationLimits()) -> None:
     """Static checks of a hostile model; raise ``ModelRejected`` naming the node or tensor at fault."""
     _check_versions(model)
+    quantized = next((node for node in model.graph.node
+                      if node.op_type in QOPERATOR_OPS or node.op_type.startswith("QLinear")), None)
+    if quantized is not None:
+        raise ModelRejected(
+            f"model is quantized in the QOperator format ({quantized.op_type} node {quantized.name!r}), which "
+            "onnxprune does not prune: prune the float model, then quantize it with --quantize int8"
+        )
     node_count = sum(1 for _ in _all_nodes(model.graph))
     if node_count > limits.max_nodes:
         raise ModelRejected(f"model has {node_count} nodes, more than the limit of {limits.max_nodes}")
@@ -102,6 +114,9 @@ def validate_model(model: onnx.ModelProto, limits: ValidationLimits = Validation
             )
     for node in _all_nodes(model.graph):
         _check_node(node)
+    for function in model.functions:  # local functions: their bodies run like the graph's own nodes
+        for node in function.node:
+            _check_node(node)
     _check_element_types(model.graph)
     _check_generated_sizes(model.graph, limits)
     if not any(node.op_type in CONV_OPS for node in model.graph.node):

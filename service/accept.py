@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import secrets
 import time
+from concurrent.futures import Executor
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from jobs.files import JobFiles
+from jobs.settings import Settings
+from jobs.store import IdempotencyConflict, JobRecord, JobStatus, JobStore
 from service.errors import ApiError
-from service.files import JobFiles
-from workers.fileio import file_sha256
 from service.runners import Runner
-from service.settings import Settings
-from service.store import IdempotencyConflict, JobRecord, JobStatus, JobStore
 from service.uploads import check_data, check_model, parse_config, receive_upload
+from workers.fileio import file_sha256
 
 MAX_IDEMPOTENCY_KEY = 200
+BROKER_RETRY_AFTER_S = 10
+QUEUE_RETRY_AFTER_S = 30
+
+log = logging.getLogger(__name__)
 
 
 def new_job_id() -> str:
@@ -30,12 +37,14 @@ async def accept_job(
     settings: Settings,
     store: JobStore,
     runner: Runner,
+    publisher: Executor,
     owner: str,
     idempotency_key: str | None,
 ) -> tuple[JobRecord, bool]:
     """The queued job and whether it was created now (False: an idempotent replay of an earlier upload)."""
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise ApiError(400, "bad_request", f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
+    refuse_when_full(store, settings, owner)
     job_id = new_job_id()
     files = JobFiles.of(settings.jobs_dir, job_id)
     try:
@@ -46,7 +55,7 @@ async def accept_job(
             raise ApiError(422, "invalid_config", f"{needs_data}: add a 'data' part (.npz)")
         await run_in_threadpool(check_model, files.upload, options, settings.max_upload_bytes)
         if upload.data_bytes is not None:
-            await run_in_threadpool(check_data, files.data, settings.max_upload_bytes)
+            await run_in_threadpool(check_data, files.data, upload.data_bytes, settings.max_upload_bytes)
         config = options.model_dump_json()
         fingerprint = await run_in_threadpool(_fingerprint, files, config, upload.data_bytes is not None)
         record = JobRecord(
@@ -65,8 +74,39 @@ async def accept_job(
     except BaseException:
         files.remove()  # a refused upload leaves no job and no file behind
         raise
-    runner.submit(job_id)
+    if not await hand_over(runner, job_id, publisher, settings.publish_timeout_s):
+        store.delete(job_id)  # a worker that still gets the message finds no record and does nothing
+        files.remove()
+        raise ApiError(503, "broker_unavailable", "the job queue is unreachable; nothing was kept, try again later",
+                       headers={"Retry-After": str(BROKER_RETRY_AFTER_S)})
     return record, True
+
+
+def refuse_when_full(store: JobStore, settings: Settings, owner: str) -> None:
+    """Backpressure: a bounded queue per deployment, and optionally per token (429 + Retry-After)."""
+    retry = {"Retry-After": str(QUEUE_RETRY_AFTER_S)}
+    if sum(store.counts().values()) >= settings.max_active_jobs:
+        raise ApiError(429, "queue_full", f"the service has {settings.max_active_jobs} jobs queued or running; "
+                       "try again later", headers=retry)
+    limit = settings.max_active_per_owner
+    if limit and sum(store.counts(owner).values()) >= limit:
+        raise ApiError(429, "quota_exceeded", f"you have {limit} jobs queued or running; wait for one to finish",
+                       headers=retry)
+
+
+async def hand_over(runner: Runner, job_id: str, publisher: Executor, timeout_s: float) -> bool:
+    """Publish the job id off the event loop, waiting at most ``timeout_s``; False if that failed.
+
+    A publish stuck on a stalled broker keeps one publisher thread, never the event loop, so
+    /healthz and every GET keep answering.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait_for(loop.run_in_executor(publisher, runner.submit, job_id), timeout_s)
+    except Exception as exc:  # refused, timed out, or any broker error: the caller answers 503
+        log.warning("job %s: cannot hand it to the queue: %s", job_id, f"{type(exc).__name__}: {exc}")
+        return False
+    return True
 
 
 def _fingerprint(files: JobFiles, config: str, has_data: bool) -> str:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, Query, Request, Response, status
@@ -13,21 +15,26 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from jobs.files import JobFiles
+from jobs.logs import install_rate_limit
+from jobs.policy import STORAGE_FULL_MESSAGE, disk_nearly_full, is_storage_full
+from jobs.reconcile import reconcile
+from jobs.settings import Settings
+from jobs.store import JobRecord, JobStatus, JobStore
 from service import web
 from service.accept import accept_job
-from service.auth import Owner
+from service.auth import ListingOwner, Owner, may_access
 from service.errors import ApiError
-from service.files import JobFiles
+from service.job_views import ReportCache, job_json
 from service.retention import remove_expired
 from service.runners import Runner, make_runner
-from service.schemas import ErrorBody, Health, JobList, JobPublic
-from service.settings import Settings
-from service.store import JobRecord, JobStatus, JobStore
+from service.schemas import ErrorBody, Health, JobList, JobPublic, QueueDepth
 from workers.report import PruneReport
 
 log = logging.getLogger(__name__)
 
-_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 422)}
+MAX_OFFSET = 1_000_000_000  # SQLite integers are 64-bit; a bound keeps absurd offsets a 422, not a 500
+_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422, 429, 503, 507)}
 _UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -49,15 +56,15 @@ _UPLOAD_BODY = {
 }
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def _store(request: Request) -> JobStore:
+async def _store(request: Request) -> JobStore:
     return request.app.state.store
 
 
-def _runner(request: Request) -> Runner:
+async def _runner(request: Request) -> Runner:
     return request.app.state.runner
 
 
@@ -66,9 +73,10 @@ StoreDep = Annotated[JobStore, Depends(_store)]
 RunnerDep = Annotated[Runner, Depends(_runner)]
 
 
-def _owned_job(job_id: str, owner: Owner, store: StoreDep) -> JobRecord:
+async def _owned_job(job_id: str, owner: Owner, store: StoreDep, request: Request) -> JobRecord:
+    # async: one indexed read on the loop's own connection is cheaper than a hop to the threadpool
     job = store.get(job_id)
-    if job is None or job.owner != owner:
+    if job is None or not may_access(request, job.owner, owner):
         raise ApiError(404, "not_found", f"no job {job_id!r}")
     return job
 
@@ -78,15 +86,19 @@ JobDep = Annotated[JobRecord, Depends(_owned_job)]
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    install_rate_limit()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.runner.start()
-        cleaner = asyncio.create_task(_clean_periodically(settings, app.state.store))
+        background = [asyncio.create_task(_clean_periodically(settings, app.state.store)),
+                      asyncio.create_task(_reconcile_periodically(app))]
         try:
             yield
         finally:
-            cleaner.cancel()
+            for task in background:
+                task.cancel()
+            app.state.publisher.shutdown(wait=False, cancel_futures=True)
             app.state.runner.close()
 
     app = FastAPI(
@@ -98,6 +110,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.store = JobStore(settings.database_path)
     app.state.runner = make_runner(settings, app.state.store)
+    # Broker calls (publishing, the reconciler) run here, never on the event loop.
+    app.state.publisher = ThreadPoolExecutor(8, thread_name_prefix="onnxprune-publish")
+    app.state.reports = ReportCache()
     _add_error_handlers(app)
     _add_routes(app)
     app.include_router(web.router)  # the upload page at / and /v1/jobs/{id}/report.html
@@ -110,13 +125,24 @@ def _add_routes(app: FastAPI) -> None:
         return Health(status="ok", mode="embedded" if settings.embedded else "celery")
 
     @app.get("/readyz", response_model=Health, responses={503: {"model": Health}}, tags=["health"])
-    def readyz(settings: SettingsDep, runner: RunnerDep) -> Health | JSONResponse:
+    async def readyz(settings: SettingsDep, store: StoreDep, runner: RunnerDep) -> Health | JSONResponse:
+        """Ready when the broker and the job store answer; busy workers do not make the API unready
+        (the queue depth is reported by GET /v1/queue)."""
         mode = "embedded" if settings.embedded else "celery"
-        problem = runner.ready()
+        try:
+            problem = await asyncio.wait_for(asyncio.to_thread(_readiness_problem, store, runner), 2.0)
+        except TimeoutError:
+            problem = "the broker or the job store did not answer within 2 s"
         if problem is None:
             return Health(status="ready", mode=mode)
         body = Health(status="unavailable", mode=mode, detail=problem)
         return JSONResponse(body.model_dump(), status_code=503)
+
+    @app.get("/v1/queue", response_model=QueueDepth, responses=_ERRORS, tags=["health"])
+    def queue_depth(owner: Owner, settings: SettingsDep, store: StoreDep) -> QueueDepth:
+        """How many jobs are queued and running in this deployment, against the queue limit."""
+        counts = store.counts()
+        return QueueDepth(queued=counts["queued"], running=counts["running"], limit=settings.max_active_jobs)
 
     @app.post(
         "/v1/jobs", status_code=202, response_model=JobPublic, responses=_ERRORS,
@@ -128,16 +154,17 @@ def _add_routes(app: FastAPI) -> None:
     ) -> JobPublic:
         """Upload a model (and optional npz data) with a JSON config; the job is checked, then queued."""
         job, _created = await accept_job(
-            request, settings=settings, store=store, runner=runner, owner=owner,
-            idempotency_key=idempotency_key,
+            request, settings=settings, store=store, runner=runner, publisher=request.app.state.publisher,
+            owner=owner, idempotency_key=idempotency_key,
         )
         response.headers["Location"] = f"/v1/jobs/{job.id}"
         return JobPublic.of(job)
 
     @app.get("/v1/jobs", response_model=JobList, responses=_ERRORS, tags=["jobs"])
     def list_jobs(
-        owner: Owner, store: StoreDep,
-        limit: Annotated[int, Query(ge=1, le=100)] = 20, offset: Annotated[int, Query(ge=0)] = 0,
+        owner: ListingOwner, store: StoreDep,
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> JobList:
         jobs, total = store.list(owner, limit=limit, offset=offset)
         following = offset + len(jobs)
@@ -147,11 +174,14 @@ def _add_routes(app: FastAPI) -> None:
         )
 
     @app.get("/v1/jobs/{job_id}", response_model=JobPublic, responses=_ERRORS, tags=["jobs"])
-    def get_job(job: JobDep, settings: SettingsDep) -> JobPublic:
-        report = None
-        if job.status is JobStatus.succeeded:
-            report = PruneReport.model_validate_json(_result(job, settings, "report").read_text())
-        return JobPublic.of(job, report)
+    async def get_job(job: JobDep, settings: SettingsDep, request: Request) -> Response:
+        report = _result(job, settings, "report") if job.status is JobStatus.succeeded else None
+        cache: ReportCache = request.app.state.reports
+        if report is None or cache.has(job):
+            body = job_json(job, report, cache)
+        else:  # the first read of a report (file read and validation) stays off the event loop
+            body = await asyncio.to_thread(job_json, job, report, cache)
+        return Response(body, media_type="application/json")
 
     @app.get("/v1/jobs/{job_id}/model", response_class=FileResponse, responses=_ERRORS, tags=["results"])
     def get_model(job: JobDep, settings: SettingsDep) -> FileResponse:
@@ -174,10 +204,11 @@ def _add_routes(app: FastAPI) -> None:
         "/v1/jobs/{job_id}", response_model=JobPublic, responses={**_ERRORS, 204: {"description": "Removed."}},
         tags=["jobs"],
     )
-    def delete_job(job: JobDep, settings: SettingsDep, store: StoreDep) -> JobPublic | Response:
+    def delete_job(job: JobDep, settings: SettingsDep, store: StoreDep, request: Request) -> JobPublic | Response:
         """Cancel a queued or running job (200, status cancelled); remove a finished one (204).
         Either way the job's files are removed. A running job stops at its next pipeline stage."""
         files = JobFiles.of(settings.jobs_dir, job.id)
+        request.app.state.reports.forget(job.id)
         if store.cancel(job.id):
             files.remove()
             return JobPublic.of(store.get(job.id) or job)
@@ -215,10 +246,46 @@ def _add_error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return body(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 
+    async def storage_error(request: Request, exc: Exception) -> JSONResponse:
+        data_dir = request.app.state.settings.data_dir
+        if is_storage_full(exc) or disk_nearly_full(data_dir):
+            log.error("storage full: %s", exc)
+            return body(507, "storage_full", STORAGE_FULL_MESSAGE)
+        return await unexpected(request, exc)
+
+    app.add_exception_handler(OSError, storage_error)
+    app.add_exception_handler(sqlite3.Error, storage_error)
+
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error", exc_info=exc)
         return body(500, "internal_error", "internal server error; the details are in the server log")
+
+
+def _readiness_problem(store: JobStore, runner: Runner) -> str | None:
+    try:
+        store.ping()
+    except Exception as exc:
+        return f"job store unreadable: {type(exc).__name__}: {exc}"
+    return runner.ready()
+
+
+async def _reconcile_periodically(app: FastAPI) -> None:
+    """Re-send jobs the broker lost or whose worker died (jobs.reconcile), every few seconds."""
+    settings: Settings = app.state.settings
+    runner: Runner = app.state.runner
+
+    def one_pass() -> None:
+        pending = runner.pending_ids()
+        reconcile(app.state.store, pending, runner.submit, grace_s=settings.reconcile_grace_s,
+                  max_resends=settings.max_resends)
+
+    while True:
+        await asyncio.sleep(settings.reconcile_interval_s)
+        try:
+            await asyncio.get_running_loop().run_in_executor(app.state.publisher, one_pass)
+        except Exception:  # a failed pass must not stop the next one
+            log.exception("reconciler pass failed")
 
 
 async def _clean_periodically(settings: Settings, store: JobStore) -> None:

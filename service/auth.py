@@ -1,4 +1,14 @@
-"""Optional bearer tokens. A job belongs to the token that created it; others get 404, not 403."""
+"""Who is calling, and which jobs they may see.
+
+With ``ONNXPRUNE_API_TOKENS`` set, every job route needs one of those bearer tokens, and a job belongs
+to the token that created it: others get 404, not 403.
+
+Without tokens (open mode), job ids are capabilities: 144 random bits, shown only to whoever created
+the job, so GET/DELETE by id work for anyone holding the id (as do plain links to results). Listing is
+the one route that could reveal ids, so it is scoped: a client that sends a key of its own
+(``Authorization: Bearer <random key of 20+ characters>``) lists only the jobs it created with that
+key, and a client without a key cannot list at all.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +21,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.errors import ApiError
 
-_bearer = HTTPBearer(auto_error=False, description="Needed when the server sets ONNXPRUNE_API_TOKENS.")
+MIN_CLIENT_KEY = 20
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="A server token when the server sets ONNXPRUNE_API_TOKENS; else an optional client key "
+                f"of {MIN_CLIENT_KEY}+ characters that scopes job listing.",
+)
 
 
 def owner_of(token: str | None) -> str:
@@ -19,17 +35,34 @@ def owner_of(token: str | None) -> str:
     return "" if token is None else hashlib.sha256(token.encode()).hexdigest()
 
 
-def current_owner(
+async def current_owner(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> str:
     tokens: frozenset[str] = request.app.state.settings.tokens
-    if not tokens:
-        return owner_of(None)
     given = credentials.credentials if credentials is not None else None
+    if not tokens:
+        if given is not None and len(given) < MIN_CLIENT_KEY:
+            raise ApiError(401, "unauthorized", f"a client key must have at least {MIN_CLIENT_KEY} characters",
+                           headers={"WWW-Authenticate": "Bearer"})
+        return owner_of(given)
     if given is None or not any(hmac.compare_digest(given.encode(), t.encode()) for t in tokens):
         raise ApiError(401, "unauthorized", "missing or invalid bearer token",
                        headers={"WWW-Authenticate": "Bearer"})
     return owner_of(given)
 
 
+def may_access(request: Request, job_owner: str, caller: str) -> bool:
+    """Whether ``caller`` may read or delete a job it names by id (see the module docstring)."""
+    return not request.app.state.settings.tokens or hmac.compare_digest(job_owner, caller)
+
+
+async def listing_owner(request: Request, owner: Annotated[str, Depends(current_owner)]) -> str:
+    if not request.app.state.settings.tokens and owner == owner_of(None):
+        raise ApiError(403, "listing_disabled",
+                       f"listing jobs needs a key: send Authorization: Bearer <a random key of {MIN_CLIENT_KEY}+ "
+                       "characters>; each key lists only the jobs created with it")
+    return owner
+
+
 Owner = Annotated[str, Depends(current_owner)]
+ListingOwner = Annotated[str, Depends(listing_owner)]

@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from pydantic import ValidationError
@@ -21,6 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from graphops.errors import GraphOpsError, ModelRejected
+from service.cli_options import set_options, with_prune_options
 from workers.options import PruneOptions, parse_input_shape
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prune conv filters directly on ONNX models.")
@@ -76,14 +77,17 @@ def _input_shapes(values: list[str] | None) -> dict[str, list[int]]:
     return shapes
 
 
-def _options(**fields) -> PruneOptions:
+def _options(**flags: Any) -> PruneOptions:
     try:
-        return PruneOptions(**{k: v for k, v in fields.items() if v is not None})
+        return PruneOptions(**set_options(flags))
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "options"
         _fail(f"{where}: {first['msg'].removeprefix('Value error, ')}", EXIT_BAD_INPUT)
         raise  # unreachable, for type checkers
+    except ValueError as exc:  # a malformed --input-shape
+        _fail(str(exc), EXIT_BAD_INPUT)
+        raise
 
 
 def _require_data(options: PruneOptions, data: Path | None) -> None:
@@ -119,6 +123,12 @@ def _print_summary(report) -> None:
         middle = "" if evaluation.after_pruning is None else f"pruned {evaluation.after_pruning:.4f}, fine-tuned "
         table.add_row(f"{evaluation.metric} (held out)", f"{evaluation.before:.4f}", f"{middle}{evaluation.after:.4f}",
                       f"{evaluation.after - evaluation.before:+.4f}")
+    quantization = getattr(report, "quantization", None)
+    if quantization is not None:
+        float_ms = quantization.float_latency_ms.p50 if quantization.float_latency_ms else None
+        table.add_row(f"float pruned ({quantization.mode} above)", "",
+                      "" if float_ms is None else f"{float_ms:.3f} ms",
+                      "" if quantization.float_held_out is None else f"held out {quantization.float_held_out:.4f}")
     pruned = sum(1 for g in report.groups if g.channels_after < g.channels_before)
     table.caption = f"{pruned} of {len(report.groups)} prunable groups pruned; {len(report.frozen)} frozen"
     target = getattr(report, "latency_target", None)
@@ -148,60 +158,26 @@ def _speed_words(change) -> str:
 
 @app.command()
 @one_line_errors
+@with_prune_options
 def prune(
     model: Annotated[Path, typer.Argument(help="The ONNX model to prune.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the pruned model.")],
-    criterion: Annotated[str, typer.Option(help="Filter ranking: l1, l2, random, bn-gamma; with --data: taylor, "
-                                           "mean-activation, apoz, learned (--max-drop).")] = "l1",
-    ratio: Annotated[Optional[str], typer.Option(help="Fraction of channels removed from every group [0, 1), or "
-                                                 "'auto': per-group ratios from sensitivity curves (--max-drop).")] = None,
-    flops_target: Annotated[Optional[float], typer.Option(help="Fraction of MACs to remove, ranking channels globally.")] = None,
-    round_to: Annotated[str, typer.Option(help="Keep channel counts multiples of N; 'auto' (default): where "
-                                          "onnxruntime's blocked conv kernels run faster (16 on AVX-512, 8 on AVX2, "
-                                          "or the measured staircase); 1: exact counts.")] = "auto",
-    latency_target: Annotated[Optional[float], typer.Option(help="Measured onnxruntime latency at most this times "
-                                                            "the original's (e.g. 0.5), by importance per ms.")] = None,
-    latency_budget: Annotated[float, typer.Option(help="--latency-target: seconds for measuring the latency table "
-                                                  "(cached per model, onnxruntime, settings and CPU).")] = 60.0,
-    latency_iterations: Annotated[int, typer.Option(help="--latency-target: prune-and-measure passes at most.")] = 3,
-    exclude: Annotated[Optional[list[str]], typer.Option(help="Node name or glob whose filters are kept (repeatable).")] = None,
-    input_shape: InputShapeOption = None,
-    report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,
-    plan_out: Annotated[Optional[Path], typer.Option(help="Write the pruning plan (kept channels) here.")] = None,
-    plan_in: Annotated[Optional[Path], typer.Option(help="Apply a saved plan instead of scoring.")] = None,
-    benchmark: Annotated[bool, typer.Option("--benchmark/--no-benchmark", help="Time both models in onnxruntime.")] = True,
-    runs: Annotated[int, typer.Option(help="Timed runs per model.")] = 30,
-    threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads.")] = 1,
-    seed: Annotated[int, typer.Option(help="Seed of the random criterion and benchmark inputs.")] = 0,
     data: Annotated[Optional[Path], typer.Option(help="Data .npz: one array per model input (preprocessed), "
                                                  "optional integer 'labels'. Every fifth sample is held out.")] = None,
-    finetune_steps: Annotated[int, typer.Option(help="Fine-tuning steps after each pruning step (needs --data).")] = 0,
-    iterative_steps: Annotated[int, typer.Option(help="Reach the target in this many prune-then-fine-tune steps.")] = 1,
-    lr: Annotated[float, typer.Option(help="Fine-tuning learning rate (SGD, momentum 0.9, cosine decay).")] = 0.01,
-    batch_size: Annotated[int, typer.Option(help="Batch size for scoring, fine-tuning and evaluation.")] = 32,
-    score_batches: Annotated[int, typer.Option(help="Batches the data-driven criteria look at.")] = 8,
-    flops_regularization: Annotated[float, typer.Option(help="Taylor: penalty per relative MACs of a channel.")] = 0.0,
-    max_drop: Annotated[Optional[float], typer.Option(help="With --ratio auto or --criterion learned: tolerated accuracy "
-                                                      "(or fidelity) drop on the held-out samples, e.g. 0.01.")] = None,
-    learned_episodes: Annotated[int, typer.Option(help="--criterion learned: agent training episodes per layer.")] = 20,
-    learned_samples: Annotated[int, typer.Option(help="--criterion learned: prunings tried per episode.")] = 8,
+    report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,
+    report_html: Annotated[Optional[Path], typer.Option(help="Write a self-contained HTML report with plots here.")] = None,
+    plan_out: Annotated[Optional[Path], typer.Option(help="Write the pruning plan (kept channels) here.")] = None,
+    plan_in: Annotated[Optional[Path], typer.Option(help="Apply a saved plan instead of scoring.")] = None,
     sensitivity: Annotated[Optional[Path], typer.Option(help="With --ratio auto: curves from 'onnxprune sensitivity "
                                                         "--json' instead of measuring them again.")] = None,
-    report_html: Annotated[Optional[Path], typer.Option(help="Write a self-contained HTML report with plots here.")] = None,
+    **flags: Any,
 ) -> None:
     """Remove filters and write a smaller dense model, with a report of what changed."""
     from graphops.plan import PruningPlan
     from workers.fileio import atomic_write_bytes
     from workers.pipeline import run_pipeline
 
-    options = _options(criterion=criterion, ratio=ratio, flops_target=flops_target, round_to=round_to,
-                       latency_target=latency_target, latency_budget_s=latency_budget,
-                       latency_iterations=latency_iterations,
-                       exclude=exclude or [], input_shapes=_input_shapes(input_shape), benchmark=benchmark,
-                       benchmark_runs=runs, threads=threads, seed=seed, finetune_steps=finetune_steps,
-                       iterative_steps=iterative_steps, lr=lr, batch_size=batch_size, score_batches=score_batches,
-                       flops_regularization=flops_regularization, max_drop=max_drop,
-                       learned_episodes=learned_episodes, learned_samples=learned_samples)
+    options = _options(**flags)
     _require_data(options, data)
     plan = None
     if plan_in is not None:
@@ -223,7 +199,10 @@ def prune(
 
         atomic_write_bytes(report_html, render_report_html(result.report, title=f"onnxprune: {model.name}").encode())
     _print_summary(result.report)
-    console.print(f"wrote {output}")
+    if result.float_output is not None:
+        console.print(f"wrote {output} (quantized, {options.quantize}) and {result.float_output} (float, pruned)")
+    else:
+        console.print(f"wrote {output}")
 
 
 @app.command()
@@ -234,18 +213,10 @@ def analyze(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List channel groups (what can be pruned together) and frozen groups with reasons."""
-    from graphops.cost import measure_cost
-    from graphops.dependency import analyze as analyze_dependencies
-    from graphops.loading import load_model, validate_model
-    from graphops.prepare import prepare_model
-    from graphops.shapes import resolve_input_shapes
+    from workers.analysis import analyse_model
 
-    model_proto = load_model(model)
-    validate_model(model_proto)
-    shapes = resolve_input_shapes(model_proto, _input_shapes(input_shape))
-    prepared = prepare_model(model_proto)
-    dep = analyze_dependencies(prepared, shapes)
-    cost = measure_cost(prepared, shapes)
+    analysis = analyse_model(model, _input_shapes(input_shape))
+    dep, cost, shapes = analysis.dep, analysis.cost, analysis.input_shapes
     node_macs = {n.name: n.macs for n in cost.nodes}
     total = max(cost.macs, 1)
 

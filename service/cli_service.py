@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -23,58 +23,58 @@ def serve(
     """Run the REST API. Without ONNXPRUNE_REDIS_URL, jobs run in this process (embedded mode)."""
     import uvicorn
 
+    from jobs.settings import Settings
     from service.api import create_app
-    from service.settings import Settings
 
     uvicorn.run(create_app(Settings()), host=host, port=port)
 
 
 def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "info",
-    name: Annotated[Optional[str], typer.Option(help="Worker node name (default celery@HOST).")] = None,
+    name: Annotated[str | None, typer.Option(help="Worker node name (default celery@HOST).")] = None,
 ) -> None:
-    """Run a Celery worker (same as celery -A workers.celery_app worker --pool=solo).
+    """Run a Celery worker (same as celery -A jobs.celery_app worker --pool=solo).
 
     One job at a time per worker process (the pipeline starts its own onnxruntime processes);
     run more workers to run more jobs at once."""
-    from service.settings import Settings
+    from jobs.settings import Settings
 
-    if Settings().embedded:
+    settings = Settings()
+    if settings.embedded:
         typer.echo("error: set ONNXPRUNE_REDIS_URL (e.g. redis://127.0.0.1:6379/0) to run a worker", err=True)
         raise typer.Exit(2)
-    from workers.celery_app import celery_app
+    from jobs.celery_app import make_celery
 
     argv = ["worker", "--pool=solo", f"--loglevel={loglevel}"]
     if name:
         argv.append(f"--hostname={name}")
-    celery_app.worker_main(argv)
+    make_celery(settings).worker_main(argv)
 
 
 def submit(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The .onnx model to prune.")],
     server: Annotated[str, typer.Option(help="Base URL of the onnxprune service.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the pruned model.")],
-    criterion: Annotated[Optional[str], typer.Option(help="Filter ranking criterion (l1, l2, random...).")] = None,
-    ratio: Annotated[Optional[str], typer.Option(help="Fraction of channels removed per group, or 'auto'.")] = None,
-    max_drop: Annotated[Optional[float], typer.Option(help="With --ratio auto or --criterion learned: tolerated drop.")] = None,
-    flops_target: Annotated[Optional[float], typer.Option(help="Fraction of MACs to remove.")] = None,
-    round_to: Annotated[Optional[str], typer.Option(help="Keep channel counts multiples of this, or 'auto' "
-                                                   "(the default: onnxruntime's kernel step).")] = None,
-    latency_target: Annotated[Optional[float], typer.Option(help="Measured latency at most this times the "
-                                                            "original's (measured on the server's CPU).")] = None,
-    exclude: Annotated[Optional[list[str]], typer.Option(help="Node name or glob never pruned (repeatable).")] = None,
-    input_shape: Annotated[Optional[list[str]], typer.Option(help="NAME:1x3x224x224 (repeatable).")] = None,
+    criterion: Annotated[str | None, typer.Option(help="Filter ranking criterion (l1, l2, random...).")] = None,
+    ratio: Annotated[str | None, typer.Option(help="Fraction of channels removed per group, or 'auto'.")] = None,
+    max_drop: Annotated[float | None, typer.Option(help="With --ratio auto or --criterion learned: tolerated drop.")] = None,
+    flops_target: Annotated[float | None, typer.Option(help="Fraction of MACs to remove.")] = None,
+    round_to: Annotated[str | None, typer.Option(help="Keep channel counts multiples of this, or 'auto' "
+                                                 "(the default: onnxruntime's kernel step).")] = None,
+    latency_target: Annotated[float | None, typer.Option(help="Measured latency at most this times the "
+                                                          "original's (measured on the server's CPU).")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(help="Node name or glob never pruned (repeatable).")] = None,
+    input_shape: Annotated[list[str] | None, typer.Option(help="NAME:1x3x224x224 (repeatable).")] = None,
     no_benchmark: Annotated[bool, typer.Option("--no-benchmark", help="Skip latency measurement.")] = False,
-    data: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="Calibration .npz.")] = None,
-    report: Annotated[Optional[Path], typer.Option(help="Also write the report JSON here.")] = None,
-    plan: Annotated[Optional[Path], typer.Option(help="Also write the pruning plan JSON here.")] = None,
-    token: Annotated[Optional[str], typer.Option(envvar="ONNXPRUNE_TOKEN", help="Bearer token.")] = None,
+    data: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Calibration .npz.")] = None,
+    report: Annotated[Path | None, typer.Option(help="Also write the report JSON here.")] = None,
+    plan: Annotated[Path | None, typer.Option(help="Also write the pruning plan JSON here.")] = None,
+    token: Annotated[str | None, typer.Option(envvar="ONNXPRUNE_TOKEN", help="Bearer token.")] = None,
 ) -> None:
     """Prune MODEL on a remote onnxprune service and download the result."""
+    import httpx
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    import httpx
 
     from service.client import PruneClient, ServiceError
 

@@ -49,7 +49,7 @@ class PruneClient:
         self._http = httpx.Client(base_url=server.rstrip("/"), headers=headers, timeout=timeout,
                                   transport=transport)
 
-    def __enter__(self) -> "PruneClient":
+    def __enter__(self) -> PruneClient:
         return self
 
     def __exit__(self, *_: object) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import time
 
-from service.files import JobFiles
-from service.settings import Settings
-from service.store import JobStore
+from jobs.files import JobFiles
+from jobs.settings import Settings
+from jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 

@@ -2,36 +2,43 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from service.settings import Settings
-from service.store import JobStore
+from jobs.settings import Settings
+from jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 
 
 class Runner(Protocol):
     def start(self) -> None: ...
-    def submit(self, job_id: str) -> None: ...
+    def submit(self, job_id: str) -> None:
+        """Hand the job over (may block on the broker: the API calls it off the event loop)."""
     def ready(self) -> str | None:
-        """None when jobs can run, else why not (one line)."""
+        """None when jobs can be handed over, else why not (one line). Busy workers are not a problem."""
+    def pending_ids(self) -> set[str] | None:
+        """Ids of jobs handed over and not yet taken up or finished, or None when that is unknown."""
     def close(self) -> None: ...
 
 
 class EmbeddedRunner:
     """Threads in the API process; the pipeline itself runs onnxruntime in child processes.
 
-    Jobs left queued or running by a previous process (an API restart) are picked up again at start.
-    One API process per data dir in this mode: two would both pick them up.
+    Jobs left queued by a previous process (an API restart) are picked up again at start; running ones
+    once their lease expires (the reconciler). One API process per data dir in this mode.
     """
 
     def __init__(self, settings: Settings, store: JobStore) -> None:
         self._settings = settings
         self._store = store
         self._pool: ThreadPoolExecutor | None = None
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
 
     def start(self) -> None:
         self._pool = ThreadPoolExecutor(self._settings.embedded_workers, thread_name_prefix="onnxprune-job")
@@ -41,27 +48,26 @@ class EmbeddedRunner:
     def submit(self, job_id: str) -> None:
         if self._pool is None:
             raise RuntimeError("the embedded runner is not started")
+        with self._lock:
+            self._pending.add(job_id)
         self._pool.submit(self._run, job_id)
 
     def _run(self, job_id: str) -> None:
-        from workers.jobs import run_job  # the pipeline is imported only where jobs run
+        from jobs.run import Outcome, run_job
 
-        for attempt in range(self._settings.max_retries + 1):
-            try:
-                run_job(job_id, self._store, self._settings.jobs_dir,
-                        max_attempts=self._settings.max_retries + 1)
-                return
-            except Exception as exc:  # infrastructure error: retry a bounded number of times
-                log.exception("job %s: attempt %d failed", job_id, attempt + 1)
-                message = f"{type(exc).__name__}: {exc}"
-                if attempt == self._settings.max_retries:
-                    self._store.fail(job_id, "internal_error", f"failed after {attempt + 1} attempts ({message})")
-                    return
-                self._store.requeue(job_id, message)
+        try:
+            while run_job(job_id, self._store, self._settings) is Outcome.retry:
                 time.sleep(self._settings.retry_delay_s)
+        finally:
+            with self._lock:
+                self._pending.discard(job_id)
 
     def ready(self) -> str | None:
         return None if self._pool is not None else "the embedded runner is not started"
+
+    def pending_ids(self) -> set[str] | None:
+        with self._lock:
+            return set(self._pending)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -74,28 +80,46 @@ class CeleryRunner:
     """Sends the job id to the Celery queue; a cancelled job is skipped when a worker reaches it."""
 
     def __init__(self, settings: Settings) -> None:
-        from workers.celery_app import make_celery
+        from jobs.celery_app import make_celery
 
+        self._settings = settings
         self._app = make_celery(settings)
 
     def start(self) -> None:
         pass
 
     def submit(self, job_id: str) -> None:
-        from workers.celery_app import TASK_NAME
+        from jobs.celery_app import TASK_NAME
 
         self._app.send_task(TASK_NAME, args=[job_id], task_id=job_id)
 
     def ready(self) -> str | None:
         try:
             with self._app.connection_for_write() as conn:
-                conn.ensure_connection(max_retries=1, timeout=2)
-            replies = self._app.control.ping(timeout=1.0)
+                conn.ensure_connection(max_retries=1, timeout=1)
         except Exception as exc:  # any broker trouble means "not ready", with its reason
             return f"broker unreachable: {type(exc).__name__}: {exc}"
-        if not replies:
-            return "no worker answered a ping within 1 s"
         return None
+
+    def pending_ids(self) -> set[str] | None:
+        """Job ids in the queue or delivered and unacked, read from Redis (kombu's layout: a list per
+        queue, priority lists beside it, and one ``unacked`` hash)."""
+        import redis
+
+        prefix, queue = self._settings.redis_prefix, self._settings.queue
+        try:
+            with redis.Redis.from_url(self._settings.redis_url or "", socket_timeout=2,
+                                      socket_connect_timeout=2) as client:
+                raw = []
+                for key in [queue, *(f"{queue}\x06\x16{p}" for p in (3, 6, 9))]:
+                    raw.extend(client.lrange(f"{prefix}{key}", 0, 9999))
+                unacked = [json.loads(v)[0] for v in client.hvals(f"{prefix}unacked")]
+        except Exception as exc:
+            log.warning("cannot read the broker's queue: %s", exc)
+            return None
+        ids = {json.loads(message).get("headers", {}).get("id") for message in raw}
+        ids |= {message.get("headers", {}).get("id") for message in unacked}
+        return {i for i in ids if i}
 
     def close(self) -> None:
         self._app.close()

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 from pydantic import BaseModel, Field
 
-from service.store import JobRecord, JobStatus
+from jobs.store import JobRecord, JobStatus
 from workers.report import PruneReport
 
 
@@ -43,7 +43,7 @@ class JobPublic(BaseModel):
     report: PruneReport | None = Field(None, description="Present once the job has succeeded.")
 
     @classmethod
-    def of(cls, job: JobRecord, report: PruneReport | None = None) -> "JobPublic":
+    def of(cls, job: JobRecord, report: PruneReport | None = None) -> JobPublic:
         base = f"/v1/jobs/{job.id}"
         error = None
         if job.status in (JobStatus.failed, JobStatus.cancelled) and job.error_code:
@@ -71,6 +71,12 @@ class JobList(BaseModel):
     limit: int
     offset: int
     next_offset: int | None = Field(description="Offset of the next page, null on the last one.")
+
+
+class QueueDepth(BaseModel):
+    queued: int = Field(description="Jobs accepted and waiting for a worker.")
+    running: int
+    limit: int = Field(description="Most jobs queued and running at once; beyond it POST answers 429.")
 
 
 class Health(BaseModel):

@@ -20,13 +20,16 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from graphops.errors import ModelRejected
+from jobs.files import JobFiles
 from service.errors import ApiError
-from service.files import JobFiles
 from workers.options import PruneOptions
 
 MAX_CONFIG_BYTES = 64 * 1024
-# An npz is a zip: its arrays may decompress to far more than the upload. Cap the unpacked size.
+# An npz is a zip: its arrays may decompress to far more than the upload. The unpacked size is
+# capped by the upload's own size (DATA_RATIO x + DATA_SLACK) and, overall, by 4x the upload limit.
 MAX_DATA_EXPANSION = 4
+DATA_RATIO = 32
+DATA_SLACK = 1 << 20
 
 
 @dataclass
@@ -137,12 +140,12 @@ async def receive_upload(request: Request, files: JobFiles, max_bytes: int) -> U
         raise ApiError(413, "payload_too_large", f"request exceeds the limit of {max_bytes / 2**20:g} MB")
     files.root.mkdir(parents=True, exist_ok=False)
     receiver = _Receiver(files, max_bytes)
-    parser = MultipartParser(boundary, receiver.callbacks())
     try:
+        parser = MultipartParser(boundary, receiver.callbacks())  # refuses a boundary over 256 bytes
         async for chunk in request.stream():
             parser.write(chunk)
         parser.finalize()
-    except FormParserError as exc:
+    except (FormParserError, ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "bad_request", f"malformed multipart body: {exc}") from None
     finally:
         receiver.close()
@@ -178,7 +181,14 @@ def describe_validation_error(exc: ValidationError, prefix: str) -> str:
 
 
 def check_model(path: Path, options: PruneOptions, max_bytes: int) -> None:
-    """Static checks only (graphops.loading): the model is never run before a job is accepted."""
+    """Static checks only: the model is never run before a job is accepted.
+
+    graphops' checks first (their messages name the node at fault), then ``onnx.checker`` in full
+    (with strict shape inference), which walks every subgraph and local function: cycles, dangling
+    inputs, duplicate outputs and unknown ops are refused here rather than failing the job later.
+    """
+    import onnx
+
     from graphops.loading import load_model, validate_model
     from graphops.shapes import resolve_input_shapes
 
@@ -188,21 +198,75 @@ def check_model(path: Path, options: PruneOptions, max_bytes: int) -> None:
         resolve_input_shapes(model, options.input_shapes)
     except ModelRejected as exc:
         raise ApiError(422, "invalid_model", str(exc)) from None
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ApiError(422, "invalid_model", f"model fails onnx.checker: {first[:500]}") from None
 
 
-def check_data(path: Path, max_bytes: int) -> None:
-    """A real npz of plain arrays: no pickled objects, no zip bomb."""
+def check_data(path: Path, upload_bytes: int, max_bytes: int) -> None:
+    """A real npz of plain arrays: no pickled objects, and no zip bomb.
+
+    Every member's size is read from its .npy header before anything is decompressed, and all of
+    them together must fit a budget tied to the actual upload (``data_budget``). The payloads are
+    then streamed through in chunks (zipfile checks each CRC) so the API's memory stays flat.
+    """
+    budget = data_budget(upload_bytes, max_bytes)
     try:
         with zipfile.ZipFile(path) as archive:
-            unpacked = sum(info.file_size for info in archive.infolist())
-        if unpacked > MAX_DATA_EXPANSION * max_bytes:
-            raise ApiError(422, "invalid_data", f"data unpacks to {unpacked} bytes, over the limit")
-        with np.load(path, allow_pickle=False) as npz:
-            if not npz.files:
+            members = archive.infolist()
+            if not members:
                 raise ApiError(422, "invalid_data", "data holds no arrays")
-            for name in npz.files:
-                npz[name]  # reads and checks every array header and payload
+            declared = 0
+            for info in members:
+                declared += _declared_array_bytes(archive, info)
+                if declared > budget:
+                    raise ApiError(413, "payload_too_large",
+                                   f"data arrays declare more than {budget} bytes in all, over the limit for a "
+                                   f"{upload_bytes}-byte upload")
+            for info in members:
+                _stream_through(archive, info)
     except ApiError:
         raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise ApiError(422, "invalid_data", f"data is not a readable .npz of arrays: {exc}") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, TypeError, KeyError, SyntaxError, OSError,
+            EOFError, NotImplementedError, RuntimeError, OverflowError, MemoryError) as exc:
+        raise ApiError(422, "invalid_data", f"data is not a readable .npz of arrays: {exc}"[:500]) from None
+
+
+def data_budget(upload_bytes: int, max_bytes: int) -> int:
+    """Most bytes the arrays of a ``upload_bytes`` npz may unpack to: a generous ratio for real data
+    compressed with ``savez_compressed``, far below what a bomb of compressed zeros declares."""
+    return min(MAX_DATA_EXPANSION * max_bytes, DATA_RATIO * upload_bytes + DATA_SLACK)
+
+
+def _declared_array_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> int:
+    """The payload size a member's .npy header declares (only the header is decompressed)."""
+    if not info.filename.endswith(".npy"):
+        raise ApiError(422, "invalid_data", f"data member {info.filename!r} is not a .npy array")
+    with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+        header_bytes = member.tell()
+    if dtype.hasobject:
+        raise ApiError(422, "invalid_data", f"data array {info.filename!r} holds Python objects (pickles), which a .npz "
+                       "of data may not; use numeric arrays")
+    count = 1
+    for dim in shape:
+        count *= int(dim)
+    payload = count * dtype.itemsize
+    if info.file_size != header_bytes + payload:
+        raise ApiError(422, "invalid_data", f"data array {info.filename!r} declares {payload} bytes of values "
+                       f"but holds {info.file_size - header_bytes}")
+    return payload
+
+
+def _stream_through(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+    with archive.open(info) as member:
+        while member.read(1 << 20):
+            pass

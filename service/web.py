@@ -12,11 +12,11 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse
 
-from service.auth import Owner
+from jobs.files import JobFiles
+from jobs.store import JobStatus
+from service.auth import Owner, may_access
 from service.errors import ApiError
-from service.files import JobFiles
 from workers.fileio import atomic_write_text
-from service.store import JobStatus
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 _ASSETS = {"app.js": "text/javascript", "style.css": "text/css", "favicon.svg": "image/svg+xml"}
@@ -50,7 +50,7 @@ def report_page(job_id: str, owner: Owner, request: Request) -> HTMLResponse:
 
     settings, store = request.app.state.settings, request.app.state.store
     job = store.get(job_id)
-    if job is None or job.owner != owner:
+    if job is None or not may_access(request, job.owner, owner):
         raise ApiError(404, "not_found", f"no job {job_id!r}")
     if job.status is not JobStatus.succeeded:
         raise ApiError(409, "not_ready", f"job {job.id} is {job.status.value}; its report exists once it has succeeded")

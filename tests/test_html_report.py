@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.api import create_app
-from service.settings import Settings
+from jobs.settings import Settings
 from tests.oracle import run_model
 from tests.test_sensitivity import two_branch_model
 from workers.html_report import render_report_html

@@ -34,7 +34,9 @@ def test_progress_walks_every_stage_in_order_up_to_one(model_path, tmp_path):
 
 
 def test_a_model_that_fails_the_oracle_is_never_written(model_path, tmp_path, monkeypatch):
-    real_apply = pipeline.apply_plan
+    import workers.strategies.base as strategies
+
+    real_apply = strategies.apply_plan
 
     def corrupting_apply(dep, plan):
         model = real_apply(dep, plan)
@@ -44,7 +46,7 @@ def test_a_model_that_fails_the_oracle_is_never_written(model_path, tmp_path, mo
         weight.CopyFrom(numpy_helper.from_array(values, weight.name))
         return model
 
-    monkeypatch.setattr(pipeline, "apply_plan", corrupting_apply)
+    monkeypatch.setattr(strategies, "apply_plan", corrupting_apply)
     with pytest.raises(VerificationFailed, match="oracle"):
         run_pipeline(model_path, tmp_path / "out.onnx", PruneOptions(ratio=0.5, benchmark=False))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["residual.onnx"]

@@ -29,13 +29,14 @@ from graphops.latency_table import (LatencyCurve, LatencyTable, grid_counts, mon
 from graphops.plan import PruningPlan
 from graphops.selection import MacsModel, Scores, _candidates, choose_kept
 from workers.fileio import atomic_write_text
+from workers.options import PruneOptions
 from workers.sandbox import RunnerLimits, run_in_child
 from workers.speed import ratio_interval
 
 # Latency of a variant: this percentile of its runs (robust to a busy neighbour's preemptions).
 QUANTILE = 20.0
 
-__all__ = ["LatencySettings", "cpu_model", "measure_latency_table", "cached_table", "vector_width"]
+__all__ = ["LatencySettings", "cached_table", "cpu_model", "measure_latency_table", "resolve_round_to", "vector_width"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,22 @@ def vector_width() -> tuple[int, str]:
     if "avx2" in flags or "avx" in flags:
         return 8, "CPU vector width: AVX2, 8 fp32 lanes"
     return 4, "CPU vector width: 128-bit (SSE or NEON), 4 fp32 lanes"
+
+
+def resolve_round_to(options: PruneOptions, model_sha: str,
+                     input_shapes: dict[str, list[int]]) -> tuple[PruneOptions, str]:
+    """Options with ``round_to`` a number, and where it came from: 'auto' takes the staircase step of
+    a latency table measured before for this model and settings, else the CPU's vector width."""
+    if options.round_to != "auto":
+        return options, "given"
+    table = cached_table(model_sha, input_shapes, LatencySettings(threads=options.threads,
+                                                                  budget_s=options.latency_budget_s))
+    if table is not None:
+        step, source = table.step, f"auto: latency table ({table.step_source})"
+    else:
+        step, why = vector_width()
+        source = f"auto: {why}"
+    return options.model_copy(update={"round_to": step}), source
 
 
 def _cache_dir() -> Path:

@@ -23,7 +23,7 @@ from graphops.surgery import apply_plan
 from workers.benchmark import benchmark
 from workers.latency import LatencySettings, measure_latency_table
 from workers.options import PruneOptions
-from workers.report import LatencyGroupReport, LatencyIteration, LatencyTargetReport
+from workers.report import Latency, LatencyGroupReport, LatencyIteration, LatencyTargetReport
 from workers.sandbox import RunnerLimits
 
 
@@ -35,12 +35,14 @@ class LatencyChoice:
 
 
 def select_for_latency(model_path: Path, model_sha: str, dep: DependencyGraph, scores: Scores, cost: ModelCost,
-                       options: PruneOptions, *, limits: RunnerLimits = RunnerLimits()) -> LatencyChoice:
+                       options: PruneOptions, *, step: int | None = None,
+                       limits: RunnerLimits = RunnerLimits()) -> LatencyChoice:
+    """``step``: channel counts are multiples of it; None ('auto'): the table's measured step."""
     target = float(options.latency_target or 1.0)
     settings = LatencySettings(threads=options.threads, budget_s=options.latency_budget_s)
     table = measure_latency_table(dep, scores, cost, model_sha, settings, exclude=tuple(options.exclude),
                                   limits=limits, seed=options.seed)
-    step = table.step if options.round_to == "auto" else int(options.round_to)
+    step = table.step if step is None else step
 
     def saving(group: str, keep: int) -> float:
         return table.saving(group, keep) or 0.0
@@ -96,3 +98,15 @@ def group_reports(table: LatencyTable, dep: DependencyGraph, plan: PruningPlan) 
             predicted_saving_ms=round(table.saving(group_id, count) or 0.0, 4),
         ))
     return reports
+
+
+def target_notes(report: LatencyTargetReport | None, latency: Latency | None) -> list[str]:
+    """The latency target in words when the final measurement missed it: by how much."""
+    if report is None:
+        return []
+    final = latency.change if latency is not None and latency.change is not None else report.measured
+    if final.ratio <= report.target:
+        return []
+    return [f"latency target {report.target:g} missed: measured {final.ratio:.3f}x the original's p50 "
+            f"({final.band}), {final.ratio - report.target:.3f} above the target after "
+            f"{len(report.iterations)} pass(es); the latency model predicted {report.predicted:.3f}"]

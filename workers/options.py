@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+DEFAULT_MAX_DROP = 0.01
 _SHAPE_RE = re.compile(r"^(?P<name>.+):(?P<dims>\d+(x\d+)*)$")
 
 
@@ -21,71 +22,179 @@ def parse_input_shape(text: str) -> tuple[str, list[int]]:
     return match.group("name"), dims
 
 
+def _about(group: str, *, needs_data: bool = False, flag: str | None = None) -> dict[str, Any]:
+    """Field metadata the CLI, ``submit`` and the upload page are built from: the group an option is
+    shown in, whether it needs a data file, and a CLI flag where it is not ``--field-name``."""
+    about: dict[str, Any] = {"group": group, "needs_data": needs_data}
+    if flag is not None:
+        about["flag"] = flag
+    return about
+
+
+OPTION_GROUPS = {
+    "target": "How much to remove",
+    "selection": "Which filters",
+    "recovery": "Recovery (needs data)",
+    "learned": "Learned search (needs data)",
+    "quantize": "Quantization",
+    "benchmark": "Benchmark",
+    "model": "Model inputs",
+}
+
+
+class RatioTarget(BaseModel):
+    """Remove this fraction of every prunable group's channels (Li et al.'s uniform setting)."""
+
+    kind: Literal["ratio"] = "ratio"
+    ratio: float
+
+
+class MacsTarget(BaseModel):
+    """Remove the globally least important channels until MACs fall by this fraction."""
+
+    kind: Literal["macs"] = "macs"
+    fraction: float
+
+
+class AutoTarget(BaseModel):
+    """Per-group ratios from sensitivity curves, the held-out drop within ``max_drop``."""
+
+    kind: Literal["auto"] = "auto"
+    max_drop: float
+
+
+class LearnedTarget(BaseModel):
+    """Per-layer agents decide each layer's count, the drop within ``max_drop`` (Huang et al.)."""
+
+    kind: Literal["learned"] = "learned"
+    max_drop: float
+
+
+class LatencyTarget(BaseModel):
+    """Measured latency at most ``ratio`` times the original's (HALP-style knapsack, closed loop)."""
+
+    kind: Literal["latency"] = "latency"
+    ratio: float
+
+
+Target = Annotated[RatioTarget | MacsTarget | AutoTarget | LearnedTarget | LatencyTarget, Field(discriminator="kind")]
+
+
 class PruneOptions(BaseModel):
-    """What to prune and how. Field names are the REST config keys; CLI flags use dashes."""
+    """What to prune and how: the one options schema. Field names are the REST config keys; the CLI
+    flags (``--field-name``), ``submit`` and the upload page's form are derived from the fields and
+    their ``json_schema_extra`` (see ``_about``). :attr:`target` gives the typed target."""
 
     model_config = ConfigDict(extra="forbid")
 
-    criterion: str = Field("l1", description="Filter ranking criterion (l1, l2, random, ...).")
+    criterion: str = Field("l1", description="Filter ranking: l1, l2, random, bn-gamma; with data: taylor, "
+                           "mean-activation, apoz, learned (max_drop).", json_schema_extra=_about("selection"))
     ratio: float | Literal["auto"] | None = Field(
         None, description="Fraction of channels removed from every prunable group (Li et al.), or 'auto': "
         "per-group ratios from sensitivity curves within max_drop (needs data; docs/SENSITIVITY.md).",
+        json_schema_extra=_about("target"),
     )
     max_drop: Annotated[float, Field(gt=0.0, lt=1.0)] | None = Field(
         None, description="With ratio 'auto' or criterion 'learned': tolerated drop of accuracy (or fidelity) on "
-        "held-out data, as a fraction; default 0.01."
+        "held-out data, as a fraction; default 0.01.", json_schema_extra=_about("target"),
     )
     flops_target: Annotated[float, Field(gt=0.0, lt=1.0)] | None = Field(
-        None, description="Fraction of MACs to remove, by global ranking of layer-normalised scores."
+        None, description="Fraction of MACs to remove, by global ranking of layer-normalised scores.",
+        json_schema_extra=_about("target"),
     )
     round_to: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = Field(
         "auto", description="Keep channel counts multiples of this number; 'auto': where onnxruntime's blocked conv "
         "kernels run faster (the measured latency staircase, else the CPU's vector width: 16 with AVX-512, 8 with "
-        "AVX2); 1: exact counts."
+        "AVX2); 1: exact counts.", json_schema_extra=_about("selection"),
     )
     latency_target: Annotated[float, Field(gt=0.0, lt=1.0)] | None = Field(
-        None, description="Keep the measured onnxruntime latency at most this times the original's (HALP-style "
-        "importance per millisecond from a measured latency table; checked and refined by timing the result)."
+        None, description="Keep the measured onnxruntime latency at most this times the original's (importance per "
+        "millisecond from a measured latency table, HALP; the result is timed and refined).",
+        json_schema_extra=_about("target"),
     )
     latency_budget_s: Annotated[float, Field(gt=0.0, le=3600.0)] = Field(
         60.0, description="latency_target: seconds the latency table may take to measure (largest groups first; "
-        "the rest are estimated from MACs). Tables are cached per model, onnxruntime version, settings and CPU."
+        "the rest estimated from MACs). Tables are cached per model, onnxruntime version, settings and CPU.",
+        json_schema_extra=_about("target", flag="--latency-budget"),
     )
     latency_iterations: Annotated[int, Field(ge=1, le=10)] = Field(
-        3, description="latency_target: at most this many prune-and-measure passes to meet the target."
+        3, description="latency_target: at most this many prune-and-measure passes to meet the target.",
+        json_schema_extra=_about("target"),
     )
     exclude: list[str] = Field(
-        default_factory=list, description="Node names or globs whose channels are never pruned."
+        default_factory=list, description="Node names or globs whose channels are never pruned (repeatable).",
+        json_schema_extra=_about("selection"),
     )
     input_shapes: dict[str, list[int]] = Field(
         default_factory=dict,
-        description="Concrete shapes for inputs with symbolic dims, e.g. {\"input\": [1, 3, 224, 224]}.",
+        description="Concrete shapes for inputs with symbolic dims, NAME:1x3x224x224 (repeatable; in JSON "
+        "{\"input\": [1, 3, 224, 224]}).", json_schema_extra=_about("model", flag="--input-shape"),
     )
-    benchmark: bool = Field(True, description="Measure onnxruntime latency before and after.")
-    benchmark_runs: Annotated[int, Field(ge=1, le=1000)] = 30
-    threads: Annotated[int, Field(ge=1, le=64)] = 1
-    seed: int = Field(0, description="Seed of the random criterion and of benchmark inputs.")
+    benchmark: bool = Field(True, description="Measure onnxruntime latency before and after.",
+                            json_schema_extra=_about("benchmark"))
+    benchmark_runs: Annotated[int, Field(ge=1, le=1000)] = Field(
+        30, description="Timed runs per model.", json_schema_extra=_about("benchmark", flag="--runs")
+    )
+    threads: Annotated[int, Field(ge=1, le=64)] = Field(1, description="onnxruntime intra-op threads.",
+                                                         json_schema_extra=_about("benchmark"))
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = Field(
+        0, description="Seed of the random criterion and of benchmark inputs.", json_schema_extra=_about("selection")
+    )
     # Data-driven pruning (the data file itself comes with the job, never as a path in the config).
     finetune_steps: Annotated[int, Field(ge=0, le=1_000_000)] = Field(
-        0, description="Fine-tuning steps after each pruning step (needs data); 0: no fine-tuning."
+        0, description="Fine-tuning steps after each pruning step (needs data); 0: no fine-tuning.",
+        json_schema_extra=_about("recovery", needs_data=True),
     )
     iterative_steps: Annotated[int, Field(ge=1, le=1000)] = Field(
-        1, description="Reach the target in this many prune-then-fine-tune steps (Molchanov et al.); 1: one-shot."
+        1, description="Reach the target in this many prune-then-fine-tune steps (Molchanov et al.); 1: one-shot.",
+        json_schema_extra=_about("recovery", needs_data=True),
     )
-    lr: Annotated[float, Field(gt=0.0, le=10.0)] = Field(0.01, description="Fine-tuning learning rate (SGD, momentum 0.9, cosine decay).")
-    batch_size: Annotated[int, Field(ge=1, le=4096)] = Field(32, description="Batch size for scoring, fine-tuning and evaluation.")
+    lr: Annotated[float, Field(gt=0.0, le=10.0)] = Field(
+        0.01, description="Fine-tuning learning rate (SGD, momentum 0.9, cosine decay).",
+        json_schema_extra=_about("recovery", needs_data=True),
+    )
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = Field(
+        32, description="Batch size for scoring, fine-tuning and evaluation.",
+        json_schema_extra=_about("recovery", needs_data=True),
+    )
     score_batches: Annotated[int, Field(ge=1, le=10_000)] = Field(
-        8, description="Batches of data the data-driven criteria look at."
+        8, description="Batches of data the data-driven criteria look at.",
+        json_schema_extra=_about("selection", needs_data=True),
     )
     learned_episodes: Annotated[int, Field(ge=1, le=10_000)] = Field(
-        20, description="Criterion 'learned': agent training episodes per layer (docs/LEARNED.md)."
+        20, description="Criterion 'learned': agent training episodes per layer (docs/LEARNED.md).",
+        json_schema_extra=_about("learned", needs_data=True),
     )
     learned_samples: Annotated[int, Field(ge=2, le=1000)] = Field(
-        8, description="Criterion 'learned': prunings sampled and tried on held-out data per episode."
+        8, description="Criterion 'learned': prunings sampled and tried on held-out data per episode.",
+        json_schema_extra=_about("learned", needs_data=True),
     )
-    flops_regularization: Annotated[float, Field(ge=0.0)] = Field(
-        0.0, description="Taylor only: subtract this times each layer's relative MACs per channel (Molchanov et al.)."
+    flops_regularization: Annotated[float, Field(ge=0.0, le=1e6)] = Field(
+        0.0, description="Taylor only: subtract this times each layer's relative MACs per channel (Molchanov et al.).",
+        json_schema_extra=_about("selection", needs_data=True),
     )
+    quantize: Literal["none", "int8", "dynamic"] = Field(
+        "none", description="After pruning and recovery, quantize with onnxruntime: 'int8' (static QDQ, per-channel "
+        "weights, calibrated on the data or, without data, on generated inputs) or 'dynamic' (weights only). The "
+        "float pruned model is kept too (NAME.float.onnx).", json_schema_extra=_about("quantize"),
+    )
+    calibration_method: Literal["minmax", "entropy", "percentile"] = Field(
+        "minmax", description="quantize int8: how activation ranges are calibrated.",
+        json_schema_extra=_about("quantize"),
+    )
+
+    @property
+    def target(self) -> RatioTarget | MacsTarget | AutoTarget | LearnedTarget | LatencyTarget:
+        """The typed target the flat fields spell (the validators below guarantee exactly one)."""
+        if self.latency_target is not None:
+            return LatencyTarget(ratio=self.latency_target)
+        if self.criterion == "learned":
+            return LearnedTarget(max_drop=self.max_drop or DEFAULT_MAX_DROP)
+        if self.ratio == "auto":
+            return AutoTarget(max_drop=self.max_drop or DEFAULT_MAX_DROP)
+        if self.flops_target is not None:
+            return MacsTarget(fraction=self.flops_target)
+        return RatioTarget(ratio=float(self.ratio or 0.0))
 
     @field_validator("criterion")
     @classmethod
@@ -169,7 +278,7 @@ class PruneOptions(BaseModel):
         if self.max_drop is not None and self.ratio != "auto":
             raise ValueError("max_drop applies only to ratio 'auto' or criterion 'learned'")
         if self.ratio == "auto" and self.max_drop is None:
-            self.max_drop = 0.01
+            self.max_drop = DEFAULT_MAX_DROP
         if self.iterative_steps > 1 and self.ratio == "auto":
             raise ValueError("iterative_steps needs a numeric ratio or a flops_target, not ratio 'auto'")
         return self
@@ -182,5 +291,5 @@ class PruneOptions(BaseModel):
         if self.iterative_steps > 1:
             raise ValueError("criterion 'learned' prunes layer by layer with fine_tuning after each; drop iterative_steps")
         if self.max_drop is None:
-            self.max_drop = 0.01
+            self.max_drop = DEFAULT_MAX_DROP
         return self

@@ -165,6 +165,9 @@ class PruneReport(BaseModel):
     sensitivity: "SensitivityReport | None" = Field(None, description="Per-group curves behind ratio 'auto'.")
     group_ratios: dict[str, float] = Field(default_factory=dict, description="Ratio chosen per group (ratio 'auto').")
     learned: "LearnedReport | None" = Field(None, description="Criterion 'learned': the per-layer agents' search.")
+    quantization: "QuantizationReport | None" = Field(
+        None, description="--quantize: how the pruned model was quantized; 'latency_ms' and 'evaluation' are then "
+        "of the quantized model, and this section holds the float pruned model's figures.")
     round_to: int | None = Field(None, description="Channel counts were kept multiples of this.")
     round_to_source: str | None = Field(None, description="Why: given, or how 'auto' chose it.")
     latency_target: LatencyTargetReport | None = Field(None, description="latency_target: predicted and measured.")
@@ -195,6 +198,27 @@ class HeldOutEvaluation(BaseModel):
         None, description="Data-driven jobs that fine-tune: the pruned original weights, before fine-tuning "
         "('after' is the written, fine-tuned model).")
     finetune: FinetuneReport | None = None
+
+
+class QuantizationReport(BaseModel):
+    """Post-training quantization of the pruned model (``workers.quantize``), with the pruned float
+    model's figures beside it so each step's cost and gain can be read off."""
+
+    mode: str = Field(description="'int8' (static QDQ, calibrated) or 'dynamic' (weights only).")
+    format: str = "QDQ"
+    per_channel: bool = True
+    activation_type: str = "uint8"
+    weight_type: str = "int8"
+    reduce_range: bool = Field(description="7-bit weights, against saturation on CPUs without VNNI.")
+    calibration_method: str | None = None
+    calibration_samples: int = 0
+    calibration_source: str | None = Field(None, description="'data' (training split) or 'generated inputs'.")
+    quantize_nodes: int = 0
+    dequantize_nodes: int = 0
+    fidelity_to_float: Fidelity | None = Field(None, description="Quantized vs float pruned model, on data.")
+    float_output_sha256: str | None = None
+    float_latency_ms: LatencyStats | None = Field(None, description="The float pruned model, same settings.")
+    float_held_out: float | None = Field(None, description="The float pruned model's held-out metric.")
 
 
 class SensitivityCurve(BaseModel):

@@ -22,18 +22,16 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from graphops.cost import ModelCost, measure_cost
-from graphops.dependency import DependencyGraph, analyze
+from graphops.cost import ModelCost
+from graphops.dependency import DependencyGraph
 from graphops.errors import ModelRejected
-from graphops.loading import load_model, validate_model
 from graphops.plan import PruningPlan
-from graphops.prepare import prepare_model
 from graphops.scoring import Scores, score_groups
 from graphops.selection import MacsModel, select_by_group_ratios
 from graphops.sensitivity_select import tolerated_ratios
-from graphops.shapes import resolve_input_shapes
 from graphops.surgery import apply_plan
 from roundtrip.data import Dataset
+from workers.analysis import analyse_model
 from workers.evaluation import Evaluator, make_evaluator
 from workers.report import FrozenReport, SensitivityCurve, SensitivityReport
 from workers.sandbox import RunnerLimits
@@ -71,20 +69,13 @@ def measure_sensitivity(
 ) -> SensitivityReport:
     """Load, analyse and sweep ``model_path`` (the ``onnxprune sensitivity`` command)."""
     from graphops.scoring import criterion_needs_data
-    from workers.fileio import file_sha256
-
     if criterion_needs_data(criterion):
         raise ModelRejected(f"sensitivity ranks filters by weights (l1, l2, random, ...); criterion '{criterion}' "
                             "needs the data-driven pipeline: use it with prune --ratio auto --data instead")
-    model = load_model(model_path)
-    validate_model(model)
-    shapes = resolve_input_shapes(model, input_shapes)
-    prepared = prepare_model(model)
-    dep = analyze(prepared, shapes)
-    cost = measure_cost(prepared, shapes)
-    scores = score_groups(dep, criterion)
+    analysis = analyse_model(model_path, input_shapes)
+    scores = score_groups(analysis.dep, criterion)
     evaluator = make_evaluator(model_path, data, limits=limits, synthetic=synthetic)
-    return sweep(dep, scores, evaluator, cost, model_sha256=file_sha256(model_path), criterion=criterion,
+    return sweep(analysis.dep, scores, evaluator, analysis.cost, model_sha256=analysis.sha256, criterion=criterion,
                  ratios=ratios, workers=workers, progress=progress)
 
 

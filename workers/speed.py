@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from workers.report import SpeedChange
+from workers.report import Latency, SpeedChange
 
 CONFIDENCE = 0.95
 RESAMPLES = 2000
@@ -74,3 +74,15 @@ def noise_warning(change: SpeedChange) -> str | None:
 
 def _describe_band(low: float, high: float, confidence: float) -> str:
     return f"{confidence:.0%} interval: between {describe_ratio(high)} and {describe_ratio(low)}"
+
+
+def speed_notes(latency: Latency | None) -> list[str]:
+    """Report warnings: the pruned model runs slower beyond the noise, or the noise hides the change."""
+    if latency is None or latency.change is None:
+        return []
+    change = latency.change
+    if change.low > 1.0:  # slower beyond the noise: say so plainly
+        return [f"the pruned model is slower than the original: {change.summary} ({change.band}); channel counts off "
+                "the kernels' step can cost more than the MACs saved (try --round-to auto or a multiple of 8)"]
+    warning = noise_warning(change)
+    return [] if warning is None else [warning]

@@ -8,9 +8,20 @@ const ACTIVE = new Set(["queued", "running"]);
 let pollTimer = null;
 const finished = new Map();  // job id -> the job with its report; a succeeded job no longer changes
 
+// Without a server token, a random key of this browser's own scopes the job list to its own jobs.
+function clientKey() {
+  let key = localStorage.getItem("onnxprune-client-key");
+  if (!key) {
+    const bytes = crypto.getRandomValues(new Uint8Array(24));
+    key = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+    localStorage.setItem("onnxprune-client-key", key);
+  }
+  return key;
+}
+
 function headers() {
-  const token = $("token").value.trim();
-  return token ? { Authorization: `Bearer ${token}` } : {};
+  const token = $("token").value.trim() || clientKey();
+  return { Authorization: `Bearer ${token}` };
 }
 
 async function errorText(response) {

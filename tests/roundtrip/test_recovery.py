@@ -9,9 +9,15 @@ from graphops.selection import select_by_ratio
 from graphops.surgery import apply_plan
 from roundtrip.context import build_context
 from roundtrip.executor import OnnxModule
-from roundtrip.schedule import Settings, recover, step_targets
 from roundtrip.training import evaluate, finetune
-from tests.oracle import analyse, assert_outputs_close, output_names, random_feeds, run_model
+from tests.oracle import analyse
+from workers.analysis import analyse_model
+from workers.options import PruneOptions
+from workers.stages import Stages
+from workers.strategies import Job
+from workers.strategies.finetune import FineTune
+from workers.strategies.ranked import RankedByRatio
+from workers.strategies.stepwise import Stepwise
 
 
 @pytest.fixture(scope="module")
@@ -34,29 +40,27 @@ def test_distillation_without_labels_measurably_recovers_fidelity_lost_by_prunin
     assert tuned.cosine > pruned.cosine + 0.25 * (1 - pruned.cosine)  # a quarter of the lost fidelity back
 
 
-def _verify_with_oracle(dep, plan, pruned):
-    """What the pipeline's verify stage checks, in process: pruned == masked original."""
-    from graphops.masking import mask_removed_channels
+def test_iterative_steps_compose_into_one_plan_on_the_original(small_model, small_data, tmp_path, monkeypatch):
+    import workers.strategies.base as base
 
-    feeds = random_feeds(dep.model, {"input": [1, 3, 12, 12]})
-    assert_outputs_close(run_model(mask_removed_channels(dep, plan), feeds), run_model(pruned, feeds),
-                         output_names(pruned), 1e-4)
-    _verify_with_oracle.calls += 1
+    analysis = analyse_model(small_model, {"input": [1, 3, 12, 12]})
+    options = PruneOptions(criterion="taylor", ratio=0.5, iterative_steps=3, finetune_steps=3, batch_size=16,
+                           score_batches=2, benchmark=False)
+    job = Job(analysis, options, Stages(), tmp_path, data_path=small_data["labelled"])
+    verified, steps = [], []
+    real_verify = base.verify_against_oracle
+    monkeypatch.setattr(base, "verify_against_oracle", lambda *a, **k: verified.append(1) or real_verify(*a, **k))
+    selector = RankedByRatio(0.5)
+    real_select = selector.select
+    selector.select = lambda job, dep, step: steps.append(step) or real_select(job, dep, step)  # type: ignore[method-assign]
 
+    outcome = Stepwise(selector, FineTune(steps=3, lr=0.01), steps=3).run(job)
 
-def test_iterative_steps_compose_into_one_plan_on_the_original(analysed, small_data):
-    context = build_context(small_data["labelled"], analysed.prepared, None, batch_size=16, score_batches=2)
-    settings = Settings(criterion="taylor", ratio=0.5, flops_target=None, iterative_steps=3, finetune_steps=3,
-                        batch_size=16)
-    first = select_by_ratio(analysed.dep, score_groups(analysed.dep, "taylor", data=context), 0.5 / 3)
-    _verify_with_oracle.calls = 0
-
-    result = recover(analysed.dep, first, apply_plan(analysed.dep, first), settings, context, verify=_verify_with_oracle)
-
-    assert [s.ratio for s in step_targets(settings)] == pytest.approx([1 / 6, 1 / 3, 1 / 2])
-    assert len(result.iterations) == 3 and _verify_with_oracle.calls == 2  # steps 2 and 3; step 1 is the caller's
-    assert len(result.losses) == 9
-    one_shot = select_by_ratio(analysed.dep, score_groups(analysed.dep, "l1"), 0.5)
-    for group_id, keep in result.plan.keep.items():  # within rounding of the one-shot channel counts
+    assert [s.goal(0.5) for s in steps] == pytest.approx([1 / 6, 1 / 3, 1 / 2])
+    assert len(verified) == 3  # every step's surgery, the first included, checked by the oracle
+    iterations = outcome.finetune.iterations
+    assert len(iterations) == 3 and len(outcome.finetune.losses) == 9
+    one_shot = select_by_ratio(analysis.dep, score_groups(analysis.dep, "l1"), 0.5)
+    for group_id, keep in outcome.plan.keep.items():  # within rounding of the one-shot channel counts
         assert abs(len(keep) - len(one_shot.keep[group_id])) <= 2
-    assert result.iterations[-1].macs < result.iterations[0].macs
+    assert iterations[-1].macs < iterations[0].macs

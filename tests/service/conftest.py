@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import redis
 from fastapi.testclient import TestClient
-
-from service.api import create_app
-from service.settings import Settings
 from svc_models import convnet, save
 from svc_processes import ApiServer, Worker
+
+from jobs.settings import Settings
+from service.api import create_app
 
 REDIS_URL = "redis://127.0.0.1:6379/13"  # a DB of our own; we still delete only our prefix's keys
 
@@ -59,7 +59,8 @@ def redis_namespace() -> Iterator[str]:
 def celery_env(tmp_path: Path, redis_namespace: str) -> dict[str, str]:
     """Env of API and worker processes in Celery mode; each test gets its own queue and data dir.
 
-    The short visibility timeout (and limits below it) lets a killed worker's job come back in seconds.
+    The short visibility timeout (and limits and lease below it) lets a killed worker's job come back in
+    seconds.
     """
     return {
         "ONNXPRUNE_REDIS_URL": REDIS_URL,
@@ -70,6 +71,7 @@ def celery_env(tmp_path: Path, redis_namespace: str) -> dict[str, str]:
         "ONNXPRUNE_TIME_LIMIT_S": "18",
         "ONNXPRUNE_SOFT_TIME_LIMIT_S": "16",
         "ONNXPRUNE_RETRY_DELAY_S": "0",
+        "ONNXPRUNE_LEASE_TTL_S": "4",
     }
 
 

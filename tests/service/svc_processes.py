@@ -49,7 +49,7 @@ class ApiServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "ApiServer":
+    def start(self) -> ApiServer:
         self.process = spawn(
             [sys.executable, "-m", "uvicorn", "service.api:create_app", "--factory",
              "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
@@ -76,9 +76,9 @@ class Worker:
         self.env, self.log = env, log
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "Worker":
+    def start(self) -> Worker:
         self.process = spawn(
-            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "--pool=solo",
+            [sys.executable, "-m", "celery", "-A", "jobs.celery_app", "worker", "--pool=solo",
              "--loglevel=info", "--without-gossip", "--without-mingle",
              "--without-heartbeat"],
             self.env, self.log,

@@ -7,11 +7,11 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
+from svc_models import convnet
 
+from jobs.settings import Settings
 from service.api import create_app
 from service.retention import remove_expired
-from service.settings import Settings
-from svc_models import convnet
 
 MODEL = convnet().SerializeToString()
 
@@ -49,6 +49,24 @@ def test_a_token_sees_only_its_own_jobs(token_client):
     assert token_client.get("/v1/jobs", headers=alice).json()["total"] == 1
 
 
+def test_without_tokens_ids_are_capabilities_and_listing_is_scoped_to_a_client_key(client):
+    alice = {"Authorization": "Bearer alice-random-client-key-0001"}
+    bob = {"Authorization": "Bearer bob-random-client-key-00002"}
+    with_key = client.post("/v1/jobs", files={"model": ("m.onnx", MODEL)}, data={"config": '{"benchmark": false}'},
+                           headers=alice).json()["id"]
+    anonymous = _submit(client).json()["id"]
+
+    assert client.get("/v1/jobs").status_code == 403  # no key: no listing at all
+    assert client.get("/v1/jobs").json()["error"]["code"] == "listing_disabled"
+    assert [j["id"] for j in client.get("/v1/jobs", headers=alice).json()["jobs"]] == [with_key]
+    assert client.get("/v1/jobs", headers=bob).json()["total"] == 0
+    assert client.get("/v1/jobs/not-a-job-id", headers=bob).status_code == 404
+    # Whoever holds an id may fetch the job (links to results carry no header).
+    assert client.get(f"/v1/jobs/{with_key}").status_code == 200
+    assert client.get(f"/v1/jobs/{anonymous}", headers=bob).status_code == 200
+    assert client.get("/v1/jobs", headers={"Authorization": "Bearer short"}).status_code == 401
+
+
 def test_retention_removes_old_jobs_and_orphaned_uploads_but_keeps_recent_ones(tmp_path):
     settings = Settings(redis_url=None, data_dir=tmp_path / "data", retention_hours=1)
     with TestClient(create_app(settings)) as client:
@@ -58,7 +76,7 @@ def test_retention_removes_old_jobs_and_orphaned_uploads_but_keeps_recent_ones(t
     old = time.time() - 2 * 3600
     os.utime(orphan, (old, old))
 
-    from service.store import JobStore
+    from jobs.store import JobStore
     store = JobStore(settings.database_path)
     assert remove_expired(settings, store) == 0
     assert not orphan.exists()

@@ -6,11 +6,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from service.client import PruneClient
-from service.store import JobStore
+import redis
 from svc_oracle import assert_matches_masked_original
 from svc_processes import wait_until
+
+from jobs.celery_app import TASK_NAME, make_celery
+from jobs.settings import Settings
+from jobs.store import JobStore
+from service.client import PruneClient
+from workers.fileio import file_sha256
 
 pytestmark = pytest.mark.service
 
@@ -32,9 +36,10 @@ def test_a_worker_runs_the_job_and_the_result_matches_the_masked_original(
     start_api, start_worker, celery_env, model_path, tmp_path
 ):
     server = start_api(celery_env)
-    assert httpx.get(f"{server.url}/readyz").status_code == 503  # no worker yet
+    # Ready means the broker and the store answer; no worker (or only busy ones) is not a reason
+    # to take the API out of a load balancer. The queue depth says how far behind the workers are.
+    assert httpx.get(f"{server.url}/readyz").status_code == 200
     start_worker(celery_env)
-    wait_until(lambda: httpx.get(f"{server.url}/readyz").status_code == 200, 30, "readyz with a worker")
 
     with PruneClient(server.url) as client:
         job = client.wait(client.submit(model_path, FAST)["id"], poll_s=0.1, timeout=120)
@@ -42,6 +47,7 @@ def test_a_worker_runs_the_job_and_the_result_matches_the_masked_original(
         plan = client.plan(job["id"])
 
     assert job["status"] == "succeeded" and job["attempts"] == 1
+    assert httpx.get(f"{server.url}/v1/queue").json() == {"queued": 0, "running": 0, "limit": 200}
     assert_matches_masked_original(model_path, pruned, plan)
 
 
@@ -62,8 +68,9 @@ def test_a_worker_killed_mid_job_is_redelivered_and_the_job_succeeds_once(
         twin = client.wait(client.submit(slow_model_path, SLOW)["id"], poll_s=0.2, timeout=90)
 
     assert job["status"] == "succeeded" and job["attempts"] == 2
-    assert sorted(p.name for p in _job_dir(celery_env, job_id).iterdir()) == [
-        "input.onnx", "model.onnx", "plan.json", "report.json"]
+    assert sorted(p.name for p in _job_dir(celery_env, job_id).iterdir()) == ["input.onnx", "result"]
+    assert sorted(p.name for p in (_job_dir(celery_env, job_id) / "result").iterdir()) == [
+        "model.onnx", "plan.json", "report.json"]
     assert twin["output_sha256"] == job["output_sha256"]
 
 
@@ -93,13 +100,45 @@ def test_an_api_restart_keeps_records_while_workers_keep_working(
 ):
     server = start_api(celery_env)
     start_worker(celery_env)
-    with PruneClient(server.url) as client:
+    key = "restart-test-client-key"  # without server tokens, a client key scopes the job list
+    with PruneClient(server.url, token=key) as client:
         job_id = client.submit(model_path, FAST)["id"]
     server.stop()  # the job finishes without any API
     wait_until(lambda: JobStore(Path(celery_env["ONNXPRUNE_DATA_DIR"]) / "jobs.sqlite3").get(job_id).status
                == "succeeded", 90, "the job to finish while the API is down")
 
     restarted = start_api(celery_env)
-    with PruneClient(restarted.url) as client:
+    with PruneClient(restarted.url, token=key) as client:
         assert client.get(job_id)["status"] == "succeeded"
         assert client.list()["total"] == 1
+
+
+def test_duplicate_deliveries_to_two_workers_give_one_result_with_the_reported_sha256(
+    start_api, start_worker, celery_env, slow_model_path, tmp_path
+):
+    server = start_api(celery_env)
+    start_worker(celery_env)
+    start_worker(celery_env)
+    broker = make_celery(Settings(redis_url=celery_env["ONNXPRUNE_REDIS_URL"],
+                                  redis_prefix=celery_env["ONNXPRUNE_REDIS_PREFIX"], queue=celery_env["ONNXPRUNE_QUEUE"]))
+    with PruneClient(server.url) as client:
+        job_id = client.submit(slow_model_path, SLOW)["id"]
+        _wait_running(client, job_id)
+        for _ in range(2):  # while it runs: the idle worker takes these and must do nothing
+            broker.send_task(TASK_NAME, args=[job_id])
+        job = client.wait(job_id, poll_s=0.2, timeout=120)
+        broker.send_task(TASK_NAME, args=[job_id])  # after it finished
+        downloaded = client.download_model(job_id, tmp_path / "pruned.onnx")
+        queue = f"{celery_env['ONNXPRUNE_REDIS_PREFIX']}{celery_env['ONNXPRUNE_QUEUE']}"
+        with redis.Redis.from_url(celery_env["ONNXPRUNE_REDIS_URL"]) as connection:
+            wait_until(lambda: connection.llen(queue) == 0 and connection.hlen(
+                f"{celery_env['ONNXPRUNE_REDIS_PREFIX']}unacked") == 0, 30, "the duplicates consumed")
+        again = client.get(job_id)
+    broker.close()
+
+    job_dir = _job_dir(celery_env, job_id)
+    assert job["status"] == again["status"] == "succeeded"
+    assert job["attempts"] == again["attempts"] == 1
+    assert again["output_sha256"] == job["output_sha256"] == file_sha256(job_dir / "result" / "model.onnx")
+    assert file_sha256(downloaded) == job["output_sha256"]
+    assert sorted(p.name for p in job_dir.iterdir()) == ["input.onnx", "result"]

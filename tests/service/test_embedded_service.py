@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 import typer
+from svc_models import convnet, no_conv_model, save
+from svc_oracle import assert_matches_masked_original
+from svc_processes import wait_until
 from typer.testing import CliRunner
 
 from service.cli_service import register
 from service.client import PruneClient, ServiceError
-from svc_models import convnet, no_conv_model, save
-from svc_oracle import assert_matches_masked_original
 
 FAST = {"ratio": 0.5, "benchmark": False}
 
@@ -67,8 +70,10 @@ def test_twenty_concurrent_uploads_all_succeed(start_api, embedded_env, tmp_path
     server = start_api(embedded_env)
     models = [save(convnet(seed=i), tmp_path / f"m{i}.onnx") for i in range(20)]
 
+    key = "twenty-uploads-client-key"  # without server tokens, a client key scopes the job list
+
     def submit_and_wait(path: Path) -> dict:
-        with PruneClient(server.url) as client:
+        with PruneClient(server.url, token=key) as client:
             job = client.submit(path, FAST)
             return client.wait(job["id"], poll_s=0.25, timeout=180)
 
@@ -77,7 +82,7 @@ def test_twenty_concurrent_uploads_all_succeed(start_api, embedded_env, tmp_path
 
     assert [j["status"] for j in jobs] == ["succeeded"] * 20
     assert len({j["id"] for j in jobs}) == 20
-    with PruneClient(server.url) as client:
+    with PruneClient(server.url, token=key) as client:
         first_page = client.list(limit=15)
         second_page = client.list(limit=15, offset=first_page["next_offset"])
     assert first_page["total"] == 20 and len(first_page["jobs"]) == 15 and first_page["next_offset"] == 15
@@ -107,3 +112,23 @@ def test_client_raises_the_server_message_for_a_refused_upload(start_api, embedd
 
     assert refused.value.status == 422
     assert str(refused.value).startswith("config.ratio: ratio must be in [0, 1)")
+
+
+def test_a_job_running_when_the_api_is_killed_is_taken_up_again_after_a_restart(
+    start_api, embedded_env, slow_model_path
+):
+    env = {**embedded_env, "ONNXPRUNE_LEASE_TTL_S": "3", "ONNXPRUNE_RECONCILE_INTERVAL_S": "0.5",
+           "ONNXPRUNE_RECONCILE_GRACE_S": "1"}
+    server = start_api(env)
+    with PruneClient(server.url) as client:
+        job_id = client.submit(slow_model_path, {"ratio": 0.5, "benchmark": True, "benchmark_runs": 150})["id"]
+        wait_until(lambda: client.get(job_id)["status"] == "running", 60, "the job to run", interval=0.05)
+    os.killpg(server.process.pid, signal.SIGKILL)  # the API and its job threads die at once
+    server.process.wait(10)
+    server.process = None
+
+    restarted = start_api(env)
+    with PruneClient(restarted.url) as client:
+        job = client.wait(job_id, poll_s=0.2, timeout=120)
+
+    assert job["status"] == "succeeded" and job["attempts"] == 2

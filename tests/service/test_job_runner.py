@@ -1,4 +1,4 @@
-"""workers.jobs.run_job sorts failures: a rejected model fails once, anything else is retried (bounded).
+"""jobs.run.run_job sorts failures: a rejected model fails once, anything else is retried (bounded).
 
 The pipeline is replaced here by functions that raise, to pin the runner's error policy; every
 other service test runs the real pipeline.
@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-import workers.jobs as jobs
+import jobs.run as jobs
 from graphops.errors import ModelRejected
+from jobs.settings import Settings
+from jobs.store import JobRecord, JobStatus, JobStore
 from service.runners import EmbeddedRunner
-from service.settings import Settings
-from service.store import JobRecord, JobStatus, JobStore
 from workers.options import PruneOptions
 
 
@@ -29,6 +29,7 @@ def store(settings) -> JobStore:
     store.create(JobRecord(id="job1", owner="", fingerprint="f", status=JobStatus.queued,
                            config=PruneOptions().model_dump_json(), created_at=time.time()))
     (settings.jobs_dir / "job1").mkdir(parents=True)
+    (settings.jobs_dir / "job1" / "input.onnx").write_bytes(b"the pipeline is replaced in these tests")
     return store
 
 
@@ -69,14 +70,37 @@ def test_a_finished_or_cancelled_job_is_not_run_again(monkeypatch, settings, sto
     monkeypatch.setattr(jobs, "run_pipeline", _pipeline_raising(RuntimeError("must not run"), calls))
     store.cancel("job1")
 
-    assert jobs.run_job("job1", store, settings.jobs_dir) is jobs.Outcome.skipped
+    assert jobs.run_job("job1", store, settings) is jobs.Outcome.skipped
     assert calls == []
 
 
 def test_store_transitions_are_conditional(store):
-    assert store.start("job1") and store.start("job1")  # a redelivery re-claims a running job
+    token = store.claim("job1", "w1", 60, max_attempts=3)
+    assert token and store.claim("job1", "w2", 60, max_attempts=3) is None  # a live lease: a duplicate waits
     assert store.cancel("job1")
-    assert not store.progress("job1", "apply", 0.5)
-    assert not store.succeed("job1", "sha")
-    assert not store.start("job1")
+    assert not store.progress("job1", token, "apply", 0.5)
+    assert not store.succeed("job1", token, "sha")
+    assert store.claim("job1", "w2", 60, max_attempts=3) is None
     assert store.get("job1").status is JobStatus.cancelled
+
+
+def test_an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_off(store):
+    first = store.claim("job1", "w1", -1, max_attempts=3)  # expires at once: a worker that stalled
+    second = store.claim("job1", "w2", 60, max_attempts=3)
+
+    assert first and second and first != second
+    assert not store.progress("job1", first, "apply", 0.5)
+    assert not store.renew("job1", first, 60)
+    assert not store.succeed("job1", first, "stale")
+    assert not store.fail("job1", "internal_error", "stale", token=first)
+    assert store.progress("job1", second, "apply", 0.5)
+    assert store.succeed("job1", second, "sha")
+    job = store.get("job1")
+    assert (job.status, job.output_sha256, job.attempts) == (JobStatus.succeeded, "sha", 2)
+    assert store.claim("job1", "w3", 60, max_attempts=3) is None  # finished: a late delivery does nothing
+
+
+def test_attempts_are_bounded_across_redeliveries(store):
+    for _ in range(3):
+        assert store.claim("job1", "w", -1, max_attempts=3)
+    assert store.claim("job1", "w", 60, max_attempts=3) is None

@@ -12,7 +12,10 @@ many hosts without a shared local disk, the same table moves to PostgreSQL (see 
 
 from __future__ import annotations
 
+import os
+import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,6 +60,15 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created_at);
 """
+# Columns added after the first release: (name, SQL type and default), added to older databases at open.
+_LATER_COLUMNS = (
+    ("lease_token", "TEXT"),     # the attempt that holds the job; only it may write progress and results
+    ("lease_owner", "TEXT"),     # host:pid of that attempt, for operators
+    ("lease_expires", "REAL"),   # renewed by the attempt's heartbeat; past it, the job may be claimed again
+    ("sent_at", "REAL"),         # when the job id was last handed to the broker (or the embedded pool)
+    ("resends", "INTEGER NOT NULL DEFAULT 0"),  # re-sends by the reconciler, bounded
+)
+_STATUS_INDEX = "CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at)"
 
 
 @dataclass(frozen=True)
@@ -77,9 +89,14 @@ class JobRecord:
     output_sha256: str | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    lease_token: str | None = None
+    lease_owner: str | None = None
+    lease_expires: float | None = None
+    sent_at: float | None = None
+    resends: int = 0
 
     @classmethod
-    def _from_row(cls, row: sqlite3.Row) -> "JobRecord":
+    def _from_row(cls, row: sqlite3.Row) -> JobRecord:
         values = dict(row)
         values["status"] = JobStatus(values["status"])
         values["has_data"] = bool(values["has_data"])
@@ -100,21 +117,39 @@ class JobStore:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._local = threading.local()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            present = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+            for name, kind in _LATER_COLUMNS:
+                if name not in present:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+            db.execute(_STATUS_INDEX)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        # A connection per call: cheap for SQLite, and safe from any thread or forked worker.
-        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        try:
+        """This thread's connection, opened once: a poll then costs one query, not a connect.
+
+        Kept per process and thread (a forked worker or another thread never shares one); autocommit,
+        so every statement is its own transaction, as the conditional updates need.
+        """
+        key = (os.getpid(), threading.get_ident())
+        db = self._local.__dict__.get(key)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            db.row_factory = sqlite3.Row
             db.execute("PRAGMA busy_timeout=30000")
+            self._local.__dict__[key] = db
+        try:
             yield db
-        finally:
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.DatabaseError:
+            self._local.__dict__.pop(key, None)  # a broken connection is not reused
             db.close()
+            raise
 
     def _update(self, sql: str, *params: object) -> bool:
         with self._connect() as db:
@@ -144,6 +179,27 @@ class JobStore:
             ).fetchall()
         return [r[0] for r in rows]
 
+    def active(self, limit: int = 10_000) -> list[JobRecord]:
+        """Queued and running jobs, oldest first (what the reconciler looks at)."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM jobs WHERE status IN (?, ?) ORDER BY created_at LIMIT ?",
+                              (*ACTIVE, limit)).fetchall()
+        return [JobRecord._from_row(r) for r in rows]
+
+    def counts(self, owner: str | None = None) -> dict[str, int]:
+        """How many jobs are queued and running (of one owner, or of everyone)."""
+        where, params = ("AND owner = ?", (owner,)) if owner is not None else ("", ())
+        with self._connect() as db:
+            rows = db.execute(f"SELECT status, COUNT(*) FROM jobs WHERE status IN (?, ?) {where} GROUP BY status",
+                              (*ACTIVE, *params)).fetchall()
+        found = dict(rows)
+        return {status: found.get(status, 0) for status in ACTIVE}
+
+    def ping(self) -> None:
+        """Raise if the database cannot be read."""
+        with self._connect() as db:
+            db.execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
+
     def expired_ids(self, before: float) -> list[str]:
         with self._connect() as db:
             rows = db.execute(
@@ -159,9 +215,9 @@ class JobStore:
             with self._connect() as db:
                 db.execute(
                     "INSERT INTO jobs (id, owner, idempotency_key, fingerprint, status, config,"
-                    " has_data, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    " has_data, created_at, sent_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (job.id, job.owner, job.idempotency_key, job.fingerprint, job.status.value,
-                     job.config, int(job.has_data), job.created_at),
+                     job.config, int(job.has_data), job.created_at, job.sent_at or job.created_at),
                 )
         except sqlite3.IntegrityError:
             with self._connect() as db:
@@ -174,42 +230,78 @@ class JobStore:
             raise IdempotencyConflict(JobRecord._from_row(row)) from None
         return job
 
-    def start(self, job_id: str) -> bool:
-        """Claim a queued job, or re-claim a running one whose worker died (redelivery)."""
-        return self._update(
+    def claim(self, job_id: str, owner: str, ttl_s: float, *, max_attempts: int) -> str | None:
+        """Start an attempt: the new lease's token, or None when the job is not claimable.
+
+        Claimable: queued, or running under a lease that expired (its worker died or stalled), and
+        fewer than ``max_attempts`` attempts made. A duplicate delivery of a job whose lease is live,
+        or of a finished one, gets None: it must do nothing.
+        """
+        token = secrets.token_hex(12)
+        now = time.time()
+        claimed = self._update(
             "UPDATE jobs SET status = 'running', attempts = attempts + 1, stage = NULL,"
-            " started_at = COALESCE(started_at, ?) WHERE id = ? AND status IN (?, ?)",
-            time.time(), job_id, *ACTIVE,
+            " started_at = COALESCE(started_at, ?), lease_token = ?, lease_owner = ?, lease_expires = ?"
+            " WHERE id = ? AND attempts < ? AND (status = 'queued'"
+            "  OR (status = 'running' AND (lease_expires IS NULL OR lease_expires < ?)))",
+            now, token, owner, now + ttl_s, job_id, max_attempts, now,
+        )
+        return token if claimed else None
+
+    def renew(self, job_id: str, token: str, ttl_s: float) -> bool:
+        """Extend the lease; False means the attempt lost it (cancelled, or expired and claimed again)."""
+        return self._update(
+            "UPDATE jobs SET lease_expires = ? WHERE id = ? AND status = 'running' AND lease_token = ?",
+            time.time() + ttl_s, job_id, token,
         )
 
-    def progress(self, job_id: str, stage: str, fraction: float) -> bool:
-        """Record progress; False means the job is no longer running (cancelled or removed)."""
+    def holds(self, job_id: str, token: str) -> bool:
+        with self._connect() as db:
+            row = db.execute("SELECT 1 FROM jobs WHERE id = ? AND status = 'running' AND lease_token = ?",
+                             (job_id, token)).fetchone()
+        return row is not None
+
+    def progress(self, job_id: str, token: str, stage: str, fraction: float) -> bool:
+        """Record progress; False means this attempt no longer holds the job (cancelled, removed, fenced)."""
         fraction = min(max(float(fraction), 0.0), 1.0)
         return self._update(
-            "UPDATE jobs SET stage = ?, progress = MAX(progress, ?) WHERE id = ? AND status = 'running'",
-            stage, fraction, job_id,
+            "UPDATE jobs SET stage = ?, progress = MAX(progress, ?)"
+            " WHERE id = ? AND status = 'running' AND lease_token = ?",
+            stage, fraction, job_id, token,
         )
 
-    def requeue(self, job_id: str, message: str) -> bool:
-        """Back to queued before a retry; the last error is kept for the curious."""
+    def requeue(self, job_id: str, token: str, message: str) -> bool:
+        """Back to queued before a retry, lease released; the last error is kept for the curious."""
         return self._update(
-            "UPDATE jobs SET status = 'queued', stage = NULL, error_message = ?"
-            " WHERE id = ? AND status = 'running'",
-            message, job_id,
+            "UPDATE jobs SET status = 'queued', stage = NULL, error_message = ?, lease_token = NULL,"
+            " lease_owner = NULL, lease_expires = NULL, sent_at = ? WHERE id = ? AND status = 'running'"
+            " AND lease_token = ?",
+            message, time.time(), job_id, token,
         )
 
-    def succeed(self, job_id: str, output_sha256: str) -> bool:
+    def succeed(self, job_id: str, token: str, output_sha256: str) -> bool:
         return self._update(
             "UPDATE jobs SET status = 'succeeded', stage = 'done', progress = 1.0, output_sha256 = ?,"
-            " error_code = NULL, error_message = NULL, finished_at = ? WHERE id = ? AND status = 'running'",
-            output_sha256, time.time(), job_id,
+            " error_code = NULL, error_message = NULL, finished_at = ?, lease_token = NULL,"
+            " lease_expires = NULL WHERE id = ? AND status = 'running' AND lease_token = ?",
+            output_sha256, time.time(), job_id, token,
         )
 
-    def fail(self, job_id: str, code: str, message: str) -> bool:
+    def fail(self, job_id: str, code: str, message: str, *, token: str | None = None) -> bool:
+        """Fail the job: the attempt holding ``token``, or (no token: the API, the reconciler, a job
+        given up before it was claimed) whatever active state it is in."""
+        fence = " AND status = 'running' AND lease_token = ?" if token else " AND status IN (?, ?)"
         return self._update(
-            "UPDATE jobs SET status = 'failed', error_code = ?, error_message = ?, finished_at = ?"
-            " WHERE id = ? AND status IN (?, ?)",
-            code, message, time.time(), job_id, *ACTIVE,
+            "UPDATE jobs SET status = 'failed', error_code = ?, error_message = ?, finished_at = ?,"
+            " lease_token = NULL, lease_expires = NULL WHERE id = ?" + fence,
+            code, message, time.time(), job_id, *((token,) if token else ACTIVE),
+        )
+
+    def mark_resent(self, job_id: str) -> bool:
+        """The reconciler handed the job to the broker again."""
+        return self._update(
+            "UPDATE jobs SET sent_at = ?, resends = resends + 1 WHERE id = ? AND status IN (?, ?)",
+            time.time(), job_id, *ACTIVE,
         )
 
     def cancel(self, job_id: str) -> bool:

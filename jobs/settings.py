@@ -30,14 +30,31 @@ class Settings(BaseSettings):
     soft_time_limit_s: int = Field(1740, gt=0)
     time_limit_s: int = Field(1800, gt=0)
     visibility_timeout_s: int = Field(3600, gt=0)
+    # An attempt holds its job by a lease that a heartbeat renews every third of this; a job whose
+    # lease expired (its worker died or stalled) may be claimed again. Below the visibility timeout,
+    # so that a redelivered message finds the dead worker's lease expired.
+    lease_ttl_s: float = Field(60.0, gt=0)
+    # Handing a job to the broker must not hold up the API: past this, POST /v1/jobs answers 503.
+    publish_timeout_s: float = Field(1.5, gt=0, le=30)
+    # The reconciler (in the API) re-sends queued jobs the broker no longer has and running jobs whose
+    # lease expired, once they have been left alone this long, at most max_resends times each.
+    reconcile_interval_s: float = Field(10.0, gt=0)
+    reconcile_grace_s: float = Field(30.0, ge=0)
+    max_resends: int = Field(3, ge=0, le=100)
+    # Backpressure: beyond these many jobs queued or running, POST /v1/jobs answers 429 + Retry-After.
+    max_active_jobs: int = Field(200, ge=1, description="Queue limit of the deployment.")
+    max_active_per_owner: int = Field(0, ge=0, description="Queue limit of one token (0: none).")
 
     @model_validator(mode="after")
-    def _limits_below_visibility(self) -> "Settings":
+    def _limits_below_visibility(self) -> Settings:
         if not self.soft_time_limit_s < self.time_limit_s < self.visibility_timeout_s:
             raise ValueError(
                 "need soft_time_limit_s < time_limit_s < visibility_timeout_s, got "
                 f"{self.soft_time_limit_s}, {self.time_limit_s}, {self.visibility_timeout_s}"
             )
+        if not self.lease_ttl_s < self.visibility_timeout_s:
+            raise ValueError(f"need lease_ttl_s < visibility_timeout_s, got {self.lease_ttl_s}, "
+                             f"{self.visibility_timeout_s}")
         return self
 
     @property

@@ -1,0 +1,135 @@
+"""The Celery app as a factory: Redis broker, one job per worker process at a time, acked after the job.
+
+Start a worker with ``onnxprune worker`` or ``celery -A jobs.celery_app worker --pool=solo``. Importing
+this module builds nothing: ``celery -A`` reads the module's ``app`` attribute, which is made from the
+``ONNXPRUNE_*`` environment on first access (module ``__getattr__``). The task carries only a job id;
+the job's config and files are in the job store.
+
+Workers use the solo pool: the pipeline starts its own (daemonic) onnxruntime child processes, which a
+prefork pool child may not have. The solo pool does not enforce Celery's time limits, so the task does:
+SIGALRM raises ``JobTimeout`` at the soft limit, and a watchdog ends the process at the hard limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
+from celery import Celery
+from celery.signals import after_setup_logger
+
+from jobs.policy import JobTimeout
+from jobs.settings import Settings
+
+TASK_NAME = "onnxprune.run_job"
+
+log = logging.getLogger(__name__)
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app for ``settings`` with the job task registered (the store opens on the first job)."""
+    app = Celery("onnxprune", broker=settings.redis_url or "redis://127.0.0.1:6379/0", set_as_current=False)
+    restore_every = max(1, min(10, settings.visibility_timeout_s // 10))
+    app.conf.update(
+        task_default_queue=settings.queue,
+        task_routes={TASK_NAME: {"queue": settings.queue}},
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,  # results live in the job store, not in a result backend
+        # A job is acked only when it has finished, and a worker holds one job at a time, so a
+        # killed worker loses nothing: the unacked message comes back after the visibility timeout.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_pool="solo",  # the pipeline starts its own child processes
+        task_soft_time_limit=settings.soft_time_limit_s,
+        task_time_limit=settings.time_limit_s,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            "global_keyprefix": settings.redis_prefix,
+            "unacked_restore_interval": restore_every,
+            "unacked_restore_throttle": 1,
+            # A stalled or refusing Redis must fail fast: the API answers 503 rather than hang.
+            "socket_connect_timeout": 2,
+            "socket_timeout": 5,
+        },
+        task_publish_retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2,
+                                   "interval_max": 0.2},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    _register_task(app, settings)
+    after_setup_logger.connect(_rate_limit_worker_logs, weak=False, dispatch_uid="onnxprune-rate-limit")
+    return app
+
+
+def _rate_limit_worker_logs(**_: object) -> None:
+    from jobs.logs import install_rate_limit
+
+    install_rate_limit()
+
+
+def _register_task(app: Celery, settings: Settings) -> None:
+    from jobs.store import JobStore
+
+    stores: list[JobStore] = []
+
+    def store() -> JobStore:
+        if not stores:
+            stores.append(JobStore(settings.database_path))
+        return stores[0]
+
+    @app.task(name=TASK_NAME, bind=True, max_retries=None)
+    def run_job_task(self, job_id: str) -> str:  # noqa: ANN001 - Celery's bound task
+        from jobs.run import Outcome, run_job  # the pipeline loads only in workers
+
+        with _time_limits(settings.soft_time_limit_s, settings.time_limit_s):
+            outcome = run_job(job_id, store(), settings)
+        if outcome is Outcome.retry:
+            raise self.retry(countdown=settings.retry_delay_s)
+        return outcome.value
+
+
+@contextmanager
+def _time_limits(soft_s: int, hard_s: int) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # a prefork or thread pool enforces Celery's own limits
+        return
+
+    def soft(_signum: int, _frame: object) -> None:
+        raise JobTimeout(f"the job ran past {soft_s} s and was stopped")
+
+    def hard() -> None:
+        log.error("hard time limit of %d s exceeded; exiting so the job is redelivered", hard_s)
+        os._exit(1)
+
+    previous = signal.signal(signal.SIGALRM, soft)
+    signal.setitimer(signal.ITIMER_REAL, soft_s)
+    watchdog = threading.Timer(hard_s, hard)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        yield
+    finally:
+        watchdog.cancel()
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@lru_cache(maxsize=1)
+def app_from_environment() -> Celery:
+    """The worker's app, from ``ONNXPRUNE_*`` env; built once, on first use."""
+    return make_celery(Settings())
+
+
+def __getattr__(name: str) -> Celery:
+    # ``celery -A jobs.celery_app`` looks up ``app``; building it lazily keeps imports side-effect free.
+    if name in ("app", "celery_app"):
+        return app_from_environment()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

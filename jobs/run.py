@@ -1,0 +1,159 @@
+"""Run one stored job through ``run_pipeline``: shared by the embedded runner and the Celery task.
+
+Delivery is at-least-once (a broker redelivers unacked messages; the reconciler re-sends lost ones),
+so a job may be handed to two workers at once. Fencing makes that harmless:
+
+- an attempt starts only by claiming a lease (token, owner, expiry) in the store; a job that is
+  finished, or running under a live lease, is not claimable and the delivery does nothing;
+- a heartbeat renews the lease; only the holder's progress, result and failure writes apply, so an
+  attempt whose lease expired (a stalled worker) is fenced off and stops at its next stage;
+- each attempt works in its own directory and publishes it by one rename, first one wins
+  (``jobs.files``); the pipeline is deterministic, so the result is byte-identical whoever publishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from enum import Enum
+from pathlib import Path
+
+from jobs.files import PLAN, REPORT, JobFiles
+from jobs.policy import after_attempt
+from jobs.settings import Settings
+from jobs.store import JobRecord, JobStore
+from workers.fileio import atomic_write_text, file_sha256
+from workers.options import PruneOptions
+from workers.pipeline import run_pipeline
+
+log = logging.getLogger(__name__)
+
+
+class AttemptStopped(Exception):
+    """Raised from the progress callback when this attempt no longer holds the job (cancelled or fenced)."""
+
+
+class Outcome(str, Enum):
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"  # cancelled, removed, or taken over by another attempt while this one ran
+    skipped = "skipped"      # nothing to do: finished, gone, or held by a live attempt
+    retry = "retry"          # an infrastructure error; the job is queued again, the caller retries later
+
+
+def attempt_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+class Heartbeat:
+    """Renews the lease every third of its lifetime from a thread; ``lost`` once a renewal fails."""
+
+    def __init__(self, store: JobStore, job_id: str, token: str, ttl_s: float) -> None:
+        self._store, self._job_id, self._token, self._ttl_s = store, job_id, token, ttl_s
+        self._stop = threading.Event()
+        self.lost = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"lease-{job_id[:8]}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._ttl_s / 3):
+            try:
+                if not self._store.renew(self._job_id, self._token, self._ttl_s):
+                    self.lost.set()
+                    return
+            except Exception:  # a store hiccup: keep trying until the lease really expires
+                log.warning("job %s: lease renewal failed", self._job_id, exc_info=True)
+
+
+def run_job(job_id: str, store: JobStore, settings: Settings) -> Outcome:
+    """One delivery of the job: claim it, run the pipeline, publish, record the outcome.
+
+    Errors are sorted by ``jobs.policy``: a user error fails the job now; an infrastructure error
+    requeues it (``Outcome.retry``: the caller waits ``retry_delay_s`` and calls again) until the
+    retries are spent. Attempts are bounded across redeliveries too: a job whose worker died
+    ``max_retries + 1`` times is failed instead of being handed on forever.
+    """
+    max_attempts = settings.max_retries + 1
+    token = store.claim(job_id, attempt_owner(), settings.lease_ttl_s, max_attempts=max_attempts)
+    if token is None:
+        return _not_claimed(job_id, store, max_attempts)
+    try:
+        return _attempt(job_id, token, store, settings)
+    except Exception as exc:
+        job = store.get(job_id)
+        attempts = job.attempts if job is not None else 1
+        failure = after_attempt(exc, attempts, settings.max_retries)
+        if failure.retry:
+            log.exception("job %s: attempt %d failed; retrying", job_id, attempts)
+            return Outcome.retry if store.requeue(job_id, token, failure.message) else Outcome.cancelled
+        if failure.code in ("internal_error", "storage_full"):
+            log.exception("job %s: attempt %d failed; giving up", job_id, attempts)
+        else:
+            log.info("job %s failed (%s): %s", job_id, failure.code, failure.message)
+        return Outcome.failed if store.fail(job_id, failure.code, failure.message, token=token) else Outcome.cancelled
+
+
+def _not_claimed(job_id: str, store: JobStore, max_attempts: int) -> Outcome:
+    job = store.get(job_id)
+    if job is not None and _given_up(job, max_attempts):
+        store.fail(job_id, "internal_error", f"the job was interrupted {job.attempts} times; giving up")
+        return Outcome.failed
+    state = "gone" if job is None else f"{job.status.value}, lease held by {job.lease_owner}"
+    log.info("job %s: nothing to do (%s)", job_id, state)
+    return Outcome.skipped
+
+
+def _given_up(job: JobRecord, max_attempts: int) -> bool:
+    if job.status.terminal or job.attempts < max_attempts:
+        return False
+    return job.lease_expires is None or job.lease_expires < time.time()
+
+
+def _attempt(job_id: str, token: str, store: JobStore, settings: Settings) -> Outcome:
+    job = store.get(job_id)
+    files = JobFiles.of(settings.jobs_dir, job_id)
+    if job is None:
+        return Outcome.cancelled
+    options = PruneOptions.model_validate_json(job.config)
+    with Heartbeat(store, job_id, token, settings.lease_ttl_s) as heartbeat:
+
+        def progress(stage: str, fraction: float) -> None:
+            if heartbeat.lost.is_set() or not store.progress(job_id, token, stage, fraction):
+                raise AttemptStopped(job_id)
+
+        work: Path | None = None
+        try:
+            work = files.new_attempt(token)
+            data = files.data if files.data.exists() else None
+            result = run_pipeline(files.upload, work / "model.onnx", options, progress=progress, data=data)
+            atomic_write_text(work / PLAN, result.plan.to_json())
+            atomic_write_text(work / REPORT, result.report.model_dump_json(indent=2))
+            if not store.holds(job_id, token):
+                raise AttemptStopped(job_id)
+            ours = file_sha256(work / "model.onnx")
+            if not files.publish(work):
+                published = file_sha256(files.model)
+                if published != ours:  # the pipeline is meant to be deterministic: say so loudly
+                    log.error("job %s: two attempts produced different models (%s, %s); keeping the first",
+                              job_id, published, ours)
+            work = None
+            output_sha256 = file_sha256(files.model)
+        except Exception:
+            if work is not None:
+                files.discard_attempt(work)
+            if not store.holds(job_id, token):
+                return Outcome.cancelled  # cancelled, removed, or fenced: the job is not ours any more
+            raise
+    if not store.succeed(job_id, token, output_sha256):
+        return Outcome.cancelled  # cancelled while the last step ran (its files are removed by the API)
+    return Outcome.succeeded

@@ -1,0 +1,90 @@
+"""CLI flags derived from the one options schema (``workers.options.PruneOptions``).
+
+Every schema field becomes a flag (``--field-name``, or the field's ``flag``), with the field's
+description as help, grouped in ``--help`` by the field's group. A command decorated with
+:func:`with_prune_options` receives the flags the user set as ``**options`` (unset flags are left
+out, so the schema's defaults apply), ready for ``PruneOptions(**options)`` or a REST config.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Callable
+from typing import Annotated, Any, Optional, TypeVar, Union
+
+import typer
+from pydantic.fields import FieldInfo
+
+from workers.options import OPTION_GROUPS, PruneOptions, parse_input_shape
+
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+def flag_name(name: str, field: FieldInfo) -> str:
+    about = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    return str(about.get("flag") or "--" + name.replace("_", "-"))
+
+
+def _cli_type(annotation: Any) -> Any:
+    """The type typer parses a field's value as; unions with words ('auto') arrive as text."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _cli_type(typing.get_args(annotation)[0])
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin in (Union, types.UnionType):
+        return _cli_type(args[0]) if len(args) == 1 else str
+    if origin is list:
+        return list[str]
+    if origin is dict:
+        return list[str]  # NAME:VALUE pairs, repeatable
+    if origin is typing.Literal:
+        return str
+    return annotation
+
+
+_METAVARS: dict[Any, str] = {int: "N", float: "X", str: "TEXT", list[str]: "TEXT", bool: ""}
+
+
+def _help(field: FieldInfo) -> str:
+    text = field.description or ""
+    default = field.get_default(call_default_factory=True)
+    if default not in (None, [], {}, ""):
+        shown = str(default).lower() if isinstance(default, bool) else default
+        text += f" (default: {shown})"
+    return text
+
+
+def option_parameters() -> list[inspect.Parameter]:
+    """One keyword parameter per schema field, each a typer option defaulting to None (unset)."""
+    parameters = []
+    for name, field in PruneOptions.model_fields.items():
+        about = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        kind = _cli_type(field.annotation)
+        flag = flag_name(name, field)
+        declarations = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
+        option = typer.Option(*declarations, help=_help(field), show_default=False, metavar=_METAVARS.get(kind),
+                              rich_help_panel=OPTION_GROUPS.get(str(about.get("group")), "Options"))
+        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                            annotation=Annotated[Optional[kind], option]))
+    return parameters
+
+
+def with_prune_options(command: Command) -> Command:
+    """Give ``command`` (which takes ``**options``) a flag for every schema field."""
+    signature = inspect.signature(command, eval_str=True)
+    fixed = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    command.__signature__ = signature.replace(parameters=fixed + option_parameters())  # type: ignore[attr-defined]
+    return command
+
+
+def set_options(values: dict[str, Any]) -> dict[str, Any]:
+    """The flags the user set, as schema values (``--input-shape x:1x3x8x8`` becomes a dict).
+
+    Raises ValueError for a malformed NAME:DIMS."""
+    options = {name: value for name, value in values.items() if name in PruneOptions.model_fields
+               and value is not None and value != []}
+    if "input_shapes" in options:
+        options["input_shapes"] = dict(parse_input_shape(text) for text in options["input_shapes"])
+    return options

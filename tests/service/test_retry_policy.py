@@ -1,0 +1,43 @@
+"""jobs.policy: user errors fail once under a clear code; only infrastructure errors are retried."""
+
+from __future__ import annotations
+
+import errno
+import sqlite3
+
+import pytest
+
+from graphops.errors import ModelRejected
+from jobs.policy import JobTimeout, after_attempt, classify
+from workers.sandbox import RunnerError
+from workers.verification import VerificationFailed
+
+CASES = [
+    (ModelRejected("node 'x' is odd"), "model_rejected", False),
+    (RunnerError("onnxruntime timed out after 300 s while running the model"), "timeout", False),
+    (RunnerError("onnxruntime exceeded the memory limit of 4096 MiB while running the model"), "resource_limit",
+     False),
+    (RunnerError("onnxruntime could not run the model: Invalid input"), "model_rejected", False),
+    (JobTimeout("the job ran past 1740 s and was stopped"), "timeout", False),
+    (VerificationFailed("pruned model output 'y' deviates from the oracle"), "verification_failed", False),
+    (OSError(errno.ENOSPC, "No space left on device"), "storage_full", True),
+    (sqlite3.OperationalError("database or disk is full"), "storage_full", True),
+    (OSError("connection reset"), "internal_error", True),
+    (KeyError("bug"), "internal_error", True),
+]
+
+
+@pytest.mark.parametrize(("error", "code", "retry"), CASES, ids=[c[1] + ":" + type(c[0]).__name__ for c in CASES])
+def test_each_error_has_one_code_and_only_infrastructure_errors_retry(error, code, retry):
+    failure = classify(error)
+    assert (failure.code, failure.retry) == (code, retry)
+
+
+def test_retries_are_bounded_and_the_last_message_counts_the_attempts():
+    error = OSError("connection reset")
+    assert after_attempt(error, 1, max_retries=2).retry
+    assert after_attempt(error, 2, max_retries=2).retry
+    final = after_attempt(error, 3, max_retries=2)
+    assert not final.retry and final.message == "failed after 3 attempts (OSError: connection reset)"
+    full = after_attempt(OSError(errno.ENOSPC, "No space left on device"), 3, max_retries=2)
+    assert (full.code, full.retry) == ("storage_full", False) and full.message.startswith("storage full")

@@ -1,0 +1,67 @@
+"""The front half every command shares: load, validate, prepare, analyse and cost a model.
+
+``prune`` (the pipeline), ``analyze``, ``sensitivity`` and the tests all start from one
+:class:`Analysis`, built by :func:`analyse_model`, so the steps and their order exist once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from graphops.cost import ModelCost, measure_cost
+from graphops.dependency import DependencyGraph, analyze
+from graphops.loading import load_model, validate_model
+from graphops.prepare import prepare_model
+from graphops.shapes import resolve_input_shapes
+from workers.fileio import file_sha256
+
+# A stage timer: ``stage("load")`` is a context manager (the pipeline's progress reporter).
+StageTimer = Callable[[str], AbstractContextManager[None]]
+
+
+@dataclass
+class Analysis:
+    """A model as the pruner sees it: the original as loaded, the prepared graph that is pruned
+    (constant weights folded, nodes named), its channel groups and its cost."""
+
+    path: Path
+    sha256: str
+    original: onnx.ModelProto = field(repr=False)
+    prepared: onnx.ModelProto = field(repr=False)
+    dep: DependencyGraph = field(repr=False)
+    cost: ModelCost = field(repr=False)
+    input_shapes: dict[str, list[int]]
+
+    @property
+    def node_macs(self) -> dict[str, int]:
+        return {node.name: node.macs for node in self.cost.nodes}
+
+
+def _no_stages(_name: str) -> AbstractContextManager[None]:
+    return nullcontext()
+
+
+def analyse_model(
+    path: Path, input_shapes: Mapping[str, Sequence[int]] | None = None, *, stage: StageTimer = _no_stages
+) -> Analysis:
+    """Load and check ``path``, fold it into the graph the pruner works on, find its channel groups.
+
+    Raises :class:`graphops.errors.ModelRejected` for models that cannot be pruned (the user's input)."""
+    path = Path(path)
+    with stage("load"):
+        original = load_model(path)
+        sha256 = file_sha256(path)
+    with stage("validate"):
+        validate_model(original)
+        shapes = resolve_input_shapes(original, input_shapes)
+    with stage("analyze"):
+        prepared = prepare_model(original)
+        dep = analyze(prepared, shapes)
+        cost = measure_cost(prepared, shapes)
+    return Analysis(path, sha256, original, prepared, dep, cost, shapes)
+

@@ -1,0 +1,113 @@
+"""The report of a pruning job, assembled from what the pipeline and its strategies measured."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+import onnx
+
+from graphops.cost import ModelCost, measure_cost
+from graphops.dependency import DependencyGraph
+from graphops.plan import PruningPlan
+from workers.analysis import Analysis
+from workers.report import (
+    BeforeAfter,
+    Fidelity,
+    FrozenReport,
+    GroupReport,
+    HeldOutEvaluation,
+    Latency,
+    LayerReport,
+    PruneReport,
+)
+from workers.latency_target import target_notes
+from workers.speed import speed_notes
+from workers.strategies import Job, Outcome
+from workers.strategies.finish import Artifacts
+
+
+def onnxprune_version() -> str:
+    try:
+        return version("onnxprune")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def build_report(job: Job, outcome: Outcome, artifacts: Artifacts, *, output_sha256: str, latency: Latency | None,
+                 fidelity: Fidelity | None, evaluation: HeldOutEvaluation | None) -> PruneReport:
+    analysis, selection = job.analysis, outcome.selection
+    cost_after = measure_cost(outcome.model, analysis.input_shapes)  # the float graph: MACs are the same int8
+    groups, frozen = group_reports(analysis.dep, outcome.plan, analysis.cost)
+    if evaluation is not None and outcome.finetune is not None:
+        evaluation = evaluation.model_copy(update={"finetune": outcome.finetune})
+    return PruneReport(
+        onnxprune_version=onnxprune_version(),
+        model_sha256=analysis.sha256,
+        output_sha256=output_sha256,
+        options=job.options.model_dump(),
+        input_shapes=analysis.input_shapes,
+        macs=BeforeAfter(before=analysis.cost.macs, after=cost_after.macs),
+        params=BeforeAfter(before=analysis.cost.params, after=cost_after.params),
+        latency_ms=latency,
+        fidelity=fidelity,
+        groups=groups,
+        frozen=frozen,
+        stage_seconds={**job.stages.seconds, **{f"recovery.{k}": v for k, v in outcome.seconds.items()}},
+        layers=layer_reports(analysis, outcome.model, cost_after),
+        evaluation=evaluation,
+        sensitivity=selection.sensitivity,
+        group_ratios=selection.group_ratios,
+        warnings=[*selection.notes, *artifacts.notes, *speed_notes(latency),
+                  *target_notes(selection.latency_target, latency)],
+        learned=outcome.learned,
+        quantization=artifacts.quantization,
+        round_to=selection.latency_target.step if selection.latency_target else int(job.options.round_to),
+        round_to_source="the latency table" if selection.latency_target and job.round_to_source != "given"
+        else job.round_to_source,
+        latency_target=selection.latency_target,
+    )
+
+
+def group_reports(dep: DependencyGraph, plan: PruningPlan,
+                  cost: ModelCost) -> tuple[list[GroupReport], list[FrozenReport]]:
+    node_macs = {node.name: node.macs for node in cost.nodes}
+    total = max(cost.macs, 1)
+    groups, frozen = [], []
+    for group in dep.groups:
+        if group.frozen:
+            frozen.append(FrozenReport(id=group.id, nodes=list(group.nodes), channels=group.channels,
+                                       reason=group.frozen_reason))
+            continue
+        groups.append(GroupReport(
+            id=group.id,
+            nodes=list(group.nodes),
+            producers=list(group.producers),
+            channels_before=group.channels,
+            channels_after=len(plan.keep.get(group.id, range(group.channels))),
+            pinned=len(group.pinned),
+            pinned_reasons=list(group.reasons),
+            macs_share=round(sum(node_macs.get(n, 0) for n in group.nodes) / total, 6),
+        ))
+    return groups, frozen
+
+
+def filter_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """Filters (output channels) of every Conv and ConvTranspose with constant weights, by node name."""
+    weights = {init.name: list(init.dims) for init in model.graph.initializer}
+    counts = {}
+    for node in model.graph.node:
+        dims = weights.get(node.input[1]) if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1 else None
+        if dims:
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            counts[node.name] = dims[0] if node.op_type == "Conv" else dims[1] * group
+    return counts
+
+
+def layer_reports(analysis: Analysis, after: onnx.ModelProto, cost_after: ModelCost) -> list[LayerReport]:
+    """MACs and filters of every node that has MACs; surgery keeps node names, so they pair up."""
+    macs_after = {node.name: node.macs for node in cost_after.nodes}
+    filters_before, filters_after = filter_counts(analysis.prepared), filter_counts(after)
+    return [LayerReport(name=node.name, op_type=node.op_type, macs_before=node.macs,
+                        macs_after=macs_after.get(node.name, 0), filters_before=filters_before.get(node.name),
+                        filters_after=filters_after.get(node.name))
+            for node in analysis.cost.nodes if node.macs]

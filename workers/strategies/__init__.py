@@ -1,0 +1,52 @@
+"""Ways of choosing channels and of recovering, one module each, and the one function that picks
+them from a job's options (see ``base`` for the concepts; docs/ARCHITECTURE.md for how to add one)."""
+
+from __future__ import annotations
+
+from graphops.errors import ModelRejected
+from graphops.plan import PruningPlan
+from workers.options import AutoTarget, LatencyTarget, LearnedTarget, MacsTarget, PruneOptions, RatioTarget
+from workers.strategies.auto import AutoRatios
+from workers.strategies.base import Job, Outcome, Schedule, Selection, Selector, Step
+from workers.strategies.finetune import FineTune
+from workers.strategies.latency import LatencyTargetSelector
+from workers.strategies.learned import LearnedSearch
+from workers.strategies.ranked import RankedByMacs, RankedByRatio
+from workers.strategies.recovery import NoRecovery, Recovery
+from workers.strategies.saved_plan import SavedPlan
+from workers.strategies.stepwise import Stepwise
+
+__all__ = ["Job", "Outcome", "Schedule", "Selection", "Selector", "Step", "choose_schedule"]
+
+
+def choose_selector(options: PruneOptions, plan: PruningPlan | None = None) -> Selector:
+    """How channels are chosen: a saved plan, else the options' target."""
+    if plan is not None:
+        return SavedPlan(plan)
+    target = options.target
+    if isinstance(target, MacsTarget):
+        return RankedByMacs(target.fraction)
+    if isinstance(target, AutoTarget):
+        return AutoRatios(target.max_drop)
+    if isinstance(target, RatioTarget):
+        return RankedByRatio(target.ratio)
+    if isinstance(target, LatencyTarget):
+        return LatencyTargetSelector(target.ratio, step_from_table=options.round_to == "auto")
+    raise ValueError(f"target {target.kind!r} has no selector; it is a schedule of its own")
+
+
+def choose_recovery(options: PruneOptions) -> Recovery:
+    """What restores the pruned model: fine-tuning (with BatchNorm re-estimation) when asked for."""
+    if options.finetune_steps > 0 or options.iterative_steps > 1:
+        return FineTune(steps=options.finetune_steps, lr=options.lr)
+    return NoRecovery()
+
+
+def choose_schedule(options: PruneOptions, plan: PruningPlan | None = None) -> Schedule:
+    """The one place a job's options turn into strategies."""
+    if plan is not None and options.iterative_steps > 1:
+        raise ModelRejected("a saved plan is applied in one step; drop --iterative-steps or --plan-in")
+    target = options.target
+    if isinstance(target, LearnedTarget) and plan is None:
+        return LearnedSearch(target.max_drop)
+    return Stepwise(choose_selector(options, plan), choose_recovery(options), steps=options.iterative_steps)

@@ -1,0 +1,164 @@
+"""What every strategy of a pruning job sees and returns.
+
+A job is pruned by a **schedule** (how choosing and recovering alternate: once, in iterative steps,
+or layer by layer), built from a **selector** (how channels are chosen: a saved plan, a ranking by
+ratio or MACs target, sensitivity-based ratios, ...) and a **recovery** (what brings the pruned
+model back: nothing, fine-tuning, ...). ``workers.strategies.choose_schedule`` picks them from the
+options; the pipeline only runs the schedule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import onnx
+
+from graphops.cost import measure_cost
+from graphops.dependency import DependencyGraph
+from graphops.errors import ModelRejected
+from graphops.plan import PruningPlan
+from graphops.scoring import Scores, criterion_needs_data, score_groups
+from graphops.surgery import apply_plan
+from workers.analysis import Analysis
+from workers.options import PruneOptions
+from workers.report import FinetuneReport, LatencyTargetReport, SensitivityReport
+from workers.sandbox import RunnerLimits
+from workers.stages import Stages
+from workers.verification import verify_against_oracle
+
+if TYPE_CHECKING:
+    from roundtrip.context import DataContext
+    from roundtrip.data import Dataset
+
+
+@dataclass
+class Job:
+    """One pruning job as its strategies see it: the analysed model, the options, the data, where to
+    report progress and write scratch files, and the checks every surgery goes through."""
+
+    analysis: Analysis
+    options: PruneOptions
+    stages: Stages
+    workdir: Path
+    limits: RunnerLimits = field(default_factory=RunnerLimits)
+    data_path: Path | None = None
+    sensitivity: SensitivityReport | None = None
+    data_context: DataContext | None = None  # loaded on first use of :attr:`data`, or given
+    round_to_source: str = "given"  # how options.round_to was chosen ('auto' resolves before the job starts)
+
+
+    @property
+    def dep(self) -> DependencyGraph:
+        return self.analysis.dep
+
+    @property
+    def data(self) -> DataContext:
+        """Training and held-out splits with the objective (needs torch): loaded once, on first use."""
+        if self.data_context is not None:
+            return self.data_context
+        if self.data_path is None:
+            reason = self.options.data_requirement() or "this job needs data"
+            raise ModelRejected(f"{reason}: pass --data DATA.npz (one array per model input, optional labels)")
+        from roundtrip.context import build_context
+
+        self.data_context = build_context(self.data_path, self.analysis.original, self.analysis.input_shapes,
+                                          batch_size=self.options.batch_size, score_batches=self.options.score_batches)
+        return self.data_context
+
+    @cached_property
+    def dataset(self) -> Dataset | None:
+        """The whole data file (numpy only), or None without data."""
+        if self.data_context is not None:  # already loaded for the data-driven criteria
+            return self.data_context.dataset
+        if self.data_path is None:
+            return None
+        from roundtrip.data import load_dataset
+
+        return load_dataset(self.data_path, self.analysis.original, self.analysis.input_shapes)
+
+    @property
+    def held_out(self) -> Dataset | None:
+        """The samples no strategy trains or selects on (``roundtrip.data.split_holdout``)."""
+        if self.data_context is not None:
+            return self.data_context.holdout
+        if self.dataset is None:
+            return None
+        from roundtrip.data import split_holdout
+
+        return split_holdout(self.dataset)[1]
+
+    def scores(self, dep: DependencyGraph, *, step: int = 0) -> Scores:
+        """The criterion's channel scores on ``dep`` (the original, or the model of an iterative step)."""
+        options = self.options
+        extra: dict[str, Any] = {}
+        if criterion_needs_data(options.criterion):
+            extra = {"data": self.data, "flops_regularization": options.flops_regularization}
+        return score_groups(dep, options.criterion, seed=options.seed + step, **extra)
+
+    def macs(self, dep: DependencyGraph) -> int:
+        if dep is self.analysis.dep:
+            return self.analysis.cost.macs
+        return measure_cost(dep.model, self.analysis.input_shapes).macs
+
+    def apply_verified(self, dep: DependencyGraph, plan: PruningPlan) -> onnx.ModelProto:
+        """``plan`` applied to ``dep``'s model, checked by onnx.checker and the oracle."""
+        with self.stages.stage("apply"):
+            pruned = apply_plan(dep, plan)
+        with self.stages.stage("verify"):
+            verify_against_oracle(dep, plan, pruned, self.workdir, self.analysis.input_shapes,
+                                  seed=self.options.seed, limits=self.limits)
+        return pruned
+
+
+@dataclass(frozen=True)
+class Step:
+    """Which of a schedule's steps is being chosen (0-based ``index`` of ``total``)."""
+
+    index: int = 0
+    total: int = 1
+
+    def goal(self, target: float) -> float:
+        """The part of ``target`` reached once this step is done."""
+        return target * (self.index + 1) / self.total
+
+    def done(self, target: float) -> float:
+        return target * self.index / self.total
+
+
+@dataclass
+class Selection:
+    """The channels a selector keeps, with what the report should say about how they were chosen."""
+
+    plan: PruningPlan
+    notes: list[str] = field(default_factory=list)
+    group_ratios: dict[str, float] = field(default_factory=dict)
+    sensitivity: SensitivityReport | None = None
+    latency_target: LatencyTargetReport | None = None
+
+
+@dataclass
+class Outcome:
+    """What a schedule produced: the final model and the plan that maps the original onto it."""
+
+    plan: PruningPlan
+    model: onnx.ModelProto
+    selection: Selection
+    pruned_only: onnx.ModelProto | None = None  # the plan without recovery, when recovery changed weights
+    finetune: FinetuneReport | None = None
+    learned: Any = None  # workers.report.LearnedReport of a learned search
+    seconds: dict[str, float] = field(default_factory=dict)  # recovery time by part
+
+
+class Selector(Protocol):
+    """Chooses the channels to keep on ``dep`` for one step of a schedule."""
+
+    def select(self, job: Job, dep: DependencyGraph, step: Step) -> Selection: ...
+
+
+class Schedule(Protocol):
+    """Prunes the job's model and recovers it, every surgery verified: returns the final model."""
+
+    def run(self, job: Job) -> Outcome: ...

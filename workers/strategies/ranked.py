@@ -1,0 +1,59 @@
+"""Selector: rank channels by the criterion's scores and remove a fraction of every group
+(``--ratio``, Li et al.) or the globally least important until MACs fall by a fraction
+(``--flops-target``, Molchanov et al.).
+
+In a schedule of several steps each step removes its share of the target, measured on the
+original model: step i of k reaches i/k of the ratio (or of the MACs cut).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from graphops.cost import measure_cost
+from graphops.dependency import DependencyGraph
+from graphops.plan import PruningPlan
+from graphops.selection import select_by_flops, select_by_ratio
+from workers.strategies.base import Job, Selection, Step
+
+# Below this a step has nothing left to remove.
+_NOTHING = 1e-9
+_MOST = 0.999
+
+
+@dataclass
+class RankedByRatio:
+    ratio: float
+
+    def select(self, job: Job, dep: DependencyGraph, step: Step) -> Selection:
+        with job.stages.stage("score"):
+            scores = job.scores(dep, step=step.index)
+        with job.stages.stage("select"):
+            # The ratio of what is left that takes the model from ``done`` to ``goal``.
+            goal = step.goal(self.ratio)
+            ratio = goal if step.index == 0 else 1.0 - (1.0 - goal) / (1.0 - step.done(self.ratio))
+            if ratio <= _NOTHING:
+                return Selection(PruningPlan({}))
+            options = job.options
+            return Selection(select_by_ratio(dep, scores, min(ratio, _MOST), round_to=options.round_to,
+                                             exclude=options.exclude))
+
+
+@dataclass
+class RankedByMacs:
+    fraction: float  # of the original model's MACs to remove
+
+    def select(self, job: Job, dep: DependencyGraph, step: Step) -> Selection:
+        with job.stages.stage("score"):
+            scores = job.scores(dep, step=step.index)
+        with job.stages.stage("select"):
+            cost = job.analysis.cost if dep is job.dep else measure_cost(dep.model, job.analysis.input_shapes)
+            # The fraction of the current model's MACs that leaves 1 - goal of the original's.
+            goal = step.goal(self.fraction)
+            fraction = goal if step.index == 0 else 1.0 - (1.0 - goal) * job.analysis.cost.macs / max(cost.macs, 1)
+            if fraction <= _NOTHING:
+                return Selection(PruningPlan({}))
+            options = job.options
+            node_macs = {node.name: node.macs for node in cost.nodes}
+            return Selection(select_by_flops(dep, scores, min(fraction, _MOST), node_macs=node_macs,
+                                             round_to=options.round_to, exclude=options.exclude))

@@ -1,0 +1,40 @@
+"""What a recovery strategy gets and gives back for one pruning step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import onnx
+
+from graphops.dependency import DependencyGraph
+from graphops.plan import PruningPlan
+from workers.strategies.base import Job, Step
+
+
+@dataclass
+class Recovered:
+    """A step's model after recovery. ``check_inputs``/``check_outputs``: what the recovered weights
+    compute in the PyTorch executor, for the write-back check in onnxruntime (None: weights untouched)."""
+
+    model: onnx.ModelProto
+    record: Any = None  # roundtrip.schedule.IterationRecord
+    losses: list[float] = field(default_factory=list)
+    check_inputs: dict[str, np.ndarray] | None = None
+    check_outputs: dict[str, np.ndarray] | None = None
+
+
+class Recovery(Protocol):
+    """Brings a pruned model (already verified by the oracle) back towards the original."""
+
+    def recover(self, job: Job, dep: DependencyGraph, plan: PruningPlan, pruned: onnx.ModelProto,
+                step: Step) -> Recovered: ...
+
+
+class NoRecovery:
+    """The pruned model as surgery left it."""
+
+    def recover(self, job: Job, dep: DependencyGraph, plan: PruningPlan, pruned: onnx.ModelProto,
+                step: Step) -> Recovered:
+        return Recovered(pruned)

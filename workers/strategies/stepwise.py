@@ -1,0 +1,80 @@
+"""Schedule: select, prune, verify and recover in ``steps`` equal steps (one-shot when 1).
+
+Li et al. prune once and retrain; Molchanov et al. alternate small pruning steps with short
+fine-tuning. Every step, the first included, runs here: the current model is analysed, the
+selector chooses this step's share of the target, the surgery is checked by the oracle, and the
+recovery strategy restores it. The steps' plans compose into one plan on the original model, so
+``--plan-out`` still describes the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from graphops.dependency import analyze
+from graphops.plan import PruningPlan
+from graphops.surgery import apply_plan
+from workers.report import FinetuneReport
+from workers.strategies.base import Job, Outcome, Selection, Selector, Step
+from workers.strategies.recovery import Recovered, Recovery
+from workers.verification import verify_write_back
+
+
+@dataclass
+class Stepwise:
+    selector: Selector
+    recovery: Recovery
+    steps: int = 1
+
+    def run(self, job: Job) -> Outcome:
+        from roundtrip.schedule import ScheduleError, compose_plans, same_structure
+
+        dep, model = job.dep, job.dep.model
+        composed: dict[str, list[int]] = {}
+        selections: list[Selection] = []
+        recovered: list[Recovered] = []
+        for index in range(self.steps):
+            step = Step(index, self.steps)
+            if index > 0:
+                with job.stages.stage("analyze"):
+                    dep = analyze(model, job.analysis.input_shapes)
+            selection = self.selector.select(job, dep, step)
+            pruned = job.apply_verified(dep, selection.plan)
+            composed = compose_plans(composed, job.dep, dep, selection.plan)
+            result = self.recovery.recover(job, dep, selection.plan, pruned, step)
+            selections.append(selection)
+            recovered.append(result)
+            model = result.model
+        last = recovered[-1]
+        if last.check_inputs is None:  # weights as surgery left them: the oracle has checked them
+            return Outcome(selections[0].plan, model, selections[0])
+        plan = PruningPlan.from_keep(job.dep, {gid: keep for gid, keep in composed.items()
+                                               if len(keep) < job.dep.group(gid).channels})
+        pruned_only = apply_plan(job.dep, plan)
+        if not same_structure(pruned_only, model):
+            raise ScheduleError("the composed plan does not reproduce the structure the pruning steps built")
+        with job.stages.stage("finetune"):
+            verify_write_back(model, job.workdir / "recovered.onnx", last.check_inputs, last.check_outputs or {},
+                              limits=job.limits)
+        return Outcome(plan, model, selections[0], pruned_only=pruned_only, finetune=finetune_report(job, recovered))
+
+
+def finetune_report(job: Job, recovered: list[Recovered]) -> FinetuneReport:
+    """The report's account of recovery: the objective, the losses, and each step's held-out metrics."""
+    from workers.report import EvaluationPoint, IterationReport
+
+    def point(metrics: object) -> EvaluationPoint:
+        return EvaluationPoint(**vars(metrics))
+
+    options, data = job.options, job.data
+    records = [r.record for r in recovered if r.record is not None]
+    return FinetuneReport(
+        schedule="iterative" if options.iterative_steps > 1 else "one-shot", objective=data.objective.kind,
+        steps=options.finetune_steps, iterative_steps=options.iterative_steps, lr=options.lr,
+        batch_size=options.batch_size, samples=data.samples,
+        losses=[round(v, 6) for r in recovered for v in r.losses],
+        iterations=[IterationReport(iteration=r.iteration, macs=r.macs, removed_channels=r.removed_channels,
+                                    after_pruning=point(r.after_pruning),
+                                    after_finetune=None if r.after_finetune is None else point(r.after_finetune),
+                                    final_loss=r.final_loss) for r in records],
+    )
