@@ -68,7 +68,7 @@ class LatencyTable:
         return json.dumps(data, indent=1)
 
     @classmethod
-    def from_json(cls, text: str) -> "LatencyTable":
+    def from_json(cls, text: str) -> LatencyTable:
         data = json.loads(text)
         if data.pop("format", None) != TABLE_FORMAT:
             raise ValueError(f"not an {TABLE_FORMAT} table")

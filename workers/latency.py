@@ -19,13 +19,13 @@ from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from graphops.cost import ModelCost
-from graphops.dependency import DependencyGraph
-from graphops.latency_table import (LatencyCurve, LatencyTable, grid_counts, monotone, probe_slowdowns,
-                                    staircase_step)
+from graphops.dependency import ChannelGroup, DependencyGraph
+from graphops.latency_table import LatencyCurve, LatencyTable, grid_counts, monotone, probe_slowdowns, staircase_step
 from graphops.plan import PruningPlan
 from graphops.selection import MacsModel, Scores, _candidates, choose_kept
 from workers.fileio import atomic_write_text
@@ -35,6 +35,9 @@ from workers.speed import ratio_interval
 
 # Latency of a variant: this percentile of its runs (robust to a busy neighbour's preemptions).
 QUANTILE = 20.0
+
+Variant = tuple[str, int, dict[str, list[int]]]  # group, channel count, kept channels
+Measured = tuple[list[float], list[tuple[list[float], list[float]]]]  # baseline runs, (before, after) per variant
 
 __all__ = ["LatencySettings", "cached_table", "cpu_model", "measure_latency_table", "resolve_round_to", "vector_width"]
 
@@ -142,7 +145,7 @@ def measure_latency_table(dep: DependencyGraph, scores: Scores, cost: ModelCost,
     started = time.perf_counter()
     step0, source0 = vector_width()
     groups = _by_macs(dep, scores, cost, exclude)
-    variants: list[tuple[str, int, dict[str, list[int]]]] = []
+    variants: list[Variant] = []
     probes: list[tuple[str, int, int]] = []  # (group, multiple m, offset d) measured at m - d
     for index in groups:
         group = dep.groups[index]
@@ -181,7 +184,9 @@ def _keep(dep: DependencyGraph, index: int, scores: Scores, count: int) -> dict[
     return {group.id: choose_kept(dep, index, scores[group.id], max(count, len(group.pinned), 1))}
 
 
-def _table(dep, groups, cost, variants, measured, probes, settings, step0, source0, model_sha) -> LatencyTable:
+def _table(dep: DependencyGraph, groups: list[int], cost: ModelCost, variants: list[Variant], measured: Measured,
+           probes: list[tuple[str, int, int]], settings: LatencySettings, step0: int, source0: str,
+           model_sha: str) -> LatencyTable:
     """Curves from the measurements: per group, ms saved per MAC removed, fitted over its grid
     counts (least squares through the origin) and capped at 3x the median rate of all groups, so
     that one timing disturbed by a neighbour cannot promise a free lunch; groups the budget did not
@@ -207,10 +212,10 @@ def _table(dep, groups, cost, variants, measured, probes, settings, step0, sourc
         smallest = counts[0]
         plan = PruningPlan.from_keep(dep, _keep(dep, index, {group.id: _scores(group)}, smallest))
         per_channel[group.id] = (macs.total - macs.macs(plan)) / max(group.channels - smallest, 1)
-        points = [(per_channel[group.id] * (group.channels - c), baseline - ms[(group.id, c)])
-                  for c in counts if (group.id, c) in ms]
-        if points and per_channel[group.id] > 0:
-            removed, saved = np.array(points).T
+        pairs = [(per_channel[group.id] * (group.channels - c), baseline - ms[(group.id, c)])
+                 for c in counts if (group.id, c) in ms]
+        if pairs and per_channel[group.id] > 0:
+            removed, saved = np.array(pairs).T
             fits[group.id] = max(0.0, float(removed @ saved / (removed @ removed)))
     global_rate = float(np.median(list(fits.values()))) if fits else baseline / max(macs.total, 1)
     curves = {}
@@ -238,14 +243,15 @@ def _table(dep, groups, cost, variants, measured, probes, settings, step0, sourc
                         settings=json.loads(json.dumps(asdict(settings))))
 
 
-def _scores(group) -> np.ndarray:
+def _scores(group: ChannelGroup) -> np.ndarray:
     return np.arange(group.channels, dtype=np.float64)  # which channels go does not change the MACs
 
 
 # ---- what runs in the child process ----------------------------------------------------------
 
 
-def _measure_variants(dep: DependencyGraph, variants, inputs, settings: LatencySettings):
+def _measure_variants(dep: DependencyGraph, variants: list[Variant], inputs: dict[str, np.ndarray],
+                      settings: LatencySettings) -> Measured:
     """Baseline timings and, per variant until the budget is spent, interleaved (before, after) ms."""
     from graphops.surgery import apply_plan
     from workers.benchmark import session_from_bytes
@@ -255,18 +261,19 @@ def _measure_variants(dep: DependencyGraph, variants, inputs, settings: LatencyS
     names = [o.name for o in original.get_outputs()]
     for _ in range(settings.warmup):
         original.run(names, inputs)
-    baseline = []
+    baseline: list[float] = []
     for _ in range(settings.runs):
         baseline.append(_timed(original, names, inputs))
     results = []
-    for group_id, _, keep in variants:
+    for _, _, keep in variants:
         if time.perf_counter() > deadline:
             break
         model = apply_plan(dep, PruningPlan.from_keep(dep, keep))
         session = session_from_bytes(model.SerializeToString(), settings.threads, settings.optimization)
         for _ in range(settings.warmup):
             session.run(names, inputs)
-        before, after = [], []
+        before: list[float] = []
+        after: list[float] = []
         for _ in range(settings.runs):
             before.append(_timed(original, names, inputs))
             after.append(_timed(session, names, inputs))
@@ -276,7 +283,7 @@ def _measure_variants(dep: DependencyGraph, variants, inputs, settings: LatencyS
     return baseline, results
 
 
-def _timed(session, names, inputs) -> float:
+def _timed(session: Any, names: list[str], inputs: dict[str, np.ndarray]) -> float:
     start = time.perf_counter_ns()
     session.run(names, inputs)
     return (time.perf_counter_ns() - start) / 1e6

@@ -12,6 +12,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from graphops.cost import ModelCost
 from graphops.dependency import DependencyGraph
@@ -80,7 +81,7 @@ def select_for_latency(model_path: Path, model_sha: str, dep: DependencyGraph, s
     return LatencyChoice(plan=plan, step=step, report=report)
 
 
-def table_summary(table: LatencyTable) -> dict[str, object]:
+def table_summary(table: LatencyTable) -> dict[str, Any]:
     return {"baseline_ms": round(table.baseline_ms, 4), "noise_ms": round(table.noise_ms, 4),
             "step_measured": table.step, "step_source": table.step_source, "table_seconds": table.seconds,
             "measured_groups": sum(1 for c in table.curves.values() if c.measured), "table_key": table.key}

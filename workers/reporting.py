@@ -10,6 +10,7 @@ from graphops.cost import ModelCost, measure_cost
 from graphops.dependency import DependencyGraph
 from graphops.plan import PruningPlan
 from workers.analysis import Analysis
+from workers.latency_target import target_notes
 from workers.report import (
     BeforeAfter,
     Fidelity,
@@ -20,7 +21,6 @@ from workers.report import (
     LayerReport,
     PruneReport,
 )
-from workers.latency_target import target_notes
 from workers.speed import speed_notes
 from workers.strategies import Job, Outcome
 from workers.strategies.finish import Artifacts

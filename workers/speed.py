@@ -48,7 +48,7 @@ def compare_timings(
     )
 
 
-def ratio_interval(before_ms: Sequence[float], after_ms: Sequence[float], *, quantile: float = 50.0,
+def ratio_interval(before_ms: Sequence[float] | np.ndarray, after_ms: Sequence[float] | np.ndarray, *, quantile: float = 50.0,
                    confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float, float]:
     """``quantile(after) / quantile(before)`` of interleaved pairs and its percentile-bootstrap interval
     (pairs resampled whole). A low quantile (20) estimates undisturbed run time on a busy machine,
