@@ -33,7 +33,9 @@ sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "models" if (REPO.parent / "shared").exists() else Path("/work/shared/models")
 RESULTS = REPO / "benchmarks" / "results"
 CLI = [sys.executable, "-m", "service.cli"]
-SHAPES: dict[str, list[str]] = {}  # symbolic dims resolve as in the CLI (batch 1)
+# Symbolic dims other than batch need a shape (batch resolves to 1 as in the CLI): the OCR direction
+# classifier's own input size (PaddleOCR cls_image_shape 3x48x192).
+SHAPES = {"paddle_ch_ppocr_mobile_v2.0_cls_infer": ["x:1x3x48x192"]}
 
 
 def zoo_models(folder: Path) -> dict[str, Path]:
@@ -61,6 +63,12 @@ def run(args: list[str], timeout: float = 900.0) -> tuple[int, str, float]:
         return 124, "timeout", time.perf_counter() - started
 
 
+def cpu_name() -> str:
+    from workers.latency import cpu_model
+
+    return cpu_model() or platform.machine()
+
+
 def load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -74,6 +82,7 @@ def bench_pair(model: Path, pruned: Path, shapes: list[str], runs: int) -> dict:
     return {"ratio": change["ratio"], "low": change["low"], "high": change["high"], "p90_ratio": change["p90_ratio"],
             "summary": change["summary"], "within_noise": change["within_noise"],
             "p50_before_ms": data["latency_ms"]["before"]["p50"], "p50_after_ms": data["latency_ms"]["after"]["p50"],
+            "min_ratio": round(data["latency_ms"]["after"]["min"] / data["latency_ms"]["before"]["min"], 5),
             "bench_seconds": round(seconds, 1)}
 
 
@@ -99,7 +108,9 @@ def latency_case(model: Path, shapes: list[str], folder: Path, target: float, ru
         return {"error": text.strip().splitlines()[-1] if text.strip() else f"exit {code}"}
     data = json.loads(report.read_text())
     final, loop = data["latency_ms"]["change"], data["latency_target"]
+    stats = data["latency_ms"]
     return {"ratio": final["ratio"], "low": final["low"], "high": final["high"], "p90_ratio": final["p90_ratio"],
+            "min_ratio": round(stats["after"]["min"] / stats["before"]["min"], 5),
             "summary": final["summary"], "loop_ratio": loop["measured"]["ratio"], "predicted": loop["predicted"],
             "met_in_loop": loop["met"], "passes": len(loop["iterations"]), "step": loop["step"],
             "measured_groups": loop["measured_groups"], "groups": len(loop["groups"]),
@@ -112,7 +123,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", help="model names (file stems); default: all")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--budget", type=float, default=20.0, help="--latency-budget per model (s)")
-    parser.add_argument("--skip-latency-target", action="store_true")
+    parser.add_argument("--cases", nargs="*", default=["flops", "latency"], help="flops and/or latency")
     parser.add_argument("--summarise-only", action="store_true", help="rewrite latency.md from latency.json")
     options = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -133,19 +144,25 @@ def main() -> None:
             folder = Path(tmp) / name
             folder.mkdir()
             shapes = [f"--input-shape={s}" for s in SHAPES.get(name, [])]
-            entry: dict = {"load_before": load(), "started": datetime.datetime.now(datetime.timezone.utc).isoformat()}
-            entry["flops_0.5_auto"] = flops_case(model, shapes, folder, 0.5, "auto", options.runs)
-            entry["flops_0.5_round1"] = flops_case(model, shapes, folder, 0.5, "1", options.runs)
-            if name == "yolox_nano":
-                entry["flops_0.4_auto"] = flops_case(model, shapes, folder, 0.4, "auto", options.runs)
-            if not options.skip_latency_target:
+            entry: dict = results["models"].get(name, {})
+            now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            if "flops" in options.cases:
+                entry.update(load_before=load(), started=now)
+                entry["flops_0.5_auto"] = flops_case(model, shapes, folder, 0.5, "auto", options.runs)
+                entry["flops_0.5_round1"] = flops_case(model, shapes, folder, 0.5, "1", options.runs)
+                if name == "yolox_nano":
+                    entry["flops_0.4_auto"] = flops_case(model, shapes, folder, 0.4, "auto", options.runs)
+                entry["load_after"] = load()
+            if "latency" in options.cases:
+                entry.update(latency_load_before=load(), latency_started=now)
                 for target in (0.5, 0.7):
                     entry[f"latency_{target}"] = latency_case(model, shapes, folder, target, options.runs, options.budget)
-            entry["load_after"] = load()
+                entry["latency_load_after"] = load()
             results["models"][name] = entry
             print(name, json.dumps(entry), flush=True)
-            results.update(machine=platform.processor() or platform.machine(), threads=1, runs=options.runs,
-                           command="PYTHONPATH=. python benchmarks/bench_latency.py " + " ".join(sys.argv[1:]))
+            command = "PYTHONPATH=. python benchmarks/bench_latency.py " + " ".join(sys.argv[1:])
+            results.update(machine=cpu_name(), threads=1, runs=options.runs,
+                           commands=sorted(set(results.get("commands", [])) | {command}))
             path.write_text(json.dumps(results, indent=1))
     (RESULTS / "latency.md").write_text(markdown(results))
 
@@ -165,7 +182,7 @@ def markdown(results: dict) -> str:
 
     auto_ratios, one_ratios, target_ratios = [], [], []
     for name, entry in sorted(results["models"].items()):
-        rows.append(f"| {name} | {entry['load_before']} | {cell(entry.get('flops_0.5_auto'), 'macs_ratio')} | "
+        rows.append(f"| {name} | {entry.get('load_before', '-')} | {cell(entry.get('flops_0.5_auto'), 'macs_ratio')} | "
                     f"{cell(entry.get('flops_0.5_auto'))} | {cell(entry.get('flops_0.5_round1'), 'macs_ratio')} | "
                     f"{cell(entry.get('flops_0.5_round1'))} | {cell(entry.get('latency_0.5'))} | "
                     f"{cell(entry.get('latency_0.7'))} |")
@@ -174,7 +191,8 @@ def markdown(results: dict) -> str:
             if "ratio" in entry.get(key, {}):
                 bucket.append(entry[key]["ratio"])
     lines = ["# Latency after pruning, onnxruntime CPU, 1 thread", "",
-             f"Command: `{results.get('command')}` ({results.get('runs')} interleaved runs per comparison). "
+             "Commands: " + "; ".join(f"`{c}`" for c in results.get("commands", [])) +
+             f" ({results.get('runs')} interleaved runs per comparison, {results.get('machine')}). "
              "Ratios are pruned p50 / original p50 (below 1: faster) with the 95% bootstrap interval over "
              "interleaved pairs; 'load' is /proc/loadavg before the model (2 cores shared with other jobs).", "",
              *rows, ""]

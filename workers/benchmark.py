@@ -148,6 +148,7 @@ def _latency_stats(milliseconds: list[float]) -> LatencyStats:
         p90=float(np.percentile(values, 90)),
         mean=float(values.mean()),
         runs=len(milliseconds),
+        min=float(values.min()),
     )
 
 

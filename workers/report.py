@@ -23,6 +23,7 @@ class LatencyStats(BaseModel):
     p90: float
     mean: float
     runs: int
+    min: float | None = Field(None, description="Fastest run: the undisturbed time when a busy machine preempts runs.")
 
 
 class SpeedChange(BaseModel):
