@@ -37,6 +37,7 @@ from workers.speed import ratio_interval
 # runs faster than its undisturbed time, while a busy neighbour's preemptions turn some runs of a 2 ms
 # model into 30 ms ones (measured at load 15 on 2 cores), so the minimum is the robust estimate.
 QUANTILE = 0.0
+ESTIMATOR = "fastest-run, rates within [1/4, 3] of the median"  # part of the cache key: change it with the fit
 
 Variant = tuple[str, int, dict[str, list[int]]]  # group, channel count, kept channels
 Measured = tuple[list[float], list[tuple[list[float], list[float]]]]  # baseline runs, (before, after) per variant
@@ -117,7 +118,8 @@ def table_key(model_sha: str, input_shapes: dict[str, list[int]], settings: Late
 
     what = {"model": model_sha, "onnxruntime": onnxruntime.__version__, "cpu": cpu_model(),
             "input_shapes": input_shapes, "threads": settings.threads, "optimization": settings.optimization,
-            "fractions": settings.fractions, "runs": settings.runs, "onnxprune": version_or_unknown()}
+            "fractions": settings.fractions, "runs": settings.runs, "onnxprune": version_or_unknown(),
+            "estimator": ESTIMATOR}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]
 
 
