@@ -57,7 +57,7 @@ class LatencyTable:
 
     def predict(self, keeps: Mapping[str, int]) -> float:
         """Latency of the model with each named group at its count (savings add up)."""
-        return self.baseline_ms - sum(self.saving(group, keep) or 0.0 for group, keep in keeps.items())
+        return max(0.0, self.baseline_ms - sum(self.saving(group, keep) or 0.0 for group, keep in keeps.items()))
 
     def to_json(self) -> str:
         data = asdict(self)

@@ -179,3 +179,79 @@ def test_a_latency_target_is_approached_on_a_model_whose_convs_dominate(tmp_path
     assert np.isfinite(target.predicted) and target.measured.runs == 20
     page = render_report_html(report)
     assert 'id="latency-target"' in page and 'id="speed"' in page and report.latency_ms.change.summary in page
+
+
+# ---- the fit, on synthetic timings (no clock involved) ----------------------------------------
+
+
+def synthetic_timings(variants, *, baseline: float, ms_at):
+    """Timings of each variant as ``ms_at(group, count)``, three interleaved pairs each."""
+    return [baseline] * 3, [([baseline] * 3, [ms_at(group, count)] * 3) for group, count, _ in variants]
+
+
+def test_the_fit_finds_the_staircase_of_a_blocked_kernel_from_probes():
+    """Kernels blocked by 16: latency falls with MACs on multiples of 16; a count one below a
+    multiple, or half a block below, runs slower than the multiple above it (padding, or no
+    blocked kernel at all). The fitted table keeps 16 and its curves fall monotonically."""
+    from workers.latency import plan_variants, table_from_timings
+
+    analysed = analyse(chain_model(width=64))
+    dep, scores = analysed.dep, score_groups(analysed.dep, "l1")
+    cost = measure_cost(analysed.prepared, analysed.input_shapes)
+    settings = LatencySettings(probe_groups=2)
+    groups = [i for i, g in enumerate(dep.groups) if g.id in {p.id for p in dep.prunable}]
+    variants, probes = plan_variants(dep, scores, groups, settings, 16)
+    assert {d for _, _, d in probes} == {1, 8}
+
+    def stairs(group, count):
+        blocks = -(-count // 16)  # padded up to whole blocks of 16
+        return 10.0 - 0.5 * (4 - blocks) + (0.8 if count % 16 else 0.0)
+
+    table = table_from_timings(dep, scores, cost, synthetic_timings(variants, baseline=10.0, ms_at=stairs),
+                               settings, 16)
+    assert table.step == 16 and "1.08x" in table.step_source
+    for curve in table.curves.values():
+        assert curve.measured and list(curve.ms) == sorted(curve.ms) and curve.ms[-1] == 10.0
+        assert curve.at(48) < 10.0 and curve.at(47) == curve.at(48)  # 47 costs the stair above it
+
+
+def test_the_fit_adopts_a_finer_step_only_when_off_step_counts_are_clearly_faster():
+    from workers.latency import plan_variants, table_from_timings
+
+    analysed = analyse(chain_model(width=64))
+    dep, scores = analysed.dep, score_groups(analysed.dep, "l1")
+    cost = measure_cost(analysed.prepared, analysed.input_shapes)
+    settings = LatencySettings(probe_groups=2)
+    groups = [i for i, g in enumerate(dep.groups) if g.id in {p.id for p in dep.prunable}]
+    variants, _ = plan_variants(dep, scores, groups, settings, 16)
+
+    def by_eights(group, count):  # every 8 channels removed save 0.4 ms: stairs of 8, not 16
+        return 10.0 - 0.4 * ((64 - count) // 8)
+
+    table = table_from_timings(dep, scores, cost, synthetic_timings(variants, baseline=10.0, ms_at=by_eights),
+                               settings, 16)
+    assert table.step == 8
+
+
+def test_a_disturbed_timing_cannot_promise_a_free_lunch():
+    """One group's timings say pruning it to 48 of 64 channels (a fifth of the MACs) saves 9 of 10 ms
+    (a neighbour preempted the original's runs): its rate is capped at three times the typical one
+    (here, with two groups, the all-MACs prior), and no prediction falls below zero."""
+    from workers.latency import plan_variants, table_from_timings
+
+    analysed = analyse(chain_model(width=64))
+    dep, scores = analysed.dep, score_groups(analysed.dep, "l1")
+    cost = measure_cost(analysed.prepared, analysed.input_shapes)
+    settings = LatencySettings(probe_groups=0)
+    groups = [i for i, g in enumerate(dep.groups) if g.id in {p.id for p in dep.prunable}]
+    variants, _ = plan_variants(dep, scores, groups, settings, 16)
+    noisy = dep.prunable[0].id
+
+    def timings(group, count):
+        return 1.0 if group == noisy else 10.0 - 0.05 * (64 - count)
+
+    table = table_from_timings(dep, scores, cost, synthetic_timings(variants, baseline=10.0, ms_at=timings),
+                               settings, 16)
+    assert table.saving(noisy, 48) < 9.0
+    assert all(table.saving(g, 16) > 0.0 for g in table.curves)
+    assert all(min(c.ms) >= 0.0 for c in table.curves.values())

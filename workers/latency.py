@@ -37,7 +37,7 @@ from workers.speed import ratio_interval
 # runs faster than its undisturbed time, while a busy neighbour's preemptions turn some runs of a 2 ms
 # model into 30 ms ones (measured at load 15 on 2 cores), so the minimum is the robust estimate.
 QUANTILE = 0.0
-ESTIMATOR = "fastest-run, rates within [1/4, 3] of the median"  # part of the cache key: change it with the fit
+ESTIMATOR = "fastest-run, rates within [1/4, 3] of the median, 3x prior with < 3 groups"  # part of the cache key: change it with the fit
 
 Variant = tuple[str, int, dict[str, list[int]]]  # group, channel count, kept channels
 Measured = tuple[list[float], list[tuple[list[float], list[float]]]]  # baseline runs, (before, after) per variant
@@ -149,19 +149,7 @@ def measure_latency_table(dep: DependencyGraph, scores: Scores, cost: ModelCost,
     started = time.perf_counter()
     step0, source0 = vector_width()
     groups = _by_macs(dep, scores, cost, exclude)
-    variants: list[Variant] = []
-    probes: list[tuple[str, int, int]] = []  # (group, multiple m, offset d) measured at m - d
-    for index in groups:
-        group = dep.groups[index]
-        counts = grid_counts(group.channels, step0, settings.fractions)
-        for count in counts:
-            variants.append((group.id, count, _keep(dep, index, scores, count)))
-        middle = [c for c in counts if c >= 2 * step0]
-        if len({g for g, _, _ in probes}) < settings.probe_groups and middle:
-            m = middle[len(middle) // 2]
-            for offset in sorted({1, step0 // 2} - {0}):
-                variants.append((group.id, m - offset, _keep(dep, index, scores, m - offset)))
-                probes.append((group.id, m, offset))
+    variants, probes = plan_variants(dep, scores, groups, settings, step0)
     from workers.benchmark import make_inputs
 
     inputs = make_inputs(dep.model, input_shapes, seed)
@@ -175,6 +163,37 @@ def measure_latency_table(dep: DependencyGraph, scores: Scores, cost: ModelCost,
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, table.to_json())
     return table
+
+
+def plan_variants(dep: DependencyGraph, scores: Scores, groups: list[int], settings: LatencySettings,
+                  step: int) -> tuple[list[Variant], list[tuple[str, int, int]]]:
+    """What to time, in order: each group (largest first) at its grid counts, and for the first
+    ``probe_groups`` groups wide enough, a middle multiple ``m`` minus 1 and minus half a step.
+    Probes are (group, m, offset): measured at ``m - offset``."""
+    variants: list[Variant] = []
+    probes: list[tuple[str, int, int]] = []
+    for index in groups:
+        group = dep.groups[index]
+        counts = grid_counts(group.channels, step, settings.fractions)
+        for count in counts:
+            variants.append((group.id, count, _keep(dep, index, scores, count)))
+        middle = [c for c in counts if c >= 2 * step]
+        if len({g for g, _, _ in probes}) < settings.probe_groups and middle:
+            m = middle[len(middle) // 2]
+            for offset in sorted({1, step // 2} - {0}):
+                variants.append((group.id, m - offset, _keep(dep, index, scores, m - offset)))
+                probes.append((group.id, m, offset))
+    return variants, probes
+
+
+def table_from_timings(dep: DependencyGraph, scores: Scores, cost: ModelCost, measured: Measured,
+                       settings: LatencySettings, step: int, *, model_sha: str = "",
+                       exclude: tuple[str, ...] = ()) -> LatencyTable:
+    """The table from timings of :func:`plan_variants`' variants (in order): the fitting half of
+    :func:`measure_latency_table`, apart so that it can be checked on synthetic timings."""
+    groups = _by_macs(dep, scores, cost, exclude)
+    variants, probes = plan_variants(dep, scores, groups, settings, step)
+    return _table(dep, groups, cost, variants, measured, probes, settings, step, f"vector width {step}", model_sha)
 
 
 def _by_macs(dep: DependencyGraph, scores: Scores, cost: ModelCost, exclude: tuple[str, ...]) -> list[int]:
@@ -193,7 +212,8 @@ def _table(dep: DependencyGraph, groups: list[int], cost: ModelCost, variants: l
            model_sha: str) -> LatencyTable:
     """Curves from the measurements: per group, ms saved per MAC removed, fitted over its grid
     counts (least squares through the origin) and kept within [1/4, 3] times the median rate of all
-    groups (itself at least half the all-MACs prior, baseline / MACs); groups the budget did not
+    groups (itself at least half the all-MACs prior, baseline / MACs; with fewer than three groups,
+    at most 3x the prior); groups the budget did not
     reach get the median rate. The curve is then evaluated on every multiple of the step."""
     baseline_runs, results = measured
     baseline = float(np.percentile(baseline_runs, QUANTILE))
@@ -231,9 +251,10 @@ def _table(dep: DependencyGraph, groups: list[int], cost: ModelCost, variants: l
         measured_group = group.id in fits
         # Measured rates between a quarter and three times the typical one: removing MACs never
         # costs time, and a single disturbed timing must not promise (or deny) a free lunch.
-        rate = min(max(fits[group.id], 0.25 * global_rate), 3.0 * global_rate) if measured_group else global_rate
+        ceiling = 3.0 * min(global_rate, prior) if len(fits) < 3 else 3.0 * global_rate  # few groups: no median
+        rate = min(max(fits[group.id], 0.25 * global_rate), ceiling) if measured_group else global_rate
         counts = list(range(step0, group.channels, step0)) + [group.channels]
-        values = [baseline - rate * per_channel[group.id] * (group.channels - c) for c in counts]
+        values = [max(0.0, baseline - rate * per_channel[group.id] * (group.channels - c)) for c in counts]
         points = {c: round(v, 5) for (g, c), v in ms.items() if g == group.id and (g, c) not in offsets}
         curve_probes = {c: v for (g, c), v in ms.items() if g == group.id and (g, c) in offsets}
         curves[group.id] = LatencyCurve(group.id, group.channels, tuple(counts), monotone(counts, values),
