@@ -135,7 +135,8 @@ def _print_summary(report) -> None:
     if target is not None:
         verdict = "met" if target.met else f"missed by {target.missed_by:.3f}"
         table.caption += (f"\nlatency target {target.target:g}: {verdict} (measured {target.measured.ratio:.3f}x the "
-                          f"original's p50, p90 {target.measured.p90_ratio:.3f}x, predicted {target.predicted:.3f}x; "
+                          f"original's p50, p90 {target.measured.p90_ratio:.3f}x, fastest runs "
+                          f"{target.measured.min_ratio:.3f}x, predicted {target.predicted:.3f}x; "
                           f"{len(target.iterations)} pass(es), counts multiples of {target.step})")
     if getattr(report, "round_to", None):
         table.caption += f"\nchannel counts multiples of {report.round_to} ({report.round_to_source})"

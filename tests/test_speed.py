@@ -44,3 +44,19 @@ def test_shared_drift_cancels_in_pairs():
 def test_unpaired_series_are_refused():
     with pytest.raises(ValueError, match="interleaved"):
         compare_timings([1.0, 2.0], [1.0])
+
+
+def test_a_ratio_too_noisy_to_act_on_falls_back_to_the_fastest_runs():
+    from workers.speed import decisive_ratio
+
+    quiet = compare_timings([10.0, 10.1, 9.9, 10.0] * 5, [5.0, 5.1, 4.9, 5.0] * 5)
+    assert decisive_ratio(quiet) == quiet.ratio
+    # a neighbour preempts most runs of both models, at random: medians say nothing
+    rng = np.random.default_rng(3)
+    before = 10.0 + rng.choice([0.0, 30.0], 20, p=[0.4, 0.6]) + rng.random(20)
+    after = 6.0 + rng.choice([0.0, 30.0], 20, p=[0.4, 0.6]) + rng.random(20)
+    busy = compare_timings(before, after)
+    assert busy.min_ratio == pytest.approx(after.min() / before.min(), abs=1e-5)
+    if busy.high - busy.low > 0.5 * busy.ratio:
+        assert decisive_ratio(busy) == busy.min_ratio
+    assert decisive_ratio(busy) < 0.7

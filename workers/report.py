@@ -38,6 +38,8 @@ class SpeedChange(BaseModel):
     summary: str = Field(description="The ratio in words: '1.32x faster', '4% slower'.")
     band: str = Field(description="The interval in words.")
     within_noise: bool = Field(description="The interval holds 1: the noise is wider than the effect.")
+    min_ratio: float | None = Field(None, description="Fastest run after / fastest run before: robust when a "
+                                    "busy machine preempts runs (then the p50 ratio's interval is wide).")
 
 
 class Latency(BaseModel):
@@ -133,6 +135,8 @@ class LatencyTargetReport(BaseModel):
     target: float = Field(description="Asked: pruned latency at most this times the original's.")
     met: bool
     measured: SpeedChange = Field(description="The chosen plan, timed against the original (p50, p90, interval).")
+    achieved: float | None = Field(None, description="The ratio acted on: p50, or the fastest runs' when the p50's "
+                                   "interval is wider than half of it (workers.speed.decisive_ratio).")
     predicted: float = Field(description="The latency model's ratio for the chosen plan.")
     missed_by: float | None = Field(None, description="Measured ratio minus the target, when missed.")
     iterations: list[LatencyIteration]

@@ -39,13 +39,23 @@ def compare_timings(
     if before.shape != after.shape or before.ndim != 1 or before.size == 0:
         raise ValueError(f"need two equal, non-empty series of interleaved timings, got {before.shape} and {after.shape}")
     ratio, low, high = ratio_interval(before, after, confidence=confidence, resamples=resamples, seed=seed)
+    before, after = np.asarray(before_ms, np.float64), np.asarray(after_ms, np.float64)
     p90_ratio = float(np.percentile(after, 90) / np.percentile(before, 90))
     within_noise = bool(low <= 1.0 <= high)
     return SpeedChange(
         ratio=round(ratio, 5), p90_ratio=round(p90_ratio, 5), low=round(low, 5), high=round(high, 5),
         confidence=confidence, runs=int(before.size), summary=describe_ratio(ratio),
         band=_describe_band(low, high, confidence), within_noise=within_noise,
+        min_ratio=round(float(after.min() / before.min()), 5),
     )
+
+
+def decisive_ratio(change: SpeedChange) -> float:
+    """The ratio to act on: the p50 ratio, unless its interval is wider than half of it (a machine so
+    busy that medians are mostly preemption), then the ratio of the fastest runs."""
+    if change.min_ratio is not None and change.high - change.low > 0.5 * change.ratio:
+        return change.min_ratio
+    return change.ratio
 
 
 def ratio_interval(before_ms: Sequence[float] | np.ndarray, after_ms: Sequence[float] | np.ndarray, *, quantile: float = 50.0,
