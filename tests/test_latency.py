@@ -255,3 +255,14 @@ def test_a_disturbed_timing_cannot_promise_a_free_lunch():
     assert table.saving(noisy, 48) < 9.0
     assert all(table.saving(g, 16) > 0.0 for g in table.curves)
     assert all(min(c.ms) >= 0.0 for c in table.curves.values())
+
+
+def test_after_a_miss_the_model_is_asked_for_what_the_measurement_says_it_needs():
+    from workers.latency_target import next_ask
+
+    # predicted 0.5, measured 0.75: half the predicted saving was real; 0.5 needs a predicted 0.0
+    assert next_ask(0.5, 0.5, 0.75, 0.5) == pytest.approx(0.02)
+    # predicted 0.6, measured 0.64: 90% real; target 0.6 needs a predicted saving of 0.4 / 0.9
+    assert next_ask(0.6, 0.6, 0.64, 0.6) == pytest.approx(1 - 0.4 / 0.9)
+    # a miss by noise alone still asks a little more than before
+    assert next_ask(0.7, 0.7, 0.71, 0.7) < 0.7

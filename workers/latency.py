@@ -37,7 +37,8 @@ from workers.speed import ratio_interval
 # runs faster than its undisturbed time, while a busy neighbour's preemptions turn some runs of a 2 ms
 # model into 30 ms ones (measured at load 15 on 2 cores), so the minimum is the robust estimate.
 QUANTILE = 0.0
-ESTIMATOR = "fastest-run, rates within [1/4, 3] of the median, 3x prior with < 3 groups"  # part of the cache key: change it with the fit
+ESTIMATOR = "fastest-run, rates within [1/4, 3] of the median shrunk to the prior (3 groups' weight)"
+PRIOR_WEIGHT = 3.0  # part of the cache key: change it with the fit
 
 Variant = tuple[str, int, dict[str, list[int]]]  # group, channel count, kept channels
 Measured = tuple[list[float], list[tuple[list[float], list[float]]]]  # baseline runs, (before, after) per variant
@@ -242,7 +243,10 @@ def _table(dep: DependencyGraph, groups: list[int], cost: ModelCost, variants: l
             removed, saved = np.array(pairs).T
             fits[group.id] = max(0.0, float(removed @ saved / (removed @ removed)))
     prior = baseline / max(macs.total, 1)  # all time spent in MACs: the rate before measuring
-    global_rate = max(float(np.median(list(fits.values()))) if fits else prior, 0.5 * prior)
+    # The typical rate: the measured groups' median, shrunk towards the prior as if the prior were
+    # three more groups (one measured group of 63 must not set the rate of the other 62).
+    measured_rate = float(np.median(list(fits.values()))) if fits else prior
+    global_rate = max((len(fits) * measured_rate + PRIOR_WEIGHT * prior) / (len(fits) + PRIOR_WEIGHT), 0.5 * prior)
     curves = {}
     for index in groups:
         group = dep.groups[index]

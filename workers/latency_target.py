@@ -71,7 +71,7 @@ def select_for_latency(model_path: Path, model_sha: str, dep: DependencyGraph, s
             if achieved <= target:
                 best = (achieved, plan, change)
                 break
-            asked = max(0.02, asked * target / max(achieved, 1e-6))
+            asked = next_ask(asked, predicted, achieved, target)
     if best is None:
         raise ValueError("latency_iterations must be at least 1")
     achieved, plan, measured = best
@@ -82,6 +82,14 @@ def select_for_latency(model_path: Path, model_sha: str, dep: DependencyGraph, s
         iterations=iterations, step=step, **table_summary(table), groups=group_reports(table, dep, plan),
     )
     return LatencyChoice(plan=plan, step=step, report=report)
+
+
+def next_ask(asked: float, predicted: float, measured: float, target: float) -> float:
+    """The ratio to ask of the latency model after a miss: calibrated by how much of the predicted
+    saving was measured (savings that add up in the model overlap, or were noise), always more than
+    the last ask, never below 0.02."""
+    realised = max(1.0 - measured, 0.02) / max(1.0 - predicted, 0.02)  # measured saving per predicted
+    return max(0.02, min(0.95 * asked, 1.0 - (1.0 - target) / realised))
 
 
 def table_summary(table: LatencyTable) -> dict[str, Any]:
