@@ -209,7 +209,7 @@ def _finetune_layer(pruned: onnx.ModelProto, student, context: DataContext, sett
 
     recalibrate_batchnorm(student, context.train, context.batch_size, BN_BATCHES, seed)
     step_losses = finetune(student, context.objective, context.train, steps=settings.finetune_steps, lr=settings.lr,
-                           batch_size=context.batch_size, seed=seed)
+                           batch_size=context.batch_size, seed=seed).losses
     recalibrate_batchnorm(student, context.train, context.batch_size, BN_BATCHES, seed)
     return write_back(pruned, student), step_losses
 

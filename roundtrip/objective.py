@@ -1,9 +1,11 @@
-"""What fine-tuning and the Taylor criterion optimise: the task loss, or the original model.
+"""What fine-tuning and the Taylor criterion optimise: the task loss and the original model.
 
-With labels: cross-entropy on the class scores. Without: distillation against the original model
-(KL divergence on logits for classifier outputs, variance-normalised MSE for any other output), so
-recovery needs no labels. The original's outputs ("targets") are computed once per dataset where
-they fit in memory.
+Recovery always distils the original model (Hinton et al. 2015): KL divergence between
+temperature-softened class scores (scaled by T^2 so its gradients keep their size) for classifier
+outputs, variance-normalised MSE for any other output. With labels, cross-entropy on the class
+scores is added: the labels anchor the task, the teacher's soft targets carry what a few thousand
+samples cannot (which wrong classes are close). The original's outputs ("targets") are computed once
+per dataset where they fit in memory, or per batch when the inputs are augmented.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from roundtrip.executor import OnnxModule
 
 # Targets of a whole dataset are cached when they take less than this.
 TARGET_CACHE_BYTES = 512 << 20
+# Distillation temperature and, with labels, the weight of the hard-label cross-entropy.
+TEMPERATURE = 4.0
+LABEL_WEIGHT = 0.5
 _EPS = 1e-12
 
 
@@ -50,7 +55,7 @@ class Objective:
 
     @property
     def kind(self) -> str:
-        return "cross-entropy" if self.use_labels else "distillation"
+        return "cross-entropy + distillation" if self.use_labels else "distillation"
 
     def teacher_outputs(self, batch: Batch, dataset: Dataset | None = None) -> list[torch.Tensor]:
         if dataset is not None and id(dataset) in self._cache:
@@ -83,17 +88,19 @@ class Objective:
         return target
 
     def loss(self, outputs: list[torch.Tensor], batch: Batch, targets: list[torch.Tensor]) -> torch.Tensor:
-        """Mean over the batch: cross-entropy with labels, else distillation summed over outputs."""
-        if self.use_labels:
-            index = self._label_output(outputs)
-            return F.cross_entropy(outputs[index], self._check_labels(outputs[index], batch.labels))
+        """Mean over the batch: distillation summed over outputs, plus cross-entropy with labels."""
         total = outputs[0].new_zeros(())
         for out, target, classifier in zip(outputs, targets, self.classifier):
             if classifier:
-                total = total + F.kl_div(F.log_softmax(out, 1), F.log_softmax(target, 1), log_target=True,
-                                         reduction="batchmean")
+                soft = F.kl_div(F.log_softmax(out / TEMPERATURE, 1), F.log_softmax(target / TEMPERATURE, 1),
+                                log_target=True, reduction="batchmean")
+                total = total + soft * TEMPERATURE**2
             else:
                 total = total + F.mse_loss(out, target) / (target.pow(2).mean() + _EPS)
+        if self.use_labels and batch.labels is not None:
+            index = self._label_output(outputs)
+            hard = F.cross_entropy(outputs[index], self._check_labels(outputs[index], batch.labels))
+            total = (1 - LABEL_WEIGHT) * total + LABEL_WEIGHT * hard
         return total
 
     def sampled_loss(self, outputs: list[torch.Tensor], batch: Batch, targets: list[torch.Tensor],

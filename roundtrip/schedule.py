@@ -32,6 +32,7 @@ class IterationRecord:
     after_pruning: object  # roundtrip.training.Metrics, BatchNorm statistics re-estimated
     after_finetune: object | None
     final_loss: float | None
+    kept_step: int | None = None  # the fine-tuning step whose weights were kept (best on held-out)
 
 
 @dataclass

@@ -1,23 +1,29 @@
 """Fine-tuning, BatchNorm statistics re-estimation and held-out evaluation of an executor module.
 
-SGD with momentum and a cosine learning-rate decay: the usual recipe for recovering a pruned conv
-net (Li et al. retrain after pruning; Molchanov et al. fine-tune between pruning steps).
+SGD with Nesterov momentum, a short warm-up and a cosine learning-rate decay: the usual recipe for
+recovering a pruned conv net (Li et al. retrain after pruning; Molchanov et al. fine-tune between
+pruning steps), with augmentation and best-checkpoint selection because our users have a few
+thousand samples, not a training set.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
+from roundtrip.augment import augment_inputs
 from roundtrip.data import Dataset
 from roundtrip.executor import OnnxModule
 from roundtrip.objective import Objective
 
 StepProgress = Callable[[int, int, float], None]  # (step, steps, loss)
+# Steps timed before a deadline re-plans the run.
+_PLANNING_STEPS = 5
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,41 @@ def recalibrate_batchnorm(module: OnnxModule, data: Dataset, batch_size: int, ba
     return True
 
 
+@dataclass
+class TrainingRun:
+    """What a fine-tuning run did: its losses, how many steps it took (a deadline can cut a plan
+    short), and which step's weights it kept (the best on the selection split)."""
+
+    losses: list[float] = field(default_factory=list)
+    steps: int = 0
+    kept_step: int | None = None  # None: the last step's weights (no selection split)
+    kept_metric: float | None = None
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up (fresh momentum after surgery overshoots otherwise), then cosine decay to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def _selection_score(module: OnnxModule, objective: Objective, data: Dataset, batch_size: int) -> float:
+    """Higher is better: accuracy with labels, else minus the distillation loss."""
+    metrics = evaluate(module, objective, data, batch_size)
+    return metrics.accuracy if metrics.accuracy is not None else -metrics.loss
+
+
+def _snapshot(module: OnnxModule) -> dict[str, torch.Tensor]:
+    names = list(module.named_trainable()) + list(module.statistics_names)
+    return {name: module.tensor(name).detach().clone() for name in names}
+
+
+def _restore(module: OnnxModule, snapshot: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, value in snapshot.items():
+            module.tensor(name).copy_(value)
+
+
 def finetune(
     module: OnnxModule,
     objective: Objective,
@@ -64,20 +105,41 @@ def finetune(
     batch_size: int,
     seed: int = 0,
     weight_decay: float = 0.0,
+    augment: bool = False,
+    warmup_fraction: float = 0.0,
+    select_on: Dataset | None = None,
+    selections: int = 10,
+    deadline: float | None = None,
     progress: StepProgress | None = None,
-) -> list[float]:
-    """``steps`` SGD steps (momentum 0.9, cosine decay) on the objective; returns the losses."""
+) -> TrainingRun:
+    """Up to ``steps`` SGD steps (momentum 0.9, optional warm-up, cosine decay) on the objective.
+
+    ``augment``: random crops and flips of image inputs (``roundtrip.augment``), the teacher's targets
+    computed on the same augmented batch. ``select_on``: evaluated ``selections`` times; the best
+    weights are kept (few samples overfit late). ``deadline`` (``time.monotonic()``): the step count
+    is re-planned from the measured step time so training ends by then.
+    """
+    run = TrainingRun()
     if steps <= 0:
-        return []
+        return run
     parameters = list(module.named_trainable().values())
-    optimizer = torch.optim.SGD(parameters, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
-    module.train()
-    losses = []
+    optimizer = torch.optim.SGD(parameters, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    plan = {"total": steps}
+    warmup = int(warmup_fraction * steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, plan["total"], warmup))
+    rng = np.random.default_rng(seed)
     batches = data.endless(batch_size, seed=seed)
-    for step in range(steps):
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    started = time.monotonic()
+    module.train()
+    step = 0
+    while step < plan["total"]:
         batch = next(batches)
-        targets = objective.teacher_outputs(batch, data)
+        if augment:
+            batch = replace(batch, inputs=augment_inputs(batch.inputs, rng))
+            targets = objective.teacher_outputs(batch)  # of the augmented images, not the cached originals
+        else:
+            targets = objective.teacher_outputs(batch, data)
         loss = objective.loss(module.run(batch.inputs, outputs=objective.tensors), batch, targets)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"fine-tuning diverged at step {step + 1} (loss {loss.item()}); lower --lr")
@@ -85,11 +147,26 @@ def finetune(
         loss.backward()
         optimizer.step()
         schedule.step()
-        losses.append(float(loss.detach()))
+        step += 1
+        run.losses.append(float(loss.detach()))
+        if deadline is not None and step == _PLANNING_STEPS:
+            per_step = (time.monotonic() - started) / step
+            plan["total"] = max(step, min(plan["total"], step + int((deadline - time.monotonic()) / per_step)))
+        if select_on is not None and (step % max(1, plan["total"] // selections) == 0 or step == plan["total"]):
+            score = _selection_score(module, objective, select_on, batch_size)
+            if best is None or score > best[0]:
+                best = (score, step, _snapshot(module))
+            module.train()
+        if deadline is not None and time.monotonic() > deadline:
+            break
         if progress is not None:
-            progress(step + 1, steps, losses[-1])
+            progress(step, plan["total"], run.losses[-1])
+    run.steps = step
+    if best is not None:
+        _restore(module, best[2])
+        run.kept_metric, run.kept_step = best[0], best[1]
     module.eval()
-    return losses
+    return run
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -150,8 +150,17 @@ class PruneOptions(BaseModel):
         json_schema_extra=_about("recovery", needs_data=True),
     )
     lr: Annotated[float, Field(gt=0.0, le=10.0)] = Field(
-        0.01, description="Fine-tuning learning rate (SGD, momentum 0.9, cosine decay).",
+        0.01, description="Fine-tuning learning rate (SGD, Nesterov momentum 0.9, warm-up, cosine decay).",
         json_schema_extra=_about("recovery", needs_data=True),
+    )
+    time_budget: Annotated[float, Field(ge=5.0, le=7 * 24 * 3600.0)] | None = Field(
+        None, description="Seconds the whole job may take: recovery gets what scoring and selection leave (its "
+        "step count is planned from the measured step time; --finetune-steps then caps it).",
+        json_schema_extra=_about("recovery"),
+    )
+    augment: bool = Field(
+        True, description="Recovery: random crops and flips of image-like (4-D float) inputs; off for inputs "
+        "where a flip changes the meaning.", json_schema_extra=_about("recovery", needs_data=True),
     )
     batch_size: Annotated[int, Field(ge=1, le=4096)] = Field(
         32, description="Batch size for scoring, fine-tuning and evaluation.",

@@ -64,7 +64,7 @@ def run_pipeline(
     output_path = Path(output_path)
     stages = Stages(progress)
     analysis = analyse_model(Path(model_path), options.input_shapes, stage=stages.stage)
-    schedule = choose_schedule(options, plan)
+    schedule = choose_schedule(options, plan, has_data=data is not None)
     resolved, round_to_source = resolve_round_to(options, analysis.sha256, analysis.input_shapes)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="onnxprune-", dir=output_path.parent) as workdir:

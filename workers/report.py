@@ -92,6 +92,8 @@ class IterationReport(BaseModel):
     after_pruning: EvaluationPoint
     after_finetune: EvaluationPoint | None = None
     final_loss: float | None = None
+    steps: int | None = Field(None, description="Fine-tuning steps this iteration took.")
+    kept_step: int | None = Field(None, description="The step whose weights were kept (best on held-out).")
 
 
 class FinetuneReport(BaseModel):

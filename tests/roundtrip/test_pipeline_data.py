@@ -24,7 +24,7 @@ def test_taylor_with_fine_tuning_reports_before_after_pruning_and_after_fine_tun
 
     evaluation = result.report.evaluation
     assert evaluation.metric == "accuracy" and evaluation.after_pruning is not None
-    assert evaluation.finetune.objective == "cross-entropy" and len(evaluation.finetune.losses) == 20
+    assert evaluation.finetune.objective == "cross-entropy + distillation" and len(evaluation.finetune.losses) == 20
     assert evaluation.finetune.iterations[0].after_finetune is not None
     assert result.report.macs.after < result.report.macs.before
     assert [f for _, f in seen] == sorted(f for _, f in seen) and any("finetune 20/20" in s for s, _ in seen)

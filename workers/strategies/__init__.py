@@ -35,18 +35,21 @@ def choose_selector(options: PruneOptions, plan: PruningPlan | None = None) -> S
     raise ValueError(f"target {target.kind!r} has no selector; it is a schedule of its own")
 
 
-def choose_recovery(options: PruneOptions) -> Recovery:
-    """What restores the pruned model: fine-tuning (with BatchNorm re-estimation) when asked for."""
-    if options.finetune_steps > 0 or options.iterative_steps > 1:
-        return FineTune(steps=options.finetune_steps, lr=options.lr)
+def choose_recovery(options: PruneOptions, *, has_data: bool) -> Recovery:
+    """What restores the pruned model: fine-tuning (with BatchNorm re-estimation) when asked for,
+    or when data and a time budget are given (the budget then sets the number of steps)."""
+    budgeted = options.time_budget is not None and has_data
+    if options.finetune_steps > 0 or options.iterative_steps > 1 or budgeted:
+        return FineTune(steps=options.finetune_steps, lr=options.lr, augment=options.augment, budgeted=budgeted)
     return NoRecovery()
 
 
-def choose_schedule(options: PruneOptions, plan: PruningPlan | None = None) -> Schedule:
+def choose_schedule(options: PruneOptions, plan: PruningPlan | None = None, *, has_data: bool = False) -> Schedule:
     """The one place a job's options turn into strategies."""
     if plan is not None and options.iterative_steps > 1:
         raise ModelRejected("a saved plan is applied in one step; drop --iterative-steps or --plan-in")
     target = options.target
     if isinstance(target, LearnedTarget) and plan is None:
         return LearnedSearch(target.max_drop)
-    return Stepwise(choose_selector(options, plan), choose_recovery(options), steps=options.iterative_steps)
+    return Stepwise(choose_selector(options, plan), choose_recovery(options, has_data=has_data),
+                    steps=options.iterative_steps)

@@ -9,6 +9,7 @@ options; the pipeline only runs the schedule.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -48,6 +49,12 @@ class Job:
     sensitivity: SensitivityReport | None = None
     data_context: DataContext | None = None  # loaded on first use of :attr:`data`, or given
     round_to_source: str = "given"  # how options.round_to was chosen ('auto' resolves before the job starts)
+    started: float = field(default_factory=time.monotonic)
+
+    def deadline(self, share: float = 1.0) -> float | None:
+        """``time.monotonic()`` by which ``share`` of ``--time-budget`` is used up (None: no budget)."""
+        budget = self.options.time_budget
+        return None if budget is None else self.started + share * budget
 
 
     @property
@@ -64,7 +71,9 @@ class Job:
             raise ModelRejected(f"{reason}: pass --data DATA.npz (one array per model input, optional labels)")
         from roundtrip.context import build_context
 
-        self.data_context = build_context(self.data_path, self.analysis.original, self.analysis.input_shapes,
+        # The executor runs the prepared graph the analysis prunes (constants folded, shapes known), never
+        # the raw export: its run-time shape subgraphs (Shape -> Gather -> Reshape) are not executor material.
+        self.data_context = build_context(self.data_path, self.analysis.prepared, self.analysis.input_shapes,
                                           batch_size=self.options.batch_size, score_batches=self.options.score_batches)
         return self.data_context
 

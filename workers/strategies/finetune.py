@@ -1,10 +1,12 @@
 """Recovery: re-estimate BatchNorm statistics and fine-tune through the ONNX->PyTorch executor
 (Li et al.'s retraining; Molchanov et al.'s short fine-tune between steps), then write the weights
-back into the same graph by name. Labels give cross-entropy; without them the original's outputs
-are distilled (``roundtrip.objective``)."""
+back into the same graph by name. The original model is distilled, with cross-entropy added when
+there are labels (``roundtrip.objective``); image inputs are augmented; the best weights on the
+held-out split are kept; with ``--time-budget`` the step count is planned to fit the budget."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import onnx
@@ -15,11 +17,29 @@ from graphops.plan import PruningPlan
 from workers.strategies.base import Job, Step
 from workers.strategies.recovery import Recovered
 
+# With --time-budget, recovery must end by this share of the budget: held-out evaluation, the
+# benchmark and writing the result come after it.
+RECOVERY_SHARE = 0.85
+# Steps a budgeted run may plan at most when --finetune-steps does not cap it.
+MAX_BUDGETED_STEPS = 1_000_000
+
 
 @dataclass
 class FineTune:
-    steps: int  # optimizer steps per pruning step (0: BatchNorm re-estimation only)
+    steps: int  # optimizer steps per pruning step (0: BatchNorm re-estimation only, unless budgeted)
     lr: float
+    augment: bool = True
+    budgeted: bool = False  # steps planned from --time-budget (``steps``, when set, caps them)
+
+    def _plan(self, job: Job, step: Step, reserve: float) -> tuple[int, float | None]:
+        """Steps and deadline of this pruning step's fine-tuning: an equal share of what is left once
+        ``reserve`` seconds per remaining step are set aside for the work that follows training."""
+        end = job.deadline(RECOVERY_SHARE) if self.budgeted else None
+        if end is None:
+            return self.steps, None
+        now, remaining = time.monotonic(), step.total - step.index
+        deadline = now + max(0.0, end - now - reserve * remaining) / remaining
+        return (self.steps or MAX_BUDGETED_STEPS), deadline
 
     def recover(self, job: Job, dep: DependencyGraph, plan: PruningPlan, pruned: onnx.ModelProto,
                 step: Step) -> Recovered:
@@ -31,25 +51,33 @@ class FineTune:
         data, seed = job.data, job.options.seed + step.index
         label = f"step {step.index + 1}/{step.total}: " if step.total > 1 else ""
         with job.stages.stage("finetune"):
+            started = time.monotonic()
             student = OnnxModule(pruned)
             recalibrated = recalibrate_batchnorm(student, data.train, data.batch_size, BN_BATCHES, seed)
             after_pruning = evaluate(student, data.objective, data.holdout, data.batch_size)
-            after_finetune, losses = None, []
-            if self.steps > 0:
+            after_finetune, losses, kept_step = None, [], None
+            # After training: re-estimation and evaluation again, the write-back and its check, the
+            # held-out evaluations in onnxruntime: about three times what the two took just now.
+            steps, deadline = self._plan(job, step, reserve=3 * (time.monotonic() - started))
+            budget = job.options.time_budget
+            if steps > 0:
 
                 def show(done: int, total: int, loss: float) -> None:
                     if done == total or done % max(1, total // 20) == 0:
+                        spent = f", {time.monotonic() - job.started:.0f}/{budget:.0f} s" if deadline else ""
                         job.stages.within("finetune", (step.index + done / total) / step.total,
-                                          f"{label}finetune {done}/{total}, loss {loss:.4g}")
+                                          f"{label}finetune {done}/{total}, loss {loss:.4g}{spent}")
 
-                losses = finetune(student, data.objective, data.train, steps=self.steps, lr=self.lr,
-                                  batch_size=data.batch_size, seed=seed, progress=show)
+                run = finetune(student, data.objective, data.train, steps=steps, lr=self.lr,
+                               batch_size=data.batch_size, seed=seed, augment=self.augment, warmup_fraction=0.05,
+                               select_on=data.holdout, deadline=deadline, progress=show)
+                losses, kept_step = run.losses, run.kept_step
                 if recalibrated:
                     recalibrate_batchnorm(student, data.train, data.batch_size, BN_BATCHES, seed)
                 after_finetune = evaluate(student, data.objective, data.holdout, data.batch_size)
             model = write_back(pruned, student)
             record = IterationRecord(step.index + 1, measure_cost(model, job.analysis.input_shapes).macs,
                                      plan.removed_channels, after_pruning, after_finetune,
-                                     losses[-1] if losses else None)
+                                     losses[-1] if losses else None, kept_step)
             check_inputs = next(data.holdout.batches(min(len(data.holdout), student.static_batch or 4))).inputs
             return Recovered(model, record, losses, check_inputs, outputs_on(student, check_inputs))

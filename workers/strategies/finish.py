@@ -17,7 +17,14 @@ import onnx
 from workers.benchmark import benchmark, compare_outputs, make_inputs, run_model
 from workers.fileio import file_sha256
 from workers.options import PruneOptions
-from workers.quantize import CALIBRATION_SAMPLES, QuantizeSettings, fixed_batch, generated_inputs, quantize, sample_inputs
+from workers.quantize import (
+    CALIBRATION_SAMPLES,
+    QuantizeSettings,
+    fixed_batch,
+    generated_inputs,
+    quantize,
+    sample_inputs,
+)
 from workers.report import QuantizationReport
 from workers.strategies.base import Job
 

@@ -5,7 +5,6 @@ the oracle and fine-tuned before the next (``roundtrip.learned``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
 import onnx

@@ -66,15 +66,18 @@ def finetune_report(job: Job, recovered: list[Recovered]) -> FinetuneReport:
     def point(metrics: object) -> EvaluationPoint:
         return EvaluationPoint(**vars(metrics))
 
+    def iteration(step: Recovered) -> IterationReport:
+        r = step.record
+        return IterationReport(iteration=r.iteration, macs=r.macs, removed_channels=r.removed_channels,
+                               after_pruning=point(r.after_pruning),
+                               after_finetune=None if r.after_finetune is None else point(r.after_finetune),
+                               final_loss=r.final_loss, steps=len(step.losses), kept_step=r.kept_step)
+
     options, data = job.options, job.data
-    records = [r.record for r in recovered if r.record is not None]
     return FinetuneReport(
         schedule="iterative" if options.iterative_steps > 1 else "one-shot", objective=data.objective.kind,
-        steps=options.finetune_steps, iterative_steps=options.iterative_steps, lr=options.lr,
-        batch_size=options.batch_size, samples=data.samples,
-        losses=[round(v, 6) for r in recovered for v in r.losses],
-        iterations=[IterationReport(iteration=r.iteration, macs=r.macs, removed_channels=r.removed_channels,
-                                    after_pruning=point(r.after_pruning),
-                                    after_finetune=None if r.after_finetune is None else point(r.after_finetune),
-                                    final_loss=r.final_loss) for r in records],
+        steps=max((len(step.losses) for step in recovered), default=0), iterative_steps=options.iterative_steps,
+        lr=options.lr, batch_size=options.batch_size, samples=data.samples,
+        losses=[round(v, 6) for step in recovered for v in step.losses],
+        iterations=[iteration(step) for step in recovered if step.record is not None],
     )
