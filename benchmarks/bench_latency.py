@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "models" if (REPO.parent / "shared").exists() else Path("/work/shared/models")
 RESULTS = REPO / "benchmarks" / "results"
 CLI = [sys.executable, "-m", "service.cli"]
+CODE = os.environ.get("BENCH_COMMIT", "")  # the onnxprune commit measured (set when run from a snapshot)
 # Symbolic dims other than batch need a shape (batch resolves to 1 as in the CLI): the OCR direction
 # classifier's own input size (PaddleOCR cls_image_shape 3x48x192).
 SHAPES = {"paddle_ch_ppocr_mobile_v2.0_cls_infer": ["x:1x3x48x192"]}
@@ -147,14 +148,14 @@ def main() -> None:
             entry: dict = results["models"].get(name, {})
             now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             if "flops" in options.cases:
-                entry.update(load_before=load(), started=now)
+                entry.update(load_before=load(), started=now, flops_code=CODE)
                 entry["flops_0.5_auto"] = flops_case(model, shapes, folder, 0.5, "auto", options.runs)
                 entry["flops_0.5_round1"] = flops_case(model, shapes, folder, 0.5, "1", options.runs)
                 if name == "yolox_nano":
                     entry["flops_0.4_auto"] = flops_case(model, shapes, folder, 0.4, "auto", options.runs)
                 entry["load_after"] = load()
             if "latency" in options.cases:
-                entry.update(latency_load_before=load(), latency_started=now)
+                entry.update(latency_load_before=load(), latency_started=now, latency_code=CODE)
                 for target in (0.5, 0.7):
                     entry[f"latency_{target}"] = latency_case(model, shapes, folder, target, options.runs, options.budget)
                 entry["latency_load_after"] = load()
