@@ -208,6 +208,8 @@ def markdown(results: dict) -> str:
     def median(values: list[float]) -> float:
         return sorted(values)[len(values) // 2] if values else float("nan")
 
+    if results.get("notes"):
+        lines += ["## Notes", "", *[f"- {note}" for note in results["notes"]], ""]
     lines += ["## Targets of issue 11", ""]
     if auto_ratios:
         worst = max(auto_ratios)
