@@ -180,7 +180,8 @@ def markdown(results: dict) -> str:
             return f"error: {case['error'][:60]}"
         band = f" [{case['low']:.2f}, {case['high']:.2f}]" if "low" in case and key == "ratio" else ""
         fastest = f"; fastest {case['min_ratio']:.2f}" if key == "ratio" and case.get("min_ratio") else ""
-        return f"{case[key]:.3f}{band}{fastest}"
+        macs = f"; MACs {case['macs_ratio']:.2f}" if key == "ratio" and "predicted" in case else ""
+        return f"{case[key]:.3f}{band}{fastest}{macs}"
 
     auto_ratios, one_ratios, target_ratios = [], [], []
     auto_fastest, target_fastest = [], []
