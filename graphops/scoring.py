@@ -13,9 +13,9 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 
 import numpy as np
-from onnx import numpy_helper
 
 from graphops.dependency import DependencyGraph
+from graphops.dequantized import float_weight_reader
 from graphops.errors import ModelRejected
 
 Scores = dict[str, np.ndarray]
@@ -65,14 +65,14 @@ def score_groups(dep: DependencyGraph, criterion: str, *, seed: int = 0, **optio
 
 
 def _producer_norms(dep: DependencyGraph, order: float) -> Scores:
-    weights = {init.name: init for init in dep.model.graph.initializer}
+    read_weight = float_weight_reader(dep.model)  # dequantized for weights behind DequantizeLinear
     totals = [np.zeros(g.channels) for g in dep.groups]
     counts = [np.zeros(g.channels) for g in dep.groups]
     for producer in dep.producers:
-        if producer.weight not in weights:
+        values = read_weight(producer.weight)
+        if values is None:
             continue
-        weight = np.moveaxis(numpy_helper.to_array(weights[producer.weight]), producer.axis, 0)
-        flat = weight.reshape(weight.shape[0], -1)
+        flat = producer.filters(values)
         if order == 1:
             norms = np.abs(flat).sum(axis=1, dtype=np.float64)
         else:

@@ -17,6 +17,7 @@ from graphops.dependency import DependencyGraph
 from graphops.layout import ConstSlice
 from graphops.ops import SurgeryContext, handler_for
 from graphops.plan import PruningPlan
+from graphops.prepare import keep_interface_types
 from graphops.shapes import inferred_value_info, model_shell
 
 
@@ -37,6 +38,7 @@ def export_like(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     exported = gs.export_onnx(graph, do_type_check=False)
     model = model_shell(template)
     model.graph.CopyFrom(exported.graph)
+    keep_interface_types(model.graph, template.graph)
     del model.graph.value_info[:]
     try:
         model.graph.value_info.extend(inferred_value_info(model))

@@ -41,9 +41,8 @@ def filter_features(dep: DependencyGraph, group_id: str) -> np.ndarray:
         where = groups == index
         if not where.any():
             continue
-        weight = np.moveaxis(numpy_helper.to_array(weights[producer.weight]), producer.axis, 0)
-        flat = np.abs(weight.reshape(weight.shape[0], -1).astype(np.float64))
-        signed = weight.reshape(weight.shape[0], -1).astype(np.float64)
+        signed = producer.filters(numpy_helper.to_array(weights[producer.weight])).astype(np.float64)
+        flat = np.abs(signed)
         stats = np.stack([flat.sum(1), np.sqrt((flat**2).sum(1)), signed.std(1), flat.max(1), np.abs(signed.mean(1))], 1)
         stats = np.log(stats / (stats.mean(0, keepdims=True) + _EPS) + _EPS)
         np.add.at(totals, classes[where], stats[where])

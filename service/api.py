@@ -90,7 +90,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        _import_upload_checks()
         app.state.runner.start()
+        # Before serving: a first publish that has to set up the app and its connection can take longer
+        # than the publish timeout on a loaded machine. Bounded: a sick broker delays start by 5 s at most.
+        warming = asyncio.get_running_loop().run_in_executor(app.state.publisher, app.state.runner.warm_up)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(warming), 5.0)
         background = [asyncio.create_task(_clean_periodically(settings, app.state.store)),
                       asyncio.create_task(_reconcile_periodically(app))]
         try:
@@ -98,7 +104,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             for task in background:
                 task.cancel()
-            app.state.publisher.shutdown(wait=False, cancel_futures=True)
+            # The publisher pool lives as long as the app (a lifespan may run more than once, as
+            # test clients do); its threads end at exit, bounded by the broker's socket timeouts.
             app.state.runner.close()
 
     app = FastAPI(
@@ -121,7 +128,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def _add_routes(app: FastAPI) -> None:
     @app.get("/healthz", response_model=Health, tags=["health"])
-    def healthz(settings: SettingsDep) -> Health:
+    async def healthz(settings: SettingsDep) -> Health:
+        """Liveness: answered on the event loop alone (no thread, no broker, no store)."""
         return Health(status="ok", mode="embedded" if settings.embedded else "celery")
 
     @app.get("/readyz", response_model=Health, responses={503: {"model": Health}}, tags=["health"])
@@ -260,6 +268,16 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error", exc_info=exc)
         return body(500, "internal_error", "internal server error; the details are in the server log")
+
+
+def _import_upload_checks() -> None:
+    """Import what the upload checks use before serving: a first upload that imports them holds the
+    GIL long enough to stall every other request (seconds on a loaded machine)."""
+    import onnx.checker  # noqa: F401
+    import onnx.shape_inference  # noqa: F401
+
+    import graphops.loading  # noqa: F401
+    import graphops.shapes  # noqa: F401
 
 
 def _readiness_problem(store: JobStore, runner: Runner) -> str | None:

@@ -144,6 +144,8 @@ def _print_summary(report) -> None:
     if learned is not None:
         kept = ", ".join(f"{layer.kept}/{layer.channels}" for layer in learned.layers)
         table.caption += f"\nlearned (max drop {learned.max_drop:g} in {learned.metric}): filters kept per layer {kept}"
+    for warning in report.warnings:  # e.g. which size symbolic input dims were probed at
+        table.caption += f"\nnote: {warning}"
     Console().print(table)
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
@@ -214,25 +216,27 @@ def analyze(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List channel groups (what can be pruned together) and frozen groups with reasons."""
+    from graphops.shares import macs_shares
     from workers.analysis import analyse_model
 
     analysis = analyse_model(model, _input_shapes(input_shape))
     dep, cost, shapes = analysis.dep, analysis.cost, analysis.input_shapes
-    node_macs = {n.name: n.macs for n in cost.nodes}
-    total = max(cost.macs, 1)
+    shares = macs_shares(dep, analysis.node_macs)  # each layer counted once, in the group it computes
 
-    def share(nodes) -> float:
-        return round(sum(node_macs.get(n, 0) for n in nodes) / total, 4)
+    def share(group) -> float:
+        return round(shares[group.id], 4)
 
     data = {
         "macs": cost.macs,
         "params": cost.params,
         "input_shapes": shapes,
+        "input_shape_notes": analysis.input_shape_notes,
         "nodes": [{"name": n.name, "op_type": n.op_type, "macs": n.macs, "params": n.params} for n in cost.nodes],
         "groups": [{"id": g.id, "channels": g.channels, "pinned": len(g.pinned), "producers": list(g.producers),
-                    "nodes": list(g.nodes), "macs_share": share(g.nodes), "notes": list(g.reasons)}
+                    "nodes": list(g.nodes), "macs_share": share(g), "notes": list(g.reasons)}
                    for g in dep.prunable],
-        "frozen": [{"id": g.id, "channels": g.channels, "nodes": list(g.nodes), "reason": g.frozen_reason}
+        "frozen": [{"id": g.id, "channels": g.channels, "nodes": list(g.nodes), "macs_share": share(g),
+                    "reason": g.frozen_reason}
                    for g in dep.frozen],
     }
     if as_json:
@@ -240,14 +244,20 @@ def analyze(
         return
     out = Console()
     out.print(f"{model.name}: {cost.macs:,} MACs, {cost.params:,} params, inputs {shapes}")
+    for note in analysis.input_shape_notes:
+        out.print(f"note: {note}")
     table = Table("group", "channels", "pinned", "producers", "MACs share", title="prunable groups")
     for g in data["groups"]:
         producers = ", ".join(g["producers"][:3]) + (" ..." if len(g["producers"]) > 3 else "")
         table.add_row(g["id"], str(g["channels"]), str(g["pinned"]), producers, f"{g['macs_share']:.1%}")
+    prunable_share = sum(g["macs_share"] for g in data["groups"])
+    frozen_share = sum(g["macs_share"] for g in data["frozen"])
+    table.caption = (f"MACs share: the layers computing a group's channels. Prunable {prunable_share:.1%}, "
+                     f"frozen {frozen_share:.1%}, in no group {max(0.0, 1 - prunable_share - frozen_share):.1%}")
     out.print(table)
-    frozen = Table("group", "channels", "reason", title="frozen groups")
+    frozen = Table("group", "channels", "MACs share", "reason", title="frozen groups")
     for g in data["frozen"]:
-        frozen.add_row(g["id"], str(g["channels"]), g["reason"])
+        frozen.add_row(g["id"], str(g["channels"]), f"{g['macs_share']:.1%}", g["reason"])
     out.print(frozen)
 
 

@@ -17,6 +17,10 @@ log = logging.getLogger(__name__)
 
 class Runner(Protocol):
     def start(self) -> None: ...
+    def warm_up(self) -> None:
+        """Prepare the path to the broker (connections, pools) so the first submit is as quick as the rest."""
+    def probe(self, timeout_s: float) -> None:
+        """Raise unless the broker answers within ``timeout_s`` (a round trip on a new connection)."""
     def submit(self, job_id: str) -> None:
         """Hand the job over (may block on the broker: the API calls it off the event loop)."""
     def ready(self) -> str | None:
@@ -62,6 +66,12 @@ class EmbeddedRunner:
             with self._lock:
                 self._pending.discard(job_id)
 
+    def warm_up(self) -> None:
+        pass
+
+    def probe(self, timeout_s: float) -> None:
+        pass
+
     def ready(self) -> str | None:
         return None if self._pool is not None else "the embedded runner is not started"
 
@@ -84,9 +94,29 @@ class CeleryRunner:
 
         self._settings = settings
         self._app = make_celery(settings)
+        self._warmed = threading.Event()
 
     def start(self) -> None:
         pass
+
+    def warm_up(self) -> None:
+        """Finalize the app and open a producer connection: the first send_task otherwise spends
+        most of a second on this, over the publish timeout on a loaded machine."""
+        try:
+            self._app.finalize(auto=True)
+            with self._app.producer_or_acquire() as producer:
+                producer.connection.ensure_connection(max_retries=1, timeout=2)
+        except Exception as exc:  # the broker may be down at start; submits will say so
+            log.warning("broker not reachable at start: %s", exc)
+        finally:
+            self._warmed.set()
+
+    def probe(self, timeout_s: float) -> None:
+        import redis
+
+        with redis.Redis.from_url(self._settings.redis_url or "", socket_timeout=timeout_s,
+                                  socket_connect_timeout=timeout_s) as client:
+            client.ping()
 
     def submit(self, job_id: str) -> None:
         from jobs.celery_app import TASK_NAME
@@ -94,6 +124,8 @@ class CeleryRunner:
         self._app.send_task(TASK_NAME, args=[job_id], task_id=job_id)
 
     def ready(self) -> str | None:
+        if not self._warmed.is_set():
+            return "starting: preparing the broker connection"
         try:
             with self._app.connection_for_write() as conn:
                 conn.ensure_connection(max_retries=1, timeout=1)

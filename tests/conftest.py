@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Handler bugs fail the tests with their own traceback instead of becoming a job's internal error
+# (graphops.dependency.STRICT_ENV); subprocesses the tests start (the CLI, workers) inherit it.
+os.environ.setdefault("ONNXPRUNE_STRICT_ANALYSIS", "1")
 
 # ../shared from the repository root, on every developer machine and in CI.
 SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"

@@ -144,9 +144,13 @@ def test_node_count_is_limited() -> None:
     assert rejected(conv_model(relus), ValidationLimits(max_nodes=4)) == "model has 6 nodes, more than the limit of 4"
 
 
-def test_float16_models_are_rejected_clearly() -> None:
-    message = rejected(conv_model(elem_type=TensorProto.FLOAT16))
-    assert message.startswith("float16 models are not supported yet; convert to float32")
+def test_float16_models_are_accepted() -> None:
+    validate_model(conv_model(elem_type=TensorProto.FLOAT16))
+
+
+def test_bfloat16_models_are_rejected_clearly() -> None:
+    message = rejected(conv_model(elem_type=TensorProto.BFLOAT16))
+    assert message.startswith("bfloat16 models cannot be run by onnxruntime on CPU to verify them")
 
 
 # ---- validate_model: generated tensors --------------------------------------------------------

@@ -19,6 +19,7 @@ import onnx
 from graphops.errors import ModelRejected
 from graphops.loading import load_model, parse_model
 from graphops.shapes import graph_inputs, resolve_input_shapes
+from workers.output_compare import numeric_values, structure
 from workers.report import Fidelity, Latency, LatencyStats
 from workers.sandbox import RunnerError, RunnerLimits, run_in_child
 from workers.speed import compare_timings
@@ -96,14 +97,17 @@ def compare_outputs(reference: Mapping[str, np.ndarray], candidate: Mapping[str,
     """Max abs diff and cosine similarity, over all outputs flattened together and per output.
 
     Outputs are matched by name, or by position when the names differ; an output whose shape
-    changed has infinite difference and cosine 0."""
+    changed has infinite difference and cosine 0. Maps and sequences (ZipMap) count by value;
+    string outputs are left out."""
     pairs = _match_outputs(reference, candidate)
     per_output: dict[str, dict[str, float]] = {}
     flat_ref, flat_cand = [], []
     shapes_match = True
     for name, ref, cand in pairs:
-        ref64, cand64 = np.asarray(ref, np.float64).ravel(), np.asarray(cand, np.float64).ravel()
-        if np.shape(ref) != np.shape(cand):
+        ref64, cand64 = numeric_values(ref), numeric_values(cand)
+        if ref64 is None:  # a string label: not compared (workers.output_compare)
+            continue
+        if cand64 is None or structure(ref) != structure(cand):
             shapes_match = False
             per_output[name] = {"max_abs_diff": float("inf"), "cosine_similarity": 0.0}
             continue

@@ -19,6 +19,7 @@ from workers.benchmark import benchmark, compare_outputs, make_inputs, run_model
 from workers.fileio import file_sha256
 from workers.latency import resolve_round_to
 from workers.options import PruneOptions
+from workers.quantize import check_not_quantized
 from workers.report import Fidelity, HeldOutEvaluation, Latency, PruneReport, SensitivityReport
 from workers.reporting import build_report
 from workers.sandbox import RunnerLimits
@@ -64,6 +65,8 @@ def run_pipeline(
     output_path = Path(output_path)
     stages = Stages(progress)
     analysis = analyse_model(Path(model_path), options.input_shapes, stage=stages.stage)
+    if options.quantize != "none":
+        check_not_quantized(analysis.original)
     schedule = choose_schedule(options, plan, has_data=data is not None)
     resolved, round_to_source = resolve_round_to(options, analysis.sha256, analysis.input_shapes)
     output_path.parent.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,8 @@ import numpy as np
 import onnx
 import onnx.version_converter
 
+from graphops.dequantized import first_quantization_node
+from graphops.errors import ModelRejected
 from workers.sandbox import RunnerLimits, run_in_child
 
 # Calibration samples: min-max ranges settle after a few hundred images.
@@ -62,6 +64,15 @@ def fixed_batch(model: onnx.ModelProto) -> int | None:
             return int(dims[0].dim_value)
         return None
     return None
+
+
+def check_not_quantized(model: onnx.ModelProto) -> None:
+    """``--quantize`` on a QDQ model would quantize it twice (onnxruntime's quantizer then writes an invalid
+    model); such a model is pruned in its own precision without ``--quantize``."""
+    node = first_quantization_node(model)
+    if node is not None:
+        raise ModelRejected(f"model is already quantized ({node.op_type} node {node.name!r}): --quantize applies "
+                            "to float models; prune it without --quantize, it stays in its own precision")
 
 
 def quantize(model_path: Path, output_path: Path, settings: QuantizeSettings,

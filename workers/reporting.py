@@ -9,6 +9,7 @@ import onnx
 from graphops.cost import ModelCost, measure_cost
 from graphops.dependency import DependencyGraph
 from graphops.plan import PruningPlan
+from graphops.shares import macs_shares
 from workers.analysis import Analysis
 from workers.latency_target import target_notes
 from workers.report import (
@@ -57,7 +58,7 @@ def build_report(job: Job, outcome: Outcome, artifacts: Artifacts, *, output_sha
         evaluation=evaluation,
         sensitivity=selection.sensitivity,
         group_ratios=selection.group_ratios,
-        warnings=[*selection.notes, *artifacts.notes, *speed_notes(latency),
+        warnings=[*analysis.input_shape_notes, *selection.notes, *artifacts.notes, *speed_notes(latency),
                   *target_notes(selection.latency_target, latency)],
         learned=outcome.learned,
         quantization=artifacts.quantization,
@@ -70,8 +71,7 @@ def build_report(job: Job, outcome: Outcome, artifacts: Artifacts, *, output_sha
 
 def group_reports(dep: DependencyGraph, plan: PruningPlan,
                   cost: ModelCost) -> tuple[list[GroupReport], list[FrozenReport]]:
-    node_macs = {node.name: node.macs for node in cost.nodes}
-    total = max(cost.macs, 1)
+    shares = macs_shares(dep, {node.name: node.macs for node in cost.nodes})  # each layer counted once
     groups, frozen = [], []
     for group in dep.groups:
         if group.frozen:
@@ -86,7 +86,7 @@ def group_reports(dep: DependencyGraph, plan: PruningPlan,
             channels_after=len(plan.keep.get(group.id, range(group.channels))),
             pinned=len(group.pinned),
             pinned_reasons=list(group.reasons),
-            macs_share=round(sum(node_macs.get(n, 0) for n in group.nodes) / total, 6),
+            macs_share=round(shares[group.id], 6),
         ))
     return groups, frozen
 

@@ -13,8 +13,11 @@ import math
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphops.layout import Layout, ShapeEntry
+from graphops.errors import UnsupportedPattern
+from graphops.layout import Layout, RuntimeCount, ShapeEntry
 from graphops.ops.base import AnalysisContext, OpHandler, SurgeryContext, describe, normalize_axis, register
+from graphops.ops.shape_values import trace_shape_element
+from graphops.ops.shuffle import propagate_channel_shuffle
 
 
 def _int_input_or_attr(node: gs.Node, ctx, index: int, attr: str) -> list[int] | None:
@@ -85,13 +88,26 @@ def follow_shape_entry(ctx: AnalysisContext, node: gs.Node, input_index: int, po
     """
     source = shape_entry_source(ctx, node, input_index, position)
     if source is None:
-        return False
+        return _follows_at_run_time(ctx, node, input_index, position, atoms)
     owner, index, local = source
     value = int(np.ravel(ctx.const(owner.inputs[index]))[local])
     if value == -1 or (value == 0 and may_copy):
         return True
     ctx.state.shape_entries.append(ShapeEntry(owner.name, index, local, atoms))
     return True
+
+
+def _follows_at_run_time(ctx: AnalysisContext, node: gs.Node, input_index: int, position: int,
+                         atoms: np.ndarray) -> bool:
+    """The element is a channel count read by ``Shape`` from these very channels (see
+    :mod:`graphops.ops.shape_values`): it follows the pruning at run time."""
+    if node.op != "Reshape" or input_index != 1:
+        return False
+    for entry in ctx.state.runtime_counts:
+        if entry.reshape == node.name and position in entry.positions and np.array_equal(entry.atoms, atoms):
+            entry.followed.add(position)
+            return True
+    return False
 
 
 @register("Transpose")
@@ -103,8 +119,7 @@ class Transpose(OpHandler):
         rank = ctx.rank(node.inputs[0])
         perm = [int(p) for p in node.attrs.get("perm", list(range(rank - 1, -1, -1)) if rank else [])]
         if layout.axis not in perm:
-            ctx.pin_inputs(node, f"{describe(node)} has an unknown permutation")
-            return
+            raise UnsupportedPattern(f"{describe(node)} has an unknown permutation")
         ctx.set_layout(node.outputs[0], layout.moved(perm.index(layout.axis)))
 
 
@@ -117,17 +132,16 @@ class Reshape(OpHandler):
         in_shape = ctx.static_shape(node.inputs[0])
         out_shape = ctx.static_shape(node.outputs[0])
         if in_shape is None or out_shape is None:
-            ctx.pin_inputs(node, f"{describe(node)} reshapes channels with unknown static shapes")
-            return
+            raise UnsupportedPattern(f"{describe(node)} reshapes channels with unknown static shapes")
         mapped = map_axis_through_reshape(in_shape, out_shape, layout.axis, len(layout))
         if mapped is None:
-            ctx.pin_inputs(node, f"{describe(node)} splits the channel axis {in_shape} -> {out_shape}")
-            return
+            if node.op == "Reshape" and propagate_channel_shuffle(node, ctx, layout):
+                return
+            raise UnsupportedPattern(f"{describe(node)} splits the channel axis {in_shape} -> {out_shape}")
         out_axis, positions = mapped
         atoms = layout.atoms[positions]
         if node.op == "Reshape" and not follow_shape_entry(ctx, node, 1, out_axis, atoms, may_copy=True):
-            ctx.pin_inputs(node, f"{describe(node)} takes a run-time shape that fixes the channel count")
-            return
+            raise UnsupportedPattern(f"{describe(node)} takes a run-time shape that fixes the channel count")
         ctx.set_layout(node.outputs[0], Layout(out_axis, atoms))
 
 
@@ -152,9 +166,8 @@ class Concat(OpHandler):
             shape = ctx.shape(tensor)
             size = shape[axis] if shape is not None else None
             if not isinstance(size, int):
-                ctx.pin_inputs(node, f"{describe(node)} joins an input of unknown size on the channel axis")
-                return
-            reason = f"{describe(node)} joins channels of '{tensor.name}', which are not tracked"
+                raise UnsupportedPattern(f"{describe(node)} joins an input of unknown size on the channel axis")
+            reason = f"{describe(node)} joins channels of {ctx.untracked_source(tensor)}, which are not tracked"
             pieces.append(ctx.new_pinned_layout(axis, size, node.name, reason).atoms)
         ctx.set_layout(node.outputs[0], Layout(axis, np.concatenate(pieces)))
 
@@ -165,8 +178,7 @@ def Broadcast_like(node: gs.Node, ctx: AnalysisContext) -> None:
     reference = next(lay for lay in layouts if lay is not None)
     for tensor, layout in zip(node.inputs, layouts):
         if layout is None or layout.axis != reference.axis or len(layout) != len(reference):
-            ctx.pin_inputs(node, f"{describe(node)} joins tensors whose channels do not line up")
-            return
+            raise UnsupportedPattern(f"{describe(node)} joins tensors whose channels do not line up")
         ctx.state.unite(reference.atoms, layout.atoms)
     ctx.set_layout(node.outputs[0], reference)
 
@@ -185,13 +197,11 @@ class Split(OpHandler):
             return
         sizes = _int_input_or_attr(node, ctx, 1, "split")
         if sizes is None:
-            ctx.pin_inputs(node, f"{describe(node)} splits channels by run-time sizes")
-            return
+            raise UnsupportedPattern(f"{describe(node)} splits channels by run-time sizes")
         if not sizes:
             count = len(node.outputs)
             if len(layout) % count:
-                ctx.pin_inputs(node, f"{describe(node)} splits {len(layout)} channels unevenly")
-                return
+                raise UnsupportedPattern(f"{describe(node)} splits {len(layout)} channels unevenly")
             sizes = [len(layout) // count] * count
         offset = 0
         for out, size in zip(node.outputs, sizes):
@@ -229,8 +239,7 @@ class Slice(OpHandler):
             return
         params = self._params(node, ctx)
         if params is None:
-            ctx.pin_inputs(node, f"{describe(node)} slices with run-time parameters")
-            return
+            raise UnsupportedPattern(f"{describe(node)} slices with run-time parameters")
         rank = ctx.rank(node.inputs[0])
         starts, ends, axes, steps = params
         axes = [normalize_axis(a, rank) for a in (axes or range(len(starts)))]
@@ -240,8 +249,7 @@ class Slice(OpHandler):
         k = axes.index(layout.axis)
         step = steps[k] if steps else 1
         if step != 1:
-            ctx.pin_inputs(node, f"{describe(node)} takes every {step}th channel")
-            return
+            raise UnsupportedPattern(f"{describe(node)} takes every {step}th channel")
         positions = np.arange(len(layout))[slice(*slice(starts[k], ends[k]).indices(len(layout)))]
         atoms = layout.atoms[positions]
         ctx.state.nonempty.append(atoms)
@@ -287,7 +295,8 @@ class Slice(OpHandler):
 
 @register("Shape")
 class Shape(OpHandler):
-    """Reading dims other than the channel count is harmless; reading it is not."""
+    """Reading dims other than the channel count is harmless; the count itself only where it lands
+    in a Reshape that puts the same channels there (:mod:`graphops.ops.shape_values`)."""
 
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
         layout = ctx.layout(node.inputs[0])
@@ -298,17 +307,10 @@ class Shape(OpHandler):
         end = normalize_axis(int(node.attrs.get("end", rank)), rank) if "end" in node.attrs else rank
         if not start <= layout.axis < end:
             return
-        channel_index = layout.axis - start
-        for consumer in node.outputs[0].outputs:
-            indices = ctx.const(consumer.inputs[1]) if consumer.op == "Gather" else None
-            if indices is None or int(consumer.attrs.get("axis", 0)) != 0:
-                break
-            dims = end - start
-            if channel_index in {normalize_axis(int(i), dims) for i in np.ravel(indices)}:
-                break
-        else:
-            return
-        ctx.pin_inputs(node, f"{describe(node)} reads the channel count at run time")
+        for reshape, positions in trace_shape_element(ctx, node, layout.axis - start):
+            reason = (f"{describe(node)} reads the channel count of '{node.inputs[0].name}' into {describe(reshape)}, "
+                      "which does not reshape those channels there")
+            ctx.state.runtime_counts.append(RuntimeCount(reshape.name, positions, layout.atoms, reason))
 
 
 REDUCE_OPS = (
@@ -329,12 +331,10 @@ class Reduce(OpHandler):
         else:
             axes = _int_input_or_attr(node, ctx, 1, "axes")
         if axes is None or (not axes and not int(node.attrs.get("noop_with_empty_axes", 0))) or rank is None:
-            ctx.pin_inputs(node, f"{describe(node)} reduces over all axes, the channels included")
-            return
+            raise UnsupportedPattern(f"{describe(node)} reduces over all axes, the channels included")
         axes = {normalize_axis(a, rank) for a in axes}
         if layout.axis in axes:
-            ctx.pin_inputs(node, f"{describe(node)} reduces over the channel axis")
-            return
+            raise UnsupportedPattern(f"{describe(node)} reduces over the channel axis")
         keepdims = int(node.attrs.get("keepdims", 1))
         out_axis = layout.axis if keepdims else layout.axis - sum(a < layout.axis for a in axes)
         ctx.set_layout(node.outputs[0], layout.moved(out_axis))

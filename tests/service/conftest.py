@@ -59,19 +59,21 @@ def redis_namespace() -> Iterator[str]:
 def celery_env(tmp_path: Path, redis_namespace: str) -> dict[str, str]:
     """Env of API and worker processes in Celery mode; each test gets its own queue and data dir.
 
-    The short visibility timeout (and limits and lease below it) lets a killed worker's job come back in
-    seconds.
+    A short lease and a quick reconciler let a killed worker's job come back in seconds (the
+    visibility timeout, and the time limits below it, leave room for slow runs on a loaded machine).
     """
     return {
         "ONNXPRUNE_REDIS_URL": REDIS_URL,
         "ONNXPRUNE_REDIS_PREFIX": redis_namespace,
         "ONNXPRUNE_QUEUE": f"q-{uuid.uuid4().hex[:8]}",
         "ONNXPRUNE_DATA_DIR": str(tmp_path / "data"),
-        "ONNXPRUNE_VISIBILITY_TIMEOUT_S": "20",
-        "ONNXPRUNE_TIME_LIMIT_S": "18",
-        "ONNXPRUNE_SOFT_TIME_LIMIT_S": "16",
+        "ONNXPRUNE_VISIBILITY_TIMEOUT_S": "60",
+        "ONNXPRUNE_TIME_LIMIT_S": "55",
+        "ONNXPRUNE_SOFT_TIME_LIMIT_S": "50",
         "ONNXPRUNE_RETRY_DELAY_S": "0",
         "ONNXPRUNE_LEASE_TTL_S": "4",
+        "ONNXPRUNE_RECONCILE_INTERVAL_S": "1",
+        "ONNXPRUNE_RECONCILE_GRACE_S": "2",
     }
 
 

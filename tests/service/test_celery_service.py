@@ -113,6 +113,7 @@ def test_an_api_restart_keeps_records_while_workers_keep_working(
         assert client.list()["total"] == 1
 
 
+@pytest.mark.slow
 def test_duplicate_deliveries_to_two_workers_give_one_result_with_the_reported_sha256(
     start_api, start_worker, celery_env, slow_model_path, tmp_path
 ):

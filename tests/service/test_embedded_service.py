@@ -114,6 +114,7 @@ def test_client_raises_the_server_message_for_a_refused_upload(start_api, embedd
     assert str(refused.value).startswith("config.ratio: ratio must be in [0, 1)")
 
 
+@pytest.mark.slow
 def test_a_job_running_when_the_api_is_killed_is_taken_up_again_after_a_restart(
     start_api, embedded_env, slow_model_path
 ):
