@@ -80,7 +80,7 @@ def prune(
 
     if options is not None and fields:
         raise TypeError("pass either options= or option keywords, not both")
-    chosen = options if options is not None else PruneOptions(**fields)  # type: ignore[arg-type]
+    chosen = options if options is not None else PruneOptions(**fields)
     with tempfile.TemporaryDirectory(prefix="onnxprune-api-") as tmp:
         workdir = Path(tmp)
         target = Path(output) if output is not None else workdir / "pruned.onnx"

@@ -153,8 +153,8 @@ def _print_summary(report: PruneReport) -> None:
     table.add_row("MACs", f"{report.macs.before:,}", f"{report.macs.after:,}", f"-{report.macs.reduction:.1%}")
     table.add_row("params", f"{report.params.before:,}", f"{report.params.after:,}", f"-{report.params.reduction:.1%}")
     if report.latency_ms and report.latency_ms.after:
-        before, after = report.latency_ms.before.p50, report.latency_ms.after.p50
-        table.add_row("latency p50 (ms)", f"{before:.3f}", f"{after:.3f}", f"x{before / after:.2f} faster" if after else "")
+        table.add_row("latency p50 (ms)", f"{report.latency_ms.before.p50:.3f}", f"{report.latency_ms.after.p50:.3f}",
+                      _speed_words(report.latency_ms.change))
     if report.fidelity:
         table.add_row("fidelity", "", f"cos {report.fidelity.cosine_similarity:.4f}", f"max|Δ| {report.fidelity.max_abs_diff:.3g}")
     evaluation = getattr(report, "evaluation", None)
@@ -170,6 +170,15 @@ def _print_summary(report: PruneReport) -> None:
                       "" if quantization.float_held_out is None else f"held out {quantization.float_held_out:.4f}")
     pruned = sum(1 for g in report.groups if g.channels_after < g.channels_before)
     table.caption = f"{pruned} of {len(report.groups)} prunable groups pruned; {len(report.frozen)} frozen"
+    target = getattr(report, "latency_target", None)
+    if target is not None:
+        verdict = "met" if target.met else f"missed by {target.missed_by:.3f}"
+        table.caption += (f"\nlatency target {target.target:g}: {verdict} (measured {target.measured.ratio:.3f}x the "
+                          f"original's p50, p90 {target.measured.p90_ratio:.3f}x, fastest runs "
+                          f"{target.measured.min_ratio:.3f}x, predicted {target.predicted:.3f}x; "
+                          f"{len(target.iterations)} pass(es), counts multiples of {target.step})")
+    if getattr(report, "round_to", None):
+        table.caption += f"\nchannel counts multiples of {report.round_to} ({report.round_to_source})"
     learned = getattr(report, "learned", None)
     if learned is not None:
         kept = ", ".join(f"{layer.kept}/{layer.channels}" for layer in learned.layers)
@@ -177,6 +186,14 @@ def _print_summary(report: PruneReport) -> None:
     for warning in report.warnings:  # e.g. which size symbolic input dims were probed at
         table.caption += f"\nnote: {warning}"
     print_table(table)
+
+
+def _speed_words(change) -> str:
+    """"1.32x faster (95% interval: between 1.25x faster and 1.40x faster)", flagged when within noise."""
+    if change is None:
+        return ""
+    noise = " [yellow]within noise[/yellow]" if change.within_noise else ""
+    return f"{change.summary} ({change.band}){noise}"
 
 
 @app.command()
@@ -288,6 +305,13 @@ def bench(
             table.add_row(f"{label}: {path.name}", f"{stats.p50:.3f}", f"{stats.p90:.3f}", f"{stats.mean:.3f}")
     out = stdout_console()
     print_table(table, out)
+    change = result.latency.change
+    if change is not None:
+        out.print(f"B against A (p50): {_speed_words(change)}; p90 ratio {change.p90_ratio:.3f}", highlight=False)
+        from workers.speed import noise_warning
+
+        if noise_warning(change):
+            console.print(f"[yellow]warning:[/yellow] {noise_warning(change)}", highlight=False, soft_wrap=True)
     if result.fidelity:
         out.print(f"outputs: max |A-B| {result.fidelity.max_abs_diff:.3g}, cosine {result.fidelity.cosine_similarity:.6f}")
 

@@ -47,7 +47,7 @@ def test_a_model_with_string_and_zipmap_outputs_prunes_and_passes_the_oracle(tmp
     path = tmp_path / "zipmap.onnx"
     onnx.save(zipmap_classifier(), path)
 
-    result = run_pipeline(path, tmp_path / "out.onnx", PruneOptions(ratio=0.5, benchmark_runs=2))
+    result = run_pipeline(path, tmp_path / "out.onnx", PruneOptions(ratio=0.5, benchmark_runs=2, round_to=1))
 
     pruned = onnx.load(tmp_path / "out.onnx")
     onnx.checker.check_model(pruned, full_check=True)

@@ -35,7 +35,7 @@ def qdq_counts(model: onnx.ModelProto) -> tuple[int, int]:
 def prune_and_check(source: Path, tmp_path: Path, *args: str) -> dict:
     """Prune with the CLI, then replay its plan through the oracle; returns the report."""
     result = onnxprune("prune", source, "-o", "out.onnx", "--plan-out", "plan.json", "--report", "report.json",
-                       "--no-benchmark", *args, cwd=tmp_path)
+                       "--no-benchmark", "--round-to", "1", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     original, pruned = onnx.load(source), onnx.load(tmp_path / "out.onnx")
     assert qdq_counts(pruned) == qdq_counts(original)

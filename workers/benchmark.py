@@ -22,6 +22,7 @@ from graphops.shapes import graph_inputs, resolve_input_shapes
 from workers.output_compare import numeric_values, structure
 from workers.report import Fidelity, Latency, LatencyStats
 from workers.sandbox import RunnerError, RunnerLimits, run_in_child
+from workers.speed import compare_timings
 
 if TYPE_CHECKING:  # onnxruntime itself is imported only in the child process
     import onnxruntime
@@ -85,7 +86,9 @@ def benchmark(
     paths = [str(original)] + ([str(pruned)] if pruned is not None else [])
     timings, outputs = run_in_child(_time_sessions, (paths, inputs, runs, warmup, threads), limits=limits)
     stats = [_latency_stats(ms) for ms in timings]
-    latency = Latency(before=stats[0], after=stats[1] if pruned is not None else None, threads=threads, warmup=warmup)
+    change = compare_timings(timings[0], timings[1], seed=seed) if pruned is not None else None
+    latency = Latency(before=stats[0], after=stats[1] if pruned is not None else None, threads=threads, warmup=warmup,
+                      change=change)
     fidelity = compare_outputs(outputs[0], outputs[1]) if pruned is not None else None
     return BenchmarkResult(latency=latency, fidelity=fidelity)
 
@@ -150,22 +153,32 @@ def _latency_stats(milliseconds: list[float]) -> LatencyStats:
         p10=float(np.percentile(values, 10)),
         mean=float(values.mean()),
         runs=len(milliseconds),
+        min=float(values.min()),
     )
 
 
 # ---- what runs in the child process ----------------------------------------------------------
 
 
+# onnxruntime graph optimisation levels by the names the options use.
+OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+                       "layout": "ORT_ENABLE_LAYOUT", "all": "ORT_ENABLE_ALL"}
+
+
 def _session(path: str, threads: int) -> onnxruntime.InferenceSession:
+    return session_from_bytes(Path(path).read_bytes(), threads)
+
+
+def session_from_bytes(data: bytes, threads: int, optimization: str = "all") -> onnxruntime.InferenceSession:
+    """A CPU session with the deploy settings (child process only)."""
     import onnxruntime as ort
 
-    data = Path(path).read_bytes()
     parse_model(data)  # refuses external data before onnxruntime could follow its paths
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[optimization])
     options.log_severity_level = 3
     return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
 

@@ -11,6 +11,7 @@ from graphops.dependency import DependencyGraph
 from graphops.plan import PruningPlan
 from graphops.shares import macs_shares
 from workers.analysis import Analysis
+from workers.latency_target import target_notes
 from workers.report import (
     BeforeAfter,
     Fidelity,
@@ -21,6 +22,7 @@ from workers.report import (
     LayerReport,
     PruneReport,
 )
+from workers.speed import speed_notes
 from workers.strategies import Job, Outcome
 from workers.strategies.finish import Artifacts
 
@@ -56,9 +58,14 @@ def build_report(job: Job, outcome: Outcome, artifacts: Artifacts, *, output_sha
         evaluation=evaluation,
         sensitivity=selection.sensitivity,
         group_ratios=selection.group_ratios,
-        warnings=[*analysis.input_shape_notes, *selection.notes, *artifacts.notes],
+        warnings=[*analysis.input_shape_notes, *selection.notes, *artifacts.notes, *speed_notes(latency),
+                  *target_notes(selection.latency_target, latency)],
         learned=outcome.learned,
         quantization=artifacts.quantization,
+        round_to=selection.latency_target.step if selection.latency_target else int(job.options.round_to),
+        round_to_source="the latency table" if selection.latency_target and job.round_to_source != "given"
+        else job.round_to_source,
+        latency_target=selection.latency_target,
     )
 
 
