@@ -34,7 +34,7 @@ def readme_python_example() -> str:
 
 
 def test_the_readme_example_runs_and_writes_a_smaller_model(tmp_path, monkeypatch, capsys):
-    onnx.save(residual_model(), tmp_path / "model.onnx")
+    onnx.save(residual_model(width=64), tmp_path / "model.onnx")
     monkeypatch.chdir(tmp_path)
 
     exec(compile(readme_python_example(), "README.md", "exec"), {})

@@ -59,7 +59,7 @@ def build_report(job: Job, outcome: Outcome, artifacts: Artifacts, *, output_sha
         sensitivity=selection.sensitivity,
         group_ratios=selection.group_ratios,
         warnings=[*analysis.input_shape_notes, *selection.notes, *artifacts.notes, *speed_notes(latency),
-                  *target_notes(selection.latency_target, latency)],
+                  *target_notes(selection.latency_target, latency), *rounding_notes(job, groups)],
         learned=outcome.learned,
         quantization=artifacts.quantization,
         round_to=selection.latency_target.step if selection.latency_target else int(job.options.round_to),
@@ -67,6 +67,18 @@ def build_report(job: Job, outcome: Outcome, artifacts: Artifacts, *, output_sha
         else job.round_to_source,
         latency_target=selection.latency_target,
     )
+
+
+def rounding_notes(job: Job, groups: list[GroupReport]) -> list[str]:
+    """Say so when ``--round-to auto`` kept small groups whole: the user asked for a cut and got none there."""
+    step = job.options.round_to
+    if not job.round_to_source.startswith("auto") or not isinstance(step, int) or step <= 1:
+        return []
+    whole = [g for g in groups if g.channels_after == g.channels_before and g.channels_before <= step]
+    if not whole:
+        return []
+    return [f"round-to auto ({step}): {len(whole)} group(s) of at most {step} channels kept whole, since cutting "
+            f"them off onnxruntime's kernel step makes them slower, not faster; --round-to 1 prunes exact counts"]
 
 
 def group_reports(dep: DependencyGraph, plan: PruningPlan,
