@@ -58,6 +58,14 @@ class Job:
 
 
     @property
+    def round_to(self) -> int:
+        """The channel-count step; ``'auto'`` was resolved to a number before the job started."""
+        step = self.options.round_to
+        if not isinstance(step, int):
+            raise ValueError("round_to 'auto' must be resolved (workers.latency.resolve_round_to) before a job runs")
+        return step
+
+    @property
     def dep(self) -> DependencyGraph:
         return self.analysis.dep
 
