@@ -170,7 +170,15 @@ def poll_round(workdir: Path, pollers: int, seconds: float, interval: float) -> 
         running_id = submit(slow_model, {"ratio": 0.5, "benchmark": True, "benchmark_runs": 1000})
         wait_for(lambda: http.get(f"/v1/jobs/{running_id}").json()["status"] == "running", 60, "the long job")
 
+        api_pid = processes[0].pid
+
+        def api_cpu_s() -> float:
+            """User + system CPU seconds of the API process so far (load-independent cost)."""
+            fields = Path(f"/proc/{api_pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
         def measure(pause: float, duration: float) -> dict:
+            cpu_before = api_cpu_s()
             latencies: list[float] = []
             lock = threading.Lock()
 
@@ -191,7 +199,9 @@ def poll_round(workdir: Path, pollers: int, seconds: float, interval: float) -> 
                 thread.start()
             for thread in threads:
                 thread.join()
+            cpu_ms = (api_cpu_s() - cpu_before) * 1000
             return {"pollers": pollers, "pause_s": pause, "seconds": duration, "requests": len(latencies),
+                    "api_cpu_ms_per_request": round(cpu_ms / max(1, len(latencies)), 3),
                     "p50_ms": round(percentile(latencies, 50), 2), "p99_ms": round(percentile(latencies, 99), 2),
                     "max_ms": round(max(latencies), 2)}
 

@@ -11,6 +11,8 @@ Conventions (the numbers in every report follow them):
   A tensor shared by several nodes appears in each node's count but once in the total. Integer
   tensors (shapes, indices) are not parameters. Weights computed at run time (e.g. by
   ConstantOfShape) are not counted until ``prepare_model`` folds them into initializers.
+  Quantized models (QDQ): the int8 (or int32) data a DequantizeLinear reads counts, its scales and
+  zero points do not; the parameters are counted at the DequantizeLinear, not at the conv.
 - Only the top-level graph is measured; subgraphs of control-flow ops count 0.
 """
 
@@ -24,9 +26,11 @@ import onnx
 from onnx import TensorProto
 
 from graphops.errors import ModelRejected
+from graphops.ops import handler_for
 from graphops.shape_completion import complete_shapes
 from graphops.shapes import Shape, with_input_shapes
 
+_QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 _FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16})
 
 
@@ -51,11 +55,12 @@ class ModelCost:
 def measure_cost(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> ModelCost:
     """Cost of every top-level node, in graph order (unnamed nodes are named by their first output)."""
     shapes = complete_shapes(with_input_shapes(model, input_shapes))
-    weights = _float_constant_sizes(model.graph)
+    weights = _float_constant_sizes(model.graph) | _quantized_constant_sizes(model.graph)
     nodes: list[NodeCost] = []
     counted: set[str] = set()
     for node in model.graph.node:
-        consumed = [name for name in dict.fromkeys(node.input) if name in weights]
+        inputs = node.input[:1] if node.op_type in _QDQ_OPS else node.input  # scales are not parameters
+        consumed = [name for name in dict.fromkeys(inputs) if name in weights]
         counted.update(consumed)
         nodes.append(
             NodeCost(
@@ -69,26 +74,8 @@ def measure_cost(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int
 
 
 def _node_macs(node: onnx.NodeProto, shapes: Mapping[str, Shape]) -> int:
-    if node.op_type == "Conv":
-        out = _shape(node, node.output[0], shapes)
-        weight = _shape(node, node.input[1], shapes)
-        # out: N, Cout, spatial...; weight: Cout, Cin/group, kernel...
-        return math.prod(out) * math.prod(weight[1:])
-    if node.op_type == "ConvTranspose":
-        data = _shape(node, node.input[0], shapes)
-        weight = _shape(node, node.input[1], shapes)
-        # data: N, Cin, spatial...; weight: Cin, Cout/group, kernel...
-        return math.prod(data) * math.prod(weight[1:])
-    if node.op_type == "Gemm":
-        out = _shape(node, node.output[0], shapes)
-        b = _shape(node, node.input[1], shapes)
-        trans_b = next((attr.i for attr in node.attribute if attr.name == "transB"), 0)
-        return math.prod(out) * (b[1] if trans_b else b[0])
-    if node.op_type == "MatMul":
-        out = _shape(node, node.output[0], shapes)
-        b = _shape(node, node.input[1], shapes)
-        return math.prod(out) * (b[-2] if len(b) >= 2 else b[0])
-    return 0
+    """The op's handler knows its MACs (``OpHandler.macs``); ops without one count 0."""
+    return handler_for(node.op_type).macs(node, lambda tensor: _shape(node, tensor, shapes))
 
 
 def _shape(node: onnx.NodeProto, tensor: str, shapes: Mapping[str, Shape]) -> tuple[int, ...]:
@@ -98,7 +85,14 @@ def _shape(node: onnx.NodeProto, tensor: str, shapes: Mapping[str, Shape]) -> tu
             f"cannot count MACs of {node.op_type} node {node.name or node.output[0]!r}: "
             f"shape of {tensor!r} is {'unknown' if shape is None else list(shape)} at these input shapes"
         )
-    return tuple(int(d) for d in shape)  # type: ignore[arg-type]
+    return tuple(int(d) for d in shape if isinstance(d, int))  # every dim is one, checked above
+
+
+def _quantized_constant_sizes(graph: onnx.GraphProto) -> dict[str, int]:
+    """Element counts of the initializers a DequantizeLinear reads as data (QDQ weights and biases)."""
+    sizes = {init.name: math.prod(init.dims) for init in graph.initializer}
+    return {node.input[0]: sizes[node.input[0]] for node in graph.node
+            if node.op_type == "DequantizeLinear" and node.input and node.input[0] in sizes}
 
 
 def _float_constant_sizes(graph: onnx.GraphProto) -> dict[str, int]:

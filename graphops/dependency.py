@@ -7,6 +7,7 @@ pruned) and, for every tracked tensor, which channel sits at each position (used
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -14,7 +15,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphops.errors import GraphOpsError, ModelRejected
+from graphops.errors import AnalysisBug, ModelRejected, UnsupportedPattern
 from graphops.layout import ConstSlice, Layout, Producer, ShapeEntry, TrackerState
 from graphops.ops import AnalysisContext, handler_for
 from graphops.ops.base import describe
@@ -22,6 +23,9 @@ from graphops.shape_completion import complete_shapes
 from graphops.shapes import Shape, resolve_input_shapes, skeleton, with_input_shapes
 
 FILTER_OPS = ("Conv", "ConvTranspose")
+# Set (to anything but "" or "0") by the test suite: a handler bug re-raises the handler's own
+# exception, traceback and all, instead of the one-line AnalysisBug jobs report.
+STRICT_ENV = "ONNXPRUNE_STRICT_ANALYSIS"
 _MAX_REASONS = 5
 
 
@@ -113,7 +117,9 @@ def _opset(model: onnx.ModelProto) -> int:
     return 1
 
 
-def _infer(model: onnx.ModelProto, input_shapes):
+def _infer(
+    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None
+) -> tuple[dict[str, list[int]] | None, dict[str, Shape]]:
     try:
         resolved = resolve_input_shapes(model, input_shapes)
     except ModelRejected:
@@ -127,24 +133,47 @@ def _infer(model: onnx.ModelProto, input_shapes):
         raise ModelRejected(f"shape inference failed: {str(exc).splitlines()[0]}") from exc
 
 
+def strict_by_default() -> bool:
+    return os.environ.get(STRICT_ENV, "") not in ("", "0")
+
+
 def analyze(
-    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None
+    model: onnx.ModelProto,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    *,
+    strict: bool | None = None,
 ) -> DependencyGraph:
-    """Channel groups of a prepared model (see :func:`graphops.prepare.prepare_model`)."""
+    """Channel groups of a prepared model (see :func:`graphops.prepare.prepare_model`).
+
+    A handler declines a pattern by raising :class:`UnsupportedPattern`: the channels the node
+    touches freeze with that reason. Any other exception is a bug and is never turned into a frozen
+    group: ``strict`` (the tests) re-raises it as it is; otherwise (jobs) it becomes an
+    :class:`AnalysisBug` naming the node, an internal error.
+    """
+    strict = strict_by_default() if strict is None else strict
     resolved, shapes = _infer(model, input_shapes)
     opset = _opset(model)
     graph = gs.import_onnx(model)
     graph.toposort()
     state = TrackerState()
-    ctx = AnalysisContext(state, shapes, opset)
+    ctx = AnalysisContext(state, shapes, opset, frozenset(t.name for t in graph.outputs))
     for node in graph.nodes:
         if node.domain not in (None, "", "ai.onnx"):
             ctx.pin_inputs(node, f"consumed by {describe(node)} from custom domain '{node.domain}'")
             continue
         try:
             handler_for(node.op).propagate(node, ctx)
-        except (GraphOpsError, ValueError, IndexError, KeyError, TypeError) as exc:
-            ctx.pin_inputs(node, f"{describe(node)} could not be analysed ({type(exc).__name__}: {exc})")
+        except UnsupportedPattern as declined:
+            _freeze_node(node, ctx, str(declined))
+        except Exception as exc:
+            if strict:
+                raise
+            raise AnalysisBug(
+                f"onnxprune bug: the {node.op} handler failed on {describe(node)} ({type(exc).__name__}: {exc})"
+            ) from exc
+    for count in state.runtime_counts:
+        if count.positions - count.followed:
+            state.pin(count.atoms, count.reason)
     for out in graph.outputs:
         layout = state.layouts.get(out.name)
         if layout is not None:
@@ -152,7 +181,23 @@ def analyze(
     return _collect(model, resolved, shapes, opset, graph, state)
 
 
-def _collect(model, resolved, shapes, opset, graph: gs.Graph, state: TrackerState) -> DependencyGraph:
+def _freeze_node(node: gs.Node, ctx: AnalysisContext, reason: str) -> None:
+    """Pin what a declining handler touched: its inputs' channels, and any output layout it had set."""
+    ctx.pin_inputs(node, reason)
+    for out in node.outputs:
+        layout = ctx.layout(out)
+        if layout is not None:
+            ctx.state.pin(layout.atoms, reason)
+
+
+def _collect(
+    model: onnx.ModelProto,
+    resolved: dict[str, list[int]] | None,
+    shapes: dict[str, Shape],
+    opset: int,
+    graph: gs.Graph,
+    state: TrackerState,
+) -> DependencyGraph:
     atom_count = len(state.atoms)
     atom_root = state.atoms.roots()
     space_root = np.array([state.spaces.find(s) for s in state.atom_space], dtype=np.int64)
@@ -254,18 +299,35 @@ def _collect(model, resolved, shapes, opset, graph: gs.Graph, state: TrackerStat
     )
 
 
-def _balanced_blocks(state, atom_group, atom_class_local, pinned, reasons):
-    """Grouped-conv blocks as class indices; blocks that do not map cleanly pin their channels."""
-    balanced = []
+def _balanced_blocks(
+    state: TrackerState,
+    atom_group: np.ndarray,
+    atom_class_local: np.ndarray,
+    pinned: list[set[int]],
+    reasons: list[list[str]],
+) -> list[tuple[int, list[np.ndarray]]]:
+    """Grouped-conv blocks as class indices; blocks that do not map cleanly pin their channels.
+
+    Three cases keep equal counts per block: every class spread evenly over the blocks (a channel
+    shuffle ties one channel of each block together: any plan stays balanced, nothing to record),
+    or each class inside one block, every class the same number of times (the plan keeps equal
+    class counts per block). Anything else pins the channels.
+    """
+    balanced: list[tuple[int, list[np.ndarray]]] = []
     for blocks in state.balanced_blocks:
-        groups = np.unique(np.concatenate([atom_group[b] for b in blocks]))
-        classes = [np.unique(atom_class_local[b]) for b in blocks]
-        flat = np.concatenate(classes)
-        if len(groups) == 1 and len(np.unique(flat)) == len(flat) and all(len(c) == len(b) for c, b in zip(classes, blocks)):
-            balanced.append((int(groups[0]), classes))
-            continue
+        members = np.concatenate(blocks)
+        groups = np.unique(atom_group[members])
+        if len(groups) == 1:
+            classes = [atom_class_local[b] for b in blocks]
+            known = np.unique(np.concatenate(classes))
+            counts = np.stack([np.bincount(np.searchsorted(known, c), minlength=len(known)) for c in classes])
+            if (counts == counts[0]).all():
+                continue
+            present = counts > 0
+            if (present.sum(axis=0) == 1).all() and len(np.unique(counts[present])) == 1:
+                balanced.append((int(groups[0]), [known[present[k]] for k in range(len(blocks))]))
+                continue
         for group in groups.tolist():
-            members = np.concatenate(blocks)
             pinned[group].update(atom_class_local[members[atom_group[members] == group]].tolist())
             reasons[group].append("a grouped conv reads these channels in blocks that do not line up")
     return balanced

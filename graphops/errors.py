@@ -11,3 +11,16 @@ class ModelRejected(GraphOpsError):
 
 class PlanError(ModelRejected):
     """A pruning plan does not fit the model it is applied to."""
+
+
+class UnsupportedPattern(GraphOpsError):
+    """An op handler declines the pattern it meets: the channels it touches freeze, with this reason.
+
+    The one exception a handler may raise on purpose. Anything else a handler raises is a bug in
+    onnxprune (see :class:`AnalysisBug`), never a reason to freeze a group quietly.
+    """
+
+
+class AnalysisBug(GraphOpsError):
+    """An op handler failed with something other than :class:`UnsupportedPattern`: our fault, not the
+    model's (an internal error for the job, never a frozen group)."""

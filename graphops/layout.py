@@ -60,7 +60,7 @@ class Layout:
     def __len__(self) -> int:
         return int(self.atoms.shape[0])
 
-    def moved(self, axis: int, atoms: np.ndarray | None = None) -> "Layout":
+    def moved(self, axis: int, atoms: np.ndarray | None = None) -> Layout:
         return Layout(axis, self.atoms if atoms is None else atoms)
 
 
@@ -72,6 +72,19 @@ class Producer:
     weight: str  # initializer name
     axis: int  # the weight axis indexed by the output channel
     atoms: np.ndarray  # atom of each output position
+    # > 1 for a grouped ConvTranspose, whose weight [C_in, C_out / groups, ...] indexes output
+    # channel k * (C_out / groups) + j by (rows of conv group k, column j).
+    groups: int = 1
+
+    def filters(self, weight: np.ndarray) -> np.ndarray:
+        """One row per output position (``len(atoms)`` rows): the weights that compute it."""
+        if self.groups > 1:
+            c_in, per_group = weight.shape[0], weight.shape[1]
+            blocks = weight.reshape(self.groups, c_in // self.groups, per_group, -1).transpose(0, 2, 1, 3)
+            rows: np.ndarray = blocks.reshape(self.groups * per_group, -1)
+            return rows
+        moved = np.moveaxis(weight, self.axis, 0)
+        return moved.reshape(moved.shape[0], -1)
 
 
 @dataclass(frozen=True)
@@ -93,6 +106,21 @@ class ShapeEntry:
     input_index: int
     position: int
     atoms: np.ndarray
+
+
+@dataclass
+class RuntimeCount:
+    """A channel count a ``Shape`` node reads at run time and that lands in a Reshape's target.
+
+    Harmless when the Reshape puts the same channels at that position (the count then follows the
+    pruning at run time); any position not claimed so (``followed``) pins the channels.
+    """
+
+    reshape: str
+    positions: frozenset[int]
+    atoms: np.ndarray
+    reason: str
+    followed: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -121,6 +149,7 @@ class TrackerState:
     balanced_blocks: list[list[np.ndarray]] = field(default_factory=list)
     # Each entry: atoms of which at least one must survive (a conv's output, a Split or Slice output).
     nonempty: list[np.ndarray] = field(default_factory=list)
+    runtime_counts: list[RuntimeCount] = field(default_factory=list)
 
     def new_atoms(self, count: int, origin: str) -> np.ndarray:
         space = self.spaces.add(1)[0]

@@ -4,13 +4,14 @@ Uploaded models are hostile until proven otherwise. Parsing never follows extern
 and ``validate_model`` rejects, before anything runs the model, whatever would make onnxruntime
 or our own passes allocate without bound (tensors whose declared size does not match their data,
 constant shapes that generate gigabytes) or that we cannot prune (custom domains, convs inside
-control flow, half-precision weights, opsets onnxruntime does not run).
+control flow, bfloat16 weights, opsets onnxruntime does not run). float16 models are pruned in
+their own precision.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,17 +21,14 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto, numpy_helper
 
 from graphops.errors import ModelRejected
+from graphops.versions import supported_ir_versions, supported_opsets
 
-# Probed against onnxruntime 1.31 (tests/test_loading.py keeps these honest on upgrades).
-SUPPORTED_OPSETS: dict[str, tuple[int, int]] = {"": (7, 26), "ai.onnx.ml": (1, 5)}
-SUPPORTED_IR_VERSIONS = (3, 13)
 ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
 CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
 CONV_OPS = frozenset({"Conv", "ConvTranspose"})
-HALF_PRECISION = {
-    TensorProto.FLOAT16: "float16",
-    TensorProto.BFLOAT16: "bfloat16",
-}
+# ONNX's Conv takes no bfloat16 before opset 22 and onnxruntime's CPU provider runs none: such a
+# model could be neither verified nor benchmarked. float16 runs, and is pruned as it is.
+UNRUNNABLE_PRECISION: dict[int, str] = {TensorProto.BFLOAT16: "bfloat16"}
 
 
 @dataclass(frozen=True)
@@ -124,7 +122,8 @@ def validate_model(model: onnx.ModelProto, limits: ValidationLimits = Validation
 
 
 def _check_versions(model: onnx.ModelProto) -> None:
-    low_ir, high_ir = SUPPORTED_IR_VERSIONS
+    low_ir, high_ir = supported_ir_versions()
+    opsets = supported_opsets()
     if not low_ir <= model.ir_version <= high_ir:
         raise ModelRejected(
             f"model IR version {model.ir_version} is not supported by onnxruntime (supported: {low_ir}-{high_ir})"
@@ -135,7 +134,7 @@ def _check_versions(model: onnx.ModelProto) -> None:
         declared[domain] = opset.version
         if domain not in ALLOWED_DOMAINS:
             continue  # a custom domain is rejected by the node that uses it
-        low, high = SUPPORTED_OPSETS[domain]
+        low, high = opsets[domain]
         if not low <= opset.version <= high:
             name = domain or "ai.onnx"
             raise ModelRejected(
@@ -167,16 +166,16 @@ def _check_node(node: onnx.NodeProto) -> None:
 def _check_element_types(graph: onnx.GraphProto) -> None:
     for value in list(graph.input) + list(graph.output):
         elem_type = value.type.tensor_type.elem_type
-        if elem_type in HALF_PRECISION:
+        if elem_type in UNRUNNABLE_PRECISION:
             raise ModelRejected(
-                f"{HALF_PRECISION[elem_type]} models are not supported yet; convert to float32 "
-                f"(tensor {value.name!r})"
+                f"{UNRUNNABLE_PRECISION[elem_type]} models cannot be run by onnxruntime on CPU to verify them; "
+                f"convert to float16 or float32 (tensor {value.name!r})"
             )
     for _, tensor in _all_tensors(graph):
-        if tensor.data_type in HALF_PRECISION:
+        if tensor.data_type in UNRUNNABLE_PRECISION:
             raise ModelRejected(
-                f"{HALF_PRECISION[tensor.data_type]} models are not supported yet; convert to float32 "
-                f"(tensor {tensor.name!r})"
+                f"{UNRUNNABLE_PRECISION[tensor.data_type]} models cannot be run by onnxruntime on CPU to verify "
+                f"them; convert to float16 or float32 (tensor {tensor.name!r})"
             )
 
 
@@ -214,9 +213,10 @@ def _check_generated_sizes(graph: onnx.GraphProto, limits: ValidationLimits) -> 
 
 
 def _range_length(node: onnx.NodeProto, tensors: list[TensorProto | None]) -> int | None:
-    if any(t is None or _element_count(t.dims) != 1 for t in tensors):
+    present = [t for t in tensors if t is not None]
+    if len(present) != len(tensors) or any(_element_count(t.dims) != 1 for t in present):
         return None
-    start, limit, delta = (float(numpy_helper.to_array(t).reshape(-1)[0]) for t in tensors)  # type: ignore[union-attr]
+    start, limit, delta = (float(numpy_helper.to_array(t).reshape(-1)[0]) for t in present)
     if delta == 0 or not all(math.isfinite(v) for v in (start, limit, delta)):
         raise ModelRejected(f"Range node {_node_label(node)} has a zero or non-finite delta or bound")
     return max(math.ceil((limit - start) / delta), 0)
@@ -285,8 +285,8 @@ _TYPED_FIELD: dict[int, tuple[str, float]] = {
 _ELEMENT_BITS: dict[int, int] = {TensorProto.INT4: 4, TensorProto.UINT4: 4, TensorProto.BOOL: 8}
 
 
-def _element_count(dims: object) -> int:
-    return math.prod(int(d) for d in dims)  # type: ignore[attr-defined]
+def _element_count(dims: Iterable[int]) -> int:
+    return math.prod(int(d) for d in dims)
 
 
 def _constant_tensors(graph: onnx.GraphProto) -> dict[str, TensorProto]:
@@ -303,7 +303,8 @@ def _constant_tensors(graph: onnx.GraphProto) -> dict[str, TensorProto]:
 def _constant_node_tensor(node: onnx.NodeProto) -> TensorProto | None:
     for attr in node.attribute:
         if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
-            return attr.t
+            tensor: TensorProto = attr.t  # onnx's stub types the field as Any
+            return tensor
         if attr.name == "value_int":
             return numpy_helper.from_array(np.array(attr.i, dtype=np.int64))
         if attr.name == "value_ints":
@@ -375,6 +376,4 @@ __all__ = [
     "load_model",
     "parse_model",
     "validate_model",
-    "SUPPORTED_OPSETS",
-    "SUPPORTED_IR_VERSIONS",
 ]

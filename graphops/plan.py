@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,7 @@ class PruningPlan:
         return sum(entry.channels - len(entry.keep) for entry in self.groups.values())
 
     @classmethod
-    def from_keep(cls, dep: DependencyGraph, keep: Mapping[str, Sequence[int]]) -> "PruningPlan":
+    def from_keep(cls, dep: DependencyGraph, keep: Mapping[str, Sequence[int]]) -> PruningPlan:
         """A plan keeping ``keep[group_id]`` in each named group (others stay whole); validated."""
         entries = {}
         for group_id, indices in keep.items():
@@ -91,7 +92,7 @@ class PruningPlan:
             removed[offset:offset + entry.channels] = flags
         return removed
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "format": PLAN_FORMAT,
             "groups": [
@@ -104,7 +105,7 @@ class PruningPlan:
         return json.dumps(self.to_dict(), indent=1)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "PruningPlan":
+    def from_dict(cls, data: dict[str, Any]) -> PruningPlan:
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
             raise PlanError(f"not an onnxprune plan (expected format '{PLAN_FORMAT}')")
         try:
@@ -118,7 +119,7 @@ class PruningPlan:
         return cls(entries)
 
     @classmethod
-    def from_json(cls, text: str) -> "PruningPlan":
+    def from_json(cls, text: str) -> PruningPlan:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:

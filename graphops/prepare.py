@@ -2,8 +2,11 @@
 
 Weights may arrive as initializers, Constant nodes, Identity of constants, or whole constant
 subgraphs (``light_resnet50`` builds every weight with ConstantOfShape). Folding them into
-initializers lets every handler treat a weight as one constant array. Symbolic input dims are kept:
-the pruned model must stay as dynamic as the user's.
+initializers lets every handler treat a weight as one constant array. Quantized (QDQ) weights stay
+quantized: DequantizeLinear is never folded into a float weight (onnx-graphsurgeon leaves Q/DQ
+alone), and a QuantizeLinear of a float weight is stored as its int8 result
+(``graphops.weight_quantizers``). Symbolic input dims are kept: the pruned model must stay as
+dynamic as the user's.
 """
 
 from __future__ import annotations
@@ -15,9 +18,14 @@ import onnx_graphsurgeon as gs
 
 from graphops.errors import ModelRejected
 from graphops.shapes import inferred_value_info, model_shell
+from graphops.weight_quantizers import fold_weight_quantizers
 
 # Constant subgraphs whose results exceed this are left unfolded (validation bounds them too).
 FOLD_SIZE_LIMIT_BYTES = 256 << 20
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((int(e.version) for e in model.opset_import if e.domain in ("", "ai.onnx")), 1)
 
 
 def name_unnamed_nodes(graph: gs.Graph) -> None:
@@ -53,6 +61,16 @@ def _attach_inferred_shapes(graph: gs.Graph, model: onnx.ModelProto) -> None:
             tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
 
 
+def keep_interface_types(graph: onnx.GraphProto, original: onnx.GraphProto) -> None:
+    """Give inputs and outputs that are not plain tensors (ai.onnx.ml ZipMap's seq(map(...)), ...)
+    back the types onnx-graphsurgeon cannot represent (it would write an undefined tensor type)."""
+    declared = {value.name: value for value in list(original.input) + list(original.output)}
+    for value in list(graph.input) + list(graph.output):
+        before = declared.get(value.name)
+        if before is not None and not before.type.HasField("tensor_type"):
+            value.CopyFrom(before)
+
+
 def prepare_model(
     model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None
 ) -> onnx.ModelProto:
@@ -72,12 +90,14 @@ def prepare_model(
             size_threshold=FOLD_SIZE_LIMIT_BYTES,
             error_ok=True,
         )
+        fold_weight_quantizers(graph, _opset(model), FOLD_SIZE_LIMIT_BYTES)  # QAT exports: weights stored int8
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
         exported = gs.export_onnx(graph, do_type_check=False)
     except Exception as exc:  # onnx-graphsurgeon raises many kinds on malformed graphs
         raise ModelRejected(f"cannot fold the model's constant subgraphs: {exc}".splitlines()[0]) from exc
     prepared = model_shell(model)
     prepared.graph.CopyFrom(exported.graph)
+    keep_interface_types(prepared.graph, model.graph)
     # IR < 4 demands every initializer be listed as a graph input; inputs that are really weights
     # are dropped below, so raise to IR 4, which every onnxruntime reads.
     prepared.ir_version = max(prepared.ir_version, 4)

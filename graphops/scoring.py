@@ -10,12 +10,13 @@ whatever the scale of its weights.
 from __future__ import annotations
 
 from collections.abc import Callable
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
 
 import numpy as np
-from onnx import numpy_helper
 
 from graphops.dependency import DependencyGraph
+from graphops.dequantized import float_weight_reader
 from graphops.errors import ModelRejected
 
 Scores = dict[str, np.ndarray]
@@ -35,7 +36,7 @@ def register_criterion(name: str) -> Callable[[Criterion], Criterion]:
     return decorate
 
 
-def _plugins() -> dict[str, object]:
+def _plugins() -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
 
 
@@ -58,21 +59,21 @@ def criterion_needs_data(name: str) -> bool:
     return bool(getattr(get_criterion(name), "needs_data", False))
 
 
-def score_groups(dep: DependencyGraph, criterion: str, *, seed: int = 0, **options) -> Scores:
+def score_groups(dep: DependencyGraph, criterion: str, *, seed: int = 0, **options: Any) -> Scores:
     """Scores of every prunable group's channels under ``criterion``; extra ``options`` (data, a
     model path...) are passed to criteria that need them."""
     return get_criterion(criterion)(dep, seed=seed, **options)
 
 
 def _producer_norms(dep: DependencyGraph, order: float) -> Scores:
-    weights = {init.name: init for init in dep.model.graph.initializer}
+    read_weight = float_weight_reader(dep.model)  # dequantized for weights behind DequantizeLinear
     totals = [np.zeros(g.channels) for g in dep.groups]
     counts = [np.zeros(g.channels) for g in dep.groups]
     for producer in dep.producers:
-        if producer.weight not in weights:
+        values = read_weight(producer.weight)
+        if values is None:
             continue
-        weight = np.moveaxis(numpy_helper.to_array(weights[producer.weight]), producer.axis, 0)
-        flat = weight.reshape(weight.shape[0], -1)
+        flat = producer.filters(values)
         if order == 1:
             norms = np.abs(flat).sum(axis=1, dtype=np.float64)
         else:

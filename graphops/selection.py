@@ -23,6 +23,15 @@ from graphops.plan import GroupPlan, PruningPlan
 Scores = Mapping[str, np.ndarray]
 
 
+def check_exclude_patterns(patterns: Iterable[str], node_names: Iterable[str]) -> None:
+    """A name or glob that matches no node is a typo, not a request: say so instead of pruning anyway."""
+    names = list(node_names)
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            raise ModelRejected(f"exclude pattern {pattern!r} matches no node of the model "
+                                "(node names: onnxprune analyze --json)")
+
+
 def excluded_group_ids(dep: DependencyGraph, patterns: Iterable[str]) -> set[str]:
     """Groups whose channels a user protected by naming (or globbing) one of their producers."""
     patterns = list(patterns)
@@ -120,7 +129,7 @@ class MacsModel:
 
     def macs(self, plan: PruningPlan) -> int:
         removed = plan.removed_class_mask(self._dep)
-        total = self.total
+        total: float = self.total
         for macs, atoms_in, atoms_out in self._terms:
             fraction = 1.0
             for atoms in (atoms_in, atoms_out):
@@ -155,7 +164,7 @@ def select_by_flops(
         node_macs = {node.name: node.macs for node in measure_cost(dep.model, dep.input_shapes).nodes}
     model = MacsModel(dep, node_macs)
     candidates = _candidates(dep, scores, exclude)
-    ranked = []
+    ranked: list[tuple[float, int, int]] = []
     for index in candidates:
         group = dep.groups[index]
         raw = np.asarray(scores[group.id], dtype=np.float64)

@@ -17,7 +17,6 @@ from onnx.reference import ReferenceEvaluator
 
 from graphops.shapes import Shape, infer_shapes, skeleton
 
-
 # Ops from before onnx had shape inference for them (opset 7 converters) that keep their input's shape.
 _SHAPE_PRESERVING_LEGACY = frozenset({"ImageScaler", "Affine", "ScaledTanh", "ParametricSoftplus", "ThresholdedRelu"})
 # Small integer ops that shape subgraphs (Shape -> Gather -> Concat -> Reshape) are made of.
@@ -45,20 +44,27 @@ def _known(shape: Shape | None) -> bool:
     return shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)
 
 
+def _static(shape: Shape | None) -> tuple[int, ...] | None:
+    """``shape`` when every dim is a known size, else None."""
+    if shape is None or not _known(shape):
+        return None
+    return tuple(d for d in shape if isinstance(d, int))
+
+
 def _pin_legacy_shapes(model: onnx.ModelProto, shapes: Mapping[str, Shape]) -> bool:
     changed = False
     for node in model.graph.node:
         if not node.input or not node.output or _known(shapes.get(node.output[0])):
             continue
-        data = shapes.get(node.input[0])
-        if not _known(data):
+        data = _static(shapes.get(node.input[0]))
+        if data is None:
             continue
         out: list[int] | None = None
         if node.op_type in _SHAPE_PRESERVING_LEGACY:
-            out = list(data)  # type: ignore[arg-type]
-        elif node.op_type == "Crop" and len(data) == 4:  # type: ignore[arg-type]
+            out = list(data)
+        elif node.op_type == "Crop" and len(data) == 4:
             attrs = {attr.name: list(attr.ints) for attr in node.attribute}
-            n, c, h, w = data  # type: ignore[misc]
+            n, c, h, w = data
             if attrs.get("scale"):
                 out = [n, c, *attrs["scale"]]
             elif len(attrs.get("border", [])) == 4:
@@ -138,5 +144,5 @@ def _numpy_value_info(name: str, value: np.ndarray) -> onnx.ValueInfoProto:
 def _elem_type(model: onnx.ModelProto, name: str) -> int:
     for value in list(model.graph.input) + list(model.graph.value_info):
         if value.name == name and value.type.tensor_type.elem_type:
-            return value.type.tensor_type.elem_type
+            return int(value.type.tensor_type.elem_type)
     return TensorProto.FLOAT

@@ -7,8 +7,6 @@ from collections.abc import Mapping, Sequence
 import onnx
 from onnx import shape_inference
 
-from graphops.errors import ModelRejected
-
 Dim = int | str | None
 Shape = tuple[Dim, ...]
 
@@ -40,50 +38,11 @@ def declared_input_shapes(model: onnx.ModelProto) -> dict[str, Shape | None]:
 def resolve_input_shapes(
     model: onnx.ModelProto, given: Mapping[str, Sequence[int]] | None = None
 ) -> dict[str, list[int]]:
-    """Concrete shapes for every input: the user's, else the declared ones.
+    """Concrete shapes for every input: the user's, else the declared ones, with symbolic dims
+    probed (see :mod:`graphops.input_shapes`, whose ``choose_input_shapes`` also says how)."""
+    from graphops.input_shapes import choose_input_shapes  # it builds on this module
 
-    A symbolic first dim is taken as batch 1; any other symbolic dim needs ``--input-shape``
-    because MACs and benchmarks depend on it.
-    """
-    given = dict(given or {})
-    declared = declared_input_shapes(model)
-    unknown = sorted(set(given) - set(declared))
-    if unknown:
-        raise ModelRejected(
-            f"--input-shape names {unknown[0]!r}, which is not a model input "
-            f"(inputs: {', '.join(declared) or 'none'})"
-        )
-    resolved: dict[str, list[int]] = {}
-    for name, shape in declared.items():
-        if name in given:
-            dims = [int(d) for d in given[name]]
-            if shape is not None and len(shape) != len(dims):
-                raise ModelRejected(
-                    f"--input-shape for {name!r} has rank {len(dims)}, the model declares rank {len(shape)}"
-                )
-            for axis, (want, have) in enumerate(zip(dims, shape or ())):
-                if isinstance(have, int) and have > 0 and have != want:
-                    raise ModelRejected(
-                        f"--input-shape for {name!r} sets dim {axis} to {want}, the model fixes it at {have}"
-                    )
-            resolved[name] = dims
-            continue
-        if shape is None:
-            raise ModelRejected(f"input {name!r} has no declared shape; pass --input-shape {name}:DxDx...")
-        dims = []
-        for axis, dim in enumerate(shape):
-            if isinstance(dim, int) and dim > 0:
-                dims.append(dim)
-            elif axis == 0:
-                dims.append(1)
-            else:
-                example = "x".join(str(d) if isinstance(d, int) and d > 0 else "?" for d in shape)
-                raise ModelRejected(
-                    f"input {name!r} has symbolic dim {axis} ({example}); pass --input-shape {name}:"
-                    + "x".join(str(d) if isinstance(d, int) and d > 0 else "N" for d in shape)
-                )
-        resolved[name] = dims
-    return resolved
+    return choose_input_shapes(model, given).shapes
 
 
 def with_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> onnx.ModelProto:

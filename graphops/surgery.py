@@ -17,6 +17,7 @@ from graphops.dependency import DependencyGraph
 from graphops.layout import ConstSlice
 from graphops.ops import SurgeryContext, handler_for
 from graphops.plan import PruningPlan
+from graphops.prepare import keep_interface_types
 from graphops.shapes import inferred_value_info, model_shell
 
 
@@ -37,6 +38,7 @@ def export_like(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     exported = gs.export_onnx(graph, do_type_check=False)
     model = model_shell(template)
     model.graph.CopyFrom(exported.graph)
+    keep_interface_types(model.graph, template.graph)
     del model.graph.value_info[:]
     try:
         model.graph.value_info.extend(inferred_value_info(model))
@@ -62,13 +64,13 @@ def apply_plan(dep: DependencyGraph, plan: PruningPlan) -> onnx.ModelProto:
                 changed = True
         if changed:
             ctx.replace_input(node, index, values)
-    for entry in dep.shape_entries:
-        node = nodes[entry.node]
-        values = np.array(node.inputs[entry.input_index].values, copy=True)
-        kept = int(np.count_nonzero(~ctx.removed_atoms(entry.atoms)))
-        if values.flat[entry.position] != kept:
-            values.flat[entry.position] = kept
-            ctx.replace_input(node, entry.input_index, values)
+    for shape_entry in dep.shape_entries:
+        node = nodes[shape_entry.node]
+        values = np.array(node.inputs[shape_entry.input_index].values, copy=True)
+        kept = int(np.count_nonzero(~ctx.removed_atoms(shape_entry.atoms)))
+        if values.flat[shape_entry.position] != kept:
+            values.flat[shape_entry.position] = kept
+            ctx.replace_input(node, shape_entry.input_index, values)
     for node in graph.nodes:
         handler_for(node.op).apply(node, ctx)
     interface = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}

@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-from celery import Celery
-from celery.signals import after_setup_logger
+from celery import Celery, Task
+from celery.signals import after_setup_logger, worker_ready
 
 from jobs.policy import JobTimeout
 from jobs.settings import Settings
@@ -66,7 +66,26 @@ def make_celery(settings: Settings) -> Celery:
     )
     _register_task(app, settings)
     after_setup_logger.connect(_rate_limit_worker_logs, weak=False, dispatch_uid="onnxprune-rate-limit")
+
+    def on_ready(**_: object) -> None:
+        _worker_ready(settings)
+
+    worker_ready.connect(on_ready, weak=False, dispatch_uid="onnxprune-worker-ready")
     return app
+
+
+def _worker_ready(settings: Settings) -> None:
+    """Start the liveness heartbeat the container healthcheck reads (``workers.heartbeat``: a busy solo
+    worker cannot answer pings) and tell the API what this worker can run, so it refuses at upload what
+    none can (``jobs.capabilities``)."""
+    from jobs.capabilities import publish_capabilities
+    from workers.heartbeat import start_heartbeat
+
+    start_heartbeat()
+    try:
+        publish_capabilities(settings)
+    except Exception:  # noqa: BLE001 - the worker still runs jobs; the API then accepts and the job says why
+        log.exception("could not publish this worker's capabilities")
 
 
 def _rate_limit_worker_logs(**_: object) -> None:
@@ -85,15 +104,16 @@ def _register_task(app: Celery, settings: Settings) -> None:
             stores.append(JobStore(settings.database_path))
         return stores[0]
 
-    @app.task(name=TASK_NAME, bind=True, max_retries=None)
-    def run_job_task(self, job_id: str) -> str:  # noqa: ANN001 - Celery's bound task
+    # celery ships no type hints, so its decorators are untyped
+    @app.task(name=TASK_NAME, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
+    def run_job_task(self: Task, job_id: str) -> str:
         from jobs.run import Outcome, run_job  # the pipeline loads only in workers
 
         with _time_limits(settings.soft_time_limit_s, settings.time_limit_s):
             outcome = run_job(job_id, store(), settings)
         if outcome is Outcome.retry:
             raise self.retry(countdown=settings.retry_delay_s)
-        return outcome.value
+        return str(outcome.value)
 
 
 @contextmanager

@@ -39,7 +39,7 @@ def install_rate_limit(burst: int = 5, window_s: float = 60.0) -> None:
     logging.captureWarnings(True)
     root = logging.getLogger()
     if not root.handlers:
-        handler = logging.StreamHandler()
+        handler: logging.Handler = logging.StreamHandler()
         handler.setLevel(logging.WARNING)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)

@@ -14,7 +14,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from graphops.errors import ModelRejected
+from graphops.errors import AnalysisBug, ModelRejected
 
 STORAGE_FULL_MESSAGE = "storage full: the server has no disk space left for this job"
 
@@ -73,6 +73,9 @@ def classify(exc: BaseException) -> Failure:
         # an infrastructure fault, so it fails once under its own code.
         return Failure("verification_failed", f"the pruned model failed verification and was not kept: {message}",
                        retry=False)
+    if isinstance(exc, AnalysisBug):
+        # A handler bug: deterministic like verification, so a retry would only repeat it.
+        return Failure("internal_error", f"{type(exc).__name__}: {exc}", retry=False)
     if is_storage_full(exc):
         return Failure("storage_full", STORAGE_FULL_MESSAGE, retry=True)
     return Failure("internal_error", f"{type(exc).__name__}: {exc}", retry=True)

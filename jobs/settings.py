@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     # so that a redelivered message finds the dead worker's lease expired.
     lease_ttl_s: float = Field(60.0, gt=0)
     # Handing a job to the broker must not hold up the API: past this, POST /v1/jobs answers 503.
-    publish_timeout_s: float = Field(1.5, gt=0, le=30)
+    publish_timeout_s: float = Field(1.0, gt=0, le=30)
     # The reconciler (in the API) re-sends queued jobs the broker no longer has and running jobs whose
     # lease expired, once they have been left alone this long, at most max_resends times each.
     reconcile_interval_s: float = Field(10.0, gt=0)

@@ -12,6 +12,7 @@ many hosts without a shared local disk, the same table moves to PostgreSQL (see 
 
 from __future__ import annotations
 
+import builtins
 import os
 import secrets
 import sqlite3
@@ -135,19 +136,20 @@ class JobStore:
         Kept per process and thread (a forked worker or another thread never shares one); autocommit,
         so every statement is its own transaction, as the conditional updates need.
         """
-        key = (os.getpid(), threading.get_ident())
-        db = self._local.__dict__.get(key)
+        connections: dict[int, sqlite3.Connection] = self._local.__dict__.setdefault("by_pid", {})
+        key = os.getpid()  # a forked child must not use its parent's connection
+        db = connections.get(key)
         if db is None:
             db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA busy_timeout=30000")
-            self._local.__dict__[key] = db
+            connections[key] = db
         try:
             yield db
         except sqlite3.IntegrityError:
             raise
         except sqlite3.DatabaseError:
-            self._local.__dict__.pop(key, None)  # a broken connection is not reused
+            connections.pop(key, None)  # a broken connection is not reused
             db.close()
             raise
 
@@ -172,14 +174,14 @@ class JobStore:
             total = db.execute("SELECT COUNT(*) FROM jobs WHERE owner = ?", (owner,)).fetchone()[0]
         return [JobRecord._from_row(r) for r in rows], total
 
-    def active_ids(self) -> list[str]:
+    def active_ids(self) -> builtins.list[str]:
         with self._connect() as db:
             rows = db.execute(
                 "SELECT id FROM jobs WHERE status IN (?, ?) ORDER BY created_at", ACTIVE
             ).fetchall()
         return [r[0] for r in rows]
 
-    def active(self, limit: int = 10_000) -> list[JobRecord]:
+    def active(self, limit: int = 10_000) -> builtins.list[JobRecord]:
         """Queued and running jobs, oldest first (what the reconciler looks at)."""
         with self._connect() as db:
             rows = db.execute("SELECT * FROM jobs WHERE status IN (?, ?) ORDER BY created_at LIMIT ?",
@@ -200,7 +202,7 @@ class JobStore:
         with self._connect() as db:
             db.execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
 
-    def expired_ids(self, before: float) -> list[str]:
+    def expired_ids(self, before: float) -> builtins.list[str]:
         with self._connect() as db:
             rows = db.execute(
                 "SELECT id FROM jobs WHERE COALESCE(finished_at, created_at) < ?", (before,)

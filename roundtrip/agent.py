@@ -41,15 +41,15 @@ def filter_features(dep: DependencyGraph, group_id: str) -> np.ndarray:
         where = groups == index
         if not where.any():
             continue
-        weight = np.moveaxis(numpy_helper.to_array(weights[producer.weight]), producer.axis, 0)
-        flat = np.abs(weight.reshape(weight.shape[0], -1).astype(np.float64))
-        signed = weight.reshape(weight.shape[0], -1).astype(np.float64)
+        signed = producer.filters(numpy_helper.to_array(weights[producer.weight])).astype(np.float64)
+        flat = np.abs(signed)
         stats = np.stack([flat.sum(1), np.sqrt((flat**2).sum(1)), signed.std(1), flat.max(1), np.abs(signed.mean(1))], 1)
         stats = np.log(stats / (stats.mean(0, keepdims=True) + _EPS) + _EPS)
         np.add.at(totals, classes[where], stats[where])
         np.add.at(counts, classes[where], 1)
     features = totals / np.maximum(counts, 1)[:, None]
-    return (features - features.mean(0)) / (features.std(0) + 1e-6)
+    standardised: np.ndarray = (features - features.mean(0)) / (features.std(0) + 1e-6)
+    return standardised
 
 
 class PruningAgent(nn.Module):
@@ -70,7 +70,8 @@ class PruningAgent(nn.Module):
         self.offset = nn.Parameter(torch.zeros(len(self.features)))
 
     def logits(self) -> torch.Tensor:
-        return self.out(torch.tanh(self.hidden(self.features))).squeeze(1) + self.offset
+        scores: torch.Tensor = self.out(torch.tanh(self.hidden(self.features)))
+        return scores.squeeze(1) + self.offset
 
     def keep_probabilities(self) -> np.ndarray:
         with torch.no_grad():
@@ -114,7 +115,7 @@ def train_agent(agent: PruningAgent, reward_of: RewardOf, *, episodes: int, samp
         log_prob = torch.where(actions, nn.functional.logsigmoid(logits), nn.functional.logsigmoid(-logits))
         loss = -(advantage[:, None] * log_prob * free).sum(1).mean()
         optimizer.zero_grad()
-        loss.backward()
+        torch.autograd.backward(loss)  # loss.backward(), which torch leaves unannotated
         optimizer.step()
         curve.append(float(reward_t.mean()))
         if progress is not None:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 
 from roundtrip.data import Dataset, load_dataset, split_holdout
+
+if TYPE_CHECKING:  # the objective needs torch; building a context imports it lazily
+    from roundtrip.objective import Objective
 
 
 @dataclass
@@ -16,7 +21,7 @@ class DataContext:
 
     train: Dataset
     holdout: Dataset
-    objective: object  # roundtrip.objective.Objective (imported lazily: it needs torch)
+    objective: Objective
     batch_size: int = 32
     score_batches: int = 8
     source_path: Path | None = None
@@ -27,8 +32,8 @@ class DataContext:
         return {"train": len(self.train), "heldout": len(self.holdout)}
 
 
-def build_context(data_path: Path, original: onnx.ModelProto, input_shapes, *, batch_size: int,
-                  score_batches: int) -> DataContext:
+def build_context(data_path: Path, original: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None, *,
+                  batch_size: int, score_batches: int) -> DataContext:
     """Load and split the data, build the objective, cache the original's outputs where they fit."""
     from roundtrip.objective import make_objective
 

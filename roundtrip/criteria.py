@@ -14,19 +14,28 @@ so coupled groups are scored as a whole. This module imports torch only inside t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 import numpy as np
 from onnx import numpy_helper
 
 from graphops.dependency import DependencyGraph
 from graphops.errors import ModelRejected
-from graphops.scoring import Scores, l1_norm
-from roundtrip.taps import consumer_taps, per_class
+from graphops.scoring import Criterion, Scores, l1_norm
+from roundtrip.context import DataContext
+from roundtrip.taps import Tap, consumer_taps, per_class
+
+if TYPE_CHECKING:  # torch is imported inside the criteria that run the model
+    import torch
+
+    from roundtrip.executor import EdgeHook
 
 DEFAULT_SCORE_BATCHES = 8
 DEFAULT_BATCH_SIZE = 32
 
 
-def _require(context, name: str):
+def _require(context: DataContext | None, name: str) -> DataContext:
     if context is None:
         raise ModelRejected(f"criterion '{name}' needs data: pass --data DATA.npz")
     return context
@@ -36,14 +45,28 @@ def _prunable_ids(dep: DependencyGraph) -> set[str]:
     return {g.id for g in dep.groups if g.prunable}
 
 
-def _flatten(tensor, axis: int):
+def _flatten(tensor: torch.Tensor, axis: int) -> torch.Tensor:
     """(samples, positions on ``axis``, everything else) of an activation."""
     moved = tensor.movedim(axis, 1)
     return moved.reshape(moved.shape[0], moved.shape[1], -1)
 
 
-def _observe(dep: DependencyGraph, context, *, seed: int, gradients: bool):
-    """Yield (taps, activations, gradients or None, batch) for each scoring batch of the current model."""
+def _recorder(seen: dict[tuple[str, int], torch.Tensor], key: tuple[str, int]) -> EdgeHook:
+    """An edge hook that keeps (a view of) the tensor on edge ``key`` in ``seen``, so gradients reach it."""
+
+    def hook(tensor: torch.Tensor) -> torch.Tensor:
+        view = tensor.view_as(tensor)
+        seen[key] = view
+        return view
+
+    return hook
+
+
+Observation = tuple[list[Tap], list["torch.Tensor"], list["torch.Tensor"]]
+
+
+def _observe(dep: DependencyGraph, context: DataContext, *, seed: int, gradients: bool) -> Iterator[Observation]:
+    """Yield (taps, activations, gradients: empty unless asked for) for each scoring batch of the current model."""
     import torch
 
     from roundtrip.executor import OnnxModule
@@ -53,16 +76,7 @@ def _observe(dep: DependencyGraph, context, *, seed: int, gradients: bool):
     generator = torch.Generator().manual_seed(seed)
     for batch in context.train.batches(context.batch_size, shuffle=True, seed=seed, limit=context.score_batches):
         seen: dict[tuple[str, int], torch.Tensor] = {}
-
-        def hook_for(key):
-            def hook(tensor):
-                view = tensor.view_as(tensor)
-                seen[key] = view
-                return view
-
-            return hook
-
-        hooks = {(t.node, t.input_index): hook_for((t.node, t.input_index)) for t in taps}
+        hooks = {(t.node, t.input_index): _recorder(seen, (t.node, t.input_index)) for t in taps}
         if gradients:
             targets = context.objective.teacher_outputs(batch, context.train)
             outputs = module.run(batch.inputs, outputs=context.objective.tensors, edge_hooks=hooks)
@@ -73,12 +87,12 @@ def _observe(dep: DependencyGraph, context, *, seed: int, gradients: bool):
         else:
             with torch.no_grad():
                 module.run(batch.inputs, outputs=context.objective.tensors, edge_hooks=hooks)
-            yield taps, [seen[(t.node, t.input_index)] for t in taps], None
+            yield taps, [seen[(t.node, t.input_index)] for t in taps], []
 
 
 def _finish(dep: DependencyGraph, totals: dict[int, np.ndarray], counts: dict[int, np.ndarray]) -> Scores:
     """Average per class; channels no tap observed rank as most important (never removed first)."""
-    scores = {}
+    scores: Scores = {}
     for index, group in enumerate(dep.groups):
         if not group.prunable:
             continue
@@ -90,7 +104,8 @@ def _finish(dep: DependencyGraph, totals: dict[int, np.ndarray], counts: dict[in
     return scores
 
 
-def _accumulate(totals, counts, group: int, values: np.ndarray, weight: np.ndarray) -> None:
+def _accumulate(totals: dict[int, np.ndarray], counts: dict[int, np.ndarray], group: int, values: np.ndarray,
+                weight: np.ndarray) -> None:
     if group not in totals:
         totals[group] = np.zeros_like(values)
         counts[group] = np.zeros_like(weight, dtype=np.float64)
@@ -99,7 +114,7 @@ def _accumulate(totals, counts, group: int, values: np.ndarray, weight: np.ndarr
 
 
 def _l2_normalised(scores: Scores) -> Scores:
-    out = {}
+    out: Scores = {}
     for gid, score in scores.items():
         finite = score[np.isfinite(score)]
         norm = float(np.sqrt((finite**2).sum())) if finite.size else 0.0
@@ -119,7 +134,8 @@ def _flops_penalty(dep: DependencyGraph) -> dict[str, float]:
     return {gid: value / top for gid, value in per_channel.items()}
 
 
-def taylor(dep: DependencyGraph, *, seed: int = 0, data=None, flops_regularization: float = 0.0, **_: object) -> Scores:
+def taylor(dep: DependencyGraph, *, seed: int = 0, data: DataContext | None = None, flops_regularization: float = 0.0,
+           **_: object) -> Scores:
     """First-order Taylor estimate of the loss change when a channel is zeroed (Molchanov et al.)."""
     context = _require(data, "taylor")
     totals: dict[int, np.ndarray] = {}
@@ -128,7 +144,7 @@ def taylor(dep: DependencyGraph, *, seed: int = 0, data=None, flops_regularizati
         per_sample: dict[int, np.ndarray] = {}
         for tap, a, g in zip(taps, activations, gradients):
             products = _flatten(a * g, tap.axis).sum(-1).double().numpy()  # samples x positions
-            for group, (sums, _) in per_class(dep, tap, products).items():
+            for group, (sums, _positions) in per_class(dep, tap, products).items():
                 per_sample[group] = per_sample.get(group, 0) + sums
         for group, sums in per_sample.items():
             _accumulate(totals, counts, group, np.abs(sums).sum(0), np.full(sums.shape[1], sums.shape[0]))
@@ -139,12 +155,12 @@ def taylor(dep: DependencyGraph, *, seed: int = 0, data=None, flops_regularizati
     return scores
 
 
-def mean_activation(dep: DependencyGraph, *, seed: int = 0, data=None, **_: object) -> Scores:
+def mean_activation(dep: DependencyGraph, *, seed: int = 0, data: DataContext | None = None, **_: object) -> Scores:
     """Mean |activation| of each channel where its group is read."""
     context = _require(data, "mean-activation")
     totals: dict[int, np.ndarray] = {}
     counts: dict[int, np.ndarray] = {}
-    for taps, activations, _ in _observe(dep, context, seed=seed, gradients=False):
+    for taps, activations, _no_gradients in _observe(dep, context, seed=seed, gradients=False):
         for tap, a in zip(taps, activations):
             flat = _flatten(a.abs(), tap.axis)
             values = flat.sum(-1).double().numpy()
@@ -153,12 +169,12 @@ def mean_activation(dep: DependencyGraph, *, seed: int = 0, data=None, **_: obje
     return _finish(dep, totals, counts)
 
 
-def apoz(dep: DependencyGraph, *, seed: int = 0, data=None, **_: object) -> Scores:
+def apoz(dep: DependencyGraph, *, seed: int = 0, data: DataContext | None = None, **_: object) -> Scores:
     """1 - APoZ: the fraction of each channel's activations that are positive (a ReLU keeps)."""
     context = _require(data, "apoz")
     totals: dict[int, np.ndarray] = {}
     counts: dict[int, np.ndarray] = {}
-    for taps, activations, _ in _observe(dep, context, seed=seed, gradients=False):
+    for taps, activations, _no_gradients in _observe(dep, context, seed=seed, gradients=False):
         for tap, a in zip(taps, activations):
             flat = _flatten((a > 0).double(), tap.axis)
             values = flat.sum(-1).numpy()
@@ -188,7 +204,7 @@ def bn_gamma(dep: DependencyGraph, *, seed: int = 0, **_: object) -> Scores:
         raise ModelRejected("criterion 'bn-gamma' needs BatchNormalization nodes; this model has none "
                             "(exporters fold BatchNorm into Conv in inference mode)")
     fallback = l1_norm(dep)
-    scores = {}
+    scores: Scores = {}
     for index, group in enumerate(dep.groups):
         if not group.prunable:
             continue
@@ -200,6 +216,12 @@ def bn_gamma(dep: DependencyGraph, *, seed: int = 0, **_: object) -> Scores:
     return scores
 
 
+def mark(criterion: Criterion, **flags: bool) -> None:
+    """Set flags that graphops reads from a criterion by name (``needs_data``): function attributes,
+    written through ``vars`` since a type checker knows no attributes on a function."""
+    vars(criterion).update(flags)
+
+
 for _criterion in (taylor, mean_activation, apoz):
-    _criterion.needs_data = True  # type: ignore[attr-defined]
-bn_gamma.needs_data = False  # type: ignore[attr-defined]
+    mark(_criterion, needs_data=True)
+mark(bn_gamma, needs_data=False)

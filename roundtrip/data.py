@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from graphops.errors import ModelRejected
-from graphops.shapes import declared_input_shapes, graph_inputs
+from graphops.shapes import Shape, declared_input_shapes, graph_inputs
 
 LABELS = "labels"
 
@@ -38,7 +38,7 @@ class Dataset:
     def __len__(self) -> int:
         return int(next(iter(self.inputs.values())).shape[0])
 
-    def subset(self, indices: np.ndarray) -> "Dataset":
+    def subset(self, indices: np.ndarray) -> Dataset:
         return Dataset({k: v[indices] for k, v in self.inputs.items()},
                        None if self.labels is None else self.labels[indices])
 
@@ -71,7 +71,7 @@ def _array_names(path: Path) -> list[str]:
         raise ModelRejected(f"data {path.name} is not a readable .npz of arrays: {str(exc).splitlines()[0]}") from exc
 
 
-def _check_input(name: str, array: np.ndarray, value: onnx.ValueInfoProto, shape: Sequence | None,
+def _check_input(name: str, array: np.ndarray, value: onnx.ValueInfoProto, shape: Shape | None,
                  concrete: Sequence[int] | None) -> np.ndarray:
     dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
     if np.issubdtype(dtype, np.floating):

@@ -125,8 +125,10 @@ class OnnxModule(torch.nn.Module):
         """The parameter or buffer holding initializer ``name``."""
         key = self._keys[name]
         if key in self.parameters_by_key:
-            return self.parameters_by_key[key]
-        return getattr(self, key)
+            parameter: torch.nn.Parameter = self.parameters_by_key[key]
+            return parameter
+        buffer: torch.Tensor = getattr(self, key)
+        return buffer
 
     def initializer_names(self) -> list[str]:
         return list(self._keys)
@@ -153,19 +155,20 @@ class OnnxModule(torch.nn.Module):
         for name in self.input_names:
             if name not in feeds:
                 raise ModelRejected(f"no data for model input '{name}'")
-            value = feeds[name]
-            env[name] = torch.from_numpy(np.asarray(value)) if isinstance(value, np.ndarray) else value
-        batch = int(env[self.input_names[0]].shape[0]) if self.input_names and env[self.input_names[0]].dim() else None
+            fed = feeds[name]
+            env[name] = torch.from_numpy(np.asarray(fed)) if isinstance(fed, np.ndarray) else fed
+        leading = env[self.input_names[0]] if self.input_names else None
+        batch = int(leading.shape[0]) if leading is not None and leading.dim() else None
         dropout = self.training if self.dropout is None else self.dropout
         ctx = OpContext(self.opset, self.training, self.static_batch, batch, self.bn_momentum, dropout)
         keep = set(wanted) | set(self._keys)
         hooks = edge_hooks or {}
         for position, node in enumerate(self.nodes):
             inputs = [env[name] for name in node.input]
-            for index in range(len(inputs)):
+            for index, edge in enumerate(inputs):
                 hook = hooks.get((node.name, index))
-                if hook is not None:
-                    inputs[index] = hook(inputs[index])
+                if hook is not None and edge is not None:  # an omitted input carries no tensor to see
+                    inputs[index] = hook(edge)
             try:
                 results = op_for(node)(node, inputs, ctx)
             except (RuntimeError, ValueError, IndexError, KeyError, TypeError) as exc:
@@ -177,10 +180,13 @@ class OnnxModule(torch.nn.Module):
             for name in node.input:
                 if self._last_use.get(name) == position and name not in keep:
                     env.pop(name, None)
-        missing = [name for name in wanted if name not in env]
-        if missing:
-            raise ExecutorError(f"tensor '{missing[0]}' is not computed by the graph")
-        return [env[name] for name in wanted]
+        computed: list[torch.Tensor] = []
+        for name in wanted:
+            tensor = env.get(name)
+            if tensor is None:
+                raise ExecutorError(f"tensor '{name}' is not computed by the graph")
+            computed.append(tensor)
+        return computed
 
 
 def build_executor(model: onnx.ModelProto) -> OnnxModule:

@@ -22,6 +22,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 import onnx
@@ -30,16 +31,25 @@ from graphops.cost import measure_cost
 from graphops.dependency import DependencyGraph, analyze
 from graphops.errors import ModelRejected
 from graphops.plan import PruningPlan
-from graphops.selection import choose_kept, round_keep, excluded_group_ids
+from graphops.selection import choose_kept, excluded_group_ids, round_keep
 from graphops.surgery import apply_plan
 from roundtrip.context import DataContext
+from roundtrip.criteria import mark
 from roundtrip.schedule import BN_BATCHES, IterationRecord, ScheduleError, ScheduleResult, compose_plans, same_structure
 from roundtrip.taps import consumer_taps
+
+if TYPE_CHECKING:  # torch is imported inside the search, so importing the criterion stays light
+    import torch
+
+    from roundtrip.executor import EdgeHook, OnnxModule
+    from roundtrip.objective import Objective
 
 Verify = Callable[[DependencyGraph, PruningPlan, onnx.ModelProto], None]
 Progress = Callable[[str, float], None]
 # Samples of the held-out split that each proposed pruning is tried on (evenly spaced).
 REWARD_SAMPLES = 1024
+# One batch of reward samples: (inputs by name, labels or None, the original's outputs on them).
+RewardBatch = tuple[dict[str, np.ndarray], "np.ndarray | None", list["torch.Tensor"]]
 
 
 @dataclass(frozen=True)
@@ -90,7 +100,8 @@ def reward(drop: float, kept: int, channels: int, bound: float) -> float:
 class MaskedEvaluator:
     """p(A) of one model with a group's channels masked at every filter that reads them."""
 
-    def __init__(self, model: onnx.ModelProto, dep: DependencyGraph, batches: list, objective) -> None:
+    def __init__(self, model: onnx.ModelProto, dep: DependencyGraph, batches: list[RewardBatch],
+                 objective: Objective) -> None:
         from roundtrip.executor import OnnxModule
 
         self.module = OnnxModule(model).eval()
@@ -99,7 +110,7 @@ class MaskedEvaluator:
     def metric(self, group_id: str | None = None, keep: np.ndarray | None = None) -> float:
         import torch
 
-        hooks = {}
+        hooks: dict[tuple[str, int], EdgeHook] = {}
         if group_id is not None and keep is not None and not keep.all():
             index = self.dep.group_index(group_id)
             for tap in consumer_taps(self.dep, {group_id}):
@@ -116,10 +127,10 @@ class MaskedEvaluator:
         return value / total
 
 
-def _scaler(on, axis: int):
+def _scaler(on: torch.Tensor, axis: int) -> EdgeHook:
     """Zero the masked positions of one filter's data input: the oracle's zeroed weights, in effect."""
 
-    def hook(tensor):
+    def hook(tensor: torch.Tensor) -> torch.Tensor:
         view = [1] * tensor.dim()
         view[axis] = -1
         return tensor * on.reshape(view)
@@ -127,7 +138,8 @@ def _scaler(on, axis: int):
     return hook
 
 
-def _batch_metric(outputs, labels, targets, objective) -> float:
+def _batch_metric(outputs: list[torch.Tensor], labels: np.ndarray | None, targets: list[torch.Tensor],
+                  objective: Objective) -> float:
     """Summed over the batch: correct predictions with labels, else cosine to the original's outputs."""
     import torch
 
@@ -141,7 +153,7 @@ def _batch_metric(outputs, labels, targets, objective) -> float:
     return float(torch.stack(cosines).mean(0).sum())
 
 
-def _reward_batches(context: DataContext, count: int) -> list:
+def _reward_batches(context: DataContext, count: int) -> list[RewardBatch]:
     held = context.holdout
     indices = np.unique(np.linspace(0, len(held) - 1, min(count, len(held))).round().astype(int))
     batches = []
@@ -201,7 +213,7 @@ def _decide(dep: DependencyGraph, group_id: str, probabilities: np.ndarray, best
     return max(candidates, key=lambda mask: reward(drop_of(mask), int(mask.sum()), channels, settings.max_drop))
 
 
-def _finetune_layer(pruned: onnx.ModelProto, student, context: DataContext, settings: SearchSettings, *,
+def _finetune_layer(pruned: onnx.ModelProto, student: OnnxModule, context: DataContext, settings: SearchSettings, *,
                     seed: int) -> tuple[onnx.ModelProto, list[float]]:
     """Re-estimate BatchNorm statistics, fine-tune, re-estimate again; the weights written back."""
     from roundtrip.training import finetune, recalibrate_batchnorm
@@ -235,7 +247,7 @@ def search(dep: DependencyGraph, settings: SearchSettings, context: DataContext,
     layers: list[LayerSearch] = []
     iterations: list[IterationRecord] = []
     losses: list[float] = []
-    student = None
+    student: OnnxModule | None = None
     for number, group_id in enumerate(order):
         started = time.perf_counter()
         low, high = number / len(order), (number + 1) / len(order)
@@ -247,13 +259,15 @@ def search(dep: DependencyGraph, settings: SearchSettings, context: DataContext,
         pinned = np.zeros(group.channels, dtype=bool)
         pinned[list(group.pinned)] = True
 
-        def drop_of(mask: np.ndarray, evaluator=evaluator, group_id=group_id) -> float:
+        def drop_of(mask: np.ndarray, evaluator: MaskedEvaluator = evaluator, group_id: str = group_id) -> float:
             return baseline - evaluator.metric(group_id, mask)
 
-        def reward_of(mask: np.ndarray, drop_of=drop_of, channels=group.channels) -> float:
+        def reward_of(mask: np.ndarray, drop_of: Callable[[np.ndarray], float] = drop_of,
+                      channels: int = group.channels) -> float:
             return reward(drop_of(mask), int(mask.sum()), channels, settings.max_drop)
 
-        def episode_progress(episode: int, episodes: int, mean: float, label=label, low=low, high=high) -> None:
+        def episode_progress(episode: int, episodes: int, mean: float, label: str = label, low: float = low,
+                             high: float = high) -> None:
             report(f"{label}: episode {episode}/{episodes}, reward {mean:.3g}", low + 0.8 * (high - low) * episode / episodes)
 
         agent = PruningAgent(filter_features(current_dep, group_id), initial_keep=settings.initial_keep,
@@ -288,6 +302,8 @@ def search(dep: DependencyGraph, settings: SearchSettings, context: DataContext,
                 current, record.drop_finetuned = tuned, drop_tuned
                 after_finetune = evaluate(student, context.objective, context.holdout, context.batch_size)
             seconds["finetune"] = seconds.get("finetune", 0.0) + time.perf_counter() - tuned_started
+        if dep.input_shapes is None:
+            raise ModelRejected("the learned search measures each step's MACs: it needs concrete input shapes (--input-shape)")
         iterations.append(IterationRecord(number + 1, measure_cost(current, dep.input_shapes).macs,
                                           plan.removed_channels, after_pruning, after_finetune, final_loss))
         record.seconds = round(time.perf_counter() - started, 3)
@@ -308,12 +324,11 @@ def search(dep: DependencyGraph, settings: SearchSettings, context: DataContext,
                          {k: round(v, 4) for k, v in seconds.items()})
 
 
-def learned(dep: DependencyGraph, **_: object):
+def learned(dep: DependencyGraph, **_: object) -> NoReturn:
     """Registry entry: ``learned`` chooses how many filters each layer keeps, so it is not a ranking;
     the pipeline runs :func:`search` instead of scoring and selecting."""
     raise ModelRejected("criterion 'learned' decides how many filters each layer keeps (from --max-drop); "
                         "it runs in 'onnxprune prune', not as a ranking")
 
 
-learned.needs_data = True
-learned.searches = True
+mark(learned, needs_data=True, searches=True)

@@ -81,7 +81,9 @@ class Objective:
                 return index
         raise ModelRejected("data has labels, but no model output holds class scores (batch x classes)")
 
-    def _check_labels(self, scores: torch.Tensor, labels: np.ndarray) -> torch.Tensor:
+    def _check_labels(self, scores: torch.Tensor, labels: np.ndarray | None) -> torch.Tensor:
+        if labels is None:  # use_labels comes from the dataset, so every batch of it has labels
+            raise RuntimeError("the objective trains on labels, but this batch has none")
         target = torch.from_numpy(labels)
         if int(target.max()) >= scores.shape[1]:
             raise ModelRejected(f"data 'labels' holds class {int(target.max())}, the model scores {scores.shape[1]} classes")

@@ -63,6 +63,10 @@ def compose_plans(composed: dict[str, list[int]], dep_original: DependencyGraph,
     return result
 
 
+def _initializer_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    return {init.name: tuple(init.dims) for init in model.graph.initializer}
+
+
 def same_structure(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
-    shapes = lambda m: {init.name: tuple(init.dims) for init in m.graph.initializer}  # noqa: E731
-    return shapes(a) == shapes(b) and [n.name for n in a.graph.node] == [n.name for n in b.graph.node]
+    return (_initializer_shapes(a) == _initializer_shapes(b)
+            and [n.name for n in a.graph.node] == [n.name for n in b.graph.node])

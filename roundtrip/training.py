@@ -144,7 +144,7 @@ def finetune(
         if not torch.isfinite(loss):
             raise FloatingPointError(f"fine-tuning diverged at step {step + 1} (loss {loss.item()}); lower --lr")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        torch.autograd.backward(loss)  # loss.backward(), which torch leaves unannotated
         optimizer.step()
         schedule.step()
         step += 1
@@ -171,7 +171,8 @@ def finetune(
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a, b = a.reshape(a.shape[0], -1).double(), b.reshape(b.shape[0], -1).double()
-    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-30)
+    cosine: torch.Tensor = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-30)
+    return cosine
 
 
 def evaluate(module: OnnxModule, objective: Objective, data: Dataset, batch_size: int) -> Metrics:

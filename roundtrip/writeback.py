@@ -6,18 +6,23 @@ values of trained initializers (and re-estimated BatchNorm statistics) change, i
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from graphops.errors import GraphOpsError
 
+if TYPE_CHECKING:  # the executor needs torch; writing back does not
+    from roundtrip.executor import OnnxModule
+
 
 class WriteBackError(GraphOpsError):
     """The module and the graph disagree about a weight: an onnxprune bug, not the user's."""
 
 
-def write_back(model: onnx.ModelProto, module) -> onnx.ModelProto:
+def write_back(model: onnx.ModelProto, module: OnnxModule) -> onnx.ModelProto:
     """A copy of ``model`` whose trainable initializers and BatchNorm statistics hold ``module``'s values."""
     names = set(module.trainable_names) | set(module.statistics_names)
     updated = onnx.ModelProto()

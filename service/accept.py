@@ -18,6 +18,7 @@ from jobs.store import IdempotencyConflict, JobRecord, JobStatus, JobStore
 from service.errors import ApiError
 from service.runners import Runner
 from service.uploads import check_data, check_model, parse_config, receive_upload
+from workers.capabilities import missing_capability
 from workers.fileio import file_sha256
 
 MAX_IDEMPOTENCY_KEY = 200
@@ -45,6 +46,12 @@ async def accept_job(
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise ApiError(400, "bad_request", f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
     refuse_when_full(store, settings, owner)
+    # Ask the broker while the upload is received and checked: a broker that is down or stalled is
+    # then known by the time the job would be queued, so the 503 costs max(checks, timeout), not both.
+    loop = asyncio.get_running_loop()
+    probe_deadline = loop.time() + settings.publish_timeout_s
+    probe = loop.run_in_executor(publisher, runner.probe, settings.publish_timeout_s)
+    probe.add_done_callback(lambda done: done.cancelled() or done.exception())  # never "unretrieved"
     job_id = new_job_id()
     files = JobFiles.of(settings.jobs_dir, job_id)
     try:
@@ -53,6 +60,10 @@ async def accept_job(
         needs_data = options.data_requirement() if upload.data_bytes is None else None
         if needs_data:
             raise ApiError(422, "invalid_config", f"{needs_data}: add a 'data' part (.npz)")
+        capabilities = runner.capabilities()
+        missing = None if capabilities is None else missing_capability(options, capabilities)
+        if missing:
+            raise ApiError(422, "missing_capability", f"this server cannot run the job: {missing}")
         await run_in_threadpool(check_model, files.upload, options, settings.max_upload_bytes)
         if upload.data_bytes is not None:
             await run_in_threadpool(check_data, files.data, upload.data_bytes, settings.max_upload_bytes)
@@ -74,7 +85,9 @@ async def accept_job(
     except BaseException:
         files.remove()  # a refused upload leaves no job and no file behind
         raise
-    if not await hand_over(runner, job_id, publisher, settings.publish_timeout_s):
+    if not await _answered(probe, max(0.05, probe_deadline - loop.time())) or not await hand_over(
+        runner, job_id, publisher, settings.publish_timeout_s
+    ):
         store.delete(job_id)  # a worker that still gets the message finds no record and does nothing
         files.remove()
         raise ApiError(503, "broker_unavailable", "the job queue is unreachable; nothing was kept, try again later",
@@ -92,6 +105,15 @@ def refuse_when_full(store: JobStore, settings: Settings, owner: str) -> None:
     if limit and sum(store.counts(owner).values()) >= limit:
         raise ApiError(429, "quota_exceeded", f"you have {limit} jobs queued or running; wait for one to finish",
                        headers=retry)
+
+
+async def _answered(probe: asyncio.Future[None], timeout_s: float) -> bool:
+    try:
+        await asyncio.wait_for(probe, timeout_s)
+    except Exception as exc:  # refused, timed out: the broker is not taking jobs now
+        log.warning("broker probe failed: %s", f"{type(exc).__name__}: {exc}")
+        return False
+    return True
 
 
 async def hand_over(runner: Runner, job_id: str, publisher: Executor, timeout_s: float) -> bool:

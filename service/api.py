@@ -8,11 +8,13 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jobs.files import JobFiles
@@ -26,15 +28,17 @@ from service.accept import accept_job
 from service.auth import ListingOwner, Owner, may_access
 from service.errors import ApiError
 from service.job_views import ReportCache, job_json
+from service.option_form import OptionSpec, option_specs
 from service.retention import remove_expired
 from service.runners import Runner, make_runner
 from service.schemas import ErrorBody, Health, JobList, JobPublic, QueueDepth
 from workers.report import PruneReport
 
 log = logging.getLogger(__name__)
+DOCS_ASSETS_URL = "/docs-assets"
 
 MAX_OFFSET = 1_000_000_000  # SQLite integers are 64-bit; a bound keeps absurd offsets a 422, not a 500
-_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422, 429, 503, 507)}
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422, 429, 503, 507)}
 _UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -56,16 +60,25 @@ _UPLOAD_BODY = {
 }
 
 
+def _version() -> str:
+    from onnxprune import __version__
+
+    return __version__
+
+
 async def _settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings  # starlette's State is untyped
+    return settings
 
 
 async def _store(request: Request) -> JobStore:
-    return request.app.state.store
+    store: JobStore = request.app.state.store  # starlette's State is untyped
+    return store
 
 
 async def _runner(request: Request) -> Runner:
-    return request.app.state.runner
+    runner: Runner = request.app.state.runner  # starlette's State is untyped
+    return runner
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
@@ -90,7 +103,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        _import_upload_checks()
         app.state.runner.start()
+        # Before serving: a first publish that has to set up the app and its connection can take longer
+        # than the publish timeout on a loaded machine. Bounded: a sick broker delays start by 5 s at most.
+        warming = asyncio.get_running_loop().run_in_executor(app.state.publisher, app.state.runner.warm_up)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(warming), 5.0)
         background = [asyncio.create_task(_clean_periodically(settings, app.state.store)),
                       asyncio.create_task(_reconcile_periodically(app))]
         try:
@@ -98,14 +117,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             for task in background:
                 task.cancel()
-            app.state.publisher.shutdown(wait=False, cancel_futures=True)
+            # The publisher pool lives as long as the app (a lifespan may run more than once, as
+            # test clients do); its threads end at exit, bounded by the broker's socket timeouts.
             app.state.runner.close()
 
-    app = FastAPI(
+    # Swagger UI (/docs) and ReDoc (/redoc) load their scripts from this server (fastapi-offline ships
+    # them), not from a public CDN: the docs work on an air-gapped server.
+    app = FastAPIOffline(
         title="onnxprune",
-        version="0.1.0",
+        version=_version(),
         description="Structured filter pruning of ONNX models as a service.",
         lifespan=lifespan,
+        static_url=DOCS_ASSETS_URL,
     )
     app.state.settings = settings
     app.state.store = JobStore(settings.database_path)
@@ -121,7 +144,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def _add_routes(app: FastAPI) -> None:
     @app.get("/healthz", response_model=Health, tags=["health"])
-    def healthz(settings: SettingsDep) -> Health:
+    async def healthz(settings: SettingsDep) -> Health:
+        """Liveness: answered on the event loop alone (no thread, no broker, no store)."""
         return Health(status="ok", mode="embedded" if settings.embedded else "celery")
 
     @app.get("/readyz", response_model=Health, responses={503: {"model": Health}}, tags=["health"])
@@ -138,6 +162,10 @@ def _add_routes(app: FastAPI) -> None:
         body = Health(status="unavailable", mode=mode, detail=problem)
         return JSONResponse(body.model_dump(), status_code=503)
 
+    @app.get("/v1/options", response_model=list[OptionSpec], tags=["jobs"])
+    def options() -> list[OptionSpec]:
+        """Every prune option (the keys of POST /v1/jobs' config): kind, default, help, group, needs data."""
+        return option_specs()
     @app.get("/v1/queue", response_model=QueueDepth, responses=_ERRORS, tags=["health"])
     def queue_depth(owner: Owner, settings: SettingsDep, store: StoreDep) -> QueueDepth:
         """How many jobs are queued and running in this deployment, against the queue limit."""
@@ -217,17 +245,17 @@ def _add_routes(app: FastAPI) -> None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-def _result(job: JobRecord, settings: Settings, kind: str):
+def _result(job: JobRecord, settings: Settings, kind: str) -> Path:
     if job.status is not JobStatus.succeeded:
         raise ApiError(409, "not_ready", f"job {job.id} is {job.status.value}; results exist once it has succeeded")
-    path = getattr(JobFiles.of(settings.jobs_dir, job.id), kind)
+    path: Path = getattr(JobFiles.of(settings.jobs_dir, job.id), kind)
     if not path.is_file():
         raise ApiError(404, "not_found", f"the {kind} of job {job.id} has been removed")
     return path
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    def body(status_code: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    def body(status_code: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
         return JSONResponse({"error": {"code": code, "message": message}}, status_code=status_code,
                             headers=headers)
 
@@ -260,6 +288,16 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error", exc_info=exc)
         return body(500, "internal_error", "internal server error; the details are in the server log")
+
+
+def _import_upload_checks() -> None:
+    """Import what the upload checks use before serving: a first upload that imports them holds the
+    GIL long enough to stall every other request (seconds on a loaded machine)."""
+    import onnx.checker  # noqa: F401
+    import onnx.shape_inference  # noqa: F401
+
+    import graphops.loading  # noqa: F401
+    import graphops.shapes  # noqa: F401
 
 
 def _readiness_problem(store: JobStore, runner: Runner) -> str | None:

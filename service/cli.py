@@ -12,31 +12,54 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
 from rich.table import Table
 
 from graphops.errors import GraphOpsError, ModelRejected
 from service.cli_options import set_options, with_prune_options
+from service.cli_output import EXIT_BAD_INPUT, EXIT_FAILURE, print_table, stage_progress, stdout_console
 from workers.options import PruneOptions, parse_input_shape
+
+if TYPE_CHECKING:  # the engine's modules load only when a command runs
+    from workers.report import PruneReport, SensitivityReport, SpeedChange
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prune conv filters directly on ONNX models.")
 console = Console(stderr=True)
-EXIT_BAD_INPUT = 2
-EXIT_FAILURE = 1
+
+
+def installed_version() -> str:
+    from onnxprune import __version__
+
+    return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"onnxprune {installed_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the installed version and exit.")] = False,
+) -> None:
+    """Prune conv filters directly on ONNX models."""
+
 
 InputShapeOption = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--input-shape", help="Concrete shape for a symbolic input, NAME:1x3x224x224 (repeatable)."),
 ]
 
 
-def _fail(message: str, code: int) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+def _fail(message: str, code: int) -> NoReturn:
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -47,7 +70,7 @@ def one_line_errors(command: Callable[..., None]) -> Callable[..., None]:
     """
 
     @functools.wraps(command)
-    def run(*args, **kwargs) -> None:
+    def run(*args: Any, **kwargs: Any) -> None:
         try:
             command(*args, **kwargs)
         except typer.Exit:
@@ -90,6 +113,22 @@ def _options(**flags: Any) -> PruneOptions:
         raise
 
 
+def require_output_dirs(*paths: Path | None) -> None:
+    """Refuse, before any work, to write into a directory that does not exist (a typo, not a request)."""
+    for path in paths:
+        if path is not None and not path.parent.is_dir():
+            _fail(f"output directory {path.parent} does not exist (for {path})", EXIT_BAD_INPUT)
+
+
+def require_capabilities(options: PruneOptions) -> None:
+    """A data-driven job without torch installed: one line with the install hint, exit 2."""
+    from workers.capabilities import missing_capability
+
+    missing = missing_capability(options)
+    if missing is not None:
+        _fail(missing, EXIT_BAD_INPUT)
+
+
 def _require_data(options: PruneOptions, data: Path | None) -> None:
     """Fail fast, before any model is read, when the job needs data and none was given."""
     reason = None if data is not None else options.data_requirement(sensitivity_given=True)
@@ -97,7 +136,7 @@ def _require_data(options: PruneOptions, data: Path | None) -> None:
         _fail(f"{reason}: pass --data DATA.npz", EXIT_BAD_INPUT)
 
 
-def _load_sensitivity(path: Path | None):
+def _load_sensitivity(path: Path | None) -> SensitivityReport | None:
     if path is None:
         return None
     from workers.sensitivity import load_sensitivity
@@ -105,7 +144,7 @@ def _load_sensitivity(path: Path | None):
     return load_sensitivity(path)
 
 
-def _print_summary(report) -> None:
+def _print_summary(report: PruneReport) -> None:
     table = Table(title="onnxprune", show_header=True, header_style="bold")
     table.add_column("")
     table.add_column("before", justify="right")
@@ -114,8 +153,8 @@ def _print_summary(report) -> None:
     table.add_row("MACs", f"{report.macs.before:,}", f"{report.macs.after:,}", f"-{report.macs.reduction:.1%}")
     table.add_row("params", f"{report.params.before:,}", f"{report.params.after:,}", f"-{report.params.reduction:.1%}")
     if report.latency_ms and report.latency_ms.after:
-        before, after = report.latency_ms.before.p50, report.latency_ms.after.p50
-        table.add_row("latency p50 (ms)", f"{before:.3f}", f"{after:.3f}", f"x{before / after:.2f} faster" if after else "")
+        table.add_row("latency p50 (ms)", f"{report.latency_ms.before.p50:.3f}", f"{report.latency_ms.after.p50:.3f}",
+                      _speed_words(report.latency_ms.change))
     if report.fidelity:
         table.add_row("fidelity", "", f"cos {report.fidelity.cosine_similarity:.4f}", f"max|Δ| {report.fidelity.max_abs_diff:.3g}")
     evaluation = getattr(report, "evaluation", None)
@@ -131,11 +170,30 @@ def _print_summary(report) -> None:
                       "" if quantization.float_held_out is None else f"held out {quantization.float_held_out:.4f}")
     pruned = sum(1 for g in report.groups if g.channels_after < g.channels_before)
     table.caption = f"{pruned} of {len(report.groups)} prunable groups pruned; {len(report.frozen)} frozen"
+    target = getattr(report, "latency_target", None)
+    if target is not None:
+        verdict = "met" if target.met else f"missed by {target.missed_by:.3f}"
+        table.caption += (f"\nlatency target {target.target:g}: {verdict} (measured {target.measured.ratio:.3f}x the "
+                          f"original's p50, p90 {target.measured.p90_ratio:.3f}x, fastest runs "
+                          f"{target.measured.min_ratio:.3f}x, predicted {target.predicted:.3f}x; "
+                          f"{len(target.iterations)} pass(es), counts multiples of {target.step})")
+    if getattr(report, "round_to", None):
+        table.caption += f"\nchannel counts multiples of {report.round_to} ({report.round_to_source})"
     learned = getattr(report, "learned", None)
     if learned is not None:
         kept = ", ".join(f"{layer.kept}/{layer.channels}" for layer in learned.layers)
         table.caption += f"\nlearned (max drop {learned.max_drop:g} in {learned.metric}): filters kept per layer {kept}"
-    Console().print(table)
+    for warning in report.warnings:  # e.g. which size symbolic input dims were probed at
+        table.caption += f"\nnote: {warning}"
+    print_table(table)
+
+
+def _speed_words(change: SpeedChange | None) -> str:
+    """"1.32x faster (95% interval: between 1.25x faster and 1.40x faster)", flagged when within noise."""
+    if change is None:
+        return ""
+    noise = " [yellow]within noise[/yellow]" if change.within_noise else ""
+    return f"{change.summary} ({change.band}){noise}"
 
 
 @app.command()
@@ -144,13 +202,13 @@ def _print_summary(report) -> None:
 def prune(
     model: Annotated[Path, typer.Argument(help="The ONNX model to prune.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the pruned model.")],
-    data: Annotated[Optional[Path], typer.Option(help="Data .npz: one array per model input (preprocessed), "
+    data: Annotated[Path | None, typer.Option(help="Data .npz: one array per model input (preprocessed), "
                                                  "optional integer 'labels'. Every fifth sample is held out.")] = None,
-    report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,
-    report_html: Annotated[Optional[Path], typer.Option(help="Write a self-contained HTML report with plots here.")] = None,
-    plan_out: Annotated[Optional[Path], typer.Option(help="Write the pruning plan (kept channels) here.")] = None,
-    plan_in: Annotated[Optional[Path], typer.Option(help="Apply a saved plan instead of scoring.")] = None,
-    sensitivity: Annotated[Optional[Path], typer.Option(help="With --ratio auto: curves from 'onnxprune sensitivity "
+    report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+    report_html: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report with plots here.")] = None,
+    plan_out: Annotated[Path | None, typer.Option(help="Write the pruning plan (kept channels) here.")] = None,
+    plan_in: Annotated[Path | None, typer.Option(help="Apply a saved plan instead of scoring.")] = None,
+    sensitivity: Annotated[Path | None, typer.Option(help="With --ratio auto: curves from 'onnxprune sensitivity "
                                                         "--json' instead of measuring them again.")] = None,
     **flags: Any,
 ) -> None:
@@ -161,17 +219,17 @@ def prune(
 
     options = _options(**flags)
     _require_data(options, data)
+    require_capabilities(options)
+    require_output_dirs(output, report, plan_out, report_html)
     plan = None
     if plan_in is not None:
         try:
             plan = PruningPlan.from_json(plan_in.read_text())
         except OSError as exc:
             _fail(f"cannot read plan {plan_in}: {exc.strerror}", EXIT_BAD_INPUT)
-    with Progress(TextColumn("{task.description:<10}"), BarColumn(), TimeElapsedColumn(), console=console,
-                  transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task("load", total=1.0)
+    with stage_progress(console) as progress:
         result = run_pipeline(model, output, options, plan=plan, data=data, sensitivity=_load_sensitivity(sensitivity),
-                              progress=lambda stage, fraction: bar.update(task, description=stage, completed=fraction))
+                              progress=progress)
     if report is not None:
         atomic_write_bytes(report, result.report.model_dump_json(indent=1).encode())
     if plan_out is not None:
@@ -197,48 +255,37 @@ def analyze(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List channel groups (what can be pruned together) and frozen groups with reasons."""
-    from workers.analysis import analyse_model
+    from workers.analysis_summary import summarize_model
 
-    analysis = analyse_model(model, _input_shapes(input_shape))
-    dep, cost, shapes = analysis.dep, analysis.cost, analysis.input_shapes
-    node_macs = {n.name: n.macs for n in cost.nodes}
-    total = max(cost.macs, 1)
-
-    def share(nodes) -> float:
-        return round(sum(node_macs.get(n, 0) for n in nodes) / total, 4)
-
-    data = {
-        "macs": cost.macs,
-        "params": cost.params,
-        "input_shapes": shapes,
-        "nodes": [{"name": n.name, "op_type": n.op_type, "macs": n.macs, "params": n.params} for n in cost.nodes],
-        "groups": [{"id": g.id, "channels": g.channels, "pinned": len(g.pinned), "producers": list(g.producers),
-                    "nodes": list(g.nodes), "macs_share": share(g.nodes), "notes": list(g.reasons)}
-                   for g in dep.prunable],
-        "frozen": [{"id": g.id, "channels": g.channels, "nodes": list(g.nodes), "reason": g.frozen_reason}
-                   for g in dep.frozen],
-    }
+    result = summarize_model(model, _input_shapes(input_shape))
+    data = result.model_dump()
     if as_json:
         print(json.dumps(data, indent=1))
         return
-    out = Console()
-    out.print(f"{model.name}: {cost.macs:,} MACs, {cost.params:,} params, inputs {shapes}")
+    out = stdout_console()
+    out.print(f"{model.name}: {result.macs:,} MACs, {result.params:,} params, inputs {result.input_shapes}")
+    for note in result.input_shape_notes:
+        out.print(f"note: {note}")
     table = Table("group", "channels", "pinned", "producers", "MACs share", title="prunable groups")
     for g in data["groups"]:
         producers = ", ".join(g["producers"][:3]) + (" ..." if len(g["producers"]) > 3 else "")
         table.add_row(g["id"], str(g["channels"]), str(g["pinned"]), producers, f"{g['macs_share']:.1%}")
-    out.print(table)
-    frozen = Table("group", "channels", "reason", title="frozen groups")
+    prunable_share = sum(g["macs_share"] for g in data["groups"])
+    frozen_share = sum(g["macs_share"] for g in data["frozen"])
+    table.caption = (f"MACs share: the layers computing a group's channels. Prunable {prunable_share:.1%}, "
+                     f"frozen {frozen_share:.1%}, in no group {max(0.0, 1 - prunable_share - frozen_share):.1%}")
+    print_table(table, out)
+    frozen = Table("group", "channels", "MACs share", "reason", title="frozen groups")
     for g in data["frozen"]:
-        frozen.add_row(g["id"], str(g["channels"]), g["reason"])
-    out.print(frozen)
+        frozen.add_row(g["id"], str(g["channels"]), f"{g['macs_share']:.1%}", g["reason"])
+    print_table(frozen, out)
 
 
 @app.command()
 @one_line_errors
 def bench(
     model_a: Annotated[Path, typer.Argument(help="Reference model.")],
-    model_b: Annotated[Optional[Path], typer.Argument(help="Model to compare (e.g. the pruned one).")] = None,
+    model_b: Annotated[Path | None, typer.Argument(help="Model to compare (e.g. the pruned one).")] = None,
     input_shape: InputShapeOption = None,
     runs: Annotated[int, typer.Option(help="Timed runs per model.")] = 50,
     warmup: Annotated[int, typer.Option(help="Untimed runs per model first.")] = 5,
@@ -256,11 +303,19 @@ def bench(
         return
     table = Table("model", "p50 ms", "p90 ms", "mean ms", title=f"onnxruntime, {threads} thread(s), {runs} runs")
     for label, path, stats in (("A", model_a, result.latency.before), ("B", model_b, result.latency.after)):
-        if stats is not None:
+        if stats is not None and path is not None:  # B has latency only when model_b was given
             table.add_row(f"{label}: {path.name}", f"{stats.p50:.3f}", f"{stats.p90:.3f}", f"{stats.mean:.3f}")
-    Console().print(table)
+    out = stdout_console()
+    print_table(table, out)
+    change = result.latency.change
+    if change is not None:
+        out.print(f"B against A (p50): {_speed_words(change)}; p90 ratio {change.p90_ratio:.3f}", highlight=False)
+        from workers.speed import noise_warning
+
+        if noise_warning(change):
+            console.print(f"[yellow]warning:[/yellow] {noise_warning(change)}", highlight=False, soft_wrap=True)
     if result.fidelity:
-        Console().print(f"outputs: max |A-B| {result.fidelity.max_abs_diff:.3g}, cosine {result.fidelity.cosine_similarity:.6f}")
+        out.print(f"outputs: max |A-B| {result.fidelity.max_abs_diff:.3g}, cosine {result.fidelity.cosine_similarity:.6f}")
 
 
 def _register_service_commands() -> None:

@@ -5,11 +5,17 @@ Registered on the main CLI by ``service.cli``; the work is ``workers.sensitivity
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
+if TYPE_CHECKING:  # the engine loads only when the command runs
+    from workers.report import SensitivityReport
+
+NO_DATA_MESSAGE = ("sensitivity needs held-out data: pass --data DATA.npz (one array per model input, optional "
+                   "'labels'), or --synthetic N to measure output fidelity on N random inputs (a proxy)")
 SYNTHETIC_HELP = ("No data? Measure output fidelity on N random standard-normal inputs instead: a proxy "
                   "that says how much each group changes the outputs, not how accurate the model stays.")
 
@@ -20,16 +26,16 @@ def register(app: typer.Typer) -> None:
 
 def sensitivity(
     model: Annotated[Path, typer.Argument(help="The ONNX model to analyse.")],
-    data: Annotated[Optional[Path], typer.Option(help="Held-out .npz: one array per model input, optional 'labels' (all samples are used).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Held-out .npz: one array per model input, optional 'labels' (all samples are used).")] = None,
     ratios: Annotated[str, typer.Option(help="Comma-separated fractions of each group's filters to remove.")] = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
     criterion: Annotated[str, typer.Option(help="Filter ranking: l1, l2, random.")] = "l1",
-    samples: Annotated[Optional[int], typer.Option(min=1, help="Use at most N samples of the data (evenly strided).")] = None,
-    synthetic: Annotated[Optional[int], typer.Option(min=1, help=SYNTHETIC_HELP)] = None,
-    workers: Annotated[Optional[int], typer.Option(min=1, help="Groups measured in parallel (default: CPU cores).")] = None,
-    input_shape: Annotated[Optional[list[str]], typer.Option("--input-shape", help="NAME:1x3x224x224 for symbolic inputs (repeatable).")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the curves as JSON (reusable with prune --sensitivity).")] = None,
-    plot: Annotated[Optional[Path], typer.Option(help="Write the curves as a PNG.")] = None,
-    report_html: Annotated[Optional[Path], typer.Option(help="Write a self-contained HTML page with the curves.")] = None,
+    samples: Annotated[int | None, typer.Option(min=1, help="Use at most N samples of the data (evenly strided).")] = None,
+    synthetic: Annotated[int | None, typer.Option(min=1, help=SYNTHETIC_HELP)] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Groups measured in parallel (default: CPU cores).")] = None,
+    input_shape: Annotated[list[str] | None, typer.Option("--input-shape", help="NAME:1x3x224x224 for symbolic inputs (repeatable).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the curves as JSON (reusable with prune --sensitivity).")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write the curves as a PNG.")] = None,
+    report_html: Annotated[Path | None, typer.Option(help="Write a self-contained HTML page with the curves.")] = None,
 ) -> None:
     """For every prunable group, prune it alone at each ratio and measure accuracy (labels) or fidelity."""
     from service.cli import _fail, _input_shapes, one_line_errors
@@ -38,8 +44,9 @@ def sensitivity(
                                   _input_shapes(input_shape), json_out, plot, report_html, _fail)
 
 
-def _sensitivity(model, data, ratios, criterion, samples, synthetic, workers, shapes, json_out, plot, report_html,
-                 fail) -> None:
+def _sensitivity(model: Path, data: Path | None, ratios: str, criterion: str, samples: int | None,
+                 synthetic: int | None, workers: int | None, shapes: dict[str, list[int]], json_out: Path | None,
+                 plot: Path | None, report_html: Path | None, fail: Callable[[str, int], NoReturn]) -> None:
     import numpy as np
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -53,12 +60,19 @@ def _sensitivity(model, data, ratios, criterion, samples, synthetic, workers, sh
     console = Console(stderr=True)
     grid = parse_ratios(ratios)
     if data is None and synthetic is None:
-        fail("sensitivity needs held-out data: pass --data DATA.npz (one array per model input, optional "
-             "'labels'), or --synthetic N to measure output fidelity on N random inputs (a proxy)", 2)
+        fail(NO_DATA_MESSAGE, 2)
     if data is not None and synthetic is not None:
         fail("give either --data or --synthetic, not both", 2)
+    from service.cli import require_output_dirs
+
+    require_output_dirs(json_out, plot, report_html)
     proto = load_model(model)
-    dataset = load_dataset(data, proto, shapes) if data is not None else synthetic_dataset(proto, shapes, synthetic)
+    if data is not None:
+        dataset = load_dataset(data, proto, shapes)
+    elif synthetic is not None:
+        dataset = synthetic_dataset(proto, shapes, synthetic)
+    else:  # refused above; says so again for the type checker
+        fail(NO_DATA_MESSAGE, 2)
     if samples is not None and samples < len(dataset):
         dataset = dataset.subset(np.linspace(0, len(dataset) - 1, samples).round().astype(int))
     if synthetic is not None:
@@ -89,9 +103,10 @@ def _sensitivity(model, data, ratios, criterion, samples, synthetic, workers, sh
     _print_table(result)
 
 
-def _print_table(result) -> None:
-    from rich.console import Console
+def _print_table(result: SensitivityReport) -> None:
     from rich.table import Table
+
+    from service.cli_output import print_table
 
     table = Table(title=f"{result.metric} with one group pruned (unpruned {result.baseline:.4f}, "
                         f"{result.samples} samples, {result.source})", header_style="bold")
@@ -102,4 +117,4 @@ def _print_table(result) -> None:
     for curve in result.curves:
         table.add_row(curve.group, str(curve.channels), *(f"{v - result.baseline:+.3f}" for v in curve.values))
     table.caption = f"drop per ratio; {len(result.frozen)} frozen groups; {result.seconds:.1f} s"
-    Console().print(table)
+    print_table(table)

@@ -12,7 +12,7 @@ import inspect
 import types
 import typing
 from collections.abc import Callable
-from typing import Annotated, Any, Optional, TypeVar, Union
+from typing import Annotated, Any, TypeVar, Union
 
 import typer
 from pydantic.fields import FieldInfo
@@ -67,7 +67,7 @@ def option_parameters() -> list[inspect.Parameter]:
         option = typer.Option(*declarations, help=_help(field), show_default=False, metavar=_METAVARS.get(kind),
                               rich_help_panel=OPTION_GROUPS.get(str(about.get("group")), "Options"))
         parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                                            annotation=Annotated[Optional[kind], option]))
+                                            annotation=Annotated[kind | None, option]))
     return parameters
 
 

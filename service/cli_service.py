@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from workers.options import parse_input_shape
+from service.cli_options import set_options, with_prune_options
 
 
 def register(app: typer.Typer) -> None:
@@ -51,81 +51,79 @@ def worker(
     make_celery(settings).worker_main(argv)
 
 
+@with_prune_options
 def submit(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The .onnx model to prune.")],
     server: Annotated[str, typer.Option(help="Base URL of the onnxprune service.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the pruned model.")],
-    criterion: Annotated[str | None, typer.Option(help="Filter ranking criterion (l1, l2, random...).")] = None,
-    ratio: Annotated[str | None, typer.Option(help="Fraction of channels removed per group, or 'auto'.")] = None,
-    max_drop: Annotated[float | None, typer.Option(help="With --ratio auto or --criterion learned: tolerated drop.")] = None,
-    flops_target: Annotated[float | None, typer.Option(help="Fraction of MACs to remove.")] = None,
-    round_to: Annotated[int | None, typer.Option(help="Keep channel counts multiples of this.")] = None,
-    exclude: Annotated[list[str] | None, typer.Option(help="Node name or glob never pruned (repeatable).")] = None,
-    input_shape: Annotated[list[str] | None, typer.Option(help="NAME:1x3x224x224 (repeatable).")] = None,
-    no_benchmark: Annotated[bool, typer.Option("--no-benchmark", help="Skip latency measurement.")] = False,
-    data: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Calibration .npz.")] = None,
+    data: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Data .npz: one array per model "
+                                              "input, optional integer 'labels' (needed by the data options).")] = None,
     report: Annotated[Path | None, typer.Option(help="Also write the report JSON here.")] = None,
     plan: Annotated[Path | None, typer.Option(help="Also write the pruning plan JSON here.")] = None,
     token: Annotated[str | None, typer.Option(envvar="ONNXPRUNE_TOKEN", help="Bearer token.")] = None,
+    **flags: Any,
 ) -> None:
-    """Prune MODEL on a remote onnxprune service and download the result."""
+    """Prune MODEL on a remote onnxprune service and download the result.
+
+    Exit 3 when the server refuses the request or fails the job because of its input; 1 when it fails on its own or cannot be reached; 2 for bad local input."""
     import httpx
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from service.cli import require_output_dirs
+    from service.cli_output import EXIT_FAILURE, stage_progress
     from service.client import PruneClient, ServiceError
 
-    config: dict[str, Any] = {
-        key: value
-        for key, value in {"criterion": criterion, "ratio": _number_or_word(ratio), "flops_target": flops_target,
-                           "max_drop": max_drop, "round_to": round_to, "exclude": exclude}.items()
-        if value is not None and value != []  # 0 is a real choice (--ratio 0 prunes nothing)
-    }
-    if no_benchmark:
-        config["benchmark"] = False
-    try:
-        if input_shape:
-            config["input_shapes"] = dict(parse_input_shape(text) for text in input_shape)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--input-shape") from None
-
+    config = _config(flags)
+    require_output_dirs(output, report, plan)
     console = Console(stderr=True)
     try:
         with PruneClient(server, token=token) as client:
             job = client.submit(model, config, data=data)
-            with Progress(TextColumn("{task.description:<10}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                          TimeElapsedColumn(), console=console, transient=True) as bar:
-                task = bar.add_task("queued", total=1.0)
-
-                def show(job: dict[str, Any]) -> None:
-                    bar.update(task, completed=job["progress"], description=job["stage"] or job["status"])
-
-                job = client.wait(job["id"], on_progress=show)
+            with stage_progress(console, first="queued") as progress:
+                job = client.wait(job["id"], on_progress=lambda job: progress(job["stage"] or job["status"],
+                                                                             job["progress"]))
             client.download_model(job["id"], output)
             if report is not None:
                 report.write_text(_json(client.report(job["id"])))
             if plan is not None:
                 plan.write_text(client.plan(job["id"]))
     except ServiceError as exc:
-        console.print(f"error: {exc}", style="red", markup=False, highlight=False)
-        raise typer.Exit(1) from None
+        console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(exit_code_of(exc)) from None
     except httpx.HTTPError as exc:
-        console.print(f"error: cannot talk to {server}: {exc}", style="red", markup=False, highlight=False)
-        raise typer.Exit(1) from None
+        console.print(f"error: cannot talk to {server}: {exc}", style="red", markup=False, highlight=False,
+                      soft_wrap=True)
+        raise typer.Exit(EXIT_FAILURE) from None
     summary = job.get("report") or {}
     macs = summary.get("macs") or {}
     detail = f" (MACs {macs['before']} -> {macs['after']})" if macs else ""
     console.print(f"job {job['id']} succeeded{detail}: wrote {output}", markup=False, highlight=False)
 
 
-def _number_or_word(text: str | None) -> float | str | None:
-    """``--ratio 0.3`` goes to the server as a number, ``--ratio auto`` as the word."""
-    if text is None:
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        return text
+# Job error codes (jobs.policy) that are about the input, not about the server.
+INPUT_FAILURES = frozenset({"model_rejected", "resource_limit", "timeout"})
+
+
+def exit_code_of(error: Exception) -> int:
+    """3 when the server said no to this request or this input, 1 when it failed on its own."""
+    from service.cli_output import EXIT_FAILURE, EXIT_REFUSED
+    from service.client import JobFailed
+
+    if isinstance(error, JobFailed):  # the input refused (or over the server's limits), or the server failed
+        return EXIT_REFUSED if error.code in INPUT_FAILURES else EXIT_FAILURE
+    status = getattr(error, "status", None)
+    if status is not None and (400 <= status < 500 or status == 503):
+        return EXIT_REFUSED
+    return EXIT_FAILURE
+
+
+def _config(flags: dict[str, Any]) -> dict[str, Any]:
+    """The options the user set, checked here against the same schema the server uses (bad input is
+    exit 2 before any upload), sent as typed JSON (``--ratio 0.3`` a number, ``--ratio auto`` the word)."""
+    from service.cli import _options
+
+    options = _options(**flags)
+    return options.model_dump(mode="json", include=set(set_options(flags)))
 
 
 def _json(value: Any) -> str:

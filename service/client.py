@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -76,24 +76,24 @@ class PruneClient:
             files: dict[str, Any] = {"model": (Path(model).name, model_file, "application/octet-stream")}
             data_file = open(data, "rb") if data is not None else None  # noqa: SIM115
             try:
-                if data_file is not None:
+                if data is not None and data_file is not None:
                     files["data"] = (Path(data).name, data_file, "application/octet-stream")
                 response = self._http.post("/v1/jobs", files=files, data={"config": config},
                                            headers={"Idempotency-Key": key})
             finally:
                 if data_file is not None:
                     data_file.close()
-        return self._json(response)
+        return self._object(response)
 
     def get(self, job_id: str) -> Job:
-        return self._json(self._http.get(f"/v1/jobs/{job_id}"))
+        return self._object(self._http.get(f"/v1/jobs/{job_id}"))
 
     def list(self, *, limit: int = 20, offset: int = 0) -> dict[str, Any]:
-        return self._json(self._http.get("/v1/jobs", params={"limit": limit, "offset": offset}))
+        return self._object(self._http.get("/v1/jobs", params={"limit": limit, "offset": offset}))
 
     def cancel(self, job_id: str) -> Job | None:
         response = self._http.delete(f"/v1/jobs/{job_id}")
-        return None if response.status_code == 204 else self._json(response)
+        return None if response.status_code == 204 else self._object(response)
 
     def wait(self, job_id: str, *, on_progress: Callable[[Job], None] | None = None,
              poll_s: float = 0.5, timeout: float | None = None) -> Job:
@@ -132,13 +132,18 @@ class PruneClient:
         return path
 
     def report(self, job_id: str) -> dict[str, Any]:
-        return self._json(self._http.get(f"/v1/jobs/{job_id}/report"))
+        return self._object(self._http.get(f"/v1/jobs/{job_id}/report"))
 
     def plan(self, job_id: str) -> str:
         response = self._http.get(f"/v1/jobs/{job_id}/plan")
         if response.status_code != 200:
             self._json(response)
         return response.text
+
+    @staticmethod
+    def _object(response: httpx.Response) -> dict[str, Any]:
+        """The body of a JSON-object endpoint (every job, list and report route returns an object)."""
+        return cast(dict[str, Any], PruneClient._json(response))
 
     @staticmethod
     def _json(response: httpx.Response) -> Any:

@@ -17,12 +17,18 @@ log = logging.getLogger(__name__)
 
 class Runner(Protocol):
     def start(self) -> None: ...
+    def warm_up(self) -> None:
+        """Prepare the path to the broker (connections, pools) so the first submit is as quick as the rest."""
+    def probe(self, timeout_s: float) -> None:
+        """Raise unless the broker answers within ``timeout_s`` (a round trip on a new connection)."""
     def submit(self, job_id: str) -> None:
         """Hand the job over (may block on the broker: the API calls it off the event loop)."""
     def ready(self) -> str | None:
         """None when jobs can be handed over, else why not (one line). Busy workers are not a problem."""
     def pending_ids(self) -> set[str] | None:
         """Ids of jobs handed over and not yet taken up or finished, or None when that is unknown."""
+    def capabilities(self) -> frozenset[str] | None:
+        """Optional parts the job runners have (``workers.capabilities``); None when unknown."""
     def close(self) -> None: ...
 
 
@@ -62,12 +68,22 @@ class EmbeddedRunner:
             with self._lock:
                 self._pending.discard(job_id)
 
+    def warm_up(self) -> None:
+        pass
+
+    def probe(self, timeout_s: float) -> None:
+        pass
+
     def ready(self) -> str | None:
         return None if self._pool is not None else "the embedded runner is not started"
 
     def pending_ids(self) -> set[str] | None:
         with self._lock:
             return set(self._pending)
+    def capabilities(self) -> frozenset[str] | None:
+        from workers.capabilities import local_capabilities
+
+        return local_capabilities()  # jobs run in this process
 
     def close(self) -> None:
         if self._pool is not None:
@@ -84,9 +100,29 @@ class CeleryRunner:
 
         self._settings = settings
         self._app = make_celery(settings)
+        self._warmed = threading.Event()
 
     def start(self) -> None:
         pass
+
+    def warm_up(self) -> None:
+        """Finalize the app and open a producer connection: the first send_task otherwise spends
+        most of a second on this, over the publish timeout on a loaded machine."""
+        try:
+            self._app.finalize(auto=True)
+            with self._app.producer_or_acquire() as producer:
+                producer.connection.ensure_connection(max_retries=1, timeout=2)
+        except Exception as exc:  # the broker may be down at start; submits will say so
+            log.warning("broker not reachable at start: %s", exc)
+        finally:
+            self._warmed.set()
+
+    def probe(self, timeout_s: float) -> None:
+        import redis
+
+        with redis.Redis.from_url(self._settings.redis_url or "", socket_timeout=timeout_s,
+                                  socket_connect_timeout=timeout_s) as client:
+            client.ping()
 
     def submit(self, job_id: str) -> None:
         from jobs.celery_app import TASK_NAME
@@ -94,6 +130,8 @@ class CeleryRunner:
         self._app.send_task(TASK_NAME, args=[job_id], task_id=job_id)
 
     def ready(self) -> str | None:
+        if not self._warmed.is_set():
+            return "starting: preparing the broker connection"
         try:
             with self._app.connection_for_write() as conn:
                 conn.ensure_connection(max_retries=1, timeout=1)
@@ -120,6 +158,11 @@ class CeleryRunner:
         ids = {json.loads(message).get("headers", {}).get("id") for message in raw}
         ids |= {message.get("headers", {}).get("id") for message in unacked}
         return {i for i in ids if i}
+    def capabilities(self) -> frozenset[str] | None:
+        """What the workers of our queue said they have when they started (None before any has)."""
+        from jobs.capabilities import read_published_capabilities
+
+        return read_published_capabilities(self._settings)
 
     def close(self) -> None:
         self._app.close()

@@ -11,7 +11,7 @@ import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 from fastapi import Request
@@ -23,6 +23,9 @@ from graphops.errors import ModelRejected
 from jobs.files import JobFiles
 from service.errors import ApiError
 from workers.options import PruneOptions
+
+if TYPE_CHECKING:  # the TypedDict exists only for type checkers
+    from python_multipart.multipart import MultipartCallbacks
 
 MAX_CONFIG_BYTES = 64 * 1024
 # An npz is a zip: its arrays may decompress to far more than the upload. The unpacked size is
@@ -60,7 +63,7 @@ class _Receiver:
         self._field = bytearray()
         self._value = bytearray()
 
-    def callbacks(self) -> dict:
+    def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self._begin,
             "on_header_field": lambda d, s, e: self._field.extend(d[s:e]),

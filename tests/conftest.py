@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-# ../shared from the repository root, on every developer machine and in CI.
-SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
-SHARED_MODELS_DIR = SHARED_DIR / "models"
+# Handler bugs fail the tests with their own traceback instead of becoming a job's internal error
+# (graphops.dependency.STRICT_ENV); subprocesses the tests start (the CLI, workers) inherit it.
+os.environ.setdefault("ONNXPRUNE_STRICT_ANALYSIS", "1")
+
+from tests.needs import SHARED_HINT, shared_dir, unavailable  # noqa: E402 - after the environment is set
 
 
 @pytest.fixture
 def shared_models_dir() -> Path:
-    """``../shared/models``; the test is skipped (with the path in the reason) where it is absent."""
-    if not SHARED_MODELS_DIR.is_dir():
-        pytest.skip(f"shared models not found at {SHARED_MODELS_DIR}")
-    return SHARED_MODELS_DIR
+    """``../shared/models`` (or ``$ONNXPRUNE_SHARED/models``); skipped locally, failed in CI, where absent."""
+    models = shared_dir() / "models"
+    if not models.is_dir():
+        unavailable(f"real models not found at {models}; {SHARED_HINT}")
+    return models

@@ -33,6 +33,7 @@ EPS = 1e-12
 _NP_TYPES = {
     onnx.TensorProto.FLOAT: np.float32,
     onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.FLOAT16: np.float16,
     onnx.TensorProto.INT64: np.int64,
     onnx.TensorProto.INT32: np.int32,
 }
@@ -132,12 +133,15 @@ def initializer_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 
 def conv_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Weight of every Conv / ConvTranspose whose weight is an initializer, by node name."""
+    """Weight of every Conv / ConvTranspose whose weight is an initializer, by node name (for a QDQ
+    weight, the quantized initializer behind its DequantizeLinear: the same shape)."""
     arrays = initializer_arrays(model)
+    behind = {node.output[0]: node.input[0] for node in model.graph.node
+              if node.op_type == "DequantizeLinear" and node.input[0] in arrays}
     return {
-        node.name: arrays[node.input[1]]
+        node.name: arrays[behind.get(node.input[1], node.input[1])]
         for node in model.graph.node
-        if node.op_type in ("Conv", "ConvTranspose") and node.input[1] in arrays
+        if node.op_type in ("Conv", "ConvTranspose") and behind.get(node.input[1], node.input[1]) in arrays
     }
 
 
@@ -169,27 +173,36 @@ def assert_structure_follows_plan(
         assert 1 <= len(keep) <= group.channels, f"group {group_id}: keeps {len(keep)} of {group.channels}"
         assert list(keep) == sorted(set(keep)), f"group {group_id}: kept indices not sorted and unique"
         removed_any |= len(keep) < group.channels
-        for producer in group.producers:
-            if producer not in weights_before:
-                continue
-            node = nodes_before[producer]
-            assert producer in nodes_after, f"producer {producer!r} of group {group_id} vanished"
-            old = conv_out_channels(node, weights_before[producer])
-            new = conv_out_channels(nodes_after[producer], weights_after[producer])
-            if old == group.channels and _group(node) == 1:
-                assert new == len(keep), f"{producer}: {new} output channels, plan keeps {len(keep)} of group {group_id}"
-            else:
-                assert 1 <= new <= old, f"{producer}: {new} output channels, had {old}"
+    kept_classes = {group_id: set(keep) for group_id, keep in plan.keep.items()}
+    for producer in dep.producers:
+        if producer.node not in weights_before:
+            continue
+        assert producer.node in nodes_after, f"producer {producer.node!r} vanished"
+        # Each output position of a filter op holds one channel class; it stays iff its class is kept
+        # (a shuffled or multiplied layout holds a class more than once).
+        group_index, classes = dep.classes_of(producer.atoms)
+        expected = sum(
+            1 for g, c in zip(group_index.tolist(), classes.tolist())
+            if c in kept_classes.get(dep.groups[g].id, range(dep.groups[g].channels))
+        )
+        new = conv_out_channels(nodes_after[producer.node], weights_after[producer.node])
+        assert new == expected, f"{producer.node}: {new} output channels, the plan keeps {expected} of its channels"
     for name, node in nodes_after.items():
         if name not in weights_after or name not in nodes_before:
             continue
         # Conv weight [C_out, C_in / group, ...], ConvTranspose [C_in, C_out / group, ...]: one channel
         # per conv group and as many groups as channels is depthwise, whose group follows the channels.
+        # A Conv with one input channel per group is depthwise with a multiplier (C_out / group filters
+        # per channel): its group follows the input channels.
         old_weight = weights_before[name]
         old_group, new_group = _group(nodes_before[name]), _group(node)
         if old_group > 1 and old_group == old_weight.shape[0] and old_weight.shape[1] == 1:
             new_channels = int(weights_after[name].shape[0])
             assert new_group == new_channels, f"depthwise {name}: group={new_group}, {new_channels} channels"
+        elif node.op_type == "Conv" and old_group > 1 and old_weight.shape[1] == 1:
+            multiplier = old_weight.shape[0] // old_group
+            new_channels = int(weights_after[name].shape[0]) // multiplier
+            assert new_group == new_channels, f"depthwise x{multiplier} {name}: group={new_group}, {new_channels} inputs"
         else:
             assert new_group == old_group, f"{name}: group {old_group} became {new_group}"
     if removed_any:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import onnx
 import pytest
@@ -12,8 +10,8 @@ from onnx import TensorProto, helper, numpy_helper
 from graphops.cost import measure_cost
 from graphops.loading import load_model
 from graphops.shapes import resolve_input_shapes
-
-SHARED_MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
+from tests.needs import shared_model
+from tests.test_real_models import REAL_MODEL_CASES
 
 
 def single_op_model(node: onnx.NodeProto, inputs: dict[str, list[int]], weights: dict[str, np.ndarray]) -> onnx.ModelProto:
@@ -176,9 +174,7 @@ def test_constant_node_weights_count_and_integer_shapes_do_not() -> None:
 
 
 def test_resnet20_has_about_41_million_macs() -> None:
-    path = SHARED_MODELS / "onnc_resnet20.onnx"
-    if not path.exists():
-        pytest.skip(f"{path} not found")
+    path = shared_model("onnc_resnet20.onnx")
     cost = measure_cost(load_model(path), {"input.1": [1, 3, 32, 32]})
     assert cost.macs == pytest.approx(40.8e6, rel=0.01)
     assert cost.params == pytest.approx(0.27e6, rel=0.02)
@@ -192,10 +188,10 @@ SHAPE_CHOICES = {
 }
 
 
-@pytest.mark.parametrize("path", sorted(SHARED_MODELS.glob("*.onnx")), ids=lambda p: p.name)
-def test_every_shared_model_has_a_cost_for_every_conv(path: Path) -> None:
+@pytest.mark.parametrize("file", [case.file for case in REAL_MODEL_CASES])
+def test_every_shared_model_has_a_cost_for_every_conv(file: str) -> None:
     """Raw exports need shape subgraphs and legacy ops (ImageScaler, Crop) resolved to get here."""
-    model = load_model(path)
-    cost = measure_cost(model, resolve_input_shapes(model, SHAPE_CHOICES.get(path.name)))
+    model = load_model(shared_model(file))
+    cost = measure_cost(model, resolve_input_shapes(model, SHAPE_CHOICES.get(file)))
     convs = [n for n in cost.nodes if n.op_type in ("Conv", "ConvTranspose")]
     assert convs and all(n.macs > 0 for n in convs)

@@ -39,7 +39,7 @@ def auto_report(tmp_path_factory):
     onnx.save(model, folder / "model.onnx")
     x = np.random.default_rng(1).standard_normal((100, 3, 8, 8)).astype(np.float32)
     np.savez(folder / "data.npz", input=x, labels=run_model(model, {"input": x})[0].argmax(axis=1))
-    options = PruneOptions(ratio="auto", max_drop=0.05, benchmark_runs=3)
+    options = PruneOptions(ratio="auto", max_drop=0.05, benchmark_runs=3, round_to=1)
     return run_pipeline(folder / "model.onnx", folder / "out.onnx", options, data=folder / "data.npz").report
 
 

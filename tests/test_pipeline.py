@@ -58,16 +58,17 @@ def test_fidelity_is_measured_even_without_benchmark(model_path, tmp_path):
     assert result.report.fidelity.max_abs_diff == 0.0 and result.report.macs.after == result.report.macs.before
 
 
-def test_symbolic_dims_need_an_input_shape(tmp_path):
+def test_symbolic_dims_are_probed_and_an_input_shape_overrides_the_probe(tmp_path):
     model = residual_model()
     dims = model.graph.input[0].type.tensor_type.shape.dim
     dims[2].dim_param, dims[3].dim_param = "height", "width"
     path = tmp_path / "dynamic.onnx"
     onnx.save(model, path)
-    with pytest.raises(ModelRejected, match="--input-shape input:1x3xNxN"):
-        run_pipeline(path, tmp_path / "out.onnx", PruneOptions(ratio=0.5))
+    probed = run_pipeline(path, tmp_path / "out.onnx", PruneOptions(ratio=0.5, benchmark=False))
+    assert any("symbolic dims [2, 3]" in warning for warning in probed.report.warnings)
     result = run_pipeline(path, tmp_path / "out.onnx",
                           PruneOptions(ratio=0.5, benchmark=False, input_shapes={"input": [1, 3, 8, 8]}))
+    assert result.report.input_shapes == {"input": [1, 3, 8, 8]} and not result.report.warnings
     pruned_input = onnx.load(tmp_path / "out.onnx").graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param for d in pruned_input][2:] == ["height", "width"]  # still dynamic
     assert result.report.macs.after < result.report.macs.before

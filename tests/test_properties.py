@@ -19,6 +19,8 @@ Networks are drawn block by block and built with ``onnx.helper``:
          | Resize x2 -> conv
          | Concat(x, relu x) | x + conv(GAP x) | NHWC Transpose + bias | conv -> Split halves -> Add
          | Concat(conv_a x, conv_b x) on H -> MaxPool (2, 1)
+         | conv|grouped conv -> channel shuffle (Reshape g x c/g, Transpose, Reshape) [-> grouped conv]
+         | depthwise conv with channel multiplier 2 (group = channels, filters = 2 x channels)
     head: GAP -> Flatten -> Gemm | GAP -> Squeeze -> Gemm | Flatten -> Gemm | Reshape -> MatMul
         | Transpose NHWC -> Flatten -> MatMul | conv (the graph output)
 """
@@ -42,7 +44,7 @@ ACTIVATIONS = ["Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSwish", "Tanh", "Swi
 BLOCKS = [
     "conv", "residual", "sum", "concat", "dense", "depthwise", "grouped", "split", "slice", "se", "affine",
     "pool", "convtranspose", "resize", "self_concat", "broadcast_add", "nhwc", "halves_add",
-    "spatial_concat",
+    "spatial_concat", "shuffle", "multiplier",
 ]  # fmt: skip
 HEADS = ["gap_gemm", "gap_squeeze_gemm", "flatten_gemm", "reshape_matmul", "nhwc_flatten_matmul", "conv"]
 
@@ -251,6 +253,27 @@ class _NetBuilder:
         a, b = self.conv_unit(x, cin, block.channels, block), self.conv_unit(x, cin, block.channels, block)
         y = g.node("Concat", [a, b], axis=2)
         return g.node("MaxPool", [y], kernel_shape=[2, 1], strides=[2, 1]), block.channels, 1
+
+    def _multiplier(self, x, cin, block, stride):
+        """Depthwise with a channel multiplier (TF DepthwiseConv2D depth_multiplier): 2 while the
+        network is narrow, 1 (plain depthwise) beyond 8 channels, so widths stay small."""
+        cout = cin * (2 if cin <= 8 else 1)
+        return self.conv_unit(x, cin, cout, block, stride=stride, group=cin), cout, stride
+
+    def _shuffle(self, x, cin, block, stride):
+        """ShuffleNet's channel shuffle after a (grouped, where the channels allow) conv; with
+        batchnorm, a grouped conv reads the shuffled channels (ShuffleNet v1)."""
+        g, groups = self.g, block.groups
+        cout = groups * max(1, block.channels // groups)
+        group = groups if cin % groups == 0 else 1
+        y = self.conv_unit(x, cin, cout, block, stride=stride, group=group)
+        size = (self.size - 1) // stride + 1
+        split = g.constant("shape", _int64([1, groups, cout // groups, size, size]))
+        y = g.node("Transpose", [g.node("Reshape", [y, split])], perm=[0, 2, 1, 3, 4])
+        y = g.node("Reshape", [y, g.constant("shape", _int64([1, cout, size, size]))])
+        if block.batchnorm:
+            y = self.conv_unit(y, cout, cout, block, group=groups)
+        return y, cout, stride
 
     def _resize(self, x, cin, block, stride):
         scales = self.g.constant("scales", np.array([1, 1, 2, 2], dtype=np.float32))

@@ -42,7 +42,7 @@ def test_int8_after_pruning_runs_and_stays_close_to_the_float_pruned_model(model
     model_path, data = model_and_data
     out = tmp_path / "small.onnx"
 
-    result = run_pipeline(model_path, out, PruneOptions(ratio=0.25, quantize="int8", benchmark_runs=3), data=data)
+    result = run_pipeline(model_path, out, PruneOptions(ratio=0.25, quantize="int8", benchmark_runs=3, round_to=1), data=data)
 
     quantized, floating = onnx.load(out), onnx.load(float_output_path(out))
     kinds = [node.op_type for node in quantized.graph.node]

@@ -38,7 +38,8 @@ REAL_MODEL_CASES = [
     # Folding its 239 ConstantOfShape weight generators takes ~15 s.
     RealModel("light_resnet50.onnx", marks=(pytest.mark.slow,)),
     RealModel("mediapipe-pytorch_blazeface.onnx"),
-    RealModel("paddle_ch_ppocr_mobile_v2.0_cls_infer.onnx", {"x": [1, 3, 48, 192]}),
+    # Symbolic N, H and W: probed at 224x224 (graphops.input_shapes), no --input-shape needed.
+    RealModel("paddle_ch_ppocr_mobile_v2.0_cls_infer.onnx"),
     RealModel("pytorch_tutorial_super_resolution.onnx"),
     RealModel("tf2onnx_ai8x_cifar100.onnx", {"input_1:0": [1, 3, 32, 32]}),
     RealModel("ultraface_version-RFB-320.onnx"),

@@ -168,7 +168,7 @@ def test_auto_refuses_curves_of_another_model(model_path):
 
 
 def test_ratio_auto_keeps_the_drop_on_held_out_data_within_the_bound(model_path, data_path, tmp_path):
-    options = PruneOptions(ratio="auto", max_drop=0.05, benchmark=False)
+    options = PruneOptions(ratio="auto", max_drop=0.05, benchmark=False, round_to=1)
     result = run_pipeline(model_path, tmp_path / "auto.onnx", options, data=data_path)
     report = result.report
     dep = result.dependency

@@ -66,6 +66,8 @@ ZOO_CASES = [
     ZooCase("grouped_conv", lambda: zoo.grouped_conv_net(), (1, 3, 16, 16)),
     ZooCase("depthwise_multiplier", lambda: zoo.depthwise_multiplier_net(), (1, 3, 16, 16)),
     ZooCase("grouped_deconv", lambda: zoo.grouped_deconv_net(), (1, 3, 16, 16)),
+    ZooCase("shufflenet_v2_block", lambda: zoo.shufflenet_v2_block(), (1, 3, 16, 16)),
+    ZooCase("shufflenet_v1_block", lambda: zoo.shufflenet_v1_block(), (1, 3, 16, 16)),
     ZooCase("split_concat", lambda: zoo.split_net(merge="concat"), (1, 3, 16, 16)),
     ZooCase("split_add", lambda: zoo.split_net(merge="add"), (1, 3, 16, 16)),
     ZooCase("chunk_add_halves", lambda: zoo.split_net(merge="add_halves"), (1, 3, 16, 16)),
@@ -395,7 +397,7 @@ def test_depthwise_convs_group_attribute_equals_their_new_channel_count(zoo_mode
 
 
 @pytest.mark.parametrize("name", ["grouped_conv", "depthwise_multiplier", "grouped_deconv", "mobilenet_v2"])
-def test_convs_that_are_not_plain_depthwise_keep_their_group_count(zoo_models, name):
+def test_depthwise_convs_get_one_group_per_kept_input_channel_and_grouped_convs_keep_theirs(zoo_models, name):
     analysed = zoo_models(name)
     plan = plan_for(analysed, "random", 0, 0.5)
 
@@ -406,10 +408,15 @@ def test_convs_that_are_not_plain_depthwise_keep_their_group_count(zoo_models, n
     for before in _grouped(analysed.prepared):
         node, group = after[before.name], _attr(before, "group", 1)
         weight = initializer_dims(analysed.prepared)[before.input[1]]
-        # Conv weight [C_out, C_in / group, ...], ConvTranspose [C_in, C_out / group, ...]: either
-        # way one channel per conv group, and as many groups as channels, is a plain depthwise op.
-        if weight[1] == 1 and weight[0] == group:
-            assert _attr(node, "group", 1) == weights[node.input[1]][0], before.name
+        new_weight = weights[node.input[1]]
+        # Conv weight [C_out, C_in / group, ...]: one input channel per conv group is depthwise, with
+        # C_out / group filters per channel (a multiplier). ConvTranspose [C_in, C_out / group, ...]:
+        # depthwise when C_in == group and one output per group.
+        if before.op_type == "Conv" and weight[1] == 1:
+            multiplier = weight[0] // group
+            assert _attr(node, "group", 1) == new_weight[0] // multiplier, before.name
+        elif before.op_type == "ConvTranspose" and weight[1] == 1 and weight[0] == group:
+            assert _attr(node, "group", 1) == new_weight[0], before.name
         else:
             assert _attr(node, "group", 1) == group, f"{before.name}: group {group} became {_attr(node, 'group', 1)}"
 

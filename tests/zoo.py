@@ -575,6 +575,78 @@ def layernorm_net(num_classes: int = 10, width: int = 8, norm: str = "layernorm"
     return LayerNormNet(num_classes, width, norm)
 
 
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's interleaving of conv groups: view (g, c/g), swap, view back."""
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+
+
+class ShuffleV2Unit(nn.Module):
+    """ShuffleNet v2 unit (Ma et al. 2018). Stride 1: split in halves, one half through
+    conv1x1 -> dw3x3 -> conv1x1, concat, shuffle(2). Stride 2: both branches downsample."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        half = cout // 2
+        branch_in = cin if stride == 2 else cin // 2
+        if stride == 2:
+            self.branch1 = nn.Sequential(
+                nn.Conv2d(cin, cin, 3, 2, 1, groups=cin, bias=False), nn.BatchNorm2d(cin),
+                nn.Conv2d(cin, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(),
+            )
+        self.branch2 = nn.Sequential(
+            nn.Conv2d(branch_in, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(),
+            nn.Conv2d(half, half, 3, stride, 1, groups=half, bias=False), nn.BatchNorm2d(half),
+            nn.Conv2d(half, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return channel_shuffle(out, 2)
+
+
+def shufflenet_v2_block(num_classes: int = 10, width: int = 8) -> nn.Module:
+    """stem conv (w) -> v2 unit /2 (2w) -> v2 unit (2w) -> conv1x1 (2w) -> GAP -> Linear."""
+    return nn.Sequential(
+        _conv_bn_relu(3, width), ShuffleV2Unit(width, 2 * width, 2), ShuffleV2Unit(2 * width, 2 * width, 1),
+        nn.Conv2d(2 * width, 2 * width, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(2 * width, num_classes),
+    )
+
+
+class ShuffleV1Unit(nn.Module):
+    """ShuffleNet v1 unit (Zhang et al. 2018): grouped conv1x1 -> shuffle(g) -> dw3x3 -> grouped
+    conv1x1, added to the input (stride 1) or concatenated with its average pool (stride 2)."""
+
+    def __init__(self, cin: int, cout: int, groups: int, stride: int) -> None:
+        super().__init__()
+        self.stride, self.groups = stride, groups
+        mid = cout // 4 * 2
+        branch_out = cout - cin if stride == 2 else cout
+        self.reduce = nn.Sequential(nn.Conv2d(cin, mid, 1, groups=groups, bias=False), nn.BatchNorm2d(mid), nn.ReLU())
+        self.depthwise = nn.Sequential(nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False), nn.BatchNorm2d(mid))
+        self.expand = nn.Sequential(nn.Conv2d(mid, branch_out, 1, groups=groups, bias=False), nn.BatchNorm2d(branch_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.expand(self.depthwise(channel_shuffle(self.reduce(x), self.groups)))
+        if self.stride == 2:
+            return F.relu(torch.cat((F.avg_pool2d(x, 3, 2, 1), y), dim=1))
+        return F.relu(x + y)
+
+
+def shufflenet_v1_block(num_classes: int = 10, width: int = 8, groups: int = 2) -> nn.Module:
+    """stem conv (w) -> v1 unit /2 (4w) -> v1 unit (4w) -> GAP -> Linear."""
+    return nn.Sequential(
+        _conv_bn_relu(3, width), ShuffleV1Unit(width, 4 * width, groups, 2), ShuffleV1Unit(4 * width, 4 * width, groups, 1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, num_classes),
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # onnx.helper models
 # ---------------------------------------------------------------------------------------------

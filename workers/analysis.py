@@ -15,9 +15,9 @@ import onnx
 
 from graphops.cost import ModelCost, measure_cost
 from graphops.dependency import DependencyGraph, analyze
+from graphops.input_shapes import choose_input_shapes
 from graphops.loading import load_model, validate_model
 from graphops.prepare import prepare_model
-from graphops.shapes import resolve_input_shapes
 from workers.fileio import file_sha256
 
 # A stage timer: ``stage("load")`` is a context manager (the pipeline's progress reporter).
@@ -36,6 +36,8 @@ class Analysis:
     dep: DependencyGraph = field(repr=False)
     cost: ModelCost = field(repr=False)
     input_shapes: dict[str, list[int]]
+    # Which size symbolic input dims were probed at (``graphops.input_shapes``), one line per input.
+    input_shape_notes: list[str] = field(default_factory=list)
 
     @property
     def node_macs(self) -> dict[str, int]:
@@ -58,10 +60,11 @@ def analyse_model(
         sha256 = file_sha256(path)
     with stage("validate"):
         validate_model(original)
-        shapes = resolve_input_shapes(original, input_shapes)
+        shape_choice = choose_input_shapes(original, input_shapes)  # probes symbolic image sizes
+        shapes = shape_choice.shapes
     with stage("analyze"):
         prepared = prepare_model(original)
         dep = analyze(prepared, shapes)
         cost = measure_cost(prepared, shapes)
-    return Analysis(path, sha256, original, prepared, dep, cost, shapes)
+    return Analysis(path, sha256, original, prepared, dep, cost, shapes, shape_choice.notes)
 

@@ -19,8 +19,10 @@ import onnx
 from graphops.errors import ModelRejected
 from graphops.loading import load_model, parse_model
 from graphops.shapes import graph_inputs, resolve_input_shapes
+from workers.output_compare import numeric_values, structure
 from workers.report import Fidelity, Latency, LatencyStats
 from workers.sandbox import RunnerError, RunnerLimits, run_in_child
+from workers.speed import compare_timings
 
 if TYPE_CHECKING:  # onnxruntime itself is imported only in the child process
     import onnxruntime
@@ -63,7 +65,7 @@ def make_inputs(
 
 def run_model(model_path: Path, inputs: Mapping[str, np.ndarray], *, limits: RunnerLimits = RunnerLimits()) -> Inputs:
     """All outputs of one onnxruntime run, by output name (in a sandboxed child process)."""
-    return run_in_child(_run_once, (str(model_path), dict(inputs)), limits=limits)  # type: ignore[no-any-return]
+    return run_in_child(_run_once, (str(model_path), dict(inputs)), limits=limits)
 
 
 def benchmark(
@@ -84,7 +86,9 @@ def benchmark(
     paths = [str(original)] + ([str(pruned)] if pruned is not None else [])
     timings, outputs = run_in_child(_time_sessions, (paths, inputs, runs, warmup, threads), limits=limits)
     stats = [_latency_stats(ms) for ms in timings]
-    latency = Latency(before=stats[0], after=stats[1] if pruned is not None else None, threads=threads, warmup=warmup)
+    change = compare_timings(timings[0], timings[1], seed=seed) if pruned is not None else None
+    latency = Latency(before=stats[0], after=stats[1] if pruned is not None else None, threads=threads, warmup=warmup,
+                      change=change)
     fidelity = compare_outputs(outputs[0], outputs[1]) if pruned is not None else None
     return BenchmarkResult(latency=latency, fidelity=fidelity)
 
@@ -93,14 +97,17 @@ def compare_outputs(reference: Mapping[str, np.ndarray], candidate: Mapping[str,
     """Max abs diff and cosine similarity, over all outputs flattened together and per output.
 
     Outputs are matched by name, or by position when the names differ; an output whose shape
-    changed has infinite difference and cosine 0."""
+    changed has infinite difference and cosine 0. Maps and sequences (ZipMap) count by value;
+    string outputs are left out."""
     pairs = _match_outputs(reference, candidate)
     per_output: dict[str, dict[str, float]] = {}
     flat_ref, flat_cand = [], []
     shapes_match = True
     for name, ref, cand in pairs:
-        ref64, cand64 = np.asarray(ref, np.float64).ravel(), np.asarray(cand, np.float64).ravel()
-        if np.shape(ref) != np.shape(cand):
+        ref64, cand64 = numeric_values(ref), numeric_values(cand)
+        if ref64 is None:  # a string label: not compared (workers.output_compare)
+            continue
+        if cand64 is None or structure(ref) != structure(cand):
             shapes_match = False
             per_output[name] = {"max_abs_diff": float("inf"), "cosine_similarity": 0.0}
             continue
@@ -143,24 +150,35 @@ def _latency_stats(milliseconds: list[float]) -> LatencyStats:
     return LatencyStats(
         p50=float(np.percentile(values, 50)),
         p90=float(np.percentile(values, 90)),
+        p10=float(np.percentile(values, 10)),
         mean=float(values.mean()),
         runs=len(milliseconds),
+        min=float(values.min()),
     )
 
 
 # ---- what runs in the child process ----------------------------------------------------------
 
 
+# onnxruntime graph optimisation levels by the names the options use.
+OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+                       "layout": "ORT_ENABLE_LAYOUT", "all": "ORT_ENABLE_ALL"}
+
+
 def _session(path: str, threads: int) -> onnxruntime.InferenceSession:
+    return session_from_bytes(Path(path).read_bytes(), threads)
+
+
+def session_from_bytes(data: bytes, threads: int, optimization: str = "all") -> onnxruntime.InferenceSession:
+    """A CPU session with the deploy settings (child process only)."""
     import onnxruntime as ort
 
-    data = Path(path).read_bytes()
     parse_model(data)  # refuses external data before onnxruntime could follow its paths
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[optimization])
     options.log_severity_level = 3
     return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
 

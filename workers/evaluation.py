@@ -28,6 +28,8 @@ from roundtrip.data import Dataset
 from workers.sandbox import RunnerLimits, run_in_child
 
 if TYPE_CHECKING:
+    from onnxruntime import InferenceSession  # imported in the sandboxed child, where sessions run
+
     from workers.report import HeldOutEvaluation
 
 ACCURACY = "accuracy"
@@ -59,7 +61,7 @@ class Evaluator:
     def score(self, paths: Sequence[Path]) -> list[float]:
         """One score per model, in one child process (one session per model)."""
         args = ([str(p) for p in paths], self.data.inputs, self.data.labels, self.reference)
-        return run_in_child(_score_models, args, limits=self.limits)  # type: ignore[no-any-return]
+        return run_in_child(_score_models, args, limits=self.limits)
 
 
 def make_evaluator(original: Path, data: Dataset, *, limits: RunnerLimits = RunnerLimits(),
@@ -135,7 +137,7 @@ def with_symbolic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
 # ---- what runs in the child process ----------------------------------------------------------
 
 
-def _session(model: onnx.ModelProto | bytes):
+def _session(model: onnx.ModelProto | bytes) -> InferenceSession:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -152,7 +154,7 @@ def _load(path: str) -> onnx.ModelProto:
     return parse_model(Path(path).read_bytes())  # refuses external data before onnxruntime reads it
 
 
-def _run_all(session, inputs: Mapping[str, np.ndarray], batch: int | None) -> Outputs:
+def _run_all(session: InferenceSession, inputs: Mapping[str, np.ndarray], batch: int | None) -> Outputs:
     """Outputs on every sample; ``batch`` None means the model's own fixed batch size."""
     count = len(next(iter(inputs.values())))
     step = batch or max(1, int(session.get_inputs()[0].shape[0]))
@@ -169,7 +171,7 @@ def _run_all(session, inputs: Mapping[str, np.ndarray], batch: int | None) -> Ou
     return {name: np.concatenate(piece) for name, piece in zip(names, pieces)}
 
 
-def _fixed_batch(session) -> bool:
+def _fixed_batch(session: InferenceSession) -> bool:
     return all(isinstance(i.shape[0], int) for i in session.get_inputs() if i.shape)
 
 

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import base64
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from workers import plots
 from workers.report import PruneReport, SensitivityReport
 
+if TYPE_CHECKING:  # jinja2 is imported when a page is rendered
+    from jinja2 import Environment
+
 
 @lru_cache(maxsize=1)
-def _environment():
+def _environment() -> Environment:
     from jinja2 import Environment, PackageLoader, select_autoescape
 
     return Environment(loader=PackageLoader("workers", "templates"), autoescape=select_autoescape(["html", "j2"]),
@@ -39,6 +43,9 @@ def render_report_html(report: PruneReport | None = None, *, sensitivity: Sensit
             figures["channels"] = _data_uri(plots.channels_png(report.groups))
         if report.layers:
             figures["macs"] = _data_uri(plots.macs_png(report.layers))
+        finetune = report.evaluation.finetune if report.evaluation is not None else None
+        if finetune is not None:
+            figures["loss"] = _data_uri(plots.loss_png(finetune))
     return _environment().get_template("report.html.j2").render(
         title=title, report=report, sensitivity=sensitivity, figures=figures, drops=_drops(sensitivity),
     )

@@ -14,10 +14,14 @@ from pathlib import Path
 
 from graphops.dependency import DependencyGraph
 from graphops.plan import PruningPlan
+from graphops.selection import check_exclude_patterns
 from workers.analysis import analyse_model
 from workers.benchmark import benchmark, compare_outputs, make_inputs, run_model
+from workers.capabilities import require_capabilities
 from workers.fileio import file_sha256
+from workers.latency import resolve_round_to
 from workers.options import PruneOptions
+from workers.quantize import check_not_quantized
 from workers.report import Fidelity, HeldOutEvaluation, Latency, PruneReport, SensitivityReport
 from workers.reporting import build_report
 from workers.sandbox import RunnerLimits
@@ -61,12 +65,18 @@ def run_pipeline(
     error) and other exceptions for failures of our own or of the machine.
     """
     output_path = Path(output_path)
+    require_capabilities(options)
     stages = Stages(progress)
     analysis = analyse_model(Path(model_path), options.input_shapes, stage=stages.stage)
+    check_exclude_patterns(options.exclude, (node.name for node in analysis.prepared.graph.node))
+    if options.quantize != "none":
+        check_not_quantized(analysis.original)
     schedule = choose_schedule(options, plan, has_data=data is not None)
+    resolved, round_to_source = resolve_round_to(options, analysis.sha256, analysis.input_shapes)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="onnxprune-", dir=output_path.parent) as workdir:
-        job = Job(analysis, options, stages, Path(workdir), limits, data_path=data, sensitivity=sensitivity)
+        job = Job(analysis, resolved, stages, Path(workdir), limits, data_path=data, sensitivity=sensitivity,
+                  round_to_source=round_to_source)
         outcome = schedule.run(job)
         finish = choose_finish(options)
         artifacts = finish.finish(job, outcome.model)

@@ -9,22 +9,26 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from workers.report import GroupReport, LayerReport, PruneReport, SensitivityReport
+from workers.report import FinetuneReport, GroupReport, LayerReport, PruneReport, SensitivityReport
+
+if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not with the report
+    from matplotlib.figure import Figure
 
 _BEFORE, _AFTER = "#9db4d0", "#1f5fa8"
 _MAX_LEGEND = 14
 _DPI = 100
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float) -> Figure:
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
     return figure
 
 
-def _png(figure) -> bytes:
+def _png(figure: Figure) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(figure)
@@ -85,11 +89,42 @@ def macs_png(layers: Sequence[LayerReport]) -> bytes:
                         [layer.macs_after / 1e6 for layer in layers], "MMACs", "MACs per layer, before and after")
 
 
+def loss_png(finetune: FinetuneReport) -> bytes | None:
+    """Training loss at every fine-tuning step, with a moving average; iterative runs are marked where
+    each pruning step began (the loss jumps there). None without recorded losses."""
+    import numpy as np
+
+    losses = np.asarray(finetune.losses, dtype=float)
+    if losses.size == 0:
+        return None
+    figure = _figure(7.5, 3.2)
+    axes = figure.add_subplot(1, 1, 1)
+    steps = np.arange(1, losses.size + 1)
+    axes.plot(steps, losses, color=_BEFORE, linewidth=0.8, label="loss per step")
+    window = max(1, min(50, losses.size // 10))
+    if window > 1:
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        axes.plot(steps[window - 1:], smooth, color=_AFTER, linewidth=1.6, label=f"mean of {window} steps")
+    if finetune.iterative_steps > 1 and finetune.steps > 0:
+        for start in range(finetune.steps, losses.size, finetune.steps):
+            axes.axvline(start + 0.5, color="#b3261e", linewidth=0.6, linestyle="--")
+    axes.set_xlabel("fine-tuning step")
+    axes.set_ylabel(f"training loss ({finetune.objective})")
+    axes.set_title(f"fine-tuning on {finetune.samples.get('train', 0):,} training samples", fontsize=9)
+    axes.legend(fontsize=8)
+    return _png(figure)
+
+
 def summary_png(report: PruneReport) -> bytes | None:
     """Latency (p50) and accuracy or fidelity, before and after, side by side; None without either."""
     panels: list[tuple[str, dict[str, float]]] = []
-    if report.latency_ms is not None and report.latency_ms.after is not None:
-        panels.append(("latency p50 (ms)", {"before": report.latency_ms.before.p50, "after": report.latency_ms.after.p50}))
+    bands: dict[str, list[tuple[float, float]]] = {}  # panel -> (below, above) the bar, per bar
+    latency = report.latency_ms
+    if latency is not None and latency.after is not None:
+        label = "latency p50 (ms), p10-p90 band"
+        panels.append((label, {"before": latency.before.p50, "after": latency.after.p50}))
+        if latency.before.p10 is not None and latency.after.p10 is not None:
+            bands[label] = [(s.p50 - (s.p10 or s.p50), s.p90 - s.p50) for s in (latency.before, latency.after)]
     evaluation = report.evaluation
     if evaluation is not None:
         values = {"before": evaluation.before}
@@ -105,7 +140,10 @@ def summary_png(report: PruneReport) -> bytes | None:
     for index, (label, values) in enumerate(panels, start=1):
         axes = figure.add_subplot(1, len(panels), index)
         colours = [_BEFORE] + [_AFTER] * (len(values) - 1)
-        bars = axes.bar(list(values), list(values.values()), color=colours, width=0.6)
+        band = bands.get(label)
+        error = None if band is None else [[b for b, _ in band], [a for _, a in band]]
+        bars = axes.bar(list(values), list(values.values()), color=colours, width=0.6, yerr=error, capsize=4,
+                        ecolor="#59636e")
         axes.bar_label(bars, fmt="%.3g", fontsize=8)
         axes.set_title(label, fontsize=9)
         axes.margins(y=0.15)

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx.version_converter
 
+from graphops.dequantized import first_quantization_node
+from graphops.errors import ModelRejected
 from workers.sandbox import RunnerLimits, run_in_child
 
 # Calibration samples: min-max ranges settle after a few hundred images.
@@ -64,6 +67,15 @@ def fixed_batch(model: onnx.ModelProto) -> int | None:
     return None
 
 
+def check_not_quantized(model: onnx.ModelProto) -> None:
+    """``--quantize`` on a QDQ model would quantize it twice (onnxruntime's quantizer then writes an invalid
+    model); such a model is pruned in its own precision without ``--quantize``."""
+    node = first_quantization_node(model)
+    if node is not None:
+        raise ModelRejected(f"model is already quantized ({node.op_type} node {node.name!r}): --quantize applies "
+                            "to float models; prune it without --quantize, it stays in its own precision")
+
+
 def quantize(model_path: Path, output_path: Path, settings: QuantizeSettings,
              calibration: Mapping[str, np.ndarray] | None, *, limits: RunnerLimits) -> dict[str, int | bool]:
     """Quantize ``model_path`` into ``output_path`` in a sandboxed child; returns what was quantized.
@@ -74,7 +86,8 @@ def quantize(model_path: Path, output_path: Path, settings: QuantizeSettings,
         if not calibration:
             raise ValueError("static int8 quantization needs calibration inputs")
         calibration_path = output_path.with_suffix(".calibration.npz")
-        np.savez(calibration_path, **{name: np.asarray(array) for name, array in calibration.items()})
+        arrays: dict[str, Any] = {name: np.asarray(array) for name, array in calibration.items()}
+        np.savez(calibration_path, **arrays)
     reduce_range = not cpu_has_vnni()
     result = run_in_child(_quantize_in_child, (str(model_path), str(output_path), settings.mode,
                                                settings.calibration_method,
@@ -82,7 +95,7 @@ def quantize(model_path: Path, output_path: Path, settings: QuantizeSettings,
                                                reduce_range), limits=limits)
     if calibration_path is not None:
         calibration_path.unlink(missing_ok=True)
-    return {**result, "reduce_range": reduce_range}  # type: ignore[dict-item]
+    return {**result, "reduce_range": reduce_range}
 
 
 def _quantize_in_child(model_path: str, output_path: str, mode: str, method: str, calibration_path: str | None,

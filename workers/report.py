@@ -6,6 +6,8 @@ Its keys are a contract (``macs.before``, ``latency_ms.after.p50``, ``groups[]``
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 
@@ -21,8 +23,26 @@ class BeforeAfter(BaseModel):
 class LatencyStats(BaseModel):
     p50: float
     p90: float
+    p10: float | None = Field(None, description="With p90, the run-to-run noise band around the median.")
     mean: float
     runs: int
+    min: float | None = Field(None, description="Fastest run: the undisturbed time when a busy machine preempts runs.")
+
+
+class SpeedChange(BaseModel):
+    """The pruned model's latency over the original's, from interleaved runs (``workers.speed``)."""
+
+    ratio: float = Field(description="p50 after / p50 before: below 1 is faster.")
+    p90_ratio: float = Field(description="p90 after / p90 before.")
+    low: float = Field(description="Lower end of the p50 ratio's bootstrap confidence interval.")
+    high: float = Field(description="Upper end of the p50 ratio's bootstrap confidence interval.")
+    confidence: float = 0.95
+    runs: int = Field(description="Interleaved pairs of runs the ratio comes from.")
+    summary: str = Field(description="The ratio in words: '1.32x faster', '4% slower'.")
+    band: str = Field(description="The interval in words.")
+    within_noise: bool = Field(description="The interval holds 1: the noise is wider than the effect.")
+    min_ratio: float | None = Field(None, description="Fastest run after / fastest run before: robust when a "
+                                    "busy machine preempts runs (then the p50 ratio's interval is wide).")
 
 
 class Latency(BaseModel):
@@ -30,6 +50,7 @@ class Latency(BaseModel):
     after: LatencyStats | None = None
     threads: int
     warmup: int
+    change: SpeedChange | None = Field(None, description="After against before, with its noise band.")
 
 
 class Fidelity(BaseModel):
@@ -97,11 +118,53 @@ class FinetuneReport(BaseModel):
     losses: list[float] = Field(default_factory=list, description="Training loss at every fine-tuning step.")
 
 
+class LatencyGroupReport(BaseModel):
+    """One group's latency curve: the whole model with only this group pruned to each count."""
+
+    group: str
+    channels: int
+    kept: int = Field(description="Channels the chosen plan keeps.")
+    measured: bool = Field(description="False: the curve is estimated from MACs (the time budget ran out).")
+    counts: list[int]
+    ms: list[float] = Field(description="Model latency (ms) at each count: the fitted curve the knapsack used.")
+    points: dict[int, float] = Field(default_factory=dict, description="Measured model latency (ms) at grid counts.")
+    predicted_ms: float = Field(description="Model latency with only this group at the kept count.")
+    predicted_saving_ms: float
+
+
+class LatencyIteration(BaseModel):
+    asked: float = Field(description="Latency ratio asked of the latency model in this pass.")
+    predicted: float = Field(description="Ratio the latency model predicts for the plan it chose.")
+    measured: SpeedChange = Field(description="The plan's model timed against the original.")
+
+
+class LatencyTargetReport(BaseModel):
+    """``latency_target``: the latency model, what it predicted, and what was measured."""
+
+    target: float = Field(description="Asked: pruned latency at most this times the original's.")
+    met: bool
+    measured: SpeedChange = Field(description="The chosen plan, timed against the original (p50, p90, interval).")
+    achieved: float | None = Field(None, description="The ratio acted on: p50, or the fastest runs' when the p50's "
+                                   "interval is wider than half of it (workers.speed.decisive_ratio).")
+    predicted: float = Field(description="The latency model's ratio for the chosen plan.")
+    missed_by: float | None = Field(None, description="Measured ratio minus the target, when missed.")
+    iterations: list[LatencyIteration]
+    step: int = Field(description="Channel counts were multiples of this.")
+    step_measured: int
+    step_source: str
+    baseline_ms: float = Field(description="The original's latency in the table (20th percentile of runs).")
+    noise_ms: float
+    table_seconds: float
+    measured_groups: int
+    table_key: str = Field(description="Cache key: model hash, onnxruntime version, settings, CPU.")
+    groups: list[LatencyGroupReport]
+
+
 class PruneReport(BaseModel):
     onnxprune_version: str
     model_sha256: str
     output_sha256: str | None = None
-    options: dict
+    options: dict[str, Any]
     input_shapes: dict[str, list[int]]
     macs: BeforeAfter
     params: BeforeAfter
@@ -111,14 +174,17 @@ class PruneReport(BaseModel):
     frozen: list[FrozenReport]
     stage_seconds: dict[str, float] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
-    layers: list["LayerReport"] = Field(default_factory=list, description="MACs and filters per Conv/Gemm node.")
-    evaluation: "HeldOutEvaluation | None" = Field(None, description="Accuracy or fidelity on held-out data.")
-    sensitivity: "SensitivityReport | None" = Field(None, description="Per-group curves behind ratio 'auto'.")
+    layers: list[LayerReport] = Field(default_factory=list, description="MACs and filters per Conv/Gemm node.")
+    evaluation: HeldOutEvaluation | None = Field(None, description="Accuracy or fidelity on held-out data.")
+    sensitivity: SensitivityReport | None = Field(None, description="Per-group curves behind ratio 'auto'.")
     group_ratios: dict[str, float] = Field(default_factory=dict, description="Ratio chosen per group (ratio 'auto').")
-    learned: "LearnedReport | None" = Field(None, description="Criterion 'learned': the per-layer agents' search.")
-    quantization: "QuantizationReport | None" = Field(
+    learned: LearnedReport | None = Field(None, description="Criterion 'learned': the per-layer agents' search.")
+    quantization: QuantizationReport | None = Field(
         None, description="--quantize: how the pruned model was quantized; 'latency_ms' and 'evaluation' are then "
         "of the quantized model, and this section holds the float pruned model's figures.")
+    round_to: int | None = Field(None, description="Channel counts were kept multiples of this.")
+    round_to_source: str | None = Field(None, description="Why: given, or how 'auto' chose it.")
+    latency_target: LatencyTargetReport | None = Field(None, description="latency_target: predicted and measured.")
 
 
 # ---- sensitivity analysis and held-out evaluation (workers.sensitivity, workers.evaluation) ----

@@ -9,7 +9,9 @@ import onnx
 from graphops.cost import ModelCost, measure_cost
 from graphops.dependency import DependencyGraph
 from graphops.plan import PruningPlan
+from graphops.shares import macs_shares
 from workers.analysis import Analysis
+from workers.latency_target import target_notes
 from workers.quality_warnings import quality_warnings
 from workers.report import (
     BeforeAfter,
@@ -21,6 +23,7 @@ from workers.report import (
     LayerReport,
     PruneReport,
 )
+from workers.speed import speed_notes
 from workers.strategies import Job, Outcome
 from workers.strategies.finish import Artifacts
 
@@ -56,18 +59,34 @@ def build_report(job: Job, outcome: Outcome, artifacts: Artifacts, *, output_sha
         evaluation=evaluation,
         sensitivity=selection.sensitivity,
         group_ratios=selection.group_ratios,
-        warnings=[*selection.notes, *artifacts.notes, *quality_warnings(
-            fidelity, evaluation, data_given=job.data_path is not None, recovered=outcome.finetune is not None,
-            max_drop=job.options.max_drop)],
+        warnings=[*analysis.input_shape_notes, *selection.notes, *artifacts.notes, *speed_notes(latency),
+                  *target_notes(selection.latency_target, latency), *rounding_notes(job, groups),
+                  *quality_warnings(fidelity, evaluation, data_given=job.data_path is not None,
+                                    recovered=outcome.finetune is not None, max_drop=job.options.max_drop)],
         learned=outcome.learned,
         quantization=artifacts.quantization,
+        round_to=selection.latency_target.step if selection.latency_target else int(job.options.round_to),
+        round_to_source="the latency table" if selection.latency_target and job.round_to_source != "given"
+        else job.round_to_source,
+        latency_target=selection.latency_target,
     )
+
+
+def rounding_notes(job: Job, groups: list[GroupReport]) -> list[str]:
+    """Say so when ``--round-to auto`` kept small groups whole: the user asked for a cut and got none there."""
+    step = job.options.round_to
+    if not job.round_to_source.startswith("auto") or not isinstance(step, int) or step <= 1:
+        return []
+    whole = [g for g in groups if g.channels_after == g.channels_before and g.channels_before <= step]
+    if not whole:
+        return []
+    return [f"round-to auto ({step}): {len(whole)} group(s) of at most {step} channels kept whole, since cutting "
+            f"them off onnxruntime's kernel step makes them slower, not faster; --round-to 1 prunes exact counts"]
 
 
 def group_reports(dep: DependencyGraph, plan: PruningPlan,
                   cost: ModelCost) -> tuple[list[GroupReport], list[FrozenReport]]:
-    node_macs = {node.name: node.macs for node in cost.nodes}
-    total = max(cost.macs, 1)
+    shares = macs_shares(dep, {node.name: node.macs for node in cost.nodes})  # each layer counted once
     groups, frozen = [], []
     for group in dep.groups:
         if group.frozen:
@@ -82,7 +101,7 @@ def group_reports(dep: DependencyGraph, plan: PruningPlan,
             channels_after=len(plan.keep.get(group.id, range(group.channels))),
             pinned=len(group.pinned),
             pinned_reasons=list(group.reasons),
-            macs_share=round(sum(node_macs.get(n, 0) for n in group.nodes) / total, 6),
+            macs_share=round(shares[group.id], 6),
         ))
     return groups, frozen
 

@@ -19,7 +19,7 @@ import tempfile
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from graphops.errors import ModelRejected
 
@@ -27,6 +27,8 @@ _MIB = 1024 * 1024
 _PR_SET_PDEATHSIG = 1
 # Texts onnxruntime, the C++ runtime and Python use when an allocation fails.
 _ALLOCATION_FAILURES = ("bad_alloc", "failed to allocate", "cannot allocate memory", "memoryerror", "out of memory")
+
+Result = TypeVar("Result")
 
 
 class RunnerError(ModelRejected):
@@ -43,7 +45,8 @@ class RunnerLimits:
     max_result_mib: int = 512  # results (model outputs) sent back to the parent
 
 
-def run_in_child(target: Callable[..., Any], args: tuple[Any, ...] = (), *, limits: RunnerLimits = RunnerLimits()) -> Any:
+def run_in_child(target: Callable[..., Result], args: tuple[Any, ...] = (), *,
+                 limits: RunnerLimits = RunnerLimits()) -> Result:
     """``target(*args)`` in a fresh child process; its return value, or a ``RunnerError``.
 
     ``target`` and its arguments must be picklable (a module-level function).
@@ -67,7 +70,8 @@ def run_in_child(target: Callable[..., Any], args: tuple[Any, ...] = (), *, limi
         raise _crash_error(child.exitcode, log_tail, limits)
     status, payload = message
     if status == "ok":
-        return payload
+        result: Result = payload  # what ``target`` returned in the child, unpickled
+        return result
     if _mentions_allocation_failure(payload):
         raise RunnerError(f"onnxruntime exceeded the memory limit of {limits.memory_mib} MiB while running the model")
     raise RunnerError(f"onnxruntime could not run the model: {payload}")
@@ -78,7 +82,8 @@ def _receive(receiver: Any, child: Any, limits: RunnerLimits) -> tuple[str, Any]
         child.kill()
         raise RunnerError(f"onnxruntime timed out after {limits.timeout_s:g} s while running the model")
     try:
-        return receiver.recv()  # type: ignore[no-any-return]
+        message: tuple[str, Any] = receiver.recv()
+        return message
     except (EOFError, OSError):
         return None  # the child died before sending anything
 

@@ -178,7 +178,11 @@ def choose_auto(
     if stale:
         raise ModelRejected(f"sensitivity curves name group {stale[0]!r}, which this model does not have")
     curves = curves_as_drops(sensitivity)
-    measured: dict[tuple, tuple[PruningPlan, float]] = {}  # ratios -> (plan, held-out metric)
+    if check is None or baseline is None:
+        ratios = {g: r for g, r in tolerated_ratios(curves, max_drop).items() if r > 0}
+        plan = select_by_group_ratios(dep, scores, ratios, round_to=round_to, exclude=exclude)
+        return AutoSelection(plan, ratios, max_drop, tried=[(max_drop, None)])
+    measured: dict[tuple[tuple[str, float], ...], tuple[PruningPlan, float]] = {}  # ratios -> (plan, held-out metric)
     tried: list[tuple[float, float | None]] = []
 
     def attempt(budget: float) -> tuple[dict[str, float], PruningPlan, float]:
@@ -191,10 +195,6 @@ def choose_auto(
         tried.append((budget, baseline - after))
         return ratios, plan, after
 
-    if check is None or baseline is None:
-        ratios = {g: r for g, r in tolerated_ratios(curves, max_drop).items() if r > 0}
-        plan = select_by_group_ratios(dep, scores, ratios, round_to=round_to, exclude=exclude)
-        return AutoSelection(plan, ratios, max_drop, tried=[(max_drop, None)])
     passed, failed = None, None
     for step in BUDGET_STEPS:
         ratios, plan, after = attempt(max_drop * step)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -18,35 +19,26 @@ from graphops.errors import GraphOpsError
 from graphops.masking import mask_removed_channels
 from graphops.plan import PruningPlan
 from workers.benchmark import make_inputs, run_model
+from workers.output_compare import FLOAT32_RTOL, oracle_rtol, output_mismatch
 from workers.sandbox import RunnerLimits
 
-# The oracle's tolerance at run time: float32 sums in a different order stay far below it.
-ORACLE_RTOL = 1e-3
+# The oracle's tolerance at run time for float32 models; float16 models get
+# ``workers.output_compare.FLOAT16_RTOL`` (``oracle_rtol``).
+ORACLE_RTOL = FLOAT32_RTOL
 
 
 class VerificationFailed(GraphOpsError):
     """The pruned model does not match what it must match: an onnxprune bug, not the user's."""
 
 
-def relative_error(reference: np.ndarray, actual: np.ndarray) -> float:
-    """Max absolute difference relative to the largest magnitude of ``reference`` (0 for empty)."""
-    if not reference.size:
-        return 0.0
-    scale = max(float(np.max(np.abs(reference))), 1e-12)
-    return float(np.max(np.abs(np.asarray(actual, np.float64) - reference))) / scale
-
-
-def check_outputs_match(expected: Mapping[str, np.ndarray], actual: Mapping[str, np.ndarray], *, what: str,
+def check_outputs_match(expected: Mapping[str, Any], actual: Mapping[str, Any], *, what: str,
                         against: str, rtol: float = ORACLE_RTOL) -> None:
-    """Every output of ``expected`` is in ``actual`` with its shape and within ``rtol``."""
+    """Every output of ``expected`` is in ``actual`` with its shape and within ``rtol``; outputs
+    of any kind compare by what they hold (``workers.output_compare``: string labels are not compared)."""
     for name, reference in expected.items():
-        got = actual.get(name)
-        if got is None or got.shape != reference.shape:
-            raise VerificationFailed(f"{what} output '{name}' has shape {None if got is None else got.shape}, "
-                                     f"{against} gave {reference.shape}")
-        error = relative_error(reference, got)
-        if not error <= rtol:
-            raise VerificationFailed(f"{what} output '{name}' deviates from {against} (relative error {error:.2e})")
+        problem = output_mismatch(name, reference, actual.get(name), rtol)
+        if problem is not None:
+            raise VerificationFailed(f"{what} {problem} from {against}")
 
 
 def check_model(model: onnx.ModelProto) -> None:
@@ -65,7 +57,7 @@ def verify_against_oracle(dep: DependencyGraph, plan: PruningPlan, pruned: onnx.
     masked_path.write_bytes(mask_removed_channels(dep, plan).SerializeToString())
     inputs = make_inputs(dep.model, input_shapes, seed)
     check_outputs_match(run_model(masked_path, inputs, limits=limits), run_model(pruned_path, inputs, limits=limits),
-                        what="pruned model", against="the oracle")
+                        what="pruned model", against="the oracle", rtol=oracle_rtol(dep.model))
     return pruned_path
 
 

@@ -1,17 +1,29 @@
 """The handler interface and the two contexts handlers work in.
 
 A handler knows one kind of op: how channels flow through it (``propagate``, during analysis),
-how to slice its constants once channels are removed (``apply``, during surgery), and, for ops
-that sum over input channels, how to zero removed channels in place (``mask``, the oracle).
+how to slice its constants once channels are removed (``apply``, during surgery), for ops that
+sum over input channels how to zero removed channels in place (``mask``, the oracle), and its
+multiply-accumulates (``macs``, for ``graphops.cost``). It declines a pattern it does not support
+by raising ``UnsupportedPattern``; anything else it raises is a bug (``graphops.dependency``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
+from graphops.dequantized import (
+    DeclinedSlice,
+    quantized_constant_shape,
+    quantized_constant_values,
+    quantized_slice_targets,
+)
+from graphops.errors import AnalysisBug, UnsupportedPattern
 from graphops.layout import ConstSlice, Layout, TrackerState
 from graphops.shapes import Shape
 
@@ -20,17 +32,36 @@ def describe(node: gs.Node) -> str:
     return f"{node.op} node '{node.name}'"
 
 
-def normalize_axis(axis: int, rank: int) -> int:
-    return axis + rank if axis < 0 else axis
+def attribute(node: onnx.NodeProto, name: str, default: int) -> int:
+    return next((int(attr.i) for attr in node.attribute if attr.name == name), default)
+
+
+def prod(dims: tuple[int, ...]) -> int:
+    return math.prod(dims)
+
+
+def normalize_axis(axis: int, rank: int | None) -> int:
+    """``axis`` counted from the front; a negative one needs the tensor's rank."""
+    if axis >= 0:
+        return axis
+    if rank is None:
+        raise UnsupportedPattern(f"axis {axis} counts from the end of a tensor of unknown rank")
+    return axis + rank
 
 
 class AnalysisContext:
     """Read tensor facts and record channel facts while the graph is walked."""
 
-    def __init__(self, state: TrackerState, shapes: dict[str, Shape], opset: int) -> None:
+    def __init__(
+        self, state: TrackerState, shapes: dict[str, Shape], opset: int, graph_outputs: frozenset[str] = frozenset()
+    ) -> None:
         self.state = state
         self._shapes = shapes
         self.opset = opset
+        self._graph_outputs = graph_outputs
+
+    def is_graph_output(self, tensor: gs.Tensor) -> bool:
+        return tensor.name in self._graph_outputs
 
     def layout(self, tensor: gs.Tensor) -> Layout | None:
         return self.state.layouts.get(tensor.name)
@@ -52,7 +83,7 @@ class AnalysisContext:
         shape = self.shape(tensor)
         if shape is None or not all(isinstance(d, int) and d >= 0 for d in shape):
             return None
-        return tuple(int(d) for d in shape)  # type: ignore[arg-type]
+        return tuple(int(d) for d in shape if isinstance(d, int))  # every dim is one, checked above
 
     @staticmethod
     def const(tensor: gs.Tensor | None) -> np.ndarray | None:
@@ -62,10 +93,30 @@ class AnalysisContext:
 
     @staticmethod
     def const_shape(tensor: gs.Tensor | None) -> tuple[int, ...] | None:
-        """A constant's shape without loading its values (weights load lazily in graphsurgeon)."""
+        """A constant's shape without loading its values (weights load lazily in graphsurgeon).
+
+        A constant stored quantized behind DequantizeLinear (QDQ) counts: ``slice_const`` slices it
+        at its source."""
         if isinstance(tensor, gs.Constant):
             return tuple(int(d) for d in tensor.shape)
-        return None
+        return quantized_constant_shape(tensor)
+
+    def untracked_source(self, tensor: gs.Tensor) -> str:
+        """Where a tensor's channels stopped being tracked, for frozen reasons: the node that dropped
+        them (an unsupported op, say), not the tensor's name alone."""
+        current = tensor
+        for _ in range(64):  # a chain of ops that pass untracked channels along
+            if not current.inputs:
+                break
+            node = current.inputs[0]
+            if any(t is not None and self.layout(t) is not None for t in node.inputs):
+                kind = "unsupported op " if node.op not in _REGISTRY else ""
+                return f"'{tensor.name}' from {kind}{describe(node)}"
+            variables = [t for t in node.inputs if isinstance(t, gs.Variable)]
+            if not variables:
+                break
+            current = variables[0]
+        return f"'{tensor.name}'"
 
     def input_layouts(self, node: gs.Node) -> list[Layout]:
         return [lay for lay in (self.layout(t) for t in node.inputs if t is not None) if lay is not None]
@@ -78,11 +129,23 @@ class AnalysisContext:
         return self.state.new_atoms(count, origin)
 
     def slice_const(self, node: gs.Node, index: int, axis: int, atoms: np.ndarray, *, reduces: bool = False) -> None:
-        """Record that constant input ``index`` of ``node`` follows ``atoms`` along ``axis``."""
-        entry = ConstSlice(node.name, index, axis, atoms)
-        self.state.slices.append(entry)
-        if reduces:
-            self.state.reductions.append(entry)
+        """Record that constant input ``index`` of ``node`` follows ``atoms`` along ``axis``.
+
+        A quantized constant (behind DequantizeLinear) is sliced at the DequantizeLinear's inputs; one
+        that cannot be sliced safely pins ``atoms``, with the reason."""
+        try:
+            targets = quantized_slice_targets(node, index, axis)
+        except DeclinedSlice as declined:
+            self.state.pin(atoms, str(declined))
+            if reduces or node.op in ("Conv", "ConvTranspose"):
+                self.pin_inputs(node, str(declined))
+            return
+        for target_node, target_index, target_axis in targets or [(node, index, axis)]:
+            entry = ConstSlice(target_node.name, target_index, target_axis, atoms)
+            self.state.slices.append(entry)
+            # The oracle zeroes what reads removed channels: a quantized weight's data, not its scales.
+            if reduces and (not targets or target_index == 0):
+                self.state.reductions.append(entry)
 
     def new_pinned_layout(self, axis: int, count: int, origin: str, reason: str) -> Layout:
         atoms = self.state.new_atoms(count, origin)
@@ -131,9 +194,20 @@ class SurgeryContext:
 
     @staticmethod
     def const(tensor: gs.Tensor | None) -> np.ndarray | None:
+        """A constant's values; for one behind DequantizeLinear, its stored (quantized) values, whose
+        shape is the float weight's."""
         if isinstance(tensor, gs.Constant):
             return np.asarray(tensor.values)
-        return None
+        return quantized_constant_values(tensor)
+
+    @classmethod
+    def required_const(cls, node: gs.Node, index: int) -> np.ndarray:
+        """Input ``index`` of ``node`` as constant values; analysis only tracks channels through it
+        when it is one, so its absence at surgery is our bug."""
+        values = cls.const(node.inputs[index])
+        if values is None:
+            raise AnalysisBug(f"onnxprune bug: input {index} of {describe(node)} is not a constant at surgery")
+        return values
 
     @staticmethod
     def replace_input(node: gs.Node, index: int, values: np.ndarray) -> None:
@@ -152,6 +226,11 @@ class OpHandler:
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
         ctx.pin_inputs(node, f"consumed by unsupported op {describe(node)}")
 
+    def macs(self, node: onnx.NodeProto, shape: Callable[[str], tuple[int, ...]]) -> int:
+        """Multiply-accumulates of one run of ``node``, given the static shape of any of its
+        tensors (``graphops.cost``); 0 for ops that do not sum products."""
+        return 0
+
     def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
         """Slice this node's constants and attributes; most ops need nothing."""
 
@@ -161,10 +240,11 @@ class OpHandler:
 
 _REGISTRY: dict[str, OpHandler] = {}
 _UNKNOWN = OpHandler()
+_Handler = TypeVar("_Handler", bound=OpHandler)
 
 
-def register(*op_types: str):
-    def decorate(cls: type[OpHandler]) -> type[OpHandler]:
+def register(*op_types: str) -> Callable[[type[_Handler]], type[_Handler]]:
+    def decorate(cls: type[_Handler]) -> type[_Handler]:
         instance = cls()
         for op_type in op_types:
             _REGISTRY[op_type] = instance

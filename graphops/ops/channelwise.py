@@ -9,13 +9,13 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from graphops.errors import UnsupportedPattern
 from graphops.layout import Layout
-
 from graphops.ops.base import AnalysisContext, OpHandler, describe, normalize_axis, register
 from graphops.ops.structure import follow_shape_entry
 
 
-def _channels_on_axis_1(node: gs.Node, ctx: AnalysisContext):
+def _channels_on_axis_1(node: gs.Node, ctx: AnalysisContext) -> Layout | None:
     layout = ctx.layout(node.inputs[0])
     if layout is not None and layout.axis != 1:
         ctx.pin_inputs(node, f"{describe(node)} expects channels on axis 1, found axis {layout.axis}")
@@ -33,8 +33,7 @@ class PerChannelNorm(OpHandler):
             return
         for index, tensor in enumerate(node.inputs[1:], start=1):
             if ctx.const_shape(tensor) is None:
-                ctx.pin_inputs(node, f"{describe(node)} has parameter '{tensor.name}' computed at run time")
-                return
+                raise UnsupportedPattern(f"{describe(node)} has parameter '{tensor.name}' computed at run time")
             ctx.slice_const(node, index, 0, layout.atoms)
         ctx.set_layout(node.outputs[0], layout)
 
@@ -56,15 +55,14 @@ class AxisNorm(OpHandler):
         if node.op == "LpNormalization":
             normalised = (axis,)
         if layout.axis in normalised:
-            ctx.pin_inputs(node, f"{describe(node)} normalises over the channel axis")
-            return
+            raise UnsupportedPattern(f"{describe(node)} normalises over the channel axis")
         ctx.set_layout(node.outputs[0], layout)
 
 
 POOL_OPS = (
     "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
-    "MaxRoiPool",
-)  # fmt: skip
+    "MaxRoiPool", "Crop",
+)  # fmt: skip  (Crop: the experimental op of old converters, it cuts H and W only)
 
 
 @register(*POOL_OPS)
@@ -74,8 +72,7 @@ class Pool(OpHandler):
         if layout is None:
             return
         if len(node.outputs) > 1 and node.outputs[1].outputs:
-            ctx.pin_inputs(node, f"{describe(node)} returns flat indices that depend on the channel count")
-            return
+            raise UnsupportedPattern(f"{describe(node)} returns flat indices that depend on the channel count")
         ctx.set_layout(node.outputs[0], layout)
 
 
@@ -86,6 +83,7 @@ class Pad(OpHandler):
         rank = ctx.rank(node.inputs[0])
         if layout is None:
             return
+        pads: list[int] | None
         if "pads" in node.attrs:
             pads = [int(p) for p in node.attrs["pads"]]
         else:
@@ -93,8 +91,7 @@ class Pad(OpHandler):
             pads = None if values is None else [int(p) for p in np.ravel(values)]
         axes_input = ctx.const(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3].name else None
         if pads is None or rank is None:
-            ctx.pin_inputs(node, f"{describe(node)} pads by run-time amounts")
-            return
+            raise UnsupportedPattern(f"{describe(node)} pads by run-time amounts")
         axes = list(range(rank)) if axes_input is None else [normalize_axis(int(a), rank) for a in np.ravel(axes_input)]
         half = len(pads) // 2
         for k, axis in enumerate(axes[:half]):
@@ -104,13 +101,12 @@ class Pad(OpHandler):
         ctx.set_layout(node.outputs[0], layout)
 
     @staticmethod
-    def _pad_channels(node: gs.Node, ctx: AnalysisContext, layout, before: int, after: int) -> None:
+    def _pad_channels(node: gs.Node, ctx: AnalysisContext, layout: Layout, before: int, after: int) -> None:
         """Padding channels (BlazeFace widens residuals so) appends constant channels, as Concat would."""
         mode = node.attrs.get("mode", "constant")
         mode = mode.decode() if isinstance(mode, bytes) else mode
         if mode != "constant" or before < 0 or after < 0:
-            ctx.pin_inputs(node, f"{describe(node)} pads the channel axis in '{mode}' mode")
-            return
+            raise UnsupportedPattern(f"{describe(node)} pads the channel axis in '{mode}' mode")
         reason = f"{describe(node)} adds padding channels"
         pieces = [ctx.new_pinned_layout(layout.axis, before, node.name, reason).atoms, layout.atoms,
                   ctx.new_pinned_layout(layout.axis, after, node.name, reason).atoms]
@@ -126,6 +122,7 @@ class Resize(OpHandler):
         if layout is None:
             return
         scales_index = 1 if node.op == "Upsample" else 2
+        scales: list[float] | None
         if "scales" in node.attrs:
             scales = list(node.attrs["scales"])
         elif len(node.inputs) > scales_index and node.inputs[scales_index].name:
@@ -134,13 +131,10 @@ class Resize(OpHandler):
         else:
             scales = []
         if scales is None:
-            ctx.pin_inputs(node, f"{describe(node)} scales by run-time factors")
-            return
+            raise UnsupportedPattern(f"{describe(node)} scales by run-time factors")
         if scales and scales[layout.axis] != 1:
-            ctx.pin_inputs(node, f"{describe(node)} rescales the channel axis")
-            return
+            raise UnsupportedPattern(f"{describe(node)} rescales the channel axis")
         if node.op == "Resize" and len(node.inputs) > 3 and node.inputs[3].name:
             if not follow_shape_entry(ctx, node, 3, layout.axis, layout.atoms):
-                ctx.pin_inputs(node, f"{describe(node)} takes output sizes computed at run time")
-                return
+                raise UnsupportedPattern(f"{describe(node)} takes output sizes computed at run time")
         ctx.set_layout(node.outputs[0], layout)

@@ -8,11 +8,15 @@ group, which selection honours through balanced blocks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
+from graphops.errors import AnalysisBug, UnsupportedPattern
 from graphops.layout import Layout, Producer
-from graphops.ops.base import AnalysisContext, OpHandler, SurgeryContext, describe, register
+from graphops.ops.base import AnalysisContext, OpHandler, SurgeryContext, describe, prod, register
 
 
 def _group(node: gs.Node) -> int:
@@ -35,7 +39,7 @@ def _was_depthwise(node: gs.Node, ctx: SurgeryContext, channels: gs.Tensor) -> b
     """One group per channel before pruning (``channels``' original count equals ``group``)."""
     layout = ctx.layout(channels)
     groups = _group(node)
-    return groups > 1 and layout is not None and len(layout) == groups and ctx.const(node.inputs[1]).shape[1] == 1
+    return groups > 1 and layout is not None and len(layout) == groups and ctx.required_const(node, 1).shape[1] == 1
 
 
 @register("Conv")
@@ -45,8 +49,9 @@ class Conv(OpHandler):
         out = node.outputs[0]
         if weight is None or len(weight) < 3:
             ctx.pin_inputs(node, f"{describe(node)} has weights computed at run time")
-            if weight is None and ctx.static_shape(out) is not None:
-                ctx.set_layout(out, ctx.new_pinned_layout(1, ctx.static_shape(out)[1], node.name,
+            out_shape = ctx.static_shape(out)
+            if weight is None and out_shape is not None:
+                ctx.set_layout(out, ctx.new_pinned_layout(1, out_shape[1], node.name,
                                                           f"{describe(node)} has weights computed at run time"))
             return
         groups = _group(node)
@@ -63,10 +68,11 @@ class Conv(OpHandler):
             atoms = layout.atoms if layout is not None else ctx.new_pinned_layout(
                 1, c_out, node.name, f"{describe(node)} is depthwise over untracked channels").atoms
         elif c_in_per_group == 1:
-            reason = f"{describe(node)} is depthwise with channel multiplier {c_out // groups}"
-            ctx.pin_inputs(node, reason)
-            ctx.set_layout(out, ctx.new_pinned_layout(1, c_out, node.name, reason))
-            return
+            # Depthwise with a channel multiplier m: input channel c owns filters c*m .. c*m+m-1, so
+            # they are removed with it (whole multiplier blocks; each block is one class).
+            source = layout.atoms if layout is not None else ctx.new_pinned_layout(
+                1, groups, node.name, f"{describe(node)} is depthwise over untracked channels").atoms
+            atoms = np.repeat(source, c_out // groups)
         else:
             atoms = ctx.new_atoms(c_out, node.name)
             per_group_out = c_out // groups
@@ -83,13 +89,20 @@ class Conv(OpHandler):
         ctx.state.producers.append(Producer(node.name, node.inputs[1].name, 0, atoms))
         ctx.set_layout(out, Layout(1, atoms))
 
+    def macs(self, node: onnx.NodeProto, shape: Callable[[str], tuple[int, ...]]) -> int:
+        # out: N, C_out, spatial...; weight: C_out, C_in / group, kernel...
+        return prod(shape(node.output[0])) * prod(shape(node.input[1])[1:])
+
     def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
         groups = _group(node)
         if groups == 1:
             return
         weight = ctx.const(node.inputs[1])
-        if _was_depthwise(node, ctx, node.outputs[0]):  # the group count follows the channels
-            node.attrs["group"] = int(weight.shape[0])
+        out_layout = ctx.layout(node.outputs[0])
+        if weight is None or out_layout is None:
+            return
+        if weight.shape[1] == 1:  # depthwise, multiplier m: one group per input channel, m filters each
+            node.attrs["group"] = int(weight.shape[0]) // (len(out_layout) // groups)
             return
         self._slice_grouped_inputs(node, ctx)
 
@@ -99,15 +112,18 @@ class Conv(OpHandler):
         kept = ctx.kept(node.inputs[0])
         if kept is None:
             return None
+        layout = ctx.layout(node.inputs[0])
+        if layout is None:  # kept() found removed positions, so the input has a layout
+            raise AnalysisBug(f"onnxprune bug: {describe(node)} has removed input channels but no layout")
         groups = _group(node)
-        width = len(ctx.layout(node.inputs[0])) // groups
+        width = len(layout) // groups
         return [kept[(kept >= k * width) & (kept < (k + 1) * width)] - k * width for k in range(groups)]
 
     def _slice_grouped_inputs(self, node: gs.Node, ctx: SurgeryContext) -> None:
         columns = self._grouped_input_columns(node, ctx)
         if columns is None:
             return
-        weight = ctx.const(node.inputs[1])
+        weight = ctx.required_const(node, 1)
         groups = _group(node)
         per_group_out = weight.shape[0] // groups
         blocks = [weight[k * per_group_out:(k + 1) * per_group_out][:, cols] for k, cols in enumerate(columns)]
@@ -116,8 +132,10 @@ class Conv(OpHandler):
     def mask(self, node: gs.Node, ctx: SurgeryContext) -> None:
         groups = _group(node)
         removed = ctx.removed_mask(node.inputs[0])
-        weight = ctx.const(node.inputs[1])
-        if groups == 1 or removed is None or weight.shape[1] == 1:
+        if groups == 1 or removed is None:
+            return
+        weight = ctx.required_const(node, 1)
+        if weight.shape[1] == 1:
             return
         weight = weight.copy()
         width = weight.shape[1]
@@ -138,8 +156,7 @@ class ConvTranspose(OpHandler):
         out = node.outputs[0]
         if weight is None or len(weight) < 3:
             reason = f"{describe(node)} has weights computed at run time"
-            ctx.pin_inputs(node, reason)
-            return
+            raise UnsupportedPattern(reason)
         c_in, c_out = weight[0], weight[1] * groups
         layout = _input_layout(node, ctx, c_in)
         if groups == 1:
@@ -151,16 +168,46 @@ class ConvTranspose(OpHandler):
             atoms = layout.atoms if layout is not None else ctx.new_pinned_layout(
                 1, c_out, node.name, f"{describe(node)} is depthwise over untracked channels").atoms
             ctx.slice_const(node, 1, 0, atoms)
+        elif c_in % groups == 0:
+            # Grouped: like a grouped Conv, equal kept counts per conv group on both sides. The
+            # weight's input axis (0) is global and sliced as usual; its output axis (1) is local
+            # to each conv group and sliced in ``apply``.
+            atoms = ctx.new_atoms(c_out, node.name)
+            per_in, per_out = c_in // groups, c_out // groups
+            ctx.state.balanced_blocks.append([atoms[k * per_out:(k + 1) * per_out] for k in range(groups)])
+            if layout is not None:
+                ctx.state.balanced_blocks.append([layout.atoms[k * per_in:(k + 1) * per_in] for k in range(groups)])
+                ctx.slice_const(node, 1, 0, layout.atoms, reduces=True)
         else:
-            reason = f"{describe(node)} is a grouped ConvTranspose (group={groups})"
-            ctx.pin_inputs(node, reason)
-            ctx.set_layout(out, ctx.new_pinned_layout(1, c_out, node.name, reason))
-            return
+            raise UnsupportedPattern(f"{describe(node)} has {c_in} input channels for {groups} groups")
         if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].name:
             ctx.slice_const(node, 2, 0, atoms)
-        ctx.state.producers.append(Producer(node.name, node.inputs[1].name, 1 if groups == 1 else 0, atoms))
+        depthwise = groups > 1 and weight[1] == 1 and c_in == groups
+        grouped = 1 if depthwise else groups
+        ctx.state.producers.append(Producer(node.name, node.inputs[1].name, 0 if depthwise else 1, atoms, grouped))
         ctx.set_layout(out, Layout(1, atoms))
+
+    def macs(self, node: onnx.NodeProto, shape: Callable[[str], tuple[int, ...]]) -> int:
+        # data: N, C_in, spatial...; weight: C_in, C_out / group, kernel...
+        return prod(shape(node.input[0])) * prod(shape(node.input[1])[1:])
 
     def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
         if _was_depthwise(node, ctx, node.inputs[0]):
-            node.attrs["group"] = int(ctx.const(node.inputs[1]).shape[0])
+            node.attrs["group"] = int(ctx.required_const(node, 1).shape[0])
+        elif _group(node) > 1:
+            self._slice_grouped_outputs(node, ctx)
+
+    @staticmethod
+    def _slice_grouped_outputs(node: gs.Node, ctx: SurgeryContext) -> None:
+        """Per conv group, keep the weight columns of its kept output channels (equal counts)."""
+        kept, layout = ctx.kept(node.outputs[0]), ctx.layout(node.outputs[0])
+        weight = ctx.const(node.inputs[1])  # its input rows are already sliced
+        if kept is None or layout is None or weight is None:
+            return
+        groups = _group(node)
+        width, rows = len(layout) // groups, weight.shape[0] // groups
+        blocks = [
+            weight[k * rows:(k + 1) * rows][:, kept[(kept >= k * width) & (kept < (k + 1) * width)] - k * width]
+            for k in range(groups)
+        ]
+        ctx.replace_input(node, 1, np.concatenate(blocks, axis=0))

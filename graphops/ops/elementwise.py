@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
+from graphops.errors import UnsupportedPattern
 from graphops.layout import Layout
 from graphops.ops.base import AnalysisContext, OpHandler, describe, register
 
@@ -16,8 +17,8 @@ UNARY_OPS = (
     "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "ThresholdedRelu", "Sigmoid", "HardSigmoid",
     "HardSwish", "Tanh", "Softplus", "Softsign", "Gelu", "Mish", "Erf", "Abs", "Neg", "Exp", "Log",
     "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Identity", "Cast",
-    "Clip", "Dropout", "Not", "IsNaN", "IsInf",
-)  # fmt: skip
+    "Clip", "Dropout", "Not", "IsNaN", "IsInf", "Affine", "ScaledTanh", "ParametricSoftplus",
+)  # fmt: skip  (Affine, ScaledTanh, ParametricSoftplus: old converters' experimental ops, scalar attributes)
 
 BROADCAST_OPS = (
     "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where",
@@ -35,8 +36,7 @@ class Unary(OpHandler):
             return
         for extra in node.inputs[1:]:
             if extra is not None and extra.name and (ctx.static_shape(extra) or ()) not in ((), (1,)):
-                ctx.pin_inputs(node, f"{describe(node)} has a non-scalar parameter '{extra.name}'")
-                return
+                raise UnsupportedPattern(f"{describe(node)} has a non-scalar parameter '{extra.name}'")
         for out in node.outputs:
             ctx.set_layout(out, layout)
 
@@ -48,35 +48,38 @@ class Broadcast(OpHandler):
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
         inputs = [t for t in node.inputs if t is not None and t.name]
         out = node.outputs[0]
-        ranks = [ctx.rank(t) for t in inputs]
-        tracked = [(i, t, ctx.layout(t)) for i, t in enumerate(inputs) if ctx.layout(t) is not None]
+        tracked: list[tuple[int, Layout]] = []
+        for i, t in enumerate(inputs):
+            lay = ctx.layout(t)
+            if lay is not None:
+                tracked.append((i, lay))
         if not tracked:
             return
-        if any(r is None for r in ranks):
-            ctx.pin_inputs(node, f"{describe(node)} has an input of unknown rank")
-            return
-        out_rank = max(ranks)  # type: ignore[type-var]
-        aligned = {lay.axis + out_rank - ranks[i] for i, _, lay in tracked}  # type: ignore[operator]
+        ranks: list[int] = []
+        for t in inputs:
+            rank = ctx.rank(t)
+            if rank is None:
+                raise UnsupportedPattern(f"{describe(node)} has an input of unknown rank")
+            ranks.append(rank)
+        out_rank = max(ranks)
+        aligned = {lay.axis + out_rank - ranks[i] for i, lay in tracked}
         if len(aligned) != 1:
-            ctx.pin_inputs(node, f"{describe(node)} combines channels that lie on different axes")
-            return
+            raise UnsupportedPattern(f"{describe(node)} combines channels that lie on different axes")
         axis = aligned.pop()
-        reference = max((lay for _, _, lay in tracked), key=len)
+        reference = max((lay for _, lay in tracked), key=len)
         channels = len(reference)
-        for _, tensor, lay in tracked:
+        for _, lay in tracked:
             if len(lay) == channels:
                 ctx.state.unite(reference.atoms, lay.atoms)
             elif len(lay) != 1:
-                ctx.pin_inputs(node, f"{describe(node)} broadcasts {len(lay)} channels against {channels}")
-                return
+                raise UnsupportedPattern(f"{describe(node)} broadcasts {len(lay)} channels against {channels}")
         for index, tensor in enumerate(node.inputs):
             if tensor is None or not tensor.name or ctx.layout(tensor) is not None:
                 continue
             shape = ctx.shape(tensor)
-            local_axis = axis - (out_rank - len(shape)) if shape is not None else None
             if shape is None:
-                ctx.pin_inputs(node, f"{describe(node)} input '{tensor.name}' has an unknown shape")
-                return
+                raise UnsupportedPattern(f"{describe(node)} input '{tensor.name}' has an unknown shape")
+            local_axis = axis - (out_rank - len(shape))
             if local_axis < 0 or shape[local_axis] == 1:
                 continue
             if ctx.const_shape(tensor) is not None and shape[local_axis] == channels:
@@ -84,7 +87,7 @@ class Broadcast(OpHandler):
                 continue
             ctx.pin_inputs(
                 node,
-                f"{describe(node)} combines channels with '{tensor.name}', whose channels are not tracked",
+                f"{describe(node)} combines channels with {ctx.untracked_source(tensor)}, whose channels are not tracked",
             )
             return
         out_shape = ctx.shape(out)

@@ -8,10 +8,14 @@ channel-wise gate coming out of a Gemm must follow the conv channels it multipli
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import onnx
 import onnx_graphsurgeon as gs
 
+from graphops.errors import UnsupportedPattern
 from graphops.layout import Layout, Producer
-from graphops.ops.base import AnalysisContext, OpHandler, describe, register
+from graphops.ops.base import AnalysisContext, OpHandler, attribute, describe, prod, register
 
 
 def _feature_layout(node: gs.Node, ctx: AnalysisContext, tensor: gs.Tensor) -> Layout | None:
@@ -29,8 +33,7 @@ class Gemm(OpHandler):
         a, b = node.inputs[0], node.inputs[1]
         weight = ctx.const_shape(b)
         if ctx.layout(b) is not None or weight is None or int(node.attrs.get("transA", 0)):
-            ctx.pin_inputs(node, f"{describe(node)} is not a layer with a constant weight")
-            return
+            raise UnsupportedPattern(f"{describe(node)} is not a layer with a constant weight")
         layout = _feature_layout(node, ctx, a)
         trans_b = int(node.attrs.get("transB", 0))
         k_axis, n_axis = (1, 0) if trans_b else (0, 1)
@@ -51,14 +54,22 @@ class Gemm(OpHandler):
         ctx.set_layout(node.outputs[0], Layout(1, atoms))
 
 
+    def macs(self, node: onnx.NodeProto, shape: Callable[[str], tuple[int, ...]]) -> int:
+        b = shape(node.input[1])
+        return prod(shape(node.output[0])) * (b[1] if attribute(node, "transB", 0) else b[0])
+
+
 @register("MatMul")
 class MatMul(OpHandler):
+    def macs(self, node: onnx.NodeProto, shape: Callable[[str], tuple[int, ...]]) -> int:
+        b = shape(node.input[1])
+        return prod(shape(node.output[0])) * (b[-2] if len(b) >= 2 else b[0])
+
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
         a, b = node.inputs[0], node.inputs[1]
         weight = ctx.const_shape(b)
         if ctx.layout(b) is not None or weight is None or len(weight) != 2:
-            ctx.pin_inputs(node, f"{describe(node)} is not a layer with a constant 2-D weight")
-            return
+            raise UnsupportedPattern(f"{describe(node)} is not a layer with a constant 2-D weight")
         layout = _feature_layout(node, ctx, a)
         if layout is not None:
             if len(layout) != weight[0]:

@@ -13,11 +13,16 @@ import math
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphops.layout import Layout, ShapeEntry
+from graphops.errors import AnalysisBug, UnsupportedPattern
+from graphops.layout import Layout, RuntimeCount, ShapeEntry
 from graphops.ops.base import AnalysisContext, OpHandler, SurgeryContext, describe, normalize_axis, register
+from graphops.ops.shape_values import trace_shape_element
+from graphops.ops.shuffle import propagate_channel_shuffle
 
 
-def _int_input_or_attr(node: gs.Node, ctx, index: int, attr: str) -> list[int] | None:
+def _int_input_or_attr(
+    node: gs.Node, ctx: AnalysisContext | SurgeryContext, index: int, attr: str
+) -> list[int] | None:
     """An int list given as constant input ``index`` (newer opsets) or attribute ``attr``."""
     if len(node.inputs) > index and node.inputs[index] is not None and node.inputs[index].name:
         values = ctx.const(node.inputs[index])
@@ -27,7 +32,9 @@ def _int_input_or_attr(node: gs.Node, ctx, index: int, attr: str) -> list[int] |
     return []
 
 
-def map_axis_through_reshape(in_shape: tuple[int, ...], out_shape: tuple[int, ...], axis: int, channels: int):
+def map_axis_through_reshape(
+    in_shape: tuple[int, ...], out_shape: tuple[int, ...], axis: int, channels: int
+) -> tuple[int, np.ndarray] | None:
     """Where the channel axis lands after a reshape, as (output axis, channel index of each position).
 
     Succeeds when the channel axis survives whole, alone or merged with neighbouring dims into one
@@ -52,7 +59,9 @@ def map_axis_through_reshape(in_shape: tuple[int, ...], out_shape: tuple[int, ..
     return None
 
 
-def shape_entry_source(ctx: AnalysisContext, node: gs.Node, input_index: int, position: int):
+def shape_entry_source(
+    ctx: AnalysisContext, node: gs.Node, input_index: int, position: int
+) -> tuple[gs.Node, int, int] | None:
     """The constant deciding element ``position`` of a 1-D shape input, as (node, input, position).
 
     Follows one level of Concat (``x.view(x.size(0), c, 1, 1)`` with a dynamic batch exports as
@@ -85,13 +94,47 @@ def follow_shape_entry(ctx: AnalysisContext, node: gs.Node, input_index: int, po
     """
     source = shape_entry_source(ctx, node, input_index, position)
     if source is None:
-        return False
+        return _follows_at_run_time(ctx, node, input_index, position, atoms)
     owner, index, local = source
-    value = int(np.ravel(ctx.const(owner.inputs[index]))[local])
+    values = ctx.const(owner.inputs[index])
+    if values is None:  # shape_entry_source only names constants
+        raise AnalysisBug(f"onnxprune bug: input {index} of {describe(owner)} is not a constant")
+    value = int(np.ravel(values)[local])
     if value == -1 or (value == 0 and may_copy):
         return True
     ctx.state.shape_entries.append(ShapeEntry(owner.name, index, local, atoms))
     return True
+
+
+def _follows_at_run_time(ctx: AnalysisContext, node: gs.Node, input_index: int, position: int,
+                         atoms: np.ndarray) -> bool:
+    """The element is a channel count read by ``Shape`` from these very channels (see
+    :mod:`graphops.ops.shape_values`): it follows the pruning at run time."""
+    if node.op != "Reshape" or input_index != 1:
+        return False
+    for entry in ctx.state.runtime_counts:
+        if entry.reshape == node.name and position in entry.positions and np.array_equal(entry.atoms, atoms):
+            entry.followed.add(position)
+            return True
+    return False
+
+
+# Slice's starts, ends, axes and steps (each empty when not given).
+_SliceParams = tuple[list[int], list[int], list[int], list[int]]
+
+
+def _tracked_layout(node: gs.Node, ctx: SurgeryContext, tensor: gs.Tensor) -> Layout:
+    """The layout analysis gave ``tensor`` when it tracked ``node``'s channels."""
+    layout = ctx.layout(tensor)
+    if layout is None:
+        raise AnalysisBug(f"onnxprune bug: output '{tensor.name}' of {describe(node)} has no channel layout")
+    return layout
+
+
+def _kept_count(node: gs.Node, ctx: SurgeryContext, tensor: gs.Tensor) -> int:
+    """How many channels ``tensor`` keeps (all of them when none are removed)."""
+    kept = ctx.kept(tensor)
+    return len(kept) if kept is not None else len(_tracked_layout(node, ctx, tensor))
 
 
 @register("Transpose")
@@ -103,8 +146,7 @@ class Transpose(OpHandler):
         rank = ctx.rank(node.inputs[0])
         perm = [int(p) for p in node.attrs.get("perm", list(range(rank - 1, -1, -1)) if rank else [])]
         if layout.axis not in perm:
-            ctx.pin_inputs(node, f"{describe(node)} has an unknown permutation")
-            return
+            raise UnsupportedPattern(f"{describe(node)} has an unknown permutation")
         ctx.set_layout(node.outputs[0], layout.moved(perm.index(layout.axis)))
 
 
@@ -117,17 +159,16 @@ class Reshape(OpHandler):
         in_shape = ctx.static_shape(node.inputs[0])
         out_shape = ctx.static_shape(node.outputs[0])
         if in_shape is None or out_shape is None:
-            ctx.pin_inputs(node, f"{describe(node)} reshapes channels with unknown static shapes")
-            return
+            raise UnsupportedPattern(f"{describe(node)} reshapes channels with unknown static shapes")
         mapped = map_axis_through_reshape(in_shape, out_shape, layout.axis, len(layout))
         if mapped is None:
-            ctx.pin_inputs(node, f"{describe(node)} splits the channel axis {in_shape} -> {out_shape}")
-            return
+            if node.op == "Reshape" and propagate_channel_shuffle(node, ctx, layout):
+                return
+            raise UnsupportedPattern(f"{describe(node)} splits the channel axis {in_shape} -> {out_shape}")
         out_axis, positions = mapped
         atoms = layout.atoms[positions]
         if node.op == "Reshape" and not follow_shape_entry(ctx, node, 1, out_axis, atoms, may_copy=True):
-            ctx.pin_inputs(node, f"{describe(node)} takes a run-time shape that fixes the channel count")
-            return
+            raise UnsupportedPattern(f"{describe(node)} takes a run-time shape that fixes the channel count")
         ctx.set_layout(node.outputs[0], Layout(out_axis, atoms))
 
 
@@ -152,9 +193,8 @@ class Concat(OpHandler):
             shape = ctx.shape(tensor)
             size = shape[axis] if shape is not None else None
             if not isinstance(size, int):
-                ctx.pin_inputs(node, f"{describe(node)} joins an input of unknown size on the channel axis")
-                return
-            reason = f"{describe(node)} joins channels of '{tensor.name}', which are not tracked"
+                raise UnsupportedPattern(f"{describe(node)} joins an input of unknown size on the channel axis")
+            reason = f"{describe(node)} joins channels of {ctx.untracked_source(tensor)}, which are not tracked"
             pieces.append(ctx.new_pinned_layout(axis, size, node.name, reason).atoms)
         ctx.set_layout(node.outputs[0], Layout(axis, np.concatenate(pieces)))
 
@@ -163,10 +203,9 @@ def Broadcast_like(node: gs.Node, ctx: AnalysisContext) -> None:
     """Inputs joined along a non-channel axis share their channels, like an elementwise op."""
     layouts = [ctx.layout(t) for t in node.inputs]
     reference = next(lay for lay in layouts if lay is not None)
-    for tensor, layout in zip(node.inputs, layouts):
+    for layout in layouts:
         if layout is None or layout.axis != reference.axis or len(layout) != len(reference):
-            ctx.pin_inputs(node, f"{describe(node)} joins tensors whose channels do not line up")
-            return
+            raise UnsupportedPattern(f"{describe(node)} joins tensors whose channels do not line up")
         ctx.state.unite(reference.atoms, layout.atoms)
     ctx.set_layout(node.outputs[0], reference)
 
@@ -185,13 +224,11 @@ class Split(OpHandler):
             return
         sizes = _int_input_or_attr(node, ctx, 1, "split")
         if sizes is None:
-            ctx.pin_inputs(node, f"{describe(node)} splits channels by run-time sizes")
-            return
+            raise UnsupportedPattern(f"{describe(node)} splits channels by run-time sizes")
         if not sizes:
             count = len(node.outputs)
             if len(layout) % count:
-                ctx.pin_inputs(node, f"{describe(node)} splits {len(layout)} channels unevenly")
-                return
+                raise UnsupportedPattern(f"{describe(node)} splits {len(layout)} channels unevenly")
             sizes = [len(layout) // count] * count
         offset = 0
         for out, size in zip(node.outputs, sizes):
@@ -201,14 +238,12 @@ class Split(OpHandler):
             offset += size
 
     def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
-        if ctx.kept(node.inputs[0]) is None or ctx.layout(node.inputs[0]) is None:
+        in_layout = ctx.layout(node.inputs[0])
+        if ctx.kept(node.inputs[0]) is None or in_layout is None:
             return
-        if ctx.layout(node.outputs[0]).axis != ctx.layout(node.inputs[0]).axis:
+        if _tracked_layout(node, ctx, node.outputs[0]).axis != in_layout.axis:
             return
-        sizes = np.array(
-            [len(ctx.kept(out)) if ctx.kept(out) is not None else len(ctx.layout(out)) for out in node.outputs],
-            dtype=np.int64,
-        )
+        sizes = np.array([_kept_count(node, ctx, out) for out in node.outputs], dtype=np.int64)
         node.attrs.pop("num_outputs", None)
         if ctx.opset >= 13:
             node.attrs.pop("split", None)
@@ -229,8 +264,7 @@ class Slice(OpHandler):
             return
         params = self._params(node, ctx)
         if params is None:
-            ctx.pin_inputs(node, f"{describe(node)} slices with run-time parameters")
-            return
+            raise UnsupportedPattern(f"{describe(node)} slices with run-time parameters")
         rank = ctx.rank(node.inputs[0])
         starts, ends, axes, steps = params
         axes = [normalize_axis(a, rank) for a in (axes or range(len(starts)))]
@@ -240,18 +274,17 @@ class Slice(OpHandler):
         k = axes.index(layout.axis)
         step = steps[k] if steps else 1
         if step != 1:
-            ctx.pin_inputs(node, f"{describe(node)} takes every {step}th channel")
-            return
+            raise UnsupportedPattern(f"{describe(node)} takes every {step}th channel")
         positions = np.arange(len(layout))[slice(*slice(starts[k], ends[k]).indices(len(layout)))]
         atoms = layout.atoms[positions]
         ctx.state.nonempty.append(atoms)
         ctx.set_layout(node.outputs[0], Layout(layout.axis, atoms))
 
     @staticmethod
-    def _params(node: gs.Node, ctx):
+    def _params(node: gs.Node, ctx: AnalysisContext | SurgeryContext) -> _SliceParams | None:
         if "starts" in node.attrs:  # opset < 10
             return (list(node.attrs["starts"]), list(node.attrs["ends"]), list(node.attrs.get("axes", [])), [])
-        values = []
+        values: list[list[int]] = []
         for index in range(1, 5):
             if len(node.inputs) > index and node.inputs[index] is not None and node.inputs[index].name:
                 const = ctx.const(node.inputs[index])
@@ -260,22 +293,24 @@ class Slice(OpHandler):
                 values.append([int(v) for v in np.ravel(const)])
             else:
                 values.append([])
-        return tuple(values)
+        return values[0], values[1], values[2], values[3]
 
     def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
         layout = ctx.layout(node.inputs[0])
         kept_in = ctx.kept(node.inputs[0])
-        if layout is None or kept_in is None or ctx.layout(node.outputs[0]).axis != layout.axis:
+        if layout is None or kept_in is None or _tracked_layout(node, ctx, node.outputs[0]).axis != layout.axis:
             return
-        starts, ends, axes, _ = self._params(node, ctx)
+        params = self._params(node, ctx)
+        if params is None:  # analysis declined run-time parameters, so nothing here was removed
+            raise AnalysisBug(f"onnxprune bug: {describe(node)} has run-time parameters at surgery")
+        starts, ends, given_axes, _ = params
         rank = ctx.rank(node.inputs[0])
-        axes = [normalize_axis(a, rank) for a in (axes or range(len(starts)))]
+        axes = [normalize_axis(a, rank) for a in (given_axes or range(len(starts)))]
         k = axes.index(layout.axis) if layout.axis in axes else None
         if k is None:
             return
         start = slice(starts[k], ends[k]).indices(len(layout))[0]
-        kept_out = ctx.kept(node.outputs[0])
-        count = len(kept_out) if kept_out is not None else len(ctx.layout(node.outputs[0]))
+        count = _kept_count(node, ctx, node.outputs[0])
         new_start = int(np.count_nonzero(kept_in < start))
         starts[k], ends[k] = new_start, new_start + count
         if "starts" in node.attrs:
@@ -287,7 +322,8 @@ class Slice(OpHandler):
 
 @register("Shape")
 class Shape(OpHandler):
-    """Reading dims other than the channel count is harmless; reading it is not."""
+    """Reading dims other than the channel count is harmless; the count itself only where it lands
+    in a Reshape that puts the same channels there (:mod:`graphops.ops.shape_values`)."""
 
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
         layout = ctx.layout(node.inputs[0])
@@ -295,20 +331,15 @@ class Shape(OpHandler):
             return
         rank = ctx.rank(node.inputs[0])
         start = normalize_axis(int(node.attrs.get("start", 0)), rank)
-        end = normalize_axis(int(node.attrs.get("end", rank)), rank) if "end" in node.attrs else rank
+        end = normalize_axis(int(node.attrs["end"]), rank) if "end" in node.attrs else rank
+        if end is None:
+            raise UnsupportedPattern(f"{describe(node)} reads the shape of '{node.inputs[0].name}', of unknown rank")
         if not start <= layout.axis < end:
             return
-        channel_index = layout.axis - start
-        for consumer in node.outputs[0].outputs:
-            indices = ctx.const(consumer.inputs[1]) if consumer.op == "Gather" else None
-            if indices is None or int(consumer.attrs.get("axis", 0)) != 0:
-                break
-            dims = end - start
-            if channel_index in {normalize_axis(int(i), dims) for i in np.ravel(indices)}:
-                break
-        else:
-            return
-        ctx.pin_inputs(node, f"{describe(node)} reads the channel count at run time")
+        for reshape, positions in trace_shape_element(ctx, node, layout.axis - start):
+            reason = (f"{describe(node)} reads the channel count of '{node.inputs[0].name}' into {describe(reshape)}, "
+                      "which does not reshape those channels there")
+            ctx.state.runtime_counts.append(RuntimeCount(reshape.name, positions, layout.atoms, reason))
 
 
 REDUCE_OPS = (
@@ -324,17 +355,16 @@ class Reduce(OpHandler):
         if layout is None:
             return
         rank = ctx.rank(node.inputs[0])
+        given_axes: list[int] | None
         if node.op in ("ArgMax", "ArgMin"):
-            axes = [int(node.attrs.get("axis", 0))]
+            given_axes = [int(node.attrs.get("axis", 0))]
         else:
-            axes = _int_input_or_attr(node, ctx, 1, "axes")
-        if axes is None or (not axes and not int(node.attrs.get("noop_with_empty_axes", 0))) or rank is None:
-            ctx.pin_inputs(node, f"{describe(node)} reduces over all axes, the channels included")
-            return
-        axes = {normalize_axis(a, rank) for a in axes}
+            given_axes = _int_input_or_attr(node, ctx, 1, "axes")
+        if given_axes is None or (not given_axes and not int(node.attrs.get("noop_with_empty_axes", 0))) or rank is None:
+            raise UnsupportedPattern(f"{describe(node)} reduces over all axes, the channels included")
+        axes = {normalize_axis(a, rank) for a in given_axes}
         if layout.axis in axes:
-            ctx.pin_inputs(node, f"{describe(node)} reduces over the channel axis")
-            return
+            raise UnsupportedPattern(f"{describe(node)} reduces over the channel axis")
         keepdims = int(node.attrs.get("keepdims", 1))
         out_axis = layout.axis if keepdims else layout.axis - sum(a < layout.axis for a in axes)
         ctx.set_layout(node.outputs[0], layout.moved(out_axis))

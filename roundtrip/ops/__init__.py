@@ -1,22 +1,20 @@
 """Torch implementations of ONNX ops, one registry keyed by ``op_type``.
 
-Each implementation is ``fn(node, inputs, ctx) -> list of outputs`` where ``inputs`` are torch
-tensors (None for omitted optional inputs). An op the registry lacks is refused when the executor
-is built, naming the node, never guessed at run time.
+Each implementation is an ``OpFn``: ``fn(node, inputs, ctx) -> list of outputs`` where ``inputs``
+are torch tensors (None for omitted optional inputs). An op the registry lacks is refused when the
+executor is built, naming the node, never guessed at run time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import onnx
+import torch
 from onnx import helper
 
 from graphops.errors import ModelRejected
-
-OpFn = Callable[..., list]
-_OPS: dict[str, OpFn] = {}
 
 
 @dataclass(frozen=True)
@@ -33,6 +31,12 @@ class OpContext:
     batch: int | None = None
     bn_momentum: float | None = None  # overrides every BatchNormalization's (stats re-estimation)
     dropout: bool = False  # Dropout active (training, but not while re-estimating BN statistics)
+
+
+OpInputs = Sequence[torch.Tensor | None]
+"""A node's inputs in order; None where the graph omits an optional input (an empty name)."""
+OpFn = Callable[[onnx.NodeProto, OpInputs, OpContext], list[torch.Tensor]]
+_OPS: dict[str, OpFn] = {}
 
 
 def register(*op_types: str) -> Callable[[OpFn], OpFn]:
@@ -57,8 +61,81 @@ def op_for(node: onnx.NodeProto) -> OpFn:
     return _OPS[node.op_type]
 
 
-def attrs(node: onnx.NodeProto) -> dict[str, object]:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+def required(inputs: OpInputs, index: int) -> torch.Tensor:
+    """Input ``index``, which the op cannot run without (the executor names the node on error)."""
+    value = inputs[index] if index < len(inputs) else None
+    if value is None:
+        raise ValueError(f"input {index} is required but missing")
+    return value
+
+
+def optional(inputs: OpInputs, index: int) -> torch.Tensor | None:
+    """Input ``index``, or None where the graph omits it (fewer inputs or an empty name)."""
+    return inputs[index] if index < len(inputs) else None
+
+
+class Attributes:
+    """A node's attributes, read with the Python type each use needs.
+
+    ``onnx.helper.get_attribute_value`` returns whatever the attribute holds (int, float, bytes, a
+    list, a TensorProto); these getters check the kind, so a malformed attribute fails with its name.
+    """
+
+    def __init__(self, node: onnx.NodeProto) -> None:
+        self._values: dict[str, object] = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._values
+
+    def get(self, name: str) -> object:
+        """The raw value, or None when absent (for the few attributes whose kind varies)."""
+        return self._values.get(name)
+
+    def _value(self, name: str, default: object) -> object:
+        value = self._values.get(name, default)
+        if value is None:
+            raise ValueError(f"attribute '{name}' is required but missing")
+        return value
+
+    def number(self, name: str, default: float | None = None) -> float:
+        value = self._value(name, default)
+        if not isinstance(value, (int, float)):
+            raise ValueError(f"attribute '{name}' is {type(value).__name__}, expected a number")
+        return float(value)
+
+    def integer(self, name: str, default: int | None = None) -> int:
+        value = self._value(name, default)
+        if not isinstance(value, (int, float)):
+            raise ValueError(f"attribute '{name}' is {type(value).__name__}, expected an integer")
+        return int(value)
+
+    def numbers(self, name: str, default: Sequence[float] | None = None) -> list[float]:
+        return [float(v) for v in self._sequence(name, default)]
+
+    def integers(self, name: str, default: Sequence[int] | None = None) -> list[int]:
+        return [int(v) for v in self._sequence(name, default)]
+
+    def _sequence(self, name: str, default: Sequence[float] | None) -> list[int | float]:
+        value = self._value(name, default)
+        if not isinstance(value, (list, tuple, range)) or not all(isinstance(v, (int, float)) for v in value):
+            raise ValueError(f"attribute '{name}' is {type(value).__name__}, expected a list of numbers")
+        return list(value)
+
+    def text(self, name: str, default: str) -> str:
+        value = self._values.get(name)
+        if value is None:
+            return default
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    def tensor(self, name: str) -> onnx.TensorProto:
+        value = self._value(name, None)
+        if not isinstance(value, onnx.TensorProto):
+            raise ValueError(f"attribute '{name}' is {type(value).__name__}, expected a tensor")
+        return value
+
+
+def attrs(node: onnx.NodeProto) -> Attributes:
+    return Attributes(node)
 
 
 def _load() -> None:

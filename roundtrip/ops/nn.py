@@ -7,26 +7,26 @@ matches the ONNX definition, not torch's symmetric one.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
+import onnx
 import torch
 import torch.nn.functional as F
 
-from roundtrip.ops import attrs, register
+from roundtrip.ops import Attributes, OpContext, OpFn, OpInputs, attrs, optional, register, required
 
-_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
-_MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
-_AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
-
-
-def _text(value, default: str) -> str:
-    if value is None:
-        return default
-    return value.decode() if isinstance(value, bytes) else str(value)
+# torch's functional layers of one kind share a signature across 1-, 2- and 3-D.
+Layer = Callable[..., torch.Tensor]
+_CONV: dict[int, Layer] = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_T: dict[int, Layer] = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+_MAX_POOL: dict[int, Layer] = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+_AVG_POOL: dict[int, Layer] = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
 
-def _same_pads(sizes, kernel, strides, dilations, lower: bool) -> list[int]:
-    begin, end = [], []
+def _same_pads(sizes: Sequence[int], kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int],
+               lower: bool) -> list[int]:
+    begin: list[int] = []
+    end: list[int] = []
     for size, k, s, d in zip(sizes, kernel, strides, dilations):
         out = math.ceil(size / s)
         total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
@@ -36,63 +36,63 @@ def _same_pads(sizes, kernel, strides, dilations, lower: bool) -> list[int]:
     return begin + end
 
 
-def _window(node, x, kernel) -> tuple[list[int], list[int], list[int]]:
+def _window(node: onnx.NodeProto, x: torch.Tensor, kernel: Sequence[int]) -> tuple[list[int], list[int], list[int]]:
     """(strides, dilations, pads as [begins..., ends...]) of a conv or pool node on input ``x``."""
     a = attrs(node)
     n = len(kernel)
-    strides = list(a.get("strides", [1] * n))
-    dilations = list(a.get("dilations", [1] * n))
-    auto_pad = _text(a.get("auto_pad"), "NOTSET")
+    strides = a.integers("strides", [1] * n)
+    dilations = a.integers("dilations", [1] * n)
+    auto_pad = a.text("auto_pad", "NOTSET")
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         pads = _same_pads(x.shape[2:], kernel, strides, dilations, auto_pad == "SAME_LOWER")
     elif auto_pad == "VALID":
         pads = [0] * (2 * n)
     else:
-        pads = list(a.get("pads", [0] * (2 * n)))
+        pads = a.integers("pads", [0] * (2 * n))
     return strides, dilations, pads
 
 
-def _pad_spatial(x, pads: list[int], value: float = 0.0):
+def _pad_spatial(x: torch.Tensor, pads: list[int], value: float = 0.0) -> torch.Tensor:
     """F.pad wants (last-axis begin, last-axis end, ...): reorder ONNX's [begins..., ends...]."""
     n = len(pads) // 2
     if not any(pads):
         return x
-    torch_pads = []
+    torch_pads: list[int] = []
     for axis in reversed(range(n)):
         torch_pads += [pads[axis], pads[n + axis]]
     return F.pad(x, torch_pads, value=value)
 
 
 @register("Conv")
-def conv(node, inputs, ctx):
-    x, weight = inputs[0], inputs[1]
-    bias = inputs[2] if len(inputs) > 2 else None
+def conv(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
+    x, weight = required(inputs, 0), required(inputs, 1)
+    bias = optional(inputs, 2)
     kernel = list(weight.shape[2:])
     strides, dilations, pads = _window(node, x, kernel)
-    group = int(attrs(node).get("group", 1))
+    group = attrs(node).integer("group", 1)
     x = _pad_spatial(x, pads)
     return [_CONV[len(kernel)](x, weight, bias, strides, 0, dilations, group)]
 
 
 @register("ConvTranspose")
-def conv_transpose(node, inputs, ctx):
+def conv_transpose(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
     """Full transposed conv, then output_padding and the crop ONNX's pads (or output_shape) ask for."""
-    x, weight = inputs[0], inputs[1]
-    bias = inputs[2] if len(inputs) > 2 else None
+    x, weight = required(inputs, 0), required(inputs, 1)
+    bias = optional(inputs, 2)
     a = attrs(node)
     kernel = list(weight.shape[2:])
     n = len(kernel)
-    strides = list(a.get("strides", [1] * n))
-    dilations = list(a.get("dilations", [1] * n))
-    group = int(a.get("group", 1))
-    output_padding = list(a.get("output_padding", [0] * n))
+    strides = a.integers("strides", [1] * n)
+    dilations = a.integers("dilations", [1] * n)
+    group = a.integer("group", 1)
+    output_padding = a.integers("output_padding", [0] * n)
     full = _CONV_T[n](x, weight, None, strides, 0, 0, group, dilations)
     sizes = [s * (i - 1) + op + (k - 1) * d + 1
              for i, s, op, k, d in zip(x.shape[2:], strides, output_padding, kernel, dilations)]
-    auto_pad = _text(a.get("auto_pad"), "NOTSET")
-    targets = None
+    auto_pad = a.text("auto_pad", "NOTSET")
+    targets: list[int] | None = None
     if "output_shape" in a:  # as onnxruntime does it: padding never negative, extra rows at the end
-        targets = list(a["output_shape"])[-n:]
+        targets = a.integers("output_shape")[-n:]
         totals = [max(0, size - t) for size, t in zip(sizes, targets)]
         heads = [t - t // 2 if auto_pad == "SAME_UPPER" else t // 2 for t in totals]
         pads = heads + [t - h for t, h in zip(totals, heads)]
@@ -101,11 +101,11 @@ def conv_transpose(node, inputs, ctx):
         heads = [(t - t // 2) if auto_pad == "SAME_LOWER" else t // 2 for t in totals]
         pads = heads + [t - h for t, h in zip(totals, heads)]
     else:
-        pads = list(a.get("pads", [0] * (2 * n)))
+        pads = a.integers("pads", [0] * (2 * n))
     # Grow to the padded size (output_padding rows get no contribution), then crop both ends.
     grow = [0] * n + [size - f for size, f in zip(sizes, full.shape[2:])]
     y = _pad_spatial(full, grow)
-    index = [slice(None), slice(None)] + [slice(pads[i], y.shape[2 + i] - pads[n + i]) for i in range(n)]
+    index: list[slice] = [slice(None), slice(None)] + [slice(pads[i], y.shape[2 + i] - pads[n + i]) for i in range(n)]
     y = y[tuple(index)]
     if targets is not None:
         y = _pad_spatial(y, [0] * n + [t - size for t, size in zip(targets, y.shape[2:])])
@@ -115,30 +115,31 @@ def conv_transpose(node, inputs, ctx):
 
 
 @register("Gemm")
-def gemm(node, inputs, ctx):
+def gemm(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
     a = attrs(node)
-    x, w = inputs[0], inputs[1]
-    if a.get("transA", 0):
+    x, w = required(inputs, 0), required(inputs, 1)
+    if a.integer("transA", 0):
         x = x.t()
-    if a.get("transB", 0):
+    if a.integer("transB", 0):
         w = w.t()
-    y = float(a.get("alpha", 1.0)) * (x @ w)
-    if len(inputs) > 2 and inputs[2] is not None:
-        y = y + float(a.get("beta", 1.0)) * inputs[2]
+    y = a.number("alpha", 1.0) * (x @ w)
+    c = optional(inputs, 2)
+    if c is not None:
+        y = y + a.number("beta", 1.0) * c
     return [y]
 
 
 @register("MatMul")
-def matmul(node, inputs, ctx):
-    return [torch.matmul(inputs[0], inputs[1])]
+def matmul(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
+    return [torch.matmul(required(inputs, 0), required(inputs, 1))]
 
 
-def _pool_geometry(node, x):
+def _pool_geometry(node: onnx.NodeProto, x: torch.Tensor) -> tuple[list[int], list[int], list[int], list[int]]:
     a = attrs(node)
-    kernel = list(a["kernel_shape"])
+    kernel = a.integers("kernel_shape")
     strides, dilations, pads = _window(node, x, kernel)
     n = len(kernel)
-    if a.get("ceil_mode", 0):  # extra end padding so the last partial window exists, as ONNX counts it
+    if a.integer("ceil_mode", 0):  # extra end padding so the last partial window exists, as ONNX counts it
         for i in range(n):
             size = x.shape[2 + i] + pads[i] + pads[n + i]
             span = (kernel[i] - 1) * dilations[i] + 1
@@ -150,21 +151,21 @@ def _pool_geometry(node, x):
 
 
 @register("MaxPool")
-def max_pool(node, inputs, ctx):
-    x = inputs[0]
+def max_pool(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
+    x = required(inputs, 0)
     kernel, strides, dilations, pads = _pool_geometry(node, x)
     x = _pad_spatial(x, pads, value=float("-inf"))
     return [_MAX_POOL[len(kernel)](x, kernel, strides, 0, dilations)]
 
 
 @register("AveragePool")
-def average_pool(node, inputs, ctx):
-    x = inputs[0]
+def average_pool(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
+    x = required(inputs, 0)
     kernel, strides, _, pads = _pool_geometry(node, x)
     n = len(kernel)
     pool = _AVG_POOL[n]
     summed = pool(_pad_spatial(x, pads), kernel, strides, 0) * math.prod(kernel)
-    if attrs(node).get("count_include_pad", 0) and not attrs(node).get("ceil_mode", 0):
+    if attrs(node).integer("count_include_pad", 0) and not attrs(node).integer("ceil_mode", 0):
         return [summed / math.prod(kernel)]
     ones = torch.ones((1, 1, *x.shape[2:]), dtype=x.dtype)
     counts = pool(_pad_spatial(ones, pads), kernel, strides, 0) * math.prod(kernel)
@@ -172,57 +173,58 @@ def average_pool(node, inputs, ctx):
 
 
 @register("GlobalAveragePool")
-def global_average_pool(node, inputs, ctx):
-    x = inputs[0]
+def global_average_pool(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
+    x = required(inputs, 0)
     return [x.mean(dim=tuple(range(2, x.dim())), keepdim=True)]
 
 
 @register("GlobalMaxPool")
-def global_max_pool(node, inputs, ctx):
-    x = inputs[0]
+def global_max_pool(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
+    x = required(inputs, 0)
     return [x.amax(dim=tuple(range(2, x.dim())), keepdim=True)]
 
 
 @register("BatchNormalization")
-def batch_norm(node, inputs, ctx):
+def batch_norm(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
     """Inference mode uses (and keeps) the running stats; training mode updates them in place."""
-    x, scale, bias, mean, var = inputs[:5]
+    x, scale, bias, mean, var = (required(inputs, index) for index in range(5))
     a = attrs(node)
-    momentum = ctx.bn_momentum if ctx.bn_momentum is not None else 1.0 - float(a.get("momentum", 0.9))
-    y = F.batch_norm(x, mean, var, scale, bias, ctx.training, momentum, float(a.get("epsilon", 1e-5)))
+    momentum = ctx.bn_momentum if ctx.bn_momentum is not None else 1.0 - a.number("momentum", 0.9)
+    y = F.batch_norm(x, mean, var, scale, bias, ctx.training, momentum, a.number("epsilon", 1e-5))
     return [y]
 
 
 @register("InstanceNormalization")
-def instance_norm(node, inputs, ctx):
-    x, scale, bias = inputs
-    return [F.instance_norm(x, weight=scale, bias=bias, eps=float(attrs(node).get("epsilon", 1e-5)))]
+def instance_norm(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
+    x, scale, bias = (required(inputs, index) for index in range(3))
+    return [F.instance_norm(x, weight=scale, bias=bias, eps=attrs(node).number("epsilon", 1e-5))]
 
 
 @register("LayerNormalization")
-def layer_norm(node, inputs, ctx):
-    x, scale = inputs[0], inputs[1]
-    bias = inputs[2] if len(inputs) > 2 else None
+def layer_norm(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
+    x, scale = required(inputs, 0), required(inputs, 1)
+    bias = optional(inputs, 2)
     a = attrs(node)
-    axis = int(a.get("axis", -1)) % x.dim()
-    return [F.layer_norm(x, x.shape[axis:], scale, bias, float(a.get("epsilon", 1e-5)))]
+    axis = a.integer("axis", -1) % x.dim()
+    return [F.layer_norm(x, x.shape[axis:], scale, bias, a.number("epsilon", 1e-5))]
 
 
 @register("Dropout")
-def dropout(node, inputs, ctx):
+def dropout(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
     """Identity at inference; in training mode the node's ratio, as the model was trained."""
-    x = inputs[0]
-    ratio = float(attrs(node).get("ratio", 0.5))
-    if len(inputs) > 1 and inputs[1] is not None:
-        ratio = float(inputs[1])
+    x = required(inputs, 0)
+    ratio = attrs(node).number("ratio", 0.5)
+    ratio_input = optional(inputs, 1)
+    if ratio_input is not None:
+        ratio = float(ratio_input)
     y = F.dropout(x, ratio, training=ctx.dropout)
     return [y, torch.ones_like(x, dtype=torch.bool)]
 
 
-def _softmax_like(fn):
-    def run(node, inputs, ctx):
-        x = inputs[0]
-        axis = int(attrs(node).get("axis", -1 if ctx.opset >= 13 else 1)) % x.dim()
+def _softmax_like(fn: Callable[..., torch.Tensor]) -> OpFn:
+    def run(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
+        x = required(inputs, 0)
+        axis = attrs(node).integer("axis", -1 if ctx.opset >= 13 else 1) % x.dim()
         if ctx.opset >= 13:
             return [fn(x, dim=axis)]
         flat = x.reshape(math.prod(x.shape[:axis]), -1)  # opset < 13 coerces to 2-D at ``axis``
@@ -236,23 +238,24 @@ register("LogSoftmax")(_softmax_like(torch.log_softmax))
 
 
 @register("Pad")
-def pad(node, inputs, ctx):
+def pad(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
     a = attrs(node)
-    x = inputs[0]
-    mode = _text(a.get("mode"), "constant")
+    x = required(inputs, 0)
+    mode = a.text("mode", "constant")
     if ctx.opset < 11:
-        pads, value = list(a["pads"]), float(a.get("value", 0.0))
+        pads, value = a.integers("pads"), a.number("value", 0.0)
     else:
-        pads = [int(p) for p in inputs[1].tolist()]
-        value = float(inputs[2]) if len(inputs) > 2 and inputs[2] is not None and inputs[2].numel() else 0.0
-        if len(inputs) > 3 and inputs[3] is not None:
-            axes = [int(ax) % x.dim() for ax in inputs[3].tolist()]
+        pads = [int(p) for p in required(inputs, 1).tolist()]
+        value_input, axes_input = optional(inputs, 2), optional(inputs, 3)
+        value = float(value_input) if value_input is not None and value_input.numel() else 0.0
+        if axes_input is not None:
+            axes = [int(ax) % x.dim() for ax in axes_input.tolist()]
             full = [0] * (2 * x.dim())
             for i, axis in enumerate(axes):
                 full[axis], full[x.dim() + axis] = pads[i], pads[len(axes) + i]
             pads = full
     n = x.dim()
-    torch_pads = []
+    torch_pads: list[int] = []
     for axis in reversed(range(n)):
         torch_pads += [pads[axis], pads[n + axis]]
     while len(torch_pads) > 2 and torch_pads[-2:] == [0, 0]:
@@ -263,17 +266,18 @@ def pad(node, inputs, ctx):
 
 
 @register("Crop")
-def crop(node, inputs, ctx):
+def crop(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
     """Experimental op of old converters: border (left, top, right, bottom), or a scale (h, w) from top-left."""
     a = attrs(node)
-    x = inputs[0]
-    left, top, right, bottom = list(a.get("border", [0, 0, 0, 0]))
-    scale = list(a.get("scale", []))
+    x = required(inputs, 0)
+    left, top, right, bottom = a.integers("border", [0, 0, 0, 0])
+    scale = a.integers("scale", [])
     height, width = (scale[0], scale[1]) if scale else (x.shape[2] - top - bottom, x.shape[3] - left - right)
     return [x[:, :, top:top + height, left:left + width]]
 
 
-def _nearest_index(out_size: int, in_size: int, scale: float, mode: str, nearest: str, device) -> torch.Tensor:
+def _nearest_index(out_size: int, in_size: int, scale: float, mode: str, nearest: str,
+                   device: torch.device) -> torch.Tensor:
     out = torch.arange(out_size, dtype=torch.float64, device=device)
     if mode == "asymmetric":
         source = out / scale
@@ -296,18 +300,21 @@ def _nearest_index(out_size: int, in_size: int, scale: float, mode: str, nearest
     return index.clamp(0, in_size - 1).long()
 
 
-def _resize(x, scales: list[float] | None, sizes: list[int] | None, a: dict, legacy: bool):
+def _resize(x: torch.Tensor, scales: Sequence[float] | None, sizes: Sequence[int] | None, a: Attributes,
+            legacy: bool) -> torch.Tensor:
     spatial = x.dim() - 2
     if sizes is not None:
         sizes = [int(s) for s in sizes][-spatial:]
         scales = [o / i for o, i in zip(sizes, x.shape[2:])]
-    else:
+    elif scales is not None:
         scales = [float(s) for s in scales][-spatial:]
         sizes = [int(math.floor(i * s)) for i, s in zip(x.shape[2:], scales)]
-    mode = _text(a.get("mode"), "nearest")
-    transform = "asymmetric" if legacy else _text(a.get("coordinate_transformation_mode"), "half_pixel")
+    else:
+        raise ValueError("Resize has neither scales nor sizes")
+    mode = a.text("mode", "nearest")
+    transform = "asymmetric" if legacy else a.text("coordinate_transformation_mode", "half_pixel")
     if mode == "nearest":
-        nearest = "floor" if legacy else _text(a.get("nearest_mode"), "round_prefer_floor")
+        nearest = "floor" if legacy else a.text("nearest_mode", "round_prefer_floor")
         for i in range(spatial):
             index = _nearest_index(sizes[i], x.shape[2 + i], scales[i], transform, nearest, x.device)
             x = x.index_select(2 + i, index)
@@ -321,19 +328,20 @@ def _resize(x, scales: list[float] | None, sizes: list[int] | None, a: dict, leg
 
 
 @register("Resize")
-def resize(node, inputs, ctx):
+def resize(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
     a = attrs(node)
-    x = inputs[0]
+    x = required(inputs, 0)
     if ctx.opset < 11:
-        return [_resize(x, inputs[1].tolist(), None, a, legacy=True)]
-    scales = inputs[2] if len(inputs) > 2 and inputs[2] is not None and inputs[2].numel() else None
-    sizes = inputs[3] if len(inputs) > 3 and inputs[3] is not None and inputs[3].numel() else None
+        return [_resize(x, required(inputs, 1).tolist(), None, a, legacy=True)]
+    scales, sizes = optional(inputs, 2), optional(inputs, 3)
+    scales = scales if scales is not None and scales.numel() else None
+    sizes = sizes if sizes is not None and sizes.numel() else None
     return [_resize(x, None if scales is None else scales.tolist(), None if sizes is None else sizes.tolist(),
                     a, legacy=False)]
 
 
 @register("Upsample")
-def upsample(node, inputs, ctx):
+def upsample(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
     a = attrs(node)
-    scales = list(a["scales"]) if "scales" in a else inputs[1].tolist()
-    return [_resize(inputs[0], scales, None, a, legacy=True)]
+    scales = a.numbers("scales") if "scales" in a else required(inputs, 1).tolist()
+    return [_resize(required(inputs, 0), scales, None, a, legacy=True)]

@@ -6,32 +6,37 @@ so dynamic shapes (Shape -> Gather -> Concat -> Reshape) just work.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+import numpy.typing as npt
+import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from roundtrip.ops import attrs, register
+from roundtrip.ops import OpContext, OpFn, OpInputs, attrs, optional, register, required
 
 
-def _ints(tensor) -> list[int]:
+def _ints(tensor: torch.Tensor) -> list[int]:
     return [int(v) for v in tensor.reshape(-1).tolist()]
 
 
-def _axes(node, inputs, ctx, since: int, index: int = 1) -> list[int] | None:
+def _axes(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext, since: int, index: int = 1) -> list[int] | None:
     """Axes as an attribute (before opset ``since``) or as input ``index`` (from it on)."""
     if ctx.opset < since:
-        value = attrs(node).get("axes")
-        return None if value is None else list(value)
-    if len(inputs) > index and inputs[index] is not None and inputs[index].numel():
-        return _ints(inputs[index])
+        a = attrs(node)
+        return a.integers("axes") if "axes" in a else None
+    axes = optional(inputs, index)
+    if axes is not None and axes.numel():
+        return _ints(axes)
     return None
 
 
 @register("Reshape")
-def reshape(node, inputs, ctx):
-    x = inputs[0]
-    shape = _ints(inputs[1]) if len(inputs) > 1 else list(attrs(node)["shape"])
-    allowzero = int(attrs(node).get("allowzero", 0))
+def reshape(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
+    x = required(inputs, 0)
+    shape = _ints(required(inputs, 1)) if len(inputs) > 1 else attrs(node).integers("shape")
+    allowzero = attrs(node).integer("allowzero", 0)
     shape = [x.shape[i] if d == 0 and not allowzero else d for i, d in enumerate(shape)]
     # A graph exported at a fixed batch bakes it into its Reshape shapes: read it as the batch.
     if (ctx.static_batch is not None and ctx.batch is not None and ctx.batch != ctx.static_batch
@@ -41,34 +46,37 @@ def reshape(node, inputs, ctx):
 
 
 @register("Flatten")
-def flatten(node, inputs, ctx):
-    x = inputs[0]
-    axis = int(attrs(node).get("axis", 1)) % (x.dim() + 1) if x.dim() else 0
+def flatten(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
+    x = required(inputs, 0)
+    axis = attrs(node).integer("axis", 1) % (x.dim() + 1) if x.dim() else 0
     return [x.reshape(int(np.prod(x.shape[:axis])), -1)]
 
 
 @register("Transpose")
-def transpose(node, inputs, ctx):
-    x = inputs[0]
-    perm = attrs(node).get("perm")
-    return [x.permute(*(list(perm) if perm is not None else reversed(range(x.dim()))))]
+def transpose(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
+    x = required(inputs, 0)
+    a = attrs(node)
+    perm = a.integers("perm") if "perm" in a else list(reversed(range(x.dim())))
+    return [x.permute(*perm)]
 
 
 @register("Concat")
-def concat(node, inputs, ctx):
-    return [torch.cat([t for t in inputs if t is not None], dim=int(attrs(node)["axis"]))]
+def concat(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
+    return [torch.cat([t for t in inputs if t is not None], dim=attrs(node).integer("axis"))]
 
 
 @register("Split")
-def split(node, inputs, ctx):
-    x = inputs[0]
+def split(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
+    x = required(inputs, 0)
     a = attrs(node)
-    axis = int(a.get("axis", 0))
+    axis = a.integer("axis", 0)
     count = len(node.output)
+    sizes: list[int] | None
     if ctx.opset < 13:
-        sizes = list(a["split"]) if "split" in a else None
+        sizes = a.integers("split") if "split" in a else None
     else:
-        sizes = _ints(inputs[1]) if len(inputs) > 1 and inputs[1] is not None else None
+        split_input = optional(inputs, 1)
+        sizes = _ints(split_input) if split_input is not None else None
     if sizes is None:
         length = x.shape[axis]
         chunk = -(-length // count)
@@ -77,17 +85,18 @@ def split(node, inputs, ctx):
 
 
 @register("Slice")
-def slice_(node, inputs, ctx):
-    x = inputs[0]
+def slice_(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
+    x = required(inputs, 0)
     if ctx.opset < 10:
         a = attrs(node)
-        starts, ends = list(a["starts"]), list(a["ends"])
-        axes = list(a.get("axes", range(len(starts))))
+        starts, ends = a.integers("starts"), a.integers("ends")
+        axes = a.integers("axes", range(len(starts)))
         steps = [1] * len(starts)
     else:
-        starts, ends = _ints(inputs[1]), _ints(inputs[2])
-        axes = _ints(inputs[3]) if len(inputs) > 3 and inputs[3] is not None else list(range(len(starts)))
-        steps = _ints(inputs[4]) if len(inputs) > 4 and inputs[4] is not None else [1] * len(starts)
+        starts, ends = _ints(required(inputs, 1)), _ints(required(inputs, 2))
+        axes_input, steps_input = optional(inputs, 3), optional(inputs, 4)
+        axes = _ints(axes_input) if axes_input is not None else list(range(len(starts)))
+        steps = _ints(steps_input) if steps_input is not None else [1] * len(starts)
     for start, end, axis, step in zip(starts, ends, axes, steps):
         axis %= x.dim()
         length = x.shape[axis]
@@ -102,8 +111,8 @@ def slice_(node, inputs, ctx):
 
 
 @register("Squeeze")
-def squeeze(node, inputs, ctx):
-    x = inputs[0]
+def squeeze(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
+    x = required(inputs, 0)
     axes = _axes(node, inputs, ctx, since=13)
     if axes is None:
         return [x.squeeze()]
@@ -112,18 +121,20 @@ def squeeze(node, inputs, ctx):
 
 
 @register("Unsqueeze")
-def unsqueeze(node, inputs, ctx):
-    x = inputs[0]
+def unsqueeze(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
+    x = required(inputs, 0)
     axes = _axes(node, inputs, ctx, since=13)
+    if axes is None:
+        raise ValueError("Unsqueeze has no axes")
     for axis in sorted(a % (x.dim() + len(axes)) for a in axes):
         x = x.unsqueeze(axis)
     return [x]
 
 
 @register("Gather")
-def gather(node, inputs, ctx):
-    data, index = inputs
-    axis = int(attrs(node).get("axis", 0)) % data.dim()
+def gather(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
+    data, index = required(inputs, 0), required(inputs, 1)
+    axis = attrs(node).integer("axis", 0) % data.dim()
     index = index.long()
     index = torch.where(index < 0, index + data.shape[axis], index)
     picked = data.index_select(axis, index.reshape(-1))
@@ -131,71 +142,81 @@ def gather(node, inputs, ctx):
 
 
 @register("Shape")
-def shape(node, inputs, ctx):
+def shape(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
     a = attrs(node)
-    dims = list(inputs[0].shape)
-    start, end = int(a.get("start", 0)), a.get("end")
-    return [torch.tensor(dims[start:None if end is None else int(end)], dtype=torch.int64)]
+    dims = list(required(inputs, 0).shape)
+    start, end = a.integer("start", 0), a.integer("end") if "end" in a else None
+    return [torch.tensor(dims[start:end], dtype=torch.int64)]
 
 
 @register("Size")
-def size(node, inputs, ctx):
-    return [torch.tensor(inputs[0].numel(), dtype=torch.int64)]
+def size(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
+    return [torch.tensor(required(inputs, 0).numel(), dtype=torch.int64)]
 
 
 @register("Cast")
-def cast(node, inputs, ctx):
-    dtype = helper.tensor_dtype_to_np_dtype(int(attrs(node)["to"]))
-    return [inputs[0].to(torch.from_numpy(np.zeros(0, dtype=dtype)).dtype)]
+def cast(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
+    dtype = helper.tensor_dtype_to_np_dtype(attrs(node).integer("to"))
+    return [required(inputs, 0).to(torch.from_numpy(np.zeros(0, dtype=dtype)).dtype)]
 
 
 @register("Constant")
-def constant(node, inputs, ctx):
+def constant(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
     a = attrs(node)
+    array: npt.NDArray[np.generic]
     if "value" in a:
-        array = numpy_helper.to_array(a["value"])
-    elif "value_float" in a or "value_int" in a:
-        array = np.array(a.get("value_float", a.get("value_int")), dtype=np.float32 if "value_float" in a else np.int64)
-    elif "value_floats" in a or "value_ints" in a:
-        array = np.array(a.get("value_floats", a.get("value_ints")), dtype=np.float32 if "value_floats" in a else np.int64)
+        array = numpy_helper.to_array(a.tensor("value"))
+    elif "value_float" in a:
+        array = np.array(a.number("value_float"), dtype=np.float32)
+    elif "value_int" in a:
+        array = np.array(a.integer("value_int"), dtype=np.int64)
+    elif "value_floats" in a:
+        array = np.array(a.numbers("value_floats"), dtype=np.float32)
+    elif "value_ints" in a:
+        array = np.array(a.integers("value_ints"), dtype=np.int64)
     else:
         raise ValueError(f"Constant '{node.name}' has no supported value attribute")
     return [torch.from_numpy(np.array(array))]
 
 
 @register("ConstantOfShape")
-def constant_of_shape(node, inputs, ctx):
-    value = attrs(node).get("value")
-    array = numpy_helper.to_array(value) if value is not None else np.zeros(1, np.float32)
-    return [torch.full(_ints(inputs[0]), array.reshape(-1)[0].item(), dtype=torch.from_numpy(array).dtype)]
+def constant_of_shape(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
+    a = attrs(node)
+    array = numpy_helper.to_array(a.tensor("value")) if "value" in a else np.zeros(1, np.float32)
+    return [torch.full(_ints(required(inputs, 0)), array.reshape(-1)[0].item(), dtype=torch.from_numpy(array).dtype)]
 
 
 @register("Expand")
-def expand(node, inputs, ctx):
-    x = inputs[0]
-    target = _ints(inputs[1])
-    return [x * torch.ones(target, dtype=x.dtype) if x.dtype != torch.bool else x.expand(torch.broadcast_shapes(x.shape, target))]
+def expand(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
+    x = required(inputs, 0)
+    target = _ints(required(inputs, 1))
+    if x.dtype != torch.bool:
+        return [x * torch.ones(target, dtype=x.dtype)]
+    return [x.expand(np.broadcast_shapes(x.shape, target))]  # numpy's rules are ONNX's (and typed, unlike torch's)
 
 
 @register("Tile")
-def tile(node, inputs, ctx):
-    return [inputs[0].repeat(*_ints(inputs[1]))]
+def tile(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
+    return [required(inputs, 0).repeat(*_ints(required(inputs, 1)))]
 
 
 @register("Range")
-def range_(node, inputs, ctx):
-    start, limit, delta = (t.item() for t in inputs)
-    return [torch.arange(start, limit, delta, dtype=inputs[0].dtype)]
+def range_(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
+    start, limit, delta = (required(inputs, index).item() for index in range(len(inputs)))
+    return [torch.arange(start, limit, delta, dtype=required(inputs, 0).dtype)]
 
 
-def _reduce(fn, since: int = 18):
-    def run(node, inputs, ctx):
-        x = inputs[0]
+Reduction = Callable[[torch.Tensor, list[int], bool], torch.Tensor]
+
+
+def _reduce(fn: Reduction, since: int = 18) -> OpFn:
+    def run(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
+        x = required(inputs, 0)
         a = attrs(node)
         axes = _axes(node, inputs, ctx, since=since)
-        keep = bool(a.get("keepdims", 1))
+        keep = bool(a.integer("keepdims", 1))
         if axes is None:
-            if a.get("noop_with_empty_axes", 0):
+            if a.integer("noop_with_empty_axes", 0):
                 return [x]
             axes = list(range(x.dim()))
         return [fn(x, axes, keep)]
@@ -211,19 +232,18 @@ register("ReduceL2")(_reduce(lambda x, axes, keep: x.pow(2).sum(dim=axes, keepdi
 
 
 @register("ArgMax")
-def argmax(node, inputs, ctx):
+def argmax(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
     a = attrs(node)
-    return [inputs[0].argmax(dim=int(a.get("axis", 0)), keepdim=bool(a.get("keepdims", 1)))]
+    return [required(inputs, 0).argmax(dim=a.integer("axis", 0), keepdim=bool(a.integer("keepdims", 1)))]
 
 
 @register("DepthToSpace")
-def depth_to_space(node, inputs, ctx):
-    x = inputs[0]
+def depth_to_space(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
+    x = required(inputs, 0)
     a = attrs(node)
-    b = int(a["blocksize"])
+    b = a.integer("blocksize")
     n, c, h, w = x.shape
-    mode = a.get("mode", b"DCR")
-    if (mode.decode() if isinstance(mode, bytes) else mode) == "DCR":
+    if a.text("mode", "DCR") == "DCR":
         y = x.reshape(n, b, b, c // (b * b), h, w).permute(0, 3, 4, 1, 5, 2)
     else:
         y = x.reshape(n, c // (b * b), b, b, h, w).permute(0, 1, 4, 2, 5, 3)

@@ -32,21 +32,125 @@ async function errorText(response) {
   return `HTTP ${response.status}`;
 }
 
+// The form's options come from GET /v1/options, itself derived from the server's options schema
+// (workers.options.PruneOptions): every option, grouped, the data-driven ones shown once a data
+// file is chosen. Only values that differ from the schema's defaults are sent.
+let optionSpecs = [];
+
+function optionInput(spec) {
+  let input;
+  if (spec.kind === "boolean") {
+    input = document.createElement("input");
+    input.type = "checkbox";
+    input.checked = Boolean(spec.default);
+  } else if (spec.kind === "choice") {
+    input = document.createElement("select");
+    for (const choice of spec.choices) {
+      const option = new Option(spec.data_choices.includes(choice) ? `${choice} (needs data)` : choice, choice);
+      option.dataset.needsData = spec.data_choices.includes(choice) ? "1" : "";
+      input.add(option);
+    }
+    input.value = String(spec.default);
+  } else if (spec.kind === "integer" || spec.kind === "number") {
+    input = document.createElement("input");
+    input.type = "number";
+    input.step = spec.kind === "integer" ? "1" : "any";
+    if (spec.default !== null) input.value = String(spec.default);
+  } else {
+    input = document.createElement("input");
+    input.type = "text";
+    input.placeholder = { "number-or-word": `a number or ${spec.choices.join(", ")}`, list: "comma-separated",
+                          shapes: "input:1x3x224x224, other:1x10" }[spec.kind] || "";
+  }
+  input.id = `opt-${spec.name}`;
+  input.name = spec.name;
+  return input;
+}
+
+function buildOptions(specs) {
+  optionSpecs = specs;
+  const holder = $("options");
+  holder.replaceChildren();
+  const groups = new Map();
+  for (const spec of specs) {
+    if (!groups.has(spec.group)) {
+      const fieldset = document.createElement("fieldset");
+      fieldset.dataset.group = spec.group;
+      const legend = document.createElement("legend");
+      legend.textContent = spec.group_title;
+      fieldset.appendChild(legend);
+      holder.appendChild(fieldset);
+      groups.set(spec.group, fieldset);
+    }
+    const label = document.createElement("label");
+    label.dataset.option = spec.name;
+    label.dataset.needsData = spec.needs_data ? "1" : "";
+    label.title = spec.description;
+    const input = optionInput(spec);
+    if (spec.kind === "boolean") {
+      label.append(input, ` ${spec.name.replaceAll("_", " ")}`);
+    } else {
+      label.append(`${spec.name.replaceAll("_", " ")} `, input);
+    }
+    const help = document.createElement("span");
+    help.className = "hint";
+    help.textContent = ` ${spec.description}`;
+    label.appendChild(help);
+    groups.get(spec.group).appendChild(label);
+  }
+  showDataOptions();
+}
+
+function showDataOptions() {
+  const hasData = Boolean($("data").files[0]);
+  for (const label of document.querySelectorAll("#options label[data-option]")) {
+    label.hidden = label.dataset.needsData === "1" && !hasData;
+  }
+  for (const option of document.querySelectorAll("#options option")) {
+    option.disabled = option.dataset.needsData === "1" && !hasData;
+  }
+  for (const fieldset of document.querySelectorAll("#options fieldset")) {
+    fieldset.hidden = [...fieldset.querySelectorAll("label[data-option]")].every((label) => label.hidden);
+  }
+  $("data-hint").hidden = hasData;
+}
+
+function optionValue(spec, input) {
+  if (spec.kind === "boolean") return input.checked === Boolean(spec.default) ? undefined : input.checked;
+  const text = input.value.trim();
+  if (text === "") return undefined;
+  if (spec.kind === "choice") return text === String(spec.default) ? undefined : text;
+  if (spec.kind === "integer" || spec.kind === "number") {
+    return Number(text) === spec.default ? undefined : Number(text);
+  }
+  if (spec.kind === "number-or-word") return spec.choices.includes(text) ? text : Number(text);
+  if (spec.kind === "list") return text.split(",").map((s) => s.trim()).filter(Boolean);
+  if (spec.kind === "shapes") {
+    const shapes = {};
+    for (const part of text.split(",").map((s) => s.trim()).filter(Boolean)) {
+      const at = part.lastIndexOf(":");
+      shapes[part.slice(0, at)] = part.slice(at + 1).split("x").map(Number);
+    }
+    return shapes;
+  }
+  return text;
+}
+
 function config() {
-  const target = document.querySelector("input[name=target]:checked").value;
-  const options = { criterion: $("criterion").value, round_to: Number($("round-to").value || 1),
-                    benchmark: $("benchmark").checked };
-  if (target === "ratio") options.ratio = Number($("ratio").value);
-  if (target === "flops") options.flops_target = Number($("flops").value);
-  if (target === "auto") { options.ratio = "auto"; options.max_drop = Number($("max-drop").value); }
-  const exclude = $("exclude").value.split(",").map((s) => s.trim()).filter(Boolean);
-  if (exclude.length) options.exclude = exclude;
-  const shape = $("input-shape").value.trim();
-  if (shape) {
-    const at = shape.lastIndexOf(":");
-    options.input_shapes = { [shape.slice(0, at)]: shape.slice(at + 1).split("x").map(Number) };
+  const options = {};
+  for (const spec of optionSpecs) {
+    const label = document.querySelector(`#options label[data-option="${spec.name}"]`);
+    if (!label || label.hidden) continue;
+    const value = optionValue(spec, $(`opt-${spec.name}`));
+    if (value !== undefined) options[spec.name] = value;
   }
   return options;
+}
+
+async function loadOptions() {
+  const response = await fetch("/v1/options");
+  if (!response.ok) { $("options").textContent = `Options unavailable: ${await errorText(response)}`; return; }
+  buildOptions(await response.json());
 }
 
 async function submitJob(event) {
@@ -191,6 +295,8 @@ async function refresh() {
 
 document.addEventListener("DOMContentLoaded", () => {
   $("job-form").addEventListener("submit", submitJob);
+  $("data").addEventListener("change", showDataOptions);
+  loadOptions();
   $("token").value = sessionStorage.getItem("onnxprune-token") || "";
   $("token").addEventListener("change", () => { sessionStorage.setItem("onnxprune-token", $("token").value); refresh(); });
   refresh();

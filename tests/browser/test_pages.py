@@ -22,6 +22,7 @@ import onnx
 import pytest
 
 from tests.browser.chromium import console_errors, find_chromium, full_page_screenshot, start_driver
+from tests.needs import unavailable
 from tests.oracle import run_model
 from tests.test_sensitivity import two_branch_model
 from workers.html_report import render_report_html
@@ -34,10 +35,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def chromium() -> tuple[str, str]:
-    pytest.importorskip("selenium", reason="selenium is in the 'test' extra: pip install -e '.[test]'")
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        unavailable("selenium is in the 'test' extra: pip install -e '.[test]'")
     found = find_chromium()
     if found is None:
-        pytest.skip("chromium or chromedriver not found on PATH (Debian: apt-get install chromium chromium-driver)")
+        unavailable("chromium or chromedriver not found on PATH (Debian: apt-get install chromium chromium-driver)")
     return found
 
 
@@ -120,8 +124,7 @@ def test_upload_a_model_watch_the_job_and_open_its_report(browser, server, tmp_p
     assert console_errors(browser) == []
 
     browser.find_element(By.ID, "model").send_keys(str(model_path))
-    ratio = browser.find_element(By.ID, "ratio")
-    ratio.clear()
+    ratio = wait_until(lambda: browser.find_elements(By.ID, "opt-ratio"), 30, "the options form")[0]
     ratio.send_keys("0.5")
     browser.find_element(By.ID, "submit").click()
     wait_until(lambda: "queued" in browser.find_element(By.ID, "form-message").text, 30, "the upload to be accepted")
@@ -158,3 +161,61 @@ def test_a_report_with_sensitivity_curves_draws_every_plot(browser, tmp_path):
     assert set(images) == {"plot-summary", "plot-sensitivity", "plot-channels", "plot-macs"}
     assert all(min(size) > 0 for size in images.values()), images
     assert console_errors(browser) == []
+
+
+@pytest.mark.slow
+def test_a_fine_tuning_job_with_a_data_file_shows_its_progress_and_its_report(browser, server, tmp_path):
+    """The form offers every schema option; fine-tuning appears once a data file is chosen."""
+    from selenium.webdriver.common.by import By
+
+    model = two_branch_model()
+    onnx.save(model, tmp_path / "two_branch.onnx")
+    x = np.random.default_rng(3).standard_normal((100, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "data.npz", input=x, labels=run_model(model, {"input": x})[0].argmax(axis=1))
+    browser.get(server + "/")
+    wait_until(lambda: browser.find_elements(By.ID, "opt-finetune_steps"), 30, "the options form")
+    offered = {label.get_attribute("data-option")
+               for label in browser.find_elements(By.CSS_SELECTOR, "#options label[data-option]")}
+    assert offered == set(PruneOptions.model_fields)
+    steps = browser.find_element(By.ID, "opt-finetune_steps")
+    assert not steps.is_displayed(), "data options stay hidden until a data file is chosen"
+
+    browser.find_element(By.ID, "model").send_keys(str(tmp_path / "two_branch.onnx"))
+    browser.find_element(By.ID, "data").send_keys(str(tmp_path / "data.npz"))
+    assert steps.is_displayed()
+    browser.find_element(By.ID, "opt-ratio").send_keys("0.5")
+    steps.clear()
+    steps.send_keys("40")
+    batch = browser.find_element(By.ID, "opt-batch_size")
+    batch.clear()
+    batch.send_keys("16")
+    browser.find_element(By.ID, "submit").click()
+    wait_until(lambda: "queued" in browser.find_element(By.ID, "form-message").text, 30, "the upload to be accepted")
+
+    stages_seen: set[str] = set()
+    rows_script = ("return [...document.querySelectorAll('#jobs tbody tr')].map((row) => "
+                   "({status: row.dataset.status, stage: row.cells[3].textContent.trim(), text: row.innerText}))")
+
+    def finished_row():  # read in one script: the page re-renders its rows every second
+        for row in browser.execute_script(rows_script):
+            if row["status"] == "running":
+                stages_seen.add(row["stage"])
+            elif row["status"] in ("succeeded", "failed"):
+                return row
+        return None
+
+    row = wait_until(finished_row, 240, "the fine-tuning job to finish in the page's job list")
+    assert row["status"] == "succeeded", row["text"]
+    assert any(stage.startswith("finetune") for stage in stages_seen), stages_seen
+    assert "accuracy" in row["text"] and "→" in row["text"]
+    screenshot(browser, "upload-finetune.png")
+
+    browser.execute_script("document.querySelector('#jobs tbody tr[data-status=succeeded] a.report-link').click()")
+    wait_until(lambda: len(browser.window_handles) == 2, 30, "the report to open")
+    browser.switch_to.window(browser.window_handles[1])
+    wait_until(lambda: browser.execute_script("return document.readyState") == "complete", 60, "the report to load")
+    images = drawn_images(browser)
+    assert {"plot-summary", "plot-loss"} <= set(images) and min(images["plot-loss"]) > 0, images
+    assert "fine-tuned on 80 training samples" in browser.page_source
+    assert console_errors(browser) == []
+    screenshot(browser, "report-finetune.png")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from roundtrip.executor import OnnxModule, build_executor
-from tests.conftest import SHARED_MODELS_DIR
+from tests.needs import shared_model
 from tests.oracle import analyse, random_feeds, relative_error, run_model
 from tests.test_real_models import REAL_MODEL_CASES
 from tests.test_zoo_oracle import ZOO_CASES
@@ -53,9 +53,7 @@ SHARED_PARAMS = [pytest.param(c, id=c.file.removesuffix(".onnx"),
 
 @pytest.mark.parametrize("case", SHARED_PARAMS)
 def test_executor_matches_onnxruntime_on_every_shared_model(case):
-    if not SHARED_MODELS_DIR.is_dir():
-        pytest.skip(f"shared models not found at {SHARED_MODELS_DIR}")
-    analysed = analyse(SHARED_MODELS_DIR / case.file, case.input_shapes)
+    analysed = analyse(shared_model(case.file), case.input_shapes)
     feeds = random_feeds(analysed.prepared, analysed.input_shapes)
     if case.file in PIXEL_INPUTS:
         feeds = {k: np.random.default_rng(0).uniform(0, 255, v.shape).astype(v.dtype) for k, v in feeds.items()}

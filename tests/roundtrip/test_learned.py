@@ -163,7 +163,7 @@ def test_pipeline_reports_each_layer(small_model, small_data, tmp_path):
     from workers.pipeline import run_pipeline
 
     options = PruneOptions(criterion="learned", max_drop=0.05, learned_episodes=3, learned_samples=4,
-                           finetune_steps=5, benchmark=False)
+                           finetune_steps=5, benchmark=False, round_to=1)
     labels: list[str] = []
     result = run_pipeline(small_model, tmp_path / "out.onnx", options, data=small_data["unlabelled"],
                           progress=lambda label, fraction: labels.append(label))

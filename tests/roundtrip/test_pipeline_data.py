@@ -17,7 +17,7 @@ from workers.pipeline import STAGE_END, run_pipeline
 def test_taylor_with_fine_tuning_reports_before_after_pruning_and_after_fine_tuning(small_model, small_data, tmp_path):
     seen = []
     options = PruneOptions(criterion="taylor", ratio=0.5, finetune_steps=20, lr=0.02, batch_size=16,
-                           score_batches=2, benchmark=False)
+                           score_batches=2, benchmark=False, round_to=1)
 
     result = run_pipeline(small_model, tmp_path / "out.onnx", options, data=small_data["labelled"],
                           progress=lambda stage, fraction: seen.append((stage, fraction)))

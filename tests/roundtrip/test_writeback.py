@@ -21,7 +21,7 @@ def test_a_few_training_steps_written_back_run_in_onnxruntime_as_in_torch(small_
     context = build_context(small_data["labelled"], prepared, None, batch_size=16, score_batches=2)
     module = OnnxModule(prepared)
 
-    losses = finetune(module, context.objective, context.train, steps=5, lr=0.05, batch_size=16)
+    losses = finetune(module, context.objective, context.train, steps=5, lr=0.05, batch_size=16).losses
     trained = write_back(prepared, module)
     x = samples(6, seed=7)
 

@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from graphops.errors import ModelRejected
+from graphops.errors import AnalysisBug, ModelRejected
 from jobs.policy import JobTimeout, after_attempt, classify
 from workers.sandbox import RunnerError
 from workers.verification import VerificationFailed
@@ -24,6 +24,7 @@ CASES = [
     (sqlite3.OperationalError("database or disk is full"), "storage_full", True),
     (OSError("connection reset"), "internal_error", True),
     (KeyError("bug"), "internal_error", True),
+    (AnalysisBug("onnxprune bug: the Relu handler failed on node 'r'"), "internal_error", False),
 ]
 
 

@@ -136,3 +136,41 @@ def test_openapi_documents_the_v1_routes(client):
     upload = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]
     assert upload["schema"]["required"] == ["model"]
     assert client.get("/docs").status_code == 200
+
+
+def test_a_data_driven_job_on_a_server_without_torch_is_a_422_before_any_job_exists(
+    client, embedded_settings, monkeypatch
+):
+    monkeypatch.setattr("workers.capabilities.torch_installed", lambda: False)
+    data = _npz(input=np.zeros((10, 3, 16, 16), np.float32))
+
+    response = _post(client, config={"ratio": 0.3, "finetune_steps": 10}, data=data)
+
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "missing_capability"
+    assert "fine-tuning (finetune_steps) needs PyTorch" in error["message"]
+    _assert_nothing_left(client, embedded_settings.data_dir)
+
+
+def test_a_magnitude_job_needs_no_torch(client, monkeypatch):
+    monkeypatch.setattr("workers.capabilities.torch_installed", lambda: False)
+
+    assert _post(client, config={"ratio": 0.3, "benchmark": False}).status_code == 202
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_api_docs_load_every_asset_from_the_server_itself(client, page):
+    """Air-gapped servers: Swagger UI and ReDoc must not come from a public CDN."""
+    import re
+
+    html = client.get(page)
+
+    assert html.status_code == 200
+    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html.text) + re.findall(r"url: ?'([^']+)'", html.text)
+    scripts = [a for a in assets if a.endswith((".js", ".css"))]
+    assert scripts, html.text
+    assert all(a.startswith("/") and not a.startswith("//") for a in assets), assets
+    assert "http://" not in html.text and "https://" not in html.text
+    for asset in scripts:
+        assert client.get(asset).status_code == 200, asset

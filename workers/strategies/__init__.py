@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from graphops.errors import ModelRejected
 from graphops.plan import PruningPlan
-from workers.options import AutoTarget, LearnedTarget, MacsTarget, PruneOptions, RatioTarget
+from workers.options import AutoTarget, LatencyTarget, LearnedTarget, MacsTarget, PruneOptions, RatioTarget
 from workers.strategies.auto import AutoRatios
 from workers.strategies.base import Job, Outcome, Schedule, Selection, Selector, Step
 from workers.strategies.finetune import FineTune
+from workers.strategies.latency import LatencyTargetSelector
 from workers.strategies.learned import LearnedSearch
 from workers.strategies.ranked import RankedByMacs, RankedByRatio
 from workers.strategies.reconstruct import Reconstruct
@@ -30,6 +31,8 @@ def choose_selector(options: PruneOptions, plan: PruningPlan | None = None) -> S
         return AutoRatios(target.max_drop)
     if isinstance(target, RatioTarget):
         return RankedByRatio(target.ratio)
+    if isinstance(target, LatencyTarget):
+        return LatencyTargetSelector(target.ratio, step_from_table=options.round_to == "auto")
     raise ValueError(f"target {target.kind!r} has no selector; it is a schedule of its own")
 
 

@@ -22,7 +22,7 @@ class AutoRatios:
             auto, sensitivity = auto_for_job(
                 job.analysis.path, job.analysis.sha256, dep, scores, job.analysis.cost,
                 criterion=job.options.criterion, max_drop=self.max_drop, data=job.dataset,
-                sensitivity=job.sensitivity, round_to=job.options.round_to, exclude=job.options.exclude,
+                sensitivity=job.sensitivity, round_to=job.round_to, exclude=job.options.exclude,
                 progress=lambda done, total, _group: job.stages.within("select", done / max(total, 1)),
                 limits=job.limits)
         return Selection(auto.plan, notes=self._notes(auto), group_ratios=auto.ratios, sensitivity=sensitivity)

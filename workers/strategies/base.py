@@ -25,7 +25,7 @@ from graphops.scoring import Scores, criterion_needs_data, score_groups
 from graphops.surgery import apply_plan
 from workers.analysis import Analysis
 from workers.options import PruneOptions
-from workers.report import FinetuneReport, SensitivityReport
+from workers.report import FinetuneReport, LatencyTargetReport, SensitivityReport
 from workers.sandbox import RunnerLimits
 from workers.stages import Stages
 from workers.verification import verify_against_oracle
@@ -48,6 +48,7 @@ class Job:
     data_path: Path | None = None
     sensitivity: SensitivityReport | None = None
     data_context: DataContext | None = None  # loaded on first use of :attr:`data`, or given
+    round_to_source: str = "given"  # how options.round_to was chosen ('auto' resolves before the job starts)
     started: float = field(default_factory=time.monotonic)
 
     def deadline(self, share: float = 1.0) -> float | None:
@@ -55,6 +56,14 @@ class Job:
         budget = self.options.time_budget
         return None if budget is None else self.started + share * budget
 
+
+    @property
+    def round_to(self) -> int:
+        """The channel-count step; ``'auto'`` was resolved to a number before the job started."""
+        step = self.options.round_to
+        if not isinstance(step, int):
+            raise ValueError("round_to 'auto' must be resolved (workers.latency.resolve_round_to) before a job runs")
+        return step
 
     @property
     def dep(self) -> DependencyGraph:
@@ -144,6 +153,7 @@ class Selection:
     notes: list[str] = field(default_factory=list)
     group_ratios: dict[str, float] = field(default_factory=dict)
     sensitivity: SensitivityReport | None = None
+    latency_target: LatencyTargetReport | None = None
 
 
 @dataclass

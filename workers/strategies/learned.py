@@ -31,7 +31,7 @@ class LearnedSearch:
         options = job.options
         settings = SearchSettings(max_drop=self.max_drop, episodes=options.learned_episodes,
                                   samples=options.learned_samples, finetune_steps=options.finetune_steps,
-                                  lr=options.lr, batch_size=options.batch_size, round_to=options.round_to,
+                                  lr=options.lr, batch_size=options.batch_size, round_to=job.round_to,
                                   exclude=tuple(options.exclude), seed=options.seed)
 
         def verify(step_dep: DependencyGraph, step_plan: PruningPlan, step_model: onnx.ModelProto) -> None:

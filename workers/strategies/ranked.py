@@ -35,7 +35,7 @@ class RankedByRatio:
             if ratio <= _NOTHING:
                 return Selection(PruningPlan({}))
             options = job.options
-            return Selection(select_by_ratio(dep, scores, min(ratio, _MOST), round_to=options.round_to,
+            return Selection(select_by_ratio(dep, scores, min(ratio, _MOST), round_to=job.round_to,
                                              exclude=options.exclude))
 
 
@@ -56,4 +56,4 @@ class RankedByMacs:
             options = job.options
             node_macs = {node.name: node.macs for node in cost.nodes}
             return Selection(select_by_flops(dep, scores, min(fraction, _MOST), node_macs=node_macs,
-                                             round_to=options.round_to, exclude=options.exclude))
+                                             round_to=job.round_to, exclude=options.exclude))

@@ -1,0 +1,159 @@
+"""Concrete input shapes to analyse, count MACs, benchmark and verify at.
+
+Which channels can be pruned does not depend on the image size, so a model with symbolic spatial
+dims (``?x3x?x?``) is pruned without being told one; only MACs, the benchmark and the oracle need a
+size, the *probe size*. It is chosen, in this order, from
+
+1. ``--input-shape`` (the user's, always wins);
+2. the model's metadata: a ``metadata_props`` entry named ``<input>.shape``, ``input_shape``,
+   ``input_size``, ``image_size``, ``img_size`` or ``imgsz`` whose value is a list of ints
+   (the full shape, the symbolic dims in order, or one size for all of them);
+3. :data:`DEFAULT_PROBE_SIZE` for every symbolic non-batch dim, when every layer's shape is then
+   known (the common case: convs and global pooling take any size);
+4. otherwise the first of :data:`PROBE_CANDIDATES` at which every layer's shape is known: a
+   fixed-size layer (a Gemm after Flatten, a fixed Reshape) decides the size.
+
+A symbolic first dim is the batch, probed at 1. The pruned model keeps the symbolic dims; the
+choice is reported (``InputShapeChoice.notes``) so users see which size the numbers are for.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import onnx
+
+from graphops.errors import ModelRejected
+from graphops.shapes import Shape, declared_input_shapes
+
+DEFAULT_PROBE_SIZE = 224
+PROBE_CANDIDATES = (16, 28, 32, 48, 64, 96, 112, 128, 160, 192, 256, 288, 320, 384, 416, 448, 512, 640)
+METADATA_KEYS = ("shape", "input_shape", "input_size", "image_size", "img_size", "imgsz")
+# Layers whose shapes must all be known at the probe size (MACs are counted on them).
+_SIZED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+@dataclass(frozen=True)
+class InputShapeChoice:
+    shapes: dict[str, list[int]]
+    notes: list[str] = field(default_factory=list)  # one line per input whose size was probed
+
+
+def choose_input_shapes(
+    model: onnx.ModelProto, given: Mapping[str, Sequence[int]] | None = None
+) -> InputShapeChoice:
+    """Concrete shapes for every input of ``model``; see the module docstring for the order."""
+    given = dict(given or {})
+    declared = declared_input_shapes(model)
+    unknown = sorted(set(given) - set(declared))
+    if unknown:
+        raise ModelRejected(
+            f"--input-shape names {unknown[0]!r}, which is not a model input "
+            f"(inputs: {', '.join(declared) or 'none'})"
+        )
+    shapes: dict[str, list[int]] = {}
+    open_dims: dict[str, list[int]] = {}  # input -> symbolic non-batch axes still to probe
+    for name, shape in declared.items():
+        if name in given:
+            shapes[name] = _checked_given(name, shape, given[name])
+            continue
+        if shape is None:
+            raise ModelRejected(f"input {name!r} has no declared shape; pass --input-shape {name}:DxDx...")
+        shapes[name] = [d if isinstance(d, int) and d > 0 else 1 for d in shape]
+        open_dims[name] = [axis for axis, d in enumerate(shape) if axis > 0 and not (isinstance(d, int) and d > 0)]
+    open_dims = {name: axes for name, axes in open_dims.items() if axes}
+    if not open_dims:
+        return InputShapeChoice(shapes)
+    from_metadata = _metadata_sizes(model, declared, open_dims)
+    if from_metadata is not None:
+        sizes, key = from_metadata
+        return _choice(shapes, open_dims, sizes, f"from the model's metadata '{key}'")
+    default = {name: [DEFAULT_PROBE_SIZE] * len(axes) for name, axes in open_dims.items()}
+    if _every_layer_sized(model, _filled(shapes, open_dims, default)):
+        return _choice(shapes, open_dims, default, "the default probe size")
+    for size in PROBE_CANDIDATES:
+        sizes = {name: [size] * len(axes) for name, axes in open_dims.items()}
+        if _every_layer_sized(model, _filled(shapes, open_dims, sizes)):
+            return _choice(shapes, open_dims, sizes, "the smallest size at which every layer's shape is known")
+    name, axes = next(iter(open_dims.items()))
+    example = "x".join(str(d) if isinstance(d, int) and d > 0 else "N" for d in declared[name] or ())
+    raise ModelRejected(
+        f"input {name!r} has symbolic dims {axes} and no probe size makes every layer's shape known; "
+        f"pass --input-shape {name}:{example}"
+    )
+
+
+def _checked_given(name: str, shape: Shape | None, given: Sequence[int]) -> list[int]:
+    dims = [int(d) for d in given]
+    if shape is not None and len(shape) != len(dims):
+        raise ModelRejected(f"--input-shape for {name!r} has rank {len(dims)}, the model declares rank {len(shape)}")
+    for axis, (want, have) in enumerate(zip(dims, shape or ())):
+        if isinstance(have, int) and have > 0 and have != want:
+            raise ModelRejected(f"--input-shape for {name!r} sets dim {axis} to {want}, the model fixes it at {have}")
+    return dims
+
+
+def _filled(
+    shapes: Mapping[str, list[int]], open_dims: Mapping[str, list[int]], sizes: Mapping[str, list[int]]
+) -> dict[str, list[int]]:
+    filled = {name: list(dims) for name, dims in shapes.items()}
+    for name, axes in open_dims.items():
+        for axis, size in zip(axes, sizes[name]):
+            filled[name][axis] = size
+    return filled
+
+
+def _choice(
+    shapes: Mapping[str, list[int]], open_dims: Mapping[str, list[int]], sizes: Mapping[str, list[int]], how: str
+) -> InputShapeChoice:
+    filled = _filled(shapes, open_dims, sizes)
+    notes = [
+        f"input '{name}' has symbolic dims {axes}: MACs, benchmark and oracle use "
+        f"{'x'.join(str(d) for d in filled[name])} ({how}; --input-shape chooses another); "
+        "the pruned model keeps the dims symbolic"
+        for name, axes in open_dims.items()
+    ]
+    return InputShapeChoice(filled, notes)
+
+
+def _metadata_sizes(
+    model: onnx.ModelProto, declared: Mapping[str, Shape | None], open_dims: Mapping[str, list[int]]
+) -> tuple[dict[str, list[int]], str] | None:
+    props = {prop.key.lower(): prop.value for prop in model.metadata_props}
+    for name, axes in open_dims.items():
+        for key in (f"{name.lower()}.shape", *METADATA_KEYS):
+            if key not in props:
+                continue
+            values = [int(v) for v in re.findall(r"\d+", props[key])]
+            rank = len(declared[name] or ())
+            if len(values) == rank:
+                picked = [values[axis] for axis in axes]
+            elif len(values) == len(axes):
+                picked = values
+            elif len(values) == 1:
+                picked = values * len(axes)
+            else:
+                continue
+            if all(v > 0 for v in picked):
+                sizes = {other: [picked[0]] * len(other_axes) for other, other_axes in open_dims.items()}
+                sizes[name] = picked
+                return sizes, key
+    return None
+
+
+def _every_layer_sized(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> bool:
+    from graphops.shape_completion import complete_shapes
+    from graphops.shapes import with_input_shapes
+
+    try:
+        inferred = complete_shapes(with_input_shapes(model, shapes))
+    except Exception:  # onnx raises InferenceError and plain RuntimeErrors on inconsistent sizes
+        return False
+    for node in model.graph.node:
+        if node.op_type in _SIZED_OPS and node.output:
+            shape = inferred.get(node.output[0])
+            if shape is None or not all(isinstance(d, int) and d > 0 for d in shape):
+                return False
+    return True

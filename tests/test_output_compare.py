@@ -1,0 +1,82 @@
+"""Outputs of every kind are compared by what they hold: tensors and maps/sequences by value,
+string labels not at all (they never fail a check).
+
+    ZipMap classifier: input -> conv (8) -> relu -> conv (6) -> relu -> GAP -> Gemm (3) -> Softmax
+                       -> ZipMap (seq(map(string, float)) 'scores') and ArgMax -> LabelEncoder ('label')
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from tests.zoo import GraphBuilder
+from workers.benchmark import compare_outputs
+from workers.options import PruneOptions
+from workers.output_compare import FLOAT16_RTOL, FLOAT32_RTOL, oracle_rtol, output_mismatch
+from workers.pipeline import run_pipeline
+
+LABELS = ["cat", "dog", "bird"]
+
+
+def zipmap_classifier() -> onnx.ModelProto:
+    g = GraphBuilder(7)
+    y = g.node("Relu", [g.conv(g.node("Relu", [g.conv("input", 3, 8)]), 8, 6)])
+    flat = g.node("Flatten", [g.node("GlobalAveragePool", [y])], axis=1)
+    probs = g.node("Softmax", [g.node("Gemm", [flat, g.random("fc_W", [3, 6], 0.5)], transB=1)], axis=1)
+    index = g.node("ArgMax", [probs], axis=1, keepdims=0)
+    g.nodes.append(helper.make_node("LabelEncoder", [index], ["label"], domain="ai.onnx.ml", name="labels",
+                                    keys_int64s=[0, 1, 2], values_strings=LABELS, default_string="?"))
+    g.nodes.append(helper.make_node("ZipMap", [probs], ["scores"], domain="ai.onnx.ml", name="zipmap",
+                                    classlabels_strings=LABELS))
+    scores = helper.make_sequence_type_proto(
+        helper.make_map_type_proto(TensorProto.STRING, helper.make_tensor_type_proto(TensorProto.FLOAT, []))
+    )
+    graph = helper.make_graph(
+        g.nodes, "zipmap", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("label", TensorProto.STRING, [1]), helper.make_value_info("scores", scores)],
+        g.initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14), helper.make_opsetid("ai.onnx.ml", 2)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_model_with_string_and_zipmap_outputs_prunes_and_passes_the_oracle(tmp_path):
+    path = tmp_path / "zipmap.onnx"
+    onnx.save(zipmap_classifier(), path)
+
+    result = run_pipeline(path, tmp_path / "out.onnx", PruneOptions(ratio=0.5, benchmark_runs=2, round_to=1))
+
+    pruned = onnx.load(tmp_path / "out.onnx")
+    onnx.checker.check_model(pruned, full_check=True)
+    assert pruned.graph.output[1].type.HasField("sequence_type")  # still seq(map(string, float))
+    assert result.report.macs.after < result.report.macs.before
+    assert set(result.report.fidelity.outputs) == {"scores"}  # compared by value; the label is not
+    # The classes reach the string label and the map only through the Gemm: no channel group is lost.
+    assert result.report.groups and all(g.channels_after < g.channels_before for g in result.report.groups)
+
+
+def test_map_outputs_are_compared_by_value_and_keys():
+    reference = [{"cat": 0.5, "dog": 0.25, "bird": 0.25}]
+
+    assert output_mismatch("scores", reference, [{"cat": 0.5, "dog": 0.25, "bird": 0.25}], FLOAT32_RTOL) is None
+    assert "deviates" in output_mismatch("scores", reference, [{"cat": 0.4, "dog": 0.35, "bird": 0.25}], FLOAT32_RTOL)
+    assert "expected" in output_mismatch("scores", reference, [{"cat": 0.5, "dog": 0.5}], FLOAT32_RTOL)
+
+
+def test_string_outputs_never_fail_a_comparison():
+    labels = np.array(["cat"], dtype=object)
+
+    assert output_mismatch("label", labels, np.array(["dog"], dtype=object), FLOAT32_RTOL) is None
+    fidelity = compare_outputs({"label": labels, "p": np.ones(3)}, {"label": np.array(["dog"], dtype=object), "p": np.ones(3)})
+    assert set(fidelity.outputs) == {"p"} and fidelity.max_abs_diff == 0.0
+
+
+def test_the_oracle_tolerance_follows_the_models_precision():
+    model = zipmap_classifier()
+    assert oracle_rtol(model) == FLOAT32_RTOL
+
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+    assert oracle_rtol(model) == FLOAT16_RTOL

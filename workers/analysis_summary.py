@@ -1,0 +1,71 @@
+"""What can be pruned together and what is frozen, as data (``onnxprune analyze`` and the Python API)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from graphops.shares import macs_shares
+from workers.analysis import Analysis, analyse_model
+
+
+class NodeCost(BaseModel):
+    name: str
+    op_type: str
+    macs: int
+    params: int
+
+
+class PrunableGroup(BaseModel):
+    id: str
+    channels: int
+    pinned: int
+    producers: list[str]
+    nodes: list[str]
+    macs_share: float
+    notes: list[str]
+
+
+class FrozenGroup(BaseModel):
+    id: str
+    channels: int
+    nodes: list[str]
+    macs_share: float
+    reason: str | None
+
+
+class ModelAnalysis(BaseModel):
+    """The ``onnxprune analyze --json`` document."""
+
+    macs: int
+    params: int
+    input_shapes: dict[str, list[int]]
+    input_shape_notes: list[str]
+    nodes: list[NodeCost]
+    groups: list[PrunableGroup]
+    frozen: list[FrozenGroup]
+
+
+def summarize(analysis: Analysis) -> ModelAnalysis:
+    """The groups, frozen groups and costs of an analysed model, as plain data."""
+    dep, cost = analysis.dep, analysis.cost
+    shares = macs_shares(dep, analysis.node_macs)  # each layer counted once, in the group it computes
+
+    return ModelAnalysis(
+        macs=cost.macs, params=cost.params, input_shapes=analysis.input_shapes,
+        input_shape_notes=list(analysis.input_shape_notes),
+        nodes=[NodeCost(name=n.name, op_type=n.op_type, macs=n.macs, params=n.params) for n in cost.nodes],
+        groups=[PrunableGroup(id=g.id, channels=g.channels, pinned=len(g.pinned), producers=list(g.producers),
+                              nodes=list(g.nodes), macs_share=round(shares[g.id], 4), notes=list(g.reasons))
+                for g in dep.prunable],
+        frozen=[FrozenGroup(id=g.id, channels=g.channels, nodes=list(g.nodes), macs_share=round(shares[g.id], 4),
+                            reason=g.frozen_reason)
+                for g in dep.frozen],
+    )
+
+
+def summarize_model(path: Path, input_shapes: Mapping[str, Sequence[int]] | None = None) -> ModelAnalysis:
+    """Load, validate and analyse ``path`` (static: nothing of the user's graph runs), then summarize."""
+    return summarize(analyse_model(Path(path), input_shapes))

@@ -1,0 +1,321 @@
+"""Measuring the latency model of a user's model in onnxruntime (``graphops.latency_table``).
+
+Each channel group is pruned alone to a few counts on the kernel step grid, and the whole model is
+timed against the original, interleaved, in ONE sandboxed child (surgery and sessions both happen
+there; the parent never runs the user's graph). Groups are measured in order of MACs, most first,
+until a time budget is spent; the rest get curves estimated from their MACs at the rate measured
+on the others. A few off-step counts of the largest groups find the staircase step. Tables are
+cached on disk per (model hash, onnxruntime version, deploy settings, CPU model).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from graphops.cost import ModelCost
+from graphops.dependency import ChannelGroup, DependencyGraph
+from graphops.latency_table import LatencyCurve, LatencyTable, grid_counts, monotone, probe_slowdowns, staircase_step
+from graphops.plan import PruningPlan
+from graphops.selection import MacsModel, Scores, _candidates, choose_kept
+from workers.fileio import atomic_write_text
+from workers.options import PruneOptions
+from workers.sandbox import RunnerLimits, run_in_child
+from workers.speed import ratio_interval
+
+# Latency of a variant: this percentile of its runs. 0, the fastest run: a CPU-bound inference never
+# runs faster than its undisturbed time, while a busy neighbour's preemptions turn some runs of a 2 ms
+# model into 30 ms ones (measured at load 15 on 2 cores), so the minimum is the robust estimate.
+QUANTILE = 0.0
+ESTIMATOR = "fastest-run, rates within [1/4, 3] of the median shrunk to the prior (3 groups' weight)"
+PRIOR_WEIGHT = 3.0  # part of the cache key: change it with the fit
+
+Variant = tuple[str, int, dict[str, list[int]]]  # group, channel count, kept channels
+Measured = tuple[list[float], list[tuple[list[float], list[float]]]]  # baseline runs, (before, after) per variant
+
+__all__ = ["LatencySettings", "cached_table", "cpu_model", "measure_latency_table", "resolve_round_to", "vector_width"]
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    """The deploy settings latency is measured under, and how much measuring may cost."""
+
+    threads: int = 1
+    optimization: str = "all"  # onnxruntime graph optimisation level (workers.benchmark.OPTIMIZATION_LEVELS)
+    runs: int = 9  # interleaved pairs (original, variant) per variant
+    warmup: int = 2
+    budget_s: float = 60.0  # wall time for all measurements; unmeasured groups are estimated from MACs
+    fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
+    probe_groups: int = 2  # largest groups whose off-step counts find the staircase step
+
+
+@lru_cache(maxsize=1)
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@lru_cache(maxsize=1)
+def vector_width() -> tuple[int, str]:
+    """fp32 lanes of the widest vector unit onnxruntime's conv kernels use here, and why.
+
+    MLAS blocks NCHWc convolutions by 16 channels with AVX-512 and by 8 with AVX2; channel counts
+    off those multiples lose the blocked kernel (measured: ResNet-20 at -50% MACs runs 1.83x
+    faster rounded to 16, 1.2x slower unrounded, on an AVX-512 Xeon). Elsewhere (ARM NEON, 128-bit)
+    4 lanes."""
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    if "avx512f" in flags:
+        return 16, "CPU vector width: AVX-512, 16 fp32 lanes"
+    if "avx2" in flags or "avx" in flags:
+        return 8, "CPU vector width: AVX2, 8 fp32 lanes"
+    return 4, "CPU vector width: 128-bit (SSE or NEON), 4 fp32 lanes"
+
+
+def resolve_round_to(options: PruneOptions, model_sha: str,
+                     input_shapes: dict[str, list[int]]) -> tuple[PruneOptions, str]:
+    """Options with ``round_to`` a number, and where it came from: 'auto' takes the staircase step of
+    a latency table measured before for this model and settings, else the CPU's vector width."""
+    if options.round_to != "auto":
+        return options, "given"
+    table = cached_table(model_sha, input_shapes, LatencySettings(threads=options.threads,
+                                                                  budget_s=options.latency_budget_s))
+    if table is not None:
+        step, source = table.step, f"auto: latency table ({table.step_source})"
+    else:
+        step, why = vector_width()
+        source = f"auto: {why}"
+    return options.model_copy(update={"round_to": step}), source
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("ONNXPRUNE_CACHE_DIR") or Path.home() / ".cache" / "onnxprune"
+    return Path(root) / "latency"
+
+
+def table_key(model_sha: str, input_shapes: dict[str, list[int]], settings: LatencySettings) -> str:
+    import onnxruntime
+
+    what = {"model": model_sha, "onnxruntime": onnxruntime.__version__, "cpu": cpu_model(),
+            "input_shapes": input_shapes, "threads": settings.threads, "optimization": settings.optimization,
+            "fractions": settings.fractions, "runs": settings.runs, "onnxprune": version_or_unknown(),
+            "estimator": ESTIMATOR}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def version_or_unknown() -> str:
+    try:
+        return version("onnxprune")
+    except Exception:  # not installed (a source checkout)
+        return "0+unknown"
+
+
+def cached_table(model_sha: str, input_shapes: dict[str, list[int]], settings: LatencySettings) -> LatencyTable | None:
+    """The table measured before for this model and these settings on this machine, if any."""
+    path = _cache_dir() / f"{table_key(model_sha, input_shapes, settings)}.json"
+    try:
+        return LatencyTable.from_json(path.read_text())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def measure_latency_table(dep: DependencyGraph, scores: Scores, cost: ModelCost, model_sha: str,
+                          settings: LatencySettings = LatencySettings(), *, exclude: tuple[str, ...] = (),
+                          limits: RunnerLimits = RunnerLimits(), use_cache: bool = True, seed: int = 0) -> LatencyTable:
+    """The latency model of ``dep.model`` under ``settings`` (from the cache when measured before)."""
+    input_shapes = dict(dep.input_shapes or {})
+    if use_cache and (table := cached_table(model_sha, input_shapes, settings)) is not None:
+        return table
+    started = time.perf_counter()
+    step0, source0 = vector_width()
+    groups = _by_macs(dep, scores, cost, exclude)
+    variants, probes = plan_variants(dep, scores, groups, settings, step0)
+    from workers.benchmark import make_inputs
+
+    inputs = make_inputs(dep.model, input_shapes, seed)
+    child_limits = RunnerLimits(memory_mib=limits.memory_mib, timeout_s=settings.budget_s + 120.0,
+                                max_result_mib=limits.max_result_mib)
+    measured = run_in_child(_measure_variants, (dep, variants, inputs, settings), limits=child_limits)
+    table = _table(dep, groups, cost, variants, measured, probes, settings, step0, source0, model_sha)
+    table = replace(table, seconds=round(time.perf_counter() - started, 2))
+    if use_cache:
+        path = _cache_dir() / f"{table.key}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, table.to_json())
+    return table
+
+
+def plan_variants(dep: DependencyGraph, scores: Scores, groups: list[int], settings: LatencySettings,
+                  step: int) -> tuple[list[Variant], list[tuple[str, int, int]]]:
+    """What to time, in order: each group (largest first) at its grid counts, and for the first
+    ``probe_groups`` groups wide enough, a middle multiple ``m`` minus 1 and minus half a step.
+    Probes are (group, m, offset): measured at ``m - offset``."""
+    variants: list[Variant] = []
+    probes: list[tuple[str, int, int]] = []
+    for index in groups:
+        group = dep.groups[index]
+        counts = grid_counts(group.channels, step, settings.fractions)
+        for count in counts:
+            variants.append((group.id, count, _keep(dep, index, scores, count)))
+        middle = [c for c in counts if c >= 2 * step]
+        if len({g for g, _, _ in probes}) < settings.probe_groups and middle:
+            m = middle[len(middle) // 2]
+            for offset in sorted({1, step // 2} - {0}):
+                variants.append((group.id, m - offset, _keep(dep, index, scores, m - offset)))
+                probes.append((group.id, m, offset))
+    return variants, probes
+
+
+def table_from_timings(dep: DependencyGraph, scores: Scores, cost: ModelCost, measured: Measured,
+                       settings: LatencySettings, step: int, *, model_sha: str = "",
+                       exclude: tuple[str, ...] = ()) -> LatencyTable:
+    """The table from timings of :func:`plan_variants`' variants (in order): the fitting half of
+    :func:`measure_latency_table`, apart so that it can be checked on synthetic timings."""
+    groups = _by_macs(dep, scores, cost, exclude)
+    variants, probes = plan_variants(dep, scores, groups, settings, step)
+    return _table(dep, groups, cost, variants, measured, probes, settings, step, f"vector width {step}", model_sha)
+
+
+def _by_macs(dep: DependencyGraph, scores: Scores, cost: ModelCost, exclude: tuple[str, ...]) -> list[int]:
+    node_macs = {node.name: node.macs for node in cost.nodes}
+    candidates = _candidates(dep, scores, exclude)
+    return sorted(candidates, key=lambda i: -sum(node_macs.get(n, 0) for n in dep.groups[i].nodes))
+
+
+def _keep(dep: DependencyGraph, index: int, scores: Scores, count: int) -> dict[str, list[int]]:
+    group = dep.groups[index]
+    return {group.id: choose_kept(dep, index, scores[group.id], max(count, len(group.pinned), 1))}
+
+
+def _table(dep: DependencyGraph, groups: list[int], cost: ModelCost, variants: list[Variant], measured: Measured,
+           probes: list[tuple[str, int, int]], settings: LatencySettings, step0: int, source0: str,
+           model_sha: str) -> LatencyTable:
+    """Curves from the measurements: per group, ms saved per MAC removed, fitted over its grid
+    counts (least squares through the origin) and kept within [1/4, 3] times the median rate of all
+    groups (itself at least half the all-MACs prior, baseline / MACs; with fewer than three groups,
+    at most 3x the prior); groups the budget did not
+    reach get the median rate. The curve is then evaluated on every multiple of the step."""
+    baseline_runs, results = measured
+    baseline = float(np.percentile(baseline_runs, QUANTILE))
+    ms: dict[tuple[str, int], float] = {}
+    widths = []
+    for (group_id, count, _), (before, after) in zip(variants, results):
+        ratio, low, high = ratio_interval(before, after, quantile=QUANTILE)
+        ms[(group_id, count)] = baseline * ratio
+        widths.append(baseline * (high - low) / 2.0)
+    noise = float(np.median(widths)) if widths else 0.0
+    macs = MacsModel(dep, {node.name: node.macs for node in cost.nodes})
+    per_channel = {}  # MACs removed per channel removed, each group alone (linear: one side of each conv shrinks)
+    fits = {}
+    offsets = {(g, m - d) for g, m, d in probes}
+    for index in groups:
+        group = dep.groups[index]
+        counts = grid_counts(group.channels, step0, settings.fractions)
+        if not counts:
+            continue
+        smallest = counts[0]
+        plan = PruningPlan.from_keep(dep, _keep(dep, index, {group.id: _scores(group)}, smallest))
+        per_channel[group.id] = (macs.total - macs.macs(plan)) / max(group.channels - smallest, 1)
+        pairs = [(per_channel[group.id] * (group.channels - c), baseline - ms[(group.id, c)])
+                 for c in counts if (group.id, c) in ms]
+        if pairs and per_channel[group.id] > 0:
+            removed, saved = np.array(pairs).T
+            fits[group.id] = max(0.0, float(removed @ saved / (removed @ removed)))
+    prior = baseline / max(macs.total, 1)  # all time spent in MACs: the rate before measuring
+    # The typical rate: the measured groups' median, shrunk towards the prior as if the prior were
+    # three more groups (one measured group of 63 must not set the rate of the other 62).
+    measured_rate = float(np.median(list(fits.values()))) if fits else prior
+    global_rate = max((len(fits) * measured_rate + PRIOR_WEIGHT * prior) / (len(fits) + PRIOR_WEIGHT), 0.5 * prior)
+    curves = {}
+    for index in groups:
+        group = dep.groups[index]
+        if group.id not in per_channel:
+            continue
+        measured_group = group.id in fits
+        # Measured rates between a quarter and three times the typical one: removing MACs never
+        # costs time, and a single disturbed timing must not promise (or deny) a free lunch.
+        ceiling = 3.0 * min(global_rate, prior) if len(fits) < 3 else 3.0 * global_rate  # few groups: no median
+        rate = min(max(fits[group.id], 0.25 * global_rate), ceiling) if measured_group else global_rate
+        counts = list(range(step0, group.channels, step0)) + [group.channels]
+        values = [max(0.0, baseline - rate * per_channel[group.id] * (group.channels - c)) for c in counts]
+        points = {c: round(v, 5) for (g, c), v in ms.items() if g == group.id and (g, c) not in offsets}
+        curve_probes = {c: v for (g, c), v in ms.items() if g == group.id and (g, c) in offsets}
+        curves[group.id] = LatencyCurve(group.id, group.channels, tuple(counts), monotone(counts, values),
+                                        measured_group, curve_probes, points)
+    measured_probes = [(m, ms[(g, m)], {d: ms[(g, m - d)]}) for g, m, d in probes if (g, m) in ms and (g, m - d) in ms]
+    step = staircase_step(measured_probes, step0, noise)
+    slower = probe_slowdowns(measured_probes)
+    source = source0 + (f"; off-step probes ran {', '.join(f'{r:.2f}x' for r in slower)} the time of the multiple "
+                        f"above (noise {noise:.3f} ms)" if slower else "; not probed")
+    if step != step0:
+        source = f"measured: latency drops at every multiple of {step} (vector width {step0})"
+    return LatencyTable(key=table_key(model_sha, dict(dep.input_shapes or {}), settings), baseline_ms=baseline,
+                        noise_ms=noise, step=step, step_source=source, curves=curves,
+                        settings=json.loads(json.dumps(asdict(settings))))
+
+
+def _scores(group: ChannelGroup) -> np.ndarray:
+    return np.arange(group.channels, dtype=np.float64)  # which channels go does not change the MACs
+
+
+# ---- what runs in the child process ----------------------------------------------------------
+
+
+def _measure_variants(dep: DependencyGraph, variants: list[Variant], inputs: dict[str, np.ndarray],
+                      settings: LatencySettings) -> Measured:
+    """Baseline timings and, per variant until the budget is spent, interleaved (before, after) ms."""
+    from graphops.surgery import apply_plan
+    from workers.benchmark import session_from_bytes
+
+    deadline = time.perf_counter() + settings.budget_s
+    original = session_from_bytes(dep.model.SerializeToString(), settings.threads, settings.optimization)
+    names = [o.name for o in original.get_outputs()]
+    for _ in range(settings.warmup):
+        original.run(names, inputs)
+    baseline: list[float] = []
+    for _ in range(settings.runs):
+        baseline.append(_timed(original, names, inputs))
+    results = []
+    for _, _, keep in variants:
+        if time.perf_counter() > deadline:
+            break
+        model = apply_plan(dep, PruningPlan.from_keep(dep, keep))
+        session = session_from_bytes(model.SerializeToString(), settings.threads, settings.optimization)
+        for _ in range(settings.warmup):
+            session.run(names, inputs)
+        before: list[float] = []
+        after: list[float] = []
+        for _ in range(settings.runs):
+            before.append(_timed(original, names, inputs))
+            after.append(_timed(session, names, inputs))
+        baseline.extend(before)
+        results.append((before, after))
+        del session
+    return baseline, results
+
+
+def _timed(session: Any, names: list[str], inputs: dict[str, np.ndarray]) -> float:
+    start = time.perf_counter_ns()
+    session.run(names, inputs)
+    return (time.perf_counter_ns() - start) / 1e6

@@ -1,0 +1,126 @@
+"""``--latency-target T``: a plan whose measured latency is at most T times the original's.
+
+Measure the model's latency table (``workers.latency``), choose counts by importance per
+millisecond (``graphops.latency_select``, HALP's knapsack), then close the loop: time the pruned
+model interleaved with the original, and while it misses the target, ask the latency model for
+proportionally more (savings that add up in the model overlap in reality), a bounded number of
+times. The plan kept is the first that meets the target, else the fastest measured. Decisions use the
+p50 ratio, or the fastest runs' ratio when the p50's interval is too wide to act on (``decisive_ratio``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from graphops.cost import ModelCost
+from graphops.dependency import DependencyGraph
+from graphops.latency_select import counts_of, select_by_latency
+from graphops.latency_table import LatencyTable
+from graphops.plan import PruningPlan
+from graphops.selection import Scores
+from graphops.surgery import apply_plan
+from workers.benchmark import benchmark
+from workers.latency import LatencySettings, measure_latency_table
+from workers.options import PruneOptions
+from workers.report import Latency, LatencyGroupReport, LatencyIteration, LatencyTargetReport, SpeedChange
+from workers.sandbox import RunnerLimits
+from workers.speed import decisive_ratio
+
+
+@dataclass(frozen=True)
+class LatencyChoice:
+    plan: PruningPlan
+    step: int
+    report: LatencyTargetReport
+
+
+def select_for_latency(model_path: Path, model_sha: str, dep: DependencyGraph, scores: Scores, cost: ModelCost,
+                       options: PruneOptions, *, step: int | None = None,
+                       limits: RunnerLimits = RunnerLimits()) -> LatencyChoice:
+    """``step``: channel counts are multiples of it; None ('auto'): the table's measured step."""
+    target = float(options.latency_target or 1.0)
+    settings = LatencySettings(threads=options.threads, budget_s=options.latency_budget_s)
+    table = measure_latency_table(dep, scores, cost, model_sha, settings, exclude=tuple(options.exclude),
+                                  limits=limits, seed=options.seed)
+    step = table.step if step is None else step
+
+    def saving(group: str, keep: int) -> float:
+        return table.saving(group, keep) or 0.0
+
+    asked = target
+    iterations: list[LatencyIteration] = []
+    best: tuple[float, PruningPlan, SpeedChange] | None = None
+    with tempfile.TemporaryDirectory(prefix="onnxprune-latency-") as workdir:
+        candidate = Path(workdir) / "candidate.onnx"
+        for _ in range(options.latency_iterations):
+            plan = select_by_latency(dep, scores, saving, table.baseline_ms * (1.0 - asked), step=step,
+                                     exclude=options.exclude)
+            candidate.write_bytes(apply_plan(dep, plan).SerializeToString())
+            change = benchmark(model_path, candidate, dep.input_shapes, runs=options.benchmark_runs,
+                               threads=options.threads, seed=options.seed, limits=limits).latency.change
+            if change is None:  # benchmark of two models always compares them
+                raise RuntimeError("benchmark returned no comparison")
+            predicted = table.predict(counts_of(plan)) / table.baseline_ms
+            iterations.append(LatencyIteration(asked=round(asked, 4), predicted=round(predicted, 4), measured=change))
+            achieved = decisive_ratio(change)
+            if best is None or achieved < best[0]:
+                best = (achieved, plan, change)
+            if achieved <= target:
+                best = (achieved, plan, change)
+                break
+            asked = next_ask(asked, predicted, achieved, target)
+    if best is None:
+        raise ValueError("latency_iterations must be at least 1")
+    achieved, plan, measured = best
+    chosen = next(i for i in iterations if i.measured is measured)
+    report = LatencyTargetReport(
+        target=target, met=achieved <= target, measured=measured, achieved=round(achieved, 5),
+        predicted=chosen.predicted, missed_by=None if achieved <= target else round(achieved - target, 4),
+        iterations=iterations, step=step, **table_summary(table), groups=group_reports(table, dep, plan),
+    )
+    return LatencyChoice(plan=plan, step=step, report=report)
+
+
+def next_ask(asked: float, predicted: float, measured: float, target: float) -> float:
+    """The ratio to ask of the latency model after a miss: calibrated by how much of the predicted
+    saving was measured (savings that add up in the model overlap, or were noise), always more than
+    the last ask, never below 0.02."""
+    realised = max(1.0 - measured, 0.02) / max(1.0 - predicted, 0.02)  # measured saving per predicted
+    return max(0.02, min(0.95 * asked, 1.0 - (1.0 - target) / realised))
+
+
+def table_summary(table: LatencyTable) -> dict[str, Any]:
+    return {"baseline_ms": round(table.baseline_ms, 4), "noise_ms": round(table.noise_ms, 4),
+            "step_measured": table.step, "step_source": table.step_source, "table_seconds": table.seconds,
+            "measured_groups": sum(1 for c in table.curves.values() if c.measured), "table_key": table.key}
+
+
+def group_reports(table: LatencyTable, dep: DependencyGraph, plan: PruningPlan) -> list[LatencyGroupReport]:
+    """Per group: its curve (measured or estimated) and the latency it predicts at the chosen count."""
+    kept = counts_of(plan)
+    reports = []
+    for group_id, curve in table.curves.items():
+        count = kept.get(group_id, curve.channels)
+        reports.append(LatencyGroupReport(
+            group=group_id, channels=curve.channels, kept=count, measured=curve.measured, counts=list(curve.counts),
+            ms=[round(v, 4) for v in curve.ms], points=dict(curve.points), predicted_ms=round(curve.at(count), 4),
+            predicted_saving_ms=round(table.saving(group_id, count) or 0.0, 4),
+        ))
+    return reports
+
+
+def target_notes(report: LatencyTargetReport | None, latency: Latency | None) -> list[str]:
+    """The latency target in words when the final measurement missed it: by how much."""
+    if report is None:
+        return []
+    final = latency.change if latency is not None and latency.change is not None else report.measured
+    achieved = decisive_ratio(final)
+    if achieved <= report.target:
+        return []
+    how = "p50" if achieved == final.ratio else f"fastest runs (p50 {final.ratio:.3f}x, too noisy to act on)"
+    return [f"latency target {report.target:g} missed: measured {achieved:.3f}x the original's {how} "
+            f"({final.band}), {achieved - report.target:.3f} above the target after "
+            f"{len(report.iterations)} pass(es); the latency model predicted {report.predicted:.3f}"]

@@ -1,0 +1,27 @@
+"""Selector: a latency target (``--latency-target T``): counts chosen by importance per millisecond
+from a latency table measured in onnxruntime, the result timed and refined until it meets T
+(``workers.latency_target``; HALP, Shen et al. 2022)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from graphops.dependency import DependencyGraph
+from workers.latency_target import select_for_latency
+from workers.strategies.base import Job, Selection, Step
+
+
+@dataclass
+class LatencyTargetSelector:
+    ratio: float
+    step_from_table: bool  # round_to 'auto': channel counts on the table's measured step
+
+    def select(self, job: Job, dep: DependencyGraph, step: Step) -> Selection:
+        with job.stages.stage("score"):
+            scores = job.scores(dep)
+        with job.stages.stage("select"):
+            options = job.options.model_copy(update={"latency_target": self.ratio})
+            choice = select_for_latency(job.analysis.path, job.analysis.sha256, dep, scores, job.analysis.cost,
+                                        options, step=None if self.step_from_table else int(options.round_to),
+                                        limits=job.limits)
+        return Selection(choice.plan, latency_target=choice.report)
