@@ -74,13 +74,13 @@ def _linear_weight(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]) 
         weight = inits.get(node.input[1]) if len(node.input) > 1 else None
         if weight is None or len(weight.dims) != 4:
             return "not a 2-D convolution with a constant weight"
-        if int(a.get("group", 1)) != 1:
-            return f"grouped convolution (group {a.get('group')}): it loses inputs only with its outputs"
+        if a.integer("group", 1) != 1:
+            return f"grouped convolution (group {a.integer('group', 1)}): it loses inputs only with its outputs"
         return None
     if node.op_type == "Gemm":
         if node.input[1] not in inits:
             return "Gemm weight is not a constant"
-        if a.get("transA", 0) or float(a.get("alpha", 1.0)) != 1.0 or float(a.get("beta", 1.0)) != 1.0:
+        if a.integer("transA", 0) or a.number("alpha", 1.0) != 1.0 or a.number("beta", 1.0) != 1.0:
             return "Gemm with transA or alpha/beta other than 1"
         return None
     if node.op_type == "MatMul":
@@ -97,7 +97,7 @@ def _input_width(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]) ->
     if node.op_type == "Conv":
         return dims[1]
     if node.op_type == "Gemm":
-        return dims[1] if attrs(node).get("transB", 0) else dims[0]
+        return dims[1] if attrs(node).integer("transB", 0) else dims[0]
     return dims[0]
 
 
@@ -208,7 +208,7 @@ class _Refit:
                 bias = None  # a broadcast scalar or row: left as it is
         if self.node.op_type == "Conv":
             return weight.reshape(weight.shape[0], -1).T, bias
-        if self.node.op_type == "Gemm" and attrs(self.node).get("transB", 0):
+        if self.node.op_type == "Gemm" and attrs(self.node).integer("transB", 0):
             return weight.T, bias
         return weight, bias
 
@@ -216,7 +216,7 @@ class _Refit:
         weight = self.module.tensor(self.node.input[1])
         if self.node.op_type == "Conv":
             value = matrix.T.reshape(weight.shape)
-        elif self.node.op_type == "Gemm" and attrs(self.node).get("transB", 0):
+        elif self.node.op_type == "Gemm" and attrs(self.node).integer("transB", 0):
             value = matrix.T
         else:
             value = matrix

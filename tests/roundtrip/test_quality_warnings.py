@@ -42,7 +42,7 @@ def test_the_report_carries_the_warning(small_model, tmp_path):
     from workers.options import PruneOptions
     from workers.pipeline import run_pipeline
 
-    result = run_pipeline(small_model, tmp_path / "out.onnx", PruneOptions(ratio=0.9, benchmark=False))
+    result = run_pipeline(small_model, tmp_path / "out.onnx", PruneOptions(ratio=0.9, round_to=1, benchmark=False))
 
     assert result.report.fidelity.cosine_similarity < 0.9
     assert any("keeps little of the original's behaviour" in w for w in result.report.warnings)
