@@ -20,7 +20,7 @@ from roundtrip.executor import ExecutorError, OnnxModule
 from roundtrip.objective import make_objective
 from roundtrip.training import finetune, outputs_on
 from roundtrip.writeback import changed_initializers, write_back
-from tests.conftest import SHARED_MODELS_DIR
+from tests.needs import shared_model
 from tests.oracle import analyse, random_feeds, relative_error, run_model
 from tests.roundtrip.test_executor import PIXEL_INPUTS
 from tests.test_real_models import REAL_MODEL_CASES
@@ -46,9 +46,7 @@ def synthetic_dataset(prepared, input_shapes, file: str, count: int) -> Dataset:
 
 @pytest.mark.parametrize("case", PARAMS)
 def test_pruned_real_model_takes_a_distillation_step_and_writes_back_what_the_executor_computes(case):
-    if not SHARED_MODELS_DIR.is_dir():
-        pytest.skip(f"shared models not found at {SHARED_MODELS_DIR}")
-    analysed = analyse(SHARED_MODELS_DIR / case.file, case.input_shapes)
+    analysed = analyse(shared_model(case.file), case.input_shapes)
     plan = select_by_ratio(analysed.dep, score_groups(analysed.dep, "l1"), 0.3)
     pruned = apply_plan(analysed.dep, plan)
     data = synthetic_dataset(analysed.prepared, analysed.input_shapes, case.file, count=2)

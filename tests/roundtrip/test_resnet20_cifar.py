@@ -13,10 +13,10 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.conftest import SHARED_DIR
+from tests.needs import SHARED_HINT, shared_dir, unavailable
 
-MODEL = SHARED_DIR / "models" / "onnc_resnet20.onnx"
-TEST_IMAGES = SHARED_DIR / "data" / "cifar10-test.npz"
+MODEL = shared_dir() / "models" / "onnc_resnet20.onnx"
+TEST_IMAGES = shared_dir() / "data" / "cifar10-test.npz"
 MEAN, STD = np.array([0.4914, 0.4822, 0.4465]), np.array([0.2023, 0.1994, 0.2010])
 
 
@@ -32,7 +32,7 @@ def cifar_slice(path: Path, count: int, seed: int = 0) -> Path:
 @pytest.fixture(scope="module")
 def calibration(tmp_path_factory) -> Path:
     if not (MODEL.is_file() and TEST_IMAGES.is_file()):
-        pytest.skip(f"shared model or CIFAR-10 data not found under {SHARED_DIR}")
+        unavailable(f"shared model or CIFAR-10 data not found under {shared_dir()}; {SHARED_HINT}")
     return cifar_slice(tmp_path_factory.mktemp("cifar") / "calib.npz", 150)
 
 
@@ -50,7 +50,7 @@ PATHS = [
 def test_data_driven_path_runs_on_real_resnet20_with_cifar10(calibration, tmp_path, args):
     out, report_path = tmp_path / "out.onnx", tmp_path / "report.json"
     result = subprocess.run([sys.executable, "-m", "service.cli", "prune", str(MODEL), "-o", str(out),
-                             "--data", str(calibration), "--batch-size", "32", "--no-benchmark",
+                             "--data", str(calibration), "--batch-size", "32", "--no-benchmark", "--round-to", "1",
                              "--report", str(report_path), *args], capture_output=True, text=True, timeout=600)
 
     assert result.returncode == 0, result.stderr
