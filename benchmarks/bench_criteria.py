@@ -81,8 +81,11 @@ class Block(nn.Module):
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = None if stride == 1 and cin == cout else nn.Sequential(
-            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.shortcut = (
+            None
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -120,7 +123,7 @@ def augment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     out = np.empty_like(x)
     for i in range(len(x)):
         dy, dx = rng.integers(0, 9, 2)
-        crop = padded[i, :, dy:dy + 32, dx:dx + 32]
+        crop = padded[i, :, dy : dy + 32, dx : dx + 32]
         out[i] = crop[:, :, ::-1] if rng.random() < 0.5 else crop
     return out
 
@@ -144,8 +147,13 @@ def train(x, y, seconds: float, seed: int = 0) -> tuple[nn.Module, dict]:
         optimizer.step()
         losses.append(float(loss.detach()))
         step += 1
-    return model.eval(), {"steps": step, "batch": batch, "epochs": round(step * batch / len(x), 2),
-                          "seconds": round(time.perf_counter() - started, 1), "final_loss": round(float(np.mean(losses[-50:])), 4)}
+    return model.eval(), {
+        "steps": step,
+        "batch": batch,
+        "epochs": round(step * batch / len(x), 2),
+        "seconds": round(time.perf_counter() - started, 1),
+        "final_loss": round(float(np.mean(losses[-50:])), 4),
+    }
 
 
 def export(model: nn.Module, path: Path) -> onnx.ModelProto:
@@ -189,22 +197,30 @@ def oracle_study(prepared, context: DataContext, x_oracle, y_oracle, seed: int) 
         for channel in range(group.channels):
             plan = PruningPlan.from_keep(dep, {group.id: [c for c in range(group.channels) if c != channel]})
             change[channel] = held_out_loss(apply_plan(dep, plan), x_oracle, y_oracle) - base
-        row = {"group": group.id, "channels": group.channels, "oracle_mean_change": float(change.mean()),
-               "oracle_loss": {}, "oracle_abs": {}}
+        row = {
+            "group": group.id,
+            "channels": group.channels,
+            "oracle_mean_change": float(change.mean()),
+            "oracle_loss": {},
+            "oracle_abs": {},
+        }
         for name in ORACLE_CRITERIA:
             row["oracle_loss"][name] = spearman(scores[name][group.id], change)
             row["oracle_abs"][name] = spearman(scores[name][group.id], np.abs(change))
         rows.append(row)
-    mean = {kind: {name: float(np.mean([r[kind][name] for r in rows])) for name in ORACLE_CRITERIA}
-            for kind in ("oracle_loss", "oracle_abs")}
+    mean = {
+        kind: {name: float(np.mean([r[kind][name] for r in rows])) for name in ORACLE_CRITERIA}
+        for kind in ("oracle_loss", "oracle_abs")
+    }
     return {"baseline_loss": base, "samples": len(x_oracle), "layers": rows, "mean": mean}
 
 
 def verify_in_process(dep, plan, pruned) -> None:
     """The oracle the pipeline runs (pruned vs masked original), in this process."""
     feeds = {"input": np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)}
-    want = ort.InferenceSession(mask_removed_channels(dep, plan).SerializeToString(),
-                                providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    want = ort.InferenceSession(
+        mask_removed_channels(dep, plan).SerializeToString(), providers=["CPUExecutionProvider"]
+    ).run(None, feeds)[0]
     got = ort.InferenceSession(pruned.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     error = np.abs(got - want).max() / max(np.abs(want).max(), 1e-12)
     if error > 1e-3:
@@ -217,10 +233,19 @@ def iterative_schedule(prepared, context: DataContext, *, steps: int, finetune_s
     with tempfile.TemporaryDirectory(prefix="bench-criteria-") as workdir:
         path = Path(workdir) / "model.onnx"
         onnx.save(prepared, path)
-        options = PruneOptions(criterion="taylor", flops_target=FINETUNE_TARGET, seed=seed, iterative_steps=steps,
-                               finetune_steps=finetune_steps, lr=lr, batch_size=64, benchmark=False)
-        job = Job(analyse_model(path, {"input": [1, 3, 32, 32]}), options, Stages(), Path(workdir),
-                  data_context=context)
+        options = PruneOptions(
+            criterion="taylor",
+            flops_target=FINETUNE_TARGET,
+            seed=seed,
+            iterative_steps=steps,
+            finetune_steps=finetune_steps,
+            lr=lr,
+            batch_size=64,
+            benchmark=False,
+        )
+        job = Job(
+            analyse_model(path, {"input": [1, 3, 32, 32]}), options, Stages(), Path(workdir), data_context=context
+        )
         return Stepwise(RankedByMacs(FINETUNE_TARGET), FineTune(finetune_steps, lr), steps).run(job)
 
 
@@ -239,13 +264,20 @@ def pruning_study(prepared, context: DataContext, finetune_steps: int, lr: float
             pruned = apply_plan(dep, plan)
             verify_in_process(dep, plan, pruned)
             module = OnnxModule(pruned)
-            row = {"criterion": name, "schedule": "one-shot", "target": target,
-                   "macs": measure_cost(pruned, {"input": [1, 3, 32, 32]}).macs, "accuracy_pruned": accuracy(module, context)}
+            row = {
+                "criterion": name,
+                "schedule": "one-shot",
+                "target": target,
+                "macs": measure_cost(pruned, {"input": [1, 3, 32, 32]}).macs,
+                "accuracy_pruned": accuracy(module, context),
+            }
             recalibrate_batchnorm(module, context.train, 128, 20, seed)
             row["accuracy_bn_recalibrated"] = accuracy(module, context)
             if target == FINETUNE_TARGET:
                 started = time.perf_counter()
-                finetune(module, context.objective, context.train, steps=finetune_steps, lr=lr, batch_size=64, seed=seed)
+                finetune(
+                    module, context.objective, context.train, steps=finetune_steps, lr=lr, batch_size=64, seed=seed
+                )
                 recalibrate_batchnorm(module, context.train, 128, 20, seed)
                 row["accuracy_finetuned"] = accuracy(module, context)
                 row["finetune_seconds"] = round(time.perf_counter() - started, 1)
@@ -254,13 +286,18 @@ def pruning_study(prepared, context: DataContext, finetune_steps: int, lr: float
     # Taylor, iterative: the same total budget in 5 prune / fine-tune steps, through the pipeline's schedule.
     steps = 5
     started = time.perf_counter()
-    result = iterative_schedule(prepared, context, steps=steps, finetune_steps=finetune_steps // steps, lr=lr,
-                                seed=seed)
+    result = iterative_schedule(
+        prepared, context, steps=steps, finetune_steps=finetune_steps // steps, lr=lr, seed=seed
+    )
     module = OnnxModule(result.model)
     pruned_only = OnnxModule(result.pruned_only)
-    row = {"criterion": "taylor", "schedule": f"iterative x{steps}", "target": FINETUNE_TARGET,
-           "macs": measure_cost(result.model, {"input": [1, 3, 32, 32]}).macs,
-           "accuracy_pruned": accuracy(pruned_only, context)}
+    row = {
+        "criterion": "taylor",
+        "schedule": f"iterative x{steps}",
+        "target": FINETUNE_TARGET,
+        "macs": measure_cost(result.model, {"input": [1, 3, 32, 32]}).macs,
+        "accuracy_pruned": accuracy(pruned_only, context),
+    }
     recalibrate_batchnorm(pruned_only, context.train, 128, 20, seed)
     row["accuracy_bn_recalibrated"] = accuracy(pruned_only, context)
     row["accuracy_finetuned"] = accuracy(module, context)
@@ -283,15 +320,30 @@ def plot(results: dict, path: Path) -> None:
     for name in CRITERIA:
         rows = [r for r in study["rows"] if r["criterion"] == name and r["schedule"] == "one-shot"]
         macs = [r["macs"] / study["macs_original"] for r in rows]
-        line, = axis.plot(macs, [r["accuracy_bn_recalibrated"] for r in rows], "o--", label=f"{name} (pruned, BN re-estimated)")
+        (line,) = axis.plot(
+            macs, [r["accuracy_bn_recalibrated"] for r in rows], "o--", label=f"{name} (pruned, BN re-estimated)"
+        )
         colors[name] = line.get_color()
         tuned = [r for r in rows if "accuracy_finetuned" in r]
-        axis.plot([r["macs"] / study["macs_original"] for r in tuned], [r["accuracy_finetuned"] for r in tuned], "*",
-                  markersize=14, color=line.get_color(), label=f"{name} fine-tuned")
+        axis.plot(
+            [r["macs"] / study["macs_original"] for r in tuned],
+            [r["accuracy_finetuned"] for r in tuned],
+            "*",
+            markersize=14,
+            color=line.get_color(),
+            label=f"{name} fine-tuned",
+        )
     for r in study["rows"]:
         if r["schedule"] != "one-shot":
-            axis.plot([r["macs"] / study["macs_original"]], [r["accuracy_finetuned"]], "P", markersize=12,
-                      color=colors["taylor"], markeredgecolor="black", label=f"taylor {r['schedule']} fine-tuned")
+            axis.plot(
+                [r["macs"] / study["macs_original"]],
+                [r["accuracy_finetuned"]],
+                "P",
+                markersize=12,
+                color=colors["taylor"],
+                markeredgecolor="black",
+                label=f"taylor {r['schedule']} fine-tuned",
+            )
     axis.axhline(base, color="gray", linestyle=":", label=f"unpruned {base:.3f}")
     axis.set_xlabel("MACs kept (fraction of the original)")
     axis.set_ylabel("CIFAR-10 test accuracy (2,500 images)")
@@ -320,10 +372,16 @@ def markdown(results: dict) -> str:
     ]
     for kind in ("oracle_loss", "oracle_abs"):
         for row in o["layers"]:
-            lines.append(f"| {row['group']} ({kind.replace('_', '-')}) | {row['channels']} | "
-                         + " | ".join(f"{row[kind][c]:.2f}" for c in ORACLE_CRITERIA) + " |")
-        lines.append(f"| **mean ({kind.replace('_', '-')})** | | "
-                     + " | ".join(f"**{o['mean'][kind][c]:.2f}**" for c in ORACLE_CRITERIA) + " |")
+            lines.append(
+                f"| {row['group']} ({kind.replace('_', '-')}) | {row['channels']} | "
+                + " | ".join(f"{row[kind][c]:.2f}" for c in ORACLE_CRITERIA)
+                + " |"
+            )
+        lines.append(
+            f"| **mean ({kind.replace('_', '-')})** | | "
+            + " | ".join(f"**{o['mean'][kind][c]:.2f}**" for c in ORACLE_CRITERIA)
+            + " |"
+        )
     lines += [
         "",
         f"## (b) Accuracy at equal MACs (fine-tuning: {p['finetune_steps']} SGD steps, batch {p['batch_size']}, "
@@ -334,8 +392,10 @@ def markdown(results: dict) -> str:
     ]
     for r in p["rows"]:
         tuned = f"{r['accuracy_finetuned']:.4f}" if "accuracy_finetuned" in r else ""
-        lines.append(f"| {r['criterion']} | {r['schedule']} | {1 - r['macs'] / p['macs_original']:.1%} | "
-                     f"{r['accuracy_pruned']:.4f} | {r['accuracy_bn_recalibrated']:.4f} | {tuned} |")
+        lines.append(
+            f"| {r['criterion']} | {r['schedule']} | {1 - r['macs'] / p['macs_original']:.1%} | "
+            f"{r['accuracy_pruned']:.4f} | {r['accuracy_bn_recalibrated']:.4f} | {tuned} |"
+        )
     lines += ["", "![accuracy vs MACs](criteria.png)", ""]
     return "\n".join(lines)
 
@@ -375,7 +435,11 @@ def main() -> None:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
-        "model": {"architecture": "ResNet-8 (16/32/64, BatchNorm kept)", "training": training, "test_accuracy": test_accuracy},
+        "model": {
+            "architecture": "ResNet-8 (16/32/64, BatchNorm kept)",
+            "training": training,
+            "test_accuracy": test_accuracy,
+        },
         "oracle": oracle,
         "pruning": pruning,
         "seconds": round(time.perf_counter() - started, 1),

@@ -47,8 +47,10 @@ def zoo_models(folder: Path) -> dict[str, Path]:
 
     torch.manual_seed(0)
     models = {}
-    for name, module in (("zoo_mobilenet_v2", zoo.mobilenet_v2(num_classes=1000, width_multiplier=1.0)),
-                         ("zoo_resnet18", zoo.resnet18(num_classes=1000))):
+    for name, module in (
+        ("zoo_mobilenet_v2", zoo.mobilenet_v2(num_classes=1000, width_multiplier=1.0)),
+        ("zoo_resnet18", zoo.resnet18(num_classes=1000)),
+    ):
         zoo.randomize_batchnorm(module, seed=0)
         models[name] = zoo.export_onnx(module, (1, 3, 224, 224), folder / f"{name}.onnx")
     return models
@@ -57,8 +59,9 @@ def zoo_models(folder: Path) -> dict[str, Path]:
 def run(args: list[str], timeout: float = 900.0) -> tuple[int, str, float]:
     started = time.perf_counter()
     try:
-        done = subprocess.run(CLI + args, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        done = subprocess.run(
+            CLI + args, capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO)}
+        )
         return done.returncode, done.stdout + done.stderr, time.perf_counter() - started
     except subprocess.TimeoutExpired:
         return 124, "timeout", time.perf_counter() - started
@@ -78,45 +81,92 @@ def bench_pair(model: Path, pruned: Path, shapes: list[str], runs: int) -> dict:
     code, out, seconds = run(["bench", str(model), str(pruned), "--runs", str(runs), "--json", *shapes])
     if code != 0:
         return {"error": out.strip().splitlines()[-1] if out.strip() else f"exit {code}"}
-    data = json.loads(out[out.index("{"):])
+    data = json.loads(out[out.index("{") :])
     change = data["latency_ms"]["change"]
-    return {"ratio": change["ratio"], "low": change["low"], "high": change["high"], "p90_ratio": change["p90_ratio"],
-            "summary": change["summary"], "within_noise": change["within_noise"],
-            "p50_before_ms": data["latency_ms"]["before"]["p50"], "p50_after_ms": data["latency_ms"]["after"]["p50"],
-            "min_ratio": round(data["latency_ms"]["after"]["min"] / data["latency_ms"]["before"]["min"], 5),
-            "bench_seconds": round(seconds, 1)}
+    return {
+        "ratio": change["ratio"],
+        "low": change["low"],
+        "high": change["high"],
+        "p90_ratio": change["p90_ratio"],
+        "summary": change["summary"],
+        "within_noise": change["within_noise"],
+        "p50_before_ms": data["latency_ms"]["before"]["p50"],
+        "p50_after_ms": data["latency_ms"]["after"]["p50"],
+        "min_ratio": round(data["latency_ms"]["after"]["min"] / data["latency_ms"]["before"]["min"], 5),
+        "bench_seconds": round(seconds, 1),
+    }
 
 
 def flops_case(model: Path, shapes: list[str], folder: Path, target: float, round_to: str, runs: int) -> dict:
     out, report = folder / f"f{target}_{round_to}.onnx", folder / f"f{target}_{round_to}.json"
-    args = ["prune", str(model), "-o", str(out), "--flops-target", str(target), "--no-benchmark",
-            "--report", str(report), *shapes] + ([] if round_to == "auto" else ["--round-to", round_to])
+    args = [
+        "prune",
+        str(model),
+        "-o",
+        str(out),
+        "--flops-target",
+        str(target),
+        "--no-benchmark",
+        "--report",
+        str(report),
+        *shapes,
+    ] + ([] if round_to == "auto" else ["--round-to", round_to])
     code, text, seconds = run(args)
     if code != 0:
         return {"error": text.strip().splitlines()[-1] if text.strip() else f"exit {code}"}
     data = json.loads(report.read_text())
-    result = {"macs_ratio": round(data["macs"]["after"] / data["macs"]["before"], 4), "round_to": data.get("round_to"),
-              "prune_seconds": round(seconds, 1)}
+    result = {
+        "macs_ratio": round(data["macs"]["after"] / data["macs"]["before"], 4),
+        "round_to": data.get("round_to"),
+        "prune_seconds": round(seconds, 1),
+    }
     return {**result, **bench_pair(model, out, shapes, runs)}
 
 
 def latency_case(model: Path, shapes: list[str], folder: Path, target: float, runs: int, budget: float) -> dict:
     out, report = folder / f"l{target}.onnx", folder / f"l{target}.json"
-    code, text, seconds = run(["prune", str(model), "-o", str(out), "--latency-target", str(target), "--runs",
-                               str(runs), "--latency-budget", str(budget), "--latency-iterations", "2",
-                               "--report", str(report), *shapes])
+    code, text, seconds = run(
+        [
+            "prune",
+            str(model),
+            "-o",
+            str(out),
+            "--latency-target",
+            str(target),
+            "--runs",
+            str(runs),
+            "--latency-budget",
+            str(budget),
+            "--latency-iterations",
+            "2",
+            "--report",
+            str(report),
+            *shapes,
+        ]
+    )
     if code != 0:
         return {"error": text.strip().splitlines()[-1] if text.strip() else f"exit {code}"}
     data = json.loads(report.read_text())
     final, loop = data["latency_ms"]["change"], data["latency_target"]
     stats = data["latency_ms"]
-    return {"ratio": final["ratio"], "low": final["low"], "high": final["high"], "p90_ratio": final["p90_ratio"],
-            "min_ratio": round(stats["after"]["min"] / stats["before"]["min"], 5),
-            "summary": final["summary"], "loop_ratio": loop["measured"]["ratio"], "predicted": loop["predicted"],
-            "met_in_loop": loop["met"], "passes": len(loop["iterations"]), "step": loop["step"],
-            "measured_groups": loop["measured_groups"], "groups": len(loop["groups"]),
-            "table_seconds": loop["table_seconds"], "macs_ratio": round(data["macs"]["after"] / data["macs"]["before"], 4),
-            "prune_seconds": round(seconds, 1)}
+    return {
+        "ratio": final["ratio"],
+        "low": final["low"],
+        "high": final["high"],
+        "p90_ratio": final["p90_ratio"],
+        "min_ratio": round(stats["after"]["min"] / stats["before"]["min"], 5),
+        "summary": final["summary"],
+        "loop_ratio": loop["measured"]["ratio"],
+        "predicted": loop["predicted"],
+        "met_in_loop": loop["met"],
+        "passes": len(loop["iterations"]),
+        "step": loop["step"],
+        "measured_groups": loop["measured_groups"],
+        "groups": len(loop["groups"]),
+        "table_seconds": loop["table_seconds"],
+        "macs_ratio": round(data["macs"]["after"] / data["macs"]["before"], 4),
+        "prune_seconds": round(seconds, 1),
+    }
 
 
 def main() -> None:
@@ -157,21 +207,30 @@ def main() -> None:
             if "latency" in options.cases:
                 entry.update(latency_load_before=load(), latency_started=now, latency_code=CODE)
                 for target in (0.5, 0.7):
-                    entry[f"latency_{target}"] = latency_case(model, shapes, folder, target, options.runs, options.budget)
+                    entry[f"latency_{target}"] = latency_case(
+                        model, shapes, folder, target, options.runs, options.budget
+                    )
                 entry["latency_load_after"] = load()
             results["models"][name] = entry
             print(name, json.dumps(entry), flush=True)
             command = "PYTHONPATH=. python benchmarks/bench_latency.py " + " ".join(sys.argv[1:])
-            results.update(machine=cpu_name(), threads=1, runs=options.runs,
-                           commands=sorted(set(results.get("commands", [])) | {command}))
+            results.update(
+                machine=cpu_name(),
+                threads=1,
+                runs=options.runs,
+                commands=sorted(set(results.get("commands", [])) | {command}),
+            )
             path.write_text(json.dumps(results, indent=1))
     (RESULTS / "latency.md").write_text(markdown(results))
 
 
 def markdown(results: dict) -> str:
     """The table and the issue's targets, met or not."""
-    rows = ["| model | load | MACs (auto) | latency (auto) | MACs (round 1) | latency (round 1) | "
-            "latency target 0.5 | latency target 0.7 |", "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| model | load | MACs (auto) | latency (auto) | MACs (round 1) | latency (round 1) | "
+        "latency target 0.5 | latency target 0.7 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
 
     def cell(case: dict | None, key: str = "ratio") -> str:
         if not case:
@@ -186,25 +245,36 @@ def markdown(results: dict) -> str:
     auto_ratios, one_ratios, target_ratios = [], [], []
     auto_fastest, target_fastest = [], []
     for name, entry in sorted(results["models"].items()):
-        rows.append(f"| {name} | {entry.get('load_before', '-')} | {cell(entry.get('flops_0.5_auto'), 'macs_ratio')} | "
-                    f"{cell(entry.get('flops_0.5_auto'))} | {cell(entry.get('flops_0.5_round1'), 'macs_ratio')} | "
-                    f"{cell(entry.get('flops_0.5_round1'))} | {cell(entry.get('latency_0.5'))} | "
-                    f"{cell(entry.get('latency_0.7'))} |")
-        for key, bucket in (("flops_0.5_auto", auto_ratios), ("flops_0.5_round1", one_ratios),
-                            ("latency_0.5", target_ratios)):
+        rows.append(
+            f"| {name} | {entry.get('load_before', '-')} | {cell(entry.get('flops_0.5_auto'), 'macs_ratio')} | "
+            f"{cell(entry.get('flops_0.5_auto'))} | {cell(entry.get('flops_0.5_round1'), 'macs_ratio')} | "
+            f"{cell(entry.get('flops_0.5_round1'))} | {cell(entry.get('latency_0.5'))} | "
+            f"{cell(entry.get('latency_0.7'))} |"
+        )
+        for key, bucket in (
+            ("flops_0.5_auto", auto_ratios),
+            ("flops_0.5_round1", one_ratios),
+            ("latency_0.5", target_ratios),
+        ):
             if "ratio" in entry.get(key, {}):
                 bucket.append(entry[key]["ratio"])
         for key, bucket in (("flops_0.5_auto", auto_fastest), ("latency_0.5", target_fastest)):
             if entry.get(key, {}).get("min_ratio"):
                 bucket.append(entry[key]["min_ratio"])
-    lines = ["# Latency after pruning, onnxruntime CPU, 1 thread", "",
-             "Commands: " + "; ".join(f"`{c}`" for c in results.get("commands", [])) +
-             f" ({results.get('runs')} interleaved runs per comparison, {results.get('machine')}). "
-             "Ratios are pruned p50 / original p50 (below 1: faster) with the 95% bootstrap interval over "
-             "interleaved pairs, and 'fastest' the ratio of the fastest runs (a CPU-bound run is never faster than its "
-             "undisturbed time; under load the p50 intervals are wide); 'load' is /proc/loadavg before the model "
-             "(2 cores shared with other jobs).", "",
-             *rows, ""]
+    lines = [
+        "# Latency after pruning, onnxruntime CPU, 1 thread",
+        "",
+        "Commands: "
+        + "; ".join(f"`{c}`" for c in results.get("commands", []))
+        + f" ({results.get('runs')} interleaved runs per comparison, {results.get('machine')}). "
+        "Ratios are pruned p50 / original p50 (below 1: faster) with the 95% bootstrap interval over "
+        "interleaved pairs, and 'fastest' the ratio of the fastest runs (a CPU-bound run is never faster than its "
+        "undisturbed time; under load the p50 intervals are wide); 'load' is /proc/loadavg before the model "
+        "(2 cores shared with other jobs).",
+        "",
+        *rows,
+        "",
+    ]
 
     def median(values: list[float]) -> float:
         return sorted(values)[len(values) // 2] if values else float("nan")
@@ -214,24 +284,32 @@ def markdown(results: dict) -> str:
     lines += ["## Targets of issue 11", ""]
     if auto_ratios:
         worst = max(auto_ratios)
-        lines.append(f"- `--flops-target 0.5` (default round-to auto): median latency ratio {median(auto_ratios):.3f} "
-                     f"(target <= 0.6: {'met' if median(auto_ratios) <= 0.6 else 'NOT met'}), worst {worst:.3f} "
-                     f"(target <= 0.95: {'met' if worst <= 0.95 else 'NOT met'}), over {len(auto_ratios)} models; "
-                     f"with `--round-to 1`: median {median(one_ratios):.3f}, worst {max(one_ratios or [float('nan')]):.3f}.")
+        lines.append(
+            f"- `--flops-target 0.5` (default round-to auto): median latency ratio {median(auto_ratios):.3f} "
+            f"(target <= 0.6: {'met' if median(auto_ratios) <= 0.6 else 'NOT met'}), worst {worst:.3f} "
+            f"(target <= 0.95: {'met' if worst <= 0.95 else 'NOT met'}), over {len(auto_ratios)} models; "
+            f"with `--round-to 1`: median {median(one_ratios):.3f}, worst {max(one_ratios or [float('nan')]):.3f}."
+        )
     if target_ratios:
         share = sum(r <= 0.55 for r in target_ratios) / len(target_ratios)
-        lines.append(f"- `--latency-target 0.5`: {share:.0%} of {len(target_ratios)} models at <= 0.55 "
-                     f"(target >= 80%: {'met' if share >= 0.8 else 'NOT met'}).")
+        lines.append(
+            f"- `--latency-target 0.5`: {share:.0%} of {len(target_ratios)} models at <= 0.55 "
+            f"(target >= 80%: {'met' if share >= 0.8 else 'NOT met'})."
+        )
     if auto_fastest:
-        lines.append(f"- The same from the fastest runs (robust to preemption on the loaded machine; models measured "
-                     f"with it only): `--flops-target 0.5` median {median(auto_fastest):.3f}, worst "
-                     f"{max(auto_fastest):.3f} over {len(auto_fastest)} models; `--latency-target 0.5` "
-                     f"{sum(r <= 0.55 for r in target_fastest)} of {len(target_fastest)} at <= 0.55.")
+        lines.append(
+            f"- The same from the fastest runs (robust to preemption on the loaded machine; models measured "
+            f"with it only): `--flops-target 0.5` median {median(auto_fastest):.3f}, worst "
+            f"{max(auto_fastest):.3f} over {len(auto_fastest)} models; `--latency-target 0.5` "
+            f"{sum(r <= 0.55 for r in target_fastest)} of {len(target_fastest)} at <= 0.55."
+        )
     yolox = results["models"].get("yolox_nano", {}).get("flops_0.4_auto", {})
     if "ratio" in yolox:
         speedup = 1.0 / yolox["ratio"]
-        lines.append(f"- `yolox_nano` at `--flops-target 0.4`: MACs x{yolox['macs_ratio']:.3f}, {speedup:.2f}x faster "
-                     f"(target >= 1.4x: {'met' if speedup >= 1.4 else 'NOT met'}).")
+        lines.append(
+            f"- `yolox_nano` at `--flops-target 0.4`: MACs x{yolox['macs_ratio']:.3f}, {speedup:.2f}x faster "
+            f"(target >= 1.4x: {'met' if speedup >= 1.4 else 'NOT met'})."
+        )
     return "\n".join(lines) + "\n"
 
 

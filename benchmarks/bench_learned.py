@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_criteria import export, load_cifar, train, verify_in_process  # noqa: E402
+
 from graphops.cost import measure_cost  # noqa: E402
 from graphops.dependency import analyze  # noqa: E402
 from graphops.scoring import score_groups  # noqa: E402
@@ -58,9 +59,16 @@ def test_accuracy(module: OnnxModule, objective, test_set: Dataset) -> float:
 
 
 def learned_row(dep, context, test_set, bound: float, args) -> dict:
-    settings = SearchSettings(max_drop=bound, episodes=args.episodes, samples=args.samples,
-                              finetune_steps=args.finetune_steps, lr=args.lr, batch_size=64, seed=args.seed,
-                              reward_samples=len(context.holdout))
+    settings = SearchSettings(
+        max_drop=bound,
+        episodes=args.episodes,
+        samples=args.samples,
+        finetune_steps=args.finetune_steps,
+        lr=args.lr,
+        batch_size=64,
+        seed=args.seed,
+        reward_samples=len(context.holdout),
+    )
     started = time.perf_counter()
 
     def progress(label: str, fraction: float) -> None:
@@ -71,26 +79,44 @@ def learned_row(dep, context, test_set, bound: float, args) -> dict:
     seconds = round(time.perf_counter() - started, 1)
     pruned_layers = sum(1 for layer in result.layers if layer.kept < layer.channels)
     return {
-        "method": "learned", "bound": bound, "macs": measure_cost(result.recovery.model, SHAPES).macs,
+        "method": "learned",
+        "bound": bound,
+        "macs": measure_cost(result.recovery.model, SHAPES).macs,
         "test_accuracy": test_accuracy(OnnxModule(result.recovery.model), context.objective, test_set),
         "test_accuracy_pruned": test_accuracy(OnnxModule(result.recovery.pruned_only), context.objective, test_set),
-        "finetune_steps_total": pruned_layers * args.finetune_steps, "seconds": seconds,
-        "reward_baseline": result.baseline, "reward_samples": result.reward_samples,
-        "layers": [{"group": layer.group, "channels": layer.channels, "kept": layer.kept,
-                    "reward": round(layer.reward, 4), "drop": round(layer.drop, 4),
-                    "drop_finetuned": None if layer.drop_finetuned is None else round(layer.drop_finetuned, 4),
-                    "rewards": layer.rewards} for layer in result.layers],
+        "finetune_steps_total": pruned_layers * args.finetune_steps,
+        "seconds": seconds,
+        "reward_baseline": result.baseline,
+        "reward_samples": result.reward_samples,
+        "layers": [
+            {
+                "group": layer.group,
+                "channels": layer.channels,
+                "kept": layer.kept,
+                "reward": round(layer.reward, 4),
+                "drop": round(layer.drop, 4),
+                "drop_finetuned": None if layer.drop_finetuned is None else round(layer.drop_finetuned, 4),
+                "rewards": layer.rewards,
+            }
+            for layer in result.layers
+        ],
     }
 
 
-def baseline_row(dep, context, test_set, criterion: str, macs_target: int, macs_original: int, steps: int, args) -> dict:
+def baseline_row(
+    dep, context, test_set, criterion: str, macs_target: int, macs_original: int, steps: int, args
+) -> dict:
     scores = score_groups(dep, criterion, seed=args.seed, data=context)
     plan = select_by_flops(dep, scores, 1.0 - macs_target / macs_original)
     pruned = apply_plan(dep, plan)
     verify_in_process(dep, plan, pruned)
     module = OnnxModule(pruned)
-    row = {"method": criterion, "macs": measure_cost(pruned, SHAPES).macs,
-           "test_accuracy_pruned": test_accuracy(module, context.objective, test_set), "finetune_steps_total": steps}
+    row = {
+        "method": criterion,
+        "macs": measure_cost(pruned, SHAPES).macs,
+        "test_accuracy_pruned": test_accuracy(module, context.objective, test_set),
+        "finetune_steps_total": steps,
+    }
     started = time.perf_counter()
     recalibrate_batchnorm(module, context.train, 64, 20, args.seed)
     finetune(module, context.objective, context.train, steps=steps, lr=args.lr, batch_size=64, seed=args.seed)
@@ -112,13 +138,27 @@ def plot(results: dict, path: Path) -> None:
     for method in ("learned", "l1", "taylor"):
         rows = sorted((r for r in results["rows"] if r["method"] == method), key=lambda r: r["macs"])
         macs = [r["macs"] / macs0 for r in rows]
-        line, = left.plot(macs, [r["test_accuracy"] for r in rows], markers[method] + "-", label=f"{method} fine-tuned")
-        left.plot(macs, [r["test_accuracy_pruned"] for r in rows], markers[method] + "--", color=line.get_color(),
-                  markerfacecolor="none", alpha=0.6, label=f"{method} pruned, before fine-tuning")
+        (line,) = left.plot(
+            macs, [r["test_accuracy"] for r in rows], markers[method] + "-", label=f"{method} fine-tuned"
+        )
+        left.plot(
+            macs,
+            [r["test_accuracy_pruned"] for r in rows],
+            markers[method] + "--",
+            color=line.get_color(),
+            markerfacecolor="none",
+            alpha=0.6,
+            label=f"{method} pruned, before fine-tuning",
+        )
     for r in results["rows"]:
         if r["method"] == "learned":
-            left.annotate(f"b={r['bound']}", (r["macs"] / macs0, r["test_accuracy"]), fontsize=8,
-                          textcoords="offset points", xytext=(4, -10))
+            left.annotate(
+                f"b={r['bound']}",
+                (r["macs"] / macs0, r["test_accuracy"]),
+                fontsize=8,
+                textcoords="offset points",
+                xytext=(4, -10),
+            )
     left.axhline(base, color="gray", linestyle=":", label=f"unpruned {base:.3f}")
     left.set_xlabel("MACs kept (fraction of the original)")
     left.set_ylabel("CIFAR-10 test accuracy (2,500 images)")
@@ -129,8 +169,12 @@ def plot(results: dict, path: Path) -> None:
     learned_rows = [r for r in results["rows"] if r["method"] == "learned"]
     for color, r in zip(colors, learned_rows):
         for number, layer in enumerate(r["layers"]):
-            right.plot(layer["rewards"], color=color, alpha=0.35 + 0.1 * number,
-                       label=f"b={r['bound']} (one line per layer)" if number == 0 else None)
+            right.plot(
+                layer["rewards"],
+                color=color,
+                alpha=0.35 + 0.1 * number,
+                label=f"b={r['bound']} (one line per layer)" if number == 0 else None,
+            )
     right.set_xlabel("episode")
     right.set_ylabel("mean sampled reward R = psi * phi")
     right.set_title("Agent reward curves, per layer")
@@ -158,17 +202,28 @@ def markdown(results: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
-        lines.append(f"| {r['method']} | {r.get('bound', '')} | {r['macs'] / results['macs_original']:.1%} | "
-                     f"{r['test_accuracy_pruned']:.4f} | {r['test_accuracy']:.4f} | {r['finetune_steps_total']} | "
-                     f"{r['seconds']} |")
-    lines += ["", "Per layer (learned): filters kept / channels, final reward, drop on the reward images before and "
-              "after that layer's fine-tuning.", ""]
+        lines.append(
+            f"| {r['method']} | {r.get('bound', '')} | {r['macs'] / results['macs_original']:.1%} | "
+            f"{r['test_accuracy_pruned']:.4f} | {r['test_accuracy']:.4f} | {r['finetune_steps_total']} | "
+            f"{r['seconds']} |"
+        )
+    lines += [
+        "",
+        "Per layer (learned): filters kept / channels, final reward, drop on the reward images before and "
+        "after that layer's fine-tuning.",
+        "",
+    ]
     for r in results["rows"]:
         if r["method"] == "learned":
-            lines.append(f"* b={r['bound']}: " + "; ".join(
-                f"{layer['group']} {layer['kept']}/{layer['channels']} (R {layer['reward']}, drop {layer['drop']}"
-                + (f" -> {layer['drop_finetuned']}" if layer["drop_finetuned"] is not None else "") + ")"
-                for layer in r["layers"]))
+            lines.append(
+                f"* b={r['bound']}: "
+                + "; ".join(
+                    f"{layer['group']} {layer['kept']}/{layer['channels']} (R {layer['reward']}, drop {layer['drop']}"
+                    + (f" -> {layer['drop_finetuned']}" if layer["drop_finetuned"] is not None else "")
+                    + ")"
+                    for layer in r["layers"]
+                )
+            )
     lines += ["", "![learned vs l1/taylor](learned.png)", ""]
     return "\n".join(lines)
 
@@ -200,7 +255,7 @@ def main() -> None:
         prepared = export(model, Path(tmp) / "resnet8.onnx")
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(x_train))
-    val, rest = order[:args.reward_samples], order[args.reward_samples:]
+    val, rest = order[: args.reward_samples], order[args.reward_samples :]
     train_set = Dataset({"input": x_train[rest]}, y_train[rest])
     val_set = Dataset({"input": x_train[val]}, y_train[val])
     test_set = Dataset({"input": x_eval}, y_eval)
@@ -214,22 +269,41 @@ def main() -> None:
     for bound in args.bounds:
         row = learned_row(dep, context, test_set, bound, args)
         rows.append(row)
-        print(f"  learned b={bound}: macs {row['macs'] / macs_original:.3f}, acc {row['test_accuracy']:.4f}", flush=True)
+        print(
+            f"  learned b={bound}: macs {row['macs'] / macs_original:.3f}, acc {row['test_accuracy']:.4f}", flush=True
+        )
         for criterion in ("l1", "taylor"):
-            other = baseline_row(dep, context, test_set, criterion, row["macs"], macs_original,
-                                 max(row["finetune_steps_total"], args.finetune_steps), args)
+            other = baseline_row(
+                dep,
+                context,
+                test_set,
+                criterion,
+                row["macs"],
+                macs_original,
+                max(row["finetune_steps_total"], args.finetune_steps),
+                args,
+            )
             other["matched_bound"] = bound
             rows.append(other)
-            print(f"  {criterion} at the same MACs: macs {other['macs'] / macs_original:.3f}, "
-                  f"acc {other['test_accuracy']:.4f}", flush=True)
+            print(
+                f"  {criterion} at the same MACs: macs {other['macs'] / macs_original:.3f}, "
+                f"acc {other['test_accuracy']:.4f}",
+                flush=True,
+            )
     results = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {args.threads}",
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
         "model": {"architecture": "ResNet-8 (16/32/64, BatchNorm kept)", "training": training, "test_accuracy": base},
         "macs_original": macs_original,
-        "settings": {"episodes": args.episodes, "samples": args.samples, "finetune_steps": args.finetune_steps,
-                     "lr": args.lr, "reward_samples": len(val_set), "bounds": args.bounds},
+        "settings": {
+            "episodes": args.episodes,
+            "samples": args.samples,
+            "finetune_steps": args.finetune_steps,
+            "lr": args.lr,
+            "reward_samples": len(val_set),
+            "bounds": args.bounds,
+        },
         "rows": rows,
         "seconds": round(time.perf_counter() - started, 1),
     }

@@ -60,13 +60,20 @@ def quantize(float13: Path, target: Path, per_channel: bool, calibration: np.nda
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._feeds = iter([{input_name: calibration[i:i + 1]} for i in range(len(calibration))])
+            self._feeds = iter([{input_name: calibration[i : i + 1]} for i in range(len(calibration))])
 
         def get_next(self):
             return next(self._feeds, None)
 
-    quantize_static(str(float13), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    quantize_static(
+        str(float13),
+        str(target),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=per_channel,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
 
 
 def session(model: onnx.ModelProto | Path) -> ort.InferenceSession:
@@ -79,18 +86,22 @@ def session(model: onnx.ModelProto | Path) -> ort.InferenceSession:
 
 def outputs(sess: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
     name = sess.get_inputs()[0].name
-    return np.concatenate([sess.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
+    return np.concatenate([sess.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))])
 
 
 def qdq_summary(model: onnx.ModelProto) -> dict:
     kinds = Counter(node.op_type for node in model.graph.node)
     dequantized = {node.input[0] for node in model.graph.node if node.op_type == "DequantizeLinear"}
     weights = [numpy_helper.to_array(init) for init in model.graph.initializer if init.name in dequantized]
-    return {"nodes": len(model.graph.node), "QuantizeLinear": kinds["QuantizeLinear"],
-            "DequantizeLinear": kinds["DequantizeLinear"],
-            "quantized_weights": dict(Counter(str(w.dtype) for w in weights if w.ndim >= 2)),
-            "float_weights_2d_plus": sum(1 for init in model.graph.initializer
-                                         if init.data_type == onnx.TensorProto.FLOAT and len(init.dims) >= 2)}
+    return {
+        "nodes": len(model.graph.node),
+        "QuantizeLinear": kinds["QuantizeLinear"],
+        "DequantizeLinear": kinds["DequantizeLinear"],
+        "quantized_weights": dict(Counter(str(w.dtype) for w in weights if w.ndim >= 2)),
+        "float_weights_2d_plus": sum(
+            1 for init in model.graph.initializer if init.data_type == onnx.TensorProto.FLOAT and len(init.dims) >= 2
+        ),
+    }
 
 
 def latency(models: dict[str, Path], x: np.ndarray, rounds: int = 200) -> dict:
@@ -105,18 +116,40 @@ def latency(models: dict[str, Path], x: np.ndarray, rounds: int = 200) -> dict:
             started = time.perf_counter()
             s.run(None, feeds[name])
             times[name].append((time.perf_counter() - started) * 1e3)
-    return {name: {"median_ms": round(float(np.median(t)), 4),
-                   "iqr_ms": [round(float(np.percentile(t, 25)), 4), round(float(np.percentile(t, 75)), 4)]}
-            for name, t in times.items()}
+    return {
+        name: {
+            "median_ms": round(float(np.median(t)), 4),
+            "iqr_ms": [round(float(np.percentile(t, 25)), 4), round(float(np.percentile(t, 75)), 4)],
+        }
+        for name, t in times.items()
+    }
 
 
 def prune_with_cli(source: Path, output: Path, plan: Path, report: Path, target: float) -> float:
     """Runs ``onnxprune prune`` as a whole process; returns its wall time in seconds."""
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "service.cli", "prune", str(source), "-o", str(output),
-                           "--flops-target", str(target), "--plan-out", str(plan), "--no-benchmark",
-                           "--report", str(report)],
-                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "prune",
+            str(source),
+            "-o",
+            str(output),
+            "--flops-target",
+            str(target),
+            "--plan-out",
+            str(plan),
+            "--no-benchmark",
+            "--report",
+            str(report),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     if done.returncode != 0:
         raise SystemExit(f"onnxprune prune failed ({done.returncode}): {done.stderr.strip()[-500:]}")
     return time.perf_counter() - started
@@ -183,9 +216,10 @@ def main() -> None:
         cases = [run_case(work, float13, per_channel, args.flops_target, data) for per_channel in (True, False)]
         for case in cases:
             qdq_plan = json.loads((work / f"{case['case']}.plan.json").read_text())
-            case["same_channels_as_float_plan"] = sum(
-                a["keep"] == b["keep"] for a, b in zip(float_plan["groups"], qdq_plan["groups"])
-            ), len(float_plan["groups"])
+            case["same_channels_as_float_plan"] = (
+                sum(a["keep"] == b["keep"] for a, b in zip(float_plan["groups"], qdq_plan["groups"])),
+                len(float_plan["groups"]),
+            )
     result = {
         "command": f"python benchmarks/bench_qdq_prune.py --flops-target {args.flops_target}",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -203,12 +237,14 @@ def main() -> None:
 
 def markdown(result: dict) -> str:
     lines = [
-        "# Pruning an already-quantized (QDQ) ResNet-20 with the CLI", "",
+        "# Pruning an already-quantized (QDQ) ResNet-20 with the CLI",
+        "",
         f"`{result['command']}` ({result['date']}, {result['machine']}). Float model held-out accuracy "
         f"{result['float_accuracy_held_out']:.4f} (2,000 CIFAR-10 test images); the float model pruned by the "
         f"same CLI command: {result['float_pruned_accuracy_held_out']:.4f}. No recovery after pruning. "
         f"Load average {result['load_average']['start']} at the start, {result['load_average']['end']} at the end: "
-        "latencies measured under a load far above the core count are noise, not a comparison.", "",
+        "latencies measured under a load far above the core count are noise, not a comparison.",
+        "",
         "| QDQ weights | MACs before | MACs after | oracle rel. error | Q / DQ before | Q / DQ after | "
         "int8 weights after | float weights after | acc. QDQ | acc. pruned QDQ | latency QDQ (ms, IQR) | "
         "latency pruned (ms, IQR) | groups with the float plan's channels |",

@@ -42,7 +42,7 @@ def split(seed: int, count: int) -> tuple[dict, dict]:
         x = ((data["images"][index].astype(np.float32) / 255.0 - MEAN) / STD).transpose(0, 3, 1, 2)
         return {"x": x.astype(np.float32), "labels": data["labels"][index].astype(np.int64)}
 
-    return take(order[:count]), take(order[count:2 * count])
+    return take(order[:count]), take(order[count : 2 * count])
 
 
 def accuracy(model_path: Path, held: dict) -> float:
@@ -50,8 +50,9 @@ def accuracy(model_path: Path, held: dict) -> float:
     name = session.get_inputs()[0].name
     batch = session.get_inputs()[0].shape[0]
     step = batch if isinstance(batch, int) and batch > 0 else 256
-    logits = np.concatenate([session.run(None, {name: held["x"][i:i + step]})[0]
-                             for i in range(0, len(held["x"]), step)])
+    logits = np.concatenate(
+        [session.run(None, {name: held["x"][i : i + step]})[0] for i in range(0, len(held["x"]), step)]
+    )
     return float((logits.argmax(1) == held["labels"]).mean())
 
 
@@ -76,9 +77,23 @@ def main() -> None:
         for target in args.targets:
             for criterion in args.criteria:
                 out, report_path = tmp / "out.onnx", tmp / "report.json"
-                command = [*cli, "prune", str(MODEL), "-o", str(out), "--flops-target", str(target), "--criterion",
-                           criterion, "--data", str(tmp / "calib.npz"), "--no-benchmark", "--report", str(report_path),
-                           *shlex.split(args.extra)]
+                command = [
+                    *cli,
+                    "prune",
+                    str(MODEL),
+                    "-o",
+                    str(out),
+                    "--flops-target",
+                    str(target),
+                    "--criterion",
+                    criterion,
+                    "--data",
+                    str(tmp / "calib.npz"),
+                    "--no-benchmark",
+                    "--report",
+                    str(report_path),
+                    *shlex.split(args.extra),
+                ]
                 started = time.perf_counter()
                 result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
                 seconds = time.perf_counter() - started
@@ -89,9 +104,12 @@ def main() -> None:
                 report = json.loads(report_path.read_text())
                 evaluation = report.get("evaluation") or {}
                 row = {
-                    "criterion": criterion, "flops_target": target, "wall_s": round(seconds, 1),
+                    "criterion": criterion,
+                    "flops_target": target,
+                    "wall_s": round(seconds, 1),
                     "macs_removed": round(1 - report["macs"]["after"] / report["macs"]["before"], 4),
-                    "heldout_accuracy": accuracy(out, held), "heldout_drop_points": None,
+                    "heldout_accuracy": accuracy(out, held),
+                    "heldout_drop_points": None,
                     "tool_heldout_after_pruning": evaluation.get("after_pruning"),
                     "tool_heldout_after_recovery": evaluation.get("after"),
                     "warnings": report.get("warnings", []),
@@ -99,11 +117,22 @@ def main() -> None:
                 }
                 row["heldout_drop_points"] = round(100 * (baseline - row["heldout_accuracy"]), 2)
                 rows.append(row)
-                print(f"{criterion} {target}: MACs -{row['macs_removed']:.1%}, held-out {row['heldout_accuracy']:.4f} "
-                      f"(drop {row['heldout_drop_points']} points), {seconds:.0f} s", flush=True)
-    results = {"model": MODEL.name, "baseline_heldout_accuracy": baseline, "calibration_samples": args.samples,
-               "heldout_samples": args.samples, "seed": args.seed, "extra": args.extra, "rows": rows,
-               "machine": platform.platform(), "command": " ".join(sys.argv)}
+                print(
+                    f"{criterion} {target}: MACs -{row['macs_removed']:.1%}, held-out {row['heldout_accuracy']:.4f} "
+                    f"(drop {row['heldout_drop_points']} points), {seconds:.0f} s",
+                    flush=True,
+                )
+    results = {
+        "model": MODEL.name,
+        "baseline_heldout_accuracy": baseline,
+        "calibration_samples": args.samples,
+        "heldout_samples": args.samples,
+        "seed": args.seed,
+        "extra": args.extra,
+        "rows": rows,
+        "machine": platform.platform(),
+        "command": " ".join(sys.argv),
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(results, indent=1))
     plot(results, RESULTS / f"{args.name}.png")
@@ -117,8 +146,11 @@ def plot(results: dict, path: Path) -> None:
 
     figure, axes = plt.subplots(figsize=(6, 4))
     for criterion in sorted({r["criterion"] for r in results["rows"] if "error" not in r}):
-        points = sorted((r["macs_removed"], r["heldout_accuracy"]) for r in results["rows"]
-                        if r["criterion"] == criterion and "error" not in r)
+        points = sorted(
+            (r["macs_removed"], r["heldout_accuracy"])
+            for r in results["rows"]
+            if r["criterion"] == criterion and "error" not in r
+        )
         axes.plot([100 * p[0] for p in points], [100 * p[1] for p in points], "o-", label=criterion)
     axes.axhline(100 * results["baseline_heldout_accuracy"], color="grey", linestyle="--", label="original")
     axes.set_xlabel("MACs removed (%)")

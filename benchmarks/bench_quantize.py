@@ -43,7 +43,7 @@ def cifar_splits(work: Path, input_name: str, count: int = 2000, seed: int = 0) 
     data = np.load(SHARED / "data" / "cifar10-test.npz")
     order = np.random.default_rng(seed).permutation(len(data["labels"]))
     x = ((data["images"].astype(np.float32) / 255.0 - MEAN) / STD).transpose(0, 3, 1, 2).astype(np.float32)
-    calib, held = order[:count], order[count:2 * count]
+    calib, held = order[:count], order[count : 2 * count]
     path = work / "calib.npz"
     np.savez(path, **{input_name: x[calib], "labels": data["labels"][calib]})
     return path, x[held], data["labels"][held]
@@ -52,8 +52,12 @@ def cifar_splits(work: Path, input_name: str, count: int = 2000, seed: int = 0) 
 def prune(source: Path, output: Path, *args: str) -> dict:
     report = output.with_suffix(".json")
     started = time.perf_counter()
-    done = subprocess.run([*CLI, "prune", str(source), "-o", str(output), "--no-benchmark", "--report", str(report),
-                           *args], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [*CLI, "prune", str(source), "-o", str(output), "--no-benchmark", "--report", str(report), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         raise SystemExit(f"onnxprune prune failed: {done.stderr.strip().splitlines()[-1]}")
     return {"seconds": round(time.perf_counter() - started, 1), "report": json.loads(report.read_text())}
@@ -64,7 +68,7 @@ def accuracy(path: Path, x: np.ndarray, labels: np.ndarray) -> float:
     name = session.get_inputs()[0].name
     batch = session.get_inputs()[0].shape[0]
     step = batch if isinstance(batch, int) and batch > 0 else 256
-    logits = np.concatenate([session.run(None, {name: x[i:i + step]})[0] for i in range(0, len(x), step)])
+    logits = np.concatenate([session.run(None, {name: x[i : i + step]})[0] for i in range(0, len(x), step)])
     return float(np.mean(logits.argmax(1) == labels))
 
 
@@ -81,9 +85,15 @@ def interleaved_latency(paths: dict[str, Path], feed: np.ndarray, rounds: int, w
             session.run(None, {names[label]: feed})
             times[label].append((time.perf_counter() - started) * 1000)
     base = float(np.median(times["original"]))
-    return {label: {"p50_ms": round(float(np.median(t)), 4), "p25_ms": round(float(np.percentile(t, 25)), 4),
-                    "p75_ms": round(float(np.percentile(t, 75)), 4), "ratio": round(float(np.median(t)) / base, 3)}
-            for label, t in times.items()}
+    return {
+        label: {
+            "p50_ms": round(float(np.median(t)), 4),
+            "p25_ms": round(float(np.percentile(t, 25)), 4),
+            "p75_ms": round(float(np.percentile(t, 75)), 4),
+            "ratio": round(float(np.median(t)) / base, 3),
+        }
+        for label, t in times.items()
+    }
 
 
 def _session(path: Path) -> ort.InferenceSession:
@@ -96,17 +106,28 @@ def resnet20(work: Path, flops_target: float, recovery: list[str], rounds: int) 
     source = SHARED / "models" / "onnc_resnet20.onnx"
     calib, x_held, y_held = cifar_splits(work, "input.1")
     data = ["--data", str(calib), *recovery]
-    runs = {"pruned+int8": prune(source, work / "r20-pq.onnx", "--flops-target", str(flops_target), "--quantize",
-                                 "int8", *data),
-            "int8": prune(source, work / "r20-q.onnx", "--ratio", "0", "--quantize", "int8", "--data", str(calib))}
-    paths = {"original": source, "pruned": work / "r20-pq.float.onnx", "int8": work / "r20-q.onnx",
-             "pruned+int8": work / "r20-pq.onnx"}
+    runs = {
+        "pruned+int8": prune(
+            source, work / "r20-pq.onnx", "--flops-target", str(flops_target), "--quantize", "int8", *data
+        ),
+        "int8": prune(source, work / "r20-q.onnx", "--ratio", "0", "--quantize", "int8", "--data", str(calib)),
+    }
+    paths = {
+        "original": source,
+        "pruned": work / "r20-pq.float.onnx",
+        "int8": work / "r20-q.onnx",
+        "pruned+int8": work / "r20-pq.onnx",
+    }
     rows = {label: {"held_out_accuracy": round(accuracy(path, x_held, y_held), 4)} for label, path in paths.items()}
     for label, timing in interleaved_latency(paths, x_held[:1], rounds).items():
         rows[label].update(timing)
     rows["pruned"]["macs"] = runs["pruned+int8"]["report"]["macs"]
-    return {"rows": rows, "cli_seconds": {k: v["seconds"] for k, v in runs.items()},
-            "held_out_samples": len(y_held), "calibration_samples": 2000}
+    return {
+        "rows": rows,
+        "cli_seconds": {k: v["seconds"] for k, v in runs.items()},
+        "held_out_samples": len(y_held),
+        "calibration_samples": 2000,
+    }
 
 
 def resnet50(work: Path, flops_target: float, rounds: int) -> dict:
@@ -116,31 +137,55 @@ def resnet50(work: Path, flops_target: float, rounds: int) -> dict:
 
     source = work / "resnet50.onnx"
     export_onnx(randomize_batchnorm(build(), seed=0).eval(), (1, 3, 224, 224), source)
-    runs = {"pruned+int8": prune(source, work / "r50-pq.onnx", "--flops-target", str(flops_target), "--quantize",
-                                 "int8"),
-            "int8": prune(source, work / "r50-q.onnx", "--ratio", "0", "--quantize", "int8")}
-    paths = {"original": source, "pruned": work / "r50-pq.float.onnx", "int8": work / "r50-q.onnx",
-             "pruned+int8": work / "r50-pq.onnx"}
+    runs = {
+        "pruned+int8": prune(source, work / "r50-pq.onnx", "--flops-target", str(flops_target), "--quantize", "int8"),
+        "int8": prune(source, work / "r50-q.onnx", "--ratio", "0", "--quantize", "int8"),
+    }
+    paths = {
+        "original": source,
+        "pruned": work / "r50-pq.float.onnx",
+        "int8": work / "r50-q.onnx",
+        "pruned+int8": work / "r50-pq.onnx",
+    }
     feed = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    return {"rows": interleaved_latency(paths, feed, rounds, warmup=5),
-            "cli_seconds": {k: v["seconds"] for k, v in runs.items()}}
+    return {
+        "rows": interleaved_latency(paths, feed, rounds, warmup=5),
+        "cli_seconds": {k: v["seconds"] for k, v in runs.items()},
+    }
 
 
 def markdown(results: dict) -> str:
-    lines = [f"# Prune, then quantize ({results['date']})", "",
-             f"Command: `{results['command']}`. Machine: {results['machine']}; load average at start "
-             f"{results['load_average']}. Latency: onnxruntime {results['onnxruntime']}, 1 thread, interleaved "
-             "rounds, median (IQR) and ratio to the original.", ""]
+    lines = [
+        f"# Prune, then quantize ({results['date']})",
+        "",
+        f"Command: `{results['command']}`. Machine: {results['machine']}; load average at start "
+        f"{results['load_average']}. Latency: onnxruntime {results['onnxruntime']}, 1 thread, interleaved "
+        "rounds, median (IQR) and ratio to the original.",
+        "",
+    ]
     r20 = results["resnet20"]
-    lines += ["## ResNet-20 (real weights), CIFAR-10: 2,000 calibration / 2,000 held-out images", "",
-              "| model | held-out accuracy | p50 ms (IQR) | latency ratio |", "|---|---|---|---|"]
+    lines += [
+        "## ResNet-20 (real weights), CIFAR-10: 2,000 calibration / 2,000 held-out images",
+        "",
+        "| model | held-out accuracy | p50 ms (IQR) | latency ratio |",
+        "|---|---|---|---|",
+    ]
     for label, row in r20["rows"].items():
-        lines.append(f"| {label} | {row['held_out_accuracy']:.4f} | {row['p50_ms']:.3f} "
-                     f"({row['p25_ms']:.3f}-{row['p75_ms']:.3f}) | {row['ratio']:.3f} |")
-    lines += ["", "## ResNet-50 (zoo, random weights), latency only", "", "| model | p50 ms (IQR) | latency ratio |",
-              "|---|---|---|"]
+        lines.append(
+            f"| {label} | {row['held_out_accuracy']:.4f} | {row['p50_ms']:.3f} "
+            f"({row['p25_ms']:.3f}-{row['p75_ms']:.3f}) | {row['ratio']:.3f} |"
+        )
+    lines += [
+        "",
+        "## ResNet-50 (zoo, random weights), latency only",
+        "",
+        "| model | p50 ms (IQR) | latency ratio |",
+        "|---|---|---|",
+    ]
     for label, row in results["resnet50"]["rows"].items():
-        lines.append(f"| {label} | {row['p50_ms']:.2f} ({row['p25_ms']:.2f}-{row['p75_ms']:.2f}) | {row['ratio']:.3f} |")
+        lines.append(
+            f"| {label} | {row['p50_ms']:.2f} ({row['p25_ms']:.2f}-{row['p75_ms']:.2f}) | {row['ratio']:.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -151,10 +196,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--skip-resnet50", action="store_true")
     args = parser.parse_args()
-    results = {"date": datetime.date.today().isoformat(), "command": " ".join(["python", *sys.argv]),
-               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-               "load_average": [round(v, 2) for v in os.getloadavg()], "onnxruntime": ort.__version__,
-               "flops_target": args.flops_target, "recovery": args.recovery}
+    results = {
+        "date": datetime.date.today().isoformat(),
+        "command": " ".join(["python", *sys.argv]),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+        "onnxruntime": ort.__version__,
+        "flops_target": args.flops_target,
+        "recovery": args.recovery,
+    }
     with tempfile.TemporaryDirectory(prefix="bench-quantize-") as folder:
         work = Path(folder)
         results["resnet20"] = resnet20(work, args.flops_target, shlex.split(args.recovery), args.rounds)

@@ -56,9 +56,11 @@ def _built_cases(directory: Path) -> dict[str, Path]:
         torch.manual_seed(0)
         cases[name] = zoo.export_onnx(zoo.randomize_batchnorm(module, 1), shape, directory / f"{name}.onnx")
     mobilenet = onnx.load(cases.pop("mobilenet_v2"))
-    for name, model in (("mobilenet_v2_float16", _float16(mobilenet)),
-                        ("mobilenet_v2_mixed_precision", _float16(mobilenet, float32_interface=True)),
-                        ("zipmap_classifier", zipmap_classifier())):
+    for name, model in (
+        ("mobilenet_v2_float16", _float16(mobilenet)),
+        ("mobilenet_v2_mixed_precision", _float16(mobilenet, float32_interface=True)),
+        ("zipmap_classifier", zipmap_classifier()),
+    ):
         onnx.save(model, directory / f"{name}.onnx")
         cases[name] = directory / f"{name}.onnx"
     return cases
@@ -67,9 +69,24 @@ def _built_cases(directory: Path) -> dict[str, Path]:
 def _cli(path: Path, workdir: Path) -> dict:
     started = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "prune", str(path), "-o", str(workdir / "out.onnx"), "--ratio",
-         str(RATIO), "--no-benchmark", "--report", str(workdir / "report.json")],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "prune",
+            str(path),
+            "-o",
+            str(workdir / "out.onnx"),
+            "--ratio",
+            str(RATIO),
+            "--no-benchmark",
+            "--report",
+            str(workdir / "report.json"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     row: dict = {"exit": result.returncode, "seconds": round(time.perf_counter() - started, 1)}
@@ -77,10 +94,15 @@ def _cli(path: Path, workdir: Path) -> dict:
         row["error"] = (result.stderr.strip().splitlines() or [""])[-1]
         return row
     report = json.loads((workdir / "report.json").read_text())
-    row.update(macs_before=report["macs"]["before"], macs_after=report["macs"]["after"],
-               groups_pruned=sum(g["channels_after"] < g["channels_before"] for g in report["groups"]),
-               prunable=len(report["groups"]), frozen=len(report["frozen"]), notes=report["warnings"],
-               input_shapes=report["input_shapes"])
+    row.update(
+        macs_before=report["macs"]["before"],
+        macs_after=report["macs"]["after"],
+        groups_pruned=sum(g["channels_after"] < g["channels_before"] for g in report["groups"]),
+        prunable=len(report["groups"]),
+        frozen=len(report["frozen"]),
+        notes=report["warnings"],
+        input_shapes=report["input_shapes"],
+    )
     row["macs_removed"] = round(1 - row["macs_after"] / row["macs_before"], 4)
     return row
 
@@ -91,8 +113,11 @@ def _oracle_error(path: Path) -> float:
     feeds = random_feeds(analysed.prepared, analysed.input_shapes)
     masked = session(mask_removed_channels(analysed.dep, plan)).run(None, feeds)
     pruned = session(apply_plan(analysed.dep, plan)).run(None, feeds)
-    errors = [relative_error(numeric_values(a), numeric_values(b)) for a, b in zip(masked, pruned)
-              if numeric_values(a) is not None]
+    errors = [
+        relative_error(numeric_values(a), numeric_values(b))
+        for a, b in zip(masked, pruned)
+        if numeric_values(a) is not None
+    ]
     return max(errors, default=0.0)
 
 
@@ -109,23 +134,41 @@ def main() -> None:
             row["oracle_max_relative_error"] = _oracle_error(path)
             rows[name] = row
             print(name, {k: v for k, v in row.items() if k != "notes"}, flush=True)
-    meta = {"date": time.strftime("%Y-%m-%dT%H:%M"), "python": platform.python_version(),
-            "onnxruntime": __import__("onnxruntime").__version__, "onnx": onnx.__version__,
-            "load_average": os.getloadavg(), "ratio": RATIO, "criterion": "l1",
-            "command": "python benchmarks/bench_refusals.py"}
+    meta = {
+        "date": time.strftime("%Y-%m-%dT%H:%M"),
+        "python": platform.python_version(),
+        "onnxruntime": __import__("onnxruntime").__version__,
+        "onnx": onnx.__version__,
+        "load_average": os.getloadavg(),
+        "ratio": RATIO,
+        "criterion": "l1",
+        "command": "python benchmarks/bench_refusals.py",
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "refusals.json").write_text(json.dumps({"meta": meta, "models": rows}, indent=1, default=float))
-    lines = [f"# Issue 14 cases at ratio {RATIO} (l1), no --input-shape", "",
-             f"`{meta['command']}` on {meta['date']} (onnxruntime {meta['onnxruntime']}, load {meta['load_average'][0]:.1f})",
-             "", "| model | exit | groups pruned / prunable (frozen) | MACs removed | oracle max rel. error | probe |",
-             "|---|---:|---:|---:|---:|---|"]
+    lines = [
+        f"# Issue 14 cases at ratio {RATIO} (l1), no --input-shape",
+        "",
+        f"`{meta['command']}` on {meta['date']} (onnxruntime {meta['onnxruntime']}, load {meta['load_average'][0]:.1f})",
+        "",
+        "| model | exit | groups pruned / prunable (frozen) | MACs removed | oracle max rel. error | probe |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
     for name, row in rows.items():
         if row["exit"]:
-            lines.append(f"| {name} | {row['exit']} | {row.get('error', '')} | | {row['oracle_max_relative_error']:.1e} | |")
+            lines.append(
+                f"| {name} | {row['exit']} | {row.get('error', '')} | | {row['oracle_max_relative_error']:.1e} | |"
+            )
             continue
-        probe = "x".join(map(str, next(iter(row["input_shapes"].values())))) if row["notes"] and "symbolic" in row["notes"][0] else ""
-        lines.append(f"| {name} | 0 | {row['groups_pruned']} / {row['prunable']} ({row['frozen']}) | "
-                     f"{row['macs_removed']:.1%} | {row['oracle_max_relative_error']:.1e} | {probe} |")
+        probe = (
+            "x".join(map(str, next(iter(row["input_shapes"].values()))))
+            if row["notes"] and "symbolic" in row["notes"][0]
+            else ""
+        )
+        lines.append(
+            f"| {name} | 0 | {row['groups_pruned']} / {row['prunable']} ({row['frozen']}) | "
+            f"{row['macs_removed']:.1%} | {row['oracle_max_relative_error']:.1e} | {probe} |"
+        )
     (RESULTS / "refusals.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

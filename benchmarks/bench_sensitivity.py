@@ -38,7 +38,7 @@ from graphops.dependency import analyze  # noqa: E402
 from graphops.prepare import prepare_model  # noqa: E402
 from graphops.scoring import score_groups  # noqa: E402
 from graphops.selection import MacsModel, select_by_ratio  # noqa: E402
-from roundtrip.data import Dataset, load_dataset  # noqa: E402
+from roundtrip.data import load_dataset  # noqa: E402
 from workers.evaluation import make_evaluator  # noqa: E402
 from workers.html_report import render_report_html  # noqa: E402
 from workers.options import PruneOptions  # noqa: E402
@@ -81,7 +81,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small smoke run; results are not written")
     parser.add_argument("--finetune-steps", type=int, default=100)
-    parser.add_argument("--finetune-drops", default="0.1", help="fine-tune the pairs of these max drops only (CPU time)")
+    parser.add_argument(
+        "--finetune-drops", default="0.1", help="fine-tune the pairs of these max drops only (CPU time)"
+    )
     parser.add_argument("--max-drops", default="0.02,0.05,0.1", help="comma-separated bounds for --ratio auto")
     parser.add_argument("--curves", type=Path, help="reuse curves saved by an earlier run (same calibration images)")
     args = parser.parse_args()
@@ -107,22 +109,37 @@ def main() -> None:
     if args.curves is not None:
         curves = SensitivityReport.model_validate_json(args.curves.read_text())
     else:
-        curves = measure_sensitivity(MODEL, load_dataset(work / "calib.npz", model), ratios=ratios, workers=2,
-                                     progress=lambda d, n, g: print(f"  sensitivity {d}/{n} {g}", flush=True))
+        curves = measure_sensitivity(
+            MODEL,
+            load_dataset(work / "calib.npz", model),
+            ratios=ratios,
+            workers=2,
+            progress=lambda d, n, g: print(f"  sensitivity {d}/{n} {g}", flush=True),
+        )
     sweep_seconds = curves.seconds if args.curves is not None else time.perf_counter() - t0
     curves_path = work / "curves.json"
     curves_path.write_text(curves.model_dump_json())
 
     rows = []
     for max_drop in drops:
-        auto = run_pipeline(MODEL, work / f"auto-{max_drop}.onnx",
-                            PruneOptions(ratio="auto", max_drop=max_drop, benchmark_runs=50),
-                            data=work / "calib.npz", sensitivity=curves).report
+        auto = run_pipeline(
+            MODEL,
+            work / f"auto-{max_drop}.onnx",
+            PruneOptions(ratio="auto", max_drop=max_drop, benchmark_runs=50),
+            data=work / "calib.npz",
+            sensitivity=curves,
+        ).report
         ratio = uniform_ratio_for(auto.macs.after)
-        uniform = run_pipeline(MODEL, work / f"uniform-{max_drop}.onnx", PruneOptions(ratio=ratio, benchmark_runs=50),
-                               data=work / "calib.npz").report
+        uniform = run_pipeline(
+            MODEL,
+            work / f"uniform-{max_drop}.onnx",
+            PruneOptions(ratio=ratio, benchmark_runs=50),
+            data=work / "calib.npz",
+        ).report
         rows.append({"max_drop": max_drop, "auto": auto, "uniform": uniform, "uniform_ratio": ratio})
-        print(f"  max_drop {max_drop}: auto MACs {auto.macs.after}, uniform {ratio} MACs {uniform.macs.after}", flush=True)
+        print(
+            f"  max_drop {max_drop}: auto MACs {auto.macs.after}, uniform {ratio} MACs {uniform.macs.after}", flush=True
+        )
 
     finetune_note = None
     finetune_drops = {float(d) for d in args.finetune_drops.split(",")} if not quick else set(drops)
@@ -154,20 +171,32 @@ def main() -> None:
     result = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}",
-        "model": MODEL.name, "original_accuracy": judge.baseline, "evaluation_images": len(evaluation),
-        "calibration_images": len(calib_index), "sensitivity_seconds": round(sweep_seconds, 1),
-        "finetune": finetune_note or f"{steps} SGD steps, batch 64, lr 0.01, on {len(train_index) * 4 // 5} training images "
-                    f"(every fourth of cifar10-train-20k, less the held-out fifth), for max drop {sorted(finetune_drops)} only",
+        "model": MODEL.name,
+        "original_accuracy": judge.baseline,
+        "evaluation_images": len(evaluation),
+        "calibration_images": len(calib_index),
+        "sensitivity_seconds": round(sweep_seconds, 1),
+        "finetune": finetune_note
+        or f"{steps} SGD steps, batch 64, lr 0.01, on {len(train_index) * 4 // 5} training images "
+        f"(every fourth of cifar10-train-20k, less the held-out fifth), for max drop {sorted(finetune_drops)} only",
         "comparisons": [
             {
                 "max_drop": row["max_drop"],
-                "auto": {"macs": row["auto"].macs.after, "group_ratios": row["auto"].group_ratios,
-                         "held_out_drop": row["auto"].evaluation.before - row["auto"].evaluation.after,
-                         "accuracy": row["auto_acc"], "accuracy_finetuned": row.get("auto_ft_acc"),
-                         "latency_p50_ms": row["auto"].latency_ms.after.p50},
-                "uniform": {"ratio": row["uniform_ratio"], "macs": row["uniform"].macs.after,
-                            "accuracy": row["uniform_acc"], "accuracy_finetuned": row.get("uniform_ft_acc"),
-                            "latency_p50_ms": row["uniform"].latency_ms.after.p50},
+                "auto": {
+                    "macs": row["auto"].macs.after,
+                    "group_ratios": row["auto"].group_ratios,
+                    "held_out_drop": row["auto"].evaluation.before - row["auto"].evaluation.after,
+                    "accuracy": row["auto_acc"],
+                    "accuracy_finetuned": row.get("auto_ft_acc"),
+                    "latency_p50_ms": row["auto"].latency_ms.after.p50,
+                },
+                "uniform": {
+                    "ratio": row["uniform_ratio"],
+                    "macs": row["uniform"].macs.after,
+                    "accuracy": row["uniform_acc"],
+                    "accuracy_finetuned": row.get("uniform_ft_acc"),
+                    "latency_p50_ms": row["uniform"].latency_ms.after.p50,
+                },
                 "macs_before": row["auto"].macs.before,
                 "latency_p50_ms_before": row["auto"].latency_ms.before.p50,
             }
@@ -184,7 +213,8 @@ def main() -> None:
     (RESULTS / "sensitivity.json").write_text(json.dumps(result, indent=1))
     best = rows[-1]["auto"]
     (RESULTS / "sensitivity_auto_report.html").write_text(
-        render_report_html(best, title=f"onnxprune: ResNet-20, ratio auto, max drop {rows[-1]['max_drop']}"))
+        render_report_html(best, title=f"onnxprune: ResNet-20, ratio auto, max drop {rows[-1]['max_drop']}")
+    )
     (RESULTS / "sensitivity.md").write_text(markdown(result, curves))
 
 
@@ -209,7 +239,11 @@ def markdown(result: dict, curves) -> str:
         "|---|---:|" + "---:|" * len(curves.ratios),
     ]
     for c in curves.curves:
-        lines.append(f"| {c.group} | {c.channels} | " + " | ".join(f"{100 * (v - curves.baseline):+.1f}" for v in c.values) + " |")
+        lines.append(
+            f"| {c.group} | {c.channels} | "
+            + " | ".join(f"{100 * (v - curves.baseline):+.1f}" for v in c.values)
+            + " |"
+        )
     lines += [
         "",
         "## `--ratio auto` against a uniform ratio at the same MACs",
@@ -220,16 +254,24 @@ def markdown(result: dict, curves) -> str:
         "|---:|---|---:|---:|---:|---:|",
     ]
     for row in result["comparisons"]:
-        lines.append(f"| | original | {row['macs_before']:,} | {pct(result['original_accuracy'])} | | {row['latency_p50_ms_before']:.3f} |")
+        lines.append(
+            f"| | original | {row['macs_before']:,} | {pct(result['original_accuracy'])} | | {row['latency_p50_ms_before']:.3f} |"
+        )
         auto, uniform = row["auto"], row["uniform"]
-        lines.append(f"| {row['max_drop']} | auto | {auto['macs']:,} | {pct(auto['accuracy'])} | "
-                     f"{pct(auto['accuracy_finetuned'])} | {auto['latency_p50_ms']:.3f} |")
-        lines.append(f"| {row['max_drop']} | uniform {uniform['ratio']:.3f} | {uniform['macs']:,} | {pct(uniform['accuracy'])} | "
-                     f"{pct(uniform['accuracy_finetuned'])} | {uniform['latency_p50_ms']:.3f} |")
+        lines.append(
+            f"| {row['max_drop']} | auto | {auto['macs']:,} | {pct(auto['accuracy'])} | "
+            f"{pct(auto['accuracy_finetuned'])} | {auto['latency_p50_ms']:.3f} |"
+        )
+        lines.append(
+            f"| {row['max_drop']} | uniform {uniform['ratio']:.3f} | {uniform['macs']:,} | {pct(uniform['accuracy'])} | "
+            f"{pct(uniform['accuracy_finetuned'])} | {uniform['latency_p50_ms']:.3f} |"
+        )
     lines += ["", "Per-group ratios chosen by auto:", ""]
     for row in result["comparisons"]:
         chosen = ", ".join(f"{g} {r:g}" for g, r in row["auto"]["group_ratios"].items()) or "none"
-        lines.append(f"- max drop {row['max_drop']}: {chosen} (held-out drop {100 * row['auto']['held_out_drop']:.2f} points)")
+        lines.append(
+            f"- max drop {row['max_drop']}: {chosen} (held-out drop {100 * row['auto']['held_out_drop']:.2f} points)"
+        )
     lines += [
         "",
         "Notes:",
@@ -239,7 +281,7 @@ def markdown(result: dict, curves) -> str:
         "- Uniform pruning also cuts the residual chains (`Conv_0`, `Conv_29`, `Conv_52`: one group each, written",
         "  by 4 convs), which the curves show to be the most sensitive groups; auto leaves them whole. That is",
         "  why a uniform ratio of only 3-9% already costs 8-36 points before fine-tuning.",
-        "- \"not run\": fine-tuning costs minutes per model on 2 shared cores, so only the pairs of",
+        '- "not run": fine-tuning costs minutes per model on 2 shared cores, so only the pairs of',
         "  `--finetune-drops` are fine-tuned (the same steps, data and learning rate for both models of a pair).",
         "- Latency: single-threaded onnxruntime, p50 of 50 interleaved runs, on a machine other benchmarks were",
         "  using at the same time. Removing a few channels per layer leaves counts that are not multiples of 8,",

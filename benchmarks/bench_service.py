@@ -66,13 +66,47 @@ def run_round(workdir: Path, model: Path, workers: int, jobs: int, latency_s: fl
     }
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    processes = [spawn([sys.executable, "-m", "uvicorn", "service.api:create_app", "--factory", "--host", "127.0.0.1",
-                        "--port", str(port), "--log-level", "warning"], env, workdir / f"api-{workers}.log")]
+    processes = [
+        spawn(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "service.api:create_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            env,
+            workdir / f"api-{workers}.log",
+        )
+    ]
     try:
         for i in range(workers):
-            processes.append(spawn([sys.executable, "-m", "celery", "-A", "jobs.celery_app", "worker",
-                                    "--pool=solo", "--loglevel=warning", "-n", f"bench{i}@%h",
-                                    "--without-gossip", "--without-mingle"], env, workdir / f"worker-{workers}-{i}.log"))
+            processes.append(
+                spawn(
+                    [
+                        sys.executable,
+                        "-m",
+                        "celery",
+                        "-A",
+                        "jobs.celery_app",
+                        "worker",
+                        "--pool=solo",
+                        "--loglevel=warning",
+                        "-n",
+                        f"bench{i}@%h",
+                        "--without-gossip",
+                        "--without-mingle",
+                    ],
+                    env,
+                    workdir / f"worker-{workers}-{i}.log",
+                )
+            )
         wait_for(lambda: httpx.get(f"{url}/readyz", timeout=3).status_code == 200, 90, "readyz")
         http = httpx.Client(base_url=url, timeout=30)
 
@@ -150,11 +184,43 @@ def poll_round(workdir: Path, pollers: int, seconds: float, interval: float) -> 
     url = f"http://127.0.0.1:{port}"
     fast_model = save(convnet(c1=16, c2=32, size=32), workdir / "fast.onnx")
     slow_model = save(convnet(c1=32, c2=96, size=224), workdir / "slow.onnx")
-    processes = [spawn([sys.executable, "-m", "uvicorn", "service.api:create_app", "--factory", "--host", "127.0.0.1",
-                        "--port", str(port), "--log-level", "warning"], env, workdir / "api-poll.log"),
-                 spawn([sys.executable, "-m", "celery", "-A", "jobs.celery_app", "worker", "--pool=solo",
-                        "--loglevel=warning", "-n", "poll@%h", "--without-gossip", "--without-mingle"], env,
-                       workdir / "worker-poll.log")]
+    processes = [
+        spawn(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "service.api:create_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            env,
+            workdir / "api-poll.log",
+        ),
+        spawn(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "jobs.celery_app",
+                "worker",
+                "--pool=solo",
+                "--loglevel=warning",
+                "-n",
+                "poll@%h",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            env,
+            workdir / "worker-poll.log",
+        ),
+    ]
     try:
         wait_for(lambda: httpx.get(f"{url}/readyz", timeout=3).status_code == 200, 90, "readyz")
         http = httpx.Client(base_url=url, timeout=30)
@@ -200,10 +266,16 @@ def poll_round(workdir: Path, pollers: int, seconds: float, interval: float) -> 
             for thread in threads:
                 thread.join()
             cpu_ms = (api_cpu_s() - cpu_before) * 1000
-            return {"pollers": pollers, "pause_s": pause, "seconds": duration, "requests": len(latencies),
-                    "api_cpu_ms_per_request": round(cpu_ms / max(1, len(latencies)), 3),
-                    "p50_ms": round(percentile(latencies, 50), 2), "p99_ms": round(percentile(latencies, 99), 2),
-                    "max_ms": round(max(latencies), 2)}
+            return {
+                "pollers": pollers,
+                "pause_s": pause,
+                "seconds": duration,
+                "requests": len(latencies),
+                "api_cpu_ms_per_request": round(cpu_ms / max(1, len(latencies)), 3),
+                "p50_ms": round(percentile(latencies, 50), 2),
+                "p99_ms": round(percentile(latencies, 99), 2),
+                "max_ms": round(max(latencies), 2),
+            }
 
         load_before = os.getloadavg()
         paced = measure(interval, seconds)
@@ -211,9 +283,13 @@ def poll_round(workdir: Path, pollers: int, seconds: float, interval: float) -> 
         saturated = measure(0.0, min(seconds, 10.0))
         running_after = http.get(f"/v1/jobs/{running_id}").json()["status"] == "running"
         http.close()
-        return {"paced": paced, "back_to_back": saturated, "job_running_throughout": still_running and running_after,
-                "load_average_1_5_15_before": [round(x, 2) for x in load_before],
-                "load_average_1_5_15_after": [round(x, 2) for x in os.getloadavg()]}
+        return {
+            "paced": paced,
+            "back_to_back": saturated,
+            "job_running_throughout": still_running and running_after,
+            "load_average_1_5_15_before": [round(x, 2) for x in load_before],
+            "load_average_1_5_15_after": [round(x, 2) for x in os.getloadavg()],
+        }
     finally:
         for process in reversed(processes):
             stop(process)
@@ -235,9 +311,11 @@ def main() -> None:
     if args.polling_only:
         with tempfile.TemporaryDirectory(prefix="onnxprune-bench-") as tmp:
             rounds = poll_round(Path(tmp), min(args.pollers, 200), args.poll_seconds, args.poll_interval)
-        result = {"benchmark": "service-polling", "machine": {"cpus": os.cpu_count(),
-                  "python": platform.python_version(), "platform": platform.platform()},
-                  "get_job_latency": rounds}
+        result = {
+            "benchmark": "service-polling",
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+            "get_job_latency": rounds,
+        }
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result, indent=2))
         return

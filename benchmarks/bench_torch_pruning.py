@@ -430,7 +430,13 @@ def render_markdown(result: dict) -> str:
     for name in ("ours", "theirs"):
         stages = ", ".join(f"{k} {v:.2f}" for k, v in e2e[name]["stages_median_s"].items())
         lines.append(f"- {name}: {stages}")
-    lines += ["", "Widths (out x in channels) of a few layers:", "", "| layer | original | onnxprune | Torch-Pruning |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "Widths (out x in channels) of a few layers:",
+        "",
+        "| layer | original | onnxprune | Torch-Pruning |",
+        "|---|---|---|---|",
+    ]
     for name, widths in result["layers"].items():
         lines.append(
             f"| `{name}` | {_fmt_widths(widths['original'])} | {_fmt_widths(widths['ours'])} | {_fmt_widths(widths['theirs'])} |"
@@ -439,8 +445,11 @@ def render_markdown(result: dict) -> str:
     lines += [
         "",
         f"{result['layers_total'] - len(differing)} of {result['layers_total']} Conv/Gemm layers have the same widths "
-        f"in both pruned models" + (f"; differing: {', '.join(f'`{n}`' for n in differing)}." if differing else ".")
-        + (" The two pruned graphs are identical apart from weight values." if result["same_graph_but_weights"] else ""),
+        f"in both pruned models"
+        + (f"; differing: {', '.join(f'`{n}`' for n in differing)}." if differing else ".")
+        + (
+            " The two pruned graphs are identical apart from weight values." if result["same_graph_but_weights"] else ""
+        ),
     ]
     lines += ["", "## Reading", "", result["reading"]]
     return "\n".join(lines) + "\n"
@@ -453,7 +462,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10, help="onnxruntime warm-up runs per model")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument(
-        "--tmpdir", type=Path, default=DEFAULT_TMPDIR,
+        "--tmpdir",
+        type=Path,
+        default=DEFAULT_TMPDIR,
         help="where the model files are written (default /dev/shm where it exists, so disk noise stays out)",
     )
     parser.add_argument("--profile", action="store_true", help="print a pyinstrument profile of one run of ours")

@@ -91,15 +91,16 @@ def _shape(node: onnx.NodeProto, tensor: str, shapes: Mapping[str, Shape]) -> tu
 def _quantized_constant_sizes(graph: onnx.GraphProto) -> dict[str, int]:
     """Element counts of the initializers a DequantizeLinear reads as data (QDQ weights and biases)."""
     sizes = {init.name: math.prod(init.dims) for init in graph.initializer}
-    return {node.input[0]: sizes[node.input[0]] for node in graph.node
-            if node.op_type == "DequantizeLinear" and node.input and node.input[0] in sizes}
+    return {
+        node.input[0]: sizes[node.input[0]]
+        for node in graph.node
+        if node.op_type == "DequantizeLinear" and node.input and node.input[0] in sizes
+    }
 
 
 def _float_constant_sizes(graph: onnx.GraphProto) -> dict[str, int]:
     """Element counts of the float initializers and Constant-node tensors, by tensor name."""
-    sizes = {
-        init.name: math.prod(init.dims) for init in graph.initializer if init.data_type in _FLOAT_TYPES
-    }
+    sizes = {init.name: math.prod(init.dims) for init in graph.initializer if init.data_type in _FLOAT_TYPES}
     for node in graph.node:
         if node.op_type != "Constant" or not node.output:
             continue

@@ -219,7 +219,9 @@ def _collect(
         atom_group[atom] = group
         atom_class_local[atom] = class_of_root[root]
     sizes = np.array([len(c) for c in group_classes], dtype=np.int64)
-    group_offset = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if len(sizes) else np.zeros(0, np.int64)
+    group_offset = (
+        np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if len(sizes) else np.zeros(0, np.int64)
+    )
     atom_class = group_offset[atom_group] + atom_class_local if atom_count else np.zeros(0, np.int64)
     class_group = np.repeat(np.arange(len(sizes)), sizes)
 

@@ -67,7 +67,9 @@ def dequantized_constant(tensor: gs.Tensor | None) -> DequantizedConstant | None
     shape = tuple(int(d) for d in node.inputs[0].shape)
     scale = node.inputs[1]
     if not isinstance(scale, gs.Constant) or (
-        len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].name
+        len(node.inputs) > 2
+        and node.inputs[2] is not None
+        and node.inputs[2].name
         and not isinstance(node.inputs[2], gs.Constant)
     ):
         raise DeclinedSlice(f"{_describe(node)} dequantizes with scales computed at run time")
@@ -95,8 +97,10 @@ def quantized_constant_shape(tensor: gs.Tensor | None) -> tuple[int, ...] | None
     shape = tuple(int(d) for d in node.inputs[0].shape)
     for reader in tensor.outputs:
         if len(reader.inputs) > 1 and reader.inputs[1] is tensor and _grouped_filter(reader, shape):
-            raise UnsupportedPattern(f"{_describe(reader)} is a grouped conv with a quantized weight "
-                                     f"({_describe(node)}), which onnxprune does not slice per group")
+            raise UnsupportedPattern(
+                f"{_describe(reader)} is a grouped conv with a quantized weight "
+                f"({_describe(node)}), which onnxprune does not slice per group"
+            )
     return shape
 
 
@@ -136,8 +140,10 @@ def quantized_slice_targets(consumer: gs.Node, index: int, axis: int) -> list[tu
     if readers != 1:
         raise DeclinedSlice(f"the quantized constant dequantized by {_describe(dq)} is read by {readers} ops")
     if _grouped_filter(consumer, constant.shape):
-        raise DeclinedSlice(f"{_describe(consumer)} is a grouped conv with a quantized weight "
-                            f"({_describe(dq)}), which onnxprune does not slice per group")
+        raise DeclinedSlice(
+            f"{_describe(consumer)} is a grouped conv with a quantized weight "
+            f"({_describe(dq)}), which onnxprune does not slice per group"
+        )
     targets = [(dq, 0, axis)]
     if constant.axis == axis:
         targets.append((dq, 1, 0))
@@ -180,7 +186,8 @@ def float_weight_reader(model: onnx.ModelProto) -> Callable[[str], np.ndarray | 
     """
     arrays = {init.name: init for init in model.graph.initializer}
     dequantizers = {
-        node.output[0]: node for node in model.graph.node
+        node.output[0]: node
+        for node in model.graph.node
         if node.op_type == DEQUANTIZE and node.domain in ("", "ai.onnx") and node.output
     }
 
@@ -204,5 +211,11 @@ def float_weight_reader(model: onnx.ModelProto) -> Callable[[str], np.ndarray | 
 
 def first_quantization_node(model: onnx.ModelProto) -> onnx.NodeProto | None:
     """The first QuantizeLinear or DequantizeLinear of the main graph: the model is already QDQ."""
-    return next((node for node in model.graph.node
-                 if node.op_type in ("QuantizeLinear", DEQUANTIZE) and node.domain in ("", "ai.onnx")), None)
+    return next(
+        (
+            node
+            for node in model.graph.node
+            if node.op_type in ("QuantizeLinear", DEQUANTIZE) and node.domain in ("", "ai.onnx")
+        ),
+        None,
+    )

@@ -41,17 +41,14 @@ class InputShapeChoice:
     notes: list[str] = field(default_factory=list)  # one line per input whose size was probed
 
 
-def choose_input_shapes(
-    model: onnx.ModelProto, given: Mapping[str, Sequence[int]] | None = None
-) -> InputShapeChoice:
+def choose_input_shapes(model: onnx.ModelProto, given: Mapping[str, Sequence[int]] | None = None) -> InputShapeChoice:
     """Concrete shapes for every input of ``model``; see the module docstring for the order."""
     given = dict(given or {})
     declared = declared_input_shapes(model)
     unknown = sorted(set(given) - set(declared))
     if unknown:
         raise ModelRejected(
-            f"--input-shape names {unknown[0]!r}, which is not a model input "
-            f"(inputs: {', '.join(declared) or 'none'})"
+            f"--input-shape names {unknown[0]!r}, which is not a model input (inputs: {', '.join(declared) or 'none'})"
         )
     shapes: dict[str, list[int]] = {}
     open_dims: dict[str, list[int]] = {}  # input -> symbolic non-batch axes still to probe

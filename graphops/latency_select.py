@@ -57,8 +57,15 @@ def allocate(options: Iterable[GroupOptions], goal_ms: float) -> dict[str, int]:
     return {o.group: o.counts[position[o.group]] for o in options if position[o.group] > 0}
 
 
-def group_options(dep: DependencyGraph, scores: Scores, saving: Callable[[str, int], float], *, step: int,
-                  exclude: Iterable[str] = (), min_keep_fraction: float = 0.125) -> list[GroupOptions]:
+def group_options(
+    dep: DependencyGraph,
+    scores: Scores,
+    saving: Callable[[str, int], float],
+    *,
+    step: int,
+    exclude: Iterable[str] = (),
+    min_keep_fraction: float = 0.125,
+) -> list[GroupOptions]:
     """Every prunable, not excluded group's counts on the ``step`` grid (down to ``min_keep_fraction``
     of the group, never below its pinned channels), with the importance and time each removes."""
     result = []
@@ -83,8 +90,16 @@ def group_options(dep: DependencyGraph, scores: Scores, saving: Callable[[str, i
     return result
 
 
-def select_by_latency(dep: DependencyGraph, scores: Scores, saving: Callable[[str, int], float], goal_ms: float,
-                      *, step: int, exclude: Iterable[str] = (), min_keep_fraction: float = 0.125) -> PruningPlan:
+def select_by_latency(
+    dep: DependencyGraph,
+    scores: Scores,
+    saving: Callable[[str, int], float],
+    goal_ms: float,
+    *,
+    step: int,
+    exclude: Iterable[str] = (),
+    min_keep_fraction: float = 0.125,
+) -> PruningPlan:
     """The plan that saves ``goal_ms`` by the latency model ``saving(group, count)`` at the least importance."""
     options = group_options(dep, scores, saving, step=step, exclude=exclude, min_keep_fraction=min_keep_fraction)
     counts = allocate(options, goal_ms)

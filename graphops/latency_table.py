@@ -73,9 +73,15 @@ class LatencyTable:
         if data.pop("format", None) != TABLE_FORMAT:
             raise ValueError(f"not an {TABLE_FORMAT} table")
         curves = {
-            gid: LatencyCurve(group=c["group"], channels=c["channels"], counts=tuple(c["counts"]), ms=tuple(c["ms"]),
-                              measured=c["measured"], probes={int(k): v for k, v in c["probes"].items()},
-                              points={int(k): v for k, v in c["points"].items()})
+            gid: LatencyCurve(
+                group=c["group"],
+                channels=c["channels"],
+                counts=tuple(c["counts"]),
+                ms=tuple(c["ms"]),
+                measured=c["measured"],
+                probes={int(k): v for k, v in c["probes"].items()},
+                points={int(k): v for k, v in c["points"].items()},
+            )
             for gid, c in data.pop("curves").items()
         }
         return cls(curves=curves, **data)

@@ -88,8 +88,9 @@ QOPERATOR_OPS = frozenset({"QLinearConv", "ConvInteger", "QLinearMatMul", "MatMu
 def validate_model(model: onnx.ModelProto, limits: ValidationLimits = ValidationLimits()) -> None:
     """Static checks of a hostile model; raise ``ModelRejected`` naming the node or tensor at fault."""
     _check_versions(model)
-    quantized = next((node for node in model.graph.node
-                      if node.op_type in QOPERATOR_OPS or node.op_type.startswith("QLinear")), None)
+    quantized = next(
+        (node for node in model.graph.node if node.op_type in QOPERATOR_OPS or node.op_type.startswith("QLinear")), None
+    )
     if quantized is not None:
         raise ModelRejected(
             f"model is quantized in the QOperator format ({quantized.op_type} node {quantized.name!r}), which "
@@ -99,9 +100,7 @@ def validate_model(model: onnx.ModelProto, limits: ValidationLimits = Validation
     if node_count > limits.max_nodes:
         raise ModelRejected(f"model has {node_count} nodes, more than the limit of {limits.max_nodes}")
     if len(model.graph.sparse_initializer):
-        raise ModelRejected(
-            f"sparse initializer {model.graph.sparse_initializer[0].values.name!r} is not supported"
-        )
+        raise ModelRejected(f"sparse initializer {model.graph.sparse_initializer[0].values.name!r} is not supported")
     total_bytes = 0
     for where, tensor in _all_tensors(model.graph):
         total_bytes += _checked_tensor_bytes(tensor, where, limits)
@@ -137,9 +136,7 @@ def _check_versions(model: onnx.ModelProto) -> None:
         low, high = opsets[domain]
         if not low <= opset.version <= high:
             name = domain or "ai.onnx"
-            raise ModelRejected(
-                f"model uses {name} opset {opset.version}; onnxruntime supports opsets {low}-{high}"
-            )
+            raise ModelRejected(f"model uses {name} opset {opset.version}; onnxruntime supports opsets {low}-{high}")
     if "" not in declared:
         raise ModelRejected("model declares no ai.onnx opset")
 

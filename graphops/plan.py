@@ -47,7 +47,9 @@ class PruningPlan:
             group = dep.group(group_id) if group_id in {g.id for g in dep.groups} else None
             if group is None:
                 raise PlanError(f"plan names group '{group_id}', which this model does not have")
-            entries[group_id] = GroupPlan(group_id, group.channels, tuple(sorted(int(i) for i in indices)), group.producers)
+            entries[group_id] = GroupPlan(
+                group_id, group.channels, tuple(sorted(int(i) for i in indices)), group.producers
+            )
         plan = cls(entries)
         plan.check(dep)
         return plan
@@ -77,7 +79,9 @@ class PruningPlan:
             if index in kept_sets:
                 counts = {len(kept_sets[index].intersection(block.tolist())) for block in blocks}
                 if len(counts) != 1:
-                    raise PlanError(f"plan keeps unequal channel counts across the conv groups of '{dep.groups[index].id}'")
+                    raise PlanError(
+                        f"plan keeps unequal channel counts across the conv groups of '{dep.groups[index].id}'"
+                    )
         for index, classes in dep.nonempty:
             if index in kept_sets and not kept_sets[index].intersection(classes.tolist()):
                 raise PlanError(f"plan empties a Split or Slice output of group '{dep.groups[index].id}'")
@@ -89,7 +93,7 @@ class PruningPlan:
             offset = dep.group_offset[dep.group_index(group_id)]
             flags = np.ones(entry.channels, dtype=bool)
             flags[list(entry.keep)] = False
-            removed[offset:offset + entry.channels] = flags
+            removed[offset : offset + entry.channels] = flags
         return removed
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,8 +114,12 @@ class PruningPlan:
             raise PlanError(f"not an onnxprune plan (expected format '{PLAN_FORMAT}')")
         try:
             entries = {
-                g["id"]: GroupPlan(str(g["id"]), int(g["channels"]), tuple(int(i) for i in g["keep"]),
-                                   tuple(str(p) for p in g.get("producers", [])))
+                g["id"]: GroupPlan(
+                    str(g["id"]),
+                    int(g["channels"]),
+                    tuple(int(i) for i in g["keep"]),
+                    tuple(str(p) for p in g.get("producers", [])),
+                )
                 for g in data["groups"]
             }
         except (KeyError, TypeError, ValueError) as exc:

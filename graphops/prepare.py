@@ -56,7 +56,9 @@ def _attach_inferred_shapes(graph: gs.Graph, model: onnx.ModelProto) -> None:
         tensor_type = info.type.tensor_type
         if not isinstance(tensor, gs.Variable) or tensor.shape is not None or not tensor_type.HasField("shape"):
             continue
-        tensor.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim]
+        tensor.shape = [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim
+        ]
         if tensor.dtype is None and tensor_type.elem_type:
             tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
 
@@ -71,9 +73,7 @@ def keep_interface_types(graph: onnx.GraphProto, original: onnx.GraphProto) -> N
             value.CopyFrom(before)
 
 
-def prepare_model(
-    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None
-) -> onnx.ModelProto:
+def prepare_model(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None) -> onnx.ModelProto:
     """Fold constant subgraphs into initializers and name every node; returns a new model.
 
     ``input_shapes`` is accepted for symmetry with :func:`graphops.dependency.analyze` and is

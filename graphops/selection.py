@@ -28,8 +28,9 @@ def check_exclude_patterns(patterns: Iterable[str], node_names: Iterable[str]) -
     names = list(node_names)
     for pattern in patterns:
         if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
-            raise ModelRejected(f"exclude pattern {pattern!r} matches no node of the model "
-                                "(node names: onnxprune analyze --json)")
+            raise ModelRejected(
+                f"exclude pattern {pattern!r} matches no node of the model (node names: onnxprune analyze --json)"
+            )
 
 
 def excluded_group_ids(dep: DependencyGraph, patterns: Iterable[str]) -> set[str]:
@@ -196,9 +197,12 @@ def select_by_flops(
     return plan_for(low)
 
 
-
 def select_by_group_ratios(
-    dep: DependencyGraph, scores: Scores, ratios: Mapping[str, float], *, round_to: int = 1,
+    dep: DependencyGraph,
+    scores: Scores,
+    ratios: Mapping[str, float],
+    *,
+    round_to: int = 1,
     exclude: Iterable[str] = (),
 ) -> PruningPlan:
     """Remove ``ratios[group_id]`` of the removable channels of each named group (Li et al.'s

@@ -21,7 +21,21 @@ from graphops.shapes import Shape, infer_shapes, skeleton
 _SHAPE_PRESERVING_LEGACY = frozenset({"ImageScaler", "Affine", "ScaledTanh", "ParametricSoftplus", "ThresholdedRelu"})
 # Small integer ops that shape subgraphs (Shape -> Gather -> Concat -> Reshape) are made of.
 _SHAPE_ARITHMETIC = frozenset(
-    {"Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Slice", "Add", "Sub", "Mul", "Div", "Identity", "Floor", "Ceil"}
+    {
+        "Gather",
+        "Unsqueeze",
+        "Squeeze",
+        "Concat",
+        "Cast",
+        "Slice",
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Identity",
+        "Floor",
+        "Ceil",
+    }
 )
 _MAX_FOLDED_ELEMENTS = 64
 
@@ -104,7 +118,9 @@ def _fold_shape_values(model: onnx.ModelProto, shapes: Mapping[str, Shape]) -> b
     for index, value in folded.items():
         node = model.graph.node[index]
         model.graph.node[index].CopyFrom(
-            onnx.helper.make_node("Constant", [], [node.output[0]], name=node.name, value=numpy_helper.from_array(value))
+            onnx.helper.make_node(
+                "Constant", [], [node.output[0]], name=node.name, value=numpy_helper.from_array(value)
+            )
         )
     return bool(folded)
 

@@ -28,7 +28,8 @@ def _onnx_highest() -> tuple[int, dict[str, int]]:
 
 def _probe_model(opsets: dict[str, int], ir_version: int) -> bytes:
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])], "probe",
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "probe",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
     )
@@ -70,6 +71,9 @@ def supported_opsets() -> dict[str, tuple[int, int]]:
     _ir, onnx_opsets = _onnx_highest()
     ir = supported_ir_versions()[1]
     ai_onnx = _highest_accepted(onnx_opsets[""], LOWEST_OPSET[""], lambda v: _onnxruntime_accepts({"": v}, ir))
-    ml = _highest_accepted(onnx_opsets["ai.onnx.ml"], LOWEST_OPSET["ai.onnx.ml"],
-                           lambda v: _onnxruntime_accepts({"": ai_onnx, "ai.onnx.ml": v}, ir))
+    ml = _highest_accepted(
+        onnx_opsets["ai.onnx.ml"],
+        LOWEST_OPSET["ai.onnx.ml"],
+        lambda v: _onnxruntime_accepts({"": ai_onnx, "ai.onnx.ml": v}, ir),
+    )
     return {"": (LOWEST_OPSET[""], ai_onnx), "ai.onnx.ml": (LOWEST_OPSET["ai.onnx.ml"], ml)}

@@ -71,8 +71,9 @@ def classify(exc: BaseException) -> Failure:
         # The pruned model did not match the masked original, so nothing was published. The pipeline is
         # deterministic: a retry fails identically. It is our limitation (never blamed on the user), not
         # an infrastructure fault, so it fails once under its own code.
-        return Failure("verification_failed", f"the pruned model failed verification and was not kept: {message}",
-                       retry=False)
+        return Failure(
+            "verification_failed", f"the pruned model failed verification and was not kept: {message}", retry=False
+        )
     if isinstance(exc, AnalysisBug):
         # A handler bug: deterministic like verification, so a retry would only repeat it.
         return Failure("internal_error", f"{type(exc).__name__}: {exc}", retry=False)

@@ -40,8 +40,8 @@ class Outcome(str, Enum):
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"  # cancelled, removed, or taken over by another attempt while this one ran
-    skipped = "skipped"      # nothing to do: finished, gone, or held by a live attempt
-    retry = "retry"          # an infrastructure error; the job is queued again, the caller retries later
+    skipped = "skipped"  # nothing to do: finished, gone, or held by a live attempt
+    retry = "retry"  # an infrastructure error; the job is queued again, the caller retries later
 
 
 def attempt_owner() -> str:
@@ -144,8 +144,12 @@ def _attempt(job_id: str, token: str, store: JobStore, settings: Settings) -> Ou
             if not files.publish(work):
                 published = file_sha256(files.model)
                 if published != ours:  # the pipeline is meant to be deterministic: say so loudly
-                    log.error("job %s: two attempts produced different models (%s, %s); keeping the first",
-                              job_id, published, ours)
+                    log.error(
+                        "job %s: two attempts produced different models (%s, %s); keeping the first",
+                        job_id,
+                        published,
+                        ours,
+                    )
             work = None
             output_sha256 = file_sha256(files.model)
         except Exception:

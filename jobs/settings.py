@@ -53,8 +53,9 @@ class Settings(BaseSettings):
                 f"{self.soft_time_limit_s}, {self.time_limit_s}, {self.visibility_timeout_s}"
             )
         if not self.lease_ttl_s < self.visibility_timeout_s:
-            raise ValueError(f"need lease_ttl_s < visibility_timeout_s, got {self.lease_ttl_s}, "
-                             f"{self.visibility_timeout_s}")
+            raise ValueError(
+                f"need lease_ttl_s < visibility_timeout_s, got {self.lease_ttl_s}, {self.visibility_timeout_s}"
+            )
         return self
 
     @property

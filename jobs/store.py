@@ -63,10 +63,10 @@ CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created_at);
 """
 # Columns added after the first release: (name, SQL type and default), added to older databases at open.
 _LATER_COLUMNS = (
-    ("lease_token", "TEXT"),     # the attempt that holds the job; only it may write progress and results
-    ("lease_owner", "TEXT"),     # host:pid of that attempt, for operators
-    ("lease_expires", "REAL"),   # renewed by the attempt's heartbeat; past it, the job may be claimed again
-    ("sent_at", "REAL"),         # when the job id was last handed to the broker (or the embedded pool)
+    ("lease_token", "TEXT"),  # the attempt that holds the job; only it may write progress and results
+    ("lease_owner", "TEXT"),  # host:pid of that attempt, for operators
+    ("lease_expires", "REAL"),  # renewed by the attempt's heartbeat; past it, the job may be claimed again
+    ("sent_at", "REAL"),  # when the job id was last handed to the broker (or the embedded pool)
     ("resends", "INTEGER NOT NULL DEFAULT 0"),  # re-sends by the reconciler, bounded
 )
 _STATUS_INDEX = "CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at)"
@@ -176,24 +176,24 @@ class JobStore:
 
     def active_ids(self) -> builtins.list[str]:
         with self._connect() as db:
-            rows = db.execute(
-                "SELECT id FROM jobs WHERE status IN (?, ?) ORDER BY created_at", ACTIVE
-            ).fetchall()
+            rows = db.execute("SELECT id FROM jobs WHERE status IN (?, ?) ORDER BY created_at", ACTIVE).fetchall()
         return [r[0] for r in rows]
 
     def active(self, limit: int = 10_000) -> builtins.list[JobRecord]:
         """Queued and running jobs, oldest first (what the reconciler looks at)."""
         with self._connect() as db:
-            rows = db.execute("SELECT * FROM jobs WHERE status IN (?, ?) ORDER BY created_at LIMIT ?",
-                              (*ACTIVE, limit)).fetchall()
+            rows = db.execute(
+                "SELECT * FROM jobs WHERE status IN (?, ?) ORDER BY created_at LIMIT ?", (*ACTIVE, limit)
+            ).fetchall()
         return [JobRecord._from_row(r) for r in rows]
 
     def counts(self, owner: str | None = None) -> dict[str, int]:
         """How many jobs are queued and running (of one owner, or of everyone)."""
         where, params = ("AND owner = ?", (owner,)) if owner is not None else ("", ())
         with self._connect() as db:
-            rows = db.execute(f"SELECT status, COUNT(*) FROM jobs WHERE status IN (?, ?) {where} GROUP BY status",
-                              (*ACTIVE, *params)).fetchall()
+            rows = db.execute(
+                f"SELECT status, COUNT(*) FROM jobs WHERE status IN (?, ?) {where} GROUP BY status", (*ACTIVE, *params)
+            ).fetchall()
         found = dict(rows)
         return {status: found.get(status, 0) for status in ACTIVE}
 
@@ -204,9 +204,7 @@ class JobStore:
 
     def expired_ids(self, before: float) -> builtins.list[str]:
         with self._connect() as db:
-            rows = db.execute(
-                "SELECT id FROM jobs WHERE COALESCE(finished_at, created_at) < ?", (before,)
-            ).fetchall()
+            rows = db.execute("SELECT id FROM jobs WHERE COALESCE(finished_at, created_at) < ?", (before,)).fetchall()
         return [r[0] for r in rows]
 
     # -- state changes -----------------------------------------------------------------------
@@ -218,8 +216,17 @@ class JobStore:
                 db.execute(
                     "INSERT INTO jobs (id, owner, idempotency_key, fingerprint, status, config,"
                     " has_data, created_at, sent_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (job.id, job.owner, job.idempotency_key, job.fingerprint, job.status.value,
-                     job.config, int(job.has_data), job.created_at, job.sent_at or job.created_at),
+                    (
+                        job.id,
+                        job.owner,
+                        job.idempotency_key,
+                        job.fingerprint,
+                        job.status.value,
+                        job.config,
+                        int(job.has_data),
+                        job.created_at,
+                        job.sent_at or job.created_at,
+                    ),
                 )
         except sqlite3.IntegrityError:
             with self._connect() as db:
@@ -246,7 +253,13 @@ class JobStore:
             " started_at = COALESCE(started_at, ?), lease_token = ?, lease_owner = ?, lease_expires = ?"
             " WHERE id = ? AND attempts < ? AND (status = 'queued'"
             "  OR (status = 'running' AND (lease_expires IS NULL OR lease_expires < ?)))",
-            now, token, owner, now + ttl_s, job_id, max_attempts, now,
+            now,
+            token,
+            owner,
+            now + ttl_s,
+            job_id,
+            max_attempts,
+            now,
         )
         return token if claimed else None
 
@@ -254,13 +267,16 @@ class JobStore:
         """Extend the lease; False means the attempt lost it (cancelled, or expired and claimed again)."""
         return self._update(
             "UPDATE jobs SET lease_expires = ? WHERE id = ? AND status = 'running' AND lease_token = ?",
-            time.time() + ttl_s, job_id, token,
+            time.time() + ttl_s,
+            job_id,
+            token,
         )
 
     def holds(self, job_id: str, token: str) -> bool:
         with self._connect() as db:
-            row = db.execute("SELECT 1 FROM jobs WHERE id = ? AND status = 'running' AND lease_token = ?",
-                             (job_id, token)).fetchone()
+            row = db.execute(
+                "SELECT 1 FROM jobs WHERE id = ? AND status = 'running' AND lease_token = ?", (job_id, token)
+            ).fetchone()
         return row is not None
 
     def progress(self, job_id: str, token: str, stage: str, fraction: float) -> bool:
@@ -269,7 +285,10 @@ class JobStore:
         return self._update(
             "UPDATE jobs SET stage = ?, progress = MAX(progress, ?)"
             " WHERE id = ? AND status = 'running' AND lease_token = ?",
-            stage, fraction, job_id, token,
+            stage,
+            fraction,
+            job_id,
+            token,
         )
 
     def requeue(self, job_id: str, token: str, message: str) -> bool:
@@ -278,7 +297,10 @@ class JobStore:
             "UPDATE jobs SET status = 'queued', stage = NULL, error_message = ?, lease_token = NULL,"
             " lease_owner = NULL, lease_expires = NULL, sent_at = ? WHERE id = ? AND status = 'running'"
             " AND lease_token = ?",
-            message, time.time(), job_id, token,
+            message,
+            time.time(),
+            job_id,
+            token,
         )
 
     def succeed(self, job_id: str, token: str, output_sha256: str) -> bool:
@@ -286,7 +308,10 @@ class JobStore:
             "UPDATE jobs SET status = 'succeeded', stage = 'done', progress = 1.0, output_sha256 = ?,"
             " error_code = NULL, error_message = NULL, finished_at = ?, lease_token = NULL,"
             " lease_expires = NULL WHERE id = ? AND status = 'running' AND lease_token = ?",
-            output_sha256, time.time(), job_id, token,
+            output_sha256,
+            time.time(),
+            job_id,
+            token,
         )
 
     def fail(self, job_id: str, code: str, message: str, *, token: str | None = None) -> bool:
@@ -296,21 +321,29 @@ class JobStore:
         return self._update(
             "UPDATE jobs SET status = 'failed', error_code = ?, error_message = ?, finished_at = ?,"
             " lease_token = NULL, lease_expires = NULL WHERE id = ?" + fence,
-            code, message, time.time(), job_id, *((token,) if token else ACTIVE),
+            code,
+            message,
+            time.time(),
+            job_id,
+            *((token,) if token else ACTIVE),
         )
 
     def mark_resent(self, job_id: str) -> bool:
         """The reconciler handed the job to the broker again."""
         return self._update(
             "UPDATE jobs SET sent_at = ?, resends = resends + 1 WHERE id = ? AND status IN (?, ?)",
-            time.time(), job_id, *ACTIVE,
+            time.time(),
+            job_id,
+            *ACTIVE,
         )
 
     def cancel(self, job_id: str) -> bool:
         return self._update(
             "UPDATE jobs SET status = 'cancelled', error_code = 'cancelled',"
             " error_message = 'cancelled by the user', finished_at = ? WHERE id = ? AND status IN (?, ?)",
-            time.time(), job_id, *ACTIVE,
+            time.time(),
+            job_id,
+            *ACTIVE,
         )
 
     def delete(self, job_id: str) -> bool:

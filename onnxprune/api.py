@@ -85,17 +85,24 @@ def prune(
         workdir = Path(tmp)
         target = Path(output) if output is not None else workdir / "pruned.onnx"
         with _as_file(model, workdir, "model.onnx") as model_path:
-            result = run_pipeline(model_path, target, chosen, plan=plan, data=_data_file(data, workdir),
-                                  sensitivity=sensitivity, progress=progress)
+            result = run_pipeline(
+                model_path,
+                target,
+                chosen,
+                plan=plan,
+                data=_data_file(data, workdir),
+                sensitivity=sensitivity,
+                progress=progress,
+            )
         pruned = onnx.load(str(target))
-    return PruneResult(model=pruned, report=result.report, plan=result.plan,
-                       path=Path(output) if output is not None else None)
+    return PruneResult(
+        model=pruned, report=result.report, plan=result.plan, path=Path(output) if output is not None else None
+    )
 
 
 def analyze(model: ModelLike, input_shapes: Mapping[str, Sequence[int]] | None = None) -> ModelAnalysis:
     """Channel groups that can be pruned together, frozen groups with reasons, MACs and params."""
-    with tempfile.TemporaryDirectory(prefix="onnxprune-api-") as tmp, \
-            _as_file(model, Path(tmp), "model.onnx") as path:
+    with tempfile.TemporaryDirectory(prefix="onnxprune-api-") as tmp, _as_file(model, Path(tmp), "model.onnx") as path:
         return summarize_model(path, input_shapes)
 
 
@@ -144,7 +151,17 @@ def sensitivity(
         with _as_file(model, workdir, "model.onnx") as model_path:
             proto = load_model(model_path)
             data_path = _data_file(data, workdir)
-            dataset = (load_dataset(data_path, proto, input_shapes) if data_path is not None
-                       else synthetic_dataset(proto, input_shapes, synthetic or 0))
-            return measure_sensitivity(model_path, dataset, ratios=ratios, criterion=criterion,
-                                       input_shapes=input_shapes, workers=workers, synthetic=synthetic is not None)
+            dataset = (
+                load_dataset(data_path, proto, input_shapes)
+                if data_path is not None
+                else synthetic_dataset(proto, input_shapes, synthetic or 0)
+            )
+            return measure_sensitivity(
+                model_path,
+                dataset,
+                ratios=ratios,
+                criterion=criterion,
+                input_shapes=input_shapes,
+                workers=workers,
+                synthetic=synthetic is not None,
+            )

@@ -43,7 +43,9 @@ def filter_features(dep: DependencyGraph, group_id: str) -> np.ndarray:
             continue
         signed = producer.filters(numpy_helper.to_array(weights[producer.weight])).astype(np.float64)
         flat = np.abs(signed)
-        stats = np.stack([flat.sum(1), np.sqrt((flat**2).sum(1)), signed.std(1), flat.max(1), np.abs(signed.mean(1))], 1)
+        stats = np.stack(
+            [flat.sum(1), np.sqrt((flat**2).sum(1)), signed.std(1), flat.max(1), np.abs(signed.mean(1))], 1
+        )
         stats = np.log(stats / (stats.mean(0, keepdims=True) + _EPS) + _EPS)
         np.add.at(totals, classes[where], stats[where])
         np.add.at(counts, classes[where], 1)
@@ -85,8 +87,17 @@ class AgentTraining:
     best_reward: float
 
 
-def train_agent(agent: PruningAgent, reward_of: RewardOf, *, episodes: int, samples: int, pinned: np.ndarray,
-                lr: float = 0.1, seed: int = 0, progress: EpisodeProgress | None = None) -> AgentTraining:
+def train_agent(
+    agent: PruningAgent,
+    reward_of: RewardOf,
+    *,
+    episodes: int,
+    samples: int,
+    pinned: np.ndarray,
+    lr: float = 0.1,
+    seed: int = 0,
+    progress: EpisodeProgress | None = None,
+) -> AgentTraining:
     """REINFORCE with a baseline: each episode samples ``samples`` keep masks from the agent,
     rewards each, and follows the gradient of sum (R - baseline) log pi(A). The baseline is the
     episode's mean reward and advantages are divided by their spread, so the step size does not

@@ -38,7 +38,7 @@ def augment_images(array: np.ndarray, rng: np.random.Generator, *, flip: bool = 
     rows, cols = rng.integers(0, 2 * pad + 1, size=n), rng.integers(0, 2 * pad + 1, size=n)
     out = np.empty_like(images)
     for i in range(n):
-        out[i] = padded[i, :, rows[i]:rows[i] + height, cols[i]:cols[i] + width]
+        out[i] = padded[i, :, rows[i] : rows[i] + height, cols[i] : cols[i] + width]
     if flip:
         flipped = rng.random(n) < 0.5
         out[flipped] = out[flipped, :, :, ::-1]

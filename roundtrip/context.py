@@ -32,8 +32,14 @@ class DataContext:
         return {"train": len(self.train), "heldout": len(self.holdout)}
 
 
-def build_context(data_path: Path, original: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None, *,
-                  batch_size: int, score_batches: int) -> DataContext:
+def build_context(
+    data_path: Path,
+    original: onnx.ModelProto,
+    input_shapes: Mapping[str, Sequence[int]] | None,
+    *,
+    batch_size: int,
+    score_batches: int,
+) -> DataContext:
     """Load and split the data, build the objective, cache the original's outputs where they fit."""
     from roundtrip.objective import make_objective
 

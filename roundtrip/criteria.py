@@ -83,7 +83,11 @@ def _observe(dep: DependencyGraph, context: DataContext, *, seed: int, gradients
             loss = context.objective.sampled_loss(outputs, batch, targets, generator)
             tensors = [seen[(t.node, t.input_index)] for t in taps]
             grads = torch.autograd.grad(loss, tensors, allow_unused=True)
-            yield taps, [x.detach() for x in tensors], [g if g is not None else torch.zeros_like(x) for g, x in zip(grads, tensors)]
+            yield (
+                taps,
+                [x.detach() for x in tensors],
+                [g if g is not None else torch.zeros_like(x) for g, x in zip(grads, tensors)],
+            )
         else:
             with torch.no_grad():
                 module.run(batch.inputs, outputs=context.objective.tensors, edge_hooks=hooks)
@@ -104,8 +108,9 @@ def _finish(dep: DependencyGraph, totals: dict[int, np.ndarray], counts: dict[in
     return scores
 
 
-def _accumulate(totals: dict[int, np.ndarray], counts: dict[int, np.ndarray], group: int, values: np.ndarray,
-                weight: np.ndarray) -> None:
+def _accumulate(
+    totals: dict[int, np.ndarray], counts: dict[int, np.ndarray], group: int, values: np.ndarray, weight: np.ndarray
+) -> None:
     if group not in totals:
         totals[group] = np.zeros_like(values)
         counts[group] = np.zeros_like(weight, dtype=np.float64)
@@ -134,8 +139,14 @@ def _flops_penalty(dep: DependencyGraph) -> dict[str, float]:
     return {gid: value / top for gid, value in per_channel.items()}
 
 
-def taylor(dep: DependencyGraph, *, seed: int = 0, data: DataContext | None = None, flops_regularization: float = 0.0,
-           **_: object) -> Scores:
+def taylor(
+    dep: DependencyGraph,
+    *,
+    seed: int = 0,
+    data: DataContext | None = None,
+    flops_regularization: float = 0.0,
+    **_: object,
+) -> Scores:
     """First-order Taylor estimate of the loss change when a channel is zeroed (Molchanov et al.)."""
     context = _require(data, "taylor")
     totals: dict[int, np.ndarray] = {}
@@ -201,8 +212,10 @@ def bn_gamma(dep: DependencyGraph, *, seed: int = 0, **_: object) -> Scores:
             np.add.at(counts[group], classes[where], 1)
             found = True
     if not found:
-        raise ModelRejected("criterion 'bn-gamma' needs BatchNormalization nodes; this model has none "
-                            "(exporters fold BatchNorm into Conv in inference mode)")
+        raise ModelRejected(
+            "criterion 'bn-gamma' needs BatchNormalization nodes; this model has none "
+            "(exporters fold BatchNorm into Conv in inference mode)"
+        )
     fallback = l1_norm(dep)
     scores: Scores = {}
     for index, group in enumerate(dep.groups):

@@ -39,19 +39,24 @@ class Dataset:
         return int(next(iter(self.inputs.values())).shape[0])
 
     def subset(self, indices: np.ndarray) -> Dataset:
-        return Dataset({k: v[indices] for k, v in self.inputs.items()},
-                       None if self.labels is None else self.labels[indices])
+        return Dataset(
+            {k: v[indices] for k, v in self.inputs.items()}, None if self.labels is None else self.labels[indices]
+        )
 
-    def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                limit: int | None = None) -> Iterator[Batch]:
+    def batches(
+        self, batch_size: int, *, shuffle: bool = False, seed: int = 0, limit: int | None = None
+    ) -> Iterator[Batch]:
         """Batches in order (or a seeded shuffle); ``limit`` caps how many."""
         order = np.random.default_rng(seed).permutation(len(self)) if shuffle else np.arange(len(self))
         for count, start in enumerate(range(0, len(self), batch_size)):
             if limit is not None and count >= limit:
                 return
-            index = order[start:start + batch_size]
-            yield Batch({k: v[index] for k, v in self.inputs.items()},
-                        None if self.labels is None else self.labels[index], index)
+            index = order[start : start + batch_size]
+            yield Batch(
+                {k: v[index] for k, v in self.inputs.items()},
+                None if self.labels is None else self.labels[index],
+                index,
+            )
 
     def endless(self, batch_size: int, *, seed: int = 0) -> Iterator[Batch]:
         """Shuffled full batches forever, a new permutation each epoch (for training steps)."""
@@ -71,32 +76,40 @@ def _array_names(path: Path) -> list[str]:
         raise ModelRejected(f"data {path.name} is not a readable .npz of arrays: {str(exc).splitlines()[0]}") from exc
 
 
-def _check_input(name: str, array: np.ndarray, value: onnx.ValueInfoProto, shape: Shape | None,
-                 concrete: Sequence[int] | None) -> np.ndarray:
+def _check_input(
+    name: str, array: np.ndarray, value: onnx.ValueInfoProto, shape: Shape | None, concrete: Sequence[int] | None
+) -> np.ndarray:
     dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
     if np.issubdtype(dtype, np.floating):
         if not np.issubdtype(array.dtype, np.floating):
-            raise ModelRejected(f"data for input '{name}' is {array.dtype}, the model wants {np.dtype(dtype).name}: "
-                                "save it preprocessed as the model expects (e.g. scaled floats)")
+            raise ModelRejected(
+                f"data for input '{name}' is {array.dtype}, the model wants {np.dtype(dtype).name}: "
+                "save it preprocessed as the model expects (e.g. scaled floats)"
+            )
         array = array.astype(dtype, copy=False)
     elif array.dtype != dtype:
         raise ModelRejected(f"data for input '{name}' is {array.dtype}, the model wants {np.dtype(dtype).name}")
     if shape is not None:
         if array.ndim != len(shape):
-            raise ModelRejected(f"data for input '{name}' has shape {list(array.shape)}: the model wants "
-                                f"{len(shape)}-D samples batched on axis 0, like {list(concrete or shape)}")
+            raise ModelRejected(
+                f"data for input '{name}' has shape {list(array.shape)}: the model wants "
+                f"{len(shape)}-D samples batched on axis 0, like {list(concrete or shape)}"
+            )
         for axis in range(1, len(shape)):
             want = concrete[axis] if concrete is not None else shape[axis]
             if isinstance(want, int) and want > 0 and array.shape[axis] != want:
-                raise ModelRejected(f"data for input '{name}' has shape {list(array.shape)}, the model wants "
-                                    f"{list(concrete or shape)} (axis {axis} is {array.shape[axis]}, expected {want})")
+                raise ModelRejected(
+                    f"data for input '{name}' has shape {list(array.shape)}, the model wants "
+                    f"{list(concrete or shape)} (axis {axis} is {array.shape[axis]}, expected {want})"
+                )
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         raise ModelRejected(f"data for input '{name}' holds NaN or infinite values")
     return array
 
 
-def load_dataset(path: Path, model: onnx.ModelProto,
-                 input_shapes: Mapping[str, Sequence[int]] | None = None) -> Dataset:
+def load_dataset(
+    path: Path, model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None
+) -> Dataset:
     """The samples in ``path`` for ``model``'s inputs; a single-input model may use any array name."""
     path = Path(path)
     names = _array_names(path)
@@ -108,8 +121,10 @@ def load_dataset(path: Path, model: onnx.ModelProto,
     else:
         missing = [v.name for v in values if v.name not in names]
         if missing:
-            raise ModelRejected(f"data has no array for model input '{missing[0]}' (arrays: {', '.join(names) or 'none'}; "
-                                f"inputs: {', '.join(v.name for v in values)})")
+            raise ModelRejected(
+                f"data has no array for model input '{missing[0]}' (arrays: {', '.join(names) or 'none'}; "
+                f"inputs: {', '.join(v.name for v in values)})"
+            )
         mapping = {v.name: v.name for v in values}
     try:
         with np.load(path, allow_pickle=False) as archive:
@@ -119,7 +134,9 @@ def load_dataset(path: Path, model: onnx.ModelProto,
     inputs = {}
     for value in values:
         concrete = (input_shapes or {}).get(value.name)
-        inputs[value.name] = _check_input(value.name, arrays[mapping[value.name]], value, declared.get(value.name), concrete)
+        inputs[value.name] = _check_input(
+            value.name, arrays[mapping[value.name]], value, declared.get(value.name), concrete
+        )
     labels = arrays.get(LABELS)
     counts = {name: a.shape[0] if a.ndim else 0 for name, a in inputs.items()}
     if len(set(counts.values())) != 1 or 0 in counts.values():
@@ -127,8 +144,10 @@ def load_dataset(path: Path, model: onnx.ModelProto,
     count = next(iter(counts.values()))
     if labels is not None:
         if not np.issubdtype(labels.dtype, np.integer) or labels.shape != (count,):
-            raise ModelRejected(f"data 'labels' must be {count} integers (one class per sample), "
-                                f"got {labels.dtype} of shape {list(labels.shape)}")
+            raise ModelRejected(
+                f"data 'labels' must be {count} integers (one class per sample), "
+                f"got {labels.dtype} of shape {list(labels.shape)}"
+            )
         if labels.min() < 0:
             raise ModelRejected("data 'labels' holds negative classes")
         labels = labels.astype(np.int64)

@@ -31,7 +31,6 @@ _ELEMENTWISE = ("Add", "Sub", "Mul")
 STATISTICS_SLOTS = {"BatchNormalization": (3, 4)}
 
 
-
 class ExecutorError(GraphOpsError):
     """A graph the analysis accepted failed to run in the PyTorch executor: an onnxprune bug, never the
     user's (the CLI exits 1, the service retries the job as an internal error)."""
@@ -75,8 +74,11 @@ def _roles(model: onnx.ModelProto) -> tuple[set[str], set[str]]:
             elif index in STATISTICS_SLOTS.get(node.op_type, ()):
                 role = "statistics"
             slots.setdefault(name, set()).add(role)
-    floats = {name for name, init in initializers.items()
-              if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)}
+    floats = {
+        name
+        for name, init in initializers.items()
+        if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
+    }
     trainable = {name for name, roles in slots.items() if roles == {"parameter"} and name in floats}
     statistics = {name for name, roles in slots.items() if roles == {"statistics"} and name in floats}
     return trainable, statistics
@@ -173,7 +175,9 @@ class OnnxModule(torch.nn.Module):
                 results = op_for(node)(node, inputs, ctx)
             except (RuntimeError, ValueError, IndexError, KeyError, TypeError) as exc:
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise ExecutorError(f"node '{node.name}' ({node.op_type}) failed in the PyTorch executor: {first}") from exc
+                raise ExecutorError(
+                    f"node '{node.name}' ({node.op_type}) failed in the PyTorch executor: {first}"
+                ) from exc
             for name, value in zip(node.output, results):
                 if name:
                     env[name] = value

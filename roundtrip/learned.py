@@ -100,8 +100,9 @@ def reward(drop: float, kept: int, channels: int, bound: float) -> float:
 class MaskedEvaluator:
     """p(A) of one model with a group's channels masked at every filter that reads them."""
 
-    def __init__(self, model: onnx.ModelProto, dep: DependencyGraph, batches: list[RewardBatch],
-                 objective: Objective) -> None:
+    def __init__(
+        self, model: onnx.ModelProto, dep: DependencyGraph, batches: list[RewardBatch], objective: Objective
+    ) -> None:
         from roundtrip.executor import OnnxModule
 
         self.module = OnnxModule(model).eval()
@@ -138,8 +139,9 @@ def _scaler(on: torch.Tensor, axis: int) -> EdgeHook:
     return hook
 
 
-def _batch_metric(outputs: list[torch.Tensor], labels: np.ndarray | None, targets: list[torch.Tensor],
-                  objective: Objective) -> float:
+def _batch_metric(
+    outputs: list[torch.Tensor], labels: np.ndarray | None, targets: list[torch.Tensor], objective: Objective
+) -> float:
     """Summed over the batch: correct predictions with labels, else cosine to the original's outputs."""
     import torch
 
@@ -158,7 +160,7 @@ def _reward_batches(context: DataContext, count: int) -> list[RewardBatch]:
     indices = np.unique(np.linspace(0, len(held) - 1, min(count, len(held))).round().astype(int))
     batches = []
     for start in range(0, len(indices), 256):
-        chosen = indices[start:start + 256]
+        chosen = indices[start : start + 256]
         batch = held.subset(chosen)
         one = next(batch.batches(len(chosen)))
         targets = context.objective.teacher_outputs(one)
@@ -174,8 +176,14 @@ def layer_order(dep: DependencyGraph, exclude: tuple[str, ...]) -> list[str]:
     return [g.id for g in sorted(groups, key=lambda g: min(position.get(p, 0) for p in g.filter_producers))]
 
 
-def _within_bound(dep: DependencyGraph, index: int, order: np.ndarray, count: int, settings: SearchSettings,
-                  drop_of: Callable[[np.ndarray], float]) -> np.ndarray:
+def _within_bound(
+    dep: DependencyGraph,
+    index: int,
+    order: np.ndarray,
+    count: int,
+    settings: SearchSettings,
+    drop_of: Callable[[np.ndarray], float],
+) -> np.ndarray:
     """A valid keep mask of about ``count`` filters ranked by ``order`` (higher: kept first), with
     filters added back in that order while the drop exceeds b (a binary search on the count)."""
     channels = dep.groups[index].channels
@@ -199,8 +207,14 @@ def _within_bound(dep: DependencyGraph, index: int, order: np.ndarray, count: in
     return mask_for(high)
 
 
-def _decide(dep: DependencyGraph, group_id: str, probabilities: np.ndarray, best_sample: np.ndarray,
-            settings: SearchSettings, drop_of: Callable[[np.ndarray], float]) -> np.ndarray:
+def _decide(
+    dep: DependencyGraph,
+    group_id: str,
+    probabilities: np.ndarray,
+    best_sample: np.ndarray,
+    settings: SearchSettings,
+    drop_of: Callable[[np.ndarray], float],
+) -> np.ndarray:
     """The trained agent's decision: keep probability >= 0.5, or the best pruning it sampled if that
     earns more reward (short searches leave probabilities short of 0.5 that samples already beat);
     each made valid for the group's constraints and brought within b."""
@@ -213,21 +227,35 @@ def _decide(dep: DependencyGraph, group_id: str, probabilities: np.ndarray, best
     return max(candidates, key=lambda mask: reward(drop_of(mask), int(mask.sum()), channels, settings.max_drop))
 
 
-def _finetune_layer(pruned: onnx.ModelProto, student: OnnxModule, context: DataContext, settings: SearchSettings, *,
-                    seed: int) -> tuple[onnx.ModelProto, list[float]]:
+def _finetune_layer(
+    pruned: onnx.ModelProto, student: OnnxModule, context: DataContext, settings: SearchSettings, *, seed: int
+) -> tuple[onnx.ModelProto, list[float]]:
     """Re-estimate BatchNorm statistics, fine-tune, re-estimate again; the weights written back."""
     from roundtrip.training import finetune, recalibrate_batchnorm
     from roundtrip.writeback import write_back
 
     recalibrate_batchnorm(student, context.train, context.batch_size, BN_BATCHES, seed)
-    step_losses = finetune(student, context.objective, context.train, steps=settings.finetune_steps, lr=settings.lr,
-                           batch_size=context.batch_size, seed=seed).losses
+    step_losses = finetune(
+        student,
+        context.objective,
+        context.train,
+        steps=settings.finetune_steps,
+        lr=settings.lr,
+        batch_size=context.batch_size,
+        seed=seed,
+    ).losses
     recalibrate_batchnorm(student, context.train, context.batch_size, BN_BATCHES, seed)
     return write_back(pruned, student), step_losses
 
 
-def search(dep: DependencyGraph, settings: SearchSettings, context: DataContext, *, verify: Verify,
-           progress: Progress | None = None) -> LearnedResult:
+def search(
+    dep: DependencyGraph,
+    settings: SearchSettings,
+    context: DataContext,
+    *,
+    verify: Verify,
+    progress: Progress | None = None,
+) -> LearnedResult:
     """Prune every layer in turn with a trained agent; see the module docstring."""
     from roundtrip.agent import PruningAgent, filter_features, train_agent
     from roundtrip.executor import OnnxModule
@@ -262,23 +290,45 @@ def search(dep: DependencyGraph, settings: SearchSettings, context: DataContext,
         def drop_of(mask: np.ndarray, evaluator: MaskedEvaluator = evaluator, group_id: str = group_id) -> float:
             return baseline - evaluator.metric(group_id, mask)
 
-        def reward_of(mask: np.ndarray, drop_of: Callable[[np.ndarray], float] = drop_of,
-                      channels: int = group.channels) -> float:
+        def reward_of(
+            mask: np.ndarray, drop_of: Callable[[np.ndarray], float] = drop_of, channels: int = group.channels
+        ) -> float:
             return reward(drop_of(mask), int(mask.sum()), channels, settings.max_drop)
 
-        def episode_progress(episode: int, episodes: int, mean: float, label: str = label, low: float = low,
-                             high: float = high) -> None:
-            report(f"{label}: episode {episode}/{episodes}, reward {mean:.3g}", low + 0.8 * (high - low) * episode / episodes)
+        def episode_progress(
+            episode: int, episodes: int, mean: float, label: str = label, low: float = low, high: float = high
+        ) -> None:
+            report(
+                f"{label}: episode {episode}/{episodes}, reward {mean:.3g}",
+                low + 0.8 * (high - low) * episode / episodes,
+            )
 
-        agent = PruningAgent(filter_features(current_dep, group_id), initial_keep=settings.initial_keep,
-                             seed=settings.seed + number)
-        training = train_agent(agent, reward_of, episodes=settings.episodes, samples=settings.samples, pinned=pinned,
-                               lr=settings.agent_lr, seed=settings.seed + number, progress=episode_progress)
+        agent = PruningAgent(
+            filter_features(current_dep, group_id), initial_keep=settings.initial_keep, seed=settings.seed + number
+        )
+        training = train_agent(
+            agent,
+            reward_of,
+            episodes=settings.episodes,
+            samples=settings.samples,
+            pinned=pinned,
+            lr=settings.agent_lr,
+            seed=settings.seed + number,
+            progress=episode_progress,
+        )
         mask = _decide(current_dep, group_id, agent.keep_probabilities(), training.best_mask, settings, drop_of)
         drop = drop_of(mask)
-        record = LayerSearch(group_id, list(group.producers), group.channels, int(mask.sum()),
-                             reward(drop, int(mask.sum()), group.channels, settings.max_drop), drop, None,
-                             [round(r, 6) for r in training.rewards], 0.0)
+        record = LayerSearch(
+            group_id,
+            list(group.producers),
+            group.channels,
+            int(mask.sum()),
+            reward(drop, int(mask.sum()), group.channels, settings.max_drop),
+            drop,
+            None,
+            [round(r, 6) for r in training.rewards],
+            0.0,
+        )
         seconds["search"] = seconds.get("search", 0.0) + time.perf_counter() - started
         if mask.all():
             record.seconds = round(time.perf_counter() - started, 3)
@@ -303,32 +353,59 @@ def search(dep: DependencyGraph, settings: SearchSettings, context: DataContext,
                 after_finetune = evaluate(student, context.objective, context.holdout, context.batch_size)
             seconds["finetune"] = seconds.get("finetune", 0.0) + time.perf_counter() - tuned_started
         if dep.input_shapes is None:
-            raise ModelRejected("the learned search measures each step's MACs: it needs concrete input shapes (--input-shape)")
-        iterations.append(IterationRecord(number + 1, measure_cost(current, dep.input_shapes).macs,
-                                          plan.removed_channels, after_pruning, after_finetune, final_loss))
+            raise ModelRejected(
+                "the learned search measures each step's MACs: it needs concrete input shapes (--input-shape)"
+            )
+        iterations.append(
+            IterationRecord(
+                number + 1,
+                measure_cost(current, dep.input_shapes).macs,
+                plan.removed_channels,
+                after_pruning,
+                after_finetune,
+                final_loss,
+            )
+        )
         record.seconds = round(time.perf_counter() - started, 3)
         layers.append(record)
-    final_plan = PruningPlan.from_keep(dep, {gid: keep for gid, keep in composed.items()
-                                             if len(keep) < dep.group(gid).channels})
+    final_plan = PruningPlan.from_keep(
+        dep, {gid: keep for gid, keep in composed.items() if len(keep) < dep.group(gid).channels}
+    )
     pruned_only = apply_plan(dep, final_plan)
     if not same_structure(pruned_only, current):
         raise ScheduleError("the composed plan does not reproduce the structure the layer-by-layer search built")
     student = OnnxModule(current)
     check_inputs = next(context.holdout.batches(min(len(context.holdout), student.static_batch or 4))).inputs
-    recovery = ScheduleResult(model=current, plan=final_plan, pruned_only=pruned_only, iterations=iterations,
-                              losses=losses, check_inputs=check_inputs, check_outputs=outputs_on(student, check_inputs),
-                              seconds={k: round(v, 4) for k, v in seconds.items()})
+    recovery = ScheduleResult(
+        model=current,
+        plan=final_plan,
+        pruned_only=pruned_only,
+        iterations=iterations,
+        losses=losses,
+        check_inputs=check_inputs,
+        check_outputs=outputs_on(student, check_inputs),
+        seconds={k: round(v, 4) for k, v in seconds.items()},
+    )
     seconds["total"] = time.perf_counter() - started_all
     metric = "accuracy" if context.objective.use_labels else "fidelity"
-    return LearnedResult(recovery, layers, metric, baseline, settings.max_drop, reward_count,
-                         {k: round(v, 4) for k, v in seconds.items()})
+    return LearnedResult(
+        recovery,
+        layers,
+        metric,
+        baseline,
+        settings.max_drop,
+        reward_count,
+        {k: round(v, 4) for k, v in seconds.items()},
+    )
 
 
 def learned(dep: DependencyGraph, **_: object) -> NoReturn:
     """Registry entry: ``learned`` chooses how many filters each layer keeps, so it is not a ranking;
     the pipeline runs :func:`search` instead of scoring and selecting."""
-    raise ModelRejected("criterion 'learned' decides how many filters each layer keeps (from --max-drop); "
-                        "it runs in 'onnxprune prune', not as a ranking")
+    raise ModelRejected(
+        "criterion 'learned' decides how many filters each layer keeps (from --max-drop); "
+        "it runs in 'onnxprune prune', not as a ranking"
+    )
 
 
 mark(learned, needs_data=True, searches=True)

@@ -86,7 +86,9 @@ class Objective:
             raise RuntimeError("the objective trains on labels, but this batch has none")
         target = torch.from_numpy(labels)
         if int(target.max()) >= scores.shape[1]:
-            raise ModelRejected(f"data 'labels' holds class {int(target.max())}, the model scores {scores.shape[1]} classes")
+            raise ModelRejected(
+                f"data 'labels' holds class {int(target.max())}, the model scores {scores.shape[1]} classes"
+            )
         return target
 
     def loss(self, outputs: list[torch.Tensor], batch: Batch, targets: list[torch.Tensor]) -> torch.Tensor:
@@ -94,8 +96,12 @@ class Objective:
         total = outputs[0].new_zeros(())
         for out, target, classifier in zip(outputs, targets, self.classifier):
             if classifier:
-                soft = F.kl_div(F.log_softmax(out / TEMPERATURE, 1), F.log_softmax(target / TEMPERATURE, 1),
-                                log_target=True, reduction="batchmean")
+                soft = F.kl_div(
+                    F.log_softmax(out / TEMPERATURE, 1),
+                    F.log_softmax(target / TEMPERATURE, 1),
+                    log_target=True,
+                    reduction="batchmean",
+                )
                 total = total + soft * TEMPERATURE**2
             else:
                 total = total + F.mse_loss(out, target) / (target.pow(2).mean() + _EPS)
@@ -105,8 +111,9 @@ class Objective:
             total = (1 - LABEL_WEIGHT) * total + LABEL_WEIGHT * hard
         return total
 
-    def sampled_loss(self, outputs: list[torch.Tensor], batch: Batch, targets: list[torch.Tensor],
-                     generator: torch.Generator) -> torch.Tensor:
+    def sampled_loss(
+        self, outputs: list[torch.Tensor], batch: Batch, targets: list[torch.Tensor], generator: torch.Generator
+    ) -> torch.Tensor:
         """Summed over samples, so each sample's gradient is its own (for the Taylor criterion).
 
         Without labels the distillation loss is at its minimum on the unpruned model and every

@@ -93,7 +93,7 @@ def _linear_weight(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]) 
 
 
 def _input_width(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]) -> int:
-    dims = list(inits[node.input[1]].dims)
+    dims = [int(d) for d in inits[node.input[1]].dims]
     if node.op_type == "Conv":
         return dims[1]
     if node.op_type == "Gemm":
@@ -175,7 +175,8 @@ def _ridge(x: torch.Tensor, y: torch.Tensor, ridge: float) -> torch.Tensor:
     gram = (x.T @ x).double()  # float32 products, float64 solve: fast and accurate enough with the ridge
     scale = float(gram.diagonal().mean()) if gram.numel() else 1.0
     gram += ridge * max(scale, 1e-12) * torch.eye(gram.shape[0], dtype=gram.dtype)
-    return torch.linalg.solve(gram, (x.T @ y).double())
+    solution: torch.Tensor = torch.linalg.solve(gram, (x.T @ y).double())
+    return solution
 
 
 def _relative_error(prediction: torch.Tensor, target: torch.Tensor) -> float:
@@ -185,14 +186,30 @@ def _relative_error(prediction: torch.Tensor, target: torch.Tensor) -> float:
 class _Refit:
     """One layer's refit: rows from the pruned model's input, targets from the original's output."""
 
-    def __init__(self, module: OnnxModule, node: onnx.NodeProto, targets: torch.Tensor,
-                 positions: np.ndarray | None, kept_outputs: np.ndarray | None, fit_samples: int, ridge: float) -> None:
-        self.module, self.node, self.positions, self.fit_samples, self.ridge = module, node, positions, fit_samples, ridge
+    def __init__(
+        self,
+        module: OnnxModule,
+        node: onnx.NodeProto,
+        targets: torch.Tensor,
+        positions: np.ndarray | None,
+        kept_outputs: np.ndarray | None,
+        fit_samples: int,
+        ridge: float,
+    ) -> None:
+        self.module, self.node, self.positions, self.fit_samples, self.ridge = (
+            module,
+            node,
+            positions,
+            fit_samples,
+            ridge,
+        )
         self.targets = targets if kept_outputs is None else targets[:, torch.from_numpy(kept_outputs)]
         self.result: LayerFit | None = None
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
         if self.node.op_type == "Conv":
+            if self.positions is None:
+                raise ValueError(f"Conv '{self.node.name}' is refit without output positions to sample")
             kernel = list(self.module.tensor(self.node.input[1]).shape[2:])
             return _conv_rows(self.node, x, kernel, self.positions)
         return x.reshape(-1, x.shape[-1])
@@ -233,7 +250,7 @@ class _Refit:
         matrix, bias = self._weights_as_matrix()
         with_bias = bias is not None
         design = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=rows.dtype)], 1) if with_bias else rows
-        current = torch.cat([matrix, bias.reshape(1, -1)], 0) if with_bias else matrix
+        current = torch.cat([matrix, bias.reshape(1, -1)], 0) if bias is not None else matrix
         solution = _ridge(design[:split], self.targets[:split], self.ridge).to(rows.dtype)
         check, target = design[split:], self.targets[split:]
         before = _relative_error(check @ current, target)
@@ -241,14 +258,23 @@ class _Refit:
         kept = after < before
         if kept:
             self._store(solution[:-1] if with_bias else solution, solution[-1] if with_bias else None)
-        self.result = LayerFit(self.node.name, self.node.op_type, round(before, 6),
-                               round(after if kept else before, 6), kept)
+        self.result = LayerFit(
+            self.node.name, self.node.op_type, round(before, 6), round(after if kept else before, 6), kept
+        )
         return x
 
 
-def reconstruct(dep: DependencyGraph, plan: PruningPlan, pruned: onnx.ModelProto, data: Dataset, *,
-                samples: int = 256, seed: int = 0, ridge: float = RIDGE,
-                teacher: OnnxModule | None = None) -> ReconstructionResult:
+def reconstruct(
+    dep: DependencyGraph,
+    plan: PruningPlan,
+    pruned: onnx.ModelProto,
+    data: Dataset,
+    *,
+    samples: int = 256,
+    seed: int = 0,
+    ridge: float = RIDGE,
+    teacher: OnnxModule | None = None,
+) -> ReconstructionResult:
     """``pruned`` (``plan`` applied to ``dep.model``) with every layer that lost input channels refit
     to reproduce ``dep.model``'s output of that layer on ``data``; see the module docstring."""
     from roundtrip.writeback import write_back
@@ -276,8 +302,9 @@ def reconstruct(dep: DependencyGraph, plan: PruningPlan, pruned: onnx.ModelProto
             targets = _output_rows(y, positions)
             if node.op_type != "Conv" and y.dim() > 2:  # MatMul over a sequence: rows are samples x tokens
                 targets = y.reshape(-1, y.shape[-1])
-            hooks[(node.name, 0)] = _Refit(student, node, targets, positions,
-                                           _kept_outputs(dep, plan, node.output[0]), fit_samples, ridge)
+            hooks[(node.name, 0)] = _Refit(
+                student, node, targets, positions, _kept_outputs(dep, plan, node.output[0]), fit_samples, ridge
+            )
         del outputs
         student.run(batch, edge_hooks=hooks)
     layers = [hook.result for hook in hooks.values() if hook.result is not None]

@@ -47,8 +47,9 @@ class ScheduleResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def compose_plans(composed: dict[str, list[int]], dep_original: DependencyGraph, dep_now: DependencyGraph,
-                  plan: PruningPlan) -> dict[str, list[int]]:
+def compose_plans(
+    composed: dict[str, list[int]], dep_original: DependencyGraph, dep_now: DependencyGraph, plan: PruningPlan
+) -> dict[str, list[int]]:
     """Map a step's kept indices (on the current model) back to the original's channel indices."""
     result = dict(composed)
     original_ids = {g.id for g in dep_original.groups}
@@ -57,8 +58,9 @@ def compose_plans(composed: dict[str, list[int]], dep_original: DependencyGraph,
             raise ScheduleError(f"group '{group_id}' of a pruning step is not a group of the original model")
         base = result.get(group_id, list(range(dep_original.group(group_id).channels)))
         if len(base) != dep_now.group(group_id).channels:
-            raise ScheduleError(f"group '{group_id}' has {dep_now.group(group_id).channels} channels, "
-                                f"the composed plan {len(base)}")
+            raise ScheduleError(
+                f"group '{group_id}' has {dep_now.group(group_id).channels} channels, the composed plan {len(base)}"
+            )
         result[group_id] = [base[i] for i in keep]
     return result
 
@@ -68,5 +70,6 @@ def _initializer_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
 
 
 def same_structure(a: onnx.ModelProto, b: onnx.ModelProto) -> bool:
-    return (_initializer_shapes(a) == _initializer_shapes(b)
-            and [n.name for n in a.graph.node] == [n.name for n in b.graph.node])
+    return _initializer_shapes(a) == _initializer_shapes(b) and [n.name for n in a.graph.node] == [
+        n.name for n in b.graph.node
+    ]

@@ -43,7 +43,9 @@ def consumer_taps(dep: DependencyGraph, group_ids: set[str]) -> list[Tap]:
         groups, classes = dep.classes_of(layout.atoms)
         groups = np.where(wanted[groups], groups, -1)
         if (groups >= 0).any():
-            taps[(node.name, data_index)] = Tap(node.name, data_index, node.input[data_index], layout.axis, groups, classes)
+            taps[(node.name, data_index)] = Tap(
+                node.name, data_index, node.input[data_index], layout.axis, groups, classes
+            )
     return list(taps.values())
 
 

@@ -33,7 +33,9 @@ def write_back(model: onnx.ModelProto, module: OnnxModule) -> onnx.ModelProto:
         old = numpy_helper.to_array(init)
         value = module.tensor(init.name).detach().cpu().numpy()
         if value.shape != old.shape:
-            raise WriteBackError(f"initializer '{init.name}' has shape {old.shape} in the graph, {value.shape} in the module")
+            raise WriteBackError(
+                f"initializer '{init.name}' has shape {old.shape} in the graph, {value.shape} in the module"
+            )
         init.CopyFrom(numpy_helper.from_array(value.astype(old.dtype, copy=False), init.name))
     return updated
 
@@ -41,5 +43,8 @@ def write_back(model: onnx.ModelProto, module: OnnxModule) -> onnx.ModelProto:
 def changed_initializers(before: onnx.ModelProto, after: onnx.ModelProto) -> list[str]:
     """Names of initializers whose values differ (for reports and tests)."""
     old = {init.name: numpy_helper.to_array(init) for init in before.graph.initializer}
-    return [init.name for init in after.graph.initializer
-            if init.name in old and not np.array_equal(old[init.name], numpy_helper.to_array(init))]
+    return [
+        init.name
+        for init in after.graph.initializer
+        if init.name in old and not np.array_equal(old[init.name], numpy_helper.to_array(init))
+    ]

@@ -70,8 +70,13 @@ async def accept_job(
         config = options.model_dump_json()
         fingerprint = await run_in_threadpool(_fingerprint, files, config, upload.data_bytes is not None)
         record = JobRecord(
-            id=job_id, owner=owner, idempotency_key=idempotency_key, fingerprint=fingerprint,
-            status=JobStatus.queued, config=config, has_data=upload.data_bytes is not None,
+            id=job_id,
+            owner=owner,
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
+            status=JobStatus.queued,
+            config=config,
+            has_data=upload.data_bytes is not None,
             created_at=time.time(),
         )
         try:
@@ -79,8 +84,9 @@ async def accept_job(
         except IdempotencyConflict as conflict:
             files.remove()
             if conflict.existing.fingerprint != fingerprint:
-                raise ApiError(409, "idempotency_conflict",
-                               "Idempotency-Key was already used for a different upload") from None
+                raise ApiError(
+                    409, "idempotency_conflict", "Idempotency-Key was already used for a different upload"
+                ) from None
             return conflict.existing, False
     except BaseException:
         files.remove()  # a refused upload leaves no job and no file behind
@@ -90,8 +96,12 @@ async def accept_job(
     ):
         store.delete(job_id)  # a worker that still gets the message finds no record and does nothing
         files.remove()
-        raise ApiError(503, "broker_unavailable", "the job queue is unreachable; nothing was kept, try again later",
-                       headers={"Retry-After": str(BROKER_RETRY_AFTER_S)})
+        raise ApiError(
+            503,
+            "broker_unavailable",
+            "the job queue is unreachable; nothing was kept, try again later",
+            headers={"Retry-After": str(BROKER_RETRY_AFTER_S)},
+        )
     return record, True
 
 
@@ -99,12 +109,17 @@ def refuse_when_full(store: JobStore, settings: Settings, owner: str) -> None:
     """Backpressure: a bounded queue per deployment, and optionally per token (429 + Retry-After)."""
     retry = {"Retry-After": str(QUEUE_RETRY_AFTER_S)}
     if sum(store.counts().values()) >= settings.max_active_jobs:
-        raise ApiError(429, "queue_full", f"the service has {settings.max_active_jobs} jobs queued or running; "
-                       "try again later", headers=retry)
+        raise ApiError(
+            429,
+            "queue_full",
+            f"the service has {settings.max_active_jobs} jobs queued or running; try again later",
+            headers=retry,
+        )
     limit = settings.max_active_per_owner
     if limit and sum(store.counts(owner).values()) >= limit:
-        raise ApiError(429, "quota_exceeded", f"you have {limit} jobs queued or running; wait for one to finish",
-                       headers=retry)
+        raise ApiError(
+            429, "quota_exceeded", f"you have {limit} jobs queued or running; wait for one to finish", headers=retry
+        )
 
 
 async def _answered(probe: asyncio.Future[None], timeout_s: float) -> bool:

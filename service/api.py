@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 DOCS_ASSETS_URL = "/docs-assets"
 
 MAX_OFFSET = 1_000_000_000  # SQLite integers are 64-bit; a bound keeps absurd offsets a 422, not a 500
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422, 429, 503, 507)}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422, 429, 503, 507)
+}
 _UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -49,8 +51,11 @@ _UPLOAD_BODY = {
                     "required": ["model"],
                     "properties": {
                         "model": {"type": "string", "format": "binary", "description": "The .onnx model."},
-                        "data": {"type": "string", "format": "binary",
-                                 "description": "Optional .npz of calibration inputs (no pickles)."},
+                        "data": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "Optional .npz of calibration inputs (no pickles).",
+                        },
                         "config": {"type": "string", "description": "JSON object of PruneOptions."},
                     },
                 }
@@ -110,8 +115,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         warming = asyncio.get_running_loop().run_in_executor(app.state.publisher, app.state.runner.warm_up)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(warming), 5.0)
-        background = [asyncio.create_task(_clean_periodically(settings, app.state.store)),
-                      asyncio.create_task(_reconcile_periodically(app))]
+        background = [
+            asyncio.create_task(_clean_periodically(settings, app.state.store)),
+            asyncio.create_task(_reconcile_periodically(app)),
+        ]
         try:
             yield
         finally:
@@ -166,6 +173,7 @@ def _add_routes(app: FastAPI) -> None:
     def options() -> list[OptionSpec]:
         """Every prune option (the keys of POST /v1/jobs' config): kind, default, help, group, needs data."""
         return option_specs()
+
     @app.get("/v1/queue", response_model=QueueDepth, responses=_ERRORS, tags=["health"])
     def queue_depth(owner: Owner, settings: SettingsDep, store: StoreDep) -> QueueDepth:
         """How many jobs are queued and running in this deployment, against the queue limit."""
@@ -173,31 +181,49 @@ def _add_routes(app: FastAPI) -> None:
         return QueueDepth(queued=counts["queued"], running=counts["running"], limit=settings.max_active_jobs)
 
     @app.post(
-        "/v1/jobs", status_code=202, response_model=JobPublic, responses=_ERRORS,
-        openapi_extra=_UPLOAD_BODY, tags=["jobs"],
+        "/v1/jobs",
+        status_code=202,
+        response_model=JobPublic,
+        responses=_ERRORS,
+        openapi_extra=_UPLOAD_BODY,
+        tags=["jobs"],
     )
     async def create_job(
-        request: Request, response: Response, owner: Owner, settings: SettingsDep, store: StoreDep,
-        runner: RunnerDep, idempotency_key: Annotated[str | None, Header()] = None,
+        request: Request,
+        response: Response,
+        owner: Owner,
+        settings: SettingsDep,
+        store: StoreDep,
+        runner: RunnerDep,
+        idempotency_key: Annotated[str | None, Header()] = None,
     ) -> JobPublic:
         """Upload a model (and optional npz data) with a JSON config; the job is checked, then queued."""
         job, _created = await accept_job(
-            request, settings=settings, store=store, runner=runner, publisher=request.app.state.publisher,
-            owner=owner, idempotency_key=idempotency_key,
+            request,
+            settings=settings,
+            store=store,
+            runner=runner,
+            publisher=request.app.state.publisher,
+            owner=owner,
+            idempotency_key=idempotency_key,
         )
         response.headers["Location"] = f"/v1/jobs/{job.id}"
         return JobPublic.of(job)
 
     @app.get("/v1/jobs", response_model=JobList, responses=_ERRORS, tags=["jobs"])
     def list_jobs(
-        owner: ListingOwner, store: StoreDep,
+        owner: ListingOwner,
+        store: StoreDep,
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> JobList:
         jobs, total = store.list(owner, limit=limit, offset=offset)
         following = offset + len(jobs)
         return JobList(
-            jobs=[JobPublic.of(j) for j in jobs], total=total, limit=limit, offset=offset,
+            jobs=[JobPublic.of(j) for j in jobs],
+            total=total,
+            limit=limit,
+            offset=offset,
             next_offset=following if following < total else None,
         )
 
@@ -215,8 +241,10 @@ def _add_routes(app: FastAPI) -> None:
     def get_model(job: JobDep, settings: SettingsDep) -> FileResponse:
         """The pruned model; ``X-Content-SHA256`` is its hex SHA-256."""
         return FileResponse(
-            _result(job, settings, "model"), media_type="application/octet-stream",
-            filename=f"{job.id}.onnx", headers={"X-Content-SHA256": job.output_sha256 or ""},
+            _result(job, settings, "model"),
+            media_type="application/octet-stream",
+            filename=f"{job.id}.onnx",
+            headers={"X-Content-SHA256": job.output_sha256 or ""},
         )
 
     @app.get("/v1/jobs/{job_id}/report", response_model=PruneReport, responses=_ERRORS, tags=["results"])
@@ -229,7 +257,9 @@ def _add_routes(app: FastAPI) -> None:
         return FileResponse(_result(job, settings, "plan"), media_type="application/json")
 
     @app.delete(
-        "/v1/jobs/{job_id}", response_model=JobPublic, responses={**_ERRORS, 204: {"description": "Removed."}},
+        "/v1/jobs/{job_id}",
+        response_model=JobPublic,
+        responses={**_ERRORS, 204: {"description": "Removed."}},
         tags=["jobs"],
     )
     def delete_job(job: JobDep, settings: SettingsDep, store: StoreDep, request: Request) -> JobPublic | Response:
@@ -256,8 +286,7 @@ def _result(job: JobRecord, settings: Settings, kind: str) -> Path:
 
 def _add_error_handlers(app: FastAPI) -> None:
     def body(status_code: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-        return JSONResponse({"error": {"code": code, "message": message}}, status_code=status_code,
-                            headers=headers)
+        return JSONResponse({"error": {"code": code, "message": message}}, status_code=status_code, headers=headers)
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -315,8 +344,13 @@ async def _reconcile_periodically(app: FastAPI) -> None:
 
     def one_pass() -> None:
         pending = runner.pending_ids()
-        reconcile(app.state.store, pending, runner.submit, grace_s=settings.reconcile_grace_s,
-                  max_resends=settings.max_resends)
+        reconcile(
+            app.state.store,
+            pending,
+            runner.submit,
+            grace_s=settings.reconcile_grace_s,
+            max_resends=settings.max_resends,
+        )
 
     while True:
         await asyncio.sleep(settings.reconcile_interval_s)

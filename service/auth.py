@@ -26,7 +26,7 @@ MIN_CLIENT_KEY = 20
 _bearer = HTTPBearer(
     auto_error=False,
     description="A server token when the server sets ONNXPRUNE_API_TOKENS; else an optional client key "
-                f"of {MIN_CLIENT_KEY}+ characters that scopes job listing.",
+    f"of {MIN_CLIENT_KEY}+ characters that scopes job listing.",
 )
 
 
@@ -42,12 +42,15 @@ async def current_owner(
     given = credentials.credentials if credentials is not None else None
     if not tokens:
         if given is not None and len(given) < MIN_CLIENT_KEY:
-            raise ApiError(401, "unauthorized", f"a client key must have at least {MIN_CLIENT_KEY} characters",
-                           headers={"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401,
+                "unauthorized",
+                f"a client key must have at least {MIN_CLIENT_KEY} characters",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         return owner_of(given)
     if given is None or not any(hmac.compare_digest(given.encode(), t.encode()) for t in tokens):
-        raise ApiError(401, "unauthorized", "missing or invalid bearer token",
-                       headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(401, "unauthorized", "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
     return owner_of(given)
 
 
@@ -58,9 +61,12 @@ def may_access(request: Request, job_owner: str, caller: str) -> bool:
 
 async def listing_owner(request: Request, owner: Annotated[str, Depends(current_owner)]) -> str:
     if not request.app.state.settings.tokens and owner == owner_of(None):
-        raise ApiError(403, "listing_disabled",
-                       f"listing jobs needs a key: send Authorization: Bearer <a random key of {MIN_CLIENT_KEY}+ "
-                       "characters>; each key lists only the jobs created with it")
+        raise ApiError(
+            403,
+            "listing_disabled",
+            f"listing jobs needs a key: send Authorization: Bearer <a random key of {MIN_CLIENT_KEY}+ "
+            "characters>; each key lists only the jobs created with it",
+        )
     return owner
 
 

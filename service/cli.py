@@ -46,8 +46,10 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
-                                          help="Print the installed version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the installed version and exit."),
+    ] = False,
 ) -> None:
     """Prune conv filters directly on ONNX models."""
 
@@ -153,30 +155,45 @@ def _print_summary(report: PruneReport) -> None:
     table.add_row("MACs", f"{report.macs.before:,}", f"{report.macs.after:,}", f"-{report.macs.reduction:.1%}")
     table.add_row("params", f"{report.params.before:,}", f"{report.params.after:,}", f"-{report.params.reduction:.1%}")
     if report.latency_ms and report.latency_ms.after:
-        table.add_row("latency p50 (ms)", f"{report.latency_ms.before.p50:.3f}", f"{report.latency_ms.after.p50:.3f}",
-                      _speed_words(report.latency_ms.change))
+        table.add_row(
+            "latency p50 (ms)",
+            f"{report.latency_ms.before.p50:.3f}",
+            f"{report.latency_ms.after.p50:.3f}",
+            _speed_words(report.latency_ms.change),
+        )
     if report.fidelity:
-        table.add_row("fidelity", "", f"cos {report.fidelity.cosine_similarity:.4f}", f"max|Δ| {report.fidelity.max_abs_diff:.3g}")
+        table.add_row(
+            "fidelity", "", f"cos {report.fidelity.cosine_similarity:.4f}", f"max|Δ| {report.fidelity.max_abs_diff:.3g}"
+        )
     evaluation = getattr(report, "evaluation", None)
     if evaluation is not None:
         middle = "" if evaluation.after_pruning is None else f"pruned {evaluation.after_pruning:.4f}, fine-tuned "
-        table.add_row(f"{evaluation.metric} (held out)", f"{evaluation.before:.4f}", f"{middle}{evaluation.after:.4f}",
-                      f"{evaluation.after - evaluation.before:+.4f}")
+        table.add_row(
+            f"{evaluation.metric} (held out)",
+            f"{evaluation.before:.4f}",
+            f"{middle}{evaluation.after:.4f}",
+            f"{evaluation.after - evaluation.before:+.4f}",
+        )
     quantization = getattr(report, "quantization", None)
     if quantization is not None:
         float_ms = quantization.float_latency_ms.p50 if quantization.float_latency_ms else None
-        table.add_row(f"float pruned ({quantization.mode} above)", "",
-                      "" if float_ms is None else f"{float_ms:.3f} ms",
-                      "" if quantization.float_held_out is None else f"held out {quantization.float_held_out:.4f}")
+        table.add_row(
+            f"float pruned ({quantization.mode} above)",
+            "",
+            "" if float_ms is None else f"{float_ms:.3f} ms",
+            "" if quantization.float_held_out is None else f"held out {quantization.float_held_out:.4f}",
+        )
     pruned = sum(1 for g in report.groups if g.channels_after < g.channels_before)
     table.caption = f"{pruned} of {len(report.groups)} prunable groups pruned; {len(report.frozen)} frozen"
     target = getattr(report, "latency_target", None)
     if target is not None:
         verdict = "met" if target.met else f"missed by {target.missed_by:.3f}"
-        table.caption += (f"\nlatency target {target.target:g}: {verdict} (measured {target.measured.ratio:.3f}x the "
-                          f"original's p50, p90 {target.measured.p90_ratio:.3f}x, fastest runs "
-                          f"{target.measured.min_ratio:.3f}x, predicted {target.predicted:.3f}x; "
-                          f"{len(target.iterations)} pass(es), counts multiples of {target.step})")
+        table.caption += (
+            f"\nlatency target {target.target:g}: {verdict} (measured {target.measured.ratio:.3f}x the "
+            f"original's p50, p90 {target.measured.p90_ratio:.3f}x, fastest runs "
+            f"{target.measured.min_ratio:.3f}x, predicted {target.predicted:.3f}x; "
+            f"{len(target.iterations)} pass(es), counts multiples of {target.step})"
+        )
     if getattr(report, "round_to", None):
         table.caption += f"\nchannel counts multiples of {report.round_to} ({report.round_to_source})"
     learned = getattr(report, "learned", None)
@@ -189,7 +206,7 @@ def _print_summary(report: PruneReport) -> None:
 
 
 def _speed_words(change: SpeedChange | None) -> str:
-    """"1.32x faster (95% interval: between 1.25x faster and 1.40x faster)", flagged when within noise."""
+    """ "1.32x faster (95% interval: between 1.25x faster and 1.40x faster)", flagged when within noise."""
     if change is None:
         return ""
     noise = " [yellow]within noise[/yellow]" if change.within_noise else ""
@@ -202,14 +219,25 @@ def _speed_words(change: SpeedChange | None) -> str:
 def prune(
     model: Annotated[Path, typer.Argument(help="The ONNX model to prune.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the pruned model.")],
-    data: Annotated[Path | None, typer.Option(help="Data .npz: one array per model input (preprocessed), "
-                                                 "optional integer 'labels'. Every fifth sample is held out.")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Data .npz: one array per model input (preprocessed), "
+            "optional integer 'labels'. Every fifth sample is held out."
+        ),
+    ] = None,
     report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
-    report_html: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report with plots here.")] = None,
+    report_html: Annotated[
+        Path | None, typer.Option(help="Write a self-contained HTML report with plots here.")
+    ] = None,
     plan_out: Annotated[Path | None, typer.Option(help="Write the pruning plan (kept channels) here.")] = None,
     plan_in: Annotated[Path | None, typer.Option(help="Apply a saved plan instead of scoring.")] = None,
-    sensitivity: Annotated[Path | None, typer.Option(help="With --ratio auto: curves from 'onnxprune sensitivity "
-                                                        "--json' instead of measuring them again.")] = None,
+    sensitivity: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --ratio auto: curves from 'onnxprune sensitivity --json' instead of measuring them again."
+        ),
+    ] = None,
     **flags: Any,
 ) -> None:
     """Remove filters and write a smaller dense model, with a report of what changed."""
@@ -228,8 +256,9 @@ def prune(
         except OSError as exc:
             _fail(f"cannot read plan {plan_in}: {exc.strerror}", EXIT_BAD_INPUT)
     with stage_progress(console) as progress:
-        result = run_pipeline(model, output, options, plan=plan, data=data, sensitivity=_load_sensitivity(sensitivity),
-                              progress=progress)
+        result = run_pipeline(
+            model, output, options, plan=plan, data=data, sensitivity=_load_sensitivity(sensitivity), progress=progress
+        )
     if report is not None:
         atomic_write_bytes(report, result.report.model_dump_json(indent=1).encode())
     if plan_out is not None:
@@ -272,8 +301,10 @@ def analyze(
         table.add_row(g["id"], str(g["channels"]), str(g["pinned"]), producers, f"{g['macs_share']:.1%}")
     prunable_share = sum(g["macs_share"] for g in data["groups"])
     frozen_share = sum(g["macs_share"] for g in data["frozen"])
-    table.caption = (f"MACs share: the layers computing a group's channels. Prunable {prunable_share:.1%}, "
-                     f"frozen {frozen_share:.1%}, in no group {max(0.0, 1 - prunable_share - frozen_share):.1%}")
+    table.caption = (
+        f"MACs share: the layers computing a group's channels. Prunable {prunable_share:.1%}, "
+        f"frozen {frozen_share:.1%}, in no group {max(0.0, 1 - prunable_share - frozen_share):.1%}"
+    )
     print_table(table, out)
     frozen = Table("group", "channels", "MACs share", "reason", title="frozen groups")
     for g in data["frozen"]:
@@ -295,9 +326,13 @@ def bench(
     """Time one model, or two side by side (interleaved runs), and compare their outputs."""
     from workers.benchmark import benchmark as run_benchmark
 
-    result = run_benchmark(model_a, model_b, _input_shapes(input_shape) or None, runs=runs, warmup=warmup, threads=threads)
-    data = {"latency_ms": result.latency.model_dump(),
-            "fidelity": result.fidelity.model_dump() if result.fidelity else None}
+    result = run_benchmark(
+        model_a, model_b, _input_shapes(input_shape) or None, runs=runs, warmup=warmup, threads=threads
+    )
+    data = {
+        "latency_ms": result.latency.model_dump(),
+        "fidelity": result.fidelity.model_dump() if result.fidelity else None,
+    }
     if as_json:
         print(json.dumps(data, indent=1))
         return
@@ -315,7 +350,9 @@ def bench(
         if noise_warning(change):
             console.print(f"[yellow]warning:[/yellow] {noise_warning(change)}", highlight=False, soft_wrap=True)
     if result.fidelity:
-        out.print(f"outputs: max |A-B| {result.fidelity.max_abs_diff:.3g}, cosine {result.fidelity.cosine_similarity:.6f}")
+        out.print(
+            f"outputs: max |A-B| {result.fidelity.max_abs_diff:.3g}, cosine {result.fidelity.cosine_similarity:.6f}"
+        )
 
 
 def _register_service_commands() -> None:

@@ -14,10 +14,14 @@ import typer
 if TYPE_CHECKING:  # the engine loads only when the command runs
     from workers.report import SensitivityReport
 
-NO_DATA_MESSAGE = ("sensitivity needs held-out data: pass --data DATA.npz (one array per model input, optional "
-                   "'labels'), or --synthetic N to measure output fidelity on N random inputs (a proxy)")
-SYNTHETIC_HELP = ("No data? Measure output fidelity on N random standard-normal inputs instead: a proxy "
-                  "that says how much each group changes the outputs, not how accurate the model stays.")
+NO_DATA_MESSAGE = (
+    "sensitivity needs held-out data: pass --data DATA.npz (one array per model input, optional "
+    "'labels'), or --synthetic N to measure output fidelity on N random inputs (a proxy)"
+)
+SYNTHETIC_HELP = (
+    "No data? Measure output fidelity on N random standard-normal inputs instead: a proxy "
+    "that says how much each group changes the outputs, not how accurate the model stays."
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -26,27 +30,63 @@ def register(app: typer.Typer) -> None:
 
 def sensitivity(
     model: Annotated[Path, typer.Argument(help="The ONNX model to analyse.")],
-    data: Annotated[Path | None, typer.Option(help="Held-out .npz: one array per model input, optional 'labels' (all samples are used).")] = None,
-    ratios: Annotated[str, typer.Option(help="Comma-separated fractions of each group's filters to remove.")] = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Held-out .npz: one array per model input, optional 'labels' (all samples are used)."),
+    ] = None,
+    ratios: Annotated[
+        str, typer.Option(help="Comma-separated fractions of each group's filters to remove.")
+    ] = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9",
     criterion: Annotated[str, typer.Option(help="Filter ranking: l1, l2, random.")] = "l1",
-    samples: Annotated[int | None, typer.Option(min=1, help="Use at most N samples of the data (evenly strided).")] = None,
+    samples: Annotated[
+        int | None, typer.Option(min=1, help="Use at most N samples of the data (evenly strided).")
+    ] = None,
     synthetic: Annotated[int | None, typer.Option(min=1, help=SYNTHETIC_HELP)] = None,
-    workers: Annotated[int | None, typer.Option(min=1, help="Groups measured in parallel (default: CPU cores).")] = None,
-    input_shape: Annotated[list[str] | None, typer.Option("--input-shape", help="NAME:1x3x224x224 for symbolic inputs (repeatable).")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the curves as JSON (reusable with prune --sensitivity).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Groups measured in parallel (default: CPU cores).")
+    ] = None,
+    input_shape: Annotated[
+        list[str] | None, typer.Option("--input-shape", help="NAME:1x3x224x224 for symbolic inputs (repeatable).")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the curves as JSON (reusable with prune --sensitivity).")
+    ] = None,
     plot: Annotated[Path | None, typer.Option(help="Write the curves as a PNG.")] = None,
     report_html: Annotated[Path | None, typer.Option(help="Write a self-contained HTML page with the curves.")] = None,
 ) -> None:
     """For every prunable group, prune it alone at each ratio and measure accuracy (labels) or fidelity."""
     from service.cli import _fail, _input_shapes, one_line_errors
 
-    one_line_errors(_sensitivity)(model, data, ratios, criterion, samples, synthetic, workers,
-                                  _input_shapes(input_shape), json_out, plot, report_html, _fail)
+    one_line_errors(_sensitivity)(
+        model,
+        data,
+        ratios,
+        criterion,
+        samples,
+        synthetic,
+        workers,
+        _input_shapes(input_shape),
+        json_out,
+        plot,
+        report_html,
+        _fail,
+    )
 
 
-def _sensitivity(model: Path, data: Path | None, ratios: str, criterion: str, samples: int | None,
-                 synthetic: int | None, workers: int | None, shapes: dict[str, list[int]], json_out: Path | None,
-                 plot: Path | None, report_html: Path | None, fail: Callable[[str, int], NoReturn]) -> None:
+def _sensitivity(
+    model: Path,
+    data: Path | None,
+    ratios: str,
+    criterion: str,
+    samples: int | None,
+    synthetic: int | None,
+    workers: int | None,
+    shapes: dict[str, list[int]],
+    json_out: Path | None,
+    plot: Path | None,
+    report_html: Path | None,
+    fail: Callable[[str, int], NoReturn],
+) -> None:
     import numpy as np
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -76,10 +116,18 @@ def _sensitivity(model: Path, data: Path | None, ratios: str, criterion: str, sa
     if samples is not None and samples < len(dataset):
         dataset = dataset.subset(np.linspace(0, len(dataset) - 1, samples).round().astype(int))
     if synthetic is not None:
-        console.print(f"[yellow]no data: measuring output fidelity on {synthetic} random inputs (a proxy, "
-                      "not accuracy)[/yellow]")
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True, disable=not console.is_terminal) as bar:
+        console.print(
+            f"[yellow]no data: measuring output fidelity on {synthetic} random inputs (a proxy, not accuracy)[/yellow]"
+        )
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    ) as bar:
         task = bar.add_task("groups", total=None)
 
         def show(done: int, total: int, group: str) -> None:
@@ -87,8 +135,16 @@ def _sensitivity(model: Path, data: Path | None, ratios: str, criterion: str, sa
             if not console.is_terminal:
                 console.print(f"[{done}/{total}] {group}", highlight=False)
 
-        result = measure_sensitivity(model, dataset, ratios=grid, criterion=criterion, input_shapes=shapes,
-                                     workers=workers, synthetic=synthetic is not None, progress=show)
+        result = measure_sensitivity(
+            model,
+            dataset,
+            ratios=grid,
+            criterion=criterion,
+            input_shapes=shapes,
+            workers=workers,
+            synthetic=synthetic is not None,
+            progress=show,
+        )
     if json_out is not None:
         atomic_write_bytes(json_out, result.model_dump_json(indent=1).encode())
     if plot is not None:
@@ -108,8 +164,11 @@ def _print_table(result: SensitivityReport) -> None:
 
     from service.cli_output import print_table
 
-    table = Table(title=f"{result.metric} with one group pruned (unpruned {result.baseline:.4f}, "
-                        f"{result.samples} samples, {result.source})", header_style="bold")
+    table = Table(
+        title=f"{result.metric} with one group pruned (unpruned {result.baseline:.4f}, "
+        f"{result.samples} samples, {result.source})",
+        header_style="bold",
+    )
     table.add_column("group")
     table.add_column("ch", justify="right")
     for ratio in result.ratios:

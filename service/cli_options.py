@@ -64,10 +64,18 @@ def option_parameters() -> list[inspect.Parameter]:
         kind = _cli_type(field.annotation)
         flag = flag_name(name, field)
         declarations = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
-        option = typer.Option(*declarations, help=_help(field), show_default=False, metavar=_METAVARS.get(kind),
-                              rich_help_panel=OPTION_GROUPS.get(str(about.get("group")), "Options"))
-        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                                            annotation=Annotated[kind | None, option]))
+        option = typer.Option(
+            *declarations,
+            help=_help(field),
+            show_default=False,
+            metavar=_METAVARS.get(kind),
+            rich_help_panel=OPTION_GROUPS.get(str(about.get("group")), "Options"),
+        )
+        parameters.append(
+            inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[kind | None, option]
+            )
+        )
     return parameters
 
 
@@ -83,8 +91,11 @@ def set_options(values: dict[str, Any]) -> dict[str, Any]:
     """The flags the user set, as schema values (``--input-shape x:1x3x8x8`` becomes a dict).
 
     Raises ValueError for a malformed NAME:DIMS."""
-    options = {name: value for name, value in values.items() if name in PruneOptions.model_fields
-               and value is not None and value != []}
+    options = {
+        name: value
+        for name, value in values.items()
+        if name in PruneOptions.model_fields and value is not None and value != []
+    }
     if "input_shapes" in options:
         options["input_shapes"] = dict(parse_input_shape(text) for text in options["input_shapes"])
     return options

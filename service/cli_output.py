@@ -52,8 +52,9 @@ def stage_progress(console: Console, first: str = "load") -> Iterator[StageCallb
     """A ``(stage, fraction)`` callback: a rich bar on a terminal, else one stderr line per new stage label
     (fine-tuning labels its steps, ``finetune 20/300, loss 1.2``, so long runs print every few steps)."""
     if console.is_terminal:
-        with Progress(TextColumn("{task.description:<10}"), BarColumn(), TimeElapsedColumn(), console=console,
-                      transient=True) as bar:
+        with Progress(
+            TextColumn("{task.description:<10}"), BarColumn(), TimeElapsedColumn(), console=console, transient=True
+        ) as bar:
             task = bar.add_task(first, total=1.0)
             yield lambda stage, fraction: bar.update(task, description=stage, completed=fraction)
         return
@@ -64,7 +65,11 @@ def stage_progress(console: Console, first: str = "load") -> Iterator[StageCallb
         if last and last[-1] == stage:
             return
         last.append(stage)
-        console.print(f"[{time.monotonic() - started:7.1f} s] {fraction:4.0%} {stage}", highlight=False,
-                      markup=False, soft_wrap=True)
+        console.print(
+            f"[{time.monotonic() - started:7.1f} s] {fraction:4.0%} {stage}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
 
     yield line

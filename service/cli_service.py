@@ -56,8 +56,14 @@ def submit(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The .onnx model to prune.")],
     server: Annotated[str, typer.Option(help="Base URL of the onnxprune service.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the pruned model.")],
-    data: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Data .npz: one array per model "
-                                              "input, optional integer 'labels' (needed by the data options).")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="Data .npz: one array per model input, optional integer 'labels' (needed by the data options).",
+        ),
+    ] = None,
     report: Annotated[Path | None, typer.Option(help="Also write the report JSON here.")] = None,
     plan: Annotated[Path | None, typer.Option(help="Also write the pruning plan JSON here.")] = None,
     token: Annotated[str | None, typer.Option(envvar="ONNXPRUNE_TOKEN", help="Bearer token.")] = None,
@@ -80,8 +86,9 @@ def submit(
         with PruneClient(server, token=token) as client:
             job = client.submit(model, config, data=data)
             with stage_progress(console, first="queued") as progress:
-                job = client.wait(job["id"], on_progress=lambda job: progress(job["stage"] or job["status"],
-                                                                             job["progress"]))
+                job = client.wait(
+                    job["id"], on_progress=lambda job: progress(job["stage"] or job["status"], job["progress"])
+                )
             client.download_model(job["id"], output)
             if report is not None:
                 report.write_text(_json(client.report(job["id"])))
@@ -91,8 +98,9 @@ def submit(
         console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(exit_code_of(exc)) from None
     except httpx.HTTPError as exc:
-        console.print(f"error: cannot talk to {server}: {exc}", style="red", markup=False, highlight=False,
-                      soft_wrap=True)
+        console.print(
+            f"error: cannot talk to {server}: {exc}", style="red", markup=False, highlight=False, soft_wrap=True
+        )
         raise typer.Exit(EXIT_FAILURE) from None
     summary = job.get("report") or {}
     macs = summary.get("macs") or {}

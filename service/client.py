@@ -1,9 +1,9 @@
 """A Python client of the onnxprune service (httpx): submit, wait, download.
 
-    client = PruneClient("http://127.0.0.1:8000", token=None)
-    job = client.submit("resnet.onnx", {"criterion": "l1", "ratio": 0.3})
-    job = client.wait(job["id"], on_progress=lambda job: print(job["stage"], job["progress"]))
-    client.download_model(job["id"], "resnet.pruned.onnx")
+client = PruneClient("http://127.0.0.1:8000", token=None)
+job = client.submit("resnet.onnx", {"criterion": "l1", "ratio": 0.3})
+job = client.wait(job["id"], on_progress=lambda job: print(job["stage"], job["progress"]))
+client.download_model(job["id"], "resnet.pruned.onnx")
 """
 
 from __future__ import annotations
@@ -43,11 +43,16 @@ class JobFailed(ServiceError):
 
 
 class PruneClient:
-    def __init__(self, server: str, *, token: str | None = None, timeout: float = 60.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        server: str,
+        *,
+        token: str | None = None,
+        timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=server.rstrip("/"), headers=headers, timeout=timeout,
-                                  transport=transport)
+        self._http = httpx.Client(base_url=server.rstrip("/"), headers=headers, timeout=timeout, transport=transport)
 
     def __enter__(self) -> PruneClient:
         return self
@@ -78,8 +83,9 @@ class PruneClient:
             try:
                 if data is not None and data_file is not None:
                     files["data"] = (Path(data).name, data_file, "application/octet-stream")
-                response = self._http.post("/v1/jobs", files=files, data={"config": config},
-                                           headers={"Idempotency-Key": key})
+                response = self._http.post(
+                    "/v1/jobs", files=files, data={"config": config}, headers={"Idempotency-Key": key}
+                )
             finally:
                 if data_file is not None:
                     data_file.close()
@@ -95,8 +101,14 @@ class PruneClient:
         response = self._http.delete(f"/v1/jobs/{job_id}")
         return None if response.status_code == 204 else self._object(response)
 
-    def wait(self, job_id: str, *, on_progress: Callable[[Job], None] | None = None,
-             poll_s: float = 0.5, timeout: float | None = None) -> Job:
+    def wait(
+        self,
+        job_id: str,
+        *,
+        on_progress: Callable[[Job], None] | None = None,
+        poll_s: float = 0.5,
+        timeout: float | None = None,
+    ) -> Job:
         """Poll until the job ends; return it if it succeeded, else raise :class:`JobFailed`."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:

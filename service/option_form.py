@@ -87,9 +87,17 @@ def option_specs() -> list[OptionSpec]:
         kind, choices, data_choices = _choices(name, *_kind(field.annotation))
         group = str(about.get("group") or DEFAULT_GROUP)
         default = field.get_default(call_default_factory=True)
-        specs.append(OptionSpec(
-            name=name, kind=kind, default=default, description=field.description or "", group=group,
-            group_title=OPTION_GROUPS.get(group, "Options"), needs_data=bool(about.get("needs_data")),
-            choices=choices, data_choices=data_choices,
-        ))
+        specs.append(
+            OptionSpec(
+                name=name,
+                kind=kind,
+                default=default,
+                description=field.description or "",
+                group=group,
+                group_title=OPTION_GROUPS.get(group, "Options"),
+                needs_data=bool(about.get("needs_data")),
+                choices=choices,
+                data_choices=data_choices,
+            )
+        )
     return specs

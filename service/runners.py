@@ -19,16 +19,22 @@ class Runner(Protocol):
     def start(self) -> None: ...
     def warm_up(self) -> None:
         """Prepare the path to the broker (connections, pools) so the first submit is as quick as the rest."""
+
     def probe(self, timeout_s: float) -> None:
         """Raise unless the broker answers within ``timeout_s`` (a round trip on a new connection)."""
+
     def submit(self, job_id: str) -> None:
         """Hand the job over (may block on the broker: the API calls it off the event loop)."""
+
     def ready(self) -> str | None:
         """None when jobs can be handed over, else why not (one line). Busy workers are not a problem."""
+
     def pending_ids(self) -> set[str] | None:
         """Ids of jobs handed over and not yet taken up or finished, or None when that is unknown."""
+
     def capabilities(self) -> frozenset[str] | None:
         """Optional parts the job runners have (``workers.capabilities``); None when unknown."""
+
     def close(self) -> None: ...
 
 
@@ -80,6 +86,7 @@ class EmbeddedRunner:
     def pending_ids(self) -> set[str] | None:
         with self._lock:
             return set(self._pending)
+
     def capabilities(self) -> frozenset[str] | None:
         from workers.capabilities import local_capabilities
 
@@ -120,8 +127,9 @@ class CeleryRunner:
     def probe(self, timeout_s: float) -> None:
         import redis
 
-        with redis.Redis.from_url(self._settings.redis_url or "", socket_timeout=timeout_s,
-                                  socket_connect_timeout=timeout_s) as client:
+        with redis.Redis.from_url(
+            self._settings.redis_url or "", socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        ) as client:
             client.ping()
 
     def submit(self, job_id: str) -> None:
@@ -146,8 +154,9 @@ class CeleryRunner:
 
         prefix, queue = self._settings.redis_prefix, self._settings.queue
         try:
-            with redis.Redis.from_url(self._settings.redis_url or "", socket_timeout=2,
-                                      socket_connect_timeout=2) as client:
+            with redis.Redis.from_url(
+                self._settings.redis_url or "", socket_timeout=2, socket_connect_timeout=2
+            ) as client:
                 raw = []
                 for key in [queue, *(f"{queue}\x06\x16{p}" for p in (3, 6, 9))]:
                     raw.extend(client.lrange(f"{prefix}{key}", 0, 9999))
@@ -158,6 +167,7 @@ class CeleryRunner:
         ids = {json.loads(message).get("headers", {}).get("id") for message in raw}
         ids |= {message.get("headers", {}).get("id") for message in unacked}
         return {i for i in ids if i}
+
     def capabilities(self) -> frozenset[str] | None:
         """What the workers of our queue said they have when they started (None before any has)."""
         from jobs.capabilities import read_published_capabilities

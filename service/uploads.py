@@ -107,7 +107,8 @@ class _Receiver:
         elif part.sink is not None:
             if part.size > self.max_bytes:
                 raise ApiError(
-                    413, "payload_too_large",
+                    413,
+                    "payload_too_large",
                     f"{part.name} upload exceeds the limit of {self.max_bytes / 2**20:g} MB",
                 )
             part.sink.write(data[start:end])
@@ -225,15 +226,30 @@ def check_data(path: Path, upload_bytes: int, max_bytes: int) -> None:
             for info in members:
                 declared += _declared_array_bytes(archive, info)
                 if declared > budget:
-                    raise ApiError(413, "payload_too_large",
-                                   f"data arrays declare more than {budget} bytes in all, over the limit for a "
-                                   f"{upload_bytes}-byte upload")
+                    raise ApiError(
+                        413,
+                        "payload_too_large",
+                        f"data arrays declare more than {budget} bytes in all, over the limit for a "
+                        f"{upload_bytes}-byte upload",
+                    )
             for info in members:
                 _stream_through(archive, info)
     except ApiError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, TypeError, KeyError, SyntaxError, OSError,
-            EOFError, NotImplementedError, RuntimeError, OverflowError, MemoryError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        ValueError,
+        TypeError,
+        KeyError,
+        SyntaxError,
+        OSError,
+        EOFError,
+        NotImplementedError,
+        RuntimeError,
+        OverflowError,
+        MemoryError,
+    ) as exc:
         raise ApiError(422, "invalid_data", f"data is not a readable .npz of arrays: {exc}"[:500]) from None
 
 
@@ -257,15 +273,23 @@ def _declared_array_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> in
             raise ValueError(f"unsupported .npy version {version}")
         header_bytes = member.tell()
     if dtype.hasobject:
-        raise ApiError(422, "invalid_data", f"data array {info.filename!r} holds Python objects (pickles), which a .npz "
-                       "of data may not; use numeric arrays")
+        raise ApiError(
+            422,
+            "invalid_data",
+            f"data array {info.filename!r} holds Python objects (pickles), which a .npz "
+            "of data may not; use numeric arrays",
+        )
     count = 1
     for dim in shape:
         count *= int(dim)
     payload = count * dtype.itemsize
     if info.file_size != header_bytes + payload:
-        raise ApiError(422, "invalid_data", f"data array {info.filename!r} declares {payload} bytes of values "
-                       f"but holds {info.file_size - header_bytes}")
+        raise ApiError(
+            422,
+            "invalid_data",
+            f"data array {info.filename!r} declares {payload} bytes of values "
+            f"but holds {info.file_size - header_bytes}",
+        )
     return payload
 
 

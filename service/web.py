@@ -21,8 +21,10 @@ from workers.fileio import atomic_write_text
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 _ASSETS = {"app.js": "text/javascript", "style.css": "text/css", "favicon.svg": "image/svg+xml"}
 # The page loads only its own assets; the report only its inline styles and data: images.
-_PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
-             "connect-src 'self'; frame-ancestors 'none'")
+_PAGE_CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+    "connect-src 'self'; frame-ancestors 'none'"
+)
 _REPORT_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; frame-ancestors 'none'"
 REPORT_HTML = "report.html"
 
@@ -31,8 +33,10 @@ router = APIRouter(include_in_schema=False)
 
 @router.get("/", response_class=HTMLResponse)
 def upload_page() -> HTMLResponse:
-    return HTMLResponse((STATIC_DIR / "index.html").read_text(encoding="utf-8"),
-                        headers={"Content-Security-Policy": _PAGE_CSP, "Cache-Control": "no-cache"})
+    return HTMLResponse(
+        (STATIC_DIR / "index.html").read_text(encoding="utf-8"),
+        headers={"Content-Security-Policy": _PAGE_CSP, "Cache-Control": "no-cache"},
+    )
 
 
 @router.get("/static/{name}")

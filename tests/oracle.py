@@ -70,7 +70,9 @@ def analyse(source: ModelSource, input_shapes: InputShapes = None) -> Analysed:
     return Analysed(original, prepared, analyze(prepared, shapes), shapes)
 
 
-def random_feeds(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]], seed: int = 0) -> dict[str, np.ndarray]:
+def random_feeds(
+    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]], seed: int = 0
+) -> dict[str, np.ndarray]:
     """Seeded standard-normal inputs at the given shapes (every real input of ``model``)."""
     rng = np.random.default_rng(seed)
     initializers = {init.name for init in model.graph.initializer}
@@ -136,8 +138,11 @@ def conv_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Weight of every Conv / ConvTranspose whose weight is an initializer, by node name (for a QDQ
     weight, the quantized initializer behind its DequantizeLinear: the same shape)."""
     arrays = initializer_arrays(model)
-    behind = {node.output[0]: node.input[0] for node in model.graph.node
-              if node.op_type == "DequantizeLinear" and node.input[0] in arrays}
+    behind = {
+        node.output[0]: node.input[0]
+        for node in model.graph.node
+        if node.op_type == "DequantizeLinear" and node.input[0] in arrays
+    }
     return {
         node.name: arrays[behind.get(node.input[1], node.input[1])]
         for node in model.graph.node
@@ -182,7 +187,8 @@ def assert_structure_follows_plan(
         # (a shuffled or multiplied layout holds a class more than once).
         group_index, classes = dep.classes_of(producer.atoms)
         expected = sum(
-            1 for g, c in zip(group_index.tolist(), classes.tolist())
+            1
+            for g, c in zip(group_index.tolist(), classes.tolist())
             if c in kept_classes.get(dep.groups[g].id, range(dep.groups[g].channels))
         )
         new = conv_out_channels(nodes_after[producer.node], weights_after[producer.node])
@@ -202,7 +208,9 @@ def assert_structure_follows_plan(
         elif node.op_type == "Conv" and old_group > 1 and old_weight.shape[1] == 1:
             multiplier = old_weight.shape[0] // old_group
             new_channels = int(weights_after[name].shape[0]) // multiplier
-            assert new_group == new_channels, f"depthwise x{multiplier} {name}: group={new_group}, {new_channels} inputs"
+            assert new_group == new_channels, (
+                f"depthwise x{multiplier} {name}: group={new_group}, {new_channels} inputs"
+            )
         else:
             assert new_group == old_group, f"{name}: group {old_group} became {new_group}"
     if removed_any:

@@ -42,8 +42,19 @@ def residual_net(head: str = "gemm") -> onnx.ModelProto:
                          '-------------------------'
     ``head``: "gemm" (Gemm, transB) or "matmul" (MatMul + Add bias).
     """
-    inits = _weights(0, w1=(8, 3, 3, 3), b1=(8,), w2=(6, 8, 3, 3), b2=(6,), w3=(8, 6, 3, 3), b3=(8,),
-                     wt=(8, 5, 2, 2), bt=(5,), wf=(10, 5) if head == "gemm" else (5, 10), bf=(10,))
+    inits = _weights(
+        0,
+        w1=(8, 3, 3, 3),
+        b1=(8,),
+        w2=(6, 8, 3, 3),
+        b2=(6,),
+        w3=(8, 6, 3, 3),
+        b3=(8,),
+        wt=(8, 5, 2, 2),
+        bt=(5,),
+        wf=(10, 5) if head == "gemm" else (5, 10),
+        bf=(10,),
+    )
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
@@ -60,13 +71,16 @@ def residual_net(head: str = "gemm") -> onnx.ModelProto:
     if head == "gemm":
         nodes.append(helper.make_node("Gemm", ["f", "wf", "bf"], ["y"], transB=1, name="fc"))
     else:
-        nodes += [helper.make_node("MatMul", ["f", "wf"], ["m"], name="fc"),
-                  helper.make_node("Add", ["m", "bf"], ["y"], name="fc_bias")]
+        nodes += [
+            helper.make_node("MatMul", ["f", "wf"], ["m"], name="fc"),
+            helper.make_node("Add", ["m", "bf"], ["y"], name="fc_bias"),
+        ]
     return _model(nodes, inits, "y", [1, 10])
 
 
-def quantize_qdq(model: onnx.ModelProto, directory: Path, *, per_channel: bool, weight_type: str = "int8",
-                 samples: int = 8) -> onnx.ModelProto:
+def quantize_qdq(
+    model: onnx.ModelProto, directory: Path, *, per_channel: bool, weight_type: str = "int8", samples: int = 8
+) -> onnx.ModelProto:
     """``model`` quantized by onnxruntime in the QDQ format (uint8 activations), calibrated on random inputs;
     int8 weights symmetric (zero point 0), uint8 weights asymmetric."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -83,14 +97,26 @@ def quantize_qdq(model: onnx.ModelProto, directory: Path, *, per_channel: bool, 
 
     source, target = directory / "float.onnx", directory / f"qdq_{int(per_channel)}_{weight_type}.onnx"
     onnx.save(model, source)
-    quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                    activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8 if weight_type == "int8" else QuantType.QUInt8,
-                    # uint8 weights asymmetric (the quantizer makes per-channel ones symmetric unless told
-                    # per tensor): zero points that vary by channel and are not 0.
-                    extra_options={"WeightSymmetric": weight_type == "int8", "TensorQuantOverrides": {} if
-                                   weight_type == "int8" else {name: [{"symmetric": False, **({"axis": axis} if per_channel else {})}]
-                                         for name, axis in _layer_weights(model).items()}})
+    quantize_static(
+        str(source),
+        str(target),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=per_channel,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8 if weight_type == "int8" else QuantType.QUInt8,
+        # uint8 weights asymmetric (the quantizer makes per-channel ones symmetric unless told
+        # per tensor): zero points that vary by channel and are not 0.
+        extra_options={
+            "WeightSymmetric": weight_type == "int8",
+            "TensorQuantOverrides": {}
+            if weight_type == "int8"
+            else {
+                name: [{"symmetric": False, **({"axis": axis} if per_channel else {})}]
+                for name, axis in _layer_weights(model).items()
+            },
+        },
+    )
     return onnx.load(target)
 
 
@@ -107,7 +133,7 @@ def _int8(values: np.ndarray) -> np.ndarray:
 def per_channel_activation_net() -> onnx.ModelProto:
     """Hand-built QDQ: an activation quantized per channel (axis 1) between two convs.
 
-        x -DQ(w1)-> conv1(6) -Q/DQ(axis 1, 6 scales)-> relu -DQ(w2)-> conv2(4) -> y
+    x -DQ(w1)-> conv1(6) -Q/DQ(axis 1, 6 scales)-> relu -DQ(w2)-> conv2(4) -> y
     """
     rng = np.random.default_rng(2)
     inits = {
@@ -131,7 +157,7 @@ def per_channel_activation_net() -> onnx.ModelProto:
 def shared_weight_net() -> onnx.ModelProto:
     """One dequantized weight read by two convs (weight sharing): sliced for one, it would change the other.
 
-        x -DQ(w)-> conv_a(4) -relu-> conv_b(4, same DQ(w2)) ... both read DQ(w2) -> Add -> y
+    x -DQ(w)-> conv_a(4) -relu-> conv_b(4, same DQ(w2)) ... both read DQ(w2) -> Add -> y
     """
     rng = np.random.default_rng(3)
     inits = {
@@ -152,7 +178,7 @@ def shared_weight_net() -> onnx.ModelProto:
 def grouped_conv_net() -> onnx.ModelProto:
     """A grouped (not depthwise) conv with a quantized weight, between two dense ones.
 
-        x -conv1(8)-> grouped conv (group 2, DQ weight) -> conv3(4) -> y
+    x -conv1(8)-> grouped conv (group 2, DQ weight) -> conv3(4) -> y
     """
     rng = np.random.default_rng(4)
     inits = {
@@ -174,7 +200,7 @@ def grouped_conv_net() -> onnx.ModelProto:
 def depthwise_net() -> onnx.ModelProto:
     """A depthwise conv with a per-channel quantized weight: it carries conv1's channels through.
 
-        x -conv1(8)-> depthwise (group 8, DQ weight, 8 scales) -> relu -> conv3(4) -> y
+    x -conv1(8)-> depthwise (group 8, DQ weight, 8 scales) -> relu -> conv3(4) -> y
     """
     rng = np.random.default_rng(5)
     inits = {
@@ -199,7 +225,7 @@ def depthwise_net() -> onnx.ModelProto:
 def qat_export_net() -> onnx.ModelProto:
     """As quantization-aware-training exports write it: float weights quantized at run time.
 
-        x -Q/DQ-> conv1(6; QuantizeLinear(w1 float, 6 scales) -> DQ) -relu-Q/DQ-> conv2(4; Q(w2) -> DQ) -> y
+    x -Q/DQ-> conv1(6; QuantizeLinear(w1 float, 6 scales) -> DQ) -relu-Q/DQ-> conv2(4; Q(w2) -> DQ) -> y
     """
     rng = np.random.default_rng(6)
     inits = {
@@ -267,7 +293,7 @@ def per_input_channel_scales_net() -> onnx.ModelProto:
 def grouped_deconv_net() -> onnx.ModelProto:
     """A grouped ConvTranspose (group 2) with a quantized weight, between two dense convs.
 
-        x -conv1(8)-> grouped deconv (group 2, DQ weight [8, 3, 2, 2], stride 2) -> conv3(4) -> y
+    x -conv1(8)-> grouped deconv (group 2, DQ weight [8, 3, 2, 2], stride 2) -> conv3(4) -> y
     """
     rng = np.random.default_rng(9)
     inits = {

@@ -1,7 +1,7 @@
 """What ``onnxprune analyze`` tells users: MACs shares that add up, frozen reasons that name the node.
 
-    input -> conv_a (8) -> relu -> conv_b (8) -> + -> conv_c (4) -> output
-                               \\-> CumSum (H) ----/
+input -> conv_a (8) -> relu -> conv_b (8) -> + -> conv_c (4) -> output
+                           \\-> CumSum (H) ----/
 """
 
 from __future__ import annotations
@@ -43,8 +43,11 @@ def test_macs_shares_of_all_groups_add_up_to_the_whole_model(build):
 def test_a_reason_names_the_unsupported_node_that_dropped_the_channels_not_a_tensor():
     analysed = analyse(_model_with_unsupported_op())
 
-    added = next(g for g in analysed.dep.groups if any(n.startswith("add") for n in g.nodes) and g.channels == 8
-                 and "Add" in g.frozen_reason)
+    added = next(
+        g
+        for g in analysed.dep.groups
+        if any(n.startswith("add") for n in g.nodes) and g.channels == 8 and "Add" in g.frozen_reason
+    )
     assert added.frozen
     assert "from unsupported op CumSum node 'cumsum_" in added.frozen_reason
 
@@ -53,8 +56,13 @@ def test_analyze_prints_shares_that_add_up(tmp_path):
     path = tmp_path / "residual.onnx"
     onnx.save(residual_model(), path)
 
-    result = subprocess.run([sys.executable, "-m", "service.cli", "analyze", str(path), "--json"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "analyze", str(path), "--json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)

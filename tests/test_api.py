@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def readme_python_example() -> str:
     """The first ```python block under the README's 'Python API' heading."""
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Python API"):]
+    section = readme[readme.index("## Python API") :]
     match = re.search(r"```python\n(.*?)```", section, re.S)
     if match is None:
         raise AssertionError("README's Python API section has no ```python example")
@@ -81,10 +81,16 @@ def test_bad_options_and_bad_models_raise_the_errors_the_cli_turns_into_exit_2()
     with pytest.raises(pydantic.ValidationError, match="ratio must be in"):
         onnxprune.prune(residual_model(), ratio=1.5)
     with pytest.raises(ModelRejected, match="no Conv"):
-        onnxprune.analyze(onnx.helper.make_model(onnx.helper.make_graph(
-            [onnx.helper.make_node("Relu", ["x"], ["y"])], "g",
-            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])))
+        onnxprune.analyze(
+            onnx.helper.make_model(
+                onnx.helper.make_graph(
+                    [onnx.helper.make_node("Relu", ["x"], ["y"])],
+                    "g",
+                    [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                    [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+                )
+            )
+        )
 
 
 def test_analyze_and_sensitivity_return_typed_results():
@@ -112,6 +118,7 @@ def test_data_as_arrays_drives_fine_tuning():
 
 def test_version_and_python_dash_m():
     assert re.fullmatch(r"\d+\.\d+\.\d+.*|0\+unknown", onnxprune.__version__)
-    result = subprocess.run([sys.executable, "-m", "onnxprune", "--help"], capture_output=True, text=True,
-                            timeout=120, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "onnxprune", "--help"], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
     assert result.returncode == 0 and "prune" in result.stdout

@@ -51,7 +51,10 @@ def tiny_model(tmp_path: Path) -> Path:
 
 
 def test_inputs_are_deterministic_and_typed_per_input(tiny_model: Path) -> None:
-    first, again = make_inputs(tiny_model, {"x": [2, 3, 8, 8]}, seed=7), make_inputs(tiny_model, {"x": [2, 3, 8, 8]}, seed=7)
+    first, again = (
+        make_inputs(tiny_model, {"x": [2, 3, 8, 8]}, seed=7),
+        make_inputs(tiny_model, {"x": [2, 3, 8, 8]}, seed=7),
+    )
     assert {name: (a.dtype, a.shape) for name, a in first.items()} == {
         "x": (np.float32, (2, 3, 8, 8)),
         "ids": (np.int64, (5,)),
@@ -109,7 +112,9 @@ def test_fidelity_of_outputs_whose_shape_changed_is_infinite() -> None:
 
 def constant_of_shape_model(path: Path) -> Path:
     """shape (graph input, int64[2]) -> ConstantOfShape(1.0): the size is only known at run time."""
-    node = helper.make_node("ConstantOfShape", ["shape"], ["y"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0]))
+    node = helper.make_node(
+        "ConstantOfShape", ["shape"], ["y"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])
+    )
     graph = helper.make_graph(
         [node],
         "blow",
@@ -137,10 +142,15 @@ def test_a_runtime_allocation_over_the_memory_limit_is_a_clear_error(tmp_path: P
     """2 GiB of ConstantOfShape output, and 2 GiB of Tile output, against a 1 GiB limit."""
     cases = [
         (constant_of_shape_model(tmp_path / "cos.onnx"), {"shape": np.array([16384, 32768], np.int64)}),
-        (tile_model(tmp_path / "tile.onnx"), {"x": np.ones((1, 1024), np.float32), "repeats": np.array([512 * 1024, 1], np.int64)}),
+        (
+            tile_model(tmp_path / "tile.onnx"),
+            {"x": np.ones((1, 1024), np.float32), "repeats": np.array([512 * 1024, 1], np.int64)},
+        ),
     ]
     for path, inputs in cases:
-        with pytest.raises(RunnerError, match="^onnxruntime exceeded the memory limit of 1024 MiB while running the model$"):
+        with pytest.raises(
+            RunnerError, match="^onnxruntime exceeded the memory limit of 1024 MiB while running the model$"
+        ):
             run_model(path, inputs, limits=SMALL_LIMITS)
     # the parent is intact and runs the next model
     assert run_model(tiny_model, make_inputs(tiny_model), limits=SMALL_LIMITS)["y"].shape == (1, 4, 8, 8)
@@ -161,7 +171,9 @@ def test_a_crashing_child_is_reported_with_its_signal() -> None:
 def test_an_error_inside_onnxruntime_comes_back_as_one_line(tmp_path: Path) -> None:
     path = tile_model(tmp_path / "tile.onnx")
     with pytest.raises(RunnerError, match="^onnxruntime could not run the model: ") as info:
-        run_model(path, {"x": np.ones((1, 1024), np.float32), "repeats": np.array([1, 2, 3], np.int64)}, limits=SMALL_LIMITS)
+        run_model(
+            path, {"x": np.ones((1, 1024), np.float32), "repeats": np.array([1, 2, 3], np.int64)}, limits=SMALL_LIMITS
+        )
     assert "\n" not in str(info.value)
 
 

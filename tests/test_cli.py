@@ -21,8 +21,9 @@ REPORT_CONTRACT = [
 
 
 def onnxprune(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "service.cli", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +34,21 @@ def model_path(tmp_path_factory) -> Path:
 
 
 def test_prune_writes_model_report_and_plan(model_path, tmp_path):
-    result = onnxprune("prune", model_path, "-o", "out.onnx", "--ratio", "0.5", "--report", "report.json",
-                       "--plan-out", "plan.json", "--runs", "5", cwd=tmp_path)
+    result = onnxprune(
+        "prune",
+        model_path,
+        "-o",
+        "out.onnx",
+        "--ratio",
+        "0.5",
+        "--report",
+        "report.json",
+        "--plan-out",
+        "plan.json",
+        "--runs",
+        "5",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     for path in REPORT_CONTRACT:
@@ -50,8 +64,22 @@ def test_prune_writes_model_report_and_plan(model_path, tmp_path):
 
 
 def test_a_saved_plan_reproduces_the_same_model(model_path, tmp_path):
-    first = onnxprune("prune", model_path, "-o", "a.onnx", "--criterion", "random", "--seed", "3",
-                      "--ratio", "0.4", "--plan-out", "plan.json", "--no-benchmark", cwd=tmp_path)
+    first = onnxprune(
+        "prune",
+        model_path,
+        "-o",
+        "a.onnx",
+        "--criterion",
+        "random",
+        "--seed",
+        "3",
+        "--ratio",
+        "0.4",
+        "--plan-out",
+        "plan.json",
+        "--no-benchmark",
+        cwd=tmp_path,
+    )
     again = onnxprune("prune", model_path, "-o", "b.onnx", "--plan-in", "plan.json", "--no-benchmark", cwd=tmp_path)
     assert first.returncode == again.returncode == 0, first.stderr + again.stderr
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()

@@ -28,8 +28,14 @@ def onnxprune(*args: str | Path, cwd: Path, extra_path: Path | None = None) -> s
     path = [str(extra_path)] if extra_path else []
     env = os.environ | {"PYTHONPATH": os.pathsep.join([*path, str(ROOT), os.environ.get("PYTHONPATH", "")])}
     env.pop("ONNXPRUNE_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "onnxprune", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "onnxprune", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def one_error_line(stderr: str) -> str:
@@ -85,8 +91,20 @@ def test_fine_tuning_prints_a_progress_line_every_few_steps(model_path, tmp_path
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", input=rng.standard_normal((20, 3, 8, 8)).astype(np.float32))
 
-    result = onnxprune("prune", model_path, "-o", "out.onnx", "--data", "d.npz", "--finetune-steps", "40",
-                       "--batch-size", "8", "--no-benchmark", cwd=tmp_path)
+    result = onnxprune(
+        "prune",
+        model_path,
+        "-o",
+        "out.onnx",
+        "--data",
+        "d.npz",
+        "--finetune-steps",
+        "40",
+        "--batch-size",
+        "8",
+        "--no-benchmark",
+        cwd=tmp_path,
+    )
 
     assert result.returncode == 0, result.stderr
     steps = [line for line in result.stderr.splitlines() if "finetune " in line and "/40" in line]
@@ -97,8 +115,11 @@ BAD_INPUT_CASES = [
     # (id, arguments after the model, words the one-line error must hold)
     ("missing output directory", ["-o", "no/such/dir/out.onnx"], "output directory no/such/dir does not exist"),
     ("missing report directory", ["-o", "out.onnx", "--report", "nowhere/r.json"], "output directory nowhere"),
-    ("exclude that matches nothing", ["-o", "out.onnx", "--exclude", "head*"],
-     "exclude pattern 'head*' matches no node"),
+    (
+        "exclude that matches nothing",
+        ["-o", "out.onnx", "--exclude", "head*"],
+        "exclude pattern 'head*' matches no node",
+    ),
     ("ratio out of range", ["-o", "out.onnx", "--ratio", "1.5"], "ratio must be in [0, 1)"),
     ("fine-tuning without data", ["-o", "out.onnx", "--finetune-steps", "5"], "needs data"),
 ]
@@ -114,8 +135,7 @@ def test_bad_input_is_one_line_and_exit_2_and_writes_nothing(model_path, tmp_pat
 
 
 def test_an_exclude_that_matches_a_node_is_accepted(model_path, tmp_path):
-    result = onnxprune("prune", model_path, "-o", "out.onnx", "--exclude", f"{LONG}_0", "--no-benchmark",
-                       cwd=tmp_path)
+    result = onnxprune("prune", model_path, "-o", "out.onnx", "--exclude", f"{LONG}_0", "--no-benchmark", cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
 
@@ -124,12 +144,14 @@ def test_our_own_fault_is_exit_1_and_says_so(model_path, tmp_path):
     """A bug of ours (simulated in the report step) is an internal error, never blamed on the user's model."""
     hooks = tmp_path / "hooks"
     hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(textwrap.dedent("""
+    (hooks / "sitecustomize.py").write_text(
+        textwrap.dedent("""
         import workers.pipeline
         def broken(*args, **kwargs):
             raise RuntimeError("simulated bug in the report")
         workers.pipeline.build_report = broken
-    """))
+    """)
+    )
 
     result = onnxprune("prune", model_path, "-o", "out.onnx", cwd=tmp_path, extra_path=hooks)
 
@@ -158,8 +180,7 @@ def test_without_torch_a_data_driven_prune_says_how_to_install_it_and_exits_2(mo
     (hooks / "sitecustomize.py").write_text(NO_TORCH)
     np.savez(tmp_path / "d.npz", input=np.zeros((10, 3, 8, 8), np.float32))
 
-    result = onnxprune("prune", model_path, "-o", "out.onnx", "--data", "d.npz", *args, cwd=tmp_path,
-                       extra_path=hooks)
+    result = onnxprune("prune", model_path, "-o", "out.onnx", "--data", "d.npz", *args, cwd=tmp_path, extra_path=hooks)
 
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1, "refused before any stage runs"

@@ -22,8 +22,17 @@ def test_every_schema_field_is_a_prune_flag_and_nothing_else_is():
     flags = {opt for param in _prune_command().params if param.param_type_name == "option" for opt in param.opts}
     expected = {flag_name(name, field) for name, field in PruneOptions.model_fields.items()}
     assert expected <= flags
-    files = {"--output", "-o", "--data", "--report", "--report-html", "--plan-out", "--plan-in", "--sensitivity",
-             "--help"}
+    files = {
+        "--output",
+        "-o",
+        "--data",
+        "--report",
+        "--report-html",
+        "--plan-out",
+        "--plan-in",
+        "--sensitivity",
+        "--help",
+    }
     assert flags - expected - files == set()  # no flag outside the schema but the files a run reads and writes
 
 

@@ -14,7 +14,9 @@ from tests.needs import shared_model
 from tests.test_real_models import REAL_MODEL_CASES
 
 
-def single_op_model(node: onnx.NodeProto, inputs: dict[str, list[int]], weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+def single_op_model(
+    node: onnx.NodeProto, inputs: dict[str, list[int]], weights: dict[str, np.ndarray]
+) -> onnx.ModelProto:
     graph = helper.make_graph(
         [node],
         "g",

@@ -8,15 +8,14 @@ import base64
 import json
 import re
 import time
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from fastapi.testclient import TestClient
 
-from service.api import create_app
 from jobs.settings import Settings
+from service.api import create_app
 from tests.oracle import run_model
 from tests.test_sensitivity import two_branch_model
 from workers.html_report import render_report_html
@@ -60,8 +59,17 @@ def test_the_page_fetches_nothing_and_runs_no_script(page):
 
 
 def test_the_page_shows_numbers_before_and_after(auto_report, page):
-    for text in ("MACs", "Parameters", "Latency p50", "Accuracy (labels)", "every fifth sample",
-                 "Channels per group", "MACs per layer", "Frozen groups", "chosen ratio"):
+    for text in (
+        "MACs",
+        "Parameters",
+        "Latency p50",
+        "Accuracy (labels)",
+        "every fifth sample",
+        "Channels per group",
+        "MACs per layer",
+        "Frozen groups",
+        "chosen ratio",
+    ):
         assert text in page, text
     assert f"{auto_report.macs.before:,}" in page and f"{auto_report.macs.after:,}" in page
     assert "0.9" in page  # the idle branch's chosen ratio
@@ -84,7 +92,9 @@ def test_node_names_from_the_model_are_escaped(tmp_path):
     model = two_branch_model()
     model.graph.node[0].name = "<script>alert(1)</script>"
     onnx.save(model, tmp_path / "evil.onnx")
-    report = run_pipeline(tmp_path / "evil.onnx", tmp_path / "out.onnx", PruneOptions(ratio=0.5, benchmark=False)).report
+    report = run_pipeline(
+        tmp_path / "evil.onnx", tmp_path / "out.onnx", PruneOptions(ratio=0.5, benchmark=False)
+    ).report
     page = render_report_html(report)
     assert "<script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
@@ -121,8 +131,11 @@ def finished(client: TestClient, job_id: str, timeout: float = 120) -> dict:
 def test_a_finished_job_serves_its_report_page_with_a_strict_content_policy(client, tmp_path):
     onnx.save(two_branch_model(), tmp_path / "m.onnx")
     with open(tmp_path / "m.onnx", "rb") as handle:
-        created = client.post("/v1/jobs", files={"model": ("m.onnx", handle)},
-                              data={"config": json.dumps({"ratio": 0.5, "benchmark": False})})
+        created = client.post(
+            "/v1/jobs",
+            files={"model": ("m.onnx", handle)},
+            data={"config": json.dumps({"ratio": 0.5, "benchmark": False})},
+        )
     assert created.status_code == 202, created.text
     job = finished(client, created.json()["id"])
     assert job["status"] == "succeeded", job

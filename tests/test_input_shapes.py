@@ -1,7 +1,7 @@
 """Symbolic image sizes: pruned without --input-shape, at a probe size that is chosen and reported.
 
-    segmentation-style:  input (1 x 3 x H x W) -> conv (8) -> relu -> conv (8) -> relu -> conv (2) -> output
-    classifier:          input (1 x 3 x H x W) -> conv (4, stride 2) -> relu -> Flatten -> Gemm (4*8*8 -> 5)
+segmentation-style:  input (1 x 3 x H x W) -> conv (8) -> relu -> conv (8) -> relu -> conv (2) -> output
+classifier:          input (1 x 3 x H x W) -> conv (4, stride 2) -> relu -> Flatten -> Gemm (4*8*8 -> 5)
 """
 
 from __future__ import annotations

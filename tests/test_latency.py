@@ -57,8 +57,14 @@ def test_a_count_between_measured_ones_costs_the_stair_above_it():
 
 
 def test_savings_of_groups_add_up_and_the_table_survives_json():
-    table = LatencyTable(key="k", baseline_ms=10.0, noise_ms=0.1, step=16, step_source="test",
-                         curves={"a": curve("a", 64, [32, 64], [7.0, 10.0]), "b": curve("b", 32, [16, 32], [9.0, 10.0])})
+    table = LatencyTable(
+        key="k",
+        baseline_ms=10.0,
+        noise_ms=0.1,
+        step=16,
+        step_source="test",
+        curves={"a": curve("a", 64, [32, 64], [7.0, 10.0]), "b": curve("b", 32, [16, 32], [9.0, 10.0])},
+    )
     assert table.saving("a", 32) == 3.0 and table.saving("a", 64) == 0.0 and table.saving("zzz", 1) is None
     assert table.predict({"a": 32, "b": 16}) == pytest.approx(6.0)
     assert LatencyTable.from_json(table.to_json()) == table
@@ -111,8 +117,9 @@ def test_select_by_latency_honours_exclude_and_the_step():
     analysed = analyse(chain_model())
     dep, scores = analysed.dep, score_groups(analysed.dep, "l1")
     protected = dep.prunable[0]
-    plan = select_by_latency(dep, scores, lambda group, keep: float(64 - keep), 40.0, step=16,
-                             exclude=list(protected.producers))
+    plan = select_by_latency(
+        dep, scores, lambda group, keep: float(64 - keep), 40.0, step=16, exclude=list(protected.producers)
+    )
     kept = counts_of(plan)
     assert protected.id not in kept
     assert kept and all(count % 16 == 0 and count < 64 for count in kept.values())
@@ -207,8 +214,9 @@ def test_the_fit_finds_the_staircase_of_a_blocked_kernel_from_probes():
         blocks = -(-count // 16)  # padded up to whole blocks of 16
         return 10.0 - 0.5 * (4 - blocks) + (0.8 if count % 16 else 0.0)
 
-    table = table_from_timings(dep, scores, cost, synthetic_timings(variants, baseline=10.0, ms_at=stairs),
-                               settings, 16)
+    table = table_from_timings(
+        dep, scores, cost, synthetic_timings(variants, baseline=10.0, ms_at=stairs), settings, 16
+    )
     assert table.step == 16 and "1.08x" in table.step_source
     for curve in table.curves.values():
         assert curve.measured and list(curve.ms) == sorted(curve.ms) and curve.ms[-1] == 10.0
@@ -228,8 +236,9 @@ def test_the_fit_adopts_a_finer_step_only_when_off_step_counts_are_clearly_faste
     def by_eights(group, count):  # every 8 channels removed save 0.4 ms: stairs of 8, not 16
         return 10.0 - 0.4 * ((64 - count) // 8)
 
-    table = table_from_timings(dep, scores, cost, synthetic_timings(variants, baseline=10.0, ms_at=by_eights),
-                               settings, 16)
+    table = table_from_timings(
+        dep, scores, cost, synthetic_timings(variants, baseline=10.0, ms_at=by_eights), settings, 16
+    )
     assert table.step == 8
 
 
@@ -250,8 +259,9 @@ def test_a_disturbed_timing_cannot_promise_a_free_lunch():
     def timings(group, count):
         return 1.0 if group == noisy else 10.0 - 0.05 * (64 - count)
 
-    table = table_from_timings(dep, scores, cost, synthetic_timings(variants, baseline=10.0, ms_at=timings),
-                               settings, 16)
+    table = table_from_timings(
+        dep, scores, cost, synthetic_timings(variants, baseline=10.0, ms_at=timings), settings, 16
+    )
     assert table.saving(noisy, 48) < 9.0
     assert all(table.saving(g, 16) > 0.0 for g in table.curves)
     assert all(min(c.ms) >= 0.0 for c in table.curves.values())

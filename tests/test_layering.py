@@ -43,7 +43,7 @@ def imported_modules(name: str, path: Path, known: set[str], *, module_level_onl
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in (_module_level(tree) if module_level_only else ast.walk(tree)):
+    for node in _module_level(tree) if module_level_only else ast.walk(tree):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -65,8 +65,9 @@ def imported_modules(name: str, path: Path, known: set[str], *, module_level_onl
 def import_graph(*, module_level_only: bool = False) -> dict[str, set[str]]:
     modules = project_modules()
     known = set(modules)
-    return {name: imported_modules(name, path, known, module_level_only=module_level_only)
-            for name, path in modules.items()}
+    return {
+        name: imported_modules(name, path, known, module_level_only=module_level_only) for name, path in modules.items()
+    }
 
 
 def layer_of(module: str) -> int:
@@ -91,7 +92,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
                 path.pop()
                 state[node] = 2
             elif state.get(child) == 1:
-                return path[path.index(child):] + [child]
+                return path[path.index(child) :] + [child]
             elif not state.get(child):
                 state[child] = 1
                 path.append(child)

@@ -38,9 +38,9 @@ def conv_model(extra_nodes=(), extra_inits=(), opset: int = 13, elem_type: int =
     return model
 
 
-def rejected(model: onnx.ModelProto, limits: ValidationLimits = ValidationLimits()) -> str:
+def rejected(model: onnx.ModelProto, limits: ValidationLimits | None = None) -> str:
     with pytest.raises(ModelRejected) as info:
-        validate_model(model, limits)
+        validate_model(model, limits or ValidationLimits())
     message = str(info.value)
     assert "\n" not in message
     return message
@@ -155,7 +155,10 @@ def test_bfloat16_models_are_rejected_clearly() -> None:
 # ---- validate_model: generated tensors --------------------------------------------------------
 
 GENERATORS = {
-    "ConstantOfShape": ([helper.make_node("ConstantOfShape", ["s"], ["big"], name="gen")], [int64("s", [65536, 65536])]),
+    "ConstantOfShape": (
+        [helper.make_node("ConstantOfShape", ["s"], ["big"], name="gen")],
+        [int64("s", [65536, 65536])],
+    ),
     "Expand": (
         [helper.make_node("Expand", ["y", "s"], ["big"], name="gen")],
         [int64("s", [1, 4, 65536, 65536])],
@@ -196,7 +199,9 @@ def _if_node(with_conv: bool) -> onnx.NodeProto:
         body_nodes = [helper.make_node("Conv", ["y", "w"], ["inner"])]
     else:
         body_nodes = [helper.make_node("Identity", ["y"], ["inner"])]
-    branch = helper.make_graph(body_nodes, "branch", [], [helper.make_tensor_value_info("inner", TensorProto.FLOAT, None)])
+    branch = helper.make_graph(
+        body_nodes, "branch", [], [helper.make_tensor_value_info("inner", TensorProto.FLOAT, None)]
+    )
     return helper.make_node("If", ["cond"], ["out"], name="branchy", then_branch=branch, else_branch=branch)
 
 
@@ -223,7 +228,10 @@ def test_a_model_without_convs_is_rejected() -> None:
 @pytest.mark.parametrize("opset", [supported_opsets()[""][0] - 1, supported_opsets()[""][1] + 1])
 def test_opsets_outside_onnxruntime_support_are_rejected(opset: int) -> None:
     low, high = supported_opsets()[""]
-    assert rejected(conv_model(opset=opset)) == f"model uses ai.onnx opset {opset}; onnxruntime supports opsets {low}-{high}"
+    assert (
+        rejected(conv_model(opset=opset))
+        == f"model uses ai.onnx opset {opset}; onnxruntime supports opsets {low}-{high}"
+    )
 
 
 def test_the_newest_supported_versions_are_the_newest_onnx_and_onnxruntime_both_run() -> None:

@@ -12,13 +12,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_pytest(test: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in os.environ.items() if k != "CI"} | env
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", test],
-                          cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", test],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_real_model_tests_skip_locally_saying_where_the_models_come_from(tmp_path: Path) -> None:
-    result = run_pytest("tests/test_cost.py::test_resnet20_has_about_41_million_macs", tmp_path,
-                        ONNXPRUNE_SHARED=str(tmp_path))
+    result = run_pytest(
+        "tests/test_cost.py::test_resnet20_has_about_41_million_macs", tmp_path, ONNXPRUNE_SHARED=str(tmp_path)
+    )
 
     assert result.returncode == 0, result.stdout
     assert "1 skipped" in result.stdout
@@ -27,8 +34,12 @@ def test_real_model_tests_skip_locally_saying_where_the_models_come_from(tmp_pat
 
 
 def test_real_model_tests_fail_in_ci_when_the_models_are_missing(tmp_path: Path) -> None:
-    result = run_pytest("tests/test_loading.py::test_every_shared_model_passes_validation", tmp_path,
-                        ONNXPRUNE_SHARED=str(tmp_path), CI="true")
+    result = run_pytest(
+        "tests/test_loading.py::test_every_shared_model_passes_validation",
+        tmp_path,
+        ONNXPRUNE_SHARED=str(tmp_path),
+        CI="true",
+    )
 
     assert result.returncode == 1
     assert "10 failed" in result.stdout and "skipped" not in result.stdout
@@ -36,9 +47,24 @@ def test_real_model_tests_fail_in_ci_when_the_models_are_missing(tmp_path: Path)
 
 def test_the_real_model_parameters_do_not_depend_on_what_is_on_disk(tmp_path: Path) -> None:
     """A glob over a missing folder collapsed to zero tests; the table of real models does not."""
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "--collect-only", "-p", "no:cacheprovider",
-                             "tests/test_loading.py", "-k", "shared_model"],
-                            cwd=ROOT, env=os.environ | {"ONNXPRUNE_SHARED": str(tmp_path)},
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "--collect-only",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_loading.py",
+            "-k",
+            "shared_model",
+        ],
+        cwd=ROOT,
+        env=os.environ | {"ONNXPRUNE_SHARED": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
     assert "10 tests collected" in result.stdout or "10/" in result.stdout, result.stdout

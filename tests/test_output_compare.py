@@ -26,15 +26,28 @@ def zipmap_classifier() -> onnx.ModelProto:
     flat = g.node("Flatten", [g.node("GlobalAveragePool", [y])], axis=1)
     probs = g.node("Softmax", [g.node("Gemm", [flat, g.random("fc_W", [3, 6], 0.5)], transB=1)], axis=1)
     index = g.node("ArgMax", [probs], axis=1, keepdims=0)
-    g.nodes.append(helper.make_node("LabelEncoder", [index], ["label"], domain="ai.onnx.ml", name="labels",
-                                    keys_int64s=[0, 1, 2], values_strings=LABELS, default_string="?"))
-    g.nodes.append(helper.make_node("ZipMap", [probs], ["scores"], domain="ai.onnx.ml", name="zipmap",
-                                    classlabels_strings=LABELS))
+    g.nodes.append(
+        helper.make_node(
+            "LabelEncoder",
+            [index],
+            ["label"],
+            domain="ai.onnx.ml",
+            name="labels",
+            keys_int64s=[0, 1, 2],
+            values_strings=LABELS,
+            default_string="?",
+        )
+    )
+    g.nodes.append(
+        helper.make_node("ZipMap", [probs], ["scores"], domain="ai.onnx.ml", name="zipmap", classlabels_strings=LABELS)
+    )
     scores = helper.make_sequence_type_proto(
         helper.make_map_type_proto(TensorProto.STRING, helper.make_tensor_type_proto(TensorProto.FLOAT, []))
     )
     graph = helper.make_graph(
-        g.nodes, "zipmap", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+        g.nodes,
+        "zipmap",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
         [helper.make_tensor_value_info("label", TensorProto.STRING, [1]), helper.make_value_info("scores", scores)],
         g.initializers,
     )
@@ -70,7 +83,9 @@ def test_string_outputs_never_fail_a_comparison():
     labels = np.array(["cat"], dtype=object)
 
     assert output_mismatch("label", labels, np.array(["dog"], dtype=object), FLOAT32_RTOL) is None
-    fidelity = compare_outputs({"label": labels, "p": np.ones(3)}, {"label": np.array(["dog"], dtype=object), "p": np.ones(3)})
+    fidelity = compare_outputs(
+        {"label": labels, "p": np.ones(3)}, {"label": np.array(["dog"], dtype=object), "p": np.ones(3)}
+    )
     assert set(fidelity.outputs) == {"p"} and fidelity.max_abs_diff == 0.0
 
 

@@ -10,11 +10,10 @@ import pytest
 from onnx import numpy_helper
 
 import workers.pipeline as pipeline
-from graphops.errors import ModelRejected
-from workers.options import PruneOptions
-from workers.fileio import file_sha256
-from workers.pipeline import VerificationFailed, run_pipeline
 from tests.test_selection import residual_model
+from workers.fileio import file_sha256
+from workers.options import PruneOptions
+from workers.pipeline import VerificationFailed, run_pipeline
 
 
 @pytest.fixture
@@ -26,8 +25,12 @@ def model_path(tmp_path) -> Path:
 
 def test_progress_walks_every_stage_in_order_up_to_one(model_path, tmp_path):
     seen: list[tuple[str, float]] = []
-    run_pipeline(model_path, tmp_path / "out.onnx", PruneOptions(ratio=0.5, benchmark_runs=3),
-                 progress=lambda stage, fraction: seen.append((stage, fraction)))
+    run_pipeline(
+        model_path,
+        tmp_path / "out.onnx",
+        PruneOptions(ratio=0.5, benchmark_runs=3),
+        progress=lambda stage, fraction: seen.append((stage, fraction)),
+    )
     fractions = [f for _, f in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert [s for s, _ in seen[::2]] == list(pipeline.STAGE_END)
@@ -66,8 +69,9 @@ def test_symbolic_dims_are_probed_and_an_input_shape_overrides_the_probe(tmp_pat
     onnx.save(model, path)
     probed = run_pipeline(path, tmp_path / "out.onnx", PruneOptions(ratio=0.5, benchmark=False))
     assert any("symbolic dims [2, 3]" in warning for warning in probed.report.warnings)
-    result = run_pipeline(path, tmp_path / "out.onnx",
-                          PruneOptions(ratio=0.5, benchmark=False, input_shapes={"input": [1, 3, 8, 8]}))
+    result = run_pipeline(
+        path, tmp_path / "out.onnx", PruneOptions(ratio=0.5, benchmark=False, input_shapes={"input": [1, 3, 8, 8]})
+    )
     assert result.report.input_shapes == {"input": [1, 3, 8, 8]} and not result.report.warnings
     pruned_input = onnx.load(tmp_path / "out.onnx").graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param for d in pruned_input][2:] == ["height", "width"]  # still dynamic
@@ -79,6 +83,7 @@ def test_untouched_weights_stay_bit_identical(model_path, tmp_path):
     before = {i.name: numpy_helper.to_array(i) for i in onnx.load(model_path).graph.initializer}
     after = {i.name: numpy_helper.to_array(i) for i in onnx.load(tmp_path / "out.onnx").graph.initializer}
     unchanged = [n for n in after if n in before and after[n].shape == before[n].shape]
-    assert unchanged and all(np.array_equal(before[n], after[n]) and before[n].dtype == after[n].dtype
-                             for n in unchanged)
+    assert unchanged and all(
+        np.array_equal(before[n], after[n]) and before[n].dtype == after[n].dtype for n in unchanged
+    )
     assert result.report.output_sha256 == file_sha256(tmp_path / "out.onnx")

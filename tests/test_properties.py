@@ -347,7 +347,9 @@ def test_a_plan_that_removes_nothing_changes_nothing(spec: NetSpec):
         node.SerializeToString() for node in analysed.prepared.graph.node
     ]
     feeds = random_feeds(analysed.prepared, analysed.input_shapes)
-    for want, have in zip(run_model(model, feeds, optimize=False), run_model(pruned, feeds, optimize=False), strict=True):
+    for want, have in zip(
+        run_model(model, feeds, optimize=False), run_model(pruned, feeds, optimize=False), strict=True
+    ):
         np.testing.assert_array_equal(have, want)
 
 

@@ -49,8 +49,9 @@ QDQ_CASES = [
 def quantized(request, tmp_path_factory) -> tuple[QdqCase, onnx.ModelProto]:
     case = request.param
     directory = tmp_path_factory.mktemp(case.name)
-    return case, qdq_models.quantize_qdq(qdq_models.residual_net(case.head), directory,
-                                         per_channel=case.per_channel, weight_type=case.weight_type)
+    return case, qdq_models.quantize_qdq(
+        qdq_models.residual_net(case.head), directory, per_channel=case.per_channel, weight_type=case.weight_type
+    )
 
 
 def qdq_counts(model: onnx.ModelProto) -> tuple[int, int]:
@@ -77,8 +78,9 @@ def assert_weights_quantized(model: onnx.ModelProto) -> None:
             axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
             assert scale.shape == (data.shape[axis],), f"{dq.name}: {scale.shape} scales for {data.shape}"
             assert arrays[dq.input[2]].shape == scale.shape, f"{dq.name}: zero points do not follow its scales"
-    assert not [name for name, value in arrays.items() if value.dtype == np.float32 and value.ndim >= 2], \
+    assert not [name for name, value in arrays.items() if value.dtype == np.float32 and value.ndim >= 2], (
         "a float weight appeared"
+    )
 
 
 def prune_half(analysed: Analysed) -> PruningPlan:
@@ -104,7 +106,9 @@ def test_qdq_net_prunes_and_matches_oracle(quantized):
     assert qdq_counts(result.pruned) == qdq_counts(model), "the pruned model is not QDQ like the original"
     assert_weights_quantized(result.pruned)
     arrays = initializer_arrays(result.pruned)
-    w2 = arrays[dequantizers(result.pruned)[next(n.input[1] for n in result.pruned.graph.node if n.name == "conv2")].input[0]]
+    w2 = arrays[
+        dequantizers(result.pruned)[next(n.input[1] for n in result.pruned.graph.node if n.name == "conv2")].input[0]
+    ]
     assert w2.shape == (len(plan.keep["conv2"]), len(plan.keep["conv1"]), 3, 3)
 
 
@@ -112,8 +116,12 @@ def test_masked_quantized_weight_dequantizes_to_exactly_zero(tmp_path):
     """The oracle masks in the model's precision: removed input columns hold the zero point."""
     model = qdq_models.quantize_qdq(qdq_models.residual_net(), tmp_path, per_channel=True, weight_type="uint8")
     analysed = analyse(model)
-    dq = next(n for n in analysed.prepared.graph.node if n.op_type == "DequantizeLinear" and n.output[0]
-              == next(c.input[1] for c in analysed.prepared.graph.node if c.name == "conv2"))
+    dq = next(
+        n
+        for n in analysed.prepared.graph.node
+        if n.op_type == "DequantizeLinear"
+        and n.output[0] == next(c.input[1] for c in analysed.prepared.graph.node if c.name == "conv2")
+    )
     zero = initializer_arrays(model)[dq.input[2]]
     assert len(np.unique(zero)) > 1, "uint8 per-channel weights should have varied zero points"
     plan = prune_half(analysed)
@@ -170,8 +178,9 @@ def test_scales_along_the_input_axis_follow_the_channels_read():
     model = qdq_models.per_input_channel_scales_net()
     analysed = analyse(model)
     keep = [1, 2, 4]
-    result = assert_prune_matches_oracle(model, PruningPlan.from_keep(analysed.dep, {"conv1": keep}),
-                                         analysed=analysed, rtol=1e-5)
+    result = assert_prune_matches_oracle(
+        model, PruningPlan.from_keep(analysed.dep, {"conv1": keep}), analysed=analysed, rtol=1e-5
+    )
     arrays, original = initializer_arrays(result.pruned), initializer_arrays(model)
     np.testing.assert_array_equal(arrays["w2_q"], original["w2_q"][:, keep])
     np.testing.assert_array_equal(arrays["w2_s"], original["w2_s"][keep])
@@ -187,8 +196,11 @@ DECLINED_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("build", "frozen", "words", "whole"), DECLINED_CASES,
-                         ids=["shared-weight", "grouped-conv", "grouped-deconv", "blocked-quantization"])
+@pytest.mark.parametrize(
+    ("build", "frozen", "words", "whole"),
+    DECLINED_CASES,
+    ids=["shared-weight", "grouped-conv", "grouped-deconv", "blocked-quantization"],
+)
 def test_unsupported_qdq_patterns_freeze_with_a_reason_naming_the_node(build, frozen, words, whole):
     model = build()
     analysed = analyse(model)
@@ -226,7 +238,6 @@ def test_cost_counts_quantized_weights_not_scales(tmp_path):
     assert cost_q.params == cost_f.params == sum(v.size for v in initializer_arrays(float_model).values())
 
 
-
 def test_weights_quantized_at_run_time_are_stored_int8_and_pruned():
     """QAT exports quantize float weights with QuantizeLinear at every run: prepare stores the int8
     result (exactly what the runtime computes), after which the weights prune like any QDQ weight."""
@@ -254,7 +265,9 @@ def _kept(channels: int) -> st.SearchStrategy[list[int]]:
     return st.sets(st.integers(0, channels - 1), min_size=1, max_size=channels).map(sorted)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(conv1=_kept(8), conv2=_kept(6), deconv=_kept(5))
 def test_any_channel_choice_on_a_qdq_net_matches_the_oracle(asymmetric_qdq, conv1, conv2, deconv):
     """Whatever channels are kept, the pruned QDQ net computes what the zero-point-masked original does."""

@@ -23,8 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def onnxprune(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "service.cli", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def qdq_counts(model: onnx.ModelProto) -> tuple[int, int]:
@@ -34,14 +40,28 @@ def qdq_counts(model: onnx.ModelProto) -> tuple[int, int]:
 
 def prune_and_check(source: Path, tmp_path: Path, *args: str) -> dict:
     """Prune with the CLI, then replay its plan through the oracle; returns the report."""
-    result = onnxprune("prune", source, "-o", "out.onnx", "--plan-out", "plan.json", "--report", "report.json",
-                       "--no-benchmark", "--round-to", "1", *args, cwd=tmp_path)
+    result = onnxprune(
+        "prune",
+        source,
+        "-o",
+        "out.onnx",
+        "--plan-out",
+        "plan.json",
+        "--report",
+        "report.json",
+        "--no-benchmark",
+        "--round-to",
+        "1",
+        *args,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     original, pruned = onnx.load(source), onnx.load(tmp_path / "out.onnx")
     assert qdq_counts(pruned) == qdq_counts(original)
     weights = {name: value for name, value in initializer_arrays(pruned).items() if value.ndim >= 2}
-    assert weights and all(value.dtype in (np.int8, np.uint8) for value in weights.values()), \
-        {name: value.dtype for name, value in weights.items()}
+    assert weights and all(value.dtype in (np.int8, np.uint8) for value in weights.values()), {
+        name: value.dtype for name, value in weights.items()
+    }
     analysed = analyse(original)
     plan = PruningPlan.from_json((tmp_path / "plan.json").read_text())
     assert plan.removed_channels > 0
@@ -85,8 +105,9 @@ def test_quantize_option_on_a_qdq_model_is_refused_with_one_line(tmp_path):
     """Quantizing a QDQ model again would make an invalid model: a user error (exit 2), before any pruning."""
     source = tmp_path / "qdq.onnx"
     onnx.save(qdq_models.quantize_qdq(qdq_models.residual_net(), tmp_path, per_channel=True), source)
-    result = onnxprune("prune", source, "-o", "out.onnx", "--ratio", "0.5", "--quantize", "int8", "--no-benchmark",
-                       cwd=tmp_path)
+    result = onnxprune(
+        "prune", source, "-o", "out.onnx", "--ratio", "0.5", "--quantize", "int8", "--no-benchmark", cwd=tmp_path
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     message = result.stderr.strip()
     assert len(message.splitlines()) == 1 and "already quantized" in message and "DequantizeLinear" in message

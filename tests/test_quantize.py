@@ -24,14 +24,14 @@ def model_and_data(tmp_path_factory) -> tuple[Path, Path]:
     onnx.save(residual_model(), model_path)
     x = np.random.default_rng(0).standard_normal((96, 3, 8, 8)).astype(np.float32)
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    labels = np.array([session.run(None, {"input": x[i:i + 1]})[0].argmax() for i in range(len(x))])
+    labels = np.array([session.run(None, {"input": x[i : i + 1]})[0].argmax() for i in range(len(x))])
     np.savez(folder / "data.npz", input=x, labels=labels)
     return model_path, folder / "data.npz"
 
 
 def _outputs(path: Path, x: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return np.concatenate([session.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
+    return np.concatenate([session.run(None, {"input": x[i : i + 1]})[0] for i in range(len(x))])
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -42,7 +42,9 @@ def test_int8_after_pruning_runs_and_stays_close_to_the_float_pruned_model(model
     model_path, data = model_and_data
     out = tmp_path / "small.onnx"
 
-    result = run_pipeline(model_path, out, PruneOptions(ratio=0.25, quantize="int8", benchmark_runs=3, round_to=1), data=data)
+    result = run_pipeline(
+        model_path, out, PruneOptions(ratio=0.25, quantize="int8", benchmark_runs=3, round_to=1), data=data
+    )
 
     quantized, floating = onnx.load(out), onnx.load(float_output_path(out))
     kinds = [node.op_type for node in quantized.graph.node]
@@ -70,7 +72,9 @@ def test_without_data_int8_calibrates_on_generated_inputs_and_says_so(model_and_
 
 def test_dynamic_quantization_needs_no_calibration(model_and_data, tmp_path):
     model_path, _ = model_and_data
-    result = run_pipeline(model_path, tmp_path / "d.onnx", PruneOptions(ratio=0.25, quantize="dynamic", benchmark=False))
+    result = run_pipeline(
+        model_path, tmp_path / "d.onnx", PruneOptions(ratio=0.25, quantize="dynamic", benchmark=False)
+    )
 
     report = result.report.quantization
     assert report.mode == "dynamic" and report.calibration_samples == 0 and report.calibration_source is None
@@ -93,7 +97,7 @@ def test_a_model_quantized_in_the_qoperator_format_is_refused_with_the_way_forwa
     x = np.load(data)["input"]
 
     class Reader:
-        feeds = iter([{"input": x[i:i + 1]} for i in range(8)])
+        feeds = iter([{"input": x[i : i + 1]} for i in range(8)])
 
         def get_next(self):
             return next(self.feeds, None)

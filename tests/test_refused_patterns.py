@@ -1,9 +1,9 @@
 """Patterns that used to freeze whole models now prune, each proven by the masked-original oracle.
 
-    ShuffleNet v2 block:   split -> branch -> Concat -> Reshape (2, c/2) -> Transpose -> Reshape
-    ShuffleNet v1 block:   grouped conv1x1 -> shuffle (g) -> dw3x3 -> grouped conv1x1 (+ input)
-    depthwise multiplier:  conv (8) -> dw3x3 x2 (8 -> 16, group 8) -> conv1x1
-    grouped ConvTranspose: conv (8) -> ConvTranspose group 2 -> ConvTranspose depthwise -> conv1x1
+ShuffleNet v2 block:   split -> branch -> Concat -> Reshape (2, c/2) -> Transpose -> Reshape
+ShuffleNet v1 block:   grouped conv1x1 -> shuffle (g) -> dw3x3 -> grouped conv1x1 (+ input)
+depthwise multiplier:  conv (8) -> dw3x3 x2 (8 -> 16, group 8) -> conv1x1
+grouped ConvTranspose: conv (8) -> ConvTranspose group 2 -> ConvTranspose depthwise -> conv1x1
 """
 
 from __future__ import annotations
@@ -97,9 +97,11 @@ def _runtime_flatten_model(through_mul: bool = False):
         target = g.node("Mul", [target, g.constant("ones", np.array([1, 1], dtype=np.int64))])
     out = g.node("Gemm", [g.node("Reshape", [pooled, target]), g.random("fc_W", [5, 6], 0.3)], transB=1)
     graph = helper.make_graph(
-        g.nodes, "runtime_flatten",
+        g.nodes,
+        "runtime_flatten",
         [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["batch", 3, 8, 8])],
-        [helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, ["batch", 5])], g.initializers,
+        [helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, ["batch", 5])],
+        g.initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
     model.ir_version = 8
@@ -162,7 +164,9 @@ def mobilenet_v2_float32(tmp_path_factory):
 
 @pytest.mark.parametrize("float32_interface", [False, True], ids=["float16", "mixed_precision"])
 @pytest.mark.parametrize("criterion, seed, ratio", [("random", 1, 0.5)])
-def test_a_float16_model_is_pruned_in_its_own_precision(mobilenet_v2_float32, float32_interface, criterion, seed, ratio):
+def test_a_float16_model_is_pruned_in_its_own_precision(
+    mobilenet_v2_float32, float32_interface, criterion, seed, ratio
+):
     import onnx
 
     from workers.output_compare import FLOAT16_RTOL, oracle_rtol

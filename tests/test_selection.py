@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
+from graphops.cost import measure_cost
 from graphops.errors import PlanError
 from graphops.plan import PruningPlan
 from graphops.scoring import available_criteria, score_groups
 from graphops.selection import MacsModel, excluded_group_ids, select_by_flops, select_by_ratio
-from graphops.cost import measure_cost
 from tests import zoo
 from tests.oracle import analyse
 
@@ -144,10 +144,14 @@ def test_plan_json_round_trips(residual):
 def test_a_flops_target_with_weight_norms_prunes_every_width_not_only_the_widest(tmp_path):
     """Weight norms are alike within a layer: a normalisation that shrinks scores with a group's width
     would rank every channel of the widest layers first and empty them (seen: 64 -> 1 channel)."""
-    analysed = analyse(zoo.export_onnx(zoo.randomize_batchnorm(zoo.resnet18(num_classes=10, width_multiplier=0.25)),
-                                       (1, 3, 32, 32), tmp_path / "resnet18.onnx"))
+    analysed = analyse(
+        zoo.export_onnx(
+            zoo.randomize_batchnorm(zoo.resnet18(num_classes=10, width_multiplier=0.25)),
+            (1, 3, 32, 32),
+            tmp_path / "resnet18.onnx",
+        )
+    )
     dep = analysed.dep
     plan = select_by_flops(dep, score_groups(dep, "l1"), 0.5)
     kept = {g.id: len(plan.keep.get(g.id, range(g.channels))) / g.channels for g in dep.prunable}
     assert min(kept.values()) >= 0.25, kept
-

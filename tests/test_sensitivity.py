@@ -17,9 +17,9 @@ from graphops.errors import ModelRejected
 from graphops.scoring import score_groups
 from graphops.selection import select_by_group_ratios
 from graphops.sensitivity_select import sensitive_groups, tolerated_ratio, tolerated_ratios
+from roundtrip.data import Dataset, load_dataset, split_holdout
 from tests import zoo
 from tests.oracle import analyse, run_model
-from roundtrip.data import Dataset, load_dataset, split_holdout
 from workers.evaluation import accuracy, fidelity, make_evaluator
 from workers.options import PruneOptions
 from workers.pipeline import run_pipeline
@@ -139,10 +139,26 @@ def test_group_ratios_prune_each_named_group_by_its_own_ratio(model_path):
 
 def fake_report(groups: dict[str, list[float]], baseline: float = 1.0) -> SensitivityReport:
     return SensitivityReport(
-        model_sha256="x", criterion="l1", metric="accuracy", source="labels", samples=1, baseline=baseline, macs=1,
+        model_sha256="x",
+        criterion="l1",
+        metric="accuracy",
+        source="labels",
+        samples=1,
+        baseline=baseline,
+        macs=1,
         ratios=[0.25, 0.5, 0.75],
-        curves=[SensitivityCurve(group=g, producers=[], channels=8, ratios=[0.25, 0.5, 0.75], channels_removed=[2, 4, 6],
-                                 values=values, macs_after=[1, 1, 1]) for g, values in groups.items()],
+        curves=[
+            SensitivityCurve(
+                group=g,
+                producers=[],
+                channels=8,
+                ratios=[0.25, 0.5, 0.75],
+                channels_removed=[2, 4, 6],
+                values=values,
+                macs_after=[1, 1, 1],
+            )
+            for g, values in groups.items()
+        ],
     )
 
 
@@ -156,8 +172,13 @@ def test_auto_lowers_the_per_group_budget_until_the_combined_drop_is_within_the_
     assert auto.ratios == {quiet: 0.75}
     assert auto.held_out_after == 1.0
     tried = [(round(budget, 5), round(drop, 3)) for budget, drop in auto.tried]
-    assert tried == [(0.02, 0.03), (0.01, 0.0),  # halved until it passes, then bisected:
-                     (0.015, 0.0), (0.0175, 0.03), (0.01625, 0.03)]
+    assert tried == [
+        (0.02, 0.03),
+        (0.01, 0.0),  # halved until it passes, then bisected:
+        (0.015, 0.0),
+        (0.0175, 0.03),
+        (0.01625, 0.03),
+    ]
     assert auto.budget == 0.015
 
 
@@ -237,13 +258,29 @@ def test_ratios_parse_sorted_and_bounded():
 
 
 def onnxprune(*args, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "service.cli", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_cli_writes_curves_as_json_png_and_html(model_path, data_path, tmp_path):
-    result = onnxprune("sensitivity", model_path, "--data", data_path, "--ratios", "0.5", "--samples", "50",
-                       "--json", "curves.json", "--plot", "curves.png", "--report-html", "curves.html", cwd=tmp_path)
+    result = onnxprune(
+        "sensitivity",
+        model_path,
+        "--data",
+        data_path,
+        "--ratios",
+        "0.5",
+        "--samples",
+        "50",
+        "--json",
+        "curves.json",
+        "--plot",
+        "curves.png",
+        "--report-html",
+        "curves.html",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     saved = SensitivityReport.model_validate_json((tmp_path / "curves.json").read_text())
     assert saved.samples == 50 and len(saved.curves) == 2
@@ -260,8 +297,9 @@ def test_cli_without_data_says_what_to_pass(model_path, tmp_path):
 
 
 def test_cli_synthetic_proxy_is_labelled_as_such(model_path, tmp_path):
-    result = onnxprune("sensitivity", model_path, "--synthetic", "8", "--ratios", "0.5", "--json", "c.json",
-                       cwd=tmp_path)
+    result = onnxprune(
+        "sensitivity", model_path, "--synthetic", "8", "--ratios", "0.5", "--json", "c.json", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert "a proxy" in result.stderr
     saved = json.loads((tmp_path / "c.json").read_text())
@@ -269,12 +307,30 @@ def test_cli_synthetic_proxy_is_labelled_as_such(model_path, tmp_path):
 
 
 def test_prune_ratio_auto_uses_saved_curves_and_writes_an_html_report(model_path, data_path, tmp_path):
-    curves_made = onnxprune("sensitivity", model_path, "--data", data_path, "--ratios", "0.5,0.9", "--json",
-                            "curves.json", cwd=tmp_path)
+    curves_made = onnxprune(
+        "sensitivity", model_path, "--data", data_path, "--ratios", "0.5,0.9", "--json", "curves.json", cwd=tmp_path
+    )
     assert curves_made.returncode == 0, curves_made.stderr
-    result = onnxprune("prune", model_path, "-o", "small.onnx", "--ratio", "auto", "--max-drop", "0.02",
-                       "--sensitivity", "curves.json", "--data", data_path, "--no-benchmark",
-                       "--report", "report.json", "--report-html", "report.html", cwd=tmp_path)
+    result = onnxprune(
+        "prune",
+        model_path,
+        "-o",
+        "small.onnx",
+        "--ratio",
+        "auto",
+        "--max-drop",
+        "0.02",
+        "--sensitivity",
+        "curves.json",
+        "--data",
+        data_path,
+        "--no-benchmark",
+        "--report",
+        "report.json",
+        "--report-html",
+        "report.html",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["options"]["ratio"] == "auto" and report["options"]["max_drop"] == 0.02

@@ -21,8 +21,13 @@ def test_a_dynamic_batch_se_view_is_pruned_and_stays_dynamic(tmp_path, opset):
     the constant [c] must shrink with the channels it names.
     """
     path = tmp_path / "se.onnx"
-    zoo.export_onnx(zoo.randomize_batchnorm(zoo.se_swish_block(se_linear=True), seed=2), (1, 3, 16, 16), path,
-                    opset=opset, dynamic_batch=True)
+    zoo.export_onnx(
+        zoo.randomize_batchnorm(zoo.se_swish_block(se_linear=True), seed=2),
+        (1, 3, 16, 16),
+        path,
+        opset=opset,
+        dynamic_batch=True,
+    )
     analysed = analyse(path, {"input": [1, 3, 16, 16]})
     assert not [g for g in analysed.dep.frozen if "run-time shape" in g.frozen_reason]
     rewritten = analysed.dep.shape_entries

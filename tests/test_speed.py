@@ -8,9 +8,16 @@ import pytest
 from workers.speed import compare_timings, describe_ratio, noise_warning
 
 
-@pytest.mark.parametrize(("ratio", "words"), [
-    (1 / 1.32, "1.32x faster"), (1.04, "4% slower"), (1.0, "no change"), (0.5, "2.00x faster"), (2.46, "146% slower"),
-])
+@pytest.mark.parametrize(
+    ("ratio", "words"),
+    [
+        (1 / 1.32, "1.32x faster"),
+        (1.04, "4% slower"),
+        (1.0, "no change"),
+        (0.5, "2.00x faster"),
+        (2.46, "146% slower"),
+    ],
+)
 def test_ratios_read_as_faster_or_slower(ratio, words):
     assert describe_ratio(ratio) == words
 

@@ -57,7 +57,9 @@ ZOO_CASES = [
     ZooCase("resnet18_unfolded", lambda: zoo.resnet18(10, width_multiplier=0.125), (1, 3, 32, 32), keep_batchnorm=True),
     ZooCase("resnet50", lambda: zoo.resnet50(10, width_multiplier=0.0625), (1, 3, 32, 32)),
     ZooCase("mobilenet_v2", lambda: zoo.mobilenet_v2(width_multiplier=0.25), (1, 3, 32, 32)),
-    ZooCase("mobilenet_v2_unfolded", lambda: zoo.mobilenet_v2(width_multiplier=0.25), (1, 3, 32, 32), keep_batchnorm=True),
+    ZooCase(
+        "mobilenet_v2_unfolded", lambda: zoo.mobilenet_v2(width_multiplier=0.25), (1, 3, 32, 32), keep_batchnorm=True
+    ),
     ZooCase("densenet_block", lambda: zoo.densenet_block(), (1, 3, 16, 16)),
     ZooCase("densenet_block_unfolded", lambda: zoo.densenet_block(), (1, 3, 16, 16), keep_batchnorm=True),
     ZooCase("se_swish_conv", lambda: zoo.se_swish_block(), (1, 3, 16, 16)),
@@ -357,7 +359,9 @@ def test_channels_normalised_together_are_frozen_with_the_op_named(zoo_models, n
 @pytest.mark.parametrize("criterion, seed, ratio", CHOICE_CASES + [("random", 7, 0.7)])
 def test_grouped_conv_keeps_equal_channel_counts_in_every_conv_group(zoo_models, criterion, seed, ratio):
     analysed = zoo_models("grouped_conv")
-    grouped = next(node for node in analysed.prepared.graph.node if node.op_type == "Conv" and _attr(node, "group", 1) > 1)
+    grouped = next(
+        node for node in analysed.prepared.graph.node if node.op_type == "Conv" and _attr(node, "group", 1) > 1
+    )
     groups = _attr(grouped, "group", 1)
     plan = plan_for(analysed, criterion, seed, ratio)
 

@@ -276,7 +276,15 @@ class InvertedResidual(nn.Module):
         return x + out if self.use_residual else out
 
 
-_MOBILENET_V2 = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+_MOBILENET_V2 = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+]
 
 
 def mobilenet_v2(num_classes: int = 10, width_multiplier: float = 0.25) -> nn.Module:
@@ -390,7 +398,9 @@ class SESwishNet(nn.Module):
     def __init__(self, num_classes: int, width: int, se_linear: bool) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), Swish())
-        self.expand = nn.Sequential(nn.Conv2d(width, 2 * width, 3, 1, 1, bias=False), nn.BatchNorm2d(2 * width), Swish())
+        self.expand = nn.Sequential(
+            nn.Conv2d(width, 2 * width, 3, 1, 1, bias=False), nn.BatchNorm2d(2 * width), Swish()
+        )
         self.se = SqueezeExcite(2 * width, max(2, width // 2), se_linear)
         self.project = nn.Sequential(nn.Conv2d(2 * width, width, 1, bias=False), nn.BatchNorm2d(width))
         self.act = Swish()
@@ -592,13 +602,21 @@ class ShuffleV2Unit(nn.Module):
         branch_in = cin if stride == 2 else cin // 2
         if stride == 2:
             self.branch1 = nn.Sequential(
-                nn.Conv2d(cin, cin, 3, 2, 1, groups=cin, bias=False), nn.BatchNorm2d(cin),
-                nn.Conv2d(cin, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(),
+                nn.Conv2d(cin, cin, 3, 2, 1, groups=cin, bias=False),
+                nn.BatchNorm2d(cin),
+                nn.Conv2d(cin, half, 1, bias=False),
+                nn.BatchNorm2d(half),
+                nn.ReLU(),
             )
         self.branch2 = nn.Sequential(
-            nn.Conv2d(branch_in, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(),
-            nn.Conv2d(half, half, 3, stride, 1, groups=half, bias=False), nn.BatchNorm2d(half),
-            nn.Conv2d(half, half, 1, bias=False), nn.BatchNorm2d(half), nn.ReLU(),
+            nn.Conv2d(branch_in, half, 1, bias=False),
+            nn.BatchNorm2d(half),
+            nn.ReLU(),
+            nn.Conv2d(half, half, 3, stride, 1, groups=half, bias=False),
+            nn.BatchNorm2d(half),
+            nn.Conv2d(half, half, 1, bias=False),
+            nn.BatchNorm2d(half),
+            nn.ReLU(),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -613,8 +631,13 @@ class ShuffleV2Unit(nn.Module):
 def shufflenet_v2_block(num_classes: int = 10, width: int = 8) -> nn.Module:
     """stem conv (w) -> v2 unit /2 (2w) -> v2 unit (2w) -> conv1x1 (2w) -> GAP -> Linear."""
     return nn.Sequential(
-        _conv_bn_relu(3, width), ShuffleV2Unit(width, 2 * width, 2), ShuffleV2Unit(2 * width, 2 * width, 1),
-        nn.Conv2d(2 * width, 2 * width, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        _conv_bn_relu(3, width),
+        ShuffleV2Unit(width, 2 * width, 2),
+        ShuffleV2Unit(2 * width, 2 * width, 1),
+        nn.Conv2d(2 * width, 2 * width, 1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
         nn.Linear(2 * width, num_classes),
     )
 
@@ -630,7 +653,9 @@ class ShuffleV1Unit(nn.Module):
         branch_out = cout - cin if stride == 2 else cout
         self.reduce = nn.Sequential(nn.Conv2d(cin, mid, 1, groups=groups, bias=False), nn.BatchNorm2d(mid), nn.ReLU())
         self.depthwise = nn.Sequential(nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False), nn.BatchNorm2d(mid))
-        self.expand = nn.Sequential(nn.Conv2d(mid, branch_out, 1, groups=groups, bias=False), nn.BatchNorm2d(branch_out))
+        self.expand = nn.Sequential(
+            nn.Conv2d(mid, branch_out, 1, groups=groups, bias=False), nn.BatchNorm2d(branch_out)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.expand(self.depthwise(channel_shuffle(self.reduce(x), self.groups)))
@@ -642,8 +667,12 @@ class ShuffleV1Unit(nn.Module):
 def shufflenet_v1_block(num_classes: int = 10, width: int = 8, groups: int = 2) -> nn.Module:
     """stem conv (w) -> v1 unit /2 (4w) -> v1 unit (4w) -> GAP -> Linear."""
     return nn.Sequential(
-        _conv_bn_relu(3, width), ShuffleV1Unit(width, 4 * width, groups, 2), ShuffleV1Unit(4 * width, 4 * width, groups, 1),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, num_classes),
+        _conv_bn_relu(3, width),
+        ShuffleV1Unit(width, 4 * width, groups, 2),
+        ShuffleV1Unit(4 * width, 4 * width, groups, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4 * width, num_classes),
     )
 
 
@@ -682,17 +711,23 @@ class GraphBuilder:
     def conv(
         self, x: str, cin: int, cout: int, kernel: int = 3, *, bias: bool = True, group: int = 1, stride: int = 1
     ) -> str:
-        weight = self.random("W", [cout, cin // group, kernel, kernel], scale=1.0 / np.sqrt(cin // group * kernel * kernel))
+        weight = self.random(
+            "W", [cout, cin // group, kernel, kernel], scale=1.0 / np.sqrt(cin // group * kernel * kernel)
+        )
         inputs = [x, weight] + ([self.random("B", [cout], 0.1)] if bias else [])
         pads = [kernel // 2] * 4
-        return self.node("Conv", inputs, kernel_shape=[kernel, kernel], pads=pads, group=group, strides=[stride, stride])
+        return self.node(
+            "Conv", inputs, kernel_shape=[kernel, kernel], pads=pads, group=group, strides=[stride, stride]
+        )
 
     def batchnorm(self, x: str, channels: int) -> str:
         """Inference-mode BatchNormalization with random stats (never an identity)."""
         scale = self.constant("bn_scale", self.rng.uniform(0.5, 1.5, channels).astype(np.float32))
         mean = self.random("bn_mean", [channels], 0.2)
         var = self.constant("bn_var", self.rng.uniform(0.5, 1.5, channels).astype(np.float32))
-        return self.node("BatchNormalization", [x, scale, self.random("bn_bias", [channels], 0.2), mean, var], epsilon=1e-5)
+        return self.node(
+            "BatchNormalization", [x, scale, self.random("bn_bias", [channels], 0.2), mean, var], epsilon=1e-5
+        )
 
     def model(self, inputs: list[onnx.ValueInfoProto], output: str, opset: int, name: str) -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, name, inputs, [], self.initializers)

@@ -67,4 +67,3 @@ def analyse_model(
         dep = analyze(prepared, shapes)
         cost = measure_cost(prepared, shapes)
     return Analysis(path, sha256, original, prepared, dep, cost, shapes, shape_choice.notes)
-

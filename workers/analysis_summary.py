@@ -54,15 +54,33 @@ def summarize(analysis: Analysis) -> ModelAnalysis:
     shares = macs_shares(dep, analysis.node_macs)  # each layer counted once, in the group it computes
 
     return ModelAnalysis(
-        macs=cost.macs, params=cost.params, input_shapes=analysis.input_shapes,
+        macs=cost.macs,
+        params=cost.params,
+        input_shapes=analysis.input_shapes,
         input_shape_notes=list(analysis.input_shape_notes),
         nodes=[NodeCost(name=n.name, op_type=n.op_type, macs=n.macs, params=n.params) for n in cost.nodes],
-        groups=[PrunableGroup(id=g.id, channels=g.channels, pinned=len(g.pinned), producers=list(g.producers),
-                              nodes=list(g.nodes), macs_share=round(shares[g.id], 4), notes=list(g.reasons))
-                for g in dep.prunable],
-        frozen=[FrozenGroup(id=g.id, channels=g.channels, nodes=list(g.nodes), macs_share=round(shares[g.id], 4),
-                            reason=g.frozen_reason)
-                for g in dep.frozen],
+        groups=[
+            PrunableGroup(
+                id=g.id,
+                channels=g.channels,
+                pinned=len(g.pinned),
+                producers=list(g.producers),
+                nodes=list(g.nodes),
+                macs_share=round(shares[g.id], 4),
+                notes=list(g.reasons),
+            )
+            for g in dep.prunable
+        ],
+        frozen=[
+            FrozenGroup(
+                id=g.id,
+                channels=g.channels,
+                nodes=list(g.nodes),
+                macs_share=round(shares[g.id], 4),
+                reason=g.frozen_reason,
+            )
+            for g in dep.frozen
+        ],
     )
 
 

@@ -87,8 +87,9 @@ def benchmark(
     timings, outputs = run_in_child(_time_sessions, (paths, inputs, runs, warmup, threads), limits=limits)
     stats = [_latency_stats(ms) for ms in timings]
     change = compare_timings(timings[0], timings[1], seed=seed) if pruned is not None else None
-    latency = Latency(before=stats[0], after=stats[1] if pruned is not None else None, threads=threads, warmup=warmup,
-                      change=change)
+    latency = Latency(
+        before=stats[0], after=stats[1] if pruned is not None else None, threads=threads, warmup=warmup, change=change
+    )
     fidelity = compare_outputs(outputs[0], outputs[1]) if pruned is not None else None
     return BenchmarkResult(latency=latency, fidelity=fidelity)
 
@@ -161,8 +162,13 @@ def _latency_stats(milliseconds: list[float]) -> LatencyStats:
 
 
 # onnxruntime graph optimisation levels by the names the options use.
-OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
-                       "layout": "ORT_ENABLE_LAYOUT", "all": "ORT_ENABLE_ALL"}
+OPTIMIZATION_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "layout": "ORT_ENABLE_LAYOUT",
+    "all": "ORT_ENABLE_ALL",
+}
 
 
 def _session(path: str, threads: int) -> onnxruntime.InferenceSession:

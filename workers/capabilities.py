@@ -15,8 +15,10 @@ from graphops.errors import ModelRejected
 from workers.options import PruneOptions
 
 TORCH = "torch"
-TORCH_INSTALL_HINT = ("install the torch extra: pip install -c constraints.txt 'onnxprune[torch]' (CPU-only build: "
-                      "add --extra-index-url https://download.pytorch.org/whl/cpu)")
+TORCH_INSTALL_HINT = (
+    "install the torch extra: pip install -c constraints.txt 'onnxprune[torch]' (CPU-only build: "
+    "add --extra-index-url https://download.pytorch.org/whl/cpu)"
+)
 
 
 class MissingCapability(ModelRejected):

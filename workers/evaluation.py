@@ -64,8 +64,9 @@ class Evaluator:
         return run_in_child(_score_models, args, limits=self.limits)
 
 
-def make_evaluator(original: Path, data: Dataset, *, limits: RunnerLimits = RunnerLimits(),
-                   synthetic: bool = False) -> Evaluator:
+def make_evaluator(
+    original: Path, data: Dataset, *, limits: RunnerLimits = RunnerLimits(), synthetic: bool = False
+) -> Evaluator:
     """Run the original once: its outputs are the fidelity reference (and give its accuracy)."""
     reference = run_in_child(_outputs, (str(original), data.inputs), limits=limits)
     if data.labels is not None:
@@ -76,8 +77,9 @@ def make_evaluator(original: Path, data: Dataset, *, limits: RunnerLimits = Runn
     return Evaluator(data, reference, limits, source)
 
 
-def synthetic_dataset(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None,
-                      samples: int, seed: int = 0) -> Dataset:
+def synthetic_dataset(
+    model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None, samples: int, seed: int = 0
+) -> Dataset:
     """Standard-normal samples for each input (no labels): the proxy when a user has no data."""
     from workers.benchmark import make_inputs
 
@@ -161,7 +163,7 @@ def _run_all(session: InferenceSession, inputs: Mapping[str, np.ndarray], batch:
     names = [o.name for o in session.get_outputs()]
     pieces: list[list[np.ndarray]] = [[] for _ in names]
     for start in range(0, count, step):
-        feed = {k: v[start:start + step] for k, v in inputs.items()}
+        feed = {k: v[start : start + step] for k, v in inputs.items()}
         short = step - len(next(iter(feed.values())))
         if short and batch is None:  # a fixed batch: pad with the last sample, drop its outputs
             feed = {k: np.concatenate([v, np.repeat(v[-1:], short, axis=0)]) for k, v in feed.items()}
@@ -196,16 +198,24 @@ def _outputs(path: str, inputs: Mapping[str, np.ndarray]) -> Outputs:
     return _model_outputs(_load(path), inputs)
 
 
-def _score_models(paths: list[str], inputs: Mapping[str, np.ndarray], labels: np.ndarray | None,
-                  reference: Outputs) -> list[float]:
+def _score_models(
+    paths: list[str], inputs: Mapping[str, np.ndarray], labels: np.ndarray | None, reference: Outputs
+) -> list[float]:
     return [score_outputs(_model_outputs(_load(path), inputs), labels, reference) for path in paths]
 
 
-def held_out_evaluation(original: Path, pruned: Path, data: Dataset, *, split: str,
-                        limits: RunnerLimits = RunnerLimits()) -> HeldOutEvaluation:
+def held_out_evaluation(
+    original: Path, pruned: Path, data: Dataset, *, split: str, limits: RunnerLimits = RunnerLimits()
+) -> HeldOutEvaluation:
     """Before/after scores of ``pruned`` against ``original`` on ``data`` (a report entry)."""
     from workers.report import HeldOutEvaluation
 
     evaluator = make_evaluator(original, data, limits=limits)
-    return HeldOutEvaluation(metric=evaluator.metric, source=evaluator.source, samples=len(data), split=split,
-                             before=evaluator.baseline, after=evaluator.score([pruned])[0])
+    return HeldOutEvaluation(
+        metric=evaluator.metric,
+        source=evaluator.source,
+        samples=len(data),
+        split=split,
+        before=evaluator.baseline,
+        after=evaluator.score([pruned])[0],
+    )

@@ -22,16 +22,21 @@ if TYPE_CHECKING:  # jinja2 is imported when a page is rendered
 def _environment() -> Environment:
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-    return Environment(loader=PackageLoader("workers", "templates"), autoescape=select_autoescape(["html", "j2"]),
-                       trim_blocks=True, lstrip_blocks=True)
+    return Environment(
+        loader=PackageLoader("workers", "templates"),
+        autoescape=select_autoescape(["html", "j2"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
 
 
 def _data_uri(png: bytes | None) -> str | None:
     return None if png is None else "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def render_report_html(report: PruneReport | None = None, *, sensitivity: SensitivityReport | None = None,
-                       title: str = "onnxprune report") -> str:
+def render_report_html(
+    report: PruneReport | None = None, *, sensitivity: SensitivityReport | None = None, title: str = "onnxprune report"
+) -> str:
     """The page for ``report`` (its own sensitivity curves if it has them) or for ``sensitivity`` alone."""
     sensitivity = sensitivity or (report.sensitivity if report is not None else None)
     figures = {}
@@ -46,8 +51,16 @@ def render_report_html(report: PruneReport | None = None, *, sensitivity: Sensit
         finetune = report.evaluation.finetune if report.evaluation is not None else None
         if finetune is not None:
             figures["loss"] = _data_uri(plots.loss_png(finetune))
-    return _environment().get_template("report.html.j2").render(
-        title=title, report=report, sensitivity=sensitivity, figures=figures, drops=_drops(sensitivity),
+    return (
+        _environment()
+        .get_template("report.html.j2")
+        .render(
+            title=title,
+            report=report,
+            sensitivity=sensitivity,
+            figures=figures,
+            drops=_drops(sensitivity),
+        )
     )
 
 

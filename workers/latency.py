@@ -93,14 +93,16 @@ def vector_width() -> tuple[int, str]:
     return 4, "CPU vector width: 128-bit (SSE or NEON), 4 fp32 lanes"
 
 
-def resolve_round_to(options: PruneOptions, model_sha: str,
-                     input_shapes: dict[str, list[int]]) -> tuple[PruneOptions, str]:
+def resolve_round_to(
+    options: PruneOptions, model_sha: str, input_shapes: dict[str, list[int]]
+) -> tuple[PruneOptions, str]:
     """Options with ``round_to`` a number, and where it came from: 'auto' takes the staircase step of
     a latency table measured before for this model and settings, else the CPU's vector width."""
     if options.round_to != "auto":
         return options, "given"
-    table = cached_table(model_sha, input_shapes, LatencySettings(threads=options.threads,
-                                                                  budget_s=options.latency_budget_s))
+    table = cached_table(
+        model_sha, input_shapes, LatencySettings(threads=options.threads, budget_s=options.latency_budget_s)
+    )
     if table is not None:
         step, source = table.step, f"auto: latency table ({table.step_source})"
     else:
@@ -117,10 +119,18 @@ def _cache_dir() -> Path:
 def table_key(model_sha: str, input_shapes: dict[str, list[int]], settings: LatencySettings) -> str:
     import onnxruntime
 
-    what = {"model": model_sha, "onnxruntime": onnxruntime.__version__, "cpu": cpu_model(),
-            "input_shapes": input_shapes, "threads": settings.threads, "optimization": settings.optimization,
-            "fractions": settings.fractions, "runs": settings.runs, "onnxprune": version_or_unknown(),
-            "estimator": ESTIMATOR}
+    what = {
+        "model": model_sha,
+        "onnxruntime": onnxruntime.__version__,
+        "cpu": cpu_model(),
+        "input_shapes": input_shapes,
+        "threads": settings.threads,
+        "optimization": settings.optimization,
+        "fractions": settings.fractions,
+        "runs": settings.runs,
+        "onnxprune": version_or_unknown(),
+        "estimator": ESTIMATOR,
+    }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -140,9 +150,18 @@ def cached_table(model_sha: str, input_shapes: dict[str, list[int]], settings: L
         return None
 
 
-def measure_latency_table(dep: DependencyGraph, scores: Scores, cost: ModelCost, model_sha: str,
-                          settings: LatencySettings = LatencySettings(), *, exclude: tuple[str, ...] = (),
-                          limits: RunnerLimits = RunnerLimits(), use_cache: bool = True, seed: int = 0) -> LatencyTable:
+def measure_latency_table(
+    dep: DependencyGraph,
+    scores: Scores,
+    cost: ModelCost,
+    model_sha: str,
+    settings: LatencySettings = LatencySettings(),
+    *,
+    exclude: tuple[str, ...] = (),
+    limits: RunnerLimits = RunnerLimits(),
+    use_cache: bool = True,
+    seed: int = 0,
+) -> LatencyTable:
     """The latency model of ``dep.model`` under ``settings`` (from the cache when measured before)."""
     input_shapes = dict(dep.input_shapes or {})
     if use_cache and (table := cached_table(model_sha, input_shapes, settings)) is not None:
@@ -154,8 +173,9 @@ def measure_latency_table(dep: DependencyGraph, scores: Scores, cost: ModelCost,
     from workers.benchmark import make_inputs
 
     inputs = make_inputs(dep.model, input_shapes, seed)
-    child_limits = RunnerLimits(memory_mib=limits.memory_mib, timeout_s=settings.budget_s + 120.0,
-                                max_result_mib=limits.max_result_mib)
+    child_limits = RunnerLimits(
+        memory_mib=limits.memory_mib, timeout_s=settings.budget_s + 120.0, max_result_mib=limits.max_result_mib
+    )
     measured = run_in_child(_measure_variants, (dep, variants, inputs, settings), limits=child_limits)
     table = _table(dep, groups, cost, variants, measured, probes, settings, step0, source0, model_sha)
     table = replace(table, seconds=round(time.perf_counter() - started, 2))
@@ -166,8 +186,9 @@ def measure_latency_table(dep: DependencyGraph, scores: Scores, cost: ModelCost,
     return table
 
 
-def plan_variants(dep: DependencyGraph, scores: Scores, groups: list[int], settings: LatencySettings,
-                  step: int) -> tuple[list[Variant], list[tuple[str, int, int]]]:
+def plan_variants(
+    dep: DependencyGraph, scores: Scores, groups: list[int], settings: LatencySettings, step: int
+) -> tuple[list[Variant], list[tuple[str, int, int]]]:
     """What to time, in order: each group (largest first) at its grid counts, and for the first
     ``probe_groups`` groups wide enough, a middle multiple ``m`` minus 1 and minus half a step.
     Probes are (group, m, offset): measured at ``m - offset``."""
@@ -187,9 +208,17 @@ def plan_variants(dep: DependencyGraph, scores: Scores, groups: list[int], setti
     return variants, probes
 
 
-def table_from_timings(dep: DependencyGraph, scores: Scores, cost: ModelCost, measured: Measured,
-                       settings: LatencySettings, step: int, *, model_sha: str = "",
-                       exclude: tuple[str, ...] = ()) -> LatencyTable:
+def table_from_timings(
+    dep: DependencyGraph,
+    scores: Scores,
+    cost: ModelCost,
+    measured: Measured,
+    settings: LatencySettings,
+    step: int,
+    *,
+    model_sha: str = "",
+    exclude: tuple[str, ...] = (),
+) -> LatencyTable:
     """The table from timings of :func:`plan_variants`' variants (in order): the fitting half of
     :func:`measure_latency_table`, apart so that it can be checked on synthetic timings."""
     groups = _by_macs(dep, scores, cost, exclude)
@@ -208,9 +237,18 @@ def _keep(dep: DependencyGraph, index: int, scores: Scores, count: int) -> dict[
     return {group.id: choose_kept(dep, index, scores[group.id], max(count, len(group.pinned), 1))}
 
 
-def _table(dep: DependencyGraph, groups: list[int], cost: ModelCost, variants: list[Variant], measured: Measured,
-           probes: list[tuple[str, int, int]], settings: LatencySettings, step0: int, source0: str,
-           model_sha: str) -> LatencyTable:
+def _table(
+    dep: DependencyGraph,
+    groups: list[int],
+    cost: ModelCost,
+    variants: list[Variant],
+    measured: Measured,
+    probes: list[tuple[str, int, int]],
+    settings: LatencySettings,
+    step0: int,
+    source0: str,
+    model_sha: str,
+) -> LatencyTable:
     """Curves from the measurements: per group, ms saved per MAC removed, fitted over its grid
     counts (least squares through the origin) and kept within [1/4, 3] times the median rate of all
     groups (itself at least half the all-MACs prior, baseline / MACs; with fewer than three groups,
@@ -237,8 +275,11 @@ def _table(dep: DependencyGraph, groups: list[int], cost: ModelCost, variants: l
         smallest = counts[0]
         plan = PruningPlan.from_keep(dep, _keep(dep, index, {group.id: _scores(group)}, smallest))
         per_channel[group.id] = (macs.total - macs.macs(plan)) / max(group.channels - smallest, 1)
-        pairs = [(per_channel[group.id] * (group.channels - c), baseline - ms[(group.id, c)])
-                 for c in counts if (group.id, c) in ms]
+        pairs = [
+            (per_channel[group.id] * (group.channels - c), baseline - ms[(group.id, c)])
+            for c in counts
+            if (group.id, c) in ms
+        ]
         if pairs and per_channel[group.id] > 0:
             removed, saved = np.array(pairs).T
             fits[group.id] = max(0.0, float(removed @ saved / (removed @ removed)))
@@ -261,18 +302,29 @@ def _table(dep: DependencyGraph, groups: list[int], cost: ModelCost, variants: l
         values = [max(0.0, baseline - rate * per_channel[group.id] * (group.channels - c)) for c in counts]
         points = {c: round(v, 5) for (g, c), v in ms.items() if g == group.id and (g, c) not in offsets}
         curve_probes = {c: v for (g, c), v in ms.items() if g == group.id and (g, c) in offsets}
-        curves[group.id] = LatencyCurve(group.id, group.channels, tuple(counts), monotone(counts, values),
-                                        measured_group, curve_probes, points)
+        curves[group.id] = LatencyCurve(
+            group.id, group.channels, tuple(counts), monotone(counts, values), measured_group, curve_probes, points
+        )
     measured_probes = [(m, ms[(g, m)], {d: ms[(g, m - d)]}) for g, m, d in probes if (g, m) in ms and (g, m - d) in ms]
     step = staircase_step(measured_probes, step0, noise)
     slower = probe_slowdowns(measured_probes)
-    source = source0 + (f"; off-step probes ran {', '.join(f'{r:.2f}x' for r in slower)} the time of the multiple "
-                        f"above (noise {noise:.3f} ms)" if slower else "; not probed")
+    source = source0 + (
+        f"; off-step probes ran {', '.join(f'{r:.2f}x' for r in slower)} the time of the multiple "
+        f"above (noise {noise:.3f} ms)"
+        if slower
+        else "; not probed"
+    )
     if step != step0:
         source = f"measured: latency drops at every multiple of {step} (vector width {step0})"
-    return LatencyTable(key=table_key(model_sha, dict(dep.input_shapes or {}), settings), baseline_ms=baseline,
-                        noise_ms=noise, step=step, step_source=source, curves=curves,
-                        settings=json.loads(json.dumps(asdict(settings))))
+    return LatencyTable(
+        key=table_key(model_sha, dict(dep.input_shapes or {}), settings),
+        baseline_ms=baseline,
+        noise_ms=noise,
+        step=step,
+        step_source=source,
+        curves=curves,
+        settings=json.loads(json.dumps(asdict(settings))),
+    )
 
 
 def _scores(group: ChannelGroup) -> np.ndarray:
@@ -282,8 +334,9 @@ def _scores(group: ChannelGroup) -> np.ndarray:
 # ---- what runs in the child process ----------------------------------------------------------
 
 
-def _measure_variants(dep: DependencyGraph, variants: list[Variant], inputs: dict[str, np.ndarray],
-                      settings: LatencySettings) -> Measured:
+def _measure_variants(
+    dep: DependencyGraph, variants: list[Variant], inputs: dict[str, np.ndarray], settings: LatencySettings
+) -> Measured:
     """Baseline timings and, per variant until the budget is spent, interleaved (before, after) ms."""
     from graphops.surgery import apply_plan
     from workers.benchmark import session_from_bytes

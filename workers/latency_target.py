@@ -37,14 +37,23 @@ class LatencyChoice:
     report: LatencyTargetReport
 
 
-def select_for_latency(model_path: Path, model_sha: str, dep: DependencyGraph, scores: Scores, cost: ModelCost,
-                       options: PruneOptions, *, step: int | None = None,
-                       limits: RunnerLimits = RunnerLimits()) -> LatencyChoice:
+def select_for_latency(
+    model_path: Path,
+    model_sha: str,
+    dep: DependencyGraph,
+    scores: Scores,
+    cost: ModelCost,
+    options: PruneOptions,
+    *,
+    step: int | None = None,
+    limits: RunnerLimits = RunnerLimits(),
+) -> LatencyChoice:
     """``step``: channel counts are multiples of it; None ('auto'): the table's measured step."""
     target = float(options.latency_target or 1.0)
     settings = LatencySettings(threads=options.threads, budget_s=options.latency_budget_s)
-    table = measure_latency_table(dep, scores, cost, model_sha, settings, exclude=tuple(options.exclude),
-                                  limits=limits, seed=options.seed)
+    table = measure_latency_table(
+        dep, scores, cost, model_sha, settings, exclude=tuple(options.exclude), limits=limits, seed=options.seed
+    )
     step = table.step if step is None else step
 
     def saving(group: str, keep: int) -> float:
@@ -56,11 +65,19 @@ def select_for_latency(model_path: Path, model_sha: str, dep: DependencyGraph, s
     with tempfile.TemporaryDirectory(prefix="onnxprune-latency-") as workdir:
         candidate = Path(workdir) / "candidate.onnx"
         for _ in range(options.latency_iterations):
-            plan = select_by_latency(dep, scores, saving, table.baseline_ms * (1.0 - asked), step=step,
-                                     exclude=options.exclude)
+            plan = select_by_latency(
+                dep, scores, saving, table.baseline_ms * (1.0 - asked), step=step, exclude=options.exclude
+            )
             candidate.write_bytes(apply_plan(dep, plan).SerializeToString())
-            change = benchmark(model_path, candidate, dep.input_shapes, runs=options.benchmark_runs,
-                               threads=options.threads, seed=options.seed, limits=limits).latency.change
+            change = benchmark(
+                model_path,
+                candidate,
+                dep.input_shapes,
+                runs=options.benchmark_runs,
+                threads=options.threads,
+                seed=options.seed,
+                limits=limits,
+            ).latency.change
             if change is None:  # benchmark of two models always compares them
                 raise RuntimeError("benchmark returned no comparison")
             predicted = table.predict(counts_of(plan)) / table.baseline_ms
@@ -77,9 +94,16 @@ def select_for_latency(model_path: Path, model_sha: str, dep: DependencyGraph, s
     achieved, plan, measured = best
     chosen = next(i for i in iterations if i.measured is measured)
     report = LatencyTargetReport(
-        target=target, met=achieved <= target, measured=measured, achieved=round(achieved, 5),
-        predicted=chosen.predicted, missed_by=None if achieved <= target else round(achieved - target, 4),
-        iterations=iterations, step=step, **table_summary(table), groups=group_reports(table, dep, plan),
+        target=target,
+        met=achieved <= target,
+        measured=measured,
+        achieved=round(achieved, 5),
+        predicted=chosen.predicted,
+        missed_by=None if achieved <= target else round(achieved - target, 4),
+        iterations=iterations,
+        step=step,
+        **table_summary(table),
+        groups=group_reports(table, dep, plan),
     )
     return LatencyChoice(plan=plan, step=step, report=report)
 
@@ -93,9 +117,15 @@ def next_ask(asked: float, predicted: float, measured: float, target: float) -> 
 
 
 def table_summary(table: LatencyTable) -> dict[str, Any]:
-    return {"baseline_ms": round(table.baseline_ms, 4), "noise_ms": round(table.noise_ms, 4),
-            "step_measured": table.step, "step_source": table.step_source, "table_seconds": table.seconds,
-            "measured_groups": sum(1 for c in table.curves.values() if c.measured), "table_key": table.key}
+    return {
+        "baseline_ms": round(table.baseline_ms, 4),
+        "noise_ms": round(table.noise_ms, 4),
+        "step_measured": table.step,
+        "step_source": table.step_source,
+        "table_seconds": table.seconds,
+        "measured_groups": sum(1 for c in table.curves.values() if c.measured),
+        "table_key": table.key,
+    }
 
 
 def group_reports(table: LatencyTable, dep: DependencyGraph, plan: PruningPlan) -> list[LatencyGroupReport]:
@@ -104,11 +134,19 @@ def group_reports(table: LatencyTable, dep: DependencyGraph, plan: PruningPlan) 
     reports = []
     for group_id, curve in table.curves.items():
         count = kept.get(group_id, curve.channels)
-        reports.append(LatencyGroupReport(
-            group=group_id, channels=curve.channels, kept=count, measured=curve.measured, counts=list(curve.counts),
-            ms=[round(v, 4) for v in curve.ms], points=dict(curve.points), predicted_ms=round(curve.at(count), 4),
-            predicted_saving_ms=round(table.saving(group_id, count) or 0.0, 4),
-        ))
+        reports.append(
+            LatencyGroupReport(
+                group=group_id,
+                channels=curve.channels,
+                kept=count,
+                measured=curve.measured,
+                counts=list(curve.counts),
+                ms=[round(v, 4) for v in curve.ms],
+                points=dict(curve.points),
+                predicted_ms=round(curve.at(count), 4),
+                predicted_saving_ms=round(table.saving(group_id, count) or 0.0, 4),
+            )
+        )
     return reports
 
 
@@ -121,6 +159,8 @@ def target_notes(report: LatencyTargetReport | None, latency: Latency | None) ->
     if achieved <= report.target:
         return []
     how = "p50" if achieved == final.ratio else f"fastest runs (p50 {final.ratio:.3f}x, too noisy to act on)"
-    return [f"latency target {report.target:g} missed: measured {achieved:.3f}x the original's {how} "
-            f"({final.band}), {achieved - report.target:.3f} above the target after "
-            f"{len(report.iterations)} pass(es); the latency model predicted {report.predicted:.3f}"]
+    return [
+        f"latency target {report.target:g} missed: measured {achieved:.3f}x the original's {how} "
+        f"({final.band}), {achieved - report.target:.3f} above the target after "
+        f"{len(report.iterations)} pass(es); the latency model predicted {report.predicted:.3f}"
+    ]

@@ -87,118 +87,151 @@ class PruneOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    criterion: str = Field("l1", description="Filter ranking: l1, l2, random, bn-gamma; with data: taylor, "
-                           "mean-activation, apoz, learned (max_drop).", json_schema_extra=_about("selection"))
+    criterion: str = Field(
+        "l1",
+        description="Filter ranking: l1, l2, random, bn-gamma; with data: taylor, "
+        "mean-activation, apoz, learned (max_drop).",
+        json_schema_extra=_about("selection"),
+    )
     ratio: float | Literal["auto"] | None = Field(
-        None, description="Fraction of channels removed from every prunable group (Li et al.), or 'auto': "
+        None,
+        description="Fraction of channels removed from every prunable group (Li et al.), or 'auto': "
         "per-group ratios from sensitivity curves within max_drop (needs data; docs/SENSITIVITY.md).",
         json_schema_extra=_about("target"),
     )
     max_drop: Annotated[float, Field(gt=0.0, lt=1.0)] | None = Field(
-        None, description="With ratio 'auto' or criterion 'learned': tolerated drop of accuracy (or fidelity) on "
-        "held-out data, as a fraction; default 0.01.", json_schema_extra=_about("target"),
+        None,
+        description="With ratio 'auto' or criterion 'learned': tolerated drop of accuracy (or fidelity) on "
+        "held-out data, as a fraction; default 0.01.",
+        json_schema_extra=_about("target"),
     )
     flops_target: Annotated[float, Field(gt=0.0, lt=1.0)] | None = Field(
-        None, description="Fraction of MACs to remove, by global ranking of layer-normalised scores.",
+        None,
+        description="Fraction of MACs to remove, by global ranking of layer-normalised scores.",
         json_schema_extra=_about("target"),
     )
     round_to: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = Field(
-        "auto", description="Keep channel counts multiples of this number; 'auto': where onnxruntime's blocked conv "
+        "auto",
+        description="Keep channel counts multiples of this number; 'auto': where onnxruntime's blocked conv "
         "kernels run faster (the measured latency staircase, else the CPU's vector width: 16 with AVX-512, 8 with "
-        "AVX2); 1: exact counts.", json_schema_extra=_about("selection"),
+        "AVX2); 1: exact counts.",
+        json_schema_extra=_about("selection"),
     )
     latency_target: Annotated[float, Field(gt=0.0, lt=1.0)] | None = Field(
-        None, description="Keep the measured onnxruntime latency at most this times the original's (importance per "
+        None,
+        description="Keep the measured onnxruntime latency at most this times the original's (importance per "
         "millisecond from a measured latency table, HALP; the result is timed and refined).",
         json_schema_extra=_about("target"),
     )
     latency_budget_s: Annotated[float, Field(gt=0.0, le=3600.0)] = Field(
-        60.0, description="latency_target: seconds the latency table may take to measure (largest groups first; "
+        60.0,
+        description="latency_target: seconds the latency table may take to measure (largest groups first; "
         "the rest estimated from MACs). Tables are cached per model, onnxruntime version, settings and CPU.",
         json_schema_extra=_about("target", flag="--latency-budget"),
     )
     latency_iterations: Annotated[int, Field(ge=1, le=10)] = Field(
-        3, description="latency_target: at most this many prune-and-measure passes to meet the target.",
+        3,
+        description="latency_target: at most this many prune-and-measure passes to meet the target.",
         json_schema_extra=_about("target"),
     )
     exclude: list[str] = Field(
-        default_factory=list, description="Node names or globs whose channels are never pruned (repeatable).",
+        default_factory=list,
+        description="Node names or globs whose channels are never pruned (repeatable).",
         json_schema_extra=_about("selection"),
     )
     input_shapes: dict[str, list[int]] = Field(
         default_factory=dict,
         description="Concrete shapes for inputs with symbolic dims, NAME:1x3x224x224 (repeatable; in JSON "
-        "{\"input\": [1, 3, 224, 224]}).", json_schema_extra=_about("model", flag="--input-shape"),
+        '{"input": [1, 3, 224, 224]}).',
+        json_schema_extra=_about("model", flag="--input-shape"),
     )
-    benchmark: bool = Field(True, description="Measure onnxruntime latency before and after.",
-                            json_schema_extra=_about("benchmark"))
+    benchmark: bool = Field(
+        True, description="Measure onnxruntime latency before and after.", json_schema_extra=_about("benchmark")
+    )
     benchmark_runs: Annotated[int, Field(ge=1, le=1000)] = Field(
         30, description="Timed runs per model.", json_schema_extra=_about("benchmark", flag="--runs")
     )
-    threads: Annotated[int, Field(ge=1, le=64)] = Field(1, description="onnxruntime intra-op threads.",
-                                                         json_schema_extra=_about("benchmark"))
+    threads: Annotated[int, Field(ge=1, le=64)] = Field(
+        1, description="onnxruntime intra-op threads.", json_schema_extra=_about("benchmark")
+    )
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = Field(
         0, description="Seed of the random criterion and of benchmark inputs.", json_schema_extra=_about("selection")
     )
     # Data-driven pruning (the data file itself comes with the job, never as a path in the config).
     finetune_steps: Annotated[int, Field(ge=0, le=1_000_000)] = Field(
-        0, description="Fine-tuning steps after each pruning step (needs data); 0: no fine-tuning.",
+        0,
+        description="Fine-tuning steps after each pruning step (needs data); 0: no fine-tuning.",
         json_schema_extra=_about("recovery", needs_data=True),
     )
     iterative_steps: Annotated[int, Field(ge=1, le=1000)] = Field(
-        1, description="Reach the target in this many prune-then-fine-tune steps (Molchanov et al.); 1: one-shot.",
+        1,
+        description="Reach the target in this many prune-then-fine-tune steps (Molchanov et al.); 1: one-shot.",
         json_schema_extra=_about("recovery", needs_data=True),
     )
     lr: Annotated[float, Field(gt=0.0, le=10.0)] = Field(
-        0.01, description="Fine-tuning learning rate (SGD, Nesterov momentum 0.9, warm-up, cosine decay).",
+        0.01,
+        description="Fine-tuning learning rate (SGD, Nesterov momentum 0.9, warm-up, cosine decay).",
         json_schema_extra=_about("recovery", needs_data=True),
     )
     time_budget: Annotated[float, Field(ge=5.0, le=7 * 24 * 3600.0)] | None = Field(
-        None, description="Seconds the whole job may take: recovery gets what scoring and selection leave (its "
+        None,
+        description="Seconds the whole job may take: recovery gets what scoring and selection leave (its "
         "step count is planned from the measured step time; --finetune-steps then caps it).",
         json_schema_extra=_about("recovery"),
     )
     augment: bool = Field(
-        True, description="Recovery: random crops and flips of image-like (4-D float) inputs; off for inputs "
-        "where a flip changes the meaning.", json_schema_extra=_about("recovery", needs_data=True),
+        True,
+        description="Recovery: random crops and flips of image-like (4-D float) inputs; off for inputs "
+        "where a flip changes the meaning.",
+        json_schema_extra=_about("recovery", needs_data=True),
     )
     recovery: Literal["auto", "none", "reconstruct", "finetune"] = Field(
-        "auto", description="With data: 'reconstruct' refits each layer that lost inputs by least squares to the "
+        "auto",
+        description="With data: 'reconstruct' refits each layer that lost inputs by least squares to the "
         "original's outputs (He et al. 2017; no labels, seconds); 'finetune' fine-tunes only; 'auto' reconstructs, "
         "then fine-tunes when asked (steps or a time budget); 'none' keeps the pruned weights.",
         json_schema_extra=_about("recovery", needs_data=True),
     )
     reconstruct_samples: Annotated[int, Field(ge=8, le=100_000)] = Field(
-        256, description="Calibration samples layer-wise reconstruction fits on (fewer for big inputs).",
+        256,
+        description="Calibration samples layer-wise reconstruction fits on (fewer for big inputs).",
         json_schema_extra=_about("recovery", needs_data=True),
     )
     batch_size: Annotated[int, Field(ge=1, le=4096)] = Field(
-        32, description="Batch size for scoring, fine-tuning and evaluation.",
+        32,
+        description="Batch size for scoring, fine-tuning and evaluation.",
         json_schema_extra=_about("recovery", needs_data=True),
     )
     score_batches: Annotated[int, Field(ge=1, le=10_000)] = Field(
-        8, description="Batches of data the data-driven criteria look at.",
+        8,
+        description="Batches of data the data-driven criteria look at.",
         json_schema_extra=_about("selection", needs_data=True),
     )
     learned_episodes: Annotated[int, Field(ge=1, le=10_000)] = Field(
-        20, description="Criterion 'learned': agent training episodes per layer (docs/LEARNED.md).",
+        20,
+        description="Criterion 'learned': agent training episodes per layer (docs/LEARNED.md).",
         json_schema_extra=_about("learned", needs_data=True),
     )
     learned_samples: Annotated[int, Field(ge=2, le=1000)] = Field(
-        8, description="Criterion 'learned': prunings sampled and tried on held-out data per episode.",
+        8,
+        description="Criterion 'learned': prunings sampled and tried on held-out data per episode.",
         json_schema_extra=_about("learned", needs_data=True),
     )
     flops_regularization: Annotated[float, Field(ge=0.0, le=1e6)] = Field(
-        0.0, description="Taylor only: subtract this times each layer's relative MACs per channel (Molchanov et al.).",
+        0.0,
+        description="Taylor only: subtract this times each layer's relative MACs per channel (Molchanov et al.).",
         json_schema_extra=_about("selection", needs_data=True),
     )
     quantize: Literal["none", "int8", "dynamic"] = Field(
-        "none", description="After pruning and recovery, quantize with onnxruntime: 'int8' (static QDQ, per-channel "
+        "none",
+        description="After pruning and recovery, quantize with onnxruntime: 'int8' (static QDQ, per-channel "
         "weights, calibrated on the data or, without data, on generated inputs) or 'dynamic' (weights only). The "
-        "float pruned model is kept too (NAME.float.onnx).", json_schema_extra=_about("quantize"),
+        "float pruned model is kept too (NAME.float.onnx).",
+        json_schema_extra=_about("quantize"),
     )
     calibration_method: Literal["minmax", "entropy", "percentile"] = Field(
-        "minmax", description="quantize int8: how activation ranges are calibrated.",
+        "minmax",
+        description="quantize int8: how activation ranges are calibrated.",
         json_schema_extra=_about("quantize"),
     )
 
@@ -265,8 +298,12 @@ class PruneOptions(BaseModel):
             number = int(str(value)) if isinstance(value, str) else value
         except ValueError:
             number = None
-        if isinstance(number, bool) or not isinstance(number, (int, float)) or number != int(number) \
-                or not 1 <= number <= 1024:
+        if (
+            isinstance(number, bool)
+            or not isinstance(number, (int, float))
+            or number != int(number)
+            or not 1 <= number <= 1024
+        ):
             raise ValueError(f"must be 'auto' or a whole number from 1 to 1024, got {value!r}")
         return int(number)
 
@@ -283,10 +320,16 @@ class PruneOptions(BaseModel):
         if self.ratio is not None and self.flops_target is not None:
             raise ValueError("give either ratio or flops_target, not both")
         if self.latency_target is not None:
-            if (self.ratio is not None or self.flops_target is not None or self.criterion == "learned"
-                    or self.max_drop is not None):
-                raise ValueError("latency_target chooses every group's count itself; drop ratio, flops_target, "
-                                 "max_drop and criterion 'learned'")
+            if (
+                self.ratio is not None
+                or self.flops_target is not None
+                or self.criterion == "learned"
+                or self.max_drop is not None
+            ):
+                raise ValueError(
+                    "latency_target chooses every group's count itself; drop ratio, flops_target, "
+                    "max_drop and criterion 'learned'"
+                )
             if self.iterative_steps > 1:
                 raise ValueError("latency_target prunes in one step; drop iterative_steps")
             return self
@@ -305,10 +348,14 @@ class PruneOptions(BaseModel):
     def _learned(self) -> PruneOptions:
         """The learned criterion chooses every layer's count from max_drop: no ratio, no MACs target."""
         if self.ratio is not None or self.flops_target is not None:
-            raise ValueError("criterion 'learned' chooses how many filters each layer keeps from max_drop; "
-                             "drop ratio and flops_target")
+            raise ValueError(
+                "criterion 'learned' chooses how many filters each layer keeps from max_drop; "
+                "drop ratio and flops_target"
+            )
         if self.iterative_steps > 1:
-            raise ValueError("criterion 'learned' prunes layer by layer with fine_tuning after each; drop iterative_steps")
+            raise ValueError(
+                "criterion 'learned' prunes layer by layer with fine_tuning after each; drop iterative_steps"
+            )
         if self.max_drop is None:
             self.max_drop = DEFAULT_MAX_DROP
         return self

@@ -75,8 +75,16 @@ def run_pipeline(
     resolved, round_to_source = resolve_round_to(options, analysis.sha256, analysis.input_shapes)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="onnxprune-", dir=output_path.parent) as workdir:
-        job = Job(analysis, resolved, stages, Path(workdir), limits, data_path=data, sensitivity=sensitivity,
-                  round_to_source=round_to_source)
+        job = Job(
+            analysis,
+            resolved,
+            stages,
+            Path(workdir),
+            limits,
+            data_path=data,
+            sensitivity=sensitivity,
+            round_to_source=round_to_source,
+        )
         outcome = schedule.run(job)
         finish = choose_finish(options)
         artifacts = finish.finish(job, outcome.model)
@@ -85,8 +93,15 @@ def run_pipeline(
             evaluation = _held_out(job, outcome, artifacts.result)
             artifacts = finish.measure(job, artifacts, evaluate_float=evaluation is not None)
         with stages.stage("report"):
-            report = build_report(job, outcome, artifacts, output_sha256=file_sha256(artifacts.result),
-                                  latency=latency, fidelity=fidelity, evaluation=evaluation)
+            report = build_report(
+                job,
+                outcome,
+                artifacts,
+                output_sha256=file_sha256(artifacts.result),
+                latency=latency,
+                fidelity=fidelity,
+                evaluation=evaluation,
+            )
             float_output = None
             if artifacts.float_result is not None:
                 float_output = float_output_path(output_path)
@@ -99,8 +114,15 @@ def _speed_and_fidelity(job: Job, candidate: Path) -> tuple[Latency | None, Fide
     """Latency of both models (interleaved) when asked for; output fidelity always."""
     options, original = job.options, job.analysis.path
     if options.benchmark:
-        result = benchmark(original, candidate, job.analysis.input_shapes, runs=options.benchmark_runs,
-                           threads=options.threads, seed=options.seed, limits=job.limits)
+        result = benchmark(
+            original,
+            candidate,
+            job.analysis.input_shapes,
+            runs=options.benchmark_runs,
+            threads=options.threads,
+            seed=options.seed,
+            limits=job.limits,
+        )
         return result.latency, result.fidelity  # type: ignore[return-value]  # two models: fidelity is set
     inputs = make_inputs(job.analysis.original, job.analysis.input_shapes, options.seed)
     reference = run_model(original, inputs, limits=job.limits)

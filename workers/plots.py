@@ -48,24 +48,35 @@ def sensitivity_png(sensitivity: SensitivityReport) -> bytes:
     colours = colormaps["tab20" if qualitative else "viridis"]
     for i, curve in enumerate(curves):
         colour = colours(i) if qualitative else colours(i / max(len(curves) - 1, 1))
-        axes.plot([0.0, *curve.ratios], [sensitivity.baseline, *curve.values], marker="o", markersize=3,
-                  linewidth=1.4, color=colour, label=f"{curve.group} ({curve.channels})")
+        axes.plot(
+            [0.0, *curve.ratios],
+            [sensitivity.baseline, *curve.values],
+            marker="o",
+            markersize=3,
+            linewidth=1.4,
+            color=colour,
+            label=f"{curve.group} ({curve.channels})",
+        )
     axes.axhline(sensitivity.baseline, color="grey", linestyle=":", linewidth=1)
     axes.set_xlabel("fraction of the group's filters removed (this group alone)")
     label = "top-1 accuracy" if sensitivity.metric == "accuracy" else "fidelity (cosine to original outputs)"
     axes.set_ylabel(label)
-    axes.set_title(f"Sensitivity to pruning ({sensitivity.criterion}, {sensitivity.samples} samples, "
-                   f"{sensitivity.source})", fontsize=10)
+    axes.set_title(
+        f"Sensitivity to pruning ({sensitivity.criterion}, {sensitivity.samples} samples, {sensitivity.source})",
+        fontsize=10,
+    )
     axes.set_xlim(0, 1)
     axes.grid(alpha=0.3)
     if len(curves) <= _MAX_LEGEND:
-        axes.legend(fontsize=7, ncol=2 if len(curves) > 7 else 1, loc="lower left", title="group (channels)",
-                    title_fontsize=7)
+        axes.legend(
+            fontsize=7, ncol=2 if len(curves) > 7 else 1, loc="lower left", title="group (channels)", title_fontsize=7
+        )
     return _png(figure)
 
 
-def _paired_bars(names: Sequence[str], before: Sequence[float], after: Sequence[float], ylabel: str,
-                 title: str) -> bytes:
+def _paired_bars(
+    names: Sequence[str], before: Sequence[float], after: Sequence[float], ylabel: str, title: str
+) -> bytes:
     figure = _figure(max(6.0, min(0.32 * len(names) + 2, 18.0)), 4.2)
     axes = figure.add_subplot()
     positions = range(len(names))
@@ -80,13 +91,23 @@ def _paired_bars(names: Sequence[str], before: Sequence[float], after: Sequence[
 
 
 def channels_png(groups: Sequence[GroupReport]) -> bytes:
-    return _paired_bars([g.id for g in groups], [g.channels_before for g in groups],
-                        [g.channels_after for g in groups], "channels", "Channels per group, before and after")
+    return _paired_bars(
+        [g.id for g in groups],
+        [g.channels_before for g in groups],
+        [g.channels_after for g in groups],
+        "channels",
+        "Channels per group, before and after",
+    )
 
 
 def macs_png(layers: Sequence[LayerReport]) -> bytes:
-    return _paired_bars([layer.name for layer in layers], [layer.macs_before / 1e6 for layer in layers],
-                        [layer.macs_after / 1e6 for layer in layers], "MMACs", "MACs per layer, before and after")
+    return _paired_bars(
+        [layer.name for layer in layers],
+        [layer.macs_before / 1e6 for layer in layers],
+        [layer.macs_after / 1e6 for layer in layers],
+        "MMACs",
+        "MACs per layer, before and after",
+    )
 
 
 def loss_png(finetune: FinetuneReport) -> bytes | None:
@@ -104,7 +125,7 @@ def loss_png(finetune: FinetuneReport) -> bytes | None:
     window = max(1, min(50, losses.size // 10))
     if window > 1:
         smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-        axes.plot(steps[window - 1:], smooth, color=_AFTER, linewidth=1.6, label=f"mean of {window} steps")
+        axes.plot(steps[window - 1 :], smooth, color=_AFTER, linewidth=1.6, label=f"mean of {window} steps")
     if finetune.iterative_steps > 1 and finetune.steps > 0:
         for start in range(finetune.steps, losses.size, finetune.steps):
             axes.axvline(start + 0.5, color="#b3261e", linewidth=0.6, linestyle="--")
@@ -142,8 +163,9 @@ def summary_png(report: PruneReport) -> bytes | None:
         colours = [_BEFORE] + [_AFTER] * (len(values) - 1)
         band = bands.get(label)
         error = None if band is None else [[b for b, _ in band], [a for _, a in band]]
-        bars = axes.bar(list(values), list(values.values()), color=colours, width=0.6, yerr=error, capsize=4,
-                        ecolor="#59636e")
+        bars = axes.bar(
+            list(values), list(values.values()), color=colours, width=0.6, yerr=error, capsize=4, ecolor="#59636e"
+        )
         axes.bar_label(bars, fmt="%.3g", fontsize=8)
         axes.set_title(label, fontsize=9)
         axes.margins(y=0.15)

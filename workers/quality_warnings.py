@@ -12,18 +12,30 @@ from workers.report import Fidelity, HeldOutEvaluation
 MIN_COSINE = 0.9
 
 
-def quality_warnings(fidelity: Fidelity | None, evaluation: HeldOutEvaluation | None, *, data_given: bool,
-                     recovered: bool, max_drop: float | None) -> list[str]:
+def quality_warnings(
+    fidelity: Fidelity | None,
+    evaluation: HeldOutEvaluation | None,
+    *,
+    data_given: bool,
+    recovered: bool,
+    max_drop: float | None,
+) -> list[str]:
     """Warnings for a result; ``recovered``: reconstruction or fine-tuning ran."""
-    help_text = ("pass --data with a few thousand samples (layer-wise reconstruction runs by default)"
-                 if not data_given else
-                 "give recovery a budget (--time-budget or --finetune-steps), or prune less")
+    help_text = (
+        "pass --data with a few thousand samples (layer-wise reconstruction runs by default)"
+        if not data_given
+        else "give recovery a budget (--time-budget or --finetune-steps), or prune less"
+    )
     notes = []
     if evaluation is not None and max_drop is not None and evaluation.before - evaluation.after > max_drop:
-        notes.append(f"held-out {evaluation.metric} dropped by {evaluation.before - evaluation.after:.4f} "
-                     f"({evaluation.before:.4f} -> {evaluation.after:.4f}), above the bound {max_drop:g}: {help_text}")
+        notes.append(
+            f"held-out {evaluation.metric} dropped by {evaluation.before - evaluation.after:.4f} "
+            f"({evaluation.before:.4f} -> {evaluation.after:.4f}), above the bound {max_drop:g}: {help_text}"
+        )
     elif fidelity is not None and fidelity.cosine_similarity < MIN_COSINE:
-        notes.append(f"the pruned model keeps little of the original's behaviour (output cosine "
-                     f"{fidelity.cosine_similarity:.2f} < {MIN_COSINE} on the benchmark inputs"
-                     f"{'' if recovered else ', no recovery'}): {help_text}")
+        notes.append(
+            f"the pruned model keeps little of the original's behaviour (output cosine "
+            f"{fidelity.cosine_similarity:.2f} < {MIN_COSINE} on the benchmark inputs"
+            f"{'' if recovered else ', no recovery'}): {help_text}"
+        )
     return notes

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -51,7 +51,7 @@ def calibration_batches(inputs: Mapping[str, np.ndarray], batch: int | None) -> 
     count = len(next(iter(inputs.values())))
     size = batch or _FEED_BATCH
     for start in range(0, count - size + 1 if batch else count, size):
-        yield {name: array[start:start + size] for name, array in inputs.items()}
+        yield {name: array[start : start + size] for name, array in inputs.items()}
 
 
 def fixed_batch(model: onnx.ModelProto) -> int | None:
@@ -72,12 +72,20 @@ def check_not_quantized(model: onnx.ModelProto) -> None:
     model); such a model is pruned in its own precision without ``--quantize``."""
     node = first_quantization_node(model)
     if node is not None:
-        raise ModelRejected(f"model is already quantized ({node.op_type} node {node.name!r}): --quantize applies "
-                            "to float models; prune it without --quantize, it stays in its own precision")
+        raise ModelRejected(
+            f"model is already quantized ({node.op_type} node {node.name!r}): --quantize applies "
+            "to float models; prune it without --quantize, it stays in its own precision"
+        )
 
 
-def quantize(model_path: Path, output_path: Path, settings: QuantizeSettings,
-             calibration: Mapping[str, np.ndarray] | None, *, limits: RunnerLimits) -> dict[str, int | bool]:
+def quantize(
+    model_path: Path,
+    output_path: Path,
+    settings: QuantizeSettings,
+    calibration: Mapping[str, np.ndarray] | None,
+    *,
+    limits: RunnerLimits,
+) -> dict[str, int | bool]:
     """Quantize ``model_path`` into ``output_path`` in a sandboxed child; returns what was quantized.
 
     ``calibration``: model inputs with a leading sample axis (static mode only)."""
@@ -89,17 +97,26 @@ def quantize(model_path: Path, output_path: Path, settings: QuantizeSettings,
         arrays: dict[str, Any] = {name: np.asarray(array) for name, array in calibration.items()}
         np.savez(calibration_path, **arrays)
     reduce_range = not cpu_has_vnni()
-    result = run_in_child(_quantize_in_child, (str(model_path), str(output_path), settings.mode,
-                                               settings.calibration_method,
-                                               None if calibration_path is None else str(calibration_path),
-                                               reduce_range), limits=limits)
+    result = run_in_child(
+        _quantize_in_child,
+        (
+            str(model_path),
+            str(output_path),
+            settings.mode,
+            settings.calibration_method,
+            None if calibration_path is None else str(calibration_path),
+            reduce_range,
+        ),
+        limits=limits,
+    )
     if calibration_path is not None:
         calibration_path.unlink(missing_ok=True)
     return {**result, "reduce_range": reduce_range}
 
 
-def _quantize_in_child(model_path: str, output_path: str, mode: str, method: str, calibration_path: str | None,
-                       reduce_range: bool) -> dict[str, int]:
+def _quantize_in_child(
+    model_path: str, output_path: str, mode: str, method: str, calibration_path: str | None, reduce_range: bool
+) -> dict[str, int]:
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -122,8 +139,9 @@ def _quantize_in_child(model_path: str, output_path: str, mode: str, method: str
     except Exception:  # noqa: BLE001 - the quantizer works (less well) on the graph as it is
         prepared = model_path
     if mode == "dynamic":
-        quantize_dynamic(prepared, output_path, per_channel=True, reduce_range=reduce_range,
-                         weight_type=QuantType.QInt8)
+        quantize_dynamic(
+            prepared, output_path, per_channel=True, reduce_range=reduce_range, weight_type=QuantType.QInt8
+        )
     else:
         model = onnx.load(prepared, load_external_data=False)
         with np.load(str(calibration_path)) as archive:
@@ -136,15 +154,29 @@ def _quantize_in_child(model_path: str, output_path: str, mode: str, method: str
             def get_next(self) -> dict[str, np.ndarray] | None:
                 return next(self._feeds, None)
 
-        methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                   "percentile": CalibrationMethod.Percentile}
-        quantize_static(prepared, output_path, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=methods[method])
+        methods = {
+            "minmax": CalibrationMethod.MinMax,
+            "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile,
+        }
+        quantize_static(
+            prepared,
+            output_path,
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=reduce_range,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=methods[method],
+        )
     quantized = onnx.load(output_path, load_external_data=False)
     kinds = [node.op_type for node in quantized.graph.node]
-    return {"quantize_nodes": kinds.count("QuantizeLinear"), "dequantize_nodes": kinds.count("DequantizeLinear"),
-            "integer_ops": sum(kind in ("ConvInteger", "MatMulInteger", "DynamicQuantizeLinear") for kind in kinds)}
+    return {
+        "quantize_nodes": kinds.count("QuantizeLinear"),
+        "dequantize_nodes": kinds.count("DequantizeLinear"),
+        "integer_ops": sum(kind in ("ConvInteger", "MatMulInteger", "DynamicQuantizeLinear") for kind in kinds),
+    }
 
 
 def sample_inputs(inputs: Mapping[str, np.ndarray], limit: int = CALIBRATION_SAMPLES) -> dict[str, np.ndarray]:
@@ -159,6 +191,6 @@ def sample_inputs(inputs: Mapping[str, np.ndarray], limit: int = CALIBRATION_SAM
 def generated_inputs(one_sample: Mapping[str, np.ndarray], count: int, seed: int) -> dict[str, np.ndarray]:
     """Standard-normal samples shaped like ``one_sample`` (batch 1): calibration without data, a proxy."""
     rng = np.random.default_rng(seed)
-    return {name: rng.standard_normal((count, *array.shape[1:])).astype(array.dtype)
-            for name, array in one_sample.items()}
-
+    return {
+        name: rng.standard_normal((count, *array.shape[1:])).astype(array.dtype) for name, array in one_sample.items()
+    }

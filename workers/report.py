@@ -41,8 +41,11 @@ class SpeedChange(BaseModel):
     summary: str = Field(description="The ratio in words: '1.32x faster', '4% slower'.")
     band: str = Field(description="The interval in words.")
     within_noise: bool = Field(description="The interval holds 1: the noise is wider than the effect.")
-    min_ratio: float | None = Field(None, description="Fastest run after / fastest run before: robust when a "
-                                    "busy machine preempts runs (then the p50 ratio's interval is wide).")
+    min_ratio: float | None = Field(
+        None,
+        description="Fastest run after / fastest run before: robust when a "
+        "busy machine preempts runs (then the p50 ratio's interval is wide).",
+    )
 
 
 class Latency(BaseModel):
@@ -98,9 +101,11 @@ class IterationReport(BaseModel):
     steps: int | None = Field(None, description="Fine-tuning steps this iteration took.")
     kept_step: int | None = Field(None, description="The step whose weights were kept (best on held-out).")
     reconstructed_layers: list[str] = Field(
-        default_factory=list, description="Layers refit by layer-wise reconstruction (their refit reduced the error).")
+        default_factory=list, description="Layers refit by layer-wise reconstruction (their refit reduced the error)."
+    )
     reconstruction_skipped: dict[str, str] = Field(
-        default_factory=dict, description="Layers that lost inputs but were left as pruned, with the reason.")
+        default_factory=dict, description="Layers that lost inputs but were left as pruned, with the reason."
+    )
 
 
 class FinetuneReport(BaseModel):
@@ -114,7 +119,8 @@ class FinetuneReport(BaseModel):
     batch_size: int
     samples: dict[str, int] = Field(description="Samples trained on and held out.")
     iterations: list[IterationReport] = Field(
-        default_factory=list, description="Per pruning step, on held-out data, measured in the PyTorch executor.")
+        default_factory=list, description="Per pruning step, on held-out data, measured in the PyTorch executor."
+    )
     losses: list[float] = Field(default_factory=list, description="Training loss at every fine-tuning step.")
 
 
@@ -144,8 +150,11 @@ class LatencyTargetReport(BaseModel):
     target: float = Field(description="Asked: pruned latency at most this times the original's.")
     met: bool
     measured: SpeedChange = Field(description="The chosen plan, timed against the original (p50, p90, interval).")
-    achieved: float | None = Field(None, description="The ratio acted on: p50, or the fastest runs' when the p50's "
-                                   "interval is wider than half of it (workers.speed.decisive_ratio).")
+    achieved: float | None = Field(
+        None,
+        description="The ratio acted on: p50, or the fastest runs' when the p50's "
+        "interval is wider than half of it (workers.speed.decisive_ratio).",
+    )
     predicted: float = Field(description="The latency model's ratio for the chosen plan.")
     missed_by: float | None = Field(None, description="Measured ratio minus the target, when missed.")
     iterations: list[LatencyIteration]
@@ -180,8 +189,10 @@ class PruneReport(BaseModel):
     group_ratios: dict[str, float] = Field(default_factory=dict, description="Ratio chosen per group (ratio 'auto').")
     learned: LearnedReport | None = Field(None, description="Criterion 'learned': the per-layer agents' search.")
     quantization: QuantizationReport | None = Field(
-        None, description="--quantize: how the pruned model was quantized; 'latency_ms' and 'evaluation' are then "
-        "of the quantized model, and this section holds the float pruned model's figures.")
+        None,
+        description="--quantize: how the pruned model was quantized; 'latency_ms' and 'evaluation' are then "
+        "of the quantized model, and this section holds the float pruned model's figures.",
+    )
     round_to: int | None = Field(None, description="Channel counts were kept multiples of this.")
     round_to_source: str | None = Field(None, description="Why: given, or how 'auto' chose it.")
     latency_target: LatencyTargetReport | None = Field(None, description="latency_target: predicted and measured.")
@@ -209,8 +220,10 @@ class HeldOutEvaluation(BaseModel):
     before: float
     after: float
     after_pruning: float | None = Field(
-        None, description="Data-driven jobs that fine-tune: the pruned original weights, before fine-tuning "
-        "('after' is the written, fine-tuned model).")
+        None,
+        description="Data-driven jobs that fine-tune: the pruned original weights, before fine-tuning "
+        "('after' is the written, fine-tuned model).",
+    )
     finetune: FinetuneReport | None = None
 
 

@@ -35,8 +35,16 @@ def onnxprune_version() -> str:
         return "0+unknown"
 
 
-def build_report(job: Job, outcome: Outcome, artifacts: Artifacts, *, output_sha256: str, latency: Latency | None,
-                 fidelity: Fidelity | None, evaluation: HeldOutEvaluation | None) -> PruneReport:
+def build_report(
+    job: Job,
+    outcome: Outcome,
+    artifacts: Artifacts,
+    *,
+    output_sha256: str,
+    latency: Latency | None,
+    fidelity: Fidelity | None,
+    evaluation: HeldOutEvaluation | None,
+) -> PruneReport:
     analysis, selection = job.analysis, outcome.selection
     cost_after = measure_cost(outcome.model, analysis.input_shapes)  # the float graph: MACs are the same int8
     groups, frozen = group_reports(analysis.dep, outcome.plan, analysis.cost)
@@ -59,14 +67,26 @@ def build_report(job: Job, outcome: Outcome, artifacts: Artifacts, *, output_sha
         evaluation=evaluation,
         sensitivity=selection.sensitivity,
         group_ratios=selection.group_ratios,
-        warnings=[*analysis.input_shape_notes, *selection.notes, *artifacts.notes, *speed_notes(latency),
-                  *target_notes(selection.latency_target, latency), *rounding_notes(job, groups),
-                  *quality_warnings(fidelity, evaluation, data_given=job.data_path is not None,
-                                    recovered=outcome.finetune is not None, max_drop=job.options.max_drop)],
+        warnings=[
+            *analysis.input_shape_notes,
+            *selection.notes,
+            *artifacts.notes,
+            *speed_notes(latency),
+            *target_notes(selection.latency_target, latency),
+            *rounding_notes(job, groups),
+            *quality_warnings(
+                fidelity,
+                evaluation,
+                data_given=job.data_path is not None,
+                recovered=outcome.finetune is not None,
+                max_drop=job.options.max_drop,
+            ),
+        ],
         learned=outcome.learned,
         quantization=artifacts.quantization,
         round_to=selection.latency_target.step if selection.latency_target else int(job.options.round_to),
-        round_to_source="the latency table" if selection.latency_target and job.round_to_source != "given"
+        round_to_source="the latency table"
+        if selection.latency_target and job.round_to_source != "given"
         else job.round_to_source,
         latency_target=selection.latency_target,
     )
@@ -80,29 +100,35 @@ def rounding_notes(job: Job, groups: list[GroupReport]) -> list[str]:
     whole = [g for g in groups if g.channels_after == g.channels_before and g.channels_before <= step]
     if not whole:
         return []
-    return [f"round-to auto ({step}): {len(whole)} group(s) of at most {step} channels kept whole, since cutting "
-            f"them off onnxruntime's kernel step makes them slower, not faster; --round-to 1 prunes exact counts"]
+    return [
+        f"round-to auto ({step}): {len(whole)} group(s) of at most {step} channels kept whole, since cutting "
+        f"them off onnxruntime's kernel step makes them slower, not faster; --round-to 1 prunes exact counts"
+    ]
 
 
-def group_reports(dep: DependencyGraph, plan: PruningPlan,
-                  cost: ModelCost) -> tuple[list[GroupReport], list[FrozenReport]]:
+def group_reports(
+    dep: DependencyGraph, plan: PruningPlan, cost: ModelCost
+) -> tuple[list[GroupReport], list[FrozenReport]]:
     shares = macs_shares(dep, {node.name: node.macs for node in cost.nodes})  # each layer counted once
     groups, frozen = [], []
     for group in dep.groups:
         if group.frozen:
-            frozen.append(FrozenReport(id=group.id, nodes=list(group.nodes), channels=group.channels,
-                                       reason=group.frozen_reason))
+            frozen.append(
+                FrozenReport(id=group.id, nodes=list(group.nodes), channels=group.channels, reason=group.frozen_reason)
+            )
             continue
-        groups.append(GroupReport(
-            id=group.id,
-            nodes=list(group.nodes),
-            producers=list(group.producers),
-            channels_before=group.channels,
-            channels_after=len(plan.keep.get(group.id, range(group.channels))),
-            pinned=len(group.pinned),
-            pinned_reasons=list(group.reasons),
-            macs_share=round(shares[group.id], 6),
-        ))
+        groups.append(
+            GroupReport(
+                id=group.id,
+                nodes=list(group.nodes),
+                producers=list(group.producers),
+                channels_before=group.channels,
+                channels_after=len(plan.keep.get(group.id, range(group.channels))),
+                pinned=len(group.pinned),
+                pinned_reasons=list(group.reasons),
+                macs_share=round(shares[group.id], 6),
+            )
+        )
     return groups, frozen
 
 
@@ -122,7 +148,15 @@ def layer_reports(analysis: Analysis, after: onnx.ModelProto, cost_after: ModelC
     """MACs and filters of every node that has MACs; surgery keeps node names, so they pair up."""
     macs_after = {node.name: node.macs for node in cost_after.nodes}
     filters_before, filters_after = filter_counts(analysis.prepared), filter_counts(after)
-    return [LayerReport(name=node.name, op_type=node.op_type, macs_before=node.macs,
-                        macs_after=macs_after.get(node.name, 0), filters_before=filters_before.get(node.name),
-                        filters_after=filters_after.get(node.name))
-            for node in analysis.cost.nodes if node.macs]
+    return [
+        LayerReport(
+            name=node.name,
+            op_type=node.op_type,
+            macs_before=node.macs,
+            macs_after=macs_after.get(node.name, 0),
+            filters_before=filters_before.get(node.name),
+            filters_after=filters_after.get(node.name),
+        )
+        for node in analysis.cost.nodes
+        if node.macs
+    ]

@@ -45,8 +45,9 @@ class RunnerLimits:
     max_result_mib: int = 512  # results (model outputs) sent back to the parent
 
 
-def run_in_child(target: Callable[..., Result], args: tuple[Any, ...] = (), *,
-                 limits: RunnerLimits = RunnerLimits()) -> Result:
+def run_in_child(
+    target: Callable[..., Result], args: tuple[Any, ...] = (), *, limits: RunnerLimits = RunnerLimits()
+) -> Result:
     """``target(*args)`` in a fresh child process; its return value, or a ``RunnerError``.
 
     ``target`` and its arguments must be picklable (a module-level function).
@@ -95,7 +96,9 @@ def _crash_error(exitcode: int | None, log_tail: str, limits: RunnerLimits) -> R
         number = -exitcode
         name = signal.Signals(number).name if number in signal.valid_signals() else "unknown"
         if number == signal.SIGKILL:
-            return RunnerError(f"onnxruntime was killed (signal 9, {name}) while running the model, likely out of memory")
+            return RunnerError(
+                f"onnxruntime was killed (signal 9, {name}) while running the model, likely out of memory"
+            )
         return RunnerError(f"onnxruntime crashed (signal {number}, {name}) while running the model")
     return RunnerError(f"onnxruntime exited with status {exitcode} without a result while running the model")
 
@@ -105,7 +108,9 @@ def _mentions_allocation_failure(text: str) -> bool:
     return any(marker in lowered for marker in _ALLOCATION_FAILURES)
 
 
-def _child_main(sender: Any, log_path: str, target: Callable[..., Any], args: tuple[Any, ...], limits: RunnerLimits) -> None:
+def _child_main(
+    sender: Any, log_path: str, target: Callable[..., Any], args: tuple[Any, ...], limits: RunnerLimits
+) -> None:
     log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)

@@ -69,14 +69,26 @@ def measure_sensitivity(
 ) -> SensitivityReport:
     """Load, analyse and sweep ``model_path`` (the ``onnxprune sensitivity`` command)."""
     from graphops.scoring import criterion_needs_data
+
     if criterion_needs_data(criterion):
-        raise ModelRejected(f"sensitivity ranks filters by weights (l1, l2, random, ...); criterion '{criterion}' "
-                            "needs the data-driven pipeline: use it with prune --ratio auto --data instead")
+        raise ModelRejected(
+            f"sensitivity ranks filters by weights (l1, l2, random, ...); criterion '{criterion}' "
+            "needs the data-driven pipeline: use it with prune --ratio auto --data instead"
+        )
     analysis = analyse_model(model_path, input_shapes)
     scores = score_groups(analysis.dep, criterion)
     evaluator = make_evaluator(model_path, data, limits=limits, synthetic=synthetic)
-    return sweep(analysis.dep, scores, evaluator, analysis.cost, model_sha256=analysis.sha256, criterion=criterion,
-                 ratios=ratios, workers=workers, progress=progress)
+    return sweep(
+        analysis.dep,
+        scores,
+        evaluator,
+        analysis.cost,
+        model_sha256=analysis.sha256,
+        criterion=criterion,
+        ratios=ratios,
+        workers=workers,
+        progress=progress,
+    )
 
 
 def sweep(
@@ -98,25 +110,41 @@ def sweep(
     indices = [i for i, g in enumerate(dep.groups) if g.prunable and g.id in scores]
     workers = max(1, min(workers or os.cpu_count() or 1, len(indices) or 1))
     curves: dict[int, SensitivityCurve] = {}
-    with tempfile.TemporaryDirectory(prefix="onnxprune-sensitivity-") as workdir, \
-            ThreadPoolExecutor(workers, thread_name_prefix="onnxprune-sensitivity") as pool:
+    with (
+        tempfile.TemporaryDirectory(prefix="onnxprune-sensitivity-") as workdir,
+        ThreadPoolExecutor(workers, thread_name_prefix="onnxprune-sensitivity") as pool,
+    ):
         futures = {pool.submit(_curve, dep, scores, i, ratios, evaluator, macs, Path(workdir)): i for i in indices}
         for future in as_completed(futures):
             curves[futures[future]] = future.result()
             if progress is not None:
                 progress(len(curves), len(indices), dep.groups[futures[future]].id)
     return SensitivityReport(
-        model_sha256=model_sha256, criterion=criterion, metric=evaluator.metric, source=evaluator.source,
-        samples=len(evaluator.data), baseline=evaluator.baseline, macs=macs.total, ratios=ratios,
+        model_sha256=model_sha256,
+        criterion=criterion,
+        metric=evaluator.metric,
+        source=evaluator.source,
+        samples=len(evaluator.data),
+        baseline=evaluator.baseline,
+        macs=macs.total,
+        ratios=ratios,
         curves=[curves[i] for i in indices],
-        frozen=[FrozenReport(id=g.id, nodes=list(g.nodes), channels=g.channels, reason=g.frozen_reason)
-                for g in dep.frozen],
+        frozen=[
+            FrozenReport(id=g.id, nodes=list(g.nodes), channels=g.channels, reason=g.frozen_reason) for g in dep.frozen
+        ],
         seconds=round(time.perf_counter() - started, 3),
     )
 
 
-def _curve(dep: DependencyGraph, scores: Scores, index: int, ratios: Sequence[float], evaluator: Evaluator,
-           macs: MacsModel, workdir: Path) -> SensitivityCurve:
+def _curve(
+    dep: DependencyGraph,
+    scores: Scores,
+    index: int,
+    ratios: Sequence[float],
+    evaluator: Evaluator,
+    macs: MacsModel,
+    workdir: Path,
+) -> SensitivityCurve:
     group = dep.groups[index]
     plans = [select_by_group_ratios(dep, scores, {group.id: ratio}) for ratio in ratios]
     removed = [plan.removed_channels for plan in plans]
@@ -130,8 +158,12 @@ def _curve(dep: DependencyGraph, scores: Scores, index: int, ratios: Sequence[fl
         path.unlink(missing_ok=True)
     baseline = evaluator.baseline
     return SensitivityCurve(
-        group=group.id, producers=list(group.producers), channels=group.channels, ratios=list(ratios),
-        channels_removed=removed, values=[measured.get(count, baseline) for count in removed],
+        group=group.id,
+        producers=list(group.producers),
+        channels=group.channels,
+        ratios=list(ratios),
+        channels_removed=removed,
+        values=[measured.get(count, baseline) for count in removed],
         macs_after=[macs.macs(plan) for plan in plans],
     )
 
@@ -140,7 +172,9 @@ def load_sensitivity(path: Path) -> SensitivityReport:
     try:
         return SensitivityReport.model_validate_json(Path(path).read_text())
     except ValueError as exc:
-        raise ModelRejected(f"{Path(path).name} is not an onnxprune sensitivity file: {str(exc).splitlines()[0]}") from None
+        raise ModelRejected(
+            f"{Path(path).name} is not an onnxprune sensitivity file: {str(exc).splitlines()[0]}"
+        ) from None
 
 
 @dataclass
@@ -241,13 +275,22 @@ def auto_for_job(
         raise ModelRejected("the sensitivity file was measured on a different model (its model_sha256 differs)")
     if data is None:
         if sensitivity is None:
-            raise ModelRejected("ratio 'auto' needs data: pass --data DATA.npz (or a --sensitivity file "
-                                "from 'onnxprune sensitivity'); see docs/SENSITIVITY.md")
+            raise ModelRejected(
+                "ratio 'auto' needs data: pass --data DATA.npz (or a --sensitivity file "
+                "from 'onnxprune sensitivity'); see docs/SENSITIVITY.md"
+            )
         return choose_auto(dep, scores, sensitivity, max_drop, round_to=round_to, exclude=exclude), sensitivity
     selection, held_out = split_holdout(data)
     if sensitivity is None:
-        sensitivity = sweep(dep, scores, make_evaluator(model_path, selection, limits=limits), cost,
-                            model_sha256=model_sha256, criterion=criterion, progress=progress)
+        sensitivity = sweep(
+            dep,
+            scores,
+            make_evaluator(model_path, selection, limits=limits),
+            cost,
+            model_sha256=model_sha256,
+            criterion=criterion,
+            progress=progress,
+        )
     judge = make_evaluator(model_path, held_out, limits=limits)
     with tempfile.TemporaryDirectory(prefix="onnxprune-auto-") as workdir:
         candidate = Path(workdir) / "candidate.onnx"
@@ -256,6 +299,7 @@ def auto_for_job(
             candidate.write_bytes(apply_plan(dep, plan).SerializeToString())
             return judge.score([candidate])[0]
 
-        auto = choose_auto(dep, scores, sensitivity, max_drop, check=check, baseline=judge.baseline,
-                           round_to=round_to, exclude=exclude)
+        auto = choose_auto(
+            dep, scores, sensitivity, max_drop, check=check, baseline=judge.baseline, round_to=round_to, exclude=exclude
+        )
     return auto, sensitivity

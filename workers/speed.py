@@ -30,22 +30,34 @@ def describe_ratio(ratio: float) -> str:
 
 
 def compare_timings(
-    before_ms: Sequence[float], after_ms: Sequence[float], *, confidence: float = CONFIDENCE,
-    resamples: int = RESAMPLES, seed: int = 0,
+    before_ms: Sequence[float],
+    after_ms: Sequence[float],
+    *,
+    confidence: float = CONFIDENCE,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
 ) -> SpeedChange:
     """The p50 and p90 latency ratios of interleaved runs, the p50 ratio's bootstrap interval,
     and whether that interval is wider than the effect (then the change is within noise)."""
     before, after = np.asarray(before_ms, np.float64), np.asarray(after_ms, np.float64)
     if before.shape != after.shape or before.ndim != 1 or before.size == 0:
-        raise ValueError(f"need two equal, non-empty series of interleaved timings, got {before.shape} and {after.shape}")
+        raise ValueError(
+            f"need two equal, non-empty series of interleaved timings, got {before.shape} and {after.shape}"
+        )
     ratio, low, high = ratio_interval(before, after, confidence=confidence, resamples=resamples, seed=seed)
     before, after = np.asarray(before_ms, np.float64), np.asarray(after_ms, np.float64)
     p90_ratio = float(np.percentile(after, 90) / np.percentile(before, 90))
     within_noise = bool(low <= 1.0 <= high)
     return SpeedChange(
-        ratio=round(ratio, 5), p90_ratio=round(p90_ratio, 5), low=round(low, 5), high=round(high, 5),
-        confidence=confidence, runs=int(before.size), summary=describe_ratio(ratio),
-        band=_describe_band(low, high, confidence), within_noise=within_noise,
+        ratio=round(ratio, 5),
+        p90_ratio=round(p90_ratio, 5),
+        low=round(low, 5),
+        high=round(high, 5),
+        confidence=confidence,
+        runs=int(before.size),
+        summary=describe_ratio(ratio),
+        band=_describe_band(low, high, confidence),
+        within_noise=within_noise,
         min_ratio=round(float(after.min() / before.min()), 5),
     )
 
@@ -58,14 +70,23 @@ def decisive_ratio(change: SpeedChange) -> float:
     return change.ratio
 
 
-def ratio_interval(before_ms: Sequence[float] | np.ndarray, after_ms: Sequence[float] | np.ndarray, *, quantile: float = 50.0,
-                   confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float, float]:
+def ratio_interval(
+    before_ms: Sequence[float] | np.ndarray,
+    after_ms: Sequence[float] | np.ndarray,
+    *,
+    quantile: float = 50.0,
+    confidence: float = CONFIDENCE,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float, float]:
     """``quantile(after) / quantile(before)`` of interleaved pairs and its percentile-bootstrap interval
     (pairs resampled whole). A low quantile (20) estimates undisturbed run time on a busy machine,
     where a neighbour's preemption turns some runs of a 1 ms model into 10 ms ones."""
     before, after = np.asarray(before_ms, np.float64), np.asarray(after_ms, np.float64)
     if before.shape != after.shape or before.ndim != 1 or before.size == 0:
-        raise ValueError(f"need two equal, non-empty series of interleaved timings, got {before.shape} and {after.shape}")
+        raise ValueError(
+            f"need two equal, non-empty series of interleaved timings, got {before.shape} and {after.shape}"
+        )
     ratio = float(np.percentile(after, quantile) / np.percentile(before, quantile))
     index = np.random.default_rng(seed).integers(0, before.size, size=(resamples, before.size))
     boot = np.percentile(after[index], quantile, axis=1) / np.percentile(before[index], quantile, axis=1)
@@ -78,8 +99,10 @@ def noise_warning(change: SpeedChange) -> str | None:
     """One sentence for the report and the CLI when the noise band is wider than the effect."""
     if not change.within_noise:
         return None
-    return (f"latency: {change.summary} is within the timing noise ({change.band}, {change.runs} interleaved runs); "
-            "time more runs (--runs) on a quieter machine before trusting it")
+    return (
+        f"latency: {change.summary} is within the timing noise ({change.band}, {change.runs} interleaved runs); "
+        "time more runs (--runs) on a quieter machine before trusting it"
+    )
 
 
 def _describe_band(low: float, high: float, confidence: float) -> str:
@@ -92,7 +115,9 @@ def speed_notes(latency: Latency | None) -> list[str]:
         return []
     change = latency.change
     if change.low > 1.0:  # slower beyond the noise: say so plainly
-        return [f"the pruned model is slower than the original: {change.summary} ({change.band}); channel counts off "
-                "the kernels' step can cost more than the MACs saved (try --round-to auto or a multiple of 8)"]
+        return [
+            f"the pruned model is slower than the original: {change.summary} ({change.band}); channel counts off "
+            "the kernels' step can cost more than the MACs saved (try --round-to auto or a multiple of 8)"
+        ]
     warning = noise_warning(change)
     return [] if warning is None else [warning]

@@ -40,7 +40,7 @@ class Stages:
         index = STAGES.index(name)
         again = index < self._next
         if not again:
-            for skipped in STAGES[self._next:index]:
+            for skipped in STAGES[self._next : index]:
                 self._report(skipped)
             self._progress(name, stage_start(name))
             self._next = index + 1
@@ -59,7 +59,7 @@ class Stages:
 
     def finish(self) -> None:
         """Report every stage not entered, up to the last."""
-        for skipped in STAGES[self._next:]:
+        for skipped in STAGES[self._next :]:
             self._report(skipped)
         self._next = len(STAGES)
 

@@ -31,8 +31,9 @@ class VerificationFailed(GraphOpsError):
     """The pruned model does not match what it must match: an onnxprune bug, not the user's."""
 
 
-def check_outputs_match(expected: Mapping[str, Any], actual: Mapping[str, Any], *, what: str,
-                        against: str, rtol: float = ORACLE_RTOL) -> None:
+def check_outputs_match(
+    expected: Mapping[str, Any], actual: Mapping[str, Any], *, what: str, against: str, rtol: float = ORACLE_RTOL
+) -> None:
     """Every output of ``expected`` is in ``actual`` with its shape and within ``rtol``; outputs
     of any kind compare by what they hold (``workers.output_compare``: string labels are not compared)."""
     for name, reference in expected.items():
@@ -48,23 +49,46 @@ def check_model(model: onnx.ModelProto) -> None:
         raise VerificationFailed(f"pruned model fails onnx.checker: {str(exc).splitlines()[0]}") from exc
 
 
-def verify_against_oracle(dep: DependencyGraph, plan: PruningPlan, pruned: onnx.ModelProto, workdir: Path,
-                          input_shapes: Mapping[str, list[int]], *, seed: int, limits: RunnerLimits) -> Path:
+def verify_against_oracle(
+    dep: DependencyGraph,
+    plan: PruningPlan,
+    pruned: onnx.ModelProto,
+    workdir: Path,
+    input_shapes: Mapping[str, list[int]],
+    *,
+    seed: int,
+    limits: RunnerLimits,
+) -> Path:
     """Check ``pruned`` (onnx.checker, then the oracle); returns the path it was written to in ``workdir``."""
     check_model(pruned)
     pruned_path, masked_path = workdir / "candidate.onnx", workdir / "masked.onnx"
     pruned_path.write_bytes(pruned.SerializeToString())
     masked_path.write_bytes(mask_removed_channels(dep, plan).SerializeToString())
     inputs = make_inputs(dep.model, input_shapes, seed)
-    check_outputs_match(run_model(masked_path, inputs, limits=limits), run_model(pruned_path, inputs, limits=limits),
-                        what="pruned model", against="the oracle", rtol=oracle_rtol(dep.model))
+    check_outputs_match(
+        run_model(masked_path, inputs, limits=limits),
+        run_model(pruned_path, inputs, limits=limits),
+        what="pruned model",
+        against="the oracle",
+        rtol=oracle_rtol(dep.model),
+    )
     return pruned_path
 
 
-def verify_write_back(model: onnx.ModelProto, path: Path, inputs: Mapping[str, np.ndarray],
-                      expected: Mapping[str, np.ndarray], *, limits: RunnerLimits) -> None:
+def verify_write_back(
+    model: onnx.ModelProto,
+    path: Path,
+    inputs: Mapping[str, np.ndarray],
+    expected: Mapping[str, np.ndarray],
+    *,
+    limits: RunnerLimits,
+) -> None:
     """The recovered model, written to ``path``, computes in onnxruntime what the executor computed."""
     check_model(model)
     path.write_bytes(model.SerializeToString())
-    check_outputs_match(expected, run_model(path, inputs, limits=limits), what="fine-tuned model",
-                        against="the PyTorch executor (the write-back is wrong)")
+    check_outputs_match(
+        expected,
+        run_model(path, inputs, limits=limits),
+        what="fine-tuned model",
+        against="the PyTorch executor (the write-back is wrong)",
+    )

@@ -60,8 +60,14 @@ class AxisNorm(OpHandler):
 
 
 POOL_OPS = (
-    "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
-    "MaxRoiPool", "Crop",
+    "MaxPool",
+    "AveragePool",
+    "LpPool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "GlobalLpPool",
+    "MaxRoiPool",
+    "Crop",
 )  # fmt: skip  (Crop: the experimental op of old converters, it cuts H and W only)
 
 
@@ -108,8 +114,11 @@ class Pad(OpHandler):
         if mode != "constant" or before < 0 or after < 0:
             raise UnsupportedPattern(f"{describe(node)} pads the channel axis in '{mode}' mode")
         reason = f"{describe(node)} adds padding channels"
-        pieces = [ctx.new_pinned_layout(layout.axis, before, node.name, reason).atoms, layout.atoms,
-                  ctx.new_pinned_layout(layout.axis, after, node.name, reason).atoms]
+        pieces = [
+            ctx.new_pinned_layout(layout.axis, before, node.name, reason).atoms,
+            layout.atoms,
+            ctx.new_pinned_layout(layout.axis, after, node.name, reason).atoms,
+        ]
         ctx.set_layout(node.outputs[0], Layout(layout.axis, np.concatenate(pieces)))
 
 

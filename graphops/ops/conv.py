@@ -51,8 +51,12 @@ class Conv(OpHandler):
             ctx.pin_inputs(node, f"{describe(node)} has weights computed at run time")
             out_shape = ctx.static_shape(out)
             if weight is None and out_shape is not None:
-                ctx.set_layout(out, ctx.new_pinned_layout(1, out_shape[1], node.name,
-                                                          f"{describe(node)} has weights computed at run time"))
+                ctx.set_layout(
+                    out,
+                    ctx.new_pinned_layout(
+                        1, out_shape[1], node.name, f"{describe(node)} has weights computed at run time"
+                    ),
+                )
             return
         groups = _group(node)
         c_out, c_in_per_group = weight[0], weight[1]
@@ -65,23 +69,33 @@ class Conv(OpHandler):
                 ctx.slice_const(node, 1, 1, layout.atoms, reduces=True)
         elif c_in_per_group == 1 and c_out == groups:
             # Depthwise: output channel i is input channel i filtered on its own.
-            atoms = layout.atoms if layout is not None else ctx.new_pinned_layout(
-                1, c_out, node.name, f"{describe(node)} is depthwise over untracked channels").atoms
+            atoms = (
+                layout.atoms
+                if layout is not None
+                else ctx.new_pinned_layout(
+                    1, c_out, node.name, f"{describe(node)} is depthwise over untracked channels"
+                ).atoms
+            )
         elif c_in_per_group == 1:
             # Depthwise with a channel multiplier m: input channel c owns filters c*m .. c*m+m-1, so
             # they are removed with it (whole multiplier blocks; each block is one class).
-            source = layout.atoms if layout is not None else ctx.new_pinned_layout(
-                1, groups, node.name, f"{describe(node)} is depthwise over untracked channels").atoms
+            source = (
+                layout.atoms
+                if layout is not None
+                else ctx.new_pinned_layout(
+                    1, groups, node.name, f"{describe(node)} is depthwise over untracked channels"
+                ).atoms
+            )
             atoms = np.repeat(source, c_out // groups)
         else:
             atoms = ctx.new_atoms(c_out, node.name)
             per_group_out = c_out // groups
             ctx.state.balanced_blocks.append(
-                [atoms[k * per_group_out:(k + 1) * per_group_out] for k in range(groups)]
+                [atoms[k * per_group_out : (k + 1) * per_group_out] for k in range(groups)]
             )
             if layout is not None:
                 ctx.state.balanced_blocks.append(
-                    [layout.atoms[k * c_in_per_group:(k + 1) * c_in_per_group] for k in range(groups)]
+                    [layout.atoms[k * c_in_per_group : (k + 1) * c_in_per_group] for k in range(groups)]
                 )
         ctx.slice_const(node, 1, 0, atoms)
         if has_bias:
@@ -126,7 +140,7 @@ class Conv(OpHandler):
         weight = ctx.required_const(node, 1)
         groups = _group(node)
         per_group_out = weight.shape[0] // groups
-        blocks = [weight[k * per_group_out:(k + 1) * per_group_out][:, cols] for k, cols in enumerate(columns)]
+        blocks = [weight[k * per_group_out : (k + 1) * per_group_out][:, cols] for k, cols in enumerate(columns)]
         ctx.replace_input(node, 1, np.concatenate(blocks, axis=0))
 
     def mask(self, node: gs.Node, ctx: SurgeryContext) -> None:
@@ -141,8 +155,8 @@ class Conv(OpHandler):
         width = weight.shape[1]
         per_group_out = weight.shape[0] // groups
         for k in range(groups):
-            cols = np.flatnonzero(removed[k * width:(k + 1) * width])
-            weight[k * per_group_out:(k + 1) * per_group_out, cols] = 0
+            cols = np.flatnonzero(removed[k * width : (k + 1) * width])
+            weight[k * per_group_out : (k + 1) * per_group_out, cols] = 0
         ctx.replace_input(node, 1, weight)
 
 
@@ -165,8 +179,13 @@ class ConvTranspose(OpHandler):
                 ctx.slice_const(node, 1, 0, layout.atoms, reduces=True)
             ctx.slice_const(node, 1, 1, atoms)
         elif weight[1] == 1 and c_in == groups:
-            atoms = layout.atoms if layout is not None else ctx.new_pinned_layout(
-                1, c_out, node.name, f"{describe(node)} is depthwise over untracked channels").atoms
+            atoms = (
+                layout.atoms
+                if layout is not None
+                else ctx.new_pinned_layout(
+                    1, c_out, node.name, f"{describe(node)} is depthwise over untracked channels"
+                ).atoms
+            )
             ctx.slice_const(node, 1, 0, atoms)
         elif c_in % groups == 0:
             # Grouped: like a grouped Conv, equal kept counts per conv group on both sides. The
@@ -174,9 +193,9 @@ class ConvTranspose(OpHandler):
             # to each conv group and sliced in ``apply``.
             atoms = ctx.new_atoms(c_out, node.name)
             per_in, per_out = c_in // groups, c_out // groups
-            ctx.state.balanced_blocks.append([atoms[k * per_out:(k + 1) * per_out] for k in range(groups)])
+            ctx.state.balanced_blocks.append([atoms[k * per_out : (k + 1) * per_out] for k in range(groups)])
             if layout is not None:
-                ctx.state.balanced_blocks.append([layout.atoms[k * per_in:(k + 1) * per_in] for k in range(groups)])
+                ctx.state.balanced_blocks.append([layout.atoms[k * per_in : (k + 1) * per_in] for k in range(groups)])
                 ctx.slice_const(node, 1, 0, layout.atoms, reduces=True)
         else:
             raise UnsupportedPattern(f"{describe(node)} has {c_in} input channels for {groups} groups")
@@ -207,7 +226,7 @@ class ConvTranspose(OpHandler):
         groups = _group(node)
         width, rows = len(layout) // groups, weight.shape[0] // groups
         blocks = [
-            weight[k * rows:(k + 1) * rows][:, kept[(kept >= k * width) & (kept < (k + 1) * width)] - k * width]
+            weight[k * rows : (k + 1) * rows][:, kept[(kept >= k * width) & (kept < (k + 1) * width)] - k * width]
             for k in range(groups)
         ]
         ctx.replace_input(node, 1, np.concatenate(blocks, axis=0))

@@ -12,18 +12,28 @@ _RARE = "not emitted by the CNN exporters the executor is written for; weight-no
 # Analysed (channels flow through them) but not run by the executor: data-driven criteria and
 # fine-tuning refuse such a model, naming the node; weight-norm pruning handles it.
 ANALYSED_NOT_EXECUTABLE: dict[str, str] = {
-    **{op: f"logical or comparison op: {_RARE}" for op in
-       ("And", "Or", "Xor", "GreaterOrEqual", "LessOrEqual", "IsInf", "IsNaN", "Mod")},
-    **{op: f"rare activation or math op: {_RARE}" for op in
-       ("Celu", "Cos", "Sin", "Mish", "Round", "Sign", "ThresholdedRelu")},
+    **{
+        op: f"logical or comparison op: {_RARE}"
+        for op in ("And", "Or", "Xor", "GreaterOrEqual", "LessOrEqual", "IsInf", "IsNaN", "Mod")
+    },
+    **{
+        op: f"rare activation or math op: {_RARE}"
+        for op in ("Celu", "Cos", "Sin", "Mish", "Round", "Sign", "ThresholdedRelu")
+    },
     **{op: f"old converters' experimental op: {_RARE}" for op in ("ScaledTanh", "ParametricSoftplus")},
-    **{op: f"rare pooling or normalisation: {_RARE}" for op in
-       ("GlobalLpPool", "LpPool", "MaxRoiPool", "LpNormalization", "Hardmax")},
-    **{op: f"reduction: {_RARE}" for op in
-       ("ArgMin", "ReduceL1", "ReduceLogSum", "ReduceLogSumExp", "ReduceProd", "ReduceSumSquare")},
-    **{op: "QDQ quantization: the executor has no integer arithmetic (fine-tuning would need fake "
-           "quantization and an int8 write-back); QDQ models prune by weight norms" for op in
-       ("QuantizeLinear", "DequantizeLinear")},
+    **{
+        op: f"rare pooling or normalisation: {_RARE}"
+        for op in ("GlobalLpPool", "LpPool", "MaxRoiPool", "LpNormalization", "Hardmax")
+    },
+    **{
+        op: f"reduction: {_RARE}"
+        for op in ("ArgMin", "ReduceL1", "ReduceLogSum", "ReduceLogSumExp", "ReduceProd", "ReduceSumSquare")
+    },
+    **{
+        op: "QDQ quantization: the executor has no integer arithmetic (fine-tuning would need fake "
+        "quantization and an int8 write-back); QDQ models prune by weight norms"
+        for op in ("QuantizeLinear", "DequantizeLinear")
+    },
 }
 
 # Run by the executor but without an analysis handler: channels that reach them are pinned (the
@@ -34,7 +44,7 @@ EXECUTABLE_NOT_ANALYSED: dict[str, str] = {
     "Range": "integer index arithmetic, never channel data",
     "Size": "reads an element count (which pruning changes): channels reaching it stay pinned",
     "Gather": "picks channels by index (or reads shapes, which graphops.ops.shape_values traces); a channel "
-              "gather would need its indices rewritten: pinned",
+    "gather would need its indices rewritten: pinned",
     "Expand": "broadcasts to a shape given as data: pinned unless folded",
     "Tile": "repeats channels by a run-time factor: pinned",
     "DepthToSpace": "moves channel blocks into space (pixel shuffle): pruning must remove whole blocks; pinned",

@@ -14,10 +14,43 @@ from graphops.layout import Layout
 from graphops.ops.base import AnalysisContext, OpHandler, describe, register
 
 UNARY_OPS = (
-    "Relu", "LeakyRelu", "Elu", "Selu", "Celu", "ThresholdedRelu", "Sigmoid", "HardSigmoid",
-    "HardSwish", "Tanh", "Softplus", "Softsign", "Gelu", "Mish", "Erf", "Abs", "Neg", "Exp", "Log",
-    "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Identity", "Cast",
-    "Clip", "Dropout", "Not", "IsNaN", "IsInf", "Affine", "ScaledTanh", "ParametricSoftplus",
+    "Relu",
+    "LeakyRelu",
+    "Elu",
+    "Selu",
+    "Celu",
+    "ThresholdedRelu",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "Tanh",
+    "Softplus",
+    "Softsign",
+    "Gelu",
+    "Mish",
+    "Erf",
+    "Abs",
+    "Neg",
+    "Exp",
+    "Log",
+    "Sqrt",
+    "Reciprocal",
+    "Floor",
+    "Ceil",
+    "Round",
+    "Sign",
+    "Sin",
+    "Cos",
+    "Identity",
+    "Cast",
+    "Clip",
+    "Dropout",
+    "Not",
+    "IsNaN",
+    "IsInf",
+    "Affine",
+    "ScaledTanh",
+    "ParametricSoftplus",
 )  # fmt: skip  (Affine, ScaledTanh, ParametricSoftplus: old converters' experimental ops, scalar attributes)
 
 BROADCAST_OPS = (
@@ -91,6 +124,11 @@ class Broadcast(OpHandler):
             )
             return
         out_shape = ctx.shape(out)
-        if out_shape is not None and len(out_shape) == out_rank and out_shape[axis] not in (channels, None) and not isinstance(out_shape[axis], str):
+        if (
+            out_shape is not None
+            and len(out_shape) == out_rank
+            and out_shape[axis] not in (channels, None)
+            and not isinstance(out_shape[axis], str)
+        ):
             return  # a single channel broadcast to many: nothing downstream follows it
         ctx.set_layout(out, Layout(axis, reference.atoms))

@@ -53,7 +53,6 @@ class Gemm(OpHandler):
         ctx.state.producers.append(Producer(node.name, b.name, n_axis, atoms))
         ctx.set_layout(node.outputs[0], Layout(1, atoms))
 
-
     def macs(self, node: onnx.NodeProto, shape: Callable[[str], tuple[int, ...]]) -> int:
         b = shape(node.input[1])
         return prod(shape(node.output[0])) * (b[1] if attribute(node, "transB", 0) else b[0])

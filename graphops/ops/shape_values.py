@@ -19,7 +19,9 @@ from graphops.ops.base import AnalysisContext, describe, normalize_axis
 _PASS_THROUGH = ("Cast", "Identity", "Unsqueeze", "Squeeze")
 
 
-def trace_shape_element(ctx: AnalysisContext, shape_node: gs.Node, element: int) -> list[tuple[gs.Node, frozenset[int]]]:
+def trace_shape_element(
+    ctx: AnalysisContext, shape_node: gs.Node, element: int
+) -> list[tuple[gs.Node, frozenset[int]]]:
     """The Reshapes whose target holds element ``element`` of ``shape_node``'s output, with the
     positions it lands at. Raises UnsupportedPattern where the value goes anywhere else."""
     landings: list[tuple[gs.Node, frozenset[int]]] = []
@@ -29,7 +31,9 @@ def trace_shape_element(ctx: AnalysisContext, shape_node: gs.Node, element: int)
         if not positions:
             continue
         if ctx.is_graph_output(tensor):
-            raise UnsupportedPattern(f"{describe(shape_node)} reads the channel count into graph output '{tensor.name}'")
+            raise UnsupportedPattern(
+                f"{describe(shape_node)} reads the channel count into graph output '{tensor.name}'"
+            )
         for consumer in tensor.outputs:
             for index, operand in enumerate(consumer.inputs):
                 if operand is not tensor:

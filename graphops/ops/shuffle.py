@@ -33,8 +33,13 @@ def match_channel_shuffle(
     if in_shape is None or mid_shape is None or len(mid_shape) != len(in_shape) + 1:
         return None
     d1, d2 = mid_shape[axis], mid_shape[axis + 1] if axis + 1 < len(mid_shape) else 0
-    if (mid_shape[:axis] != in_shape[:axis] or mid_shape[axis + 2:] != in_shape[axis + 1:]
-            or d1 * d2 != in_shape[axis] or d1 < 2 or d2 < 1):
+    if (
+        mid_shape[:axis] != in_shape[:axis]
+        or mid_shape[axis + 2 :] != in_shape[axis + 1 :]
+        or d1 * d2 != in_shape[axis]
+        or d1 < 2
+        or d2 < 1
+    ):
         return None
     transpose = _only_consumer(ctx, node.outputs[0], "Transpose")
     if transpose is None:

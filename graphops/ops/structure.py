@@ -20,9 +20,7 @@ from graphops.ops.shape_values import trace_shape_element
 from graphops.ops.shuffle import propagate_channel_shuffle
 
 
-def _int_input_or_attr(
-    node: gs.Node, ctx: AnalysisContext | SurgeryContext, index: int, attr: str
-) -> list[int] | None:
+def _int_input_or_attr(node: gs.Node, ctx: AnalysisContext | SurgeryContext, index: int, attr: str) -> list[int] | None:
     """An int list given as constant input ``index`` (newer opsets) or attribute ``attr``."""
     if len(node.inputs) > index and node.inputs[index] is not None and node.inputs[index].name:
         values = ctx.const(node.inputs[index])
@@ -54,7 +52,7 @@ def map_axis_through_reshape(
         lasts = [k for k in range(axis + 1, len(in_shape) + 1) if in_prefix[k] == end]
         if dim == 0 or not firsts or not lasts:
             continue
-        inner = math.prod(in_shape[axis + 1:lasts[-1]])
+        inner = math.prod(in_shape[axis + 1 : lasts[-1]])
         return j, (np.arange(dim) // inner) % channels
     return None
 
@@ -85,8 +83,9 @@ def shape_entry_source(
     return None
 
 
-def follow_shape_entry(ctx: AnalysisContext, node: gs.Node, input_index: int, position: int,
-                       atoms: np.ndarray, *, may_copy: bool = False) -> bool:
+def follow_shape_entry(
+    ctx: AnalysisContext, node: gs.Node, input_index: int, position: int, atoms: np.ndarray, *, may_copy: bool = False
+) -> bool:
     """Arrange for the shape element at ``position`` to follow ``atoms``' kept count.
 
     A -1 (inferred) or, where ``may_copy``, a 0 (copied from the input) needs nothing. Returns
@@ -106,8 +105,9 @@ def follow_shape_entry(ctx: AnalysisContext, node: gs.Node, input_index: int, po
     return True
 
 
-def _follows_at_run_time(ctx: AnalysisContext, node: gs.Node, input_index: int, position: int,
-                         atoms: np.ndarray) -> bool:
+def _follows_at_run_time(
+    ctx: AnalysisContext, node: gs.Node, input_index: int, position: int, atoms: np.ndarray
+) -> bool:
     """The element is a channel count read by ``Shape`` from these very channels (see
     :mod:`graphops.ops.shape_values`): it follows the pruning at run time."""
     if node.op != "Reshape" or input_index != 1:
@@ -232,7 +232,7 @@ class Split(OpHandler):
             sizes = [len(layout) // count] * count
         offset = 0
         for out, size in zip(node.outputs, sizes):
-            atoms = layout.atoms[offset:offset + size]
+            atoms = layout.atoms[offset : offset + size]
             ctx.state.nonempty.append(atoms)
             ctx.set_layout(out, Layout(axis, atoms))
             offset += size
@@ -337,8 +337,10 @@ class Shape(OpHandler):
         if not start <= layout.axis < end:
             return
         for reshape, positions in trace_shape_element(ctx, node, layout.axis - start):
-            reason = (f"{describe(node)} reads the channel count of '{node.inputs[0].name}' into {describe(reshape)}, "
-                      "which does not reshape those channels there")
+            reason = (
+                f"{describe(node)} reads the channel count of '{node.inputs[0].name}' into {describe(reshape)}, "
+                "which does not reshape those channels there"
+            )
             ctx.state.runtime_counts.append(RuntimeCount(reshape.name, positions, layout.atoms, reason))
 
 
@@ -360,7 +362,11 @@ class Reduce(OpHandler):
             given_axes = [int(node.attrs.get("axis", 0))]
         else:
             given_axes = _int_input_or_attr(node, ctx, 1, "axes")
-        if given_axes is None or (not given_axes and not int(node.attrs.get("noop_with_empty_axes", 0))) or rank is None:
+        if (
+            given_axes is None
+            or (not given_axes and not int(node.attrs.get("noop_with_empty_axes", 0)))
+            or rank is None
+        ):
             raise UnsupportedPattern(f"{describe(node)} reduces over all axes, the channels included")
         axes = {normalize_axis(a, rank) for a in given_axes}
         if layout.axis in axes:

@@ -57,7 +57,9 @@ def op_for(node: onnx.NodeProto) -> OpFn:
     _load()
     if node.domain not in ("", "ai.onnx") or node.op_type not in _OPS:
         domain = f" (domain '{node.domain}')" if node.domain not in ("", "ai.onnx") else ""
-        raise ModelRejected(f"node '{node.name}' ({node.op_type}{domain}) has no PyTorch implementation in the round trip")
+        raise ModelRejected(
+            f"node '{node.name}' ({node.op_type}{domain}) has no PyTorch implementation in the round trip"
+        )
     return _OPS[node.op_type]
 
 

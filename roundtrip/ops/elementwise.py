@@ -19,8 +19,15 @@ def _binary(fn: Binary) -> OpFn:
     return lambda node, inputs, ctx: [fn(required(inputs, 0), required(inputs, 1))]
 
 
-_BINARY: dict[str, Binary] = {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Pow": torch.pow,
-                              "Equal": torch.eq, "Less": torch.lt, "Greater": torch.gt}
+_BINARY: dict[str, Binary] = {
+    "Add": torch.add,
+    "Sub": torch.sub,
+    "Mul": torch.mul,
+    "Pow": torch.pow,
+    "Equal": torch.eq,
+    "Less": torch.lt,
+    "Greater": torch.gt,
+}
 for _name, _fn in _BINARY.items():
     register(_name)(_binary(_fn))
 
@@ -55,11 +62,25 @@ def _unary(fn: Unary) -> OpFn:
     return lambda node, inputs, ctx: [fn(required(inputs, 0))]
 
 
-_UNARY: dict[str, Unary] = {"Relu": torch.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Exp": torch.exp,
-                            "Log": torch.log, "Sqrt": torch.sqrt, "Neg": torch.neg, "Abs": torch.abs,
-                            "Reciprocal": torch.reciprocal, "Erf": torch.erf, "Floor": torch.floor,
-                            "Ceil": torch.ceil, "Softplus": F.softplus, "Softsign": F.softsign,
-                            "HardSwish": F.hardswish, "Not": torch.logical_not, "Identity": lambda x: x}
+_UNARY: dict[str, Unary] = {
+    "Relu": torch.relu,
+    "Sigmoid": torch.sigmoid,
+    "Tanh": torch.tanh,
+    "Exp": torch.exp,
+    "Log": torch.log,
+    "Sqrt": torch.sqrt,
+    "Neg": torch.neg,
+    "Abs": torch.abs,
+    "Reciprocal": torch.reciprocal,
+    "Erf": torch.erf,
+    "Floor": torch.floor,
+    "Ceil": torch.ceil,
+    "Softplus": F.softplus,
+    "Softsign": F.softsign,
+    "HardSwish": F.hardswish,
+    "Not": torch.logical_not,
+    "Identity": lambda x: x,
+}
 for _name, _one in _UNARY.items():
     register(_name)(_unary(_one))
 

@@ -23,8 +23,9 @@ _MAX_POOL: dict[int, Layer] = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d
 _AVG_POOL: dict[int, Layer] = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
 
-def _same_pads(sizes: Sequence[int], kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int],
-               lower: bool) -> list[int]:
+def _same_pads(
+    sizes: Sequence[int], kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int], lower: bool
+) -> list[int]:
     begin: list[int] = []
     end: list[int] = []
     for size, k, s, d in zip(sizes, kernel, strides, dilations):
@@ -87,8 +88,10 @@ def conv_transpose(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> li
     group = a.integer("group", 1)
     output_padding = a.integers("output_padding", [0] * n)
     full = _CONV_T[n](x, weight, None, strides, 0, 0, group, dilations)
-    sizes = [s * (i - 1) + op + (k - 1) * d + 1
-             for i, s, op, k, d in zip(x.shape[2:], strides, output_padding, kernel, dilations)]
+    sizes = [
+        s * (i - 1) + op + (k - 1) * d + 1
+        for i, s, op, k, d in zip(x.shape[2:], strides, output_padding, kernel, dilations)
+    ]
     auto_pad = a.text("auto_pad", "NOTSET")
     targets: list[int] | None = None
     if "output_shape" in a:  # as onnxruntime does it: padding never negative, extra rows at the end
@@ -273,11 +276,12 @@ def crop(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.T
     left, top, right, bottom = a.integers("border", [0, 0, 0, 0])
     scale = a.integers("scale", [])
     height, width = (scale[0], scale[1]) if scale else (x.shape[2] - top - bottom, x.shape[3] - left - right)
-    return [x[:, :, top:top + height, left:left + width]]
+    return [x[:, :, top : top + height, left : left + width]]
 
 
-def _nearest_index(out_size: int, in_size: int, scale: float, mode: str, nearest: str,
-                   device: torch.device) -> torch.Tensor:
+def _nearest_index(
+    out_size: int, in_size: int, scale: float, mode: str, nearest: str, device: torch.device
+) -> torch.Tensor:
     out = torch.arange(out_size, dtype=torch.float64, device=device)
     if mode == "asymmetric":
         source = out / scale
@@ -300,8 +304,9 @@ def _nearest_index(out_size: int, in_size: int, scale: float, mode: str, nearest
     return index.clamp(0, in_size - 1).long()
 
 
-def _resize(x: torch.Tensor, scales: Sequence[float] | None, sizes: Sequence[int] | None, a: Attributes,
-            legacy: bool) -> torch.Tensor:
+def _resize(
+    x: torch.Tensor, scales: Sequence[float] | None, sizes: Sequence[int] | None, a: Attributes, legacy: bool
+) -> torch.Tensor:
     spatial = x.dim() - 2
     if sizes is not None:
         sizes = [int(s) for s in sizes][-spatial:]
@@ -336,8 +341,11 @@ def resize(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch
     scales, sizes = optional(inputs, 2), optional(inputs, 3)
     scales = scales if scales is not None and scales.numel() else None
     sizes = sizes if sizes is not None and sizes.numel() else None
-    return [_resize(x, None if scales is None else scales.tolist(), None if sizes is None else sizes.tolist(),
-                    a, legacy=False)]
+    return [
+        _resize(
+            x, None if scales is None else scales.tolist(), None if sizes is None else sizes.tolist(), a, legacy=False
+        )
+    ]
 
 
 @register("Upsample")

@@ -39,8 +39,15 @@ def reshape(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torc
     allowzero = attrs(node).integer("allowzero", 0)
     shape = [x.shape[i] if d == 0 and not allowzero else d for i, d in enumerate(shape)]
     # A graph exported at a fixed batch bakes it into its Reshape shapes: read it as the batch.
-    if (ctx.static_batch is not None and ctx.batch is not None and ctx.batch != ctx.static_batch
-            and shape and shape[0] == ctx.static_batch and x.dim() and x.shape[0] == ctx.batch):
+    if (
+        ctx.static_batch is not None
+        and ctx.batch is not None
+        and ctx.batch != ctx.static_batch
+        and shape
+        and shape[0] == ctx.static_batch
+        and x.dim()
+        and x.shape[0] == ctx.batch
+    ):
         shape[0] = ctx.batch
     return [x.reshape(shape)]
 
@@ -138,7 +145,7 @@ def gather(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch
     index = index.long()
     index = torch.where(index < 0, index + data.shape[axis], index)
     picked = data.index_select(axis, index.reshape(-1))
-    return [picked.reshape(*data.shape[:axis], *index.shape, *data.shape[axis + 1:])]
+    return [picked.reshape(*data.shape[:axis], *index.shape, *data.shape[axis + 1 :])]
 
 
 @register("Shape")

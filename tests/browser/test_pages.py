@@ -65,8 +65,13 @@ def server(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONNXPRUNE_")}
     env.update(ONNXPRUNE_DATA_DIR=str(tmp_path / "data"), ONNXPRUNE_RETRY_DELAY_S="0")
     log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], cwd=ROOT,
-                               env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -101,7 +106,8 @@ def drawn_images(driver) -> dict[str, list[int]]:
     return driver.execute_script(
         "const out = {}; for (const img of document.images) { if (img.complete) "
         "out[img.id || img.src.slice(0, 40)] = [img.naturalWidth, img.naturalHeight, img.width, img.height]; }"
-        " return out;")
+        " return out;"
+    )
 
 
 def wait_until(predicate, timeout: float, what: str):
@@ -128,8 +134,11 @@ def test_upload_a_model_watch_the_job_and_open_its_report(browser, server, tmp_p
     ratio.send_keys("0.5")
     browser.find_element(By.ID, "submit").click()
     wait_until(lambda: "queued" in browser.find_element(By.ID, "form-message").text, 30, "the upload to be accepted")
-    row = wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, "#jobs tbody tr[data-status=succeeded]"), 120,
-                     "the job to succeed in the page's job list")[0]
+    row = wait_until(
+        lambda: browser.find_elements(By.CSS_SELECTOR, "#jobs tbody tr[data-status=succeeded]"),
+        120,
+        "the job to succeed in the page's job list",
+    )[0]
     assert "→" in row.text  # MACs before -> after
     screenshot(browser, "upload.png")
 
@@ -152,8 +161,12 @@ def test_a_report_with_sensitivity_curves_draws_every_plot(browser, tmp_path):
     onnx.save(model, tmp_path / "m.onnx")
     x = np.random.default_rng(2).standard_normal((60, 3, 8, 8)).astype(np.float32)
     np.savez(tmp_path / "d.npz", input=x, labels=run_model(model, {"input": x})[0].argmax(axis=1))
-    report = run_pipeline(tmp_path / "m.onnx", tmp_path / "out.onnx", PruneOptions(ratio="auto", benchmark_runs=3),
-                          data=tmp_path / "d.npz").report
+    report = run_pipeline(
+        tmp_path / "m.onnx",
+        tmp_path / "out.onnx",
+        PruneOptions(ratio="auto", benchmark_runs=3),
+        data=tmp_path / "d.npz",
+    ).report
     page = tmp_path / "report.html"
     page.write_text(render_report_html(report, title="ratio auto"))
     browser.get(page.as_uri())
@@ -174,8 +187,10 @@ def test_a_fine_tuning_job_with_a_data_file_shows_its_progress_and_its_report(br
     np.savez(tmp_path / "data.npz", input=x, labels=run_model(model, {"input": x})[0].argmax(axis=1))
     browser.get(server + "/")
     wait_until(lambda: browser.find_elements(By.ID, "opt-finetune_steps"), 30, "the options form")
-    offered = {label.get_attribute("data-option")
-               for label in browser.find_elements(By.CSS_SELECTOR, "#options label[data-option]")}
+    offered = {
+        label.get_attribute("data-option")
+        for label in browser.find_elements(By.CSS_SELECTOR, "#options label[data-option]")
+    }
     assert offered == set(PruneOptions.model_fields)
     steps = browser.find_element(By.ID, "opt-finetune_steps")
     assert not steps.is_displayed(), "data options stay hidden until a data file is chosen"
@@ -193,8 +208,10 @@ def test_a_fine_tuning_job_with_a_data_file_shows_its_progress_and_its_report(br
     wait_until(lambda: "queued" in browser.find_element(By.ID, "form-message").text, 30, "the upload to be accepted")
 
     stages_seen: set[str] = set()
-    rows_script = ("return [...document.querySelectorAll('#jobs tbody tr')].map((row) => "
-                   "({status: row.dataset.status, stage: row.cells[3].textContent.trim(), text: row.innerText}))")
+    rows_script = (
+        "return [...document.querySelectorAll('#jobs tbody tr')].map((row) => "
+        "({status: row.dataset.status, stage: row.cells[3].textContent.trim(), text: row.innerText}))"
+    )
 
     def finished_row():  # read in one script: the page re-renders its rows every second
         for row in browser.execute_script(rows_script):

@@ -19,8 +19,12 @@ from tests import zoo
 def small_net() -> nn.Module:
     """conv-BN-ReLU (8) -> conv-BN-ReLU (16) -> [block: conv-BN-ReLU-conv-BN + x] -> ReLU -> GAP -> Linear (4)."""
     return nn.Sequential(
-        zoo._conv_bn_relu(3, 8), zoo._conv_bn_relu(8, 16, stride=2), zoo.BasicBlock(16, 16),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4),
+        zoo._conv_bn_relu(3, 8),
+        zoo._conv_bn_relu(8, 16, stride=2),
+        zoo.BasicBlock(16, 16),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 4),
     )
 
 

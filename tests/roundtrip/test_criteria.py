@@ -33,9 +33,14 @@ def test_criteria_are_registered_and_say_whether_they_need_data():
 
 
 def test_listing_criteria_loads_neither_torch_nor_the_plugins():
-    code = ("import sys; from graphops.scoring import available_criteria, criterion_needs_data; "
-            "available_criteria(); criterion_needs_data('apoz'); print('torch' in sys.modules)")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    code = (
+        "import sys; from graphops.scoring import available_criteria, criterion_needs_data; "
+        "available_criteria(); criterion_needs_data('apoz'); print('torch' in sys.modules)"
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )
 
 
 @pytest.mark.parametrize("criterion", DATA_CRITERIA + ["bn-gamma"])

@@ -27,14 +27,17 @@ def test_a_single_input_model_takes_any_array_name_and_float64_is_cast(tmp_path,
     assert len(data) == 10 and data.inputs["input"].dtype == np.float32 and data.labels.dtype == np.int64
 
 
-@pytest.mark.parametrize("arrays, message", [
-    ({"input": np.zeros((10, 3, 12, 12), np.uint8)}, "data for input 'input' is uint8, the model wants float32"),
-    ({"input": np.zeros((10, 12, 12, 3), np.float32)}, "axis 1 is 12, expected 3"),
-    ({"input": np.zeros((3, 12, 12), np.float32)}, "4-D samples batched on axis 0"),
-    ({"input": np.zeros((10, 3, 12, 12), np.float32), "labels": np.zeros(9, np.int64)}, "must be 10 integers"),
-    ({"input": np.zeros((10, 3, 12, 12), np.float32), "labels": np.zeros(10, np.float32)}, "must be 10 integers"),
-    ({"input": np.full((10, 3, 12, 12), np.nan, np.float32)}, "NaN"),
-])
+@pytest.mark.parametrize(
+    "arrays, message",
+    [
+        ({"input": np.zeros((10, 3, 12, 12), np.uint8)}, "data for input 'input' is uint8, the model wants float32"),
+        ({"input": np.zeros((10, 12, 12, 3), np.float32)}, "axis 1 is 12, expected 3"),
+        ({"input": np.zeros((3, 12, 12), np.float32)}, "4-D samples batched on axis 0"),
+        ({"input": np.zeros((10, 3, 12, 12), np.float32), "labels": np.zeros(9, np.int64)}, "must be 10 integers"),
+        ({"input": np.zeros((10, 3, 12, 12), np.float32), "labels": np.zeros(10, np.float32)}, "must be 10 integers"),
+        ({"input": np.full((10, 3, 12, 12), np.nan, np.float32)}, "NaN"),
+    ],
+)
 def test_mismatched_data_is_rejected_in_one_line(tmp_path, model, arrays, message):
     with pytest.raises(ModelRejected, match=message) as error:
         load_dataset(save(tmp_path, **arrays), model)

@@ -6,8 +6,6 @@ onnxruntime on the same inputs; outputs must agree within a relative error of 1e
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -46,9 +44,12 @@ def test_executor_matches_onnxruntime_on_every_zoo_architecture(case, tmp_path):
 
 
 # The style-transfer model runs at 720x720 (~10 s in each runtime on 2 cores): slow.
-SHARED_PARAMS = [pytest.param(c, id=c.file.removesuffix(".onnx"),
-                              marks=list(c.marks) + ([pytest.mark.slow] if "mosaic" in c.file else []))
-                 for c in REAL_MODEL_CASES]
+SHARED_PARAMS = [
+    pytest.param(
+        c, id=c.file.removesuffix(".onnx"), marks=list(c.marks) + ([pytest.mark.slow] if "mosaic" in c.file else [])
+    )
+    for c in REAL_MODEL_CASES
+]
 
 
 @pytest.mark.parametrize("case", SHARED_PARAMS)
@@ -69,7 +70,7 @@ def test_a_graph_exported_at_batch_one_runs_on_a_batch_sample_by_sample_equal(tm
     module = build_executor(analysed.prepared)
 
     together = executor_outputs(module, {"input": batch})[0]
-    alone = np.concatenate([run_model(analysed.prepared, {"input": batch[i:i + 1]})[0] for i in range(5)])
+    alone = np.concatenate([run_model(analysed.prepared, {"input": batch[i : i + 1]})[0] for i in range(5)])
 
     assert relative_error(alone, together) < RTOL
 
@@ -110,9 +111,15 @@ def test_an_op_without_implementation_is_refused_naming_the_node(tmp_path):
     from graphops.errors import ModelRejected
 
     node = helper.make_node("NonMaxSuppression", ["x", "s"], ["y"], name="nms")
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4]),
-                                           helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.INT64, [None, 3])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4]),
+            helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 1, 4]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, [None, 3])],
+    )
 
     with pytest.raises(ModelRejected, match="'nms' \\(NonMaxSuppression\\)"):
         OnnxModule(helper.make_model(graph))

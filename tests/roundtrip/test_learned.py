@@ -133,8 +133,12 @@ def test_held_out_drop_respects_max_drop(small_model, small_data, balanced, kind
     layer's decision is checked against b there, and fine-tuning is kept only where that still holds."""
     model, data = (balanced["model"], balanced["data"]) if kind == "labels" else (small_model, small_data["unlabelled"])
     dep, context = _setup(model, data)
-    result = search(dep, SearchSettings(max_drop=bound, episodes=8, samples=6, finetune_steps=finetune_steps), context,
-                    verify=_no_verify)
+    result = search(
+        dep,
+        SearchSettings(max_drop=bound, episodes=8, samples=6, finetune_steps=finetune_steps),
+        context,
+        verify=_no_verify,
+    )
     assert result.recovery.plan.removed_channels > 0
     assert result.baseline == pytest.approx(1.0)
     assert _held_out_drop(result, context) <= bound + 1e-9
@@ -145,15 +149,23 @@ def test_held_out_drop_respects_max_drop(small_model, small_data, balanced, kind
 
 def test_a_larger_bound_removes_more_filters(small_model, small_data):
     dep, context = _setup(small_model, small_data["unlabelled"])
-    removed = {bound: search(dep, SearchSettings(max_drop=bound, episodes=8, samples=6), context,
-                             verify=_no_verify).recovery.plan.removed_channels for bound in (0.005, 0.1)}
+    removed = {
+        bound: search(
+            dep, SearchSettings(max_drop=bound, episodes=8, samples=6), context, verify=_no_verify
+        ).recovery.plan.removed_channels
+        for bound in (0.005, 0.1)
+    }
     assert removed[0.1] > removed[0.005]
 
 
 def test_exclude_and_round_to_are_honoured(small_model, small_data):
     dep, context = _setup(small_model, small_data["unlabelled"])
-    result = search(dep, SearchSettings(max_drop=0.2, episodes=4, samples=4, round_to=4, exclude=("/2/conv1/*",)),
-                    context, verify=_no_verify)
+    result = search(
+        dep,
+        SearchSettings(max_drop=0.2, episodes=4, samples=4, round_to=4, exclude=("/2/conv1/*",)),
+        context,
+        verify=_no_verify,
+    )
     assert [layer.group for layer in result.layers] == ["/0/0.0/Conv", "/1/1.0/Conv"]
     assert all(layer.kept % 4 == 0 for layer in result.layers)
     assert result.recovery.plan.removed_channels > 0
@@ -162,27 +174,44 @@ def test_exclude_and_round_to_are_honoured(small_model, small_data):
 def test_pipeline_reports_each_layer(small_model, small_data, tmp_path):
     from workers.pipeline import run_pipeline
 
-    options = PruneOptions(criterion="learned", max_drop=0.05, learned_episodes=3, learned_samples=4,
-                           finetune_steps=5, benchmark=False, round_to=1)
+    options = PruneOptions(
+        criterion="learned",
+        max_drop=0.05,
+        learned_episodes=3,
+        learned_samples=4,
+        finetune_steps=5,
+        benchmark=False,
+        round_to=1,
+    )
     labels: list[str] = []
-    result = run_pipeline(small_model, tmp_path / "out.onnx", options, data=small_data["unlabelled"],
-                          progress=lambda label, fraction: labels.append(label))
+    result = run_pipeline(
+        small_model,
+        tmp_path / "out.onnx",
+        options,
+        data=small_data["unlabelled"],
+        progress=lambda label, fraction: labels.append(label),
+    )
     learned = result.report.learned
     assert learned is not None and learned.metric == "fidelity" and learned.max_drop == 0.05
     assert [len(layer.rewards) for layer in learned.layers] == [3] * len(learned.layers) and len(learned.layers) == 3
     assert result.report.macs.after < result.report.macs.before
-    assert {g.id: g.channels_after for g in result.report.groups} == {l.group: l.kept for l in learned.layers}
+    assert {g.id: g.channels_after for g in result.report.groups} == {
+        layer.group: layer.kept for layer in learned.layers
+    }
     assert result.report.evaluation.finetune.schedule == "layer-by-layer (learned)"
     assert any("episode 3/3" in label for label in labels)
     assert onnx.load(tmp_path / "out.onnx").graph.node
 
 
-@pytest.mark.parametrize("fields, message", [
-    ({"criterion": "learned", "ratio": 0.5}, "criterion 'learned' chooses how many filters each layer keeps"),
-    ({"criterion": "learned", "flops_target": 0.5}, "drop ratio and flops_target"),
-    ({"criterion": "learned", "iterative_steps": 3}, "drop iterative_steps"),
-    ({"criterion": "l1", "max_drop": 0.05}, "max_drop applies only to ratio 'auto' or criterion 'learned'"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"criterion": "learned", "ratio": 0.5}, "criterion 'learned' chooses how many filters each layer keeps"),
+        ({"criterion": "learned", "flops_target": 0.5}, "drop ratio and flops_target"),
+        ({"criterion": "learned", "iterative_steps": 3}, "drop iterative_steps"),
+        ({"criterion": "l1", "max_drop": 0.05}, "max_drop applies only to ratio 'auto' or criterion 'learned'"),
+    ],
+)
 def test_options_refuse_targets_the_search_chooses(fields, message):
     with pytest.raises(ValueError, match=message):
         PruneOptions(**fields)
@@ -197,7 +226,20 @@ def test_options_default_bound_and_budget():
 def test_cli_refuses_a_ratio_with_learned(small_model, small_data, tmp_path):
     from service.cli import app
 
-    result = CliRunner().invoke(app, ["prune", str(small_model), "-o", str(tmp_path / "o.onnx"), "--criterion",
-                                      "learned", "--ratio", "0.5", "--data", str(small_data["unlabelled"])])
+    result = CliRunner().invoke(
+        app,
+        [
+            "prune",
+            str(small_model),
+            "-o",
+            str(tmp_path / "o.onnx"),
+            "--criterion",
+            "learned",
+            "--ratio",
+            "0.5",
+            "--data",
+            str(small_data["unlabelled"]),
+        ],
+    )
     assert result.exit_code == 2
     assert "criterion 'learned' chooses how many filters" in result.output

@@ -16,11 +16,24 @@ from workers.pipeline import STAGE_END, run_pipeline
 
 def test_taylor_with_fine_tuning_reports_before_after_pruning_and_after_fine_tuning(small_model, small_data, tmp_path):
     seen = []
-    options = PruneOptions(criterion="taylor", ratio=0.5, finetune_steps=20, lr=0.02, batch_size=16,
-                           score_batches=2, benchmark=False, round_to=1)
+    options = PruneOptions(
+        criterion="taylor",
+        ratio=0.5,
+        finetune_steps=20,
+        lr=0.02,
+        batch_size=16,
+        score_batches=2,
+        benchmark=False,
+        round_to=1,
+    )
 
-    result = run_pipeline(small_model, tmp_path / "out.onnx", options, data=small_data["labelled"],
-                          progress=lambda stage, fraction: seen.append((stage, fraction)))
+    result = run_pipeline(
+        small_model,
+        tmp_path / "out.onnx",
+        options,
+        data=small_data["labelled"],
+        progress=lambda stage, fraction: seen.append((stage, fraction)),
+    )
 
     evaluation = result.report.evaluation
     assert evaluation.metric == "accuracy" and evaluation.after_pruning is not None
@@ -39,12 +52,14 @@ def test_a_data_criterion_without_data_is_rejected(small_model, tmp_path):
 
 
 def test_weight_norm_jobs_without_data_have_no_evaluation_and_load_no_torch(small_model, tmp_path):
-    code = ("import sys; from pathlib import Path; from workers.options import PruneOptions; "
-            "from workers.pipeline import run_pipeline\n"
-            "if __name__ == '__main__':\n"
-            f"    r = run_pipeline(Path({str(small_model)!r}), Path({str(tmp_path / 'o.onnx')!r}), "
-            "PruneOptions(ratio=0.5, benchmark=False))\n"
-            "    print(r.report.evaluation is None, 'torch' in sys.modules)")
+    code = (
+        "import sys; from pathlib import Path; from workers.options import PruneOptions; "
+        "from workers.pipeline import run_pipeline\n"
+        "if __name__ == '__main__':\n"
+        f"    r = run_pipeline(Path({str(small_model)!r}), Path({str(tmp_path / 'o.onnx')!r}), "
+        "PruneOptions(ratio=0.5, benchmark=False))\n"
+        "    print(r.report.evaluation is None, 'torch' in sys.modules)"
+    )
     script = tmp_path / "job.py"
     script.write_text(code)
 
@@ -54,7 +69,9 @@ def test_weight_norm_jobs_without_data_have_no_evaluation_and_load_no_torch(smal
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "service.cli", "prune", *map(str, args)], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", "prune", *map(str, args)], capture_output=True, text=True
+    )
 
 
 def test_cli_data_driven_criterion_without_data_exits_2_with_one_line(small_model, tmp_path):
@@ -65,10 +82,30 @@ def test_cli_data_driven_criterion_without_data_exits_2_with_one_line(small_mode
 
 
 def test_cli_iterative_distillation_writes_model_report_and_plan(small_model, small_data, tmp_path):
-    result = run_cli(small_model, "-o", tmp_path / "out.onnx", "--criterion", "mean-activation", "--flops-target", "0.4",
-                     "--data", small_data["unlabelled"], "--iterative-steps", "2", "--finetune-steps", "4",
-                     "--batch-size", "16", "--score-batches", "2", "--no-benchmark",
-                     "--report", tmp_path / "report.json", "--plan-out", tmp_path / "plan.json")
+    result = run_cli(
+        small_model,
+        "-o",
+        tmp_path / "out.onnx",
+        "--criterion",
+        "mean-activation",
+        "--flops-target",
+        "0.4",
+        "--data",
+        small_data["unlabelled"],
+        "--iterative-steps",
+        "2",
+        "--finetune-steps",
+        "4",
+        "--batch-size",
+        "16",
+        "--score-batches",
+        "2",
+        "--no-benchmark",
+        "--report",
+        tmp_path / "report.json",
+        "--plan-out",
+        tmp_path / "plan.json",
+    )
 
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "report.json").read_text())

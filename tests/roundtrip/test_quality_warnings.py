@@ -7,35 +7,57 @@ from workers.report import Fidelity, HeldOutEvaluation
 
 
 def evaluation(before: float, after: float) -> HeldOutEvaluation:
-    return HeldOutEvaluation(metric="accuracy", source="labels", samples=100, split="every fifth", before=before,
-                             after=after)
+    return HeldOutEvaluation(
+        metric="accuracy", source="labels", samples=100, split="every fifth", before=before, after=after
+    )
 
 
 def test_low_output_cosine_without_data_asks_for_data():
-    notes = quality_warnings(Fidelity(max_abs_diff=5.0, cosine_similarity=-0.27), None, data_given=False,
-                             recovered=False, max_drop=None)
+    notes = quality_warnings(
+        Fidelity(max_abs_diff=5.0, cosine_similarity=-0.27), None, data_given=False, recovered=False, max_drop=None
+    )
 
     assert len(notes) == 1 and "cosine -0.27" in notes[0] and "--data" in notes[0]
 
 
 def test_low_output_cosine_with_data_asks_for_a_recovery_budget():
-    notes = quality_warnings(Fidelity(max_abs_diff=1.0, cosine_similarity=0.8), evaluation(0.8, 0.7),
-                             data_given=True, recovered=True, max_drop=None)
+    notes = quality_warnings(
+        Fidelity(max_abs_diff=1.0, cosine_similarity=0.8),
+        evaluation(0.8, 0.7),
+        data_given=True,
+        recovered=True,
+        max_drop=None,
+    )
 
     assert len(notes) == 1 and "--time-budget" in notes[0]
 
 
 def test_a_held_out_drop_above_the_bound_is_named_with_its_size():
-    notes = quality_warnings(Fidelity(max_abs_diff=0.1, cosine_similarity=0.99), evaluation(0.80, 0.75),
-                             data_given=True, recovered=True, max_drop=0.02)
+    notes = quality_warnings(
+        Fidelity(max_abs_diff=0.1, cosine_similarity=0.99),
+        evaluation(0.80, 0.75),
+        data_given=True,
+        recovered=True,
+        max_drop=0.02,
+    )
 
-    assert notes == ["held-out accuracy dropped by 0.0500 (0.8000 -> 0.7500), above the bound 0.02: give recovery "
-                     "a budget (--time-budget or --finetune-steps), or prune less"]
+    assert notes == [
+        "held-out accuracy dropped by 0.0500 (0.8000 -> 0.7500), above the bound 0.02: give recovery "
+        "a budget (--time-budget or --finetune-steps), or prune less"
+    ]
 
 
 def test_a_faithful_result_has_no_warning():
-    assert quality_warnings(Fidelity(max_abs_diff=0.01, cosine_similarity=0.999), evaluation(0.8, 0.795),
-                            data_given=True, recovered=True, max_drop=0.02) == []
+    assert (
+        quality_warnings(
+            Fidelity(max_abs_diff=0.01, cosine_similarity=0.999),
+            evaluation(0.8, 0.795),
+            data_given=True,
+            recovered=True,
+            max_drop=0.02,
+        )
+        == []
+    )
 
 
 def test_the_report_carries_the_warning(small_model, tmp_path):

@@ -27,11 +27,19 @@ from tests.test_real_models import REAL_MODEL_CASES
 
 RTOL = 1e-4
 # Big inputs or many nodes: seconds to tens of seconds each on 2 shared cores.
-SLOW = {"winml_style_mosaic.onnx", "light_resnet50.onnx", "yolox_nano.onnx", "ultraface_version-RFB-320.onnx",
-        "paddle_ch_ppocr_mobile_v2.0_cls_infer.onnx"}
-PARAMS = [pytest.param(c, id=c.file.removesuffix(".onnx"),
-                       marks=list(c.marks) + ([pytest.mark.slow] if c.file in SLOW else []))
-          for c in REAL_MODEL_CASES]
+SLOW = {
+    "winml_style_mosaic.onnx",
+    "light_resnet50.onnx",
+    "yolox_nano.onnx",
+    "ultraface_version-RFB-320.onnx",
+    "paddle_ch_ppocr_mobile_v2.0_cls_infer.onnx",
+}
+PARAMS = [
+    pytest.param(
+        c, id=c.file.removesuffix(".onnx"), marks=list(c.marks) + ([pytest.mark.slow] if c.file in SLOW else [])
+    )
+    for c in REAL_MODEL_CASES
+]
 
 
 def synthetic_dataset(prepared, input_shapes, file: str, count: int) -> Dataset:
@@ -40,7 +48,9 @@ def synthetic_dataset(prepared, input_shapes, file: str, count: int) -> Dataset:
     arrays = {}
     for name, one in feeds.items():
         shape = (count, *one.shape[1:])
-        arrays[name] = (rng.uniform(0, 255, shape) if file in PIXEL_INPUTS else rng.standard_normal(shape)).astype(one.dtype)
+        arrays[name] = (rng.uniform(0, 255, shape) if file in PIXEL_INPUTS else rng.standard_normal(shape)).astype(
+            one.dtype
+        )
     return Dataset(arrays, None)
 
 
@@ -76,8 +86,9 @@ def test_an_op_failing_at_run_time_is_an_executor_error_never_the_users(tmp_path
     from tests import zoo
 
     _load()
-    model = zoo.export_onnx(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()), (1, 3, 8, 8),
-                            tmp_path / "m.onnx")
+    model = zoo.export_onnx(
+        torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()), (1, 3, 8, 8), tmp_path / "m.onnx"
+    )
     import onnx
 
     module = OnnxModule(onnx.load(model))

@@ -1,7 +1,7 @@
 """Layer-wise reconstruction (He et al. 2017, ThiNet) recovers fidelity lost by pruning, in closed form.
 
-    small net: conv-BN-ReLU (8) -> conv-BN-ReLU (16) -> residual block -> GAP -> Linear (4)
-    pruned at ratio 0.5 with l1; each layer that lost inputs is refit to the original's outputs.
+small net: conv-BN-ReLU (8) -> conv-BN-ReLU (16) -> residual block -> GAP -> Linear (4)
+pruned at ratio 0.5 with l1; each layer that lost inputs is refit to the original's outputs.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tests.roundtrip.conftest import samples
 
 def output_error(reference: onnx.ModelProto, candidate: onnx.ModelProto, x: np.ndarray) -> float:
     want, got = run_model(reference, {"input": x})[0], run_model(candidate, {"input": x})[0]
-    return float(np.sum((want - got) ** 2) / np.sum(want ** 2))
+    return float(np.sum((want - got) ** 2) / np.sum(want**2))
 
 
 def test_reconstruction_recovers_most_of_the_output_error_pruning_caused_on_unseen_samples(small_model):

@@ -44,8 +44,16 @@ def test_iterative_steps_compose_into_one_plan_on_the_original(small_model, smal
     import workers.strategies.base as base
 
     analysis = analyse_model(small_model, {"input": [1, 3, 12, 12]})
-    options = PruneOptions(criterion="taylor", ratio=0.5, iterative_steps=3, finetune_steps=3, batch_size=16,
-                           score_batches=2, benchmark=False)
+    options = PruneOptions(
+        criterion="taylor",
+        ratio=0.5,
+        round_to=1,
+        iterative_steps=3,
+        finetune_steps=3,
+        batch_size=16,
+        score_batches=2,
+        benchmark=False,
+    )
     job = Job(analysis, options, Stages(), tmp_path, data_path=small_data["labelled"])
     verified, steps = [], []
     real_verify = base.verify_against_oracle

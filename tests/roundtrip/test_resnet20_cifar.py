@@ -39,19 +39,56 @@ def calibration(tmp_path_factory) -> Path:
 PATHS = [
     pytest.param(["--criterion", "taylor", "--ratio", "0.3", "--score-batches", "2"], id="taylor"),
     pytest.param(["--ratio", "0.3", "--finetune-steps", "2"], id="finetune"),
-    pytest.param(["--ratio", "0.3", "--iterative-steps", "2", "--finetune-steps", "1", "--score-batches", "1",
-                  "--criterion", "taylor"], id="iterative-taylor"),
-    pytest.param(["--criterion", "learned", "--max-drop", "0.05", "--learned-episodes", "1", "--learned-samples", "2"],
-                 id="learned", marks=pytest.mark.slow),
+    pytest.param(
+        [
+            "--ratio",
+            "0.3",
+            "--iterative-steps",
+            "2",
+            "--finetune-steps",
+            "1",
+            "--score-batches",
+            "1",
+            "--criterion",
+            "taylor",
+        ],
+        id="iterative-taylor",
+    ),
+    pytest.param(
+        ["--criterion", "learned", "--max-drop", "0.05", "--learned-episodes", "1", "--learned-samples", "2"],
+        id="learned",
+        marks=pytest.mark.slow,
+    ),
 ]
 
 
 @pytest.mark.parametrize("args", PATHS)
 def test_data_driven_path_runs_on_real_resnet20_with_cifar10(calibration, tmp_path, args):
     out, report_path = tmp_path / "out.onnx", tmp_path / "report.json"
-    result = subprocess.run([sys.executable, "-m", "service.cli", "prune", str(MODEL), "-o", str(out),
-                             "--data", str(calibration), "--batch-size", "32", "--no-benchmark", "--round-to", "1",
-                             "--report", str(report_path), *args], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "prune",
+            str(MODEL),
+            "-o",
+            str(out),
+            "--data",
+            str(calibration),
+            "--batch-size",
+            "32",
+            "--no-benchmark",
+            "--round-to",
+            "1",
+            "--report",
+            str(report_path),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
     assert result.returncode == 0, result.stderr
     report = json.loads(report_path.read_text())

@@ -41,9 +41,12 @@ def test_write_back_changes_only_initializer_values_never_the_graph(small_model,
     trained = write_back(prepared, module)
 
     assert [n.SerializeToString() for n in trained.graph.node] == [n.SerializeToString() for n in prepared.graph.node]
-    assert [(i.name, i.data_type, list(i.dims)) for i in trained.graph.initializer] == \
-        [(i.name, i.data_type, list(i.dims)) for i in prepared.graph.initializer]
-    assert list(trained.graph.input) == list(prepared.graph.input) and list(trained.graph.output) == list(prepared.graph.output)
+    assert [(i.name, i.data_type, list(i.dims)) for i in trained.graph.initializer] == [
+        (i.name, i.data_type, list(i.dims)) for i in prepared.graph.initializer
+    ]
+    assert list(trained.graph.input) == list(prepared.graph.input) and list(trained.graph.output) == list(
+        prepared.graph.output
+    )
     changed = set(changed_initializers(prepared, trained))
     assert changed and changed <= module.trainable_names | module.statistics_names
     onnx.checker.check_model(trained, full_check=True)

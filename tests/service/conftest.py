@@ -80,8 +80,7 @@ def celery_env(tmp_path: Path, redis_namespace: str) -> dict[str, str]:
 
 @pytest.fixture
 def embedded_env(tmp_path: Path) -> dict[str, str]:
-    return {"ONNXPRUNE_DATA_DIR": str(tmp_path / "data"), "ONNXPRUNE_REDIS_URL": "",
-            "ONNXPRUNE_EMBEDDED_WORKERS": "2"}
+    return {"ONNXPRUNE_DATA_DIR": str(tmp_path / "data"), "ONNXPRUNE_REDIS_URL": "", "ONNXPRUNE_EMBEDDED_WORKERS": "2"}
 
 
 @pytest.fixture

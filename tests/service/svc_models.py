@@ -1,7 +1,7 @@
 """Small ONNX models for the service tests, built with onnx.helper, and hostile variants of them.
 
-    input [1,3,H,W] -> Conv 3->C1 (3x3) -> Relu -> Conv C1->C2 (3x3) -> Relu
-                    -> GlobalAveragePool -> Flatten -> Gemm C2->10 -> output [1,10]
+input [1,3,H,W] -> Conv 3->C1 (3x3) -> Relu -> Conv C1->C2 (3x3) -> Relu
+                -> GlobalAveragePool -> Flatten -> Gemm C2->10 -> output [1,10]
 """
 
 from __future__ import annotations
@@ -29,11 +29,18 @@ def convnet(c1: int = 8, c2: int = 16, size: int = 16, seed: int = 0) -> onnx.Mo
         helper.make_node("Gemm", ["flat", "wf", "bf"], ["output"], name="fc", transB=1),
     ]
     graph = helper.make_graph(
-        nodes, "convnet",
+        nodes,
+        "convnet",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 10])],
-        [init("w1", c1, 3, 3, 3), init("b1", c1), init("w2", c2, c1, 3, 3), init("b2", c2),
-         init("wf", 10, c2), init("bf", 10)],
+        [
+            init("w1", c1, 3, 3, 3),
+            init("b1", c1),
+            init("w2", c2, c1, 3, 3),
+            init("b2", c2),
+            init("wf", 10, c2),
+            init("bf", 10),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="svc-tests")
     model.ir_version = 8
@@ -77,7 +84,8 @@ def custom_domain_model() -> onnx.ModelProto:
 
 def no_conv_model() -> onnx.ModelProto:
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["input"], ["output"], name="relu")], "noconv",
+        [helper.make_node("Relu", ["input"], ["output"], name="relu")],
+        "noconv",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4])],
     )

@@ -38,8 +38,9 @@ def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     full_env = {**os.environ, **env, "PYTHONPATH": python_path}
     with open(log, "ab") as out:
         # A new session so that stop() can signal the process and every child it started.
-        return subprocess.Popen(args, cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            args, cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 class ApiServer:
@@ -51,9 +52,21 @@ class ApiServer:
 
     def start(self) -> ApiServer:
         self.process = spawn(
-            [sys.executable, "-m", "uvicorn", "service.api:create_app", "--factory",
-             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"],
-            self.env, self.log,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "service.api:create_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ],
+            self.env,
+            self.log,
         )
         wait_until(self._healthy, 30, f"API on {self.url} (log: {self.log})")
         return self
@@ -78,10 +91,21 @@ class Worker:
 
     def start(self) -> Worker:
         self.process = spawn(
-            [sys.executable, "-m", "celery", "-A", "jobs.celery_app", "worker", "--pool=solo",
-             "--loglevel=info", "--without-gossip", "--without-mingle",
-             "--without-heartbeat"],
-            self.env, self.log,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "jobs.celery_app",
+                "worker",
+                "--pool=solo",
+                "--loglevel=info",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            self.env,
+            self.log,
         )
         wait_until(lambda: b"ready." in self.log.read_bytes() or self._died(), 60, f"worker (log: {self.log})")
         self._died()

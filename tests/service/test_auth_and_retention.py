@@ -18,8 +18,9 @@ MODEL = convnet().SerializeToString()
 
 def _submit(client: TestClient, token: str | None = None):
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return client.post("/v1/jobs", files={"model": ("m.onnx", MODEL)}, data={"config": '{"benchmark": false}'},
-                       headers=headers)
+    return client.post(
+        "/v1/jobs", files={"model": ("m.onnx", MODEL)}, data={"config": '{"benchmark": false}'}, headers=headers
+    )
 
 
 @pytest.fixture
@@ -52,8 +53,9 @@ def test_a_token_sees_only_its_own_jobs(token_client):
 def test_without_tokens_ids_are_capabilities_and_listing_is_scoped_to_a_client_key(client):
     alice = {"Authorization": "Bearer alice-random-client-key-0001"}
     bob = {"Authorization": "Bearer bob-random-client-key-00002"}
-    with_key = client.post("/v1/jobs", files={"model": ("m.onnx", MODEL)}, data={"config": '{"benchmark": false}'},
-                           headers=alice).json()["id"]
+    with_key = client.post(
+        "/v1/jobs", files={"model": ("m.onnx", MODEL)}, data={"config": '{"benchmark": false}'}, headers=alice
+    ).json()["id"]
     anonymous = _submit(client).json()["id"]
 
     assert client.get("/v1/jobs").status_code == 403  # no key: no listing at all
@@ -77,6 +79,7 @@ def test_retention_removes_old_jobs_and_orphaned_uploads_but_keeps_recent_ones(t
     os.utime(orphan, (old, old))
 
     from jobs.store import JobStore
+
     store = JobStore(settings.database_path)
     assert remove_expired(settings, store) == 0
     assert not orphan.exists()

@@ -28,17 +28,21 @@ class KeepsQueued:
     def probe(self, timeout_s: float) -> None: ...
     def submit(self, job_id: str) -> None:
         self.sent.append(job_id)
+
     def ready(self) -> str | None:
         return None
+
     def pending_ids(self) -> set[str] | None:
         return set(self.sent)
+
     def close(self) -> None: ...
 
 
 def _post(client: TestClient, token: str | None = None):
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return client.post("/v1/jobs", files={"model": ("m.onnx", MODEL)}, data={"config": '{"benchmark": false}'},
-                       headers=headers)
+    return client.post(
+        "/v1/jobs", files={"model": ("m.onnx", MODEL)}, data={"config": '{"benchmark": false}'}, headers=headers
+    )
 
 
 @pytest.fixture
@@ -47,6 +51,7 @@ def queue_app(tmp_path):
         app = create_app(Settings(redis_url=None, data_dir=tmp_path / "data", **limits))
         app.state.runner = KeepsQueued()
         return TestClient(app)
+
     return make
 
 
@@ -74,8 +79,15 @@ def test_a_per_token_quota_limits_one_token_and_not_the_others(queue_app):
 
 
 def _job(store: JobStore, job_id: str, **fields) -> JobRecord:
-    record = JobRecord(id=job_id, owner="", fingerprint="f", status=JobStatus.queued, config="{}",
-                       created_at=fields.pop("created_at", 0.0), sent_at=fields.pop("sent_at", None))
+    record = JobRecord(
+        id=job_id,
+        owner="",
+        fingerprint="f",
+        status=JobStatus.queued,
+        config="{}",
+        created_at=fields.pop("created_at", 0.0),
+        sent_at=fields.pop("sent_at", None),
+    )
     store.create(record)
     return record
 

@@ -18,7 +18,11 @@ from service.client import PruneClient
 
 pytestmark = pytest.mark.service
 
-FAST = {"ratio": 0.5, "benchmark": False, "round_to": 1}  # exact counts: the small test model is narrower than a vector block
+FAST = {
+    "ratio": 0.5,
+    "benchmark": False,
+    "round_to": 1,
+}  # exact counts: the small test model is narrower than a vector block
 
 
 @pytest.fixture
@@ -69,8 +73,12 @@ def test_a_submit_while_redis_is_down_answers_503_at_once_and_keeps_nothing(
     def submit() -> None:
         started = time.monotonic()
         with open(model_path, "rb") as model:
-            answers["post"] = httpx.post(f"{server.url}/v1/jobs", files={"model": ("m.onnx", model)},
-                                         data={"config": '{"benchmark": false}'}, timeout=30)
+            answers["post"] = httpx.post(
+                f"{server.url}/v1/jobs",
+                files={"model": ("m.onnx", model)},
+                data={"config": '{"benchmark": false}'},
+                timeout=30,
+            )
         answers["post_s"] = time.monotonic() - started
 
     posting = threading.Thread(target=submit)

@@ -18,7 +18,11 @@ from workers.fileio import file_sha256
 
 pytestmark = pytest.mark.service
 
-FAST = {"ratio": 0.5, "benchmark": False, "round_to": 1}  # exact counts: the small test model is narrower than a vector block
+FAST = {
+    "ratio": 0.5,
+    "benchmark": False,
+    "round_to": 1,
+}  # exact counts: the small test model is narrower than a vector block
 # A job that stays running for several seconds on the slow model: many benchmark runs.
 SLOW = {"ratio": 0.5, "benchmark": True, "benchmark_runs": 150}
 
@@ -28,8 +32,12 @@ def _job_dir(env: dict[str, str], job_id: str) -> Path:
 
 
 def _wait_running(client: PruneClient, job_id: str) -> dict:
-    return wait_until(lambda: (j := client.get(job_id))["status"] == "running" and j["stage"] and j, 60,
-                      f"job {job_id} to run", interval=0.05)
+    return wait_until(
+        lambda: (j := client.get(job_id))["status"] == "running" and j["stage"] and j,
+        60,
+        f"job {job_id} to run",
+        interval=0.05,
+    )
 
 
 def test_a_worker_runs_the_job_and_the_result_matches_the_masked_original(
@@ -70,7 +78,10 @@ def test_a_worker_killed_mid_job_is_redelivered_and_the_job_succeeds_once(
     assert job["status"] == "succeeded" and job["attempts"] == 2
     assert sorted(p.name for p in _job_dir(celery_env, job_id).iterdir()) == ["input.onnx", "result"]
     assert sorted(p.name for p in (_job_dir(celery_env, job_id) / "result").iterdir()) == [
-        "model.onnx", "plan.json", "report.json"]
+        "model.onnx",
+        "plan.json",
+        "report.json",
+    ]
     assert twin["output_sha256"] == job["output_sha256"]
 
 
@@ -95,17 +106,18 @@ def test_cancelling_a_running_job_stops_it_and_removes_its_files(
     assert JobStore(Path(celery_env["ONNXPRUNE_DATA_DIR"]) / "jobs.sqlite3").get(job_id).output_sha256 is None
 
 
-def test_an_api_restart_keeps_records_while_workers_keep_working(
-    start_api, start_worker, celery_env, model_path
-):
+def test_an_api_restart_keeps_records_while_workers_keep_working(start_api, start_worker, celery_env, model_path):
     server = start_api(celery_env)
     start_worker(celery_env)
     key = "restart-test-client-key"  # without server tokens, a client key scopes the job list
     with PruneClient(server.url, token=key) as client:
         job_id = client.submit(model_path, FAST)["id"]
     server.stop()  # the job finishes without any API
-    wait_until(lambda: JobStore(Path(celery_env["ONNXPRUNE_DATA_DIR"]) / "jobs.sqlite3").get(job_id).status
-               == "succeeded", 90, "the job to finish while the API is down")
+    wait_until(
+        lambda: JobStore(Path(celery_env["ONNXPRUNE_DATA_DIR"]) / "jobs.sqlite3").get(job_id).status == "succeeded",
+        90,
+        "the job to finish while the API is down",
+    )
 
     restarted = start_api(celery_env)
     with PruneClient(restarted.url, token=key) as client:
@@ -120,8 +132,13 @@ def test_duplicate_deliveries_to_two_workers_give_one_result_with_the_reported_s
     server = start_api(celery_env)
     start_worker(celery_env)
     start_worker(celery_env)
-    broker = make_celery(Settings(redis_url=celery_env["ONNXPRUNE_REDIS_URL"],
-                                  redis_prefix=celery_env["ONNXPRUNE_REDIS_PREFIX"], queue=celery_env["ONNXPRUNE_QUEUE"]))
+    broker = make_celery(
+        Settings(
+            redis_url=celery_env["ONNXPRUNE_REDIS_URL"],
+            redis_prefix=celery_env["ONNXPRUNE_REDIS_PREFIX"],
+            queue=celery_env["ONNXPRUNE_QUEUE"],
+        )
+    )
     with PruneClient(server.url) as client:
         job_id = client.submit(slow_model_path, SLOW)["id"]
         _wait_running(client, job_id)
@@ -132,8 +149,14 @@ def test_duplicate_deliveries_to_two_workers_give_one_result_with_the_reported_s
         downloaded = client.download_model(job_id, tmp_path / "pruned.onnx")
         queue = f"{celery_env['ONNXPRUNE_REDIS_PREFIX']}{celery_env['ONNXPRUNE_QUEUE']}"
         with redis.Redis.from_url(celery_env["ONNXPRUNE_REDIS_URL"]) as connection:
-            wait_until(lambda: connection.llen(queue) == 0 and connection.hlen(
-                f"{celery_env['ONNXPRUNE_REDIS_PREFIX']}unacked") == 0, 30, "the duplicates consumed")
+            wait_until(
+                lambda: (
+                    connection.llen(queue) == 0
+                    and connection.hlen(f"{celery_env['ONNXPRUNE_REDIS_PREFIX']}unacked") == 0
+                ),
+                30,
+                "the duplicates consumed",
+            )
         again = client.get(job_id)
     broker.close()
 

@@ -50,8 +50,9 @@ def test_celery_workers_publish_what_they_can_run_and_the_api_reads_it(redis_nam
     from service.runners import CeleryRunner
     from tests.service.conftest import REDIS_URL
 
-    settings = Settings(redis_url=REDIS_URL, redis_prefix=redis_namespace, queue="q-capabilities",
-                        data_dir=Path("unused"))
+    settings = Settings(
+        redis_url=REDIS_URL, redis_prefix=redis_namespace, queue="q-capabilities", data_dir=Path("unused")
+    )
     runner = CeleryRunner(settings)
     try:
         assert runner.capabilities() is None  # no worker has started: accept, the job says why if it fails

@@ -19,7 +19,11 @@ from typer.testing import CliRunner
 from service.cli_service import register
 from service.client import PruneClient, ServiceError
 
-FAST = {"ratio": 0.5, "benchmark": False, "round_to": 1}  # exact counts: the small test model is narrower than a vector block
+FAST = {
+    "ratio": 0.5,
+    "benchmark": False,
+    "round_to": 1,
+}  # exact counts: the small test model is narrower than a vector block
 
 
 def test_upload_poll_download_gives_a_model_that_matches_the_masked_original(
@@ -30,8 +34,9 @@ def test_upload_poll_download_gives_a_model_that_matches_the_masked_original(
 
     with PruneClient(server.url) as client:
         job = client.submit(model_path, FAST)
-        job = client.wait(job["id"], on_progress=lambda j: seen.append((j["status"], j["progress"])), poll_s=0.05,
-                          timeout=120)
+        job = client.wait(
+            job["id"], on_progress=lambda j: seen.append((j["status"], j["progress"])), poll_s=0.05, timeout=120
+        )
         pruned = client.download_model(job["id"], tmp_path / "pruned.onnx")
         plan = client.plan(job["id"])
         report = client.report(job["id"])
@@ -53,8 +58,22 @@ def test_cli_submit_writes_the_model_and_report_and_fails_with_the_server_messag
     app.command("noop")(lambda: None)  # typer runs a lone command without its name; keep names explicit
     runner = CliRunner()
 
-    ok = runner.invoke(app, ["submit", str(model_path), "--server", server.url, "--ratio", "0.25",
-                             "--no-benchmark", "-o", str(tmp_path / "out.onnx"), "--report", str(tmp_path / "r.json")])
+    ok = runner.invoke(
+        app,
+        [
+            "submit",
+            str(model_path),
+            "--server",
+            server.url,
+            "--ratio",
+            "0.25",
+            "--no-benchmark",
+            "-o",
+            str(tmp_path / "out.onnx"),
+            "--report",
+            str(tmp_path / "r.json"),
+        ],
+    )
     bad_model = save(no_conv_model(), tmp_path / "noconv.onnx")
     refused = runner.invoke(app, ["submit", str(bad_model), "--server", server.url, "-o", str(tmp_path / "x.onnx")])
 
@@ -118,8 +137,12 @@ def test_client_raises_the_server_message_for_a_refused_upload(start_api, embedd
 def test_a_job_running_when_the_api_is_killed_is_taken_up_again_after_a_restart(
     start_api, embedded_env, slow_model_path
 ):
-    env = {**embedded_env, "ONNXPRUNE_LEASE_TTL_S": "3", "ONNXPRUNE_RECONCILE_INTERVAL_S": "0.5",
-           "ONNXPRUNE_RECONCILE_GRACE_S": "1"}
+    env = {
+        **embedded_env,
+        "ONNXPRUNE_LEASE_TTL_S": "3",
+        "ONNXPRUNE_RECONCILE_INTERVAL_S": "0.5",
+        "ONNXPRUNE_RECONCILE_GRACE_S": "1",
+    }
     server = start_api(env)
     with PruneClient(server.url) as client:
         job_id = client.submit(slow_model_path, {"ratio": 0.5, "benchmark": True, "benchmark_runs": 150})["id"]

@@ -26,8 +26,16 @@ def settings(tmp_path) -> Settings:
 @pytest.fixture
 def store(settings) -> JobStore:
     store = JobStore(settings.database_path)
-    store.create(JobRecord(id="job1", owner="", fingerprint="f", status=JobStatus.queued,
-                           config=PruneOptions().model_dump_json(), created_at=time.time()))
+    store.create(
+        JobRecord(
+            id="job1",
+            owner="",
+            fingerprint="f",
+            status=JobStatus.queued,
+            config=PruneOptions().model_dump_json(),
+            created_at=time.time(),
+        )
+    )
     (settings.jobs_dir / "job1").mkdir(parents=True)
     (settings.jobs_dir / "job1" / "input.onnx").write_bytes(b"the pipeline is replaced in these tests")
     return store
@@ -37,6 +45,7 @@ def _pipeline_raising(error: Exception, calls: list):
     def run_pipeline(*args, **kwargs):
         calls.append(1)
         raise error
+
     return run_pipeline
 
 
@@ -49,7 +58,11 @@ def test_a_rejected_model_fails_the_job_once_without_retry(monkeypatch, settings
 
     job = store.get("job1")
     assert (job.status, job.error_code, job.error_message, job.attempts) == (
-        JobStatus.failed, "model_rejected", "node 'x' is odd", 1)
+        JobStatus.failed,
+        "model_rejected",
+        "node 'x' is odd",
+        1,
+    )
     assert len(calls) == 1
 
 

@@ -14,8 +14,9 @@ MODEL = convnet().SerializeToString()
 
 
 def test_a_polled_job_renders_like_the_full_model_and_its_report_is_read_once(client, embedded_settings):
-    job_id = client.post("/v1/jobs", files={"model": ("m.onnx", MODEL)},
-                         data={"config": '{"ratio": 0.5, "benchmark": false}'}).json()["id"]
+    job_id = client.post(
+        "/v1/jobs", files={"model": ("m.onnx", MODEL)}, data={"config": '{"ratio": 0.5, "benchmark": false}'}
+    ).json()["id"]
     deadline = time.monotonic() + 60
     while client.get(f"/v1/jobs/{job_id}").json()["status"] != "succeeded" and time.monotonic() < deadline:
         time.sleep(0.1)

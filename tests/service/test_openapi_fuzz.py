@@ -15,8 +15,16 @@ from jobs.settings import Settings
 from service.api import create_app
 
 TOKEN = "fuzz-token-0123456789abcdef"  # with a token every route is reachable (listing needs one)
-APP = create_app(Settings(redis_url=None, max_upload_mb=1, retry_delay_s=0, embedded_workers=1, api_tokens=TOKEN,
-                          data_dir=__import__("tempfile").mkdtemp(prefix="onnxprune-fuzz-")))
+APP = create_app(
+    Settings(
+        redis_url=None,
+        max_upload_mb=1,
+        retry_delay_s=0,
+        embedded_workers=1,
+        api_tokens=TOKEN,
+        data_dir=__import__("tempfile").mkdtemp(prefix="onnxprune-fuzz-"),
+    )
+)
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 
 
@@ -28,9 +36,9 @@ def running_app():
 
 @pytest.mark.slow
 @schema.parametrize()
-@settings(max_examples=30, deadline=None, derandomize=True,
-          suppress_health_check=list(HealthCheck))
+@settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_no_request_gets_a_server_error(case):
     response = case.call(headers={"Authorization": f"Bearer {TOKEN}"})
-    assert response.status_code < 500, f"{case.method} {case.formatted_path} -> {response.status_code}: " \
-                                        f"{response.text[:300]}"
+    assert response.status_code < 500, (
+        f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:300]}"
+    )

@@ -15,8 +15,7 @@ from workers.verification import VerificationFailed
 CASES = [
     (ModelRejected("node 'x' is odd"), "model_rejected", False),
     (RunnerError("onnxruntime timed out after 300 s while running the model"), "timeout", False),
-    (RunnerError("onnxruntime exceeded the memory limit of 4096 MiB while running the model"), "resource_limit",
-     False),
+    (RunnerError("onnxruntime exceeded the memory limit of 4096 MiB while running the model"), "resource_limit", False),
     (RunnerError("onnxruntime could not run the model: Invalid input"), "model_rejected", False),
     (JobTimeout("the job ran past 1740 s and was stopped"), "timeout", False),
     (VerificationFailed("pruned model output 'y' deviates from the oracle"), "verification_failed", False),

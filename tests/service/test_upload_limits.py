@@ -52,7 +52,8 @@ def _npz_declaring(shape: tuple[int, ...], payload_bytes: int, *, name: str = "x
 def _nothing_left(client, settings: Settings) -> bool:
     jobs_dir = settings.jobs_dir
     return client.app.state.store.list("", limit=1, offset=0)[1] == 0 and (
-        not jobs_dir.exists() or list(jobs_dir.iterdir()) == [])
+        not jobs_dir.exists() or list(jobs_dir.iterdir()) == []
+    )
 
 
 def test_a_bomb_of_compressed_zeros_is_refused_from_its_header_with_flat_memory(client, embedded_settings):
@@ -70,12 +71,16 @@ def test_a_bomb_of_compressed_zeros_is_refused_from_its_header_with_flat_memory(
     assert _nothing_left(client, embedded_settings)
 
 
-@pytest.mark.parametrize(("data", "status", "words"), [
-    (_npz_declaring((10**12,), 64), 422, "declares 4000000000000 bytes"),
-    (_npz_declaring((10,), 8), 422, "declares 40 bytes"),
-    (_npz_declaring((2,), 8, name="x.txt"), 422, "not a .npy"),
-    (b"PK\x03\x04" + b"\0" * 64, 422, "npz"),
-], ids=["10^12 elements", "short payload", "not npy", "broken zip"])
+@pytest.mark.parametrize(
+    ("data", "status", "words"),
+    [
+        (_npz_declaring((10**12,), 64), 422, "declares 4000000000000 bytes"),
+        (_npz_declaring((10,), 8), 422, "declares 40 bytes"),
+        (_npz_declaring((2,), 8, name="x.txt"), 422, "not a .npy"),
+        (b"PK\x03\x04" + b"\0" * 64, 422, "npz"),
+    ],
+    ids=["10^12 elements", "short payload", "not npy", "broken zip"],
+)
 def test_a_malformed_npz_is_a_4xx_never_a_500(client, embedded_settings, data, status, words):
     response = _post(client, data=data)
 
@@ -94,11 +99,12 @@ def test_real_compressed_data_is_accepted(client):
 
 def test_a_multipart_boundary_over_256_characters_is_a_400(client):
     boundary = "b" * 300
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"model\"; filename=\"m.onnx\"\r\n\r\n").encode()
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="model"; filename="m.onnx"\r\n\r\n').encode()
     body += MODEL + f"\r\n--{boundary}--\r\n".encode()
 
-    response = client.post("/v1/jobs", content=body,
-                           headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    response = client.post(
+        "/v1/jobs", content=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
 
     assert response.status_code == 400, response.text
     assert "boundary" in response.json()["error"]["message"].lower()
@@ -119,16 +125,23 @@ def _with_dangling_input() -> bytes:
 def _with_custom_op_in_a_function() -> bytes:
     model = convnet()
     body = helper.make_node("Evil", ["x"], ["y"], domain="com.evil")
-    model.functions.append(helper.make_function("local", "wrapper", ["x"], ["y"], [body],
-                                                [helper.make_opsetid("", 17), helper.make_opsetid("com.evil", 1)]))
+    model.functions.append(
+        helper.make_function(
+            "local", "wrapper", ["x"], ["y"], [body], [helper.make_opsetid("", 17), helper.make_opsetid("com.evil", 1)]
+        )
+    )
     model.opset_import.append(helper.make_opsetid("local", 1))
     return model.SerializeToString()
 
 
-@pytest.mark.parametrize(("model", "words"), [
-    (_with_dangling_input(), "onnx.checker"),
-    (_with_custom_op_in_a_function(), "com.evil"),
-], ids=["dangling input", "custom op in a local function"])
+@pytest.mark.parametrize(
+    ("model", "words"),
+    [
+        (_with_dangling_input(), "onnx.checker"),
+        (_with_custom_op_in_a_function(), "com.evil"),
+    ],
+    ids=["dangling input", "custom op in a local function"],
+)
 def test_models_that_would_fail_later_are_refused_at_upload(client, embedded_settings, model, words):
     response = _post(client, model=model)
 
@@ -172,5 +185,7 @@ def test_a_full_disk_answers_507_storage_full(tiny_disk):
         response = _post(client, model=MODEL + bytes(600_000))
 
     assert response.status_code == 507, response.text
-    assert response.json()["error"] == {"code": "storage_full", "message": "storage full: the server has no disk "
-                                        "space left for this job"}
+    assert response.json()["error"] == {
+        "code": "storage_full",
+        "message": "storage full: the server has no disk space left for this job",
+    }

@@ -44,8 +44,13 @@ BAD_UPLOAD_CASES = [
     ("truncated model", dict(model=MODEL[: len(MODEL) // 2]), 422, "invalid_model", "truncated"),
     ("empty model file", dict(model=b""), 422, "invalid_model", "empty"),
     ("external data", dict(model=external_data_model().SerializeToString()), 422, "invalid_model", "external"),
-    ("10^12-element initializer", dict(model=huge_initializer_model().SerializeToString()), 422, "invalid_model",
-     "declares 1000000000000 elements"),
+    (
+        "10^12-element initializer",
+        dict(model=huge_initializer_model().SerializeToString()),
+        422,
+        "invalid_model",
+        "declares 1000000000000 elements",
+    ),
     ("custom-domain op", dict(model=custom_domain_model().SerializeToString()), 422, "invalid_model", "com.evil"),
     ("no conv", dict(model=no_conv_model().SerializeToString()), 422, "invalid_model", "conv"),
     ("unknown criterion", dict(config={"criterion": "astrology"}), 422, "invalid_config", "config.criterion"),
@@ -60,13 +65,19 @@ BAD_UPLOAD_CASES = [
     ("data not an npz", dict(data=b"not a zip at all"), 422, "invalid_data", "npz"),
     ("data criterion without data", dict(config={"criterion": "taylor"}), 422, "invalid_config", "needs data"),
     ("fine-tuning without data", dict(config={"finetune_steps": 10}), 422, "invalid_config", "needs data"),
-    ("symbolic dim unknown input", dict(config={"input_shapes": {"nope": [1, 3, 16, 16]}}), 422, "invalid_model",
-     "nope"),
+    (
+        "symbolic dim unknown input",
+        dict(config={"input_shapes": {"nope": [1, 3, 16, 16]}}),
+        422,
+        "invalid_model",
+        "nope",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("kwargs", "status", "code", "words"),
-                         [c[1:] for c in BAD_UPLOAD_CASES], ids=[c[0] for c in BAD_UPLOAD_CASES])
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code", "words"), [c[1:] for c in BAD_UPLOAD_CASES], ids=[c[0] for c in BAD_UPLOAD_CASES]
+)
 def test_bad_upload_is_refused_with_a_clear_message_and_no_job(client, embedded_settings, kwargs, status, code, words):
     response = _post(client, **kwargs)
 
@@ -92,14 +103,17 @@ def test_upload_over_the_size_limit_is_a_413_and_the_partial_file_is_removed(cli
     response = _post(client, model=too_big)
 
     assert response.status_code == 413
-    assert response.json()["error"] == {"code": "payload_too_large",
-                                        "message": "model upload exceeds the limit of 1 MB"}
+    assert response.json()["error"] == {
+        "code": "payload_too_large",
+        "message": "model upload exceeds the limit of 1 MB",
+    }
     _assert_nothing_left(client, embedded_settings.data_dir)
 
 
 def test_a_valid_upload_is_accepted_with_location_and_an_unguessable_id(client):
-    response = _post(client, config={"ratio": 0.25, "benchmark": False},
-                     data=_npz(input=np.zeros((2, 3, 16, 16), np.float32)))
+    response = _post(
+        client, config={"ratio": 0.25, "benchmark": False}, data=_npz(input=np.zeros((2, 3, 16, 16), np.float32))
+    )
 
     assert response.status_code == 202, response.text
     job = response.json()
@@ -131,8 +145,15 @@ def test_results_of_an_unfinished_or_unknown_job_are_clear_errors(client):
 def test_openapi_documents_the_v1_routes(client):
     spec = client.get("/openapi.json").json()
 
-    assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/model", "/v1/jobs/{job_id}/report",
-            "/v1/jobs/{job_id}/plan", "/healthz", "/readyz"} <= set(spec["paths"])
+    assert {
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/model",
+        "/v1/jobs/{job_id}/report",
+        "/v1/jobs/{job_id}/plan",
+        "/healthz",
+        "/readyz",
+    } <= set(spec["paths"])
     upload = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]
     assert upload["schema"]["required"] == ["model"]
     assert client.get("/docs").status_code == 200

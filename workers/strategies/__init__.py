@@ -55,5 +55,6 @@ def choose_schedule(options: PruneOptions, plan: PruningPlan | None = None, *, h
     target = options.target
     if isinstance(target, LearnedTarget) and plan is None:
         return LearnedSearch(target.max_drop)
-    return Stepwise(choose_selector(options, plan), choose_recovery(options, has_data=has_data),
-                    steps=options.iterative_steps)
+    return Stepwise(
+        choose_selector(options, plan), choose_recovery(options, has_data=has_data), steps=options.iterative_steps
+    )

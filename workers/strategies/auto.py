@@ -20,11 +20,20 @@ class AutoRatios:
             scores = job.scores(dep)
         with job.stages.stage("select"):
             auto, sensitivity = auto_for_job(
-                job.analysis.path, job.analysis.sha256, dep, scores, job.analysis.cost,
-                criterion=job.options.criterion, max_drop=self.max_drop, data=job.dataset,
-                sensitivity=job.sensitivity, round_to=job.round_to, exclude=job.options.exclude,
+                job.analysis.path,
+                job.analysis.sha256,
+                dep,
+                scores,
+                job.analysis.cost,
+                criterion=job.options.criterion,
+                max_drop=self.max_drop,
+                data=job.dataset,
+                sensitivity=job.sensitivity,
+                round_to=job.round_to,
+                exclude=job.options.exclude,
                 progress=lambda done, total, _group: job.stages.within("select", done / max(total, 1)),
-                limits=job.limits)
+                limits=job.limits,
+            )
         return Selection(auto.plan, notes=self._notes(auto), group_ratios=auto.ratios, sensitivity=sensitivity)
 
     def _notes(self, auto: AutoSelection) -> list[str]:
@@ -34,6 +43,8 @@ class AutoRatios:
         if not auto.plan.groups:
             return [f"ratio auto: no plan kept the held-out drop within {self.max_drop}; nothing was pruned"]
         if auto.budget < self.max_drop:
-            return [f"ratio auto: per-group budget lowered from {self.max_drop} to {auto.budget:.4g} so that the "
-                    f"groups pruned together stay within {self.max_drop} on held-out data"]
+            return [
+                f"ratio auto: per-group budget lowered from {self.max_drop} to {auto.budget:.4g} so that the "
+                f"groups pruned together stay within {self.max_drop} on held-out data"
+            ]
         return []

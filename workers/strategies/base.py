@@ -56,7 +56,6 @@ class Job:
         budget = self.options.time_budget
         return None if budget is None else self.started + share * budget
 
-
     @property
     def round_to(self) -> int:
         """The channel-count step; ``'auto'`` was resolved to a number before the job started."""
@@ -81,8 +80,13 @@ class Job:
 
         # The executor runs the prepared graph the analysis prunes (constants folded, shapes known), never
         # the raw export: its run-time shape subgraphs (Shape -> Gather -> Reshape) are not executor material.
-        self.data_context = build_context(self.data_path, self.analysis.prepared, self.analysis.input_shapes,
-                                          batch_size=self.options.batch_size, score_batches=self.options.score_batches)
+        self.data_context = build_context(
+            self.data_path,
+            self.analysis.prepared,
+            self.analysis.input_shapes,
+            batch_size=self.options.batch_size,
+            score_batches=self.options.score_batches,
+        )
         return self.data_context
 
     @cached_property
@@ -125,8 +129,9 @@ class Job:
         with self.stages.stage("apply"):
             pruned = apply_plan(dep, plan)
         with self.stages.stage("verify"):
-            verify_against_oracle(dep, plan, pruned, self.workdir, self.analysis.input_shapes,
-                                  seed=self.options.seed, limits=self.limits)
+            verify_against_oracle(
+                dep, plan, pruned, self.workdir, self.analysis.input_shapes, seed=self.options.seed, limits=self.limits
+            )
         return pruned
 
 

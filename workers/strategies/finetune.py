@@ -41,8 +41,9 @@ class FineTune:
         deadline = now + max(0.0, end - now - reserve * remaining) / remaining
         return (self.steps or MAX_BUDGETED_STEPS), deadline
 
-    def recover(self, job: Job, dep: DependencyGraph, plan: PruningPlan, pruned: onnx.ModelProto,
-                step: Step) -> Recovered:
+    def recover(
+        self, job: Job, dep: DependencyGraph, plan: PruningPlan, pruned: onnx.ModelProto, step: Step
+    ) -> Recovered:
         from roundtrip.executor import OnnxModule
         from roundtrip.schedule import BN_BATCHES, IterationRecord
         from roundtrip.training import evaluate, finetune, outputs_on, recalibrate_batchnorm
@@ -65,19 +66,39 @@ class FineTune:
                 def show(done: int, total: int, loss: float) -> None:
                     if done == total or done % max(1, total // 20) == 0:
                         spent = f", {time.monotonic() - job.started:.0f}/{budget:.0f} s" if deadline else ""
-                        job.stages.within("finetune", (step.index + done / total) / step.total,
-                                          f"{label}finetune {done}/{total}, loss {loss:.4g}{spent}")
+                        job.stages.within(
+                            "finetune",
+                            (step.index + done / total) / step.total,
+                            f"{label}finetune {done}/{total}, loss {loss:.4g}{spent}",
+                        )
 
-                run = finetune(student, data.objective, data.train, steps=steps, lr=self.lr,
-                               batch_size=data.batch_size, seed=seed, augment=self.augment, warmup_fraction=0.05,
-                               select_on=data.holdout, deadline=deadline, progress=show)
+                run = finetune(
+                    student,
+                    data.objective,
+                    data.train,
+                    steps=steps,
+                    lr=self.lr,
+                    batch_size=data.batch_size,
+                    seed=seed,
+                    augment=self.augment,
+                    warmup_fraction=0.05,
+                    select_on=data.holdout,
+                    deadline=deadline,
+                    progress=show,
+                )
                 losses, kept_step = run.losses, run.kept_step
                 if recalibrated:
                     recalibrate_batchnorm(student, data.train, data.batch_size, BN_BATCHES, seed)
                 after_finetune = evaluate(student, data.objective, data.holdout, data.batch_size)
             model = write_back(pruned, student)
-            record = IterationRecord(step.index + 1, measure_cost(model, job.analysis.input_shapes).macs,
-                                     plan.removed_channels, after_pruning, after_finetune,
-                                     losses[-1] if losses else None, kept_step)
+            record = IterationRecord(
+                step.index + 1,
+                measure_cost(model, job.analysis.input_shapes).macs,
+                plan.removed_channels,
+                after_pruning,
+                after_finetune,
+                losses[-1] if losses else None,
+                kept_step,
+            )
             check_inputs = next(data.holdout.batches(min(len(data.holdout), student.static_batch or 4))).inputs
             return Recovered(model, record, losses, check_inputs, outputs_on(student, check_inputs))

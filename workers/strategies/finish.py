@@ -65,18 +65,28 @@ class Quantize:
             static = self.settings.mode == "int8"
             info = quantize(float_path, result, self.settings, calibration if static else None, limits=job.limits)
             probe = _probe(calibration, fixed_batch(model))
-            fidelity = compare_outputs(run_model(float_path, probe, limits=job.limits),
-                                       run_model(result, probe, limits=job.limits))
-        notes = () if source == "data" or not static else (
-            "quantize int8: calibrated on generated inputs (no data given); activation ranges may not match real "
-            "inputs: pass --data for calibration",)
+            fidelity = compare_outputs(
+                run_model(float_path, probe, limits=job.limits), run_model(result, probe, limits=job.limits)
+            )
+        notes = (
+            ()
+            if source == "data" or not static
+            else (
+                "quantize int8: calibrated on generated inputs (no data given); activation ranges may not match real "
+                "inputs: pass --data for calibration",
+            )
+        )
         report = QuantizationReport(
-            mode=self.settings.mode, reduce_range=bool(info["reduce_range"]),
+            mode=self.settings.mode,
+            reduce_range=bool(info["reduce_range"]),
             calibration_method=self.settings.calibration_method if static else None,
             calibration_samples=len(next(iter(calibration.values()))) if static else 0,
-            calibration_source=source if static else None, quantize_nodes=int(info["quantize_nodes"]),
-            dequantize_nodes=int(info["dequantize_nodes"]), fidelity_to_float=fidelity,
-            float_output_sha256=file_sha256(float_path))
+            calibration_source=source if static else None,
+            quantize_nodes=int(info["quantize_nodes"]),
+            dequantize_nodes=int(info["dequantize_nodes"]),
+            fidelity_to_float=fidelity,
+            float_output_sha256=file_sha256(float_path),
+        )
         return Artifacts(result, float_path, report, notes)
 
     def measure(self, job: Job, artifacts: Artifacts, evaluate_float: bool) -> Artifacts:
@@ -86,16 +96,23 @@ class Quantize:
         update: dict[str, object] = {}
         options = job.options
         if options.benchmark:
-            timing = benchmark(job.analysis.path, artifacts.float_result, job.analysis.input_shapes,
-                               runs=options.benchmark_runs, threads=options.threads, seed=options.seed,
-                               limits=job.limits)
+            timing = benchmark(
+                job.analysis.path,
+                artifacts.float_result,
+                job.analysis.input_shapes,
+                runs=options.benchmark_runs,
+                threads=options.threads,
+                seed=options.seed,
+                limits=job.limits,
+            )
             update["float_latency_ms"] = timing.latency.after
         held_out = job.held_out
         if evaluate_float and held_out is not None:
             from workers.evaluation import held_out_evaluation
 
-            update["float_held_out"] = held_out_evaluation(job.analysis.path, artifacts.float_result, held_out,
-                                                           split="", limits=job.limits).after
+            update["float_held_out"] = held_out_evaluation(
+                job.analysis.path, artifacts.float_result, held_out, split="", limits=job.limits
+            ).after
         quantization = artifacts.quantization.model_copy(update=update)
         return Artifacts(artifacts.result, artifacts.float_result, quantization, artifacts.notes)
 

@@ -21,7 +21,14 @@ class LatencyTargetSelector:
             scores = job.scores(dep)
         with job.stages.stage("select"):
             options = job.options.model_copy(update={"latency_target": self.ratio})
-            choice = select_for_latency(job.analysis.path, job.analysis.sha256, dep, scores, job.analysis.cost,
-                                        options, step=None if self.step_from_table else int(options.round_to),
-                                        limits=job.limits)
+            choice = select_for_latency(
+                job.analysis.path,
+                job.analysis.sha256,
+                dep,
+                scores,
+                job.analysis.cost,
+                options,
+                step=None if self.step_from_table else int(options.round_to),
+                limits=job.limits,
+            )
         return Selection(choice.plan, latency_target=choice.report)

@@ -29,33 +29,69 @@ class LearnedSearch:
         from roundtrip.learned import SearchSettings, search
 
         options = job.options
-        settings = SearchSettings(max_drop=self.max_drop, episodes=options.learned_episodes,
-                                  samples=options.learned_samples, finetune_steps=options.finetune_steps,
-                                  lr=options.lr, batch_size=options.batch_size, round_to=job.round_to,
-                                  exclude=tuple(options.exclude), seed=options.seed)
+        settings = SearchSettings(
+            max_drop=self.max_drop,
+            episodes=options.learned_episodes,
+            samples=options.learned_samples,
+            finetune_steps=options.finetune_steps,
+            lr=options.lr,
+            batch_size=options.batch_size,
+            round_to=job.round_to,
+            exclude=tuple(options.exclude),
+            seed=options.seed,
+        )
 
         def verify(step_dep: DependencyGraph, step_plan: PruningPlan, step_model: onnx.ModelProto) -> None:
-            verify_against_oracle(step_dep, step_plan, step_model, job.workdir, job.analysis.input_shapes,
-                                  seed=options.seed, limits=job.limits)
+            verify_against_oracle(
+                step_dep,
+                step_plan,
+                step_model,
+                job.workdir,
+                job.analysis.input_shapes,
+                seed=options.seed,
+                limits=job.limits,
+            )
 
         with job.stages.stage("select"):
-            learned = search(job.dep, settings, job.data, verify=verify,
-                             progress=lambda label, fraction: job.stages.within("select", fraction, label))
+            learned = search(
+                job.dep,
+                settings,
+                job.data,
+                verify=verify,
+                progress=lambda label, fraction: job.stages.within("select", fraction, label),
+            )
         recovery = learned.recovery
         with job.stages.stage("finetune"):
-            verify_write_back(recovery.model, job.workdir / "recovered.onnx", recovery.check_inputs,
-                              recovery.check_outputs, limits=job.limits)
+            verify_write_back(
+                recovery.model,
+                job.workdir / "recovered.onnx",
+                recovery.check_inputs,
+                recovery.check_outputs,
+                limits=job.limits,
+            )
         steps = [Recovered(recovery.model, record) for record in recovery.iterations]
         if steps:
             steps[0].losses = list(recovery.losses)
         report = finetune_report(job, steps).model_copy(update={"schedule": "layer-by-layer (learned)"})
-        return Outcome(recovery.plan, recovery.model, Selection(recovery.plan), pruned_only=recovery.pruned_only,
-                       finetune=report, learned=_learned_report(learned, job), seconds=dict(learned.seconds))
+        return Outcome(
+            recovery.plan,
+            recovery.model,
+            Selection(recovery.plan),
+            pruned_only=recovery.pruned_only,
+            finetune=report,
+            learned=_learned_report(learned, job),
+            seconds=dict(learned.seconds),
+        )
 
 
 def _learned_report(learned: LearnedResult, job: Job) -> LearnedReport:
 
-    return LearnedReport(metric=learned.metric, max_drop=learned.max_drop, baseline=learned.baseline,
-                         reward_samples=learned.reward_samples, episodes=job.options.learned_episodes,
-                         samples=job.options.learned_samples,
-                         layers=[LearnedLayerReport(**layer.__dict__) for layer in learned.layers])
+    return LearnedReport(
+        metric=learned.metric,
+        max_drop=learned.max_drop,
+        baseline=learned.baseline,
+        reward_samples=learned.reward_samples,
+        episodes=job.options.learned_episodes,
+        samples=job.options.learned_samples,
+        layers=[LearnedLayerReport(**layer.__dict__) for layer in learned.layers],
+    )

@@ -35,8 +35,9 @@ class RankedByRatio:
             if ratio <= _NOTHING:
                 return Selection(PruningPlan({}))
             options = job.options
-            return Selection(select_by_ratio(dep, scores, min(ratio, _MOST), round_to=job.round_to,
-                                             exclude=options.exclude))
+            return Selection(
+                select_by_ratio(dep, scores, min(ratio, _MOST), round_to=job.round_to, exclude=options.exclude)
+            )
 
 
 @dataclass
@@ -55,5 +56,13 @@ class RankedByMacs:
                 return Selection(PruningPlan({}))
             options = job.options
             node_macs = {node.name: node.macs for node in cost.nodes}
-            return Selection(select_by_flops(dep, scores, min(fraction, _MOST), node_macs=node_macs,
-                                             round_to=job.round_to, exclude=options.exclude))
+            return Selection(
+                select_by_flops(
+                    dep,
+                    scores,
+                    min(fraction, _MOST),
+                    node_macs=node_macs,
+                    round_to=job.round_to,
+                    exclude=options.exclude,
+                )
+            )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import onnx
 
@@ -21,7 +21,7 @@ from workers.strategies.base import Job, Step
 from workers.strategies.recovery import NoRecovery, Recovered, Recovery
 
 if TYPE_CHECKING:
-    from roundtrip.objective import Objective
+    pass
 
 
 @dataclass
@@ -29,15 +29,16 @@ class Reconstruct:
     then: Recovery
     samples: int = 256
 
-    def recover(self, job: Job, dep: DependencyGraph, plan: PruningPlan, pruned: onnx.ModelProto,
-                step: Step) -> Recovered:
+    def recover(
+        self, job: Job, dep: DependencyGraph, plan: PruningPlan, pruned: onnx.ModelProto, step: Step
+    ) -> Recovered:
         from roundtrip.executor import OnnxModule
         from roundtrip.reconstruction import reconstruct
         from roundtrip.schedule import IterationRecord
         from roundtrip.training import evaluate, outputs_on
 
         data = job.data
-        objective = cast("Objective", data.objective)
+        objective = data.objective
         label = f"step {step.index + 1}/{step.total}: " if step.total > 1 else ""
         # Progress only: entering the stage here and again in the recovery that follows would report
         # the stage's end before its fine-tuning steps.
@@ -45,8 +46,9 @@ class Reconstruct:
         started = time.monotonic()
         # The first step's teacher is the original, already built for the objective.
         teacher = objective.teacher if step.index == 0 else None
-        result = reconstruct(dep, plan, pruned, data.train, samples=self.samples,
-                             seed=job.options.seed + step.index, teacher=teacher)
+        result = reconstruct(
+            dep, plan, pruned, data.train, samples=self.samples, seed=job.options.seed + step.index, teacher=teacher
+        )
         seconds = time.monotonic() - started
         recovered = self.then.recover(job, dep, plan, result.model, step)
         recovered.reconstructed = [fit.node for fit in result.layers if fit.kept]
@@ -60,8 +62,14 @@ class Reconstruct:
             student = OnnxModule(result.model)
             metrics = evaluate(student, objective, data.holdout, data.batch_size)
             check_inputs = next(data.holdout.batches(min(len(data.holdout), student.static_batch or 4))).inputs
-            record = IterationRecord(step.index + 1, measure_cost(result.model, job.analysis.input_shapes).macs,
-                                     plan.removed_channels, metrics, None, None)
+            record = IterationRecord(
+                step.index + 1,
+                measure_cost(result.model, job.analysis.input_shapes).macs,
+                plan.removed_channels,
+                metrics,
+                None,
+                None,
+            )
             recovered.record = record
             recovered.check_inputs, recovered.check_outputs = check_inputs, outputs_on(student, check_inputs)
         return recovered

@@ -31,13 +31,15 @@ class Recovered:
 class Recovery(Protocol):
     """Brings a pruned model (already verified by the oracle) back towards the original."""
 
-    def recover(self, job: Job, dep: DependencyGraph, plan: PruningPlan, pruned: onnx.ModelProto,
-                step: Step) -> Recovered: ...
+    def recover(
+        self, job: Job, dep: DependencyGraph, plan: PruningPlan, pruned: onnx.ModelProto, step: Step
+    ) -> Recovered: ...
 
 
 class NoRecovery:
     """The pruned model as surgery left it."""
 
-    def recover(self, job: Job, dep: DependencyGraph, plan: PruningPlan, pruned: onnx.ModelProto,
-                step: Step) -> Recovered:
+    def recover(
+        self, job: Job, dep: DependencyGraph, plan: PruningPlan, pruned: onnx.ModelProto, step: Step
+    ) -> Recovered:
         return Recovered(pruned)

@@ -48,14 +48,16 @@ class Stepwise:
         last = recovered[-1]
         if last.check_inputs is None:  # weights as surgery left them: the oracle has checked them
             return Outcome(selections[0].plan, model, selections[0])
-        plan = PruningPlan.from_keep(job.dep, {gid: keep for gid, keep in composed.items()
-                                               if len(keep) < job.dep.group(gid).channels})
+        plan = PruningPlan.from_keep(
+            job.dep, {gid: keep for gid, keep in composed.items() if len(keep) < job.dep.group(gid).channels}
+        )
         pruned_only = apply_plan(job.dep, plan)
         if not same_structure(pruned_only, model):
             raise ScheduleError("the composed plan does not reproduce the structure the pruning steps built")
         with job.stages.stage("finetune"):
-            verify_write_back(model, job.workdir / "recovered.onnx", last.check_inputs, last.check_outputs or {},
-                              limits=job.limits)
+            verify_write_back(
+                model, job.workdir / "recovered.onnx", last.check_inputs, last.check_outputs or {}, limits=job.limits
+            )
         return Outcome(plan, model, selections[0], pruned_only=pruned_only, finetune=finetune_report(job, recovered))
 
 
@@ -68,21 +70,31 @@ def finetune_report(job: Job, recovered: list[Recovered]) -> FinetuneReport:
 
     def iteration(step: Recovered) -> IterationReport:
         r = step.record
-        return IterationReport(iteration=r.iteration, macs=r.macs, removed_channels=r.removed_channels,
-                               after_pruning=point(r.after_pruning),
-                               after_finetune=None if r.after_finetune is None else point(r.after_finetune),
-                               final_loss=r.final_loss, steps=len(step.losses), kept_step=r.kept_step,
-                               reconstructed_layers=step.reconstructed or [],
-                               reconstruction_skipped=step.reconstruction_skipped)
+        return IterationReport(
+            iteration=r.iteration,
+            macs=r.macs,
+            removed_channels=r.removed_channels,
+            after_pruning=point(r.after_pruning),
+            after_finetune=None if r.after_finetune is None else point(r.after_finetune),
+            final_loss=r.final_loss,
+            steps=len(step.losses),
+            kept_step=r.kept_step,
+            reconstructed_layers=step.reconstructed or [],
+            reconstruction_skipped=step.reconstruction_skipped,
+        )
 
     options, data = job.options, job.data
     schedule = "iterative" if options.iterative_steps > 1 else "one-shot"
     if any(step.reconstructed is not None for step in recovered):
         schedule += " + layer-wise reconstruction"
     return FinetuneReport(
-        schedule=schedule, objective=data.objective.kind,
-        steps=max((len(step.losses) for step in recovered), default=0), iterative_steps=options.iterative_steps,
-        lr=options.lr, batch_size=options.batch_size, samples=data.samples,
+        schedule=schedule,
+        objective=data.objective.kind,
+        steps=max((len(step.losses) for step in recovered), default=0),
+        iterative_steps=options.iterative_steps,
+        lr=options.lr,
+        batch_size=options.batch_size,
+        samples=data.samples,
         losses=[round(v, 6) for step in recovered for v in step.losses],
         iterations=[iteration(step) for step in recovered if step.record is not None],
     )
