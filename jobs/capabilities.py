@@ -28,14 +28,18 @@ def publish_capabilities(settings: Settings) -> None:
         connection.set(_key(settings), json.dumps(sorted(local_capabilities())))
 
 
+READ_TIMEOUT_S = 0.5
+
+
 def read_published_capabilities(settings: Settings) -> frozenset[str] | None:
     """What the workers of ``settings.queue`` published; None when none has yet (or Redis is away)."""
     import redis
 
     if not settings.redis_url:
         return None
-    try:
-        with redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2) as connection:
+    try:  # a short wait: a broker that is away is the submit's broker probe to report, not this read's
+        with redis.Redis.from_url(settings.redis_url, socket_connect_timeout=READ_TIMEOUT_S,
+                                  socket_timeout=READ_TIMEOUT_S) as connection:
             value = connection.get(_key(settings))
     except redis.RedisError:
         return None

@@ -60,7 +60,7 @@ async def accept_job(
         needs_data = options.data_requirement() if upload.data_bytes is None else None
         if needs_data:
             raise ApiError(422, "invalid_config", f"{needs_data}: add a 'data' part (.npz)")
-        capabilities = runner.capabilities()
+        capabilities = await run_in_threadpool(runner.capabilities)  # may ask Redis: never on the event loop
         missing = None if capabilities is None else missing_capability(options, capabilities)
         if missing:
             raise ApiError(422, "missing_capability", f"this server cannot run the job: {missing}")

@@ -32,6 +32,9 @@ class KeepsQueued:
     def ready(self) -> str | None:
         return None
 
+    def capabilities(self) -> frozenset[str] | None:
+        return None  # unknown: the upload is not refused for a missing capability
+
     def pending_ids(self) -> set[str] | None:
         return set(self.sent)
 
