@@ -38,8 +38,9 @@ def read_published_capabilities(settings: Settings) -> frozenset[str] | None:
     if not settings.redis_url:
         return None
     try:  # a short wait: a broker that is away is the submit's broker probe to report, not this read's
-        with redis.Redis.from_url(settings.redis_url, socket_connect_timeout=READ_TIMEOUT_S,
-                                  socket_timeout=READ_TIMEOUT_S) as connection:
+        with redis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=READ_TIMEOUT_S, socket_timeout=READ_TIMEOUT_S
+        ) as connection:
             value = connection.get(_key(settings))
     except redis.RedisError:
         return None

@@ -7,29 +7,23 @@ Thin over ``workers.pipeline``; the service commands (serve, worker, submit) liv
 
 from __future__ import annotations
 
-import functools
 import json
-import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
-from graphops.errors import GraphOpsError, ModelRejected
+from service.cli_common import console, fail, input_shapes, one_line_errors, require_output_dirs
 from service.cli_options import set_options, with_prune_options
-from service.cli_output import EXIT_BAD_INPUT, EXIT_FAILURE, print_table, stage_progress, stdout_console
-from workers.options import PruneOptions, parse_input_shape
+from service.cli_output import EXIT_BAD_INPUT, print_table, stage_progress, stdout_console
+from workers.options import PruneOptions
 
 if TYPE_CHECKING:  # the engine's modules load only when a command runs
     from workers.report import PruneReport, SensitivityReport, SpeedChange
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prune conv filters directly on ONNX models.")
-console = Console(stderr=True)
 
 
 def installed_version() -> str:
@@ -60,66 +54,17 @@ InputShapeOption = Annotated[
 ]
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def one_line_errors(command: Callable[..., None]) -> Callable[..., None]:
-    """Turn the errors a command can meet into one line and an exit code, never a traceback.
-
-    Exit 2: the input is at fault (bad model, bad option, missing file). Exit 1: we are.
-    """
-
-    @functools.wraps(command)
-    def run(*args: Any, **kwargs: Any) -> None:
-        try:
-            command(*args, **kwargs)
-        except typer.Exit:
-            raise
-        except ModelRejected as exc:
-            _fail(str(exc), EXIT_BAD_INPUT)
-        except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-            _fail(f"{exc.strerror}: {exc.filename}", EXIT_BAD_INPUT)
-        except Exception as exc:  # the last line of defence
-            if os.environ.get("ONNXPRUNE_DEBUG"):
-                raise
-            kind = "pruning failed" if isinstance(exc, GraphOpsError) else "internal error"
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            _fail(f"{kind}: {first} (set ONNXPRUNE_DEBUG=1 for details)", EXIT_FAILURE)
-
-    return run
-
-
-def _input_shapes(values: list[str] | None) -> dict[str, list[int]]:
-    shapes = {}
-    for text in values or []:
-        try:
-            name, dims = parse_input_shape(text)
-        except ValueError as exc:
-            _fail(str(exc), EXIT_BAD_INPUT)
-        shapes[name] = dims
-    return shapes
-
-
 def _options(**flags: Any) -> PruneOptions:
     try:
         return PruneOptions(**set_options(flags))
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "options"
-        _fail(f"{where}: {first['msg'].removeprefix('Value error, ')}", EXIT_BAD_INPUT)
+        fail(f"{where}: {first['msg'].removeprefix('Value error, ')}", EXIT_BAD_INPUT)
         raise  # unreachable, for type checkers
     except ValueError as exc:  # a malformed --input-shape
-        _fail(str(exc), EXIT_BAD_INPUT)
+        fail(str(exc), EXIT_BAD_INPUT)
         raise
-
-
-def require_output_dirs(*paths: Path | None) -> None:
-    """Refuse, before any work, to write into a directory that does not exist (a typo, not a request)."""
-    for path in paths:
-        if path is not None and not path.parent.is_dir():
-            _fail(f"output directory {path.parent} does not exist (for {path})", EXIT_BAD_INPUT)
 
 
 def require_capabilities(options: PruneOptions) -> None:
@@ -128,14 +73,14 @@ def require_capabilities(options: PruneOptions) -> None:
 
     missing = missing_capability(options)
     if missing is not None:
-        _fail(missing, EXIT_BAD_INPUT)
+        fail(missing, EXIT_BAD_INPUT)
 
 
 def _require_data(options: PruneOptions, data: Path | None) -> None:
     """Fail fast, before any model is read, when the job needs data and none was given."""
     reason = None if data is not None else options.data_requirement(sensitivity_given=True)
     if reason:
-        _fail(f"{reason}: pass --data DATA.npz", EXIT_BAD_INPUT)
+        fail(f"{reason}: pass --data DATA.npz", EXIT_BAD_INPUT)
 
 
 def _load_sensitivity(path: Path | None) -> SensitivityReport | None:
@@ -254,7 +199,7 @@ def prune(
         try:
             plan = PruningPlan.from_json(plan_in.read_text())
         except OSError as exc:
-            _fail(f"cannot read plan {plan_in}: {exc.strerror}", EXIT_BAD_INPUT)
+            fail(f"cannot read plan {plan_in}: {exc.strerror}", EXIT_BAD_INPUT)
     with stage_progress(console) as progress:
         result = run_pipeline(
             model, output, options, plan=plan, data=data, sensitivity=_load_sensitivity(sensitivity), progress=progress
@@ -286,7 +231,7 @@ def analyze(
     """List channel groups (what can be pruned together) and frozen groups with reasons."""
     from workers.analysis_summary import summarize_model
 
-    result = summarize_model(model, _input_shapes(input_shape))
+    result = summarize_model(model, input_shapes(input_shape))
     data = result.model_dump()
     if as_json:
         print(json.dumps(data, indent=1))
@@ -327,7 +272,7 @@ def bench(
     from workers.benchmark import benchmark as run_benchmark
 
     result = run_benchmark(
-        model_a, model_b, _input_shapes(input_shape) or None, runs=runs, warmup=warmup, threads=threads
+        model_a, model_b, input_shapes(input_shape) or None, runs=runs, warmup=warmup, threads=threads
     )
     data = {
         "latency_ms": result.latency.model_dump(),

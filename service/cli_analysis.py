@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
+from service.cli_common import fail, input_shapes, one_line_errors
+
 if TYPE_CHECKING:  # the engine loads only when the command runs
     from workers.report import SensitivityReport
 
@@ -55,8 +57,6 @@ def sensitivity(
     report_html: Annotated[Path | None, typer.Option(help="Write a self-contained HTML page with the curves.")] = None,
 ) -> None:
     """For every prunable group, prune it alone at each ratio and measure accuracy (labels) or fidelity."""
-    from service.cli import _fail, _input_shapes, one_line_errors
-
     one_line_errors(_sensitivity)(
         model,
         data,
@@ -65,11 +65,11 @@ def sensitivity(
         samples,
         synthetic,
         workers,
-        _input_shapes(input_shape),
+        input_shapes(input_shape),
         json_out,
         plot,
         report_html,
-        _fail,
+        fail,
     )
 
 
@@ -103,7 +103,7 @@ def _sensitivity(
         fail(NO_DATA_MESSAGE, 2)
     if data is not None and synthetic is not None:
         fail("give either --data or --synthetic, not both", 2)
-    from service.cli import require_output_dirs
+    from service.cli_common import require_output_dirs
 
     require_output_dirs(json_out, plot, report_html)
     proto = load_model(model)

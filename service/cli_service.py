@@ -75,7 +75,7 @@ def submit(
     import httpx
     from rich.console import Console
 
-    from service.cli import require_output_dirs
+    from service.cli_common import require_output_dirs
     from service.cli_output import EXIT_FAILURE, stage_progress
     from service.client import PruneClient, ServiceError
 
