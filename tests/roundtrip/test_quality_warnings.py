@@ -43,8 +43,28 @@ def test_a_held_out_drop_above_the_bound_is_named_with_its_size():
 
     assert notes == [
         "held-out accuracy dropped by 0.0500 (0.8000 -> 0.7500), above the bound 0.02: give recovery "
-        "a budget (--time-budget or --finetune-steps), or prune less"
+        "more time (a larger --time-budget) or more samples, or prune less"
     ]
+
+
+def test_with_held_out_data_the_drop_judges_not_the_cosine_on_random_inputs():
+    quiet = quality_warnings(
+        Fidelity(max_abs_diff=1.0, cosine_similarity=0.7),
+        evaluation(0.80, 0.79),
+        data_given=True,
+        recovered=True,
+        max_drop=None,
+    )
+    unrecovered = quality_warnings(
+        Fidelity(max_abs_diff=1.0, cosine_similarity=0.99),
+        evaluation(0.80, 0.70),
+        data_given=True,
+        recovered=False,
+        max_drop=None,
+    )
+
+    assert quiet == []  # one point on real held-out samples is within the default 2
+    assert len(unrecovered) == 1 and "above a tolerable 0.02" in unrecovered[0] and "--finetune-steps" in unrecovered[0]
 
 
 def test_a_faithful_result_has_no_warning():
