@@ -67,18 +67,9 @@ class Conv(OpHandler):
             atoms = ctx.new_atoms(c_out, node.name)
             if layout is not None:
                 ctx.slice_const(node, 1, 1, layout.atoms, reduces=True)
-        elif c_in_per_group == 1 and c_out == groups:
-            # Depthwise: output channel i is input channel i filtered on its own.
-            atoms = (
-                layout.atoms
-                if layout is not None
-                else ctx.new_pinned_layout(
-                    1, c_out, node.name, f"{describe(node)} is depthwise over untracked channels"
-                ).atoms
-            )
         elif c_in_per_group == 1:
-            # Depthwise with a channel multiplier m: input channel c owns filters c*m .. c*m+m-1, so
-            # they are removed with it (whole multiplier blocks; each block is one class).
+            # Depthwise (channel multiplier m = c_out / groups, usually 1): input channel c owns filters
+            # c*m .. c*m+m-1, so they are removed with it (whole multiplier blocks; each block is one class).
             source = (
                 layout.atoms
                 if layout is not None
