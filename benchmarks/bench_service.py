@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.service.svc_models import convnet, save  # noqa: E402  (the service tests' model and helpers)
-from tests.service.svc_processes import free_port, spawn, stop  # noqa: E402
+from tests.service.svc_processes import api_command, free_port, spawn, stop  # noqa: E402
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
 CONFIG = {"ratio": 0.5, "benchmark": False}
@@ -68,19 +68,7 @@ def run_round(workdir: Path, model: Path, workers: int, jobs: int, latency_s: fl
     url = f"http://127.0.0.1:{port}"
     processes = [
         spawn(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "service.api:create_app",
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
+            api_command(port),
             env,
             workdir / f"api-{workers}.log",
         )
@@ -186,19 +174,7 @@ def poll_round(workdir: Path, pollers: int, seconds: float, interval: float) -> 
     slow_model = save(convnet(c1=32, c2=96, size=224), workdir / "slow.onnx")
     processes = [
         spawn(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "service.api:create_app",
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ],
+            api_command(port),
             env,
             workdir / "api-poll.log",
         ),

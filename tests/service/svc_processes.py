@@ -43,6 +43,12 @@ def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
         )
 
 
+def api_command(port: int) -> list[str]:
+    """The API as users start it (uvicorn with the app factory), on 127.0.0.1:``port``."""
+    return [sys.executable, "-m", "uvicorn", "service.api:create_app", "--factory", "--host", "127.0.0.1",
+            "--port", str(port), "--log-level", "warning"]  # fmt: skip
+
+
 class ApiServer:
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.env, self.log = env, log
@@ -52,19 +58,7 @@ class ApiServer:
 
     def start(self) -> ApiServer:
         self.process = spawn(
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "service.api:create_app",
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--log-level",
-                "warning",
-            ],
+            api_command(self.port),
             self.env,
             self.log,
         )
