@@ -52,18 +52,15 @@ def classify(exc: BaseException) -> Failure:
     # Imported here: the pipeline (onnxruntime, torch on demand) loads only where jobs run.
     from celery.exceptions import SoftTimeLimitExceeded
 
-    from workers.sandbox import RunnerError
+    from workers.sandbox import RunnerError, SandboxOutOfMemory, SandboxTimeout
     from workers.verification import VerificationFailed
 
     message = str(exc) or type(exc).__name__
-    if isinstance(exc, (JobTimeout, SoftTimeLimitExceeded)):
+    if isinstance(exc, (JobTimeout, SoftTimeLimitExceeded, SandboxTimeout)):
         return Failure("timeout", message, retry=False)
-    if isinstance(exc, RunnerError):
-        # The sandbox's messages name the limit that stopped the child (workers/sandbox.py).
-        if "timed out" in message:
-            return Failure("timeout", message, retry=False)
-        if "memory limit" in message:
-            return Failure("resource_limit", message, retry=False)
+    if isinstance(exc, SandboxOutOfMemory):
+        return Failure("resource_limit", message, retry=False)
+    if isinstance(exc, RunnerError):  # the model crashed or was refused by onnxruntime
         return Failure("model_rejected", message, retry=False)
     if isinstance(exc, ModelRejected):
         return Failure("model_rejected", message, retry=False)

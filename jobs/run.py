@@ -15,19 +15,20 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
 from enum import Enum
 from pathlib import Path
 
-from jobs.files import PLAN, REPORT, JobFiles
+from jobs.files import MODEL, PLAN, REPORT, JobFiles
 from jobs.policy import after_attempt
 from jobs.settings import Settings
 from jobs.store import JobRecord, JobStore
-from workers.fileio import atomic_write_text, file_sha256
+from workers.fileio import file_sha256
+from workers.job_process import JobLimits, JobRequest, run_job_process
 from workers.options import PruneOptions
-from workers.pipeline import run_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,12 @@ class Heartbeat:
                     return
             except Exception:  # a store hiccup: keep trying until the lease really expires
                 log.warning("job %s: lease renewal failed", self._job_id, exc_info=True)
+
+
+def job_limits(settings: Settings) -> JobLimits:
+    """The sandbox of a service job: the configured memory, and the soft time limit as its wall time
+    (the child is killed and the job fails as ``timeout``, once; the worker process lives on)."""
+    return JobLimits(memory_mib=settings.job_memory_mib, wall_s=float(settings.soft_time_limit_s))
 
 
 def run_job(job_id: str, store: JobStore, settings: Settings) -> Outcome:
@@ -131,13 +138,21 @@ def _attempt(job_id: str, token: str, store: JobStore, settings: Settings) -> Ou
             if heartbeat.lost.is_set() or not store.progress(job_id, token, stage, fraction):
                 raise AttemptStopped(job_id)
 
+        def keep_going() -> bool:
+            return not heartbeat.lost.is_set() and store.holds(job_id, token)
+
         work: Path | None = None
         try:
             work = files.new_attempt(token)
             data = files.data if files.data.exists() else None
-            result = run_pipeline(files.upload, work / "model.onnx", options, progress=progress, data=data)
-            atomic_write_text(work / PLAN, result.plan.to_json())
-            atomic_write_text(work / REPORT, result.report.model_dump_json(indent=2))
+            request = JobRequest(files.upload, work / MODEL, options, data=data)
+            sandbox = work / "sandbox"
+            result = run_job_process(
+                request, sandbox, limits=job_limits(settings), progress=progress, keep_going=keep_going
+            )
+            os.replace(result.report_path, work / REPORT)
+            os.replace(result.plan_path, work / PLAN)
+            shutil.rmtree(sandbox)  # the request, the child's log and scratch: not part of the result
             if not store.holds(job_id, token):
                 raise AttemptStopped(job_id)
             ours = file_sha256(work / "model.onnx")

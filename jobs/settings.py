@@ -23,11 +23,14 @@ class Settings(BaseSettings):
     retention_hours: float = Field(24.0, gt=0, description="Job files and records older than this are removed.")
     cleanup_interval_s: float = Field(600.0, gt=0)
     embedded_workers: int = Field(2, ge=1, le=64, description="Jobs run at once in embedded mode.")
+    job_memory_mib: int = Field(
+        8192, ge=512, description="Memory (address space) of one job's sandbox process; past it: resource_limit."
+    )
     max_retries: int = Field(2, ge=0, le=10, description="Retries of a job after an infrastructure error.")
     retry_delay_s: float = Field(5.0, ge=0)
     # A job running past the hard limit is killed; the broker redelivers unacked messages after
     # the visibility timeout, so the limits must stay below it or a slow job would run twice.
-    soft_time_limit_s: int = Field(1740, gt=0)
+    soft_time_limit_s: int = Field(1740, gt=0, description="Wall time of one job; past it the job fails as timeout.")
     time_limit_s: int = Field(1800, gt=0)
     visibility_timeout_s: int = Field(3600, gt=0)
     # An attempt holds its job by a lease that a heartbeat renews every third of this; a job whose

@@ -8,6 +8,7 @@ Thin over ``workers.pipeline``; the service commands (serve, worker, submit) liv
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -188,7 +189,7 @@ def prune(
     """Remove filters and write a smaller dense model, with a report of what changed."""
     from graphops.plan import PruningPlan
     from workers.fileio import atomic_write_bytes
-    from workers.pipeline import run_pipeline
+    from workers.job_process import JobLimits, JobRequest, run_job_process
 
     options = _options(**flags)
     _require_data(options, data)
@@ -200,10 +201,9 @@ def prune(
             plan = PruningPlan.from_json(plan_in.read_text())
         except OSError as exc:
             fail(f"cannot read plan {plan_in}: {exc.strerror}", EXIT_BAD_INPUT)
-    with stage_progress(console) as progress:
-        result = run_pipeline(
-            model, output, options, plan=plan, data=data, sensitivity=_load_sensitivity(sensitivity), progress=progress
-        )
+    request = JobRequest(model, output, options, data=data, plan=plan, sensitivity=_load_sensitivity(sensitivity))
+    with tempfile.TemporaryDirectory(prefix="onnxprune-job-") as workdir, stage_progress(console) as progress:
+        result = run_job_process(request, Path(workdir), limits=JobLimits.from_environment(), progress=progress)
     if report is not None:
         atomic_write_bytes(report, result.report.model_dump_json(indent=1).encode())
     if plan_out is not None:

@@ -1,10 +1,17 @@
-"""Run a function in a child process with memory and wall-time limits.
+"""Where a user's graph runs: a process with memory, CPU and wall-time limits.
 
 onnxruntime executes uploaded (hostile) models: a segfault, an abort or a runaway allocation
-in its native code must cost a child process, never the worker. The child is started with the
-"spawn" context (no inherited threads or locks from a web or Celery parent), limits its own
-address space with ``RLIMIT_AS``, disables core dumps, and sends back either the result or the
-exception text. The parent turns every way the child can fail into a one-line ``RunnerError``.
+in its native code must cost a child process, never the worker. Two ways in:
+
+- a job runs whole in one sandboxed child (``workers.job_process``), which calls ``enter_sandbox``
+  first; from then on ``run_in_child`` runs its target right there, in the sandbox, so the stages
+  of a job share one process (no interpreter start, no model copy per stage);
+- anywhere else (``onnxprune bench``, ``analyze``, the Python API's one-off calls) ``run_in_child``
+  starts a fresh child with the "spawn" context (no inherited threads or locks from a web or
+  Celery parent), which limits its own address space with ``RLIMIT_AS``, disables core dumps, and
+  sends back either the result or the exception text.
+
+Either way, every way the run can fail becomes a one-line ``RunnerError``.
 """
 
 from __future__ import annotations
@@ -38,6 +45,17 @@ class RunnerError(ModelRejected):
     """
 
 
+class SandboxTimeout(RunnerError):
+    """The sandbox ran past its wall-time or CPU-time limit."""
+
+
+class SandboxOutOfMemory(RunnerError):
+    """The sandbox ran out of its memory limit (or was killed for memory)."""
+
+
+_inside_sandbox = False  # set once by ``enter_sandbox``: this process is the sandbox
+
+
 @dataclass(frozen=True)
 class RunnerLimits:
     memory_mib: int = 4096  # address space of the child, onnxruntime and numpy included (~300 MiB)
@@ -50,8 +68,11 @@ def run_in_child(
 ) -> Result:
     """``target(*args)`` in a fresh child process; its return value, or a ``RunnerError``.
 
-    ``target`` and its arguments must be picklable (a module-level function).
+    ``target`` and its arguments must be picklable (a module-level function). Inside a job's
+    sandbox (``enter_sandbox``) the target runs in this process, under the job's limits.
     """
+    if _inside_sandbox:
+        return _run_here(target, args)
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
     with tempfile.NamedTemporaryFile(prefix="onnxprune-child-", suffix=".log") as log:
@@ -74,14 +95,54 @@ def run_in_child(
         result: Result = payload  # what ``target`` returned in the child, unpickled
         return result
     if _mentions_allocation_failure(payload):
-        raise RunnerError(f"onnxruntime exceeded the memory limit of {limits.memory_mib} MiB while running the model")
+        raise SandboxOutOfMemory(
+            f"onnxruntime exceeded the memory limit of {limits.memory_mib} MiB while running the model"
+        )
     raise RunnerError(f"onnxruntime could not run the model: {payload}")
+
+
+def enter_sandbox(memory_mib: int, cpu_seconds: int) -> None:
+    """Make this process the sandbox of one job: limits on memory and CPU, no core dumps, killed
+    with its parent. Called first thing by the job's child, before it reads the user's model."""
+    global _inside_sandbox
+    apply_limits(memory_mib, cpu_seconds)
+    _inside_sandbox = True
+
+
+def cpu_budget(wall_s: float) -> int:
+    """CPU seconds for a wall-time limit on every core: a backstop should the parent die before its
+    own wall-time limit fires (SIGXCPU, then SIGKILL 5 s later)."""
+    return int(wall_s * (os.cpu_count() or 1)) + 10
+
+
+def apply_limits(memory_mib: int, cpu_seconds: int) -> None:
+    """Limits on this process: address space, CPU time, no core dumps; killed when its parent dies."""
+    _die_with_parent()
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 5))
+    memory = memory_mib * _MIB
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+
+def _run_here(target: Callable[..., Result], args: tuple[Any, ...]) -> Result:
+    """``target(*args)`` in this process (the sandbox), failures turned into ``RunnerError`` as a child's are."""
+    try:
+        return target(*args)
+    except RunnerError:
+        raise
+    except MemoryError:
+        raise SandboxOutOfMemory("the job exceeded its memory limit while running the model") from None
+    except Exception as error:  # the same one line a child would send back
+        text = " ".join(f"{type(error).__name__}: {error}".split())[:1000]
+        if _mentions_allocation_failure(text):
+            raise SandboxOutOfMemory(f"onnxruntime ran out of memory while running the model: {text}") from error
+        raise RunnerError(f"onnxruntime could not run the model: {text}") from error
 
 
 def _receive(receiver: Any, child: Any, limits: RunnerLimits) -> tuple[str, Any] | None:
     if not receiver.poll(limits.timeout_s):
         child.kill()
-        raise RunnerError(f"onnxruntime timed out after {limits.timeout_s:g} s while running the model")
+        raise SandboxTimeout(f"onnxruntime timed out after {limits.timeout_s:g} s while running the model")
     try:
         message: tuple[str, Any] = receiver.recv()
         return message
@@ -91,12 +152,14 @@ def _receive(receiver: Any, child: Any, limits: RunnerLimits) -> tuple[str, Any]
 
 def _crash_error(exitcode: int | None, log_tail: str, limits: RunnerLimits) -> RunnerError:
     if _mentions_allocation_failure(log_tail):
-        return RunnerError(f"onnxruntime exceeded the memory limit of {limits.memory_mib} MiB while running the model")
+        return SandboxOutOfMemory(
+            f"onnxruntime exceeded the memory limit of {limits.memory_mib} MiB while running the model"
+        )
     if exitcode is not None and exitcode < 0:
         number = -exitcode
         name = signal.Signals(number).name if number in signal.valid_signals() else "unknown"
         if number == signal.SIGKILL:
-            return RunnerError(
+            return SandboxOutOfMemory(
                 f"onnxruntime was killed (signal 9, {name}) while running the model, likely out of memory"
             )
         return RunnerError(f"onnxruntime crashed (signal {number}, {name}) while running the model")
@@ -116,13 +179,7 @@ def _child_main(
     os.dup2(log_fd, 2)
     os.close(log_fd)
     faulthandler.enable()
-    _die_with_parent()
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    # A backstop should the parent die before its wall-time limit fires: CPU seconds on every core.
-    cpu_seconds = int(limits.timeout_s * (os.cpu_count() or 1)) + 10
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 5))
-    memory = limits.memory_mib * _MIB
-    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    apply_limits(limits.memory_mib, cpu_budget(limits.timeout_s))
     try:
         result = target(*args)
     except MemoryError:

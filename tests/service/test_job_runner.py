@@ -1,6 +1,6 @@
 """jobs.run.run_job sorts failures: a rejected model fails once, anything else is retried (bounded).
 
-The pipeline is replaced here by functions that raise, to pin the runner's error policy; every
+The job's sandboxed pipeline is replaced here by functions that raise, to pin the runner's error policy; every
 other service test runs the real pipeline.
 """
 
@@ -42,16 +42,16 @@ def store(settings) -> JobStore:
 
 
 def _pipeline_raising(error: Exception, calls: list):
-    def run_pipeline(*args, **kwargs):
+    def run_job_process(*args, **kwargs):
         calls.append(1)
         raise error
 
-    return run_pipeline
+    return run_job_process
 
 
 def test_a_rejected_model_fails_the_job_once_without_retry(monkeypatch, settings, store):
     calls: list = []
-    monkeypatch.setattr(jobs, "run_pipeline", _pipeline_raising(ModelRejected("node 'x' is odd"), calls))
+    monkeypatch.setattr(jobs, "run_job_process", _pipeline_raising(ModelRejected("node 'x' is odd"), calls))
 
     runner = EmbeddedRunner(settings, store)
     runner._run("job1")
@@ -68,7 +68,7 @@ def test_a_rejected_model_fails_the_job_once_without_retry(monkeypatch, settings
 
 def test_an_infrastructure_error_is_retried_then_fails_as_internal(monkeypatch, settings, store):
     calls: list = []
-    monkeypatch.setattr(jobs, "run_pipeline", _pipeline_raising(OSError("disk full"), calls))
+    monkeypatch.setattr(jobs, "run_job_process", _pipeline_raising(OSError("disk full"), calls))
 
     EmbeddedRunner(settings, store)._run("job1")
 
@@ -80,7 +80,7 @@ def test_an_infrastructure_error_is_retried_then_fails_as_internal(monkeypatch, 
 
 def test_a_finished_or_cancelled_job_is_not_run_again(monkeypatch, settings, store):
     calls: list = []
-    monkeypatch.setattr(jobs, "run_pipeline", _pipeline_raising(RuntimeError("must not run"), calls))
+    monkeypatch.setattr(jobs, "run_job_process", _pipeline_raising(RuntimeError("must not run"), calls))
     store.cancel("job1")
 
     assert jobs.run_job("job1", store, settings) is jobs.Outcome.skipped

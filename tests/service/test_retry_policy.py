@@ -9,13 +9,14 @@ import pytest
 
 from graphops.errors import AnalysisBug, ModelRejected
 from jobs.policy import JobTimeout, after_attempt, classify
-from workers.sandbox import RunnerError
+from workers.job_process import SandboxFailure
+from workers.sandbox import RunnerError, SandboxOutOfMemory, SandboxTimeout
 from workers.verification import VerificationFailed
 
 CASES = [
     (ModelRejected("node 'x' is odd"), "model_rejected", False),
-    (RunnerError("onnxruntime timed out after 300 s while running the model"), "timeout", False),
-    (RunnerError("onnxruntime exceeded the memory limit of 4096 MiB while running the model"), "resource_limit", False),
+    (SandboxTimeout("the job ran past its time limit of 60 s and was stopped"), "timeout", False),
+    (SandboxOutOfMemory("the job exceeded its memory limit"), "resource_limit", False),
     (RunnerError("onnxruntime could not run the model: Invalid input"), "model_rejected", False),
     (JobTimeout("the job ran past 1740 s and was stopped"), "timeout", False),
     (VerificationFailed("pruned model output 'y' deviates from the oracle"), "verification_failed", False),
@@ -23,6 +24,7 @@ CASES = [
     (sqlite3.OperationalError("database or disk is full"), "storage_full", True),
     (OSError("connection reset"), "internal_error", True),
     (KeyError("bug"), "internal_error", True),
+    (SandboxFailure("the job's process exited with status 1 without a result"), "internal_error", True),
     (AnalysisBug("onnxprune bug: the Relu handler failed on node 'r'"), "internal_error", False),
 ]
 

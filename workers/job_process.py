@@ -1,0 +1,371 @@
+"""One sandboxed child process per job: the whole pipeline runs there, never in the caller.
+
+Everything that executes the user's graph (constant folding, input probing, the oracle, fidelity,
+benchmarks, held-out evaluation, the PyTorch round trip) happens in ``run_pipeline``; running it in
+one child per job keeps a hostile model's memory, CPU and crashes away from the API, the Celery
+worker and the CLI, and lets the stages share one process (``workers.sandbox.enter_sandbox``).
+
+The child is a fresh interpreter (``python -m workers.job_process``), not a fork: no inherited
+threads, locks, sockets or secrets (its environment is a short allow-list; ``close_fds``). It runs in
+a private working directory (its ``cwd``, ``HOME`` and ``TMPDIR``) that holds the request, its log,
+and what it sends back, all as plain data: the request and result as JSON, the report and the plan
+as the JSON files the job keeps anyway, progress as JSON lines on a pipe. Nothing is unpickled.
+
+The parent enforces the wall-time limit and cancellation (it kills the child's process group); the
+child limits its own memory and CPU time before it touches the model. Every way the child can end
+becomes an exception the callers already sort: ``SandboxTimeout`` / ``SandboxOutOfMemory`` (limits),
+``RunnerError`` (the model crashed the runtime), the pipeline's own errors re-raised by class, and
+``SandboxFailure`` (an internal error) for anything else.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from graphops.errors import AnalysisBug, ModelRejected, PlanError
+from graphops.plan import PruningPlan
+from workers.capabilities import MissingCapability
+from workers.options import PruneOptions
+from workers.report import PruneReport, SensitivityReport
+from workers.sandbox import RunnerError, SandboxOutOfMemory, SandboxTimeout, cpu_budget
+from workers.stages import Progress
+from workers.verification import VerificationFailed
+
+REQUEST = "request.json"
+RESULT = "result.json"
+REPORT = "report.json"
+PLAN = "plan.json"
+LOG = "sandbox.log"
+
+# Environment the child inherits: what Python, the numeric libraries and our own non-secret switches
+# read. Everything else (API tokens, the broker URL, cloud credentials) stays with the parent.
+_ENV_ALLOWED = ("PATH", "LANG", "LANGUAGE", "PYTHONPATH", "PYTHONHASHSEED", "VIRTUAL_ENV", "TZ")
+_ENV_PREFIXES = ("LC_", "OMP_", "MKL_", "OPENBLAS_")
+_ENV_ONNXPRUNE = ("ONNXPRUNE_STRICT_ANALYSIS", "ONNXPRUNE_DEBUG", "ONNXPRUNE_CACHE_DIR")
+
+# Errors that cross the process boundary by class; anything else is our fault (SandboxFailure).
+_KNOWN_ERRORS: dict[str, type[Exception]] = {
+    cls.__name__: cls
+    for cls in (
+        ModelRejected,
+        PlanError,
+        MissingCapability,
+        RunnerError,
+        SandboxTimeout,
+        SandboxOutOfMemory,
+        VerificationFailed,
+        AnalysisBug,
+    )
+}
+
+
+class SandboxFailure(RuntimeError):
+    """The job's child failed in a way that is ours to fix (an internal error, retried by the service)."""
+
+
+class JobStopped(Exception):
+    """The caller's ``keep_going`` said stop (a cancelled or fenced job); the child was killed."""
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """Limits of one job's sandbox. ``wall_s`` None: no wall-time limit (the CLI's default)."""
+
+    memory_mib: int = 16384
+    wall_s: float | None = None
+    stop_poll_s: float = 1.0  # how often ``keep_going`` is asked
+
+    @classmethod
+    def from_environment(cls) -> JobLimits:
+        """``ONNXPRUNE_JOB_MEMORY_MIB`` and ``ONNXPRUNE_JOB_TIME_LIMIT_S`` for the CLI and the Python API."""
+        memory = os.environ.get("ONNXPRUNE_JOB_MEMORY_MIB")
+        wall = os.environ.get("ONNXPRUNE_JOB_TIME_LIMIT_S")
+        return cls(memory_mib=int(memory) if memory else cls.memory_mib, wall_s=float(wall) if wall else None)
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What one job prunes and where its model goes; plain paths and options, written as JSON."""
+
+    model: Path
+    output: Path
+    options: PruneOptions
+    data: Path | None = None
+    plan: PruningPlan | None = None
+    sensitivity: SensitivityReport | None = None
+
+
+@dataclass(frozen=True)
+class JobResult:
+    report: PruneReport
+    plan: PruningPlan
+    report_path: Path  # the report and plan as written by the child, in the working directory
+    plan_path: Path
+    float_output: Path | None = None  # with --quantize: the float pruned model beside the output
+
+
+def run_job_process(
+    request: JobRequest,
+    workdir: Path,
+    *,
+    limits: JobLimits = JobLimits(),
+    progress: Progress | None = None,
+    keep_going: Callable[[], bool] | None = None,
+) -> JobResult:
+    """Run ``request`` through the pipeline in a sandboxed child working in ``workdir`` (created if
+    missing, left in place: ``report.json``, ``plan.json`` and ``sandbox.log`` are there after).
+
+    ``progress`` gets the pipeline's ``(stage, fraction)``; an exception it raises stops the job.
+    ``keep_going`` is asked every ``limits.stop_poll_s`` seconds; False kills the child within that
+    time and raises ``JobStopped``.
+    """
+    workdir = Path(workdir).resolve()
+    (workdir / "tmp").mkdir(parents=True, exist_ok=True)
+    _write_request(request, workdir, limits)
+    receiver, sender = os.pipe()
+    with open(workdir / LOG, "ab") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "workers.job_process", str(workdir / REQUEST), str(sender)],
+            cwd=workdir,
+            env=_child_environment(workdir),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            pass_fds=(sender,),
+            start_new_session=True,  # its own process group: a kill reaches anything it starts
+        )
+    os.close(sender)
+    try:
+        ended_by = _follow(child, receiver, limits, progress, keep_going)
+    finally:
+        os.close(receiver)
+        if child.poll() is None:
+            _kill(child)
+    return _result(workdir, child.returncode, ended_by, limits)
+
+
+def _write_request(request: JobRequest, workdir: Path, limits: JobLimits) -> None:
+    plan_path = sensitivity_path = None
+    if request.plan is not None:
+        plan_path = workdir / "plan_in.json"
+        plan_path.write_text(request.plan.to_json())
+    if request.sensitivity is not None:
+        sensitivity_path = workdir / "sensitivity_in.json"
+        sensitivity_path.write_text(request.sensitivity.model_dump_json())
+    wall = limits.wall_s if limits.wall_s is not None else 7 * 24 * 3600.0
+    document = {
+        "model": str(Path(request.model).resolve()),
+        "output": str(Path(request.output).resolve()),
+        "options": request.options.model_dump(mode="json"),
+        "data": str(Path(request.data).resolve()) if request.data is not None else None,
+        "plan": str(plan_path) if plan_path else None,
+        "sensitivity": str(sensitivity_path) if sensitivity_path else None,
+        "memory_mib": limits.memory_mib,
+        "cpu_seconds": cpu_budget(wall),
+    }
+    (workdir / REQUEST).write_text(json.dumps(document))
+    (workdir / RESULT).unlink(missing_ok=True)
+
+
+def _child_environment(workdir: Path) -> dict[str, str]:
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if name in _ENV_ALLOWED or name in _ENV_ONNXPRUNE or name.startswith(_ENV_PREFIXES)
+    }
+    environment.setdefault("ONNXPRUNE_CACHE_DIR", str(Path.home() / ".cache" / "onnxprune"))
+    environment.update(HOME=str(workdir), TMPDIR=str(workdir / "tmp"), PYTHONUNBUFFERED="1")
+    return environment
+
+
+def _follow(
+    child: subprocess.Popen[bytes],
+    receiver: int,
+    limits: JobLimits,
+    progress: Progress | None,
+    keep_going: Callable[[], bool] | None,
+) -> str | None:
+    """Relay progress until the child ends; ``"timeout"`` or ``"stopped"`` when the parent ended it."""
+    deadline = None if limits.wall_s is None else time.monotonic() + limits.wall_s
+    next_check = time.monotonic() + limits.stop_poll_s
+    pending = b""
+    while True:
+        wait = limits.stop_poll_s if deadline is None else min(limits.stop_poll_s, deadline - time.monotonic())
+        readable, _, _ = select.select([receiver], [], [], max(wait, 0.0))
+        if readable:
+            chunk = os.read(receiver, 65536)
+            if not chunk:  # the child closed its end: it has finished (or died)
+                child.wait()
+                return None
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                message = json.loads(line)
+                if progress is not None:
+                    try:
+                        progress(message["stage"], message["fraction"])
+                    except BaseException:
+                        _kill(child)
+                        raise
+        if deadline is not None and time.monotonic() >= deadline:
+            _kill(child)
+            return "timeout"
+        if keep_going is not None and time.monotonic() >= next_check:
+            next_check = time.monotonic() + limits.stop_poll_s
+            if not keep_going():
+                _kill(child)
+                raise JobStopped("the job was stopped")
+
+
+def _kill(child: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    child.wait()
+
+
+def _result(workdir: Path, returncode: int | None, ended_by: str | None, limits: JobLimits) -> JobResult:
+    if ended_by == "timeout":
+        raise SandboxTimeout(f"the job ran past its time limit of {limits.wall_s:g} s and was stopped")
+    result_path = workdir / RESULT
+    if not result_path.exists():
+        raise _death(returncode, _log_tail(workdir), limits)
+    document = json.loads(result_path.read_text())
+    error = document.get("error")
+    if error is not None:
+        raise _rebuild_error(error)
+    return JobResult(
+        report=PruneReport.model_validate_json((workdir / REPORT).read_bytes()),
+        plan=PruningPlan.from_json((workdir / PLAN).read_text()),
+        report_path=workdir / REPORT,
+        plan_path=workdir / PLAN,
+        float_output=Path(document["float_output"]) if document.get("float_output") else None,
+    )
+
+
+def _death(returncode: int | None, log_tail: str, limits: JobLimits) -> Exception:
+    """Why a child ended without a result: a signal (limits, crashes) or an exit of our own making."""
+    if returncode is not None and returncode < 0:
+        number = -returncode
+        if number == signal.SIGXCPU:
+            return SandboxTimeout("the job used up its CPU-time limit and was stopped")
+        if number == signal.SIGKILL:  # not ours (we record our kills): the kernel's OOM killer, or CPU hard limit
+            return SandboxOutOfMemory(
+                f"the job was killed (SIGKILL) while running the model, likely out of memory "
+                f"(limit {limits.memory_mib} MiB)"
+            )
+        name = signal.Signals(number).name if number in signal.valid_signals() else "unknown"
+        if _mentions_allocation_failure(log_tail):
+            return SandboxOutOfMemory(f"the job ran out of its memory limit of {limits.memory_mib} MiB")
+        return RunnerError(f"the model crashed the runtime (signal {number}, {name})")
+    last = log_tail.strip().splitlines()[-1] if log_tail.strip() else "no output"
+    return SandboxFailure(f"the job's process exited with status {returncode} without a result: {last[:300]}")
+
+
+def _mentions_allocation_failure(text: str) -> bool:
+    lowered = text.lower()
+    return any(marker in lowered for marker in ("bad_alloc", "failed to allocate", "memoryerror", "out of memory"))
+
+
+def _log_tail(workdir: Path) -> str:
+    try:
+        with open(workdir / LOG, "rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(log.tell() - 4000, 0))
+            return log.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _rebuild_error(error: dict[str, Any]) -> Exception:
+    kind, message = str(error.get("type", "")), str(error.get("message", ""))
+    if kind in _KNOWN_ERRORS:
+        return _KNOWN_ERRORS[kind](message)
+    if error.get("errno") is not None:  # e.g. a full disk (ENOSPC): the service reports it as such
+        return OSError(int(error["errno"]), message)
+    return SandboxFailure(f"{kind}: {message}")
+
+
+# --- the child -------------------------------------------------------------------------------------
+
+
+def _child_main(request_path: str, progress_fd: int) -> int:
+    from workers.sandbox import enter_sandbox
+
+    document = json.loads(Path(request_path).read_text())
+    workdir = Path(request_path).parent
+    enter_sandbox(int(document["memory_mib"]), int(document["cpu_seconds"]))
+    channel = os.fdopen(progress_fd, "w", buffering=1)
+
+    def progress(stage: str, fraction: float) -> None:
+        channel.write(json.dumps({"stage": stage, "fraction": fraction}) + "\n")
+
+    try:
+        float_output = _run(document, workdir, progress)
+    except BaseException as exc:  # every failure goes back as data; the traceback goes to the log
+        import traceback
+
+        traceback.print_exc()
+        _write_json(workdir / RESULT, {"error": _error_document(exc)})
+        return 0
+    _write_json(workdir / RESULT, {"float_output": str(float_output) if float_output else None})
+    return 0
+
+
+def _run(document: dict[str, Any], workdir: Path, progress: Progress) -> Path | None:
+    from workers.fileio import atomic_write_text
+    from workers.pipeline import run_pipeline
+
+    plan = PruningPlan.from_json(Path(document["plan"]).read_text()) if document["plan"] else None
+    sensitivity = (
+        SensitivityReport.model_validate_json(Path(document["sensitivity"]).read_text())
+        if document["sensitivity"]
+        else None
+    )
+    result = run_pipeline(
+        Path(document["model"]),
+        Path(document["output"]),
+        PruneOptions.model_validate(document["options"]),
+        plan=plan,
+        progress=progress,
+        data=Path(document["data"]) if document["data"] else None,
+        sensitivity=sensitivity,
+    )
+    atomic_write_text(workdir / PLAN, result.plan.to_json())
+    atomic_write_text(workdir / REPORT, result.report.model_dump_json(indent=2))
+    return result.float_output
+
+
+def _error_document(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, MemoryError):
+        return {"type": SandboxOutOfMemory.__name__, "message": "the job exceeded its memory limit"}
+    kind = next((cls.__name__ for cls in type(exc).__mro__ if cls.__name__ in _KNOWN_ERRORS), type(exc).__name__)
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    if kind == RunnerError.__name__ and _mentions_allocation_failure(message):
+        kind = SandboxOutOfMemory.__name__
+    document: dict[str, Any] = {"type": kind, "message": message[:2000]}
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        document["errno"] = exc.errno
+    return document
+
+
+def _write_json(path: Path, document: dict[str, Any]) -> None:
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(document))
+    os.replace(temporary, path)
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1], int(sys.argv[2])))
