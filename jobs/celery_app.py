@@ -5,9 +5,11 @@ this module builds nothing: ``celery -A`` reads the module's ``app`` attribute, 
 ``ONNXPRUNE_*`` environment on first access (module ``__getattr__``). The task carries only a job id;
 the job's config and files are in the job store.
 
-Workers use the solo pool: the pipeline starts its own (daemonic) onnxruntime child processes, which a
-prefork pool child may not have. The solo pool does not enforce Celery's time limits, so the task does:
-SIGALRM raises ``JobTimeout`` at the soft limit, and a watchdog ends the process at the hard limit.
+Workers use the solo pool: each job runs in a sandboxed child process of its own
+(``workers.job_process``), which the worker waits on in Python. The solo pool does not enforce
+Celery's time limits, so the task does: SIGALRM raises ``JobTimeout`` at the soft limit, which kills
+the job's sandbox (the job fails once as ``timeout``, the worker lives on), and a watchdog ends the
+process at the hard limit should anything still hang.
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ def _time_limits(soft_s: int, hard_s: int) -> Iterator[None]:
         return
 
     def soft(_signum: int, _frame: object) -> None:
-        raise JobTimeout(f"the job ran past {soft_s} s and was stopped")
+        raise JobTimeout(f"the job ran past its time limit of {soft_s} s and was stopped")
 
     def hard() -> None:
         log.error("hard time limit of %d s exceeded; exiting so the job is redelivered", hard_s)

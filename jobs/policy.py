@@ -52,6 +52,7 @@ def classify(exc: BaseException) -> Failure:
     # Imported here: the pipeline (onnxruntime, torch on demand) loads only where jobs run.
     from celery.exceptions import SoftTimeLimitExceeded
 
+    from workers.job_process import SandboxFailure
     from workers.sandbox import RunnerError, SandboxOutOfMemory, SandboxTimeout
     from workers.verification import VerificationFailed
 
@@ -76,6 +77,8 @@ def classify(exc: BaseException) -> Failure:
         return Failure("internal_error", f"{type(exc).__name__}: {exc}", retry=False)
     if is_storage_full(exc):
         return Failure("storage_full", STORAGE_FULL_MESSAGE, retry=True)
+    if isinstance(exc, SandboxFailure):  # its message names the error raised in the sandbox
+        return Failure("internal_error", message, retry=True)
     return Failure("internal_error", f"{type(exc).__name__}: {exc}", retry=True)
 
 

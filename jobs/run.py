@@ -25,7 +25,7 @@ from pathlib import Path
 from jobs.files import MODEL, PLAN, REPORT, JobFiles
 from jobs.policy import after_attempt
 from jobs.settings import Settings
-from jobs.store import JobRecord, JobStore
+from jobs.store import JobRecord, JobStatus, JobStore
 from workers.fileio import file_sha256
 from workers.job_process import JobLimits, JobRequest, run_job_process
 from workers.options import PruneOptions
@@ -110,6 +110,15 @@ def run_job(job_id: str, store: JobStore, settings: Settings) -> Outcome:
         return Outcome.failed if store.fail(job_id, failure.code, failure.message, token=token) else Outcome.cancelled
 
 
+def _remove_if_cancelled(job_id: str, store: JobStore, files: JobFiles) -> None:
+    """The API removes a cancelled job's files at once, but its sandbox may still have been writing
+    until it was killed (within ``JobLimits.stop_poll_s``): remove what it left. A job taken over by
+    another attempt (fenced) keeps its files."""
+    job = store.get(job_id)
+    if job is None or job.status is JobStatus.cancelled:
+        files.remove()
+
+
 def _not_claimed(job_id: str, store: JobStore, max_attempts: int) -> Outcome:
     job = store.get(job_id)
     if job is not None and _given_up(job, max_attempts):
@@ -171,6 +180,7 @@ def _attempt(job_id: str, token: str, store: JobStore, settings: Settings) -> Ou
             if work is not None:
                 files.discard_attempt(work)
             if not store.holds(job_id, token):
+                _remove_if_cancelled(job_id, store, files)
                 return Outcome.cancelled  # cancelled, removed, or fenced: the job is not ours any more
             raise
     if not store.succeed(job_id, token, output_sha256):

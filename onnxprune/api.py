@@ -1,9 +1,10 @@
 """The Python API: ``prune``, ``analyze``, ``bench``, ``sensitivity``.
 
-Thin over ``workers.pipeline.run_pipeline``, ``workers.analysis``, ``workers.benchmark`` and
-``workers.sensitivity``, like the CLI: the library adds only the conversions a pipeline wants
-(a ``ModelProto`` or arrays in, a ``ModelProto`` out). The pipeline works on files (the sandboxed
-onnxruntime child reads them), so in-memory models and data pass through a temporary directory.
+Thin over ``workers.job_process.run_job_process`` (the pipeline in a sandboxed child process),
+``workers.analysis``, ``workers.benchmark`` and ``workers.sensitivity``, like the CLI: the library adds
+only the conversions a pipeline wants (a ``ModelProto`` or arrays in, a ``ModelProto`` out). The
+pipeline works on files (the sandbox reads them), so in-memory models and data pass through a
+temporary directory.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def prune(
     the model is also written there. Raises ``graphops.errors.ModelRejected`` for models or data
     that cannot be pruned, ``pydantic.ValidationError`` for bad options.
     """
-    from workers.pipeline import run_pipeline
+    from workers.job_process import JobLimits, JobRequest, run_job_process
 
     if options is not None and fields:
         raise TypeError("pass either options= or option keywords, not both")
@@ -85,15 +86,12 @@ def prune(
         workdir = Path(tmp)
         target = Path(output) if output is not None else workdir / "pruned.onnx"
         with _as_file(model, workdir, "model.onnx") as model_path:
-            result = run_pipeline(
-                model_path,
-                target,
-                chosen,
-                plan=plan,
-                data=_data_file(data, workdir),
-                sensitivity=sensitivity,
-                progress=progress,
+            request = JobRequest(
+                model_path, target, chosen, data=_data_file(data, workdir), plan=plan, sensitivity=sensitivity
             )
+            # The same sandboxed child as the CLI's and the service's jobs: the user's graph never
+            # runs in the caller's process.
+            result = run_job_process(request, workdir / "job", limits=JobLimits.from_environment(), progress=progress)
         pruned = onnx.load(str(target))
     return PruneResult(
         model=pruned, report=result.report, plan=result.plan, path=Path(output) if output is not None else None

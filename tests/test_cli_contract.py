@@ -156,7 +156,7 @@ def test_our_own_fault_is_exit_1_and_says_so(model_path, tmp_path):
     result = onnxprune("prune", model_path, "-o", "out.onnx", cwd=tmp_path, extra_path=hooks)
 
     assert result.returncode == 1
-    assert one_error_line(result.stderr).startswith("error: internal error: simulated bug in the report")
+    assert one_error_line(result.stderr).startswith("error: internal error: RuntimeError: simulated bug in the report")
 
 
 NO_TORCH = """

@@ -92,3 +92,64 @@ def no_conv_model() -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
+
+
+def _with_side_output(model: onnx.ModelProto, nodes: list[onnx.NodeProto], output: str) -> onnx.ModelProto:
+    """``model`` plus a branch computed from its input at run time (so nothing can fold it ahead)."""
+    model.graph.node.extend(nodes)
+    model.graph.output.append(helper.make_tensor_value_info(output, TensorProto.FLOAT, []))
+    onnx.checker.check_model(model)
+    return model
+
+
+def _runtime_count(value: float, name: str) -> list[onnx.NodeProto]:
+    """An int64 [1] tensor equal to ``value``, computed from the input so that it is known only at run time."""
+    return [
+        helper.make_node("Constant", [], [f"{name}_zero"], value=numpy_helper.from_array(np.array(0.0, np.float32))),
+        helper.make_node("Constant", [], [f"{name}_value"], value=numpy_helper.from_array(np.array(value, np.float32))),
+        helper.make_node("Constant", [], [f"{name}_axes"], value=numpy_helper.from_array(np.array([0], np.int64))),
+        helper.make_node("ReduceMax", ["input"], [f"{name}_max"], keepdims=0),
+        helper.make_node("Mul", [f"{name}_max", f"{name}_zero"], [f"{name}_nil"]),
+        helper.make_node("Add", [f"{name}_nil", f"{name}_value"], [f"{name}_float"]),
+        helper.make_node("Cast", [f"{name}_float"], [f"{name}_scalar"], to=TensorProto.INT64),
+        helper.make_node("Unsqueeze", [f"{name}_scalar", f"{name}_axes"], [name]),
+    ]
+
+
+def runtime_memory_bomb() -> onnx.ModelProto:
+    """The convnet plus a ConstantOfShape of 4e9 floats (16 GB) whose size is known only at run time."""
+    nodes = [
+        *_runtime_count(4e9, "count"),
+        helper.make_node("ConstantOfShape", ["count"], ["huge"], value=helper.make_tensor("one", 1, [1], [1.0])),
+        helper.make_node("ReduceSum", ["huge"], ["bomb"], keepdims=0),
+    ]
+    return _with_side_output(convnet(), nodes, "bomb")
+
+
+def runtime_endless_loop() -> onnx.ModelProto:
+    """The convnet plus a Loop of 1e15 iterations whose trip count is known only at run time."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["step"], value=numpy_helper.from_array(np.array(1.0, np.float32))),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Add", ["acc_in", "step"], ["acc_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, []),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, []),
+        ],
+    )
+    nodes = [
+        *_runtime_count(1e15, "trips"),
+        helper.make_node("Squeeze", ["trips"], ["trip_count"]),
+        helper.make_node("Constant", [], ["keep_going"], value=numpy_helper.from_array(np.array(True, np.bool_))),
+        helper.make_node("Constant", [], ["start"], value=numpy_helper.from_array(np.array(0.0, np.float32))),
+        helper.make_node("Loop", ["trip_count", "keep_going", "start"], ["spin"], body=body),
+    ]
+    return _with_side_output(convnet(), nodes, "spin")

@@ -18,13 +18,13 @@ CASES = [
     (SandboxTimeout("the job ran past its time limit of 60 s and was stopped"), "timeout", False),
     (SandboxOutOfMemory("the job exceeded its memory limit"), "resource_limit", False),
     (RunnerError("onnxruntime could not run the model: Invalid input"), "model_rejected", False),
-    (JobTimeout("the job ran past 1740 s and was stopped"), "timeout", False),
+    (JobTimeout("the job ran past its time limit of 1740 s and was stopped"), "timeout", False),
     (VerificationFailed("pruned model output 'y' deviates from the oracle"), "verification_failed", False),
     (OSError(errno.ENOSPC, "No space left on device"), "storage_full", True),
     (sqlite3.OperationalError("database or disk is full"), "storage_full", True),
     (OSError("connection reset"), "internal_error", True),
     (KeyError("bug"), "internal_error", True),
-    (SandboxFailure("the job's process exited with status 1 without a result"), "internal_error", True),
+    (SandboxFailure("KeyError: 'bug'"), "internal_error", True),
     (AnalysisBug("onnxprune bug: the Relu handler failed on node 'r'"), "internal_error", False),
 ]
 

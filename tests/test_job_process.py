@@ -1,0 +1,87 @@
+"""workers.job_process: one job, one sandboxed child; what comes back, and every way it can end."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from graphops.errors import ModelRejected
+from tests.service.svc_models import convnet, no_conv_model, runtime_endless_loop, runtime_memory_bomb, save
+from workers.job_process import (
+    JobLimits,
+    JobRequest,
+    JobStopped,
+    _child_environment,
+    run_job_process,
+)
+from workers.options import PruneOptions
+from workers.sandbox import SandboxOutOfMemory, SandboxTimeout
+from workers.stages import STAGE_END
+
+OPTIONS = PruneOptions(ratio=0.5, benchmark=False, round_to=1)
+
+
+def test_a_job_comes_back_as_its_report_plan_and_model_with_progress_in_stage_order(tmp_path):
+    model = save(convnet(), tmp_path / "m.onnx")
+    seen: list[tuple[str, float]] = []
+
+    result = run_job_process(
+        JobRequest(model, tmp_path / "out.onnx", OPTIONS), tmp_path / "job", progress=lambda *p: seen.append(p)
+    )
+
+    assert (tmp_path / "out.onnx").is_file()
+    assert result.report.macs.after < result.report.macs.before
+    assert result.plan.to_json() == result.plan_path.read_text()
+    assert list(dict.fromkeys(stage for stage, _ in seen)) == list(STAGE_END)
+    assert [fraction for _, fraction in seen] == sorted(fraction for _, fraction in seen)
+
+
+def test_the_user_s_error_comes_back_as_its_own_class_and_message(tmp_path):
+    model = save(no_conv_model(), tmp_path / "m.onnx")
+
+    with pytest.raises(ModelRejected, match="^model has no Conv or ConvTranspose to prune$"):
+        run_job_process(JobRequest(model, tmp_path / "out.onnx", OPTIONS), tmp_path / "job")
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_a_model_that_allocates_without_bound_hits_the_memory_limit(tmp_path):
+    model = save(runtime_memory_bomb(), tmp_path / "m.onnx")
+
+    with pytest.raises(SandboxOutOfMemory):
+        run_job_process(JobRequest(model, tmp_path / "out.onnx", OPTIONS), tmp_path / "job", limits=JobLimits(1536))
+
+
+def test_a_model_that_never_ends_is_killed_at_the_wall_time_limit(tmp_path):
+    model = save(runtime_endless_loop(), tmp_path / "m.onnx")
+    started = time.monotonic()
+
+    with pytest.raises(SandboxTimeout, match="time limit of 4 s"):
+        run_job_process(JobRequest(model, tmp_path / "out.onnx", OPTIONS), tmp_path / "job", limits=JobLimits(wall_s=4))
+    assert time.monotonic() - started < 10
+
+
+def test_keep_going_false_stops_the_job_within_the_poll_interval(tmp_path):
+    model = save(runtime_endless_loop(), tmp_path / "m.onnx")
+    started = time.monotonic()
+
+    with pytest.raises(JobStopped):
+        run_job_process(
+            JobRequest(model, tmp_path / "out.onnx", OPTIONS),
+            tmp_path / "job",
+            keep_going=lambda: time.monotonic() - started < 3,
+        )
+    assert time.monotonic() - started < 6
+
+
+def test_the_child_inherits_no_secrets_and_works_in_its_own_directory(monkeypatch, tmp_path):
+    monkeypatch.setenv("ONNXPRUNE_API_TOKENS", "secret")
+    monkeypatch.setenv("ONNXPRUNE_REDIS_URL", "redis://user:password@host/0")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+    environment = _child_environment(tmp_path)
+
+    assert not {"ONNXPRUNE_API_TOKENS", "ONNXPRUNE_REDIS_URL", "AWS_SECRET_ACCESS_KEY"} & set(environment)
+    assert environment["OMP_NUM_THREADS"] == "1"
+    assert environment["HOME"] == str(tmp_path) and environment["TMPDIR"] == str(tmp_path / "tmp")
