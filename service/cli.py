@@ -184,6 +184,12 @@ def prune(
             help="With --ratio auto: curves from 'onnxprune sensitivity --json' instead of measuring them again."
         ),
     ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print the report as JSON on stdout instead of the summary (progress stays on stderr)."
+        ),
+    ] = False,
     **flags: Any,
 ) -> None:
     """Remove filters and write a smaller dense model, with a report of what changed."""
@@ -212,6 +218,9 @@ def prune(
         from workers.html_report import render_report_html
 
         atomic_write_bytes(report_html, render_report_html(result.report, title=f"onnxprune: {model.name}").encode())
+    if as_json:  # for scripts: the report is the whole answer; its warnings are in it
+        print(result.report.model_dump_json(indent=1))
+        return
     _print_summary(result.report)
     for warning in result.report.warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)

@@ -7,6 +7,7 @@ input, 3 a server that refuses (README, "Exit codes").
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -84,6 +85,16 @@ def test_prune_prints_one_progress_line_per_stage_on_stderr(model_path, tmp_path
     assert stages == list(STAGE_END)  # every stage, in order, once
     assert stages[0] == "load" and stages[-1] == "report"
     assert "MACs" in result.stdout
+
+
+def test_prune_json_prints_the_report_alone_on_stdout_and_progress_on_stderr(model_path, tmp_path):
+    result = onnxprune("prune", model_path, "-o", "out.onnx", "--ratio", "0.5", "--json", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)  # nothing but the report
+    assert report["macs"]["after"] < report["macs"]["before"]
+    assert report["output_sha256"] and (tmp_path / "out.onnx").is_file()
+    assert "% load" in result.stderr
 
 
 @pytest.mark.slow

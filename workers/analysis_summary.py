@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
 from graphops.shares import macs_shares
 from workers.analysis import Analysis, analyse_model
+from workers.sandbox import RunnerLimits, run_in_child
 
 
 class NodeCost(BaseModel):
@@ -84,6 +86,15 @@ def summarize(analysis: Analysis) -> ModelAnalysis:
     )
 
 
-def summarize_model(path: Path, input_shapes: Mapping[str, Sequence[int]] | None = None) -> ModelAnalysis:
-    """Load, validate and analyse ``path`` (static: nothing of the user's graph runs), then summarize."""
-    return summarize(analyse_model(Path(path), input_shapes))
+def summarize_model(
+    path: Path, input_shapes: Mapping[str, Sequence[int]] | None = None, *, limits: RunnerLimits = RunnerLimits()
+) -> ModelAnalysis:
+    """Load, validate and analyse ``path``, then summarize; in a sandboxed child, since preparing
+    the graph folds its constant subgraphs with onnxruntime (the user's graph runs)."""
+    shapes = {name: list(shape) for name, shape in input_shapes.items()} if input_shapes else None
+    document = run_in_child(_summary_document, (str(path), shapes), limits=limits)
+    return ModelAnalysis.model_validate(document)
+
+
+def _summary_document(path: str, input_shapes: dict[str, list[int]] | None) -> dict[str, Any]:
+    return summarize(analyse_model(Path(path), input_shapes)).model_dump(mode="json")

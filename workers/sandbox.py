@@ -9,7 +9,8 @@ in its native code must cost a child process, never the worker. Two ways in:
 - anywhere else (``onnxprune bench``, ``analyze``, the Python API's one-off calls) ``run_in_child``
   starts a fresh child with the "spawn" context (no inherited threads or locks from a web or
   Celery parent), which limits its own address space with ``RLIMIT_AS``, disables core dumps, and
-  sends back either the result or the exception text.
+  sends back either the result or the exception text, as plain data (``workers.plain_data``: JSON and
+  npz, never pickle: a compromised child must not run code in its parent).
 
 Either way, every way the run can fail becomes a one-line ``RunnerError``.
 """
@@ -22,6 +23,7 @@ import multiprocessing
 import os
 import resource
 import signal
+import struct
 import tempfile
 import traceback
 from collections.abc import Callable
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from graphops.errors import ModelRejected
+from workers import plain_data
 
 _MIB = 1024 * 1024
 _PR_SET_PDEATHSIG = 1
@@ -92,8 +95,10 @@ def run_in_child(
         raise _crash_error(child.exitcode, log_tail, limits)
     status, payload = message
     if status == "ok":
-        result: Result = payload  # what ``target`` returned in the child, unpickled
+        result: Result = payload  # what ``target`` returned in the child, as plain data
         return result
+    if status == "rejected":  # the target refused the model itself: its own message, unchanged
+        raise ModelRejected(payload)
     if _mentions_allocation_failure(payload):
         raise SandboxOutOfMemory(
             f"onnxruntime exceeded the memory limit of {limits.memory_mib} MiB while running the model"
@@ -128,7 +133,7 @@ def _run_here(target: Callable[..., Result], args: tuple[Any, ...]) -> Result:
     """``target(*args)`` in this process (the sandbox), failures turned into ``RunnerError`` as a child's are."""
     try:
         return target(*args)
-    except RunnerError:
+    except ModelRejected:  # RunnerError included: already says what went wrong
         raise
     except MemoryError:
         raise SandboxOutOfMemory("the job exceeded its memory limit while running the model") from None
@@ -144,10 +149,14 @@ def _receive(receiver: Any, child: Any, limits: RunnerLimits) -> tuple[str, Any]
         child.kill()
         raise SandboxTimeout(f"onnxruntime timed out after {limits.timeout_s:g} s while running the model")
     try:
-        message: tuple[str, Any] = receiver.recv()
-        return message
+        data = receiver.recv_bytes(limits.max_result_mib * _MIB + 65536)
     except (EOFError, OSError):
-        return None  # the child died before sending anything
+        return None  # the child died before sending anything (or sent more than the limit)
+    try:
+        status, payload = plain_data.decode(data)  # never unpickle what a sandbox sends
+    except (ValueError, TypeError, KeyError, struct.error) as exc:
+        raise RunnerError(f"the sandbox sent back a malformed result ({type(exc).__name__})") from None
+    return str(status), payload
 
 
 def _crash_error(exitcode: int | None, log_tail: str, limits: RunnerLimits) -> RunnerError:
@@ -183,17 +192,22 @@ def _child_main(
     try:
         result = target(*args)
     except MemoryError:
-        sender.send(("error", "MemoryError"))
+        sender.send_bytes(plain_data.encode(("error", "MemoryError")))
+        return
+    except ModelRejected as error:
+        sender.send_bytes(plain_data.encode(("rejected", str(error)[:2000])))
         return
     except Exception as error:  # every failure goes back to the parent as one line
         text = " ".join(f"{type(error).__name__}: {error}".split())
         traceback.print_exc()
-        sender.send(("error", text[:1000]))
+        sender.send_bytes(plain_data.encode(("error", text[:1000])))
         return
     if _approximate_size(result) > limits.max_result_mib * _MIB:
-        sender.send(("error", f"the model's outputs exceed the limit of {limits.max_result_mib} MiB"))
+        sender.send_bytes(
+            plain_data.encode(("error", f"the model's outputs exceed the limit of {limits.max_result_mib} MiB"))
+        )
         return
-    sender.send(("ok", result))
+    sender.send_bytes(plain_data.encode(("ok", result)))
 
 
 def _die_with_parent() -> None:
