@@ -47,6 +47,7 @@ RESULT = "result.json"
 REPORT = "report.json"
 PLAN = "plan.json"
 LOG = "sandbox.log"
+_EXIT_GRACE_S = 30.0
 
 # Environment the child inherits: what Python, the numeric libraries and our own non-secret switches
 # read. Everything else (API tokens, the broker URL, cloud credentials) stays with the parent.
@@ -206,7 +207,10 @@ def _follow(
         if readable:
             chunk = os.read(receiver, 65536)
             if not chunk:  # the child closed its end: it has finished (or died)
-                child.wait()
+                try:
+                    child.wait(timeout=_EXIT_GRACE_S)
+                except subprocess.TimeoutExpired:  # stuck in its exit (native threads): its result is written
+                    _kill(child)
                 return None
             pending += chunk
             *lines, pending = pending.split(b"\n")
