@@ -15,10 +15,16 @@ size, the *probe size*. It is chosen, in this order, from
 
 A symbolic first dim is the batch, probed at 1. The pruned model keeps the symbolic dims; the
 choice is reported (``InputShapeChoice.notes``) so users see which size the numbers are for.
+
+Every shape that test inputs are built at passes through here (``resolve_input_shapes``,
+``workers.benchmark.make_inputs``, the API's upload check), so the bounds on them live here too:
+at most :data:`MAX_INPUT_ELEMENTS` elements per input and :data:`MAX_TOTAL_INPUT_ELEMENTS` over
+all inputs, whether the model declares the shape or the user configures it.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +37,11 @@ from graphops.shapes import Shape, declared_input_shapes
 DEFAULT_PROBE_SIZE = 224
 PROBE_CANDIDATES = (16, 28, 32, 48, 64, 96, 112, 128, 160, 192, 256, 288, 320, 384, 416, 448, 512, 640)
 METADATA_KEYS = ("shape", "input_shape", "input_size", "image_size", "img_size", "imgsz")
+# 2**26 elements is 256 MB of float32: a batch of 400 ImageNet images (3x224x224), one 3x4096x4096
+# image, far above every real model's own input (the largest here is 3x720x720). A model declaring
+# 1x3x8192x8192 or a configured batch of 130,000 CIFAR images is refused before anything is built.
+MAX_INPUT_ELEMENTS = 2**26
+MAX_TOTAL_INPUT_ELEMENTS = 2**27
 # Layers whose shapes must all be known at the probe size (MACs are counted on them).
 _SIZED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
@@ -61,6 +72,7 @@ def choose_input_shapes(model: onnx.ModelProto, given: Mapping[str, Sequence[int
         shapes[name] = [d if isinstance(d, int) and d > 0 else 1 for d in shape]
         open_dims[name] = [axis for axis, d in enumerate(shape) if axis > 0 and not (isinstance(d, int) and d > 0)]
     open_dims = {name: axes for name, axes in open_dims.items() if axes}
+    check_input_sizes(shapes)  # the fixed dims alone may be too big: refuse before probing
     if not open_dims:
         return InputShapeChoice(shapes)
     from_metadata = _metadata_sizes(model, declared, open_dims)
@@ -82,8 +94,28 @@ def choose_input_shapes(model: onnx.ModelProto, given: Mapping[str, Sequence[int
     )
 
 
+def check_input_sizes(shapes: Mapping[str, Sequence[int]]) -> None:
+    """Refuse inputs too big to build: ``MAX_INPUT_ELEMENTS`` each, ``MAX_TOTAL_INPUT_ELEMENTS`` in all."""
+    total = 0
+    for name, dims in shapes.items():
+        elements = math.prod(int(d) for d in dims)
+        total += elements
+        if elements > MAX_INPUT_ELEMENTS:
+            raise ModelRejected(
+                f"input {name!r} of shape {'x'.join(str(d) for d in dims)} has {elements} elements, more than "
+                f"the limit of {MAX_INPUT_ELEMENTS} per input; pass a smaller --input-shape"
+            )
+    if total > MAX_TOTAL_INPUT_ELEMENTS:
+        raise ModelRejected(
+            f"the model's inputs have {total} elements in all, more than the limit of {MAX_TOTAL_INPUT_ELEMENTS}; "
+            "pass smaller --input-shape values"
+        )
+
+
 def _checked_given(name: str, shape: Shape | None, given: Sequence[int]) -> list[int]:
     dims = [int(d) for d in given]
+    if any(d <= 0 for d in dims):
+        raise ModelRejected(f"--input-shape for {name!r} must have positive dims, got {dims}")
     if shape is not None and len(shape) != len(dims):
         raise ModelRejected(f"--input-shape for {name!r} has rank {len(dims)}, the model declares rank {len(shape)}")
     for axis, (want, have) in enumerate(zip(dims, shape or ())):
@@ -106,6 +138,7 @@ def _choice(
     shapes: Mapping[str, list[int]], open_dims: Mapping[str, list[int]], sizes: Mapping[str, list[int]], how: str
 ) -> InputShapeChoice:
     filled = _filled(shapes, open_dims, sizes)
+    check_input_sizes(filled)
     notes = [
         f"input '{name}' has symbolic dims {axes}: MACs, benchmark and oracle use "
         f"{'x'.join(str(d) for d in filled[name])} ({how}; --input-shape chooses another); "

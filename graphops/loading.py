@@ -2,8 +2,10 @@
 
 Uploaded models are hostile until proven otherwise. Parsing never follows external-data paths,
 and ``validate_model`` rejects, before anything runs the model, whatever would make onnxruntime
-or our own passes allocate without bound (tensors whose declared size does not match their data,
-constant shapes that generate gigabytes) or that we cannot prune (custom domains, convs inside
+or our own passes allocate or compute without bound (tensors whose declared size does not match
+their data, constant shapes that generate gigabytes, constant-count Loops of millions of iterations,
+local functions that expand exponentially or nest without end: ``graphops.expansion``), walking
+subgraphs and model-local function bodies alike, or that we cannot prune (custom domains, convs inside
 control flow, bfloat16 weights, opsets onnxruntime does not run). float16 models are pruned in
 their own precision.
 """
@@ -21,6 +23,7 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto, numpy_helper
 
 from graphops.errors import ModelRejected
+from graphops.expansion import measure_expansion
 from graphops.versions import supported_ir_versions, supported_opsets
 
 ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
@@ -29,16 +32,23 @@ CONV_OPS = frozenset({"Conv", "ConvTranspose"})
 # ONNX's Conv takes no bfloat16 before opset 22 and onnxruntime's CPU provider runs none: such a
 # model could be neither verified nor benchmarked. float16 runs, and is pruned as it is.
 UNRUNNABLE_PRECISION: dict[int, str] = {TensorProto.BFLOAT16: "bfloat16"}
+Scope = onnx.GraphProto | onnx.FunctionProto  # a graph or a model-local function's body
 
 
 @dataclass(frozen=True)
 class ValidationLimits:
     """Upper bounds on what a model may make us (or onnxruntime) allocate."""
 
-    max_nodes: int = 200_000
+    max_nodes: int = 200_000  # counted with every call of a model-local function inlined
     max_initializer_bytes: int = 2 * 1024**3
     max_generated_elements: int = 2**28
     max_tensor_elements: int = 2**31
+    # Scopes (If/Loop/Scan subgraphs, function bodies) nested inside each other; real exports nest a
+    # few levels (a dynamo export one per module depth), and the checkers recurse once per level.
+    max_nesting_depth: int = 64
+    # A Loop whose trip count is a constant runs its body that many times (3e7 iterations of a
+    # one-node body take ~80 s); no CNN runs a constant loop anywhere near this long.
+    max_loop_iterations: int = 100_000
 
 
 def load_model(path: str | Path, *, max_bytes: int | None = None) -> onnx.ModelProto:
@@ -71,7 +81,7 @@ def parse_model(data: bytes) -> onnx.ModelProto:
         raise ModelRejected("file is not an ONNX model (it does not parse as an ONNX protobuf)") from None
     if not model.HasField("graph") or not model.ir_version:
         raise ModelRejected("file is not an ONNX model (no graph or IR version)")
-    for where, tensor in _all_tensors(model.graph):
+    for where, tensor in _all_model_tensors(model):
         if tensor.data_location == TensorProto.EXTERNAL:
             raise ModelRejected(
                 f"tensor {tensor.name!r} ({where}) stores its data in an external file; "
@@ -96,13 +106,23 @@ def validate_model(model: onnx.ModelProto, limits: ValidationLimits = Validation
             f"model is quantized in the QOperator format ({quantized.op_type} node {quantized.name!r}), which "
             "onnxprune does not prune: prune the float model, then quantize it with --quantize int8"
         )
-    node_count = sum(1 for _ in _all_nodes(model.graph))
-    if node_count > limits.max_nodes:
-        raise ModelRejected(f"model has {node_count} nodes, more than the limit of {limits.max_nodes}")
+    expansion = measure_expansion(model, limits.max_nodes, limits.max_nesting_depth)
+    if expansion.nodes > limits.max_nodes:
+        if not model.functions:
+            raise ModelRejected(f"model has {expansion.nodes} nodes, more than the limit of {limits.max_nodes}")
+        raise ModelRejected(
+            f"model has more than {limits.max_nodes} nodes once its local functions are inlined "
+            f"(the limit is {limits.max_nodes} nodes)"
+        )
+    if expansion.depth > limits.max_nesting_depth:
+        raise ModelRejected(
+            f"model nests subgraphs and function calls more than {limits.max_nesting_depth} levels deep "
+            f"(the limit is {limits.max_nesting_depth})"
+        )
     if len(model.graph.sparse_initializer):
         raise ModelRejected(f"sparse initializer {model.graph.sparse_initializer[0].values.name!r} is not supported")
     total_bytes = 0
-    for where, tensor in _all_tensors(model.graph):
+    for where, tensor in _all_model_tensors(model):
         total_bytes += _checked_tensor_bytes(tensor, where, limits)
         if total_bytes > limits.max_initializer_bytes:
             raise ModelRejected(
@@ -112,10 +132,12 @@ def validate_model(model: onnx.ModelProto, limits: ValidationLimits = Validation
     for node in _all_nodes(model.graph):
         _check_node(node)
     for function in model.functions:  # local functions: their bodies run like the graph's own nodes
-        for node in function.node:
+        for node in _all_nodes(function):
             _check_node(node)
     _check_element_types(model.graph)
-    _check_generated_sizes(model.graph, limits)
+    _check_generated_sizes(model.graph, _constant_tensors(model.graph), limits)
+    for function in model.functions:
+        _check_generated_sizes(function, _constant_tensors(function), limits)
     if not any(node.op_type in CONV_OPS for node in model.graph.node):
         raise ModelRejected("model has no Conv or ConvTranspose to prune")
 
@@ -176,9 +198,8 @@ def _check_element_types(graph: onnx.GraphProto) -> None:
             )
 
 
-def _check_generated_sizes(graph: onnx.GraphProto, limits: ValidationLimits) -> None:
-    """Reject ops whose constant shape arguments would generate a huge tensor at run time."""
-    constants = _constant_tensors(graph)
+def _check_generated_sizes(scope: Scope, constants: dict[str, TensorProto], limits: ValidationLimits) -> None:
+    """Reject ops whose constant arguments would generate a huge tensor, or loop a long time, at run time."""
 
     def small_int_values(name: str) -> list[int] | None:
         tensor = constants.get(name)
@@ -188,7 +209,7 @@ def _check_generated_sizes(graph: onnx.GraphProto, limits: ValidationLimits) -> 
             return None
         return [int(v) for v in numpy_helper.to_array(tensor).reshape(-1)]
 
-    for node in _all_nodes(graph):
+    for node in _all_nodes(scope):
         elements: int | None = None
         if node.op_type in ("ConstantOfShape", "Expand") and node.input:
             shape_input = node.input[0] if node.op_type == "ConstantOfShape" else node.input[-1]
@@ -202,6 +223,13 @@ def _check_generated_sizes(graph: onnx.GraphProto, limits: ValidationLimits) -> 
                 elements = math.prod(abs(v) for v in repeats) * (_element_count(data.dims) if data else 1)
         elif node.op_type == "Range" and len(node.input) == 3:
             elements = _range_length(node, [constants.get(name) for name in node.input])
+        elif node.op_type == "Loop" and node.input and node.input[0]:
+            trip_count = small_int_values(node.input[0])
+            if trip_count is not None and len(trip_count) == 1 and trip_count[0] > limits.max_loop_iterations:
+                raise ModelRejected(
+                    f"Loop node {_node_label(node)} has a constant trip count of {trip_count[0]} iterations, "
+                    f"more than the limit of {limits.max_loop_iterations}"
+                )
         if elements is not None and elements > limits.max_generated_elements:
             raise ModelRejected(
                 f"{node.op_type} node {_node_label(node)} would generate {elements} elements, "
@@ -286,14 +314,22 @@ def _element_count(dims: Iterable[int]) -> int:
     return math.prod(int(d) for d in dims)
 
 
-def _constant_tensors(graph: onnx.GraphProto) -> dict[str, TensorProto]:
-    """Initializers and single-tensor Constant outputs of one graph, by tensor name."""
-    constants = {init.name: init for init in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.output:
-            tensor = _constant_node_tensor(node)
-            if tensor is not None:
-                constants[node.output[0]] = tensor
+def _constant_tensors(scope: Scope) -> dict[str, TensorProto]:
+    """Initializers and single-tensor Constant outputs of a graph or function body and of its
+    subgraphs, by tensor name (ONNX names are unique across nested scopes)."""
+    constants: dict[str, TensorProto] = {}
+    pending = [scope]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, onnx.GraphProto):
+            constants.update((init.name, init) for init in current.initializer)
+        for node in current.node:
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.output:
+                tensor = _constant_node_tensor(node)
+                if tensor is not None:
+                    constants[node.output[0]] = tensor
+            for attr in node.attribute:
+                pending.extend(_attribute_graphs(attr))
     return constants
 
 
@@ -321,9 +357,10 @@ def _attribute_graphs(attr: onnx.AttributeProto) -> list[onnx.GraphProto]:
     return []
 
 
-def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    """Every node of a graph and of its subgraphs, iteratively (a deep nesting cannot blow the stack)."""
-    pending = [graph]
+def _all_nodes(scope: Scope) -> Iterator[onnx.NodeProto]:
+    """Every node of a graph (or function body) and of its subgraphs, iteratively (a deep nesting
+    cannot blow the stack)."""
+    pending = [scope]
     while pending:
         current = pending.pop()
         for node in current.node:
@@ -332,15 +369,24 @@ def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
                 pending.extend(_attribute_graphs(attr))
 
 
-def _all_tensors(graph: onnx.GraphProto) -> Iterator[tuple[str, TensorProto]]:
+def _all_model_tensors(model: onnx.ModelProto) -> Iterator[tuple[str, TensorProto]]:
+    """Every stored tensor of the graph and of the model-local functions' bodies."""
+    yield from _all_tensors(model.graph)
+    for function in model.functions:
+        for where, tensor in _all_tensors(function):
+            yield f"{where} in function {function.name!r}", tensor
+
+
+def _all_tensors(scope: Scope) -> Iterator[tuple[str, TensorProto]]:
     """Every stored tensor (initializers and tensor attributes), with where it was found."""
-    pending = [graph]
+    pending = [scope]
     while pending:
         current = pending.pop()
-        for init in current.initializer:
-            yield "initializer", init
-        for sparse in current.sparse_initializer:
-            yield "sparse initializer", sparse.values
+        if isinstance(current, onnx.GraphProto):
+            for init in current.initializer:
+                yield "initializer", init
+            for sparse in current.sparse_initializer:
+                yield "sparse initializer", sparse.values
         for node in current.node:
             for attr in node.attribute:
                 where = f"attribute {attr.name!r} of node {_node_label(node)}"

@@ -6,7 +6,8 @@ initializers lets every handler treat a weight as one constant array. Quantized 
 quantized: DequantizeLinear is never folded into a float weight (onnx-graphsurgeon leaves Q/DQ
 alone), and a QuantizeLinear of a float weight is stored as its int8 result
 (``graphops.weight_quantizers``). Symbolic input dims are kept: the pruned model must stay as
-dynamic as the user's.
+dynamic as the user's. Folding evaluates the user's graph, so ``graphops.fold_limits`` decides which
+nodes may be evaluated (bounded size and cost, never control flow); the rest stays as it came.
 """
 
 from __future__ import annotations
@@ -17,11 +18,15 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphops.errors import ModelRejected
+from graphops.fold_limits import FoldGuard
 from graphops.shapes import inferred_value_info, model_shell
 from graphops.weight_quantizers import fold_weight_quantizers
 
-# Constant subgraphs whose results exceed this are left unfolded (validation bounds them too).
+# Constant subgraphs whose results exceed this are left unfolded (validation bounds them too, and
+# graphops.fold_limits bounds what is evaluated on the way).
 FOLD_SIZE_LIMIT_BYTES = 256 << 20
+# Folding passes while gs keeps flattening If nodes whose condition folded (nested Ifs need more).
+_FOLD_PASSES = 4
 
 
 def _opset(model: onnx.ModelProto) -> int:
@@ -73,6 +78,40 @@ def keep_interface_types(graph: onnx.GraphProto, original: onnx.GraphProto) -> N
             value.CopyFrom(before)
 
 
+def _fold_bounded_constants(graph: gs.Graph, model: onnx.ModelProto) -> None:
+    """gs's constant folding with every evaluation bounded (``graphops.fold_limits``), functions too.
+
+    gs does not pass ``should_exclude_node`` on to subgraphs, so they are not folded (no Conv lives
+    in one: validation refuses it); an If whose condition folds is flattened by gs, and its branch's
+    nodes are folded in another pass, each judged like the graph's own.
+    """
+    guard = FoldGuard.for_model(model)
+    for _ in range(_FOLD_PASSES):
+        branches = sum(node.op == "If" for node in graph.nodes)
+        graph.fold_constants(
+            fold_shapes=True,
+            recurse_subgraphs=False,
+            partitioning="basic",
+            error_ok=True,
+            size_threshold=FOLD_SIZE_LIMIT_BYTES,
+            should_exclude_node=guard.excludes,
+            recurse_functions=False,
+        )
+        if sum(node.op == "If" for node in graph.nodes) == branches:
+            break
+        graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    for function in reversed(graph.functions):  # callees first, as gs itself orders them
+        function.fold_constants(
+            fold_shapes=True,
+            recurse_subgraphs=False,
+            partitioning="basic",
+            error_ok=True,
+            size_threshold=FOLD_SIZE_LIMIT_BYTES,
+            should_exclude_node=guard.for_function().excludes,
+            recurse_functions=False,
+        )
+
+
 def prepare_model(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None) -> onnx.ModelProto:
     """Fold constant subgraphs into initializers and name every node; returns a new model.
 
@@ -84,12 +123,7 @@ def prepare_model(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[in
         graph = gs.import_onnx(model)
         name_unnamed_nodes(graph)
         _attach_inferred_shapes(graph, model)
-        graph.fold_constants(
-            fold_shapes=True,
-            partitioning="basic",
-            size_threshold=FOLD_SIZE_LIMIT_BYTES,
-            error_ok=True,
-        )
+        _fold_bounded_constants(graph, model)
         fold_weight_quantizers(graph, _opset(model), FOLD_SIZE_LIMIT_BYTES)  # QAT exports: weights stored int8
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
         exported = gs.export_onnx(graph, do_type_check=False)

@@ -12,6 +12,7 @@ AVX2 kernels can saturate, which ``reduce_range`` (7-bit weights) avoids at a sm
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 import onnx
 import onnx.version_converter
 
+from graphops import input_shapes
 from graphops.dequantized import first_quantization_node
 from graphops.errors import ModelRejected
 from workers.sandbox import RunnerLimits, run_in_child
@@ -189,7 +191,10 @@ def sample_inputs(inputs: Mapping[str, np.ndarray], limit: int = CALIBRATION_SAM
 
 
 def generated_inputs(one_sample: Mapping[str, np.ndarray], count: int, seed: int) -> dict[str, np.ndarray]:
-    """Standard-normal samples shaped like ``one_sample`` (batch 1): calibration without data, a proxy."""
+    """Standard-normal samples shaped like ``one_sample`` (batch 1): calibration without data, a proxy.
+    At most as many as fit the bound on test inputs together (a huge image calibrates on fewer)."""
+    per_sample = sum(math.prod(array.shape[1:]) for array in one_sample.values())
+    count = max(1, min(count, input_shapes.MAX_TOTAL_INPUT_ELEMENTS // max(per_sample, 1)))
     rng = np.random.default_rng(seed)
     return {
         name: rng.standard_normal((count, *array.shape[1:])).astype(array.dtype) for name, array in one_sample.items()

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from svc_models import convnet, custom_domain_model, external_data_model, huge_initializer_model, no_conv_model
 
+from tests import hostile_models as hostile
+
 MODEL = convnet().SerializeToString()
 
 
@@ -65,6 +67,37 @@ BAD_UPLOAD_CASES = [
     ("data not an npz", dict(data=b"not a zip at all"), 422, "invalid_data", "npz"),
     ("data criterion without data", dict(config={"criterion": "taylor"}), 422, "invalid_config", "needs data"),
     ("fine-tuning without data", dict(config={"finetune_steps": 10}), 422, "invalid_config", "needs data"),
+    # Hostile models (tests/hostile_models.py): refused statically, before anything is built or run.
+    (
+        "3000 chained local functions",
+        dict(model=hostile.function_chain().SerializeToString()),
+        422,
+        "invalid_model",
+        "200000 nodes",
+    ),
+    (
+        "Loop of 3e7 iterations",
+        dict(model=hostile.constant_loop().SerializeToString()),
+        422,
+        "invalid_model",
+        "trip count",
+    ),
+    (
+        "1x3x8192x8192 input",
+        dict(model=hostile.declared_input().SerializeToString()),
+        422,
+        "invalid_model",
+        "per input",
+    ),
+    (
+        "batch of 130,000",
+        dict(
+            model=hostile.symbolic_batch_model().SerializeToString(), config={"input_shapes": hostile.HUGE_BATCH_SHAPES}
+        ),
+        422,
+        "invalid_model",
+        "130000x3x32x32",
+    ),
     (
         "symbolic dim unknown input",
         dict(config={"input_shapes": {"nope": [1, 3, 16, 16]}}),
