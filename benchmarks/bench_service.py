@@ -10,6 +10,7 @@ DB 14 under a private key prefix and deletes only its own keys).
 ``--polling-only``: one worker runs a long job while ``--pollers`` clients poll ``GET /v1/jobs/{id}``
 (half the running job, half a finished one with its report), each every ``--poll-interval`` seconds
 like ``PruneClient.wait``; then the same clients poll back to back (no pause) for a saturation figure.
+With ``--if-none-match`` each poller sends the last ETag back, as ``PruneClient`` does (304 while unchanged).
 """
 
 from __future__ import annotations
@@ -161,7 +162,7 @@ def run_round(workdir: Path, model: Path, workers: int, jobs: int, latency_s: fl
             connection.delete(key)
 
 
-def poll_round(workdir: Path, pollers: int, seconds: float, interval: float) -> dict:
+def poll_round(workdir: Path, pollers: int, seconds: float, interval: float, if_none_match: bool = False) -> dict:
     env = {
         "ONNXPRUNE_REDIS_URL": REDIS_URL,
         "ONNXPRUNE_REDIS_PREFIX": f"onnxprune-bench-{uuid.uuid4().hex[:8]}:",
@@ -226,12 +227,17 @@ def poll_round(workdir: Path, pollers: int, seconds: float, interval: float) -> 
 
             def poll(index: int) -> None:
                 job_id = running_id if index % 2 else done_id
+                etag = None
                 with httpx.Client(base_url=url, timeout=10) as client:
                     deadline = time.monotonic() + duration
                     while time.monotonic() < deadline:
+                        headers = {"If-None-Match": etag} if etag else None
                         t0 = time.perf_counter()
-                        client.get(f"/v1/jobs/{job_id}").raise_for_status()
+                        response = client.get(f"/v1/jobs/{job_id}", headers=headers)
                         took = time.perf_counter() - t0
+                        if response.status_code != 304:
+                            response.raise_for_status()
+                        etag = response.headers.get("ETag") if if_none_match else None
                         with lock:
                             latencies.append(took * 1000)
                         time.sleep(max(0.0, pause - took))
@@ -244,6 +250,7 @@ def poll_round(workdir: Path, pollers: int, seconds: float, interval: float) -> 
             cpu_ms = (api_cpu_s() - cpu_before) * 1000
             return {
                 "pollers": pollers,
+                "if_none_match": if_none_match,
                 "pause_s": pause,
                 "seconds": duration,
                 "requests": len(latencies),
@@ -283,10 +290,15 @@ def main() -> None:
     parser.add_argument("--pollers", type=int, default=50)
     parser.add_argument("--poll-seconds", type=float, default=20.0)
     parser.add_argument("--poll-interval", type=float, default=0.5)
+    parser.add_argument(
+        "--if-none-match", action="store_true", help="pollers send the last ETag back, as PruneClient does (304s)"
+    )
     args = parser.parse_args()
     if args.polling_only:
         with tempfile.TemporaryDirectory(prefix="onnxprune-bench-") as tmp:
-            rounds = poll_round(Path(tmp), min(args.pollers, 200), args.poll_seconds, args.poll_interval)
+            rounds = poll_round(
+                Path(tmp), min(args.pollers, 200), args.poll_seconds, args.poll_interval, args.if_none_match
+            )
         result = {
             "benchmark": "service-polling",
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},

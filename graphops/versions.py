@@ -41,8 +41,10 @@ def _probe_model(opsets: dict[str, int], ir_version: int) -> bytes:
 def _onnxruntime_accepts(opsets: dict[str, int], ir_version: int) -> bool:
     import onnxruntime
 
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only, as workers.ort_sessions (graphops cannot import workers)
     try:
-        onnxruntime.InferenceSession(_probe_model(opsets, ir_version), providers=["CPUExecutionProvider"])
+        onnxruntime.InferenceSession(_probe_model(opsets, ir_version), options, providers=["CPUExecutionProvider"])
     except Exception:  # noqa: BLE001 - onnxruntime raises several unrelated types for "not supported"
         return False
     return True

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
 
@@ -97,11 +97,17 @@ class JobRecord:
     resends: int = 0
 
     @classmethod
-    def _from_row(cls, row: sqlite3.Row) -> JobRecord:
-        values = dict(row)
-        values["status"] = JobStatus(values["status"])
-        values["has_data"] = bool(values["has_data"])
-        return cls(**values)
+    def _from_row(cls, row: tuple[object, ...]) -> JobRecord:
+        """A row of ``SELECT {_COLUMNS}``: the fields in order, so no dict per row (every poll reads one)."""
+        values = list(row)
+        values[_STATUS] = JobStatus(values[_STATUS])
+        values[_HAS_DATA] = bool(values[_HAS_DATA])
+        return cls(*values)  # type: ignore[arg-type]  # the columns are the fields, in order
+
+
+_NAMES = [f.name for f in fields(JobRecord)]
+_COLUMNS = ", ".join(_NAMES)
+_STATUS, _HAS_DATA = _NAMES.index("status"), _NAMES.index("has_data")
 
 
 class IdempotencyConflict(Exception):
@@ -141,7 +147,6 @@ class JobStore:
         db = connections.get(key)
         if db is None:
             db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            db.row_factory = sqlite3.Row
             db.execute("PRAGMA busy_timeout=30000")
             connections[key] = db
         try:
@@ -161,14 +166,14 @@ class JobStore:
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._connect() as db:
-            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else JobRecord._from_row(row)
 
     def list(self, owner: str, *, limit: int, offset: int) -> tuple[list[JobRecord], int]:
         """The owner's jobs, newest first, and how many there are in all."""
         with self._connect() as db:
             rows = db.execute(
-                "SELECT * FROM jobs WHERE owner = ? ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
+                f"SELECT {_COLUMNS} FROM jobs WHERE owner = ? ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
                 (owner, limit, offset),
             ).fetchall()
             total = db.execute("SELECT COUNT(*) FROM jobs WHERE owner = ?", (owner,)).fetchone()[0]
@@ -183,7 +188,7 @@ class JobStore:
         """Queued and running jobs, oldest first (what the reconciler looks at)."""
         with self._connect() as db:
             rows = db.execute(
-                "SELECT * FROM jobs WHERE status IN (?, ?) ORDER BY created_at LIMIT ?", (*ACTIVE, limit)
+                f"SELECT {_COLUMNS} FROM jobs WHERE status IN (?, ?) ORDER BY created_at LIMIT ?", (*ACTIVE, limit)
             ).fetchall()
         return [JobRecord._from_row(r) for r in rows]
 
@@ -231,7 +236,7 @@ class JobStore:
         except sqlite3.IntegrityError:
             with self._connect() as db:
                 row = db.execute(
-                    "SELECT * FROM jobs WHERE owner = ? AND idempotency_key = ?",
+                    f"SELECT {_COLUMNS} FROM jobs WHERE owner = ? AND idempotency_key = ?",
                     (job.owner, job.idempotency_key),
                 ).fetchone()
             if row is None:

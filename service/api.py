@@ -25,9 +25,10 @@ from jobs.settings import Settings
 from jobs.store import JobRecord, JobStatus, JobStore
 from service import web
 from service.accept import accept_job
-from service.auth import ListingOwner, Owner, may_access
+from service.auth import ListingOwner, Owner, caller, may_access
+from service.direct_route import DirectRoute
 from service.errors import ApiError
-from service.job_views import ReportCache, job_json
+from service.job_views import JobViews
 from service.option_form import OptionSpec, option_specs
 from service.retention import remove_expired
 from service.runners import Runner, make_runner
@@ -93,7 +94,10 @@ RunnerDep = Annotated[Runner, Depends(_runner)]
 
 async def _owned_job(job_id: str, owner: Owner, store: StoreDep, request: Request) -> JobRecord:
     # async: one indexed read on the loop's own connection is cheaper than a hop to the threadpool
-    job = store.get(job_id)
+    return _accessible(store.get(job_id), job_id, owner, request)
+
+
+def _accessible(job: JobRecord | None, job_id: str, owner: str, request: Request) -> JobRecord:
     if job is None or not may_access(request, job.owner, owner):
         raise ApiError(404, "not_found", f"no job {job_id!r}")
     return job
@@ -142,7 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.runner = make_runner(settings, app.state.store)
     # Broker calls (publishing, the reconciler) run here, never on the event loop.
     app.state.publisher = ThreadPoolExecutor(8, thread_name_prefix="onnxprune-publish")
-    app.state.reports = ReportCache()
+    app.state.views = JobViews()
     _add_error_handlers(app)
     _add_routes(app)
     app.include_router(web.router)  # the upload page at / and /v1/jobs/{id}/report.html
@@ -150,6 +154,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _add_routes(app: FastAPI) -> None:
+    async def get_job(request: Request, job_id: str) -> Response:
+        """The job's state, with its report once it has succeeded. Send the ``ETag`` back in
+        ``If-None-Match`` to get 304 until the job changes."""
+        owner = caller(request)
+        store: JobStore = request.app.state.store  # starlette's State is untyped
+        job = _accessible(store.get(job_id), job_id, owner, request)
+        views: JobViews = request.app.state.views
+        rendered = views.cached(job)
+        if rendered is None and job.status is JobStatus.succeeded:
+            # The first rendering of a result reads and validates its report: off the event loop.
+            report = _result(job, request.app.state.settings, "report")
+            rendered = await asyncio.to_thread(views.render, job, report)
+        elif rendered is None:
+            rendered = views.render(job, None)
+        headers = {"ETag": rendered.etag, "Cache-Control": "private, no-cache"}
+        if rendered.matches(request.headers.get("If-None-Match")):
+            return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+        return Response(rendered.body, media_type="application/json", headers=headers)
+
+    # Added first, so that the route clients call in a loop is the first one the router tries.
+    app.router.add_api_route(
+        "/v1/jobs/{job_id}",
+        get_job,
+        methods=["GET"],
+        route_class_override=DirectRoute,  # clients poll it: no per-request dependency solving
+        response_model=JobPublic,
+        responses={**_ERRORS, 304: {"description": "Not modified since the ETag sent in If-None-Match."}},
+        tags=["jobs"],
+        openapi_extra={"security": [{"HTTPBearer": []}]},
+    )
+
     @app.get("/healthz", response_model=Health, tags=["health"])
     async def healthz(settings: SettingsDep) -> Health:
         """Liveness: answered on the event loop alone (no thread, no broker, no store)."""
@@ -227,16 +262,6 @@ def _add_routes(app: FastAPI) -> None:
             next_offset=following if following < total else None,
         )
 
-    @app.get("/v1/jobs/{job_id}", response_model=JobPublic, responses=_ERRORS, tags=["jobs"])
-    async def get_job(job: JobDep, settings: SettingsDep, request: Request) -> Response:
-        report = _result(job, settings, "report") if job.status is JobStatus.succeeded else None
-        cache: ReportCache = request.app.state.reports
-        if report is None or cache.has(job):
-            body = job_json(job, report, cache)
-        else:  # the first read of a report (file read and validation) stays off the event loop
-            body = await asyncio.to_thread(job_json, job, report, cache)
-        return Response(body, media_type="application/json")
-
     @app.get("/v1/jobs/{job_id}/model", response_class=FileResponse, responses=_ERRORS, tags=["results"])
     def get_model(job: JobDep, settings: SettingsDep) -> FileResponse:
         """The pruned model; ``X-Content-SHA256`` is its hex SHA-256."""
@@ -266,7 +291,7 @@ def _add_routes(app: FastAPI) -> None:
         """Cancel a queued or running job (200, status cancelled); remove a finished one (204).
         Either way the job's files are removed. A running job stops at its next pipeline stage."""
         files = JobFiles.of(settings.jobs_dir, job.id)
-        request.app.state.reports.forget(job.id)
+        request.app.state.views.forget(job.id)
         if store.cancel(job.id):
             files.remove()
             return JobPublic.of(store.get(job.id) or job)

@@ -18,6 +18,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
 from service.errors import ApiError
 
@@ -38,8 +39,18 @@ def owner_of(token: str | None) -> str:
 async def current_owner(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> str:
+    return _owner(request, credentials.credentials if credentials is not None else None)
+
+
+def caller(request: Request) -> str:
+    """``current_owner`` for a route that reads the header itself (``service.direct_route``): the
+    bearer credentials as ``HTTPBearer(auto_error=False)`` reads them, with the same checks."""
+    scheme, credentials = get_authorization_scheme_param(request.headers.get("Authorization"))
+    return _owner(request, credentials if scheme.lower() == "bearer" and credentials else None)
+
+
+def _owner(request: Request, given: str | None) -> str:
     tokens: frozenset[str] = request.app.state.settings.tokens
-    given = credentials.credentials if credentials is not None else None
     if not tokens:
         if given is not None and len(given) < MIN_CLIENT_KEY:
             raise ApiError(

@@ -53,6 +53,7 @@ class PruneClient:
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=server.rstrip("/"), headers=headers, timeout=timeout, transport=transport)
+        self._last_seen: tuple[str, str, bytes] | None = None  # (job id, ETag, body) of the last get()
 
     def __enter__(self) -> PruneClient:
         return self
@@ -92,7 +93,17 @@ class PruneClient:
         return self._object(response)
 
     def get(self, job_id: str) -> Job:
-        return self._object(self._http.get(f"/v1/jobs/{job_id}"))
+        """The job's state. Polling one job sends the last ETag, so an unchanged job costs the server
+        a 304 and no body; the body seen with that ETag is parsed again (callers get a fresh dict)."""
+        seen = self._last_seen if self._last_seen is not None and self._last_seen[0] == job_id else None
+        headers = {"If-None-Match": seen[1]} if seen is not None else None
+        response = self._http.get(f"/v1/jobs/{job_id}", headers=headers)
+        if response.status_code == 304 and seen is not None:
+            return cast(Job, json.loads(seen[2]))
+        job = self._object(response)
+        etag = response.headers.get("ETag")
+        self._last_seen = (job_id, etag, response.content) if etag else None
+        return job
 
     def list(self, *, limit: int = 20, offset: int = 0) -> dict[str, Any]:
         return self._object(self._http.get("/v1/jobs", params={"limit": limit, "offset": offset}))

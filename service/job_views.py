@@ -1,14 +1,19 @@
-"""``GET /v1/jobs/{id}`` rendered fast: the job's stored status, plus its report read and validated once.
+"""``GET /v1/jobs/{id}`` rendered once per state: the JobPublic JSON of a job and its ETag, cached.
 
-A succeeded job's report never changes (results are published once, see ``jobs.files``), so its JSON
-is kept in a small LRU keyed by job id and output hash; polls then cost one SQLite read and a small
-serialisation instead of re-reading and re-validating the report file each time.
+Clients poll a job every half second while it changes a few times a minute, so each rendering is
+kept (one per job, LRU) with the record it was rendered from; a poll whose record is equal to it
+gets the same bytes without building models or serialising again. A succeeded job's report file is
+read and validated once, when its final state is first rendered (results are published once, see
+``jobs.files``). The ETag is a hash of the bytes: a client that sends it back in ``If-None-Match``
+gets ``304 Not Modified`` until the job changes (``service.client`` does).
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 from jobs.store import JobRecord, JobStatus
@@ -18,41 +23,60 @@ from workers.report import PruneReport
 _NO_REPORT = ',"report":null}'
 
 
-class ReportCache:
+@dataclass(frozen=True)
+class RenderedJob:
+    record: JobRecord
+    body: bytes
+    etag: str
+
+    def matches(self, if_none_match: str | None) -> bool:
+        """Whether an ``If-None-Match`` header names this rendering (weak comparison, RFC 9110 13.1.2)."""
+        if not if_none_match:
+            return False
+        # Our ETags are quoted hex, so splitting on commas is exact; "W/" marks a weak tag, same value.
+        return if_none_match.strip() == "*" or any(
+            tag.strip().removeprefix("W/") == self.etag for tag in if_none_match.split(",")
+        )
+
+
+class JobViews:
     def __init__(self, size: int = 512) -> None:
         self._size = size
-        self._items: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._items: OrderedDict[str, RenderedJob] = OrderedDict()
         self._lock = threading.Lock()
 
-    def has(self, job: JobRecord) -> bool:
+    def cached(self, job: JobRecord) -> RenderedJob | None:
+        """The rendering of exactly this record, if it is kept."""
         with self._lock:
-            return (job.id, job.output_sha256 or "") in self._items
+            rendered = self._items.get(job.id)
+            if rendered is None or rendered.record != job:
+                return None
+            self._items.move_to_end(job.id)
+            return rendered
 
-    def report_json(self, job: JobRecord, path: Path) -> str:
-        key = (job.id, job.output_sha256 or "")
+    def render(self, job: JobRecord, report_path: Path | None) -> RenderedJob:
+        """Render ``job`` (with its report once it has succeeded: ``report_path`` given) and keep it.
+
+        With a report this reads and validates its file: callers on the event loop run it in a thread."""
+        data = _job_json(job, report_path).encode()
+        rendered = RenderedJob(job, data, f'"{hashlib.blake2b(data, digest_size=16).hexdigest()}"')
         with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        text = PruneReport.model_validate_json(path.read_text()).model_dump_json()  # validated once
-        with self._lock:
-            self._items[key] = text
+            self._items[job.id] = rendered
+            self._items.move_to_end(job.id)
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
-        return text
+        return rendered
 
     def forget(self, job_id: str) -> None:
         with self._lock:
-            for key in [k for k in self._items if k[0] == job_id]:
-                del self._items[key]
+            self._items.pop(job_id, None)
 
 
-def job_json(job: JobRecord, report_path: Path | None, cache: ReportCache) -> str:
-    """The JobPublic JSON of ``job``; with its report once it has succeeded (``report_path`` given)."""
+def _job_json(job: JobRecord, report_path: Path | None) -> str:
     body = JobPublic.of(job).model_dump_json()
     if job.status is not JobStatus.succeeded or report_path is None:
         return body
+    report = PruneReport.model_validate_json(report_path.read_bytes())  # validated once per rendering
     if not body.endswith(_NO_REPORT):  # the report is JobPublic's last field; never splice blind
-        report = PruneReport.model_validate_json(cache.report_json(job, report_path))
         return JobPublic.of(job, report).model_dump_json()
-    return f'{body[: -len(_NO_REPORT)]},"report":{cache.report_json(job, report_path)}}}'
+    return f'{body[: -len(_NO_REPORT)]},"report":{report.model_dump_json()}}}'

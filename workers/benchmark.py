@@ -161,32 +161,16 @@ def _latency_stats(milliseconds: list[float]) -> LatencyStats:
 # ---- what runs in the child process ----------------------------------------------------------
 
 
-# onnxruntime graph optimisation levels by the names the options use.
-OPTIMIZATION_LEVELS = {
-    "disable": "ORT_DISABLE_ALL",
-    "basic": "ORT_ENABLE_BASIC",
-    "extended": "ORT_ENABLE_EXTENDED",
-    "layout": "ORT_ENABLE_LAYOUT",
-    "all": "ORT_ENABLE_ALL",
-}
-
-
 def _session(path: str, threads: int) -> onnxruntime.InferenceSession:
     return session_from_bytes(Path(path).read_bytes(), threads)
 
 
 def session_from_bytes(data: bytes, threads: int, optimization: str = "all") -> onnxruntime.InferenceSession:
     """A CPU session with the deploy settings (child process only)."""
-    import onnxruntime as ort
+    from workers.ort_sessions import cpu_session
 
     parse_model(data)  # refuses external data before onnxruntime could follow its paths
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[optimization])
-    options.log_severity_level = 3
-    return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+    return cpu_session(data, threads=threads, optimization=optimization)
 
 
 def _run_once(path: str, inputs: Inputs) -> Inputs:

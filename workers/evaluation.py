@@ -140,14 +140,9 @@ def with_symbolic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _session(model: onnx.ModelProto | bytes) -> InferenceSession:
-    import onnxruntime as ort
+    from workers.ort_sessions import cpu_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    data = model if isinstance(model, bytes) else model.SerializeToString()
-    return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+    return cpu_session(model if isinstance(model, bytes) else model.SerializeToString())
 
 
 def _load(path: str) -> onnx.ModelProto:

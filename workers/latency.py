@@ -51,7 +51,7 @@ class LatencySettings:
     """The deploy settings latency is measured under, and how much measuring may cost."""
 
     threads: int = 1
-    optimization: str = "all"  # onnxruntime graph optimisation level (workers.benchmark.OPTIMIZATION_LEVELS)
+    optimization: str = "all"  # onnxruntime graph optimisation level (workers.ort_sessions.OPTIMIZATION_LEVELS)
     runs: int = 9  # interleaved pairs (original, variant) per variant
     warmup: int = 2
     budget_s: float = 60.0  # wall time for all measurements; unmeasured groups are estimated from MACs

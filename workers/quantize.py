@@ -119,6 +119,9 @@ def quantize(
 def _quantize_in_child(
     model_path: str, output_path: str, mode: str, method: str, calibration_path: str | None, reduce_range: bool
 ) -> dict[str, int]:
+    from workers.ort_sessions import quiet_onnxruntime
+
+    quiet_onnxruntime()  # the quantizer's own sessions (pre-processing, calibration) log errors only
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,

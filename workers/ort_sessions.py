@@ -1,0 +1,52 @@
+"""Every onnxruntime session the workers make, made here: CPU only, our thread settings, and
+onnxruntime's own log kept to errors.
+
+onnxruntime's C++ logger writes to file descriptor 2 itself, not through Python logging, so the rate
+limit of ``jobs.logs`` cannot reach it, and an unusual model makes it warn once per node or
+initializer ("Removing initializer ... not used by any node") into the job's log. Each session we
+build asks for errors only; ``quiet_onnxruntime`` also lowers the process's default logger, which the
+sessions that libraries build inside our processes (the quantizer's pre-processing and calibration)
+log through. Import and call these in the sandboxed child, where sessions run.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+ERRORS_ONLY = 3  # onnxruntime severities: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
+
+# onnxruntime graph optimisation levels by the names the options use.
+OPTIMIZATION_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "layout": "ORT_ENABLE_LAYOUT",
+    "all": "ORT_ENABLE_ALL",
+}
+
+
+def quiet_onnxruntime() -> None:
+    """Lower this process's default onnxruntime logger to errors only."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(ERRORS_ONLY)
+
+
+def cpu_session(data: bytes, *, threads: int = 1, optimization: str = "all") -> onnxruntime.InferenceSession:
+    """A CPU session with the deploy settings: ``threads`` intra-op threads, sequential execution."""
+    import onnxruntime as ort
+
+    quiet_onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[optimization])
+    options.log_severity_level = ERRORS_ONLY
+    session: onnxruntime.InferenceSession = ort.InferenceSession(
+        data, sess_options=options, providers=["CPUExecutionProvider"]
+    )
+    return session
