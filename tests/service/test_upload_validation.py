@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 from svc_models import convnet, custom_domain_model, external_data_model, huge_initializer_model, no_conv_model
 
+from tests import qdq_models
+
 MODEL = convnet().SerializeToString()
+QDQ = qdq_models.per_channel_activation_net().SerializeToString()  # weights and activations int8 (QDQ)
 
 
 def _post(client, model: bytes | None = MODEL, config: object = None, data: bytes | None = None, **kwargs):
@@ -65,6 +68,14 @@ BAD_UPLOAD_CASES = [
     ("data not an npz", dict(data=b"not a zip at all"), 422, "invalid_data", "npz"),
     ("data criterion without data", dict(config={"criterion": "taylor"}), 422, "invalid_config", "needs data"),
     ("fine-tuning without data", dict(config={"finetune_steps": 10}), 422, "invalid_config", "needs data"),
+    (  # recovery with data runs the graph in PyTorch: a QDQ model is refused before it is queued
+        "QDQ model with data-driven recovery",
+        dict(model=QDQ, data=_npz(x=np.zeros((4, 3, 8, 8), np.float32)), config={"ratio": 0.5}),
+        422,
+        "invalid_model",
+        "already quantized (DequantizeLinear node 'w1_dq'): layer-wise reconstruction",
+    ),
+    ("QDQ model quantized again", dict(model=QDQ, config={"quantize": "int8"}), 422, "invalid_model", "quantize"),
     (
         "symbolic dim unknown input",
         dict(config={"input_shapes": {"nope": [1, 3, 16, 16]}}),
