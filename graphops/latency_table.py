@@ -49,6 +49,23 @@ class LatencyTable:
     curves: dict[str, LatencyCurve]
     seconds: float = 0.0
     settings: dict[str, object] = field(default_factory=dict)
+    # "int8" or "dynamic": every latency above is of the model as quantized for deployment, and
+    # ``float_original_ms`` is the float original's, the reference a latency target is a ratio of.
+    quantize: str = "none"
+    float_original_ms: float | None = None
+
+    @property
+    def reference_ms(self) -> float:
+        """The latency a target ratio is a ratio of: the float original's (the unpruned model the user has)."""
+        return self.float_original_ms if self.float_original_ms is not None else self.baseline_ms
+
+    def goal_ms(self, ratio: float) -> float:
+        """Milliseconds to save so that the model runs at ``ratio`` times the reference; 0 when the
+        baseline already does (quantization alone can meet a target)."""
+        return max(0.0, self.baseline_ms - ratio * self.reference_ms)
+
+    def predict_ratio(self, keeps: Mapping[str, int]) -> float:
+        return self.predict(keeps) / self.reference_ms
 
     def saving(self, group: str, keep: int) -> float | None:
         """Milliseconds saved by pruning ``group`` alone to ``keep`` channels (None: not in the table)."""

@@ -2,7 +2,8 @@
 
     input.onnx, data.npz       the upload (written once, by the API)
     attempts/<lease token>/    one attempt's scratch space: the pipeline writes its results here
-    result/                    the published results (model.onnx, plan.json, report.json)
+    result/                    the published results (model.onnx, plan.json, report.json; with
+                               quantize, model.float.onnx too: the float pruned model)
 
 An attempt publishes by renaming its whole directory to ``result``: a rename of a directory onto a
 non-empty one fails, so the first attempt to finish wins atomically, readers never see a half-written
@@ -17,7 +18,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from workers.fileio import float_output_path
+
 MODEL, PLAN, REPORT = "model.onnx", "plan.json", "report.json"
+FLOAT_MODEL = float_output_path(Path(MODEL)).name  # the float pruned model the pipeline keeps beside MODEL
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,11 @@ class JobFiles:
     @property
     def model(self) -> Path:
         return self.result / MODEL
+
+    @property
+    def float_model(self) -> Path:
+        """The float pruned model, published beside a quantized ``model`` (the attempt's directory holds both)."""
+        return self.result / FLOAT_MODEL
 
     @property
     def plan(self) -> Path:

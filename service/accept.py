@@ -64,7 +64,9 @@ async def accept_job(
         missing = None if capabilities is None else missing_capability(options, capabilities)
         if missing:
             raise ApiError(422, "missing_capability", f"this server cannot run the job: {missing}")
-        await run_in_threadpool(check_model, files.upload, options, settings.max_upload_bytes)
+        await run_in_threadpool(
+            check_model, files.upload, options, settings.max_upload_bytes, has_data=upload.data_bytes is not None
+        )
         if upload.data_bytes is not None:
             await run_in_threadpool(check_data, files.data, upload.data_bytes, settings.max_upload_bytes)
         config = options.model_dump_json()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
@@ -37,6 +38,7 @@ from workers.report import PruneReport
 
 log = logging.getLogger(__name__)
 DOCS_ASSETS_URL = "/docs-assets"
+ModelVariant = Literal["final", "float"]
 
 MAX_OFFSET = 1_000_000_000  # SQLite integers are 64-bit; a bound keeps absurd offsets a 422, not a 500
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -263,13 +265,25 @@ def _add_routes(app: FastAPI) -> None:
         )
 
     @app.get("/v1/jobs/{job_id}/model", response_class=FileResponse, responses=_ERRORS, tags=["results"])
-    def get_model(job: JobDep, settings: SettingsDep) -> FileResponse:
+    def get_model(
+        job: JobDep,
+        settings: SettingsDep,
+        variant: Annotated[
+            ModelVariant,
+            Query(
+                description="'final': the job's model (quantized when the job asked for quantize); 'float': "
+                "the float pruned model a quantized job kept (404 for a job that did not quantize)."
+            ),
+        ] = "final",
+    ) -> FileResponse:
         """The pruned model; ``X-Content-SHA256`` is its hex SHA-256."""
+        if variant == "float":
+            path, sha256 = _float_model(job, settings)
+            name = f"{job.id}.float.onnx"
+        else:
+            path, sha256, name = _result(job, settings, "model"), job.output_sha256 or "", f"{job.id}.onnx"
         return FileResponse(
-            _result(job, settings, "model"),
-            media_type="application/octet-stream",
-            filename=f"{job.id}.onnx",
-            headers={"X-Content-SHA256": job.output_sha256 or ""},
+            path, media_type="application/octet-stream", filename=name, headers={"X-Content-SHA256": sha256}
         )
 
     @app.get("/v1/jobs/{job_id}/report", response_model=PruneReport, responses=_ERRORS, tags=["results"])
@@ -300,12 +314,25 @@ def _add_routes(app: FastAPI) -> None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
+def _float_model(job: JobRecord, settings: Settings) -> tuple[Path, str]:
+    """The float pruned model of a quantized job, and its SHA-256 (from the report: never re-hashed)."""
+    quantize = json.loads(job.config).get("quantize", "none")
+    if job.status is JobStatus.succeeded and quantize == "none":
+        raise ApiError(
+            404, "not_found", f"job {job.id} did not quantize (quantize 'none'): its model is the float pruned model"
+        )
+    path = _result(job, settings, "float_model")
+    report = PruneReport.model_validate_json(_result(job, settings, "report").read_bytes())
+    sha256 = report.quantization.float_output_sha256 if report.quantization is not None else None
+    return path, sha256 or ""
+
+
 def _result(job: JobRecord, settings: Settings, kind: str) -> Path:
     if job.status is not JobStatus.succeeded:
         raise ApiError(409, "not_ready", f"job {job.id} is {job.status.value}; results exist once it has succeeded")
     path: Path = getattr(JobFiles.of(settings.jobs_dir, job.id), kind)
     if not path.is_file():
-        raise ApiError(404, "not_found", f"the {kind} of job {job.id} has been removed")
+        raise ApiError(404, "not_found", f"the {kind.replace('_', ' ')} of job {job.id} has been removed")
     return path
 
 
@@ -352,6 +379,7 @@ def _import_upload_checks() -> None:
 
     import graphops.loading  # noqa: F401
     import graphops.shapes  # noqa: F401
+    import workers.precision  # noqa: F401
 
 
 def _readiness_problem(store: JobStore, runner: Runner) -> str | None:

@@ -134,8 +134,9 @@ def _print_summary(report: PruneReport) -> None:
     target = getattr(report, "latency_target", None)
     if target is not None:
         verdict = "met" if target.met else f"missed by {target.missed_by:.3f}"
+        what = "" if target.applies_to == "float" else f" of the {target.applies_to} model, vs the float original"
         table.caption += (
-            f"\nlatency target {target.target:g}: {verdict} (measured {target.measured.ratio:.3f}x the "
+            f"\nlatency target {target.target:g}{what}: {verdict} (measured {target.measured.ratio:.3f}x the "
             f"original's p50, p90 {target.measured.p90_ratio:.3f}x, fastest runs "
             f"{target.measured.min_ratio:.3f}x, predicted {target.predicted:.3f}x; "
             f"{len(target.iterations)} pass(es), counts multiples of {target.step})"

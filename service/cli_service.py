@@ -78,9 +78,12 @@ def submit(
     from service.cli_common import require_output_dirs
     from service.cli_output import EXIT_FAILURE, stage_progress
     from service.client import PruneClient, ServiceError
+    from workers.fileio import float_output_path
 
     config = _config(flags)
     require_output_dirs(output, report, plan)
+    # A quantized job keeps its float pruned model: written beside the output, as 'prune' does.
+    float_output = float_output_path(output) if config.get("quantize", "none") != "none" else None
     console = Console(stderr=True)
     try:
         with PruneClient(server, token=token) as client:
@@ -90,6 +93,8 @@ def submit(
                     job["id"], on_progress=lambda job: progress(job["stage"] or job["status"], job["progress"])
                 )
             client.download_model(job["id"], output)
+            if float_output is not None:
+                client.download_model(job["id"], float_output, variant="float")
             if report is not None:
                 report.write_text(_json(client.report(job["id"])))
             if plan is not None:
@@ -105,7 +110,8 @@ def submit(
     summary = job.get("report") or {}
     macs = summary.get("macs") or {}
     detail = f" (MACs {macs['before']} -> {macs['after']})" if macs else ""
-    console.print(f"job {job['id']} succeeded{detail}: wrote {output}", markup=False, highlight=False)
+    wrote = f"{output} (quantized, {config['quantize']}) and {float_output} (float, pruned)" if float_output else output
+    console.print(f"job {job['id']} succeeded{detail}: wrote {wrote}", markup=False, highlight=False, soft_wrap=True)
 
 
 # Job error codes (jobs.policy) that are about the input, not about the server.

@@ -4,6 +4,7 @@ client = PruneClient("http://127.0.0.1:8000", token=None)
 job = client.submit("resnet.onnx", {"criterion": "l1", "ratio": 0.3})
 job = client.wait(job["id"], on_progress=lambda job: print(job["stage"], job["progress"]))
 client.download_model(job["id"], "resnet.pruned.onnx")
+client.download_model(job["id"], "resnet.pruned.float.onnx", variant="float")  # a job with quantize
 """
 
 from __future__ import annotations
@@ -134,12 +135,15 @@ class PruneClient:
                 raise ServiceError(f"job {job_id} still {job['status']} after {timeout:g} s")
             time.sleep(poll_s)
 
-    def download_model(self, job_id: str, path: str | Path) -> Path:
-        """Stream the pruned model to ``path`` (tmp + rename), checking the server's SHA-256."""
+    def download_model(self, job_id: str, path: str | Path, *, variant: str = "final") -> Path:
+        """Stream the pruned model to ``path`` (tmp + rename), checking the server's SHA-256.
+
+        ``variant``: 'final', the job's model (quantized when the job asked for quantize), or 'float',
+        the float pruned model a quantized job keeps beside it."""
         path = Path(path)
         tmp = path.with_name(f".{path.name}.part")
         digest = hashlib.sha256()
-        with self._http.stream("GET", f"/v1/jobs/{job_id}/model") as response:
+        with self._http.stream("GET", f"/v1/jobs/{job_id}/model", params={"variant": variant}) as response:
             if response.status_code != 200:
                 response.read()
                 self._json(response)

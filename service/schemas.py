@@ -23,9 +23,12 @@ class ErrorBody(BaseModel):
 
 class JobLinks(BaseModel):
     self: str
-    model: str
+    model: str = Field(description="The job's model: quantized when the job asked for 'quantize'.")
     report: str
     plan: str
+    float_model: str | None = Field(
+        None, description="With 'quantize': the float pruned model the quantized one was made from."
+    )
 
 
 class JobPublic(BaseModel):
@@ -49,6 +52,8 @@ class JobPublic(BaseModel):
         error = None
         if job.status in (JobStatus.failed, JobStatus.cancelled) and job.error_code:
             error = ErrorDetail(code=job.error_code, message=job.error_message or "")
+        options = json.loads(job.config)
+        float_model = f"{base}/model?variant=float" if options.get("quantize", "none") != "none" else None
         return cls(
             id=job.id,
             status=job.status,
@@ -58,10 +63,12 @@ class JobPublic(BaseModel):
             created_at=_time(job.created_at),
             started_at=_time(job.started_at),
             finished_at=_time(job.finished_at),
-            options=json.loads(job.config),
+            options=options,
             error=error,
             output_sha256=job.output_sha256,
-            links=JobLinks(self=base, model=f"{base}/model", report=f"{base}/report", plan=f"{base}/plan"),
+            links=JobLinks(
+                self=base, model=f"{base}/model", report=f"{base}/report", plan=f"{base}/plan", float_model=float_model
+            ),
             report=report,
         )
 

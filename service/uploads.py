@@ -184,7 +184,7 @@ def describe_validation_error(exc: ValidationError, prefix: str) -> str:
     return f"{where}: {message}{more}"
 
 
-def check_model(path: Path, options: PruneOptions, max_bytes: int) -> None:
+def check_model(path: Path, options: PruneOptions, max_bytes: int, *, has_data: bool = False) -> None:
     """Static checks only: the model is never run before a job is accepted.
 
     graphops' checks first (their messages name the node at fault), then ``onnx.checker`` in full
@@ -195,11 +195,13 @@ def check_model(path: Path, options: PruneOptions, max_bytes: int) -> None:
 
     from graphops.loading import load_model, validate_model
     from graphops.shapes import resolve_input_shapes
+    from workers.precision import check_precision
 
     try:
         model = load_model(path, max_bytes=max_bytes)
         validate_model(model)
         resolve_input_shapes(model, options.input_shapes)
+        check_precision(model, options, has_data=has_data)  # a QDQ model through a float-only path
     except ModelRejected as exc:
         raise ApiError(422, "invalid_model", str(exc)) from None
     try:

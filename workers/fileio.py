@@ -10,6 +10,11 @@ from pathlib import Path
 _CHUNK = 1 << 20
 
 
+def float_output_path(output_path: Path) -> Path:
+    """Where the float pruned model goes when the output is quantized: ``NAME.float.onnx``."""
+    return output_path.with_name(f"{output_path.stem}.float{output_path.suffix or '.onnx'}")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write via a temporary file in the same folder, then rename: readers see the old file or the
     whole new one (a crash leaves no partial result behind)."""

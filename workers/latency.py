@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from graphops.cost import ModelCost
 from graphops.dependency import ChannelGroup, DependencyGraph
@@ -41,7 +42,8 @@ ESTIMATOR = "fastest-run, rates within [1/4, 3] of the median shrunk to the prio
 PRIOR_WEIGHT = 3.0  # part of the cache key: change it with the fit
 
 Variant = tuple[str, int, dict[str, list[int]]]  # group, channel count, kept channels
-Measured = tuple[list[float], list[tuple[list[float], list[float]]]]  # baseline runs, (before, after) per variant
+Pair = tuple[list[float], list[float]]  # interleaved runs: (the original, the other model)
+Measured = tuple[list[float], list[Pair]]  # baseline runs, (before, after) per variant
 
 __all__ = ["LatencySettings", "cached_table", "cpu_model", "measure_latency_table", "resolve_round_to", "vector_width"]
 
@@ -57,6 +59,14 @@ class LatencySettings:
     budget_s: float = 60.0  # wall time for all measurements; unmeasured groups are estimated from MACs
     fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
     probe_groups: int = 2  # largest groups whose off-step counts find the staircase step
+    # "int8" or "dynamic" (--quantize): every model is timed as it is deployed, quantized
+    # (``workers.quantize.quantized_bytes``), and the float original once more as the reference.
+    quantize: str = "none"
+
+    @classmethod
+    def of(cls, options: PruneOptions) -> LatencySettings:
+        """The settings a job's latency is measured under (what its latency target applies to)."""
+        return cls(threads=options.threads, budget_s=options.latency_budget_s, quantize=options.quantize)
 
 
 @lru_cache(maxsize=1)
@@ -100,9 +110,7 @@ def resolve_round_to(
     a latency table measured before for this model and settings, else the CPU's vector width."""
     if options.round_to != "auto":
         return options, "given"
-    table = cached_table(
-        model_sha, input_shapes, LatencySettings(threads=options.threads, budget_s=options.latency_budget_s)
-    )
+    table = cached_table(model_sha, input_shapes, LatencySettings.of(options))
     if table is not None:
         step, source = table.step, f"auto: latency table ({table.step_source})"
     else:
@@ -130,6 +138,8 @@ def table_key(model_sha: str, input_shapes: dict[str, list[int]], settings: Late
         "runs": settings.runs,
         "onnxprune": version_or_unknown(),
         "estimator": ESTIMATOR,
+        # only when set, so that the keys of float tables measured before stay valid
+        **({"quantize": settings.quantize} if settings.quantize != "none" else {}),
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -176,8 +186,8 @@ def measure_latency_table(
     child_limits = RunnerLimits(
         memory_mib=limits.memory_mib, timeout_s=settings.budget_s + 120.0, max_result_mib=limits.max_result_mib
     )
-    measured = run_in_child(_measure_variants, (dep, variants, inputs, settings), limits=child_limits)
-    table = _table(dep, groups, cost, variants, measured, probes, settings, step0, source0, model_sha)
+    measured, reference = run_in_child(_measure_variants, (dep, variants, inputs, settings), limits=child_limits)
+    table = _table(dep, groups, cost, variants, measured, probes, settings, step0, source0, model_sha, reference)
     table = replace(table, seconds=round(time.perf_counter() - started, 2))
     if use_cache:
         path = _cache_dir() / f"{table.key}.json"
@@ -218,12 +228,16 @@ def table_from_timings(
     *,
     model_sha: str = "",
     exclude: tuple[str, ...] = (),
+    reference: Pair | None = None,
 ) -> LatencyTable:
     """The table from timings of :func:`plan_variants`' variants (in order): the fitting half of
-    :func:`measure_latency_table`, apart so that it can be checked on synthetic timings."""
+    :func:`measure_latency_table`, apart so that it can be checked on synthetic timings.
+    ``reference``: interleaved (deployed original, float original) runs, for a quantized table."""
     groups = _by_macs(dep, scores, cost, exclude)
     variants, probes = plan_variants(dep, scores, groups, settings, step)
-    return _table(dep, groups, cost, variants, measured, probes, settings, step, f"vector width {step}", model_sha)
+    return _table(
+        dep, groups, cost, variants, measured, probes, settings, step, f"vector width {step}", model_sha, reference
+    )
 
 
 def _by_macs(dep: DependencyGraph, scores: Scores, cost: ModelCost, exclude: tuple[str, ...]) -> list[int]:
@@ -248,6 +262,7 @@ def _table(
     step0: int,
     source0: str,
     model_sha: str,
+    reference: Pair | None = None,
 ) -> LatencyTable:
     """Curves from the measurements: per group, ms saved per MAC removed, fitted over its grid
     counts (least squares through the origin) and kept within [1/4, 3] times the median rate of all
@@ -316,6 +331,9 @@ def _table(
     )
     if step != step0:
         source = f"measured: latency drops at every multiple of {step} (vector width {step0})"
+    float_original = None
+    if reference is not None:  # the float original, timed interleaved with the quantized one
+        float_original = baseline * ratio_interval(reference[0], reference[1], quantile=QUANTILE)[0]
     return LatencyTable(
         key=table_key(model_sha, dict(dep.input_shapes or {}), settings),
         baseline_ms=baseline,
@@ -324,6 +342,8 @@ def _table(
         step_source=source,
         curves=curves,
         settings=json.loads(json.dumps(asdict(settings))),
+        quantize=settings.quantize,
+        float_original_ms=float_original,
     )
 
 
@@ -336,36 +356,58 @@ def _scores(group: ChannelGroup) -> np.ndarray:
 
 def _measure_variants(
     dep: DependencyGraph, variants: list[Variant], inputs: dict[str, np.ndarray], settings: LatencySettings
-) -> Measured:
-    """Baseline timings and, per variant until the budget is spent, interleaved (before, after) ms."""
+) -> tuple[Measured, Pair | None]:
+    """Baseline timings and, per variant until the budget is spent, interleaved (before, after) ms;
+    with ``settings.quantize``, every model quantized first, and (quantized, float) runs of the original."""
     from graphops.surgery import apply_plan
     from workers.benchmark import session_from_bytes
 
+    def deployed(model: onnx.ModelProto) -> Any:
+        if settings.quantize == "none":
+            data = model.SerializeToString()
+        else:
+            from workers.quantize import quantized_bytes
+
+            data = quantized_bytes(model, settings.quantize, inputs)
+        return session_from_bytes(data, settings.threads, settings.optimization)
+
     deadline = time.perf_counter() + settings.budget_s
-    original = session_from_bytes(dep.model.SerializeToString(), settings.threads, settings.optimization)
+    original = deployed(dep.model)
     names = [o.name for o in original.get_outputs()]
     for _ in range(settings.warmup):
         original.run(names, inputs)
     baseline: list[float] = []
     for _ in range(settings.runs):
         baseline.append(_timed(original, names, inputs))
+    reference = None
+    if settings.quantize != "none":
+        floating = session_from_bytes(dep.model.SerializeToString(), settings.threads, settings.optimization)
+        reference = _interleaved(original, floating, names, inputs, settings)
+        baseline.extend(reference[0])
+        del floating
     results = []
     for _, _, keep in variants:
         if time.perf_counter() > deadline:
             break
-        model = apply_plan(dep, PruningPlan.from_keep(dep, keep))
-        session = session_from_bytes(model.SerializeToString(), settings.threads, settings.optimization)
-        for _ in range(settings.warmup):
-            session.run(names, inputs)
-        before: list[float] = []
-        after: list[float] = []
-        for _ in range(settings.runs):
-            before.append(_timed(original, names, inputs))
-            after.append(_timed(session, names, inputs))
+        session = deployed(apply_plan(dep, PruningPlan.from_keep(dep, keep)))
+        before, after = _interleaved(original, session, names, inputs, settings)
         baseline.extend(before)
         results.append((before, after))
         del session
-    return baseline, results
+    return (baseline, results), reference
+
+
+def _interleaved(
+    original: Any, other: Any, names: list[str], inputs: dict[str, np.ndarray], settings: LatencySettings
+) -> Pair:
+    for _ in range(settings.warmup):
+        other.run(names, inputs)
+    before: list[float] = []
+    after: list[float] = []
+    for _ in range(settings.runs):
+        before.append(_timed(original, names, inputs))
+        after.append(_timed(other, names, inputs))
+    return before, after
 
 
 def _timed(session: Any, names: list[str], inputs: dict[str, np.ndarray]) -> float:

@@ -6,10 +6,15 @@ model interleaved with the original, and while it misses the target, ask the lat
 proportionally more (savings that add up in the model overlap in reality), a bounded number of
 times. The plan kept is the first that meets the target, else the fastest measured. Decisions use the
 p50 ratio, or the fastest runs' ratio when the p50's interval is too wide to act on (``decisive_ratio``).
+
+With ``--quantize``, the target applies to the model the user gets, the quantized one: the table times
+quantized variants (and the float original as the reference), and each pass quantizes its candidate
+before timing it against the float original, as the pipeline's final benchmark does.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +27,15 @@ from graphops.latency_table import LatencyTable
 from graphops.plan import PruningPlan
 from graphops.selection import Scores
 from graphops.surgery import apply_plan
-from workers.benchmark import benchmark
+from workers.benchmark import benchmark, make_inputs
 from workers.latency import LatencySettings, measure_latency_table
 from workers.options import PruneOptions
+from workers.quantize import QuantizeSettings, fixed_batch, generated_inputs, quantize
 from workers.report import Latency, LatencyGroupReport, LatencyIteration, LatencyTargetReport, SpeedChange
 from workers.sandbox import RunnerLimits
 from workers.speed import decisive_ratio
+
+TIMING_CALIBRATION_SAMPLES = 4
 
 
 @dataclass(frozen=True)
@@ -50,7 +58,7 @@ def select_for_latency(
 ) -> LatencyChoice:
     """``step``: channel counts are multiples of it; None ('auto'): the table's measured step."""
     target = float(options.latency_target or 1.0)
-    settings = LatencySettings(threads=options.threads, budget_s=options.latency_budget_s)
+    settings = LatencySettings.of(options)
     table = measure_latency_table(
         dep, scores, cost, model_sha, settings, exclude=tuple(options.exclude), limits=limits, seed=options.seed
     )
@@ -63,12 +71,11 @@ def select_for_latency(
     iterations: list[LatencyIteration] = []
     best: tuple[float, PruningPlan, SpeedChange] | None = None
     with tempfile.TemporaryDirectory(prefix="onnxprune-latency-") as workdir:
-        candidate = Path(workdir) / "candidate.onnx"
+        pruned, candidate = Path(workdir) / "pruned.onnx", Path(workdir) / "candidate.onnx"
         for _ in range(options.latency_iterations):
-            plan = select_by_latency(
-                dep, scores, saving, table.baseline_ms * (1.0 - asked), step=step, exclude=options.exclude
-            )
-            candidate.write_bytes(apply_plan(dep, plan).SerializeToString())
+            plan = select_by_latency(dep, scores, saving, table.goal_ms(asked), step=step, exclude=options.exclude)
+            pruned.write_bytes(apply_plan(dep, plan).SerializeToString())
+            deployed(pruned, candidate, dep, options, limits)
             change = benchmark(
                 model_path,
                 candidate,
@@ -80,7 +87,7 @@ def select_for_latency(
             ).latency.change
             if change is None:  # benchmark of two models always compares them
                 raise RuntimeError("benchmark returned no comparison")
-            predicted = table.predict(counts_of(plan)) / table.baseline_ms
+            predicted = table.predict_ratio(counts_of(plan))
             iterations.append(LatencyIteration(asked=round(asked, 4), predicted=round(predicted, 4), measured=change))
             achieved = decisive_ratio(change)
             if best is None or achieved < best[0]:
@@ -102,10 +109,23 @@ def select_for_latency(
         missed_by=None if achieved <= target else round(achieved - target, 4),
         iterations=iterations,
         step=step,
+        applies_to="float" if settings.quantize == "none" else settings.quantize,
         **table_summary(table),
         groups=group_reports(table, dep, plan),
     )
     return LatencyChoice(plan=plan, step=step, report=report)
+
+
+def deployed(pruned: Path, candidate: Path, dep: DependencyGraph, options: PruneOptions, limits: RunnerLimits) -> None:
+    """``candidate``: the pruned model as the job will write it, quantized with ``--quantize`` (in the
+    sandbox, calibrated on a few generated inputs: calibration moves scales, not the graph or its speed)."""
+    if options.quantize == "none":
+        os.replace(pruned, candidate)
+        return
+    one = make_inputs(dep.model, dep.input_shapes, options.seed)
+    count = max(TIMING_CALIBRATION_SAMPLES, fixed_batch(dep.model) or 1)
+    calibration = generated_inputs(one, count, options.seed)
+    quantize(pruned, candidate, QuantizeSettings(options.quantize), calibration, limits=limits)
 
 
 def next_ask(asked: float, predicted: float, measured: float, target: float) -> float:
@@ -125,6 +145,7 @@ def table_summary(table: LatencyTable) -> dict[str, Any]:
         "table_seconds": table.seconds,
         "measured_groups": sum(1 for c in table.curves.values() if c.measured),
         "table_key": table.key,
+        "float_original_ms": None if table.float_original_ms is None else round(table.float_original_ms, 4),
     }
 
 
@@ -151,16 +172,23 @@ def group_reports(table: LatencyTable, dep: DependencyGraph, plan: PruningPlan) 
 
 
 def target_notes(report: LatencyTargetReport | None, latency: Latency | None) -> list[str]:
-    """The latency target in words when the final measurement missed it: by how much."""
+    """The latency target in words when the final measurement missed it (by how much), or when
+    quantization alone met it (nothing pruned)."""
     if report is None:
         return []
     final = latency.change if latency is not None and latency.change is not None else report.measured
     achieved = decisive_ratio(final)
     if achieved <= report.target:
-        return []
+        if report.applies_to == "float" or any(g.kept < g.channels for g in report.groups):
+            return []
+        return [
+            f"latency target {report.target:g} met by {report.applies_to} quantization alone (measured "
+            f"{achieved:.3f}x the float original's latency): nothing was pruned; a lower target prunes too"
+        ]
     how = "p50" if achieved == final.ratio else f"fastest runs (p50 {final.ratio:.3f}x, too noisy to act on)"
+    what = "" if report.applies_to == "float" else f" (of the {report.applies_to} model)"
     return [
-        f"latency target {report.target:g} missed: measured {achieved:.3f}x the original's {how} "
+        f"latency target {report.target:g}{what} missed: measured {achieved:.3f}x the original's {how} "
         f"({final.band}), {achieved - report.target:.3f} above the target after "
         f"{len(report.iterations)} pass(es); the latency model predicted {report.predicted:.3f}"
     ]

@@ -18,10 +18,10 @@ from graphops.selection import check_exclude_patterns
 from workers.analysis import analyse_model
 from workers.benchmark import benchmark, compare_outputs, make_inputs, run_model
 from workers.capabilities import require_capabilities
-from workers.fileio import file_sha256
+from workers.fileio import file_sha256, float_output_path
 from workers.latency import resolve_round_to
 from workers.options import PruneOptions
-from workers.quantize import check_not_quantized
+from workers.precision import check_precision
 from workers.report import Fidelity, HeldOutEvaluation, Latency, PruneReport, SensitivityReport
 from workers.reporting import build_report
 from workers.sandbox import RunnerLimits
@@ -30,7 +30,7 @@ from workers.strategies import Job, Outcome, choose_schedule
 from workers.strategies.finish import choose_finish
 from workers.verification import ORACLE_RTOL, VerificationFailed
 
-__all__ = ["ORACLE_RTOL", "STAGE_END", "PipelineResult", "VerificationFailed", "run_pipeline"]
+__all__ = ["ORACLE_RTOL", "STAGE_END", "PipelineResult", "VerificationFailed", "float_output_path", "run_pipeline"]
 
 HELD_OUT_SPLIT = "every fifth sample of the data file (indices 4, 9, 14, ...)"
 
@@ -41,11 +41,6 @@ class PipelineResult:
     plan: PruningPlan
     dependency: DependencyGraph = field(repr=False)
     float_output: Path | None = None  # with --quantize: the float pruned model, beside the quantized one
-
-
-def float_output_path(output_path: Path) -> Path:
-    """Where the float pruned model goes when the output is quantized: ``NAME.float.onnx``."""
-    return output_path.with_name(f"{output_path.stem}.float{output_path.suffix or '.onnx'}")
 
 
 def run_pipeline(
@@ -69,8 +64,7 @@ def run_pipeline(
     stages = Stages(progress)
     analysis = analyse_model(Path(model_path), options.input_shapes, stage=stages.stage)
     check_exclude_patterns(options.exclude, (node.name for node in analysis.prepared.graph.node))
-    if options.quantize != "none":
-        check_not_quantized(analysis.original)
+    check_precision(analysis.original, options, has_data=data is not None, plan_given=plan is not None)
     schedule = choose_schedule(options, plan, has_data=data is not None)
     resolved, round_to_source = resolve_round_to(options, analysis.sha256, analysis.input_shapes)
     output_path.parent.mkdir(parents=True, exist_ok=True)

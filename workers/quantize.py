@@ -13,6 +13,7 @@ AVX2 kernels can saturate, which ``reduce_range`` (7-bit weights) avoids at a sm
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +120,33 @@ def quantize(
 def _quantize_in_child(
     model_path: str, output_path: str, mode: str, method: str, calibration_path: str | None, reduce_range: bool
 ) -> dict[str, int]:
+    inputs = None
+    if calibration_path is not None:
+        with np.load(calibration_path) as archive:
+            inputs = {name: archive[name] for name in archive.files}
+    return quantize_file(model_path, output_path, mode, method, inputs, reduce_range)
+
+
+def quantized_bytes(model: onnx.ModelProto, mode: str, inputs: Mapping[str, np.ndarray]) -> bytes:
+    """``model`` quantized in THIS process exactly as :func:`quantize` would, for timing: call it only
+    where the user's graph may run (the sandboxed child). Calibration is min-max on ``inputs``: the
+    method and the inputs change the scales, never the graph, so the latency is the deployed one's."""
+    with tempfile.TemporaryDirectory(prefix="onnxprune-quantize-") as folder:
+        source, output = Path(folder) / "model.onnx", Path(folder) / "model.int8.onnx"
+        source.write_bytes(model.SerializeToString())
+        quantize_file(str(source), str(output), mode, "minmax", inputs if mode == "int8" else None, not cpu_has_vnni())
+        return output.read_bytes()
+
+
+def quantize_file(
+    model_path: str,
+    output_path: str,
+    mode: str,
+    method: str,
+    inputs: Mapping[str, np.ndarray] | None,
+    reduce_range: bool,
+) -> dict[str, int]:
+    """onnxruntime's quantizer on ``model_path``, in this process; what it quantized."""
     from workers.ort_sessions import quiet_onnxruntime
 
     quiet_onnxruntime()  # the quantizer's own sessions (pre-processing, calibration) log errors only
@@ -148,13 +176,14 @@ def _quantize_in_child(
             prepared, output_path, per_channel=True, reduce_range=reduce_range, weight_type=QuantType.QInt8
         )
     else:
+        if not inputs:
+            raise ValueError("static int8 quantization needs calibration inputs")
         model = onnx.load(prepared, load_external_data=False)
-        with np.load(str(calibration_path)) as archive:
-            inputs = {name: archive[name] for name in archive.files}
+        samples = dict(inputs)
 
         class Reader(CalibrationDataReader):  # type: ignore[misc]
             def __init__(self) -> None:
-                self._feeds = calibration_batches(inputs, fixed_batch(model))
+                self._feeds = calibration_batches(samples, fixed_batch(model))
 
             def get_next(self) -> dict[str, np.ndarray] | None:
                 return next(self._feeds, None)

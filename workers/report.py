@@ -148,6 +148,11 @@ class LatencyTargetReport(BaseModel):
     """``latency_target``: the latency model, what it predicted, and what was measured."""
 
     target: float = Field(description="Asked: pruned latency at most this times the original's.")
+    applies_to: str = Field(
+        "float",
+        description="The model the target was measured on: 'float' (the pruned model), or the --quantize "
+        "mode ('int8', 'dynamic'): the pruned model quantized, the one written, timed against the float original.",
+    )
     met: bool
     measured: SpeedChange = Field(description="The chosen plan, timed against the original (p50, p90, interval).")
     achieved: float | None = Field(
@@ -161,7 +166,12 @@ class LatencyTargetReport(BaseModel):
     step: int = Field(description="Channel counts were multiples of this.")
     step_measured: int
     step_source: str
-    baseline_ms: float = Field(description="The original's latency in the table (20th percentile of runs).")
+    baseline_ms: float = Field(
+        description="The original's latency in the table (fastest run); quantized when 'applies_to' is."
+    )
+    float_original_ms: float | None = Field(
+        None, description="With --quantize: the float original's latency in the table, the reference of the target."
+    )
     noise_ms: float
     table_seconds: float
     measured_groups: int

@@ -222,6 +222,9 @@ function resultLinks(td, job) {
     }
     td.appendChild(report);
     action(td, "model", () => download(job.links.model, `${job.id}.onnx`));
+    if (job.links.float_model) {  // a quantized job keeps its float pruned model too
+      action(td, "float model", () => download(job.links.float_model, `${job.id}.float.onnx`));
+    }
     action(td, "json", () => download(job.links.report, `${job.id}.report.json`));
     action(td, "plan", () => download(job.links.plan, `${job.id}.plan.json`));
   }

@@ -14,8 +14,10 @@ import pytest
 from svc_models import convnet, custom_domain_model, external_data_model, huge_initializer_model, no_conv_model
 
 from tests import hostile_models as hostile
+from tests import qdq_models
 
 MODEL = convnet().SerializeToString()
+QDQ = qdq_models.per_channel_activation_net().SerializeToString()  # weights and activations int8 (QDQ)
 
 
 def _post(client, model: bytes | None = MODEL, config: object = None, data: bytes | None = None, **kwargs):
@@ -98,6 +100,14 @@ BAD_UPLOAD_CASES = [
         "invalid_model",
         "130000x3x32x32",
     ),
+    (  # recovery with data runs the graph in PyTorch: a QDQ model is refused before it is queued
+        "QDQ model with data-driven recovery",
+        dict(model=QDQ, data=_npz(x=np.zeros((4, 3, 8, 8), np.float32)), config={"ratio": 0.5}),
+        422,
+        "invalid_model",
+        "already quantized (DequantizeLinear node 'w1_dq'): layer-wise reconstruction",
+    ),
+    ("QDQ model quantized again", dict(model=QDQ, config={"quantize": "int8"}), 422, "invalid_model", "quantize"),
     (
         "symbolic dim unknown input",
         dict(config={"input_shapes": {"nope": [1, 3, 16, 16]}}),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from graphops.errors import ModelRejected
 from graphops.plan import PruningPlan
+from graphops.scoring import criterion_needs_data
 from workers.options import AutoTarget, LatencyTarget, LearnedTarget, MacsTarget, PruneOptions, RatioTarget
 from workers.strategies.auto import AutoRatios
 from workers.strategies.base import Job, Outcome, Schedule, Selection, Selector, Step
@@ -17,7 +18,7 @@ from workers.strategies.recovery import NoRecovery, Recovery
 from workers.strategies.saved_plan import SavedPlan
 from workers.strategies.stepwise import Stepwise
 
-__all__ = ["Job", "Outcome", "Schedule", "Selection", "Selector", "Step", "choose_schedule"]
+__all__ = ["Job", "Outcome", "Schedule", "Selection", "Selector", "Step", "choose_schedule", "round_trip_reason"]
 
 
 def choose_selector(options: PruneOptions, plan: PruningPlan | None = None) -> Selector:
@@ -46,6 +47,24 @@ def choose_recovery(options: PruneOptions, *, has_data: bool) -> Recovery:
     if has_data and options.recovery in ("auto", "reconstruct"):  # layer-wise reconstruction first, by default
         return Reconstruct(then, samples=options.reconstruct_samples)
     return then
+
+
+def round_trip_reason(options: PruneOptions, *, has_data: bool, plan_given: bool = False) -> str | None:
+    """What in this job runs the graph in PyTorch (``roundtrip``), in the options' words, or None: the
+    strategies above that would (data-driven scores, reconstruction, fine-tuning), read off the same choices."""
+    if not plan_given and criterion_needs_data(options.criterion):
+        return f"criterion '{options.criterion}'"
+    recovery = choose_recovery(options, has_data=has_data)
+    if isinstance(recovery, Reconstruct):
+        named = options.recovery == "reconstruct"
+        return "layer-wise reconstruction" + ("" if named else " (the default recovery when data is given)")
+    if isinstance(recovery, FineTune):
+        if options.finetune_steps > 0:
+            return "fine-tuning (finetune_steps)"
+        if options.iterative_steps > 1:
+            return "iterative pruning (iterative_steps)"
+        return "fine-tuning under the time budget (time_budget with data)"
+    return None
 
 
 def choose_schedule(options: PruneOptions, plan: PruningPlan | None = None, *, has_data: bool = False) -> Schedule:
