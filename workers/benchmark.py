@@ -19,6 +19,7 @@ import onnx
 from graphops.errors import ModelRejected
 from graphops.loading import load_model, parse_model
 from graphops.shapes import graph_inputs, resolve_input_shapes
+from workers.ort_models import FedModel, run_fed
 from workers.output_compare import numeric_values, structure
 from workers.report import Fidelity, Latency, LatencyStats
 from workers.sandbox import RunnerError, RunnerLimits, run_in_child
@@ -27,7 +28,7 @@ from workers.speed import compare_timings
 if TYPE_CHECKING:  # onnxruntime itself is imported only in the child process
     import onnxruntime
 
-__all__ = ["BenchmarkResult", "RunnerError", "RunnerLimits", "benchmark", "make_inputs", "run_model"]
+__all__ = ["BenchmarkResult", "RunnerError", "RunnerLimits", "benchmark", "make_inputs", "run_model", "run_models"]
 
 Inputs = dict[str, np.ndarray]
 
@@ -65,7 +66,20 @@ def make_inputs(
 
 def run_model(model_path: Path, inputs: Mapping[str, np.ndarray], *, limits: RunnerLimits = RunnerLimits()) -> Inputs:
     """All outputs of one onnxruntime run, by output name (in a sandboxed child process)."""
-    return run_in_child(_run_once, (str(model_path), dict(inputs)), limits=limits)
+    return run_models([model_path], inputs, limits=limits)[0]
+
+
+def run_models(
+    models: Sequence[Path | FedModel],
+    inputs: Mapping[str, np.ndarray],
+    *,
+    threads: int = 1,
+    limits: RunnerLimits = RunnerLimits(),
+) -> list[Inputs]:
+    """The outputs of one run of each model on the same ``inputs``, in one sandboxed call; each
+    model's session lives only while it runs, so at most one holds memory at a time."""
+    sources = [model if isinstance(model, FedModel) else str(model) for model in models]
+    return run_in_child(_run_each, (sources, dict(inputs), threads), limits=limits)
 
 
 def benchmark(
@@ -171,12 +185,15 @@ OPTIMIZATION_LEVELS = {
 }
 
 
-def _session(path: str, threads: int) -> onnxruntime.InferenceSession:
-    return session_from_bytes(Path(path).read_bytes(), threads)
+def _session(path: str, threads: int, prepack: bool = True) -> onnxruntime.InferenceSession:
+    return session_from_bytes(Path(path).read_bytes(), threads, prepack=prepack)
 
 
-def session_from_bytes(data: bytes, threads: int, optimization: str = "all") -> onnxruntime.InferenceSession:
-    """A CPU session with the deploy settings (child process only)."""
+def session_from_bytes(
+    data: bytes, threads: int, optimization: str = "all", *, prepack: bool = True
+) -> onnxruntime.InferenceSession:
+    """A CPU session with the deploy settings (child process only); ``prepack`` False for a single
+    run, which would not pay back the time and memory of weights repacked for speed."""
     import onnxruntime as ort
 
     parse_model(data)  # refuses external data before onnxruntime could follow its paths
@@ -186,11 +203,20 @@ def session_from_bytes(data: bytes, threads: int, optimization: str = "all") -> 
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[optimization])
     options.log_severity_level = 3
+    if not prepack:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def _run_once(path: str, inputs: Inputs) -> Inputs:
-    session = _session(path, threads=1)
+def _run_each(models: list[str | FedModel], inputs: Inputs, threads: int) -> list[Inputs]:
+    return [
+        run_fed(model, inputs, threads) if isinstance(model, FedModel) else _run_file(model, inputs, threads)
+        for model in models
+    ]
+
+
+def _run_file(path: str, inputs: Inputs, threads: int) -> Inputs:
+    session = _session(path, threads, prepack=False)
     names = [output.name for output in session.get_outputs()]
     return dict(zip(names, session.run(names, inputs)))
 
