@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,8 +62,10 @@ def analyse_model(
     path = Path(path)
     with stage("load"):
         data = read_model_file(path)
-        sha256 = hashlib.sha256(data).hexdigest()
-        original = parse_model(data)
+        with ThreadPoolExecutor(1) as pool:  # hashlib releases the GIL: hash while protobuf parses
+            digest = pool.submit(hashlib.sha256, data)
+            original = parse_model(data)
+            sha256 = digest.result().hexdigest()
         del data
     with stage("validate"):
         validate_model(original)

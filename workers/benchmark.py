@@ -7,8 +7,10 @@ builds both sessions with identical options, warms each up, then times them inte
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -76,8 +78,9 @@ def run_models(
     threads: int = 1,
     limits: RunnerLimits = RunnerLimits(),
 ) -> list[Inputs]:
-    """The outputs of one run of each model on the same ``inputs``, in one sandboxed call; each
-    model's session lives only while it runs, so at most one holds memory at a time."""
+    """The outputs of one run of each model on the same ``inputs``, in one sandboxed call. Fed models
+    (their weights are inputs: a session holds none) run side by side, one per core; model files
+    one after another, each session living only while its model runs."""
     sources = [model if isinstance(model, FedModel) else str(model) for model in models]
     return run_in_child(_run_each, (sources, dict(inputs), threads), limits=limits)
 
@@ -209,10 +212,15 @@ def session_from_bytes(
 
 
 def _run_each(models: list[str | FedModel], inputs: Inputs, threads: int) -> list[Inputs]:
-    return [
-        run_fed(model, inputs, threads) if isinstance(model, FedModel) else _run_file(model, inputs, threads)
-        for model in models
-    ]
+    def run(model: str | FedModel) -> Inputs:
+        return run_fed(model, inputs, threads) if isinstance(model, FedModel) else _run_file(model, inputs, threads)
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    side_by_side = min(len(models), max(cores // threads, 1)) if all(isinstance(m, FedModel) for m in models) else 1
+    if side_by_side <= 1:
+        return [run(model) for model in models]
+    with ThreadPoolExecutor(side_by_side) as pool:  # onnxruntime releases the GIL while it runs
+        return list(pool.map(run, models))
 
 
 def _run_file(path: str, inputs: Inputs, threads: int) -> Inputs:

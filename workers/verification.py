@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import hashlib
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,8 +83,10 @@ def checked_fed_model(model: onnx.ModelProto) -> FedModel:
 def write_model(model: onnx.ModelProto, path: Path) -> str:
     """Serialise ``model`` once, write it to ``path``; returns the SHA-256 of the bytes written."""
     data = model.SerializeToString()
-    path.write_bytes(data)
-    return hashlib.sha256(data).hexdigest()
+    with ThreadPoolExecutor(1) as pool:  # hashing and writing both release the GIL
+        digest = pool.submit(hashlib.sha256, data)
+        path.write_bytes(data)
+        return digest.result().hexdigest()
 
 
 def verify_against_oracle(
@@ -102,8 +105,8 @@ def verify_against_oracle(
     The masked original and the pruned model run on the same ``inputs`` in the job's sandbox, with
     ``dep.model`` itself when ``with_reference`` (its outputs give the fidelity numbers without a
     second run). ``weights``: ``dep.model``'s decoded weights, shared with the surgery that made
-    ``pruned``; they are released before the pruned model's are decoded, so that a big model's
-    weights are held at most three times (the proto, the masked, the pruned or the decoded).
+    ``pruned``. They are released, and the masked copies collected, before the pruned model's weights
+    are decoded: the two runs never hold their arrays at once.
     """
     weights = weights or ModelWeights(dep.model)
     originals = [fed_graph(masked_graph(dep, plan, weights), dep.model)]

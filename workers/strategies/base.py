@@ -10,7 +10,6 @@ options; the pipeline only runs the schedule.
 from __future__ import annotations
 
 import gc
-import hashlib
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -33,7 +32,7 @@ from workers.options import PruneOptions
 from workers.report import FinetuneReport, LatencyTargetReport, SensitivityReport
 from workers.sandbox import RunnerLimits
 from workers.stages import Stages
-from workers.verification import Outputs, Verified, verify_against_oracle
+from workers.verification import Outputs, Verified, verify_against_oracle, write_model
 
 if TYPE_CHECKING:
     from roundtrip.context import DataContext
@@ -169,9 +168,7 @@ class Job:
         verified = self.verified
         if verified is not None and verified.model is model:
             return verified.path, verified.sha256
-        data = model.SerializeToString()
-        path.write_bytes(data)
-        return path, hashlib.sha256(data).hexdigest()
+        return path, write_model(model, path)
 
 
 @dataclass(frozen=True)
