@@ -36,15 +36,15 @@ def masked_graph(dep: DependencyGraph, plan: PruningPlan, weights: ModelWeights 
     nodes = {node.name: node for node in graph.nodes}
     for (node_name, index), entries in _by_input(dep.reductions).items():
         node = nodes[node_name]
-        values = np.array(node.inputs[index].values, copy=True)
-        # A quantized weight (QDQ) is masked in its own precision: to the value that dequantizes to 0.
-        fill = zero_point_fill(node, values) if node.op == DEQUANTIZE and index == 0 else None
+        source = np.asarray(node.inputs[index].values)
+        keep = np.ones((1,) * source.ndim, dtype=bool)  # broadcast along every axis an entry masks
         for entry in entries:
-            removed = np.flatnonzero(ctx.removed_atoms(entry.atoms))
-            index_tuple: list[slice | np.ndarray] = [slice(None)] * values.ndim
-            index_tuple[entry.axis] = removed
-            values[tuple(index_tuple)] = 0 if fill is None else fill[tuple(index_tuple)]
-        ctx.replace_input(node, index, values)
+            shape = [1] * source.ndim
+            shape[entry.axis] = -1
+            keep = keep & ~ctx.removed_atoms(entry.atoms).reshape(shape)
+        # A quantized weight (QDQ) is masked in its own precision: to the value that dequantizes to 0.
+        fill = zero_point_fill(node, source) if node.op == DEQUANTIZE and index == 0 else np.zeros((), source.dtype)
+        ctx.replace_input(node, index, np.where(keep, source, fill))  # one pass, a new array
     for node in graph.nodes:
         handler_for(node.op).mask(node, ctx)
     return graph
