@@ -1,25 +1,28 @@
-"""onnxprune against Torch-Pruning on ResNet-50 at ratio 0.5, side by side in one run.
+"""onnxprune as users run it, whole processes: against Torch-Pruning on ResNet-50, and against the
+load+save floor on a VGG-19-size model.
 
-Both tools start from the same weights (random, BatchNorm statistics randomised) and remove 50% of
-the channels of every prunable group with an L1 criterion, residual-coupled groups included, the
-final Linear's outputs kept. Each is timed file to file:
+    resnet50  ours    onnxprune prune resnet50.onnx --ratio 0.5 --criterion l1 --no-benchmark -o ours.onnx
+              theirs  python benchmarks/torch_pruning_resnet50.py resnet50.pt theirs.onnx
+                      (load the state dict, MagnitudePruner with L1 at 0.5, export to ONNX)
+              floor   python -c "onnx.save(onnx.load(resnet50.onnx), floor.onnx)"
+    vgg19     ours    onnxprune prune vgg19.onnx --ratio 0.3 --criterion l1 --no-benchmark -o ours.onnx
+              floor   the same load + save, on the ~575 MB model (random weights, built in code here)
 
-    ours    model.onnx -> load_model, prepare_model, analyze, score_groups(l1), select_by_ratio,
-                          apply_plan, onnx.save -> ours.onnx
-    theirs  state.pt   -> build ResNet-50, load_state_dict, MagnitudePruner(p=1).step(),
-                          torch.onnx.export -> theirs.onnx
-    floor   model.onnx -> onnx.load, onnx.save (the least any file -> file tool can take)
+Both ResNet-50 sides start from the same weights (``tests.zoo.resnet50``, BatchNorm statistics
+randomised). Verification stays on: every onnxprune run checks its result with onnx.checker and the
+masked-original oracle (the warm-up run's report shows the verify stage and the fidelity).
 
-The three run alternately in this one process (floor, ours, theirs, floor, ours, theirs, ...),
-after one untimed warm-up of each, so lazy imports and first-call costs are not counted for either
-(the first runs are reported apart). Files live in /dev/shm where it exists, so disk noise stays out.
-Both pruned files are then measured with the same MACs counter (``graphops.cost.measure_cost``)
-and timed in one interleaved onnxruntime benchmark (``workers.benchmark.benchmark``).
+Each case runs one untimed warm-up of every side, then ``--reps`` rounds with every side once per
+round in turn, so drift in machine load hits all sides alike. Per run: wall time, CPU time (user +
+system of the whole process tree) and peak RSS (the largest process of the tree, from ``os.wait4``);
+reported as medians with the fastest and slowest run. The two pruned ResNet-50s are then compared
+(MACs, layer widths) and timed in one interleaved onnxruntime benchmark. Files live in /dev/shm
+where it exists, so disk noise stays out.
 
-    .venv/bin/python benchmarks/bench_torch_pruning.py             # writes benchmarks/results/torch_pruning.{json,md}
-    .venv/bin/python benchmarks/bench_torch_pruning.py --profile   # and prints a pyinstrument profile of ours
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_torch_pruning.py [--reps 7] [--cases resnet50 vgg19]
 
-Needs the ``bench`` extra (torch, torch-pruning) and pyinstrument for ``--profile``; about 40 s on 2 cores.
+Writes benchmarks/results/torch_pruning.{json,md}. Needs the ``bench`` extra (torch, torch-pruning);
+about 3 minutes on an idle 2-core machine, 3 GB of memory for the VGG-19 case.
 """
 
 from __future__ import annotations
@@ -27,15 +30,14 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
-import gc
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,133 +46,165 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime  # noqa: E402
-import torch  # noqa: E402
-import torch_pruning as tp  # noqa: E402
+from onnx import TensorProto, helper  # noqa: E402
 
 from graphops.cost import measure_cost  # noqa: E402
-from graphops.dependency import analyze  # noqa: E402
-from graphops.loading import load_model  # noqa: E402
-from graphops.prepare import prepare_model  # noqa: E402
-from graphops.scoring import score_groups  # noqa: E402
-from graphops.selection import select_by_ratio  # noqa: E402
-from graphops.surgery import apply_plan  # noqa: E402
-from tests.zoo import export_onnx, randomize_batchnorm, resnet50  # noqa: E402
-from workers.benchmark import benchmark  # noqa: E402
 
-RATIO = 0.5
+RESNET_RATIO = 0.5
+VGG_RATIO = 0.3
 INPUT_SHAPE = (1, 3, 224, 224)
 INPUT_SHAPES = {"input": list(INPUT_SHAPE)}
 DEFAULT_TMPDIR = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
+TARGETS = {"resnet50_time_ours_over_theirs": 0.8, "vgg19_time_ours_over_floor": 3.0, "vgg19_rss_ours_over_floor": 2.0}
 # Layers whose widths the report quotes (ONNX node names of the TorchScript export).
 QUOTED_LAYERS = (
     "/stem/stem.0/Conv",
     "/stages/stages.0/stages.0.0/conv1/Conv",
     "/stages/stages.0/stages.0.0/conv3/Conv",
-    "/stages/stages.0/stages.0.0/downsample/downsample.0/Conv",
     "/stages/stages.2/stages.2.3/conv2/Conv",
     "/stages/stages.3/stages.3.2/conv3/Conv",
     "/fc/Gemm",
 )
+FLOOR_CODE = "import sys, onnx; onnx.save(onnx.load(sys.argv[1]), sys.argv[2])"
+# VGG-19 (configuration E): 16 3x3 convs, 5 max-pools, three fully connected layers; 143.7 M parameters.
+VGG19_LAYERS = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
 
 
-class Laps:
-    """Wall seconds per named stage, and wall and CPU seconds in total, of one timed run.
-
-    CPU time (all threads of this process) is less sensitive than wall time to other processes on
-    a shared machine, so both are reported.
-    """
-
-    def __init__(self) -> None:
-        self.stages: dict[str, float] = {}
-        self._start = self._last = time.perf_counter()
-        self._cpu_start = self._cpu_last = time.process_time()
-
-    def lap(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.stages[stage] = now - self._last
-        self._last = now
-        self._cpu_last = time.process_time()
-
-    @property
-    def total(self) -> float:
-        return self._last - self._start
-
-    @property
-    def cpu(self) -> float:
-        return self._cpu_last - self._cpu_start
+# ---- running whole processes ----------------------------------------------------------------------
 
 
-def prune_ours(source: Path, target: Path) -> Laps:
-    laps = Laps()
-    model = load_model(source)
-    laps.lap("load")
-    prepared = prepare_model(model, INPUT_SHAPES)
-    laps.lap("prepare")
-    dep = analyze(prepared, INPUT_SHAPES)
-    laps.lap("analyze")
-    scores = score_groups(dep, "l1")
-    laps.lap("score")
-    plan = select_by_ratio(dep, scores, RATIO)
-    laps.lap("select")
-    pruned = apply_plan(dep, plan)
-    laps.lap("apply")
-    onnx.save(pruned, target)
-    laps.lap("save")
-    return laps
+@dataclass(frozen=True)
+class Run:
+    wall_s: float
+    cpu_s: float  # user + system time of the process and every child it waited for
+    peak_rss_mb: float  # the largest resident set of any process in the tree
 
 
-def prune_theirs(state_path: Path, target: Path) -> Laps:
-    laps = Laps()
-    model = resnet50()
-    model.load_state_dict(torch.load(state_path, weights_only=True))
-    model.eval()
-    laps.lap("load")
-    pruner = tp.pruner.MagnitudePruner(
-        model,
-        torch.randn(*INPUT_SHAPE),
-        importance=tp.importance.MagnitudeImportance(p=1),
-        pruning_ratio=RATIO,
-        global_pruning=False,
-        ignored_layers=[model.fc],
-    )
-    laps.lap("dependency graph")
-    with torch.no_grad():
-        pruner.step()
-    laps.lap("prune")
-    export_onnx(model, INPUT_SHAPE, target)
-    laps.lap("export")
-    return laps
+# Runs the command and reports its rusage as JSON. A fresh small process does the waiting: a child
+# forked from this one would count this process's memory (the models, torch) in its peak RSS, since
+# the kernel keeps the high-water mark across exec.
+LAUNCHER = """
+import json, os, subprocess, sys, time
+start = time.perf_counter()
+process = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(process.pid, 0)
+wall = time.perf_counter() - start
+code = os.waitstatus_to_exitcode(status)
+with open(sys.argv[1], "w") as out:
+    json.dump({"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024}, out)
+sys.exit(code)
+"""
 
 
-def load_and_save(source: Path, target: Path) -> Laps:
-    laps = Laps()
-    model = onnx.load(source)
-    laps.lap("load")
-    onnx.save(model, target)
-    laps.lap("save")
-    return laps
+def run_process(command: list[str], log: Path) -> Run:
+    """Run ``command`` to completion: its wall time, and its CPU time and peak RSS from the kernel's
+    accounting (``wait4``: the process and every child it waited for)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    measured = log.with_suffix(".run.json")
+    with log.open("ab") as out:
+        code = subprocess.call(
+            [sys.executable, "-c", LAUNCHER, str(measured), *command],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
+        )
+    if code != 0:
+        raise RuntimeError(f"{' '.join(command)} exited with {code}; see {log}")
+    return Run(**json.loads(measured.read_text()))
 
 
-def time_alternately(jobs: dict[str, Callable[[], Laps]], reps: int) -> dict[str, tuple[Laps, list[Laps]]]:
-    """(untimed-for-the-median first run, timed runs) of each job, the jobs run in turn."""
-    first = {name: job() for name, job in jobs.items()}  # lazy imports, first-call caches
-    runs: dict[str, list[Laps]] = {name: [] for name in jobs}
+def interleaved(sides: dict[str, list[str]], warmups: dict[str, list[str]], reps: int, log: Path) -> dict:
+    """One untimed warm-up of each side, then ``reps`` rounds of every side in turn."""
+    first = {name: run_process(warmups.get(name, command), log) for name, command in sides.items()}
+    runs: dict[str, list[Run]] = {name: [] for name in sides}
     for _ in range(reps):
-        for name, job in jobs.items():
-            gc.collect()
-            runs[name].append(job())
-    return {name: (first[name], runs[name]) for name in jobs}
+        for name, command in sides.items():
+            runs[name].append(run_process(command, log))
+    return {name: summary(first[name], runs[name]) for name in sides}
 
 
-def timing_summary(first: Laps, runs: list[Laps]) -> dict:
+def summary(first: Run, runs: list[Run]) -> dict:
+    result: dict = {"runs": [asdict(run) for run in runs], "first_run": asdict(first)}
+    for metric in ("wall_s", "cpu_s", "peak_rss_mb"):
+        values = [getattr(run, metric) for run in runs]
+        result[metric] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    return result
+
+
+def onnxprune_command() -> list[str]:
+    """The console script users run, beside this interpreter (``python -m onnxprune`` without it)."""
+    script = Path(sys.executable).with_name("onnxprune")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "onnxprune"]
+
+
+def prune_command(model: Path, output: Path, ratio: float, report: Path | None = None) -> list[str]:
+    command = [*onnxprune_command(), "prune", str(model), "--ratio", str(ratio), "--criterion", "l1"]
+    command += ["--no-benchmark", "-o", str(output)]
+    return command + (["--report", str(report)] if report is not None else [])
+
+
+def floor_command(model: Path, output: Path) -> list[str]:
+    return [sys.executable, "-c", FLOOR_CODE, str(model), str(output)]
+
+
+def verification(report_path: Path) -> dict:
+    """What the warm-up run's report says about the checks: the verify stage ran, the fidelity found."""
+    report = json.loads(report_path.read_text())
+    stages = report["stage_seconds"]
     return {
-        "median_s": statistics.median(r.total for r in runs),
-        "min_s": min(r.total for r in runs),
-        "runs_s": [round(r.total, 4) for r in runs],
-        "cpu_median_s": statistics.median(r.cpu for r in runs),
-        "first_run_s": round(first.total, 4),
-        "stages_median_s": {stage: statistics.median(r.stages[stage] for r in runs) for stage in runs[0].stages},
+        "verified": stages.get("verify", 0.0) > 0.0,
+        "stage_seconds": stages,
+        "fidelity": {key: report["fidelity"][key] for key in ("cosine_similarity", "max_abs_diff")},
+        "macs": report["macs"],
     }
+
+
+# ---- the models ---------------------------------------------------------------------------------------
+
+
+def vgg19_model(seed: int = 0) -> onnx.ModelProto:
+    """VGG-19 for 1x3x224x224 inputs with He-initialised random weights (float32, ~575 MB)."""
+    rng = np.random.default_rng(seed)
+    graph = helper.make_graph([], "vgg19", [helper.make_tensor_value_info("input", TensorProto.FLOAT, INPUT_SHAPE)], [])
+
+    def weight(name: str, shape: tuple[int, ...], fan_in: int) -> str:
+        values = rng.standard_normal(shape, dtype=np.float32)
+        values *= np.float32(np.sqrt(2.0 / fan_in))
+        tensor = graph.initializer.add()
+        tensor.name, tensor.data_type, tensor.raw_data = name, TensorProto.FLOAT, values.tobytes()
+        tensor.dims.extend(shape)
+        return name
+
+    def node(op: str, inputs: list[str], **attrs: object) -> str:
+        name = f"{op.lower()}{len(graph.node)}"
+        graph.node.append(helper.make_node(op, inputs, [name], name=name, **attrs))
+        return name
+
+    x, channels = "input", 3
+    for item in VGG19_LAYERS:
+        if item == "M":
+            x = node("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
+            continue
+        index, filters = len(graph.node), int(item)
+        w = weight(f"conv{index}.weight", (filters, channels, 3, 3), channels * 9)
+        b = weight(f"conv{index}.bias", (filters,), 10**6)
+        x = node("Relu", [node("Conv", [x, w, b], kernel_shape=[3, 3], pads=[1, 1, 1, 1])])
+        channels = filters
+    x = node("Flatten", [x], axis=1)
+    widths = [channels * 7 * 7, 4096, 4096, 1000]
+    for index, (fan_in, fan_out) in enumerate(zip(widths, widths[1:])):
+        x = node(
+            "Gemm",
+            [x, weight(f"fc{index}.weight", (fan_out, fan_in), fan_in), weight(f"fc{index}.bias", (fan_out,), 10**6)],
+            transB=1,
+        )
+        if index < 2:
+            x = node("Relu", [x])
+    graph.output.append(helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 1000]))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="bench_torch_pruning")
+    model.ir_version = 8
+    return model
 
 
 def layer_widths(model: onnx.ModelProto) -> dict[str, list[int]]:
@@ -181,20 +215,6 @@ def layer_widths(model: onnx.ModelProto) -> dict[str, list[int]]:
         for node in model.graph.node
         if node.op_type in ("Conv", "Gemm") and node.input[1] in dims
     }
-
-
-def structure(model: onnx.ModelProto) -> list[tuple]:
-    """Each node's op, name, attributes and weight shapes: everything but the weight values."""
-    dims = {init.name: tuple(init.dims) for init in model.graph.initializer}
-    return [
-        (
-            node.op_type,
-            node.name,
-            tuple(dims.get(name) for name in node.input),
-            tuple(sorted((a.name, str(onnx.helper.get_attribute_value(a))) for a in node.attribute)),
-        )
-        for node in model.graph.node
-    ]
 
 
 def compare_structure(source: Path, ours: Path, theirs: Path) -> dict:
@@ -208,35 +228,90 @@ def compare_structure(source: Path, ours: Path, theirs: Path) -> dict:
         },
         "layers_total": len(widths[0]),
         "layers_differing": sorted(name for name in widths[0] if widths[1].get(name) != widths[2].get(name)),
-        "same_graph_but_weights": structure(mine) == structure(other),
         "op_counts": {
             "ours": dict(sorted(collections.Counter(n.op_type for n in mine.graph.node).items())),
             "theirs": dict(sorted(collections.Counter(n.op_type for n in other.graph.node).items())),
         },
+        "cost": {
+            name: {"macs": cost.macs, "params": cost.params}
+            for name, cost in zip(
+                ("original", "ours", "theirs"), (measure_cost(m, INPUT_SHAPES) for m in (original, mine, other))
+            )
+        },
     }
 
 
-def cost(path: Path) -> dict[str, int]:
-    measured = measure_cost(onnx.load(path), INPUT_SHAPES)
-    return {"macs": measured.macs, "params": measured.params}
+def latency(ours: Path, theirs: Path, runs: int, warmup: int) -> dict:
+    """onnxruntime latency of both pruned models, interleaved, by thread count."""
+    from workers.benchmark import benchmark
 
-
-def latency(ours: Path, theirs: Path, runs: int, warmup: int) -> tuple[dict, dict]:
-    """Latency of both models by thread count, and how far their outputs agree (on the same input)."""
-    by_threads, agreement = {}, {}
+    by_threads = {}
     for threads in (1, 2):
         result = benchmark(ours, theirs, INPUT_SHAPES, runs=runs, warmup=warmup, threads=threads)
+        after = result.latency.after
+        assert after is not None
         by_threads[str(threads)] = {
             "ours": result.latency.before.model_dump(),
-            "theirs": result.latency.after.model_dump(),
-            "ratio_p50": result.latency.before.p50 / result.latency.after.p50,
-            "ratio_p90": result.latency.before.p90 / result.latency.after.p90,
+            "theirs": after.model_dump(),
+            "ratio_p50": result.latency.before.p50 / after.p50,
         }
-        agreement = {
-            "max_abs_diff": result.fidelity.max_abs_diff,
-            "cosine_similarity": result.fidelity.cosine_similarity,
-        }
-    return by_threads, agreement
+    return by_threads
+
+
+# ---- the cases ----------------------------------------------------------------------------------------
+
+
+def resnet50_case(work: Path, reps: int, runs: int, warmup: int) -> dict:
+    import torch
+
+    from tests.zoo import export_onnx, randomize_batchnorm, resnet50
+
+    torch.manual_seed(0)
+    model = randomize_batchnorm(resnet50(), seed=0).eval()
+    state, source = work / "resnet50.pt", work / "resnet50.onnx"
+    torch.save(model.state_dict(), state)
+    export_onnx(model, INPUT_SHAPE, source)
+    del model
+    ours, theirs, report = work / "ours.onnx", work / "theirs.onnx", work / "ours.report.json"
+    sides = {
+        "floor": floor_command(source, work / "floor.onnx"),
+        "ours": prune_command(source, ours, RESNET_RATIO),
+        "theirs": [sys.executable, str(REPO / "benchmarks" / "torch_pruning_resnet50.py"), str(state), str(theirs)],
+    }
+    warmups = {"ours": prune_command(source, ours, RESNET_RATIO, report)}
+    timings = interleaved(sides, warmups, reps, work / "resnet50.log")
+    return {
+        "model": "tests.zoo.resnet50(num_classes=1000), BN statistics randomised, TorchScript export (BN folded), "
+        f"{source.stat().st_size / 1e6:.0f} MB",
+        "commands": {
+            name: " ".join(Path(part).name if "/" in part else part for part in command)
+            for name, command in sides.items()
+        },
+        "timings": timings,
+        "verification": verification(report),
+        **compare_structure(source, ours, theirs),
+        "latency_ms": latency(ours, theirs, runs, warmup),
+    }
+
+
+def vgg19_case(work: Path, reps: int) -> dict:
+    source, ours, report = work / "vgg19.onnx", work / "vgg19.ours.onnx", work / "vgg19.report.json"
+    onnx.save(vgg19_model(), source)
+    sides = {"floor": floor_command(source, work / "vgg19.floor.onnx"), "ours": prune_command(source, ours, VGG_RATIO)}
+    warmups = {"ours": prune_command(source, ours, VGG_RATIO, report)}
+    timings = interleaved(sides, warmups, reps, work / "vgg19.log")
+    return {
+        "model": f"VGG-19 (configuration E, no BN), random weights built in code, {source.stat().st_size / 1e6:.0f} MB",
+        "commands": {
+            name: " ".join(Path(part).name if "/" in part else part for part in command)
+            for name, command in sides.items()
+        },
+        "timings": timings,
+        "verification": verification(report),
+    }
+
+
+# ---- results ------------------------------------------------------------------------------------------
 
 
 def cpu_model() -> str:
@@ -250,6 +325,9 @@ def cpu_model() -> str:
 
 
 def environment() -> dict:
+    import torch
+    import torch_pruning as tp
+
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
@@ -260,205 +338,188 @@ def environment() -> dict:
         "numpy": np.__version__,
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
         "load_average_at_start": list(os.getloadavg()),
     }
 
 
-def profile_ours(source: Path, target: Path) -> str:
-    from pyinstrument import Profiler
+def ratios(result: dict) -> dict:
+    out: dict = {}
+    if "resnet50" in result:
+        t = result["resnet50"]["timings"]
+        for metric in ("wall_s", "cpu_s", "peak_rss_mb"):
+            out[f"resnet50_{metric}_ours_over_theirs"] = t["ours"][metric]["median"] / t["theirs"][metric]["median"]
+        out["resnet50_wall_s_ours_over_floor"] = t["ours"]["wall_s"]["median"] / t["floor"]["wall_s"]["median"]
+    if "vgg19" in result:
+        t = result["vgg19"]["timings"]
+        for metric in ("wall_s", "cpu_s", "peak_rss_mb"):
+            out[f"vgg19_{metric}_ours_over_floor"] = t["ours"][metric]["median"] / t["floor"][metric]["median"]
+    return out
 
-    profiler = Profiler(interval=0.001)
-    profiler.start()
-    prune_ours(source, target)
-    profiler.stop()
-    return profiler.output_text(unicode=False, color=False, show_all=False)
 
-
-def run(reps: int, runs: int, warmup: int, profile: bool, tmpdir: Path | None) -> dict:
-    env = environment()
-    with tempfile.TemporaryDirectory(prefix="bench-torch-pruning-", dir=tmpdir) as tmp:
-        work = Path(tmp)
-        torch.manual_seed(0)
-        model = randomize_batchnorm(resnet50(), seed=0).eval()
-        state_path, source = work / "resnet50.pt", work / "resnet50.onnx"
-        torch.save(model.state_dict(), state_path)
-        export_onnx(model, INPUT_SHAPE, source)
-        del model
-        ours, theirs, floor = work / "ours.onnx", work / "theirs.onnx", work / "floor.onnx"
-        timings = time_alternately(
-            {
-                "floor": lambda: load_and_save(source, floor),
-                "ours": lambda: prune_ours(source, ours),
-                "theirs": lambda: prune_theirs(state_path, theirs),
-            },
-            reps,
+def targets_met(result: dict) -> dict:
+    r, met = result["ratios"], {}
+    if "resnet50" in result:
+        met["resnet50_time_ours_over_theirs"] = (
+            r["resnet50_wall_s_ours_over_theirs"] <= TARGETS["resnet50_time_ours_over_theirs"]
         )
-        profile_text = profile_ours(source, ours) if profile else None
-        latency_ms, agreement = latency(ours, theirs, runs, warmup)
-        structure_ = compare_structure(source, ours, theirs)
-        result = {
-            "benchmark": "onnxprune vs Torch-Pruning, ResNet-50 (random weights, BN stats randomised), ratio 0.5",
-            "environment": env,
-            "config": {
-                "model": "tests.zoo.resnet50(num_classes=1000), input 1x3x224x224, TorchScript export, BN folded",
-                "ratio": RATIO,
-                "ours": "load_model, prepare_model, analyze, score_groups('l1'), select_by_ratio(0.5), apply_plan, onnx.save",
-                "theirs": "MagnitudePruner(MagnitudeImportance(p=1), pruning_ratio=0.5, global_pruning=False, "
-                "ignored_layers=[fc]).step(), then tests.zoo.export_onnx",
-                "timing": f"one process, floor/ours/theirs alternately, 1 untimed warm-up each then {reps} timed "
-                "repetitions; imports not timed",
-                "files": f"temporary directory under {tmpdir or tempfile.gettempdir()}",
-                "latency": f"workers.benchmark.benchmark(ours, theirs): one child process, interleaved, "
-                f"{warmup} warm-up + {runs} timed runs per model, threads 1 and 2",
-            },
-            "end_to_end": {name: timing_summary(*laps) for name, laps in timings.items()},
-            "cost": {"original": cost(source), "ours": cost(ours), "theirs": cost(theirs)},
-            "latency_ms": latency_ms,
-            # Not a fidelity figure: how alike the two pruned models' outputs are, i.e. whether the two
-            # L1 criteria kept the same channels (Torch-Pruning also scores BN and consumer weights).
-            "outputs_ours_vs_theirs": agreement,
-            **structure_,
-        }
-    e2e, macs = result["end_to_end"], result["cost"]
-    result["ratios"] = {
-        "end_to_end_ours_over_theirs": e2e["ours"]["median_s"] / e2e["theirs"]["median_s"],
-        "end_to_end_cpu_ours_over_theirs": e2e["ours"]["cpu_median_s"] / e2e["theirs"]["cpu_median_s"],
-        "end_to_end_ours_over_floor": e2e["ours"]["median_s"] / e2e["floor"]["median_s"],
-        "macs_ours_over_theirs": macs["ours"]["macs"] / macs["theirs"]["macs"],
-        "params_ours_over_theirs": macs["ours"]["params"] / macs["theirs"]["params"],
-        "latency_p50_ours_over_theirs": {t: v["ratio_p50"] for t, v in result["latency_ms"].items()},
-    }
-    result["targets_met"] = {
-        "end_to_end_no_slower": result["ratios"]["end_to_end_ours_over_theirs"] <= 1.0,
-        "macs_same_or_fewer": macs["ours"]["macs"] <= macs["theirs"]["macs"],
-        "latency_within_5pct": all(v <= 1.05 for v in result["ratios"]["latency_p50_ours_over_theirs"].values()),
-    }
-    result["environment"]["load_average_at_end"] = list(os.getloadavg())
-    result["reading"] = reading(result)
-    if profile_text is not None:
-        result["profile_text"] = profile_text
-    return result
+    if "vgg19" in result:
+        met["vgg19_time_ours_over_floor"] = r["vgg19_wall_s_ours_over_floor"] <= TARGETS["vgg19_time_ours_over_floor"]
+        met["vgg19_rss_ours_over_floor"] = (
+            r["vgg19_peak_rss_mb_ours_over_floor"] <= TARGETS["vgg19_rss_ours_over_floor"]
+        )
+    for case in ("resnet50", "vgg19"):
+        if case in result:
+            met[f"{case}_verified"] = result[case]["verification"]["verified"]
+    return met
 
 
 def reading(result: dict) -> str:
-    """The paragraph under the table, from the numbers alone, so that a rerun cannot leave it stale."""
-    e2e, cost_, lat, ratios = (result[k] for k in ("end_to_end", "cost", "latency_ms", "ratios"))
-    same_graph = result["same_graph_but_weights"]
-    ours_stages = sorted(e2e["ours"]["stages_median_s"].items(), key=lambda kv: -kv[1])
-    above_floor = e2e["ours"]["median_s"] - e2e["floor"]["median_s"]
-    lat_ratios = ", ".join(f"{v['ratio_p50']:.3f} at {t} thread(s)" for t, v in lat.items())
-    text = [
-        f"Both tools removed half the channels of every prunable group, the residual-coupled ones included "
-        f"({result['layers_total'] - len(result['layers_differing'])} of {result['layers_total']} Conv/Gemm layers "
-        f"end with the same widths), so MACs ({cost_['ours']['macs'] / 1e9:.3f} G vs {cost_['theirs']['macs'] / 1e9:.3f} G) "
-        f"and parameters ({cost_['ours']['params'] / 1e6:.2f} M vs {cost_['theirs']['params'] / 1e6:.2f} M) "
-        f"{'are identical' if cost_['ours'] == cost_['theirs'] else 'differ as shown'}.",
-        (
-            "The two pruned graphs are the same node for node (ops, names, attributes, weight shapes; only "
-            "the weight values differ, since the two L1 criteria keep different channels), so their onnxruntime "
-            f"latencies can differ only by noise: the measured p50 ratios are {lat_ratios}, and a ratio away "
-            "from 1 measures the load other processes put on this shared machine during the run."
-            if same_graph
-            else f"The two pruned graphs differ in structure (op counts in the JSON); the p50 latency ratios are "
-            f"{lat_ratios}."
-        ),
-        f"End to end, onnxprune took {e2e['ours']['median_s']:.2f} s against {e2e['theirs']['median_s']:.2f} s "
-        f"for Torch-Pruning (ratio {ratios['end_to_end_ours_over_theirs']:.2f}; target <= 1.00 "
-        f"{'met' if result['targets_met']['end_to_end_no_slower'] else 'missed'}); loading and saving the file alone "
-        f"takes {e2e['floor']['median_s']:.2f} s, so {above_floor:.2f} s is ours above the floor, most of it in "
-        + ", ".join(f"{name} ({seconds:.2f} s)" for name, seconds in ours_stages[:3])
-        + ". Both sides' first runs in the process, which pay for lazy imports and caches, took "
-        f"{e2e['ours']['first_run_s']:.2f} s (ours) and {e2e['theirs']['first_run_s']:.2f} s (theirs).",
-    ]
+    """The paragraph under the tables, from the numbers alone, so that a rerun cannot leave it stale."""
+    r, text = result["ratios"], []
+    if "resnet50" in result:
+        case = result["resnet50"]
+        t, v = case["timings"], case["verification"]
+        slowest = sorted(v["stage_seconds"].items(), key=lambda kv: -kv[1])[:3]
+        text.append(
+            f"ResNet-50: the whole `onnxprune prune` process took {t['ours']['wall_s']['median']:.2f} s (median) "
+            f"against {t['theirs']['wall_s']['median']:.2f} s for the Torch-Pruning script, ratio "
+            f"{r['resnet50_wall_s_ours_over_theirs']:.2f} (target <= {TARGETS['resnet50_time_ours_over_theirs']}: "
+            f"{'met' if result['targets_met']['resnet50_time_ours_over_theirs'] else 'missed'}); in CPU time "
+            f"{r['resnet50_cpu_s_ours_over_theirs']:.2f}. Loading and saving the file alone takes "
+            f"{t['floor']['wall_s']['median']:.2f} s. The oracle verified the result (cosine "
+            f"{v['fidelity']['cosine_similarity']:.3f} with the original on random inputs); inside the job the "
+            "slowest stages were " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in slowest) + "."
+        )
+        cost = case["cost"]
+        text.append(
+            f"MACs after: {cost['ours']['macs'] / 1e9:.3f} G (ours) and {cost['theirs']['macs'] / 1e9:.3f} G (theirs); "
+            f"{case['layers_total'] - len(case['layers_differing'])} of {case['layers_total']} Conv/Gemm layers "
+            "have the same widths in both."
+        )
+    if "vgg19" in result:
+        t = result["vgg19"]["timings"]
+        text.append(
+            f"VGG-19 size: `onnxprune prune --ratio {VGG_RATIO}` took {t['ours']['wall_s']['median']:.2f} s and peaked "
+            f"at {t['ours']['peak_rss_mb']['median']:.0f} MB against {t['floor']['wall_s']['median']:.2f} s and "
+            f"{t['floor']['peak_rss_mb']['median']:.0f} MB for onnx.load + onnx.save: "
+            f"{r['vgg19_wall_s_ours_over_floor']:.2f}x the floor's time (target <= "
+            f"{TARGETS['vgg19_time_ours_over_floor']}) and {r['vgg19_peak_rss_mb_ours_over_floor']:.2f}x its memory "
+            f"(target <= {TARGETS['vgg19_rss_ours_over_floor']}), the oracle on."
+        )
     env = result["environment"]
     busiest = max(env["load_average_at_start"][0], env["load_average_at_end"][0])
     if busiest > 0.5 * (env["cpu_count"] or 1):
         text.append(
-            f"Caution: the 1-minute load average reached {busiest:.1f} on {env['cpu_count']} cores during this run, "
-            "so other processes competed for the CPU; torch's intra-op threads lose more to that than our "
-            "single-threaded pipeline, which flatters our end-to-end ratio. Re-run on an idle machine before "
-            "trusting the timings."
+            f"Caution: the 1-minute load average reached {busiest:.1f} on {env['cpu_count']} cores during this run; "
+            "other processes competed for the CPU and the wall-time ratios are not to be trusted. Re-run on an "
+            "idle machine."
         )
     return " ".join(text)
 
 
-def _fmt_widths(widths: list[int] | None) -> str:
-    return "-" if widths is None else f"{widths[0]}x{widths[1]}"
+def _stat(metric: dict, digits: int = 2) -> str:
+    return f"{metric['median']:.{digits}f} ({metric['min']:.{digits}f}-{metric['max']:.{digits}f})"
 
 
 def render_markdown(result: dict) -> str:
-    env, e2e, cost_, lat, ratios = (result[k] for k in ("environment", "end_to_end", "cost", "latency_ms", "ratios"))
-    met = result["targets_met"]
+    env, r, met = result["environment"], result["ratios"], result["targets_met"]
 
-    def tick(ok: bool) -> str:
-        return "met" if ok else "**missed**"
+    def tick(key: str) -> str:
+        return "met" if met[key] else "**missed**"
 
     lines = [
-        "# onnxprune vs Torch-Pruning: ResNet-50, ratio 0.5",
+        "# onnxprune as users run it: against Torch-Pruning (ResNet-50) and the load+save floor (VGG-19 size)",
         "",
         f"Generated by `benchmarks/bench_torch_pruning.py` on {env['date']}: {env['cpu']}, {env['cpu_count']} cores; "
-        f"torch {env['torch']}, torch-pruning {env['torch_pruning']}, onnx {env['onnx']}, onnxruntime {env['onnxruntime']}.",
-        f"Timing: {result['config']['timing']}. Latency: {result['config']['latency']}. "
+        f"torch {env['torch']}, torch-pruning {env['torch_pruning']}, onnx {env['onnx']}, onnxruntime {env['onnxruntime']}. "
+        f"Whole processes, one untimed warm-up each, then {result['reps']} interleaved rounds; median (fastest-slowest). "
         f"Load average (1 min) {env['load_average_at_start'][0]:.2f} at the start, "
         f"{env['load_average_at_end'][0]:.2f} at the end.",
-        "",
-        "| | onnxprune | Torch-Pruning | ours / theirs | target |",
-        "|---|---:|---:|---:|---|",
-        f"| end to end, file -> file (median s) | {e2e['ours']['median_s']:.2f} | {e2e['theirs']['median_s']:.2f} | "
-        f"{ratios['end_to_end_ours_over_theirs']:.2f} | <= 1.00: {tick(met['end_to_end_no_slower'])} |",
-        f"| end to end, CPU time of this process (median s) | {e2e['ours']['cpu_median_s']:.2f} | "
-        f"{e2e['theirs']['cpu_median_s']:.2f} | {e2e['ours']['cpu_median_s'] / e2e['theirs']['cpu_median_s']:.2f} | |",
-        f"| end to end, fastest of {len(e2e['ours']['runs_s'])} (s) | {e2e['ours']['min_s']:.2f} | {e2e['theirs']['min_s']:.2f} | "
-        f"{e2e['ours']['min_s'] / e2e['theirs']['min_s']:.2f} | |",
-        f"| floor: onnx.load + onnx.save (median s) | {e2e['floor']['median_s']:.2f} | | "
-        f"{ratios['end_to_end_ours_over_floor']:.2f} (ours / floor) | |",
-        f"| MACs after (G; original {cost_['original']['macs'] / 1e9:.3f}) | {cost_['ours']['macs'] / 1e9:.3f} | "
-        f"{cost_['theirs']['macs'] / 1e9:.3f} | {ratios['macs_ours_over_theirs']:.3f} | <= 1.00: {tick(met['macs_same_or_fewer'])} |",
-        f"| parameters after (M; original {cost_['original']['params'] / 1e6:.2f}) | {cost_['ours']['params'] / 1e6:.2f} | "
-        f"{cost_['theirs']['params'] / 1e6:.2f} | {ratios['params_ours_over_theirs']:.3f} | |",
     ]
-    for threads, stats in lat.items():
-        for q in ("p50", "p90"):
-            target = f"<= 1.05: {tick(stats['ratio_p50'] <= 1.05)}" if q == "p50" else ""
+    if "resnet50" in result:
+        case = result["resnet50"]
+        t, cost = case["timings"], case["cost"]
+        lines += [
+            "",
+            f"## ResNet-50, ratio {RESNET_RATIO}",
+            "",
+            *(f"- {name}: `{command}`" for name, command in case["commands"].items()),
+            "",
+            "| | onnxprune | Torch-Pruning | load + save | ours / theirs | target |",
+            "|---|---:|---:|---:|---:|---|",
+            f"| wall time (s) | {_stat(t['ours']['wall_s'])} | {_stat(t['theirs']['wall_s'])} | {_stat(t['floor']['wall_s'])} | "
+            f"{r['resnet50_wall_s_ours_over_theirs']:.2f} | <= {TARGETS['resnet50_time_ours_over_theirs']}: "
+            f"{tick('resnet50_time_ours_over_theirs')} |",
+            f"| CPU time (s) | {_stat(t['ours']['cpu_s'])} | {_stat(t['theirs']['cpu_s'])} | {_stat(t['floor']['cpu_s'])} | "
+            f"{r['resnet50_cpu_s_ours_over_theirs']:.2f} | |",
+            f"| peak RSS (MB) | {_stat(t['ours']['peak_rss_mb'], 0)} | {_stat(t['theirs']['peak_rss_mb'], 0)} | "
+            f"{_stat(t['floor']['peak_rss_mb'], 0)} | {r['resnet50_peak_rss_mb_ours_over_theirs']:.2f} | |",
+            f"| MACs after (G; original {cost['original']['macs'] / 1e9:.3f}) | {cost['ours']['macs'] / 1e9:.3f} | "
+            f"{cost['theirs']['macs'] / 1e9:.3f} | | {cost['ours']['macs'] / cost['theirs']['macs']:.3f} | |",
+            f"| parameters after (M; original {cost['original']['params'] / 1e6:.2f}) | {cost['ours']['params'] / 1e6:.2f} | "
+            f"{cost['theirs']['params'] / 1e6:.2f} | | {cost['ours']['params'] / cost['theirs']['params']:.3f} | |",
+        ]
+        for threads, stats in case["latency_ms"].items():
             lines.append(
-                f"| onnxruntime {q}, {threads} thread(s) (ms) | {stats['ours'][q]:.2f} | {stats['theirs'][q]:.2f} | "
-                f"{stats['ours'][q] / stats['theirs'][q]:.3f} | {target} |"
+                f"| onnxruntime p50, {threads} thread(s) (ms) | {stats['ours']['p50']:.2f} | {stats['theirs']['p50']:.2f} | "
+                f"| {stats['ratio_p50']:.3f} | |"
             )
-    lines += ["", "Stages (median s): "]
-    for name in ("ours", "theirs"):
-        stages = ", ".join(f"{k} {v:.2f}" for k, v in e2e[name]["stages_median_s"].items())
-        lines.append(f"- {name}: {stages}")
-    lines += [
-        "",
-        "Widths (out x in channels) of a few layers:",
-        "",
-        "| layer | original | onnxprune | Torch-Pruning |",
-        "|---|---|---|---|",
-    ]
-    for name, widths in result["layers"].items():
-        lines.append(
-            f"| `{name}` | {_fmt_widths(widths['original'])} | {_fmt_widths(widths['ours'])} | {_fmt_widths(widths['theirs'])} |"
-        )
-    differing = result["layers_differing"]
-    lines += [
-        "",
-        f"{result['layers_total'] - len(differing)} of {result['layers_total']} Conv/Gemm layers have the same widths "
-        f"in both pruned models"
-        + (f"; differing: {', '.join(f'`{n}`' for n in differing)}." if differing else ".")
-        + (
-            " The two pruned graphs are identical apart from weight values." if result["same_graph_but_weights"] else ""
-        ),
-    ]
+        stages = ", ".join(f"{k} {v:.2f}" for k, v in case["verification"]["stage_seconds"].items())
+        lines += ["", f"Stages inside the onnxprune job (warm-up run, s): {stages}."]
+        lines += ["", "| layer | original | onnxprune | Torch-Pruning |", "|---|---|---|---|"]
+        for name, widths in case["layers"].items():
+            lines.append(
+                f"| `{name}` | {_widths(widths['original'])} | {_widths(widths['ours'])} | {_widths(widths['theirs'])} |"
+            )
+    if "vgg19" in result:
+        case = result["vgg19"]
+        t = case["timings"]
+        lines += [
+            "",
+            f"## {case['model']}, ratio {VGG_RATIO}",
+            "",
+            *(f"- {name}: `{command}`" for name, command in case["commands"].items()),
+            "",
+            "| | onnxprune | load + save | ours / floor | target |",
+            "|---|---:|---:|---:|---|",
+            f"| wall time (s) | {_stat(t['ours']['wall_s'])} | {_stat(t['floor']['wall_s'])} | "
+            f"{r['vgg19_wall_s_ours_over_floor']:.2f} | <= {TARGETS['vgg19_time_ours_over_floor']}: {tick('vgg19_time_ours_over_floor')} |",
+            f"| CPU time (s) | {_stat(t['ours']['cpu_s'])} | {_stat(t['floor']['cpu_s'])} | {r['vgg19_cpu_s_ours_over_floor']:.2f} | |",
+            f"| peak RSS (MB) | {_stat(t['ours']['peak_rss_mb'], 0)} | {_stat(t['floor']['peak_rss_mb'], 0)} | "
+            f"{r['vgg19_peak_rss_mb_ours_over_floor']:.2f} | <= {TARGETS['vgg19_rss_ours_over_floor']}: {tick('vgg19_rss_ours_over_floor')} |",
+        ]
+        stages = ", ".join(f"{k} {v:.2f}" for k, v in case["verification"]["stage_seconds"].items())
+        lines += ["", f"Stages inside the onnxprune job (warm-up run, s): {stages}."]
     lines += ["", "## Reading", "", result["reading"]]
     return "\n".join(lines) + "\n"
 
 
+def _widths(widths: list[int] | None) -> str:
+    return "-" if widths is None else f"{widths[0]}x{widths[1]}"
+
+
+def run(cases: list[str], reps: int, runs: int, warmup: int, tmpdir: Path | None) -> dict:
+    result: dict = {"benchmark": "onnxprune whole processes vs Torch-Pruning and the load+save floor"}
+    result["environment"] = environment()
+    result["reps"] = reps
+    with tempfile.TemporaryDirectory(prefix="bench-torch-pruning-", dir=tmpdir) as tmp:
+        if "resnet50" in cases:
+            result["resnet50"] = resnet50_case(Path(tmp), reps, runs, warmup)
+        if "vgg19" in cases:
+            result["vgg19"] = vgg19_case(Path(tmp), reps)
+    result["environment"]["load_average_at_end"] = list(os.getloadavg())
+    result["ratios"] = ratios(result)
+    result["targets_met"] = targets_met(result)
+    result["reading"] = reading(result)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=7, help="timed end-to-end repetitions of each side")
-    parser.add_argument("--runs", type=int, default=100, help="timed onnxruntime runs per model and thread count")
+    parser.add_argument("--cases", nargs="+", choices=("resnet50", "vgg19"), default=["resnet50", "vgg19"])
+    parser.add_argument("--reps", type=int, default=7, help="timed interleaved rounds of each case")
+    parser.add_argument("--runs", type=int, default=50, help="timed onnxruntime runs per model and thread count")
     parser.add_argument("--warmup", type=int, default=10, help="onnxruntime warm-up runs per model")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument(
@@ -467,16 +528,12 @@ def main() -> None:
         default=DEFAULT_TMPDIR,
         help="where the model files are written (default /dev/shm where it exists, so disk noise stays out)",
     )
-    parser.add_argument("--profile", action="store_true", help="print a pyinstrument profile of one run of ours")
     args = parser.parse_args()
-    result = run(args.reps, args.runs, args.warmup, args.profile, args.tmpdir)
-    profile_text = result.pop("profile_text", None)
+    result = run(args.cases, args.reps, args.runs, args.warmup, args.tmpdir)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "torch_pruning.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "torch_pruning.md").write_text(render_markdown(result))
     print(render_markdown(result))
-    if profile_text:
-        print(profile_text)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,11 @@ class ValidationLimits:
 
 def load_model(path: str | Path, *, max_bytes: int | None = None) -> onnx.ModelProto:
     """Parse a single-file ONNX model; raise ``ModelRejected`` with a one-line reason otherwise."""
+    return parse_model(read_model_file(path, max_bytes=max_bytes))
+
+
+def read_model_file(path: str | Path, *, max_bytes: int | None = None) -> bytes:
+    """The bytes of a model file, for :func:`parse_model` (and a hash of the same bytes, read once)."""
     path = Path(path)
     if not path.is_file():
         raise ModelRejected(f"model file {path.name!r} does not exist or is not a regular file")
@@ -63,7 +68,7 @@ def load_model(path: str | Path, *, max_bytes: int | None = None) -> onnx.ModelP
         data = handle.read() if max_bytes is None else handle.read(max_bytes + 1)
     if max_bytes is not None and len(data) > max_bytes:
         raise ModelRejected(f"model file is larger than the limit of {max_bytes} bytes")
-    return parse_model(data)
+    return data
 
 
 def parse_model(data: bytes) -> onnx.ModelProto:

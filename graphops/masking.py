@@ -17,24 +17,34 @@ from graphops.dequantized import DEQUANTIZE, zero_point_fill
 from graphops.ops import handler_for
 from graphops.plan import PruningPlan
 from graphops.surgery import _by_input, _context, export_like
+from graphops.weights import ModelWeights
 
 
-def mask_removed_channels(dep: DependencyGraph, plan: PruningPlan) -> onnx.ModelProto:
+def mask_removed_channels(
+    dep: DependencyGraph, plan: PruningPlan, weights: ModelWeights | None = None
+) -> onnx.ModelProto:
+    """The oracle as a model (``masked_graph`` exported)."""
+    return export_like(masked_graph(dep, plan, weights), dep.model)
+
+
+def masked_graph(dep: DependencyGraph, plan: PruningPlan, weights: ModelWeights | None = None) -> gs.Graph:
+    """``dep.model`` with removed channels zeroed where they are read. Constants it leaves alone keep
+    ``weights``' arrays (``ModelWeights.shares``), so a caller can tell what changed."""
     plan.check(dep)
     ctx = _context(dep, plan)
-    graph = gs.import_onnx(dep.model)
+    graph = (weights or ModelWeights(dep.model)).bind(gs.import_onnx(dep.model))
     nodes = {node.name: node for node in graph.nodes}
     for (node_name, index), entries in _by_input(dep.reductions).items():
         node = nodes[node_name]
-        values = np.array(node.inputs[index].values, copy=True)
-        # A quantized weight (QDQ) is masked in its own precision: to the value that dequantizes to 0.
-        fill = zero_point_fill(node, values) if node.op == DEQUANTIZE and index == 0 else np.zeros_like(values)
+        source = np.asarray(node.inputs[index].values)
+        keep = np.ones((1,) * source.ndim, dtype=bool)  # broadcast along every axis an entry masks
         for entry in entries:
-            removed = np.flatnonzero(ctx.removed_atoms(entry.atoms))
-            index_tuple: list[slice | np.ndarray] = [slice(None)] * values.ndim
-            index_tuple[entry.axis] = removed
-            values[tuple(index_tuple)] = fill[tuple(index_tuple)]
-        ctx.replace_input(node, index, values)
+            shape = [1] * source.ndim
+            shape[entry.axis] = -1
+            keep = keep & ~ctx.removed_atoms(entry.atoms).reshape(shape)
+        # A quantized weight (QDQ) is masked in its own precision: to the value that dequantizes to 0.
+        fill = zero_point_fill(node, source) if node.op == DEQUANTIZE and index == 0 else np.zeros((), source.dtype)
+        ctx.replace_input(node, index, np.where(keep, source, fill))  # one pass, a new array
     for node in graph.nodes:
         handler_for(node.op).mask(node, ctx)
-    return export_like(graph, dep.model)
+    return graph

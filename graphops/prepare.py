@@ -18,8 +18,9 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphops.errors import ModelRejected
+from graphops.export import export_model
 from graphops.fold_limits import FoldGuard
-from graphops.shapes import inferred_value_info, model_shell
+from graphops.shapes import inferred_value_info
 from graphops.weight_quantizers import fold_weight_quantizers
 
 # Constant subgraphs whose results exceed this are left unfolded (validation bounds them too, and
@@ -126,11 +127,9 @@ def prepare_model(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[in
         _fold_bounded_constants(graph, model)
         fold_weight_quantizers(graph, _opset(model), FOLD_SIZE_LIMIT_BYTES)  # QAT exports: weights stored int8
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
-        exported = gs.export_onnx(graph, do_type_check=False)
+        prepared = export_model(graph, model)  # each weight copied once (gs.export_onnx copies three times)
     except Exception as exc:  # onnx-graphsurgeon raises many kinds on malformed graphs
         raise ModelRejected(f"cannot fold the model's constant subgraphs: {exc}".splitlines()[0]) from exc
-    prepared = model_shell(model)
-    prepared.graph.CopyFrom(exported.graph)
     keep_interface_types(prepared.graph, model.graph)
     # IR < 4 demands every initializer be listed as a graph input; inputs that are really weights
     # are dropped below, so raise to IR 4, which every onnxruntime reads.

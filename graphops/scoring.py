@@ -69,7 +69,10 @@ def _producer_norms(dep: DependencyGraph, order: float) -> Scores:
     read_weight = float_weight_reader(dep.model)  # dequantized for weights behind DequantizeLinear
     totals = [np.zeros(g.channels) for g in dep.groups]
     counts = [np.zeros(g.channels) for g in dep.groups]
+    prunable = np.array([g.prunable for g in dep.groups], dtype=bool)
     for producer in dep.producers:
+        if not prunable[dep.classes_of(producer.atoms)[0]].any():
+            continue  # only frozen groups (a classifier's outputs): no score is asked of them
         values = read_weight(producer.weight)
         if values is None:
             continue

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
-from onnx.reference import ReferenceEvaluator
 
 from graphops.shapes import Shape, infer_shapes, skeleton
 
@@ -146,6 +145,8 @@ def _evaluate(model: onnx.ModelProto, node: onnx.NodeProto, values: Mapping[str,
         [onnx.helper.make_empty_tensor_value_info(node.output[0])],
     )
     single = onnx.helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    from onnx.reference import ReferenceEvaluator  # imported when needed: it costs every process ~0.1 s
+
     try:
         (result,) = ReferenceEvaluator(single).run(None, {name: values[name] for name in inputs})
     except Exception:  # a shape computation we cannot evaluate stays unknown, as before

@@ -14,11 +14,13 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphops.dependency import DependencyGraph
+from graphops.export import export_model
 from graphops.layout import ConstSlice
 from graphops.ops import SurgeryContext, handler_for
 from graphops.plan import PruningPlan
 from graphops.prepare import keep_interface_types
-from graphops.shapes import inferred_value_info, model_shell
+from graphops.shapes import inferred_value_info
+from graphops.weights import ModelWeights
 
 
 def _context(dep: DependencyGraph, plan: PruningPlan) -> SurgeryContext:
@@ -35,11 +37,8 @@ def _by_input(entries: list[ConstSlice]) -> dict[tuple[str, int], list[ConstSlic
 
 def export_like(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     """Export ``graph`` into a copy of ``template``: same opsets, IR version and metadata."""
-    exported = gs.export_onnx(graph, do_type_check=False)
-    model = model_shell(template)
-    model.graph.CopyFrom(exported.graph)
+    model = export_model(graph, template)
     keep_interface_types(model.graph, template.graph)
-    del model.graph.value_info[:]
     try:
         model.graph.value_info.extend(inferred_value_info(model))
     except Exception:  # value_info is a convenience for viewers; the model is valid without it
@@ -47,11 +46,12 @@ def export_like(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def apply_plan(dep: DependencyGraph, plan: PruningPlan) -> onnx.ModelProto:
-    """The pruned model: a new ModelProto (``dep.model`` is left as it was)."""
+def apply_plan(dep: DependencyGraph, plan: PruningPlan, weights: ModelWeights | None = None) -> onnx.ModelProto:
+    """The pruned model: a new ModelProto (``dep.model`` is left as it was). ``weights``: ``dep.model``'s
+    decoded weights when the caller shares them (else they are decoded here)."""
     plan.check(dep)
     ctx = _context(dep, plan)
-    graph = gs.import_onnx(dep.model)
+    graph = (weights or ModelWeights(dep.model)).bind(gs.import_onnx(dep.model))
     nodes = {node.name: node for node in graph.nodes}
     for (node_name, index), entries in _by_input(dep.slices).items():
         node = nodes[node_name]

@@ -17,7 +17,6 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper
-from onnx.reference import ReferenceEvaluator
 
 
 def _quantize(node: gs.Node, opset: int) -> np.ndarray:
@@ -30,6 +29,8 @@ def _quantize(node: gs.Node, opset: int) -> np.ndarray:
     onnx_node = helper.make_node("QuantizeLinear", names, ["out"], **node.attrs)
     graph = helper.make_graph([onnx_node], "q", [], [helper.make_tensor_value_info("out", 0, None)], initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    from onnx.reference import ReferenceEvaluator  # imported when needed: it costs every process ~0.1 s
+
     outputs = cast(list[Any], ReferenceEvaluator(model).run(None, {}))  # onnx types run() loosely
     return np.asarray(outputs[0])
 

@@ -41,8 +41,8 @@ def test_a_model_that_fails_the_oracle_is_never_written(model_path, tmp_path, mo
 
     real_apply = strategies.apply_plan
 
-    def corrupting_apply(dep, plan):
-        model = real_apply(dep, plan)
+    def corrupting_apply(dep, plan, weights=None):
+        model = real_apply(dep, plan, weights)
         weight = model.graph.initializer[0]
         values = numpy_helper.to_array(weight).copy()
         values.flat[0] += 1.0  # one wrong weight: still valid ONNX, wrong numbers
@@ -87,4 +87,34 @@ def test_untouched_weights_stay_bit_identical(model_path, tmp_path):
     assert unchanged and all(
         np.array_equal(before[n], after[n]) and before[n].dtype == after[n].dtype for n in unchanged
     )
+    assert result.report.output_sha256 == file_sha256(tmp_path / "out.onnx")
+
+
+@pytest.mark.parametrize("benchmark", [False, True], ids=["fidelity_only", "benchmark"])
+def test_the_checks_run_each_model_once_and_fidelity_reuses_their_outputs(model_path, tmp_path, monkeypatch, benchmark):
+    """One shot: the masked original and the pruned model run once on one set of inputs, the original
+    with them unless the benchmark measures it anyway; fidelity comes from those outputs, and the
+    verified model is the file written (serialised once)."""
+    import workers.strategies.base as strategies
+    import workers.verification as verification
+    from workers.benchmark import compare_outputs, make_inputs, run_models
+
+    runs: list[tuple[int, dict[str, np.ndarray]]] = []
+    real_run_models = verification.run_models
+
+    def counting(models, inputs, **kwargs):
+        runs.append((len(models), inputs))
+        return real_run_models(models, inputs, **kwargs)
+
+    monkeypatch.setattr(verification, "run_models", counting)
+    monkeypatch.setattr(pipeline, "run_models", lambda *a, **k: pytest.fail("fidelity ran the models again"))
+    monkeypatch.setattr(strategies, "write_model", lambda *a, **k: pytest.fail("the verified model was written again"))
+    options = PruneOptions(ratio=0.5, benchmark=benchmark, benchmark_runs=3, seed=4)
+    result = run_pipeline(model_path, tmp_path / "out.onnx", options)
+
+    assert sum(count for count, _ in runs) == (2 if benchmark else 3)
+    assert all(inputs is runs[0][1] for _, inputs in runs)  # one set of inputs
+    fresh = compare_outputs(*run_models([model_path, tmp_path / "out.onnx"], make_inputs(model_path, seed=4)))
+    assert result.report.fidelity.cosine_similarity == pytest.approx(fresh.cosine_similarity, abs=1e-6)
+    assert result.report.fidelity.max_abs_diff == pytest.approx(fresh.max_abs_diff, rel=1e-4, abs=1e-6)
     assert result.report.output_sha256 == file_sha256(tmp_path / "out.onnx")

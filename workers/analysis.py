@@ -6,7 +6,10 @@
 
 from __future__ import annotations
 
+import gc
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +19,9 @@ import onnx
 from graphops.cost import ModelCost, measure_cost
 from graphops.dependency import DependencyGraph, analyze
 from graphops.input_shapes import choose_input_shapes
-from graphops.loading import load_model, validate_model
+from graphops.loading import parse_model, read_model_file, validate_model
 from graphops.prepare import prepare_model
-from workers.fileio import file_sha256
+from graphops.shapes import skeleton
 
 # A stage timer: ``stage("load")`` is a context manager (the pipeline's progress reporter).
 StageTimer = Callable[[str], AbstractContextManager[None]]
@@ -31,6 +34,8 @@ class Analysis:
 
     path: Path
     sha256: str
+    # The model as loaded, without its large weights (``graphops.shapes.skeleton``): its interface and
+    # nodes; the prepared model holds the weights, and one copy of a big model's weights is enough.
     original: onnx.ModelProto = field(repr=False)
     prepared: onnx.ModelProto = field(repr=False)
     dep: DependencyGraph = field(repr=False)
@@ -56,8 +61,12 @@ def analyse_model(
     Raises :class:`graphops.errors.ModelRejected` for models that cannot be pruned (the user's input)."""
     path = Path(path)
     with stage("load"):
-        original = load_model(path)
-        sha256 = file_sha256(path)
+        data = read_model_file(path)
+        with ThreadPoolExecutor(1) as pool:  # hashlib releases the GIL: hash while protobuf parses
+            digest = pool.submit(hashlib.sha256, data)
+            original = parse_model(data)
+            sha256 = digest.result().hexdigest()
+        del data
     with stage("validate"):
         validate_model(original)
         shape_choice = choose_input_shapes(original, input_shapes)  # probes symbolic image sizes
@@ -66,4 +75,9 @@ def analyse_model(
         prepared = prepare_model(original)
         dep = analyze(prepared, shapes)
         cost = measure_cost(prepared, shapes)
-    return Analysis(path, sha256, original, prepared, dep, cost, shapes, shape_choice.notes)
+    analysis = Analysis(path, sha256, skeleton(original), prepared, dep, cost, shapes, shape_choice.notes)
+    del original
+    # onnx-graphsurgeon's graphs are reference cycles (nodes <-> tensors); the ones prepare and analyze
+    # built still reference the original's weights. Collect them now, not whenever the collector runs.
+    gc.collect()
+    return analysis

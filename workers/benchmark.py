@@ -7,8 +7,10 @@ builds both sessions with identical options, warms each up, then times them inte
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +21,7 @@ import onnx
 from graphops.errors import ModelRejected
 from graphops.loading import load_model, parse_model
 from graphops.shapes import graph_inputs, resolve_input_shapes
+from workers.ort_models import FedModel, run_fed
 from workers.output_compare import numeric_values, structure
 from workers.report import Fidelity, Latency, LatencyStats
 from workers.sandbox import RunnerError, RunnerLimits, run_in_child
@@ -27,7 +30,7 @@ from workers.speed import compare_timings
 if TYPE_CHECKING:  # onnxruntime itself is imported only in the child process
     import onnxruntime
 
-__all__ = ["BenchmarkResult", "RunnerError", "RunnerLimits", "benchmark", "make_inputs", "run_model"]
+__all__ = ["BenchmarkResult", "RunnerError", "RunnerLimits", "benchmark", "make_inputs", "run_model", "run_models"]
 
 Inputs = dict[str, np.ndarray]
 
@@ -65,7 +68,21 @@ def make_inputs(
 
 def run_model(model_path: Path, inputs: Mapping[str, np.ndarray], *, limits: RunnerLimits = RunnerLimits()) -> Inputs:
     """All outputs of one onnxruntime run, by output name (in a sandboxed child process)."""
-    return run_in_child(_run_once, (str(model_path), dict(inputs)), limits=limits)
+    return run_models([model_path], inputs, limits=limits)[0]
+
+
+def run_models(
+    models: Sequence[Path | FedModel],
+    inputs: Mapping[str, np.ndarray],
+    *,
+    threads: int = 1,
+    limits: RunnerLimits = RunnerLimits(),
+) -> list[Inputs]:
+    """The outputs of one run of each model on the same ``inputs``, in one sandboxed call. Fed models
+    (their weights are inputs: a session holds none) run side by side, one per core; model files
+    one after another, each session living only while its model runs."""
+    sources = [model if isinstance(model, FedModel) else str(model) for model in models]
+    return run_in_child(_run_each, (sources, dict(inputs), threads), limits=limits)
 
 
 def benchmark(
@@ -161,20 +178,34 @@ def _latency_stats(milliseconds: list[float]) -> LatencyStats:
 # ---- what runs in the child process ----------------------------------------------------------
 
 
-def _session(path: str, threads: int) -> onnxruntime.InferenceSession:
-    return session_from_bytes(Path(path).read_bytes(), threads)
+def _session(path: str, threads: int, prepack: bool = True) -> onnxruntime.InferenceSession:
+    return session_from_bytes(Path(path).read_bytes(), threads, prepack=prepack)
 
 
-def session_from_bytes(data: bytes, threads: int, optimization: str = "all") -> onnxruntime.InferenceSession:
+def session_from_bytes(
+    data: bytes, threads: int, optimization: str = "all", *, prepack: bool = True
+) -> onnxruntime.InferenceSession:
     """A CPU session with the deploy settings (child process only)."""
     from workers.ort_sessions import cpu_session
 
     parse_model(data)  # refuses external data before onnxruntime could follow its paths
-    return cpu_session(data, threads=threads, optimization=optimization)
+    return cpu_session(data, threads=threads, optimization=optimization, prepack=prepack)
 
 
-def _run_once(path: str, inputs: Inputs) -> Inputs:
-    session = _session(path, threads=1)
+def _run_each(models: list[str | FedModel], inputs: Inputs, threads: int) -> list[Inputs]:
+    def run(model: str | FedModel) -> Inputs:
+        return run_fed(model, inputs, threads) if isinstance(model, FedModel) else _run_file(model, inputs, threads)
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    side_by_side = min(len(models), max(cores // threads, 1)) if all(isinstance(m, FedModel) for m in models) else 1
+    if side_by_side <= 1:
+        return [run(model) for model in models]
+    with ThreadPoolExecutor(side_by_side) as pool:  # onnxruntime releases the GIL while it runs
+        return list(pool.map(run, models))
+
+
+def _run_file(path: str, inputs: Inputs, threads: int) -> Inputs:
+    session = _session(path, threads, prepack=False)
     names = [output.name for output in session.get_outputs()]
     return dict(zip(names, session.run(names, inputs)))
 

@@ -35,8 +35,12 @@ def quiet_onnxruntime() -> None:
     ort.set_default_logger_severity(ERRORS_ONLY)
 
 
-def cpu_session(data: bytes, *, threads: int = 1, optimization: str = "all") -> onnxruntime.InferenceSession:
-    """A CPU session with the deploy settings: ``threads`` intra-op threads, sequential execution."""
+def cpu_session(
+    data: bytes, *, threads: int = 1, optimization: str = "all", prepack: bool = True
+) -> onnxruntime.InferenceSession:
+    """A CPU session with the deploy settings: ``threads`` intra-op threads, sequential execution.
+    ``prepack`` False for a single run, which would not pay back the time and memory of weights
+    repacked for speed."""
     import onnxruntime as ort
 
     quiet_onnxruntime()
@@ -46,6 +50,8 @@ def cpu_session(data: bytes, *, threads: int = 1, optimization: str = "all") -> 
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[optimization])
     options.log_severity_level = ERRORS_ONLY
+    if not prepack:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     session: onnxruntime.InferenceSession = ort.InferenceSession(
         data, sess_options=options, providers=["CPUExecutionProvider"]
     )

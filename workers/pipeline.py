@@ -16,7 +16,7 @@ from graphops.dependency import DependencyGraph
 from graphops.plan import PruningPlan
 from graphops.selection import check_exclude_patterns
 from workers.analysis import analyse_model
-from workers.benchmark import benchmark, compare_outputs, make_inputs, run_model
+from workers.benchmark import benchmark, compare_outputs, run_models
 from workers.capabilities import require_capabilities
 from workers.fileio import file_sha256, float_output_path
 from workers.latency import resolve_round_to
@@ -91,7 +91,7 @@ def run_pipeline(
                 job,
                 outcome,
                 artifacts,
-                output_sha256=file_sha256(artifacts.result),
+                output_sha256=artifacts.sha256 or file_sha256(artifacts.result),
                 latency=latency,
                 fidelity=fidelity,
                 evaluation=evaluation,
@@ -105,7 +105,12 @@ def run_pipeline(
 
 
 def _speed_and_fidelity(job: Job, candidate: Path) -> tuple[Latency | None, Fidelity]:
-    """Latency of both models (interleaved) when asked for; output fidelity always."""
+    """Latency of both models (interleaved) when asked for; output fidelity always.
+
+    Without the benchmark, fidelity compares outputs the checks already have: the original's from
+    the first oracle run, the candidate's from the last when the candidate is the model it passed.
+    Only what is missing runs (the original for a learned search, the result after recovery or
+    quantization), in one sandboxed call on the same inputs."""
     options, original = job.options, job.analysis.path
     if options.benchmark:
         result = benchmark(
@@ -118,9 +123,15 @@ def _speed_and_fidelity(job: Job, candidate: Path) -> tuple[Latency | None, Fide
             limits=job.limits,
         )
         return result.latency, result.fidelity  # type: ignore[return-value]  # two models: fidelity is set
-    inputs = make_inputs(job.analysis.original, job.analysis.input_shapes, options.seed)
-    reference = run_model(original, inputs, limits=job.limits)
-    return None, compare_outputs(reference, run_model(candidate, inputs, limits=job.limits))
+    verified = job.verified
+    reference = job.reference_outputs
+    outputs = verified.outputs if verified is not None and verified.path == candidate else None
+    if reference is None or outputs is None:
+        missing = [path for path, known in ((original, reference), (candidate, outputs)) if known is None]
+        ran = run_models(missing, job.check_inputs, limits=job.limits)
+        reference = reference if reference is not None else ran.pop(0)
+        outputs = outputs if outputs is not None else ran.pop(0)
+    return None, compare_outputs(reference, outputs)
 
 
 def _held_out(job: Job, outcome: Outcome, candidate: Path) -> HeldOutEvaluation | None:

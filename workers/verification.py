@@ -7,7 +7,11 @@ its new weights written back must compute in onnxruntime what the PyTorch execut
 
 from __future__ import annotations
 
+import gc
+import hashlib
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +20,15 @@ import onnx
 
 from graphops.dependency import DependencyGraph
 from graphops.errors import GraphOpsError
-from graphops.masking import mask_removed_channels
+from graphops.masking import masked_graph
 from graphops.plan import PruningPlan
-from workers.benchmark import make_inputs, run_model
+from graphops.weights import ModelWeights
+from workers.benchmark import run_models
+from workers.ort_models import FedModel, fed_graph, fed_model
 from workers.output_compare import FLOAT32_RTOL, oracle_rtol, output_mismatch
 from workers.sandbox import RunnerLimits
+
+Outputs = dict[str, Any]
 
 # The oracle's tolerance at run time for float32 models; float16 models get
 # ``workers.output_compare.FLOAT16_RTOL`` (``oracle_rtol``).
@@ -42,11 +50,43 @@ def check_outputs_match(
             raise VerificationFailed(f"{what} {problem} from {against}")
 
 
-def check_model(model: onnx.ModelProto) -> None:
+def check_model(model: onnx.ModelProto | bytes) -> None:
+    """onnx.checker with full shape inference (of a serialised model: it is not serialised again)."""
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise VerificationFailed(f"pruned model fails onnx.checker: {str(exc).splitlines()[0]}") from exc
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A pruned model that passed onnx.checker and the oracle, written once to ``path``."""
+
+    model: onnx.ModelProto = field(repr=False)
+    path: Path
+    sha256: str
+    outputs: Outputs = field(repr=False)  # its outputs on the check inputs
+    reference: Outputs | None = field(default=None, repr=False)  # the unpruned model's, when asked for
+
+
+def checked_fed_model(model: onnx.ModelProto) -> FedModel:
+    """``model`` as the checks run it (``workers.ort_models``), once onnx.checker has passed its graph.
+
+    The checker reads the graph with the large weights as typed inputs: nodes, types and shapes are
+    checked as in the whole model, without parsing hundreds of MB of weights once more. The weights
+    are checked by decoding them (their sizes must match their dims) and by running these arrays."""
+    fed = fed_model(model)
+    check_model(fed.graph)
+    return fed
+
+
+def write_model(model: onnx.ModelProto, path: Path) -> str:
+    """Serialise ``model`` once, write it to ``path``; returns the SHA-256 of the bytes written."""
+    data = model.SerializeToString()
+    with ThreadPoolExecutor(1) as pool:  # hashing and writing both release the GIL
+        digest = pool.submit(hashlib.sha256, data)
+        path.write_bytes(data)
+        return digest.result().hexdigest()
 
 
 def verify_against_oracle(
@@ -54,41 +94,47 @@ def verify_against_oracle(
     plan: PruningPlan,
     pruned: onnx.ModelProto,
     workdir: Path,
-    input_shapes: Mapping[str, list[int]],
+    inputs: Mapping[str, np.ndarray],
     *,
-    seed: int,
     limits: RunnerLimits,
-) -> Path:
-    """Check ``pruned`` (onnx.checker, then the oracle); returns the path it was written to in ``workdir``."""
-    check_model(pruned)
-    pruned_path, masked_path = workdir / "candidate.onnx", workdir / "masked.onnx"
-    pruned_path.write_bytes(pruned.SerializeToString())
-    masked_path.write_bytes(mask_removed_channels(dep, plan).SerializeToString())
-    inputs = make_inputs(dep.model, input_shapes, seed)
-    check_outputs_match(
-        run_model(masked_path, inputs, limits=limits),
-        run_model(pruned_path, inputs, limits=limits),
-        what="pruned model",
-        against="the oracle",
-        rtol=oracle_rtol(dep.model),
-    )
-    return pruned_path
+    weights: ModelWeights | None = None,
+    with_reference: bool = False,
+) -> Verified:
+    """Check ``pruned`` (onnx.checker, then the oracle); once it passes, write it to ``workdir``.
+
+    The masked original and the pruned model run on the same ``inputs`` in the job's sandbox, with
+    ``dep.model`` itself when ``with_reference`` (its outputs give the fidelity numbers without a
+    second run). ``weights``: ``dep.model``'s decoded weights, shared with the surgery that made
+    ``pruned``. They are released, and the masked copies collected, before the pruned model's weights
+    are decoded: the two runs never hold their arrays at once.
+    """
+    weights = weights or ModelWeights(dep.model)
+    originals = [fed_graph(masked_graph(dep, plan, weights), dep.model)]
+    if with_reference:
+        originals.append(fed_model(dep.model, weights))
+    masked, *reference = run_models(originals, inputs, limits=limits)
+    del originals
+    weights.release()
+    gc.collect()  # the masked onnx-graphsurgeon graph is a reference cycle holding the masked weights
+    outputs = run_models([checked_fed_model(pruned)], inputs, limits=limits)[0]
+    check_outputs_match(masked, outputs, what="pruned model", against="the oracle", rtol=oracle_rtol(dep.model))
+    path = workdir / "candidate.onnx"
+    sha256 = write_model(pruned, path)
+    return Verified(pruned, path, sha256, outputs, reference[0] if reference else None)
 
 
 def verify_write_back(
     model: onnx.ModelProto,
-    path: Path,
     inputs: Mapping[str, np.ndarray],
     expected: Mapping[str, np.ndarray],
     *,
     limits: RunnerLimits,
 ) -> None:
-    """The recovered model, written to ``path``, computes in onnxruntime what the executor computed."""
-    check_model(model)
-    path.write_bytes(model.SerializeToString())
+    """The recovered model passes onnx.checker and computes in onnxruntime what the executor computed
+    (it is written once, by the job's finish)."""
     check_outputs_match(
         expected,
-        run_model(path, inputs, limits=limits),
+        run_models([checked_fed_model(model)], inputs, limits=limits)[0],
         what="fine-tuned model",
         against="the PyTorch executor (the write-back is wrong)",
     )

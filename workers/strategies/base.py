@@ -9,12 +9,14 @@ options; the pipeline only runs the schedule.
 
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 import onnx
 
 from graphops.cost import measure_cost
@@ -23,12 +25,14 @@ from graphops.errors import ModelRejected
 from graphops.plan import PruningPlan
 from graphops.scoring import Scores, criterion_needs_data, score_groups
 from graphops.surgery import apply_plan
+from graphops.weights import ModelWeights
 from workers.analysis import Analysis
+from workers.benchmark import make_inputs
 from workers.options import PruneOptions
 from workers.report import FinetuneReport, LatencyTargetReport, SensitivityReport
 from workers.sandbox import RunnerLimits
 from workers.stages import Stages
-from workers.verification import verify_against_oracle
+from workers.verification import Outputs, Verified, verify_against_oracle, write_model
 
 if TYPE_CHECKING:
     from roundtrip.context import DataContext
@@ -50,6 +54,14 @@ class Job:
     data_context: DataContext | None = None  # loaded on first use of :attr:`data`, or given
     round_to_source: str = "given"  # how options.round_to was chosen ('auto' resolves before the job starts)
     started: float = field(default_factory=time.monotonic)
+    # The original's outputs on ``check_inputs``, from the first verification's run (for fidelity).
+    reference_outputs: Outputs | None = field(default=None, repr=False)
+    verified: Verified | None = field(default=None, repr=False)  # the last model the oracle passed
+
+    @cached_property
+    def check_inputs(self) -> dict[str, np.ndarray]:
+        """The one set of seeded inputs every check of this job runs on (oracle, write-back, fidelity)."""
+        return make_inputs(self.analysis.original, self.analysis.input_shapes, self.options.seed)
 
     def deadline(self, share: float = 1.0) -> float | None:
         """``time.monotonic()`` by which ``share`` of ``--time-budget`` is used up (None: no budget)."""
@@ -125,14 +137,38 @@ class Job:
         return measure_cost(dep.model, self.analysis.input_shapes).macs
 
     def apply_verified(self, dep: DependencyGraph, plan: PruningPlan) -> onnx.ModelProto:
-        """``plan`` applied to ``dep``'s model, checked by onnx.checker and the oracle."""
+        """``plan`` applied to ``dep``'s model, checked by onnx.checker and the oracle.
+
+        The original's own outputs come from the first check's run unless the benchmark will
+        measure them anyway (``reference_outputs``)."""
+        weights = ModelWeights(dep.model)  # decoded once for the surgery, the masking and the runs
         with self.stages.stage("apply"):
-            pruned = apply_plan(dep, plan)
+            pruned = apply_plan(dep, plan, weights)
+            gc.collect()  # the surgery's onnx-graphsurgeon graph (a reference cycle) and the arrays it held
         with self.stages.stage("verify"):
-            verify_against_oracle(
-                dep, plan, pruned, self.workdir, self.analysis.input_shapes, seed=self.options.seed, limits=self.limits
+            reference = dep is self.analysis.dep and self.reference_outputs is None and not self.options.benchmark
+            verified = verify_against_oracle(
+                dep,
+                plan,
+                pruned,
+                self.workdir,
+                self.check_inputs,
+                limits=self.limits,
+                weights=weights,
+                with_reference=reference,
             )
+        if verified.reference is not None:
+            self.reference_outputs = verified.reference
+        self.verified = verified
         return pruned
+
+    def written(self, model: onnx.ModelProto, path: Path) -> tuple[Path, str]:
+        """``model``'s file and SHA-256: the oracle's file when ``model`` is the model it passed (each
+        model is written once), else ``path``, written now."""
+        verified = self.verified
+        if verified is not None and verified.model is model:
+            return verified.path, verified.sha256
+        return path, write_model(model, path)
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,7 @@ from typing import Protocol
 import numpy as np
 import onnx
 
-from workers.benchmark import benchmark, compare_outputs, make_inputs, run_model
-from workers.fileio import file_sha256
+from workers.benchmark import benchmark, compare_outputs, make_inputs, run_models
 from workers.options import PruneOptions
 from workers.quantize import (
     CALIBRATION_SAMPLES,
@@ -35,6 +34,7 @@ class Artifacts:
     float_result: Path | None = None  # the pruned float model, when the result is quantized
     quantization: QuantizationReport | None = None
     notes: tuple[str, ...] = ()
+    sha256: str | None = None  # of ``result``, when known from writing it
 
 
 class Finish(Protocol):
@@ -45,9 +45,8 @@ class Finish(Protocol):
 
 class KeepFloat:
     def finish(self, job: Job, model: onnx.ModelProto) -> Artifacts:
-        path = job.workdir / "result.onnx"
-        path.write_bytes(model.SerializeToString())
-        return Artifacts(path)
+        path, sha256 = job.written(model, job.workdir / "result.onnx")
+        return Artifacts(path, sha256=sha256)
 
     def measure(self, job: Job, artifacts: Artifacts, evaluate_float: bool) -> Artifacts:
         return artifacts
@@ -58,16 +57,14 @@ class Quantize:
     settings: QuantizeSettings
 
     def finish(self, job: Job, model: onnx.ModelProto) -> Artifacts:
-        float_path, result = job.workdir / "result.float.onnx", job.workdir / "result.onnx"
-        float_path.write_bytes(model.SerializeToString())
+        float_path, float_sha256 = job.written(model, job.workdir / "result.float.onnx")
+        result = job.workdir / "result.onnx"
         with job.stages.stage("quantize"):
             calibration, source = self._calibration(job)
             static = self.settings.mode == "int8"
             info = quantize(float_path, result, self.settings, calibration if static else None, limits=job.limits)
             probe = _probe(calibration, fixed_batch(model))
-            fidelity = compare_outputs(
-                run_model(float_path, probe, limits=job.limits), run_model(result, probe, limits=job.limits)
-            )
+            fidelity = compare_outputs(*run_models([float_path, result], probe, limits=job.limits))
         notes = (
             ()
             if source == "data" or not static
@@ -85,7 +82,7 @@ class Quantize:
             quantize_nodes=int(info["quantize_nodes"]),
             dequantize_nodes=int(info["dequantize_nodes"]),
             fidelity_to_float=fidelity,
-            float_output_sha256=file_sha256(float_path),
+            float_output_sha256=float_sha256,
         )
         return Artifacts(result, float_path, report, notes)
 

@@ -42,15 +42,7 @@ class LearnedSearch:
         )
 
         def verify(step_dep: DependencyGraph, step_plan: PruningPlan, step_model: onnx.ModelProto) -> None:
-            verify_against_oracle(
-                step_dep,
-                step_plan,
-                step_model,
-                job.workdir,
-                job.analysis.input_shapes,
-                seed=options.seed,
-                limits=job.limits,
-            )
+            verify_against_oracle(step_dep, step_plan, step_model, job.workdir, job.check_inputs, limits=job.limits)
 
         with job.stages.stage("select"):
             learned = search(
@@ -62,13 +54,7 @@ class LearnedSearch:
             )
         recovery = learned.recovery
         with job.stages.stage("finetune"):
-            verify_write_back(
-                recovery.model,
-                job.workdir / "recovered.onnx",
-                recovery.check_inputs,
-                recovery.check_outputs,
-                limits=job.limits,
-            )
+            verify_write_back(recovery.model, recovery.check_inputs, recovery.check_outputs, limits=job.limits)
         steps = [Recovered(recovery.model, record) for record in recovery.iterations]
         if steps:
             steps[0].losses = list(recovery.losses)
