@@ -1,4 +1,8 @@
-"""The data a data-driven job works with, handed to criteria as ``data=`` and to the schedule."""
+"""The data a data-driven job works with, handed to criteria as ``data=`` and to the strategies.
+
+It holds the training and validation splits only (``roundtrip.data.split_data``): the held-out
+split is the report's, and what no strategy can reach cannot bias the numbers reported on it.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import onnx
 
-from roundtrip.data import Dataset, load_dataset, split_holdout
+from roundtrip.data import Dataset, load_dataset, split_data
 
 if TYPE_CHECKING:  # the objective needs torch; building a context imports it lazily
     from roundtrip.objective import Objective
@@ -17,19 +21,30 @@ if TYPE_CHECKING:  # the objective needs torch; building a context imports it la
 
 @dataclass
 class DataContext:
-    """Training and held-out splits, the objective (labels or the original model), batching."""
+    """Training and validation splits, the objective (labels or the original model), batching."""
 
     train: Dataset
-    holdout: Dataset
+    validation: Dataset
     objective: Objective
     batch_size: int = 32
     score_batches: int = 8
-    source_path: Path | None = None
-    dataset: Dataset | None = None  # the whole file, as loaded (train and holdout split it)
 
     @property
     def samples(self) -> dict[str, int]:
-        return {"train": len(self.train), "heldout": len(self.holdout)}
+        return {"train": len(self.train), "validation": len(self.validation)}
+
+
+def make_context(
+    train: Dataset, validation: Dataset, original: onnx.ModelProto, *, batch_size: int, score_batches: int
+) -> DataContext:
+    """Build the objective and cache the original's outputs on both splits where they fit."""
+    from roundtrip.objective import make_objective
+
+    sample = next(validation.batches(min(2, len(validation))))
+    objective = make_objective(original, sample, use_labels=train.labels is not None)
+    objective.cache_targets(train, batch_size)
+    objective.cache_targets(validation, batch_size)
+    return DataContext(train, validation, objective, batch_size, score_batches)
 
 
 def build_context(
@@ -40,12 +55,6 @@ def build_context(
     batch_size: int,
     score_batches: int,
 ) -> DataContext:
-    """Load and split the data, build the objective, cache the original's outputs where they fit."""
-    from roundtrip.objective import make_objective
-
-    dataset = load_dataset(data_path, original, input_shapes)
-    train, held = split_holdout(dataset)
-    objective = make_objective(original, next(held.batches(min(2, len(held)))), use_labels=dataset.labels is not None)
-    objective.cache_targets(train, batch_size)
-    objective.cache_targets(held, batch_size)
-    return DataContext(train, held, objective, batch_size, score_batches, Path(data_path), dataset)
+    """Load and split ``data_path`` (its held-out split left out), then :func:`make_context`."""
+    splits = split_data(load_dataset(data_path, original, input_shapes))
+    return make_context(splits.train, splits.validation, original, batch_size=batch_size, score_batches=score_batches)

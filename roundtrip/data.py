@@ -154,15 +154,46 @@ def load_dataset(
     return Dataset(inputs, labels)
 
 
-HELD_OUT_EVERY = 5  # the project-wide split (split_holdout below): every fifth sample
+# The one split of a data file, used by every command so that all numbers refer to the same samples.
+# Sample i goes by i mod SPLIT_CYCLE: striding keeps every split fair on files sorted by class.
+SPLIT_CYCLE = 5
+VALIDATION_POSITION = 3  # i mod 5 == 3: validation
+HELD_OUT_POSITION = 4  # i mod 5 == 4: held out
+SPLIT_RULES = {
+    "train": "three samples in every five of the data file (indices 0, 1, 2, 5, 6, 7, ...)",
+    "validation": "every fifth sample of the data file from index 3 (indices 3, 8, 13, ...)",
+    "held_out": "every fifth sample of the data file (indices 4, 9, 14, ...)",
+}
+SPLIT_USES = {
+    "train": "data-driven criteria, sensitivity curves, layer-wise reconstruction, BatchNorm re-estimation, "
+    "fine-tuning, quantization calibration",
+    "validation": "choosing: the fine-tuning checkpoint kept, and the candidates of --ratio auto and "
+    "--criterion learned judged against --max-drop",
+    "held_out": "this report's evaluation only: no strategy reads it",
+}
 
 
-def split_holdout(dataset: Dataset) -> tuple[Dataset, Dataset]:
-    """(train, held-out): every fifth sample (indices 4, 9, 14, ...) is held out, as in every other
-    command, so the report's numbers all refer to the same samples. Striding keeps it fair on files
-    sorted by class."""
-    index = np.arange(len(dataset))
-    held = index % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
-    if not held.any() or held.all():
-        raise ModelRejected(f"data holds {len(dataset)} samples: at least {HELD_OUT_EVERY} are needed to hold some out")
-    return dataset.subset(index[~held]), dataset.subset(index[held])
+@dataclass(frozen=True)
+class DataSplits:
+    """A data file split three ways. ``train`` fits weights and scores; ``validation`` chooses (a
+    checkpoint, a candidate plan, whether a bound holds); ``held_out`` is only measured on, after
+    everything is chosen, so the report's numbers are not biased by the choices made on them."""
+
+    train: Dataset
+    validation: Dataset
+    held_out: Dataset
+
+
+def split_data(dataset: Dataset) -> DataSplits:
+    """Train / validation / held out by ``SPLIT_RULES`` (60% / 20% / 20%)."""
+    if len(dataset) < SPLIT_CYCLE:
+        raise ModelRejected(
+            f"data holds {len(dataset)} samples: at least {SPLIT_CYCLE} are needed to split them into "
+            "training, validation and held-out samples"
+        )
+    position = np.arange(len(dataset)) % SPLIT_CYCLE
+    return DataSplits(
+        train=dataset.subset(np.flatnonzero(~np.isin(position, (VALIDATION_POSITION, HELD_OUT_POSITION)))),
+        validation=dataset.subset(np.flatnonzero(position == VALIDATION_POSITION)),
+        held_out=dataset.subset(np.flatnonzero(position == HELD_OUT_POSITION)),
+    )

@@ -1,7 +1,7 @@
 """Learned pruning: per-layer try-and-learn agents (Huang et al., WACV 2018).
 
 Layers (channel groups: coupled convs count as one) are pruned one after another. For each, an
-agent (``roundtrip.agent``) proposes keep masks; each is tried on the held-out samples by masking
+agent (``roundtrip.agent``) proposes keep masks; each is tried on validation samples by masking
 (the oracle's equivalence: zeroing a channel at every filter that reads it computes what the pruned
 model computes, so no surgery per sample) and rewarded with
 
@@ -9,11 +9,18 @@ model computes, so no surgery per sample) and rewarded with
 
 (p_hat: the original network's accuracy or fidelity, p(A): the current network with A applied,
 C: the group's channels, ||A||_1: those kept). p_hat stays the original's, so b bounds the drop of
-the whole network, not of each layer. The trained agent's decision (keep probability >= 0.5, or
-the best pruning it sampled if that earns more; filters added back by probability while the
-measured drop exceeds b) is applied by surgery,
+the whole network, not of each layer. Rewards are measured on the validation split
+(``roundtrip.data.split_data``), never on the held-out samples the report quotes. The trained
+agent's decision (keep probability >= 0.5, or the best pruning it sampled if that earns more;
+filters added back by probability while the measured drop exceeds b) is applied by surgery,
 verified by the caller's oracle, and the network is fine-tuned briefly before the next layer (kept only
 if the drop on the reward samples stays within b, so fine-tuning cannot break the bound).
+
+With ``reconstruct_samples`` (the default whenever the job's recovery reconstructs), the decision is
+judged after layer-wise reconstruction of the layers that read the group (``roundtrip.reconstruction``),
+which is also what the next layer starts from: the agent ranks the filters on raw masked drops (cheap,
+many tries), and the number kept is the fewest, in the agent's order, whose reconstructed drop stays
+within b (a binary search), so the bound is checked on what the job will actually deliver.
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ if TYPE_CHECKING:  # torch is imported inside the search, so importing the crite
 
 Verify = Callable[[DependencyGraph, PruningPlan, onnx.ModelProto], None]
 Progress = Callable[[str, float], None]
-# Samples of the held-out split that each proposed pruning is tried on (evenly spaced).
+# Samples of the validation split that each proposed pruning is tried on (evenly spaced).
 REWARD_SAMPLES = 1024
 # One batch of reward samples: (inputs by name, labels or None, the original's outputs on them).
 RewardBatch = tuple[dict[str, np.ndarray], "np.ndarray | None", list["torch.Tensor"]]
@@ -66,6 +73,7 @@ class SearchSettings:
     agent_lr: float = 0.1
     initial_keep: float = 0.9  # the agents start by removing about one filter in ten
     reward_samples: int = REWARD_SAMPLES
+    reconstruct_samples: int = 0  # > 0: each decision judged after layer-wise reconstruction on these
 
 
 @dataclass
@@ -75,7 +83,7 @@ class LayerSearch:
     channels: int
     kept: int
     reward: float  # of the applied decision
-    drop: float  # p_hat - p on the reward samples, the decision applied, before fine-tuning
+    drop: float  # p_hat - p on the reward samples, the decision applied (and reconstructed), before fine-tuning
     drop_finetuned: float | None  # the same after this layer's fine-tuning (None: not fine-tuned, or not kept)
     rewards: list[float]  # mean sampled reward per episode
     seconds: float
@@ -90,6 +98,7 @@ class LearnedResult:
     max_drop: float
     reward_samples: int
     seconds: dict[str, float] = field(default_factory=dict)
+    drop: float = 0.0  # p_hat - p of the final model on the reward samples (validation)
 
 
 def reward(drop: float, kept: int, channels: int, bound: float) -> float:
@@ -156,7 +165,7 @@ def _batch_metric(
 
 
 def _reward_batches(context: DataContext, count: int) -> list[RewardBatch]:
-    held = context.holdout
+    held = context.validation
     indices = np.unique(np.linspace(0, len(held) - 1, min(count, len(held))).round().astype(int))
     batches = []
     for start in range(0, len(indices), 256):
@@ -183,9 +192,13 @@ def _within_bound(
     count: int,
     settings: SearchSettings,
     drop_of: Callable[[np.ndarray], float],
+    *,
+    fewer: bool = False,
 ) -> np.ndarray:
     """A valid keep mask of about ``count`` filters ranked by ``order`` (higher: kept first), with
-    filters added back in that order while the drop exceeds b (a binary search on the count)."""
+    filters added back in that order while the drop exceeds b (a binary search on the count).
+    ``fewer``: when ``count`` is within b, the fewest filters within b instead (the drop is judged
+    after recovery, which the agent's raw rewards did not see)."""
     channels = dep.groups[index].channels
 
     def mask_for(kept_count: int) -> np.ndarray:
@@ -194,13 +207,19 @@ def _within_bound(
         mask[kept] = True
         return mask
 
-    low = max(1, count)
-    if drop_of(mask_for(low)) <= settings.max_drop:
-        return mask_for(low)
-    high = channels  # keeping everything: within b, since every earlier layer stayed within b
+    def within(kept_count: int) -> bool:
+        return drop_of(mask_for(kept_count)) <= settings.max_drop
+
+    start = max(1, count)
+    if within(start):
+        if not fewer:
+            return mask_for(start)
+        low, high = 0, start  # high is within b; low is not (0: keeping nothing is never tried)
+    else:
+        low, high = start, channels  # keeping everything: within b, since every earlier layer stayed within b
     while high - low > 1:
         middle = (low + high) // 2
-        if drop_of(mask_for(middle)) <= settings.max_drop:
+        if within(middle):
             high = middle
         else:
             low = middle
@@ -214,6 +233,8 @@ def _decide(
     best_sample: np.ndarray,
     settings: SearchSettings,
     drop_of: Callable[[np.ndarray], float],
+    *,
+    fewer: bool = False,
 ) -> np.ndarray:
     """The trained agent's decision: keep probability >= 0.5, or the best pruning it sampled if that
     earns more reward (short searches leave probabilities short of 0.5 that samples already beat);
@@ -221,10 +242,57 @@ def _decide(
     index = dep.group_index(group_id)
     channels = dep.groups[index].channels
     candidates = [
-        _within_bound(dep, index, probabilities, int((probabilities >= 0.5).sum()), settings, drop_of),
-        _within_bound(dep, index, best_sample + 0.5 * probabilities, int(best_sample.sum()), settings, drop_of),
+        _within_bound(dep, index, probabilities, int((probabilities >= 0.5).sum()), settings, drop_of, fewer=fewer),
+        _within_bound(
+            dep, index, best_sample + 0.5 * probabilities, int(best_sample.sum()), settings, drop_of, fewer=fewer
+        ),
     ]
     return max(candidates, key=lambda mask: reward(drop_of(mask), int(mask.sum()), channels, settings.max_drop))
+
+
+class _ReconstructedDrops:
+    """p_hat - p of a layer's candidate masks after surgery and layer-wise reconstruction of the layers
+    that read the group, on the reward samples; each candidate's model is kept, so the decision goes
+    forward exactly as it was judged."""
+
+    def __init__(
+        self,
+        dep: DependencyGraph,
+        group_id: str,
+        batches: list[RewardBatch],
+        context: DataContext,
+        settings: SearchSettings,
+        baseline: float,
+        *,
+        seed: int,
+    ) -> None:
+        self.dep, self.group_id, self.batches, self.context = dep, group_id, batches, context
+        self.settings, self.baseline, self.seed = settings, baseline, seed
+        self._judged: dict[bytes, tuple[onnx.ModelProto, float]] = {}
+
+    def _judge(self, mask: np.ndarray) -> tuple[onnx.ModelProto, float]:
+        from roundtrip.reconstruction import reconstruct
+
+        key = mask.tobytes()
+        if key not in self._judged:
+            plan = PruningPlan.from_keep(self.dep, {self.group_id: np.flatnonzero(mask).tolist()})
+            refit = reconstruct(
+                self.dep,
+                plan,
+                apply_plan(self.dep, plan),
+                self.context.train,
+                samples=self.settings.reconstruct_samples,
+                seed=self.seed,
+            ).model
+            metric = MaskedEvaluator(refit, self.dep, self.batches, self.context.objective).metric()
+            self._judged[key] = (refit, self.baseline - metric)
+        return self._judged[key]
+
+    def __call__(self, mask: np.ndarray) -> float:
+        return self._judge(mask)[1]
+
+    def model(self, mask: np.ndarray) -> onnx.ModelProto:
+        return self._judge(mask)[0]
 
 
 def _finetune_layer(
@@ -316,8 +384,24 @@ def search(
             seed=settings.seed + number,
             progress=episode_progress,
         )
-        mask = _decide(current_dep, group_id, agent.keep_probabilities(), training.best_mask, settings, drop_of)
-        drop = drop_of(mask)
+        judged = (
+            _ReconstructedDrops(
+                current_dep, group_id, batches, context, settings, baseline, seed=settings.seed + number
+            )
+            if settings.reconstruct_samples > 0
+            else None
+        )
+        judge = judged or drop_of
+        mask = _decide(
+            current_dep,
+            group_id,
+            agent.keep_probabilities(),
+            training.best_mask,
+            settings,
+            judge,
+            fewer=judged is not None,
+        )
+        drop = judge(mask)
         record = LayerSearch(
             group_id,
             list(group.producers),
@@ -339,8 +423,10 @@ def search(
         pruned = apply_plan(current_dep, plan)
         verify(current_dep, plan, pruned)
         composed = compose_plans(composed, dep, current_dep, plan)
+        if judged is not None:  # carried forward as judged: the reconstructed weights
+            pruned = judged.model(mask)
         student = OnnxModule(pruned)
-        after_pruning = evaluate(student, context.objective, context.holdout, context.batch_size)
+        after_pruning = evaluate(student, context.objective, context.validation, context.batch_size)
         after_finetune, final_loss, current = None, None, pruned
         if settings.finetune_steps > 0:
             tuned_started = time.perf_counter()
@@ -350,7 +436,7 @@ def search(
             drop_tuned = baseline - MaskedEvaluator(tuned, current_dep, batches, context.objective).metric()
             if drop_tuned <= max(drop, settings.max_drop):  # fine-tuning that breaks the bound is not kept
                 current, record.drop_finetuned = tuned, drop_tuned
-                after_finetune = evaluate(student, context.objective, context.holdout, context.batch_size)
+                after_finetune = evaluate(student, context.objective, context.validation, context.batch_size)
             seconds["finetune"] = seconds.get("finetune", 0.0) + time.perf_counter() - tuned_started
         if dep.input_shapes is None:
             raise ModelRejected(
@@ -375,7 +461,7 @@ def search(
     if not same_structure(pruned_only, current):
         raise ScheduleError("the composed plan does not reproduce the structure the layer-by-layer search built")
     student = OnnxModule(current)
-    check_inputs = next(context.holdout.batches(min(len(context.holdout), student.static_batch or 4))).inputs
+    check_inputs = next(context.validation.batches(min(len(context.validation), student.static_batch or 4))).inputs
     recovery = ScheduleResult(
         model=current,
         plan=final_plan,
@@ -386,6 +472,7 @@ def search(
         check_outputs=outputs_on(student, check_inputs),
         seconds={k: round(v, 4) for k, v in seconds.items()},
     )
+    final_drop = baseline - MaskedEvaluator(current, dep, batches, context.objective).metric()
     seconds["total"] = time.perf_counter() - started_all
     metric = "accuracy" if context.objective.use_labels else "fidelity"
     return LearnedResult(
@@ -396,6 +483,7 @@ def search(
         settings.max_drop,
         reward_count,
         {k: round(v, 4) for k, v in seconds.items()},
+        final_drop,
     )
 
 

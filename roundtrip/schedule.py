@@ -32,7 +32,7 @@ class IterationRecord:
     after_pruning: object  # roundtrip.training.Metrics, BatchNorm statistics re-estimated
     after_finetune: object | None
     final_loss: float | None
-    kept_step: int | None = None  # the fine-tuning step whose weights were kept (best on held-out)
+    kept_step: int | None = None  # the fine-tuning step whose weights were kept (best on validation)
 
 
 @dataclass
@@ -42,7 +42,7 @@ class ScheduleResult:
     pruned_only: onnx.ModelProto  # that plan applied to the original weights: pruning without recovery
     iterations: list[IterationRecord]
     losses: list[float]
-    check_inputs: dict[str, np.ndarray]  # held-out samples and what the executor gives on them,
+    check_inputs: dict[str, np.ndarray]  # validation samples and what the executor gives on them,
     check_outputs: dict[str, np.ndarray]  # for the pipeline's write-back check in onnxruntime
     seconds: dict[str, float] = field(default_factory=dict)
 

@@ -1,4 +1,4 @@
-"""Fine-tuning, BatchNorm statistics re-estimation and held-out evaluation of an executor module.
+"""Fine-tuning, BatchNorm statistics re-estimation and evaluation of an executor module.
 
 SGD with Nesterov momentum, a short warm-up and a cosine learning-rate decay: the usual recipe for
 recovering a pruned conv net (Li et al. retrain after pruning; Molchanov et al. fine-tune between
@@ -28,7 +28,7 @@ _PLANNING_STEPS = 5
 
 @dataclass(frozen=True)
 class Metrics:
-    """One model on the held-out split: the objective's loss, and what a person reads."""
+    """One model on one split (validation while choosing): the objective's loss, and what a person reads."""
 
     loss: float
     accuracy: float | None  # top-1, with labels

@@ -113,7 +113,7 @@ def test_data_as_arrays_drives_fine_tuning():
 
     finetune = result.report.evaluation.finetune
     assert finetune.steps == 3 and len(finetune.losses) == 3
-    assert finetune.samples == {"train": 16, "heldout": 4}  # every fifth sample is held out
+    assert finetune.samples == {"train": 12, "validation": 4}  # and 4 held out (roundtrip.data.split_data)
 
 
 def test_version_and_python_dash_m():

@@ -21,7 +21,7 @@ IMG = re.compile(r'<img id="(plot-[a-z]+)" src="data:image/png;base64,([A-Za-z0-
 
 @pytest.fixture(scope="module")
 def finetuned(tmp_path_factory):
-    """100 labelled samples: 80 train, 20 held out; two prune-then-fine-tune steps of 6 steps each."""
+    """100 labelled samples: 60 train, 20 validation, 20 held out; two prune-then-fine-tune steps of 6 steps each."""
     folder = tmp_path_factory.mktemp("finetune-html")
     model = two_branch_model()
     onnx.save(model, folder / "model.onnx")
@@ -44,12 +44,15 @@ def test_the_loss_curve_is_drawn_from_the_reported_losses(finetuned, page):
 
 def test_fine_tuning_is_credited_to_the_training_samples_and_evaluation_to_the_held_out_ones(finetuned, page):
     samples = finetuned.evaluation.finetune.samples
-    assert samples == {"train": 80, "heldout": 20} and finetuned.evaluation.samples == 20
-    assert "then fine-tuned on 80 training samples" in page
+    assert samples == {"train": 60, "validation": 20} and finetuned.evaluation.samples == 20
+    assert "then fine-tuned on 60 training samples" in page
     assert "measured on 20 held-out samples" in page
     assert "on 20 samples" not in page.replace("on 20 held-out samples", "")
     summary = re.search(r'<p id="finetune-summary">(.*?)</p>', page, re.S).group(1)
-    assert "on 80 training samples" in summary and "20 held-out samples were never trained on" in summary
+    assert "on 60 training samples" in summary and "chosen on 20 validation samples" in summary
+    assert "held-out samples were never trained or chosen on" in summary
+    splits = re.search(r'<table id="data-splits">(.*?)</table>', page, re.S).group(1)
+    assert [int(n) for n in re.findall(r"<tr><td>\w+</td><td>(\d+)</td>", splits)] == [60, 20, 20]
 
 
 def test_each_iterative_step_is_a_row(finetuned, page):

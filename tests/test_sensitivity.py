@@ -17,7 +17,7 @@ from graphops.errors import ModelRejected
 from graphops.scoring import score_groups
 from graphops.selection import select_by_group_ratios
 from graphops.sensitivity_select import sensitive_groups, tolerated_ratio, tolerated_ratios
-from roundtrip.data import Dataset, load_dataset, split_holdout
+from roundtrip.data import Dataset, load_dataset, split_data
 from tests import zoo
 from tests.oracle import analyse, run_model
 from workers.evaluation import accuracy, fidelity, make_evaluator
@@ -166,11 +166,11 @@ def test_auto_lowers_the_per_group_budget_until_the_combined_drop_is_within_the_
     dep = analyse(model_path).dep
     quiet, signal = group_of(dep, "W_quiet"), group_of(dep, "W_1")
     report = fake_report({quiet: [1.0, 1.0, 1.0], signal: [0.984, 0.97, 0.5]})
-    # Held-out: pruning the signal group at all costs 3 points, whatever its curve said (1.6).
+    # Validation: pruning the signal group at all costs 3 points, whatever its curve said (1.6).
     check = lambda plan: 0.97 if signal in plan.groups else 1.0  # noqa: E731
     auto = choose_auto(dep, score_groups(dep, "l1"), report, 0.02, check=check, baseline=1.0)
     assert auto.ratios == {quiet: 0.75}
-    assert auto.held_out_after == 1.0
+    assert auto.validation_after == 1.0
     tried = [(round(budget, 5), round(drop, 3)) for budget, drop in auto.tried]
     assert tried == [
         (0.02, 0.03),
@@ -180,6 +180,23 @@ def test_auto_lowers_the_per_group_budget_until_the_combined_drop_is_within_the_
         (0.01625, 0.03),
     ]
     assert auto.budget == 0.015
+
+
+def test_auto_raises_the_per_group_budget_while_the_judged_plan_stays_within_the_bound(model_path):
+    """Judged after recovery, plans can go past the raw curves: the budget doubles until the judge
+    refuses, then is bisected back."""
+    dep = analyse(model_path).dep
+    quiet, signal = group_of(dep, "W_quiet"), group_of(dep, "W_1")
+    report = fake_report({quiet: [1.0, 1.0, 1.0], signal: [0.984, 0.97, 0.5]})
+    # After recovery only keeping 2 of the signal group's 8 channels costs (5 points).
+    check = lambda plan: 0.95 if len(plan.keep.get(signal, range(8))) <= 2 else 1.0  # noqa: E731
+    auto = choose_auto(dep, score_groups(dep, "l1"), report, 0.02, check=check, baseline=1.0)
+
+    assert auto.ratios == {quiet: 0.75, signal: 0.5}  # the raw curve allowed 0.25 within 0.02
+    budgets = [round(budget, 4) for budget, _ in auto.tried]
+    assert budgets[:6] == [0.02, 0.04, 0.08, 0.16, 0.32, 0.5]  # doubled up to the largest drop on a curve
+    assert [round(drop, 3) for _, drop in auto.tried[:6]] == [0.0] * 5 + [0.05]
+    assert 0.32 <= auto.budget < 0.5 and auto.validation_after == 1.0
 
 
 def test_auto_refuses_curves_of_another_model(model_path):
@@ -197,7 +214,7 @@ def test_ratio_auto_keeps_the_drop_on_held_out_data_within_the_bound(model_path,
     assert report.evaluation is not None and report.evaluation.metric == "accuracy"
     assert report.evaluation.before - report.evaluation.after <= 0.05
     # Measured again here, outside the pipeline, on the held-out samples it documents.
-    held_out = split_holdout(load_dataset(data_path, onnx.load(model_path)))[1]
+    held_out = split_data(load_dataset(data_path, onnx.load(model_path))).held_out
     logits = run_model(onnx.load(tmp_path / "auto.onnx"), held_out.inputs)[0]
     assert report.evaluation.samples == len(held_out) == SAMPLES // 5
     assert np.mean(logits.argmax(axis=1) == held_out.labels) >= 1.0 - 0.05
@@ -219,11 +236,12 @@ def test_max_drop_without_ratio_auto_is_refused():
 
 
 def test_every_fifth_sample_is_held_out_everywhere():
-    """The pipeline's held-out numbers use the project-wide split (roundtrip.data.split_holdout)."""
+    """The pipeline's held-out numbers use the project-wide split (roundtrip.data.split_data)."""
     data = Dataset({"input": np.arange(10, dtype=np.float32)}, np.arange(10))
-    selection, held_out = split_holdout(data)
-    assert held_out.labels.tolist() == [4, 9]
-    assert selection.labels.tolist() == [0, 1, 2, 3, 5, 6, 7, 8]
+    splits = split_data(data)
+    assert splits.held_out.labels.tolist() == [4, 9]
+    assert splits.validation.labels.tolist() == [3, 8]
+    assert splits.train.labels.tolist() == [0, 1, 2, 5, 6, 7]
 
 
 def test_metrics_are_top1_accuracy_and_mean_cosine():

@@ -57,7 +57,7 @@ class MacsTarget(BaseModel):
 
 
 class AutoTarget(BaseModel):
-    """Per-group ratios from sensitivity curves, the held-out drop within ``max_drop``."""
+    """Per-group ratios from sensitivity curves, the drop within ``max_drop`` (judged on validation samples)."""
 
     kind: Literal["auto"] = "auto"
     max_drop: float
@@ -101,8 +101,9 @@ class PruneOptions(BaseModel):
     )
     max_drop: Annotated[float, Field(gt=0.0, lt=1.0)] | None = Field(
         None,
-        description="With ratio 'auto' or criterion 'learned': tolerated drop of accuracy (or fidelity) on "
-        "held-out data, as a fraction; default 0.01.",
+        description="With ratio 'auto' or criterion 'learned': tolerated drop of accuracy (or fidelity), as a "
+        "fraction; plans are judged on the validation split after reconstruction, and the report checks the "
+        "held-out drop against it; default 0.01.",
         json_schema_extra=_about("target"),
     )
     flops_target: Annotated[float, Field(gt=0.0, lt=1.0)] | None = Field(

@@ -15,6 +15,7 @@ from pathlib import Path
 from graphops.dependency import DependencyGraph
 from graphops.plan import PruningPlan
 from graphops.selection import check_exclude_patterns
+from roundtrip.data import SPLIT_RULES
 from workers.analysis import analyse_model
 from workers.benchmark import benchmark, compare_outputs, run_models
 from workers.capabilities import require_capabilities
@@ -32,7 +33,7 @@ from workers.verification import ORACLE_RTOL, VerificationFailed
 
 __all__ = ["ORACLE_RTOL", "STAGE_END", "PipelineResult", "VerificationFailed", "float_output_path", "run_pipeline"]
 
-HELD_OUT_SPLIT = "every fifth sample of the data file (indices 4, 9, 14, ...)"
+HELD_OUT_SPLIT = SPLIT_RULES["held_out"]  # the one split: roundtrip.data.split_data
 
 
 @dataclass

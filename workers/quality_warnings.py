@@ -7,6 +7,8 @@ so), but nobody should ship it unaware: the CLI prints the warning and the repor
 
 from __future__ import annotations
 
+import math
+
 from workers.report import Fidelity, HeldOutEvaluation
 
 MIN_COSINE = 0.9
@@ -32,11 +34,16 @@ def quality_warnings(
     notes = []
     bound = max_drop if max_drop is not None else DEFAULT_DROP
     if evaluation is not None:  # measured on held-out data: a better judge than random benchmark inputs
-        if evaluation.before - evaluation.after > bound:
+        drop = evaluation.before - evaluation.after
+        if evaluation.max_drop is not None and drop > evaluation.max_drop:
             notes.append(
-                f"held-out {evaluation.metric} dropped by {evaluation.before - evaluation.after:.4f} "
-                f"({evaluation.before:.4f} -> {evaluation.after:.4f}), above "
-                f"{'the bound' if max_drop is not None else 'a tolerable'} {bound:g}: {help_text}"
+                f"{_dropped(evaluation)}: the bound {evaluation.max_drop:g} is missed by "
+                f"{drop - evaluation.max_drop:.4f} ({_why(evaluation)}): {help_text}"
+            )
+        elif evaluation.max_drop is None and drop > bound:
+            notes.append(
+                f"{_dropped(evaluation)}, above {'the bound' if max_drop is not None else 'a tolerable'} "
+                f"{bound:g}: {help_text}"
             )
     elif fidelity is not None and fidelity.cosine_similarity < MIN_COSINE:
         notes.append(
@@ -45,3 +52,23 @@ def quality_warnings(
             f"{'' if recovered else ', no recovery'}): {help_text}"
         )
     return notes
+
+
+def _dropped(evaluation: HeldOutEvaluation) -> str:
+    return (
+        f"held-out {evaluation.metric} dropped by {evaluation.before - evaluation.after:.4f} "
+        f"({evaluation.before:.4f} -> {evaluation.after:.4f})"
+    )
+
+
+def _why(evaluation: HeldOutEvaluation) -> str:
+    """Where the plan's drop was measured when it was chosen, and how noisy the held-out figure is."""
+    chosen = (
+        "the plan was chosen on the validation split"
+        if evaluation.validation_drop is None
+        else f"the plan was chosen at a drop of {evaluation.validation_drop:.4f} on the validation split"
+    )
+    if evaluation.metric != "accuracy" or evaluation.samples < 1:
+        return chosen
+    error = math.sqrt(max(evaluation.after * (1 - evaluation.after), 0.0) / evaluation.samples)
+    return f"{chosen}; the held-out accuracy's standard error on {evaluation.samples} samples is {error:.4f}"

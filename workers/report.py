@@ -83,7 +83,7 @@ class FrozenReport(BaseModel):
 
 
 class EvaluationPoint(BaseModel):
-    """One model on the held-out split."""
+    """One model on the validation split (what the strategies choose on), in the PyTorch executor."""
 
     loss: float = Field(description="The training objective: cross-entropy with labels, else distillation.")
     accuracy: float | None = Field(None, description="Top-1 accuracy (with labels).")
@@ -99,7 +99,7 @@ class IterationReport(BaseModel):
     after_finetune: EvaluationPoint | None = None
     final_loss: float | None = None
     steps: int | None = Field(None, description="Fine-tuning steps this iteration took.")
-    kept_step: int | None = Field(None, description="The step whose weights were kept (best on held-out).")
+    kept_step: int | None = Field(None, description="The step whose weights were kept (best on the validation split).")
     reconstructed_layers: list[str] = Field(
         default_factory=list, description="Layers refit by layer-wise reconstruction (their refit reduced the error)."
     )
@@ -117,9 +117,9 @@ class FinetuneReport(BaseModel):
     iterative_steps: int
     lr: float
     batch_size: int
-    samples: dict[str, int] = Field(description="Samples trained on and held out.")
+    samples: dict[str, int] = Field(description="Samples trained on (train) and chosen on (validation).")
     iterations: list[IterationReport] = Field(
-        default_factory=list, description="Per pruning step, on held-out data, measured in the PyTorch executor."
+        default_factory=list, description="Per pruning step, on the validation split, measured in the PyTorch executor."
     )
     losses: list[float] = Field(default_factory=list, description="Training loss at every fine-tuning step.")
 
@@ -195,6 +195,9 @@ class PruneReport(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     layers: list[LayerReport] = Field(default_factory=list, description="MACs and filters per Conv/Gemm node.")
     evaluation: HeldOutEvaluation | None = Field(None, description="Accuracy or fidelity on held-out data.")
+    data_splits: list[DataSplit] = Field(
+        default_factory=list, description="With data: how the data file was split and what used each part."
+    )
     sensitivity: SensitivityReport | None = Field(None, description="Per-group curves behind ratio 'auto'.")
     group_ratios: dict[str, float] = Field(default_factory=dict, description="Ratio chosen per group (ratio 'auto').")
     learned: LearnedReport | None = Field(None, description="Criterion 'learned': the per-layer agents' search.")
@@ -235,6 +238,24 @@ class HeldOutEvaluation(BaseModel):
         "('after' is the written, fine-tuned model).",
     )
     finetune: FinetuneReport | None = None
+    max_drop: float | None = Field(
+        None, description="--ratio auto / --criterion learned: the drop the plan was chosen to stay within."
+    )
+    validation_drop: float | None = Field(
+        None, description="The drop the strategy measured on the validation split when it chose the plan."
+    )
+    missed_by: float | None = Field(
+        None, description="With max_drop: how far the held-out drop (before - after) exceeds it; 0 when within."
+    )
+
+
+class DataSplit(BaseModel):
+    """One part of the data file (``roundtrip.data.split_data``): which samples, and what used them."""
+
+    name: str = Field(description="'train', 'validation' or 'held_out'.")
+    samples: int
+    rule: str = Field(description="Which samples of the data file, by index.")
+    used_for: str
 
 
 class QuantizationReport(BaseModel):

@@ -12,9 +12,11 @@ from graphops.plan import PruningPlan
 from graphops.shares import macs_shares
 from workers.analysis import Analysis
 from workers.latency_target import target_notes
+from workers.options import AutoTarget, LearnedTarget, PruneOptions
 from workers.quality_warnings import quality_warnings
 from workers.report import (
     BeforeAfter,
+    DataSplit,
     Fidelity,
     FrozenReport,
     GroupReport,
@@ -50,6 +52,7 @@ def build_report(
     groups, frozen = group_reports(analysis.dep, outcome.plan, analysis.cost)
     if evaluation is not None and outcome.finetune is not None:
         evaluation = evaluation.model_copy(update={"finetune": outcome.finetune})
+    evaluation = with_bound(evaluation, job.options, selection.validation_drop)
     return PruneReport(
         onnxprune_version=onnxprune_version(),
         model_sha256=analysis.sha256,
@@ -65,6 +68,7 @@ def build_report(
         stage_seconds={**job.stages.seconds, **{f"recovery.{k}": v for k, v in outcome.seconds.items()}},
         layers=layer_reports(analysis, outcome.model, cost_after),
         evaluation=evaluation,
+        data_splits=data_splits(job),
         sensitivity=selection.sensitivity,
         group_ratios=selection.group_ratios,
         warnings=[
@@ -90,6 +94,33 @@ def build_report(
         else job.round_to_source,
         latency_target=selection.latency_target,
     )
+
+
+def with_bound(
+    evaluation: HeldOutEvaluation | None, options: PruneOptions, validation_drop: float | None
+) -> HeldOutEvaluation | None:
+    """The held-out drop checked against the bound a ``--max-drop`` target chose the plan for."""
+    target = options.target
+    if evaluation is None or not isinstance(target, (AutoTarget, LearnedTarget)):
+        return evaluation
+    missed = max(0.0, evaluation.before - evaluation.after - target.max_drop)
+    return evaluation.model_copy(
+        update={"max_drop": target.max_drop, "validation_drop": validation_drop, "missed_by": round(missed, 6)}
+    )
+
+
+def data_splits(job: Job) -> list[DataSplit]:
+    """How the data file was split (``roundtrip.data.split_data``) and what used each part."""
+    splits = job.splits
+    if splits is None:
+        return []
+    from roundtrip.data import SPLIT_RULES, SPLIT_USES
+
+    parts = {"train": splits.train, "validation": splits.validation, "held_out": splits.held_out}
+    return [
+        DataSplit(name=name, samples=len(part), rule=SPLIT_RULES[name], used_for=SPLIT_USES[name])
+        for name, part in parts.items()
+    ]
 
 
 def rounding_notes(job: Job, groups: list[GroupReport]) -> list[str]:

@@ -8,8 +8,11 @@ of a group share one measurement.
 
 ``choose_auto`` then prunes each group as far as its curve stays within a tolerated drop and skips
 sensitive groups. Single-group drops do not simply add up when groups are pruned together, so the
-combined plan is checked on held-out samples and the per-group budget halved until the combined
-drop stays within the bound too, then bisected back up towards the last budget that failed.
+combined plan is judged on validation samples (after layer-wise reconstruction when the job's
+recovery reconstructs, ``workers.strategies.judge``) and the per-group budget halved while the
+combined drop exceeds the bound, or doubled while it stays within (reconstruction recovers more
+than single raw curves show), then bisected between the last budget that passed and the first
+that failed.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ from workers.report import FrozenReport, SensitivityCurve, SensitivityReport
 from workers.sandbox import RunnerLimits
 
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-# Per-group budgets tried by ``choose_auto``, as fractions of the tolerated drop.
-BUDGET_STEPS = (1.0, 0.5, 0.25, 0.125, 0.0625, 0.0)
+# Per-group budgets ``choose_auto`` tries below the tolerated drop when it fails, as fractions of it.
+SHRINK_STEPS = (0.5, 0.25, 0.125, 0.0625, 0.0)
 REFINE_STEPS = 3  # bisection steps between the budget that passed and the one that failed
 
 SweepProgress = Callable[[int, int, str], None]  # groups done, groups in all, last group id
@@ -179,13 +182,13 @@ def load_sensitivity(path: Path) -> SensitivityReport:
 
 @dataclass
 class AutoSelection:
-    """What ``choose_auto`` settled on, and every budget it tried with the held-out drop it gave."""
+    """What ``choose_auto`` settled on, and every budget it tried with the validation drop it gave."""
 
     plan: PruningPlan
     ratios: dict[str, float]
     budget: float
-    held_out_before: float | None = None
-    held_out_after: float | None = None
+    validation_before: float | None = None
+    validation_after: float | None = None
     tried: list[tuple[float, float | None]] = field(default_factory=list)
 
 
@@ -204,9 +207,11 @@ def choose_auto(
     round_to: int = 1,
     exclude: Iterable[str] = (),
 ) -> AutoSelection:
-    """Per-group ratios within ``max_drop`` of each curve; with ``check`` (the held-out metric of a
-    plan) and ``baseline`` (the original's), the largest budget whose combined drop also stays within:
-    halved until one passes, then bisected between it and the last that failed."""
+    """Per-group ratios within a budget on each curve; with ``check`` (a plan's metric on validation
+    samples, after whatever recovery the caller runs in the loop) and ``baseline`` (the original's),
+    the largest budget whose combined drop stays within ``max_drop``: from ``max_drop``, halved while
+    it fails or doubled while it passes (recovery lets groups go past their raw curves), then bisected
+    between the last budget that passed and the first that failed."""
     known = {g.id for g in dep.groups}
     stale = [c.group for c in sensitivity.curves if c.group not in known]
     if stale:
@@ -216,10 +221,11 @@ def choose_auto(
         ratios = {g: r for g, r in tolerated_ratios(curves, max_drop).items() if r > 0}
         plan = select_by_group_ratios(dep, scores, ratios, round_to=round_to, exclude=exclude)
         return AutoSelection(plan, ratios, max_drop, tried=[(max_drop, None)])
-    measured: dict[tuple[tuple[str, float], ...], tuple[PruningPlan, float]] = {}  # ratios -> (plan, held-out metric)
+    measured: dict[tuple[tuple[str, float], ...], tuple[PruningPlan, float]] = {}  # ratios -> (plan, metric)
     tried: list[tuple[float, float | None]] = []
 
-    def attempt(budget: float) -> tuple[dict[str, float], PruningPlan, float]:
+    def attempt(budget: float) -> tuple[float, dict[str, float], PruningPlan, float] | None:
+        """The budget's plan and metric when its drop is within ``max_drop``, else None."""
         ratios = {g: r for g, r in tolerated_ratios(curves, budget).items() if r > 0}
         key = tuple(sorted(ratios.items()))
         if key not in measured:
@@ -227,24 +233,36 @@ def choose_auto(
             measured[key] = (plan, check(plan) if plan.groups else baseline)
         plan, after = measured[key]
         tried.append((budget, baseline - after))
-        return ratios, plan, after
+        return (budget, ratios, plan, after) if baseline - after <= max_drop else None
 
-    passed, failed = None, None
-    for step in BUDGET_STEPS:
-        ratios, plan, after = attempt(max_drop * step)
-        if baseline - after <= max_drop:
-            passed = (max_drop * step, ratios, plan, after)
-            break
-        failed = max_drop * step
+    # Beyond the largest drop on any curve, a larger budget changes no ratio.
+    ceiling = max((drop for points in curves.values() for _, drop in points), default=0.0)
+    passed, failed = attempt(max_drop), None
+    if passed is not None:
+        budget = max_drop
+        while failed is None and budget < ceiling:
+            budget = min(2 * budget, ceiling)
+            result = attempt(budget)
+            if result is None:
+                failed = budget
+            else:
+                passed = result
+    else:
+        failed = max_drop
+        for step in SHRINK_STEPS:
+            passed = attempt(max_drop * step)
+            if passed is not None:
+                break
+            failed = max_drop * step
     if passed is None:
         return AutoSelection(PruningPlan({}), {}, 0.0, baseline, baseline, tried)
     if failed is not None:
         low, high = passed[0], failed
         for _ in range(REFINE_STEPS):
             middle = (low + high) / 2
-            ratios, plan, after = attempt(middle)
-            if baseline - after <= max_drop:
-                passed, low = (middle, ratios, plan, after), middle
+            result = attempt(middle)
+            if result is not None:
+                passed, low = result, middle
             else:
                 high = middle
     budget, ratios, plan, after = passed
@@ -260,46 +278,44 @@ def auto_for_job(
     *,
     criterion: str,
     max_drop: float,
-    data: Dataset | None,
+    train: Dataset | None,
+    check: Callable[[PruningPlan], float] | None = None,
+    baseline: float | None = None,
     sensitivity: SensitivityReport | None = None,
     round_to: int = 1,
     exclude: Iterable[str] = (),
     progress: SweepProgress | None = None,
     limits: RunnerLimits = RunnerLimits(),
 ) -> tuple[AutoSelection, SensitivityReport]:
-    """``ratio='auto'`` in the pipeline: curves on the selection part of ``data`` (unless given),
-    ratios checked on its held-out part (``roundtrip.data.split_holdout``: every fifth sample)."""
-    from roundtrip.data import split_holdout
-
+    """``ratio='auto'`` in the pipeline: curves on the training split (unless given), combined plans
+    judged by ``check`` against ``baseline`` (on the validation split: ``workers.strategies.judge``)."""
     if sensitivity is not None and sensitivity.model_sha256 != model_sha256:
         raise ModelRejected("the sensitivity file was measured on a different model (its model_sha256 differs)")
-    if data is None:
+    if train is None or check is None or baseline is None:
         if sensitivity is None:
             raise ModelRejected(
                 "ratio 'auto' needs data: pass --data DATA.npz (or a --sensitivity file "
                 "from 'onnxprune sensitivity'); see docs/SENSITIVITY.md"
             )
         return choose_auto(dep, scores, sensitivity, max_drop, round_to=round_to, exclude=exclude), sensitivity
-    selection, held_out = split_holdout(data)
     if sensitivity is None:
         sensitivity = sweep(
             dep,
             scores,
-            make_evaluator(model_path, selection, limits=limits),
+            make_evaluator(model_path, train, limits=limits),
             cost,
             model_sha256=model_sha256,
             criterion=criterion,
             progress=progress,
         )
-    judge = make_evaluator(model_path, held_out, limits=limits)
-    with tempfile.TemporaryDirectory(prefix="onnxprune-auto-") as workdir:
-        candidate = Path(workdir) / "candidate.onnx"
-
-        def check(plan: PruningPlan) -> float:
-            candidate.write_bytes(apply_plan(dep, plan).SerializeToString())
-            return judge.score([candidate])[0]
-
-        auto = choose_auto(
-            dep, scores, sensitivity, max_drop, check=check, baseline=judge.baseline, round_to=round_to, exclude=exclude
-        )
+    auto = choose_auto(
+        dep,
+        scores,
+        sensitivity,
+        max_drop,
+        check=check,
+        baseline=baseline,
+        round_to=round_to,
+        exclude=exclude,
+    )
     return auto, sensitivity

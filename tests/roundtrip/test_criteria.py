@@ -60,7 +60,7 @@ def test_data_criteria_without_data_are_a_user_error(analysed, criterion):
         score_groups(analysed.dep, criterion)
 
 
-def test_a_filter_that_is_always_zero_ranks_last_under_every_data_criterion(analysed, context):
+def test_a_filter_that_is_always_zero_ranks_last_under_every_data_criterion(analysed, small_data):
     """Zero a conv filter and its BN shift so its ReLU output is 0 everywhere: nothing depends on it."""
     from onnx import numpy_helper
 
@@ -76,15 +76,11 @@ def test_a_filter_that_is_always_zero_ranks_last_under_every_data_criterion(anal
         values[2] = 0.0 if name == conv.input[1] else -1.0
         inits[name].CopyFrom(numpy_helper.from_array(values, name))
     dep = analyze(model, {"input": [1, 3, 12, 12]})
-    dead = build_context(context_path(context), model, None, batch_size=16, score_batches=3)
+    dead = build_context(small_data["labelled"], model, None, batch_size=16, score_batches=3)
 
     for criterion in DATA_CRITERIA:
         scores = score_groups(dep, criterion, data=dead)[group.id]
         assert scores[2] == scores.min(), f"{criterion} did not rank the dead filter last: {scores}"
-
-
-def context_path(context):
-    return context.source_path
 
 
 def test_coupled_residual_group_is_scored_as_a_whole(analysed, context):

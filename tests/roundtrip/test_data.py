@@ -7,7 +7,7 @@ import pytest
 
 from graphops.errors import ModelRejected
 from graphops.loading import load_model
-from roundtrip.data import load_dataset, split_holdout
+from roundtrip.data import load_dataset, split_data
 
 
 @pytest.fixture
@@ -52,10 +52,21 @@ def test_pickled_object_arrays_are_never_loaded(tmp_path, model):
         load_dataset(path, model)
 
 
-def test_every_fifth_sample_is_held_out(tmp_path, model):
+def test_data_splits_into_train_validation_and_held_out_by_index_mod_5(tmp_path, model):
     data = load_dataset(save(tmp_path, input=np.arange(20 * 432, dtype=np.float32).reshape(20, 3, 12, 12)), model)
 
-    train, held = split_holdout(data)
+    splits = split_data(data)
 
-    assert len(train) == 16 and len(held) == 4
-    assert held.inputs["input"][:, 0, 0, 0].tolist() == [4 * 432, 9 * 432, 14 * 432, 19 * 432]
+    def first_values(part):
+        return (part.inputs["input"][:, 0, 0, 0] / 432).astype(int).tolist()
+
+    assert first_values(splits.held_out) == [4, 9, 14, 19]
+    assert first_values(splits.validation) == [3, 8, 13, 18]
+    assert first_values(splits.train) == [0, 1, 2, 5, 6, 7, 10, 11, 12, 15, 16, 17]
+
+
+def test_too_few_samples_to_split_is_a_clear_user_error(tmp_path, model):
+    data = load_dataset(save(tmp_path, input=np.zeros((4, 3, 12, 12), dtype=np.float32)), model)
+
+    with pytest.raises(ModelRejected, match="at least 5 are needed"):
+        split_data(data)

@@ -88,3 +88,19 @@ def test_the_report_carries_the_warning(small_model, tmp_path):
 
     assert result.report.fidelity.cosine_similarity < 0.9
     assert any("keeps little of the original's behaviour" in w for w in result.report.warnings)
+
+
+def test_a_missed_max_drop_says_by_how_much_and_where_the_plan_was_chosen():
+    bounded = evaluation(0.80, 0.75).model_copy(
+        update={"samples": 400, "max_drop": 0.02, "validation_drop": 0.015, "missed_by": 0.03}
+    )
+
+    notes = quality_warnings(
+        Fidelity(max_abs_diff=0.1, cosine_similarity=0.99), bounded, data_given=True, recovered=True, max_drop=0.02
+    )
+
+    assert notes == [
+        "held-out accuracy dropped by 0.0500 (0.8000 -> 0.7500): the bound 0.02 is missed by 0.0300 (the plan "
+        "was chosen at a drop of 0.0150 on the validation split; the held-out accuracy's standard error on 400 "
+        "samples is 0.0217): give recovery more time (a larger --time-budget) or more samples, or prune less"
+    ]

@@ -29,14 +29,14 @@ def test_distillation_without_labels_measurably_recovers_fidelity_lost_by_prunin
     context = build_context(small_data["unlabelled"], analysed.prepared, None, batch_size=16, score_batches=2)
     plan = select_by_ratio(analysed.dep, score_groups(analysed.dep, "l1"), 0.5)
     module = OnnxModule(apply_plan(analysed.dep, plan))
-    pruned = evaluate(module, context.objective, context.holdout, 32)
+    pruned = evaluate(module, context.objective, context.validation, 32)
 
     finetune(module, context.objective, context.train, steps=60, lr=0.02, batch_size=16)
-    tuned = evaluate(module, context.objective, context.holdout, 32)
+    tuned = evaluate(module, context.objective, context.validation, 32)
 
     assert context.objective.kind == "distillation"
     assert pruned.cosine < 0.99  # pruning cost something
-    assert tuned.loss < 0.7 * pruned.loss  # held-out distillation loss fell markedly
+    assert tuned.loss < 0.7 * pruned.loss  # validation distillation loss fell markedly
     assert tuned.cosine > pruned.cosine + 0.25 * (1 - pruned.cosine)  # a quarter of the lost fidelity back
 
 

@@ -54,6 +54,7 @@ PATHS = [
         ],
         id="iterative-taylor",
     ),
+    pytest.param(["--ratio", "auto", "--max-drop", "0.05"], id="auto", marks=pytest.mark.slow),
     pytest.param(
         ["--criterion", "learned", "--max-drop", "0.05", "--learned-episodes", "1", "--learned-samples", "2"],
         id="learned",
@@ -94,4 +95,15 @@ def test_data_driven_path_runs_on_real_resnet20_with_cifar10(calibration, tmp_pa
     report = json.loads(report_path.read_text())
     assert report["evaluation"]["metric"] == "accuracy" and report["evaluation"]["before"] > 0.5
     assert report["macs"]["after"] < report["macs"]["before"]
+    assert [(s["name"], s["samples"]) for s in report["data_splits"]] == [
+        ("train", 90),
+        ("validation", 30),
+        ("held_out", 30),
+    ]
+    if "--max-drop" in args:  # the held-out drop checked against the bound the plan was chosen for
+        evaluation = report["evaluation"]
+        drop = evaluation["before"] - evaluation["after"]
+        assert evaluation["max_drop"] == 0.05 and evaluation["missed_by"] == pytest.approx(
+            max(0.0, drop - 0.05), abs=1e-6
+        )
     onnx.checker.check_model(onnx.load(out), full_check=True)

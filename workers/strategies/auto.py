@@ -1,6 +1,7 @@
 """Selector: per-group ratios from sensitivity curves (``--ratio auto --max-drop``, Li et al.):
-each group is cut as far as its curve stays within the bound, then the combined plan is checked on
-held-out samples and the per-group budget lowered until it passes (``workers.sensitivity``)."""
+each group is cut as far as its curve allows within a per-group budget, and the combined plan is
+judged on validation samples after the job's cheap recovery (``workers.strategies.judge``), the
+budget searched until the combined drop is as close to the bound as it gets (``workers.sensitivity``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from graphops.dependency import DependencyGraph
 from workers.sensitivity import AutoSelection, auto_for_job
 from workers.strategies.base import Job, Selection, Step
+from workers.strategies.judge import PlanJudge, choose_judge
 
 
 @dataclass
@@ -19,6 +21,7 @@ class AutoRatios:
         with job.stages.stage("score"):
             scores = job.scores(dep)
         with job.stages.stage("select"):
+            judge = choose_judge(job) if job.splits is not None else None
             auto, sensitivity = auto_for_job(
                 job.analysis.path,
                 job.analysis.sha256,
@@ -27,24 +30,38 @@ class AutoRatios:
                 job.analysis.cost,
                 criterion=job.options.criterion,
                 max_drop=self.max_drop,
-                data=job.dataset,
+                train=None if job.splits is None else job.splits.train,
+                check=None if judge is None else (lambda plan: judge(dep, plan)),
+                baseline=None if judge is None else judge.baseline,
                 sensitivity=job.sensitivity,
                 round_to=job.round_to,
                 exclude=job.options.exclude,
                 progress=lambda done, total, _group: job.stages.within("select", done / max(total, 1)),
                 limits=job.limits,
             )
-        return Selection(auto.plan, notes=self._notes(auto), group_ratios=auto.ratios, sensitivity=sensitivity)
+        before, after = auto.validation_before, auto.validation_after
+        return Selection(
+            auto.plan,
+            notes=self._notes(auto, judge),
+            group_ratios=auto.ratios,
+            sensitivity=sensitivity,
+            validation_drop=before - after if before is not None and after is not None and auto.plan.groups else None,
+        )
 
-    def _notes(self, auto: AutoSelection) -> list[str]:
-        """What ratio 'auto' had to give up, in words for the report."""
-        if auto.held_out_after is None:
-            return ["ratio auto: the combined drop was not checked on held-out data (no data given)"]
+    def _notes(self, auto: AutoSelection, judge: PlanJudge | None) -> list[str]:
+        """What ratio 'auto' measured and had to give up, in words for the report."""
+        if judge is None or auto.validation_after is None or auto.validation_before is None:
+            return ["ratio auto: the combined drop was not checked on data (no data given)"]
+        where = f"{judge.samples} validation samples, {judge.how}"
         if not auto.plan.groups:
-            return [f"ratio auto: no plan kept the held-out drop within {self.max_drop}; nothing was pruned"]
+            return [f"ratio auto: no plan kept the drop within {self.max_drop} on {where}; nothing was pruned"]
+        notes = [
+            f"ratio auto: the plan's drop on {where}: {auto.validation_before - auto.validation_after:.4f} "
+            f"(bound {self.max_drop}); per-group budget {auto.budget:.4g} on the raw sensitivity curves"
+        ]
         if auto.budget < self.max_drop:
-            return [
+            notes.append(
                 f"ratio auto: per-group budget lowered from {self.max_drop} to {auto.budget:.4g} so that the "
-                f"groups pruned together stay within {self.max_drop} on held-out data"
-            ]
-        return []
+                f"groups pruned together stay within {self.max_drop}"
+            )
+        return notes

@@ -36,7 +36,7 @@ from workers.verification import Outputs, Verified, verify_against_oracle, write
 
 if TYPE_CHECKING:
     from roundtrip.context import DataContext
-    from roundtrip.data import Dataset
+    from roundtrip.data import Dataset, DataSplits
 
 
 @dataclass
@@ -82,46 +82,40 @@ class Job:
 
     @property
     def data(self) -> DataContext:
-        """Training and held-out splits with the objective (needs torch): loaded once, on first use."""
+        """Training and validation splits with the objective (needs torch): built once, on first use."""
         if self.data_context is not None:
             return self.data_context
-        if self.data_path is None:
+        if self.splits is None:
             reason = self.options.data_requirement() or "this job needs data"
             raise ModelRejected(f"{reason}: pass --data DATA.npz (one array per model input, optional labels)")
-        from roundtrip.context import build_context
+        from roundtrip.context import make_context
 
         # The executor runs the prepared graph the analysis prunes (constants folded, shapes known), never
         # the raw export: its run-time shape subgraphs (Shape -> Gather -> Reshape) are not executor material.
-        self.data_context = build_context(
-            self.data_path,
+        self.data_context = make_context(
+            self.splits.train,
+            self.splits.validation,
             self.analysis.prepared,
-            self.analysis.input_shapes,
             batch_size=self.options.batch_size,
             score_batches=self.options.score_batches,
         )
         return self.data_context
 
     @cached_property
-    def dataset(self) -> Dataset | None:
-        """The whole data file (numpy only), or None without data."""
-        if self.data_context is not None:  # already loaded for the data-driven criteria
-            return self.data_context.dataset
+    def splits(self) -> DataSplits | None:
+        """The data file split once (numpy only; ``roundtrip.data.split_data``), or None without data.
+        Strategies fit on ``train`` and choose on ``validation``; ``held_out`` is :attr:`held_out`'s."""
         if self.data_path is None:
             return None
-        from roundtrip.data import load_dataset
+        from roundtrip.data import load_dataset, split_data
 
-        return load_dataset(self.data_path, self.analysis.original, self.analysis.input_shapes)
+        return split_data(load_dataset(self.data_path, self.analysis.original, self.analysis.input_shapes))
 
     @property
     def held_out(self) -> Dataset | None:
-        """The samples no strategy trains or selects on (``roundtrip.data.split_holdout``)."""
-        if self.data_context is not None:
-            return self.data_context.holdout
-        if self.dataset is None:
-            return None
-        from roundtrip.data import split_holdout
-
-        return split_holdout(self.dataset)[1]
+        """The samples the report is measured on, read by the pipeline after the schedule (and by the
+        finish that measures the float model beside a quantized one): never by a strategy."""
+        return None if self.splits is None else self.splits.held_out
 
     def scores(self, dep: DependencyGraph, *, step: int = 0) -> Scores:
         """The criterion's channel scores on ``dep`` (the original, or the model of an iterative step)."""
@@ -195,6 +189,7 @@ class Selection:
     group_ratios: dict[str, float] = field(default_factory=dict)
     sensitivity: SensitivityReport | None = None
     latency_target: LatencyTargetReport | None = None
+    validation_drop: float | None = None  # --max-drop targets: the plan's drop as judged on the validation split
 
 
 @dataclass

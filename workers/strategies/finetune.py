@@ -2,7 +2,7 @@
 (Li et al.'s retraining; Molchanov et al.'s short fine-tune between steps), then write the weights
 back into the same graph by name. The original model is distilled, with cross-entropy added when
 there are labels (``roundtrip.objective``); image inputs are augmented; the best weights on the
-held-out split are kept; with ``--time-budget`` the step count is planned to fit the budget."""
+validation split are kept; with ``--time-budget`` the step count is planned to fit the budget."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ class FineTune:
             started = time.monotonic()
             student = OnnxModule(pruned)
             recalibrated = recalibrate_batchnorm(student, data.train, data.batch_size, BN_BATCHES, seed)
-            after_pruning = evaluate(student, data.objective, data.holdout, data.batch_size)
+            after_pruning = evaluate(student, data.objective, data.validation, data.batch_size)
             after_finetune, losses, kept_step = None, [], None
             # After training: re-estimation and evaluation again, the write-back and its check, the
             # held-out evaluations in onnxruntime: about three times what the two took just now.
@@ -82,14 +82,14 @@ class FineTune:
                     seed=seed,
                     augment=self.augment,
                     warmup_fraction=0.05,
-                    select_on=data.holdout,
+                    select_on=data.validation,
                     deadline=deadline,
                     progress=show,
                 )
                 losses, kept_step = run.losses, run.kept_step
                 if recalibrated:
                     recalibrate_batchnorm(student, data.train, data.batch_size, BN_BATCHES, seed)
-                after_finetune = evaluate(student, data.objective, data.holdout, data.batch_size)
+                after_finetune = evaluate(student, data.objective, data.validation, data.batch_size)
             model = write_back(pruned, student)
             record = IterationRecord(
                 step.index + 1,
@@ -100,5 +100,5 @@ class FineTune:
                 losses[-1] if losses else None,
                 kept_step,
             )
-            check_inputs = next(data.holdout.batches(min(len(data.holdout), student.static_batch or 4))).inputs
+            check_inputs = next(data.validation.batches(min(len(data.validation), student.static_batch or 4))).inputs
             return Recovered(model, record, losses, check_inputs, outputs_on(student, check_inputs))

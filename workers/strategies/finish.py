@@ -115,11 +115,8 @@ class Quantize:
 
     def _calibration(self, job: Job) -> tuple[dict[str, np.ndarray], str]:
         """Inputs of the training split (never the held-out samples), else generated ones."""
-        if job.dataset is not None:
-            from roundtrip.data import split_holdout
-
-            train = split_holdout(job.dataset)[0]
-            return sample_inputs(train.inputs), "data"
+        if job.splits is not None:
+            return sample_inputs(job.splits.train.inputs), "data"
         one = make_inputs(job.analysis.original, job.analysis.input_shapes, job.options.seed)
         return generated_inputs(one, CALIBRATION_SAMPLES, job.options.seed), "generated inputs"
 

@@ -1,6 +1,7 @@
 """Schedule: layer by layer, a per-layer agent trained with REINFORCE decides which filters to keep
-within the accuracy bound ``--max-drop`` (Huang et al., WACV 2018), each layer's surgery checked by
-the oracle and fine-tuned before the next (``roundtrip.learned``)."""
+within the accuracy bound ``--max-drop`` on the validation split (Huang et al., WACV 2018), each
+layer's surgery checked by the oracle, judged after layer-wise reconstruction (with ``--recovery``
+auto or reconstruct) and fine-tuned before the next (``roundtrip.learned``)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ class LearnedSearch:
             round_to=job.round_to,
             exclude=tuple(options.exclude),
             seed=options.seed,
+            # Decisions judged (and carried forward) after layer-wise reconstruction when the job reconstructs.
+            reconstruct_samples=options.reconstruct_samples if options.recovery in ("auto", "reconstruct") else 0,
         )
 
         def verify(step_dep: DependencyGraph, step_plan: PruningPlan, step_model: onnx.ModelProto) -> None:
@@ -62,7 +65,7 @@ class LearnedSearch:
         return Outcome(
             recovery.plan,
             recovery.model,
-            Selection(recovery.plan),
+            Selection(recovery.plan, validation_drop=learned.drop),
             pruned_only=recovery.pruned_only,
             finetune=report,
             learned=_learned_report(learned, job),

@@ -57,11 +57,11 @@ class Reconstruct:
         if recovered.check_inputs is not None or not isinstance(self.then, NoRecovery):
             return recovered
         # Reconstruction alone changed the weights: the write-back check and the report need what the
-        # executor computes, and the held-out metrics of the reconstructed model.
+        # executor computes, and the validation metrics of the reconstructed model.
         with job.stages.stage("finetune"):
             student = OnnxModule(result.model)
-            metrics = evaluate(student, objective, data.holdout, data.batch_size)
-            check_inputs = next(data.holdout.batches(min(len(data.holdout), student.static_batch or 4))).inputs
+            metrics = evaluate(student, objective, data.validation, data.batch_size)
+            check_inputs = next(data.validation.batches(min(len(data.validation), student.static_batch or 4))).inputs
             record = IterationRecord(
                 step.index + 1,
                 measure_cost(result.model, job.analysis.input_shapes).macs,

@@ -60,7 +60,7 @@ class Stepwise:
 
 
 def finetune_report(job: Job, recovered: list[Recovered]) -> FinetuneReport:
-    """The report's account of recovery: the objective, the losses, and each step's held-out metrics."""
+    """The report's account of recovery: the objective, the losses, and each step's validation metrics."""
     from workers.report import EvaluationPoint, IterationReport
 
     def point(metrics: object) -> EvaluationPoint:

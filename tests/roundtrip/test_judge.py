@@ -1,0 +1,44 @@
+"""``--max-drop`` judges a candidate after the recovery the job will run, on the validation split."""
+
+from __future__ import annotations
+
+import pytest
+
+from graphops.scoring import score_groups
+from graphops.selection import select_by_ratio
+from workers.analysis import analyse_model
+from workers.options import PruneOptions
+from workers.stages import Stages
+from workers.strategies import Job
+from workers.strategies.judge import PrunedJudge, ReconstructedJudge, choose_judge
+
+
+@pytest.fixture
+def job(small_model, small_data, tmp_path):
+    def make(**options: object) -> Job:
+        """Without labels (the small model's own labels are nearly all one class): fidelity is judged."""
+        analysis = analyse_model(small_model, {"input": [1, 3, 12, 12]})
+        chosen = PruneOptions(ratio="auto", max_drop=0.05, round_to=1, batch_size=16, benchmark=False, **options)
+        return Job(analysis, chosen, Stages(), tmp_path, data_path=small_data["unlabelled"])
+
+    return make
+
+
+def test_the_judge_follows_the_jobs_recovery(job):
+    assert isinstance(choose_judge(job()), ReconstructedJudge)
+    assert isinstance(choose_judge(job(recovery="reconstruct")), ReconstructedJudge)
+    assert isinstance(choose_judge(job(recovery="none")), PrunedJudge)
+    assert isinstance(choose_judge(job(recovery="finetune")), PrunedJudge)
+
+
+def test_a_plan_judged_after_reconstruction_scores_what_reconstruction_recovers(job):
+    reconstructing, pruned = job(), job(recovery="none")
+    plan = select_by_ratio(reconstructing.dep, score_groups(reconstructing.dep, "l1"), 0.5)
+    after_reconstruction = ReconstructedJudge(reconstructing)
+    as_pruned = PrunedJudge(pruned)
+
+    assert after_reconstruction.samples == as_pruned.samples == 32  # the validation split: i mod 5 == 3
+    assert after_reconstruction.baseline == pytest.approx(as_pruned.baseline) == pytest.approx(1.0)
+    raw, refit = as_pruned(pruned.dep, plan), after_reconstruction(reconstructing.dep, plan)
+    assert raw < 0.95  # pruning half of every group costs fidelity
+    assert refit > raw + 0.25 * (1 - raw)  # reconstruction wins back a quarter of it at least
