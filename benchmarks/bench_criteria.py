@@ -42,27 +42,27 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from graphops.cost import measure_cost  # noqa: E402
-from graphops.dependency import analyze  # noqa: E402
-from graphops.masking import mask_removed_channels  # noqa: E402
-from graphops.plan import PruningPlan  # noqa: E402
-from graphops.prepare import prepare_model  # noqa: E402
-from graphops.scoring import score_groups  # noqa: E402
-from graphops.selection import select_by_flops  # noqa: E402
-from graphops.surgery import apply_plan  # noqa: E402
-from roundtrip.context import DataContext  # noqa: E402
-from roundtrip.data import Dataset  # noqa: E402
-from roundtrip.executor import OnnxModule  # noqa: E402
-from roundtrip.objective import make_objective  # noqa: E402
-from roundtrip.training import evaluate, finetune, recalibrate_batchnorm  # noqa: E402
+from onnxprune.graphops.cost import measure_cost  # noqa: E402
+from onnxprune.graphops.dependency import analyze  # noqa: E402
+from onnxprune.graphops.masking import mask_removed_channels  # noqa: E402
+from onnxprune.graphops.plan import PruningPlan  # noqa: E402
+from onnxprune.graphops.prepare import prepare_model  # noqa: E402
+from onnxprune.graphops.scoring import score_groups  # noqa: E402
+from onnxprune.graphops.selection import select_by_flops  # noqa: E402
+from onnxprune.graphops.surgery import apply_plan  # noqa: E402
+from onnxprune.roundtrip.context import DataContext  # noqa: E402
+from onnxprune.roundtrip.data import Dataset  # noqa: E402
+from onnxprune.roundtrip.executor import OnnxModule  # noqa: E402
+from onnxprune.roundtrip.objective import make_objective  # noqa: E402
+from onnxprune.roundtrip.training import evaluate, finetune, recalibrate_batchnorm  # noqa: E402
+from onnxprune.workers.analysis import analyse_model  # noqa: E402
+from onnxprune.workers.options import PruneOptions  # noqa: E402
+from onnxprune.workers.stages import Stages  # noqa: E402
+from onnxprune.workers.strategies import Job  # noqa: E402
+from onnxprune.workers.strategies.finetune import FineTune  # noqa: E402
+from onnxprune.workers.strategies.ranked import RankedByMacs  # noqa: E402
+from onnxprune.workers.strategies.stepwise import Stepwise  # noqa: E402
 from tests import zoo  # noqa: E402
-from workers.analysis import analyse_model  # noqa: E402
-from workers.options import PruneOptions  # noqa: E402
-from workers.stages import Stages  # noqa: E402
-from workers.strategies import Job  # noqa: E402
-from workers.strategies.finetune import FineTune  # noqa: E402
-from workers.strategies.ranked import RankedByMacs  # noqa: E402
-from workers.strategies.stepwise import Stepwise  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "models" if (REPO.parent / "shared").exists() else Path("/work/shared/models")
 RESULTS = REPO / "benchmarks" / "results"
-CLI = [sys.executable, "-m", "service.cli"]
+CLI = [sys.executable, "-m", "onnxprune.service.cli"]
 CODE = os.environ.get("BENCH_COMMIT", "")  # the onnxprune commit measured (set when run from a snapshot)
 # Symbolic dims other than batch need a shape (batch resolves to 1 as in the CLI): the OCR direction
 # classifier's own input size (PaddleOCR cls_image_shape 3x48x192).
@@ -68,7 +68,7 @@ def run(args: list[str], timeout: float = 900.0) -> tuple[int, str, float]:
 
 
 def cpu_name() -> str:
-    from workers.latency import cpu_model
+    from onnxprune.workers.latency import cpu_model
 
     return cpu_model() or platform.machine()
 

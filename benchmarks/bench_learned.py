@@ -38,17 +38,17 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_criteria import export, load_cifar, train, verify_in_process  # noqa: E402
 
-from graphops.cost import measure_cost  # noqa: E402
-from graphops.dependency import analyze  # noqa: E402
-from graphops.scoring import score_groups  # noqa: E402
-from graphops.selection import select_by_flops  # noqa: E402
-from graphops.surgery import apply_plan  # noqa: E402
-from roundtrip.context import DataContext  # noqa: E402
-from roundtrip.data import Dataset  # noqa: E402
-from roundtrip.executor import OnnxModule  # noqa: E402
-from roundtrip.learned import SearchSettings, search  # noqa: E402
-from roundtrip.objective import make_objective  # noqa: E402
-from roundtrip.training import evaluate, finetune, recalibrate_batchnorm  # noqa: E402
+from onnxprune.graphops.cost import measure_cost  # noqa: E402
+from onnxprune.graphops.dependency import analyze  # noqa: E402
+from onnxprune.graphops.scoring import score_groups  # noqa: E402
+from onnxprune.graphops.selection import select_by_flops  # noqa: E402
+from onnxprune.graphops.surgery import apply_plan  # noqa: E402
+from onnxprune.roundtrip.context import DataContext  # noqa: E402
+from onnxprune.roundtrip.data import Dataset  # noqa: E402
+from onnxprune.roundtrip.executor import OnnxModule  # noqa: E402
+from onnxprune.roundtrip.learned import SearchSettings, search  # noqa: E402
+from onnxprune.roundtrip.objective import make_objective  # noqa: E402
+from onnxprune.roundtrip.training import evaluate, finetune, recalibrate_batchnorm  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SHAPES = {"input": [1, 3, 32, 32]}

@@ -40,12 +40,12 @@ RESULTS = ROOT / "benchmarks" / "results"
 MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
 STD = np.array([0.2023, 0.1994, 0.2010], np.float32)
 
-from graphops.dependency import analyze  # noqa: E402
-from graphops.masking import mask_removed_channels  # noqa: E402
-from graphops.plan import PruningPlan  # noqa: E402
-from graphops.prepare import prepare_model  # noqa: E402
-from graphops.shapes import resolve_input_shapes  # noqa: E402
-from graphops.surgery import apply_plan  # noqa: E402
+from onnxprune.graphops.dependency import analyze  # noqa: E402
+from onnxprune.graphops.masking import mask_removed_channels  # noqa: E402
+from onnxprune.graphops.plan import PruningPlan  # noqa: E402
+from onnxprune.graphops.prepare import prepare_model  # noqa: E402
+from onnxprune.graphops.shapes import resolve_input_shapes  # noqa: E402
+from onnxprune.graphops.surgery import apply_plan  # noqa: E402
 
 
 def images(split: str, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -132,7 +132,7 @@ def prune_with_cli(source: Path, output: Path, plan: Path, report: Path, target:
         [
             sys.executable,
             "-m",
-            "service.cli",
+            "onnxprune.service.cli",
             "prune",
             str(source),
             "-o",

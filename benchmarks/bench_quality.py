@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--extra", default="", help="more CLI options for every run, e.g. '--time-budget 150'")
     parser.add_argument("--name", default="quality")
     args = parser.parse_args()
-    cli = [sys.executable, "-m", "service.cli"]
+    cli = [sys.executable, "-m", "onnxprune.service.cli"]
     calib, held = split(args.seed, args.samples)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

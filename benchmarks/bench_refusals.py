@@ -26,15 +26,15 @@ import onnx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from graphops.masking import mask_removed_channels  # noqa: E402
-from graphops.scoring import score_groups  # noqa: E402
-from graphops.selection import select_by_ratio  # noqa: E402
-from graphops.surgery import apply_plan  # noqa: E402
+from onnxprune.graphops.masking import mask_removed_channels  # noqa: E402
+from onnxprune.graphops.scoring import score_groups  # noqa: E402
+from onnxprune.graphops.selection import select_by_ratio  # noqa: E402
+from onnxprune.graphops.surgery import apply_plan  # noqa: E402
+from onnxprune.workers.output_compare import numeric_values, relative_error  # noqa: E402
 from tests import zoo  # noqa: E402
 from tests.oracle import analyse, random_feeds, session  # noqa: E402
 from tests.test_output_compare import zipmap_classifier  # noqa: E402
 from tests.test_refused_patterns import _float16  # noqa: E402
-from workers.output_compare import numeric_values, relative_error  # noqa: E402
 
 RATIO = 0.3
 MODELS = ROOT.parent / "shared" / "models"
@@ -72,7 +72,7 @@ def _cli(path: Path, workdir: Path) -> dict:
         [
             sys.executable,
             "-m",
-            "service.cli",
+            "onnxprune.service.cli",
             "prune",
             str(path),
             "-o",

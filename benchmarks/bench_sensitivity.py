@@ -33,19 +33,19 @@ import onnx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from graphops.cost import measure_cost  # noqa: E402
-from graphops.dependency import analyze  # noqa: E402
-from graphops.prepare import prepare_model  # noqa: E402
-from graphops.scoring import score_groups  # noqa: E402
-from graphops.selection import MacsModel, select_by_ratio  # noqa: E402
-from roundtrip.data import load_dataset  # noqa: E402
-from workers.evaluation import make_evaluator  # noqa: E402
-from workers.html_report import render_report_html  # noqa: E402
-from workers.options import PruneOptions  # noqa: E402
-from workers.pipeline import run_pipeline  # noqa: E402
-from workers.plots import sensitivity_png  # noqa: E402
-from workers.report import SensitivityReport  # noqa: E402
-from workers.sensitivity import DEFAULT_RATIOS, measure_sensitivity  # noqa: E402
+from onnxprune.graphops.cost import measure_cost  # noqa: E402
+from onnxprune.graphops.dependency import analyze  # noqa: E402
+from onnxprune.graphops.prepare import prepare_model  # noqa: E402
+from onnxprune.graphops.scoring import score_groups  # noqa: E402
+from onnxprune.graphops.selection import MacsModel, select_by_ratio  # noqa: E402
+from onnxprune.roundtrip.data import load_dataset  # noqa: E402
+from onnxprune.workers.evaluation import make_evaluator  # noqa: E402
+from onnxprune.workers.html_report import render_report_html  # noqa: E402
+from onnxprune.workers.options import PruneOptions  # noqa: E402
+from onnxprune.workers.pipeline import run_pipeline  # noqa: E402
+from onnxprune.workers.plots import sensitivity_png  # noqa: E402
+from onnxprune.workers.report import SensitivityReport  # noqa: E402
+from onnxprune.workers.sensitivity import DEFAULT_RATIOS, measure_sensitivity  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 MODEL = SHARED / "models" / "onnc_resnet20.onnx"

@@ -48,7 +48,7 @@ import onnx  # noqa: E402
 import onnxruntime  # noqa: E402
 from onnx import TensorProto, helper  # noqa: E402
 
-from graphops.cost import measure_cost  # noqa: E402
+from onnxprune.graphops.cost import measure_cost  # noqa: E402
 
 RESNET_RATIO = 0.5
 VGG_RATIO = 0.3
@@ -243,7 +243,7 @@ def compare_structure(source: Path, ours: Path, theirs: Path) -> dict:
 
 def latency(ours: Path, theirs: Path, runs: int, warmup: int) -> dict:
     """onnxruntime latency of both pruned models, interleaved, by thread count."""
-    from workers.benchmark import benchmark
+    from onnxprune.workers.benchmark import benchmark
 
     by_threads = {}
     for threads in (1, 2):

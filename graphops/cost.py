@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 import onnx
 from onnx import TensorProto
 
-from graphops.errors import ModelRejected
-from graphops.ops import handler_for
-from graphops.shape_completion import complete_shapes
-from graphops.shapes import Shape, with_input_shapes
+from onnxprune.graphops.errors import ModelRejected
+from onnxprune.graphops.ops import handler_for
+from onnxprune.graphops.shape_completion import complete_shapes
+from onnxprune.graphops.shapes import Shape, with_input_shapes
 
 _QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 _FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16})

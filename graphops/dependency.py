@@ -15,12 +15,12 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphops.errors import AnalysisBug, ModelRejected, UnsupportedPattern
-from graphops.layout import ConstSlice, Layout, Producer, ShapeEntry, TrackerState
-from graphops.ops import AnalysisContext, handler_for
-from graphops.ops.base import describe
-from graphops.shape_completion import complete_shapes
-from graphops.shapes import Shape, resolve_input_shapes, skeleton, with_input_shapes
+from onnxprune.graphops.errors import AnalysisBug, ModelRejected, UnsupportedPattern
+from onnxprune.graphops.layout import ConstSlice, Layout, Producer, ShapeEntry, TrackerState
+from onnxprune.graphops.ops import AnalysisContext, handler_for
+from onnxprune.graphops.ops.base import describe
+from onnxprune.graphops.shape_completion import complete_shapes
+from onnxprune.graphops.shapes import Shape, resolve_input_shapes, skeleton, with_input_shapes
 
 FILTER_OPS = ("Conv", "ConvTranspose")
 # Set (to anything but "" or "0") by the test suite: a handler bug re-raises the handler's own

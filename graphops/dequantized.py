@@ -21,7 +21,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
-from graphops.errors import UnsupportedPattern
+from onnxprune.graphops.errors import UnsupportedPattern
 
 DEQUANTIZE = "DequantizeLinear"
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from graphops.errors import ModelRejected
+from onnxprune.graphops.errors import ModelRejected
 
 FunctionKey = tuple[str, str, str]  # (domain, name, overload)
 

@@ -36,7 +36,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import shape_inference
 
-from graphops.shapes import skeleton
+from onnxprune.graphops.shapes import skeleton
 
 # One folded tensor that grows from its inputs: 2**23 elements is 32 MB of float32, 3.5 times the
 # largest weight ConstantOfShape builds in light_resnet50 (a 512x512x3x3 conv, 2.4M elements).

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from graphops.errors import ModelRejected
-from graphops.shapes import Shape, declared_input_shapes
+from onnxprune.graphops.errors import ModelRejected
+from onnxprune.graphops.shapes import Shape, declared_input_shapes
 
 DEFAULT_PROBE_SIZE = 224
 PROBE_CANDIDATES = (16, 28, 32, 48, 64, 96, 112, 128, 160, 192, 256, 288, 320, 384, 416, 448, 512, 640)
@@ -174,8 +174,8 @@ def _metadata_sizes(
 
 
 def _every_layer_sized(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> bool:
-    from graphops.shape_completion import complete_shapes
-    from graphops.shapes import with_input_shapes
+    from onnxprune.graphops.shape_completion import complete_shapes
+    from onnxprune.graphops.shapes import with_input_shapes
 
     try:
         inferred = complete_shapes(with_input_shapes(model, shapes))

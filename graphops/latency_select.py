@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from graphops.dependency import DependencyGraph
-from graphops.plan import PruningPlan
-from graphops.selection import Scores, _candidates, _plan, choose_kept
+from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.plan import PruningPlan
+from onnxprune.graphops.selection import Scores, _candidates, _plan, choose_kept
 
 
 @dataclass(frozen=True)

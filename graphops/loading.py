@@ -22,9 +22,9 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, numpy_helper
 
-from graphops.errors import ModelRejected
-from graphops.expansion import measure_expansion
-from graphops.versions import supported_ir_versions, supported_opsets
+from onnxprune.graphops.errors import ModelRejected
+from onnxprune.graphops.expansion import measure_expansion
+from onnxprune.graphops.versions import supported_ir_versions, supported_opsets
 
 ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
 CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})

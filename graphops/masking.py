@@ -12,12 +12,12 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphops.dependency import DependencyGraph
-from graphops.dequantized import DEQUANTIZE, zero_point_fill
-from graphops.ops import handler_for
-from graphops.plan import PruningPlan
-from graphops.surgery import _by_input, _context, export_like
-from graphops.weights import ModelWeights
+from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.dequantized import DEQUANTIZE, zero_point_fill
+from onnxprune.graphops.ops import handler_for
+from onnxprune.graphops.plan import PruningPlan
+from onnxprune.graphops.surgery import _by_input, _context, export_like
+from onnxprune.graphops.weights import ModelWeights
 
 
 def mask_removed_channels(

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from graphops.dependency import DependencyGraph
-from graphops.errors import PlanError
+from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.errors import PlanError
 
 PLAN_FORMAT = "onnxprune.plan/1"
 

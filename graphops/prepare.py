@@ -17,11 +17,11 @@ from collections.abc import Mapping, Sequence
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphops.errors import ModelRejected
-from graphops.export import export_model
-from graphops.fold_limits import FoldGuard
-from graphops.shapes import inferred_value_info
-from graphops.weight_quantizers import fold_weight_quantizers
+from onnxprune.graphops.errors import ModelRejected
+from onnxprune.graphops.export import export_model
+from onnxprune.graphops.fold_limits import FoldGuard
+from onnxprune.graphops.shapes import inferred_value_info
+from onnxprune.graphops.weight_quantizers import fold_weight_quantizers
 
 # Constant subgraphs whose results exceed this are left unfolded (validation bounds them too, and
 # graphops.fold_limits bounds what is evaluated on the way).

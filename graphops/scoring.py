@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from graphops.dependency import DependencyGraph
-from graphops.dequantized import float_weight_reader
-from graphops.errors import ModelRejected
+from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.dequantized import float_weight_reader
+from onnxprune.graphops.errors import ModelRejected
 
 Scores = dict[str, np.ndarray]
 Criterion = Callable[..., Scores]

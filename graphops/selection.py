@@ -15,10 +15,10 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from graphops.cost import measure_cost
-from graphops.dependency import DependencyGraph
-from graphops.errors import ModelRejected
-from graphops.plan import GroupPlan, PruningPlan
+from onnxprune.graphops.cost import measure_cost
+from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.errors import ModelRejected
+from onnxprune.graphops.plan import GroupPlan, PruningPlan
 
 Scores = Mapping[str, np.ndarray]
 

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from graphops.shapes import Shape, infer_shapes, skeleton
+from onnxprune.graphops.shapes import Shape, infer_shapes, skeleton
 
 # Ops from before onnx had shape inference for them (opset 7 converters) that keep their input's shape.
 _SHAPE_PRESERVING_LEGACY = frozenset({"ImageScaler", "Affine", "ScaledTanh", "ParametricSoftplus", "ThresholdedRelu"})

@@ -40,7 +40,7 @@ def resolve_input_shapes(
 ) -> dict[str, list[int]]:
     """Concrete shapes for every input: the user's, else the declared ones, with symbolic dims
     probed (see :mod:`graphops.input_shapes`, whose ``choose_input_shapes`` also says how)."""
-    from graphops.input_shapes import choose_input_shapes  # it builds on this module
+    from onnxprune.graphops.input_shapes import choose_input_shapes  # it builds on this module
 
     return choose_input_shapes(model, given).shapes
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from graphops.dependency import DependencyGraph
+from onnxprune.graphops.dependency import DependencyGraph
 
 
 def macs_shares(dep: DependencyGraph, node_macs: Mapping[str, int]) -> dict[str, float]:

@@ -13,14 +13,14 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphops.dependency import DependencyGraph
-from graphops.export import export_model
-from graphops.layout import ConstSlice
-from graphops.ops import SurgeryContext, handler_for
-from graphops.plan import PruningPlan
-from graphops.prepare import keep_interface_types
-from graphops.shapes import inferred_value_info
-from graphops.weights import ModelWeights
+from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.export import export_model
+from onnxprune.graphops.layout import ConstSlice
+from onnxprune.graphops.ops import SurgeryContext, handler_for
+from onnxprune.graphops.plan import PruningPlan
+from onnxprune.graphops.prepare import keep_interface_types
+from onnxprune.graphops.shapes import inferred_value_info
+from onnxprune.graphops.weights import ModelWeights
 
 
 def _context(dep: DependencyGraph, plan: PruningPlan) -> SurgeryContext:

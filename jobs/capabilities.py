@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 
-from jobs.settings import Settings
-from workers.capabilities import local_capabilities
+from onnxprune.jobs.settings import Settings
+from onnxprune.workers.capabilities import local_capabilities
 
 
 def _key(settings: Settings) -> str:

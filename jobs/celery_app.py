@@ -25,8 +25,8 @@ from functools import lru_cache
 from celery import Celery, Task
 from celery.signals import after_setup_logger, worker_ready
 
-from jobs.policy import JobTimeout
-from jobs.settings import Settings
+from onnxprune.jobs.policy import JobTimeout
+from onnxprune.jobs.settings import Settings
 
 TASK_NAME = "onnxprune.run_job"
 
@@ -79,8 +79,8 @@ def _worker_ready(settings: Settings) -> None:
     """Start the liveness heartbeat the container healthcheck reads (``workers.heartbeat``: a busy solo
     worker cannot answer pings) and tell the API what this worker can run, so it refuses at upload what
     none can (``jobs.capabilities``)."""
-    from jobs.capabilities import publish_capabilities
-    from workers.heartbeat import start_heartbeat
+    from onnxprune.jobs.capabilities import publish_capabilities
+    from onnxprune.workers.heartbeat import start_heartbeat
 
     start_heartbeat()
     try:
@@ -90,13 +90,13 @@ def _worker_ready(settings: Settings) -> None:
 
 
 def _rate_limit_worker_logs(**_: object) -> None:
-    from jobs.logs import install_rate_limit
+    from onnxprune.jobs.logs import install_rate_limit
 
     install_rate_limit()
 
 
 def _register_task(app: Celery, settings: Settings) -> None:
-    from jobs.store import JobStore
+    from onnxprune.jobs.store import JobStore
 
     stores: list[JobStore] = []
 
@@ -108,7 +108,7 @@ def _register_task(app: Celery, settings: Settings) -> None:
     # celery ships no type hints, so its decorators are untyped
     @app.task(name=TASK_NAME, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
     def run_job_task(self: Task, job_id: str) -> str:
-        from jobs.run import Outcome, run_job  # the pipeline loads only in workers
+        from onnxprune.jobs.run import Outcome, run_job  # the pipeline loads only in workers
 
         with _time_limits(settings.soft_time_limit_s, settings.time_limit_s):
             outcome = run_job(job_id, store(), settings)

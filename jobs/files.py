@@ -18,7 +18,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from workers.fileio import float_output_path
+from onnxprune.workers.fileio import float_output_path
 
 MODEL, PLAN, REPORT = "model.onnx", "plan.json", "report.json"
 FLOAT_MODEL = float_output_path(Path(MODEL)).name  # the float pruned model the pipeline keeps beside MODEL

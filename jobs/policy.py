@@ -14,7 +14,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from graphops.errors import AnalysisBug, ModelRejected
+from onnxprune.graphops.errors import AnalysisBug, ModelRejected
 
 STORAGE_FULL_MESSAGE = "storage full: the server has no disk space left for this job"
 
@@ -52,9 +52,9 @@ def classify(exc: BaseException) -> Failure:
     # Imported here: the pipeline (onnxruntime, torch on demand) loads only where jobs run.
     from celery.exceptions import SoftTimeLimitExceeded
 
-    from workers.job_process import SandboxFailure
-    from workers.sandbox import RunnerError, SandboxOutOfMemory, SandboxTimeout
-    from workers.verification import VerificationFailed
+    from onnxprune.workers.job_process import SandboxFailure
+    from onnxprune.workers.sandbox import RunnerError, SandboxOutOfMemory, SandboxTimeout
+    from onnxprune.workers.verification import VerificationFailed
 
     message = str(exc) or type(exc).__name__
     if isinstance(exc, (JobTimeout, SoftTimeLimitExceeded, SandboxTimeout)):

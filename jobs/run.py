@@ -22,13 +22,13 @@ import time
 from enum import Enum
 from pathlib import Path
 
-from jobs.files import MODEL, PLAN, REPORT, JobFiles
-from jobs.policy import after_attempt
-from jobs.settings import Settings
-from jobs.store import JobRecord, JobStatus, JobStore
-from workers.fileio import file_sha256
-from workers.job_process import JobLimits, JobRequest, run_job_process
-from workers.options import PruneOptions
+from onnxprune.jobs.files import MODEL, PLAN, REPORT, JobFiles
+from onnxprune.jobs.policy import after_attempt
+from onnxprune.jobs.settings import Settings
+from onnxprune.jobs.store import JobRecord, JobStatus, JobStore
+from onnxprune.workers.fileio import file_sha256
+from onnxprune.workers.job_process import JobLimits, JobRequest, run_job_process
+from onnxprune.workers.options import PruneOptions
 
 log = logging.getLogger(__name__)
 

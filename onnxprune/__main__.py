@@ -1,6 +1,6 @@
 """``python -m onnxprune``: the command line."""
 
-from service.cli import main
+from onnxprune.service.cli import main
 
 if __name__ == "__main__":
     main()

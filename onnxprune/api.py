@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from graphops.loading import load_model
-from graphops.plan import PruningPlan
-from workers.analysis_summary import ModelAnalysis, summarize_model
-from workers.benchmark import BenchmarkResult
-from workers.options import PruneOptions
-from workers.report import PruneReport, SensitivityReport
+from onnxprune.graphops.loading import load_model
+from onnxprune.graphops.plan import PruningPlan
+from onnxprune.workers.analysis_summary import ModelAnalysis, summarize_model
+from onnxprune.workers.benchmark import BenchmarkResult
+from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.report import PruneReport, SensitivityReport
 
 ModelLike = str | Path | onnx.ModelProto
 DataLike = str | Path | Mapping[str, np.ndarray]
@@ -77,7 +77,7 @@ def prune(
     the model is also written there. Raises ``graphops.errors.ModelRejected`` for models or data
     that cannot be pruned, ``pydantic.ValidationError`` for bad options.
     """
-    from workers.job_process import JobLimits, JobRequest, run_job_process
+    from onnxprune.workers.job_process import JobLimits, JobRequest, run_job_process
 
     if options is not None and fields:
         raise TypeError("pass either options= or option keywords, not both")
@@ -114,7 +114,7 @@ def bench(
     threads: int = 1,
 ) -> BenchmarkResult:
     """onnxruntime latency of ``model`` (and ``other``, interleaved) and, with two, output fidelity."""
-    from workers.benchmark import benchmark
+    from onnxprune.workers.benchmark import benchmark
 
     with tempfile.TemporaryDirectory(prefix="onnxprune-api-") as tmp:
         workdir = Path(tmp)
@@ -137,10 +137,10 @@ def sensitivity(
 ) -> SensitivityReport:
     """Prune each group alone at each ratio and measure accuracy (with labels) or fidelity on ``data``,
     or, with ``synthetic=N`` instead of data, output fidelity on N random inputs (a proxy)."""
-    from graphops.errors import ModelRejected
-    from roundtrip.data import load_dataset
-    from workers.evaluation import synthetic_dataset
-    from workers.sensitivity import measure_sensitivity
+    from onnxprune.graphops.errors import ModelRejected
+    from onnxprune.roundtrip.data import load_dataset
+    from onnxprune.workers.evaluation import synthetic_dataset
+    from onnxprune.workers.sensitivity import measure_sensitivity
 
     if (data is None) == (synthetic is None):
         raise ModelRejected("sensitivity needs either data or synthetic=N (random inputs), not both or neither")

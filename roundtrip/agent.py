@@ -18,7 +18,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from graphops.dependency import DependencyGraph
+from onnxprune.graphops.dependency import DependencyGraph
 
 # Evaluates one proposed keep mask (bool per filter): returns the reward.
 RewardOf = Callable[[np.ndarray], float]

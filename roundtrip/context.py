@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 import onnx
 
-from roundtrip.data import Dataset, load_dataset, split_data
+from onnxprune.roundtrip.data import Dataset, load_dataset, split_data
 
 if TYPE_CHECKING:  # the objective needs torch; building a context imports it lazily
-    from roundtrip.objective import Objective
+    from onnxprune.roundtrip.objective import Objective
 
 
 @dataclass
@@ -38,7 +38,7 @@ def make_context(
     train: Dataset, validation: Dataset, original: onnx.ModelProto, *, batch_size: int, score_batches: int
 ) -> DataContext:
     """Build the objective and cache the original's outputs on both splits where they fit."""
-    from roundtrip.objective import make_objective
+    from onnxprune.roundtrip.objective import make_objective
 
     sample = next(validation.batches(min(2, len(validation))))
     objective = make_objective(original, sample, use_labels=train.labels is not None)

@@ -20,16 +20,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 from onnx import numpy_helper
 
-from graphops.dependency import DependencyGraph
-from graphops.errors import ModelRejected
-from graphops.scoring import Criterion, Scores, l1_norm
-from roundtrip.context import DataContext
-from roundtrip.taps import Tap, consumer_taps, per_class
+from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.errors import ModelRejected
+from onnxprune.graphops.scoring import Criterion, Scores, l1_norm
+from onnxprune.roundtrip.context import DataContext
+from onnxprune.roundtrip.taps import Tap, consumer_taps, per_class
 
 if TYPE_CHECKING:  # torch is imported inside the criteria that run the model
     import torch
 
-    from roundtrip.executor import EdgeHook
+    from onnxprune.roundtrip.executor import EdgeHook
 
 DEFAULT_SCORE_BATCHES = 8
 DEFAULT_BATCH_SIZE = 32
@@ -69,7 +69,7 @@ def _observe(dep: DependencyGraph, context: DataContext, *, seed: int, gradients
     """Yield (taps, activations, gradients: empty unless asked for) for each scoring batch of the current model."""
     import torch
 
-    from roundtrip.executor import OnnxModule
+    from onnxprune.roundtrip.executor import OnnxModule
 
     taps = [t for t in consumer_taps(dep, _prunable_ids(dep)) if t.axis != 0]
     module = OnnxModule(dep.model).eval()
@@ -129,7 +129,7 @@ def _l2_normalised(scores: Scores) -> Scores:
 
 def _flops_penalty(dep: DependencyGraph) -> dict[str, float]:
     """MACs per channel of each group's nodes, divided by the largest (Molchanov's FLOPs term)."""
-    from graphops.cost import measure_cost
+    from onnxprune.graphops.cost import measure_cost
 
     if dep.input_shapes is None:
         raise ModelRejected("FLOPs regularisation needs concrete input shapes; pass --input-shape")

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from graphops.errors import ModelRejected
-from graphops.shapes import Shape, declared_input_shapes, graph_inputs
+from onnxprune.graphops.errors import ModelRejected
+from onnxprune.graphops.shapes import Shape, declared_input_shapes, graph_inputs
 
 LABELS = "labels"
 

@@ -15,9 +15,9 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from graphops.errors import GraphOpsError, ModelRejected
-from graphops.shapes import graph_inputs
-from roundtrip.ops import OpContext, op_for
+from onnxprune.graphops.errors import GraphOpsError, ModelRejected
+from onnxprune.graphops.shapes import graph_inputs
+from onnxprune.roundtrip.ops import OpContext, op_for
 
 # Which inputs of an op are learnt weights (if they are float initializers).
 PARAMETER_SLOTS: dict[str, tuple[int, ...]] = {

@@ -34,22 +34,29 @@ from typing import TYPE_CHECKING, NoReturn
 import numpy as np
 import onnx
 
-from graphops.cost import measure_cost
-from graphops.dependency import DependencyGraph, analyze
-from graphops.errors import ModelRejected
-from graphops.plan import PruningPlan
-from graphops.selection import choose_kept, excluded_group_ids, round_keep
-from graphops.surgery import apply_plan
-from roundtrip.context import DataContext
-from roundtrip.criteria import mark
-from roundtrip.schedule import BN_BATCHES, IterationRecord, ScheduleError, ScheduleResult, compose_plans, same_structure
-from roundtrip.taps import consumer_taps
+from onnxprune.graphops.cost import measure_cost
+from onnxprune.graphops.dependency import DependencyGraph, analyze
+from onnxprune.graphops.errors import ModelRejected
+from onnxprune.graphops.plan import PruningPlan
+from onnxprune.graphops.selection import choose_kept, excluded_group_ids, round_keep
+from onnxprune.graphops.surgery import apply_plan
+from onnxprune.roundtrip.context import DataContext
+from onnxprune.roundtrip.criteria import mark
+from onnxprune.roundtrip.schedule import (
+    BN_BATCHES,
+    IterationRecord,
+    ScheduleError,
+    ScheduleResult,
+    compose_plans,
+    same_structure,
+)
+from onnxprune.roundtrip.taps import consumer_taps
 
 if TYPE_CHECKING:  # torch is imported inside the search, so importing the criterion stays light
     import torch
 
-    from roundtrip.executor import EdgeHook, OnnxModule
-    from roundtrip.objective import Objective
+    from onnxprune.roundtrip.executor import EdgeHook, OnnxModule
+    from onnxprune.roundtrip.objective import Objective
 
 Verify = Callable[[DependencyGraph, PruningPlan, onnx.ModelProto], None]
 Progress = Callable[[str, float], None]
@@ -112,7 +119,7 @@ class MaskedEvaluator:
     def __init__(
         self, model: onnx.ModelProto, dep: DependencyGraph, batches: list[RewardBatch], objective: Objective
     ) -> None:
-        from roundtrip.executor import OnnxModule
+        from onnxprune.roundtrip.executor import OnnxModule
 
         self.module = OnnxModule(model).eval()
         self.dep, self.batches, self.objective = dep, batches, objective
@@ -271,7 +278,7 @@ class _ReconstructedDrops:
         self._judged: dict[bytes, tuple[onnx.ModelProto, float]] = {}
 
     def _judge(self, mask: np.ndarray) -> tuple[onnx.ModelProto, float]:
-        from roundtrip.reconstruction import reconstruct
+        from onnxprune.roundtrip.reconstruction import reconstruct
 
         key = mask.tobytes()
         if key not in self._judged:
@@ -299,8 +306,8 @@ def _finetune_layer(
     pruned: onnx.ModelProto, student: OnnxModule, context: DataContext, settings: SearchSettings, *, seed: int
 ) -> tuple[onnx.ModelProto, list[float]]:
     """Re-estimate BatchNorm statistics, fine-tune, re-estimate again; the weights written back."""
-    from roundtrip.training import finetune, recalibrate_batchnorm
-    from roundtrip.writeback import write_back
+    from onnxprune.roundtrip.training import finetune, recalibrate_batchnorm
+    from onnxprune.roundtrip.writeback import write_back
 
     recalibrate_batchnorm(student, context.train, context.batch_size, BN_BATCHES, seed)
     step_losses = finetune(
@@ -325,9 +332,9 @@ def search(
     progress: Progress | None = None,
 ) -> LearnedResult:
     """Prune every layer in turn with a trained agent; see the module docstring."""
-    from roundtrip.agent import PruningAgent, filter_features, train_agent
-    from roundtrip.executor import OnnxModule
-    from roundtrip.training import evaluate, outputs_on
+    from onnxprune.roundtrip.agent import PruningAgent, filter_features, train_agent
+    from onnxprune.roundtrip.executor import OnnxModule
+    from onnxprune.roundtrip.training import evaluate, outputs_on
 
     if context.objective.use_labels and not any(context.objective.classifier):
         raise ModelRejected("data has labels, but no model output holds class scores (batch x classes)")

@@ -17,9 +17,9 @@ import onnx
 import torch
 import torch.nn.functional as F
 
-from graphops.errors import ModelRejected
-from roundtrip.data import Batch, Dataset
-from roundtrip.executor import OnnxModule
+from onnxprune.graphops.errors import ModelRejected
+from onnxprune.roundtrip.data import Batch, Dataset
+from onnxprune.roundtrip.executor import OnnxModule
 
 # Targets of a whole dataset are cached when they take less than this.
 TARGET_CACHE_BYTES = 512 << 20

@@ -27,13 +27,13 @@ import numpy as np
 import onnx
 import torch
 
-from graphops.dependency import DependencyGraph
-from graphops.plan import PruningPlan
-from graphops.surgery import _context
-from roundtrip.data import Dataset
-from roundtrip.executor import OnnxModule
-from roundtrip.ops import attrs
-from roundtrip.ops.nn import _pad_spatial, _window
+from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.plan import PruningPlan
+from onnxprune.graphops.surgery import _context
+from onnxprune.roundtrip.data import Dataset
+from onnxprune.roundtrip.executor import OnnxModule
+from onnxprune.roundtrip.ops import attrs
+from onnxprune.roundtrip.ops.nn import _pad_spatial, _window
 
 # Rows (samples x spatial positions) per layer solve: enough for a few-thousand-wide input, small
 # enough for seconds on a CPU.
@@ -277,7 +277,7 @@ def reconstruct(
 ) -> ReconstructionResult:
     """``pruned`` (``plan`` applied to ``dep.model``) with every layer that lost input channels refit
     to reproduce ``dep.model``'s output of that layer on ``data``; see the module docstring."""
-    from roundtrip.writeback import write_back
+    from onnxprune.roundtrip.writeback import write_back
 
     nodes, skipped = layers_to_refit(dep.model, pruned)
     original_tensors = {out for node in dep.model.graph.node for out in node.output}

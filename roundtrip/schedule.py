@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from graphops.dependency import DependencyGraph
-from graphops.errors import GraphOpsError
-from graphops.plan import PruningPlan
+from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.errors import GraphOpsError
+from onnxprune.graphops.plan import PruningPlan
 
 Verify = Callable[[DependencyGraph, PruningPlan, onnx.ModelProto], None]
 Progress = Callable[[str, float], None]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from graphops.dependency import DependencyGraph
+from onnxprune.graphops.dependency import DependencyGraph
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from roundtrip.augment import augment_inputs
-from roundtrip.data import Dataset
-from roundtrip.executor import OnnxModule
-from roundtrip.objective import Objective
+from onnxprune.roundtrip.augment import augment_inputs
+from onnxprune.roundtrip.data import Dataset
+from onnxprune.roundtrip.executor import OnnxModule
+from onnxprune.roundtrip.objective import Objective
 
 StepProgress = Callable[[int, int, float], None]  # (step, steps, loss)
 # Steps timed before a deadline re-plans the run.

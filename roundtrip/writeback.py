@@ -12,10 +12,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from graphops.errors import GraphOpsError
+from onnxprune.graphops.errors import GraphOpsError
 
 if TYPE_CHECKING:  # the executor needs torch; writing back does not
-    from roundtrip.executor import OnnxModule
+    from onnxprune.roundtrip.executor import OnnxModule
 
 
 class WriteBackError(GraphOpsError):

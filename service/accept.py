@@ -12,14 +12,14 @@ from concurrent.futures import Executor
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from jobs.files import JobFiles
-from jobs.settings import Settings
-from jobs.store import IdempotencyConflict, JobRecord, JobStatus, JobStore
-from service.errors import ApiError
-from service.runners import Runner
-from service.uploads import check_data, check_model, parse_config, receive_upload
-from workers.capabilities import missing_capability
-from workers.fileio import file_sha256
+from onnxprune.jobs.files import JobFiles
+from onnxprune.jobs.settings import Settings
+from onnxprune.jobs.store import IdempotencyConflict, JobRecord, JobStatus, JobStore
+from onnxprune.service.errors import ApiError
+from onnxprune.service.runners import Runner
+from onnxprune.service.uploads import check_data, check_model, parse_config, receive_upload
+from onnxprune.workers.capabilities import missing_capability
+from onnxprune.workers.fileio import file_sha256
 
 MAX_IDEMPOTENCY_KEY = 200
 BROKER_RETRY_AFTER_S = 10

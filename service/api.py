@@ -18,23 +18,23 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from jobs.files import JobFiles
-from jobs.logs import install_rate_limit
-from jobs.policy import STORAGE_FULL_MESSAGE, disk_nearly_full, is_storage_full
-from jobs.reconcile import reconcile
-from jobs.settings import Settings
-from jobs.store import JobRecord, JobStatus, JobStore
-from service import web
-from service.accept import accept_job
-from service.auth import ListingOwner, Owner, caller, may_access
-from service.direct_route import DirectRoute
-from service.errors import ApiError
-from service.job_views import JobViews
-from service.option_form import OptionSpec, option_specs
-from service.retention import remove_expired
-from service.runners import Runner, make_runner
-from service.schemas import ErrorBody, Health, JobList, JobPublic, QueueDepth
-from workers.report import PruneReport
+from onnxprune.jobs.files import JobFiles
+from onnxprune.jobs.logs import install_rate_limit
+from onnxprune.jobs.policy import STORAGE_FULL_MESSAGE, disk_nearly_full, is_storage_full
+from onnxprune.jobs.reconcile import reconcile
+from onnxprune.jobs.settings import Settings
+from onnxprune.jobs.store import JobRecord, JobStatus, JobStore
+from onnxprune.service import web
+from onnxprune.service.accept import accept_job
+from onnxprune.service.auth import ListingOwner, Owner, caller, may_access
+from onnxprune.service.direct_route import DirectRoute
+from onnxprune.service.errors import ApiError
+from onnxprune.service.job_views import JobViews
+from onnxprune.service.option_form import OptionSpec, option_specs
+from onnxprune.service.retention import remove_expired
+from onnxprune.service.runners import Runner, make_runner
+from onnxprune.service.schemas import ErrorBody, Health, JobList, JobPublic, QueueDepth
+from onnxprune.workers.report import PruneReport
 
 log = logging.getLogger(__name__)
 DOCS_ASSETS_URL = "/docs-assets"
@@ -377,9 +377,9 @@ def _import_upload_checks() -> None:
     import onnx.checker  # noqa: F401
     import onnx.shape_inference  # noqa: F401
 
-    import graphops.loading  # noqa: F401
-    import graphops.shapes  # noqa: F401
-    import workers.precision  # noqa: F401
+    import onnxprune.graphops.loading  # noqa: F401
+    import onnxprune.graphops.shapes  # noqa: F401
+    import onnxprune.workers.precision  # noqa: F401
 
 
 def _readiness_problem(store: JobStore, runner: Runner) -> str | None:

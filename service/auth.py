@@ -20,7 +20,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 
-from service.errors import ApiError
+from onnxprune.service.errors import ApiError
 
 MIN_CLIENT_KEY = 20
 

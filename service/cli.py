@@ -16,13 +16,13 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from service.cli_common import console, fail, input_shapes, one_line_errors, require_output_dirs
-from service.cli_options import set_options, with_prune_options
-from service.cli_output import EXIT_BAD_INPUT, print_table, stage_progress, stdout_console
-from workers.options import PruneOptions
+from onnxprune.service.cli_common import console, fail, input_shapes, one_line_errors, require_output_dirs
+from onnxprune.service.cli_options import set_options, with_prune_options
+from onnxprune.service.cli_output import EXIT_BAD_INPUT, print_table, stage_progress, stdout_console
+from onnxprune.workers.options import PruneOptions
 
 if TYPE_CHECKING:  # the engine's modules load only when a command runs
-    from workers.report import PruneReport, SensitivityReport, SpeedChange
+    from onnxprune.workers.report import PruneReport, SensitivityReport, SpeedChange
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prune conv filters directly on ONNX models.")
 
@@ -70,7 +70,7 @@ def _options(**flags: Any) -> PruneOptions:
 
 def require_capabilities(options: PruneOptions) -> None:
     """A data-driven job without torch installed: one line with the install hint, exit 2."""
-    from workers.capabilities import missing_capability
+    from onnxprune.workers.capabilities import missing_capability
 
     missing = missing_capability(options)
     if missing is not None:
@@ -87,7 +87,7 @@ def _require_data(options: PruneOptions, data: Path | None) -> None:
 def _load_sensitivity(path: Path | None) -> SensitivityReport | None:
     if path is None:
         return None
-    from workers.sensitivity import load_sensitivity
+    from onnxprune.workers.sensitivity import load_sensitivity
 
     return load_sensitivity(path)
 
@@ -194,9 +194,9 @@ def prune(
     **flags: Any,
 ) -> None:
     """Remove filters and write a smaller dense model, with a report of what changed."""
-    from graphops.plan import PruningPlan
-    from workers.fileio import atomic_write_bytes
-    from workers.job_process import JobLimits, JobRequest, run_job_process
+    from onnxprune.graphops.plan import PruningPlan
+    from onnxprune.workers.fileio import atomic_write_bytes
+    from onnxprune.workers.job_process import JobLimits, JobRequest, run_job_process
 
     options = _options(**flags)
     _require_data(options, data)
@@ -216,7 +216,7 @@ def prune(
     if plan_out is not None:
         atomic_write_bytes(plan_out, result.plan.to_json().encode())
     if report_html is not None:
-        from workers.html_report import render_report_html
+        from onnxprune.workers.html_report import render_report_html
 
         atomic_write_bytes(report_html, render_report_html(result.report, title=f"onnxprune: {model.name}").encode())
     if as_json:  # for scripts: the report is the whole answer; its warnings are in it
@@ -239,7 +239,7 @@ def analyze(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List channel groups (what can be pruned together) and frozen groups with reasons."""
-    from workers.analysis_summary import summarize_model
+    from onnxprune.workers.analysis_summary import summarize_model
 
     result = summarize_model(model, input_shapes(input_shape))
     data = result.model_dump()
@@ -279,7 +279,7 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Time one model, or two side by side (interleaved runs), and compare their outputs."""
-    from workers.benchmark import benchmark as run_benchmark
+    from onnxprune.workers.benchmark import benchmark as run_benchmark
 
     result = run_benchmark(
         model_a, model_b, input_shapes(input_shape) or None, runs=runs, warmup=warmup, threads=threads
@@ -300,7 +300,7 @@ def bench(
     change = result.latency.change
     if change is not None:
         out.print(f"B against A (p50): {_speed_words(change)}; p90 ratio {change.p90_ratio:.3f}", highlight=False)
-        from workers.speed import noise_warning
+        from onnxprune.workers.speed import noise_warning
 
         if noise_warning(change):
             console.print(f"[yellow]warning:[/yellow] {noise_warning(change)}", highlight=False, soft_wrap=True)
@@ -311,13 +311,13 @@ def bench(
 
 
 def _register_service_commands() -> None:
-    from service import cli_service
+    from onnxprune.service import cli_service
 
     cli_service.register(app)
 
 
 _register_service_commands()
-from service import cli_analysis  # noqa: E402 - the sensitivity command
+from onnxprune.service import cli_analysis  # noqa: E402 - the sensitivity command
 
 cli_analysis.register(app)
 

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from service.cli_common import fail, input_shapes, one_line_errors
+from onnxprune.service.cli_common import fail, input_shapes, one_line_errors
 
 if TYPE_CHECKING:  # the engine loads only when the command runs
-    from workers.report import SensitivityReport
+    from onnxprune.workers.report import SensitivityReport
 
 NO_DATA_MESSAGE = (
     "sensitivity needs held-out data: pass --data DATA.npz (one array per model input, optional "
@@ -91,11 +91,11 @@ def _sensitivity(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from graphops.loading import load_model
-    from roundtrip.data import load_dataset
-    from workers.evaluation import synthetic_dataset
-    from workers.fileio import atomic_write_bytes
-    from workers.sensitivity import measure_sensitivity, parse_ratios
+    from onnxprune.graphops.loading import load_model
+    from onnxprune.roundtrip.data import load_dataset
+    from onnxprune.workers.evaluation import synthetic_dataset
+    from onnxprune.workers.fileio import atomic_write_bytes
+    from onnxprune.workers.sensitivity import measure_sensitivity, parse_ratios
 
     console = Console(stderr=True)
     grid = parse_ratios(ratios)
@@ -103,7 +103,7 @@ def _sensitivity(
         fail(NO_DATA_MESSAGE, 2)
     if data is not None and synthetic is not None:
         fail("give either --data or --synthetic, not both", 2)
-    from service.cli_common import require_output_dirs
+    from onnxprune.service.cli_common import require_output_dirs
 
     require_output_dirs(json_out, plot, report_html)
     proto = load_model(model)
@@ -148,11 +148,11 @@ def _sensitivity(
     if json_out is not None:
         atomic_write_bytes(json_out, result.model_dump_json(indent=1).encode())
     if plot is not None:
-        from workers.plots import sensitivity_png
+        from onnxprune.workers.plots import sensitivity_png
 
         atomic_write_bytes(plot, sensitivity_png(result))
     if report_html is not None:
-        from workers.html_report import render_report_html
+        from onnxprune.workers.html_report import render_report_html
 
         page = render_report_html(sensitivity=result, title=f"onnxprune sensitivity: {model.name}")
         atomic_write_bytes(report_html, page.encode())
@@ -162,7 +162,7 @@ def _sensitivity(
 def _print_table(result: SensitivityReport) -> None:
     from rich.table import Table
 
-    from service.cli_output import print_table
+    from onnxprune.service.cli_output import print_table
 
     table = Table(
         title=f"{result.metric} with one group pruned (unpruned {result.baseline:.4f}, "

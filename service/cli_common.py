@@ -16,9 +16,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from graphops.errors import GraphOpsError, ModelRejected
-from service.cli_output import EXIT_BAD_INPUT, EXIT_FAILURE
-from workers.options import parse_input_shape
+from onnxprune.graphops.errors import GraphOpsError, ModelRejected
+from onnxprune.service.cli_output import EXIT_BAD_INPUT, EXIT_FAILURE
+from onnxprune.workers.options import parse_input_shape
 
 console = Console(stderr=True)
 

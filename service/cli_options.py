@@ -17,7 +17,7 @@ from typing import Annotated, Any, TypeVar, Union
 import typer
 from pydantic.fields import FieldInfo
 
-from workers.options import OPTION_GROUPS, PruneOptions, parse_input_shape
+from onnxprune.workers.options import OPTION_GROUPS, PruneOptions, parse_input_shape
 
 Command = TypeVar("Command", bound=Callable[..., Any])
 

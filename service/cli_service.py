@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from service.cli_options import set_options, with_prune_options
+from onnxprune.service.cli_options import set_options, with_prune_options
 
 
 def register(app: typer.Typer) -> None:
@@ -23,8 +23,8 @@ def serve(
     """Run the REST API. Without ONNXPRUNE_REDIS_URL, jobs run in this process (embedded mode)."""
     import uvicorn
 
-    from jobs.settings import Settings
-    from service.api import create_app
+    from onnxprune.jobs.settings import Settings
+    from onnxprune.service.api import create_app
 
     uvicorn.run(create_app(Settings()), host=host, port=port)
 
@@ -37,13 +37,13 @@ def worker(
 
     One job at a time per worker process (the pipeline starts its own onnxruntime processes);
     run more workers to run more jobs at once."""
-    from jobs.settings import Settings
+    from onnxprune.jobs.settings import Settings
 
     settings = Settings()
     if settings.embedded:
         typer.echo("error: set ONNXPRUNE_REDIS_URL (e.g. redis://127.0.0.1:6379/0) to run a worker", err=True)
         raise typer.Exit(2)
-    from jobs.celery_app import make_celery
+    from onnxprune.jobs.celery_app import make_celery
 
     argv = ["worker", "--pool=solo", f"--loglevel={loglevel}"]
     if name:
@@ -75,10 +75,10 @@ def submit(
     import httpx
     from rich.console import Console
 
-    from service.cli_common import require_output_dirs
-    from service.cli_output import EXIT_FAILURE, stage_progress
-    from service.client import PruneClient, ServiceError
-    from workers.fileio import float_output_path
+    from onnxprune.service.cli_common import require_output_dirs
+    from onnxprune.service.cli_output import EXIT_FAILURE, stage_progress
+    from onnxprune.service.client import PruneClient, ServiceError
+    from onnxprune.workers.fileio import float_output_path
 
     config = _config(flags)
     require_output_dirs(output, report, plan)
@@ -120,8 +120,8 @@ INPUT_FAILURES = frozenset({"model_rejected", "resource_limit", "timeout"})
 
 def exit_code_of(error: Exception) -> int:
     """3 when the server said no to this request or this input, 1 when it failed on its own."""
-    from service.cli_output import EXIT_FAILURE, EXIT_REFUSED
-    from service.client import JobFailed
+    from onnxprune.service.cli_output import EXIT_FAILURE, EXIT_REFUSED
+    from onnxprune.service.client import JobFailed
 
     if isinstance(error, JobFailed):  # the input refused (or over the server's limits), or the server failed
         return EXIT_REFUSED if error.code in INPUT_FAILURES else EXIT_FAILURE
@@ -134,7 +134,7 @@ def exit_code_of(error: Exception) -> int:
 def _config(flags: dict[str, Any]) -> dict[str, Any]:
     """The options the user set, checked here against the same schema the server uses (bad input is
     exit 2 before any upload), sent as typed JSON (``--ratio 0.3`` a number, ``--ratio auto`` the word)."""
-    from service.cli import _options
+    from onnxprune.service.cli import _options
 
     options = _options(**flags)
     return options.model_dump(mode="json", include=set(set_options(flags)))

@@ -19,7 +19,7 @@ from typing import Any, cast
 
 import httpx
 
-from workers.options import PruneOptions
+from onnxprune.workers.options import PruneOptions
 
 Job = dict[str, Any]
 TERMINAL = ("succeeded", "failed", "cancelled")

@@ -16,9 +16,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs.store import JobRecord, JobStatus
-from service.schemas import JobPublic
-from workers.report import PruneReport
+from onnxprune.jobs.store import JobRecord, JobStatus
+from onnxprune.service.schemas import JobPublic
+from onnxprune.workers.report import PruneReport
 
 _NO_REPORT = ',"report":null}'
 

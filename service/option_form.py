@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from workers.options import OPTION_GROUPS, PruneOptions
+from onnxprune.workers.options import OPTION_GROUPS, PruneOptions
 
 DEFAULT_GROUP = "options"
 
@@ -72,7 +72,7 @@ def _kind(annotation: Any) -> tuple[Kind, list[str]]:
 
 def _choices(name: str, kind: Kind, choices: list[str]) -> tuple[Kind, list[str], list[str]]:
     if name == "criterion":  # a str checked against the criteria registry (entry points), not a Literal
-        from graphops.scoring import available_criteria, criterion_needs_data
+        from onnxprune.graphops.scoring import available_criteria, criterion_needs_data
 
         known = sorted(available_criteria())
         return "choice", known, [c for c in known if criterion_needs_data(c)]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import time
 
-from jobs.files import JobFiles
-from jobs.settings import Settings
-from jobs.store import JobStore
+from onnxprune.jobs.files import JobFiles
+from onnxprune.jobs.settings import Settings
+from onnxprune.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 

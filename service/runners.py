@@ -9,8 +9,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from jobs.settings import Settings
-from jobs.store import JobStore
+from onnxprune.jobs.settings import Settings
+from onnxprune.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class EmbeddedRunner:
         self._pool.submit(self._run, job_id)
 
     def _run(self, job_id: str) -> None:
-        from jobs.run import Outcome, run_job
+        from onnxprune.jobs.run import Outcome, run_job
 
         try:
             while run_job(job_id, self._store, self._settings) is Outcome.retry:
@@ -88,7 +88,7 @@ class EmbeddedRunner:
             return set(self._pending)
 
     def capabilities(self) -> frozenset[str] | None:
-        from workers.capabilities import local_capabilities
+        from onnxprune.workers.capabilities import local_capabilities
 
         return local_capabilities()  # jobs run in this process
 
@@ -103,7 +103,7 @@ class CeleryRunner:
     """Sends the job id to the Celery queue; a cancelled job is skipped when a worker reaches it."""
 
     def __init__(self, settings: Settings) -> None:
-        from jobs.celery_app import make_celery
+        from onnxprune.jobs.celery_app import make_celery
 
         self._settings = settings
         self._app = make_celery(settings)
@@ -133,7 +133,7 @@ class CeleryRunner:
             client.ping()
 
     def submit(self, job_id: str) -> None:
-        from jobs.celery_app import TASK_NAME
+        from onnxprune.jobs.celery_app import TASK_NAME
 
         self._app.send_task(TASK_NAME, args=[job_id], task_id=job_id)
 
@@ -170,7 +170,7 @@ class CeleryRunner:
 
     def capabilities(self) -> frozenset[str] | None:
         """What the workers of our queue said they have when they started (None before any has)."""
-        from jobs.capabilities import read_published_capabilities
+        from onnxprune.jobs.capabilities import read_published_capabilities
 
         return read_published_capabilities(self._settings)
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from jobs.store import JobRecord, JobStatus
-from workers.report import PruneReport
+from onnxprune.jobs.store import JobRecord, JobStatus
+from onnxprune.workers.report import PruneReport
 
 
 class ErrorDetail(BaseModel):

@@ -19,10 +19,10 @@ from pydantic import ValidationError
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from graphops.errors import ModelRejected
-from jobs.files import JobFiles
-from service.errors import ApiError
-from workers.options import PruneOptions
+from onnxprune.graphops.errors import ModelRejected
+from onnxprune.jobs.files import JobFiles
+from onnxprune.service.errors import ApiError
+from onnxprune.workers.options import PruneOptions
 
 if TYPE_CHECKING:  # the TypedDict exists only for type checkers
     from python_multipart.multipart import MultipartCallbacks
@@ -193,9 +193,9 @@ def check_model(path: Path, options: PruneOptions, max_bytes: int, *, has_data: 
     """
     import onnx
 
-    from graphops.loading import load_model, validate_model
-    from graphops.shapes import resolve_input_shapes
-    from workers.precision import check_precision
+    from onnxprune.graphops.loading import load_model, validate_model
+    from onnxprune.graphops.shapes import resolve_input_shapes
+    from onnxprune.workers.precision import check_precision
 
     try:
         model = load_model(path, max_bytes=max_bytes)

@@ -12,11 +12,11 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse
 
-from jobs.files import JobFiles
-from jobs.store import JobStatus
-from service.auth import Owner, may_access
-from service.errors import ApiError
-from workers.fileio import atomic_write_text
+from onnxprune.jobs.files import JobFiles
+from onnxprune.jobs.store import JobStatus
+from onnxprune.service.auth import Owner, may_access
+from onnxprune.service.errors import ApiError
+from onnxprune.workers.fileio import atomic_write_text
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 _ASSETS = {"app.js": "text/javascript", "style.css": "text/css", "favicon.svg": "image/svg+xml"}
@@ -49,8 +49,8 @@ def static_asset(name: str) -> FileResponse:
 @router.get("/v1/jobs/{job_id}/report.html", response_class=HTMLResponse, tags=["results"])
 def report_page(job_id: str, owner: Owner, request: Request) -> HTMLResponse:
     """The job's report as one self-contained page: plots inlined, no script."""
-    from workers.html_report import render_report_html
-    from workers.report import PruneReport
+    from onnxprune.workers.html_report import render_report_html
+    from onnxprune.workers.report import PruneReport
 
     settings, store = request.app.state.settings, request.app.state.store
     job = store.get(job_id)

@@ -16,13 +16,13 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from graphops.dependency import DependencyGraph, analyze
-from graphops.loading import load_model
-from graphops.masking import mask_removed_channels
-from graphops.plan import PruningPlan
-from graphops.prepare import prepare_model
-from graphops.shapes import resolve_input_shapes
-from graphops.surgery import apply_plan
+from onnxprune.graphops.dependency import DependencyGraph, analyze
+from onnxprune.graphops.loading import load_model
+from onnxprune.graphops.masking import mask_removed_channels
+from onnxprune.graphops.plan import PruningPlan
+from onnxprune.graphops.prepare import prepare_model
+from onnxprune.graphops.shapes import resolve_input_shapes
+from onnxprune.graphops.surgery import apply_plan
 
 InputShapes = Mapping[str, Sequence[int]] | None
 ModelSource = str | Path | onnx.ModelProto

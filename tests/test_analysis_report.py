@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 import pytest
 
-from graphops.cost import measure_cost
-from graphops.shares import macs_shares
+from onnxprune.graphops.cost import measure_cost
+from onnxprune.graphops.shares import macs_shares
 from tests.oracle import analyse
 from tests.test_selection import residual_model
 from tests.zoo import GraphBuilder, float_input
@@ -57,7 +57,7 @@ def test_analyze_prints_shares_that_add_up(tmp_path):
     onnx.save(residual_model(), path)
 
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "analyze", str(path), "--json"],
+        [sys.executable, "-m", "onnxprune.service.cli", "analyze", str(path), "--json"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

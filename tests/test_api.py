@@ -13,12 +13,12 @@ import pydantic
 import pytest
 
 import onnxprune
-from graphops.errors import ModelRejected
-from graphops.plan import PruningPlan
+from onnxprune.graphops.errors import ModelRejected
+from onnxprune.graphops.plan import PruningPlan
+from onnxprune.workers.analysis_summary import ModelAnalysis
+from onnxprune.workers.report import PruneReport, SensitivityReport
 from tests.oracle import random_feeds, run_model
 from tests.test_selection import residual_model
-from workers.analysis_summary import ModelAnalysis
-from workers.report import PruneReport, SensitivityReport
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,8 +13,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from workers.benchmark import benchmark, compare_outputs, make_inputs, run_model
-from workers.sandbox import RunnerError, RunnerLimits, run_in_child
+from onnxprune.workers.benchmark import benchmark, compare_outputs, make_inputs, run_model
+from onnxprune.workers.sandbox import RunnerError, RunnerLimits, run_in_child
 
 SMALL_LIMITS = RunnerLimits(memory_mib=1024, timeout_s=60)
 

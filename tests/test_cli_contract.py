@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 import pytest
 
+from onnxprune.workers.stages import STAGE_END
 from tests.test_selection import residual_model
-from workers.stages import STAGE_END
 
 ROOT = Path(__file__).resolve().parents[1]
 LONG = "a_node_name_long_enough_that_three_of_them_overflow_eighty_columns"
@@ -157,10 +157,10 @@ def test_our_own_fault_is_exit_1_and_says_so(model_path, tmp_path):
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(
         textwrap.dedent("""
-        import workers.pipeline
+        import onnxprune.workers.pipeline
         def broken(*args, **kwargs):
             raise RuntimeError("simulated bug in the report")
-        workers.pipeline.build_report = broken
+        onnxprune.workers.pipeline.build_report = broken
     """)
     )
 

@@ -8,9 +8,9 @@ import inspect
 import click
 import typer.main
 
-from service.cli import app
-from service.cli_options import flag_name, set_options
-from workers.options import PruneOptions
+from onnxprune.service.cli import app
+from onnxprune.service.cli_options import flag_name, set_options
+from onnxprune.workers.options import PruneOptions
 
 
 def _prune_command() -> click.Command:

@@ -7,9 +7,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from graphops.cost import measure_cost
-from graphops.loading import load_model
-from graphops.shapes import resolve_input_shapes
+from onnxprune.graphops.cost import measure_cost
+from onnxprune.graphops.loading import load_model
+from onnxprune.graphops.shapes import resolve_input_shapes
 from tests.needs import shared_model
 from tests.test_real_models import REAL_MODEL_CASES
 

@@ -13,11 +13,11 @@ import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from graphops.export import export_model
-from graphops.masking import masked_graph
-from graphops.scoring import score_groups
-from graphops.selection import select_by_ratio
-from graphops.weights import ModelWeights
+from onnxprune.graphops.export import export_model
+from onnxprune.graphops.masking import masked_graph
+from onnxprune.graphops.scoring import score_groups
+from onnxprune.graphops.selection import select_by_ratio
+from onnxprune.graphops.weights import ModelWeights
 from tests.oracle import analyse
 from tests.test_selection import residual_model
 

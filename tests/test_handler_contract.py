@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from graphops.dependency import analyze
-from graphops.errors import AnalysisBug, ModelRejected, UnsupportedPattern
-from graphops.ops import base
-from graphops.ops.base import OpHandler, describe
-from graphops.prepare import prepare_model
+from onnxprune.graphops.dependency import analyze
+from onnxprune.graphops.errors import AnalysisBug, ModelRejected, UnsupportedPattern
+from onnxprune.graphops.ops import base
+from onnxprune.graphops.ops.base import OpHandler, describe
+from onnxprune.graphops.prepare import prepare_model
 from tests import test_properties
 from tests.zoo import GraphBuilder, float_input
 
@@ -82,7 +82,7 @@ def test_a_handler_bug_fails_the_property_tests(relu_handler):
 
 
 def test_a_handler_bug_in_a_job_is_an_internal_error_not_a_user_error():
-    from jobs.policy import classify
+    from onnxprune.jobs.policy import classify
 
     failure = classify(AnalysisBug("onnxprune bug: the Relu handler failed on Relu node 'r' (IndexError: x)"))
 

@@ -21,17 +21,17 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-import graphops.input_shapes as input_shapes
-from graphops.errors import ModelRejected
-from graphops.fold_limits import FOLD_BUDGET_ELEMENTS, FOLD_MAX_ELEMENTS
-from graphops.loading import ValidationLimits, validate_model
-from graphops.prepare import prepare_model
-from graphops.shapes import resolve_input_shapes
-from service.errors import ApiError
-from service.uploads import check_model
+import onnxprune.graphops.input_shapes as input_shapes
+from onnxprune.graphops.errors import ModelRejected
+from onnxprune.graphops.fold_limits import FOLD_BUDGET_ELEMENTS, FOLD_MAX_ELEMENTS
+from onnxprune.graphops.loading import ValidationLimits, validate_model
+from onnxprune.graphops.prepare import prepare_model
+from onnxprune.graphops.shapes import resolve_input_shapes
+from onnxprune.service.errors import ApiError
+from onnxprune.service.uploads import check_model
+from onnxprune.workers.benchmark import make_inputs
+from onnxprune.workers.options import PruneOptions
 from tests import hostile_models as hostile
-from workers.benchmark import make_inputs
-from workers.options import PruneOptions
 
 MAX_RSS_GROWTH = 300 << 20
 MAX_SECONDS = 5.0
@@ -260,7 +260,7 @@ def test_small_constant_subgraphs_fold_or_stay_and_compute_the_same(build, op: s
 
 
 def test_generated_calibration_inputs_stay_within_the_total_input_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    from workers.quantize import generated_inputs
+    from onnxprune.workers.quantize import generated_inputs
 
     monkeypatch.setattr(input_shapes, "MAX_TOTAL_INPUT_ELEMENTS", 10 * 3 * 32 * 32)
     one = {hostile.INPUT: np.zeros((1, 3, 32, 32), np.float32)}

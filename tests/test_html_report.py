@@ -14,13 +14,13 @@ import onnx
 import pytest
 from fastapi.testclient import TestClient
 
-from jobs.settings import Settings
-from service.api import create_app
+from onnxprune.jobs.settings import Settings
+from onnxprune.service.api import create_app
+from onnxprune.workers.html_report import render_report_html
+from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.pipeline import run_pipeline
 from tests.oracle import run_model
 from tests.test_sensitivity import two_branch_model
-from workers.html_report import render_report_html
-from workers.options import PruneOptions
-from workers.pipeline import run_pipeline
 
 PNG = b"\x89PNG\r\n\x1a\n"
 IMG = re.compile(r'<img id="(plot-[a-z]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"')

@@ -9,11 +9,11 @@ import numpy as np
 import onnx
 import pytest
 
+from onnxprune.workers.html_report import render_report_html
+from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.pipeline import run_pipeline
 from tests.oracle import run_model
 from tests.test_sensitivity import two_branch_model
-from workers.html_report import render_report_html
-from workers.options import PruneOptions
-from workers.pipeline import run_pipeline
 
 pytestmark = pytest.mark.slow  # one fine-tuning run (~25 s on 2 cores)
 IMG = re.compile(r'<img id="(plot-[a-z]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"')

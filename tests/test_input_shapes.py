@@ -10,14 +10,14 @@ import onnx
 import pytest
 from onnx import helper
 
-from graphops.errors import ModelRejected
-from graphops.input_shapes import DEFAULT_PROBE_SIZE, choose_input_shapes
-from graphops.scoring import score_groups
-from graphops.selection import select_by_ratio
+from onnxprune.graphops.errors import ModelRejected
+from onnxprune.graphops.input_shapes import DEFAULT_PROBE_SIZE, choose_input_shapes
+from onnxprune.graphops.scoring import score_groups
+from onnxprune.graphops.selection import select_by_ratio
+from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.pipeline import run_pipeline
 from tests.oracle import analyse, assert_prune_matches_oracle
 from tests.zoo import GraphBuilder
-from workers.options import PruneOptions
-from workers.pipeline import run_pipeline
 
 
 def _symbolic_input(name: str = "input") -> onnx.ValueInfoProto:

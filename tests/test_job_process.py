@@ -1,4 +1,4 @@
-"""workers.job_process: one job, one sandboxed child; what comes back, and every way it can end."""
+"""onnxprune.workers.job_process: one job, one sandboxed child; what comes back, and every way it can end."""
 
 from __future__ import annotations
 
@@ -6,18 +6,18 @@ import time
 
 import pytest
 
-from graphops.errors import ModelRejected
-from tests.service.svc_models import convnet, no_conv_model, runtime_endless_loop, runtime_memory_bomb, save
-from workers.job_process import (
+from onnxprune.graphops.errors import ModelRejected
+from onnxprune.workers.job_process import (
     JobLimits,
     JobRequest,
     JobStopped,
     _child_environment,
     run_job_process,
 )
-from workers.options import PruneOptions
-from workers.sandbox import SandboxOutOfMemory, SandboxTimeout
-from workers.stages import STAGE_END
+from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.sandbox import SandboxOutOfMemory, SandboxTimeout
+from onnxprune.workers.stages import STAGE_END
+from tests.service.svc_models import convnet, no_conv_model, runtime_endless_loop, runtime_memory_bomb, save
 
 OPTIONS = PruneOptions(ratio=0.5, benchmark=False, round_to=1)
 

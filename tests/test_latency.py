@@ -12,14 +12,14 @@ import numpy as np
 import onnx
 import pytest
 
-from graphops.cost import measure_cost
-from graphops.latency_select import GroupOptions, allocate, counts_of, group_options, select_by_latency
-from graphops.latency_table import LatencyCurve, LatencyTable, grid_counts, monotone, staircase_step
-from graphops.scoring import score_groups
+from onnxprune.graphops.cost import measure_cost
+from onnxprune.graphops.latency_select import GroupOptions, allocate, counts_of, group_options, select_by_latency
+from onnxprune.graphops.latency_table import LatencyCurve, LatencyTable, grid_counts, monotone, staircase_step
+from onnxprune.graphops.scoring import score_groups
+from onnxprune.workers.latency import LatencySettings, measure_latency_table, vector_width
+from onnxprune.workers.options import PruneOptions
 from tests import zoo
 from tests.oracle import analyse
-from workers.latency import LatencySettings, measure_latency_table, vector_width
-from workers.options import PruneOptions
 
 
 def chain_model(width: int = 64, size: int = 16):
@@ -167,8 +167,8 @@ def test_round_to_defaults_to_auto_and_latency_target_excludes_other_targets():
 
 @pytest.mark.slow
 def test_a_latency_target_is_approached_on_a_model_whose_convs_dominate(tmp_path, monkeypatch):
-    from workers.html_report import render_report_html
-    from workers.pipeline import run_pipeline
+    from onnxprune.workers.html_report import render_report_html
+    from onnxprune.workers.pipeline import run_pipeline
 
     monkeypatch.setenv("ONNXPRUNE_CACHE_DIR", str(tmp_path / "cache"))
     model = chain_model(width=128, size=32)
@@ -200,7 +200,7 @@ def test_the_fit_finds_the_staircase_of_a_blocked_kernel_from_probes():
     """Kernels blocked by 16: latency falls with MACs on multiples of 16; a count one below a
     multiple, or half a block below, runs slower than the multiple above it (padding, or no
     blocked kernel at all). The fitted table keeps 16 and its curves fall monotonically."""
-    from workers.latency import plan_variants, table_from_timings
+    from onnxprune.workers.latency import plan_variants, table_from_timings
 
     analysed = analyse(chain_model(width=64))
     dep, scores = analysed.dep, score_groups(analysed.dep, "l1")
@@ -224,7 +224,7 @@ def test_the_fit_finds_the_staircase_of_a_blocked_kernel_from_probes():
 
 
 def test_the_fit_adopts_a_finer_step_only_when_off_step_counts_are_clearly_faster():
-    from workers.latency import plan_variants, table_from_timings
+    from onnxprune.workers.latency import plan_variants, table_from_timings
 
     analysed = analyse(chain_model(width=64))
     dep, scores = analysed.dep, score_groups(analysed.dep, "l1")
@@ -246,7 +246,7 @@ def test_a_disturbed_timing_cannot_promise_a_free_lunch():
     """One group's timings say pruning it to 48 of 64 channels (a fifth of the MACs) saves 9 of 10 ms
     (a neighbour preempted the original's runs): its rate is capped at three times the typical one
     (here, with two groups, the all-MACs prior), and no prediction falls below zero."""
-    from workers.latency import plan_variants, table_from_timings
+    from onnxprune.workers.latency import plan_variants, table_from_timings
 
     analysed = analyse(chain_model(width=64))
     dep, scores = analysed.dep, score_groups(analysed.dep, "l1")
@@ -268,7 +268,7 @@ def test_a_disturbed_timing_cannot_promise_a_free_lunch():
 
 
 def test_after_a_miss_the_model_is_asked_for_what_the_measurement_says_it_needs():
-    from workers.latency_target import next_ask
+    from onnxprune.workers.latency_target import next_ask
 
     # predicted 0.5, measured 0.75: half the predicted saving was real; 0.5 needs a predicted 0.0
     assert next_ask(0.5, 0.5, 0.75, 0.5) == pytest.approx(0.02)

@@ -12,14 +12,20 @@ from dataclasses import replace
 import onnx
 import pytest
 
-from graphops.cost import measure_cost
-from graphops.latency_table import LatencyCurve, LatencyTable
-from graphops.scoring import score_groups
+from onnxprune.graphops.cost import measure_cost
+from onnxprune.graphops.latency_table import LatencyCurve, LatencyTable
+from onnxprune.graphops.scoring import score_groups
+from onnxprune.workers.latency import (
+    LatencySettings,
+    _measure_variants,
+    measure_latency_table,
+    plan_variants,
+    vector_width,
+)
+from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.speed import decisive_ratio
 from tests.oracle import analyse
 from tests.test_latency import chain_model
-from workers.latency import LatencySettings, _measure_variants, measure_latency_table, plan_variants, vector_width
-from workers.options import PruneOptions
-from workers.speed import decisive_ratio
 
 
 def test_a_quantized_table_prices_the_target_against_the_float_original():
@@ -46,7 +52,7 @@ def test_a_quantized_table_prices_the_target_against_the_float_original():
 
 def test_every_variant_of_a_quantized_table_is_timed_quantized_and_the_float_original_once(monkeypatch):
     """The measuring half, run in this process on our own model: which models reach onnxruntime."""
-    import workers.benchmark
+    import onnxprune.workers.benchmark as benchmark_module
 
     analysed = analyse(chain_model(width=32, size=8))
     dep, scores = analysed.dep, score_groups(analysed.dep, "l1")
@@ -54,15 +60,15 @@ def test_every_variant_of_a_quantized_table_is_timed_quantized_and_the_float_ori
     groups = [i for i, g in enumerate(dep.groups) if g.id in {p.id for p in dep.prunable}]
     variants, _ = plan_variants(dep, scores, groups, settings, vector_width()[0])
     timed: list[bool] = []  # per session: is the model quantized?
-    real = workers.benchmark.session_from_bytes
+    real = benchmark_module.session_from_bytes
 
     def recording(data: bytes, threads: int, optimization: str):
         model = onnx.load_from_string(data)
         timed.append(any(node.op_type == "QuantizeLinear" for node in model.graph.node))
         return real(data, threads, optimization)
 
-    monkeypatch.setattr(workers.benchmark, "session_from_bytes", recording)
-    from workers.benchmark import make_inputs
+    monkeypatch.setattr(benchmark_module, "session_from_bytes", recording)
+    from onnxprune.workers.benchmark import make_inputs
 
     inputs = make_inputs(dep.model, dict(dep.input_shapes or {}), 0)
     (baseline, results), reference = _measure_variants(dep, variants, inputs, settings)
@@ -92,8 +98,8 @@ def test_the_table_of_a_quantized_job_is_keyed_apart_and_holds_the_float_referen
 def test_with_quantize_the_latency_target_is_met_by_the_quantized_model(tmp_path, monkeypatch):
     """The target is set below what int8 alone gives on this machine (as the pipeline measures it), so
     channels must go too; the written int8 model meets it, and the report says whose latency it is."""
-    from workers.html_report import render_report_html
-    from workers.pipeline import run_pipeline
+    from onnxprune.workers.html_report import render_report_html
+    from onnxprune.workers.pipeline import run_pipeline
 
     monkeypatch.setenv("ONNXPRUNE_CACHE_DIR", str(tmp_path / "cache"))
     source = tmp_path / "chain.onnx"

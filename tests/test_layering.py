@@ -16,7 +16,8 @@ LAYERS = ["graphops", "roundtrip", "workers", "jobs", "service"]  # each may imp
 
 
 def module_name(path: Path) -> str:
-    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    """Installed as ``onnxprune.<layer>...`` (``onnxprune/<layer>`` links to the top-level folder)."""
+    parts = ["onnxprune", *path.relative_to(REPO).with_suffix("").parts]
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
@@ -71,7 +72,7 @@ def import_graph(*, module_level_only: bool = False) -> dict[str, set[str]]:
 
 
 def layer_of(module: str) -> int:
-    return LAYERS.index(module.split(".")[0])
+    return LAYERS.index(module.split(".")[1])
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -116,11 +117,27 @@ def test_no_import_cycles_between_modules():
 
 def test_the_checker_sees_upward_imports_and_cycles(tmp_path):
     source = tmp_path / "m.py"
-    source.write_text("import graphops.a\nif True:\n    from service import b\ndef f():\n    import jobs.c\n")
-    known = {"graphops.a", "service.b", "jobs.c"}
-    assert imported_modules("workers.m", source, known) == known
-    assert imported_modules("workers.m", source, known, module_level_only=True) == {"graphops.a", "service.b"}
-    graph = {"graphops.a": {"service.b"}, "service.b": {"graphops.a"}}
-    assert layer_of("service.b") > layer_of("graphops.a")
-    assert find_cycle(graph) == ["graphops.a", "service.b", "graphops.a"]
-    assert find_cycle({"graphops.a": {"graphops.b"}, "graphops.b": set()}) is None
+    source.write_text(
+        "import onnxprune.graphops.a\nif True:\n    from onnxprune.service import b\n"
+        "def f():\n    import onnxprune.jobs.c\n"
+    )
+    a, b, c = "onnxprune.graphops.a", "onnxprune.service.b", "onnxprune.jobs.c"
+    known = {a, b, c}
+    assert imported_modules("onnxprune.workers.m", source, known) == known
+    assert imported_modules("onnxprune.workers.m", source, known, module_level_only=True) == {a, b}
+    assert layer_of(b) > layer_of(a)
+    assert find_cycle({a: {b}, b: {a}}) == [a, b, a]
+    assert find_cycle({a: {"onnxprune.graphops.z"}, "onnxprune.graphops.z": set()}) is None
+
+
+def test_nothing_imports_the_layers_by_their_bare_top_level_names():
+    """Installed, they exist only as ``onnxprune.<layer>``; a bare ``import graphops`` would work in a
+    checkout (the folders are on the path) and fail for users, or load a second copy of a module."""
+    bare = sorted(
+        f"{path.relative_to(REPO)}: {target}"
+        for path in [*REPO.glob("*/**/*.py")]
+        if ".venv" not in path.parts and "build" not in path.parts
+        for target in imported_modules("onnxprune.x", path, set(LAYERS) | {f"{n}.x" for n in LAYERS})
+        if target.split(".")[0] in LAYERS
+    )
+    assert bare == []

@@ -10,14 +10,14 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from graphops.errors import ModelRejected
-from graphops.loading import (
+from onnxprune.graphops.errors import ModelRejected
+from onnxprune.graphops.loading import (
     ValidationLimits,
     load_model,
     parse_model,
     validate_model,
 )
-from graphops.versions import supported_ir_versions, supported_opsets
+from onnxprune.graphops.versions import supported_ir_versions, supported_opsets
 from tests.needs import shared_model
 from tests.test_real_models import REAL_MODEL_CASES
 

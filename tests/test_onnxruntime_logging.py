@@ -40,7 +40,7 @@ CASES = {
         "import onnxruntime as ort\nort.InferenceSession(open(MODEL, 'rb').read(), providers=['CPUExecutionProvider'])",
         True,
     ),
-    "workers.ort_sessions.cpu_session (benchmark, evaluation, latency)": (
+    "onnxprune.workers.ort_sessions.cpu_session (benchmark, evaluation, latency)": (
         "from workers.ort_sessions import cpu_session\ncpu_session(open(MODEL, 'rb').read(), threads=1)",
         False,
     ),

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from graphops.ops import registered_op_types
-from graphops.ops.coverage import ANALYSED_NOT_EXECUTABLE, EXECUTABLE_NOT_ANALYSED
-from roundtrip.ops import supported_ops
+from onnxprune.graphops.ops import registered_op_types
+from onnxprune.graphops.ops.coverage import ANALYSED_NOT_EXECUTABLE, EXECUTABLE_NOT_ANALYSED
+from onnxprune.roundtrip.ops import supported_ops
 
 
 def test_every_op_analysed_but_not_executable_is_declared_with_a_reason():

@@ -14,16 +14,16 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from graphops.masking import mask_removed_channels, masked_graph
-from graphops.scoring import score_groups
-from graphops.selection import select_by_ratio
-from graphops.weights import ModelWeights
+from onnxprune.graphops.masking import mask_removed_channels, masked_graph
+from onnxprune.graphops.scoring import score_groups
+from onnxprune.graphops.selection import select_by_ratio
+from onnxprune.graphops.weights import ModelWeights
+from onnxprune.workers.benchmark import make_inputs, run_models
+from onnxprune.workers.ort_models import FED_MIN_ELEMENTS, fed_graph, fed_model
 from tests.oracle import analyse
 from tests.qdq_models import shared_weight_net
 from tests.test_refused_patterns import _float16
 from tests.test_selection import residual_model
-from workers.benchmark import make_inputs, run_models
-from workers.ort_models import FED_MIN_ELEMENTS, fed_graph, fed_model
 
 MODELS = {
     "float32": residual_model,

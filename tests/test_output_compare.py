@@ -11,11 +11,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from onnxprune.workers.benchmark import compare_outputs
+from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.output_compare import FLOAT16_RTOL, FLOAT32_RTOL, oracle_rtol, output_mismatch
+from onnxprune.workers.pipeline import run_pipeline
 from tests.zoo import GraphBuilder
-from workers.benchmark import compare_outputs
-from workers.options import PruneOptions
-from workers.output_compare import FLOAT16_RTOL, FLOAT32_RTOL, oracle_rtol, output_mismatch
-from workers.pipeline import run_pipeline
 
 LABELS = ["cat", "dog", "bird"]
 

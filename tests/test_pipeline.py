@@ -9,11 +9,11 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-import workers.pipeline as pipeline
+import onnxprune.workers.pipeline as pipeline
+from onnxprune.workers.fileio import file_sha256
+from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.pipeline import VerificationFailed, run_pipeline
 from tests.test_selection import residual_model
-from workers.fileio import file_sha256
-from workers.options import PruneOptions
-from workers.pipeline import VerificationFailed, run_pipeline
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def test_progress_walks_every_stage_in_order_up_to_one(model_path, tmp_path):
 
 
 def test_a_model_that_fails_the_oracle_is_never_written(model_path, tmp_path, monkeypatch):
-    import workers.strategies.base as strategies
+    import onnxprune.workers.strategies.base as strategies
 
     real_apply = strategies.apply_plan
 
@@ -95,9 +95,9 @@ def test_the_checks_run_each_model_once_and_fidelity_reuses_their_outputs(model_
     """One shot: the masked original and the pruned model run once on one set of inputs, the original
     with them unless the benchmark measures it anyway; fidelity comes from those outputs, and the
     verified model is the file written (serialised once)."""
-    import workers.strategies.base as strategies
-    import workers.verification as verification
-    from workers.benchmark import compare_outputs, make_inputs, run_models
+    import onnxprune.workers.strategies.base as strategies
+    import onnxprune.workers.verification as verification
+    from onnxprune.workers.benchmark import compare_outputs, make_inputs, run_models
 
     runs: list[tuple[int, dict[str, np.ndarray]]] = []
     real_run_models = verification.run_models

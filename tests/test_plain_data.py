@@ -1,4 +1,4 @@
-"""workers.plain_data: what a sandbox sends back is plain data, and nothing else gets through."""
+"""onnxprune.workers.plain_data: what a sandbox sends back is plain data, and nothing else gets through."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from workers import plain_data
+from onnxprune.workers import plain_data
 
 
 def test_plain_values_and_arrays_come_back_equal_with_their_types():

@@ -34,9 +34,9 @@ import onnx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from graphops.scoring import score_groups
-from graphops.selection import select_by_ratio
-from graphops.surgery import apply_plan
+from onnxprune.graphops.scoring import score_groups
+from onnxprune.graphops.selection import select_by_ratio
+from onnxprune.graphops.surgery import apply_plan
 from tests.oracle import analyse, assert_prune_matches_oracle, assert_valid, random_feeds, run_model
 from tests.zoo import GraphBuilder, float_input
 

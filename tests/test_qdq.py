@@ -17,12 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import graphops.masking
-from graphops.cost import measure_cost
-from graphops.masking import mask_removed_channels
-from graphops.plan import PruningPlan
-from graphops.scoring import score_groups
-from graphops.selection import select_by_ratio
+import onnxprune.graphops.masking as masking
+from onnxprune.graphops.cost import measure_cost
+from onnxprune.graphops.masking import mask_removed_channels
+from onnxprune.graphops.plan import PruningPlan
+from onnxprune.graphops.scoring import score_groups
+from onnxprune.graphops.selection import select_by_ratio
 from tests import qdq_models
 from tests.oracle import Analysed, analyse, assert_prune_matches_oracle, initializer_arrays, random_feeds, run_model
 
@@ -141,7 +141,7 @@ def test_oracle_fails_if_quantized_weights_were_masked_to_plain_zero(tmp_path, m
     model = qdq_models.quantize_qdq(qdq_models.residual_net(), tmp_path, per_channel=True, weight_type="uint8")
     analysed = analyse(model)
     plan = prune_half(analysed)
-    monkeypatch.setattr(graphops.masking, "zero_point_fill", lambda _dq, values: np.zeros_like(values))
+    monkeypatch.setattr(masking, "zero_point_fill", lambda _dq, values: np.zeros_like(values))
     with pytest.raises(AssertionError, match="relative error"):
         assert_prune_matches_oracle(model, plan, analysed=analysed, rtol=1e-5)
 

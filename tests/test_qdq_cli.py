@@ -14,7 +14,7 @@ import onnx
 import pytest
 from onnx import version_converter
 
-from graphops.plan import PruningPlan
+from onnxprune.graphops.plan import PruningPlan
 from tests import qdq_models
 from tests.oracle import analyse, assert_prune_matches_oracle, initializer_arrays
 
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def onnxprune(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *map(str, args)],
+        [sys.executable, "-m", "onnxprune.service.cli", *map(str, args)],
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -8,11 +8,11 @@ import numpy as np
 import onnx
 import pytest
 
+from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.precision import QuantizedModelRejected, check_precision
+from onnxprune.workers.strategies import round_trip_reason
 from tests import qdq_models
 from tests.test_qdq_cli import onnxprune
-from workers.options import PruneOptions
-from workers.precision import QuantizedModelRejected, check_precision
-from workers.strategies import round_trip_reason
 
 REFUSED_CASES = [
     # (id, prune flags, the reason the message names); all with --data

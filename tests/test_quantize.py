@@ -10,10 +10,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.pipeline import float_output_path, run_pipeline
+from onnxprune.workers.quantize import calibration_batches
 from tests.test_selection import residual_model
-from workers.options import PruneOptions
-from workers.pipeline import float_output_path, run_pipeline
-from workers.quantize import calibration_batches
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +90,8 @@ def test_calibration_feeds_respect_a_fixed_batch():
 def test_a_model_quantized_in_the_qoperator_format_is_refused_with_the_way_forward(model_and_data, tmp_path):
     from onnxruntime.quantization import QuantFormat, quantize_static
 
-    from graphops.errors import ModelRejected
-    from graphops.loading import load_model, validate_model
+    from onnxprune.graphops.errors import ModelRejected
+    from onnxprune.graphops.loading import load_model, validate_model
 
     model_path, data = model_and_data
     x = np.load(data)["input"]

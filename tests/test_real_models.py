@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from graphops.scoring import score_groups
-from graphops.selection import select_by_ratio
+from onnxprune.graphops.scoring import score_groups
+from onnxprune.graphops.selection import select_by_ratio
 from tests.oracle import Analysed, analyse, assert_prune_matches_oracle
 
 RATIO = 0.3

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from graphops.scoring import score_groups
-from graphops.selection import select_by_ratio
+from onnxprune.graphops.scoring import score_groups
+from onnxprune.graphops.selection import select_by_ratio
 from tests import zoo
 from tests.oracle import Analysed, analyse, assert_prune_matches_oracle
 
@@ -169,7 +169,7 @@ def test_a_float16_model_is_pruned_in_its_own_precision(
 ):
     import onnx
 
-    from workers.output_compare import FLOAT16_RTOL, oracle_rtol
+    from onnxprune.workers.output_compare import FLOAT16_RTOL, oracle_rtol
 
     model = _float16(mobilenet_v2_float32, float32_interface=float32_interface)
     analysed = analyse(model)

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from graphops.cost import measure_cost
-from graphops.errors import PlanError
-from graphops.plan import PruningPlan
-from graphops.scoring import available_criteria, score_groups
-from graphops.selection import MacsModel, excluded_group_ids, select_by_flops, select_by_ratio
+from onnxprune.graphops.cost import measure_cost
+from onnxprune.graphops.errors import PlanError
+from onnxprune.graphops.plan import PruningPlan
+from onnxprune.graphops.scoring import available_criteria, score_groups
+from onnxprune.graphops.selection import MacsModel, excluded_group_ids, select_by_flops, select_by_ratio
 from tests import zoo
 from tests.oracle import analyse
 
@@ -87,7 +87,7 @@ def test_flops_target_is_reached_and_measured_macs_agree(residual):
     cost = measure_cost(residual.prepared, residual.input_shapes)
     node_macs = {n.name: n.macs for n in cost.nodes}
     plan = select_by_flops(residual.dep, score_groups(residual.dep, "l1"), 0.4, node_macs=node_macs)
-    from graphops.surgery import apply_plan
+    from onnxprune.graphops.surgery import apply_plan
 
     after = measure_cost(apply_plan(residual.dep, plan), residual.input_shapes).macs
     assert MacsModel(residual.dep, node_macs).macs(plan) == after

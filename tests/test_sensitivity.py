@@ -13,18 +13,18 @@ import numpy as np
 import onnx
 import pytest
 
-from graphops.errors import ModelRejected
-from graphops.scoring import score_groups
-from graphops.selection import select_by_group_ratios
-from graphops.sensitivity_select import sensitive_groups, tolerated_ratio, tolerated_ratios
-from roundtrip.data import Dataset, load_dataset, split_data
+from onnxprune.graphops.errors import ModelRejected
+from onnxprune.graphops.scoring import score_groups
+from onnxprune.graphops.selection import select_by_group_ratios
+from onnxprune.graphops.sensitivity_select import sensitive_groups, tolerated_ratio, tolerated_ratios
+from onnxprune.roundtrip.data import Dataset, load_dataset, split_data
+from onnxprune.workers.evaluation import accuracy, fidelity, make_evaluator
+from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.pipeline import run_pipeline
+from onnxprune.workers.report import SensitivityCurve, SensitivityReport
+from onnxprune.workers.sensitivity import choose_auto, measure_sensitivity, parse_ratios
 from tests import zoo
 from tests.oracle import analyse, run_model
-from workers.evaluation import accuracy, fidelity, make_evaluator
-from workers.options import PruneOptions
-from workers.pipeline import run_pipeline
-from workers.report import SensitivityCurve, SensitivityReport
-from workers.sensitivity import choose_auto, measure_sensitivity, parse_ratios
 
 SAMPLES = 300
 
@@ -277,7 +277,11 @@ def test_ratios_parse_sorted_and_bounded():
 
 def onnxprune(*args, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "onnxprune.service.cli", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 

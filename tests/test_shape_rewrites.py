@@ -6,9 +6,9 @@ import numpy as np
 import onnx
 import pytest
 
-from graphops.scoring import score_groups
-from graphops.selection import select_by_ratio
-from graphops.surgery import apply_plan
+from onnxprune.graphops.scoring import score_groups
+from onnxprune.graphops.selection import select_by_ratio
+from onnxprune.graphops.surgery import apply_plan
 from tests import zoo
 from tests.oracle import analyse, assert_prune_matches_oracle, run_model
 

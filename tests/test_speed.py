@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workers.speed import compare_timings, describe_ratio, noise_warning
+from onnxprune.workers.speed import compare_timings, describe_ratio, noise_warning
 
 
 @pytest.mark.parametrize(
@@ -54,7 +54,7 @@ def test_unpaired_series_are_refused():
 
 
 def test_a_ratio_too_noisy_to_act_on_falls_back_to_the_fastest_runs():
-    from workers.speed import decisive_ratio
+    from onnxprune.workers.speed import decisive_ratio
 
     quiet = compare_timings([10.0, 10.1, 9.9, 10.0] * 5, [5.0, 5.1, 4.9, 5.0] * 5)
     assert decisive_ratio(quiet) == quiet.ratio

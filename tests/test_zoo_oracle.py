@@ -16,11 +16,11 @@ import onnx
 import pytest
 import torch
 
-from graphops.cost import measure_cost
-from graphops.plan import PruningPlan
-from graphops.scoring import score_groups
-from graphops.selection import select_by_flops, select_by_ratio
-from graphops.surgery import apply_plan
+from onnxprune.graphops.cost import measure_cost
+from onnxprune.graphops.plan import PruningPlan
+from onnxprune.graphops.scoring import score_groups
+from onnxprune.graphops.selection import select_by_flops, select_by_ratio
+from onnxprune.graphops.surgery import apply_plan
 from tests import zoo
 from tests.oracle import (
     Analysed,

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import onnx
 
-from graphops.cost import ModelCost, measure_cost
-from graphops.dependency import DependencyGraph, analyze
-from graphops.input_shapes import choose_input_shapes
-from graphops.loading import parse_model, read_model_file, validate_model
-from graphops.prepare import prepare_model
-from graphops.shapes import skeleton
+from onnxprune.graphops.cost import ModelCost, measure_cost
+from onnxprune.graphops.dependency import DependencyGraph, analyze
+from onnxprune.graphops.input_shapes import choose_input_shapes
+from onnxprune.graphops.loading import parse_model, read_model_file, validate_model
+from onnxprune.graphops.prepare import prepare_model
+from onnxprune.graphops.shapes import skeleton
 
 # A stage timer: ``stage("load")`` is a context manager (the pipeline's progress reporter).
 StageTimer = Callable[[str], AbstractContextManager[None]]

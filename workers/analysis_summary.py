@@ -8,9 +8,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from graphops.shares import macs_shares
-from workers.analysis import Analysis, analyse_model
-from workers.sandbox import RunnerLimits, run_in_child
+from onnxprune.graphops.shares import macs_shares
+from onnxprune.workers.analysis import Analysis, analyse_model
+from onnxprune.workers.sandbox import RunnerLimits, run_in_child
 
 
 class NodeCost(BaseModel):

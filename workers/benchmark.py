@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from graphops.errors import ModelRejected
-from graphops.loading import load_model, parse_model
-from graphops.shapes import graph_inputs, resolve_input_shapes
-from workers.ort_models import FedModel, run_fed
-from workers.output_compare import numeric_values, structure
-from workers.report import Fidelity, Latency, LatencyStats
-from workers.sandbox import RunnerError, RunnerLimits, run_in_child
-from workers.speed import compare_timings
+from onnxprune.graphops.errors import ModelRejected
+from onnxprune.graphops.loading import load_model, parse_model
+from onnxprune.graphops.shapes import graph_inputs, resolve_input_shapes
+from onnxprune.workers.ort_models import FedModel, run_fed
+from onnxprune.workers.output_compare import numeric_values, structure
+from onnxprune.workers.report import Fidelity, Latency, LatencyStats
+from onnxprune.workers.sandbox import RunnerError, RunnerLimits, run_in_child
+from onnxprune.workers.speed import compare_timings
 
 if TYPE_CHECKING:  # onnxruntime itself is imported only in the child process
     import onnxruntime
@@ -186,7 +186,7 @@ def session_from_bytes(
     data: bytes, threads: int, optimization: str = "all", *, prepack: bool = True
 ) -> onnxruntime.InferenceSession:
     """A CPU session with the deploy settings (child process only)."""
-    from workers.ort_sessions import cpu_session
+    from onnxprune.workers.ort_sessions import cpu_session
 
     parse_model(data)  # refuses external data before onnxruntime could follow its paths
     return cpu_session(data, threads=threads, optimization=optimization, prepack=prepack)

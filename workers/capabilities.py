@@ -11,8 +11,8 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Set
 
-from graphops.errors import ModelRejected
-from workers.options import PruneOptions
+from onnxprune.graphops.errors import ModelRejected
+from onnxprune.workers.options import PruneOptions
 
 TORCH = "torch"
 TORCH_INSTALL_HINT = (
@@ -39,7 +39,7 @@ def local_capabilities() -> frozenset[str]:
 
 def torch_reason(options: PruneOptions) -> str | None:
     """What in ``options`` runs in PyTorch, or None."""
-    from graphops.scoring import criterion_needs_data
+    from onnxprune.graphops.scoring import criterion_needs_data
 
     if criterion_needs_data(options.criterion):
         return f"criterion '{options.criterion}'"

@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from graphops.errors import ModelRejected
-from roundtrip.data import Dataset
-from workers.sandbox import RunnerLimits, run_in_child
+from onnxprune.graphops.errors import ModelRejected
+from onnxprune.roundtrip.data import Dataset
+from onnxprune.workers.sandbox import RunnerLimits, run_in_child
 
 if TYPE_CHECKING:
     from onnxruntime import InferenceSession  # imported in the sandboxed child, where sessions run
 
-    from workers.report import HeldOutEvaluation
+    from onnxprune.workers.report import HeldOutEvaluation
 
 ACCURACY = "accuracy"
 FIDELITY = "fidelity"
@@ -81,7 +81,7 @@ def synthetic_dataset(
     model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None, samples: int, seed: int = 0
 ) -> Dataset:
     """Standard-normal samples for each input (no labels): the proxy when a user has no data."""
-    from workers.benchmark import make_inputs
+    from onnxprune.workers.benchmark import make_inputs
 
     draws = [make_inputs(model, input_shapes, seed + i) for i in range(samples)]
     return Dataset({name: np.concatenate([d[name] for d in draws]) for name in draws[0]}, None)
@@ -140,13 +140,13 @@ def with_symbolic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _session(model: onnx.ModelProto | bytes) -> InferenceSession:
-    from workers.ort_sessions import cpu_session
+    from onnxprune.workers.ort_sessions import cpu_session
 
     return cpu_session(model if isinstance(model, bytes) else model.SerializeToString())
 
 
 def _load(path: str) -> onnx.ModelProto:
-    from graphops.loading import parse_model
+    from onnxprune.graphops.loading import parse_model
 
     return parse_model(Path(path).read_bytes())  # refuses external data before onnxruntime reads it
 
@@ -203,7 +203,7 @@ def held_out_evaluation(
     original: Path, pruned: Path, data: Dataset, *, split: str, limits: RunnerLimits = RunnerLimits()
 ) -> HeldOutEvaluation:
     """Before/after scores of ``pruned`` against ``original`` on ``data`` (a report entry)."""
-    from workers.report import HeldOutEvaluation
+    from onnxprune.workers.report import HeldOutEvaluation
 
     evaluator = make_evaluator(original, data, limits=limits)
     return HeldOutEvaluation(

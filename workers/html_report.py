@@ -11,8 +11,8 @@ import base64
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from workers import plots
-from workers.report import PruneReport, SensitivityReport
+from onnxprune.workers import plots
+from onnxprune.workers.report import PruneReport, SensitivityReport
 
 if TYPE_CHECKING:  # jinja2 is imported when a page is rendered
     from jinja2 import Environment

@@ -33,14 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from graphops.errors import AnalysisBug, ModelRejected, PlanError
-from graphops.plan import PruningPlan
-from workers.capabilities import MissingCapability
-from workers.options import PruneOptions
-from workers.report import PruneReport, SensitivityReport
-from workers.sandbox import RunnerError, SandboxOutOfMemory, SandboxTimeout, cpu_budget
-from workers.stages import Progress
-from workers.verification import VerificationFailed
+from onnxprune.graphops.errors import AnalysisBug, ModelRejected, PlanError
+from onnxprune.graphops.plan import PruningPlan
+from onnxprune.workers.capabilities import MissingCapability
+from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.report import PruneReport, SensitivityReport
+from onnxprune.workers.sandbox import RunnerError, SandboxOutOfMemory, SandboxTimeout, cpu_budget
+from onnxprune.workers.stages import Progress
+from onnxprune.workers.verification import VerificationFailed
 
 REQUEST = "request.json"
 RESULT = "result.json"
@@ -137,7 +137,7 @@ def run_job_process(
     receiver, sender = os.pipe()
     with open(workdir / LOG, "ab") as log:
         child = subprocess.Popen(
-            [sys.executable, "-m", "workers.job_process", str(workdir / REQUEST), str(sender)],
+            [sys.executable, "-m", "onnxprune.workers.job_process", str(workdir / REQUEST), str(sender)],
             cwd=workdir,
             env=_child_environment(workdir),
             stdin=subprocess.DEVNULL,
@@ -309,7 +309,7 @@ def _rebuild_error(error: dict[str, Any]) -> Exception:
 
 
 def _child_main(request_path: str, progress_fd: int) -> int:
-    from workers.sandbox import enter_sandbox
+    from onnxprune.workers.sandbox import enter_sandbox
 
     document = json.loads(Path(request_path).read_text())
     workdir = Path(request_path).parent
@@ -332,8 +332,8 @@ def _child_main(request_path: str, progress_fd: int) -> int:
 
 
 def _run(document: dict[str, Any], workdir: Path, progress: Progress) -> Path | None:
-    from workers.fileio import atomic_write_text
-    from workers.pipeline import run_pipeline
+    from onnxprune.workers.fileio import atomic_write_text
+    from onnxprune.workers.pipeline import run_pipeline
 
     plan = PruningPlan.from_json(Path(document["plan"]).read_text()) if document["plan"] else None
     sensitivity = (

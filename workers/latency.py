@@ -24,15 +24,22 @@ from typing import Any
 import numpy as np
 import onnx
 
-from graphops.cost import ModelCost
-from graphops.dependency import ChannelGroup, DependencyGraph
-from graphops.latency_table import LatencyCurve, LatencyTable, grid_counts, monotone, probe_slowdowns, staircase_step
-from graphops.plan import PruningPlan
-from graphops.selection import MacsModel, Scores, _candidates, choose_kept
-from workers.fileio import atomic_write_text
-from workers.options import PruneOptions
-from workers.sandbox import RunnerLimits, run_in_child
-from workers.speed import ratio_interval
+from onnxprune.graphops.cost import ModelCost
+from onnxprune.graphops.dependency import ChannelGroup, DependencyGraph
+from onnxprune.graphops.latency_table import (
+    LatencyCurve,
+    LatencyTable,
+    grid_counts,
+    monotone,
+    probe_slowdowns,
+    staircase_step,
+)
+from onnxprune.graphops.plan import PruningPlan
+from onnxprune.graphops.selection import MacsModel, Scores, _candidates, choose_kept
+from onnxprune.workers.fileio import atomic_write_text
+from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.sandbox import RunnerLimits, run_in_child
+from onnxprune.workers.speed import ratio_interval
 
 # Latency of a variant: this percentile of its runs. 0, the fastest run: a CPU-bound inference never
 # runs faster than its undisturbed time, while a busy neighbour's preemptions turn some runs of a 2 ms
@@ -180,7 +187,7 @@ def measure_latency_table(
     step0, source0 = vector_width()
     groups = _by_macs(dep, scores, cost, exclude)
     variants, probes = plan_variants(dep, scores, groups, settings, step0)
-    from workers.benchmark import make_inputs
+    from onnxprune.workers.benchmark import make_inputs
 
     inputs = make_inputs(dep.model, input_shapes, seed)
     child_limits = RunnerLimits(
@@ -359,14 +366,14 @@ def _measure_variants(
 ) -> tuple[Measured, Pair | None]:
     """Baseline timings and, per variant until the budget is spent, interleaved (before, after) ms;
     with ``settings.quantize``, every model quantized first, and (quantized, float) runs of the original."""
-    from graphops.surgery import apply_plan
-    from workers.benchmark import session_from_bytes
+    from onnxprune.graphops.surgery import apply_plan
+    from onnxprune.workers.benchmark import session_from_bytes
 
     def deployed(model: onnx.ModelProto) -> Any:
         if settings.quantize == "none":
             data = model.SerializeToString()
         else:
-            from workers.quantize import quantized_bytes
+            from onnxprune.workers.quantize import quantized_bytes
 
             data = quantized_bytes(model, settings.quantize, inputs)
         return session_from_bytes(data, settings.threads, settings.optimization)

@@ -20,20 +20,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from graphops.cost import ModelCost
-from graphops.dependency import DependencyGraph
-from graphops.latency_select import counts_of, select_by_latency
-from graphops.latency_table import LatencyTable
-from graphops.plan import PruningPlan
-from graphops.selection import Scores
-from graphops.surgery import apply_plan
-from workers.benchmark import benchmark, make_inputs
-from workers.latency import LatencySettings, measure_latency_table
-from workers.options import PruneOptions
-from workers.quantize import QuantizeSettings, fixed_batch, generated_inputs, quantize
-from workers.report import Latency, LatencyGroupReport, LatencyIteration, LatencyTargetReport, SpeedChange
-from workers.sandbox import RunnerLimits
-from workers.speed import decisive_ratio
+from onnxprune.graphops.cost import ModelCost
+from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.latency_select import counts_of, select_by_latency
+from onnxprune.graphops.latency_table import LatencyTable
+from onnxprune.graphops.plan import PruningPlan
+from onnxprune.graphops.selection import Scores
+from onnxprune.graphops.surgery import apply_plan
+from onnxprune.workers.benchmark import benchmark, make_inputs
+from onnxprune.workers.latency import LatencySettings, measure_latency_table
+from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.quantize import QuantizeSettings, fixed_batch, generated_inputs, quantize
+from onnxprune.workers.report import Latency, LatencyGroupReport, LatencyIteration, LatencyTargetReport, SpeedChange
+from onnxprune.workers.sandbox import RunnerLimits
+from onnxprune.workers.speed import decisive_ratio
 
 TIMING_CALIBRATION_SAMPLES = 4
 

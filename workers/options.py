@@ -252,7 +252,7 @@ class PruneOptions(BaseModel):
     @field_validator("criterion")
     @classmethod
     def _known_criterion(cls, value: str) -> str:
-        from graphops.scoring import available_criteria
+        from onnxprune.graphops.scoring import available_criteria
 
         if value not in available_criteria():
             known = ", ".join(sorted(available_criteria()))
@@ -262,7 +262,7 @@ class PruneOptions(BaseModel):
     def data_requirement(self, *, sensitivity_given: bool = False) -> str | None:
         """Why this job needs a data file, or None when it runs without one (checked before any
         model is read, by the CLI and at upload)."""
-        from graphops.scoring import criterion_needs_data
+        from onnxprune.graphops.scoring import criterion_needs_data
 
         if criterion_needs_data(self.criterion):
             return f"criterion '{self.criterion}' needs data"

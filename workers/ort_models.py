@@ -22,10 +22,10 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
-from graphops.export import write_constant
-from graphops.prepare import keep_interface_types
-from graphops.shapes import model_shell
-from graphops.weights import ModelWeights
+from onnxprune.graphops.export import write_constant
+from onnxprune.graphops.prepare import keep_interface_types
+from onnxprune.graphops.shapes import model_shell
+from onnxprune.graphops.weights import ModelWeights
 
 if TYPE_CHECKING:  # onnxruntime itself is imported only where models run (the sandbox)
     import onnxruntime
@@ -108,7 +108,7 @@ def _onnx_type(tensor: gs.Constant) -> int | None:
 
 def fed_session(model: FedModel, threads: int) -> onnxruntime.InferenceSession:
     """A CPU session of ``model``'s graph (no weights to load, nothing to prepack)."""
-    from workers.ort_sessions import cpu_session
+    from onnxprune.workers.ort_sessions import cpu_session
 
     return cpu_session(model.graph, threads=threads)
 

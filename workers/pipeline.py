@@ -12,24 +12,24 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from graphops.dependency import DependencyGraph
-from graphops.plan import PruningPlan
-from graphops.selection import check_exclude_patterns
-from roundtrip.data import SPLIT_RULES
-from workers.analysis import analyse_model
-from workers.benchmark import benchmark, compare_outputs, run_models
-from workers.capabilities import require_capabilities
-from workers.fileio import file_sha256, float_output_path
-from workers.latency import resolve_round_to
-from workers.options import PruneOptions
-from workers.precision import check_precision
-from workers.report import Fidelity, HeldOutEvaluation, Latency, PruneReport, SensitivityReport
-from workers.reporting import build_report
-from workers.sandbox import RunnerLimits
-from workers.stages import STAGE_END, Progress, Stages
-from workers.strategies import Job, Outcome, choose_schedule
-from workers.strategies.finish import choose_finish
-from workers.verification import ORACLE_RTOL, VerificationFailed
+from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.plan import PruningPlan
+from onnxprune.graphops.selection import check_exclude_patterns
+from onnxprune.roundtrip.data import SPLIT_RULES
+from onnxprune.workers.analysis import analyse_model
+from onnxprune.workers.benchmark import benchmark, compare_outputs, run_models
+from onnxprune.workers.capabilities import require_capabilities
+from onnxprune.workers.fileio import file_sha256, float_output_path
+from onnxprune.workers.latency import resolve_round_to
+from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.precision import check_precision
+from onnxprune.workers.report import Fidelity, HeldOutEvaluation, Latency, PruneReport, SensitivityReport
+from onnxprune.workers.reporting import build_report
+from onnxprune.workers.sandbox import RunnerLimits
+from onnxprune.workers.stages import STAGE_END, Progress, Stages
+from onnxprune.workers.strategies import Job, Outcome, choose_schedule
+from onnxprune.workers.strategies.finish import choose_finish
+from onnxprune.workers.verification import ORACLE_RTOL, VerificationFailed
 
 __all__ = ["ORACLE_RTOL", "STAGE_END", "PipelineResult", "VerificationFailed", "float_output_path", "run_pipeline"]
 
@@ -141,7 +141,7 @@ def _held_out(job: Job, outcome: Outcome, candidate: Path) -> HeldOutEvaluation 
     held_out = job.held_out
     if held_out is None:
         return None
-    from workers.evaluation import held_out_evaluation
+    from onnxprune.workers.evaluation import held_out_evaluation
 
     original = job.analysis.path
     evaluation = held_out_evaluation(original, candidate, held_out, split=HELD_OUT_SPLIT, limits=job.limits)

@@ -11,7 +11,7 @@ import io
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from workers.report import FinetuneReport, GroupReport, LayerReport, PruneReport, SensitivityReport
+from onnxprune.workers.report import FinetuneReport, GroupReport, LayerReport, PruneReport, SensitivityReport
 
 if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not with the report
     from matplotlib.figure import Figure

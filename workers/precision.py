@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import onnx
 
-from graphops.dequantized import first_quantization_node
-from graphops.errors import ModelRejected
-from workers.options import PruneOptions
-from workers.quantize import check_not_quantized
-from workers.strategies import round_trip_reason
+from onnxprune.graphops.dequantized import first_quantization_node
+from onnxprune.graphops.errors import ModelRejected
+from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.quantize import check_not_quantized
+from onnxprune.workers.strategies import round_trip_reason
 
 
 class QuantizedModelRejected(ModelRejected):

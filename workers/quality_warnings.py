@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from workers.report import Fidelity, HeldOutEvaluation
+from onnxprune.workers.report import Fidelity, HeldOutEvaluation
 
 MIN_COSINE = 0.9
 # Without --max-drop, a held-out drop above this is worth a warning (2 points of accuracy).

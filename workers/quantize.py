@@ -23,10 +23,10 @@ import numpy as np
 import onnx
 import onnx.version_converter
 
-from graphops import input_shapes
-from graphops.dequantized import first_quantization_node
-from graphops.errors import ModelRejected
-from workers.sandbox import RunnerLimits, run_in_child
+from onnxprune.graphops import input_shapes
+from onnxprune.graphops.dequantized import first_quantization_node
+from onnxprune.graphops.errors import ModelRejected
+from onnxprune.workers.sandbox import RunnerLimits, run_in_child
 
 # Calibration samples: min-max ranges settle after a few hundred images.
 CALIBRATION_SAMPLES = 256
@@ -147,7 +147,7 @@ def quantize_file(
     reduce_range: bool,
 ) -> dict[str, int]:
     """onnxruntime's quantizer on ``model_path``, in this process; what it quantized."""
-    from workers.ort_sessions import quiet_onnxruntime
+    from onnxprune.workers.ort_sessions import quiet_onnxruntime
 
     quiet_onnxruntime()  # the quantizer's own sessions (pre-processing, calibration) log errors only
     from onnxruntime.quantization import (

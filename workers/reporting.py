@@ -6,15 +6,15 @@ from importlib.metadata import PackageNotFoundError, version
 
 import onnx
 
-from graphops.cost import ModelCost, measure_cost
-from graphops.dependency import DependencyGraph
-from graphops.plan import PruningPlan
-from graphops.shares import macs_shares
-from workers.analysis import Analysis
-from workers.latency_target import target_notes
-from workers.options import AutoTarget, LearnedTarget, PruneOptions
-from workers.quality_warnings import quality_warnings
-from workers.report import (
+from onnxprune.graphops.cost import ModelCost, measure_cost
+from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.plan import PruningPlan
+from onnxprune.graphops.shares import macs_shares
+from onnxprune.workers.analysis import Analysis
+from onnxprune.workers.latency_target import target_notes
+from onnxprune.workers.options import AutoTarget, LearnedTarget, PruneOptions
+from onnxprune.workers.quality_warnings import quality_warnings
+from onnxprune.workers.report import (
     BeforeAfter,
     DataSplit,
     Fidelity,
@@ -25,9 +25,9 @@ from workers.report import (
     LayerReport,
     PruneReport,
 )
-from workers.speed import speed_notes
-from workers.strategies import Job, Outcome
-from workers.strategies.finish import Artifacts
+from onnxprune.workers.speed import speed_notes
+from onnxprune.workers.strategies import Job, Outcome
+from onnxprune.workers.strategies.finish import Artifacts
 
 
 def onnxprune_version() -> str:
@@ -114,7 +114,7 @@ def data_splits(job: Job) -> list[DataSplit]:
     splits = job.splits
     if splits is None:
         return []
-    from roundtrip.data import SPLIT_RULES, SPLIT_USES
+    from onnxprune.roundtrip.data import SPLIT_RULES, SPLIT_USES
 
     parts = {"train": splits.train, "validation": splits.validation, "held_out": splits.held_out}
     return [

@@ -30,8 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from graphops.errors import ModelRejected
-from workers import plain_data
+from onnxprune.graphops.errors import ModelRejected
+from onnxprune.workers import plain_data
 
 _MIB = 1024 * 1024
 _PR_SET_PDEATHSIG = 1

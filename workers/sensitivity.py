@@ -25,19 +25,19 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from graphops.cost import ModelCost
-from graphops.dependency import DependencyGraph
-from graphops.errors import ModelRejected
-from graphops.plan import PruningPlan
-from graphops.scoring import Scores, score_groups
-from graphops.selection import MacsModel, select_by_group_ratios
-from graphops.sensitivity_select import tolerated_ratios
-from graphops.surgery import apply_plan
-from roundtrip.data import Dataset
-from workers.analysis import analyse_model
-from workers.evaluation import Evaluator, make_evaluator
-from workers.report import FrozenReport, SensitivityCurve, SensitivityReport
-from workers.sandbox import RunnerLimits
+from onnxprune.graphops.cost import ModelCost
+from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.errors import ModelRejected
+from onnxprune.graphops.plan import PruningPlan
+from onnxprune.graphops.scoring import Scores, score_groups
+from onnxprune.graphops.selection import MacsModel, select_by_group_ratios
+from onnxprune.graphops.sensitivity_select import tolerated_ratios
+from onnxprune.graphops.surgery import apply_plan
+from onnxprune.roundtrip.data import Dataset
+from onnxprune.workers.analysis import analyse_model
+from onnxprune.workers.evaluation import Evaluator, make_evaluator
+from onnxprune.workers.report import FrozenReport, SensitivityCurve, SensitivityReport
+from onnxprune.workers.sandbox import RunnerLimits
 
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 # Per-group budgets ``choose_auto`` tries below the tolerated drop when it fails, as fractions of it.
@@ -71,7 +71,7 @@ def measure_sensitivity(
     limits: RunnerLimits = RunnerLimits(),
 ) -> SensitivityReport:
     """Load, analyse and sweep ``model_path`` (the ``onnxprune sensitivity`` command)."""
-    from graphops.scoring import criterion_needs_data
+    from onnxprune.graphops.scoring import criterion_needs_data
 
     if criterion_needs_data(criterion):
         raise ModelRejected(

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from workers.report import Latency, SpeedChange
+from onnxprune.workers.report import Latency, SpeedChange
 
 CONFIDENCE = 0.95
 RESAMPLES = 2000

@@ -18,15 +18,15 @@ from typing import Any
 import numpy as np
 import onnx
 
-from graphops.dependency import DependencyGraph
-from graphops.errors import GraphOpsError
-from graphops.masking import masked_graph
-from graphops.plan import PruningPlan
-from graphops.weights import ModelWeights
-from workers.benchmark import run_models
-from workers.ort_models import FedModel, fed_graph, fed_model
-from workers.output_compare import FLOAT32_RTOL, oracle_rtol, output_mismatch
-from workers.sandbox import RunnerLimits
+from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.errors import GraphOpsError
+from onnxprune.graphops.masking import masked_graph
+from onnxprune.graphops.plan import PruningPlan
+from onnxprune.graphops.weights import ModelWeights
+from onnxprune.workers.benchmark import run_models
+from onnxprune.workers.ort_models import FedModel, fed_graph, fed_model
+from onnxprune.workers.output_compare import FLOAT32_RTOL, oracle_rtol, output_mismatch
+from onnxprune.workers.sandbox import RunnerLimits
 
 Outputs = dict[str, Any]
 

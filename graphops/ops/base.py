@@ -17,15 +17,15 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphops.dequantized import (
+from onnxprune.graphops.dequantized import (
     DeclinedSlice,
     quantized_constant_shape,
     quantized_constant_values,
     quantized_slice_targets,
 )
-from graphops.errors import AnalysisBug, UnsupportedPattern
-from graphops.layout import ConstSlice, Layout, TrackerState
-from graphops.shapes import Shape
+from onnxprune.graphops.errors import AnalysisBug, UnsupportedPattern
+from onnxprune.graphops.layout import ConstSlice, Layout, TrackerState
+from onnxprune.graphops.shapes import Shape
 
 
 def describe(node: gs.Node) -> str:

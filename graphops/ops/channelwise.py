@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphops.errors import UnsupportedPattern
-from graphops.layout import Layout
-from graphops.ops.base import AnalysisContext, OpHandler, describe, normalize_axis, register
-from graphops.ops.structure import follow_shape_entry
+from onnxprune.graphops.errors import UnsupportedPattern
+from onnxprune.graphops.layout import Layout
+from onnxprune.graphops.ops.base import AnalysisContext, OpHandler, describe, normalize_axis, register
+from onnxprune.graphops.ops.structure import follow_shape_entry
 
 
 def _channels_on_axis_1(node: gs.Node, ctx: AnalysisContext) -> Layout | None:

@@ -14,9 +14,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphops.errors import AnalysisBug, UnsupportedPattern
-from graphops.layout import Layout, Producer
-from graphops.ops.base import AnalysisContext, OpHandler, SurgeryContext, describe, prod, register
+from onnxprune.graphops.errors import AnalysisBug, UnsupportedPattern
+from onnxprune.graphops.layout import Layout, Producer
+from onnxprune.graphops.ops.base import AnalysisContext, OpHandler, SurgeryContext, describe, prod, register
 
 
 def _group(node: gs.Node) -> int:

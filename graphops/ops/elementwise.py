@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from graphops.errors import UnsupportedPattern
-from graphops.layout import Layout
-from graphops.ops.base import AnalysisContext, OpHandler, describe, register
+from onnxprune.graphops.errors import UnsupportedPattern
+from onnxprune.graphops.layout import Layout
+from onnxprune.graphops.ops.base import AnalysisContext, OpHandler, describe, register
 
 UNARY_OPS = (
     "Relu",

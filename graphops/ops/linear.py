@@ -13,9 +13,9 @@ from collections.abc import Callable
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphops.errors import UnsupportedPattern
-from graphops.layout import Layout, Producer
-from graphops.ops.base import AnalysisContext, OpHandler, attribute, describe, prod, register
+from onnxprune.graphops.errors import UnsupportedPattern
+from onnxprune.graphops.layout import Layout, Producer
+from onnxprune.graphops.ops.base import AnalysisContext, OpHandler, attribute, describe, prod, register
 
 
 def _feature_layout(node: gs.Node, ctx: AnalysisContext, tensor: gs.Tensor) -> Layout | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from graphops.ops.base import AnalysisContext, OpHandler, describe, normalize_axis, register
+from onnxprune.graphops.ops.base import AnalysisContext, OpHandler, describe, normalize_axis, register
 
 
 def _given(node: gs.Node, index: int) -> bool:

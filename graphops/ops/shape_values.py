@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphops.errors import UnsupportedPattern
-from graphops.ops.base import AnalysisContext, describe, normalize_axis
+from onnxprune.graphops.errors import UnsupportedPattern
+from onnxprune.graphops.ops.base import AnalysisContext, describe, normalize_axis
 
 _PASS_THROUGH = ("Cast", "Identity", "Unsqueeze", "Squeeze")
 

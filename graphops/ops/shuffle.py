@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphops.errors import UnsupportedPattern
-from graphops.layout import Layout
-from graphops.ops.base import AnalysisContext, describe
+from onnxprune.graphops.errors import UnsupportedPattern
+from onnxprune.graphops.layout import Layout
+from onnxprune.graphops.ops.base import AnalysisContext, describe
 
 
 def _only_consumer(ctx: AnalysisContext, tensor: gs.Tensor, op: str) -> gs.Node | None:
@@ -60,7 +60,7 @@ def propagate_channel_shuffle(node: gs.Node, ctx: AnalysisContext, layout: Layou
     The layout is set on the closing Reshape's output; the 5-D tensors in between carry none (the
     Transpose and closing Reshape then see untracked inputs and do nothing).
     """
-    from graphops.ops.structure import follow_shape_entry, shape_entry_source  # structure imports us
+    from onnxprune.graphops.ops.structure import follow_shape_entry, shape_entry_source  # structure imports us
 
     matched = match_channel_shuffle(node, ctx, layout)
     if matched is None:

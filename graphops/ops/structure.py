@@ -13,11 +13,11 @@ import math
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphops.errors import AnalysisBug, UnsupportedPattern
-from graphops.layout import Layout, RuntimeCount, ShapeEntry
-from graphops.ops.base import AnalysisContext, OpHandler, SurgeryContext, describe, normalize_axis, register
-from graphops.ops.shape_values import trace_shape_element
-from graphops.ops.shuffle import propagate_channel_shuffle
+from onnxprune.graphops.errors import AnalysisBug, UnsupportedPattern
+from onnxprune.graphops.layout import Layout, RuntimeCount, ShapeEntry
+from onnxprune.graphops.ops.base import AnalysisContext, OpHandler, SurgeryContext, describe, normalize_axis, register
+from onnxprune.graphops.ops.shape_values import trace_shape_element
+from onnxprune.graphops.ops.shuffle import propagate_channel_shuffle
 
 
 def _int_input_or_attr(node: gs.Node, ctx: AnalysisContext | SurgeryContext, index: int, attr: str) -> list[int] | None:

@@ -14,7 +14,7 @@ import onnx
 import torch
 from onnx import helper
 
-from graphops.errors import ModelRejected
+from onnxprune.graphops.errors import ModelRejected
 
 
 @dataclass(frozen=True)
@@ -141,4 +141,4 @@ def attrs(node: onnx.NodeProto) -> Attributes:
 
 
 def _load() -> None:
-    from roundtrip.ops import elementwise, nn, tensor  # noqa: F401  (they register themselves)
+    from onnxprune.roundtrip.ops import elementwise, nn, tensor  # noqa: F401  (they register themselves)

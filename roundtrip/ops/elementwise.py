@@ -9,7 +9,7 @@ import onnx
 import torch
 import torch.nn.functional as F
 
-from roundtrip.ops import OpContext, OpFn, OpInputs, attrs, register, required
+from onnxprune.roundtrip.ops import OpContext, OpFn, OpInputs, attrs, register, required
 
 Unary = Callable[[torch.Tensor], torch.Tensor]
 Binary = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -13,7 +13,7 @@ import onnx
 import torch
 import torch.nn.functional as F
 
-from roundtrip.ops import Attributes, OpContext, OpFn, OpInputs, attrs, optional, register, required
+from onnxprune.roundtrip.ops import Attributes, OpContext, OpFn, OpInputs, attrs, optional, register, required
 
 # torch's functional layers of one kind share a signature across 1-, 2- and 3-D.
 Layer = Callable[..., torch.Tensor]

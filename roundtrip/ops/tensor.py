@@ -14,7 +14,7 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from roundtrip.ops import OpContext, OpFn, OpInputs, attrs, optional, register, required
+from onnxprune.roundtrip.ops import OpContext, OpFn, OpInputs, attrs, optional, register, required
 
 
 def _ints(tensor: torch.Tensor) -> list[int]:

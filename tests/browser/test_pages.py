@@ -21,13 +21,13 @@ import numpy as np
 import onnx
 import pytest
 
+from onnxprune.workers.html_report import render_report_html
+from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.pipeline import run_pipeline
 from tests.browser.chromium import console_errors, find_chromium, full_page_screenshot, start_driver
 from tests.needs import unavailable
 from tests.oracle import run_model
 from tests.test_sensitivity import two_branch_model
-from workers.html_report import render_report_html
-from workers.options import PruneOptions
-from workers.pipeline import run_pipeline
 
 pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,7 +66,7 @@ def server(tmp_path):
     env.update(ONNXPRUNE_DATA_DIR=str(tmp_path / "data"), ONNXPRUNE_RETRY_DELAY_S="0")
     log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "onnxprune.service.cli", "serve", "--port", str(port)],
         cwd=ROOT,
         env=env,
         stdout=log,

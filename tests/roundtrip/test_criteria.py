@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from graphops.errors import ModelRejected
-from graphops.scoring import available_criteria, criterion_needs_data, score_groups
-from roundtrip.context import build_context
+from onnxprune.graphops.errors import ModelRejected
+from onnxprune.graphops.scoring import available_criteria, criterion_needs_data, score_groups
+from onnxprune.roundtrip.context import build_context
 from tests.oracle import analyse
 
 DATA_CRITERIA = ["taylor", "mean-activation", "apoz"]
@@ -64,7 +64,7 @@ def test_a_filter_that_is_always_zero_ranks_last_under_every_data_criterion(anal
     """Zero a conv filter and its BN shift so its ReLU output is 0 everywhere: nothing depends on it."""
     from onnx import numpy_helper
 
-    from graphops.dependency import analyze
+    from onnxprune.graphops.dependency import analyze
 
     model = copy.deepcopy(analysed.prepared)
     group = next(g for g in analysed.dep.prunable if len(g.producers) == 1)
@@ -85,7 +85,7 @@ def test_a_filter_that_is_always_zero_ranks_last_under_every_data_criterion(anal
 
 def test_coupled_residual_group_is_scored_as_a_whole(analysed, context):
     """The residual stream is read by several filters; its scores come from all of them."""
-    from roundtrip.taps import consumer_taps
+    from onnxprune.roundtrip.taps import consumer_taps
 
     residual = next(g for g in analysed.dep.prunable if len(g.producers) > 1)
     taps = [t for t in consumer_taps(analysed.dep, {residual.id}) if (t.groups >= 0).any()]

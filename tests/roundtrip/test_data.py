@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graphops.errors import ModelRejected
-from graphops.loading import load_model
-from roundtrip.data import load_dataset, split_data
+from onnxprune.graphops.errors import ModelRejected
+from onnxprune.graphops.loading import load_model
+from onnxprune.roundtrip.data import load_dataset, split_data
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from roundtrip.executor import OnnxModule, build_executor
+from onnxprune.roundtrip.executor import OnnxModule, build_executor
 from tests.needs import shared_model
 from tests.oracle import analyse, random_feeds, relative_error, run_model
 from tests.test_real_models import REAL_MODEL_CASES
@@ -108,7 +108,7 @@ def test_batchnorm_in_training_mode_normalises_with_batch_statistics(tmp_path):
 def test_an_op_without_implementation_is_refused_naming_the_node(tmp_path):
     from onnx import TensorProto, helper
 
-    from graphops.errors import ModelRejected
+    from onnxprune.graphops.errors import ModelRejected
 
     node = helper.make_node("NonMaxSuppression", ["x", "s"], ["y"], name="nms")
     graph = helper.make_graph(

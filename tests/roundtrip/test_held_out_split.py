@@ -16,10 +16,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-import roundtrip.data
-from roundtrip.data import HELD_OUT_POSITION, SPLIT_CYCLE, DataSplits
-from workers.options import PruneOptions
-from workers.pipeline import run_pipeline
+import onnxprune.roundtrip.data as data_module
+from onnxprune.roundtrip.data import HELD_OUT_POSITION, SPLIT_CYCLE, DataSplits
+from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.pipeline import run_pipeline
 
 pytestmark = pytest.mark.slow  # six small pipeline runs with data (~1 min on 2 cores)
 
@@ -56,7 +56,7 @@ class SpyingSplits:
         frame, in_schedule = sys._getframe(1), False
         while frame is not None:
             module = frame.f_globals.get("__name__", "")
-            in_schedule |= module.startswith("workers.strategies.") and frame.f_code.co_name == "run"
+            in_schedule |= module.startswith("onnxprune.workers.strategies.") and frame.f_code.co_name == "run"
             frame = frame.f_back
         self._reads.append(in_schedule)
         return self._held_out
@@ -69,8 +69,8 @@ def weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("case", list(CASES))
 def test_poisoned_held_out_samples_change_nothing_that_is_chosen(case, small_model, small_data, tmp_path, monkeypatch):
     reads: list[bool] = []
-    split = roundtrip.data.split_data
-    monkeypatch.setattr(roundtrip.data, "split_data", lambda dataset: SpyingSplits(split(dataset), reads))
+    split = data_module.split_data
+    monkeypatch.setattr(data_module, "split_data", lambda dataset: SpyingSplits(split(dataset), reads))
     options = PruneOptions(**CASES[case], benchmark=False, round_to=1)
     clean = run_pipeline(small_model, tmp_path / "clean.onnx", options, data=small_data["labelled"])
     poisoned = run_pipeline(

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from graphops.scoring import score_groups
-from graphops.selection import select_by_ratio
-from workers.analysis import analyse_model
-from workers.options import PruneOptions
-from workers.stages import Stages
-from workers.strategies import Job
-from workers.strategies.judge import PrunedJudge, ReconstructedJudge, choose_judge
+from onnxprune.graphops.scoring import score_groups
+from onnxprune.graphops.selection import select_by_ratio
+from onnxprune.workers.analysis import analyse_model
+from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.stages import Stages
+from onnxprune.workers.strategies import Job
+from onnxprune.workers.strategies.judge import PrunedJudge, ReconstructedJudge, choose_judge
 
 
 @pytest.fixture

@@ -21,17 +21,17 @@ import torch
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
-from graphops.dependency import analyze
-from graphops.plan import PruningPlan
-from graphops.prepare import prepare_model
-from graphops.surgery import apply_plan
-from roundtrip.agent import PruningAgent, filter_features, train_agent
-from roundtrip.context import build_context
-from roundtrip.executor import OnnxModule
-from roundtrip.learned import MaskedEvaluator, SearchSettings, _decide, _reward_batches, reward, search
-from roundtrip.training import evaluate
+from onnxprune.graphops.dependency import analyze
+from onnxprune.graphops.plan import PruningPlan
+from onnxprune.graphops.prepare import prepare_model
+from onnxprune.graphops.surgery import apply_plan
+from onnxprune.roundtrip.agent import PruningAgent, filter_features, train_agent
+from onnxprune.roundtrip.context import build_context
+from onnxprune.roundtrip.executor import OnnxModule
+from onnxprune.roundtrip.learned import MaskedEvaluator, SearchSettings, _decide, _reward_batches, reward, search
+from onnxprune.roundtrip.training import evaluate
+from onnxprune.workers.options import PruneOptions
 from tests.roundtrip.conftest import samples
-from workers.options import PruneOptions
 
 SHAPES = {"input": [1, 3, 12, 12]}
 
@@ -172,7 +172,7 @@ def test_exclude_and_round_to_are_honoured(small_model, small_data):
 
 
 def test_pipeline_reports_each_layer(small_model, small_data, tmp_path):
-    from workers.pipeline import run_pipeline
+    from onnxprune.workers.pipeline import run_pipeline
 
     options = PruneOptions(
         criterion="learned",
@@ -224,7 +224,7 @@ def test_options_default_bound_and_budget():
 
 
 def test_cli_refuses_a_ratio_with_learned(small_model, small_data, tmp_path):
-    from service.cli import app
+    from onnxprune.service.cli import app
 
     result = CliRunner().invoke(
         app,

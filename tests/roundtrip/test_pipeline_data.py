@@ -9,9 +9,9 @@ import sys
 import onnx
 import pytest
 
-from graphops.errors import ModelRejected
-from workers.options import PruneOptions
-from workers.pipeline import STAGE_END, run_pipeline
+from onnxprune.graphops.errors import ModelRejected
+from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.pipeline import STAGE_END, run_pipeline
 
 
 def test_taylor_with_fine_tuning_reports_before_after_pruning_and_after_fine_tuning(small_model, small_data, tmp_path):
@@ -70,7 +70,7 @@ def test_weight_norm_jobs_without_data_have_no_evaluation_and_load_no_torch(smal
 
 def run_cli(*args):
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", "prune", *map(str, args)], capture_output=True, text=True
+        [sys.executable, "-m", "onnxprune.service.cli", "prune", *map(str, args)], capture_output=True, text=True
     )
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from workers.quality_warnings import quality_warnings
-from workers.report import Fidelity, HeldOutEvaluation
+from onnxprune.workers.quality_warnings import quality_warnings
+from onnxprune.workers.report import Fidelity, HeldOutEvaluation
 
 
 def evaluation(before: float, after: float) -> HeldOutEvaluation:
@@ -81,8 +81,8 @@ def test_a_faithful_result_has_no_warning():
 
 
 def test_the_report_carries_the_warning(small_model, tmp_path):
-    from workers.options import PruneOptions
-    from workers.pipeline import run_pipeline
+    from onnxprune.workers.options import PruneOptions
+    from onnxprune.workers.pipeline import run_pipeline
 
     result = run_pipeline(small_model, tmp_path / "out.onnx", PruneOptions(ratio=0.9, round_to=1, benchmark=False))
 

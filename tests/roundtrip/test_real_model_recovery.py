@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from graphops.scoring import score_groups
-from graphops.selection import select_by_ratio
-from graphops.surgery import apply_plan
-from roundtrip.data import Dataset
-from roundtrip.executor import ExecutorError, OnnxModule
-from roundtrip.objective import make_objective
-from roundtrip.training import finetune, outputs_on
-from roundtrip.writeback import changed_initializers, write_back
+from onnxprune.graphops.scoring import score_groups
+from onnxprune.graphops.selection import select_by_ratio
+from onnxprune.graphops.surgery import apply_plan
+from onnxprune.roundtrip.data import Dataset
+from onnxprune.roundtrip.executor import ExecutorError, OnnxModule
+from onnxprune.roundtrip.objective import make_objective
+from onnxprune.roundtrip.training import finetune, outputs_on
+from onnxprune.roundtrip.writeback import changed_initializers, write_back
 from tests.needs import shared_model
 from tests.oracle import analyse, random_feeds, relative_error, run_model
 from tests.roundtrip.test_executor import PIXEL_INPUTS
@@ -81,8 +81,8 @@ def test_pruned_real_model_takes_a_distillation_step_and_writes_back_what_the_ex
 
 def test_an_op_failing_at_run_time_is_an_executor_error_never_the_users(tmp_path, monkeypatch):
     """Our fault: the CLI exits 1 and the service retries the job (it is no ModelRejected)."""
-    from graphops.errors import ModelRejected
-    from roundtrip.ops import _OPS, _load
+    from onnxprune.graphops.errors import ModelRejected
+    from onnxprune.roundtrip.ops import _OPS, _load
     from tests import zoo
 
     _load()

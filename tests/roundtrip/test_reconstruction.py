@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 from onnx import helper
 
-from graphops.dependency import analyze
-from graphops.prepare import prepare_model
-from graphops.scoring import score_groups
-from graphops.selection import select_by_ratio
-from graphops.surgery import apply_plan
-from roundtrip.data import Dataset
-from roundtrip.reconstruction import _conv_rows, reconstruct
+from onnxprune.graphops.dependency import analyze
+from onnxprune.graphops.prepare import prepare_model
+from onnxprune.graphops.scoring import score_groups
+from onnxprune.graphops.selection import select_by_ratio
+from onnxprune.graphops.surgery import apply_plan
+from onnxprune.roundtrip.data import Dataset
+from onnxprune.roundtrip.reconstruction import _conv_rows, reconstruct
 from tests.oracle import run_model
 from tests.roundtrip.conftest import samples
 

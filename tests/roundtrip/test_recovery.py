@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from graphops.scoring import score_groups
-from graphops.selection import select_by_ratio
-from graphops.surgery import apply_plan
-from roundtrip.context import build_context
-from roundtrip.executor import OnnxModule
-from roundtrip.training import evaluate, finetune
+from onnxprune.graphops.scoring import score_groups
+from onnxprune.graphops.selection import select_by_ratio
+from onnxprune.graphops.surgery import apply_plan
+from onnxprune.roundtrip.context import build_context
+from onnxprune.roundtrip.executor import OnnxModule
+from onnxprune.roundtrip.training import evaluate, finetune
+from onnxprune.workers.analysis import analyse_model
+from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.stages import Stages
+from onnxprune.workers.strategies import Job
+from onnxprune.workers.strategies.finetune import FineTune
+from onnxprune.workers.strategies.ranked import RankedByRatio
+from onnxprune.workers.strategies.stepwise import Stepwise
 from tests.oracle import analyse
-from workers.analysis import analyse_model
-from workers.options import PruneOptions
-from workers.stages import Stages
-from workers.strategies import Job
-from workers.strategies.finetune import FineTune
-from workers.strategies.ranked import RankedByRatio
-from workers.strategies.stepwise import Stepwise
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_distillation_without_labels_measurably_recovers_fidelity_lost_by_prunin
 
 
 def test_iterative_steps_compose_into_one_plan_on_the_original(small_model, small_data, tmp_path, monkeypatch):
-    import workers.strategies.base as base
+    import onnxprune.workers.strategies.base as base
 
     analysis = analyse_model(small_model, {"input": [1, 3, 12, 12]})
     options = PruneOptions(

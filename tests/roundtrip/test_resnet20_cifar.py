@@ -70,7 +70,7 @@ def test_data_driven_path_runs_on_real_resnet20_with_cifar10(calibration, tmp_pa
         [
             sys.executable,
             "-m",
-            "service.cli",
+            "onnxprune.service.cli",
             "prune",
             str(MODEL),
             "-o",

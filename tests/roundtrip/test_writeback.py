@@ -6,12 +6,12 @@ import numpy as np
 import onnx
 import torch
 
-from graphops.loading import load_model
-from graphops.prepare import prepare_model
-from roundtrip.context import build_context
-from roundtrip.executor import OnnxModule
-from roundtrip.training import finetune, outputs_on
-from roundtrip.writeback import changed_initializers, write_back
+from onnxprune.graphops.loading import load_model
+from onnxprune.graphops.prepare import prepare_model
+from onnxprune.roundtrip.context import build_context
+from onnxprune.roundtrip.executor import OnnxModule
+from onnxprune.roundtrip.training import finetune, outputs_on
+from onnxprune.roundtrip.writeback import changed_initializers, write_back
 from tests.oracle import relative_error, run_model
 from tests.roundtrip.conftest import samples
 

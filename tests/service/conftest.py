@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 from svc_models import convnet, save
 from svc_processes import ApiServer, Worker
 
-from jobs.settings import Settings
-from service.api import create_app
+from onnxprune.jobs.settings import Settings
+from onnxprune.service.api import create_app
 from tests.needs import unavailable
 
 REDIS_URL = "redis://127.0.0.1:6379/13"  # a DB of our own; we still delete only our prefix's keys

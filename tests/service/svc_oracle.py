@@ -16,11 +16,11 @@ def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarra
 
 
 def assert_matches_masked_original(original: Path, pruned: Path, plan_json: str, rtol: float = 1e-4) -> None:
-    from graphops.dependency import analyze
-    from graphops.masking import mask_removed_channels
-    from graphops.plan import PruningPlan
-    from graphops.prepare import prepare_model
-    from graphops.shapes import resolve_input_shapes
+    from onnxprune.graphops.dependency import analyze
+    from onnxprune.graphops.masking import mask_removed_channels
+    from onnxprune.graphops.plan import PruningPlan
+    from onnxprune.graphops.prepare import prepare_model
+    from onnxprune.graphops.shapes import resolve_input_shapes
 
     model = onnx.load(str(original))
     shapes = resolve_input_shapes(model)

@@ -45,7 +45,7 @@ def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
 
 def api_command(port: int) -> list[str]:
     """The API as users start it (uvicorn with the app factory), on 127.0.0.1:``port``."""
-    return [sys.executable, "-m", "uvicorn", "service.api:create_app", "--factory", "--host", "127.0.0.1",
+    return [sys.executable, "-m", "uvicorn", "onnxprune.service.api:create_app", "--factory", "--host", "127.0.0.1",
             "--port", str(port), "--log-level", "warning"]  # fmt: skip
 
 
@@ -90,7 +90,7 @@ class Worker:
                 "-m",
                 "celery",
                 "-A",
-                "jobs.celery_app",
+                "onnxprune.jobs.celery_app",
                 "worker",
                 "--pool=solo",
                 "--loglevel=info",

@@ -9,9 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 from svc_models import convnet
 
-from jobs.settings import Settings
-from service.api import create_app
-from service.retention import remove_expired
+from onnxprune.jobs.settings import Settings
+from onnxprune.service.api import create_app
+from onnxprune.service.retention import remove_expired
 
 MODEL = convnet().SerializeToString()
 
@@ -78,7 +78,7 @@ def test_retention_removes_old_jobs_and_orphaned_uploads_but_keeps_recent_ones(t
     old = time.time() - 2 * 3600
     os.utime(orphan, (old, old))
 
-    from jobs.store import JobStore
+    from onnxprune.jobs.store import JobStore
 
     store = JobStore(settings.database_path)
     assert remove_expired(settings, store) == 0

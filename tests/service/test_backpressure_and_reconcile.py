@@ -9,10 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 from svc_models import convnet
 
-from jobs.reconcile import needs_resend, reconcile
-from jobs.settings import Settings
-from jobs.store import JobRecord, JobStatus, JobStore
-from service.api import create_app
+from onnxprune.jobs.reconcile import needs_resend, reconcile
+from onnxprune.jobs.settings import Settings
+from onnxprune.jobs.store import JobRecord, JobStatus, JobStore
+from onnxprune.service.api import create_app
 
 MODEL = convnet().SerializeToString()
 

@@ -13,8 +13,8 @@ import pytest
 from own_redis import OwnRedis
 from svc_processes import wait_until
 
-from jobs.store import JobStore
-from service.client import PruneClient
+from onnxprune.jobs.store import JobStore
+from onnxprune.service.client import PruneClient
 
 pytestmark = pytest.mark.service
 

@@ -10,11 +10,11 @@ import redis
 from svc_oracle import assert_matches_masked_original
 from svc_processes import wait_until
 
-from jobs.celery_app import TASK_NAME, make_celery
-from jobs.settings import Settings
-from jobs.store import JobStore
-from service.client import PruneClient
-from workers.fileio import file_sha256
+from onnxprune.jobs.celery_app import TASK_NAME, make_celery
+from onnxprune.jobs.settings import Settings
+from onnxprune.jobs.store import JobStore
+from onnxprune.service.client import PruneClient
+from onnxprune.workers.fileio import file_sha256
 
 pytestmark = pytest.mark.service
 

@@ -7,7 +7,7 @@ import re
 import time
 from pathlib import Path
 
-from workers.heartbeat import is_alive, main, start_heartbeat
+from onnxprune.workers.heartbeat import is_alive, main, start_heartbeat
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,9 +45,9 @@ def test_the_heartbeat_is_fresh_while_the_worker_lives_and_stale_after(tmp_path)
 
 def test_celery_workers_publish_what_they_can_run_and_the_api_reads_it(redis_namespace, monkeypatch):
     """In Celery mode the API refuses at upload what no worker can run: it reads what workers published."""
-    from jobs.capabilities import publish_capabilities
-    from jobs.settings import Settings
-    from service.runners import CeleryRunner
+    from onnxprune.jobs.capabilities import publish_capabilities
+    from onnxprune.jobs.settings import Settings
+    from onnxprune.service.runners import CeleryRunner
     from tests.service.conftest import REDIS_URL
 
     settings = Settings(
@@ -56,10 +56,10 @@ def test_celery_workers_publish_what_they_can_run_and_the_api_reads_it(redis_nam
     runner = CeleryRunner(settings)
     try:
         assert runner.capabilities() is None  # no worker has started: accept, the job says why if it fails
-        monkeypatch.setattr("workers.capabilities.torch_installed", lambda: False)
+        monkeypatch.setattr("onnxprune.workers.capabilities.torch_installed", lambda: False)
         publish_capabilities(settings)
         assert runner.capabilities() == frozenset()
-        monkeypatch.setattr("workers.capabilities.torch_installed", lambda: True)
+        monkeypatch.setattr("onnxprune.workers.capabilities.torch_installed", lambda: True)
         publish_capabilities(settings)
         assert runner.capabilities() == frozenset({"torch"})
     finally:

@@ -16,8 +16,8 @@ from svc_oracle import assert_matches_masked_original
 from svc_processes import wait_until
 from typer.testing import CliRunner
 
-from service.cli_service import register
-from service.client import PruneClient, ServiceError
+from onnxprune.service.cli_service import register
+from onnxprune.service.client import PruneClient, ServiceError
 
 FAST = {
     "ratio": 0.5,

@@ -14,10 +14,10 @@ from svc_models import convnet, save
 from svc_oracle import assert_matches_masked_original
 from typer.testing import CliRunner
 
-from jobs.files import FLOAT_MODEL, MODEL
-from service.cli_service import register
-from service.client import PruneClient, ServiceError
-from workers.fileio import file_sha256, float_output_path
+from onnxprune.jobs.files import FLOAT_MODEL, MODEL
+from onnxprune.service.cli_service import register
+from onnxprune.service.client import PruneClient, ServiceError
+from onnxprune.workers.fileio import file_sha256, float_output_path
 
 QUANTIZED = {"ratio": 0.5, "round_to": 1, "benchmark": False, "quantize": "int8"}
 

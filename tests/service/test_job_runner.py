@@ -1,4 +1,4 @@
-"""jobs.run.run_job sorts failures: a rejected model fails once, anything else is retried (bounded).
+"""onnxprune.jobs.run.run_job sorts failures: a rejected model fails once, anything else is retried (bounded).
 
 The job's sandboxed pipeline is replaced here by functions that raise, to pin the runner's error policy; every
 other service test runs the real pipeline.
@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-import jobs.run as jobs
-from graphops.errors import ModelRejected
-from jobs.settings import Settings
-from jobs.store import JobRecord, JobStatus, JobStore
-from service.runners import EmbeddedRunner
-from workers.options import PruneOptions
+import onnxprune.jobs.run as jobs
+from onnxprune.graphops.errors import ModelRejected
+from onnxprune.jobs.settings import Settings
+from onnxprune.jobs.store import JobRecord, JobStatus, JobStore
+from onnxprune.service.runners import EmbeddedRunner
+from onnxprune.workers.options import PruneOptions
 
 
 @pytest.fixture

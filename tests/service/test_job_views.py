@@ -11,15 +11,15 @@ from fastapi import FastAPI, Request, Response
 from fastapi.testclient import TestClient
 from svc_models import convnet
 
-from jobs.files import JobFiles
-from jobs.settings import Settings
-from jobs.store import JobRecord, JobStatus
-from service.api import create_app
-from service.auth import Owner, owner_of
-from service.client import PruneClient
-from service.direct_route import DirectRoute
-from service.schemas import JobPublic
-from workers.report import PruneReport
+from onnxprune.jobs.files import JobFiles
+from onnxprune.jobs.settings import Settings
+from onnxprune.jobs.store import JobRecord, JobStatus
+from onnxprune.service.api import create_app
+from onnxprune.service.auth import Owner, owner_of
+from onnxprune.service.client import PruneClient
+from onnxprune.service.direct_route import DirectRoute
+from onnxprune.service.schemas import JobPublic
+from onnxprune.workers.report import PruneReport
 
 MODEL = convnet().SerializeToString()
 

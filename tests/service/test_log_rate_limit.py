@@ -1,10 +1,10 @@
-"""jobs.logs.RateLimit: a flood of one message becomes a few lines and a count."""
+"""onnxprune.jobs.logs.RateLimit: a flood of one message becomes a few lines and a count."""
 
 from __future__ import annotations
 
 import logging
 
-from jobs.logs import RateLimit
+from onnxprune.jobs.logs import RateLimit
 
 
 def test_a_flood_of_one_warning_is_cut_to_a_burst_and_the_next_window_counts_the_rest():

@@ -11,8 +11,8 @@ import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 
-from jobs.settings import Settings
-from service.api import create_app
+from onnxprune.jobs.settings import Settings
+from onnxprune.service.api import create_app
 
 TOKEN = "fuzz-token-0123456789abcdef"  # with a token every route is reachable (listing needs one)
 APP = create_app(

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import typer.main
 
-from service.errors import ApiError
-from service.option_form import option_specs
-from service.uploads import parse_config
-from workers.options import OPTION_GROUPS, PruneOptions
+from onnxprune.service.errors import ApiError
+from onnxprune.service.option_form import option_specs
+from onnxprune.service.uploads import parse_config
+from onnxprune.workers.options import OPTION_GROUPS, PruneOptions
 
 SCHEMA = set(PruneOptions.model_fields)
 SUBMIT_OWN = {"model", "server", "output", "data", "report", "plan", "token"}  # the upload, not job options
@@ -33,7 +33,7 @@ def test_the_upload_page_is_built_from_every_option_of_the_schema(client):
 
 
 def test_submit_has_a_flag_for_every_option_of_the_schema():
-    from service.cli import app
+    from onnxprune.service.cli import app
 
     submit = typer.main.get_command(app).commands["submit"]
 

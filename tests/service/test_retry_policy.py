@@ -1,4 +1,4 @@
-"""jobs.policy: user errors fail once under a clear code; only infrastructure errors are retried."""
+"""onnxprune.jobs.policy: user errors fail once under a clear code; only infrastructure errors are retried."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import sqlite3
 
 import pytest
 
-from graphops.errors import AnalysisBug, ModelRejected
-from jobs.policy import JobTimeout, after_attempt, classify
-from workers.job_process import SandboxFailure
-from workers.sandbox import RunnerError, SandboxOutOfMemory, SandboxTimeout
-from workers.verification import VerificationFailed
+from onnxprune.graphops.errors import AnalysisBug, ModelRejected
+from onnxprune.jobs.policy import JobTimeout, after_attempt, classify
+from onnxprune.workers.job_process import SandboxFailure
+from onnxprune.workers.sandbox import RunnerError, SandboxOutOfMemory, SandboxTimeout
+from onnxprune.workers.verification import VerificationFailed
 
 CASES = [
     (ModelRejected("node 'x' is odd"), "model_rejected", False),

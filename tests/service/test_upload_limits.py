@@ -19,8 +19,8 @@ from fastapi.testclient import TestClient
 from onnx import helper
 from svc_models import convnet
 
-from jobs.settings import Settings
-from service.api import create_app
+from onnxprune.jobs.settings import Settings
+from onnxprune.service.api import create_app
 
 MODEL = convnet().SerializeToString()
 

@@ -205,7 +205,7 @@ def test_openapi_documents_the_v1_routes(client):
 def test_a_data_driven_job_on_a_server_without_torch_is_a_422_before_any_job_exists(
     client, embedded_settings, monkeypatch
 ):
-    monkeypatch.setattr("workers.capabilities.torch_installed", lambda: False)
+    monkeypatch.setattr("onnxprune.workers.capabilities.torch_installed", lambda: False)
     data = _npz(input=np.zeros((10, 3, 16, 16), np.float32))
 
     response = _post(client, config={"ratio": 0.3, "finetune_steps": 10}, data=data)
@@ -218,7 +218,7 @@ def test_a_data_driven_job_on_a_server_without_torch_is_a_422_before_any_job_exi
 
 
 def test_a_magnitude_job_needs_no_torch(client, monkeypatch):
-    monkeypatch.setattr("workers.capabilities.torch_installed", lambda: False)
+    monkeypatch.setattr("onnxprune.workers.capabilities.torch_installed", lambda: False)
 
     assert _post(client, config={"ratio": 0.3, "benchmark": False}).status_code == 202
 

@@ -3,20 +3,20 @@ them from a job's options (see ``base`` for the concepts; docs/ARCHITECTURE.md f
 
 from __future__ import annotations
 
-from graphops.errors import ModelRejected
-from graphops.plan import PruningPlan
-from graphops.scoring import criterion_needs_data
-from workers.options import AutoTarget, LatencyTarget, LearnedTarget, MacsTarget, PruneOptions, RatioTarget
-from workers.strategies.auto import AutoRatios
-from workers.strategies.base import Job, Outcome, Schedule, Selection, Selector, Step
-from workers.strategies.finetune import FineTune
-from workers.strategies.latency import LatencyTargetSelector
-from workers.strategies.learned import LearnedSearch
-from workers.strategies.ranked import RankedByMacs, RankedByRatio
-from workers.strategies.reconstruct import Reconstruct
-from workers.strategies.recovery import NoRecovery, Recovery
-from workers.strategies.saved_plan import SavedPlan
-from workers.strategies.stepwise import Stepwise
+from onnxprune.graphops.errors import ModelRejected
+from onnxprune.graphops.plan import PruningPlan
+from onnxprune.graphops.scoring import criterion_needs_data
+from onnxprune.workers.options import AutoTarget, LatencyTarget, LearnedTarget, MacsTarget, PruneOptions, RatioTarget
+from onnxprune.workers.strategies.auto import AutoRatios
+from onnxprune.workers.strategies.base import Job, Outcome, Schedule, Selection, Selector, Step
+from onnxprune.workers.strategies.finetune import FineTune
+from onnxprune.workers.strategies.latency import LatencyTargetSelector
+from onnxprune.workers.strategies.learned import LearnedSearch
+from onnxprune.workers.strategies.ranked import RankedByMacs, RankedByRatio
+from onnxprune.workers.strategies.reconstruct import Reconstruct
+from onnxprune.workers.strategies.recovery import NoRecovery, Recovery
+from onnxprune.workers.strategies.saved_plan import SavedPlan
+from onnxprune.workers.strategies.stepwise import Stepwise
 
 __all__ = ["Job", "Outcome", "Schedule", "Selection", "Selector", "Step", "choose_schedule", "round_trip_reason"]
 

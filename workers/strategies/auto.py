@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from graphops.dependency import DependencyGraph
-from workers.sensitivity import AutoSelection, auto_for_job
-from workers.strategies.base import Job, Selection, Step
-from workers.strategies.judge import PlanJudge, choose_judge
+from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.workers.sensitivity import AutoSelection, auto_for_job
+from onnxprune.workers.strategies.base import Job, Selection, Step
+from onnxprune.workers.strategies.judge import PlanJudge, choose_judge
 
 
 @dataclass

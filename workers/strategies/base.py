@@ -19,24 +19,24 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import onnx
 
-from graphops.cost import measure_cost
-from graphops.dependency import DependencyGraph
-from graphops.errors import ModelRejected
-from graphops.plan import PruningPlan
-from graphops.scoring import Scores, criterion_needs_data, score_groups
-from graphops.surgery import apply_plan
-from graphops.weights import ModelWeights
-from workers.analysis import Analysis
-from workers.benchmark import make_inputs
-from workers.options import PruneOptions
-from workers.report import FinetuneReport, LatencyTargetReport, SensitivityReport
-from workers.sandbox import RunnerLimits
-from workers.stages import Stages
-from workers.verification import Outputs, Verified, verify_against_oracle, write_model
+from onnxprune.graphops.cost import measure_cost
+from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.errors import ModelRejected
+from onnxprune.graphops.plan import PruningPlan
+from onnxprune.graphops.scoring import Scores, criterion_needs_data, score_groups
+from onnxprune.graphops.surgery import apply_plan
+from onnxprune.graphops.weights import ModelWeights
+from onnxprune.workers.analysis import Analysis
+from onnxprune.workers.benchmark import make_inputs
+from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.report import FinetuneReport, LatencyTargetReport, SensitivityReport
+from onnxprune.workers.sandbox import RunnerLimits
+from onnxprune.workers.stages import Stages
+from onnxprune.workers.verification import Outputs, Verified, verify_against_oracle, write_model
 
 if TYPE_CHECKING:
-    from roundtrip.context import DataContext
-    from roundtrip.data import Dataset, DataSplits
+    from onnxprune.roundtrip.context import DataContext
+    from onnxprune.roundtrip.data import Dataset, DataSplits
 
 
 @dataclass
@@ -88,7 +88,7 @@ class Job:
         if self.splits is None:
             reason = self.options.data_requirement() or "this job needs data"
             raise ModelRejected(f"{reason}: pass --data DATA.npz (one array per model input, optional labels)")
-        from roundtrip.context import make_context
+        from onnxprune.roundtrip.context import make_context
 
         # The executor runs the prepared graph the analysis prunes (constants folded, shapes known), never
         # the raw export: its run-time shape subgraphs (Shape -> Gather -> Reshape) are not executor material.
@@ -107,7 +107,7 @@ class Job:
         Strategies fit on ``train`` and choose on ``validation``; ``held_out`` is :attr:`held_out`'s."""
         if self.data_path is None:
             return None
-        from roundtrip.data import load_dataset, split_data
+        from onnxprune.roundtrip.data import load_dataset, split_data
 
         return split_data(load_dataset(self.data_path, self.analysis.original, self.analysis.input_shapes))
 

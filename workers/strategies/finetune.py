@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import onnx
 
-from graphops.cost import measure_cost
-from graphops.dependency import DependencyGraph
-from graphops.plan import PruningPlan
-from workers.strategies.base import Job, Step
-from workers.strategies.recovery import Recovered
+from onnxprune.graphops.cost import measure_cost
+from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.plan import PruningPlan
+from onnxprune.workers.strategies.base import Job, Step
+from onnxprune.workers.strategies.recovery import Recovered
 
 # With --time-budget, recovery must end by this share of the budget: held-out evaluation, the
 # benchmark and writing the result come after it.
@@ -44,10 +44,10 @@ class FineTune:
     def recover(
         self, job: Job, dep: DependencyGraph, plan: PruningPlan, pruned: onnx.ModelProto, step: Step
     ) -> Recovered:
-        from roundtrip.executor import OnnxModule
-        from roundtrip.schedule import BN_BATCHES, IterationRecord
-        from roundtrip.training import evaluate, finetune, outputs_on, recalibrate_batchnorm
-        from roundtrip.writeback import write_back
+        from onnxprune.roundtrip.executor import OnnxModule
+        from onnxprune.roundtrip.schedule import BN_BATCHES, IterationRecord
+        from onnxprune.roundtrip.training import evaluate, finetune, outputs_on, recalibrate_batchnorm
+        from onnxprune.roundtrip.writeback import write_back
 
         data, seed = job.data, job.options.seed + step.index
         label = f"step {step.index + 1}/{step.total}: " if step.total > 1 else ""

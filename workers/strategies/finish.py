@@ -14,9 +14,9 @@ from typing import Protocol
 import numpy as np
 import onnx
 
-from workers.benchmark import benchmark, compare_outputs, make_inputs, run_models
-from workers.options import PruneOptions
-from workers.quantize import (
+from onnxprune.workers.benchmark import benchmark, compare_outputs, make_inputs, run_models
+from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.quantize import (
     CALIBRATION_SAMPLES,
     QuantizeSettings,
     fixed_batch,
@@ -24,8 +24,8 @@ from workers.quantize import (
     quantize,
     sample_inputs,
 )
-from workers.report import QuantizationReport
-from workers.strategies.base import Job
+from onnxprune.workers.report import QuantizationReport
+from onnxprune.workers.strategies.base import Job
 
 
 @dataclass
@@ -105,7 +105,7 @@ class Quantize:
             update["float_latency_ms"] = timing.latency.after
         held_out = job.held_out
         if evaluate_float and held_out is not None:
-            from workers.evaluation import held_out_evaluation
+            from onnxprune.workers.evaluation import held_out_evaluation
 
             update["float_held_out"] = held_out_evaluation(
                 job.analysis.path, artifacts.float_result, held_out, split="", limits=job.limits

@@ -19,15 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from graphops.dependency import DependencyGraph
-from graphops.errors import ModelRejected
-from graphops.plan import PruningPlan
-from graphops.surgery import apply_plan
-from workers.strategies.base import Job
+from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.errors import ModelRejected
+from onnxprune.graphops.plan import PruningPlan
+from onnxprune.graphops.surgery import apply_plan
+from onnxprune.workers.strategies.base import Job
 
 if TYPE_CHECKING:
-    from roundtrip.training import Metrics
-    from workers.evaluation import Evaluator
+    from onnxprune.roundtrip.training import Metrics
+    from onnxprune.workers.evaluation import Evaluator
 
 
 class PlanJudge(Protocol):
@@ -63,7 +63,7 @@ class PrunedJudge:
     evaluator: Evaluator = field(init=False)
 
     def __post_init__(self) -> None:
-        from workers.evaluation import make_evaluator
+        from onnxprune.workers.evaluation import make_evaluator
 
         splits = self.job.splits
         if splits is None:
@@ -94,7 +94,7 @@ class ReconstructedJudge:
     baseline: float = field(init=False)
 
     def __post_init__(self) -> None:
-        from roundtrip.training import evaluate
+        from onnxprune.roundtrip.training import evaluate
 
         data = self.job.data
         self.baseline = _metric(evaluate(data.objective.teacher, data.objective, data.validation, data.batch_size))
@@ -104,9 +104,9 @@ class ReconstructedJudge:
         return len(self.job.data.validation)
 
     def __call__(self, dep: DependencyGraph, plan: PruningPlan) -> float:
-        from roundtrip.executor import OnnxModule
-        from roundtrip.reconstruction import reconstruct
-        from roundtrip.training import evaluate
+        from onnxprune.roundtrip.executor import OnnxModule
+        from onnxprune.roundtrip.reconstruction import reconstruct
+        from onnxprune.roundtrip.training import evaluate
 
         data, options = self.job.data, self.job.options
         # The original's teacher module serves as the reconstruction target only for the original graph.

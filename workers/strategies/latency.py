@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from graphops.dependency import DependencyGraph
-from workers.latency_target import select_for_latency
-from workers.strategies.base import Job, Selection, Step
+from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.workers.latency_target import select_for_latency
+from onnxprune.workers.strategies.base import Job, Selection, Step
 
 
 @dataclass

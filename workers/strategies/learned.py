@@ -10,16 +10,16 @@ from typing import TYPE_CHECKING
 
 import onnx
 
-from graphops.dependency import DependencyGraph
-from graphops.plan import PruningPlan
-from workers.report import LearnedLayerReport, LearnedReport
-from workers.strategies.base import Job, Outcome, Selection
-from workers.strategies.recovery import Recovered
-from workers.strategies.stepwise import finetune_report
-from workers.verification import verify_against_oracle, verify_write_back
+from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.plan import PruningPlan
+from onnxprune.workers.report import LearnedLayerReport, LearnedReport
+from onnxprune.workers.strategies.base import Job, Outcome, Selection
+from onnxprune.workers.strategies.recovery import Recovered
+from onnxprune.workers.strategies.stepwise import finetune_report
+from onnxprune.workers.verification import verify_against_oracle, verify_write_back
 
 if TYPE_CHECKING:
-    from roundtrip.learned import LearnedResult
+    from onnxprune.roundtrip.learned import LearnedResult
 
 
 @dataclass
@@ -27,7 +27,7 @@ class LearnedSearch:
     max_drop: float
 
     def run(self, job: Job) -> Outcome:
-        from roundtrip.learned import SearchSettings, search
+        from onnxprune.roundtrip.learned import SearchSettings, search
 
         options = job.options
         settings = SearchSettings(

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from graphops.cost import measure_cost
-from graphops.dependency import DependencyGraph
-from graphops.plan import PruningPlan
-from graphops.selection import select_by_flops, select_by_ratio
-from workers.strategies.base import Job, Selection, Step
+from onnxprune.graphops.cost import measure_cost
+from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.plan import PruningPlan
+from onnxprune.graphops.selection import select_by_flops, select_by_ratio
+from onnxprune.workers.strategies.base import Job, Selection, Step
 
 # Below this a step has nothing left to remove.
 _NOTHING = 1e-9

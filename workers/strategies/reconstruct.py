@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 
 import onnx
 
-from graphops.cost import measure_cost
-from graphops.dependency import DependencyGraph
-from graphops.plan import PruningPlan
-from workers.strategies.base import Job, Step
-from workers.strategies.recovery import NoRecovery, Recovered, Recovery
+from onnxprune.graphops.cost import measure_cost
+from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.plan import PruningPlan
+from onnxprune.workers.strategies.base import Job, Step
+from onnxprune.workers.strategies.recovery import NoRecovery, Recovered, Recovery
 
 if TYPE_CHECKING:
     pass
@@ -32,10 +32,10 @@ class Reconstruct:
     def recover(
         self, job: Job, dep: DependencyGraph, plan: PruningPlan, pruned: onnx.ModelProto, step: Step
     ) -> Recovered:
-        from roundtrip.executor import OnnxModule
-        from roundtrip.reconstruction import reconstruct
-        from roundtrip.schedule import IterationRecord
-        from roundtrip.training import evaluate, outputs_on
+        from onnxprune.roundtrip.executor import OnnxModule
+        from onnxprune.roundtrip.reconstruction import reconstruct
+        from onnxprune.roundtrip.schedule import IterationRecord
+        from onnxprune.roundtrip.training import evaluate, outputs_on
 
         data = job.data
         objective = data.objective

@@ -8,9 +8,9 @@ from typing import Any, Protocol
 import numpy as np
 import onnx
 
-from graphops.dependency import DependencyGraph
-from graphops.plan import PruningPlan
-from workers.strategies.base import Job, Step
+from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.plan import PruningPlan
+from onnxprune.workers.strategies.base import Job, Step
 
 
 @dataclass

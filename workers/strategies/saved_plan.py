@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from graphops.dependency import DependencyGraph
-from graphops.plan import PruningPlan
-from workers.strategies.base import Job, Selection, Step
+from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.plan import PruningPlan
+from onnxprune.workers.strategies.base import Job, Selection, Step
 
 
 @dataclass

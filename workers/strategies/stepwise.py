@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from graphops.dependency import analyze
-from graphops.plan import PruningPlan
-from graphops.surgery import apply_plan
-from workers.report import FinetuneReport
-from workers.strategies.base import Job, Outcome, Selection, Selector, Step
-from workers.strategies.recovery import Recovered, Recovery
-from workers.verification import verify_write_back
+from onnxprune.graphops.dependency import analyze
+from onnxprune.graphops.plan import PruningPlan
+from onnxprune.graphops.surgery import apply_plan
+from onnxprune.workers.report import FinetuneReport
+from onnxprune.workers.strategies.base import Job, Outcome, Selection, Selector, Step
+from onnxprune.workers.strategies.recovery import Recovered, Recovery
+from onnxprune.workers.verification import verify_write_back
 
 
 @dataclass
@@ -27,7 +27,7 @@ class Stepwise:
     steps: int = 1
 
     def run(self, job: Job) -> Outcome:
-        from roundtrip.schedule import ScheduleError, compose_plans, same_structure
+        from onnxprune.roundtrip.schedule import ScheduleError, compose_plans, same_structure
 
         dep, model = job.dep, job.dep.model
         composed: dict[str, list[int]] = {}
@@ -61,7 +61,7 @@ class Stepwise:
 
 def finetune_report(job: Job, recovered: list[Recovered]) -> FinetuneReport:
     """The report's account of recovery: the objective, the losses, and each step's validation metrics."""
-    from workers.report import EvaluationPoint, IterationReport
+    from onnxprune.workers.report import EvaluationPoint, IterationReport
 
     def point(metrics: object) -> EvaluationPoint:
         return EvaluationPoint(**vars(metrics))
