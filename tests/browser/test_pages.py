@@ -233,8 +233,7 @@ def test_a_fine_tuning_job_with_a_data_file_shows_its_progress_and_its_report(br
     wait_until(lambda: browser.execute_script("return document.readyState") == "complete", 60, "the report to load")
     images = drawn_images(browser)
     assert {"plot-summary", "plot-loss"} <= set(images) and min(images["plot-loss"]) > 0, images
-    assert (
-        "fine-tuned on 60 training samples" in browser.page_source
-    )  # 100 samples: 60 train, 20 validation, 20 held out
+    # 100 samples: 60 train, 20 validation, 20 held out
+    assert "fine-tuned on 60 training samples" in browser.page_source
     assert console_errors(browser) == []
     screenshot(browser, "report-finetune.png")
