@@ -1,11 +1,11 @@
 """onnxprune as users run it, whole processes: against Torch-Pruning on ResNet-50, and against the
 load+save floor on a VGG-19-size model.
 
-    resnet50  ours    onnxprune prune resnet50.onnx --ratio 0.5 --criterion l1 --no-benchmark -o ours.onnx
+    resnet50  ours    python -m onnxprune prune resnet50.onnx --ratio 0.5 --criterion l1 --no-benchmark -o ours.onnx
               theirs  python benchmarks/torch_pruning_resnet50.py resnet50.pt theirs.onnx
                       (load the state dict, MagnitudePruner with L1 at 0.5, export to ONNX)
               floor   python -c "onnx.save(onnx.load(resnet50.onnx), floor.onnx)"
-    vgg19     ours    onnxprune prune vgg19.onnx --ratio 0.3 --criterion l1 --no-benchmark -o ours.onnx
+    vgg19     ours    python -m onnxprune prune vgg19.onnx --ratio 0.3 --criterion l1 --no-benchmark -o ours.onnx
               floor   the same load + save, on the ~575 MB model (random weights, built in code here)
 
 Both ResNet-50 sides start from the same weights (``tests.zoo.resnet50``, BatchNorm statistics
@@ -134,9 +134,9 @@ def summary(first: Run, runs: list[Run]) -> dict:
 
 
 def onnxprune_command() -> list[str]:
-    """The console script users run, beside this interpreter (``python -m onnxprune`` without it)."""
-    script = Path(sys.executable).with_name("onnxprune")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "onnxprune"]
+    """The CLI of this checkout, as ``python -m onnxprune`` (what the ``onnxprune`` script runs; an
+    installed script may belong to another checkout)."""
+    return [sys.executable, "-m", "onnxprune"]
 
 
 def prune_command(model: Path, output: Path, ratio: float, report: Path | None = None) -> list[str]:
