@@ -1,11 +1,11 @@
 """onnxprune as users run it, whole processes: against Torch-Pruning on ResNet-50, and against the
 load+save floor on a VGG-19-size model.
 
-    resnet50  ours    onnxprune prune resnet50.onnx --ratio 0.5 --criterion l1 --no-benchmark -o ours.onnx
+    resnet50  ours    python -m onnxprune prune resnet50.onnx --ratio 0.5 --criterion l1 --no-benchmark -o ours.onnx
               theirs  python benchmarks/torch_pruning_resnet50.py resnet50.pt theirs.onnx
                       (load the state dict, MagnitudePruner with L1 at 0.5, export to ONNX)
               floor   python -c "onnx.save(onnx.load(resnet50.onnx), floor.onnx)"
-    vgg19     ours    onnxprune prune vgg19.onnx --ratio 0.3 --criterion l1 --no-benchmark -o ours.onnx
+    vgg19     ours    python -m onnxprune prune vgg19.onnx --ratio 0.3 --criterion l1 --no-benchmark -o ours.onnx
               floor   the same load + save, on the ~575 MB model (random weights, built in code here)
 
 Both ResNet-50 sides start from the same weights (``tests.zoo.resnet50``, BatchNorm statistics
@@ -22,7 +22,7 @@ where it exists, so disk noise stays out.
     PYTHONPATH=. .venv/bin/python benchmarks/bench_torch_pruning.py [--reps 7] [--cases resnet50 vgg19]
 
 Writes benchmarks/results/torch_pruning.{json,md}. Needs the ``bench`` extra (torch, torch-pruning);
-about 3 minutes on an idle 2-core machine, 3 GB of memory for the VGG-19 case.
+about 5.5 minutes on a loaded 2-core machine (less idle), 3 GB of memory for the VGG-19 case.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -133,15 +134,23 @@ def summary(first: Run, runs: list[Run]) -> dict:
 
 
 def onnxprune_command() -> list[str]:
-    """The console script users run, beside this interpreter (``python -m onnxprune`` without it)."""
-    script = Path(sys.executable).with_name("onnxprune")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "onnxprune"]
+    """The CLI of this checkout, as ``python -m onnxprune`` (what the ``onnxprune`` script runs; an
+    installed script may belong to another checkout)."""
+    return [sys.executable, "-m", "onnxprune"]
 
 
 def prune_command(model: Path, output: Path, ratio: float, report: Path | None = None) -> list[str]:
     command = [*onnxprune_command(), "prune", str(model), "--ratio", str(ratio), "--criterion", "l1"]
     command += ["--no-benchmark", "-o", str(output)]
     return command + (["--report", str(report)] if report is not None else [])
+
+
+def shown(sides: dict[str, list[str]]) -> dict[str, str]:
+    """The commands as a shell would read them, file names without their temporary directory."""
+    return {
+        name: shlex.join(Path(part).name if "/" in part else part for part in command)
+        for name, command in sides.items()
+    }
 
 
 def floor_command(model: Path, output: Path) -> list[str]:
@@ -283,10 +292,7 @@ def resnet50_case(work: Path, reps: int, runs: int, warmup: int) -> dict:
     return {
         "model": "tests.zoo.resnet50(num_classes=1000), BN statistics randomised, TorchScript export (BN folded), "
         f"{source.stat().st_size / 1e6:.0f} MB",
-        "commands": {
-            name: " ".join(Path(part).name if "/" in part else part for part in command)
-            for name, command in sides.items()
-        },
+        "commands": shown(sides),
         "timings": timings,
         "verification": verification(report),
         **compare_structure(source, ours, theirs),
@@ -302,10 +308,7 @@ def vgg19_case(work: Path, reps: int) -> dict:
     timings = interleaved(sides, warmups, reps, work / "vgg19.log")
     return {
         "model": f"VGG-19 (configuration E, no BN), random weights built in code, {source.stat().st_size / 1e6:.0f} MB",
-        "commands": {
-            name: " ".join(Path(part).name if "/" in part else part for part in command)
-            for name, command in sides.items()
-        },
+        "commands": shown(sides),
         "timings": timings,
         "verification": verification(report),
     }

@@ -115,9 +115,9 @@ def fed_session(model: FedModel, threads: int) -> onnxruntime.InferenceSession:
 
 def run_fed(model: FedModel, inputs: dict[str, np.ndarray], threads: int = 1) -> dict[str, Any]:
     """All outputs of one run of ``model`` on ``inputs`` (in the sandbox)."""
-    session = fed_session(model, threads)
-    names = [output.name for output in session.get_outputs()]
     clash = set(inputs) & set(model.weights)
     if clash:
         raise ValueError(f"model input {sorted(clash)[0]!r} has the name of a weight")
+    session = fed_session(model, threads)
+    names = [output.name for output in session.get_outputs()]
     return dict(zip(names, session.run(names, {**inputs, **model.weights})))
