@@ -41,11 +41,11 @@ CASES = {
         True,
     ),
     "onnxprune.workers.ort_sessions.cpu_session (benchmark, evaluation, latency)": (
-        "from workers.ort_sessions import cpu_session\ncpu_session(open(MODEL, 'rb').read(), threads=1)",
+        "from onnxprune.workers.ort_sessions import cpu_session\ncpu_session(open(MODEL, 'rb').read(), threads=1)",
         False,
     ),
     "the quantizer's own sessions, as the sandboxed child runs them": (
-        "from workers.quantize import _quantize_in_child\n"
+        "from onnxprune.workers.quantize import _quantize_in_child\n"
         "_quantize_in_child(MODEL, OUT, 'dynamic', 'minmax', None, False)",
         False,
     ),

@@ -53,8 +53,8 @@ def test_a_data_criterion_without_data_is_rejected(small_model, tmp_path):
 
 def test_weight_norm_jobs_without_data_have_no_evaluation_and_load_no_torch(small_model, tmp_path):
     code = (
-        "import sys; from pathlib import Path; from workers.options import PruneOptions; "
-        "from workers.pipeline import run_pipeline\n"
+        "import sys; from pathlib import Path; from onnxprune.workers.options import PruneOptions; "
+        "from onnxprune.workers.pipeline import run_pipeline\n"
         "if __name__ == '__main__':\n"
         f"    r = run_pipeline(Path({str(small_model)!r}), Path({str(tmp_path / 'o.onnx')!r}), "
         "PruneOptions(ratio=0.5, benchmark=False))\n"
