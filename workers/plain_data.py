@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-_ARRAY, _TUPLE, _SCALAR = "__array__", "__tuple__", "__scalar__"
+_ARRAY, _TUPLE, _SCALAR, _PAIRS, _STRINGS = "__array__", "__tuple__", "__scalar__", "__pairs__", "__strings__"
+_MARKERS = (_ARRAY, _TUPLE, _SCALAR, _PAIRS, _STRINGS)
 
 
 def encode(value: Any) -> bytes:
@@ -41,8 +42,11 @@ def _skeleton(value: Any, arrays: list[np.ndarray]) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, np.ndarray):
-        if value.dtype == object:
-            raise TypeError("object arrays are not plain data")
+        if value.dtype == object:  # onnxruntime's string tensors: kept as text, given back as objects
+            if not all(isinstance(item, str) for item in value.flat):
+                raise TypeError("object arrays are not plain data unless they hold strings")
+            arrays.append(value.astype(str))
+            return {_STRINGS: len(arrays) - 1}
         arrays.append(value)
         return {_ARRAY: len(arrays) - 1}
     if isinstance(value, np.generic):
@@ -53,9 +57,13 @@ def _skeleton(value: Any, arrays: list[np.ndarray]) -> Any:
     if isinstance(value, list):
         return [_skeleton(item, arrays) for item in value]
     if isinstance(value, dict) and all(isinstance(key, str) for key in value):
-        if any(key in (_ARRAY, _TUPLE, _SCALAR) for key in value):
+        if any(key in _MARKERS for key in value):
             raise TypeError("dict keys clash with the encoding's markers")
         return {key: _skeleton(item, arrays) for key, item in value.items()}
+    if isinstance(value, dict):  # e.g. onnxruntime's ZipMap outputs: int64 class ids as keys
+        if not all(isinstance(key, (int, float, str)) for key in value):
+            raise TypeError("dict keys must be numbers or strings")
+        return {_PAIRS: [[_skeleton(key, arrays), _skeleton(item, arrays)] for key, item in value.items()]}
     raise TypeError(f"{type(value).__name__} is not plain data")
 
 
@@ -66,8 +74,12 @@ def _rebuild(skeleton: Any, arrays: list[np.ndarray]) -> Any:
         return skeleton
     if _ARRAY in skeleton:
         return arrays[int(skeleton[_ARRAY])]
+    if _STRINGS in skeleton:
+        return arrays[int(skeleton[_STRINGS])].astype(object)
     if _SCALAR in skeleton:
         return arrays[int(skeleton[_SCALAR])][()]
     if _TUPLE in skeleton:
         return tuple(_rebuild(item, arrays) for item in skeleton[_TUPLE])
+    if _PAIRS in skeleton:
+        return {_rebuild(key, arrays): _rebuild(item, arrays) for key, item in skeleton[_PAIRS]}
     return {key: _rebuild(item, arrays) for key, item in skeleton.items()}

@@ -207,7 +207,11 @@ def _child_main(
             plain_data.encode(("error", f"the model's outputs exceed the limit of {limits.max_result_mib} MiB"))
         )
         return
-    sender.send_bytes(plain_data.encode(("ok", result)))
+    try:
+        message = plain_data.encode(("ok", result))
+    except TypeError as error:  # a target of ours returned something else: our bug, said as such
+        message = plain_data.encode(("error", f"internal error: the result is not plain data ({error})"))
+    sender.send_bytes(message)
 
 
 def _die_with_parent() -> None:
