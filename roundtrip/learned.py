@@ -72,7 +72,7 @@ class SearchSettings:
     episodes: int = 20
     samples: int = 8  # sampled prunings per episode
     finetune_steps: int = 0  # after each layer
-    lr: float = 0.01
+    lr: float = 0.002
     batch_size: int = 32
     round_to: int = 1
     exclude: tuple[str, ...] = ()
@@ -245,14 +245,17 @@ def _decide(
 ) -> np.ndarray:
     """The trained agent's decision: keep probability >= 0.5, or the best pruning it sampled if that
     earns more reward (short searches leave probabilities short of 0.5 that samples already beat);
-    each made valid for the group's constraints and brought within b."""
+    each made valid for the group's constraints and brought within b. ``fewer`` (the count is
+    searched anyway, each try a reconstruction): the agent's probabilities order the filters, with
+    the best sample's filters first, and the fewest within b are kept."""
     index = dep.group_index(group_id)
     channels = dep.groups[index].channels
+    if fewer:
+        order = best_sample + 0.5 * probabilities
+        return _within_bound(dep, index, order, int(best_sample.sum()), settings, drop_of, fewer=True)
     candidates = [
-        _within_bound(dep, index, probabilities, int((probabilities >= 0.5).sum()), settings, drop_of, fewer=fewer),
-        _within_bound(
-            dep, index, best_sample + 0.5 * probabilities, int(best_sample.sum()), settings, drop_of, fewer=fewer
-        ),
+        _within_bound(dep, index, probabilities, int((probabilities >= 0.5).sum()), settings, drop_of),
+        _within_bound(dep, index, best_sample + 0.5 * probabilities, int(best_sample.sum()), settings, drop_of),
     ]
     return max(candidates, key=lambda mask: reward(drop_of(mask), int(mask.sum()), channels, settings.max_drop))
 
@@ -276,12 +279,17 @@ class _ReconstructedDrops:
         self.dep, self.group_id, self.batches, self.context = dep, group_id, batches, context
         self.settings, self.baseline, self.seed = settings, baseline, seed
         self._judged: dict[bytes, tuple[onnx.ModelProto, float]] = {}
+        self._teacher: OnnxModule | None = None  # the layer's current model, built on first use
 
     def _judge(self, mask: np.ndarray) -> tuple[onnx.ModelProto, float]:
         from onnxprune.roundtrip.reconstruction import reconstruct
 
         key = mask.tobytes()
         if key not in self._judged:
+            if self._teacher is None:
+                from onnxprune.roundtrip.executor import OnnxModule
+
+                self._teacher = OnnxModule(self.dep.model).eval()
             plan = PruningPlan.from_keep(self.dep, {self.group_id: np.flatnonzero(mask).tolist()})
             refit = reconstruct(
                 self.dep,
@@ -290,6 +298,7 @@ class _ReconstructedDrops:
                 self.context.train,
                 samples=self.settings.reconstruct_samples,
                 seed=self.seed,
+                teacher=self._teacher,
             ).model
             metric = MaskedEvaluator(refit, self.dep, self.batches, self.context.objective).metric()
             self._judged[key] = (refit, self.baseline - metric)

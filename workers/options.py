@@ -170,8 +170,9 @@ class PruneOptions(BaseModel):
         json_schema_extra=_about("recovery", needs_data=True),
     )
     lr: Annotated[float, Field(gt=0.0, le=10.0)] = Field(
-        0.01,
-        description="Fine-tuning learning rate (SGD, Nesterov momentum 0.9, warm-up, cosine decay).",
+        0.002,
+        description="Fine-tuning learning rate (SGD, Nesterov momentum 0.9, warm-up, cosine decay); small, since "
+        "recovery starts from reconstructed weights (benchmarks/results/quality.md).",
         json_schema_extra=_about("recovery", needs_data=True),
     )
     time_budget: Annotated[float, Field(ge=5.0, le=7 * 24 * 3600.0)] | None = Field(
@@ -194,8 +195,9 @@ class PruneOptions(BaseModel):
         json_schema_extra=_about("recovery", needs_data=True),
     )
     reconstruct_samples: Annotated[int, Field(ge=8, le=100_000)] = Field(
-        256,
-        description="Calibration samples layer-wise reconstruction fits on (fewer for big inputs).",
+        1024,
+        description="Calibration samples layer-wise reconstruction fits on (fewer for big inputs; judging "
+        "--max-drop candidates uses at most 256).",
         json_schema_extra=_about("recovery", needs_data=True),
     )
     batch_size: Annotated[int, Field(ge=1, le=4096)] = Field(

@@ -112,6 +112,25 @@ def test_decision_adds_filters_back_in_the_agents_order_until_within_bound(small
     assert np.flatnonzero(keep).tolist() == list(range(11))
 
 
+def test_judged_after_recovery_the_decision_keeps_the_fewest_filters_within_bound(small_model):
+    """The same agent, its decision judged after reconstruction (``fewer``): it asked to keep 13 of 16,
+    which is within b, so the count is searched down to the fewest within b (11), in its order."""
+    dep = analyze(prepare_model(onnx.load(small_model)), SHAPES)
+    group = dep.prunable[2]
+    probabilities = np.linspace(0.95, 0.55, group.channels)  # filter 0 the most probable
+    probabilities[-3:] = 0.1
+    tried: list[int] = []
+
+    def drop_of(mask):
+        tried.append(int(mask.sum()))
+        return 0.02 * int((~mask).sum())
+
+    best_sample = probabilities >= 0.5
+    keep = _decide(dep, group.id, probabilities, best_sample, SearchSettings(max_drop=0.1), drop_of, fewer=True)
+    assert np.flatnonzero(keep).tolist() == list(range(11))
+    assert tried[0] == 13 and len(set(tried)) <= 5  # the agent's count first, then a binary search
+
+
 def test_agent_training_raises_the_reward(small_model, small_data):
     dep, context = _setup(small_model, small_data["unlabelled"])
     evaluator = MaskedEvaluator(dep.model, dep, _reward_batches(context, 1024), context.objective)
@@ -127,21 +146,34 @@ def test_agent_training_raises_the_reward(small_model, small_data):
     assert np.mean(training.rewards[-4:]) > np.mean(training.rewards[:4]) + 0.05
 
 
-@pytest.mark.parametrize("kind, bound, finetune_steps", [("labels", 0.3, 0), ("fidelity", 0.02, 10)])
-def test_held_out_drop_respects_max_drop(small_model, small_data, balanced, kind, bound, finetune_steps):
-    """Tolerance: none. The reward samples here are the whole held-out split (32 samples), each
-    layer's decision is checked against b there, and fine-tuning is kept only where that still holds."""
+@pytest.mark.parametrize(
+    "kind, bound, finetune_steps, reconstruct_samples",
+    [("labels", 0.3, 0, 0), ("fidelity", 0.02, 10, 0), ("fidelity", 0.02, 0, 64)],
+)
+def test_validation_drop_respects_max_drop(
+    small_model, small_data, balanced, kind, bound, finetune_steps, reconstruct_samples
+):
+    """Tolerance: none. The reward samples here are the whole validation split (32 samples), each
+    layer's decision is checked against b there (after reconstruction in the last case, which is
+    what goes forward), and fine-tuning is kept only where that still holds."""
     model, data = (balanced["model"], balanced["data"]) if kind == "labels" else (small_model, small_data["unlabelled"])
     dep, context = _setup(model, data)
     result = search(
         dep,
-        SearchSettings(max_drop=bound, episodes=8, samples=6, finetune_steps=finetune_steps),
+        SearchSettings(
+            max_drop=bound,
+            episodes=8,
+            samples=6,
+            finetune_steps=finetune_steps,
+            reconstruct_samples=reconstruct_samples,
+        ),
         context,
         verify=_no_verify,
     )
     assert result.recovery.plan.removed_channels > 0
     assert result.baseline == pytest.approx(1.0)
     assert _validation_drop(result, context) <= bound + 1e-9
+    assert result.drop == pytest.approx(_validation_drop(result, context), abs=1e-6)
     for layer in result.layers:
         assert len(layer.rewards) == 8
         assert layer.drop <= bound + 1e-9

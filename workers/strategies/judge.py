@@ -25,6 +25,10 @@ from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.surgery import apply_plan
 from onnxprune.workers.strategies.base import Job
 
+# Calibration samples a candidate is reconstructed on while judging: many candidates are tried, and
+# fewer samples only make the judge slightly pessimistic (the final recovery uses --reconstruct-samples).
+JUDGE_SAMPLES = 256
+
 if TYPE_CHECKING:
     from onnxprune.roundtrip.training import Metrics
     from onnxprune.workers.evaluation import Evaluator
@@ -116,7 +120,7 @@ class ReconstructedJudge:
             plan,
             apply_plan(dep, plan),
             data.train,
-            samples=options.reconstruct_samples,
+            samples=min(options.reconstruct_samples, JUDGE_SAMPLES),
             seed=options.seed,
             teacher=teacher,
         )

@@ -14,6 +14,7 @@ from onnxprune.graphops.dependency import DependencyGraph
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.workers.report import LearnedLayerReport, LearnedReport
 from onnxprune.workers.strategies.base import Job, Outcome, Selection
+from onnxprune.workers.strategies.judge import JUDGE_SAMPLES
 from onnxprune.workers.strategies.recovery import Recovered
 from onnxprune.workers.strategies.stepwise import finetune_report
 from onnxprune.workers.verification import verify_against_oracle, verify_write_back
@@ -41,7 +42,9 @@ class LearnedSearch:
             exclude=tuple(options.exclude),
             seed=options.seed,
             # Decisions judged (and carried forward) after layer-wise reconstruction when the job reconstructs.
-            reconstruct_samples=options.reconstruct_samples if options.recovery in ("auto", "reconstruct") else 0,
+            reconstruct_samples=min(options.reconstruct_samples, JUDGE_SAMPLES)
+            if options.recovery in ("auto", "reconstruct")
+            else 0,
         )
 
         def verify(step_dep: DependencyGraph, step_plan: PruningPlan, step_model: onnx.ModelProto) -> None:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 @dataclass
 class Reconstruct:
     then: Recovery
-    samples: int = 256
+    samples: int = 1024
 
     def recover(
         self, job: Job, dep: DependencyGraph, plan: PruningPlan, pruned: onnx.ModelProto, step: Step
