@@ -3,5 +3,5 @@ policy and the Celery app factory.
 
 Layering (checked by tests/test_layering.py): ``service -> jobs -> workers -> roundtrip -> graphops``.
 Nothing here does work at import time: settings, stores and the Celery app are built by the caller
-(or lazily, on first use, for ``celery -A jobs.celery_app``).
+(or lazily, on first use, for ``celery -A onnxprune.jobs.celery_app``).
 """

@@ -1,6 +1,6 @@
 """The Celery app as a factory: Redis broker, one job per worker process at a time, acked after the job.
 
-Start a worker with ``onnxprune worker`` or ``celery -A jobs.celery_app worker --pool=solo``. Importing
+Start a worker with ``onnxprune worker`` or ``celery -A onnxprune.jobs.celery_app worker --pool=solo``. Importing
 this module builds nothing: ``celery -A`` reads the module's ``app`` attribute, which is made from the
 ``ONNXPRUNE_*`` environment on first access (module ``__getattr__``). The task carries only a job id;
 the job's config and files are in the job store.
@@ -150,7 +150,7 @@ def app_from_environment() -> Celery:
 
 
 def __getattr__(name: str) -> Celery:
-    # ``celery -A jobs.celery_app`` looks up ``app``; building it lazily keeps imports side-effect free.
+    # ``celery -A onnxprune.jobs.celery_app`` looks up ``app``; building it lazily keeps imports side-effect free.
     if name in ("app", "celery_app"):
         return app_from_environment()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

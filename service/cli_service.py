@@ -33,7 +33,7 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "info",
     name: Annotated[str | None, typer.Option(help="Worker node name (default celery@HOST).")] = None,
 ) -> None:
-    """Run a Celery worker (same as celery -A jobs.celery_app worker --pool=solo).
+    """Run a Celery worker (same as celery -A onnxprune.jobs.celery_app worker --pool=solo).
 
     One job at a time per worker process (the pipeline starts its own onnxruntime processes);
     run more workers to run more jobs at once."""

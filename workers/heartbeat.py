@@ -4,7 +4,7 @@
 a job runs (minutes): a busy, healthy worker looked dead and the healthcheck flapped under load. A
 daemon thread touches a file instead; the healthcheck reads the file's age:
 
-    python -m workers.heartbeat --max-age 60      # exit 0 when the worker is alive
+    python -m onnxprune.workers.heartbeat --max-age 60      # exit 0 when the worker is alive
 """
 
 from __future__ import annotations

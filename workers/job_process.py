@@ -5,7 +5,7 @@ benchmarks, held-out evaluation, the PyTorch round trip) happens in ``run_pipeli
 one child per job keeps a hostile model's memory, CPU and crashes away from the API, the Celery
 worker and the CLI, and lets the stages share one process (``workers.sandbox.enter_sandbox``).
 
-The child is a fresh interpreter (``python -m workers.job_process``), not a fork: no inherited
+The child is a fresh interpreter (``python -m onnxprune.workers.job_process``), not a fork: no inherited
 threads, locks, sockets or secrets (its environment is a short allow-list; ``close_fds``). It runs in
 a private working directory (its ``cwd``, ``HOME`` and ``TMPDIR``) that holds the request, its log,
 and what it sends back, all as plain data: the request and result as JSON, the report and the plan
