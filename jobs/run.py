@@ -77,9 +77,12 @@ class Heartbeat:
 
 
 def job_limits(settings: Settings) -> JobLimits:
-    """The sandbox of a service job: the configured memory, and the soft time limit as its wall time
-    (the child is killed and the job fails as ``timeout``, once; the worker process lives on)."""
-    return JobLimits(memory_mib=settings.job_memory_mib, wall_s=float(settings.soft_time_limit_s))
+    """The sandbox of a service job: the configured memory, the soft time limit as its wall time
+    (the child is killed and the job fails as ``timeout``, once; the worker process lives on), and a
+    lower CPU priority than the API's."""
+    return JobLimits(
+        memory_mib=settings.job_memory_mib, wall_s=float(settings.soft_time_limit_s), nice=settings.job_nice
+    )
 
 
 def run_job(job_id: str, store: JobStore, settings: Settings) -> Outcome:

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     job_memory_mib: int = Field(
         8192, ge=512, description="Memory (address space) of one job's sandbox process; past it: resource_limit."
     )
+    job_nice: int = Field(
+        10, ge=0, le=19, description="Nice value added to each job's sandbox, so the API stays responsive."
+    )
     max_retries: int = Field(2, ge=0, le=10, description="Retries of a job after an infrastructure error.")
     retry_delay_s: float = Field(5.0, ge=0)
     # A job running past the hard limit is killed; the broker redelivers unacked messages after

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +87,35 @@ def test_the_child_inherits_no_secrets_and_works_in_its_own_directory(monkeypatc
     assert not {"ONNXPRUNE_API_TOKENS", "ONNXPRUNE_REDIS_URL", "AWS_SECRET_ACCESS_KEY"} & set(environment)
     assert environment["OMP_NUM_THREADS"] == "1"
     assert environment["HOME"] == str(tmp_path) and environment["TMPDIR"] == str(tmp_path / "tmp")
+
+
+def _children_nice_values() -> list[int]:
+    """Nice values of this process's children, from /proc (field 19 of ``stat``)."""
+    values = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid():  # fields[1] is the parent pid (field 4 of stat)
+            values.append(int(fields[16]))
+    return values
+
+
+def test_the_child_runs_at_the_lower_priority_it_is_given(tmp_path):
+    model = save(runtime_endless_loop(), tmp_path / "m.onnx")
+    started = time.monotonic()
+    seen: list[int] = []
+
+    def keep_going() -> bool:
+        seen.extend(_children_nice_values())
+        return time.monotonic() - started < 3
+
+    with pytest.raises(JobStopped):
+        run_job_process(
+            JobRequest(model, tmp_path / "out.onnx", OPTIONS),
+            tmp_path / "job",
+            limits=JobLimits(nice=7),
+            keep_going=keep_going,
+        )
+    assert seen and max(seen) == os.nice(0) + 7

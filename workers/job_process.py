@@ -86,13 +86,22 @@ class JobLimits:
     memory_mib: int = 16384
     wall_s: float | None = None
     stop_poll_s: float = 1.0  # how often ``keep_going`` is asked
+    # Added to the child's nice value: a service job yields the CPU to the API's request handlers
+    # (polls stay fast while a job runs on the same cores); 0 for the CLI, whose user waits on the job.
+    nice: int = 0
 
     @classmethod
     def from_environment(cls) -> JobLimits:
-        """``ONNXPRUNE_JOB_MEMORY_MIB`` and ``ONNXPRUNE_JOB_TIME_LIMIT_S`` for the CLI and the Python API."""
+        """``ONNXPRUNE_JOB_MEMORY_MIB``, ``ONNXPRUNE_JOB_TIME_LIMIT_S`` and ``ONNXPRUNE_JOB_NICE`` for the CLI
+        and the Python API."""
         memory = os.environ.get("ONNXPRUNE_JOB_MEMORY_MIB")
         wall = os.environ.get("ONNXPRUNE_JOB_TIME_LIMIT_S")
-        return cls(memory_mib=int(memory) if memory else cls.memory_mib, wall_s=float(wall) if wall else None)
+        nice = os.environ.get("ONNXPRUNE_JOB_NICE")
+        return cls(
+            memory_mib=int(memory) if memory else cls.memory_mib,
+            wall_s=float(wall) if wall else None,
+            nice=int(nice) if nice else cls.nice,
+        )
 
 
 @dataclass(frozen=True)
@@ -174,6 +183,7 @@ def _write_request(request: JobRequest, workdir: Path, limits: JobLimits) -> Non
         "sensitivity": str(sensitivity_path) if sensitivity_path else None,
         "memory_mib": limits.memory_mib,
         "cpu_seconds": cpu_budget(wall),
+        "nice": limits.nice,
     }
     (workdir / REQUEST).write_text(json.dumps(document))
     (workdir / RESULT).unlink(missing_ok=True)
@@ -314,6 +324,8 @@ def _child_main(request_path: str, progress_fd: int) -> int:
     document = json.loads(Path(request_path).read_text())
     workdir = Path(request_path).parent
     enter_sandbox(int(document["memory_mib"]), int(document["cpu_seconds"]))
+    if document.get("nice"):
+        os.nice(int(document["nice"]))
     channel = os.fdopen(progress_fd, "w", buffering=1)
 
     def progress(stage: str, fraction: float) -> None:
