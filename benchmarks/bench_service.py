@@ -16,6 +16,7 @@ With ``--if-none-match`` each poller sends the last ETag back, as ``PruneClient`
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -162,6 +163,39 @@ def run_round(workdir: Path, model: Path, workers: int, jobs: int, latency_s: fl
             connection.delete(key)
 
 
+async def poll_concurrently(
+    url: str, job_ids: list[str], pollers: int, pause: float, duration: float, if_none_match: bool
+) -> list[float]:
+    """Milliseconds of each ``GET /v1/jobs/{id}`` by ``pollers`` independent clients, alternating over
+    ``job_ids``, each waiting ``pause`` between polls. The clients are asyncio tasks on one event loop,
+    not threads: 50 Python threads fighting for one GIL would time the client's own queueing. Their
+    first polls are spread over one pause, as independent clients' are, not fired all in the same instant."""
+    latencies: list[float] = []
+
+    async def poll(index: int, client: httpx.AsyncClient) -> None:
+        job_id = job_ids[index % len(job_ids)]
+        etag = None
+        await asyncio.sleep(pause * index / pollers)
+        deadline = time.monotonic() + duration
+        async with client:
+            while time.monotonic() < deadline:
+                headers = {"If-None-Match": etag} if etag else None
+                t0 = time.perf_counter()
+                response = await client.get(f"/v1/jobs/{job_id}", headers=headers)
+                took = time.perf_counter() - t0
+                if response.status_code != 304:
+                    response.raise_for_status()
+                etag = response.headers.get("ETag") if if_none_match else None
+                latencies.append(took * 1000)
+                await asyncio.sleep(max(0.0, pause - took))
+
+    # One connection per client, all made before the clock starts (making a client loads its TLS
+    # context: tens of milliseconds that would stall the event loop mid-measurement).
+    clients = [httpx.AsyncClient(base_url=url, timeout=10) for _ in range(pollers)]
+    await asyncio.gather(*(poll(index, client) for index, client in enumerate(clients)))
+    return latencies
+
+
 def poll_round(workdir: Path, pollers: int, seconds: float, interval: float, if_none_match: bool = False) -> dict:
     env = {
         "ONNXPRUNE_REDIS_URL": REDIS_URL,
@@ -222,31 +256,9 @@ def poll_round(workdir: Path, pollers: int, seconds: float, interval: float, if_
 
         def measure(pause: float, duration: float) -> dict:
             cpu_before = api_cpu_s()
-            latencies: list[float] = []
-            lock = threading.Lock()
-
-            def poll(index: int) -> None:
-                job_id = running_id if index % 2 else done_id
-                etag = None
-                with httpx.Client(base_url=url, timeout=10) as client:
-                    deadline = time.monotonic() + duration
-                    while time.monotonic() < deadline:
-                        headers = {"If-None-Match": etag} if etag else None
-                        t0 = time.perf_counter()
-                        response = client.get(f"/v1/jobs/{job_id}", headers=headers)
-                        took = time.perf_counter() - t0
-                        if response.status_code != 304:
-                            response.raise_for_status()
-                        etag = response.headers.get("ETag") if if_none_match else None
-                        with lock:
-                            latencies.append(took * 1000)
-                        time.sleep(max(0.0, pause - took))
-
-            threads = [threading.Thread(target=poll, args=(i,)) for i in range(pollers)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            latencies = asyncio.run(
+                poll_concurrently(url, [running_id, done_id], pollers, pause, duration, if_none_match)
+            )
             cpu_ms = (api_cpu_s() - cpu_before) * 1000
             return {
                 "pollers": pollers,
