@@ -8,10 +8,15 @@ For every model (the shared real models, and zoo MobileNetV2 / ResNet-18 at 224x
     onnxprune prune M --latency-target 0.5 / 0.7 --runs R           (its own closing benchmark is the result)
     yolox_nano also at --flops-target 0.4
 
+With ``--torch-pruning-mobilenet``, MobileNetV2 pruned by Torch-Pruning (ratio 0.5) and by onnxprune at
+the MACs it removed, timed side by side (``benchmarks/mobilenet_vs_torch_pruning.py``); only that, unless
+``--models`` names models too.
+
 The machine load (``/proc/loadavg``) is recorded before each model: the 2 cores are shared with other
 jobs, and ratios of interleaved runs are what stays meaningful under load.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_latency.py [--models NAME ...] [--runs 20]
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_latency.py --torch-pruning-mobilenet --runs 30
     # writes benchmarks/results/latency.json and latency.md (results merge by model name)
 """
 
@@ -176,6 +181,12 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=20.0, help="--latency-budget per model (s)")
     parser.add_argument("--cases", nargs="*", default=["flops", "latency"], help="flops and/or latency")
     parser.add_argument("--summarise-only", action="store_true", help="rewrite latency.md from latency.json")
+    parser.add_argument(
+        "--torch-pruning-mobilenet",
+        action="store_true",
+        help="MobileNetV2: Torch-Pruning at ratio 0.5 against onnxprune at the same MACs (--runs rounds)",
+    )
+    parser.add_argument("--warmup", type=int, default=3, help="untimed runs per model (--torch-pruning-mobilenet)")
     options = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "latency.json"
@@ -184,10 +195,14 @@ def main() -> None:
         (RESULTS / "latency.md").write_text(markdown(results))
         return
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
+        if options.torch_pruning_mobilenet:
+            side_by_side(results, Path(tmp) / "tp_mobilenet_v2", options.runs, options.warmup)
+            path.write_text(json.dumps(results, indent=1))
+        wanted = options.models or ([] if options.torch_pruning_mobilenet else None)  # None: every model
         models = {p.stem: p for p in sorted(SHARED.glob("*.onnx"))}
-        if not options.models or any(name.startswith("zoo_") for name in options.models):
+        if wanted is None or any(name.startswith("zoo_") for name in wanted):
             models.update(zoo_models(Path(tmp)))
-        for name in options.models or list(models):
+        for name in list(models) if wanted is None else wanted:
             model = models.get(name)
             if model is None:
                 print(f"{name}: no such model", file=sys.stderr)
@@ -222,6 +237,19 @@ def main() -> None:
             )
             path.write_text(json.dumps(results, indent=1))
     (RESULTS / "latency.md").write_text(markdown(results))
+
+
+def side_by_side(results: dict, folder: Path, rounds: int, warmup: int) -> None:
+    """MobileNetV2 against Torch-Pruning (``mobilenet_vs_torch_pruning``), into ``results``."""
+    from mobilenet_vs_torch_pruning import mobilenet_case
+
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    before = load()
+    entry = mobilenet_case(folder, rounds, warmup, run)
+    entry.update(load_before=before, load_after=load(), started=now, code=CODE, machine=cpu_name())
+    entry["command"] = "PYTHONPATH=. python benchmarks/bench_latency.py " + " ".join(sys.argv[1:])
+    results["torch_pruning_mobilenet_v2"] = entry
+    print("torch_pruning_mobilenet_v2", json.dumps(entry), flush=True)
 
 
 def markdown(results: dict) -> str:
@@ -310,7 +338,10 @@ def markdown(results: dict) -> str:
             f"- `yolox_nano` at `--flops-target 0.4`: MACs x{yolox['macs_ratio']:.3f}, {speedup:.2f}x faster "
             f"(target >= 1.4x: {'met' if speedup >= 1.4 else 'NOT met'})."
         )
-    return "\n".join(lines) + "\n"
+    from mobilenet_vs_torch_pruning import markdown as side_by_side_markdown
+
+    side = side_by_side_markdown(results.get("torch_pruning_mobilenet_v2"))
+    return "\n".join(lines + ([""] + side if side else [])).rstrip() + "\n"
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import numpy as np
 
 from onnxprune.graphops.dependency import DependencyGraph
 from onnxprune.graphops.plan import PruningPlan
-from onnxprune.graphops.selection import Scores, _candidates, _plan, choose_kept
+from onnxprune.graphops.selection import Scores, _candidates, _plan, choose_kept, normalised_scores
 
 
 @dataclass(frozen=True)
@@ -71,11 +71,8 @@ def group_options(
     result = []
     for index in _candidates(dep, scores, exclude):
         group = dep.groups[index]
-        raw = np.asarray(scores[group.id], dtype=np.float64)
-        finite = raw[np.isfinite(raw)]
-        scale = float(np.mean(np.abs(finite))) if finite.size else 0.0
-        removable = np.sort([raw[c] / (scale or 1.0) for c in range(group.channels) if c not in group.pinned])
-        removable = np.where(np.isfinite(removable), removable, np.inf)
+        normalised = normalised_scores(scores[group.id])
+        removable = np.sort([normalised[c] for c in range(group.channels) if c not in group.pinned])
         floor = max(len(group.pinned), 1, int(np.ceil(group.channels * min_keep_fraction)))
         counts = [group.channels]
         count = (group.channels - 1) // step * step  # the largest multiple of step below the group's width

@@ -43,6 +43,15 @@ def excluded_group_ids(dep: DependencyGraph, patterns: Iterable[str]) -> set[str
     }
 
 
+def normalised_scores(raw: np.ndarray) -> np.ndarray:
+    """Scores divided by their group's mean magnitude, so that groups compare on one scale; a
+    score that is not finite (a channel that must not go) becomes infinitely important."""
+    raw = np.asarray(raw, dtype=np.float64)
+    finite = raw[np.isfinite(raw)]
+    scale = float(np.mean(np.abs(finite))) if finite.size else 0.0
+    return np.where(np.isfinite(raw), raw / (scale or 1.0), np.inf)
+
+
 def round_keep(keep: int, channels: int, round_to: int) -> int:
     return min(channels, max(1, math.ceil(keep / round_to) * round_to))
 
@@ -168,10 +177,7 @@ def select_by_flops(
     ranked: list[tuple[float, int, int]] = []
     for index in candidates:
         group = dep.groups[index]
-        raw = np.asarray(scores[group.id], dtype=np.float64)
-        finite = raw[np.isfinite(raw)]
-        scale = float(np.mean(np.abs(finite))) if finite.size else 0.0
-        normalised = np.where(np.isfinite(raw), raw / (scale or 1.0), np.inf)
+        normalised = normalised_scores(scores[group.id])
         ranked.extend((float(normalised[c]), index, c) for c in range(group.channels) if c not in group.pinned)
     ranked.sort(key=lambda item: item[0])
     goal = model.total * (1.0 - target)

@@ -141,6 +141,12 @@ def _print_summary(report: PruneReport) -> None:
             f"{target.measured.min_ratio:.3f}x, predicted {target.predicted:.3f}x; "
             f"{len(target.iterations)} pass(es), counts multiples of {target.step})"
         )
+    cut = getattr(report, "fastest_cut", None)
+    if cut is not None:
+        table.caption += (
+            f"\nequal-MACs cuts compared on the latency table: kept '{cut.chosen}' of {len(cut.candidates)}, "
+            f"predicted {cut.predicted_ratio:.3f}x the original's latency"
+        )
     if getattr(report, "round_to", None):
         table.caption += f"\nchannel counts multiples of {report.round_to} ({report.round_to_source})"
     learned = getattr(report, "learned", None)

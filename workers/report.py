@@ -179,6 +179,31 @@ class LatencyTargetReport(BaseModel):
     groups: list[LatencyGroupReport]
 
 
+class CutCandidateReport(BaseModel):
+    name: str = Field(description="'importance' (the cut made without a table) or 'weight w' (graphops.fastest_cut).")
+    weight: float | None = Field(None, description="Weight of predicted time against MACs in the knapsack.")
+    macs: int = Field(description="The model's MACs after this cut.")
+    importance_removed: float = Field(description="Layer-normalised scores of the removed channels, summed.")
+    predicted_ms: float
+    predicted_ratio: float = Field(description="Predicted latency over the original's, from the latency table.")
+    eligible: bool = Field(description="Within the importance tolerance and at equal MACs (see 'rule').")
+
+
+class FastestCutReport(BaseModel):
+    """``flops_target`` with a latency table: the cuts that reach the MACs goal and the one chosen."""
+
+    chosen: str = Field(description="Name of the candidate kept.")
+    predicted_ms: float = Field(description="The chosen cut's latency, predicted by the table.")
+    predicted_ratio: float
+    baseline_ms: float = Field(description="The original's latency in the table (fastest run).")
+    noise_ms: float
+    step: int = Field(description="Channel counts were multiples of this.")
+    goal_macs: int
+    rule: str
+    table_key: str = Field(description="Cache key: model hash, onnxruntime version, settings, CPU.")
+    candidates: list[CutCandidateReport]
+
+
 class PruneReport(BaseModel):
     onnxprune_version: str
     model_sha256: str
@@ -209,6 +234,9 @@ class PruneReport(BaseModel):
     round_to: int | None = Field(None, description="Channel counts were kept multiples of this.")
     round_to_source: str | None = Field(None, description="Why: given, or how 'auto' chose it.")
     latency_target: LatencyTargetReport | None = Field(None, description="latency_target: predicted and measured.")
+    fastest_cut: FastestCutReport | None = Field(
+        None, description="flops_target with a latency table: the equal-MACs cuts compared and the fastest chosen."
+    )
 
 
 # ---- sensitivity analysis and held-out evaluation (workers.sensitivity, workers.evaluation) ----

@@ -93,6 +93,7 @@ def build_report(
         if selection.latency_target and job.round_to_source != "given"
         else job.round_to_source,
         latency_target=selection.latency_target,
+        fastest_cut=selection.fastest_cut,
     )
 
 

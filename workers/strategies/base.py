@@ -22,14 +22,16 @@ import onnx
 from onnxprune.graphops.cost import measure_cost
 from onnxprune.graphops.dependency import DependencyGraph
 from onnxprune.graphops.errors import ModelRejected
+from onnxprune.graphops.latency_table import LatencyTable
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.scoring import Scores, criterion_needs_data, score_groups
 from onnxprune.graphops.surgery import apply_plan
 from onnxprune.graphops.weights import ModelWeights
 from onnxprune.workers.analysis import Analysis
 from onnxprune.workers.benchmark import make_inputs
+from onnxprune.workers.latency import LatencySettings, cached_table
 from onnxprune.workers.options import PruneOptions
-from onnxprune.workers.report import FinetuneReport, LatencyTargetReport, SensitivityReport
+from onnxprune.workers.report import FastestCutReport, FinetuneReport, LatencyTargetReport, SensitivityReport
 from onnxprune.workers.sandbox import RunnerLimits
 from onnxprune.workers.stages import Stages
 from onnxprune.workers.verification import Outputs, Verified, verify_against_oracle, write_model
@@ -67,6 +69,15 @@ class Job:
         """``time.monotonic()`` by which ``share`` of ``--time-budget`` is used up (None: no budget)."""
         budget = self.options.time_budget
         return None if budget is None else self.started + share * budget
+
+    @cached_property
+    def latency_table(self) -> LatencyTable | None:
+        """The latency model measured before for this model and deploy settings (``--latency-target``
+        caches one), which lets a MACs target choose the fastest of its cuts; None without one, and
+        with ``--round-to 1`` (exact counts: the MACs-only cut)."""
+        if self.options.round_to == 1:
+            return None
+        return cached_table(self.analysis.sha256, self.analysis.input_shapes, LatencySettings.of(self.options))
 
     @property
     def round_to(self) -> int:
@@ -189,6 +200,7 @@ class Selection:
     group_ratios: dict[str, float] = field(default_factory=dict)
     sensitivity: SensitivityReport | None = None
     latency_target: LatencyTargetReport | None = None
+    fastest_cut: FastestCutReport | None = None  # --flops-target with a latency table: the cuts compared
     validation_drop: float | None = None  # --max-drop targets: the plan's drop as judged on the validation split
 
 

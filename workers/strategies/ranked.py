@@ -1,6 +1,8 @@
 """Selector: rank channels by the criterion's scores and remove a fraction of every group
 (``--ratio``, Li et al.) or the globally least important until MACs fall by a fraction
-(``--flops-target``, Molchanov et al.).
+(``--flops-target``, Molchanov et al.). With a latency table measured before for the model (and a
+step other than 1), a MACs target compares cuts of equal MACs and keeps the one predicted fastest
+(``graphops.fastest_cut``).
 
 In a schedule of several steps each step removes its share of the target, measured on the
 original model: step i of k reaches i/k of the ratio (or of the MACs cut).
@@ -12,8 +14,11 @@ from dataclasses import dataclass
 
 from onnxprune.graphops.cost import measure_cost
 from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.fastest_cut import MACS_SLACK, TOLERANCE, FastestCut, select_fastest_by_flops
+from onnxprune.graphops.latency_table import LatencyTable
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.selection import select_by_flops, select_by_ratio
+from onnxprune.workers.report import CutCandidateReport, FastestCutReport
 from onnxprune.workers.strategies.base import Job, Selection, Step
 
 # Below this a step has nothing left to remove.
@@ -56,6 +61,18 @@ class RankedByMacs:
                 return Selection(PruningPlan({}))
             options = job.options
             node_macs = {node.name: node.macs for node in cost.nodes}
+            table = job.latency_table if dep is job.dep else None  # its groups are the original's
+            if table is not None:
+                cut = select_fastest_by_flops(
+                    dep,
+                    scores,
+                    min(fraction, _MOST),
+                    table,
+                    node_macs=node_macs,
+                    step=job.round_to,
+                    exclude=options.exclude,
+                )
+                return Selection(cut.chosen.plan, fastest_cut=fastest_cut_report(cut, table, job.round_to))
             return Selection(
                 select_by_flops(
                     dep,
@@ -66,3 +83,32 @@ class RankedByMacs:
                     exclude=options.exclude,
                 )
             )
+
+
+def fastest_cut_report(cut: FastestCut, table: LatencyTable, step: int) -> FastestCutReport:
+    reference = table.reference_ms
+    return FastestCutReport(
+        chosen=cut.chosen.name,
+        predicted_ms=round(cut.chosen.predicted_ms, 4),
+        predicted_ratio=round(cut.chosen.predicted_ms / reference, 4),
+        baseline_ms=round(table.baseline_ms, 4),
+        noise_ms=round(table.noise_ms, 4),
+        step=step,
+        goal_macs=cut.goal_macs,
+        rule=f"the fastest predicted of the cuts within {TOLERANCE:.0%} of the least importance removed and "
+        f"within {MACS_SLACK:.0%} of the original's MACs of the importance cut, if faster than that cut by "
+        f"more than the noise; else the importance cut",
+        table_key=table.key,
+        candidates=[
+            CutCandidateReport(
+                name=c.name,
+                weight=c.weight,
+                macs=c.macs,
+                importance_removed=round(c.importance, 4),
+                predicted_ms=round(c.predicted_ms, 4),
+                predicted_ratio=round(c.predicted_ms / reference, 4),
+                eligible=c.name in cut.eligible,
+            )
+            for c in cut.candidates
+        ],
+    )
