@@ -53,7 +53,12 @@ def normalised_scores(raw: np.ndarray) -> np.ndarray:
 
 
 def round_keep(keep: int, channels: int, round_to: int) -> int:
-    return min(channels, max(1, math.ceil(keep / round_to) * round_to))
+    """``keep`` rounded up to a multiple of ``round_to``, at least one step, at most ``channels``.
+
+    At least one step, not one channel: a group cut below the step is padded back to it by blocked
+    kernels (onnxruntime's NCHWc convolutions), so it saves no time while losing the channels; a group
+    no wider than the step stays whole."""
+    return min(channels, max(round_to, math.ceil(keep / round_to) * round_to))
 
 
 def choose_kept(dep: DependencyGraph, index: int, scores: np.ndarray, n_keep: int) -> list[int]:

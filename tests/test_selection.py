@@ -11,7 +11,7 @@ from onnxprune.graphops.cost import measure_cost
 from onnxprune.graphops.errors import PlanError
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.scoring import available_criteria, score_groups
-from onnxprune.graphops.selection import MacsModel, excluded_group_ids, select_by_flops, select_by_ratio
+from onnxprune.graphops.selection import MacsModel, excluded_group_ids, round_keep, select_by_flops, select_by_ratio
 from tests import zoo
 from tests.oracle import analyse
 
@@ -71,6 +71,25 @@ def test_lowest_scores_go_first(residual):
 def test_round_to_keeps_multiples(residual):
     plan = select_by_ratio(residual.dep, score_groups(residual.dep, "l1"), 0.3, round_to=8)
     assert all(len(keep) % 8 == 0 for keep in plan.keep.values())
+
+
+@pytest.mark.parametrize(
+    ("keep", "channels", "step", "kept"),
+    [
+        (5, 16, 8, 8),  # up to the next multiple
+        (0, 16, 16, 16),  # never below one step: blocked kernels would pad it back
+        (0, 64, 16, 16),
+        (3, 8, 16, 8),  # a group no wider than the step stays whole
+        (0, 16, 1, 1),  # --round-to 1: one channel is a step
+    ],
+)
+def test_rounded_counts_keep_at_least_one_step_and_at_most_the_group(keep, channels, step, kept):
+    assert round_keep(keep, channels, step) == kept
+
+
+def test_a_deep_macs_target_never_cuts_a_group_below_the_step(residual):
+    plan = select_by_flops(residual.dep, score_groups(residual.dep, "l1"), 0.9, round_to=8)
+    assert all(len(keep) >= 8 for keep in plan.keep.values())
 
 
 def test_exclude_protects_the_groups_a_named_conv_produces(residual):
