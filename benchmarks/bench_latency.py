@@ -1,6 +1,7 @@
 """Does pruning make models faster in onnxruntime? Latency ratios as users see them, whole CLI processes.
 
-For every model (the shared real models, and zoo MobileNetV2 / ResNet-18 at 224x224), at 1 thread:
+For every model (the shared real models, and zoo MobileNetV2 / ResNet-18 at 224x224), at 1 thread
+(``--threads N``: N onnxruntime threads for every prune and bench, results in ``latency_Nthreads.*``):
 
     onnxprune prune M --flops-target 0.5 --no-benchmark            (default --round-to auto)
     onnxprune prune M --flops-target 0.5 --no-benchmark --round-to 1 (exact counts, the old default)
@@ -17,6 +18,7 @@ jobs, and ratios of interleaved runs are what stays meaningful under load.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_latency.py [--models NAME ...] [--runs 20]
     PYTHONPATH=. .venv/bin/python benchmarks/bench_latency.py --torch-pruning-mobilenet --runs 30
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_latency.py --threads 2 --cases flops
     # writes benchmarks/results/latency.json and latency.md (results merge by model name)
 """
 
@@ -38,6 +40,7 @@ sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "models" if (REPO.parent / "shared").exists() else Path("/work/shared/models")
 RESULTS = REPO / "benchmarks" / "results"
 CLI = [sys.executable, "-m", "onnxprune.service.cli"]
+THREADS = ["--threads", "1"]  # set from --threads in main(): every prune and bench runs with it
 CODE = os.environ.get("BENCH_COMMIT", "")  # the onnxprune commit measured (set when run from a snapshot)
 # Symbolic dims other than batch need a shape (batch resolves to 1 as in the CLI): the OCR direction
 # classifier's own input size (PaddleOCR cls_image_shape 3x48x192).
@@ -83,7 +86,7 @@ def load() -> str:
 
 
 def bench_pair(model: Path, pruned: Path, shapes: list[str], runs: int) -> dict:
-    code, out, seconds = run(["bench", str(model), str(pruned), "--runs", str(runs), "--json", *shapes])
+    code, out, seconds = run(["bench", str(model), str(pruned), "--runs", str(runs), "--json", *THREADS, *shapes])
     if code != 0:
         return {"error": out.strip().splitlines()[-1] if out.strip() else f"exit {code}"}
     data = json.loads(out[out.index("{") :])
@@ -114,6 +117,7 @@ def flops_case(model: Path, shapes: list[str], folder: Path, target: float, roun
         "--no-benchmark",
         "--report",
         str(report),
+        *THREADS,
         *shapes,
     ] + ([] if round_to == "auto" else ["--round-to", round_to])
     code, text, seconds = run(args)
@@ -146,6 +150,7 @@ def latency_case(model: Path, shapes: list[str], folder: Path, target: float, ru
             "2",
             "--report",
             str(report),
+            *THREADS,
             *shapes,
         ]
     )
@@ -186,13 +191,16 @@ def main() -> None:
         action="store_true",
         help="MobileNetV2: Torch-Pruning at ratio 0.5 against onnxprune at the same MACs (--runs rounds)",
     )
+    parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads of every prune and bench")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs per model (--torch-pruning-mobilenet)")
     options = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "latency.json"
+    THREADS[1] = str(options.threads)
+    stem = "latency" if options.threads == 1 else f"latency_{options.threads}threads"
+    path = RESULTS / f"{stem}.json"
     results = json.loads(path.read_text()) if path.exists() else {"models": {}}
     if options.summarise_only:
-        (RESULTS / "latency.md").write_text(markdown(results))
+        (RESULTS / f"{stem}.md").write_text(markdown(results))
         return
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
         if options.torch_pruning_mobilenet:
@@ -231,12 +239,12 @@ def main() -> None:
             command = "PYTHONPATH=. python benchmarks/bench_latency.py " + " ".join(sys.argv[1:])
             results.update(
                 machine=cpu_name(),
-                threads=1,
+                threads=options.threads,
                 runs=options.runs,
                 commands=sorted(set(results.get("commands", [])) | {command}),
             )
             path.write_text(json.dumps(results, indent=1))
-    (RESULTS / "latency.md").write_text(markdown(results))
+    (RESULTS / f"{stem}.md").write_text(markdown(results))
 
 
 def side_by_side(results: dict, folder: Path, rounds: int, warmup: int) -> None:
@@ -290,7 +298,7 @@ def markdown(results: dict) -> str:
             if entry.get(key, {}).get("min_ratio"):
                 bucket.append(entry[key]["min_ratio"])
     lines = [
-        "# Latency after pruning, onnxruntime CPU, 1 thread",
+        f"# Latency after pruning, onnxruntime CPU, {results.get('threads', 1)} thread(s)",
         "",
         "Commands: "
         + "; ".join(f"`{c}`" for c in results.get("commands", []))

@@ -208,8 +208,8 @@ def markdown(results: dict) -> str:
     verdict = "met" if r20["target_int8_cost_met"] else "NOT met"
     lines += [
         "",
-        f"int8 beyond pruning: {r20['int8_cost_beyond_pruning_points']:+.2f} points of held-out accuracy "
-        f"(target <= {MAX_INT8_COST_POINTS}: {verdict}).",
+        f"int8 beyond pruning costs {r20['int8_cost_beyond_pruning_points']:.2f} points of held-out accuracy "
+        f"(pruned minus pruned+int8; target <= {MAX_INT8_COST_POINTS}: {verdict}).",
         "",
         *(f"- CLI `{k}`: {v['seconds']} s, `{v['command']}`" for k, v in r20["cli"].items()),
     ]
