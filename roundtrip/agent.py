@@ -10,6 +10,7 @@ never sees the data; it learns from the reward of the prunings it proposes.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -97,11 +98,13 @@ def train_agent(
     lr: float = 0.1,
     seed: int = 0,
     progress: EpisodeProgress | None = None,
+    deadline: float | None = None,
 ) -> AgentTraining:
     """REINFORCE with a baseline: each episode samples ``samples`` keep masks from the agent,
     rewards each, and follows the gradient of sum (R - baseline) log pi(A). The baseline is the
     episode's mean reward and advantages are divided by their spread, so the step size does not
-    depend on the reward's scale (psi grows without bound when the drop exceeds the budget)."""
+    depend on the reward's scale (psi grows without bound when the drop exceeds the budget).
+    ``deadline`` (``time.monotonic()``): no episode starts after it (the first always runs)."""
     optimizer = torch.optim.Adam(agent.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     pinned_t = torch.as_tensor(pinned, dtype=torch.bool)
@@ -131,4 +134,6 @@ def train_agent(
         curve.append(float(reward_t.mean()))
         if progress is not None:
             progress(episode + 1, episodes, curve[-1])
+        if deadline is not None and time.monotonic() > deadline:
+            break
     return AgentTraining(curve, best_mask, best_reward)

@@ -81,6 +81,9 @@ class SearchSettings:
     initial_keep: float = 0.9  # the agents start by removing about one filter in ten
     reward_samples: int = REWARD_SAMPLES
     reconstruct_samples: int = 0  # > 0: each decision judged after layer-wise reconstruction on these
+    # time.monotonic() by which the search ends (--time-budget): each layer's agent gets an equal share
+    # of what is left; layers not reached by then stay whole (``LearnedResult.unsearched``).
+    deadline: float | None = None
 
 
 @dataclass
@@ -106,6 +109,7 @@ class LearnedResult:
     reward_samples: int
     seconds: dict[str, float] = field(default_factory=dict)
     drop: float = 0.0  # p_hat - p of the final model on the reward samples (validation)
+    unsearched: list[str] = field(default_factory=list)  # groups left whole: the deadline came first
 
 
 def reward(drop: float, kept: int, channels: int, bound: float) -> float:
@@ -360,10 +364,20 @@ def search(
     iterations: list[IterationRecord] = []
     losses: list[float] = []
     student: OnnxModule | None = None
+    unsearched: list[str] = []
     for number, group_id in enumerate(order):
         started = time.perf_counter()
         low, high = number / len(order), (number + 1) / len(order)
         label = f"layer {number + 1}/{len(order)} ({group_id})"
+        if settings.deadline is not None and time.monotonic() > settings.deadline:
+            unsearched = order[number:]
+            report(f"time budget spent: {len(unsearched)} layer(s) left whole", 1.0)
+            break
+        layer_deadline = (
+            None
+            if settings.deadline is None
+            else time.monotonic() + (settings.deadline - time.monotonic()) / (len(order) - number)
+        )
         if number > 0:
             current_dep = analyze(current, dep.input_shapes)
         group = current_dep.group(group_id)
@@ -399,6 +413,7 @@ def search(
             lr=settings.agent_lr,
             seed=settings.seed + number,
             progress=episode_progress,
+            deadline=layer_deadline,
         )
         judged = (
             _ReconstructedDrops(
@@ -500,6 +515,7 @@ def search(
         reward_count,
         {k: round(v, 4) for k, v in seconds.items()},
         final_drop,
+        unsearched,
     )
 
 

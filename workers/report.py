@@ -356,6 +356,10 @@ class LearnedReport(BaseModel):
     episodes: int
     samples: int = Field(description="Prunings sampled per episode.")
     layers: list[LearnedLayerReport]
+    unsearched: list[str] = Field(
+        default_factory=list,
+        description="Groups left whole because --time-budget ran out before the search reached them.",
+    )
 
 
 PruneReport.model_rebuild()

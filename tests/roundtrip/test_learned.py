@@ -12,6 +12,7 @@ four classes; those predictions are the labels (the unpruned accuracy is 1.0).
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,15 @@ from onnxprune.graphops.surgery import apply_plan
 from onnxprune.roundtrip.agent import PruningAgent, filter_features, train_agent
 from onnxprune.roundtrip.context import build_context
 from onnxprune.roundtrip.executor import OnnxModule
-from onnxprune.roundtrip.learned import MaskedEvaluator, SearchSettings, _decide, _reward_batches, reward, search
+from onnxprune.roundtrip.learned import (
+    MaskedEvaluator,
+    SearchSettings,
+    _decide,
+    _reward_batches,
+    layer_order,
+    reward,
+    search,
+)
 from onnxprune.roundtrip.training import evaluate
 from onnxprune.workers.options import PruneOptions
 from tests.roundtrip.conftest import samples
@@ -146,6 +155,41 @@ def test_agent_training_raises_the_reward(small_model, small_data):
     assert np.mean(training.rewards[-4:]) > np.mean(training.rewards[:4]) + 0.05
 
 
+def test_agent_training_starts_no_episode_after_its_deadline(small_model, small_data):
+    dep, context = _setup(small_model, small_data["unlabelled"])
+    group = dep.prunable[2]
+    episodes_run = []
+
+    def slow_reward(mask):
+        time.sleep(0.05)
+        return float(mask.mean())
+
+    training = train_agent(
+        PruningAgent(filter_features(dep, group.id), seed=0),
+        slow_reward,
+        episodes=1000,
+        samples=2,
+        pinned=np.zeros(group.channels, bool),
+        progress=lambda episode, *_: episodes_run.append(episode),
+        deadline=time.monotonic() + 0.5,
+    )
+    assert 1 <= len(training.rewards) < 20
+    assert episodes_run[-1] == len(training.rewards)
+
+
+def test_a_spent_time_budget_leaves_the_layers_not_yet_searched_whole(small_model, small_data):
+    dep, context = _setup(small_model, small_data["unlabelled"])
+    result = search(
+        dep,
+        SearchSettings(max_drop=0.2, episodes=4, samples=4, deadline=time.monotonic() - 1),
+        context,
+        verify=_no_verify,
+    )
+    assert result.layers == []
+    assert result.unsearched == layer_order(dep, ())
+    assert result.recovery.plan.removed_channels == 0
+
+
 @pytest.mark.parametrize(
     "kind, bound, finetune_steps, reconstruct_samples",
     [("labels", 0.3, 0, 0), ("fidelity", 0.02, 10, 0), ("fidelity", 0.02, 0, 64)],
@@ -233,6 +277,24 @@ def test_pipeline_reports_each_layer(small_model, small_data, tmp_path):
     assert result.report.evaluation.finetune.schedule == "layer-by-layer (learned)"
     assert any("episode 3/3" in label for label in labels)
     assert onnx.load(tmp_path / "out.onnx").graph.node
+
+
+def test_the_time_budget_bounds_the_search(small_model, small_data, tmp_path):
+    from onnxprune.workers.pipeline import run_pipeline
+
+    options = PruneOptions(
+        criterion="learned", max_drop=0.05, learned_episodes=10_000, time_budget=5, benchmark=False, round_to=1
+    )
+    started = time.monotonic()
+    result = run_pipeline(small_model, tmp_path / "out.onnx", options, data=small_data["unlabelled"])
+
+    assert time.monotonic() - started < 3 * 5
+    learned = result.report.learned
+    assert learned is not None
+    assert all(len(layer.rewards) < 10_000 for layer in learned.layers)
+    assert len(learned.layers) + len(learned.unsearched) == 3
+    if learned.unsearched:
+        assert any("time budget ran out before the learned search" in w for w in result.report.warnings)
 
 
 @pytest.mark.parametrize(

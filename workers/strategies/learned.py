@@ -14,6 +14,7 @@ from onnxprune.graphops.dependency import DependencyGraph
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.workers.report import LearnedLayerReport, LearnedReport
 from onnxprune.workers.strategies.base import Job, Outcome, Selection
+from onnxprune.workers.strategies.finetune import RECOVERY_SHARE
 from onnxprune.workers.strategies.judge import JUDGE_SAMPLES
 from onnxprune.workers.strategies.recovery import Recovered
 from onnxprune.workers.strategies.stepwise import finetune_report
@@ -45,6 +46,7 @@ class LearnedSearch:
             reconstruct_samples=min(options.reconstruct_samples, JUDGE_SAMPLES)
             if options.recovery in ("auto", "reconstruct")
             else 0,
+            deadline=job.deadline(RECOVERY_SHARE),  # --time-budget bounds the search like any recovery
         )
 
         def verify(step_dep: DependencyGraph, step_plan: PruningPlan, step_model: onnx.ModelProto) -> None:
@@ -68,12 +70,21 @@ class LearnedSearch:
         return Outcome(
             recovery.plan,
             recovery.model,
-            Selection(recovery.plan, validation_drop=learned.drop),
+            Selection(recovery.plan, validation_drop=learned.drop, notes=_budget_notes(learned)),
             pruned_only=recovery.pruned_only,
             finetune=report,
             learned=_learned_report(learned, job),
             seconds=dict(learned.seconds),
         )
+
+
+def _budget_notes(learned: LearnedResult) -> list[str]:
+    if not learned.unsearched:
+        return []
+    return [
+        f"the time budget ran out before the learned search reached {len(learned.unsearched)} layer(s); they were "
+        "left whole: give it a larger --time-budget or fewer --learned-episodes"
+    ]
 
 
 def _learned_report(learned: LearnedResult, job: Job) -> LearnedReport:
@@ -86,4 +97,5 @@ def _learned_report(learned: LearnedResult, job: Job) -> LearnedReport:
         episodes=job.options.learned_episodes,
         samples=job.options.learned_samples,
         layers=[LearnedLayerReport(**layer.__dict__) for layer in learned.layers],
+        unsearched=learned.unsearched,
     )
