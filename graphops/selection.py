@@ -56,9 +56,16 @@ def round_keep(keep: int, channels: int, round_to: int) -> int:
     """``keep`` rounded up to a multiple of ``round_to``, at least one step, at most ``channels``.
 
     At least one step, not one channel: a group cut below the step is padded back to it by blocked
-    kernels (onnxruntime's NCHWc convolutions), so it saves no time while losing the channels; a group
-    no wider than the step stays whole."""
-    return min(channels, max(round_to, math.ceil(keep / round_to) * round_to))
+    kernels (onnxruntime's NCHWc convolutions), so it saves no time while losing the channels. A group
+    narrower than the step is off the grid whatever its count: its consumers read it unblocked, in time
+    that scales with its channels, so it is cut in quarter steps (``narrow_step``)."""
+    step = narrow_step(round_to) if channels < round_to else round_to
+    return min(channels, max(step, math.ceil(keep / step) * step))
+
+
+def narrow_step(round_to: int) -> int:
+    """The step of groups narrower than ``round_to``: a quarter of it (4 for 16), at least 1."""
+    return max(1, round_to // 4)
 
 
 def choose_kept(dep: DependencyGraph, index: int, scores: np.ndarray, n_keep: int) -> list[int]:

@@ -79,7 +79,8 @@ def test_round_to_keeps_multiples(residual):
         (5, 16, 8, 8),  # up to the next multiple
         (0, 16, 16, 16),  # never below one step: blocked kernels would pad it back
         (0, 64, 16, 16),
-        (3, 8, 16, 8),  # a group no wider than the step stays whole
+        (3, 8, 16, 4),  # narrower than the step: quarter steps, its consumers read it unblocked
+        (0, 3, 16, 3),  # narrower than a quarter step: whole
         (0, 16, 1, 1),  # --round-to 1: one channel is a step
     ],
 )

@@ -129,11 +129,11 @@ def rounding_notes(job: Job, groups: list[GroupReport]) -> list[str]:
     step = job.options.round_to
     if not job.round_to_source.startswith("auto") or not isinstance(step, int) or step <= 1:
         return []
-    whole = [g for g in groups if g.channels_after == g.channels_before and g.channels_before <= step]
+    whole = [g for g in groups if g.channels_after == g.channels_before == step]
     if not whole:
         return []
     return [
-        f"round-to auto ({step}): {len(whole)} group(s) of at most {step} channels kept whole, since cutting "
+        f"round-to auto ({step}): {len(whole)} group(s) of exactly {step} channels kept whole, since cutting "
         f"them off onnxruntime's kernel step makes them slower, not faster; --round-to 1 prunes exact counts"
     ]
 
