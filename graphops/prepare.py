@@ -12,7 +12,7 @@ nodes may be evaluated (bounded size and cost, never control flow); the rest sta
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -89,28 +89,25 @@ def _fold_bounded_constants(graph: gs.Graph, model: onnx.ModelProto) -> None:
     guard = FoldGuard.for_model(model)
     for _ in range(_FOLD_PASSES):
         branches = sum(node.op == "If" for node in graph.nodes)
-        graph.fold_constants(
-            fold_shapes=True,
-            recurse_subgraphs=False,
-            partitioning="basic",
-            error_ok=True,
-            size_threshold=FOLD_SIZE_LIMIT_BYTES,
-            should_exclude_node=guard.excludes,
-            recurse_functions=False,
-        )
+        _fold(graph, guard.excludes)
         if sum(node.op == "If" for node in graph.nodes) == branches:
             break
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
     for function in reversed(graph.functions):  # callees first, as gs itself orders them
-        function.fold_constants(
-            fold_shapes=True,
-            recurse_subgraphs=False,
-            partitioning="basic",
-            error_ok=True,
-            size_threshold=FOLD_SIZE_LIMIT_BYTES,
-            should_exclude_node=guard.for_function().excludes,
-            recurse_functions=False,
-        )
+        _fold(function, guard.for_function().excludes)
+
+
+def _fold(graph: gs.Graph | gs.Function, excludes: Callable[[gs.Node], bool]) -> None:
+    """One bounded folding pass of ``graph`` (or a function), subgraphs and callees left alone."""
+    graph.fold_constants(
+        fold_shapes=True,
+        recurse_subgraphs=False,
+        partitioning="basic",
+        error_ok=True,
+        size_threshold=FOLD_SIZE_LIMIT_BYTES,
+        should_exclude_node=excludes,
+        recurse_functions=False,
+    )
 
 
 def prepare_model(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None) -> onnx.ModelProto:

@@ -54,6 +54,15 @@ def _int64(name: str, values: list[int] | int) -> onnx.NodeProto:
     )
 
 
+def _generate_and_sum(shape: str) -> list[onnx.NodeProto]:
+    """ConstantOfShape(``shape``) of ones -> ``big``, summed to the scalar ``total``: the trap of the bombs."""
+    ones = numpy_helper.from_array(np.array([1.0], np.float32))
+    return [
+        helper.make_node("ConstantOfShape", [shape], ["big"], name="generate", value=ones),
+        helper.make_node("ReduceSum", ["big"], ["total"], name="reduce", keepdims=0),
+    ]
+
+
 def abs_shape_bomb(side: int = 20_000, *, declared_small: bool = False) -> onnx.ModelProto:
     """ConstantOfShape(Abs([-side, -side])) summed to a scalar: onnx's inference cannot follow Abs, so
     no static check sees the side*side floats (1.6 GB at 20,000) that evaluating it allocates.
@@ -62,14 +71,7 @@ def abs_shape_bomb(side: int = 20_000, *, declared_small: bool = False) -> onnx.
         [
             _int64("negative_shape", [-side, -side]),
             helper.make_node("Abs", ["negative_shape"], ["shape"], name="abs"),
-            helper.make_node(
-                "ConstantOfShape",
-                ["shape"],
-                ["big"],
-                name="generate",
-                value=numpy_helper.from_array(np.array([1.0], np.float32)),
-            ),
-            helper.make_node("ReduceSum", ["big"], ["total"], name="reduce", keepdims=0),
+            *_generate_and_sum("shape"),
         ],
         "total",
     )
@@ -106,14 +108,7 @@ def literal_shape_bomb(side: int = 20_000) -> onnx.ModelProto:
     return _model(
         [
             _int64("shape", [side, side]),
-            helper.make_node(
-                "ConstantOfShape",
-                ["shape"],
-                ["big"],
-                name="generate",
-                value=numpy_helper.from_array(np.array([1.0], np.float32)),
-            ),
-            helper.make_node("ReduceSum", ["big"], ["total"], name="reduce", keepdims=0),
+            *_generate_and_sum("shape"),
         ],
         "total",
     )
@@ -156,13 +151,14 @@ def constant_matmul(side: int = 1536) -> onnx.ModelProto:
     )
 
 
-def constant_loop(trip_count: int = 30_000_000, *, through_abs: bool = False) -> onnx.ModelProto:
-    """A Loop adding 1.0 ``trip_count`` times (about 80 s at 3e7). ``through_abs`` computes the
-    count as Abs(-trip_count), which no static check reads."""
-    body = helper.make_graph(
+def counting_body(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto], step: str) -> onnx.GraphProto:
+    """A Loop body that keeps going and adds ``step`` (made by ``nodes`` or ``initializers``) to its
+    float accumulator on every iteration."""
+    return helper.make_graph(
         [
+            *nodes,
             helper.make_node("Identity", ["cond_in"], ["cond_out"], name="keep_going"),
-            helper.make_node("Add", ["acc_in", "one"], ["acc_out"], name="increment"),
+            helper.make_node("Add", ["acc_in", step], ["acc_out"], name="increment"),
         ],
         "body",
         [
@@ -174,8 +170,14 @@ def constant_loop(trip_count: int = 30_000_000, *, through_abs: bool = False) ->
             helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
             helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, []),
         ],
-        initializer=[numpy_helper.from_array(np.array(1.0, np.float32), "one")],
+        initializer=initializers,
     )
+
+
+def constant_loop(trip_count: int = 30_000_000, *, through_abs: bool = False) -> onnx.ModelProto:
+    """A Loop adding 1.0 ``trip_count`` times (about 80 s at 3e7). ``through_abs`` computes the
+    count as Abs(-trip_count), which no static check reads."""
+    body = counting_body([], [numpy_helper.from_array(np.array(1.0, np.float32), "one")], "one")
     count_nodes = (
         [_int64("negative_count", -trip_count), helper.make_node("Abs", ["negative_count"], ["count"], name="abs")]
         if through_abs

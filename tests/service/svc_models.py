@@ -12,6 +12,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from tests.hostile_models import counting_body
+
 
 def convnet(c1: int = 8, c2: int = 16, size: int = 16, seed: int = 0) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
@@ -128,23 +130,8 @@ def runtime_memory_bomb() -> onnx.ModelProto:
 
 def runtime_endless_loop() -> onnx.ModelProto:
     """The convnet plus a Loop of 1e15 iterations whose trip count is known only at run time."""
-    body = helper.make_graph(
-        [
-            helper.make_node("Constant", [], ["step"], value=numpy_helper.from_array(np.array(1.0, np.float32))),
-            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-            helper.make_node("Add", ["acc_in", "step"], ["acc_out"]),
-        ],
-        "body",
-        [
-            helper.make_tensor_value_info("i", TensorProto.INT64, []),
-            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, []),
-        ],
-        [
-            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, []),
-        ],
-    )
+    step = helper.make_node("Constant", [], ["step"], value=numpy_helper.from_array(np.array(1.0, np.float32)))
+    body = counting_body([step], [], "step")
     nodes = [
         *_runtime_count(1e15, "trips"),
         helper.make_node("Squeeze", ["trips"], ["trip_count"]),
