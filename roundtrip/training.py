@@ -115,8 +115,9 @@ def finetune(
     """Up to ``steps`` SGD steps (momentum 0.9, optional warm-up, cosine decay) on the objective.
 
     ``augment``: random crops and flips of image inputs (``roundtrip.augment``), the teacher's targets
-    computed on the same augmented batch. ``select_on``: evaluated ``selections`` times; the best
-    weights are kept (few samples overfit late). ``deadline`` (``time.monotonic()``): the step count
+    computed on the same augmented batch. ``select_on``: evaluated before training and ``selections``
+    times during it; the best weights are kept (few samples overfit late; step 0, the weights it was
+    given, when training only made them worse). ``deadline`` (``time.monotonic()``): the step count
     is re-planned from the measured step time so training ends by then.
     """
     run = TrainingRun()
@@ -130,6 +131,8 @@ def finetune(
     rng = np.random.default_rng(seed)
     batches = data.endless(batch_size, seed=seed)
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    if select_on is not None:  # the starting weights compete too: a step size too large for a light cut
+        best = (_selection_score(module, objective, select_on, batch_size), 0, _snapshot(module))
     started = time.monotonic()
     module.train()
     step = 0

@@ -11,8 +11,17 @@ from onnxprune.graphops.cost import measure_cost
 from onnxprune.graphops.errors import PlanError
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.scoring import available_criteria, score_groups
-from onnxprune.graphops.selection import MacsModel, excluded_group_ids, round_keep, select_by_flops, select_by_ratio
+from onnxprune.graphops.selection import (
+    SNAP_SLACK,
+    MacsModel,
+    excluded_group_ids,
+    grid_counts,
+    round_keep,
+    select_by_flops,
+    select_by_ratio,
+)
 from tests import zoo
+from tests.needs import shared_model
 from tests.oracle import analyse
 
 
@@ -74,23 +83,63 @@ def test_round_to_keeps_multiples(residual):
 
 
 @pytest.mark.parametrize(
+    ("channels", "step", "counts"),
+    [
+        (64, 16, [64, 48, 32, 16, 8, 4]),  # multiples of the block; below half a block, quarter steps
+        (16, 16, [16, 8, 4]),  # 12 of 16 runs no faster than 16 (its consumers read it unblocked)
+        (8, 16, [8, 4]),  # narrower than the step
+        (40, 16, [40, 32, 16, 8, 4]),  # the whole group, off the grid, stays a choice
+        (3, 16, [3]),  # narrower than a quarter step: whole
+        (24, 8, [24, 16, 8, 4, 2]),
+        (4, 1, [4, 3, 2, 1]),  # --round-to 1: every count
+    ],
+)
+def test_the_grid_of_counts_follows_the_blocked_kernels(channels, step, counts):
+    assert grid_counts(channels, step) == counts
+
+
+@pytest.mark.parametrize(
     ("keep", "channels", "step", "kept"),
     [
-        (5, 16, 8, 8),  # up to the next multiple
-        (0, 16, 16, 16),  # never below one step: blocked kernels would pad it back
-        (0, 64, 16, 16),
-        (3, 8, 16, 4),  # narrower than the step: quarter steps, its consumers read it unblocked
-        (0, 3, 16, 3),  # narrower than a quarter step: whole
+        (5, 16, 8, 8),  # up to the next count on the grid
+        (20, 64, 16, 32),
+        (0, 16, 16, 4),  # never below a quarter step
+        (11, 16, 16, 16),  # 12 is not on the grid of a 16-wide group
+        (3, 8, 16, 4),
+        (0, 3, 16, 3),
         (0, 16, 1, 1),  # --round-to 1: one channel is a step
     ],
 )
-def test_rounded_counts_keep_at_least_one_step_and_at_most_the_group(keep, channels, step, kept):
+def test_rounded_counts_go_up_to_the_grid(keep, channels, step, kept):
     assert round_keep(keep, channels, step) == kept
 
 
-def test_a_deep_macs_target_never_cuts_a_group_below_the_step(residual):
+def test_a_deep_macs_target_never_cuts_a_group_below_a_quarter_step(residual):
     plan = select_by_flops(residual.dep, score_groups(residual.dep, "l1"), 0.9, round_to=8)
-    assert all(len(keep) >= 8 for keep in plan.keep.values())
+    assert all(len(keep) >= 2 for keep in plan.keep.values())
+
+
+@pytest.fixture(scope="module")
+def resnet20():
+    return analyse(shared_model("onnc_resnet20.onnx"))
+
+
+def test_a_macs_target_on_the_grid_keeps_the_exact_cuts_allocation(resnet20):
+    """Each group lands on a grid count next to its count in the exact cut (--round-to 1): the cut
+    is not piled onto some layers to pay for others' rounding (rounding every group up and deepening
+    the cut left ResNet-20's 64-wide layers at 16 and stage one whole)."""
+    dep = resnet20.dep
+    scores = score_groups(dep, "l1")
+    exact = select_by_flops(dep, scores, 0.5, round_to=1)
+    snapped = select_by_flops(dep, scores, 0.5, round_to=16)
+    model = MacsModel(dep, {node.name: node.macs for node in measure_cost(dep.model, dep.input_shapes).nodes})
+    assert (0.5 - SNAP_SLACK) * model.total <= model.macs(snapped) <= 0.5 * model.total
+    for group in dep.prunable:
+        grid = grid_counts(group.channels, 16)
+        exact_count = len(exact.keep.get(group.id, range(group.channels)))
+        below = max(c for c in grid if c <= exact_count)
+        above = min(c for c in grid if c >= exact_count)
+        assert below <= len(snapped.keep.get(group.id, range(group.channels))) <= above, group.id
 
 
 def test_exclude_protects_the_groups_a_named_conv_produces(residual):

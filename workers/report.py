@@ -99,7 +99,10 @@ class IterationReport(BaseModel):
     after_finetune: EvaluationPoint | None = None
     final_loss: float | None = None
     steps: int | None = Field(None, description="Fine-tuning steps this iteration took.")
-    kept_step: int | None = Field(None, description="The step whose weights were kept (best on the validation split).")
+    kept_step: int | None = Field(
+        None,
+        description="The step whose weights were kept (best on the validation split; 0: the weights before training).",
+    )
     reconstructed_layers: list[str] = Field(
         default_factory=list, description="Layers refit by layer-wise reconstruction (their refit reduced the error)."
     )

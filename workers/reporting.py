@@ -9,6 +9,7 @@ import onnx
 from onnxprune.graphops.cost import ModelCost, measure_cost
 from onnxprune.graphops.dependency import DependencyGraph
 from onnxprune.graphops.plan import PruningPlan
+from onnxprune.graphops.selection import grid_counts
 from onnxprune.graphops.shares import macs_shares
 from onnxprune.workers.analysis import Analysis
 from onnxprune.workers.latency_target import target_notes
@@ -129,12 +130,15 @@ def rounding_notes(job: Job, groups: list[GroupReport]) -> list[str]:
     step = job.options.round_to
     if not job.round_to_source.startswith("auto") or not isinstance(step, int) or step <= 1:
         return []
-    whole = [g for g in groups if g.channels_after == g.channels_before == step]
-    if not whole:
+    cut = [g for g in groups if g.channels_after < g.channels_before]
+    whole = [g for g in groups if g.channels_after == g.channels_before <= step]
+    if not cut or not whole:
         return []
+    narrow = ", ".join(str(c) for c in grid_counts(step, step)[1:])
     return [
-        f"round-to auto ({step}): {len(whole)} group(s) of exactly {step} channels kept whole, since cutting "
-        f"them off onnxruntime's kernel step makes them slower, not faster; --round-to 1 prunes exact counts"
+        f"round-to auto ({step}): {len(whole)} group(s) of at most {step} channels kept whole: below {step}, "
+        f"only {narrow} channels run faster on onnxruntime's blocked kernels, a deeper cut than these groups "
+        "were asked for; --round-to 1 prunes exact counts"
     ]
 
 

@@ -40,6 +40,22 @@ def test_distillation_without_labels_measurably_recovers_fidelity_lost_by_prunin
     assert tuned.cosine > pruned.cosine + 0.25 * (1 - pruned.cosine)  # a quarter of the lost fidelity back
 
 
+def test_training_that_only_harms_keeps_the_weights_it_was_given(analysed, small_data):
+    context = build_context(small_data["labelled"], analysed.prepared, None, batch_size=16, score_batches=2)
+    plan = select_by_ratio(analysed.dep, score_groups(analysed.dep, "l1"), 0.25)
+    module = OnnxModule(apply_plan(analysed.dep, plan))
+    before = evaluate(module, context.objective, context.validation, 32)
+
+    # A step size far too large: every step scrambles the weights (but stays finite).
+    run = finetune(
+        module, context.objective, context.train, steps=5, lr=5.0, batch_size=16, select_on=context.validation
+    )
+    after = evaluate(module, context.objective, context.validation, 32)
+
+    assert run.kept_step == 0
+    assert after.loss == pytest.approx(before.loss, rel=1e-5)
+
+
 def test_iterative_steps_compose_into_one_plan_on_the_original(small_model, small_data, tmp_path, monkeypatch):
     import onnxprune.workers.strategies.base as base
 
