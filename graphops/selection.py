@@ -118,6 +118,31 @@ def _plan(dep: DependencyGraph, keeps: dict[int, list[int]]) -> PruningPlan:
     return plan
 
 
+class CountPlans:
+    """Plans from channel counts per group, each group's kept channels chosen once per count
+    (``choose_kept``): the MACs searches below try many counts of the same groups."""
+
+    def __init__(self, dep: DependencyGraph, scores: Scores) -> None:
+        self.dep, self._scores = dep, scores
+        self._kept: dict[tuple[int, int], list[int]] = {}
+
+    def plan(self, counts: Mapping[int, int], *, check: bool = True) -> PruningPlan:
+        """``check``: validate against the graph's constraints (the plan returned; not every trial)."""
+        if not check:
+            entries = {}
+            for index, count in counts.items():
+                group, keep = self.dep.groups[index], self._keep(index, count)
+                if len(keep) < group.channels:
+                    entries[group.id] = GroupPlan(group.id, group.channels, tuple(keep), group.producers)
+            return PruningPlan(entries)
+        return _plan(self.dep, {index: self._keep(index, count) for index, count in counts.items()})
+
+    def _keep(self, index: int, count: int) -> list[int]:
+        if (index, count) not in self._kept:
+            self._kept[index, count] = choose_kept(self.dep, index, self._scores[self.dep.groups[index].id], count)
+        return self._kept[index, count]
+
+
 def _candidates(dep: DependencyGraph, scores: Scores, exclude: Iterable[str]) -> list[int]:
     protected = excluded_group_ids(dep, exclude)
     return [i for i, g in enumerate(dep.groups) if g.prunable and g.id not in protected and g.id in scores]
@@ -189,7 +214,7 @@ def select_by_flops(
     al. divide by the group's L2 norm instead; that makes a score shrink with the square root of
     the group's width, so weight norms, which are alike within a layer, would empty the widest
     layers first.) If the target cannot be reached (everything left is pinned), the plan removes
-    all it can.
+    all it can. With ``round_to`` > 1 the exact cut is then snapped onto the grid (:func:`snap_to_grid`).
     """
     if not 0.0 < target < 1.0:
         raise ValueError(f"flops target must be in (0, 1), got {target}")
@@ -213,26 +238,21 @@ def select_by_flops(
             removed_per_group[index] = removed_per_group.get(index, 0) + 1
         return {index: max(1, dep.groups[index].channels - count) for index, count in removed_per_group.items()}
 
-    def plan_for(counts: Mapping[int, int]) -> PruningPlan:
-        return _plan(dep, {i: choose_kept(dep, i, scores[dep.groups[i].id], n) for i, n in counts.items()})
-
+    plans = CountPlans(dep, scores)
     low, high = 0, len(ranked)
     while low < high:  # smallest k whose exact cut reaches the goal
         middle = (low + high) // 2
-        if model.macs(plan_for(counts_for(middle))) <= goal:
+        if model.macs(plans.plan(counts_for(middle), check=False)) <= goal:
             high = middle
         else:
             low = middle + 1
-    ideal = counts_for(low)
-    if round_to <= 1:
-        return plan_for(ideal)
-    return plan_for(snap_to_grid(dep, scores, ideal, candidates, model, goal, round_to))
+    exact = counts_for(low)
+    return plans.plan(exact if round_to <= 1 else snap_to_grid(plans, exact, candidates, model, goal, round_to))
 
 
 def snap_to_grid(
-    dep: DependencyGraph,
-    scores: Scores,
-    ideal: Mapping[int, int],
+    plans: CountPlans,
+    exact: Mapping[int, int],
     candidates: Iterable[int],
     model: MacsModel,
     goal: float,
@@ -240,31 +260,25 @@ def snap_to_grid(
 ) -> dict[int, int]:
     """The exact cut's counts moved onto the grid (:func:`grid_counts`), as close to them as the goal allows.
 
-    Each group takes the grid count nearest its exact count (by ratio); then, while MACs are above the
-    goal, the group whose next count down strays least further from its exact count moves down; while
-    they are below it by more than ``SNAP_SLACK``, groups move back up on the same rule as long as the
-    goal still holds. (Pricing the stray per MAC saved instead emptied the layers with the most MACs
-    per channel: ResNet-20's first stage went to 4-8 channels while the last stayed whole.) The exact cut's allocation across layers, which keeps accuracy, survives;
-    only its counts change. (Rounding every group up and deepening the cut until the goal is reached
-    instead piles the cut onto the layers whose counts happen to sit near a step: ResNet-20 at -50%
-    MACs with step 16 lost its 64-wide layers down to 16 and 13 points of accuracy after recovery.)
+    Each group takes the grid count nearest its exact count (by ratio). While MACs are above the goal,
+    the group whose next count down strays least further from its exact count moves down; while they
+    are below it by more than ``SNAP_SLACK``, groups move back up by the same rule while the goal holds.
+    The exact cut's allocation across layers, which keeps accuracy, survives; only its counts change.
+
+    Rounding every group up and deepening the cut until the goal held instead piled the cut onto the
+    layers whose counts sat near a step (ResNet-20 at -50% MACs, step 16: 64-wide layers down to 16,
+    10 points of accuracy after recovery); pricing the stray per MAC saved emptied the layers with the
+    most MACs per channel (ResNet-20's first stage to 4-8 channels, the last stage whole).
     """
+    dep = plans.dep
     grids = {i: grid_counts(dep.groups[i].channels, round_to) for i in candidates}
-    target = {i: max(1, ideal.get(i, dep.groups[i].channels)) for i in grids}
-    kept: dict[tuple[int, int], list[int]] = {}
+    target = {i: exact.get(i, dep.groups[i].channels) for i in grids}
 
     def stray(index: int, count: int) -> float:
         return abs(math.log(count / target[index]))
 
-    def macs_of(trial: Mapping[int, int]) -> int:
-        entries = {}
-        for index, count in trial.items():
-            group = dep.groups[index]
-            if (index, count) not in kept:
-                kept[index, count] = choose_kept(dep, index, scores[group.id], count)
-            if len(kept[index, count]) < group.channels:
-                entries[group.id] = GroupPlan(group.id, group.channels, tuple(kept[index, count]), group.producers)
-        return model.macs(PruningPlan(entries))
+    def macs_of(counts: Mapping[int, int]) -> int:
+        return model.macs(plans.plan(counts, check=False))
 
     def best_move(counts: dict[int, int], macs: int, down: bool) -> tuple[int, int, int] | None:
         """(group, count, MACs) of the move down (or up) that strays least, among those that change MACs."""
