@@ -217,6 +217,8 @@ def main() -> None:
                 continue
             folder = Path(tmp) / name
             folder.mkdir()
+            # A first-time user's cache: no table from an earlier run changes what --flops-target chooses.
+            os.environ["ONNXPRUNE_CACHE_DIR"] = str(folder / "cache")
             shapes = [f"--input-shape={s}" for s in SHAPES.get(name, [])]
             entry: dict = results["models"].get(name, {})
             now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

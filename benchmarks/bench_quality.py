@@ -259,6 +259,7 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as folder:
         work = Path(folder)
+        os.environ["ONNXPRUNE_CACHE_DIR"] = str(work / "cache")  # latency tables: a first-time user's, not ours
         np.savez(work / "calib.npz", **{onnx.load(MODEL).graph.input[0].name: calib["x"], "labels": calib["labels"]})
         for case in cases:
             baseline = results["baseline_heldout_accuracy"]

@@ -1,7 +1,8 @@
 """Convolutions, pooling, normalisation, resizing: the layers of a conv net.
 
 Asymmetric ONNX pads are applied with an explicit ``F.pad`` so every padding mode and ``auto_pad``
-matches the ONNX definition, not torch's symmetric one.
+matches the ONNX definition, not torch's symmetric one; symmetric pads go to the conv itself (a padded
+copy of every activation cost a tenth of a fine-tuning step on ResNet-20).
 """
 
 from __future__ import annotations
@@ -71,8 +72,10 @@ def conv(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.T
     kernel = list(weight.shape[2:])
     strides, dilations, pads = _window(node, x, kernel)
     group = attrs(node).integer("group", 1)
-    x = _pad_spatial(x, pads)
-    return [_CONV[len(kernel)](x, weight, bias, strides, 0, dilations, group)]
+    n = len(kernel)
+    if pads[:n] == pads[n:]:  # symmetric: the conv pads as it reads, without a padded copy of x
+        return [_CONV[n](x, weight, bias, strides, pads[:n], dilations, group)]
+    return [_CONV[n](_pad_spatial(x, pads), weight, bias, strides, 0, dilations, group)]
 
 
 @register("ConvTranspose")
