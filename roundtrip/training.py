@@ -123,88 +123,54 @@ def finetune(
     if steps <= 0:
         return TrainingRun()
     with module.channels_last(), objective.teacher.channels_last():
-        return _train(
-            module,
-            objective,
-            data,
-            steps,
-            lr,
-            batch_size,
-            seed,
-            weight_decay,
-            augment,
-            warmup_fraction,
-            select_on,
-            selections,
-            deadline,
-            progress,
-        )
-
-
-def _train(
-    module: OnnxModule,
-    objective: Objective,
-    data: Dataset,
-    steps: int,
-    lr: float,
-    batch_size: int,
-    seed: int,
-    weight_decay: float,
-    augment: bool,
-    warmup_fraction: float,
-    select_on: Dataset | None,
-    selections: int,
-    deadline: float | None,
-    progress: StepProgress | None,
-) -> TrainingRun:
-    run = TrainingRun()
-    parameters = list(module.named_trainable().values())
-    optimizer = torch.optim.SGD(parameters, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    plan = {"total": steps}
-    warmup = int(warmup_fraction * steps)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, plan["total"], warmup))
-    rng = np.random.default_rng(seed)
-    batches = data.endless(batch_size, seed=seed)
-    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
-    if select_on is not None:  # the starting weights compete too: a step size too large for a light cut
-        best = (_selection_score(module, objective, select_on, batch_size), 0, _snapshot(module))
-    started = time.monotonic()
-    module.train()
-    step = 0
-    while step < plan["total"]:
-        batch = next(batches)
-        if augment:
-            batch = replace(batch, inputs=augment_inputs(batch.inputs, rng))
-            targets = objective.teacher_outputs(batch)  # of the augmented images, not the cached originals
-        else:
-            targets = objective.teacher_outputs(batch, data)
-        loss = objective.loss(module.run(batch.inputs, outputs=objective.tensors), batch, targets)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"fine-tuning diverged at step {step + 1} (loss {loss.item()}); lower --lr")
-        optimizer.zero_grad(set_to_none=True)
-        torch.autograd.backward(loss)  # loss.backward(), which torch leaves unannotated
-        optimizer.step()
-        schedule.step()
-        step += 1
-        run.losses.append(float(loss.detach()))
-        if deadline is not None and step == _PLANNING_STEPS:
-            per_step = (time.monotonic() - started) / step
-            plan["total"] = max(step, min(plan["total"], step + int((deadline - time.monotonic()) / per_step)))
-        if select_on is not None and (step % max(1, plan["total"] // selections) == 0 or step == plan["total"]):
-            score = _selection_score(module, objective, select_on, batch_size)
-            if best is None or score > best[0]:
-                best = (score, step, _snapshot(module))
-            module.train()
-        if deadline is not None and time.monotonic() > deadline:
-            break
-        if progress is not None:
-            progress(step, plan["total"], run.losses[-1])
-    run.steps = step
-    if best is not None:
-        _restore(module, best[2])
-        run.kept_metric, run.kept_step = best[0], best[1]
-    module.eval()
-    return run
+        run = TrainingRun()
+        parameters = list(module.named_trainable().values())
+        optimizer = torch.optim.SGD(parameters, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+        plan = {"total": steps}
+        warmup = int(warmup_fraction * steps)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, plan["total"], warmup))
+        rng = np.random.default_rng(seed)
+        batches = data.endless(batch_size, seed=seed)
+        best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+        if select_on is not None:  # the starting weights compete too: a step size too large for a light cut
+            best = (_selection_score(module, objective, select_on, batch_size), 0, _snapshot(module))
+        started = time.monotonic()
+        module.train()
+        step = 0
+        while step < plan["total"]:
+            batch = next(batches)
+            if augment:
+                batch = replace(batch, inputs=augment_inputs(batch.inputs, rng))
+                targets = objective.teacher_outputs(batch)  # of the augmented images, not the cached originals
+            else:
+                targets = objective.teacher_outputs(batch, data)
+            loss = objective.loss(module.run(batch.inputs, outputs=objective.tensors), batch, targets)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"fine-tuning diverged at step {step + 1} (loss {loss.item()}); lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            torch.autograd.backward(loss)  # loss.backward(), which torch leaves unannotated
+            optimizer.step()
+            schedule.step()
+            step += 1
+            run.losses.append(float(loss.detach()))
+            if deadline is not None and step == _PLANNING_STEPS:
+                per_step = (time.monotonic() - started) / step
+                plan["total"] = max(step, min(plan["total"], step + int((deadline - time.monotonic()) / per_step)))
+            if select_on is not None and (step % max(1, plan["total"] // selections) == 0 or step == plan["total"]):
+                score = _selection_score(module, objective, select_on, batch_size)
+                if best is None or score > best[0]:
+                    best = (score, step, _snapshot(module))
+                module.train()
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            if progress is not None:
+                progress(step, plan["total"], run.losses[-1])
+        run.steps = step
+        if best is not None:
+            _restore(module, best[2])
+            run.kept_metric, run.kept_step = best[0], best[1]
+        module.eval()
+        return run
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
