@@ -89,6 +89,11 @@ def _opset(model: onnx.ModelProto) -> int:
     return next((int(e.version) for e in model.opset_import if e.domain in ("", "ai.onnx")), 1)
 
 
+def _image_like(tensor: torch.Tensor) -> bool:
+    """4-D floating point: what channels-last memory applies to (NCHW activations, OIHW weights)."""
+    return tensor.dim() == 4 and tensor.is_floating_point()
+
+
 class OnnxModule(torch.nn.Module):
     """The graph of ``model`` as a module; ``run`` takes and returns tensors by ONNX name."""
 
@@ -130,14 +135,15 @@ class OnnxModule(torch.nn.Module):
         """4-D weights and inputs held channels-last while inside, contiguous again after.
 
         oneDNN's CPU convolutions work in NHWC; NCHW tensors are reordered in and out of every conv,
-        forward and backward (a ResNet-20 training step took 1.39x as long). Only the memory layout
-        changes, not the values (results agree to float rounding)."""
+        forward and backward (on a pruned ResNet-20, 1 thread, batch 32, the student's step took 15-20%
+        longer and the teacher's forward 10-25%). Only the memory layout changes, not the values
+        (results agree to float rounding)."""
 
         def lay_out(memory_format: torch.memory_format) -> None:
             with torch.no_grad():
                 for name in self._keys:
                     tensor = self.tensor(name)
-                    if tensor.dim() == 4 and tensor.is_floating_point():
+                    if _image_like(tensor):
                         tensor.data = tensor.data.contiguous(memory_format=memory_format)
 
         lay_out(torch.channels_last)
@@ -184,7 +190,7 @@ class OnnxModule(torch.nn.Module):
                 raise ModelRejected(f"no data for model input '{name}'")
             fed = feeds[name]
             given = torch.from_numpy(np.asarray(fed)) if isinstance(fed, np.ndarray) else fed
-            if self._channels_last and given.dim() == 4 and given.is_floating_point():
+            if self._channels_last and _image_like(given):
                 given = given.contiguous(memory_format=torch.channels_last)
             env[name] = given
         leading = env[self.input_names[0]] if self.input_names else None
