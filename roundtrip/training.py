@@ -22,8 +22,9 @@ from onnxprune.roundtrip.executor import OnnxModule
 from onnxprune.roundtrip.objective import Objective
 
 StepProgress = Callable[[int, int, float], None]  # (step, steps, loss)
-# Steps timed before a deadline re-plans the run.
+# Steps timed before a deadline first re-plans the run; it is re-planned again at 4x, 16x, ... as many.
 _PLANNING_STEPS = 5
+_REPLAN_GROWTH = 4
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,45 @@ class TrainingRun:
     kept_metric: float | None = None
 
 
-def _lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up (fresh momentum after surgery overshoots otherwise), then cosine decay to 0."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+@dataclass
+class StepPlan:
+    """How many steps fit before ``deadline`` (``time.monotonic()``), re-estimated as training goes,
+    and the learning-rate schedule over them.
+
+    The first steps are slow (allocator and oneDNN warm-up), so a plan measured on them alone ends
+    training early: a 600 s ResNet-20 run planned from its first five steps stopped after 432 s.
+    Each re-plan therefore times only the steps since the previous one (selection evaluations
+    included, as they will recur); ``total`` never grows past the count it was given. Warm-up and
+    decay follow ``total`` as it is re-measured: a share of the cap would be a share of a million
+    steps under --time-budget, a warm-up the run never leaves.
+    """
+
+    total: int
+    deadline: float | None
+    started: float
+    warmup_fraction: float = 0.0
+    _mark: tuple[int, float] = field(init=False)
+    _next: int = field(init=False, default=_PLANNING_STEPS)
+    _cap: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._mark, self._cap = (0, self.started), self.total
+
+    def after(self, step: int, now: float) -> None:
+        """Called after each step: re-plans at steps 5, 20, 80, ... when there is a deadline."""
+        if self.deadline is None or step != self._next:
+            return
+        mark_step, mark_time = self._mark
+        per_step = max(now - mark_time, 1e-9) / (step - mark_step)
+        self.total = max(step, min(self._cap, step + int((self.deadline - now) / per_step)))
+        self._mark, self._next = (step, now), step * _REPLAN_GROWTH
+
+    def lr_factor(self, step: int) -> float:
+        """Linear warm-up (fresh momentum after surgery overshoots otherwise), then cosine decay to 0."""
+        warmup = int(self.warmup_fraction * self.total)
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, self.total - warmup)))
 
 
 def _selection_score(module: OnnxModule, objective: Objective, data: Dataset, batch_size: int) -> float:
@@ -126,18 +161,16 @@ def finetune(
         run = TrainingRun()
         parameters = list(module.named_trainable().values())
         optimizer = torch.optim.SGD(parameters, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-        plan = {"total": steps}
-        warmup = int(warmup_fraction * steps)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, plan["total"], warmup))
         rng = np.random.default_rng(seed)
         batches = data.endless(batch_size, seed=seed)
         best: tuple[float, int, dict[str, torch.Tensor]] | None = None
         if select_on is not None:  # the starting weights compete too: a step size too large for a light cut
             best = (_selection_score(module, objective, select_on, batch_size), 0, _snapshot(module))
-        started = time.monotonic()
+        plan = StepPlan(steps, deadline, time.monotonic(), warmup_fraction)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, plan.lr_factor)
         module.train()
         step = 0
-        while step < plan["total"]:
+        while step < plan.total:
             batch = next(batches)
             if augment:
                 batch = replace(batch, inputs=augment_inputs(batch.inputs, rng))
@@ -153,10 +186,8 @@ def finetune(
             schedule.step()
             step += 1
             run.losses.append(float(loss.detach()))
-            if deadline is not None and step == _PLANNING_STEPS:
-                per_step = (time.monotonic() - started) / step
-                plan["total"] = max(step, min(plan["total"], step + int((deadline - time.monotonic()) / per_step)))
-            if select_on is not None and (step % max(1, plan["total"] // selections) == 0 or step == plan["total"]):
+            plan.after(step, time.monotonic())
+            if select_on is not None and (step % max(1, plan.total // selections) == 0 or step == plan.total):
                 score = _selection_score(module, objective, select_on, batch_size)
                 if best is None or score > best[0]:
                     best = (score, step, _snapshot(module))
@@ -164,7 +195,7 @@ def finetune(
             if deadline is not None and time.monotonic() > deadline:
                 break
             if progress is not None:
-                progress(step, plan["total"], run.losses[-1])
+                progress(step, plan.total, run.losses[-1])
         run.steps = step
         if best is not None:
             _restore(module, best[2])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from onnxprune.graphops.scoring import score_groups
@@ -10,16 +12,22 @@ from onnxprune.workers.analysis import analyse_model
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.stages import Stages
 from onnxprune.workers.strategies import Job
-from onnxprune.workers.strategies.judge import PrunedJudge, ReconstructedJudge, choose_judge
+from onnxprune.workers.strategies.judge import (
+    JUDGE_SHARE,
+    JUDGED_CANDIDATES,
+    PrunedJudge,
+    ReconstructedJudge,
+    choose_judge,
+)
 
 
 @pytest.fixture
 def job(small_model, small_data, tmp_path):
-    def make(**options: object) -> Job:
-        """Without labels (the small model's own labels are nearly all one class): fidelity is judged."""
+    def make(data: str = "unlabelled", **options: object) -> Job:
+        """Without labels by default (the small model's own labels are nearly all one class): fidelity is judged."""
         analysis = analyse_model(small_model, {"input": [1, 3, 12, 12]})
         chosen = PruneOptions(ratio="auto", max_drop=0.05, round_to=1, batch_size=16, benchmark=False, **options)
-        return Job(analysis, chosen, Stages(), tmp_path, data_path=small_data["unlabelled"])
+        return Job(analysis, chosen, Stages(), tmp_path, data_path=small_data[data])
 
     return make
 
@@ -29,6 +37,41 @@ def test_the_judge_follows_the_jobs_recovery(job):
     assert isinstance(choose_judge(job(recovery="reconstruct")), ReconstructedJudge)
     assert isinstance(choose_judge(job(recovery="none")), PrunedJudge)
     assert isinstance(choose_judge(job(recovery="finetune")), PrunedJudge)
+
+
+def test_under_a_time_budget_candidates_are_also_fine_tuned_briefly_when_fine_tuning_follows(job):
+    budgeted = choose_judge(job(time_budget=200))
+
+    assert isinstance(budgeted, ReconstructedJudge)
+    assert budgeted.finetune_seconds == pytest.approx(JUDGE_SHARE * 200 / JUDGED_CANDIDATES)
+    assert budgeted.how == "after layer-wise reconstruction and 10 s of fine-tuning"
+    assert choose_judge(job()).finetune_seconds == 0  # no budget: reconstruction only
+    assert choose_judge(job(time_budget=200, recovery="reconstruct")).finetune_seconds == 0  # no fine-tuning follows
+    assert choose_judge(job(time_budget=200, finetune_steps=50)).finetune_seconds == 0  # steps, not seconds
+
+
+def test_a_candidate_is_fine_tuned_for_its_seconds_and_scores_no_worse_than_reconstruction_alone(job, monkeypatch):
+    import onnxprune.roundtrip.training as training
+
+    runs = []
+
+    def recorded(*args, **kwargs):
+        started = time.monotonic()
+        runs.append((training_finetune(*args, **kwargs), kwargs["deadline"] - started))
+        return runs[-1][0]
+
+    training_finetune = training.finetune
+    monkeypatch.setattr(training, "finetune", recorded)
+    reconstructing = job()
+    plan = select_by_ratio(reconstructing.dep, score_groups(reconstructing.dep, "l1"), 0.75)
+
+    refit = ReconstructedJudge(reconstructing)(reconstructing.dep, plan)
+    tuned = ReconstructedJudge(reconstructing, finetune_seconds=2.0)(reconstructing.dep, plan)
+
+    [(run, seconds)] = runs
+    assert seconds == pytest.approx(2.0, abs=0.1)
+    assert run.steps > 20 and run.losses[-1] < run.losses[0]  # it trained
+    assert tuned >= refit  # the weights before it compete, as in the final recovery
 
 
 def test_a_plan_judged_after_reconstruction_scores_what_reconstruction_recovers(job):

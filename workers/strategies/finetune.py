@@ -24,6 +24,8 @@ from onnxprune.workers.strategies.recovery import Recovered
 RECOVERY_SHARE = 0.95
 # Steps a budgeted run may plan at most when --finetune-steps does not cap it.
 MAX_BUDGETED_STEPS = 1_000_000
+# Share of the planned steps the learning rate warms up over (fresh momentum after surgery).
+WARMUP_FRACTION = 0.05
 
 
 @dataclass
@@ -83,7 +85,7 @@ class FineTune:
                     batch_size=data.batch_size,
                     seed=seed,
                     augment=self.augment,
-                    warmup_fraction=0.05,
+                    warmup_fraction=WARMUP_FRACTION,
                     select_on=data.validation,
                     deadline=deadline,
                     progress=show,
