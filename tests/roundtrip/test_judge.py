@@ -62,7 +62,8 @@ def test_a_candidate_is_fine_tuned_for_its_seconds_and_scores_no_worse_than_reco
 
     training_finetune = training.finetune
     monkeypatch.setattr(training, "finetune", recorded)
-    reconstructing = job()
+    reconstructing, shown = job(), []
+    reconstructing.stages = Stages(lambda label, _fraction: shown.append(label))
     plan = select_by_ratio(reconstructing.dep, score_groups(reconstructing.dep, "l1"), 0.75)
 
     refit = ReconstructedJudge(reconstructing)(reconstructing.dep, plan)
@@ -72,6 +73,7 @@ def test_a_candidate_is_fine_tuned_for_its_seconds_and_scores_no_worse_than_reco
     assert seconds == pytest.approx(2.0, abs=0.1)
     assert run.steps > 20 and run.losses[-1] < run.losses[0]  # it trained
     assert tuned >= refit  # the weights before it compete, as in the final recovery
+    assert shown and all(label.startswith("select: candidate 1, fine-tune ") for label in shown)
 
 
 def test_a_plan_judged_after_reconstruction_scores_what_reconstruction_recovers(job):

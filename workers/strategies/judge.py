@@ -116,6 +116,7 @@ class ReconstructedJudge:
     finetune_seconds: float = 0.0
     how: str = field(init=False)
     baseline: float = field(init=False)
+    judged: int = field(init=False, default=0)  # candidates so far, for progress
 
     def __post_init__(self) -> None:
         from onnxprune.roundtrip.training import evaluate
@@ -147,6 +148,7 @@ class ReconstructedJudge:
             seed=options.seed,
             teacher=teacher,
         )
+        self.judged += 1
         module = OnnxModule(refit.model)
         reconstructed = _metric(evaluate(module, data.objective, data.validation, data.batch_size))
         if self.finetune_seconds <= 0:
@@ -164,6 +166,12 @@ class ReconstructedJudge:
         from onnxprune.workers.strategies.finetune import MAX_BUDGETED_STEPS, WARMUP_FRACTION
 
         data, options = self.job.data, self.job.options
+
+        def show(done: int, total: int, loss: float) -> None:
+            if done == total or done % max(1, total // 10) == 0:
+                label = f"select: candidate {self.judged}, fine-tune {done}/{total}, loss {loss:.4g}"
+                self.job.stages.within("select", 1.0, label)
+
         recalibrated = recalibrate_batchnorm(module, data.train, data.batch_size, BN_BATCHES, options.seed)
         finetune(
             module,
@@ -176,6 +184,7 @@ class ReconstructedJudge:
             augment=options.augment,
             warmup_fraction=WARMUP_FRACTION,
             deadline=time.monotonic() + self.finetune_seconds,
+            progress=show,
         )
         if recalibrated:
             recalibrate_batchnorm(module, data.train, data.batch_size, BN_BATCHES, options.seed)
