@@ -297,6 +297,24 @@ def test_the_time_budget_bounds_the_search(small_model, small_data, tmp_path):
         assert any("time budget ran out before the learned search" in w for w in result.report.warnings)
 
 
+def test_under_a_time_budget_the_model_the_search_built_is_fine_tuned_for_what_the_search_left(
+    small_model, small_data, tmp_path
+):
+    from onnxprune.workers.pipeline import run_pipeline
+
+    options = PruneOptions(
+        criterion="learned", max_drop=0.2, learned_episodes=3, time_budget=8, benchmark=False, round_to=1
+    )
+    result = run_pipeline(small_model, tmp_path / "out.onnx", options, data=small_data["unlabelled"])
+
+    finetune = result.report.evaluation.finetune
+    assert finetune is not None and result.report.macs.after < result.report.macs.before
+    *layers, final = finetune.iterations
+    assert all(layer.after_finetune is None for layer in layers)  # no --finetune-steps: none between layers
+    assert final.after_finetune is not None and final.steps > 0
+    assert final.macs == result.report.macs.after
+
+
 @pytest.mark.parametrize(
     "fields, message",
     [
