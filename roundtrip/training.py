@@ -22,9 +22,11 @@ from onnxprune.roundtrip.executor import OnnxModule
 from onnxprune.roundtrip.objective import Objective
 
 StepProgress = Callable[[int, int, float], None]  # (step, steps, loss)
-# Steps timed before a deadline first re-plans the run; it is re-planned again at 4x, 16x, ... as many.
+# Steps timed before a deadline first re-plans the run; it is re-planned again at 4x, 16x, ... as many,
+# and at least every tenth of the plan.
 _PLANNING_STEPS = 5
 _REPLAN_GROWTH = 4
+_REPLANS = 10
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,9 @@ class StepPlan:
     The first steps are slow (allocator and oneDNN warm-up), so a plan measured on them alone ends
     training early: a 600 s ResNet-20 run planned from its first five steps stopped after 432 s.
     Each re-plan therefore times only the steps since the previous one (selection evaluations
-    included, as they will recur); ``total`` never grows past the count it was given. Warm-up and
+    included, as they will recur), and re-plans recur at least every tenth of the plan, so that one
+    window slowed by other work on the machine does not end the run early (re-measured only at 4x
+    intervals, a 600 s run ended after 403 s); ``total`` never grows past the count it was given. Warm-up and
     decay follow ``total`` as it is re-measured: a share of the cap would be a share of a million
     steps under --time-budget, a warm-up the run never leaves.
     """
@@ -97,13 +101,14 @@ class StepPlan:
         self._mark, self._cap = (0, self.started), self.total
 
     def after(self, step: int, now: float) -> None:
-        """Called after each step: re-plans at steps 5, 20, 80, ... when there is a deadline."""
+        """Called after each step: re-plans at steps 5, 20, 80, ... and every tenth of the plan, when
+        there is a deadline."""
         if self.deadline is None or step != self._next:
             return
         mark_step, mark_time = self._mark
         per_step = max(now - mark_time, 1e-9) / (step - mark_step)
         self.total = max(step, min(self._cap, step + int((self.deadline - now) / per_step)))
-        self._mark, self._next = (step, now), step * _REPLAN_GROWTH
+        self._mark, self._next = (step, now), min(step * _REPLAN_GROWTH, step + max(1, self.total // _REPLANS))
 
     def lr_factor(self, step: int) -> float:
         """Linear warm-up (fresh momentum after surgery overshoots otherwise), then cosine decay to 0."""
