@@ -84,9 +84,10 @@ class StepPlan:
     Each re-plan therefore times only the steps since the previous one (selection evaluations
     included, as they will recur), and re-plans recur at least every tenth of the plan, so that one
     window slowed by other work on the machine does not end the run early (re-measured only at 4x
-    intervals, a 600 s run ended after 403 s); ``total`` never grows past the count it was given. Warm-up and
-    decay follow ``total`` as it is re-measured: a share of the cap would be a share of a million
-    steps under --time-budget, a warm-up the run never leaves.
+    intervals, a 600 s run ended after 403 s). ``total`` never grows past the count it was given.
+
+    Warm-up and decay follow ``total`` as it is re-measured: a share of the count given would be a
+    share of a million steps under --time-budget, a warm-up the run never leaves.
     """
 
     total: int

@@ -18,6 +18,7 @@ the report quotes is never seen while choosing.
 from __future__ import annotations
 
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -159,8 +160,6 @@ class ReconstructedJudge:
 
     def _finetune(self, module: OnnxModule) -> None:
         """The job's budgeted recovery in small, without checkpoint selection."""
-        import time
-
         from onnxprune.roundtrip.schedule import BN_BATCHES
         from onnxprune.roundtrip.training import finetune, recalibrate_batchnorm
         from onnxprune.workers.strategies.finetune import MAX_BUDGETED_STEPS, WARMUP_FRACTION
