@@ -47,7 +47,9 @@ if TYPE_CHECKING:
 class PlanJudge(Protocol):
     """The metric (accuracy with labels, else fidelity) of a candidate plan on validation samples."""
 
-    how: str  # for the report: "after layer-wise reconstruction", "as pruned"
+    @property
+    def how(self) -> str:
+        """For the report: "after layer-wise reconstruction", "as pruned"."""
 
     @property
     def baseline(self) -> float:
@@ -64,17 +66,18 @@ def choose_judge(job: Job) -> PlanJudge:
     if job.splits is None:
         raise ModelRejected("judging a plan against --max-drop needs data: pass --data DATA.npz")
     if job.options.recovery in ("auto", "reconstruct"):
-        return ReconstructedJudge(job, finetune_seconds=_finetune_seconds(job))
+        options = job.options
+        budgeted = options.time_budget is not None and options.recovery != "reconstruct" and options.finetune_steps == 0
+        return ReconstructedJudge(job, budgeted=budgeted)
     return PrunedJudge(job)
 
 
-def _finetune_seconds(job: Job) -> float:
-    """Seconds of fine-tuning per candidate: a share of --time-budget when the job's recovery
-    fine-tunes under it (``workers.strategies.choose_recovery``), else none."""
-    budget, options = job.options.time_budget, job.options
-    if budget is None or options.recovery == "reconstruct" or options.finetune_steps > 0:
-        return 0.0
-    return JUDGE_SHARE * budget / JUDGED_CANDIDATES
+def finetune_seconds(job: Job) -> float:
+    """Seconds of fine-tuning per candidate: a share of what --time-budget has left (the sensitivity
+    sweep comes first and may take much of a short budget); none when under a second."""
+    end = job.deadline()
+    seconds = 0.0 if end is None else JUDGE_SHARE * max(0.0, end - time.monotonic()) / JUDGED_CANDIDATES
+    return seconds if seconds >= 1.0 else 0.0
 
 
 @dataclass
@@ -111,21 +114,24 @@ class PrunedJudge:
 @dataclass
 class ReconstructedJudge:
     """The candidate refit by layer-wise reconstruction on training samples, then fine-tuned for
-    ``finetune_seconds`` (BatchNorm re-estimated around it) when that is not 0, scored in the executor."""
+    ``finetune_seconds`` (BatchNorm re-estimated around it) when that is not 0, scored in the executor.
+    ``budgeted``: ``finetune_seconds`` is planned at the first candidate from what the budget has left."""
 
     job: Job
     finetune_seconds: float = 0.0
-    how: str = field(init=False)
+    budgeted: bool = False
     baseline: float = field(init=False)
     judged: int = field(init=False, default=0)  # candidates so far, for progress
+
+    @property
+    def how(self) -> str:
+        brief = f" and {self.finetune_seconds:.0f} s of fine-tuning" if self.finetune_seconds > 0 else ""
+        return "after layer-wise reconstruction" + brief
 
     def __post_init__(self) -> None:
         from onnxprune.roundtrip.training import evaluate
 
         data = self.job.data
-        self.how = "after layer-wise reconstruction"
-        if self.finetune_seconds > 0:
-            self.how += f" and {self.finetune_seconds:.0f} s of fine-tuning"
         self.baseline = _metric(evaluate(data.objective.teacher, data.objective, data.validation, data.batch_size))
 
     @property
@@ -149,6 +155,8 @@ class ReconstructedJudge:
             seed=options.seed,
             teacher=teacher,
         )
+        if self.budgeted and self.judged == 0:
+            self.finetune_seconds = finetune_seconds(self.job)
         self.judged += 1
         module = OnnxModule(refit.model)
         reconstructed = _metric(evaluate(module, data.objective, data.validation, data.batch_size))
