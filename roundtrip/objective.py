@@ -10,6 +10,7 @@ per dataset where they fit in memory, or per batch when the inputs are augmented
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,8 @@ TARGET_CACHE_BYTES = 512 << 20
 # Distillation temperature and, with labels, the weight of the hard-label cross-entropy.
 TEMPERATURE = 4.0
 LABEL_WEIGHT = 0.5
+# Weight of intermediate-feature matching (``FeatureMatch``) beside the output objective.
+FEATURE_WEIGHT = 1.0
 _EPS = 1e-12
 
 
@@ -57,11 +60,15 @@ class Objective:
     def kind(self) -> str:
         return "cross-entropy + distillation" if self.use_labels else "distillation"
 
-    def teacher_outputs(self, batch: Batch, dataset: Dataset | None = None) -> list[torch.Tensor]:
-        if dataset is not None and id(dataset) in self._cache:
+    def teacher_outputs(
+        self, batch: Batch, dataset: Dataset | None = None, also: Sequence[str] = ()
+    ) -> list[torch.Tensor]:
+        """The teacher's ``tensors`` on ``batch`` (cached per sample of ``dataset`` when it was
+        cached), followed by its tensors ``also`` (never cached: features of augmented batches)."""
+        if dataset is not None and id(dataset) in self._cache and not also:
             return [torch.from_numpy(a[batch.indices]) for a in self._cache[id(dataset)]]
         with torch.no_grad():
-            return [t.detach() for t in self.teacher.run(batch.inputs, outputs=self.tensors)]
+            return [t.detach() for t in self.teacher.run(batch.inputs, outputs=[*self.tensors, *also])]
 
     def cache_targets(self, dataset: Dataset, batch_size: int) -> None:
         """Run the teacher over ``dataset`` once, if its outputs fit in TARGET_CACHE_BYTES."""
@@ -135,6 +142,32 @@ class Objective:
                 noisy = target + scale * torch.randn(target.shape, generator=generator, dtype=target.dtype)
                 total = total + 0.5 * ((out - noisy) / scale).pow(2).sum() / max(1, out[0].numel())
         return total
+
+
+@dataclass(frozen=True)
+class FeatureMatch:
+    """Intermediate tensors a pruned student is also trained to reproduce: the outputs of the layers
+    that lost input channels, the same targets layer-wise reconstruction fits in closed form, here
+    learnt jointly with the outputs. Few samples carry far more signal per sample in feature maps
+    than in ten class scores (Wang et al. 2022, "Compressing Models with Few Samples: Mimicking then
+    Replacing"; Bai et al. 2020, "Few Shot Network Compression via Cross Distillation").
+
+    ``kept[i]``: the teacher's positions on axis 1 that the student's ``tensors[i]`` still has (None:
+    all of them; the layer's own filters were not pruned).
+    """
+
+    tensors: list[str]
+    kept: list[np.ndarray | None]
+    weight: float = FEATURE_WEIGHT
+
+    def loss(self, student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+        """Mean over tensors of the squared error relative to the teacher's mean square."""
+        total = student[0].new_zeros(())
+        for out, target, kept in zip(student, teacher, self.kept):
+            if kept is not None:
+                target = target.index_select(1, torch.from_numpy(kept))
+            total = total + F.mse_loss(out, target) / (target.pow(2).mean() + _EPS)
+        return self.weight * total / max(1, len(self.tensors))
 
 
 def make_objective(original: onnx.ModelProto, sample: Batch, *, use_labels: bool) -> Objective:

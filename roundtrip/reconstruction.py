@@ -20,7 +20,7 @@ MatMul whose weight is the left operand.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +32,7 @@ from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.surgery import _context
 from onnxprune.roundtrip.data import Dataset
 from onnxprune.roundtrip.executor import OnnxModule
+from onnxprune.roundtrip.objective import FeatureMatch
 from onnxprune.roundtrip.ops import attrs
 from onnxprune.roundtrip.ops.nn import _pad_spatial, _window
 
@@ -121,13 +122,49 @@ def layers_to_refit(original: onnx.ModelProto, pruned: onnx.ModelProto) -> tuple
     return nodes, skipped
 
 
-def _kept_outputs(dep: DependencyGraph, plan: PruningPlan, tensor: str) -> np.ndarray | None:
+def kept_outputs(dep: DependencyGraph, plan: PruningPlan, tensor: str) -> np.ndarray | None:
     """Positions the plan keeps on ``tensor``'s channel axis (None: the tensor keeps them all)."""
     layout = dep.layouts.get(tensor)
     if layout is None:
         return None
     removed = _context(dep, plan).removed_atoms(layout.atoms)
     return None if not removed.any() else np.flatnonzero(~removed)
+
+
+def matched_features(
+    dep: DependencyGraph,
+    plan: PruningPlan,
+    pruned: onnx.ModelProto,
+    student: OnnxModule,
+    teacher: OnnxModule,
+    inputs: Mapping[str, np.ndarray],
+    exclude: Sequence[str] = (),
+) -> FeatureMatch | None:
+    """The outputs of the layers reconstruction refits (its targets) as features for fine-tuning
+    to match: those whose shape in ``student`` on ``inputs`` is the kept part of ``teacher``'s.
+    ``exclude``: tensors the objective already trains on (class scores)."""
+    nodes, _ = layers_to_refit(dep.model, pruned)
+    original = {out for node in dep.model.graph.node for out in node.output}
+    names = [n.output[0] for n in nodes if n.output[0] in original and n.output[0] not in exclude]
+    if not names:
+        return None
+    was_training = student.training
+    with torch.no_grad():
+        ours, theirs = student.eval().run(inputs, outputs=names), teacher.run(inputs, outputs=names)
+    student.train(was_training)
+    tensors, kept = [], []
+    for name, mine, original_tensor in zip(names, ours, theirs):
+        positions = kept_outputs(dep, plan, name)
+        expected = list(original_tensor.shape)
+        if positions is not None:  # FeatureMatch selects kept channels on axis 1 (NCHW conv outputs)
+            layout = dep.layouts[name]
+            if len(expected) < 2 or layout.axis not in (1, 1 - len(expected)) or len(layout) != expected[1]:
+                continue  # the last: a later iterative step, whose positions are not the teacher's
+            expected[1] = len(positions)
+        if list(mine.shape) == expected:
+            tensors.append(name)
+            kept.append(positions)
+    return FeatureMatch(tensors, kept) if tensors else None
 
 
 def calibration_batch(data: Dataset, model: onnx.ModelProto, samples: int, seed: int) -> dict[str, np.ndarray]:
@@ -304,7 +341,7 @@ def reconstruct(
             if node.op_type != "Conv" and y.dim() > 2:  # MatMul over a sequence: rows are samples x tokens
                 targets = y.reshape(-1, y.shape[-1])
             hooks[(node.name, 0)] = _Refit(
-                student, node, targets, positions, _kept_outputs(dep, plan, node.output[0]), fit_samples, ridge
+                student, node, targets, positions, kept_outputs(dep, plan, node.output[0]), fit_samples, ridge
             )
         del outputs
         student.run(batch, edge_hooks=hooks)

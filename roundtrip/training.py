@@ -19,7 +19,7 @@ import torch
 from onnxprune.roundtrip.augment import augment_inputs
 from onnxprune.roundtrip.data import Dataset
 from onnxprune.roundtrip.executor import OnnxModule
-from onnxprune.roundtrip.objective import Objective
+from onnxprune.roundtrip.objective import FeatureMatch, Objective
 
 StepProgress = Callable[[int, int, float], None]  # (step, steps, loss)
 # Steps timed before a deadline first re-plans the run; it is re-planned again at 4x, 16x, ... as many,
@@ -152,6 +152,7 @@ def finetune(
     selections: int = 10,
     deadline: float | None = None,
     progress: StepProgress | None = None,
+    features: FeatureMatch | None = None,
 ) -> TrainingRun:
     """Up to ``steps`` SGD steps (momentum 0.9, optional warm-up, cosine decay) on the objective.
 
@@ -159,7 +160,8 @@ def finetune(
     computed on the same augmented batch. ``select_on``: evaluated before training and ``selections``
     times during it; the best weights are kept (few samples overfit late; step 0, the weights it was
     given, when training only made them worse). ``deadline`` (``time.monotonic()``): the step count
-    is re-planned from the measured step time so training ends by then.
+    is re-planned from the measured step time so training ends by then. ``features``: intermediate
+    tensors matched to the teacher's besides the objective.
     """
     if steps <= 0:
         return TrainingRun()
@@ -175,15 +177,17 @@ def finetune(
         plan = StepPlan(steps, deadline, time.monotonic(), warmup_fraction)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, plan.lr_factor)
         module.train()
-        step = 0
+        step, count, matched = 0, len(objective.tensors), features.tensors if features is not None else []
         while step < plan.total:
             batch = next(batches)
             if augment:
                 batch = replace(batch, inputs=augment_inputs(batch.inputs, rng))
-                targets = objective.teacher_outputs(batch)  # of the augmented images, not the cached originals
-            else:
-                targets = objective.teacher_outputs(batch, data)
-            loss = objective.loss(module.run(batch.inputs, outputs=objective.tensors), batch, targets)
+            # Of the augmented images, not the cached originals, when augmented.
+            targets = objective.teacher_outputs(batch, None if augment else data, also=matched)
+            outputs = module.run(batch.inputs, outputs=[*objective.tensors, *matched])
+            loss = objective.loss(outputs[:count], batch, targets[:count])
+            if features is not None:
+                loss = loss + features.loss(outputs[count:], targets[count:])
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"fine-tuning diverged at step {step + 1} (loss {loss.item()}); lower --lr")
             optimizer.zero_grad(set_to_none=True)

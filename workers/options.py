@@ -189,6 +189,14 @@ class PruneOptions(BaseModel):
         "where a flip changes the meaning.",
         json_schema_extra=_about("recovery", needs_data=True),
     )
+    match_features: bool = Field(
+        False,
+        description="Fine-tuning also matches the original's intermediate features (the outputs of the "
+        "layers that lost inputs, on the kept channels), not only its outputs: more signal per sample. "
+        "Off by default: on ResNet-20 at -50% MACs with 1,200 training images and 600 s it held "
+        "out 76.75% against 77.30% without (each step is slower); with 300 images and 120 s, 67.10% against 66.00%.",
+        json_schema_extra=_about("recovery", needs_data=True),
+    )
     recovery: Literal["auto", "none", "reconstruct", "finetune"] = Field(
         "auto",
         description="With data: 'reconstruct' refits each layer that lost inputs by least squares to the "

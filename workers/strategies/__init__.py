@@ -43,7 +43,7 @@ def choose_recovery(options: PruneOptions, *, has_data: bool) -> Recovery:
     budgeted = options.time_budget is not None and has_data
     then: Recovery = NoRecovery()
     if options.recovery != "reconstruct" and (options.finetune_steps > 0 or options.iterative_steps > 1 or budgeted):
-        then = FineTune(steps=options.finetune_steps, lr=options.lr, augment=options.augment, budgeted=budgeted)
+        then = FineTune.from_options(options, budgeted=budgeted)
     if has_data and options.recovery in ("auto", "reconstruct"):  # layer-wise reconstruction first, by default
         return Reconstruct(then, samples=options.reconstruct_samples)
     return then

@@ -169,8 +169,8 @@ class ReconstructedJudge:
     def _finetune(self, module: OnnxModule) -> None:
         """The job's budgeted recovery in small, without checkpoint selection."""
         from onnxprune.roundtrip.schedule import BN_BATCHES
-        from onnxprune.roundtrip.training import finetune, recalibrate_batchnorm
-        from onnxprune.workers.strategies.finetune import MAX_BUDGETED_STEPS, WARMUP_FRACTION
+        from onnxprune.roundtrip.training import recalibrate_batchnorm
+        from onnxprune.workers.strategies.finetune import MAX_BUDGETED_STEPS, FineTune
 
         data, options = self.job.data, self.job.options
 
@@ -179,22 +179,9 @@ class ReconstructedJudge:
                 label = f"select: candidate {self.judged}, fine-tune {done}/{total}, loss {loss:.4g}"
                 self.job.stages.within("select", 1.0, label)
 
-        recalibrated = recalibrate_batchnorm(module, data.train, data.batch_size, BN_BATCHES, options.seed)
-        finetune(
-            module,
-            data.objective,
-            data.train,
-            steps=MAX_BUDGETED_STEPS,
-            lr=options.lr,
-            batch_size=data.batch_size,
-            seed=options.seed,
-            augment=options.augment,
-            warmup_fraction=WARMUP_FRACTION,
-            deadline=time.monotonic() + self.finetune_seconds,
-            progress=show,
-        )
-        if recalibrated:
-            recalibrate_batchnorm(module, data.train, data.batch_size, BN_BATCHES, options.seed)
+        recalibrate_batchnorm(module, data.train, data.batch_size, BN_BATCHES, options.seed)
+        recipe = FineTune.from_options(options, budgeted=False)
+        recipe.train(self.job, module, MAX_BUDGETED_STEPS, options.seed, time.monotonic() + self.finetune_seconds, show)
 
 
 def _metric(metrics: Metrics) -> float:

@@ -39,7 +39,7 @@ class LearnedSearch:
         from onnxprune.roundtrip.learned import SearchSettings, search
 
         options = job.options
-        then = FineTune(options.finetune_steps, options.lr, options.augment, budgeted=True)
+        then = FineTune.from_options(options, budgeted=True)
         budgeted = options.time_budget is not None and options.recovery != "reconstruct"
         settings = SearchSettings(
             max_drop=self.max_drop,
