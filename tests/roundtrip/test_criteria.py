@@ -109,3 +109,48 @@ def test_taylor_without_labels_still_ranks_channels(analysed, small_data):
     scores = score_groups(analysed.dep, "taylor", data=unlabelled)
 
     assert all(np.ptp(s) > 0 for s in scores.values())
+
+
+def _permute_first_layer(model, order: np.ndarray):
+    """The same function with the first conv's filters (and its NHWC bias, and the second conv's input
+    columns) in ``order``."""
+    from onnx import numpy_helper
+
+    permuted = copy.deepcopy(model)
+    inits = {i.name: i for i in permuted.graph.initializer}
+    convs = [n for n in permuted.graph.node if n.op_type == "Conv"]
+    bias = next(n for n in permuted.graph.node if n.op_type == "Add").input[1]
+    changes = {
+        convs[0].input[1]: lambda w: w[order],
+        bias: lambda b: b[order],
+        convs[1].input[1]: lambda w: w[:, order],
+    }
+    for name, change in changes.items():
+        inits[name].CopyFrom(numpy_helper.from_array(change(numpy_helper.to_array(inits[name])), name))
+    return permuted
+
+
+def test_taylor_scores_on_a_tf2onnx_nhwc_graph_follow_its_channels_not_its_layout(tmp_path):
+    """tf2onnx graphs wrap every Conv in Transposes and add biases on the last (channel) axis; a score
+    read off the wrong axis would not move with the channels when they are reordered."""
+    from tests import zoo
+    from tests.oracle import run_model
+
+    model = zoo.nhwc_transpose_model(seed=3, width=8)
+    order = np.random.default_rng(0).permutation(8)
+    permuted = _permute_first_layer(model, order)
+    data = tmp_path / "nhwc.npz"
+    np.savez(data, input=np.random.default_rng(1).standard_normal((60, 16, 16, 3)).astype(np.float32))
+    feeds = {"input": np.load(data)["input"][:1]}
+    np.testing.assert_allclose(run_model(model, feeds)[0], run_model(permuted, feeds)[0], rtol=1e-4, atol=1e-5)
+
+    scores = []
+    for each in (model, permuted):
+        analysed = analyse(each, {"input": [1, 16, 16, 3]})
+        context = build_context(data, analysed.prepared, None, batch_size=8, score_batches=3)
+        order_of = [n.name for n in analysed.prepared.graph.node].index
+        first = min(analysed.dep.prunable, key=lambda g: order_of(g.producers[0]))  # the first conv's group
+        scores.append(score_groups(analysed.dep, "taylor", data=context)[first.id])
+
+    assert np.ptp(scores[0]) > 0
+    np.testing.assert_allclose(scores[1], scores[0][order], rtol=1e-3, atol=1e-9)
