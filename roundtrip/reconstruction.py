@@ -104,9 +104,11 @@ def _input_width(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]) ->
 
 
 def layers_to_refit(original: onnx.ModelProto, pruned: onnx.ModelProto) -> tuple[list[onnx.NodeProto], dict[str, str]]:
-    """Conv/Gemm/MatMul nodes of ``pruned`` whose input width shrank (they lost input channels),
-    in graph order, and the affected nodes that cannot be refit with the reason."""
+    """Conv/Gemm/MatMul nodes of ``pruned`` whose input width shrank (they lost input channels) and
+    whose output the original also has (the refit's target), in graph order, and the affected nodes
+    that cannot be refit with the reason."""
     before, after = _initializers(original), _initializers(pruned)
+    original_tensors = {out for node in original.graph.node for out in node.output}
     nodes, skipped = [], {}
     for node in pruned.graph.node:
         if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
@@ -117,7 +119,11 @@ def layers_to_refit(original: onnx.ModelProto, pruned: onnx.ModelProto) -> tuple
         reason = _linear_weight(node, after)
         if reason is not None:
             skipped[node.name] = reason
-        elif _input_width(node, before) != _input_width(node, after):
+        elif _input_width(node, before) == _input_width(node, after):
+            continue
+        elif node.output[0] not in original_tensors:
+            skipped[node.name] = "its output has no counterpart in the original model"
+        else:
             nodes.append(node)
     return nodes, skipped
 
@@ -144,8 +150,7 @@ def matched_features(
     to match: those whose shape in ``student`` on ``inputs`` is the kept part of ``teacher``'s.
     ``exclude``: tensors the objective already trains on (class scores)."""
     nodes, _ = layers_to_refit(dep.model, pruned)
-    original = {out for node in dep.model.graph.node for out in node.output}
-    names = [n.output[0] for n in nodes if n.output[0] in original and n.output[0] not in exclude]
+    names = [n.output[0] for n in nodes if n.output[0] not in exclude]
     if not names:
         return None
     was_training = student.training
@@ -318,11 +323,6 @@ def reconstruct(
     from onnxprune.roundtrip.writeback import write_back
 
     nodes, skipped = layers_to_refit(dep.model, pruned)
-    original_tensors = {out for node in dep.model.graph.node for out in node.output}
-    for node in list(nodes):
-        if node.output[0] not in original_tensors:
-            skipped[node.name] = "its output has no counterpart in the original model"
-            nodes.remove(node)
     if not nodes:
         return ReconstructionResult(pruned, [], skipped, 0)
     batch = calibration_batch(data, dep.model, samples, seed)

@@ -182,7 +182,7 @@ def finetune(
             batch = next(batches)
             if augment:
                 batch = replace(batch, inputs=augment_inputs(batch.inputs, rng))
-            # Of the augmented images, not the cached originals, when augmented.
+            # Augmented images get the teacher's outputs on them, not the cached ones of the originals.
             targets = objective.teacher_outputs(batch, None if augment else data, also=matched)
             outputs = module.run(batch.inputs, outputs=[*objective.tensors, *matched])
             loss = objective.loss(outputs[:count], batch, targets[:count])
