@@ -117,12 +117,15 @@ def monotone(counts: Sequence[int], ms: Sequence[float]) -> tuple[float, ...]:
     return tuple(result)
 
 
-def grid_counts(channels: int, step: int, fractions: Sequence[float]) -> list[int]:
-    """The counts a group is measured at: ``channels`` times each fraction, rounded up to ``step``,
-    below ``channels``, without duplicates (ascending)."""
+def grid_counts(channels: int, step: int, fractions: Sequence[float], floor: int = 0) -> list[int]:
+    """The counts a group is measured at: each fraction of the way from ``floor`` (the channels that
+    cannot go: pinned) to ``channels``, rounded up to ``step``, below ``channels``, without
+    duplicates (ascending). Below the floor a group cannot be cut, so a count there would time
+    the floor again and be fitted as if it had removed more."""
     counts = set()
     for fraction in fractions:
-        count = min(channels, max(step, -(-int(round(channels * fraction)) // step) * step))
+        exact = int(round(floor + (channels - floor) * fraction))
+        count = min(channels, max(step, -(-exact // step) * step))
         if count < channels:
             counts.add(count)
     return sorted(counts)

@@ -153,9 +153,7 @@ def _print_summary(report: PruneReport) -> None:
     if learned is not None:
         kept = ", ".join(f"{layer.kept}/{layer.channels}" for layer in learned.layers)
         table.caption += f"\nlearned (max drop {learned.max_drop:g} in {learned.metric}): filters kept per layer {kept}"
-    for warning in report.warnings:  # e.g. which size symbolic input dims were probed at
-        table.caption += f"\nnote: {warning}"
-    print_table(table)
+    print_table(table)  # the report's warnings follow on stderr, once
 
 
 def _speed_words(change: SpeedChange | None) -> str:

@@ -87,6 +87,18 @@ def test_prune_prints_one_progress_line_per_stage_on_stderr(model_path, tmp_path
     assert "MACs" in result.stdout
 
 
+def test_prune_prints_each_warning_once_on_stderr(model_path, tmp_path):
+    result = onnxprune("prune", model_path, "-o", "out.onnx", "--ratio", "0.5", "--report", "r.json", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    warnings = json.loads((tmp_path / "r.json").read_text())["warnings"]
+    assert warnings, "pruning half of a random model's filters without data warns about fidelity"
+    stdout = " ".join(result.stdout.split())  # a table caption wraps long lines
+    for warning in warnings:
+        assert " ".join(warning.split()) not in stdout
+        assert result.stderr.count(warning) == 1
+
+
 def test_prune_json_prints_the_report_alone_on_stdout_and_progress_on_stderr(model_path, tmp_path):
     result = onnxprune("prune", model_path, "-o", "out.onnx", "--ratio", "0.5", "--json", cwd=tmp_path)
 

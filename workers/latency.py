@@ -45,7 +45,10 @@ from onnxprune.workers.speed import ratio_interval
 # runs faster than its undisturbed time, while a busy neighbour's preemptions turn some runs of a 2 ms
 # model into 30 ms ones (measured at load 15 on 2 cores), so the minimum is the robust estimate.
 QUANTILE = 0.0
-ESTIMATOR = "fastest-run, rates within [1/4, 3] of the median shrunk to the prior (3 groups' weight)"
+ESTIMATOR = (
+    "fastest-run, rates within [1/4, 3] of the median shrunk to the prior (3 groups' weight), "
+    "exact MACs per count above the pinned floor"
+)
 PRIOR_WEIGHT = 3.0  # part of the cache key: change it with the fit
 
 Variant = tuple[str, int, dict[str, list[int]]]  # group, channel count, kept channels
@@ -213,10 +216,10 @@ def plan_variants(
     probes: list[tuple[str, int, int]] = []
     for index in groups:
         group = dep.groups[index]
-        counts = grid_counts(group.channels, step, settings.fractions)
+        counts = grid_counts(group.channels, step, settings.fractions, len(group.pinned))
         for count in counts:
             variants.append((group.id, count, _keep(dep, index, scores, count)))
-        middle = [c for c in counts if c >= 2 * step]
+        middle = [c for c in counts if c >= 2 * step and c - step // 2 >= len(group.pinned)]  # probes above the floor
         if len({g for g, _, _ in probes}) < settings.probe_groups and middle:
             m = middle[len(middle) // 2]
             for offset in sorted({1, step // 2} - {0}):
@@ -286,23 +289,26 @@ def _table(
         widths.append(baseline * (high - low) / 2.0)
     noise = float(np.median(widths)) if widths else 0.0
     macs = MacsModel(dep, {node.name: node.macs for node in cost.nodes})
-    per_channel = {}  # MACs removed per channel removed, each group alone (linear: one side of each conv shrinks)
+
+    def removed_macs(index: int, count: int) -> float:
+        """MACs removed with group ``index`` alone at ``count`` (not linear in the count: a conv whose
+        input and output are both in the group shrinks on both sides; pinned channels stay)."""
+        group = dep.groups[index]
+        return float(
+            macs.total - macs.macs(PruningPlan.from_keep(dep, _keep(dep, index, {group.id: _scores(group)}, count)))
+        )
+
+    fitted = set()  # groups with counts to measure at (one narrower than the step has none)
     fits = {}
     offsets = {(g, m - d) for g, m, d in probes}
     for index in groups:
         group = dep.groups[index]
-        counts = grid_counts(group.channels, step0, settings.fractions)
+        counts = grid_counts(group.channels, step0, settings.fractions, len(group.pinned))
         if not counts:
             continue
-        smallest = counts[0]
-        plan = PruningPlan.from_keep(dep, _keep(dep, index, {group.id: _scores(group)}, smallest))
-        per_channel[group.id] = (macs.total - macs.macs(plan)) / max(group.channels - smallest, 1)
-        pairs = [
-            (per_channel[group.id] * (group.channels - c), baseline - ms[(group.id, c)])
-            for c in counts
-            if (group.id, c) in ms
-        ]
-        if pairs and per_channel[group.id] > 0:
+        fitted.add(group.id)
+        pairs = [(removed_macs(index, c), baseline - ms[(group.id, c)]) for c in counts if (group.id, c) in ms]
+        if pairs and removed_macs(index, counts[0]) > 0:
             removed, saved = np.array(pairs).T
             fits[group.id] = max(0.0, float(removed @ saved / (removed @ removed)))
     prior = baseline / max(macs.total, 1)  # all time spent in MACs: the rate before measuring
@@ -313,7 +319,7 @@ def _table(
     curves = {}
     for index in groups:
         group = dep.groups[index]
-        if group.id not in per_channel:
+        if group.id not in fitted:
             continue
         measured_group = group.id in fits
         # Measured rates between a quarter and three times the typical one: removing MACs never
@@ -321,7 +327,7 @@ def _table(
         ceiling = 3.0 * min(global_rate, prior) if len(fits) < 3 else 3.0 * global_rate  # few groups: no median
         rate = min(max(fits[group.id], 0.25 * global_rate), ceiling) if measured_group else global_rate
         counts = list(range(step0, group.channels, step0)) + [group.channels]
-        values = [max(0.0, baseline - rate * per_channel[group.id] * (group.channels - c)) for c in counts]
+        values = [max(0.0, baseline - rate * removed_macs(index, c)) for c in counts]
         points = {c: round(v, 5) for (g, c), v in ms.items() if g == group.id and (g, c) not in offsets}
         curve_probes = {c: v for (g, c), v in ms.items() if g == group.id and (g, c) in offsets}
         curves[group.id] = LatencyCurve(

@@ -4,7 +4,7 @@ Measure the model's latency table (``workers.latency``), choose counts by import
 millisecond (``graphops.latency_select``, HALP's knapsack), then close the loop: time the pruned
 model interleaved with the original, and while it misses the target, ask the latency model for
 proportionally more (savings that add up in the model overlap in reality), a bounded number of
-times. The plan kept is the first that meets the target, else the fastest measured. Decisions use the
+times, and no more once asking for more returns a plan already timed. The plan kept is the first that meets the target, else the fastest measured. Decisions use the
 p50 ratio, or the fastest runs' ratio when the p50's interval is too wide to act on (``decisive_ratio``).
 
 With ``--quantize``, the target applies to the model the user gets, the quantized one: the table times
@@ -69,11 +69,13 @@ def select_for_latency(
 
     asked = target
     iterations: list[LatencyIteration] = []
-    best: tuple[float, PruningPlan, SpeedChange] | None = None
+    tried: list[tuple[float, PruningPlan, SpeedChange]] = []  # (decisive ratio, plan, timing) per pass
     with tempfile.TemporaryDirectory(prefix="onnxprune-latency-") as workdir:
         pruned, candidate = Path(workdir) / "pruned.onnx", Path(workdir) / "candidate.onnx"
         for _ in range(options.latency_iterations):
             plan = select_by_latency(dep, scores, saving, table.goal_ms(asked), step=step, exclude=options.exclude)
+            if any(plan == timed for _, timed, _ in tried):
+                break  # asking for more changed nothing: every group is as deep as it can go
             pruned.write_bytes(apply_plan(dep, plan).SerializeToString())
             deployed(pruned, candidate, dep, options, limits)
             change = benchmark(
@@ -90,15 +92,14 @@ def select_for_latency(
             predicted = table.predict_ratio(counts_of(plan))
             iterations.append(LatencyIteration(asked=round(asked, 4), predicted=round(predicted, 4), measured=change))
             achieved = decisive_ratio(change)
-            if best is None or achieved < best[0]:
-                best = (achieved, plan, change)
+            tried.append((achieved, plan, change))
             if achieved <= target:
-                best = (achieved, plan, change)
                 break
             asked = next_ask(asked, predicted, achieved, target)
-    if best is None:
+    if not tried:
         raise ValueError("latency_iterations must be at least 1")
-    achieved, plan, measured = best
+    # the first plan that met the target (the last tried), else the fastest measured
+    achieved, plan, measured = tried[-1] if tried[-1][0] <= target else min(tried, key=lambda t: t[0])
     chosen = next(i for i in iterations if i.measured is measured)
     report = LatencyTargetReport(
         target=target,
@@ -171,12 +172,33 @@ def group_reports(table: LatencyTable, dep: DependencyGraph, plan: PruningPlan) 
     return reports
 
 
-def target_notes(report: LatencyTargetReport | None, latency: Latency | None) -> list[str]:
-    """The latency target in words when the final measurement missed it (by how much), or when
+def judged_on_closing_benchmark(
+    report: LatencyTargetReport | None, latency: Latency | None
+) -> LatencyTargetReport | None:
+    """The target judged on the job's closing benchmark (the written model timed once more against the
+    original) rather than on the pass that chose the plan: the best of several noisy timings
+    flatters it (BlazeFace: the same plan measured 0.675x, 0.706x and 0.681x in three passes, 0.767x
+    after). The passes' own timings stay in ``iterations``."""
+    if report is None or latency is None or latency.change is None:
+        return report
+    achieved = decisive_ratio(latency.change)
+    met = achieved <= report.target
+    return report.model_copy(
+        update={
+            "measured": latency.change,
+            "achieved": round(achieved, 5),
+            "met": met,
+            "missed_by": None if met else round(achieved - report.target, 4),
+        }
+    )
+
+
+def target_notes(report: LatencyTargetReport | None) -> list[str]:
+    """The latency target in words when the measurement missed it (by how much), or when
     quantization alone met it (nothing pruned)."""
     if report is None:
         return []
-    final = latency.change if latency is not None and latency.change is not None else report.measured
+    final = report.measured
     achieved = decisive_ratio(final)
     if achieved <= report.target:
         if report.applies_to == "float" or any(g.kept < g.channels for g in report.groups):

@@ -157,7 +157,10 @@ class LatencyTargetReport(BaseModel):
         "mode ('int8', 'dynamic'): the pruned model quantized, the one written, timed against the float original.",
     )
     met: bool
-    measured: SpeedChange = Field(description="The chosen plan, timed against the original (p50, p90, interval).")
+    measured: SpeedChange = Field(
+        description="The chosen plan timed against the original (p50, p90, interval): by the job's closing "
+        "benchmark, or without one by the pass that chose it (each pass's timing is in 'iterations')."
+    )
     achieved: float | None = Field(
         None,
         description="The ratio acted on: p50, or the fastest runs' when the p50's "

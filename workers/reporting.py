@@ -12,7 +12,7 @@ from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.selection import grid_counts
 from onnxprune.graphops.shares import macs_shares
 from onnxprune.workers.analysis import Analysis
-from onnxprune.workers.latency_target import target_notes
+from onnxprune.workers.latency_target import judged_on_closing_benchmark, target_notes
 from onnxprune.workers.options import AutoTarget, LearnedTarget, PruneOptions
 from onnxprune.workers.quality_warnings import quality_warnings
 from onnxprune.workers.report import (
@@ -54,6 +54,7 @@ def build_report(
     if evaluation is not None and outcome.finetune is not None:
         evaluation = evaluation.model_copy(update={"finetune": outcome.finetune})
     evaluation = with_bound(evaluation, job.options, selection.validation_drop)
+    latency_target = judged_on_closing_benchmark(selection.latency_target, latency)
     return PruneReport(
         onnxprune_version=onnxprune_version(),
         model_sha256=analysis.sha256,
@@ -77,7 +78,7 @@ def build_report(
             *selection.notes,
             *artifacts.notes,
             *speed_notes(latency),
-            *target_notes(selection.latency_target, latency),
+            *target_notes(latency_target),
             *rounding_notes(job, groups),
             *quality_warnings(
                 fidelity,
@@ -93,7 +94,7 @@ def build_report(
         round_to_source="the latency table"
         if selection.latency_target and job.round_to_source != "given"
         else job.round_to_source,
-        latency_target=selection.latency_target,
+        latency_target=latency_target,
         fastest_cut=selection.fastest_cut,
     )
 
