@@ -47,6 +47,9 @@ REAL_MODEL_CASES = [
     # Only the batch is symbolic: the ConvTranspose output_shape attributes pin the image at 720x720.
     RealModel("winml_style_mosaic.onnx", {"inputImage": [1, 3, 720, 720]}),
     RealModel("yolox_nano.onnx"),
+    # Ultralytics YOLOv8n: symbolic height and width (320 in its metadata), C2f blocks (Split + Concat),
+    # an anchor-free head whose box and class branches meet in a Concat before the DFL decoding.
+    RealModel("nudenet_yolov8n_320.onnx", {"images": [1, 3, 320, 320]}),
 ]
 REAL_MODEL_PARAMS = [case.param() for case in REAL_MODEL_CASES]
 
