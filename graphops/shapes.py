@@ -46,7 +46,11 @@ def resolve_input_shapes(
 
 
 def with_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> onnx.ModelProto:
-    """A weightless copy of ``model`` (see :func:`skeleton`) whose inputs have the given shapes."""
+    """A weightless copy of ``model`` (see :func:`skeleton`) whose inputs have the given shapes.
+
+    The shapes recorded for intermediate tensors were inferred at other input sizes (a pruned model's
+    at its declared ``-1`` dims, where a conv's output is ``[-1, C, 0, 0]``), and shape inference
+    keeps a recorded dim over the one it would infer: they are dropped, their types kept."""
     fixed = skeleton(model)
     for inp in fixed.graph.input:
         if inp.name not in input_shapes:
@@ -55,6 +59,10 @@ def with_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequenc
         shape.ClearField("dim")
         for value in input_shapes[inp.name]:
             shape.dim.add().dim_value = int(value)
+    if input_shapes:
+        for value in fixed.graph.value_info:
+            if value.type.HasField("tensor_type"):
+                value.type.tensor_type.ClearField("shape")
     return fixed
 
 
@@ -98,9 +106,17 @@ def skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def inferred_value_info(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    """onnx's inferred shapes of the intermediate tensors, computed on a skeleton of ``model``."""
+    """onnx's inferred shapes of the intermediate tensors, computed on a skeleton of ``model``.
+
+    A model declaring ``-1`` for its free dims (paddle2onnx does) infers sizes such as ``[-1, 8, 0, 0]``
+    from them: a shape with a dim below 1 is not recorded (the tensor keeps its type)."""
     inferred = shape_inference.infer_shapes(skeleton(model), check_type=False, strict_mode=False, data_prop=True)
-    return list(inferred.graph.value_info)
+    values = list(inferred.graph.value_info)
+    for value in values:
+        shape = _type_shape(value.type)
+        if shape is not None and any(isinstance(d, int) and d < 1 for d in shape):
+            value.type.tensor_type.ClearField("shape")
+    return values
 
 
 def infer_shapes(model: onnx.ModelProto) -> dict[str, Shape]:

@@ -17,10 +17,12 @@ OPSET = 13
 INPUT_SHAPE = (1, 3, 8, 8)
 
 
-def _model(nodes, inits: dict[str, np.ndarray], output: str, output_shape, *, opset: int = OPSET) -> onnx.ModelProto:
+def _model(
+    nodes, inits: dict[str, np.ndarray], output: str, output_shape, *, opset: int = OPSET, input_shape=INPUT_SHAPE
+) -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes, "net",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(INPUT_SHAPE))],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(input_shape))],
         [helper.make_tensor_value_info(output, TensorProto.FLOAT, output_shape)],
         [numpy_helper.from_array(value, name) for name, value in inits.items()],
     )  # fmt: skip
@@ -79,14 +81,21 @@ def residual_net(head: str = "gemm") -> onnx.ModelProto:
 
 
 def quantize_qdq(
-    model: onnx.ModelProto, directory: Path, *, per_channel: bool, weight_type: str = "int8", samples: int = 8
+    model: onnx.ModelProto,
+    directory: Path,
+    *,
+    per_channel: bool,
+    weight_type: str = "int8",
+    samples: int = 8,
+    feeds: list[dict[str, np.ndarray]] | None = None,
 ) -> onnx.ModelProto:
-    """``model`` quantized by onnxruntime in the QDQ format (uint8 activations), calibrated on random inputs;
-    int8 weights symmetric (zero point 0), uint8 weights asymmetric."""
+    """``model`` quantized by onnxruntime in the QDQ format (uint8 activations), calibrated on ``feeds``
+    (default: ``samples`` random inputs); int8 weights symmetric (zero point 0), uint8 weights asymmetric."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    rng = np.random.default_rng(1)
-    feeds = [{"x": rng.standard_normal(INPUT_SHAPE).astype(np.float32)} for _ in range(samples)]
+    if feeds is None:
+        rng = np.random.default_rng(1)
+        feeds = [{"x": rng.standard_normal(INPUT_SHAPE).astype(np.float32)} for _ in range(samples)]
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -311,3 +320,129 @@ def grouped_deconv_net() -> onnx.ModelProto:
         helper.make_node("Conv", ["c2", "w3"], ["y"], name="conv3"),
     ]  # fmt: skip
     return _model(nodes, inits, "y", [1, 4, 16, 16])
+
+
+YOLO_INPUT_SHAPE = (1, 3, 64, 64)
+
+
+def _conv_silu(name: str, source: str, out: str, kernel: int = 1, stride: int = 1) -> list[onnx.NodeProto]:
+    """Ultralytics' Conv: conv (BN folded) then SiLU written as x * Sigmoid(x), as its exports write it."""
+    pad = kernel // 2
+    return [
+        helper.make_node("Conv", [source, f"{name}_w", f"{name}_b"], [f"{name}_c"], kernel_shape=[kernel, kernel],
+                         strides=[stride, stride], pads=[pad] * 4, name=name),
+        helper.make_node("Sigmoid", [f"{name}_c"], [f"{name}_s"], name=f"{name}_sigmoid"),
+        helper.make_node("Mul", [f"{name}_c", f"{name}_s"], [out], name=f"{name}_silu"),
+    ]  # fmt: skip
+
+
+def yolo_block_net(width: int = 16) -> onnx.ModelProto:
+    """A YOLOv8-style detector in miniature: every pattern of the real one that carries channels.
+
+        x -stem(16, s2)-down(32, s2)- C2f -+- SPPF -Resize x2-+
+                                           '------------------Concat-fuse(32)-+- box: conv3x3(16)-conv(4) -+-Concat
+                                                                              '- cls: conv3x3(16)-conv(3)-Sigmoid -'
+        C2f:  cv1(32) -Split(16, 16)-> [a, b, bottleneck(b) + b] -Concat(48)- cv2(32)
+        SPPF: cv1(16) -MaxPool5-MaxPool5-MaxPool5-> Concat(64) -cv2(32)
+    Every conv is followed by SiLU (Sigmoid * Mul); the output is [1, 7, anchors] (boxes, class scores).
+    Channel counts are drawn for ``width`` 16; other widths scale them.
+    """
+    w = width
+    shapes = {
+        "stem": (w, 3, 3), "down": (2 * w, w, 3), "c2f_cv1": (2 * w, 2 * w, 1), "bneck1": (w, w, 3),
+        "bneck2": (w, w, 3), "c2f_cv2": (2 * w, 3 * w, 1), "sppf_cv1": (w, 2 * w, 1), "sppf_cv2": (2 * w, 4 * w, 1),
+        "fuse": (2 * w, 4 * w, 1), "box1": (w, 2 * w, 3), "cls1": (w, 2 * w, 3),
+    }  # fmt: skip
+    rng = np.random.default_rng(10)
+    inits: dict[str, np.ndarray] = {}
+    for name, (out, cin, k) in [*shapes.items(), ("box2", (4, w, 1)), ("cls2", (3, w, 1))]:
+        inits[f"{name}_w"] = (rng.standard_normal((out, cin, k, k)) * (1.5 / np.sqrt(cin * k * k))).astype(np.float32)
+        inits[f"{name}_b"] = (rng.standard_normal(out) * 0.2).astype(np.float32)
+    inits["split"] = np.array([w, w], np.int64)
+    inits["scales"] = np.array([1, 1, 2, 2], np.float32)
+    inits["anchors"] = np.array([1, 7, -1], np.int64)
+    nodes = [
+        *_conv_silu("stem", "x", "p1", 3, 2),
+        *_conv_silu("down", "p1", "p2", 3, 2),
+        *_conv_silu("c2f_cv1", "p2", "c2f_in", 1),
+        helper.make_node("Split", ["c2f_in", "split"], ["c2f_a", "c2f_b"], axis=1, name="c2f_split"),
+        *_conv_silu("bneck1", "c2f_b", "bn1", 3),
+        *_conv_silu("bneck2", "bn1", "bn2", 3),
+        helper.make_node("Add", ["c2f_b", "bn2"], ["c2f_m"], name="bneck_add"),
+        helper.make_node("Concat", ["c2f_a", "c2f_b", "c2f_m"], ["c2f_cat"], axis=1, name="c2f_concat"),
+        *_conv_silu("c2f_cv2", "c2f_cat", "c2f", 1),
+        *_conv_silu("sppf_cv1", "c2f", "s0", 1),
+        helper.make_node("MaxPool", ["s0"], ["s1"], kernel_shape=[5, 5], pads=[2] * 4, name="sppf_pool1"),
+        helper.make_node("MaxPool", ["s1"], ["s2"], kernel_shape=[5, 5], pads=[2] * 4, name="sppf_pool2"),
+        helper.make_node("MaxPool", ["s2"], ["s3"], kernel_shape=[5, 5], pads=[2] * 4, name="sppf_pool3"),
+        helper.make_node("Concat", ["s0", "s1", "s2", "s3"], ["sppf_cat"], axis=1, name="sppf_concat"),
+        *_conv_silu("sppf_cv2", "sppf_cat", "sppf", 1),
+        helper.make_node("MaxPool", ["sppf"], ["sppf_down"], kernel_shape=[2, 2], strides=[2, 2], name="neck_down"),
+        helper.make_node("Resize", ["sppf_down", "", "scales"], ["up"], mode="nearest", name="neck_up"),
+        helper.make_node("Concat", ["up", "c2f"], ["neck_cat"], axis=1, name="neck_concat"),
+        *_conv_silu("fuse", "neck_cat", "feat", 1),
+        *_conv_silu("box1", "feat", "box_h", 3),
+        helper.make_node("Conv", ["box_h", "box2_w", "box2_b"], ["box"], name="box2"),
+        *_conv_silu("cls1", "feat", "cls_h", 3),
+        helper.make_node("Conv", ["cls_h", "cls2_w", "cls2_b"], ["cls_logits"], name="cls2"),
+        helper.make_node("Sigmoid", ["cls_logits"], ["cls"], name="cls_sigmoid"),
+        helper.make_node("Concat", ["box", "cls"], ["head"], axis=1, name="head_concat"),
+        helper.make_node("Reshape", ["head", "anchors"], ["y"], name="head_reshape"),
+    ]  # fmt: skip
+    side = YOLO_INPUT_SHAPE[2] // 4
+    return _model(nodes, inits, "y", [1, 7, side * side], input_shape=YOLO_INPUT_SHAPE)
+
+
+def yolo_calibration_feeds(samples: int = 8) -> list[dict[str, np.ndarray]]:
+    """Image-like calibration inputs for :func:`yolo_block_net`: values in [0, 1], as x / 255."""
+    rng = np.random.default_rng(11)
+    return [{"x": rng.random(YOLO_INPUT_SHAPE).astype(np.float32)} for _ in range(samples)]
+
+
+def photo_batches(photos: Path, count: int, side: int) -> list[np.ndarray]:
+    """The first ``count`` photos of a folder as detectors take them: RGB, ``side`` x ``side``, / 255, NCHW."""
+    from PIL import Image  # matplotlib's dependency: images only where a test reads photos
+
+    batches = []
+    for path in sorted(photos.glob("*.jpg"))[:count]:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB").resize((side, side)), dtype=np.float32) / 255.0
+        batches.append(pixels.transpose(2, 0, 1)[None])
+    return batches
+
+
+def quantize_detector(model_path: Path, photos: Path, directory: Path, *, side: int = 320, count: int = 4) -> Path:
+    """A real detector quantized as users quantize it: its image input fixed at 1x3xSIDExSIDE, then
+    onnxruntime's ``quantize_static`` (QDQ, per-channel int8 weights, uint8 activations) calibrated on
+    ``count`` real photos. Returns the QDQ model's path."""
+    model = onnx.load(model_path)
+    image = model.graph.input[0]
+    for dim, size in zip(image.type.tensor_type.shape.dim, (1, 3, side, side)):
+        dim.Clear()
+        dim.dim_value = size
+    fixed = directory / "float_fixed.onnx"
+    onnx.save(model, fixed)
+    feeds = [{image.name: batch} for batch in photo_batches(photos, count, side)]
+    return _quantize_file(fixed, directory / "qdq.onnx", feeds)
+
+
+def _quantize_file(source: Path, target: Path, feeds: list[dict[str, np.ndarray]]) -> Path:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._feeds = iter(feeds)
+
+        def get_next(self):
+            return next(self._feeds, None)
+
+    quantize_static(
+        str(source),
+        str(target),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+    return target

@@ -22,10 +22,11 @@ from onnxprune.graphops.dependency import DependencyGraph
 from onnxprune.graphops.errors import GraphOpsError
 from onnxprune.graphops.masking import masked_graph
 from onnxprune.graphops.plan import PruningPlan
+from onnxprune.graphops.unrounded import unrounded_model, without_activation_rounding
 from onnxprune.graphops.weights import ModelWeights
 from onnxprune.workers.benchmark import run_models
 from onnxprune.workers.ort_models import FedModel, fed_graph, fed_model
-from onnxprune.workers.output_compare import FLOAT32_RTOL, oracle_rtol, output_mismatch
+from onnxprune.workers.output_compare import FLOAT32_RTOL, oracle_atol, oracle_rtol, output_mismatch
 from onnxprune.workers.sandbox import RunnerLimits
 
 Outputs = dict[str, Any]
@@ -40,12 +41,18 @@ class VerificationFailed(GraphOpsError):
 
 
 def check_outputs_match(
-    expected: Mapping[str, Any], actual: Mapping[str, Any], *, what: str, against: str, rtol: float = ORACLE_RTOL
+    expected: Mapping[str, Any],
+    actual: Mapping[str, Any],
+    *,
+    what: str,
+    against: str,
+    rtol: float = ORACLE_RTOL,
+    atol: float = 0.0,
 ) -> None:
-    """Every output of ``expected`` is in ``actual`` with its shape and within ``rtol``; outputs
-    of any kind compare by what they hold (``workers.output_compare``: string labels are not compared)."""
+    """Every output of ``expected`` is in ``actual`` with its shape and within ``rtol`` (or ``atol``);
+    outputs of any kind compare by what they hold (``workers.output_compare``: string labels are not compared)."""
     for name, reference in expected.items():
-        problem = output_mismatch(name, reference, actual.get(name), rtol)
+        problem = output_mismatch(name, reference, actual.get(name), rtol, atol)
         if problem is not None:
             raise VerificationFailed(f"{what} {problem} from {against}")
 
@@ -109,7 +116,11 @@ def verify_against_oracle(
     are decoded: the two runs never hold their arrays at once.
     """
     weights = weights or ModelWeights(dep.model)
-    originals = [fed_graph(masked_graph(dep, plan, weights), dep.model)]
+    masked_original = masked_graph(dep, plan, weights)
+    # QDQ: compared without activation rounding, which float sums in another order flip (graphops.unrounded)
+    unrounded = without_activation_rounding(masked_original, dep.shapes) > 0
+    originals = [fed_graph(masked_original, dep.model)]
+    del masked_original
     if with_reference:
         originals.append(fed_model(dep.model, weights))
     masked, *reference = run_models(originals, inputs, limits=limits)
@@ -117,7 +128,20 @@ def verify_against_oracle(
     weights.release()
     gc.collect()  # the masked onnx-graphsurgeon graph is a reference cycle holding the masked weights
     outputs = run_models([checked_fed_model(pruned)], inputs, limits=limits)[0]
-    check_outputs_match(masked, outputs, what="pruned model", against="the oracle", rtol=oracle_rtol(dep.model))
+    compared = outputs
+    if unrounded:
+        pruned_unrounded = unrounded_model(pruned)
+        if pruned_unrounded is None:
+            raise VerificationFailed("the pruned model lost the activation quantization of the original")
+        compared = run_models([fed_model(pruned_unrounded)], inputs, limits=limits)[0]
+    check_outputs_match(
+        masked,
+        compared,
+        what="pruned model",
+        against="the oracle",
+        rtol=oracle_rtol(dep.model),
+        atol=oracle_atol(dep.model),
+    )
     path = workdir / "candidate.onnx"
     sha256 = write_model(pruned, path)
     return Verified(pruned, path, sha256, outputs, reference[0] if reference else None)
