@@ -829,3 +829,65 @@ def constant_node_weights_model(seed: int = 0, width: int = 8) -> onnx.ModelProt
     y = g.node("Relu", [g.node("Conv", [y, w2, b2], kernel_shape=[3, 3], pads=[1, 1, 1, 1])])
     out = g.conv(y, width, 4, kernel=1)
     return g.model([float_input("input", [1, 3, 16, 16])], out, 13, "constant_node_weights")
+
+
+def db_text_detector(
+    seed: int = 0, width: int = 8, head_bias: float = 0.0, sizes_from_shape: bool = False
+) -> onnx.ModelProto:
+    """A DB text detector (PP-OCR det) as paddle2onnx writes it: input [-1, 3, 'h', 'w'], a -1 batch.
+
+        backbone: conv s2 -> c1 (/4) -> c2 (/8) -> c3 (/16) -> c4 (/32), Conv-BN-ReLU each
+        FPN:      1x1 in-convs to 2w; top-down in3 + Resize(in4), in2 + Resize(out3), in1 + Resize(out2)
+                  (nearest, scales 2); 3x3 convs to w/2 per scale, Resize x8 / x4 / x2 and Concat (2w channels)
+        head:     Conv-BN-ReLU (w/2), ConvTranspose x2 -BN-ReLU, ConvTranspose x2 (1) + ``head_bias``, Sigmoid
+
+    A negative ``head_bias`` saturates the probability map on inputs without text, as a trained
+    detector's is on random ones. ``sizes_from_shape``: the first upsampling takes output sizes
+    computed at run time (Concat of [N, C] of in4 and [H, W] of in3), as some exports write it.
+    """
+    g = GraphBuilder(seed)
+
+    def conv_bn_relu(x: str, cin: int, cout: int, kernel: int = 3, stride: int = 1) -> str:
+        y = g.conv(x, cin, cout, kernel, bias=False, stride=stride)
+        return g.node("Relu", [g.batchnorm(y, cout)])
+
+    def resize(x: str, scale: float) -> str:
+        scales = g.constant("scales", np.array([1, 1, scale, scale], dtype=np.float32))
+        return g.node("Resize", [x, "", scales], mode="nearest")
+
+    def shape_slice(x: str, start: int, end: int) -> str:
+        bounds = [g.constant(n, np.array([v], dtype=np.int64)) for n, v in (("start", start), ("end", end))]
+        return g.node("Slice", [g.node("Shape", [x]), *bounds])
+
+    stem = conv_bn_relu("x", 3, width, stride=2)
+    widths = [width, 2 * width, 3 * width, 4 * width]
+    features, x, cin = [], stem, width
+    for cout in widths:
+        x = conv_bn_relu(x, cin, cout, stride=2)
+        features.append(x)
+        cin = cout
+    inner = 2 * width
+    ins = [g.conv(f, c, inner, kernel=1, bias=False) for f, c in zip(features, widths)]
+    if sizes_from_shape:
+        sizes = g.node("Concat", [shape_slice(ins[3], 0, 2), shape_slice(ins[2], 2, 4)], axis=0)
+        up4 = g.node("Resize", [ins[3], "", "", sizes], mode="nearest")
+    else:
+        up4 = resize(ins[3], 2)
+    out3 = g.node("Add", [ins[2], up4])
+    out2 = g.node("Add", [ins[1], resize(out3, 2)])
+    out1 = g.node("Add", [ins[0], resize(out2, 2)])
+    quarter = inner // 4
+    p = [g.conv(o, inner, quarter, bias=False) for o in (out1, out2, out3, ins[3])]
+    fused = g.node("Concat", [p[0], resize(p[1], 2), resize(p[2], 4), resize(p[3], 8)], axis=1)
+    head = conv_bn_relu(fused, inner, quarter)
+    up_weight = g.random("Wt", [quarter, quarter, 2, 2], scale=0.5)
+    head = g.node(
+        "ConvTranspose", [head, up_weight, g.random("Bt", [quarter], 0.1)], kernel_shape=[2, 2], strides=[2, 2]
+    )
+    head = g.node("Relu", [g.batchnorm(head, quarter)])
+    last = g.random("Wt", [quarter, 1, 2, 2], scale=0.5)
+    logits = g.node("ConvTranspose", [head, last, g.constant("Bt", np.array([head_bias], np.float32))],
+                    kernel_shape=[2, 2], strides=[2, 2])  # fmt: skip
+    probability = g.node("Sigmoid", [logits])
+    image = helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, "h", "w"])
+    return g.model([image], probability, 13, "db_text_detector")
