@@ -48,9 +48,10 @@ def resolve_input_shapes(
 def with_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]]) -> onnx.ModelProto:
     """A weightless copy of ``model`` (see :func:`skeleton`) whose inputs have the given shapes.
 
-    The shapes recorded for intermediate tensors were inferred at other input sizes (a pruned model's
-    at its declared ``-1`` dims, where a conv's output is ``[-1, C, 0, 0]``), and shape inference
-    keeps a recorded dim over the one it would infer: they are dropped, their types kept."""
+    Recorded intermediate shapes with a dim that is not a positive number were inferred at the
+    declared symbolic sizes (a pruned model's, at a paddle2onnx ``-1`` batch: ``[-1, C, 'unk__0', ...]``),
+    and shape inference keeps a recorded dim over the one it would infer: those are dropped, their
+    types kept. Fully concrete ones stay (they hold for any input size, or the inputs are fixed)."""
     fixed = skeleton(model)
     for inp in fixed.graph.input:
         if inp.name not in input_shapes:
@@ -59,10 +60,10 @@ def with_input_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Sequenc
         shape.ClearField("dim")
         for value in input_shapes[inp.name]:
             shape.dim.add().dim_value = int(value)
-    if input_shapes:
-        for value in fixed.graph.value_info:
-            if value.type.HasField("tensor_type"):
-                value.type.tensor_type.ClearField("shape")
+    for value in fixed.graph.value_info:
+        recorded = _type_shape(value.type)
+        if recorded is not None and not all(isinstance(d, int) and d > 0 for d in recorded):
+            value.type.tensor_type.ClearField("shape")
     return fixed
 
 
