@@ -197,3 +197,21 @@ def test_every_shared_model_has_a_cost_for_every_conv(file: str) -> None:
     cost = measure_cost(model, resolve_input_shapes(model, SHAPE_CHOICES.get(file)))
     convs = [n for n in cost.nodes if n.op_type in ("Conv", "ConvTranspose")]
     assert convs and all(n.macs > 0 for n in convs)
+
+
+def test_shapes_recorded_at_symbolic_sizes_give_way_to_the_probe_size() -> None:
+    """A pruned paddle2onnx model records its intermediate shapes at its declared -1 batch and symbolic
+    image (``[-1, 4, 'unk__0', 'unk__1']``); MACs at a concrete size are counted from that size."""
+    weight = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], name="conv")],
+        "recorded",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, "h", "w"])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+        [weight],
+        value_info=[helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 4, "unk__0", "unk__1"])],
+    )
+    graph.node.append(helper.make_node("Relu", ["y"], ["z"], name="relu"))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+    assert measure_cost(model, {"x": [1, 3, 8, 8]}).macs == 4 * 8 * 8 * 3 * 3 * 3
