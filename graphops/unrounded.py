@@ -45,19 +45,22 @@ def without_activation_rounding(graph: gs.Graph, shapes: Mapping[str, Shape] | N
         if clamp is None:
             continue
         source, low, high = clamp
-        output = dq.outputs[0]
+        output = dq.outputs[0]  # tensor names are unique (node names need not be): the new ones follow it
         dq.outputs.clear()
         lowered = gs.Variable(f"{output.name}__unrounded", dtype=output.dtype, shape=output.shape)
         graph.nodes.append(
             gs.Node(
-                "Max", f"{dq.name}__clamp_low", inputs=[source, gs.Constant(f"{dq.name}__low", low)], outputs=[lowered]
+                "Max",
+                f"{output.name}__clamp_low",
+                inputs=[source, gs.Constant(f"{output.name}__low", low)],
+                outputs=[lowered],
             )
         )
         graph.nodes.append(
             gs.Node(
                 "Min",
-                f"{dq.name}__clamp_high",
-                inputs=[lowered, gs.Constant(f"{dq.name}__high", high)],
+                f"{output.name}__clamp_high",
+                inputs=[lowered, gs.Constant(f"{output.name}__high", high)],
                 outputs=[output],
             )
         )

@@ -126,3 +126,17 @@ def test_quantized_shared_yolov8n_pruned_by_macs_satisfies_the_oracle(tmp_path: 
     pruned = assert_prune_matches_oracle(analysed.original, plan, analysed=analysed).pruned
 
     assert_still_int8(pruned)
+
+
+def test_unrounded_model_of_unnamed_nodes_is_valid():
+    """Exporters may leave nodes unnamed: the clamps are named after the tensors they produce."""
+    model = qdq_models.per_channel_activation_net()
+    for node in model.graph.node:
+        node.name = ""
+    feeds = random_feeds(model, {"x": list(qdq_models.INPUT_SHAPE)})
+
+    unrounded = unrounded_model(model)
+
+    assert unrounded is not None
+    onnx.checker.check_model(unrounded, full_check=True)
+    assert relative_error(run_model(model, feeds)[0], run_model(unrounded, feeds)[0]) < 0.05
