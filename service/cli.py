@@ -147,6 +147,14 @@ def _print_summary(report: PruneReport) -> None:
             f"\nequal-MACs cuts compared on the latency table: kept '{cut.chosen}' of {len(cut.candidates)}, "
             f"predicted {cut.predicted_ratio:.3f}x the original's latency"
         )
+    finetune = evaluation.finetune if evaluation is not None else None
+    if finetune is not None and finetune.total_steps:  # what the time budget bought (issue 29)
+        table.caption += (
+            f"\nrecovery: {finetune.total_steps:,} fine-tuning steps, {finetune.epochs:g} epochs over "
+            f"{finetune.samples.get('train', 0):,} training samples"
+            + (f", {finetune.samples_per_s:g} samples/s" if finetune.samples_per_s else "")
+            + (f", {finetune.threads} thread(s)" if finetune.threads else "")
+        )
     if getattr(report, "round_to", None):
         table.caption += f"\nchannel counts multiples of {report.round_to} ({report.round_to_source})"
     learned = getattr(report, "learned", None)

@@ -178,18 +178,19 @@ def _latency_stats(milliseconds: list[float]) -> LatencyStats:
 # ---- what runs in the child process ----------------------------------------------------------
 
 
-def _session(path: str, threads: int, prepack: bool = True) -> onnxruntime.InferenceSession:
-    return session_from_bytes(Path(path).read_bytes(), threads, prepack=prepack)
+def _session(path: str, threads: int, prepack: bool = True, timing: bool = True) -> onnxruntime.InferenceSession:
+    return session_from_bytes(Path(path).read_bytes(), threads, prepack=prepack, timing=timing)
 
 
 def session_from_bytes(
-    data: bytes, threads: int, optimization: str = "all", *, prepack: bool = True
+    data: bytes, threads: int, optimization: str = "all", *, prepack: bool = True, timing: bool = True
 ) -> onnxruntime.InferenceSession:
-    """A CPU session with the deploy settings (child process only)."""
+    """A CPU session with the deploy settings (child process only); ``timing``: it times latency, so
+    it keeps onnxruntime's waits as deployed (``workers.ort_sessions.cpu_session``)."""
     from onnxprune.workers.ort_sessions import cpu_session
 
     parse_model(data)  # refuses external data before onnxruntime could follow its paths
-    return cpu_session(data, threads=threads, optimization=optimization, prepack=prepack)
+    return cpu_session(data, threads=threads, optimization=optimization, prepack=prepack, timing=timing)
 
 
 def _run_each(models: list[str | FedModel], inputs: Inputs, threads: int) -> list[Inputs]:
@@ -205,7 +206,7 @@ def _run_each(models: list[str | FedModel], inputs: Inputs, threads: int) -> lis
 
 
 def _run_file(path: str, inputs: Inputs, threads: int) -> Inputs:
-    session = _session(path, threads, prepack=False)
+    session = _session(path, threads, prepack=False, timing=False)
     names = [output.name for output in session.get_outputs()]
     return dict(zip(names, session.run(names, inputs)))
 
