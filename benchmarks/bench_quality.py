@@ -202,8 +202,14 @@ def torch_pruning(
 
 
 def environment() -> dict:
+    import importlib.metadata
+
     import torch
-    import torch_pruning as tp
+
+    try:  # only the torch_pruning:T cases need it
+        torch_pruning_version = importlib.metadata.version("torch-pruning")
+    except importlib.metadata.PackageNotFoundError:
+        torch_pruning_version = "not installed"
 
     cpu = next(
         (
@@ -216,7 +222,11 @@ def environment() -> dict:
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{cpu}, {os.cpu_count()} cores, {platform.platform()}",
-        "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__, "torch_pruning": tp.__version__},
+        "versions": {
+            "onnxruntime": ort.__version__,
+            "torch": torch.__version__,
+            "torch_pruning": torch_pruning_version,
+        },
     }
 
 

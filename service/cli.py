@@ -77,6 +77,17 @@ def require_capabilities(options: PruneOptions) -> None:
         fail(missing, EXIT_BAD_INPUT)
 
 
+def _data_defaults(options: PruneOptions, data: Path | None) -> PruneOptions:
+    """With --data and no --criterion: taylor, or l1 and one line saying why (no PyTorch)."""
+    from onnxprune.workers.capabilities import torch_installed
+    from onnxprune.workers.options import with_data_defaults
+
+    options, note = with_data_defaults(options, data_given=data is not None, torch_available=torch_installed())
+    if note is not None:
+        console.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+    return options
+
+
 def _require_data(options: PruneOptions, data: Path | None) -> None:
     """Fail fast, before any model is read, when the job needs data and none was given."""
     reason = None if data is not None else options.data_requirement(sensitivity_given=True)
@@ -210,7 +221,7 @@ def prune(
     from onnxprune.workers.fileio import atomic_write_bytes
     from onnxprune.workers.job_process import JobLimits, JobRequest, run_job_process
 
-    options = _options(**flags)
+    options = _data_defaults(_options(**flags), data)
     _require_data(options, data)
     require_capabilities(options)
     require_output_dirs(output, report, plan_out, report_html)
