@@ -98,16 +98,17 @@ class JobLimits:
     @classmethod
     def from_environment(cls) -> JobLimits:
         """``ONNXPRUNE_JOB_MEMORY_MIB``, ``ONNXPRUNE_JOB_TIME_LIMIT_S``, ``ONNXPRUNE_JOB_NICE`` and
-        ``ONNXPRUNE_JOB_THREADS`` for the CLI and the Python API."""
+        ``ONNXPRUNE_JOB_THREADS`` (else ``OMP_NUM_THREADS``, the usual way to ask) for the CLI and the
+        Python API."""
         memory = os.environ.get("ONNXPRUNE_JOB_MEMORY_MIB")
         wall = os.environ.get("ONNXPRUNE_JOB_TIME_LIMIT_S")
         nice = os.environ.get("ONNXPRUNE_JOB_NICE")
-        threads = os.environ.get(job_threads.THREADS_VARIABLE)
+        threads = os.environ.get(job_threads.THREADS_VARIABLE) or os.environ.get("OMP_NUM_THREADS")
         return cls(
             memory_mib=int(memory) if memory else cls.memory_mib,
             wall_s=float(wall) if wall else None,
             nice=int(nice) if nice else cls.nice,
-            threads=int(threads) if threads and int(threads) > 0 else None,
+            threads=int(threads) if threads and threads.isdigit() and int(threads) > 0 else None,
         )
 
     def thread_budget(self) -> job_threads.ThreadBudget:
@@ -199,7 +200,9 @@ def _write_request(request: JobRequest, workdir: Path, limits: JobLimits) -> Non
     (workdir / RESULT).unlink(missing_ok=True)
 
 
-def _child_environment(workdir: Path, budget: job_threads.ThreadBudget) -> dict[str, str]:
+def _child_environment(workdir: Path, budget: job_threads.ThreadBudget | None = None) -> dict[str, str]:
+    """The job child's environment; ``budget`` None: ``JobLimits.from_environment``'s."""
+    budget = budget if budget is not None else JobLimits.from_environment().thread_budget()
     environment = {
         name: value
         for name, value in os.environ.items()
