@@ -174,7 +174,8 @@ def ours(case: Case, work: Path, args: argparse.Namespace, held: dict, baseline:
     row["warnings"] = report.get("warnings", [])
     finetune = evaluation.get("finetune") or {}
     row["finetune"] = {
-        key: finetune.get(key) for key in ("total_steps", "epochs", "samples_per_s", "train_seconds", "threads")
+        key: finetune.get(key)
+        for key in ("total_steps", "epochs", "samples_per_s", "train_seconds", "cpu_per_second", "threads")
     }
     return evaluated(row, output, held, baseline)
 

@@ -7,7 +7,6 @@ builds both sessions with identical options, warms each up, then times them inte
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -197,7 +196,10 @@ def _run_each(models: list[str | FedModel], inputs: Inputs, threads: int) -> lis
     def run(model: str | FedModel) -> Inputs:
         return run_fed(model, inputs, threads) if isinstance(model, FedModel) else _run_file(model, inputs, threads)
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    from onnxprune.workers.job_threads import current, usable_cpus
+
+    budget = current()  # in a job: its share of the CPU, not every core the process may run on
+    cores = budget.threads if budget is not None else int(usable_cpus())
     side_by_side = min(len(models), max(cores // threads, 1)) if all(isinstance(m, FedModel) for m in models) else 1
     if side_by_side <= 1:
         return [run(model) for model in models]

@@ -163,7 +163,10 @@ class PruneOptions(BaseModel):
         30, description="Timed runs per model.", json_schema_extra=_about("benchmark", flag="--runs")
     )
     threads: Annotated[int, Field(ge=1, le=64)] = Field(
-        1, description="onnxruntime intra-op threads.", json_schema_extra=_about("benchmark")
+        1,
+        description="onnxruntime intra-op threads of the latency benchmark and output checks, as deployed; "
+        "training and evaluation use the job's share of the CPU (ONNXPRUNE_JOB_THREADS sets it).",
+        json_schema_extra=_about("benchmark"),
     )
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = Field(
         0, description="Seed of the random criterion and of benchmark inputs.", json_schema_extra=_about("selection")
