@@ -32,7 +32,10 @@ def quality_warnings(
     if not data_given:
         help_text = "pass --data with a few thousand samples (layer-wise reconstruction runs by default)"
     elif recovered and little_cpu:
-        help_text = "run it where CPU is free (recovery got little CPU, see the warning on its steps), or prune less"
+        help_text = (
+            "run it where CPU is free (recovery got under half its threads' CPU time: the report's "
+            "evaluation.finetune), or prune less"
+        )
     elif recovered:
         help_text = "give recovery more time (a larger --time-budget) or more samples, or prune less"
     else:
