@@ -84,3 +84,36 @@ def test_a_held_out_drop_after_cpu_starved_recovery_does_not_ask_for_more_time()
     (note,) = quality_warnings(None, evaluation, data_given=True, recovered=True, max_drop=None, little_cpu=True)
 
     assert "CPU is free" in note and "--time-budget" not in note
+
+
+def test_the_cli_summary_says_what_the_budget_bought(capsys):
+    from onnxprune.service.cli import _print_summary
+    from onnxprune.workers.report import BeforeAfter, PruneReport
+
+    evaluation = HeldOutEvaluation(
+        metric="accuracy",
+        source="labels",
+        samples=400,
+        split="every fifth",
+        before=0.80,
+        after=0.79,
+        finetune=bought(epochs=0.93, cpu_per_second=0.3),
+    )
+    report = PruneReport(
+        onnxprune_version="test",
+        model_sha256="0" * 64,
+        options={},
+        input_shapes={"x": [1, 3, 32, 32]},
+        macs=BeforeAfter(before=100, after=70),
+        params=BeforeAfter(before=10, after=7),
+        groups=[],
+        frozen=[],
+        evaluation=evaluation,
+    )
+
+    _print_summary(report)
+
+    summary = " ".join(capsys.readouterr().out.split())
+    assert "recovery: 35 fine-tuning steps, 0.93 epochs over 1,280 training samples, 2.7 samples/s, 2 thread(s)" in (
+        summary
+    )
