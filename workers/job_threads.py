@@ -10,15 +10,16 @@ number the operator set, and its waits are passive: a waiting thread sleeps and 
 
 Waits are passive always, not only when the CPU looks shared: sharing is judged at a job's start but
 changes while it runs (a job that starts on a quiet machine collapses when a neighbour arrives), and
-spinning cost 10 to 28 times the fine-tuning rate under load (ResNet-20, 2 threads: 0.02 to 0.22
+spinning cost 10 to 42 times the fine-tuning rate under load (ResNet-20, 2 threads: 0.02 to 0.22
 steps/s spinning, 0.57 to 2.6 passive; ``benchmarks/results/passive_waits*.json``). What spinning buys
 is a few microseconds of wake-up per parallel region: onnxruntime's one-image latency of ResNet-20 was
-0.79 to 0.84 ms spinning, 0.85 to 0.86 passive (this machine was never quiet enough to measure it
+0.79 to 0.87 ms spinning, 0.85 to 0.86 passive (this machine was never quiet enough to measure it
 quiet), so the sessions that time latency keep onnxruntime's spinning, as deployed.
 
 The parent (CLI, embedded runner, Celery worker) works the budget out, puts it in the job child's
 environment before torch or onnxruntime load (``environment``), and the child records it
-(``use``): ``workers.ort_sessions`` and ``roundtrip.executor`` read it from there.
+(``use``): onnxruntime sessions (``workers.ort_sessions``), the sessions run side by side (output checks,
+the sensitivity sweep) and torch's pools (``configure_torch``, when a job first loads its data) follow it.
 """
 
 from __future__ import annotations
