@@ -92,7 +92,7 @@ def test_a_job_under_an_affinity_mask_of_one_cpu_runs_one_thread(tiny_model, tmp
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="affinity masks are Linux's")
 def test_a_job_gets_every_cpu_of_its_mask_and_a_share_when_jobs_run_side_by_side(tiny_model, tmp_path):
-    cpus = len(os.sched_getaffinity(0))
+    cpus = max(1, int(job_threads.usable_cpus()))  # the mask, capped by a container's CPU quota if any
 
     alone = seen_by_a_job(tiny_model, tmp_path, None)
     beside_another = seen_by_a_job(tiny_model, tmp_path, None, jobs_at_once=2)
