@@ -43,7 +43,8 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from quality_table import markdown, plot, targets  # noqa: E402  (beside this script)
+from background_load import BackgroundLoad  # noqa: E402  (beside this script)
+from quality_table import markdown, plot, targets  # noqa: E402
 
 from onnxprune.graphops.cost import measure_cost  # noqa: E402
 
@@ -171,6 +172,11 @@ def ours(case: Case, work: Path, args: argparse.Namespace, held: dict, baseline:
         for key in ("samples", "before", "after_pruning", "after", "validation_drop", "missed_by")
     }
     row["warnings"] = report.get("warnings", [])
+    finetune = evaluation.get("finetune") or {}
+    row["finetune"] = {
+        key: finetune.get(key)
+        for key in ("total_steps", "epochs", "samples_per_s", "train_seconds", "cpu_per_second", "threads")
+    }
     return evaluated(row, output, held, baseline)
 
 
@@ -197,8 +203,14 @@ def torch_pruning(
 
 
 def environment() -> dict:
+    import importlib.metadata
+
     import torch
-    import torch_pruning as tp
+
+    try:  # only the torch_pruning:T cases need it
+        torch_pruning_version = importlib.metadata.version("torch-pruning")
+    except importlib.metadata.PackageNotFoundError:
+        torch_pruning_version = "not installed"
 
     cpu = next(
         (
@@ -211,7 +223,11 @@ def environment() -> dict:
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{cpu}, {os.cpu_count()} cores, {platform.platform()}",
-        "versions": {"onnxruntime": ort.__version__, "torch": torch.__version__, "torch_pruning": tp.__version__},
+        "versions": {
+            "onnxruntime": ort.__version__,
+            "torch": torch.__version__,
+            "torch_pruning": torch_pruning_version,
+        },
     }
 
 
@@ -232,6 +248,13 @@ def main() -> None:
     parser.add_argument("--extra", default="", help="more CLI options for every onnxprune run")
     parser.add_argument("--name", default="quality")
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--background-load",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N CPU-bound processes at this one's priority for the whole run (a busy machine)",
+    )
     parser.add_argument("--smoke", action="store_true", help=f"200 images, --time-budget 20, {' '.join(SMOKE_CASES)}")
     args = parser.parse_args()
     if args.smoke:
@@ -248,6 +271,7 @@ def main() -> None:
         "time_budget": args.time_budget,
         "extra": args.extra,
         "smoke": args.smoke,
+        "background_load": args.background_load,
         "cases": [str(c) for c in cases],
         "load_average_start": [round(v, 2) for v in os.getloadavg()],
         "baseline_heldout_accuracy": accuracy(MODEL, held),
@@ -257,7 +281,7 @@ def main() -> None:
         f"original: held-out accuracy {results['baseline_heldout_accuracy']:.4f}; cases {results['cases']}", flush=True
     )
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="bench-quality-") as folder:
+    with tempfile.TemporaryDirectory(prefix="bench-quality-") as folder, BackgroundLoad(args.background_load):
         work = Path(folder)
         os.environ["ONNXPRUNE_CACHE_DIR"] = str(work / "cache")  # latency tables: a first-time user's, not ours
         np.savez(work / "calib.npz", **{onnx.load(MODEL).graph.input[0].name: calib["x"], "labels": calib["labels"]})

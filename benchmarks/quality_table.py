@@ -103,6 +103,12 @@ def _cells(row: dict) -> list[str]:
         return "" if value is None else f"{100 * value:.1f}%"
 
     note = f"{len(row['warnings'])} warning(s), below" if row.get("warnings") else ""
+    bought = row.get("finetune") or {}
+    if bought.get("total_steps") is not None:  # what the time budget bought (issue 29)
+        note = (
+            f"{bought['total_steps']:,} fine-tuning steps ({bought['epochs']:g} epochs, "
+            f"{bought['samples_per_s']:g} samples/s, {bought.get('threads')} thread(s))" + (f"; {note}" if note else "")
+        )
     if tp:
         note = (
             f"matched to {row['matched_to'] or 'its target'} (-{tp['macs_removed_tp']:.1%} by Torch-Pruning's count); "
@@ -136,7 +142,13 @@ def markdown(results: dict) -> str:
         f"    {results['command']}",
         "",
         f"Machine: {results['machine']}; load average at the start {results['load_average_start']}, at the end "
-        f"{results.get('load_average_end')}; {results.get('seconds', 0):.0f} s in all. Versions: "
+        f"{results.get('load_average_end')}; {results.get('seconds', 0):.0f} s in all"
+        + (
+            f"; {results['background_load']} CPU-bound background processes at the same priority for the whole run"
+            if results.get("background_load")
+            else ""
+        )
+        + ". Versions: "
         + ", ".join(f"{k} {v}" for k, v in results["versions"].items())
         + ".",
         "",

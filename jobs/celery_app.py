@@ -48,7 +48,10 @@ def make_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        worker_pool="solo",  # the pipeline starts its own child processes
+        # The pipeline starts its own child process per job: one job, the solo pool; several (as many as
+        # the CPUs hold, ``Settings.jobs_at_once``), threads that each wait on their job's child.
+        worker_pool=worker_pool(settings),
+        worker_concurrency=settings.jobs_at_once(),
         task_soft_time_limit=settings.soft_time_limit_s,
         task_time_limit=settings.time_limit_s,
         broker_transport_options={
@@ -73,6 +76,10 @@ def make_celery(settings: Settings) -> Celery:
 
     worker_ready.connect(on_ready, weak=False, dispatch_uid="onnxprune-worker-ready")
     return app
+
+
+def worker_pool(settings: Settings) -> str:
+    return "solo" if settings.jobs_at_once() == 1 else "threads"
 
 
 def _worker_ready(settings: Settings) -> None:

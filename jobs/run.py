@@ -78,10 +78,14 @@ class Heartbeat:
 
 def job_limits(settings: Settings) -> JobLimits:
     """The sandbox of a service job: the configured memory, the soft time limit as its wall time
-    (the child is killed and the job fails as ``timeout``, once; the worker process lives on), and a
-    lower CPU priority than the API's."""
+    (the child is killed and the job fails as ``timeout``, once; the worker process lives on), a
+    lower CPU priority than the API's, and its share of the CPU (``workers.job_threads``)."""
     return JobLimits(
-        memory_mib=settings.job_memory_mib, wall_s=float(settings.soft_time_limit_s), nice=settings.job_nice
+        memory_mib=settings.job_memory_mib,
+        wall_s=float(settings.soft_time_limit_s),
+        nice=settings.job_nice,
+        threads=settings.job_threads or None,
+        jobs_at_once=settings.jobs_at_once(),
     )
 
 

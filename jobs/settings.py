@@ -8,6 +8,11 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Threads per job when sizing a worker's concurrency by itself: two passive threads made 2.1 to 2.6
+# ResNet-20 fine-tuning steps/s on a busy 2-core machine, one thread 1.3 to 1.7
+# (benchmarks/results/passive_waits.json).
+DEFAULT_JOB_THREADS = 2
+
 
 class Settings(BaseSettings):
     """Without ``redis_url`` the API runs jobs in-process (embedded mode); with it, Celery workers do."""
@@ -50,6 +55,22 @@ class Settings(BaseSettings):
     # Backpressure: beyond these many jobs queued or running, POST /v1/jobs answers 429 + Retry-After.
     max_active_jobs: int = Field(200, ge=1, description="Queue limit of the deployment.")
     max_active_per_owner: int = Field(0, ge=0, description="Queue limit of one token (0: none).")
+    # CPU per job (issue 29): threads sized to the CPU a job really has, passive waits, and no more jobs
+    # at once than the CPUs hold; oversubscribed, ResNet-20's recovery made 35 steps where it makes 7,400.
+    job_threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="Threads of one job (torch, onnxruntime); 0: the CPUs this process may use (affinity, "
+        "cgroup quota) shared equally among the jobs it runs at once.",
+    )
+    worker_concurrency: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="Jobs one Celery worker runs at once; 0: as many as its CPUs hold, CPUs // job_threads "
+        f"(job_threads 0 counts as {DEFAULT_JOB_THREADS}), at least 1.",
+    )
 
     @model_validator(mode="after")
     def _limits_below_visibility(self) -> Settings:
@@ -67,6 +88,17 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         return not self.redis_url
+
+    def jobs_at_once(self) -> int:
+        """Jobs this process runs side by side: ``embedded_workers`` in embedded mode; a Celery worker's
+        ``worker_concurrency``, or as many as its usable CPUs hold at ``job_threads`` each."""
+        if self.embedded:
+            return self.embedded_workers
+        if self.worker_concurrency:
+            return self.worker_concurrency
+        from onnxprune.workers.job_threads import usable_cpus
+
+        return max(1, int(usable_cpus() // (self.job_threads or DEFAULT_JOB_THREADS)))
 
     @property
     def max_upload_bytes(self) -> int:

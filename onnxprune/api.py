@@ -81,7 +81,12 @@ def prune(
 
     if options is not None and fields:
         raise TypeError("pass either options= or option keywords, not both")
+    from onnxprune.workers.capabilities import torch_installed
+    from onnxprune.workers.options import with_data_defaults
+
     chosen = options if options is not None else PruneOptions(**fields)
+    # With data and no criterion: taylor (l1 without torch), as the CLI and the service do.
+    chosen, _ = with_data_defaults(chosen, data_given=data is not None, torch_available=torch_installed())
     with tempfile.TemporaryDirectory(prefix="onnxprune-api-") as tmp:
         workdir = Path(tmp)
         target = Path(output) if output is not None else workdir / "pruned.onnx"

@@ -72,6 +72,8 @@ class TrainingRun:
     steps: int = 0
     kept_step: int | None = None  # None: the last step's weights (no selection split)
     kept_metric: float | None = None
+    seconds: float = 0.0  # wall time of the training loop (selection evaluations included)
+    cpu_seconds: float = 0.0  # CPU time this process spent meanwhile, all threads: how much CPU it got
 
 
 @dataclass
@@ -175,6 +177,7 @@ def finetune(
         if select_on is not None:  # the starting weights compete too: a step size too large for a light cut
             best = (_selection_score(module, objective, select_on, batch_size), 0, _snapshot(module))
         plan = StepPlan(steps, deadline, time.monotonic(), warmup_fraction)
+        cpu_started = time.process_time()
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, plan.lr_factor)
         module.train()
         step, count, matched = 0, len(objective.tensors), features.tensors if features is not None else []
@@ -207,6 +210,7 @@ def finetune(
             if progress is not None:
                 progress(step, plan.total, run.losses[-1])
         run.steps = step
+        run.seconds, run.cpu_seconds = time.monotonic() - plan.started, time.process_time() - cpu_started
         if best is not None:
             _restore(module, best[2])
             run.kept_metric, run.kept_step = best[0], best[1]

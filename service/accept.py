@@ -18,8 +18,9 @@ from onnxprune.jobs.store import IdempotencyConflict, JobRecord, JobStatus, JobS
 from onnxprune.service.errors import ApiError
 from onnxprune.service.runners import Runner
 from onnxprune.service.uploads import check_data, check_model, parse_config, receive_upload
-from onnxprune.workers.capabilities import missing_capability
+from onnxprune.workers.capabilities import TORCH, local_capabilities, missing_capability
 from onnxprune.workers.fileio import file_sha256
+from onnxprune.workers.options import with_data_defaults
 
 MAX_IDEMPOTENCY_KEY = 200
 BROKER_RETRY_AFTER_S = 10
@@ -61,6 +62,11 @@ async def accept_job(
         if needs_data:
             raise ApiError(422, "invalid_config", f"{needs_data}: add a 'data' part (.npz)")
         capabilities = await run_in_threadpool(runner.capabilities)  # may ask Redis: never on the event loop
+        options, _ = with_data_defaults(
+            options,
+            data_given=upload.data_bytes is not None,
+            torch_available=TORCH in (local_capabilities() if capabilities is None else capabilities),
+        )
         missing = None if capabilities is None else missing_capability(options, capabilities)
         if missing:
             raise ApiError(422, "missing_capability", f"this server cannot run the job: {missing}")

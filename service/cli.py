@@ -77,6 +77,17 @@ def require_capabilities(options: PruneOptions) -> None:
         fail(missing, EXIT_BAD_INPUT)
 
 
+def _data_defaults(options: PruneOptions, data: Path | None) -> PruneOptions:
+    """With --data and no --criterion: taylor, or l1 and one line saying why (no PyTorch)."""
+    from onnxprune.workers.capabilities import torch_installed
+    from onnxprune.workers.options import with_data_defaults
+
+    options, note = with_data_defaults(options, data_given=data is not None, torch_available=torch_installed())
+    if note is not None:
+        console.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
+    return options
+
+
 def _require_data(options: PruneOptions, data: Path | None) -> None:
     """Fail fast, before any model is read, when the job needs data and none was given."""
     reason = None if data is not None else options.data_requirement(sensitivity_given=True)
@@ -147,6 +158,14 @@ def _print_summary(report: PruneReport) -> None:
             f"\nequal-MACs cuts compared on the latency table: kept '{cut.chosen}' of {len(cut.candidates)}, "
             f"predicted {cut.predicted_ratio:.3f}x the original's latency"
         )
+    finetune = evaluation.finetune if evaluation is not None else None
+    if finetune is not None and finetune.total_steps:  # what the time budget bought (issue 29)
+        table.caption += (
+            f"\nrecovery: {finetune.total_steps:,} fine-tuning steps, {finetune.epochs:g} epochs over "
+            f"{finetune.samples.get('train', 0):,} training samples"
+            + (f", {finetune.samples_per_s:g} samples/s" if finetune.samples_per_s else "")
+            + (f", {finetune.threads} thread(s)" if finetune.threads else "")
+        )
     if getattr(report, "round_to", None):
         table.caption += f"\nchannel counts multiples of {report.round_to} ({report.round_to_source})"
     learned = getattr(report, "learned", None)
@@ -202,7 +221,7 @@ def prune(
     from onnxprune.workers.fileio import atomic_write_bytes
     from onnxprune.workers.job_process import JobLimits, JobRequest, run_job_process
 
-    options = _options(**flags)
+    options = _data_defaults(_options(**flags), data)
     _require_data(options, data)
     require_capabilities(options)
     require_output_dirs(output, report, plan_out, report_html)

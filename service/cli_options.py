@@ -49,7 +49,8 @@ _METAVARS: dict[Any, str] = {int: "N", float: "X", str: "TEXT", list[str]: "TEXT
 
 def _help(field: FieldInfo) -> str:
     text = field.description or ""
-    default = field.get_default(call_default_factory=True)
+    about = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    default = about.get("default", field.get_default(call_default_factory=True))
     if default not in (None, [], {}, ""):
         shown = str(default).lower() if isinstance(default, bool) else default
         text += f" (default: {shown})"

@@ -33,19 +33,18 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "info",
     name: Annotated[str | None, typer.Option(help="Worker node name (default celery@HOST).")] = None,
 ) -> None:
-    """Run a Celery worker (same as celery -A onnxprune.jobs.celery_app worker --pool=solo).
-
-    One job at a time per worker process (the pipeline starts its own onnxruntime processes);
-    run more workers to run more jobs at once."""
+    """Run a Celery worker: as many jobs at once as its CPUs hold (ONNXPRUNE_WORKER_CONCURRENCY, default
+    CPUs // ONNXPRUNE_JOB_THREADS, 2 threads a job when unset), each job's threads sized to its share."""
     from onnxprune.jobs.settings import Settings
 
     settings = Settings()
     if settings.embedded:
         typer.echo("error: set ONNXPRUNE_REDIS_URL (e.g. redis://127.0.0.1:6379/0) to run a worker", err=True)
         raise typer.Exit(2)
-    from onnxprune.jobs.celery_app import make_celery
+    from onnxprune.jobs.celery_app import make_celery, worker_pool
 
-    argv = ["worker", "--pool=solo", f"--loglevel={loglevel}"]
+    argv = ["worker", f"--pool={worker_pool(settings)}", f"--concurrency={settings.jobs_at_once()}"]
+    argv.append(f"--loglevel={loglevel}")
     if name:
         argv.append(f"--hostname={name}")
     make_celery(settings).worker_main(argv)

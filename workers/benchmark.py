@@ -7,7 +7,6 @@ builds both sessions with identical options, warms each up, then times them inte
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -178,25 +177,29 @@ def _latency_stats(milliseconds: list[float]) -> LatencyStats:
 # ---- what runs in the child process ----------------------------------------------------------
 
 
-def _session(path: str, threads: int, prepack: bool = True) -> onnxruntime.InferenceSession:
-    return session_from_bytes(Path(path).read_bytes(), threads, prepack=prepack)
+def _session(path: str, threads: int, prepack: bool = True, timing: bool = True) -> onnxruntime.InferenceSession:
+    return session_from_bytes(Path(path).read_bytes(), threads, prepack=prepack, timing=timing)
 
 
 def session_from_bytes(
-    data: bytes, threads: int, optimization: str = "all", *, prepack: bool = True
+    data: bytes, threads: int, optimization: str = "all", *, prepack: bool = True, timing: bool = True
 ) -> onnxruntime.InferenceSession:
-    """A CPU session with the deploy settings (child process only)."""
+    """A CPU session with the deploy settings (child process only); ``timing``: it times latency, so
+    it keeps onnxruntime's waits as deployed (``workers.ort_sessions.cpu_session``)."""
     from onnxprune.workers.ort_sessions import cpu_session
 
     parse_model(data)  # refuses external data before onnxruntime could follow its paths
-    return cpu_session(data, threads=threads, optimization=optimization, prepack=prepack)
+    return cpu_session(data, threads=threads, optimization=optimization, prepack=prepack, timing=timing)
 
 
 def _run_each(models: list[str | FedModel], inputs: Inputs, threads: int) -> list[Inputs]:
     def run(model: str | FedModel) -> Inputs:
         return run_fed(model, inputs, threads) if isinstance(model, FedModel) else _run_file(model, inputs, threads)
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    from onnxprune.workers.job_threads import current, usable_cpus
+
+    budget = current()  # in a job: its share of the CPU, not every core the process may run on
+    cores = budget.threads if budget is not None else int(usable_cpus())
     side_by_side = min(len(models), max(cores // threads, 1)) if all(isinstance(m, FedModel) for m in models) else 1
     if side_by_side <= 1:
         return [run(model) for model in models]
@@ -205,7 +208,7 @@ def _run_each(models: list[str | FedModel], inputs: Inputs, threads: int) -> lis
 
 
 def _run_file(path: str, inputs: Inputs, threads: int) -> Inputs:
-    session = _session(path, threads, prepack=False)
+    session = _session(path, threads, prepack=False, timing=False)
     names = [output.name for output in session.get_outputs()]
     return dict(zip(names, session.run(names, inputs)))
 

@@ -142,7 +142,8 @@ def with_symbolic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
 def _session(model: onnx.ModelProto | bytes) -> InferenceSession:
     from onnxprune.workers.ort_sessions import cpu_session
 
-    return cpu_session(model if isinstance(model, bytes) else model.SerializeToString())
+    # One thread: the sensitivity sweep runs as many of these side by side as the job has threads.
+    return cpu_session(model if isinstance(model, bytes) else model.SerializeToString(), threads=1)
 
 
 def _load(path: str) -> onnx.ModelProto:

@@ -35,6 +35,7 @@ from typing import Any
 
 from onnxprune.graphops.errors import AnalysisBug, ModelRejected, PlanError
 from onnxprune.graphops.plan import PruningPlan
+from onnxprune.workers import job_threads
 from onnxprune.workers.capabilities import MissingCapability
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.report import PruneReport, SensitivityReport
@@ -89,19 +90,29 @@ class JobLimits:
     # Added to the child's nice value: a service job yields the CPU to the API's request handlers
     # (polls stay fast while a job runs on the same cores); 0 for the CLI, whose user waits on the job.
     nice: int = 0
+    # The job's threads (``workers.job_threads``): None, an equal share of the CPUs this process may use
+    # among the ``jobs_at_once`` jobs its caller runs side by side.
+    threads: int | None = None
+    jobs_at_once: int = 1
 
     @classmethod
     def from_environment(cls) -> JobLimits:
-        """``ONNXPRUNE_JOB_MEMORY_MIB``, ``ONNXPRUNE_JOB_TIME_LIMIT_S`` and ``ONNXPRUNE_JOB_NICE`` for the CLI
-        and the Python API."""
+        """``ONNXPRUNE_JOB_MEMORY_MIB``, ``ONNXPRUNE_JOB_TIME_LIMIT_S``, ``ONNXPRUNE_JOB_NICE`` and
+        ``ONNXPRUNE_JOB_THREADS`` (else ``OMP_NUM_THREADS``, the usual way to ask) for the CLI and the
+        Python API."""
         memory = os.environ.get("ONNXPRUNE_JOB_MEMORY_MIB")
         wall = os.environ.get("ONNXPRUNE_JOB_TIME_LIMIT_S")
         nice = os.environ.get("ONNXPRUNE_JOB_NICE")
+        threads = os.environ.get(job_threads.THREADS_VARIABLE) or os.environ.get("OMP_NUM_THREADS")
         return cls(
             memory_mib=int(memory) if memory else cls.memory_mib,
             wall_s=float(wall) if wall else None,
             nice=int(nice) if nice else cls.nice,
+            threads=int(threads) if threads and threads.isdigit() and int(threads) > 0 else None,
         )
+
+    def thread_budget(self) -> job_threads.ThreadBudget:
+        return job_threads.budget_for_job(self.jobs_at_once, self.threads)
 
 
 @dataclass(frozen=True)
@@ -148,7 +159,7 @@ def run_job_process(
         child = subprocess.Popen(
             [sys.executable, "-m", "onnxprune.workers.job_process", str(workdir / REQUEST), str(sender)],
             cwd=workdir,
-            env=_child_environment(workdir),
+            env=_child_environment(workdir, limits.thread_budget()),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
@@ -189,7 +200,9 @@ def _write_request(request: JobRequest, workdir: Path, limits: JobLimits) -> Non
     (workdir / RESULT).unlink(missing_ok=True)
 
 
-def _child_environment(workdir: Path) -> dict[str, str]:
+def _child_environment(workdir: Path, budget: job_threads.ThreadBudget | None = None) -> dict[str, str]:
+    """The job child's environment; ``budget`` None: ``JobLimits.from_environment``'s."""
+    budget = budget if budget is not None else JobLimits.from_environment().thread_budget()
     environment = {
         name: value
         for name, value in os.environ.items()
@@ -200,6 +213,8 @@ def _child_environment(workdir: Path) -> dict[str, str]:
     # glibc (>= 2.35) asks for transparent huge pages for its large allocations: a job copies a big model's
     # weights a few times, and faulting them in 4 KiB pages took a quarter of its CPU (VGG-19, 575 MB).
     environment["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1"
+    # Threads sized to the job's CPU, passive waits: set before torch's OpenMP loads (it reads them once).
+    environment.update(job_threads.environment(budget))
     return environment
 
 
@@ -323,6 +338,10 @@ def _child_main(request_path: str, progress_fd: int) -> int:
 
     document = json.loads(Path(request_path).read_text())
     workdir = Path(request_path).parent
+    budget = job_threads.from_environment()
+    job_threads.use(budget)
+    if budget is not None:
+        print(f"cpu budget: {budget.describe()}", file=sys.stderr, flush=True)
     enter_sandbox(int(document["memory_mib"]), int(document["cpu_seconds"]))
     if document.get("nice"):
         os.nice(int(document["nice"]))

@@ -36,22 +36,36 @@ def quiet_onnxruntime() -> None:
 
 
 def cpu_session(
-    data: bytes, *, threads: int = 1, optimization: str = "all", prepack: bool = True
+    data: bytes,
+    *,
+    threads: int | None = None,
+    optimization: str = "all",
+    prepack: bool = True,
+    timing: bool = False,
 ) -> onnxruntime.InferenceSession:
-    """A CPU session with the deploy settings: ``threads`` intra-op threads, sequential execution.
-    ``prepack`` False for a single run, which would not pay back the time and memory of weights
-    repacked for speed."""
+    """A CPU session with the deploy settings: ``threads`` intra-op threads (None: the job's CPU budget,
+    ``workers.job_threads``; 1 outside a job), sequential execution. Its threads wait passively when the
+    budget says so, except in a session that times latency (``timing``): that one keeps onnxruntime's
+    spinning default, as deployed, and its explicit thread count. ``prepack`` False for a single run,
+    which would not pay back the time and memory of weights repacked for speed."""
     import onnxruntime as ort
 
+    from onnxprune.workers.job_threads import current
+
+    budget = current()
     quiet_onnxruntime()
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = threads if threads is not None else budget.threads if budget else 1
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[optimization])
     options.log_severity_level = ERRORS_ONLY
     if not prepack:
         options.add_session_config_entry("session.disable_prepacking", "1")
+    if budget is not None and budget.passive and not timing:
+        # A spinning pool thread burns the time slice of a sibling the kernel descheduled (issue 29).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     session: onnxruntime.InferenceSession = ort.InferenceSession(
         data, sess_options=options, providers=["CPUExecutionProvider"]
     )

@@ -8,8 +8,10 @@ so), but nobody should ship it unaware: the CLI prints the warning and the repor
 from __future__ import annotations
 
 import math
+import os
 
-from onnxprune.workers.report import Fidelity, HeldOutEvaluation
+from onnxprune.workers.job_threads import usable_cpus
+from onnxprune.workers.report import Fidelity, FinetuneReport, HeldOutEvaluation
 
 MIN_COSINE = 0.9
 # Without --max-drop, a held-out drop above this is worth a warning (2 points of accuracy).
@@ -23,10 +25,17 @@ def quality_warnings(
     data_given: bool,
     recovered: bool,
     max_drop: float | None,
+    little_cpu: bool = False,
 ) -> list[str]:
-    """Warnings for a result; ``recovered``: reconstruction or fine-tuning ran."""
+    """Warnings for a result; ``recovered``: reconstruction or fine-tuning ran; ``little_cpu``: its
+    fine-tuning got little CPU (``got_little_cpu``), so more time is not what it lacked."""
     if not data_given:
         help_text = "pass --data with a few thousand samples (layer-wise reconstruction runs by default)"
+    elif recovered and little_cpu:
+        help_text = (
+            "run it where CPU is free (recovery got under half its threads' CPU time: the report's "
+            "evaluation.finetune), or prune less"
+        )
     elif recovered:
         help_text = "give recovery more time (a larger --time-budget) or more samples, or prune less"
     else:
@@ -72,3 +81,48 @@ def _why(evaluation: HeldOutEvaluation) -> str:
         return chosen
     error = math.sqrt(max(evaluation.after * (1 - evaluation.after), 0.0) / evaluation.samples)
     return f"{chosen}; the held-out accuracy's standard error on {evaluation.samples} samples is {error:.4f}"
+
+
+# Recovery that made fewer passes over the training split than this rarely recovers (issue 29: 35 steps,
+# under one epoch, on a busy machine; a quiet run of the same budget made about 190).
+MIN_EPOCHS = 2.0
+# Below this share of its threads' CPU time while fine-tuning, the job was short of CPU, not of time.
+LITTLE_CPU_SHARE = 0.5
+
+
+def got_little_cpu(finetune: FinetuneReport | None) -> bool:
+    """The job's threads got under half their CPU time while fine-tuning (other work on the machine)."""
+    if finetune is None or finetune.cpu_per_second is None or not finetune.threads:
+        return False
+    return finetune.cpu_per_second < LITTLE_CPU_SHARE * finetune.threads
+
+
+def recovery_budget_warnings(finetune: FinetuneReport | None, *, time_budget: float | None) -> list[str]:
+    """A plain warning when recovery bought under ``MIN_EPOCHS`` epochs, and why: little CPU, or a
+    budget (or step count) too short for the model."""
+    if finetune is None or not finetune.total_steps or finetune.epochs is None or finetune.epochs >= MIN_EPOCHS:
+        return []
+    train = finetune.samples.get("train", 0)
+    bought = (
+        f"recovery made {finetune.total_steps:,} fine-tuning steps"
+        + (f" in {finetune.train_seconds:.0f} s" if finetune.train_seconds else "")
+        + f" ({finetune.epochs:g} epochs over the {train:,} training samples"
+        + (f", {finetune.samples_per_s:g} samples/s" if finetune.samples_per_s else "")
+        + f"): under {MIN_EPOCHS:g} epochs, too little to recover the pruned model"
+    )
+    if got_little_cpu(finetune):
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        return [
+            f"{bought}; the job got little CPU: {finetune.cpu_per_second:.2f} CPU-seconds per second for its "
+            f"{finetune.threads} thread(s)"
+            + (f" (load average {load:.1f} on {usable_cpus():g} CPUs)" if load else "")
+            + ": run it where CPU is free, or with fewer jobs at once"
+        ]
+    if time_budget is None:
+        return [f"{bought}; raise --finetune-steps (or give --time-budget)"]
+    needed = MIN_EPOCHS * train / finetune.samples_per_s if finetune.samples_per_s else None
+    return [
+        f"{bought}; the CPU was the job's, the time budget is too short for this model"
+        + (f" (two epochs take about {needed:.0f} s of fine-tuning at this rate)" if needed else "")
+        + ": raise --time-budget"
+    ]

@@ -125,6 +125,15 @@ class FinetuneReport(BaseModel):
         default_factory=list, description="Per pruning step, on the validation split, measured in the PyTorch executor."
     )
     losses: list[float] = Field(default_factory=list, description="Training loss at every fine-tuning step.")
+    # What the time budget bought (issue 29): a busy machine can leave a budget a few dozen steps.
+    total_steps: int | None = Field(None, description="Fine-tuning steps taken in all (every pruning step).")
+    epochs: float | None = Field(None, description="Passes over the training split those steps made.")
+    samples_per_s: float | None = Field(None, description="Training samples per second of fine-tuning.")
+    train_seconds: float | None = Field(None, description="Wall seconds of the fine-tuning loops.")
+    cpu_per_second: float | None = Field(
+        None, description="CPU seconds the job got per wall second while fine-tuning (at most its threads)."
+    )
+    threads: int | None = Field(None, description="Intra-op threads of the job (its CPU budget).")
 
 
 class LatencyGroupReport(BaseModel):

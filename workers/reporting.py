@@ -14,7 +14,7 @@ from onnxprune.graphops.shares import macs_shares
 from onnxprune.workers.analysis import Analysis
 from onnxprune.workers.latency_target import judged_on_closing_benchmark, target_notes
 from onnxprune.workers.options import AutoTarget, LearnedTarget, PruneOptions
-from onnxprune.workers.quality_warnings import quality_warnings
+from onnxprune.workers.quality_warnings import got_little_cpu, quality_warnings, recovery_budget_warnings
 from onnxprune.workers.report import (
     BeforeAfter,
     DataSplit,
@@ -80,12 +80,14 @@ def build_report(
             *speed_notes(latency),
             *target_notes(latency_target),
             *rounding_notes(job, groups),
+            *recovery_budget_warnings(outcome.finetune, time_budget=job.options.time_budget),
             *quality_warnings(
                 fidelity,
                 evaluation,
                 data_given=job.data_path is not None,
                 recovered=outcome.finetune is not None,
                 max_drop=job.options.max_drop,
+                little_cpu=got_little_cpu(outcome.finetune),
             ),
         ],
         learned=outcome.learned,

@@ -36,6 +36,7 @@ from onnxprune.graphops.surgery import apply_plan
 from onnxprune.roundtrip.data import Dataset
 from onnxprune.workers.analysis import analyse_model
 from onnxprune.workers.evaluation import Evaluator, make_evaluator
+from onnxprune.workers.job_threads import current as current_budget
 from onnxprune.workers.report import FrozenReport, SensitivityCurve, SensitivityReport
 from onnxprune.workers.sandbox import RunnerLimits
 
@@ -111,7 +112,8 @@ def sweep(
     ratios = sorted(set(float(r) for r in ratios))
     macs = MacsModel(dep, {node.name: node.macs for node in cost.nodes})
     indices = [i for i, g in enumerate(dep.groups) if g.prunable and g.id in scores]
-    workers = max(1, min(workers or os.cpu_count() or 1, len(indices) or 1))
+    budget = current_budget()  # in a job: its threads (``workers.job_threads``), not every core
+    workers = max(1, min(workers or (budget.threads if budget else os.cpu_count()) or 1, len(indices) or 1))
     curves: dict[int, SensitivityCurve] = {}
     with (
         tempfile.TemporaryDirectory(prefix="onnxprune-sensitivity-") as workdir,

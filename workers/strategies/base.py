@@ -100,7 +100,9 @@ class Job:
             reason = self.options.data_requirement() or "this job needs data"
             raise ModelRejected(f"{reason}: pass --data DATA.npz (one array per model input, optional labels)")
         from onnxprune.roundtrip.context import make_context
+        from onnxprune.workers.job_threads import configure_torch
 
+        configure_torch()  # torch's pools sized to the job's CPU budget before their first use
         # The executor runs the prepared graph the analysis prunes (constants folded, shapes known), never
         # the raw export: its run-time shape subgraphs (Shape -> Gather -> Reshape) are not executor material.
         self.data_context = make_context(

@@ -114,7 +114,7 @@ class FineTune:
             student = OnnxModule(pruned)
             recalibrate_batchnorm(student, data.train, data.batch_size, BN_BATCHES, seed)
             after_pruning = evaluate(student, data.objective, data.validation, data.batch_size)
-            after_finetune, losses, kept_step = None, [], None
+            after_finetune, losses, kept_step, seconds, cpu_seconds = None, [], None, 0.0, 0.0
             # After training: re-estimation and evaluation again, the write-back and its check, the
             # held-out evaluations in onnxruntime: about three times what the two took just now.
             steps, deadline = self._plan(job, step, reserve=3 * (time.monotonic() - started))
@@ -136,7 +136,7 @@ class FineTune:
                     teacher, exclude = data.objective.teacher, data.objective.tensors
                     features = matched_features(dep, plan, pruned, student, teacher, sample, exclude)
                 run = self.train(job, student, steps, seed, deadline, show, data.validation, features)
-                losses, kept_step = run.losses, run.kept_step
+                losses, kept_step, seconds, cpu_seconds = run.losses, run.kept_step, run.seconds, run.cpu_seconds
                 after_finetune = evaluate(student, data.objective, data.validation, data.batch_size)
             model = write_back(pruned, student)
             record = IterationRecord(
@@ -149,4 +149,12 @@ class FineTune:
                 kept_step,
             )
             check_inputs = next(data.validation.batches(min(len(data.validation), student.static_batch or 4))).inputs
-            return Recovered(model, record, losses, check_inputs, outputs_on(student, check_inputs))
+            return Recovered(
+                model,
+                record,
+                losses,
+                check_inputs,
+                outputs_on(student, check_inputs),
+                finetune_seconds=seconds,
+                finetune_cpu_seconds=cpu_seconds,
+            )

@@ -26,6 +26,8 @@ class Recovered:
     reconstructed: list[str] | None = None  # layers refit by layer-wise reconstruction (None: it did not run)
     reconstruction_skipped: dict[str, str] = field(default_factory=dict)
     reconstruction_seconds: float = 0.0
+    finetune_seconds: float = 0.0  # wall time of the fine-tuning loop
+    finetune_cpu_seconds: float = 0.0  # CPU time the job got meanwhile (all its threads)
 
 
 class Recovery(Protocol):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from onnxprune.graphops.dependency import analyze
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.surgery import apply_plan
+from onnxprune.workers.job_threads import current as current_budget
 from onnxprune.workers.report import FinetuneReport
 from onnxprune.workers.strategies.base import Job, Outcome, Selection, Selector, Step
 from onnxprune.workers.strategies.recovery import Recovered, Recovery
@@ -85,6 +86,11 @@ def finetune_report(job: Job, recovered: list[Recovered]) -> FinetuneReport:
     schedule = "iterative" if options.iterative_steps > 1 else "one-shot"
     if any(step.reconstructed is not None for step in recovered):
         schedule += " + layer-wise reconstruction"
+    total_steps = sum(len(step.losses) for step in recovered)
+    seconds = sum(step.finetune_seconds for step in recovered)
+    cpu_seconds = sum(step.finetune_cpu_seconds for step in recovered)
+    trained = total_steps * min(data.batch_size, data.samples.get("train", 0))
+    budget = current_budget()
     return FinetuneReport(
         schedule=schedule,
         objective=data.objective.kind,
@@ -95,4 +101,10 @@ def finetune_report(job: Job, recovered: list[Recovered]) -> FinetuneReport:
         samples=data.samples,
         losses=[round(v, 6) for step in recovered for v in step.losses],
         iterations=[iteration(step) for step in recovered if step.record is not None],
+        total_steps=total_steps,
+        epochs=round(trained / data.samples["train"], 2) if data.samples.get("train") else None,
+        samples_per_s=round(trained / seconds, 1) if seconds > 0 else None,
+        train_seconds=round(seconds, 1) if seconds > 0 else None,
+        cpu_per_second=round(cpu_seconds / seconds, 2) if seconds > 0 else None,
+        threads=budget.threads if budget is not None else None,
     )
