@@ -107,6 +107,13 @@ def _print_summary(report: PruneReport) -> None:
             f"{report.latency_ms.after.p50:.3f}",
             _speed_words(report.latency_ms.change),
         )
+        if report.latency_ms.cleaned is not None:  # the original after the same graph cleanup (workers.cleanup)
+            table.add_row(
+                "  pruning alone (vs cleaned-up original)",
+                f"{report.latency_ms.cleaned.p50:.3f}",
+                f"{report.latency_ms.after.p50:.3f}",
+                _speed_words(report.latency_ms.pruning_change),
+            )
     if report.fidelity:
         table.add_row(
             "fidelity", "", f"cos {report.fidelity.cosine_similarity:.4f}", f"max|Δ| {report.fidelity.max_abs_diff:.3g}"
@@ -147,6 +154,13 @@ def _print_summary(report: PruneReport) -> None:
             f"\nequal-MACs cuts compared on the latency table: kept '{cut.chosen}' of {len(cut.candidates)}, "
             f"predicted {cut.predicted_ratio:.3f}x the original's latency"
         )
+    from onnxprune.workers.cleanup import credited_speed
+
+    credited = credited_speed(report.latency_ms)
+    if credited is not None:
+        table.caption += f"\nlatency: {credited}"
+    for change in getattr(report, "interface_changes", []):
+        table.caption += f"\n{change}"
     if getattr(report, "round_to", None):
         table.caption += f"\nchannel counts multiples of {report.round_to} ({report.round_to_source})"
     learned = getattr(report, "learned", None)

@@ -95,18 +95,28 @@ def benchmark(
     threads: int = 1,
     seed: int = 0,
     limits: RunnerLimits = RunnerLimits(),
+    cleaned: Path | None = None,
 ) -> BenchmarkResult:
-    """Latency of ``original`` (and ``pruned``, interleaved) and, with both, output fidelity."""
+    """Latency of ``original`` (and ``pruned``, interleaved) and, with both, output fidelity.
+
+    ``cleaned``, the original after the pipeline's graph cleanup alone (``workers.cleanup``), is timed
+    in the same interleaved rounds, so the speed-up of pruning alone is read against it."""
     if runs < 1 or warmup < 0 or threads < 1:
         raise ValueError(f"benchmark needs runs >= 1, warmup >= 0, threads >= 1 (got {runs}, {warmup}, {threads})")
+    if cleaned is not None and pruned is None:
+        raise ValueError("a cleaned-up baseline needs a pruned model to compare it with")
     inputs = make_inputs(original, input_shapes, seed)
-    paths = [str(original)] + ([str(pruned)] if pruned is not None else [])
+    paths = [str(path) for path in (original, pruned, cleaned) if path is not None]
     timings, outputs = run_in_child(_time_sessions, (paths, inputs, runs, warmup, threads), limits=limits)
     stats = [_latency_stats(ms) for ms in timings]
     change = compare_timings(timings[0], timings[1], seed=seed) if pruned is not None else None
     latency = Latency(
         before=stats[0], after=stats[1] if pruned is not None else None, threads=threads, warmup=warmup, change=change
     )
+    if cleaned is not None:
+        latency.cleaned = stats[2]
+        latency.pruning_change = compare_timings(timings[2], timings[1], seed=seed)
+        latency.cleanup_change = compare_timings(timings[0], timings[2], seed=seed)
     fidelity = compare_outputs(outputs[0], outputs[1]) if pruned is not None else None
     return BenchmarkResult(latency=latency, fidelity=fidelity)
 

@@ -12,6 +12,7 @@ from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.selection import grid_counts
 from onnxprune.graphops.shares import macs_shares
 from onnxprune.workers.analysis import Analysis
+from onnxprune.workers.cleanup import interface_changes
 from onnxprune.workers.latency_target import judged_on_closing_benchmark, target_notes
 from onnxprune.workers.options import AutoTarget, LearnedTarget, PruneOptions
 from onnxprune.workers.quality_warnings import quality_warnings
@@ -96,6 +97,7 @@ def build_report(
         else job.round_to_source,
         latency_target=latency_target,
         fastest_cut=selection.fastest_cut,
+        interface_changes=interface_changes(analysis.original, outcome.model),
     )
 
 
