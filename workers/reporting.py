@@ -27,6 +27,7 @@ from onnxprune.workers.report import (
     LayerReport,
     PruneReport,
 )
+from onnxprune.workers.shortfall import shortfall_notes
 from onnxprune.workers.speed import speed_notes
 from onnxprune.workers.strategies import Job, Outcome
 from onnxprune.workers.strategies.finish import Artifacts
@@ -80,7 +81,18 @@ def build_report(
             *artifacts.notes,
             *speed_notes(latency),
             *target_notes(latency_target),
-            *rounding_notes(job, groups),
+            *(  # one line on a target that fell short, else the rounding note
+                shortfall_notes(
+                    job.options,
+                    groups,
+                    frozen,
+                    BeforeAfter(before=analysis.cost.macs, after=cost_after.macs),
+                    int(job.options.round_to),
+                    job.round_to_source,
+                    plan_given=selection.from_saved_plan,
+                )
+                or rounding_notes(job, groups)
+            ),
             *quality_warnings(
                 fidelity,
                 evaluation,

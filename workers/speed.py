@@ -120,7 +120,9 @@ def speed_notes(latency: Latency | None) -> list[str]:
             "the kernels' step can cost more than the MACs saved (try --round-to auto or a multiple of 8)"
         ]
     warning = noise_warning(change)
-    return ([] if warning is None else [warning]) + _pruning_alone_notes(latency.pruning_change)
+    if warning is not None:  # the whole change is noise already: one line says so
+        return [warning]
+    return _pruning_alone_notes(latency.pruning_change)
 
 
 def _pruning_alone_notes(change: SpeedChange | None) -> list[str]:
