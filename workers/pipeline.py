@@ -128,6 +128,7 @@ def _speed_and_fidelity(job: Job, candidate: Path) -> tuple[Latency | None, Fide
             seed=options.seed,
             limits=job.limits,
             cleaned=cleaned,
+            progress=lambda done: job.stages.within("benchmark", done / options.benchmark_runs),
         )
         return result.latency, result.fidelity  # type: ignore[return-value]  # two models: fidelity is set
     verified = job.verified

@@ -256,6 +256,12 @@ class PruneReport(BaseModel):
         default_factory=list,
         description="How the written model's graph inputs or outputs differ from the original's (workers.cleanup).",
     )
+    latency_table_cache: str | None = Field(
+        None,
+        description="The latency table cached on this machine by an earlier latency_target run that this job "
+        "used without measuring (round_to 'auto' took its step, a MACs target compared cuts on it): the same "
+        "command without that file (another machine, an emptied cache) can prune differently.",
+    )
 
 
 # ---- sensitivity analysis and held-out evaluation (workers.sensitivity, workers.evaluation) ----

@@ -110,7 +110,19 @@ def build_report(
         latency_target=latency_target,
         fastest_cut=selection.fastest_cut,
         interface_changes=interface_changes(analysis.original, outcome.model),
+        latency_table_cache=used_cached_table(job, selection.fastest_cut is not None),
     )
+
+
+def used_cached_table(job: Job, compared_cuts: bool) -> str | None:
+    """The cached latency table's path when a job that measures none (no latency target) used it."""
+    if job.options.latency_target is not None:
+        return None
+    if not (compared_cuts or job.round_to_source.startswith("auto: latency table")):
+        return None
+    from onnxprune.workers.latency import LatencySettings, cached_table_path
+
+    return str(cached_table_path(job.analysis.sha256, job.analysis.input_shapes, LatencySettings.of(job.options)))
 
 
 def with_bound(

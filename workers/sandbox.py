@@ -131,6 +131,12 @@ def enter_sandbox(memory_mib: int, cpu_seconds: int) -> None:
     _inside_sandbox = True
 
 
+def inside_sandbox() -> bool:
+    """Whether this process is a job's sandbox: ``run_in_child`` then runs targets here, so they may take
+    callables (progress) that could not cross to a fresh child."""
+    return _inside_sandbox
+
+
 def cpu_budget(wall_s: float) -> int:
     """CPU seconds for a wall-time limit on every core: a backstop should the parent die before its
     own wall-time limit fires (SIGXCPU, then SIGKILL 5 s later)."""

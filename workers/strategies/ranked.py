@@ -24,9 +24,8 @@ from onnxprune.workers.strategies.base import Job, Selection, Step
 # Below this a step has nothing left to remove.
 _NOTHING = 1e-9
 _MOST = 0.999
-# A rounded ratio cut that removes less than this share of the exact cut's MACs is met on the grid instead.
-_FAR_LESS = 0.5
-# ... unless the grid's nearest cut removes more than this many times the exact cut's MACs.
+# A rounded ratio cut that removes nothing is met on the grid instead, unless the grid's nearest cut
+# removes more than this many times the exact cut's MACs.
 _MOST_OVERSHOOT = 2.5
 
 
@@ -93,29 +92,32 @@ class RankedByMacs:
 def _ratio_on_the_grid(
     job: Job, dep: DependencyGraph, scores: Scores, ratio: float, rounded: PruningPlan, asked: float
 ) -> Selection:
-    """A ratio whose counts, rounded up to the grid, remove far less than the exact cut (groups of at
-    most a step or two stay whole: 30% of 16 channels rounds back to 16) is met in MACs instead: the
-    exact cut's MACs, reached on the grid (``graphops.selection.snap_to_grid``), so the counts still run
-    at the blocked kernels' speed. Said in one line either way."""
+    """A ratio whose counts, rounded up to the grid, remove nothing (every group of at most a step or
+    two stays whole: 30% of 16 channels rounds back to 16) is met in MACs instead: the exact cut's
+    MACs, reached on the grid (``graphops.selection.snap_to_grid``), so the counts still run at the
+    blocked kernels' speed, and a note says so. A rounded cut that removes something is kept (the
+    report warns when it is far less than asked: ``workers.shortfall``)."""
+    if rounded.groups:  # the rounded cut removes something: kept (a shortfall is warned of)
+        return Selection(rounded)
     cost = job.analysis.cost if dep is job.dep else measure_cost(dep.model, job.analysis.input_shapes)
     node_macs = {node.name: node.macs for node in cost.nodes}
     model = MacsModel(dep, node_macs)
     exact = select_by_ratio(dep, scores, ratio, round_to=1, exclude=job.options.exclude)
-    wanted, got = model.total - model.macs(exact), model.total - model.macs(rounded)
-    if wanted <= 0 or got >= _FAR_LESS * wanted:
+    wanted = model.total - model.macs(exact)
+    if wanted <= 0:
         return Selection(rounded)
     step, fraction = job.round_to, wanted / max(model.total, 1)
     flag = "auto" if job.round_to_source.startswith("auto") else str(step)
     on_grid = select_by_flops(dep, scores, fraction, node_macs=node_macs, round_to=step, exclude=job.options.exclude)
     removed = model.total - model.macs(on_grid)
-    if removed <= got or removed > _MOST_OVERSHOOT * wanted:  # the report says why nothing (workers.shortfall)
+    if removed <= 0 or removed > _MOST_OVERSHOOT * wanted:  # the report says why nothing (workers.shortfall)
         return Selection(rounded)
     return Selection(
         on_grid,
         notes=[
             f"ratio {asked:g}: rounded up to the grid of {step} channels (--round-to {flag}), "
-            f"{asked:.0%} of each group would remove {got / max(model.total, 1):.1%} of MACs, not the exact cut's "
-            f"{fraction:.1%} (groups of a few steps stay whole); the exact cut's MACs were met on the grid instead "
+            f"{asked:.0%} of each group would remove nothing, where the exact cut removes {fraction:.1%} of MACs "
+            f"(groups of a few steps stay whole); the exact cut's MACs were met on the grid instead "
             f"(-{removed / max(model.total, 1):.1%}, {len(on_grid.groups)} group(s) cut, counts multiples of {step}); "
             "--round-to 1 removes exactly that ratio of every group"
         ],
