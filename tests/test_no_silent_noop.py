@@ -44,6 +44,7 @@ def test_a_ratio_that_rounds_back_to_whole_groups_is_met_on_the_grid_and_says_so
     assert all(after in (before, 8, 4) for before, after in cut(report).values())  # counts on the grid of 16
     notes = [w for w in report.warnings if w.startswith("ratio 0.3: rounded up to the grid of 16 channels")]
     assert len(notes) == 1 and "--round-to 1" in notes[0] and "met on the grid" in notes[0]
+    assert not [w for w in report.warnings if w.startswith("round-to auto")]  # said once
 
 
 def test_a_ratio_whose_grid_cut_would_overshoot_prunes_nothing_and_warns_once(small):
@@ -53,6 +54,16 @@ def test_a_ratio_whose_grid_cut_would_overshoot_prunes_nothing_and_warns_once(sm
     notes = [w for w in report.warnings if w.startswith("nothing pruned: ")]
     assert len(notes) == 1
     assert "grid of 16 (--round-to 16)" in notes[0] and "--round-to 1 prunes exact counts" in notes[0]
+    # 8 -> 4 and 16 -> 8 are the groups' smallest steps down: half of what each could lose
+    assert "the smallest step down removes 50% of a group's removable channels" in notes[0]
+
+
+def test_a_macs_target_the_grid_overshoots_says_so(small):
+    report = prune(small, flops_target=0.05, round_to=16)
+
+    assert report.macs.reduction > 0.15
+    notes = [w for w in report.warnings if w.startswith("--flops-target 0.05 removed ")]
+    assert len(notes) == 1 and "far more than asked" in notes[0] and "--round-to 1" in notes[0]
 
 
 def test_exact_counts_prune_the_same_ratio_without_a_warning(small):

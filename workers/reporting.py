@@ -14,7 +14,7 @@ from onnxprune.graphops.shares import macs_shares
 from onnxprune.workers.analysis import Analysis
 from onnxprune.workers.cleanup import interface_changes
 from onnxprune.workers.latency_target import judged_on_closing_benchmark, target_notes
-from onnxprune.workers.options import AutoTarget, LearnedTarget, PruneOptions
+from onnxprune.workers.options import AutoTarget, LearnedTarget, PruneOptions, RatioTarget
 from onnxprune.workers.quality_warnings import quality_warnings
 from onnxprune.workers.report import (
     BeforeAfter,
@@ -91,7 +91,12 @@ def build_report(
                     job.round_to_source,
                     plan_given=selection.from_saved_plan,
                 )
-                or rounding_notes(job, groups)
+                # a ratio's selector notes only that it met the ratio on the grid, which says it already
+                or (
+                    []
+                    if selection.notes and isinstance(job.options.target, RatioTarget)
+                    else rounding_notes(job, groups)
+                )
             ),
             *quality_warnings(
                 fidelity,
