@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from onnxprune.service.cli import _print_summary
+from onnxprune.workers.html_report import render_report_html
 from tests.test_fastest_cut import prune
 
 
@@ -18,6 +19,7 @@ def test_a_run_that_used_a_cached_table_names_it(tmp_path, monkeypatch, capsys):
     _print_summary(report)
     printed = " ".join(capsys.readouterr().out.split())
     assert "used the latency table an earlier --latency-target run cached on this machine" in printed
+    assert 'id="cached-table"' in render_report_html(report)
 
 
 @pytest.mark.parametrize(("round_to", "cached"), [(1, True), ("auto", False)])
