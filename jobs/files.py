@@ -1,6 +1,6 @@
 """Where a job's files live under ``ONNXPRUNE_DATA_DIR/jobs/<job id>/``; names are ours, never the user's.
 
-    input.onnx, data.npz       the upload (written once, by the API)
+    input.onnx, data.npz       the upload (written once, by the API; plan_in.json with a plan to apply)
     attempts/<lease token>/    one attempt's scratch space: the pipeline writes its results here
     result/                    the published results (model.onnx, plan.json, report.json; with
                                quantize, model.float.onnx too: the float pruned model)
@@ -39,6 +39,11 @@ class JobFiles:
     @property
     def data(self) -> Path:
         return self.root / "data.npz"
+
+    @property
+    def plan_in(self) -> Path:
+        """A plan uploaded to apply instead of scoring (``submit --plan-in``), checked by the API."""
+        return self.root / "plan_in.json"
 
     @property
     def result(self) -> Path:

@@ -22,6 +22,7 @@ import time
 from enum import Enum
 from pathlib import Path
 
+from onnxprune.graphops.plan import PruningPlan
 from onnxprune.jobs.files import MODEL, PLAN, REPORT, JobFiles
 from onnxprune.jobs.policy import after_attempt
 from onnxprune.jobs.settings import Settings
@@ -161,7 +162,8 @@ def _attempt(job_id: str, token: str, store: JobStore, settings: Settings) -> Ou
         try:
             work = files.new_attempt(token)
             data = files.data if files.data.exists() else None
-            request = JobRequest(files.upload, work / MODEL, options, data=data)
+            plan = PruningPlan.from_json(files.plan_in.read_text()) if files.plan_in.exists() else None
+            request = JobRequest(files.upload, work / MODEL, options, data=data, plan=plan)
             sandbox = work / "sandbox"
             result = run_job_process(
                 request, sandbox, limits=job_limits(settings), progress=progress, keep_going=keep_going

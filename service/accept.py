@@ -17,7 +17,7 @@ from onnxprune.jobs.settings import Settings
 from onnxprune.jobs.store import IdempotencyConflict, JobRecord, JobStatus, JobStore
 from onnxprune.service.errors import ApiError
 from onnxprune.service.runners import Runner
-from onnxprune.service.uploads import check_data, check_model, parse_config, receive_upload
+from onnxprune.service.uploads import check_data, check_model, parse_config, parse_plan, receive_upload
 from onnxprune.workers.capabilities import TORCH, local_capabilities, missing_capability
 from onnxprune.workers.fileio import file_sha256
 from onnxprune.workers.options import with_data_defaults
@@ -58,6 +58,9 @@ async def accept_job(
     try:
         upload = await receive_upload(request, files, settings.max_upload_bytes)
         options = parse_config(upload.config_text)
+        if upload.plan_bytes is not None:
+            plan = parse_plan(upload.plan_bytes)
+            await run_in_threadpool(files.plan_in.write_text, plan.to_json())
         needs_data = options.data_requirement() if upload.data_bytes is None else None
         if needs_data:
             raise ApiError(422, "invalid_config", f"{needs_data}: add a 'data' part (.npz)")
@@ -156,4 +159,6 @@ async def hand_over(runner: Runner, job_id: str, publisher: Executor, timeout_s:
 
 def _fingerprint(files: JobFiles, config: str, has_data: bool) -> str:
     parts = [file_sha256(files.upload), file_sha256(files.data) if has_data else "", config]
+    if files.plan_in.exists():  # appended, so the fingerprints of jobs without a plan stay as they were
+        parts.append(file_sha256(files.plan_in))
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()

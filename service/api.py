@@ -60,6 +60,11 @@ _UPLOAD_BODY = {
                             "description": "Optional .npz of calibration inputs (no pickles).",
                         },
                         "config": {"type": "string", "description": "JSON object of PruneOptions."},
+                        "plan": {
+                            "type": "string",
+                            "description": "Optional pruning plan JSON (GET /v1/jobs/{id}/plan, prune --plan-out) "
+                            "to apply instead of scoring.",
+                        },
                     },
                 }
             }

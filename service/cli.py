@@ -22,7 +22,7 @@ from onnxprune.service.cli_output import EXIT_BAD_INPUT, print_table, stage_prog
 from onnxprune.workers.options import PruneOptions
 
 if TYPE_CHECKING:  # the engine's modules load only when a command runs
-    from onnxprune.workers.report import PruneReport, SensitivityReport, SpeedChange
+    from onnxprune.workers.report import HeldOutEvaluation, PruneReport, SensitivityReport, SpeedChange
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prune conv filters directly on ONNX models.")
 
@@ -118,13 +118,24 @@ def _print_summary(report: PruneReport) -> None:
             f"{report.latency_ms.after.p50:.3f}",
             _speed_words(report.latency_ms.change),
         )
+        if report.latency_ms.cleaned is not None:  # the original after the same graph cleanup (workers.cleanup)
+            table.add_row(
+                "  pruning alone (vs cleaned-up original)",
+                f"{report.latency_ms.cleaned.p50:.3f}",
+                f"{report.latency_ms.after.p50:.3f}",
+                _speed_words(report.latency_ms.pruning_change),
+            )
     if report.fidelity:
         table.add_row(
             "fidelity", "", f"cos {report.fidelity.cosine_similarity:.4f}", f"max|Δ| {report.fidelity.max_abs_diff:.3g}"
         )
     evaluation = getattr(report, "evaluation", None)
     if evaluation is not None:
-        middle = "" if evaluation.after_pruning is None else f"pruned {evaluation.after_pruning:.4f}, fine-tuned "
+        middle = (
+            ""
+            if evaluation.after_pruning is None
+            else f"pruned {evaluation.after_pruning:.4f}, {_recovered(evaluation)} "
+        )
         table.add_row(
             f"{evaluation.metric} (held out)",
             f"{evaluation.before:.4f}",
@@ -166,6 +177,19 @@ def _print_summary(report: PruneReport) -> None:
             + (f", {finetune.samples_per_s:g} samples/s" if finetune.samples_per_s else "")
             + (f", {finetune.threads} thread(s)" if finetune.threads else "")
         )
+    from onnxprune.workers.cleanup import credited_speed
+
+    credited = credited_speed(report.latency_ms)
+    if credited is not None:
+        table.caption += f"\nlatency: {credited}"
+    for change in getattr(report, "interface_changes", []):
+        table.caption += f"\n{change}"
+    cache = getattr(report, "latency_table_cache", None)
+    if cache:
+        table.caption += (
+            f"\nused the latency table an earlier --latency-target run cached on this machine ({cache}); "
+            "without it (another machine, an emptied cache) counts can differ (--round-to 1 uses none)"
+        )
     if getattr(report, "round_to", None):
         table.caption += f"\nchannel counts multiples of {report.round_to} ({report.round_to_source})"
     learned = getattr(report, "learned", None)
@@ -173,6 +197,18 @@ def _print_summary(report: PruneReport) -> None:
         kept = ", ".join(f"{layer.kept}/{layer.channels}" for layer in learned.layers)
         table.caption += f"\nlearned (max drop {learned.max_drop:g} in {learned.metric}): filters kept per layer {kept}"
     print_table(table)  # the report's warnings follow on stderr, once
+
+
+def _recovered(evaluation: HeldOutEvaluation) -> str:
+    """What recovery did, in the summary's words: "reconstructed", "fine-tuned (300 steps)", or both."""
+    finetune = evaluation.finetune
+    if finetune is None:
+        return "recovered"
+    steps = sum(it.steps or 0 for it in finetune.iterations) or len(finetune.losses)
+    parts = ["reconstructed"] if any(it.reconstructed_layers for it in finetune.iterations) else []
+    if steps:
+        parts.append(f"fine-tuned ({steps} step{'s' if steps != 1 else ''})")
+    return " and ".join(parts) or "recovered"
 
 
 def _speed_words(change: SpeedChange | None) -> str:
@@ -217,37 +253,30 @@ def prune(
     **flags: Any,
 ) -> None:
     """Remove filters and write a smaller dense model, with a report of what changed."""
-    from onnxprune.graphops.plan import PruningPlan
-    from onnxprune.workers.fileio import atomic_write_bytes
+    from onnxprune.service.cli_results import read_plan, show_results, write_results
     from onnxprune.workers.job_process import JobLimits, JobRequest, run_job_process
 
     options = _data_defaults(_options(**flags), data)
     _require_data(options, data)
     require_capabilities(options)
     require_output_dirs(output, report, plan_out, report_html)
-    plan = None
-    if plan_in is not None:
-        try:
-            plan = PruningPlan.from_json(plan_in.read_text())
-        except OSError as exc:
-            fail(f"cannot read plan {plan_in}: {exc.strerror}", EXIT_BAD_INPUT)
+    plan = read_plan(plan_in) if plan_in is not None else None
     request = JobRequest(model, output, options, data=data, plan=plan, sensitivity=_load_sensitivity(sensitivity))
     with tempfile.TemporaryDirectory(prefix="onnxprune-job-") as workdir, stage_progress(console) as progress:
         result = run_job_process(request, Path(workdir), limits=JobLimits.from_environment(), progress=progress)
-    if report is not None:
-        atomic_write_bytes(report, result.report.model_dump_json(indent=1).encode())
-    if plan_out is not None:
-        atomic_write_bytes(plan_out, result.plan.to_json().encode())
-    if report_html is not None:
-        from onnxprune.workers.html_report import render_report_html
-
-        atomic_write_bytes(report_html, render_report_html(result.report, title=f"onnxprune: {model.name}").encode())
-    if as_json:  # for scripts: the report is the whole answer; its warnings are in it
-        print(result.report.model_dump_json(indent=1))
+    report_json = result.report.model_dump_json(indent=1)
+    write_results(
+        report_json,
+        result.report,
+        result.plan.to_json(),
+        report_path=report,
+        plan_out=plan_out,
+        report_html=report_html,
+        title=f"onnxprune: {model.name}",
+    )
+    show_results(report_json, result.report, as_json=as_json)  # --json: the report is the whole answer
+    if as_json:
         return
-    _print_summary(result.report)
-    for warning in result.report.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
     if result.float_output is not None:
         console.print(f"wrote {output} (quantized, {options.quantize}) and {result.float_output} (float, pruned)")
     else:
@@ -347,7 +376,9 @@ cli_analysis.register(app)
 
 def main() -> None:
     """Console entry point (``onnxprune``)."""
-    app()
+    from onnxprune.service.cli_help import plain_help
+
+    plain_help(typer.main.get_command(app))(prog_name="onnxprune")
 
 
 if __name__ == "__main__":

@@ -64,11 +64,29 @@ def submit(
         ),
     ] = None,
     report: Annotated[Path | None, typer.Option(help="Also write the report JSON here.")] = None,
-    plan: Annotated[Path | None, typer.Option(help="Also write the pruning plan JSON here.")] = None,
+    report_html: Annotated[
+        Path | None, typer.Option(help="Write a self-contained HTML report with plots here.")
+    ] = None,
+    plan_out: Annotated[
+        Path | None, typer.Option("--plan-out", "--plan", help="Write the pruning plan (kept channels) here.")
+    ] = None,
+    plan_in: Annotated[
+        Path | None, typer.Option(help="Apply a saved plan instead of scoring (sent with the job).")
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print the job's report as JSON on stdout instead of the summary (progress stays on stderr)."
+        ),
+    ] = False,
     token: Annotated[str | None, typer.Option(envvar="ONNXPRUNE_TOKEN", help="Bearer token.")] = None,
     **flags: Any,
 ) -> None:
     """Prune MODEL on a remote onnxprune service and download the result.
+
+    The same flags and output as prune: the summary table and the warnings of the job's report,
+    --json, --report, --report-html, --plan-out, --plan-in. prune's --sensitivity (curves measured
+    earlier, read from a local file) has no service meaning: the service measures its own.
 
     Exit 3 when the server refuses the request or fails the job because of its input; 1 when it fails on its own or cannot be reached; 2 for bad local input."""
     import httpx
@@ -76,17 +94,19 @@ def submit(
 
     from onnxprune.service.cli_common import require_output_dirs
     from onnxprune.service.cli_output import EXIT_FAILURE, stage_progress
+    from onnxprune.service.cli_results import read_plan, show_results, write_results
     from onnxprune.service.client import PruneClient, ServiceError
     from onnxprune.workers.fileio import float_output_path
 
     config = _config(flags)
-    require_output_dirs(output, report, plan)
+    require_output_dirs(output, report, plan_out, report_html)
+    plan = read_plan(plan_in).to_json() if plan_in is not None else None  # a bad plan fails here, exit 2
     # A quantized job keeps its float pruned model: written beside the output, as 'prune' does.
     float_output = float_output_path(output) if config.get("quantize", "none") != "none" else None
     console = Console(stderr=True)
     try:
         with PruneClient(server, token=token) as client:
-            job = client.submit(model, config, data=data)
+            job = client.submit(model, config, data=data, plan=plan)
             with stage_progress(console, first="queued") as progress:
                 job = client.wait(
                     job["id"], on_progress=lambda job: progress(job["stage"] or job["status"], job["progress"])
@@ -94,10 +114,8 @@ def submit(
             client.download_model(job["id"], output)
             if float_output is not None:
                 client.download_model(job["id"], float_output, variant="float")
-            if report is not None:
-                report.write_text(_json(client.report(job["id"])))
-            if plan is not None:
-                plan.write_text(client.plan(job["id"]))
+            report_data = client.report(job["id"])
+            plan_json = client.plan(job["id"]) if plan_out is not None else ""
     except ServiceError as exc:
         console.print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(exit_code_of(exc)) from None
@@ -106,11 +124,37 @@ def submit(
             f"error: cannot talk to {server}: {exc}", style="red", markup=False, highlight=False, soft_wrap=True
         )
         raise typer.Exit(EXIT_FAILURE) from None
-    summary = job.get("report") or {}
-    macs = summary.get("macs") or {}
-    detail = f" (MACs {macs['before']} -> {macs['after']})" if macs else ""
+    parsed = _parse_report(report_data)
+    report_json = _json(report_data)  # as the server sent it: --json and --report equal GET .../report
+    write_results(
+        report_json,
+        parsed,
+        plan_json,
+        report_path=report,
+        plan_out=plan_out,
+        report_html=report_html,
+        title=f"onnxprune: {model.name}",
+    )
+    show_results(report_json, parsed, as_json=as_json)
+    if as_json:
+        return
+    macs = report_data.get("macs") or {}
+    detail = f" (MACs {macs['before']} -> {macs['after']})" if parsed is None and macs else ""
     wrote = f"{output} (quantized, {config['quantize']}) and {float_output} (float, pruned)" if float_output else output
     console.print(f"job {job['id']} succeeded{detail}: wrote {wrote}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _parse_report(data: dict[str, Any]) -> Any:
+    """The job's report as a ``PruneReport`` for the summary and the page; None from a server whose
+    report this client cannot read (another version): then the JSON alone is written and printed."""
+    from pydantic import ValidationError
+
+    from onnxprune.workers.report import PruneReport
+
+    try:
+        return PruneReport.model_validate(data)
+    except ValidationError:
+        return None
 
 
 # Job error codes (jobs.policy) that are about the input, not about the server.

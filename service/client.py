@@ -72,8 +72,11 @@ class PruneClient:
         *,
         data: str | Path | None = None,
         idempotency_key: str | None = None,
+        plan: str | None = None,
     ) -> Job:
-        """Upload and queue a job. A key is always sent, so a retried call cannot create two jobs."""
+        """Upload and queue a job. A key is always sent, so a retried call cannot create two jobs.
+
+        ``plan``: a saved plan's JSON (``prune --plan-out``, ``GET /v1/jobs/{id}/plan``) to apply instead of scoring."""
         if isinstance(options, PruneOptions):
             config = options.model_dump_json(exclude_defaults=True)
         else:
@@ -85,6 +88,8 @@ class PruneClient:
             try:
                 if data is not None and data_file is not None:
                     files["data"] = (Path(data).name, data_file, "application/octet-stream")
+                if plan is not None:
+                    files["plan"] = ("plan.json", plan.encode(), "application/json")
                 response = self._http.post(
                     "/v1/jobs", files=files, data={"config": config}, headers={"Idempotency-Key": key}
                 )

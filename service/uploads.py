@@ -19,7 +19,8 @@ from pydantic import ValidationError
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from onnxprune.graphops.errors import ModelRejected
+from onnxprune.graphops.errors import ModelRejected, PlanError
+from onnxprune.graphops.plan import PruningPlan
 from onnxprune.jobs.files import JobFiles
 from onnxprune.service.errors import ApiError
 from onnxprune.workers.options import PruneOptions
@@ -28,6 +29,7 @@ if TYPE_CHECKING:  # the TypedDict exists only for type checkers
     from python_multipart.multipart import MultipartCallbacks
 
 MAX_CONFIG_BYTES = 64 * 1024
+MAX_PLAN_BYTES = 16 << 20  # kept channel indices of every group: megabytes for the largest models
 # An npz is a zip: its arrays may decompress to far more than the upload. The unpacked size is
 # capped by the upload's own size (DATA_RATIO x + DATA_SLACK) and, overall, by 4x the upload limit.
 MAX_DATA_EXPANSION = 4
@@ -40,6 +42,7 @@ class Upload:
     model_bytes: int = 0
     data_bytes: int | None = None
     config_text: str | None = None
+    plan_bytes: bytes | None = None  # a saved plan to apply instead of scoring (checked by ``parse_plan``)
 
 
 @dataclass
@@ -85,13 +88,13 @@ class _Receiver:
     def _headers_done(self) -> None:
         _, params = parse_options_header(self.part.headers.get("content-disposition", ""))
         name = params.get(b"name", b"").decode("latin-1")
-        if name not in ("model", "data", "config"):
-            raise ApiError(400, "bad_request", f"unexpected form part {name!r}; send model, data and config")
+        if name not in ("model", "data", "config", "plan"):
+            raise ApiError(400, "bad_request", f"unexpected form part {name!r}; send model, data, config and plan")
         if name in self.seen:
             raise ApiError(400, "bad_request", f"form part {name!r} given twice")
         self.seen.add(name)
         self.part.name = name
-        if name == "config":
+        if name in ("config", "plan"):
             self.part.text = bytearray()
         else:
             path = self.files.upload if name == "model" else self.files.data
@@ -101,8 +104,9 @@ class _Receiver:
         part = self.part
         part.size += end - start
         if part.text is not None:
-            if part.size > MAX_CONFIG_BYTES:
-                raise ApiError(413, "payload_too_large", f"config is larger than {MAX_CONFIG_BYTES} bytes")
+            limit = MAX_PLAN_BYTES if part.name == "plan" else MAX_CONFIG_BYTES
+            if part.size > limit:
+                raise ApiError(413, "payload_too_large", f"{part.name} is larger than {limit} bytes")
             part.text.extend(data[start:end])
         elif part.sink is not None:
             if part.size > self.max_bytes:
@@ -122,6 +126,8 @@ class _Receiver:
             self.upload.model_bytes = part.size
         elif part.name == "data":
             self.upload.data_bytes = part.size
+        elif part.name == "plan" and part.text is not None:
+            self.upload.plan_bytes = bytes(part.text)
         elif part.name == "config" and part.text is not None:
             try:
                 self.upload.config_text = part.text.decode("utf-8")
@@ -140,7 +146,7 @@ async def receive_upload(request: Request, files: JobFiles, max_bytes: int) -> U
     if ctype != b"multipart/form-data" or not boundary:
         raise ApiError(400, "bad_request", "send multipart/form-data with a 'model' file part")
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > 2 * max_bytes + MAX_CONFIG_BYTES + 65536:
+    if declared and declared.isdigit() and int(declared) > 2 * max_bytes + MAX_CONFIG_BYTES + MAX_PLAN_BYTES + 65536:
         raise ApiError(413, "payload_too_large", f"request exceeds the limit of {max_bytes / 2**20:g} MB")
     files.root.mkdir(parents=True, exist_ok=False)
     receiver = _Receiver(files, max_bytes)
@@ -174,6 +180,16 @@ def parse_config(text: str | None) -> PruneOptions:
         return PruneOptions.model_validate(raw)
     except ValidationError as exc:
         raise ApiError(422, "invalid_config", describe_validation_error(exc, "config")) from None
+
+
+def parse_plan(data: bytes) -> PruningPlan:
+    """A plan to apply (``onnxprune prune --plan-out``'s JSON); checked against the model by the job."""
+    try:
+        return PruningPlan.from_json(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ApiError(422, "invalid_plan", "plan is not UTF-8 JSON") from None
+    except PlanError as exc:
+        raise ApiError(422, "invalid_plan", str(exc).splitlines()[0][:500]) from None
 
 
 def describe_validation_error(exc: ValidationError, prefix: str) -> str:

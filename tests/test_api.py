@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -44,6 +45,25 @@ def test_the_readme_example_runs_and_writes_a_smaller_model(tmp_path, monkeypatc
     assert pruned.ByteSize() < (tmp_path / "model.onnx").stat().st_size
     printed = capsys.readouterr().out
     assert "2 prunable groups" in printed and "MACs -" in printed and "p50" in printed
+
+
+def test_the_readme_example_runs_as_a_script_without_a_main_guard(tmp_path):
+    """Saved as ``readme_api.py`` and run with ``python readme_api.py``, as a user would: the sandbox's
+    children must not re-run the caller's unguarded ``__main__`` (multiprocessing's spawn would)."""
+    onnx.save(residual_model(width=64), tmp_path / "model.onnx")
+    example = readme_python_example()
+    assert "__main__" not in example  # the README shows no guard, so none may be needed
+    (tmp_path / "readme_api.py").write_text(example)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+    done = subprocess.run(
+        [sys.executable, "readme_api.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("prunable groups") == 1  # the script ran once, not again in a child
+    assert "MACs -" in done.stdout and "p50" in done.stdout
+    onnx.checker.check_model(onnx.load(str(tmp_path / "model.pruned.onnx")), full_check=True)
 
 
 def test_prune_takes_a_model_proto_and_returns_model_report_and_plan():

@@ -8,7 +8,7 @@ builds both sessions with identical options, warms each up, then times them inte
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,7 @@ from onnxprune.graphops.shapes import graph_inputs, resolve_input_shapes
 from onnxprune.workers.ort_models import FedModel, run_fed
 from onnxprune.workers.output_compare import numeric_values, structure
 from onnxprune.workers.report import Fidelity, Latency, LatencyStats
-from onnxprune.workers.sandbox import RunnerError, RunnerLimits, run_in_child
+from onnxprune.workers.sandbox import RunnerError, RunnerLimits, inside_sandbox, run_in_child
 from onnxprune.workers.speed import compare_timings
 
 if TYPE_CHECKING:  # onnxruntime itself is imported only in the child process
@@ -94,18 +94,31 @@ def benchmark(
     threads: int = 1,
     seed: int = 0,
     limits: RunnerLimits = RunnerLimits(),
+    cleaned: Path | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> BenchmarkResult:
-    """Latency of ``original`` (and ``pruned``, interleaved) and, with both, output fidelity."""
+    """Latency of ``original`` (and ``pruned``, interleaved) and, with both, output fidelity.
+
+    ``cleaned``, the original after the pipeline's graph cleanup alone (``workers.cleanup``), is timed
+    in the same interleaved rounds, so the speed-up of pruning alone is read against it. ``progress`` hears
+    the rounds done, every tenth of them, inside a job's sandbox (a large model's benchmark takes minutes)."""
     if runs < 1 or warmup < 0 or threads < 1:
         raise ValueError(f"benchmark needs runs >= 1, warmup >= 0, threads >= 1 (got {runs}, {warmup}, {threads})")
+    if cleaned is not None and pruned is None:
+        raise ValueError("a cleaned-up baseline needs a pruned model to compare it with")
     inputs = make_inputs(original, input_shapes, seed)
-    paths = [str(original)] + ([str(pruned)] if pruned is not None else [])
-    timings, outputs = run_in_child(_time_sessions, (paths, inputs, runs, warmup, threads), limits=limits)
+    paths = [str(path) for path in (original, pruned, cleaned) if path is not None]
+    heard = progress if progress is not None and inside_sandbox() else None  # a callable cannot cross processes
+    timings, outputs = run_in_child(_time_sessions, (paths, inputs, runs, warmup, threads, heard), limits=limits)
     stats = [_latency_stats(ms) for ms in timings]
     change = compare_timings(timings[0], timings[1], seed=seed) if pruned is not None else None
     latency = Latency(
         before=stats[0], after=stats[1] if pruned is not None else None, threads=threads, warmup=warmup, change=change
     )
+    if cleaned is not None:
+        latency.cleaned = stats[2]
+        latency.pruning_change = compare_timings(timings[2], timings[1], seed=seed)
+        latency.cleanup_change = compare_timings(timings[0], timings[2], seed=seed)
     fidelity = compare_outputs(outputs[0], outputs[1]) if pruned is not None else None
     return BenchmarkResult(latency=latency, fidelity=fidelity)
 
@@ -214,7 +227,12 @@ def _run_file(path: str, inputs: Inputs, threads: int) -> Inputs:
 
 
 def _time_sessions(
-    paths: list[str], inputs: Inputs, runs: int, warmup: int, threads: int
+    paths: list[str],
+    inputs: Inputs,
+    runs: int,
+    warmup: int,
+    threads: int,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[list[list[float]], list[Inputs]]:
     sessions = [_session(path, threads) for path in paths]
     names = [[output.name for output in session.get_outputs()] for session in sessions]
@@ -224,9 +242,15 @@ def _time_sessions(
             session.run(output_names, inputs)
         outputs.append(dict(zip(output_names, session.run(output_names, inputs))))
     timings: list[list[float]] = [[] for _ in sessions]
-    for _ in range(runs):
-        for index, session in enumerate(sessions):
+    for run in range(runs):
+        # Two models alternate (each always follows the other); three rotate their order every round,
+        # else one would always run right after the slow original (7% slower when identical to the next).
+        shift = run % len(sessions) if len(sessions) > 2 else 0
+        for index in [*range(shift, len(sessions)), *range(shift)]:
+            session = sessions[index]
             start = time.perf_counter_ns()
             session.run(names[index], inputs)
             timings[index].append((time.perf_counter_ns() - start) / 1e6)
+        if progress is not None and (run + 1) % max(1, runs // 10) == 0:
+            progress(run + 1)
     return timings, outputs

@@ -21,6 +21,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _new_file_mode())  # mkstemp's 0600 would make a report private where the model is not
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -29,6 +30,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _new_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0666 less the process's umask (0644 under the usual 022).
+    Reading the umask means setting it; it is set straight back (the window is two system calls)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -161,9 +161,14 @@ def version_or_unknown() -> str:
         return "0+unknown"
 
 
+def cached_table_path(model_sha: str, input_shapes: dict[str, list[int]], settings: LatencySettings) -> Path:
+    """Where the table for this model and these settings is cached on this machine."""
+    return _cache_dir() / f"{table_key(model_sha, input_shapes, settings)}.json"
+
+
 def cached_table(model_sha: str, input_shapes: dict[str, list[int]], settings: LatencySettings) -> LatencyTable | None:
     """The table measured before for this model and these settings on this machine, if any."""
-    path = _cache_dir() / f"{table_key(model_sha, input_shapes, settings)}.json"
+    path = cached_table_path(model_sha, input_shapes, settings)
     try:
         return LatencyTable.from_json(path.read_text())
     except (OSError, ValueError, KeyError, TypeError):

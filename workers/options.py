@@ -194,7 +194,7 @@ class PruneOptions(BaseModel):
         None,
         description="Seconds the whole job may take: recovery gets what scoring and selection leave (its "
         "step count is planned from the measured step time; --finetune-steps then caps it).",
-        json_schema_extra=_about("recovery"),
+        json_schema_extra=_about("recovery", needs_data=True),  # it budgets recovery: without data, nothing
     )
     augment: bool = Field(
         True,

@@ -19,6 +19,7 @@ from onnxprune.roundtrip.data import SPLIT_RULES
 from onnxprune.workers.analysis import analyse_model
 from onnxprune.workers.benchmark import benchmark, compare_outputs, run_models
 from onnxprune.workers.capabilities import require_capabilities
+from onnxprune.workers.cleanup import cleanup_changed
 from onnxprune.workers.fileio import file_sha256, float_output_path
 from onnxprune.workers.latency import resolve_round_to
 from onnxprune.workers.options import PruneOptions
@@ -29,7 +30,7 @@ from onnxprune.workers.sandbox import RunnerLimits
 from onnxprune.workers.stages import STAGE_END, Progress, Stages
 from onnxprune.workers.strategies import Job, Outcome, choose_schedule
 from onnxprune.workers.strategies.finish import choose_finish
-from onnxprune.workers.verification import ORACLE_RTOL, VerificationFailed
+from onnxprune.workers.verification import ORACLE_RTOL, VerificationFailed, write_model
 
 __all__ = ["ORACLE_RTOL", "STAGE_END", "PipelineResult", "VerificationFailed", "float_output_path", "run_pipeline"]
 
@@ -114,6 +115,10 @@ def _speed_and_fidelity(job: Job, candidate: Path) -> tuple[Latency | None, Fide
     quantization), in one sandboxed call on the same inputs."""
     options, original = job.options, job.analysis.path
     if options.benchmark:
+        cleaned = None
+        if cleanup_changed(job.analysis.original, job.analysis.prepared):  # time the cleanup's own part too
+            cleaned = job.workdir / "cleaned.onnx"
+            write_model(job.analysis.prepared, cleaned)
         result = benchmark(
             original,
             candidate,
@@ -122,6 +127,8 @@ def _speed_and_fidelity(job: Job, candidate: Path) -> tuple[Latency | None, Fide
             threads=options.threads,
             seed=options.seed,
             limits=job.limits,
+            cleaned=cleaned,
+            progress=lambda done: job.stages.within("benchmark", done / options.benchmark_runs),
         )
         return result.latency, result.fidelity  # type: ignore[return-value]  # two models: fidelity is set
     verified = job.verified

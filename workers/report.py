@@ -54,6 +54,15 @@ class Latency(BaseModel):
     threads: int
     warmup: int
     change: SpeedChange | None = Field(None, description="After against before, with its noise band.")
+    cleaned: LatencyStats | None = Field(
+        None,
+        description="The original after the pipeline's graph cleanup alone (initializers out of the graph inputs, "
+        "constants folded), timed interleaved with both when the cleanup changed the graph (workers.cleanup).",
+    )
+    pruning_change: SpeedChange | None = Field(
+        None, description="After against 'cleaned': the speed-up of pruning alone ('change' includes the cleanup)."
+    )
+    cleanup_change: SpeedChange | None = Field(None, description="'cleaned' against before: the cleanup's own part.")
 
 
 class Fidelity(BaseModel):
@@ -251,6 +260,16 @@ class PruneReport(BaseModel):
     latency_target: LatencyTargetReport | None = Field(None, description="latency_target: predicted and measured.")
     fastest_cut: FastestCutReport | None = Field(
         None, description="flops_target with a latency table: the equal-MACs cuts compared and the fastest chosen."
+    )
+    interface_changes: list[str] = Field(
+        default_factory=list,
+        description="How the written model's graph inputs or outputs differ from the original's (workers.cleanup).",
+    )
+    latency_table_cache: str | None = Field(
+        None,
+        description="The latency table cached on this machine by an earlier latency_target run that this job "
+        "used without measuring (round_to 'auto' took its step, a MACs target compared cuts on it): the same "
+        "command without that file (another machine, an emptied cache) can prune differently.",
     )
 
 

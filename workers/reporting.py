@@ -12,8 +12,9 @@ from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.selection import grid_counts
 from onnxprune.graphops.shares import macs_shares
 from onnxprune.workers.analysis import Analysis
+from onnxprune.workers.cleanup import interface_changes
 from onnxprune.workers.latency_target import judged_on_closing_benchmark, target_notes
-from onnxprune.workers.options import AutoTarget, LearnedTarget, PruneOptions
+from onnxprune.workers.options import AutoTarget, LearnedTarget, PruneOptions, RatioTarget
 from onnxprune.workers.quality_warnings import got_little_cpu, quality_warnings, recovery_budget_warnings
 from onnxprune.workers.report import (
     BeforeAfter,
@@ -26,6 +27,7 @@ from onnxprune.workers.report import (
     LayerReport,
     PruneReport,
 )
+from onnxprune.workers.shortfall import shortfall_notes
 from onnxprune.workers.speed import speed_notes
 from onnxprune.workers.strategies import Job, Outcome
 from onnxprune.workers.strategies.finish import Artifacts
@@ -79,7 +81,23 @@ def build_report(
             *artifacts.notes,
             *speed_notes(latency),
             *target_notes(latency_target),
-            *rounding_notes(job, groups),
+            *(  # one line on a target that fell short, else the rounding note
+                shortfall_notes(
+                    job.options,
+                    groups,
+                    frozen,
+                    BeforeAfter(before=analysis.cost.macs, after=cost_after.macs),
+                    int(job.options.round_to),
+                    job.round_to_source,
+                    plan_given=selection.from_saved_plan,
+                )
+                # a ratio's selector notes only that it met the ratio on the grid, which says it already
+                or (
+                    []
+                    if selection.notes and isinstance(job.options.target, RatioTarget)
+                    else rounding_notes(job, groups)
+                )
+            ),
             *recovery_budget_warnings(outcome.finetune, time_budget=job.options.time_budget),
             *quality_warnings(
                 fidelity,
@@ -98,7 +116,20 @@ def build_report(
         else job.round_to_source,
         latency_target=latency_target,
         fastest_cut=selection.fastest_cut,
+        interface_changes=interface_changes(analysis.original, outcome.model),
+        latency_table_cache=used_cached_table(job, selection.fastest_cut is not None),
     )
+
+
+def used_cached_table(job: Job, compared_cuts: bool) -> str | None:
+    """The cached latency table's path when a job that measures none (no latency target) used it."""
+    if job.options.latency_target is not None:
+        return None
+    if not (compared_cuts or job.round_to_source.startswith("auto: latency table")):
+        return None
+    from onnxprune.workers.latency import LatencySettings, cached_table_path
+
+    return str(cached_table_path(job.analysis.sha256, job.analysis.input_shapes, LatencySettings.of(job.options)))
 
 
 def with_bound(

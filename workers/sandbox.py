@@ -7,10 +7,12 @@ in its native code must cost a child process, never the worker. Two ways in:
   first; from then on ``run_in_child`` runs its target right there, in the sandbox, so the stages
   of a job share one process (no interpreter start, no model copy per stage);
 - anywhere else (``onnxprune bench``, ``analyze``, the Python API's one-off calls) ``run_in_child``
-  starts a fresh child with the "spawn" context (no inherited threads or locks from a web or
-  Celery parent), which limits its own address space with ``RLIMIT_AS``, disables core dumps, and
-  sends back either the result or the exception text, as plain data (``workers.plain_data``: JSON and
-  npz, never pickle: a compromised child must not run code in its parent).
+  starts a fresh interpreter of its own (no inherited threads or locks from a web or Celery parent),
+  which limits its own address space with ``RLIMIT_AS``, disables core dumps, and sends back either
+  the result or the exception text, as plain data (``workers.plain_data``: JSON and npz, never
+  pickle: a compromised child must not run code in its parent). Not multiprocessing's "spawn" (nor
+  "forkserver"): both re-run the caller's ``__main__`` in the child, so a user's script without an
+  ``if __name__ == "__main__":`` guard would start its own work again there and fail.
 
 Either way, every way the run can fail becomes a one-line ``RunnerError``.
 """
@@ -19,15 +21,18 @@ from __future__ import annotations
 
 import ctypes
 import faulthandler
-import multiprocessing
 import os
+import pickle
 import resource
 import signal
 import struct
+import subprocess
+import sys
 import tempfile
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
 from onnxprune.graphops.errors import ModelRejected
@@ -76,23 +81,35 @@ def run_in_child(
     """
     if _inside_sandbox:
         return _run_here(target, args)
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    with tempfile.NamedTemporaryFile(prefix="onnxprune-child-", suffix=".log") as log:
-        child = context.Process(target=_child_main, args=(sender, log.name, target, args, limits), daemon=True)
-        child.start()
-        sender.close()
+    with tempfile.TemporaryDirectory(prefix="onnxprune-child-") as workdir:
+        request, log_path = os.path.join(workdir, "request.pickle"), os.path.join(workdir, "child.log")
+        with open(request, "wb") as file:  # parent to child only: the child never sends pickle back
+            pickle.dump(sys.path, file)  # read first, so the target's module imports as it does here
+            pickle.dump((target, args, limits), file, protocol=pickle.HIGHEST_PROTOCOL)
+        read_fd, write_fd = os.pipe()
+        receiver = Connection(read_fd, writable=False)
+        try:
+            with open(log_path, "wb") as log:
+                child = subprocess.Popen(
+                    [sys.executable, "-c", _CHILD_BOOTSTRAP, request, str(write_fd)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    pass_fds=(write_fd,),
+                )
+        finally:
+            os.close(write_fd)
         try:
             message = _receive(receiver, child, limits)
         finally:
             receiver.close()
-            if child.is_alive():
+            if child.poll() is None:
                 child.kill()
-            child.join()
-        log.seek(0)
-        log_tail = log.read()[-4000:].decode("utf-8", "replace")
+            child.wait()
+        with open(log_path, "rb") as log:
+            log_tail = log.read()[-4000:].decode("utf-8", "replace")
     if message is None:
-        raise _crash_error(child.exitcode, log_tail, limits)
+        raise _crash_error(child.returncode, log_tail, limits)
     status, payload = message
     if status == "ok":
         result: Result = payload  # what ``target`` returned in the child, as plain data
@@ -112,6 +129,12 @@ def enter_sandbox(memory_mib: int, cpu_seconds: int) -> None:
     global _inside_sandbox
     apply_limits(memory_mib, cpu_seconds)
     _inside_sandbox = True
+
+
+def inside_sandbox() -> bool:
+    """Whether this process is a job's sandbox: ``run_in_child`` then runs targets here, so they may take
+    callables (progress) that could not cross to a fresh child."""
+    return _inside_sandbox
 
 
 def cpu_budget(wall_s: float) -> int:
@@ -180,13 +203,29 @@ def _mentions_allocation_failure(text: str) -> bool:
     return any(marker in lowered for marker in _ALLOCATION_FAILURES)
 
 
-def _child_main(
-    sender: Any, log_path: str, target: Callable[..., Any], args: tuple[Any, ...], limits: RunnerLimits
-) -> None:
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)
-    os.close(log_fd)
+# The child's first lines: the parent's import path (as "spawn" would give it), then ``child_main``.
+# A ``-c`` program, so neither the caller's ``__main__`` nor the working directory is imported.
+_CHILD_BOOTSTRAP = (
+    "import pickle, sys\n"
+    "with open(sys.argv[1], 'rb') as f: sys.path[:] = pickle.load(f)\n"
+    "from onnxprune.workers.sandbox import child_main\n"
+    "child_main(sys.argv[1], int(sys.argv[2]))\n"
+)
+
+
+def child_main(request: str, result_fd: int) -> None:
+    """The child's entry point (``_CHILD_BOOTSTRAP``): run the request, send back plain data on ``result_fd``."""
+    sender = Connection(result_fd, readable=False)
+    with open(request, "rb") as file:
+        pickle.load(file)  # the import path, already applied by the bootstrap
+        target, args, limits = pickle.load(file)
+    try:
+        _child_main(sender, target, args, limits)
+    finally:
+        sender.close()
+
+
+def _child_main(sender: Any, target: Callable[..., Any], args: tuple[Any, ...], limits: RunnerLimits) -> None:
     faulthandler.enable()
     apply_limits(limits.memory_mib, cpu_budget(limits.timeout_s))
     try:

@@ -120,4 +120,24 @@ def speed_notes(latency: Latency | None) -> list[str]:
             "the kernels' step can cost more than the MACs saved (try --round-to auto or a multiple of 8)"
         ]
     warning = noise_warning(change)
-    return [] if warning is None else [warning]
+    if warning is not None:  # the whole change is noise already: one line says so
+        return [warning]
+    return _pruning_alone_notes(latency.pruning_change)
+
+
+def _pruning_alone_notes(change: SpeedChange | None) -> list[str]:
+    """The gain of pruning alone (against the original after the same graph cleanup, ``workers.cleanup``),
+    when it is slower or lost in the noise while the whole change may look like a speed-up."""
+    if change is None:
+        return []
+    if change.low > 1.0:
+        return [
+            f"pruning alone made the model slower: {change.summary} against the original after the same graph "
+            f"cleanup ({change.band}); the speed-up comes from the cleanup"
+        ]
+    if change.within_noise:
+        return [
+            f"latency: pruning alone gives {change.summary}, within the timing noise ({change.band}, "
+            f"{change.runs} interleaved runs) against the original after the same graph cleanup"
+        ]
+    return []

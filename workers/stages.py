@@ -1,7 +1,8 @@
 """Progress of a job as named stages, each ending at a fixed fraction of the whole.
 
-Every stage is reported in order, even one a job's strategy has no work for (it opens and closes
-at once), so a progress bar or a poller always walks the same sequence up to 1.0.
+Stages are reported in order, each with a fixed share, so the fraction only grows up to 1.0; a stage
+the job has no work for (fine-tuning without data, quantizing without --quantize) is not named: the
+next stage starts where its share ends, and the progress lists only what was asked for.
 """
 
 from __future__ import annotations
@@ -40,8 +41,6 @@ class Stages:
         index = STAGES.index(name)
         again = index < self._next
         if not again:
-            for skipped in STAGES[self._next : index]:
-                self._report(skipped)
             self._progress(name, stage_start(name))
             self._next = index + 1
         started = time.perf_counter()
@@ -58,11 +57,5 @@ class Stages:
         self._progress(label or name, low + (high - low) * min(max(fraction, 0.0), 1.0))
 
     def finish(self) -> None:
-        """Report every stage not entered, up to the last."""
-        for skipped in STAGES[self._next :]:
-            self._report(skipped)
+        """No stage is entered after this (the stages not entered are not named)."""
         self._next = len(STAGES)
-
-    def _report(self, name: str) -> None:
-        self._progress(name, stage_start(name))
-        self._progress(name, STAGE_END[name])

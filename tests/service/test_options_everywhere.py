@@ -15,7 +15,8 @@ from onnxprune.service.uploads import parse_config
 from onnxprune.workers.options import OPTION_GROUPS, PruneOptions
 
 SCHEMA = set(PruneOptions.model_fields)
-SUBMIT_OWN = {"model", "server", "output", "data", "report", "plan", "token"}  # the upload, not job options
+# the upload and what to write, not job options
+SUBMIT_OWN = {"model", "server", "output", "data", "report", "report_html", "plan_out", "plan_in", "as_json", "token"}
 STATIC = Path(__file__).resolve().parents[2] / "service" / "static"
 
 
@@ -27,6 +28,8 @@ def test_the_upload_page_is_built_from_every_option_of_the_schema(client):
     data_only = {spec["name"] for spec in offered if spec["needs_data"]}
     assert {"finetune_steps", "iterative_steps", "lr", "learned_episodes"} <= data_only
     assert "ratio" not in data_only and "criterion" not in data_only
+    # groups titled "(needs data)" hold only such options, so the page hides them whole until a data file is chosen
+    assert all(spec["needs_data"] for spec in offered if "needs data" in OPTION_GROUPS.get(spec["group"], ""))
     page = (STATIC / "index.html").read_text() + (STATIC / "app.js").read_text()
     assert 'fetch("/v1/options")' in page
     assert 'id="ratio"' not in page and 'id="criterion"' not in page, "no hand-written option inputs left"

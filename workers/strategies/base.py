@@ -204,6 +204,7 @@ class Selection:
     latency_target: LatencyTargetReport | None = None
     fastest_cut: FastestCutReport | None = None  # --flops-target with a latency table: the cuts compared
     validation_drop: float | None = None  # --max-drop targets: the plan's drop as judged on the validation split
+    from_saved_plan: bool = False  # --plan-in: the options' target asked for nothing (workers.shortfall)
 
 
 @dataclass

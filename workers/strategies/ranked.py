@@ -17,13 +17,16 @@ from onnxprune.graphops.dependency import DependencyGraph
 from onnxprune.graphops.fastest_cut import MACS_SLACK, TOLERANCE, FastestCut, select_fastest_by_flops
 from onnxprune.graphops.latency_table import LatencyTable
 from onnxprune.graphops.plan import PruningPlan
-from onnxprune.graphops.selection import select_by_flops, select_by_ratio
+from onnxprune.graphops.selection import MacsModel, Scores, select_by_flops, select_by_ratio
 from onnxprune.workers.report import CutCandidateReport, FastestCutReport
 from onnxprune.workers.strategies.base import Job, Selection, Step
 
 # Below this a step has nothing left to remove.
 _NOTHING = 1e-9
 _MOST = 0.999
+# A rounded ratio cut that removes nothing is met on the grid instead, unless the grid's nearest cut
+# removes more than this many times the exact cut's MACs.
+_MOST_OVERSHOOT = 2.5
 
 
 @dataclass
@@ -40,9 +43,10 @@ class RankedByRatio:
             if ratio <= _NOTHING:
                 return Selection(PruningPlan({}))
             options = job.options
-            return Selection(
-                select_by_ratio(dep, scores, min(ratio, _MOST), round_to=job.round_to, exclude=options.exclude)
-            )
+            plan = select_by_ratio(dep, scores, min(ratio, _MOST), round_to=job.round_to, exclude=options.exclude)
+            if job.round_to <= 1:
+                return Selection(plan)
+            return _ratio_on_the_grid(job, dep, scores, min(ratio, _MOST), plan, self.ratio)
 
 
 @dataclass
@@ -83,6 +87,41 @@ class RankedByMacs:
                     exclude=options.exclude,
                 )
             )
+
+
+def _ratio_on_the_grid(
+    job: Job, dep: DependencyGraph, scores: Scores, ratio: float, rounded: PruningPlan, asked: float
+) -> Selection:
+    """A ratio whose counts, rounded up to the grid, remove nothing (every group of at most a step or
+    two stays whole: 30% of 16 channels rounds back to 16) is met in MACs instead: the exact cut's
+    MACs, reached on the grid (``graphops.selection.snap_to_grid``), so the counts still run at the
+    blocked kernels' speed, and a note says so. A rounded cut that removes something is kept (the
+    report warns when it is far less than asked: ``workers.shortfall``)."""
+    if rounded.groups:  # the rounded cut removes something: kept (a shortfall is warned of)
+        return Selection(rounded)
+    cost = job.analysis.cost if dep is job.dep else measure_cost(dep.model, job.analysis.input_shapes)
+    node_macs = {node.name: node.macs for node in cost.nodes}
+    model = MacsModel(dep, node_macs)
+    exact = select_by_ratio(dep, scores, ratio, round_to=1, exclude=job.options.exclude)
+    wanted = model.total - model.macs(exact)
+    if wanted <= 0:
+        return Selection(rounded)
+    step, fraction = job.round_to, wanted / max(model.total, 1)
+    flag = "auto" if job.round_to_source.startswith("auto") else str(step)
+    on_grid = select_by_flops(dep, scores, fraction, node_macs=node_macs, round_to=step, exclude=job.options.exclude)
+    removed = model.total - model.macs(on_grid)
+    if removed <= 0 or removed > _MOST_OVERSHOOT * wanted:  # the report says why nothing (workers.shortfall)
+        return Selection(rounded)
+    return Selection(
+        on_grid,
+        notes=[
+            f"ratio {asked:g}: rounded up to the grid of {step} channels (--round-to {flag}), "
+            f"{asked:.0%} of each group would remove nothing, where the exact cut removes {fraction:.1%} of MACs "
+            f"(groups of a few steps stay whole); the exact cut's MACs were met on the grid instead "
+            f"(-{removed / max(model.total, 1):.1%}, {len(on_grid.groups)} group(s) cut, counts multiples of {step}); "
+            "--round-to 1 removes exactly that ratio of every group"
+        ],
+    )
 
 
 def fastest_cut_report(cut: FastestCut, table: LatencyTable, step: int) -> FastestCutReport:

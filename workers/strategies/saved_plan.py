@@ -16,4 +16,4 @@ class SavedPlan:
     def select(self, job: Job, dep: DependencyGraph, step: Step) -> Selection:
         with job.stages.stage("select"):
             self.plan.check(dep)
-        return Selection(self.plan)
+        return Selection(self.plan, from_saved_plan=True)

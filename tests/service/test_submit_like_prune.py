@@ -1,0 +1,105 @@
+"""``onnxprune submit`` shows what ``prune`` shows: the summary table and the warnings of the job's
+report, ``--json`` (the job's report itself), ``--report``, ``--report-html``, ``--plan-out`` and
+``--plan-in`` (the plan is sent with the job and applied instead of scoring). Run as a user runs it:
+the CLI as a process, against a real API server (embedded mode)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from onnxprune.graphops.plan import PruningPlan
+from onnxprune.service.client import PruneClient
+
+pytestmark = pytest.mark.service
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "submit-like-prune-client-key"  # without server tokens, a client key of one's own lists one's jobs
+
+
+def onnxprune(*args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env["ONNXPRUNE_TOKEN"] = KEY
+    return subprocess.run(
+        [sys.executable, "-m", "onnxprune", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_submit_json_prints_the_jobs_report(start_api, embedded_env, model_path, tmp_path):
+    server = start_api(embedded_env)
+
+    done = onnxprune(
+        "submit", model_path, "--server", server.url, "--ratio", "0.5", "--round-to", "1", "--runs", "3", "-o",
+        "out.onnx", "--json", cwd=tmp_path,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    with PruneClient(server.url, token=KEY) as client:
+        (job,) = client.list()["jobs"]
+        assert json.loads(done.stdout) == client.report(job["id"])
+    assert "wrote" not in done.stdout  # stdout is the report alone
+
+
+def test_submit_shows_the_summary_and_warnings_and_writes_what_prune_writes(
+    start_api, embedded_env, model_path, tmp_path
+):
+    server = start_api(embedded_env)
+
+    # ratio 0.1 on groups of 8 and 16 channels, counts on a grid of 16: nothing can go (a warning says why)
+    done = onnxprune(
+        "submit", model_path, "--server", server.url, "--ratio", "0.1", "--round-to", "16", "--no-benchmark", "-o",
+        "out.onnx", "--report", "r.json", "--report-html", "r.html", "--plan-out", "plan.json", cwd=tmp_path,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert "prunable groups pruned" in done.stdout and "MACs" in done.stdout  # the summary table, as prune's
+    assert report["warnings"] and all(f"warning: {w}" in " ".join(done.stderr.split()) for w in report["warnings"])
+    assert any(w.startswith("nothing pruned: ") for w in report["warnings"])
+    assert "<html" in (tmp_path / "r.html").read_text()
+    assert PruningPlan.from_json((tmp_path / "plan.json").read_text()).groups == {}
+    for name in ("out.onnx", "r.json", "r.html", "plan.json"):  # readable like the model (umask 022: 0644)
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == stat.S_IMODE((tmp_path / "out.onnx").stat().st_mode)
+
+
+def test_submit_plan_in_applies_the_plan_instead_of_scoring(start_api, embedded_env, model_path, tmp_path):
+    server = start_api(embedded_env)
+    first = onnxprune(
+        "submit", model_path, "--server", server.url, "--ratio", "0.5", "--round-to", "1", "--no-benchmark", "-o",
+        "a.onnx", "--plan-out", "plan.json", cwd=tmp_path,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    saved = PruningPlan.from_json((tmp_path / "plan.json").read_text())
+    assert saved.groups  # something was pruned
+
+    # Another ratio, the plan wins: the same channels are kept.
+    second = onnxprune(
+        "submit", model_path, "--server", server.url, "--ratio", "0.25", "--no-benchmark", "-o", "b.onnx",
+        "--plan-in", "plan.json", "--plan-out", "again.json", cwd=tmp_path,
+    )  # fmt: skip
+
+    assert second.returncode == 0, second.stderr
+    assert PruningPlan.from_json((tmp_path / "again.json").read_text()).keep == saved.keep
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe not utf-8", b'{"format": "something else"}'], ids=["bytes", "json"])
+def test_a_bad_plan_in_is_the_users_input_before_any_upload(content, tmp_path, model_path):
+    (tmp_path / "plan.json").write_bytes(content)
+
+    for command in (["prune"], ["submit", "--server", "http://127.0.0.1:9"]):
+        done = onnxprune(*command, model_path, "-o", "out.onnx", "--plan-in", "plan.json", cwd=tmp_path)
+
+        assert done.returncode == 2, (command, done.stderr)
+        assert done.stderr.startswith("error: ") and "plan" in done.stderr and "Traceback" not in done.stderr
