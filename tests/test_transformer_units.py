@@ -208,3 +208,21 @@ def test_heads_merged_into_flat_tokens_are_left_whole_with_the_reason():
     assert heads.frozen
     assert "Reshape node 'merge' reshapes attention heads" in heads.frozen_reason
     assert next(g for g in analysed.dep.groups if "fc1" in g.producers).prunable
+
+
+def test_an_op_that_does_not_follow_heads_freezes_them_naming_itself():
+    """CumSum over the tokens of Q's heads: no handler says it follows heads, so the heads stay whole."""
+    model = static_attention()
+    graph = model.graph
+    graph.initializer.append(numpy_helper.from_array(np.array(2, dtype=np.int64), "token_axis"))
+    qk = next(node for node in graph.node if node.name == "qk")
+    qk.input[0] = "q_running"
+    at = [node.name for node in graph.node].index("qk")
+    graph.node.insert(at, onnx.helper.make_node("CumSum", ["q3", "token_axis"], ["q_running"], name="running"))
+
+    dep = analyse(model, {"x": [1, 4, 24]}).dep
+
+    heads = next(g for g in dep.groups if "q" in g.producers)
+    assert heads.frozen
+    assert "CumSum node 'running' reads attention heads, which it cannot follow" in heads.frozen_reason
+    assert next(g for g in dep.groups if "fc1" in g.producers).prunable
