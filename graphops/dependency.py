@@ -22,7 +22,6 @@ from onnxprune.graphops.ops.base import describe
 from onnxprune.graphops.shape_completion import complete_shapes
 from onnxprune.graphops.shapes import Shape, resolve_input_shapes, skeleton, with_input_shapes
 
-FILTER_OPS = ("Conv", "ConvTranspose")
 # Set (to anything but "" or "0") by the test suite: a handler bug re-raises the handler's own
 # exception, traceback and all, instead of the one-line AnalysisBug jobs report.
 STRICT_ENV = "ONNXPRUNE_STRICT_ANALYSIS"
@@ -34,7 +33,10 @@ class ChannelGroup:
     """Channels that are removed together, wherever they appear.
 
     ``pinned`` lists class indices that must stay (they reach an op we do not understand, a graph
-    output, ...). A group is prunable when conv filters produce it and some channel is free.
+    output, ...). A group is prunable when conv filters or linear layers (MLP neurons, attention
+    heads) produce it and some channel is free. Each class is ``unit`` channels wide where a
+    producer writes it (an attention head: head_dim columns of Q, K and V); ``channels`` counts
+    classes.
     """
 
     id: str
@@ -44,10 +46,13 @@ class ChannelGroup:
     pinned: frozenset[int]
     reasons: tuple[str, ...]
     filter_producers: tuple[str, ...]
+    linear_producers: tuple[str, ...] = ()
+    unit: int = 1
 
     @property
     def prunable(self) -> bool:
-        return bool(self.filter_producers) and self.channels > 1 and len(self.pinned) < self.channels
+        produced = bool(self.filter_producers or self.linear_producers)
+        return produced and self.channels > 1 and len(self.pinned) < self.channels
 
     @property
     def frozen(self) -> bool:
@@ -57,10 +62,8 @@ class ChannelGroup:
     def frozen_reason(self) -> str:
         if self.reasons and len(self.pinned) >= self.channels:
             return "; ".join(self.reasons)
-        if not self.filter_producers:
-            if self.producers:
-                return "produced only by fully connected layers (onnxprune removes conv filters)"
-            return "; ".join(self.reasons) or "channels not produced by any filter"
+        if not self.filter_producers and not self.linear_producers:
+            return "; ".join(self.reasons) or "channels not produced by any filter or linear layer"
         if self.channels <= 1:
             return "a single channel cannot be removed"
         return "; ".join(self.reasons)
@@ -161,8 +164,12 @@ def analyze(
         if node.domain not in (None, "", "ai.onnx"):
             ctx.pin_inputs(node, f"consumed by {describe(node)} from custom domain '{node.domain}'")
             continue
+        handler = handler_for(node.op)
+        if not handler.follows_units and any(lay.unit_axis is not None for lay in ctx.input_layouts(node)):
+            _freeze_node(node, ctx, f"{describe(node)} reads attention heads, which it cannot follow")
+            continue
         try:
-            handler_for(node.op).propagate(node, ctx)
+            handler.propagate(node, ctx)
         except UnsupportedPattern as declined:
             _freeze_node(node, ctx, str(declined))
         except Exception as exc:
@@ -241,14 +248,18 @@ def _collect(
             nonempty.append((group, np.unique(atom_class_local[atoms[atom_group[atoms] == group]])))
 
     producers_of: list[list[str]] = [[] for _ in sizes]
-    filters_of: list[list[str]] = [[] for _ in sizes]
+    by_role: dict[str, list[list[str]]] = {"filter": [[] for _ in sizes], "linear": [[] for _ in sizes]}
     op_type = {node.name: node.op for node in graph.nodes}
     for producer in state.producers:
+        role = handler_for(op_type.get(producer.node, "")).role
         for group in np.unique(atom_group[producer.atoms]).tolist():
             if producer.node not in producers_of[group]:
                 producers_of[group].append(producer.node)
-                if op_type.get(producer.node) in FILTER_OPS:
-                    filters_of[group].append(producer.node)
+                if role in by_role:
+                    by_role[role][group].append(producer.node)
+    unit_of = np.ones(len(sizes), dtype=np.int64)
+    for representatives, width in state.units:
+        unit_of[np.unique(atom_group[representatives])] = width
     nodes_of: list[set[str]] = [set() for _ in sizes]
     order: dict[str, int] = {}
     for index, node in enumerate(graph.nodes):
@@ -279,7 +290,9 @@ def _collect(
                 nodes=tuple(sorted(nodes_of[g], key=lambda n: order.get(n, 0))),
                 pinned=frozenset(pinned[g]),
                 reasons=tuple(reasons[g]),
-                filter_producers=tuple(filters_of[g]),
+                filter_producers=tuple(by_role["filter"][g]),
+                linear_producers=tuple(by_role["linear"][g]),
+                unit=int(unit_of[g]),
             )
         )
     return DependencyGraph(

@@ -52,15 +52,23 @@ class UnionFind:
 
 @dataclass(frozen=True)
 class Layout:
-    """Which channel atom sits at each position of a tensor's channel axis."""
+    """Which channel atom sits at each position of a tensor's channel axis.
+
+    A layout may span two axes: after a Reshape splits channels into [heads, head_dim], ``axis``
+    indexes the units (heads) and ``unit_axis`` the channels inside each unit, which are removed
+    with it (one atom per unit stands for all of them: they are one class). ``unit_axis`` is None
+    for plain channels.
+    """
 
     axis: int
     atoms: np.ndarray  # int64, one atom id per position along ``axis``
+    unit_axis: int | None = None
 
     def __len__(self) -> int:
         return int(self.atoms.shape[0])
 
     def moved(self, axis: int, atoms: np.ndarray | None = None) -> Layout:
+        """The same channels on another axis; only for plain layouts (units move with ``Transpose``)."""
         return Layout(axis, self.atoms if atoms is None else atoms)
 
 
@@ -150,6 +158,8 @@ class TrackerState:
     # Each entry: atoms of which at least one must survive (a conv's output, a Split or Slice output).
     nonempty: list[np.ndarray] = field(default_factory=list)
     runtime_counts: list[RuntimeCount] = field(default_factory=list)
+    # Each entry: one atom per unit (attention head) and the channels each unit stands for.
+    units: list[tuple[np.ndarray, int]] = field(default_factory=list)
 
     def new_atoms(self, count: int, origin: str) -> np.ndarray:
         space = self.spaces.add(1)[0]

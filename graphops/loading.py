@@ -24,11 +24,13 @@ from onnx import TensorProto, numpy_helper
 
 from onnxprune.graphops.errors import ModelRejected
 from onnxprune.graphops.expansion import measure_expansion
+from onnxprune.graphops.ops import handler_for
 from onnxprune.graphops.versions import supported_ir_versions, supported_opsets
 
 ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
 CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
 CONV_OPS = frozenset({"Conv", "ConvTranspose"})
+NOTHING_TO_PRUNE = "model has no Conv, ConvTranspose, Gemm or MatMul to prune"
 # ONNX's Conv takes no bfloat16 before opset 22 and onnxruntime's CPU provider runs none: such a
 # model could be neither verified nor benchmarked. float16 runs, and is pruned as it is.
 UNRUNNABLE_PRECISION: dict[int, str] = {TensorProto.BFLOAT16: "bfloat16"}
@@ -143,8 +145,8 @@ def validate_model(model: onnx.ModelProto, limits: ValidationLimits = Validation
     _check_generated_sizes(model.graph, _constant_tensors(model.graph), limits)
     for function in model.functions:
         _check_generated_sizes(function, _constant_tensors(function), limits)
-    if not any(node.op_type in CONV_OPS for node in model.graph.node):
-        raise ModelRejected("model has no Conv or ConvTranspose to prune")
+    if not any(handler_for(node.op_type).role in ("filter", "linear") for node in model.graph.node):
+        raise ModelRejected(NOTHING_TO_PRUNE)
 
 
 def _check_versions(model: onnx.ModelProto) -> None:

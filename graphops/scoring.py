@@ -4,7 +4,10 @@ A criterion returns, for every prunable group, one score per channel: higher mea
 Weight-norm criteria (Li et al. 2017) score each producer's filters; in a coupled group (a residual
 chain where several convs write the same channels) a channel's score is the mean over producers of
 its filter norm divided by that producer's mean filter norm, so that every layer weighs the same
-whatever the scale of its weights.
+whatever the scale of its weights. Groups that only linear layers produce (MLP neurons, attention
+heads) count the weights that read each unit as well: an MLP neuron is its column of the first
+projection and its row of the second, a head its columns of Q, K and V and its rows of the output
+projection (a unit's score is the mean over all of its channels).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 from onnxprune.graphops.dependency import DependencyGraph
 from onnxprune.graphops.dequantized import float_weight_reader
 from onnxprune.graphops.errors import ModelRejected
+from onnxprune.graphops.ops import handler_for
 
 Scores = dict[str, np.ndarray]
 Criterion = Callable[..., Scores]
@@ -89,6 +93,27 @@ def _producer_norms(dep: DependencyGraph, order: float) -> Scores:
             where = groups == group
             np.add.at(totals[group], classes[where], norms[where])
             np.add.at(counts[group], classes[where], 1)
+    for weight, axis, atoms in _linear_readers(dep):
+        groups, classes = dep.classes_of(atoms)
+        if not any(prunable[g] and not dep.groups[g].filter_producers for g in np.unique(groups).tolist()):
+            continue
+        values = read_weight(weight)
+        if values is None:
+            continue
+        moved = np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1)
+        if order == 1:
+            norms = np.abs(moved).sum(axis=1, dtype=np.float64)
+        else:
+            norms = np.sqrt(np.einsum("ij,ij->i", moved, moved, dtype=np.float64))
+        mean = norms.mean()
+        if mean > 0:
+            norms = norms / mean
+        for group in np.unique(groups).tolist():
+            if dep.groups[group].filter_producers:
+                continue  # conv groups: filters only, as Li et al.
+            where = groups == group
+            np.add.at(totals[group], classes[where], norms[where])
+            np.add.at(counts[group], classes[where], 1)
     scores = {}
     for index, group in enumerate(dep.groups):
         if group.prunable:
@@ -97,6 +122,17 @@ def _producer_norms(dep: DependencyGraph, order: float) -> Scores:
             # Channels no producer scores (joined from elsewhere) are treated as most important.
             scores[group.id] = np.where(counts[index] > 0, score, np.inf)
     return scores
+
+
+def _linear_readers(dep: DependencyGraph) -> list[tuple[str, int, np.ndarray]]:
+    """(weight name, axis, atoms) of every linear layer's weight axis that reads tracked channels."""
+    nodes = {node.name: node for node in dep.model.graph.node}
+    readers = []
+    for entry in dep.reductions:
+        node = nodes.get(entry.node)
+        if node is not None and handler_for(node.op_type).role == "linear" and entry.input_index < len(node.input):
+            readers.append((node.input[entry.input_index], entry.axis, entry.atoms))
+    return readers
 
 
 @register_criterion("l1")

@@ -71,6 +71,12 @@ def grid_counts(channels: int, round_to: int) -> list[int]:
     return sorted({channels, *wide, *narrow}, reverse=True)
 
 
+def unit_step(round_to: int, unit: int) -> int:
+    """The step in units that keeps ``unit`` * count channels a multiple of ``round_to`` (an
+    attention head of 32 channels needs no rounding for a step of 8 or 16)."""
+    return max(1, round_to // math.gcd(round_to, max(unit, 1)))
+
+
 def round_keep(keep: int, channels: int, round_to: int) -> int:
     """``keep`` rounded up to the nearest count on the group's grid (:func:`grid_counts`)."""
     return min((c for c in grid_counts(channels, round_to) if c >= keep), default=channels)
@@ -158,14 +164,16 @@ def select_by_ratio(
     for index in _candidates(dep, scores, exclude):
         group = dep.groups[index]
         channels = group.channels
-        n_keep = round_keep(channels - int(ratio * (channels - len(group.pinned))), channels, round_to)
+        step = unit_step(round_to, group.unit)
+        n_keep = round_keep(channels - int(ratio * (channels - len(group.pinned))), channels, step)
         keeps[index] = choose_kept(dep, index, scores[dep.groups[index].id], n_keep)
     return _plan(dep, keeps)
 
 
 class MacsModel:
     """MACs of a plan without running surgery: each Conv/Gemm's MACs scale with the kept fraction
-    of its input channels times that of its output channels (depthwise convs: output only)."""
+    of its input channels times that of its output channels (depthwise convs and MatMuls of two
+    activations, which compute each channel or head apart: output only)."""
 
     def __init__(self, dep: DependencyGraph, node_macs: Mapping[str, int]) -> None:
         self._dep = dep
@@ -185,6 +193,8 @@ class MacsModel:
                 depthwise = groups > 1 and (shape[1] == 1 if node.op_type == "Conv" else shape[0] == groups)
             atoms_in = None if layout_in is None or depthwise else layout_in.atoms
             atoms_out = None if layout_out is None else layout_out.atoms
+            if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] not in weights:
+                atoms_in = None  # two activations (attention's per-head products): the heads in are the heads out
             self._terms.append((macs, atoms_in, atoms_out))
 
     def macs(self, plan: PruningPlan) -> int:
@@ -271,7 +281,7 @@ def snap_to_grid(
     most MACs per channel (ResNet-20's first stage to 4-8 channels, the last stage whole).
     """
     dep = plans.dep
-    grids = {i: grid_counts(dep.groups[i].channels, round_to) for i in candidates}
+    grids = {i: grid_counts(dep.groups[i].channels, unit_step(round_to, dep.groups[i].unit)) for i in candidates}
     target = {i: exact.get(i, dep.groups[i].channels) for i in grids}
 
     def stray(index: int, count: int) -> float:
@@ -328,6 +338,7 @@ def select_by_group_ratios(
         if ratio == 0.0:
             continue
         channels = group.channels
-        n_keep = round_keep(channels - int(ratio * (channels - len(group.pinned))), channels, round_to)
+        step = unit_step(round_to, group.unit)
+        n_keep = round_keep(channels - int(ratio * (channels - len(group.pinned))), channels, step)
         keeps[index] = choose_kept(dep, index, scores[group.id], n_keep)
     return _plan(dep, keeps)

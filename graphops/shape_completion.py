@@ -34,6 +34,11 @@ _SHAPE_ARITHMETIC = frozenset(
         "Identity",
         "Floor",
         "Ceil",
+        # transformers' expand(batch, seq) of buffered token types: Reshape, Equal, Where, ConstantOfShape
+        "Reshape",
+        "Equal",
+        "Where",
+        "ConstantOfShape",
     }
 )
 _MAX_FOLDED_ELEMENTS = 64
@@ -109,7 +114,7 @@ def _fold_shape_values(model: onnx.ModelProto, shapes: Mapping[str, Shape]) -> b
             value = np.array(shapes[node.input[0]], dtype=np.int64)
         elif node.op_type in _SHAPE_ARITHMETIC and all(name in values for name in node.input if name):
             value = _evaluate(model, node, values)
-        if value is None or value.size > _MAX_FOLDED_ELEMENTS or value.dtype.kind not in "iu":
+        if value is None or value.size > _MAX_FOLDED_ELEMENTS or value.dtype.kind not in "iub":
             continue
         values[node.output[0]] = value
         if node.op_type != "Constant":

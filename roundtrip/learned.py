@@ -193,7 +193,10 @@ def layer_order(dep: DependencyGraph, exclude: tuple[str, ...]) -> list[str]:
     position = {node.name: i for i, node in enumerate(dep.model.graph.node)}
     protected = excluded_group_ids(dep, exclude)
     groups = [g for g in dep.prunable if g.id not in protected]
-    return [g.id for g in sorted(groups, key=lambda g: min(position.get(p, 0) for p in g.filter_producers))]
+    return [
+        g.id
+        for g in sorted(groups, key=lambda g: min(position.get(p, 0) for p in g.filter_producers or g.linear_producers))
+    ]
 
 
 def _within_bound(

@@ -100,8 +100,10 @@ class Objective:
 
     def loss(self, outputs: list[torch.Tensor], batch: Batch, targets: list[torch.Tensor]) -> torch.Tensor:
         """Mean over the batch: distillation summed over outputs, plus cross-entropy with labels."""
-        total = outputs[0].new_zeros(())
+        total = _zero(outputs)
         for out, target, classifier in zip(outputs, targets, self.classifier):
+            if not out.is_floating_point():
+                continue  # an integer output (token ids passed through) carries no gradient
             if classifier:
                 soft = F.kl_div(
                     F.log_softmax(out / TEMPERATURE, 1),
@@ -132,8 +134,10 @@ class Objective:
             index = self._label_output(outputs)
             labels = self._check_labels(outputs[index], batch.labels)
             return F.cross_entropy(outputs[index], labels, reduction="sum")
-        total = outputs[0].new_zeros(())
+        total = _zero(outputs)
         for out, target, classifier in zip(outputs, targets, self.classifier):
+            if not out.is_floating_point():
+                continue
             if classifier:
                 drawn = torch.multinomial(torch.softmax(target.double(), 1), 1, generator=generator).squeeze(1)
                 total = total + F.cross_entropy(out, drawn, reduction="sum")
@@ -142,6 +146,14 @@ class Objective:
                 noisy = target + scale * torch.randn(target.shape, generator=generator, dtype=target.dtype)
                 total = total + 0.5 * ((out - noisy) / scale).pow(2).sum() / max(1, out[0].numel())
         return total
+
+
+def _zero(outputs: list[torch.Tensor]) -> torch.Tensor:
+    """A zero of the first floating-point output's dtype and device (the sum's start)."""
+    floating = next((out for out in outputs if out.is_floating_point()), None)
+    if floating is None:
+        raise ModelRejected("the model has no floating-point output to distil from")
+    return floating.new_zeros(())
 
 
 @dataclass(frozen=True)

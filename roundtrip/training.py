@@ -235,7 +235,9 @@ def evaluate(module: OnnxModule, objective: Objective, data: Dataset, batch_size
             targets = objective.teacher_outputs(batch, data)
             outputs = module.run(batch.inputs, outputs=objective.tensors)
             loss_sum += float(objective.loss(outputs, batch, targets)) * n
-            cosine_sum += float(torch.stack([_cosine(o, t) for o, t in zip(outputs, targets)]).mean(0).sum())
+            # Integer outputs (token ids passed through) are the original's by construction: not compared.
+            pairs = [(o, t) for o, t in zip(outputs, targets) if o.is_floating_point()] or list(zip(outputs, targets))
+            cosine_sum += float(torch.stack([_cosine(o, t) for o, t in pairs]).mean(0).sum())
             first = next((i for i, flag in enumerate(objective.classifier) if flag), None)
             if first is not None:
                 predicted = outputs[first].argmax(1)

@@ -305,7 +305,8 @@ def analyze(
     table = Table("group", "channels", "pinned", "producers", "MACs share", title="prunable groups")
     for g in data["groups"]:
         producers = ", ".join(g["producers"][:3]) + (" ..." if len(g["producers"]) > 3 else "")
-        table.add_row(g["id"], str(g["channels"]), str(g["pinned"]), producers, f"{g['macs_share']:.1%}")
+        channels = f"{g['channels']} heads of {g['unit']}" if g.get("unit", 1) > 1 else str(g["channels"])
+        table.add_row(g["id"], channels, str(g["pinned"]), producers, f"{g['macs_share']:.1%}")
     prunable_share = sum(g["macs_share"] for g in data["groups"])
     frozen_share = sum(g["macs_share"] for g in data["frozen"])
     table.caption = (

@@ -74,7 +74,8 @@ def analyse(source: ModelSource, input_shapes: InputShapes = None) -> Analysed:
 def random_feeds(
     model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]], seed: int = 0
 ) -> dict[str, np.ndarray]:
-    """Seeded standard-normal inputs at the given shapes (every real input of ``model``)."""
+    """Seeded standard-normal inputs at the given shapes (every real input of ``model``); integer
+    inputs 0 or 1."""
     rng = np.random.default_rng(seed)
     initializers = {init.name for init in model.graph.initializer}
     feeds = {}
@@ -82,6 +83,9 @@ def random_feeds(
         if inp.name in initializers:
             continue
         dtype = _NP_TYPES[inp.type.tensor_type.elem_type]
+        if np.issubdtype(dtype, np.integer):  # token ids, attention masks: 0 or 1, as workers.benchmark
+            feeds[inp.name] = rng.integers(0, 2, size=list(input_shapes[inp.name])).astype(dtype)
+            continue
         feeds[inp.name] = rng.standard_normal(list(input_shapes[inp.name])).astype(dtype)
     return feeds
 

@@ -45,7 +45,7 @@ def test_a_job_comes_back_as_its_report_plan_and_model_with_progress_in_stage_or
 def test_the_user_s_error_comes_back_as_its_own_class_and_message(tmp_path):
     model = save(no_conv_model(), tmp_path / "m.onnx")
 
-    with pytest.raises(ModelRejected, match="^model has no Conv or ConvTranspose to prune$"):
+    with pytest.raises(ModelRejected, match="^model has no Conv, ConvTranspose, Gemm or MatMul to prune$"):
         run_job_process(JobRequest(model, tmp_path / "out.onnx", OPTIONS), tmp_path / "job")
     assert not (tmp_path / "out.onnx").exists()
 

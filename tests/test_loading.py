@@ -222,7 +222,7 @@ def test_a_model_without_convs_is_rejected() -> None:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
-    assert rejected(model) == "model has no Conv or ConvTranspose to prune"
+    assert rejected(model) == "model has no Conv, ConvTranspose, Gemm or MatMul to prune"
 
 
 @pytest.mark.parametrize("opset", [supported_opsets()[""][0] - 1, supported_opsets()[""][1] + 1])

@@ -98,3 +98,51 @@ def test_weights_also_listed_as_inputs_are_fed_once():
         relative_error(run_directly(residual_model(), inputs)[0], next(iter(run_models([fed], inputs)[0].values())))
         < 1e-5
     )
+
+
+def _resized_position_embeddings() -> onnx.ModelProto:
+    """ViT's interpolated position embeddings (DINOv2 as Hugging Face exports it)::
+
+    pos [1, 37 * 37, 8] -> Reshape [1, 37, 37, 8] -> Transpose -> Resize (cubic, to 16 x 16)
+        -> Transpose -> Reshape [1, 256, 8] -> + x [batch, 256, 8]
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((1, 37 * 37, 8)).astype(np.float32), "pos"),
+        numpy_helper.from_array(np.array([1, 37, 37, 8], dtype=np.int64), "grid"),
+        numpy_helper.from_array(np.array([1, 8, 16, 16], dtype=np.int64), "sizes"),
+        numpy_helper.from_array(np.array([1, 256, 8], dtype=np.int64), "tokens"),
+    ]
+    nodes = [
+        helper.make_node("Reshape", ["pos", "grid"], ["pos_grid"]),
+        helper.make_node("Transpose", ["pos_grid"], ["pos_nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Resize", ["pos_nchw", "", "", "sizes"], ["pos_small"], mode="cubic"),
+        helper.make_node("Transpose", ["pos_small"], ["pos_nhwc"], perm=[0, 2, 3, 1]),
+        helper.make_node("Reshape", ["pos_nhwc", "tokens"], ["pos_tokens"]),
+        helper.make_node("Add", ["x", "pos_tokens"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "resized_positions",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 256, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 256, 8])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_weight_resized_as_data_stays_a_constant_so_onnxruntime_runs_the_fed_model():
+    """Fed as an input, onnxruntime's transpose optimizer turns the Resize channels-last, and its
+    bicubic kernel refuses that downscale; a constant is folded first."""
+    model = _resized_position_embeddings()
+    inputs = {"x": np.random.default_rng(1).standard_normal((2, 256, 8)).astype(np.float32)}
+
+    fed = fed_model(model)
+
+    assert "pos" not in fed.weights
+    (outputs,) = run_models([fed], inputs)
+    np.testing.assert_allclose(outputs["y"], run_directly(model, inputs)[0], rtol=1e-5, atol=1e-5)

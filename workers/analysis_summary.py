@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from onnxprune.graphops.shares import macs_shares
 from onnxprune.workers.analysis import Analysis, analyse_model
@@ -28,6 +28,7 @@ class PrunableGroup(BaseModel):
     nodes: list[str]
     macs_share: float
     notes: list[str]
+    unit: int = Field(1, description="Channels per unit: head_dim for attention heads ('channels' counts heads).")
 
 
 class FrozenGroup(BaseModel):
@@ -70,6 +71,7 @@ def summarize(analysis: Analysis) -> ModelAnalysis:
                 nodes=list(g.nodes),
                 macs_share=round(shares[g.id], 4),
                 notes=list(g.reasons),
+                unit=g.unit,
             )
             for g in dep.prunable
         ],

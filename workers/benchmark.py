@@ -43,8 +43,9 @@ class BenchmarkResult:
 def make_inputs(
     model: str | Path | onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None, seed: int = 0
 ) -> Inputs:
-    """Deterministic random inputs for every graph input: floats standard normal, integers in
-    [0, 4), booleans fair coins. Symbolic dims not in ``input_shapes`` resolve as in
+    """Deterministic random inputs for every graph input: floats standard normal, integers 0 or 1
+    (valid token ids, attention masks and token types: a BERT mask of 2 overflows its
+    ``(1 - mask) * -3.4e38`` to infinity), booleans fair coins. Symbolic dims not in ``input_shapes`` resolve as in
     ``graphops.shapes.resolve_input_shapes`` (batch 1)."""
     proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
     shapes = resolve_input_shapes(proto, input_shapes)
@@ -59,7 +60,7 @@ def make_inputs(
         if dtype == np.bool_:
             inputs[value.name] = rng.random(shape) < 0.5
         elif np.issubdtype(dtype, np.integer):
-            inputs[value.name] = rng.integers(0, 4, size=shape).astype(dtype)
+            inputs[value.name] = rng.integers(0, 2, size=shape).astype(dtype)
         else:
             inputs[value.name] = rng.standard_normal(shape).astype(dtype)
     return inputs

@@ -2,7 +2,7 @@
 
 Accuracy is top-1 on the first output (``argmax`` over axis 1, ``[N, C]`` or ``[N, C, 1, 1]``).
 Fidelity is the mean, over samples, of the cosine similarity between a model's outputs and the
-original model's outputs on the same sample (all outputs of a sample flattened together): 1.0 for
+original model's outputs on the same sample (all floating-point outputs of a sample flattened together): 1.0 for
 the original, lower as pruning changes what the model computes. It needs no labels, so it works
 for any model, and on synthetic inputs it is a proxy, reported as such.
 
@@ -100,8 +100,16 @@ def accuracy(outputs: Outputs, labels: np.ndarray) -> float:
 def fidelity(outputs: Outputs, reference: Outputs) -> float:
     """Mean per-sample cosine similarity to ``reference`` (outputs matched by position)."""
     count = len(next(iter(reference.values())))
-    got = np.concatenate([np.asarray(o, np.float64).reshape(count, -1) for o in outputs.values()], axis=1)
-    want = np.concatenate([np.asarray(o, np.float64).reshape(count, -1) for o in reference.values()], axis=1)
+    # Integer outputs (token ids passed through, as sentence encoders return them) are left out: their
+    # magnitudes would swamp the embeddings' cosine.
+    floating = [i for i, o in enumerate(reference.values()) if np.issubdtype(np.asarray(o).dtype, np.floating)]
+    keep = set(floating) if floating else set(range(len(reference)))
+    got = np.concatenate(
+        [np.asarray(o, np.float64).reshape(count, -1) for i, o in enumerate(outputs.values()) if i in keep], axis=1
+    )
+    want = np.concatenate(
+        [np.asarray(o, np.float64).reshape(count, -1) for i, o in enumerate(reference.values()) if i in keep], axis=1
+    )
     if got.shape != want.shape:
         return 0.0
     dot = np.sum(got * want, axis=1)

@@ -61,9 +61,13 @@ def fed_model(model: onnx.ModelProto, weights: ModelWeights | None = None) -> Fe
     for name in ("node", "input", "output", "value_info", "sparse_initializer"):
         getattr(target, name).extend(getattr(source, name))
     declared = {value.name for value in source.input}  # old exporters list initializers as inputs too
+    resized = resized_constants(
+        [(node.op_type, list(node.input), list(node.output)) for node in source.node],
+        {init.name for init in source.initializer},
+    )
     arrays: dict[str, np.ndarray] = {}
     for init in source.initializer:
-        if _fed(init.data_type, init.dims):
+        if _fed(init.data_type, init.dims) and init.name not in resized:
             arrays[init.name] = weights.array(init.name)
             if init.name not in declared:
                 target.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
@@ -83,17 +87,45 @@ def fed_graph(graph: gs.Graph, template: onnx.ModelProto) -> FedModel:
     target.output.extend([OnnxExporter.export_value_info_proto(t, do_type_check=False) for t in graph.outputs])
     keep_interface_types(target, template.graph)
     arrays: dict[str, np.ndarray] = {}
-    for tensor in graph.tensors().values():
+    tensors = graph.tensors()
+    resized = resized_constants(
+        [(node.op, [t.name for t in node.inputs], [t.name for t in node.outputs]) for node in graph.nodes],
+        {name for name, tensor in tensors.items() if isinstance(tensor, gs.Constant)},
+    )
+    for tensor in tensors.values():
         if not isinstance(tensor, gs.Constant):
             continue
         lazy = isinstance(tensor._values, LazyValues)  # onnx-graphsurgeon exposes no public test for this
         data_type = tensor._values.tensor.data_type if lazy else _onnx_type(tensor)
-        if data_type is None or not _fed(data_type, tensor.shape):
+        if data_type is None or not _fed(data_type, tensor.shape) or tensor.name in resized:
             write_constant(target, tensor)
             continue
         arrays[tensor.name] = np.asarray(tensor.values)
         target.input.append(onnx.helper.make_tensor_value_info(tensor.name, data_type, list(tensor.shape)))
     return FedModel(shell.SerializeToString(), arrays)
+
+
+# Ops that only move or retype their first input: a weight reaches a Resize through them unchanged.
+_MOVES_DATA = frozenset({"Cast", "Identity", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Slice"})
+
+
+def resized_constants(nodes: list[tuple[str, list[str], list[str]]], constants: set[str]) -> set[str]:
+    """Constants that reach a Resize's data input only moved (ViT's interpolated position embeddings).
+
+    They stay in the graph: onnxruntime folds such a Resize when its data is a constant; fed as an input,
+    its transpose optimizer makes the Resize channels-last and the bicubic kernel then refuses the
+    downscale ("'Cubic' mode only supports ...", DINOv2's position embeddings), failing a model that
+    onnxruntime runs."""
+    producer = {out: (op, inputs) for op, inputs, outputs in nodes for out in outputs}
+    kept: set[str] = set()
+    for op, inputs, _ in nodes:
+        name = inputs[0] if op == "Resize" and inputs else None
+        while name is not None and name not in constants and name in producer:
+            source_op, source_inputs = producer[name]
+            name = source_inputs[0] if source_op in _MOVES_DATA and source_inputs else None
+        if name in constants:
+            kept.add(name)
+    return kept
 
 
 def _onnx_type(tensor: gs.Constant) -> int | None:

@@ -82,6 +82,7 @@ class GroupReport(BaseModel):
     pinned: int = Field(0, description="Channels that must stay (they reach an op or output we keep intact).")
     pinned_reasons: list[str] = Field(default_factory=list)
     macs_share: float = Field(0.0, description="Share of the model's MACs in the nodes of this group.")
+    unit: int = Field(1, description="Channels per unit: head_dim for attention heads (the counts count heads).")
 
 
 class FrozenReport(BaseModel):

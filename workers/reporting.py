@@ -197,6 +197,7 @@ def group_reports(
                 pinned=len(group.pinned),
                 pinned_reasons=list(group.reasons),
                 macs_share=round(shares[group.id], 6),
+                unit=group.unit,
             )
         )
     return groups, frozen

@@ -221,7 +221,17 @@ class SurgeryContext:
 
 
 class OpHandler:
-    """Default behaviour: the op is not understood, so channels that reach it are pinned."""
+    """Default behaviour: the op is not understood, so channels that reach it are pinned.
+
+    ``role``: what the op's output channels are when it creates them: ``"filter"`` (conv filters),
+    ``"linear"`` (columns of a fully connected layer: MLP neurons, attention heads) or ``"other"``.
+    A group is prunable when filters or linear layers produce it. ``follows_units``: the handler
+    understands layouts whose units span several channels (attention heads, ``Layout.unit_axis``);
+    any other handler that meets one freezes it.
+    """
+
+    role = "other"
+    follows_units = False
 
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
         ctx.pin_inputs(node, f"consumed by unsupported op {describe(node)}")

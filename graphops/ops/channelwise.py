@@ -40,7 +40,10 @@ class PerChannelNorm(OpHandler):
 
 @register("LayerNormalization", "LpNormalization", "Softmax", "LogSoftmax", "Hardmax")
 class AxisNorm(OpHandler):
-    """Normalises along some axes: harmless unless the channel axis is among them."""
+    """Normalises along some axes: harmless unless the channel axis is among them (head_dim may
+    be: it never changes)."""
+
+    follows_units = True
 
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
         layout = ctx.layout(node.inputs[0])

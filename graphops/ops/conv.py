@@ -44,6 +44,8 @@ def _was_depthwise(node: gs.Node, ctx: SurgeryContext, channels: gs.Tensor) -> b
 
 @register("Conv")
 class Conv(OpHandler):
+    role = "filter"
+
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
         weight = ctx.const_shape(node.inputs[1])
         out = node.outputs[0]
@@ -154,6 +156,8 @@ class Conv(OpHandler):
 @register("ConvTranspose")
 class ConvTranspose(OpHandler):
     """Weight layout [C_in, C_out / group, k...]: the transpose of Conv's."""
+
+    role = "filter"
 
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
         weight = ctx.const_shape(node.inputs[1])

@@ -63,6 +63,8 @@ BROADCAST_OPS = (
 class Unary(OpHandler):
     """Output channel i is a function of input channel i only (extra inputs are scalars)."""
 
+    follows_units = True
+
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
         layout = ctx.layout(node.inputs[0]) if node.inputs else None
         if layout is None:
@@ -76,7 +78,12 @@ class Unary(OpHandler):
 
 @register(*BROADCAST_OPS)
 class Broadcast(OpHandler):
-    """Numpy-style broadcasting between channel tensors and constants."""
+    """Numpy-style broadcasting between channel tensors and constants.
+
+    On attention heads (``Layout.unit_axis``) the same holds for the head axis; head_dim never
+    changes, so what varies along it is harmless."""
+
+    follows_units = True
 
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
         inputs = [t for t in node.inputs if t is not None and t.name]
@@ -99,6 +106,10 @@ class Broadcast(OpHandler):
         if len(aligned) != 1:
             raise UnsupportedPattern(f"{describe(node)} combines channels that lie on different axes")
         axis = aligned.pop()
+        unit_axes = {None if lay.unit_axis is None else lay.unit_axis + out_rank - ranks[i] for i, lay in tracked}
+        if len(unit_axes) != 1:
+            raise UnsupportedPattern(f"{describe(node)} combines heads with plain channels")
+        unit_axis = unit_axes.pop()
         reference = max((lay for _, lay in tracked), key=len)
         channels = len(reference)
         for _, lay in tracked:
@@ -131,4 +142,4 @@ class Broadcast(OpHandler):
             and not isinstance(out_shape[axis], str)
         ):
             return  # a single channel broadcast to many: nothing downstream follows it
-        ctx.set_layout(out, Layout(axis, reference.atoms))
+        ctx.set_layout(out, Layout(axis, reference.atoms, unit_axis))

@@ -1,9 +1,10 @@
 """Gemm and MatMul with a constant weight: fully connected layers.
 
 Their input features may be channels, or channels times spatial positions after a Flatten (each
-channel then owns a block of rows). Their output units form a new space; groups born only from
-fully connected layers are not pruned (onnxprune removes conv filters), but the SE block's
-channel-wise gate coming out of a Gemm must follow the conv channels it multiplies.
+channel then owns a block of rows). Their output units (weight columns) form a new space: MLP
+neurons, or the channels of attention heads (``graphops.ops.attention``); the SE block's
+channel-wise gate coming out of a Gemm follows the conv channels it multiplies. A MatMul of two
+activations is attention's per-head product (``propagate_per_head_matmul``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import onnx_graphsurgeon as gs
 
 from onnxprune.graphops.errors import UnsupportedPattern
 from onnxprune.graphops.layout import Layout, Producer
+from onnxprune.graphops.ops.attention import propagate_per_head_matmul
 from onnxprune.graphops.ops.base import AnalysisContext, OpHandler, attribute, describe, prod, register
 
 
@@ -29,6 +31,8 @@ def _feature_layout(node: gs.Node, ctx: AnalysisContext, tensor: gs.Tensor) -> L
 
 @register("Gemm")
 class Gemm(OpHandler):
+    role = "linear"
+
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
         a, b = node.inputs[0], node.inputs[1]
         weight = ctx.const_shape(b)
@@ -60,6 +64,9 @@ class Gemm(OpHandler):
 
 @register("MatMul")
 class MatMul(OpHandler):
+    role = "linear"
+    follows_units = True  # attention's per-head products
+
     def macs(self, node: onnx.NodeProto, shape: Callable[[str], tuple[int, ...]]) -> int:
         b = shape(node.input[1])
         return prod(shape(node.output[0])) * (b[-2] if len(b) >= 2 else b[0])
@@ -67,8 +74,14 @@ class MatMul(OpHandler):
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
         a, b = node.inputs[0], node.inputs[1]
         weight = ctx.const_shape(b)
+        if weight is None and ctx.const_shape(a) is None:
+            propagate_per_head_matmul(node, ctx)
+            return
         if ctx.layout(b) is not None or weight is None or len(weight) != 2:
             raise UnsupportedPattern(f"{describe(node)} is not a layer with a constant 2-D weight")
+        a_layout = ctx.layout(a)
+        if a_layout is not None and a_layout.unit_axis is not None:
+            raise UnsupportedPattern(f"{describe(node)} projects attention heads without merging them")
         layout = _feature_layout(node, ctx, a)
         if layout is not None:
             if len(layout) != weight[0]:

@@ -15,6 +15,7 @@ import onnx_graphsurgeon as gs
 
 from onnxprune.graphops.errors import AnalysisBug, UnsupportedPattern
 from onnxprune.graphops.layout import Layout, RuntimeCount, ShapeEntry
+from onnxprune.graphops.ops.attention import merge_heads, split_into_heads
 from onnxprune.graphops.ops.base import AnalysisContext, OpHandler, SurgeryContext, describe, normalize_axis, register
 from onnxprune.graphops.ops.shape_values import trace_shape_element
 from onnxprune.graphops.ops.shuffle import propagate_channel_shuffle
@@ -139,22 +140,30 @@ def _kept_count(node: gs.Node, ctx: SurgeryContext, tensor: gs.Tensor) -> int:
 
 @register("Transpose")
 class Transpose(OpHandler):
+    follows_units = True
+
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
         layout = ctx.layout(node.inputs[0])
         if layout is None:
             return
         rank = ctx.rank(node.inputs[0])
         perm = [int(p) for p in node.attrs.get("perm", list(range(rank - 1, -1, -1)) if rank else [])]
-        if layout.axis not in perm:
+        if layout.axis not in perm or (layout.unit_axis is not None and layout.unit_axis not in perm):
             raise UnsupportedPattern(f"{describe(node)} has an unknown permutation")
-        ctx.set_layout(node.outputs[0], layout.moved(perm.index(layout.axis)))
+        unit_axis = None if layout.unit_axis is None else perm.index(layout.unit_axis)
+        ctx.set_layout(node.outputs[0], Layout(perm.index(layout.axis), layout.atoms, unit_axis))
 
 
 @register("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 class Reshape(OpHandler):
+    follows_units = True  # a Reshape merging heads back into channels (graphops.ops.attention)
+
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
         layout = ctx.layout(node.inputs[0])
         if layout is None:
+            return
+        if layout.unit_axis is not None:
+            merge_heads(node, ctx, layout)
             return
         in_shape = ctx.static_shape(node.inputs[0])
         out_shape = ctx.static_shape(node.outputs[0])
@@ -163,6 +172,8 @@ class Reshape(OpHandler):
         mapped = map_axis_through_reshape(in_shape, out_shape, layout.axis, len(layout))
         if mapped is None:
             if node.op == "Reshape" and propagate_channel_shuffle(node, ctx, layout):
+                return
+            if node.op == "Reshape" and split_into_heads(node, ctx, layout):
                 return
             raise UnsupportedPattern(f"{describe(node)} splits the channel axis {in_shape} -> {out_shape}")
         out_axis, positions = mapped
@@ -324,6 +335,8 @@ class Slice(OpHandler):
 class Shape(OpHandler):
     """Reading dims other than the channel count is harmless; the count itself only where it lands
     in a Reshape that puts the same channels there (:mod:`graphops.ops.shape_values`)."""
+
+    follows_units = True  # head_dim never changes; the head count is traced like a channel count
 
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
         layout = ctx.layout(node.inputs[0])

@@ -123,3 +123,16 @@ def test_an_op_without_implementation_is_refused_naming_the_node(tmp_path):
 
     with pytest.raises(ModelRejected, match="'nms' \\(NonMaxSuppression\\)"):
         OnnxModule(helper.make_model(graph))
+
+
+@pytest.mark.parametrize("name", ["bert_style", "vit_style"])
+def test_executor_matches_onnxruntime_on_decomposed_transformer_blocks(name):
+    """Shape -> Gather (a 0-d index) -> Unsqueeze -> Concat -> Reshape into heads, Erf and tanh GELU,
+    Softmax, MatMuls of two activations (``tests.transformer_models``)."""
+    from tests import transformer_models
+
+    model = getattr(transformer_models, name)()
+    shapes = {"x": [2, 7, 32], "attention_mask": [2, 7]} if name == "bert_style" else {"x": [2, 9, 32]}
+    analysed = analyse(model, shapes)
+
+    assert_parity(analysed.prepared, random_feeds(analysed.prepared, analysed.input_shapes))
