@@ -27,7 +27,7 @@ from onnxprune.jobs.policy import after_attempt
 from onnxprune.jobs.settings import Settings
 from onnxprune.jobs.store import JobRecord, JobStatus, JobStore
 from onnxprune.workers.fileio import file_sha256
-from onnxprune.workers.job_process import JobLimits, JobRequest, run_job_process
+from onnxprune.workers.job_process import REPORT_HTML, JobLimits, JobRequest, run_job_process
 from onnxprune.workers.options import PruneOptions
 
 log = logging.getLogger(__name__)
@@ -157,13 +157,17 @@ def _attempt(job_id: str, token: str, store: JobStore, settings: Settings) -> Ou
         try:
             work = files.new_attempt(token)
             data = files.data if files.data.exists() else None
-            request = JobRequest(files.upload, work / MODEL, options, data=data)
+            request = JobRequest(
+                files.upload, work / MODEL, options, data=data, report_page_title=f"onnxprune job {job_id}"
+            )
             sandbox = work / "sandbox"
             result = run_job_process(
                 request, sandbox, limits=job_limits(settings), progress=progress, keep_going=keep_going
             )
             os.replace(result.report_path, work / REPORT)
             os.replace(result.plan_path, work / PLAN)
+            if result.report_page_path is not None:
+                os.replace(result.report_page_path, work / REPORT_HTML)
             shutil.rmtree(sandbox)  # the request, the child's log and scratch: not part of the result
             if not store.holds(job_id, token):
                 raise AttemptStopped(job_id)

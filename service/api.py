@@ -29,6 +29,7 @@ from onnxprune.service.accept import accept_job
 from onnxprune.service.auth import ListingOwner, Owner, caller, may_access
 from onnxprune.service.direct_route import DirectRoute
 from onnxprune.service.errors import ApiError
+from onnxprune.service.file_responses import open_file_response
 from onnxprune.service.job_views import JobViews
 from onnxprune.service.option_form import OptionSpec, option_specs
 from onnxprune.service.retention import remove_expired
@@ -167,7 +168,10 @@ def _add_routes(app: FastAPI) -> None:
         if rendered is None and job.status is JobStatus.succeeded:
             # The first rendering of a result reads and validates its report: off the event loop.
             report = _result(job, request.app.state.settings, "report")
-            rendered = await asyncio.to_thread(views.render, job, report)
+            try:
+                rendered = await asyncio.to_thread(views.render, job, report)
+            except FileNotFoundError:  # deleted while it was read: as if it had been gone before
+                raise ApiError(404, "not_found", f"no job {job_id!r}") from None
         elif rendered is None:
             rendered = views.render(job, None)
         headers = {"ETag": rendered.etag, "Cache-Control": "private, no-cache"}
@@ -275,25 +279,23 @@ def _add_routes(app: FastAPI) -> None:
                 "the float pruned model a quantized job kept (404 for a job that did not quantize)."
             ),
         ] = "final",
-    ) -> FileResponse:
+    ) -> Response:
         """The pruned model; ``X-Content-SHA256`` is its hex SHA-256."""
         if variant == "float":
             path, sha256 = _float_model(job, settings)
             name = f"{job.id}.float.onnx"
         else:
             path, sha256, name = _result(job, settings, "model"), job.output_sha256 or "", f"{job.id}.onnx"
-        return FileResponse(
-            path, media_type="application/octet-stream", filename=name, headers={"X-Content-SHA256": sha256}
-        )
+        return open_file_response(path, "application/octet-stream", {"X-Content-SHA256": sha256}, filename=name)
 
     @app.get("/v1/jobs/{job_id}/report", response_model=PruneReport, responses=_ERRORS, tags=["results"])
     def get_report(job: JobDep, settings: SettingsDep) -> Response:
-        return FileResponse(_result(job, settings, "report"), media_type="application/json")
+        return open_file_response(_result(job, settings, "report"), "application/json")
 
     @app.get("/v1/jobs/{job_id}/plan", responses=_ERRORS, tags=["results"])
     def get_plan(job: JobDep, settings: SettingsDep) -> Response:
         """The pruning plan (kept channel indices per group) as JSON, reusable with the CLI."""
-        return FileResponse(_result(job, settings, "plan"), media_type="application/json")
+        return open_file_response(_result(job, settings, "plan"), "application/json")
 
     @app.delete(
         "/v1/jobs/{job_id}",
@@ -356,6 +358,9 @@ def _add_error_handlers(app: FastAPI) -> None:
         return body(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 
     async def storage_error(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, FileNotFoundError):  # a job's file removed while a request read it (DELETE, retention)
+            log.info("%s %s: a file was removed while it was read: %s", request.method, request.url.path, exc)
+            return body(404, "not_found", "the job's files have been removed")
         data_dir = request.app.state.settings.data_dir
         if is_storage_full(exc) or disk_nearly_full(data_dir):
             log.error("storage full: %s", exc)

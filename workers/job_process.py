@@ -46,6 +46,7 @@ REQUEST = "request.json"
 RESULT = "result.json"
 REPORT = "report.json"
 PLAN = "plan.json"
+REPORT_HTML = "report.html"
 LOG = "sandbox.log"
 _EXIT_GRACE_S = 30.0
 
@@ -114,6 +115,9 @@ class JobRequest:
     data: Path | None = None
     plan: PruningPlan | None = None
     sensitivity: SensitivityReport | None = None
+    # The title of the HTML report page the child draws beside the JSON report (None: no page). Drawn
+    # here, in the sandbox, because its plots and tables carry the model's node names.
+    report_page_title: str | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,7 @@ class JobResult:
     report_path: Path  # the report and plan as written by the child, in the working directory
     plan_path: Path
     float_output: Path | None = None  # with --quantize: the float pruned model beside the output
+    report_page_path: Path | None = None  # the HTML page, when the request asked for one
 
 
 def run_job_process(
@@ -184,6 +189,7 @@ def _write_request(request: JobRequest, workdir: Path, limits: JobLimits) -> Non
         "memory_mib": limits.memory_mib,
         "cpu_seconds": cpu_budget(wall),
         "nice": limits.nice,
+        "report_page_title": request.report_page_title,
     }
     (workdir / REQUEST).write_text(json.dumps(document))
     (workdir / RESULT).unlink(missing_ok=True)
@@ -269,6 +275,7 @@ def _result(workdir: Path, returncode: int | None, ended_by: str | None, limits:
         report_path=workdir / REPORT,
         plan_path=workdir / PLAN,
         float_output=Path(document["float_output"]) if document.get("float_output") else None,
+        report_page_path=workdir / REPORT_HTML if (workdir / REPORT_HTML).is_file() else None,
     )
 
 
@@ -364,6 +371,11 @@ def _run(document: dict[str, Any], workdir: Path, progress: Progress) -> Path | 
     )
     atomic_write_text(workdir / PLAN, result.plan.to_json())
     atomic_write_text(workdir / REPORT, result.report.model_dump_json(indent=2))
+    if document.get("report_page_title"):
+        from onnxprune.workers.html_report import render_report_html
+
+        page = render_report_html(result.report, title=str(document["report_page_title"]))
+        atomic_write_text(workdir / REPORT_HTML, page)
     return result.float_output
 
 
