@@ -81,7 +81,10 @@ def job_limits(settings: Settings) -> JobLimits:
     (the child is killed and the job fails as ``timeout``, once; the worker process lives on), and a
     lower CPU priority than the API's."""
     return JobLimits(
-        memory_mib=settings.job_memory_mib, wall_s=float(settings.soft_time_limit_s), nice=settings.job_nice
+        memory_mib=settings.job_memory_mib,
+        wall_s=float(settings.soft_time_limit_s),
+        nice=settings.job_nice,
+        max_result_mib=settings.max_result_mib,
     )
 
 

@@ -47,6 +47,14 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(10.0, gt=0)
     reconcile_grace_s: float = Field(30.0, ge=0)
     max_resends: int = Field(3, ge=0, le=100)
+    # A worker idle while jobs wait in its queue this long has a stuck broker connection: it reconnects
+    # (jobs.consumption), and past three times this it stops reporting itself alive to the healthcheck.
+    consumer_stall_s: float = Field(30.0, gt=0)
+    max_result_mib: float = Field(
+        32.0,
+        gt=0,
+        description="Largest report or plan a job may produce (both are served whole); past it the job fails.",
+    )
     # Backpressure: beyond these many jobs queued or running, POST /v1/jobs answers 429 + Retry-After.
     max_active_jobs: int = Field(200, ge=1, description="Queue limit of the deployment.")
     max_active_per_owner: int = Field(0, ge=0, description="Queue limit of one token (0: none).")

@@ -38,7 +38,14 @@ from onnxprune.graphops.plan import PruningPlan
 from onnxprune.workers.capabilities import MissingCapability
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.report import PruneReport, SensitivityReport
-from onnxprune.workers.sandbox import RunnerError, SandboxOutOfMemory, SandboxTimeout, cpu_budget
+from onnxprune.workers.sandbox import (
+    RunnerError,
+    SandboxKilled,
+    SandboxOutOfMemory,
+    SandboxStarved,
+    SandboxTimeout,
+    cpu_budget,
+)
 from onnxprune.workers.stages import Progress
 from onnxprune.workers.verification import VerificationFailed
 
@@ -49,6 +56,9 @@ PLAN = "plan.json"
 REPORT_HTML = "report.html"
 LOG = "sandbox.log"
 _EXIT_GRACE_S = 30.0
+# A job that reaches its wall-time limit having had less CPU than this share of one core was starved by
+# an overloaded host (its pipeline is CPU-bound), not slow by itself: a machine fault, retried.
+STARVED_CPU_SHARE = 0.25
 
 # Environment the child inherits: what Python, the numeric libraries and our own non-secret switches
 # read. Everything else (API tokens, the broker URL, cloud credentials) stays with the parent.
@@ -66,6 +76,8 @@ _KNOWN_ERRORS: dict[str, type[Exception]] = {
         RunnerError,
         SandboxTimeout,
         SandboxOutOfMemory,
+        SandboxKilled,
+        SandboxStarved,
         VerificationFailed,
         AnalysisBug,
     )
@@ -90,6 +102,9 @@ class JobLimits:
     # Added to the child's nice value: a service job yields the CPU to the API's request handlers
     # (polls stay fast while a job runs on the same cores); 0 for the CLI, whose user waits on the job.
     nice: int = 0
+    # The largest report or plan the job may leave (both grow with the model's node count and name
+    # lengths, and the service serves them whole); None: no limit (the CLI's default).
+    max_result_mib: float | None = None
 
     @classmethod
     def from_environment(cls) -> JobLimits:
@@ -242,13 +257,24 @@ def _follow(
                         _kill(child)
                         raise
         if deadline is not None and time.monotonic() >= deadline:
+            used = _cpu_seconds(child.pid)
             _kill(child)
-            return "timeout"
+            starved = used is not None and limits.wall_s is not None and used < STARVED_CPU_SHARE * limits.wall_s
+            return "starved" if starved else "timeout"
         if keep_going is not None and time.monotonic() >= next_check:
             next_check = time.monotonic() + limits.stop_poll_s
             if not keep_going():
                 _kill(child)
                 raise JobStopped("the job was stopped")
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) the process has used so far, from /proc (None elsewhere or once gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14, 15
 
 
 def _kill(child: subprocess.Popen[bytes]) -> None:
@@ -260,6 +286,11 @@ def _kill(child: subprocess.Popen[bytes]) -> None:
 
 
 def _result(workdir: Path, returncode: int | None, ended_by: str | None, limits: JobLimits) -> JobResult:
+    if ended_by == "starved":
+        raise SandboxStarved(
+            f"the job ran past its time limit of {limits.wall_s:g} s while the machine gave it less than "
+            f"{STARVED_CPU_SHARE:.0%} of a core: the host is overloaded"
+        )
     if ended_by == "timeout":
         raise SandboxTimeout(f"the job ran past its time limit of {limits.wall_s:g} s and was stopped")
     result_path = workdir / RESULT
@@ -269,6 +300,7 @@ def _result(workdir: Path, returncode: int | None, ended_by: str | None, limits:
     error = document.get("error")
     if error is not None:
         raise _rebuild_error(error)
+    _check_result_sizes(workdir, limits)
     return JobResult(
         report=PruneReport.model_validate_json((workdir / REPORT).read_bytes()),
         plan=PruningPlan.from_json((workdir / PLAN).read_text()),
@@ -279,16 +311,29 @@ def _result(workdir: Path, returncode: int | None, ended_by: str | None, limits:
     )
 
 
+def _check_result_sizes(workdir: Path, limits: JobLimits) -> None:
+    if limits.max_result_mib is None:
+        return
+    for name, what in ((REPORT, "report"), (PLAN, "plan")):
+        size = (workdir / name).stat().st_size
+        if size > limits.max_result_mib * 2**20:
+            raise ModelRejected(
+                f"the job's {what} would be {size / 2**20:.1f} MiB, over this server's limit of "
+                f"{limits.max_result_mib:g} MiB (it grows with the model's node count and name lengths); "
+                "shorten the node names or prune the model with the onnxprune CLI"
+            )
+
+
 def _death(returncode: int | None, log_tail: str, limits: JobLimits) -> Exception:
     """Why a child ended without a result: a signal (limits, crashes) or an exit of our own making."""
     if returncode is not None and returncode < 0:
         number = -returncode
         if number == signal.SIGXCPU:
             return SandboxTimeout("the job used up its CPU-time limit and was stopped")
-        if number == signal.SIGKILL:  # not ours (we record our kills): the kernel's OOM killer, or CPU hard limit
-            return SandboxOutOfMemory(
-                f"the job was killed (SIGKILL) while running the model, likely out of memory "
-                f"(limit {limits.memory_mib} MiB)"
+        if number == signal.SIGKILL:  # not ours (we record our kills): the host's OOM killer or an operator
+            return SandboxKilled(
+                f"the job's process was killed (SIGKILL) from outside, below its own memory limit of "
+                f"{limits.memory_mib} MiB: likely the machine ran short of memory"
             )
         name = signal.Signals(number).name if number in signal.valid_signals() else "unknown"
         if _mentions_allocation_failure(log_tail):
