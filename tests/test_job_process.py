@@ -172,7 +172,7 @@ def test_a_job_that_reaches_its_time_limit_without_getting_the_cpu_is_a_machine_
                 os.kill(int(pid), signal.SIGSTOP)
                 stopped.append(int(pid))
 
-    with pytest.raises(SandboxStarved, match="less than 25% of a core"):
+    with pytest.raises(SandboxStarved, match="less than 10% of a core"):
         run_job_process(
             JobRequest(model, tmp_path / "out.onnx", OPTIONS),
             tmp_path / "job",

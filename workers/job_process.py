@@ -58,7 +58,7 @@ LOG = "sandbox.log"
 _EXIT_GRACE_S = 30.0
 # A job that reaches its wall-time limit having had less CPU than this share of one core was starved by
 # an overloaded host (its pipeline is CPU-bound), not slow by itself: a machine fault, retried.
-STARVED_CPU_SHARE = 0.25
+STARVED_CPU_SHARE = 0.1
 
 # Environment the child inherits: what Python, the numeric libraries and our own non-secret switches
 # read. Everything else (API tokens, the broker URL, cloud credentials) stays with the parent.
@@ -231,7 +231,7 @@ def _follow(
     progress: Progress | None,
     keep_going: Callable[[], bool] | None,
 ) -> str | None:
-    """Relay progress until the child ends; ``"timeout"`` or ``"stopped"`` when the parent ended it."""
+    """Relay progress until the child ends; ``"timeout"`` (or ``"starved:<cpu s>"``) when the parent ended it."""
     deadline = None if limits.wall_s is None else time.monotonic() + limits.wall_s
     next_check = time.monotonic() + limits.stop_poll_s
     pending = b""
@@ -260,7 +260,7 @@ def _follow(
             used = _cpu_seconds(child.pid)
             _kill(child)
             starved = used is not None and limits.wall_s is not None and used < STARVED_CPU_SHARE * limits.wall_s
-            return "starved" if starved else "timeout"
+            return f"starved:{used:.1f}" if starved else "timeout"
         if keep_going is not None and time.monotonic() >= next_check:
             next_check = time.monotonic() + limits.stop_poll_s
             if not keep_going():
@@ -286,10 +286,11 @@ def _kill(child: subprocess.Popen[bytes]) -> None:
 
 
 def _result(workdir: Path, returncode: int | None, ended_by: str | None, limits: JobLimits) -> JobResult:
-    if ended_by == "starved":
+    if ended_by is not None and ended_by.startswith("starved:"):
         raise SandboxStarved(
-            f"the job ran past its time limit of {limits.wall_s:g} s while the machine gave it less than "
-            f"{STARVED_CPU_SHARE:.0%} of a core: the host is overloaded"
+            f"the job ran past its time limit of {limits.wall_s:g} s while the machine gave it "
+            f"{ended_by.removeprefix('starved:')} s of CPU (less than {STARVED_CPU_SHARE:.0%} of a core): "
+            "the host is overloaded"
         )
     if ended_by == "timeout":
         raise SandboxTimeout(f"the job ran past its time limit of {limits.wall_s:g} s and was stopped")
