@@ -20,6 +20,7 @@ from onnxprune.service.runners import Runner
 from onnxprune.service.uploads import check_data, check_model, parse_config, receive_upload
 from onnxprune.workers.capabilities import missing_capability
 from onnxprune.workers.fileio import file_sha256
+from onnxprune.workers.options import PruneOptions
 
 MAX_IDEMPOTENCY_KEY = 200
 BROKER_RETRY_AFTER_S = 10
@@ -57,6 +58,7 @@ async def accept_job(
     try:
         upload = await receive_upload(request, files, settings.max_upload_bytes)
         options = parse_config(upload.config_text)
+        refuse_over_time_limit(options, settings)
         needs_data = options.data_requirement() if upload.data_bytes is None else None
         if needs_data:
             raise ApiError(422, "invalid_config", f"{needs_data}: add a 'data' part (.npz)")
@@ -105,6 +107,17 @@ async def accept_job(
             headers={"Retry-After": str(BROKER_RETRY_AFTER_S)},
         )
     return record, True
+
+
+def refuse_over_time_limit(options: PruneOptions, settings: Settings) -> None:
+    """A time budget the server would cut short: the job would be killed as ``timeout`` and lose its work."""
+    if options.time_budget is not None and options.time_budget > settings.soft_time_limit_s:
+        raise ApiError(
+            422,
+            "invalid_config",
+            f"config.time_budget: {options.time_budget:g} s is more than this server's job time limit of "
+            f"{settings.soft_time_limit_s} s (ONNXPRUNE_SOFT_TIME_LIMIT_S); ask for at most that",
+        )
 
 
 def refuse_when_full(store: JobStore, settings: Settings, owner: str) -> None:

@@ -344,7 +344,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return body(exc.status, exc.code, exc.message, exc.headers)
+        headers = exc.headers
+        if exc.status == 413:  # the rest of the body is not read: close, or the server would drain it all
+            headers = {**(headers or {}), "Connection": "close"}
+        return body(exc.status, exc.code, exc.message, headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

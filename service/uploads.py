@@ -168,6 +168,8 @@ def parse_config(text: str | None) -> PruneOptions:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ApiError(422, "invalid_config", f"config is not valid JSON: {exc.msg} at position {exc.pos}") from None
+    except (ValueError, RecursionError) as exc:  # an integer of thousands of digits; brackets nested past the stack
+        raise ApiError(422, "invalid_config", f"config is not JSON this server reads: {str(exc)[:200]}") from None
     if not isinstance(raw, dict):
         raise ApiError(422, "invalid_config", "config must be a JSON object of prune options")
     try:
