@@ -27,7 +27,7 @@ from celery.signals import after_setup_logger, task_postrun, task_prerun, worker
 
 from onnxprune.jobs.consumption import ConsumptionWatch, reconnect_consumer, redis_queue_length
 from onnxprune.jobs.policy import JobTimeout
-from onnxprune.jobs.settings import Settings
+from onnxprune.jobs.settings import Settings, load_settings
 
 TASK_NAME = "onnxprune.run_job"
 
@@ -164,7 +164,7 @@ def _time_limits(soft_s: int, hard_s: int) -> Iterator[None]:
 @lru_cache(maxsize=1)
 def app_from_environment() -> Celery:
     """The worker's app, from ``ONNXPRUNE_*`` env; built once, on first use."""
-    return make_celery(Settings())
+    return make_celery(load_settings())
 
 
 def __getattr__(name: str) -> Celery:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -91,3 +91,28 @@ class Settings(BaseSettings):
     @property
     def jobs_dir(self) -> Path:
         return self.data_dir / "jobs"
+
+
+class SettingsError(SystemExit):
+    """Inconsistent or invalid ``ONNXPRUNE_*`` settings at startup: one line naming them, exit status 1
+    (a SystemExit, so the server or worker ends with that line and no traceback)."""
+
+
+def load_settings() -> Settings:
+    """The settings from the environment; a ``SettingsError`` naming each bad variable if they do not hold."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(f"onnxprune: invalid settings: {describe_settings_error(exc)}") from None
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    prefix = str(Settings.model_config.get("env_prefix", ""))
+    problems = []
+    for error in exc.errors():
+        message = str(error["msg"]).removeprefix("Value error, ")
+        names = [f"{prefix}{part}".upper() for part in error["loc"] if isinstance(part, str)]
+        if not names:  # a rule across fields: name the variables its message mentions
+            names = [f"{prefix}{field}".upper() for field in Settings.model_fields if field in message]
+        problems.append(f"{', '.join(names)}: {message}" if names else message)
+    return "; ".join(problems)

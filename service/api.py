@@ -22,7 +22,7 @@ from onnxprune.jobs.files import JobFiles
 from onnxprune.jobs.logs import install_rate_limit
 from onnxprune.jobs.policy import STORAGE_FULL_MESSAGE, disk_nearly_full, is_storage_full
 from onnxprune.jobs.reconcile import reconcile
-from onnxprune.jobs.settings import Settings
+from onnxprune.jobs.settings import Settings, load_settings
 from onnxprune.jobs.store import JobRecord, JobStatus, JobStore
 from onnxprune.service import web
 from onnxprune.service.accept import accept_job
@@ -110,7 +110,7 @@ JobDep = Annotated[JobRecord, Depends(_owned_job)]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
+    settings = settings or load_settings()
     install_rate_limit()
 
     @contextlib.asynccontextmanager
