@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     # A worker idle while jobs wait in its queue this long has a stuck broker connection: it reconnects
     # (jobs.consumption), and past three times this it stops reporting itself alive to the healthcheck.
     consumer_stall_s: float = Field(30.0, gt=0)
+    # Upload checks run in a pool of processes (service.upload_checks): how many, their memory, their deadline.
+    upload_check_workers: int = Field(2, ge=1, le=32)
+    upload_check_memory_mib: int = Field(4096, ge=512)
+    upload_check_timeout_s: float = Field(60.0, gt=0)
     max_result_mib: float = Field(
         32.0,
         gt=0,

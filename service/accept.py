@@ -17,7 +17,8 @@ from onnxprune.jobs.settings import Settings
 from onnxprune.jobs.store import IdempotencyConflict, JobRecord, JobStatus, JobStore
 from onnxprune.service.errors import ApiError
 from onnxprune.service.runners import Runner
-from onnxprune.service.uploads import check_data, check_model, parse_config, receive_upload
+from onnxprune.service.upload_checks import UploadChecks
+from onnxprune.service.uploads import check_data, parse_config, receive_upload
 from onnxprune.workers.capabilities import missing_capability
 from onnxprune.workers.fileio import file_sha256
 from onnxprune.workers.options import PruneOptions
@@ -66,8 +67,9 @@ async def accept_job(
         missing = None if capabilities is None else missing_capability(options, capabilities)
         if missing:
             raise ApiError(422, "missing_capability", f"this server cannot run the job: {missing}")
-        await run_in_threadpool(
-            check_model, files.upload, options, settings.max_upload_bytes, has_data=upload.data_bytes is not None
+        checks: UploadChecks = request.app.state.upload_checks  # starlette's State is untyped
+        await checks.check_model(
+            files.upload, options, settings.max_upload_bytes, has_data=upload.data_bytes is not None
         )
         if upload.data_bytes is not None:
             await run_in_threadpool(check_data, files.data, upload.data_bytes, settings.max_upload_bytes)

@@ -35,6 +35,7 @@ from onnxprune.service.option_form import OptionSpec, option_specs
 from onnxprune.service.retention import remove_expired
 from onnxprune.service.runners import Runner, make_runner
 from onnxprune.service.schemas import ErrorBody, Health, JobList, JobPublic, QueueDepth
+from onnxprune.service.upload_checks import UploadChecks
 from onnxprune.workers.report import PruneReport
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _import_upload_checks()
+        # Started, not awaited: the first upload waits for what is not warm yet, a server with none never does.
+        warming_checks = asyncio.get_running_loop().run_in_executor(None, app.state.upload_checks.warm_up)
+        warming_checks.add_done_callback(lambda done: done.cancelled() or done.exception())
         app.state.runner.start()
         # Before serving: a first publish that has to set up the app and its connection can take longer
         # than the publish timeout on a loaded machine. Bounded: a sick broker delays start by 5 s at most.
@@ -133,7 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 task.cancel()
             # The publisher pool lives as long as the app (a lifespan may run more than once, as
             # test clients do); its threads end at exit, bounded by the broker's socket timeouts.
-            app.state.runner.close()
+            app.state.runner.close()  # the upload checks' pool is the process's: it ends at exit
 
     # Swagger UI (/docs) and ReDoc (/redoc) load their scripts from this server (fastapi-offline ships
     # them), not from a public CDN: the docs work on an air-gapped server.
@@ -150,6 +154,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Broker calls (publishing, the reconciler) run here, never on the event loop.
     app.state.publisher = ThreadPoolExecutor(8, thread_name_prefix="onnxprune-publish")
     app.state.views = JobViews()
+    app.state.upload_checks = UploadChecks.shared(
+        settings.upload_check_workers, settings.upload_check_memory_mib, settings.upload_check_timeout_s
+    )
     _add_error_handlers(app)
     _add_routes(app)
     app.include_router(web.router)  # the upload page at / and /v1/jobs/{id}/report.html
