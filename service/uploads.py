@@ -197,13 +197,14 @@ def check_model(path: Path, options: PruneOptions, max_bytes: int, *, has_data: 
     """
     import onnx
 
-    from onnxprune.graphops.loading import load_model, validate_model
+    from onnxprune.graphops.loading import inline_local_functions, load_model, validate_model
     from onnxprune.graphops.shapes import resolve_input_shapes
     from onnxprune.workers.precision import check_precision
 
     try:
         model = load_model(path, max_bytes=max_bytes)
         validate_model(model)
+        model = inline_local_functions(model)  # as the job will: the checker then sees plain ops
         refuse_long_names(model)
         resolve_input_shapes(model, options.input_shapes)
         check_precision(model, options, has_data=has_data)  # a QDQ model through a float-only path
