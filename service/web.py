@@ -21,7 +21,7 @@ from onnxprune.service.auth import Owner, may_access
 from onnxprune.service.errors import ApiError
 from onnxprune.service.file_responses import open_file_response
 from onnxprune.workers.fileio import atomic_write_text
-from onnxprune.workers.job_process import REPORT_HTML
+from onnxprune.workers.html_report import PAGE_NAME as REPORT_HTML
 
 log = logging.getLogger(__name__)
 

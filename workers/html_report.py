@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # jinja2 is imported when a page is rendered
     from jinja2 import Environment
 
 
+PAGE_NAME = "report.html"  # the file name of a job's page beside its report.json
 MAX_NAME_CHARS = 200  # a node name in the page's tables; the JSON report and the plan keep it whole
 
 

@@ -36,6 +36,7 @@ from typing import Any
 from onnxprune.graphops.errors import AnalysisBug, ModelRejected, PlanError
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.workers.capabilities import MissingCapability
+from onnxprune.workers.html_report import PAGE_NAME
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.report import PruneReport, SensitivityReport
 from onnxprune.workers.sandbox import (
@@ -53,7 +54,7 @@ REQUEST = "request.json"
 RESULT = "result.json"
 REPORT = "report.json"
 PLAN = "plan.json"
-REPORT_HTML = "report.html"
+REPORT_HTML = PAGE_NAME
 LOG = "sandbox.log"
 _EXIT_GRACE_S = 30.0
 # A job that reaches its wall-time limit having had less CPU than this share of one core was starved by
