@@ -136,16 +136,18 @@ def validate_model(model: onnx.ModelProto, limits: ValidationLimits = Validation
                 f"initializers and constants exceed the limit of {limits.max_initializer_bytes} bytes "
                 f"(reached at tensor {tensor.name!r})"
             )
+    local = {(function.domain, function.name) for function in model.functions}
     for node in _all_nodes(model.graph):
-        _check_node(node)
+        _check_node(node, local)
     for function in model.functions:  # local functions: their bodies run like the graph's own nodes
         for node in _all_nodes(function):
-            _check_node(node)
+            _check_node(node, local)
     _check_element_types(model.graph)
     _check_generated_sizes(model.graph, _constant_tensors(model.graph), limits)
     for function in model.functions:
         _check_generated_sizes(function, _constant_tensors(function), limits)
-    if not any(handler_for(node.op_type).role in ("filter", "linear") for node in model.graph.node):
+    bodies = [model.graph.node, *(function.node for function in model.functions)]  # inlined before pruning
+    if not any(handler_for(node.op_type).role in ("filter", "linear") for nodes in bodies for node in nodes):
         raise ModelRejected(NOTHING_TO_PRUNE)
 
 
@@ -170,7 +172,26 @@ def _check_versions(model: onnx.ModelProto) -> None:
         raise ModelRejected("model declares no ai.onnx opset")
 
 
-def _check_node(node: onnx.NodeProto) -> None:
+def inline_local_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every call of a model-local function replaced by the function's body (onnx's
+    inliner), so that the pruner and the checker see plain ops. Call it after ``validate_model``, which
+    bounds what inlining expands to."""
+    if not model.functions:
+        return model
+    from onnx import inliner
+
+    inlined = inliner.inline_local_functions(model)
+    del inlined.functions[:]
+    used = {node.domain for node in _all_nodes(inlined.graph)}
+    kept = [o for o in inlined.opset_import if o.domain in ALLOWED_DOMAINS or o.domain in used]
+    del inlined.opset_import[:]
+    inlined.opset_import.extend(kept)  # the functions' own domains go with them
+    return inlined
+
+
+def _check_node(node: onnx.NodeProto, local: frozenset[tuple[str, str]] | set[tuple[str, str]] = frozenset()) -> None:
+    if (node.domain, node.op_type) in local:
+        return  # a call of a model-local function: its body is checked node by node
     if node.domain not in ALLOWED_DOMAINS:
         raise ModelRejected(
             f"node {_node_label(node)} uses op {node.op_type!r} from custom domain {node.domain!r}; "

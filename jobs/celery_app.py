@@ -23,10 +23,11 @@ from contextlib import contextmanager
 from functools import lru_cache
 
 from celery import Celery, Task
-from celery.signals import after_setup_logger, worker_ready
+from celery.signals import after_setup_logger, task_postrun, task_prerun, worker_ready
 
+from onnxprune.jobs.consumption import ConsumptionWatch, reconnect_consumer, redis_queue_length
 from onnxprune.jobs.policy import JobTimeout
-from onnxprune.jobs.settings import Settings
+from onnxprune.jobs.settings import Settings, load_settings
 
 TASK_NAME = "onnxprune.run_job"
 
@@ -62,7 +63,16 @@ def make_celery(settings: Settings) -> Celery:
             # A stalled or refusing Redis must fail fast: the API answers 503 rather than hang.
             "socket_connect_timeout": 2,
             "socket_timeout": 5,
+            # A connection that a stall left half-dead is found (TCP keepalive, a PING before reusing
+            # one idle this long) and replaced, rather than read from forever.
+            "socket_keepalive": True,
+            "health_check_interval": 10,
+            "retry_on_timeout": True,
         },
+        # The worker reconnects for as long as the broker stays away (Celery's default gives up after
+        # 100 tries and the worker exits); jobs it held come back through the visibility timeout.
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,
         task_publish_retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
@@ -71,8 +81,16 @@ def make_celery(settings: Settings) -> Celery:
     _register_task(app, settings)
     after_setup_logger.connect(_rate_limit_worker_logs, weak=False, dispatch_uid="onnxprune-rate-limit")
 
+    watch = ConsumptionWatch(
+        redis_queue_length(app.conf.broker_url, f"{settings.redis_prefix}{settings.queue}"),
+        reconnect_consumer,
+        stall_after_s=settings.consumer_stall_s,
+    )
+    task_prerun.connect(lambda **_: watch.task_started(), weak=False, dispatch_uid="onnxprune-busy")
+    task_postrun.connect(lambda **_: watch.task_finished(), weak=False, dispatch_uid="onnxprune-idle")
+
     def on_ready(**_: object) -> None:
-        _worker_ready(settings)
+        _worker_ready(settings, watch)
 
     worker_ready.connect(on_ready, weak=False, dispatch_uid="onnxprune-worker-ready")
     return app
@@ -82,14 +100,14 @@ def worker_pool(settings: Settings) -> str:
     return "solo" if settings.jobs_at_once() == 1 else "threads"
 
 
-def _worker_ready(settings: Settings) -> None:
+def _worker_ready(settings: Settings, watch: ConsumptionWatch) -> None:
     """Start the liveness heartbeat the container healthcheck reads (``workers.heartbeat``: a busy solo
-    worker cannot answer pings) and tell the API what this worker can run, so it refuses at upload what
-    none can (``jobs.capabilities``)."""
+    worker cannot answer pings), beating while the worker takes jobs (``jobs.consumption``), and tell the
+    API what this worker can run, so it refuses at upload what none can (``jobs.capabilities``)."""
     from onnxprune.jobs.capabilities import publish_capabilities
-    from onnxprune.workers.heartbeat import start_heartbeat
+    from onnxprune.workers.heartbeat import INTERVAL_S, start_heartbeat
 
-    start_heartbeat()
+    start_heartbeat(interval_s=min(INTERVAL_S, settings.consumer_stall_s / 3), alive=watch.check)
     try:
         publish_capabilities(settings)
     except Exception:  # noqa: BLE001 - the worker still runs jobs; the API then accepts and the job says why
@@ -153,7 +171,7 @@ def _time_limits(soft_s: int, hard_s: int) -> Iterator[None]:
 @lru_cache(maxsize=1)
 def app_from_environment() -> Celery:
     """The worker's app, from ``ONNXPRUNE_*`` env; built once, on first use."""
-    return make_celery(Settings())
+    return make_celery(load_settings())
 
 
 def __getattr__(name: str) -> Celery:

@@ -30,6 +30,7 @@ class Failure:
     code: str
     message: str
     retry: bool
+    max_retries: int | None = None  # fewer retries than the deployment's for this kind of failure
 
 
 def is_storage_full(exc: BaseException) -> bool:
@@ -53,10 +54,22 @@ def classify(exc: BaseException) -> Failure:
     from celery.exceptions import SoftTimeLimitExceeded
 
     from onnxprune.workers.job_process import SandboxFailure
-    from onnxprune.workers.sandbox import RunnerError, SandboxOutOfMemory, SandboxTimeout
+    from onnxprune.workers.sandbox import (
+        RunnerError,
+        SandboxKilled,
+        SandboxOutOfMemory,
+        SandboxStarved,
+        SandboxTimeout,
+    )
     from onnxprune.workers.verification import VerificationFailed
 
     message = str(exc) or type(exc).__name__
+    # The machine, not the job: killed from outside below its own limits, or starved of CPU. Once more,
+    # on a machine that may have recovered (or another worker); twice is not chance any more.
+    if isinstance(exc, SandboxKilled):
+        return Failure("resource_limit", message, retry=True, max_retries=1)
+    if isinstance(exc, SandboxStarved):
+        return Failure("timeout", message, retry=True, max_retries=1)
     if isinstance(exc, (JobTimeout, SoftTimeLimitExceeded, SandboxTimeout)):
         return Failure("timeout", message, retry=False)
     if isinstance(exc, SandboxOutOfMemory):
@@ -91,8 +104,10 @@ def after_attempt(exc: BaseException, attempts_done: int, max_retries: int) -> F
     failure = classify(exc)
     if not failure.retry:
         return failure
-    if attempts_done <= max_retries:
+    if attempts_done <= min(max_retries, failure.max_retries if failure.max_retries is not None else max_retries):
         return failure
     if failure.code == "storage_full":
         return Failure(failure.code, failure.message, retry=False)
+    if failure.code in ("resource_limit", "timeout"):  # the machine twice: say so, under the kind's code
+        return Failure(failure.code, f"{failure.message} (on each of {attempts_done} attempts)", retry=False)
     return Failure(failure.code, f"failed after {attempts_done} attempts ({failure.message})", retry=False)

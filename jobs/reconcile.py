@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from onnxprune.jobs.store import JobRecord, JobStatus, JobStore
 
@@ -21,6 +21,14 @@ log = logging.getLogger(__name__)
 class Reconciled:
     resent: list[str]
     failed: list[str]
+    untaken: list[str] = field(default_factory=list)  # in the broker, waiting past ``untaken_after_s``, none running
+
+
+# Queued jobs whose messages are in the broker but that no worker takes are not lost (a re-send would
+# queue them twice): either every worker is gone or their consumers are wedged (a Redis stall did that
+# to Celery workers, which then answered pings). The workers' own watch reconnects or restarts them
+# (jobs.consumption); the reconciler says so loudly, since only an operator can fix missing workers.
+UNTAKEN_AFTER_S = 120.0
 
 
 def needs_resend(job: JobRecord, pending: Collection[str] | None, now: float, grace_s: float) -> bool:
@@ -47,12 +55,22 @@ def reconcile(
     grace_s: float,
     max_resends: int,
     now: float | None = None,
+    untaken_after_s: float = UNTAKEN_AFTER_S,
 ) -> Reconciled:
     """One pass: re-send each orphaned job, or fail it once it has been re-sent ``max_resends`` times."""
     now = time.time() if now is None else now
     resent: list[str] = []
     failed: list[str] = []
-    for job in store.active():
+    active = store.active()
+    untaken = _untaken(active, pending, now, untaken_after_s)
+    if untaken:
+        log.error(
+            "reconciler: %d jobs have waited in the broker for over %.0f s and no job is running: "
+            "no worker is taking jobs (none running, or their broker connections are stuck)",
+            len(untaken),
+            untaken_after_s,
+        )
+    for job in active:
         if not needs_resend(job, pending, now, grace_s):
             continue
         if job.resends >= max_resends:
@@ -69,4 +87,14 @@ def reconcile(
         resent.append(job.id)
     if resent or failed:
         log.warning("reconciler: re-sent %d jobs, failed %d lost ones", len(resent), len(failed))
-    return Reconciled(resent, failed)
+    return Reconciled(resent, failed, untaken)
+
+
+def _untaken(active: list[JobRecord], pending: Collection[str] | None, now: float, after_s: float) -> list[str]:
+    if pending is None or any(job.status is JobStatus.running for job in active):
+        return []
+    return [
+        job.id
+        for job in active
+        if job.status is JobStatus.queued and job.id in pending and now - (job.sent_at or job.created_at) >= after_s
+    ]

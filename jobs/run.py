@@ -28,7 +28,7 @@ from onnxprune.jobs.policy import after_attempt
 from onnxprune.jobs.settings import Settings
 from onnxprune.jobs.store import JobRecord, JobStatus, JobStore
 from onnxprune.workers.fileio import file_sha256
-from onnxprune.workers.job_process import JobLimits, JobRequest, run_job_process
+from onnxprune.workers.job_process import REPORT_HTML, JobLimits, JobRequest, run_job_process
 from onnxprune.workers.options import PruneOptions
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ def job_limits(settings: Settings) -> JobLimits:
         nice=settings.job_nice,
         threads=settings.job_threads or None,
         jobs_at_once=settings.jobs_at_once(),
+        max_result_mib=settings.max_result_mib,
     )
 
 
@@ -163,13 +164,22 @@ def _attempt(job_id: str, token: str, store: JobStore, settings: Settings) -> Ou
             work = files.new_attempt(token)
             data = files.data if files.data.exists() else None
             plan = PruningPlan.from_json(files.plan_in.read_text()) if files.plan_in.exists() else None
-            request = JobRequest(files.upload, work / MODEL, options, data=data, plan=plan)
+            request = JobRequest(
+                files.upload,
+                work / MODEL,
+                options,
+                data=data,
+                plan=plan,
+                report_page_title=f"onnxprune job {job_id}",
+            )
             sandbox = work / "sandbox"
             result = run_job_process(
                 request, sandbox, limits=job_limits(settings), progress=progress, keep_going=keep_going
             )
             os.replace(result.report_path, work / REPORT)
             os.replace(result.plan_path, work / PLAN)
+            if result.report_page_path is not None:
+                os.replace(result.report_page_path, work / REPORT_HTML)
             shutil.rmtree(sandbox)  # the request, the child's log and scratch: not part of the result
             if not store.holds(job_id, token):
                 raise AttemptStopped(job_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Threads per job when sizing a worker's concurrency by itself: two passive threads made 2.1 to 2.6
@@ -52,6 +52,18 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(10.0, gt=0)
     reconcile_grace_s: float = Field(30.0, ge=0)
     max_resends: int = Field(3, ge=0, le=100)
+    # A worker idle while jobs wait in its queue this long has a stuck broker connection: it reconnects
+    # (jobs.consumption), and past three times this it stops reporting itself alive to the healthcheck.
+    consumer_stall_s: float = Field(30.0, gt=0)
+    # Upload checks run in a pool of processes (service.upload_checks): how many, their memory, their deadline.
+    upload_check_workers: int = Field(2, ge=1, le=32)
+    upload_check_memory_mib: int = Field(4096, ge=512)
+    upload_check_timeout_s: float = Field(60.0, gt=0)
+    max_result_mib: float = Field(
+        32.0,
+        gt=0,
+        description="Largest report or plan a job may produce (both are served whole); past it the job fails.",
+    )
     # Backpressure: beyond these many jobs queued or running, POST /v1/jobs answers 429 + Retry-After.
     max_active_jobs: int = Field(200, ge=1, description="Queue limit of the deployment.")
     max_active_per_owner: int = Field(0, ge=0, description="Queue limit of one token (0: none).")
@@ -115,3 +127,28 @@ class Settings(BaseSettings):
     @property
     def jobs_dir(self) -> Path:
         return self.data_dir / "jobs"
+
+
+class SettingsError(SystemExit):
+    """Inconsistent or invalid ``ONNXPRUNE_*`` settings at startup: one line naming them, exit status 1
+    (a SystemExit, so the server or worker ends with that line and no traceback)."""
+
+
+def load_settings() -> Settings:
+    """The settings from the environment; a ``SettingsError`` naming each bad variable if they do not hold."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(f"onnxprune: invalid settings: {describe_settings_error(exc)}") from None
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    prefix = str(Settings.model_config.get("env_prefix", ""))
+    problems = []
+    for error in exc.errors():
+        message = str(error["msg"]).removeprefix("Value error, ")
+        names = [f"{prefix}{part}".upper() for part in error["loc"] if isinstance(part, str)]
+        if not names:  # a rule across fields: name the variables its message mentions
+            names = [f"{prefix}{field}".upper() for field in Settings.model_fields if field in message]
+        problems.append(f"{', '.join(names)}: {message}" if names else message)
+    return "; ".join(problems)

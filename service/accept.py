@@ -17,10 +17,11 @@ from onnxprune.jobs.settings import Settings
 from onnxprune.jobs.store import IdempotencyConflict, JobRecord, JobStatus, JobStore
 from onnxprune.service.errors import ApiError
 from onnxprune.service.runners import Runner
-from onnxprune.service.uploads import check_data, check_model, parse_config, parse_plan, receive_upload
+from onnxprune.service.upload_checks import UploadChecks
+from onnxprune.service.uploads import check_data, parse_config, parse_plan, receive_upload
 from onnxprune.workers.capabilities import TORCH, local_capabilities, missing_capability
 from onnxprune.workers.fileio import file_sha256
-from onnxprune.workers.options import with_data_defaults
+from onnxprune.workers.options import PruneOptions, with_data_defaults
 
 MAX_IDEMPOTENCY_KEY = 200
 BROKER_RETRY_AFTER_S = 10
@@ -61,6 +62,7 @@ async def accept_job(
         if upload.plan_bytes is not None:
             plan = parse_plan(upload.plan_bytes)
             await run_in_threadpool(files.plan_in.write_text, plan.to_json())
+        refuse_over_time_limit(options, settings)
         needs_data = options.data_requirement() if upload.data_bytes is None else None
         if needs_data:
             raise ApiError(422, "invalid_config", f"{needs_data}: add a 'data' part (.npz)")
@@ -73,8 +75,9 @@ async def accept_job(
         missing = None if capabilities is None else missing_capability(options, capabilities)
         if missing:
             raise ApiError(422, "missing_capability", f"this server cannot run the job: {missing}")
-        await run_in_threadpool(
-            check_model, files.upload, options, settings.max_upload_bytes, has_data=upload.data_bytes is not None
+        checks: UploadChecks = request.app.state.upload_checks  # starlette's State is untyped
+        await checks.check_model(
+            files.upload, options, settings.max_upload_bytes, has_data=upload.data_bytes is not None
         )
         if upload.data_bytes is not None:
             await run_in_threadpool(check_data, files.data, upload.data_bytes, settings.max_upload_bytes)
@@ -114,6 +117,17 @@ async def accept_job(
             headers={"Retry-After": str(BROKER_RETRY_AFTER_S)},
         )
     return record, True
+
+
+def refuse_over_time_limit(options: PruneOptions, settings: Settings) -> None:
+    """A time budget the server would cut short: the job would be killed as ``timeout`` and lose its work."""
+    if options.time_budget is not None and options.time_budget > settings.soft_time_limit_s:
+        raise ApiError(
+            422,
+            "invalid_config",
+            f"config.time_budget: {options.time_budget:g} s is more than this server's job time limit of "
+            f"{settings.soft_time_limit_s} s (ONNXPRUNE_SOFT_TIME_LIMIT_S); ask for at most that",
+        )
 
 
 def refuse_when_full(store: JobStore, settings: Settings, owner: str) -> None:

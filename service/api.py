@@ -22,18 +22,20 @@ from onnxprune.jobs.files import JobFiles
 from onnxprune.jobs.logs import install_rate_limit
 from onnxprune.jobs.policy import STORAGE_FULL_MESSAGE, disk_nearly_full, is_storage_full
 from onnxprune.jobs.reconcile import reconcile
-from onnxprune.jobs.settings import Settings
+from onnxprune.jobs.settings import Settings, load_settings
 from onnxprune.jobs.store import JobRecord, JobStatus, JobStore
 from onnxprune.service import web
 from onnxprune.service.accept import accept_job
 from onnxprune.service.auth import ListingOwner, Owner, caller, may_access
 from onnxprune.service.direct_route import DirectRoute
 from onnxprune.service.errors import ApiError
+from onnxprune.service.file_responses import open_file_response
 from onnxprune.service.job_views import JobViews
 from onnxprune.service.option_form import OptionSpec, option_specs
 from onnxprune.service.retention import remove_expired
 from onnxprune.service.runners import Runner, make_runner
 from onnxprune.service.schemas import ErrorBody, Health, JobList, JobPublic, QueueDepth
+from onnxprune.service.upload_checks import UploadChecks
 from onnxprune.workers.report import PruneReport
 
 log = logging.getLogger(__name__)
@@ -114,12 +116,15 @@ JobDep = Annotated[JobRecord, Depends(_owned_job)]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
+    settings = settings or load_settings()
     install_rate_limit()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _import_upload_checks()
+        # Started, not awaited: the first upload waits for what is not warm yet, a server with none never does.
+        warming_checks = asyncio.get_running_loop().run_in_executor(None, app.state.upload_checks.warm_up)
+        warming_checks.add_done_callback(lambda done: done.cancelled() or done.exception())
         app.state.runner.start()
         # Before serving: a first publish that has to set up the app and its connection can take longer
         # than the publish timeout on a loaded machine. Bounded: a sick broker delays start by 5 s at most.
@@ -137,7 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 task.cancel()
             # The publisher pool lives as long as the app (a lifespan may run more than once, as
             # test clients do); its threads end at exit, bounded by the broker's socket timeouts.
-            app.state.runner.close()
+            app.state.runner.close()  # the upload checks' pool is the process's: it ends at exit
 
     # Swagger UI (/docs) and ReDoc (/redoc) load their scripts from this server (fastapi-offline ships
     # them), not from a public CDN: the docs work on an air-gapped server.
@@ -154,6 +159,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Broker calls (publishing, the reconciler) run here, never on the event loop.
     app.state.publisher = ThreadPoolExecutor(8, thread_name_prefix="onnxprune-publish")
     app.state.views = JobViews()
+    app.state.upload_checks = UploadChecks.shared(
+        settings.upload_check_workers, settings.upload_check_memory_mib, settings.upload_check_timeout_s
+    )
     _add_error_handlers(app)
     _add_routes(app)
     app.include_router(web.router)  # the upload page at / and /v1/jobs/{id}/report.html
@@ -172,7 +180,10 @@ def _add_routes(app: FastAPI) -> None:
         if rendered is None and job.status is JobStatus.succeeded:
             # The first rendering of a result reads and validates its report: off the event loop.
             report = _result(job, request.app.state.settings, "report")
-            rendered = await asyncio.to_thread(views.render, job, report)
+            try:
+                rendered = await asyncio.to_thread(views.render, job, report)
+            except FileNotFoundError:  # deleted while it was read: as if it had been gone before
+                raise ApiError(404, "not_found", f"no job {job_id!r}") from None
         elif rendered is None:
             rendered = views.render(job, None)
         headers = {"ETag": rendered.etag, "Cache-Control": "private, no-cache"}
@@ -280,25 +291,23 @@ def _add_routes(app: FastAPI) -> None:
                 "the float pruned model a quantized job kept (404 for a job that did not quantize)."
             ),
         ] = "final",
-    ) -> FileResponse:
+    ) -> Response:
         """The pruned model; ``X-Content-SHA256`` is its hex SHA-256."""
         if variant == "float":
             path, sha256 = _float_model(job, settings)
             name = f"{job.id}.float.onnx"
         else:
             path, sha256, name = _result(job, settings, "model"), job.output_sha256 or "", f"{job.id}.onnx"
-        return FileResponse(
-            path, media_type="application/octet-stream", filename=name, headers={"X-Content-SHA256": sha256}
-        )
+        return open_file_response(path, "application/octet-stream", {"X-Content-SHA256": sha256}, filename=name)
 
     @app.get("/v1/jobs/{job_id}/report", response_model=PruneReport, responses=_ERRORS, tags=["results"])
     def get_report(job: JobDep, settings: SettingsDep) -> Response:
-        return FileResponse(_result(job, settings, "report"), media_type="application/json")
+        return open_file_response(_result(job, settings, "report"), "application/json")
 
     @app.get("/v1/jobs/{job_id}/plan", responses=_ERRORS, tags=["results"])
     def get_plan(job: JobDep, settings: SettingsDep) -> Response:
         """The pruning plan (kept channel indices per group) as JSON, reusable with the CLI."""
-        return FileResponse(_result(job, settings, "plan"), media_type="application/json")
+        return open_file_response(_result(job, settings, "plan"), "application/json")
 
     @app.delete(
         "/v1/jobs/{job_id}",
@@ -347,7 +356,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return body(exc.status, exc.code, exc.message, exc.headers)
+        headers = exc.headers
+        if exc.status == 413:  # the rest of the body is not read: close, or the server would drain it all
+            headers = {**(headers or {}), "Connection": "close"}
+        return body(exc.status, exc.code, exc.message, headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -361,6 +373,9 @@ def _add_error_handlers(app: FastAPI) -> None:
         return body(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 
     async def storage_error(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, FileNotFoundError):  # a job's file removed while a request read it (DELETE, retention)
+            log.info("%s %s: a file was removed while it was read: %s", request.method, request.url.path, exc)
+            return body(404, "not_found", "the job's files have been removed")
         data_dir = request.app.state.settings.data_dir
         if is_storage_full(exc) or disk_nearly_full(data_dir):
             log.error("storage full: %s", exc)

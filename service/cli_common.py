@@ -19,6 +19,7 @@ from rich.markup import escape
 from onnxprune.graphops.errors import GraphOpsError, ModelRejected
 from onnxprune.service.cli_output import EXIT_BAD_INPUT, EXIT_FAILURE
 from onnxprune.workers.options import parse_input_shape
+from onnxprune.workers.sandbox import SandboxLimit
 
 console = Console(stderr=True)
 
@@ -44,6 +45,8 @@ def one_line_errors(command: Callable[..., None]) -> Callable[..., None]:
             fail(str(exc), EXIT_BAD_INPUT)
         except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
             fail(f"{exc.strerror}: {exc.filename}", EXIT_BAD_INPUT)
+        except SandboxLimit as exc:  # a limit or the host stopped the run: not the input's fault as such
+            fail(str(exc), EXIT_FAILURE)
         except Exception as exc:  # the last line of defence
             if os.environ.get("ONNXPRUNE_DEBUG"):
                 raise

@@ -23,10 +23,10 @@ def serve(
     """Run the REST API. Without ONNXPRUNE_REDIS_URL, jobs run in this process (embedded mode)."""
     import uvicorn
 
-    from onnxprune.jobs.settings import Settings
+    from onnxprune.jobs.settings import load_settings
     from onnxprune.service.api import create_app
 
-    uvicorn.run(create_app(Settings()), host=host, port=port)
+    uvicorn.run(create_app(load_settings()), host=host, port=port)
 
 
 def worker(
@@ -35,9 +35,9 @@ def worker(
 ) -> None:
     """Run a Celery worker: as many jobs at once as its CPUs hold (ONNXPRUNE_WORKER_CONCURRENCY, default
     CPUs // ONNXPRUNE_JOB_THREADS, 2 threads a job when unset), each job's threads sized to its share."""
-    from onnxprune.jobs.settings import Settings
+    from onnxprune.jobs.settings import load_settings
 
-    settings = Settings()
+    settings = load_settings()
     if settings.embedded:
         typer.echo("error: set ONNXPRUNE_REDIS_URL (e.g. redis://127.0.0.1:6379/0) to run a worker", err=True)
         raise typer.Exit(2)

@@ -40,10 +40,19 @@ class RenderedJob:
 
 
 class JobViews:
-    def __init__(self, size: int = 512) -> None:
-        self._size = size
+    """At most ``size`` renderings and ``max_bytes`` of bodies; a body over ``max_item_bytes`` is served
+    but not kept (a few large reports would otherwise hold the API's memory)."""
+
+    def __init__(self, size: int = 512, max_bytes: int = 64 << 20, max_item_bytes: int = 8 << 20) -> None:
+        self._size, self._max_bytes, self._max_item_bytes = size, max_bytes, max_item_bytes
         self._items: OrderedDict[str, RenderedJob] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
+
+    @property
+    def kept_bytes(self) -> int:
+        with self._lock:
+            return self._bytes
 
     def cached(self, job: JobRecord) -> RenderedJob | None:
         """The rendering of exactly this record, if it is kept."""
@@ -61,15 +70,22 @@ class JobViews:
         data = _job_json(job, report_path).encode()
         rendered = RenderedJob(job, data, f'"{hashlib.blake2b(data, digest_size=16).hexdigest()}"')
         with self._lock:
-            self._items[job.id] = rendered
-            self._items.move_to_end(job.id)
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
+            self._drop(job.id)
+            if len(data) <= self._max_item_bytes:
+                self._items[job.id] = rendered
+                self._bytes += len(data)
+            while self._items and (len(self._items) > self._size or self._bytes > self._max_bytes):
+                self._drop(next(iter(self._items)))
         return rendered
 
     def forget(self, job_id: str) -> None:
         with self._lock:
-            self._items.pop(job_id, None)
+            self._drop(job_id)
+
+    def _drop(self, job_id: str) -> None:
+        dropped = self._items.pop(job_id, None)
+        if dropped is not None:
+            self._bytes -= len(dropped.body)
 
 
 def _job_json(job: JobRecord, report_path: Path | None) -> str:

@@ -26,10 +26,12 @@ from onnxprune.service.errors import ApiError
 from onnxprune.workers.options import PruneOptions
 
 if TYPE_CHECKING:  # the TypedDict exists only for type checkers
+    import onnx
     from python_multipart.multipart import MultipartCallbacks
 
 MAX_CONFIG_BYTES = 64 * 1024
 MAX_PLAN_BYTES = 16 << 20  # kept channel indices of every group: megabytes for the largest models
+MAX_NAME_CHARS = 1024  # exporters write names of tens of characters; reports and plans carry every one
 # An npz is a zip: its arrays may decompress to far more than the upload. The unpacked size is
 # capped by the upload's own size (DATA_RATIO x + DATA_SLACK) and, overall, by 4x the upload limit.
 MAX_DATA_EXPANSION = 4
@@ -174,6 +176,8 @@ def parse_config(text: str | None) -> PruneOptions:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ApiError(422, "invalid_config", f"config is not valid JSON: {exc.msg} at position {exc.pos}") from None
+    except (ValueError, RecursionError) as exc:  # an integer of thousands of digits; brackets nested past the stack
+        raise ApiError(422, "invalid_config", f"config is not JSON this server reads: {str(exc)[:200]}") from None
     if not isinstance(raw, dict):
         raise ApiError(422, "invalid_config", "config must be a JSON object of prune options")
     try:
@@ -209,13 +213,15 @@ def check_model(path: Path, options: PruneOptions, max_bytes: int, *, has_data: 
     """
     import onnx
 
-    from onnxprune.graphops.loading import load_model, validate_model
+    from onnxprune.graphops.loading import inline_local_functions, load_model, validate_model
     from onnxprune.graphops.shapes import resolve_input_shapes
     from onnxprune.workers.precision import check_precision
 
     try:
         model = load_model(path, max_bytes=max_bytes)
         validate_model(model)
+        model = inline_local_functions(model)  # as the job will: the checker then sees plain ops
+        refuse_long_names(model)
         resolve_input_shapes(model, options.input_shapes)
         check_precision(model, options, has_data=has_data)  # a QDQ model through a float-only path
     except ModelRejected as exc:
@@ -225,6 +231,22 @@ def check_model(path: Path, options: PruneOptions, max_bytes: int, *, has_data: 
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ApiError(422, "invalid_model", f"model fails onnx.checker: {first[:500]}") from None
+
+
+def refuse_long_names(model: onnx.ModelProto) -> None:
+    """Node and tensor names are shown in reports and plans, which grow with them (a 10 MB model of long
+    names made a 45 MB report): names past ``MAX_NAME_CHARS`` are refused, naming the first."""
+    graph = model.graph
+    named = [*graph.node, *graph.initializer, *graph.input, *graph.output, *graph.value_info]
+    names = (n for item in named for n in (item.name, *getattr(item, "output", ())))
+    long = next((name for name in names if len(name) > MAX_NAME_CHARS), None)
+    if long is not None:
+        raise ApiError(
+            422,
+            "invalid_model",
+            f"name {long[:60]!r}... is {len(long):,} characters long, over the limit of {MAX_NAME_CHARS}; "
+            "rename the model's nodes and tensors and upload it again",
+        )
 
 
 def check_data(path: Path, upload_bytes: int, max_bytes: int) -> None:

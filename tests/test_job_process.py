@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from onnxprune.workers.job_process import (
     run_job_process,
 )
 from onnxprune.workers.options import PruneOptions
-from onnxprune.workers.sandbox import SandboxOutOfMemory, SandboxTimeout
+from onnxprune.workers.sandbox import SandboxKilled, SandboxOutOfMemory, SandboxStarved, SandboxTimeout
 from onnxprune.workers.stages import STAGE_END
 from tests.service.svc_models import convnet, no_conv_model, runtime_endless_loop, runtime_memory_bomb, save
 
@@ -123,3 +124,62 @@ def test_the_child_runs_at_the_lower_priority_it_is_given(tmp_path):
             keep_going=keep_going,
         )
     assert seen and max(seen) == min(19, os.nice(0) + 7)  # 19: the lowest priority there is
+
+
+def test_a_sandbox_killed_from_outside_below_its_limits_is_a_machine_fault(tmp_path):
+    """SIGKILL that is not ours (the host's OOM killer, an operator) is not the model's fault."""
+    model = save(runtime_endless_loop(), tmp_path / "m.onnx")
+    killed: list[int] = []
+
+    def kill_once_running(stage: str, fraction: float) -> None:
+        if not killed:
+            children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
+            for pid in children:
+                os.kill(int(pid), 9)
+                killed.append(int(pid))
+
+    with pytest.raises(SandboxKilled, match="killed \\(SIGKILL\\) from outside"):
+        run_job_process(
+            JobRequest(model, tmp_path / "out.onnx", OPTIONS),
+            tmp_path / "job",
+            limits=JobLimits(wall_s=60),
+            progress=kill_once_running,
+        )
+    assert killed
+
+
+def test_a_report_larger_than_the_limit_fails_the_job_and_names_both_sizes(tmp_path):
+    model = save(convnet(), tmp_path / "m.onnx")
+    with pytest.raises(ModelRejected, match=r"report would be 0\.\d MiB, over this server's limit of 0\.001 MiB"):
+        run_job_process(
+            JobRequest(model, tmp_path / "out.onnx", OPTIONS), tmp_path / "job", limits=JobLimits(max_result_mib=0.001)
+        )
+
+
+def test_a_job_asked_for_its_page_draws_it_in_the_sandbox(tmp_path):
+    model = save(convnet(), tmp_path / "m.onnx")
+    result = run_job_process(
+        JobRequest(model, tmp_path / "out.onnx", OPTIONS, report_page_title="page of m"), tmp_path / "job"
+    )
+    assert result.report_page_path is not None and "<title>page of m</title>" in result.report_page_path.read_text()
+
+
+def test_a_job_that_reaches_its_time_limit_without_getting_the_cpu_is_a_machine_fault(tmp_path):
+    """Stopped (SIGSTOP: no CPU at all, as on a badly overloaded host) until its wall-time limit passes."""
+    model = save(runtime_endless_loop(), tmp_path / "m.onnx")
+    stopped: list[int] = []
+
+    def stop_once_running(stage: str, fraction: float) -> None:
+        if not stopped:
+            for pid in Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split():
+                os.kill(int(pid), signal.SIGSTOP)
+                stopped.append(int(pid))
+
+    with pytest.raises(SandboxStarved, match="less than 10% of a core"):
+        run_job_process(
+            JobRequest(model, tmp_path / "out.onnx", OPTIONS),
+            tmp_path / "job",
+            limits=JobLimits(wall_s=20),
+            progress=stop_once_running,
+        )
+    assert stopped

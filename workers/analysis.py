@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
@@ -19,7 +20,7 @@ import onnx
 from onnxprune.graphops.cost import ModelCost, measure_cost
 from onnxprune.graphops.dependency import DependencyGraph, analyze
 from onnxprune.graphops.input_shapes import choose_input_shapes
-from onnxprune.graphops.loading import parse_model, read_model_file, validate_model
+from onnxprune.graphops.loading import inline_local_functions, parse_model, read_model_file, validate_model
 from onnxprune.graphops.prepare import prepare_model
 from onnxprune.graphops.shapes import skeleton
 
@@ -69,6 +70,9 @@ def analyse_model(
         del data
     with stage("validate"):
         validate_model(original)
+        if original.functions:  # the pruner, and onnxruntime for a function of the default domain, need plain ops
+            original = inline_local_functions(original)
+            path = _saved_inlined(original, path)
         shape_choice = choose_input_shapes(original, input_shapes)  # probes symbolic image sizes
         shapes = shape_choice.shapes
     with stage("analyze"):
@@ -81,3 +85,12 @@ def analyse_model(
     # built still reference the original's weights. Collect them now, not whenever the collector runs.
     gc.collect()
     return analysis
+
+
+def _saved_inlined(model: onnx.ModelProto, path: Path) -> Path:
+    """Where the stages that run the original from a file (benchmark, fidelity, evaluation) find it inlined:
+    beside the temporary files of this process (a job's sandbox directory), never beside the user's file."""
+    folder = Path(tempfile.mkdtemp(prefix="onnxprune-inlined-"))
+    inlined = folder / path.name
+    onnx.save(model, inlined)
+    return inlined

@@ -2,7 +2,8 @@
 
 ``celery inspect ping`` is answered by the worker's own loop, which the solo pool blocks for as long as
 a job runs (minutes): a busy, healthy worker looked dead and the healthcheck flapped under load. A
-daemon thread touches a file instead; the healthcheck reads the file's age:
+daemon thread touches a file instead, as long as the worker still takes jobs (a thread alone would
+keep beating in a worker whose consumer a broker stall had wedged); the healthcheck reads its age:
 
     python -m onnxprune.workers.heartbeat --max-age 60      # exit 0 when the worker is alive
 """
@@ -14,18 +15,23 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 DEFAULT_PATH = Path(os.environ.get("ONNXPRUNE_HEARTBEAT_FILE", "/tmp/onnxprune-worker.heartbeat"))
 INTERVAL_S = 10.0
 
 
-def start_heartbeat(path: Path = DEFAULT_PATH, interval_s: float = INTERVAL_S) -> threading.Thread:
-    """Touch ``path`` now and every ``interval_s`` seconds for as long as the process lives."""
+def start_heartbeat(
+    path: Path = DEFAULT_PATH, interval_s: float = INTERVAL_S, alive: Callable[[], bool] | None = None
+) -> threading.Thread:
+    """Touch ``path`` now and every ``interval_s`` seconds for as long as the process lives and
+    ``alive`` (asked each time: whether the worker still takes jobs, ``jobs.consumption``) says so."""
 
     def beat() -> None:
         while True:
-            path.touch()
+            if alive is None or alive():
+                path.touch()
             time.sleep(interval_s)
 
     path.touch()

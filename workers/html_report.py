@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from onnxprune.workers import plots
@@ -18,16 +19,28 @@ if TYPE_CHECKING:  # jinja2 is imported when a page is rendered
     from jinja2 import Environment
 
 
+PAGE_NAME = "report.html"  # the file name of a job's page beside its report.json
+MAX_NAME_CHARS = 200  # a node name in the page's tables; the JSON report and the plan keep it whole
+
+
+def short_name(text: object) -> str:
+    """A name shortened for display: a page of 20,000-character names is unreadable and slow to open."""
+    text = str(text)
+    return text if len(text) <= MAX_NAME_CHARS else text[: MAX_NAME_CHARS - 1] + "\u2026"
+
+
 @lru_cache(maxsize=1)
 def _environment() -> Environment:
     from jinja2 import Environment, PackageLoader, select_autoescape
 
-    return Environment(
+    environment = Environment(
         loader=PackageLoader("onnxprune.workers", "templates"),
         autoescape=select_autoescape(["html", "j2"]),
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    environment.filters["short"] = short_name
+    return environment
 
 
 def _data_uri(png: bytes | None) -> str | None:
@@ -68,3 +81,13 @@ def _drops(sensitivity: SensitivityReport | None) -> dict[str, list[float]]:
     if sensitivity is None:
         return {}
     return {c.group: [sensitivity.baseline - v for v in c.values] for c in sensitivity.curves}
+
+
+def write_report_page(report_path: str, page_path: str, title: str) -> None:
+    """Draw the page of the JSON report at ``report_path`` into ``page_path`` (the service runs this in
+    a sandboxed child for results published without a page)."""
+    from onnxprune.workers.fileio import atomic_write_text
+
+    with open(report_path, "rb") as handle:
+        report = PruneReport.model_validate_json(handle.read())
+    atomic_write_text(Path(page_path), render_report_html(report, title=title))

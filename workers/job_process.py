@@ -37,9 +37,17 @@ from onnxprune.graphops.errors import AnalysisBug, ModelRejected, PlanError
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.workers import job_threads
 from onnxprune.workers.capabilities import MissingCapability
+from onnxprune.workers.html_report import PAGE_NAME
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.report import PruneReport, SensitivityReport
-from onnxprune.workers.sandbox import RunnerError, SandboxOutOfMemory, SandboxTimeout, cpu_budget
+from onnxprune.workers.sandbox import (
+    RunnerError,
+    SandboxKilled,
+    SandboxOutOfMemory,
+    SandboxStarved,
+    SandboxTimeout,
+    cpu_budget,
+)
 from onnxprune.workers.stages import Progress
 from onnxprune.workers.verification import VerificationFailed
 
@@ -47,8 +55,12 @@ REQUEST = "request.json"
 RESULT = "result.json"
 REPORT = "report.json"
 PLAN = "plan.json"
+REPORT_HTML = PAGE_NAME
 LOG = "sandbox.log"
 _EXIT_GRACE_S = 30.0
+# A job that reaches its wall-time limit having had less CPU than this share of one core was starved by
+# an overloaded host (its pipeline is CPU-bound), not slow by itself: a machine fault, retried.
+STARVED_CPU_SHARE = 0.1
 
 # Environment the child inherits: what Python, the numeric libraries and our own non-secret switches
 # read. Everything else (API tokens, the broker URL, cloud credentials) stays with the parent.
@@ -66,6 +78,8 @@ _KNOWN_ERRORS: dict[str, type[Exception]] = {
         RunnerError,
         SandboxTimeout,
         SandboxOutOfMemory,
+        SandboxKilled,
+        SandboxStarved,
         VerificationFailed,
         AnalysisBug,
     )
@@ -94,6 +108,9 @@ class JobLimits:
     # among the ``jobs_at_once`` jobs its caller runs side by side.
     threads: int | None = None
     jobs_at_once: int = 1
+    # The largest report or plan the job may leave (both grow with the model's node count and name
+    # lengths, and the service serves them whole); None: no limit (the CLI's default).
+    max_result_mib: float | None = None
 
     @classmethod
     def from_environment(cls) -> JobLimits:
@@ -125,6 +142,9 @@ class JobRequest:
     data: Path | None = None
     plan: PruningPlan | None = None
     sensitivity: SensitivityReport | None = None
+    # The title of the HTML report page the child draws beside the JSON report (None: no page). Drawn
+    # here, in the sandbox, because its plots and tables carry the model's node names.
+    report_page_title: str | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +154,7 @@ class JobResult:
     report_path: Path  # the report and plan as written by the child, in the working directory
     plan_path: Path
     float_output: Path | None = None  # with --quantize: the float pruned model beside the output
+    report_page_path: Path | None = None  # the HTML page, when the request asked for one
 
 
 def run_job_process(
@@ -195,6 +216,7 @@ def _write_request(request: JobRequest, workdir: Path, limits: JobLimits) -> Non
         "memory_mib": limits.memory_mib,
         "cpu_seconds": cpu_budget(wall),
         "nice": limits.nice,
+        "report_page_title": request.report_page_title,
     }
     (workdir / REQUEST).write_text(json.dumps(document))
     (workdir / RESULT).unlink(missing_ok=True)
@@ -225,7 +247,7 @@ def _follow(
     progress: Progress | None,
     keep_going: Callable[[], bool] | None,
 ) -> str | None:
-    """Relay progress until the child ends; ``"timeout"`` or ``"stopped"`` when the parent ended it."""
+    """Relay progress until the child ends; ``"timeout"`` (or ``"starved:<cpu s>"``) when the parent ended it."""
     deadline = None if limits.wall_s is None else time.monotonic() + limits.wall_s
     next_check = time.monotonic() + limits.stop_poll_s
     pending = b""
@@ -251,13 +273,24 @@ def _follow(
                         _kill(child)
                         raise
         if deadline is not None and time.monotonic() >= deadline:
+            used = _cpu_seconds(child.pid)
             _kill(child)
-            return "timeout"
+            starved = used is not None and limits.wall_s is not None and used < STARVED_CPU_SHARE * limits.wall_s
+            return f"starved:{used:.1f}" if starved else "timeout"
         if keep_going is not None and time.monotonic() >= next_check:
             next_check = time.monotonic() + limits.stop_poll_s
             if not keep_going():
                 _kill(child)
                 raise JobStopped("the job was stopped")
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) the process has used so far, from /proc (None elsewhere or once gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14, 15
 
 
 def _kill(child: subprocess.Popen[bytes]) -> None:
@@ -269,6 +302,12 @@ def _kill(child: subprocess.Popen[bytes]) -> None:
 
 
 def _result(workdir: Path, returncode: int | None, ended_by: str | None, limits: JobLimits) -> JobResult:
+    if ended_by is not None and ended_by.startswith("starved:"):
+        raise SandboxStarved(
+            f"the job ran past its time limit of {limits.wall_s:g} s while the machine gave it "
+            f"{ended_by.removeprefix('starved:')} s of CPU (less than {STARVED_CPU_SHARE:.0%} of a core): "
+            "the host is overloaded"
+        )
     if ended_by == "timeout":
         raise SandboxTimeout(f"the job ran past its time limit of {limits.wall_s:g} s and was stopped")
     result_path = workdir / RESULT
@@ -278,13 +317,28 @@ def _result(workdir: Path, returncode: int | None, ended_by: str | None, limits:
     error = document.get("error")
     if error is not None:
         raise _rebuild_error(error)
+    _check_result_sizes(workdir, limits)
     return JobResult(
         report=PruneReport.model_validate_json((workdir / REPORT).read_bytes()),
         plan=PruningPlan.from_json((workdir / PLAN).read_text()),
         report_path=workdir / REPORT,
         plan_path=workdir / PLAN,
         float_output=Path(document["float_output"]) if document.get("float_output") else None,
+        report_page_path=workdir / REPORT_HTML if (workdir / REPORT_HTML).is_file() else None,
     )
+
+
+def _check_result_sizes(workdir: Path, limits: JobLimits) -> None:
+    if limits.max_result_mib is None:
+        return
+    for name, what in ((REPORT, "report"), (PLAN, "plan")):
+        size = (workdir / name).stat().st_size
+        if size > limits.max_result_mib * 2**20:
+            raise ModelRejected(
+                f"the job's {what} would be {size / 2**20:.1f} MiB, over this server's limit of "
+                f"{limits.max_result_mib:g} MiB (it grows with the model's node count and name lengths); "
+                "shorten the node names or prune the model with the onnxprune CLI"
+            )
 
 
 def _death(returncode: int | None, log_tail: str, limits: JobLimits) -> Exception:
@@ -293,10 +347,10 @@ def _death(returncode: int | None, log_tail: str, limits: JobLimits) -> Exceptio
         number = -returncode
         if number == signal.SIGXCPU:
             return SandboxTimeout("the job used up its CPU-time limit and was stopped")
-        if number == signal.SIGKILL:  # not ours (we record our kills): the kernel's OOM killer, or CPU hard limit
-            return SandboxOutOfMemory(
-                f"the job was killed (SIGKILL) while running the model, likely out of memory "
-                f"(limit {limits.memory_mib} MiB)"
+        if number == signal.SIGKILL:  # not ours (we record our kills): the host's OOM killer or an operator
+            return SandboxKilled(
+                f"the job's process was killed (SIGKILL) from outside, below its own memory limit of "
+                f"{limits.memory_mib} MiB: likely the machine ran short of memory"
             )
         name = signal.Signals(number).name if number in signal.valid_signals() else "unknown"
         if _mentions_allocation_failure(log_tail):
@@ -383,6 +437,11 @@ def _run(document: dict[str, Any], workdir: Path, progress: Progress) -> Path | 
     )
     atomic_write_text(workdir / PLAN, result.plan.to_json())
     atomic_write_text(workdir / REPORT, result.report.model_dump_json(indent=2))
+    if document.get("report_page_title"):
+        from onnxprune.workers.html_report import render_report_html
+
+        page = render_report_html(result.report, title=str(document["report_page_title"]))
+        atomic_write_text(workdir / REPORT_HTML, page)
     return result.float_output
 
 

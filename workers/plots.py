@@ -19,6 +19,20 @@ if TYPE_CHECKING:  # matplotlib is imported when a figure is drawn, not with the
 _BEFORE, _AFTER = "#9db4d0", "#1f5fa8"
 _MAX_LEGEND = 14
 _DPI = 100
+_MAX_BARS = 60  # per-layer and per-group bar charts show the largest; the tables below them list all
+_MAX_LABEL = 40  # characters of a node name in a plot label
+
+
+def plot_label(text: str, limit: int | None = _MAX_LABEL) -> str:
+    """User text (node names come from uploaded models) as matplotlib draws it literally.
+
+    matplotlib parses any string with paired ``$`` as mathtext: a crafted name can raise on every
+    render or cost seconds of CPU. Escaped, ``$`` is drawn as itself and no parser runs; the name is
+    shortened, since a plot label of thousands of characters says nothing and costs layout time.
+    """
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1] + "\u2026"
+    return text.replace("$", r"\$")
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -55,14 +69,17 @@ def sensitivity_png(sensitivity: SensitivityReport) -> bytes:
             markersize=3,
             linewidth=1.4,
             color=colour,
-            label=f"{curve.group} ({curve.channels})",
+            label=f"{plot_label(curve.group)} ({curve.channels})",
         )
     axes.axhline(sensitivity.baseline, color="grey", linestyle=":", linewidth=1)
     axes.set_xlabel("fraction of the group's filters removed (this group alone)")
     label = "top-1 accuracy" if sensitivity.metric == "accuracy" else "fidelity (cosine to original outputs)"
     axes.set_ylabel(label)
     axes.set_title(
-        f"Sensitivity to pruning ({sensitivity.criterion}, {sensitivity.samples} samples, {sensitivity.source})",
+        plot_label(
+            f"Sensitivity to pruning ({sensitivity.criterion}, {sensitivity.samples} samples, {sensitivity.source})",
+            limit=None,
+        ),
         fontsize=10,
     )
     axes.set_xlim(0, 1)
@@ -77,6 +94,11 @@ def sensitivity_png(sensitivity: SensitivityReport) -> bytes:
 def _paired_bars(
     names: Sequence[str], before: Sequence[float], after: Sequence[float], ylabel: str, title: str
 ) -> bytes:
+    if len(names) > _MAX_BARS:  # the largest by their "before" value, in their original order
+        largest = sorted(sorted(range(len(names)), key=lambda i: -before[i])[:_MAX_BARS])
+        title = f"{title} (the {_MAX_BARS} largest of {len(names)})"
+        names, before, after = [names[i] for i in largest], [before[i] for i in largest], [after[i] for i in largest]
+    names = [plot_label(name) for name in names]
     figure = _figure(max(6.0, min(0.32 * len(names) + 2, 18.0)), 4.2)
     axes = figure.add_subplot()
     positions = range(len(names))
@@ -130,7 +152,7 @@ def loss_png(finetune: FinetuneReport) -> bytes | None:
         for start in range(finetune.steps, losses.size, finetune.steps):
             axes.axvline(start + 0.5, color="#b3261e", linewidth=0.6, linestyle="--")
     axes.set_xlabel("fine-tuning step")
-    axes.set_ylabel(f"training loss ({finetune.objective})")
+    axes.set_ylabel(plot_label(f"training loss ({finetune.objective})", limit=None))
     axes.set_title(f"fine-tuning on {finetune.samples.get('train', 0):,} training samples", fontsize=9)
     axes.legend(fontsize=8)
     return _png(figure)

@@ -53,12 +53,30 @@ class RunnerError(ModelRejected):
     """
 
 
-class SandboxTimeout(RunnerError):
+class SandboxLimit(RuntimeError):
+    """The sandbox was stopped by one of its limits or by the host.
+
+    Not a user error (``ModelRejected``): the same input may pass on a machine with more memory or
+    less load. The CLI exits 1; the service sorts the kinds (``jobs.policy``): a breach of the job's
+    own limits fails it, a kill by the host is retried once.
+    """
+
+
+class SandboxTimeout(SandboxLimit):
     """The sandbox ran past its wall-time or CPU-time limit."""
 
 
-class SandboxOutOfMemory(RunnerError):
-    """The sandbox ran out of its memory limit (or was killed for memory)."""
+class SandboxOutOfMemory(SandboxLimit):
+    """The sandbox ran out of its own memory limit."""
+
+
+class SandboxKilled(SandboxLimit):
+    """SIGKILL from outside without the sandbox passing its own memory limit: the host's OOM killer
+    (the machine ran short, maybe because of other work) or an operator; a machine fault."""
+
+
+class SandboxStarved(SandboxTimeout):
+    """The wall-time limit passed while the sandbox got little CPU: an overloaded host, a machine fault."""
 
 
 _inside_sandbox = False  # set once by ``enter_sandbox``: this process is the sandbox
@@ -156,7 +174,7 @@ def _run_here(target: Callable[..., Result], args: tuple[Any, ...]) -> Result:
     """``target(*args)`` in this process (the sandbox), failures turned into ``RunnerError`` as a child's are."""
     try:
         return target(*args)
-    except ModelRejected:  # RunnerError included: already says what went wrong
+    except (ModelRejected, SandboxLimit):  # RunnerError included: already says what went wrong
         raise
     except MemoryError:
         raise SandboxOutOfMemory("the job exceeded its memory limit while running the model") from None
@@ -182,7 +200,7 @@ def _receive(receiver: Any, child: Any, limits: RunnerLimits) -> tuple[str, Any]
     return str(status), payload
 
 
-def _crash_error(exitcode: int | None, log_tail: str, limits: RunnerLimits) -> RunnerError:
+def _crash_error(exitcode: int | None, log_tail: str, limits: RunnerLimits) -> RunnerError | SandboxLimit:
     if _mentions_allocation_failure(log_tail):
         return SandboxOutOfMemory(
             f"onnxruntime exceeded the memory limit of {limits.memory_mib} MiB while running the model"
@@ -191,8 +209,9 @@ def _crash_error(exitcode: int | None, log_tail: str, limits: RunnerLimits) -> R
         number = -exitcode
         name = signal.Signals(number).name if number in signal.valid_signals() else "unknown"
         if number == signal.SIGKILL:
-            return SandboxOutOfMemory(
-                f"onnxruntime was killed (signal 9, {name}) while running the model, likely out of memory"
+            return SandboxKilled(
+                f"onnxruntime was killed (signal 9, {name}) from outside while running the model, "
+                f"below its memory limit of {limits.memory_mib} MiB: likely the machine ran short of memory"
             )
         return RunnerError(f"onnxruntime crashed (signal {number}, {name}) while running the model")
     return RunnerError(f"onnxruntime exited with status {exitcode} without a result while running the model")

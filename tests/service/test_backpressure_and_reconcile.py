@@ -130,3 +130,17 @@ def test_unknown_broker_contents_count_as_lost_and_a_broker_error_is_not_counted
     assert needs_resend(store.get("j"), None, now=100.0, grace_s=30)
     assert reconcile(store, None, refuse, grace_s=30, max_resends=1, now=100.0).resent == []
     assert store.get(job.id).resends == 0
+
+
+def test_jobs_in_the_broker_that_no_worker_takes_are_reported_not_resent(tmp_path, caplog):
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    now = time.time()
+    _job(store, "waiting", created_at=now - 300)
+    _job(store, "fresh", created_at=now - 10)
+    sent: list[str] = []
+    result = reconcile(store, {"waiting", "fresh"}, sent.append, grace_s=30, max_resends=2, now=now)
+    assert result.untaken == ["waiting"] and sent == []
+    assert "no worker is taking jobs" in caplog.text
+    _job(store, "busy", created_at=now - 300)
+    store.claim("busy", "w", 60, max_attempts=3)  # a worker is at work: the queue is just long
+    assert reconcile(store, {"waiting", "fresh"}, sent.append, grace_s=30, max_resends=2, now=now).untaken == []

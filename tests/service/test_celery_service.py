@@ -80,6 +80,7 @@ def test_a_worker_killed_mid_job_is_redelivered_and_the_job_succeeds_once(
     assert sorted(p.name for p in (_job_dir(celery_env, job_id) / "result").iterdir()) == [
         "model.onnx",
         "plan.json",
+        "report.html",  # the page, drawn in the job's sandbox
         "report.json",
     ]
     assert twin["output_sha256"] == job["output_sha256"]

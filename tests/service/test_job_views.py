@@ -166,3 +166,23 @@ def test_the_client_sends_the_etag_back_and_gets_the_same_job_from_a_304(start_a
     assert [status for _, status in transport.polls] == [304, 304]
     assert len(sent) == 1 and None not in sent
     assert once_more == finished and finished["status"] == "succeeded"
+
+
+def _record(job_id: str, stage: str) -> JobRecord:
+    return JobRecord(
+        id=job_id, owner="", fingerprint="x", status=JobStatus.running, config="{}", created_at=0.0, stage=stage
+    )
+
+
+def test_the_view_cache_is_bounded_in_bytes_and_skips_bodies_too_large_to_keep():
+    from onnxprune.service.job_views import JobViews
+
+    views = JobViews(size=512, max_bytes=4000, max_item_bytes=1500)
+    for index in range(20):  # each body grows with its stage text: about 400 to 1,300 bytes
+        rendered = views.render(_record(f"job{index}", "s" * (50 * index)), None)
+        assert views.kept_bytes <= 4000
+        kept = views.cached(rendered.record)
+        assert (kept is not None) == (len(rendered.body) <= 1500)
+    assert views.cached(_record("job0", "")) is None  # the oldest went first
+    views.forget("job19")
+    assert views.kept_bytes == sum(len(v.body) for v in views._items.values())

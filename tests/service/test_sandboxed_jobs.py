@@ -110,7 +110,8 @@ def test_a_model_that_never_ends_fails_as_timeout_once_and_the_worker_runs_the_n
 
     assert job["status"] == "failed" and job["error"]["code"] == "timeout", job["error"]
     assert "time limit of 8 s" in job["error"]["message"]
-    assert _attempts(env, job_id) == 1
+    # Once; twice only when the host starved it of CPU (a machine fault, retried once), and then it says so.
+    assert _attempts(env, job_id) == 1 or "the host is overloaded" in job["error"]["message"]
     assert after["status"] == "succeeded"
     assert process.poll() is None  # the same worker (or API) process ran both jobs: it was never killed
 
