@@ -144,7 +144,15 @@ def _held_out(job: Job, outcome: Outcome, candidate: Path) -> HeldOutEvaluation 
     from onnxprune.workers.evaluation import held_out_evaluation
 
     original = job.analysis.path
-    evaluation = held_out_evaluation(original, candidate, held_out, split=HELD_OUT_SPLIT, limits=job.limits)
+    evaluation = held_out_evaluation(
+        original,
+        candidate,
+        held_out,
+        split=HELD_OUT_SPLIT,
+        limits=job.limits,
+        detector=job.options.detector,
+        detection_confidence=job.options.detection_confidence,
+    )
     if outcome.pruned_only is None:
         return evaluation
     pruned_only = job.workdir / "pruned_only.onnx"
