@@ -184,7 +184,8 @@ def prune(
         Path | None,
         typer.Option(
             help="Data .npz: one array per model input (preprocessed), "
-            "optional integer 'labels'. Every fifth sample is held out."
+            "optional integer 'labels'; or, for an image input [N, 3, H, W], a folder of photos or uint8 "
+            "[N, h, w, 3] images (letterboxed, /255, RGB). Every fifth sample is held out."
         ),
     ] = None,
     report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,

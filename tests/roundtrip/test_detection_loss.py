@@ -81,3 +81,53 @@ def test_the_objective_distils_a_recognised_detector_with_the_detection_loss(mod
         assert loss == pytest.approx(0.1 * 0.9 / (0.9 + 0.8 + 0.7), rel=1e-5)  # weighted over P, Q, R
     else:
         assert loss > 0
+
+
+def conv_chain() -> onnx.ModelProto:
+    """x -> Conv a -> Relu -> Conv b -> Relu -> Conv c -> Sigmoid -> y (3 -> 4 -> 4 -> 2 channels)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    shapes = {"a": (4, 3, 1, 1), "b": (4, 4, 1, 1), "c": (2, 4, 1, 1)}
+    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), f"w_{n}") for n, s in shapes.items()]
+    nodes = [
+        helper.make_node("Conv", ["x", "w_a"], ["ya"], name="a"),
+        helper.make_node("Relu", ["ya"], ["ra"]),
+        helper.make_node("Conv", ["ra", "w_b"], ["yb"], name="b"),
+        helper.make_node("Relu", ["yb"], ["rb"]),
+        helper.make_node("Conv", ["rb", "w_c"], ["yc"], name="c"),
+        helper.make_node("Sigmoid", ["yc"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_the_head_is_the_last_linear_layers_before_the_detection_output():
+    from onnxprune.roundtrip.reconstruction import head_layers
+
+    model = conv_chain()
+
+    assert head_layers(model, "y", depth=1) == {"c"}
+    assert head_layers(model, "y", depth=2) == {"c", "b"}
+    assert head_layers(model, "y", depth=5) == {"c", "b", "a"}
+
+
+def test_head_layers_are_refit_although_they_lost_no_input_channel():
+    from onnxprune.roundtrip.reconstruction import layers_to_refit
+
+    model = conv_chain()
+    pruned = onnx.ModelProto()
+    pruned.CopyFrom(model)
+    weights = {init.name: init for init in pruned.graph.initializer}
+    # a keeps 3 of its 4 filters, so b loses an input channel; c loses none.
+    weights["w_a"].CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(weights["w_a"])[:3], "w_a"))
+    weights["w_b"].CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(weights["w_b"])[:, :3], "w_b"))
+
+    assert [n.name for n in layers_to_refit(model, pruned)[0]] == ["b"]
+    assert [n.name for n in layers_to_refit(model, pruned, also={"c"})[0]] == ["b", "c"]
