@@ -151,3 +151,15 @@ def test_the_fidelity_warning_judges_a_detector_by_its_map(map50, expected):
     notes = quality_warnings(None, evaluation, data_given=True, recovered=True, max_drop=None)
 
     assert notes == [] if expected is None else (len(notes) == 1 and expected in notes[0])
+
+
+def test_the_cli_line_reads_like_an_accuracy_line():
+    from onnxprune.service.cli import _detection_row
+
+    assert _detection_row(agreement(0.62)) == (
+        "detections mAP50 (held out)",
+        "1.0000",
+        "0.6200 (50-95 0.3100)",
+        "40 -> 31 boxes",
+    )
+    assert _detection_row(agreement(None))[2] == "original found none"

@@ -67,3 +67,18 @@ def test_a_folder_without_images_is_refused(tmp_path):
 
     with pytest.raises(ModelRejected, match="holds no image files"):
         load_dataset(tmp_path, table_model(ORIGINAL))
+
+
+def test_a_folder_for_a_model_without_an_image_input_is_refused(tmp_path):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "vector",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+    )
+    Image.fromarray(red_image(4, 4)).save(tmp_path / "a.png")
+
+    with pytest.raises(ModelRejected, match=r"needs a model with one float image input \[N, 3, H, W\]"):
+        load_dataset(tmp_path, helper.make_model(graph))
