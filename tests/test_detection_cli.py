@@ -69,5 +69,6 @@ def test_a_folder_of_photos_prunes_recovers_and_judges_a_detector(detector, tmp_
     found = json.loads((tmp_path / "report.json").read_text())["evaluation"]["detections"]
     assert found["output"] == "output0" and found["classes"] == 2 and found["images"] == 2
     assert found["reference_boxes"] > 0 and 0.0 <= found["map50"] <= 1.0
+    assert 0.0 <= found["after_pruning_map50"] <= 1.0  # the pruned weights before fine-tuning
     assert "detections mAP50 (held out)" in result.stdout
     assert "Detections vs the original" in (tmp_path / "page.html").read_text()

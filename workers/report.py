@@ -308,6 +308,9 @@ class DetectionAgreement(BaseModel):
     map50: float | None = Field(description="Mean over the classes the original detected of AP at IoU 0.5.")
     map50_95: float | None = Field(description="The same, AP averaged over IoU 0.5:0.95 (COCO).")
     per_class: dict[str, DetectionClass] = Field(default_factory=dict, description="By class index.")
+    after_pruning_map50: float | None = Field(
+        None, description="Jobs that recover: mAP50 of the pruned weights before recovery ('map50' is after)."
+    )
 
 
 class DataSplit(BaseModel):
