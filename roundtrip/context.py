@@ -35,13 +35,19 @@ class DataContext:
 
 
 def make_context(
-    train: Dataset, validation: Dataset, original: onnx.ModelProto, *, batch_size: int, score_batches: int
+    train: Dataset,
+    validation: Dataset,
+    original: onnx.ModelProto,
+    *,
+    batch_size: int,
+    score_batches: int,
+    detector: str = "none",
 ) -> DataContext:
     """Build the objective and cache the original's outputs on both splits where they fit."""
     from onnxprune.roundtrip.objective import make_objective
 
     sample = next(validation.batches(min(2, len(validation))))
-    objective = make_objective(original, sample, use_labels=train.labels is not None)
+    objective = make_objective(original, sample, use_labels=train.labels is not None, detector=detector)
     objective.cache_targets(train, batch_size)
     objective.cache_targets(validation, batch_size)
     return DataContext(train, validation, objective, batch_size, score_batches)

@@ -17,6 +17,7 @@ import onnx
 
 from onnxprune.graphops.errors import ModelRejected
 from onnxprune.graphops.shapes import Shape, declared_input_shapes, graph_inputs
+from onnxprune.roundtrip import images
 
 LABELS = "labels"
 
@@ -110,11 +111,16 @@ def _check_input(
 def load_dataset(
     path: Path, model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None
 ) -> Dataset:
-    """The samples in ``path`` for ``model``'s inputs; a single-input model may use any array name."""
+    """The samples in ``path`` for ``model``'s inputs; a single-input model may use any array name.
+
+    A folder of photos, or uint8 ``[N, h, w, 3]`` images in the .npz, feed an image input
+    (``roundtrip.images``: letterboxed, /255, RGB NCHW)."""
     path = Path(path)
-    names = _array_names(path)
     values = graph_inputs(model)
     declared = declared_input_shapes(model)
+    if path.is_dir():
+        return Dataset({values[0].name: _folder_images(path, values, declared, input_shapes)}, None)
+    names = _array_names(path)
     data_names = [n for n in names if n != LABELS]
     if len(values) == 1 and len(data_names) == 1:
         mapping = {values[0].name: data_names[0]}
@@ -134,9 +140,11 @@ def load_dataset(
     inputs = {}
     for value in values:
         concrete = (input_shapes or {}).get(value.name)
-        inputs[value.name] = _check_input(
-            value.name, arrays[mapping[value.name]], value, declared.get(value.name), concrete
-        )
+        array = arrays[mapping[value.name]]
+        size = images.image_size(value, concrete or declared.get(value.name))
+        if size is not None and images.is_image_array(array):
+            array = images.to_input(array, size)
+        inputs[value.name] = _check_input(value.name, array, value, declared.get(value.name), concrete)
     labels = arrays.get(LABELS)
     counts = {name: a.shape[0] if a.ndim else 0 for name, a in inputs.items()}
     if len(set(counts.values())) != 1 or 0 in counts.values():
@@ -152,6 +160,22 @@ def load_dataset(
             raise ModelRejected("data 'labels' holds negative classes")
         labels = labels.astype(np.int64)
     return Dataset(inputs, labels)
+
+
+def _folder_images(
+    folder: Path,
+    values: Sequence[onnx.ValueInfoProto],
+    declared: Mapping[str, Shape | None],
+    input_shapes: Mapping[str, Sequence[int]] | None,
+) -> np.ndarray:
+    value = values[0]
+    size = images.image_size(value, (input_shapes or {}).get(value.name) or declared.get(value.name))
+    if len(values) != 1 or size is None:
+        raise ModelRejected(
+            f"data {folder.name} is a folder of images: that needs a model with one float image input "
+            "[N, 3, H, W] of known H and W (give --input-shape for symbolic sizes); save other data as .npz"
+        )
+    return images.read_folder(folder, size)
 
 
 # The one split of a data file, used by every command so that all numbers refer to the same samples.

@@ -6,6 +6,12 @@ outputs, variance-normalised MSE for any other output. With labels, cross-entrop
 scores is added: the labels anchor the task, the teacher's soft targets carry what a few thousand
 samples cannot (which wrong classes are close). The original's outputs ("targets") are computed once
 per dataset where they fit in memory, or per batch when the inputs are augmented.
+
+A detector's raw head (``roundtrip.detector_outputs``: YOLO boxes and class scores per anchor) is
+distilled for its detections, not its numbers: a plain MSE on ``[batch, 4 + classes, anchors]`` is
+ruled by box coordinates in pixels, across thousands of background anchors whose boxes nobody
+keeps. ``detection_loss`` fits boxes only where the teacher is confident, weighted by its score,
+and class scores everywhere (a background anchor that starts scoring is a false detection).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import torch.nn.functional as F
 
 from onnxprune.graphops.errors import ModelRejected
 from onnxprune.roundtrip.data import Batch, Dataset
+from onnxprune.roundtrip.detector_outputs import BOX_VALUES, YoloLayout, find_yolo_layout
 from onnxprune.roundtrip.executor import OnnxModule
 
 # Targets of a whole dataset are cached when they take less than this.
@@ -27,9 +34,12 @@ TARGET_CACHE_BYTES = 512 << 20
 # Distillation temperature and, with labels, the weight of the hard-label cross-entropy.
 TEMPERATURE = 4.0
 LABEL_WEIGHT = 0.5
+# Detectors: box regression counts at anchors whose best teacher class score exceeds this.
+BOX_CONFIDENCE = 0.05
 # Weight of intermediate-feature matching (``FeatureMatch``) beside the output objective.
 FEATURE_WEIGHT = 1.0
 _EPS = 1e-12
+_PROBABILITY_EPS = 1e-6
 
 
 def _logit_tensors(model: onnx.ModelProto) -> list[str]:
@@ -40,6 +50,32 @@ def _logit_tensors(model: onnx.ModelProto) -> list[str]:
         node = producer.get(output.name)
         names.append(node.input[0] if node is not None and node.op_type == "Softmax" else output.name)
     return names
+
+
+def detection_loss(out: torch.Tensor, target: torch.Tensor, layout: YoloLayout) -> torch.Tensor:
+    """Box error where the teacher detects (weighted by its confidence) plus class-score divergence everywhere.
+
+    Boxes: L1 of (cx, cy, w, h) relative to the teacher box's size, averaged with weight ``conf``
+    over anchors with ``conf > BOX_CONFIDENCE`` (``conf``: the teacher's best class score); zero
+    when the teacher detects nothing in the batch. Scores: Bernoulli KL divergence from the
+    teacher's to the student's sigmoid score of every class at every anchor, per unit of the
+    teacher's total score (so a batch with few objects weighs as much as one with many).
+    """
+    if layout.anchors_last:
+        out, target = out.transpose(1, 2), target.transpose(1, 2)
+    student_box, teacher_box = out[..., :BOX_VALUES], target[..., :BOX_VALUES]
+    student_score = out[..., BOX_VALUES:].clamp(_PROBABILITY_EPS, 1 - _PROBABILITY_EPS)
+    teacher_score = target[..., BOX_VALUES:].clamp(_PROBABILITY_EPS, 1 - _PROBABILITY_EPS)
+    confidence = target[..., BOX_VALUES:].amax(dim=-1)
+    weight = torch.where(confidence > BOX_CONFIDENCE, confidence, torch.zeros_like(confidence))
+    size = teacher_box[..., 2:].mean(dim=-1, keepdim=True).clamp_min(1.0)
+    box_error = ((student_box - teacher_box).abs() / size).sum(dim=-1)
+    box = (weight * box_error).sum() / weight.sum().clamp_min(_EPS)
+    divergence = teacher_score * torch.log(teacher_score / student_score) + (1 - teacher_score) * torch.log(
+        (1 - teacher_score) / (1 - student_score)
+    )
+    scores = divergence.sum() / target[..., BOX_VALUES:].sum().clamp_min(1.0)
+    return box + scores
 
 
 def _is_classifier(tensor: torch.Tensor) -> bool:
@@ -54,6 +90,7 @@ class Objective:
     tensors: list[str]
     use_labels: bool
     classifier: list[bool] = field(default_factory=list)
+    detector: YoloLayout | None = None  # the output distilled by ``detection_loss``
     _cache: dict[int, list[np.ndarray]] = field(default_factory=dict, repr=False)
 
     @property
@@ -101,10 +138,12 @@ class Objective:
     def loss(self, outputs: list[torch.Tensor], batch: Batch, targets: list[torch.Tensor]) -> torch.Tensor:
         """Mean over the batch: distillation summed over outputs, plus cross-entropy with labels."""
         total = _zero(outputs)
-        for out, target, classifier in zip(outputs, targets, self.classifier):
+        for index, (out, target, classifier) in enumerate(zip(outputs, targets, self.classifier)):
             if not out.is_floating_point():
                 continue  # an integer output (token ids passed through) carries no gradient
-            if classifier:
+            if self.detector is not None and index == self.detector.index:
+                total = total + detection_loss(out, target, self.detector)
+            elif classifier:
                 soft = F.kl_div(
                     F.log_softmax(out / TEMPERATURE, 1),
                     F.log_softmax(target / TEMPERATURE, 1),
@@ -182,9 +221,12 @@ class FeatureMatch:
         return self.weight * total / max(1, len(self.tensors))
 
 
-def make_objective(original: onnx.ModelProto, sample: Batch, *, use_labels: bool) -> Objective:
-    """The objective for ``original`` (the teacher); ``sample`` tells which outputs are class scores."""
+def make_objective(original: onnx.ModelProto, sample: Batch, *, use_labels: bool, detector: str = "none") -> Objective:
+    """The objective for ``original`` (the teacher); ``sample`` tells which outputs are class scores
+    and, with ``detector`` 'auto' or 'yolo', which one is a detector's (``roundtrip.detector_outputs``)."""
     teacher = OnnxModule(original).eval()
     objective = Objective(teacher, _logit_tensors(original), use_labels)
-    objective.classifier = [_is_classifier(t) for t in objective.teacher_outputs(sample)]
+    outputs = objective.teacher_outputs(sample)
+    objective.classifier = [_is_classifier(t) for t in outputs]
+    objective.detector = find_yolo_layout([t.numpy() for t in outputs], detector)
     return objective

@@ -20,7 +20,7 @@ MatMul whose weight is the left operand.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +36,12 @@ from onnxprune.roundtrip.objective import FeatureMatch
 from onnxprune.roundtrip.ops import attrs
 from onnxprune.roundtrip.ops.nn import _pad_spatial, _window
 
+# Linear layers counted back from a detector's output as its head (``head_layers``).
+HEAD_DEPTH = 3
+# Calibration samples a detector's reconstruction takes at least, whatever its input size: detections
+# are rare (the few photos that fit BATCH_BYTES at 320 x 320, 9, hold a handful), and the head's refit
+# must see them. On YOLOv8n at 320 the layers' targets for 48 photos take about 1.3 GB.
+DETECTOR_SAMPLES = 48
 # Rows (samples x spatial positions) per layer solve: enough for a few-thousand-wide input, small
 # enough for seconds on a CPU.
 MAX_ROWS = 12_000
@@ -103,10 +109,12 @@ def _input_width(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]) ->
     return dims[0]
 
 
-def layers_to_refit(original: onnx.ModelProto, pruned: onnx.ModelProto) -> tuple[list[onnx.NodeProto], dict[str, str]]:
-    """Conv/Gemm/MatMul nodes of ``pruned`` whose input width shrank (they lost input channels) and
-    whose output the original also has (the refit's target), in graph order, and the affected nodes
-    that cannot be refit with the reason."""
+def layers_to_refit(
+    original: onnx.ModelProto, pruned: onnx.ModelProto, also: Collection[str] = ()
+) -> tuple[list[onnx.NodeProto], dict[str, str]]:
+    """Conv/Gemm/MatMul nodes of ``pruned`` whose input width shrank (they lost input channels), or
+    named in ``also`` (their input drifted), and whose output the original also has (the refit's
+    target), in graph order, and the affected nodes that cannot be refit with the reason."""
     before, after = _initializers(original), _initializers(pruned)
     original_tensors = {out for node in original.graph.node for out in node.output}
     nodes, skipped = [], {}
@@ -114,18 +122,45 @@ def layers_to_refit(original: onnx.ModelProto, pruned: onnx.ModelProto) -> tuple
         if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
             continue
         old, new = before.get(node.input[1]), after.get(node.input[1])
-        if old is None or new is None or list(old.dims) == list(new.dims):
+        wanted = node.name in also
+        if old is None or new is None or (list(old.dims) == list(new.dims) and not wanted):
             continue
         reason = _linear_weight(node, after)
         if reason is not None:
             skipped[node.name] = reason
-        elif _input_width(node, before) == _input_width(node, after):
+        elif _input_width(node, before) == _input_width(node, after) and not wanted:
             continue
         elif node.output[0] not in original_tensors:
             skipped[node.name] = "its output has no counterpart in the original model"
         else:
             nodes.append(node)
     return nodes, skipped
+
+
+def head_layers(model: onnx.ModelProto, output: str, depth: int = HEAD_DEPTH) -> set[str]:
+    """The Conv/Gemm/MatMul nodes within ``depth`` linear layers of graph output ``output``: a
+    detector's head, whose layers turn features into boxes and scores. Their inputs drift when the
+    layers before them are pruned although they lose no channel, and the class scores are where the
+    drift shows (a logit -2 sliding to -6 loses a detection at 0.1): with data, they are refit too."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    found: set[str] = set()
+    pending = [(output, 0)]
+    seen: set[tuple[str, int]] = set()
+    while pending:
+        tensor, passed = pending.pop()
+        node = producer.get(tensor)
+        if node is None or (tensor, passed) in seen:
+            continue
+        seen.add((tensor, passed))
+        if node.op_type in ("Conv", "Gemm", "MatMul"):
+            found.add(node.name)
+            passed += 1
+            if passed >= depth:
+                continue
+            pending.append((node.input[0], passed))
+        else:
+            pending.extend((name, passed) for name in node.input if name)
+    return found
 
 
 def kept_outputs(dep: DependencyGraph, plan: PruningPlan, tensor: str) -> np.ndarray | None:
@@ -172,11 +207,14 @@ def matched_features(
     return FeatureMatch(tensors, kept) if tensors else None
 
 
-def calibration_batch(data: Dataset, model: onnx.ModelProto, samples: int, seed: int) -> dict[str, np.ndarray]:
-    """Up to ``samples`` samples, fewer for models whose inputs are big (BATCH_BYTES per input)."""
+def calibration_batch(
+    data: Dataset, model: onnx.ModelProto, samples: int, seed: int, at_least: int = 0
+) -> dict[str, np.ndarray]:
+    """Up to ``samples`` samples, fewer for models whose inputs are big (BATCH_BYTES per input), but
+    ``at_least`` of them when the data has them."""
     per_sample = max(int(np.prod(a.shape[1:])) * 4 for a in data.inputs.values())
     # The widest activation is rarely more than 16x the input (64 channels at full resolution of an RGB image).
-    fit = max(4, BATCH_BYTES // max(1, 16 * per_sample))
+    fit = max(4, at_least, BATCH_BYTES // max(1, 16 * per_sample))
     count = min(len(data), samples, fit)
     index = np.sort(np.random.default_rng(seed).permutation(len(data))[:count])
     return {name: array[index] for name, array in data.inputs.items()}
@@ -317,15 +355,18 @@ def reconstruct(
     seed: int = 0,
     ridge: float = RIDGE,
     teacher: OnnxModule | None = None,
+    also: Collection[str] = (),
+    at_least: int = 0,
 ) -> ReconstructionResult:
-    """``pruned`` (``plan`` applied to ``dep.model``) with every layer that lost input channels refit
-    to reproduce ``dep.model``'s output of that layer on ``data``; see the module docstring."""
+    """``pruned`` (``plan`` applied to ``dep.model``) with every layer that lost input channels (and
+    the layers named in ``also``) refit to reproduce ``dep.model``'s output of that layer on ``data``;
+    see the module docstring."""
     from onnxprune.roundtrip.writeback import write_back
 
-    nodes, skipped = layers_to_refit(dep.model, pruned)
+    nodes, skipped = layers_to_refit(dep.model, pruned, also)
     if not nodes:
         return ReconstructionResult(pruned, [], skipped, 0)
-    batch = calibration_batch(data, dep.model, samples, seed)
+    batch = calibration_batch(data, dep.model, samples, seed, at_least)
     count = len(next(iter(batch.values())))
     fit_samples = max(1, count - max(1, int(round(CHECK_SHARE * count))))
     teacher = teacher or OnnxModule(dep.model).eval()

@@ -22,7 +22,13 @@ from onnxprune.service.cli_output import EXIT_BAD_INPUT, print_table, stage_prog
 from onnxprune.workers.options import PruneOptions
 
 if TYPE_CHECKING:  # the engine's modules load only when a command runs
-    from onnxprune.workers.report import HeldOutEvaluation, PruneReport, SensitivityReport, SpeedChange
+    from onnxprune.workers.report import (
+        DetectionAgreement,
+        HeldOutEvaluation,
+        PruneReport,
+        SensitivityReport,
+        SpeedChange,
+    )
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prune conv filters directly on ONNX models.")
 
@@ -103,6 +109,15 @@ def _load_sensitivity(path: Path | None) -> SensitivityReport | None:
     return load_sensitivity(path)
 
 
+def _detection_row(found: DetectionAgreement) -> tuple[str, str, str, str]:
+    """mAP against the original's detections (which are 1.0 against themselves), and the box counts."""
+    boxes = f"{found.reference_boxes} -> {found.candidate_boxes} boxes"
+    if found.map50 is None or found.map50_95 is None:
+        return ("detections mAP50 (held out)", "", "original found none", boxes)
+    pruned = "" if found.after_pruning_map50 is None else f"pruned {found.after_pruning_map50:.4f}, recovered "
+    return ("detections mAP50 (held out)", "1.0000", f"{pruned}{found.map50:.4f} (50-95 {found.map50_95:.4f})", boxes)
+
+
 def _print_summary(report: PruneReport) -> None:
     table = Table(title="onnxprune", show_header=True, header_style="bold")
     table.add_column("")
@@ -142,6 +157,8 @@ def _print_summary(report: PruneReport) -> None:
             f"{middle}{evaluation.after:.4f}",
             f"{evaluation.after - evaluation.before:+.4f}",
         )
+        if evaluation.detections is not None:
+            table.add_row(*_detection_row(evaluation.detections))
     quantization = getattr(report, "quantization", None)
     if quantization is not None:
         float_ms = quantization.float_latency_ms.p50 if quantization.float_latency_ms else None
@@ -229,7 +246,8 @@ def prune(
         Path | None,
         typer.Option(
             help="Data .npz: one array per model input (preprocessed), "
-            "optional integer 'labels'. Every fifth sample is held out."
+            "optional integer 'labels'; or, for an image input [N, 3, H, W], a folder of photos or uint8 "
+            "[N, h, w, 3] images (letterboxed, /255, RGB). Every fifth sample is held out."
         ),
     ] = None,
     report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,

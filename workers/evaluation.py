@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -62,6 +62,14 @@ class Evaluator:
         """One score per model, in one child process (one session per model)."""
         args = ([str(p) for p in paths], self.data.inputs, self.data.labels, self.reference)
         return run_in_child(_score_models, args, limits=self.limits)
+
+    def detections(self, path: Path, mode: str, confidence: float) -> dict[str, Any] | None:
+        """Agreement of ``path``'s detections with the original's (``workers.detection``), or None
+        when no output is a detector's (``mode``: 'auto', 'yolo' or 'none')."""
+        if mode == "none":
+            return None
+        args = (str(path), self.data.inputs, self.reference, mode, confidence)
+        return run_in_child(_detection_agreement, args, limits=self.limits)
 
 
 def make_evaluator(
@@ -208,13 +216,35 @@ def _score_models(
     return [score_outputs(_model_outputs(_load(path), inputs), labels, reference) for path in paths]
 
 
+def _detection_agreement(
+    path: str, inputs: Mapping[str, np.ndarray], reference: Outputs, mode: str, confidence: float
+) -> dict[str, Any] | None:
+    from onnxprune.workers.detection import detection_agreement, find_layout
+
+    found = find_layout(reference, mode)
+    if found is None:
+        return None
+    name, layout = found
+    outputs = list(_model_outputs(_load(path), inputs).values())  # surgery keeps outputs and their order
+    return {"output": name, **detection_agreement(reference[name], outputs[layout.index], layout, confidence)}
+
+
 def held_out_evaluation(
-    original: Path, pruned: Path, data: Dataset, *, split: str, limits: RunnerLimits = RunnerLimits()
+    original: Path,
+    pruned: Path,
+    data: Dataset,
+    *,
+    split: str,
+    limits: RunnerLimits = RunnerLimits(),
+    detector: str = "none",
+    detection_confidence: float = 0.25,
 ) -> HeldOutEvaluation:
-    """Before/after scores of ``pruned`` against ``original`` on ``data`` (a report entry)."""
-    from onnxprune.workers.report import HeldOutEvaluation
+    """Before/after scores of ``pruned`` against ``original`` on ``data`` (a report entry); with
+    ``detector`` 'auto' or 'yolo', also the agreement of its detections with the original's."""
+    from onnxprune.workers.report import DetectionAgreement, HeldOutEvaluation
 
     evaluator = make_evaluator(original, data, limits=limits)
+    agreement = evaluator.detections(pruned, detector, detection_confidence)
     return HeldOutEvaluation(
         metric=evaluator.metric,
         source=evaluator.source,
@@ -222,4 +252,5 @@ def held_out_evaluation(
         split=split,
         before=evaluator.baseline,
         after=evaluator.score([pruned])[0],
+        detections=None if agreement is None else DetectionAgreement.model_validate(agreement),
     )

@@ -156,6 +156,19 @@ class PruneOptions(BaseModel):
         '{"input": [1, 3, 224, 224]}).',
         json_schema_extra=_about("model", flag="--input-shape"),
     )
+    detector: Literal["auto", "yolo", "none"] = Field(
+        "auto",
+        description="Judge and recover a detector by its detections: 'yolo' declares a YOLO output [batch, 4 + "
+        "classes, anchors] (or [batch, anchors, 4 + classes]), boxes cx, cy, w, h; 'auto' recognises one (class "
+        "scores in [0, 1]); 'none' treats every output alike. With data, the report gives mAP against the "
+        "original's detections and recovery weights the anchors the original is confident about.",
+        json_schema_extra=_about("model"),
+    )
+    detection_confidence: Annotated[float, Field(gt=0.0, lt=1.0)] = Field(
+        0.25,
+        description="Detectors: the original's boxes scoring at least this are the ground truth of the mAP.",
+        json_schema_extra=_about("model"),
+    )
     benchmark: bool = Field(
         True, description="Measure onnxruntime latency before and after.", json_schema_extra=_about("benchmark")
     )

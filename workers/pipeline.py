@@ -151,10 +151,31 @@ def _held_out(job: Job, outcome: Outcome, candidate: Path) -> HeldOutEvaluation 
     from onnxprune.workers.evaluation import held_out_evaluation
 
     original = job.analysis.path
-    evaluation = held_out_evaluation(original, candidate, held_out, split=HELD_OUT_SPLIT, limits=job.limits)
+    evaluation = held_out_evaluation(
+        original,
+        candidate,
+        held_out,
+        split=HELD_OUT_SPLIT,
+        limits=job.limits,
+        detector=job.options.detector,
+        detection_confidence=job.options.detection_confidence,
+    )
     if outcome.pruned_only is None:
         return evaluation
     pruned_only = job.workdir / "pruned_only.onnx"
     pruned_only.write_bytes(outcome.pruned_only.SerializeToString())
-    after_pruning = held_out_evaluation(original, pruned_only, held_out, split=HELD_OUT_SPLIT, limits=job.limits)
-    return evaluation.model_copy(update={"after_pruning": after_pruning.after})
+    after_pruning = held_out_evaluation(
+        original,
+        pruned_only,
+        held_out,
+        split=HELD_OUT_SPLIT,
+        limits=job.limits,
+        detector=job.options.detector if evaluation.detections is not None else "none",
+        detection_confidence=job.options.detection_confidence,
+    )
+    update: dict[str, object] = {"after_pruning": after_pruning.after}
+    if evaluation.detections is not None and after_pruning.detections is not None:
+        update["detections"] = evaluation.detections.model_copy(
+            update={"after_pruning_map50": after_pruning.detections.map50}
+        )
+    return evaluation.model_copy(update=update)

@@ -1,7 +1,8 @@
 """One-line warnings when a pruned model keeps little of the original's behaviour, with what would help.
 
 A model whose outputs point elsewhere than the original's (cosine below 0.9 on the benchmark inputs)
-or that misses the tolerated held-out drop is still written (the surgery is right, the oracle says
+or that misses the tolerated held-out drop (a detector: whose detections no longer match the
+original's, mAP50 below 0.9) is still written (the surgery is right, the oracle says
 so), but nobody should ship it unaware: the CLI prints the warning and the report carries it.
 """
 
@@ -11,9 +12,11 @@ import math
 import os
 
 from onnxprune.workers.job_threads import usable_cpus
-from onnxprune.workers.report import Fidelity, FinetuneReport, HeldOutEvaluation
+from onnxprune.workers.report import DetectionAgreement, Fidelity, FinetuneReport, HeldOutEvaluation
 
 MIN_COSINE = 0.9
+# A detector whose mAP50 against the original's own detections falls below this is worth a warning.
+MIN_MAP50 = 0.9
 # Without --max-drop, a held-out drop above this is worth a warning (2 points of accuracy).
 DEFAULT_DROP = 0.02
 
@@ -42,6 +45,8 @@ def quality_warnings(
         help_text = "give recovery a budget (--time-budget or --finetune-steps), or prune less"
     notes = []
     bound = max_drop if max_drop is not None else DEFAULT_DROP
+    if evaluation is not None and evaluation.detections is not None and evaluation.max_drop is None:
+        return _detection_notes(evaluation.detections, help_text)  # a detector is judged by its detections
     if evaluation is not None:  # measured on held-out data: a better judge than random benchmark inputs
         drop = evaluation.before - evaluation.after
         if evaluation.max_drop is not None and drop > evaluation.max_drop:
@@ -61,6 +66,22 @@ def quality_warnings(
             f"{'' if recovered else ', no recovery'}): {help_text}"
         )
     return notes
+
+
+def _detection_notes(found: DetectionAgreement, help_text: str) -> list[str]:
+    if found.map50 is None:
+        return [
+            f"the original made no detection at confidence {found.confidence:g} on the {found.images} held-out "
+            "samples, so the pruned model's detections were not judged: give photos of the model's domain, "
+            "or a lower --detection-confidence"
+        ]
+    if found.map50 >= MIN_MAP50:
+        return []
+    return [
+        f"the pruned model finds the original's detections at mAP50 {found.map50:.4f} (< {MIN_MAP50}; "
+        f"{found.reference_boxes} boxes of the original, {found.candidate_boxes} of the pruned model at "
+        f"confidence {found.confidence:g}, on {found.images} held-out samples): {help_text}"
+    ]
 
 
 def _dropped(evaluation: HeldOutEvaluation) -> str:

@@ -310,6 +310,36 @@ class HeldOutEvaluation(BaseModel):
     missed_by: float | None = Field(
         None, description="With max_drop: how far the held-out drop (before - after) exceeds it; 0 when within."
     )
+    detections: DetectionAgreement | None = Field(
+        None, description="A detector (--detector): its detections against the original's on these samples."
+    )
+
+
+class DetectionClass(BaseModel):
+    boxes: int = Field(description="The original's boxes of this class (the ground truth).")
+    detections: int = Field(description="The pruned model's boxes of this class at the same confidence.")
+    ap50: float
+    ap50_95: float
+
+
+class DetectionAgreement(BaseModel):
+    """mAP of the pruned model with the original's detections as ground truth (``workers.detection``):
+    1.0 when it finds every box the original finds, at the same place and class."""
+
+    output: str
+    layout: str = Field(description="How the output was read: 'YOLO [batch, 4 + classes, anchors], ...'.")
+    classes: int
+    images: int
+    confidence: float = Field(description="The original's boxes scoring at least this are the ground truth.")
+    nms_iou: float
+    reference_boxes: int = Field(description="Boxes the original made on these images (after NMS).")
+    candidate_boxes: int = Field(description="Boxes the pruned model made at the same confidence.")
+    map50: float | None = Field(description="Mean over the classes the original detected of AP at IoU 0.5.")
+    map50_95: float | None = Field(description="The same, AP averaged over IoU 0.5:0.95 (COCO).")
+    per_class: dict[str, DetectionClass] = Field(default_factory=dict, description="By class index.")
+    after_pruning_map50: float | None = Field(
+        None, description="Jobs that recover: mAP50 of the pruned weights before recovery ('map50' is after)."
+    )
 
 
 class DataSplit(BaseModel):

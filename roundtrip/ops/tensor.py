@@ -145,9 +145,7 @@ def gather(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch
     index = index.long()
     index = torch.where(index < 0, index + data.shape[axis], index)
     picked = data.index_select(axis, index.reshape(-1))
-    return [
-        picked.reshape((*data.shape[:axis], *index.shape, *data.shape[axis + 1 :]))
-    ]  # a 0-d index: a tuple, never no args
+    return [picked.reshape((*data.shape[:axis], *index.shape, *data.shape[axis + 1 :]))]  # a tuple: () for a scalar
 
 
 @register("Shape")

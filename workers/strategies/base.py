@@ -111,6 +111,7 @@ class Job:
             self.analysis.prepared,
             batch_size=self.options.batch_size,
             score_batches=self.options.score_batches,
+            detector=self.options.detector,
         )
         return self.data_context
 

@@ -33,7 +33,7 @@ class Reconstruct:
         self, job: Job, dep: DependencyGraph, plan: PruningPlan, pruned: onnx.ModelProto, step: Step
     ) -> Recovered:
         from onnxprune.roundtrip.executor import OnnxModule
-        from onnxprune.roundtrip.reconstruction import reconstruct
+        from onnxprune.roundtrip.reconstruction import DETECTOR_SAMPLES, head_layers, reconstruct
         from onnxprune.roundtrip.schedule import IterationRecord
         from onnxprune.roundtrip.training import evaluate, outputs_on
 
@@ -46,8 +46,18 @@ class Reconstruct:
         started = time.monotonic()
         # The first step's teacher is the original, already built for the objective.
         teacher = objective.teacher if step.index == 0 else None
+        detector = objective.detector
+        head = head_layers(dep.model, dep.model.graph.output[detector.index].name) if detector else set()
         result = reconstruct(
-            dep, plan, pruned, data.train, samples=self.samples, seed=job.options.seed + step.index, teacher=teacher
+            dep,
+            plan,
+            pruned,
+            data.train,
+            samples=self.samples,
+            seed=job.options.seed + step.index,
+            teacher=teacher,
+            also=head,
+            at_least=DETECTOR_SAMPLES if detector else 0,
         )
         seconds = time.monotonic() - started
         recovered = self.then.recover(job, dep, plan, result.model, step)
