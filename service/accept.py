@@ -57,11 +57,12 @@ async def accept_job(
     try:
         upload = await receive_upload(request, files, settings.max_upload_bytes)
         options = parse_config(upload.config_text)
-        needs_data = options.data_requirement() if upload.data_bytes is None else None
+        has_data = upload.data_bytes is not None
+        needs_data = None if has_data else options.data_requirement()
         if needs_data:
             raise ApiError(422, "invalid_config", f"{needs_data}: add a 'data' part (.npz)")
         capabilities = await run_in_threadpool(runner.capabilities)  # may ask Redis: never on the event loop
-        missing = None if capabilities is None else missing_capability(options, capabilities)
+        missing = None if capabilities is None else missing_capability(options, capabilities, has_data=has_data)
         if missing:
             raise ApiError(422, "missing_capability", f"this server cannot run the job: {missing}")
         await run_in_threadpool(
