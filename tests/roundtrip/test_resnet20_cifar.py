@@ -58,7 +58,20 @@ PATHS = [
     ),
     pytest.param(["--ratio", "auto", "--max-drop", "0.05"], id="auto", marks=pytest.mark.slow),
     pytest.param(
-        ["--criterion", "learned", "--max-drop", "0.05", "--learned-episodes", "1", "--learned-samples", "2"],
+        # recovery none: each layer's candidates judged as pruned, in onnxruntime (half the CPU of judging
+        # them after reconstruction, ~150 s; that judge is tested on the small model, test_learned.py)
+        [
+            "--criterion",
+            "learned",
+            "--max-drop",
+            "0.05",
+            "--learned-episodes",
+            "1",
+            "--learned-samples",
+            "2",
+            "--recovery",
+            "none",
+        ],
         id="learned",
         marks=pytest.mark.slow,
     ),
