@@ -24,3 +24,8 @@ class UnsupportedPattern(GraphOpsError):
 class AnalysisBug(GraphOpsError):
     """An op handler failed with something other than :class:`UnsupportedPattern`: our fault, not the
     model's (an internal error for the job, never a frozen group)."""
+
+
+class DuplicateRegistration(GraphOpsError):
+    """Two entries claim one name in a registry (an op handler, a round-trip op): a packaging bug of
+    ours or of a plugin's. Refused at registration; silently keeping one would change results."""

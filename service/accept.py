@@ -63,16 +63,22 @@ async def accept_job(
             plan = parse_plan(upload.plan_bytes)
             await run_in_threadpool(files.plan_in.write_text, plan.to_json())
         refuse_over_time_limit(options, settings)
-        needs_data = options.data_requirement() if upload.data_bytes is None else None
+        has_data = upload.data_bytes is not None
+        plan_given = upload.plan_bytes is not None
+        needs_data = None if has_data else options.data_requirement(plan_given=plan_given)
         if needs_data:
             raise ApiError(422, "invalid_config", f"{needs_data}: add a 'data' part (.npz)")
         capabilities = await run_in_threadpool(runner.capabilities)  # may ask Redis: never on the event loop
         options, _ = with_data_defaults(
             options,
-            data_given=upload.data_bytes is not None,
+            data_given=has_data,
             torch_available=TORCH in (local_capabilities() if capabilities is None else capabilities),
         )
-        missing = None if capabilities is None else missing_capability(options, capabilities)
+        missing = (
+            None
+            if capabilities is None
+            else missing_capability(options, capabilities, has_data=has_data, plan_given=plan_given)
+        )
         if missing:
             raise ApiError(422, "missing_capability", f"this server cannot run the job: {missing}")
         checks: UploadChecks = request.app.state.upload_checks  # starlette's State is untyped

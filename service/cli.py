@@ -74,11 +74,11 @@ def _options(**flags: Any) -> PruneOptions:
         raise
 
 
-def require_capabilities(options: PruneOptions) -> None:
-    """A data-driven job without torch installed: one line with the install hint, exit 2."""
+def require_capabilities(options: PruneOptions, *, has_data: bool = False, plan_given: bool = False) -> None:
+    """A job whose strategies run in PyTorch, without torch installed: one line with the install hint, exit 2."""
     from onnxprune.workers.capabilities import missing_capability
 
-    missing = missing_capability(options)
+    missing = missing_capability(options, has_data=has_data, plan_given=plan_given)
     if missing is not None:
         fail(missing, EXIT_BAD_INPUT)
 
@@ -94,9 +94,9 @@ def _data_defaults(options: PruneOptions, data: Path | None) -> PruneOptions:
     return options
 
 
-def _require_data(options: PruneOptions, data: Path | None) -> None:
+def _require_data(options: PruneOptions, data: Path | None, *, plan_given: bool = False) -> None:
     """Fail fast, before any model is read, when the job needs data and none was given."""
-    reason = None if data is not None else options.data_requirement(sensitivity_given=True)
+    reason = None if data is not None else options.data_requirement(sensitivity_given=True, plan_given=plan_given)
     if reason:
         fail(f"{reason}: pass --data DATA.npz", EXIT_BAD_INPUT)
 
@@ -275,8 +275,8 @@ def prune(
     from onnxprune.workers.job_process import JobLimits, JobRequest, run_job_process
 
     options = _data_defaults(_options(**flags), data)
-    _require_data(options, data)
-    require_capabilities(options)
+    _require_data(options, data, plan_given=plan_in is not None)
+    require_capabilities(options, has_data=data is not None, plan_given=plan_in is not None)
     require_output_dirs(output, report, plan_out, report_html)
     plan = read_plan(plan_in) if plan_in is not None else None
     request = JobRequest(model, output, options, data=data, plan=plan, sensitivity=_load_sensitivity(sensitivity))

@@ -1,4 +1,5 @@
-"""Fixtures shared by the test modules: where the shared real models live."""
+"""Fixtures shared by the test modules (where the shared real models live), the markers every test
+gets by where it lives, and the Hypothesis profiles."""
 
 from __future__ import annotations
 
@@ -11,10 +12,17 @@ import pytest
 # Handler bugs fail the tests with their own traceback instead of becoming a job's internal error
 # (graphops.dependency.STRICT_ENV); subprocesses the tests start (the CLI, workers) inherit it.
 os.environ.setdefault("ONNXPRUNE_STRICT_ANALYSIS", "1")
-# Latency tables the tests measure (--latency-target caches them) stay out of the user's cache.
-os.environ.setdefault("ONNXPRUNE_CACHE_DIR", tempfile.mkdtemp(prefix="onnxprune-test-cache-"))
+# Latency tables the tests measure (--latency-target caches them) stay out of the user's cache, and
+# each xdist worker has its own: a table one worker measured must not turn another's miss into a hit.
+# (Workers inherit the controller's environment, hence the marker variable.)
+if "ONNXPRUNE_CACHE_DIR" not in os.environ or os.environ.get("ONNXPRUNE_TEST_CACHE_DIR_SET"):
+    _worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    os.environ["ONNXPRUNE_CACHE_DIR"] = tempfile.mkdtemp(prefix=f"onnxprune-test-cache-{_worker}-")
+    os.environ["ONNXPRUNE_TEST_CACHE_DIR_SET"] = "1"
 
-from tests.needs import SHARED_HINT, shared_dir, unavailable  # noqa: E402 - after the environment is set
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+from tests.needs import SHARED_HINT, in_ci, shared_dir, unavailable  # noqa: E402 - after the environment is set
 
 
 @pytest.fixture
@@ -24,3 +32,64 @@ def shared_models_dir() -> Path:
     if not models.is_dir():
         unavailable(f"real models not found at {models}; {SHARED_HINT}")
     return models
+
+
+# Hypothesis: "ci" replays the same examples every run (a red CI is reproducible, never a lucky draw),
+# keeps no example database (no .hypothesis/ shared by parallel workers) and has no per-example
+# deadline (a loaded machine is not a bug). "dev" explores new examples each run. Tests that name
+# max_examples keep it; HYPOTHESIS_PROFILE=dev|ci chooses (default: ci under CI=true).
+settings.register_profile(
+    "ci", derandomize=True, database=None, deadline=None, max_examples=50, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)  # fmt: skip
+settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if in_ci() else "dev"))
+
+TESTS = Path(__file__).resolve().parent
+# The kind of test a folder holds; a test with none of these markers is a unit test.
+FOLDER_MARKERS = {"service": ("service", "integration"), "browser": ("browser", "integration")}
+KINDS = {"integration", "service", "browser", "slow", "timing"}
+
+
+# Modules run longest-first, so that on parallel workers the long ones do not start last.
+FIRST = ("service", "browser", "slow", "integration")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks by folder (service, browser: integration too); slow tests are integration tests; the rest unit.
+
+    For ``--dist loadgroup`` (pytest-xdist): the tests of a module that share a module-scoped fixture
+    run on one worker (the fixture is then built once); any other test goes to whichever worker is free.
+    Modules are ordered by their slowest kind (stable: the tests of a module keep their order)."""
+    for item in items:
+        folder = Path(item.path).resolve().relative_to(TESTS).parts[0]
+        for name in FOLDER_MARKERS.get(folder, ()):
+            item.add_marker(name)
+        kinds = {mark.name for mark in item.iter_markers()} & KINDS
+        if "slow" in kinds:
+            item.add_marker("integration")
+        elif not kinds:
+            item.add_marker("unit")
+        if _uses_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(str(Path(item.path).relative_to(TESTS))))
+
+    def rank(item: pytest.Item) -> int:
+        names = {mark.name for mark in item.iter_markers()}
+        return next((i for i, kind in enumerate(FIRST) if kind in names), len(FIRST))
+
+    module_rank: dict[Path, int] = {}
+    for item in items:
+        module_rank[item.path] = min(module_rank.get(item.path, len(FIRST)), rank(item))
+    items.sort(key=lambda item: module_rank[item.path])
+
+
+def _uses_module_fixture(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    return any(
+        definition.scope in ("module", "class", "package")
+        for definitions in info.name2fixturedefs.values()
+        for definition in definitions
+    )

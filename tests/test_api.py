@@ -21,6 +21,8 @@ from onnxprune.workers.report import PruneReport, SensitivityReport
 from tests.oracle import random_feeds, run_model
 from tests.test_selection import residual_model
 
+pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

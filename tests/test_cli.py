@@ -13,6 +13,8 @@ import pytest
 from tests.oracle import random_feeds, run_model
 from tests.test_selection import residual_model
 
+pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
+
 REPORT_CONTRACT = [
     ("macs", "before"), ("macs", "after"), ("params", "before"), ("params", "after"),
     ("latency_ms", "before", "p50"), ("latency_ms", "after", "p50"),

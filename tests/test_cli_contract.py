@@ -21,6 +21,8 @@ import pytest
 from onnxprune.workers.stages import STAGE_END
 from tests.test_selection import residual_model
 
+pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
+
 ROOT = Path(__file__).resolve().parents[1]
 LONG = "a_node_name_long_enough_that_three_of_them_overflow_eighty_columns"
 
@@ -196,7 +198,11 @@ sys.meta_path.insert(0, _NoTorch())
 """
 
 
-@pytest.mark.parametrize("args", [["--finetune-steps", "5"], ["--criterion", "taylor"]], ids=["finetune", "taylor"])
+@pytest.mark.parametrize(
+    "args",
+    [["--finetune-steps", "5"], ["--criterion", "taylor"], ["--criterion", "l1"]],
+    ids=["finetune", "taylor", "l1-with-data-reconstructs"],  # with data, the default recovery runs in torch
+)
 def test_without_torch_a_data_driven_prune_says_how_to_install_it_and_exits_2(model_path, tmp_path, args):
     hooks = tmp_path / "hooks"
     hooks.mkdir()

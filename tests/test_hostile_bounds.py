@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,8 +32,12 @@ from onnxprune.workers.benchmark import make_inputs
 from onnxprune.workers.options import PruneOptions
 from tests import hostile_models as hostile
 
+# A model that makes validation expand it (the failure these tests look for) takes minutes or memory:
+# memory is measured; time only bounded, as a hang guard far above a loaded machine's noise (no
+# wall-clock assertion in the default run, see README "Timing tests").
+pytestmark = pytest.mark.timeout(120)
+
 MAX_RSS_GROWTH = 300 << 20
-MAX_SECONDS = 5.0
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -46,12 +49,11 @@ def _rss() -> int:
 @dataclass
 class Usage:
     peak_growth: int = 0
-    seconds: float = 0.0
 
 
 @contextmanager
 def measured() -> Iterator[Usage]:
-    """Peak RSS growth over the block (sampled from another thread) and its wall time."""
+    """Peak RSS growth over the block (sampled from another thread)."""
     usage, done = Usage(), threading.Event()
     baseline = _rss()
 
@@ -61,11 +63,9 @@ def measured() -> Iterator[Usage]:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    start = time.perf_counter()
     try:
         yield usage
     finally:
-        usage.seconds = time.perf_counter() - start
         done.set()
         sampler.join()
         usage.peak_growth = max(usage.peak_growth, _rss() - baseline)
@@ -73,7 +73,6 @@ def measured() -> Iterator[Usage]:
 
 def assert_cheap(usage: Usage) -> None:
     assert usage.peak_growth < MAX_RSS_GROWTH, f"RSS grew by {usage.peak_growth >> 20} MB"
-    assert usage.seconds < MAX_SECONDS, f"took {usage.seconds:.1f} s"
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -22,6 +22,8 @@ from onnxprune.workers.pipeline import run_pipeline
 from tests.oracle import run_model
 from tests.test_sensitivity import two_branch_model
 
+pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
+
 PNG = b"\x89PNG\r\n\x1a\n"
 IMG = re.compile(r'<img id="(plot-[a-z]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 

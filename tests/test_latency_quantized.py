@@ -95,10 +95,32 @@ def test_the_table_of_a_quantized_job_is_keyed_apart_and_holds_the_float_referen
 
 
 @pytest.mark.slow
-def test_with_quantize_the_latency_target_is_met_by_the_quantized_model(tmp_path, monkeypatch):
-    """The target is set below what int8 alone gives on this machine (as the pipeline measures it), so
-    channels must go too; the written int8 model meets it, and the report says whose latency it is."""
+def test_with_quantize_the_latency_target_is_judged_on_the_written_int8_model(tmp_path, monkeypatch):
+    """The table, the target and the report are the int8 model's: what the user runs. (Whether the
+    target is met is wall clock, checked by the timing test below.)"""
     from onnxprune.workers.html_report import render_report_html
+    from onnxprune.workers.pipeline import run_pipeline
+
+    monkeypatch.setenv("ONNXPRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    source = tmp_path / "chain.onnx"
+    onnx.save(chain_model(width=128, size=32), source)
+    options = PruneOptions(latency_target=0.3, quantize="int8", latency_budget_s=30.0, benchmark_runs=20)
+    report = run_pipeline(source, tmp_path / "out.onnx", options).report  # oracle-checked, then quantized
+
+    lt = report.latency_target
+    assert lt is not None and lt.applies_to == "int8" and lt.float_original_ms is not None
+    assert lt.float_original_ms > 0 and 1 <= len(lt.iterations) <= options.latency_iterations
+    assert report.quantization is not None and report.latency_ms is not None
+    written = onnx.load(tmp_path / "out.onnx")
+    assert any(node.op_type == "QuantizeLinear" for node in written.graph.node)
+    page = render_report_html(report)
+    assert "for the <b>int8</b> model" in page
+
+
+@pytest.mark.timing
+def test_with_quantize_the_latency_target_is_met_by_the_quantized_model(tmp_path, monkeypatch):
+    """Wall clock (pytest -m timing): the target is set below what int8 alone gives on this machine
+    (as the pipeline measures it), so channels must go too; the written int8 model meets it."""
     from onnxprune.workers.pipeline import run_pipeline
 
     monkeypatch.setenv("ONNXPRUNE_CACHE_DIR", str(tmp_path / "cache"))
@@ -112,15 +134,10 @@ def test_with_quantize_the_latency_target_is_met_by_the_quantized_model(tmp_path
     report = run_pipeline(source, tmp_path / "out.onnx", options).report  # oracle-checked, then quantized
 
     lt = report.latency_target
-    assert lt is not None and lt.applies_to == "int8" and lt.float_original_ms is not None
+    assert lt is not None and lt.float_original_ms is not None
     assert lt.baseline_ms < lt.float_original_ms  # the table's original is the int8 one
     assert any(g.channels_after < g.channels_before for g in report.groups)  # int8 alone was not enough
     assert lt.met and decisive_ratio(lt.measured) <= target
     # the pipeline's final measurement of the written int8 model against the float original: a second,
     # independent timing of the same graph, so a quarter of slack on its p50 for a shared machine
-    assert report.quantization is not None and report.latency_ms is not None
-    assert report.latency_ms.change.ratio <= 1.25 * target
-    written = onnx.load(tmp_path / "out.onnx")
-    assert any(node.op_type == "QuantizeLinear" for node in written.graph.node)
-    page = render_report_html(report)
-    assert "for the <b>int8</b> model" in page
+    assert report.latency_ms is not None and report.latency_ms.change.ratio <= 1.25 * target

@@ -1,4 +1,5 @@
-"""The import order is one-way: service -> jobs -> workers -> roundtrip -> graphops, with no module cycles.
+"""The import order is one-way: onnxprune/*.py -> service -> jobs -> workers -> roundtrip -> graphops, with no
+module cycles. ``onnxprune/*.py`` (the package's own modules: the library API, ``__main__``) is the top layer.
 
 Imports are read from the source (ast). For layering, function-level imports count too: a lazy import
 is still a dependency, and a lazy upward import is how layering quietly erodes. For cycles, only
@@ -9,31 +10,41 @@ that imports its plug-ins inside a function is not an import cycle).
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = ["graphops", "roundtrip", "workers", "jobs", "service"]  # each may import only those before it
+TOP = "onnxprune"  # onnxprune/*.py: above every layer (the library API imports the workers)
 
 
 def module_name(path: Path) -> str:
     """Installed as ``onnxprune.<layer>...`` (``onnxprune/<layer>`` links to the top-level folder)."""
-    parts = ["onnxprune", *path.relative_to(REPO).with_suffix("").parts]
+    relative = path.relative_to(REPO).with_suffix("").parts
+    parts = list(relative) if relative[0] == TOP else [TOP, *relative]
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
 
 
 def project_modules() -> dict[str, Path]:
-    return {module_name(p): p for layer in LAYERS for p in sorted((REPO / layer).rglob("*.py"))}
+    layers = {module_name(p): p for layer in LAYERS for p in sorted((REPO / layer).rglob("*.py"))}
+    top = {module_name(p): p for p in sorted((REPO / TOP).glob("*.py"))}  # not the layer links inside it
+    return {**layers, **top}
 
 
 def _module_level(tree: ast.Module):
-    """Import statements that run at import time: the module body and its if/try blocks, not functions."""
+    """Import statements that run at import time: the module body and its if/try blocks, not functions
+    (nor ``if TYPE_CHECKING:`` blocks, which only the type checker reads)."""
     pending: list[ast.stmt] = list(tree.body)
     while pending:
         node = pending.pop()
         yield node
-        if isinstance(node, (ast.If, ast.Try)):
+        if isinstance(node, ast.If) and ast.unparse(node.test) in {"TYPE_CHECKING", "typing.TYPE_CHECKING"}:
+            pending.extend(node.orelse)
+        elif isinstance(node, (ast.If, ast.Try)):
             pending.extend(node.body + node.orelse + getattr(node, "finalbody", []))
             for handler in getattr(node, "handlers", []):
                 pending.extend(handler.body)
@@ -72,7 +83,15 @@ def import_graph(*, module_level_only: bool = False) -> dict[str, set[str]]:
 
 
 def layer_of(module: str) -> int:
-    return LAYERS.index(module.split(".")[1])
+    """The index in LAYERS; the package's own modules (``onnxprune.api``) rank above all.
+
+    The package ``onnxprune`` itself ranks below all: importing any module runs it first, so it
+    imports nothing at import time (its API is loaded on first use) and any layer may read
+    ``onnxprune.__version__``."""
+    parts = module.split(".")
+    if module == TOP:
+        return -1
+    return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else len(LAYERS)
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -105,10 +124,64 @@ def test_no_package_imports_a_package_above_it():
     upward = sorted(
         f"{module} imports {target}"
         for module, targets in import_graph().items()
+        if module != TOP  # its one import, the API on first use, is checked below
         for target in targets
         if layer_of(target) > layer_of(module)
     )
     assert upward == []
+
+
+def test_the_top_level_modules_are_checked_as_the_top_layer():
+    modules = project_modules()
+    assert {"onnxprune", "onnxprune.api", "onnxprune.__main__"} <= set(modules)
+    assert layer_of("onnxprune.api") > layer_of("onnxprune.service.cli") > layer_of("onnxprune")
+    assert "onnxprune.workers.options" in import_graph()["onnxprune.api"]
+
+
+def test_the_top_level_package_imports_nothing_at_import_time():
+    """``onnxprune/__init__.py`` loads its API on first use (PEP 562): importing a layer runs it first."""
+    assert import_graph(module_level_only=True)["onnxprune"] == set()
+    assert import_graph()["onnxprune"] == {"onnxprune.api"}
+
+
+LOADED_BY = """
+import json, sys
+import {module}
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def modules_loaded_by(module: str) -> set[str]:
+    """What a fresh interpreter has in ``sys.modules`` after importing ``module`` (nothing else ran)."""
+    done = subprocess.run(
+        [sys.executable, "-c", LOADED_BY.format(module=module)], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    return set(json.loads(done.stdout))
+
+
+def test_importing_the_graph_library_loads_no_worker_service_or_torch_module():
+    for module in ("onnxprune", "onnxprune.graphops", "onnxprune.graphops.plan"):
+        loaded = modules_loaded_by(module)
+        heavy = sorted(
+            name
+            for name in loaded
+            if name.split(".")[0] in {"torch", "fastapi", "celery", "redis"}
+            or name.split(".")[:2] in (["onnxprune", layer] for layer in ("workers", "jobs", "service", "roundtrip"))
+            or name == "onnxprune.api"
+        )
+        assert module in loaded and heavy == [], module
+
+
+def test_the_api_is_loaded_on_first_use():
+    import onnxprune
+
+    assert onnxprune.prune.__module__ == "onnxprune.api" and "prune" in dir(onnxprune)
+    try:
+        onnxprune.no_such_name  # noqa: B018 - the attribute access is the test
+    except AttributeError as exc:
+        assert "no_such_name" in str(exc)
+    else:
+        raise AssertionError("an unknown attribute must raise AttributeError")
 
 
 def test_no_import_cycles_between_modules():

@@ -16,6 +16,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
+
 REPO = Path(__file__).resolve().parents[1]
 ORT_WARNING = "[W:onnxruntime"
 

@@ -15,6 +15,8 @@ from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.pipeline import VerificationFailed, run_pipeline
 from tests.test_selection import residual_model
 
+pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
+
 
 @pytest.fixture
 def model_path(tmp_path) -> Path:

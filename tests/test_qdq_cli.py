@@ -18,6 +18,8 @@ from onnxprune.graphops.plan import PruningPlan
 from tests import qdq_models
 from tests.oracle import analyse, assert_prune_matches_oracle, initializer_arrays
 
+pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

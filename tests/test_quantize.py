@@ -15,6 +15,8 @@ from onnxprune.workers.pipeline import float_output_path, run_pipeline
 from onnxprune.workers.quantize import calibration_batches
 from tests.test_selection import residual_model
 
+pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
+
 
 @pytest.fixture(scope="module")
 def model_and_data(tmp_path_factory) -> tuple[Path, Path]:

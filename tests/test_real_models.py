@@ -18,6 +18,8 @@ from onnxprune.graphops.scoring import score_groups
 from onnxprune.graphops.selection import select_by_ratio
 from tests.oracle import Analysed, analyse, assert_prune_matches_oracle
 
+pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
+
 RATIO = 0.3
 
 

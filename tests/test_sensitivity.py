@@ -26,6 +26,8 @@ from onnxprune.workers.sensitivity import choose_auto, measure_sensitivity, pars
 from tests import zoo
 from tests.oracle import analyse, run_model
 
+pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
+
 SAMPLES = 300
 
 

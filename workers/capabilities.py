@@ -37,30 +37,31 @@ def local_capabilities() -> frozenset[str]:
     return frozenset({TORCH}) if torch_installed() else frozenset()
 
 
-def torch_reason(options: PruneOptions) -> str | None:
-    """What in ``options`` runs in PyTorch, or None."""
-    from onnxprune.graphops.scoring import criterion_needs_data
+def torch_reason(options: PruneOptions, *, has_data: bool = False, plan_given: bool = False) -> str | None:
+    """What in the job runs in PyTorch, or None: what its strategies declare (``strategies.needs``).
+    With data, the default recovery (layer-wise reconstruction) does."""
+    from onnxprune.workers.strategies.needs import job_needs
 
-    if criterion_needs_data(options.criterion):
-        return f"criterion '{options.criterion}'"
-    if options.finetune_steps > 0:
-        return "fine-tuning (finetune_steps)"
-    if options.iterative_steps > 1:
-        return "iterative pruning (iterative_steps)"
-    return None
+    return job_needs(options, has_data=has_data, plan_given=plan_given).torch
 
 
-def missing_capability(options: PruneOptions, capabilities: Set[str] | None = None) -> str | None:
+def missing_capability(
+    options: PruneOptions,
+    capabilities: Set[str] | None = None,
+    *,
+    has_data: bool = False,
+    plan_given: bool = False,
+) -> str | None:
     """One line saying what the job needs that ``capabilities`` (default: this process) lacks, or None."""
-    reason = torch_reason(options)
+    reason = torch_reason(options, has_data=has_data, plan_given=plan_given)
     have = local_capabilities() if capabilities is None else capabilities
     if reason is not None and TORCH not in have:
         return f"{reason} needs PyTorch, which is not installed; {TORCH_INSTALL_HINT}"
     return None
 
 
-def require_capabilities(options: PruneOptions) -> None:
+def require_capabilities(options: PruneOptions, *, has_data: bool = False, plan_given: bool = False) -> None:
     """Raise :class:`MissingCapability` when this process cannot run the job."""
-    missing = missing_capability(options)
+    missing = missing_capability(options, has_data=has_data, plan_given=plan_given)
     if missing is not None:
         raise MissingCapability(missing)

@@ -297,18 +297,12 @@ class PruneOptions(BaseModel):
             raise ValueError(f"unknown criterion {value!r}; choose one of: {known}")
         return value
 
-    def data_requirement(self, *, sensitivity_given: bool = False) -> str | None:
-        """Why this job needs a data file, or None when it runs without one (checked before any
-        model is read, by the CLI and at upload)."""
-        from onnxprune.graphops.scoring import criterion_needs_data
+    def data_requirement(self, *, sensitivity_given: bool = False, plan_given: bool = False) -> str | None:
+        """Why this job needs a data file, or None when it runs without one: what its strategies
+        declare (``workers.strategies.needs.job_needs``, the one place that says it)."""
+        from onnxprune.workers.strategies.needs import job_needs
 
-        if criterion_needs_data(self.criterion):
-            return f"criterion '{self.criterion}' needs data"
-        if self.finetune_steps > 0 or self.iterative_steps > 1:
-            return "fine-tuning needs data"
-        if self.ratio == "auto" and not sensitivity_given:
-            return "ratio 'auto' needs data (or a sensitivity file) to measure each group's drop"
-        return None
+        return job_needs(self, has_data=False, plan_given=plan_given, sensitivity_given=sensitivity_given).data
 
     @field_validator("ratio", mode="before")
     @classmethod

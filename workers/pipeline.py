@@ -62,7 +62,7 @@ def run_pipeline(
     error) and other exceptions for failures of our own or of the machine.
     """
     output_path = Path(output_path)
-    require_capabilities(options)
+    require_capabilities(options, has_data=data is not None, plan_given=plan is not None)
     stages = Stages(progress)
     analysis = analyse_model(Path(model_path), options.input_shapes, stage=stages.stage)
     check_exclude_patterns(options.exclude, (node.name for node in analysis.prepared.graph.node))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from importlib.metadata import entry_points
 from typing import TypeVar
 
 import numpy as np
@@ -23,7 +24,7 @@ from onnxprune.graphops.dequantized import (
     quantized_constant_values,
     quantized_slice_targets,
 )
-from onnxprune.graphops.errors import AnalysisBug, UnsupportedPattern
+from onnxprune.graphops.errors import AnalysisBug, DuplicateRegistration, GraphOpsError, UnsupportedPattern
 from onnxprune.graphops.layout import ConstSlice, Layout, TrackerState
 from onnxprune.graphops.shapes import Shape
 
@@ -251,21 +252,60 @@ class OpHandler:
 _REGISTRY: dict[str, OpHandler] = {}
 _UNKNOWN = OpHandler()
 _Handler = TypeVar("_Handler", bound=OpHandler)
+# Handlers for ops of other packages (a custom op, a contrib domain): an entry point in this group
+# named for the op type, whose object is an ``OpHandler`` subclass, e.g. in the plugin's pyproject.toml
+#   [project.entry-points."onnxprune.op_handlers"]
+#   MyScale = "my_package.handlers:MyScaleHandler"
+# (see docs/ARCHITECTURE.md, "Where to add"). Loaded once, the first time a handler is asked for.
+PLUGIN_GROUP = "onnxprune.op_handlers"
+_plugins_loaded = False
+
+
+def _add(op_type: str, handler: OpHandler, source: str) -> None:
+    existing = _REGISTRY.get(op_type)
+    if existing is not None:
+        raise DuplicateRegistration(
+            f"op type '{op_type}' already has a handler ({type(existing).__qualname__}); "
+            f"{source} registers {type(handler).__qualname__} for it too"
+        )
+    _REGISTRY[op_type] = handler
 
 
 def register(*op_types: str) -> Callable[[type[_Handler]], type[_Handler]]:
+    """Class decorator: one instance of the handler serves every op type named (each op type once)."""
+
     def decorate(cls: type[_Handler]) -> type[_Handler]:
         instance = cls()
         for op_type in op_types:
-            _REGISTRY[op_type] = instance
+            _add(op_type, instance, f"{cls.__module__}.{cls.__qualname__}")
         return cls
 
     return decorate
 
 
+def load_plugins() -> None:
+    """Register the handlers of the ``onnxprune.op_handlers`` entry points (once per process)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    handlers: list[tuple[str, OpHandler, str]] = []
+    for point in entry_points(group=PLUGIN_GROUP):
+        handler = point.load()
+        if not (isinstance(handler, type) and issubclass(handler, OpHandler)):
+            raise GraphOpsError(
+                f"entry point '{point.name} = {point.value}' ({PLUGIN_GROUP}) is not an OpHandler subclass"
+            )
+        handlers.append((point.name, handler(), f"entry point '{point.name} = {point.value}'"))
+    for op_type, instance, source in handlers:  # all or none: a bad plugin fails every analysis, loudly
+        _add(op_type, instance, source)
+    _plugins_loaded = True
+
+
 def handler_for(op_type: str) -> OpHandler:
+    load_plugins()
     return _REGISTRY.get(op_type, _UNKNOWN)
 
 
 def registered_op_types() -> list[str]:
+    load_plugins()
     return sorted(_REGISTRY)

@@ -14,7 +14,7 @@ import onnx
 import torch
 from onnx import helper
 
-from onnxprune.graphops.errors import ModelRejected
+from onnxprune.graphops.errors import DuplicateRegistration, ModelRejected
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,16 @@ _OPS: dict[str, OpFn] = {}
 
 
 def register(*op_types: str) -> Callable[[OpFn], OpFn]:
+    """Function decorator: ``fn`` computes every op type named, each of which has no other function."""
+
     def decorate(fn: OpFn) -> OpFn:
         for op_type in op_types:
+            existing = _OPS.get(op_type)
+            if existing is not None:
+                raise DuplicateRegistration(
+                    f"op type '{op_type}' already runs in PyTorch as {existing.__module__}.{existing.__qualname__}; "
+                    f"{fn.__module__}.{fn.__qualname__} registers it too"
+                )
             _OPS[op_type] = fn
         return fn
 

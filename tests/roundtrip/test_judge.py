@@ -40,9 +40,18 @@ def test_the_judge_follows_the_jobs_recovery(job):
     assert isinstance(choose_judge(job(recovery="finetune")), PrunedJudge)
 
 
-def test_under_a_time_budget_candidates_are_also_fine_tuned_briefly_when_fine_tuning_follows(job):
+def test_under_a_time_budget_candidates_are_also_fine_tuned_briefly_when_fine_tuning_follows(job, monkeypatch):
+    import onnxprune.workers.strategies.judge as judge_module
+
     budgeted, spent = job(time_budget=200), job(time_budget=200)
-    spent.started -= 199.5  # what the sensitivity sweep may leave of a short budget
+    spent.started = budgeted.started - 199.5  # what the sensitivity sweep may leave of a short budget
+
+    class StoppedClock:  # asked when the budgeted job starts: the whole budget is left (no wall clock)
+        @staticmethod
+        def monotonic() -> float:
+            return budgeted.started
+
+    monkeypatch.setattr(judge_module, "time", StoppedClock)
 
     assert choose_judge(budgeted).budgeted
     assert finetune_seconds(budgeted) == pytest.approx(JUDGE_SHARE * 200 / JUDGED_CANDIDATES, rel=0.02)
@@ -54,16 +63,26 @@ def test_under_a_time_budget_candidates_are_also_fine_tuned_briefly_when_fine_tu
 
 def test_a_candidate_is_fine_tuned_for_its_seconds_and_scores_no_worse_than_reconstruction_alone(job, monkeypatch):
     import onnxprune.roundtrip.training as training
+    import onnxprune.workers.strategies.judge as judge_module
 
-    runs = []
+    runs, clock = [], []
+
+    class RecordingClock:  # the judge's clock, read back: the seconds it gives, not how long they took
+        @staticmethod
+        def monotonic() -> float:
+            clock.append(time.monotonic())
+            return clock[-1]
 
     def recorded(*args, **kwargs):
-        started = time.monotonic()
-        runs.append((training_finetune(*args, **kwargs), kwargs["deadline"] - started))
+        """The deadline the judge gives, read; then a fixed number of steps (how many fit in its seconds
+        is wall clock, and ``StepPlan``'s: ``test_step_plan.py``)."""
+        seconds = kwargs["deadline"] - clock[-1]
+        runs.append((training_finetune(*args, **{**kwargs, "steps": 30, "deadline": None}), seconds))
         return runs[-1][0]
 
     training_finetune = training.finetune
     monkeypatch.setattr(training, "finetune", recorded)
+    monkeypatch.setattr(judge_module, "time", RecordingClock)
     reconstructing, shown = job(), []
     reconstructing.stages = Stages(lambda label, _fraction: shown.append(label))
     plan = select_by_ratio(reconstructing.dep, score_groups(reconstructing.dep, "l1"), 0.75)
@@ -73,8 +92,8 @@ def test_a_candidate_is_fine_tuned_for_its_seconds_and_scores_no_worse_than_reco
     tuned = judge(reconstructing.dep, plan)
 
     [(run, seconds)] = runs
-    assert seconds == pytest.approx(2.0, abs=0.1)
-    assert run.steps > 20 and run.losses[-1] < run.losses[0]  # it trained
+    assert seconds == pytest.approx(2.0)
+    assert run.steps == 30 and run.losses[-1] < run.losses[0]  # it trained
     assert tuned >= refit  # the weights before it compete, as in the final recovery
     assert shown and all(label.startswith("select: candidate 1, fine-tune ") for label in shown)
     assert judge.how == "after layer-wise reconstruction and 2 s of fine-tuning"

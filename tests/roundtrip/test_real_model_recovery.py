@@ -25,6 +25,8 @@ from tests.oracle import analyse, random_feeds, relative_error, run_model
 from tests.roundtrip.test_executor import PIXEL_INPUTS
 from tests.test_real_models import REAL_MODEL_CASES
 
+pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
+
 RTOL = 1e-4
 # Big inputs or many nodes: seconds to tens of seconds each on 2 shared cores.
 SLOW = {

@@ -58,10 +58,9 @@ def _store(env: dict[str, str]) -> JobStore:
     return JobStore(Path(env["ONNXPRUNE_DATA_DIR"]) / "jobs.sqlite3")
 
 
-@pytest.mark.parametrize("outage", ["stopped", "paused"])
-def test_a_submit_while_redis_is_down_answers_503_at_once_and_keeps_nothing(
-    outage, own_redis, start_api, model_path, tmp_path
-):
+def _submit_during_outage(outage, own_redis, start_api, model_path, tmp_path):
+    """A submit while Redis is down (killed) or stalled (SIGSTOP), with /healthz probed throughout.
+    Gives the env, the POST's response and seconds, each probe's seconds, and /readyz after."""
     broker = own_redis(persistent=False)
     env = _env(tmp_path, broker.url)
     server = start_api(env)
@@ -92,17 +91,31 @@ def test_a_submit_while_redis_is_down_answers_503_at_once_and_keeps_nothing(
             time.sleep(0.05)
     posting.join()
     ready = httpx.get(f"{server.url}/readyz", timeout=10)
+    return env, answers["post"], answers["post_s"], health_s, ready
 
-    response = answers["post"]
+
+@pytest.mark.parametrize("outage", ["stopped", "paused"])
+def test_a_submit_while_redis_is_down_answers_503_and_keeps_nothing(outage, own_redis, start_api, model_path, tmp_path):
+    env, response, _, _, ready = _submit_during_outage(outage, own_redis, start_api, model_path, tmp_path)
+
     assert response.status_code == 503, response.text
     assert response.json()["error"]["code"] == "broker_unavailable"
     assert int(response.headers["Retry-After"]) > 0
-    assert answers["post_s"] < 2.0
-    assert max(health_s) < 1.0
     assert ready.status_code == 503 and "broker" in ready.json()["detail"]
     assert _store(env).counts() == {"queued": 0, "running": 0}
     assert _store(env).list("", limit=10, offset=0)[1] == 0
     assert list((Path(env["ONNXPRUNE_DATA_DIR"]) / "jobs").iterdir()) == []
+
+
+@pytest.mark.timing
+@pytest.mark.parametrize("outage", ["stopped", "paused"])
+def test_a_submit_while_redis_is_down_answers_at_once(outage, own_redis, start_api, model_path, tmp_path):
+    """Wall clock (pytest -m timing): the 503 comes within the 1 s publish timeout (plus slack), and
+    /healthz answers within 1 s throughout."""
+    _, response, post_s, health_s, _ = _submit_during_outage(outage, own_redis, start_api, model_path, tmp_path)
+    assert response.status_code == 503
+    assert post_s < 2.0
+    assert max(health_s) < 1.0
 
 
 @pytest.mark.slow
@@ -123,13 +136,11 @@ def test_jobs_queued_when_redis_is_killed_all_end_once_it_returns(
     broker.start()  # same port, same folder: only what was persisted comes back
     assert broker.client().llen(queue_key) == (3 if persistent else 0)
     wait_until(lambda: httpx.get(f"{server.url}/readyz", timeout=5).status_code == 200, 10, "readyz, no worker")
-    returned = time.monotonic()
     start_worker(env)
 
     store = _store(env)
     wait_until(lambda: all(store.get(i).status.terminal for i in ids), 120, "every job to end")
     jobs = [store.get(i) for i in ids]
-    assert time.monotonic() - returned < 120
     assert [j.status.value for j in jobs] == ["succeeded"] * 3
     assert [j.attempts for j in jobs] == [1, 1, 1]  # re-sent, maybe twice, but run once
     if not persistent:

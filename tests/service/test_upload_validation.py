@@ -217,6 +217,23 @@ def test_a_data_driven_job_on_a_server_without_torch_is_a_422_before_any_job_exi
     _assert_nothing_left(client, embedded_settings.data_dir)
 
 
+def test_a_job_with_data_and_default_options_on_a_server_without_torch_is_a_422(client, embedded_settings, monkeypatch):
+    """With data the default recovery is layer-wise reconstruction, which runs in PyTorch: refused at
+    upload, never accepted to fail later as a retried internal error."""
+    monkeypatch.setattr("onnxprune.workers.capabilities.torch_installed", lambda: False)
+    data = _npz(input=np.zeros((10, 3, 16, 16), np.float32))
+
+    response = _post(client, config={"ratio": 0.3}, data=data)
+
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "missing_capability"
+    assert "layer-wise reconstruction (the default recovery when data is given) needs PyTorch" in error["message"]
+    _assert_nothing_left(client, embedded_settings.data_dir)
+    with_no_recovery = _post(client, config={"ratio": 0.3, "recovery": "none", "benchmark": False}, data=data)
+    assert with_no_recovery.status_code == 202, with_no_recovery.text  # magnitude pruning with data: no torch
+
+
 def test_a_magnitude_job_needs_no_torch(client, monkeypatch):
     monkeypatch.setattr("onnxprune.workers.capabilities.torch_installed", lambda: False)
 

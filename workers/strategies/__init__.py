@@ -5,20 +5,32 @@ from __future__ import annotations
 
 from onnxprune.graphops.errors import ModelRejected
 from onnxprune.graphops.plan import PruningPlan
-from onnxprune.graphops.scoring import criterion_needs_data
 from onnxprune.workers.options import AutoTarget, LatencyTarget, LearnedTarget, MacsTarget, PruneOptions, RatioTarget
 from onnxprune.workers.strategies.auto import AutoRatios
 from onnxprune.workers.strategies.base import Job, Outcome, Schedule, Selection, Selector, Step
 from onnxprune.workers.strategies.finetune import FineTune
 from onnxprune.workers.strategies.latency import LatencyTargetSelector
 from onnxprune.workers.strategies.learned import LearnedSearch
+from onnxprune.workers.strategies.needs import Given, Needs, job_needs
 from onnxprune.workers.strategies.ranked import RankedByMacs, RankedByRatio
 from onnxprune.workers.strategies.reconstruct import Reconstruct
 from onnxprune.workers.strategies.recovery import NoRecovery, Recovery
 from onnxprune.workers.strategies.saved_plan import SavedPlan
 from onnxprune.workers.strategies.stepwise import Stepwise
 
-__all__ = ["Job", "Outcome", "Schedule", "Selection", "Selector", "Step", "choose_schedule", "round_trip_reason"]
+__all__ = [
+    "Given",
+    "Job",
+    "Needs",
+    "Outcome",
+    "Schedule",
+    "Selection",
+    "Selector",
+    "Step",
+    "choose_schedule",
+    "job_needs",
+    "round_trip_reason",
+]
 
 
 def choose_selector(options: PruneOptions, plan: PruningPlan | None = None) -> Selector:
@@ -50,21 +62,9 @@ def choose_recovery(options: PruneOptions, *, has_data: bool) -> Recovery:
 
 
 def round_trip_reason(options: PruneOptions, *, has_data: bool, plan_given: bool = False) -> str | None:
-    """What in this job runs the graph in PyTorch (``roundtrip``), in the options' words, or None: the
-    strategies above that would (data-driven scores, reconstruction, fine-tuning), read off the same choices."""
-    if not plan_given and criterion_needs_data(options.criterion):
-        return f"criterion '{options.criterion}'"
-    recovery = choose_recovery(options, has_data=has_data)
-    if isinstance(recovery, Reconstruct):
-        named = options.recovery == "reconstruct"
-        return "layer-wise reconstruction" + ("" if named else " (the default recovery when data is given)")
-    if isinstance(recovery, FineTune):
-        if options.finetune_steps > 0:
-            return "fine-tuning (finetune_steps)"
-        if options.iterative_steps > 1:
-            return "iterative pruning (iterative_steps)"
-        return "fine-tuning under the time budget (time_budget with data)"
-    return None
+    """What in this job runs the graph in PyTorch (``roundtrip``), in the options' words, or None
+    (``job_needs(...).torch``: what the chosen strategies declare)."""
+    return job_needs(options, has_data=has_data, plan_given=plan_given).torch
 
 
 def choose_schedule(options: PruneOptions, plan: PruningPlan | None = None, *, has_data: bool = False) -> Schedule:

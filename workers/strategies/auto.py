@@ -8,14 +8,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.sensitivity import AutoSelection, auto_for_job
 from onnxprune.workers.strategies.base import Job, Selection, Step
 from onnxprune.workers.strategies.judge import PlanJudge, choose_judge
+from onnxprune.workers.strategies.needs import NOTHING, Given, Needs, criterion_needs
 
 
 @dataclass
 class AutoRatios:
     max_drop: float
+
+    def needs(self, options: PruneOptions, given: Given) -> Needs:
+        """Each group's drop is measured on data, unless a sensitivity file has the curves. (Judging the
+        combined plan after reconstruction is the recovery's need: ``Reconstruct`` declares it.)"""
+        curves = NOTHING
+        if not given.sensitivity:
+            curves = Needs(data="ratio 'auto' needs data (or a sensitivity file) to measure each group's drop")
+        return criterion_needs(options) | curves
 
     def select(self, job: Job, dep: DependencyGraph, step: Step) -> Selection:
         with job.stages.stage("score"):

@@ -34,6 +34,7 @@ from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.report import FastestCutReport, FinetuneReport, LatencyTargetReport, SensitivityReport
 from onnxprune.workers.sandbox import RunnerLimits
 from onnxprune.workers.stages import Stages
+from onnxprune.workers.strategies.needs import Given, Needs
 from onnxprune.workers.verification import Outputs, Verified, verify_against_oracle, write_model
 
 if TYPE_CHECKING:
@@ -224,10 +225,18 @@ class Outcome:
 class Selector(Protocol):
     """Chooses the channels to keep on ``dep`` for one step of a schedule."""
 
+    def needs(self, options: PruneOptions, given: Given) -> Needs:
+        """What choosing needs besides the model (data, PyTorch): see ``strategies.needs``."""
+        ...
+
     def select(self, job: Job, dep: DependencyGraph, step: Step) -> Selection: ...
 
 
 class Schedule(Protocol):
     """Prunes the job's model and recovers it, every surgery verified: returns the final model."""
+
+    def needs(self, options: PruneOptions, given: Given) -> Needs:
+        """What the whole schedule needs: its own, its selector's and its recovery's."""
+        ...
 
     def run(self, job: Job) -> Outcome: ...

@@ -17,6 +17,7 @@ from onnxprune.graphops.dependency import DependencyGraph
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.strategies.base import Job, Step
+from onnxprune.workers.strategies.needs import Given, Needs
 from onnxprune.workers.strategies.recovery import Recovered
 
 if TYPE_CHECKING:  # torch is imported only when a job fine-tunes
@@ -47,6 +48,16 @@ class FineTune:
     augment: bool = True
     budgeted: bool = False  # steps planned from --time-budget (``steps``, when set, caps them)
     match_features: bool = False  # also match the refit layers' outputs (``roundtrip.objective.FeatureMatch``)
+
+    def needs(self, options: PruneOptions, given: Given) -> Needs:
+        """BatchNorm re-estimation and training run in the PyTorch executor, on the job's data."""
+        if self.steps > 0:
+            why = "fine-tuning (finetune_steps)"
+        elif options.iterative_steps > 1:  # BatchNorm re-estimated between the steps
+            why = "iterative pruning (iterative_steps)"
+        else:
+            why = "fine-tuning under the time budget (time_budget with data)"
+        return Needs(data="fine-tuning needs data", torch=why)
 
     @classmethod
     def from_options(cls, options: PruneOptions, *, budgeted: bool) -> FineTune:

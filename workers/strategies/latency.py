@@ -8,13 +8,18 @@ from dataclasses import dataclass
 
 from onnxprune.graphops.dependency import DependencyGraph
 from onnxprune.workers.latency_target import select_for_latency
+from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.strategies.base import Job, Selection, Step
+from onnxprune.workers.strategies.needs import Given, Needs, criterion_needs
 
 
 @dataclass
 class LatencyTargetSelector:
     ratio: float
     step_from_table: bool  # round_to 'auto': channel counts on the table's measured step
+
+    def needs(self, options: PruneOptions, given: Given) -> Needs:
+        return criterion_needs(options)  # the table is timed in onnxruntime (sandboxed)
 
     def select(self, job: Job, dep: DependencyGraph, step: Step) -> Selection:
         with job.stages.stage("score"):

@@ -14,10 +14,12 @@ import onnx
 
 from onnxprune.graphops.dependency import DependencyGraph
 from onnxprune.graphops.plan import PruningPlan
+from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.report import LearnedLayerReport, LearnedReport
 from onnxprune.workers.strategies.base import Job, Outcome, Selection, Step
 from onnxprune.workers.strategies.finetune import RECOVERY_SHARE, FineTune
 from onnxprune.workers.strategies.judge import JUDGE_SAMPLES
+from onnxprune.workers.strategies.needs import Given, Needs
 from onnxprune.workers.strategies.recovery import Recovered
 from onnxprune.workers.strategies.stepwise import finetune_report
 from onnxprune.workers.verification import verify_against_oracle, verify_write_back
@@ -34,6 +36,10 @@ SEARCH_SHARE = 0.6
 @dataclass
 class LearnedSearch:
     max_drop: float
+
+    def needs(self, options: PruneOptions, given: Given) -> Needs:
+        """Agents trained on validation samples, layers refit and fine-tuned in PyTorch."""
+        return Needs(data="criterion 'learned' needs data", torch="criterion 'learned'")
 
     def run(self, job: Job) -> Outcome:
         from onnxprune.roundtrip.learned import SearchSettings, search

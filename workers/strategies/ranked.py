@@ -18,8 +18,10 @@ from onnxprune.graphops.fastest_cut import MACS_SLACK, TOLERANCE, FastestCut, se
 from onnxprune.graphops.latency_table import LatencyTable
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.selection import MacsModel, Scores, select_by_flops, select_by_ratio
+from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.report import CutCandidateReport, FastestCutReport
 from onnxprune.workers.strategies.base import Job, Selection, Step
+from onnxprune.workers.strategies.needs import Given, Needs, criterion_needs
 
 # Below this a step has nothing left to remove.
 _NOTHING = 1e-9
@@ -32,6 +34,9 @@ _MOST_OVERSHOOT = 2.5
 @dataclass
 class RankedByRatio:
     ratio: float
+
+    def needs(self, options: PruneOptions, given: Given) -> Needs:
+        return criterion_needs(options)
 
     def select(self, job: Job, dep: DependencyGraph, step: Step) -> Selection:
         with job.stages.stage("score"):
@@ -52,6 +57,9 @@ class RankedByRatio:
 @dataclass
 class RankedByMacs:
     fraction: float  # of the original model's MACs to remove
+
+    def needs(self, options: PruneOptions, given: Given) -> Needs:
+        return criterion_needs(options)
 
     def select(self, job: Job, dep: DependencyGraph, step: Step) -> Selection:
         with job.stages.stage("score"):

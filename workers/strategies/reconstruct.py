@@ -17,7 +17,9 @@ import onnx
 from onnxprune.graphops.cost import measure_cost
 from onnxprune.graphops.dependency import DependencyGraph
 from onnxprune.graphops.plan import PruningPlan
+from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.strategies.base import Job, Step
+from onnxprune.workers.strategies.needs import Given, Needs
 from onnxprune.workers.strategies.recovery import NoRecovery, Recovered, Recovery
 
 if TYPE_CHECKING:
@@ -28,6 +30,14 @@ if TYPE_CHECKING:
 class Reconstruct:
     then: Recovery
     samples: int = 1024
+
+    def needs(self, options: PruneOptions, given: Given) -> Needs:
+        """Layers refit on calibration samples in the PyTorch executor; then what follows needs. (When
+        reconstruction is only the default, what the user asked for, such as fine-tuning, is named first.)"""
+        named = options.recovery == "reconstruct"
+        why = "layer-wise reconstruction" + ("" if named else " (the default recovery when data is given)")
+        own, then = Needs(data=f"{why} needs data", torch=why), self.then.needs(options, given)
+        return own | then if named else then | own
 
     def recover(
         self, job: Job, dep: DependencyGraph, plan: PruningPlan, pruned: onnx.ModelProto, step: Step

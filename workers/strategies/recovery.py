@@ -10,7 +10,9 @@ import onnx
 
 from onnxprune.graphops.dependency import DependencyGraph
 from onnxprune.graphops.plan import PruningPlan
+from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.strategies.base import Job, Step
+from onnxprune.workers.strategies.needs import NOTHING, Given, Needs
 
 
 @dataclass
@@ -33,6 +35,10 @@ class Recovered:
 class Recovery(Protocol):
     """Brings a pruned model (already verified by the oracle) back towards the original."""
 
+    def needs(self, options: PruneOptions, given: Given) -> Needs:
+        """What recovering needs besides the model (data, PyTorch): see ``strategies.needs``."""
+        ...
+
     def recover(
         self, job: Job, dep: DependencyGraph, plan: PruningPlan, pruned: onnx.ModelProto, step: Step
     ) -> Recovered: ...
@@ -40,6 +46,9 @@ class Recovery(Protocol):
 
 class NoRecovery:
     """The pruned model as surgery left it."""
+
+    def needs(self, options: PruneOptions, given: Given) -> Needs:
+        return NOTHING
 
     def recover(
         self, job: Job, dep: DependencyGraph, plan: PruningPlan, pruned: onnx.ModelProto, step: Step

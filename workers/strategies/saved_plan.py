@@ -6,12 +6,17 @@ from dataclasses import dataclass
 
 from onnxprune.graphops.dependency import DependencyGraph
 from onnxprune.graphops.plan import PruningPlan
+from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.strategies.base import Job, Selection, Step
+from onnxprune.workers.strategies.needs import NOTHING, Given, Needs
 
 
 @dataclass
 class SavedPlan:
     plan: PruningPlan
+
+    def needs(self, options: PruneOptions, given: Given) -> Needs:
+        return NOTHING  # nothing is scored
 
     def select(self, job: Job, dep: DependencyGraph, step: Step) -> Selection:
         with job.stages.stage("select"):

@@ -15,8 +15,10 @@ from onnxprune.graphops.dependency import analyze
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.surgery import apply_plan
 from onnxprune.workers.job_threads import current as current_budget
+from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.report import FinetuneReport
 from onnxprune.workers.strategies.base import Job, Outcome, Selection, Selector, Step
+from onnxprune.workers.strategies.needs import NOTHING, Given, Needs
 from onnxprune.workers.strategies.recovery import Recovered, Recovery
 from onnxprune.workers.verification import verify_write_back
 
@@ -26,6 +28,11 @@ class Stepwise:
     selector: Selector
     recovery: Recovery
     steps: int = 1
+
+    def needs(self, options: PruneOptions, given: Given) -> Needs:
+        # Iterative pruning recovers between its steps: without data there is nothing to recover on.
+        iterative = Needs(data="fine-tuning needs data") if self.steps > 1 else NOTHING
+        return self.selector.needs(options, given) | iterative | self.recovery.needs(options, given)
 
     def run(self, job: Job) -> Outcome:
         from onnxprune.roundtrip.schedule import ScheduleError, compose_plans, same_structure

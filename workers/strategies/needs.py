@@ -1,0 +1,61 @@
+"""What a job needs beyond its model (a data file, PyTorch), derived from the strategies it will run.
+
+Each strategy declares its own needs (``needs(options, given)``); :func:`job_needs` builds the
+strategies ``choose_schedule`` would build and asks them. The CLI, the API (at upload) and the worker
+(before the pipeline starts) all ask this one function, so a job is refused for what it lacks before
+any of it runs -- never half-way, as an internal error (a job with data picks layer-wise
+reconstruction by default, which runs in PyTorch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from onnxprune.graphops.scoring import criterion_needs_data
+from onnxprune.workers.options import PruneOptions
+
+
+@dataclass(frozen=True)
+class Given:
+    """What the job comes with besides its model and options."""
+
+    data: bool = False
+    plan: bool = False  # a saved plan (--plan-in): nothing is scored
+    sensitivity: bool = False  # a sensitivity file (--sensitivity): ratio 'auto' needs no data
+
+
+@dataclass(frozen=True)
+class Needs:
+    """Why a job needs each thing, in the options' words; None where it does not.
+
+    ``data``: a full reason ("criterion 'taylor' needs data"); ``torch``: what runs in PyTorch
+    ("criterion 'taylor'"), completed by the caller ("... needs PyTorch, which is not installed")."""
+
+    data: str | None = None
+    torch: str | None = None
+
+    def __or__(self, other: Needs) -> Needs:
+        """Both jobs' needs; where both need a thing, the first reason is kept."""
+        return Needs(self.data or other.data, self.torch or other.torch)
+
+
+NOTHING = Needs()
+
+
+def criterion_needs(options: PruneOptions) -> Needs:
+    """A data-driven criterion (``needs_data`` on its registry entry) scores channels in PyTorch."""
+    if criterion_needs_data(options.criterion):
+        return Needs(data=f"criterion '{options.criterion}' needs data", torch=f"criterion '{options.criterion}'")
+    return NOTHING
+
+
+def job_needs(
+    options: PruneOptions, *, has_data: bool, plan_given: bool = False, sensitivity_given: bool = False
+) -> Needs:
+    """The union of what the job's strategies need (see ``workers.strategies.choose_schedule``)."""
+    from onnxprune.graphops.plan import PruningPlan
+    from onnxprune.workers.strategies import choose_schedule
+
+    given = Given(data=has_data, plan=plan_given, sensitivity=sensitivity_given)
+    stand_in = PruningPlan({}) if plan_given else None  # which plan does not change what the job needs
+    return choose_schedule(options, stand_in, has_data=has_data).needs(options, given)
