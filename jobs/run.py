@@ -7,8 +7,9 @@ so a job may be handed to two workers at once. Fencing makes that harmless:
   finished, or running under a live lease, is not claimable and the delivery does nothing;
 - a heartbeat renews the lease; only the holder's progress, result and failure writes apply, so an
   attempt whose lease expired (a stalled worker) is fenced off and stops at its next stage;
-- each attempt works in its own directory and publishes it by one rename, first one wins
-  (``jobs.files``); the pipeline is deterministic, so the result is byte-identical whoever publishes.
+- each attempt works in its own directory and publishes its results under its own key
+  (``jobs.artifacts``); the store's conditional ``succeed`` records the one that counts, so a late
+  duplicate can never replace it (the pipeline is deterministic: results are byte-identical anyway).
 """
 
 from __future__ import annotations
@@ -20,13 +21,12 @@ import socket
 import threading
 import time
 from enum import Enum
-from pathlib import Path
 
-from onnxprune.jobs.files import MODEL, PLAN, REPORT, JobFiles
+from onnxprune.jobs.artifacts import ArtifactStore, AttemptSpace, Published, open_artifact_store
+from onnxprune.jobs.files import MODEL, PLAN, REPORT
+from onnxprune.jobs.job_store import JobRecord, JobStatus, JobStore
 from onnxprune.jobs.policy import after_attempt
 from onnxprune.jobs.settings import Settings
-from onnxprune.jobs.store import JobRecord, JobStatus, JobStore
-from onnxprune.workers.fileio import file_sha256
 from onnxprune.workers.job_process import JobLimits, JobRequest, run_job_process
 from onnxprune.workers.options import PruneOptions
 
@@ -85,7 +85,7 @@ def job_limits(settings: Settings) -> JobLimits:
     )
 
 
-def run_job(job_id: str, store: JobStore, settings: Settings) -> Outcome:
+def run_job(job_id: str, store: JobStore, settings: Settings, artifacts: ArtifactStore | None = None) -> Outcome:
     """One delivery of the job: claim it, run the pipeline, publish, record the outcome.
 
     Errors are sorted by ``jobs.policy``: a user error fails the job now; an infrastructure error
@@ -94,11 +94,12 @@ def run_job(job_id: str, store: JobStore, settings: Settings) -> Outcome:
     ``max_retries + 1`` times is failed instead of being handed on forever.
     """
     max_attempts = settings.max_retries + 1
+    artifacts = artifacts or open_artifact_store(settings)
     token = store.claim(job_id, attempt_owner(), settings.lease_ttl_s, max_attempts=max_attempts)
     if token is None:
         return _not_claimed(job_id, store, max_attempts)
     try:
-        return _attempt(job_id, token, store, settings)
+        return _attempt(job_id, token, store, settings, artifacts)
     except Exception as exc:
         job = store.get(job_id)
         attempts = job.attempts if job is not None else 1
@@ -110,16 +111,29 @@ def run_job(job_id: str, store: JobStore, settings: Settings) -> Outcome:
             log.exception("job %s: attempt %d failed; giving up", job_id, attempts)
         else:
             log.info("job %s failed (%s): %s", job_id, failure.code, failure.message)
-        return Outcome.failed if store.fail(job_id, failure.code, failure.message, token=token) else Outcome.cancelled
+        if not store.fail(job_id, failure.code, failure.message, token=token):
+            return Outcome.cancelled
+        _release_upload(job_id, store, artifacts)
+        return Outcome.failed
 
 
-def _remove_if_cancelled(job_id: str, store: JobStore, files: JobFiles) -> None:
+def _release_upload(job_id: str, store: JobStore, artifacts: ArtifactStore) -> None:
+    """A failed job's upload is of no more use: remove it now, so it stops counting against the byte
+    budgets (the retention sweep retries what fails here)."""
+    try:
+        artifacts.remove_inputs(job_id)
+        store.release_inputs(job_id)
+    except Exception:  # noqa: BLE001 - the sweep (service.retention) removes it later
+        log.warning("job %s: could not remove the upload of the failed job yet", job_id, exc_info=True)
+
+
+def _remove_if_cancelled(job_id: str, store: JobStore, artifacts: ArtifactStore) -> None:
     """The API removes a cancelled job's files at once, but its sandbox may still have been writing
     until it was killed (within ``JobLimits.stop_poll_s``): remove what it left. A job taken over by
     another attempt (fenced) keeps its files."""
     job = store.get(job_id)
     if job is None or job.status is JobStatus.cancelled:
-        files.remove()
+        artifacts.remove(job_id)
 
 
 def _not_claimed(job_id: str, store: JobStore, max_attempts: int) -> Outcome:
@@ -138,9 +152,8 @@ def _given_up(job: JobRecord, max_attempts: int) -> bool:
     return job.lease_expires is None or job.lease_expires < time.time()
 
 
-def _attempt(job_id: str, token: str, store: JobStore, settings: Settings) -> Outcome:
+def _attempt(job_id: str, token: str, store: JobStore, settings: Settings, artifacts: ArtifactStore) -> Outcome:
     job = store.get(job_id)
-    files = JobFiles.of(settings.jobs_dir, job_id)
     if job is None:
         return Outcome.cancelled
     options = PruneOptions.model_validate_json(job.config)
@@ -153,39 +166,34 @@ def _attempt(job_id: str, token: str, store: JobStore, settings: Settings) -> Ou
         def keep_going() -> bool:
             return not heartbeat.lost.is_set() and store.holds(job_id, token)
 
-        work: Path | None = None
+        space: AttemptSpace | None = None
+        published: Published | None = None
         try:
-            work = files.new_attempt(token)
-            data = files.data if files.data.exists() else None
-            request = JobRequest(files.upload, work / MODEL, options, data=data)
-            sandbox = work / "sandbox"
+            space = artifacts.checkout(job_id, token)
+            request = JobRequest(space.model, space.work / MODEL, options, data=space.data)
+            sandbox = space.work / "sandbox"
             result = run_job_process(
                 request, sandbox, limits=job_limits(settings), progress=progress, keep_going=keep_going
             )
-            os.replace(result.report_path, work / REPORT)
-            os.replace(result.plan_path, work / PLAN)
+            os.replace(result.report_path, space.work / REPORT)
+            os.replace(result.plan_path, space.work / PLAN)
             shutil.rmtree(sandbox)  # the request, the child's log and scratch: not part of the result
             if not store.holds(job_id, token):
                 raise AttemptStopped(job_id)
-            ours = file_sha256(work / "model.onnx")
-            if not files.publish(work):
-                published = file_sha256(files.model)
-                if published != ours:  # the pipeline is meant to be deterministic: say so loudly
-                    log.error(
-                        "job %s: two attempts produced different models (%s, %s); keeping the first",
-                        job_id,
-                        published,
-                        ours,
-                    )
-            work = None
-            output_sha256 = file_sha256(files.model)
+            published = artifacts.publish(job_id, token, space)
+            done = store.succeed(
+                job_id, token, published.sha256, result_key=published.result_key, result_bytes=published.size
+            )
         except Exception:
-            if work is not None:
-                files.discard_attempt(work)
+            if space is not None:
+                artifacts.discard(job_id, space, published)
             if not store.holds(job_id, token):
-                _remove_if_cancelled(job_id, store, files)
+                _remove_if_cancelled(job_id, store, artifacts)
                 return Outcome.cancelled  # cancelled, removed, or fenced: the job is not ours any more
             raise
-    if not store.succeed(job_id, token, output_sha256):
-        return Outcome.cancelled  # cancelled while the last step ran (its files are removed by the API)
+    if not done:  # cancelled or fenced while the last step ran: these results do not count
+        artifacts.discard(job_id, space, published)
+        _remove_if_cancelled(job_id, store, artifacts)
+        return Outcome.cancelled
+    artifacts.discard(job_id, space)  # the scratch space only: the results are the job's now
     return Outcome.succeeded

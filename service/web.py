@@ -12,7 +12,8 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse
 
-from onnxprune.jobs.files import JobFiles
+from onnxprune.jobs.artifacts import ArtifactMissing
+from onnxprune.jobs.files import REPORT
 from onnxprune.jobs.store import JobStatus
 from onnxprune.service.auth import Owner, may_access
 from onnxprune.service.errors import ApiError
@@ -52,17 +53,20 @@ def report_page(job_id: str, owner: Owner, request: Request) -> HTMLResponse:
     from onnxprune.workers.html_report import render_report_html
     from onnxprune.workers.report import PruneReport
 
-    settings, store = request.app.state.settings, request.app.state.store
+    store, artifacts = request.app.state.store, request.app.state.artifacts
     job = store.get(job_id)
     if job is None or not may_access(request, job.owner, owner):
         raise ApiError(404, "not_found", f"no job {job_id!r}")
     if job.status is not JobStatus.succeeded:
         raise ApiError(409, "not_ready", f"job {job.id} is {job.status.value}; its report exists once it has succeeded")
-    files = JobFiles.of(settings.jobs_dir, job.id)
-    if not files.report.is_file():
-        raise ApiError(404, "not_found", f"the report of job {job.id} has been removed")
-    page = files.root / REPORT_HTML
-    if not page.is_file() or page.stat().st_mtime < files.report.stat().st_mtime:
-        report = PruneReport.model_validate_json(files.report.read_text())
+    # Results are published once (``jobs.artifacts``), so a page rendered from them stays valid.
+    page = artifacts.cache_dir(job.id) / REPORT_HTML
+    if not page.is_file():
+        try:
+            raw = artifacts.read_result(job.id, job.result_key, REPORT)
+        except ArtifactMissing:
+            raise ApiError(404, "not_found", f"the report of job {job.id} has been removed") from None
+        report = PruneReport.model_validate_json(raw)
+        page.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(page, render_report_html(report, title=f"onnxprune job {job.id}"))
     return HTMLResponse(page.read_text(encoding="utf-8"), headers={"Content-Security-Policy": _REPORT_CSP})
