@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -37,9 +38,9 @@ def _admin_connection():  # type: ignore[no-untyped-def]
         )
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A URL of a fresh database of this session on the local PostgreSQL."""
+@contextmanager
+def fresh_database() -> Iterator[str]:
+    """The URL of a new database on the local PostgreSQL, dropped afterwards."""
     admin = _admin_connection()
     name = f"onnxprune_test_{uuid.uuid4().hex[:10]}"
     admin.execute(f"CREATE DATABASE {name}")
@@ -49,6 +50,13 @@ def postgres_url() -> Iterator[str]:
     finally:
         admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         admin.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A database of this test session (tests empty its table: ``empty_jobs_table``)."""
+    with fresh_database() as url:
+        yield url
 
 
 def empty_jobs_table(url: str) -> None:
