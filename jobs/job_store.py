@@ -13,6 +13,7 @@ a driver's exception, so callers sort them without knowing which database runs.
 from __future__ import annotations
 
 import builtins
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
@@ -119,6 +120,22 @@ class Admission:
     max_active_per_owner: int = 0
     max_bytes_per_owner: int = 0
     max_bytes_total: int = 0
+
+
+def check_admission(
+    job: JobRecord, admission: Admission, active: Callable[[str | None], int], stored: Callable[[str | None], int]
+) -> None:
+    """Raise :class:`AdmissionRefused` if ``job`` would pass a limit. ``active`` and ``stored`` count
+    active jobs and stored bytes (of a quota key, or of everyone) inside the caller's transaction."""
+    key = job.quota_key or job.owner
+    if admission.max_active and active(None) >= admission.max_active:
+        raise AdmissionRefused("queue_full", admission.max_active)
+    if admission.max_active_per_owner and active(key) >= admission.max_active_per_owner:
+        raise AdmissionRefused("quota_exceeded", admission.max_active_per_owner)
+    if admission.max_bytes_per_owner and stored(key) + job.input_bytes > admission.max_bytes_per_owner:
+        raise AdmissionRefused("owner_bytes", admission.max_bytes_per_owner)
+    if admission.max_bytes_total and stored(None) + job.input_bytes > admission.max_bytes_total:
+        raise AdmissionRefused("total_bytes", admission.max_bytes_total)
 
 
 class JobStore(Protocol):

@@ -25,11 +25,11 @@ from onnxprune.jobs.job_store import (
     ACTIVE,
     COLUMNS,
     Admission,
-    AdmissionRefused,
     IdempotencyConflict,
     JobRecord,
     StoreFull,
     StoreUnavailable,
+    check_admission,
 )
 
 _ADMISSION_LOCK = 0x6F6E6E78  # an arbitrary constant: the advisory lock of job admission
@@ -141,7 +141,12 @@ class PostgresJobStore:
             with self._connect() as db:
                 if admission is not None:
                     db.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADMISSION_LOCK})
-                    _admit(db, job, admission)
+                    check_admission(
+                        job,
+                        admission,
+                        lambda key: sum(_active_counts(db, key).values()),
+                        lambda key: _stored_bytes(db, key),
+                    )
                 db.execute(
                     sa.text(
                         "INSERT INTO jobs (id, owner, idempotency_key, fingerprint, status, config, has_data,"
@@ -295,19 +300,6 @@ def _stored_bytes(db: Connection, owner: str | None) -> int:
         {"owner": owner} if owner is not None else {},
     ).scalar_one()
     return int(value)
-
-
-def _admit(db: Connection, job: JobRecord, admission: Admission) -> None:
-    """Raise :class:`AdmissionRefused` if ``job`` would pass a limit (under the admission lock)."""
-    key = job.quota_key or job.owner
-    if admission.max_active and sum(_active_counts(db, None).values()) >= admission.max_active:
-        raise AdmissionRefused("queue_full", admission.max_active)
-    if admission.max_active_per_owner and sum(_active_counts(db, key).values()) >= admission.max_active_per_owner:
-        raise AdmissionRefused("quota_exceeded", admission.max_active_per_owner)
-    if admission.max_bytes_per_owner and _stored_bytes(db, key) + job.input_bytes > admission.max_bytes_per_owner:
-        raise AdmissionRefused("owner_bytes", admission.max_bytes_per_owner)
-    if admission.max_bytes_total and _stored_bytes(db, None) + job.input_bytes > admission.max_bytes_total:
-        raise AdmissionRefused("total_bytes", admission.max_bytes_total)
 
 
 def migrate(db: Connection) -> None:

@@ -17,19 +17,30 @@ retry); short timeouts keep an unreachable endpoint from holding a request for l
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from onnxprune.jobs.artifacts import RESULT_NAMES, ArtifactMissing, AttemptSpace, Published, remove_tree
+from onnxprune.jobs.artifacts import (
+    RESULT_NAMES,
+    ArtifactMissing,
+    AttemptSpace,
+    Published,
+    remove_tree,
+    stale_scratch,
+)
 from onnxprune.jobs.files import JobFiles
 from onnxprune.jobs.job_store import StoreFull, StoreUnavailable
 
 _MISSING = {"NoSuchKey", "404", "NotFound"}
 _FULL = {"XMinioStorageFull", "QuotaExceeded", "InsufficientStorage"}
 _CHUNK = 1 << 20
+# Scratch space older than this is a dead attempt's (a SIGKILLed worker): no job runs this long, as the
+# job time limit must stay below the broker's visibility timeout (``jobs.settings``).
+STALE_SCRATCH_S = 24 * 3600
 
 
 @contextmanager
@@ -125,6 +136,8 @@ class S3Artifacts:
     # -- the worker's side -------------------------------------------------------------------
 
     def checkout(self, job_id: str, token: str) -> AttemptSpace:
+        for stale in stale_scratch(self.scratch_dir / "attempts", time.time() - STALE_SCRATCH_S):
+            remove_tree(stale)
         root = self.scratch_dir / "attempts" / f"{job_id}-{token}"
         inputs, work = root / "in", root / "out"
         inputs.mkdir(parents=True, exist_ok=True)

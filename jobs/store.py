@@ -24,12 +24,12 @@ from onnxprune.jobs.job_store import (
     ACTIVE,
     COLUMNS,
     Admission,
-    AdmissionRefused,
     IdempotencyConflict,
     JobRecord,
     JobStatus,
     StoreFull,
     StoreUnavailable,
+    check_admission,
 )
 
 __all__ = ["ACTIVE", "IdempotencyConflict", "JobRecord", "JobStatus", "JobStore", "SqliteJobStore"]
@@ -185,7 +185,12 @@ class SqliteJobStore:
                 db.execute("BEGIN IMMEDIATE")  # the write lock, from the counts to the insert
                 try:
                     if admission is not None:
-                        _admit(db, job, admission)
+                        check_admission(
+                            job,
+                            admission,
+                            lambda key: sum(_active_counts(db, key).values()),
+                            lambda key: _stored_bytes(db, key),
+                        )
                     db.execute(
                         "INSERT INTO jobs (id, owner, idempotency_key, fingerprint, status, config, has_data,"
                         " created_at, sent_at, input_bytes, quota_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -356,16 +361,3 @@ def _stored_bytes(db: sqlite3.Connection, owner: str | None) -> int:
     return int(
         db.execute(f"SELECT COALESCE(SUM(input_bytes + result_bytes), 0) FROM jobs {where}", params).fetchone()[0]
     )
-
-
-def _admit(db: sqlite3.Connection, job: JobRecord, admission: Admission) -> None:
-    """Raise :class:`AdmissionRefused` if ``job`` would pass a limit (inside the caller's transaction)."""
-    key = job.quota_key or job.owner
-    if admission.max_active and sum(_active_counts(db, None).values()) >= admission.max_active:
-        raise AdmissionRefused("queue_full", admission.max_active)
-    if admission.max_active_per_owner and sum(_active_counts(db, key).values()) >= admission.max_active_per_owner:
-        raise AdmissionRefused("quota_exceeded", admission.max_active_per_owner)
-    if admission.max_bytes_per_owner and _stored_bytes(db, key) + job.input_bytes > admission.max_bytes_per_owner:
-        raise AdmissionRefused("owner_bytes", admission.max_bytes_per_owner)
-    if admission.max_bytes_total and _stored_bytes(db, None) + job.input_bytes > admission.max_bytes_total:
-        raise AdmissionRefused("total_bytes", admission.max_bytes_total)

@@ -157,3 +157,30 @@ def test_uploads_answer_503_and_keep_nothing_while_the_object_store_is_down(clus
     assert httpx.get(f"{api.url}/v1/queue").json()["queued"] == 0
     staged = cluster.hosts / "api" / "scratch" / "incoming"
     assert not staged.exists() or os.listdir(staged) == []
+
+
+@pytest.mark.slow
+def test_jobs_queued_when_the_broker_is_lost_all_end_once_it_returns(
+    cluster, start_api, start_worker, model_path, tmp_path
+):
+    """Redis without persistence dies with jobs queued: the reconciler (reading PostgreSQL) re-sends
+    them, and workers on other hosts run each once."""
+    from own_redis import OwnRedis
+
+    broker = OwnRedis(tmp_path / "redis", persistent=False).start()
+    try:
+        env = {**cluster.env, "ONNXPRUNE_REDIS_URL": broker.url, "ONNXPRUNE_RECONCILE_INTERVAL_S": "0.5"}
+        api = start_api({**env, "ONNXPRUNE_DATA_DIR": str(cluster.hosts / "api")})
+        with PruneClient(api.url) as client:
+            ids = [client.submit(model_path, {**FAST, "seed": i})["id"] for i in range(3)]  # no worker yet
+        broker.kill()
+        wait_until(lambda: httpx.get(f"{api.url}/readyz", timeout=5).status_code == 503, 10, "readyz to see it")
+        broker.start()  # empty: the queued messages are gone
+        for i in range(2):
+            start_worker({**env, "ONNXPRUNE_DATA_DIR": str(cluster.hosts / f"worker{i}")})
+        wait_until(lambda: all(cluster.record(i).status.terminal for i in ids), 150, "every job to end")
+        jobs = [cluster.record(i) for i in ids]
+    finally:
+        broker.stop()
+    assert [j.status.value for j in jobs] == ["succeeded"] * 3
+    assert [j.attempts for j in jobs] == [1, 1, 1] and all(j.resends >= 1 for j in jobs)
