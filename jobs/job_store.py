@@ -186,6 +186,19 @@ class JobStore(Protocol):
         """The upload of a finished job was removed: stop counting it."""
 
     def delete(self, job_id: str) -> bool: ...
+    def restore(self, job: JobRecord) -> bool:
+        """Insert a record as it is, every field (moving a deployment: ``jobs.copy_deployment``);
+        False if a job with its id or idempotency key is there already."""
+
+    def all_records(self) -> builtins.list[JobRecord]:
+        """Every job, oldest first (moving a deployment)."""
+
+
+def record_values(job: JobRecord) -> dict[str, object]:
+    """A record's fields as column values (the status by name, flags as integers)."""
+    values: dict[str, object] = dict(job.__dict__)
+    values["status"], values["has_data"] = job.status.value, int(job.has_data)
+    return values
 
 
 def open_job_store(settings: Settings) -> JobStore:

@@ -30,6 +30,7 @@ from onnxprune.jobs.job_store import (
     StoreFull,
     StoreUnavailable,
     check_admission,
+    record_values,
 )
 
 _ADMISSION_LOCK = 0x6F6E6E78  # an arbitrary constant: the advisory lock of job admission
@@ -279,6 +280,15 @@ class PostgresJobStore:
 
     def delete(self, job_id: str) -> bool:
         return self._update("DELETE FROM jobs WHERE id = :id", id=job_id)
+
+    def restore(self, job: JobRecord) -> bool:
+        values = record_values(job)
+        marks = ", ".join(f":{name}" for name in values)
+        return self._update(f"INSERT INTO jobs ({COLUMNS}) VALUES ({marks}) ON CONFLICT DO NOTHING", **values)
+
+    def all_records(self) -> builtins.list[JobRecord]:
+        rows = self._rows(f"SELECT {COLUMNS} FROM jobs ORDER BY created_at, id")
+        return [JobRecord.from_row(tuple(r)) for r in rows]
 
     def close(self) -> None:
         self.engine.dispose()

@@ -30,6 +30,7 @@ from onnxprune.jobs.job_store import (
     StoreFull,
     StoreUnavailable,
     check_admission,
+    record_values,
 )
 
 __all__ = ["ACTIVE", "IdempotencyConflict", "JobRecord", "JobStatus", "JobStore", "SqliteJobStore"]
@@ -341,6 +342,16 @@ class SqliteJobStore:
 
     def delete(self, job_id: str) -> bool:
         return self._update("DELETE FROM jobs WHERE id = ?", job_id)
+
+    def restore(self, job: JobRecord) -> bool:
+        values = record_values(job)
+        marks = ", ".join("?" for _ in values)
+        return self._update(f"INSERT OR IGNORE INTO jobs ({COLUMNS}) VALUES ({marks})", *values.values())
+
+    def all_records(self) -> builtins.list[JobRecord]:
+        with self._connect() as db:
+            rows = db.execute(f"SELECT {COLUMNS} FROM jobs ORDER BY created_at, id").fetchall()
+        return [JobRecord.from_row(r) for r in rows]
 
 
 JobStore = SqliteJobStore  # the name this class had before the interface (``jobs.job_store.JobStore``)

@@ -20,12 +20,19 @@ from onnxprune.jobs.job_store import (
 )
 
 
-def _job(job_id: str | None = None, *, owner: str = "alice", created_at: float | None = None, **fields) -> JobRecord:
+def _job(
+    job_id: str | None = None,
+    *,
+    owner: str = "alice",
+    created_at: float | None = None,
+    status=JobStatus.queued,
+    **fields,
+) -> JobRecord:
     return JobRecord(
         id=job_id or uuid.uuid4().hex,
         owner=owner,
         fingerprint="f" * 64,
-        status=JobStatus.queued,
+        status=status,
         config='{"ratio": 0.5}',
         created_at=time.time() if created_at is None else created_at,
         **fields,
@@ -211,3 +218,26 @@ def test_an_unreachable_database_is_store_unavailable(tmp_path) -> None:
     (tmp_path / "a-directory").mkdir()
     with pytest.raises(StoreUnavailable):
         SqliteJobStore(tmp_path / "a-directory")
+
+
+def test_a_restored_record_keeps_every_field_and_is_not_restored_twice(job_store: JobStore) -> None:
+    job = _job(
+        status=JobStatus.succeeded,
+        stage="done",
+        progress=1.0,
+        attempts=2,
+        output_sha256="e" * 64,
+        started_at=5.0,
+        finished_at=6.0,
+        sent_at=4.5,
+        resends=1,
+        result_key="attempts/copied",
+        input_bytes=10,
+        result_bytes=20,
+        idempotency_key="k",
+    )
+    assert job_store.restore(job)
+    assert job_store.get(job.id) == job
+    assert not job_store.restore(job)
+    assert not job_store.restore(_job(idempotency_key="k"))  # the owner's key is taken
+    assert [j.id for j in job_store.all_records()] == [job.id]
