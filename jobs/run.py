@@ -14,23 +14,27 @@ so a job may be handed to two workers at once. Fencing makes that harmless:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
 import socket
 import threading
 import time
+from collections.abc import Callable
 from enum import Enum
+from typing import TypeVar
 
 from onnxprune.jobs.artifacts import ArtifactStore, AttemptSpace, Published, open_artifact_store
 from onnxprune.jobs.files import MODEL, PLAN, REPORT
-from onnxprune.jobs.job_store import JobRecord, JobStatus, JobStore
+from onnxprune.jobs.job_store import JobRecord, JobStatus, JobStore, StoreUnavailable
 from onnxprune.jobs.policy import after_attempt
 from onnxprune.jobs.settings import Settings
 from onnxprune.workers.job_process import JobLimits, JobRequest, run_job_process
 from onnxprune.workers.options import PruneOptions
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class AttemptStopped(Exception):
@@ -95,7 +99,10 @@ def run_job(job_id: str, store: JobStore, settings: Settings, artifacts: Artifac
     """
     max_attempts = settings.max_retries + 1
     artifacts = artifacts or open_artifact_store(settings)
-    token = store.claim(job_id, attempt_owner(), settings.lease_ttl_s, max_attempts=max_attempts)
+    token = _patiently(
+        lambda: store.claim(job_id, attempt_owner(), settings.lease_ttl_s, max_attempts=max_attempts),
+        settings.lease_ttl_s / 2,
+    )
     if token is None:
         return _not_claimed(job_id, store, max_attempts)
     try:
@@ -158,13 +165,24 @@ def _attempt(job_id: str, token: str, store: JobStore, settings: Settings, artif
         return Outcome.cancelled
     options = PruneOptions.model_validate_json(job.config)
     with Heartbeat(store, job_id, token, settings.lease_ttl_s) as heartbeat:
-
+        # A database that is briefly away (a restart, a fail-over) does not stop the attempt: the lease
+        # decides once it is back, and the writes that must land (succeed) wait for it a little.
         def progress(stage: str, fraction: float) -> None:
-            if heartbeat.lost.is_set() or not store.progress(job_id, token, stage, fraction):
+            if heartbeat.lost.is_set():
+                raise AttemptStopped(job_id)
+            try:
+                held = store.progress(job_id, token, stage, fraction)
+            except StoreUnavailable as exc:
+                log.warning("job %s: progress not recorded: %s", job_id, exc)
+                return
+            if not held:
                 raise AttemptStopped(job_id)
 
         def keep_going() -> bool:
-            return not heartbeat.lost.is_set() and store.holds(job_id, token)
+            try:
+                return not heartbeat.lost.is_set() and store.holds(job_id, token)
+            except StoreUnavailable:
+                return not heartbeat.lost.is_set()
 
         space: AttemptSpace | None = None
         published: Published | None = None
@@ -178,12 +196,11 @@ def _attempt(job_id: str, token: str, store: JobStore, settings: Settings, artif
             os.replace(result.report_path, space.work / REPORT)
             os.replace(result.plan_path, space.work / PLAN)
             shutil.rmtree(sandbox)  # the request, the child's log and scratch: not part of the result
-            if not store.holds(job_id, token):
+            patience_s = settings.lease_ttl_s / 2
+            if not _patiently(lambda: store.holds(job_id, token), patience_s):
                 raise AttemptStopped(job_id)
             published = artifacts.publish(job_id, token, space)
-            done = store.succeed(
-                job_id, token, published.sha256, result_key=published.result_key, result_bytes=published.size
-            )
+            done = _record_success(store, job_id, token, published, patience_s)
         except Exception:
             if space is not None:
                 artifacts.discard(job_id, space, published)
@@ -197,3 +214,32 @@ def _attempt(job_id: str, token: str, store: JobStore, settings: Settings, artif
         return Outcome.cancelled
     artifacts.discard(job_id, space)  # the scratch space only: the results are the job's now
     return Outcome.succeeded
+
+
+def _patiently(call: Callable[[], T], patience_s: float) -> T:
+    """``call()``, tried again while the store is unavailable, for up to ``patience_s``."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return call()
+        except StoreUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _record_success(store: JobStore, job_id: str, token: str, published: Published, patience_s: float) -> bool:
+    """Make this attempt's result the job's; True if it is (also when a retried ``succeed`` finds its
+    own earlier commit, whose answer the connection lost: its objects must then not be discarded)."""
+    succeed = functools.partial(
+        store.succeed, job_id, token, published.sha256, result_key=published.result_key, result_bytes=published.size
+    )
+    if _patiently(succeed, patience_s):
+        return True
+    job = store.get(job_id)
+    return (
+        job is not None
+        and job.status is JobStatus.succeeded
+        and published.result_key is not None
+        and job.result_key == published.result_key
+    )
