@@ -13,9 +13,9 @@ from __future__ import annotations
 import builtins
 import secrets
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -37,6 +37,7 @@ _ADMISSION_LOCK = 0x6F6E6E78  # an arbitrary constant: the advisory lock of job 
 _MIGRATION_LOCK = 0x6F6E6E79
 _DISK_FULL = "53100"  # SQLSTATE disk_full; 53xxx are "insufficient resources"
 _QUOTA_KEY = "COALESCE(quota_key, owner)"
+T = TypeVar("T")
 
 
 def engine_url(url: str) -> str:
@@ -51,7 +52,8 @@ class PostgresJobStore:
     def __init__(self, url: str, *, connect_timeout_s: int = 5) -> None:
         self.engine: Engine = sa.create_engine(
             engine_url(url),
-            pool_pre_ping=True,  # a connection broken by a database restart is replaced, not used
+            # No ping before each use (it doubles the round trips of every poll): a statement that finds
+            # its connection broken by a database restart is tried once more (``_again``), on a new one.
             pool_size=5,
             max_overflow=10,
             pool_timeout=10,
@@ -75,13 +77,23 @@ class PostgresJobStore:
         except sa_exc.TimeoutError as exc:  # no pooled connection came free
             raise StoreUnavailable(f"the job database is busy: {exc}") from exc
 
-    def _rows(self, sql: str, **params: object) -> builtins.list[sa.Row[Any]]:
+    def _again(self, run: Callable[[Connection], T]) -> T:
+        """``run`` in a transaction; once more if the connection it got had been broken (SQLAlchemy
+        then invalidates the whole pool, so the second try gets a new connection)."""
+        try:
+            with self._connect() as db:
+                return run(db)
+        except StoreUnavailable as exc:
+            if not getattr(exc.__cause__, "connection_invalidated", False):
+                raise
         with self._connect() as db:
-            return list(db.execute(sa.text(sql), params))
+            return run(db)
+
+    def _rows(self, sql: str, **params: object) -> builtins.list[sa.Row[Any]]:
+        return self._again(lambda db: list(db.execute(sa.text(sql), params)))
 
     def _update(self, sql: str, **params: object) -> bool:
-        with self._connect() as db:
-            return db.execute(sa.text(sql), params).rowcount == 1
+        return self._again(lambda db: db.execute(sa.text(sql), params).rowcount == 1)
 
     # -- reading -----------------------------------------------------------------------------
 

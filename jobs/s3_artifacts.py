@@ -38,6 +38,7 @@ from onnxprune.jobs.job_store import StoreFull, StoreUnavailable
 _MISSING = {"NoSuchKey", "404", "NotFound"}
 _FULL = {"XMinioStorageFull", "QuotaExceeded", "InsufficientStorage"}
 _CHUNK = 1 << 20
+_SMALL = 16 << 20
 # Scratch space older than this is a dead attempt's (a SIGKILLed worker): no job runs this long, as the
 # job time limit must stay below the broker's visibility timeout (``jobs.settings``).
 STALE_SCRATCH_S = 24 * 3600
@@ -98,7 +99,18 @@ class S3Artifacts:
 
     def _put(self, path: Path, key: str) -> None:
         with s3_errors(f"put {key}"):
-            self.client.upload_file(str(path), self.bucket, key)
+            if path.stat().st_size <= _SMALL:  # one request, no transfer manager and its threads
+                with path.open("rb") as body:
+                    self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
+            else:  # multipart, in parallel parts
+                self.client.upload_file(str(path), self.bucket, key)
+
+    def _get(self, key: str, path: Path) -> None:
+        with s3_errors(f"get {key}"):
+            answer = self.client.get_object(Bucket=self.bucket, Key=key)
+            with path.open("wb") as out:
+                for chunk in answer["Body"].iter_chunks(_CHUNK):
+                    out.write(chunk)
 
     def _delete_prefix(self, prefix: str) -> None:
         with s3_errors(f"delete {prefix}"):
@@ -144,8 +156,7 @@ class S3Artifacts:
         work.mkdir()
         files = JobFiles(inputs)
         try:
-            with s3_errors(f"input of job {job_id}"):
-                self.client.download_file(self.bucket, self._job_prefix(job_id) + files.upload.name, str(files.upload))
+            self._get(self._job_prefix(job_id) + files.upload.name, files.upload)
         except ArtifactMissing:
             remove_tree(root)
             raise FileNotFoundError(f"the upload of job {job_id} is gone") from None
@@ -154,8 +165,7 @@ class S3Artifacts:
             raise
         data: Path | None = files.data
         try:
-            with s3_errors(f"data of job {job_id}"):
-                self.client.download_file(self.bucket, self._job_prefix(job_id) + files.data.name, str(files.data))
+            self._get(self._job_prefix(job_id) + files.data.name, files.data)
         except ArtifactMissing:
             data = None
         return AttemptSpace(files.upload, data, work)
