@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -177,13 +178,12 @@ class S3Artifacts:
         with model.open("rb") as handle:
             while chunk := handle.read(_CHUNK):
                 digest.update(chunk)
-        size = 0
-        for name in RESULT_NAMES:
-            path = space.work / name
-            if path.is_file():
-                self._put(path, f"{self._job_prefix(job_id)}{result_key}/{name}")
-                size += path.stat().st_size
-        return Published(result_key, digest.hexdigest(), size)
+        paths = [space.work / name for name in RESULT_NAMES if (space.work / name).is_file()]
+        with ThreadPoolExecutor(len(paths)) as pool:  # one round trip's wait for all of them
+            puts = [pool.submit(self._put, p, f"{self._job_prefix(job_id)}{result_key}/{p.name}") for p in paths]
+            for put in puts:
+                put.result()
+        return Published(result_key, digest.hexdigest(), sum(p.stat().st_size for p in paths))
 
     def discard(self, job_id: str, space: AttemptSpace, published: Published | None = None) -> None:
         remove_tree(space.work.parent)
