@@ -121,13 +121,14 @@ def _rate_limit_worker_logs(**_: object) -> None:
 
 
 def _register_task(app: Celery, settings: Settings) -> None:
-    from onnxprune.jobs.store import JobStore
+    from onnxprune.jobs.artifacts import ArtifactStore, open_artifact_store
+    from onnxprune.jobs.job_store import JobStore, open_job_store
 
-    stores: list[JobStore] = []
+    stores: list[tuple[JobStore, ArtifactStore]] = []
 
-    def store() -> JobStore:
+    def store() -> tuple[JobStore, ArtifactStore]:
         if not stores:
-            stores.append(JobStore(settings.database_path))
+            stores.append((open_job_store(settings), open_artifact_store(settings)))
         return stores[0]
 
     # celery ships no type hints, so its decorators are untyped
@@ -135,8 +136,9 @@ def _register_task(app: Celery, settings: Settings) -> None:
     def run_job_task(self: Task, job_id: str) -> str:
         from onnxprune.jobs.run import Outcome, run_job  # the pipeline loads only in workers
 
+        job_store, artifacts = store()
         with _time_limits(settings.soft_time_limit_s, settings.time_limit_s):
-            outcome = run_job(job_id, store(), settings)
+            outcome = run_job(job_id, job_store, settings, artifacts)
         if outcome is Outcome.retry:
             raise self.retry(countdown=settings.retry_delay_s)
         return str(outcome.value)

@@ -21,6 +21,7 @@ from pathlib import Path
 from onnxprune.workers.fileio import float_output_path
 
 MODEL, PLAN, REPORT = "model.onnx", "plan.json", "report.json"
+REPORT_HTML = "report.html"  # the report page the job draws in its sandbox (``workers.html_report.PAGE_NAME``)
 FLOAT_MODEL = float_output_path(Path(MODEL)).name  # the float pruned model the pipeline keeps beside MODEL
 
 

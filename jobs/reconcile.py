@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
-from onnxprune.jobs.store import JobRecord, JobStatus, JobStore
+from onnxprune.jobs.job_store import JobRecord, JobStatus, JobStore
 
 log = logging.getLogger(__name__)
 

@@ -7,31 +7,35 @@ so a job may be handed to two workers at once. Fencing makes that harmless:
   finished, or running under a live lease, is not claimable and the delivery does nothing;
 - a heartbeat renews the lease; only the holder's progress, result and failure writes apply, so an
   attempt whose lease expired (a stalled worker) is fenced off and stops at its next stage;
-- each attempt works in its own directory and publishes it by one rename, first one wins
-  (``jobs.files``); the pipeline is deterministic, so the result is byte-identical whoever publishes.
+- each attempt works in its own directory and publishes its results under its own key
+  (``jobs.artifacts``); the store's conditional ``succeed`` records the one that counts, so a late
+  duplicate can never replace it (the pipeline is deterministic: results are byte-identical anyway).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
 import socket
 import threading
 import time
+from collections.abc import Callable
 from enum import Enum
-from pathlib import Path
+from typing import TypeVar
 
 from onnxprune.graphops.plan import PruningPlan
-from onnxprune.jobs.files import MODEL, PLAN, REPORT, JobFiles
+from onnxprune.jobs.artifacts import ArtifactStore, AttemptSpace, Published, open_artifact_store
+from onnxprune.jobs.files import MODEL, PLAN, REPORT, REPORT_HTML
+from onnxprune.jobs.job_store import JobRecord, JobStatus, JobStore, StoreUnavailable
 from onnxprune.jobs.policy import after_attempt
 from onnxprune.jobs.settings import Settings
-from onnxprune.jobs.store import JobRecord, JobStatus, JobStore
-from onnxprune.workers.fileio import file_sha256
-from onnxprune.workers.job_process import REPORT_HTML, JobLimits, JobRequest, run_job_process
+from onnxprune.workers.job_process import JobLimits, JobRequest, run_job_process
 from onnxprune.workers.options import PruneOptions
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class AttemptStopped(Exception):
@@ -91,7 +95,7 @@ def job_limits(settings: Settings) -> JobLimits:
     )
 
 
-def run_job(job_id: str, store: JobStore, settings: Settings) -> Outcome:
+def run_job(job_id: str, store: JobStore, settings: Settings, artifacts: ArtifactStore | None = None) -> Outcome:
     """One delivery of the job: claim it, run the pipeline, publish, record the outcome.
 
     Errors are sorted by ``jobs.policy``: a user error fails the job now; an infrastructure error
@@ -100,11 +104,15 @@ def run_job(job_id: str, store: JobStore, settings: Settings) -> Outcome:
     ``max_retries + 1`` times is failed instead of being handed on forever.
     """
     max_attempts = settings.max_retries + 1
-    token = store.claim(job_id, attempt_owner(), settings.lease_ttl_s, max_attempts=max_attempts)
+    artifacts = artifacts or open_artifact_store(settings)
+    token = _patiently(
+        lambda: store.claim(job_id, attempt_owner(), settings.lease_ttl_s, max_attempts=max_attempts),
+        settings.lease_ttl_s / 2,
+    )
     if token is None:
         return _not_claimed(job_id, store, max_attempts)
     try:
-        return _attempt(job_id, token, store, settings)
+        return _attempt(job_id, token, store, settings, artifacts)
     except Exception as exc:
         job = store.get(job_id)
         attempts = job.attempts if job is not None else 1
@@ -116,16 +124,29 @@ def run_job(job_id: str, store: JobStore, settings: Settings) -> Outcome:
             log.exception("job %s: attempt %d failed; giving up", job_id, attempts)
         else:
             log.info("job %s failed (%s): %s", job_id, failure.code, failure.message)
-        return Outcome.failed if store.fail(job_id, failure.code, failure.message, token=token) else Outcome.cancelled
+        if not store.fail(job_id, failure.code, failure.message, token=token):
+            return Outcome.cancelled
+        _release_upload(job_id, store, artifacts)
+        return Outcome.failed
 
 
-def _remove_if_cancelled(job_id: str, store: JobStore, files: JobFiles) -> None:
+def _release_upload(job_id: str, store: JobStore, artifacts: ArtifactStore) -> None:
+    """A failed job's upload is of no more use: remove it now, so it stops counting against the byte
+    budgets (the retention sweep retries what fails here)."""
+    try:
+        artifacts.remove_inputs(job_id)
+        store.release_inputs(job_id)
+    except Exception:  # noqa: BLE001 - the sweep (service.retention) removes it later
+        log.warning("job %s: could not remove the upload of the failed job yet", job_id, exc_info=True)
+
+
+def _remove_if_cancelled(job_id: str, store: JobStore, artifacts: ArtifactStore) -> None:
     """The API removes a cancelled job's files at once, but its sandbox may still have been writing
     until it was killed (within ``JobLimits.stop_poll_s``): remove what it left. A job taken over by
     another attempt (fenced) keeps its files."""
     job = store.get(job_id)
     if job is None or job.status is JobStatus.cancelled:
-        files.remove()
+        artifacts.remove(job_id)
 
 
 def _not_claimed(job_id: str, store: JobStore, max_attempts: int) -> Outcome:
@@ -144,64 +165,97 @@ def _given_up(job: JobRecord, max_attempts: int) -> bool:
     return job.lease_expires is None or job.lease_expires < time.time()
 
 
-def _attempt(job_id: str, token: str, store: JobStore, settings: Settings) -> Outcome:
+def _attempt(job_id: str, token: str, store: JobStore, settings: Settings, artifacts: ArtifactStore) -> Outcome:
     job = store.get(job_id)
-    files = JobFiles.of(settings.jobs_dir, job_id)
     if job is None:
         return Outcome.cancelled
     options = PruneOptions.model_validate_json(job.config)
     with Heartbeat(store, job_id, token, settings.lease_ttl_s) as heartbeat:
-
+        # A database that is briefly away (a restart, a fail-over) does not stop the attempt: the lease
+        # decides once it is back, and the writes that must land (succeed) wait for it a little.
         def progress(stage: str, fraction: float) -> None:
-            if heartbeat.lost.is_set() or not store.progress(job_id, token, stage, fraction):
+            if heartbeat.lost.is_set():
+                raise AttemptStopped(job_id)
+            try:
+                held = store.progress(job_id, token, stage, fraction)
+            except StoreUnavailable as exc:
+                log.warning("job %s: progress not recorded: %s", job_id, exc)
+                return
+            if not held:
                 raise AttemptStopped(job_id)
 
         def keep_going() -> bool:
-            return not heartbeat.lost.is_set() and store.holds(job_id, token)
+            try:
+                return not heartbeat.lost.is_set() and store.holds(job_id, token)
+            except StoreUnavailable:
+                return not heartbeat.lost.is_set()
 
-        work: Path | None = None
+        space: AttemptSpace | None = None
+        published: Published | None = None
         try:
-            work = files.new_attempt(token)
-            data = files.data if files.data.exists() else None
-            plan = PruningPlan.from_json(files.plan_in.read_text()) if files.plan_in.exists() else None
+            space = artifacts.checkout(job_id, token)
+            plan = PruningPlan.from_json(space.plan.read_text()) if space.plan is not None else None
             request = JobRequest(
-                files.upload,
-                work / MODEL,
+                space.model,
+                space.work / MODEL,
                 options,
-                data=data,
+                data=space.data,
                 plan=plan,
                 report_page_title=f"onnxprune job {job_id}",
             )
-            sandbox = work / "sandbox"
+            sandbox = space.work / "sandbox"
             result = run_job_process(
                 request, sandbox, limits=job_limits(settings), progress=progress, keep_going=keep_going
             )
-            os.replace(result.report_path, work / REPORT)
-            os.replace(result.plan_path, work / PLAN)
+            os.replace(result.report_path, space.work / REPORT)
+            os.replace(result.plan_path, space.work / PLAN)
             if result.report_page_path is not None:
-                os.replace(result.report_page_path, work / REPORT_HTML)
+                os.replace(result.report_page_path, space.work / REPORT_HTML)
             shutil.rmtree(sandbox)  # the request, the child's log and scratch: not part of the result
-            if not store.holds(job_id, token):
+            patience_s = settings.lease_ttl_s / 2
+            if not _patiently(lambda: store.holds(job_id, token), patience_s):
                 raise AttemptStopped(job_id)
-            ours = file_sha256(work / "model.onnx")
-            if not files.publish(work):
-                published = file_sha256(files.model)
-                if published != ours:  # the pipeline is meant to be deterministic: say so loudly
-                    log.error(
-                        "job %s: two attempts produced different models (%s, %s); keeping the first",
-                        job_id,
-                        published,
-                        ours,
-                    )
-            work = None
-            output_sha256 = file_sha256(files.model)
+            published = artifacts.publish(job_id, token, space)
+            done = _record_success(store, job_id, token, published, patience_s)
         except Exception:
-            if work is not None:
-                files.discard_attempt(work)
+            if space is not None:
+                artifacts.discard(job_id, space, published)
             if not store.holds(job_id, token):
-                _remove_if_cancelled(job_id, store, files)
+                _remove_if_cancelled(job_id, store, artifacts)
                 return Outcome.cancelled  # cancelled, removed, or fenced: the job is not ours any more
             raise
-    if not store.succeed(job_id, token, output_sha256):
-        return Outcome.cancelled  # cancelled while the last step ran (its files are removed by the API)
+    if not done:  # cancelled or fenced while the last step ran: these results do not count
+        artifacts.discard(job_id, space, published)
+        _remove_if_cancelled(job_id, store, artifacts)
+        return Outcome.cancelled
+    artifacts.discard(job_id, space)  # the scratch space only: the results are the job's now
     return Outcome.succeeded
+
+
+def _patiently(call: Callable[[], T], patience_s: float) -> T:
+    """``call()``, tried again while the store is unavailable, for up to ``patience_s``."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return call()
+        except StoreUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _record_success(store: JobStore, job_id: str, token: str, published: Published, patience_s: float) -> bool:
+    """Make this attempt's result the job's; True if it is (also when a retried ``succeed`` finds its
+    own earlier commit, whose answer the connection lost: its objects must then not be discarded)."""
+    succeed = functools.partial(
+        store.succeed, job_id, token, published.sha256, result_key=published.result_key, result_bytes=published.size
+    )
+    if _patiently(succeed, patience_s):
+        return True
+    job = store.get(job_id)
+    return (
+        job is not None
+        and job.status is JobStatus.succeeded
+        and published.result_key is not None
+        and job.result_key == published.result_key
+    )

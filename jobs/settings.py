@@ -83,6 +83,20 @@ class Settings(BaseSettings):
         description="Jobs one Celery worker runs at once; 0: as many as its CPUs hold, CPUs // job_threads "
         f"(job_threads 0 counts as {DEFAULT_JOB_THREADS}), at least 1.",
     )
+    # Many hosts: the job table in PostgreSQL and the job files in S3-compatible object storage
+    # (docs/SERVICE.md, "Many hosts"); unset, both stay in data_dir, which then holds only scratch space.
+    database_url: str | None = Field(None, description="postgresql://user@host:5432/db; unset: SQLite in data_dir.")
+    artifacts_url: str | None = Field(None, description="s3://bucket/prefix for uploads and results; unset: data_dir.")
+    s3_endpoint_url: str | None = Field(None, description="S3 API endpoint other than AWS (credentials: AWS_*).")
+    # Byte budgets (uploads and results kept), checked atomically with each new job: 429 past one
+    # caller's budget, 507 past the deployment's (0: none). Uploads of failed or cancelled jobs stop
+    # counting and are removed after failed_upload_retention_s, not after retention_hours.
+    max_stored_mb_per_owner: float = Field(0.0, ge=0, description="Byte budget of one caller (0: none).")
+    max_stored_mb: float = Field(0.0, ge=0, description="Byte budget of the deployment (0: none).")
+    failed_upload_retention_s: float = Field(300.0, ge=0)
+    # Open mode keys quotas by client address; behind a reverse proxy, name the header it sets (its
+    # first address is used), e.g. X-Forwarded-For. Only set this if the proxy overwrites the header.
+    client_address_header: str = Field("", description="Header holding the client address (behind a proxy).")
 
     @model_validator(mode="after")
     def _limits_below_visibility(self) -> Settings:
@@ -123,6 +137,11 @@ class Settings(BaseSettings):
     @property
     def database_path(self) -> Path:
         return self.data_dir / "jobs.sqlite3"
+
+    @property
+    def scratch_dir(self) -> Path:
+        """This process's private space (object storage mode: uploads being checked, attempts' inputs)."""
+        return self.data_dir / "scratch"
 
     @property
     def jobs_dir(self) -> Path:

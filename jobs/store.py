@@ -1,13 +1,11 @@
-"""The job store: one SQLite database next to the job files in ``ONNXPRUNE_DATA_DIR``.
+"""The SQLite job store: one database file in ``ONNXPRUNE_DATA_DIR`` (the default, one host).
 
-Why SQLite and not Redis: a job is its record *and* its files (upload, pruned model, plan, report),
-and the files already need a directory that the API and every worker share. Keeping the record in
-that same directory means one thing to back up, mount and clean, and a job can never outlive its
-files or the other way round. SQLite gives us, without extra code: durable commits (the API and the
-workers can restart at any time), a UNIQUE constraint for idempotency keys, conditional updates
-(``UPDATE ... WHERE status = 'running'``) that make cancel/finish races safe, and ordered pagination.
-Redis stays the Celery broker only. WAL mode lets one API and a few workers write concurrently; for
-many hosts without a shared local disk, the same table moves to PostgreSQL (see docs/SERVICE.md).
+Why SQLite: a single-host deployment then needs no database server; SQLite gives us, without extra
+code, durable commits (the API and the workers can restart at any time), a UNIQUE constraint for
+idempotency keys, conditional updates (``UPDATE ... WHERE status = 'running'``) that make
+cancel/finish races safe, and ordered pagination. WAL mode lets one API and a few workers write
+concurrently. SQLite on a network file system is not safe: for many hosts the same table lives in
+PostgreSQL (``jobs.pg_store``), behind the same interface (``jobs.job_store``).
 """
 
 from __future__ import annotations
@@ -20,24 +18,22 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
-from enum import Enum
 from pathlib import Path
 
+from onnxprune.jobs.job_store import (
+    ACTIVE,
+    COLUMNS,
+    Admission,
+    IdempotencyConflict,
+    JobRecord,
+    JobStatus,
+    StoreFull,
+    StoreUnavailable,
+    check_admission,
+    record_values,
+)
 
-class JobStatus(str, Enum):
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
-
-
-ACTIVE = (JobStatus.queued.value, JobStatus.running.value)
+__all__ = ["ACTIVE", "IdempotencyConflict", "JobRecord", "JobStatus", "JobStore", "SqliteJobStore"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -68,59 +64,18 @@ _LATER_COLUMNS = (
     ("lease_expires", "REAL"),  # renewed by the attempt's heartbeat; past it, the job may be claimed again
     ("sent_at", "REAL"),  # when the job id was last handed to the broker (or the embedded pool)
     ("resends", "INTEGER NOT NULL DEFAULT 0"),  # re-sends by the reconciler, bounded
+    ("result_key", "TEXT"),  # where the result that counts lives (None: the ``result`` directory)
+    ("input_bytes", "INTEGER NOT NULL DEFAULT 0"),  # byte budgets: the stored upload
+    ("result_bytes", "INTEGER NOT NULL DEFAULT 0"),  # and the published results
+    ("quota_key", "TEXT"),  # whom the quotas count the job against (None: its owner)
 )
 _STATUS_INDEX = "CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status, created_at)"
 
 
-@dataclass(frozen=True)
-class JobRecord:
-    id: str
-    owner: str
-    fingerprint: str
-    status: JobStatus
-    config: str
-    created_at: float
-    idempotency_key: str | None = None
-    stage: str | None = None
-    progress: float = 0.0
-    has_data: bool = False
-    attempts: int = 0
-    error_code: str | None = None
-    error_message: str | None = None
-    output_sha256: str | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    lease_token: str | None = None
-    lease_owner: str | None = None
-    lease_expires: float | None = None
-    sent_at: float | None = None
-    resends: int = 0
-
-    @classmethod
-    def _from_row(cls, row: tuple[object, ...]) -> JobRecord:
-        """A row of ``SELECT {_COLUMNS}``: the fields in order, so no dict per row (every poll reads one)."""
-        values = list(row)
-        values[_STATUS] = JobStatus(values[_STATUS])
-        values[_HAS_DATA] = bool(values[_HAS_DATA])
-        return cls(*values)  # type: ignore[arg-type]  # the columns are the fields, in order
-
-
-_NAMES = [f.name for f in fields(JobRecord)]
-_COLUMNS = ", ".join(_NAMES)
-_STATUS, _HAS_DATA = _NAMES.index("status"), _NAMES.index("has_data")
-
-
-class IdempotencyConflict(Exception):
-    """The idempotency key was used before; ``existing`` is the job it created."""
-
-    def __init__(self, existing: JobRecord) -> None:
-        super().__init__(existing.id)
-        self.existing = existing
-
-
-class JobStore:
-    """Every state change is one conditional UPDATE, so concurrent API and worker writes cannot
-    resurrect a cancelled job or finish a job twice; the boolean results say whether it applied."""
+class SqliteJobStore:
+    """Every state change is one conditional UPDATE (``jobs.job_store`` says why); job creation with
+    admission limits is one ``BEGIN IMMEDIATE`` transaction, which holds SQLite's write lock from the
+    counts to the insert, across processes."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -145,18 +100,21 @@ class JobStore:
         connections: dict[int, sqlite3.Connection] = self._local.__dict__.setdefault("by_pid", {})
         key = os.getpid()  # a forked child must not use its parent's connection
         db = connections.get(key)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA busy_timeout=30000")
-            connections[key] = db
         try:
+            if db is None:
+                db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+                db.execute("PRAGMA busy_timeout=30000")
+                connections[key] = db
             yield db
         except sqlite3.IntegrityError:
             raise
-        except sqlite3.DatabaseError:
+        except sqlite3.DatabaseError as exc:
             connections.pop(key, None)  # a broken connection is not reused
-            db.close()
-            raise
+            if db is not None:
+                db.close()
+            if isinstance(exc, sqlite3.OperationalError) and "disk is full" in str(exc):
+                raise StoreFull(f"the job database is full: {exc}") from exc
+            raise StoreUnavailable(f"the job database cannot be used: {exc}") from exc
 
     def _update(self, sql: str, *params: object) -> bool:
         with self._connect() as db:
@@ -166,18 +124,18 @@ class JobStore:
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._connect() as db:
-            row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else JobRecord._from_row(row)
+            row = db.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else JobRecord.from_row(row)
 
     def list(self, owner: str, *, limit: int, offset: int) -> tuple[list[JobRecord], int]:
         """The owner's jobs, newest first, and how many there are in all."""
         with self._connect() as db:
             rows = db.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE owner = ? ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
+                f"SELECT {COLUMNS} FROM jobs WHERE owner = ? ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
                 (owner, limit, offset),
             ).fetchall()
             total = db.execute("SELECT COUNT(*) FROM jobs WHERE owner = ?", (owner,)).fetchone()[0]
-        return [JobRecord._from_row(r) for r in rows], total
+        return [JobRecord.from_row(r) for r in rows], total
 
     def active_ids(self) -> builtins.list[str]:
         with self._connect() as db:
@@ -188,19 +146,19 @@ class JobStore:
         """Queued and running jobs, oldest first (what the reconciler looks at)."""
         with self._connect() as db:
             rows = db.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE status IN (?, ?) ORDER BY created_at LIMIT ?", (*ACTIVE, limit)
+                f"SELECT {COLUMNS} FROM jobs WHERE status IN (?, ?) ORDER BY created_at LIMIT ?", (*ACTIVE, limit)
             ).fetchall()
-        return [JobRecord._from_row(r) for r in rows]
+        return [JobRecord.from_row(r) for r in rows]
 
     def counts(self, owner: str | None = None) -> dict[str, int]:
-        """How many jobs are queued and running (of one owner, or of everyone)."""
-        where, params = ("AND owner = ?", (owner,)) if owner is not None else ("", ())
+        """How many jobs are queued and running (of one quota key, or of everyone)."""
         with self._connect() as db:
-            rows = db.execute(
-                f"SELECT status, COUNT(*) FROM jobs WHERE status IN (?, ?) {where} GROUP BY status", (*ACTIVE, *params)
-            ).fetchall()
-        found = dict(rows)
+            found = _active_counts(db, owner)
         return {status: found.get(status, 0) for status in ACTIVE}
+
+    def stored_bytes(self, owner: str | None = None) -> int:
+        with self._connect() as db:
+            return _stored_bytes(db, owner)
 
     def ping(self) -> None:
         """Raise if the database cannot be read."""
@@ -212,36 +170,58 @@ class JobStore:
             rows = db.execute("SELECT id FROM jobs WHERE COALESCE(finished_at, created_at) < ?", (before,)).fetchall()
         return [r[0] for r in rows]
 
+    def with_stale_inputs(self, before: float) -> builtins.list[str]:
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT id FROM jobs WHERE status IN ('failed', 'cancelled') AND input_bytes > 0 AND finished_at < ?",
+                (before,),
+            ).fetchall()
+        return [r[0] for r in rows]
+
     # -- state changes -----------------------------------------------------------------------
 
-    def create(self, job: JobRecord) -> JobRecord:
-        """Insert a queued job; raise :class:`IdempotencyConflict` if its key was used before."""
+    def create(self, job: JobRecord, admission: Admission | None = None) -> JobRecord:
         try:
             with self._connect() as db:
-                db.execute(
-                    "INSERT INTO jobs (id, owner, idempotency_key, fingerprint, status, config,"
-                    " has_data, created_at, sent_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        job.id,
-                        job.owner,
-                        job.idempotency_key,
-                        job.fingerprint,
-                        job.status.value,
-                        job.config,
-                        int(job.has_data),
-                        job.created_at,
-                        job.sent_at or job.created_at,
-                    ),
-                )
+                db.execute("BEGIN IMMEDIATE")  # the write lock, from the counts to the insert
+                try:
+                    if admission is not None:
+                        check_admission(
+                            job,
+                            admission,
+                            lambda key: sum(_active_counts(db, key).values()),
+                            lambda key: _stored_bytes(db, key),
+                        )
+                    db.execute(
+                        "INSERT INTO jobs (id, owner, idempotency_key, fingerprint, status, config, has_data,"
+                        " created_at, sent_at, input_bytes, quota_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            job.id,
+                            job.owner,
+                            job.idempotency_key,
+                            job.fingerprint,
+                            job.status.value,
+                            job.config,
+                            int(job.has_data),
+                            job.created_at,
+                            job.sent_at or job.created_at,
+                            job.input_bytes,
+                            job.quota_key,
+                        ),
+                    )
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
         except sqlite3.IntegrityError:
             with self._connect() as db:
                 row = db.execute(
-                    f"SELECT {_COLUMNS} FROM jobs WHERE owner = ? AND idempotency_key = ?",
+                    f"SELECT {COLUMNS} FROM jobs WHERE owner = ? AND idempotency_key = ?",
                     (job.owner, job.idempotency_key),
                 ).fetchone()
             if row is None:
                 raise
-            raise IdempotencyConflict(JobRecord._from_row(row)) from None
+            raise IdempotencyConflict(JobRecord.from_row(row)) from None
         return job
 
     def claim(self, job_id: str, owner: str, ttl_s: float, *, max_attempts: int) -> str | None:
@@ -308,12 +288,16 @@ class JobStore:
             token,
         )
 
-    def succeed(self, job_id: str, token: str, output_sha256: str) -> bool:
+    def succeed(
+        self, job_id: str, token: str, output_sha256: str, *, result_key: str | None = None, result_bytes: int = 0
+    ) -> bool:
         return self._update(
             "UPDATE jobs SET status = 'succeeded', stage = 'done', progress = 1.0, output_sha256 = ?,"
-            " error_code = NULL, error_message = NULL, finished_at = ?, lease_token = NULL,"
-            " lease_expires = NULL WHERE id = ? AND status = 'running' AND lease_token = ?",
+            " result_key = ?, result_bytes = ?, error_code = NULL, error_message = NULL, finished_at = ?,"
+            " lease_token = NULL, lease_expires = NULL WHERE id = ? AND status = 'running' AND lease_token = ?",
             output_sha256,
+            result_key,
+            result_bytes,
             time.time(),
             job_id,
             token,
@@ -344,12 +328,47 @@ class JobStore:
 
     def cancel(self, job_id: str) -> bool:
         return self._update(
-            "UPDATE jobs SET status = 'cancelled', error_code = 'cancelled',"
-            " error_message = 'cancelled by the user', finished_at = ? WHERE id = ? AND status IN (?, ?)",
+            "UPDATE jobs SET status = 'cancelled', error_code = 'cancelled', error_message = 'cancelled by the user',"
+            " finished_at = ?, input_bytes = 0 WHERE id = ? AND status IN (?, ?)",
             time.time(),
             job_id,
             *ACTIVE,
         )
 
+    def release_inputs(self, job_id: str) -> bool:
+        return self._update(
+            "UPDATE jobs SET input_bytes = 0 WHERE id = ? AND status IN ('succeeded', 'failed', 'cancelled')", job_id
+        )
+
     def delete(self, job_id: str) -> bool:
         return self._update("DELETE FROM jobs WHERE id = ?", job_id)
+
+    def restore(self, job: JobRecord) -> bool:
+        values = record_values(job)
+        marks = ", ".join("?" for _ in values)
+        return self._update(f"INSERT OR IGNORE INTO jobs ({COLUMNS}) VALUES ({marks})", *values.values())
+
+    def all_records(self) -> builtins.list[JobRecord]:
+        with self._connect() as db:
+            rows = db.execute(f"SELECT {COLUMNS} FROM jobs ORDER BY created_at, id").fetchall()
+        return [JobRecord.from_row(r) for r in rows]
+
+
+JobStore = SqliteJobStore  # the name this class had before the interface (``jobs.job_store.JobStore``)
+
+_QUOTA_KEY = "COALESCE(quota_key, owner)"
+
+
+def _active_counts(db: sqlite3.Connection, owner: str | None) -> dict[str, int]:
+    where, params = (f"AND {_QUOTA_KEY} = ?", (owner,)) if owner is not None else ("", ())
+    rows = db.execute(
+        f"SELECT status, COUNT(*) FROM jobs WHERE status IN (?, ?) {where} GROUP BY status", (*ACTIVE, *params)
+    ).fetchall()
+    return dict(rows)
+
+
+def _stored_bytes(db: sqlite3.Connection, owner: str | None) -> int:
+    where, params = (f"WHERE {_QUOTA_KEY} = ?", (owner,)) if owner is not None else ("", ())
+    return int(
+        db.execute(f"SELECT COALESCE(SUM(input_bytes + result_bytes), 0) FROM jobs {where}", params).fetchone()[0]
+    )

@@ -6,15 +6,24 @@ import asyncio
 import hashlib
 import logging
 import secrets
+import threading
 import time
 from concurrent.futures import Executor
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from onnxprune.jobs.artifacts import ArtifactStore, remove_tree
 from onnxprune.jobs.files import JobFiles
+from onnxprune.jobs.job_store import (
+    Admission,
+    AdmissionRefused,
+    IdempotencyConflict,
+    JobRecord,
+    JobStatus,
+    JobStore,
+)
 from onnxprune.jobs.settings import Settings
-from onnxprune.jobs.store import IdempotencyConflict, JobRecord, JobStatus, JobStore
 from onnxprune.service.errors import ApiError
 from onnxprune.service.runners import Runner
 from onnxprune.service.upload_checks import UploadChecks
@@ -43,11 +52,18 @@ async def accept_job(
     publisher: Executor,
     owner: str,
     idempotency_key: str | None,
+    artifacts: ArtifactStore,
+    quota_key: str | None = None,
 ) -> tuple[JobRecord, bool]:
-    """The queued job and whether it was created now (False: an idempotent replay of an earlier upload)."""
+    """The queued job and whether it was created now (False: an idempotent replay of an earlier upload).
+
+    ``quota_key`` is whom the quotas count the job against (``service.auth.quota_key``; None: ``owner``).
+    The limits are checked twice: cheaply before the upload is received (most refusals cost nothing),
+    and atomically when the record is created (``JobStore.create``), which concurrent uploads cannot pass.
+    """
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise ApiError(400, "bad_request", f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
-    refuse_when_full(store, settings, owner)
+    await run_in_threadpool(refuse_when_full, store, settings, quota_key or owner)
     # Ask the broker while the upload is received and checked: a broker that is down or stalled is
     # then known by the time the job would be queued, so the 503 costs max(checks, timeout), not both.
     loop = asyncio.get_running_loop()
@@ -55,7 +71,8 @@ async def accept_job(
     probe = loop.run_in_executor(publisher, runner.probe, settings.publish_timeout_s)
     probe.add_done_callback(lambda done: done.cancelled() or done.exception())  # never "unretrieved"
     job_id = new_job_id()
-    files = JobFiles.of(settings.jobs_dir, job_id)
+    files = await run_in_threadpool(artifacts.staging, job_id)
+    committed = False
     try:
         upload = await receive_upload(request, files, settings.max_upload_bytes)
         options = parse_config(upload.config_text)
@@ -89,6 +106,8 @@ async def accept_job(
             await run_in_threadpool(check_data, files.data, upload.data_bytes, settings.max_upload_bytes)
         config = options.model_dump_json()
         fingerprint = await run_in_threadpool(_fingerprint, files, config, upload.data_bytes is not None)
+        input_bytes = await run_in_threadpool(artifacts.commit_inputs, job_id)  # S3: the upload is put here
+        committed = True
         record = JobRecord(
             id=job_id,
             owner=owner,
@@ -98,24 +117,28 @@ async def accept_job(
             config=config,
             has_data=upload.data_bytes is not None,
             created_at=time.time(),
+            input_bytes=input_bytes,
+            quota_key=quota_key if quota_key != owner else None,
         )
         try:
-            store.create(record)
+            await run_in_threadpool(store.create, record, admission(settings))
         except IdempotencyConflict as conflict:
-            files.remove()
             if conflict.existing.fingerprint != fingerprint:
                 raise ApiError(
                     409, "idempotency_conflict", "Idempotency-Key was already used for a different upload"
                 ) from None
+            _forget(artifacts, job_id, committed, files)
             return conflict.existing, False
+        except AdmissionRefused as refused:
+            raise _refusal(refused, settings) from None
     except BaseException:
-        files.remove()  # a refused upload leaves no job and no file behind
+        _forget(artifacts, job_id, committed, files)  # a refused upload leaves no job and no file behind
         raise
     if not await _answered(probe, max(0.05, probe_deadline - loop.time())) or not await hand_over(
         runner, job_id, publisher, settings.publish_timeout_s
     ):
-        store.delete(job_id)  # a worker that still gets the message finds no record and does nothing
-        files.remove()
+        await run_in_threadpool(store.delete, job_id)  # a worker that still gets the message finds no record
+        _forget(artifacts, job_id, committed, files)
         raise ApiError(
             503,
             "broker_unavailable",
@@ -136,21 +159,66 @@ def refuse_over_time_limit(options: PruneOptions, settings: Settings) -> None:
         )
 
 
+def admission(settings: Settings) -> Admission:
+    """The limits ``JobStore.create`` checks atomically with the insert."""
+    mib = 1024 * 1024
+    return Admission(
+        max_active=settings.max_active_jobs,
+        max_active_per_owner=settings.max_active_per_owner,
+        max_bytes_per_owner=int(settings.max_stored_mb_per_owner * mib),
+        max_bytes_total=int(settings.max_stored_mb * mib),
+    )
+
+
 def refuse_when_full(store: JobStore, settings: Settings, owner: str) -> None:
-    """Backpressure: a bounded queue per deployment, and optionally per token (429 + Retry-After)."""
-    retry = {"Retry-After": str(QUEUE_RETRY_AFTER_S)}
+    """Backpressure before the upload is read: a bounded queue per deployment and optionally per caller
+    (429 + Retry-After), and byte budgets (507 for the deployment's, 429 for a caller's)."""
     if sum(store.counts().values()) >= settings.max_active_jobs:
-        raise ApiError(
-            429,
-            "queue_full",
-            f"the service has {settings.max_active_jobs} jobs queued or running; try again later",
-            headers=retry,
-        )
+        raise _refusal(AdmissionRefused("queue_full", settings.max_active_jobs), settings)
     limit = settings.max_active_per_owner
     if limit and sum(store.counts(owner).values()) >= limit:
-        raise ApiError(
+        raise _refusal(AdmissionRefused("quota_exceeded", limit), settings)
+    budgets = admission(settings)
+    if budgets.max_bytes_total and store.stored_bytes() >= budgets.max_bytes_total:
+        raise _refusal(AdmissionRefused("total_bytes", budgets.max_bytes_total), settings)
+    if budgets.max_bytes_per_owner and store.stored_bytes(owner) >= budgets.max_bytes_per_owner:
+        raise _refusal(AdmissionRefused("owner_bytes", budgets.max_bytes_per_owner), settings)
+
+
+def _refusal(refused: AdmissionRefused, settings: Settings) -> ApiError:
+    retry = {"Retry-After": str(QUEUE_RETRY_AFTER_S)}
+    limit = refused.limit
+    if refused.reason == "queue_full":
+        message = f"the service has {limit} jobs queued or running; try again later"
+        return ApiError(429, "queue_full", message, headers=retry)
+    if refused.reason == "quota_exceeded":
+        return ApiError(
             429, "quota_exceeded", f"you have {limit} jobs queued or running; wait for one to finish", headers=retry
         )
+    if refused.reason == "owner_bytes":
+        message = (
+            f"your jobs keep {limit / 2**20:g} MB of uploads and results, your storage quota; "
+            "delete finished jobs or wait for them to expire"
+        )
+        return ApiError(429, "storage_quota_exceeded", message, headers=retry)
+    message = f"the service's storage budget of {limit / 2**20:g} MB is used up; try again later"
+    return ApiError(507, "storage_full", message, headers=retry)
+
+
+def _forget(artifacts: ArtifactStore, job_id: str, committed: bool, staged: JobFiles) -> None:
+    """Remove what an upload left that no record will own: the staging directory now (local: the
+    job's own directory), committed objects in the background (an object store may be slow or away;
+    the retention sweep removes what this misses)."""
+    remove_tree(staged.root)
+    if committed:
+        threading.Thread(target=_remove_quietly, args=(artifacts, job_id), daemon=True).start()
+
+
+def _remove_quietly(artifacts: ArtifactStore, job_id: str) -> None:
+    try:
+        artifacts.remove(job_id)
+    except Exception as exc:  # the retention sweep removes orphaned objects later
+        log.warning("job %s: cannot remove the refused upload yet: %s", job_id, exc)
 
 
 async def _answered(probe: asyncio.Future[None], timeout_s: float) -> bool:

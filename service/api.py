@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Query, Request, Response, status
@@ -18,18 +18,19 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from onnxprune.jobs.files import JobFiles
+from onnxprune.jobs.artifacts import ArtifactMissing, ArtifactStore, open_artifact_store
+from onnxprune.jobs.files import FLOAT_MODEL, MODEL, PLAN, REPORT
+from onnxprune.jobs.job_store import JobRecord, JobStatus, JobStore, StoreError, StoreFull, open_job_store
 from onnxprune.jobs.logs import install_rate_limit
 from onnxprune.jobs.policy import STORAGE_FULL_MESSAGE, disk_nearly_full, is_storage_full
 from onnxprune.jobs.reconcile import reconcile
 from onnxprune.jobs.settings import Settings, load_settings
-from onnxprune.jobs.store import JobRecord, JobStatus, JobStore
 from onnxprune.service import web
 from onnxprune.service.accept import accept_job
-from onnxprune.service.auth import ListingOwner, Owner, caller, may_access
+from onnxprune.service.auth import ListingOwner, Owner, caller, may_access, quota_key
 from onnxprune.service.direct_route import DirectRoute
+from onnxprune.service.downloads import result_response
 from onnxprune.service.errors import ApiError
-from onnxprune.service.file_responses import open_file_response
 from onnxprune.service.job_views import JobViews
 from onnxprune.service.option_form import OptionSpec, option_specs
 from onnxprune.service.retention import remove_expired
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 DOCS_ASSETS_URL = "/docs-assets"
 ModelVariant = Literal["final", "float"]
 
+STORAGE_RETRY_AFTER_S = 10
 MAX_OFFSET = 1_000_000_000  # SQLite integers are 64-bit; a bound keeps absurd offsets a 422, not a 500
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422, 429, 503, 507)
@@ -132,7 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(warming), 5.0)
         background = [
-            asyncio.create_task(_clean_periodically(settings, app.state.store)),
+            asyncio.create_task(_clean_periodically(settings, app.state.store, app.state.artifacts)),
             asyncio.create_task(_reconcile_periodically(app)),
         ]
         try:
@@ -154,7 +156,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         static_url=DOCS_ASSETS_URL,
     )
     app.state.settings = settings
-    app.state.store = JobStore(settings.database_path)
+    app.state.store = open_job_store(settings)
+    app.state.artifacts = open_artifact_store(settings)
     app.state.runner = make_runner(settings, app.state.store)
     # Broker calls (publishing, the reconciler) run here, never on the event loop.
     app.state.publisher = ThreadPoolExecutor(8, thread_name_prefix="onnxprune-publish")
@@ -179,11 +182,8 @@ def _add_routes(app: FastAPI) -> None:
         rendered = views.cached(job)
         if rendered is None and job.status is JobStatus.succeeded:
             # The first rendering of a result reads and validates its report: off the event loop.
-            report = _result(job, request.app.state.settings, "report")
-            try:
-                rendered = await asyncio.to_thread(views.render, job, report)
-            except FileNotFoundError:  # deleted while it was read: as if it had been gone before
-                raise ApiError(404, "not_found", f"no job {job_id!r}") from None
+            report = await asyncio.to_thread(_read_result, request, job, REPORT)
+            rendered = await asyncio.to_thread(views.render, job, report)
         elif rendered is None:
             rendered = views.render(job, None)
         headers = {"ETag": rendered.etag, "Cache-Control": "private, no-cache"}
@@ -259,6 +259,8 @@ def _add_routes(app: FastAPI) -> None:
             publisher=request.app.state.publisher,
             owner=owner,
             idempotency_key=idempotency_key,
+            artifacts=request.app.state.artifacts,
+            quota_key=quota_key(request, owner),
         )
         response.headers["Location"] = f"/v1/jobs/{job.id}"
         return JobPublic.of(job)
@@ -282,8 +284,8 @@ def _add_routes(app: FastAPI) -> None:
 
     @app.get("/v1/jobs/{job_id}/model", response_class=FileResponse, responses=_ERRORS, tags=["results"])
     def get_model(
+        request: Request,
         job: JobDep,
-        settings: SettingsDep,
         variant: Annotated[
             ModelVariant,
             Query(
@@ -294,20 +296,20 @@ def _add_routes(app: FastAPI) -> None:
     ) -> Response:
         """The pruned model; ``X-Content-SHA256`` is its hex SHA-256."""
         if variant == "float":
-            path, sha256 = _float_model(job, settings)
-            name = f"{job.id}.float.onnx"
+            sha256 = _float_model_sha256(request, job)
+            artifact, name = FLOAT_MODEL, f"{job.id}.float.onnx"
         else:
-            path, sha256, name = _result(job, settings, "model"), job.output_sha256 or "", f"{job.id}.onnx"
-        return open_file_response(path, "application/octet-stream", {"X-Content-SHA256": sha256}, filename=name)
+            sha256, artifact, name = job.output_sha256 or "", MODEL, f"{job.id}.onnx"
+        return _download(request, job, artifact, "application/octet-stream", name, {"X-Content-SHA256": sha256})
 
     @app.get("/v1/jobs/{job_id}/report", response_model=PruneReport, responses=_ERRORS, tags=["results"])
-    def get_report(job: JobDep, settings: SettingsDep) -> Response:
-        return open_file_response(_result(job, settings, "report"), "application/json")
+    def get_report(job: JobDep, request: Request) -> Response:
+        return _download(request, job, REPORT, "application/json")
 
     @app.get("/v1/jobs/{job_id}/plan", responses=_ERRORS, tags=["results"])
-    def get_plan(job: JobDep, settings: SettingsDep) -> Response:
+    def get_plan(job: JobDep, request: Request) -> Response:
         """The pruning plan (kept channel indices per group) as JSON, reusable with the CLI."""
-        return open_file_response(_result(job, settings, "plan"), "application/json")
+        return _download(request, job, PLAN, "application/json")
 
     @app.delete(
         "/v1/jobs/{job_id}",
@@ -315,39 +317,57 @@ def _add_routes(app: FastAPI) -> None:
         responses={**_ERRORS, 204: {"description": "Removed."}},
         tags=["jobs"],
     )
-    def delete_job(job: JobDep, settings: SettingsDep, store: StoreDep, request: Request) -> JobPublic | Response:
+    def delete_job(job: JobDep, store: StoreDep, request: Request) -> JobPublic | Response:
         """Cancel a queued or running job (200, status cancelled); remove a finished one (204).
         Either way the job's files are removed. A running job stops at its next pipeline stage."""
-        files = JobFiles.of(settings.jobs_dir, job.id)
+        artifacts: ArtifactStore = request.app.state.artifacts
         request.app.state.views.forget(job.id)
         if store.cancel(job.id):
-            files.remove()
+            artifacts.remove(job.id)
             return JobPublic.of(store.get(job.id) or job)
         store.delete(job.id)
-        files.remove()
+        artifacts.remove(job.id)
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-def _float_model(job: JobRecord, settings: Settings) -> tuple[Path, str]:
-    """The float pruned model of a quantized job, and its SHA-256 (from the report: never re-hashed)."""
+def _float_model_sha256(request: Request, job: JobRecord) -> str:
+    """The SHA-256 of a quantized job's float pruned model (from its report: never re-hashed)."""
     quantize = json.loads(job.config).get("quantize", "none")
     if job.status is JobStatus.succeeded and quantize == "none":
         raise ApiError(
             404, "not_found", f"job {job.id} did not quantize (quantize 'none'): its model is the float pruned model"
         )
-    path = _result(job, settings, "float_model")
-    report = PruneReport.model_validate_json(_result(job, settings, "report").read_bytes())
+    report = PruneReport.model_validate_json(_read_result(request, job, REPORT))
     sha256 = report.quantization.float_output_sha256 if report.quantization is not None else None
-    return path, sha256 or ""
+    return sha256 or ""
 
 
-def _result(job: JobRecord, settings: Settings, kind: str) -> Path:
+def _ready(job: JobRecord) -> None:
     if job.status is not JobStatus.succeeded:
         raise ApiError(409, "not_ready", f"job {job.id} is {job.status.value}; results exist once it has succeeded")
-    path: Path = getattr(JobFiles.of(settings.jobs_dir, job.id), kind)
-    if not path.is_file():
-        raise ApiError(404, "not_found", f"the {kind.replace('_', ' ')} of job {job.id} has been removed")
-    return path
+
+
+def _download(
+    request: Request,
+    job: JobRecord,
+    name: str,
+    media_type: str,
+    filename: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    _ready(job)
+    artifacts: ArtifactStore = request.app.state.artifacts
+    return result_response(artifacts, job, name, request, media_type=media_type, filename=filename, headers=headers)
+
+
+def _read_result(request: Request, job: JobRecord, name: str) -> bytes:
+    _ready(job)
+    artifacts: ArtifactStore = request.app.state.artifacts
+    try:
+        return artifacts.read_result(job.id, job.result_key, name)
+    except ArtifactMissing:
+        what = name.rsplit(".", 1)[0].replace(".", " ")
+        raise ApiError(404, "not_found", f"the {what} of job {job.id} has been removed") from None
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -384,6 +404,16 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(OSError, storage_error)
     app.add_exception_handler(sqlite3.Error, storage_error)
+
+    @app.exception_handler(StoreError)
+    async def store_error(request: Request, exc: StoreError) -> JSONResponse:
+        """The job database or object store is full (507) or away (503 + Retry-After: nothing was kept)."""
+        if isinstance(exc, StoreFull) or disk_nearly_full(request.app.state.settings.data_dir):
+            log.error("storage full: %s", exc)
+            return body(507, "storage_full", STORAGE_FULL_MESSAGE)
+        log.warning("storage unavailable: %s", exc)
+        message = "the job storage is unreachable; nothing was kept, try again later"
+        return body(503, "storage_unavailable", message, {"Retry-After": str(STORAGE_RETRY_AFTER_S)})
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -433,10 +463,10 @@ async def _reconcile_periodically(app: FastAPI) -> None:
             log.exception("reconciler pass failed")
 
 
-async def _clean_periodically(settings: Settings, store: JobStore) -> None:
+async def _clean_periodically(settings: Settings, store: JobStore, artifacts: ArtifactStore) -> None:
     while True:
         try:
-            await asyncio.to_thread(remove_expired, settings, store)
+            await asyncio.to_thread(functools.partial(remove_expired, settings, store, artifacts=artifacts))
         except Exception:  # a failed sweep must not stop the next one
             log.exception("retention sweep failed")
         await asyncio.sleep(settings.cleanup_interval_s)

@@ -7,7 +7,9 @@ Without tokens (open mode), job ids are capabilities: 144 random bits, shown onl
 the job, so GET/DELETE by id work for anyone holding the id (as do plain links to results). Listing is
 the one route that could reveal ids, so it is scoped: a client that sends a key of its own
 (``Authorization: Bearer <random key of 20+ characters>``) lists only the jobs it created with that
-key, and a client without a key cannot list at all.
+key, and a client without a key cannot list at all. Such keys are chosen by the client, so in open
+mode the quotas count a client's address instead (``quota_key``): a new key does not buy a new quota,
+and clients without a key do not share one.
 """
 
 from __future__ import annotations
@@ -63,6 +65,20 @@ def _owner(request: Request, given: str | None) -> str:
     if given is None or not any(hmac.compare_digest(given.encode(), t.encode()) for t in tokens):
         raise ApiError(401, "unauthorized", "missing or invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
     return owner_of(given)
+
+
+def quota_key(request: Request, owner: str) -> str:
+    """Whom the quotas count a new job against: the token's owner, or in open mode the client address
+    (from ``ONNXPRUNE_CLIENT_ADDRESS_HEADER`` when a proxy in front sets it, else the peer address)."""
+    settings = request.app.state.settings
+    if settings.tokens:
+        return owner
+    address = ""
+    if settings.client_address_header:
+        address = request.headers.get(settings.client_address_header, "").split(",")[0].strip()
+    if not address and request.client is not None:
+        address = request.client.host
+    return f"address:{address or 'unknown'}"
 
 
 def may_access(request: Request, job_owner: str, caller: str) -> bool:

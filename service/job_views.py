@@ -63,10 +63,10 @@ class JobViews:
             self._items.move_to_end(job.id)
             return rendered
 
-    def render(self, job: JobRecord, report_path: Path | None) -> RenderedJob:
-        """Render ``job`` (with its report once it has succeeded: ``report_path`` given) and keep it.
+    def render(self, job: JobRecord, report_path: Path | bytes | None) -> RenderedJob:
+        """Render ``job`` (with its report once it has succeeded: its file or bytes given) and keep it.
 
-        With a report this reads and validates its file: callers on the event loop run it in a thread."""
+        With a report this reads and validates it: callers on the event loop run it in a thread."""
         data = _job_json(job, report_path).encode()
         rendered = RenderedJob(job, data, f'"{hashlib.blake2b(data, digest_size=16).hexdigest()}"')
         with self._lock:
@@ -88,11 +88,12 @@ class JobViews:
             self._bytes -= len(dropped.body)
 
 
-def _job_json(job: JobRecord, report_path: Path | None) -> str:
+def _job_json(job: JobRecord, report_path: Path | bytes | None) -> str:
     body = JobPublic.of(job).model_dump_json()
     if job.status is not JobStatus.succeeded or report_path is None:
         return body
-    report = PruneReport.model_validate_json(report_path.read_bytes())  # validated once per rendering
+    raw = report_path.read_bytes() if isinstance(report_path, Path) else report_path
+    report = PruneReport.model_validate_json(raw)  # validated once per rendering
     if not body.endswith(_NO_REPORT):  # the report is JobPublic's last field; never splice blind
         return JobPublic.of(job, report).model_dump_json()
     return f'{body[: -len(_NO_REPORT)]},"report":{report.model_dump_json()}}}'

@@ -9,8 +9,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
+from onnxprune.jobs.job_store import JobStore
 from onnxprune.jobs.settings import Settings
-from onnxprune.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 

@@ -142,7 +142,7 @@ class _Receiver:
 
 
 async def receive_upload(request: Request, files: JobFiles, max_bytes: int) -> Upload:
-    """Stream the body into ``files``; raise :class:`ApiError` (4xx) on anything malformed or too big."""
+    """Stream the body into ``files`` (an existing directory); raise :class:`ApiError` (4xx) on anything malformed or too big."""
     ctype, params = parse_options_header(request.headers.get("content-type"))
     boundary = params.get(b"boundary")
     if ctype != b"multipart/form-data" or not boundary:
@@ -150,8 +150,7 @@ async def receive_upload(request: Request, files: JobFiles, max_bytes: int) -> U
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > 2 * max_bytes + MAX_CONFIG_BYTES + MAX_PLAN_BYTES + 65536:
         raise ApiError(413, "payload_too_large", f"request exceeds the limit of {max_bytes / 2**20:g} MB")
-    files.root.mkdir(parents=True, exist_ok=False)
-    receiver = _Receiver(files, max_bytes)
+    receiver = _Receiver(files, max_bytes)  # ``files.root`` is the artifact store's staging directory
     try:
         parser = MultipartParser(boundary, receiver.callbacks())  # refuses a boundary over 256 bytes
         async for chunk in request.stream():

@@ -15,12 +15,13 @@ from pathlib import Path
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse
 
-from onnxprune.jobs.files import JobFiles
+from onnxprune.jobs.artifacts import ArtifactMissing, ArtifactStore
+from onnxprune.jobs.files import REPORT
 from onnxprune.jobs.store import JobStatus
 from onnxprune.service.auth import Owner, may_access
 from onnxprune.service.errors import ApiError
 from onnxprune.service.file_responses import open_file_response
-from onnxprune.workers.fileio import atomic_write_text
+from onnxprune.workers.fileio import atomic_write_bytes, atomic_write_text
 from onnxprune.workers.html_report import PAGE_NAME as REPORT_HTML
 
 log = logging.getLogger(__name__)
@@ -68,20 +69,27 @@ def report_page(job_id: str, owner: Owner, request: Request) -> Response:
     drawn by jobs) gets it drawn once here, in a sandboxed child with limits, a few at a time; a
     failed drawing is recorded and answered from the record, never retried per request.
     """
-    settings, store = request.app.state.settings, request.app.state.store
+    store, artifacts = request.app.state.store, request.app.state.artifacts
     job = store.get(job_id)
     if job is None or not may_access(request, job.owner, owner):
         raise ApiError(404, "not_found", f"no job {job_id!r}")
     if job.status is not JobStatus.succeeded:
         raise ApiError(409, "not_ready", f"job {job.id} is {job.status.value}; its report exists once it has succeeded")
-    files = JobFiles.of(settings.jobs_dir, job.id)
-    published = files.result / REPORT_HTML
-    page = published if published.is_file() else _page_drawn_here(files, job.id)
-    return open_file_response(page, "text/html; charset=utf-8", {"Content-Security-Policy": _REPORT_CSP})
+    headers = {"Content-Security-Policy": _REPORT_CSP}
+    try:
+        published = artifacts.local_path(job.id, job.result_key, REPORT_HTML)
+        if published is not None:
+            return open_file_response(published, "text/html; charset=utf-8", headers)
+        return HTMLResponse(artifacts.read_result(job.id, job.result_key, REPORT_HTML), headers=headers)
+    except ArtifactMissing:
+        pass  # published before jobs drew their own pages: drawn here, once
+    page = _page_drawn_here(artifacts, job.id, job.result_key)
+    return open_file_response(page, "text/html; charset=utf-8", headers)
 
 
-def _page_drawn_here(files: JobFiles, job_id: str) -> Path:
-    page, failed = files.root / REPORT_HTML, files.root / RENDER_FAILED
+def _page_drawn_here(artifacts: ArtifactStore, job_id: str, result_key: str | None) -> Path:
+    cache = artifacts.cache_dir(job_id)
+    page, failed = cache / REPORT_HTML, cache / RENDER_FAILED
     if failed.is_file():
         raise ApiError(500, "report_page_failed", f"the report page of job {job_id} could not be drawn")
     if page.is_file():
@@ -90,7 +98,7 @@ def _page_drawn_here(files: JobFiles, job_id: str) -> Path:
         raise ApiError(503, "busy", "report pages are being drawn; try again shortly", headers={"Retry-After": "5"})
     try:
         if not page.is_file():
-            _draw_in_sandbox(files, job_id, page, failed)
+            _draw_in_sandbox(artifacts, job_id, result_key, page, failed)
     finally:
         _DRAWING.release()
     if failed.is_file() or not page.is_file():
@@ -98,19 +106,26 @@ def _page_drawn_here(files: JobFiles, job_id: str) -> Path:
     return page
 
 
-def _draw_in_sandbox(files: JobFiles, job_id: str, page: Path, failed: Path) -> None:
+def _draw_in_sandbox(artifacts: ArtifactStore, job_id: str, result_key: str | None, page: Path, failed: Path) -> None:
     from onnxprune.workers.html_report import write_report_page
     from onnxprune.workers.sandbox import RunnerError, RunnerLimits, run_in_child
 
-    if not files.report.is_file():
-        raise ApiError(404, "not_found", f"the report of job {job_id} has been removed")
+    try:
+        raw = artifacts.read_result(job_id, result_key, REPORT)
+    except ArtifactMissing:
+        raise ApiError(404, "not_found", f"the report of job {job_id} has been removed") from None
+    page.parent.mkdir(parents=True, exist_ok=True)
+    report = page.parent / f"{REPORT}.drawing"  # the child reads a file of this host
+    atomic_write_bytes(report, raw)
     try:
         run_in_child(
             write_report_page,
-            (str(files.report), str(page), f"onnxprune job {job_id}"),
+            (str(report), str(page), f"onnxprune job {job_id}"),
             limits=RunnerLimits(memory_mib=DRAW_MEMORY_MIB, timeout_s=DRAW_TIMEOUT_S, max_result_mib=1),
         )
     except RunnerError as exc:  # RunnerError covers every way the child can fail, limits included
         log.error("job %s: drawing its report page failed: %s", job_id, exc)
         with contextlib.suppress(OSError):  # the job may have been removed meanwhile
             atomic_write_text(failed, str(exc))
+    finally:
+        report.unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""Alembic migrations of the PostgreSQL job store, applied by ``jobs.pg_store.migrate`` at start-up."""
