@@ -85,6 +85,12 @@ async def accept_job(
         needs_data = None if has_data else options.data_requirement(plan_given=plan_given)
         if needs_data:
             raise ApiError(422, "invalid_config", f"{needs_data}: add a 'data' part (.npz)")
+        # Checked with the options as given: a model the data defaults do not fit (a quantized one:
+        # taylor runs the graph in PyTorch) is refused for what the user asked, not for a default.
+        checks: UploadChecks = request.app.state.upload_checks  # starlette's State is untyped
+        await checks.check_model(
+            files.upload, options, settings.max_upload_bytes, has_data=upload.data_bytes is not None
+        )
         capabilities = await run_in_threadpool(runner.capabilities)  # may ask Redis: never on the event loop
         options, _ = with_data_defaults(
             options,
@@ -98,10 +104,6 @@ async def accept_job(
         )
         if missing:
             raise ApiError(422, "missing_capability", f"this server cannot run the job: {missing}")
-        checks: UploadChecks = request.app.state.upload_checks  # starlette's State is untyped
-        await checks.check_model(
-            files.upload, options, settings.max_upload_bytes, has_data=upload.data_bytes is not None
-        )
         if upload.data_bytes is not None:
             await run_in_threadpool(check_data, files.data, upload.data_bytes, settings.max_upload_bytes)
         config = options.model_dump_json()

@@ -93,6 +93,7 @@ def test_two_workers_on_their_own_disks_run_jobs_and_the_download_is_what_the_wo
         pruned = client.download_model(ids[0], tmp_path / "pruned.onnx")
         plan = client.plan(ids[0])
         ranged = httpx.get(f"{api.url}/v1/jobs/{ids[0]}/model", headers={"Range": "bytes=10-109"})
+        page = httpx.get(f"{api.url}/v1/jobs/{ids[0]}/report.html")  # the page the worker drew, read from S3
 
     assert [j["status"] for j in jobs] == ["succeeded"] * 4
     record = cluster.record(ids[0])
@@ -103,6 +104,10 @@ def test_two_workers_on_their_own_disks_run_jobs_and_the_download_is_what_the_wo
     assert hashlib.sha256(written_bytes).hexdigest() == jobs[0]["output_sha256"] == record.output_sha256
     assert ranged.status_code == 206 and ranged.content == written_bytes[10:110]
     assert ranged.headers["Content-Range"] == f"bytes 10-109/{len(written_bytes)}"
+    page_written = cluster.s3().get_object(
+        Bucket=cluster.bucket, Key=f"deploy/jobs/{ids[0]}/{record.result_key}/report.html"
+    )
+    assert page.status_code == 200 and page.content == page_written["Body"].read()
     assert_matches_masked_original(model_path, pruned, plan)
     # Nothing of the jobs is on any host's disk: no database file, no job directory, no scratch left.
     for host in ("api", "worker0", "worker1"):
@@ -128,7 +133,10 @@ def test_a_worker_killed_mid_job_is_redelivered_to_the_other_host(cluster, start
     assert record.lease_owner != holder
     # The dead attempt published nothing; the counted result is the survivor's.
     assert cluster.object_keys(job_id) == sorted(
-        ["input.onnx", *(f"{record.result_key}/{name}" for name in ("model.onnx", "plan.json", "report.json"))]
+        [
+            "input.onnx",
+            *(f"{record.result_key}/{name}" for name in ("model.onnx", "plan.json", "report.html", "report.json")),
+        ]
     )
 
 
