@@ -174,7 +174,12 @@ def _attempt(job_id: str, token: str, store: JobStore, settings: Settings) -> Ou
             )
             sandbox = work / "sandbox"
             result = run_job_process(
-                request, sandbox, limits=job_limits(settings), progress=progress, keep_going=keep_going
+                request,
+                sandbox,
+                limits=job_limits(settings),
+                progress=progress,
+                keep_going=keep_going,
+                latency_cache=settings.latency_cache(),
             )
             os.replace(result.report_path, work / REPORT)
             os.replace(result.plan_path, work / PLAN)

@@ -1,4 +1,5 @@
-"""Removing jobs past ``ONNXPRUNE_RETENTION_HOURS``: their records, files, and orphaned upload dirs."""
+"""Removing jobs past ``ONNXPRUNE_RETENTION_HOURS``: their records, files, and orphaned upload dirs;
+and latency tables past the latency cache's retention."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 from onnxprune.jobs.files import JobFiles
 from onnxprune.jobs.settings import Settings
 from onnxprune.jobs.store import JobStore
+from onnxprune.workers.latency_cache import remove_stale
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,7 @@ def remove_expired(settings: Settings, store: JobStore, now: float | None = None
         for path in settings.jobs_dir.iterdir():
             if path.is_dir() and path.stat().st_mtime < cutoff and store.get(path.name) is None:
                 JobFiles(path).remove()
+    remove_stale(settings.latency_cache(), now)
     if expired:
         log.info("retention: removed %d jobs", len(expired))
     return len(expired)
