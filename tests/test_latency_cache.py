@@ -16,6 +16,7 @@ from onnxprune.graphops.latency_table import LatencyCurve, LatencyTable
 from onnxprune.workers.job_process import JobRequest, run_job_process
 from onnxprune.workers.latency_cache import (
     MAX_TABLE_BYTES,
+    MAX_TABLES_PER_JOB,
     OUTBOX,
     LatencyCache,
     publish_tables,
@@ -71,12 +72,23 @@ def test_anything_but_a_table_named_by_its_key_is_refused(tmp_path, name, text):
     assert not cache.tables.exists()
 
 
-def test_a_link_is_not_followed(tmp_path):
+def test_a_link_or_a_pipe_is_not_read(tmp_path):
     target = _write(tmp_path / "elsewhere", "table.json", _table().to_json())
     (tmp_path / "outbox").mkdir()
     (tmp_path / "outbox" / f"{KEY}.json").symlink_to(target)
+    os.mkfifo(tmp_path / "outbox" / f"{'c' * 32}.json")  # reading it would block the parent for good
 
     assert publish_tables(tmp_path / "outbox", LatencyCache(tmp_path / "cache")) == []
+
+
+def test_a_flood_of_files_is_not_read_past_a_few(tmp_path):
+    for index in range(MAX_TABLES_PER_JOB + 5):
+        key = f"{index:032x}"
+        _write(tmp_path / "outbox", f"{key}.json", _table(key).to_json())
+
+    published = publish_tables(tmp_path / "outbox", LatencyCache(tmp_path / "cache"))
+
+    assert len(published) == MAX_TABLES_PER_JOB
 
 
 def _aged(path: Path, days: float) -> None:

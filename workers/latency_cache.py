@@ -10,6 +10,7 @@ Publishing also applies the retention: tables older than ``max_age_s``, then the
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ OUTBOX = "latency-tables"  # in the job's working directory: tables the child me
 CACHE_ENV = "ONNXPRUNE_CACHE_DIR"  # the cache's root (tables under ``latency/``); read by the child
 OUTBOX_ENV = "ONNXPRUNE_LATENCY_OUTBOX"  # set for a sandboxed child: where its new tables go instead
 MAX_TABLE_BYTES = 4 * 2**20  # a ResNet-50 table is tens of KiB; more than this is not one of ours
+MAX_TABLES_PER_JOB = 16
 _NAME = re.compile(r"[0-9a-f]{32}\.json")  # ``latency.table_key`` + ".json"
 _TABLE = TypeAdapter(LatencyTable)
 
@@ -55,8 +57,11 @@ class LatencyCache:
 def publish_tables(outbox: Path, cache: LatencyCache, now: float | None = None) -> list[str]:
     """Validate each table a job left in ``outbox`` and publish the valid ones into ``cache`` (atomically);
     then apply the retention. Returns the names published; what is refused is logged and left behind."""
-    published = []
-    candidates = sorted(outbox.iterdir()) if outbox.is_dir() and not outbox.is_symlink() else []
+    published: list[str] = []
+    if not outbox.is_dir() or outbox.is_symlink():
+        return published
+    with os.scandir(outbox) as entries:  # a job measures a table or two: a flood of files is not read
+        candidates = sorted(Path(entry.path) for entry in itertools.islice(entries, MAX_TABLES_PER_JOB))
     for path in candidates:
         table = read_untrusted_table(path)
         if table is None:
