@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from onnxprune.graphops.latency_table import LatencyCurve, LatencyTable
-from onnxprune.workers.job_process import JobRequest, run_job_process
+from onnxprune.workers.job_process import JobRequest, _publish_latency_tables, run_job_process
 from onnxprune.workers.latency_cache import (
     MAX_TABLE_BYTES,
     MAX_TABLES_PER_JOB,
@@ -60,6 +60,8 @@ def test_a_valid_table_is_published_as_the_table_it_parses_to(tmp_path):
         (f"{KEY}.json", json.dumps({**json.loads(_table().to_json()), "baseline_ms": "fast"})),
         (f"{KEY}.json", json.dumps({**json.loads(_table().to_json()), "format": "other"})),
         (f"{KEY}.json", _table("f" * 32).to_json()),  # a key other than its name
+        (f"{KEY}.json", _table().to_json().replace('"baseline_ms": 2.0', '"baseline_ms": NaN')),
+        (f"{KEY}.json", _table().to_json().replace('"baseline_ms": 2.0', '"baseline_ms": 1e999')),
         (f"{KEY}.json", _table().to_json() + " " * MAX_TABLE_BYTES),  # too large
     ],
 )
@@ -162,3 +164,10 @@ def test_a_hostile_sandbox_cannot_plant_files_in_the_cache(tmp_path, monkeypatch
 
     assert len(list((tmp_path / "job" / OUTBOX).iterdir())) == 3  # the child did run the planting code
     assert not cache.root.exists()
+
+
+def test_a_cache_that_cannot_be_written_costs_the_job_nothing(tmp_path):
+    _write(tmp_path / "job" / OUTBOX, f"{KEY}.json", _table().to_json())
+    (tmp_path / "not a folder").write_text("")
+
+    _publish_latency_tables(tmp_path / "job", LatencyCache(tmp_path / "not a folder"))  # logs, does not raise

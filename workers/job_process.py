@@ -212,7 +212,7 @@ def _publish_latency_tables(workdir: Path, cache: LatencyCache) -> None:
     cache that cannot be written costs a later job a measurement, never this job its result."""
     try:
         publish_tables(workdir / OUTBOX, cache)
-    except Exception:  # whatever the child left, the job's own outcome stands
+    except OSError:  # a full disk or an unwritable cache dir: the job's own outcome stands
         logging.getLogger(__name__).warning("latency cache: tables not published", exc_info=True)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import stat
@@ -65,7 +66,7 @@ def publish_tables(outbox: Path, cache: LatencyCache, now: float | None = None) 
     for path in candidates:
         table = read_untrusted_table(path)
         if table is None:
-            log.warning("latency cache: refused %s from a job (not a latency table of ours)", path.name)
+            log.warning("latency cache: refused %r from a job (not a latency table of ours)", path.name[:80])
             continue
         cache.tables.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cache.tables / path.name, table.to_json())
@@ -93,13 +94,24 @@ def read_untrusted_table(path: Path) -> LatencyTable | None:
     if len(raw) > MAX_TABLE_BYTES:
         return None
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
         if not isinstance(data, dict) or data.pop("format", None) != TABLE_FORMAT:
             return None
         table = _TABLE.validate_python(data)
     except (ValueError, ValidationError, RecursionError, UnicodeDecodeError):
         return None
     return table if table.key == path.name.removesuffix(".json") else None
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a latency")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is not a latency")
+    return value
 
 
 def remove_stale(cache: LatencyCache, now: float | None = None) -> int:
