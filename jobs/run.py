@@ -205,7 +205,12 @@ def _attempt(job_id: str, token: str, store: JobStore, settings: Settings, artif
             )
             sandbox = space.work / "sandbox"
             result = run_job_process(
-                request, sandbox, limits=job_limits(settings), progress=progress, keep_going=keep_going
+                request,
+                sandbox,
+                limits=job_limits(settings),
+                progress=progress,
+                keep_going=keep_going,
+                latency_cache=settings.latency_cache(),
             )
             os.replace(result.report_path, space.work / REPORT)
             os.replace(result.plan_path, space.work / PLAN)

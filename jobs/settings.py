@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from onnxprune.workers.latency_cache import LatencyCache
 
 # Threads per job when sizing a worker's concurrency by itself: two passive threads made 2.1 to 2.6
 # ResNet-20 fine-tuning steps/s on a busy 2-core machine, one thread 1.3 to 1.7
@@ -59,6 +63,11 @@ class Settings(BaseSettings):
     upload_check_workers: int = Field(2, ge=1, le=32)
     upload_check_memory_mib: int = Field(4096, ge=512)
     upload_check_timeout_s: float = Field(60.0, gt=0)
+    # Latency tables measured by jobs (issue 33): this deployment's own cache, written only by the trusted
+    # parent of a job's sandbox (workers.latency_cache); None: ``<data_dir>/latency-cache``.
+    latency_cache_dir: Path | None = Field(None, description="Cache of measured latency tables.")
+    latency_cache_max_age_days: float = Field(30.0, gt=0, description="Latency tables older than this are removed.")
+    latency_cache_max_mib: float = Field(64.0, gt=0, description="Size cap of the latency cache (oldest go first).")
     max_result_mib: float = Field(
         32.0,
         gt=0,
@@ -146,6 +155,15 @@ class Settings(BaseSettings):
     @property
     def jobs_dir(self) -> Path:
         return self.data_dir / "jobs"
+
+    def latency_cache(self) -> LatencyCache:
+        from onnxprune.workers.latency_cache import LatencyCache
+
+        return LatencyCache(
+            self.latency_cache_dir or self.data_dir / "latency-cache",
+            max_age_s=self.latency_cache_max_age_days * 86400.0,
+            max_total_bytes=int(self.latency_cache_max_mib * 2**20),
+        )
 
 
 class SettingsError(SystemExit):

@@ -1,5 +1,6 @@
 """Removing jobs past ``ONNXPRUNE_RETENTION_HOURS`` (records and files), failed jobs' uploads past
-``ONNXPRUNE_FAILED_UPLOAD_RETENTION_S``, and files that no record owns (a crash between steps)."""
+``ONNXPRUNE_FAILED_UPLOAD_RETENTION_S``, files that no record owns (a crash between steps), and latency
+tables past the latency cache's retention."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 from onnxprune.jobs.artifacts import ArtifactStore, open_artifact_store, remove_tree, stale_scratch
 from onnxprune.jobs.job_store import JobStore
 from onnxprune.jobs.settings import Settings
+from onnxprune.workers.latency_cache import remove_stale
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ def remove_expired(
             artifacts.remove(job_id)
     for path in stale_scratch(settings.scratch_dir / "incoming", cutoff):
         remove_tree(path)
+    remove_stale(settings.latency_cache(), now)
     if expired:
         log.info("retention: removed %d jobs", len(expired))
     return len(expired)

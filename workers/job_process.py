@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import select
 import signal
@@ -38,6 +39,7 @@ from onnxprune.graphops.plan import PruningPlan
 from onnxprune.workers import job_threads
 from onnxprune.workers.capabilities import MissingCapability
 from onnxprune.workers.html_report import PAGE_NAME
+from onnxprune.workers.latency_cache import CACHE_ENV, OUTBOX, OUTBOX_ENV, LatencyCache, publish_tables
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.report import PruneReport, SensitivityReport
 from onnxprune.workers.sandbox import (
@@ -164,9 +166,13 @@ def run_job_process(
     limits: JobLimits = JobLimits(),
     progress: Progress | None = None,
     keep_going: Callable[[], bool] | None = None,
+    latency_cache: LatencyCache | None = None,
 ) -> JobResult:
     """Run ``request`` through the pipeline in a sandboxed child working in ``workdir`` (created if
     missing, left in place: ``report.json``, ``plan.json`` and ``sandbox.log`` are there after).
+
+    ``latency_cache`` (default: the user's, ``ONNXPRUNE_CACHE_DIR``): the child reads its tables;
+    the tables it measured are validated and published there here, once it has ended.
 
     ``progress`` gets the pipeline's ``(stage, fraction)``; an exception it raises stops the job.
     ``keep_going`` is asked every ``limits.stop_poll_s`` seconds; False kills the child within that
@@ -175,12 +181,15 @@ def run_job_process(
     workdir = Path(workdir).resolve()
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
     _write_request(request, workdir, limits)
+    cache = latency_cache if latency_cache is not None else LatencyCache()
+    environment = _child_environment(workdir, limits.thread_budget())
+    environment.update({CACHE_ENV: str(cache.root), OUTBOX_ENV: str(workdir / OUTBOX)})
     receiver, sender = os.pipe()
     with open(workdir / LOG, "ab") as log:
         child = subprocess.Popen(
             [sys.executable, "-m", "onnxprune.workers.job_process", str(workdir / REQUEST), str(sender)],
             cwd=workdir,
-            env=_child_environment(workdir, limits.thread_budget()),
+            env=environment,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
@@ -194,7 +203,17 @@ def run_job_process(
         os.close(receiver)
         if child.poll() is None:
             _kill(child)
+        _publish_latency_tables(workdir, cache)
     return _result(workdir, child.returncode, ended_by, limits)
+
+
+def _publish_latency_tables(workdir: Path, cache: LatencyCache) -> None:
+    """Tables the child measured (even in a job that then failed) into the cache, once validated; a
+    cache that cannot be written costs a later job a measurement, never this job its result."""
+    try:
+        publish_tables(workdir / OUTBOX, cache)
+    except OSError:  # a full disk or an unwritable cache dir: the job's own outcome stands
+        logging.getLogger(__name__).warning("latency cache: tables not published", exc_info=True)
 
 
 def _write_request(request: JobRequest, workdir: Path, limits: JobLimits) -> None:
@@ -230,7 +249,7 @@ def _child_environment(workdir: Path, budget: job_threads.ThreadBudget | None = 
         for name, value in os.environ.items()
         if name in _ENV_ALLOWED or name in _ENV_ONNXPRUNE or name.startswith(_ENV_PREFIXES)
     }
-    environment.setdefault("ONNXPRUNE_CACHE_DIR", str(Path.home() / ".cache" / "onnxprune"))
+    environment.setdefault(CACHE_ENV, str(LatencyCache().root))
     environment.update(HOME=str(workdir), TMPDIR=str(workdir / "tmp"), PYTHONUNBUFFERED="1")
     # glibc (>= 2.35) asks for transparent huge pages for its large allocations: a job copies a big model's
     # weights a few times, and faulting them in 4 KiB pages took a quarter of its CPU (VGG-19, 575 MB).

@@ -5,7 +5,8 @@ timed against the original, interleaved, in ONE sandboxed child (surgery and ses
 there; the parent never runs the user's graph). Groups are measured in order of MACs, most first,
 until a time budget is spent; the rest get curves estimated from their MACs at the rate measured
 on the others. A few off-step counts of the largest groups find the staircase step. Tables are
-cached on disk per (model hash, onnxruntime version, deploy settings, CPU model).
+cached on disk per (model hash, onnxruntime version, deploy settings, CPU model); a job's sandbox
+only reads that cache (its new tables are published by its parent, ``workers.latency_cache``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from onnxprune.graphops.latency_table import (
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.selection import MacsModel, Scores, _candidates, choose_kept
 from onnxprune.workers.fileio import atomic_write_text
+from onnxprune.workers.latency_cache import OUTBOX_ENV, LatencyCache, default_root
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.sandbox import RunnerLimits, run_in_child
 from onnxprune.workers.speed import ratio_interval
@@ -130,8 +132,14 @@ def resolve_round_to(
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("ONNXPRUNE_CACHE_DIR") or Path.home() / ".cache" / "onnxprune"
-    return Path(root) / "latency"
+    return LatencyCache(default_root()).tables
+
+
+def _new_tables_dir() -> Path:
+    """Where a newly measured table goes: in a job's sandbox, its outbox (the parent validates and
+    publishes it, ``workers.latency_cache``); elsewhere (the library called directly), the cache."""
+    outbox = os.environ.get(OUTBOX_ENV)
+    return Path(outbox) if outbox else _cache_dir()
 
 
 def table_key(model_sha: str, input_shapes: dict[str, list[int]], settings: LatencySettings) -> str:
@@ -168,11 +176,13 @@ def cached_table_path(model_sha: str, input_shapes: dict[str, list[int]], settin
 
 def cached_table(model_sha: str, input_shapes: dict[str, list[int]], settings: LatencySettings) -> LatencyTable | None:
     """The table measured before for this model and these settings on this machine, if any."""
-    path = cached_table_path(model_sha, input_shapes, settings)
-    try:
-        return LatencyTable.from_json(path.read_text())
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    name = f"{table_key(model_sha, input_shapes, settings)}.json"
+    for folder in dict.fromkeys((_new_tables_dir(), _cache_dir())):  # this job's own first
+        try:
+            return LatencyTable.from_json((folder / name).read_text())
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
 
 
 def measure_latency_table(
@@ -205,7 +215,7 @@ def measure_latency_table(
     table = _table(dep, groups, cost, variants, measured, probes, settings, step0, source0, model_sha, reference)
     table = replace(table, seconds=round(time.perf_counter() - started, 2))
     if use_cache:
-        path = _cache_dir() / f"{table.key}.json"
+        path = _new_tables_dir() / f"{table.key}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, table.to_json())
     return table
