@@ -83,14 +83,20 @@ def prune(
         raise TypeError("pass either options= or option keywords, not both")
     from onnxprune.workers.capabilities import torch_installed
     from onnxprune.workers.options import with_data_defaults
+    from onnxprune.workers.precision import is_quantized_file
 
     chosen = options if options is not None else PruneOptions(**fields)
-    # With data and no criterion: taylor (l1 without torch), as the CLI and the service do.
-    chosen, _ = with_data_defaults(chosen, data_given=data is not None, torch_available=torch_installed())
     with tempfile.TemporaryDirectory(prefix="onnxprune-api-") as tmp:
         workdir = Path(tmp)
         target = Path(output) if output is not None else workdir / "pruned.onnx"
         with _as_file(model, workdir, "model.onnx") as model_path:
+            # With data and no criterion: taylor (l1 without torch or for a QDQ model), as the CLI does.
+            quantized = (
+                data is not None and "criterion" not in chosen.model_fields_set and is_quantized_file(model_path)
+            )
+            chosen, _ = with_data_defaults(
+                chosen, data_given=data is not None, torch_available=torch_installed(), quantized=quantized
+            )
             request = JobRequest(
                 model_path, target, chosen, data=_data_file(data, workdir), plan=plan, sensitivity=sensitivity
             )

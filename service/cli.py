@@ -83,15 +83,17 @@ def require_capabilities(options: PruneOptions, *, has_data: bool = False, plan_
         fail(missing, EXIT_BAD_INPUT)
 
 
-def _data_defaults(options: PruneOptions, data: Path | None) -> PruneOptions:
-    """With --data and no --criterion: taylor, or l1 and one line saying why (no PyTorch)."""
+def _data_defaults(options: PruneOptions, data: Path | None, model: Path) -> tuple[PruneOptions, str | None]:
+    """With --data and no --criterion: taylor, or l1 and a note saying why (no PyTorch); a QDQ model
+    keeps l1 (PyTorch cannot run it), so it is judged on what the user asked."""
     from onnxprune.workers.capabilities import torch_installed
     from onnxprune.workers.options import with_data_defaults
+    from onnxprune.workers.precision import is_quantized_file
 
-    options, note = with_data_defaults(options, data_given=data is not None, torch_available=torch_installed())
-    if note is not None:
-        console.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
-    return options
+    quantized = data is not None and "criterion" not in options.model_fields_set and is_quantized_file(model)
+    return with_data_defaults(
+        options, data_given=data is not None, torch_available=torch_installed(), quantized=quantized
+    )
 
 
 def _require_data(options: PruneOptions, data: Path | None, *, plan_given: bool = False) -> None:
@@ -274,9 +276,11 @@ def prune(
     from onnxprune.service.cli_results import read_plan, show_results, write_results
     from onnxprune.workers.job_process import JobLimits, JobRequest, run_job_process
 
-    options = _data_defaults(_options(**flags), data)
+    options, note = _data_defaults(_options(**flags), data, model)
     _require_data(options, data, plan_given=plan_in is not None)
     require_capabilities(options, has_data=data is not None, plan_given=plan_in is not None)
+    if note is not None:  # after the checks: a refused job prints its one error line and nothing else
+        console.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
     require_output_dirs(output, report, plan_out, report_html)
     plan = read_plan(plan_in) if plan_in is not None else None
     request = JobRequest(model, output, options, data=data, plan=plan, sensitivity=_load_sensitivity(sensitivity))

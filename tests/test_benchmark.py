@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.workers.benchmark import benchmark, compare_outputs, make_inputs, run_model
-from onnxprune.workers.sandbox import RunnerError, RunnerLimits, run_in_child
+from onnxprune.workers.sandbox import RunnerError, RunnerLimits, SandboxOutOfMemory, SandboxTimeout, run_in_child
 
 pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
 
@@ -149,8 +149,8 @@ def test_a_runtime_allocation_over_the_memory_limit_is_a_clear_error(tmp_path: P
         ),
     ]
     for path, inputs in cases:
-        with pytest.raises(
-            RunnerError, match="^onnxruntime exceeded the memory limit of 1024 MiB while running the model$"
+        with pytest.raises(  # a limit, not the model's fault as such: the job decides (workers.job_process)
+            SandboxOutOfMemory, match="^onnxruntime exceeded the memory limit of 1024 MiB while running the model$"
         ):
             run_model(path, inputs, limits=SMALL_LIMITS)
     # the parent is intact and runs the next model
@@ -159,7 +159,7 @@ def test_a_runtime_allocation_over_the_memory_limit_is_a_clear_error(tmp_path: P
 
 @pytest.mark.timeout(120)  # a hang guard: the message proves the runner's own 1.5 s limit ended it
 def test_a_benchmark_over_its_time_limit_times_out(tiny_model: Path) -> None:
-    with pytest.raises(RunnerError, match=r"^onnxruntime timed out after 1.5 s while running the model$"):
+    with pytest.raises(SandboxTimeout, match=r"^onnxruntime timed out after 1.5 s while running the model$"):
         benchmark(tiny_model, None, None, runs=10**8, warmup=0, limits=RunnerLimits(timeout_s=1.5))
 
 

@@ -395,13 +395,14 @@ class PruneOptions(BaseModel):
 
 
 def with_data_defaults(
-    options: PruneOptions, *, data_given: bool, torch_available: bool
+    options: PruneOptions, *, data_given: bool, torch_available: bool, quantized: bool = False
 ) -> tuple[PruneOptions, str | None]:
     """The options a job with data runs with when they name no criterion: ``DATA_CRITERION``, which
     needs PyTorch (without it, l1 and a note saying so). Unchanged when the criterion was chosen, without
-    data, or with recovery 'none' (the weight-only path a quantized model takes). Called where a job is
-    accepted (the CLI, the service), the only places that know which options the user set."""
-    if not data_given or "criterion" in options.model_fields_set or options.recovery == "none":
+    data, with recovery 'none' (the weight-only path a quantized model takes), or for a ``quantized``
+    (QDQ) model, which PyTorch cannot run: it is then refused, or not, for what the user asked. Called
+    where a job is accepted (the CLI, the service), the only places that know which options the user set."""
+    if not data_given or "criterion" in options.model_fields_set or options.recovery == "none" or quantized:
         return options, None
     if not torch_available:
         return options, f"criterion l1: {DATA_CRITERION}, the default with data, needs PyTorch, which is not installed"

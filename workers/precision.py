@@ -9,6 +9,8 @@ says what works instead: exit 2 from the CLI, 422 at upload.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import onnx
 
 from onnxprune.graphops.dequantized import first_quantization_node
@@ -16,6 +18,16 @@ from onnxprune.graphops.errors import ModelRejected
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.quantize import check_not_quantized
 from onnxprune.workers.strategies import round_trip_reason
+
+
+def is_quantized_file(path: Path) -> bool:
+    """Whether the model at ``path`` is already QDQ, read without its external data; a file that does not
+    parse counts as not quantized (the job itself then says what is wrong with it)."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - any parse failure is reported by the job, with its own message
+        return False
+    return first_quantization_node(model) is not None
 
 
 class QuantizedModelRejected(ModelRejected):
