@@ -25,7 +25,7 @@ from functools import lru_cache
 from celery import Celery, Task
 from celery.signals import after_setup_logger, task_postrun, task_prerun, worker_ready
 
-from onnxprune.jobs.consumption import ConsumptionWatch, reconnect_consumer, redis_queue_length
+from onnxprune.jobs.consumption import ConsumptionWatch, reconnect_consumer, redis_queue_length, remember_event_loop
 from onnxprune.jobs.policy import JobTimeout
 from onnxprune.jobs.settings import Settings, load_settings
 
@@ -107,6 +107,7 @@ def _worker_ready(settings: Settings, watch: ConsumptionWatch) -> None:
     from onnxprune.jobs.capabilities import publish_capabilities
     from onnxprune.workers.heartbeat import INTERVAL_S, start_heartbeat
 
+    remember_event_loop()  # kombu forgets it on the first reconnect; the nudges need it for every stall
     start_heartbeat(interval_s=min(INTERVAL_S, settings.consumer_stall_s / 3), alive=watch.check)
     try:
         publish_capabilities(settings)

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 GIVE_UP_AFTER = 3  # in units of ``stall_after_s``: past it the worker no longer reports itself alive
@@ -82,6 +83,20 @@ class ConsumptionWatch:
         return alive
 
 
+# The worker's event loop (kombu's hub). kombu clears its global on every reconnect (``Hub.reset`` ->
+# ``_close`` -> ``set_event_loop(None)``) while the consumer goes on with the same hub, so a second stall
+# found "no event loop" and the worker stayed idle with jobs waiting: the hub is kept here instead.
+_worker_hub: Any = None
+
+
+def remember_event_loop() -> None:
+    """Keep the running worker's hub for later nudges (called when the worker is ready)."""
+    from kombu.asynchronous import get_event_loop
+
+    global _worker_hub
+    _worker_hub = get_event_loop() or _worker_hub
+
+
 def reconnect_consumer() -> None:
     """Make the running worker's consumer drop its broker connection and connect again.
 
@@ -89,9 +104,8 @@ def reconnect_consumer() -> None:
     Celery's consumer, which restarts its connection, channels and consumers (``asynloop`` sets
     ``hub.propagate_errors`` to the transport's connection errors; ``OSError`` is one of them).
     """
-    from kombu.asynchronous import get_event_loop
-
-    hub = get_event_loop()
+    remember_event_loop()
+    hub = _worker_hub
     if hub is None:  # no event loop (a worker started without one): nothing to nudge
         log.warning("no event loop to reconnect the consumer on")
         return
@@ -99,7 +113,7 @@ def reconnect_consumer() -> None:
     def drop_connection() -> None:
         raise ConnectionResetError("onnxprune: jobs wait while the consumer is idle; reconnecting to the broker")
 
-    hub.call_soon(drop_connection)  # type: ignore[no-untyped-call]  # kombu ships no type hints
+    hub.call_soon(drop_connection)
 
 
 def redis_queue_length(redis_url: str, key: str) -> Callable[[], int]:

@@ -10,7 +10,7 @@ import pytest
 from kombu.asynchronous import Hub, set_event_loop
 from kombu.transport.redis import Transport
 
-from onnxprune.jobs.consumption import GIVE_UP_AFTER, ConsumptionWatch, reconnect_consumer
+from onnxprune.jobs.consumption import GIVE_UP_AFTER, ConsumptionWatch, reconnect_consumer, remember_event_loop
 from onnxprune.workers.heartbeat import start_heartbeat
 
 
@@ -90,6 +90,27 @@ def test_the_nudge_raises_a_connection_error_on_the_workers_event_loop():
     hub = Hub()
     set_event_loop(hub)
     try:
+        hub.propagate_errors = Transport.connection_errors
+        loop = hub.create_loop()
+        caller = threading.Thread(target=reconnect_consumer)
+        caller.start()
+        caller.join()
+        with pytest.raises(Transport.connection_errors):
+            for _ in range(100):
+                next(loop)
+    finally:
+        set_event_loop(None)
+        hub.close()
+
+
+def test_a_second_stall_is_nudged_too_after_kombu_forgot_the_event_loop():
+    """Each reconnect resets the hub, which clears kombu's global event loop (``Hub._close``) while the
+    consumer goes on with the same hub: the first nudge worked, every later one found no loop."""
+    hub = Hub()
+    set_event_loop(hub)
+    try:
+        remember_event_loop()  # what the worker does when it is ready
+        hub.reset()  # what Celery's asynloop does after the first reconnect
         hub.propagate_errors = Transport.connection_errors
         loop = hub.create_loop()
         caller = threading.Thread(target=reconnect_consumer)
