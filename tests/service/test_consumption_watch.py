@@ -84,20 +84,25 @@ def test_a_broker_that_does_not_answer_is_not_the_workers_fault():
     assert nudges == []
 
 
+def _assert_nudge_raises_on_the_loop(hub: Hub) -> None:
+    """A nudge from another thread (the watch's) comes out of ``hub``'s loop as a connection error."""
+    hub.propagate_errors = Transport.connection_errors
+    loop = hub.create_loop()
+    caller = threading.Thread(target=reconnect_consumer)
+    caller.start()
+    caller.join()
+    with pytest.raises(Transport.connection_errors):
+        for _ in range(100):
+            next(loop)
+
+
 def test_the_nudge_raises_a_connection_error_on_the_workers_event_loop():
     """Celery's asynloop propagates the transport's connection errors out of the hub, and its consumer
     then reconnects: the nudge must be one of them, raised on the loop (not in the watch's thread)."""
     hub = Hub()
     set_event_loop(hub)
     try:
-        hub.propagate_errors = Transport.connection_errors
-        loop = hub.create_loop()
-        caller = threading.Thread(target=reconnect_consumer)
-        caller.start()
-        caller.join()
-        with pytest.raises(Transport.connection_errors):
-            for _ in range(100):
-                next(loop)
+        _assert_nudge_raises_on_the_loop(hub)
     finally:
         set_event_loop(None)
         hub.close()
@@ -111,14 +116,7 @@ def test_a_second_stall_is_nudged_too_after_kombu_forgot_the_event_loop():
     try:
         remember_event_loop()  # what the worker does when it is ready
         hub.reset()  # what Celery's asynloop does after the first reconnect
-        hub.propagate_errors = Transport.connection_errors
-        loop = hub.create_loop()
-        caller = threading.Thread(target=reconnect_consumer)
-        caller.start()
-        caller.join()
-        with pytest.raises(Transport.connection_errors):
-            for _ in range(100):
-                next(loop)
+        _assert_nudge_raises_on_the_loop(hub)
     finally:
         set_event_loop(None)
         hub.close()
