@@ -85,7 +85,7 @@ class LearnedSearch:
             steps.append(tuned)
             model, inputs, outputs = tuned.model, tuned.check_inputs or inputs, tuned.check_outputs or outputs
         with job.stages.stage("finetune"):
-            verify_write_back(model, inputs, outputs, limits=job.limits)
+            verify_write_back(model, inputs, outputs, limits=job.limits, original=job.dep.model)
         report = finetune_report(job, steps).model_copy(update={"schedule": "layer-by-layer (learned)"})
         return Outcome(
             recovery.plan,

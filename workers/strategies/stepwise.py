@@ -63,7 +63,9 @@ class Stepwise:
         if not same_structure(pruned_only, model):
             raise ScheduleError("the composed plan does not reproduce the structure the pruning steps built")
         with job.stages.stage("finetune"):
-            verify_write_back(model, last.check_inputs, last.check_outputs or {}, limits=job.limits)
+            verify_write_back(
+                model, last.check_inputs, last.check_outputs or {}, limits=job.limits, original=job.dep.model
+            )
         return Outcome(plan, model, selections[0], pruned_only=pruned_only, finetune=finetune_report(job, recovered))
 
 
