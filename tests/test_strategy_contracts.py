@@ -384,7 +384,15 @@ def test_declared_torch_needs_match_what_runs_without_torch(tmp_path):
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
     done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(NO_TORCH_RUNS), json.dumps(TORCH_CASES), model, data, tmp_path / "o.onnx"],
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(NO_TORCH_RUNS),
+            json.dumps(TORCH_CASES),
+            model,
+            data,
+            tmp_path / "o.onnx",
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -407,4 +415,3 @@ def _residual_model() -> onnx.ModelProto:
     pooled = g.node("Flatten", [g.node("GlobalAveragePool", [c])], axis=1)
     logits = g.node("Gemm", [pooled, g.random("fc", [10, 32]), g.random("fc_b", [10])], transB=1)
     return g.model([zoo.float_input("input", [1, 3, 8, 8])], logits, 13, "residual")
-
