@@ -340,15 +340,16 @@ from onnxprune.workers.options import PruneOptions
 
 pipeline.require_capabilities = lambda *args, **kwargs: None  # let the job reach what it imports
 cases, model, data, out = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
-first = pipeline.run_pipeline(model, out, PruneOptions(ratio=0.5, recovery="none", benchmark=False), data=data)
+first = pipeline.run_pipeline(model, out, PruneOptions(recovery="none", benchmark=False, round_to=1), data=data)
 results = {}
 for name, config in cases:
     config = dict(config)
     plan = first.plan if config.pop("plan", False) else None
     tried.clear()
     try:
-        pipeline.run_pipeline(model, out, PruneOptions(**config, benchmark=False), data=data, plan=plan)
-        outcome = "ran"
+        report = pipeline.run_pipeline(model, out, PruneOptions(**config, benchmark=False, round_to=1), data=data, plan=plan).report
+        pruned = sum(g.channels_before - g.channels_after for g in report.groups)
+        outcome = "ran" if pruned > 0 else "pruned nothing"
     except ModuleNotFoundError as exc:
         outcome = "torch" if "torch" in str(exc) else f"failed: {exc!r}"
     except Exception as exc:

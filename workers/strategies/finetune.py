@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import onnx
 
 from onnxprune.graphops.cost import measure_cost
 from onnxprune.graphops.dependency import DependencyGraph
 from onnxprune.graphops.plan import PruningPlan
-from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.options import PruneOptions, RecoveryChoice
 from onnxprune.workers.strategies.base import Job, Step
 from onnxprune.workers.strategies.needs import Given, Needs
 from onnxprune.workers.strategies.recovery import NoRecovery, Recovered, Recovery
@@ -42,14 +42,19 @@ WARMUP_FRACTION = 0.05
 WEIGHT_DECAY = 5e-4
 
 
-class FineTuneOptions(StrategyOptions):
-    recovery: Literal["auto", "none", "reconstruct", "finetune"] = own("recovery")
+class FineTuneRecipe(StrategyOptions):
+    """How to fine-tune: shared by every strategy that fine-tunes (the learned search, after each layer)."""
+
+    recovery: RecoveryChoice = own("recovery")
     finetune_steps: int = own("finetune_steps")
-    iterative_steps: int = own("iterative_steps")
     lr: float = own("lr")
     time_budget: float | None = own("time_budget")
     augment: bool = own("augment")
     match_features: bool = own("match_features")
+
+
+class FineTuneOptions(FineTuneRecipe):
+    iterative_steps: int = own("iterative_steps")  # fine-tuned (BatchNorm re-estimated) between the steps
 
 
 @register(

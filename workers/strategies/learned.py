@@ -8,7 +8,7 @@ pruning."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import onnx
 
@@ -17,11 +17,11 @@ from onnxprune.graphops.plan import PruningPlan
 from onnxprune.workers.options import DEFAULT_MAX_DROP, PruneOptions
 from onnxprune.workers.report import LearnedLayerReport, LearnedReport
 from onnxprune.workers.strategies.base import Job, Outcome, Selection, Selector, Step
-from onnxprune.workers.strategies.finetune import RECOVERY_SHARE, FineTune
+from onnxprune.workers.strategies.finetune import RECOVERY_SHARE, FineTune, FineTuneRecipe
 from onnxprune.workers.strategies.judge import JUDGE_SAMPLES
 from onnxprune.workers.strategies.needs import Given, Needs
 from onnxprune.workers.strategies.recovery import Recovered, Recovery
-from onnxprune.workers.strategies.registry import Requires, StrategyOptions, own, register
+from onnxprune.workers.strategies.registry import Requires, own, register
 from onnxprune.workers.strategies.stepwise import finetune_report
 from onnxprune.workers.verification import verify_against_oracle, verify_write_back
 
@@ -34,17 +34,15 @@ if TYPE_CHECKING:
 SEARCH_SHARE = 0.6
 
 
-class LearnedOptions(StrategyOptions):
+class LearnedOptions(FineTuneRecipe):
+    """The search's own options, and fine-tuning's: each layer is fine-tuned before the next."""
+
     criterion: str = own("criterion")
     max_drop: float | None = own("max_drop")
     learned_episodes: int = own("learned_episodes")
     learned_samples: int = own("learned_samples")
-    finetune_steps: int = own("finetune_steps")
-    lr: float = own("lr")
     batch_size: int = own("batch_size")
-    recovery: Literal["auto", "none", "reconstruct", "finetune"] = own("recovery")
     reconstruct_samples: int = own("reconstruct_samples")
-    time_budget: float | None = own("time_budget")
 
 
 @register(

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal
 
 import onnx
 
 from onnxprune.graphops.cost import measure_cost
 from onnxprune.graphops.dependency import DependencyGraph
 from onnxprune.graphops.plan import PruningPlan
-from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.options import PruneOptions, RecoveryChoice
 from onnxprune.workers.strategies.base import Job, Step
 from onnxprune.workers.strategies.needs import Given, Needs
 from onnxprune.workers.strategies.recovery import NoRecovery, Recovered, Recovery
@@ -25,7 +24,7 @@ from onnxprune.workers.strategies.registry import Requires, StrategyOptions, own
 
 
 class ReconstructOptions(StrategyOptions):
-    recovery: Literal["auto", "none", "reconstruct", "finetune"] = own("recovery")
+    recovery: RecoveryChoice = own("recovery")
     reconstruct_samples: int = own("reconstruct_samples")
 
 
