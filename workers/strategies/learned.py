@@ -20,6 +20,7 @@ from onnxprune.workers.strategies.base import Job, Outcome, Selection, Selector,
 from onnxprune.workers.strategies.finetune import RECOVERY_SHARE, FineTune, FineTuneRecipe
 from onnxprune.workers.strategies.judge import JUDGE_SAMPLES
 from onnxprune.workers.strategies.needs import Given, Needs
+from onnxprune.workers.strategies.reconstruct import Reconstruct
 from onnxprune.workers.strategies.recovery import Recovered, Recovery
 from onnxprune.workers.strategies.registry import Requires, own, register
 from onnxprune.workers.strategies.stepwise import finetune_report
@@ -90,7 +91,7 @@ class LearnedSearch:
             seed=job.options.seed,
             # Decisions judged (and carried forward) after layer-wise reconstruction when the job reconstructs.
             reconstruct_samples=min(mine.reconstruct_samples, JUDGE_SAMPLES)
-            if mine.recovery in ("auto", "reconstruct")
+            if Reconstruct.wanted(job.options, Given(data=True))
             else 0,
             deadline=job.deadline(SEARCH_SHARE if budgeted else RECOVERY_SHARE),
         )
