@@ -1,20 +1,14 @@
 """What a job needs (data, PyTorch) is what its strategies declare (``workers.strategies.needs``),
-asked by the CLI, the API and the worker through one function; the declarations match what runs."""
+asked by the CLI, the API and the worker through one function. That the declarations match what runs
+(with ``import torch`` failing) is each strategy's contract: ``tests/test_strategy_contracts.py``."""
 
 from __future__ import annotations
 
 import importlib
 import inspect
-import os
 import pkgutil
 import re
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
 
 import onnxprune.workers.strategies as strategies
@@ -22,9 +16,7 @@ from onnxprune.workers.capabilities import MissingCapability, torch_reason
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.strategies import round_trip_reason
 from onnxprune.workers.strategies.needs import Needs, job_needs
-from tests.test_selection import residual_model
 
-ROOT = Path(__file__).resolve().parents[1]
 RECONSTRUCT = "layer-wise reconstruction (the default recovery when data is given)"
 
 NEEDS_CASES = [
@@ -101,54 +93,3 @@ def test_the_worker_refuses_a_job_it_cannot_run_before_reading_the_model(monkeyp
     monkeypatch.setattr("onnxprune.workers.capabilities.torch_installed", lambda: False)
     with pytest.raises(MissingCapability, match=f"^{re.escape(RECONSTRUCT)} needs PyTorch, which is not installed"):
         run_pipeline(tmp_path / "never-read.onnx", tmp_path / "out.onnx", PruneOptions(), data=tmp_path / "d.npz")
-
-
-NO_TORCH_RUN = """
-import sys
-
-class _NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ModuleNotFoundError(f"No module named {name!r}")
-        return None
-
-sys.meta_path.insert(0, _NoTorch())
-
-import json
-from onnxprune.workers.options import PruneOptions
-from onnxprune.workers.pipeline import run_pipeline
-
-options = PruneOptions.model_validate_json(sys.argv[1])
-result = run_pipeline(sys.argv[2], sys.argv[3], options, data=sys.argv[4])
-print(json.dumps({"pruned": sum(g.channels_before - g.channels_after for g in result.report.groups)}))
-"""
-
-
-@pytest.mark.integration
-@pytest.mark.parametrize(
-    "options",
-    [{"ratio": 0.5, "recovery": "none"}, {"ratio": "auto", "max_drop": 0.5, "recovery": "none"}],
-    ids=["ratio", "ratio-auto"],
-)
-def test_a_job_whose_strategies_declare_no_torch_runs_where_torch_cannot_be_imported(tmp_path, options):
-    """The declarations are checked against what runs: with ``import torch`` failing, a job that
-    declares no need of it prunes (with data)."""
-    options = PruneOptions(**options, benchmark=False, round_to=1)
-    assert job_needs(options, has_data=True).torch is None
-    model, data = tmp_path / "m.onnx", tmp_path / "d.npz"
-    onnx.save(residual_model(), model)
-    np.savez(data, input=np.random.default_rng(0).standard_normal((32, 3, 8, 8)).astype(np.float32))
-    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    script = textwrap.dedent(NO_TORCH_RUN)
-
-    done = subprocess.run(
-        [sys.executable, "-c", script, options.model_dump_json(), model, tmp_path / "out.onnx", data],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
-    )
-
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert '"pruned": ' in done.stdout and '"pruned": 0' not in done.stdout

@@ -85,6 +85,9 @@ class LatencyTarget(BaseModel):
     ratio: float
 
 
+# The words of ``recovery`` (the strategies they choose: ``workers.strategies.choose_recovery``).
+RecoveryChoice = Literal["auto", "none", "reconstruct", "finetune"]
+
 Target = Annotated[RatioTarget | MacsTarget | AutoTarget | LearnedTarget | LatencyTarget, Field(discriminator="kind")]
 
 
@@ -223,7 +226,7 @@ class PruneOptions(BaseModel):
         "out 76.75% against 77.30% without (each step is slower); with 300 images and 120 s, 67.10% against 66.00%.",
         json_schema_extra=_about("recovery", needs_data=True),
     )
-    recovery: Literal["auto", "none", "reconstruct", "finetune"] = Field(
+    recovery: RecoveryChoice = Field(
         "auto",
         description="With data: 'reconstruct' refits each layer that lost inputs by least squares to the "
         "original's outputs (He et al. 2017; no labels, seconds); 'finetune' fine-tunes only; 'auto' reconstructs, "

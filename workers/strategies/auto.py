@@ -6,18 +6,39 @@ budget searched until the combined drop is as close to the bound as it gets (``w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.plan import PruningPlan
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.sensitivity import AutoSelection, auto_for_job
 from onnxprune.workers.strategies.base import Job, Selection, Step
 from onnxprune.workers.strategies.judge import PlanJudge, choose_judge
 from onnxprune.workers.strategies.needs import NOTHING, Given, Needs, criterion_needs
+from onnxprune.workers.strategies.registry import Requires, StrategyOptions, own, register
 
 
+class AutoOptions(StrategyOptions):
+    ratio: float | Literal["auto"] | None = own("ratio")
+    max_drop: float | None = own("max_drop")
+    criterion: str = own("criterion")
+
+
+@register("selector", "auto", options=AutoOptions, requires=Requires(data=True, torch=True), report="sensitivity")
 @dataclass
 class AutoRatios:
     max_drop: float
+
+    @classmethod
+    def wanted(cls, options: PruneOptions, given: Given) -> bool:
+        return options.target.kind == "auto"
+
+    @classmethod
+    def build(cls, options: PruneOptions, plan: PruningPlan | None) -> AutoRatios:
+        max_drop = AutoOptions.of(options).max_drop
+        if max_drop is None:  # the schema sets it with ratio 'auto'
+            raise ValueError("ratio 'auto' without max_drop")
+        return cls(max_drop)
 
     def needs(self, options: PruneOptions, given: Given) -> Needs:
         """Each group's drop is measured on data, unless a sensitivity file has the curves. (Judging the

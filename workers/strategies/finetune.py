@@ -15,10 +15,11 @@ import onnx
 from onnxprune.graphops.cost import measure_cost
 from onnxprune.graphops.dependency import DependencyGraph
 from onnxprune.graphops.plan import PruningPlan
-from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.options import PruneOptions, RecoveryChoice
 from onnxprune.workers.strategies.base import Job, Step
 from onnxprune.workers.strategies.needs import Given, Needs
-from onnxprune.workers.strategies.recovery import Recovered
+from onnxprune.workers.strategies.recovery import NoRecovery, Recovered, Recovery
+from onnxprune.workers.strategies.registry import Requires, StrategyOptions, own, register
 
 if TYPE_CHECKING:  # torch is imported only when a job fine-tunes
     from onnxprune.roundtrip.data import Dataset
@@ -41,6 +42,29 @@ WARMUP_FRACTION = 0.05
 WEIGHT_DECAY = 5e-4
 
 
+class FineTuneRecipe(StrategyOptions):
+    """How to fine-tune: shared by every strategy that fine-tunes (the learned search, after each layer)."""
+
+    recovery: RecoveryChoice = own("recovery")
+    finetune_steps: int = own("finetune_steps")
+    lr: float = own("lr")
+    time_budget: float | None = own("time_budget")
+    augment: bool = own("augment")
+    match_features: bool = own("match_features")
+
+
+class FineTuneOptions(FineTuneRecipe):
+    iterative_steps: int = own("iterative_steps")  # fine-tuned (BatchNorm re-estimated) between the steps
+
+
+@register(
+    "recovery",
+    "finetune",
+    options=FineTuneOptions,
+    requires=Requires(data=True, torch=True),
+    report="evaluation.finetune",
+    position=20,
+)
 @dataclass
 class FineTune:
     steps: int  # optimizer steps per pruning step (0: BatchNorm re-estimation only, unless budgeted)
@@ -49,11 +73,26 @@ class FineTune:
     budgeted: bool = False  # steps planned from --time-budget (``steps``, when set, caps them)
     match_features: bool = False  # also match the refit layers' outputs (``roundtrip.objective.FeatureMatch``)
 
+    @classmethod
+    def wanted(cls, options: PruneOptions, given: Given) -> bool:
+        """When asked for (steps, iterative pruning), or when data and a time budget are given (the budget
+        then sets the number of steps); never with recovery 'reconstruct'."""
+        own_options = FineTuneOptions.of(options)
+        budgeted = own_options.time_budget is not None and given.data
+        asked = own_options.finetune_steps > 0 or own_options.iterative_steps > 1 or budgeted
+        return own_options.recovery != "reconstruct" and asked
+
+    @classmethod
+    def build(cls, options: PruneOptions, given: Given, then: Recovery) -> FineTune:
+        if not isinstance(then, NoRecovery):  # a programming error: a recovery registered after this one
+            raise ValueError(f"fine-tuning is the last recovery of a job; {type(then).__name__} cannot follow it")
+        return cls.from_options(options, budgeted=FineTuneOptions.of(options).time_budget is not None and given.data)
+
     def needs(self, options: PruneOptions, given: Given) -> Needs:
         """BatchNorm re-estimation and training run in the PyTorch executor, on the job's data."""
         if self.steps > 0:
             why = "fine-tuning (finetune_steps)"
-        elif options.iterative_steps > 1:  # BatchNorm re-estimated between the steps
+        elif FineTuneOptions.of(options).iterative_steps > 1:  # BatchNorm re-estimated between the steps
             why = "iterative pruning (iterative_steps)"
         else:
             why = "fine-tuning under the time budget (time_budget with data)"
@@ -61,7 +100,10 @@ class FineTune:
 
     @classmethod
     def from_options(cls, options: PruneOptions, *, budgeted: bool) -> FineTune:
-        return cls(options.finetune_steps, options.lr, options.augment, budgeted, options.match_features)
+        own_options = FineTuneOptions.of(options)
+        return cls(
+            own_options.finetune_steps, own_options.lr, own_options.augment, budgeted, own_options.match_features
+        )
 
     def _plan(self, job: Job, step: Step, reserve: float) -> tuple[int, float | None]:
         """Steps and deadline of this pruning step's fine-tuning: an equal share of what is left once

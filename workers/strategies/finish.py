@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import onnx
@@ -26,6 +26,8 @@ from onnxprune.workers.quantize import (
 )
 from onnxprune.workers.report import QuantizationReport
 from onnxprune.workers.strategies.base import Job
+from onnxprune.workers.strategies.needs import Given
+from onnxprune.workers.strategies.registry import StrategyOptions, own, register, registered
 
 
 @dataclass
@@ -43,7 +45,23 @@ class Finish(Protocol):
     def measure(self, job: Job, artifacts: Artifacts, evaluate_float: bool) -> Artifacts: ...
 
 
+class QuantizeOptions(StrategyOptions):
+    quantize: Literal["none", "int8", "dynamic"] = own("quantize")
+    calibration_method: Literal["minmax", "entropy", "percentile"] = own("calibration_method")
+
+
+@register("finish", "float", position=100)
 class KeepFloat:
+    """The float model recovery left, as it is (every job that does not quantize)."""
+
+    @classmethod
+    def wanted(cls, options: PruneOptions, given: Given) -> bool:
+        return True
+
+    @classmethod
+    def build(cls, options: PruneOptions) -> KeepFloat:
+        return cls()
+
     def finish(self, job: Job, model: onnx.ModelProto) -> Artifacts:
         path, sha256 = job.written(model, job.workdir / "result.onnx")
         return Artifacts(path, sha256=sha256)
@@ -52,9 +70,21 @@ class KeepFloat:
         return artifacts
 
 
+@register("finish", "quantize", options=QuantizeOptions, report="quantization", position=10)
 @dataclass
 class Quantize:
     settings: QuantizeSettings
+
+    @classmethod
+    def wanted(cls, options: PruneOptions, given: Given) -> bool:
+        return QuantizeOptions.of(options).quantize != "none"
+
+    @classmethod
+    def build(cls, options: PruneOptions) -> Quantize:
+        own_options = QuantizeOptions.of(options)
+        if own_options.quantize == "none":
+            raise ValueError("quantize 'none' has no quantizer")
+        return cls(QuantizeSettings(mode=own_options.quantize, calibration_method=own_options.calibration_method))
 
     def finish(self, job: Job, model: onnx.ModelProto) -> Artifacts:
         float_path, float_sha256 = job.written(model, job.workdir / "result.float.onnx")
@@ -128,6 +158,7 @@ def _probe(calibration: dict[str, np.ndarray], batch: int | None) -> dict[str, n
 
 
 def choose_finish(options: PruneOptions) -> Finish:
-    if options.quantize == "none":
-        return KeepFloat()
-    return Quantize(QuantizeSettings(mode=options.quantize, calibration_method=options.calibration_method))
+    """The first registered finish the job wants (quantizing when asked; else the float model)."""
+    classes: list[Any] = [entry.cls for entry in registered("finish")]
+    finish: Finish = next(cls for cls in classes if cls.wanted(options, Given())).build(options)
+    return finish

@@ -28,6 +28,8 @@ from onnxprune.graphops.errors import ModelRejected
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.surgery import apply_plan
 from onnxprune.workers.strategies.base import Job
+from onnxprune.workers.strategies.needs import Given
+from onnxprune.workers.strategies.reconstruct import Reconstruct
 
 # Calibration samples a candidate is reconstructed on while judging: many candidates are tried, and
 # fewer samples only make the judge slightly pessimistic (the final recovery uses --reconstruct-samples).
@@ -65,7 +67,7 @@ def choose_judge(job: Job) -> PlanJudge:
     """Reconstruction in the loop when the job's recovery reconstructs; the pruned weights otherwise."""
     if job.splits is None:
         raise ModelRejected("judging a plan against --max-drop needs data: pass --data DATA.npz")
-    if job.options.recovery in ("auto", "reconstruct"):
+    if Reconstruct.wanted(job.options, Given(data=True)):  # the job's recovery starts with reconstruction
         options = job.options
         budgeted = options.time_budget is not None and options.recovery != "reconstruct" and options.finetune_steps == 0
         return ReconstructedJudge(job, budgeted=budgeted)

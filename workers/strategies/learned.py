@@ -7,20 +7,22 @@ pruning."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import onnx
 
 from onnxprune.graphops.dependency import DependencyGraph
 from onnxprune.graphops.plan import PruningPlan
-from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.options import DEFAULT_MAX_DROP, PruneOptions
 from onnxprune.workers.report import LearnedLayerReport, LearnedReport
-from onnxprune.workers.strategies.base import Job, Outcome, Selection, Step
-from onnxprune.workers.strategies.finetune import RECOVERY_SHARE, FineTune
+from onnxprune.workers.strategies.base import Job, Outcome, Selection, Selector, Step
+from onnxprune.workers.strategies.finetune import RECOVERY_SHARE, FineTune, FineTuneRecipe
 from onnxprune.workers.strategies.judge import JUDGE_SAMPLES
 from onnxprune.workers.strategies.needs import Given, Needs
-from onnxprune.workers.strategies.recovery import Recovered
+from onnxprune.workers.strategies.reconstruct import Reconstruct
+from onnxprune.workers.strategies.recovery import Recovered, Recovery
+from onnxprune.workers.strategies.registry import Requires, own, register
 from onnxprune.workers.strategies.stepwise import finetune_report
 from onnxprune.workers.verification import verify_against_oracle, verify_write_back
 
@@ -33,9 +35,39 @@ if TYPE_CHECKING:
 SEARCH_SHARE = 0.6
 
 
+class LearnedOptions(FineTuneRecipe):
+    """The search's own options, and fine-tuning's: each layer is fine-tuned before the next."""
+
+    criterion: str = own("criterion")
+    max_drop: float | None = own("max_drop")
+    learned_episodes: int = own("learned_episodes")
+    learned_samples: int = own("learned_samples")
+    batch_size: int = own("batch_size")
+    reconstruct_samples: int = own("reconstruct_samples")
+
+
+@register(
+    "schedule",
+    "learned",
+    options=LearnedOptions,
+    requires=Requires(data=True, torch=True),
+    report="learned",
+    position=10,
+)
 @dataclass
 class LearnedSearch:
     max_drop: float
+    options: LearnedOptions = field(default_factory=LearnedOptions)
+
+    @classmethod
+    def wanted(cls, options: PruneOptions, given: Given) -> bool:
+        """Criterion 'learned' chooses every layer's count itself (a saved plan is applied as it is)."""
+        return options.target.kind == "learned" and not given.plan
+
+    @classmethod
+    def build(cls, options: PruneOptions, selector: Selector | None, recovery: Recovery) -> LearnedSearch:
+        own_options = LearnedOptions.of(options)
+        return cls(own_options.max_drop or DEFAULT_MAX_DROP, own_options)
 
     def needs(self, options: PruneOptions, given: Given) -> Needs:
         """Agents trained on validation samples, layers refit and fine-tuned in PyTorch."""
@@ -44,22 +76,22 @@ class LearnedSearch:
     def run(self, job: Job) -> Outcome:
         from onnxprune.roundtrip.learned import SearchSettings, search
 
-        options = job.options
-        then = FineTune.from_options(options, budgeted=True)
-        budgeted = options.time_budget is not None and options.recovery != "reconstruct"
+        mine = self.options
+        then = FineTune.from_options(job.options, budgeted=True)
+        budgeted = mine.time_budget is not None and mine.recovery != "reconstruct"
         settings = SearchSettings(
             max_drop=self.max_drop,
-            episodes=options.learned_episodes,
-            samples=options.learned_samples,
-            finetune_steps=options.finetune_steps,
-            lr=options.lr,
-            batch_size=options.batch_size,
+            episodes=mine.learned_episodes,
+            samples=mine.learned_samples,
+            finetune_steps=mine.finetune_steps,
+            lr=mine.lr,
+            batch_size=mine.batch_size,
             round_to=job.round_to,
-            exclude=tuple(options.exclude),
-            seed=options.seed,
+            exclude=tuple(job.options.exclude),
+            seed=job.options.seed,
             # Decisions judged (and carried forward) after layer-wise reconstruction when the job reconstructs.
-            reconstruct_samples=min(options.reconstruct_samples, JUDGE_SAMPLES)
-            if options.recovery in ("auto", "reconstruct")
+            reconstruct_samples=min(mine.reconstruct_samples, JUDGE_SAMPLES)
+            if Reconstruct.wanted(job.options, Given(data=True))
             else 0,
             deadline=job.deadline(SEARCH_SHARE if budgeted else RECOVERY_SHARE),
         )
@@ -93,7 +125,7 @@ class LearnedSearch:
             Selection(recovery.plan, validation_drop=learned.drop, notes=_budget_notes(learned)),
             pruned_only=recovery.pruned_only,
             finetune=report,
-            learned=_learned_report(learned, job),
+            learned=_learned_report(learned, mine),
             seconds=dict(learned.seconds),
         )
 
@@ -107,15 +139,14 @@ def _budget_notes(learned: LearnedResult) -> list[str]:
     ]
 
 
-def _learned_report(learned: LearnedResult, job: Job) -> LearnedReport:
-
+def _learned_report(learned: LearnedResult, options: LearnedOptions) -> LearnedReport:
     return LearnedReport(
         metric=learned.metric,
         max_drop=learned.max_drop,
         baseline=learned.baseline,
         reward_samples=learned.reward_samples,
-        episodes=job.options.learned_episodes,
-        samples=job.options.learned_samples,
+        episodes=options.learned_episodes,
+        samples=options.learned_samples,
         layers=[LearnedLayerReport(**layer.__dict__) for layer in learned.layers],
         unsearched=learned.unsearched,
     )

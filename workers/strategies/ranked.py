@@ -11,6 +11,7 @@ original model: step i of k reaches i/k of the ratio (or of the MACs cut).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from onnxprune.graphops.cost import measure_cost
 from onnxprune.graphops.dependency import DependencyGraph
@@ -22,6 +23,7 @@ from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.report import CutCandidateReport, FastestCutReport
 from onnxprune.workers.strategies.base import Job, Selection, Step
 from onnxprune.workers.strategies.needs import Given, Needs, criterion_needs
+from onnxprune.workers.strategies.registry import Requires, StrategyOptions, own, register
 
 # Below this a step has nothing left to remove.
 _NOTHING = 1e-9
@@ -31,9 +33,32 @@ _MOST = 0.999
 _MOST_OVERSHOOT = 2.5
 
 
+class RatioOptions(StrategyOptions):
+    ratio: float | Literal["auto"] | None = own("ratio")
+    criterion: str = own("criterion")
+
+
+class MacsOptions(StrategyOptions):
+    flops_target: float | None = own("flops_target")
+    criterion: str = own("criterion")
+
+
+# A data-driven criterion scores on data in PyTorch (``criterion_needs``): the ranking selectors may need both.
+RANKING_REQUIRES = Requires(data=True, torch=True)
+
+
+@register("selector", "ratio", options=RatioOptions, requires=RANKING_REQUIRES)
 @dataclass
 class RankedByRatio:
     ratio: float
+
+    @classmethod
+    def wanted(cls, options: PruneOptions, given: Given) -> bool:
+        return options.target.kind == "ratio"
+
+    @classmethod
+    def build(cls, options: PruneOptions, plan: PruningPlan | None) -> RankedByRatio:
+        return cls(float(RatioOptions.of(options).ratio or 0.0))
 
     def needs(self, options: PruneOptions, given: Given) -> Needs:
         return criterion_needs(options)
@@ -54,9 +79,18 @@ class RankedByRatio:
             return _ratio_on_the_grid(job, dep, scores, min(ratio, _MOST), plan, self.ratio)
 
 
+@register("selector", "macs", options=MacsOptions, requires=RANKING_REQUIRES, report="fastest_cut")
 @dataclass
 class RankedByMacs:
     fraction: float  # of the original model's MACs to remove
+
+    @classmethod
+    def wanted(cls, options: PruneOptions, given: Given) -> bool:
+        return options.target.kind == "macs"
+
+    @classmethod
+    def build(cls, options: PruneOptions, plan: PruningPlan | None) -> RankedByMacs:
+        return cls(float(MacsOptions.of(options).flops_target or 0.0))
 
     def needs(self, options: PruneOptions, given: Given) -> Needs:
         return criterion_needs(options)

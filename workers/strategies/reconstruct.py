@@ -10,31 +10,50 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import onnx
 
 from onnxprune.graphops.cost import measure_cost
 from onnxprune.graphops.dependency import DependencyGraph
 from onnxprune.graphops.plan import PruningPlan
-from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.options import PruneOptions, RecoveryChoice
 from onnxprune.workers.strategies.base import Job, Step
 from onnxprune.workers.strategies.needs import Given, Needs
 from onnxprune.workers.strategies.recovery import NoRecovery, Recovered, Recovery
-
-if TYPE_CHECKING:
-    pass
+from onnxprune.workers.strategies.registry import Requires, StrategyOptions, own, register
 
 
+class ReconstructOptions(StrategyOptions):
+    recovery: RecoveryChoice = own("recovery")
+    reconstruct_samples: int = own("reconstruct_samples")
+
+
+@register(
+    "recovery",
+    "reconstruct",
+    options=ReconstructOptions,
+    requires=Requires(data=True, torch=True),
+    report="evaluation.finetune",
+    position=10,  # runs first; whatever recovery follows starts from its refit weights
+)
 @dataclass
 class Reconstruct:
     then: Recovery
     samples: int = 1024
 
+    @classmethod
+    def wanted(cls, options: PruneOptions, given: Given) -> bool:
+        """Layer-wise reconstruction first, by default, whenever data is given."""
+        return given.data and ReconstructOptions.of(options).recovery in ("auto", "reconstruct")
+
+    @classmethod
+    def build(cls, options: PruneOptions, given: Given, then: Recovery) -> Reconstruct:
+        return cls(then, samples=ReconstructOptions.of(options).reconstruct_samples)
+
     def needs(self, options: PruneOptions, given: Given) -> Needs:
         """Layers refit on calibration samples in the PyTorch executor; then what follows needs. (When
         reconstruction is only the default, what the user asked for, such as fine-tuning, is named first.)"""
-        named = options.recovery == "reconstruct"
+        named = ReconstructOptions.of(options).recovery == "reconstruct"
         why = "layer-wise reconstruction" + ("" if named else " (the default recovery when data is given)")
         own, then = Needs(data=f"{why} needs data", torch=why), self.then.needs(options, given)
         return own | then if named else then | own

@@ -13,6 +13,7 @@ from onnxprune.graphops.plan import PruningPlan
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.strategies.base import Job, Step
 from onnxprune.workers.strategies.needs import NOTHING, Given, Needs
+from onnxprune.workers.strategies.registry import register
 
 
 @dataclass
@@ -33,7 +34,12 @@ class Recovered:
 
 
 class Recovery(Protocol):
-    """Brings a pruned model (already verified by the oracle) back towards the original."""
+    """Brings a pruned model (already verified by the oracle) back towards the original.
+
+    A recovery class registers itself (``registry.register("recovery", name, ...)``) and says when a
+    job wants it and how it is built from the job's options: ``wanted(options, given) -> bool`` and
+    ``build(options, given, then) -> Recovery``, ``then`` being the recovery that runs after it (the
+    registered recoveries a job wants run in registration order; ``workers.strategies.choose_recovery``)."""
 
     def needs(self, options: PruneOptions, given: Given) -> Needs:
         """What recovering needs besides the model (data, PyTorch): see ``strategies.needs``."""
@@ -44,8 +50,17 @@ class Recovery(Protocol):
     ) -> Recovered: ...
 
 
+@register("recovery", "none", position=100)
 class NoRecovery:
-    """The pruned model as surgery left it."""
+    """The pruned model as surgery left it: what is left when a job wants no other recovery."""
+
+    @classmethod
+    def wanted(cls, options: PruneOptions, given: Given) -> bool:
+        return False  # never asked for by itself: the end of every chain of recoveries
+
+    @classmethod
+    def build(cls, options: PruneOptions, given: Given, then: Recovery) -> NoRecovery:
+        return cls()
 
     def needs(self, options: PruneOptions, given: Given) -> Needs:
         return NOTHING

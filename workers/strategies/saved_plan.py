@@ -9,11 +9,23 @@ from onnxprune.graphops.plan import PruningPlan
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.strategies.base import Job, Selection, Step
 from onnxprune.workers.strategies.needs import NOTHING, Given, Needs
+from onnxprune.workers.strategies.registry import register
 
 
+@register("selector", "plan", position=0)  # chosen by the plan given with the job (--plan-in), not by an option
 @dataclass
 class SavedPlan:
     plan: PruningPlan
+
+    @classmethod
+    def wanted(cls, options: PruneOptions, given: Given) -> bool:
+        return given.plan
+
+    @classmethod
+    def build(cls, options: PruneOptions, plan: PruningPlan | None) -> SavedPlan:
+        if plan is None:
+            raise ValueError("a saved-plan selector without a plan")
+        return cls(plan)
 
     def needs(self, options: PruneOptions, given: Given) -> Needs:
         return NOTHING  # nothing is scored

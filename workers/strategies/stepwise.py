@@ -20,14 +20,37 @@ from onnxprune.workers.report import FinetuneReport
 from onnxprune.workers.strategies.base import Job, Outcome, Selection, Selector, Step
 from onnxprune.workers.strategies.needs import NOTHING, Given, Needs
 from onnxprune.workers.strategies.recovery import Recovered, Recovery
+from onnxprune.workers.strategies.registry import Requires, StrategyOptions, own, register
 from onnxprune.workers.verification import verify_write_back
 
 
+class StepwiseOptions(StrategyOptions):
+    iterative_steps: int = own("iterative_steps")
+
+
+@register(
+    "schedule",
+    "stepwise",
+    options=StepwiseOptions,
+    requires=Requires(data=True),  # iterative: recovered between the steps
+    report="evaluation.finetune",
+    position=100,  # every job no other schedule wants
+)
 @dataclass
 class Stepwise:
     selector: Selector
     recovery: Recovery
     steps: int = 1
+
+    @classmethod
+    def wanted(cls, options: PruneOptions, given: Given) -> bool:
+        return True
+
+    @classmethod
+    def build(cls, options: PruneOptions, selector: Selector | None, recovery: Recovery) -> Stepwise:
+        if selector is None:
+            raise ValueError("a stepwise schedule needs a selector")
+        return cls(selector, recovery, steps=StepwiseOptions.of(options).iterative_steps)
 
     def needs(self, options: PruneOptions, given: Given) -> Needs:
         # Iterative pruning recovers between its steps: without data there is nothing to recover on.
