@@ -212,3 +212,60 @@ def static_attention(hidden: int = 24, heads: int = 3, ffn: int = 40, seed: int 
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
+
+
+def fused_by_onnxruntime(
+    model: onnx.ModelProto, heads: int, hidden: int, *, model_type: str = "bert", multi_head: bool = False
+) -> onnx.ModelProto:
+    """``model`` as onnxruntime's transformer optimizer rewrites it for deployment: com.microsoft
+    Attention (packed QKV) or, with ``multi_head``, MultiHeadAttention (separate Q, K, V), plus
+    SkipLayerNormalization, BiasGelu / FastGelu where it finds the patterns."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    options = FusionOptions(model_type)
+    options.use_multi_head_attention = multi_head
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optimized = optimize_model(
+            model, model_type=model_type, num_heads=heads, hidden_size=hidden, optimization_options=options
+        )
+    return optimized.model
+
+
+def onnx_attention(hidden: int = 24, heads: int = 3, kv_heads: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """ONNX's own Attention (opset 23) on projected Q, K, V, with a residual::
+
+    x -> MatMul Wq -> Attention(q_num_heads, kv_num_heads) -> MatMul Wo -> Add x -> y
+    x -> MatMul Wk ----^   ^
+    x -> MatMul Wv --------+
+
+    ``kv_heads`` < ``heads``: grouped-query attention (K and V are kv_heads * head_dim wide).
+    """
+    rng = np.random.default_rng(seed)
+    size = hidden // heads
+
+    def weight(name: str, rows: int, columns: int) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal((rows, columns)) / math.sqrt(rows)).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("MatMul", ["x", "wq"], ["q"], name="query"),
+        helper.make_node("MatMul", ["x", "wk"], ["k"], name="key"),
+        helper.make_node("MatMul", ["x", "wv"], ["v"], name="value"),
+        helper.make_node("Attention", ["q", "k", "v"], ["context"], name="attention", q_num_heads=heads, kv_num_heads=kv_heads),
+        helper.make_node("MatMul", ["context", "wo"], ["projected"], name="output"),
+        helper.make_node("Add", ["projected", "x"], ["y"], name="residual"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "onnx_attention",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence", hidden])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", hidden])],
+        [
+            weight("wq", hidden, hidden),
+            weight("wk", hidden, kv_heads * size),
+            weight("wv", hidden, kv_heads * size),
+            weight("wo", hidden, hidden),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)

@@ -57,7 +57,8 @@ def _decline_extras(node: gs.Node, allowed_attrs: set[str], extra_inputs: dict[i
 
 
 def _kept_heads(node: gs.Node, ctx: SurgeryContext, heads: int) -> int | None:
-    """Heads kept at the output (its channels are head after head), or None when none is removed."""
+    """Heads (or key/value groups) kept at the output, whose channels come unit after unit; None when
+    none is removed."""
     removed = ctx.removed_mask(node.outputs[0])
     if removed is None:
         return None
@@ -80,16 +81,18 @@ def _channel_layout(node: gs.Node, ctx: AnalysisContext, tensor: gs.Tensor, widt
     return layout
 
 
-def unite_projected_heads(node: gs.Node, ctx: AnalysisContext, heads: int, q: int, k: int, v: int) -> Layout:
-    """Unite head h of the Q, K and V inputs (3-D [b, s, heads * D], projected by MatMuls); return
-    the output's layout (the V channels). Every operand must be tracked: an untracked one would keep
-    its heads while the others lose theirs."""
+def unite_projected_heads(node: gs.Node, ctx: AnalysisContext, heads: int, kv_heads: int) -> Layout:
+    """Unite key/value head g of inputs 1 and 2 with the query heads that read it in input 0 (3-D
+    [b, s, heads * D], projected by MatMuls): one unit per key/value head (a whole group under
+    grouped-query attention). Returns the output's layout ([b, s, heads * D_v], query heads in
+    order). Every operand must be tracked: an untracked one would keep its heads while the others
+    lose theirs."""
     layouts = []
-    for index in (q, k, v):
+    for index in (0, 1, 2):
         tensor = node.inputs[index]
         shape = ctx.shape(tensor)
         width = shape[-1] if shape else None
-        if not isinstance(width, int) or len(shape or ()) != 3 or width % heads:
+        if not isinstance(width, int) or len(shape or ()) != 3 or width % kv_heads:
             raise UnsupportedPattern(f"{describe(node)} input '{tensor.name}' is not [batch, sequence, heads * head_dim]")
         layout = _channel_layout(node, ctx, tensor, width)
         if layout is None:
@@ -97,14 +100,15 @@ def unite_projected_heads(node: gs.Node, ctx: AnalysisContext, heads: int, q: in
                 f"{describe(node)} reads {ctx.untracked_source(tensor)}, whose heads are not tracked"
             )
         layouts.append(layout)
-    q_grid, k_grid, v_grid = (lay.atoms.reshape(heads, -1) for lay in layouts)
-    if q_grid.shape != k_grid.shape:
+    q_grid, k_grid, v_grid = (lay.atoms.reshape(kv_heads, -1) for lay in layouts)
+    if heads % kv_heads or q_grid.shape[1] != k_grid.shape[1] * (heads // kv_heads):
         raise UnsupportedPattern(f"{describe(node)} has query and key heads of different sizes")
     representatives = q_grid[:, 0]
     for grid in (q_grid, k_grid, v_grid):
         ctx.state.unite(np.repeat(representatives, grid.shape[1]), grid.reshape(-1))
     ctx.state.units.append((representatives, q_grid.shape[1]))
-    return layouts[2]
+    out_width = v_grid.shape[1] * heads  # each query head gives its group's D_v channels
+    return Layout(layouts[2].axis, np.repeat(representatives, out_width // kv_heads))
 
 
 @register(f"{CONTRIB_DOMAIN}.Attention")
@@ -126,7 +130,9 @@ class PackedAttention(OpHandler):
         representatives = grid[0, :, 0]
         ctx.state.unite(np.tile(np.repeat(representatives, hidden // heads), 3), atoms)
         ctx.state.units.append((representatives, hidden // heads))
-        ctx.state.producers.append(Producer(node.name, node.inputs[1].name, 1, atoms))
+        for part in range(3):  # Q, K and V: three layers, as in the decomposed form
+            columns = (part * hidden, (part + 1) * hidden)
+            ctx.state.producers.append(Producer(node.name, node.inputs[1].name, 1, atoms[slice(*columns)], part=columns))
         out_rank = ctx.rank(node.outputs[0]) or 3
         ctx.set_layout(node.outputs[0], Layout(out_rank - 1, grid[2].reshape(-1)))
         # Declined now, the heads above freeze with the reason (the analysis names them).
@@ -173,7 +179,7 @@ class MultiHeadAttention(OpHandler):
         if not (_given(node, 1) and _given(node, 2)) or heads < 1:
             raise UnsupportedPattern(f"{describe(node)} takes packed Q/K/V, whose heads are not followed")
         _decline_extras(node, self._ALLOWED, self._EXTRA_INPUTS, {1: "a present key", 2: "a present value"})
-        out = unite_projected_heads(node, ctx, heads, 0, 1, 2)
+        out = unite_projected_heads(node, ctx, heads, heads)
         if _given(node, 3):
             atoms = np.concatenate([ctx.layout(node.inputs[i]).atoms for i in range(3)])  # type: ignore[union-attr]
             if ctx.const_shape(node.inputs[3]) != (len(atoms),):
@@ -201,17 +207,16 @@ class MultiHeadAttention(OpHandler):
 
 @register("Attention")
 class OnnxAttention(OpHandler):
-    """ONNX's ``Attention`` (opset 23) on 3-D Q, K, V with as many key/value heads as query heads."""
+    """ONNX's ``Attention`` (opset 23) on 3-D Q, K, V; under grouped-query attention (fewer key/value
+    heads) a unit is one key/value head with every query head that reads it."""
 
     _ALLOWED = {"q_num_heads", "kv_num_heads", "is_causal", "scale", "softcap", "softmax_precision"}
     _EXTRA_INPUTS = {4: "a past key", 5: "a past value", 6: "padded key/value lengths"}
 
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
-        heads = int(node.attrs.get("q_num_heads", 0))
-        if heads < 1 or int(node.attrs.get("kv_num_heads", 0)) != heads:
-            raise UnsupportedPattern(
-                f"{describe(node)} has grouped key/value heads or 4-D inputs, whose heads are not followed"
-            )
+        heads, kv_heads = int(node.attrs.get("q_num_heads", 0)), int(node.attrs.get("kv_num_heads", 0))
+        if heads < 1 or kv_heads < 1:
+            raise UnsupportedPattern(f"{describe(node)} takes 4-D [batch, heads, sequence, head_dim] inputs")
         _decline_extras(
             node,
             self._ALLOWED,
@@ -222,12 +227,13 @@ class OnnxAttention(OpHandler):
             mask = ctx.shape(node.inputs[3])
             if mask is None or (len(mask) == 4 and mask[1] != 1) or ctx.layout(node.inputs[3]) is not None:
                 raise UnsupportedPattern(f"{describe(node)} has an attention mask per head")
-        ctx.set_layout(node.outputs[0], unite_projected_heads(node, ctx, heads, 0, 1, 2))
+        ctx.set_layout(node.outputs[0], unite_projected_heads(node, ctx, heads, kv_heads))
 
     def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
-        kept = _kept_heads(node, ctx, int(node.attrs["q_num_heads"]))
+        heads, kv_heads = int(node.attrs["q_num_heads"]), int(node.attrs["kv_num_heads"])
+        kept = _kept_heads(node, ctx, kv_heads)
         if kept is not None:
-            node.attrs["q_num_heads"] = kept
+            node.attrs["q_num_heads"] = kept * (heads // kv_heads)
             node.attrs["kv_num_heads"] = kept
 
     def macs(self, node: onnx.NodeProto, shape: Callable[[str], tuple[int, ...]]) -> int:
