@@ -52,7 +52,7 @@ def complete_shapes(model: onnx.ModelProto, rounds: int = 16) -> dict[str, Shape
     work = skeleton(model)
     shapes = infer_shapes(work)
     for _ in range(rounds):
-        if not (_pin_legacy_shapes(work, shapes) | _pin_contrib_shapes(work, shapes) | _fold_shape_values(work, shapes)):
+        if not (_pin_legacy_shapes(work, shapes) | _pin_handler_shapes(work, shapes) | _fold_shape_values(work, shapes)):
             break
         shapes = infer_shapes(work)
     return shapes
@@ -69,14 +69,15 @@ def _static(shape: Shape | None) -> tuple[int, ...] | None:
     return tuple(d for d in shape if isinstance(d, int))
 
 
-def _pin_contrib_shapes(model: onnx.ModelProto, shapes: Mapping[str, Shape]) -> bool:
-    """Outputs of ops onnx has no schema for (onnxruntime's fused transformer ops): their handlers
-    know the shapes (``OpHandler.output_shapes``)."""
+def _pin_handler_shapes(model: onnx.ModelProto, shapes: Mapping[str, Shape]) -> bool:
+    """Outputs of ops onnx has no schema for (onnxruntime's fused transformer ops, and its
+    LayerNormalization below opset 17, which the optimizer writes into the standard domain): their
+    handlers know the shapes (``OpHandler.output_shapes``)."""
     from onnxprune.graphops.ops import handler_for  # the ops package reads shapes; shapes need it only here
 
     changed = False
     for node in model.graph.node:
-        if node.domain in ("", "ai.onnx") or all(_known(shapes.get(name)) for name in node.output if name):
+        if all(_known(shapes.get(name)) for name in node.output if name):
             continue
         outputs = handler_for(node.op_type, node.domain).output_shapes(node, shapes.get)
         for name, out in zip(node.output, outputs):

@@ -145,11 +145,13 @@ def bert_style(hidden: int = 32, heads: int = 4, ffn: int = 48, layers: int = 2,
     return _export(module, examples, ["x", "attention_mask"], {"x": dims, "attention_mask": dims}, 17)
 
 
-def vit_style(hidden: int = 32, heads: int = 4, ffn: int = 64, layers: int = 2, tokens: int = 9) -> onnx.ModelProto:
+def vit_style(
+    hidden: int = 32, heads: int = 4, ffn: int = 64, layers: int = 2, tokens: int = 9, opset: int = 14
+) -> onnx.ModelProto:
     """Input ``x`` float [batch, tokens, hidden] (patch embeddings with a class token)."""
     torch.manual_seed(1)
     module = VitStyle(hidden, heads, ffn, layers)
-    return _export(module, (torch.randn(2, tokens, hidden),), ["x"], {"x": {0: "batch"}}, 14)
+    return _export(module, (torch.randn(2, tokens, hidden),), ["x"], {"x": {0: "batch"}}, opset)
 
 
 def static_attention(hidden: int = 24, heads: int = 3, ffn: int = 40, seed: int = 0) -> onnx.ModelProto:

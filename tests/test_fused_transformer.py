@@ -1,0 +1,212 @@
+"""Heads and MLP neurons of transformer blocks in the fused forms onnxruntime's optimizer writes,
+pruned and proven by the oracle.
+
+com.microsoft Attention projects x by one packed weight [in, Q heads | K heads | V heads] and takes
+``num_heads``; MultiHeadAttention and ONNX's Attention (opset 23) take Q, K, V projected by MatMuls.
+SkipLayerNormalization sits on the residual stream (which stays whole) and must not block the heads
+and neurons inside a block; BiasGelu / FastGelu carry the neurons' bias. The decomposed blocks of
+``tests.transformer_models`` are fused by the optimizer itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from onnxprune.graphops.cost import measure_cost
+from onnxprune.graphops.plan import PruningPlan
+from tests.oracle import analyse, assert_outputs_close, assert_prune_matches_oracle, output_names, run_model
+from tests.transformer_models import bert_style, fused_by_onnxruntime, onnx_attention, vit_style
+
+BERT_SHAPES = {"x": [2, 7, 32], "attention_mask": [2, 7]}
+
+# name, builder, analysis shapes, fused ops the block must contain, heads (units), unit width,
+# producers per head group, MLP width, layers
+CASES = [
+    ("packed_attention", lambda: fused_by_onnxruntime(bert_style(), 4, 32), BERT_SHAPES,
+     {"Attention", "SkipLayerNormalization", "BiasGelu"}, 4, 8, 1, 48, 2),
+    ("multi_head_attention", lambda: fused_by_onnxruntime(bert_style(), 4, 32, multi_head=True), BERT_SHAPES,
+     {"MultiHeadAttention", "SkipLayerNormalization", "BiasGelu"}, 4, 8, 3, 48, 2),
+    ("vit_fused_norms_and_fast_gelu", lambda: fused_by_onnxruntime(vit_style(opset=17), 4, 32, model_type="vit"),
+     {"x": [2, 9, 32]},
+     {"SkipLayerNormalization", "FastGelu"}, 4, 8, 3, 64, 2),
+    ("onnx_attention_opset_23", onnx_attention, {"x": [2, 5, 24]}, {"Attention"}, 3, 8, 3, None, 1),
+    ("onnx_grouped_query_attention", lambda: onnx_attention(hidden=32, heads=4, kv_heads=2), {"x": [2, 5, 32]},
+     {"Attention"}, 2, 16, 3, None, 1),
+]  # fmt: skip
+IDS = [case[0] for case in CASES]
+
+
+def _random_plan(analysed, seed: int) -> PruningPlan:
+    rng = np.random.default_rng(seed)
+    keep = {}
+    for group in analysed.dep.prunable:
+        count = int(rng.integers(1, group.channels))
+        keep[group.id] = sorted(rng.choice(group.channels, size=count, replace=False).tolist())
+    return PruningPlan.from_keep(analysed.dep, keep)
+
+
+def _feeds(model: onnx.ModelProto, batch: int, sequence: int, seed: int) -> dict[str, np.ndarray]:
+    """Float hidden states and a 0/1 attention mask (the first row half padded)."""
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if value.name == "attention_mask":
+            mask = np.ones((batch, sequence), dtype=np.int64)
+            mask[0, sequence // 2 + 1 :] = 0
+            feeds[value.name] = mask
+        else:
+            tokens = sequence if dims[1].dim_param else dims[1].dim_value
+            feeds[value.name] = rng.standard_normal((batch, tokens, dims[2].dim_value)).astype(np.float32)
+    return feeds
+
+
+@pytest.mark.parametrize(("name", "build", "shapes", "fused", "heads", "unit", "writers", "width", "layers"), CASES, ids=IDS)
+def test_heads_and_mlp_neurons_of_fused_blocks_are_the_prunable_units(
+    name, build, shapes, fused, heads, unit, writers, width, layers
+):
+    model = build()
+    dep = analyse(model, shapes).dep
+
+    assert fused <= {node.op_type for node in model.graph.node}
+    head_groups = [g for g in dep.prunable if g.unit == unit]
+    neuron_groups = [g for g in dep.prunable if g.unit == 1]
+    assert [(g.channels, len(g.linear_producers)) for g in head_groups] == [(heads, writers)] * layers
+    assert [g.channels for g in neuron_groups] == ([width] * layers if width else [])
+    hidden = shapes["x"][2]
+    assert all(g.frozen for g in dep.groups if g.channels == hidden)
+
+
+@pytest.mark.parametrize(("name", "build", "shapes", "fused", "heads", "unit", "writers", "width", "layers"), CASES, ids=IDS)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pruned_fused_blocks_match_the_masked_original_at_any_batch_and_sequence(
+    name, build, shapes, fused, heads, unit, writers, width, layers, seed
+):
+    analysed = analyse(build(), shapes)
+    plan = _random_plan(analysed, seed)
+
+    result = assert_prune_matches_oracle(None, plan, analysed=analysed, seed=seed)
+
+    batch, sequence = (3, 11) if "attention_mask" in shapes else (3, shapes["x"][1])
+    feeds = _feeds(analysed.original, batch, sequence, seed)
+    names = output_names(result.pruned)
+    assert_outputs_close(run_model(result.masked, feeds), run_model(result.pruned, feeds), names, 1e-4)
+    assert [i.type for i in result.pruned.graph.input] == [i.type for i in analysed.original.graph.input]
+
+
+def _head_counts(model: onnx.ModelProto) -> list[tuple[str, int]]:
+    return [
+        (attr.name, attr.i)
+        for node in model.graph.node
+        for attr in node.attribute
+        if attr.name in ("num_heads", "q_num_heads", "kv_num_heads")
+    ]
+
+
+# builder, shapes, units kept, head-count attributes after
+HEAD_COUNT_CASES = [
+    (lambda: fused_by_onnxruntime(bert_style(layers=1), 4, 32), BERT_SHAPES, [0, 3], [("num_heads", 2)]),
+    (lambda: fused_by_onnxruntime(bert_style(layers=1), 4, 32, multi_head=True), BERT_SHAPES, [0, 3],
+     [("num_heads", 2)]),
+    (onnx_attention, {"x": [2, 5, 24]}, [0, 2], [("q_num_heads", 2), ("kv_num_heads", 2)]),
+    (lambda: onnx_attention(hidden=32, heads=4, kv_heads=2), {"x": [2, 5, 32]}, [1],
+     [("q_num_heads", 2), ("kv_num_heads", 1)]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("build", "shapes", "keep", "expected"),
+    HEAD_COUNT_CASES,
+    ids=["packed_attention", "multi_head_attention", "onnx_attention", "onnx_grouped_query_attention"],
+)
+def test_surgery_rewrites_the_head_count_and_slices_the_packed_weight(build, shapes, keep, expected):
+    analysed = analyse(build(), shapes)
+    (heads,) = [g for g in analysed.dep.prunable if g.unit > 1]
+    plan = PruningPlan.from_keep(analysed.dep, {heads.id: keep})
+
+    result = assert_prune_matches_oracle(None, plan, analysed=analysed)
+
+    assert sorted(_head_counts(result.pruned)) == sorted(expected)
+    packed = [n for n in result.pruned.graph.node if n.op_type == "Attention" and n.domain == "com.microsoft"]
+    for node in packed:
+        weight = next(i for i in result.pruned.graph.initializer if i.name == node.input[1])
+        assert list(weight.dims) == [32, 3 * 2 * 8]  # [in, Q | K | V] of the two kept heads of 8
+
+
+def _with_attribute(model: onnx.ModelProto, op_type: str, **attributes) -> onnx.ModelProto:
+    for node in model.graph.node:
+        if node.op_type == op_type:
+            node.attribute.extend(helper.make_attribute(key, value) for key, value in attributes.items())
+    return model
+
+
+def test_a_packed_attention_with_attributes_it_does_not_follow_keeps_its_heads_and_says_why():
+    model = _with_attribute(fused_by_onnxruntime(bert_style(), 4, 32), "Attention", qkv_hidden_sizes=[32, 32, 32])
+    dep = analyse(model, BERT_SHAPES).dep
+
+    frozen_heads = [g for g in dep.groups if g.unit == 8]
+    assert len(frozen_heads) == 2 and all(g.frozen for g in frozen_heads)
+    assert all("qkv_hidden_sizes" in g.frozen_reason for g in frozen_heads)
+    assert [g.channels for g in dep.prunable] == [48, 48]  # the MLPs still prune
+
+
+def test_onnxruntime_group_query_attention_keeps_its_projections_and_says_why():
+    """GroupQueryAttention (com.microsoft): whole KV groups are not followed yet."""
+    hidden, heads, kv_heads, size = 32, 4, 2, 8
+    rng = np.random.default_rng(0)
+
+    def weight(name: str, columns: int) -> onnx.TensorProto:
+        return onnx.numpy_helper.from_array(rng.standard_normal((hidden, columns)).astype(np.float32), name)
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "wq"], ["q"], name="query"),
+            helper.make_node("MatMul", ["x", "wk"], ["k"], name="key"),
+            helper.make_node("MatMul", ["x", "wv"], ["v"], name="value"),
+            helper.make_node(
+                "GroupQueryAttention",
+                ["q", "k", "v", "", "", "seqlens_k", "total_sequence_length"],
+                ["context", "present_key", "present_value"],
+                name="attention",
+                domain="com.microsoft",
+                num_heads=heads,
+                kv_num_heads=kv_heads,
+            ),
+            helper.make_node("MatMul", ["context", "wo"], ["y"], name="output"),
+        ],
+        "gqa",
+        [
+            helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 5, hidden]),
+            helper.make_tensor_value_info("seqlens_k", onnx.TensorProto.INT32, [1]),
+            helper.make_tensor_value_info("total_sequence_length", onnx.TensorProto.INT32, []),
+        ],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 5, hidden])],
+        [weight("wq", heads * size), weight("wk", kv_heads * size), weight("wv", kv_heads * size), weight("wo", hidden)],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)], ir_version=9
+    )
+    dep = analyse(model).dep
+
+    projections = [g for g in dep.groups if g.producers[0] in ("query", "key", "value")]
+    assert len(projections) == 3 and all(g.frozen for g in projections)
+    assert all("whole KV groups are not pruned yet" in g.frozen_reason for g in projections)
+    assert not dep.prunable
+
+
+def test_fused_attention_macs_count_and_fall_with_the_heads():
+    analysed = analyse(fused_by_onnxruntime(bert_style(), 4, 32), BERT_SHAPES)
+    shapes = analysed.input_shapes
+    before = {n.name: n.macs for n in measure_cost(analysed.prepared, shapes).nodes if n.op_type == "Attention"}
+    heads = [g for g in analysed.dep.prunable if g.unit == 8]
+    plan = PruningPlan.from_keep(analysed.dep, {g.id: [0, 1] for g in heads})
+    result = assert_prune_matches_oracle(None, plan, analysed=analysed)
+    after = {n.name: n.macs for n in measure_cost(result.pruned, shapes).nodes if n.op_type == "Attention"}
+
+    batch, sequence, hidden = BERT_SHAPES["x"]
+    full = batch * sequence * hidden * 3 * hidden + 2 * batch * sequence * sequence * hidden
+    assert set(before.values()) == {full}
+    assert set(after.values()) == {full // 2}
