@@ -193,10 +193,12 @@ def inline_local_functions(model: onnx.ModelProto) -> onnx.ModelProto:
 def _check_node(node: onnx.NodeProto, local: frozenset[tuple[str, str]] | set[tuple[str, str]] = frozenset()) -> None:
     if (node.domain, node.op_type) in local:
         return  # a call of a model-local function: its body is checked node by node
+    # onnxruntime runs its contrib ops (the fused ops its transformer optimizer writes); one without
+    # a handler pins the channels that reach it, like any unknown op.
     if node.domain not in ALLOWED_DOMAINS and node.domain != CONTRIB_DOMAIN:
         raise ModelRejected(
             f"node {_node_label(node)} uses op {node.op_type!r} from custom domain {node.domain!r}; "
-            "only standard ONNX ops are supported"
+            "only standard ONNX ops and onnxruntime's com.microsoft ops are supported"
         )
     if node.op_type in CONTROL_FLOW_OPS:
         for attr in node.attribute:

@@ -10,15 +10,20 @@ and neurons inside a block; BiasGelu / FastGelu carry the neurons' bias. The dec
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
 from onnx import helper
 
 from onnxprune.graphops.cost import measure_cost
+from onnxprune.graphops.masking import mask_removed_channels
 from onnxprune.graphops.plan import PruningPlan
 from tests.oracle import analyse, assert_outputs_close, assert_prune_matches_oracle, output_names, run_model
-from tests.transformer_models import bert_style, fused_by_onnxruntime, onnx_attention, vit_style
+from tests.test_cli import onnxprune
+from tests.transformer_models import bert_style, fused_by_onnxruntime, minilm_path, onnx_attention, vit_style
 
 BERT_SHAPES = {"x": [2, 7, 32], "attention_mask": [2, 7]}
 
@@ -210,3 +215,68 @@ def test_fused_attention_macs_count_and_fall_with_the_heads():
     full = batch * sequence * hidden * 3 * hidden + 2 * batch * sequence * sequence * hidden
     assert set(before.values()) == {full}
     assert set(after.values()) == {full // 2}
+
+
+# ---- the real paraphrase-MiniLM-L3-v2, fused by onnxruntime's optimizer --------------------------
+
+MINILM_SHAPES = {"input_ids": [2, 16], "attention_mask": [2, 16]}
+
+
+def _sentences(batch: int, sequence: int, seed: int) -> dict[str, np.ndarray]:
+    """Token ids anywhere in the vocabulary, [CLS] ... [SEP], the first sentence padded."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, 30522, size=(batch, sequence)).astype(np.int64)
+    ids[:, 0], ids[:, -1] = 101, 102
+    mask = np.ones((batch, sequence), dtype=np.int64)
+    mask[0, sequence // 2 :] = 0
+    ids[0, sequence // 2 :] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.fixture(scope="module")
+def fused_minilm(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("minilm") / "fused.onnx"
+    onnx.save(fused_by_onnxruntime(onnx.load(minilm_path()), 12, 384), path)
+    return path
+
+
+def test_the_fused_minilm_offers_the_heads_and_neurons_of_the_raw_export(fused_minilm):
+    model = onnx.load(fused_minilm)
+    dep = analyse(model, MINILM_SHAPES).dep
+
+    fused = [(n.domain, n.op_type) for n in model.graph.node if n.domain]
+    assert fused.count(("com.microsoft", "Attention")) == 3 and ("com.microsoft", "EmbedLayerNormalization") in fused
+    groups = sorted((g.channels, g.unit, len(g.linear_producers)) for g in dep.prunable)
+    assert groups == [(12, 32, 1)] * 3 + [(1536, 1, 1)] * 3
+    assert all(g.frozen for g in dep.groups if g.channels == 384)
+
+
+def test_the_cli_prunes_the_fused_minilm_as_it_prunes_the_raw_export(fused_minilm, tmp_path):
+    """Same heads and neurons chosen (the packed Q | K | V scored as three layers), so the fused
+    pruned model computes what the raw pruned model computes; and it is the masked original."""
+    flags = ["--flops-target", "0.3", "--no-benchmark", "--input-shape", "input_ids:1x128", "--input-shape",
+             "attention_mask:1x128"]  # fmt: skip
+    fused = onnxprune("prune", fused_minilm, "-o", "fused.onnx", *flags, "--plan-out", "fused.json",
+                      "--report", "report.json", cwd=tmp_path)  # fmt: skip
+    raw = onnxprune("prune", minilm_path(), "-o", "raw.onnx", *flags, "--plan-out", "raw.json", cwd=tmp_path)
+
+    assert fused.returncode == 0, fused.stderr
+    assert raw.returncode == 0, raw.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["macs"]["after"] <= 0.7 * report["macs"]["before"]
+    original, pruned = onnx.load(fused_minilm), onnx.load(tmp_path / "fused.onnx")
+    assert [i.type for i in pruned.graph.input] == [i.type for i in original.graph.input]
+    assert output_names(pruned) == output_names(original)
+    heads = [count for _, count in _head_counts(pruned)]
+    assert len(heads) == 3 and max(heads) <= 12 and sum(heads) < 36
+    kept = [len(group["keep"]) for group in json.loads((tmp_path / "fused.json").read_text())["groups"]]
+    assert kept == [len(group["keep"]) for group in json.loads((tmp_path / "raw.json").read_text())["groups"]]
+
+    analysed = analyse(original, MINILM_SHAPES)
+    masked = mask_removed_channels(analysed.dep, PruningPlan.from_json((tmp_path / "fused.json").read_text()))
+    raw_pruned = onnx.load(tmp_path / "raw.onnx")
+    for batch, sequence, seed in ((2, 16, 0), (3, 41, 1)):
+        feeds = _sentences(batch, sequence, seed)
+        outputs = run_model(pruned, feeds)
+        assert_outputs_close(run_model(masked, feeds), outputs, output_names(pruned), 1e-4)
+        assert_outputs_close(run_model(raw_pruned, feeds), outputs, output_names(pruned), 1e-4)
