@@ -148,7 +148,9 @@ def validate_model(model: onnx.ModelProto, limits: ValidationLimits = Validation
     for function in model.functions:
         _check_generated_sizes(function, _constant_tensors(function), limits)
     bodies = [model.graph.node, *(function.node for function in model.functions)]  # inlined before pruning
-    if not any(handler_for(node.op_type, node.domain).role in ("filter", "linear") for nodes in bodies for node in nodes):
+    if not any(
+        handler_for(node.op_type, node.domain).role in ("filter", "linear") for nodes in bodies for node in nodes
+    ):
         raise ModelRejected(NOTHING_TO_PRUNE)
 
 

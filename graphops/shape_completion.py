@@ -52,7 +52,9 @@ def complete_shapes(model: onnx.ModelProto, rounds: int = 16) -> dict[str, Shape
     work = skeleton(model)
     shapes = infer_shapes(work)
     for _ in range(rounds):
-        if not (_pin_legacy_shapes(work, shapes) | _pin_handler_shapes(work, shapes) | _fold_shape_values(work, shapes)):
+        if not (
+            _pin_legacy_shapes(work, shapes) | _pin_handler_shapes(work, shapes) | _fold_shape_values(work, shapes)
+        ):
             break
         shapes = infer_shapes(work)
     return shapes

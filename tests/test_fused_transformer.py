@@ -69,7 +69,9 @@ def _feeds(model: onnx.ModelProto, batch: int, sequence: int, seed: int) -> dict
     return feeds
 
 
-@pytest.mark.parametrize(("name", "build", "shapes", "fused", "heads", "unit", "writers", "width", "layers"), CASES, ids=IDS)
+@pytest.mark.parametrize(
+    ("name", "build", "shapes", "fused", "heads", "unit", "writers", "width", "layers"), CASES, ids=IDS
+)
 def test_heads_and_mlp_neurons_of_fused_blocks_are_the_prunable_units(
     name, build, shapes, fused, heads, unit, writers, width, layers
 ):
@@ -85,7 +87,9 @@ def test_heads_and_mlp_neurons_of_fused_blocks_are_the_prunable_units(
     assert all(g.frozen for g in dep.groups if g.channels == hidden)
 
 
-@pytest.mark.parametrize(("name", "build", "shapes", "fused", "heads", "unit", "writers", "width", "layers"), CASES, ids=IDS)
+@pytest.mark.parametrize(
+    ("name", "build", "shapes", "fused", "heads", "unit", "writers", "width", "layers"), CASES, ids=IDS
+)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_pruned_fused_blocks_match_the_masked_original_at_any_batch_and_sequence(
     name, build, shapes, fused, heads, unit, writers, width, layers, seed
@@ -189,7 +193,12 @@ def test_onnxruntime_group_query_attention_keeps_its_projections_and_says_why():
             helper.make_tensor_value_info("total_sequence_length", onnx.TensorProto.INT32, []),
         ],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 5, hidden])],
-        [weight("wq", heads * size), weight("wk", kv_heads * size), weight("wv", kv_heads * size), weight("wo", hidden)],
+        [
+            weight("wq", heads * size),
+            weight("wk", kv_heads * size),
+            weight("wv", kv_heads * size),
+            weight("wo", hidden),
+        ],
     )
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)], ir_version=9

@@ -248,13 +248,17 @@ def onnx_attention(hidden: int = 24, heads: int = 3, kv_heads: int = 3, seed: in
     size = hidden // heads
 
     def weight(name: str, rows: int, columns: int) -> onnx.TensorProto:
-        return numpy_helper.from_array((rng.standard_normal((rows, columns)) / math.sqrt(rows)).astype(np.float32), name)
+        return numpy_helper.from_array(
+            (rng.standard_normal((rows, columns)) / math.sqrt(rows)).astype(np.float32), name
+        )
 
     nodes = [
         helper.make_node("MatMul", ["x", "wq"], ["q"], name="query"),
         helper.make_node("MatMul", ["x", "wk"], ["k"], name="key"),
         helper.make_node("MatMul", ["x", "wv"], ["v"], name="value"),
-        helper.make_node("Attention", ["q", "k", "v"], ["context"], name="attention", q_num_heads=heads, kv_num_heads=kv_heads),
+        helper.make_node(
+            "Attention", ["q", "k", "v"], ["context"], name="attention", q_num_heads=heads, kv_num_heads=kv_heads
+        ),
         helper.make_node("MatMul", ["context", "wo"], ["projected"], name="output"),
         helper.make_node("Add", ["projected", "x"], ["y"], name="residual"),
     ]

@@ -42,12 +42,16 @@ def _used_output(node: gs.Node, index: int) -> bool:
     return len(node.outputs) > index and bool(node.outputs[index].name) and bool(node.outputs[index].outputs)
 
 
-def _decline_extras(node: gs.Node, allowed_attrs: set[str], extra_inputs: dict[int, str], extra_outputs: dict[int, str]) -> None:
+def _decline_extras(
+    node: gs.Node, allowed_attrs: set[str], extra_inputs: dict[int, str], extra_outputs: dict[int, str]
+) -> None:
     """Attributes and optional inputs/outputs that tie the heads to something else (a KV cache, a
     per-head bias, uneven Q/K/V sizes) are declined, named in the reason."""
     unknown = sorted(set(node.attrs) - allowed_attrs)
     if unknown:
-        raise UnsupportedPattern(f"{describe(node)} has attribute(s) {', '.join(unknown)}, whose heads are not followed")
+        raise UnsupportedPattern(
+            f"{describe(node)} has attribute(s) {', '.join(unknown)}, whose heads are not followed"
+        )
     for index, what in extra_inputs.items():
         if _given(node, index):
             raise UnsupportedPattern(f"{describe(node)} takes {what}, whose heads are not followed")
@@ -93,7 +97,9 @@ def unite_projected_heads(node: gs.Node, ctx: AnalysisContext, heads: int, kv_he
         shape = ctx.shape(tensor)
         width = shape[-1] if shape else None
         if not isinstance(width, int) or len(shape or ()) != 3 or width % kv_heads:
-            raise UnsupportedPattern(f"{describe(node)} input '{tensor.name}' is not [batch, sequence, heads * head_dim]")
+            raise UnsupportedPattern(
+                f"{describe(node)} input '{tensor.name}' is not [batch, sequence, heads * head_dim]"
+            )
         layout = _channel_layout(node, ctx, tensor, width)
         if layout is None:
             raise UnsupportedPattern(
@@ -132,7 +138,9 @@ class PackedAttention(OpHandler):
         ctx.state.units.append((representatives, hidden // heads))
         for part in range(3):  # Q, K and V: three layers, as in the decomposed form
             columns = (part * hidden, (part + 1) * hidden)
-            ctx.state.producers.append(Producer(node.name, node.inputs[1].name, 1, atoms[slice(*columns)], part=columns))
+            ctx.state.producers.append(
+                Producer(node.name, node.inputs[1].name, 1, atoms[slice(*columns)], part=columns)
+            )
         out_rank = ctx.rank(node.outputs[0]) or 3
         ctx.set_layout(node.outputs[0], Layout(out_rank - 1, grid[2].reshape(-1)))
         # Declined now, the heads above freeze with the reason (the analysis names them).
@@ -181,7 +189,8 @@ class MultiHeadAttention(OpHandler):
         _decline_extras(node, self._ALLOWED, self._EXTRA_INPUTS, {1: "a present key", 2: "a present value"})
         out = unite_projected_heads(node, ctx, heads, heads)
         if _given(node, 3):
-            atoms = np.concatenate([ctx.layout(node.inputs[i]).atoms for i in range(3)])  # type: ignore[union-attr]
+            # Q, K and V are tracked (``unite_projected_heads`` declines otherwise).
+            atoms = np.concatenate([lay.atoms for lay in map(ctx.layout, node.inputs[:3]) if lay is not None])
             if ctx.const_shape(node.inputs[3]) != (len(atoms),):
                 raise UnsupportedPattern(f"{describe(node)} has a bias that is not a constant [Q | K | V]")
             ctx.slice_const(node, 3, 0, atoms)
