@@ -21,9 +21,17 @@ from onnx import helper
 from onnxprune.graphops.cost import measure_cost
 from onnxprune.graphops.masking import mask_removed_channels
 from onnxprune.graphops.plan import PruningPlan
+from onnxprune.graphops.surgery import apply_plan
 from tests.oracle import analyse, assert_outputs_close, assert_prune_matches_oracle, output_names, run_model
 from tests.test_cli import onnxprune
-from tests.transformer_models import bert_style, fused_by_onnxruntime, minilm_path, onnx_attention, vit_style
+from tests.transformer_models import (
+    bert_style,
+    fused_by_onnxruntime,
+    group_query_attention,
+    minilm_path,
+    onnx_attention,
+    vit_style,
+)
 
 BERT_SHAPES = {"x": [2, 7, 32], "attention_mask": [2, 7]}
 
@@ -162,52 +170,36 @@ def test_a_packed_attention_with_attributes_it_does_not_follow_keeps_its_heads_a
     assert [g.channels for g in dep.prunable] == [48, 48]  # the MLPs still prune
 
 
-def test_onnxruntime_group_query_attention_keeps_its_projections_and_says_why():
-    """GroupQueryAttention (com.microsoft): whole KV groups are not followed yet."""
-    hidden, heads, kv_heads, size = 32, 4, 2, 8
-    rng = np.random.default_rng(0)
+def _gqa_feeds(sequence: int, seed: int) -> dict[str, np.ndarray]:
+    x = np.random.default_rng(seed).standard_normal((1, sequence, 32)).astype(np.float32)
+    lengths = np.array([sequence - 1], dtype=np.int32)  # onnxruntime's convention: total length - 1
+    return {"x": x, "seqlens_k": lengths, "total_sequence_length": np.array(sequence, dtype=np.int32)}
 
-    def weight(name: str, columns: int) -> onnx.TensorProto:
-        return onnx.numpy_helper.from_array(rng.standard_normal((hidden, columns)).astype(np.float32), name)
 
-    graph = helper.make_graph(
-        [
-            helper.make_node("MatMul", ["x", "wq"], ["q"], name="query"),
-            helper.make_node("MatMul", ["x", "wk"], ["k"], name="key"),
-            helper.make_node("MatMul", ["x", "wv"], ["v"], name="value"),
-            helper.make_node(
-                "GroupQueryAttention",
-                ["q", "k", "v", "", "", "seqlens_k", "total_sequence_length"],
-                ["context", "present_key", "present_value"],
-                name="attention",
-                domain="com.microsoft",
-                num_heads=heads,
-                kv_num_heads=kv_heads,
-            ),
-            helper.make_node("MatMul", ["context", "wo"], ["y"], name="output"),
-        ],
-        "gqa",
-        [
-            helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 5, hidden]),
-            helper.make_tensor_value_info("seqlens_k", onnx.TensorProto.INT32, [1]),
-            helper.make_tensor_value_info("total_sequence_length", onnx.TensorProto.INT32, []),
-        ],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 5, hidden])],
-        [
-            weight("wq", heads * size),
-            weight("wk", kv_heads * size),
-            weight("wv", kv_heads * size),
-            weight("wo", hidden),
-        ],
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)], ir_version=9
-    )
-    dep = analyse(model).dep
+@pytest.mark.parametrize(("keep", "heads", "kv_heads"), [([1], 2, 1), ([0, 1], 4, 2)])
+def test_onnxruntime_group_query_attention_prunes_whole_kv_groups(keep, heads, kv_heads):
+    """Four query heads read two key/value heads: a unit is a KV head with its two query heads."""
+    analysed = analyse(group_query_attention(), {"x": [1, 5, 32], "seqlens_k": [1], "total_sequence_length": []})
+    (groups,) = analysed.dep.prunable
+    plan = PruningPlan.from_keep(analysed.dep, {groups.id: keep})
+
+    pruned, masked = apply_plan(analysed.dep, plan), mask_removed_channels(analysed.dep, plan)
+
+    assert (groups.channels, groups.unit, len(groups.linear_producers)) == (2, 16, 3)
+    assert sorted(_head_counts(pruned)) == [("kv_num_heads", kv_heads), ("num_heads", heads)]
+    for sequence, seed in ((5, 0), (9, 1)):
+        feeds = _gqa_feeds(sequence, seed)
+        assert_outputs_close(run_model(masked, feeds), run_model(pruned, feeds), ["y"], 1e-4)
+
+
+def test_group_query_attention_with_a_kv_cache_keeps_its_projections_and_says_why():
+    model = group_query_attention()
+    model.graph.output.append(helper.make_tensor_value_info("present_key", onnx.TensorProto.FLOAT, None))
+    dep = analyse(model, {"x": [1, 5, 32], "seqlens_k": [1], "total_sequence_length": []}).dep
 
     projections = [g for g in dep.groups if g.producers[0] in ("query", "key", "value")]
-    assert len(projections) == 3 and all(g.frozen for g in projections)
-    assert all("whole KV groups are not pruned yet" in g.frozen_reason for g in projections)
+    assert projections and all(g.frozen for g in projections)
+    assert all("returns the present key" in g.frozen_reason for g in projections)
     assert not dep.prunable
 
 

@@ -275,3 +275,52 @@ def onnx_attention(hidden: int = 24, heads: int = 3, kv_heads: int = 3, seed: in
         ],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
+
+
+def group_query_attention(hidden: int = 32, heads: int = 4, kv_heads: int = 2, seed: int = 0) -> onnx.ModelProto:
+    """onnxruntime's GroupQueryAttention (com.microsoft) on projected Q, K, V, no KV cache::
+
+    x -> MatMul Wq [hidden, heads * D] ------> GroupQueryAttention(num_heads, kv_num_heads) -> MatMul Wo -> y
+    x -> MatMul Wk [hidden, kv_heads * D] ----^    ^    (seqlens_k int32 [batch], total_sequence_length int32)
+    x -> MatMul Wv [hidden, kv_heads * D] ---------+
+    """
+    rng = np.random.default_rng(seed)
+    size = hidden // heads
+
+    def weight(name: str, columns: int) -> onnx.TensorProto:
+        values = rng.standard_normal((hidden, columns)) / math.sqrt(hidden)
+        return numpy_helper.from_array(values.astype(np.float32), name)
+
+    attention = helper.make_node(
+        "GroupQueryAttention",
+        ["q", "k", "v", "", "", "seqlens_k", "total_sequence_length"],
+        ["context", "present_key", "present_value"],
+        name="attention",
+        domain="com.microsoft",
+        num_heads=heads,
+        kv_num_heads=kv_heads,
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "wq"], ["q"], name="query"),
+            helper.make_node("MatMul", ["x", "wk"], ["k"], name="key"),
+            helper.make_node("MatMul", ["x", "wv"], ["v"], name="value"),
+            attention,
+            helper.make_node("MatMul", ["context", "wo"], ["y"], name="output"),
+        ],
+        "group_query_attention",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "sequence", hidden]),
+            helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, [1]),
+            helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "sequence", hidden])],
+        [
+            weight("wq", heads * size),
+            weight("wk", kv_heads * size),
+            weight("wv", kv_heads * size),
+            weight("wo", hidden),
+        ],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=9)

@@ -38,12 +38,18 @@ def _given(node: gs.Node, index: int) -> bool:
     return len(node.inputs) > index and node.inputs[index] is not None and bool(node.inputs[index].name)
 
 
-def _used_output(node: gs.Node, index: int) -> bool:
-    return len(node.outputs) > index and bool(node.outputs[index].name) and bool(node.outputs[index].outputs)
+def _used_output(node: gs.Node, ctx: AnalysisContext, index: int) -> bool:
+    if len(node.outputs) <= index or not node.outputs[index].name:
+        return False
+    return bool(node.outputs[index].outputs) or ctx.is_graph_output(node.outputs[index])
 
 
 def _decline_extras(
-    node: gs.Node, allowed_attrs: set[str], extra_inputs: dict[int, str], extra_outputs: dict[int, str]
+    node: gs.Node,
+    ctx: AnalysisContext,
+    allowed_attrs: set[str],
+    extra_inputs: dict[int, str],
+    extra_outputs: dict[int, str],
 ) -> None:
     """Attributes and optional inputs/outputs that tie the heads to something else (a KV cache, a
     per-head bias, uneven Q/K/V sizes) are declined, named in the reason."""
@@ -56,7 +62,7 @@ def _decline_extras(
         if _given(node, index):
             raise UnsupportedPattern(f"{describe(node)} takes {what}, whose heads are not followed")
     for index, what in extra_outputs.items():
-        if _used_output(node, index):
+        if _used_output(node, ctx, index):
             raise UnsupportedPattern(f"{describe(node)} returns {what}, whose heads are not followed")
 
 
@@ -144,7 +150,7 @@ class PackedAttention(OpHandler):
         out_rank = ctx.rank(node.outputs[0]) or 3
         ctx.set_layout(node.outputs[0], Layout(out_rank - 1, grid[2].reshape(-1)))
         # Declined now, the heads above freeze with the reason (the analysis names them).
-        _decline_extras(node, self._ALLOWED, self._EXTRA_INPUTS, {1: "the present key/value cache"})
+        _decline_extras(node, ctx, self._ALLOWED, self._EXTRA_INPUTS, {1: "the present key/value cache"})
         ctx.slice_const(node, 1, 1, atoms)
         if _given(node, 2):
             if ctx.const_shape(node.inputs[2]) != (weight[1],):
@@ -186,7 +192,7 @@ class MultiHeadAttention(OpHandler):
         heads = int(node.attrs.get("num_heads", 0))
         if not (_given(node, 1) and _given(node, 2)) or heads < 1:
             raise UnsupportedPattern(f"{describe(node)} takes packed Q/K/V, whose heads are not followed")
-        _decline_extras(node, self._ALLOWED, self._EXTRA_INPUTS, {1: "a present key", 2: "a present value"})
+        _decline_extras(node, ctx, self._ALLOWED, self._EXTRA_INPUTS, {1: "a present key", 2: "a present value"})
         out = unite_projected_heads(node, ctx, heads, heads)
         if _given(node, 3):
             # Q, K and V are tracked (``unite_projected_heads`` declines otherwise).
@@ -228,6 +234,7 @@ class OnnxAttention(OpHandler):
             raise UnsupportedPattern(f"{describe(node)} takes 4-D [batch, heads, sequence, head_dim] inputs")
         _decline_extras(
             node,
+            ctx,
             self._ALLOWED,
             self._EXTRA_INPUTS,
             {1: "a present key", 2: "a present value", 3: "the QK products"},
@@ -257,13 +264,51 @@ class OnnxAttention(OpHandler):
 
 @register(f"{CONTRIB_DOMAIN}.GroupQueryAttention")
 class GroupQueryAttention(OpHandler):
-    """Query heads share key/value heads in groups: a unit would be a whole group (its KV head and
-    every query head reading it), which is not followed yet, so its projections stay whole."""
+    """onnxruntime's ``GroupQueryAttention``: ``num_heads`` query heads share ``kv_num_heads`` key/value
+    heads, so a unit is one key/value head with the query heads that read it (a whole KV group)."""
+
+    _ALLOWED = {"num_heads", "kv_num_heads", "scale", "softcap", "local_window_size", "smooth_softmax"}
+    _EXTRA_INPUTS = {
+        3: "a past key",
+        4: "a past value",
+        7: "rotary cos/sin caches",
+        8: "rotary cos/sin caches",
+        10: "a per-head attention bias",
+        11: "per-head sinks",
+    }
 
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
-        ctx.pin_inputs(
-            node, f"{describe(node)} shares key/value heads between query heads (whole KV groups are not pruned yet)"
+        heads, kv_heads = int(node.attrs.get("num_heads", 0)), int(node.attrs.get("kv_num_heads", 0))
+        if not (_given(node, 1) and _given(node, 2)) or heads < 1 or kv_heads < 1:
+            raise UnsupportedPattern(f"{describe(node)} takes packed Q/K/V, whose heads are not followed")
+        _decline_extras(
+            node,
+            ctx,
+            self._ALLOWED,
+            self._EXTRA_INPUTS,
+            {1: "the present key", 2: "the present value", 3: "the QK products"},
         )
+        ctx.set_layout(node.outputs[0], unite_projected_heads(node, ctx, heads, kv_heads))
+
+    def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
+        heads, kv_heads = int(node.attrs["num_heads"]), int(node.attrs["kv_num_heads"])
+        kept = _kept_heads(node, ctx, kv_heads)
+        if kept is not None:
+            node.attrs["num_heads"] = kept * (heads // kv_heads)
+            node.attrs["kv_num_heads"] = kept
+
+    def macs(self, node: onnx.NodeProto, shape: Callable[[str], tuple[int, ...]]) -> int:
+        heads, kv_heads = (
+            max(next((int(a.i) for a in node.attribute if a.name == name), 1), 1)
+            for name in ("num_heads", "kv_num_heads")
+        )
+        batch, sequence, width = shape(node.input[0])
+        if len(node.input) > 2 and node.input[2]:
+            length, v_width = shape(node.input[2])[1], shape(node.input[2])[2]
+        else:  # packed [Q | K | V] in the query input
+            size = width // (heads + 2 * kv_heads)
+            width, length, v_width = heads * size, sequence, kv_heads * size
+        return batch * sequence * length * (width + v_width * heads // kv_heads)
 
     def output_shapes(self, node: onnx.NodeProto, shape: Callable[[str], Shape | None]) -> list[Shape | None]:
         query = shape(node.input[0])
