@@ -28,8 +28,10 @@ from tests.transformer_models import (
     bert_style,
     fused_by_onnxruntime,
     group_query_attention,
+    hidden_state_feeds,
     minilm_path,
     onnx_attention,
+    random_unit_plan,
     vit_style,
 )
 
@@ -50,31 +52,6 @@ CASES = [
      {"Attention"}, 2, 16, 3, None, 1),
 ]  # fmt: skip
 IDS = [case[0] for case in CASES]
-
-
-def _random_plan(analysed, seed: int) -> PruningPlan:
-    rng = np.random.default_rng(seed)
-    keep = {}
-    for group in analysed.dep.prunable:
-        count = int(rng.integers(1, group.channels))
-        keep[group.id] = sorted(rng.choice(group.channels, size=count, replace=False).tolist())
-    return PruningPlan.from_keep(analysed.dep, keep)
-
-
-def _feeds(model: onnx.ModelProto, batch: int, sequence: int, seed: int) -> dict[str, np.ndarray]:
-    """Float hidden states and a 0/1 attention mask (the first row half padded)."""
-    rng = np.random.default_rng(seed)
-    feeds: dict[str, np.ndarray] = {}
-    for value in model.graph.input:
-        dims = value.type.tensor_type.shape.dim
-        if value.name == "attention_mask":
-            mask = np.ones((batch, sequence), dtype=np.int64)
-            mask[0, sequence // 2 + 1 :] = 0
-            feeds[value.name] = mask
-        else:
-            tokens = sequence if dims[1].dim_param else dims[1].dim_value
-            feeds[value.name] = rng.standard_normal((batch, tokens, dims[2].dim_value)).astype(np.float32)
-    return feeds
 
 
 @pytest.mark.parametrize(
@@ -103,12 +80,12 @@ def test_pruned_fused_blocks_match_the_masked_original_at_any_batch_and_sequence
     name, build, shapes, fused, heads, unit, writers, width, layers, seed
 ):
     analysed = analyse(build(), shapes)
-    plan = _random_plan(analysed, seed)
+    plan = random_unit_plan(analysed.dep, seed)
 
     result = assert_prune_matches_oracle(None, plan, analysed=analysed, seed=seed)
 
     batch, sequence = (3, 11) if "attention_mask" in shapes else (3, shapes["x"][1])
-    feeds = _feeds(analysed.original, batch, sequence, seed)
+    feeds = hidden_state_feeds(analysed.original, batch, sequence, seed)
     names = output_names(result.pruned)
     assert_outputs_close(run_model(result.masked, feeds), run_model(result.pruned, feeds), names, 1e-4)
     assert [i.type for i in result.pruned.graph.input] == [i.type for i in analysed.original.graph.input]

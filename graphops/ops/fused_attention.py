@@ -28,6 +28,7 @@ from onnxprune.graphops.ops.base import (
     AnalysisContext,
     OpHandler,
     SurgeryContext,
+    attribute,
     describe,
     register,
 )
@@ -78,6 +79,19 @@ def _kept_heads(node: gs.Node, ctx: SurgeryContext, heads: int) -> int | None:
     if not (per_head == per_head[:, :1]).all():
         raise AnalysisBug(f"onnxprune bug: {describe(node)} would lose part of a head")
     return int(np.count_nonzero(~per_head[:, 0]))
+
+
+def _rewrite_head_counts(node: gs.Node, ctx: SurgeryContext, heads_attr: str, kv_attr: str | None = None) -> None:
+    """Set the head-count attributes to the kept units: a unit is a head, or under grouped-query
+    attention a key/value head with its query heads (``kv_attr`` names the key/value count)."""
+    heads = int(node.attrs[heads_attr])
+    kv_heads = int(node.attrs[kv_attr]) if kv_attr else heads
+    kept = _kept_heads(node, ctx, kv_heads)
+    if kept is None:
+        return
+    node.attrs[heads_attr] = kept * (heads // kv_heads)
+    if kv_attr:
+        node.attrs[kv_attr] = kept
 
 
 def _channel_layout(node: gs.Node, ctx: AnalysisContext, tensor: gs.Tensor, width: int) -> Layout | None:
@@ -165,9 +179,7 @@ class PackedAttention(OpHandler):
                 ctx.state.pin(layout.atoms, f"{describe(node)} reads channels it does not project")
 
     def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
-        kept = _kept_heads(node, ctx, int(node.attrs["num_heads"]))
-        if kept is not None:
-            node.attrs["num_heads"] = kept
+        _rewrite_head_counts(node, ctx, "num_heads")
 
     def macs(self, node: onnx.NodeProto, shape: Callable[[str], tuple[int, ...]]) -> int:
         batch, sequence, features = shape(node.input[0])
@@ -203,9 +215,7 @@ class MultiHeadAttention(OpHandler):
         ctx.set_layout(node.outputs[0], out)
 
     def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
-        kept = _kept_heads(node, ctx, int(node.attrs["num_heads"]))
-        if kept is not None:
-            node.attrs["num_heads"] = kept
+        _rewrite_head_counts(node, ctx, "num_heads")
 
     def macs(self, node: onnx.NodeProto, shape: Callable[[str], tuple[int, ...]]) -> int:
         batch, sequence, hidden = shape(node.input[0])
@@ -246,19 +256,15 @@ class OnnxAttention(OpHandler):
         ctx.set_layout(node.outputs[0], unite_projected_heads(node, ctx, heads, kv_heads))
 
     def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
-        heads, kv_heads = int(node.attrs["q_num_heads"]), int(node.attrs["kv_num_heads"])
-        kept = _kept_heads(node, ctx, kv_heads)
-        if kept is not None:
-            node.attrs["q_num_heads"] = kept * (heads // kv_heads)
-            node.attrs["kv_num_heads"] = kept
+        _rewrite_head_counts(node, ctx, "q_num_heads", "kv_num_heads")
 
     def macs(self, node: onnx.NodeProto, shape: Callable[[str], tuple[int, ...]]) -> int:
         query, value = shape(node.input[0]), shape(node.input[2])
         if len(query) == 4:  # [batch, heads, sequence, head_dim]
             batch, heads, sequence, size = query
             return batch * heads * sequence * value[2] * (size + value[3])
-        heads = next((int(a.i) for a in node.attribute if a.name == "q_num_heads"), 1)
-        kv_heads = next((int(a.i) for a in node.attribute if a.name == "kv_num_heads"), heads) or heads
+        heads = max(attribute(node, "q_num_heads", 1), 1)
+        kv_heads = max(attribute(node, "kv_num_heads", heads), 1)
         return query[0] * query[1] * value[1] * (query[2] + value[2] * heads // kv_heads)
 
 
@@ -291,17 +297,10 @@ class GroupQueryAttention(OpHandler):
         ctx.set_layout(node.outputs[0], unite_projected_heads(node, ctx, heads, kv_heads))
 
     def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
-        heads, kv_heads = int(node.attrs["num_heads"]), int(node.attrs["kv_num_heads"])
-        kept = _kept_heads(node, ctx, kv_heads)
-        if kept is not None:
-            node.attrs["num_heads"] = kept * (heads // kv_heads)
-            node.attrs["kv_num_heads"] = kept
+        _rewrite_head_counts(node, ctx, "num_heads", "kv_num_heads")
 
     def macs(self, node: onnx.NodeProto, shape: Callable[[str], tuple[int, ...]]) -> int:
-        heads, kv_heads = (
-            max(next((int(a.i) for a in node.attribute if a.name == name), 1), 1)
-            for name in ("num_heads", "kv_num_heads")
-        )
+        heads, kv_heads = max(attribute(node, "num_heads", 1), 1), max(attribute(node, "kv_num_heads", 1), 1)
         batch, sequence, width = shape(node.input[0])
         if len(node.input) > 2 and node.input[2]:
             length, v_width = shape(node.input[2])[1], shape(node.input[2])[2]
@@ -312,9 +311,7 @@ class GroupQueryAttention(OpHandler):
 
     def output_shapes(self, node: onnx.NodeProto, shape: Callable[[str], Shape | None]) -> list[Shape | None]:
         query = shape(node.input[0])
-        heads, kv_heads = (
-            next((int(a.i) for a in node.attribute if a.name == name), 0) for name in ("num_heads", "kv_num_heads")
-        )
+        heads, kv_heads = attribute(node, "num_heads", 0), attribute(node, "kv_num_heads", 0)
         if query is None or len(query) != 3 or not isinstance(query[2], int) or heads < 1:
             return []
         packed = not (len(node.input) > 1 and node.input[1])
