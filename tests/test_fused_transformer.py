@@ -21,6 +21,7 @@ from onnx import helper
 from onnxprune.graphops.cost import measure_cost
 from onnxprune.graphops.masking import mask_removed_channels
 from onnxprune.graphops.plan import PruningPlan
+from onnxprune.graphops.shares import macs_shares
 from onnxprune.graphops.surgery import apply_plan
 from tests.oracle import analyse, assert_outputs_close, assert_prune_matches_oracle, output_names, run_model
 from tests.test_cli import onnxprune
@@ -193,6 +194,22 @@ def test_fused_attention_macs_count_and_fall_with_the_heads():
     full = batch * sequence * hidden * 3 * hidden + 2 * batch * sequence * sequence * hidden
     assert set(before.values()) == {full}
     assert set(after.values()) == {full // 2}
+
+
+def test_a_packed_attention_counts_its_macs_once_in_the_heads_share():
+    """Q, K and V of the packed weight are three producers of one node: its MACs are counted once."""
+    analysed = analyse(fused_by_onnxruntime(bert_style(), 4, 32), BERT_SHAPES)
+    nodes = measure_cost(analysed.prepared, analysed.input_shapes).nodes
+    node_macs = {node.name: node.macs for node in nodes}
+
+    shares = macs_shares(analysed.dep, node_macs)
+
+    total = sum(node_macs.values())
+    for group in analysed.dep.prunable:
+        if group.unit == 8:
+            (attention,) = group.producers
+            assert shares[group.id] == pytest.approx(node_macs[attention] / total)
+    assert sum(shares.values()) <= 1 + 1e-9
 
 
 # ---- the real paraphrase-MiniLM-L3-v2, fused by onnxruntime's optimizer --------------------------
