@@ -32,6 +32,7 @@ from tests.transformer_models import (
     hidden_state_feeds,
     minilm_path,
     onnx_attention,
+    onnx_attention_4d,
     random_unit_plan,
     vit_style,
 )
@@ -49,6 +50,7 @@ CASES = [
      {"x": [2, 9, 32]},
      {"SkipLayerNormalization", "FastGelu"}, 4, 8, 3, 64, 2),
     ("onnx_attention_opset_23", onnx_attention, {"x": [2, 5, 24]}, {"Attention"}, 3, 8, 3, None, 1),
+    ("onnx_attention_4d_split_heads", onnx_attention_4d, {"x": [2, 5, 24]}, {"Attention"}, 3, 8, 3, None, 1),
     ("onnx_grouped_query_attention", lambda: onnx_attention(hidden=32, heads=4, kv_heads=2), {"x": [2, 5, 32]},
      {"Attention"}, 2, 16, 3, None, 1),
 ]  # fmt: skip

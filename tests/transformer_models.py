@@ -349,3 +349,40 @@ def group_query_attention(hidden: int = 32, heads: int = 4, kv_heads: int = 2, s
     )
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
     return helper.make_model(graph, opset_imports=opsets, ir_version=9)
+
+
+def onnx_attention_4d(hidden: int = 24, heads: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """ONNX's Attention (opset 23) on heads split by Reshapes, as torch's opset-23 exports write it::
+
+    x -> MatMul Wq -> Reshape [0, 0, H, D] -> Transpose (0, 2, 1, 3) -> Attention -> Transpose (0, 2, 1, 3)
+    x -> MatMul Wk -> Reshape [0, 0, H, D] -> Transpose (0, 2, 1, 3) ----^    ^       -> Reshape [0, 0, H * D]
+    x -> MatMul Wv -> Reshape [0, 0, H, D] -> Transpose (0, 2, 1, 3) ---------+       -> MatMul Wo -> Add x -> y
+    """
+    rng = np.random.default_rng(seed)
+    size = hidden // heads
+    nodes = []
+    for name in ("q", "k", "v"):
+        nodes += [
+            helper.make_node("MatMul", ["x", f"w{name}"], [f"{name}0"], name=name),
+            helper.make_node("Reshape", [f"{name}0", "split"], [f"{name}1"], name=f"{name}_split"),
+            helper.make_node("Transpose", [f"{name}1"], [f"{name}2"], name=f"{name}_heads", perm=[0, 2, 1, 3]),
+        ]
+    nodes += [
+        helper.make_node("Attention", ["q2", "k2", "v2"], ["context"], name="attention"),
+        helper.make_node("Transpose", ["context"], ["c1"], name="tokens", perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["c1", "merge"], ["c2"], name="merge_heads"),
+        helper.make_node("MatMul", ["c2", "wo"], ["projected"], name="output"),
+        helper.make_node("Add", ["projected", "x"], ["y"], name="residual"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "onnx_attention_4d",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence", hidden])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", hidden])],
+        [
+            *(_projection(rng, f"w{name}", hidden, hidden) for name in ("q", "k", "v", "o")),
+            numpy_helper.from_array(np.array([0, 0, heads, size], dtype=np.int64), "split"),
+            numpy_helper.from_array(np.array([0, 0, hidden], dtype=np.int64), "merge"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)

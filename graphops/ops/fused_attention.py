@@ -232,16 +232,20 @@ class MultiHeadAttention(OpHandler):
 
 @register("Attention")
 class OnnxAttention(OpHandler):
-    """ONNX's ``Attention`` (opset 23) on 3-D Q, K, V; under grouped-query attention (fewer key/value
-    heads) a unit is one key/value head with every query head that reads it."""
+    """ONNX's ``Attention`` (opset 23). On 3-D Q, K, V ([b, s, heads * D], head counts as attributes)
+    a unit is one key/value head with every query head that reads it (one head without grouped-query
+    attention); on 4-D ones ([b, heads, s, D], split by Reshapes that ``graphops.ops.attention``
+    follows) the heads of Q, K and V are united, and the head count lives in those Reshapes."""
 
+    follows_units = True  # the 4-D form reads split heads
     _ALLOWED = {"q_num_heads", "kv_num_heads", "is_causal", "scale", "softcap", "softmax_precision"}
     _EXTRA_INPUTS = {4: "a past key", 5: "a past value", 6: "padded key/value lengths"}
 
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
         heads, kv_heads = int(node.attrs.get("q_num_heads", 0)), int(node.attrs.get("kv_num_heads", 0))
-        if heads < 1 or kv_heads < 1:
-            raise UnsupportedPattern(f"{describe(node)} takes 4-D [batch, heads, sequence, head_dim] inputs")
+        four_d = ctx.rank(node.inputs[0]) == 4
+        if not four_d and (heads < 1 or kv_heads < 1):
+            raise UnsupportedPattern(f"{describe(node)} has 3-D inputs without q_num_heads and kv_num_heads")
         _decline_extras(
             node,
             ctx,
@@ -253,10 +257,26 @@ class OnnxAttention(OpHandler):
             mask = ctx.shape(node.inputs[3])
             if mask is None or (len(mask) == 4 and mask[1] != 1) or ctx.layout(node.inputs[3]) is not None:
                 raise UnsupportedPattern(f"{describe(node)} has an attention mask per head")
-        ctx.set_layout(node.outputs[0], unite_projected_heads(node, ctx, heads, kv_heads))
+        if four_d:
+            ctx.set_layout(node.outputs[0], self._unite_split_heads(node, ctx))
+        else:
+            ctx.set_layout(node.outputs[0], unite_projected_heads(node, ctx, heads, kv_heads))
+
+    @staticmethod
+    def _unite_split_heads(node: gs.Node, ctx: AnalysisContext) -> Layout:
+        layouts = [ctx.layout(node.inputs[index]) for index in range(3)]
+        if any(lay is None or lay.axis != 1 or lay.unit_axis != 3 for lay in layouts):
+            raise UnsupportedPattern(f"{describe(node)} reads Q, K, V whose heads are not all tracked on axis 1")
+        q, k, v = (lay for lay in layouts if lay is not None)
+        if not len(q) == len(k) == len(v):
+            raise UnsupportedPattern(f"{describe(node)} has grouped key/value heads in 4-D inputs")
+        ctx.state.unite(q.atoms, k.atoms)
+        ctx.state.unite(q.atoms, v.atoms)
+        return Layout(1, q.atoms, 3)
 
     def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
-        _rewrite_head_counts(node, ctx, "q_num_heads", "kv_num_heads")
+        if "q_num_heads" in node.attrs:  # 3-D inputs; 4-D ones take the count from their shapes
+            _rewrite_head_counts(node, ctx, "q_num_heads", "kv_num_heads")
 
     def macs(self, node: onnx.NodeProto, shape: Callable[[str], tuple[int, ...]]) -> int:
         query, value = shape(node.input[0]), shape(node.input[2])
