@@ -28,6 +28,7 @@ from tests.test_cli import onnxprune
 from tests.transformer_models import (
     bert_style,
     fused_by_onnxruntime,
+    fused_mlp,
     group_query_attention,
     hidden_state_feeds,
     minilm_path,
@@ -101,6 +102,17 @@ def _head_counts(model: onnx.ModelProto) -> list[tuple[str, int]]:
         for attr in node.attribute
         if attr.name in ("num_heads", "q_num_heads", "kv_num_heads")
     ]
+
+
+@pytest.mark.parametrize("norm", ["SkipLayerNormalization", "SkipSimplifiedLayerNormalization"])
+@pytest.mark.parametrize("activation", ["BiasGelu", "FastGelu", "Gelu", "QuickGelu"])
+def test_fused_activations_carry_the_mlp_neurons_and_skip_norms_keep_the_residual_stream(activation, norm):
+    analysed = analyse(fused_mlp(activation, norm), {"x": [2, 5, 16]})
+
+    (neurons,) = analysed.dep.prunable
+    assert (neurons.channels, neurons.producers) == (24, ("fc1",))
+    assert [g.channels for g in analysed.dep.frozen] == [16]
+    assert_prune_matches_oracle(None, random_unit_plan(analysed.dep, 0), analysed=analysed)
 
 
 # builder, shapes, units kept, head-count attributes after

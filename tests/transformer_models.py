@@ -386,3 +386,43 @@ def onnx_attention_4d(hidden: int = 24, heads: int = 3, seed: int = 0) -> onnx.M
         ],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
+
+
+def fused_mlp(
+    activation: str, norm: str = "SkipLayerNormalization", hidden: int = 16, ffn: int = 24
+) -> onnx.ModelProto:
+    """An MLP block in onnxruntime's fused ops (com.microsoft)::
+
+    x -> MatMul W1 -> activation (BiasGelu / FastGelu with bias b1; Gelu / QuickGelu after Add b1)
+      -> MatMul W2 -> norm(input, skip = x, gamma, [beta,] bias b2) -> y
+    """
+    rng = np.random.default_rng(0)
+    with_bias = activation in ("BiasGelu", "FastGelu")
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h0"], name="fc1")]
+    if with_bias:
+        nodes.append(helper.make_node(activation, ["h0", "b1"], ["h2"], name="act", domain="com.microsoft"))
+    else:
+        nodes += [
+            helper.make_node("Add", ["h0", "b1"], ["h1"], name="fc1_bias"),
+            helper.make_node(activation, ["h1"], ["h2"], name="act", domain="com.microsoft"),
+        ]
+    beta = ["beta"] if norm == "SkipLayerNormalization" else []
+    nodes += [
+        helper.make_node("MatMul", ["h2", "w2"], ["h3"], name="fc2"),
+        helper.make_node(norm, ["h3", "x", "gamma", *beta, "b2"], ["y"], name="norm", domain="com.microsoft"),
+    ]
+    vectors = {name: rng.standard_normal(size).astype(np.float32) for name, size in
+               (("b1", ffn), ("b2", hidden), ("gamma", hidden), ("beta", hidden))}  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "fused_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence", hidden])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", hidden])],
+        [
+            _projection(rng, "w1", hidden, ffn),
+            _projection(rng, "w2", ffn, hidden),
+            *(numpy_helper.from_array(vectors[name], name) for name in ("b1", "b2", "gamma", *beta)),
+        ],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=9)
