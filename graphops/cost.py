@@ -66,7 +66,7 @@ def measure_cost(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int
             NodeCost(
                 name=node.name or (node.output[0] if node.output else ""),
                 op_type=node.op_type,
-                macs=_node_macs(node, shapes) if node.domain in ("", "ai.onnx") else 0,
+                macs=_node_macs(node, shapes),
                 params=sum(weights[name] for name in consumed),
             )
         )
@@ -75,7 +75,7 @@ def measure_cost(model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int
 
 def _node_macs(node: onnx.NodeProto, shapes: Mapping[str, Shape]) -> int:
     """The op's handler knows its MACs (``OpHandler.macs``); ops without one count 0."""
-    return handler_for(node.op_type).macs(node, lambda tensor: _shape(node, tensor, shapes))
+    return handler_for(node.op_type, node.domain).macs(node, lambda tensor: _shape(node, tensor, shapes))
 
 
 def _shape(node: onnx.NodeProto, tensor: str, shapes: Mapping[str, Shape]) -> tuple[int, ...]:

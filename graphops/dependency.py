@@ -18,7 +18,7 @@ import onnx_graphsurgeon as gs
 from onnxprune.graphops.errors import AnalysisBug, ModelRejected, UnsupportedPattern
 from onnxprune.graphops.layout import ConstSlice, Layout, Producer, ShapeEntry, TrackerState
 from onnxprune.graphops.ops import AnalysisContext, handler_for
-from onnxprune.graphops.ops.base import describe
+from onnxprune.graphops.ops.base import describe, knows
 from onnxprune.graphops.shape_completion import complete_shapes
 from onnxprune.graphops.shapes import Shape, resolve_input_shapes, skeleton, with_input_shapes
 
@@ -161,10 +161,10 @@ def analyze(
     state = TrackerState()
     ctx = AnalysisContext(state, shapes, opset, frozenset(t.name for t in graph.outputs))
     for node in graph.nodes:
-        if node.domain not in (None, "", "ai.onnx"):
+        if not knows(node.op, node.domain) and node.domain not in (None, "", "ai.onnx"):
             ctx.pin_inputs(node, f"consumed by {describe(node)} from custom domain '{node.domain}'")
             continue
-        handler = handler_for(node.op)
+        handler = handler_for(node.op, node.domain)
         if not handler.follows_units and any(lay.unit_axis is not None for lay in ctx.input_layouts(node)):
             _freeze_node(node, ctx, f"{describe(node)} reads attention heads, which it cannot follow")
             continue
@@ -249,9 +249,9 @@ def _collect(
 
     producers_of: list[list[str]] = [[] for _ in sizes]
     by_role: dict[str, list[list[str]]] = {"filter": [[] for _ in sizes], "linear": [[] for _ in sizes]}
-    op_type = {node.name: node.op for node in graph.nodes}
+    op_type = {node.name: (node.op, node.domain) for node in graph.nodes}
     for producer in state.producers:
-        role = handler_for(op_type.get(producer.node, "")).role
+        role = handler_for(*op_type.get(producer.node, ("", ""))).role
         for group in np.unique(atom_group[producer.atoms]).tolist():
             if producer.node not in producers_of[group]:
                 producers_of[group].append(producer.node)

@@ -83,9 +83,14 @@ class Producer:
     # > 1 for a grouped ConvTranspose, whose weight [C_in, C_out / groups, ...] indexes output
     # channel k * (C_out / groups) + j by (rows of conv group k, column j).
     groups: int = 1
+    # (start, stop) along ``axis`` for one layer of a packed weight (Q, K or V of a fused attention's
+    # [in, Q | K | V] weight): each part is scored as the layer it is. None: the whole axis.
+    part: tuple[int, int] | None = None
 
     def filters(self, weight: np.ndarray) -> np.ndarray:
         """One row per output position (``len(atoms)`` rows): the weights that compute it."""
+        if self.part is not None:
+            weight = np.take(weight, np.arange(*self.part), axis=self.axis)
         if self.groups > 1:
             c_in, per_group = weight.shape[0], weight.shape[1]
             blocks = weight.reshape(self.groups, c_in // self.groups, per_group, -1).transpose(0, 2, 1, 3)

@@ -25,6 +25,7 @@ from onnx import TensorProto, numpy_helper
 from onnxprune.graphops.errors import ModelRejected
 from onnxprune.graphops.expansion import measure_expansion
 from onnxprune.graphops.ops import handler_for
+from onnxprune.graphops.ops.base import CONTRIB_DOMAIN
 from onnxprune.graphops.versions import supported_ir_versions, supported_opsets
 
 ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
@@ -147,7 +148,9 @@ def validate_model(model: onnx.ModelProto, limits: ValidationLimits = Validation
     for function in model.functions:
         _check_generated_sizes(function, _constant_tensors(function), limits)
     bodies = [model.graph.node, *(function.node for function in model.functions)]  # inlined before pruning
-    if not any(handler_for(node.op_type).role in ("filter", "linear") for nodes in bodies for node in nodes):
+    if not any(
+        handler_for(node.op_type, node.domain).role in ("filter", "linear") for nodes in bodies for node in nodes
+    ):
         raise ModelRejected(NOTHING_TO_PRUNE)
 
 
@@ -192,10 +195,12 @@ def inline_local_functions(model: onnx.ModelProto) -> onnx.ModelProto:
 def _check_node(node: onnx.NodeProto, local: frozenset[tuple[str, str]] | set[tuple[str, str]] = frozenset()) -> None:
     if (node.domain, node.op_type) in local:
         return  # a call of a model-local function: its body is checked node by node
-    if node.domain not in ALLOWED_DOMAINS:
+    # onnxruntime runs its contrib ops (the fused ops its transformer optimizer writes); one without
+    # a handler pins the channels that reach it, like any unknown op.
+    if node.domain not in ALLOWED_DOMAINS and node.domain != CONTRIB_DOMAIN:
         raise ModelRejected(
             f"node {_node_label(node)} uses op {node.op_type!r} from custom domain {node.domain!r}; "
-            "only standard ONNX ops are supported"
+            "only standard ONNX ops and onnxruntime's com.microsoft ops are supported"
         )
     if node.op_type in CONTROL_FLOW_OPS:
         for attr in node.attribute:

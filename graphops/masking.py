@@ -46,5 +46,5 @@ def masked_graph(dep: DependencyGraph, plan: PruningPlan, weights: ModelWeights 
         fill = zero_point_fill(node, source) if node.op == DEQUANTIZE and index == 0 else np.zeros((), source.dtype)
         ctx.replace_input(node, index, np.where(keep, source, fill))  # one pass, a new array
     for node in graph.nodes:
-        handler_for(node.op).mask(node, ctx)
+        handler_for(node.op, node.domain).mask(node, ctx)
     return graph

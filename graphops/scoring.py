@@ -130,7 +130,11 @@ def _linear_readers(dep: DependencyGraph) -> list[tuple[str, int, np.ndarray]]:
     readers = []
     for entry in dep.reductions:
         node = nodes.get(entry.node)
-        if node is not None and handler_for(node.op_type).role == "linear" and entry.input_index < len(node.input):
+        if (
+            node is not None
+            and handler_for(node.op_type, node.domain).role == "linear"
+            and entry.input_index < len(node.input)
+        ):
             readers.append((node.input[entry.input_index], entry.axis, entry.atoms))
     return readers
 

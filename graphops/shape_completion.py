@@ -52,7 +52,9 @@ def complete_shapes(model: onnx.ModelProto, rounds: int = 16) -> dict[str, Shape
     work = skeleton(model)
     shapes = infer_shapes(work)
     for _ in range(rounds):
-        if not (_pin_legacy_shapes(work, shapes) | _fold_shape_values(work, shapes)):
+        if not (
+            _pin_legacy_shapes(work, shapes) | _pin_handler_shapes(work, shapes) | _fold_shape_values(work, shapes)
+        ):
             break
         shapes = infer_shapes(work)
     return shapes
@@ -67,6 +69,26 @@ def _static(shape: Shape | None) -> tuple[int, ...] | None:
     if shape is None or not _known(shape):
         return None
     return tuple(d for d in shape if isinstance(d, int))
+
+
+def _pin_handler_shapes(model: onnx.ModelProto, shapes: Mapping[str, Shape]) -> bool:
+    """Outputs of ops onnx has no schema for (onnxruntime's fused transformer ops, and its
+    LayerNormalization below opset 17, which the optimizer writes into the standard domain): their
+    handlers know the shapes (``OpHandler.output_shapes``)."""
+    from onnxprune.graphops.ops import handler_for  # the ops package reads shapes; shapes need it only here
+
+    changed = False
+    for node in model.graph.node:
+        if all(_known(shapes.get(name)) for name in node.output if name):
+            continue
+        outputs = handler_for(node.op_type, node.domain).output_shapes(node, shapes.get)
+        for name, out in zip(node.output, outputs):
+            if name and out is not None and _known(out) and not _known(shapes.get(name)):
+                model.graph.value_info.append(
+                    onnx.helper.make_tensor_value_info(name, _float_elem_type(model, node), list(out))
+                )
+                changed = True
+    return changed
 
 
 def _pin_legacy_shapes(model: onnx.ModelProto, shapes: Mapping[str, Shape]) -> bool:
@@ -161,6 +183,17 @@ def _evaluate(model: onnx.ModelProto, node: onnx.NodeProto, values: Mapping[str,
 
 def _numpy_value_info(name: str, value: np.ndarray) -> onnx.ValueInfoProto:
     return onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(value.dtype), value.shape)
+
+
+_FLOAT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16})
+
+
+def _float_elem_type(model: onnx.ModelProto, node: onnx.NodeProto) -> int:
+    """The floating type a fused op computes in: that of its first floating input (ids and masks are not)."""
+    types = {init.name: init.data_type for init in model.graph.initializer}
+    for value in list(model.graph.input) + list(model.graph.value_info):
+        types[value.name] = value.type.tensor_type.elem_type
+    return next((types[name] for name in node.input if types.get(name) in _FLOAT_TYPES), TensorProto.FLOAT)
 
 
 def _elem_type(model: onnx.ModelProto, name: str) -> int:

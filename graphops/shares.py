@@ -18,6 +18,10 @@ def macs_shares(dep: DependencyGraph, node_macs: Mapping[str, int]) -> dict[str,
     """Fraction of all MACs computed by each group's filters, by group id (sums to at most 1)."""
     total = sum(node_macs.values())
     macs = {group.id: 0.0 for group in dep.groups}
+    # A node may write its channels as several producers (a fused attention's Q, K and V parts).
+    written: dict[str, int] = {}
+    for producer in dep.producers:
+        written[producer.node] = written.get(producer.node, 0) + len(producer.atoms)
     for producer in dep.producers:
         node = node_macs.get(producer.node, 0)
         if not node or not len(producer.atoms):
@@ -25,5 +29,5 @@ def macs_shares(dep: DependencyGraph, node_macs: Mapping[str, int]) -> dict[str,
         group_index, _ = dep.classes_of(producer.atoms)
         indices, counts = np.unique(group_index, return_counts=True)
         for index, count in zip(indices.tolist(), counts.tolist()):
-            macs[dep.groups[index].id] += node * count / len(producer.atoms)
+            macs[dep.groups[index].id] += node * count / written[producer.node]
     return {group_id: value / total if total else 0.0 for group_id, value in macs.items()}

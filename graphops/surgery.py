@@ -72,7 +72,7 @@ def apply_plan(dep: DependencyGraph, plan: PruningPlan, weights: ModelWeights | 
             values.flat[shape_entry.position] = kept
             ctx.replace_input(node, shape_entry.input_index, values)
     for node in graph.nodes:
-        handler_for(node.op).apply(node, ctx)
+        handler_for(node.op, node.domain).apply(node, ctx)
     interface = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Variable) and tensor.name not in interface:

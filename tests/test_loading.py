@@ -190,7 +190,8 @@ def test_a_small_constant_of_shape_is_fine() -> None:
 def test_custom_domains_are_rejected_naming_domain_and_op() -> None:
     custom = helper.make_node("FancyOp", ["y"], ["z"], name="fancy", domain="com.example")
     assert rejected(conv_model([custom])) == (
-        "node 'fancy' uses op 'FancyOp' from custom domain 'com.example'; only standard ONNX ops are supported"
+        "node 'fancy' uses op 'FancyOp' from custom domain 'com.example'; "
+        "only standard ONNX ops and onnxruntime's com.microsoft ops are supported"
     )
 
 

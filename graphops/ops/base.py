@@ -111,7 +111,7 @@ class AnalysisContext:
                 break
             node = current.inputs[0]
             if any(t is not None and self.layout(t) is not None for t in node.inputs):
-                kind = "unsupported op " if node.op not in _REGISTRY else ""
+                kind = "unsupported op " if qualified_op(node.op, node.domain) not in _REGISTRY else ""
                 return f"'{tensor.name}' from {kind}{describe(node)}"
             variables = [t for t in node.inputs if isinstance(t, gs.Variable)]
             if not variables:
@@ -248,6 +248,11 @@ class OpHandler:
     def mask(self, node: gs.Node, ctx: SurgeryContext) -> None:
         """Zero the weights that read removed channels (only ops that sum over channels)."""
 
+    def output_shapes(self, node: onnx.NodeProto, shape: Callable[[str], Shape | None]) -> list[Shape | None]:
+        """Output shapes onnx's shape inference cannot give (onnxruntime's contrib ops, which onnx has
+        no schema for), from the input shapes (``shape`` of an input name, None when unknown)."""
+        return []
+
 
 _REGISTRY: dict[str, OpHandler] = {}
 _UNKNOWN = OpHandler()
@@ -259,6 +264,16 @@ _Handler = TypeVar("_Handler", bound=OpHandler)
 # (see docs/ARCHITECTURE.md, "Where to add"). Loaded once, the first time a handler is asked for.
 PLUGIN_GROUP = "onnxprune.op_handlers"
 _plugins_loaded = False
+
+
+# onnxruntime's contrib ops (the fused transformer ops its optimizer writes) are registered as
+# "com.microsoft.Attention": a custom domain's op is never mistaken for a standard op of the same name.
+CONTRIB_DOMAIN = "com.microsoft"
+
+
+def qualified_op(op_type: str, domain: str | None = "") -> str:
+    """The registry key of an op: its type, prefixed by its domain outside the standard one."""
+    return op_type if domain in (None, "", "ai.onnx") else f"{domain}.{op_type}"
 
 
 def _add(op_type: str, handler: OpHandler, source: str) -> None:
@@ -301,9 +316,15 @@ def load_plugins() -> None:
     _plugins_loaded = True
 
 
-def handler_for(op_type: str) -> OpHandler:
+def handler_for(op_type: str, domain: str | None = "") -> OpHandler:
     load_plugins()
-    return _REGISTRY.get(op_type, _UNKNOWN)
+    return _REGISTRY.get(qualified_op(op_type, domain), _UNKNOWN)
+
+
+def knows(op_type: str, domain: str | None = "") -> bool:
+    """Whether a handler is registered for the op (an unknown op pins the channels that reach it)."""
+    load_plugins()
+    return qualified_op(op_type, domain) in _REGISTRY
 
 
 def registered_op_types() -> list[str]:

@@ -6,13 +6,17 @@ pinned rather than guessed at.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from onnxprune.graphops.errors import UnsupportedPattern
 from onnxprune.graphops.layout import Layout
 from onnxprune.graphops.ops.base import AnalysisContext, OpHandler, describe, normalize_axis, register
 from onnxprune.graphops.ops.structure import follow_shape_entry
+from onnxprune.graphops.shapes import Shape
 
 
 def _channels_on_axis_1(node: gs.Node, ctx: AnalysisContext) -> Layout | None:
@@ -60,6 +64,10 @@ class AxisNorm(OpHandler):
         if layout.axis in normalised:
             raise UnsupportedPattern(f"{describe(node)} normalises over the channel axis")
         ctx.set_layout(node.outputs[0], layout)
+
+    def output_shapes(self, node: onnx.NodeProto, shape: Callable[[str], Shape | None]) -> list[Shape | None]:
+        """onnx infers none for LayerNormalization below opset 17 (onnxruntime runs it there)."""
+        return [shape(node.input[0])] if node.input else []
 
 
 POOL_OPS = (
