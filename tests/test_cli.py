@@ -110,6 +110,7 @@ BAD_INPUT_CASES = [
     ("unknown input", None, ["--input-shape", "image:1x3x8x8"], "not a model input"),
     ("round-to zero", None, ["--round-to", "0"], "round_to: must be 'auto' or a whole number"),
     ("latency and MACs targets", None, ["--latency-target", "0.5", "--flops-target", "0.3"], "latency_target"),
+    ("fine-tuning without recovery", None, ["--recovery", "none", "--finetune-steps", "10"], "recovery 'none'"),
 ]
 
 

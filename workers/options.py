@@ -353,6 +353,10 @@ class PruneOptions(BaseModel):
 
     @model_validator(mode="after")
     def _one_target(self) -> PruneOptions:
+        if self.recovery == "none" and self.finetune_steps > 0:
+            raise ValueError(
+                "recovery 'none' keeps the pruned weights; drop finetune_steps or choose recovery 'finetune' or 'auto'"
+            )
         if self.ratio is not None and self.flops_target is not None:
             raise ValueError("give either ratio or flops_target, not both")
         if self.latency_target is not None:
