@@ -29,7 +29,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -41,7 +41,6 @@ from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.selection import choose_kept, excluded_group_ids, round_keep
 from onnxprune.graphops.surgery import apply_plan
 from onnxprune.roundtrip.context import DataContext
-from onnxprune.roundtrip.criteria import mark
 from onnxprune.roundtrip.schedule import (
     BN_BATCHES,
     IterationRecord,
@@ -520,15 +519,3 @@ def search(
         final_drop,
         unsearched,
     )
-
-
-def learned(dep: DependencyGraph, **_: object) -> NoReturn:
-    """Registry entry: ``learned`` chooses how many filters each layer keeps, so it is not a ranking;
-    the pipeline runs :func:`search` instead of scoring and selecting."""
-    raise ModelRejected(
-        "criterion 'learned' decides how many filters each layer keeps (from --max-drop); "
-        "it runs in 'onnxprune prune', not as a ranking"
-    )
-
-
-mark(learned, needs_data=True, searches=True)

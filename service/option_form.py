@@ -72,9 +72,9 @@ def _kind(annotation: Any) -> tuple[Kind, list[str]]:
 
 def _choices(name: str, kind: Kind, choices: list[str]) -> tuple[Kind, list[str], list[str]]:
     if name == "criterion":  # a str checked against the criteria registry (entry points), not a Literal
-        from onnxprune.graphops.scoring import available_criteria, criterion_needs_data
+        from onnxprune.workers.options import criterion_needs_data, known_criteria
 
-        known = sorted(available_criteria())
+        known = known_criteria()
         return "choice", known, [c for c in known if criterion_needs_data(c)]
     return kind, choices, []
 

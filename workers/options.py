@@ -85,6 +85,25 @@ class LatencyTarget(BaseModel):
     ratio: float
 
 
+# Criterion words that choose a search, not a channel ranking: accepted as ``criterion`` but not in
+# graphops' ranking registry (``graphops.scoring``), since nothing there could rank channels for them.
+SEARCH_CRITERIA = {"learned": "per-layer agents choose each layer's count from max_drop (workers.strategies.learned)"}
+
+
+def known_criteria() -> list[str]:
+    """Every ``criterion`` word: the rankings registered with graphops, then the searches."""
+    from onnxprune.graphops.scoring import available_criteria
+
+    return sorted(available_criteria() | SEARCH_CRITERIA.keys())
+
+
+def criterion_needs_data(name: str) -> bool:
+    """Whether criterion ``name`` scores on data (the searches always do)."""
+    from onnxprune.graphops.scoring import criterion_needs_data as ranking_needs_data
+
+    return name in SEARCH_CRITERIA or ranking_needs_data(name)
+
+
 # The words of ``recovery`` (the strategies they choose: ``workers.strategies.choose_recovery``).
 RecoveryChoice = Literal["auto", "none", "reconstruct", "finetune"]
 
@@ -293,11 +312,8 @@ class PruneOptions(BaseModel):
     @field_validator("criterion")
     @classmethod
     def _known_criterion(cls, value: str) -> str:
-        from onnxprune.graphops.scoring import available_criteria
-
-        if value not in available_criteria():
-            known = ", ".join(sorted(available_criteria()))
-            raise ValueError(f"unknown criterion {value!r}; choose one of: {known}")
+        if value not in known_criteria():
+            raise ValueError(f"unknown criterion {value!r}; choose one of: {', '.join(known_criteria())}")
         return value
 
     def data_requirement(self, *, sensitivity_given: bool = False, plan_given: bool = False) -> str | None:

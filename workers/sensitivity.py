@@ -72,7 +72,7 @@ def measure_sensitivity(
     limits: RunnerLimits = RunnerLimits(),
 ) -> SensitivityReport:
     """Load, analyse and sweep ``model_path`` (the ``onnxprune sensitivity`` command)."""
-    from onnxprune.graphops.scoring import criterion_needs_data
+    from onnxprune.workers.options import criterion_needs_data
 
     if criterion_needs_data(criterion):
         raise ModelRejected(

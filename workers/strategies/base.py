@@ -24,13 +24,13 @@ from onnxprune.graphops.dependency import DependencyGraph
 from onnxprune.graphops.errors import ModelRejected
 from onnxprune.graphops.latency_table import LatencyTable
 from onnxprune.graphops.plan import PruningPlan
-from onnxprune.graphops.scoring import Scores, criterion_needs_data, score_groups
+from onnxprune.graphops.scoring import Scores, score_groups
 from onnxprune.graphops.surgery import apply_plan
 from onnxprune.graphops.weights import ModelWeights
 from onnxprune.workers.analysis import Analysis
 from onnxprune.workers.benchmark import make_inputs
 from onnxprune.workers.latency import LatencySettings, cached_table
-from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.options import PruneOptions, criterion_needs_data
 from onnxprune.workers.report import FastestCutReport, FinetuneReport, LatencyTargetReport, SensitivityReport
 from onnxprune.workers.sandbox import RunnerLimits
 from onnxprune.workers.stages import Stages

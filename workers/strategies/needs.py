@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from onnxprune.graphops.scoring import criterion_needs_data
-from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.options import PruneOptions, criterion_needs_data
 
 
 @dataclass(frozen=True)
