@@ -144,28 +144,19 @@ def _multi_head_declines(node: onnx.NodeProto) -> str | None:
 
 @register(f"{CONTRIB_DOMAIN}.MultiHeadAttention", declines=_multi_head_declines)
 def multi_head_attention(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
-    """Attention on projected Q [batch, sequence, hidden], K, V (plus the projections' ``bias``), or
-    on packed QKV [batch, sequence, heads, 3, size] / packed KV [batch, keys, heads, 2, size]."""
+    """Attention on projected Q [batch, sequence, hidden], K, V (plus the projections' ``bias``)."""
     query, key, value = required(inputs, 0), optional(inputs, 1), optional(inputs, 2)
     bias, mask, extra = optional(inputs, 3), optional(inputs, 4), optional(inputs, 5)
     heads = attrs(node).integer("num_heads")
-    if query.dim() == 5 or (key is not None and key.dim() == 5):
-        if bias is not None:
-            raise ModelRejected(f"node '{node.name}': the round trip runs packed QKV / KV only without a bias")
-        packed = query if query.dim() == 5 or key is None else key
-        parts = [packed[:, :, :, i].transpose(1, 2) for i in range(packed.shape[3])]
-        q = parts[0] if query.dim() == 5 else _split_heads(query, heads)
-        k, v = parts[-2], parts[-1]
-    elif key is None or value is None or key.dim() != 3 or value.dim() != 3:
+    if key is None or value is None or query.dim() != 3 or key.dim() != 3 or value.dim() != 3:
         raise ModelRejected(
-            f"node '{node.name}': the round trip runs MultiHeadAttention on 3-D key and value or packed QKV / KV, "
-            "not on keys already split into heads (a KV cache)"
+            f"node '{node.name}': the round trip runs MultiHeadAttention on 3-D query, key and value, not packed "
+            "QKV / KV (which onnxruntime's CPU kernel does not run either) nor keys already split into heads"
         )
-    else:
-        if bias is not None:
-            widths = [query.shape[-1], key.shape[-1], value.shape[-1]]
-            query, key, value = (t + b for t, b in zip((query, key, value), torch.split(bias, widths)))
-        q, k, v = _split_heads(query, heads), _split_heads(key, heads), _split_heads(value, heads)
+    if bias is not None:
+        widths = [query.shape[-1], key.shape[-1], value.shape[-1]]
+        query, key, value = (t + b for t, b in zip((query, key, value), torch.split(bias, widths)))
+    q, k, v = _split_heads(query, heads), _split_heads(key, heads), _split_heads(value, heads)
     a = attrs(node)
     scale = a.number("scale", 1.0 / math.sqrt(q.shape[-1]))
     context = _attend(q, k, v, scale, _contrib_bias(node, mask, extra, q.shape[0], q.shape[2], k.shape[2]))

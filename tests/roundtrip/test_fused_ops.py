@@ -15,20 +15,10 @@ import torch
 
 from onnxprune.graphops.errors import ModelRejected
 from onnxprune.roundtrip.executor import build_executor
+from tests import transformer_models as built
 from tests.oracle import relative_error, run_model
 from tests.test_cli import onnxprune
-from tests.transformer_models import (
-    bert_style,
-    fused_by_onnxruntime,
-    fused_mlp,
-    group_query_attention,
-    hidden_state_feeds,
-    minilm_path,
-    onnx_attention,
-    onnx_attention_4d,
-    single_op,
-    vit_style,
-)
+from tests.transformer_models import fused_by_onnxruntime, hidden_state_feeds, minilm_path, single_op
 
 RTOL = 1e-4
 SHAPES = [(1, 5), (3, 11)]  # (batch, sequence)
@@ -45,15 +35,15 @@ def assert_parity(model: onnx.ModelProto, feeds: dict[str, np.ndarray], rtol: fl
 
 
 BLOCKS = {
-    "packed_attention_raw_mask": lambda: fused_by_onnxruntime(bert_style(), 4, 32),
-    "packed_attention_tanh_gelu": lambda: fused_by_onnxruntime(bert_style(gelu="tanh"), 4, 32),
-    "multi_head_attention": lambda: fused_by_onnxruntime(bert_style(), 4, 32, multi_head=True),
-    "vit_skip_norm_sums_fast_gelu": lambda: fused_by_onnxruntime(vit_style(opset=17), 4, 32, model_type="vit"),
-    "onnx_attention_3d": onnx_attention,
-    "onnx_attention_4d": onnx_attention_4d,
-    "onnx_grouped_query_attention": lambda: onnx_attention(hidden=32, heads=4, kv_heads=2),
+    "packed_attention_raw_mask": lambda: fused_by_onnxruntime(built.bert_style(), 4, 32),
+    "packed_attention_tanh_gelu": lambda: fused_by_onnxruntime(built.bert_style(gelu="tanh"), 4, 32),
+    "multi_head_attention": lambda: fused_by_onnxruntime(built.bert_style(), 4, 32, multi_head=True),
+    "vit_skip_norm_sums_fast_gelu": lambda: fused_by_onnxruntime(built.vit_style(opset=17), 4, 32, model_type="vit"),
+    "onnx_attention_3d": built.onnx_attention,
+    "onnx_attention_4d": built.onnx_attention_4d,
+    "onnx_grouped_query_attention": lambda: built.onnx_attention(hidden=32, heads=4, kv_heads=2),
     **{
-        f"mlp_{activation}_{norm}": (lambda a=activation, n=norm: fused_mlp(a, n))
+        f"mlp_{activation}_{norm}": (lambda a=activation, n=norm: built.fused_mlp(a, n))
         for activation in ("BiasGelu", "FastGelu", "Gelu", "QuickGelu")
         for norm in ("SkipLayerNormalization", "SkipSimplifiedLayerNormalization")
     },
@@ -70,7 +60,7 @@ def test_fused_blocks_run_in_the_executor_as_in_onnxruntime(name, batch, sequenc
 
 
 def test_group_query_attention_is_causal_over_grouped_kv_heads():
-    model = group_query_attention()
+    model = built.group_query_attention()
     sequence = 6
     feeds = {
         "x": np.random.default_rng(0).standard_normal((1, sequence, 32)).astype(np.float32),
@@ -139,6 +129,27 @@ def test_multi_head_attention_takes_key_padding_masks(mask, unidirectional):
     inputs = {"query": q, "key": k, "value": v, "bias": rng.standard_normal(48).astype(np.float32),
               "key_padding_mask": _mask_forms(3, 7)[mask]}  # fmt: skip
     model, feeds = single_op("MultiHeadAttention", inputs, ["output"], num_heads=2, unidirectional=unidirectional)
+
+    assert_parity(model, feeds)
+
+
+def test_multi_head_attention_on_packed_qkv_is_refused_as_onnxruntime_refuses_it_on_cpu():
+    rng = np.random.default_rng(8)
+    inputs = {"query": rng.standard_normal((2, 5, 4, 3, 8)).astype(np.float32), "key": None, "value": None}
+    model, feeds = single_op("MultiHeadAttention", inputs, ["output"], num_heads=4)
+
+    with pytest.raises(ModelRejected, match="not packed QKV / KV"):
+        build_executor(model).run(feeds)
+
+
+def test_group_query_attention_takes_packed_qkv_and_returns_the_present_key_and_value():
+    rng = np.random.default_rng(9)
+    heads, kv_heads, size, sequence = 4, 2, 8, 5
+    inputs = {"query": rng.standard_normal((1, sequence, (heads + 2 * kv_heads) * size)).astype(np.float32),
+              "key": None, "value": None, "past_key": None, "past_value": None,
+              "seqlens_k": np.array([sequence - 1], np.int32), "total_sequence_length": np.array(sequence, np.int32)}  # fmt: skip
+    model, feeds = single_op("GroupQueryAttention", inputs, ["output", "present_key", "present_value"],
+                             num_heads=heads, kv_num_heads=kv_heads)  # fmt: skip
 
     assert_parity(model, feeds)
 
