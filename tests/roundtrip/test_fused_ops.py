@@ -121,6 +121,16 @@ def test_packed_attention_adds_attention_bias_and_returns_present_keys_and_value
     assert_parity(model, feeds)
 
 
+def test_packed_attention_splits_q_k_v_by_qkv_hidden_sizes():
+    rng = np.random.default_rng(10)
+    inputs = {"input": rng.standard_normal((2, 6, 16)).astype(np.float32),
+              "weights": (rng.standard_normal((16, 40)) / 4).astype(np.float32),
+              "bias": rng.standard_normal(40).astype(np.float32), "mask_index": _mask_forms(2, 6)["key_lengths"]}  # fmt: skip
+    model, feeds = single_op("Attention", inputs, ["output"], num_heads=4, qkv_hidden_sizes=[16, 16, 8])
+
+    assert_parity(model, feeds)
+
+
 @pytest.mark.parametrize("mask", ["none", "key_lengths", "raw_2d", "raw_3d"])
 @pytest.mark.parametrize("unidirectional", [0, 1])
 def test_multi_head_attention_takes_key_padding_masks(mask, unidirectional):
