@@ -426,3 +426,34 @@ def fused_mlp(
     )
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
     return helper.make_model(graph, opset_imports=opsets, ir_version=9)
+
+
+def single_op(
+    op_type: str,
+    inputs: dict[str, np.ndarray | None],
+    outputs: list[str],
+    *,
+    domain: str = "com.microsoft",
+    opset: int = 17,
+    **attributes: object,
+) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """One ``op_type`` node whose float inputs are graph inputs (fed, so each runtime sees the same
+    values) and whose integer inputs are initializers; None leaves an optional input out. Returns the
+    model and its feeds."""
+    names, graph_inputs, initializers, feeds = [], [], [], {}
+    for name, value in inputs.items():
+        if value is None:
+            names.append("")
+            continue
+        names.append(name)
+        if value.dtype.kind == "f" or name in ("input_ids", "mask", "mask_index", "key_padding_mask", "attn_mask"):
+            element = helper.np_dtype_to_tensor_dtype(value.dtype)
+            graph_inputs.append(helper.make_tensor_value_info(name, element, list(value.shape)))
+            feeds[name] = value
+        else:
+            initializers.append(numpy_helper.from_array(value, name))
+    node = helper.make_node(op_type, names, outputs, name=op_type.lower(), domain=domain, **attributes)
+    values = [onnx.ValueInfoProto(name=name) for name in outputs if name]  # types left to inference
+    graph = helper.make_graph([node], op_type, graph_inputs, values, initializers)
+    opsets = [helper.make_opsetid("", opset)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    return helper.make_model(graph, opset_imports=opsets, ir_version=10 if opset >= 23 else 9), feeds

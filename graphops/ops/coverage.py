@@ -30,23 +30,6 @@ ANALYSED_NOT_EXECUTABLE: dict[str, str] = {
         for op in ("ArgMin", "ReduceL1", "ReduceLogSum", "ReduceLogSumExp", "ReduceProd", "ReduceSumSquare")
     },
     **{
-        op: "fused transformer op (onnxruntime's optimizer, or ONNX's opset-23 Attention): the executor does "
-        "not run it yet; heads and MLP neurons of fused models prune by weight norms"
-        for op in (
-            "Attention",
-            "com.microsoft.Attention",
-            "com.microsoft.MultiHeadAttention",
-            "com.microsoft.GroupQueryAttention",
-            "com.microsoft.SkipLayerNormalization",
-            "com.microsoft.SkipSimplifiedLayerNormalization",
-            "com.microsoft.EmbedLayerNormalization",
-            "com.microsoft.BiasGelu",
-            "com.microsoft.FastGelu",
-            "com.microsoft.Gelu",
-            "com.microsoft.QuickGelu",
-        )
-    },
-    **{
         op: "QDQ quantization: the executor has no integer arithmetic (fine-tuning would need fake "
         "quantization and an int8 write-back); QDQ models prune by weight norms"
         for op in ("QuantizeLinear", "DequantizeLinear")

@@ -1,8 +1,10 @@
-"""Torch implementations of ONNX ops, one registry keyed by ``op_type``.
+"""Torch implementations of ONNX ops, one registry keyed by ``op_type`` (domain-qualified outside
+the standard domain, as ``graphops.ops`` keys its handlers: ``com.microsoft.Attention``).
 
 Each implementation is an ``OpFn``: ``fn(node, inputs, ctx) -> list of outputs`` where ``inputs``
 are torch tensors (None for omitted optional inputs). An op the registry lacks is refused when the
-executor is built, naming the node, never guessed at run time.
+executor is built, naming the node, never guessed at run time; so is a form of a known op that its
+``declines`` function names (a KV cache, rotary embeddings), with the reason.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from onnx import helper
 
 from onnxprune.graphops.errors import DuplicateRegistration, ModelRejected
+from onnxprune.graphops.ops.base import qualified_op
 
 
 @dataclass(frozen=True)
@@ -36,11 +39,15 @@ class OpContext:
 OpInputs = Sequence[torch.Tensor | None]
 """A node's inputs in order; None where the graph omits an optional input (an empty name)."""
 OpFn = Callable[[onnx.NodeProto, OpInputs, OpContext], list[torch.Tensor]]
+Declines = Callable[[onnx.NodeProto], str | None]
+"""Why the implementation cannot run this node (a form it does not compute), or None."""
 _OPS: dict[str, OpFn] = {}
+_DECLINES: dict[str, Declines] = {}
 
 
-def register(*op_types: str) -> Callable[[OpFn], OpFn]:
-    """Function decorator: ``fn`` computes every op type named, each of which has no other function."""
+def register(*op_types: str, declines: Declines | None = None) -> Callable[[OpFn], OpFn]:
+    """Function decorator: ``fn`` computes every op type named, each of which has no other function;
+    ``declines`` names the forms of the op that ``fn`` does not compute."""
 
     def decorate(fn: OpFn) -> OpFn:
         for op_type in op_types:
@@ -51,6 +58,8 @@ def register(*op_types: str) -> Callable[[OpFn], OpFn]:
                     f"{fn.__module__}.{fn.__qualname__} registers it too"
                 )
             _OPS[op_type] = fn
+            if declines is not None:
+                _DECLINES[op_type] = declines
         return fn
 
     return decorate
@@ -63,12 +72,17 @@ def supported_ops() -> set[str]:
 
 def op_for(node: onnx.NodeProto) -> OpFn:
     _load()
-    if node.domain not in ("", "ai.onnx") or node.op_type not in _OPS:
-        domain = f" (domain '{node.domain}')" if node.domain not in ("", "ai.onnx") else ""
+    key = qualified_op(node.op_type, node.domain)
+    domain = f" (domain '{node.domain}')" if node.domain not in ("", "ai.onnx") else ""
+    if key not in _OPS:
         raise ModelRejected(
             f"node '{node.name}' ({node.op_type}{domain}) has no PyTorch implementation in the round trip"
         )
-    return _OPS[node.op_type]
+    declines = _DECLINES.get(key)
+    reason = declines(node) if declines is not None else None
+    if reason:
+        raise ModelRejected(f"node '{node.name}' ({node.op_type}{domain}): the round trip does not run {reason}")
+    return _OPS[key]
 
 
 def required(inputs: OpInputs, index: int) -> torch.Tensor:
@@ -149,4 +163,10 @@ def attrs(node: onnx.NodeProto) -> Attributes:
 
 
 def _load() -> None:
-    from onnxprune.roundtrip.ops import elementwise, nn, tensor  # noqa: F401  (they register themselves)
+    from onnxprune.roundtrip.ops import (  # noqa: F401  (they register themselves)
+        attention,
+        elementwise,
+        fused_layers,
+        nn,
+        tensor,
+    )
