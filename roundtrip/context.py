@@ -60,7 +60,9 @@ def make_context(
         probes = [next(train.batches(min(batch_size, len(train)))), next(train.batches(min(3, len(train))))]
         refused = objective.use_runner(teacher_runner(original, list(objective.tensors)), probes)
         if refused is not None:
-            log.info("the original's outputs are computed by the executor: the inference session was refused (%s)", refused)
+            log.info(
+                "the original's outputs are computed by the executor: the inference session was refused (%s)", refused
+            )
     objective.cache_targets(train, batch_size)
     objective.cache_targets(validation, batch_size)
     return DataContext(train, validation, objective, batch_size, score_batches)
