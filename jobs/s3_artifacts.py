@@ -169,24 +169,32 @@ class S3Artifacts:
         work.mkdir()
         files = JobFiles(inputs)
         try:
-            self._get(self._job_prefix(job_id) + files.upload.name, files.upload)
+            uploaded = self._inputs(job_id)
+            if files.upload.name not in uploaded:
+                raise ArtifactMissing(files.upload.name)
+            for path in (files.upload, files.data, files.plan_in):
+                if path.name in uploaded:
+                    self._get(self._job_prefix(job_id) + path.name, path)
         except ArtifactMissing:
             remove_tree(root)
             raise FileNotFoundError(f"the upload of job {job_id} is gone") from None
         except BaseException:
             remove_tree(root)
             raise
+        present = {path for path in (files.data, files.plan_in) if path.name in uploaded}
         return AttemptSpace(
-            files.upload, self._optional(job_id, files.data), work, plan=self._optional(job_id, files.plan_in)
+            files.upload,
+            files.data if files.data in present else None,
+            work,
+            plan=files.plan_in if files.plan_in in present else None,
         )
 
-    def _optional(self, job_id: str, path: Path) -> Path | None:
-        """``path`` fetched from the job's inputs, or None when that input was not uploaded."""
-        try:
-            self._get(self._job_prefix(job_id) + path.name, path)
-        except ArtifactMissing:
-            return None
-        return path
+    def _inputs(self, job_id: str) -> set[str]:
+        """Names of the job's uploaded inputs: one listing of its folder (the attempts' objects are a
+        level below), instead of a GET answered 404 for each optional input not uploaded."""
+        with s3_errors(f"list the inputs of job {job_id}"):
+            page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._job_prefix(job_id), Delimiter="/")
+        return {item["Key"].rsplit("/", 1)[1] for item in page.get("Contents", [])}
 
     def publish(self, job_id: str, token: str, space: AttemptSpace) -> Published:
         result_key = f"attempts/{token}"
