@@ -50,7 +50,9 @@ def test_a_progress_write_and_a_renewal_are_one_statement_each_without_waiting_f
 def s3_store(tmp_path: Path, s3_env: dict[str, str], s3_server: S3Server):  # type: ignore[no-untyped-def]
     from onnxprune.jobs.s3_artifacts import S3Artifacts
 
-    store = S3Artifacts.from_url(f"s3://{s3_server.create_bucket()}/d", tmp_path / "scratch", endpoint_url=s3_server.url)
+    store = S3Artifacts.from_url(
+        f"s3://{s3_server.create_bucket()}/d", tmp_path / "scratch", endpoint_url=s3_server.url
+    )
     calls: Counter[str] = Counter()
     store.client.meta.events.register("before-call.s3", lambda model, **_: calls.update([model.name]))
     return store, calls
