@@ -48,30 +48,30 @@ def engine_url(url: str) -> str:
     return url
 
 
+def _pool(url: str, pool_size: int, connect_args: dict[str, object]) -> Engine:
+    """A pool of autocommitting connections with no ping before each use (it doubles the round trips of
+    every poll): a statement that finds its connection broken by a database restart is tried once more
+    (``PostgresJobStore._again``), on a new one. Each state change is one statement, atomic by itself:
+    autocommit spares a BEGIN and a COMMIT round trip per poll."""
+    return sa.create_engine(
+        engine_url(url),
+        isolation_level="AUTOCOMMIT",
+        pool_size=pool_size,
+        max_overflow=10,
+        pool_timeout=10,
+        connect_args=connect_args,
+    )
+
+
 class PostgresJobStore:
     def __init__(self, url: str, *, connect_timeout_s: int = 5) -> None:
-        self.engine: Engine = sa.create_engine(
-            engine_url(url),
-            # No ping before each use (it doubles the round trips of every poll): a statement that finds
-            # its connection broken by a database restart is tried once more (``_again``), on a new one.
-            # Each state change is one statement, atomic by itself: autocommit spares a BEGIN and a COMMIT
-            # round trip per poll. Job creation and migrations open a transaction (``_connect``).
-            isolation_level="AUTOCOMMIT",
-            pool_size=5,
-            max_overflow=10,
-            pool_timeout=10,
-            connect_args={"connect_timeout": connect_timeout_s},
-        )
+        # Job creation and migrations open a transaction (``_connect``).
+        self.engine = _pool(url, 5, {"connect_timeout": connect_timeout_s})
         # Progress and lease renewals: sessions that commit without waiting for the WAL flush, so each
-        # such write is one autocommitted statement (with ``SET LOCAL`` in a transaction it was four
-        # round trips: BEGIN, SET, UPDATE, COMMIT; a job wrote ~18 of them, issue 28).
-        self.relaxed_engine: Engine = sa.create_engine(
-            engine_url(url),
-            isolation_level="AUTOCOMMIT",
-            pool_size=2,
-            max_overflow=10,
-            pool_timeout=10,
-            connect_args={"connect_timeout": connect_timeout_s, "options": "-c synchronous_commit=off"},
+        # such write is one statement (with ``SET LOCAL`` in a transaction it was four round trips:
+        # BEGIN, SET, UPDATE, COMMIT; a small job wrote ~18 of them, issue 28).
+        self.relaxed_engine = _pool(
+            url, 2, {"connect_timeout": connect_timeout_s, "options": "-c synchronous_commit=off"}
         )
         with self._connect(transaction=True) as db:
             migrate(db)
