@@ -17,6 +17,7 @@ The life of a job's files, the same in both:
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from onnxprune.jobs.files import FLOAT_MODEL, MODEL, PLAN, REPORT, REPORT_HTML, JobFiles
-from onnxprune.jobs.job_store import StoreError
+from onnxprune.jobs.job_store import StoreError, StoreUnavailable
 from onnxprune.workers.fileio import file_sha256
 
 if TYPE_CHECKING:
@@ -90,7 +91,11 @@ class ArtifactStore(Protocol):
     def remove_inputs(self, job_id: str) -> None: ...
     def remove(self, job_id: str) -> None: ...
     def orphans(self, before: float) -> list[str]:
-        """Ids of jobs with files untouched since ``before`` (the caller keeps those with a record)."""
+        """Ids of jobs with files untouched since ``before`` (the caller keeps those with a record); a
+        store of many jobs may answer for a bounded part of them per call, the next call going on."""
+
+    def ping(self) -> None:
+        """Raise :class:`StoreUnavailable` if the store cannot be reached now (readiness), quickly."""
 
 
 class LocalArtifacts:
@@ -181,6 +186,13 @@ class LocalArtifacts:
         if not self.jobs_dir.is_dir():
             return []
         return [p.name for p in self.jobs_dir.iterdir() if p.is_dir() and p.stat().st_mtime < before]
+
+    def ping(self) -> None:
+        folder = self.jobs_dir
+        while not folder.exists() and folder != folder.parent:  # made (parents too) on the first upload
+            folder = folder.parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise StoreUnavailable(f"{folder} is not a writable directory (the jobs' files go there)")
 
 
 def remove_tree(path: Path) -> None:

@@ -48,28 +48,40 @@ def engine_url(url: str) -> str:
     return url
 
 
+def _pool(url: str, pool_size: int, connect_args: dict[str, object]) -> Engine:
+    """A pool of autocommitting connections with no ping before each use (it doubles the round trips of
+    every poll): a statement that finds its connection broken by a database restart is tried once more
+    (``PostgresJobStore._again``), on a new one. Each state change is one statement, atomic by itself:
+    autocommit spares a BEGIN and a COMMIT round trip per poll."""
+    return sa.create_engine(
+        engine_url(url),
+        isolation_level="AUTOCOMMIT",
+        pool_size=pool_size,
+        max_overflow=10,
+        pool_timeout=10,
+        connect_args=connect_args,
+    )
+
+
 class PostgresJobStore:
     def __init__(self, url: str, *, connect_timeout_s: int = 5) -> None:
-        self.engine: Engine = sa.create_engine(
-            engine_url(url),
-            # No ping before each use (it doubles the round trips of every poll): a statement that finds
-            # its connection broken by a database restart is tried once more (``_again``), on a new one.
-            # Each state change is one statement, atomic by itself: autocommit spares a BEGIN and a COMMIT
-            # round trip per poll. Job creation and migrations open a transaction (``_connect``).
-            isolation_level="AUTOCOMMIT",
-            pool_size=5,
-            max_overflow=10,
-            pool_timeout=10,
-            connect_args={"connect_timeout": connect_timeout_s},
+        # Job creation and migrations open a transaction (``_connect``).
+        self.engine = _pool(url, 5, {"connect_timeout": connect_timeout_s})
+        # Progress and lease renewals: sessions that commit without waiting for the WAL flush, so each
+        # such write is one statement (with ``SET LOCAL`` in a transaction it was four round trips:
+        # BEGIN, SET, UPDATE, COMMIT; a small job wrote ~18 of them, issue 28).
+        self.relaxed_engine = _pool(
+            url, 2, {"connect_timeout": connect_timeout_s, "options": "-c synchronous_commit=off"}
         )
         with self._connect(transaction=True) as db:
             migrate(db)
 
     @contextmanager
-    def _connect(self, *, transaction: bool = False) -> Iterator[Connection]:
-        """A pooled connection (in a transaction committed at the end, if asked); driver errors translated."""
+    def _connect(self, *, transaction: bool = False, relaxed: bool = False) -> Iterator[Connection]:
+        """A pooled connection (in a transaction committed at the end, if asked; of the relaxed engine,
+        if asked); driver errors translated."""
         try:
-            with self.engine.connect() as db:
+            with (self.relaxed_engine if relaxed else self.engine).connect() as db:
                 if not transaction:
                     yield db
                     return
@@ -85,16 +97,16 @@ class PostgresJobStore:
         except sa_exc.TimeoutError as exc:  # no pooled connection came free
             raise StoreUnavailable(f"the job database is busy: {exc}") from exc
 
-    def _again(self, run: Callable[[Connection], T], *, transaction: bool = False) -> T:
+    def _again(self, run: Callable[[Connection], T], *, transaction: bool = False, relaxed: bool = False) -> T:
         """``run`` on a pooled connection; once more if the one it got had been broken (SQLAlchemy
         then invalidates the whole pool, so the second try gets a new connection)."""
         try:
-            with self._connect(transaction=transaction) as db:
+            with self._connect(transaction=transaction, relaxed=relaxed) as db:
                 return run(db)
         except StoreUnavailable as exc:
             if not getattr(exc.__cause__, "connection_invalidated", False):
                 raise
-        with self._connect(transaction=transaction) as db:
+        with self._connect(transaction=transaction, relaxed=relaxed) as db:
             return run(db)
 
     def _relaxed_update(self, sql: str, **params: object) -> bool:
@@ -102,12 +114,7 @@ class PostgresJobStore:
         lease renewals, written every few seconds by every attempt. One lost in a database crash is
         harmless: progress is shown again at the next stage, and a lease that looks expired too soon
         at worst lets another attempt start, which fencing keeps from writing twice."""
-
-        def run(db: Connection) -> bool:
-            db.execute(sa.text("SET LOCAL synchronous_commit TO off"))
-            return db.execute(sa.text(sql), params).rowcount == 1
-
-        return self._again(run, transaction=True)
+        return self._again(lambda db: db.execute(sa.text(sql), params).rowcount == 1, relaxed=True)
 
     def _rows(self, sql: str, **params: object) -> builtins.list[sa.Row[Any]]:
         return self._again(lambda db: list(db.execute(sa.text(sql), params)))
@@ -324,6 +331,7 @@ class PostgresJobStore:
 
     def close(self) -> None:
         self.engine.dispose()
+        self.relaxed_engine.dispose()
 
 
 def _active_counts(db: Connection, owner: str | None) -> dict[str, int]:

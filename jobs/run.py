@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import shutil
 import socket
@@ -36,6 +37,9 @@ from onnxprune.workers.options import PruneOptions
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# A job's progress is written at most this often: each write is a database round trip (with
+# PostgreSQL, over the network), and a small job reported ~18 of them in a few seconds (issue 28).
+PROGRESS_WRITE_INTERVAL_S = 1.0
 
 
 class AttemptStopped(Exception):
@@ -173,9 +177,15 @@ def _attempt(job_id: str, token: str, store: JobStore, settings: Settings, artif
     with Heartbeat(store, job_id, token, settings.lease_ttl_s) as heartbeat:
         # A database that is briefly away (a restart, a fail-over) does not stop the attempt: the lease
         # decides once it is back, and the writes that must land (succeed) wait for it a little.
+        written = [-math.inf]  # when progress was last written
+
         def progress(stage: str, fraction: float) -> None:
             if heartbeat.lost.is_set():
                 raise AttemptStopped(job_id)
+            now = time.monotonic()
+            if now - written[0] < PROGRESS_WRITE_INTERVAL_S:
+                return  # written just now; ``keep_going`` watches the lease meanwhile
+            written[0] = now
             try:
                 held = store.progress(job_id, token, stage, fraction)
             except StoreUnavailable as exc:

@@ -43,6 +43,12 @@ _SMALL = 16 << 20
 # Scratch space older than this is a dead attempt's (a SIGKILLed worker): no job runs this long, as the
 # job time limit must stay below the broker's visibility timeout (``jobs.settings``).
 STALE_SCRATCH_S = 24 * 3600
+# Readiness asks the endpoint once, with these timeouts, no retry: /readyz must answer within its own 2 s.
+PING_TIMEOUT_S = 1.0
+# Objects one orphan sweep lists at most (one page of list_objects_v2 each): the sweep goes on from
+# there next time, so that a bucket of many jobs is swept in bounded steps, not listed whole each time.
+ORPHAN_KEYS_PER_SWEEP = 5000
+_PAGE_KEYS = 1000
 
 
 @contextmanager
@@ -64,10 +70,12 @@ def s3_errors(what: str) -> Iterator[None]:
 
 
 class S3Artifacts:
-    def __init__(self, client: Any, bucket: str, prefix: str, scratch_dir: Path) -> None:
+    def __init__(self, client: Any, bucket: str, prefix: str, scratch_dir: Path, *, ping_client: Any = None) -> None:
         self.client, self.bucket = client, bucket
+        self.ping_client = ping_client if ping_client is not None else client
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.scratch_dir = Path(scratch_dir)
+        self._sweep_from = ""  # the key the next orphan sweep lists after ("": from the first job)
 
     @classmethod
     def from_url(cls, url: str, scratch_dir: Path, *, endpoint_url: str | None = None) -> S3Artifacts:
@@ -84,7 +92,11 @@ class S3Artifacts:
             s3={"addressing_style": "path"},  # works with every S3-compatible server
         )
         client = boto3.client("s3", endpoint_url=endpoint_url or None, config=config)
-        return cls(client, parsed.netloc, parsed.path, scratch_dir)
+        quick = config.merge(
+            Config(connect_timeout=PING_TIMEOUT_S, read_timeout=PING_TIMEOUT_S, retries={"total_max_attempts": 1})
+        )
+        ping_client = boto3.client("s3", endpoint_url=endpoint_url or None, config=quick)
+        return cls(client, parsed.netloc, parsed.path, scratch_dir, ping_client=ping_client)
 
     # -- keys and scratch --------------------------------------------------------------------
 
@@ -157,24 +169,32 @@ class S3Artifacts:
         work.mkdir()
         files = JobFiles(inputs)
         try:
-            self._get(self._job_prefix(job_id) + files.upload.name, files.upload)
+            uploaded = self._inputs(job_id)
+            if files.upload.name not in uploaded:
+                raise ArtifactMissing(files.upload.name)
+            for path in (files.upload, files.data, files.plan_in):
+                if path.name in uploaded:
+                    self._get(self._job_prefix(job_id) + path.name, path)
         except ArtifactMissing:
             remove_tree(root)
             raise FileNotFoundError(f"the upload of job {job_id} is gone") from None
         except BaseException:
             remove_tree(root)
             raise
+        present = {path for path in (files.data, files.plan_in) if path.name in uploaded}
         return AttemptSpace(
-            files.upload, self._optional(job_id, files.data), work, plan=self._optional(job_id, files.plan_in)
+            files.upload,
+            files.data if files.data in present else None,
+            work,
+            plan=files.plan_in if files.plan_in in present else None,
         )
 
-    def _optional(self, job_id: str, path: Path) -> Path | None:
-        """``path`` fetched from the job's inputs, or None when that input was not uploaded."""
-        try:
-            self._get(self._job_prefix(job_id) + path.name, path)
-        except ArtifactMissing:
-            return None
-        return path
+    def _inputs(self, job_id: str) -> set[str]:
+        """Names of the job's uploaded inputs: one listing of its folder (the attempts' objects are a
+        level below), instead of a GET answered 404 for each optional input not uploaded."""
+        with s3_errors(f"list the inputs of job {job_id}"):
+            page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._job_prefix(job_id), Delimiter="/")
+        return {item["Key"].rsplit("/", 1)[1] for item in page.get("Contents", [])}
 
     def publish(self, job_id: str, token: str, space: AttemptSpace) -> Published:
         result_key = f"attempts/{token}"
@@ -244,12 +264,33 @@ class S3Artifacts:
         self._delete_prefix(self._job_prefix(job_id))
 
     def orphans(self, before: float) -> list[str]:
+        """Jobs whose newest object is older than ``before``, among at most ``ORPHAN_KEYS_PER_SWEEP``
+        objects listed from where the last sweep stopped (from the first job again once it reached the
+        end). A job cut by the bound is judged next time, whole, unless it is the only one listed."""
+        jobs = f"{self.prefix}jobs/"
         newest: dict[str, float] = {}
+        after, listed, truncated = self._sweep_from, 0, True
         with s3_errors("list jobs"):
-            paginator = self.client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{self.prefix}jobs/"):
+            while truncated and listed < ORPHAN_KEYS_PER_SWEEP:
+                page = self.client.list_objects_v2(
+                    Bucket=self.bucket,
+                    Prefix=jobs,
+                    StartAfter=after or jobs,
+                    MaxKeys=min(_PAGE_KEYS, ORPHAN_KEYS_PER_SWEEP - listed),
+                )
                 for item in page.get("Contents", []):
-                    job_id = item["Key"][len(self.prefix) + len("jobs/") :].split("/", 1)[0]
-                    stamp = item["LastModified"].timestamp()
-                    newest[job_id] = max(stamp, newest.get(job_id, 0.0))
+                    job_id = item["Key"][len(jobs) :].split("/", 1)[0]
+                    newest[job_id] = max(item["LastModified"].timestamp(), newest.get(job_id, 0.0))
+                    after = item["Key"]
+                    listed += 1
+                truncated = bool(page.get("IsTruncated"))
+        if truncated and len(newest) > 1:  # the last job may have more objects past the bound: next sweep
+            cut = list(newest)[-1]
+            del newest[cut]
+            after = f"{jobs}{cut}"  # sorts before the job's keys ("<id>/..."), after the previous job's
+        self._sweep_from = after if truncated else ""
         return [job_id for job_id, stamp in newest.items() if stamp < before]
+
+    def ping(self) -> None:
+        with s3_errors(f"bucket {self.bucket}"):
+            self.ping_client.head_bucket(Bucket=self.bucket)

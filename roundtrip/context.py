@@ -6,7 +6,8 @@ split is the report's, and what no strategy can reach cannot bias the numbers re
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +17,11 @@ import onnx
 from onnxprune.roundtrip.data import Dataset, load_dataset, split_data
 
 if TYPE_CHECKING:  # the objective needs torch; building a context imports it lazily
-    from onnxprune.roundtrip.objective import Objective
+    from onnxprune.roundtrip.objective import Objective, TeacherRunner
+
+log = logging.getLogger(__name__)
+# Builds an inference runtime's runner of a model's named tensors (the workers' onnxruntime session).
+RunnerFactory = Callable[[onnx.ModelProto, list[str]], "TeacherRunner"]
 
 
 @dataclass
@@ -42,12 +47,22 @@ def make_context(
     batch_size: int,
     score_batches: int,
     detector: str = "none",
+    teacher_runner: RunnerFactory | None = None,
 ) -> DataContext:
-    """Build the objective and cache the original's outputs on both splits where they fit."""
+    """Build the objective and cache the original's outputs on both splits where they fit.
+    ``teacher_runner``: an inference runtime that computes the original's outputs instead of the
+    executor where it gives the same outputs (``Objective.use_runner``)."""
     from onnxprune.roundtrip.objective import make_objective
 
     sample = next(validation.batches(min(2, len(validation))))
     objective = make_objective(original, sample, use_labels=train.labels is not None, detector=detector)
+    if teacher_runner is not None:
+        probes = [next(train.batches(min(batch_size, len(train)))), next(train.batches(min(3, len(train))))]
+        refused = objective.use_runner(teacher_runner(original, list(objective.tensors)), probes)
+        if refused is not None:
+            log.info(
+                "the original's outputs are computed by the executor: the inference session was refused (%s)", refused
+            )
     objective.cache_targets(train, batch_size)
     objective.cache_targets(validation, batch_size)
     return DataContext(train, validation, objective, batch_size, score_batches)

@@ -8,7 +8,7 @@ import functools
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, Literal
 
@@ -44,6 +44,8 @@ DOCS_ASSETS_URL = "/docs-assets"
 ModelVariant = Literal["final", "float"]
 
 STORAGE_RETRY_AFTER_S = 10
+# /readyz waits this long for each dependency (asked side by side); a load balancer's probe times out soon after.
+READY_TIMEOUT_S = 2.0
 MAX_OFFSET = 1_000_000_000  # SQLite integers are 64-bit; a bound keeps absurd offsets a 422, not a 500
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422, 429, 503, 507)
@@ -209,17 +211,23 @@ def _add_routes(app: FastAPI) -> None:
         return Health(status="ok", mode="embedded" if settings.embedded else "celery")
 
     @app.get("/readyz", response_model=Health, responses={503: {"model": Health}}, tags=["health"])
-    async def readyz(settings: SettingsDep, store: StoreDep, runner: RunnerDep) -> Health | JSONResponse:
-        """Ready when the broker and the job store answer; busy workers do not make the API unready
-        (the queue depth is reported by GET /v1/queue)."""
+    async def readyz(
+        request: Request, settings: SettingsDep, store: StoreDep, runner: RunnerDep
+    ) -> Health | JSONResponse:
+        """Ready when the broker, the job store and the artifact store answer (asked side by side, each
+        within ``READY_TIMEOUT_S``); the detail names each one that does not. Busy workers do not make
+        the API unready (the queue depth is reported by GET /v1/queue)."""
         mode = "embedded" if settings.embedded else "celery"
-        try:
-            problem = await asyncio.wait_for(asyncio.to_thread(_readiness_problem, store, runner), 2.0)
-        except TimeoutError:
-            problem = "the broker or the job store did not answer within 2 s"
-        if problem is None:
+        checks = {
+            "job store": store.ping,
+            "broker": runner.ready,
+            "artifact store": request.app.state.artifacts.ping,
+        }
+        answers = await asyncio.gather(*(_readiness_problem(name, check) for name, check in checks.items()))
+        problems = [answer for answer in answers if answer is not None]
+        if not problems:
             return Health(status="ready", mode=mode)
-        body = Health(status="unavailable", mode=mode, detail=problem)
+        body = Health(status="unavailable", mode=mode, detail="; ".join(problems))
         return JSONResponse(body.model_dump(), status_code=503)
 
     @app.get("/v1/options", response_model=list[OptionSpec], tags=["jobs"])
@@ -432,12 +440,16 @@ def _import_upload_checks() -> None:
     import onnxprune.workers.precision  # noqa: F401
 
 
-def _readiness_problem(store: JobStore, runner: Runner) -> str | None:
+async def _readiness_problem(name: str, check: Callable[[], str | None]) -> str | None:
+    """What is wrong with dependency ``name`` (``check`` raises, or returns a problem), or None; in a
+    thread, so that a dependency that hangs costs ``READY_TIMEOUT_S``, not the event loop."""
     try:
-        store.ping()
-    except Exception as exc:
-        return f"job store unreadable: {type(exc).__name__}: {exc}"
-    return runner.ready()
+        problem = await asyncio.wait_for(asyncio.to_thread(check), READY_TIMEOUT_S)
+    except TimeoutError:
+        return f"{name}: did not answer within {READY_TIMEOUT_S:g} s"
+    except Exception as exc:  # any failure of the dependency's client is the answer: not ready
+        return f"{name}: {type(exc).__name__}: {exc}"
+    return None if problem is None else f"{name}: {problem}"
 
 
 async def _reconcile_periodically(app: FastAPI) -> None:

@@ -66,3 +66,28 @@ def test_latency_is_shown_with_its_noise_band(finetuned, page):
     assert before.p10 <= before.p50 <= before.p90 and after.p10 <= after.p50 <= after.p90
     band = re.search(r'<span id="latency-band">(.*?)</span>', page, re.S).group(1)
     assert f"{before.p10:.3f}" in band and f"{after.p90:.3f}" in band and "5 interleaved runs" in band
+
+
+def test_what_recovery_bought_is_shown_beside_the_fine_tuning(finetuned, page):
+    finetune = finetuned.evaluation.finetune
+    assert finetune.total_steps == 12 and finetune.epochs == 3.2  # 12 steps of 16 on 60 training samples
+    bought = re.search(r'<p id="finetune-bought">(.*?)</p>', page, re.S).group(1)
+    assert "12 fine-tuning steps" in bought and "3.2 epochs over the training samples" in bought
+    assert f"{finetune.samples_per_s:g} samples/s" in bought
+    assert f"{finetune.cpu_per_second:.2f} CPU-seconds per second" in bought
+    assert "finetune-budget-warning" not in page  # three epochs: nothing to warn about
+
+
+def test_the_budget_warning_is_repeated_beside_the_steps_it_is_about(finetuned):
+    from onnxprune.workers.quality_warnings import recovery_budget_warnings
+
+    finetune = finetuned.evaluation.finetune.model_copy(update={"total_steps": 2, "epochs": 0.53})
+    warning = recovery_budget_warnings(finetune, time_budget=None)
+    assert len(warning) == 1 and "under 2 epochs" in warning[0]
+    evaluation = finetuned.evaluation.model_copy(update={"finetune": finetune})
+    report = finetuned.model_copy(update={"evaluation": evaluation, "warnings": ["another warning", *warning]})
+    page = render_report_html(report, title="short budget")
+    section = page[page.index('<h2 id="finetune">') :]
+    shown = re.findall(r'<p class="bad finetune-budget-warning">(.*?)</p>', section, re.S)
+    assert shown == [warning[0]] and "another warning" not in section
+    assert "2 fine-tuning steps" in re.search(r'<p id="finetune-bought">(.*?)</p>', section, re.S).group(1)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from onnxprune.workers import plots
+from onnxprune.workers.quality_warnings import budget_warnings_in
 from onnxprune.workers.report import PruneReport, SensitivityReport
 
 if TYPE_CHECKING:  # jinja2 is imported when a page is rendered
@@ -73,6 +74,7 @@ def render_report_html(
             sensitivity=sensitivity,
             figures=figures,
             drops=_drops(sensitivity),
+            budget_warnings=budget_warnings_in(report.warnings) if report is not None else [],
         )
     )
 

@@ -109,6 +109,8 @@ def _why(evaluation: HeldOutEvaluation) -> str:
 MIN_EPOCHS = 2.0
 # Below this share of its threads' CPU time while fine-tuning, the job was short of CPU, not of time.
 LITTLE_CPU_SHARE = 0.5
+# How the warning on what the budget bought begins (the report page finds it by this).
+BUDGET_WARNING_START = "recovery made "
 
 
 def got_little_cpu(finetune: FinetuneReport | None) -> bool:
@@ -118,6 +120,11 @@ def got_little_cpu(finetune: FinetuneReport | None) -> bool:
     return finetune.cpu_per_second < LITTLE_CPU_SHARE * finetune.threads
 
 
+def budget_warnings_in(warnings: list[str]) -> list[str]:
+    """The warnings of ``recovery_budget_warnings`` among a report's (the page repeats them beside the steps)."""
+    return [warning for warning in warnings if warning.startswith(BUDGET_WARNING_START)]
+
+
 def recovery_budget_warnings(finetune: FinetuneReport | None, *, time_budget: float | None) -> list[str]:
     """A plain warning when recovery bought under ``MIN_EPOCHS`` epochs, and why: little CPU, or a
     budget (or step count) too short for the model."""
@@ -125,7 +132,7 @@ def recovery_budget_warnings(finetune: FinetuneReport | None, *, time_budget: fl
         return []
     train = finetune.samples.get("train", 0)
     bought = (
-        f"recovery made {finetune.total_steps:,} fine-tuning steps"
+        f"{BUDGET_WARNING_START}{finetune.total_steps:,} fine-tuning steps"
         + (f" in {finetune.train_seconds:.0f} s" if finetune.train_seconds else "")
         + f" ({finetune.epochs:g} epochs over the {train:,} training samples"
         + (f", {finetune.samples_per_s:g} samples/s" if finetune.samples_per_s else "")

@@ -108,3 +108,23 @@ def test_an_unreachable_object_store_keeps_nothing(tmp_path: Path, s3_env: dict[
     with pytest.raises(StoreUnavailable):
         store.commit_inputs(job_id)
     assert not staged.root.exists()
+
+
+def test_a_reachable_store_answers_the_readiness_ping(artifact_store: ArtifactStore) -> None:
+    artifact_store.ping()  # raises StoreUnavailable when it cannot be reached
+
+
+def test_an_unreachable_object_store_fails_the_ping_quickly(tmp_path: Path, s3_env: dict[str, str]) -> None:
+    from onnxprune.jobs.s3_artifacts import S3Artifacts
+
+    store = S3Artifacts.from_url("s3://bucket/prefix", tmp_path / "scratch", endpoint_url="http://127.0.0.1:9")
+    with pytest.raises(StoreUnavailable, match="bucket bucket"):
+        store.ping()
+
+
+def test_a_jobs_directory_that_cannot_be_made_fails_the_ping(tmp_path: Path) -> None:
+    from onnxprune.jobs.artifacts import LocalArtifacts
+
+    (tmp_path / "data").write_text("a file where the data directory should be")
+    with pytest.raises(StoreUnavailable, match="not a writable directory"):
+        LocalArtifacts(tmp_path / "data" / "jobs").ping()

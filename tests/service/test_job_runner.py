@@ -117,3 +117,28 @@ def test_attempts_are_bounded_across_redeliveries(store):
     for _ in range(3):
         assert store.claim("job1", "w", -1, max_attempts=3)
     assert store.claim("job1", "w", 60, max_attempts=3) is None
+
+
+def _pipeline_reporting(events: int, writes: list):
+    """A pipeline that reports ``events`` progress events at once (three stages), then finds the model bad."""
+
+    def run_job_process(*args, progress, **kwargs):
+        for index in range(events):
+            progress(["analyse", "select", "finetune"][index * 3 // events], index / events)
+        raise ModelRejected("the model is bad")
+
+    return run_job_process
+
+
+@pytest.mark.parametrize(("interval_s", "expected"), [(60.0, 1), (0.0, 30)])
+def test_progress_is_written_at_most_once_per_interval(monkeypatch, settings, store, interval_s, expected):
+    """Each write is a database round trip (over the network with PostgreSQL): a burst of progress
+    events within the interval writes the first only."""
+    writes: list = []
+    real = store.progress
+    monkeypatch.setattr(store, "progress", lambda *args: writes.append(args[2]) or real(*args))
+    monkeypatch.setattr(jobs, "PROGRESS_WRITE_INTERVAL_S", interval_s)
+    monkeypatch.setattr(jobs, "run_job_process", _pipeline_reporting(30, writes))
+
+    assert jobs.run_job("job1", store, settings) is jobs.Outcome.failed
+    assert len(writes) == expected and writes[0] == "analyse"

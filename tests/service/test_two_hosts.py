@@ -192,3 +192,14 @@ def test_jobs_queued_when_the_broker_is_lost_all_end_once_it_returns(
         broker.stop()
     assert [j.status.value for j in jobs] == ["succeeded"] * 3
     assert [j.attempts for j in jobs] == [1, 1, 1] and all(j.resends >= 1 for j in jobs)
+
+
+def test_readyz_names_the_object_store_when_it_is_down_and_only_it(cluster, start_api):
+    up = start_api(cluster.host_env("api"))
+    assert httpx.get(f"{up.url}/readyz", timeout=10).json()["status"] == "ready"
+    down = start_api({**cluster.host_env("api2"), "ONNXPRUNE_S3_ENDPOINT_URL": "http://127.0.0.1:9"})  # nothing listens
+    answer = httpx.get(f"{down.url}/readyz", timeout=10)
+    assert answer.status_code == 503
+    detail = answer.json()["detail"]
+    assert detail.startswith("artifact store: ") and "unreachable" in detail
+    assert "job store" not in detail and "broker" not in detail  # PostgreSQL and Redis answered

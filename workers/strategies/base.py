@@ -102,6 +102,7 @@ class Job:
             raise ModelRejected(f"{reason}: pass --data DATA.npz (one array per model input, optional labels)")
         from onnxprune.roundtrip.context import make_context
         from onnxprune.workers.job_threads import configure_torch
+        from onnxprune.workers.teacher_session import runner_of
 
         configure_torch()  # torch's pools sized to the job's CPU budget before their first use
         # The executor runs the prepared graph the analysis prunes (constants folded, shapes known), never
@@ -113,6 +114,7 @@ class Job:
             batch_size=self.options.batch_size,
             score_batches=self.options.score_batches,
             detector=self.options.detector,
+            teacher_runner=runner_of(self.analysis.path),
         )
         return self.data_context
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # torch is imported only when a job fine-tunes
     from onnxprune.roundtrip.data import Dataset
     from onnxprune.roundtrip.executor import OnnxModule
     from onnxprune.roundtrip.objective import FeatureMatch
-    from onnxprune.roundtrip.training import StepProgress, TrainingRun
+    from onnxprune.roundtrip.training import Metrics, StepProgress, TrainingRun
 
 # With --time-budget, recovery must end by this share of the budget: held-out evaluation, the
 # benchmark and writing the result come after it (and what follows training is reserved for at three
@@ -125,6 +125,7 @@ class FineTune:
         progress: StepProgress,
         select_on: Dataset | None = None,
         features: FeatureMatch | None = None,
+        start: Metrics | None = None,
     ) -> TrainingRun:
         """Fine-tune ``module`` by this recipe on the job's training split, then re-estimate its
         BatchNorm statistics: the running averages trail weights that training kept moving."""
@@ -147,6 +148,7 @@ class FineTune:
             deadline=deadline,
             progress=progress,
             features=features,
+            start=start,
         )
         recalibrate_batchnorm(module, data.train, data.batch_size, BN_BATCHES, seed)
         return run
@@ -188,7 +190,7 @@ class FineTune:
                     sample = next(data.train.batches(min(len(data.train), student.static_batch or 2))).inputs
                     teacher, exclude = data.objective.teacher, data.objective.tensors
                     features = matched_features(dep, plan, pruned, student, teacher, sample, exclude)
-                run = self.train(job, student, steps, seed, deadline, show, data.validation, features)
+                run = self.train(job, student, steps, seed, deadline, show, data.validation, features, after_pruning)
                 losses, kept_step, seconds, cpu_seconds = run.losses, run.kept_step, run.seconds, run.cpu_seconds
                 after_finetune = evaluate(student, data.objective, data.validation, data.batch_size)
             model = write_back(pruned, student)
