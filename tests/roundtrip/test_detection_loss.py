@@ -221,3 +221,48 @@ def test_a_heads_refit_rows_include_every_position_the_original_detects():
     assert positions.shape == (2, MAX_ROWS // 2)
     assert 7 * 100 + 7 in positions[0] and 99 * 100 in positions[1]
     assert all(len(set(row)) == len(row) for row in positions)  # no position twice
+
+
+def sigmoid_head() -> onnx.ModelProto:
+    """images [N, 3, 4, 4] -> Conv 1x1 (3 -> 6) -> Reshape [N, 6, 16] -> Sigmoid -> output0: a YOLO-shaped
+    head (4 box values and 2 class scores for 16 anchors, all in [0, 1])."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(0).normal(size=(6, 3, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["images", "w"], ["conv"], name="head"),
+            helper.make_node("Reshape", ["conv", "shape"], ["flat"]),
+            helper.make_node("Sigmoid", ["flat"], ["output0"]),
+        ],
+        "sigmoid_head",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [2, 3, 4, 4])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [2, 6, 16])],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.array([2, 6, 16], np.int64), "shape")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_detectors_fine_tuning_step_is_bounded_by_the_gradient_clip():
+    from onnxprune.roundtrip.data import Dataset
+    from onnxprune.roundtrip.executor import OnnxModule
+    from onnxprune.roundtrip.training import DETECTOR_GRAD_NORM, finetune
+
+    images = np.random.default_rng(1).normal(scale=100.0, size=(2, 3, 4, 4)).astype(np.float32)
+    data = Dataset({"images": images}, None)
+    teacher = sigmoid_head()
+    objective = make_objective(teacher, next(data.batches(2)), use_labels=False, detector="auto")
+    student = OnnxModule(teacher)
+    with torch.no_grad():
+        student.tensor("w").mul_(-1.0)  # every score and box on the wrong side of the teacher's
+    before = student.tensor("w").detach().clone()
+    outputs = student.run({"images": images}, outputs=objective.tensors)
+    (gradient,) = torch.autograd.grad(objective.loss(outputs, next(data.batches(2)), objective.teacher_outputs(
+        next(data.batches(2)))), [student.named_trainable()["w"]])  # fmt: skip
+    # (large inputs: a large gradient on the weight)
+    assert float(gradient.norm()) > DETECTOR_GRAD_NORM  # unclipped, one step of lr 1 would move it that far
+
+    finetune(student, objective, data, steps=1, lr=1.0, batch_size=2)
+
+    # Nesterov SGD's first step moves by (1 + momentum) x the (clipped) gradient.
+    assert float((student.tensor("w").detach() - before).norm()) <= 1.9 * DETECTOR_GRAD_NORM * 1.0001
