@@ -64,6 +64,34 @@ def _values_fit(layout: YoloLayout, raw: np.ndarray) -> bool:
     )
 
 
+def _refusal(shapes: Sequence[Sequence[object]]) -> ModelRejected:
+    return ModelRejected(
+        f"--detector yolo: no output has the YOLO layout [batch, 4 + classes, anchors] or "
+        f"[batch, anchors, 4 + classes] (outputs: {', '.join(str(list(s)) for s in shapes)})"
+    )
+
+
+def yolo_shaped_output(shapes: Sequence[Sequence[int | str | None] | None], mode: str) -> YoloLayout | None:
+    """From the graph's output shapes alone (before anything runs): the first output a YOLO head could
+    be, or None. ``mode`` 'yolo' refuses a model none of whose outputs can be one (every shape known and
+    none of the layout), so a wrong declaration fails in seconds rather than after pruning."""
+    if mode not in DETECTOR_MODES:
+        raise ValueError(f"detector mode {mode!r} is not one of {DETECTOR_MODES}")
+    if mode == "none":
+        return None
+    known = True
+    for index, shape in enumerate(shapes):
+        if shape is None or not all(isinstance(d, int) for d in shape):
+            known = False
+            continue
+        layout = _shape_layout(index, [int(d) for d in shape])  # type: ignore[arg-type]
+        if layout is not None:
+            return layout
+    if mode == "yolo" and known:
+        raise _refusal([s for s in shapes if s is not None])
+    return None
+
+
 def find_yolo_layout(outputs: Sequence[np.ndarray], mode: str) -> YoloLayout | None:
     """The detection output among ``outputs`` (the original's, on real samples), or None.
 
@@ -82,9 +110,5 @@ def find_yolo_layout(outputs: Sequence[np.ndarray], mode: str) -> YoloLayout | N
         if layout is not None and (mode == "yolo" or _values_fit(layout, array)):
             return layout
     if mode == "yolo":
-        shapes = ", ".join(str(list(np.shape(raw))) for raw in outputs)
-        raise ModelRejected(
-            f"--detector yolo: no output has the YOLO layout [batch, 4 + classes, anchors] or "
-            f"[batch, anchors, 4 + classes] (outputs: {shapes})"
-        )
+        raise _refusal([np.shape(raw) for raw in outputs])
     return None

@@ -11,7 +11,9 @@ A detector's raw head (``roundtrip.detector_outputs``: YOLO boxes and class scor
 distilled for its detections, not its numbers: a plain MSE on ``[batch, 4 + classes, anchors]`` is
 ruled by box coordinates in pixels, across thousands of background anchors whose boxes nobody
 keeps. ``detection_loss`` fits boxes only where the teacher is confident, weighted by its score,
-and class scores everywhere (a background anchor that starts scoring is a false detection).
+and class scores everywhere (a background anchor that starts scoring is a false detection), in logit
+space too where the teacher detects; ``sampled_detection_loss`` is its counterpart for the Taylor
+criterion.
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ RUNNER_TOLERANCE = 1e-3
 # The teacher's ``tensors`` on a batch's inputs, computed by an inference runtime (numpy in and out).
 TeacherRunner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
+# Detectors: weight of the class-logit error at the anchors where the teacher detects, and how close
+# to 0 a score may come before its logit is taken (logit -27.6; 1 / score stays far inside float32).
+LOGIT_WEIGHT = 1.0
+_LOGIT_EPS = 1e-12
+
 
 def _logit_tensors(model: onnx.ModelProto) -> list[str]:
     """For each graph output, the tensor to train on: the input of a final Softmax (its logits)."""
@@ -58,30 +65,79 @@ def _logit_tensors(model: onnx.ModelProto) -> list[str]:
     return names
 
 
+def _anchor_major(out: torch.Tensor, target: torch.Tensor, layout: YoloLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    return (out.transpose(1, 2), target.transpose(1, 2)) if layout.anchors_last else (out, target)
+
+
+def score_logits(scores: torch.Tensor) -> torch.Tensor:
+    """The inverse sigmoid of a head's class scores: the logits the exported graph turned into scores.
+
+    A pruned model whose scores slid from 0.2 to 1e-5 is 10 logits off; the Bernoulli KL's gradient on
+    that logit is only the score difference (0.2), and none once the score falls under the KL's clamp.
+    An error on the logits keeps its size. Autograd through ``sigmoid -> logit`` is the identity, so the
+    student's gradient reaches its pre-sigmoid logits unscaled.
+    """
+    clamped = scores.clamp(_LOGIT_EPS, 1 - torch.finfo(scores.dtype).eps)
+    return torch.log(clamped) - torch.log1p(-clamped)
+
+
 def detection_loss(out: torch.Tensor, target: torch.Tensor, layout: YoloLayout) -> torch.Tensor:
-    """Box error where the teacher detects (weighted by its confidence) plus class-score divergence everywhere.
+    """Box error where the teacher detects (weighted by its confidence) plus class-score error everywhere.
 
     Boxes: L1 of (cx, cy, w, h) relative to the teacher box's size, averaged with weight ``conf``
     over anchors with ``conf > BOX_CONFIDENCE`` (``conf``: the teacher's best class score); zero
     when the teacher detects nothing in the batch. Scores: Bernoulli KL divergence from the
     teacher's to the student's sigmoid score of every class at every anchor, per unit of the
-    teacher's total score (so a batch with few objects weighs as much as one with many).
+    teacher's total score (so a batch with few objects weighs as much as one with many), plus the
+    Huber error (smooth L1: gradients bounded, so a collapsed score cannot blow fine-tuning up) of the
+    class logits (``score_logits``) at those same anchors, weighted by the teacher's confidence: the KL
+    alone pulls a collapsed score back weakly, and not at all under its clamp.
     """
-    if layout.anchors_last:
-        out, target = out.transpose(1, 2), target.transpose(1, 2)
+    out, target = _anchor_major(out, target, layout)
     student_box, teacher_box = out[..., :BOX_VALUES], target[..., :BOX_VALUES]
     student_score = out[..., BOX_VALUES:].clamp(_PROBABILITY_EPS, 1 - _PROBABILITY_EPS)
     teacher_score = target[..., BOX_VALUES:].clamp(_PROBABILITY_EPS, 1 - _PROBABILITY_EPS)
     confidence = target[..., BOX_VALUES:].amax(dim=-1)
     weight = torch.where(confidence > BOX_CONFIDENCE, confidence, torch.zeros_like(confidence))
+    total_weight = weight.sum().clamp_min(_EPS)
     size = teacher_box[..., 2:].mean(dim=-1, keepdim=True).clamp_min(1.0)
     box_error = ((student_box - teacher_box).abs() / size).sum(dim=-1)
-    box = (weight * box_error).sum() / weight.sum().clamp_min(_EPS)
+    box = (weight * box_error).sum() / total_weight
     divergence = teacher_score * torch.log(teacher_score / student_score) + (1 - teacher_score) * torch.log(
         (1 - teacher_score) / (1 - student_score)
     )
     scores = divergence.sum() / target[..., BOX_VALUES:].sum().clamp_min(1.0)
-    return box + scores
+    logit_error = F.smooth_l1_loss(
+        score_logits(out[..., BOX_VALUES:]), score_logits(target[..., BOX_VALUES:]), reduction="none"
+    ).mean(-1)
+    logits = LOGIT_WEIGHT * (weight * logit_error).sum() / total_weight
+    return box + scores + logits
+
+
+def sampled_detection_loss(
+    out: torch.Tensor, target: torch.Tensor, layout: YoloLayout, generator: torch.Generator
+) -> torch.Tensor:
+    """``detection_loss``'s counterpart for the Taylor criterion, summed over samples.
+
+    Each class score is a Bernoulli variable: a label is drawn from the teacher's score and the
+    student's logit is scored by binary cross-entropy (its gradient, student score minus label, has
+    the distillation gradient as expectation and the Bernoulli variance p(1 - p) as spread, so the
+    anchors the teacher is unsure or confident about weigh, not the thousands it calls background).
+    Boxes get Gaussian noise of the teacher box's size where the teacher detects, weighted by its
+    confidence. A noise of the whole output's scale, as for other outputs, would be ruled by box
+    pixels and rank the class-score path as unimportant: pruning it first collapses every score.
+    """
+    out, target = _anchor_major(out, target, layout)
+    teacher_score = target[..., BOX_VALUES:].clamp(0.0, 1.0)
+    drawn = torch.bernoulli(teacher_score.double(), generator=generator).to(out.dtype)
+    scores = F.binary_cross_entropy_with_logits(score_logits(out[..., BOX_VALUES:]), drawn, reduction="sum")
+    confidence = target[..., BOX_VALUES:].amax(dim=-1)
+    weight = torch.where(confidence > BOX_CONFIDENCE, confidence, torch.zeros_like(confidence))
+    size = target[..., 2:BOX_VALUES].mean(dim=-1, keepdim=True).clamp_min(1.0)
+    teacher_box = target[..., :BOX_VALUES]
+    noisy = teacher_box + size * torch.randn(teacher_box.shape, generator=generator, dtype=teacher_box.dtype)
+    box = 0.5 * (weight[..., None] * ((out[..., :BOX_VALUES] - noisy) / size).pow(2)).sum()
+    return scores + box
 
 
 def _is_classifier(tensor: torch.Tensor) -> bool:
@@ -205,10 +261,12 @@ class Objective:
             labels = self._check_labels(outputs[index], batch.labels)
             return F.cross_entropy(outputs[index], labels, reduction="sum")
         total = _zero(outputs)
-        for out, target, classifier in zip(outputs, targets, self.classifier):
+        for index, (out, target, classifier) in enumerate(zip(outputs, targets, self.classifier)):
             if not out.is_floating_point():
                 continue
-            if classifier:
+            if self.detector is not None and index == self.detector.index:
+                total = total + sampled_detection_loss(out, target, self.detector, generator)
+            elif classifier:
                 drawn = torch.multinomial(torch.softmax(target.double(), 1), 1, generator=generator).squeeze(1)
                 total = total + F.cross_entropy(out, drawn, reduction="sum")
             else:

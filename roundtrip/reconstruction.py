@@ -42,6 +42,11 @@ HEAD_DEPTH = 3
 # are rare (the few photos that fit BATCH_BYTES at 320 x 320, 9, hold a handful), and the head's refit
 # must see them. On YOLOv8n at 320 the layers' targets for 48 photos take about 1.3 GB.
 DETECTOR_SAMPLES = 48
+# A detector's head refit weighs each position by the original's best class score there, plus this floor
+# (the background still counts: an anchor that starts scoring is a false detection); positions where
+# that score exceeds SCORED are always among the rows (at most half of them), the rest drawn at random.
+SCORE_FLOOR = 0.05
+SCORED = 0.05
 # Rows (samples x spatial positions) per layer solve: enough for a few-thousand-wide input, small
 # enough for seconds on a CPU.
 MAX_ROWS = 12_000
@@ -163,6 +168,18 @@ def head_layers(model: onnx.ModelProto, output: str, depth: int = HEAD_DEPTH) ->
     return found
 
 
+def score_layers(model: onnx.ModelProto, head: Collection[str], classes: int) -> set[str]:
+    """The layers of a detector's ``head`` that write its class logits: convolutions with one output
+    channel per class (YOLOv8 / YOLO11 end each scale's class branch so, before the sigmoid)."""
+    inits = _initializers(model)
+    found = set()
+    for node in model.graph.node:
+        weight = inits.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+        if node.name in head and weight is not None and int(weight.dims[0]) == classes:
+            found.add(node.name)
+    return found
+
+
 def kept_outputs(dep: DependencyGraph, plan: PruningPlan, tensor: str) -> np.ndarray | None:
     """Positions the plan keeps on ``tensor``'s channel axis (None: the tensor keeps them all)."""
     layout = dep.layouts.get(tensor)
@@ -251,6 +268,34 @@ def _positions(samples: int, spatial: int, seed: int) -> np.ndarray:
     return np.stack([rng.choice(spatial, per_sample, replace=False) for _ in range(samples)]).astype(np.int64)
 
 
+def _scored_positions(confidence: torch.Tensor, samples: int, seed: int) -> np.ndarray:
+    """``_positions`` that always include (up to half the rows) where ``confidence`` [samples, positions]
+    exceeds SCORED, best first: detections are a few anchors in thousands, and a uniform subsample misses them."""
+    spatial = confidence.shape[1]
+    per_sample = max(1, min(spatial, MAX_ROWS // max(1, samples)))
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for row in confidence.numpy():
+        order = np.argsort(-row, kind="stable")
+        sure = order[: min(per_sample // 2, int(np.sum(row > SCORED)))]
+        rest = np.setdiff1d(np.arange(spatial), sure)
+        chosen.append(np.concatenate([sure, rng.choice(rest, per_sample - len(sure), replace=False)]))
+    return np.stack(chosen).astype(np.int64)
+
+
+def score_maps(outputs: Mapping[str, torch.Tensor]) -> dict[tuple[int, ...], torch.Tensor]:
+    """Per spatial size, the original's best class score at each position [samples, positions], from the
+    outputs (class logits, before the sigmoid) of a detector's class-score layers."""
+    maps: dict[tuple[int, ...], torch.Tensor] = {}
+    for y in outputs.values():
+        if y.dim() < 3:
+            continue
+        best = torch.sigmoid(y.double()).amax(1).reshape(y.shape[0], -1)
+        size = tuple(y.shape[2:])
+        maps[size] = torch.maximum(maps[size], best) if size in maps else best
+    return maps
+
+
 def _ridge(x: torch.Tensor, y: torch.Tensor, ridge: float) -> torch.Tensor:
     """argmin_W |xW - y|^2 + ridge * mean(diag(x^T x)) * |W|^2, in float64."""
     gram = (x.T @ x).double()  # float32 products, float64 solve: fast and accurate enough with the ridge
@@ -276,6 +321,7 @@ class _Refit:
         kept_outputs: np.ndarray | None,
         fit_samples: int,
         ridge: float,
+        weights: torch.Tensor | None = None,
     ) -> None:
         self.module, self.node, self.positions, self.fit_samples, self.ridge = (
             module,
@@ -284,6 +330,8 @@ class _Refit:
             fit_samples,
             ridge,
         )
+        # Per row (sample x position), how much its error counts (None: alike); rows are scaled by the root.
+        self.scale = None if weights is None else weights.reshape(-1, 1).sqrt().float()
         self.targets = targets if kept_outputs is None else targets[:, torch.from_numpy(kept_outputs)]
         self.result: LayerFit | None = None
 
@@ -332,8 +380,11 @@ class _Refit:
         with_bias = bias is not None
         design = torch.cat([rows, torch.ones(rows.shape[0], 1, dtype=rows.dtype)], 1) if with_bias else rows
         current = torch.cat([matrix, bias.reshape(1, -1)], 0) if bias is not None else matrix
-        solution = _ridge(design[:split], self.targets[:split], self.ridge).to(rows.dtype)
-        check, target = design[split:], self.targets[split:]
+        targets = self.targets
+        if self.scale is not None:
+            design, targets = design * self.scale.to(design.dtype), targets * self.scale.to(targets.dtype)
+        solution = _ridge(design[:split], targets[:split], self.ridge).to(rows.dtype)
+        check, target = design[split:], targets[split:]
         before = _relative_error(check @ current, target)
         after = _relative_error(check @ solution, target)
         kept = after < before
@@ -357,10 +408,12 @@ def reconstruct(
     teacher: OnnxModule | None = None,
     also: Collection[str] = (),
     at_least: int = 0,
+    scores: Collection[str] = (),
 ) -> ReconstructionResult:
     """``pruned`` (``plan`` applied to ``dep.model``) with every layer that lost input channels (and
     the layers named in ``also``) refit to reproduce ``dep.model``'s output of that layer on ``data``;
-    see the module docstring."""
+    see the module docstring. ``scores``: a detector's class-logit layers (``score_layers``); the
+    layers of ``also`` with their spatial size are then fit where the original detects (``score_maps``)."""
     from onnxprune.roundtrip.writeback import write_back
 
     nodes, skipped = layers_to_refit(dep.model, pruned, also)
@@ -373,16 +426,21 @@ def reconstruct(
     student = OnnxModule(pruned).eval()
     with torch.no_grad():
         outputs = teacher.run(batch, outputs=[node.output[0] for node in nodes])
+        maps = score_maps({node.name: y for node, y in zip(nodes, outputs) if node.name in scores})
         hooks = {}
         for index, (node, y) in enumerate(zip(nodes, outputs)):
-            positions = None
-            if node.op_type == "Conv":
+            positions, weights = None, None
+            confidence = maps.get(tuple(y.shape[2:])) if node.name in also and node.op_type == "Conv" else None
+            if confidence is not None:
+                positions = _scored_positions(confidence, count, seed + index)
+                weights = SCORE_FLOOR + torch.gather(confidence, 1, torch.from_numpy(positions))
+            elif node.op_type == "Conv":
                 positions = _positions(count, int(np.prod(y.shape[2:])), seed + index)
             targets = _output_rows(y, positions)
             if node.op_type != "Conv" and y.dim() > 2:  # MatMul over a sequence: rows are samples x tokens
                 targets = y.reshape(-1, y.shape[-1])
             hooks[(node.name, 0)] = _Refit(
-                student, node, targets, positions, kept_outputs(dep, plan, node.output[0]), fit_samples, ridge
+                student, node, targets, positions, kept_outputs(dep, plan, node.output[0]), fit_samples, ridge, weights
             )
         del outputs
         student.run(batch, edge_hooks=hooks)

@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.graphops.errors import ModelRejected
 from onnxprune.roundtrip.data import Dataset
-from onnxprune.roundtrip.detector_outputs import YoloLayout, find_yolo_layout
+from onnxprune.roundtrip.detector_outputs import YoloLayout, find_yolo_layout, yolo_shaped_output
 from onnxprune.workers.evaluation import held_out_evaluation
 from onnxprune.workers.quality_warnings import quality_warnings
 from onnxprune.workers.report import DetectionAgreement, HeldOutEvaluation
@@ -121,6 +121,26 @@ def test_auto_leaves_a_3d_output_that_is_not_a_detectors_alone():
 def test_declaring_yolo_on_a_model_without_such_an_output_is_a_clear_error():
     with pytest.raises(ModelRejected, match=r"--detector yolo: no output has the YOLO layout.*\[2, 10\]"):
         find_yolo_layout([np.zeros((2, 10), np.float32)], "yolo")
+
+
+# Graph output shapes (before anything runs) -> the output a YOLO head could be, per --detector mode.
+SHAPE_CASES = [
+    ([(1, 22, 2100)], "auto", YoloLayout(0, 18, anchors_last=True)),
+    ([(1, 1000), (1, 2100, 22)], "yolo", YoloLayout(1, 18, anchors_last=False)),
+    ([(1, 22, 2100)], "none", None),
+    ([(1, 1000)], "auto", None),
+    ([(1, "n", 2100)], "yolo", None),  # not known before running: judged on the outputs later
+]
+
+
+@pytest.mark.parametrize(("shapes", "mode", "expected"), SHAPE_CASES)
+def test_the_output_shapes_say_which_output_could_be_a_yolo_head(shapes, mode, expected):
+    assert yolo_shaped_output(shapes, mode) == expected
+
+
+def test_declaring_yolo_when_every_output_shape_is_known_and_none_fits_is_refused_before_running():
+    with pytest.raises(ModelRejected, match=r"--detector yolo: no output has the YOLO layout.*\[1, 2, 4, 4\]"):
+        yolo_shaped_output([(1, 2, 4, 4)], "yolo")
 
 
 def agreement(map50: float | None) -> DetectionAgreement:

@@ -72,3 +72,49 @@ def test_a_folder_of_photos_prunes_recovers_and_judges_a_detector(detector, tmp_
     assert 0.0 <= found["after_pruning_map50"] <= 1.0  # the pruned weights before fine-tuning
     assert "detections mAP50 (held out)" in result.stdout
     assert "Detections vs the original" in (tmp_path / "page.html").read_text()
+
+
+def test_without_data_the_report_says_the_detections_were_not_checked_and_how_to_check_them(detector, tmp_path):
+    result = onnxprune(
+        "prune", detector, "-o", "out.onnx", "--ratio", "0.5", "--no-benchmark", "--report", "report.json",
+        cwd=tmp_path,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["evaluation"] is None
+    (note,) = [w for w in report["warnings"] if w.startswith("detections not checked")]
+    assert "'output0'" in note and "--data" in note and "mAP50" in note
+    assert "detections not checked" in result.stdout + result.stderr
+
+
+def test_without_data_and_detector_none_there_is_no_detection_note(detector, tmp_path):
+    result = onnxprune(
+        "prune", detector, "-o", "out.onnx", "--ratio", "0.5", "--no-benchmark", "--report", "report.json",
+        "--detector", "none", cwd=tmp_path,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert not [w for w in json.loads((tmp_path / "report.json").read_text())["warnings"] if "detections" in w]
+
+
+def test_declaring_yolo_on_a_model_without_a_yolo_output_fails_at_once_in_one_line(tmp_path):
+    model = tmp_path / "classifier.onnx"
+    torch.onnx.export(
+        torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 2, 1)).eval(),
+        (torch.zeros(1, 3, 6, 6),),
+        str(model),
+        input_names=["images"],
+        output_names=["logits"],
+        opset_version=17,
+        dynamo=False,
+    )  # one output [1, 2, 4, 4]: 4-D, no YOLO layout
+
+    result = onnxprune("prune", model, "-o", "out.onnx", "--ratio", "0.5", "--detector", "yolo", cwd=tmp_path)
+
+    assert result.returncode == 2
+    *progress, error = result.stderr.strip().splitlines()  # progress lines, then one error line
+    assert error.startswith("error: --detector yolo: no output has the YOLO layout"), result.stderr
+    assert "(outputs: [1, 2, 4, 4])" in error
+    assert progress[-1].endswith("analyze")  # refused right after the analysis, before any scoring
+    assert not (tmp_path / "out.onnx").exists()

@@ -50,6 +50,19 @@ class Analysis:
         return {node.name: node.macs for node in self.cost.nodes}
 
 
+def output_shapes(analysis: Analysis) -> list[tuple[int | str | None, ...] | None]:
+    """The graph outputs' shapes at the analysed input sizes (None where inference did not reach)."""
+    return [analysis.dep.shapes.get(output.name) for output in analysis.prepared.graph.output]
+
+
+def detector_output(analysis: Analysis, mode: str) -> str | None:
+    """The name of the output with a YOLO detector's shape (``--detector`` 'auto' or 'yolo'), or None."""
+    from onnxprune.roundtrip.detector_outputs import yolo_shaped_output
+
+    layout = yolo_shaped_output(output_shapes(analysis), mode)
+    return None if layout is None else analysis.prepared.graph.output[layout.index].name
+
+
 def _no_stages(_name: str) -> AbstractContextManager[None]:
     return nullcontext()
 

@@ -16,7 +16,8 @@ from onnxprune.graphops.dependency import DependencyGraph
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.selection import check_exclude_patterns
 from onnxprune.roundtrip.data import SPLIT_RULES
-from onnxprune.workers.analysis import analyse_model
+from onnxprune.roundtrip.detector_outputs import yolo_shaped_output
+from onnxprune.workers.analysis import analyse_model, output_shapes
 from onnxprune.workers.benchmark import benchmark, compare_outputs, run_models
 from onnxprune.workers.capabilities import require_capabilities
 from onnxprune.workers.cleanup import cleanup_changed
@@ -66,6 +67,7 @@ def run_pipeline(
     stages = Stages(progress)
     analysis = analyse_model(Path(model_path), options.input_shapes, stage=stages.stage)
     check_exclude_patterns(options.exclude, (node.name for node in analysis.prepared.graph.node))
+    yolo_shaped_output(output_shapes(analysis), options.detector)  # a wrong --detector yolo fails here
     check_precision(analysis.original, options, has_data=data is not None, plan_given=plan is not None)
     schedule = choose_schedule(options, plan, has_data=data is not None)
     resolved, round_to_source = resolve_round_to(options, analysis.sha256, analysis.input_shapes)

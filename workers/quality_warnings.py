@@ -29,9 +29,14 @@ def quality_warnings(
     recovered: bool,
     max_drop: float | None,
     little_cpu: bool = False,
+    detector_output: str | None = None,
 ) -> list[str]:
     """Warnings for a result; ``recovered``: reconstruction or fine-tuning ran; ``little_cpu``: its
-    fine-tuning got little CPU (``got_little_cpu``), so more time is not what it lacked."""
+    fine-tuning got little CPU (``got_little_cpu``), so more time is not what it lacked;
+    ``detector_output``: the output that has a detector's shape (``--detector`` not 'none')."""
+    notes = []
+    if not data_given and detector_output is not None:
+        notes.append(unjudged_detector_note(detector_output))
     if not data_given:
         help_text = "pass --data with a few thousand samples (layer-wise reconstruction runs by default)"
     elif recovered and little_cpu:
@@ -43,7 +48,6 @@ def quality_warnings(
         help_text = "give recovery more time (a larger --time-budget) or more samples, or prune less"
     else:
         help_text = "give recovery a budget (--time-budget or --finetune-steps), or prune less"
-    notes = []
     bound = max_drop if max_drop is not None else DEFAULT_DROP
     if evaluation is not None and evaluation.detections is not None and evaluation.max_drop is None:
         return _detection_notes(evaluation.detections, help_text)  # a detector is judged by its detections
@@ -66,6 +70,17 @@ def quality_warnings(
             f"{'' if recovered else ', no recovery'}): {help_text}"
         )
     return notes
+
+
+def unjudged_detector_note(output: str) -> str:
+    """Without data a detector's detections are not judged, and its output cosine misleads: say so."""
+    return (
+        f"detections not checked: output '{output}' has a YOLO detector's shape, and without data there is "
+        "no held-out photo to compare the two models' detections on (the output cosine on generated inputs "
+        "is ruled by box pixels: a pruned detector can keep a cosine of 0.98 and lose every detection); "
+        "pass --data with photos of the model's domain (a folder) to get mAP50 against the original's "
+        "detections and detector recovery"
+    )
 
 
 def _detection_notes(found: DetectionAgreement, help_text: str) -> list[str]:

@@ -11,7 +11,7 @@ from onnxprune.graphops.dependency import DependencyGraph
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.selection import grid_counts
 from onnxprune.graphops.shares import macs_shares
-from onnxprune.workers.analysis import Analysis
+from onnxprune.workers.analysis import Analysis, detector_output
 from onnxprune.workers.cleanup import interface_changes
 from onnxprune.workers.latency_target import judged_on_closing_benchmark, target_notes
 from onnxprune.workers.options import AutoTarget, LearnedTarget, PruneOptions, RatioTarget
@@ -106,6 +106,7 @@ def build_report(
                 recovered=outcome.finetune is not None,
                 max_drop=job.options.max_drop,
                 little_cpu=got_little_cpu(outcome.finetune),
+                detector_output=None if job.data_path is not None else detector_output(analysis, job.options.detector),
             ),
         ],
         learned=outcome.learned,

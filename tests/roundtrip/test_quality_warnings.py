@@ -104,3 +104,13 @@ def test_a_missed_max_drop_says_by_how_much_and_where_the_plan_was_chosen():
         "was chosen at a drop of 0.0150 on the validation split; the held-out accuracy's standard error on 400 "
         "samples is 0.0217): give recovery more time (a larger --time-budget) or more samples, or prune less"
     ]
+
+
+def test_a_detector_pruned_without_data_is_said_to_be_unchecked_however_high_its_cosine():
+    fine = Fidelity(max_abs_diff=197.0, cosine_similarity=0.98)
+
+    (note,) = quality_warnings(fine, None, data_given=False, recovered=False, max_drop=None, detector_output="output0")
+    without_detector = quality_warnings(fine, None, data_given=False, recovered=False, max_drop=None)
+
+    assert note.startswith("detections not checked: output 'output0'") and "--data" in note
+    assert without_detector == []

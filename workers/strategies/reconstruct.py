@@ -62,7 +62,7 @@ class Reconstruct:
         self, job: Job, dep: DependencyGraph, plan: PruningPlan, pruned: onnx.ModelProto, step: Step
     ) -> Recovered:
         from onnxprune.roundtrip.executor import OnnxModule
-        from onnxprune.roundtrip.reconstruction import DETECTOR_SAMPLES, head_layers, reconstruct
+        from onnxprune.roundtrip.reconstruction import DETECTOR_SAMPLES, head_layers, reconstruct, score_layers
         from onnxprune.roundtrip.schedule import IterationRecord
         from onnxprune.roundtrip.training import evaluate, outputs_on
 
@@ -87,6 +87,7 @@ class Reconstruct:
             teacher=teacher,
             also=head,
             at_least=DETECTOR_SAMPLES if detector else 0,
+            scores=score_layers(dep.model, head, detector.classes) if detector else (),
         )
         seconds = time.monotonic() - started
         recovered = self.then.recover(job, dep, plan, result.model, step)
