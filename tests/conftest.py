@@ -22,7 +22,7 @@ if "ONNXPRUNE_CACHE_DIR" not in os.environ or os.environ.get("ONNXPRUNE_TEST_CAC
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-from tests.needs import SHARED_HINT, in_ci, shared_dir, unavailable  # noqa: E402 - after the environment is set
+from tests.support.needs import SHARED_HINT, in_ci, shared_dir, unavailable  # noqa: E402 - after the environment is set
 
 
 @pytest.fixture
@@ -47,7 +47,11 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if in_ci() e
 
 TESTS = Path(__file__).resolve().parent
 # The kind of test a folder holds; a test with none of these markers is a unit test.
-FOLDER_MARKERS = {"service": ("service", "integration"), "browser": ("browser", "integration")}
+FOLDER_MARKERS = {
+    "service": ("service", "integration"),
+    "browser": ("browser", "integration"),
+    "integration": ("integration",),
+}
 KINDS = {"integration", "service", "browser", "slow", "timing"}
 
 

@@ -16,9 +16,9 @@ import pytest
 
 from onnxprune.graphops.cost import measure_cost
 from onnxprune.graphops.shares import macs_shares
-from tests.oracle import analyse
-from tests.test_selection import residual_model
-from tests.zoo import GraphBuilder, float_input
+from tests.support.oracle import analyse
+from tests.support.small_models import residual_model
+from tests.support.zoo import GraphBuilder, float_input
 
 
 def _model_with_unsupported_op() -> onnx.ModelProto:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import onnx
 import pytest
 
-from tests.oracle import random_feeds, run_model
-from tests.test_selection import residual_model
+from tests.support.cli import onnxprune
+from tests.support.oracle import random_feeds, run_model
+from tests.support.small_models import residual_model
 
 pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
 
@@ -20,16 +19,6 @@ REPORT_CONTRACT = [
     ("latency_ms", "before", "p50"), ("latency_ms", "after", "p50"),
     ("latency_ms", "before", "p90"), ("latency_ms", "after", "p90"), ("fidelity", "cosine_similarity"),
 ]  # fmt: skip
-
-
-def onnxprune(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "onnxprune.service.cli", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 @pytest.fixture(scope="module")

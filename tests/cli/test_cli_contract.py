@@ -19,11 +19,11 @@ import onnx
 import pytest
 
 from onnxprune.workers.stages import STAGE_END
-from tests.test_selection import residual_model
+from tests.support.small_models import residual_model
 
 pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LONG = "a_node_name_long_enough_that_three_of_them_overflow_eighty_columns"
 
 

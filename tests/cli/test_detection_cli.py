@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_cli import onnxprune
+from tests.support.cli import onnxprune
 
 torch = pytest.importorskip("torch")
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -15,24 +12,13 @@ import pytest
 from onnx import version_converter
 
 from onnxprune.graphops.plan import PruningPlan
-from tests import qdq_models
-from tests.oracle import analyse, assert_prune_matches_oracle, initializer_arrays
+from tests.support import qdq_models
+from tests.support.cli import onnxprune
+from tests.support.oracle import analyse, assert_prune_matches_oracle, initializer_arrays
 
 pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def onnxprune(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "onnxprune.service.cli", *map(str, args)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def qdq_counts(model: onnx.ModelProto) -> tuple[int, int]:

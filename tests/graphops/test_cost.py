@@ -10,8 +10,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxprune.graphops.cost import measure_cost
 from onnxprune.graphops.loading import load_model
 from onnxprune.graphops.shapes import resolve_input_shapes
-from tests.needs import shared_model
-from tests.test_real_models import REAL_MODEL_CASES
+from tests.support.needs import shared_model
+from tests.support.real_models import REAL_MODEL_CASES
 
 
 def single_op_model(

@@ -18,8 +18,8 @@ from onnxprune.graphops.masking import masked_graph
 from onnxprune.graphops.scoring import score_groups
 from onnxprune.graphops.selection import select_by_ratio
 from onnxprune.graphops.weights import ModelWeights
-from tests.oracle import analyse
-from tests.test_selection import residual_model
+from tests.support.oracle import analyse
+from tests.support.small_models import residual_model
 
 # Constants of every kind write_constant handles: raw numeric types, and what onnx converts (strings).
 CONSTANT_CASES = {

@@ -6,10 +6,7 @@ Latency tables here are hand-made curves, so nothing depends on the clock.
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
-import onnx
 import pytest
 
 from onnxprune.graphops.fastest_cut import (
@@ -21,36 +18,12 @@ from onnxprune.graphops.fastest_cut import (
     select_fastest_by_flops,
 )
 from onnxprune.graphops.latency_select import counts_of
-from onnxprune.graphops.latency_table import LatencyCurve, LatencyTable
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.scoring import score_groups
 from onnxprune.graphops.selection import MacsModel, select_by_flops
-from onnxprune.workers.latency import LatencySettings, table_key, vector_width
-from onnxprune.workers.options import PruneOptions
-from tests import zoo
-from tests.oracle import analyse
-
-
-def two_group_model(width: int = 128, size: int = 8) -> onnx.ModelProto:
-    """x[1,16,s,s] -> Conv(a: width) -> Relu -> Conv(b: width) -> Relu -> Conv(c: 16) -> y
-
-    Two prunable groups (a's and b's outputs) whose channels remove the same MACs each."""
-    g = zoo.GraphBuilder(seed=7)
-    a = g.conv("input", 16, width)
-    b = g.conv(g.node("Relu", [a]), width, width)
-    out = g.conv(g.node("Relu", [b]), width, 16)
-    return g.model([zoo.float_input("input", [1, 16, size, size])], out, 13, "two_group")
-
-
-def table_of(curves: dict[str, tuple[int, float]], *, baseline: float = 10.0, step: int = 16) -> LatencyTable:
-    """Linear curves on the step grid: group -> (channels, ms saved per channel removed)."""
-    made = {}
-    for group, (channels, rate) in curves.items():
-        counts = tuple(range(step, channels, step)) + (channels,)
-        made[group] = LatencyCurve(group, channels, counts, tuple(baseline - rate * (channels - c) for c in counts))
-    return LatencyTable(
-        key="hand-made", baseline_ms=baseline, noise_ms=0.05, step=step, step_source="test", curves=made
-    )
+from onnxprune.workers.latency import vector_width
+from tests.support.latency_tables import prune, table_of, two_group_model
+from tests.support.oracle import analyse
 
 
 def node_macs(analysed) -> dict[str, int]:
@@ -166,29 +139,6 @@ def test_no_candidate_keeps_fewer_than_three_quarters_of_what_the_importance_cut
 
 
 # ---- in the pipeline: a cached table is used, --round-to 1 ignores it -------------------------
-
-
-def prune(tmp_path, monkeypatch, *, round_to: int | str, cached: bool):
-    """The two-group model pruned by the pipeline at --flops-target 0.3, with (or without) a cached
-    table in which b's channels cost 10x the time of a's (l1 scores here cut a first)."""
-    from onnxprune.workers.pipeline import run_pipeline
-
-    monkeypatch.setenv("ONNXPRUNE_CACHE_DIR", str(tmp_path / "cache"))
-    model = two_group_model()
-    path = tmp_path / "model.onnx"
-    onnx.save(model, path)
-    analysed = analyse(model)
-    a, b = (g.id for g in analysed.dep.prunable)
-    options = PruneOptions(flops_target=0.3, round_to=round_to, benchmark=False)
-    table = table_of({a: (128, 0.005), b: (128, 0.05)})
-    if cached:
-        key = table_key(
-            hashlib.sha256(path.read_bytes()).hexdigest(), analysed.input_shapes, LatencySettings.of(options)
-        )
-        (tmp_path / "cache" / "latency").mkdir(parents=True)
-        (tmp_path / "cache" / "latency" / f"{key}.json").write_text(table.to_json())
-    report = run_pipeline(path, tmp_path / "out.onnx", options).report  # oracle-checked
-    return analysed, table, report
 
 
 @pytest.mark.parametrize("round_to", ["auto", 16])

@@ -13,8 +13,8 @@ from onnxprune.graphops.errors import AnalysisBug, ModelRejected, UnsupportedPat
 from onnxprune.graphops.ops import base
 from onnxprune.graphops.ops.base import OpHandler, describe
 from onnxprune.graphops.prepare import prepare_model
-from tests import test_properties
-from tests.zoo import GraphBuilder, float_input
+from tests.support.generated_nets import BlockSpec, NetSpec, prune_and_check
+from tests.support.zoo import GraphBuilder, float_input
 
 SHAPES = {"input": [1, 3, 8, 8]}
 
@@ -71,14 +71,12 @@ def test_a_handler_bug_is_an_internal_error_naming_the_node_in_jobs(relu_handler
 
 def test_a_handler_bug_fails_the_property_tests(relu_handler):
     relu_handler(_BuggyRelu())
-    block = test_properties.BlockSpec("conv", 4, 3, 1, False, "Relu")
-    spec = test_properties.NetSpec(3, 8, (block,), "gap_gemm", 0)
+    block = BlockSpec("conv", 4, 3, 1, False, "Relu")
+    spec = NetSpec(3, 8, (block,), "gap_gemm", 0)
 
-    # The property test's body on one generated network (no search, no shrinking).
+    # The property test's body (tests/graphops/test_properties.py) on one generated network.
     with pytest.raises(IndexError):
-        test_properties.test_any_generated_network_pruned_any_way_satisfies_the_oracle.hypothesis.inner_test(
-            spec=spec, choice=("random", 0, 0.5, 1)
-        )
+        prune_and_check(spec, ("random", 0, 0.5, 1))
 
 
 def test_a_handler_bug_in_a_job_is_an_internal_error_not_a_user_error():

@@ -16,8 +16,8 @@ from onnxprune.graphops.scoring import score_groups
 from onnxprune.graphops.selection import select_by_ratio
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.pipeline import run_pipeline
-from tests.oracle import analyse, assert_prune_matches_oracle
-from tests.zoo import GraphBuilder
+from tests.support.oracle import analyse, assert_prune_matches_oracle
+from tests.support.zoo import GraphBuilder
 
 
 def _symbolic_input(name: str = "input") -> onnx.ValueInfoProto:

@@ -18,8 +18,8 @@ from onnxprune.graphops.loading import (
     validate_model,
 )
 from onnxprune.graphops.versions import supported_ir_versions, supported_opsets
-from tests.needs import shared_model
-from tests.test_real_models import REAL_MODEL_CASES
+from tests.support.needs import shared_model
+from tests.support.real_models import REAL_MODEL_CASES
 
 
 def conv_model(extra_nodes=(), extra_inits=(), opset: int = 13, elem_type: int = TensorProto.FLOAT) -> onnx.ModelProto:

@@ -17,7 +17,7 @@ from onnxprune.jobs.settings import Settings
 from onnxprune.service.api import create_app
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.pipeline import run_pipeline
-from tests.oracle import run_model
+from tests.support.oracle import run_model
 
 
 def function_model(domain: str) -> onnx.ModelProto:

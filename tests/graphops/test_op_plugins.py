@@ -18,7 +18,7 @@ from onnxprune.graphops.errors import DuplicateRegistration, GraphOpsError
 from onnxprune.graphops.ops import base, handler_for, registered_op_types
 from onnxprune.graphops.ops.elementwise import Unary
 from onnxprune.graphops.prepare import prepare_model
-from tests.zoo import GraphBuilder, float_input
+from tests.support.zoo import GraphBuilder, float_input
 
 SHAPES = {"input": [1, 3, 8, 8]}
 

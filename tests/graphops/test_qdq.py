@@ -23,8 +23,15 @@ from onnxprune.graphops.masking import mask_removed_channels
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.scoring import score_groups
 from onnxprune.graphops.selection import select_by_ratio
-from tests import qdq_models
-from tests.oracle import Analysed, analyse, assert_prune_matches_oracle, initializer_arrays, random_feeds, run_model
+from tests.support import qdq_models
+from tests.support.oracle import (
+    Analysed,
+    analyse,
+    assert_prune_matches_oracle,
+    initializer_arrays,
+    random_feeds,
+    run_model,
+)
 
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 

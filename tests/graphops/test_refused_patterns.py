@@ -14,8 +14,9 @@ import pytest
 
 from onnxprune.graphops.scoring import score_groups
 from onnxprune.graphops.selection import select_by_ratio
-from tests import zoo
-from tests.oracle import Analysed, analyse, assert_prune_matches_oracle
+from tests.support import zoo
+from tests.support.oracle import Analysed, analyse, assert_prune_matches_oracle
+from tests.support.small_models import float16
 
 RATIOS = [("random", 0, 0.3), ("random", 1, 0.6), ("l1", 0, 0.5)]
 
@@ -126,37 +127,6 @@ def test_a_channel_count_read_by_shape_into_arithmetic_freezes_naming_the_node()
     assert "reads the channel count at run time and Mul node" in flattened.frozen_reason
 
 
-def _float16(model, *, float32_interface: bool = False):
-    """The same network with float16 weights (and inputs/outputs, unless ``float32_interface``:
-    then Casts around it, as mixed-precision exports write them)."""
-    import onnx
-    from onnx import helper, numpy_helper
-
-    half = onnx.ModelProto()
-    half.CopyFrom(model)
-    for index, init in enumerate(half.graph.initializer):
-        if init.data_type == onnx.TensorProto.FLOAT:
-            array = numpy_helper.to_array(init).astype("float16")
-            half.graph.initializer[index].CopyFrom(numpy_helper.from_array(array, init.name))
-    for node in half.graph.node:
-        for attr in node.attribute:
-            if node.op_type == "Constant" and attr.name == "value" and attr.t.data_type == onnx.TensorProto.FLOAT:
-                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype("float16"), attr.t.name))
-    del half.graph.value_info[:]
-    values = list(half.graph.input) + list(half.graph.output)
-    if not float32_interface:
-        for value in values:
-            value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
-        return half
-    source, sink = half.graph.input[0].name, half.graph.output[0].name
-    for node in half.graph.node:
-        node.input[:] = [f"{source}_fp16" if name == source else name for name in node.input]
-        node.output[:] = [f"{sink}_fp16" if name == sink else name for name in node.output]
-    half.graph.node.insert(0, helper.make_node("Cast", [source], [f"{source}_fp16"], to=onnx.TensorProto.FLOAT16))
-    half.graph.node.append(helper.make_node("Cast", [f"{sink}_fp16"], [sink], to=onnx.TensorProto.FLOAT))
-    return half
-
-
 @pytest.fixture(scope="module")
 def mobilenet_v2_float32(tmp_path_factory):
     return _exported(tmp_path_factory.mktemp("mobilenet"), zoo.mobilenet_v2(width_multiplier=0.25)).original
@@ -171,7 +141,7 @@ def test_a_float16_model_is_pruned_in_its_own_precision(
 
     from onnxprune.workers.output_compare import FLOAT16_RTOL, oracle_rtol
 
-    model = _float16(mobilenet_v2_float32, float32_interface=float32_interface)
+    model = float16(mobilenet_v2_float32, float32_interface=float32_interface)
     analysed = analyse(model)
     plan = select_by_ratio(analysed.dep, score_groups(analysed.dep, criterion, seed=seed), ratio)
 

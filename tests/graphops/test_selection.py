@@ -20,24 +20,10 @@ from onnxprune.graphops.selection import (
     select_by_flops,
     select_by_ratio,
 )
-from tests import zoo
-from tests.needs import shared_model
-from tests.oracle import analyse
-
-
-def residual_model(width: int = 16):
-    """x -> Conv(a) -> Relu -> Conv(b) -> Add(a) -> Relu -> Conv(c) -> GAP -> Flatten -> Gemm(10)
-
-    Conv a and Conv b write the same channels (the residual Add): one group of ``width``.
-    Conv c feeds only the classifier: a second group.
-    """
-    g = zoo.GraphBuilder(seed=3)
-    a = g.conv("input", 3, width)
-    b = g.conv(g.node("Relu", [a]), width, width)
-    c = g.conv(g.node("Relu", [g.node("Add", [a, b])]), width, 2 * width)
-    pooled = g.node("Flatten", [g.node("GlobalAveragePool", [c])], axis=1)
-    logits = g.node("Gemm", [pooled, g.random("fc", [10, 2 * width]), g.random("fc_b", [10])], transB=1)
-    return g.model([zoo.float_input("input", [1, 3, 8, 8])], logits, 13, "residual")
+from tests.support import zoo
+from tests.support.needs import shared_model
+from tests.support.oracle import analyse
+from tests.support.small_models import residual_model
 
 
 def grouped_model():

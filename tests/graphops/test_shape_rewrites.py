@@ -9,8 +9,8 @@ import pytest
 from onnxprune.graphops.scoring import score_groups
 from onnxprune.graphops.selection import select_by_ratio
 from onnxprune.graphops.surgery import apply_plan
-from tests import zoo
-from tests.oracle import analyse, assert_prune_matches_oracle, run_model
+from tests.support import zoo
+from tests.support.oracle import analyse, assert_prune_matches_oracle, run_model
 
 
 @pytest.mark.parametrize("opset", [13, 17])

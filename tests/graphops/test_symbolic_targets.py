@@ -22,8 +22,8 @@ from onnxprune.graphops.scoring import score_groups
 from onnxprune.graphops.selection import select_by_ratio
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.output_compare import FLOAT32_ATOL
-from tests import zoo
-from tests.oracle import analyse, assert_prune_matches_oracle
+from tests.support import zoo
+from tests.support.oracle import analyse, assert_prune_matches_oracle
 
 # The head's ConvTransposes ([C_in, C_out, 2, 2]) and the Concat of the four upsampled scales prune.
 DB_PRUNED_GROUPS = {"conv_65", "conv_63", "conv_61", "conv_59", "conv_74", "convtranspose_83"}

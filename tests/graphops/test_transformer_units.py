@@ -2,7 +2,7 @@
 
 A head is a unit of head_dim channels across Q, K, V and the output projection's input rows; an
 MLP neuron a column of the first projection and a row of the second. The residual stream stays
-whole. The blocks are built in ``tests.transformer_models`` (diagrams there).
+whole. The blocks are built in ``tests.support.transformer_models`` (diagrams there).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from onnxprune.graphops.cost import measure_cost
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.scoring import score_groups
 from onnxprune.graphops.selection import MacsModel, select_by_flops, select_by_ratio
-from tests.oracle import analyse, assert_outputs_close, assert_prune_matches_oracle, output_names, run_model
-from tests.transformer_models import bert_style, static_attention, vit_style
+from tests.support.oracle import analyse, assert_outputs_close, assert_prune_matches_oracle, output_names, run_model
+from tests.support.transformer_models import bert_style, static_attention, vit_style
 
 # name, builder, analysis shapes, another shape (batch, sequence) the pruned model must also run at,
 # heads, head_dim, MLP width, layers

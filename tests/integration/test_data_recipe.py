@@ -11,10 +11,10 @@ import numpy as np
 import onnx
 
 from onnxprune.roundtrip.data import load_dataset
-from tests.needs import shared_dir, shared_model
-from tests.oracle import session
+from tests.support.needs import shared_dir, shared_model
+from tests.support.oracle import session
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def readme_data_recipe() -> str:

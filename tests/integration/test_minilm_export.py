@@ -18,9 +18,9 @@ import pytest
 
 from onnxprune.graphops.masking import mask_removed_channels
 from onnxprune.graphops.plan import PruningPlan
-from tests.oracle import analyse, assert_outputs_close, output_names, run_model
-from tests.test_cli import onnxprune
-from tests.transformer_models import minilm_path
+from tests.support.cli import onnxprune
+from tests.support.oracle import analyse, assert_outputs_close, output_names, run_model
+from tests.support.transformer_models import minilm_path
 
 SHAPES = {"input_ids": [2, 16], "attention_mask": [2, 16]}
 VOCABULARY = 30522

@@ -19,9 +19,9 @@ from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.scoring import score_groups
 from onnxprune.graphops.selection import select_by_flops, select_by_ratio
 from onnxprune.graphops.unrounded import unrounded_model
-from tests import qdq_models
-from tests.needs import SHARED_HINT, shared_dir, shared_model, unavailable
-from tests.oracle import (
+from tests.support import qdq_models
+from tests.support.needs import SHARED_HINT, shared_dir, shared_model, unavailable
+from tests.support.oracle import (
     analyse,
     apply_plan,
     assert_prune_matches_oracle,

@@ -20,10 +20,9 @@ from onnxprune.roundtrip.executor import ExecutorError, OnnxModule
 from onnxprune.roundtrip.objective import make_objective
 from onnxprune.roundtrip.training import finetune, outputs_on
 from onnxprune.roundtrip.writeback import changed_initializers, write_back
-from tests.needs import shared_model
-from tests.oracle import analyse, random_feeds, relative_error, run_model
-from tests.roundtrip.test_executor import PIXEL_INPUTS
-from tests.test_real_models import REAL_MODEL_CASES
+from tests.support.needs import shared_model
+from tests.support.oracle import analyse, random_feeds, relative_error, run_model
+from tests.support.real_models import PIXEL_INPUTS, REAL_MODEL_CASES
 
 pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
 
@@ -85,7 +84,7 @@ def test_an_op_failing_at_run_time_is_an_executor_error_never_the_users(tmp_path
     """Our fault: the CLI exits 1 and the service retries the job (it is no ModelRejected)."""
     from onnxprune.graphops.errors import ModelRejected
     from onnxprune.roundtrip.ops import _OPS, _load
-    from tests import zoo
+    from tests.support import zoo
 
     _load()
     model = zoo.export_onnx(

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.needs import SHARED_HINT, shared_dir, unavailable
+from tests.support.needs import SHARED_HINT, shared_dir, unavailable
 
 pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
 

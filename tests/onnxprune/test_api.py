@@ -18,12 +18,12 @@ from onnxprune.graphops.errors import ModelRejected
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.workers.analysis_summary import ModelAnalysis
 from onnxprune.workers.report import PruneReport, SensitivityReport
-from tests.oracle import random_feeds, run_model
-from tests.test_selection import residual_model
+from tests.support.oracle import random_feeds, run_model
+from tests.support.small_models import residual_model
 
 pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def readme_python_example() -> str:

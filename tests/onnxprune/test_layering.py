@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LAYERS = ["graphops", "roundtrip", "workers", "jobs", "service"]  # each may import only those before it
 TOP = "onnxprune"  # onnxprune/*.py: above every layer (the library API imports the workers)
 

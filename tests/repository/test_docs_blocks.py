@@ -1,7 +1,7 @@
 """Every code block in README.md and docs/*.md is checked, so a stale example fails CI, not a user.
 
 Python blocks (fenced ```python) are compiled and their imports executed (the README's API example
-and data recipe also run whole: tests/test_api.py, tests/test_data_recipe.py). Shell blocks: every
+and data recipe also run whole: tests/onnxprune/test_api.py, tests/integration/test_data_recipe.py). Shell blocks: every
 ``onnxprune`` command must name a real subcommand and only options it takes; ``python -m`` and
 ``celery -A`` modules must import, scripts and test files named must exist, pip extras must be
 declared by the package. The few blocks that are diagrams, not commands, are listed by name.
@@ -24,7 +24,7 @@ from markdown_it import MarkdownIt
 
 from onnxprune.service.cli import app
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # Blocks that draw the layout or the pipeline (no commands in them), by their first words.
 DIAGRAMS = ("onnxprune/  ", "analyse_model (")

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_pytest(test: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
@@ -24,7 +24,7 @@ def run_pytest(test: str, tmp_path: Path, **env: str) -> subprocess.CompletedPro
 
 def test_real_model_tests_skip_locally_saying_where_the_models_come_from(tmp_path: Path) -> None:
     result = run_pytest(
-        "tests/test_cost.py::test_resnet20_has_about_41_million_macs", tmp_path, ONNXPRUNE_SHARED=str(tmp_path)
+        "tests/graphops/test_cost.py::test_resnet20_has_about_41_million_macs", tmp_path, ONNXPRUNE_SHARED=str(tmp_path)
     )
 
     assert result.returncode == 0, result.stdout
@@ -36,7 +36,7 @@ def test_real_model_tests_skip_locally_saying_where_the_models_come_from(tmp_pat
 def test_real_model_tests_fail_in_ci_when_the_models_are_missing(tmp_path: Path, shared_models_dir: Path) -> None:
     shared_models = len(list(shared_models_dir.glob("*.onnx")))
     result = run_pytest(
-        "tests/test_loading.py::test_every_shared_model_passes_validation",
+        "tests/graphops/test_loading.py::test_every_shared_model_passes_validation",
         tmp_path,
         ONNXPRUNE_SHARED=str(tmp_path),
         CI="true",
@@ -57,7 +57,7 @@ def test_the_real_model_parameters_do_not_depend_on_what_is_on_disk(tmp_path: Pa
             "--collect-only",
             "-p",
             "no:cacheprovider",
-            "tests/test_loading.py",
+            "tests/graphops/test_loading.py",
             "-k",
             "shared_model",
         ],

@@ -14,7 +14,7 @@ import torch
 from onnxprune.roundtrip.data import Batch
 from onnxprune.roundtrip.detector_outputs import YoloLayout
 from onnxprune.roundtrip.objective import BOX_CONFIDENCE, detection_loss, make_objective
-from tests.test_detection import ORIGINAL, table_model
+from tests.support.detection_models import ORIGINAL, table_model
 
 LAYOUT = YoloLayout(index=0, classes=2, anchors_last=True)
 

@@ -1,6 +1,6 @@
 """The PyTorch executor computes what onnxruntime computes, on every test architecture.
 
-Each zoo model (``tests/zoo.py``) and each shared real model is run by ``OnnxModule`` and by
+Each zoo model (``tests/support/zoo.py``) and each shared real model is run by ``OnnxModule`` and by
 onnxruntime on the same inputs; outputs must agree within a relative error of 1e-4.
 """
 
@@ -11,15 +11,12 @@ import pytest
 import torch
 
 from onnxprune.roundtrip.executor import OnnxModule, build_executor
-from tests.needs import shared_model
-from tests.oracle import analyse, random_feeds, relative_error, run_model
-from tests.test_real_models import REAL_MODEL_CASES
-from tests.test_zoo_oracle import ZOO_CASES
+from tests.support.needs import shared_model
+from tests.support.oracle import analyse, random_feeds, relative_error, run_model
+from tests.support.real_models import PIXEL_INPUTS, REAL_MODEL_CASES
+from tests.support.zoo_cases import ZOO_CASES
 
 RTOL = 1e-4
-# Models whose preprocessing expects raw pixels: standard-normal inputs drive their instance norms
-# and box decoders into float32 cancellation, where onnxruntime itself strays from a float64 run.
-PIXEL_INPUTS = {"winml_style_mosaic.onnx", "yolox_nano.onnx"}
 
 
 def executor_outputs(module: OnnxModule, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -128,8 +125,8 @@ def test_an_op_without_implementation_is_refused_naming_the_node(tmp_path):
 @pytest.mark.parametrize("name", ["bert_style", "vit_style"])
 def test_executor_matches_onnxruntime_on_decomposed_transformer_blocks(name):
     """Shape -> Gather (a 0-d index) -> Unsqueeze -> Concat -> Reshape into heads, Erf and tanh GELU,
-    Softmax, MatMuls of two activations (``tests.transformer_models``)."""
-    from tests import transformer_models
+    Softmax, MatMuls of two activations (``tests.support.transformer_models``)."""
+    from tests.support import transformer_models
 
     model = getattr(transformer_models, name)()
     shapes = {"x": [2, 7, 32], "attention_mask": [2, 7]} if name == "bert_style" else {"x": [2, 9, 32]}

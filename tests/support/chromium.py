@@ -2,7 +2,7 @@
 
 Nothing is downloaded: the browser and its driver come from the system (``.ci/run`` installs them
 when absent); Selenium is told both paths, so its driver manager never runs. Also a tool for the
-screenshots in ``docs/``: ``python -m tests.browser.chromium URL_OR_FILE OUT.png [WIDTH HEIGHT]``.
+screenshots in ``docs/``: ``python -m tests.support.chromium URL_OR_FILE OUT.png [WIDTH HEIGHT]``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 PostgreSQL runs on the machine (as Redis does; ``.ci/run`` starts one when none answers): each test
 session gets a database of its own, dropped at the end. The S3 API is moto's server mode, started
 here as a process on a free port of 127.0.0.1 (so a test can stop it like a real endpoint going
-down). Without PostgreSQL the tests skip locally and fail in CI (``tests.needs``).
+down). Without PostgreSQL the tests skip locally and fail in CI (``tests.support.needs``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.needs import unavailable
+from tests.support.needs import unavailable
 
 POSTGRES_ADMIN_URL = os.environ.get("ONNXPRUNE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}

@@ -13,7 +13,7 @@ from typing import NoReturn
 import pytest
 
 # ../shared beside the checkout (models and data, see ../shared/README.md); ONNXPRUNE_SHARED overrides it.
-DEFAULT_SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
+DEFAULT_SHARED_DIR = Path(__file__).resolve().parents[2].parent / "shared"
 SHARED_HINT = (
     "the real models and data live in ../shared beside the checkout (see ../shared/README.md); "
     "set ONNXPRUNE_SHARED=/path/to/shared to use another copy"

@@ -9,7 +9,8 @@ import subprocess
 from pathlib import Path
 
 import redis
-from svc_processes import free_port, wait_until
+
+from tests.support.service_processes import free_port, wait_until
 
 
 class OwnRedis:

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.hostile_models import counting_body
+from tests.support.hostile_models import counting_body
 
 
 def convnet(c1: int = 8, c2: int = 16, size: int = 16, seed: int = 0) -> onnx.ModelProto:

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[2]
+REDIS_URL = "redis://127.0.0.1:6379/13"  # a DB of our own; we still delete only our prefix's keys
 
 
 def free_port() -> int:

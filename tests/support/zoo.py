@@ -731,7 +731,9 @@ class GraphBuilder:
 
     def model(self, inputs: list[onnx.ValueInfoProto], output: str, opset: int, name: str) -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, name, inputs, [], self.initializers)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="tests.zoo")
+        model = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="tests.support.zoo"
+        )
         model.ir_version = 8
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
         output_info = next(info for info in inferred.graph.value_info if info.name == output)

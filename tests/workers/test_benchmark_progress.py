@@ -6,7 +6,7 @@ from __future__ import annotations
 from onnxprune.workers.job_process import JobRequest, run_job_process
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.stages import STAGE_END, stage_start
-from tests.service.svc_models import convnet, save
+from tests.support.service_models import convnet, save
 
 
 def test_the_benchmark_stage_moves_while_its_rounds_run(tmp_path):

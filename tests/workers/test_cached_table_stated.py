@@ -8,7 +8,7 @@ import pytest
 
 from onnxprune.service.cli import _print_summary
 from onnxprune.workers.html_report import render_report_html
-from tests.test_fastest_cut import prune
+from tests.support.latency_tables import prune
 
 
 def test_a_run_that_used_a_cached_table_names_it(tmp_path, monkeypatch, capsys):

@@ -11,7 +11,7 @@ from onnxprune.service.cli import _print_summary
 from onnxprune.workers.html_report import render_report_html
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.pipeline import run_pipeline
-from tests.test_selection import residual_model
+from tests.support.small_models import residual_model
 
 
 def initializers_as_inputs(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -1,4 +1,4 @@
-"""Hostile models (tests/hostile_models.py) are refused quickly, or folded harmlessly, with flat memory.
+"""Hostile models (tests/support/hostile_models.py) are refused quickly, or folded harmlessly, with flat memory.
 
 Each case runs the code a job or an upload runs on it (static validation, input shapes, the
 upload check, constant folding) and measures how much the process's resident memory rose meanwhile
@@ -30,7 +30,7 @@ from onnxprune.service.errors import ApiError
 from onnxprune.service.uploads import check_model
 from onnxprune.workers.benchmark import make_inputs
 from onnxprune.workers.options import PruneOptions
-from tests import hostile_models as hostile
+from tests.support import hostile_models as hostile
 
 # A model that makes validation expand it (the failure these tests look for) takes minutes or memory:
 # memory is measured; time only bounded, as a hang guard far above a loaded machine's noise (no

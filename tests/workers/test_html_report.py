@@ -4,7 +4,6 @@ The same pages in a real browser: ``tests/browser``."""
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import time
@@ -19,17 +18,13 @@ from onnxprune.service.api import create_app
 from onnxprune.workers.html_report import render_report_html
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.pipeline import run_pipeline
-from tests.oracle import run_model
-from tests.test_sensitivity import two_branch_model
+from tests.support.oracle import run_model
+from tests.support.reports import inlined_plots
+from tests.support.small_models import two_branch_model
 
 pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
 
 PNG = b"\x89PNG\r\n\x1a\n"
-IMG = re.compile(r'<img id="(plot-[a-z]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
-
-
-def inlined_plots(page: str) -> dict[str, bytes]:
-    return {name: base64.b64decode(data) for name, data in IMG.findall(page)}
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import pytest
 from onnxprune.workers.html_report import render_report_html
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.pipeline import run_pipeline
-from tests.oracle import run_model
-from tests.test_sensitivity import two_branch_model
+from tests.support.oracle import run_model
+from tests.support.small_models import two_branch_model
 
 pytestmark = pytest.mark.slow  # one fine-tuning run (~25 s on 2 cores)
 IMG = re.compile(r'<img id="(plot-[a-z]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"')

@@ -22,8 +22,8 @@ from onnxprune.workers.html_report import MAX_NAME_CHARS, render_report_html
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.pipeline import run_pipeline
 from onnxprune.workers.report import LayerReport
-from tests.test_html_report import inlined_plots
-from tests.test_sensitivity import two_branch_model
+from tests.support.reports import inlined_plots
+from tests.support.small_models import two_branch_model
 
 BROKEN_MATH = r"$\frac{a}{$"
 LONG_MATH = "$" + r"\sqrt{x}" * 2500 + "$"  # 20,000 characters of mathtext

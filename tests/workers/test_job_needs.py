@@ -22,9 +22,9 @@ from onnxprune.workers.capabilities import MissingCapability, torch_reason
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.strategies import round_trip_reason
 from onnxprune.workers.strategies.needs import Needs, job_needs
-from tests.test_selection import residual_model
+from tests.support.small_models import residual_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECONSTRUCT = "layer-wise reconstruction (the default recovery when data is given)"
 
 NEEDS_CASES = [

@@ -20,7 +20,7 @@ from onnxprune.workers.job_process import (
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.sandbox import SandboxKilled, SandboxOutOfMemory, SandboxStarved, SandboxTimeout
 from onnxprune.workers.stages import STAGE_END
-from tests.service.svc_models import convnet, no_conv_model, runtime_endless_loop, runtime_memory_bomb, save
+from tests.support.service_models import convnet, no_conv_model, runtime_endless_loop, runtime_memory_bomb, save
 
 pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
 

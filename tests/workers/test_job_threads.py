@@ -17,7 +17,7 @@ from onnx import TensorProto, helper
 from onnxprune.workers import job_threads
 from onnxprune.workers.job_process import JobLimits, _child_environment
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # What a job's child does first (``job_process._child_main``), then what torch and an onnxruntime
 # session made by ``workers.ort_sessions`` see.

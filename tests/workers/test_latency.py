@@ -18,19 +18,9 @@ from onnxprune.graphops.latency_table import LatencyCurve, LatencyTable, grid_co
 from onnxprune.graphops.scoring import score_groups
 from onnxprune.workers.latency import LatencySettings, measure_latency_table, vector_width
 from onnxprune.workers.options import PruneOptions
-from tests import zoo
-from tests.oracle import analyse
-
-
-def chain_model(width: int = 64, size: int = 16):
-    """x[1,16,s,s] -> Conv(a: width) -> Relu -> Conv(b: width) -> Relu -> Conv(c: 16) -> y
-
-    Two prunable groups (a's and b's outputs); c writes the model output (kept whole)."""
-    g = zoo.GraphBuilder(seed=7)
-    a = g.conv("input", 16, width)
-    b = g.conv(g.node("Relu", [a]), width, width)
-    out = g.conv(g.node("Relu", [b]), width, 16)
-    return g.model([zoo.float_input("input", [1, 16, size, size])], out, 13, "chain")
+from tests.support import zoo
+from tests.support.oracle import analyse
+from tests.support.small_models import chain_model
 
 
 def channel_pad_model(real: int = 16, width: int = 64, size: int = 16):

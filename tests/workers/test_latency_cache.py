@@ -24,7 +24,7 @@ from onnxprune.workers.latency_cache import (
     remove_stale,
 )
 from onnxprune.workers.options import PruneOptions
-from tests.service.svc_models import convnet, save
+from tests.support.service_models import convnet, save
 
 KEY = "0123456789abcdef0123456789abcdef"
 

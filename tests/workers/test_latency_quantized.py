@@ -24,8 +24,8 @@ from onnxprune.workers.latency import (
 )
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.speed import decisive_ratio
-from tests.oracle import analyse
-from tests.test_latency import chain_model
+from tests.support.oracle import analyse
+from tests.support.small_models import chain_model
 
 
 def test_a_quantized_table_prices_the_target_against_the_float_original():

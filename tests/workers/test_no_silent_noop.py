@@ -9,7 +9,7 @@ import pytest
 
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.pipeline import run_pipeline
-from tests import zoo
+from tests.support import zoo
 
 
 def small_net():

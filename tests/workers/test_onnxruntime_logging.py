@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ORT_WARNING = "[W:onnxruntime"
 
 

@@ -20,14 +20,13 @@ from onnxprune.graphops.selection import select_by_ratio
 from onnxprune.graphops.weights import ModelWeights
 from onnxprune.workers.benchmark import make_inputs, run_models
 from onnxprune.workers.ort_models import FED_MIN_ELEMENTS, fed_graph, fed_model
-from tests.oracle import analyse
-from tests.qdq_models import shared_weight_net
-from tests.test_refused_patterns import _float16
-from tests.test_selection import residual_model
+from tests.support.oracle import analyse
+from tests.support.qdq_models import shared_weight_net
+from tests.support.small_models import float16, residual_model
 
 MODELS = {
     "float32": residual_model,
-    "float16": lambda: _float16(residual_model()),
+    "float16": lambda: float16(residual_model()),
     "qdq_int8": shared_weight_net,
 }
 TOLERANCE = {"float32": 1e-5, "float16": 1e-2, "qdq_int8": 1e-5}

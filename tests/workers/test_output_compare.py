@@ -9,51 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from onnxprune.workers.benchmark import compare_outputs
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.output_compare import FLOAT16_RTOL, FLOAT32_RTOL, oracle_rtol, output_mismatch
 from onnxprune.workers.pipeline import run_pipeline
-from tests.zoo import GraphBuilder
-
-LABELS = ["cat", "dog", "bird"]
-
-
-def zipmap_classifier() -> onnx.ModelProto:
-    g = GraphBuilder(7)
-    y = g.node("Relu", [g.conv(g.node("Relu", [g.conv("input", 3, 8)]), 8, 6)])
-    flat = g.node("Flatten", [g.node("GlobalAveragePool", [y])], axis=1)
-    probs = g.node("Softmax", [g.node("Gemm", [flat, g.random("fc_W", [3, 6], 0.5)], transB=1)], axis=1)
-    index = g.node("ArgMax", [probs], axis=1, keepdims=0)
-    g.nodes.append(
-        helper.make_node(
-            "LabelEncoder",
-            [index],
-            ["label"],
-            domain="ai.onnx.ml",
-            name="labels",
-            keys_int64s=[0, 1, 2],
-            values_strings=LABELS,
-            default_string="?",
-        )
-    )
-    g.nodes.append(
-        helper.make_node("ZipMap", [probs], ["scores"], domain="ai.onnx.ml", name="zipmap", classlabels_strings=LABELS)
-    )
-    scores = helper.make_sequence_type_proto(
-        helper.make_map_type_proto(TensorProto.STRING, helper.make_tensor_type_proto(TensorProto.FLOAT, []))
-    )
-    graph = helper.make_graph(
-        g.nodes,
-        "zipmap",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("label", TensorProto.STRING, [1]), helper.make_value_info("scores", scores)],
-        g.initializers,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14), helper.make_opsetid("ai.onnx.ml", 2)])
-    model.ir_version = 8
-    return model
+from tests.support.small_models import zipmap_classifier
 
 
 def test_a_model_with_string_and_zipmap_outputs_prunes_and_passes_the_oracle(tmp_path):

@@ -13,7 +13,7 @@ import onnxprune.workers.pipeline as pipeline
 from onnxprune.workers.fileio import file_sha256
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.pipeline import VerificationFailed, run_pipeline
-from tests.test_selection import residual_model
+from tests.support.small_models import residual_model
 
 pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
 

@@ -11,8 +11,8 @@ import pytest
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.precision import QuantizedModelRejected, check_precision
 from onnxprune.workers.strategies import round_trip_reason
-from tests import qdq_models
-from tests.test_qdq_cli import onnxprune
+from tests.support import qdq_models
+from tests.support.cli import onnxprune
 
 REFUSED_CASES = [
     # (id, prune flags, the reason the message names); all with --data

@@ -13,7 +13,7 @@ import pytest
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.pipeline import float_output_path, run_pipeline
 from onnxprune.workers.quantize import calibration_batches
-from tests.test_selection import residual_model
+from tests.support.small_models import residual_model
 
 pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
 

@@ -23,28 +23,12 @@ from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.pipeline import run_pipeline
 from onnxprune.workers.report import SensitivityCurve, SensitivityReport
 from onnxprune.workers.sensitivity import choose_auto, measure_sensitivity, parse_ratios
-from tests import zoo
-from tests.oracle import analyse, run_model
+from tests.support.oracle import analyse, run_model
+from tests.support.small_models import two_branch_model
 
 pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
 
 SAMPLES = 300
-
-
-def two_branch_model(batch: int | str = "N") -> onnx.ModelProto:
-    """Two branches side by side; only one of them matters.
-
-                 ┌ Conv "signal" (8 filters, weights ~1) ─ Relu ─┐
-    x [N,3,8,8] ─┤                                               Concat ─ GAP ─ Flatten ─ Gemm(10)
-                 └ Conv "quiet" (8 filters ~1e-5, no bias) ─ Relu ┘
-    """
-    g = zoo.GraphBuilder(seed=11)
-    signal = g.node("Relu", [g.conv("input", 3, 8)])
-    quiet_weight = g.constant("W_quiet", (g.rng.standard_normal([8, 3, 3, 3]) * 1e-5).astype(np.float32))
-    quiet = g.node("Relu", [g.node("Conv", ["input", quiet_weight], kernel_shape=[3, 3], pads=[1, 1, 1, 1])])
-    pooled = g.node("Flatten", [g.node("GlobalAveragePool", [g.node("Concat", [signal, quiet], axis=1)])], axis=1)
-    logits = g.node("Gemm", [pooled, g.random("fc", [10, 16], scale=1.0), g.random("fc_b", [10], 0.01)], transB=1)
-    return g.model([zoo.float_input("input", [batch, 3, 8, 8])], logits, 13, "two_branch")
 
 
 def group_of(dep, conv_weight_prefix: str) -> str:
