@@ -21,7 +21,9 @@ REPORT_CONTRACT = [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
+# session, not module: cheap to build, and a module-scoped fixture puts every test of the module on one
+# xdist worker (tests/conftest.py), where these long tests would queue behind each other.
+@pytest.fixture(scope="session")
 def model_path(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cli") / "residual.onnx"
     onnx.save(residual_model(), path)

@@ -49,7 +49,9 @@ def one_error_line(stderr: str) -> str:
     return rest[0]
 
 
-@pytest.fixture(scope="module")
+# session, not module: cheap to build, and a module-scoped fixture puts every test of the module on one
+# xdist worker (tests/conftest.py), where these long tests would queue behind each other.
+@pytest.fixture(scope="session")
 def model_path(tmp_path_factory) -> Path:
     """The residual model with long node names, so its tables are wider than 80 columns."""
     model = residual_model()

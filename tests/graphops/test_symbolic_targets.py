@@ -53,7 +53,9 @@ def test_db_upsampling_to_sizes_computed_at_run_time_freezes_with_a_reason():
     assert_prune_matches_oracle(model, plan, analysed=analysed, atol=FLOAT32_ATOL)
 
 
-@pytest.fixture(scope="module")
+# session, not module: cheap to build, and a module-scoped fixture puts every test of the module on one
+# xdist worker (tests/conftest.py), where these long tests would queue behind each other.
+@pytest.fixture(scope="session")
 def db_path(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("db") / "db_det.onnx"
     onnx.save(zoo.db_text_detector(width=8, head_bias=-12.0), path)

@@ -28,7 +28,7 @@ from tests.support.oracle import (
     random_feeds,
     run_model,
 )
-from tests.support.zoo_cases import ZOO_CASES
+from tests.support.zoo_cases import ZOO_CASES, analysed_zoo
 
 CASES_BY_NAME = {case.name: case for case in ZOO_CASES}
 
@@ -40,20 +40,12 @@ CHOICE_CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def zoo_models(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Analysed]:
-    """Export and analyse each zoo model once per module."""
-    directory = tmp_path_factory.mktemp("zoo")
-    cache: dict[str, Analysed] = {}
-
-    def get(name: str) -> Analysed:
-        if name not in cache:
-            case = CASES_BY_NAME[name]
-            path = case.export(directory)
-            cache[name] = analyse(path, {"input": list(case.input_shape)})
-        return cache[name]
-
-    return get
+# session, not module: the cache is the process's (tests.support.zoo_cases), and a module-scoped fixture
+# would put all of this module's tests on one xdist worker (tests/conftest.py).
+@pytest.fixture(scope="session")
+def zoo_models() -> Callable[[str], Analysed]:
+    """Each zoo model exported and analysed once per test process."""
+    return analysed_zoo
 
 
 def plan_for(analysed: Analysed, criterion: str, seed: int, ratio: float) -> PruningPlan:

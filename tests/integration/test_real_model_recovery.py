@@ -20,9 +20,8 @@ from onnxprune.roundtrip.executor import ExecutorError, OnnxModule
 from onnxprune.roundtrip.objective import make_objective
 from onnxprune.roundtrip.training import finetune, outputs_on
 from onnxprune.roundtrip.writeback import changed_initializers, write_back
-from tests.support.needs import shared_model
-from tests.support.oracle import analyse, random_feeds, relative_error, run_model
-from tests.support.real_models import PIXEL_INPUTS, REAL_MODEL_CASES
+from tests.support.oracle import random_feeds, relative_error, run_model
+from tests.support.real_models import PIXEL_INPUTS, REAL_MODEL_CASES, analysed_real
 
 pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
 
@@ -57,7 +56,7 @@ def synthetic_dataset(prepared, input_shapes, file: str, count: int) -> Dataset:
 
 @pytest.mark.parametrize("case", PARAMS)
 def test_pruned_real_model_takes_a_distillation_step_and_writes_back_what_the_executor_computes(case):
-    analysed = analyse(shared_model(case.file), case.input_shapes)
+    analysed = analysed_real(case)
     plan = select_by_ratio(analysed.dep, score_groups(analysed.dep, "l1"), 0.3)
     pruned = apply_plan(analysed.dep, plan)
     data = synthetic_dataset(analysed.prepared, analysed.input_shapes, case.file, count=2)

@@ -15,27 +15,18 @@ import pytest
 
 from onnxprune.graphops.scoring import score_groups
 from onnxprune.graphops.selection import select_by_ratio
-from tests.support.oracle import Analysed, analyse, assert_prune_matches_oracle
-from tests.support.real_models import REAL_MODEL_CASES, REAL_MODEL_PARAMS, RealModel
+from tests.support.oracle import Analysed, assert_prune_matches_oracle
+from tests.support.real_models import REAL_MODEL_CASES, REAL_MODEL_PARAMS, RealModel, analysed_real
 
 pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
 
 RATIO = 0.3
 
 
-_ANALYSED: dict[str, Analysed] = {}
-
-
 @pytest.fixture
 def analysed_model(shared_models_dir: Path) -> Callable[[RealModel], Analysed]:
-    """Analyse each file once per session (some take seconds)."""
-
-    def get(case: RealModel) -> Analysed:
-        if case.file not in _ANALYSED:
-            _ANALYSED[case.file] = analyse(shared_models_dir / case.file, case.input_shapes)
-        return _ANALYSED[case.file]
-
-    return get
+    """Each file analysed once per test process (``tests.support.real_models.analysed_real``)."""
+    return analysed_real
 
 
 def test_every_shared_model_is_in_the_table(shared_models_dir: Path):

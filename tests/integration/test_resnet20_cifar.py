@@ -31,7 +31,9 @@ def cifar_slice(path: Path, count: int, seed: int = 0) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
+# session, not module: cheap to build, and a module-scoped fixture puts every test of the module on one
+# xdist worker (tests/conftest.py), where these long tests would queue behind each other.
+@pytest.fixture(scope="session")
 def calibration(tmp_path_factory) -> Path:
     if not (MODEL.is_file() and TEST_IMAGES.is_file()):
         unavailable(f"shared model or CIFAR-10 data not found under {shared_dir()}; {SHARED_HINT}")

@@ -92,7 +92,7 @@ def random_feeds(
 
 def session(model: onnx.ModelProto, *, optimize: bool = True) -> ort.InferenceSession:
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
+    options.intra_op_num_threads = 1  # small models; see tests/conftest.py on threads in the test processes
     options.log_severity_level = 3
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

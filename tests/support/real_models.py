@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.support.needs import shared_model
+from tests.support.oracle import Analysed, analyse
+
 
 @dataclass(frozen=True)
 class RealModel:
@@ -45,3 +48,14 @@ REAL_MODEL_PARAMS = [case.param() for case in REAL_MODEL_CASES]
 # Models whose preprocessing expects raw pixels: standard-normal inputs drive their instance norms
 # and box decoders into float32 cancellation, where onnxruntime itself strays from a float64 run.
 PIXEL_INPUTS = {"winml_style_mosaic.onnx", "yolox_nano.onnx"}
+
+_ANALYSED: dict[str, Analysed] = {}
+
+
+def analysed_real(case: RealModel) -> Analysed:
+    """Each real model analysed once per test process (folding, shape inference and the dependency graph take
+    seconds on the larger ones); the oracle, the executor and the recovery tests all read the same one, and
+    none changes it (surgery and the executor work on copies)."""
+    if case.file not in _ANALYSED:
+        _ANALYSED[case.file] = analyse(shared_model(case.file), case.input_shapes)
+    return _ANALYSED[case.file]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ import onnx
 import torch
 
 from tests.support import zoo
+from tests.support.oracle import Analysed, analyse
 
 
 @dataclass(frozen=True)
@@ -61,3 +63,16 @@ ZOO_CASES = [
     ZooCase("leakyrelu_pool_pad", zoo.leakyrelu_pool_pad_model, (1, 3, 16, 16)),
     ZooCase("constant_node_weights", zoo.constant_node_weights_model, (1, 3, 16, 16)),
 ]
+CASES_BY_NAME = {case.name: case for case in ZOO_CASES}
+
+_ANALYSED: dict[str, Analysed] = {}
+
+
+def analysed_zoo(name: str) -> Analysed:
+    """Each zoo model exported and analysed once per test process (a torch export takes seconds); the oracle
+    and the executor tests read the same one, and none changes it (surgery and the executor work on copies)."""
+    if name not in _ANALYSED:
+        case = CASES_BY_NAME[name]
+        with tempfile.TemporaryDirectory(prefix="onnxprune-test-zoo-") as directory:
+            _ANALYSED[name] = analyse(case.export(Path(directory)), {"input": list(case.input_shape)})
+    return _ANALYSED[name]

@@ -52,7 +52,9 @@ print(done.stdout or done.stderr)
 """
 
 
-@pytest.fixture(scope="module")
+# session, not module: cheap to build, and a module-scoped fixture puts every test of the module on one
+# xdist worker (tests/conftest.py), where these long tests would queue behind each other.
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """x -> Relu -> y: a session to read the options of."""
     graph = helper.make_graph(
