@@ -8,9 +8,7 @@ input, 3 a server that refuses (README, "Exit codes").
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import onnx
 import pytest
 
 from onnxprune.workers.stages import STAGE_END
+from tests.support.cli import onnxprune as run_cli
 from tests.support.small_models import residual_model
 
 pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
@@ -28,17 +27,8 @@ LONG = "a_node_name_long_enough_that_three_of_them_overflow_eighty_columns"
 
 
 def onnxprune(*args: str | Path, cwd: Path, extra_path: Path | None = None) -> subprocess.CompletedProcess:
-    path = [str(extra_path)] if extra_path else []
-    env = os.environ | {"PYTHONPATH": os.pathsep.join([*path, str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    env.pop("ONNXPRUNE_DEBUG", None)
-    return subprocess.run(
-        [sys.executable, "-m", "onnxprune", *map(str, args)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    """``python -m onnxprune``, the package's own entry point."""
+    return run_cli(*args, cwd=cwd, module="onnxprune", extra_path=extra_path)
 
 
 def one_error_line(stderr: str) -> str:
