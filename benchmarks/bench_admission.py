@@ -23,8 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "service"))
 
-from svc_models import convnet  # noqa: E402
-from svc_processes import ApiServer  # noqa: E402
+from tests.support.service_models import convnet  # noqa: E402
+from tests.support.service_processes import ApiServer  # noqa: E402
 
 
 def burst(url: str, uploads: int, model: bytes) -> dict[int, int]:

@@ -62,7 +62,7 @@ from onnxprune.workers.strategies import Job  # noqa: E402
 from onnxprune.workers.strategies.finetune import FineTune  # noqa: E402
 from onnxprune.workers.strategies.ranked import RankedByMacs  # noqa: E402
 from onnxprune.workers.strategies.stepwise import Stepwise  # noqa: E402
-from tests import zoo  # noqa: E402
+from tests.support import zoo  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"

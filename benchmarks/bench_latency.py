@@ -51,7 +51,7 @@ def zoo_models(folder: Path) -> dict[str, Path]:
     """MobileNetV2 and ResNet-18 at full width, 224x224, BatchNorm statistics randomised, exported."""
     import torch
 
-    from tests import zoo
+    from tests.support import zoo
 
     torch.manual_seed(0)
     models = {}

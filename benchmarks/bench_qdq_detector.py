@@ -2,7 +2,7 @@
 
 1. The shared YOLOv8n (``../shared/models/nudenet_yolov8n_320.onnx``, input fixed at 1x3x320x320) is
    quantized by ``quantize_static`` (QDQ, per-channel int8 weights, uint8 activations) on 16 of the
-   shared photos (``tests.qdq_models.quantize_detector``).
+   shared photos (``tests.support.qdq_models.quantize_detector``).
 2. In its own precision: ``onnxprune prune qdq.onnx --flops-target 0.3`` (the CLI checks the oracle
    and writes nothing that fails it), and ``--latency-target 0.8``.
 3. Prune, then requantize: ``onnxprune prune yolov8n.onnx --flops-target 0.3 --quantize int8`` with the
@@ -39,7 +39,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 MODEL = SHARED / "models" / "nudenet_yolov8n_320.onnx"
 PHOTOS = SHARED / "data" / "imagenet-sample-500"
 
-from tests.qdq_models import photo_batches, quantize_detector  # noqa: E402
+from tests.support.qdq_models import photo_batches, quantize_detector  # noqa: E402
 
 
 def cli(*args: str | Path) -> tuple[float, subprocess.CompletedProcess]:

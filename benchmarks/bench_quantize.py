@@ -3,7 +3,7 @@
 Models, run as users run them (the ``onnxprune`` CLI as whole processes):
 - the shared real ResNet-20 (``../shared/models/onnc_resnet20.onnx``) with real CIFAR-10 test images:
   2,000 for calibration and recovery (the CLI's ``--data``), 2,000 others held out (fixed seed);
-- the zoo ResNet-50 (``tests.zoo.resnet50``, random weights, BatchNorm statistics randomised),
+- the zoo ResNet-50 (``tests.support.zoo.resnet50``, random weights, BatchNorm statistics randomised),
   latency only (no data: int8 calibrates on generated inputs).
 Rows: the original; pruned (``--flops-target``, with recovery on ResNet-20: ``--recovery``'s flags);
 quantized only (``--ratio 0 --quantize int8``); pruned + quantized. One CLI run gives the last two
@@ -153,8 +153,8 @@ def resnet20(work: Path, flops_target: float, recovery: list[str], rounds: int, 
 
 def resnet50(work: Path, flops_target: float, rounds: int, size: int) -> dict:
     sys.path.insert(0, str(ROOT))
-    from tests.zoo import export_onnx, randomize_batchnorm
-    from tests.zoo import resnet50 as build
+    from tests.support.zoo import export_onnx, randomize_batchnorm
+    from tests.support.zoo import resnet50 as build
 
     source = work / "resnet50.onnx"
     export_onnx(randomize_batchnorm(build(), seed=0).eval(), (1, 3, size, size), source)

@@ -31,10 +31,9 @@ from onnxprune.graphops.scoring import score_groups  # noqa: E402
 from onnxprune.graphops.selection import select_by_ratio  # noqa: E402
 from onnxprune.graphops.surgery import apply_plan  # noqa: E402
 from onnxprune.workers.output_compare import numeric_values, relative_error  # noqa: E402
-from tests import zoo  # noqa: E402
-from tests.oracle import analyse, random_feeds, session  # noqa: E402
-from tests.test_output_compare import zipmap_classifier  # noqa: E402
-from tests.test_refused_patterns import _float16  # noqa: E402
+from tests.support import zoo  # noqa: E402
+from tests.support.oracle import analyse, random_feeds, session  # noqa: E402
+from tests.support.small_models import float16, zipmap_classifier  # noqa: E402
 
 RATIO = 0.3
 MODELS = ROOT.parent / "shared" / "models"
@@ -57,8 +56,8 @@ def _built_cases(directory: Path) -> dict[str, Path]:
         cases[name] = zoo.export_onnx(zoo.randomize_batchnorm(module, 1), shape, directory / f"{name}.onnx")
     mobilenet = onnx.load(cases.pop("mobilenet_v2"))
     for name, model in (
-        ("mobilenet_v2_float16", _float16(mobilenet)),
-        ("mobilenet_v2_mixed_precision", _float16(mobilenet, float32_interface=True)),
+        ("mobilenet_v2_float16", float16(mobilenet)),
+        ("mobilenet_v2_mixed_precision", float16(mobilenet, float32_interface=True)),
         ("zipmap_classifier", zipmap_classifier()),
     ):
         onnx.save(model, directory / f"{name}.onnx")

@@ -36,8 +36,8 @@ import redis
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.service.svc_models import convnet, save  # noqa: E402  (the service tests' model and helpers)
-from tests.service.svc_processes import api_command, free_port, spawn, stop  # noqa: E402
+from tests.support.service_models import convnet, save  # noqa: E402  (the service tests' model and helpers)
+from tests.support.service_processes import api_command, free_port, spawn, stop  # noqa: E402
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
 CONFIG = {"ratio": 0.5, "benchmark": False}

@@ -35,12 +35,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "service"))
 
-from own_redis import OwnRedis  # noqa: E402
-
 from onnxprune.jobs.files import JobFiles  # noqa: E402
 from onnxprune.jobs.store import JobStore  # noqa: E402
-from tests.service.svc_models import convnet, save  # noqa: E402
-from tests.service.svc_processes import ApiServer, Worker  # noqa: E402
+from tests.support.own_redis import OwnRedis  # noqa: E402
+from tests.support.service_models import convnet, save  # noqa: E402
+from tests.support.service_processes import ApiServer, Worker  # noqa: E402
 
 CONFIG = {"ratio": 0.5, "benchmark": False, "round_to": 1}
 TRAPS = [r"$\frac{a}{$", "$" + r"\sqrt{x}" * 124 + "$"]  # a parse error; 994 characters of mathtext

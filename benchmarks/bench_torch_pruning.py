@@ -8,7 +8,7 @@ load+save floor on a VGG-19-size model.
     vgg19     ours    python -m onnxprune prune vgg19.onnx --ratio 0.3 --criterion l1 --no-benchmark -o ours.onnx
               floor   the same load + save, on the ~575 MB model (random weights, built in code here)
 
-Both ResNet-50 sides start from the same weights (``tests.zoo.resnet50``, BatchNorm statistics
+Both ResNet-50 sides start from the same weights (``tests.support.zoo.resnet50``, BatchNorm statistics
 randomised). Verification stays on: every onnxprune run checks its result with onnx.checker and the
 masked-original oracle (the warm-up run's report shows the verify stage and the fidelity).
 
@@ -273,7 +273,7 @@ def latency(ours: Path, theirs: Path, runs: int, warmup: int) -> dict:
 def resnet50_case(work: Path, reps: int, runs: int, warmup: int) -> dict:
     import torch
 
-    from tests.zoo import export_onnx, randomize_batchnorm, resnet50
+    from tests.support.zoo import export_onnx, randomize_batchnorm, resnet50
 
     torch.manual_seed(0)
     model = randomize_batchnorm(resnet50(), seed=0).eval()
@@ -290,7 +290,7 @@ def resnet50_case(work: Path, reps: int, runs: int, warmup: int) -> dict:
     warmups = {"ours": prune_command(source, ours, RESNET_RATIO, report)}
     timings = interleaved(sides, warmups, reps, work / "resnet50.log")
     return {
-        "model": "tests.zoo.resnet50(num_classes=1000), BN statistics randomised, TorchScript export (BN folded), "
+        "model": "tests.support.zoo.resnet50(num_classes=1000), BN statistics randomised, TorchScript export (BN folded), "
         f"{source.stat().st_size / 1e6:.0f} MB",
         "commands": shown(sides),
         "timings": timings,

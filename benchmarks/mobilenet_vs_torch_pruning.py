@@ -2,9 +2,9 @@
 
 ``bench_latency.py --torch-pruning-mobilenet`` runs it:
 
-    the network  tests.zoo.mobilenet_v2 at full width, 1000 classes, 224x224 (the zoo's MobileNetV2, the
+    the network  tests.support.zoo.mobilenet_v2 at full width, 1000 classes, 224x224 (the zoo's MobileNetV2, the
                  one ``zoo_mobilenet_v2`` in the latency table is exported from), torch.manual_seed(0),
-                 BatchNorm statistics randomised (seed 0); exported unpruned with tests.zoo.export_onnx
+                 BatchNorm statistics randomised (seed 0); exported unpruned with tests.support.zoo.export_onnx
     theirs       torch-pruning: MagnitudePruner, MagnitudeImportance(p=1) (L1, as onnxprune's default
                  criterion), ratio 0.5 in every group, the classifier ignored; exported the same way
     ours         ``python -m onnxprune.service.cli prune original.onnx --flops-target F --no-benchmark``
@@ -42,7 +42,7 @@ def build_models(folder: Path) -> tuple[Path, Path]:
     import torch
     import torch_pruning as tp
 
-    from tests import zoo
+    from tests.support import zoo
 
     torch.manual_seed(0)
     model = zoo.mobilenet_v2(num_classes=1000, width_multiplier=1.0)
@@ -168,7 +168,7 @@ def markdown(entry: dict | None) -> list[str]:
     if "error" in entry:
         return lines + [f"error: {entry['error']}", ""]
     lines += [
-        f"tests.zoo MobileNetV2 (1.0x, 224x224, random weights, BatchNorm randomised), pruned by torch-pruning "
+        f"tests.support.zoo MobileNetV2 (1.0x, 224x224, random weights, BatchNorm randomised), pruned by torch-pruning "
         f"{entry['torch_pruning']} (MagnitudePruner, L1, ratio {entry['tp_ratio']}, classifier ignored) and by "
         f"`{entry['ours_command']}` (round-to {entry['round_to']}: {entry['round_to_source']}"
         + (

@@ -43,7 +43,7 @@ from onnx import numpy_helper  # noqa: E402
 from torch import nn  # noqa: E402
 
 from onnxprune.roundtrip.augment import augment_images  # noqa: E402
-from tests.zoo import export_onnx  # noqa: E402
+from tests.support.zoo import export_onnx  # noqa: E402
 
 INPUT_SHAPE = (1, 3, 32, 32)
 PARITY_SAMPLES = 16

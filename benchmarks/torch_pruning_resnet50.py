@@ -1,8 +1,8 @@
 """Torch-Pruning's side of ``bench_torch_pruning.py``, a script run as its own process, as a user runs it.
 
-Loads a state dict into ``tests.zoo.resnet50``, removes 50% of the channels of every prunable group
+Loads a state dict into ``tests.support.zoo.resnet50``, removes 50% of the channels of every prunable group
 by L1 norm (``MagnitudePruner``, residual-coupled groups included, the classifier's outputs kept)
-and exports the pruned model to ONNX the way ``tests.zoo`` exports the original.
+and exports the pruned model to ONNX the way ``tests.support.zoo`` exports the original.
 
     python benchmarks/torch_pruning_resnet50.py STATE.pt OUT.onnx [--ratio 0.5]
 """
@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch_pruning as tp  # noqa: E402
 
-from tests.zoo import export_onnx, resnet50  # noqa: E402
+from tests.support.zoo import export_onnx, resnet50  # noqa: E402
 
 INPUT_SHAPE = (1, 3, 224, 224)
 

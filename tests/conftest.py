@@ -20,9 +20,17 @@ if "ONNXPRUNE_CACHE_DIR" not in os.environ or os.environ.get("ONNXPRUNE_TEST_CAC
     os.environ["ONNXPRUNE_CACHE_DIR"] = tempfile.mkdtemp(prefix=f"onnxprune-test-cache-{_worker}-")
     os.environ["ONNXPRUNE_TEST_CACHE_DIR_SET"] = "1"
 
+import torch  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-from tests.needs import SHARED_HINT, in_ci, shared_dir, unavailable  # noqa: E402 - after the environment is set
+from tests.support.needs import SHARED_HINT, in_ci, shared_dir, unavailable  # noqa: E402 - after the environment is set
+
+# In-process torch runs on one thread (the oracle's onnxruntime sessions too, tests/support/oracle.py): the test
+# models are small, so a second thread buys nothing, and beside the other xdist workers or on a loaded machine
+# every parallel region waits for a descheduled sibling. Measured at load 10.6, -n 0: the feature-matching
+# fine-tuning test (tests/roundtrip/test_feature_match.py) took 53 s on torch's default 2 threads, 7.5 s on 1.
+# Jobs the tests start in processes of their own size their threads as in production (workers/job_threads.py).
+torch.set_num_threads(1)
 
 
 @pytest.fixture
@@ -47,7 +55,11 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if in_ci() e
 
 TESTS = Path(__file__).resolve().parent
 # The kind of test a folder holds; a test with none of these markers is a unit test.
-FOLDER_MARKERS = {"service": ("service", "integration"), "browser": ("browser", "integration")}
+FOLDER_MARKERS = {
+    "service": ("service", "integration"),
+    "browser": ("browser", "integration"),
+    "integration": ("integration",),
+}
 KINDS = {"integration", "service", "browser", "slow", "timing"}
 
 

@@ -1,5 +1,5 @@
 """Where the analysis registry (``graphops.ops``) and the round trip's executor (``roundtrip.ops``)
-differ, each op with the reason. ``tests/test_op_coverage.py`` keeps both tables exact: an op added
+differ, each op with the reason. ``tests/graphops/test_op_coverage.py`` keeps both tables exact: an op added
 to one registry and not the other fails it until its reason is written here.
 
 Declared as data because graphops sits below roundtrip in the layering and cannot import it.

@@ -24,10 +24,10 @@ import pytest
 from onnxprune.workers.html_report import render_report_html
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.pipeline import run_pipeline
-from tests.browser.chromium import console_errors, find_chromium, full_page_screenshot, start_driver
-from tests.needs import unavailable
-from tests.oracle import run_model
-from tests.test_sensitivity import two_branch_model
+from tests.support.chromium import console_errors, find_chromium, full_page_screenshot, start_driver
+from tests.support.needs import unavailable
+from tests.support.oracle import run_model
+from tests.support.small_models import two_branch_model
 
 pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[2]

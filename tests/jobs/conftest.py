@@ -10,7 +10,7 @@ import pytest
 from onnxprune.jobs.artifacts import ArtifactStore, LocalArtifacts
 from onnxprune.jobs.job_store import JobStore
 from onnxprune.jobs.store import SqliteJobStore
-from tests.cluster_servers import S3Server, empty_jobs_table, postgres_url, s3_env, s3_server  # noqa: F401
+from tests.support.cluster_servers import S3Server, empty_jobs_table, postgres_url, s3_env, s3_server  # noqa: F401
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

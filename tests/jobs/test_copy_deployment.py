@@ -14,8 +14,8 @@ from onnxprune.jobs.job_store import JobRecord, JobStatus
 from onnxprune.jobs.settings import Settings
 from onnxprune.jobs.store import SqliteJobStore
 from onnxprune.service.api import create_app
-from tests.cluster_servers import S3Server, fresh_database
-from tests.service.svc_models import convnet
+from tests.support.cluster_servers import S3Server, fresh_database
+from tests.support.service_models import convnet
 
 KEY = "copy-test-client-key-0123"
 

@@ -12,7 +12,7 @@ import pytest
 
 import onnxprune.jobs.s3_artifacts as s3_artifacts
 from onnxprune.jobs.s3_artifacts import S3Artifacts
-from tests.cluster_servers import S3Server
+from tests.support.cluster_servers import S3Server
 
 pytestmark = pytest.mark.integration
 

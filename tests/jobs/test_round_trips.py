@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from onnxprune.jobs.job_store import JobRecord, JobStatus
-from tests.cluster_servers import S3Server, empty_jobs_table
+from tests.support.cluster_servers import S3Server, empty_jobs_table
 
 pytestmark = pytest.mark.integration
 

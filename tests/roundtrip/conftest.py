@@ -13,23 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from tests import zoo
-
-
-def small_net() -> nn.Module:
-    """conv-BN-ReLU (8) -> conv-BN-ReLU (16) -> [block: conv-BN-ReLU-conv-BN + x] -> ReLU -> GAP -> Linear (4)."""
-    return nn.Sequential(
-        zoo._conv_bn_relu(3, 8),
-        zoo._conv_bn_relu(8, 16, stride=2),
-        zoo.BasicBlock(16, 16),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(16, 4),
-    )
-
-
-def samples(count: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((count, 3, 12, 12)).astype(np.float32)
+from tests.support import zoo
+from tests.support.bn_net import samples, small_net
 
 
 @pytest.fixture(scope="session")

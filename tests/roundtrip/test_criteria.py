@@ -12,7 +12,7 @@ import pytest
 from onnxprune.graphops.errors import ModelRejected
 from onnxprune.graphops.scoring import available_criteria, criterion_needs_data, score_groups
 from onnxprune.roundtrip.context import build_context
-from tests.oracle import analyse
+from tests.support.oracle import analyse
 
 DATA_CRITERIA = ["taylor", "mean-activation", "apoz"]
 
@@ -133,8 +133,8 @@ def _permute_first_layer(model, order: np.ndarray):
 def test_taylor_scores_on_a_tf2onnx_nhwc_graph_follow_its_channels_not_its_layout(tmp_path):
     """tf2onnx graphs wrap every Conv in Transposes and add biases on the last (channel) axis; a score
     read off the wrong axis would not move with the channels when they are reordered."""
-    from tests import zoo
-    from tests.oracle import run_model
+    from tests.support import zoo
+    from tests.support.oracle import run_model
 
     model = zoo.nhwc_transpose_model(seed=3, width=8)
     order = np.random.default_rng(0).permutation(8)

@@ -21,7 +21,7 @@ from onnxprune.roundtrip.objective import (
     sampled_detection_loss,
     score_logits,
 )
-from tests.test_detection import ORIGINAL, table_model
+from tests.support.detection_models import ORIGINAL, table_model
 
 LAYOUT = YoloLayout(index=0, classes=2, anchors_last=True)
 

@@ -1,6 +1,6 @@
 """The PyTorch executor computes what onnxruntime computes, on every test architecture.
 
-Each zoo model (``tests/zoo.py``) and each shared real model is run by ``OnnxModule`` and by
+Each zoo model (``tests/support/zoo.py``) and each shared real model is run by ``OnnxModule`` and by
 onnxruntime on the same inputs; outputs must agree within a relative error of 1e-4.
 """
 
@@ -11,15 +11,11 @@ import pytest
 import torch
 
 from onnxprune.roundtrip.executor import OnnxModule, build_executor
-from tests.needs import shared_model
-from tests.oracle import analyse, random_feeds, relative_error, run_model
-from tests.test_real_models import REAL_MODEL_CASES
-from tests.test_zoo_oracle import ZOO_CASES
+from tests.support.oracle import analyse, random_feeds, relative_error, run_model
+from tests.support.real_models import PIXEL_INPUTS, REAL_MODEL_CASES, analysed_real
+from tests.support.zoo_cases import ZOO_CASES, analysed_zoo
 
 RTOL = 1e-4
-# Models whose preprocessing expects raw pixels: standard-normal inputs drive their instance norms
-# and box decoders into float32 cancellation, where onnxruntime itself strays from a float64 run.
-PIXEL_INPUTS = {"winml_style_mosaic.onnx", "yolox_nano.onnx"}
 
 
 def executor_outputs(module: OnnxModule, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -37,8 +33,8 @@ def assert_parity(prepared, feeds) -> None:
 
 
 @pytest.mark.parametrize("case", ZOO_CASES, ids=[c.name for c in ZOO_CASES])
-def test_executor_matches_onnxruntime_on_every_zoo_architecture(case, tmp_path):
-    analysed = analyse(case.export(tmp_path), {"input": list(case.input_shape)})
+def test_executor_matches_onnxruntime_on_every_zoo_architecture(case):
+    analysed = analysed_zoo(case.name)
 
     assert_parity(analysed.prepared, random_feeds(analysed.prepared, analysed.input_shapes))
 
@@ -54,7 +50,7 @@ SHARED_PARAMS = [
 
 @pytest.mark.parametrize("case", SHARED_PARAMS)
 def test_executor_matches_onnxruntime_on_every_shared_model(case):
-    analysed = analyse(shared_model(case.file), case.input_shapes)
+    analysed = analysed_real(case)
     feeds = random_feeds(analysed.prepared, analysed.input_shapes)
     if case.file in PIXEL_INPUTS:
         feeds = {k: np.random.default_rng(0).uniform(0, 255, v.shape).astype(v.dtype) for k, v in feeds.items()}
@@ -62,10 +58,10 @@ def test_executor_matches_onnxruntime_on_every_shared_model(case):
     assert_parity(analysed.prepared, feeds)
 
 
-def test_a_graph_exported_at_batch_one_runs_on_a_batch_sample_by_sample_equal(tmp_path):
+def test_a_graph_exported_at_batch_one_runs_on_a_batch_sample_by_sample_equal():
     """se_swish_linear bakes batch 1 into a Reshape; the executor reads it as the batch."""
     case = next(c for c in ZOO_CASES if c.name == "se_swish_linear")
-    analysed = analyse(case.export(tmp_path), {"input": list(case.input_shape)})
+    analysed = analysed_zoo(case.name)
     batch = np.random.default_rng(0).standard_normal((5, 3, 16, 16)).astype(np.float32)
     module = build_executor(analysed.prepared)
 
@@ -75,9 +71,9 @@ def test_a_graph_exported_at_batch_one_runs_on_a_batch_sample_by_sample_equal(tm
     assert relative_error(alone, together) < RTOL
 
 
-def test_weights_are_parameters_by_onnx_name_and_statistics_are_buffers(tmp_path):
+def test_weights_are_parameters_by_onnx_name_and_statistics_are_buffers():
     case = next(c for c in ZOO_CASES if c.name == "resnet18_unfolded")
-    analysed = analyse(case.export(tmp_path), {"input": list(case.input_shape)})
+    analysed = analysed_zoo(case.name)
     module = build_executor(analysed.prepared)
     bn = next(n for n in analysed.prepared.graph.node if n.op_type == "BatchNormalization")
     conv = next(n for n in analysed.prepared.graph.node if n.op_type == "Conv")
@@ -88,9 +84,9 @@ def test_weights_are_parameters_by_onnx_name_and_statistics_are_buffers(tmp_path
     assert not module.tensor(bn.input[3]).requires_grad
 
 
-def test_batchnorm_in_training_mode_normalises_with_batch_statistics(tmp_path):
+def test_batchnorm_in_training_mode_normalises_with_batch_statistics():
     case = next(c for c in ZOO_CASES if c.name == "resnet18_unfolded")
-    analysed = analyse(case.export(tmp_path), {"input": list(case.input_shape)})
+    analysed = analysed_zoo(case.name)
     module = build_executor(analysed.prepared)
     bn = next(n for n in analysed.prepared.graph.node if n.op_type == "BatchNormalization")
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32))
@@ -128,8 +124,8 @@ def test_an_op_without_implementation_is_refused_naming_the_node(tmp_path):
 @pytest.mark.parametrize("name", ["bert_style", "vit_style"])
 def test_executor_matches_onnxruntime_on_decomposed_transformer_blocks(name):
     """Shape -> Gather (a 0-d index) -> Unsqueeze -> Concat -> Reshape into heads, Erf and tanh GELU,
-    Softmax, MatMuls of two activations (``tests.transformer_models``)."""
-    from tests import transformer_models
+    Softmax, MatMuls of two activations (``tests.support.transformer_models``)."""
+    from tests.support import transformer_models
 
     model = getattr(transformer_models, name)()
     shapes = {"x": [2, 7, 32], "attention_mask": [2, 7]} if name == "bert_style" else {"x": [2, 9, 32]}

@@ -19,8 +19,8 @@ from onnxprune.workers.analysis import analyse_model
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.stages import Stages
 from onnxprune.workers.strategies import Job, choose_schedule
-from tests.oracle import analyse
-from tests.roundtrip.conftest import samples
+from tests.support.bn_net import samples
+from tests.support.oracle import analyse
 
 
 @pytest.fixture(scope="module")

@@ -15,10 +15,10 @@ import torch
 
 from onnxprune.graphops.errors import ModelRejected
 from onnxprune.roundtrip.executor import build_executor
-from tests import transformer_models as built
-from tests.oracle import relative_error, run_model
-from tests.test_cli import onnxprune
-from tests.transformer_models import fused_by_onnxruntime, hidden_state_feeds, minilm_path, single_op
+from tests.support import transformer_models as built
+from tests.support.cli import onnxprune
+from tests.support.oracle import relative_error, run_model
+from tests.support.transformer_models import fused_by_onnxruntime, hidden_state_feeds, minilm_path, single_op
 
 RTOL = 1e-4
 SHAPES = [(1, 5), (3, 11)]  # (batch, sequence)

@@ -9,7 +9,7 @@ from PIL import Image
 from onnxprune.graphops.errors import ModelRejected
 from onnxprune.roundtrip.data import load_dataset, split_data
 from onnxprune.roundtrip.images import PAD_VALUE, letterbox
-from tests.test_detection import ORIGINAL, table_model
+from tests.support.detection_models import ORIGINAL, table_model
 
 GREY = PAD_VALUE / 255
 

@@ -40,7 +40,7 @@ from onnxprune.roundtrip.learned import (
 )
 from onnxprune.roundtrip.training import evaluate
 from onnxprune.workers.options import PruneOptions
-from tests.roundtrip.conftest import samples
+from tests.support.bn_net import samples
 
 pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
 

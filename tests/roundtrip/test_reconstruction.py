@@ -19,8 +19,8 @@ from onnxprune.graphops.selection import select_by_ratio
 from onnxprune.graphops.surgery import apply_plan
 from onnxprune.roundtrip.data import Dataset
 from onnxprune.roundtrip.reconstruction import _conv_rows, reconstruct
-from tests.oracle import run_model
-from tests.roundtrip.conftest import samples
+from tests.support.bn_net import samples
+from tests.support.oracle import run_model
 
 
 def output_error(reference: onnx.ModelProto, candidate: onnx.ModelProto, x: np.ndarray) -> float:

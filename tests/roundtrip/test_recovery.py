@@ -17,7 +17,7 @@ from onnxprune.workers.strategies import Job
 from onnxprune.workers.strategies.finetune import FineTune
 from onnxprune.workers.strategies.ranked import RankedByRatio
 from onnxprune.workers.strategies.stepwise import Stepwise
-from tests.oracle import analyse
+from tests.support.oracle import analyse
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from onnxprune.graphops.surgery import apply_plan
 from onnxprune.roundtrip.context import build_context
 from onnxprune.roundtrip.executor import OnnxModule
 from onnxprune.roundtrip.training import evaluate, finetune
-from tests.oracle import analyse
+from tests.support.oracle import analyse
 
 SLOW_EVALUATION_S = 1.0  # far more than the whole run's steps on this tiny model take
 

@@ -15,8 +15,8 @@ from onnxprune.roundtrip.context import make_context
 from onnxprune.roundtrip.data import load_dataset, split_data
 from onnxprune.workers.analysis import analyse_model
 from onnxprune.workers.teacher_session import runner_of
-from tests import zoo
-from tests.roundtrip.conftest import samples
+from tests.support import zoo
+from tests.support.bn_net import samples
 
 
 def _context(model: Path, data: Path, runner: bool = True):  # type: ignore[no-untyped-def]

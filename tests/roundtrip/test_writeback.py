@@ -12,8 +12,8 @@ from onnxprune.roundtrip.context import build_context
 from onnxprune.roundtrip.executor import OnnxModule
 from onnxprune.roundtrip.training import finetune, outputs_on
 from onnxprune.roundtrip.writeback import changed_initializers, write_back
-from tests.oracle import relative_error, run_model
-from tests.roundtrip.conftest import samples
+from tests.support.bn_net import samples
+from tests.support.oracle import relative_error, run_model
 
 
 def test_a_few_training_steps_written_back_run_in_onnxruntime_as_in_torch(small_model, small_data):

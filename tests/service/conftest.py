@@ -9,14 +9,12 @@ from pathlib import Path
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from svc_models import convnet, save
-from svc_processes import ApiServer, Worker
 
 from onnxprune.jobs.settings import Settings
 from onnxprune.service.api import create_app
-from tests.needs import unavailable
-
-REDIS_URL = "redis://127.0.0.1:6379/13"  # a DB of our own; we still delete only our prefix's keys
+from tests.support.needs import unavailable
+from tests.support.service_models import convnet, save
+from tests.support.service_processes import REDIS_URL, ApiServer, Worker
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import uuid
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from svc_models import convnet
 
 import onnxprune.jobs.run as jobs
 from onnxprune.graphops.errors import ModelRejected
@@ -21,6 +20,7 @@ from onnxprune.jobs.settings import Settings
 from onnxprune.jobs.store import JobStatus, SqliteJobStore
 from onnxprune.service.api import create_app
 from onnxprune.service.runners import EmbeddedRunner
+from tests.support.service_models import convnet
 
 MODEL = convnet().SerializeToString()
 CONFIG = '{"benchmark": false}'

@@ -7,11 +7,11 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
-from svc_models import convnet
 
 from onnxprune.jobs.settings import Settings
 from onnxprune.service.api import create_app
 from onnxprune.service.retention import remove_expired
+from tests.support.service_models import convnet
 
 MODEL = convnet().SerializeToString()
 

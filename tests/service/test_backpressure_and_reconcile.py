@@ -7,12 +7,12 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
-from svc_models import convnet
 
 from onnxprune.jobs.reconcile import needs_resend, reconcile
 from onnxprune.jobs.settings import Settings
 from onnxprune.jobs.store import JobRecord, JobStatus, JobStore
 from onnxprune.service.api import create_app
+from tests.support.service_models import convnet
 
 MODEL = convnet().SerializeToString()
 

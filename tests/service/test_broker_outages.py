@@ -10,11 +10,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from own_redis import OwnRedis
-from svc_processes import wait_until
 
 from onnxprune.jobs.store import JobStore
 from onnxprune.service.client import PruneClient
+from tests.support.own_redis import OwnRedis
+from tests.support.service_processes import wait_until
 
 pytestmark = pytest.mark.service
 

@@ -7,14 +7,14 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from svc_oracle import assert_matches_masked_original
-from svc_processes import wait_until
 
 from onnxprune.jobs.celery_app import TASK_NAME, make_celery
 from onnxprune.jobs.settings import Settings
 from onnxprune.jobs.store import JobStore
 from onnxprune.service.client import PruneClient
 from onnxprune.workers.fileio import file_sha256
+from tests.support.service_oracle import assert_matches_masked_original
+from tests.support.service_processes import wait_until
 
 pytestmark = pytest.mark.service
 

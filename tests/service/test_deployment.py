@@ -48,7 +48,7 @@ def test_celery_workers_publish_what_they_can_run_and_the_api_reads_it(redis_nam
     from onnxprune.jobs.capabilities import publish_capabilities
     from onnxprune.jobs.settings import Settings
     from onnxprune.service.runners import CeleryRunner
-    from tests.service.conftest import REDIS_URL
+    from tests.support.service_processes import REDIS_URL
 
     settings = Settings(
         redis_url=REDIS_URL, redis_prefix=redis_namespace, queue="q-capabilities", data_dir=Path("unused")

@@ -11,13 +11,13 @@ from pathlib import Path
 import httpx
 import pytest
 import typer
-from svc_models import convnet, no_conv_model, save
-from svc_oracle import assert_matches_masked_original
-from svc_processes import wait_until
 from typer.testing import CliRunner
 
 from onnxprune.service.cli_service import register
 from onnxprune.service.client import PruneClient, ServiceError
+from tests.support.service_models import convnet, no_conv_model, save
+from tests.support.service_oracle import assert_matches_masked_original
+from tests.support.service_processes import wait_until
 
 FAST = {
     "ratio": 0.5,

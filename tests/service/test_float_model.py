@@ -10,14 +10,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import typer
-from svc_models import convnet, save
-from svc_oracle import assert_matches_masked_original
 from typer.testing import CliRunner
 
 from onnxprune.jobs.files import FLOAT_MODEL, MODEL
 from onnxprune.service.cli_service import register
 from onnxprune.service.client import PruneClient, ServiceError
 from onnxprune.workers.fileio import file_sha256, float_output_path
+from tests.support.service_models import convnet, save
+from tests.support.service_oracle import assert_matches_masked_original
 
 QUANTIZED = {"ratio": 0.5, "round_to": 1, "benchmark": False, "quantize": "int8"}
 

@@ -9,7 +9,6 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request, Response
 from fastapi.testclient import TestClient
-from svc_models import convnet
 
 from onnxprune.jobs.files import JobFiles
 from onnxprune.jobs.settings import Settings
@@ -20,6 +19,7 @@ from onnxprune.service.client import PruneClient
 from onnxprune.service.direct_route import DirectRoute
 from onnxprune.service.schemas import JobPublic
 from onnxprune.workers.report import PruneReport
+from tests.support.service_models import convnet
 
 MODEL = convnet().SerializeToString()
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from svc_models import runtime_endless_loop, runtime_memory_bomb, save
-from svc_processes import wait_until
 
 from onnxprune.jobs.store import JobStore
 from onnxprune.service.client import PruneClient
+from tests.support.service_models import runtime_endless_loop, runtime_memory_bomb, save
+from tests.support.service_processes import wait_until
 
 JOB = {"ratio": 0.5, "benchmark": False, "round_to": 1}
 LIMITS = {"ONNXPRUNE_JOB_MEMORY_MIB": "2048", "ONNXPRUNE_SOFT_TIME_LIMIT_S": "8", "ONNXPRUNE_TIME_LIMIT_S": "30"}

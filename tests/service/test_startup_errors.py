@@ -8,7 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from svc_processes import REPO, api_command, free_port
+
+from tests.support.service_processes import REPO, api_command, free_port
 
 BAD = [
     (

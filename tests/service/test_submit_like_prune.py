@@ -6,34 +6,23 @@ the CLI as a process, against a real API server (embedded mode)."""
 from __future__ import annotations
 
 import json
-import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.service.client import PruneClient
+from tests.support.cli import onnxprune as run_cli
 
 pytestmark = pytest.mark.service
 
-ROOT = Path(__file__).resolve().parents[2]
 KEY = "submit-like-prune-client-key"  # without server tokens, a client key of one's own lists one's jobs
 
 
 def onnxprune(*args: object, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    env["ONNXPRUNE_TOKEN"] = KEY
-    return subprocess.run(
-        [sys.executable, "-m", "onnxprune", *map(str, args)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli(*args, cwd=cwd, module="onnxprune", env={"ONNXPRUNE_TOKEN": KEY})
 
 
 def test_submit_json_prints_the_jobs_report(start_api, embedded_env, model_path, tmp_path):

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from svc_oracle import assert_matches_masked_original
-from svc_processes import wait_until
 
 from onnxprune.jobs.job_store import JobRecord
 from onnxprune.service.client import PruneClient
-from tests.cluster_servers import S3_ENV, fresh_database, s3_server  # noqa: F401
+from tests.support.cluster_servers import S3_ENV, fresh_database, s3_server  # noqa: F401
+from tests.support.service_oracle import assert_matches_masked_original
+from tests.support.service_processes import wait_until
 
 pytestmark = pytest.mark.service
 
@@ -173,7 +173,7 @@ def test_jobs_queued_when_the_broker_is_lost_all_end_once_it_returns(
 ):
     """Redis without persistence dies with jobs queued: the reconciler (reading PostgreSQL) re-sends
     them, and workers on other hosts run each once."""
-    from own_redis import OwnRedis
+    from tests.support.own_redis import OwnRedis
 
     broker = OwnRedis(tmp_path / "redis", persistent=False).start()
     try:

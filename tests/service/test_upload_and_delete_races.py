@@ -10,8 +10,9 @@ import time
 
 import httpx
 import pytest
-from svc_models import convnet
-from svc_processes import wait_until
+
+from tests.support.service_models import convnet
+from tests.support.service_processes import wait_until
 
 MODEL = convnet().SerializeToString()
 FAST = {"ratio": 0.5, "benchmark": False, "round_to": 1}

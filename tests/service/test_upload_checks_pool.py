@@ -8,11 +8,11 @@ import onnx
 import pytest
 from fastapi.testclient import TestClient
 from onnx import numpy_helper
-from svc_models import convnet
 
 from onnxprune.jobs.settings import Settings
 from onnxprune.service.api import create_app
 from onnxprune.service.uploads import MAX_NAME_CHARS
+from tests.support.service_models import convnet
 
 CONFIG = '{"ratio": 0.5, "benchmark": false}'
 

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from onnx import helper
-from svc_models import convnet
 
 from onnxprune.jobs.settings import Settings
 from onnxprune.service.api import create_app
+from tests.support.service_models import convnet
 
 MODEL = convnet().SerializeToString()
 

@@ -11,10 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from svc_models import convnet, custom_domain_model, external_data_model, huge_initializer_model, no_conv_model
 
-from tests import hostile_models as hostile
-from tests import qdq_models
+from tests.support import hostile_models as hostile
+from tests.support import qdq_models
+from tests.support.service_models import (
+    convnet,
+    custom_domain_model,
+    external_data_model,
+    huge_initializer_model,
+    no_conv_model,
+)
 
 MODEL = convnet().SerializeToString()
 QDQ = qdq_models.per_channel_activation_net().SerializeToString()  # weights and activations int8 (QDQ)
@@ -69,7 +75,7 @@ BAD_UPLOAD_CASES = [
     ("data not an npz", dict(data=b"not a zip at all"), 422, "invalid_data", "npz"),
     ("data criterion without data", dict(config={"criterion": "taylor"}), 422, "invalid_config", "needs data"),
     ("fine-tuning without data", dict(config={"finetune_steps": 10}), 422, "invalid_config", "needs data"),
-    # Hostile models (tests/hostile_models.py): refused statically, before anything is built or run.
+    # Hostile models (tests/support/hostile_models.py): refused statically, before anything is built or run.
     (
         "3000 chained local functions",
         dict(model=hostile.function_chain().SerializeToString()),

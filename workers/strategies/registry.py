@@ -1,7 +1,7 @@
 """The strategy registry: every way of choosing channels, recovering, scheduling and finishing a job,
 each with the options it owns, what it may need (data, labels, PyTorch) and the report section it fills.
 
-This is the one place that lists them (``tests/test_strategy_contracts.py`` checks every entry:
+This is the one place that lists them (``tests/workers/test_strategy_contracts.py`` checks every entry:
 its options round-trip through the CLI, the REST config and the upload form; its declared needs
 match what it imports). A strategy registers itself with :func:`register` where it is defined;
 ``workers.strategies`` chooses among the registered ones, never by a ladder of class names.

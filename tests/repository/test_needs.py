@@ -1,0 +1,72 @@
+"""A suite that cannot run skips locally with a reason, and fails in CI: a green run hides nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_pytest(test: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k != "CI"} | env
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", test],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_real_model_tests_skip_locally_saying_where_the_models_come_from(tmp_path: Path) -> None:
+    result = run_pytest(
+        "tests/graphops/test_cost.py::test_resnet20_has_about_41_million_macs", tmp_path, ONNXPRUNE_SHARED=str(tmp_path)
+    )
+
+    assert result.returncode == 0, result.stdout
+    assert "1 skipped" in result.stdout
+    assert f"{tmp_path}/models/onnc_resnet20.onnx not found" in result.stdout
+    assert "ONNXPRUNE_SHARED" in result.stdout and "../shared" in result.stdout
+
+
+def test_real_model_tests_fail_in_ci_when_the_models_are_missing(tmp_path: Path, shared_models_dir: Path) -> None:
+    shared_models = len(list(shared_models_dir.glob("*.onnx")))
+    result = run_pytest(
+        "tests/graphops/test_loading.py::test_every_shared_model_passes_validation",
+        tmp_path,
+        ONNXPRUNE_SHARED=str(tmp_path),
+        CI="true",
+    )
+
+    assert result.returncode == 1
+    assert f"{shared_models} failed" in result.stdout and "skipped" not in result.stdout
+
+
+def test_the_real_model_parameters_do_not_depend_on_what_is_on_disk(tmp_path: Path, shared_models_dir: Path) -> None:
+    """A glob over a missing folder collapsed to zero tests; the table of real models does not."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "--collect-only",
+            "-p",
+            "no:cacheprovider",
+            "tests/graphops/test_loading.py",
+            "-k",
+            "shared_model",
+        ],
+        cwd=ROOT,
+        env=os.environ | {"ONNXPRUNE_SHARED": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    shared_models = len(list(shared_models_dir.glob("*.onnx")))
+    assert f"{shared_models} tests collected" in result.stdout or f"{shared_models}/" in result.stdout, result.stdout
