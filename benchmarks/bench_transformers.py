@@ -34,11 +34,8 @@ import datetime
 import json
 import os
 import platform
-import shlex
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +50,6 @@ RESULTS = ROOT / "benchmarks" / "results"
 STS = SHARED / "data" / "stsbenchmark"
 VOCABULARY = SHARED / "data" / "bert-base-uncased-vocab.txt"
 PHOTOS = SHARED / "data" / "imagenet-sample-500"
-CLI = [sys.executable, "-m", "onnxprune.service.cli"]
 ONNXSIM_SCRIPT = Path(__file__).resolve().parent / "onnxsim_prune.py"
 
 CALIBRATION_SENTENCES = 2048
@@ -77,11 +73,13 @@ RECOVERY = {
     "refit256": ["--recovery", "reconstruct", "--reconstruct-samples", "256"],
 }
 
+from bench_quality import CLI, run  # noqa: E402  (one whole process, its wall time and load)
 from wordpiece import WordPiece  # noqa: E402
 
 from onnxprune.graphops.cost import measure_cost  # noqa: E402
 from onnxprune.roundtrip.images import IMAGE_SUFFIXES, read_folder  # noqa: E402
 from onnxprune.workers.benchmark import benchmark  # noqa: E402
+from onnxprune.workers.latency import cpu_model  # noqa: E402
 from onnxprune.workers.sandbox import RunnerLimits  # noqa: E402
 from tests.transformer_models import minilm_path, vit_path  # noqa: E402
 
@@ -172,19 +170,6 @@ def macs_and_params(path: Path, shapes: dict, prefix: str = "") -> tuple[int, in
     """MACs (of the nodes whose name starts with ``prefix``) and float parameters of the whole model."""
     cost = measure_cost(onnx.load(path), shapes)
     return sum(n.macs for n in cost.nodes if n.name.startswith(prefix)), cost.params
-
-
-def run(command: list[str], work: Path) -> tuple[subprocess.CompletedProcess, dict]:
-    """One whole process, with its wall time and the load average around it."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    load_before = round(os.getloadavg()[0], 2)
-    started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
-    timing = {"wall_s": round(time.perf_counter() - started, 1), "load_before": load_before}
-    timing["load_after"] = round(os.getloadavg()[0], 2)
-    text = shlex.join(command).replace(str(work), "$TMP").replace(shlex.join(CLI), "onnxprune")
-    timing["command"] = text.replace(sys.executable, "python").replace(str(ROOT) + "/", "")
-    return done, timing
 
 
 class Bench:
@@ -312,17 +297,9 @@ class Bench:
 
 
 def environment() -> dict:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in line
-        ),
-        platform.machine(),
-    )
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{cpu}, {os.cpu_count()} cores, {platform.platform()}, shared with other work",
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores, {platform.platform()}, shared with other work",
         "onnxruntime": ort.__version__,
     }
 
