@@ -13,6 +13,7 @@ import json
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.graphops.dependency import analyze
@@ -76,6 +77,7 @@ def test_the_refit_gives_back_the_original_when_the_removed_inputs_are_combinati
     assert w2.shape == (4, 5)
 
 
+@pytest.mark.integration  # the whole pipeline, its sandboxed checks in processes of their own
 def test_a_transformer_pipeline_with_data_refits_each_attention_output_and_second_mlp_layer(tmp_path):
     model = bert_style(hidden=32, heads=4, ffn=48, layers=2)
     onnx.save(model, tmp_path / "bert.onnx")
