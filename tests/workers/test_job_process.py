@@ -128,17 +128,22 @@ def test_the_child_runs_at_the_lower_priority_it_is_given(tmp_path):
     assert seen and max(seen) == min(19, os.nice(0) + 7)  # 19: the lowest priority there is
 
 
+def _children() -> set[int]:
+    """This process's child processes now (the sandbox of the job running, among others)."""
+    return {int(pid) for pid in Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()}
+
+
 def test_a_sandbox_killed_from_outside_below_its_limits_is_a_machine_fault(tmp_path):
     """SIGKILL that is not ours (the host's OOM killer, an operator) is not the model's fault."""
     model = save(runtime_endless_loop(), tmp_path / "m.onnx")
     killed: list[int] = []
+    others = _children()  # servers this test process started for other tests (moto, Redis) live on
 
     def kill_once_running(stage: str, fraction: float) -> None:
         if not killed:
-            children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
-            for pid in children:
-                os.kill(int(pid), 9)
-                killed.append(int(pid))
+            for pid in _children() - others:
+                os.kill(pid, 9)
+                killed.append(pid)
 
     with pytest.raises(SandboxKilled, match="killed \\(SIGKILL\\) from outside"):
         run_job_process(
@@ -170,12 +175,13 @@ def test_a_job_that_reaches_its_time_limit_without_getting_the_cpu_is_a_machine_
     """Stopped (SIGSTOP: no CPU at all, as on a badly overloaded host) until its wall-time limit passes."""
     model = save(runtime_endless_loop(), tmp_path / "m.onnx")
     stopped: list[int] = []
+    others = _children()
 
     def stop_once_running(stage: str, fraction: float) -> None:
         if not stopped:
-            for pid in Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split():
-                os.kill(int(pid), signal.SIGSTOP)
-                stopped.append(int(pid))
+            for pid in _children() - others:
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
 
     with pytest.raises(SandboxStarved, match="less than 10% of a core"):
         run_job_process(
