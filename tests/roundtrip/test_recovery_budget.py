@@ -28,7 +28,7 @@ def test_the_report_counts_the_steps_and_epochs_fine_tuning_made(small_model, sm
     train = report.samples["train"]
     assert report.total_steps == 10 == len(report.losses)  # 5 after each of the 2 pruning steps
     assert report.epochs == pytest.approx(round(10 * min(16, train) / train, 2))
-    assert report.train_seconds is not None and report.train_seconds > 0
+    assert report.train_seconds is not None and report.train_seconds >= 0  # 0.0: under 0.05 s on a quiet machine
     # train_seconds is reported to 0.1 s and samples_per_s from the unrounded time: equal within that rounding
     trained, seconds = 10 * min(16, train), report.train_seconds
     assert report.samples_per_s is not None
