@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -133,24 +134,31 @@ def _children() -> set[int]:
     return {int(pid) for pid in Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()}
 
 
+def _signal_the_sandbox_once(signum: int, sent: list[int]) -> Callable[[str, float], None]:
+    """A progress callback that sends ``signum`` once to the children started after this call (the
+    job's sandbox), never to servers this test process started earlier for other tests (moto, Redis);
+    the pids it signalled are appended to ``sent``."""
+    others = _children()
+
+    def signal_once(stage: str, fraction: float) -> None:
+        if not sent:
+            for pid in _children() - others:
+                os.kill(pid, signum)
+                sent.append(pid)
+
+    return signal_once
+
+
 def test_a_sandbox_killed_from_outside_below_its_limits_is_a_machine_fault(tmp_path):
     """SIGKILL that is not ours (the host's OOM killer, an operator) is not the model's fault."""
     model = save(runtime_endless_loop(), tmp_path / "m.onnx")
     killed: list[int] = []
-    others = _children()  # servers this test process started for other tests (moto, Redis) live on
-
-    def kill_once_running(stage: str, fraction: float) -> None:
-        if not killed:
-            for pid in _children() - others:
-                os.kill(pid, 9)
-                killed.append(pid)
-
     with pytest.raises(SandboxKilled, match="killed \\(SIGKILL\\) from outside"):
         run_job_process(
             JobRequest(model, tmp_path / "out.onnx", OPTIONS),
             tmp_path / "job",
             limits=JobLimits(wall_s=60),
-            progress=kill_once_running,
+            progress=_signal_the_sandbox_once(signal.SIGKILL, killed),
         )
     assert killed
 
@@ -175,19 +183,11 @@ def test_a_job_that_reaches_its_time_limit_without_getting_the_cpu_is_a_machine_
     """Stopped (SIGSTOP: no CPU at all, as on a badly overloaded host) until its wall-time limit passes."""
     model = save(runtime_endless_loop(), tmp_path / "m.onnx")
     stopped: list[int] = []
-    others = _children()
-
-    def stop_once_running(stage: str, fraction: float) -> None:
-        if not stopped:
-            for pid in _children() - others:
-                os.kill(pid, signal.SIGSTOP)
-                stopped.append(pid)
-
     with pytest.raises(SandboxStarved, match="less than 10% of a core"):
         run_job_process(
             JobRequest(model, tmp_path / "out.onnx", OPTIONS),
             tmp_path / "job",
             limits=JobLimits(wall_s=20),
-            progress=stop_once_running,
+            progress=_signal_the_sandbox_once(signal.SIGSTOP, stopped),
         )
     assert stopped
