@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.kinds import check_kinds_present, check_macs_reachable, limit_groups
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.selection import check_exclude_patterns
 from onnxprune.roundtrip.data import SPLIT_RULES
 from onnxprune.roundtrip.detector_outputs import yolo_shaped_output
-from onnxprune.workers.analysis import analyse_model, output_shapes
+from onnxprune.workers.analysis import Analysis, analyse_model, output_shapes
 from onnxprune.workers.benchmark import benchmark, compare_outputs, run_models
 from onnxprune.workers.capabilities import require_capabilities
 from onnxprune.workers.cleanup import cleanup_changed
 from onnxprune.workers.fileio import file_sha256, float_output_path
 from onnxprune.workers.latency import resolve_round_to
-from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.options import MacsTarget, PruneOptions
 from onnxprune.workers.precision import check_precision
 from onnxprune.workers.report import Fidelity, HeldOutEvaluation, Latency, PruneReport, SensitivityReport
 from onnxprune.workers.reporting import build_report
@@ -69,6 +70,7 @@ def run_pipeline(
     check_exclude_patterns(options.exclude, (node.name for node in analysis.prepared.graph.node))
     yolo_shaped_output(output_shapes(analysis), options.detector)  # a wrong --detector yolo fails here
     check_precision(analysis.original, options, has_data=data is not None, plan_given=plan is not None)
+    analysis = with_kind_limits(analysis, options, plan_given=plan is not None)
     schedule = choose_schedule(options, plan, has_data=data is not None)
     resolved, round_to_source = resolve_round_to(options, analysis.sha256, analysis.input_shapes)
     output_path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,6 +108,20 @@ def run_pipeline(
                 os.replace(artifacts.float_result, float_output)
             os.replace(artifacts.result, output_path)
     return PipelineResult(report=report, plan=outcome.plan, dependency=analysis.dep, float_output=float_output)
+
+
+def with_kind_limits(analysis: Analysis, options: PruneOptions, *, plan_given: bool = False) -> Analysis:
+    """The analysis whose groups carry the options' per-kind limits (``graphops.kinds``), refused
+    where they name what the model lacks or put a MACs target out of reach."""
+    limits = options.kind_limits
+    if not limits.limits_anything:
+        return analysis
+    check_kinds_present(analysis.dep, limits)
+    dep = limit_groups(analysis.dep, limits)
+    target = options.target
+    if isinstance(target, MacsTarget) and not plan_given:
+        check_macs_reachable(dep, limits, analysis.node_macs, target.fraction)
+    return replace(analysis, dep=dep)
 
 
 def _speed_and_fidelity(job: Job, candidate: Path) -> tuple[Latency | None, Fidelity]:

@@ -134,6 +134,13 @@ class Job:
         finish that measures the float model beside a quantized one): never by a strategy."""
         return None if self.splits is None else self.splits.held_out
 
+    def as_job_sees(self, dep: DependencyGraph) -> DependencyGraph:
+        """A model pruned from the job's (an iterative step's), analysed afresh, with what the pipeline
+        gave :attr:`dep`: the per-kind limits, of the original's groups."""
+        from onnxprune.graphops.kinds import limit_groups
+
+        return limit_groups(dep, self.options.kind_limits, original=self.dep)
+
     def scores(self, dep: DependencyGraph, *, step: int = 0) -> Scores:
         """The criterion's channel scores on ``dep`` (the original, or the model of an iterative step)."""
         options = self.options
