@@ -40,7 +40,9 @@ class ChannelGroup:
     classes, and ``kind`` says what one is (None: no filter or linear layer produces them).
 
     A job sets the rest (``dataclasses.replace``): ``max_removed``, at most this many classes may go
-    (a per-kind limit of the options, ``graphops.kinds``; None: no limit), ``limited_by`` naming it.
+    (a per-kind limit of the options, ``graphops.kinds``; None: no limit), ``limited_by`` naming it;
+    ``round_to``, the channel step of the group's kernel that 'auto' rounding keeps its counts on
+    (``graphops.kernel_steps``; None: the job's step).
     """
 
     id: str
@@ -55,6 +57,7 @@ class ChannelGroup:
     kind: GroupKind | None = None
     max_removed: int | None = None
     limited_by: str = ""
+    round_to: int | None = None
 
     @property
     def min_keep(self) -> int:

@@ -77,6 +77,11 @@ def unit_step(round_to: int, unit: int) -> int:
     return max(1, round_to // math.gcd(round_to, max(unit, 1)))
 
 
+def group_step(group: ChannelGroup, round_to: int) -> int:
+    """The step in units of ``group``'s counts: its kernel's (``ChannelGroup.round_to``) or the job's."""
+    return unit_step(group.round_to or round_to, group.unit)
+
+
 def round_keep(keep: int, channels: int, round_to: int) -> int:
     """``keep`` rounded up to the nearest count on the group's grid (:func:`grid_counts`)."""
     return min((c for c in grid_counts(channels, round_to) if c >= keep), default=channels)
@@ -169,7 +174,7 @@ def select_by_ratio(
     for index in _candidates(dep, scores, exclude):
         group = dep.groups[index]
         channels = group.channels
-        step = unit_step(round_to, group.unit)
+        step = group_step(group, round_to)
         n_keep = round_keep(max(channels - int(ratio * (channels - len(group.pinned))), group.min_keep), channels, step)
         keeps[index] = choose_kept(dep, index, scores[dep.groups[index].id], n_keep)
     return _plan(dep, keeps)
@@ -328,7 +333,7 @@ def snap_to_grid(
 
 def _grid_above_floor(group: ChannelGroup, round_to: int) -> list[int]:
     """The group's grid counts (:func:`grid_counts`) that keep at least what its kind limit leaves."""
-    return [c for c in grid_counts(group.channels, unit_step(round_to, group.unit)) if c >= group.min_keep]
+    return [c for c in grid_counts(group.channels, group_step(group, round_to)) if c >= group.min_keep]
 
 
 def select_by_group_ratios(
@@ -350,7 +355,7 @@ def select_by_group_ratios(
         if ratio == 0.0:
             continue
         channels = group.channels
-        step = unit_step(round_to, group.unit)
+        step = group_step(group, round_to)
         n_keep = round_keep(max(channels - int(ratio * (channels - len(group.pinned))), group.min_keep), channels, step)
         keeps[index] = choose_kept(dep, index, scores[group.id], n_keep)
     return _plan(dep, keeps)

@@ -147,9 +147,11 @@ class PruneOptions(BaseModel):
     )
     round_to: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = Field(
         "auto",
-        description="Keep channel counts multiples of this number; 'auto': where onnxruntime's blocked conv "
-        "kernels run faster (the measured latency staircase, else the CPU's vector width: 16 with AVX-512, 8 with "
-        "AVX2); 1: exact counts.",
+        description="Keep channel counts multiples of this number; 'auto': where onnxruntime's kernels run "
+        "faster: conv filters on the blocked conv kernels' step (the measured latency staircase, else the CPU's "
+        "vector width: 16 with AVX-512, 8 with AVX2), MLP widths and attention heads on the 16 columns of its "
+        "SGEMM kernel (widths 16k+1 to 16k+16 take the same time; a head of 32 or 64 channels is on it, so any "
+        "head count is: benchmarks/results/transformer_widths.md); 1: exact counts.",
         json_schema_extra=_about("selection"),
     )
     latency_target: Annotated[float, Field(gt=0.0, lt=1.0)] | None = Field(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.kernel_steps import kernel_steps_note, with_kernel_steps
 from onnxprune.graphops.kinds import check_kinds_present, check_macs_reachable, limit_groups
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.selection import check_exclude_patterns
@@ -73,6 +74,9 @@ def run_pipeline(
     analysis = with_kind_limits(analysis, options, plan_given=plan is not None)
     schedule = choose_schedule(options, plan, has_data=data is not None)
     resolved, round_to_source = resolve_round_to(options, analysis.sha256, analysis.input_shapes)
+    if options.round_to == "auto":  # MLP widths and heads on their kernel's step, convs on the job's
+        analysis = replace(analysis, dep=with_kernel_steps(analysis.dep))
+        round_to_source += kernel_steps_note(analysis.dep)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="onnxprune-", dir=output_path.parent) as workdir:
         job = Job(

@@ -1,6 +1,6 @@
 """Per-kind control (``graphops.kinds``): which kinds of unit may go (conv filters, attention heads, MLP
 neurons) and at most what fraction of each group, met by every selection and enforced by the plan
-check.
+check; and 'auto' rounding on the kernel's step for heads and MLP widths (``graphops.kernel_steps``).
 
 The BERT-style block (``tests.support.transformer_models.bert_style``, diagram there): 2 layers,
 4 heads of 8 channels, an MLP of 48 neurons, hidden 32. The conv chain
@@ -13,6 +13,7 @@ import pytest
 
 from onnxprune.graphops.cost import measure_cost
 from onnxprune.graphops.errors import ModelRejected, PlanError
+from onnxprune.graphops.kernel_steps import with_kernel_steps
 from onnxprune.graphops.kinds import KindLimits, check_kinds_present, check_macs_reachable, limit_groups
 from onnxprune.graphops.latency_select import select_by_latency
 from onnxprune.graphops.plan import PruningPlan
@@ -161,3 +162,22 @@ def test_an_iterative_step_keeps_what_the_limit_leaves_of_the_original_group(ber
     second = limit_groups(pruned, limits, original=bert.dep)
 
     assert [(second.group(gid).channels, second.group(gid).max_removed) for gid in heads] == [(3, 1)] * 2
+
+
+def test_auto_rounding_puts_mlp_widths_on_the_sgemm_step_and_leaves_convs_on_the_jobs(bert):
+    steps = with_kernel_steps(bert.dep)
+    conv = with_kernel_steps(analyse(chain_model()).dep)
+
+    assert {(g.kind, g.round_to) for g in steps.prunable} == {("head", 16), ("neuron", 16)}
+    assert [g.round_to for g in conv.prunable] == [None, None]
+
+
+def test_a_cut_on_the_job_step_keeps_neurons_on_their_kernel_step_and_heads_on_whole_head_widths(bert):
+    dep = with_kernel_steps(bert.dep)
+
+    plan = select_by_flops(dep, score_groups(dep, "l1"), 0.4, round_to=4)
+
+    kept = {dep.group(gid).kind: len(entry.keep) for gid, entry in plan.groups.items()}
+    assert kept["neuron"] % 16 == 0  # not 4: the SGEMM step, not the conv blocks'
+    assert kept.get("head", 4) % 2 == 0  # heads of 8 channels: 2 heads fill 16 columns
+    assert all(len(e.keep) < e.channels for e in plan.groups.values())
