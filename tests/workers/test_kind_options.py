@@ -12,12 +12,14 @@ import onnx
 import pytest
 import typer.main
 
-from onnxprune.graphops.errors import PlanError
+from onnxprune.graphops.errors import ModelRejected, PlanError
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.service.cli import app
 from onnxprune.service.cli_options import set_options
 from onnxprune.service.option_form import option_specs
 from onnxprune.service.uploads import parse_config
+from onnxprune.workers.analysis import analyse_model
+from onnxprune.workers.analysis_summary import summarize
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.pipeline import run_pipeline
 from tests.support.oracle import analyse
@@ -99,3 +101,20 @@ def test_the_report_gives_each_group_its_kind_and_limit_and_the_units_of_each_ki
         ("head", 2, 8, 6, "max_head_ratio 0.25"),
         ("neuron", 2, 96, 48, ""),
     ]
+
+
+def test_a_latency_target_with_heads_alone_is_refused(model_path, tmp_path):
+    options = PruneOptions(latency_target=0.8, prune_kinds=["head"], input_shapes=SHAPES, benchmark=False)
+
+    with pytest.raises(
+        ModelRejected, match="latency_target does not cut attention heads yet .* allow neurons or filters"
+    ):
+        run_pipeline(model_path, tmp_path / "out.onnx", options)
+
+
+def test_analyze_names_each_groups_kind(model_path):
+    summary = summarize(analyse_model(model_path, SHAPES))
+
+    assert (
+        sorted((g.kind, g.channels, g.unit) for g in summary.groups) == [("head", 4, 8)] * 2 + [("neuron", 48, 1)] * 2
+    )
