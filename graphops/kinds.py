@@ -10,7 +10,7 @@ where it asks a group how few it may keep, and ``PruningPlan.check`` refuses a p
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal, get_args
 
@@ -106,17 +106,6 @@ def limit_groups(
         left = source.channels - allowed  # what the original group must keep
         groups.append(replace(group, max_removed=max(0, group.channels - left), limited_by=limits.describe(kind)))
     return replace(dep, groups=groups)
-
-
-def kinds_of(groups: Iterable[tuple[GroupKind | None, int, int]]) -> dict[GroupKind, tuple[int, int, int]]:
-    """Per kind: (groups, units before, units after) of (kind, before, after) rows."""
-    totals: dict[GroupKind, tuple[int, int, int]] = {}
-    for kind, before, after in groups:
-        if kind is None:
-            continue
-        n, b, a = totals.get(kind, (0, 0, 0))
-        totals[kind] = (n + 1, b + before, a + after)
-    return totals
 
 
 def most_removable(dep: DependencyGraph, node_macs: Mapping[str, int]) -> float:

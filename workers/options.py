@@ -186,19 +186,19 @@ class PruneOptions(BaseModel):
     max_filter_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] | None = Field(
         None,
         description="At most this fraction of each conv filter group's channels is removed, whatever the "
-        "target (a MACs or latency target takes the rest from other groups).",
+        "target (a MACs or latency target takes the rest from other groups); 0 leaves filters whole.",
         json_schema_extra=_about("selection"),
     )
     max_head_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] | None = Field(
         None,
         description="At most this fraction of each attention layer's heads is removed, whatever the target "
-        "(e.g. 0.25: at most 3 of 12 heads).",
+        "(e.g. 0.25: at most 3 of 12 heads); 0 leaves heads whole.",
         json_schema_extra=_about("selection"),
     )
     max_neuron_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] | None = Field(
         None,
         description="At most this fraction of each MLP's (fully connected layer's) neurons is removed, "
-        "whatever the target.",
+        "whatever the target; 0 leaves neurons whole.",
         json_schema_extra=_about("selection"),
     )
     input_shapes: dict[str, list[int]] = Field(

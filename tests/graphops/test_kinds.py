@@ -95,6 +95,15 @@ def test_a_kinds_max_ratio_caps_each_of_its_groups_whatever_the_selection(bert, 
     assert _removed(dep, plan, "neuron")
 
 
+def test_a_max_ratio_of_0_leaves_the_kind_whole(bert):
+    dep = limit_groups(bert.dep, KindLimits(max_ratio={"head": 0.0}))
+
+    plan = select_by_ratio(dep, score_groups(dep, "l1"), 0.5)
+
+    assert _removed(dep, plan, "head") == [] and _removed(dep, plan, "neuron")
+    assert {g.limited_by for g in dep.prunable if g.kind == "head"} == {"max_head_ratio 0"}
+
+
 def test_a_macs_target_takes_what_a_capped_kind_may_not_give_from_the_others(bert):
     limited = limit_groups(bert.dep, KindLimits(max_ratio={"head": 0.25}))
     model = MacsModel(limited, _node_macs(limited))
