@@ -16,6 +16,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxprune.graphops.errors import AnalysisBug, ModelRejected, UnsupportedPattern
+from onnxprune.graphops.kinds import GroupKind
 from onnxprune.graphops.layout import ConstSlice, Layout, Producer, ShapeEntry, TrackerState
 from onnxprune.graphops.ops import AnalysisContext, handler_for
 from onnxprune.graphops.ops.base import describe, knows
@@ -36,7 +37,12 @@ class ChannelGroup:
     output, ...). A group is prunable when conv filters or linear layers (MLP neurons, attention
     heads) produce it and some channel is free. Each class is ``unit`` channels wide where a
     producer writes it (an attention head: head_dim columns of Q, K and V); ``channels`` counts
-    classes.
+    classes, and ``kind`` says what one is (None: no filter or linear layer produces them).
+
+    A job sets the rest (``dataclasses.replace``): ``max_removed``, at most this many classes may go
+    (a per-kind limit of the options, ``graphops.kinds``; None: no limit), ``limited_by`` naming it;
+    ``round_to``, the channel step of the group's kernel that 'auto' rounding keeps its counts on
+    (``graphops.kernel_steps``; None: the job's step).
     """
 
     id: str
@@ -48,6 +54,15 @@ class ChannelGroup:
     filter_producers: tuple[str, ...]
     linear_producers: tuple[str, ...] = ()
     unit: int = 1
+    kind: GroupKind | None = None
+    max_removed: int | None = None
+    limited_by: str = ""
+    round_to: int | None = None
+
+    @property
+    def min_keep(self) -> int:
+        """The fewest classes a plan may keep: one, or what the kind limit leaves."""
+        return max(1, self.channels - self.max_removed) if self.max_removed is not None else 1
 
     @property
     def prunable(self) -> bool:
@@ -258,8 +273,10 @@ def _collect(
                 if role in by_role:
                     by_role[role][group].append(producer.node)
     unit_of = np.ones(len(sizes), dtype=np.int64)
+    headed = np.zeros(len(sizes), dtype=bool)
     for representatives, width in state.units:
         unit_of[np.unique(atom_group[representatives])] = width
+        headed[np.unique(atom_group[representatives])] = True
     nodes_of: list[set[str]] = [set() for _ in sizes]
     order: dict[str, int] = {}
     for index, node in enumerate(graph.nodes):
@@ -293,6 +310,7 @@ def _collect(
                 filter_producers=tuple(by_role["filter"][g]),
                 linear_producers=tuple(by_role["linear"][g]),
                 unit=int(unit_of[g]),
+                kind=_kind(bool(headed[g]), by_role["filter"][g], by_role["linear"][g]),
             )
         )
     return DependencyGraph(
@@ -312,6 +330,15 @@ def _collect(
         balanced=balanced,
         nonempty=nonempty,
     )
+
+
+def _kind(headed: bool, filters: list[str], linears: list[str]) -> GroupKind | None:
+    """Heads first (a conv can write them: YOLO11's C2PSA), then filters, then fully connected neurons."""
+    if headed:
+        return "head"
+    if filters:
+        return "filter"
+    return "neuron" if linears else None
 
 
 def _balanced_blocks(

@@ -73,7 +73,7 @@ def group_options(
         group = dep.groups[index]
         normalised = normalised_scores(scores[group.id])
         removable = np.sort([normalised[c] for c in range(group.channels) if c not in group.pinned])
-        floor = max(len(group.pinned), 1, int(np.ceil(group.channels * min_keep_fraction)))
+        floor = max(len(group.pinned), group.min_keep, int(np.ceil(group.channels * min_keep_fraction)))
         counts = [group.channels]
         count = (group.channels - 1) // step * step  # the largest multiple of step below the group's width
         while count >= floor and count > 0:

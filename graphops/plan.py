@@ -71,6 +71,11 @@ class PruningPlan:
                 raise PlanError(f"plan group '{group_id}' keeps invalid channel indices")
             if len(keep) < group.channels and group.frozen:
                 raise PlanError(f"plan prunes group '{group_id}', which is frozen: {group.frozen_reason}")
+            if len(keep) < group.min_keep:
+                raise PlanError(
+                    f"plan removes {group.channels - len(keep)} of the {group.channels} {group.kind} units of group "
+                    f"'{group_id}'; {group.limited_by} allows at most {group.max_removed}"
+                )
             missing = group.pinned - keep
             if missing:
                 raise PlanError(f"plan removes pinned channel {min(missing)} of group '{group_id}'")

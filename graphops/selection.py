@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 
 from onnxprune.graphops.cost import measure_cost
-from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.dependency import ChannelGroup, DependencyGraph
 from onnxprune.graphops.errors import ModelRejected
 from onnxprune.graphops.plan import GroupPlan, PruningPlan
 
@@ -75,6 +75,11 @@ def unit_step(round_to: int, unit: int) -> int:
     """The step in units that keeps ``unit`` * count channels a multiple of ``round_to`` (an
     attention head of 32 channels needs no rounding for a step of 8 or 16)."""
     return max(1, round_to // math.gcd(round_to, max(unit, 1)))
+
+
+def group_step(group: ChannelGroup, round_to: int) -> int:
+    """The step in units of ``group``'s counts: its kernel's (``ChannelGroup.round_to``) or the job's."""
+    return unit_step(group.round_to or round_to, group.unit)
 
 
 def round_keep(keep: int, channels: int, round_to: int) -> int:
@@ -150,8 +155,13 @@ class CountPlans:
 
 
 def _candidates(dep: DependencyGraph, scores: Scores, exclude: Iterable[str]) -> list[int]:
+    """Groups a selection may cut: prunable, not protected by name, not left whole by a kind limit."""
     protected = excluded_group_ids(dep, exclude)
-    return [i for i, g in enumerate(dep.groups) if g.prunable and g.id not in protected and g.id in scores]
+    return [
+        i
+        for i, g in enumerate(dep.groups)
+        if g.prunable and g.id not in protected and g.id in scores and g.max_removed != 0
+    ]
 
 
 def select_by_ratio(
@@ -164,8 +174,8 @@ def select_by_ratio(
     for index in _candidates(dep, scores, exclude):
         group = dep.groups[index]
         channels = group.channels
-        step = unit_step(round_to, group.unit)
-        n_keep = round_keep(channels - int(ratio * (channels - len(group.pinned))), channels, step)
+        step = group_step(group, round_to)
+        n_keep = round_keep(max(channels - int(ratio * (channels - len(group.pinned))), group.min_keep), channels, step)
         keeps[index] = choose_kept(dep, index, scores[dep.groups[index].id], n_keep)
     return _plan(dep, keeps)
 
@@ -239,7 +249,9 @@ def select_by_flops(
     for index in candidates:
         group = dep.groups[index]
         normalised = normalised_scores(scores[group.id])
-        ranked.extend((float(normalised[c]), index, c) for c in range(group.channels) if c not in group.pinned)
+        removable = sorted((float(normalised[c]), index, c) for c in range(group.channels) if c not in group.pinned)
+        # Under a kind limit, only the group's least important units it may remove compete.
+        ranked.extend(removable if group.max_removed is None else removable[: group.max_removed])
     ranked.sort(key=lambda item: item[0])
 
     def counts_for(k: int) -> dict[int, int]:
@@ -281,7 +293,7 @@ def snap_to_grid(
     most MACs per channel (ResNet-20's first stage to 4-8 channels, the last stage whole).
     """
     dep = plans.dep
-    grids = {i: grid_counts(dep.groups[i].channels, unit_step(round_to, dep.groups[i].unit)) for i in candidates}
+    grids = {i: _grid_above_floor(dep.groups[i], round_to) for i in candidates}
     target = {i: exact.get(i, dep.groups[i].channels) for i in grids}
 
     def stray(index: int, count: int) -> float:
@@ -319,6 +331,11 @@ def snap_to_grid(
     return {i: n for i, n in counts.items() if n < dep.groups[i].channels}
 
 
+def _grid_above_floor(group: ChannelGroup, round_to: int) -> list[int]:
+    """The group's grid counts (:func:`grid_counts`) that keep at least what its kind limit leaves."""
+    return [c for c in grid_counts(group.channels, group_step(group, round_to)) if c >= group.min_keep]
+
+
 def select_by_group_ratios(
     dep: DependencyGraph,
     scores: Scores,
@@ -338,7 +355,7 @@ def select_by_group_ratios(
         if ratio == 0.0:
             continue
         channels = group.channels
-        step = unit_step(round_to, group.unit)
-        n_keep = round_keep(channels - int(ratio * (channels - len(group.pinned))), channels, step)
+        step = group_step(group, round_to)
+        n_keep = round_keep(max(channels - int(ratio * (channels - len(group.pinned))), group.min_keep), channels, step)
         keeps[index] = choose_kept(dep, index, scores[group.id], n_keep)
     return _plan(dep, keeps)

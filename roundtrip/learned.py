@@ -188,10 +188,11 @@ def _reward_batches(context: DataContext, count: int) -> list[RewardBatch]:
 
 
 def layer_order(dep: DependencyGraph, exclude: tuple[str, ...]) -> list[str]:
-    """Prunable groups not excluded, in the order their first producer runs (input to output)."""
+    """Prunable groups not excluded (by name or by ``prune_kinds``), in the order their first producer
+    runs (input to output)."""
     position = {node.name: i for i, node in enumerate(dep.model.graph.node)}
     protected = excluded_group_ids(dep, exclude)
-    groups = [g for g in dep.prunable if g.id not in protected]
+    groups = [g for g in dep.prunable if g.id not in protected and g.max_removed != 0]  # prune_kinds
     return [
         g.id
         for g in sorted(groups, key=lambda g: min(position.get(p, 0) for p in g.filter_producers or g.linear_producers))

@@ -172,6 +172,13 @@ def _print_summary(report: PruneReport) -> None:
         )
     pruned = sum(1 for g in report.groups if g.channels_after < g.channels_before)
     table.caption = f"{pruned} of {len(report.groups)} prunable groups pruned; {len(report.frozen)} frozen"
+    kinds = getattr(report, "kinds", [])
+    if len(kinds) > 1 or any(k.limit for k in kinds):
+        table.caption += "\n" + "; ".join(
+            f"{k.kind}s {k.units_before:,} -> {k.units_after:,} in {k.pruned_groups} of {k.groups} groups"
+            + (f" ({k.limit})" if k.limit else "")
+            for k in kinds
+        )
     target = getattr(report, "latency_target", None)
     if target is not None:
         verdict = "met" if target.met else f"missed by {target.missed_by:.3f}"

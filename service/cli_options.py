@@ -95,7 +95,7 @@ def set_options(values: dict[str, Any]) -> dict[str, Any]:
     options = {
         name: value
         for name, value in values.items()
-        if name in PruneOptions.model_fields and value is not None and value != []
+        if name in PruneOptions.model_fields and value is not None and value not in ([], ())
     }
     if "input_shapes" in options:
         options["input_shapes"] = dict(parse_input_shape(text) for text in options["input_shapes"])

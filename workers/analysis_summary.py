@@ -29,6 +29,9 @@ class PrunableGroup(BaseModel):
     macs_share: float
     notes: list[str]
     unit: int = Field(1, description="Channels per unit: head_dim for attention heads ('channels' counts heads).")
+    kind: str | None = Field(
+        None, description="'filter', 'head' or 'neuron': what prune_kinds and max_<kind>_ratio act on."
+    )
 
 
 class FrozenGroup(BaseModel):
@@ -72,6 +75,7 @@ def summarize(analysis: Analysis) -> ModelAnalysis:
                 macs_share=round(shares[g.id], 4),
                 notes=list(g.reasons),
                 unit=g.unit,
+                kind=g.kind,
             )
             for g in dep.prunable
         ],

@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from onnxprune.graphops.kinds import KIND_WORDS, KINDS, GroupKind, KindLimits
+
 DEFAULT_MAX_DROP = 0.01
 # The criterion a job with data gets when it names none: the best in the committed results
 # (benchmarks/results/quality.md: at -50% MACs taylor 77.10% held out, l1 76.25%).
@@ -145,9 +147,11 @@ class PruneOptions(BaseModel):
     )
     round_to: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = Field(
         "auto",
-        description="Keep channel counts multiples of this number; 'auto': where onnxruntime's blocked conv "
-        "kernels run faster (the measured latency staircase, else the CPU's vector width: 16 with AVX-512, 8 with "
-        "AVX2); 1: exact counts.",
+        description="Keep channel counts multiples of this number; 'auto': where onnxruntime's kernels run "
+        "faster: conv filters on the blocked conv kernels' step (the measured latency staircase, else the CPU's "
+        "vector width: 16 with AVX-512, 8 with AVX2), MLP widths and attention heads on the 16 columns of its "
+        "SGEMM kernel (widths 16k+1 to 16k+16 take the same time; a head of 32 or 64 channels is on it, so any "
+        "head count is: benchmarks/results/transformer_widths.md); 1: exact counts.",
         json_schema_extra=_about("selection"),
     )
     latency_target: Annotated[float, Field(gt=0.0, lt=1.0)] | None = Field(
@@ -170,6 +174,31 @@ class PruneOptions(BaseModel):
     exclude: list[str] = Field(
         default_factory=list,
         description="Node names or globs whose channels are never pruned (repeatable).",
+        json_schema_extra=_about("selection"),
+    )
+    prune_kinds: list[GroupKind] = Field(
+        default_factory=lambda: list(KINDS),
+        description="Which units may be removed: filter (conv filters), head (attention heads), neuron (MLP / "
+        "fully connected widths); the others stay whole (e.g. 'neuron' alone; 'filter,neuron' leaves heads "
+        "alone). Every target meets its cut with the kinds named (repeatable or comma-separated).",
+        json_schema_extra=_about("selection"),
+    )
+    max_filter_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] | None = Field(
+        None,
+        description="At most this fraction of each conv filter group's channels is removed, whatever the "
+        "target (a MACs or latency target takes the rest from other groups); 0 leaves filters whole.",
+        json_schema_extra=_about("selection"),
+    )
+    max_head_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] | None = Field(
+        None,
+        description="At most this fraction of each attention layer's heads is removed, whatever the target "
+        "(e.g. 0.25: at most 3 of 12 heads); 0 leaves heads whole.",
+        json_schema_extra=_about("selection"),
+    )
+    max_neuron_ratio: Annotated[float, Field(ge=0.0, lt=1.0)] | None = Field(
+        None,
+        description="At most this fraction of each MLP's (fully connected layer's) neurons is removed, "
+        "whatever the target; 0 leaves neurons whole.",
         json_schema_extra=_about("selection"),
     )
     input_shapes: dict[str, list[int]] = Field(
@@ -359,6 +388,25 @@ class PruneOptions(BaseModel):
             raise ValueError(f"must be 'auto' or a whole number from 1 to 1024, got {value!r}")
         return int(number)
 
+    @field_validator("prune_kinds", mode="before")
+    @classmethod
+    def _kinds_listed(cls, value: object) -> object:
+        # 'filter,neuron' (a form's text, a CLI flag) as well as a list; plurals accepted as typed.
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            return value
+        words = [w.strip() for item in items for w in (item.split(",") if isinstance(item, str) else [item])]
+        words = [w[:-1] if isinstance(w, str) and w[:-1] in KINDS else w for w in words if w != ""]
+        if not words:
+            raise ValueError(f"name at least one kind to prune: {', '.join(KINDS)}")
+        return list(dict.fromkeys(words))
+
+    @property
+    def kind_limits(self) -> KindLimits:
+        """The per-kind control the options spell (``graphops.kinds``)."""
+        ratios = {kind: getattr(self, f"max_{kind}_ratio") for kind in KINDS}
+        return KindLimits(frozenset(self.prune_kinds), {k: r for k, r in ratios.items() if r is not None})
+
     @field_validator("input_shapes")
     @classmethod
     def _positive_dims(cls, value: dict[str, list[int]]) -> dict[str, list[int]]:
@@ -369,6 +417,17 @@ class PruneOptions(BaseModel):
 
     @model_validator(mode="after")
     def _one_target(self) -> PruneOptions:
+        for kind in KINDS:
+            if getattr(self, f"max_{kind}_ratio") is not None and kind not in self.prune_kinds:
+                raise ValueError(
+                    f"max_{kind}_ratio limits {KIND_WORDS[kind]}, which prune_kinds "
+                    f"({', '.join(self.prune_kinds)}) leaves whole; drop one of the two"
+                )
+        if all(getattr(self, f"max_{kind}_ratio") == 0.0 for kind in self.prune_kinds):
+            raise ValueError(
+                f"every kind prune_kinds names ({', '.join(self.prune_kinds)}) has a max ratio of 0: nothing may be "
+                "removed"
+            )
         if self.recovery == "none" and self.finetune_steps > 0:
             raise ValueError(
                 "recovery 'none' keeps the pruned weights; drop finetune_steps or choose recovery 'finetune' or 'auto'"
@@ -403,6 +462,12 @@ class PruneOptions(BaseModel):
 
     def _learned(self) -> PruneOptions:
         """The learned criterion chooses every layer's count from max_drop: no ratio, no MACs target."""
+        capped = [f"max_{kind}_ratio" for kind in KINDS if getattr(self, f"max_{kind}_ratio")]
+        if capped:
+            raise ValueError(
+                f"criterion 'learned' lets each layer's agent choose its count and takes no {', '.join(capped)}; "
+                "use prune_kinds to leave a kind whole, or ratio 'auto' with the limit"
+            )
         if self.ratio is not None or self.flops_target is not None:
             raise ValueError(
                 "criterion 'learned' chooses how many filters each layer keeps from max_drop; "

@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.errors import ModelRejected
+from onnxprune.graphops.kernel_steps import kernel_steps_note, with_kernel_steps
+from onnxprune.graphops.kinds import check_kinds_present, check_macs_reachable, limit_groups
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.selection import check_exclude_patterns
 from onnxprune.roundtrip.data import SPLIT_RULES
 from onnxprune.roundtrip.detector_outputs import yolo_shaped_output
-from onnxprune.workers.analysis import analyse_model, output_shapes
+from onnxprune.workers.analysis import Analysis, analyse_model, output_shapes
 from onnxprune.workers.benchmark import benchmark, compare_outputs, run_models
 from onnxprune.workers.capabilities import require_capabilities
 from onnxprune.workers.cleanup import cleanup_changed
 from onnxprune.workers.fileio import file_sha256, float_output_path
 from onnxprune.workers.latency import resolve_round_to
-from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.options import LatencyTarget, MacsTarget, PruneOptions
 from onnxprune.workers.precision import check_precision
 from onnxprune.workers.report import Fidelity, HeldOutEvaluation, Latency, PruneReport, SensitivityReport
 from onnxprune.workers.reporting import build_report
@@ -69,8 +72,12 @@ def run_pipeline(
     check_exclude_patterns(options.exclude, (node.name for node in analysis.prepared.graph.node))
     yolo_shaped_output(output_shapes(analysis), options.detector)  # a wrong --detector yolo fails here
     check_precision(analysis.original, options, has_data=data is not None, plan_given=plan is not None)
+    analysis = with_kind_limits(analysis, options, plan_given=plan is not None)
     schedule = choose_schedule(options, plan, has_data=data is not None)
     resolved, round_to_source = resolve_round_to(options, analysis.sha256, analysis.input_shapes)
+    if options.round_to == "auto":  # MLP widths and heads on their kernel's step, convs on the job's
+        analysis = replace(analysis, dep=with_kernel_steps(analysis.dep))
+        round_to_source += kernel_steps_note(analysis.dep)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="onnxprune-", dir=output_path.parent) as workdir:
         job = Job(
@@ -106,6 +113,27 @@ def run_pipeline(
                 os.replace(artifacts.float_result, float_output)
             os.replace(artifacts.result, output_path)
     return PipelineResult(report=report, plan=outcome.plan, dependency=analysis.dep, float_output=float_output)
+
+
+def with_kind_limits(analysis: Analysis, options: PruneOptions, *, plan_given: bool = False) -> Analysis:
+    """The analysis whose groups carry the options' per-kind limits (``graphops.kinds``), refused
+    where they name what the model lacks or put a MACs target out of reach."""
+    limits = options.kind_limits
+    if not limits.limits_anything:
+        return analysis
+    check_kinds_present(analysis.dep, limits)
+    dep = limit_groups(analysis.dep, limits)
+    target = options.target
+    if isinstance(target, MacsTarget) and not plan_given:
+        check_macs_reachable(dep, limits, analysis.node_macs, target.fraction)
+    free = {g.kind for g in dep.prunable if g.max_removed != 0}
+    if isinstance(target, LatencyTarget) and not plan_given and free == {"head"}:
+        raise ModelRejected(
+            "latency_target does not cut attention heads yet (its latency table prices channel counts on the conv "
+            "step, wider than a layer's heads; benchmarks/results/transformer_widths_summary.md), and prune_kinds "
+            "leaves it nothing else: allow neurons or filters too, or use flops_target for heads alone"
+        )
+    return replace(analysis, dep=dep)
 
 
 def _speed_and_fidelity(job: Job, candidate: Path) -> tuple[Latency | None, Fidelity]:

@@ -83,6 +83,22 @@ class GroupReport(BaseModel):
     pinned_reasons: list[str] = Field(default_factory=list)
     macs_share: float = Field(0.0, description="Share of the model's MACs in the nodes of this group.")
     unit: int = Field(1, description="Channels per unit: head_dim for attention heads (the counts count heads).")
+    kind: str | None = Field(None, description="What a unit is: 'filter', 'head' or 'neuron'.")
+    max_removed: int | None = Field(
+        None, description="Units the options' per-kind limit let go at most (limited_by names it); None: no limit."
+    )
+    limited_by: str = Field("", description="The option that limited this group (prune_kinds, max_<kind>_ratio).")
+
+
+class KindReport(BaseModel):
+    """Units of one kind across the prunable groups, before and after, with the limit the options set."""
+
+    kind: str = Field(description="'filter' (conv filters), 'head' (attention heads) or 'neuron' (MLP neurons).")
+    groups: int
+    pruned_groups: int
+    units_before: int
+    units_after: int
+    limit: str = Field("", description="The per-kind option that applied ('' : none).")
 
 
 class FrozenReport(BaseModel):
@@ -241,6 +257,9 @@ class PruneReport(BaseModel):
     fidelity: Fidelity | None = None
     groups: list[GroupReport]
     frozen: list[FrozenReport]
+    kinds: list[KindReport] = Field(
+        default_factory=list, description="Per kind of unit (filters, heads, neurons): groups and units kept."
+    )
     stage_seconds: dict[str, float] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
     layers: list[LayerReport] = Field(default_factory=list, description="MACs and filters per Conv/Gemm node.")

@@ -8,6 +8,7 @@ import onnx
 
 from onnxprune.graphops.cost import ModelCost, measure_cost
 from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.kinds import KINDS, KindLimits
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.selection import grid_counts
 from onnxprune.graphops.shares import macs_shares
@@ -23,6 +24,7 @@ from onnxprune.workers.report import (
     FrozenReport,
     GroupReport,
     HeldOutEvaluation,
+    KindReport,
     Latency,
     LayerReport,
     PruneReport,
@@ -69,6 +71,7 @@ def build_report(
         fidelity=fidelity,
         groups=groups,
         frozen=frozen,
+        kinds=kind_reports(groups, job.options.kind_limits),
         stage_seconds={**job.stages.seconds, **{f"recovery.{k}": v for k, v in outcome.seconds.items()}},
         layers=layer_reports(analysis, outcome.model, cost_after),
         evaluation=evaluation,
@@ -166,7 +169,10 @@ def rounding_notes(job: Job, groups: list[GroupReport]) -> list[str]:
     if not job.round_to_source.startswith("auto") or not isinstance(step, int) or step <= 1:
         return []
     cut = [g for g in groups if g.channels_after < g.channels_before]
-    whole = [g for g in groups if g.channels_after == g.channels_before <= step]
+    # Conv filters only: heads and MLP widths follow their kernel's step, and a kind limit is the user's choice.
+    whole = [
+        g for g in groups if g.channels_after == g.channels_before <= step and g.kind == "filter" and not g.limited_by
+    ]
     if not cut or not whole:
         return []
     narrow = ", ".join(str(c) for c in grid_counts(step, step)[1:])
@@ -199,9 +205,31 @@ def group_reports(
                 pinned_reasons=list(group.reasons),
                 macs_share=round(shares[group.id], 6),
                 unit=group.unit,
+                kind=group.kind,
+                max_removed=group.max_removed,
+                limited_by=group.limited_by,
             )
         )
     return groups, frozen
+
+
+def kind_reports(groups: list[GroupReport], limits: KindLimits) -> list[KindReport]:
+    """Units of each kind before and after, in the order filters, heads, neurons."""
+    reports = []
+    for kind in KINDS:
+        rows = [g for g in groups if g.kind == kind]
+        if rows:
+            reports.append(
+                KindReport(
+                    kind=kind,
+                    groups=len(rows),
+                    pruned_groups=sum(1 for g in rows if g.channels_after < g.channels_before),
+                    units_before=sum(g.channels_before for g in rows),
+                    units_after=sum(g.channels_after for g in rows),
+                    limit=limits.describe(kind),
+                )
+            )
+    return reports
 
 
 def filter_counts(model: onnx.ModelProto) -> dict[str, int]:

@@ -29,9 +29,14 @@ def shortfall_notes(
     if isinstance(target, RatioTarget):
         if target.ratio <= 0.0:
             return []
-        removable = sum(g.channels_before - g.pinned for g in groups)
+        # What the ratio can remove: per group, the ratio of its removable channels, or what a per-kind
+        # limit lets go (prune_kinds, max_<kind>_ratio: the user's choice, not a shortfall).
+        expected = sum(
+            min(target.ratio * (g.channels_before - g.pinned), float("inf") if g.max_removed is None else g.max_removed)
+            for g in groups
+        )
         removed = sum(g.channels_before - g.channels_after for g in groups)
-        asked, got = target.ratio, removed / removable if removable else 0.0
+        asked, got = target.ratio, target.ratio * removed / expected if expected else 0.0
         what = f"--ratio {target.ratio:g} removed {got:.0%} of the removable channels"
     else:
         asked, got = target.fraction, macs.reduction
@@ -72,6 +77,9 @@ def _why(
             "rounds back to the whole group; --round-to 1 prunes exact counts (they may run no faster), or ask "
             "for more (a larger --ratio or --flops-target)"
         )
+    limited = sorted({g.limited_by for g in groups if g.limited_by})
+    if limited:
+        return f"the per-kind limits ({'; '.join(limited)}) leave little to remove; see the report's 'kinds'"
     if options.exclude:
         return f"--exclude protects some groups and {pinned} of {total} channels must stay (see `onnxprune analyze`)"
     return f"{pinned} of {total} channels in the prunable groups must stay (pinned; see `onnxprune analyze`)"

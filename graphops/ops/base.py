@@ -228,11 +228,15 @@ class OpHandler:
     ``"linear"`` (columns of a fully connected layer: MLP neurons, attention heads) or ``"other"``.
     A group is prunable when filters or linear layers produce it. ``follows_units``: the handler
     understands layouts whose units span several channels (attention heads, ``Layout.unit_axis``);
-    any other handler that meets one freezes it.
+    any other handler that meets one freezes it. ``column_step``: the output-channel count the op's
+    onnxruntime CPU kernel runs in multiples of whatever the CPU (a fact of the kernel, which
+    ``round_to`` 'auto' keeps the counts of the groups it produces on: ``graphops.kernel_steps``);
+    None where the step is the CPU's, measured or its vector width (the NCHWc conv blocks).
     """
 
     role = "other"
     follows_units = False
+    column_step: int | None = None
 
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
         ctx.pin_inputs(node, f"consumed by unsupported op {describe(node)}")

@@ -32,6 +32,7 @@ from onnxprune.graphops.ops.base import (
     describe,
     register,
 )
+from onnxprune.graphops.ops.linear import SGEMM_COLUMNS
 from onnxprune.graphops.shapes import Shape
 
 
@@ -143,6 +144,7 @@ class PackedAttention(OpHandler):
     [Q heads | K heads | V heads] (bias likewise), ``num_heads`` heads of hidden / num_heads."""
 
     role = "linear"
+    column_step = SGEMM_COLUMNS  # the packed projection is one MLAS SGEMM
     _ALLOWED = {"num_heads", "mask_filter_value", "scale", "unidirectional"}
     _EXTRA_INPUTS = {4: "a past key/value cache", 5: "a per-head attention bias", 6: "a past sequence length"}
 

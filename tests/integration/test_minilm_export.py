@@ -76,6 +76,39 @@ def test_the_cli_prunes_heads_and_neurons_and_its_model_is_the_masked_original(m
         assert_outputs_close(run_model(masked, feeds), run_model(pruned, feeds), output_names(pruned), 1e-4)
 
 
+def test_the_cli_prunes_only_the_kinds_named_and_says_so(minilm, tmp_path):
+    """A MACs target met by MLP neurons alone, heads left whole; the counts on the SGEMM step of 16
+    ('auto' rounding for MLP widths, whatever the CPU's conv blocks)."""
+    result = onnxprune(
+        "prune", minilm_path(), "-o", "out.onnx", "--flops-target", "0.3", "--prune-kinds", "neuron",
+        "--input-shape", "input_ids:1x128", "--input-shape", "attention_mask:1x128", "--no-benchmark",
+        "--report", "report.json", cwd=tmp_path,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    kinds = {k["kind"]: k for k in report["kinds"]}
+    assert (kinds["head"]["units_before"], kinds["head"]["units_after"]) == (36, 36)
+    assert kinds["head"]["limit"] == "prune_kinds neuron" and kinds["neuron"]["limit"] == ""
+    assert kinds["neuron"]["units_after"] < 0.7 * kinds["neuron"]["units_before"]
+    assert all(g["channels_after"] % 16 == 0 for g in report["groups"] if g["kind"] == "neuron")
+    assert report["macs"]["after"] <= 0.7 * report["macs"]["before"]
+    assert "heads 36 -> 36 in 0 of 3 groups (prune_kinds neuron)" in result.stdout
+
+
+def test_the_cli_refuses_a_kind_the_model_lacks(tmp_path):
+    result = onnxprune(
+        "prune", minilm_path(), "-o", "out.onnx", "--ratio", "0.3", "--prune-kinds", "filter", cwd=tmp_path
+    )  # fmt: skip
+
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: prune_kinds: the model has no prunable conv filters (it has 3 group(s) of attention heads, "
+        "3 group(s) of MLP neurons); name a kind it has, or drop the option"
+    )
+    assert not (tmp_path / "out.onnx").exists()
+
+
 def test_the_installed_model_is_the_pinned_export():
     path = minilm_path()
     assert isinstance(path, Path) and path.stat().st_size == 69060623

@@ -54,3 +54,25 @@ def test_the_cli_prunes_backbone_heads_and_neurons_and_its_model_is_the_masked_o
     for batch, seed in ((1, 0), (2, 1)):
         feeds = {INPUT: np.random.default_rng(seed).random((batch, 3, 224, 224), dtype=np.float32)}
         assert_outputs_close(run_model(masked, feeds), run_model(pruned, feeds), output_names(pruned), 1e-4)
+
+
+def test_the_cli_prunes_the_backbone_by_kind_with_heads_capped_and_leaves_the_conv_decoder(vit, tmp_path):
+    """A ViT with a conv decoder: heads and MLP neurons only (no --exclude), at most 2 of 6 heads a block."""
+    result = onnxprune(
+        "prune", vit_path(), "-o", "out.onnx", "--flops-target", "0.25", "--prune-kinds", "head,neuron",
+        "--max-head-ratio", "0.34", "--no-benchmark", "--plan-out", "plan.json", "--report", "report.json",
+        cwd=tmp_path,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    plan = PruningPlan.from_json((tmp_path / "plan.json").read_text())
+    kinds = {vit.dep.group(gid).kind for gid in plan.keep}
+    assert kinds == {"head", "neuron"}
+    assert all(len(keep) >= 4 for gid, keep in plan.keep.items() if vit.dep.group(gid).kind == "head")
+    assert {k["kind"]: k["limit"] for k in report["kinds"]} == {
+        "filter": "prune_kinds head, neuron",
+        "head": "max_head_ratio 0.34",
+        "neuron": "",
+    }
+    assert report["macs"]["after"] <= 0.76 * report["macs"]["before"]

@@ -23,6 +23,7 @@ from onnx import numpy_helper
 from typer.testing import CliRunner
 
 from onnxprune.graphops.dependency import analyze
+from onnxprune.graphops.kinds import KindLimits, limit_groups
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.prepare import prepare_model
 from onnxprune.graphops.surgery import apply_plan
@@ -41,6 +42,8 @@ from onnxprune.roundtrip.learned import (
 from onnxprune.roundtrip.training import evaluate
 from onnxprune.workers.options import PruneOptions
 from tests.support.bn_net import samples
+from tests.support.oracle import analyse
+from tests.support.transformer_models import bert_style
 
 pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
 
@@ -368,3 +371,11 @@ def test_cli_refuses_a_ratio_with_learned(small_model, small_data, tmp_path):
     )
     assert result.exit_code == 2
     assert "criterion 'learned' chooses how many filters" in result.output
+
+
+def test_the_agents_skip_the_kinds_prune_kinds_leaves_whole():
+    dep = analyse(bert_style(), {"x": [2, 7, 32], "attention_mask": [2, 7]}).dep
+    limited = limit_groups(dep, KindLimits(frozenset({"neuron"})))
+
+    assert [dep.group(gid).kind for gid in layer_order(dep, ())] == ["head", "neuron"] * 2
+    assert [limited.group(gid).kind for gid in layer_order(limited, ())] == ["neuron", "neuron"]

@@ -44,7 +44,16 @@ def test_submit_has_a_flag_for_every_option_of_the_schema():
 
 
 # A value for each option whose default is None, set alone (some exclude each other, e.g. ratio and flops_target).
-UNSET_BY_DEFAULT = {"ratio": 0.3, "max_drop": None, "flops_target": 0.3, "time_budget": 60.0, "latency_target": 0.7}
+UNSET_BY_DEFAULT = {
+    "ratio": 0.3,
+    "max_drop": None,
+    "flops_target": 0.3,
+    "time_budget": 60.0,
+    "latency_target": 0.7,
+    "max_filter_ratio": 0.2,
+    "max_head_ratio": 0.25,
+    "max_neuron_ratio": 0.5,
+}
 
 
 def test_the_rest_config_takes_every_option_and_nothing_else():

@@ -44,6 +44,10 @@ IDS = [f"{entry.kind}-{entry.name}" for entry in ENTRIES]
 # depends on one owns it too: the latency selector takes its step from the table with round_to 'auto').
 JOB_WIDE = {
     "exclude",
+    "prune_kinds",
+    "max_filter_ratio",
+    "max_head_ratio",
+    "max_neuron_ratio",
     "input_shapes",
     "detector",
     "detection_confidence",

@@ -134,6 +134,16 @@ class Job:
         finish that measures the float model beside a quantized one): never by a strategy."""
         return None if self.splits is None else self.splits.held_out
 
+    def as_job_sees(self, dep: DependencyGraph) -> DependencyGraph:
+        """A model pruned from the job's (an iterative step's), analysed afresh, with what the pipeline
+        gave :attr:`dep`: the per-kind limits, of the original's groups, and under 'auto' rounding
+        its groups' kernel steps."""
+        from onnxprune.graphops.kernel_steps import with_kernel_steps
+        from onnxprune.graphops.kinds import limit_groups
+
+        dep = limit_groups(dep, self.options.kind_limits, original=self.dep)
+        return with_kernel_steps(dep) if self.round_to_source.startswith("auto") else dep
+
     def scores(self, dep: DependencyGraph, *, step: int = 0) -> Scores:
         """The criterion's channel scores on ``dep`` (the original, or the model of an iterative step)."""
         options = self.options

@@ -68,7 +68,7 @@ class Stepwise:
             step = Step(index, self.steps)
             if index > 0:
                 with job.stages.stage("analyze"):
-                    dep = analyze(model, job.analysis.input_shapes)
+                    dep = job.as_job_sees(analyze(model, job.analysis.input_shapes))
             selection = self.selector.select(job, dep, step)
             pruned = job.apply_verified(dep, selection.plan)
             composed = compose_plans(composed, job.dep, dep, selection.plan)
