@@ -6,15 +6,19 @@ objectness; some converters transpose it to ``[batch, anchors, 4 + classes]``. B
 (``workers.detection``: agreement of detections) and recovery (``roundtrip.objective``: distillation
 weighted by the teacher's confidence) need to know which output that is. ``auto`` recognises it from
 the original's outputs: a 3-D float output with more anchors than channels, class scores within
-[0, 1] and no negative width or height; ``yolo`` declares it and checks the shape only.
+[0, 1] and no negative width or height; ``yolo`` declares it and checks the shape only. Before
+anything runs (no values yet), ``auto`` asks the graph instead: the output must be a YOLO shape whose
+scores come from a Sigmoid through data movement only (:func:`scores_from_sigmoid`), so a transformer's
+``[batch, tokens, hidden]`` output is not taken for one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 
 from onnxprune.graphops.errors import ModelRejected
 
@@ -112,3 +116,38 @@ def find_yolo_layout(outputs: Sequence[np.ndarray], mode: str) -> YoloLayout | N
     if mode == "yolo":
         raise _refusal([np.shape(raw) for raw in outputs])
     return None
+
+
+# Ops that only move, join or relabel values: a score passing through them is still a sigmoid's.
+_DATA_MOVEMENT = frozenset({"Concat", "Reshape", "Transpose", "Identity", "Flatten", "Squeeze", "Unsqueeze", "Split"})
+_SIGMOID_SEARCH_DEPTH = 8
+
+
+def scores_from_sigmoid(graph: onnx.GraphProto, output: str) -> bool:
+    """Whether ``output`` is made, through data movement only, from a Concat (of boxes and scores)
+    one of whose parts a Sigmoid computes, within a few ops: the graph's own word that some of the
+    values are probabilities, where no value has been computed yet. YOLOv8/11 end in
+    ``Concat(boxes, Sigmoid(classes))``, YOLOX in ``Transpose(Concat(Reshape(Concat(box, Sigmoid,
+    Sigmoid))))``; a transformer's last LayerNormalization or Add is neither."""
+    producers = {name: node for node in graph.node for name in node.output}
+    frontier, seen, joined = [output], {output}, False
+    for _ in range(_SIGMOID_SEARCH_DEPTH):
+        parents: list[str] = []
+        for name in frontier:
+            node = producers.get(name)
+            if node is None:
+                continue
+            if node.op_type == "Sigmoid" and joined:
+                return True
+            if node.op_type not in _DATA_MOVEMENT:
+                continue
+            joined = joined or node.op_type == "Concat"
+            parents.extend(_unseen(node.input, seen))
+        frontier = parents
+    return False
+
+
+def _unseen(names: Iterable[str], seen: set[str]) -> list[str]:
+    fresh = [name for name in names if name and name not in seen]
+    seen.update(fresh)
+    return fresh

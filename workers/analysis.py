@@ -56,11 +56,17 @@ def output_shapes(analysis: Analysis) -> list[tuple[int | str | None, ...] | Non
 
 
 def detector_output(analysis: Analysis, mode: str) -> str | None:
-    """The name of the output with a YOLO detector's shape (``--detector`` 'auto' or 'yolo'), or None."""
-    from onnxprune.roundtrip.detector_outputs import yolo_shaped_output
+    """The name of the output with a YOLO detector's shape (``--detector`` 'auto' or 'yolo'), or None;
+    'auto' also wants its scores from a Sigmoid (the shape alone fits a transformer's hidden states)."""
+    from onnxprune.roundtrip.detector_outputs import scores_from_sigmoid, yolo_shaped_output
 
     layout = yolo_shaped_output(output_shapes(analysis), mode)
-    return None if layout is None else analysis.prepared.graph.output[layout.index].name
+    if layout is None:
+        return None
+    name = analysis.prepared.graph.output[layout.index].name
+    if mode == "auto" and not scores_from_sigmoid(analysis.prepared.graph, name):
+        return None
+    return name
 
 
 def _no_stages(_name: str) -> AbstractContextManager[None]:
