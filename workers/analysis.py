@@ -63,7 +63,7 @@ def detector_output(analysis: Analysis, mode: str) -> str | None:
     layout = yolo_shaped_output(output_shapes(analysis), mode)
     if layout is None:
         return None
-    name = analysis.prepared.graph.output[layout.index].name
+    name: str = analysis.prepared.graph.output[layout.index].name
     if mode == "auto" and not scores_from_sigmoid(analysis.prepared.graph, name):
         return None
     return name
