@@ -65,7 +65,13 @@ _UPLOAD_BODY = {
                             "format": "binary",
                             "description": "Optional .npz of calibration inputs (no pickles).",
                         },
-                        "config": {"type": "string", "description": "JSON object of PruneOptions."},
+                        "config": {
+                            "type": "string",
+                            "description": "JSON object of options (GET /v1/options lists them): flat keys "
+                            '({"ratio": 0.3, "lr": 0.01}), or nested by strategy under "strategies" '
+                            '({"strategies": {"recovery": {"finetune": {"lr": 0.01}}}}: each option\'s '
+                            "'strategies' says where it nests), or both; a key given both ways must agree.",
+                        },
                         "plan": {
                             "type": "string",
                             "description": "Optional pruning plan JSON (GET /v1/jobs/{id}/plan, prune --plan-out) "

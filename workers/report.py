@@ -233,7 +233,11 @@ class PruneReport(BaseModel):
     onnxprune_version: str
     model_sha256: str
     output_sha256: str | None = None
-    options: dict[str, Any]
+    options: dict[str, Any] = Field(
+        description="The options the job ran with, nested by strategy: under 'strategies' each strategy the job "
+        "ran (kind, name) with the options it read; flat beside it the job-wide ones and any value no strategy of "
+        "this job read. A valid config that gives the same options (earlier reports: all flat, also valid)."
+    )
     input_shapes: dict[str, list[int]]
     macs: BeforeAfter
     params: BeforeAfter

@@ -31,6 +31,8 @@ from onnxprune.workers.shortfall import shortfall_notes
 from onnxprune.workers.speed import speed_notes
 from onnxprune.workers.strategies import Job, Outcome
 from onnxprune.workers.strategies.finish import Artifacts
+from onnxprune.workers.strategies.needs import Given
+from onnxprune.workers.strategies.nesting import echo_options
 
 
 def onnxprune_version() -> str:
@@ -61,7 +63,10 @@ def build_report(
         onnxprune_version=onnxprune_version(),
         model_sha256=analysis.sha256,
         output_sha256=output_sha256,
-        options=job.options.model_dump(),
+        options=echo_options(
+            job.options,
+            Given(data=job.data_path is not None or job.data_context is not None, plan=selection.from_saved_plan),
+        ),
         input_shapes=analysis.input_shapes,
         macs=BeforeAfter(before=analysis.cost.macs, after=cost_after.macs),
         params=BeforeAfter(before=analysis.cost.params, after=cost_after.params),

@@ -79,7 +79,7 @@ def test_cli_submit_writes_the_model_and_report_and_fails_with_the_server_messag
 
     assert ok.exit_code == 0, ok.output
     assert (tmp_path / "out.onnx").stat().st_size > 0
-    assert json.loads((tmp_path / "r.json").read_text())["options"]["ratio"] == 0.25
+    assert json.loads((tmp_path / "r.json").read_text())["options"]["strategies"]["selector"]["ratio"]["ratio"] == 0.25
     assert refused.exit_code == 3  # the server refused the input (README: exit codes)
     assert "model has no Conv, ConvTranspose, Gemm or MatMul to prune" in refused.output
     assert not (tmp_path / "x.onnx").exists()
