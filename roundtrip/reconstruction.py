@@ -72,6 +72,7 @@ class LayerFit:
     error_before: float  # relative squared error on the check samples, as pruned
     error_after: float  # after the refit (equal to error_before when it was not kept)
     kept: bool
+    refit_error: float | None = None  # the refit's own error on the check samples, kept or not
 
 
 @dataclass
@@ -80,6 +81,7 @@ class ReconstructionResult:
     layers: list[LayerFit] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # node -> why it was left as pruned
     samples: int = 0
+    check_samples: int = 0  # of ``samples``, those held aside to judge each refit (not fit on)
 
 
 def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
@@ -422,7 +424,12 @@ class _Refit:
         if kept:
             self._store(solution[:-1] if with_bias else solution, solution[-1] if with_bias else None)
         self.result = LayerFit(
-            self.node.name, self.node.op_type, round(before, 6), round(after if kept else before, 6), kept
+            self.node.name,
+            self.node.op_type,
+            round(before, 6),
+            round(after if kept else before, 6),
+            kept,
+            round(after, 6),
         )
         return x
 
@@ -484,4 +491,4 @@ def reconstruct(
         del outputs
         student.run(batch, edge_hooks=hooks)
     layers = [hook.result for hook in hooks.values() if hook.result is not None]
-    return ReconstructionResult(write_back(pruned, student), layers, skipped, count)
+    return ReconstructionResult(write_back(pruned, student), layers, skipped, count, count - fit_samples)

@@ -119,6 +119,14 @@ class IterationReport(BaseModel):
     reconstruction_skipped: dict[str, str] = Field(
         default_factory=dict, description="Layers that lost inputs but were left as pruned, with the reason."
     )
+    reconstruction_not_kept: dict[str, str] = Field(
+        default_factory=dict,
+        description="Layers refit but left as pruned because the refit did not lower the error on the "
+        "calibration samples held aside to judge it, with both errors (tried: these and reconstructed_layers).",
+    )
+    reconstruction_samples: int | None = Field(
+        None, description="Calibration samples the refits were fit on and judged on (a fifth held aside to judge)."
+    )
 
 
 class FinetuneReport(BaseModel):

@@ -15,7 +15,12 @@ from onnxprune.workers.analysis import Analysis, detector_output
 from onnxprune.workers.cleanup import interface_changes
 from onnxprune.workers.latency_target import judged_on_closing_benchmark, target_notes
 from onnxprune.workers.options import AutoTarget, LearnedTarget, PruneOptions, RatioTarget
-from onnxprune.workers.quality_warnings import got_little_cpu, quality_warnings, recovery_budget_warnings
+from onnxprune.workers.quality_warnings import (
+    got_little_cpu,
+    quality_warnings,
+    reconstruction_warnings,
+    recovery_budget_warnings,
+)
 from onnxprune.workers.report import (
     BeforeAfter,
     DataSplit,
@@ -104,6 +109,7 @@ def build_report(
                 )
             ),
             *recovery_budget_warnings(outcome.finetune, time_budget=job.options.time_budget),
+            *reconstruction_warnings(outcome.finetune),
             *quality_warnings(
                 fidelity,
                 evaluation,

@@ -77,6 +77,55 @@ def test_the_refit_gives_back_the_original_when_the_removed_inputs_are_combinati
     assert w2.shape == (4, 5)
 
 
+def lossless_pair() -> onnx.ModelProto:
+    """``linear_pair`` whose fc2 reads nothing from the channels not KEPT: pruning them loses nothing."""
+    model = linear_pair()
+    w2 = next(i for i in model.graph.initializer if i.name == "w2")
+    weights = numpy_helper.to_array(w2).copy()
+    weights[len(KEPT) :] = 0.0
+    w2.CopyFrom(numpy_helper.from_array(weights, "w2"))
+    return model
+
+
+def test_a_refit_that_does_not_lower_the_error_is_not_kept_and_its_own_error_is_recorded():
+    original = lossless_pair()
+    dep = analyze(original, {"x": [1, 7, 8]})
+    (group,) = [g for g in dep.prunable if g.channels == 6]
+    plan = PruningPlan.from_keep(dep, {group.id: KEPT})
+    calibration = Dataset({"x": np.random.default_rng(1).standard_normal((64, 7, 8)).astype(np.float32)}, None)
+
+    result = reconstruct(dep, plan, apply_plan(dep, plan), calibration, samples=64)
+
+    (fit,) = result.layers
+    assert (fit.node, fit.kept) == ("fc2", False)
+    assert fit.refit_error is not None and fit.refit_error >= fit.error_before == fit.error_after
+    assert (result.samples, result.check_samples) == (64, 13)  # a fifth held aside to judge the refit
+
+
+@pytest.mark.integration  # the whole pipeline, its sandboxed checks in processes of their own
+def test_the_report_says_which_refits_were_not_kept_and_why_and_warns_when_none_was(tmp_path):
+    original = lossless_pair()
+    onnx.save(original, tmp_path / "pair.onnx")
+    dep = analyze(original, {"x": [1, 7, 8]})
+    (group,) = [g for g in dep.prunable if g.channels == 6]
+    np.savez(tmp_path / "data.npz", x=np.random.default_rng(2).standard_normal((40, 7, 8)).astype(np.float32))
+    options = PruneOptions(recovery="reconstruct", benchmark=False, round_to=1, input_shapes={"x": [1, 7, 8]})
+
+    result = run_pipeline(
+        tmp_path / "pair.onnx",
+        tmp_path / "out.onnx",
+        options,
+        data=tmp_path / "data.npz",
+        plan=PruningPlan.from_keep(dep, {group.id: KEPT}),
+    )
+
+    (iteration,) = result.report.evaluation.finetune.iterations
+    assert iteration.reconstructed_layers == [] and iteration.reconstruction_samples == 24  # 3 in 5 train
+    assert list(iteration.reconstruction_not_kept) == ["fc2"]
+    assert "on the 5 calibration sample(s) held aside was" in iteration.reconstruction_not_kept["fc2"]
+    assert any(w.startswith("layer-wise reconstruction kept none of its 1 refit(s)") for w in result.report.warnings)
+
+
 @pytest.mark.integration  # the whole pipeline, its sandboxed checks in processes of their own
 def test_a_transformer_pipeline_with_data_refits_each_attention_output_and_second_mlp_layer(tmp_path):
     model = bert_style(hidden=32, heads=4, ffn=48, layers=2)
