@@ -255,7 +255,8 @@ class PruneOptions(BaseModel):
     )
     reconstruct_samples: Annotated[int, Field(ge=8, le=100_000)] = Field(
         1024,
-        description="Calibration samples layer-wise reconstruction fits on (fewer for big inputs; judging "
+        description="Calibration samples layer-wise reconstruction fits on (fewer where one sample's activations are "
+        "big: token ids of a long sequence, large images; judging "
         "--max-drop candidates uses at most 256).",
         json_schema_extra=_about("recovery", needs_data=True),
     )

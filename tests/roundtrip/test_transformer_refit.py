@@ -18,9 +18,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.graphops.dependency import analyze
 from onnxprune.graphops.plan import PruningPlan
+from onnxprune.graphops.prepare import prepare_model
 from onnxprune.graphops.surgery import apply_plan
 from onnxprune.roundtrip.data import Dataset
-from onnxprune.roundtrip.reconstruction import reconstruct
+from onnxprune.roundtrip.reconstruction import BATCH_BYTES, calibration_batch, reconstruct, widest_activation_bytes
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.pipeline import run_pipeline
 from tests.support.oracle import relative_error, run_model
@@ -75,6 +76,29 @@ def test_the_refit_gives_back_the_original_when_the_removed_inputs_are_combinati
     assert relative_error(want, run_model(result.model, unseen)[0]) < 1e-5
     w2 = numpy_helper.to_array(next(i for i in result.model.graph.initializer if i.name == "w2"))
     assert w2.shape == (4, 5)
+
+
+def test_the_widest_activation_of_one_sample_is_read_from_the_analysed_shapes():
+    prepared = prepare_model(bert_style(hidden=32, heads=4, ffn=48, layers=2))
+
+    one = widest_activation_bytes(analyze(prepared, {"x": [1, 6, 32], "attention_mask": [1, 6]}))
+    two = widest_activation_bytes(analyze(prepared, {"x": [2, 6, 32], "attention_mask": [2, 6]}))
+
+    assert one == two == 4 * 6 * 48  # the MLP's hidden layer, per sample: wider than attention's 4 x 6 x 6
+
+
+def test_token_ids_are_sized_by_their_activations_not_as_16_times_the_input():
+    """70 int64 ids of MiniLM become [70, 1536] floats: sized as 16x the ids, 1,024 samples would take
+    1,024 x 70 x 1,536 x 4 bytes = 440 MB per activation, over twice BATCH_BYTES."""
+    ids = Dataset({"input_ids": np.ones((2000, 70), np.int64)}, None)
+    images = Dataset({"input": np.zeros((2000, 3, 32, 32), np.float32)}, None)
+    activation = 70 * 1536 * 4
+
+    tokens = calibration_batch(ids, onnx.ModelProto(), 1024, 0, activation_bytes=activation)
+    unchanged = calibration_batch(images, onnx.ModelProto(), 2000, 0, activation_bytes=16 * 32 * 32 * 4)
+
+    assert len(tokens["input_ids"]) == BATCH_BYTES // activation == 468
+    assert len(unchanged["input"]) == BATCH_BYTES // (16 * 3 * 32 * 32 * 4)  # 16x the input still bounds images
 
 
 def lossless_pair() -> onnx.ModelProto:
