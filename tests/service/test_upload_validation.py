@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from onnxprune.workers.options import PruneOptions
 from tests.support import hostile_models as hostile
 from tests.support import qdq_models
 from tests.support.service_models import (
@@ -246,6 +247,10 @@ def test_openapi_documents_the_v1_routes(client):
     } <= set(spec["paths"])
     upload = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]
     assert upload["schema"]["required"] == ["model"]
+    config = upload["schema"]["properties"]["config"]["contentSchema"]  # the JSON inside the form's text part
+    finetune = config["properties"]["strategies"]["properties"]["recovery"]["properties"]["finetune"]
+    assert finetune["properties"]["lr"] == config["properties"]["lr"] and finetune["additionalProperties"] is False
+    assert set(config["properties"]) == set(PruneOptions.model_fields) | {"strategies"}
     assert client.get("/docs").status_code == 200
 
 

@@ -123,3 +123,33 @@ def option_paths() -> dict[str, list[str]]:
             for name in entry.options.model_fields:
                 paths[name].append(f"{kind}.{entry.name}")
     return paths
+
+
+def config_json_schema() -> dict[str, Any]:
+    """The JSON schema of a config (OpenAPI's ``POST /v1/jobs``): the flat fields, and ``strategies``
+    with, for each kind and strategy, the same fields it owns."""
+    schema = PruneOptions.model_json_schema()
+    fields = schema["properties"]
+    kinds = {
+        kind: {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                entry.name: {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {name: fields[name] for name in entry.options.model_fields},
+                }
+                for entry in registered(kind)
+            },
+        }
+        for kind in KINDS
+    }
+    description = "The options nested by strategy (kind, name); each given flat too must have the same value."
+    fields[STRATEGIES_KEY] = {
+        "type": "object",
+        "additionalProperties": False,
+        "description": description,
+        "properties": kinds,
+    }
+    return schema
