@@ -5,12 +5,14 @@ dims (``?x3x?x?``) is pruned without being told one; only MACs, the benchmark an
 size, the *probe size*. It is chosen, in this order, from
 
 1. ``--input-shape`` (the user's, always wins);
-2. the model's metadata: a ``metadata_props`` entry named ``<input>.shape``, ``input_shape``,
+2. the data's arrays, when a job has data (``from_data``: a sentence length the model leaves symbolic
+   is the data's, with batch 1; pruning at another length would refuse the data);
+3. the model's metadata: a ``metadata_props`` entry named ``<input>.shape``, ``input_shape``,
    ``input_size``, ``image_size``, ``img_size`` or ``imgsz`` whose value is a list of ints
    (the full shape, the symbolic dims in order, or one size for all of them);
-3. :data:`DEFAULT_PROBE_SIZE` for every symbolic non-batch dim, when every layer's shape is then
+4. :data:`DEFAULT_PROBE_SIZE` for every symbolic non-batch dim, when every layer's shape is then
    known (the common case: convs and global pooling take any size);
-4. otherwise the first of :data:`PROBE_CANDIDATES` at which every layer's shape is known: a
+5. otherwise the first of :data:`PROBE_CANDIDATES` at which every layer's shape is known: a
    fixed-size layer (a Gemm after Flatten, a fixed Reshape) decides the size.
 
 A symbolic first dim is the batch, probed at 1. The pruned model keeps the symbolic dims; the
@@ -52,8 +54,13 @@ class InputShapeChoice:
     notes: list[str] = field(default_factory=list)  # one line per input whose size was probed
 
 
-def choose_input_shapes(model: onnx.ModelProto, given: Mapping[str, Sequence[int]] | None = None) -> InputShapeChoice:
-    """Concrete shapes for every input of ``model``; see the module docstring for the order."""
+def choose_input_shapes(
+    model: onnx.ModelProto,
+    given: Mapping[str, Sequence[int]] | None = None,
+    from_data: Mapping[str, Sequence[int]] | None = None,
+) -> InputShapeChoice:
+    """Concrete shapes for every input of ``model``; see the module docstring for the order.
+    ``from_data``: the shape of each input's data array (samples first), where a job has data."""
     given = dict(given or {})
     declared = declared_input_shapes(model)
     unknown = sorted(set(given) - set(declared))
@@ -73,19 +80,22 @@ def choose_input_shapes(model: onnx.ModelProto, given: Mapping[str, Sequence[int
         open_dims[name] = [axis for axis, d in enumerate(shape) if axis > 0 and not (isinstance(d, int) and d > 0)]
     open_dims = {name: axes for name, axes in open_dims.items() if axes}
     check_input_sizes(shapes)  # the fixed dims alone may be too big: refuse before probing
+    data_notes = _take_from_data(shapes, open_dims, declared, from_data or {})
     if not open_dims:
-        return InputShapeChoice(shapes)
+        return InputShapeChoice(shapes, data_notes)
     from_metadata = _metadata_sizes(model, declared, open_dims)
     if from_metadata is not None:
         sizes, key = from_metadata
-        return _choice(shapes, open_dims, sizes, f"from the model's metadata '{key}'")
+        return _choice(shapes, open_dims, sizes, f"from the model's metadata '{key}'", data_notes)
     default = {name: [DEFAULT_PROBE_SIZE] * len(axes) for name, axes in open_dims.items()}
     if _every_layer_sized(model, _filled(shapes, open_dims, default)):
-        return _choice(shapes, open_dims, default, "the default probe size")
+        return _choice(shapes, open_dims, default, "the default probe size", data_notes)
     for size in PROBE_CANDIDATES:
         sizes = {name: [size] * len(axes) for name, axes in open_dims.items()}
         if _every_layer_sized(model, _filled(shapes, open_dims, sizes)):
-            return _choice(shapes, open_dims, sizes, "the smallest size at which every layer's shape is known")
+            return _choice(
+                shapes, open_dims, sizes, "the smallest size at which every layer's shape is known", data_notes
+            )
     name, axes = next(iter(open_dims.items()))
     example = "x".join(str(d) if isinstance(d, int) and d > 0 else "N" for d in declared[name] or ())
     raise ModelRejected(
@@ -135,17 +145,49 @@ def _filled(
 
 
 def _choice(
-    shapes: Mapping[str, list[int]], open_dims: Mapping[str, list[int]], sizes: Mapping[str, list[int]], how: str
+    shapes: Mapping[str, list[int]],
+    open_dims: Mapping[str, list[int]],
+    sizes: Mapping[str, list[int]],
+    how: str,
+    notes: Sequence[str] = (),
 ) -> InputShapeChoice:
     filled = _filled(shapes, open_dims, sizes)
     check_input_sizes(filled)
-    notes = [
-        f"input '{name}' has symbolic dims {axes}: MACs, benchmark and oracle use "
-        f"{'x'.join(str(d) for d in filled[name])} ({how}; --input-shape chooses another); "
+    return InputShapeChoice(
+        filled, [*notes, *(_note(name, axes, filled[name], how) for name, axes in open_dims.items())]
+    )
+
+
+def _note(name: str, axes: Sequence[int], dims: Sequence[int], how: str) -> str:
+    return (
+        f"input '{name}' has symbolic dims {list(axes)}: MACs, benchmark and oracle use "
+        f"{'x'.join(str(d) for d in dims)} ({how}; --input-shape chooses another); "
         "the pruned model keeps the dims symbolic"
-        for name, axes in open_dims.items()
-    ]
-    return InputShapeChoice(filled, notes)
+    )
+
+
+def _take_from_data(
+    shapes: dict[str, list[int]],
+    open_dims: dict[str, list[int]],
+    declared: Mapping[str, Shape | None],
+    from_data: Mapping[str, Sequence[int]],
+) -> list[str]:
+    """Fill the symbolic dims of each input whose data array fits its declared shape (same rank, the
+    fixed dims equal) from that array, batch 1; those inputs leave ``open_dims``. Notes say so."""
+    notes = []
+    for name in [name for name in open_dims if name in from_data]:
+        data, shape = [int(d) for d in from_data[name]], declared[name] or ()
+        fits = len(data) == len(shape) and all(
+            not (isinstance(d, int) and d > 0) or d == have for d, have in zip(shape[1:], data[1:])
+        )
+        if not fits:
+            continue  # the data loader says what is wrong with it, at the size probed
+        axes = open_dims.pop(name)
+        for axis in axes:
+            shapes[name][axis] = data[axis]
+        notes.append(_note(name, axes, shapes[name], "the data's arrays, batch 1"))
+    check_input_sizes(shapes)
+    return notes
 
 
 def _metadata_sizes(

@@ -66,13 +66,15 @@ def prune(
     plan: PruningPlan | None = None,
     sensitivity: SensitivityReport | None = None,
     progress: StageProgress | None = None,
-    options: PruneOptions | None = None,
+    options: PruneOptions | Mapping[str, object] | None = None,
     **fields: object,
 ) -> PruneResult:
     """Prune ``model`` and return the pruned ``ModelProto``, its report and its plan.
 
     Options are ``PruneOptions`` fields as keywords (``ratio=0.3``, ``criterion="l2"``,
-    ``flops_target=0.5``, ``finetune_steps=300`` ...) or a whole ``options=``. ``data`` is an
+    ``flops_target=0.5``, ``finetune_steps=300`` ...), nested by strategy or not
+    (``strategies={"recovery": {"finetune": {"lr": 0.01}}}``), or a whole ``options=`` (a
+    ``PruneOptions`` or a config mapping, as the REST API takes it). ``data`` is an
     ``.npz`` path or a mapping of arrays (one per model input, optional ``labels``). With ``output``
     the model is also written there. Raises ``graphops.errors.ModelRejected`` for models or data
     that cannot be pruned, ``pydantic.ValidationError`` for bad options.
@@ -85,7 +87,7 @@ def prune(
     from onnxprune.workers.options import with_data_defaults
     from onnxprune.workers.precision import is_quantized_file
 
-    chosen = options if options is not None else PruneOptions(**fields)
+    chosen = PruneOptions.model_validate(options if options is not None else fields)
     with tempfile.TemporaryDirectory(prefix="onnxprune-api-") as tmp:
         workdir = Path(tmp)
         target = Path(output) if output is not None else workdir / "pruned.onnx"

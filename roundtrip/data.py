@@ -108,6 +108,48 @@ def _check_input(
     return array
 
 
+def _arrays_of_inputs(names: Sequence[str], inputs: Sequence[str]) -> dict[str, str]:
+    """Which array of the data feeds each model input: its namesake, or the one array of a one-input model."""
+    data_names = [n for n in names if n != LABELS]
+    if len(inputs) == 1 and len(data_names) == 1:
+        return {inputs[0]: data_names[0]}
+    missing = [name for name in inputs if name not in names]
+    if missing:
+        raise ModelRejected(
+            f"data has no array for model input '{missing[0]}' (arrays: {', '.join(names) or 'none'}; "
+            f"inputs: {', '.join(inputs)})"
+        )
+    return {name: name for name in inputs}
+
+
+def array_shapes(path: Path, model: onnx.ModelProto) -> dict[str, list[int]]:
+    """The shape of the array feeding each input of ``model`` in the ``.npz`` at ``path``, read from the
+    ``.npy`` headers (no values are read): where the data says a symbolic dim's size (a sentence
+    length). Images to be letterboxed (uint8 ``[N, h, w, 3]``) and photo folders say nothing."""
+    path = Path(path)
+    if path.is_dir():
+        return {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            headers = {info.filename.removesuffix(".npy"): _npy_header(archive, info) for info in archive.infolist()}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ModelRejected(f"data {path.name} is not a readable .npz of arrays: {str(exc).splitlines()[0]}") from exc
+    mapping = _arrays_of_inputs(list(headers), [v.name for v in graph_inputs(model)])
+    return {
+        name: list(shape)
+        for name, (shape, dtype) in ((name, headers[array]) for name, array in mapping.items())
+        if not (dtype == np.uint8 and len(shape) == 4 and shape[3] == 3)
+    }
+
+
+def _npy_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[tuple[int, ...], np.dtype]:
+    with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(member)
+    return tuple(int(d) for d in shape), dtype
+
+
 def load_dataset(
     path: Path, model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None
 ) -> Dataset:
@@ -121,17 +163,7 @@ def load_dataset(
     if path.is_dir():
         return Dataset({values[0].name: _folder_images(path, values, declared, input_shapes)}, None)
     names = _array_names(path)
-    data_names = [n for n in names if n != LABELS]
-    if len(values) == 1 and len(data_names) == 1:
-        mapping = {values[0].name: data_names[0]}
-    else:
-        missing = [v.name for v in values if v.name not in names]
-        if missing:
-            raise ModelRejected(
-                f"data has no array for model input '{missing[0]}' (arrays: {', '.join(names) or 'none'}; "
-                f"inputs: {', '.join(v.name for v in values)})"
-            )
-        mapping = {v.name: v.name for v in values}
+    mapping = _arrays_of_inputs(names, [v.name for v in values])
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in set(mapping.values()) | ({LABELS} & set(names))}

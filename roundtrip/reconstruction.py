@@ -26,6 +26,7 @@ output projections of pruned heads and neurons, their "mask tuning", in the same
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -72,6 +73,7 @@ class LayerFit:
     error_before: float  # relative squared error on the check samples, as pruned
     error_after: float  # after the refit (equal to error_before when it was not kept)
     kept: bool
+    refit_error: float | None = None  # the refit's own error on the check samples, kept or not
 
 
 @dataclass
@@ -80,6 +82,7 @@ class ReconstructionResult:
     layers: list[LayerFit] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # node -> why it was left as pruned
     samples: int = 0
+    check_samples: int = 0  # of ``samples``, those held aside to judge each refit (not fit on)
 
 
 def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
@@ -249,16 +252,31 @@ def matched_features(
 
 
 def calibration_batch(
-    data: Dataset, model: onnx.ModelProto, samples: int, seed: int, at_least: int = 0
+    data: Dataset, model: onnx.ModelProto, samples: int, seed: int, at_least: int = 0, activation_bytes: int = 0
 ) -> dict[str, np.ndarray]:
-    """Up to ``samples`` samples, fewer for models whose inputs are big (BATCH_BYTES per input), but
-    ``at_least`` of them when the data has them."""
+    """Up to ``samples`` samples, fewer for models whose activations are big (BATCH_BYTES per tensor),
+    but ``at_least`` of them when the data has them. ``activation_bytes``: one sample's widest activation
+    (``widest_activation_bytes``), where the analysis knows it."""
     per_sample = max(int(np.prod(a.shape[1:])) * 4 for a in data.inputs.values())
-    # The widest activation is rarely more than 16x the input (64 channels at full resolution of an RGB image).
-    fit = max(4, at_least, BATCH_BYTES // max(1, 16 * per_sample))
+    # An image's widest activation is rarely more than 16x the input (64 channels at full resolution of
+    # an RGB image), but token ids are not: 70 int64 ids of MiniLM become [70, 1536] floats, 1,536x.
+    widest = max(16 * per_sample, activation_bytes)
+    fit = max(4, at_least, BATCH_BYTES // max(1, widest))
     count = min(len(data), samples, fit)
     index = np.sort(np.random.default_rng(seed).permutation(len(data))[:count])
     return {name: array[index] for name, array in data.inputs.items()}
+
+
+def widest_activation_bytes(dep: DependencyGraph) -> int:
+    """Bytes (fp32) of one sample's widest node output at the analysed input shapes (``dep.shapes``)."""
+    produced = {name for node in dep.model.graph.node for name in node.output}
+    batch = min((dims[0] for dims in (dep.input_shapes or {}).values() if dims), default=1)
+    elements = (
+        math.prod(d for d in shape if isinstance(d, int) and d > 0)
+        for name, shape in dep.shapes.items()
+        if name in produced and shape
+    )
+    return 4 * max(elements, default=0) // max(1, batch)
 
 
 def _conv_rows(node: onnx.NodeProto, x: torch.Tensor, kernel: list[int], positions: np.ndarray) -> torch.Tensor:
@@ -422,7 +440,12 @@ class _Refit:
         if kept:
             self._store(solution[:-1] if with_bias else solution, solution[-1] if with_bias else None)
         self.result = LayerFit(
-            self.node.name, self.node.op_type, round(before, 6), round(after if kept else before, 6), kept
+            self.node.name,
+            self.node.op_type,
+            round(before, 6),
+            round(after if kept else before, 6),
+            kept,
+            round(after, 6),
         )
         return x
 
@@ -450,7 +473,7 @@ def reconstruct(
     nodes, skipped = layers_to_refit(dep.model, pruned, also)
     if not nodes:
         return ReconstructionResult(pruned, [], skipped, 0)
-    batch = calibration_batch(data, dep.model, samples, seed, at_least)
+    batch = calibration_batch(data, dep.model, samples, seed, at_least, widest_activation_bytes(dep))
     count = len(next(iter(batch.values())))
     fit_samples = max(1, count - max(1, int(round(CHECK_SHARE * count))))
     teacher = teacher or OnnxModule(dep.model).eval()
@@ -484,4 +507,4 @@ def reconstruct(
         del outputs
         student.run(batch, edge_hooks=hooks)
     layers = [hook.result for hook in hooks.values() if hook.result is not None]
-    return ReconstructionResult(write_back(pruned, student), layers, skipped, count)
+    return ReconstructionResult(write_back(pruned, student), layers, skipped, count, count - fit_samples)

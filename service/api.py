@@ -50,33 +50,47 @@ MAX_OFFSET = 1_000_000_000  # SQLite integers are 64-bit; a bound keeps absurd o
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 422, 429, 503, 507)
 }
-_UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["model"],
-                    "properties": {
-                        "model": {"type": "string", "format": "binary", "description": "The .onnx model."},
-                        "data": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "Optional .npz of calibration inputs (no pickles).",
+
+
+def _upload_body() -> dict[str, Any]:
+    """The multipart upload, its config described by the options schema, flat or nested by strategy."""
+    from onnxprune.workers.strategies.nesting import config_json_schema
+
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["model"],
+                        "properties": {
+                            "model": {"type": "string", "format": "binary", "description": "The .onnx model."},
+                            "data": {
+                                "type": "string",
+                                "format": "binary",
+                                "description": "Optional .npz of calibration inputs (no pickles).",
+                            },
+                            "config": {
+                                "type": "string",
+                                "contentMediaType": "application/json",
+                                "contentSchema": config_json_schema(),
+                                "description": "JSON object of options (GET /v1/options lists them): flat keys "
+                                '({"ratio": 0.3, "lr": 0.01}), or nested by strategy under "strategies" '
+                                '({"strategies": {"recovery": {"finetune": {"lr": 0.01}}}}: each option\'s '
+                                "'strategies' says where it nests), or both; a key given both ways must agree.",
+                            },
+                            "plan": {
+                                "type": "string",
+                                "description": "Optional pruning plan JSON (GET /v1/jobs/{id}/plan, prune --plan-out) "
+                                "to apply instead of scoring.",
+                            },
                         },
-                        "config": {"type": "string", "description": "JSON object of PruneOptions."},
-                        "plan": {
-                            "type": "string",
-                            "description": "Optional pruning plan JSON (GET /v1/jobs/{id}/plan, prune --plan-out) "
-                            "to apply instead of scoring.",
-                        },
-                    },
+                    }
                 }
-            }
-        },
+            },
+        }
     }
-}
 
 
 def _version() -> str:
@@ -246,7 +260,7 @@ def _add_routes(app: FastAPI) -> None:
         status_code=202,
         response_model=JobPublic,
         responses=_ERRORS,
-        openapi_extra=_UPLOAD_BODY,
+        openapi_extra=_upload_body(),
         tags=["jobs"],
     )
     async def create_job(

@@ -203,6 +203,13 @@ def _print_summary(report: PruneReport) -> None:
             + (f", {finetune.samples_per_s:g} samples/s" if finetune.samples_per_s else "")
             + (f", {finetune.threads} thread(s)" if finetune.threads else "")
         )
+    from onnxprune.workers.quality_warnings import refits_kept
+
+    refits, tried = refits_kept(finetune)
+    if tried:
+        table.caption += f"\nlayer-wise reconstruction: {refits} of {tried} refit(s) kept" + (
+            "" if refits == tried else f"; {tried - refits} did not lower the error on calibration samples held aside"
+        )
     from onnxprune.workers.cleanup import credited_speed
 
     credited = credited_speed(report.latency_ms)

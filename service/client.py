@@ -76,7 +76,8 @@ class PruneClient:
     ) -> Job:
         """Upload and queue a job. A key is always sent, so a retried call cannot create two jobs.
 
-        ``plan``: a saved plan's JSON (``prune --plan-out``, ``GET /v1/jobs/{id}/plan``) to apply instead of scoring."""
+        ``options``: a ``PruneOptions`` or a config mapping, flat or nested by strategy (``{"strategies":
+        {"recovery": {"finetune": {"lr": 0.01}}}}``), sent as it is. ``plan``: a saved plan's JSON (``prune --plan-out``, ``GET /v1/jobs/{id}/plan``) to apply instead of scoring."""
         if isinstance(options, PruneOptions):
             config = options.model_dump_json(exclude_defaults=True)
         else:

@@ -89,11 +89,11 @@ class JobViews:
 
 
 def _job_json(job: JobRecord, report_path: Path | bytes | None) -> str:
-    body = JobPublic.of(job).model_dump_json()
     if job.status is not JobStatus.succeeded or report_path is None:
-        return body
+        return JobPublic.of(job).model_dump_json()
     raw = report_path.read_bytes() if isinstance(report_path, Path) else report_path
     report = PruneReport.model_validate_json(raw)  # validated once per rendering
+    body = JobPublic.of(job, options=report.options).model_dump_json()  # the options as the report echoes them
     if not body.endswith(_NO_REPORT):  # the report is JobPublic's last field; never splice blind
         return JobPublic.of(job, report).model_dump_json()
     return f'{body[: -len(_NO_REPORT)]},"report":{report.model_dump_json()}}}'

@@ -3,7 +3,8 @@
 The upload page builds its form from ``GET /v1/options`` (this list), so a field added to the schema
 appears on the page without touching the page; ``submit`` gets its flags from the same schema
 (``service.cli_options``). Each option says how to enter it (``kind``), its default, its help text,
-its group (``json_schema_extra["group"]``, one group when absent) and whether it needs a data file.
+its group (``json_schema_extra["group"]``, one group when absent), whether it needs a data file and
+the strategies it may be nested under in a config.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class OptionSpec(BaseModel):
     needs_data: bool = False
     choices: list[str] = []  # for "choice"; for "number-or-word", the words
     data_choices: list[str] = []  # the choices that need a data file (criteria that look at activations)
+    # Where a config may nest it (``{"strategies": {"recovery": {"finetune": {...}}}}``): "recovery.finetune", the
+    # strategies that read it; none for a job-wide option (workers.strategies.nesting)
+    strategies: list[str] = []
 
 
 def _about(field: FieldInfo) -> dict[str, Any]:
@@ -81,6 +85,9 @@ def _choices(name: str, kind: Kind, choices: list[str]) -> tuple[Kind, list[str]
 
 def option_specs() -> list[OptionSpec]:
     """Every ``PruneOptions`` field, in schema order."""
+    from onnxprune.workers.strategies.nesting import option_paths
+
+    paths = option_paths()
     specs = []
     for name, field in PruneOptions.model_fields.items():
         about = _about(field)
@@ -98,6 +105,7 @@ def option_specs() -> list[OptionSpec]:
                 needs_data=bool(about.get("needs_data")),
                 choices=choices,
                 data_choices=data_choices,
+                strategies=paths[name],
             )
         )
     return specs

@@ -6,7 +6,7 @@ import json
 from datetime import datetime, timezone
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from onnxprune.jobs.store import JobRecord, JobStatus
 from onnxprune.workers.report import PruneReport
@@ -40,20 +40,28 @@ class JobPublic(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    options: dict[str, Any]
+    options: dict[str, Any] = Field(
+        description="The job's options nested by strategy, as the report gives them (workers.strategies.nesting)."
+    )
     error: ErrorDetail | None = None
     output_sha256: str | None = None
     links: JobLinks
     report: PruneReport | None = Field(None, description="Present once the job has succeeded.")
 
     @classmethod
-    def of(cls, job: JobRecord, report: PruneReport | None = None) -> JobPublic:
+    def of(
+        cls, job: JobRecord, report: PruneReport | None = None, *, options: dict[str, Any] | None = None
+    ) -> JobPublic:
+        """``options``: the echo the job's report gives (exact: it knows whether a plan was applied),
+        else derived from the stored config."""
         base = f"/v1/jobs/{job.id}"
         error = None
         if job.status in (JobStatus.failed, JobStatus.cancelled) and job.error_code:
             error = ErrorDetail(code=job.error_code, message=job.error_message or "")
-        options = json.loads(job.config)
-        float_model = f"{base}/model?variant=float" if options.get("quantize", "none") != "none" else None
+        config = json.loads(job.config)  # flat, as accepted
+        if options is None:
+            options = report.options if report is not None else _echo(config, has_data=job.has_data)
+        float_model = f"{base}/model?variant=float" if config.get("quantize", "none") != "none" else None
         return cls(
             id=job.id,
             status=job.status,
@@ -91,6 +99,19 @@ class Health(BaseModel):
     status: str
     mode: str
     detail: str | None = None
+
+
+def _echo(config: dict[str, Any], *, has_data: bool) -> dict[str, Any]:
+    """A stored config nested by the strategies it chooses; as stored if this version refuses it."""
+    from onnxprune.workers.options import PruneOptions
+    from onnxprune.workers.strategies.needs import Given
+    from onnxprune.workers.strategies.nesting import echo_options
+
+    try:
+        options = PruneOptions.model_validate(config)
+    except ValidationError:  # a record from a version whose options differ: shown, not failed
+        return config
+    return echo_options(options, Given(data=has_data))
 
 
 def _time(value: float | None) -> datetime | None:

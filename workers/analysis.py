@@ -74,9 +74,14 @@ def _no_stages(_name: str) -> AbstractContextManager[None]:
 
 
 def analyse_model(
-    path: Path, input_shapes: Mapping[str, Sequence[int]] | None = None, *, stage: StageTimer = _no_stages
+    path: Path,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    *,
+    stage: StageTimer = _no_stages,
+    data_file: Path | None = None,
 ) -> Analysis:
     """Load and check ``path``, fold it into the graph the pruner works on, find its channel groups.
+    With ``data_file``, symbolic input dims the data's arrays fix (a sentence length) are analysed at that size.
 
     Raises :class:`graphops.errors.ModelRejected` for models that cannot be pruned (the user's input)."""
     path = Path(path)
@@ -92,7 +97,12 @@ def analyse_model(
         if original.functions:  # the pruner, and onnxruntime for a function of the default domain, need plain ops
             original = inline_local_functions(original)
             path = _saved_inlined(original, path)
-        shape_choice = choose_input_shapes(original, input_shapes)  # probes symbolic image sizes
+        from_data = None
+        if data_file is not None:
+            from onnxprune.roundtrip.data import array_shapes  # numpy only: no torch
+
+            from_data = array_shapes(data_file, original)
+        shape_choice = choose_input_shapes(original, input_shapes, from_data)  # probes symbolic image sizes
         shapes = shape_choice.shapes
     with stage("analyze"):
         prepared = prepare_model(original)

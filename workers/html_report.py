@@ -52,6 +52,8 @@ def render_report_html(
     report: PruneReport | None = None, *, sensitivity: SensitivityReport | None = None, title: str = "onnxprune report"
 ) -> str:
     """The page for ``report`` (its own sensitivity curves if it has them) or for ``sensitivity`` alone."""
+    from onnxprune.workers.strategies.nesting import flatten_config
+
     sensitivity = sensitivity or (report.sensitivity if report is not None else None)
     figures = {}
     if sensitivity is not None and sensitivity.curves:
@@ -71,6 +73,7 @@ def render_report_html(
         .render(
             title=title,
             report=report,
+            options=flatten_config(report.options) if report is not None else {},  # flat, nested or not
             sensitivity=sensitivity,
             figures=figures,
             drops=_drops(sensitivity),

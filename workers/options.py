@@ -115,7 +115,8 @@ Target = Annotated[RatioTarget | MacsTarget | AutoTarget | LearnedTarget | Laten
 class PruneOptions(BaseModel):
     """What to prune and how: the one options schema. Field names are the REST config keys; the CLI
     flags (``--field-name``), ``submit`` and the upload page's form are derived from the fields and
-    their ``json_schema_extra`` (see ``_about``). :attr:`target` gives the typed target."""
+    their ``json_schema_extra`` (see ``_about``). A config may also give them nested by strategy under
+    ``strategies`` (``workers.strategies.nesting``). :attr:`target` gives the typed target."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -283,7 +284,8 @@ class PruneOptions(BaseModel):
     )
     reconstruct_samples: Annotated[int, Field(ge=8, le=100_000)] = Field(
         1024,
-        description="Calibration samples layer-wise reconstruction fits on (fewer for big inputs; judging "
+        description="Calibration samples layer-wise reconstruction fits on (fewer where one sample's activations are "
+        "big: token ids of a long sequence, large images; judging "
         "--max-drop candidates uses at most 256).",
         json_schema_extra=_about("recovery", needs_data=True),
     )
@@ -337,6 +339,17 @@ class PruneOptions(BaseModel):
         if self.flops_target is not None:
             return MacsTarget(fraction=self.flops_target)
         return RatioTarget(ratio=float(self.ratio or 0.0))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flatten_nested(cls, data: Any) -> Any:
+        """A config may nest options by strategy (``{"strategies": {"recovery": {"finetune": {"lr": 0.01}}}}``,
+        ``workers.strategies.nesting``): the same fields, so flattened here, before anything else."""
+        if isinstance(data, dict) and "strategies" in data:
+            from onnxprune.workers.strategies.nesting import flatten_config
+
+            return flatten_config(data)
+        return data
 
     @field_validator("criterion")
     @classmethod

@@ -68,7 +68,7 @@ def run_pipeline(
     output_path = Path(output_path)
     require_capabilities(options, has_data=data is not None, plan_given=plan is not None)
     stages = Stages(progress)
-    analysis = analyse_model(Path(model_path), options.input_shapes, stage=stages.stage)
+    analysis = analyse_model(Path(model_path), options.input_shapes, stage=stages.stage, data_file=data)
     check_exclude_patterns(options.exclude, (node.name for node in analysis.prepared.graph.node))
     yolo_shaped_output(output_shapes(analysis), options.detector)  # a wrong --detector yolo fails here
     check_precision(analysis.original, options, has_data=data is not None, plan_given=plan is not None)

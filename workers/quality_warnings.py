@@ -169,3 +169,26 @@ def recovery_budget_warnings(finetune: FinetuneReport | None, *, time_budget: fl
         + (f" (two epochs take about {needed:.0f} s of fine-tuning at this rate)" if needed else "")
         + ": raise --time-budget"
     ]
+
+
+def refits_kept(finetune: FinetuneReport | None) -> tuple[int, int]:
+    """(kept, tried) refits of layer-wise reconstruction over the job's steps."""
+    if finetune is None:
+        return 0, 0
+    kept = sum(len(it.reconstructed_layers) for it in finetune.iterations)
+    return kept, kept + sum(len(it.reconstruction_not_kept) for it in finetune.iterations)
+
+
+def reconstruction_warnings(finetune: FinetuneReport | None) -> list[str]:
+    """A warning when layer-wise reconstruction tried refits and kept none: it did nothing, which the
+    report's list of refit layers (empty) would not say."""
+    kept, tried = refits_kept(finetune)
+    if finetune is None or not tried or kept:
+        return []
+    samples = max((it.reconstruction_samples or 0 for it in finetune.iterations), default=0)
+    return [
+        f"layer-wise reconstruction kept none of its {tried} refit(s): none lowered the layer's error on the "
+        f"calibration samples held aside to judge it (a fifth of {samples}); with more data it fits on more "
+        "(up to --reconstruct-samples), or --recovery finetune skips it "
+        "(evaluation.finetune.iterations[].reconstruction_not_kept says each layer's errors)"
+    ]

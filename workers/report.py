@@ -135,6 +135,14 @@ class IterationReport(BaseModel):
     reconstruction_skipped: dict[str, str] = Field(
         default_factory=dict, description="Layers that lost inputs but were left as pruned, with the reason."
     )
+    reconstruction_not_kept: dict[str, str] = Field(
+        default_factory=dict,
+        description="Layers refit but left as pruned because the refit did not lower the error on the "
+        "calibration samples held aside to judge it, with both errors (tried: these and reconstructed_layers).",
+    )
+    reconstruction_samples: int | None = Field(
+        None, description="Calibration samples the refits were fit on and judged on (a fifth held aside to judge)."
+    )
 
 
 class FinetuneReport(BaseModel):
@@ -249,7 +257,11 @@ class PruneReport(BaseModel):
     onnxprune_version: str
     model_sha256: str
     output_sha256: str | None = None
-    options: dict[str, Any]
+    options: dict[str, Any] = Field(
+        description="The options the job ran with, nested by strategy: under 'strategies' each strategy the job "
+        "ran (kind, name) with the options it read; flat beside it the job-wide ones and any value no strategy of "
+        "this job read. A valid config that gives the same options (earlier reports: all flat, also valid)."
+    )
     input_shapes: dict[str, list[int]]
     macs: BeforeAfter
     params: BeforeAfter

@@ -16,7 +16,12 @@ from onnxprune.workers.analysis import Analysis, detector_output
 from onnxprune.workers.cleanup import interface_changes
 from onnxprune.workers.latency_target import judged_on_closing_benchmark, target_notes
 from onnxprune.workers.options import AutoTarget, LearnedTarget, PruneOptions, RatioTarget
-from onnxprune.workers.quality_warnings import got_little_cpu, quality_warnings, recovery_budget_warnings
+from onnxprune.workers.quality_warnings import (
+    got_little_cpu,
+    quality_warnings,
+    reconstruction_warnings,
+    recovery_budget_warnings,
+)
 from onnxprune.workers.report import (
     BeforeAfter,
     DataSplit,
@@ -33,6 +38,8 @@ from onnxprune.workers.shortfall import shortfall_notes
 from onnxprune.workers.speed import speed_notes
 from onnxprune.workers.strategies import Job, Outcome
 from onnxprune.workers.strategies.finish import Artifacts
+from onnxprune.workers.strategies.needs import Given
+from onnxprune.workers.strategies.nesting import echo_options
 
 
 def onnxprune_version() -> str:
@@ -63,7 +70,10 @@ def build_report(
         onnxprune_version=onnxprune_version(),
         model_sha256=analysis.sha256,
         output_sha256=output_sha256,
-        options=job.options.model_dump(),
+        options=echo_options(
+            job.options,
+            Given(data=job.data_path is not None or job.data_context is not None, plan=selection.from_saved_plan),
+        ),
         input_shapes=analysis.input_shapes,
         macs=BeforeAfter(before=analysis.cost.macs, after=cost_after.macs),
         params=BeforeAfter(before=analysis.cost.params, after=cost_after.params),
@@ -102,6 +112,7 @@ def build_report(
                 )
             ),
             *recovery_budget_warnings(outcome.finetune, time_budget=job.options.time_budget),
+            *reconstruction_warnings(outcome.finetune),
             *quality_warnings(
                 fidelity,
                 evaluation,

@@ -23,7 +23,9 @@ from onnxprune.workers.report import (
 POINT = EvaluationPoint(loss=1.0, cosine=0.9)
 
 
-def report_after_recovery(steps: int | None, reconstructed: list[str]) -> PruneReport:
+def report_after_recovery(
+    steps: int | None, reconstructed: list[str], not_kept: dict[str, str] | None = None
+) -> PruneReport:
     finetune = FinetuneReport(
         schedule="one-shot",
         objective="distillation",
@@ -40,6 +42,7 @@ def report_after_recovery(steps: int | None, reconstructed: list[str]) -> PruneR
                 after_pruning=POINT,
                 steps=steps,
                 reconstructed_layers=reconstructed,
+                reconstruction_not_kept=not_kept or {},
             )
         ],
     )
@@ -72,6 +75,26 @@ def test_the_summary_says_what_recovery_did(steps, reconstructed, words, capsys)
     _print_summary(report_after_recovery(steps, reconstructed))
 
     assert words in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("reconstructed", "not_kept", "words"),
+    [
+        (["conv1"], {}, "layer-wise reconstruction: 1 of 1 refit(s) kept"),
+        (
+            ["conv1"],
+            {"conv2": "worse", "fc": "worse"},
+            "layer-wise reconstruction: 1 of 3 refit(s) kept; 2 did not lower the error on calibration samples held",
+        ),
+        ([], {"conv2": "worse"}, "layer-wise reconstruction: 0 of 1 refit(s) kept; 1 did not lower the error"),
+    ],
+)
+def test_the_summary_says_how_many_refits_reconstruction_kept(reconstructed, not_kept, words, capsys):
+    _print_summary(report_after_recovery(None, reconstructed, not_kept))
+
+    out = " ".join(capsys.readouterr().out.split())  # the caption wraps at the table's width
+    assert words in out
+    assert ("did not lower" in out) == bool(not_kept)
 
 
 def test_results_are_written_with_the_mode_a_model_gets(tmp_path):

@@ -79,6 +79,22 @@ def test_input_shape_still_overrides_the_probe():
     assert choice.shapes == {"input": [2, 3, 40, 60]} and choice.notes == []
 
 
+def test_with_data_the_symbolic_dims_are_the_datas_at_batch_1_and_said_so():
+    choice = choose_input_shapes(segmentation_model(), from_data={"input": [30, 3, 40, 60]})
+
+    assert choice.shapes == {"input": [1, 3, 40, 60]}
+    assert len(choice.notes) == 1 and "1x3x40x60 (the data's arrays, batch 1" in choice.notes[0]
+
+
+def test_input_shape_wins_over_the_data_and_data_that_does_not_fit_is_left_to_the_loader():
+    given = choose_input_shapes(segmentation_model(), {"input": [1, 3, 32, 32]}, {"input": [30, 3, 40, 60]})
+    one_channel = choose_input_shapes(segmentation_model(), from_data={"input": [30, 1, 40, 60]})
+
+    assert given.shapes == {"input": [1, 3, 32, 32]} and given.notes == []
+    assert one_channel.shapes == {"input": [1, 3, DEFAULT_PROBE_SIZE, DEFAULT_PROBE_SIZE]}  # the loader refuses it
+    assert "default probe size" in one_channel.notes[0]
+
+
 def test_a_model_no_probe_size_fits_asks_for_input_shape():
     model = flatten_classifier(features=4 * 7 * 9)  # no square image fits this Gemm
 

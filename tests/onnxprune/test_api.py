@@ -99,6 +99,21 @@ def test_a_saved_plan_applies_again_to_the_same_model():
     assert again.plan.keep == first.plan.keep
 
 
+def test_options_nested_by_strategy_or_a_whole_config_give_the_same_job_as_flat_keywords():
+    model = residual_model()
+    nested = {"selector": {"ratio": {"ratio": 0.25, "criterion": "l2"}}}
+
+    flat = onnxprune.prune(model, ratio=0.25, criterion="l2", benchmark=False)
+    by_keyword = onnxprune.prune(model, strategies=nested, benchmark=False)
+    by_config = onnxprune.prune(model, options={"strategies": nested, "benchmark": False})
+
+    assert flat.plan.keep == by_keyword.plan.keep == by_config.plan.keep
+    assert flat.report.options == by_keyword.report.options == by_config.report.options
+    assert flat.report.options["strategies"]["selector"] == nested["selector"]
+    with pytest.raises(pydantic.ValidationError, match="ratio is given twice with different values: 0.3 at ratio"):
+        onnxprune.prune(model, ratio=0.3, strategies=nested)
+
+
 def test_bad_options_and_bad_models_raise_the_errors_the_cli_turns_into_exit_2():
     with pytest.raises(pydantic.ValidationError, match="ratio must be in"):
         onnxprune.prune(residual_model(), ratio=1.5)

@@ -7,7 +7,7 @@ import pytest
 
 from onnxprune.graphops.errors import ModelRejected
 from onnxprune.graphops.loading import load_model
-from onnxprune.roundtrip.data import load_dataset, split_data
+from onnxprune.roundtrip.data import array_shapes, load_dataset, split_data
 
 
 @pytest.fixture
@@ -70,3 +70,12 @@ def test_too_few_samples_to_split_is_a_clear_user_error(tmp_path, model):
 
     with pytest.raises(ModelRejected, match="at least 5 are needed"):
         split_data(data)
+
+
+def test_the_shapes_of_the_arrays_feeding_the_inputs_are_read_from_their_headers(tmp_path, model):
+    compressed = tmp_path / "compressed.npz"
+    np.savez_compressed(compressed, images=np.zeros((10, 3, 16, 20), np.float32), labels=np.arange(10))
+    photos = save(tmp_path, input=np.zeros((10, 32, 32, 3), np.uint8))
+
+    assert array_shapes(compressed, model) == {"input": [10, 3, 16, 20]}  # one input: any array name
+    assert array_shapes(photos, model) == {}  # images letterboxed to the input's size say nothing of it

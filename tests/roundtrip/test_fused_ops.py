@@ -297,7 +297,7 @@ def test_the_fused_minilm_prunes_with_data_by_the_default_criterion_and_recovery
 
     assert result.returncode == 0, result.stderr  # the oracle and the write-back check passed
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["options"]["criterion"] == "taylor"
+    assert report["options"]["strategies"]["selector"]["macs"]["criterion"] == "taylor"
     assert report["macs"]["after"] <= 0.7 * report["macs"]["before"]
     finetune = report["evaluation"]["finetune"]
     assert finetune["objective"] == "distillation" and finetune["steps"] >= 1

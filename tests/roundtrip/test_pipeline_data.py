@@ -113,7 +113,8 @@ def test_cli_iterative_distillation_writes_model_report_and_plan(small_model, sm
 
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["options"]["iterative_steps"] == 2 and report["evaluation"]["metric"] == "fidelity"
+    assert report["options"]["strategies"]["schedule"]["stepwise"]["iterative_steps"] == 2
+    assert report["evaluation"]["metric"] == "fidelity"
     assert report["evaluation"]["finetune"]["schedule"] == "iterative + layer-wise reconstruction"
     assert len(report["evaluation"]["finetune"]["iterations"]) == 2
     assert report["macs"]["after"] <= 0.62 * report["macs"]["before"]

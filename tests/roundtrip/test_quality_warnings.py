@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from onnxprune.workers.quality_warnings import quality_warnings
-from onnxprune.workers.report import Fidelity, HeldOutEvaluation
+from onnxprune.workers.quality_warnings import quality_warnings, reconstruction_warnings, refits_kept
+from onnxprune.workers.report import EvaluationPoint, Fidelity, FinetuneReport, HeldOutEvaluation, IterationReport
 
 
 def evaluation(before: float, after: float) -> HeldOutEvaluation:
@@ -114,3 +114,53 @@ def test_a_detector_pruned_without_data_is_said_to_be_unchecked_however_high_its
 
     assert note.startswith("detections not checked: output 'output0'") and "--data" in note
     assert without_detector == []
+
+
+def _refits(*steps: tuple[list[str], dict[str, str]]) -> FinetuneReport:
+    """A recovery of one iteration per step: (layers refit and kept, layers refit and not kept)."""
+    point = EvaluationPoint(loss=1.0, cosine=0.9)
+    iterations = [
+        IterationReport(
+            iteration=i + 1,
+            macs=100,
+            removed_channels=4,
+            after_pruning=point,
+            reconstructed_layers=kept,
+            reconstruction_not_kept=not_kept,
+            reconstruction_samples=30,
+        )
+        for i, (kept, not_kept) in enumerate(steps)
+    ]
+    return FinetuneReport(
+        schedule="iterative + layer-wise reconstruction",
+        objective="distillation",
+        steps=0,
+        iterative_steps=len(steps),
+        lr=0.002,
+        batch_size=32,
+        samples={"train": 30},
+        iterations=iterations,
+    )
+
+
+def test_reconstruction_that_kept_no_refit_says_how_many_it_tried_and_why_none_was_kept():
+    none_kept = _refits(([], {"fc1": "worse"}), ([], {"fc1": "worse", "fc2": "worse"}))
+    some_kept = _refits(
+        (["fc1"], {"fc2": "worse"}),
+    )
+
+    assert refits_kept(none_kept) == (0, 3) and refits_kept(some_kept) == (1, 2) and refits_kept(None) == (0, 0)
+    (warning,) = reconstruction_warnings(none_kept)
+    assert warning.startswith(
+        "layer-wise reconstruction kept none of its 3 refit(s): none lowered the layer's error on the calibration "
+        "samples held aside to judge it (a fifth of 30)"
+    )
+    assert (
+        reconstruction_warnings(some_kept) == []
+        and reconstruction_warnings(
+            _refits(
+                ([], {}),
+            )
+        )
+        == []
+    )

@@ -18,9 +18,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.graphops.dependency import analyze
 from onnxprune.graphops.plan import PruningPlan
+from onnxprune.graphops.prepare import prepare_model
 from onnxprune.graphops.surgery import apply_plan
 from onnxprune.roundtrip.data import Dataset
-from onnxprune.roundtrip.reconstruction import reconstruct
+from onnxprune.roundtrip.reconstruction import BATCH_BYTES, calibration_batch, reconstruct, widest_activation_bytes
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.pipeline import run_pipeline
 from tests.support.oracle import relative_error, run_model
@@ -75,6 +76,78 @@ def test_the_refit_gives_back_the_original_when_the_removed_inputs_are_combinati
     assert relative_error(want, run_model(result.model, unseen)[0]) < 1e-5
     w2 = numpy_helper.to_array(next(i for i in result.model.graph.initializer if i.name == "w2"))
     assert w2.shape == (4, 5)
+
+
+def test_the_widest_activation_of_one_sample_is_read_from_the_analysed_shapes():
+    prepared = prepare_model(bert_style(hidden=32, heads=4, ffn=48, layers=2))
+
+    one = widest_activation_bytes(analyze(prepared, {"x": [1, 6, 32], "attention_mask": [1, 6]}))
+    two = widest_activation_bytes(analyze(prepared, {"x": [2, 6, 32], "attention_mask": [2, 6]}))
+
+    assert one == two == 4 * 6 * 48  # the MLP's hidden layer, per sample: wider than attention's 4 x 6 x 6
+
+
+def test_token_ids_are_sized_by_their_activations_not_as_16_times_the_input():
+    """70 int64 ids of MiniLM become [70, 1536] floats: sized as 16x the ids, 1,024 samples would take
+    1,024 x 70 x 1,536 x 4 bytes = 440 MB per activation, over twice BATCH_BYTES."""
+    ids = Dataset({"input_ids": np.ones((2000, 70), np.int64)}, None)
+    images = Dataset({"input": np.zeros((2000, 3, 32, 32), np.float32)}, None)
+    activation = 70 * 1536 * 4
+
+    tokens = calibration_batch(ids, onnx.ModelProto(), 1024, 0, activation_bytes=activation)
+    unchanged = calibration_batch(images, onnx.ModelProto(), 2000, 0, activation_bytes=16 * 32 * 32 * 4)
+
+    assert len(tokens["input_ids"]) == BATCH_BYTES // activation == 468
+    assert len(unchanged["input"]) == BATCH_BYTES // (16 * 3 * 32 * 32 * 4)  # 16x the input still bounds images
+
+
+def lossless_pair() -> onnx.ModelProto:
+    """``linear_pair`` whose fc2 reads nothing from the channels not KEPT: pruning them loses nothing."""
+    model = linear_pair()
+    w2 = next(i for i in model.graph.initializer if i.name == "w2")
+    weights = numpy_helper.to_array(w2).copy()
+    weights[len(KEPT) :] = 0.0
+    w2.CopyFrom(numpy_helper.from_array(weights, "w2"))
+    return model
+
+
+def test_a_refit_that_does_not_lower_the_error_is_not_kept_and_its_own_error_is_recorded():
+    original = lossless_pair()
+    dep = analyze(original, {"x": [1, 7, 8]})
+    (group,) = [g for g in dep.prunable if g.channels == 6]
+    plan = PruningPlan.from_keep(dep, {group.id: KEPT})
+    calibration = Dataset({"x": np.random.default_rng(1).standard_normal((64, 7, 8)).astype(np.float32)}, None)
+
+    result = reconstruct(dep, plan, apply_plan(dep, plan), calibration, samples=64)
+
+    (fit,) = result.layers
+    assert (fit.node, fit.kept) == ("fc2", False)
+    assert fit.refit_error is not None and fit.refit_error >= fit.error_before == fit.error_after
+    assert (result.samples, result.check_samples) == (64, 13)  # a fifth held aside to judge the refit
+
+
+@pytest.mark.integration  # the whole pipeline, its sandboxed checks in processes of their own
+def test_the_report_says_which_refits_were_not_kept_and_why_and_warns_when_none_was(tmp_path):
+    original = lossless_pair()
+    onnx.save(original, tmp_path / "pair.onnx")
+    dep = analyze(original, {"x": [1, 7, 8]})
+    (group,) = [g for g in dep.prunable if g.channels == 6]
+    np.savez(tmp_path / "data.npz", x=np.random.default_rng(2).standard_normal((40, 7, 8)).astype(np.float32))
+    options = PruneOptions(recovery="reconstruct", benchmark=False, round_to=1, input_shapes={"x": [1, 7, 8]})
+
+    result = run_pipeline(
+        tmp_path / "pair.onnx",
+        tmp_path / "out.onnx",
+        options,
+        data=tmp_path / "data.npz",
+        plan=PruningPlan.from_keep(dep, {group.id: KEPT}),
+    )
+
+    (iteration,) = result.report.evaluation.finetune.iterations
+    assert iteration.reconstructed_layers == [] and iteration.reconstruction_samples == 24  # 3 in 5 train
+    assert list(iteration.reconstruction_not_kept) == ["fc2"]
+    assert "on the 5 calibration sample(s) held aside was" in iteration.reconstruction_not_kept["fc2"]
+    assert any(w.startswith("layer-wise reconstruction kept none of its 1 refit(s)") for w in result.report.warnings)
 
 
 @pytest.mark.integration  # the whole pipeline, its sandboxed checks in processes of their own

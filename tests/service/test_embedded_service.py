@@ -79,7 +79,7 @@ def test_cli_submit_writes_the_model_and_report_and_fails_with_the_server_messag
 
     assert ok.exit_code == 0, ok.output
     assert (tmp_path / "out.onnx").stat().st_size > 0
-    assert json.loads((tmp_path / "r.json").read_text())["options"]["ratio"] == 0.25
+    assert json.loads((tmp_path / "r.json").read_text())["options"]["strategies"]["selector"]["ratio"]["ratio"] == 0.25
     assert refused.exit_code == 3  # the server refused the input (README: exit codes)
     assert "model has no Conv, ConvTranspose, Gemm or MatMul to prune" in refused.output
     assert not (tmp_path / "x.onnx").exists()
@@ -131,6 +131,22 @@ def test_client_raises_the_server_message_for_a_refused_upload(start_api, embedd
 
     assert refused.value.status == 422
     assert str(refused.value).startswith("config.ratio: ratio must be in [0, 1)")
+
+
+def test_client_sends_options_nested_by_strategy_and_the_job_echoes_them_nested(start_api, embedded_env, model_path):
+    server = start_api(embedded_env)
+    nested = {"strategies": {"selector": {"ratio": {"ratio": 0.25, "criterion": "l2"}}}, "benchmark": False}
+
+    with PruneClient(server.url) as client:
+        job = client.wait(client.submit(model_path, nested)["id"], poll_s=0.1, timeout=120)
+        with pytest.raises(ServiceError) as refused:
+            client.submit(model_path, nested | {"ratio": 0.5})
+
+    assert job["status"] == "succeeded"
+    assert job["options"]["strategies"]["selector"] == nested["strategies"]["selector"]
+    assert job["report"]["options"] == job["options"]
+    assert refused.value.status == 422
+    assert str(refused.value).startswith("config: ratio is given twice with different values: 0.5 at ratio and 0.25")
 
 
 @pytest.mark.slow

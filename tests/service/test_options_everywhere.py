@@ -30,6 +30,10 @@ def test_the_upload_page_is_built_from_every_option_of_the_schema(client):
     assert "ratio" not in data_only and "criterion" not in data_only
     # groups titled "(needs data)" hold only such options, so the page hides them whole until a data file is chosen
     assert all(spec["needs_data"] for spec in offered if "needs data" in OPTION_GROUPS.get(spec["group"], ""))
+    # where each may be nested in a config: the strategies that read it, none for a job-wide option
+    where = {spec["name"]: spec["strategies"] for spec in offered}
+    assert where["lr"] == ["recovery.finetune", "schedule.learned"] and where["seed"] == []
+    assert "selector.macs" in where["criterion"] and where["calibration_method"] == ["finish.quantize"]
     page = (STATIC / "index.html").read_text() + (STATIC / "app.js").read_text()
     assert 'fetch("/v1/options")' in page
     assert 'id="ratio"' not in page and 'id="criterion"' not in page, "no hand-written option inputs left"

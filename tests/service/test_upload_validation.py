@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from onnxprune.workers.options import PruneOptions
 from tests.support import hostile_models as hostile
 from tests.support import qdq_models
 from tests.support.service_models import (
@@ -70,6 +71,27 @@ BAD_UPLOAD_CASES = [
     ("config not JSON", dict(config="{ratio: 0.3"), 422, "invalid_config", "json"),
     ("config not an object", dict(config="[0.3]"), 422, "invalid_config", "object"),
     ("both targets", dict(config={"ratio": 0.3, "flops_target": 0.3}), 422, "invalid_config", "not both"),
+    (
+        "an option given flat and nested, differently",
+        dict(config={"lr": 0.02, "strategies": {"recovery": {"finetune": {"lr": 0.01}}}}),
+        422,
+        "invalid_config",
+        "config: lr is given twice with different values: 0.02 at lr and 0.01 at strategies.recovery.finetune.lr",
+    ),
+    (
+        "a strategy that does not exist",
+        dict(config={"strategies": {"recovery": {"fine-tune": {"lr": 0.01}}}}),
+        422,
+        "invalid_config",
+        "strategies.recovery.fine-tune: no recovery named 'fine-tune'; known: reconstruct, finetune, none",
+    ),
+    (
+        "an option nested under a strategy that does not read it",
+        dict(config={"strategies": {"finish": {"quantize": {"lr": 0.01}}}}),
+        422,
+        "invalid_config",
+        "strategies.finish.quantize.lr: finish 'quantize' has no option 'lr'",
+    ),
     ("missing model part", dict(model=None, config={"ratio": 0.3}), 400, "bad_request", "model"),
     ("pickled npz", dict(data=_npz(x=np.array([object()], dtype=object))), 422, "invalid_data", "npz"),
     ("data not an npz", dict(data=b"not a zip at all"), 422, "invalid_data", "npz"),
@@ -169,7 +191,27 @@ def test_a_valid_upload_is_accepted_with_location_and_an_unguessable_id(client):
     assert response.headers["Location"] == f"/v1/jobs/{job['id']}"
     assert len(job["id"]) >= 24
     assert job["status"] in ("queued", "running", "succeeded")
-    assert job["options"]["ratio"] == 0.25
+    assert job["options"]["strategies"]["selector"]["ratio"]["ratio"] == 0.25
+    assert job["options"]["benchmark"] is False
+
+
+def test_options_nested_by_strategy_are_accepted_beside_flat_ones_and_echoed_nested(client):
+    config = {
+        "ratio": 0.25,
+        "benchmark": False,
+        "strategies": {
+            "recovery": {"finetune": {"lr": 0.01, "time_budget": 300}},
+            "selector": {"ratio": {"ratio": 0.25}},
+        },
+    }
+    response = _post(client, config=config, data=_npz(input=np.zeros((2, 3, 16, 16), np.float32)))
+
+    assert response.status_code == 202, response.text
+    echoed = client.get(f"/v1/jobs/{response.json()['id']}").json()["options"]
+    finetune = echoed["strategies"]["recovery"]["finetune"]
+    assert (finetune["lr"], finetune["time_budget"]) == (0.01, 300)  # data and a budget: the job fine-tunes
+    assert set(echoed["strategies"]["recovery"]) == {"reconstruct", "finetune"}
+    assert "lr" not in echoed  # nested where it is read, not repeated flat
 
 
 def test_same_idempotency_key_returns_the_same_job(client):
@@ -205,6 +247,10 @@ def test_openapi_documents_the_v1_routes(client):
     } <= set(spec["paths"])
     upload = spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]
     assert upload["schema"]["required"] == ["model"]
+    config = upload["schema"]["properties"]["config"]["contentSchema"]  # the JSON inside the form's text part
+    finetune = config["properties"]["strategies"]["properties"]["recovery"]["properties"]["finetune"]
+    assert finetune["properties"]["lr"] == config["properties"]["lr"] and finetune["additionalProperties"] is False
+    assert set(config["properties"]) == set(PruneOptions.model_fields) | {"strategies"}
     assert client.get("/docs").status_code == 200
 
 

@@ -341,6 +341,7 @@ def test_prune_ratio_auto_uses_saved_curves_and_writes_an_html_report(model_path
     )
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["options"]["ratio"] == "auto" and report["options"]["max_drop"] == 0.02
+    auto = report["options"]["strategies"]["selector"]["auto"]
+    assert (auto["ratio"], auto["max_drop"]) == ("auto", 0.02)
     assert report["evaluation"]["before"] - report["evaluation"]["after"] <= 0.02
     assert 'id="plot-sensitivity"' in (tmp_path / "report.html").read_text()

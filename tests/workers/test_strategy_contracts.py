@@ -26,6 +26,7 @@ import onnxprune.workers.strategies as strategies
 from onnxprune.graphops.errors import DuplicateRegistration
 from onnxprune.service.cli import app
 from onnxprune.service.cli_options import flag_name, set_options
+from onnxprune.service.errors import ApiError
 from onnxprune.service.option_form import OptionSpec, option_specs
 from onnxprune.service.uploads import parse_config
 from onnxprune.workers.options import PruneOptions
@@ -33,6 +34,7 @@ from onnxprune.workers.report import PruneReport
 from onnxprune.workers.strategies import choose_schedule, job_needs
 from onnxprune.workers.strategies.finish import choose_finish
 from onnxprune.workers.strategies.needs import Given
+from onnxprune.workers.strategies.nesting import echo_options, strategies_run
 from onnxprune.workers.strategies.registry import Entry, nested_options, register, registered
 from tests.support import zoo
 
@@ -220,12 +222,64 @@ def test_its_options_round_trip_through_the_cli_the_rest_config_and_the_upload_f
             assert str(value) in spec.choices
 
 
+def _nested(entry: Entry, name: str, value: Any) -> dict[str, Any]:
+    return {"strategies": {entry.kind: {entry.name: {name: value}}}}
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
+def test_its_options_round_trip_nested_under_it_and_flat(entry: Entry):
+    base = CHOOSES[(entry.kind, entry.name)]
+    for name in entry.options.model_fields:
+        value = SAMPLES[name]
+        others = {key: v for key, v in base.items() if key != name}
+        flat = parse_config(json.dumps(others | {name: value}))
+
+        nested = parse_config(json.dumps(others | _nested(entry, name, value)))
+        both = parse_config(json.dumps(others | {name: value} | _nested(entry, name, value)))
+
+        assert nested == both == flat, name
+        assert getattr(entry.options.of(nested), name) == value, name
+        assert name in nested.model_fields_set  # set by the user, as flat: the data defaults leave it alone
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
+def test_an_option_given_flat_and_nested_with_different_values_is_refused_naming_it(entry: Entry):
+    base = CHOOSES[(entry.kind, entry.name)]
+    for name in entry.options.model_fields:
+        value, default = SAMPLES[name], PruneOptions.model_fields[name].get_default(call_default_factory=True)
+        config = base | {name: value} | _nested(entry, name, default)
+
+        with pytest.raises(ApiError) as refused:
+            parse_config(json.dumps(config))
+
+        assert refused.value.status == 422
+        where = f"strategies.{entry.kind}.{entry.name}.{name}"
+        assert f"config: {name} is given twice with different values: {value!r} at {name} and " in refused.value.message
+        assert f"at {where}; give it once" in refused.value.message
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
+def test_the_echo_nests_its_options_under_it_and_gives_the_same_options_back(entry: Entry):
+    base = CHOOSES[(entry.kind, entry.name)]
+    given = Given(data=True, plan=entry.name == "plan")
+    for config in [base, *(base | {name: SAMPLES[name]} for name in entry.options.model_fields)]:
+        options = parse_config(json.dumps(config))
+        echo = echo_options(options, given)
+
+        assert parse_config(json.dumps(echo)) == options, config
+        if entry.cls in _chosen(options, given):
+            assert echo["strategies"][entry.kind][entry.name] == entry.options.of(options).model_dump(mode="json")
+            assert not set(entry.options.model_fields) & set(echo), "an option it reads is nested, not flat"
+    assert entry.name in echo_options(parse_config(json.dumps(base)), given)["strategies"][entry.kind]
+
+
 @pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
 def test_the_options_that_choose_it_do(entry: Entry):
     options = PruneOptions(**CHOOSES[(entry.kind, entry.name)])
     given = Given(data=True, plan=entry.name == "plan")
 
     assert entry.cls in _chosen(options, given)
+    assert {found.cls for found in strategies_run(options, given)} == _chosen(options, given)
 
 
 def _parts(options: PruneOptions, given: Given) -> list[Any]:

@@ -93,6 +93,13 @@ class Reconstruct:
         recovered = self.then.recover(job, dep, plan, result.model, step)
         recovered.reconstructed = [fit.node for fit in result.layers if fit.kept]
         recovered.reconstruction_skipped = dict(result.skipped)
+        recovered.reconstruction_not_kept = {
+            fit.node: f"the refit's error on the {result.check_samples} calibration sample(s) held aside was "
+            f"{fit.refit_error:.4g}, not below {fit.error_before:.4g} as pruned"
+            for fit in result.layers
+            if not fit.kept
+        }
+        recovered.reconstruction_samples = result.samples
         recovered.reconstruction_seconds = round(seconds, 3)
         if recovered.check_inputs is not None or not isinstance(self.then, NoRecovery):
             return recovered

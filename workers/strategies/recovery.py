@@ -28,6 +28,8 @@ class Recovered:
     check_outputs: dict[str, np.ndarray] | None = None
     reconstructed: list[str] | None = None  # layers refit by layer-wise reconstruction (None: it did not run)
     reconstruction_skipped: dict[str, str] = field(default_factory=dict)
+    reconstruction_not_kept: dict[str, str] = field(default_factory=dict)  # refit, but it did not help: why
+    reconstruction_samples: int = 0  # calibration samples the refits were fit and judged on
     reconstruction_seconds: float = 0.0
     finetune_seconds: float = 0.0  # wall time of the fine-tuning loop
     finetune_cpu_seconds: float = 0.0  # CPU time the job got meanwhile (all its threads)

@@ -112,6 +112,8 @@ def finetune_report(job: Job, recovered: list[Recovered]) -> FinetuneReport:
             kept_step=r.kept_step,
             reconstructed_layers=step.reconstructed or [],
             reconstruction_skipped=step.reconstruction_skipped,
+            reconstruction_not_kept=step.reconstruction_not_kept,
+            reconstruction_samples=step.reconstruction_samples if step.reconstructed is not None else None,
         )
 
     options, data = job.options, job.data
