@@ -45,6 +45,7 @@ class SparedGroups:
     groups: list[str]
     patterns: list[str]
     drops: dict[str, float]  # group -> mAP50 lost with that group alone cut by PROBE_RATIO
+    savings: dict[str, float]  # group -> fraction of the model's MACs that cut removes
     note: str
 
 
@@ -93,4 +94,4 @@ def spare_sensitive_groups(job: Job, dep: DependencyGraph, scores: Scores, targe
         f"{len(job.splits.validation)} validation samples, {time.monotonic() - started:.0f} s): {named}; "
         "--detector none ranks every group alike"
     )
-    return SparedGroups(spared, patterns, drops, note)
+    return SparedGroups(spared, patterns, drops, savings, note)
