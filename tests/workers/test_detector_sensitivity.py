@@ -6,7 +6,8 @@ A YOLO-style detector whose head reads two feature branches, one of them ignored
                           -> conv_idle (16) -> ReLU ---> Concat (32) -> Conv 1x1 (4 + 2) -> [N, 6, 64]
         -> boxes: sigmoid(xy) * 16, softplus(wh) * 4; classes: sigmoid
 
-Cutting conv_idle changes no detection (drop 0); cutting conv_used moves every box and score.
+Cutting conv_idle changes no detection (drop 0); cutting conv_used moves every box and score. conv_idle's
+weights are the larger, so a ranking by weight norms alone would cut conv_used first.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class TwoBranchDetector(torch.nn.Module):
         with torch.no_grad():
             self.head.weight[:, 16:] = 0.0
             self.head.weight[:, :16] *= 4.0  # scores spread across (0, 1): cutting channels moves them
+            self.idle.weight *= 10.0  # weight norms alone would cut the used branch first
 
     def forward(self, images):
         features = torch.cat([torch.relu(self.used(images)), torch.relu(self.idle(images))], dim=1)
@@ -91,3 +93,18 @@ def test_the_branch_whose_cut_costs_detections_is_spared_and_the_idle_one_is_not
 def test_detector_none_ranks_every_group_alike(detector, tmp_path):
     job = job_for(detector, tmp_path, "none")
     assert spare_sensitive_groups(job, job.dep, score_groups(job.dep, "l1"), 0.15) is None
+
+
+def test_every_step_of_an_iterative_cut_leaves_the_spared_group_whole(detector, tmp_path):
+    import onnxprune
+
+    path, data = detector
+    job = job_for(detector, tmp_path, "auto")
+    used, idle = group_of(job, "used.weight"), group_of(job, "idle.weight")
+    result = onnxprune.prune(
+        path, data=data, flops_target=0.15, iterative_steps=2, finetune_steps=1, round_to=1, benchmark=False,
+        detection_confidence=0.3, criterion="l1",
+    )  # fmt: skip
+
+    assert used not in result.plan.groups and idle in result.plan.groups
+    assert sum("groups left whole" in warning for warning in result.report.warnings) == 1

@@ -11,7 +11,7 @@ original model: step i of k reaches i/k of the ratio (or of the MACs cut).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from onnxprune.graphops.cost import measure_cost
@@ -85,6 +85,9 @@ class RankedByRatio:
 @dataclass
 class RankedByMacs:
     fraction: float  # of the original model's MACs to remove
+    # Producers of the groups a detector's target leaves whole: chosen on the original, for the whole
+    # target, at the first step, and left whole in every step.
+    spared: list[str] = field(default_factory=list)
 
     @classmethod
     def wanted(cls, options: PruneOptions, given: Given) -> bool:
@@ -108,10 +111,12 @@ class RankedByMacs:
             if fraction <= _NOTHING:
                 return Selection(PruningPlan({}))
             options = job.options
-            exclude, notes = list(options.exclude), []
-            spared = spare_sensitive_groups(job, dep, scores, min(fraction, _MOST))
-            if spared is not None:
-                exclude, notes = exclude + spared.patterns, [spared.note]
+            notes = []
+            if step.index == 0:
+                spared = spare_sensitive_groups(job, dep, scores, min(self.fraction, _MOST))
+                if spared is not None:
+                    self.spared, notes = spared.patterns, [spared.note]
+            exclude = [*options.exclude, *self.spared]
             node_macs = {node.name: node.macs for node in cost.nodes}
             table = job.latency_table if dep is job.dep else None  # its groups are the original's
             if table is not None:
