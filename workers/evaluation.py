@@ -71,6 +71,12 @@ class Evaluator:
         args = (str(path), self.data.inputs, self.reference, mode, confidence)
         return run_in_child(_detection_agreement, args, limits=self.limits)
 
+    def detection_map50(self, paths: Sequence[Path], mode: str, confidence: float) -> list[float | None]:
+        """Each model's mAP50 against the original's detections, in one child process (None: no output
+        is a detector's, or the original found no box at ``confidence``)."""
+        args = ([str(p) for p in paths], self.data.inputs, self.reference, mode, confidence)
+        return run_in_child(_detection_map50, args, limits=self.limits)
+
 
 def make_evaluator(
     original: Path, data: Dataset, *, limits: RunnerLimits = RunnerLimits(), synthetic: bool = False
@@ -227,6 +233,22 @@ def _detection_agreement(
     name, layout = found
     outputs = list(_model_outputs(_load(path), inputs).values())  # surgery keeps outputs and their order
     return {"output": name, **detection_agreement(reference[name], outputs[layout.index], layout, confidence)}
+
+
+def _detection_map50(
+    paths: list[str], inputs: Mapping[str, np.ndarray], reference: Outputs, mode: str, confidence: float
+) -> list[float | None]:
+    from onnxprune.workers.detection import detection_agreement, find_layout
+
+    found = find_layout(reference, mode)
+    if found is None:
+        return [None] * len(paths)
+    name, layout = found
+    scores = []
+    for path in paths:
+        outputs = list(_model_outputs(_load(path), inputs).values())
+        scores.append(detection_agreement(reference[name], outputs[layout.index], layout, confidence)["map50"])
+    return scores
 
 
 def held_out_evaluation(

@@ -1,8 +1,9 @@
 """Selector: rank channels by the criterion's scores and remove a fraction of every group
 (``--ratio``, Li et al.) or the globally least important until MACs fall by a fraction
-(``--flops-target``, Molchanov et al.). With a latency table measured before for the model (and a
-step other than 1), a MACs target compares cuts of equal MACs and keeps the one predicted fastest
-(``graphops.fastest_cut``).
+(``--flops-target``, Molchanov et al.); for a detector with data, a MACs target first spares the
+groups whose cut alone costs the most detections per MAC (``workers.detector_sensitivity``). With
+a latency table measured before for the model (and a step other than 1), a MACs target compares
+cuts of equal MACs and keeps the one predicted fastest (``graphops.fastest_cut``).
 
 In a schedule of several steps each step removes its share of the target, measured on the
 original model: step i of k reaches i/k of the ratio (or of the MACs cut).
@@ -10,7 +11,7 @@ original model: step i of k reaches i/k of the ratio (or of the MACs cut).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from onnxprune.graphops.cost import measure_cost
@@ -19,6 +20,7 @@ from onnxprune.graphops.fastest_cut import MACS_SLACK, TOLERANCE, FastestCut, se
 from onnxprune.graphops.latency_table import LatencyTable
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.selection import MacsModel, Scores, select_by_flops, select_by_ratio
+from onnxprune.workers.detector_sensitivity import spare_sensitive_groups
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.report import CutCandidateReport, FastestCutReport
 from onnxprune.workers.strategies.base import Job, Selection, Step
@@ -83,6 +85,9 @@ class RankedByRatio:
 @dataclass
 class RankedByMacs:
     fraction: float  # of the original model's MACs to remove
+    # Producers of the groups a detector's target leaves whole: chosen on the original, for the whole
+    # target, at the first step, and left whole in every step.
+    spared: list[str] = field(default_factory=list)
 
     @classmethod
     def wanted(cls, options: PruneOptions, given: Given) -> bool:
@@ -106,6 +111,12 @@ class RankedByMacs:
             if fraction <= _NOTHING:
                 return Selection(PruningPlan({}))
             options = job.options
+            notes = []
+            if step.index == 0:
+                spared = spare_sensitive_groups(job, dep, scores, min(self.fraction, _MOST))
+                if spared is not None:
+                    self.spared, notes = spared.patterns, [spared.note]
+            exclude = [*options.exclude, *self.spared]
             node_macs = {node.name: node.macs for node in cost.nodes}
             table = job.latency_table if dep is job.dep else None  # its groups are the original's
             if table is not None:
@@ -116,19 +127,14 @@ class RankedByMacs:
                     table,
                     node_macs=node_macs,
                     step=job.round_to,
-                    exclude=options.exclude,
+                    exclude=exclude,
                 )
-                return Selection(cut.chosen.plan, fastest_cut=fastest_cut_report(cut, table, job.round_to))
-            return Selection(
-                select_by_flops(
-                    dep,
-                    scores,
-                    min(fraction, _MOST),
-                    node_macs=node_macs,
-                    round_to=job.round_to,
-                    exclude=options.exclude,
-                )
+                report = fastest_cut_report(cut, table, job.round_to)
+                return Selection(cut.chosen.plan, notes=notes, fastest_cut=report)
+            plan = select_by_flops(
+                dep, scores, min(fraction, _MOST), node_macs=node_macs, round_to=job.round_to, exclude=exclude
             )
+            return Selection(plan, notes=notes)
 
 
 def _ratio_on_the_grid(

@@ -1,0 +1,110 @@
+"""A detector's MACs target spares the groups whose cut alone costs detections (``workers.detector_sensitivity``).
+
+A YOLO-style detector whose head reads two feature branches, one of them ignored (its head weights are 0):
+
+    images [N, 3, 16, 16] -> conv_used (16) -> ReLU --\\
+                          -> conv_idle (16) -> ReLU ---> Concat (32) -> Conv 1x1 (4 + 2) -> [N, 6, 64]
+        -> boxes: sigmoid(xy) * 16, softplus(wh) * 4; classes: sigmoid
+
+Cutting conv_idle changes no detection (drop 0); cutting conv_used moves every box and score. conv_idle's
+weights are the larger, so a ranking by weight norms alone would cut conv_used first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onnxprune.graphops.scoring import score_groups
+from onnxprune.workers.analysis import analyse_model
+from onnxprune.workers.detector_sensitivity import spare_sensitive_groups
+from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.stages import Stages
+from onnxprune.workers.strategies import Job
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.integration  # onnxruntime runs in sandboxed children
+
+
+class TwoBranchDetector(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.used = torch.nn.Conv2d(3, 16, 3, 2, 1)
+        self.idle = torch.nn.Conv2d(3, 16, 3, 2, 1)
+        self.head = torch.nn.Conv2d(32, 6, 1)
+        with torch.no_grad():
+            self.head.weight[:, 16:] = 0.0
+            self.head.weight[:, :16] *= 4.0  # scores spread across (0, 1): cutting channels moves them
+            self.idle.weight *= 10.0  # weight norms alone would cut the used branch first
+
+    def forward(self, images):
+        features = torch.cat([torch.relu(self.used(images)), torch.relu(self.idle(images))], dim=1)
+        raw = self.head(features).flatten(2)
+        xy = torch.sigmoid(raw[:, :2]) * 16
+        wh = torch.nn.functional.softplus(raw[:, 2:4]) * 4
+        return torch.cat([xy, wh, torch.sigmoid(raw[:, 4:])], dim=1)
+
+
+@pytest.fixture(scope="module")
+def detector(tmp_path_factory) -> tuple[Path, Path]:
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("two_branch")
+    path = folder / "two_branch.onnx"
+    torch.onnx.export(
+        TwoBranchDetector().eval(),
+        (torch.zeros(1, 3, 16, 16),),
+        str(path),
+        input_names=["images"],
+        output_names=["output0"],
+        dynamic_axes={"images": {0: "N"}, "output0": {0: "N"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    data = folder / "data.npz"
+    np.savez(data, images=np.random.default_rng(0).random((40, 3, 16, 16), dtype=np.float32))
+    return path, data
+
+
+def job_for(detector: tuple[Path, Path], tmp_path: Path, mode: str) -> Job:
+    path, data = detector
+    options = PruneOptions(flops_target=0.15, round_to=1, benchmark=False, detector=mode, detection_confidence=0.3)
+    return Job(analyse_model(path), options, Stages(), tmp_path, data_path=data)
+
+
+def group_of(job: Job, conv_weight: str) -> str:
+    producer = next(n.name for n in job.dep.model.graph.node if n.op_type == "Conv" and n.input[1] == conv_weight)
+    return next(g.id for g in job.dep.prunable if producer in g.producers)
+
+
+def test_the_branch_whose_cut_costs_detections_is_spared_and_the_idle_one_is_not(detector, tmp_path):
+    job = job_for(detector, tmp_path, "auto")
+    spared = spare_sensitive_groups(job, job.dep, score_groups(job.dep, "l1"), 0.15)
+
+    assert spared is not None
+    used, idle = group_of(job, "used.weight"), group_of(job, "idle.weight")
+    assert spared.drops[idle] == 0.0 and spared.drops[used] > 0.0
+    assert spared.groups == [used]
+    assert "1 of 2 groups left whole" in spared.note and "--detector none" in spared.note
+    assert not list(tmp_path.glob("probe-*.onnx"))  # the probed models are removed
+
+
+def test_detector_none_ranks_every_group_alike(detector, tmp_path):
+    job = job_for(detector, tmp_path, "none")
+    assert spare_sensitive_groups(job, job.dep, score_groups(job.dep, "l1"), 0.15) is None
+
+
+def test_every_step_of_an_iterative_cut_leaves_the_spared_group_whole(detector, tmp_path):
+    import onnxprune
+
+    path, data = detector
+    job = job_for(detector, tmp_path, "auto")
+    used, idle = group_of(job, "used.weight"), group_of(job, "idle.weight")
+    result = onnxprune.prune(
+        path, data=data, flops_target=0.15, iterative_steps=2, finetune_steps=1, round_to=1, benchmark=False,
+        detection_confidence=0.3, criterion="l1",
+    )  # fmt: skip
+
+    assert used not in result.plan.groups and idle in result.plan.groups
+    assert sum("groups left whole" in warning for warning in result.report.warnings) == 1
