@@ -126,6 +126,8 @@ def average_precision(
     for image, found in enumerate(truth):
         for box, label in zip(_coco_boxes(found.boxes), found.classes):
             w, h = float(box[2]), float(box[3])
+            if not (w > 0 and h > 0):  # a degenerate box (a misdeclared output) is nothing to find
+                continue
             annotations.append(
                 {
                     "id": len(annotations) + 1,  # COCOeval reads id 0 as "unmatched"
@@ -162,9 +164,10 @@ def average_precision(
         evaluation.evaluate()
         evaluation.accumulate()
     precision = evaluation.eval["precision"][:, :, :, 0, 0]  # [IoU thresholds, recall points, classes]
-    return {
+    return {  # COCOeval writes -1 for a class with no ground truth it counts: not a class to average
         category - 1: (float(np.mean(precision[0, :, k])), float(np.mean(precision[:, :, k])))
         for k, category in enumerate(present)
+        if (precision[:, :, k] >= 0).all()
     }
 
 

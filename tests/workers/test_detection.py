@@ -72,6 +72,21 @@ def test_a_detection_lost_below_the_confidence_is_a_miss_and_counted(tmp_path):
     assert found.map50 == pytest.approx(0.5)
 
 
+def test_a_degenerate_reference_box_is_not_ground_truth_and_map_stays_within_0_and_1(tmp_path):
+    """A misdeclared output (``--detector yolo`` on values that are not boxes) can give a negative width;
+    COCOeval would count no ground truth for that class and write -1, which averaged in made mAP < 0."""
+    rows = [row if i != 2 else (row[0], row[1], -100.0, *row[3:]) for i, row in enumerate(ORIGINAL)]  # R: w < 0
+    original, candidate = tmp_path / "original.onnx", tmp_path / "candidate.onnx"
+    onnx.save(table_model(rows), original)
+    onnx.save(table_model(rows), candidate)
+    images = np.random.default_rng(0).uniform(0, 1, (3, 3, 8, 8)).astype(np.float32)
+
+    found = held_out_evaluation(original, candidate, Dataset({"images": images}, None), split="all", detector="yolo")
+
+    assert found.detections is not None and set(found.detections.per_class) == {"0"}
+    assert found.detections.map50 == pytest.approx(1.0)
+
+
 def test_detector_none_judges_outputs_only(tmp_path):
     assert evaluate(tmp_path, ORIGINAL, detector="none").detections is None
 
