@@ -10,10 +10,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# One process (-n 0): addopts' "-n auto" would start a worker per core, each importing torch, to run one test.
+PYTEST = [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider"]
+
+
 def run_pytest(test: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in os.environ.items() if k != "CI"} | env
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", test],
+        [*PYTEST, "-rs", test],
         cwd=ROOT,
         env=environment,
         capture_output=True,
@@ -49,18 +53,7 @@ def test_real_model_tests_fail_in_ci_when_the_models_are_missing(tmp_path: Path,
 def test_the_real_model_parameters_do_not_depend_on_what_is_on_disk(tmp_path: Path, shared_models_dir: Path) -> None:
     """A glob over a missing folder collapsed to zero tests; the table of real models does not."""
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "--collect-only",
-            "-p",
-            "no:cacheprovider",
-            "tests/graphops/test_loading.py",
-            "-k",
-            "shared_model",
-        ],
+        [*PYTEST, "--collect-only", "tests/graphops/test_loading.py", "-k", "shared_model"],
         cwd=ROOT,
         env=os.environ | {"ONNXPRUNE_SHARED": str(tmp_path)},
         capture_output=True,

@@ -42,7 +42,9 @@ from onnxprune.roundtrip.training import evaluate
 from onnxprune.workers.options import PruneOptions
 from tests.support.bn_net import samples
 
-pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
+# Integration: the pipeline, the CLI or a sandbox; the pipeline's stages run in this process, as in a
+# job's sandbox (tests/support/job_sandbox.py).
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stages_in_the_job_process")]
 
 SHAPES = {"input": [1, 3, 12, 12]}
 
