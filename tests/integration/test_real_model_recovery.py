@@ -34,12 +34,7 @@ SLOW = {
     "ultraface_version-RFB-320.onnx",
     "paddle_ch_ppocr_mobile_v2.0_cls_infer.onnx",
 }
-PARAMS = [
-    pytest.param(
-        c, id=c.file.removesuffix(".onnx"), marks=list(c.marks) + ([pytest.mark.slow] if c.file in SLOW else [])
-    )
-    for c in REAL_MODEL_CASES
-]
+PARAMS = [c.param(*([pytest.mark.slow] if c.file in SLOW else [])) for c in REAL_MODEL_CASES]
 
 
 def synthetic_dataset(prepared, input_shapes, file: str, count: int) -> Dataset:
