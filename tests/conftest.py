@@ -25,6 +25,11 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 
 from tests.support.needs import SHARED_HINT, in_ci, shared_dir, unavailable  # noqa: E402 - after the environment is set
 
+# Fixtures that test modules across folders use by name (a module never imports a conftest).
+pytest_plugins = ["tests.support.job_sandbox"]
+# Module-scoped fixtures that cost nothing to set up again on another worker.
+CHEAP_MODULE_FIXTURES = {"stages_in_the_job_process"}
+
 # In-process torch runs on one thread (the oracle's onnxruntime sessions too, tests/support/oracle.py): the test
 # models are small, so a second thread buys nothing, and beside the other xdist workers or on a loaded machine
 # every parallel region waits for a descheduled sibling. Measured at load 10.6, -n 0: the feature-matching
@@ -102,6 +107,7 @@ def _uses_module_fixture(item: pytest.Item) -> bool:
         return False
     return any(
         definition.scope in ("module", "class", "package")
-        for definitions in info.name2fixturedefs.values()
+        for name, definitions in info.name2fixturedefs.items()
+        if name not in CHEAP_MODULE_FIXTURES
         for definition in definitions
     )

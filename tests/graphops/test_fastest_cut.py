@@ -25,6 +25,9 @@ from onnxprune.workers.latency import vector_width
 from tests.support.latency_tables import prune, table_of, two_group_model
 from tests.support.oracle import analyse
 
+# Pipeline stages run in this process, as in a job's sandbox (tests/support/job_sandbox.py).
+pytestmark = pytest.mark.usefixtures("stages_in_the_job_process")
+
 
 def node_macs(analysed) -> dict[str, int]:
     from onnxprune.graphops.cost import measure_cost

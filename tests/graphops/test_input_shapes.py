@@ -19,6 +19,9 @@ from onnxprune.workers.pipeline import run_pipeline
 from tests.support.oracle import analyse, assert_prune_matches_oracle
 from tests.support.zoo import GraphBuilder
 
+# Pipeline stages run in this process, as in a job's sandbox (tests/support/job_sandbox.py).
+pytestmark = pytest.mark.usefixtures("stages_in_the_job_process")
+
 
 def _symbolic_input(name: str = "input") -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["batch", 3, "height", "width"])

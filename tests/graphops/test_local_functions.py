@@ -19,6 +19,9 @@ from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.pipeline import run_pipeline
 from tests.support.oracle import run_model
 
+# Pipeline stages run in this process, as in a job's sandbox (tests/support/job_sandbox.py).
+pytestmark = pytest.mark.usefixtures("stages_in_the_job_process")
+
 
 def function_model(domain: str) -> onnx.ModelProto:
     """x [1,3,8,8] -> Conv(8) -> ConvRelu(8), a local function of ``domain`` -> GlobalAveragePool -> y

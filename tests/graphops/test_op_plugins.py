@@ -20,6 +20,9 @@ from onnxprune.graphops.ops.elementwise import Unary
 from onnxprune.graphops.prepare import prepare_model
 from tests.support.zoo import GraphBuilder, float_input
 
+# Pipeline stages run in this process, as in a job's sandbox (tests/support/job_sandbox.py).
+pytestmark = pytest.mark.usefixtures("stages_in_the_job_process")
+
 SHAPES = {"input": [1, 3, 8, 8]}
 
 

@@ -25,6 +25,9 @@ from onnxprune.workers.output_compare import FLOAT32_ATOL
 from tests.support import zoo
 from tests.support.oracle import analyse, assert_prune_matches_oracle
 
+# Pipeline stages run in this process, as in a job's sandbox (tests/support/job_sandbox.py).
+pytestmark = pytest.mark.usefixtures("stages_in_the_job_process")
+
 # The head's ConvTransposes ([C_in, C_out, 2, 2]) and the Concat of the four upsampled scales prune.
 DB_PRUNED_GROUPS = {"conv_65", "conv_63", "conv_61", "conv_59", "conv_74", "convtranspose_83"}
 

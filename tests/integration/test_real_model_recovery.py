@@ -34,12 +34,7 @@ SLOW = {
     "ultraface_version-RFB-320.onnx",
     "paddle_ch_ppocr_mobile_v2.0_cls_infer.onnx",
 }
-PARAMS = [
-    pytest.param(
-        c, id=c.file.removesuffix(".onnx"), marks=list(c.marks) + ([pytest.mark.slow] if c.file in SLOW else [])
-    )
-    for c in REAL_MODEL_CASES
-]
+PARAMS = [c.param(*([pytest.mark.slow] if c.file in SLOW else [])) for c in REAL_MODEL_CASES]
 
 
 def synthetic_dataset(prepared, input_shapes, file: str, count: int) -> Dataset:
@@ -59,13 +54,15 @@ def test_pruned_real_model_takes_a_distillation_step_and_writes_back_what_the_ex
     analysed = analysed_real(case)
     plan = select_by_ratio(analysed.dep, score_groups(analysed.dep, "l1"), 0.3)
     pruned = apply_plan(analysed.dep, plan)
-    data = synthetic_dataset(analysed.prepared, analysed.input_shapes, case.file, count=2)
-    objective = make_objective(analysed.prepared, next(data.batches(2)), use_labels=False)
+    # One sample, one step: what is checked is that the step runs and is written back, not what it learns
+    # (the 720x720 style-transfer model and ResNet-50 take seconds a sample in the executor).
+    data = synthetic_dataset(analysed.prepared, analysed.input_shapes, case.file, count=1)
+    objective = make_objective(analysed.prepared, next(data.batches(1)), use_labels=False)
     student = OnnxModule(pruned)
     if any(name in student.statistics_names for name in student.trainable_names):
         pytest.fail("a BatchNorm statistic is also a trainable weight")
 
-    losses = finetune(student, objective, data, steps=1, lr=1e-4, batch_size=2).losses
+    losses = finetune(student, objective, data, steps=1, lr=1e-4, batch_size=1).losses
     tuned = write_back(pruned, student)
 
     assert len(losses) == 1 and np.isfinite(losses[0])

@@ -37,7 +37,7 @@ def cifar_slice(path: Path, count: int, seed: int = 0) -> Path:
 def calibration(tmp_path_factory) -> Path:
     if not (MODEL.is_file() and TEST_IMAGES.is_file()):
         unavailable(f"shared model or CIFAR-10 data not found under {shared_dir()}; {SHARED_HINT}")
-    return cifar_slice(tmp_path_factory.mktemp("cifar") / "calib.npz", 150)
+    return cifar_slice(tmp_path_factory.mktemp("cifar") / "calib.npz", 100)  # 60/20/20: the paths run, no more
 
 
 PATHS = [
@@ -58,7 +58,8 @@ PATHS = [
         ],
         id="iterative-taylor",
     ),
-    pytest.param(["--ratio", "auto", "--max-drop", "0.05"], id="auto", marks=pytest.mark.slow),
+    # 0.1: on 20 validation images one more miss is a drop of 0.05, which would leave nothing to prune
+    pytest.param(["--ratio", "auto", "--max-drop", "0.1"], id="auto", marks=pytest.mark.slow),
     pytest.param(
         # recovery none: each layer's candidates judged as pruned, in onnxruntime (half the CPU of judging
         # them after reconstruction, ~150 s; that judge is tested on the small model, test_learned.py)
@@ -113,14 +114,14 @@ def test_data_driven_path_runs_on_real_resnet20_with_cifar10(calibration, tmp_pa
     assert report["evaluation"]["metric"] == "accuracy" and report["evaluation"]["before"] > 0.5
     assert report["macs"]["after"] < report["macs"]["before"]
     assert [(s["name"], s["samples"]) for s in report["data_splits"]] == [
-        ("train", 90),
-        ("validation", 30),
-        ("held_out", 30),
+        ("train", 60),
+        ("validation", 20),
+        ("held_out", 20),
     ]
     if "--max-drop" in args:  # the held-out drop checked against the bound the plan was chosen for
-        evaluation = report["evaluation"]
+        evaluation, bound = report["evaluation"], float(args[args.index("--max-drop") + 1])
         drop = evaluation["before"] - evaluation["after"]
-        assert evaluation["max_drop"] == 0.05 and evaluation["missed_by"] == pytest.approx(
-            max(0.0, drop - 0.05), abs=1e-6
+        assert evaluation["max_drop"] == bound and evaluation["missed_by"] == pytest.approx(
+            max(0.0, drop - bound), abs=1e-6
         )
     onnx.checker.check_model(onnx.load(out), full_check=True)

@@ -40,12 +40,7 @@ def test_executor_matches_onnxruntime_on_every_zoo_architecture(case):
 
 
 # The style-transfer model runs at 720x720 (~10 s in each runtime on 2 cores): slow.
-SHARED_PARAMS = [
-    pytest.param(
-        c, id=c.file.removesuffix(".onnx"), marks=list(c.marks) + ([pytest.mark.slow] if "mosaic" in c.file else [])
-    )
-    for c in REAL_MODEL_CASES
-]
+SHARED_PARAMS = [c.param(*([pytest.mark.slow] if "mosaic" in c.file else [])) for c in REAL_MODEL_CASES]
 
 
 @pytest.mark.parametrize("case", SHARED_PARAMS)

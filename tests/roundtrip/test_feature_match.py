@@ -22,6 +22,9 @@ from onnxprune.workers.strategies import Job, choose_schedule
 from tests.support.bn_net import samples
 from tests.support.oracle import analyse
 
+# Pipeline stages run in this process, as in a job's sandbox (tests/support/job_sandbox.py).
+pytestmark = pytest.mark.usefixtures("stages_in_the_job_process")
+
 
 @pytest.fixture(scope="module")
 def analysed(small_model):

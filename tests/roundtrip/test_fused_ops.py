@@ -293,7 +293,7 @@ def test_the_fused_minilm_prunes_with_data_by_the_default_criterion_and_recovery
     np.savez(tmp_path / "sentences.npz", **_sentences(48, 24, 2))
     result = onnxprune("prune", fused_minilm, "-o", "pruned.onnx", "--flops-target", "0.3", "--data",
                        "sentences.npz", "--input-shape", "input_ids:1x24", "--input-shape", "attention_mask:1x24",
-                       "--time-budget", "20", "--no-benchmark", "--report", "report.json", cwd=tmp_path)  # fmt: skip
+                       "--time-budget", "8", "--no-benchmark", "--report", "report.json", cwd=tmp_path)  # fmt: skip
 
     assert result.returncode == 0, result.stderr  # the oracle and the write-back check passed
     report = json.loads((tmp_path / "report.json").read_text())

@@ -21,7 +21,8 @@ from onnxprune.roundtrip.data import HELD_OUT_POSITION, SPLIT_CYCLE, DataSplits
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.pipeline import run_pipeline
 
-pytestmark = pytest.mark.slow  # six small pipeline runs with data (~1 min on 2 cores)
+# Six small pipeline runs with data, their stages in one process as in a job (tests/support/job_sandbox.py).
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("stages_in_the_job_process")]
 
 CASES = {
     "best checkpoint": dict(ratio=0.5, finetune_steps=8, batch_size=16),

@@ -45,7 +45,9 @@ from tests.support.bn_net import samples
 from tests.support.oracle import analyse
 from tests.support.transformer_models import bert_style
 
-pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
+# Integration: the pipeline, the CLI or a sandbox; the pipeline's stages run in this process, as in a
+# job's sandbox (tests/support/job_sandbox.py).
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stages_in_the_job_process")]
 
 SHAPES = {"input": [1, 3, 12, 12]}
 

@@ -13,7 +13,9 @@ from onnxprune.graphops.errors import ModelRejected
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.pipeline import STAGE_END, run_pipeline
 
-pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
+# Integration: the pipeline, the CLI or a sandbox; the pipeline's stages run in this process, as in a
+# job's sandbox (tests/support/job_sandbox.py).
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stages_in_the_job_process")]
 
 
 def test_taylor_with_fine_tuning_reports_before_after_pruning_and_after_fine_tuning(small_model, small_data, tmp_path):

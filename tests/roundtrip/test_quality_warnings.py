@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from onnxprune.workers.quality_warnings import quality_warnings, reconstruction_warnings, refits_kept
 from onnxprune.workers.report import EvaluationPoint, Fidelity, FinetuneReport, HeldOutEvaluation, IterationReport
+
+# Pipeline stages run in this process, as in a job's sandbox (tests/support/job_sandbox.py).
+pytestmark = pytest.mark.usefixtures("stages_in_the_job_process")
 
 
 def evaluation(before: float, after: float) -> HeldOutEvaluation:

@@ -15,6 +15,9 @@ from onnxprune.workers.strategies.finetune import FineTune
 from onnxprune.workers.strategies.ranked import RankedByRatio
 from onnxprune.workers.strategies.stepwise import Stepwise
 
+# Pipeline stages run in this process, as in a job's sandbox (tests/support/job_sandbox.py).
+pytestmark = pytest.mark.usefixtures("stages_in_the_job_process")
+
 
 def test_the_report_counts_the_steps_and_epochs_fine_tuning_made(small_model, small_data, tmp_path):
     analysis = analyse_model(small_model, {"input": [1, 3, 12, 12]})

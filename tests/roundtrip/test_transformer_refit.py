@@ -27,6 +27,9 @@ from onnxprune.workers.pipeline import run_pipeline
 from tests.support.oracle import relative_error, run_model
 from tests.support.transformer_models import bert_style
 
+# Pipeline stages run in this process, as in a job's sandbox (tests/support/job_sandbox.py).
+pytestmark = pytest.mark.usefixtures("stages_in_the_job_process")
+
 KEPT = [0, 1, 2, 3]
 
 

@@ -85,27 +85,30 @@ def test_cli_submit_writes_the_model_and_report_and_fails_with_the_server_messag
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_twenty_concurrent_uploads_all_succeed(start_api, embedded_env, tmp_path):
+def test_concurrent_uploads_beyond_the_workers_all_succeed(start_api, embedded_env, tmp_path):
+    """Six uploads at once, three per embedded worker: every one is queued, runs once and is listed, in pages."""
     server = start_api(embedded_env)
-    models = [save(convnet(seed=i), tmp_path / f"m{i}.onnx") for i in range(20)]
+    count = 3 * int(embedded_env["ONNXPRUNE_EMBEDDED_WORKERS"])
+    models = [save(convnet(seed=i), tmp_path / f"m{i}.onnx") for i in range(count)]
 
-    key = "twenty-uploads-client-key"  # without server tokens, a client key scopes the job list
+    key = "concurrent-uploads-client-key"  # without server tokens, a client key scopes the job list
 
     def submit_and_wait(path: Path) -> dict:
         with PruneClient(server.url, token=key) as client:
             job = client.submit(path, FAST)
             return client.wait(job["id"], poll_s=0.25, timeout=180)
 
-    with ThreadPoolExecutor(20) as pool:
+    with ThreadPoolExecutor(count) as pool:
         jobs = list(pool.map(submit_and_wait, models))
 
-    assert [j["status"] for j in jobs] == ["succeeded"] * 20
-    assert len({j["id"] for j in jobs}) == 20
+    assert [j["status"] for j in jobs] == ["succeeded"] * count
+    assert len({j["id"] for j in jobs}) == count
     with PruneClient(server.url, token=key) as client:
-        first_page = client.list(limit=15)
-        second_page = client.list(limit=15, offset=first_page["next_offset"])
-    assert first_page["total"] == 20 and len(first_page["jobs"]) == 15 and first_page["next_offset"] == 15
-    assert len(second_page["jobs"]) == 5 and second_page["next_offset"] is None
+        first_page = client.list(limit=4)
+        second_page = client.list(limit=4, offset=first_page["next_offset"])
+    assert first_page["total"] == count and len(first_page["jobs"]) == 4 and first_page["next_offset"] == 4
+    assert len(second_page["jobs"]) == count - 4 and second_page["next_offset"] is None
+    assert {j["id"] for j in first_page["jobs"] + second_page["jobs"]} == {j["id"] for j in jobs}
 
 
 def test_an_api_restart_keeps_job_records_and_results(start_api, embedded_env, model_path):

@@ -18,8 +18,11 @@ class RealModel:
     expect_prunable: bool = True
     marks: tuple = ()
 
-    def param(self) -> object:
-        return pytest.param(self, id=self.file.removesuffix(".onnx"), marks=list(self.marks))
+    def param(self, *marks: pytest.MarkDecorator) -> object:
+        """A test case for this model. Every test of one model runs on one xdist worker (``--dist loadgroup``),
+        so the model is analysed once (``analysed_real``; light_resnet50 takes ~15 s), not once per worker."""
+        group = pytest.mark.xdist_group(f"real-model-{self.file}")
+        return pytest.param(self, id=self.file.removesuffix(".onnx"), marks=[*self.marks, *marks, group])
 
 
 REAL_MODEL_CASES = [

@@ -10,6 +10,9 @@ from onnxprune.service.cli import _print_summary
 from onnxprune.workers.html_report import render_report_html
 from tests.support.latency_tables import prune
 
+# Pipeline stages run in this process, as in a job's sandbox (tests/support/job_sandbox.py).
+pytestmark = pytest.mark.usefixtures("stages_in_the_job_process")
+
 
 def test_a_run_that_used_a_cached_table_names_it(tmp_path, monkeypatch, capsys):
     _, _, report = prune(tmp_path, monkeypatch, round_to="auto", cached=True)

@@ -11,7 +11,8 @@ from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.pipeline import run_pipeline
 from onnxprune.workers.verification import VerificationFailed, check_model
 
-pytestmark = pytest.mark.integration
+# Pipeline stages run in this process, as in a job's sandbox (tests/support/job_sandbox.py).
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stages_in_the_job_process")]
 
 
 def _conv_model_with_layernorm(opset: int) -> onnx.ModelProto:

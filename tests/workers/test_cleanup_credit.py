@@ -13,6 +13,9 @@ from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.pipeline import run_pipeline
 from tests.support.small_models import residual_model
 
+# Pipeline stages run in this process, as in a job's sandbox (tests/support/job_sandbox.py).
+pytestmark = pytest.mark.usefixtures("stages_in_the_job_process")
+
 
 def initializers_as_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
     """The old exporters' form (IR 3): every weight also listed as a graph input.

@@ -22,6 +22,9 @@ from onnxprune.workers.quality_warnings import quality_warnings
 from onnxprune.workers.report import DetectionAgreement, HeldOutEvaluation
 from tests.support.detection_models import ORIGINAL, table_model
 
+# Pipeline stages run in this process, as in a job's sandbox (tests/support/job_sandbox.py).
+pytestmark = pytest.mark.usefixtures("stages_in_the_job_process")
+
 CLASSES = 2
 
 

@@ -22,7 +22,9 @@ from tests.support.oracle import run_model
 from tests.support.reports import inlined_plots
 from tests.support.small_models import two_branch_model
 
-pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
+# Integration: the pipeline, the CLI or a sandbox; the pipeline's stages run in this process, as in a
+# job's sandbox (tests/support/job_sandbox.py).
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stages_in_the_job_process")]
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -15,7 +15,9 @@ from onnxprune.workers.pipeline import run_pipeline
 from tests.support.oracle import run_model
 from tests.support.small_models import two_branch_model
 
-pytestmark = pytest.mark.slow  # one fine-tuning run (~25 s on 2 cores)
+# One fine-tuning run; the pipeline's stages in this process, as in a job's sandbox
+# (tests/support/job_sandbox.py).
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("stages_in_the_job_process")]
 IMG = re.compile(r'<img id="(plot-[a-z]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 
 

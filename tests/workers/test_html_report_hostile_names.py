@@ -25,6 +25,9 @@ from onnxprune.workers.report import LayerReport
 from tests.support.reports import inlined_plots
 from tests.support.small_models import two_branch_model
 
+# Pipeline stages run in this process, as in a job's sandbox (tests/support/job_sandbox.py).
+pytestmark = pytest.mark.usefixtures("stages_in_the_job_process")
+
 BROKEN_MATH = r"$\frac{a}{$"
 LONG_MATH = "$" + r"\sqrt{x}" * 2500 + "$"  # 20,000 characters of mathtext
 

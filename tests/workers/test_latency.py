@@ -22,6 +22,9 @@ from tests.support import zoo
 from tests.support.oracle import analyse
 from tests.support.small_models import chain_model
 
+# Pipeline stages run in this process, as in a job's sandbox (tests/support/job_sandbox.py).
+pytestmark = pytest.mark.usefixtures("stages_in_the_job_process")
+
 
 def channel_pad_model(real: int = 16, width: int = 64, size: int = 16):
     """x -> Conv(a: real) -> Relu -> Pad (channels real -> width) + Conv(b: width) -> Relu -> Conv(c: 16) -> y

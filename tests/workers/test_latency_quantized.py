@@ -27,6 +27,9 @@ from onnxprune.workers.speed import decisive_ratio
 from tests.support.oracle import analyse
 from tests.support.small_models import chain_model
 
+# Pipeline stages run in this process, as in a job's sandbox (tests/support/job_sandbox.py).
+pytestmark = pytest.mark.usefixtures("stages_in_the_job_process")
+
 
 def test_a_quantized_table_prices_the_target_against_the_float_original():
     """Quantized original 4 ms, float original 10 ms: int8 alone runs at 0.4x, so a target of 0.5 needs no

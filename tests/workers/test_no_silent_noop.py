@@ -11,6 +11,9 @@ from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.pipeline import run_pipeline
 from tests.support import zoo
 
+# Pipeline stages run in this process, as in a job's sandbox (tests/support/job_sandbox.py).
+pytestmark = pytest.mark.usefixtures("stages_in_the_job_process")
+
 
 def small_net():
     """x(1ch) -> Conv(8) -> Relu -> Conv(16) -> Relu -> GAP -> Flatten -> Gemm(10), like the MNIST nets:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto
 
 from onnxprune.workers.benchmark import compare_outputs
@@ -16,6 +17,9 @@ from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.output_compare import FLOAT16_RTOL, FLOAT32_RTOL, oracle_rtol, output_mismatch
 from onnxprune.workers.pipeline import run_pipeline
 from tests.support.small_models import zipmap_classifier
+
+# Pipeline stages run in this process, as in a job's sandbox (tests/support/job_sandbox.py).
+pytestmark = pytest.mark.usefixtures("stages_in_the_job_process")
 
 
 def test_a_model_with_string_and_zipmap_outputs_prunes_and_passes_the_oracle(tmp_path):

@@ -15,7 +15,9 @@ from onnxprune.workers.pipeline import float_output_path, run_pipeline
 from onnxprune.workers.quantize import calibration_batches
 from tests.support.small_models import residual_model
 
-pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
+# Integration: the pipeline, the CLI or a sandbox; the pipeline's stages run in this process, as in a
+# job's sandbox (tests/support/job_sandbox.py).
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stages_in_the_job_process")]
 
 
 @pytest.fixture(scope="module")

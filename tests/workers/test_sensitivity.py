@@ -26,7 +26,9 @@ from onnxprune.workers.sensitivity import choose_auto, measure_sensitivity, pars
 from tests.support.oracle import analyse, run_model
 from tests.support.small_models import two_branch_model
 
-pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
+# Integration: the pipeline, the CLI or a sandbox; the pipeline's stages run in this process, as in a
+# job's sandbox (tests/support/job_sandbox.py).
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stages_in_the_job_process")]
 
 SAMPLES = 300
 

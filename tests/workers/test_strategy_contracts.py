@@ -393,9 +393,10 @@ class _NoTorch:
 sys.meta_path.insert(0, _NoTorch())
 
 import json
-from onnxprune.workers import pipeline
+from onnxprune.workers import pipeline, sandbox
 from onnxprune.workers.options import PruneOptions
 
+sandbox._inside_sandbox = True  # the stages run here, as in a job's sandbox: under the same import of torch
 pipeline.require_capabilities = lambda *args, **kwargs: None  # let the job reach what it imports
 cases, model, data, out = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 first = pipeline.run_pipeline(model, out, PruneOptions(recovery="none", benchmark=False, round_to=1), data=data)
