@@ -24,6 +24,9 @@ from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.stages import Stages
 from onnxprune.workers.strategies import Job
 
+# Pipeline stages run in this process, as in a job's sandbox (tests/support/job_sandbox.py).
+pytestmark = pytest.mark.usefixtures("stages_in_the_job_process")
+
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.integration  # onnxruntime runs in sandboxed children
 

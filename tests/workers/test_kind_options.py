@@ -25,6 +25,9 @@ from onnxprune.workers.pipeline import run_pipeline
 from tests.support.oracle import analyse
 from tests.support.transformer_models import bert_style
 
+# Pipeline stages run in this process, as in a job's sandbox (tests/support/job_sandbox.py).
+pytestmark = pytest.mark.usefixtures("stages_in_the_job_process")
+
 SHAPES = {"x": [2, 7, 32], "attention_mask": [2, 7]}
 
 
