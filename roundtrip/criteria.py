@@ -118,11 +118,16 @@ def _observe(
             loss = context.objective.sampled_loss(outputs, batch, targets, generator)
             tensors = [seen[(t.node, t.input_index)] for t in taps]
             grads = torch.autograd.grad(loss, tensors, allow_unused=True)
-            yield (
+            observation = (
                 taps,
                 [x.detach() for x in tensors],
                 [g if g is not None else torch.zeros_like(x) for g, x in zip(grads, tensors)],
             )
+            # This batch's graph goes before the next batch runs: held by these names through the yield, it
+            # doubled the memory of a second ViT-S batch of 32 (15 GB, past the job's limit).
+            del outputs, loss, tensors, grads, seen, hooks
+            yield observation
+            del observation
         else:
             with torch.no_grad():
                 module.run(batch.inputs, outputs=context.objective.tensors, edge_hooks=hooks)
@@ -195,6 +200,7 @@ def taylor(
             products = _flatten(a * g, tap.axis).sum(-1).double().numpy()  # samples x positions
             for group, (sums, _positions) in per_class(dep, tap, products).items():
                 per_sample[group] = per_sample.get(group, 0) + sums
+        del activations, gradients  # not held while the next batch runs
         for group, sums in per_sample.items():
             _accumulate(totals, counts, group, np.abs(sums).sum(0), np.full(sums.shape[1], sums.shape[0]))
     scores = _l2_normalised(_finish(dep, totals, counts))
