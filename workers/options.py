@@ -257,8 +257,10 @@ class PruneOptions(BaseModel):
     )
     time_budget: Annotated[float, Field(ge=5.0, le=7 * 24 * 3600.0)] | None = Field(
         None,
-        description="Seconds the whole job may take: recovery gets what scoring and selection leave (its "
-        "step count is planned from the measured step time; --finetune-steps then caps it).",
+        description="Seconds the whole job may take: data-driven scoring stops by 30% of it (after one batch), "
+        "layer-wise reconstruction fits on the calibration samples the time left allows, and fine-tuning gets "
+        "what is left (its step count is planned from the measured step time; --finetune-steps then caps it; "
+        "no step when one does not fit). The report says what the budget cut short.",
         json_schema_extra=_about("recovery", needs_data=True),  # it budgets recovery: without data, nothing
     )
     augment: bool = Field(

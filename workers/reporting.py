@@ -91,6 +91,7 @@ def build_report(
         warnings=[
             *analysis.input_shape_notes,
             *selection.notes,
+            *job.budget_notes,
             *artifacts.notes,
             *speed_notes(latency),
             *target_notes(latency_target),

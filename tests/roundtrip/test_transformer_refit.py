@@ -20,8 +20,16 @@ from onnxprune.graphops.dependency import analyze
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.prepare import prepare_model
 from onnxprune.graphops.surgery import apply_plan
+from onnxprune.roundtrip import reconstruction
 from onnxprune.roundtrip.data import Dataset
-from onnxprune.roundtrip.reconstruction import BATCH_BYTES, calibration_batch, reconstruct, widest_activation_bytes
+from onnxprune.roundtrip.reconstruction import (
+    BATCH_BYTES,
+    calibration_batch,
+    drifted_sequence_layers,
+    reconstruct,
+    token_positions,
+    widest_activation_bytes,
+)
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.pipeline import run_pipeline
 from tests.support.oracle import relative_error, run_model
@@ -153,6 +161,41 @@ def test_the_report_says_which_refits_were_not_kept_and_why_and_warns_when_none_
     assert any(w.startswith("layer-wise reconstruction kept none of its 1 refit(s)") for w in result.report.warnings)
 
 
+def test_targets_kept_at_a_subset_of_each_sample_s_tokens_still_give_the_exact_refit(monkeypatch):
+    original = linear_pair()
+    dep = analyze(original, {"x": [1, 7, 8]})
+    (group,) = [g for g in dep.prunable if g.channels == 6]
+    plan = PruningPlan.from_keep(dep, {group.id: KEPT})
+    pruned = apply_plan(dep, plan)
+    rng = np.random.default_rng(1)
+    calibration = Dataset({"x": rng.standard_normal((64, 7, 8)).astype(np.float32)}, None)
+    unseen = {"x": rng.standard_normal((16, 7, 8)).astype(np.float32)}
+    (fc2,) = [node for node in pruned.graph.node if node.name == "fc2"]
+    # Room for the targets of 3 of the 7 tokens of 64 samples (fc2's outputs: 5 floats a token).
+    monkeypatch.setattr(reconstruction, "TARGET_BYTES", 64 * 3 * 5 * 4)
+
+    tokens = token_positions(dep, [fc2], 64, seed=0)
+    result = reconstruct(dep, plan, pruned, calibration, samples=64, ridge=1e-9)
+
+    assert tokens is not None and tokens.shape == (64, 3) and len({tuple(row) for row in tokens}) > 1
+    (want,) = run_model(original, unseen)
+    # Rows of the layer's input and of its target taken at other tokens would leave an error.
+    assert relative_error(want, run_model(result.model, unseen)[0]) < 1e-5
+
+
+def test_the_layers_whose_inputs_drift_are_those_after_the_first_layer_that_lost_inputs():
+    model = bert_style(hidden=32, heads=4, ffn=48, layers=2)
+    dep = analyze(model, {"x": [1, 6, 32], "attention_mask": [1, 6]})
+    (neurons,) = [g for g in dep.prunable if g.id == "/layers.0/fc1/MatMul"]
+    plan = PruningPlan.from_keep(dep, {neurons.id: list(range(40))})  # MLP neurons of the first block only
+
+    drifted = drifted_sequence_layers(dep, apply_plan(dep, plan))
+
+    # After the first block's second MLP layer (which lost inputs): every linear layer of the second block.
+    names = ("attention/query", "attention/key", "attention/value", "attention/output", "fc1", "fc2")
+    assert drifted == {f"/layers.1/{name}/MatMul" for name in names}
+
+
 @pytest.mark.integration  # the whole pipeline, its sandboxed checks in processes of their own
 def test_a_transformer_pipeline_with_data_refits_each_attention_output_and_second_mlp_layer(tmp_path):
     model = bert_style(hidden=32, heads=4, ffn=48, layers=2)
@@ -177,6 +220,10 @@ def test_a_transformer_pipeline_with_data_refits_each_attention_output_and_secon
         if n.op_type == "MatMul" and n.input[1] in {i.name for i in model.graph.initializer}
     ]
     projections = {name for name in matmuls if "attention/output" in name or "fc2" in name}
-    assert len(projections) == 4 and set(iteration["reconstructed_layers"]) == projections
+    # The first block's Q/K/V run before anything pruned: their inputs never drift, they are never refit.
+    first_qkv = {name for name in matmuls if name.startswith("/layers.0/") and name not in projections}
+    first_qkv -= {name for name in first_qkv if "fc1" in name}
+    refit = set(iteration["reconstructed_layers"])
+    assert len(projections) == 4 and projections <= refit <= set(matmuls) - first_qkv
     evaluation = report["evaluation"]
     assert evaluation["after"] > evaluation["after_pruning"]  # the refit brought the outputs closer

@@ -42,6 +42,11 @@ if TYPE_CHECKING:
     from onnxprune.roundtrip.data import Dataset, DataSplits
 
 
+# With --time-budget, data-driven scoring ends by this share of the budget (after at least one batch):
+# reconstruction, fine-tuning and the held-out evaluation need the rest.
+SCORE_SHARE = 0.3
+
+
 @dataclass
 class Job:
     """One pruning job as its strategies see it: the analysed model, the options, the data, where to
@@ -60,6 +65,8 @@ class Job:
     # The original's outputs on ``check_inputs``, from the first verification's run (for fidelity).
     reference_outputs: Outputs | None = field(default=None, repr=False)
     verified: Verified | None = field(default=None, repr=False)  # the last model the oracle passed
+    # What the time budget cut short (scoring batches, calibration samples, fine-tuning): the report's warnings.
+    budget_notes: list[str] = field(default_factory=list)
 
     @cached_property
     def check_inputs(self) -> dict[str, np.ndarray]:
@@ -147,10 +154,27 @@ class Job:
     def scores(self, dep: DependencyGraph, *, step: int = 0) -> Scores:
         """The criterion's channel scores on ``dep`` (the original, or the model of an iterative step)."""
         options = self.options
-        extra: dict[str, Any] = {}
-        if criterion_needs_data(options.criterion):
-            extra = {"data": self.data, "flops_regularization": options.flops_regularization}
-        return score_groups(dep, options.criterion, seed=options.seed + step, **extra)
+        if not criterion_needs_data(options.criterion):
+            return score_groups(dep, options.criterion, seed=options.seed + step)
+        from onnxprune.roundtrip.criteria import ScoredOn
+
+        observed = ScoredOn()
+        extra: dict[str, Any] = {"data": self.data, "flops_regularization": options.flops_regularization}
+        scores = score_groups(
+            dep,
+            options.criterion,
+            seed=options.seed + step,
+            deadline=self.deadline(SCORE_SHARE),
+            observed=observed,
+            **extra,
+        )
+        if observed.cut_by_deadline:
+            self.budget_notes.append(
+                f"--time-budget: criterion '{options.criterion}' scored on {observed.samples} samples "
+                f"({observed.batches} of {observed.asked} batches): more would have left too little of the "
+                f"{options.time_budget:g} s for recovery; a larger --time-budget scores on more"
+            )
+        return scores
 
     def macs(self, dep: DependencyGraph) -> int:
         if dep is self.analysis.dep:

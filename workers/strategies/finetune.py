@@ -57,6 +57,17 @@ class FineTuneOptions(FineTuneRecipe):
     iterative_steps: int = own("iterative_steps")  # fine-tuned (BatchNorm re-estimated) between the steps
 
 
+# A training step (forward and backward over a batch) against a forward pass over as many samples.
+STEP_COST = 3.0
+
+
+def _shortest_training(evaluation_s: float, evaluated: int, batch_size: int) -> float:
+    """Seconds the shortest fine-tuning takes: one step, and the two evaluations on the validation split
+    that follow it (the checkpoint choice, the metrics after), reckoned from one evaluation's time."""
+    per_sample = evaluation_s / max(1, evaluated)
+    return STEP_COST * per_sample * batch_size + 2 * evaluation_s
+
+
 @register(
     "recovery",
     "finetune",
@@ -168,12 +179,22 @@ class FineTune:
             started = time.monotonic()
             student = OnnxModule(pruned)
             recalibrate_batchnorm(student, data.train, data.batch_size, BN_BATCHES, seed)
+            evaluated = time.monotonic()
             after_pruning = evaluate(student, data.objective, data.validation, data.batch_size)
             after_finetune, losses, kept_step, seconds, cpu_seconds = None, [], None, 0.0, 0.0
             # After training: re-estimation and evaluation again, the write-back and its check, the
             # held-out evaluations in onnxruntime: about three times what the two took just now.
             steps, deadline = self._plan(job, step, reserve=3 * (time.monotonic() - started))
             budget = job.options.time_budget
+            if steps > 0 and deadline is not None and self.steps == 0:
+                shortest = _shortest_training(time.monotonic() - evaluated, len(data.validation), data.batch_size)
+                if time.monotonic() + shortest > deadline:
+                    steps = 0
+                    job.budget_notes.append(
+                        f"--time-budget: no fine-tuning: one step with its checkpoint evaluations takes about "
+                        f"{shortest:.0f} s here, more than the {max(0.0, deadline - time.monotonic()):.0f} s the "
+                        f"budget of {budget:g} s left for it; a larger --time-budget fine-tunes"
+                    )
             if steps > 0:
 
                 def show(done: int, total: int, loss: float) -> None:

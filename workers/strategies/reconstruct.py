@@ -22,6 +22,12 @@ from onnxprune.workers.strategies.needs import Given, Needs
 from onnxprune.workers.strategies.recovery import NoRecovery, Recovered, Recovery
 from onnxprune.workers.strategies.registry import Requires, StrategyOptions, own, register
 
+# With --time-budget, reconstruction ends by this share of the budget when fine-tuning follows (which plans
+# its steps in what is left), by the larger share when nothing follows but the checks and the held-out
+# evaluation; the calibration batch is cut to fit (``roundtrip.reconstruction``).
+SHARE_BEFORE_FINETUNING = 0.6
+SHARE_ALONE = 0.8
+
 
 class ReconstructOptions(StrategyOptions):
     recovery: RecoveryChoice = own("recovery")
@@ -62,7 +68,13 @@ class Reconstruct:
         self, job: Job, dep: DependencyGraph, plan: PruningPlan, pruned: onnx.ModelProto, step: Step
     ) -> Recovered:
         from onnxprune.roundtrip.executor import OnnxModule
-        from onnxprune.roundtrip.reconstruction import DETECTOR_SAMPLES, head_layers, reconstruct, score_layers
+        from onnxprune.roundtrip.reconstruction import (
+            DETECTOR_SAMPLES,
+            drifted_sequence_layers,
+            head_layers,
+            reconstruct,
+            score_layers,
+        )
         from onnxprune.roundtrip.schedule import IterationRecord
         from onnxprune.roundtrip.training import evaluate, outputs_on
 
@@ -77,6 +89,7 @@ class Reconstruct:
         teacher = objective.teacher if step.index == 0 else None
         detector = objective.detector
         head = head_layers(dep.model, dep.model.graph.output[detector.index].name) if detector else set()
+        share = SHARE_ALONE if isinstance(self.then, NoRecovery) else SHARE_BEFORE_FINETUNING
         result = reconstruct(
             dep,
             plan,
@@ -85,11 +98,17 @@ class Reconstruct:
             samples=self.samples,
             seed=job.options.seed + step.index,
             teacher=teacher,
-            also=head,
+            also=head or drifted_sequence_layers(dep, pruned),
             at_least=DETECTOR_SAMPLES if detector else 0,
             scores=score_layers(dep.model, head, detector.classes) if detector else (),
+            deadline=job.deadline(share * (step.index + 1) / step.total),
         )
         seconds = time.monotonic() - started
+        if result.samples < result.affordable:
+            job.budget_notes.append(
+                f"--time-budget: layer-wise reconstruction fit on {result.samples} calibration samples of "
+                f"{result.affordable} (the time left allowed no more); a larger --time-budget fits on more"
+            )
         recovered = self.then.recover(job, dep, plan, result.model, step)
         recovered.reconstructed = [fit.node for fit in result.layers if fit.kept]
         recovered.reconstruction_skipped = dict(result.skipped)

@@ -1,0 +1,99 @@
+"""--time-budget bounds every stage that runs the model on data, not fine-tuning alone: scoring stops after
+the batch that leaves no time for another, reconstruction fits on the calibration samples the time left
+allows, and fine-tuning that cannot make one step in what is left makes none. Each cut is said in the
+report's warnings (``Job.budget_notes``). (ViT-S at 224 with data took 478 s of a 300 s budget: 267 s of
+scoring, then one fine-tuning step past the deadline.)
+
+The tests put the deadline in the past (``Job.started`` long ago, or ``deadline=`` now): what a
+stage does then is the least it may do, whatever the machine's speed.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from onnxprune.graphops.dependency import analyze
+from onnxprune.graphops.scoring import score_groups
+from onnxprune.graphops.selection import select_by_ratio
+from onnxprune.graphops.surgery import apply_plan
+from onnxprune.roundtrip.criteria import ScoredOn
+from onnxprune.roundtrip.data import Dataset
+from onnxprune.roundtrip.reconstruction import PROBE_SAMPLES, calibration_batch, reconstruct, widest_activation_bytes
+from onnxprune.workers.analysis import analyse_model
+from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.stages import Stages
+from onnxprune.workers.strategies import Job
+from onnxprune.workers.strategies.finetune import FineTune
+from onnxprune.workers.strategies.ranked import RankedByRatio
+from onnxprune.workers.strategies.stepwise import Stepwise
+from tests.support.bn_net import samples
+
+SHAPE = {"input": [1, 3, 12, 12]}
+
+
+def late_job(model, data, tmp_path, **options) -> Job:
+    """A job whose --time-budget was spent before it began."""
+    analysis = analyse_model(model, SHAPE)
+    job = Job(analysis, PruneOptions(round_to=1, benchmark=False, **options), Stages(), tmp_path, data_path=data)
+    job.started = time.monotonic() - 1_000.0
+    return job
+
+
+def test_scoring_past_its_deadline_looks_at_one_batch_and_the_report_says_so(small_model, small_data, tmp_path):
+    job = late_job(small_model, small_data["unlabelled"], tmp_path, criterion="taylor", ratio=0.5, time_budget=60.0)
+    observed, unbounded = ScoredOn(), ScoredOn()
+
+    scores = job.scores(job.dep)
+    score_groups(job.dep, "taylor", data=job.data, deadline=time.monotonic() - 1.0, observed=observed)
+    score_groups(job.dep, "taylor", data=job.data, observed=unbounded)
+
+    assert (observed.batches, observed.samples, observed.cut_by_deadline) == (1, job.options.batch_size, True)
+    assert unbounded.batches == unbounded.asked > 1 and not unbounded.cut_by_deadline
+    assert all(np.isfinite(values).all() for values in scores.values())  # one batch still scores every channel
+    (note,) = job.budget_notes
+    assert note.startswith("--time-budget: criterion 'taylor' scored on 32 samples (1 of ")
+
+
+def pruned_small(small_model):
+    import onnx
+
+    dep = analyze(onnx.load(small_model), SHAPE)
+    plan = select_by_ratio(dep, score_groups(dep, "l1"), 0.5)
+    return dep, plan, apply_plan(dep, plan)
+
+
+def test_reconstruction_past_its_deadline_fits_on_the_probe_samples_only(small_model):
+    dep, plan, pruned = pruned_small(small_model)
+    data = Dataset({"input": samples(64, seed=3)}, None)
+
+    late = reconstruct(dep, plan, pruned, data, samples=64, deadline=time.monotonic() - 1.0)
+    unbounded = reconstruct(dep, plan, pruned, data, samples=64)
+
+    assert (late.samples, late.affordable) == (PROBE_SAMPLES, 64)
+    assert (unbounded.samples, unbounded.affordable) == (64, 64)
+    assert late.layers and all(fit.error_after <= fit.error_before for fit in late.layers)
+
+
+def test_the_calibration_batch_is_sized_from_the_model_s_widest_activation(small_model, monkeypatch):
+    from onnxprune.roundtrip import reconstruction
+
+    dep, _plan, _pruned = pruned_small(small_model)
+    widest = 8 * 12 * 12 * 4  # bytes: the first conv's 8 channels at 12 x 12
+    monkeypatch.setattr(reconstruction, "BATCH_BYTES", 10 * widest)
+    data = Dataset({"input": samples(64, seed=3)}, None)
+
+    assert widest_activation_bytes(dep) == widest
+    batch = calibration_batch(data, dep.model, 64, 0, activation_bytes=widest_activation_bytes(dep), convs=False)
+    assert len(batch["input"]) == 10
+
+
+def test_fine_tuning_with_no_time_left_for_a_step_makes_none_and_the_report_says_so(small_model, small_data, tmp_path):
+    job = late_job(small_model, small_data["labelled"], tmp_path, criterion="l1", ratio=0.5, time_budget=60.0)
+
+    report = Stepwise(RankedByRatio(0.5), FineTune(steps=0, lr=0.01, budgeted=True)).run(job).finetune
+
+    assert report is not None and report.total_steps == 0 and report.losses == []
+    (note,) = job.budget_notes
+    assert note.startswith("--time-budget: no fine-tuning: one step with its checkpoint evaluations takes about ")
