@@ -200,7 +200,9 @@ def test_a_fine_tuning_job_with_a_data_file_shows_its_progress_and_its_report(br
     assert steps.is_displayed()
     browser.find_element(By.ID, "opt-ratio").send_keys("0.5")
     steps.clear()
-    steps.send_keys("40")
+    # Long enough (~4 s here) to be seen running: a job writes its progress at most once a second
+    # (jobs/run.py), so a stage shorter than that may never reach the page (40 steps took ~1 s).
+    steps.send_keys("1500")
     batch = browser.find_element(By.ID, "opt-batch_size")
     batch.clear()
     batch.send_keys("16")
