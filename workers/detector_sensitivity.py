@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 PROBE_RATIO = 0.5
 # Probed models scored per child process (one onnxruntime session each, written to disk one batch at a time).
 MODELS_PER_CHILD = 8
+# With --time-budget, probing ends by this share of the budget (scoring has until 0.3, reconstruction
+# until 0.6): the groups not probed by then are ranked as any group is.
+PROBE_SHARE = 0.55
 _NAMED = 4  # spared groups named in the note
 
 
@@ -56,6 +59,10 @@ def spare_sensitive_groups(job: Job, dep: DependencyGraph, scores: Scores, targe
     if job.splits is None or dep is not job.dep or detector_output(job.analysis, job.options.detector) is None:
         return None
     started = time.monotonic()
+    deadline = job.deadline(PROBE_SHARE)
+    if deadline is not None and started >= deadline:
+        job.budget_notes.append(_budget_note(job, 0, len(dep.prunable)))
+        return None
     mode, confidence = job.options.detector, job.options.detection_confidence
     evaluator = make_evaluator(job.analysis.path, job.splits.validation, limits=job.limits)
     if evaluator.detection_map50([job.analysis.path], mode, confidence)[0] is None:
@@ -73,6 +80,10 @@ def spare_sensitive_groups(job: Job, dep: DependencyGraph, scores: Scores, targe
     drops: dict[str, float] = {}
     ids = list(probes)
     for start in range(0, len(ids), MODELS_PER_CHILD):
+        now = time.monotonic()
+        if deadline is not None and start and now + (now - started) / start * MODELS_PER_CHILD > deadline:
+            job.budget_notes.append(_budget_note(job, start, len(ids)))  # the next chunk would end past it
+            break
         chunk = ids[start : start + MODELS_PER_CHILD]
         paths = [job.workdir / f"probe-{start + i}.onnx" for i in range(len(chunk))]
         for path, group_id in zip(paths, chunk):
@@ -81,7 +92,10 @@ def spare_sensitive_groups(job: Job, dep: DependencyGraph, scores: Scores, targe
             drops[group_id] = 1.0 - (value or 0.0)
         for path in paths:
             path.unlink(missing_ok=True)
-    spared = groups_to_spare(drops, savings, target)
+    # Groups the deadline left unprobed are cut as the ranking says: counted as costing nothing, they
+    # add their savings first and are never spared.
+    unprobed = {group: 0.0 for group in probes if group not in drops}
+    spared = [group for group in groups_to_spare({**unprobed, **drops}, savings, target) if group in drops]
     if not spared:
         return None
     by_id = {group.id: group for group in dep.groups}
@@ -95,3 +109,11 @@ def spare_sensitive_groups(job: Job, dep: DependencyGraph, scores: Scores, targe
         "--detector none ranks every group alike"
     )
     return SparedGroups(spared, patterns, drops, savings, note)
+
+
+def _budget_note(job: Job, probed: int, groups: int) -> str:
+    return (
+        f"--time-budget: the detector's per-group check probed {probed} of {groups} groups by "
+        f"{PROBE_SHARE:.0%} of the {job.options.time_budget:g} s; the others were ranked as any group is "
+        "(a larger --time-budget probes them all)"
+    )

@@ -24,9 +24,6 @@ from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.stages import Stages
 from onnxprune.workers.strategies import Job
 
-# Pipeline stages run in this process, as in a job's sandbox (tests/support/job_sandbox.py).
-pytestmark = pytest.mark.usefixtures("stages_in_the_job_process")
-
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.integration  # onnxruntime runs in sandboxed children
 
@@ -70,10 +67,12 @@ def detector(tmp_path_factory) -> tuple[Path, Path]:
     return path, data
 
 
-def job_for(detector: tuple[Path, Path], tmp_path: Path, mode: str) -> Job:
+def job_for(detector: tuple[Path, Path], tmp_path: Path, mode: str, **options: object) -> Job:
     path, data = detector
-    options = PruneOptions(flops_target=0.15, round_to=1, benchmark=False, detector=mode, detection_confidence=0.3)
-    return Job(analyse_model(path), options, Stages(), tmp_path, data_path=data)
+    chosen = PruneOptions(
+        flops_target=0.15, round_to=1, benchmark=False, detector=mode, detection_confidence=0.3, **options
+    )
+    return Job(analyse_model(path), chosen, Stages(), tmp_path, data_path=data)
 
 
 def group_of(job: Job, conv_weight: str) -> str:
@@ -96,6 +95,15 @@ def test_the_branch_whose_cut_costs_detections_is_spared_and_the_idle_one_is_not
 def test_detector_none_ranks_every_group_alike(detector, tmp_path):
     job = job_for(detector, tmp_path, "none")
     assert spare_sensitive_groups(job, job.dep, score_groups(job.dep, "l1"), 0.15) is None
+
+
+def test_past_its_share_of_the_time_budget_nothing_is_probed_and_the_report_says_so(detector, tmp_path):
+    job = job_for(detector, tmp_path, "auto", time_budget=10.0)
+    job.started -= 60.0  # scoring and the rest have used the budget up
+
+    assert spare_sensitive_groups(job, job.dep, score_groups(job.dep, "l1"), 0.15) is None
+    (note,) = job.budget_notes
+    assert "probed 0 of 2 groups" in note and "--time-budget" in note
 
 
 def test_every_step_of_an_iterative_cut_leaves_the_spared_group_whole(detector, tmp_path):
