@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.support.cli import onnxprune
+from tests.support.detection_models import export_detector
 
 torch = pytest.importorskip("torch")
 
@@ -39,16 +40,7 @@ class TinyDetector(torch.nn.Module):
 def detector(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("detector") / "tiny_yolo.onnx"
-    torch.onnx.export(
-        TinyDetector().eval(),
-        (torch.zeros(1, 3, 32, 32),),
-        str(path),
-        input_names=["images"],
-        output_names=["output0"],
-        dynamic_axes={"images": {0: "N"}, "output0": {0: "N"}},
-        opset_version=17,
-        dynamo=False,
-    )
+    export_detector(TinyDetector(), path, 32)
     return path
 
 

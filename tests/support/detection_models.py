@@ -3,6 +3,8 @@ the input), so a drop in mAP can be computed by hand."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -41,3 +43,21 @@ def table_model(rows: list[tuple[float, ...]], *, anchors_last: bool = True) -> 
         ],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def export_detector(module: object, path: Path, side: int) -> Path:
+    """A torch detector exported as Ultralytics does: input ``images`` [N, 3, side, side], output ``output0``,
+    batch symbolic (torch is imported here: the table models above need none)."""
+    import torch
+
+    torch.onnx.export(
+        module.eval(),  # type: ignore[attr-defined]
+        (torch.zeros(1, 3, side, side),),
+        str(path),
+        input_names=["images"],
+        output_names=["output0"],
+        dynamic_axes={"images": {0: "N"}, "output0": {0: "N"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    return path

@@ -23,6 +23,7 @@ from onnxprune.workers.detector_sensitivity import spare_sensitive_groups
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.stages import Stages
 from onnxprune.workers.strategies import Job
+from tests.support.detection_models import export_detector
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.integration  # onnxruntime runs in sandboxed children
@@ -52,16 +53,7 @@ def detector(tmp_path_factory) -> tuple[Path, Path]:
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("two_branch")
     path = folder / "two_branch.onnx"
-    torch.onnx.export(
-        TwoBranchDetector().eval(),
-        (torch.zeros(1, 3, 16, 16),),
-        str(path),
-        input_names=["images"],
-        output_names=["output0"],
-        dynamic_axes={"images": {0: "N"}, "output0": {0: "N"}},
-        opset_version=17,
-        dynamo=False,
-    )
+    export_detector(TwoBranchDetector(), path, 16)
     data = folder / "data.npz"
     np.savez(data, images=np.random.default_rng(0).random((40, 3, 16, 16), dtype=np.float32))
     return path, data
