@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # jinja2 is imported when a page is rendered
 
 PAGE_NAME = "report.html"  # the file name of a job's page beside its report.json
 MAX_NAME_CHARS = 200  # a node name in the page's tables; the JSON report and the plan keep it whole
+# What a group's units are called in the page, by the group's kind (``graphops.kinds``).
+UNIT_NAMES = {"filter": "filters", "head": "attention heads", "neuron": "MLP neurons"}
 
 
 def short_name(text: object) -> str:
@@ -78,6 +80,7 @@ def render_report_html(
             figures=figures,
             drops=_drops(sensitivity),
             budget_warnings=budget_warnings_in(report.warnings) if report is not None else [],
+            unit_names=UNIT_NAMES,
         )
     )
 

@@ -1,12 +1,13 @@
 """The per-kind options (``prune_kinds``, ``max_filter_ratio``, ``max_head_ratio``, ``max_neuron_ratio``):
 one spelling through the CLI flags, the REST config and the upload form; contradictions refused with
 the message users see; and the job honouring them: a saved plan past them refused, the report's
-``kinds`` section, every group's kind and limit.
+``kinds`` section and its HTML page, every group's kind and limit.
 """
 
 from __future__ import annotations
 
 import json
+import re
 
 import onnx
 import pytest
@@ -20,6 +21,7 @@ from onnxprune.service.option_form import option_specs
 from onnxprune.service.uploads import parse_config
 from onnxprune.workers.analysis import analyse_model
 from onnxprune.workers.analysis_summary import summarize
+from onnxprune.workers.html_report import render_report_html
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.pipeline import run_pipeline
 from tests.support.oracle import analyse
@@ -91,7 +93,7 @@ def test_a_saved_plan_that_cuts_a_kind_left_whole_is_refused(model_path, tmp_pat
     assert not (tmp_path / "out.onnx").exists()
 
 
-def test_the_report_gives_each_group_its_kind_and_limit_and_the_units_of_each_kind(model_path, tmp_path):
+def test_the_report_and_its_page_give_each_group_its_kind_and_limit_and_the_units_of_each_kind(model_path, tmp_path):
     options = PruneOptions(ratio=0.5, max_head_ratio=0.25, round_to=1, input_shapes=SHAPES, benchmark=False)
 
     report = run_pipeline(model_path, tmp_path / "out.onnx", options).report
@@ -104,6 +106,15 @@ def test_the_report_gives_each_group_its_kind_and_limit_and_the_units_of_each_ki
         ("head", 2, 8, 6, "max_head_ratio 0.25"),
         ("neuron", 2, 96, 48, ""),
     ]
+    page = render_report_html(report)
+    kinds = re.search(r'<table id="kinds">(.*?)</table>', page, re.S)
+    assert kinds is not None, "the page has no table of kinds"
+    rows = [re.sub(r"<[^>]+>", " ", row).split() for row in re.findall(r"<tr><td.*?</tr>", kinds.group(1))]
+    assert rows == [
+        ["attention", "heads", "2", "of", "2", "8", "6", "max_head_ratio", "0.25"],
+        ["MLP", "neurons", "2", "of", "2", "96", "48", "none"],
+    ]
+    assert page.count("attention heads of 8 channels") == 2  # each head group's row names its unit
 
 
 def test_a_latency_target_with_heads_alone_is_refused(model_path, tmp_path):
