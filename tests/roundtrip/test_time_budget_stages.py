@@ -97,3 +97,4 @@ def test_fine_tuning_with_no_time_left_for_a_step_makes_none_and_the_report_says
     assert report is not None and report.total_steps == 0 and report.losses == []
     (note,) = job.budget_notes
     assert note.startswith("--time-budget: no fine-tuning: one step with its checkpoint evaluations takes about ")
+    assert "s left for recovery, about" in note and "kept for the evaluations and checks after training" in note

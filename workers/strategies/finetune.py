@@ -184,16 +184,22 @@ class FineTune:
             after_finetune, losses, kept_step, seconds, cpu_seconds = None, [], None, 0.0, 0.0
             # After training: re-estimation and evaluation again, the write-back and its check, the
             # held-out evaluations in onnxruntime: about three times what the two took just now.
-            steps, deadline = self._plan(job, step, reserve=3 * (time.monotonic() - started))
+            reserve = 3 * (time.monotonic() - started)
+            steps, deadline = self._plan(job, step, reserve)
             budget = job.options.time_budget
             if steps > 0 and deadline is not None and self.steps == 0:
                 shortest = _shortest_training(time.monotonic() - evaluated, len(data.validation), data.batch_size)
-                if time.monotonic() + shortest > deadline:
+                now = time.monotonic()
+                if now + shortest > deadline:
                     steps = 0
+                    # Say what the reserve took: "0 s left" with a minute of budget to go reads as a bug.
+                    left = max(0.0, (job.deadline(RECOVERY_SHARE) or now) - now)
                     job.budget_notes.append(
                         f"--time-budget: no fine-tuning: one step with its checkpoint evaluations takes about "
-                        f"{shortest:.0f} s here, more than the {max(0.0, deadline - time.monotonic()):.0f} s the "
-                        f"budget of {budget:g} s left for it; a larger --time-budget fine-tunes"
+                        f"{shortest:.0f} s here, more than the {max(0.0, deadline - now):.0f} s the budget of "
+                        f"{budget:g} s left for it (of {left:.0f} s left for recovery, about "
+                        f"{min(left, reserve * (step.total - step.index)):.0f} s are kept for the evaluations and "
+                        f"checks after training); a larger --time-budget fine-tunes"
                     )
             if steps > 0:
 
