@@ -38,7 +38,7 @@ from onnxprune.graphops.cost import measure_cost
 from onnxprune.graphops.dependency import DependencyGraph, analyze
 from onnxprune.graphops.errors import ModelRejected
 from onnxprune.graphops.plan import PruningPlan
-from onnxprune.graphops.selection import choose_kept, excluded_group_ids, round_keep
+from onnxprune.graphops.selection import choose_kept, excluded_group_ids, group_step, round_keep
 from onnxprune.graphops.surgery import apply_plan
 from onnxprune.roundtrip.context import DataContext
 from onnxprune.roundtrip.schedule import (
@@ -213,10 +213,11 @@ def _within_bound(
     filters added back in that order while the drop exceeds b (a binary search on the count).
     ``fewer``: when ``count`` is within b, the fewest filters within b instead (the drop is judged
     after recovery, which the agent's raw rewards did not see)."""
-    channels = dep.groups[index].channels
+    group = dep.groups[index]
+    channels = group.channels  # units: heads count as one each
 
     def mask_for(kept_count: int) -> np.ndarray:
-        kept = choose_kept(dep, index, order, round_keep(kept_count, channels, settings.round_to))
+        kept = choose_kept(dep, index, order, round_keep(kept_count, channels, group_step(group, settings.round_to)))
         mask = np.zeros(channels, dtype=bool)
         mask[kept] = True
         return mask

@@ -147,6 +147,20 @@ def test_judged_after_recovery_the_decision_keeps_the_fewest_filters_within_boun
     assert tried[0] == 13 and len(set(tried)) <= 5  # the agent's count first, then a binary search
 
 
+def test_a_decision_on_attention_heads_counts_in_heads_on_the_kernels_step():
+    """Two of four heads of 8 channels, with the job's step of 16 channels: 2 heads are 16 channels, on
+    the step (counted in channels, the grid of a 4-channel group would have kept all four)."""
+    dep = analyse(bert_style(), {"x": [2, 7, 32], "attention_mask": [2, 7]}).dep
+    heads = next(g for g in dep.prunable if g.kind == "head")
+    probabilities = np.array([0.9, 0.1, 0.8, 0.1])
+
+    def drop_of(mask):
+        return 0.0
+
+    keep = _decide(dep, heads.id, probabilities, probabilities > 0.5, SearchSettings(round_to=16), drop_of)
+    assert np.flatnonzero(keep).tolist() == [0, 2]
+
+
 def test_agent_training_raises_the_reward(small_model, small_data):
     dep, context = _setup(small_model, small_data["unlabelled"])
     evaluator = MaskedEvaluator(dep.model, dep, _reward_batches(context, 1024), context.objective)
