@@ -3,8 +3,9 @@
 A handler knows one kind of op: how channels flow through it (``propagate``, during analysis),
 how to slice its constants once channels are removed (``apply``, during surgery), for ops that
 sum over input channels how to zero removed channels in place (``mask``, the oracle), and its
-multiply-accumulates (``macs``, for ``graphops.cost``). It declines a pattern it does not support
-by raising ``UnsupportedPattern``; anything else it raises is a bug (``graphops.dependency``).
+multiply-accumulates (``macs``, for ``graphops.cost``), and for a layer with a constant weight how
+it maps its input (``linear_form``, for layer-wise reconstruction). It declines a pattern it does not
+support by raising ``UnsupportedPattern``; anything else it raises is a bug (``graphops.dependency``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from onnxprune.graphops.dequantized import (
 )
 from onnxprune.graphops.errors import AnalysisBug, DuplicateRegistration, GraphOpsError, UnsupportedPattern
 from onnxprune.graphops.layout import ConstSlice, Layout, TrackerState
+from onnxprune.graphops.ops.linear_form import LinearForm
 from onnxprune.graphops.shapes import Shape
 
 
@@ -35,6 +37,18 @@ def describe(node: gs.Node) -> str:
 
 def attribute(node: onnx.NodeProto, name: str, default: int) -> int:
     return next((int(attr.i) for attr in node.attribute if attr.name == name), default)
+
+
+def number_attribute(node: onnx.NodeProto, name: str, default: float) -> float:
+    """A float (or int) attribute of ``node``, ``default`` when absent."""
+    return next((float(onnx.helper.get_attribute_value(attr)) for attr in node.attribute if attr.name == name), default)
+
+
+ConstantShape = Callable[[str], tuple[int, ...] | None]
+"""The shape of a constant (an initializer) by tensor name; None for a tensor computed at run time."""
+
+# The roles of handlers whose ops are layers with weights (filters and fully connected layers).
+LAYER_ROLES = ("filter", "linear")
 
 
 def prod(dims: tuple[int, ...]) -> int:
@@ -245,6 +259,11 @@ class OpHandler:
         """Multiply-accumulates of one run of ``node``, given the static shape of any of its
         tensors (``graphops.cost``); 0 for ops that do not sum products."""
         return 0
+
+    def linear_form(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> LinearForm | str:
+        """How ``node`` maps its data input by a constant weight (``LinearForm``), or why it cannot be
+        refit as such a map (a handler of role "filter" or "linear" gives one or the other)."""
+        return "not a linear layer"
 
     def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
         """Slice this node's constants and attributes; most ops need nothing."""

@@ -16,7 +16,17 @@ import onnx_graphsurgeon as gs
 
 from onnxprune.graphops.errors import AnalysisBug, UnsupportedPattern
 from onnxprune.graphops.layout import Layout, Producer
-from onnxprune.graphops.ops.base import AnalysisContext, OpHandler, SurgeryContext, describe, prod, register
+from onnxprune.graphops.ops.base import (
+    AnalysisContext,
+    ConstantShape,
+    OpHandler,
+    SurgeryContext,
+    attribute,
+    describe,
+    prod,
+    register,
+)
+from onnxprune.graphops.ops.linear_form import LinearForm
 
 
 def _group(node: gs.Node) -> int:
@@ -99,6 +109,15 @@ class Conv(OpHandler):
     def macs(self, node: onnx.NodeProto, shape: Callable[[str], tuple[int, ...]]) -> int:
         # out: N, C_out, spatial...; weight: C_out, C_in / group, kernel...
         return prod(shape(node.output[0])) * prod(shape(node.input[1])[1:])
+
+    def linear_form(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> LinearForm | str:
+        weight = constant_shape(node.input[1]) if len(node.input) > 1 else None
+        if weight is None or len(weight) != 4:
+            return "not a 2-D convolution with a constant weight"
+        groups = attribute(node, "group", 1)
+        if groups != 1:
+            return f"grouped convolution (group {groups}): it loses inputs only with its outputs"
+        return LinearForm(weight, outputs_first=True, kernel_rank=2, bias_input=2)
 
     def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
         groups = _group(node)
@@ -204,6 +223,10 @@ class ConvTranspose(OpHandler):
     def macs(self, node: onnx.NodeProto, shape: Callable[[str], tuple[int, ...]]) -> int:
         # data: N, C_in, spatial...; weight: C_in, C_out / group, kernel...
         return prod(shape(node.input[0])) * prod(shape(node.input[1])[1:])
+
+    def linear_form(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> LinearForm | str:
+        # Each input pixel spreads over a window of outputs: no im2col of its input gives its rows.
+        return "transposed convolution: its outputs are not windows of its input"
 
     def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
         if _was_depthwise(node, ctx, node.inputs[0]):

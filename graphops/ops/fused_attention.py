@@ -26,6 +26,7 @@ from onnxprune.graphops.layout import Layout, Producer
 from onnxprune.graphops.ops.base import (
     CONTRIB_DOMAIN,
     AnalysisContext,
+    ConstantShape,
     OpHandler,
     SurgeryContext,
     attribute,
@@ -187,6 +188,10 @@ class PackedAttention(OpHandler):
         batch, sequence, features = shape(node.input[0])
         packed = shape(node.input[1])[1]
         return batch * sequence * features * packed + 2 * batch * sequence * sequence * (packed // 3)
+
+    def linear_form(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> str:
+        # Its output is attention over the projections, not the projections themselves.
+        return "fused attention: its packed Q, K, V projection is not its output"
 
     def output_shapes(self, node: onnx.NodeProto, shape: Callable[[str], Shape | None]) -> list[Shape | None]:
         data, weight = shape(node.input[0]), shape(node.input[1])
