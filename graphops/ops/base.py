@@ -152,7 +152,7 @@ class AnalysisContext:
             targets = quantized_slice_targets(node, index, axis)
         except DeclinedSlice as declined:
             self.state.pin(atoms, str(declined))
-            if reduces or node.op in ("Conv", "ConvTranspose"):
+            if reduces or handler_for(node.op, node.domain).role == "filter":
                 self.pin_inputs(node, str(declined))
             return
         for target_node, target_index, target_axis in targets or [(node, index, axis)]:
