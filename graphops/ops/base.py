@@ -47,6 +47,13 @@ def number_attribute(node: onnx.NodeProto, name: str, default: float) -> float:
 ConstantShape = Callable[[str], tuple[int, ...] | None]
 """The shape of a constant (an initializer) by tensor name; None for a tensor computed at run time."""
 
+
+def constant_shapes(model: onnx.ModelProto) -> ConstantShape:
+    """``ConstantShape`` of ``model``'s initializers."""
+    shapes = {init.name: tuple(int(d) for d in init.dims) for init in model.graph.initializer}
+    return shapes.get
+
+
 # The roles of handlers whose ops are layers with weights (filters and fully connected layers).
 LAYER_ROLES = ("filter", "linear")
 
@@ -264,6 +271,16 @@ class OpHandler:
         """How ``node`` maps its data input by a constant weight (``LinearForm``), or why it cannot be
         refit as such a map (a handler of role "filter" or "linear" gives one or the other)."""
         return "not a linear layer"
+
+    def filter_count(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> int | None:
+        """Filters (output channels) an op of role "filter" makes with its constant weight; None for
+        other ops and for a weight computed at run time (the report's per-layer filter counts)."""
+        return None
+
+    def channels_apart(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> bool:
+        """Each output channel reads only its own input channels (a depthwise conv; attention's per-head
+        product of two activations), so removing channels cuts its MACs by the outputs' share alone."""
+        return False
 
     def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
         """Slice this node's constants and attributes; most ops need nothing."""

@@ -33,6 +33,17 @@ def _group(node: gs.Node) -> int:
     return int(node.attrs.get("group", 1))
 
 
+def _depthwise(groups: int, weight: tuple[int, ...]) -> bool:
+    """A Conv of weight [C_out, C_in / group, k...] whose every filter reads one input channel."""
+    return groups > 1 and weight[1] == 1
+
+
+def _transpose_depthwise(groups: int, weight: tuple[int, ...]) -> bool:
+    """A ConvTranspose of weight [C_in, C_out / group, k...] with one group per input channel, one
+    output channel each."""
+    return groups > 1 and weight[1] == 1 and weight[0] == groups
+
+
 def _input_layout(node: gs.Node, ctx: AnalysisContext, channels: int) -> Layout | None:
     """The input's channel layout, pinned and dropped unless it has ``channels`` positions on axis 1."""
     layout = ctx.layout(node.inputs[0])
@@ -79,7 +90,7 @@ class Conv(OpHandler):
             atoms = ctx.new_atoms(c_out, node.name)
             if layout is not None:
                 ctx.slice_const(node, 1, 1, layout.atoms, reduces=True)
-        elif c_in_per_group == 1:
+        elif _depthwise(groups, weight):
             # Depthwise (channel multiplier m = c_out / groups, usually 1): input channel c owns filters
             # c*m .. c*m+m-1, so they are removed with it (whole multiplier blocks; each block is one class).
             source = (
@@ -118,6 +129,14 @@ class Conv(OpHandler):
         if groups != 1:
             return f"grouped convolution (group {groups}): it loses inputs only with its outputs"
         return LinearForm(weight, outputs_first=True, kernel_rank=2, bias_input=2)
+
+    def filter_count(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> int | None:
+        weight = constant_shape(node.input[1]) if len(node.input) > 1 else None
+        return weight[0] if weight else None
+
+    def channels_apart(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> bool:
+        weight = constant_shape(node.input[1]) if len(node.input) > 1 else None
+        return weight is not None and len(weight) > 1 and _depthwise(attribute(node, "group", 1), weight)
 
     def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
         groups = _group(node)
@@ -192,7 +211,7 @@ class ConvTranspose(OpHandler):
             if layout is not None:
                 ctx.slice_const(node, 1, 0, layout.atoms, reduces=True)
             ctx.slice_const(node, 1, 1, atoms)
-        elif weight[1] == 1 and c_in == groups:
+        elif _transpose_depthwise(groups, weight):
             atoms = (
                 layout.atoms
                 if layout is not None
@@ -215,7 +234,7 @@ class ConvTranspose(OpHandler):
             raise UnsupportedPattern(f"{describe(node)} has {c_in} input channels for {groups} groups")
         if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].name:
             ctx.slice_const(node, 2, 0, atoms)
-        depthwise = groups > 1 and weight[1] == 1 and c_in == groups
+        depthwise = _transpose_depthwise(groups, weight)
         grouped = 1 if depthwise else groups
         ctx.state.producers.append(Producer(node.name, node.inputs[1].name, 0 if depthwise else 1, atoms, grouped))
         ctx.set_layout(out, Layout(1, atoms))
@@ -227,6 +246,14 @@ class ConvTranspose(OpHandler):
     def linear_form(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> LinearForm | str:
         # Each input pixel spreads over a window of outputs: no im2col of its input gives its rows.
         return "transposed convolution: its outputs are not windows of its input"
+
+    def filter_count(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> int | None:
+        weight = constant_shape(node.input[1]) if len(node.input) > 1 else None
+        return weight[1] * attribute(node, "group", 1) if weight else None
+
+    def channels_apart(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> bool:
+        weight = constant_shape(node.input[1]) if len(node.input) > 1 else None
+        return weight is not None and len(weight) > 1 and _transpose_depthwise(attribute(node, "group", 1), weight)
 
     def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
         if _was_depthwise(node, ctx, node.inputs[0]):

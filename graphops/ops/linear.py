@@ -109,6 +109,9 @@ class MatMul(OpHandler):
             return "MatMul with a batched weight"
         return LinearForm(weight, outputs_first=False)  # no bias input: exporters add it after
 
+    def channels_apart(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> bool:
+        return constant_shape(node.input[1]) is None  # two activations: attention's per-head product
+
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
         a, b = node.inputs[0], node.inputs[1]
         weight = ctx.const_shape(b)
