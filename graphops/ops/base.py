@@ -272,6 +272,15 @@ class OpHandler:
         refit as such a map (a handler of role "filter" or "linear" gives one or the other)."""
         return "not a linear layer"
 
+    def parameter_inputs(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> tuple[int, ...]:
+        """The inputs that are learnt weights when they are float constants (the round trip trains and
+        writes back those, and keeps every other constant as it is)."""
+        return ()
+
+    def statistics_inputs(self, node: onnx.NodeProto) -> tuple[int, ...]:
+        """The inputs that are running statistics (re-estimated from data, never trained)."""
+        return ()
+
     def filter_count(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> int | None:
         """Filters (output channels) an op of role "filter" makes with its constant weight; None for
         other ops and for a weight computed at run time (the report's per-layer filter counts)."""

@@ -134,6 +134,9 @@ class Conv(OpHandler):
         weight = constant_shape(node.input[1]) if len(node.input) > 1 else None
         return weight[0] if weight else None
 
+    def parameter_inputs(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> tuple[int, ...]:
+        return (1, 2)
+
     def channels_apart(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> bool:
         weight = constant_shape(node.input[1]) if len(node.input) > 1 else None
         return weight is not None and len(weight) > 1 and _depthwise(attribute(node, "group", 1), weight)
@@ -250,6 +253,9 @@ class ConvTranspose(OpHandler):
     def filter_count(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> int | None:
         weight = constant_shape(node.input[1]) if len(node.input) > 1 else None
         return weight[1] * attribute(node, "group", 1) if weight else None
+
+    def parameter_inputs(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> tuple[int, ...]:
+        return (1, 2)
 
     def channels_apart(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> bool:
         weight = constant_shape(node.input[1]) if len(node.input) > 1 else None

@@ -90,6 +90,9 @@ class Gemm(OpHandler):
             return "Gemm with transA or alpha/beta other than 1"
         return LinearForm(weight, outputs_first=bool(attribute(node, "transB", 0)), bias_input=2)
 
+    def parameter_inputs(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> tuple[int, ...]:
+        return (1, 2)
+
 
 @register("MatMul")
 class MatMul(OpHandler):
@@ -111,6 +114,9 @@ class MatMul(OpHandler):
 
     def channels_apart(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> bool:
         return constant_shape(node.input[1]) is None  # two activations: attention's per-head product
+
+    def parameter_inputs(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> tuple[int, ...]:
+        return (0, 1)  # a weight on either side
 
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
         a, b = node.inputs[0], node.inputs[1]
