@@ -196,8 +196,9 @@ def drifted_sequence_layers(dep: DependencyGraph, pruned: onnx.ModelProto) -> se
             continue
         drifted.update(node.output)
         form = linear_form(node, constants)
-        if isinstance(form, LinearForm) and not form.windowed and len(dep.shapes.get(node.input[0], ())) == 3:
-            found.add(node.name)
+        if isinstance(form, LinearForm) and not form.windowed:
+            if len(dep.shapes.get(node.input[form.data_input], ())) == 3:  # over a sequence of tokens
+                found.add(node.name)
     return found
 
 
