@@ -114,11 +114,14 @@ def quantized_constant_values(tensor: gs.Tensor | None) -> np.ndarray | None:
 
 def _grouped_filter(node: gs.Node, shape: tuple[int, ...]) -> bool:
     """A grouped (not depthwise) conv: surgery slices its weight per conv group, in float only."""
+    from onnxprune.graphops.ops import handler_for  # the handlers read quantized constants through this module
+
     groups = int(node.attrs.get("group", 1))
-    if node.op not in ("Conv", "ConvTranspose") or groups == 1 or len(shape) < 2:
+    handler = handler_for(node.op, node.domain)
+    if handler.role != "filter" or groups == 1 or len(shape) < 2:
         return False
-    depthwise = shape[1] == 1 and (node.op == "Conv" or shape[0] == groups)
-    return not depthwise
+    weight_reader = onnx.helper.make_node(node.op, ["data", "weight"], ["output"], group=groups)
+    return not handler.channels_apart(weight_reader, {"weight": shape}.get)
 
 
 def quantized_slice_targets(consumer: gs.Node, index: int, axis: int) -> list[tuple[gs.Node, int, int]]:

@@ -25,12 +25,11 @@ from onnx import TensorProto, numpy_helper
 from onnxprune.graphops.errors import ModelRejected
 from onnxprune.graphops.expansion import measure_expansion
 from onnxprune.graphops.ops import handler_for
-from onnxprune.graphops.ops.base import CONTRIB_DOMAIN
+from onnxprune.graphops.ops.base import CONTRIB_DOMAIN, LAYER_ROLES
 from onnxprune.graphops.versions import supported_ir_versions, supported_opsets
 
 ALLOWED_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
 CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
-CONV_OPS = frozenset({"Conv", "ConvTranspose"})
 NOTHING_TO_PRUNE = "model has no Conv, ConvTranspose, Gemm or MatMul to prune"
 # ONNX's Conv takes no bfloat16 before opset 22 and onnxruntime's CPU provider runs none: such a
 # model could be neither verified nor benchmarked. float16 runs, and is pruned as it is.
@@ -148,9 +147,7 @@ def validate_model(model: onnx.ModelProto, limits: ValidationLimits = Validation
     for function in model.functions:
         _check_generated_sizes(function, _constant_tensors(function), limits)
     bodies = [model.graph.node, *(function.node for function in model.functions)]  # inlined before pruning
-    if not any(
-        handler_for(node.op_type, node.domain).role in ("filter", "linear") for nodes in bodies for node in nodes
-    ):
+    if not any(handler_for(node.op_type, node.domain).role in LAYER_ROLES for nodes in bodies for node in nodes):
         raise ModelRejected(NOTHING_TO_PRUNE)
 
 
@@ -205,9 +202,12 @@ def _check_node(node: onnx.NodeProto, local: frozenset[tuple[str, str]] | set[tu
     if node.op_type in CONTROL_FLOW_OPS:
         for attr in node.attribute:
             for subgraph in _attribute_graphs(attr):
-                if any(inner.op_type in CONV_OPS for inner in _all_nodes(subgraph)):
+                inner = next(
+                    (n for n in _all_nodes(subgraph) if handler_for(n.op_type, n.domain).role == "filter"), None
+                )
+                if inner is not None:
                     raise ModelRejected(
-                        f"{node.op_type} node {_node_label(node)} has Conv inside its "
+                        f"{node.op_type} node {_node_label(node)} has {inner.op_type} inside its "
                         f"{attr.name!r} subgraph; control flow around prunable convs is not supported"
                     )
     for attr in node.attribute:

@@ -20,28 +20,48 @@ import numpy as np
 
 from onnxprune.graphops.dependency import DependencyGraph
 from onnxprune.graphops.dequantized import float_weight_reader
-from onnxprune.graphops.errors import ModelRejected
+from onnxprune.graphops.errors import DuplicateRegistration, ModelRejected
 from onnxprune.graphops.ops import handler_for
 
 Scores = dict[str, np.ndarray]
 Criterion = Callable[..., Scores]
 
 _CRITERIA: dict[str, Criterion] = {}
+_BUILT_IN: set[str] = set()  # registered in code (``register_criterion``), not loaded from an entry point
 # Criteria from other packages (data-driven ones that need torch) register under this entry-point
 # group and are imported only when used, so weight-norm jobs never load their dependencies.
 PLUGIN_GROUP = "onnxprune.criteria"
 
 
 def register_criterion(name: str) -> Callable[[Criterion], Criterion]:
+    """Function decorator: ``function`` is the criterion ``name``, which no other function is."""
+
     def decorate(function: Criterion) -> Criterion:
+        existing = _CRITERIA.get(name)
+        if existing is not None:
+            raise DuplicateRegistration(
+                f"criterion '{name}' is already {existing.__module__}.{existing.__qualname__}; "
+                f"{function.__module__}.{function.__qualname__} registers it too"
+            )
         _CRITERIA[name] = function
+        _BUILT_IN.add(name)
         return function
 
     return decorate
 
 
 def _plugins() -> dict[str, EntryPoint]:
-    return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
+    """The criteria entry points by name; one that names a registered criterion, or a name two
+    entry points claim, is refused (which one ran would depend on the installation)."""
+    plugins: dict[str, EntryPoint] = {}
+    for point in entry_points(group=PLUGIN_GROUP):
+        if point.name in _BUILT_IN or point.name in plugins:
+            raise DuplicateRegistration(
+                f"criterion '{point.name}' is registered twice: entry point '{point.name} = {point.value}' "
+                f"({PLUGIN_GROUP}) names a criterion that already exists"
+            )
+        plugins[point.name] = point
+    return plugins
 
 
 def available_criteria() -> set[str]:

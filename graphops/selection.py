@@ -18,6 +18,8 @@ import numpy as np
 from onnxprune.graphops.cost import measure_cost
 from onnxprune.graphops.dependency import ChannelGroup, DependencyGraph
 from onnxprune.graphops.errors import ModelRejected
+from onnxprune.graphops.ops import handler_for
+from onnxprune.graphops.ops.base import constant_shapes
 from onnxprune.graphops.plan import GroupPlan, PruningPlan
 
 Scores = Mapping[str, np.ndarray]
@@ -182,13 +184,13 @@ def select_by_ratio(
 
 class MacsModel:
     """MACs of a plan without running surgery: each Conv/Gemm's MACs scale with the kept fraction
-    of its input channels times that of its output channels (depthwise convs and MatMuls of two
-    activations, which compute each channel or head apart: output only)."""
+    of its input channels times that of its output channels (ops whose handler says they compute each
+    channel apart, ``channels_apart``: depthwise convs and MatMuls of two activations, output only)."""
 
     def __init__(self, dep: DependencyGraph, node_macs: Mapping[str, int]) -> None:
         self._dep = dep
         self.total = int(sum(node_macs.values()))
-        weights = {init.name: init for init in dep.model.graph.initializer}
+        constant_shape = constant_shapes(dep.model)
         self._terms = []
         for node in dep.model.graph.node:
             macs = node_macs.get(node.name, 0)
@@ -196,15 +198,9 @@ class MacsModel:
                 continue
             layout_in = dep.layouts.get(node.input[0])
             layout_out = dep.layouts.get(node.output[0])
-            depthwise = False
-            if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1 and node.input[1] in weights:
-                groups = next((a.i for a in node.attribute if a.name == "group"), 1)
-                shape = list(weights[node.input[1]].dims)
-                depthwise = groups > 1 and (shape[1] == 1 if node.op_type == "Conv" else shape[0] == groups)
-            atoms_in = None if layout_in is None or depthwise else layout_in.atoms
+            apart = handler_for(node.op_type, node.domain).channels_apart(node, constant_shape)
+            atoms_in = None if layout_in is None or apart else layout_in.atoms
             atoms_out = None if layout_out is None else layout_out.atoms
-            if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] not in weights:
-                atoms_in = None  # two activations (attention's per-head products): the heads in are the heads out
             self._terms.append((macs, atoms_in, atoms_out))
 
     def macs(self, plan: PruningPlan) -> int:

@@ -17,24 +17,10 @@ import torch
 from onnx import numpy_helper
 
 from onnxprune.graphops.errors import GraphOpsError, ModelRejected
-from onnxprune.graphops.ops.base import qualified_op
+from onnxprune.graphops.ops import handler_for
+from onnxprune.graphops.ops.base import constant_shapes
 from onnxprune.graphops.shapes import graph_inputs
 from onnxprune.roundtrip.ops import OpContext, op_for
-
-# Which inputs of an op (keyed as graphops.ops.base.qualified_op) are learnt weights (if they are
-# float initializers). EmbedLayerNormalization's tables stay constant, as a raw export's Gathers do.
-PARAMETER_SLOTS: dict[str, tuple[int, ...]] = {
-    "Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (0, 1),
-    "BatchNormalization": (1, 2), "InstanceNormalization": (1, 2), "LayerNormalization": (1, 2),
-    "PRelu": (1,), "Add": (0, 1), "Sub": (0, 1), "Mul": (0, 1),
-    "com.microsoft.Attention": (1, 2), "com.microsoft.MultiHeadAttention": (3,),
-    "com.microsoft.SkipLayerNormalization": (2, 3, 4), "com.microsoft.SkipSimplifiedLayerNormalization": (2, 3),
-    "com.microsoft.EmbedLayerNormalization": (5, 6), "com.microsoft.BiasGelu": (1,), "com.microsoft.FastGelu": (1,),
-}  # fmt: skip
-# Per-channel constants of elementwise ops are weights (a bias added after a transposed conv);
-# scalars (x * 0.5, x / 6 in a hard swish) are arithmetic and stay constant.
-_ELEMENTWISE = ("Add", "Sub", "Mul")
-STATISTICS_SLOTS = {"BatchNormalization": (3, 4)}
 
 
 class ExecutorError(GraphOpsError):
@@ -65,20 +51,18 @@ def toposort(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
 
 
 def _roles(model: onnx.ModelProto) -> tuple[set[str], set[str]]:
-    """(trainable initializer names, BatchNorm statistics names)."""
+    """(trainable initializer names, BatchNorm statistics names): the inputs each op's handler says
+    are learnt weights or running statistics, of initializers no op reads otherwise."""
     initializers = {init.name: init for init in model.graph.initializer}
+    constant_shape = constant_shapes(model)
     slots: dict[str, set[str]] = {}
     for node in model.graph.node:
+        handler = handler_for(node.op_type, node.domain)
+        parameters, running = handler.parameter_inputs(node, constant_shape), handler.statistics_inputs(node)
         for index, name in enumerate(node.input):
             if name not in initializers:
                 continue
-            role = "constant"
-            if index in PARAMETER_SLOTS.get(qualified_op(node.op_type, node.domain), ()):
-                role = "parameter"
-                if node.op_type in _ELEMENTWISE and int(np.prod(initializers[name].dims)) <= 1:
-                    role = "constant"
-            elif index in STATISTICS_SLOTS.get(node.op_type, ()):
-                role = "statistics"
+            role = "parameter" if index in parameters else "statistics" if index in running else "constant"
             slots.setdefault(name, set()).add(role)
     floats = {
         name

@@ -45,12 +45,14 @@ import onnx
 import torch
 
 from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.ops import handler_for
+from onnxprune.graphops.ops.base import LAYER_ROLES
+from onnxprune.graphops.ops.linear_form import LinearForm
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.surgery import _context
 from onnxprune.roundtrip.data import Dataset
 from onnxprune.roundtrip.executor import OnnxModule
 from onnxprune.roundtrip.objective import FeatureMatch
-from onnxprune.roundtrip.ops import attrs
 from onnxprune.roundtrip.ops.nn import _pad_spatial, _window
 
 # Linear layers counted back from a detector's output as its head (``head_layers``).
@@ -107,78 +109,70 @@ def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     return {init.name: init for init in model.graph.initializer}
 
 
-def _linear_weight(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]) -> str | None:
-    """Why ``node`` cannot be refit as a linear layer (None when it can)."""
-    a = attrs(node)
-    if node.op_type == "Conv":
-        weight = inits.get(node.input[1]) if len(node.input) > 1 else None
-        if weight is None or len(weight.dims) != 4:
-            return "not a 2-D convolution with a constant weight"
-        if a.integer("group", 1) != 1:
-            return f"grouped convolution (group {a.integer('group', 1)}): it loses inputs only with its outputs"
-        return None
-    if node.op_type == "Gemm":
-        if node.input[1] not in inits:
-            return "Gemm weight is not a constant"
-        if a.integer("transA", 0) or a.number("alpha", 1.0) != 1.0 or a.number("beta", 1.0) != 1.0:
-            return "Gemm with transA or alpha/beta other than 1"
-        return None
-    if node.op_type == "MatMul":
-        if node.input[1] not in inits or node.input[0] in inits:
-            return "MatMul whose weight is not the right-hand constant"
-        if len(inits[node.input[1]].dims) != 2:
-            return "MatMul with a batched weight"
-        return None
-    return "not a linear layer"
+def linear_form(node: onnx.NodeProto, constants: Mapping[str, onnx.TensorProto]) -> LinearForm | str:
+    """How ``node`` maps its input by a constant weight among ``constants``, as its op's handler says,
+    or why it cannot be refit as a linear layer."""
+
+    def constant_shape(name: str) -> tuple[int, ...] | None:
+        init = constants.get(name)
+        return None if init is None else tuple(int(d) for d in init.dims)
+
+    return handler_for(node.op_type, node.domain).linear_form(node, constant_shape)
 
 
-def _input_width(node: onnx.NodeProto, inits: Mapping[str, onnx.TensorProto]) -> int:
-    dims = [int(d) for d in inits[node.input[1]].dims]
-    if node.op_type == "Conv":
-        return dims[1]
-    if node.op_type == "Gemm":
-        return dims[1] if attrs(node).integer("transB", 0) else dims[0]
-    return dims[0]
+def _is_layer(node: onnx.NodeProto) -> bool:
+    """A filter or fully connected layer (its handler's role), refittable or not."""
+    return handler_for(node.op_type, node.domain).role in LAYER_ROLES
+
+
+def _windowed_layers(nodes: Sequence[onnx.NodeProto], model: onnx.ModelProto) -> set[str]:
+    """The names of ``nodes`` whose inputs are spatial windows (convolutions: im2col)."""
+    constants = _initializers(model)
+    forms = {node.name: linear_form(node, constants) for node in nodes}
+    return {name for name, form in forms.items() if isinstance(form, LinearForm) and form.windowed}
 
 
 def bias_after(node: onnx.NodeProto, model: onnx.ModelProto) -> str | None:
-    """The constant bias a MatMul's output is added to (MatMul -> Add(bias), as exporters write a
-    Linear), when that Add is its only consumer and the bias is one value per output column."""
-    if node.op_type != "MatMul":
+    """The constant bias of a layer whose op has no bias input (MatMul -> Add(bias), as exporters write
+    a Linear), when that Add is its only consumer and the bias is one value per output column."""
+    inits = _initializers(model)
+    form = linear_form(node, inits)
+    if not isinstance(form, LinearForm) or form.bias_input is not None:
         return None
     consumers = [n for n in model.graph.node if node.output[0] in n.input]
     outputs = {o.name for o in model.graph.output}
     if len(consumers) != 1 or consumers[0].op_type != "Add" or node.output[0] in outputs:
         return None
     (other,) = [name for name in consumers[0].input if name != node.output[0]] or [None]
-    inits = _initializers(model)
-    weight, bias = inits.get(node.input[1]), inits.get(other) if other else None
-    if weight is None or bias is None or len(weight.dims) != 2:
+    bias = inits.get(other) if other else None
+    if bias is None:
         return None
     dims = [int(d) for d in bias.dims]
-    return other if dims and dims[-1] == int(weight.dims[1]) and int(np.prod(dims)) == dims[-1] else None
+    return other if dims and dims[-1] == form.output_width and int(np.prod(dims)) == dims[-1] else None
 
 
 def layers_to_refit(
     original: onnx.ModelProto, pruned: onnx.ModelProto, also: Collection[str] = ()
 ) -> tuple[list[onnx.NodeProto], dict[str, str]]:
-    """Conv/Gemm/MatMul nodes of ``pruned`` whose input width shrank (they lost input channels), or
-    named in ``also`` (their input drifted), and whose output the original also has (the refit's
-    target), in graph order, and the affected nodes that cannot be refit with the reason."""
+    """Layers (filters and fully connected layers) of ``pruned`` whose input width shrank (they lost
+    input channels), or named in ``also`` (their input drifted), and whose output the original also
+    has (the refit's target), in graph order, and the affected layers that cannot be refit (a constant
+    of theirs changed shape, or they are named in ``also``) with the reason their handler gives."""
     before, after = _initializers(original), _initializers(pruned)
     original_tensors = {out for node in original.graph.node for out in node.output}
     nodes, skipped = [], {}
     for node in pruned.graph.node:
-        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
+        if not _is_layer(node):
             continue
-        old, new = before.get(node.input[1]), after.get(node.input[1])
+        constants = [name for name in node.input if name in before and name in after]
         wanted = node.name in also
-        if old is None or new is None or (list(old.dims) == list(new.dims) and not wanted):
+        if not constants or not (wanted or any(list(before[n].dims) != list(after[n].dims) for n in constants)):
             continue
-        reason = _linear_weight(node, after)
-        if reason is not None:
-            skipped[node.name] = reason
-        elif _input_width(node, before) == _input_width(node, after) and not wanted:
+        form = linear_form(node, after)
+        weight = before.get(node.input[form.weight_input]) if isinstance(form, LinearForm) else None
+        if isinstance(form, str):
+            skipped[node.name] = form
+        elif weight is None or (int(weight.dims[form.input_axis]) == form.input_width and not wanted):
             continue
         elif node.output[0] not in original_tensors:
             skipped[node.name] = "its output has no counterpart in the original model"
@@ -195,20 +189,21 @@ def drifted_sequence_layers(dep: DependencyGraph, pruned: onnx.ModelProto) -> se
     samples against 0.9811 refitting only the 22 projections that lost inputs, on 48."""
     refit, _ = layers_to_refit(dep.model, pruned)
     drifted = {node.output[0] for node in refit}
-    weights = {init.name for init in pruned.graph.initializer}
+    constants = _initializers(pruned)
     found: set[str] = set()
     for node in pruned.graph.node:  # graph order is topological
         if not drifted.intersection(node.input):
             continue
         drifted.update(node.output)
-        shape = dep.shapes.get(node.input[0], ())
-        if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in weights and len(shape) == 3:
-            found.add(node.name)
+        form = linear_form(node, constants)
+        if isinstance(form, LinearForm) and not form.windowed:
+            if len(dep.shapes.get(node.input[form.data_input], ())) == 3:  # over a sequence of tokens
+                found.add(node.name)
     return found
 
 
 def head_layers(model: onnx.ModelProto, output: str, depth: int = HEAD_DEPTH) -> set[str]:
-    """The Conv/Gemm/MatMul nodes within ``depth`` linear layers of graph output ``output``: a
+    """The layers (filters, fully connected) within ``depth`` layers of graph output ``output``: a
     detector's head, whose layers turn features into boxes and scores. Their inputs drift when the
     layers before them are pruned although they lose no channel, and the class scores are where the
     drift shows (a logit -2 sliding to -6 loses a detection at 0.1): with data, they are refit too."""
@@ -222,7 +217,7 @@ def head_layers(model: onnx.ModelProto, output: str, depth: int = HEAD_DEPTH) ->
         if node is None or (tensor, passed) in seen:
             continue
         seen.add((tensor, passed))
-        if node.op_type in ("Conv", "Gemm", "MatMul"):
+        if _is_layer(node):
             found.add(node.name)
             passed += 1
             if passed >= depth:
@@ -239,8 +234,8 @@ def score_layers(model: onnx.ModelProto, head: Collection[str], classes: int) ->
     inits = _initializers(model)
     found = set()
     for node in model.graph.node:
-        weight = inits.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
-        if node.name in head and weight is not None and int(weight.dims[0]) == classes:
+        form = linear_form(node, inits) if node.name in head else None
+        if isinstance(form, LinearForm) and form.windowed and form.output_width == classes:
             found.add(node.name)
     return found
 
@@ -292,7 +287,8 @@ def matched_features(
 def _sequence_size(dep: DependencyGraph, nodes: Sequence[onnx.NodeProto]) -> tuple[int, int] | None:
     """(tokens, bytes a token's targets take) of the sequence layers among ``nodes`` (None: none, or
     they do not share one sequence length)."""
-    shapes = [dep.shapes.get(node.output[0], ()) for node in nodes if node.op_type != "Conv"]
+    windowed = _windowed_layers(nodes, dep.model)
+    shapes = [dep.shapes.get(node.output[0], ()) for node in nodes if node.name not in windowed]
     sizes = [[d for d in shape if isinstance(d, int)] for shape in shapes if len(shape) == 3]
     sizes = [size for size in sizes if len(size) == 3]
     lengths = {size[1] for size in sizes}
@@ -468,48 +464,47 @@ class _Refit:
         self.bias_after = bias_after if bias_after in module.trainable_names else None
         self.targets = targets if kept_outputs is None else targets[:, torch.from_numpy(kept_outputs)]
         self.result: LayerFit | None = None
+        constants = set(module.initializer_names())
+        form = handler_for(node.op_type, node.domain).linear_form(
+            node, lambda name: tuple(module.tensor(name).shape) if name in constants else None
+        )
+        if isinstance(form, str):
+            raise ValueError(f"{node.op_type} '{node.name}' is refit, but its handler says: {form}")
+        self.form = form
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
-        if self.node.op_type == "Conv":
+        if self.form.windowed:
             if self.positions is None:
-                raise ValueError(f"Conv '{self.node.name}' is refit without output positions to sample")
-            kernel = list(self.module.tensor(self.node.input[1]).shape[2:])
-            return _conv_rows(self.node, x, kernel, self.positions)
+                raise ValueError(f"{self.node.op_type} '{self.node.name}' is refit without output positions to sample")
+            return _conv_rows(self.node, x, list(self.form.kernel), self.positions)
         if self.positions is not None and x.dim() == 3:  # a sequence fit on some of its tokens
             x = _tokens(x, self.positions)
         return x.reshape(-1, x.shape[-1])
 
     def _weights_as_matrix(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(W as [inputs, outputs], bias [outputs] or None) of the layer as it is now."""
-        weight = self.module.tensor(self.node.input[1]).detach()
-        bias_name = self.node.input[2] if len(self.node.input) > 2 and self.node.input[2] else None
+        weight = self.module.tensor(self.node.input[self.form.weight_input]).detach()
+        matrix = weight.reshape(weight.shape[0], -1).T if self.form.outputs_first else weight
+        slot = self.form.bias_input
+        bias_name = self.node.input[slot] if slot is not None and len(self.node.input) > slot else ""
         bias = None
-        if bias_name is not None and bias_name in self.module.trainable_names:
+        if bias_name and bias_name in self.module.trainable_names:
             bias = self.module.tensor(bias_name).detach()
-            if bias.numel() != (weight.shape[0] if self.node.op_type == "Conv" else self.targets.shape[1]):
+            if bias.numel() != matrix.shape[1]:
                 bias = None  # a broadcast scalar or row: left as it is
-        if self.node.op_type == "Conv":
-            return weight.reshape(weight.shape[0], -1).T, bias
-        if self.bias_after is not None:  # the MatMul's own output has no bias: its intercept starts at 0
-            return weight, torch.zeros(weight.shape[1], dtype=weight.dtype)
-        if self.node.op_type == "Gemm" and attrs(self.node).integer("transB", 0):
-            return weight.T, bias
-        return weight, bias
+        if self.bias_after is not None:  # the layer's own output has no bias: its intercept starts at 0
+            return matrix, torch.zeros(matrix.shape[1], dtype=weight.dtype)
+        return matrix, bias
 
     def _store(self, matrix: torch.Tensor, bias: torch.Tensor | None) -> None:
-        weight = self.module.tensor(self.node.input[1])
-        if self.node.op_type == "Conv":
-            value = matrix.T.reshape(weight.shape)
-        elif self.node.op_type == "Gemm" and attrs(self.node).integer("transB", 0):
-            value = matrix.T
-        else:
-            value = matrix
+        weight = self.module.tensor(self.node.input[self.form.weight_input])
+        value = matrix.T.reshape(weight.shape) if self.form.outputs_first else matrix
         weight.data.copy_(value.to(weight.dtype))
         if bias is not None and self.bias_after is not None:
             target = self.module.tensor(self.bias_after)
             target.data.add_(bias.reshape(target.shape).to(target.dtype))
-        elif bias is not None:
-            target = self.module.tensor(self.node.input[2])
+        elif bias is not None and self.form.bias_input is not None:
+            target = self.module.tensor(self.node.input[self.form.bias_input])
             target.data.copy_(bias.reshape(target.shape).to(target.dtype))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -571,11 +566,12 @@ def reconstruct(
     names = [node.output[0] for node in nodes]
     # Conv targets are whole outputs until the refit pass (YOLOv8n's for 48 photos at 320: about 1.3 GB):
     # models with convolutions to refit keep the rule of thumb.
-    convs = any(node.op_type == "Conv" for node in nodes)
+    windowed = _windowed_layers(nodes, pruned)
+    convs = bool(windowed)
     batch = calibration_batch(data, dep.model, samples, seed, at_least, widest_activation_bytes(dep), convs=convs)
     affordable = len(next(iter(batch.values())))
     tokens = token_positions(dep, nodes, affordable, seed)
-    sequence = {node.output[0] for node in nodes if node.op_type != "Conv"} if tokens is not None else set()
+    sequence = {node.output[0] for node in nodes if node.name not in windowed} if tokens is not None else set()
 
     def kept_rows(name: str, y: torch.Tensor, start: int) -> torch.Tensor:
         return _tokens(y, tokens, start) if tokens is not None and name in sequence and y.dim() == 3 else y
@@ -592,14 +588,14 @@ def reconstruct(
         hooks = {}
         for index, (node, y) in enumerate(zip(nodes, outputs)):
             positions, weights = None, None
-            confidence = maps.get(tuple(y.shape[2:])) if node.name in also and node.op_type == "Conv" else None
+            confidence = maps.get(tuple(y.shape[2:])) if node.name in also and node.name in windowed else None
             if confidence is not None:
                 positions = _scored_positions(confidence, count, seed + index)
                 weights = SCORE_FLOOR + torch.gather(confidence, 1, torch.from_numpy(positions))
-            elif node.op_type == "Conv":
+            elif node.name in windowed:
                 positions = _positions(count, int(np.prod(y.shape[2:])), seed + index)
             targets = _output_rows(y, positions)
-            if node.op_type != "Conv" and y.dim() > 2:  # MatMul over a sequence: rows are samples x tokens
+            if node.name not in windowed and y.dim() > 2:  # MatMul over a sequence: rows are samples x tokens
                 targets = y.reshape(-1, y.shape[-1])  # (the kept tokens' rows: ``kept_rows``)
                 positions = tokens if node.output[0] in sequence else None
             hooks[(node.name, 0)] = _Refit(

@@ -34,7 +34,9 @@ def consumer_taps(dep: DependencyGraph, group_ids: set[str]) -> list[Tap]:
         node = nodes.get(entry.node)
         if node is None:
             continue
-        data_index = 0 if node.op_type in ("Conv", "ConvTranspose") or entry.input_index != 0 else 1
+        # A reduction's constant is one operand of a product and the data the other (a MatMul by a
+        # left-hand weight reads its data at input 1); its op's handler recorded which input it sliced.
+        data_index = 0 if entry.input_index != 0 else 1
         if (node.name, data_index) in taps or data_index >= len(node.input):
             continue
         layout = dep.layouts.get(node.input[data_index])

@@ -9,6 +9,8 @@ import onnx
 from onnxprune.graphops.cost import ModelCost, measure_cost
 from onnxprune.graphops.dependency import DependencyGraph
 from onnxprune.graphops.kinds import KINDS, KindLimits
+from onnxprune.graphops.ops import handler_for
+from onnxprune.graphops.ops.base import constant_shapes
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.selection import grid_counts
 from onnxprune.graphops.shares import macs_shares
@@ -245,14 +247,13 @@ def kind_reports(groups: list[GroupReport], limits: KindLimits) -> list[KindRepo
 
 
 def filter_counts(model: onnx.ModelProto) -> dict[str, int]:
-    """Filters (output channels) of every Conv and ConvTranspose with constant weights, by node name."""
-    weights = {init.name: list(init.dims) for init in model.graph.initializer}
+    """Filters (output channels) of every filter op (Conv, ConvTranspose) with constant weights, by node name."""
+    constant_shape = constant_shapes(model)
     counts = {}
     for node in model.graph.node:
-        dims = weights.get(node.input[1]) if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1 else None
-        if dims:
-            group = next((a.i for a in node.attribute if a.name == "group"), 1)
-            counts[node.name] = dims[0] if node.op_type == "Conv" else dims[1] * group
+        count = handler_for(node.op_type, node.domain).filter_count(node, constant_shape)
+        if count is not None:
+            counts[node.name] = count
     return counts
 
 

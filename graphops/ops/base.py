@@ -3,8 +3,9 @@
 A handler knows one kind of op: how channels flow through it (``propagate``, during analysis),
 how to slice its constants once channels are removed (``apply``, during surgery), for ops that
 sum over input channels how to zero removed channels in place (``mask``, the oracle), and its
-multiply-accumulates (``macs``, for ``graphops.cost``). It declines a pattern it does not support
-by raising ``UnsupportedPattern``; anything else it raises is a bug (``graphops.dependency``).
+multiply-accumulates (``macs``, for ``graphops.cost``), and for a layer with a constant weight how
+it maps its input (``linear_form``, for layer-wise reconstruction). It declines a pattern it does not
+support by raising ``UnsupportedPattern``; anything else it raises is a bug (``graphops.dependency``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from onnxprune.graphops.dequantized import (
 )
 from onnxprune.graphops.errors import AnalysisBug, DuplicateRegistration, GraphOpsError, UnsupportedPattern
 from onnxprune.graphops.layout import ConstSlice, Layout, TrackerState
+from onnxprune.graphops.ops.linear_form import LinearForm
 from onnxprune.graphops.shapes import Shape
 
 
@@ -35,6 +37,25 @@ def describe(node: gs.Node) -> str:
 
 def attribute(node: onnx.NodeProto, name: str, default: int) -> int:
     return next((int(attr.i) for attr in node.attribute if attr.name == name), default)
+
+
+def number_attribute(node: onnx.NodeProto, name: str, default: float) -> float:
+    """A float (or int) attribute of ``node``, ``default`` when absent."""
+    return next((float(onnx.helper.get_attribute_value(attr)) for attr in node.attribute if attr.name == name), default)
+
+
+ConstantShape = Callable[[str], tuple[int, ...] | None]
+"""The shape of a constant (an initializer) by tensor name; None for a tensor computed at run time."""
+
+
+def constant_shapes(model: onnx.ModelProto) -> ConstantShape:
+    """``ConstantShape`` of ``model``'s initializers."""
+    shapes = {init.name: tuple(int(d) for d in init.dims) for init in model.graph.initializer}
+    return shapes.get
+
+
+# The roles of handlers whose ops are layers with weights (filters and fully connected layers).
+LAYER_ROLES = ("filter", "linear")
 
 
 def prod(dims: tuple[int, ...]) -> int:
@@ -138,7 +159,7 @@ class AnalysisContext:
             targets = quantized_slice_targets(node, index, axis)
         except DeclinedSlice as declined:
             self.state.pin(atoms, str(declined))
-            if reduces or node.op in ("Conv", "ConvTranspose"):
+            if reduces or handler_for(node.op, node.domain).role == "filter":
                 self.pin_inputs(node, str(declined))
             return
         for target_node, target_index, target_axis in targets or [(node, index, axis)]:
@@ -245,6 +266,30 @@ class OpHandler:
         """Multiply-accumulates of one run of ``node``, given the static shape of any of its
         tensors (``graphops.cost``); 0 for ops that do not sum products."""
         return 0
+
+    def linear_form(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> LinearForm | str:
+        """How ``node`` maps its data input by a constant weight (``LinearForm``), or why it cannot be
+        refit as such a map (a handler of role "filter" or "linear" gives one or the other)."""
+        return "not a linear layer"
+
+    def parameter_inputs(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> tuple[int, ...]:
+        """The inputs that are learnt weights when they are float constants (the round trip trains and
+        writes back those, and keeps every other constant as it is)."""
+        return ()
+
+    def statistics_inputs(self, node: onnx.NodeProto) -> tuple[int, ...]:
+        """The inputs that are running statistics (re-estimated from data, never trained)."""
+        return ()
+
+    def filter_count(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> int | None:
+        """Filters (output channels) an op of role "filter" makes with its constant weight; None for
+        other ops and for a weight computed at run time (the report's per-layer filter counts)."""
+        return None
+
+    def channels_apart(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> bool:
+        """Each output channel reads only its own input channels (a depthwise conv; attention's per-head
+        product of two activations), so removing channels cuts its MACs by the outputs' share alone."""
+        return False
 
     def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
         """Slice this node's constants and attributes; most ops need nothing."""

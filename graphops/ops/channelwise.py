@@ -14,7 +14,14 @@ import onnx_graphsurgeon as gs
 
 from onnxprune.graphops.errors import UnsupportedPattern
 from onnxprune.graphops.layout import Layout
-from onnxprune.graphops.ops.base import AnalysisContext, OpHandler, describe, normalize_axis, register
+from onnxprune.graphops.ops.base import (
+    AnalysisContext,
+    ConstantShape,
+    OpHandler,
+    describe,
+    normalize_axis,
+    register,
+)
 from onnxprune.graphops.ops.structure import follow_shape_entry
 from onnxprune.graphops.shapes import Shape
 
@@ -40,6 +47,12 @@ class PerChannelNorm(OpHandler):
                 raise UnsupportedPattern(f"{describe(node)} has parameter '{tensor.name}' computed at run time")
             ctx.slice_const(node, index, 0, layout.atoms)
         ctx.set_layout(node.outputs[0], layout)
+
+    def parameter_inputs(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> tuple[int, ...]:
+        return (1, 2)  # scale, bias
+
+    def statistics_inputs(self, node: onnx.NodeProto) -> tuple[int, ...]:
+        return (3, 4) if node.op_type == "BatchNormalization" else ()  # running mean, variance
 
 
 @register("LayerNormalization", "LpNormalization", "Softmax", "LogSoftmax", "Hardmax")
@@ -68,6 +81,9 @@ class AxisNorm(OpHandler):
     def output_shapes(self, node: onnx.NodeProto, shape: Callable[[str], Shape | None]) -> list[Shape | None]:
         """onnx infers none for LayerNormalization below opset 17 (onnxruntime runs it there)."""
         return [shape(node.input[0])] if node.input else []
+
+    def parameter_inputs(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> tuple[int, ...]:
+        return (1, 2) if node.op_type == "LayerNormalization" else ()  # scale, bias
 
 
 POOL_OPS = (

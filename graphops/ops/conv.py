@@ -16,11 +16,32 @@ import onnx_graphsurgeon as gs
 
 from onnxprune.graphops.errors import AnalysisBug, UnsupportedPattern
 from onnxprune.graphops.layout import Layout, Producer
-from onnxprune.graphops.ops.base import AnalysisContext, OpHandler, SurgeryContext, describe, prod, register
+from onnxprune.graphops.ops.base import (
+    AnalysisContext,
+    ConstantShape,
+    OpHandler,
+    SurgeryContext,
+    attribute,
+    describe,
+    prod,
+    register,
+)
+from onnxprune.graphops.ops.linear_form import LinearForm
 
 
 def _group(node: gs.Node) -> int:
     return int(node.attrs.get("group", 1))
+
+
+def _depthwise(groups: int, weight: tuple[int, ...]) -> bool:
+    """A Conv of weight [C_out, C_in / group, k...] whose every filter reads one input channel."""
+    return groups > 1 and weight[1] == 1
+
+
+def _transpose_depthwise(groups: int, weight: tuple[int, ...]) -> bool:
+    """A ConvTranspose of weight [C_in, C_out / group, k...] with one group per input channel, one
+    output channel each."""
+    return groups > 1 and weight[1] == 1 and weight[0] == groups
 
 
 def _input_layout(node: gs.Node, ctx: AnalysisContext, channels: int) -> Layout | None:
@@ -69,7 +90,7 @@ class Conv(OpHandler):
             atoms = ctx.new_atoms(c_out, node.name)
             if layout is not None:
                 ctx.slice_const(node, 1, 1, layout.atoms, reduces=True)
-        elif c_in_per_group == 1:
+        elif _depthwise(groups, weight):
             # Depthwise (channel multiplier m = c_out / groups, usually 1): input channel c owns filters
             # c*m .. c*m+m-1, so they are removed with it (whole multiplier blocks; each block is one class).
             source = (
@@ -99,6 +120,26 @@ class Conv(OpHandler):
     def macs(self, node: onnx.NodeProto, shape: Callable[[str], tuple[int, ...]]) -> int:
         # out: N, C_out, spatial...; weight: C_out, C_in / group, kernel...
         return prod(shape(node.output[0])) * prod(shape(node.input[1])[1:])
+
+    def linear_form(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> LinearForm | str:
+        weight = constant_shape(node.input[1]) if len(node.input) > 1 else None
+        if weight is None or len(weight) != 4:
+            return "not a 2-D convolution with a constant weight"
+        groups = attribute(node, "group", 1)
+        if groups != 1:
+            return f"grouped convolution (group {groups}): it loses inputs only with its outputs"
+        return LinearForm(weight, outputs_first=True, kernel_rank=2, bias_input=2)
+
+    def filter_count(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> int | None:
+        weight = constant_shape(node.input[1]) if len(node.input) > 1 else None
+        return weight[0] if weight else None
+
+    def parameter_inputs(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> tuple[int, ...]:
+        return (1, 2)
+
+    def channels_apart(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> bool:
+        weight = constant_shape(node.input[1]) if len(node.input) > 1 else None
+        return weight is not None and len(weight) > 1 and _depthwise(attribute(node, "group", 1), weight)
 
     def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
         groups = _group(node)
@@ -173,7 +214,7 @@ class ConvTranspose(OpHandler):
             if layout is not None:
                 ctx.slice_const(node, 1, 0, layout.atoms, reduces=True)
             ctx.slice_const(node, 1, 1, atoms)
-        elif weight[1] == 1 and c_in == groups:
+        elif _transpose_depthwise(groups, weight):
             atoms = (
                 layout.atoms
                 if layout is not None
@@ -196,7 +237,7 @@ class ConvTranspose(OpHandler):
             raise UnsupportedPattern(f"{describe(node)} has {c_in} input channels for {groups} groups")
         if len(node.inputs) > 2 and node.inputs[2] is not None and node.inputs[2].name:
             ctx.slice_const(node, 2, 0, atoms)
-        depthwise = groups > 1 and weight[1] == 1 and c_in == groups
+        depthwise = _transpose_depthwise(groups, weight)
         grouped = 1 if depthwise else groups
         ctx.state.producers.append(Producer(node.name, node.inputs[1].name, 0 if depthwise else 1, atoms, grouped))
         ctx.set_layout(out, Layout(1, atoms))
@@ -204,6 +245,21 @@ class ConvTranspose(OpHandler):
     def macs(self, node: onnx.NodeProto, shape: Callable[[str], tuple[int, ...]]) -> int:
         # data: N, C_in, spatial...; weight: C_in, C_out / group, kernel...
         return prod(shape(node.input[0])) * prod(shape(node.input[1])[1:])
+
+    def linear_form(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> LinearForm | str:
+        # Each input pixel spreads over a window of outputs: no im2col of its input gives its rows.
+        return "transposed convolution: its outputs are not windows of its input"
+
+    def filter_count(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> int | None:
+        weight = constant_shape(node.input[1]) if len(node.input) > 1 else None
+        return weight[1] * attribute(node, "group", 1) if weight else None
+
+    def parameter_inputs(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> tuple[int, ...]:
+        return (1, 2)
+
+    def channels_apart(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> bool:
+        weight = constant_shape(node.input[1]) if len(node.input) > 1 else None
+        return weight is not None and len(weight) > 1 and _transpose_depthwise(attribute(node, "group", 1), weight)
 
     def apply(self, node: gs.Node, ctx: SurgeryContext) -> None:
         if _was_depthwise(node, ctx, node.inputs[0]):

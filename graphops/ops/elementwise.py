@@ -7,11 +7,14 @@ that varies along the channel axis (a bias, a PRelu slope) is sliced with the ch
 
 from __future__ import annotations
 
+import math
+
+import onnx
 import onnx_graphsurgeon as gs
 
 from onnxprune.graphops.errors import UnsupportedPattern
 from onnxprune.graphops.layout import Layout
-from onnxprune.graphops.ops.base import AnalysisContext, OpHandler, describe, register
+from onnxprune.graphops.ops.base import AnalysisContext, ConstantShape, OpHandler, describe, register
 
 UNARY_OPS = (
     "Relu",
@@ -143,3 +146,13 @@ class Broadcast(OpHandler):
         ):
             return  # a single channel broadcast to many: nothing downstream follows it
         ctx.set_layout(out, Layout(axis, reference.atoms, unit_axis))
+
+    def parameter_inputs(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> tuple[int, ...]:
+        if node.op_type == "PRelu":
+            return (1,)  # the slope
+        if node.op_type not in ("Add", "Sub", "Mul"):
+            return ()
+        # A per-channel constant is a weight (a bias added after a transposed conv); a scalar (x * 0.5,
+        # x / 6 in a hard swish) is arithmetic and stays constant.
+        shapes = [constant_shape(name) for name in node.input[:2]]
+        return tuple(index for index, shape in enumerate(shapes) if shape is not None and math.prod(shape) > 1)

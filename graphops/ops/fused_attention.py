@@ -26,6 +26,7 @@ from onnxprune.graphops.layout import Layout, Producer
 from onnxprune.graphops.ops.base import (
     CONTRIB_DOMAIN,
     AnalysisContext,
+    ConstantShape,
     OpHandler,
     SurgeryContext,
     attribute,
@@ -188,6 +189,13 @@ class PackedAttention(OpHandler):
         packed = shape(node.input[1])[1]
         return batch * sequence * features * packed + 2 * batch * sequence * sequence * (packed // 3)
 
+    def parameter_inputs(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> tuple[int, ...]:
+        return (1, 2)  # the packed weight and bias
+
+    def linear_form(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> str:
+        # Its output is attention over the projections, not the projections themselves.
+        return "fused attention: its packed Q, K, V projection is not its output"
+
     def output_shapes(self, node: onnx.NodeProto, shape: Callable[[str], Shape | None]) -> list[Shape | None]:
         data, weight = shape(node.input[0]), shape(node.input[1])
         if data is None or weight is None or len(data) != 3 or not isinstance(weight[-1], int):
@@ -201,6 +209,9 @@ class MultiHeadAttention(OpHandler):
 
     _ALLOWED = {"num_heads", "mask_filter_value", "scale", "unidirectional"}
     _EXTRA_INPUTS = {5: "a per-head attention bias", 6: "a past key", 7: "a past value", 8: "a past sequence length"}
+
+    def parameter_inputs(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> tuple[int, ...]:
+        return (3,)  # the bias [Q | K | V]
 
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
         heads = int(node.attrs.get("num_heads", 0))

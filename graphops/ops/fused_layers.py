@@ -15,7 +15,14 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxprune.graphops.errors import UnsupportedPattern
-from onnxprune.graphops.ops.base import CONTRIB_DOMAIN, AnalysisContext, OpHandler, describe, register
+from onnxprune.graphops.ops.base import (
+    CONTRIB_DOMAIN,
+    AnalysisContext,
+    ConstantShape,
+    OpHandler,
+    describe,
+    register,
+)
 from onnxprune.graphops.shapes import Shape
 
 
@@ -35,6 +42,10 @@ class SkipLayerNormalization(OpHandler):
         stats = None if data is None else (*data[:-1], 1)
         return [data, stats, stats, data]
 
+    def parameter_inputs(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> tuple[int, ...]:
+        # gamma, beta, bias; the simplified form has no beta
+        return (2, 3, 4) if node.op_type == "SkipLayerNormalization" else (2, 3)
+
 
 @register(f"{CONTRIB_DOMAIN}.EmbedLayerNormalization")
 class EmbedLayerNormalization(OpHandler):
@@ -49,6 +60,9 @@ class EmbedLayerNormalization(OpHandler):
             return []
         hidden = (ids[0], ids[1], words[1])
         return [hidden, (ids[0],), hidden]
+
+    def parameter_inputs(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> tuple[int, ...]:
+        return (5, 6)  # gamma, beta; the embedding tables stay constant, as a raw export's Gathers do
 
 
 @register(
@@ -75,3 +89,6 @@ class BiasGelu(OpHandler):
 
     def output_shapes(self, node: onnx.NodeProto, shape: Callable[[str], Shape | None]) -> list[Shape | None]:
         return [_same_as_input(node, shape)]
+
+    def parameter_inputs(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> tuple[int, ...]:
+        return (1,)  # the bias (Gelu and QuickGelu take none)

@@ -17,7 +17,17 @@ import onnx_graphsurgeon as gs
 from onnxprune.graphops.errors import UnsupportedPattern
 from onnxprune.graphops.layout import Layout, Producer
 from onnxprune.graphops.ops.attention import propagate_per_head_matmul
-from onnxprune.graphops.ops.base import AnalysisContext, OpHandler, attribute, describe, prod, register
+from onnxprune.graphops.ops.base import (
+    AnalysisContext,
+    ConstantShape,
+    OpHandler,
+    attribute,
+    describe,
+    number_attribute,
+    prod,
+    register,
+)
+from onnxprune.graphops.ops.linear_form import LinearForm
 
 
 def _feature_layout(node: gs.Node, ctx: AnalysisContext, tensor: gs.Tensor) -> Layout | None:
@@ -68,6 +78,21 @@ class Gemm(OpHandler):
         b = shape(node.input[1])
         return prod(shape(node.output[0])) * (b[1] if attribute(node, "transB", 0) else b[0])
 
+    def linear_form(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> LinearForm | str:
+        weight = constant_shape(node.input[1])
+        if weight is None:
+            return "Gemm weight is not a constant"
+        if (
+            attribute(node, "transA", 0)
+            or number_attribute(node, "alpha", 1.0) != 1.0
+            or number_attribute(node, "beta", 1.0) != 1.0
+        ):
+            return "Gemm with transA or alpha/beta other than 1"
+        return LinearForm(weight, outputs_first=bool(attribute(node, "transB", 0)), bias_input=2)
+
+    def parameter_inputs(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> tuple[int, ...]:
+        return (1, 2)
+
 
 @register("MatMul")
 class MatMul(OpHandler):
@@ -78,6 +103,20 @@ class MatMul(OpHandler):
     def macs(self, node: onnx.NodeProto, shape: Callable[[str], tuple[int, ...]]) -> int:
         b = shape(node.input[1])
         return prod(shape(node.output[0])) * (b[-2] if len(b) >= 2 else b[0])
+
+    def linear_form(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> LinearForm | str:
+        weight = constant_shape(node.input[1])
+        if weight is None or constant_shape(node.input[0]) is not None:
+            return "MatMul whose weight is not the right-hand constant"
+        if len(weight) != 2:
+            return "MatMul with a batched weight"
+        return LinearForm(weight, outputs_first=False)  # no bias input: exporters add it after
+
+    def channels_apart(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> bool:
+        return constant_shape(node.input[1]) is None  # two activations: attention's per-head product
+
+    def parameter_inputs(self, node: onnx.NodeProto, constant_shape: ConstantShape) -> tuple[int, ...]:
+        return (0, 1)  # a weight on either side
 
     def propagate(self, node: gs.Node, ctx: AnalysisContext) -> None:
         a, b = node.inputs[0], node.inputs[1]
