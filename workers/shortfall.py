@@ -8,9 +8,10 @@ from onnxprune.workers.options import MacsTarget, PruneOptions, RatioTarget
 from onnxprune.workers.report import BeforeAfter, FrozenReport, GroupReport
 
 # Less than this share of what was asked counts as "far less"; a MACs cut over this many times it
-# (and 10 points more) as "far more".
+# (and 10 points more) as "far more": BlazeFace's one group on the grid of 16 took -57.7% for
+# --flops-target 0.3 silently under 2x.
 FAR_LESS = 0.5
-FAR_MORE = 2.0
+FAR_MORE = 1.5
 
 
 def shortfall_notes(

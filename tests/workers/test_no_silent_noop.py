@@ -9,6 +9,8 @@ import pytest
 
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.pipeline import run_pipeline
+from onnxprune.workers.report import BeforeAfter
+from onnxprune.workers.shortfall import shortfall_notes
 from tests.support import zoo
 
 # Pipeline stages run in this process, as in a job's sandbox (tests/support/job_sandbox.py).
@@ -67,6 +69,17 @@ def test_a_macs_target_the_grid_overshoots_says_so(small):
     assert report.macs.reduction > 0.15
     notes = [w for w in report.warnings if w.startswith("--flops-target 0.05 removed ")]
     assert len(notes) == 1 and "far more than asked" in notes[0] and "--round-to 1" in notes[0]
+
+
+@pytest.mark.parametrize(("target", "after", "warned"), [(0.3, 423, True), (0.3, 560, False), (0.05, 880, False)])
+def test_a_macs_cut_past_one_and_a_half_times_the_target_and_ten_points_says_so(target, after, warned):
+    """-57.7% for --flops-target 0.3 (BlazeFace's one group on the grid of 16) is far more than asked;
+    -44% is not (under 1.5x), nor -12% for 0.05 (2.4x, but under 10 points more)."""
+    options = PruneOptions(flops_target=target, round_to=16)
+
+    notes = shortfall_notes(options, [], [], BeforeAfter(before=1000, after=after), 16, "16", plan_given=False)
+
+    assert bool(notes and "far more than asked" in notes[0]) is warned
 
 
 def test_exact_counts_prune_the_same_ratio_without_a_warning(small):
