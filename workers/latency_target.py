@@ -113,7 +113,8 @@ def select_for_latency(
             asks.append((asked, achieved <= target))
             if achieved <= target and not overshot(achieved, target):
                 break
-            asked = bracketed(next_ask(asked, predicted, achieved, target), asks)
+            same_tier = [a for a, h in zip(asks, held) if h == held[-1]]  # asks of other tiers chose other kinds
+            asked = bracketed(next_ask(asked, predicted, achieved, target), same_tier)
     if not tried:
         raise ValueError("latency_iterations must be at least 1")
     best = chosen_pass([t[0] for t in tried], target)

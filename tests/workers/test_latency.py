@@ -422,13 +422,16 @@ def test_heads_are_timed_and_fitted_by_head_count():
     assert all(table.saving(g.id, 2) > 0.0 for g in heads)
 
 
-@pytest.mark.parametrize(("neurons_floor_ratio", "heads_cut"), [(0.6, False), (0.9, True)])
+@pytest.mark.parametrize(
+    ("neurons_floor_ratio", "heads_ratio", "heads_cut"), [(0.6, 0.65, False), (0.9, 0.65, True), (0.9, 0.2, True)]
+)
 def test_heads_are_cut_only_once_neurons_at_their_floor_are_measured_to_miss(
-    tmp_path, monkeypatch, neurons_floor_ratio, heads_cut
+    tmp_path, monkeypatch, neurons_floor_ratio, heads_ratio, heads_cut
 ):
     """BERT-style block, target 0.7, a table that prices heads as the cheapest time. Neurons come
     first: when their plans meet the target, heads stay whole and the report says why; when neurons
-    as deep as they go miss it, the next pass cuts heads too, and the report says what was measured."""
+    as deep as they go miss it, the next pass cuts heads too, and the report says what was measured.
+    A heads pass that overshoots is followed by one that asks for less, whatever the neurons' ask."""
     from types import SimpleNamespace
 
     from onnxprune.workers import latency_target
@@ -451,7 +454,7 @@ def test_heads_are_cut_only_once_neurons_at_their_floor_are_measured_to_miss(
     monkeypatch.setattr(latency_target, "measure_latency_table", lambda *args, **kwargs: table)
 
     def timed(original, candidate, *args, **kwargs):
-        ratio = 0.65 if cut_heads(candidate) else neurons_floor_ratio
+        ratio = heads_ratio if cut_heads(candidate) else neurons_floor_ratio
         return SimpleNamespace(latency=SimpleNamespace(change=compare_timings([10.0] * 5, [10.0 * ratio] * 5)))
 
     def cut_heads(candidate) -> bool:  # a query projection narrower than the hidden size
@@ -470,6 +473,10 @@ def test_heads_are_cut_only_once_neurons_at_their_floor_are_measured_to_miss(
     if heads_cut:
         assert "head" in kinds and choice.report.held_whole == "" and choice.report.met
         assert note.startswith("latency_target cut attention heads too") and "measured 0.900x" in note
+        if heads_ratio < 0.5:  # overshot: the next pass asks above the overshooting ask, not below the neurons'
+            first_heads = next(i for i, it in enumerate(choice.report.iterations) if not it.held_whole)
+            later = choice.report.iterations[first_heads + 1 :]
+            assert later and later[0].asked > choice.report.iterations[first_heads].asked
     else:
         assert kinds == {"neuron"} and choice.report.held_whole == "attention heads"
         assert note.startswith("latency_target left attention heads whole")
