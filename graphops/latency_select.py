@@ -124,10 +124,11 @@ def select_by_latency(
 
 # Kinds a latency target cuts in turn: attention heads only once the other kinds, cut to their floors,
 # were measured to miss the target. With heads priced beside MLP neurons (importance per channel), the
-# knapsack cut MiniLM-L3's heads to their floor at --latency-target 0.7 and lost 4 STS points more than
-# neurons alone at the same measured latency (benchmarks/results/latency_heads.md): a head's score
-# (l1 or taylor) does not say what losing it costs against a neuron's, and a table timed on a busy
-# machine over-prices the MLP (its neuron points within the noise).
+# knapsack kept 6 to 16 of MiniLM-L3's 36 heads at --latency-target 0.7 and lost 4 STS points with data
+# (0.8 without) against neurons alone at about the same measured latency
+# (benchmarks/results/latency_heads.md): a head's score (l1 or taylor) does not say what losing it costs
+# against a neuron's, and a table timed on a busy machine under-predicts what the MLP saves (its neuron
+# points within the noise), so heads look like the cheaper time.
 KIND_TIERS: tuple[frozenset[GroupKind], ...] = (frozenset({"filter", "neuron"}), frozenset({"head"}))
 
 
