@@ -7,18 +7,26 @@ group offers counts on its step grid; a count's cost is the importance of the ch
 the milliseconds the latency model says it saves. The greedy solver repeatedly takes the move
 (one group, from its current count to any lower one) with the least importance per millisecond
 gained, so plateaus of the staircase (a step that saves nothing) are jumped, not taken.
+
+Importance is counted per channel (:func:`unit_costs`): a unit wider than one channel (an attention
+head of head_dim channels) costs its normalised score times its width. Scores are normalised per
+group to a mean of one per unit, so without the width one head of 32 channels, which saves about the
+time of 64 MLP neurons, would cost what one neuron costs, and the knapsack cut every layer to its
+floor of heads first (MiniLM-L3 at --latency-target 0.7: 2 of 12 heads a layer, output cosine 0.40 to
+0.43 against 0.68 with heads left whole; benchmarks/results/transformer_widths_summary.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.kinds import KIND_WORDS, GroupKind
 from onnxprune.graphops.plan import PruningPlan
-from onnxprune.graphops.selection import Scores, _candidates, _plan, choose_kept, normalised_scores
+from onnxprune.graphops.selection import Scores, _candidates, _plan, choose_kept, group_step, normalised_scores
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,12 @@ def allocate(options: Iterable[GroupOptions], goal_ms: float) -> dict[str, int]:
     return {o.group: o.counts[position[o.group]] for o in options if position[o.group] > 0}
 
 
+def unit_costs(normalised: np.ndarray, unit: int) -> np.ndarray:
+    """Importance of each unit in one currency for every unit size: its group-normalised score
+    (a unit's score is the mean over its channels, ``graphops.scoring``) times its channels."""
+    return np.asarray(normalised, dtype=np.float64) * max(unit, 1)
+
+
 def group_options(
     dep: DependencyGraph,
     scores: Scores,
@@ -66,19 +80,22 @@ def group_options(
     exclude: Iterable[str] = (),
     min_keep_fraction: float = 0.125,
 ) -> list[GroupOptions]:
-    """Every prunable, not excluded group's counts on the ``step`` grid (down to ``min_keep_fraction``
-    of the group, never below its pinned channels), with the importance and time each removes."""
+    """Every prunable, not excluded group's counts on its grid (``step`` channels in units of the
+    group, ``selection.group_step``: any head count for heads of 16-channel multiples), down to
+    ``min_keep_fraction`` of the group, never below its pinned units or its kind limit, with the
+    importance (:func:`unit_costs`) and time each removes."""
     result = []
     for index in _candidates(dep, scores, exclude):
         group = dep.groups[index]
-        normalised = normalised_scores(scores[group.id])
+        normalised = unit_costs(normalised_scores(scores[group.id]), group.unit)
         removable = np.sort([normalised[c] for c in range(group.channels) if c not in group.pinned])
         floor = max(len(group.pinned), group.min_keep, int(np.ceil(group.channels * min_keep_fraction)))
         counts = [group.channels]
-        count = (group.channels - 1) // step * step  # the largest multiple of step below the group's width
+        units = group_step(group, step)
+        count = (group.channels - 1) // units * units  # the largest multiple of the step below the group's width
         while count >= floor and count > 0:
             counts.append(count)
-            count -= step
+            count -= units
         if len(counts) < 2:
             continue
         cumulative = np.concatenate([[0.0], np.cumsum(removable)])
@@ -103,6 +120,44 @@ def select_by_latency(
     index_of = {g.id: i for i, g in enumerate(dep.groups)}
     keeps = {index_of[gid]: choose_kept(dep, index_of[gid], scores[gid], count) for gid, count in counts.items()}
     return _plan(dep, keeps)
+
+
+# Kinds a latency target cuts in turn: attention heads only once the other kinds, cut to their floors,
+# were measured to miss the target. With heads priced beside MLP neurons (importance per channel), the
+# knapsack kept 6 to 16 of MiniLM-L3's 36 heads at --latency-target 0.7 and lost 4 STS points with data
+# (0.8 without) against neurons alone at about the same measured latency
+# (benchmarks/results/latency_heads.md): a head's score (l1 or taylor) does not say what losing it costs
+# against a neuron's, and a table timed on a busy machine under-predicts what the MLP saves (its neuron
+# points within the noise), so heads look like the cheaper time.
+KIND_TIERS: tuple[frozenset[GroupKind], ...] = (frozenset({"filter", "neuron"}), frozenset({"head"}))
+
+
+@dataclass(frozen=True)
+class Tier:
+    """The groups a latency target may cut at one stage: ``dep`` with the kinds of later tiers held
+    whole; ``held`` names them ('' in the last tier)."""
+
+    dep: DependencyGraph
+    held: str
+
+
+def latency_tiers(dep: DependencyGraph, exclude: Iterable[str] = ()) -> list[Tier]:
+    """The stages of :data:`KIND_TIERS` that have groups a selection may cut (one stage when only one
+    kind is free, as under ``--prune-kinds head``); each stage holds the later ones' groups whole."""
+    free = {dep.groups[i].kind for i in _candidates(dep, {g.id: np.zeros(0) for g in dep.groups}, exclude)}
+    present = [kinds for kinds in KIND_TIERS if kinds & free]
+    tiers = []
+    for position in range(len(present)):
+        later = frozenset().union(*present[position + 1 :])
+        held = [
+            replace(g, max_removed=0, limited_by="latency_target: " + KIND_WORDS[g.kind] + " last")
+            if g.kind in later and g.prunable
+            else g
+            for g in dep.groups
+        ]
+        words = " and ".join(KIND_WORDS[k] for k in sorted(later & free))
+        tiers.append(Tier(replace(dep, groups=held) if later else dep, words))
+    return tiers or [Tier(dep, "")]
 
 
 def counts_of(plan: PruningPlan) -> Mapping[str, int]:

@@ -1,6 +1,7 @@
 """Measuring the latency model of a user's model in onnxruntime (``graphops.latency_table``).
 
-Each channel group is pruned alone to a few counts on the kernel step grid, and the whole model is
+Each channel group is pruned alone to a few counts on its step grid (``selection.group_step``: the
+kernel's channel step in the group's units, so attention heads are timed by head count), and the whole model is
 timed against the original, interleaved, in ONE sandboxed child (surgery and sessions both happen
 there; the parent never runs the user's graph). Groups are measured in order of MACs, most first,
 until a time budget is spent; the rest get curves estimated from their MACs at the rate measured
@@ -36,7 +37,7 @@ from onnxprune.graphops.latency_table import (
     staircase_step,
 )
 from onnxprune.graphops.plan import PruningPlan
-from onnxprune.graphops.selection import MacsModel, Scores, _candidates, choose_kept
+from onnxprune.graphops.selection import MacsModel, Scores, _candidates, choose_kept, group_step
 from onnxprune.workers.fileio import atomic_write_text
 from onnxprune.workers.latency_cache import OUTBOX_ENV, LatencyCache, default_root
 from onnxprune.workers.options import PruneOptions
@@ -49,7 +50,7 @@ from onnxprune.workers.speed import ratio_interval
 QUANTILE = 0.0
 ESTIMATOR = (
     "fastest-run, rates within [1/4, 3] of the median shrunk to the prior (3 groups' weight), "
-    "exact MACs per count above the pinned floor"
+    "exact MACs per count above the pinned floor, counts in units (heads by head count)"
 )
 PRIOR_WEIGHT = 3.0  # part of the cache key: change it with the fit
 
@@ -199,11 +200,12 @@ def measure_latency_table(
 ) -> LatencyTable:
     """The latency model of ``dep.model`` under ``settings`` (from the cache when measured before)."""
     input_shapes = dict(dep.input_shapes or {})
-    if use_cache and (table := cached_table(model_sha, input_shapes, settings)) is not None:
-        return table
-    started = time.perf_counter()
     step0, source0 = vector_width()
     groups = _by_macs(dep, scores, cost, exclude)
+    table = cached_table(model_sha, input_shapes, settings) if use_cache else None
+    if table is not None and not missing_curves(table, dep, groups, step0, settings.fractions):
+        return table
+    started = time.perf_counter()
     variants, probes = plan_variants(dep, scores, groups, settings, step0)
     from onnxprune.workers.benchmark import make_inputs
 
@@ -221,6 +223,20 @@ def measure_latency_table(
     return table
 
 
+def missing_curves(
+    table: LatencyTable, dep: DependencyGraph, groups: list[int], step: int, fractions: tuple[float, ...]
+) -> list[str]:
+    """Groups this job may cut that ``table`` has no curve for although they have counts to time: a
+    table measured for a job that left them whole (``--prune-kinds neuron``, ``--exclude``) would
+    otherwise price them at no saving, and they would silently stay whole."""
+    return [
+        dep.groups[i].id
+        for i in groups
+        if dep.groups[i].id not in table.curves
+        and grid_counts(dep.groups[i].channels, group_step(dep.groups[i], step), fractions, len(dep.groups[i].pinned))
+    ]
+
+
 def plan_variants(
     dep: DependencyGraph, scores: Scores, groups: list[int], settings: LatencySettings, step: int
 ) -> tuple[list[Variant], list[tuple[str, int, int]]]:
@@ -231,11 +247,13 @@ def plan_variants(
     probes: list[tuple[str, int, int]] = []
     for index in groups:
         group = dep.groups[index]
-        counts = grid_counts(group.channels, step, settings.fractions, len(group.pinned))
+        counts = grid_counts(group.channels, group_step(group, step), settings.fractions, len(group.pinned))
         for count in counts:
             variants.append((group.id, count, _keep(dep, index, scores, count)))
         middle = [c for c in counts if c >= 2 * step and c - step // 2 >= len(group.pinned)]  # probes above the floor
-        if len({g for g, _, _ in probes}) < settings.probe_groups and middle:
+        # the staircase is the conv kernels' step in channels: probed only on groups counted on it
+        on_step = group_step(group, step) == step
+        if len({g for g, _, _ in probes}) < settings.probe_groups and middle and on_step:
             m = middle[len(middle) // 2]
             for offset in sorted({1, step // 2} - {0}):
                 variants.append((group.id, m - offset, _keep(dep, index, scores, m - offset)))
@@ -318,7 +336,7 @@ def _table(
     offsets = {(g, m - d) for g, m, d in probes}
     for index in groups:
         group = dep.groups[index]
-        counts = grid_counts(group.channels, step0, settings.fractions, len(group.pinned))
+        counts = grid_counts(group.channels, group_step(group, step0), settings.fractions, len(group.pinned))
         if not counts:
             continue
         fitted.add(group.id)
@@ -341,7 +359,8 @@ def _table(
         # costs time, and a single disturbed timing must not promise (or deny) a free lunch.
         ceiling = 3.0 * min(global_rate, prior) if len(fits) < 3 else 3.0 * global_rate  # few groups: no median
         rate = min(max(fits[group.id], 0.25 * global_rate), ceiling) if measured_group else global_rate
-        counts = list(range(step0, group.channels, step0)) + [group.channels]
+        units = group_step(group, step0)  # heads of 16-channel multiples: every head count
+        counts = list(range(units, group.channels, units)) + [group.channels]
         values = [max(0.0, baseline - rate * removed_macs(index, c)) for c in counts]
         points = {c: round(v, 5) for (g, c), v in ms.items() if g == group.id and (g, c) not in offsets}
         curve_probes = {c: v for (g, c), v in ms.items() if g == group.id and (g, c) in offsets}

@@ -168,8 +168,9 @@ class PruneOptions(BaseModel):
         json_schema_extra=_about("target", flag="--latency-budget"),
     )
     latency_iterations: Annotated[int, Field(ge=1, le=10)] = Field(
-        3,
-        description="latency_target: at most this many prune-and-measure passes to meet the target.",
+        4,
+        description="latency_target: at most this many prune-and-measure passes to meet the target (one may find "
+        "that MLP neurons alone cannot, before heads are cut).",
         json_schema_extra=_about("target"),
     )
     exclude: list[str] = Field(

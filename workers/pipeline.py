@@ -13,7 +13,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from onnxprune.graphops.dependency import DependencyGraph
-from onnxprune.graphops.errors import ModelRejected
 from onnxprune.graphops.kernel_steps import kernel_steps_note, with_kernel_steps
 from onnxprune.graphops.kinds import check_kinds_present, check_macs_reachable, limit_groups
 from onnxprune.graphops.plan import PruningPlan
@@ -26,7 +25,7 @@ from onnxprune.workers.capabilities import require_capabilities
 from onnxprune.workers.cleanup import cleanup_changed
 from onnxprune.workers.fileio import file_sha256, float_output_path
 from onnxprune.workers.latency import resolve_round_to
-from onnxprune.workers.options import LatencyTarget, MacsTarget, PruneOptions
+from onnxprune.workers.options import MacsTarget, PruneOptions
 from onnxprune.workers.precision import check_precision
 from onnxprune.workers.report import Fidelity, HeldOutEvaluation, Latency, PruneReport, SensitivityReport
 from onnxprune.workers.reporting import build_report
@@ -126,13 +125,6 @@ def with_kind_limits(analysis: Analysis, options: PruneOptions, *, plan_given: b
     target = options.target
     if isinstance(target, MacsTarget) and not plan_given:
         check_macs_reachable(dep, limits, analysis.node_macs, target.fraction)
-    free = {g.kind for g in dep.prunable if g.max_removed != 0}
-    if isinstance(target, LatencyTarget) and not plan_given and free == {"head"}:
-        raise ModelRejected(
-            "latency_target does not cut attention heads yet (its latency table prices channel counts on the conv "
-            "step, wider than a layer's heads; benchmarks/results/transformer_widths_summary.md), and prune_kinds "
-            "leaves it nothing else: allow neurons or filters too, or use flops_target for heads alone"
-        )
     return replace(analysis, dep=dep)
 
 

@@ -188,6 +188,9 @@ class LatencyIteration(BaseModel):
     asked: float = Field(description="Latency ratio asked of the latency model in this pass.")
     predicted: float = Field(description="Ratio the latency model predicts for the plan it chose.")
     measured: SpeedChange = Field(description="The plan's model timed against the original.")
+    held_whole: str = Field(
+        "", description="Kinds this pass left whole to cut last ('attention heads'; '' : none held)."
+    )
 
 
 class LatencyTargetReport(BaseModel):
@@ -226,6 +229,11 @@ class LatencyTargetReport(BaseModel):
     measured_groups: int
     table_key: str = Field(description="Cache key: model hash, onnxruntime version, settings, CPU.")
     groups: list[LatencyGroupReport]
+    held_whole: str = Field(
+        "",
+        description="Kinds the chosen plan left whole because they are cut last, only once the other kinds "
+        "as deep as they go were measured to miss the target ('attention heads'; '' : none held).",
+    )
 
 
 class CutCandidateReport(BaseModel):

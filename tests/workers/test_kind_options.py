@@ -13,7 +13,7 @@ import onnx
 import pytest
 import typer.main
 
-from onnxprune.graphops.errors import ModelRejected, PlanError
+from onnxprune.graphops.errors import PlanError
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.service.cli import app
 from onnxprune.service.cli_options import set_options
@@ -117,13 +117,22 @@ def test_the_report_and_its_page_give_each_group_its_kind_and_limit_and_the_unit
     assert page.count("attention heads of 8 channels") == 2  # each head group's row names its unit
 
 
-def test_a_latency_target_with_heads_alone_is_refused(model_path, tmp_path):
-    options = PruneOptions(latency_target=0.8, prune_kinds=["head"], input_shapes=SHAPES, benchmark=False)
+def test_a_latency_target_with_heads_alone_prices_heads_by_head_count(model_path, tmp_path):
+    """Heads of 8 channels on the 16-channel SGEMM step: the table times each layer at 2 of 4 heads."""
+    options = PruneOptions(
+        latency_target=0.8,
+        prune_kinds=["head"],
+        input_shapes=SHAPES,
+        benchmark=False,
+        latency_budget_s=10.0,
+        latency_iterations=1,
+    )
 
-    with pytest.raises(
-        ModelRejected, match="latency_target does not cut attention heads yet .* allow neurons or filters"
-    ):
-        run_pipeline(model_path, tmp_path / "out.onnx", options)
+    report = run_pipeline(model_path, tmp_path / "out.onnx", options).report  # oracle-checked
+
+    assert report.latency_target is not None
+    assert sorted((g.channels, tuple(g.counts)) for g in report.latency_target.groups) == [(4, (2, 4))] * 2
+    assert all(g.kind == "head" for g in report.groups if g.channels_after < g.channels_before)
 
 
 def test_analyze_names_each_groups_kind(model_path):

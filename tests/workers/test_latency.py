@@ -367,6 +367,121 @@ def test_after_a_miss_the_model_is_asked_for_what_the_measurement_says_it_needs(
     assert next_ask(0.7, 0.7, 0.71, 0.7) < 0.7
 
 
+def test_after_an_overshoot_the_model_is_asked_for_less_between_the_asks_tried():
+    from onnxprune.workers.latency_target import bracketed, chosen_pass, next_ask, overshot
+
+    # asked 0.7, predicted 0.7, measured 0.49: the saving was 1.7 times the prediction
+    assert overshot(0.49, 0.7) and not overshot(0.6, 0.7) and not overshot(0.75, 0.7)
+    assert next_ask(0.7, 0.7, 0.49, 0.7) == pytest.approx(1 - 0.3 / (0.51 / 0.3))
+    # kept above the ask that overshot and below the one that missed; the middle when outside
+    assert bracketed(0.8, [(0.7, True)]) == 0.8
+    assert bracketed(0.9, [(0.7, True), (0.85, False)]) == pytest.approx(0.775)
+    assert bracketed(0.5, [(0.7, False)]) == 0.5
+    # the pass kept: the one that met the target closest to it, else the fastest
+    assert chosen_pass([0.49, 0.72, 0.66], 0.7) == 2
+    assert chosen_pass([0.8, 0.75], 0.7) == 1
+
+
+def test_a_cached_table_without_a_group_the_job_may_cut_is_measured_again():
+    """A table measured under --prune-kinds neuron has no head curves: a later job that may cut heads
+    must not read it as 'heads save nothing'."""
+    from onnxprune.workers.latency import missing_curves
+
+    dep = analyse(chain_model()).dep
+    groups = [i for i, g in enumerate(dep.groups) if g.prunable]
+    first, second = (dep.groups[i] for i in groups)
+    table = LatencyTable("k", 10.0, 0.1, 16, "test", {first.id: curve(first.id, 64, [32, 64], [8.0, 10.0])})
+
+    assert missing_curves(table, dep, groups, 16, (0.25, 0.5, 0.75)) == [second.id]
+    assert missing_curves(table, dep, groups[:1], 16, (0.25, 0.5, 0.75)) == []
+
+
+def test_heads_are_timed_and_fitted_by_head_count():
+    """Heads of 8 channels on an 8-channel step: each layer's heads at 1, 2 and 3 of 4, and a curve at
+    every head count; neurons on the channel step."""
+    from onnxprune.workers.latency import plan_variants, table_from_timings
+    from tests.support.transformer_models import bert_style
+
+    analysed = analyse(bert_style(), {"x": [2, 7, 32], "attention_mask": [2, 7]})
+    dep, scores = analysed.dep, score_groups(analysed.dep, "l1")
+    cost = measure_cost(analysed.prepared, analysed.input_shapes)
+    settings = LatencySettings(probe_groups=0)
+    groups = [i for i, g in enumerate(dep.groups) if g.prunable]
+    variants, _ = plan_variants(dep, scores, groups, settings, 8)
+
+    def timings(group, count):
+        return 10.0 - 0.01 * (dep.group(group).channels - count) * dep.group(group).unit
+
+    table = table_from_timings(
+        dep, scores, cost, synthetic_timings(variants, baseline=10.0, ms_at=timings), settings, 8
+    )
+    heads = [g for g in dep.prunable if g.kind == "head"]
+    assert sorted(count for group, count, _ in variants if group == heads[0].id) == [1, 2, 3]
+    assert all(table.curves[g.id].counts == (1, 2, 3, 4) for g in heads)
+    assert all(table.curves[g.id].counts == (8, 16, 24, 32, 40, 48) for g in dep.prunable if g.kind == "neuron")
+    assert all(table.saving(g.id, 2) > 0.0 for g in heads)
+
+
+@pytest.mark.parametrize(
+    ("neurons_floor_ratio", "heads_ratio", "heads_cut"), [(0.6, 0.65, False), (0.9, 0.65, True), (0.9, 0.2, True)]
+)
+def test_heads_are_cut_only_once_neurons_at_their_floor_are_measured_to_miss(
+    tmp_path, monkeypatch, neurons_floor_ratio, heads_ratio, heads_cut
+):
+    """BERT-style block, target 0.7, a table that prices heads as the cheapest time. Neurons come
+    first: when their plans meet the target, heads stay whole and the report says why; when neurons
+    as deep as they go miss it, the next pass cuts heads too, and the report says what was measured.
+    A heads pass that overshoots is followed by one that asks for less, whatever the neurons' ask."""
+    from types import SimpleNamespace
+
+    from onnxprune.workers import latency_target
+    from onnxprune.workers.speed import compare_timings
+    from tests.support.transformer_models import bert_style
+
+    shapes = {"x": [2, 7, 32], "attention_mask": [2, 7]}
+    model = bert_style()
+    onnx.save(model, tmp_path / "bert.onnx")
+    analysed = analyse(model, shapes)
+    dep, scores = analysed.dep, score_groups(analysed.dep, "l1")
+    curves = {}
+    for group in dep.prunable:  # a head saves 1 ms, a neuron 0.01 ms: heads look far cheaper
+        per_unit = 1.0 if group.kind == "head" else 0.01
+        counts = tuple(range(1, group.channels + 1))
+        curves[group.id] = curve(
+            group.id, group.channels, counts, [10.0 - per_unit * (group.channels - c) for c in counts]
+        )
+    table = LatencyTable("k", 10.0, 0.1, 1, "given", curves)
+    monkeypatch.setattr(latency_target, "measure_latency_table", lambda *args, **kwargs: table)
+
+    def timed(original, candidate, *args, **kwargs):
+        ratio = heads_ratio if cut_heads(candidate) else neurons_floor_ratio
+        return SimpleNamespace(latency=SimpleNamespace(change=compare_timings([10.0] * 5, [10.0 * ratio] * 5)))
+
+    def cut_heads(candidate) -> bool:  # a query projection narrower than the hidden size
+        graph = onnx.load(candidate).graph
+        weights = {i.name: i for i in graph.initializer}
+        return any(weights[n.input[1]].dims[-1] < 32 for n in graph.node if n.op_type == "MatMul" and "query" in n.name)
+
+    monkeypatch.setattr(latency_target, "benchmark", timed)
+    options = PruneOptions(latency_target=0.7, latency_iterations=3)
+    cost = measure_cost(analysed.prepared, analysed.input_shapes)
+
+    choice = latency_target.select_for_latency(tmp_path / "bert.onnx", "sha", dep, scores, cost, options, step=1)
+
+    kinds = {dep.group(gid).kind for gid in choice.plan.groups}
+    (note,) = latency_target.tier_notes(choice.report)
+    if heads_cut:
+        assert "head" in kinds and choice.report.held_whole == "" and choice.report.met
+        assert note.startswith("latency_target cut attention heads too") and "measured 0.900x" in note
+        if heads_ratio < 0.5:  # overshot: the next pass asks above the overshooting ask, not below the neurons'
+            first_heads = next(i for i, it in enumerate(choice.report.iterations) if not it.held_whole)
+            later = choice.report.iterations[first_heads + 1 :]
+            assert later and later[0].asked > choice.report.iterations[first_heads].asked
+    else:
+        assert kinds == {"neuron"} and choice.report.held_whole == "attention heads"
+        assert note.startswith("latency_target left attention heads whole")
+
+
 def test_the_loop_stops_when_asking_for_more_returns_a_plan_already_timed(tmp_path, monkeypatch):
     """BlazeFace's one prunable group is mostly padding: the first pass already cuts it to its floor,
     and asking for more returns the same plan. It is timed once, not once per allowed pass."""
