@@ -151,17 +151,20 @@ def _npy_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[tuple[
 
 
 def load_dataset(
-    path: Path, model: onnx.ModelProto, input_shapes: Mapping[str, Sequence[int]] | None = None
+    path: Path,
+    model: onnx.ModelProto,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    preprocessing: images.ImagePreprocessing | None = None,
 ) -> Dataset:
     """The samples in ``path`` for ``model``'s inputs; a single-input model may use any array name.
 
     A folder of photos, or uint8 ``[N, h, w, 3]`` images in the .npz, feed an image input
-    (``roundtrip.images``: letterboxed, /255, RGB NCHW)."""
+    (``roundtrip.images``, by ``preprocessing``: by default letterboxed, /255, RGB NCHW)."""
     path = Path(path)
     values = graph_inputs(model)
     declared = declared_input_shapes(model)
     if path.is_dir():
-        return Dataset({values[0].name: _folder_images(path, values, declared, input_shapes)}, None)
+        return Dataset({values[0].name: _folder_images(path, values, declared, input_shapes, preprocessing)}, None)
     names = _array_names(path)
     mapping = _arrays_of_inputs(names, [v.name for v in values])
     try:
@@ -175,7 +178,7 @@ def load_dataset(
         array = arrays[mapping[value.name]]
         size = images.image_size(value, concrete or declared.get(value.name))
         if size is not None and images.is_image_array(array):
-            array = images.to_input(array, size)
+            array = images.to_input(array, size, preprocessing)
         inputs[value.name] = _check_input(value.name, array, value, declared.get(value.name), concrete)
     labels = arrays.get(LABELS)
     counts = {name: a.shape[0] if a.ndim else 0 for name, a in inputs.items()}
@@ -199,6 +202,7 @@ def _folder_images(
     values: Sequence[onnx.ValueInfoProto],
     declared: Mapping[str, Shape | None],
     input_shapes: Mapping[str, Sequence[int]] | None,
+    preprocessing: images.ImagePreprocessing | None,
 ) -> np.ndarray:
     value = values[0]
     size = images.image_size(value, (input_shapes or {}).get(value.name) or declared.get(value.name))
@@ -207,7 +211,7 @@ def _folder_images(
             f"data {folder.name} is a folder of images: that needs a model with one float image input "
             "[N, 3, H, W] of known H and W (give --input-shape for symbolic sizes); save other data as .npz"
         )
-    return images.read_folder(folder, size)
+    return images.read_folder(folder, size, preprocessing)
 
 
 # The one split of a data file, used by every command so that all numbers refer to the same samples.

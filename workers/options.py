@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from onnxprune.graphops.kinds import KIND_WORDS, KINDS, GroupKind, KindLimits
+
+if TYPE_CHECKING:  # numpy and Pillow's side, imported where photos are read
+    from onnxprune.roundtrip.images import ImagePreprocessing
 
 DEFAULT_MAX_DROP = 0.01
 # The criterion a job with data gets when it names none: the best in the committed results
@@ -222,6 +225,36 @@ class PruneOptions(BaseModel):
         description="Detectors: the original's boxes scoring at least this are the ground truth of the mAP.",
         json_schema_extra=_about("model"),
     )
+    image_channels: Literal["rgb", "bgr"] = Field(
+        "rgb",
+        description="Photos as data (a folder, or uint8 [N, h, w, 3] images in the .npz): the channel order the "
+        "model was trained on ('bgr': YOLOX and other OpenCV-trained exports).",
+        json_schema_extra=_about("model", needs_data=True),
+    )
+    image_resize: Literal["letterbox", "stretch", "crop"] = Field(
+        "letterbox",
+        description="Photos as data: 'letterbox' scales each to fit the input, aspect kept, on grey "
+        "(Ultralytics); 'stretch' resizes it to the input; 'crop' scales its shorter side to the input / 0.875 "
+        "and takes the centre (ImageNet classifiers).",
+        json_schema_extra=_about("model", needs_data=True),
+    )
+    image_scale: Annotated[float, Field(gt=0.0, le=65535.0)] = Field(
+        255.0,
+        description="Photos as data: pixel values (0-255) are divided by this; 1 keeps them 0-255 (YOLOX).",
+        json_schema_extra=_about("model", needs_data=True),
+    )
+    image_mean: list[float] | None = Field(
+        None,
+        description="Photos as data: three values (per channel, in the model's order) subtracted after "
+        "--image-scale, e.g. 0.485,0.456,0.406 for ImageNet classifiers.",
+        json_schema_extra=_about("model", needs_data=True),
+    )
+    image_std: list[float] | None = Field(
+        None,
+        description="Photos as data: three values (per channel) the pixels are divided by after --image-mean, "
+        "e.g. 0.229,0.224,0.225 for ImageNet classifiers.",
+        json_schema_extra=_about("model", needs_data=True),
+    )
     benchmark: bool = Field(
         True, description="Measure onnxruntime latency before and after.", json_schema_extra=_about("benchmark")
     )
@@ -416,6 +449,41 @@ class PruneOptions(BaseModel):
         if not words:
             raise ValueError(f"name at least one kind to prune: {', '.join(KINDS)}")
         return list(dict.fromkeys(words))
+
+    @field_validator("image_mean", "image_std", mode="before")
+    @classmethod
+    def _three_channel_values(cls, value: object) -> object:
+        # '0.485,0.456,0.406' (a form's text, a CLI flag given once) as well as a list of numbers.
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            return value
+        parts = [w for item in items for w in (item.split(",") if isinstance(item, str) else [item])]
+        numbers = [w.strip() if isinstance(w, str) else w for w in parts]
+        numbers = [n for n in numbers if n != ""]
+        if len(numbers) != 3:
+            raise ValueError(f"give three values, one per colour channel (got {len(numbers)})")
+        return numbers
+
+    @field_validator("image_std")
+    @classmethod
+    def _positive_std(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and min(value) <= 0:
+            raise ValueError("image_std values must be above 0 (pixels are divided by them)")
+        return value
+
+    @property
+    def image_preprocessing(self) -> ImagePreprocessing:
+        """How photos given as data become the model's input (``roundtrip.images``)."""
+        from onnxprune.roundtrip.images import ImagePreprocessing
+
+        mean, std = self.image_mean or [0.0, 0.0, 0.0], self.image_std or [1.0, 1.0, 1.0]
+        return ImagePreprocessing(
+            self.image_channels,
+            self.image_resize,
+            self.image_scale,
+            (mean[0], mean[1], mean[2]),
+            (std[0], std[1], std[2]),
+        )
 
     @property
     def kind_limits(self) -> KindLimits:

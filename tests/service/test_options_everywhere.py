@@ -57,6 +57,8 @@ UNSET_BY_DEFAULT = {
     "max_filter_ratio": 0.2,
     "max_head_ratio": 0.25,
     "max_neuron_ratio": 0.5,
+    "image_mean": [0.485, 0.456, 0.406],
+    "image_std": [0.229, 0.224, 0.225],
 }
 
 

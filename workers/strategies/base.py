@@ -133,7 +133,14 @@ class Job:
             return None
         from onnxprune.roundtrip.data import load_dataset, split_data
 
-        return split_data(load_dataset(self.data_path, self.analysis.original, self.analysis.input_shapes))
+        return split_data(
+            load_dataset(
+                self.data_path,
+                self.analysis.original,
+                self.analysis.input_shapes,
+                self.options.image_preprocessing,
+            )
+        )
 
     @property
     def held_out(self) -> Dataset | None:
