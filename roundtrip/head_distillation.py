@@ -132,7 +132,8 @@ def distil_head(
     output = model.graph.output[layout.index].name
     starts = head_inputs(model, head)
     backbone = OnnxModule(_part(model, [i.name for i in graph_inputs(model)], starts)).eval()
-    head_module = OnnxModule(_part(model, starts, [output]))
+    # Evaluation mode throughout: a head's BatchNorm statistics are not what is trained (nor written back).
+    head_module = OnnxModule(_part(model, starts, [output])).eval()
     probe = _features(backbone, validation, 1)
     per_sample = sum(t[0].numel() * t.element_size() for t in probe)
     room = max(2, FEATURE_BYTES // max(1, per_sample))
@@ -149,18 +150,15 @@ def distil_head(
         tensor.requires_grad_(name in trained)
 
     def check_loss() -> float:
-        head_module.eval()
         with torch.no_grad():
-            loss = float(detection_loss(head_module.run(dict(zip(starts, check_features)))[0], check_targets, layout))
-        head_module.train()
-        return loss
+            return float(detection_loss(head_module.run(dict(zip(starts, check_features)))[0], check_targets, layout))
 
     before = best = check_loss()
     kept = {name: tensor.detach().clone() for name, tensor in trained.items()}
     optimizer = torch.optim.Adam(list(trained.values()), lr=LEARNING_RATE)
     rng = np.random.default_rng(seed)
     done, per_round = 0, 0.0
-    while done < steps and trained:
+    while done < steps and trained and fits:
         round_started = time.monotonic()
         if deadline is not None and round_started + per_round > deadline:
             break
