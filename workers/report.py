@@ -143,16 +143,6 @@ class IterationReport(BaseModel):
     reconstruction_samples: int | None = Field(
         None, description="Calibration samples the refits were fit on and judged on (a fifth held aside to judge)."
     )
-    head_distillation_steps: int | None = Field(
-        None,
-        description="A detector's head trained alone on the pruned model's features after reconstruction: its "
-        "steps (None: it did not run).",
-    )
-    head_distillation_loss: list[float] | None = Field(
-        None,
-        description="Its detection loss on the validation split before and after (the weights with the lower "
-        "are kept).",
-    )
 
 
 class FinetuneReport(BaseModel):

@@ -58,14 +58,10 @@ def test_a_folder_of_photos_prunes_recovers_and_judges_a_detector(detector, tmp_
     )  # fmt: skip
 
     assert result.returncode == 0, result.stderr
-    evaluation = json.loads((tmp_path / "report.json").read_text())["evaluation"]
-    found = evaluation["detections"]
+    found = json.loads((tmp_path / "report.json").read_text())["evaluation"]["detections"]
     assert found["output"] == "output0" and found["classes"] == 2 and found["images"] == 2
     assert found["reference_boxes"] > 0 and 0.0 <= found["map50"] <= 1.0
     assert 0.0 <= found["after_pruning_map50"] <= 1.0  # the pruned weights before fine-tuning
-    (iteration,) = evaluation["finetune"]["iterations"]  # the head distilled on cached features, never for worse
-    assert iteration["head_distillation_steps"] > 0
-    assert iteration["head_distillation_loss"][1] <= iteration["head_distillation_loss"][0]
     assert "detections mAP50 (held out)" in result.stdout
     assert "Detections vs the original" in (tmp_path / "page.html").read_text()
 

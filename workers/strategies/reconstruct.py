@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import onnx
 
@@ -23,19 +22,11 @@ from onnxprune.workers.strategies.needs import Given, Needs
 from onnxprune.workers.strategies.recovery import NoRecovery, Recovered, Recovery
 from onnxprune.workers.strategies.registry import Requires, StrategyOptions, own, register
 
-if TYPE_CHECKING:
-    from onnxprune.roundtrip.data import Dataset
-    from onnxprune.roundtrip.head_distillation import HeadDistillation
-
 # With --time-budget, reconstruction ends by this share of the budget when fine-tuning follows (which plans
 # its steps in what is left), by the larger share when nothing follows but the checks and the held-out
 # evaluation; the calibration batch is cut to fit (``roundtrip.reconstruction``).
 SHARE_BEFORE_FINETUNING = 0.6
 SHARE_ALONE = 0.8
-# A detector's head is then distilled on cached features (``roundtrip.head_distillation``) until this share of
-# the budget when fine-tuning follows (whose steps of the whole model are few and rarely help a detector),
-# until SHARE_ALONE when nothing does.
-SHARE_HEAD = 0.85
 
 
 class ReconstructOptions(StrategyOptions):
@@ -112,19 +103,13 @@ class Reconstruct:
             scores=score_layers(dep.model, head, detector.classes) if detector else (),
             deadline=job.deadline(share * (step.index + 1) / step.total),
         )
-        model, distilled = result.model, None
-        if detector is not None and head:
-            head_share = SHARE_ALONE if isinstance(self.then, NoRecovery) else SHARE_HEAD
-            job.stages.within("finetune", step.index / step.total, f"{label}detector head distillation")
-            distilled = self._distil_head(job, result.model, head, step, head_share)
-            model = distilled.model
         seconds = time.monotonic() - started
         if result.samples < result.affordable:
             job.budget_notes.append(
                 f"--time-budget: layer-wise reconstruction fit on {result.samples} calibration samples of "
                 f"{result.affordable} (the time left allowed no more); a larger --time-budget fits on more"
             )
-        recovered = self.then.recover(job, dep, plan, model, step)
+        recovered = self.then.recover(job, dep, plan, result.model, step)
         recovered.reconstructed = [fit.node for fit in result.layers if fit.kept]
         recovered.reconstruction_skipped = dict(result.skipped)
         recovered.reconstruction_not_kept = {
@@ -135,21 +120,17 @@ class Reconstruct:
         }
         recovered.reconstruction_samples = result.samples
         recovered.reconstruction_seconds = round(seconds, 3)
-        if distilled is not None:
-            recovered.head_steps = distilled.steps
-            if distilled.loss_before is not None and distilled.loss_after is not None:
-                recovered.head_loss = (distilled.loss_before, distilled.loss_after)
         if recovered.check_inputs is not None or not isinstance(self.then, NoRecovery):
             return recovered
         # Reconstruction alone changed the weights: the write-back check and the report need what the
         # executor computes, and the validation metrics of the reconstructed model.
         with job.stages.stage("finetune"):
-            student = OnnxModule(model)
+            student = OnnxModule(result.model)
             metrics = evaluate(student, objective, data.validation, data.batch_size)
             check_inputs = next(data.validation.batches(min(len(data.validation), student.static_batch or 4))).inputs
             record = IterationRecord(
                 step.index + 1,
-                measure_cost(model, job.analysis.input_shapes).macs,
+                measure_cost(result.model, job.analysis.input_shapes).macs,
                 plan.removed_channels,
                 metrics,
                 None,
@@ -158,30 +139,3 @@ class Reconstruct:
             recovered.record = record
             recovered.check_inputs, recovered.check_outputs = check_inputs, outputs_on(student, check_inputs)
         return recovered
-
-    @staticmethod
-    def _distil_head(job: Job, model: onnx.ModelProto, head: set[str], step: Step, share: float) -> HeadDistillation:
-        """The reconstructed detector with its head trained on the pruned model's features (kept only where it
-        lowers the detection loss on the validation split)."""
-        import torch
-
-        from onnxprune.roundtrip.head_distillation import distil_head
-
-        data, detector = job.data, job.data.objective.detector
-        if detector is None:
-            raise ValueError("a head is distilled only for a recognised detector")
-
-        def targets(dataset: Dataset) -> torch.Tensor:
-            batches = dataset.batches(data.batch_size)
-            return torch.cat([data.objective.teacher_outputs(batch, dataset)[detector.index] for batch in batches])
-
-        return distil_head(
-            model,
-            head,
-            detector,
-            data.train,
-            data.validation,
-            targets,
-            deadline=job.deadline(share * (step.index + 1) / step.total),
-            seed=job.options.seed + step.index,
-        )

@@ -31,10 +31,6 @@ class Recovered:
     reconstruction_not_kept: dict[str, str] = field(default_factory=dict)  # refit, but it did not help: why
     reconstruction_samples: int = 0  # calibration samples the refits were fit and judged on
     reconstruction_seconds: float = 0.0
-    # A detector's head trained alone on the pruned model's features (``roundtrip.head_distillation``): its steps
-    # (None: it did not run) and its detection loss on the validation split before and after.
-    head_steps: int | None = None
-    head_loss: tuple[float, float] | None = None
     finetune_seconds: float = 0.0  # wall time of the fine-tuning loop
     finetune_cpu_seconds: float = 0.0  # CPU time the job got meanwhile (all its threads)
 

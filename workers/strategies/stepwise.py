@@ -114,8 +114,6 @@ def finetune_report(job: Job, recovered: list[Recovered]) -> FinetuneReport:
             reconstruction_skipped=step.reconstruction_skipped,
             reconstruction_not_kept=step.reconstruction_not_kept,
             reconstruction_samples=step.reconstruction_samples if step.reconstructed is not None else None,
-            head_distillation_steps=step.head_steps,
-            head_distillation_loss=None if step.head_loss is None else [round(v, 6) for v in step.head_loss],
         )
 
     options, data = job.options, job.data
