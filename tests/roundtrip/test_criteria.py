@@ -28,7 +28,7 @@ def context(analysed, small_data):
 
 
 def test_criteria_are_registered_and_say_whether_they_need_data():
-    assert {"taylor", "mean-activation", "apoz", "contribution", "bn-gamma"} <= available_criteria()
+    assert {"taylor", "mean-activation", "apoz", "contribution", "obs", "bn-gamma"} <= available_criteria()
     assert [criterion_needs_data(c) for c in DATA_CRITERIA + ["bn-gamma", "l1"]] == [True] * len(DATA_CRITERIA) + [
         False,
         False,
