@@ -334,8 +334,13 @@ def markdown(result: dict) -> str:
         f"onnxruntime {result['onnxruntime']}). Load average (1/5/15 min) at the start: {loads(result['load_start'])}, "
         f"at the end: {loads(result.get('load_end'))}; per row below. `--time-budget {result['time_budget']:g}`."
         + (
-            f" Rows not re-run (`--merge`) come from the run of {result['earlier_run'].get('date')}."
-            if "earlier_run" in result
+            " Rows not re-run (`--merge`) come from the runs of "
+            + ", ".join(
+                run.get("date", "?") + (f" ({run['machine'].split(',')[0]})" if "machine" in run else "")
+                for run in result["earlier_runs"]
+            )
+            + " (latency ratios are each run's machine's)."
+            if result.get("earlier_runs")
             else ""
         ),
         "",
@@ -406,7 +411,10 @@ def main() -> None:
     result: dict = {**environment(), "time_budget": args.time_budget, "load_start": list(os.getloadavg()), "rows": []}
     earlier = json.loads((args.results_dir / f"{args.name}.json").read_text()) if args.merge else {"rows": []}
     if args.merge:
-        result["earlier_run"] = {k: earlier[k] for k in ("date", "load_start", "load_end") if k in earlier}
+        # Every run whose rows a merge may keep, not only the last one (merges chain).
+        before = earlier.get("earlier_runs") or ([earlier["earlier_run"]] if "earlier_run" in earlier else [])
+        last = {k: earlier[k] for k in ("date", "machine", "load_start", "load_end") if k in earlier}
+        result["earlier_runs"] = [*before, last]
     fresh: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench-transformers-") as folder:
         bench = Bench(args, Path(folder))
