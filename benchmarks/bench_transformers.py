@@ -17,7 +17,8 @@
 
 Rows: ``l1`` (no data), ``data`` (the defaults with data: taylor, least-squares refit of the output
 projections, distillation under the budget), and ablations ``norefit`` (``--recovery finetune``) and
-``refit`` (``--recovery reconstruct``: refit only) and ``refit256`` (the same on 256 calibration samples). Latency: the original and each model interleaved in
+``refit`` (``--recovery reconstruct``: refit only) and ``refit256`` (the same on 256 calibration samples), and
+``obs-neurons`` (the data defaults with ``--criterion obs --prune-kinds neuron``). Latency: the original and each model interleaved in
 one onnxruntime process (``workers.benchmark``), median ratio with its 95% bootstrap interval and the
 fastest-run ratio; the 1-minute load average is recorded beside every row (the machine is shared).
 
@@ -71,7 +72,11 @@ RECOVERY = {
     "norefit": ["--recovery", "finetune"],
     "refit": ["--recovery", "reconstruct"],
     "refit256": ["--recovery", "reconstruct", "--reconstruct-samples", "256"],
+    # The default recovery with the obs criterion, MLP neurons only (heads whole).
+    "obs-neurons": ["--criterion", "obs", "--prune-kinds", "neuron"],
 }
+# Modes judged against the issue's targets: the default recovery with data.
+TARGET_MODES = {"data", "obs-neurons"}
 
 from bench_quality import CLI, run  # noqa: E402  (one whole process, its wall time and load)
 from wordpiece import WordPiece  # noqa: E402
@@ -279,7 +284,7 @@ class Bench:
         }
 
     def target(self, row: dict) -> str | None:
-        if row["mode"] != "data":
+        if row["mode"] not in TARGET_MODES:
             return None
         ratio = row["latency"]["p50_ratio"]
         if row["model"] == "minilm" and row["fraction"] in MINILM_TARGETS:
@@ -311,7 +316,9 @@ def loads(values: list[float] | None) -> str:
 def verdicts(rows: list[dict]) -> list[str]:
     """The issue's targets, met or missed, and what onnxsim removed, in plain words."""
     lines = [f"- `{r['case']}`: {r['target']}" for r in rows if r.get("target")]
-    lines += [f"- `{r['case']}`: failed, so its target is missed" for r in rows if "error" in r and r["mode"] == "data"]
+    lines += [
+        f"- `{r['case']}`: failed, so its target is missed" for r in rows if "error" in r and r["mode"] in TARGET_MODES
+    ]
     nothing = [r["case"] for r in rows if r["mode"] == "onnxsim" and r.get("params_removed") == 0]
     if nothing:
         lines.append(f"- onnxsim 0.8.1 removed nothing (0 parameters) in: {', '.join(f'`{c}`' for c in nothing)}.")
@@ -327,8 +334,13 @@ def markdown(result: dict) -> str:
         f"onnxruntime {result['onnxruntime']}). Load average (1/5/15 min) at the start: {loads(result['load_start'])}, "
         f"at the end: {loads(result.get('load_end'))}; per row below. `--time-budget {result['time_budget']:g}`."
         + (
-            f" Rows not re-run (`--merge`) come from the run of {result['earlier_run'].get('date')}."
-            if "earlier_run" in result
+            " Rows not re-run (`--merge`) come from the runs of "
+            + ", ".join(
+                run.get("date", "?") + (f" ({run['machine'].split(',')[0]})" if "machine" in run else "")
+                for run in result["earlier_runs"]
+            )
+            + " (latency ratios are each run's machine's)."
+            if result.get("earlier_runs")
             else ""
         ),
         "",
@@ -364,7 +376,9 @@ def markdown(result: dict) -> str:
         "Cases: `MODEL:MODE:FRACTION`. `l1`: no data (the default criterion without data, L1 norms per head and "
         "neuron). `data`: the defaults with data (taylor scores, least-squares refit of the output projections, "
         "distillation in the time left). `norefit`: with data, `--recovery finetune`. `refit`: with data, "
-        "`--recovery reconstruct` (no distillation); `refit256`: the same with `--reconstruct-samples 256`. `onnxsim`: onnxsim 0.8.1's `apply_attention_head_pruning` then "
+        "`--recovery reconstruct` (no distillation); `refit256`: the same with `--reconstruct-samples 256`. "
+        "`obs-neurons`: the data defaults with `--criterion obs --prune-kinds neuron` (MLP neurons ranked by what a "
+        "least-squares refit cannot rebuild of them; heads whole). `onnxsim`: onnxsim 0.8.1's `apply_attention_head_pruning` then "
         "`apply_structured_pruning` at sparsity FRACTION on the raw export (`onnxsim_prune.py`, its own venv). "
         "MACs: MiniLM's whole encoder at batch 1, sequence 128; ViT's backbone at 224. Latency: original and "
         "pruned interleaved in one onnxruntime process, 1 thread, batch 1, sequence 128 / 224x224; the ratio is "
@@ -397,7 +411,10 @@ def main() -> None:
     result: dict = {**environment(), "time_budget": args.time_budget, "load_start": list(os.getloadavg()), "rows": []}
     earlier = json.loads((args.results_dir / f"{args.name}.json").read_text()) if args.merge else {"rows": []}
     if args.merge:
-        result["earlier_run"] = {k: earlier[k] for k in ("date", "load_start", "load_end") if k in earlier}
+        # Every run whose rows a merge may keep, not only the last one (merges chain).
+        before = earlier.get("earlier_runs") or ([earlier["earlier_run"]] if "earlier_run" in earlier else [])
+        last = {k: earlier[k] for k in ("date", "machine", "load_start", "load_end") if k in earlier}
+        result["earlier_runs"] = [*before, last]
     fresh: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench-transformers-") as folder:
         bench = Bench(args, Path(folder))

@@ -126,7 +126,8 @@ class PruneOptions(BaseModel):
     criterion: str = Field(
         "l1",
         description="Filter ranking: l1, l2, random, bn-gamma; with data: taylor, "
-        "mean-activation, apoz, learned (max_drop).",
+        "mean-activation, apoz, contribution, obs (forward passes only: what a head or neuron adds to the "
+        "layers reading it, and what a least-squares refit of them cannot rebuild), learned (max_drop).",
         json_schema_extra=_about(
             "selection", default=f"{DATA_CRITERION} with data (l1 without PyTorch or with recovery 'none'), else l1"
         ),

@@ -14,7 +14,7 @@ from onnxprune.graphops.scoring import available_criteria, criterion_needs_data,
 from onnxprune.roundtrip.context import build_context
 from tests.support.oracle import analyse
 
-DATA_CRITERIA = ["taylor", "mean-activation", "apoz"]
+DATA_CRITERIA = ["taylor", "mean-activation", "apoz", "contribution", "obs"]
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +28,11 @@ def context(analysed, small_data):
 
 
 def test_criteria_are_registered_and_say_whether_they_need_data():
-    assert {"taylor", "mean-activation", "apoz", "bn-gamma"} <= available_criteria()
-    assert [criterion_needs_data(c) for c in DATA_CRITERIA + ["bn-gamma", "l1"]] == [True, True, True, False, False]
+    assert {"taylor", "mean-activation", "apoz", "contribution", "obs", "bn-gamma"} <= available_criteria()
+    assert [criterion_needs_data(c) for c in DATA_CRITERIA + ["bn-gamma", "l1"]] == [True] * len(DATA_CRITERIA) + [
+        False,
+        False,
+    ]
 
 
 def test_listing_criteria_loads_neither_torch_nor_the_plugins():
