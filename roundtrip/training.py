@@ -82,6 +82,7 @@ class TrainingRun:
     kept_metric: float | None = None
     seconds: float = 0.0  # wall time of the training loop (selection evaluations included)
     cpu_seconds: float = 0.0  # CPU time this process spent meanwhile, all threads: how much CPU it got
+    diverged: str = ""  # where a non-finite loss stopped training ('step 11 (loss nan)'); '': it did not
 
 
 @dataclass
@@ -204,6 +205,8 @@ def finetune(
         if select_on is not None:  # the starting weights compete too: a step size too large for a light cut
             score = _score(start) if start is not None else _selection_score(module, objective, select_on, batch_size)
             best = (score, 0, _snapshot(module))
+        # Without a selection split, the weights to go back to if training diverges.
+        given = _snapshot(module) if best is None else None
         plan = StepPlan(steps, deadline, time.monotonic(), warmup_fraction)
         selecting = 0.0  # seconds spent on selection evaluations
         cpu_started = time.process_time()
@@ -221,7 +224,10 @@ def finetune(
             if features is not None:
                 loss = loss + features.loss(outputs[count:], targets[count:])
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"fine-tuning diverged at step {step + 1} (loss {loss.item()}); lower --lr")
+                # A step size too large for this model (YOLOX on 0-255 pixels at the default lr: nan at
+                # step 11): training stops and the best weights so far are kept, never the job lost.
+                run.diverged = f"step {step + 1} (loss {loss.item():g})"
+                break
             optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward(loss)  # loss.backward(), which torch leaves unannotated
             if objective.detector is not None:
@@ -249,6 +255,9 @@ def finetune(
         if best is not None:
             _restore(module, best[2])
             run.kept_metric, run.kept_step = best[0], best[1]
+        elif given is not None and run.diverged:
+            _restore(module, given)
+            run.kept_step = 0
         module.eval()
         return run
 

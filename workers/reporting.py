@@ -94,6 +94,7 @@ def build_report(
             *analysis.input_shape_notes,
             *selection.notes,
             *job.budget_notes,
+            *job.recovery_notes,
             *artifacts.notes,
             *speed_notes(latency),
             *target_notes(latency_target),

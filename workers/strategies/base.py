@@ -67,6 +67,8 @@ class Job:
     verified: Verified | None = field(default=None, repr=False)  # the last model the oracle passed
     # What the time budget cut short (scoring batches, calibration samples, fine-tuning): the report's warnings.
     budget_notes: list[str] = field(default_factory=list)
+    # What recovery could not do as asked (a fine-tuning that diverged): the report's warnings.
+    recovery_notes: list[str] = field(default_factory=list)
 
     @cached_property
     def check_inputs(self) -> dict[str, np.ndarray]:

@@ -219,6 +219,12 @@ class FineTune:
                     features = matched_features(dep, plan, pruned, student, teacher, sample, exclude)
                 run = self.train(job, student, steps, seed, deadline, show, data.validation, features, after_pruning)
                 losses, kept_step, seconds, cpu_seconds = run.losses, run.kept_step, run.seconds, run.cpu_seconds
+                if run.diverged:
+                    job.recovery_notes.append(
+                        f"{label}fine-tuning diverged at {run.diverged} and stopped; the weights of step "
+                        f"{kept_step} were kept (the best on the validation split; 0: before training): a lower "
+                        f"--lr than {self.lr:g} trains further"
+                    )
                 after_finetune = evaluate(student, data.objective, data.validation, data.batch_size)
             model = write_back(pruned, student)
             record = IterationRecord(
