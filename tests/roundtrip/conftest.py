@@ -47,3 +47,19 @@ def small_data(tmp_path_factory, small_model) -> dict[str, Path]:
     np.savez(directory / "labelled.npz", input=x, labels=logits.argmax(1).astype(np.int64))
     np.savez(directory / "unlabelled.npz", input=x)
     return {"labelled": directory / "labelled.npz", "unlabelled": directory / "unlabelled.npz"}
+
+
+@pytest.fixture(scope="module")
+def pruned(small_model, small_data):
+    """The small net's data context (labelled, batches of 16) and the net with half of each group's
+    channels removed by L1 norm: a model for fine-tuning to start from."""
+    from onnxprune.graphops.scoring import score_groups
+    from onnxprune.graphops.selection import select_by_ratio
+    from onnxprune.graphops.surgery import apply_plan
+    from onnxprune.roundtrip.context import build_context
+    from tests.support.oracle import analyse
+
+    analysed = analyse(small_model, {"input": [1, 3, 12, 12]})
+    context = build_context(small_data["labelled"], analysed.prepared, None, batch_size=16, score_batches=2)
+    plan = select_by_ratio(analysed.dep, score_groups(analysed.dep, "l1"), 0.5)
+    return context, apply_plan(analysed.dep, plan)

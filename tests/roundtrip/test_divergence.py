@@ -8,16 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from onnxprune.graphops.scoring import score_groups
-from onnxprune.graphops.selection import select_by_ratio
-from onnxprune.graphops.surgery import apply_plan
-from onnxprune.roundtrip.context import build_context
 from onnxprune.roundtrip.executor import OnnxModule
 from onnxprune.roundtrip.objective import Objective
 from onnxprune.roundtrip.training import finetune, outputs_on
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.pipeline import run_pipeline
-from tests.support.oracle import analyse
 
 # Pipeline stages run in this process, as in a job's sandbox (tests/support/job_sandbox.py).
 pytestmark = pytest.mark.usefixtures("stages_in_the_job_process")
@@ -39,14 +34,6 @@ def diverging(monkeypatch):
         return value * float("nan") if steps["n"] >= NAN_FROM else value
 
     monkeypatch.setattr(Objective, "loss", loss)
-
-
-@pytest.fixture(scope="module")
-def pruned(small_model, small_data):
-    analysed = analyse(small_model, {"input": [1, 3, 12, 12]})
-    context = build_context(small_data["labelled"], analysed.prepared, None, batch_size=16, score_batches=2)
-    plan = select_by_ratio(analysed.dep, score_groups(analysed.dep, "l1"), 0.5)
-    return context, apply_plan(analysed.dep, plan)
 
 
 @pytest.mark.parametrize("selecting", [True, False], ids=["with a selection split", "without one"])

@@ -5,26 +5,11 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 import onnxprune.roundtrip.training as training
-from onnxprune.graphops.scoring import score_groups
-from onnxprune.graphops.selection import select_by_ratio
-from onnxprune.graphops.surgery import apply_plan
-from onnxprune.roundtrip.context import build_context
 from onnxprune.roundtrip.executor import OnnxModule
 from onnxprune.roundtrip.training import evaluate, finetune
-from tests.support.oracle import analyse
 
 SLOW_EVALUATION_S = 1.0  # far more than the whole run's steps on this tiny model take
-
-
-@pytest.fixture(scope="module")
-def pruned(small_model, small_data):
-    analysed = analyse(small_model, {"input": [1, 3, 12, 12]})
-    context = build_context(small_data["labelled"], analysed.prepared, None, batch_size=16, score_batches=2)
-    plan = select_by_ratio(analysed.dep, score_groups(analysed.dep, "l1"), 0.5)
-    return context, apply_plan(analysed.dep, plan)
 
 
 def _scored_steps(monkeypatch, delay: float = 0.0) -> list[int]:
