@@ -44,6 +44,16 @@ def _about(
     return about
 
 
+def _comma_items(value: object) -> list[Any] | None:
+    """A list option as a form or a CLI flag gives it ('a, b' or ['a,b', 'c']) or as JSON does (a list):
+    its items, split on commas, stripped, empty ones dropped; None when ``value`` is no list at all."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        return None
+    parts = [w for item in items for w in (item.split(",") if isinstance(item, str) else [item])]
+    return [w.strip() if isinstance(w, str) else w for w in parts if not (isinstance(w, str) and not w.strip())]
+
+
 OPTION_GROUPS = {
     "target": "How much to remove",
     "selection": "Which filters",
@@ -442,11 +452,10 @@ class PruneOptions(BaseModel):
     @classmethod
     def _kinds_listed(cls, value: object) -> object:
         # 'filter,neuron' (a form's text, a CLI flag) as well as a list; plurals accepted as typed.
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)):
+        words = _comma_items(value)
+        if words is None:
             return value
-        words = [w.strip() for item in items for w in (item.split(",") if isinstance(item, str) else [item])]
-        words = [w[:-1] if isinstance(w, str) and w[:-1] in KINDS else w for w in words if w != ""]
+        words = [w[:-1] if isinstance(w, str) and w[:-1] in KINDS else w for w in words]
         if not words:
             raise ValueError(f"name at least one kind to prune: {', '.join(KINDS)}")
         return list(dict.fromkeys(words))
@@ -455,12 +464,9 @@ class PruneOptions(BaseModel):
     @classmethod
     def _three_channel_values(cls, value: object) -> object:
         # '0.485,0.456,0.406' (a form's text, a CLI flag given once) as well as a list of numbers.
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)):
+        numbers = _comma_items(value)
+        if numbers is None:
             return value
-        parts = [w for item in items for w in (item.split(",") if isinstance(item, str) else [item])]
-        numbers = [w.strip() if isinstance(w, str) else w for w in parts]
-        numbers = [n for n in numbers if n != ""]
         if len(numbers) != 3:
             raise ValueError(f"give three values, one per colour channel (got {len(numbers)})")
         return numbers
