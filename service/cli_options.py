@@ -17,14 +17,13 @@ from typing import Annotated, Any, TypeVar, Union
 import typer
 from pydantic.fields import FieldInfo
 
-from onnxprune.workers.options import OPTION_GROUPS, PruneOptions, parse_input_shape
+from onnxprune.workers.options import OPTION_GROUPS, PruneOptions, option_flag, parse_input_shape
 
 Command = TypeVar("Command", bound=Callable[..., Any])
 
 
 def flag_name(name: str, field: FieldInfo) -> str:
-    about = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-    return str(about.get("flag") or "--" + name.replace("_", "-"))
+    return option_flag(name)
 
 
 def _cli_type(annotation: Any) -> Any:

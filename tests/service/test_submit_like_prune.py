@@ -62,6 +62,29 @@ def test_submit_shows_the_summary_and_warnings_and_writes_what_prune_writes(
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == stat.S_IMODE((tmp_path / "out.onnx").stat().st_mode)
 
 
+def test_submit_names_the_options_a_job_without_data_ignores_as_prune_does(
+    start_api, embedded_env, model_path, tmp_path
+):
+    server = start_api(embedded_env)
+    tuned = ["--lr", "0.01", "--image-channels", "bgr", "--no-benchmark", "--report", "r.json"]
+
+    submitted = onnxprune("submit", model_path, "--server", server.url, "-o", "a.onnx", *tuned, cwd=tmp_path)
+    pruned = onnxprune("prune", model_path, "-o", "b.onnx", *tuned[:-1], "p.json", cwd=tmp_path)
+    refused = onnxprune(
+        "submit", model_path, "--server", server.url, "-o", "c.onnx", "--recovery", "finetune", cwd=tmp_path
+    )
+
+    assert submitted.returncode == 0 and pruned.returncode == 0, submitted.stderr + pruned.stderr
+    warnings = [
+        [w for w in json.loads((tmp_path / name).read_text())["warnings"] if "without data" in w]
+        for name in ("r.json", "p.json")
+    ]
+    assert warnings[0] == warnings[1] and warnings[0][0].startswith(
+        "without data these options change nothing: --image-channels bgr, --lr 0.01 "
+    )
+    assert refused.returncode == 3 and "recovery 'finetune' needs data" in refused.stderr  # the server refused it (422)
+
+
 def test_submit_plan_in_applies_the_plan_instead_of_scoring(start_api, embedded_env, model_path, tmp_path):
     server = start_api(embedded_env)
     first = onnxprune(
