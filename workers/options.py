@@ -119,6 +119,9 @@ def criterion_needs_data(name: str) -> bool:
     return name in SEARCH_CRITERIA or ranking_needs_data(name)
 
 
+# The fields ``PruneOptions.image_preprocessing`` reads: how photos given as data are preprocessed.
+IMAGE_OPTIONS = ("image_channels", "image_resize", "image_scale", "image_mean", "image_std")
+
 # The words of ``recovery`` (the strategies they choose: ``workers.strategies.choose_recovery``).
 RecoveryChoice = Literal["auto", "none", "reconstruct", "finetune"]
 
@@ -480,7 +483,8 @@ class PruneOptions(BaseModel):
 
     @property
     def image_preprocessing(self) -> ImagePreprocessing:
-        """How photos given as data become the model's input (``roundtrip.images``)."""
+        """How photos given as data become the model's input (``roundtrip.images``): the fields of
+        ``IMAGE_OPTIONS``, which every command that reads photos takes (prune, submit, sensitivity)."""
         from onnxprune.roundtrip.images import ImagePreprocessing
 
         mean, std = self.image_mean or [0.0, 0.0, 0.0], self.image_std or [1.0, 1.0, 1.0]
