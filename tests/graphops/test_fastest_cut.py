@@ -62,6 +62,15 @@ def test_the_knapsack_goes_on_until_the_exact_check_says_the_goal_is_reached():
     assert allocate_for_macs([a, b], 1e9, 2.0, 0.0) == {"a": 16, "b": 32}  # out of reach: all there is
 
 
+def test_the_knapsack_never_takes_a_move_of_infinite_importance():
+    """A channel that must not go (an infinite score): out of reach, all there is stops short of it."""
+    inf = float("inf")
+    a = CutOptions("a", (48, 32, 16), importance=(0.0, 1.0, inf), macs=(0.0, 10.0, 20.0), ms=(0.0, 1.0, 2.0))
+    b = CutOptions("b", (48, 32), importance=(0.0, inf), macs=(0.0, 10.0), ms=(0.0, 1.0))
+
+    assert allocate_for_macs([a, b], 1e9, 2.0, 0.0) == {"a": 32}
+
+
 # ---- the rule ----------------------------------------------------------------------------------
 
 
