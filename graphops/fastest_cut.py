@@ -23,6 +23,7 @@ importance cut stays. A flat latency curve therefore changes nothing.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -98,6 +99,8 @@ def allocate_for_macs(
             if value <= 0.0:
                 continue
             price = (option.importance[there] - option.importance[here]) / value
+            if not math.isfinite(price):  # removes a channel that must not go (an infinite score)
+                continue
             if best is None or price < best[0]:
                 best = (price, there)
         return best

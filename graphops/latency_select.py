@@ -18,6 +18,7 @@ floor of heads first (MiniLM-L3 at --latency-target 0.7: 2 of 12 heads a layer, 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
@@ -42,7 +43,9 @@ class GroupOptions:
 
 def allocate(options: Iterable[GroupOptions], goal_ms: float) -> dict[str, int]:
     """Counts per group that save at least ``goal_ms`` in total (or as much as the options allow)
-    at the least importance, greedily by importance per millisecond. Groups left whole are omitted."""
+    at the least importance, greedily by importance per millisecond. Groups left whole are omitted.
+    A move whose price is not finite removes a channel that must not go (``normalised_scores``: an
+    infinite score): never taken, even when it is the only one left; the goal is then missed."""
     options = [o for o in options if len(o.counts) > 1]
     position = {o.group: 0 for o in options}
     saved = 0.0
@@ -55,6 +58,8 @@ def allocate(options: Iterable[GroupOptions], goal_ms: float) -> dict[str, int]:
                 if gain <= 0.0:
                     continue
                 price = (option.cost[there] - option.cost[here]) / gain
+                if not math.isfinite(price):
+                    continue
                 if best is None or price < best[0]:
                     best = (price, option, there, gain)
         if best is None:

@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError
 from rich.table import Table
 
 from onnxprune.service.cli_common import console, fail, input_shapes, one_line_errors, require_output_dirs
-from onnxprune.service.cli_options import set_options, with_prune_options
+from onnxprune.service.cli_options import options_from_flags, with_prune_options
 from onnxprune.service.cli_output import EXIT_BAD_INPUT, print_table, stage_progress, stdout_console
 from onnxprune.workers.options import PruneOptions
 
@@ -59,19 +58,6 @@ InputShapeOption = Annotated[
     list[str] | None,
     typer.Option("--input-shape", help="Concrete shape for a symbolic input, NAME:1x3x224x224 (repeatable)."),
 ]
-
-
-def _options(**flags: Any) -> PruneOptions:
-    try:
-        return PruneOptions(**set_options(flags))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "options"
-        fail(f"{where}: {first['msg'].removeprefix('Value error, ')}", EXIT_BAD_INPUT)
-        raise  # unreachable, for type checkers
-    except ValueError as exc:  # a malformed --input-shape
-        fail(str(exc), EXIT_BAD_INPUT)
-        raise
 
 
 def require_capabilities(options: PruneOptions, *, has_data: bool = False, plan_given: bool = False) -> None:
@@ -290,7 +276,7 @@ def prune(
     from onnxprune.service.cli_results import read_plan, show_results, write_results
     from onnxprune.workers.job_process import JobLimits, JobRequest, run_job_process
 
-    options, note = _data_defaults(_options(**flags), data, model)
+    options, note = _data_defaults(options_from_flags(flags), data, model)
     _require_data(options, data, plan_given=plan_in is not None)
     require_capabilities(options, has_data=data is not None, plan_given=plan_in is not None)
     if note is not None:  # after the checks: a refused job prints its one error line and nothing else

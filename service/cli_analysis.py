@@ -7,13 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from onnxprune.service.cli_common import fail, input_shapes, one_line_errors
+from onnxprune.service.cli_common import console, fail, input_shapes, one_line_errors
+from onnxprune.service.cli_options import options_from_flags, with_schema_options
+from onnxprune.workers.options import IMAGE_OPTIONS
 
 if TYPE_CHECKING:  # the engine loads only when the command runs
+    from onnxprune.roundtrip.images import ImagePreprocessing
     from onnxprune.workers.report import SensitivityReport
 
 NO_DATA_MESSAGE = (
@@ -30,11 +33,15 @@ def register(app: typer.Typer) -> None:
     app.command("sensitivity")(sensitivity)
 
 
+@with_schema_options(*IMAGE_OPTIONS)  # photos as data are read as prune reads them
 def sensitivity(
     model: Annotated[Path, typer.Argument(help="The ONNX model to analyse.")],
     data: Annotated[
         Path | None,
-        typer.Option(help="Held-out .npz: one array per model input, optional 'labels' (all samples are used)."),
+        typer.Option(
+            help="Held-out .npz: one array per model input, optional 'labels' (all samples are used); or, for an "
+            "image input, a folder of photos or uint8 [N, h, w, 3] images (preprocessed by the --image-* options)."
+        ),
     ] = None,
     ratios: Annotated[
         str, typer.Option(help="Comma-separated fractions of each group's filters to remove.")
@@ -55,11 +62,13 @@ def sensitivity(
     ] = None,
     plot: Annotated[Path | None, typer.Option(help="Write the curves as a PNG.")] = None,
     report_html: Annotated[Path | None, typer.Option(help="Write a self-contained HTML page with the curves.")] = None,
+    **flags: Any,
 ) -> None:
     """For every prunable group, prune it alone at each ratio and measure accuracy (labels) or fidelity."""
     one_line_errors(_sensitivity)(
         model,
         data,
+        _preprocessing(flags, data_given=data is not None),
         ratios,
         criterion,
         samples,
@@ -73,9 +82,21 @@ def sensitivity(
     )
 
 
+def _preprocessing(flags: dict[str, Any], *, data_given: bool) -> ImagePreprocessing:
+    """The --image-* flags, validated by the schema as prune's are; without data a warning names them."""
+    from onnxprune.workers.strategies.needs import Given, ignored_without_data
+
+    options = options_from_flags(flags)
+    ignored = ignored_without_data(options, Given(data=data_given))
+    if ignored is not None:
+        console.print(f"[yellow]warning:[/yellow] {ignored}", highlight=False, soft_wrap=True)
+    return options.image_preprocessing
+
+
 def _sensitivity(
     model: Path,
     data: Path | None,
+    preprocessing: ImagePreprocessing,
     ratios: str,
     criterion: str,
     samples: int | None,
@@ -108,7 +129,7 @@ def _sensitivity(
     require_output_dirs(json_out, plot, report_html)
     proto = load_model(model)
     if data is not None:
-        dataset = load_dataset(data, proto, shapes)
+        dataset = load_dataset(data, proto, shapes, preprocessing)
     elif synthetic is not None:
         dataset = synthetic_dataset(proto, shapes, synthetic)
     else:  # refused above; says so again for the type checker

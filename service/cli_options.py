@@ -11,20 +11,22 @@ from __future__ import annotations
 import inspect
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any, TypeVar, Union
 
 import typer
+from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
-from onnxprune.workers.options import OPTION_GROUPS, PruneOptions, parse_input_shape
+from onnxprune.service.cli_common import fail
+from onnxprune.service.cli_output import EXIT_BAD_INPUT
+from onnxprune.workers.options import OPTION_GROUPS, PruneOptions, option_flag, parse_input_shape
 
 Command = TypeVar("Command", bound=Callable[..., Any])
 
 
 def flag_name(name: str, field: FieldInfo) -> str:
-    about = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-    return str(about.get("flag") or "--" + name.replace("_", "-"))
+    return option_flag(name)
 
 
 def _cli_type(annotation: Any) -> Any:
@@ -57,10 +59,13 @@ def _help(field: FieldInfo) -> str:
     return text
 
 
-def option_parameters() -> list[inspect.Parameter]:
-    """One keyword parameter per schema field, each a typer option defaulting to None (unset)."""
+def option_parameters(names: Iterable[str] | None = None) -> list[inspect.Parameter]:
+    """One keyword parameter per schema field (of ``names``: all), each a typer option defaulting to None (unset)."""
     parameters = []
+    wanted = None if names is None else set(names)
     for name, field in PruneOptions.model_fields.items():
+        if wanted is not None and name not in wanted:
+            continue
         about = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         kind = _cli_type(field.annotation)
         flag = flag_name(name, field)
@@ -82,10 +87,36 @@ def option_parameters() -> list[inspect.Parameter]:
 
 def with_prune_options(command: Command) -> Command:
     """Give ``command`` (which takes ``**options``) a flag for every schema field."""
-    signature = inspect.signature(command, eval_str=True)
-    fixed = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    command.__signature__ = signature.replace(parameters=fixed + option_parameters())  # type: ignore[attr-defined]
-    return command
+    return with_schema_options()(command)
+
+
+def with_schema_options(*names: str) -> Callable[[Command], Command]:
+    """Give a command (which takes ``**options``) a flag for each of the schema fields ``names`` (none
+    named: every field), as ``prune`` has it: the same flag, help, parsing and validation."""
+    unknown = set(names) - set(PruneOptions.model_fields)
+    if unknown:
+        raise KeyError(f"no such options in the schema: {', '.join(sorted(unknown))}")
+
+    def decorate(command: Command) -> Command:
+        signature = inspect.signature(command, eval_str=True)
+        fixed = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        added = option_parameters(names or None)
+        command.__signature__ = signature.replace(parameters=fixed + added)  # type: ignore[attr-defined]
+        return command
+
+    return decorate
+
+
+def options_from_flags(flags: dict[str, Any]) -> PruneOptions:
+    """The options the flags the user set spell, validated; a bad value is one line and exit 2."""
+    try:
+        return PruneOptions(**set_options(flags))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "options"
+        fail(f"{where}: {first['msg'].removeprefix('Value error, ')}", EXIT_BAD_INPUT)
+    except ValueError as exc:  # a malformed --input-shape
+        fail(str(exc), EXIT_BAD_INPUT)
 
 
 def set_options(values: dict[str, Any]) -> dict[str, Any]:

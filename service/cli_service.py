@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from onnxprune.service.cli_options import set_options, with_prune_options
+from onnxprune.service.cli_options import options_from_flags, set_options, with_prune_options
 
 
 def register(app: typer.Typer) -> None:
@@ -177,9 +177,7 @@ def exit_code_of(error: Exception) -> int:
 def _config(flags: dict[str, Any]) -> dict[str, Any]:
     """The options the user set, checked here against the same schema the server uses (bad input is
     exit 2 before any upload), sent as typed JSON (``--ratio 0.3`` a number, ``--ratio auto`` the word)."""
-    from onnxprune.service.cli import _options
-
-    options = _options(**flags)
+    options = options_from_flags(flags)
     return options.model_dump(mode="json", include=set(set_options(flags)))
 
 

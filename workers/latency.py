@@ -237,6 +237,20 @@ def missing_curves(
     ]
 
 
+def uncovered_groups(
+    table: LatencyTable,
+    dep: DependencyGraph,
+    scores: Scores,
+    cost: ModelCost,
+    settings: LatencySettings,
+    exclude: tuple[str, ...] = (),
+) -> list[str]:
+    """Groups a cut with ``exclude`` (and ``dep``'s kind limits) may take that ``table`` has no curve for
+    (:func:`missing_curves`). The cache key names neither the kind limits nor ``--exclude``: a table cached
+    by a job that left groups whole prices them at no saving, and a cut compared on it is mispredicted."""
+    return missing_curves(table, dep, _by_macs(dep, scores, cost, exclude), vector_width()[0], settings.fractions)
+
+
 def plan_variants(
     dep: DependencyGraph, scores: Scores, groups: list[int], settings: LatencySettings, step: int
 ) -> tuple[list[Variant], list[tuple[str, int, int]]]:

@@ -119,6 +119,9 @@ def criterion_needs_data(name: str) -> bool:
     return name in SEARCH_CRITERIA or ranking_needs_data(name)
 
 
+# The fields ``PruneOptions.image_preprocessing`` reads: how photos given as data are preprocessed.
+IMAGE_OPTIONS = ("image_channels", "image_resize", "image_scale", "image_mean", "image_std")
+
 # The words of ``recovery`` (the strategies they choose: ``workers.strategies.choose_recovery``).
 RecoveryChoice = Literal["auto", "none", "reconstruct", "finetune"]
 
@@ -480,7 +483,8 @@ class PruneOptions(BaseModel):
 
     @property
     def image_preprocessing(self) -> ImagePreprocessing:
-        """How photos given as data become the model's input (``roundtrip.images``)."""
+        """How photos given as data become the model's input (``roundtrip.images``): the fields of
+        ``IMAGE_OPTIONS``, which every command that reads photos takes (prune, submit, sensitivity)."""
         from onnxprune.roundtrip.images import ImagePreprocessing
 
         mean, std = self.image_mean or [0.0, 0.0, 0.0], self.image_std or [1.0, 1.0, 1.0]
@@ -586,3 +590,23 @@ def with_data_defaults(
     if not torch_available:
         return options, f"criterion l1: {DATA_CRITERION}, the default with data, needs PyTorch, which is not installed"
     return options.model_copy(update={"criterion": DATA_CRITERION}), None
+
+
+def option_flag(name: str) -> str:
+    """The CLI flag of schema field ``name`` (``--field-name``, or the field's own ``flag``)."""
+    field = PruneOptions.model_fields[name]
+    about = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    return str(about.get("flag") or "--" + name.replace("_", "-"))
+
+
+def data_options_set(options: PruneOptions) -> list[str]:
+    """The fields the schema marks ``needs_data`` whose value is not the default: what the options ask of
+    work on data. Compared with the default, not with what was typed, so that the API's stored config (every
+    field set) and the CLI's flags answer alike; a default given explicitly changes nothing either way."""
+    return [
+        name
+        for name, field in PruneOptions.model_fields.items()
+        if isinstance(field.json_schema_extra, dict)
+        and field.json_schema_extra.get("needs_data")
+        and getattr(options, name) != field.get_default(call_default_factory=True)
+    ]

@@ -40,7 +40,7 @@ from onnxprune.workers.shortfall import shortfall_notes
 from onnxprune.workers.speed import speed_notes
 from onnxprune.workers.strategies import Job, Outcome
 from onnxprune.workers.strategies.finish import Artifacts
-from onnxprune.workers.strategies.needs import Given
+from onnxprune.workers.strategies.needs import Given, ignored_without_data
 from onnxprune.workers.strategies.nesting import echo_options
 
 
@@ -68,14 +68,13 @@ def build_report(
         evaluation = evaluation.model_copy(update={"finetune": outcome.finetune})
     evaluation = with_bound(evaluation, job.options, selection.validation_drop)
     latency_target = judged_on_closing_benchmark(selection.latency_target, latency)
+    given = Given(data=job.data_path is not None or job.data_context is not None, plan=selection.from_saved_plan)
+    ignored = ignored_without_data(job.options, given)
     return PruneReport(
         onnxprune_version=onnxprune_version(),
         model_sha256=analysis.sha256,
         output_sha256=output_sha256,
-        options=echo_options(
-            job.options,
-            Given(data=job.data_path is not None or job.data_context is not None, plan=selection.from_saved_plan),
-        ),
+        options=echo_options(job.options, given),
         input_shapes=analysis.input_shapes,
         macs=BeforeAfter(before=analysis.cost.macs, after=cost_after.macs),
         params=BeforeAfter(before=analysis.cost.params, after=cost_after.params),
@@ -91,6 +90,7 @@ def build_report(
         sensitivity=selection.sensitivity,
         group_ratios=selection.group_ratios,
         warnings=[
+            *([] if ignored is None else [ignored]),
             *analysis.input_shape_notes,
             *selection.notes,
             *job.budget_notes,

@@ -161,10 +161,16 @@ def size(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.T
     return [torch.tensor(required(inputs, 0).numel(), dtype=torch.int64)]
 
 
+def _torch_dtype(dtype: np.dtype) -> torch.dtype:
+    """torch's dtype for a NumPy dtype, read off an empty (writable) array: asking ``torch.from_numpy``
+    of a read-only array (an attribute's tensor from raw bytes) warns, and copying it only for its dtype is waste."""
+    return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+
+
 @register("Cast")
 def cast(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
     dtype = helper.tensor_dtype_to_np_dtype(attrs(node).integer("to"))
-    return [required(inputs, 0).to(torch.from_numpy(np.zeros(0, dtype=dtype)).dtype)]
+    return [required(inputs, 0).to(_torch_dtype(dtype))]
 
 
 @register("Constant")
@@ -190,7 +196,7 @@ def constant(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[tor
 def constant_of_shape(node: onnx.NodeProto, inputs: OpInputs, ctx: OpContext) -> list[torch.Tensor]:
     a = attrs(node)
     array = numpy_helper.to_array(a.tensor("value")) if "value" in a else np.zeros(1, np.float32)
-    return [torch.full(_ints(required(inputs, 0)), array.reshape(-1)[0].item(), dtype=torch.from_numpy(array).dtype)]
+    return [torch.full(_ints(required(inputs, 0)), array.reshape(-1)[0].item(), dtype=_torch_dtype(array.dtype))]
 
 
 @register("Expand")

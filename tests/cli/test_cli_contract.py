@@ -139,6 +139,11 @@ BAD_INPUT_CASES = [
     ),
     ("ratio out of range", ["-o", "out.onnx", "--ratio", "1.5"], "ratio must be in [0, 1)"),
     ("fine-tuning without data", ["-o", "out.onnx", "--finetune-steps", "5"], "needs data"),
+    (
+        "a named recovery without data",
+        ["-o", "out.onnx", "--recovery", "reconstruct"],
+        "recovery 'reconstruct' needs data",
+    ),
 ]
 
 
@@ -149,6 +154,18 @@ def test_bad_input_is_one_line_and_exit_2_and_writes_nothing(model_path, tmp_pat
     assert result.returncode == 2
     assert one_error_line(result.stderr).startswith("error: ") and words in one_error_line(result.stderr)
     assert not (tmp_path / "out.onnx").exists() and not (tmp_path / "no").exists()
+
+
+def test_options_that_only_tune_work_on_data_are_named_in_a_warning_without_data(model_path, tmp_path):
+    result = onnxprune(
+        "prune", model_path, "-o", "out.onnx", "--report", "r.json", "--no-benchmark", "--lr", "0.01",
+        "--image-channels", "bgr", cwd=tmp_path,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    (warning,) = [w for w in json.loads((tmp_path / "r.json").read_text())["warnings"] if "without data" in w]
+    assert warning.startswith("without data these options change nothing: --image-channels bgr, --lr 0.01 ")
+    assert f"warning: {warning}" in " ".join(result.stderr.split())
 
 
 def test_an_exclude_that_matches_a_node_is_accepted(model_path, tmp_path):

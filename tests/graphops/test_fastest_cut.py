@@ -62,6 +62,15 @@ def test_the_knapsack_goes_on_until_the_exact_check_says_the_goal_is_reached():
     assert allocate_for_macs([a, b], 1e9, 2.0, 0.0) == {"a": 16, "b": 32}  # out of reach: all there is
 
 
+def test_the_knapsack_never_takes_a_move_of_infinite_importance():
+    """A channel that must not go (an infinite score): out of reach, all there is stops short of it."""
+    inf = float("inf")
+    a = CutOptions("a", (48, 32, 16), importance=(0.0, 1.0, inf), macs=(0.0, 10.0, 20.0), ms=(0.0, 1.0, 2.0))
+    b = CutOptions("b", (48, 32), importance=(0.0, inf), macs=(0.0, 10.0), ms=(0.0, 1.0))
+
+    assert allocate_for_macs([a, b], 1e9, 2.0, 0.0) == {"a": 32}
+
+
 # ---- the rule ----------------------------------------------------------------------------------
 
 
@@ -166,3 +175,35 @@ def test_round_to_1_or_no_table_keeps_the_macs_only_cut(tmp_path, monkeypatch, r
     assert {g.id: g.channels_after for g in report.groups} == {
         g.id: len(expected.keep.get(g.id, range(g.channels))) for g in analysed.dep.prunable
     }
+
+
+def test_a_cached_table_without_a_curve_for_a_group_the_cut_may_take_is_not_compared_on(tmp_path, monkeypatch):
+    """The cache key names no --exclude and no kind limit: a table cached by a job that left a whole (no
+    curve for a) would price a's channels at no saving, and the cut on b would look the faster by that
+    alone. The importance cut is kept, as without a table, and a warning says why."""
+    analysed, _, report = prune(tmp_path, monkeypatch, round_to=16, cached=True, only_b=True)
+    a = analysed.dep.prunable[0].id
+    scores = score_groups(analysed.dep, "l1")
+    expected = select_by_flops(analysed.dep, scores, 0.3, node_macs=node_macs(analysed), round_to=16)
+
+    assert report.fastest_cut is None
+    assert {g.id: g.channels_after for g in report.groups} == {
+        g.id: len(expected.keep.get(g.id, range(g.channels))) for g in analysed.dep.prunable
+    }
+    (note,) = [w for w in report.warnings if w.startswith("the latency table cached for this model has no curve")]
+    assert f"for 1 group(s) this cut may take ({a}:" in note
+
+
+def test_a_cached_table_that_covers_the_groups_a_job_may_take_is_compared_on(tmp_path, monkeypatch):
+    """The same table for a job that excludes a itself: every group it may take has a curve."""
+    analysed, table, report = prune(
+        tmp_path, monkeypatch, round_to=16, cached=True, only_b=True, exclude=[analysed_first_conv()]
+    )
+
+    assert report.fastest_cut is not None and report.fastest_cut.table_key == table.key
+    assert not [w for w in report.warnings if "has no curve" in w]
+
+
+def analysed_first_conv() -> str:
+    """The name of the conv that writes group a (two_group_model's first)."""
+    return next(n.name for n in two_group_model().graph.node if n.op_type == "Conv")

@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 
 from onnxprune.graphops.kinds import KindLimits, limit_groups
-from onnxprune.graphops.latency_select import counts_of, group_options, latency_tiers, select_by_latency, unit_costs
+from onnxprune.graphops.latency_select import (
+    GroupOptions,
+    allocate,
+    counts_of,
+    group_options,
+    latency_tiers,
+    select_by_latency,
+    unit_costs,
+)
 from tests.support.oracle import analyse, assert_prune_matches_oracle
 from tests.support.small_models import chain_model
 from tests.support.transformer_models import bert_style
@@ -126,3 +134,39 @@ def test_a_model_of_conv_filters_is_one_tier():
 
     (tier,) = latency_tiers(dep)
     assert tier.dep is dep and tier.held == ""
+
+
+# A channel that must not go has an infinite score (``selection.normalised_scores``), so every count that
+# removes it costs infinite importance: such a move is never taken, even when it is the only one left.
+INFINITE_PRICE_CASES = [
+    # (id, options, goal_ms, counts)
+    ("the only move left", [GroupOptions("a", (8, 4), cost=(0.0, float("inf")), saving=(0.0, 1.0))], 1.0, {}),
+    ("after a finite one", [GroupOptions("a", (8, 6, 4), cost=(0.0, 1.0, float("inf")), saving=(0.0, 1.0, 2.0))],
+     2.0, {"a": 6}),
+    ("beside a finite one elsewhere", [
+        GroupOptions("a", (8, 4), cost=(0.0, float("inf")), saving=(0.0, 5.0)),
+        GroupOptions("b", (8, 4), cost=(0.0, 3.0), saving=(0.0, 1.0)),
+    ], 5.0, {"b": 4}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("options", "goal_ms", "counts"), [c[1:] for c in INFINITE_PRICE_CASES], ids=[c[0] for c in INFINITE_PRICE_CASES]
+)
+def test_a_move_of_infinite_price_is_never_taken(options, goal_ms, counts):
+    assert allocate(options, goal_ms) == counts
+
+
+def test_a_latency_plan_keeps_a_channel_of_infinite_score_whatever_the_goal():
+    """chain_model's groups (diagram there), every one of whose scores is infinite but one channel's: an
+    unreachable goal removes that one channel and no other (before: the groups were emptied to their floors)."""
+    dep = analyse(chain_model()).dep
+    scores = {g.id: np.full(g.channels, np.inf) for g in dep.prunable}
+    first = dep.prunable[0]
+    scores[first.id][0] = 1.0
+
+    plan = select_by_latency(dep, scores, lambda gid, keep: float(dep.group(gid).channels - keep), 1e9, step=1)
+
+    assert {gid: len(entry.keep) for gid, entry in plan.groups.items() if len(entry.keep) < entry.channels} == {
+        first.id: first.channels - 1
+    }

@@ -153,3 +153,40 @@ def test_cubic_resize_matches_onnxruntime(transform, size_in, size_out):
     feeds = {"x": np.random.default_rng(0).standard_normal((2, 3, size_in, size_in)).astype(np.float32)}
 
     assert_parity(model, feeds)
+
+
+NO_WARNING_SCRIPT = """
+import warnings
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+from onnxprune.roundtrip.ops import OpContext
+from onnxprune.roundtrip.ops.tensor import constant_of_shape
+import torch
+
+value = numpy_helper.from_array(np.array([{value}], np.{dtype}), "value")  # raw bytes: a read-only array
+node = helper.make_node("ConstantOfShape", ["shape"], ["y"], value=value)
+warnings.simplefilter("error")
+out = constant_of_shape(node, [torch.tensor([2, 3])], OpContext(opset=17))[0]
+print(out.dtype, out.shape, out.reshape(-1)[0].item())
+"""
+
+
+@pytest.mark.parametrize(("value", "dtype", "printed"), [
+    ("1.5", "float32", "torch.float32 torch.Size([2, 3]) 1.5"),
+    ("7", "int64", "torch.int64 torch.Size([2, 3]) 7"),
+])  # fmt: skip
+def test_constant_of_shape_with_a_value_from_raw_bytes_runs_without_the_read_only_warning(value, dtype, printed):
+    """torch warns once per process about a read-only array (``torch.from_numpy``), hence a fresh interpreter."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", NO_WARNING_SCRIPT.format(value=value, dtype=dtype)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == printed

@@ -97,6 +97,13 @@ BAD_UPLOAD_CASES = [
     ("data not an npz", dict(data=b"not a zip at all"), 422, "invalid_data", "npz"),
     ("data criterion without data", dict(config={"criterion": "taylor"}), 422, "invalid_config", "needs data"),
     ("fine-tuning without data", dict(config={"finetune_steps": 10}), 422, "invalid_config", "needs data"),
+    (
+        "a named recovery without data",
+        dict(config={"recovery": "reconstruct"}),
+        422,
+        "invalid_config",
+        "recovery 'reconstruct' needs data: add a 'data' part",
+    ),
     # Hostile models (tests/support/hostile_models.py): refused statically, before anything is built or run.
     (
         "3000 chained local functions",

@@ -36,9 +36,10 @@ def table_of(curves: dict[str, tuple[int, float]], *, baseline: float = 10.0, st
     )
 
 
-def prune(tmp_path, monkeypatch, *, round_to: int | str, cached: bool):
+def prune(tmp_path, monkeypatch, *, round_to: int | str, cached: bool, only_b: bool = False, **options):
     """The two-group model pruned by the pipeline at --flops-target 0.3, with (or without) a cached
-    table in which b's channels cost 10x the time of a's (l1 scores here cut a first)."""
+    table in which b's channels cost 10x the time of a's (l1 scores here cut a first); ``only_b``: the
+    table has no curve for a (as one measured with a's conv excluded); ``options``: more options."""
     from onnxprune.workers.pipeline import run_pipeline
 
     monkeypatch.setenv("ONNXPRUNE_CACHE_DIR", str(tmp_path / "cache"))
@@ -47,8 +48,8 @@ def prune(tmp_path, monkeypatch, *, round_to: int | str, cached: bool):
     onnx.save(model, path)
     analysed = analyse(model)
     a, b = (g.id for g in analysed.dep.prunable)
-    options = PruneOptions(flops_target=0.3, round_to=round_to, benchmark=False)
-    table = table_of({a: (128, 0.005), b: (128, 0.05)})
+    options = PruneOptions(flops_target=0.3, round_to=round_to, benchmark=False, **options)
+    table = table_of({b: (128, 0.05)} if only_b else {a: (128, 0.005), b: (128, 0.05)})
     if cached:
         key = table_key(
             hashlib.sha256(path.read_bytes()).hexdigest(), analysed.input_shapes, LatencySettings.of(options)
@@ -56,4 +57,6 @@ def prune(tmp_path, monkeypatch, *, round_to: int | str, cached: bool):
         (tmp_path / "cache" / "latency").mkdir(parents=True)
         (tmp_path / "cache" / "latency" / f"{key}.json").write_text(table.to_json())
     report = run_pipeline(path, tmp_path / "out.onnx", options).report  # oracle-checked
+    if cached:  # what the job left of the cache: the same table, not one measured again
+        assert (tmp_path / "cache" / "latency" / f"{key}.json").read_text() == table.to_json()
     return analysed, table, report

@@ -13,9 +13,9 @@ import pytest
 
 import onnxprune.workers.strategies as strategies
 from onnxprune.workers.capabilities import MissingCapability, torch_reason
-from onnxprune.workers.options import PruneOptions
+from onnxprune.workers.options import PruneOptions, option_flag
 from onnxprune.workers.strategies import round_trip_reason
-from onnxprune.workers.strategies.needs import Needs, job_needs
+from onnxprune.workers.strategies.needs import Given, Needs, ignored_without_data, job_needs
 
 RECONSTRUCT = "layer-wise reconstruction (the default recovery when data is given)"
 
@@ -44,6 +44,13 @@ NEEDS_CASES = [
      False, Needs("ratio 'auto' needs data (or a sensitivity file) to measure each group's drop")),
     ("learned", {"criterion": "learned", "max_drop": 0.02}, True, False, False, Needs(
         "criterion 'learned' needs data", "criterion 'learned'")),
+    # a recovery named without data: asked for and not run would be silent (its registration: Requires(data=True))
+    ("reconstruct named, no data", {"recovery": "reconstruct"}, False, False, False, Needs(
+        "recovery 'reconstruct' needs data")),
+    ("finetune named, no data", {"recovery": "finetune"}, False, False, False, Needs("recovery 'finetune' needs data")),
+    ("finetune named, no data, plan given", {"recovery": "finetune"}, False, True, False, Needs(
+        "recovery 'finetune' needs data")),
+    ("recovery none, no data", {"recovery": "none"}, False, False, False, Needs()),
 ]  # fmt: skip
 
 
@@ -93,3 +100,68 @@ def test_the_worker_refuses_a_job_it_cannot_run_before_reading_the_model(monkeyp
     monkeypatch.setattr("onnxprune.workers.capabilities.torch_installed", lambda: False)
     with pytest.raises(MissingCapability, match=f"^{re.escape(RECONSTRUCT)} needs PyTorch, which is not installed"):
         run_pipeline(tmp_path / "never-read.onnx", tmp_path / "out.onnx", PruneOptions(), data=tmp_path / "d.npz")
+
+
+# Every option the schema marks ``needs_data``, given without data: a value other than its default, and
+# whether the job is refused (it asks for work on data) or runs and warns (it only tunes that work). A
+# new data option must be added here, which decides which it is.
+WITHOUT_DATA_CASES = [
+    # (field, value, refused: the start of job_needs' reason; None: a warning names the flag)
+    ("finetune_steps", 10, "fine-tuning needs data"),
+    ("iterative_steps", 3, "fine-tuning needs data"),
+    ("recovery", "reconstruct", "recovery 'reconstruct' needs data"),
+    ("recovery", "finetune", "recovery 'finetune' needs data"),
+    ("recovery", "none", None),
+    ("lr", 0.01, None),
+    ("time_budget", 60.0, None),
+    ("augment", False, None),
+    ("match_features", True, None),
+    ("reconstruct_samples", 64, None),
+    ("batch_size", 8, None),
+    ("score_batches", 2, None),
+    ("learned_episodes", 5, None),
+    ("learned_samples", 4, None),
+    ("flops_regularization", 0.5, None),
+    ("image_channels", "bgr", None),
+    ("image_resize", "crop", None),
+    ("image_scale", 1.0, None),
+    ("image_mean", [0.485, 0.456, 0.406], None),
+    ("image_std", [0.229, 0.224, 0.225], None),
+]
+
+
+def test_every_data_option_is_decided_without_data():
+    marked = {
+        name
+        for name, field in PruneOptions.model_fields.items()
+        if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("needs_data")
+    }
+    assert {case[0] for case in WITHOUT_DATA_CASES} == marked
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "refused"), WITHOUT_DATA_CASES, ids=[f"{c[0]}={c[1]}" for c in WITHOUT_DATA_CASES]
+)
+def test_a_data_option_without_data_is_refused_or_warned_about(name, value, refused):
+    options = PruneOptions(**{name: value})
+    reason = job_needs(options, has_data=False).data
+    warning = ignored_without_data(options, Given(data=False))
+
+    if refused is not None:
+        assert reason is not None and reason.startswith(refused)
+    else:
+        assert reason is None
+        assert warning is not None and warning.startswith("without data these options change nothing: ")
+        assert option_flag(name) in warning or f"--no-{option_flag(name)[2:]}" in warning
+    # with data, or left at its default, nothing to say
+    assert ignored_without_data(options, Given(data=True)) is None
+    assert ignored_without_data(PruneOptions(), Given(data=False)) is None
+
+
+def test_the_warning_spells_the_options_as_the_cli_takes_them():
+    options = PruneOptions(lr=0.01, augment=False, image_mean=[0.5, 0.5, 0.5], latency_budget_s=5.0)
+
+    assert ignored_without_data(options, Given()) == (
+        "without data these options change nothing: --image-mean 0.5,0.5,0.5, --lr 0.01, --no-augment "
+        "(they tune the work done on a data file: give one, --data or the upload's 'data' part, or drop them)"
+    )  # --latency-budget works without data: not named

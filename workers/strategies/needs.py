@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from onnxprune.workers.options import PruneOptions, criterion_needs_data
+from onnxprune.workers.options import PruneOptions, criterion_needs_data, data_options_set, option_flag
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,47 @@ def criterion_needs(options: PruneOptions) -> Needs:
     return NOTHING
 
 
+def named_recovery_needs(options: PruneOptions, given: Given) -> Needs:
+    """A recovery the options name (``recovery 'reconstruct'``) needs what its registration declares, even
+    where a job without data would not build it: run without it, the job would silently skip what was asked."""
+    from onnxprune.workers.strategies.registry import entry
+
+    if given.data or options.recovery == "auto":
+        return NOTHING
+    if entry("recovery", options.recovery).requires.data:
+        return Needs(data=f"recovery '{options.recovery}' needs data")
+    return NOTHING
+
+
+def ignored_without_data(options: PruneOptions, given: Given) -> str | None:
+    """The report's warning for options that act only on data (``needs_data`` in the schema) set in a job
+    that has none, or None. Those that ask for work on data (a data criterion, fine-tuning steps, a named
+    recovery) are refused by :func:`job_needs` instead; these only tune that work, so the job runs as it would
+    without them, and says so."""
+    if given.data:
+        return None
+    names = data_options_set(options)
+    if not names:
+        return None
+    shown = ", ".join(_spelled(name, getattr(options, name)) for name in names)
+    return (
+        f"without data these options change nothing: {shown} (they tune the work done on a data file: "
+        "give one, --data or the upload's 'data' part, or drop them)"
+    )
+
+
+def _spelled(name: str, value: object) -> str:
+    """An option as the CLI spells it: ``--lr 0.01``, ``--no-augment``, ``--image-mean 0.5,0.5,0.5``."""
+    flag = option_flag(name)
+    if isinstance(value, bool):
+        return flag if value else f"--no-{flag[2:]}"
+    if isinstance(value, list):
+        value = ",".join(f"{item:g}" if isinstance(item, float) else str(item) for item in value)
+    elif isinstance(value, float):
+        value = f"{value:g}"
+    return f"{flag} {value}"
+
+
 def job_needs(
     options: PruneOptions, *, has_data: bool, plan_given: bool = False, sensitivity_given: bool = False
 ) -> Needs:
@@ -57,4 +98,5 @@ def job_needs(
 
     given = Given(data=has_data, plan=plan_given, sensitivity=sensitivity_given)
     stand_in = PruningPlan({}) if plan_given else None  # which plan does not change what the job needs
-    return choose_schedule(options, stand_in, has_data=has_data).needs(options, given)
+    schedule = choose_schedule(options, stand_in, has_data=has_data)
+    return schedule.needs(options, given) | named_recovery_needs(options, given)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from onnxprune.graphops.cost import measure_cost
+from onnxprune.graphops.cost import ModelCost, measure_cost
 from onnxprune.graphops.dependency import DependencyGraph
 from onnxprune.graphops.fastest_cut import MACS_SLACK, TOLERANCE, FastestCut, select_fastest_by_flops
 from onnxprune.graphops.latency_table import LatencyTable
@@ -120,6 +120,9 @@ class RankedByMacs:
             node_macs = {node.name: node.macs for node in cost.nodes}
             table = job.latency_table if dep is job.dep else None  # its groups are the original's
             if table is not None:
+                table, uncovered = _covering(job, dep, scores, cost, table, tuple(exclude))
+                notes += uncovered
+            if table is not None:
                 cut = select_fastest_by_flops(
                     dep,
                     scores,
@@ -135,6 +138,25 @@ class RankedByMacs:
                 dep, scores, min(fraction, _MOST), node_macs=node_macs, round_to=job.round_to, exclude=exclude
             )
             return Selection(plan, notes=notes)
+
+
+def _covering(
+    job: Job, dep: DependencyGraph, scores: Scores, cost: ModelCost, table: LatencyTable, exclude: tuple[str, ...]
+) -> tuple[LatencyTable | None, list[str]]:
+    """``table`` when it has a curve for every group this cut may take, else None and a note: a table
+    another job cached with other kind limits or excludes would price the groups it lacks at no saving
+    and mislead the comparison of cuts; the cut is then the importance cut, as without a table."""
+    from onnxprune.workers.latency import LatencySettings, uncovered_groups
+
+    missing = uncovered_groups(table, dep, scores, cost, LatencySettings.of(job.options), exclude)
+    if not missing:
+        return table, []
+    return None, [
+        f"the latency table cached for this model has no curve for {len(missing)} group(s) this cut may take "
+        f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}: it was measured for a job that left "
+        "them whole, by --exclude or a kind limit): the MACs cut was chosen by importance alone, not compared "
+        "on it; a --latency-target run with this job's limits measures them"
+    ]
 
 
 def _ratio_on_the_grid(
