@@ -105,13 +105,14 @@ def test_the_worker_refuses_a_job_it_cannot_run_before_reading_the_model(monkeyp
 # Every option the schema marks ``needs_data``, given without data: a value other than its default, and
 # whether the job is refused (it asks for work on data) or runs and warns (it only tunes that work). A
 # new data option must be added here, which decides which it is.
+ASKS_NOTHING = "asks for no work on data"  # runs as it would without the option, and nothing needs saying
 WITHOUT_DATA_CASES = [
-    # (field, value, refused: the start of job_needs' reason; None: a warning names the flag)
+    # (field, value, refused: the start of job_needs' reason; None: a warning names the flag; or ASKS_NOTHING)
     ("finetune_steps", 10, "fine-tuning needs data"),
     ("iterative_steps", 3, "fine-tuning needs data"),
     ("recovery", "reconstruct", "recovery 'reconstruct' needs data"),
     ("recovery", "finetune", "recovery 'finetune' needs data"),
-    ("recovery", "none", None),
+    ("recovery", "none", ASKS_NOTHING),
     ("lr", 0.01, None),
     ("time_budget", 60.0, None),
     ("augment", False, None),
@@ -147,7 +148,9 @@ def test_a_data_option_without_data_is_refused_or_warned_about(name, value, refu
     reason = job_needs(options, has_data=False).data
     warning = ignored_without_data(options, Given(data=False))
 
-    if refused is not None:
+    if refused == ASKS_NOTHING:
+        assert reason is None and warning is None
+    elif refused is not None:
         assert reason is not None and reason.startswith(refused)
     else:
         assert reason is None

@@ -67,7 +67,14 @@ def ignored_without_data(options: PruneOptions, given: Given) -> str | None:
     without them, and says so."""
     if given.data:
         return None
-    names = data_options_set(options)
+    from onnxprune.workers.strategies.registry import entry
+
+    # A recovery that needs no data ("none") asks for no work on data: naming it is no option ignored.
+    names = [
+        name
+        for name in data_options_set(options)
+        if name != "recovery" or entry("recovery", options.recovery).requires.data
+    ]
     if not names:
         return None
     shown = ", ".join(_spelled(name, getattr(options, name)) for name in names)
