@@ -128,3 +128,29 @@ def test_one_step_meets_the_target_with_the_probed_ratios_and_reports_them(detec
 
     assert list(result.plan.groups) == [idle] and result.report.group_ratios == {idle: 0.5}
     assert any("1 groups cut, 1 left whole" in warning and used in warning for warning in result.report.warnings)
+
+
+class NarrowUsedDetector(TwoBranchDetector):
+    """The same detector with a 3-channel used branch: on a grid of 16, half of it rounds back to all 3
+    (no cut to probe), while half of the idle branch's 16 is 8."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.used = torch.nn.Conv2d(3, 3, 3, 2, 1)
+        self.head = torch.nn.Conv2d(19, 6, 1)
+        with torch.no_grad():
+            self.head.weight[:, 3:] = 0.0
+            self.head.weight[:, :3] *= 4.0
+
+
+def test_a_group_the_grid_cannot_cut_does_not_stop_the_others_ratios(tmp_path):
+    torch.manual_seed(0)
+    path, data = tmp_path / "narrow_used.onnx", tmp_path / "data.npz"
+    export_detector(NarrowUsedDetector(), path, 16)
+    np.savez(data, images=np.random.default_rng(0).random((40, 3, 16, 16), dtype=np.float32))
+    chosen = PruneOptions(flops_target=0.1, round_to=16, benchmark=False, detection_confidence=0.3)
+    job = Job(analyse_model(path), chosen, Stages(), tmp_path, data_path=data)
+    cut = detector_cut(job, job.dep, score_groups(job.dep, "l1"), 0.1)
+
+    assert cut is not None and cut.ratios == {group_of(job, "idle.weight"): 0.5}
+    assert list(cut.drops) == [group_of(job, "idle.weight")]  # the used branch had no cut to probe
