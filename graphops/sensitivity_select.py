@@ -8,7 +8,7 @@ stays free of how they were measured.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 Curve = Sequence[tuple[float, float]]  # (ratio, drop of the metric at that ratio), any order
 
@@ -65,3 +65,40 @@ def groups_to_spare(
             return order[position:]
         taken += max(savings.get(group, 0.0), 0.0)
     return []
+
+
+# A detector's curve: ratio -> (the metric's drop with that group alone cut so far, fraction of MACs it removes).
+CostCurve = Mapping[float, tuple[float, float]]
+
+
+def allocate_ratios(
+    curves: Mapping[str, CostCurve], removed: Callable[[Mapping[str, float]], float], target: float
+) -> dict[str, float] | None:
+    """Per-group ratios that reach a MACs ``target`` at the least summed drop, greedily (Li et al.'s
+    sensitivity, read as a cost per MAC): each round takes the one next-deeper probed ratio of one group
+    whose extra drop per extra MAC saved is the smallest, until ``removed(ratios)`` (the fraction of the
+    model's MACs the ratios remove together) reaches ``target``. A group's cut deepens only through its
+    own probed ratios, in order, so an insensitive group can be cut by 75% while a sensitive one stays
+    whole: a one-ratio probe can only spare or cut. None when the probed ratios cannot reach ``target``.
+    Summing single-group drops assumes they add, as squared errors of independent changes do.
+    """
+    if not 0.0 < target < 1.0:
+        raise ValueError(f"target must be in (0, 1), got {target}")
+    chosen = dict.fromkeys(curves, 0.0)
+    while removed({g: r for g, r in chosen.items() if r > 0.0}) < target:
+        best: tuple[float, str, float] | None = None
+        for group, curve in sorted(curves.items()):
+            deeper = sorted(r for r in curve if r > chosen[group])
+            if not deeper:
+                continue
+            drop, saving = curve.get(chosen[group], (0.0, 0.0))
+            next_drop, next_saving = curve[deeper[0]]
+            if next_saving <= saving:
+                continue
+            cost = max(next_drop - drop, 0.0) / (next_saving - saving)
+            if best is None or cost < best[0]:
+                best = (cost, group, deeper[0])
+        if best is None:
+            return None
+        chosen[best[1]] = best[2]
+    return {g: r for g, r in chosen.items() if r > 0.0}

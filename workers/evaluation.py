@@ -77,6 +77,13 @@ class Evaluator:
         args = ([str(p) for p in paths], self.data.inputs, self.reference, mode, confidence)
         return run_in_child(_detection_map50, args, limits=self.limits)
 
+    def detection_losses(self, paths: Sequence[Path], mode: str) -> list[float | None]:
+        """Each model's detection loss against the original's outputs (``roundtrip.objective.detection_loss``:
+        boxes where the original detects, class scores and logits), in one child process (None: no
+        output is a detector's). Continuous where mAP50 on a few boxes is a step function of them."""
+        args = ([str(p) for p in paths], self.data.inputs, self.reference, mode)
+        return run_in_child(_detection_losses, args, limits=self.limits)
+
 
 def make_evaluator(
     original: Path, data: Dataset, *, limits: RunnerLimits = RunnerLimits(), synthetic: bool = False
@@ -249,6 +256,27 @@ def _detection_map50(
         outputs = list(_model_outputs(_load(path), inputs).values())
         scores.append(detection_agreement(reference[name], outputs[layout.index], layout, confidence)["map50"])
     return scores
+
+
+def _detection_losses(
+    paths: list[str], inputs: Mapping[str, np.ndarray], reference: Outputs, mode: str
+) -> list[float | None]:
+    import torch
+
+    from onnxprune.roundtrip.objective import detection_loss
+    from onnxprune.workers.detection import find_layout
+
+    found = find_layout(reference, mode)
+    if found is None:
+        return [None] * len(paths)
+    name, layout = found
+    target = torch.from_numpy(np.asarray(reference[name], np.float32))
+    losses: list[float | None] = []
+    for path in paths:
+        outputs = list(_model_outputs(_load(path), inputs).values())
+        student = torch.from_numpy(np.asarray(outputs[layout.index], np.float32))
+        losses.append(float(detection_loss(student, target, layout)))
+    return losses
 
 
 def held_out_evaluation(

@@ -288,7 +288,10 @@ class PruneReport(BaseModel):
         default_factory=list, description="With data: how the data file was split and what used each part."
     )
     sensitivity: SensitivityReport | None = Field(None, description="Per-group curves behind ratio 'auto'.")
-    group_ratios: dict[str, float] = Field(default_factory=dict, description="Ratio chosen per group (ratio 'auto').")
+    group_ratios: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ratio chosen per group (ratio 'auto', or a detector's MACs target with data).",
+    )
     learned: LearnedReport | None = Field(None, description="Criterion 'learned': the per-layer agents' search.")
     quantization: QuantizationReport | None = Field(
         None,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from onnxprune.graphops.sensitivity_select import groups_to_spare
+from onnxprune.graphops.sensitivity_select import allocate_ratios, groups_to_spare
 
 DROPS = {"stem": 1.0, "neck": 0.05, "head": 0.0, "tail": 0.5}
 SAVINGS = {"stem": 0.10, "neck": 0.20, "head": 0.20, "tail": 0.05}
@@ -39,3 +39,51 @@ def test_a_group_that_gains_counts_as_free_and_one_that_saves_nothing_as_the_cos
 def test_a_target_outside_zero_one_is_refused():
     with pytest.raises(ValueError, match="target must be in"):
         groups_to_spare(DROPS, SAVINGS, 1.0)
+
+
+# ``allocate_ratios``: per-group ratios from curves probed at several ratios (ratio -> (drop, savings)).
+#
+#     group:  stem                 box                  cls
+#     50%:    drop 1.0,  save .10  drop 0.0,  save .10  drop 0.2, save .10
+#     75%:    drop 4.0,  save .15  drop 0.05, save .15  drop 0.9, save .15
+#
+# Removed MACs add up here (``removed`` sums the chosen points' savings).
+CURVES = {
+    "stem": {0.5: (1.0, 0.10), 0.75: (4.0, 0.15)},
+    "box": {0.5: (0.0, 0.10), 0.75: (0.05, 0.15)},
+    "cls": {0.5: (0.2, 0.10), 0.75: (0.9, 0.15)},
+}
+
+
+def summed(curves):
+    return lambda ratios: sum(curves[g][r][1] for g, r in ratios.items())
+
+
+ALLOCATION_CASES = [
+    # target, ratios: box's 50% is free, its 75% costs 1 per MAC, cls's 50% 2 per MAC, cls's 75% 14
+    (0.05, {"box": 0.5}),
+    (0.15, {"box": 0.75}),  # the insensitive group cut deeper before a sensitive one is cut at all
+    (0.25, {"box": 0.75, "cls": 0.5}),
+    (0.35, {"box": 0.75, "cls": 0.5, "stem": 0.5}),  # stem's 50% (10 per MAC) before cls's 75% (14)
+]
+
+
+@pytest.mark.parametrize("target, ratios", ALLOCATION_CASES)
+def test_ratios_deepen_the_cut_with_the_least_extra_drop_per_mac_until_the_target(target, ratios):
+    assert allocate_ratios(CURVES, summed(CURVES), target) == ratios
+
+
+def test_a_target_the_probed_ratios_cannot_reach_gives_none():
+    assert allocate_ratios(CURVES, summed(CURVES), 0.5) is None
+
+
+def test_removed_macs_are_measured_on_the_ratios_together_not_summed():
+    # Two adjacent groups whose cuts overlap: together they remove less than their sum.
+    curves = {"a": {0.5: (0.0, 0.2)}, "b": {0.5: (0.1, 0.2)}, "c": {0.5: (0.5, 0.2)}}
+    overlapping = {frozenset(): 0.0, frozenset("a"): 0.2, frozenset("ab"): 0.25, frozenset("abc"): 0.45}
+    assert allocate_ratios(curves, lambda r: overlapping[frozenset(r)], 0.3) == {"a": 0.5, "b": 0.5, "c": 0.5}
+
+
+def test_an_allocation_target_outside_zero_one_is_refused():
+    with pytest.raises(ValueError, match="target must be in"):
+        allocate_ratios(CURVES, summed(CURVES), 0.0)

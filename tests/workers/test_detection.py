@@ -167,3 +167,19 @@ def test_the_cli_line_reads_like_an_accuracy_line():
         "40 -> 31 boxes",
     )
     assert _detection_row(agreement(None))[2] == "original found none"
+
+
+def test_the_probes_detection_loss_is_zero_on_the_original_and_weighs_a_moved_box_by_its_score(tmp_path):
+    from onnxprune.workers.evaluation import make_evaluator
+
+    paths = []
+    for name, rows in {"same": ORIGINAL, "moved": shifted([20] + [0] * 8)}.items():
+        onnx.save(table_model(rows), tmp_path / f"{name}.onnx")
+        paths.append(tmp_path / f"{name}.onnx")
+    images = np.random.default_rng(0).uniform(0, 1, (3, 3, 8, 8)).astype(np.float32)
+    evaluator = make_evaluator(paths[0], Dataset({"images": images}, None))
+
+    same, moved = evaluator.detection_losses(paths, "auto")
+    # P (score 0.9) moved 20 px of its 100: L1 0.2, weighted by 0.9 over the detecting scores 0.9 + 0.8 + 0.7.
+    assert same == pytest.approx(0.0, abs=1e-7) and moved == pytest.approx(0.9 * 0.2 / 2.4, rel=1e-5)
+    assert evaluator.detection_losses(paths, "none") == [None, None]

@@ -1,7 +1,7 @@
 """Selector: rank channels by the criterion's scores and remove a fraction of every group
 (``--ratio``, Li et al.) or the globally least important until MACs fall by a fraction
-(``--flops-target``, Molchanov et al.); for a detector with data, a MACs target first spares the
-groups whose cut alone costs the most detections per MAC (``workers.detector_sensitivity``). With
+(``--flops-target``, Molchanov et al.); for a detector with data, a MACs target is spread over the
+groups by what each one's cut alone costs the detections (``workers.detector_sensitivity``). With
 a latency table measured before for the model (and a step other than 1), a MACs target compares
 cuts of equal MACs and keeps the one predicted fastest (``graphops.fastest_cut``).
 
@@ -19,8 +19,8 @@ from onnxprune.graphops.dependency import DependencyGraph
 from onnxprune.graphops.fastest_cut import MACS_SLACK, TOLERANCE, FastestCut, select_fastest_by_flops
 from onnxprune.graphops.latency_table import LatencyTable
 from onnxprune.graphops.plan import PruningPlan
-from onnxprune.graphops.selection import MacsModel, Scores, select_by_flops, select_by_ratio
-from onnxprune.workers.detector_sensitivity import spare_sensitive_groups
+from onnxprune.graphops.selection import MacsModel, Scores, select_by_flops, select_by_group_ratios, select_by_ratio
+from onnxprune.workers.detector_sensitivity import detector_cut
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.report import CutCandidateReport, FastestCutReport
 from onnxprune.workers.strategies.base import Job, Selection, Step
@@ -111,12 +111,16 @@ class RankedByMacs:
             if fraction <= _NOTHING:
                 return Selection(PruningPlan({}))
             options = job.options
-            notes = []
+            notes, detector = [], None
             if step.index == 0:
-                spared = spare_sensitive_groups(job, dep, scores, min(self.fraction, _MOST))
-                if spared is not None:
-                    self.spared, notes = spared.patterns, [spared.note]
+                detector = detector_cut(job, dep, scores, min(self.fraction, _MOST))
+                if detector is not None:
+                    self.spared, notes = detector.patterns, [detector.note]
             exclude = [*options.exclude, *self.spared]
+            if detector is not None and detector.ratios is not None and step.total == 1:
+                # A schedule's steps spare the same groups and rank the rest instead.
+                plan = select_by_group_ratios(dep, scores, detector.ratios, round_to=job.round_to, exclude=exclude)
+                return Selection(plan, notes=notes, group_ratios=detector.ratios)
             node_macs = {node.name: node.macs for node in cost.nodes}
             table = job.latency_table if dep is job.dep else None  # its groups are the original's
             if table is not None:
