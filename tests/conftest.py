@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 from tests.support.needs import SHARED_HINT, in_ci, shared_dir, unavailable  # noqa: E402 - after the environment is set
 
 # Fixtures that test modules across folders use by name (a module never imports a conftest).
-pytest_plugins = ["tests.support.job_sandbox"]
+pytest_plugins = ["tests.support.job_sandbox", "tests.support.xdist_groups"]
 # Module-scoped fixtures that cost nothing to set up again on another worker.
 CHEAP_MODULE_FIXTURES = {"stages_in_the_job_process"}
 
