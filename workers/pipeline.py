@@ -17,6 +17,7 @@ from onnxprune.graphops.kernel_steps import kernel_steps_note, with_kernel_steps
 from onnxprune.graphops.kinds import check_kinds_present, check_macs_reachable, limit_groups
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.selection import check_exclude_patterns
+from onnxprune.graphops.surgery import declare_shapes_like
 from onnxprune.roundtrip.data import SPLIT_RULES
 from onnxprune.roundtrip.detector_outputs import yolo_shaped_output
 from onnxprune.workers.analysis import Analysis, analyse_model, output_shapes
@@ -91,7 +92,8 @@ def run_pipeline(
         )
         outcome = schedule.run(job)
         finish = choose_finish(options)
-        artifacts = finish.finish(job, outcome.model)
+        # The original's form: intermediate shapes declared only where it declared them (graphops.surgery).
+        artifacts = finish.finish(job, declare_shapes_like(outcome.model, analysis.original))
         with stages.stage("benchmark"):
             latency, fidelity = _speed_and_fidelity(job, artifacts.result)
             evaluation = _held_out(job, outcome, artifacts.result)
