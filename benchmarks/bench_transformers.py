@@ -69,6 +69,8 @@ DEFAULT_CASES = [
 RECOVERY = {
     "l1": [],
     "data": [],
+    # The defaults with data before transformers got their own (taylor, every kind at once).
+    "taylor": ["--criterion", "taylor"],
     "norefit": ["--recovery", "finetune"],
     "refit": ["--recovery", "reconstruct"],
     "refit256": ["--recovery", "reconstruct", "--reconstruct-samples", "256"],
@@ -76,7 +78,7 @@ RECOVERY = {
     "obs-neurons": ["--criterion", "obs", "--prune-kinds", "neuron"],
 }
 # Modes judged against the targets: the default recovery with data.
-TARGET_MODES = {"data", "obs-neurons"}
+TARGET_MODES = {"data", "obs-neurons", "taylor"}
 
 from bench_quality import CLI, run  # noqa: E402  (one whole process, its wall time and load)
 from wordpiece import WordPiece  # noqa: E402

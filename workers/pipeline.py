@@ -24,6 +24,7 @@ from onnxprune.workers.analysis import Analysis, analyse_model, output_shapes
 from onnxprune.workers.benchmark import benchmark, compare_outputs, run_models
 from onnxprune.workers.capabilities import require_capabilities
 from onnxprune.workers.cleanup import cleanup_changed
+from onnxprune.workers.default_criterion import resolve_default_criterion
 from onnxprune.workers.fileio import file_sha256, float_output_path
 from onnxprune.workers.latency import resolve_round_to
 from onnxprune.workers.options import MacsTarget, PruneOptions
@@ -73,6 +74,7 @@ def run_pipeline(
     yolo_shaped_output(output_shapes(analysis), options.detector)  # a wrong --detector yolo fails here
     check_precision(analysis.original, options, has_data=data is not None, plan_given=plan is not None)
     analysis = with_kind_limits(analysis, options, plan_given=plan is not None)
+    options, analysis, criterion_notes = resolve_default_criterion(analysis, options)
     schedule = choose_schedule(options, plan, has_data=data is not None)
     resolved, round_to_source = resolve_round_to(options, analysis.sha256, analysis.input_shapes)
     if options.round_to == "auto":  # MLP widths and heads on their kernel's step, convs on the job's
@@ -89,6 +91,7 @@ def run_pipeline(
             data_path=data,
             sensitivity=sensitivity,
             round_to_source=round_to_source,
+            criterion_notes=criterion_notes,
         )
         outcome = schedule.run(job)
         finish = choose_finish(options)
