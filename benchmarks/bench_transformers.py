@@ -15,8 +15,10 @@
 * **onnxsim 0.8.1** (``onnxsim_prune.py`` in its own environment, ``--onnxsim-python``): its attention-head
   and structured pruning on the same raw exports at the same fraction, judged the same way.
 
-Rows: ``l1`` (no data), ``data`` (the defaults with data: taylor, least-squares refit of the output
-projections, distillation under the budget), and ablations ``norefit`` (``--recovery finetune``) and
+Rows: ``l1`` (no data), ``data`` (the defaults with data: criterion ``auto``, which for these transformers at a
+MACs target is obs with MLP neurons first and attention heads whole while neurons reach the target;
+least-squares refit of the output projections, distillation under the budget), ``taylor`` (the defaults
+before: ``--criterion taylor``, heads and neurons ranked together), and ablations ``norefit`` (``--recovery finetune``) and
 ``refit`` (``--recovery reconstruct``: refit only) and ``refit256`` (the same on 256 calibration samples), and
 ``obs-neurons`` (the data defaults with ``--criterion obs --prune-kinds neuron``). Latency: the original and each model interleaved in
 one onnxruntime process (``workers.benchmark``), median ratio with its 95% bootstrap interval and the
@@ -69,14 +71,18 @@ DEFAULT_CASES = [
 RECOVERY = {
     "l1": [],
     "data": [],
+    # The defaults with data before transformers got their own (taylor, every kind at once).
+    "taylor": ["--criterion", "taylor"],
     "norefit": ["--recovery", "finetune"],
     "refit": ["--recovery", "reconstruct"],
     "refit256": ["--recovery", "reconstruct", "--reconstruct-samples", "256"],
+    # The refit alone, on what scoring two batches (64 samples) instead of eight leaves of the budget.
+    "refit-score2": ["--recovery", "reconstruct", "--score-batches", "2"],
     # The default recovery with the obs criterion, MLP neurons only (heads whole).
     "obs-neurons": ["--criterion", "obs", "--prune-kinds", "neuron"],
 }
 # Modes judged against the issue's targets: the default recovery with data.
-TARGET_MODES = {"data", "obs-neurons"}
+TARGET_MODES = {"data", "obs-neurons", "taylor"}
 
 from bench_quality import CLI, run  # noqa: E402  (one whole process, its wall time and load)
 from wordpiece import WordPiece  # noqa: E402
@@ -374,9 +380,15 @@ def markdown(result: dict) -> str:
     lines += [
         "",
         "Cases: `MODEL:MODE:FRACTION`. `l1`: no data (the default criterion without data, L1 norms per head and "
-        "neuron). `data`: the defaults with data (taylor scores, least-squares refit of the output projections, "
-        "distillation in the time left). `norefit`: with data, `--recovery finetune`. `refit`: with data, "
-        "`--recovery reconstruct` (no distillation); `refit256`: the same with `--reconstruct-samples 256`. "
+        "neuron). `data`: the defaults with data (criterion `auto`: for these transformers at a MACs target obs, MLP "
+        "neurons first, heads whole while neurons reach the target; least-squares refit of the output projections, "
+        "distillation in the time left). `taylor`: the defaults before, `--criterion taylor` (heads and neurons "
+        "ranked together); the `taylor` rows at 0.5 and of ViT ran as `data` when taylor was the default. Rows "
+        "from runs before 2026-12-07T13:50 timed pruned models that declared intermediate shapes the original did "
+        "not, which made onnxruntime fuse a slower SkipLayerNormalization (MiniLM-L3: about 0.04x of the "
+        "original's time). `norefit`: with data, `--recovery finetune`. `refit`: with data, "
+        "`--recovery reconstruct` (no distillation); `refit256`: the same with `--reconstruct-samples 256`; `refit-score2`: "
+        "the same with `--score-batches 2`. "
         "`obs-neurons`: the data defaults with `--criterion obs --prune-kinds neuron` (MLP neurons ranked by what a "
         "least-squares refit cannot rebuild of them; heads whole). `onnxsim`: onnxsim 0.8.1's `apply_attention_head_pruning` then "
         "`apply_structured_pruning` at sparsity FRACTION on the raw export (`onnxsim_prune.py`, its own venv). "

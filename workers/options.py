@@ -16,6 +16,10 @@ DEFAULT_MAX_DROP = 0.01
 # The criterion a job with data gets when it names none: the best in the committed results
 # (benchmarks/results/quality.md: at -50% MACs taylor 77.10% held out, l1 76.25%).
 DATA_CRITERION = "taylor"
+# ... and a transformer's at a MACs target, with MLP neurons first and heads last (workers.default_criterion).
+TRANSFORMER_CRITERION = "obs"
+# The word a job with data and no criterion gets: resolved to one of the two once the model is analysed.
+AUTO_CRITERION = "auto"
 _SHAPE_RE = re.compile(r"^(?P<name>.+):(?P<dims>\d+(x\d+)*)$")
 
 
@@ -103,20 +107,24 @@ class LatencyTarget(BaseModel):
 # Criterion words that choose a search, not a channel ranking: accepted as ``criterion`` but not in
 # graphops' ranking registry (``graphops.scoring``), since nothing there could rank channels for them.
 SEARCH_CRITERIA = {"learned": "per-layer agents choose each layer's count from max_drop (workers.strategies.learned)"}
+# Criterion words resolved to a ranking once the model is analysed (workers.default_criterion).
+RESOLVED_CRITERIA = {
+    AUTO_CRITERION: f"with data: {TRANSFORMER_CRITERION} for a transformer at a MACs target, else {DATA_CRITERION}"
+}
 
 
 def known_criteria() -> list[str]:
     """Every ``criterion`` word: the rankings registered with graphops, then the searches."""
     from onnxprune.graphops.scoring import available_criteria
 
-    return sorted(available_criteria() | SEARCH_CRITERIA.keys())
+    return sorted(available_criteria() | SEARCH_CRITERIA.keys() | RESOLVED_CRITERIA.keys())
 
 
 def criterion_needs_data(name: str) -> bool:
     """Whether criterion ``name`` scores on data (the searches always do)."""
     from onnxprune.graphops.scoring import criterion_needs_data as ranking_needs_data
 
-    return name in SEARCH_CRITERIA or ranking_needs_data(name)
+    return name in SEARCH_CRITERIA or name in RESOLVED_CRITERIA or ranking_needs_data(name)
 
 
 # The fields ``PruneOptions.image_preprocessing`` reads: how photos given as data are preprocessed.
@@ -140,9 +148,10 @@ class PruneOptions(BaseModel):
         "l1",
         description="Filter ranking: l1, l2, random, bn-gamma; with data: taylor, "
         "mean-activation, apoz, contribution, obs (forward passes only: what a head or neuron adds to the "
-        "layers reading it, and what a least-squares refit of them cannot rebuild), learned (max_drop).",
+        "layers reading it, and what a least-squares refit of them cannot rebuild), learned (max_drop), "
+        f"auto ({RESOLVED_CRITERIA[AUTO_CRITERION]}).",
         json_schema_extra=_about(
-            "selection", default=f"{DATA_CRITERION} with data (l1 without PyTorch or with recovery 'none'), else l1"
+            "selection", default=f"{AUTO_CRITERION} with data (l1 without PyTorch or with recovery 'none'), else l1"
         ),
     )
     ratio: float | Literal["auto"] | None = Field(
@@ -580,16 +589,16 @@ class PruneOptions(BaseModel):
 def with_data_defaults(
     options: PruneOptions, *, data_given: bool, torch_available: bool, quantized: bool = False
 ) -> tuple[PruneOptions, str | None]:
-    """The options a job with data runs with when they name no criterion: ``DATA_CRITERION``, which
-    needs PyTorch (without it, l1 and a note saying so). Unchanged when the criterion was chosen, without
-    data, with recovery 'none' (the weight-only path a quantized model takes), or for a ``quantized``
+    """The options a job with data runs with when they name no criterion: ``AUTO_CRITERION`` (taylor, or
+    obs for a transformer at a MACs target: ``workers.default_criterion``), which needs PyTorch (without
+    it, l1 and a note saying so). Unchanged when the criterion was chosen, without data, with recovery 'none' (the weight-only path a quantized model takes), or for a ``quantized``
     (QDQ) model, which PyTorch cannot run: it is then refused, or not, for what the user asked. Called
     where a job is accepted (the CLI, the service), the only places that know which options the user set."""
     if not data_given or "criterion" in options.model_fields_set or options.recovery == "none" or quantized:
         return options, None
     if not torch_available:
         return options, f"criterion l1: {DATA_CRITERION}, the default with data, needs PyTorch, which is not installed"
-    return options.model_copy(update={"criterion": DATA_CRITERION}), None
+    return options.model_copy(update={"criterion": AUTO_CRITERION}), None
 
 
 def option_flag(name: str) -> str:

@@ -17,12 +17,14 @@ from onnxprune.graphops.kernel_steps import kernel_steps_note, with_kernel_steps
 from onnxprune.graphops.kinds import check_kinds_present, check_macs_reachable, limit_groups
 from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.selection import check_exclude_patterns
+from onnxprune.graphops.surgery import declare_shapes_like
 from onnxprune.roundtrip.data import SPLIT_RULES
 from onnxprune.roundtrip.detector_outputs import yolo_shaped_output
 from onnxprune.workers.analysis import Analysis, analyse_model, output_shapes
 from onnxprune.workers.benchmark import benchmark, compare_outputs, run_models
 from onnxprune.workers.capabilities import require_capabilities
 from onnxprune.workers.cleanup import cleanup_changed
+from onnxprune.workers.default_criterion import resolve_default_criterion
 from onnxprune.workers.fileio import file_sha256, float_output_path
 from onnxprune.workers.latency import resolve_round_to
 from onnxprune.workers.options import MacsTarget, PruneOptions
@@ -72,6 +74,7 @@ def run_pipeline(
     yolo_shaped_output(output_shapes(analysis), options.detector)  # a wrong --detector yolo fails here
     check_precision(analysis.original, options, has_data=data is not None, plan_given=plan is not None)
     analysis = with_kind_limits(analysis, options, plan_given=plan is not None)
+    options, analysis, criterion_notes = resolve_default_criterion(analysis, options)
     schedule = choose_schedule(options, plan, has_data=data is not None)
     resolved, round_to_source = resolve_round_to(options, analysis.sha256, analysis.input_shapes)
     if options.round_to == "auto":  # MLP widths and heads on their kernel's step, convs on the job's
@@ -88,10 +91,12 @@ def run_pipeline(
             data_path=data,
             sensitivity=sensitivity,
             round_to_source=round_to_source,
+            criterion_notes=criterion_notes,
         )
         outcome = schedule.run(job)
         finish = choose_finish(options)
-        artifacts = finish.finish(job, outcome.model)
+        # The original's form: intermediate shapes declared only where it declared them (graphops.surgery).
+        artifacts = finish.finish(job, declare_shapes_like(outcome.model, analysis.original))
         with stages.stage("benchmark"):
             latency, fidelity = _speed_and_fidelity(job, artifacts.result)
             evaluation = _held_out(job, outcome, artifacts.result)

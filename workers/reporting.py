@@ -92,6 +92,7 @@ def build_report(
         warnings=[
             *([] if ignored is None else [ignored]),
             *analysis.input_shape_notes,
+            *job.criterion_notes,
             *selection.notes,
             *job.budget_notes,
             *job.recovery_notes,

@@ -1,5 +1,6 @@
 """With data and no criterion, a job ranks filters by the criterion the committed results show best
-(taylor); without PyTorch, or with recovery 'none', it keeps l1 and says why where it matters."""
+('auto': taylor, or obs with heads last for a transformer at a MACs target, resolved once the model is
+analysed: tests/workers/test_default_criterion_resolved.py); without PyTorch, or with recovery 'none', it keeps l1 and says why where it matters."""
 
 from __future__ import annotations
 
@@ -7,11 +8,17 @@ import pytest
 from typer.testing import CliRunner
 
 from onnxprune.service.cli import app
-from onnxprune.workers.options import DATA_CRITERION, PruneOptions, with_data_defaults
+from onnxprune.workers.options import (
+    AUTO_CRITERION,
+    DATA_CRITERION,
+    TRANSFORMER_CRITERION,
+    PruneOptions,
+    with_data_defaults,
+)
 
 CASES = [
     # (options the user set, data given, torch installed, criterion run, a note)
-    ({"flops_target": 0.3}, True, True, "taylor", False),
+    ({"flops_target": 0.3}, True, True, "auto", False),
     ({"flops_target": 0.3}, True, False, "l1", True),
     ({"flops_target": 0.3}, False, True, "l1", False),
     ({"flops_target": 0.3, "criterion": "l1"}, True, True, "l1", False),  # chosen: kept
@@ -30,9 +37,9 @@ def test_the_default_criterion_follows_the_data(given, data, torch, criterion, n
         assert "needs PyTorch" in note and "l1" in note
 
 
-def test_the_data_default_is_taylor_and_prune_help_says_so():
+def test_the_data_default_is_auto_and_prune_help_says_so():
     result = CliRunner().invoke(app, ["prune", "--help"], env={"COLUMNS": "400"})
 
-    assert DATA_CRITERION == "taylor"
+    assert (AUTO_CRITERION, DATA_CRITERION, TRANSFORMER_CRITERION) == ("auto", "taylor", "obs")
     assert result.exit_code == 0
-    assert "default: taylor with data" in " ".join(result.output.split())
+    assert "default: auto with data" in " ".join(result.output.replace("│", " ").split())

@@ -69,6 +69,8 @@ class Job:
     budget_notes: list[str] = field(default_factory=list)
     # What recovery could not do as asked (a fine-tuning that diverged): the report's warnings.
     recovery_notes: list[str] = field(default_factory=list)
+    # How criterion 'auto' was resolved for a transformer (workers.default_criterion): the report's warnings.
+    criterion_notes: list[str] = field(default_factory=list)
 
     @cached_property
     def check_inputs(self) -> dict[str, np.ndarray]:
