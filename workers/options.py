@@ -591,9 +591,10 @@ def with_data_defaults(
 ) -> tuple[PruneOptions, str | None]:
     """The options a job with data runs with when they name no criterion: ``AUTO_CRITERION`` (taylor, or
     obs for a transformer at a MACs target: ``workers.default_criterion``), which needs PyTorch (without
-    it, l1 and a note saying so). Unchanged when the criterion was chosen, without data, with recovery 'none' (the weight-only path a quantized model takes), or for a ``quantized``
-    (QDQ) model, which PyTorch cannot run: it is then refused, or not, for what the user asked. Called
-    where a job is accepted (the CLI, the service), the only places that know which options the user set."""
+    it, l1 and a note saying so). Unchanged when the criterion was chosen, without data, with recovery
+    'none' (the weight-only path a quantized model takes), or for a ``quantized`` (QDQ) model, which
+    PyTorch cannot run: it is then refused, or not, for what the user asked. Called where a job is
+    accepted (the CLI, the service), the only places that know which options the user set."""
     if not data_given or "criterion" in options.model_fields_set or options.recovery == "none" or quantized:
         return options, None
     if not torch_available:
