@@ -10,8 +10,9 @@ photos in onnxruntime: the detection loss recovery minimises (``roundtrip.object
 continuous where mAP50 on a few dozen boxes is not. The target is then met by per-group ratios,
 cheapest extra loss per MAC saved first (``graphops.sensitivity_select.allocate_ratios``): a box
 branch may lose half while a sensitive layer loses a quarter and the stem stays whole. Where the
-probes cannot reach the target (the budget ran out), or a schedule has several steps, the groups whose half costs the most per MAC are
-left whole instead and the ranking cuts among the others (``groups_to_spare``).
+probes cannot reach the target (the budget ran out), or a schedule has several steps, the groups whose
+half costs the most per MAC are left whole instead and the ranking cuts among the others
+(``groups_to_spare``).
 ``--detector none`` turns it off, as it does every detection-specific step.
 """
 
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from onnxprune.graphops.dependency import DependencyGraph
+from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.scoring import Scores
 from onnxprune.graphops.selection import MacsModel, excluded_group_ids, select_by_group_ratios
 from onnxprune.graphops.sensitivity_select import allocate_ratios, groups_to_spare
@@ -86,9 +88,11 @@ def detector_cut(job: Job, dep: DependencyGraph, scores: Scores, target: float) 
     protected = excluded_group_ids(dep, job.options.exclude)
     macs = MacsModel(dep, job.analysis.node_macs)
 
-    def removed(ratios: Mapping[str, float]) -> float:
-        plan = select_by_group_ratios(dep, scores, ratios, round_to=job.round_to)
+    def saved(plan: PruningPlan) -> float:
         return 1.0 - macs.macs(plan) / max(macs.total, 1)
+
+    def removed(ratios: Mapping[str, float]) -> float:
+        return saved(select_by_group_ratios(dep, scores, ratios, round_to=job.round_to))
 
     candidates = [g.id for g in dep.prunable if g.id in scores and g.id not in protected]
     curves: dict[str, dict[float, tuple[float, float]]] = {}
@@ -98,7 +102,7 @@ def detector_cut(job: Job, dep: DependencyGraph, scores: Scores, target: float) 
         plans = {}
         for group_id in candidates:
             plan = select_by_group_ratios(dep, scores, {group_id: ratio}, round_to=job.round_to)
-            saving = 1.0 - macs.macs(plan) / max(macs.total, 1)
+            saving = saved(plan)
             known = [s for _, s in curves.get(group_id, {}).values()]
             if plan.groups and saving not in known:  # on the grid, 25% of 16 channels is 50% or nothing
                 plans[group_id] = (plan, saving)
