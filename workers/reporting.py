@@ -40,7 +40,7 @@ from onnxprune.workers.shortfall import shortfall_notes
 from onnxprune.workers.speed import speed_notes
 from onnxprune.workers.strategies import Job, Outcome
 from onnxprune.workers.strategies.finish import Artifacts
-from onnxprune.workers.strategies.needs import Given, ignored_without_data
+from onnxprune.workers.strategies.needs import Given, idle_finetune, ignored_without_data
 from onnxprune.workers.strategies.nesting import echo_options
 
 
@@ -70,6 +70,7 @@ def build_report(
     latency_target = judged_on_closing_benchmark(selection.latency_target, latency)
     given = Given(data=job.data_path is not None or job.data_context is not None, plan=selection.from_saved_plan)
     ignored = ignored_without_data(job.options, given)
+    idle = idle_finetune(job.options, given)
     return PruneReport(
         onnxprune_version=onnxprune_version(),
         model_sha256=analysis.sha256,
@@ -91,6 +92,7 @@ def build_report(
         group_ratios=selection.group_ratios,
         warnings=[
             *([] if ignored is None else [ignored]),
+            *([] if idle is None else [idle]),
             *analysis.input_shape_notes,
             *job.criterion_notes,
             *selection.notes,

@@ -15,7 +15,7 @@ import onnxprune.workers.strategies as strategies
 from onnxprune.workers.capabilities import MissingCapability, torch_reason
 from onnxprune.workers.options import PruneOptions, option_flag
 from onnxprune.workers.strategies import round_trip_reason
-from onnxprune.workers.strategies.needs import Given, Needs, ignored_without_data, job_needs
+from onnxprune.workers.strategies.needs import Given, Needs, idle_finetune, ignored_without_data, job_needs
 
 RECONSTRUCT = "layer-wise reconstruction (the default recovery when data is given)"
 
@@ -168,3 +168,24 @@ def test_the_warning_spells_the_options_as_the_cli_takes_them():
         "without data these options change nothing: --image-mean 0.5,0.5,0.5, --lr 0.01, --no-augment "
         "(they tune the work done on a data file: give one, --data or the upload's 'data' part, or drop them)"
     )  # --latency-budget works without data: not named
+
+
+@pytest.mark.parametrize(
+    ("options", "given", "warned"),
+    [
+        (dict(recovery="finetune"), Given(data=True), True),
+        (dict(recovery="finetune", finetune_steps=20), Given(data=True), False),
+        (dict(recovery="finetune", time_budget=60.0), Given(data=True), False),
+        (dict(recovery="finetune", iterative_steps=2), Given(data=True), False),  # BatchNorm re-estimated between
+        (dict(recovery="finetune"), Given(data=True, plan=True), False),  # a saved plan: the job applies it only
+        (dict(recovery="auto"), Given(data=True), False),  # auto chooses; naming nothing, it asks for nothing
+        (dict(recovery="finetune"), Given(data=False), False),  # refused for the data it needs (job_needs)
+    ],
+    ids=["no-steps-no-budget", "steps", "budget", "iterative", "saved-plan", "auto", "no-data"],
+)
+def test_fine_tuning_asked_for_with_nothing_to_size_it_is_named_in_a_warning(options, given, warned):
+    warning = idle_finetune(PruneOptions(**options), given)
+
+    assert (warning is not None) == warned
+    if warned:
+        assert "--finetune-steps" in warning and "--time-budget" in warning

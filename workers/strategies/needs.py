@@ -84,6 +84,20 @@ def ignored_without_data(options: PruneOptions, given: Given) -> str | None:
     )
 
 
+def idle_finetune(options: PruneOptions, given: Given) -> str | None:
+    """The report's warning for ``recovery 'finetune'`` named in a job with data that gives it no step to
+    make (no ``finetune_steps``, no ``time_budget``, one pruning step), or None: fine-tuning is sized by
+    one of those, so without them it would be skipped, and the user who asked for it would not know."""
+    if not given.data or given.plan or options.recovery != "finetune" or options.criterion == "learned":
+        return None
+    if options.finetune_steps > 0 or options.time_budget is not None or options.iterative_steps > 1:
+        return None
+    return (
+        "--recovery finetune made no training step: it trains for --finetune-steps N, or as long as "
+        "--time-budget SECONDS allows; give one of them"
+    )
+
+
 def _spelled(name: str, value: object) -> str:
     """An option as the CLI spells it: ``--lr 0.01``, ``--no-augment``, ``--image-mean 0.5,0.5,0.5``."""
     flag = option_flag(name)
