@@ -80,11 +80,12 @@ def check_kinds_present(dep: DependencyGraph, limits: KindLimits) -> None:
 
 
 def limit_groups(
-    dep: DependencyGraph, limits: KindLimits, *, original: DependencyGraph | None = None
+    dep: DependencyGraph, limits: KindLimits, *, original: DependencyGraph | None = None, by: str | None = None
 ) -> DependencyGraph:
     """``dep`` whose groups carry ``limits`` (``max_removed``). ``original``: the model ``dep`` was
     pruned from (an iterative step's), whose group sizes the fractions apply to: a group keeps at
-    least what the limit leaves of the original group, whatever earlier steps removed."""
+    least what the limit leaves of the original group, whatever earlier steps removed. ``by``: what the
+    report names as the limit (``limited_by``) when the limits are not the user's options."""
     if not limits.limits_anything:
         return dep
     before = {g.id: g for g in (original or dep).groups}
@@ -104,7 +105,7 @@ def limit_groups(
             groups.append(group)
             continue
         left = source.channels - allowed  # what the original group must keep
-        groups.append(replace(group, max_removed=max(0, group.channels - left), limited_by=limits.describe(kind)))
+        groups.append(replace(group, max_removed=max(0, group.channels - left), limited_by=by or limits.describe(kind)))
     return replace(dep, groups=groups)
 
 

@@ -45,7 +45,11 @@ def resolve_default_criterion(analysis: Analysis, options: PruneOptions) -> tupl
     kinds = {g.kind for g in analysis.dep.prunable}
     if options.kind_limits.limits_anything or not {"head", "neuron"} <= kinds:
         return options, analysis, notes
-    held = limit_groups(analysis.dep, KindLimits(frozenset(KINDS) - {"head"}))
+    held = limit_groups(
+        analysis.dep,
+        KindLimits(frozenset(KINDS) - {"head"}),
+        by=f"criterion auto ({TRANSFORMER_CRITERION}): heads last",
+    )
     if most_removable(held, analysis.node_macs) < target.fraction:
         notes.append("attention heads cut too: MLP neurons alone cannot remove that much of the MACs")
         return options, analysis, notes

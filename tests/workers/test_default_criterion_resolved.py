@@ -41,6 +41,8 @@ def test_a_transformer_at_a_macs_target_gets_obs_with_the_heads_whole_while_neur
     assert _heads_held(analysis) == [0, 0] and _heads_held(bert) == [None, None]
     assert [g.max_removed for g in analysis.dep.prunable if g.kind == "neuron"] == [None, None]
     assert any("heads left whole" in note for note in notes)
+    # the report names the default as what held them, not a prune_kinds the user never gave
+    assert {g.limited_by for g in analysis.dep.prunable if g.kind == "head"} == {"criterion auto (obs): heads last"}
 
 
 def test_heads_are_cut_too_where_neurons_alone_cannot_reach_the_target(bert):
