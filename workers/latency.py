@@ -205,6 +205,8 @@ def measure_latency_table(
     table = cached_table(model_sha, input_shapes, settings) if use_cache else None
     if table is not None and not missing_curves(table, dep, groups, step0, settings.fractions):
         return table
+    if table is not None:  # measured again under the same key: keep what the cached table covered
+        groups = _with_cached_groups(groups, table, dep, scores, cost)
     started = time.perf_counter()
     variants, probes = plan_variants(dep, scores, groups, settings, step0)
     from onnxprune.workers.benchmark import make_inputs
@@ -301,6 +303,21 @@ def _by_macs(dep: DependencyGraph, scores: Scores, cost: ModelCost, exclude: tup
     node_macs = {node.name: node.macs for node in cost.nodes}
     candidates = _candidates(dep, scores, exclude)
     return sorted(candidates, key=lambda i: -sum(node_macs.get(n, 0) for n in dep.groups[i].nodes))
+
+
+def _with_cached_groups(
+    groups: list[int], table: LatencyTable, dep: DependencyGraph, scores: Scores, cost: ModelCost
+) -> list[int]:
+    """``groups`` and those ``table`` has curves for, largest first. The key names neither the kind limits
+    nor ``--exclude``, so jobs that leave different groups whole share one table: were each to replace it
+    with its own groups' curves, they would keep measuring it again in turn."""
+    node_macs = {node.name: node.macs for node in cost.nodes}
+    cached = [
+        i
+        for i, group in enumerate(dep.groups)
+        if group.id in table.curves and group.id in scores and group.prunable and i not in groups
+    ]
+    return sorted([*groups, *cached], key=lambda i: -sum(node_macs.get(n, 0) for n in dep.groups[i].nodes))
 
 
 def _keep(dep: DependencyGraph, index: int, scores: Scores, count: int) -> dict[str, list[int]]:

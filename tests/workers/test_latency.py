@@ -159,6 +159,12 @@ def test_the_measured_table_is_monotone_on_the_step_grid_and_cached(tmp_path, mo
     assert list(tmp_path.glob("latency/*.json"))
     again = measure_latency_table(dep, scores, cost, "sha-of-chain", settings, exclude=tuple(excluded.producers))
     assert again == table  # read from the cache, not measured again
+    # a job that leaves the other group whole measures again, and keeps the cached group's curve: the two
+    # jobs then share one table instead of replacing each other's
+    other = dep.prunable[0]
+    both = measure_latency_table(dep, scores, cost, "sha-of-chain", settings, exclude=tuple(other.producers))
+    assert set(both.curves) == {other.id, excluded.id} and both.key == table.key
+    assert measure_latency_table(dep, scores, cost, "sha-of-chain", settings, exclude=tuple(excluded.producers)) == both
 
 
 # ---- options and the whole pipeline -----------------------------------------------------------
