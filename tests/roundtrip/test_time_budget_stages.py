@@ -107,3 +107,26 @@ def test_fine_tuning_with_no_time_left_for_a_step_makes_none_and_the_report_says
     (note,) = job.budget_notes
     assert note.startswith("--time-budget: no fine-tuning: one step with its checkpoint evaluations takes about ")
     assert "s left for recovery, about" in note and "kept for the evaluations and checks after training" in note
+
+
+def test_with_no_time_for_a_step_the_batchnorm_statistics_as_given_compete_with_re_estimated_ones(
+    small_model, small_data, tmp_path
+):
+    """Nothing pruned: the original's statistics, estimated on all its training data, score better on
+    validation than those re-estimated on a few batches, so they stay exactly as they were."""
+    import onnx
+    from onnx import numpy_helper
+
+    job = late_job(small_model, small_data["labelled"], tmp_path, criterion="l1", ratio=0.5, time_budget=60.0)
+
+    outcome = Stepwise(RankedByRatio(0.0), FineTune(steps=0, lr=0.01, budgeted=True)).run(job)
+
+    statistics = {
+        name for node in job.dep.model.graph.node if node.op_type == "BatchNormalization" for name in node.input[3:5]
+    }
+    given = {i.name: numpy_helper.to_array(i) for i in job.dep.model.graph.initializer if i.name in statistics}
+    kept = {i.name: numpy_helper.to_array(i) for i in outcome.model.graph.initializer if i.name in statistics}
+    assert given and kept.keys() == given.keys()
+    assert all(np.array_equal(kept[name], given[name]) for name in given)
+    assert isinstance(outcome.model, onnx.ModelProto) and outcome.finetune is not None
+    assert outcome.finetune.total_steps == 0
