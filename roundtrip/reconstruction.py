@@ -586,7 +586,8 @@ class _Refit:
         self.cross = cross if self.cross is None else self.cross.add_(cross)
 
     def solve(self) -> LayerFit:
-        """Solve on the fit rows; store the weights when they lower the error on the check rows."""
+        """Solve on the fit rows; when that lowers the error on the check rows, solve again on all rows
+        and store the weights (the check only judges whether the refit helps)."""
         if self.gram is None or self.cross is None:
             raise ValueError(f"{self.node.op_type} '{self.node.name}' is refit on no samples")
         matrix, bias = self._weights_as_matrix()
@@ -601,6 +602,9 @@ class _Refit:
         before = _relative_error(check @ (current * scale), target * scale)  # errors as the stream sees them
         after = _relative_error(check @ (solution * scale), target * scale)
         kept = after < before
+        if kept and len(check):  # judged: solved again on every sample, the held-aside ones too
+            gram, cross = self.gram + (check.T @ check).double(), self.cross + (check.T @ target).double()
+            solution = _ridge(gram, cross, self.ridge, current).to(matrix.dtype)
         if kept:
             self._store(solution[:-1] if with_bias else solution, solution[-1] if with_bias else None)
         self.gram, self.cross, self.check = None, None, []

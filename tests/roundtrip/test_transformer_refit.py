@@ -195,16 +195,15 @@ def test_a_refit_summed_over_small_batches_equals_the_refit_on_the_whole_batch(m
     result = reconstruct(dep, plan, pruned, calibration, samples=64, ridge=1e-3)
 
     weights = {i.name: numpy_helper.to_array(i) for i in result.model.graph.initializer}
-    # The same ridge solve in one go on the fit samples' rows (all but the fifth held aside), bias last,
-    # pulled toward the weights as pruned (and an intercept of 0).
-    fit = result.samples - result.check_samples
+    # The same ridge solve in one go on every sample's rows (kept: the fifth held aside judged it), bias
+    # last, pulled toward the weights as pruned (and an intercept of 0).
     kept = {i.name: numpy_helper.to_array(i).astype(np.float64) for i in pruned.graph.initializer}
-    h = (x[:fit].astype(np.float64) @ kept["w1"] + kept["b1"]).reshape(-1, 4)  # fc2's input as pruned
+    h = (x.astype(np.float64) @ kept["w1"] + kept["b1"]).reshape(-1, 4)  # fc2's input as pruned
     rows = np.concatenate([h, np.ones((len(h), 1))], 1)
     gram = rows.T @ rows
     pull = 1e-3 * gram.diagonal().mean()
     prior = np.concatenate([kept["w2"], np.zeros((1, 5))])
-    want = np.linalg.solve(gram + pull * np.eye(5), rows.T @ q[:fit].reshape(-1, 5) + pull * prior)
+    want = np.linalg.solve(gram + pull * np.eye(5), rows.T @ q.reshape(-1, 5) + pull * prior)
     assert np.allclose(weights["w2"], want[:4], atol=1e-4)
     assert np.allclose(weights["b2"], b2 + want[4], atol=1e-4)  # the intercept goes into the Add's bias
     assert fc2.name == "fc2" and result.layers[0].kept
