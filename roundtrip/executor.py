@@ -8,8 +8,9 @@ tensor keeps its ONNX name, so trained weights go back into the same graph (``ro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -29,6 +30,16 @@ class ExecutorError(GraphOpsError):
 
 
 EdgeHook = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Execution:
+    """A run of a graph stopped before node ``position``: the tensors later nodes still read (``env``).
+    Layer-wise reconstruction takes runs over many batches forward together, a layer at a time."""
+
+    env: dict[str, torch.Tensor | None]
+    context: OpContext
+    position: int = 0
 
 
 def toposort(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
@@ -161,16 +172,15 @@ class OnnxModule(torch.nn.Module):
     def forward(self, *args: torch.Tensor) -> list[torch.Tensor]:
         return self.run(dict(zip(self.input_names, args)))
 
-    def run(
-        self,
-        feeds: Mapping[str, torch.Tensor | np.ndarray],
-        *,
-        outputs: Sequence[str] | None = None,
-        edge_hooks: Mapping[tuple[str, int], EdgeHook] | None = None,
-    ) -> list[torch.Tensor]:
-        """Tensors ``outputs`` (default: the graph outputs). ``edge_hooks[(node, i)]`` sees and may
-        replace input ``i`` of ``node`` on that edge only (used to take per-consumer gradients)."""
-        wanted = list(outputs or self.output_names)
+    def position(self, node: str) -> int:
+        """Where node ``node`` runs in ``nodes`` (topological order)."""
+        found = next((index for index, candidate in enumerate(self.nodes) if candidate.name == node), None)
+        if found is None:
+            raise ExecutorError(f"the graph has no node '{node}'")
+        return found
+
+    def begin(self, feeds: Mapping[str, torch.Tensor | np.ndarray]) -> Execution:
+        """A run on ``feeds`` stopped before its first node (``advance`` takes it further)."""
         env: dict[str, torch.Tensor | None] = {"": None}
         for name in self._keys:
             env[name] = self.tensor(name)
@@ -185,10 +195,21 @@ class OnnxModule(torch.nn.Module):
         leading = env[self.input_names[0]] if self.input_names else None
         batch = int(leading.shape[0]) if leading is not None and leading.dim() else None
         dropout = self.training if self.dropout is None else self.dropout
-        ctx = OpContext(self.opset, self.training, self.static_batch, batch, self.bn_momentum, dropout)
-        keep = set(wanted) | set(self._keys)
-        hooks = edge_hooks or {}
-        for position, node in enumerate(self.nodes):
+        return Execution(env, OpContext(self.opset, self.training, self.static_batch, batch, self.bn_momentum, dropout))
+
+    def advance(
+        self,
+        execution: Execution,
+        stop: int,
+        *,
+        keep: Collection[str] = (),
+        edge_hooks: Mapping[tuple[str, int], EdgeHook] | None = None,
+    ) -> None:
+        """Run ``execution``'s nodes up to position ``stop`` (not included), freeing each tensor after its
+        last reader unless named in ``keep``: a run can stop where a layer is about to read its input."""
+        env, ctx, hooks = execution.env, execution.context, edge_hooks or {}
+        for position in range(execution.position, min(stop, len(self.nodes))):
+            node = self.nodes[position]
             inputs = [env[name] for name in node.input]
             for index, edge in enumerate(inputs):
                 hook = hooks.get((node.name, index))
@@ -205,11 +226,25 @@ class OnnxModule(torch.nn.Module):
                 if name:
                     env[name] = value
             for name in node.input:
-                if self._last_use.get(name) == position and name not in keep:
+                if self._last_use.get(name) == position and name not in keep and name not in self._keys:
                     env.pop(name, None)
+            execution.position = position + 1
+
+    def run(
+        self,
+        feeds: Mapping[str, torch.Tensor | np.ndarray],
+        *,
+        outputs: Sequence[str] | None = None,
+        edge_hooks: Mapping[tuple[str, int], EdgeHook] | None = None,
+    ) -> list[torch.Tensor]:
+        """Tensors ``outputs`` (default: the graph outputs). ``edge_hooks[(node, i)]`` sees and may
+        replace input ``i`` of ``node`` on that edge only (used to take per-consumer gradients)."""
+        wanted = list(outputs or self.output_names)
+        execution = self.begin(feeds)
+        self.advance(execution, len(self.nodes), keep=set(wanted), edge_hooks=edge_hooks)
         computed: list[torch.Tensor] = []
         for name in wanted:
-            tensor = env.get(name)
+            tensor = execution.env.get(name)
             if tensor is None:
                 raise ExecutorError(f"tensor '{name}' is not computed by the graph")
             computed.append(tensor)

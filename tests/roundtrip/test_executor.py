@@ -190,3 +190,24 @@ def test_constant_of_shape_with_a_value_from_raw_bytes_runs_without_the_read_onl
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == printed
+
+
+def test_a_run_stopped_before_a_node_and_taken_on_gives_the_outputs_of_one_run():
+    """Layer-wise reconstruction takes runs forward a layer at a time: stopping before a node keeps what
+    later nodes read (the node's inputs among them), and going on gives what ``run`` gives."""
+    analysed = analysed_zoo(ZOO_CASES[0].name)
+    module = build_executor(analysed.prepared)
+    feeds = random_feeds(analysed.prepared, analysed.input_shapes)
+    middle = len(module.nodes) // 2
+    node = module.nodes[middle]
+
+    with torch.no_grad():
+        execution = module.begin(feeds)
+        module.advance(execution, middle)
+        inputs = [execution.env.get(name) for name in node.input if name]
+        module.advance(execution, len(module.nodes))
+        stepped = [execution.env[name] for name in module.output_names]
+        whole = module.run(feeds)
+
+    assert execution.position == len(module.nodes) and all(tensor is not None for tensor in inputs)
+    assert all(torch.equal(a, b) for a, b in zip(stepped, whole))

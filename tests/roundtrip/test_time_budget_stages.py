@@ -20,7 +20,14 @@ from onnxprune.graphops.selection import select_by_ratio
 from onnxprune.graphops.surgery import apply_plan
 from onnxprune.roundtrip.criteria import ScoredOn
 from onnxprune.roundtrip.data import Dataset
-from onnxprune.roundtrip.reconstruction import PROBE_SAMPLES, calibration_batch, reconstruct, widest_activation_bytes
+from onnxprune.roundtrip.reconstruction import (
+    PROBE_SAMPLES,
+    calibration_batch,
+    layers_to_refit,
+    live_bytes,
+    reconstruct,
+    widest_activation_bytes,
+)
 from onnxprune.workers.analysis import analyse_model
 from onnxprune.workers.options import PruneOptions
 from onnxprune.workers.stages import Stages
@@ -76,17 +83,19 @@ def test_reconstruction_past_its_deadline_fits_on_the_probe_samples_only(small_m
     assert late.layers and all(fit.error_after <= fit.error_before for fit in late.layers)
 
 
-def test_the_calibration_batch_is_sized_from_the_model_s_widest_activation(small_model, monkeypatch):
+def test_the_calibration_batch_is_sized_from_the_model_s_shapes(small_model, monkeypatch):
     from onnxprune.roundtrip import reconstruction
 
-    dep, _plan, _pruned = pruned_small(small_model)
+    dep, _plan, pruned = pruned_small(small_model)
     widest = 8 * 12 * 12 * 4  # bytes: the first conv's 8 channels at 12 x 12
-    monkeypatch.setattr(reconstruction, "BATCH_BYTES", 10 * widest)
+    nodes, _ = layers_to_refit(dep.model, pruned)
+    held = live_bytes(dep, nodes)
+    monkeypatch.setattr(reconstruction, "LIVE_BYTES", 10 * held)
     data = Dataset({"input": samples(64, seed=3)}, None)
 
     assert widest_activation_bytes(dep) == widest
-    batch = calibration_batch(data, dep.model, 64, 0, activation_bytes=widest_activation_bytes(dep), convs=False)
-    assert len(batch["input"]) == 10
+    assert held >= 2 * widest  # the original's and the pruned model's runs hold at least that each
+    assert len(calibration_batch(data, dep.model, 64, 0, activation_bytes=held, convs=False)["input"]) == 10
 
 
 def test_fine_tuning_with_no_time_left_for_a_step_makes_none_and_the_report_says_so(small_model, small_data, tmp_path):
@@ -98,3 +107,26 @@ def test_fine_tuning_with_no_time_left_for_a_step_makes_none_and_the_report_says
     (note,) = job.budget_notes
     assert note.startswith("--time-budget: no fine-tuning: one step with its checkpoint evaluations takes about ")
     assert "s left for recovery, about" in note and "kept for the evaluations and checks after training" in note
+
+
+def test_with_no_time_for_a_step_the_batchnorm_statistics_as_given_compete_with_re_estimated_ones(
+    small_model, small_data, tmp_path
+):
+    """Nothing pruned: the original's statistics, estimated on all its training data, score better on
+    validation than those re-estimated on a few batches, so they stay exactly as they were."""
+    import onnx
+    from onnx import numpy_helper
+
+    job = late_job(small_model, small_data["labelled"], tmp_path, criterion="l1", ratio=0.5, time_budget=60.0)
+
+    outcome = Stepwise(RankedByRatio(0.0), FineTune(steps=0, lr=0.01, budgeted=True)).run(job)
+
+    statistics = {
+        name for node in job.dep.model.graph.node if node.op_type == "BatchNormalization" for name in node.input[3:5]
+    }
+    given = {i.name: numpy_helper.to_array(i) for i in job.dep.model.graph.initializer if i.name in statistics}
+    kept = {i.name: numpy_helper.to_array(i) for i in outcome.model.graph.initializer if i.name in statistics}
+    assert given and kept.keys() == given.keys()
+    assert all(np.array_equal(kept[name], given[name]) for name in given)
+    assert isinstance(outcome.model, onnx.ModelProto) and outcome.finetune is not None
+    assert outcome.finetune.total_steps == 0

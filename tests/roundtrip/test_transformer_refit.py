@@ -23,11 +23,12 @@ from onnxprune.graphops.surgery import apply_plan
 from onnxprune.roundtrip import reconstruction
 from onnxprune.roundtrip.data import Dataset
 from onnxprune.roundtrip.reconstruction import (
-    BATCH_BYTES,
+    LIVE_BYTES,
     calibration_batch,
     drifted_sequence_layers,
+    layers_to_refit,
+    live_bytes,
     reconstruct,
-    token_positions,
     widest_activation_bytes,
 )
 from onnxprune.workers.options import PruneOptions
@@ -98,18 +99,32 @@ def test_the_widest_activation_of_one_sample_is_read_from_the_analysed_shapes():
     assert one == two == 4 * 6 * 48  # the MLP's hidden layer, per sample: wider than attention's 4 x 6 x 6
 
 
-def test_token_ids_are_sized_by_their_activations_not_as_16_times_the_input():
-    """70 int64 ids of MiniLM become [70, 1536] floats: sized as 16x the ids, 1,024 samples would take
-    1,024 x 70 x 1,536 x 4 bytes = 440 MB per activation, over twice BATCH_BYTES."""
+def test_what_a_sample_holds_while_the_runs_advance_is_read_from_the_analysed_shapes():
+    prepared = prepare_model(bert_style(hidden=32, heads=4, ffn=48, layers=2))
+    one = analyze(prepared, {"x": [1, 6, 32], "attention_mask": [1, 6]})
+    two = analyze(prepared, {"x": [2, 6, 32], "attention_mask": [2, 6]})
+    layers = [node for node in one.model.graph.node if node.op_type == "MatMul" and "fc2" in node.name]
+
+    held = live_bytes(one, layers)
+
+    assert held == live_bytes(two, layers)  # per sample
+    # Both runs hold the MLP's hidden layer at once with the residual stream, at least.
+    assert held >= 2 * (widest_activation_bytes(one) + 4 * 6 * 32)
+    assert live_bytes(one, layers[:1]) <= held  # the runs stop at the last layer refit
+
+
+def test_token_ids_are_sized_by_what_their_activations_hold_not_as_16_times_the_input():
+    """70 int64 ids of MiniLM become [70, 1536] floats and more: sized as 16x the ids, 1,024 samples
+    would hold over 1 GB per activation."""
     ids = Dataset({"input_ids": np.ones((2000, 70), np.int64)}, None)
     images = Dataset({"input": np.zeros((2000, 3, 32, 32), np.float32)}, None)
-    activation = 70 * 1536 * 4
+    held = 2 * 70 * (1536 + 384) * 4
 
-    tokens = calibration_batch(ids, onnx.ModelProto(), 1024, 0, activation_bytes=activation)
+    tokens = calibration_batch(ids, onnx.ModelProto(), 2000, 0, activation_bytes=held, convs=False)
     unchanged = calibration_batch(images, onnx.ModelProto(), 2000, 0, activation_bytes=16 * 32 * 32 * 4)
 
-    assert len(tokens["input_ids"]) == BATCH_BYTES // activation == 468
-    assert len(unchanged["input"]) == BATCH_BYTES // (16 * 3 * 32 * 32 * 4)  # 16x the input still bounds images
+    assert len(tokens["input_ids"]) == LIVE_BYTES // held
+    assert len(unchanged["input"]) == reconstruction.BATCH_BYTES // (16 * 3 * 32 * 32 * 4)  # 16x the input
 
 
 def lossless_pair() -> onnx.ModelProto:
@@ -161,26 +176,37 @@ def test_the_report_says_which_refits_were_not_kept_and_why_and_warns_when_none_
     assert any(w.startswith("layer-wise reconstruction kept none of its 1 refit(s)") for w in result.report.warnings)
 
 
-def test_targets_kept_at_a_subset_of_each_sample_s_tokens_still_give_the_exact_refit(monkeypatch):
+def test_a_refit_summed_over_small_batches_equals_the_refit_on_the_whole_batch(monkeypatch):
+    """The normal equations (x^T x, x^T y) are sums over rows: fitting 5 samples at a time gives the
+    weights of one solve on all of them (Kwon et al.'s mask tuning on every token of every sample)."""
     original = linear_pair()
     dep = analyze(original, {"x": [1, 7, 8]})
     (group,) = [g for g in dep.prunable if g.channels == 6]
     plan = PruningPlan.from_keep(dep, {group.id: KEPT})
     pruned = apply_plan(dep, plan)
     rng = np.random.default_rng(1)
-    calibration = Dataset({"x": rng.standard_normal((64, 7, 8)).astype(np.float32)}, None)
-    unseen = {"x": rng.standard_normal((16, 7, 8)).astype(np.float32)}
-    (fc2,) = [node for node in pruned.graph.node if node.name == "fc2"]
-    # Room for the targets of 3 of the 7 tokens of 64 samples (fc2's outputs: 5 floats a token).
-    monkeypatch.setattr(reconstruction, "TARGET_BYTES", 64 * 3 * 5 * 4)
+    x = rng.standard_normal((64, 7, 8)).astype(np.float32)
+    b2 = numpy_helper.to_array(next(i for i in original.graph.initializer if i.name == "b2"))
+    q = run_model(original, {"x": x})[0] - b2  # fc2's own output, the refit's target
+    calibration = Dataset({"x": x}, None)
+    (fc2,), _ = layers_to_refit(dep.model, pruned)
+    monkeypatch.setattr(reconstruction, "BATCH_BYTES", 5 * widest_activation_bytes(dep))
 
-    tokens = token_positions(dep, [fc2], 64, seed=0)
-    result = reconstruct(dep, plan, pruned, calibration, samples=64, ridge=1e-9)
+    result = reconstruct(dep, plan, pruned, calibration, samples=64, ridge=1e-3)
 
-    assert tokens is not None and tokens.shape == (64, 3) and len({tuple(row) for row in tokens}) > 1
-    (want,) = run_model(original, unseen)
-    # Rows of the layer's input and of its target taken at other tokens would leave an error.
-    assert relative_error(want, run_model(result.model, unseen)[0]) < 1e-5
+    weights = {i.name: numpy_helper.to_array(i) for i in result.model.graph.initializer}
+    # The same ridge solve in one go on every sample's rows (kept: the fifth held aside judged it), bias
+    # last, pulled toward the weights as pruned (and an intercept of 0).
+    kept = {i.name: numpy_helper.to_array(i).astype(np.float64) for i in pruned.graph.initializer}
+    h = (x.astype(np.float64) @ kept["w1"] + kept["b1"]).reshape(-1, 4)  # fc2's input as pruned
+    rows = np.concatenate([h, np.ones((len(h), 1))], 1)
+    gram = rows.T @ rows
+    pull = 1e-3 * gram.diagonal().mean()
+    prior = np.concatenate([kept["w2"], np.zeros((1, 5))])
+    want = np.linalg.solve(gram + pull * np.eye(5), rows.T @ q.reshape(-1, 5) + pull * prior)
+    assert np.allclose(weights["w2"], want[:4], atol=1e-4)
+    assert np.allclose(weights["b2"], b2 + want[4], atol=1e-4)  # the intercept goes into the Add's bias
+    assert fc2.name == "fc2" and result.layers[0].kept
 
 
 def test_the_layers_whose_inputs_drift_are_those_after_the_first_layer_that_lost_inputs():
