@@ -130,13 +130,13 @@ class StepPlan:
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, self.total - warmup)))
 
 
-def _score(metrics: Metrics) -> float:
+def selection_score(metrics: Metrics) -> float:
     """Higher is better: accuracy with labels, else minus the distillation loss."""
     return metrics.accuracy if metrics.accuracy is not None else -metrics.loss
 
 
-def _selection_score(module: OnnxModule, objective: Objective, data: Dataset, batch_size: int) -> float:
-    return _score(evaluate(module, objective, data, batch_size))
+def _evaluated_score(module: OnnxModule, objective: Objective, data: Dataset, batch_size: int) -> float:
+    return selection_score(evaluate(module, objective, data, batch_size))
 
 
 def _select(
@@ -148,7 +148,7 @@ def _select(
     best: tuple[float, int, dict[str, torch.Tensor]] | None,
 ) -> tuple[float, int, dict[str, torch.Tensor]]:
     """``best`` or, if they score higher on ``data``, the module's weights after ``step``."""
-    score = _selection_score(module, objective, data, batch_size)
+    score = _evaluated_score(module, objective, data, batch_size)
     return (score, step, _snapshot(module)) if best is None or score > best[0] else best
 
 
@@ -203,7 +203,11 @@ def finetune(
         batches = data.endless(batch_size, seed=seed)
         best: tuple[float, int, dict[str, torch.Tensor]] | None = None
         if select_on is not None:  # the starting weights compete too: a step size too large for a light cut
-            score = _score(start) if start is not None else _selection_score(module, objective, select_on, batch_size)
+            score = (
+                selection_score(start)
+                if start is not None
+                else _evaluated_score(module, objective, select_on, batch_size)
+            )
             best = (score, 0, _snapshot(module))
         # Without a selection split, the weights to go back to if training diverges.
         given = _snapshot(module) if best is None else None

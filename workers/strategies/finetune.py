@@ -178,14 +178,14 @@ class FineTune:
         0.9876 re-estimated); after pruning alone, the re-estimated ones usually win."""
         import torch
 
-        from onnxprune.roundtrip.training import _score, evaluate
+        from onnxprune.roundtrip.training import evaluate, selection_score
 
         recalibrated_values = {name: student.tensor(name).detach().clone() for name in statistics}
         with torch.no_grad():
             for name, value in statistics.items():
                 student.tensor(name).copy_(value)
         given = evaluate(student, data.objective, data.validation, data.batch_size)
-        if _score(given) >= _score(recalibrated):
+        if selection_score(given) >= selection_score(recalibrated):
             return given
         with torch.no_grad():
             for name, value in recalibrated_values.items():
