@@ -288,12 +288,15 @@ def held_out_evaluation(
     limits: RunnerLimits = RunnerLimits(),
     detector: str = "none",
     detection_confidence: float = 0.25,
+    evaluator: Evaluator | None = None,
 ) -> HeldOutEvaluation:
     """Before/after scores of ``pruned`` against ``original`` on ``data`` (a report entry); with
-    ``detector`` 'auto' or 'yolo', also the agreement of its detections with the original's."""
+    ``detector`` 'auto' or 'yolo', also the agreement of its detections with the original's.
+    ``evaluator``: one made from ``original`` on ``data`` already (it holds the original's outputs), so
+    that scoring several models of one job runs the original once."""
     from onnxprune.workers.report import DetectionAgreement, HeldOutEvaluation
 
-    evaluator = make_evaluator(original, data, limits=limits)
+    evaluator = evaluator or make_evaluator(original, data, limits=limits)
     agreement = evaluator.detections(pruned, detector, detection_confidence)
     return HeldOutEvaluation(
         metric=evaluator.metric,

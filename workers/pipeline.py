@@ -175,9 +175,11 @@ def _held_out(job: Job, outcome: Outcome, candidate: Path) -> HeldOutEvaluation 
     held_out = job.held_out
     if held_out is None:
         return None
-    from onnxprune.workers.evaluation import held_out_evaluation
+    from onnxprune.workers.evaluation import held_out_evaluation, make_evaluator
 
     original = job.analysis.path
+    # The original runs on the held-out samples once: its outputs are the reference for both models.
+    evaluator = make_evaluator(original, held_out, limits=job.limits)
     evaluation = held_out_evaluation(
         original,
         candidate,
@@ -186,6 +188,7 @@ def _held_out(job: Job, outcome: Outcome, candidate: Path) -> HeldOutEvaluation 
         limits=job.limits,
         detector=job.options.detector,
         detection_confidence=job.options.detection_confidence,
+        evaluator=evaluator,
     )
     if outcome.pruned_only is None:
         return evaluation
@@ -199,6 +202,7 @@ def _held_out(job: Job, outcome: Outcome, candidate: Path) -> HeldOutEvaluation 
         limits=job.limits,
         detector=job.options.detector if evaluation.detections is not None else "none",
         detection_confidence=job.options.detection_confidence,
+        evaluator=evaluator,
     )
     update: dict[str, object] = {"after_pruning": after_pruning.after}
     if evaluation.detections is not None and after_pruning.detections is not None:

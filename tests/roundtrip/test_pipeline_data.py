@@ -18,8 +18,19 @@ from onnxprune.workers.pipeline import STAGE_END, run_pipeline
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("stages_in_the_job_process")]
 
 
-def test_taylor_with_fine_tuning_reports_before_after_pruning_and_after_fine_tuning(small_model, small_data, tmp_path):
-    seen = []
+def test_taylor_with_fine_tuning_reports_before_after_pruning_and_after_fine_tuning(
+    small_model, small_data, tmp_path, monkeypatch
+):
+    from onnxprune.workers import evaluation as evaluation_module
+
+    seen, references = [], []
+    scored = evaluation_module.held_out_evaluation
+
+    def spied(*args, **kwargs):
+        references.append(kwargs.get("evaluator"))
+        return scored(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation_module, "held_out_evaluation", spied)
     options = PruneOptions(
         criterion="taylor",
         ratio=0.5,
@@ -47,6 +58,8 @@ def test_taylor_with_fine_tuning_reports_before_after_pruning_and_after_fine_tun
     assert [f for _, f in seen] == sorted(f for _, f in seen) and any("finetune 20/20" in s for s, _ in seen)
     assert "finetune" in STAGE_END and result.report.stage_seconds["finetune"] > 0
     onnx.checker.check_model(onnx.load(tmp_path / "out.onnx"), full_check=True)
+    # the recovered and the pruned-only model are scored against one run of the original on the held-out split
+    assert len(references) == 2 and references[0] is not None and references[0] is references[1]
 
 
 def test_a_data_criterion_without_data_is_rejected(small_model, tmp_path):
