@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from importlib.metadata import version
@@ -300,9 +301,13 @@ def table_from_timings(
 
 
 def _by_macs(dep: DependencyGraph, scores: Scores, cost: ModelCost, exclude: tuple[str, ...]) -> list[int]:
+    return _largest_first(dep, cost, _candidates(dep, scores, exclude))
+
+
+def _largest_first(dep: DependencyGraph, cost: ModelCost, groups: Iterable[int]) -> list[int]:
+    """``groups`` (indices) by the MACs of their nodes, largest first: the order they are timed in."""
     node_macs = {node.name: node.macs for node in cost.nodes}
-    candidates = _candidates(dep, scores, exclude)
-    return sorted(candidates, key=lambda i: -sum(node_macs.get(n, 0) for n in dep.groups[i].nodes))
+    return sorted(groups, key=lambda i: -sum(node_macs.get(n, 0) for n in dep.groups[i].nodes))
 
 
 def _with_cached_groups(
@@ -311,13 +316,12 @@ def _with_cached_groups(
     """``groups`` and those ``table`` has curves for, largest first. The key names neither the kind limits
     nor ``--exclude``, so jobs that leave different groups whole share one table: were each to replace it
     with its own groups' curves, they would keep measuring it again in turn."""
-    node_macs = {node.name: node.macs for node in cost.nodes}
     cached = [
         i
         for i, group in enumerate(dep.groups)
         if group.id in table.curves and group.id in scores and group.prunable and i not in groups
     ]
-    return sorted([*groups, *cached], key=lambda i: -sum(node_macs.get(n, 0) for n in dep.groups[i].nodes))
+    return _largest_first(dep, cost, [*groups, *cached])
 
 
 def _keep(dep: DependencyGraph, index: int, scores: Scores, count: int) -> dict[str, list[int]]:
