@@ -175,11 +175,9 @@ def _held_out(job: Job, outcome: Outcome, candidate: Path) -> HeldOutEvaluation 
     held_out = job.held_out
     if held_out is None:
         return None
-    from onnxprune.workers.evaluation import held_out_evaluation, make_evaluator
+    from onnxprune.workers.evaluation import held_out_evaluation
 
-    original = job.analysis.path
-    # The original runs on the held-out samples once: its outputs are the reference for both models.
-    evaluator = make_evaluator(original, held_out, limits=job.limits)
+    original, evaluator = job.analysis.path, job.held_out_evaluator
     evaluation = held_out_evaluation(
         original,
         candidate,

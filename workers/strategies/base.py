@@ -40,6 +40,7 @@ from onnxprune.workers.verification import Outputs, Verified, verify_against_ora
 if TYPE_CHECKING:
     from onnxprune.roundtrip.context import DataContext
     from onnxprune.roundtrip.data import Dataset, DataSplits
+    from onnxprune.workers.evaluation import Evaluator
 
 
 # With --time-budget, data-driven scoring ends by this share of the budget (after at least one batch):
@@ -151,6 +152,17 @@ class Job:
         """The samples the report is measured on, read by the pipeline after the schedule (and by the
         finish that measures the float model beside a quantized one): never by a strategy."""
         return None if self.splits is None else self.splits.held_out
+
+    @cached_property
+    def held_out_evaluator(self) -> Evaluator | None:
+        """The original's outputs on :attr:`held_out`, run once: every model the job scores there (the
+        recovered one, the pruned-only one, the float one beside a quantized result) is compared to them."""
+        held_out = self.held_out
+        if held_out is None:
+            return None
+        from onnxprune.workers.evaluation import make_evaluator
+
+        return make_evaluator(self.analysis.path, held_out, limits=self.limits)
 
     def as_job_sees(self, dep: DependencyGraph) -> DependencyGraph:
         """A model pruned from the job's (an iterative step's), analysed afresh, with what the pipeline

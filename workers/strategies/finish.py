@@ -138,7 +138,12 @@ class Quantize:
             from onnxprune.workers.evaluation import held_out_evaluation
 
             update["float_held_out"] = held_out_evaluation(
-                job.analysis.path, artifacts.float_result, held_out, split="", limits=job.limits
+                job.analysis.path,
+                artifacts.float_result,
+                held_out,
+                split="",
+                limits=job.limits,
+                evaluator=job.held_out_evaluator,
             ).after
         quantization = artifacts.quantization.model_copy(update=update)
         return Artifacts(artifacts.result, artifacts.float_result, quantization, artifacts.notes)
