@@ -83,12 +83,13 @@ class TrainingRun:
     seconds: float = 0.0  # wall time of the training loop (selection evaluations included)
     cpu_seconds: float = 0.0  # CPU time this process spent meanwhile, all threads: how much CPU it got
     diverged: str = ""  # where a non-finite loss stopped training ('step 11 (loss nan)'); '': it did not
+    rates: list[float] = field(default_factory=list)  # the learning rate of every step
 
 
 @dataclass
 class StepPlan:
     """How many steps fit before ``deadline`` (``time.monotonic()``), re-estimated as training goes,
-    and the learning-rate schedule over them.
+    and the learning-rate schedule over the run.
 
     The first steps are slow (allocator and oneDNN warm-up), so a plan measured on them alone ends
     training early: a 600 s ResNet-20 run planned from its first five steps stopped after 432 s.
@@ -97,8 +98,12 @@ class StepPlan:
     window slowed by other work on the machine does not end the run early (re-measured only at 4x
     intervals, a 600 s run ended after 403 s). ``total`` never grows past the count it was given.
 
-    Warm-up and decay follow ``total`` as it is re-measured: a share of the count given would be a
-    share of a million steps under --time-budget, a warm-up the run never leaves.
+    The schedule follows the share of the run done (``progress``): of the steps asked for or, under a
+    deadline, of the time to it, whichever is further; a re-plan moves the end of training, never
+    where the schedule stands. A share of the re-planned step count did: under --time-budget the
+    count is a million until the first re-plan, so the first five steps warmed up at a rate near 0,
+    and a run re-planned to a few dozen steps was already past its warm-up at step 6, at the peak
+    rate (the shared YOLOv8n's loss rose from 0.5 to 2.2 by step 8).
     """
 
     total: int
@@ -108,13 +113,15 @@ class StepPlan:
     _mark: tuple[int, float] = field(init=False)
     _next: int = field(init=False, default=_PLANNING_STEPS)
     _cap: int = field(init=False)
+    _last_step_end: float = field(init=False)
 
     def __post_init__(self) -> None:
-        self._mark, self._cap = (0, self.started), self.total
+        self._mark, self._cap, self._last_step_end = (0, self.started), self.total, self.started
 
     def after(self, step: int, now: float) -> None:
         """Called after each step: re-plans at steps 5, 20, 80, ... and every tenth of the plan, when
         there is a deadline."""
+        self._last_step_end = now
         if self.deadline is None or step != self._next:
             return
         mark_step, mark_time = self._mark
@@ -122,12 +129,24 @@ class StepPlan:
         self.total = max(step, min(self._cap, step + int((self.deadline - now) / per_step)))
         self._mark, self._next = (step, now), min(step * _REPLAN_GROWTH, step + max(1, self.total // _REPLANS))
 
-    def lr_factor(self, step: int) -> float:
-        """Linear warm-up (fresh momentum after surgery overshoots otherwise), then cosine decay to 0."""
-        warmup = int(self.warmup_fraction * self.total)
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, self.total - warmup)))
+    def progress(self, steps: int, now: float) -> float:
+        """Share of the run done after ``steps`` steps, at ``now``: of the steps asked for, or of the time
+        to the deadline, whichever is further (at most 1)."""
+        done = steps / max(1, self._cap)
+        if self.deadline is not None:
+            span = self.deadline - self.started
+            done = max(done, (now - self.started) / span if span > 0 else 1.0)
+        return min(1.0, done)
+
+    def lr_factor(self, step: int, now: float) -> float:
+        """The rate's factor for step ``step`` (0-based), whose update is made at ``now``: a linear warm-up
+        over the first ``warmup_fraction`` of the run (fresh momentum after surgery overshoots
+        otherwise), reached by the step's end, then a cosine decay to 0 from where the step began."""
+        began, ended = self.progress(step, self._last_step_end), self.progress(step + 1, now)
+        warmup = self.warmup_fraction
+        ramp = min(1.0, ended / warmup) if warmup > 0 else 1.0
+        decayed = min(1.0, max(0.0, (began - warmup) / (1 - warmup))) if warmup < 1 else 0.0
+        return ramp * 0.5 * (1 + math.cos(math.pi * decayed))
 
 
 def selection_score(metrics: Metrics) -> float:
@@ -181,6 +200,7 @@ def finetune(
     progress: StepProgress | None = None,
     features: FeatureMatch | None = None,
     start: Metrics | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> TrainingRun:
     """Up to ``steps`` SGD steps (momentum 0.9, optional warm-up, cosine decay) on the objective.
 
@@ -191,7 +211,8 @@ def finetune(
     from the last step's, which is always evaluated. ``deadline`` (``time.monotonic()``): the step count
     is re-planned from the measured step time so training ends by then. ``features``: intermediate
     tensors matched to the teacher's besides the objective. ``start``: the given weights' metrics on
-    ``select_on``, when the caller has just measured them (not evaluated again).
+    ``select_on``, when the caller has just measured them (not evaluated again). ``clock``: what
+    ``deadline`` and the schedule's time are read from.
     """
     if steps <= 0:
         return TrainingRun()
@@ -211,10 +232,9 @@ def finetune(
             best = (score, 0, _snapshot(module))
         # Without a selection split, the weights to go back to if training diverges.
         given = _snapshot(module) if best is None else None
-        plan = StepPlan(steps, deadline, time.monotonic(), warmup_fraction)
+        plan = StepPlan(steps, deadline, clock(), warmup_fraction)
         selecting = 0.0  # seconds spent on selection evaluations
         cpu_started = time.process_time()
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, plan.lr_factor)
         module.train()
         step, count, matched = 0, len(objective.tensors), features.tensors if features is not None else []
         while step < plan.total:
@@ -236,17 +256,20 @@ def finetune(
             torch.autograd.backward(loss)  # loss.backward(), which torch leaves unannotated
             if objective.detector is not None:
                 torch.nn.utils.clip_grad_norm_(parameters, DETECTOR_GRAD_NORM)
+            rate = lr * plan.lr_factor(step, clock())
+            for group in optimizer.param_groups:
+                group["lr"] = rate
             optimizer.step()
-            schedule.step()
             step += 1
             run.losses.append(float(loss.detach()))
-            now = time.monotonic()
+            run.rates.append(rate)
+            now = clock()
             plan.after(step, now)
             last = step == plan.total or (deadline is not None and now > deadline)
             due = step % max(1, plan.total // selections) == 0 and selecting <= SELECTION_SHARE * (now - plan.started)
             if select_on is not None and (due or last):
                 best = _select(module, objective, select_on, batch_size, step, best)
-                selecting += time.monotonic() - now
+                selecting += clock() - now
                 module.train()
             if last:
                 break
@@ -255,7 +278,7 @@ def finetune(
         if progress is not None and run.losses:
             progress(step, step, run.losses[-1])
         run.steps = step
-        run.seconds, run.cpu_seconds = time.monotonic() - plan.started, time.process_time() - cpu_started
+        run.seconds, run.cpu_seconds = clock() - plan.started, time.process_time() - cpu_started
         if best is not None:
             _restore(module, best[2])
             run.kept_metric, run.kept_step = best[0], best[1]
