@@ -143,6 +143,11 @@ class IterationReport(BaseModel):
     reconstruction_samples: int | None = Field(
         None, description="Calibration samples the refits were fit on and judged on (a fifth held aside to judge)."
     )
+    reconstruction_ridges: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per layer refit (kept or not), the ridge strength (relative to the mean diagonal of x^T x) "
+        "of least error on the calibration samples held aside, among those it chose from.",
+    )
 
 
 class FinetuneReport(BaseModel):

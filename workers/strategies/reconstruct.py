@@ -127,6 +127,7 @@ class Reconstruct:
             if not fit.kept
         }
         recovered.reconstruction_samples = result.samples
+        recovered.reconstruction_ridges = {fit.node: fit.ridge for fit in result.layers if fit.ridge is not None}
         recovered.reconstruction_seconds = round(seconds, 3)
         if recovered.check_inputs is not None or not isinstance(self.then, NoRecovery):
             return recovered

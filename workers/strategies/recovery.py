@@ -30,6 +30,7 @@ class Recovered:
     reconstruction_skipped: dict[str, str] = field(default_factory=dict)
     reconstruction_not_kept: dict[str, str] = field(default_factory=dict)  # refit, but it did not help: why
     reconstruction_samples: int = 0  # calibration samples the refits were fit and judged on
+    reconstruction_ridges: dict[str, float] = field(default_factory=dict)  # refit -> ridge strength it chose
     reconstruction_seconds: float = 0.0
     finetune_seconds: float = 0.0  # wall time of the fine-tuning loop
     finetune_cpu_seconds: float = 0.0  # CPU time the job got meanwhile (all its threads)

@@ -114,6 +114,7 @@ def finetune_report(job: Job, recovered: list[Recovered]) -> FinetuneReport:
             reconstruction_skipped=step.reconstruction_skipped,
             reconstruction_not_kept=step.reconstruction_not_kept,
             reconstruction_samples=step.reconstruction_samples if step.reconstructed is not None else None,
+            reconstruction_ridges=step.reconstruction_ridges,
         )
 
     options, data = job.options, job.data
