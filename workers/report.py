@@ -145,8 +145,9 @@ class IterationReport(BaseModel):
     )
     reconstruction_ridges: dict[str, float] = Field(
         default_factory=dict,
-        description="Per layer refit (kept or not), the ridge strength (relative to the mean diagonal of x^T x) "
-        "of least error on the calibration samples held aside, among those it chose from.",
+        description="Per layer refit (kept or not), its ridge strength relative to the mean diagonal of x^T x: "
+        "0.001, or, where the layer fit on fewer samples than it has inputs or overfit at 0.001, the strength "
+        "of least error on the calibration samples held aside.",
     )
 
 
