@@ -5,7 +5,8 @@
 Noisy targets on few rows call for a strong pull toward the prior (the weights as pruned); exact targets
 on many rows for a weak one. The held-aside errors come from one eigendecomposition, and equal those of
 each strength's own solve. A layer's refit keeps the default strength (RIDGE) when its refit beats the
-weights as pruned on the held-aside samples, and chooses among RIDGES only when it does not.
+weights as pruned on the held-aside samples and fits on at least as many samples as it has inputs, and
+chooses among RIDGES otherwise.
 """
 
 from __future__ import annotations
