@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -172,11 +172,16 @@ def _select(
 
 
 def _snapshot(module: OnnxModule) -> dict[str, torch.Tensor]:
-    names = list(module.named_trainable()) + list(module.statistics_names)
+    return snapshot_tensors(module, [*module.named_trainable(), *module.statistics_names])
+
+
+def snapshot_tensors(module: OnnxModule, names: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Copies of the module's tensors ``names`` (weights, BatchNorm statistics), to go back to (``restore``)."""
     return {name: module.tensor(name).detach().clone() for name in names}
 
 
-def _restore(module: OnnxModule, snapshot: dict[str, torch.Tensor]) -> None:
+def restore(module: OnnxModule, snapshot: dict[str, torch.Tensor]) -> None:
+    """The module's tensors set back to ``snapshot`` (``snapshot_tensors``)."""
     with torch.no_grad():
         for name, value in snapshot.items():
             module.tensor(name).copy_(value)
@@ -280,10 +285,10 @@ def finetune(
         run.steps = step
         run.seconds, run.cpu_seconds = clock() - plan.started, time.process_time() - cpu_started
         if best is not None:
-            _restore(module, best[2])
+            restore(module, best[2])
             run.kept_metric, run.kept_step = best[0], best[1]
         elif given is not None and run.diverged:
-            _restore(module, given)
+            restore(module, given)
             run.kept_step = 0
         module.eval()
         return run

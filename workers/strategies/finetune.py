@@ -176,20 +176,14 @@ class FineTune:
         After reconstruction the layers before each BN reproduce the original's outputs, whose statistics
         were estimated on far more data (ViT-S/14's decoder, 150 photos: held-out cosine 0.9891 kept,
         0.9876 re-estimated); after pruning alone, the re-estimated ones usually win."""
-        import torch
+        from onnxprune.roundtrip.training import evaluate, restore, selection_score, snapshot_tensors
 
-        from onnxprune.roundtrip.training import evaluate, selection_score
-
-        recalibrated_values = {name: student.tensor(name).detach().clone() for name in statistics}
-        with torch.no_grad():
-            for name, value in statistics.items():
-                student.tensor(name).copy_(value)
+        recalibrated_values = snapshot_tensors(student, statistics)
+        restore(student, statistics)
         given = evaluate(student, data.objective, data.validation, data.batch_size)
         if selection_score(given) >= selection_score(recalibrated):
             return given
-        with torch.no_grad():
-            for name, value in recalibrated_values.items():
-                student.tensor(name).copy_(value)
+        restore(student, recalibrated_values)
         return recalibrated
 
     def recover(
@@ -198,7 +192,7 @@ class FineTune:
         from onnxprune.roundtrip.executor import OnnxModule
         from onnxprune.roundtrip.reconstruction import matched_features
         from onnxprune.roundtrip.schedule import BN_BATCHES, IterationRecord
-        from onnxprune.roundtrip.training import evaluate, outputs_on, recalibrate_batchnorm
+        from onnxprune.roundtrip.training import evaluate, outputs_on, recalibrate_batchnorm, snapshot_tensors
         from onnxprune.roundtrip.writeback import write_back
 
         data, seed = job.data, job.options.seed + step.index
@@ -206,7 +200,7 @@ class FineTune:
         with job.stages.stage("finetune"):
             started = time.monotonic()
             student = OnnxModule(pruned)
-            statistics = {name: student.tensor(name).detach().clone() for name in student.statistics_names}
+            statistics = snapshot_tensors(student, student.statistics_names)
             recalibrate_batchnorm(student, data.train, data.batch_size, BN_BATCHES, seed)
             evaluated = time.monotonic()
             after_pruning = evaluate(student, data.objective, data.validation, data.batch_size)
