@@ -304,14 +304,14 @@ def plan_variants(
         group = dep.groups[index]
         counts = grid_counts(group.channels, group_step(group, step), settings.fractions, len(group.pinned))
         for count in counts:
-            variants.append((group.id, count, _keep(dep, index, scores, count)))
+            variants.append((group.id, count, _keep(dep, index, scores, count, step)))
         middle = [c for c in counts if c >= 2 * step and c - step // 2 >= len(group.pinned)]  # probes above the floor
         # the staircase is the conv kernels' step in channels: probed only on groups counted on it
         on_step = group_step(group, step) == step
         if len({g for g, _, _ in probes}) < settings.probe_groups and middle and on_step:
             m = middle[len(middle) // 2]
             for offset in sorted({1, step // 2} - {0}):
-                variants.append((group.id, m - offset, _keep(dep, index, scores, m - offset)))
+                variants.append((group.id, m - offset, _keep(dep, index, scores, m - offset, step)))
                 probes.append((group.id, m, offset))
     return variants, probes
 
@@ -362,9 +362,11 @@ def _with_cached_groups(
     return _largest_first(dep, cost, [*groups, *cached])
 
 
-def _keep(dep: DependencyGraph, index: int, scores: Scores, count: int) -> dict[str, list[int]]:
+def _keep(dep: DependencyGraph, index: int, scores: Scores, count: int, step: int) -> dict[str, list[int]]:
+    """Group ``index`` at ``count`` as a plan keeps it on the job's ``step`` (its Split sections on it too)."""
     group = dep.groups[index]
-    return {group.id: choose_kept(dep, index, scores[group.id], max(count, len(group.pinned), 1))}
+    count = max(count, len(group.pinned), 1)
+    return {group.id: choose_kept(dep, index, scores[group.id], count, step=group_step(group, step))}
 
 
 def _table(
@@ -401,7 +403,8 @@ def _table(
         input and output are both in the group shrinks on both sides; pinned channels stay)."""
         group = dep.groups[index]
         return float(
-            macs.total - macs.macs(PruningPlan.from_keep(dep, _keep(dep, index, {group.id: _scores(group)}, count)))
+            macs.total
+            - macs.macs(PruningPlan.from_keep(dep, _keep(dep, index, {group.id: _scores(group)}, count, step0)))
         )
 
     fitted = set()  # groups with counts to measure at (one narrower than the step has none)
