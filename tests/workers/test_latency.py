@@ -25,7 +25,8 @@ from onnxprune.workers.latency import (
     vector_width,
 )
 from onnxprune.workers.options import PruneOptions
-from tests.support import zoo
+from onnxprune.workers.precision import runs_int8
+from tests.support import qdq_models, zoo
 from tests.support.oracle import analyse
 from tests.support.small_models import chain_model
 
@@ -166,6 +167,15 @@ def test_int8_convs_round_to_the_quantized_gemm_panel_on_x86(monkeypatch, width,
     monkeypatch.setattr(latency, "vector_width", lambda: width)
     got, why = channel_step(int8)
     assert got == step and reason in why
+
+
+def test_a_job_runs_int8_when_its_model_is_qdq_or_it_quantizes_the_result(tmp_path):
+    float_model = qdq_models.residual_net()
+    qdq = qdq_models.quantize_qdq(float_model, tmp_path, per_channel=True)
+    assert not runs_int8(float_model, PruneOptions(ratio=0.3))
+    assert runs_int8(float_model, PruneOptions(ratio=0.3, quantize="int8"))
+    assert not runs_int8(float_model, PruneOptions(ratio=0.3, quantize="dynamic"))  # its kernels are not measured
+    assert runs_int8(qdq, PruneOptions(ratio=0.3))
 
 
 @pytest.mark.parametrize("int8", [False, True])
