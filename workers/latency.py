@@ -126,11 +126,12 @@ def vector_width() -> tuple[int, str]:
     return 4, "CPU vector width: 128-bit (SSE or NEON), 4 fp32 lanes"
 
 
-# MLAS's int8 GEMM (QLinearConv, the convs onnxruntime fuses from QDQ, ConvInteger) packs its weights
-# in panels of 16 output columns on x86 and computes whole panels: on an AVX2 EPYC, one 3x3 conv at
-# 40x40 with 64 input channels took 0.17, 0.33, 0.33, 0.48, 0.48, 0.63, 0.63 ms for 16, 24, 32, 40,
-# 48, 56, 64 output channels (8: 0.22 ms), where the float conv grew in steps of 8
-# (benchmarks/results/qdq_detector.md). Input channels cost in proportion in both precisions.
+# MLAS's int8 GEMM (QLinearConv, which onnxruntime fuses QDQ convs into) packs its weights in panels of
+# 16 output columns on x86 and computes whole panels: on an AVX2 EPYC, one 3x3 conv at 40x40 with 64
+# input channels took 0.17, 0.33, 0.33, 0.48, 0.48, 0.63, 0.63 ms for 16, 24, 32, 40, 48, 56, 64 output
+# channels (8: 0.23 ms), where the float conv grew in steps of 8 (benchmarks/results/qdq_detector.md).
+# Input channels cost in proportion in both precisions on multiples of 4 (22 and 46 ran slower than 24
+# and 48), which a step of 16 keeps (and its quarter steps, ``graphops.selection.grid_counts``).
 INT8_COLUMN_STEP = 16
 
 
