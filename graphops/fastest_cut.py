@@ -33,7 +33,15 @@ from onnxprune.graphops.dependency import DependencyGraph
 from onnxprune.graphops.latency_select import group_options
 from onnxprune.graphops.latency_table import LatencyTable
 from onnxprune.graphops.plan import PruningPlan
-from onnxprune.graphops.selection import MacsModel, Scores, _plan, choose_kept, normalised_scores, select_by_flops
+from onnxprune.graphops.selection import (
+    MacsModel,
+    Scores,
+    _plan,
+    choose_kept,
+    group_step,
+    normalised_scores,
+    select_by_flops,
+)
 
 WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 # No group keeps fewer than this fraction of what the importance cut keeps in it. At 0.5 the knapsacks
@@ -168,9 +176,13 @@ def cut_options(
 
     for option in group_options(dep, scores, saving, step=step, exclude=exclude, min_keep_fraction=0.0):
         index = index_of[option.group]
+        units = group_step(dep.groups[index], step)
         keep = [i for i, c in enumerate(option.counts) if c >= floors.get(option.group, 0)]
         macs = [
-            float(model.total - model.macs(_plan(dep, {index: choose_kept(dep, index, scores[option.group], c)})))
+            float(
+                model.total
+                - model.macs(_plan(dep, {index: choose_kept(dep, index, scores[option.group], c, step=units)}))
+            )
             for c in (option.counts[i] for i in keep)
         ]
         result.append(
@@ -231,7 +243,8 @@ def select_fastest_by_flops(
     def plan_of(counts: Mapping[str, int]) -> PruningPlan:
         for g, c in counts.items():
             if (g, c) not in kept_channels:
-                kept_channels[(g, c)] = choose_kept(dep, index_of[g], scores[g], c)
+                group = dep.groups[index_of[g]]
+                kept_channels[(g, c)] = choose_kept(dep, index_of[g], scores[g], c, step=group_step(group, step))
         return _plan(dep, {index_of[g]: kept_channels[(g, c)] for g, c in counts.items()})
 
     first = select_by_flops(dep, scores, target, node_macs=node_macs, round_to=step, exclude=exclude)

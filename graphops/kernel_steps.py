@@ -1,7 +1,8 @@
 """Channel-count steps that follow the kernel a group's producers run on, for ``round_to`` 'auto'.
 
 The job's step (``workers.latency.resolve_round_to``: a cached latency table's staircase, else the
-CPU's vector width) is the NCHWc conv blocks' and depends on the CPU. Fully connected layers run on
+CPU's vector width, or MLAS's int8 panel for a model that runs int8) is the conv kernels' and depends
+on the CPU. Fully connected layers run on
 onnxruntime's MLAS SGEMM, which packs weights in 16-column panels on every CPU: MLP widths and the
 projections of attention heads take the step of their kernel instead (an attention head of 32 or 64
 channels is already on it, so any head count is; benchmarks/results/transformer_widths.md found no

@@ -123,7 +123,12 @@ def select_by_latency(
     options = group_options(dep, scores, saving, step=step, exclude=exclude, min_keep_fraction=min_keep_fraction)
     counts = allocate(options, goal_ms)
     index_of = {g.id: i for i, g in enumerate(dep.groups)}
-    keeps = {index_of[gid]: choose_kept(dep, index_of[gid], scores[gid], count) for gid, count in counts.items()}
+    keeps = {
+        index_of[gid]: choose_kept(
+            dep, index_of[gid], scores[gid], count, step=group_step(dep.groups[index_of[gid]], step)
+        )
+        for gid, count in counts.items()
+    }
     return _plan(dep, keeps)
 
 

@@ -217,7 +217,8 @@ def _within_bound(
     channels = group.channels  # units: heads count as one each
 
     def mask_for(kept_count: int) -> np.ndarray:
-        kept = choose_kept(dep, index, order, round_keep(kept_count, channels, group_step(group, settings.round_to)))
+        step = group_step(group, settings.round_to)
+        kept = choose_kept(dep, index, order, round_keep(kept_count, channels, step), step=step)
         mask = np.zeros(channels, dtype=bool)
         mask[kept] = True
         return mask

@@ -29,6 +29,7 @@ import onnx
 
 from onnxprune.graphops.cost import ModelCost
 from onnxprune.graphops.dependency import ChannelGroup, DependencyGraph
+from onnxprune.graphops.dequantized import first_quantization_node
 from onnxprune.graphops.latency_table import (
     LatencyCurve,
     LatencyTable,
@@ -59,7 +60,15 @@ Variant = tuple[str, int, dict[str, list[int]]]  # group, channel count, kept ch
 Pair = tuple[list[float], list[float]]  # interleaved runs: (the original, the other model)
 Measured = tuple[list[float], list[Pair]]  # baseline runs, (before, after) per variant
 
-__all__ = ["LatencySettings", "cached_table", "cpu_model", "measure_latency_table", "resolve_round_to", "vector_width"]
+__all__ = [
+    "LatencySettings",
+    "cached_table",
+    "cpu_model",
+    "measure_latency_table",
+    "channel_step",
+    "resolve_round_to",
+    "vector_width",
+]
 
 
 @dataclass(frozen=True)
@@ -117,18 +126,46 @@ def vector_width() -> tuple[int, str]:
     return 4, "CPU vector width: 128-bit (SSE or NEON), 4 fp32 lanes"
 
 
+# MLAS's int8 GEMM (QLinearConv, which onnxruntime fuses QDQ convs into) packs its weights in panels of
+# 16 output columns on x86 and computes whole panels: on an AVX2 EPYC, one 3x3 conv at 40x40 with 64
+# input channels took 0.17, 0.33, 0.33, 0.48, 0.48, 0.63, 0.63 ms for 16, 24, 32, 40, 48, 56, 64 output
+# channels (8: 0.23 ms), where the float conv grew in steps of 8 (benchmarks/results/qdq_detector.md).
+# Input channels cost in proportion in both precisions on multiples of 4 (22 and 46 ran slower than 24
+# and 48), which a step of 16 keeps (and its quarter steps, ``graphops.selection.grid_counts``).
+INT8_COLUMN_STEP = 16
+
+
+def channel_step(int8: bool) -> tuple[int, str]:
+    """The conv kernels' channel step here when no latency table says otherwise, and why: the CPU's
+    vector width for float convs, MLAS's int8 column panel (on x86) for a model that runs int8."""
+    width, why = vector_width()
+    if int8 and width >= 8:  # x86 (AVX2 or AVX-512); int8 steps on ARM are not measured
+        return max(width, INT8_COLUMN_STEP), (
+            f"int8 convs: MLAS's quantized GEMM computes output channels in panels of {INT8_COLUMN_STEP}"
+        )
+    return width, why
+
+
+def table_start_step(dep: DependencyGraph, settings: LatencySettings) -> tuple[int, str]:
+    """The grid a latency table times counts on before its probes find the staircase: the int8 kernels'
+    for a QDQ model or one timed as ``--quantize int8`` deploys it."""
+    return channel_step(settings.quantize == "int8" or first_quantization_node(dep.model) is not None)
+
+
 def resolve_round_to(
-    options: PruneOptions, model_sha: str, input_shapes: dict[str, list[int]]
+    options: PruneOptions, model_sha: str, input_shapes: dict[str, list[int]], *, int8: bool = False
 ) -> tuple[PruneOptions, str]:
     """Options with ``round_to`` a number, and where it came from: 'auto' takes the staircase step of
-    a latency table measured before for this model and settings, else the CPU's vector width."""
+    a latency table measured before for this model and settings, else the conv kernels' step
+    (:func:`channel_step`), which for a model that runs int8 (``int8``: already QDQ, or
+    ``--quantize int8``) is the int8 kernels'."""
     if options.round_to != "auto":
         return options, "given"
     table = cached_table(model_sha, input_shapes, LatencySettings.of(options))
     if table is not None:
         step, source = table.step, f"auto: latency table ({table.step_source})"
     else:
-        step, why = vector_width()
+        step, why = channel_step(int8)
         source = f"auto: {why}"
     return options.model_copy(update={"round_to": step}), source
 
@@ -201,7 +238,7 @@ def measure_latency_table(
 ) -> LatencyTable:
     """The latency model of ``dep.model`` under ``settings`` (from the cache when measured before)."""
     input_shapes = dict(dep.input_shapes or {})
-    step0, source0 = vector_width()
+    step0, source0 = table_start_step(dep, settings)
     groups = _by_macs(dep, scores, cost, exclude)
     table = cached_table(model_sha, input_shapes, settings) if use_cache else None
     if table is not None and not missing_curves(table, dep, groups, step0, settings.fractions):
@@ -251,7 +288,9 @@ def uncovered_groups(
     """Groups a cut with ``exclude`` (and ``dep``'s kind limits) may take that ``table`` has no curve for
     (:func:`missing_curves`). The cache key names neither the kind limits nor ``--exclude``: a table cached
     by a job that left groups whole prices them at no saving, and a cut compared on it is mispredicted."""
-    return missing_curves(table, dep, _by_macs(dep, scores, cost, exclude), vector_width()[0], settings.fractions)
+    return missing_curves(
+        table, dep, _by_macs(dep, scores, cost, exclude), table_start_step(dep, settings)[0], settings.fractions
+    )
 
 
 def plan_variants(
@@ -266,14 +305,14 @@ def plan_variants(
         group = dep.groups[index]
         counts = grid_counts(group.channels, group_step(group, step), settings.fractions, len(group.pinned))
         for count in counts:
-            variants.append((group.id, count, _keep(dep, index, scores, count)))
+            variants.append((group.id, count, _keep(dep, index, scores, count, step)))
         middle = [c for c in counts if c >= 2 * step and c - step // 2 >= len(group.pinned)]  # probes above the floor
         # the staircase is the conv kernels' step in channels: probed only on groups counted on it
         on_step = group_step(group, step) == step
         if len({g for g, _, _ in probes}) < settings.probe_groups and middle and on_step:
             m = middle[len(middle) // 2]
             for offset in sorted({1, step // 2} - {0}):
-                variants.append((group.id, m - offset, _keep(dep, index, scores, m - offset)))
+                variants.append((group.id, m - offset, _keep(dep, index, scores, m - offset, step)))
                 probes.append((group.id, m, offset))
     return variants, probes
 
@@ -324,9 +363,11 @@ def _with_cached_groups(
     return _largest_first(dep, cost, [*groups, *cached])
 
 
-def _keep(dep: DependencyGraph, index: int, scores: Scores, count: int) -> dict[str, list[int]]:
+def _keep(dep: DependencyGraph, index: int, scores: Scores, count: int, step: int) -> dict[str, list[int]]:
+    """Group ``index`` at ``count`` as a plan keeps it on the job's ``step`` (its Split sections on it too)."""
     group = dep.groups[index]
-    return {group.id: choose_kept(dep, index, scores[group.id], max(count, len(group.pinned), 1))}
+    count = max(count, len(group.pinned), 1)
+    return {group.id: choose_kept(dep, index, scores[group.id], count, step=group_step(group, step))}
 
 
 def _table(
@@ -363,7 +404,8 @@ def _table(
         input and output are both in the group shrinks on both sides; pinned channels stay)."""
         group = dep.groups[index]
         return float(
-            macs.total - macs.macs(PruningPlan.from_keep(dep, _keep(dep, index, {group.id: _scores(group)}, count)))
+            macs.total
+            - macs.macs(PruningPlan.from_keep(dep, _keep(dep, index, {group.id: _scores(group)}, count, step0)))
         )
 
     fitted = set()  # groups with counts to measure at (one narrower than the step has none)
@@ -412,7 +454,7 @@ def _table(
         else "; not probed"
     )
     if step != step0:
-        source = f"measured: latency drops at every multiple of {step} (vector width {step0})"
+        source = f"measured: latency drops at every multiple of {step} (start step {step0})"
     float_original = None
     if reference is not None:  # the float original, timed interleaved with the quantized one
         float_original = baseline * ratio_interval(reference[0], reference[1], quantile=QUANTILE)[0]

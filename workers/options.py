@@ -176,7 +176,7 @@ class PruneOptions(BaseModel):
         "auto",
         description="Keep channel counts multiples of this number; 'auto': where onnxruntime's kernels run "
         "faster: conv filters on the blocked conv kernels' step (the measured latency staircase, else the CPU's "
-        "vector width: 16 with AVX-512, 8 with AVX2), MLP widths and attention heads on the 16 columns of its "
+        "vector width: 16 with AVX-512, 8 with AVX2; 16 on x86 for a model that runs int8, QDQ or quantized), MLP widths and attention heads on the 16 columns of its "
         "SGEMM kernel (widths 16k+1 to 16k+16 take the same time; a head of 32 or 64 channels is on it, so any "
         "head count is: benchmarks/results/transformer_widths.md); 1: exact counts.",
         json_schema_extra=_about("selection"),

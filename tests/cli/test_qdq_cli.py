@@ -12,9 +12,11 @@ import pytest
 from onnx import version_converter
 
 from onnxprune.graphops.plan import PruningPlan
+from onnxprune.workers.latency import channel_step
 from tests.support import qdq_models
 from tests.support.cli import onnxprune
 from tests.support.oracle import analyse, assert_prune_matches_oracle, initializer_arrays
+from tests.support.small_models import chain_model
 
 pytestmark = pytest.mark.integration  # the pipeline, the CLI or a sandbox, in processes of their own
 
@@ -63,6 +65,23 @@ def test_cli_prunes_a_small_qdq_model(tmp_path):
     report = prune_and_check(source, tmp_path, "--ratio", "0.5")
     assert report["macs"]["after"] < report["macs"]["before"]
     assert report["params"]["after"] < report["params"]["before"]
+
+
+def test_a_qdq_model_keeps_counts_on_the_int8_kernels_step_by_default(tmp_path):
+    """x -Conv(64)-Relu-Conv(64)-Relu-Conv(16)-> y, quantized: 'auto' rounds it to the int8 step
+    (``workers.latency.channel_step``), which on x86 is 16 where float convs take 8 with AVX2."""
+    rng = np.random.default_rng(1)
+    feeds = [{"input": rng.standard_normal((1, 16, 8, 8)).astype(np.float32)} for _ in range(4)]
+    source = tmp_path / "qdq.onnx"
+    onnx.save(qdq_models.quantize_qdq(chain_model(width=64, size=8), tmp_path, per_channel=True, feeds=feeds), source)
+    result = onnxprune("prune", source, "-o", "out.onnx", "--ratio", "0.3", "--report", "report.json",
+                       "--no-benchmark", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    step, why = channel_step(int8=True)
+    assert report["round_to"] == step and report["round_to_source"].startswith(f"auto: {why}")
+    kept = [group["channels_after"] for group in report["groups"] if group["channels_before"] == 64]
+    assert len(kept) == 2 and all(count < 64 and count % step == 0 for count in kept), kept
 
 
 @pytest.mark.slow

@@ -25,6 +25,24 @@ def residual_model(width: int = 16):
     return g.model([zoo.float_input("input", [1, 3, 8, 8])], logits, 13, "residual")
 
 
+def c2f_model(width: int = 128, sections: tuple[int, int] | None = None, size: int = 8):
+    """YOLOv8's C2f block: a conv's channels split in two, the second half through a conv and back.
+
+                                      ┌──────────────────────────────────────┐
+    x[1,16,s,s] ─ Conv(a: width) ─ Split(sections) ─┬─ Conv(b: sections[1]) ─ Relu ─ Concat ─ Conv(16) ─> y
+                                                    └────────────────────────────────┘
+
+    Conv a's output is one group whose two parts (``sections``, default halves) Split outputs read.
+    """
+    first, second = sections or (width // 2, width - width // 2)
+    g = zoo.GraphBuilder(seed=13)
+    a = g.node("Relu", [g.conv("input", 16, width)])
+    left, right = g.node("Split", [a, g.constant("sections", np.array([first, second], np.int64))], 2, axis=1)
+    b = g.node("Relu", [g.conv(right, second, second)])
+    out = g.conv(g.node("Concat", [left, right, b], axis=1), width + second, 16, kernel=1)
+    return g.model([zoo.float_input("input", [1, 16, size, size])], out, 13, "c2f")
+
+
 def two_branch_model(batch: int | str = "N") -> onnx.ModelProto:
     """Two branches side by side; only one of them matters.
 

@@ -16,9 +16,17 @@ from onnxprune.graphops.cost import measure_cost
 from onnxprune.graphops.latency_select import GroupOptions, allocate, counts_of, group_options, select_by_latency
 from onnxprune.graphops.latency_table import LatencyCurve, LatencyTable, grid_counts, monotone, staircase_step
 from onnxprune.graphops.scoring import score_groups
-from onnxprune.workers.latency import LatencySettings, measure_latency_table, vector_width
+from onnxprune.workers import latency
+from onnxprune.workers.latency import (
+    LatencySettings,
+    channel_step,
+    measure_latency_table,
+    resolve_round_to,
+    vector_width,
+)
 from onnxprune.workers.options import PruneOptions
-from tests.support import zoo
+from onnxprune.workers.precision import runs_int8
+from tests.support import qdq_models, zoo
 from tests.support.oracle import analyse
 from tests.support.small_models import chain_model
 
@@ -139,6 +147,47 @@ def test_select_by_latency_honours_exclude_and_the_step():
 def test_vector_width_is_a_kernel_block_size():
     width, why = vector_width()
     assert width in (4, 8, 16) and "lanes" in why
+
+
+# (CPU vector width, int8?) -> the channel step 'auto' starts from, and whose kernel gives it: int8 convs
+# on x86 run MLAS's quantized GEMM, whose 16-column panels make 24 output channels cost as 32 (measured
+# with AVX2, where float convs step by 8).
+CHANNEL_STEP_CASES = [
+    ((8, "AVX2"), False, 8, "AVX2"),
+    ((8, "AVX2"), True, 16, "panels of 16"),
+    ((16, "AVX-512"), False, 16, "AVX-512"),
+    ((16, "AVX-512"), True, 16, "panels of 16"),
+    ((4, "NEON"), False, 4, "NEON"),
+    ((4, "NEON"), True, 4, "NEON"),  # int8 steps on ARM are not measured: the float step stays
+]
+
+
+@pytest.mark.parametrize("width, int8, step, reason", CHANNEL_STEP_CASES)
+def test_int8_convs_round_to_the_quantized_gemm_panel_on_x86(monkeypatch, width, int8, step, reason):
+    monkeypatch.setattr(latency, "vector_width", lambda: width)
+    got, why = channel_step(int8)
+    assert got == step and reason in why
+
+
+def test_a_job_runs_int8_when_its_model_is_qdq_or_it_quantizes_the_result(tmp_path):
+    float_model = qdq_models.residual_net()
+    qdq = qdq_models.quantize_qdq(float_model, tmp_path, per_channel=True)
+    assert not runs_int8(float_model, PruneOptions(ratio=0.3))
+    assert runs_int8(float_model, PruneOptions(ratio=0.3, quantize="int8"))
+    assert not runs_int8(float_model, PruneOptions(ratio=0.3, quantize="dynamic"))  # its kernels are not measured
+    assert runs_int8(qdq, PruneOptions(ratio=0.3))
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_auto_rounding_without_a_table_takes_the_step_of_the_precision_the_model_runs_in(tmp_path, monkeypatch, int8):
+    monkeypatch.setenv("ONNXPRUNE_CACHE_DIR", str(tmp_path))  # no cached table
+    monkeypatch.setattr(latency, "vector_width", lambda: (8, "CPU vector width: AVX2, 8 fp32 lanes"))
+    resolved, source = resolve_round_to(PruneOptions(ratio=0.3), "sha-of-nothing", {"x": [1, 3, 8, 8]}, int8=int8)
+    assert resolved.round_to == (16 if int8 else 8)
+    assert source == ("auto: int8 convs: MLAS's quantized GEMM computes output channels in panels of 16"
+                      if int8 else "auto: CPU vector width: AVX2, 8 fp32 lanes")  # fmt: skip
+    given, why = resolve_round_to(PruneOptions(ratio=0.3, round_to=8), "sha", {"x": [1, 3, 8, 8]}, int8=int8)
+    assert given.round_to == 8 and why == "given"  # a step the user gives is kept in either precision
 
 
 def test_the_measured_table_is_monotone_on_the_step_grid_and_cached(tmp_path, monkeypatch):
