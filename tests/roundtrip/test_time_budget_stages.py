@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 
 from onnxprune.graphops.dependency import analyze
 from onnxprune.graphops.scoring import score_groups
@@ -130,3 +131,25 @@ def test_with_no_time_for_a_step_the_batchnorm_statistics_as_given_compete_with_
     assert all(np.array_equal(kept[name], given[name]) for name in given)
     assert isinstance(outcome.model, onnx.ModelProto) and outcome.finetune is not None
     assert outcome.finetune.total_steps == 0
+
+
+@pytest.mark.usefixtures("stages_in_the_job_process")
+def test_the_budget_counts_from_when_the_job_was_asked_for_not_from_when_its_pipeline_began(
+    small_model, small_data, tmp_path
+):
+    """The CLI and the job process pass when the job was asked for (``started``): starting the job's
+    process and importing torch took 25 s at load 8, before the pipeline's own clock would have begun."""
+    from onnxprune.workers.pipeline import run_pipeline
+
+    options = PruneOptions(
+        criterion="taylor", ratio=0.5, time_budget=60.0, score_batches=4, batch_size=16, benchmark=False, round_to=1
+    )
+
+    result = run_pipeline(
+        small_model, tmp_path / "out.onnx", options, data=small_data["labelled"], started=time.monotonic() - 1_000.0
+    )
+
+    assert any(
+        warning.startswith("--time-budget: criterion 'taylor' scored on 16 samples (1 of 4 batches)")
+        for warning in result.report.warnings
+    )
