@@ -35,7 +35,11 @@ activation 16x the input), or, when no convolution is refit, what the two runs h
 last layer refit (``live_bytes``, LIVE_BYTES in all): all 150 training photos of ViT-S/14 at 224, where
 holding the targets of one batch had allowed 48. Under a deadline (``--time-budget``) it is as large as
 the time allows: the original runs on a first few samples, timed, and the batch is cut to what fits
-before the deadline, and before the budget's end less the evaluations that follow.
+before the deadline, and before the budget's end less the evaluations that follow. A machine that slows
+down after that probe, and what the probe does not run (each layer's sums, solve and ridge choice), would
+still carry the refit past the deadline (ViT-S/14, ``--time-budget 300``: 362 s at load 6.3), so before
+each layer but the first the refit stops if that layer would end past it, as the layers before it took
+(``roundtrip.layer_pace``); it and the layers after it stay as pruned (``left_by_deadline``).
 
 A layer whose output joins a residual stream (``Add(scale * (layer + bias), stream)``: a transformer's
 attention output and second MLP layer) is fit to give back the original's stream after that Add, not
