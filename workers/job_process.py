@@ -148,8 +148,9 @@ class JobRequest:
     # here, in the sandbox, because its plots and tables carry the model's node names.
     report_page_title: str | None = None
     # When --time-budget began (``time.monotonic()``, one clock for the processes of a machine): the CLI's
-    # start. None: when ``run_job_process`` is called. A busy machine takes tens of seconds to start the
-    # child and import torch (25 s at load 8), which the budget must count.
+    # start. None: when ``run_job_process`` is called. A busy machine takes seconds to start the child and
+    # import what it needs (a fresh process importing torch, onnxruntime and the pipeline: 25 s at load 8),
+    # which the budget must count.
     started: float | None = None
 
 

@@ -163,7 +163,8 @@ def test_the_budget_counts_from_when_the_job_was_asked_for_not_from_when_its_pip
     small_model, small_data, tmp_path
 ):
     """The CLI and the job process pass when the job was asked for (``started``): starting the job's
-    process and importing torch took 25 s at load 8, before the pipeline's own clock would have begun."""
+    process and its imports come before the pipeline's own clock would have begun (a fresh process importing
+    torch, onnxruntime and the pipeline took 25 s at load 8)."""
     from onnxprune.workers.pipeline import run_pipeline
 
     options = PruneOptions(
