@@ -172,6 +172,8 @@ def ours(case: Case, work: Path, args: argparse.Namespace, held: dict, baseline:
         for key in ("samples", "before", "after_pruning", "after", "validation_drop", "missed_by")
     }
     row["warnings"] = report.get("warnings", [])
+    row["stage_seconds"] = report.get("stage_seconds", {})  # where the budget went
+    row["output_sha256"] = report.get("output_sha256")
     finetune = evaluation.get("finetune") or {}
     row["finetune"] = {
         key: finetune.get(key)

@@ -250,7 +250,7 @@ class Bench:
             return row
         if report is not None:
             tool = json.loads(report.read_text())
-            row["tool"] = {k: tool.get(k) for k in ("macs", "warnings")}
+            row["tool"] = {k: tool.get(k) for k in ("macs", "warnings", "stage_seconds")}  # where the budget went
             row["tool"]["evaluation"] = {
                 k: v
                 for k, v in (tool.get("evaluation") or {}).items()

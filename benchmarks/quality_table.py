@@ -104,7 +104,7 @@ def _cells(row: dict) -> list[str]:
 
     note = f"{len(row['warnings'])} warning(s), below" if row.get("warnings") else ""
     bought = row.get("finetune") or {}
-    if bought.get("total_steps") is not None:  # what the time budget bought (issue 29)
+    if bought.get("total_steps"):  # what the time budget bought (issue 29); none with --recovery reconstruct
         note = (
             f"{bought['total_steps']:,} fine-tuning steps ({bought['epochs']:g} epochs, "
             f"{bought['samples_per_s']:g} samples/s, {bought.get('threads')} thread(s))" + (f"; {note}" if note else "")

@@ -35,7 +35,11 @@ activation 16x the input), or, when no convolution is refit, what the two runs h
 last layer refit (``live_bytes``, LIVE_BYTES in all): all 150 training photos of ViT-S/14 at 224, where
 holding the targets of one batch had allowed 48. Under a deadline (``--time-budget``) it is as large as
 the time allows: the original runs on a first few samples, timed, and the batch is cut to what fits
-before the deadline, and before the budget's end less the evaluations that follow.
+before the deadline, and before the budget's end less the evaluations that follow. A machine that slows
+down after that probe, and what the probe does not run (each layer's sums, solve and ridge choice), would
+still carry the refit past the deadline (ViT-S/14, ``--time-budget 300``: 362 s at load 6.3), so before
+each layer but the first the refit stops if that layer would end past it, as the layers before it took
+(``roundtrip.layer_pace``); it and the layers after it stay as pruned (``left_by_deadline``).
 
 A layer whose output joins a residual stream (``Add(scale * (layer + bias), stream)``: a transformer's
 attention output and second MLP layer) is fit to give back the original's stream after that Add, not
@@ -53,7 +57,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -68,6 +72,7 @@ from onnxprune.graphops.plan import PruningPlan
 from onnxprune.graphops.surgery import _context
 from onnxprune.roundtrip.data import Dataset
 from onnxprune.roundtrip.executor import OnnxModule, toposort
+from onnxprune.roundtrip.layer_pace import LayerPace, LayerSize, LayerTime
 from onnxprune.roundtrip.objective import FeatureMatch
 from onnxprune.roundtrip.ops.nn import _pad_spatial, _window
 from onnxprune.roundtrip.ridge import chosen_strength, held_aside_errors, ridge_solve
@@ -126,6 +131,9 @@ class ReconstructionResult:
     samples: int = 0
     check_samples: int = 0  # of ``samples``, those held aside to judge each refit (not fit on)
     affordable: int = 0  # samples memory allowed (``samples`` is fewer when the deadline came first)
+    # Layers to refit left as pruned: the deadline would have come during their refit (``layer_pace``).
+    left_by_deadline: list[str] = field(default_factory=list)
+    seconds_per_layer: float | None = None  # what the layers refit took each, on average (None: none refit)
 
 
 def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
@@ -516,6 +524,12 @@ class _Refit:
         self.residual: ResidualAfter | None = None  # where the output joins a residual stream (``aim``)
         self.column_scale: torch.Tensor | None = None  # what each output is scaled by there (None: 1)
 
+    @property
+    def size(self) -> LayerSize:
+        """The linear map the refit solves for: the layer's inputs (and intercept) by its outputs."""
+        matrix, bias = self._weights_as_matrix()
+        return LayerSize(int(matrix.shape[0]) + (bias is not None), int(matrix.shape[1]))
+
     def _rows(self, x: torch.Tensor, positions: np.ndarray | None) -> torch.Tensor:
         if self.form.windowed:
             if positions is None:
@@ -656,6 +670,7 @@ def reconstruct(
     deadline: float | None = None,
     end: float | None = None,
     reserve: int = 0,
+    clock: Callable[[], float] = time.monotonic,
 ) -> ReconstructionResult:
     """``pruned`` (``plan`` applied to ``dep.model``) with every layer that lost input channels (and
     the layers named in ``also``) refit to reproduce ``dep.model``'s output of that layer on ``data``;
@@ -663,9 +678,12 @@ def reconstruct(
     among on its held-aside samples when it fits on fewer samples than it has inputs, or when at ``ridge``
     it does not beat the weights as pruned there. ``scores``: a detector's class-logit layers (``score_layers``); the
     layers of ``also`` with their spatial size are then fit where the original detects (``score_maps``).
-    ``deadline`` (``time.monotonic()``): the batch is cut to the samples that fit before it (never below
-    ``PROBE_SAMPLES`` nor ``at_least``), and before ``end`` less the time ``reserve`` passes of the
-    original over one sample take (what follows reconstruction in the budget: its evaluations)."""
+    ``deadline`` (``clock()``, ``time.monotonic()`` unless a test gives its own): the batch is cut to the
+    samples that fit before it (never below ``PROBE_SAMPLES`` nor ``at_least``), and before ``end`` less the
+    time ``reserve`` passes of the original over one sample take (what follows reconstruction in the budget:
+    its evaluations). Then, before each layer but the first, the refit stops if that layer would end past
+    that time, as the layers before it took (``layer_pace``): it and the layers after it stay as pruned
+    (``left_by_deadline``)."""
     from onnxprune.roundtrip.writeback import write_back
 
     nodes, skipped = layers_to_refit(dep.model, pruned, also)
@@ -682,14 +700,17 @@ def reconstruct(
     teacher = teacher or OnnxModule(dep.model).eval()
     student = OnnxModule(pruned).eval()
     last = max(teacher.position(node.name) for node in nodes) + 1
+    pace, left = LayerPace(), []
     with torch.no_grad():
-        count = affordable
+        count, stop_by = affordable, deadline
         if deadline is not None and count > max(PROBE_SAMPLES, at_least):
             least = max(PROBE_SAMPLES, at_least)
             passes = 1.0 + REFIT_PASS_COST + (1.0 if scores else 0.0)
-            fits = _affordable_samples(teacher, batch, least, last, deadline, passes, end, reserve)
+            fits, stop_by = _affordable_samples(teacher, batch, least, last, deadline, passes, end, reserve, clock)
             count = min(count, max(least, fits))
             batch = {name: array[:count] for name, array in batch.items()}
+        elif deadline is not None and end is not None:
+            stop_by = min(deadline, end)
         fit_samples = max(1, count - max(1, int(round(CHECK_SHARE * count))))
         spans = [(start, min(start + chunk, fit_samples)) for start in range(0, fit_samples, chunk)]
         spans += [(start, min(start + chunk, count)) for start in range(fit_samples, count, chunk)]
@@ -701,10 +722,17 @@ def reconstruct(
             refit = _Refit(
                 student, node, kept_outputs(dep, plan, node.output[0]), ridge, ridges, bias_after(node, pruned)
             )
+            layer_size = refit.size
+            expected = pace.expected(layer_size)
+            if stop_by is not None and expected is not None and clock() + expected > stop_by:
+                left = [later.name for later in nodes[index:]]
+                break
             where, at = student.position(node.name), teacher.position(node.name) + 1
             positions, weights = None, None
             residual = refit.residual = residual_after(node, pruned) if refit.kept_outputs is None else None
+            advancing = adding = 0.0
             for (start, stop), original, run in zip(spans, originals, pruneds):
+                started = clock()
                 teacher.advance(original, at)
                 student.advance(run, where)
                 x, y = run.env[node.input[refit.form.data_input]], original.env[node.output[0]]
@@ -719,6 +747,7 @@ def reconstruct(
                         weights = SCORE_FLOOR + torch.gather(confidence, 1, torch.from_numpy(positions))
                     else:
                         positions = _positions(count, int(np.prod(y.shape[2:])), seed + index)
+                advanced = clock()
                 refit.add(
                     x,
                     y,
@@ -726,9 +755,16 @@ def reconstruct(
                     None if weights is None else weights[start:stop],
                     check=start >= fit_samples,
                 )
+                added = clock()
+                advancing, adding = advancing + (advanced - started), adding + (added - advanced)
+            solving = clock()
             layers.append(refit.solve())
+            pace.record(LayerTime(layer_size, advancing, adding, clock() - solving))
         del originals, pruneds
-    return ReconstructionResult(write_back(pruned, student), layers, skipped, count, count - fit_samples, affordable)
+    per_layer = sum(t.seconds for t in pace.times) / len(pace.times) if pace.times else None
+    return ReconstructionResult(
+        write_back(pruned, student), layers, skipped, count, count - fit_samples, affordable, left, per_layer
+    )
 
 
 def _affordable_samples(
@@ -740,17 +776,19 @@ def _affordable_samples(
     passes: float,
     end: float | None,
     reserve: int,
-) -> int:
-    """Samples whose reconstruction ends by ``deadline`` and ``reserve`` sample passes before ``end``: the
-    original runs to node ``stop`` on the first ``least`` samples, timed; a sample costs ``passes`` such
-    runs (the original's, the refit pass's at REFIT_PASS_COST, a detector's pass for its scores)."""
-    started = time.monotonic()
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[int, float]:
+    """Samples whose reconstruction ends by ``deadline`` and ``reserve`` sample passes before ``end``, and
+    the time it must end by: the original runs to node ``stop`` on the first ``least`` samples, timed; a
+    sample costs ``passes`` such runs (the original's, the refit pass's at REFIT_PASS_COST, a detector's
+    pass for its scores)."""
+    started = clock()
     teacher.advance(teacher.begin({name: array[:least] for name, array in batch.items()}), stop)
-    now = time.monotonic()
+    now = clock()
     per_sample = max(now - started, 1e-9) / least
     if end is not None:
         deadline = min(deadline, end - reserve * per_sample)
-    return int((deadline - now) / (per_sample * passes))
+    return int((deadline - now) / (per_sample * passes)), deadline
 
 
 def _score_maps(

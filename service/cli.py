@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -276,6 +277,7 @@ def prune(
     from onnxprune.service.cli_results import read_plan, show_results, write_results
     from onnxprune.workers.job_process import JobLimits, JobRequest, run_job_process
 
+    started = time.monotonic()  # --time-budget counts from here
     options, note = _data_defaults(options_from_flags(flags), data, model)
     _require_data(options, data, plan_given=plan_in is not None)
     require_capabilities(options, has_data=data is not None, plan_given=plan_in is not None)
@@ -283,7 +285,9 @@ def prune(
         console.print(f"[yellow]note:[/yellow] {note}", highlight=False, soft_wrap=True)
     require_output_dirs(output, report, plan_out, report_html)
     plan = read_plan(plan_in) if plan_in is not None else None
-    request = JobRequest(model, output, options, data=data, plan=plan, sensitivity=_load_sensitivity(sensitivity))
+    request = JobRequest(
+        model, output, options, data=data, plan=plan, sensitivity=_load_sensitivity(sensitivity), started=started
+    )
     with tempfile.TemporaryDirectory(prefix="onnxprune-job-") as workdir, stage_progress(console) as progress:
         result = run_job_process(request, Path(workdir), limits=JobLimits.from_environment(), progress=progress)
     report_json = result.report.model_dump_json(indent=1)

@@ -147,6 +147,11 @@ class JobRequest:
     # The title of the HTML report page the child draws beside the JSON report (None: no page). Drawn
     # here, in the sandbox, because its plots and tables carry the model's node names.
     report_page_title: str | None = None
+    # When --time-budget began (``time.monotonic()``, one clock for the processes of a machine): the CLI's
+    # start. None: when ``run_job_process`` is called. A busy machine takes seconds to start the child and
+    # import what it needs (a fresh process importing torch, onnxruntime and the pipeline: 25 s at load 8),
+    # which the budget must count.
+    started: float | None = None
 
 
 @dataclass(frozen=True)
@@ -236,6 +241,7 @@ def _write_request(request: JobRequest, workdir: Path, limits: JobLimits) -> Non
         "cpu_seconds": cpu_budget(wall),
         "nice": limits.nice,
         "report_page_title": request.report_page_title,
+        "started": request.started if request.started is not None else time.monotonic(),
     }
     (workdir / REQUEST).write_text(json.dumps(document))
     (workdir / RESULT).unlink(missing_ok=True)
@@ -453,6 +459,7 @@ def _run(document: dict[str, Any], workdir: Path, progress: Progress) -> Path | 
         progress=progress,
         data=Path(document["data"]) if document["data"] else None,
         sensitivity=sensitivity,
+        started=document.get("started"),
     )
     atomic_write_text(workdir / PLAN, result.plan.to_json())
     atomic_write_text(workdir / REPORT, result.report.model_dump_json(indent=2))

@@ -60,8 +60,11 @@ def run_pipeline(
     limits: RunnerLimits = RunnerLimits(),
     data: Path | None = None,
     sensitivity: SensitivityReport | None = None,
+    started: float | None = None,
 ) -> PipelineResult:
     """Prune ``model_path`` into ``output_path`` (written atomically) and report what changed.
+    ``started`` (``time.monotonic()``): when ``--time-budget`` began (None: now); the job process passes
+    when it was asked for, so that starting it, its imports and the analysis count too.
 
     Raises :class:`graphops.errors.ModelRejected` for models we cannot or may not prune (a user
     error) and other exceptions for failures of our own or of the machine.
@@ -94,6 +97,8 @@ def run_pipeline(
             round_to_source=round_to_source,
             criterion_notes=criterion_notes,
         )
+        if started is not None:
+            job.started = min(job.started, started)
         outcome = schedule.run(job)
         finish = choose_finish(options)
         # The original's form: intermediate shapes declared only where it declared them (graphops.surgery).

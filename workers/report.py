@@ -149,6 +149,15 @@ class IterationReport(BaseModel):
         "0.001, or, where the layer fit on fewer samples than it has inputs or overfit at 0.001, the strength "
         "of least error on the calibration samples held aside.",
     )
+    reconstruction_seconds: float | None = Field(
+        None, description="Wall seconds of layer-wise reconstruction (the runs of both models and every solve)."
+    )
+    reconstruction_left_by_deadline: list[str] = Field(
+        default_factory=list,
+        description="Layers to refit left as pruned under --time-budget: before each, the time left was less "
+        "than its refit was expected to take (as the layers refit before it took), so it and those after it "
+        "were not refit.",
+    )
 
 
 class FinetuneReport(BaseModel):

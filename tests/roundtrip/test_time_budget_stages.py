@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 
 from onnxprune.graphops.dependency import analyze
 from onnxprune.graphops.scoring import score_groups
@@ -104,19 +105,24 @@ def test_fine_tuning_with_no_time_left_for_a_step_makes_none_and_the_report_says
     report = Stepwise(RankedByRatio(0.5), FineTune(steps=0, lr=0.01, budgeted=True)).run(job).finetune
 
     assert report is not None and report.total_steps == 0 and report.losses == []
-    (note,) = job.budget_notes
+    note, statistics = job.budget_notes  # the second: no time to try the BatchNorm statistics as given either
+    assert "BatchNorm statistics re-estimated" in statistics
     assert note.startswith("--time-budget: no fine-tuning: one step with its checkpoint evaluations takes about ")
     assert "s left for recovery, about" in note and "kept for the evaluations and checks after training" in note
 
 
 def test_with_no_time_for_a_step_the_batchnorm_statistics_as_given_compete_with_re_estimated_ones(
-    small_model, small_data, tmp_path
+    small_model, small_data, tmp_path, monkeypatch
 ):
     """Nothing pruned: the original's statistics, estimated on all its training data, score better on
-    validation than those re-estimated on a few batches, so they stay exactly as they were."""
+    validation than those re-estimated on a few batches, so they stay exactly as they were. (Time for the
+    evaluation that compares them, not for a training step.)"""
     import onnx
     from onnx import numpy_helper
 
+    from onnxprune.workers.strategies import finetune
+
+    monkeypatch.setattr(finetune, "_time_for", lambda evaluation_s, end, reserve: True)
     job = late_job(small_model, small_data["labelled"], tmp_path, criterion="l1", ratio=0.5, time_budget=60.0)
 
     outcome = Stepwise(RankedByRatio(0.0), FineTune(steps=0, lr=0.01, budgeted=True)).run(job)
@@ -130,3 +136,46 @@ def test_with_no_time_for_a_step_the_batchnorm_statistics_as_given_compete_with_
     assert all(np.array_equal(kept[name], given[name]) for name in given)
     assert isinstance(outcome.model, onnx.ModelProto) and outcome.finetune is not None
     assert outcome.finetune.total_steps == 0
+
+
+def test_with_no_time_for_the_comparison_the_re_estimated_batchnorm_statistics_stay(small_model, small_data, tmp_path):
+    """Past the budget, the statistics re-estimated and evaluated already stay: trying those the model came
+    with costs one more evaluation on the validation split (ViT-S/14 at load 8: 60 s), and the report says so."""
+    from onnx import numpy_helper
+
+    job = late_job(small_model, small_data["labelled"], tmp_path, criterion="l1", ratio=0.5, time_budget=60.0)
+
+    outcome = Stepwise(RankedByRatio(0.0), FineTune(steps=0, lr=0.01, budgeted=True)).run(job)
+
+    statistics = {
+        name for node in job.dep.model.graph.node if node.op_type == "BatchNormalization" for name in node.input[3:5]
+    }
+    given = {i.name: numpy_helper.to_array(i) for i in job.dep.model.graph.initializer if i.name in statistics}
+    kept = {i.name: numpy_helper.to_array(i) for i in outcome.model.graph.initializer if i.name in statistics}
+    assert given and kept.keys() == given.keys()
+    assert not all(np.array_equal(kept[name], given[name]) for name in given)
+    (note,) = [note for note in job.budget_notes if "BatchNorm" in note]
+    assert note.startswith("--time-budget: the BatchNorm statistics re-estimated on the training split were kept ")
+
+
+@pytest.mark.usefixtures("stages_in_the_job_process")
+def test_the_budget_counts_from_when_the_job_was_asked_for_not_from_when_its_pipeline_began(
+    small_model, small_data, tmp_path
+):
+    """The CLI and the job process pass when the job was asked for (``started``): starting the job's
+    process and its imports come before the pipeline's own clock would have begun (a fresh process importing
+    torch, onnxruntime and the pipeline took 25 s at load 8)."""
+    from onnxprune.workers.pipeline import run_pipeline
+
+    options = PruneOptions(
+        criterion="taylor", ratio=0.5, time_budget=60.0, score_batches=4, batch_size=16, benchmark=False, round_to=1
+    )
+
+    result = run_pipeline(
+        small_model, tmp_path / "out.onnx", options, data=small_data["labelled"], started=time.monotonic() - 1_000.0
+    )
+
+    assert any(
+        warning.startswith("--time-budget: criterion 'taylor' scored on 16 samples (1 of 4 batches)")
+        for warning in result.report.warnings
+    )

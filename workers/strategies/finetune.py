@@ -71,6 +71,13 @@ def _shortest_training(evaluation_s: float, evaluated: int, batch_size: int) -> 
     return STEP_COST * per_sample * batch_size + 2 * evaluation_s
 
 
+def _time_for(evaluation_s: float, end: float | None, reserve: float) -> bool:
+    """Whether one more evaluation on the validation split ends before ``end`` less what the evaluations
+    after recovery take (the held-out ones in onnxruntime: about a third of ``reserve``, which also counts the
+    re-estimation and evaluation after training)."""
+    return end is None or time.monotonic() + evaluation_s + reserve / 3 <= end
+
+
 @register(
     "recovery",
     "finetune",
@@ -225,7 +232,15 @@ class FineTune:
                         f"checks after training); a larger --time-budget fine-tunes"
                     )
             if steps == 0 and statistics:
-                after_pruning = self._statistics_as_given(student, statistics, after_pruning, data)
+                evaluation_s = time.monotonic() - evaluated
+                if deadline is None or _time_for(evaluation_s, job.deadline(RECOVERY_SHARE), reserve):
+                    after_pruning = self._statistics_as_given(student, statistics, after_pruning, data)
+                else:
+                    job.budget_notes.append(
+                        f"--time-budget: the BatchNorm statistics re-estimated on the training split were kept "
+                        f"without trying those the model came with (one more evaluation, about {evaluation_s:.0f} "
+                        "s here, would have ended past the budget)"
+                    )
             if steps > 0:
 
                 def show(done: int, total: int, loss: float) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import onnx
 
@@ -22,6 +23,9 @@ from onnxprune.workers.strategies.needs import Given, Needs
 from onnxprune.workers.strategies.recovery import NoRecovery, Recovered, Recovery
 from onnxprune.workers.strategies.registry import Requires, StrategyOptions, own, register
 
+if TYPE_CHECKING:
+    from onnxprune.roundtrip.reconstruction import ReconstructionResult
+
 # With --time-budget, reconstruction ends by this share of the budget when fine-tuning follows (which plans
 # its steps in what is left), by the larger share when nothing follows but the checks and the held-out
 # evaluation; the calibration batch is cut to fit (``roundtrip.reconstruction``).
@@ -32,6 +36,18 @@ SHARE_ALONE = 0.8
 # pruned, recovered) in onnxruntime. ViT-S with data took 150 s after reconstruction on 50 + 50 samples
 # (load 5.6) and overran a 300 s budget by 10 s, its reconstruction having ended on time.
 AFTER_PASSES = 4
+
+
+def budget_note_left(result: ReconstructionResult) -> str:
+    """The report's warning when the deadline came before every layer was refit."""
+    left, refit = len(result.left_by_deadline), len(result.layers)
+    pace = "" if result.seconds_per_layer is None else f", {result.seconds_per_layer:.1f} s a layer"
+    return (
+        f"--time-budget: layer-wise reconstruction left {left} of {left + refit} layers as pruned, "
+        f"not refit (the deadline would have come during their refit: {refit} refit on {result.samples} "
+        f"samples{pace}); evaluation.finetune.iterations[].reconstruction_left_by_deadline names them; "
+        "a larger --time-budget refits them"
+    )
 
 
 class ReconstructOptions(StrategyOptions):
@@ -117,6 +133,8 @@ class Reconstruct:
                 f"--time-budget: layer-wise reconstruction fit on {result.samples} calibration samples of "
                 f"{result.affordable} (the time left allowed no more); a larger --time-budget fits on more"
             )
+        if result.left_by_deadline:
+            job.budget_notes.append(budget_note_left(result))
         recovered = self.then.recover(job, dep, plan, result.model, step)
         recovered.reconstructed = [fit.node for fit in result.layers if fit.kept]
         recovered.reconstruction_skipped = dict(result.skipped)
@@ -128,6 +146,7 @@ class Reconstruct:
         }
         recovered.reconstruction_samples = result.samples
         recovered.reconstruction_ridges = {fit.node: fit.ridge for fit in result.layers if fit.ridge is not None}
+        recovered.reconstruction_left_by_deadline = list(result.left_by_deadline)
         recovered.reconstruction_seconds = round(seconds, 3)
         if recovered.check_inputs is not None or not isinstance(self.then, NoRecovery):
             return recovered

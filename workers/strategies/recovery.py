@@ -31,6 +31,7 @@ class Recovered:
     reconstruction_not_kept: dict[str, str] = field(default_factory=dict)  # refit, but it did not help: why
     reconstruction_samples: int = 0  # calibration samples the refits were fit and judged on
     reconstruction_ridges: dict[str, float] = field(default_factory=dict)  # refit -> ridge strength it chose
+    reconstruction_left_by_deadline: list[str] = field(default_factory=list)  # not refit: the deadline came
     reconstruction_seconds: float = 0.0
     finetune_seconds: float = 0.0  # wall time of the fine-tuning loop
     finetune_cpu_seconds: float = 0.0  # CPU time the job got meanwhile (all its threads)

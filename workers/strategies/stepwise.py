@@ -115,6 +115,8 @@ def finetune_report(job: Job, recovered: list[Recovered]) -> FinetuneReport:
             reconstruction_not_kept=step.reconstruction_not_kept,
             reconstruction_samples=step.reconstruction_samples if step.reconstructed is not None else None,
             reconstruction_ridges=step.reconstruction_ridges,
+            reconstruction_left_by_deadline=step.reconstruction_left_by_deadline,
+            reconstruction_seconds=step.reconstruction_seconds if step.reconstructed is not None else None,
         )
 
     options, data = job.options, job.data
