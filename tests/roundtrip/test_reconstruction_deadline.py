@@ -134,15 +134,34 @@ def test_the_time_kept_for_the_evaluations_after_reconstruction_counts_against_t
     assert len(result.layers) == 1 and result.left_by_deadline
 
 
-def test_the_report_names_the_layers_the_deadline_left_and_a_warning_counts_them(small_model, small_data, tmp_path):
-    """A budget spent before the job began: the probe's samples, the first layer refit (the least
-    reconstruction does, as scoring always looks at one batch), every other left as pruned."""
+def test_a_batch_at_its_least_refits_every_layer_however_late(pruned_small, clock):
+    """A deadline already passed leaves the probe's samples: the least reconstruction, which refits every
+    layer (as scoring always looks at one batch); only a batch planned above its least is cut short."""
+    dep, plan, pruned = pruned_small
+    nodes, _ = layers_to_refit(dep.model, pruned)
+    data = Dataset({"input": samples(64, seed=3)}, None)
+    clock.now = 1_000.0
+
+    result = reconstruct(dep, plan, pruned, data, samples=64, deadline=10.0, end=10.0, clock=clock)
+
+    assert result.samples == reconstruction.PROBE_SAMPLES < result.affordable
+    assert [fit.node for fit in result.layers] == [node.name for node in nodes]
+    assert result.left_by_deadline == []
+
+
+def test_the_report_names_the_layers_the_deadline_left_and_a_warning_counts_them(
+    small_model, small_data, tmp_path, clock, monkeypatch
+):
+    """A job whose refits run slow after the batch was planned (every solve 10 s on the test's clock, which
+    starts at the job's time): the first layer is refit, the wider second would end past the budget's share."""
+    import functools
     import time
 
+    clock.now = time.monotonic()
+    monkeypatch.setattr(reconstruction, "reconstruct", functools.partial(reconstruction.reconstruct, clock=clock))
     analysis = analyse_model(small_model, SHAPE)
     options = PruneOptions(round_to=1, benchmark=False, criterion="l1", ratio=0.5, time_budget=60.0)
     job = Job(analysis, options, Stages(), tmp_path, data_path=small_data["unlabelled"])
-    job.started = time.monotonic() - 1_000.0
 
     report = Stepwise(RankedByRatio(0.5), Reconstruct(NoRecovery())).run(job).finetune
 
