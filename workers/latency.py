@@ -67,6 +67,7 @@ __all__ = [
     "measure_latency_table",
     "channel_step",
     "resolve_round_to",
+    "runs_int8",
     "vector_width",
 ]
 
@@ -146,10 +147,16 @@ def channel_step(int8: bool) -> tuple[int, str]:
     return width, why
 
 
+def runs_int8(model: onnx.ModelProto, quantize: str) -> bool:
+    """Whether a job's result runs on int8 kernels: the model is already QDQ, or ``--quantize int8``
+    quantizes it (their channel step differs from the float kernels': :func:`channel_step`)."""
+    return quantize == "int8" or first_quantization_node(model) is not None
+
+
 def table_start_step(dep: DependencyGraph, settings: LatencySettings) -> tuple[int, str]:
     """The grid a latency table times counts on before its probes find the staircase: the int8 kernels'
     for a QDQ model or one timed as ``--quantize int8`` deploys it."""
-    return channel_step(settings.quantize == "int8" or first_quantization_node(dep.model) is not None)
+    return channel_step(runs_int8(dep.model, settings.quantize))
 
 
 def resolve_round_to(

@@ -26,9 +26,9 @@ from onnxprune.workers.capabilities import require_capabilities
 from onnxprune.workers.cleanup import cleanup_changed
 from onnxprune.workers.default_criterion import resolve_default_criterion
 from onnxprune.workers.fileio import file_sha256, float_output_path
-from onnxprune.workers.latency import resolve_round_to
+from onnxprune.workers.latency import resolve_round_to, runs_int8
 from onnxprune.workers.options import MacsTarget, PruneOptions
-from onnxprune.workers.precision import check_precision, runs_int8
+from onnxprune.workers.precision import check_precision
 from onnxprune.workers.report import Fidelity, HeldOutEvaluation, Latency, PruneReport, SensitivityReport
 from onnxprune.workers.reporting import build_report
 from onnxprune.workers.sandbox import RunnerLimits
@@ -79,7 +79,7 @@ def run_pipeline(
     analysis = with_kind_limits(analysis, options, plan_given=plan is not None)
     options, analysis, criterion_notes = resolve_default_criterion(analysis, options)
     schedule = choose_schedule(options, plan, has_data=data is not None)
-    int8 = runs_int8(analysis.original, options)
+    int8 = runs_int8(analysis.original, options.quantize)
     resolved, round_to_source = resolve_round_to(options, analysis.sha256, analysis.input_shapes, int8=int8)
     if options.round_to == "auto":  # MLP widths and heads on their kernel's step, convs on the job's
         analysis = replace(analysis, dep=with_kernel_steps(analysis.dep))

@@ -30,12 +30,6 @@ def is_quantized_file(path: Path) -> bool:
     return first_quantization_node(model) is not None
 
 
-def runs_int8(model: onnx.ModelProto, options: PruneOptions) -> bool:
-    """Whether the job's result runs on int8 kernels: the model is already QDQ, or ``--quantize int8``
-    quantizes it (their channel step differs from the float kernels': ``workers.latency.channel_step``)."""
-    return options.quantize == "int8" or first_quantization_node(model) is not None
-
-
 class QuantizedModelRejected(ModelRejected):
     """A QDQ model asked to go through a path that needs a float model."""
 

@@ -111,6 +111,17 @@ def test_fine_tuning_with_no_time_left_for_a_step_makes_none_and_the_report_says
     assert "s left for recovery, about" in note and "kept for the evaluations and checks after training" in note
 
 
+def batchnorm_statistics(original, result) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The BatchNorm means and variances of ``original`` and the same initializers in ``result``."""
+    from onnx import numpy_helper
+
+    names = {name for node in original.graph.node if node.op_type == "BatchNormalization" for name in node.input[3:5]}
+    given = {i.name: numpy_helper.to_array(i) for i in original.graph.initializer if i.name in names}
+    kept = {i.name: numpy_helper.to_array(i) for i in result.graph.initializer if i.name in names}
+    assert given and kept.keys() == given.keys()
+    return given, kept
+
+
 def test_with_no_time_for_a_step_the_batchnorm_statistics_as_given_compete_with_re_estimated_ones(
     small_model, small_data, tmp_path, monkeypatch
 ):
@@ -118,7 +129,6 @@ def test_with_no_time_for_a_step_the_batchnorm_statistics_as_given_compete_with_
     validation than those re-estimated on a few batches, so they stay exactly as they were. (Time for the
     evaluation that compares them, not for a training step.)"""
     import onnx
-    from onnx import numpy_helper
 
     from onnxprune.workers.strategies import finetune
 
@@ -127,12 +137,7 @@ def test_with_no_time_for_a_step_the_batchnorm_statistics_as_given_compete_with_
 
     outcome = Stepwise(RankedByRatio(0.0), FineTune(steps=0, lr=0.01, budgeted=True)).run(job)
 
-    statistics = {
-        name for node in job.dep.model.graph.node if node.op_type == "BatchNormalization" for name in node.input[3:5]
-    }
-    given = {i.name: numpy_helper.to_array(i) for i in job.dep.model.graph.initializer if i.name in statistics}
-    kept = {i.name: numpy_helper.to_array(i) for i in outcome.model.graph.initializer if i.name in statistics}
-    assert given and kept.keys() == given.keys()
+    given, kept = batchnorm_statistics(job.dep.model, outcome.model)
     assert all(np.array_equal(kept[name], given[name]) for name in given)
     assert isinstance(outcome.model, onnx.ModelProto) and outcome.finetune is not None
     assert outcome.finetune.total_steps == 0
@@ -141,18 +146,11 @@ def test_with_no_time_for_a_step_the_batchnorm_statistics_as_given_compete_with_
 def test_with_no_time_for_the_comparison_the_re_estimated_batchnorm_statistics_stay(small_model, small_data, tmp_path):
     """Past the budget, the statistics re-estimated and evaluated already stay: trying those the model came
     with costs one more evaluation on the validation split (ViT-S/14 at load 8: 60 s), and the report says so."""
-    from onnx import numpy_helper
-
     job = late_job(small_model, small_data["labelled"], tmp_path, criterion="l1", ratio=0.5, time_budget=60.0)
 
     outcome = Stepwise(RankedByRatio(0.0), FineTune(steps=0, lr=0.01, budgeted=True)).run(job)
 
-    statistics = {
-        name for node in job.dep.model.graph.node if node.op_type == "BatchNormalization" for name in node.input[3:5]
-    }
-    given = {i.name: numpy_helper.to_array(i) for i in job.dep.model.graph.initializer if i.name in statistics}
-    kept = {i.name: numpy_helper.to_array(i) for i in outcome.model.graph.initializer if i.name in statistics}
-    assert given and kept.keys() == given.keys()
+    given, kept = batchnorm_statistics(job.dep.model, outcome.model)
     assert not all(np.array_equal(kept[name], given[name]) for name in given)
     (note,) = [note for note in job.budget_notes if "BatchNorm" in note]
     assert note.startswith("--time-budget: the BatchNorm statistics re-estimated on the training split were kept ")

@@ -22,10 +22,10 @@ from onnxprune.workers.latency import (
     channel_step,
     measure_latency_table,
     resolve_round_to,
+    runs_int8,
     vector_width,
 )
 from onnxprune.workers.options import PruneOptions
-from onnxprune.workers.precision import runs_int8
 from tests.support import qdq_models, zoo
 from tests.support.oracle import analyse
 from tests.support.small_models import chain_model
@@ -172,10 +172,12 @@ def test_int8_convs_round_to_the_quantized_gemm_panel_on_x86(monkeypatch, width,
 def test_a_job_runs_int8_when_its_model_is_qdq_or_it_quantizes_the_result(tmp_path):
     float_model = qdq_models.residual_net()
     qdq = qdq_models.quantize_qdq(float_model, tmp_path, per_channel=True)
-    assert not runs_int8(float_model, PruneOptions(ratio=0.3))
-    assert runs_int8(float_model, PruneOptions(ratio=0.3, quantize="int8"))
-    assert not runs_int8(float_model, PruneOptions(ratio=0.3, quantize="dynamic"))  # its kernels are not measured
-    assert runs_int8(qdq, PruneOptions(ratio=0.3))
+    assert not runs_int8(float_model, PruneOptions(ratio=0.3).quantize)
+    assert runs_int8(float_model, PruneOptions(ratio=0.3, quantize="int8").quantize)
+    assert not runs_int8(
+        float_model, PruneOptions(ratio=0.3, quantize="dynamic").quantize
+    )  # its kernels are not measured
+    assert runs_int8(qdq, PruneOptions(ratio=0.3).quantize)
 
 
 @pytest.mark.parametrize("int8", [False, True])
