@@ -38,7 +38,6 @@ from onnxprune.graphops.selection import (
     Scores,
     _plan,
     choose_kept,
-    group_step,
     normalised_scores,
     select_by_flops,
 )
@@ -176,12 +175,11 @@ def cut_options(
 
     for option in group_options(dep, scores, saving, step=step, exclude=exclude, min_keep_fraction=0.0):
         index = index_of[option.group]
-        units = group_step(dep.groups[index], step)
         keep = [i for i, c in enumerate(option.counts) if c >= floors.get(option.group, 0)]
         macs = [
             float(
                 model.total
-                - model.macs(_plan(dep, {index: choose_kept(dep, index, scores[option.group], c, step=units)}))
+                - model.macs(_plan(dep, {index: choose_kept(dep, index, scores[option.group], c, round_to=step)}))
             )
             for c in (option.counts[i] for i in keep)
         ]
@@ -243,8 +241,7 @@ def select_fastest_by_flops(
     def plan_of(counts: Mapping[str, int]) -> PruningPlan:
         for g, c in counts.items():
             if (g, c) not in kept_channels:
-                group = dep.groups[index_of[g]]
-                kept_channels[(g, c)] = choose_kept(dep, index_of[g], scores[g], c, step=group_step(group, step))
+                kept_channels[(g, c)] = choose_kept(dep, index_of[g], scores[g], c, round_to=step)
         return _plan(dep, {index_of[g]: kept_channels[(g, c)] for g, c in counts.items()})
 
     first = select_by_flops(dep, scores, target, node_macs=node_macs, round_to=step, exclude=exclude)

@@ -124,9 +124,7 @@ def select_by_latency(
     counts = allocate(options, goal_ms)
     index_of = {g.id: i for i, g in enumerate(dep.groups)}
     keeps = {
-        index_of[gid]: choose_kept(
-            dep, index_of[gid], scores[gid], count, step=group_step(dep.groups[index_of[gid]], step)
-        )
+        index_of[gid]: choose_kept(dep, index_of[gid], scores[gid], count, round_to=step)
         for gid, count in counts.items()
     }
     return _plan(dep, keeps)

@@ -94,15 +94,18 @@ def narrow_step(round_to: int) -> int:
     return max(1, round_to // 4)
 
 
-def choose_kept(dep: DependencyGraph, index: int, scores: np.ndarray, n_keep: int, *, step: int = 1) -> list[int]:
+def choose_kept(
+    dep: DependencyGraph, index: int, scores: np.ndarray, n_keep: int, *, round_to: int | None = None
+) -> list[int]:
     """The ``n_keep`` best channels of group ``index`` (or a few more where constraints demand).
 
-    With ``step`` > 1 and ``n_keep`` on it, each section of the group that a Split or Slice output reads
+    With the job's ``round_to`` (the group's step: :func:`group_step`) and ``n_keep`` on that step, each section of the group that a Split or Slice output reads
     (:func:`split_sections`) keeps a multiple of ``step`` too: the convs that read a section run on its
     count, and off the step they lose the blocked kernel (the YOLOv8n's C2f splits at -30% MACs kept 53
     of 128 channels on one side: a 3x3 conv reading 46 channels took 0.59 ms where 48 took 0.49 ms, in
     float and int8 alike; benchmarks/results/qdq_detector.md)."""
     group = dep.groups[index]
+    step = 1 if round_to is None else group_step(group, round_to)
     channels = group.channels
     order = np.argsort(scores, kind="stable")  # ascending: least important first
     removable = [int(c) for c in order if int(c) not in group.pinned]
@@ -207,8 +210,9 @@ class CountPlans:
     def _keep(self, index: int, count: int) -> list[int]:
         if (index, count) not in self._kept:
             group = self.dep.groups[index]
-            step = group_step(group, self._round_to)
-            self._kept[index, count] = choose_kept(self.dep, index, self._scores[group.id], count, step=step)
+            self._kept[index, count] = choose_kept(
+                self.dep, index, self._scores[group.id], count, round_to=self._round_to
+            )
         return self._kept[index, count]
 
 
@@ -234,7 +238,7 @@ def select_by_ratio(
         channels = group.channels
         step = group_step(group, round_to)
         n_keep = round_keep(max(channels - int(ratio * (channels - len(group.pinned))), group.min_keep), channels, step)
-        keeps[index] = choose_kept(dep, index, scores[dep.groups[index].id], n_keep, step=step)
+        keeps[index] = choose_kept(dep, index, scores[dep.groups[index].id], n_keep, round_to=round_to)
     return _plan(dep, keeps)
 
 
@@ -409,5 +413,5 @@ def select_by_group_ratios(
         channels = group.channels
         step = group_step(group, round_to)
         n_keep = round_keep(max(channels - int(ratio * (channels - len(group.pinned))), group.min_keep), channels, step)
-        keeps[index] = choose_kept(dep, index, scores[group.id], n_keep, step=step)
+        keeps[index] = choose_kept(dep, index, scores[group.id], n_keep, round_to=round_to)
     return _plan(dep, keeps)

@@ -218,7 +218,7 @@ def _within_bound(
 
     def mask_for(kept_count: int) -> np.ndarray:
         step = group_step(group, settings.round_to)
-        kept = choose_kept(dep, index, order, round_keep(kept_count, channels, step), step=step)
+        kept = choose_kept(dep, index, order, round_keep(kept_count, channels, step), round_to=settings.round_to)
         mask = np.zeros(channels, dtype=bool)
         mask[kept] = True
         return mask

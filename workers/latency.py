@@ -374,7 +374,7 @@ def _keep(dep: DependencyGraph, index: int, scores: Scores, count: int, step: in
     """Group ``index`` at ``count`` as a plan keeps it on the job's ``step`` (its Split sections on it too)."""
     group = dep.groups[index]
     count = max(count, len(group.pinned), 1)
-    return {group.id: choose_kept(dep, index, scores[group.id], count, step=group_step(group, step))}
+    return {group.id: choose_kept(dep, index, scores[group.id], count, round_to=step)}
 
 
 def _table(

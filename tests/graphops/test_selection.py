@@ -276,4 +276,4 @@ def test_sections_are_left_to_the_scores_where_no_split_on_the_step_exists(secti
     dep = analysed.dep
     index = next(i for i, g in enumerate(dep.groups) if g.channels == 128)
     scores = np.random.default_rng(3).random(128)
-    assert choose_kept(dep, index, scores, n_keep, step=16) == choose_kept(dep, index, scores, n_keep), why
+    assert choose_kept(dep, index, scores, n_keep, round_to=16) == choose_kept(dep, index, scores, n_keep), why
